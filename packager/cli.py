@@ -1,0 +1,199 @@
+"""The `packager` command line. Errors are caught once, here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from packager import __version__
+from packager.context import InputSpec
+from packager.errors import ExitCode, PackagerError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Package models into self-testing bundles for phones, Raspberry Pi and Jetson Orin.",
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False)
+MiB = 2**20
+
+DebugOpt = typer.Option(False, "--debug", help="Show tracebacks.", envvar="PACKAGER_DEBUG")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
+
+
+def _fail(message: str, code: int, as_json: bool) -> NoReturn:
+    err.print(f"[red]error:[/] {message}", soft_wrap=True)
+    if as_json:
+        print(json.dumps({"error": message, "exit_code": int(code)}))
+    raise typer.Exit(int(code))
+
+
+def _guarded(fn: Callable[[], Any], *, debug: bool, as_json: bool) -> Any:
+    try:
+        return fn()
+    except PackagerError as e:
+        if debug:
+            traceback.print_exc()
+        _fail(e.message, e.code, as_json)
+    except KeyboardInterrupt:
+        _fail("interrupted; nothing was written.", ExitCode.INTERRUPTED, as_json)
+    except typer.Exit:
+        raise
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        _fail(f"internal error ({type(e).__name__}: {e}); rerun with --debug and report it.", ExitCode.INTERNAL, as_json)
+
+
+def _parse_pairs(items: list[str], option: str, convert: Callable[[str], Any]) -> dict[str, Any]:
+    result = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            result[name] = convert(value)
+        except ValueError:
+            raise PackagerError(f"{option} {item!r} is not NAME=VALUE in the right form "
+                                f"(e.g. {option} input=1,512); fix the option.", ExitCode.USAGE) from None
+    return result
+
+
+def _dims(text: str) -> tuple[int, ...]:
+    dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip() != "")
+    if any(d < 0 for d in dims):
+        raise ValueError
+    return dims
+
+
+@app.command()
+def targets(as_json: bool = JsonOpt, debug: bool = DebugOpt) -> None:
+    """List the target profiles (with --json: the CI matrix)."""
+    from packager.profiles import builtin_profiles
+
+    profiles = _guarded(builtin_profiles, debug=debug, as_json=as_json)
+    rows = [{
+        "name": p.name, "aliases": list(p.aliases), "description": p.description, "arch": p.device.arch,
+        "cpu": p.device.cpu, "cores": p.device.cores, "ram_bytes": p.device.ram_bytes,
+        "budget_bytes": p.budget.memory_bytes, "providers": list(p.runtime.providers), "recipe": p.recipe,
+        "runtime": f"{p.runtime.package}=={p.runtime.version}", "python": p.os.python,
+    } for p in profiles.values()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("target", "aliases", "device", "RAM", "budget", "recipe", "runtime", "providers")
+    for r in rows:
+        table.add_row(r["name"], ", ".join(r["aliases"]), f"{r['cores']}x {r['cpu']}", f"{r['ram_bytes'] / 2**30:.0f} GiB",
+                      f"{r['budget_bytes'] / 1e9:.1f} GB", r["recipe"], r["runtime"],
+                      " > ".join(p.removesuffix("ExecutionProvider") for p in r["providers"]))
+    Console().print(table)
+
+
+@app.command()
+def package(
+    model: str = typer.Argument(..., help="A Hugging Face folder, an .onnx file, or sample:minilm / sample:silero-vad."),
+    target: str = typer.Option(..., "--target", "-t", help="Target profile name or alias (see `packager targets`), or a profile .toml."),
+    out: Path = typer.Option(Path("dist"), "--out", "-o", help="Folder for the bundle archive."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's): fp32, int8-dynamic, fp16."),
+    name: str | None = typer.Option(None, "--name", help="Bundle name (default: from the model)."),
+    shape: list[str] = typer.Option([], "--shape", help="Sample input shape for a tensor model: NAME=D1,D2 (repeatable)."),
+    value: list[str] = typer.Option([], "--value", help="Fill a sample input with a value: NAME=V, e.g. sr=16000 (repeatable)."),
+    as_json: bool = JsonOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Export, quantize, verify, fit and bundle MODEL for a target."""
+    from packager.pipeline import package as run_pipeline
+    from packager.progress import Reporter
+
+    def go() -> Any:
+        spec = InputSpec(shapes=_parse_pairs(shape, "--shape", _dims), values=_parse_pairs(value, "--value", float))
+        reporter = Reporter(quiet=as_json)
+        return run_pipeline(model, target, out, recipe=recipe, name=name, input_spec=spec, reporter=reporter)
+
+    ctx = _guarded(go, debug=debug, as_json=as_json)
+    summary = {
+        "archive": str(ctx.archive),
+        "bundle": ctx.bundle_name,
+        "target": ctx.profile.name,
+        "recipe": ctx.recipe_name,
+        "sizes": {
+            "archive_bytes": ctx.archive.stat().st_size,
+            "model_bytes": sum(f["size"] for f in ctx.bundle_files if f["path"].startswith("model/model.onnx")),
+        },
+        "accuracy": {k: ctx.accuracy[k] for k in ("metric", "min_cosine", "max_abs_diff", "threshold", "samples")},
+        "memory": ctx.memory,
+        "timings_s": ctx.timings,
+    }
+    if as_json:
+        print(json.dumps(summary))
+        return
+    mem = ctx.memory
+    err.print(f"accuracy  min cosine {ctx.accuracy['min_cosine']:.5f} vs fp32 (threshold {ctx.accuracy['threshold']})")
+    err.print(f"memory    peak {mem['measured_peak_bytes'] / MiB:.0f} MiB (load {mem['load_peak_bytes'] / MiB:.0f}, "
+              f"run {mem['run_peak_bytes'] / MiB:.0f}) of {mem['budget_bytes'] / MiB:.0f} MiB budget")
+    err.print(f"model     {summary['sizes']['model_bytes'] / MiB:.1f} MiB ({ctx.recipe_name})")
+    print(ctx.archive)
+
+
+@app.command()
+def smoke(
+    bundle: Path = typer.Argument(..., help="A bundle archive (.tar.gz) or an unpacked bundle folder."),
+    python: str | None = typer.Option(None, "--python", help="Interpreter to run it with (default: this one)."),
+    as_json: bool = JsonOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Run a bundle's own smoke test in a fresh process and report its verdict."""
+    from packager.smoke import run_smoke
+
+    result = _guarded(lambda: run_smoke(bundle, python), debug=debug, as_json=as_json)
+    if as_json:
+        print(json.dumps({"bundle": result.bundle, "verdict": result.verdict, "exit_code": result.exit_code,
+                          "report": result.report}))
+    else:
+        _print_smoke(result)
+    if not result.passed:
+        if not as_json:
+            err.print(f"[red]error:[/] smoke test of {bundle} failed: {result.verdict}")
+        raise typer.Exit(int(ExitCode.SMOKE_FAILED))
+
+
+def _print_smoke(result: Any) -> None:
+    r = result.report
+    for p in r.get("missing_providers", []):
+        err.print(f"note: {p} is not available on this host; ran on {', '.join(r['providers'])} (not exercised: {p})")
+    if "files_checked" in r:
+        err.print(f"checksums {r['files_checked']} files OK")
+    if "accuracy" in r:
+        err.print(f"outputs   min cosine {r['accuracy']['min_cosine']:.5f} vs the build host")
+    if "peak_bytes" in r:
+        err.print(f"memory    peak {r['peak_bytes'] / MiB:.0f} MiB of {r['budget_bytes'] / MiB:.0f} MiB budget")
+    print(result.verdict)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"packager {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version.")) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # packager never downloads models
+
+
+def main() -> None:
+    app(prog_name="packager")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The one object handed from stage to stage.
+
+Each stage reads what earlier stages left and fills in its own part. Everything a stage
+writes goes under `work_dir` (a private temporary folder) until the bundle stage moves the
+finished archive into the output folder in one rename.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packager.profiles import Profile
+from packager.recipes import RecipeResult
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How to make sample inputs for a tensor model whose signature leaves them open."""
+
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)   # --shape NAME=D1,D2
+    values: dict[str, float] = field(default_factory=dict)             # --value NAME=V (fills the tensor)
+    count: int = 4                                                     # how many samples
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str                      # "huggingface" | "onnx"
+    path: Path                     # the folder, or the .onnx file
+    name: str                      # bundle name: "minilm", "silero_vad"
+    files: tuple[Path, ...]        # every input file that the hash covers
+    sha256: str                    # hash over the files' names and contents
+    task: str = ""                 # export task for Hugging Face folders
+    architecture: str = ""
+
+
+@dataclass
+class Context:
+    model_spec: str                # MODEL as the user gave it
+    profile: Profile
+    recipe_name: str
+    work_dir: Path
+    out_dir: Path
+    input_spec: InputSpec = field(default_factory=InputSpec)
+    name: str | None = None        # --name: overrides the bundle name taken from the model
+
+    # source
+    source: Source | None = None
+
+    # export
+    reference_model: Path | None = None      # fp32 ONNX: what the packaged model is measured against
+    tokenizer_files: list[Path] = field(default_factory=list)
+    io: dict[str, Any] = field(default_factory=dict)   # manifest runtime.io: kind, outputs checked ...
+    # quantize
+    packaged_model: Path | None = None
+    recipe: RecipeResult | None = None
+    # verify
+    texts: list[str] = field(default_factory=list)
+    sample_inputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    expected_outputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    # fit
+    memory: dict[str, Any] = field(default_factory=dict)
+    # bundle
+    archive: Path | None = None
+    bundle_files: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def bundle_name(self) -> str:
+        assert self.source is not None, "the source stage names the bundle"
+        return f"{self.source.name}-{self.profile.name}"
+
+    @property
+    def stage_dir(self) -> Path:
+        """The bundle folder as it is assembled, inside the work dir."""
+        return self.work_dir / self.bundle_name

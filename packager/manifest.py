@@ -1,0 +1,60 @@
+"""The bundle's manifest.json: the contract between the build host and the device."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from typing import Any
+
+import onnxruntime
+
+from packager import __version__
+from packager.context import Context
+
+SCHEMA_VERSION = 1
+
+
+def runtime_spec(ctx: Context) -> dict[str, Any]:
+    """What run.py needs to load and feed the model the way the target does."""
+    rt = ctx.profile.runtime
+    return {
+        "model": "model/model.onnx",
+        "package": rt.package,
+        "version": rt.version,
+        "providers": list(rt.providers),
+        "provider_options": {k: dict(v) for k, v in rt.provider_options.items()},
+        "session": dataclasses.asdict(ctx.profile.session),
+        "io": ctx.io,
+    }
+
+
+def build(ctx: Context) -> dict[str, Any]:
+    assert ctx.source is not None and ctx.recipe is not None
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": ctx.source.name,
+        "target": ctx.profile.name,
+        "source": {
+            "kind": ctx.source.kind,
+            "name": ctx.source.path.name,
+            "sha256": ctx.source.sha256,
+            "files": len(ctx.source.files),
+            "task": ctx.source.task,
+            "architecture": ctx.source.architecture,
+        },
+        "profile": {k: v for k, v in ctx.profile.to_dict().items() if k != "source"},
+        "recipe": dataclasses.asdict(ctx.recipe),
+        "runtime": runtime_spec(ctx),
+        "inputs": ctx.io["inputs"],
+        "outputs": ctx.io["outputs"],
+        "files": ctx.bundle_files,
+        "memory": ctx.memory,
+        "accuracy": ctx.accuracy,
+        "smoke": {"min_cosine": ctx.profile.accuracy.device_min_cosine},
+        "built_with": {
+            "packager": __version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        },
+    }

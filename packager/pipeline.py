@@ -1,0 +1,44 @@
+"""The pipeline: the ordered list of stages, run over one Context in a private work folder."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from packager.context import Context, InputSpec
+from packager.errors import ExitCode, PackagerError, did_you_mean
+from packager.profiles import resolve_target
+from packager.progress import Reporter
+from packager.recipes import RECIPES
+from packager.stages import bundle, export, fit, quantize, source, verify
+
+STAGES: list[tuple[str, Callable[[Context], None]]] = [
+    ("source", source.run),
+    ("export", export.run),
+    ("quantize", quantize.run),
+    ("verify", verify.run),
+    ("fit", fit.run),
+    ("bundle", bundle.run),
+]
+
+
+def package(model: str, target: str, out_dir: Path, *, recipe: str | None = None, name: str | None = None,
+            input_spec: InputSpec | None = None, reporter: Reporter | None = None) -> Context:
+    """Package MODEL for TARGET into OUT_DIR/<name>-<target>.tar.gz; raises PackagerError."""
+    profile = resolve_target(target)
+    recipe_name = recipe or profile.recipe
+    if recipe_name not in RECIPES:
+        raise PackagerError(f"unknown recipe {recipe_name!r}{did_you_mean(recipe_name, list(RECIPES))}; "
+                            f"recipes: {', '.join(RECIPES)}.", ExitCode.USAGE)
+    reporter = reporter or Reporter(quiet=True)
+    work_dir = Path(tempfile.mkdtemp(prefix="packager-"))
+    ctx = Context(model, profile, recipe_name, work_dir, out_dir, input_spec or InputSpec(), name=name)
+    try:
+        for stage_name, stage in STAGES:
+            with reporter.stage(stage_name, ctx.timings):
+                stage(ctx)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return ctx

@@ -1,0 +1,214 @@
+"""Target profiles: TOML files in profiles/, loaded into frozen, validated dataclasses.
+
+A profile is data about a device and how to deploy to it. Code reads device facts from here
+and never hard-codes them. Validation is strict: an unknown key or a wrong type is an error
+that names the file and the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packager.errors import ExitCode, PackagerError, did_you_mean
+from packager.paths import profiles_dir
+
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class Device:
+    arch: str                      # "aarch64"
+    cpu: str                       # core type, e.g. "cortex-a76"
+    cores: int
+    isa: tuple[str, ...]           # ISA features as /proc/cpuinfo names them ("asimddp" ...)
+    ram_bytes: int
+    accelerator: str = ""          # "" for CPU-only boards
+
+
+@dataclass(frozen=True)
+class OS:
+    name: str
+    python: str                    # "3.13": the device's Python, for wheels and the smoke test
+
+
+@dataclass(frozen=True)
+class Runtime:
+    package: str                   # pip package of the runtime on the device
+    version: str                   # exact pin
+    max_opset: int                 # highest ai.onnx opset that runtime version implements
+    providers: tuple[str, ...]     # execution providers in priority order
+    numpy: str                     # numpy pin that has wheels for the device's Python
+    index_url: str = ""            # extra index that serves the runtime (Jetson)
+    provider_options: dict[str, dict[str, Scalar]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Session:
+    intra_op_threads: int
+    inter_op_threads: int = 1
+    graph_optimization: str = "all"          # disable | basic | extended | all
+    execution_mode: str = "sequential"       # sequential | parallel
+    cpu_mem_arena: bool = True
+    mem_pattern: bool = True
+
+
+@dataclass(frozen=True)
+class Budget:
+    memory_bytes: int              # peak resident memory allowed for the deployment
+    device_class: str = ""         # "E2B" or "E4B": the class the budget comes from
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    min_cosine: float              # packaged vs fp32 reference, in verify
+    device_min_cosine: float       # device vs host outputs of the same packaged model, in smoke
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    device: Device
+    os: OS
+    runtime: Runtime
+    session: Session
+    budget: Budget
+    recipe: str                    # default quantization recipe (see packager/recipes.py)
+    accuracy: Accuracy
+    aliases: tuple[str, ...] = ()
+    source: str = ""               # the file it was loaded from (set by the loader)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_ENUMS = {
+    "session.graph_optimization": {"disable", "basic", "extended", "all"},
+    "session.execution_mode": {"sequential", "parallel"},
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check `value` against the annotation `tp` and return it in the dataclass's shape."""
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _invalid(where, key, f"must be a table, got {type(value).__name__}")
+        return _build(tp, value, where, prefix=f"{key}.")
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _invalid(where, key, f"must be an array, got {type(value).__name__}")
+        return tuple(_convert(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _invalid(where, key, f"must be a table, got {type(value).__name__}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}", where) for k, v in value.items()}
+    if origin in (types.UnionType, typing.Union):
+        if isinstance(value, args) and not (isinstance(value, bool) and bool not in args and int in args):
+            return value
+        raise _invalid(where, key, f"must be one of {', '.join(map(_type_name, args))}")
+    # bool is an int in Python; a budget of `true` bytes is a mistake, not a number.
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise _invalid(where, key, f"must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if key in _ENUMS and value not in _ENUMS[key]:
+        raise _invalid(where, key, f"must be one of {', '.join(sorted(_ENUMS[key]))}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    for key in data:
+        if key not in fields:
+            hint = did_you_mean(key, list(fields))
+            raise _invalid(where, prefix + key, f"is not a known key{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], prefix + name, where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise _invalid(where, prefix + name, "is required but missing")
+    return cls(**kwargs)
+
+
+def _invalid(where: str, key: str, problem: str) -> PackagerError:
+    return PackagerError(f"{where}: key '{key}' {problem}; fix the profile.", ExitCode.BAD_PROFILE)
+
+
+def _check_values(p: Profile, where: str) -> None:
+    from packager.recipes import RECIPES  # late: recipes import onnx machinery
+
+    positive = {
+        "device.cores": p.device.cores,
+        "device.ram_bytes": p.device.ram_bytes,
+        "budget.memory_bytes": p.budget.memory_bytes,
+        "session.intra_op_threads": p.session.intra_op_threads,
+        "runtime.max_opset": p.runtime.max_opset,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise _invalid(where, key, f"must be positive, got {value}")
+    if p.budget.memory_bytes > p.device.ram_bytes:
+        raise _invalid(where, "budget.memory_bytes", "is larger than device.ram_bytes")
+    for key in ("min_cosine", "device_min_cosine"):
+        if not 0.0 < getattr(p.accuracy, key) <= 1.0:
+            raise _invalid(where, f"accuracy.{key}", "must be in (0, 1]")
+    if p.recipe not in RECIPES:
+        raise _invalid(where, "recipe", f"names an unknown recipe {p.recipe!r}{did_you_mean(p.recipe, list(RECIPES))}")
+    if not p.runtime.providers:
+        raise _invalid(where, "runtime.providers", "must name at least one execution provider")
+
+
+def load_profile(path: Path) -> Profile:
+    """Load and validate one profile file."""
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PackagerError(f"{where}: profile file not found; check the path.", ExitCode.BAD_PROFILE) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PackagerError(f"{where}: cannot read the profile ({e}); check its permissions and encoding.", ExitCode.BAD_PROFILE) from None
+    except tomllib.TOMLDecodeError as e:
+        raise PackagerError(f"{where}: invalid TOML ({e}); fix the syntax.", ExitCode.BAD_PROFILE) from None
+    profile = _build(Profile, data, where)
+    _check_values(profile, where)
+    return dataclasses.replace(profile, source=where)
+
+
+def builtin_profiles(directory: Path | None = None) -> dict[str, Profile]:
+    """All profiles in `directory` (the built-in profiles/ by default), by name."""
+    profiles = {}
+    for path in sorted((directory or profiles_dir()).glob("*.toml")):
+        p = load_profile(path)
+        if p.name != path.stem:
+            raise _invalid(str(path), "name", f"must match the file name {path.stem!r}")
+        profiles[p.name] = p
+    return profiles
+
+
+def resolve_target(name: str) -> Profile:
+    """A profile by name or alias, or from a path to a .toml file."""
+    if name.endswith(".toml"):
+        return load_profile(Path(name))
+    profiles = builtin_profiles()
+    by_alias = {alias: p for p in profiles.values() for alias in (p.name, *p.aliases)}
+    if name in by_alias:
+        return by_alias[name]
+    hint = did_you_mean(name, list(by_alias))
+    raise PackagerError(
+        f"unknown target {name!r}{hint}; run `packager targets` to list them, or pass a profile .toml file.",
+        ExitCode.BAD_PROFILE,
+    )

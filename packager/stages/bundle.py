@@ -1,0 +1,102 @@
+"""bundle: finish the staged bundle folder and move its archive into the output folder atomically.
+
+Nothing appears in the output folder until the archive is complete: it is written beside
+its final name under a temporary name and renamed in one step. An output folder that this
+run created is removed again if the run fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from packager.archive import write_archive
+from packager.context import Context
+from packager.errors import ExitCode, PackagerError
+from packager.manifest import build as build_manifest
+from packager.runtime_files import copy_runtime, family_requirements
+
+SUMS = "SHA256SUMS"
+MiB = 2**20
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def requirements(ctx: Context) -> str:
+    rt = ctx.profile.runtime
+    lines = [f"# Pinned for {ctx.profile.name}: {ctx.profile.os.name}, Python {ctx.profile.os.python}, {ctx.profile.device.arch}."]
+    if rt.index_url:
+        lines.append(f"--extra-index-url {rt.index_url}")
+    lines += [f"{rt.package}=={rt.version}", f"numpy=={rt.numpy}", *family_requirements(ctx.io["kind"])]
+    return "\n".join(lines) + "\n"
+
+
+def readme(ctx: Context) -> str:
+    p = ctx.profile
+    run_example = 'python run.py "some sentence"' if ctx.io["kind"] == "text" else "python run.py --inputs feeds.npz --output out.npz"
+    mem = ctx.memory
+    return f"""# {ctx.bundle_name}
+
+`{ctx.source.name if ctx.source else ''}` packaged by packager for **{p.name}** ({p.description}),
+recipe `{ctx.recipe_name}`.
+
+On the device ({p.os.name}, Python {p.os.python}):
+
+    python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt
+    python smoke_test.py          # checksums, load, sample outputs, peak memory; last line PASS or FAIL
+    {run_example}
+
+- Inputs and outputs: `manifest.json` (`inputs`, `outputs`); samples in `samples/`.
+- Accuracy on the build host: min cosine {ctx.accuracy.get('min_cosine', 0):.5f} against the fp32 reference
+  (threshold {p.accuracy.min_cosine}).
+- Memory: measured peak {mem.get('measured_peak_bytes', 0) / MiB:.0f} MiB on the build host
+  ({mem.get('measured_on', '')}); budget {p.budget.memory_bytes / MiB:.0f} MiB.
+- Execution providers, in order: {', '.join(p.runtime.providers)} (missing ones fall back to CPU).
+"""
+
+
+def _write_files(ctx: Context) -> None:
+    stage = ctx.stage_dir
+    copy_runtime(stage)
+    (stage / "requirements.txt").write_text(requirements(ctx), encoding="utf-8")
+    (stage / "README.md").write_text(readme(ctx), encoding="utf-8")
+    (stage / "manifest.json").unlink(missing_ok=True)
+    ctx.bundle_files = [
+        {"path": p.relative_to(stage).as_posix(), "sha256": _sha256(p), "size": p.stat().st_size}
+        for p in sorted(stage.rglob("*")) if p.is_file()
+    ]
+    manifest = build_manifest(ctx)
+    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    sums = [*ctx.bundle_files, {"path": "manifest.json", "sha256": _sha256(stage / "manifest.json")}]
+    (stage / SUMS).write_text("".join(f"{f['sha256']}  {f['path']}\n" for f in sorted(sums, key=lambda f: f["path"])),
+                              encoding="utf-8")
+
+
+def run(ctx: Context) -> None:
+    _write_files(ctx)
+    out = ctx.out_dir
+    if out.exists() and not out.is_dir():
+        raise PackagerError(f"{out}: the output path is a file; pass a folder with --out.", ExitCode.OUTPUT)
+    created = not out.exists()
+    final = out / f"{ctx.bundle_name}.tar.gz"
+    partial = out / f".{final.name}.partial-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_archive(ctx.stage_dir, partial)
+        os.replace(partial, final)
+    except OSError as e:
+        raise PackagerError(f"{out}: cannot write the bundle there ({e.strerror or e}); pick another folder with "
+                            "--out or free some space.", ExitCode.OUTPUT) from None
+    finally:
+        partial.unlink(missing_ok=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+    ctx.archive = final

@@ -1,0 +1,150 @@
+"""export: turn the source into an fp32 ONNX reference model, and describe its inputs and outputs.
+
+Hugging Face folders go through optimum-onnx's exporter (the task comes from
+config.architectures, since local folders cannot auto-infer it); .onnx files are copied with
+their external data. The opset is capped by what the target's runtime implements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from packager.context import Context
+from packager.errors import ExitCode, PackagerError
+
+DEFAULT_OPSET = 18            # optimum's recommended minimum for transformer encoders
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+TOKENIZER_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
+
+
+def _quiet() -> contextlib.ExitStack:
+    """Silence the exporters' chatter (and keep stdout clean for --json)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    for name in ("transformers", "optimum", "torch", "root"):
+        logger = logging.getLogger(None if name == "root" else name)
+        stack.callback(logger.setLevel, logger.level)
+        logger.setLevel(logging.ERROR)
+    return stack
+
+
+def _export_hf(ctx: Context, out: Path) -> None:
+    assert ctx.source is not None
+    try:
+        import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the model configs)
+        from optimum.exporters.onnx import main_export
+    except ImportError:
+        raise PackagerError(
+            "exporting a Hugging Face folder needs the export stack (torch, transformers, optimum-onnx), "
+            "which is not installed; run: pip install 'packager[hf]' (or export to .onnx elsewhere).",
+            ExitCode.MISSING_DEPENDENCY,
+        ) from None
+    opset = min(DEFAULT_OPSET, ctx.profile.runtime.max_opset)
+    with _quiet():
+        try:
+            main_export(str(ctx.source.path), str(out), task=ctx.source.task, opset=opset,
+                        local_files_only=True, do_validation=False, device="cpu")
+        except Exception as e:
+            raise PackagerError(
+                f"the exporter failed on {ctx.source.path} ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
+                "check that the folder loads with transformers, or export it to .onnx yourself.",
+                ExitCode.TOOL_FAILED,
+            ) from e
+    if not (out / "tokenizer.json").is_file() and (out / "vocab.txt").is_file():
+        # Slow-tokenizer folders: the device needs the fast tokenizer's single JSON file.
+        from transformers import AutoTokenizer
+
+        with _quiet():
+            AutoTokenizer.from_pretrained(str(out), use_fast=True).backend_tokenizer.save(str(out / "tokenizer.json"))
+
+
+def _copy_onnx(ctx: Context, out: Path) -> None:
+    assert ctx.source is not None
+    model = onnx.load(ctx.source.path, load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset > ctx.profile.runtime.max_opset:
+        raise PackagerError(
+            f"{ctx.source.path}: the model uses ai.onnx opset {opset}, but {ctx.profile.runtime.package} "
+            f"{ctx.profile.runtime.version} on {ctx.profile.name} implements up to {ctx.profile.runtime.max_opset}; "
+            "re-export it with a lower opset.",
+            ExitCode.BAD_INPUT,
+        )
+    folder = ctx.source.path.resolve().parent
+    for f in ctx.source.files:
+        dest = out / ("model.onnx" if f == ctx.source.path.resolve() else f.relative_to(folder))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, dest)
+    try:
+        onnx.checker.check_model(str(out / "model.onnx"))
+    except Exception as e:  # ValidationError, or protobuf errors from a damaged file
+        raise PackagerError(f"{ctx.source.path}: the ONNX model is invalid ({str(e).splitlines()[0][:300]}); "
+                            "re-export it.", ExitCode.BAD_INPUT) from None
+
+
+def signature(model_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Graph inputs (initializers excluded) and outputs as name, dtype and shape (None or a dim name where open)."""
+    model = onnx.load(model_path, load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+
+    def describe(v: onnx.ValueInfoProto) -> dict[str, Any]:
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "unknown"
+        return {"name": v.name, "dtype": dtype, "shape": dims}
+
+    return ([describe(v) for v in model.graph.input if v.name not in initializers],
+            [describe(v) for v in model.graph.output])
+
+
+def _max_length(folder: Path) -> int:
+    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length"),
+                      ("config.json", "max_position_embeddings")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            value = int(json.loads((folder / name).read_text(encoding="utf-8"))[key])
+            if 0 < value < 1_000_000:
+                return value
+    return 512
+
+
+def describe_io(ctx: Context, export_dir: Path) -> dict[str, Any]:
+    inputs, outputs = signature(export_dir / "model.onnx")
+    names = [o["name"] for o in outputs]
+    text = (export_dir / "tokenizer.json").is_file() and {i["name"] for i in inputs} <= TOKENIZER_INPUTS
+    # Sentence-transformers exports carry the pooled, normalised embedding: that is the answer.
+    primary = ["sentence_embedding"] if "sentence_embedding" in names else names
+    io_spec: dict[str, Any] = {
+        "kind": "text" if text else "tensor",
+        "inputs": inputs,
+        "outputs": outputs,
+        "checked_outputs": primary,
+        "primary_outputs": primary,
+    }
+    if text:
+        assert ctx.source is not None
+        io_spec["tokenizer"] = "model/tokenizer.json"
+        io_spec["max_length"] = _max_length(ctx.source.path)
+    return io_spec
+
+
+def run(ctx: Context) -> None:
+    assert ctx.source is not None
+    out = ctx.work_dir / "reference"
+    out.mkdir()
+    if ctx.source.kind == "huggingface":
+        _export_hf(ctx, out)
+    else:
+        _copy_onnx(ctx, out)
+    ctx.reference_model = out / "model.onnx"
+    ctx.io = describe_io(ctx, out)
+    ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] if ctx.io["kind"] == "text" else []

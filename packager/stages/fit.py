@@ -1,0 +1,66 @@
+"""fit: measure the packaged model's peak resident memory against the target's budget.
+
+The bundle's own run.py measures it (`--measure`) in a fresh child process with the
+target's session options and threads: the kernel's high-water mark, reset before the load
+and again before the run, so the figure is the model's and the runtime's, not packager's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from packager.context import Context
+from packager.errors import ExitCode, PackagerError
+from packager.manifest import runtime_spec
+from packager.runtime_files import copy_runtime
+
+MEASURE_TIMEOUT_S = 1800
+
+MiB = 2**20
+
+
+def measure(ctx: Context) -> dict:
+    # run.py reads only the runtime section of the manifest; the bundle stage writes the full one.
+    (ctx.stage_dir / "manifest.json").write_text(json.dumps({"runtime": runtime_spec(ctx)}), encoding="utf-8")
+    copy_runtime(ctx.stage_dir)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(ctx.stage_dir / "run.py"), "--measure"],
+            capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S, env=env, cwd=ctx.work_dir,
+        )
+    except subprocess.TimeoutExpired:
+        raise PackagerError(f"measuring memory took over {MEASURE_TIMEOUT_S} s; the model is too slow to run on "
+                            "this host.", ExitCode.TOOL_FAILED) from None
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PackagerError(f"the packaged model failed to load or run in a fresh process: {tail}",
+                            ExitCode.TOOL_FAILED)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(ctx: Context) -> None:
+    measured = measure(ctx)
+    budget = ctx.profile.budget.memory_bytes
+    peak = measured["peak_bytes"]
+    ctx.memory = {
+        "budget_bytes": budget,
+        "measured_peak_bytes": peak,
+        "load_peak_bytes": measured["load_peak_bytes"],
+        "run_peak_bytes": measured["run_peak_bytes"],
+        "baseline_bytes": measured["baseline_bytes"],
+        "method": measured["method"],
+        "measured_on": measured["host"],
+        "fits": peak <= budget,
+        "headroom_bytes": budget - peak,
+    }
+    if peak > budget:
+        raise PackagerError(
+            f"does not fit: peak resident memory {peak / MiB:.0f} MiB (load {measured['load_peak_bytes'] / MiB:.0f} MiB, "
+            f"run {measured['run_peak_bytes'] / MiB:.0f} MiB) is over {ctx.profile.name}'s budget of "
+            f"{budget / MiB:.0f} MiB; pick a smaller recipe or model.",
+            ExitCode.DOES_NOT_FIT,
+        )

@@ -1,0 +1,156 @@
+"""source: resolve what the user named into a model on disk, refuse what is not one, hash it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+
+from packager.context import Context, Source
+from packager.errors import ExitCode, PackagerError
+from packager.samples import resolve_sample
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
+# Architectures by suffix -> optimum export task. Decoders and seq2seq come with later issues.
+TASKS = {
+    "Model": "feature-extraction",
+    "ForSequenceClassification": "text-classification",
+    "ForTokenClassification": "token-classification",
+    "ForMaskedLM": "fill-mask",
+    "ForQuestionAnswering": "question-answering",
+}
+UNSUPPORTED_YET = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "ForSpeechSeq2Seq")
+
+
+def _bad(message: str) -> PackagerError:
+    return PackagerError(message, ExitCode.BAD_INPUT)
+
+
+def hash_files(root: Path, files: list[Path]) -> str:
+    """sha256 over each file's path (relative to root) and content, in a stable order."""
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def task_for(architectures: list[str], where: Path) -> tuple[str, str]:
+    """The export task for the first architecture in config.json (local folders cannot auto-infer it)."""
+    if not architectures:
+        raise _bad(f"{where}: config.json has no `architectures` list, so the export task is unknown; "
+                   "add the model class name (e.g. \"BertModel\") to config.json.")
+    arch = architectures[0]
+    if arch.endswith(UNSUPPORTED_YET):
+        raise _bad(f"{where}: {arch} is a generative model; packager does not package decoders or "
+                   "encoder-decoders yet (issues 4 and 11). Package an encoder, or an .onnx file.")
+    for suffix, task in sorted(TASKS.items(), key=lambda kv: -len(kv[0])):
+        if arch.endswith(suffix):
+            return task, arch
+    raise _bad(f"{where}: unknown architecture {arch!r} in config.json; export it to .onnx yourself "
+               "and package the .onnx file.")
+
+
+def _hf_folder(path: Path) -> Source:
+    config_path = path / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise _bad(f"{config_path}: invalid JSON ({e.msg} at line {e.lineno}); fix or replace the file.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise _bad(f"{config_path}: cannot read it ({e}); check its permissions.") from None
+    if not isinstance(config, dict):
+        raise _bad(f"{config_path}: not a model configuration (expected a JSON object).")
+    task, arch = task_for(config.get("architectures") or [], path)
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise _bad(f"{path}: only pickled weights ({', '.join(pickles)}), which can run code when "
+                       "loaded; convert them to safetensors first.")
+        raise _bad(f"{path}: no *.safetensors weights next to config.json.")
+    files = [p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts]
+    name = path.name if path.name != "model" else path.parent.name
+    return Source("huggingface", path, _bundle_name(name), tuple(sorted(files)),
+                  hash_files(path, files), task=task, architecture=arch)
+
+
+def external_data_files(model_path: Path, model: onnx.ModelProto) -> list[Path]:
+    """The external data files an ONNX model references, each checked to lie inside its folder."""
+    folder = model_path.parent.resolve()
+    files = set()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if Path(location).is_absolute() or folder not in target.parents:
+            raise _bad(f"{model_path}: external data {location!r} points outside the model's folder; "
+                       "refusing to read it. Keep the data file beside the model.")
+        if not target.is_file():
+            raise _bad(f"{model_path}: external data file {location!r} is missing; copy it next to the model.")
+        files.add(target)
+    return sorted(files)
+
+
+def _onnx_file(path: Path) -> Source:
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise _bad(f"{path}: not a valid ONNX model ({type(e).__name__}); re-export or re-download it.") from None
+    if not model.graph.node:
+        raise _bad(f"{path}: the ONNX graph is empty; re-export the model.")
+    files = [path.resolve(), *external_data_files(path, model)]
+    return Source("onnx", path, _bundle_name(path.stem), tuple(files), hash_files(path.parent.resolve(), files))
+
+
+def _bundle_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-.")
+    return cleaned or "model"
+
+
+def resolve(spec: str, name: str | None = None) -> Source:
+    """A Hugging Face folder or an .onnx file (a folder holding exactly one)."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise _bad(f"{spec}: no such file or folder; check the path (or use sample:minilm).")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            source = _hf_folder(path)
+        else:
+            models = sorted(path.glob("*.onnx"))
+            if len(models) != 1:
+                what = "no config.json and no .onnx file" if not models else f"{len(models)} .onnx files"
+                raise _bad(f"{path}: not a model folder ({what}); pass a Hugging Face folder with "
+                           "config.json and safetensors, or one .onnx file.")
+            source = _onnx_file(models[0])
+    elif path.suffix == ".onnx":
+        source = _onnx_file(path)
+    elif path.suffix in PICKLE_SUFFIXES:
+        raise _bad(f"{path}: pickled checkpoints can run code when loaded and are refused; "
+                   "convert to safetensors or export to .onnx first.")
+    else:
+        raise _bad(f"{path}: not a model (expected a folder with config.json, or an .onnx file).")
+    return _renamed(source, name) if name else source
+
+
+def _renamed(source: Source, name: str) -> Source:
+    return replace(source, name=_bundle_name(name))
+
+
+
+def run(ctx: Context) -> None:
+    if not ctx.model_spec.startswith("sample:"):
+        ctx.source = resolve(ctx.model_spec, ctx.name)
+        return
+    sample_name = ctx.model_spec.removeprefix("sample:")
+    path, sample = resolve_sample(sample_name)
+    ctx.source = resolve(str(path), ctx.name or sample_name)
+    if not (ctx.input_spec.shapes or ctx.input_spec.values):
+        # Built-in tensor samples carry the shapes and values their signature leaves open.
+        ctx.input_spec = replace(ctx.input_spec, shapes=dict(sample.shapes), values=dict(sample.values))

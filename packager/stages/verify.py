@@ -1,0 +1,84 @@
+"""verify: run the fp32 reference and the packaged model on the same samples and compare.
+
+Text models are fed through the tokenizer that ships in the bundle (run.py's own code);
+tensor models get inputs made from their signature. The packaged model's outputs become the
+bundle's expected outputs, which the smoke test checks on the device.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from packager.context import Context
+from packager.errors import ExitCode, PackagerError
+from packager.manifest import runtime_spec
+from packager.runtime_files import family_texts, runner
+from packager.sample_inputs import make_inputs
+
+
+def _host_runner(ctx: Context) -> Any:
+    """The packaged model as run.py loads it, on this host's CPU."""
+    spec = runtime_spec(ctx) | {"providers": ["CPUExecutionProvider"], "provider_options": {}}
+    return runner().Runner(ctx.stage_dir, spec, log_level=4)
+
+
+def _run_all(session: Any, feeds: list[dict[str, np.ndarray]], what: str) -> list[dict[str, np.ndarray]]:
+    names = [o.name for o in session.get_outputs()]
+    try:
+        return [dict(zip(names, session.run(names, f))) for f in feeds]
+    except Exception as e:
+        shapes = ", ".join(f"{k}{list(v.shape)} {v.dtype}" for k, v in feeds[0].items())
+        # ORT nests the failing node's message inside each enclosing If/Loop: the last one says what broke.
+        reason = str(e).split("Status Message: ")[-1].splitlines()[0][:200]
+        raise PackagerError(
+            f"the {what} failed on the sample inputs made from its signature ({shapes}): {reason}; "
+            "give the shapes and values it accepts with --shape NAME=D1,D2 and --value NAME=V.",
+            ExitCode.BAD_INPUT,
+        ) from None
+
+
+def run(ctx: Context) -> None:
+    assert ctx.reference_model is not None
+    packaged = _host_runner(ctx)
+    if ctx.io["kind"] == "text":
+        ctx.texts = family_texts("text")
+        ctx.sample_inputs = [packaged.encode(t) for t in ctx.texts]
+    else:
+        ctx.sample_inputs = make_inputs(ctx.io["inputs"], ctx.input_spec)
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4  # failures surface as exceptions, reported once
+    reference = ort.InferenceSession(str(ctx.reference_model), so, providers=["CPUExecutionProvider"])
+    expected = _run_all(reference, ctx.sample_inputs, "fp32 reference model")
+    ctx.expected_outputs = _run_all(packaged.session, ctx.sample_inputs, "packaged model")
+
+    result = runner().compare(expected, ctx.expected_outputs, ctx.io["checked_outputs"])
+    threshold = ctx.profile.accuracy.min_cosine
+    ctx.accuracy = {
+        "metric": "cosine",
+        "reference": "fp32 ONNX export",
+        "samples": len(ctx.sample_inputs),
+        "threshold": threshold,
+        **result,
+    }
+    if result["min_cosine"] < threshold:
+        raise PackagerError(
+            f"recipe {ctx.recipe_name} changes the answers too much: cosine {result['min_cosine']:.4f} against the "
+            f"fp32 reference is below {ctx.profile.name}'s threshold of {threshold}; try --recipe fp32 or fp16.",
+            ExitCode.ACCURACY,
+        )
+    _write_samples(ctx)
+
+
+def _write_samples(ctx: Context) -> None:
+    samples = ctx.stage_dir / "samples"
+    samples.mkdir()
+    rt = runner()
+    rt.save_samples(samples / "inputs.npz", ctx.sample_inputs)
+    rt.save_samples(samples / "expected.npz", ctx.expected_outputs)
+    if ctx.texts:
+        (samples / "texts.json").write_text(json.dumps(ctx.texts, indent=1) + "\n", encoding="utf-8")

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""The bundle's own smoke test: does this model start and answer right on this device?
+
+    python smoke_test.py [--json]
+
+1. every file's checksum against SHA256SUMS and the manifest;
+2. load the model with the target's providers (falling back to CPU where they are missing,
+   and saying so);
+3. run the sample inputs (texts go through the shipped tokenizer) and compare with the
+   expected outputs recorded when the bundle was built;
+4. peak resident memory of load and run against the target's budget.
+
+The last line is the verdict: `PASS`, or `FAIL: <reason>`. Exit code 0 only on pass.
+Depends on onnxruntime, numpy and the standard library (and tokenizers for text models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.dont_write_bytecode = True  # leave the bundle exactly as its checksums say
+
+import run  # noqa: E402  (the runner beside this file)
+
+SUMS = "SHA256SUMS"
+
+
+class SmokeFailure(Exception):
+    pass
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_files(bundle: Path, manifest: dict[str, Any]) -> int:
+    """Every file listed in SHA256SUMS is present, inside the bundle and unchanged; the manifest
+    agrees with SHA256SUMS; nothing unlisted sits beside them."""
+    sums_path = bundle / SUMS
+    if not sums_path.is_file():
+        raise SmokeFailure(f"{SUMS} is missing")
+    listed: dict[str, str] = {}
+    for line in sums_path.read_text(encoding="utf-8").splitlines():
+        digest, _, name = line.partition("  ")
+        if not name:
+            raise SmokeFailure(f"malformed line in {SUMS}: {line!r}")
+        listed[name] = digest
+    root = bundle.resolve()
+    for name, digest in sorted(listed.items()):
+        path = (bundle / name).resolve()
+        if root not in path.parents:
+            raise SmokeFailure(f"{SUMS} names a path outside the bundle: {name}")
+        if not path.is_file():
+            raise SmokeFailure(f"missing file: {name}")
+        if sha256(path) != digest:
+            raise SmokeFailure(f"checksum mismatch: {name} was modified after packaging")
+    for entry in manifest["files"]:
+        if listed.get(entry["path"]) != entry["sha256"]:
+            raise SmokeFailure(f"manifest and {SUMS} disagree about {entry['path']}")
+    present = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    unlisted = sorted(present - set(listed) - {SUMS})
+    if unlisted:
+        raise SmokeFailure(f"unlisted file in the bundle: {unlisted[0]}")
+    return len(listed)
+
+
+def check_outputs(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) -> dict[str, Any]:
+    io = manifest["runtime"]["io"]
+    stored_inputs = run.load_samples(bundle, run.SAMPLE_INPUTS)
+    expected = run.load_samples(bundle, run.SAMPLE_EXPECTED)
+    if io["kind"] == "text":
+        texts = json.loads((bundle / run.SAMPLE_TEXTS).read_text(encoding="utf-8"))
+        feeds = [runner.encode(t) for t in texts]
+        for i, (got, stored) in enumerate(zip(feeds, stored_inputs)):
+            if any(not (got[k].shape == stored[k].shape and (got[k] == stored[k]).all()) for k in stored):
+                raise SmokeFailure(f"the tokenizer here encodes sample {i} differently from the build host")
+    else:
+        feeds = stored_inputs
+    actual = [runner.run(f) for f in feeds]
+    result = run.compare(expected, actual, io["checked_outputs"])
+    threshold = manifest["smoke"]["min_cosine"]
+    if result["min_cosine"] < threshold:
+        raise SmokeFailure(
+            f"outputs differ from the build host's: cosine {result['min_cosine']:.5f} < {threshold}")
+    return result
+
+
+def smoke(bundle: Path) -> dict[str, Any]:
+    report: dict[str, Any] = {"bundle": str(bundle)}
+    manifest = run.read_manifest(bundle)
+    report["files_checked"] = check_files(bundle, manifest)
+
+    # Measured in this process, as the app would run: reset the kernel's high-water mark, load, run.
+    run.reset_peak()
+    runner = run.load(bundle)
+    report["providers"] = runner.providers
+    report["missing_providers"] = runner.missing_providers
+    report["load_peak_bytes"] = run.peak_bytes()
+    report["accuracy"] = check_outputs(bundle, runner, manifest)
+    report["peak_bytes"] = run.peak_bytes()
+
+    budget = manifest["memory"]["budget_bytes"]
+    report["budget_bytes"] = budget
+    if report["peak_bytes"] > budget:
+        raise SmokeFailure(f"peak memory {report['peak_bytes'] / 2**20:.0f} MiB is over the budget "
+                           f"of {budget / 2**20:.0f} MiB")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Check this bundle on this device.")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON line before the verdict")
+    parser.add_argument("--bundle", type=Path, default=HERE, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    report: dict[str, Any] = {}
+    try:
+        report = smoke(args.bundle)
+        verdict = "PASS"
+    except SmokeFailure as e:
+        verdict = f"FAIL: {e}"
+    except Exception as e:  # a runtime that cannot load or run the model is a failure too
+        verdict = f"FAIL: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if args.json:
+        print(json.dumps({**report, "verdict": verdict}))
+    else:
+        for p in report.get("missing_providers", []):
+            print(f"note: {p} is not available on this host; ran on {', '.join(report['providers'])} "
+                  f"(the {p} path was not exercised)")
+        if "files_checked" in report:
+            print(f"checksums: {report['files_checked']} files OK")
+        if "accuracy" in report:
+            print(f"outputs: min cosine {report['accuracy']['min_cosine']:.5f} vs build host")
+        if "peak_bytes" in report:
+            print(f"peak memory: {report['peak_bytes'] / 2**20:.1f} MiB of {report['budget_bytes'] / 2**20:.0f} MiB budget")
+    print(verdict)
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
