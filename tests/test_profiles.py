@@ -1,0 +1,101 @@
+"""Profiles: the built-in ones load, and every kind of mistake names the file and the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from packager.errors import ExitCode, PackagerError
+from packager.paths import profiles_dir
+from packager.profiles import builtin_profiles, load_profile, resolve_target
+
+REQUIRED = {"phone", "rpi4", "rpi5", "jetson-orin-nano", "jetson-agx-orin"}
+
+
+def test_builtin_profiles_load_and_cover_the_targets() -> None:
+    profiles = builtin_profiles()
+    assert REQUIRED <= set(profiles)
+    assert profiles["rpi5"].budget.memory_bytes == 1_500_000_000
+    assert "asimddp" in profiles["rpi5"].device.isa and "asimddp" not in profiles["rpi4"].device.isa
+    assert "i8mm" in profiles["phone"].device.isa
+    assert profiles["jetson-orin-nano"].budget.memory_bytes == 3_000_000_000
+    assert profiles["jetson-orin-nano"].runtime.providers[0] == "TensorrtExecutionProvider"
+    assert profiles["jetson-orin-nano"].runtime.index_url.startswith("https://")
+
+
+def test_every_device_fact_cites_a_source() -> None:
+    for path in profiles_dir().glob("*.toml"):
+        text = path.read_text()
+        device = text[text.index("[device]"):text.index("[os]")]
+        assert device.count("#") >= 2, f"{path.name}: device facts need source comments"
+
+
+def test_alias_and_did_you_mean() -> None:
+    assert resolve_target("rpi").name == "rpi5"
+    assert resolve_target("jetson").name == "jetson-orin-nano"
+    with pytest.raises(PackagerError) as e:
+        resolve_target("rpi6")
+    assert e.value.code == ExitCode.BAD_PROFILE
+    assert 'did you mean "rpi' in e.value.message
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "custom.toml"
+    path.write_text(text)
+    return path
+
+
+def _rpi5_text() -> str:
+    return (profiles_dir() / "rpi5.toml").read_text()
+
+
+@pytest.mark.parametrize("change, key, problem", [
+    (("[runtime]\n", "[runtime]\nverison = '1'\n"), "runtime.verison", 'did you mean "version"'),
+    (("cores = 4", 'cores = "four"'), "device.cores", "must be int"),
+    (("cores = 4", "cores = true"), "device.cores", "must be int"),
+    (("memory_bytes = 1500000000", "memory_bytes = -1"), "budget.memory_bytes", "must be positive"),
+    (("memory_bytes = 1500000000", "memory_bytes = 0"), "budget.memory_bytes", "must be positive"),
+    (("memory_bytes = 1500000000", "memory_bytes = 99999999999"), "budget.memory_bytes", "larger than device.ram_bytes"),
+    (('recipe = "int8-dynamic"', 'recipe = "int8-dynamc"'), "recipe", 'did you mean "int8-dynamic"'),
+    (('graph_optimization = "all"', 'graph_optimization = "max"'), "session.graph_optimization", "must be one of"),
+    (('isa = ["fp"', 'isa = [1'), "device.isa[0]", "must be str"),
+    (("[budget]\n", "[budgets]\n"), "budgets", "not a known key"),
+])
+def test_invalid_profiles_name_file_and_key(tmp_path: Path, change: tuple[str, str], key: str, problem: str) -> None:
+    text = _rpi5_text()
+    assert change[0] in text
+    path = _write(tmp_path, text.replace(change[0], change[1], 1))
+    with pytest.raises(PackagerError) as e:
+        load_profile(path)
+    assert e.value.code == ExitCode.BAD_PROFILE
+    assert str(path) in e.value.message and f"'{key}'" in e.value.message and problem in e.value.message
+
+
+def test_missing_key_and_bad_syntax(tmp_path: Path) -> None:
+    with pytest.raises(PackagerError, match="'budget' is required"):
+        load_profile(_write(tmp_path, _rpi5_text().split("[budget]")[0] + "[accuracy]\nmin_cosine = 0.9\ndevice_min_cosine = 0.9\n"))
+    with pytest.raises(PackagerError, match="invalid TOML"):
+        load_profile(_write(tmp_path, "name = \n"))
+
+
+def test_custom_profile_file_is_a_target(tmp_path: Path) -> None:
+    path = _write(tmp_path, _rpi5_text().replace('name = "rpi5"', 'name = "my-board"'))
+    assert resolve_target(str(path)).name == "my-board"
+
+
+def test_targets_json_is_the_ci_matrix() -> None:
+    proc = run_cli("targets", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert {r["name"] for r in rows} >= REQUIRED
+    for r in rows:
+        assert {"name", "aliases", "arch", "ram_bytes", "budget_bytes", "providers"} <= set(r)
+        assert r["budget_bytes"] <= r["ram_bytes"]
+
+
+def test_targets_table() -> None:
+    proc = run_cli("targets")
+    assert proc.returncode == 0 and "rpi5" in proc.stdout and "jetson-orin-nano" in proc.stdout
