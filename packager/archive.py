@@ -38,6 +38,9 @@ def extract_bundle(archive: Path, dest: Path) -> Path:
             members = tar.getmembers()
             tops = {m.name.split("/", 1)[0] for m in members}
             for m in members:
+                if m.name.startswith("/") or ".." in Path(m.name).parts:
+                    raise PackagerError(f"{archive}: entry {m.name!r} points outside the bundle folder; refusing "
+                                        "to unpack it. Rebuild the bundle.", ExitCode.BAD_INPUT)
                 if not (m.isfile() or m.isdir()):
                     raise PackagerError(f"{archive}: entry {m.name!r} is a link or device; a bundle holds only "
                                         "files and folders. Rebuild the bundle.", ExitCode.BAD_INPUT)

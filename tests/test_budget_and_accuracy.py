@@ -1,0 +1,56 @@
+"""The verdicts that stop a bundle: over the memory budget (exit 3), answers drifted (exit 4)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from packager.paths import profiles_dir
+
+pytestmark = pytest.mark.integration
+
+
+def _profile(tmp_path: Path, **replacements: str) -> Path:
+    text = (profiles_dir() / "rpi5.toml").read_text()
+    for old, new in replacements.items():
+        assert old in text
+        text = text.replace(old, new, 1)
+    path = tmp_path / "rpi5-custom.toml"
+    path.write_text(text)
+    return path
+
+
+def test_over_budget_writes_nothing_and_exits_3(tmp_path: Path) -> None:
+    # 20 MB: below what the Python process and the runtime alone hold resident.
+    profile = _profile(tmp_path, **{"memory_bytes = 1500000000": "memory_bytes = 20000000"})
+    out = tmp_path / "dist"
+    proc = run_cli("package", "sample:silero-vad", "--target", str(profile), "--out", str(out))
+    assert proc.returncode == 3, proc.stderr
+    assert "does not fit" in proc.stderr and "budget" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_accuracy_below_threshold_writes_nothing_and_exits_4(tmp_path: Path, tiny_bert: Path) -> None:
+    # No int8 model matches fp32 exactly: a threshold of 1.0 must fail verify.
+    profile = _profile(tmp_path, **{"min_cosine = 0.98": "min_cosine = 1.0"})
+    out = tmp_path / "dist"
+    proc = run_cli("package", str(tiny_bert), "--target", str(profile), "--out", str(out))
+    assert proc.returncode == 4, proc.stderr
+    assert "changes the answers too much" in proc.stderr and "--recipe" in proc.stderr
+    assert not out.exists()
+
+
+def test_hf_folder_packages_with_a_chosen_recipe(tmp_path: Path, tiny_bert: Path) -> None:
+    proc = run_cli("package", str(tiny_bert), "--target", "phone", "--recipe", "fp32", "--name", "tiny",
+                   "--out", str(tmp_path / "d"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert Path(summary["archive"]).name == "tiny-phone.tar.gz" and summary["recipe"] == "fp32"
+    assert summary["accuracy"]["min_cosine"] == pytest.approx(1.0, abs=1e-5)
+    smoke = run_cli("smoke", summary["archive"], "--json")
+    assert smoke.returncode == 0, smoke.stdout
+    report = json.loads(smoke.stdout)["report"]
+    assert report["missing_providers"] == ["XnnpackExecutionProvider"]  # the PyPI CPU wheel has no XNNPACK

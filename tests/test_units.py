@@ -1,0 +1,120 @@
+"""Fast unit tests: archives, comparison, sample inputs, source resolution."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from packager.archive import extract_bundle, write_archive
+from packager.context import InputSpec
+from packager.errors import ExitCode, PackagerError
+from packager.runtime_files import runner
+from packager.sample_inputs import make_inputs
+from packager.stages.source import resolve, task_for
+
+
+def _folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "b-rpi5"
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "m.onnx").write_bytes(b"weights")
+    (folder / "run.py").write_text("print('hi')\n")
+    (folder / "run.py").chmod(0o755)
+    return folder
+
+
+def test_archive_is_byte_identical_across_runs(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    write_archive(folder, tmp_path / "a.tar.gz")
+    (folder / "model" / "m.onnx").touch()  # a newer mtime must not matter
+    write_archive(folder, tmp_path / "b.tar.gz")
+    assert (tmp_path / "a.tar.gz").read_bytes() == (tmp_path / "b.tar.gz").read_bytes()
+    with tarfile.open(tmp_path / "a.tar.gz") as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert members["b-rpi5/run.py"].mode == 0o755 and members["b-rpi5/model/m.onnx"].mode == 0o644
+    assert {m.uid for m in members.values()} == {0} and {m.mtime for m in members.values()} == {0}
+
+
+def _tar_with(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
+    path = tmp_path / "evil.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.addfile(member, io.BytesIO(data) if data else None)
+    return path
+
+
+@pytest.mark.parametrize("make", [
+    lambda: tarfile.TarInfo("b/../../escape.txt"),
+    lambda: tarfile.TarInfo("/etc/owned"),
+])
+def test_extract_refuses_paths_that_leave(tmp_path: Path, make) -> None:
+    info = make()
+    info.size = 1
+    with pytest.raises(PackagerError) as e:
+        extract_bundle(_tar_with(tmp_path, info, b"x"), tmp_path / "out")
+    assert e.value.code == ExitCode.BAD_INPUT
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_extract_refuses_links(tmp_path: Path) -> None:
+    info = tarfile.TarInfo("b/link")
+    info.type = tarfile.SYMTYPE
+    info.linkname = "/etc/passwd"
+    with pytest.raises(PackagerError, match="link or device"):
+        extract_bundle(_tar_with(tmp_path, info), tmp_path / "out")
+
+
+def test_compare_flags_drift_and_handles_small_outputs() -> None:
+    compare = runner().compare
+    rng = np.random.default_rng(0)
+    expected = [{"emb": rng.standard_normal(384).astype(np.float32), "p": np.array([[0.9]], np.float32)} for _ in range(4)]
+    same = compare(expected, expected, ["emb", "p"])
+    assert same["min_cosine"] == pytest.approx(1.0) and same["max_abs_diff"] == 0.0
+    noisy = [{"emb": e["emb"] + rng.standard_normal(384).astype(np.float32), "p": e["p"]} for e in expected]
+    assert compare(expected, noisy, ["emb"])["min_cosine"] < 0.9
+    # A one-value output is compared across samples, so a flipped probability shows.
+    flipped = [{"emb": e["emb"], "p": np.array([[0.1 if i % 2 else 0.9]], np.float32)} for i, e in enumerate(expected)]
+    assert compare(expected, flipped, ["p"])["min_cosine"] < 0.95
+    nan = [{"emb": np.full(384, np.nan, np.float32), "p": e["p"]} for e in expected]
+    assert compare(expected, nan, ["emb"])["min_cosine"] == 0.0
+
+
+def test_sample_inputs_follow_signature_and_overrides() -> None:
+    inputs = [{"name": "x", "dtype": "float32", "shape": [None, 3, "h", 8]},
+              {"name": "sr", "dtype": "int64", "shape": []},
+              {"name": "mask", "dtype": "bool", "shape": [1, 4]}]
+    samples = make_inputs(inputs, InputSpec(shapes={"x": (2, 3, 5, 8)}, values={"sr": 8000}, count=3))
+    assert len(samples) == 3
+    assert samples[0]["x"].shape == (2, 3, 5, 8) and samples[0]["x"].dtype == np.float32
+    assert samples[0]["sr"].shape == () and int(samples[0]["sr"]) == 8000
+    assert samples[0]["mask"].dtype == np.bool_
+    assert not np.array_equal(samples[0]["x"], samples[1]["x"])
+    assert np.array_equal(make_inputs(inputs, InputSpec(count=1))[0]["x"], make_inputs(inputs, InputSpec(count=1))[0]["x"])
+    assert make_inputs(inputs, InputSpec(count=1))[0]["x"].shape == (1, 3, 16, 8)
+    with pytest.raises(PackagerError, match="not a model input"):
+        make_inputs(inputs, InputSpec(values={"rate": 1}))
+    with pytest.raises(PackagerError, match="3 dimensions"):
+        make_inputs(inputs, InputSpec(shapes={"x": (1, 2, 3)}))
+
+
+def test_task_from_architectures(tmp_path: Path) -> None:
+    assert task_for(["BertModel"], tmp_path) == ("feature-extraction", "BertModel")
+    assert task_for(["DistilBertForSequenceClassification"], tmp_path)[0] == "text-classification"
+    with pytest.raises(PackagerError, match="decoders"):
+        task_for(["LlamaForCausalLM"], tmp_path)
+    with pytest.raises(PackagerError, match="no `architectures`"):
+        task_for([], tmp_path)
+
+
+def test_source_hash_covers_content(tiny_bert: Path, tmp_path: Path) -> None:
+    import shutil
+
+    first = resolve(str(tiny_bert))
+    assert first.kind == "huggingface" and first.task == "feature-extraction"
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bert, copy)
+    assert resolve(str(copy)).sha256 == first.sha256
+    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
+    assert resolve(str(copy)).sha256 != first.sha256
