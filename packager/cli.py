@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -106,23 +107,34 @@ def targets(as_json: bool = JsonOpt, debug: bool = DebugOpt) -> None:
 @app.command()
 def package(
     model: str = typer.Argument(..., help="A Hugging Face folder, an .onnx file, or sample:minilm / sample:silero-vad."),
-    target: str = typer.Option(..., "--target", "-t", help="Target profile name or alias (see `packager targets`), or a profile .toml."),
-    out: Path = typer.Option(Path("dist"), "--out", "-o", help="Folder for the bundle archive."),
+    target: str | None = typer.Option(None, "--target", "-t", help="Target profile name or alias (see `packager targets`), or a profile .toml."),
+    out: str | None = typer.Option(None, "--out", "-o", help="Folder for the bundle archive [default: dist]."),
     recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's): fp32, int8-dynamic, fp16."),
+    budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
     name: str | None = typer.Option(None, "--name", help="Bundle name (default: from the model)."),
     shape: list[str] = typer.Option([], "--shape", help="Sample input shape for a tensor model: NAME=D1,D2 (repeatable)."),
     value: list[str] = typer.Option([], "--value", help="Fill a sample input with a value: NAME=V, e.g. sr=16000 (repeatable)."),
     as_json: bool = JsonOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Say where each setting came from."),
     debug: bool = DebugOpt,
 ) -> None:
-    """Export, quantize, verify, fit and bundle MODEL for a target."""
-    from packager.pipeline import package as run_pipeline
-    from packager.progress import Reporter
+    """Export, quantize, verify, fit and bundle MODEL for a target.
 
+    Settings resolve as: option > PACKAGER_TARGET / _OUT / _RECIPE / _BUDGET > [tool.packager]
+    in the nearest pyproject.toml > the target profile > defaults.
+    """
     def go() -> Any:
+        from packager.config import resolve_package_settings
+        from packager.pipeline import package as run_pipeline  # imports the runtime: seconds
+        from packager.progress import Reporter
+
         spec = InputSpec(shapes=_parse_pairs(shape, "--shape", _dims), values=_parse_pairs(value, "--value", float))
+        settings = resolve_package_settings({"target": target, "out": out, "recipe": recipe, "budget": budget})
         reporter = Reporter(quiet=as_json)
-        return run_pipeline(model, target, out, recipe=recipe, name=name, input_spec=spec, reporter=reporter)
+        if verbose:
+            for line in settings.describe():
+                reporter.print(escape(line))
+        return run_pipeline(model, settings, name=name, input_spec=spec, reporter=reporter)
 
     ctx = _guarded(go, debug=debug, as_json=as_json)
     summary = {
@@ -195,8 +207,18 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # packager never downloads models
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    # SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so every stage's cleanup runs.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    app(prog_name="packager")
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        app(prog_name="packager")
+    except KeyboardInterrupt:  # outside any command's guard (while parsing, importing)
+        err.print("error: interrupted; nothing was written.")
+        sys.exit(int(ExitCode.INTERRUPTED))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from packager.config import PackageSettings
 from packager.context import Context, InputSpec
 from packager.errors import ExitCode, PackagerError, did_you_mean
-from packager.profiles import resolve_target
 from packager.progress import Reporter
 from packager.recipes import RECIPES
 from packager.stages import bundle, export, fit, quantize, source, verify
@@ -24,11 +24,10 @@ STAGES: list[tuple[str, Callable[[Context], None]]] = [
 ]
 
 
-def package(model: str, target: str, out_dir: Path, *, recipe: str | None = None, name: str | None = None,
+def package(model: str, settings: PackageSettings, *, name: str | None = None,
             input_spec: InputSpec | None = None, reporter: Reporter | None = None) -> Context:
-    """Package MODEL for TARGET into OUT_DIR/<name>-<target>.tar.gz; raises PackagerError."""
-    profile = resolve_target(target)
-    recipe_name = recipe or profile.recipe
+    """Package MODEL for the settings' target into <out>/<name>-<target>.tar.gz; raises PackagerError."""
+    profile, out_dir, recipe_name = settings.profile, settings.out.value, str(settings.recipe.value)
     if recipe_name not in RECIPES:
         raise PackagerError(f"unknown recipe {recipe_name!r}{did_you_mean(recipe_name, list(RECIPES))}; "
                             f"recipes: {', '.join(RECIPES)}.", ExitCode.USAGE)

@@ -4,7 +4,12 @@ no traceback, and nothing left in the output folder."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +169,29 @@ def test_missing_export_stack_says_which_extra(tmp_path: Path, tiny_bert: Path) 
 def test_smoke_of_missing_bundle(tmp_path: Path) -> None:
     proc = run_cli("smoke", str(tmp_path / "nope.tar.gz"))
     assert_clean_failure(proc, 5, "no such bundle")
+
+
+@pytest.mark.parametrize("sig, delay", [(signal.SIGINT, 0.5), (signal.SIGTERM, 3.0), (signal.SIGTERM, 12.0)])
+def test_interrupt_leaves_nothing_behind(tmp_path: Path, sig: int, delay: float) -> None:
+    """Stopped while the stages run (import, export, quantize...): exit 130, no output folder,
+    no temporary work folder."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    out = tmp_path / "dist"
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    proc = subprocess.Popen([sys.executable, "-m", "packager", "package", "sample:minilm", "--target", "rpi5",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not work_dirs(tmpdir) and time.monotonic() < deadline:  # stages are running
+        time.sleep(0.1)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not out.exists()
+    assert work_dirs(tmpdir) == []
+
+
+def work_dirs(tmpdir: Path) -> list[Path]:
+    return [p for p in tmpdir.iterdir() if p.name.startswith("packager-")]

@@ -61,6 +61,6 @@ def run(ctx: Context) -> None:
         raise PackagerError(
             f"does not fit: peak resident memory {peak / MiB:.0f} MiB (load {measured['load_peak_bytes'] / MiB:.0f} MiB, "
             f"run {measured['run_peak_bytes'] / MiB:.0f} MiB) is over {ctx.profile.name}'s budget of "
-            f"{budget / MiB:.0f} MiB; pick a smaller recipe or model.",
+            f"{budget / MiB:.0f} MiB; pick a smaller recipe or model, or give the deployment more with --budget.",
             ExitCode.DOES_NOT_FIT,
         )
