@@ -127,8 +127,8 @@ def _load_tokenizer(bundle: Path, io: dict[str, Any]) -> Any:
     try:
         from tokenizers import Tokenizer
     except ImportError:
-        sys.exit("this bundle's model takes text and needs the `tokenizers` package: "
-                 "pip install -r requirements.txt")
+        raise RuntimeError("this bundle's model takes text and needs the `tokenizers` package: "
+                           "pip install -r requirements.txt") from None
     tok = Tokenizer.from_file(str(bundle / io["tokenizer"]))
     tok.no_padding()
     tok.enable_truncation(max_length=int(io["max_length"]))
@@ -271,6 +271,23 @@ def measure(bundle: Path = HERE) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- CLI
 
+def read_inputs(path: Path, names: list[str]) -> list[dict[str, np.ndarray]]:
+    """One set of inputs (an .npz with one array per model input), or several in the samples'
+    '<index>/<name>' layout (samples/inputs.npz)."""
+    with np.load(path, allow_pickle=False) as npz:
+        keys = list(npz.files)
+    if keys and all("/" in k for k in keys):
+        feeds = load_samples(path.parent, path.name)
+    else:
+        with np.load(path, allow_pickle=False) as npz:
+            feeds = [{k: npz[k] for k in keys}]
+    for feed in feeds:
+        if set(feed) != set(names):
+            raise ValueError(f"{path} must hold one array per model input ({', '.join(names)}); "
+                             f"it holds {', '.join(sorted(feed)) or 'nothing'}")
+    return feeds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run this bundle's model.")
     parser.add_argument("texts", nargs="*", help="texts to run (text models)")
@@ -280,19 +297,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, default=HERE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if args.measure:
-        print(json.dumps(measure(args.bundle)))
-        return 0
-    runner = load(args.bundle)
-    for p in runner.missing_providers:
-        print(f"note: {p} is not available here; running on {', '.join(runner.providers)}", file=sys.stderr)
-    if args.inputs:
-        with np.load(args.inputs, allow_pickle=False) as npz:
-            results = [runner.run({k: npz[k] for k in npz.files})]
-    elif args.texts:
-        results = runner.run_texts(args.texts)
-    else:
+    if not (args.measure or args.inputs or args.texts):
         parser.error("give texts to run, or --inputs FILE.npz")
+    try:
+        if args.measure:
+            print(json.dumps(measure(args.bundle)))
+            return 0
+        runner = load(args.bundle)
+        for p in runner.missing_providers:
+            print(f"note: {p} is not available here; running on {', '.join(runner.providers)}", file=sys.stderr)
+        results = [runner.run(f) for f in read_inputs(args.inputs, runner.input_names)] if args.inputs \
+            else runner.run_texts(args.texts)
+    except (RuntimeError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.output:
         save_samples(args.output, results)
         return 0

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import run_cli, unpack
@@ -30,17 +31,21 @@ def test_silero_onnx_packages_and_passes_its_smoke_test(silero_onnx: Path, tmp_p
     assert manifest["recipe"]["quantized_nodes"] == 0 and "fp32" in manifest["recipe"]["note"]
     smoke = subprocess.run([sys.executable, "smoke_test.py"], cwd=folder, capture_output=True, text=True)
     assert smoke.returncode == 0 and smoke.stdout.strip().splitlines()[-1] == "PASS", smoke.stdout
-    tensors = subprocess.run([sys.executable, "run.py", "--inputs", "samples/inputs.npz"], cwd=folder,
+    # run.py takes the samples file (several input sets) or one set of inputs, and names a wrong one.
+    samples = subprocess.run([sys.executable, "run.py", "--inputs", "samples/inputs.npz"], cwd=folder,
                              capture_output=True, text=True)
-    assert tensors.returncode != 0  # a multi-sample file is not one set of inputs
+    assert samples.returncode == 0, samples.stderr
+    assert len(json.loads(samples.stdout)) == 4
     one = folder.parent / "one.npz"
-    import numpy as np
-
     np.savez(one, input=np.zeros((1, 512), np.float32), state=np.zeros((2, 1, 128), np.float32),
              sr=np.array(16000, np.int64))
     ran = subprocess.run([sys.executable, "run.py", "--inputs", str(one)], cwd=folder, capture_output=True, text=True)
     assert ran.returncode == 0, ran.stderr
     assert 0.0 <= json.loads(ran.stdout)[0]["output"][0][0] <= 1.0
+    np.savez(one, input=np.zeros((1, 512), np.float32))
+    wrong = subprocess.run([sys.executable, "run.py", "--inputs", str(one)], cwd=folder, capture_output=True, text=True)
+    assert wrong.returncode == 2 and "one array per model input (input, state, sr)" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
 
 
 def test_builtin_sample_knows_its_shapes(tmp_path: Path) -> None:
