@@ -12,12 +12,13 @@ from packager.context import Context, InputSpec
 from packager.errors import ExitCode, PackagerError, did_you_mean
 from packager.progress import Reporter
 from packager.recipes import RECIPES
-from packager.stages import bundle, export, fit, quantize, source, verify
+from packager.stages import bundle, export, fit, quantize, samples, source, verify
 
 STAGES: list[tuple[str, Callable[[Context], None]]] = [
     ("source", source.run),
     ("export", export.run),
     ("quantize", quantize.run),
+    ("samples", samples.run),
     ("verify", verify.run),
     ("fit", fit.run),
     ("bundle", bundle.run),

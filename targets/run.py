@@ -97,7 +97,7 @@ class Runner:
             providers=self.providers,
             provider_options=provider_options(self.providers, runtime.get("provider_options", {}), cache),
         )
-        self.tokenizer = _load_tokenizer(bundle, self.io) if self.io["kind"] == "text" else None
+        self.tokenizer = load_tokenizer(bundle, self.io) if self.io["kind"] == "text" else None
 
     @property
     def input_names(self) -> list[str]:
@@ -108,22 +108,22 @@ class Runner:
         return dict(zip(names, self.session.run(names, feeds)))
 
     def encode(self, text: str) -> dict[str, np.ndarray]:
-        """Tokenize one text into the model's inputs (batch of one)."""
         if self.tokenizer is None:
             raise ValueError("this bundle's model takes tensors, not text: use --inputs FILE.npz")
-        enc = self.tokenizer.encode(text)
-        columns = {
-            "input_ids": enc.ids,
-            "attention_mask": enc.attention_mask,
-            "token_type_ids": enc.type_ids,
-        }
-        return {name: np.asarray([columns[name]], dtype=np.int64) for name in self.input_names}
+        return encode(self.tokenizer, text, self.input_names)
 
     def run_texts(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
         return [self.run(self.encode(t)) for t in texts]
 
 
-def _load_tokenizer(bundle: Path, io: dict[str, Any]) -> Any:
+def encode(tokenizer: Any, text: str, input_names: list[str]) -> dict[str, np.ndarray]:
+    """Tokenize one text into the model's inputs (batch of one)."""
+    enc = tokenizer.encode(text)
+    columns = {"input_ids": enc.ids, "attention_mask": enc.attention_mask, "token_type_ids": enc.type_ids}
+    return {name: np.asarray([columns[name]], dtype=np.int64) for name in input_names}
+
+
+def load_tokenizer(bundle: Path, io: dict[str, Any]) -> Any:
     try:
         from tokenizers import Tokenizer
     except ImportError:
