@@ -162,6 +162,70 @@ def package(
 
 
 @app.command()
+def check(
+    model: str = typer.Argument(..., help="A Hugging Face folder, an .onnx file, or a sample:NAME."),
+    target: str | None = typer.Option(None, "--target", "-t", help="Target profile name or alias, or a profile .toml."),
+    budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's)."),
+    context: int | None = typer.Option(None, "--context", min=1, help="Tokens of KV cache to plan for (decoders)."),
+    no_measure: bool = typer.Option(False, "--no-measure", help="Estimate only: do not load the model in a child process."),
+    shape: list[str] = typer.Option([], "--shape", help="Sample input shape for a tensor model: NAME=D1,D2 (repeatable)."),
+    value: list[str] = typer.Option([], "--value", help="Fill a sample input with a value: NAME=V (repeatable)."),
+    as_json: bool = JsonOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Will MODEL fit the target's memory budget? Exit 0 if it fits, 3 if not."""
+
+    def go() -> Any:
+        from packager.config import resolve_package_settings
+        from packager.pipeline import check as run_check
+        from packager.progress import Reporter
+
+        spec = InputSpec(shapes=_parse_pairs(shape, "--shape", _dims), values=_parse_pairs(value, "--value", float))
+        settings = resolve_package_settings({"target": target, "recipe": recipe, "budget": budget, "out": None})
+        return run_check(model, settings, context=context, measure=not no_measure, input_spec=spec,
+                         reporter=Reporter(quiet=as_json))
+
+    ctx = _guarded(go, debug=debug, as_json=as_json)
+    mem = ctx.memory
+    est = mem["estimate"]
+    measured = None if "measured_peak_bytes" not in mem else {
+        "load_peak_bytes": mem["load_peak_bytes"], "run_peak_bytes": mem["run_peak_bytes"],
+        "peak_bytes": mem["measured_peak_bytes"]}
+    result = {"model": model, "target": ctx.profile.name, "recipe": ctx.recipe_name, "fits": mem["fits"],
+              "budget_bytes": mem["budget_bytes"], "headroom_bytes": mem["headroom_bytes"],
+              "verdict_basis": mem["verdict_basis"], "context": mem["context"],
+              "estimate": {k: est[k] for k in ("low_bytes", "high_bytes", "breakdown", "notes")}, "measured": measured}
+    if as_json:
+        print(json.dumps(result))
+    else:
+        _print_check(result)
+    if not mem["fits"]:
+        raise typer.Exit(int(ExitCode.DOES_NOT_FIT))
+
+
+def _print_check(r: dict[str, Any]) -> None:
+    table = Table("component", "estimate MiB", box=box.SIMPLE_HEAD)
+    table.columns[1].justify = "right"
+    for name, size in r["estimate"]["breakdown"].items():
+        table.add_row(name, f"{size / MiB:.1f}")
+    est = r["estimate"]
+    table.add_row("[b]peak (low - high)[/]", f"[b]{est['low_bytes'] / MiB:.0f} - {est['high_bytes'] / MiB:.0f}[/]")
+    if r["measured"]:
+        m = r["measured"]
+        table.add_row("[b]measured peak[/] (load / run)",
+                      f"[b]{m['peak_bytes'] / MiB:.0f}[/] ({m['load_peak_bytes'] / MiB:.0f} / {m['run_peak_bytes'] / MiB:.0f})")
+    Console(stderr=True).print(table)
+    for note in est["notes"]:
+        err.print(f"note: {escape(note)}")
+    word = "FITS" if r["fits"] else "DOES NOT FIT"
+    margin = abs(r["headroom_bytes"]) / MiB
+    print(f"{word}: {r['model']} on {r['target']} ({r['recipe']}), {r['verdict_basis']} peak "
+          f"{(r['budget_bytes'] - r['headroom_bytes']) / MiB:.0f} MiB against a budget of {r['budget_bytes'] / MiB:.0f} MiB, "
+          f"{margin:.0f} MiB {'to spare' if r['fits'] else 'over'}")
+
+
+@app.command()
 def smoke(
     bundle: Path = typer.Argument(..., help="A bundle archive (.tar.gz) or an unpacked bundle folder."),
     python: str | None = typer.Option(None, "--python", help="Interpreter to run it with (default: this one)."),

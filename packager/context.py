@@ -46,6 +46,9 @@ class Context:
     out_dir: Path
     input_spec: InputSpec = field(default_factory=InputSpec)
     name: str | None = None        # --name: overrides the bundle name taken from the model
+    context: int | None = None     # tokens of KV cache to plan for (decoders)
+    measure: bool = True           # fit: measure in a child process, not only estimate
+    enforce_budget: bool = True    # fit: a model over budget stops the pipeline (check reports instead)
 
     # source
     source: Source | None = None

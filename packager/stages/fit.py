@@ -1,6 +1,6 @@
-"""fit: measure the packaged model's peak resident memory against the target's budget.
+"""fit: estimate and measure the packaged model's peak resident memory against the budget.
 
-The bundle's own run.py measures it (`--measure`) in a fresh child process with the
+The estimate comes from the graph (packager/estimate.py). The bundle's own run.py measures it (`--measure`) in a fresh child process with the
 target's session options and threads: the kernel's high-water mark, reset before the load
 and again before the run, so the figure is the model's and the runtime's, not packager's.
 """
@@ -14,6 +14,7 @@ import sys
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
+from packager.estimate import estimate, sample_shapes
 from packager.manifest import runtime_spec
 from packager.runtime_files import copy_runtime
 
@@ -43,24 +44,43 @@ def measure(ctx: Context) -> dict:
 
 
 def run(ctx: Context) -> None:
-    measured = measure(ctx)
+    assert ctx.packaged_model is not None
+    est = estimate(ctx.packaged_model, ctx.profile, ctx.io["kind"], sample_shapes(ctx.sample_inputs), ctx.context)
+    measured = measure(ctx) if ctx.measure else None
     budget = ctx.profile.budget.memory_bytes
-    peak = measured["peak_bytes"]
+    # The verdict trusts a measurement over an estimate, and the estimate's high side over its low.
+    peak = measured["peak_bytes"] if measured else est.high_bytes
     ctx.memory = {
         "budget_bytes": budget,
-        "measured_peak_bytes": peak,
-        "load_peak_bytes": measured["load_peak_bytes"],
-        "run_peak_bytes": measured["run_peak_bytes"],
-        "baseline_bytes": measured["baseline_bytes"],
-        "method": measured["method"],
-        "measured_on": measured["host"],
+        "context": ctx.context,
+        "estimate": est.to_dict(),
+        "verdict_basis": "measured" if measured else "estimate (high)",
         "fits": peak <= budget,
         "headroom_bytes": budget - peak,
     }
-    if peak > budget:
+    if measured:
+        ctx.memory |= {
+            "measured_peak_bytes": measured["peak_bytes"],
+            "load_peak_bytes": measured["load_peak_bytes"],
+            "run_peak_bytes": measured["run_peak_bytes"],
+            "baseline_bytes": measured["baseline_bytes"],
+            "method": measured["method"],
+            "measured_on": measured["host"],
+        }
+    if peak > budget and ctx.enforce_budget:
         raise PackagerError(
-            f"does not fit: peak resident memory {peak / MiB:.0f} MiB (load {measured['load_peak_bytes'] / MiB:.0f} MiB, "
-            f"run {measured['run_peak_bytes'] / MiB:.0f} MiB) is over {ctx.profile.name}'s budget of "
-            f"{budget / MiB:.0f} MiB; pick a smaller recipe or model, or give the deployment more with --budget.",
+            f"does not fit: {over_budget(ctx.memory)} over {ctx.profile.name}'s budget of {budget / MiB:.0f} MiB; "
+            "pick a smaller recipe or model, or give the deployment more with --budget.",
             ExitCode.DOES_NOT_FIT,
         )
+
+
+def over_budget(memory: dict) -> str:
+    """'peak 1700 MiB (load ..., run ...)' with the largest estimated components."""
+    est = memory["estimate"]
+    top = sorted(est["breakdown"].items(), key=lambda kv: -kv[1])[:3]
+    parts = ", ".join(f"{k} {v / MiB:.0f}" for k, v in top)
+    if "measured_peak_bytes" in memory:
+        return (f"measured peak {memory['measured_peak_bytes'] / MiB:.0f} MiB (load {memory['load_peak_bytes'] / MiB:.0f}, "
+                f"run {memory['run_peak_bytes'] / MiB:.0f}; largest parts: {parts} MiB) is")
+    return f"estimated peak up to {est['high_bytes'] / MiB:.0f} MiB (largest parts: {parts} MiB) is"

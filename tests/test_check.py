@@ -1,0 +1,83 @@
+"""`packager check`: the estimate and the measurement against the budget, exit 0 fits / 3 not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import run_cli
+from packager.estimate import activation_peak, estimate, prepacked_bytes, weight_bytes
+from packager.profiles import resolve_target
+
+pytestmark = pytest.mark.integration
+
+
+def test_check_json_fits(tmp_path: Path) -> None:
+    proc = run_cli("check", "sample:silero-vad", "--target", "rpi5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["fits"] is True and r["budget_bytes"] == 1_500_000_000
+    est, measured = r["estimate"], r["measured"]
+    assert 0 < est["low_bytes"] <= est["high_bytes"]
+    assert {"runtime_base", "weights_inline", "weights_external", "prepacked", "activations", "kv_cache"} <= set(est["breakdown"])
+    assert measured["peak_bytes"] == max(measured["load_peak_bytes"], measured["run_peak_bytes"]) > 0
+
+
+def test_check_over_budget_exits_3_with_the_breakdown(tmp_path: Path) -> None:
+    proc = run_cli("check", "sample:silero-vad", "--target", "rpi4", "--budget", "40MiB")
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.startswith("DOES NOT FIT") and "runtime_base" in proc.stderr
+
+
+def test_check_without_measuring_judges_by_the_high_estimate() -> None:
+    proc = run_cli("check", "sample:silero-vad", "--target", "rpi5", "--no-measure", "--json")
+    r = json.loads(proc.stdout)
+    assert r["measured"] is None and r["verdict_basis"] == "estimate (high)"
+    assert r["headroom_bytes"] == r["budget_bytes"] - r["estimate"]["high_bytes"]
+
+
+def _chain(tmp_path: Path, external: bool) -> Path:
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((256, 256)).astype(np.float32), f"w{i}") for i in range(4)]
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i - 1}", f"w{i}"], [f"h{i}"]) for i in range(4)]
+    nodes.append(helper.make_node("Relu", ["h3"], ["y"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 256])], inits)
+    path = tmp_path / "chain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path,
+              save_as_external_data=external, location="chain.data" if external else None)
+    return path
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_estimate_counts_weights_prepacking_and_activations(tmp_path: Path, external: bool) -> None:
+    path = _chain(tmp_path, external)
+    model = onnx.load(path, load_external_data=False)
+    inline, ext, sizes = weight_bytes(model)
+    assert (inline, ext) == ((0, 4 * 256 * 256 * 4) if external else (4 * 256 * 256 * 4, 0))
+    assert prepacked_bytes(model, sizes) == 4 * 256 * 256 * 4
+    est = estimate(path, resolve_target("rpi5"), "tensor", {"x": (8, 256)})
+    # Two [8, 256] fp32 tensors are alive at once along the chain (a MatMul's input and output).
+    assert est.breakdown["activations"] == 2 * 8 * 256 * 4
+    assert est.low_bytes <= est.high_bytes and est.breakdown["kv_cache"] == 0
+    bigger = estimate(path, resolve_target("rpi5"), "tensor", {"x": (4096, 256)})
+    assert bigger.breakdown["activations"] == 2 * 4096 * 256 * 4
+
+
+def test_activation_liveness_frees_dead_tensors() -> None:
+    # x -> a (big) -> b (small) -> c (big): a is dead before c is made.
+    nodes = [helper.make_node("Tile", ["x", "r"], ["a"]), helper.make_node("ReduceSum", ["a"], ["b"], keepdims=1),
+             helper.make_node("Tile", ["b", "r"], ["c"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.array([1000, 1], np.int64), "r")],
+                              value_info=[helper.make_tensor_value_info("a", TensorProto.FLOAT, [1000, 4]),
+                                          helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 1]),
+                                          helper.make_tensor_value_info("c", TensorProto.FLOAT, [1000, 1])])
+    peak = activation_peak(graph, {"r"})
+    assert peak == 4 * 4 + 1000 * 4 * 4  # x and a at the first node; a is dead before c exists
