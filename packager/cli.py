@@ -226,6 +226,65 @@ def _print_check(r: dict[str, Any]) -> None:
 
 
 @app.command()
+def plan(
+    config: Path = typer.Argument(..., help="A config.json, or a folder holding one (no weights needed)."),
+    target: str | None = typer.Option(None, "--target", "-t", help="Target profile name or alias, or a profile .toml."),
+    precision: list[str] = typer.Option([], "--precision", help="fp32, fp16, int8, int4 (repeatable; default: all)."),
+    context: list[str] = typer.Option([], "--context", help="Context lengths, e.g. 8K (repeatable; default: 2K 8K 32K 128K)."),
+    kv_bits: int | None = typer.Option(None, "--kv-bits", help="What-if: KV cache element size, 16, 8 or 4 bits."),
+    budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's."),
+    as_json: bool = JsonOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Which precision and context fit the target, from the model's config alone."""
+
+    def go() -> Any:
+        from packager.config import resolve_package_settings
+        from packager.plan import parse_context
+        from packager.plan import plan as make_plan
+
+        if kv_bits is not None and kv_bits not in (4, 8, 16, 32):
+            raise PackagerError(f"--kv-bits {kv_bits} is not 4, 8, 16 or 32.", ExitCode.USAGE)
+        contexts = _parse_list(context, "--context", parse_context)
+        settings = resolve_package_settings({"target": target, "budget": budget, "out": None, "recipe": None})
+        return make_plan(config, settings.profile, precision or None, contexts or None, kv_bits)
+
+    result = _guarded(go, debug=debug, as_json=as_json)
+    if as_json:
+        print(json.dumps(result.to_dict()))
+        return
+    _print_plan(result)
+
+
+def _parse_list(items: list[str], option: str, convert: Callable[[str], Any]) -> list[Any]:
+    try:
+        return [convert(i) for i in items]
+    except ValueError:
+        raise PackagerError(f"{option} {items!r} is not a list of numbers like 8192 or 8K; fix the option.",
+                            ExitCode.USAGE) from None
+
+
+def _print_plan(p: Any) -> None:
+    from packager.plan import human_context
+
+    a = p.architecture
+    err.print(f"{a.name}: {a.parameters / 1e9:.3f}B parameters ({a.parameters:,}), {a.layers} layers, "
+              f"{a.kv_heads} KV heads x {a.head_dim}; target {p.target}, budget {p.budget_bytes / MiB:.0f} MiB")
+    table = Table("precision", "context", "weights MiB", "KV cache MiB", "peak MiB (low-high)", "fits", box=box.SIMPLE_HEAD)
+    for r in p.rows:
+        kv = f"{r.kv_cache_bytes / MiB:.0f}" + (f" ({r.kv_bits}-bit, planning only)" if r.planning_only else "")
+        table.add_row(r.precision, human_context(r.context), f"{r.weights_bytes / MiB:.0f}", kv,
+                      f"{r.peak_low_bytes / MiB:.0f}-{r.peak_high_bytes / MiB:.0f}",
+                      "[green]yes[/]" if r.fits else "[red]no[/]")
+    Console().print(table)
+    for precision, tokens in p.max_context.items():
+        if a.decoder:
+            print(f"{precision}: " + (f"fits up to {human_context(tokens)} tokens of context" if tokens else "does not fit"))
+    for note in p.notes:
+        err.print(f"note: {escape(note)}")
+
+
+@app.command()
 def smoke(
     bundle: Path = typer.Argument(..., help="A bundle archive (.tar.gz) or an unpacked bundle folder."),
     python: str | None = typer.Option(None, "--python", help="Interpreter to run it with (default: this one)."),

@@ -1,0 +1,198 @@
+"""`packager plan`: will a model fit, at which precision and context, from its config.json alone.
+
+Parameters are counted exactly by instantiating the architecture on torch's meta device (no
+weights, no allocation). Memory per row follows the same components as the graph estimate
+(packager/estimate.py): runtime base, weights with allocator overhead and load transient,
+prepacked copies, KV cache at the context, and prefill activations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packager.errors import ExitCode, PackagerError
+from packager.estimate import LOAD_TRANSIENT_HIGH, OVERHEAD_HIGH, OVERHEAD_LOW, runtime_base
+from packager.profiles import Profile
+
+# Bytes per parameter as each recipe stores it. int4: MatMulNBits with block 32 and one fp16
+# scale per block (the embedding table and lm_head included, as the int4 recipe does).
+BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5 + 2 / 32}
+PRECISIONS = tuple(BYTES_PER_PARAM)
+DEFAULT_CONTEXTS = (2048, 8192, 32768, 131072)
+# The prompt is processed in one pass of this many tokens (or the context, when shorter): its
+# logits and one layer's attention scores are the largest activations a decoder allocates.
+PREFILL_TOKENS = 512
+PROTO_LIMIT = 2**31  # models above it keep weights in (memory-mapped) external data: no load copy
+# KV-cache element sizes ONNX Runtime can run in an exported decoder: the activations' dtype.
+RUNNABLE_KV_BITS = {16, 32}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    parameters: int
+    embedding_parameters: int
+    layers: int
+    kv_heads: int
+    head_dim: int
+    heads: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    max_context: int
+    decoder: bool
+
+
+@dataclass(frozen=True)
+class Row:
+    precision: str
+    context: int
+    weights_bytes: int
+    kv_cache_bytes: int
+    activations_bytes: int
+    runtime_base_bytes: int
+    peak_low_bytes: int
+    peak_high_bytes: int
+    fits: bool
+    kv_bits: int
+    planning_only: bool
+
+
+@dataclass(frozen=True)
+class Plan:
+    architecture: Architecture
+    target: str
+    budget_bytes: int
+    rows: list[Row]
+    max_context: dict[str, int]             # precision -> largest context that fits (0: none)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"parameters": self.architecture.parameters, "architecture": asdict(self.architecture),
+                "target": self.target, "budget_bytes": self.budget_bytes, "rows": [asdict(r) for r in self.rows],
+                "max_context": self.max_context, "notes": self.notes}
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    config_path = path / "config.json" if path.is_dir() else path
+    if not config_path.is_file():
+        raise PackagerError(f"{path}: no config.json there; pass a config.json or a folder holding one.",
+                            ExitCode.BAD_INPUT)
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PackagerError(f"{config_path}: invalid JSON ({e}); fix the file.", ExitCode.BAD_INPUT) from None
+    if not isinstance(config, dict) or not config.get("architectures"):
+        raise PackagerError(f"{config_path}: no `architectures` list; add the model class name to it.",
+                            ExitCode.BAD_INPUT)
+    return config
+
+
+def architecture(config: dict[str, Any]) -> Architecture:
+    """Exact parameter count and the attention shapes, with no weights allocated."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise PackagerError("planning from a config needs torch and transformers: pip install 'packager[hf]'.",
+                            ExitCode.MISSING_DEPENDENCY) from None
+    arch = config["architectures"][0]
+    cls = getattr(transformers, arch, None)
+    if cls is None:
+        raise PackagerError(f"unknown architecture {arch!r} for this transformers version; check config.json.",
+                            ExitCode.BAD_INPUT)
+    cfg = transformers.AutoConfig.for_model(**config)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    with torch.device("meta"):
+        model = cls(cfg)
+    parameters = sum(p.numel() for p in model.parameters())  # tied weights are one parameter
+    embeddings = model.get_input_embeddings()
+    embedding_parameters = embeddings.weight.numel() if embeddings is not None else 0
+    heads = int(getattr(text, "num_attention_heads", 1))
+    hidden = int(getattr(text, "hidden_size", 0))
+    head_dim = int(getattr(text, "head_dim", None) or (hidden // heads if heads else 0))
+    decoder = arch.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
+    return Architecture(
+        name=arch, parameters=parameters, embedding_parameters=embedding_parameters,
+        layers=int(getattr(text, "num_hidden_layers", 0)),
+        kv_heads=int(getattr(text, "num_key_value_heads", None) or heads), head_dim=head_dim, heads=heads,
+        hidden=hidden, intermediate=int(getattr(text, "intermediate_size", 0) or 4 * hidden),
+        vocab=int(getattr(text, "vocab_size", 0)), max_context=int(getattr(text, "max_position_embeddings", 0)),
+        decoder=decoder,
+    )
+
+
+def _kv_bits(precision: str, asked: int | None) -> int:
+    # Exported decoders keep the KV cache in the activations' dtype: fp16 models in fp16,
+    # the others (fp32, and weight-only int8/int4 on the CPU) in fp32.
+    return asked or (16 if precision == "fp16" else 32)
+
+
+def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits: int | None) -> Row:
+    weights = int(a.parameters * BYTES_PER_PARAM[precision])
+    bits = _kv_bits(precision, kv_bits)
+    kv = int(2 * a.layers * a.kv_heads * a.head_dim * context * bits / 8) if a.decoder else 0
+    act_bytes = 2 if precision == "fp16" else 4
+    prefill = min(context, PREFILL_TOKENS)
+    activations = act_bytes * prefill * (
+        (a.vocab if a.decoder else 0)                 # logits of the prompt
+        + a.heads * context                           # one layer's attention scores
+        + 2 * a.intermediate + 4 * a.hidden)          # MLP and residual stream
+    base, _ = runtime_base(profile, "text")
+    transient = 0 if weights > PROTO_LIMIT else int(weights * LOAD_TRANSIENT_HIGH)
+    matmul_weights = int((a.parameters - a.embedding_parameters) * BYTES_PER_PARAM[precision])
+    low = base + int(weights * (1 + OVERHEAD_LOW)) + kv + activations // 2
+    high = base + int(weights * (1 + OVERHEAD_HIGH)) + matmul_weights + max(transient, kv + activations)
+    return Row(precision, context, weights, kv, activations, base, low, high, high <= profile.budget.memory_bytes,
+               bits, bits not in RUNNABLE_KV_BITS)
+
+
+def largest_context(a: Architecture, profile: Profile, precision: str, kv_bits: int | None) -> int:
+    """The largest context (a multiple of 256, up to the model's maximum) whose high estimate fits."""
+    if not a.decoder:
+        return 0
+    limit = a.max_context or 131072
+    if not row(a, profile, precision, min(256, limit), kv_bits).fits:
+        return 0
+    lo, hi = 1, limit // 256
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if row(a, profile, precision, mid * 256, kv_bits).fits else (lo, mid - 1)
+    return lo * 256
+
+
+def plan(config_path: Path, profile: Profile, precisions: list[str] | None = None, contexts: list[int] | None = None,
+         kv_bits: int | None = None) -> Plan:
+    a = architecture(read_config(config_path))
+    precisions = precisions or list(PRECISIONS)
+    for p in precisions:
+        if p not in BYTES_PER_PARAM:
+            raise PackagerError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}.", ExitCode.USAGE)
+    contexts = contexts or [c for c in DEFAULT_CONTEXTS if not a.max_context or c <= a.max_context] or [a.max_context]
+    rows = [row(a, profile, p, c, kv_bits) for p in precisions for c in contexts]
+    notes = []
+    if kv_bits and kv_bits not in RUNNABLE_KV_BITS:
+        notes.append(f"a {kv_bits}-bit KV cache is planning-only: {profile.runtime.package} "
+                     f"{profile.runtime.version} runs exported decoders with the KV cache in fp16 or fp32")
+    if not a.decoder:
+        notes.append(f"{a.name} is not a decoder: no KV cache; context is the sequence length")
+    notes.append(f"activations assume a prompt of {PREFILL_TOKENS} tokens processed in one pass")
+    return Plan(a, profile.name, profile.budget.memory_bytes, rows,
+                {p: largest_context(a, profile, p, kv_bits) for p in precisions}, notes)
+
+
+def human_context(tokens: int) -> str:
+    return f"{tokens // 1024}K" if tokens >= 1024 and tokens % 1024 == 0 else str(tokens)
+
+
+def parse_context(text: str) -> int:
+    """'8192', '8K', '128k' -> tokens."""
+    t = text.strip().lower()
+    value = float(t[:-1]) * 1024 if t.endswith("k") else float(t)
+    if value < 1 or not math.isfinite(value):
+        raise ValueError(text)
+    return int(value)

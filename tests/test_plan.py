@@ -1,0 +1,67 @@
+"""`packager plan` from a config.json alone: exact parameters, KV cache, rows, largest context."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from packager.errors import PackagerError
+from packager.plan import architecture, plan, row
+from packager.profiles import resolve_target
+
+# The public Llama 3.2 1B shape: 1,235,814,400 parameters with tied embeddings.
+LLAMA_1B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
+            "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "vocab_size": 128256, "max_position_embeddings": 131072, "tie_word_embeddings": True, "head_dim": 64}
+
+
+@pytest.fixture()
+def llama_1b(tmp_path: Path) -> Path:
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA_1B))
+    return tmp_path
+
+
+def test_parameters_are_exact_and_kv_follows_the_formula(llama_1b: Path) -> None:
+    a = architecture(LLAMA_1B)
+    assert a.parameters == 1_235_814_400 and a.decoder
+    assert (a.layers, a.kv_heads, a.head_dim) == (16, 8, 64)
+    r = row(a, resolve_target("phone"), "fp16", 8192, None)
+    assert r.kv_cache_bytes == 2 * 16 * 8 * 64 * 8192 * 2 and r.weights_bytes == 1_235_814_400 * 2
+    assert r.peak_low_bytes < r.peak_high_bytes and not r.planning_only
+    assert row(a, resolve_target("phone"), "int4", 8192, 4).planning_only
+
+
+def test_untied_embeddings_count_twice() -> None:
+    untied = architecture({**LLAMA_1B, "tie_word_embeddings": False})
+    assert untied.parameters == 1_235_814_400 + 128256 * 2048
+
+
+def test_plan_rows_and_largest_context(llama_1b: Path) -> None:
+    p = plan(llama_1b, resolve_target("jetson-orin-nano"), ["int4", "fp16"], [2048, 131072])
+    assert [(r.precision, r.context) for r in p.rows] == [("int4", 2048), ("int4", 131072), ("fp16", 2048), ("fp16", 131072)]
+    fits = {(r.precision, r.context): r.fits for r in p.rows}
+    assert fits[("int4", 2048)] and not fits[("int4", 131072)]
+    largest = p.max_context["int4"]
+    assert 2048 <= largest < 131072 and largest % 256 == 0
+    assert row(p.architecture, resolve_target("jetson-orin-nano"), "int4", largest, None).fits
+    assert not row(p.architecture, resolve_target("jetson-orin-nano"), "int4", largest + 256, None).fits
+
+
+def test_plan_cli_json(llama_1b: Path) -> None:
+    proc = run_cli("plan", str(llama_1b / "config.json"), "--target", "phone", "--context", "2K", "--context", "8K",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["parameters"] == 1_235_814_400 and len(out["rows"]) == 8
+    for r in out["rows"]:
+        assert {"precision", "context", "weights_bytes", "kv_cache_bytes", "peak_high_bytes", "fits"} <= set(r)
+
+
+def test_plan_refuses_a_folder_without_config(tmp_path: Path) -> None:
+    with pytest.raises(PackagerError, match="no config.json"):
+        plan(tmp_path, resolve_target("phone"))
+    proc = run_cli("plan", str(tmp_path), "--target", "phone")
+    assert proc.returncode == 5 and "no config.json" in proc.stderr
