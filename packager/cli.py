@@ -111,6 +111,7 @@ def package(
     out: str | None = typer.Option(None, "--out", "-o", help="Folder for the bundle archive [default: dist]."),
     recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's): fp32, int8-dynamic, fp16."),
     budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
+    fit: str | None = typer.Option(None, "--fit", help="auto: try the profile's recipes, most precise first, until one fits."),
     name: str | None = typer.Option(None, "--name", help="Bundle name (default: from the model)."),
     shape: list[str] = typer.Option([], "--shape", help="Sample input shape for a tensor model: NAME=D1,D2 (repeatable)."),
     value: list[str] = typer.Option([], "--value", help="Fill a sample input with a value: NAME=V, e.g. sr=16000 (repeatable)."),
@@ -133,8 +134,12 @@ def package(
         reporter = Reporter(quiet=as_json)
         if verbose:
             for line in settings.describe():
-                reporter.print(escape(line))
-        return run_pipeline(model, settings, name=name, input_spec=spec, reporter=reporter)
+                reporter.print(line)
+        if fit not in (None, "auto"):
+            raise PackagerError(f"--fit {fit!r} is not a mode; the only one is --fit auto.", ExitCode.USAGE)
+        if fit and recipe:
+            raise PackagerError("--fit auto chooses the recipe itself; drop --recipe or --fit.", ExitCode.USAGE)
+        return run_pipeline(model, settings, name=name, input_spec=spec, reporter=reporter, fit_auto=fit == "auto")
 
     ctx = _guarded(go, debug=debug, as_json=as_json)
     summary = {
@@ -148,6 +153,7 @@ def package(
         },
         "accuracy": {k: ctx.accuracy[k] for k in ("metric", "min_cosine", "max_abs_diff", "threshold", "samples")},
         "memory": ctx.memory,
+        "fit": ctx.fit or None,
         "timings_s": ctx.timings,
     }
     if as_json:

@@ -67,6 +67,7 @@ class Context:
     accuracy: dict[str, Any] = field(default_factory=dict)
     # fit
     memory: dict[str, Any] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)  # --fit auto: recipes tried, the one chosen and why
     # bundle
     archive: Path | None = None
     bundle_files: list[dict[str, Any]] = field(default_factory=list)

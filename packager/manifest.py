@@ -43,7 +43,7 @@ def build(ctx: Context) -> dict[str, Any]:
             "architecture": ctx.source.architecture,
         },
         "profile": {k: v for k, v in ctx.profile.to_dict().items() if k != "source"},
-        "recipe": dataclasses.asdict(ctx.recipe),
+        "recipe": dataclasses.asdict(ctx.recipe) | ({"fit": ctx.fit} if ctx.fit else {}),
         "runtime": runtime_spec(ctx),
         "inputs": ctx.io["inputs"],
         "outputs": ctx.io["outputs"],

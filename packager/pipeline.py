@@ -40,20 +40,67 @@ def _run(model: str, settings: PackageSettings, stages: tuple[str, ...], reporte
     work_dir = Path(tempfile.mkdtemp(prefix="packager-"))
     ctx = Context(model, settings.profile, recipe_name, work_dir, settings.out.value, **options)
     try:
-        for stage_name, stage in STAGES:
+        for stage_name, _ in STAGES:
             if stage_name in stages:
-                with reporter.stage(stage_name, ctx.timings):
-                    stage(ctx)
+                _stage(ctx, reporter, stage_name)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return ctx
 
 
-def package(model: str, settings: PackageSettings, *, name: str | None = None,
-            input_spec: InputSpec | None = None, reporter: Reporter | None = None) -> Context:
-    """Package MODEL for the settings' target into <out>/<name>-<target>.tar.gz; raises PackagerError."""
-    return _run(model, settings, tuple(s for s, _ in STAGES), reporter, name=name,
-                input_spec=input_spec or InputSpec())
+def package(model: str, settings: PackageSettings, *, name: str | None = None, input_spec: InputSpec | None = None,
+            reporter: Reporter | None = None, fit_auto: bool = False) -> Context:
+    """Package MODEL for the settings' target into <out>/<name>-<target>.tar.gz; raises PackagerError.
+
+    With `fit_auto`, the recipe is the first of the profile's `fit_recipes` (most precise first)
+    that fits the budget and passes verify; the export runs once for all of them."""
+    if not fit_auto:
+        return _run(model, settings, tuple(s for s, _ in STAGES), reporter, name=name,
+                    input_spec=input_spec or InputSpec())
+    reporter = reporter or Reporter(quiet=True)
+    work_dir = Path(tempfile.mkdtemp(prefix="packager-"))
+    recipes = settings.profile.fit_recipes or (settings.profile.recipe,)
+    ctx = Context(model, settings.profile, recipes[0], work_dir, settings.out.value, input_spec or InputSpec(), name=name)
+    try:
+        for stage_name in ("source", "export"):
+            _stage(ctx, reporter, stage_name)
+        ctx.fit = {"mode": "auto", "tried": []}
+        for recipe in recipes:
+            ctx.recipe_name = recipe
+            shutil.rmtree(ctx.stage_dir, ignore_errors=True)
+            try:
+                for stage_name in PER_RECIPE:
+                    _stage(ctx, reporter, stage_name)
+            except PackagerError as e:
+                if e.code not in (ExitCode.DOES_NOT_FIT, ExitCode.ACCURACY):
+                    raise
+                ctx.fit["tried"].append({"recipe": recipe, "outcome": e.message})
+                reporter.print(f"fit auto: {recipe} rejected: {e.message}")
+                continue
+            ctx.fit["tried"].append({"recipe": recipe, "outcome": "fits and passes verify"})
+            ctx.fit["chosen"] = recipe
+            ctx.fit["why"] = ("the most precise recipe that fits" if recipe == recipes[0] else
+                              f"the most precise recipe that fits and keeps the answers; "
+                              f"{', '.join(t['recipe'] for t in ctx.fit['tried'][:-1])} did not")
+            reporter.print(f"fit auto: chose {recipe}: {ctx.fit['why']}")
+            break
+        else:
+            tried = "; ".join(f"{t['recipe']}: {t['outcome']}" for t in ctx.fit["tried"])
+            raise PackagerError(f"no recipe of {ctx.profile.name} fits and keeps the answers ({tried})",
+                                ExitCode.DOES_NOT_FIT)
+        _stage(ctx, reporter, "bundle")
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return ctx
+
+
+# The stages a recipe changes: --fit auto reruns them for each recipe it tries.
+PER_RECIPE = ("quantize", "samples", "verify", "fit")
+
+
+def _stage(ctx: Context, reporter: Reporter, name: str) -> None:
+    with reporter.stage(name, ctx.timings):
+        dict(STAGES)[name](ctx)
 
 
 def check(model: str, settings: PackageSettings, *, context: int | None = None, measure: bool = True,

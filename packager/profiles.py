@@ -8,6 +8,7 @@ that names the file and the key, so a typo never silently falls back to a defaul
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -35,6 +36,9 @@ class Device:
 class OS:
     name: str
     python: str                    # "3.13": the device's Python, for wheels and the smoke test
+    # The Debian release whose arm64 packages match the device's userland ("bookworm"), for
+    # `packager smoke --emulate`; "" where none does (that target cannot be emulated).
+    debian: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class Profile:
     recipe: str                    # default quantization recipe (see packager/recipes.py)
     accuracy: Accuracy
     aliases: tuple[str, ...] = ()
+    fit_recipes: tuple[str, ...] = ()  # what --fit auto tries, most precise first (default: recipe)
     source: str = ""               # the file it was loaded from (set by the loader)
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,10 +171,13 @@ def _check_values(p: Profile, where: str) -> None:
     for key in ("min_cosine", "device_min_cosine"):
         if not 0.0 < getattr(p.accuracy, key) <= 1.0:
             raise _invalid(where, f"accuracy.{key}", "must be in (0, 1]")
-    if p.recipe not in RECIPES:
-        raise _invalid(where, "recipe", f"names an unknown recipe {p.recipe!r}{did_you_mean(p.recipe, list(RECIPES))}")
+    for key, name in [("recipe", p.recipe), *((f"fit_recipes[{i}]", r) for i, r in enumerate(p.fit_recipes))]:
+        if name not in RECIPES:
+            raise _invalid(where, key, f"names an unknown recipe {name!r}{did_you_mean(name, list(RECIPES))}")
     if not p.runtime.providers:
         raise _invalid(where, "runtime.providers", "must name at least one execution provider")
+    if p.os.debian and not re.fullmatch(r"[a-z]+", p.os.debian):
+        raise _invalid(where, "os.debian", f"must be a Debian release codename such as \"trixie\", got {p.os.debian!r}")
 
 
 def load_profile(path: Path) -> Profile:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
 
 class Reporter:
@@ -35,6 +36,7 @@ class Reporter:
         if not self.quiet:
             self.console.print(f"[green]✓[/] {name:<10} {timings[name]:6.1f}s")
 
-    def print(self, *args: object) -> None:
+    def print(self, text: str) -> None:
+        """A line for the human watching; plain text, never markup."""
         if not self.quiet:
-            self.console.print(*args)
+            self.console.print(escape(text), soft_wrap=True)

@@ -54,3 +54,29 @@ def test_hf_folder_packages_with_a_chosen_recipe(tmp_path: Path, tiny_bert: Path
     assert smoke.returncode == 0, smoke.stdout
     report = json.loads(smoke.stdout)["report"]
     assert report["missing_providers"] == ["XnnpackExecutionProvider"]  # the PyPI CPU wheel has no XNNPACK
+
+
+def test_fit_auto_steps_down_to_the_recipe_that_fits(tmp_path: Path) -> None:
+    # MiniLM: fp32 peaks near 190 MiB, int8 near 110 MiB (scripts/bench_memory.py).
+    out = tmp_path / "dist"
+    proc = run_cli("package", "sample:minilm", "--target", "rpi5", "--fit", "auto", "--budget", "150MB",
+                   "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["recipe"] == "int8-dynamic"
+    assert [t["recipe"] for t in summary["fit"]["tried"]] == ["fp32", "int8-dynamic"]
+    assert "does not fit" in summary["fit"]["tried"][0]["outcome"] and "fp32 did not" in summary["fit"]["why"]
+
+    too_small = run_cli("package", "sample:minilm", "--target", "rpi5", "--fit", "auto", "--budget", "60MB",
+                        "--out", str(tmp_path / "none"))
+    assert too_small.returncode == 3
+    assert "no recipe of rpi5 fits" in too_small.stderr and "fp32:" in too_small.stderr and "int8-dynamic:" in too_small.stderr
+    assert not (tmp_path / "none").exists()
+
+
+def test_fit_auto_keeps_the_most_precise_recipe_that_fits(tmp_path: Path, tiny_bert: Path) -> None:
+    proc = run_cli("package", str(tiny_bert), "--target", "rpi5", "--fit", "auto", "--out", str(tmp_path / "d"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["recipe"] == "fp32" and summary["fit"]["chosen"] == "fp32"
+    assert run_cli("package", str(tiny_bert), "--target", "rpi5", "--fit", "auto", "--recipe", "fp32").returncode == 2
