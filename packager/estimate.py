@@ -217,13 +217,17 @@ def activation_peak(graph: onnx.GraphProto, constants: set[str]) -> int:
     return peak
 
 
+def _is_past(name: str) -> bool:
+    return name.startswith(("past_key_values", "past."))
+
+
 def kv_cache_bytes(model: onnx.ModelProto, context: int | None) -> int:
     """Past key/value inputs (`past_key_values.N.key/value`) at `context` tokens, batch 1."""
     if not context:
         return 0
     total = 0
     for inp in model.graph.input:
-        if not inp.name.startswith("past_key_values") and not inp.name.startswith("past."):
+        if not _is_past(inp.name):
             continue
         t = inp.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
@@ -241,8 +245,10 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     inline, external, sizes = weight_bytes(model)
     weights = inline + external
     packed = prepacked_bytes(model, sizes)
-    constants = set(sizes)
-    activations = activation_peak(_concrete(model, sample_shapes).graph, constants)
+    # Past key/values are the KV cache, counted on their own; the presents a step returns are
+    # fresh buffers and count as activations.
+    past = {i.name for i in model.graph.input if _is_past(i.name)}
+    activations = activation_peak(_concrete(model, sample_shapes).graph, set(sizes) | past)
     kv = kv_cache_bytes(model, context)
     base, note = runtime_base(profile, kind)
 
