@@ -18,6 +18,7 @@ Importable too (smoke_test.py does):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -35,6 +36,15 @@ SAMPLE_TEXTS = "samples/texts.json"
 
 _GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                  "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+def sha256_file(path: Path) -> str:
+    """The checksum SHA256SUMS and the manifest record for each bundle file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_manifest(bundle: Path = HERE) -> dict[str, Any]:

@@ -17,7 +17,6 @@ Depends on onnxruntime, numpy and the standard library (and tokenizers for text 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -34,14 +33,6 @@ SUMS = "SHA256SUMS"
 
 class SmokeFailure(Exception):
     pass
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_files(bundle: Path, manifest: dict[str, Any]) -> int:
@@ -63,7 +54,7 @@ def check_files(bundle: Path, manifest: dict[str, Any]) -> int:
             raise SmokeFailure(f"{SUMS} names a path outside the bundle: {name}")
         if not path.is_file():
             raise SmokeFailure(f"missing file: {name}")
-        if sha256(path) != digest:
+        if run.sha256_file(path) != digest:
             raise SmokeFailure(f"checksum mismatch: {name} was modified after packaging")
     for entry in manifest["files"]:
         if listed.get(entry["path"]) != entry["sha256"]:

@@ -7,7 +7,6 @@ run created is removed again if the run fails.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,18 +15,10 @@ from packager.archive import write_archive
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.manifest import build as build_manifest
-from packager.runtime_files import copy_runtime, family_requirements
+from packager.runtime_files import copy_runtime, family_requirements, runner
 
 SUMS = "SHA256SUMS"
 MiB = 2**20
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def requirements(ctx: Context) -> str:
@@ -70,12 +61,12 @@ def _write_files(ctx: Context) -> None:
     (stage / "README.md").write_text(readme(ctx), encoding="utf-8")
     (stage / "manifest.json").unlink(missing_ok=True)
     ctx.bundle_files = [
-        {"path": p.relative_to(stage).as_posix(), "sha256": _sha256(p), "size": p.stat().st_size}
+        {"path": p.relative_to(stage).as_posix(), "sha256": runner().sha256_file(p), "size": p.stat().st_size}
         for p in sorted(stage.rglob("*")) if p.is_file()
     ]
     manifest = build_manifest(ctx)
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    sums = [*ctx.bundle_files, {"path": "manifest.json", "sha256": _sha256(stage / "manifest.json")}]
+    sums = [*ctx.bundle_files, {"path": "manifest.json", "sha256": runner().sha256_file(stage / "manifest.json")}]
     (stage / SUMS).write_text("".join(f"{f['sha256']}  {f['path']}\n" for f in sorted(sums, key=lambda f: f["path"])),
                               encoding="utf-8")
 
