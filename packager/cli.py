@@ -294,13 +294,15 @@ def _print_plan(p: Any) -> None:
 def smoke(
     bundle: Path = typer.Argument(..., help="A bundle archive (.tar.gz) or an unpacked bundle folder."),
     python: str | None = typer.Option(None, "--python", help="Interpreter to run it with (default: this one)."),
+    emulate: bool = typer.Option(False, "--emulate", help="Run it on the device's arm64 Debian userland and CPU "
+                                 "model under qemu (needs qemu-user-static; checks correctness, not speed)."),
     as_json: bool = JsonOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Run a bundle's own smoke test in a fresh process and report its verdict."""
     from packager.smoke import run_smoke
 
-    result = _guarded(lambda: run_smoke(bundle, python), debug=debug, as_json=as_json)
+    result = _guarded(lambda: run_smoke(bundle, python, emulate=emulate), debug=debug, as_json=as_json)
     if as_json:
         print(json.dumps({"bundle": result.bundle, "verdict": result.verdict, "exit_code": result.exit_code,
                           "report": result.report}))
@@ -314,6 +316,12 @@ def smoke(
 
 def _print_smoke(result: Any) -> None:
     r = result.report
+    emu = result.emulation
+    if emu:
+        err.print(escape(f"emulated  {emu['emulated_cpu']} under {emu['qemu'].split(' (')[0]}, Debian {emu['debian']}, "
+                         f"Python {emu['device_python']}, {emu['runtime']} {emu['runtime_version']}"), soft_wrap=True)
+        if emu["cpu_note"]:
+            err.print(escape(f"note: {emu['cpu_note']}"), soft_wrap=True)
     for p in r.get("missing_providers", []):
         err.print(f"note: {p} is not available on this host; ran on {', '.join(r['providers'])} (not exercised: {p})")
     if "files_checked" in r:
@@ -321,7 +329,9 @@ def _print_smoke(result: Any) -> None:
     if "accuracy" in r:
         err.print(f"outputs   min cosine {r['accuracy']['min_cosine']:.5f} vs the build host")
     if "peak_bytes" in r:
-        err.print(f"memory    peak {r['peak_bytes'] / MiB:.0f} MiB of {r['budget_bytes'] / MiB:.0f} MiB budget")
+        bound = " (upper bound: qemu's own memory included)" if emu else ""
+        err.print(f"memory    peak {r['peak_bytes'] / MiB:.0f} MiB{bound} of {r['budget_bytes'] / MiB:.0f} MiB budget",
+                  soft_wrap=True)
     print(result.verdict)
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,30 +25,55 @@ class SmokeResult:
     exit_code: int
     report: dict[str, Any] = field(default_factory=dict)
     output: str = ""
+    # --emulate: the emulated CPU, the device's Python, the installed runtime version, and that the
+    # peak memory is an upper bound (qemu's own memory included); also in report["emulation"].
+    emulation: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
         return self.exit_code == 0 and self.verdict == "PASS"
 
 
-def run_smoke(bundle: Path, python: str | None = None) -> SmokeResult:
-    """Unpack (if an archive) and run smoke_test.py with `python` (this interpreter by default)."""
+def run_smoke(bundle: Path, python: str | None = None, emulate: bool = False) -> SmokeResult:
+    """Unpack (if an archive) and run smoke_test.py with `python` (this interpreter by default), or,
+    with `emulate`, with the device's Python on its arm64 userland under qemu (packager/emulate.py)."""
+    if emulate and python:
+        raise PackagerError("--emulate runs the device's own Python (from the bundle's profile); drop --python.",
+                            ExitCode.USAGE)
     if not bundle.exists():
         raise PackagerError(f"{bundle}: no such bundle; pass a .tar.gz from `packager package` or its unpacked folder.",
                             ExitCode.BAD_INPUT)
+    emulation = None
     with tempfile.TemporaryDirectory(prefix="packager-smoke-") as tmp:
         folder = bundle if bundle.is_dir() else extract_bundle(bundle, Path(tmp))
         if not (folder / "smoke_test.py").is_file():
             raise PackagerError(f"{bundle}: no smoke_test.py inside; this is not a packager bundle.", ExitCode.BAD_INPUT)
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        preexec = None
+        if emulate:
+            from packager.emulate import no_core_dumps, prepare
+
+            # Scratch space (the guest's HOME, its -L prefix) outside the bundle folder: smoke_test.py
+            # rejects files it does not list, and a user's unpacked bundle stays as it was.
+            emu = prepare(folder, Path(tempfile.mkdtemp(prefix="emulate-", dir=tmp)))
+            cmd, env, preexec = emu.command("smoke_test.py", "--json"), emu.env(), no_core_dumps
+            emulation = emu.report()
+        else:
+            cmd, env = [python or sys.executable, "smoke_test.py", "--json"], {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        start = time.perf_counter()
         try:
-            proc = subprocess.run([python or sys.executable, "smoke_test.py", "--json"], cwd=folder, env=env,
-                                  capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
+            proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S,
+                                  preexec_fn=preexec)
         except FileNotFoundError:
+            if emulate:
+                raise PackagerError(f"{cmd[0]} disappeared while preparing the run; reinstall qemu-user-static.",
+                                    ExitCode.MISSING_DEPENDENCY) from None
             raise PackagerError(f"{python}: no such Python interpreter; pass an existing one with --python.",
                                 ExitCode.USAGE) from None
         except subprocess.TimeoutExpired:
-            return SmokeResult(str(bundle), f"FAIL: timed out after {SMOKE_TIMEOUT_S} s", 124)
+            return SmokeResult(str(bundle), f"FAIL: timed out after {SMOKE_TIMEOUT_S} s", 124,
+                               {"emulation": emulation} if emulation else {}, emulation=emulation)
+        if emulation is not None:
+            emulation["run_s"] = round(time.perf_counter() - start, 1)
     lines = proc.stdout.strip().splitlines()
     verdict = lines[-1] if lines else f"FAIL: the smoke test printed nothing ({_last(proc.stderr)})"
     report: dict[str, Any] = {}
@@ -56,7 +82,9 @@ def run_smoke(bundle: Path, python: str | None = None) -> SmokeResult:
             report = json.loads(lines[-2])
         except json.JSONDecodeError:
             pass
-    return SmokeResult(str(bundle), verdict, proc.returncode, report, proc.stdout + proc.stderr)
+    if emulation is not None:
+        report["emulation"] = emulation
+    return SmokeResult(str(bundle), verdict, proc.returncode, report, proc.stdout + proc.stderr, emulation)
 
 
 def _last(text: str) -> str:
