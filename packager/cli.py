@@ -161,8 +161,10 @@ def package(
         return
     mem = ctx.memory
     err.print(f"accuracy  min cosine {ctx.accuracy['min_cosine']:.5f} vs fp32 (threshold {ctx.accuracy['threshold']})")
+    est = mem["estimate"]
     err.print(f"memory    peak {mem['measured_peak_bytes'] / MiB:.0f} MiB (load {mem['load_peak_bytes'] / MiB:.0f}, "
-              f"run {mem['run_peak_bytes'] / MiB:.0f}) of {mem['budget_bytes'] / MiB:.0f} MiB budget")
+              f"run {mem['run_peak_bytes'] / MiB:.0f}; estimate {est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) "
+              f"of {mem['budget_bytes'] / MiB:.0f} MiB budget")
     err.print(f"model     {summary['sizes']['model_bytes'] / MiB:.1f} MiB ({ctx.recipe_name})")
     print(ctx.archive)
 
