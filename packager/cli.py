@@ -329,7 +329,7 @@ def _print_smoke(result: Any) -> None:
     if "files_checked" in r:
         err.print(f"checksums {r['files_checked']} files OK")
     if "accuracy" in r:
-        err.print(f"outputs   min cosine {r['accuracy']['min_cosine']:.5f} vs the build host")
+        err.print(f"outputs   min cosine {r['accuracy']['min_cosine']:.5f} vs the fp32 reference")
     if "peak_bytes" in r:
         bound = " (upper bound: qemu's own memory included)" if emu else ""
         err.print(f"memory    peak {r['peak_bytes'] / MiB:.0f} MiB{bound} of {r['budget_bytes'] / MiB:.0f} MiB budget",

@@ -63,7 +63,7 @@ class Context:
     # verify
     texts: list[str] = field(default_factory=list)
     sample_inputs: list[dict[str, np.ndarray]] = field(default_factory=list)
-    expected_outputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    expected_outputs: list[dict[str, np.ndarray]] = field(default_factory=list)   # the fp32 reference's
     accuracy: dict[str, Any] = field(default_factory=dict)
     # fit
     memory: dict[str, Any] = field(default_factory=dict)

@@ -50,7 +50,7 @@ def build(ctx: Context) -> dict[str, Any]:
         "files": ctx.bundle_files,
         "memory": ctx.memory,
         "accuracy": ctx.accuracy,
-        "smoke": {"min_cosine": ctx.profile.accuracy.device_min_cosine},
+        "smoke": {"min_cosine": ctx.profile.accuracy.min_cosine, "expected": "fp32 reference outputs"},
         "built_with": {
             "packager": __version__,
             "onnxruntime": onnxruntime.__version__,

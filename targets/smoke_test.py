@@ -6,8 +6,10 @@
 1. every file's checksum against SHA256SUMS and the manifest;
 2. load the model with the target's providers (falling back to CPU where they are missing,
    and saying so);
-3. run the sample inputs (texts go through the shipped tokenizer) and compare with the
-   expected outputs recorded when the bundle was built;
+3. run the sample inputs (texts go through the shipped tokenizer) and compare with the fp32
+   reference model's outputs recorded when the bundle was built, against the profile's threshold
+   (the device's own kernels may round differently from the build host's: what must hold is the
+   distance to the true model);
 4. peak resident memory of load and run against the target's budget.
 
 The last line is the verdict: `PASS`, or `FAIL: <reason>`. Exit code 0 only on pass.
@@ -84,7 +86,7 @@ def check_outputs(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) ->
     threshold = manifest["smoke"]["min_cosine"]
     if result["min_cosine"] < threshold:
         raise SmokeFailure(
-            f"outputs differ from the build host's: cosine {result['min_cosine']:.5f} < {threshold}")
+            f"outputs drift from the fp32 reference: cosine {result['min_cosine']:.5f} < {threshold}")
     return result
 
 
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         if "files_checked" in report:
             print(f"checksums: {report['files_checked']} files OK")
         if "accuracy" in report:
-            print(f"outputs: min cosine {report['accuracy']['min_cosine']:.5f} vs build host")
+            print(f"outputs: min cosine {report['accuracy']['min_cosine']:.5f} vs the fp32 reference")
         if "peak_bytes" in report:
             print(f"peak memory: {report['peak_bytes'] / 2**20:.1f} MiB of {report['budget_bytes'] / 2**20:.0f} MiB budget")
     print(verdict)

@@ -76,7 +76,7 @@ def test_invalid_profiles_name_file_and_key(tmp_path: Path, change: tuple[str, s
 
 def test_missing_key_and_bad_syntax(tmp_path: Path) -> None:
     with pytest.raises(PackagerError, match="'budget' is required"):
-        load_profile(_write(tmp_path, _rpi5_text().split("[budget]")[0] + "[accuracy]\nmin_cosine = 0.9\ndevice_min_cosine = 0.9\n"))
+        load_profile(_write(tmp_path, _rpi5_text().split("[budget]")[0] + "[accuracy]\nmin_cosine = 0.9\n"))
     with pytest.raises(PackagerError, match="invalid TOML"):
         load_profile(_write(tmp_path, "name = \n"))
 
