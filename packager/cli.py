@@ -112,6 +112,7 @@ def package(
     recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's): fp32, int8-dynamic, fp16."),
     budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
     fit: str | None = typer.Option(None, "--fit", help="auto: try the profile's recipes, most precise first, until one fits."),
+    smoke: str | None = typer.Option(None, "--smoke", help="Then run the bundle's smoke test: host (this machine) or emulate (qemu, arm64 targets)."),
     name: str | None = typer.Option(None, "--name", help="Bundle name (default: from the model)."),
     shape: list[str] = typer.Option([], "--shape", help="Sample input shape for a tensor model: NAME=D1,D2 (repeatable)."),
     value: list[str] = typer.Option([], "--value", help="Fill a sample input with a value: NAME=V, e.g. sr=16000 (repeatable)."),
@@ -139,9 +140,17 @@ def package(
             raise PackagerError(f"--fit {fit!r} is not a mode; the only one is --fit auto.", ExitCode.USAGE)
         if fit and recipe:
             raise PackagerError("--fit auto chooses the recipe itself; drop --recipe or --fit.", ExitCode.USAGE)
-        return run_pipeline(model, settings, name=name, input_spec=spec, reporter=reporter, fit_auto=fit == "auto")
+        if smoke not in (None, "host", "emulate"):
+            raise PackagerError(f"--smoke {smoke!r} is not a mode; use --smoke host or --smoke emulate.", ExitCode.USAGE)
+        ctx = run_pipeline(model, settings, name=name, input_spec=spec, reporter=reporter, fit_auto=fit == "auto")
+        if smoke is None:
+            return ctx, None
+        from packager.smoke import run_smoke
 
-    ctx = _guarded(go, debug=debug, as_json=as_json)
+        with reporter.stage(f"smoke ({smoke})", ctx.timings):
+            return ctx, run_smoke(ctx.archive, emulate=smoke == "emulate")
+
+    ctx, smoked = _guarded(go, debug=debug, as_json=as_json)
     summary = {
         "archive": str(ctx.archive),
         "bundle": ctx.bundle_name,
@@ -154,11 +163,23 @@ def package(
         "accuracy": {k: ctx.accuracy[k] for k in ("metric", "min_cosine", "max_abs_diff", "threshold", "samples")},
         "memory": ctx.memory,
         "fit": ctx.fit or None,
+        "smoke": None if smoked is None else {"mode": smoke, "verdict": smoked.verdict, "exit_code": smoked.exit_code,
+                                              "report": smoked.report},
         "timings_s": ctx.timings,
     }
     if as_json:
         print(json.dumps(summary))
-        return
+    else:
+        _print_package(ctx, summary)
+    if smoked is not None and not smoked.passed:
+        if not as_json:
+            _print_smoke(smoked)
+            err.print(f"[red]error:[/] the bundle's smoke test failed: {escape(smoked.verdict)}; the archive "
+                      f"{escape(str(ctx.archive))} is kept for inspection.", soft_wrap=True)
+        raise typer.Exit(int(ExitCode.SMOKE_FAILED))
+
+
+def _print_package(ctx: Any, summary: dict[str, Any]) -> None:
     mem = ctx.memory
     err.print(f"accuracy  min cosine {ctx.accuracy['min_cosine']:.5f} vs fp32 (threshold {ctx.accuracy['threshold']})")
     est = mem["estimate"]
@@ -166,6 +187,8 @@ def package(
               f"run {mem['run_peak_bytes'] / MiB:.0f}; estimate {est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) "
               f"of {mem['budget_bytes'] / MiB:.0f} MiB budget")
     err.print(f"model     {summary['sizes']['model_bytes'] / MiB:.1f} MiB ({ctx.recipe_name})")
+    if summary["smoke"]:
+        err.print(f"smoke     {summary['smoke']['mode']}: {escape(summary['smoke']['verdict'])}")
     print(ctx.archive)
 
 

@@ -49,10 +49,14 @@ def test_silero_onnx_packages_and_passes_its_smoke_test(silero_onnx: Path, tmp_p
 
 
 def test_builtin_sample_knows_its_shapes(tmp_path: Path) -> None:
-    proc = run_cli("package", "sample:silero-vad", "--target", "rpi4", "--out", str(tmp_path / "d"), "--json")
+    proc = run_cli("package", "sample:silero-vad", "--target", "rpi4", "--out", str(tmp_path / "d"), "--json",
+                   "--smoke", "host")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("\n") == 1  # one JSON object, nothing else
-    assert run_cli("smoke", json.loads(proc.stdout)["archive"]).returncode == 0
+    summary = json.loads(proc.stdout)
+    assert summary["smoke"]["verdict"] == "PASS" and summary["smoke"]["mode"] == "host"
+    assert run_cli("smoke", summary["archive"]).returncode == 0
+    assert run_cli("package", "sample:silero-vad", "--target", "rpi4", "--smoke", "device").returncode == 2
 
 
 def test_signature_defaults_that_the_model_rejects_get_a_hint(silero_onnx: Path, tmp_path: Path) -> None:
