@@ -48,7 +48,8 @@ def extract_bundle(archive: Path, dest: Path) -> Path:
     except tarfile.FilterError as e:
         raise PackagerError(f"{archive}: unsafe entry ({e}); refusing to unpack it.", ExitCode.BAD_INPUT) from None
     except (tarfile.TarError, OSError, EOFError) as e:
-        raise PackagerError(f"{archive}: not a readable bundle archive ({e}); rebuild or re-download it.",
+        reason = "not a tar archive" if isinstance(e, tarfile.ReadError) else str(e).splitlines()[0]
+        raise PackagerError(f"{archive}: not a readable bundle archive ({reason}); rebuild or re-download it.",
                             ExitCode.BAD_INPUT) from None
     if len(tops) != 1:
         raise PackagerError(f"{archive}: a bundle unpacks into one folder, this one into {len(tops)}; rebuild it.",

@@ -14,6 +14,7 @@ from packager.errors import ExitCode, PackagerError, did_you_mean
 from packager.progress import Reporter
 from packager.recipes import RECIPES
 from packager.stages import bundle, export, fit, quantize, samples, source, verify
+from packager.stages.bundle import check_output_dir
 
 STAGES: list[tuple[str, Callable[[Context], None]]] = [
     ("source", source.run),
@@ -37,6 +38,8 @@ def _run(model: str, settings: PackageSettings, stages: tuple[str, ...], reporte
         raise PackagerError(f"unknown recipe {recipe_name!r}{did_you_mean(recipe_name, list(RECIPES))}; "
                             f"recipes: {', '.join(RECIPES)}.", ExitCode.USAGE)
     reporter = reporter or Reporter(quiet=True)
+    if "bundle" in stages:
+        check_output_dir(settings.out.value)  # before minutes of work, not after
     work_dir = Path(tempfile.mkdtemp(prefix="packager-"))
     ctx = Context(model, settings.profile, recipe_name, work_dir, settings.out.value, **options)
     try:
@@ -58,6 +61,7 @@ def package(model: str, settings: PackageSettings, *, name: str | None = None, i
         return _run(model, settings, tuple(s for s, _ in STAGES), reporter, name=name,
                     input_spec=input_spec or InputSpec())
     reporter = reporter or Reporter(quiet=True)
+    check_output_dir(settings.out.value)
     work_dir = Path(tempfile.mkdtemp(prefix="packager-"))
     recipes = settings.profile.fit_recipes or (settings.profile.recipe,)
     ctx = Context(model, settings.profile, recipes[0], work_dir, settings.out.value, input_spec or InputSpec(), name=name)

@@ -195,3 +195,17 @@ def test_interrupt_leaves_nothing_behind(tmp_path: Path, sig: int, delay: float)
 
 def work_dirs(tmpdir: Path) -> list[Path]:
     return [p for p in tmpdir.iterdir() if p.name.startswith("packager-")]
+
+
+def test_unwritable_output_fails_before_any_work(tmp_path: Path) -> None:
+    # /proc refuses new folders even to root: the pre-flight check stops before the export.
+    proc = run_cli("package", "sample:minilm", "--target", "rpi5", "--out", "/proc/packager-out")
+    assert_clean_failure(proc, 9, "cannot write the bundle there")
+    assert "export" not in proc.stderr
+
+
+def test_output_parents_are_created_and_nothing_is_left_on_failure(tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b" / "dist"
+    proc = run_cli("package", str(tmp_path / "missing.onnx"), "--target", "rpi5", "--out", str(out))
+    assert proc.returncode == 5
+    assert not (tmp_path / "a").exists()  # the pre-flight check removes the folders it tried

@@ -71,11 +71,31 @@ def _write_files(ctx: Context) -> None:
                               encoding="utf-8")
 
 
+def check_output_dir(out: Path) -> None:
+    """Fail before any work when the archive could not be written to `out`: a file in the way, or a
+    folder that cannot be created. Leaves nothing behind."""
+    if out.exists() and not out.is_dir():
+        raise PackagerError(f"{out}: the output path is a file; pass a folder with --out.", ExitCode.OUTPUT)
+    missing = [p for p in [out, *out.parents] if not p.exists()]
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+        probe = out / f".packager-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise PackagerError(f"{out}: cannot write the bundle there ({e.strerror or e}); pick another folder with --out.",
+                            ExitCode.OUTPUT) from None
+    finally:
+        for folder in missing:
+            if folder.is_dir():
+                folder.rmdir()
+
+
 def run(ctx: Context) -> None:
     _write_files(ctx)
     out = ctx.out_dir
-    if out.exists() and not out.is_dir():
-        raise PackagerError(f"{out}: the output path is a file; pass a folder with --out.", ExitCode.OUTPUT)
+    check_output_dir(out)
     created = not out.exists()
     final = out / f"{ctx.bundle_name}.tar.gz"
     partial = out / f".{final.name}.partial-{os.getpid()}"
