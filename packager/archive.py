@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from packager.errors import ExitCode, PackagerError
 
@@ -36,22 +36,41 @@ def extract_bundle(archive: Path, dest: Path) -> Path:
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
-            tops = {m.name.split("/", 1)[0] for m in members}
-            for m in members:
-                if m.name.startswith("/") or ".." in Path(m.name).parts:
-                    raise PackagerError(f"{archive}: entry {m.name!r} points outside the bundle folder; refusing "
-                                        "to unpack it. Rebuild the bundle.", ExitCode.BAD_INPUT)
-                if not (m.isfile() or m.isdir()):
-                    raise PackagerError(f"{archive}: entry {m.name!r} is a link or device; a bundle holds only "
-                                        "files and folders. Rebuild the bundle.", ExitCode.BAD_INPUT)
+            top = _single_folder(archive, members)
             tar.extractall(dest, filter="data")
     except tarfile.FilterError as e:
         raise PackagerError(f"{archive}: unsafe entry ({e}); refusing to unpack it.", ExitCode.BAD_INPUT) from None
     except (tarfile.TarError, OSError, EOFError) as e:
-        reason = "not a tar archive" if isinstance(e, tarfile.ReadError) else str(e).splitlines()[0]
-        raise PackagerError(f"{archive}: not a readable bundle archive ({reason}); rebuild or re-download it.",
-                            ExitCode.BAD_INPUT) from None
+        reason = "not a tar archive" if isinstance(e, tarfile.ReadError) else (str(e).splitlines() or [""])[0]
+        raise PackagerError(f"{archive}: not a readable bundle archive ({reason or type(e).__name__}); rebuild or "
+                            "re-download it.", ExitCode.BAD_INPUT) from None
+    folder = dest / top
+    if not folder.is_dir():
+        raise PackagerError(f"{archive}: {top!r} did not unpack into a folder; rebuild the bundle.", ExitCode.BAD_INPUT)
+    return folder
+
+
+def _single_folder(archive: Path, members: list[tarfile.TarInfo]) -> str:
+    """The one top-level folder all members sit in; refuses links, devices, paths that leave it, and
+    archives with several top-level entries or a file where the folder should be."""
+    tops: set[str] = set()
+    for m in members:
+        parts = PurePosixPath(m.name).parts   # "./b//x" -> ("b", "x"); "." and "" -> ()
+        if m.name.startswith("/") or ".." in parts:
+            raise PackagerError(f"{archive}: entry {m.name!r} points outside the bundle folder; refusing "
+                                "to unpack it. Rebuild the bundle.", ExitCode.BAD_INPUT)
+        if not (m.isfile() or m.isdir()):
+            raise PackagerError(f"{archive}: entry {m.name!r} is a link or device; a bundle holds only "
+                                "files and folders. Rebuild the bundle.", ExitCode.BAD_INPUT)
+        if not parts and not m.isdir():
+            raise PackagerError(f"{archive}: entry {m.name!r} names no path; rebuild the bundle.", ExitCode.BAD_INPUT)
+        if parts:
+            tops.add(parts[0])
     if len(tops) != 1:
         raise PackagerError(f"{archive}: a bundle unpacks into one folder, this one into {len(tops)}; rebuild it.",
                             ExitCode.BAD_INPUT)
-    return dest / tops.pop()
+    top = next(iter(tops))
+    if any(PurePosixPath(m.name).parts == (top,) and not m.isdir() for m in members):
+        raise PackagerError(f"{archive}: its top-level entry {top!r} is a file, not the bundle's folder; rebuild it.",
+                            ExitCode.BAD_INPUT)
+    return top

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,18 @@ DebugOpt = typer.Option(False, "--debug", help="Show tracebacks.", envvar="PACKA
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
 
 
+def _interrupted(as_json: bool) -> NoReturn:
+    message = "interrupted; nothing was written."
+    err.print(f"[red]error:[/] {message}")
+    if as_json:
+        print(json.dumps({"error": message, "exit_code": int(ExitCode.INTERRUPTED)}))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The interrupt has unwound through every stage's cleanup already. Leave now: the interpreter's
+    # own shutdown would turn a handled KeyboardInterrupt into death by SIGINT (exit -2, not 130).
+    os._exit(int(ExitCode.INTERRUPTED))
+
+
 def _fail(message: str, code: int, as_json: bool) -> NoReturn:
     err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
     if as_json:
@@ -49,7 +62,7 @@ def _guarded(fn: Callable[[], Any], *, debug: bool, as_json: bool) -> Any:
             traceback.print_exc()
         _fail(e.message, e.code, as_json)
     except KeyboardInterrupt:
-        _fail("interrupted; nothing was written.", ExitCode.INTERRUPTED, as_json)
+        _interrupted(as_json)
     except typer.Exit:
         raise
     except Exception as e:
@@ -113,7 +126,9 @@ def package(
     budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
     fit: str | None = typer.Option(None, "--fit", help="auto: try the profile's recipes, most precise first, until one fits."),
     smoke: str | None = typer.Option(None, "--smoke", help="Then run the bundle's smoke test: host (this machine) or emulate (qemu, arm64 targets)."),
+    sign: Path | None = typer.Option(None, "--sign", help="Sign the bundle's manifest with this Ed25519 private key (from `packager keygen`)."),
     name: str | None = typer.Option(None, "--name", help="Bundle name (default: from the model)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickled weights (.bin), loaded with torch's weights-only loader."),
     shape: list[str] = typer.Option([], "--shape", help="Sample input shape for a tensor model: NAME=D1,D2 (repeatable)."),
     value: list[str] = typer.Option([], "--value", help="Fill a sample input with a value: NAME=V, e.g. sr=16000 (repeatable)."),
     as_json: bool = JsonOpt,
@@ -142,13 +157,14 @@ def package(
             raise PackagerError("--fit auto chooses the recipe itself; drop --recipe or --fit.", ExitCode.USAGE)
         if smoke not in (None, "host", "emulate"):
             raise PackagerError(f"--smoke {smoke!r} is not a mode; use --smoke host or --smoke emulate.", ExitCode.USAGE)
-        ctx = run_pipeline(model, settings, name=name, input_spec=spec, reporter=reporter, fit_auto=fit == "auto")
+        ctx = run_pipeline(model, settings, name=name, input_spec=spec, reporter=reporter, fit_auto=fit == "auto",
+                           allow_pickle=allow_pickle, sign_key=sign)
         if smoke is None:
             return ctx, None
         from packager.smoke import run_smoke
 
-        with reporter.stage(f"smoke ({smoke})", ctx.timings):
-            return ctx, run_smoke(ctx.archive, emulate=smoke == "emulate")
+        with reporter.stage(f"smoke ({smoke})", ctx.timings), tempfile.TemporaryDirectory(prefix="packager-key-") as tmp:
+            return ctx, run_smoke(ctx.archive, emulate=smoke == "emulate", public_key=_smoke_key(sign, Path(tmp)))
 
     ctx, smoked = _guarded(go, debug=debug, as_json=as_json)
     summary = {
@@ -165,6 +181,7 @@ def package(
         "fit": ctx.fit or None,
         "smoke": None if smoked is None else {"mode": smoke, "verdict": smoked.verdict, "exit_code": smoked.exit_code,
                                               "report": smoked.report},
+        "signature": _signature(sign),
         "timings_s": ctx.timings,
     }
     if as_json:
@@ -179,6 +196,21 @@ def package(
         raise typer.Exit(int(ExitCode.SMOKE_FAILED))
 
 
+def _smoke_key(sign: Path | None, tmp: Path) -> Path | None:
+    """The public key `package --smoke` checks the new bundle with: the --sign key's own public half,
+    else the one configured for devices ($PACKAGER_PUBLIC_KEY), else none."""
+    from packager.runtime_files import runner
+    from packager.signing import write_public_key
+
+    return write_public_key(sign, tmp / "public.pem") if sign else runner().configured_public_key()
+
+
+def _signature(sign: Path | None) -> dict[str, Any] | None:
+    from packager.signing import manifest_entry
+
+    return manifest_entry(sign) if sign else None
+
+
 def _print_package(ctx: Any, summary: dict[str, Any]) -> None:
     mem = ctx.memory
     err.print(f"accuracy  min cosine {ctx.accuracy['min_cosine']:.5f} vs fp32 (threshold {ctx.accuracy['threshold']})")
@@ -187,6 +219,8 @@ def _print_package(ctx: Any, summary: dict[str, Any]) -> None:
               f"run {mem['run_peak_bytes'] / MiB:.0f}; estimate {est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) "
               f"of {mem['budget_bytes'] / MiB:.0f} MiB budget")
     err.print(f"model     {summary['sizes']['model_bytes'] / MiB:.1f} MiB ({ctx.recipe_name})")
+    if summary["signature"]:
+        err.print(f"signed    ed25519, public key sha256 {summary['signature']['public_key_sha256']}", soft_wrap=True)
     if summary["smoke"]:
         err.print(f"smoke     {summary['smoke']['mode']}: {escape(summary['smoke']['verdict'])}")
     print(ctx.archive)
@@ -200,6 +234,7 @@ def check(
     recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's)."),
     context: int | None = typer.Option(None, "--context", min=1, help="Tokens of KV cache to plan for (decoders)."),
     no_measure: bool = typer.Option(False, "--no-measure", help="Estimate only: do not load the model in a child process."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickled weights (.bin), loaded with torch's weights-only loader."),
     shape: list[str] = typer.Option([], "--shape", help="Sample input shape for a tensor model: NAME=D1,D2 (repeatable)."),
     value: list[str] = typer.Option([], "--value", help="Fill a sample input with a value: NAME=V (repeatable)."),
     as_json: bool = JsonOpt,
@@ -215,7 +250,7 @@ def check(
         spec = InputSpec(shapes=_parse_pairs(shape, "--shape", _dims), values=_parse_pairs(value, "--value", float))
         settings = resolve_package_settings({"target": target, "recipe": recipe, "budget": budget, "out": None})
         return run_check(model, settings, context=context, measure=not no_measure, input_spec=spec,
-                         reporter=Reporter(quiet=as_json))
+                         reporter=Reporter(quiet=as_json), allow_pickle=allow_pickle)
 
     ctx = _guarded(go, debug=debug, as_json=as_json)
     mem = ctx.memory
@@ -321,13 +356,16 @@ def smoke(
     python: str | None = typer.Option(None, "--python", help="Interpreter to run it with (default: this one)."),
     emulate: bool = typer.Option(False, "--emulate", help="Run it on the device's arm64 Debian userland and CPU "
                                  "model under qemu (needs qemu-user-static; checks correctness, not speed)."),
+    public_key: Path | None = typer.Option(None, "--public-key", envvar="PACKAGER_PUBLIC_KEY", help="Fail unless "
+                                           "this Ed25519 public key signed the bundle (checked before any of it runs)."),
     as_json: bool = JsonOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Run a bundle's own smoke test in a fresh process and report its verdict."""
     from packager.smoke import run_smoke
 
-    result = _guarded(lambda: run_smoke(bundle, python, emulate=emulate), debug=debug, as_json=as_json)
+    result = _guarded(lambda: run_smoke(bundle, python, emulate=emulate, public_key=public_key), debug=debug,
+                      as_json=as_json)
     if as_json:
         print(json.dumps({"bundle": result.bundle, "verdict": result.verdict, "exit_code": result.exit_code,
                           "report": result.report}))
@@ -347,6 +385,11 @@ def _print_smoke(result: Any) -> None:
                          f"Python {emu['device_python']}, {emu['runtime']} {emu['runtime_version']}"), soft_wrap=True)
         if emu["cpu_note"]:
             err.print(escape(f"note: {emu['cpu_note']}"), soft_wrap=True)
+    signature = r.get("signature", {})
+    if signature.get("checked") and "public_key_sha256" in signature:
+        err.print(f"signature verified, key sha256 {signature['public_key_sha256']}", soft_wrap=True)
+    elif signature.get("note"):
+        err.print(f"note: {escape(signature['note'])}", soft_wrap=True)
     for p in r.get("missing_providers", []):
         err.print(f"note: {p} is not available on this host; ran on {', '.join(r['providers'])} (not exercised: {p})")
     if "files_checked" in r:
@@ -358,6 +401,28 @@ def _print_smoke(result: Any) -> None:
         err.print(f"memory    peak {r['peak_bytes'] / MiB:.0f} MiB{bound} of {r['budget_bytes'] / MiB:.0f} MiB budget",
                   soft_wrap=True)
     print(result.verdict)
+
+
+@app.command()
+def keygen(
+    private: Path = typer.Argument(..., help="Where to write the private key (PEM, mode 0600); it stays on the build host."),
+    public: Path | None = typer.Option(None, "--public", help="Where to write the public key [default: PRIVATE.pub]."),
+    as_json: bool = JsonOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Make an Ed25519 key pair for `package --sign` (the .pub file goes on the devices). Never overwrites."""
+    from packager.signing import keygen as make_keys
+
+    private_path, public_path, fingerprint = _guarded(lambda: make_keys(private, public), debug=debug, as_json=as_json)
+    if as_json:
+        print(json.dumps({"private_key": str(private_path), "public_key": str(public_path),
+                          "public_key_sha256": fingerprint}))
+        return
+    err.print(f"private key {escape(str(private_path))} (keep it secret; sign with `packager package --sign "
+              f"{escape(str(private_path))}`)", soft_wrap=True)
+    err.print(f"public key  {escape(str(public_path))} (install it on the devices; set PACKAGER_PUBLIC_KEY to its path)",
+              soft_wrap=True)
+    print(fingerprint)
 
 
 def _version(value: bool) -> None:
@@ -372,7 +437,10 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    # SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so every stage's cleanup runs.
+    # SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so every stage's cleanup runs; a second
+    # signal must not cut that cleanup short.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -381,8 +449,7 @@ def main() -> None:
     try:
         app(prog_name="packager")
     except KeyboardInterrupt:  # outside any command's guard (while parsing, importing)
-        err.print("error: interrupted; nothing was written.")
-        sys.exit(int(ExitCode.INTERRUPTED))
+        _interrupted(False)
 
 
 if __name__ == "__main__":

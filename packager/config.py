@@ -9,6 +9,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from packager.profiles import Profile, resolve_target
 
 KEYS = ("target", "out", "recipe", "budget")
 DEFAULT_OUT = "dist"
+MAX_SIZE = 2**63 - 1   # sizes are 64-bit signed integers everywhere they go (TOML, onnxruntime, psutil)
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
@@ -47,10 +49,23 @@ def parse_size(text: str | int, what: str) -> int:
         if not m:
             raise PackagerError(f"{what} {text!r} is not a size; write it like 1.5GB, 1200MiB or 1500000000.",
                                 ExitCode.USAGE)
-        size = int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+        if len(m.group(1)) > 40:  # past any real size, and Decimal would do arbitrary-precision work on it
+            raise _too_large(text, what)
+        # Decimal, not float: a float rounds sizes past 2**53 bytes and turns a long one into inf. At most
+        # 40 digits times a 10-digit unit: 60 digits of precision keep the product exact.
+        with localcontext() as exact:
+            exact.prec = 60
+            size = int(Decimal(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
     if size <= 0:
         raise PackagerError(f"{what} must be positive, got {text!r}.", ExitCode.USAGE)
+    if size > MAX_SIZE:
+        raise _too_large(text, what)
     return size
+
+
+def _too_large(text: str | int, what: str) -> PackagerError:
+    return PackagerError(f"{what} {text!r} is larger than any memory (at most {MAX_SIZE} bytes, 8 EiB); check the "
+                         "number and its unit.", ExitCode.USAGE)
 
 
 def find_pyproject(start: Path) -> Path | None:
@@ -69,6 +84,8 @@ def project_settings(start: Path) -> tuple[dict[str, Any], str]:
         table = tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {}).get("packager", {})
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise PackagerError(f"{path}: cannot read [tool.packager] ({e}); fix the file.", ExitCode.USAGE) from None
+    except ValueError:  # Python's own limit: tomllib cannot convert an integer of more than 4300 digits
+        raise PackagerError(f"{path}: holds an integer too long to read; fix the file.", ExitCode.USAGE) from None
     for key, value in table.items():
         if key not in KEYS:
             raise PackagerError(f"{path}: [tool.packager] key '{key}' is not a known setting{did_you_mean(key, list(KEYS))}; "

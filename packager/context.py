@@ -35,6 +35,7 @@ class Source:
     sha256: str                    # hash over the files' names and contents
     task: str = ""                 # export task for Hugging Face folders
     architecture: str = ""
+    pickled: bool = False          # weights only as pickles (--allow-pickle): loaded weights-only
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Context:
     context: int | None = None     # tokens of KV cache to plan for (decoders)
     measure: bool = True           # fit: measure in a child process, not only estimate
     enforce_budget: bool = True    # fit: a model over budget stops the pipeline (check reports instead)
+    sign_key: Path | None = None   # --sign: Ed25519 private key that signs the bundle's manifest
+    allow_pickle: bool = False     # --allow-pickle: accept pickled weights, loaded weights-only
 
     # source
     source: Source | None = None

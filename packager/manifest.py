@@ -10,6 +10,7 @@ import onnxruntime
 
 from packager import __version__
 from packager.context import Context
+from packager.signing import manifest_entry as signature_entry
 
 SCHEMA_VERSION = 1
 
@@ -57,4 +58,5 @@ def build(ctx: Context) -> dict[str, Any]:
             "python": platform.python_version(),
             "machine": platform.machine(),
         },
+        **({"signature": signature_entry(ctx.sign_key)} if ctx.sign_key else {}),
     }

@@ -11,6 +11,7 @@ from typing import Any
 from packager.config import PackageSettings
 from packager.context import Context, InputSpec
 from packager.errors import ExitCode, PackagerError, did_you_mean
+from packager.estimate import runtime_base
 from packager.progress import Reporter
 from packager.recipes import RECIPES
 from packager.stages import bundle, export, fit, quantize, samples, source, verify
@@ -38,6 +39,7 @@ def _run(model: str, settings: PackageSettings, stages: tuple[str, ...], reporte
         raise PackagerError(f"unknown recipe {recipe_name!r}{did_you_mean(recipe_name, list(RECIPES))}; "
                             f"recipes: {', '.join(RECIPES)}.", ExitCode.USAGE)
     reporter = reporter or Reporter(quiet=True)
+    check_budget(settings)
     if "bundle" in stages:
         check_output_dir(settings.out.value)  # before minutes of work, not after
     work_dir = Path(tempfile.mkdtemp(prefix="packager-"))
@@ -52,19 +54,27 @@ def _run(model: str, settings: PackageSettings, stages: tuple[str, ...], reporte
 
 
 def package(model: str, settings: PackageSettings, *, name: str | None = None, input_spec: InputSpec | None = None,
-            reporter: Reporter | None = None, fit_auto: bool = False) -> Context:
+            reporter: Reporter | None = None, fit_auto: bool = False, allow_pickle: bool = False,
+            sign_key: Path | None = None) -> Context:
     """Package MODEL for the settings' target into <out>/<name>-<target>.tar.gz; raises PackagerError.
 
     With `fit_auto`, the recipe is the first of the profile's `fit_recipes` (most precise first)
-    that fits the budget and passes verify; the export runs once for all of them."""
+    that fits the budget and passes verify; the export runs once for all of them. With `sign_key`
+    (an Ed25519 private key), the bundle's manifest is signed (packager/signing.py)."""
+    if sign_key is not None:
+        from packager.signing import load_private_key
+
+        load_private_key(sign_key)  # a bad key fails before minutes of work, not after
     if not fit_auto:
         return _run(model, settings, tuple(s for s, _ in STAGES), reporter, name=name,
-                    input_spec=input_spec or InputSpec())
+                    input_spec=input_spec or InputSpec(), allow_pickle=allow_pickle, sign_key=sign_key)
     reporter = reporter or Reporter(quiet=True)
+    check_budget(settings)
     check_output_dir(settings.out.value)
     work_dir = Path(tempfile.mkdtemp(prefix="packager-"))
     recipes = settings.profile.fit_recipes or (settings.profile.recipe,)
-    ctx = Context(model, settings.profile, recipes[0], work_dir, settings.out.value, input_spec or InputSpec(), name=name)
+    ctx = Context(model, settings.profile, recipes[0], work_dir, settings.out.value, input_spec or InputSpec(), name=name,
+                  allow_pickle=allow_pickle, sign_key=sign_key)
     try:
         for stage_name in ("source", "export"):
             _stage(ctx, reporter, stage_name)
@@ -98,6 +108,19 @@ def package(model: str, settings: PackageSettings, *, name: str | None = None, i
     return ctx
 
 
+def check_budget(settings: PackageSettings) -> None:
+    """A budget below what the runtime alone holds cannot be met by any model: say so up front."""
+    base, _ = runtime_base(settings.profile, "tensor")
+    budget = settings.profile.budget.memory_bytes
+    if budget < base:
+        from_profile = settings.budget.origin.startswith("profile")
+        raise PackagerError(
+            f"the memory budget of {budget / 2**20:.0f} MiB (from {settings.budget.origin}) is smaller than the runtime "
+            f"itself ({base / 2**20:.0f} MiB for {settings.profile.runtime.package} {settings.profile.runtime.version} "
+            f"on {settings.profile.name}); raise it{' in the profile' if from_profile else ''}.",
+            ExitCode.BAD_PROFILE if from_profile else ExitCode.USAGE)
+
+
 # The stages a recipe changes: --fit auto reruns them for each recipe it tries.
 PER_RECIPE = ("quantize", "samples", "verify", "fit")
 
@@ -108,7 +131,7 @@ def _stage(ctx: Context, reporter: Reporter, name: str) -> None:
 
 
 def check(model: str, settings: PackageSettings, *, context: int | None = None, measure: bool = True,
-          input_spec: InputSpec | None = None, reporter: Reporter | None = None) -> Context:
+          input_spec: InputSpec | None = None, reporter: Reporter | None = None, allow_pickle: bool = False) -> Context:
     """Estimate (and measure) MODEL's peak memory on the target; ctx.memory holds the verdict."""
     return _run(model, settings, CHECK_STAGES, reporter, input_spec=input_spec or InputSpec(), context=context,
-                measure=measure, enforce_budget=False)
+                measure=measure, enforce_budget=False, allow_pickle=allow_pickle)

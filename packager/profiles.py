@@ -20,6 +20,7 @@ from packager.errors import ExitCode, PackagerError, did_you_mean
 from packager.paths import profiles_dir
 
 Scalar = str | int | float | bool
+INT64 = (-2**63, 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,10 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
         if isinstance(value, args) and not (isinstance(value, bool) and bool not in args and int in args):
             return value
         raise _invalid(where, key, f"must be one of {', '.join(map(_type_name, args))}")
+    # TOML integers are 64-bit (toml.io, "Integer"); tomllib reads longer ones, which would overflow
+    # the floats they meet later (`budget / 2**20`, a float key's conversion).
+    if type(value) is int and not INT64[0] <= value <= INT64[1]:
+        raise _invalid(where, key, "is out of the 64-bit integer range TOML allows")
     # bool is an int in Python; a budget of `true` bytes is a mistake, not a number.
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -151,7 +156,8 @@ def _build(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> Any
 
 
 def _invalid(where: str, key: str, problem: str) -> PackagerError:
-    return PackagerError(f"{where}: key '{key}' {problem}; fix the profile.", ExitCode.BAD_PROFILE)
+    # repr: the same 'key' for ordinary names, and one line for a key with a line break in it.
+    return PackagerError(f"{where}: key {key!r} {problem}; fix the profile.", ExitCode.BAD_PROFILE)
 
 
 def _check_values(p: Profile, where: str) -> None:
@@ -191,6 +197,9 @@ def load_profile(path: Path) -> Profile:
         raise PackagerError(f"{where}: cannot read the profile ({e}); check its permissions and encoding.", ExitCode.BAD_PROFILE) from None
     except tomllib.TOMLDecodeError as e:
         raise PackagerError(f"{where}: invalid TOML ({e}); fix the syntax.", ExitCode.BAD_PROFILE) from None
+    except ValueError:  # Python's own limit: tomllib cannot convert an integer of more than 4300 digits
+        raise PackagerError(f"{where}: holds an integer too long to read; fix the profile.",
+                            ExitCode.BAD_PROFILE) from None
     profile = _build(Profile, data, where)
     _check_values(profile, where)
     return dataclasses.replace(profile, source=where)

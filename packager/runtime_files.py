@@ -37,7 +37,15 @@ def copy_runtime(dest: Path) -> None:
 
 def family_requirements(kind: str) -> list[str]:
     """Extra pinned requirements of a model family (targets/families/<kind>/requirements.txt)."""
-    path = targets_dir() / "families" / kind / "requirements.txt"
+    return _requirements(targets_dir() / "families" / kind / "requirements.txt")
+
+
+def signing_requirements() -> list[str]:
+    """What a signed bundle's signature check needs on the device (targets/signing/requirements.txt)."""
+    return _requirements(targets_dir() / "signing" / "requirements.txt")
+
+
+def _requirements(path: Path) -> list[str]:
     if not path.is_file():
         return []
     lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())

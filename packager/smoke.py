@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,31 +35,55 @@ class SmokeResult:
         return self.exit_code == 0 and self.verdict == "PASS"
 
 
-def run_smoke(bundle: Path, python: str | None = None, emulate: bool = False) -> SmokeResult:
+def run_smoke(bundle: Path, python: str | None = None, emulate: bool = False,
+              public_key: Path | None = None) -> SmokeResult:
     """Unpack (if an archive) and run smoke_test.py with `python` (this interpreter by default), or,
-    with `emulate`, with the device's Python on its arm64 userland under qemu (packager/emulate.py)."""
+    with `emulate`, with the device's Python on its arm64 userland under qemu (packager/emulate.py).
+
+    With `public_key`, the bundle's signature is checked first, by packager's own copy of the check
+    (nothing from an unverified bundle runs), and then again by the bundle's smoke test, as on the device."""
     if emulate and python:
         raise PackagerError("--emulate runs the device's own Python (from the bundle's profile); drop --python.",
                             ExitCode.USAGE)
     if not bundle.exists():
         raise PackagerError(f"{bundle}: no such bundle; pass a .tar.gz from `packager package` or its unpacked folder.",
                             ExitCode.BAD_INPUT)
+    if public_key is not None:
+        from packager.signing import check_public_key
+
+        check_public_key(public_key)
     emulation = None
     with tempfile.TemporaryDirectory(prefix="packager-smoke-") as tmp:
         folder = bundle if bundle.is_dir() else extract_bundle(bundle, Path(tmp))
         if not (folder / "smoke_test.py").is_file():
             raise PackagerError(f"{bundle}: no smoke_test.py inside; this is not a packager bundle.", ExitCode.BAD_INPUT)
+        key_args: tuple[str, ...] = ()
+        if public_key is not None:
+            from packager.signing import signature_failure
+
+            failure = signature_failure(folder, public_key)
+            if failure:
+                report = {"signature": {"checked": True, "error": failure}}
+                return SmokeResult(str(bundle), f"FAIL: {failure}", 1, report)
+            key_args = ("--public-key", str(public_key.resolve()))
         preexec = None
         if emulate:
             from packager.emulate import no_core_dumps, prepare
 
             # Scratch space (the guest's HOME, its -L prefix) outside the bundle folder: smoke_test.py
             # rejects files it does not list, and a user's unpacked bundle stays as it was.
-            emu = prepare(folder, Path(tempfile.mkdtemp(prefix="emulate-", dir=tmp)))
-            cmd, env, preexec = emu.command("smoke_test.py", "--json"), emu.env(), no_core_dumps
+            work = Path(tempfile.mkdtemp(prefix="emulate-", dir=tmp))
+            emu = prepare(folder, work)
+            if public_key is not None:  # the guest reads the key from the run's own scratch folder
+                key_args = ("--public-key", str(shutil.copyfile(public_key, work / "public_key.pem")))
+            cmd, env, preexec = emu.command("smoke_test.py", "--json", *key_args), emu.env(), no_core_dumps
             emulation = emu.report()
         else:
-            cmd, env = [python or sys.executable, "smoke_test.py", "--json"], {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+            cmd = [python or sys.executable, "smoke_test.py", "--json", *key_args]
+            # The key is the caller's choice, passed above, as in the emulated guest, which sees none of
+            # the host's environment.
+            env = {k: v for k, v in os.environ.items() if k != "PACKAGER_PUBLIC_KEY"}
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
         start = time.perf_counter()
         try:
             proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S,

@@ -13,11 +13,16 @@ Importable too (smoke_test.py does):
     import run
     runner = run.load()                 # the bundle this file sits in
     runner.run_texts(["hello"])         # {output name: array}
+
+Signed bundles (`packager package --sign`): with a public key configured (`--public-key PATH` or
+$PACKAGER_PUBLIC_KEY), the CLI refuses a bundle that is unsigned, signed with another key or
+altered after signing. An importer checks with `run.check_signature(bundle, key)` before `load()`.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -33,6 +38,8 @@ MANIFEST = "manifest.json"
 SAMPLE_INPUTS = "samples/inputs.npz"
 SAMPLE_EXPECTED = "samples/expected.npz"
 SAMPLE_TEXTS = "samples/texts.json"
+SIGNATURE = "manifest.sig"           # base64 Ed25519 signature over the exact bytes of manifest.json
+PUBLIC_KEY_ENV = "PACKAGER_PUBLIC_KEY"
 
 _GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                  "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -48,8 +55,157 @@ def sha256_file(path: Path) -> str:
 
 
 def read_manifest(bundle: Path = HERE) -> dict[str, Any]:
-    with open(bundle / MANIFEST, encoding="utf-8") as f:
-        return json.load(f)
+    """The bundle's manifest.json; ValueError (one sentence) when it is not a JSON object."""
+    try:
+        with open(bundle / MANIFEST, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested past the parser's depth
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{MANIFEST} is not valid JSON ({reason}); re-download or rebuild the bundle") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{MANIFEST} holds a JSON {type(manifest).__name__}, not an object; re-download or rebuild "
+                         "the bundle")
+    return manifest
+
+
+# ---------------------------------------------------------------- signature
+#
+# SHA256SUMS proves integrity, not origin: whoever can rewrite a model can rewrite its checksums.
+# The publisher's Ed25519 signature over manifest.json, which records every other file's sha256,
+# ties the whole bundle to the publisher's key. `cryptography` is imported only here, so unsigned
+# bundles run without it (a signed bundle's requirements.txt pins it).
+
+
+class SignatureError(ValueError):
+    """The bundle fails its signature check, or the public key cannot be used: refuse to run it."""
+
+
+def configured_public_key(option: Path | None = None) -> Path | None:
+    """The public key this device trusts: --public-key, else $PACKAGER_PUBLIC_KEY, else none."""
+    if option is not None:
+        return option
+    env = os.environ.get(PUBLIC_KEY_ENV, "").strip()
+    return Path(env) if env else None
+
+
+def load_public_key(path: Path) -> Any:
+    """The Ed25519 public key in the PEM file `path` (SignatureError, one sentence, when it is not one)."""
+    try:
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+    except ImportError:
+        raise SignatureError("checking the bundle's signature needs the `cryptography` package, which is not "
+                             "installed; pip install -r requirements.txt (a signed bundle pins it)") from None
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SignatureError(f"cannot read the public key {path} ({e.strerror or e}); point --public-key or "
+                             f"{PUBLIC_KEY_ENV} at the publisher's .pub file") from None
+    try:
+        key = load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        if b"PRIVATE KEY" in data:
+            raise SignatureError(f"{path} is a private key; install only the publisher's public key (the .pub file) "
+                                 "on the device") from None
+        raise SignatureError(f"{path} is not a PEM public key; use the .pub file that `packager keygen` "
+                             "wrote") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise SignatureError(f"{path} is not an Ed25519 public key; bundles are signed with Ed25519 keys from "
+                             "`packager keygen`")
+    return key
+
+
+def key_fingerprint(public_key: Any) -> str:
+    """sha256 (hex) of the raw 32-byte public key: what manifest.json's signature.public_key_sha256 records."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return hashlib.sha256(public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()
+
+
+def verify_signature(bundle: Path, public_key_path: Path) -> str:
+    """Refuse (SignatureError) unless manifest.sig is the key's signature over the exact bytes of
+    manifest.json and every file the manifest lists still has the sha256 it records; the key's
+    fingerprint when both hold."""
+    from cryptography.exceptions import InvalidSignature
+
+    if not (bundle / SIGNATURE).is_file():  # first: an unsigned bundle needs no key (nor cryptography) to refuse
+        raise SignatureError(f"the bundle is not signed (no {SIGNATURE}) and a public key is configured; refusing it: "
+                             "ask its publisher for a bundle made with `packager package --sign`")
+    key = load_public_key(public_key_path)
+    trusted = key_fingerprint(key)
+    try:
+        manifest_bytes = (bundle / MANIFEST).read_bytes()
+    except OSError as e:
+        raise SignatureError(f"cannot read {MANIFEST} ({e.strerror or e}); re-download the bundle from its "
+                             "publisher") from None
+    try:
+        key.verify(_read_signature(bundle / SIGNATURE), manifest_bytes)
+    except InvalidSignature:
+        claimed = _claimed_fingerprint(manifest_bytes)
+        if claimed and claimed != trusted:
+            raise SignatureError(f"the bundle is signed with another key (sha256 {claimed[:16]}...), not the "
+                                 f"configured one ({trusted[:16]}...); refusing it: get the bundle from its publisher, "
+                                 "or configure the publisher's public key") from None
+        raise SignatureError(f"{MANIFEST} does not match its signature: the bundle was altered after signing; refusing "
+                             "it: re-download it from its publisher") from None
+    _check_signed_files(bundle, manifest_bytes)
+    return trusted
+
+
+def _read_signature(path: Path) -> bytes:
+    try:
+        signature = base64.b64decode(path.read_text(encoding="ascii").strip(), validate=True)
+    except (UnicodeDecodeError, ValueError):
+        signature = b""
+    if len(signature) != 64:  # Ed25519 signatures are 64 bytes (RFC 8032)
+        raise SignatureError(f"{SIGNATURE} is not a base64 Ed25519 signature; re-download the bundle from its "
+                             "publisher")
+    return signature
+
+
+def _claimed_fingerprint(manifest_bytes: bytes) -> str:
+    """The signing key's fingerprint as the (unverified) manifest states it, for a clearer refusal."""
+    try:
+        claimed = json.loads(manifest_bytes)["signature"]["public_key_sha256"]
+    except (ValueError, RecursionError, KeyError, TypeError):
+        return ""
+    return claimed if isinstance(claimed, str) else ""
+
+
+def _check_signed_files(bundle: Path, manifest_bytes: bytes) -> None:
+    """Each file the signed manifest lists is inside the bundle and unchanged."""
+    try:
+        manifest = json.loads(manifest_bytes)
+    except (ValueError, RecursionError):
+        manifest = None
+    entries = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("path"), str)
+                                                and isinstance(e.get("sha256"), str) for e in entries):
+        raise SignatureError(f"the signed {MANIFEST} lists no files to check; rebuild the bundle with `packager "
+                             "package --sign`")
+    root = bundle.resolve()
+    for entry in entries:
+        path = (bundle / entry["path"]).resolve()
+        if root not in path.parents:
+            raise SignatureError(f"the signed {MANIFEST} names a path outside the bundle ({entry['path']!r}); "
+                                 "refusing it")
+        if not path.is_file():
+            raise SignatureError(f"{entry['path']} is missing; re-download the bundle from its publisher")
+        if sha256_file(path) != entry["sha256"]:
+            raise SignatureError(f"{entry['path']} does not match the signed {MANIFEST}: it was altered after "
+                                 "signing; refusing the bundle: re-download it from its publisher")
+
+
+def check_signature(bundle: Path, public_key_path: Path | None) -> dict[str, Any]:
+    """What the runner and the smoke test act on: verified with the configured key (or
+    SignatureError), or, with no key configured, unchecked, with a note when the bundle is signed."""
+    if public_key_path is not None:
+        return {"signed": True, "checked": True, "public_key_sha256": verify_signature(bundle, public_key_path)}
+    signed = (bundle / SIGNATURE).is_file()
+    note = (f"this bundle is signed, but its signature was not checked: install the publisher's public key and "
+            f"set {PUBLIC_KEY_ENV} or pass --public-key") if signed else ""
+    return {"signed": signed, "checked": False, "note": note}
 
 
 # ---------------------------------------------------------------- session
@@ -304,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", type=Path, help=".npz of input tensors, one per model input")
     parser.add_argument("--output", type=Path, help="write the outputs to this .npz instead of printing them")
     parser.add_argument("--measure", action="store_true", help="print peak memory of load and run as JSON")
+    parser.add_argument("--public-key", type=Path, help=f"refuse the bundle unless this Ed25519 public key signed it "
+                        f"(default: ${PUBLIC_KEY_ENV})")
     parser.add_argument("--bundle", type=Path, default=HERE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -311,8 +469,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give texts to run, or --inputs FILE.npz")
     try:
         if args.measure:
+            # The build host's measurement of a bundle being assembled (packager's fit stage runs
+            # it before the bundle is signed): no signature to check yet.
             print(json.dumps(measure(args.bundle)))
             return 0
+        signature = check_signature(args.bundle, configured_public_key(args.public_key))
+        if signature.get("note"):
+            print(f"note: {signature['note']}", file=sys.stderr)
         runner = load(args.bundle)
         for p in runner.missing_providers:
             print(f"note: {p} is not available here; running on {', '.join(runner.providers)}", file=sys.stderr)

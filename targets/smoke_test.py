@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """The bundle's own smoke test: does this model start and answer right on this device?
 
-    python smoke_test.py [--json]
+    python smoke_test.py [--json] [--public-key PATH]
 
+0. with a public key configured (--public-key, or $PACKAGER_PUBLIC_KEY): the publisher's
+   signature over manifest.json and every file's sha256 in it; an unsigned bundle, one signed
+   with another key, or one altered after signing fails;
 1. every file's checksum against SHA256SUMS and the manifest;
 2. load the model with the target's providers (falling back to CPU where they are missing,
    and saying so);
@@ -61,8 +64,11 @@ def check_files(bundle: Path, manifest: dict[str, Any]) -> int:
     for entry in manifest["files"]:
         if listed.get(entry["path"]) != entry["sha256"]:
             raise SmokeFailure(f"manifest and {SUMS} disagree about {entry['path']}")
+    # A virtual environment made inside the bundle folder (the README's `python3 -m venv .venv`) is
+    # the user's, not the bundle's: any folder holding a pyvenv.cfg is skipped, as is bytecode.
+    venvs = [p.parent for p in bundle.glob("*/pyvenv.cfg")]
     present = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*")
-               if p.is_file() and "__pycache__" not in p.parts}
+               if p.is_file() and "__pycache__" not in p.parts and not any(v in p.parents for v in venvs)}
     unlisted = sorted(present - set(listed) - {SUMS})
     if unlisted:
         raise SmokeFailure(f"unlisted file in the bundle: {unlisted[0]}")
@@ -90,9 +96,13 @@ def check_outputs(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) ->
     return result
 
 
-def smoke(bundle: Path) -> dict[str, Any]:
+def smoke(bundle: Path, public_key: Path | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {"bundle": str(bundle)}
-    manifest = run.read_manifest(bundle)
+    try:
+        report["signature"] = run.check_signature(bundle, public_key)
+        manifest = run.read_manifest(bundle)
+    except ValueError as e:  # SignatureError, or a manifest that is not a JSON object
+        raise SmokeFailure(str(e)) from None
     report["files_checked"] = check_files(bundle, manifest)
 
     # Measured in this process, as the app would run: reset the kernel's high-water mark, load, run.
@@ -112,22 +122,37 @@ def smoke(bundle: Path) -> dict[str, Any]:
     return report
 
 
+def _one_line(text: str) -> str:
+    """The verdict is the last line: a reason quoting a file name with a line break in it (from a
+    damaged or hostile manifest) must not push a line of its own, such as "PASS", after it."""
+    return " ".join(text.splitlines())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check this bundle on this device.")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON line before the verdict")
-    parser.add_argument("--bundle", type=Path, default=HERE, help=argparse.SUPPRESS)
+    parser.add_argument("--public-key", type=Path, help="fail unless this Ed25519 public key signed the bundle "
+                        f"(default: ${run.PUBLIC_KEY_ENV})")
+    parser.add_argument("--bundle", type=Path, default=HERE,
+                        help="check this bundle folder instead of the one this file sits in (run a trusted copy of "
+                             "smoke_test.py against a bundle you have not verified yet)")
     args = parser.parse_args(argv)
     report: dict[str, Any] = {}
     try:
-        report = smoke(args.bundle)
+        report = smoke(args.bundle, run.configured_public_key(args.public_key))
         verdict = "PASS"
     except SmokeFailure as e:
-        verdict = f"FAIL: {e}"
+        verdict = f"FAIL: {_one_line(str(e))}"
     except Exception as e:  # a runtime that cannot load or run the model is a failure too
         verdict = f"FAIL: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     if args.json:
         print(json.dumps({**report, "verdict": verdict}))
     else:
+        signature = report.get("signature", {})
+        if signature.get("checked"):
+            print(f"signature: verified with the configured key (sha256 {signature['public_key_sha256'][:16]}...)")
+        elif signature.get("note"):
+            print(f"note: {signature['note']}")
         for p in report.get("missing_providers", []):
             print(f"note: {p} is not available on this host; ran on {', '.join(report['providers'])} "
                   f"(the {p} path was not exercised)")

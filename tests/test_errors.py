@@ -180,7 +180,9 @@ def test_interrupt_leaves_nothing_behind(tmp_path: Path, sig: int, delay: float)
     out = tmp_path / "dist"
     env = {**os.environ, "TMPDIR": str(tmpdir)}
     proc = subprocess.Popen([sys.executable, "-m", "packager", "package", "sample:minilm", "--target", "rpi5",
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            # A shell's background job inherits SIGINT ignored; a user's terminal does not.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not work_dirs(tmpdir) and time.monotonic() < deadline:  # stages are running
         time.sleep(0.1)
@@ -209,3 +211,99 @@ def test_output_parents_are_created_and_nothing_is_left_on_failure(tmp_path: Pat
     proc = run_cli("package", str(tmp_path / "missing.onnx"), "--target", "rpi5", "--out", str(out))
     assert proc.returncode == 5
     assert not (tmp_path / "a").exists()  # the pre-flight check removes the folders it tried
+
+
+def test_empty_model_argument(tmp_path: Path) -> None:
+    proc, out = package("", tmp_path)
+    assert_clean_failure(proc, 5, "MODEL is empty", out=out)
+
+
+def _bert_copy(tiny_bert: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "bert"
+    shutil.copytree(tiny_bert, folder)
+    return folder
+
+
+def test_truncated_safetensors(tmp_path: Path, tiny_bert: Path) -> None:
+    folder = _bert_copy(tiny_bert, tmp_path)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    proc, out = package(str(folder), tmp_path)
+    assert_clean_failure(proc, 5, "truncated safetensors", "re-download", out=out)
+
+
+def test_corrupt_safetensors_header(tmp_path: Path, tiny_bert: Path) -> None:
+    folder = _bert_copy(tiny_bert, tmp_path)
+    (folder / "model.safetensors").write_bytes((40).to_bytes(8, "little") + b"{not json at all, just noise....}xxxxxxx")
+    proc, out = package(str(folder), tmp_path)
+    assert_clean_failure(proc, 5, "corrupt safetensors", out=out)
+
+
+def test_truncated_external_data(tmp_path: Path) -> None:
+    path = _matmul_model_with_external_data(tmp_path / "m", "weights.bin")
+    data = tmp_path / "m" / "weights.bin"
+    data.write_bytes(data.read_bytes()[:10])
+    proc, out = package(str(path), tmp_path)
+    assert_clean_failure(proc, 5, "is truncated", out=out)
+
+
+def test_external_data_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    path = _matmul_model_with_external_data(tmp_path / "m", "weights.bin")
+    outside = tmp_path / "secret.bin"
+    (tmp_path / "m" / "weights.bin").rename(outside)
+    (tmp_path / "m" / "weights.bin").symlink_to(outside)
+    proc, out = package(str(path), tmp_path)
+    assert_clean_failure(proc, 5, "points outside the model's folder", out=out)
+
+
+def _pickled_bert(tiny_bert: Path, tmp_path: Path) -> Path:
+    from transformers import BertModel
+
+    folder = tmp_path / "pickled-bert"
+    BertModel.from_pretrained(tiny_bert).save_pretrained(folder, safe_serialization=False)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copyfile(tiny_bert / name, folder / name)
+    assert (folder / "pytorch_model.bin").is_file()
+    return folder
+
+
+def test_pickled_weights_load_weights_only_with_allow_pickle(tmp_path: Path, tiny_bert: Path) -> None:
+    folder = _pickled_bert(tiny_bert, tmp_path)
+    proc, out = package(str(folder), tmp_path, "--recipe", "fp32")
+    assert_clean_failure(proc, 5, "--allow-pickle", out=out)
+    proc, out = package(str(folder), tmp_path, "--recipe", "fp32", "--allow-pickle", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["accuracy"]["min_cosine"] > 0.9999
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path, tiny_bert: Path) -> None:
+    import pickle
+
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    shutil.copyfile(tiny_bert / "config.json", folder / "config.json")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(folder / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"w": Payload()}, f)
+    proc, out = package(str(folder), tmp_path, "--allow-pickle")
+    assert_clean_failure(proc, 5, "weights-only loader refused it", out=out)
+    assert not marker.exists()
+
+
+def test_full_disk(tmp_path: Path) -> None:
+    """A 1 MiB tmpfs as the output folder: the archive does not fit; nothing is left on it."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        proc = run_cli("package", "sample:silero-vad", "--target", "rpi5", "--out", str(mnt / "dist"))
+        assert_clean_failure(proc, 9, "No space left on device")
+        assert list(mnt.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)

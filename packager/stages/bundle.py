@@ -15,7 +15,7 @@ from packager.archive import write_archive
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.manifest import build as build_manifest
-from packager.runtime_files import copy_runtime, family_requirements, runner
+from packager.runtime_files import copy_runtime, family_requirements, runner, signing_requirements
 
 SUMS = "SHA256SUMS"
 MiB = 2**20
@@ -27,6 +27,8 @@ def requirements(ctx: Context) -> str:
     if rt.index_url:
         lines.append(f"--extra-index-url {rt.index_url}")
     lines += [f"{rt.package}=={rt.version}", f"numpy=={rt.numpy}", *family_requirements(ctx.io["kind"])]
+    if ctx.sign_key:  # the device checks the signature with `cryptography`
+        lines += signing_requirements()
     return "\n".join(lines) + "\n"
 
 
@@ -66,7 +68,13 @@ def _write_files(ctx: Context) -> None:
     ]
     manifest = build_manifest(ctx)
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    sums = [*ctx.bundle_files, {"path": "manifest.json", "sha256": runner().sha256_file(stage / "manifest.json")}]
+    extra = ["manifest.json"]
+    if ctx.sign_key:
+        # Signed once manifest.json is final, and before SHA256SUMS, which lists the signature too.
+        from packager.signing import sign_manifest
+
+        extra.append(sign_manifest(ctx.sign_key, stage).name)
+    sums = [*ctx.bundle_files, *({"path": name, "sha256": runner().sha256_file(stage / name)} for name in extra)]
     (stage / SUMS).write_text("".join(f"{f['sha256']}  {f['path']}\n" for f in sorted(sums, key=lambda f: f["path"])),
                               encoding="utf-8")
 

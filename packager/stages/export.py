@@ -20,6 +20,7 @@ import onnx
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
+from packager.stages.source import PICKLE_SUFFIXES
 
 DEFAULT_OPSET = 18            # optimum's recommended minimum for transformer encoders
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
@@ -51,9 +52,10 @@ def _export_hf(ctx: Context, out: Path) -> None:
             ExitCode.MISSING_DEPENDENCY,
         ) from None
     opset = min(DEFAULT_OPSET, ctx.profile.runtime.max_opset)
+    folder = _weights_only_copy(ctx.source.path, ctx.work_dir / "unpickled") if ctx.source.pickled else ctx.source.path
     with _quiet():
         try:
-            main_export(str(ctx.source.path), str(out), task=ctx.source.task, opset=opset,
+            main_export(str(folder), str(out), task=ctx.source.task, opset=opset,
                         local_files_only=True, do_validation=False, device="cpu")
         except Exception as e:
             raise PackagerError(
@@ -67,6 +69,36 @@ def _export_hf(ctx: Context, out: Path) -> None:
 
         with _quiet():
             AutoTokenizer.from_pretrained(str(out), use_fast=True).backend_tokenizer.save(str(out / "tokenizer.json"))
+
+
+def _weights_only_copy(folder: Path, dest: Path) -> Path:
+    """The folder with its pickled weights re-saved as safetensors, loaded by torch's weights-only
+    unpickler, which refuses anything but tensors and plain containers (no code runs)."""
+    import pickle
+
+    import torch
+    from safetensors.torch import save_file
+
+    dest.mkdir()
+    tensors: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.iterdir()):
+        if f.suffix in PICKLE_SUFFIXES:
+            try:
+                state = torch.load(f, map_location="cpu", weights_only=True)
+            except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise PackagerError(f"{f}: torch's weights-only loader refused it ({first[:200]}); it holds more than "
+                                    "tensors, or is damaged: get safetensors weights for this model.",
+                                    ExitCode.BAD_INPUT) from None
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise PackagerError(f"{f}: not a state dict of tensors; get safetensors weights for this model.",
+                                    ExitCode.BAD_INPUT)
+            tensors.update(state)
+        elif f.is_file():
+            shutil.copyfile(f, dest / f.name)
+    # Tied weights share storage, which safetensors refuses: each gets its own copy.
+    save_file({k: v.detach().clone().contiguous() for k, v in tensors.items()}, str(dest / "model.safetensors"))
+    return dest
 
 
 def _copy_onnx(ctx: Context, out: Path) -> None:

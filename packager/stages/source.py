@@ -56,7 +56,7 @@ def task_for(architectures: list[str], where: Path) -> tuple[str, str]:
                "and package the .onnx file.")
 
 
-def _hf_folder(path: Path) -> Source:
+def _hf_folder(path: Path, allow_pickle: bool) -> Source:
     config_path = path / "config.json"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -68,16 +68,45 @@ def _hf_folder(path: Path) -> Source:
         raise _bad(f"{config_path}: not a model configuration (expected a JSON object).")
     task, arch = task_for(config.get("architectures") or [], path)
     weights = sorted(path.glob("*.safetensors"))
-    if not weights:
+    pickled = False
+    if weights:
+        for w in weights:
+            check_safetensors(w)
+    else:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        if pickles:
-            raise _bad(f"{path}: only pickled weights ({', '.join(pickles)}), which can run code when "
-                       "loaded; convert them to safetensors first.")
-        raise _bad(f"{path}: no *.safetensors weights next to config.json.")
+        if not pickles:
+            raise _bad(f"{path}: no *.safetensors weights next to config.json.")
+        if not allow_pickle:
+            raise _bad(f"{path}: only pickled weights ({', '.join(pickles)}), which can run code when loaded; "
+                       "convert them to safetensors, or pass --allow-pickle to load them with torch's "
+                       "weights-only loader.")
+        pickled = True
     files = [p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts]
     name = path.name if path.name != "model" else path.parent.name
     return Source("huggingface", path, _bundle_name(name), tuple(sorted(files)),
-                  hash_files(path, files), task=task, architecture=arch)
+                  hash_files(path, files), task=task, architecture=arch, pickled=pickled)
+
+
+def check_safetensors(path: Path) -> None:
+    """The header parses and every tensor's bytes lie inside the file: a truncated download or a
+    corrupt file is named here, not deep inside the exporter."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if length <= 0 or 8 + length > size:
+                raise ValueError(f"its header claims {length} bytes of a {size}-byte file")
+            header = json.loads(f.read(length))
+        ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+    except OSError as e:
+        raise _bad(f"{path}: cannot read it ({e.strerror or e}); check its permissions.") from None
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise _bad(f"{path}: corrupt safetensors ({e}); re-download or re-save the weights.") from None
+    needed = 8 + length + max(ends, default=0)
+    if needed > size:
+        raise _bad(f"{path}: truncated safetensors (the tensors need {needed} bytes, the file has {size}); "
+                   "re-download the weights.")
 
 
 def external_data_files(model_path: Path, model: onnx.ModelProto) -> list[Path]:
@@ -94,6 +123,11 @@ def external_data_files(model_path: Path, model: onnx.ModelProto) -> list[Path]:
                        "refusing to read it. Keep the data file beside the model.")
         if not target.is_file():
             raise _bad(f"{model_path}: external data file {location!r} is missing; copy it next to the model.")
+        info = {e.key: e.value for e in tensor.external_data}
+        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        if end > target.stat().st_size:
+            raise _bad(f"{model_path}: external data file {location!r} is truncated (tensor {tensor.name!r} ends at "
+                       f"byte {end}, the file has {target.stat().st_size}); copy the complete file.")
         files.add(target)
     return sorted(files)
 
@@ -101,6 +135,8 @@ def external_data_files(model_path: Path, model: onnx.ModelProto) -> list[Path]:
 def _onnx_file(path: Path) -> Source:
     try:
         model = onnx.load(path, load_external_data=False)
+    except OSError as e:
+        raise _bad(f"{path}: cannot read it ({e.strerror or e}); check its permissions.") from None
     except Exception as e:  # protobuf raises DecodeError and friends
         raise _bad(f"{path}: not a valid ONNX model ({type(e).__name__}); re-export or re-download it.") from None
     if not model.graph.node:
@@ -114,14 +150,16 @@ def _bundle_name(name: str) -> str:
     return cleaned or "model"
 
 
-def resolve(spec: str, name: str | None = None) -> Source:
+def resolve(spec: str, name: str | None = None, allow_pickle: bool = False) -> Source:
     """A Hugging Face folder or an .onnx file (a folder holding exactly one)."""
+    if not spec.strip():
+        raise _bad("MODEL is empty; pass a Hugging Face folder, an .onnx file or sample:minilm.")
     path = Path(spec).expanduser()
     if not path.exists():
         raise _bad(f"{spec}: no such file or folder; check the path (or use sample:minilm).")
     if path.is_dir():
         if (path / "config.json").is_file():
-            source = _hf_folder(path)
+            source = _hf_folder(path, allow_pickle)
         else:
             models = sorted(path.glob("*.onnx"))
             if len(models) != 1:
@@ -132,8 +170,8 @@ def resolve(spec: str, name: str | None = None) -> Source:
     elif path.suffix == ".onnx":
         source = _onnx_file(path)
     elif path.suffix in PICKLE_SUFFIXES:
-        raise _bad(f"{path}: pickled checkpoints can run code when loaded and are refused; "
-                   "convert to safetensors or export to .onnx first.")
+        raise _bad(f"{path}: a bare pickled checkpoint, with no config.json to say what model it is; put it in "
+                   "a Hugging Face folder beside its config.json (and pass --allow-pickle), or export to .onnx.")
     else:
         raise _bad(f"{path}: not a model (expected a folder with config.json, or an .onnx file).")
     return _renamed(source, name) if name else source
@@ -146,7 +184,7 @@ def _renamed(source: Source, name: str) -> Source:
 
 def run(ctx: Context) -> None:
     if not ctx.model_spec.startswith("sample:"):
-        ctx.source = resolve(ctx.model_spec, ctx.name)
+        ctx.source = resolve(ctx.model_spec, ctx.name, ctx.allow_pickle)
         return
     sample_name = ctx.model_spec.removeprefix("sample:")
     path, sample = resolve_sample(sample_name)
