@@ -307,3 +307,53 @@ def test_full_disk(tmp_path: Path) -> None:
         assert list(mnt.iterdir()) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("change, key", [
+    (("cores = 4", 'cores = "four"'), "device.cores"),
+    (("[budget]\n", "[budget]\nbudgte = 1\n"), "budget.budgte"),
+    (("memory_bytes = 1500000000", "memory_bytes = 0"), "budget.memory_bytes"),
+    (("name = \"rpi5\"", "name = "), None),
+])
+def test_invalid_profile_through_the_cli(tmp_path: Path, change: tuple[str, str], key: str | None) -> None:
+    from packager.paths import profiles_dir
+
+    profile = tmp_path / "board.toml"
+    profile.write_text((profiles_dir() / "rpi5.toml").read_text().replace(*change, 1))
+    proc, out = package("sample:silero-vad", tmp_path, target=str(profile))
+    assert_clean_failure(proc, 6, str(profile), *([f"'{key}'"] if key else ["invalid TOML"]), out=out)
+
+
+def _evil_archive(tmp_path: Path, member: "tarfile.TarInfo", data: bytes = b"") -> Path:
+    import io
+    import tarfile
+
+    path = tmp_path / "evil.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        ok = tarfile.TarInfo("b/smoke_test.py")
+        ok.size = 5
+        tar.addfile(ok, io.BytesIO(b"pass\n"))
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data) if data else None)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["traversal", "absolute", "symlink", "hardlink", "device"])
+def test_smoke_refuses_hostile_archives(tmp_path: Path, kind: str) -> None:
+    import tarfile
+
+    member = {"traversal": lambda: tarfile.TarInfo("b/../../escaped.txt"),
+              "absolute": lambda: tarfile.TarInfo("/tmp/escaped.txt"),
+              "symlink": lambda: tarfile.TarInfo("b/link"),
+              "hardlink": lambda: tarfile.TarInfo("b/hard"),
+              "device": lambda: tarfile.TarInfo("b/dev")}[kind]()
+    if kind == "symlink":
+        member.type, member.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    elif kind == "hardlink":
+        member.type, member.linkname = tarfile.LNKTYPE, "/etc/passwd"
+    elif kind == "device":
+        member.type, member.devmajor, member.devminor = tarfile.CHRTYPE, 1, 3
+    archive = _evil_archive(tmp_path, member, b"x" if kind in ("traversal", "absolute") else b"")
+    proc = run_cli("smoke", str(archive))
+    assert_clean_failure(proc, 5, str(archive))
+    assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/escaped.txt").exists()
