@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +33,30 @@ STAGES: list[tuple[str, Callable[[Context], None]]] = [
 CHECK_STAGES = ("source", "export", "quantize", "samples", "fit")
 
 
-def _run(model: str, settings: PackageSettings, stages: tuple[str, ...], reporter: Reporter | None,
-         **options: Any) -> Context:
-    recipe_name = str(settings.recipe.value)
+@contextlib.contextmanager
+def _workspace(model: str, settings: PackageSettings, recipe_name: str, bundles: bool,
+               **options: Any) -> Iterator[Context]:
+    """Checks that fail before any work, a private work folder, and its removal however the run ends."""
     if recipe_name not in RECIPES:
         raise PackagerError(f"unknown recipe {recipe_name!r}{did_you_mean(recipe_name, list(RECIPES))}; "
                             f"recipes: {', '.join(RECIPES)}.", ExitCode.USAGE)
-    reporter = reporter or Reporter(quiet=True)
     check_budget(settings)
-    if "bundle" in stages:
+    if bundles:
         check_output_dir(settings.out.value)  # before minutes of work, not after
     work_dir = Path(tempfile.mkdtemp(prefix="packager-"))
-    ctx = Context(model, settings.profile, recipe_name, work_dir, settings.out.value, **options)
     try:
+        yield Context(model, settings.profile, recipe_name, work_dir, settings.out.value, **options)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _run(model: str, settings: PackageSettings, stages: tuple[str, ...], reporter: Reporter | None,
+         **options: Any) -> Context:
+    reporter = reporter or Reporter(quiet=True)
+    with _workspace(model, settings, str(settings.recipe.value), "bundle" in stages, **options) as ctx:
         for stage_name, _ in STAGES:
             if stage_name in stages:
                 _stage(ctx, reporter, stage_name)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
     return ctx
 
 
@@ -65,47 +72,44 @@ def package(model: str, settings: PackageSettings, *, name: str | None = None, i
         from packager.signing import load_private_key
 
         load_private_key(sign_key)  # a bad key fails before minutes of work, not after
+    options: dict[str, Any] = {"name": name, "input_spec": input_spec or InputSpec(), "allow_pickle": allow_pickle,
+                               "sign_key": sign_key}
     if not fit_auto:
-        return _run(model, settings, tuple(s for s, _ in STAGES), reporter, name=name,
-                    input_spec=input_spec or InputSpec(), allow_pickle=allow_pickle, sign_key=sign_key)
+        return _run(model, settings, tuple(s for s, _ in STAGES), reporter, **options)
     reporter = reporter or Reporter(quiet=True)
-    check_budget(settings)
-    check_output_dir(settings.out.value)
-    work_dir = Path(tempfile.mkdtemp(prefix="packager-"))
     recipes = settings.profile.fit_recipes or (settings.profile.recipe,)
-    ctx = Context(model, settings.profile, recipes[0], work_dir, settings.out.value, input_spec or InputSpec(), name=name,
-                  allow_pickle=allow_pickle, sign_key=sign_key)
-    try:
+    with _workspace(model, settings, recipes[0], True, **options) as ctx:
         for stage_name in ("source", "export"):
             _stage(ctx, reporter, stage_name)
-        ctx.fit = {"mode": "auto", "tried": []}
-        for recipe in recipes:
-            ctx.recipe_name = recipe
-            shutil.rmtree(ctx.stage_dir, ignore_errors=True)
-            try:
-                for stage_name in PER_RECIPE:
-                    _stage(ctx, reporter, stage_name)
-            except PackagerError as e:
-                if e.code not in (ExitCode.DOES_NOT_FIT, ExitCode.ACCURACY):
-                    raise
-                ctx.fit["tried"].append({"recipe": recipe, "outcome": e.message})
-                reporter.print(f"fit auto: {recipe} rejected: {e.message}")
-                continue
-            ctx.fit["tried"].append({"recipe": recipe, "outcome": "fits and passes verify"})
-            ctx.fit["chosen"] = recipe
-            ctx.fit["why"] = ("the most precise recipe that fits" if recipe == recipes[0] else
-                              f"the most precise recipe that fits and keeps the answers; "
-                              f"{', '.join(t['recipe'] for t in ctx.fit['tried'][:-1])} did not")
-            reporter.print(f"fit auto: chose {recipe}: {ctx.fit['why']}")
-            break
-        else:
-            tried = "; ".join(f"{t['recipe']}: {t['outcome']}" for t in ctx.fit["tried"])
-            raise PackagerError(f"no recipe of {ctx.profile.name} fits and keeps the answers ({tried})",
-                                ExitCode.DOES_NOT_FIT)
+        _choose_recipe(ctx, reporter, recipes)
         _stage(ctx, reporter, "bundle")
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
     return ctx
+
+
+def _choose_recipe(ctx: Context, reporter: Reporter, recipes: tuple[str, ...]) -> None:
+    """--fit auto: run the recipe-dependent stages for each recipe until one fits and passes verify."""
+    ctx.fit = {"mode": "auto", "tried": []}
+    for recipe in recipes:
+        ctx.recipe_name = recipe
+        shutil.rmtree(ctx.stage_dir, ignore_errors=True)
+        try:
+            for stage_name in PER_RECIPE:
+                _stage(ctx, reporter, stage_name)
+        except PackagerError as e:
+            if e.code not in (ExitCode.DOES_NOT_FIT, ExitCode.ACCURACY):
+                raise
+            ctx.fit["tried"].append({"recipe": recipe, "outcome": e.message})
+            reporter.print(f"fit auto: {recipe} rejected: {e.message}")
+            continue
+        ctx.fit["tried"].append({"recipe": recipe, "outcome": "fits and passes verify"})
+        ctx.fit["chosen"] = recipe
+        ctx.fit["why"] = ("the most precise recipe that fits" if recipe == recipes[0] else
+                          f"the most precise recipe that fits and keeps the answers; "
+                          f"{', '.join(t['recipe'] for t in ctx.fit['tried'][:-1])} did not")
+        reporter.print(f"fit auto: chose {recipe}: {ctx.fit['why']}")
+        return
+    tried = "; ".join(f"{t['recipe']}: {t['outcome']}" for t in ctx.fit["tried"])
+    raise PackagerError(f"no recipe of {ctx.profile.name} fits and keeps the answers ({tried})", ExitCode.DOES_NOT_FIT)
 
 
 def check_budget(settings: PackageSettings) -> None:
