@@ -122,8 +122,9 @@ def package(
     model: str = typer.Argument(..., help="A Hugging Face folder, an .onnx file, or sample:minilm / sample:silero-vad."),
     target: str | None = typer.Option(None, "--target", "-t", help="Target profile name or alias (see `packager targets`), or a profile .toml."),
     out: str | None = typer.Option(None, "--out", "-o", help="Folder for the bundle archive [default: dist]."),
-    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's): fp32, int8-dynamic, fp16."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's for the model's kind): fp32, int8-dynamic, int4, fp16."),
     budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
+    context: int | None = typer.Option(None, "--context", min=1, help="Decoders: tokens of KV cache the deployment holds (default: the profile's)."),
     fit: str | None = typer.Option(None, "--fit", help="auto: try the profile's recipes, most precise first, until one fits."),
     smoke: str | None = typer.Option(None, "--smoke", help="Then run the bundle's smoke test: host (this machine) or emulate (qemu, arm64 targets)."),
     sign: Path | None = typer.Option(None, "--sign", help="Sign the bundle's manifest with this Ed25519 private key (from `packager keygen`)."),
@@ -158,7 +159,7 @@ def package(
         if smoke not in (None, "host", "emulate"):
             raise PackagerError(f"--smoke {smoke!r} is not a mode; use --smoke host or --smoke emulate.", ExitCode.USAGE)
         ctx = run_pipeline(model, settings, name=name, input_spec=spec, reporter=reporter, fit_auto=fit == "auto",
-                           allow_pickle=allow_pickle, sign_key=sign)
+                           allow_pickle=allow_pickle, sign_key=sign, context=context)
         if smoke is None:
             return ctx, None
         from packager.smoke import run_smoke
@@ -176,7 +177,7 @@ def package(
             "archive_bytes": ctx.archive.stat().st_size,
             "model_bytes": sum(f["size"] for f in ctx.bundle_files if f["path"].startswith("model/model.onnx")),
         },
-        "accuracy": {k: ctx.accuracy[k] for k in ("metric", "min_cosine", "max_abs_diff", "threshold", "samples")},
+        "accuracy": {k: v for k, v in ctx.accuracy.items() if k not in ("outputs", "per_prompt")},
         "memory": ctx.memory,
         "fit": ctx.fit or None,
         "smoke": None if smoked is None else {"mode": smoke, "verdict": smoked.verdict, "exit_code": smoked.exit_code,
@@ -213,7 +214,13 @@ def _signature(sign: Path | None) -> dict[str, Any] | None:
 
 def _print_package(ctx: Any, summary: dict[str, Any]) -> None:
     mem = ctx.memory
-    err.print(f"accuracy  min cosine {ctx.accuracy['min_cosine']:.5f} vs fp32 (threshold {ctx.accuracy['threshold']})")
+    acc = ctx.accuracy
+    if acc["metric"] == "token agreement":
+        err.print(f"accuracy  {acc['token_agreement']:.1%} of fp32's greedy tokens, logits cosine {acc['min_logits_cosine']:.4f}, "
+                  f"{acc['identical_generations']}/{acc['samples']} continuations identical (thresholds "
+                  f"{acc['threshold']['token_agreement']:.0%}, {acc['threshold']['logits_cosine']})")
+    else:
+        err.print(f"accuracy  min cosine {acc['min_cosine']:.5f} vs fp32 (threshold {acc['threshold']})")
     est = mem["estimate"]
     err.print(f"memory    peak {mem['measured_peak_bytes'] / MiB:.0f} MiB (load {mem['load_peak_bytes'] / MiB:.0f}, "
               f"run {mem['run_peak_bytes'] / MiB:.0f}; estimate {est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) "

@@ -47,7 +47,8 @@ class Context:
     out_dir: Path
     input_spec: InputSpec = field(default_factory=InputSpec)
     name: str | None = None        # --name: overrides the bundle name taken from the model
-    context: int | None = None     # tokens of KV cache to plan for (decoders)
+    context: int | None = None     # tokens of KV cache to plan for (decoders; export fills in the default)
+    recipe_explicit: bool = True   # False: the profile's default, which export picks by model kind
     measure: bool = True           # fit: measure in a child process, not only estimate
     enforce_budget: bool = True    # fit: a model over budget stops the pipeline (check reports instead)
     sign_key: Path | None = None   # --sign: Ed25519 private key that signs the bundle's manifest

@@ -72,7 +72,7 @@ def runtime_base(profile: Profile, kind: str) -> tuple[int, str]:
     key = version if version in runs else min(runs, key=lambda v: _version_distance(v, version))
     entry = runs[key]
     base = entry["base_bytes"] + entry["session_bytes"] + entry["per_thread_bytes"] * profile.session.intra_op_threads
-    if kind == "text":
+    if kind in ("text", "decoder"):
         base += entry["tokenizers_bytes"]
     note = "" if key == version else f"runtime base measured for onnxruntime {key}, not {version}"
     return base, note
@@ -271,6 +271,15 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     }
     notes = [n for n in [note] if n]
     return Estimate(max(load_low, run_low), max(load_high, run_high), breakdown, load_high, run_high, context, notes)
+
+
+def decode_step_shapes(io: dict[str, Any], context: int) -> dict[str, tuple[int, ...]]:
+    """A decoder's inputs at its largest step: one new token on a KV cache of context - 1 tokens."""
+    kv = io["kv"]
+    shapes = {"input_ids": (1, 1), "position_ids": (1, 1), "attention_mask": (1, context)}
+    names = [i["name"] for i in io["inputs"]]
+    past = {n: (1, int(kv["heads"]), context - 1, int(kv["head_dim"])) for n in names if _is_past(n)}
+    return {n: shapes[n] for n in names if n in shapes} | past
 
 
 def sample_shapes(samples: list[dict[str, np.ndarray]]) -> dict[str, tuple[int, ...]]:

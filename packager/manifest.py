@@ -26,7 +26,17 @@ def runtime_spec(ctx: Context) -> dict[str, Any]:
         "provider_options": {k: dict(v) for k, v in rt.provider_options.items()},
         "session": dataclasses.asdict(ctx.profile.session),
         "io": ctx.io,
+        **({"context": ctx.context} if ctx.io.get("kind") == "decoder" else {}),
     }
+
+
+def smoke_spec(ctx: Context) -> dict[str, Any]:
+    """The thresholds the device's smoke test holds the bundle to."""
+    limits = ctx.profile.accuracy
+    if ctx.io["kind"] == "decoder":
+        return {"min_token_agreement": limits.min_token_agreement, "min_logits_cosine": limits.min_logits_cosine,
+                "expected": "fp32 reference greedy generations"}
+    return {"min_cosine": limits.min_cosine, "expected": "fp32 reference outputs"}
 
 
 def build(ctx: Context) -> dict[str, Any]:
@@ -51,7 +61,7 @@ def build(ctx: Context) -> dict[str, Any]:
         "files": ctx.bundle_files,
         "memory": ctx.memory,
         "accuracy": ctx.accuracy,
-        "smoke": {"min_cosine": ctx.profile.accuracy.min_cosine, "expected": "fp32 reference outputs"},
+        "smoke": smoke_spec(ctx),
         "built_with": {
             "packager": __version__,
             "onnxruntime": onnxruntime.__version__,

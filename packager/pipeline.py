@@ -45,7 +45,9 @@ def _workspace(model: str, settings: PackageSettings, recipe_name: str, bundles:
         check_output_dir(settings.out.value)  # before minutes of work, not after
     work_dir = Path(tempfile.mkdtemp(prefix="packager-"))
     try:
-        yield Context(model, settings.profile, recipe_name, work_dir, settings.out.value, **options)
+        explicit = not settings.recipe.origin.startswith("profile")
+        yield Context(model, settings.profile, recipe_name, work_dir, settings.out.value, recipe_explicit=explicit,
+                      **options)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -62,7 +64,7 @@ def _run(model: str, settings: PackageSettings, stages: tuple[str, ...], reporte
 
 def package(model: str, settings: PackageSettings, *, name: str | None = None, input_spec: InputSpec | None = None,
             reporter: Reporter | None = None, fit_auto: bool = False, allow_pickle: bool = False,
-            sign_key: Path | None = None) -> Context:
+            sign_key: Path | None = None, context: int | None = None) -> Context:
     """Package MODEL for the settings' target into <out>/<name>-<target>.tar.gz; raises PackagerError.
 
     With `fit_auto`, the recipe is the first of the profile's `fit_recipes` (most precise first)
@@ -73,15 +75,14 @@ def package(model: str, settings: PackageSettings, *, name: str | None = None, i
 
         load_private_key(sign_key)  # a bad key fails before minutes of work, not after
     options: dict[str, Any] = {"name": name, "input_spec": input_spec or InputSpec(), "allow_pickle": allow_pickle,
-                               "sign_key": sign_key}
+                               "sign_key": sign_key, "context": context}
     if not fit_auto:
         return _run(model, settings, tuple(s for s, _ in STAGES), reporter, **options)
     reporter = reporter or Reporter(quiet=True)
-    recipes = settings.profile.fit_recipes or (settings.profile.recipe,)
-    with _workspace(model, settings, recipes[0], True, **options) as ctx:
+    with _workspace(model, settings, settings.profile.recipe, True, **options) as ctx:
         for stage_name in ("source", "export"):
             _stage(ctx, reporter, stage_name)
-        _choose_recipe(ctx, reporter, recipes)
+        _choose_recipe(ctx, reporter, settings.profile.fit_recipes_for(ctx.io["kind"]))
         _stage(ctx, reporter, "bundle")
     return ctx
 

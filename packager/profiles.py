@@ -67,6 +67,7 @@ class Session:
 class Budget:
     memory_bytes: int              # peak resident memory allowed for the deployment
     device_class: str = ""         # "E2B" or "E4B": the class the budget comes from
+    context: int = 2048            # decoders: tokens of KV cache the deployment must hold (--context overrides)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,19 @@ class Accuracy:
     # The packaged model's outputs against the fp32 reference's, on the build host (verify) and
     # on the device (its smoke test compares with the reference outputs the bundle carries).
     min_cosine: float
+    # Decoders: the share of the reference's greedy tokens the packaged model predicts too
+    # (teacher-forced over the reference's continuation), and the cosine of the logits there.
+    min_token_agreement: float = 0.9
+    min_logits_cosine: float = 0.95
+
+
+@dataclass(frozen=True)
+class Int4:
+    """MatMulNBits / GatherBlockQuantized settings of the int4 recipe for this device's kernels."""
+
+    block_size: int = 32           # a multiple of 32 for KleidiAI's ARM kernels (FACTS.md)
+    symmetric: bool = True         # no zero points: smaller, and the fast ARM path
+    accuracy_level: int = 4        # 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute (needs dotprod to pay off)
 
 
 @dataclass(frozen=True)
@@ -89,10 +103,22 @@ class Profile:
     accuracy: Accuracy
     aliases: tuple[str, ...] = ()
     fit_recipes: tuple[str, ...] = ()  # what --fit auto tries, most precise first (default: recipe)
+    decoder_recipe: str = ""       # the default for decoder LLMs (default: recipe)
+    decoder_fit_recipes: tuple[str, ...] = ()  # --fit auto for decoders (default: fit_recipes)
+    int4: Int4 = field(default_factory=Int4)
     source: str = ""               # the file it was loaded from (set by the loader)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def recipe_for(self, kind: str) -> str:
+        """The default recipe for a model of this io kind ("decoder", "text", "tensor")."""
+        return (self.decoder_recipe or self.recipe) if kind == "decoder" else self.recipe
+
+    def fit_recipes_for(self, kind: str) -> tuple[str, ...]:
+        """What --fit auto tries for a model of this io kind, most precise first."""
+        chosen = (self.decoder_fit_recipes or self.fit_recipes) if kind == "decoder" else self.fit_recipes
+        return chosen or (self.recipe_for(kind),)
 
 
 _ENUMS = {
@@ -169,15 +195,24 @@ def _check_values(p: Profile, where: str) -> None:
         "budget.memory_bytes": p.budget.memory_bytes,
         "session.intra_op_threads": p.session.intra_op_threads,
         "runtime.max_opset": p.runtime.max_opset,
+        "budget.context": p.budget.context,
     }
     for key, value in positive.items():
         if value <= 0:
             raise _invalid(where, key, f"must be positive, got {value}")
     if p.budget.memory_bytes > p.device.ram_bytes:
         raise _invalid(where, "budget.memory_bytes", "is larger than device.ram_bytes")
-    if not 0.0 < p.accuracy.min_cosine <= 1.0:
-        raise _invalid(where, "accuracy.min_cosine", "must be in (0, 1]")
-    for key, name in [("recipe", p.recipe), *((f"fit_recipes[{i}]", r) for i, r in enumerate(p.fit_recipes))]:
+    for key in ("min_cosine", "min_token_agreement", "min_logits_cosine"):
+        if not 0.0 < getattr(p.accuracy, key) <= 1.0:
+            raise _invalid(where, f"accuracy.{key}", "must be in (0, 1]")
+    if p.int4.block_size < 16 or p.int4.block_size & (p.int4.block_size - 1):
+        raise _invalid(where, "int4.block_size", f"must be a power of two of at least 16, got {p.int4.block_size}")
+    if p.int4.accuracy_level not in range(5):
+        raise _invalid(where, "int4.accuracy_level", f"must be 0 to 4, got {p.int4.accuracy_level}")
+    named = [("recipe", p.recipe), *((f"fit_recipes[{i}]", r) for i, r in enumerate(p.fit_recipes)),
+             *([("decoder_recipe", p.decoder_recipe)] if p.decoder_recipe else []),
+             *((f"decoder_fit_recipes[{i}]", r) for i, r in enumerate(p.decoder_fit_recipes))]
+    for key, name in named:
         if name not in RECIPES:
             raise _invalid(where, key, f"names an unknown recipe {name!r}{did_you_mean(name, list(RECIPES))}")
     if not p.runtime.providers:

@@ -1,7 +1,8 @@
 """Quantization recipes: small functions named from the profiles' `recipe` key.
 
-Each recipe reads an fp32 ONNX model and writes the model to ship. It returns what it did,
-for the manifest. The registry `RECIPES` is the one place a recipe name is defined.
+Each recipe reads an fp32 ONNX model and writes the model to ship, with the target's settings
+(`RecipeOptions`). It returns what it did, for the manifest. The registry `RECIPES` is the one
+place a recipe name is defined.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import onnx
+
+from packager.profiles import Int4
 
 # Kernels that mean a node now computes in a quantized form.
 _QUANTIZED_OPS = {
@@ -31,6 +35,13 @@ class RecipeResult:
     quantized_nodes: int
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    """What a recipe may need beyond the model: the target's kernel settings."""
+
+    int4: Int4 = field(default_factory=Int4)
 
 
 def _needs_external_data(src: Path) -> bool:
@@ -54,13 +65,13 @@ def count_ops(model: onnx.ModelProto, ops: set[str]) -> int:
     return walk(model.graph)
 
 
-def fp32(src: Path, dst: Path) -> RecipeResult:
+def fp32(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     """No quantization: the exported fp32 model as it is."""
     shutil.copyfile(src, dst)
     return RecipeResult("fp32", {}, 0)
 
 
-def int8_dynamic(src: Path, dst: Path) -> RecipeResult:
+def int8_dynamic(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     """int8 weights per output channel, signed (S8S8 runs on ARM's fast path); activations
     quantized at run time. For encoders on CPU targets."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -81,7 +92,7 @@ def int8_dynamic(src: Path, dst: Path) -> RecipeResult:
     return RecipeResult("int8-dynamic", params, quantized)
 
 
-def fp16(src: Path, dst: Path) -> RecipeResult:
+def fp16(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     """fp16 weights and compute with fp32 inputs and outputs kept (GPU targets)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -91,8 +102,94 @@ def fp16(src: Path, dst: Path) -> RecipeResult:
     return RecipeResult("fp16", {"keep_io_types": True}, 0)
 
 
-RECIPES: dict[str, Callable[[Path, Path], RecipeResult]] = {
+def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
+    """4-bit weights, block-wise (MatMulNBits), the embedding table too (GatherBlockQuantized);
+    activations stay float. A tied embedding / lm_head pair stays one weight in the file. For
+    decoder LLMs, whose weights are most of their memory."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    settings = options.int4
+    model = onnx.load(src)
+    tied = find_tied_embedding(model) if settings.symmetric else None
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=settings.block_size, is_symmetric=settings.symmetric,
+        accuracy_level=settings.accuracy_level or None,
+        op_types_to_quantize=("MatMul",) if tied else ("MatMul", "Gather"),
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
+    )
+    logging.getLogger().setLevel(logging.ERROR)  # its opset-21 upgrade warning is expected here
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+    quantizer.process()
+    quantized = quantizer.model.model
+    del model, quantizer
+    embedding = "float (no constant embedding table)"
+    if tied:
+        embedding = tie_embedding(quantized, *tied, settings.block_size)
+    elif count_ops(quantized, {"GatherBlockQuantized"}):
+        embedding = "int4 (GatherBlockQuantized, its own table)"
+    onnx.save(quantized, dst, save_as_external_data=_needs_external_data(src))
+    params = {"block_size": settings.block_size, "symmetric": settings.symmetric,
+              "accuracy_level": settings.accuracy_level, "embedding": embedding}
+    return RecipeResult("int4", params, count_ops(quantized, _QUANTIZED_OPS))
+
+
+def find_tied_embedding(model: onnx.ModelProto) -> tuple[str, str] | None:
+    """(Gather node name, lm_head MatMul weight) when the exporter wrote the tied embedding table
+    twice: once [vocab, hidden] for the Gather, once transposed [hidden, vocab] for the lm_head."""
+    inits = {i.name: i for i in model.graph.initializer}
+    tables = [(n, inits[n.input[0]]) for n in model.graph.node
+              if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2]
+    heads = [inits[n.input[1]] for n in model.graph.node
+             if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
+    for gather, table in tables:
+        for head in heads:
+            if list(head.dims) == list(reversed(table.dims)):
+                from onnx.numpy_helper import to_array
+
+                if np.array_equal(to_array(table).T, to_array(head)):
+                    return gather.name, head.name
+    return None
+
+
+def tie_embedding(model: onnx.ModelProto, gather_name: str, head_weight: str, block_size: int) -> str:
+    """Point the embedding Gather at the lm_head's 4-bit weight: a GatherBlockQuantized over the
+    MatMulNBits' own B ([vocab, blocks, block/2] uint8, zero point 8 by default on both ops)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1] == f"{head_weight}_Q4")
+    b_name, scales_name = head.input[1], head.input[2]
+    inits = {i.name: i for i in graph.initializer}
+    vocab, blocks = (int(d) for d in inits[b_name].dims[:2])
+    hidden = next(helper.get_attribute_value(a) for a in head.attribute if a.name == "K")
+    # GatherBlockQuantized wants scales of data's rank; MatMulNBits wants [N, blocks]: the scales
+    # (1/8 of the packed weight at block 32) are stored twice, the weight once.
+    scales3d = numpy_helper.to_array(inits[scales_name]).reshape(vocab, blocks, 1)
+    graph.initializer.append(numpy_helper.from_array(scales3d, f"{scales_name}_gather"))
+    index = next(i for i, n in enumerate(graph.node) if n.name == gather_name)
+    gather = graph.node[index]
+    table, ids, out = gather.input[0], gather.input[1], gather.output[0]
+    p = f"{gather_name}_tied"
+    graph.initializer.append(numpy_helper.from_array(np.array([hidden], dtype=np.int64), f"{p}/hidden"))
+    nodes = [
+        helper.make_node("GatherBlockQuantized", [b_name, ids, f"{scales_name}_gather"], [f"{p}/blocks"],
+                         name=f"{p}/GatherBlockQuantized", domain="com.microsoft", gather_axis=0,
+                         quantize_axis=2, block_size=block_size, bits=4),
+        helper.make_node("Shape", [ids], [f"{p}/ids_shape"], name=f"{p}/Shape"),
+        helper.make_node("Concat", [f"{p}/ids_shape", f"{p}/hidden"], [f"{p}/shape"], name=f"{p}/Concat", axis=0),
+        helper.make_node("Reshape", [f"{p}/blocks", f"{p}/shape"], [out], name=f"{p}/Reshape"),
+    ]
+    del graph.node[index]
+    for offset, node in enumerate(nodes):
+        graph.node.insert(index + offset, node)
+    if not any(table in n.input for n in graph.node):
+        graph.initializer.remove(inits[table])
+    return "int4, tied: GatherBlockQuantized reads the lm_head's MatMulNBits weight"
+
+
+RECIPES: dict[str, Callable[[Path, Path, RecipeOptions], RecipeResult]] = {
     "fp32": fp32,
     "int8-dynamic": int8_dynamic,
     "fp16": fp16,
+    "int4": int4,
 }

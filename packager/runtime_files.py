@@ -35,9 +35,17 @@ def copy_runtime(dest: Path) -> None:
         (dest / name).chmod(0o755)
 
 
+# Decoder LLMs take text too: they share the text family's tokenizer pin and sample folder.
+_FAMILY = {"decoder": "text"}
+
+
+def family_dir(kind: str) -> Path:
+    return targets_dir() / "families" / _FAMILY.get(kind, kind)
+
+
 def family_requirements(kind: str) -> list[str]:
-    """Extra pinned requirements of a model family (targets/families/<kind>/requirements.txt)."""
-    return _requirements(targets_dir() / "families" / kind / "requirements.txt")
+    """Extra pinned requirements of a model family (targets/families/<family>/requirements.txt)."""
+    return _requirements(family_dir(kind) / "requirements.txt")
 
 
 def signing_requirements() -> list[str]:
@@ -53,5 +61,6 @@ def _requirements(path: Path) -> list[str]:
 
 
 def family_texts(kind: str) -> list[str]:
-    path = targets_dir() / "families" / kind / "samples.txt"
+    """Sample sentences (encoders: samples.txt) or prompts (decoders: prompts.txt) of a family."""
+    path = family_dir(kind) / ("prompts.txt" if kind == "decoder" else "samples.txt")
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

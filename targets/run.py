@@ -5,6 +5,7 @@ Depends on what the device has: onnxruntime, numpy, the standard library (and `t
 for text models); Python 3.10 to 3.13. It never imports packager.
 
     python run.py "some sentence" ["another one" ...]   text models: prints the output as JSON
+    python run.py --prompt "Once" [--max-new-tokens 32]  decoder LLMs: greedy generation with the KV cache
     python run.py --inputs feeds.npz [--output out.npz]  any model: runs one set of inputs
     python run.py --measure                             peak resident memory of load and run
 
@@ -13,6 +14,7 @@ Importable too (smoke_test.py does):
     import run
     runner = run.load()                 # the bundle this file sits in
     runner.run_texts(["hello"])         # {output name: array}
+    runner.generate_text("Once", 16)    # decoders: the continuation
 
 Signed bundles (`packager package --sign`): with a public key configured (`--public-key PATH` or
 $PACKAGER_PUBLIC_KEY), the CLI refuses a bundle that is unsigned, signed with another key or
@@ -263,7 +265,8 @@ class Runner:
             providers=self.providers,
             provider_options=provider_options(self.providers, runtime.get("provider_options", {}), cache),
         )
-        self.tokenizer = load_tokenizer(bundle, self.io) if self.io["kind"] == "text" else None
+        self.tokenizer = load_tokenizer(bundle, self.io) if self.io["kind"] in ("text", "decoder") else None
+        self.decoder = Decoder(self.session, self.io) if self.io["kind"] == "decoder" else None
 
     @property
     def input_names(self) -> list[str]:
@@ -280,6 +283,72 @@ class Runner:
 
     def run_texts(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
         return [self.run(self.encode(t)) for t in texts]
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        if self.decoder is None or self.tokenizer is None:
+            raise ValueError("this bundle's model is not a text generator: give texts or --inputs FILE.npz")
+        return list(self.tokenizer.encode(prompt).ids)
+
+    def generate_text(self, prompt: str, max_new_tokens: int) -> tuple[str, list[int]]:
+        """The greedy continuation of `prompt` (text and token ids), up to an end-of-sequence token."""
+        assert self.decoder is not None and self.tokenizer is not None
+        tokens, _ = self.decoder.generate(self.prompt_ids(prompt), max_new_tokens)
+        return self.tokenizer.decode(tokens), tokens
+
+
+class Decoder:
+    """Greedy generation with the KV cache (past_key_values.N.key/value in, present.N.key/value
+    out), batch 1, for decoder LLMs exported with past (optimum's text-generation-with-past)."""
+
+    def __init__(self, session: Any, io: dict[str, Any]) -> None:
+        self.session = session
+        self.io = io
+        self.inputs = [i["name"] for i in io["inputs"]]
+        self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
+        self.presents = [n.replace("past_key_values.", "present.", 1) for n in self.past]
+        kv = io["kv"]
+        self.kv_shape = (1, int(kv["heads"]), 0, int(kv["head_dim"]))
+        self.kv_dtype = np.dtype(kv["dtype"])
+        self.eos = set(io.get("eos_token_ids", []))
+
+    def empty_past(self, length: int = 0) -> dict[str, np.ndarray]:
+        """A KV cache of `length` positions (zeros): empty to start, or full to measure a long context."""
+        shape = (*self.kv_shape[:2], length, self.kv_shape[3])
+        return {n: np.zeros(shape, dtype=self.kv_dtype) for n in self.past}
+
+    def feeds(self, ids: list[int], past: dict[str, np.ndarray], past_length: int) -> dict[str, np.ndarray]:
+        n = len(ids)
+        columns = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, past_length + n), dtype=np.int64),
+            "position_ids": np.arange(past_length, past_length + n, dtype=np.int64)[None, :],
+        }
+        return {**{k: v for k, v in columns.items() if k in self.inputs}, **past}
+
+    def step(self, ids: list[int], past: dict[str, np.ndarray], past_length: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits [len(ids), vocab] for the new tokens, and the cache that now holds them."""
+        outputs = self.session.run(["logits", *self.presents], self.feeds(ids, past, past_length))
+        return outputs[0][0], dict(zip(self.past, outputs[1:]))
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], np.ndarray]:
+        """Greedy tokens after the prompt (stopping after an end-of-sequence token), and the logits
+        of the prompt's last position (the first prediction)."""
+        logits, past = self.step(prompt_ids, self.empty_past(), 0)
+        first = logits[-1]
+        tokens: list[int] = []
+        length = len(prompt_ids)
+        while len(tokens) < max_new_tokens:
+            token = int(np.argmax(logits[-1]))
+            tokens.append(token)
+            if token in self.eos or len(tokens) == max_new_tokens:
+                break
+            logits, past = self.step([token], past, length)
+            length += 1
+        return tokens, first
+
+    def score(self, ids: list[int]) -> np.ndarray:
+        """Logits at every position of `ids` in one pass (no cache): the teacher-forced predictions."""
+        return self.step(ids, self.empty_past(), 0)[0]
 
 
 def encode(tokenizer: Any, text: str, input_names: list[str]) -> dict[str, np.ndarray]:
@@ -321,6 +390,46 @@ def save_samples(path: Path, samples: list[dict[str, np.ndarray]]) -> None:
     arrays = {f"{i}/{name}": value for i, sample in enumerate(samples) for name, value in sample.items()}
     with open(path, "wb") as f:
         np.savez(f, **arrays)
+
+
+def compare_decoder(expected: list[dict[str, np.ndarray]], decoder: Decoder) -> dict[str, Any]:
+    """How closely `decoder` follows the reference's greedy generations (`expected`: per prompt,
+    its `prompt_ids`, the reference's `tokens` and its first-prediction `logits`).
+
+    Token agreement is teacher-forced: the decoder reads the prompt and the reference's tokens
+    and must predict each next one. Free-running generation would stop counting after the first
+    different token (every later one follows from it), measuring luck more than fidelity; how
+    often the free-running generations match in full is reported too.
+    """
+    agreements, cosines, identical = [], [], 0
+    for sample in expected:
+        prompt = [int(t) for t in sample["prompt_ids"]]
+        reference = [int(t) for t in sample["tokens"]]
+        logits = decoder.score(prompt + reference)
+        predicted = np.argmax(logits[len(prompt) - 1:len(prompt) - 1 + len(reference)], axis=-1)
+        agreements.append(float(np.mean(predicted == np.asarray(reference))) if reference else 1.0)
+        cosines.append(_cosine(logits[len(prompt) - 1].astype(np.float64), sample["logits"].astype(np.float64)))
+        generated, _ = decoder.generate(prompt, len(reference))
+        identical += generated == reference
+    return {
+        "token_agreement": float(np.mean(agreements)),
+        "min_token_agreement": min(agreements),
+        "min_logits_cosine": min(cosines),
+        "mean_logits_cosine": float(np.mean(cosines)),
+        "identical_generations": identical,
+        "prompts": len(expected),
+        "per_prompt": [{"token_agreement": a, "logits_cosine": c} for a, c in zip(agreements, cosines)],
+    }
+
+
+def reference_generations(decoder: Decoder, prompts: list[list[int]], max_new_tokens: int) -> list[dict[str, np.ndarray]]:
+    """What compare_decoder measures against: the reference model's greedy generations."""
+    result = []
+    for ids in prompts:
+        tokens, first = decoder.generate(ids, max_new_tokens)
+        result.append({"prompt_ids": np.asarray(ids, dtype=np.int64), "tokens": np.asarray(tokens, dtype=np.int64),
+                       "logits": first.astype(np.float32)})
+    return result
 
 
 def compare(expected: list[dict[str, np.ndarray]], actual: list[dict[str, np.ndarray]],
@@ -402,8 +511,10 @@ def rss_bytes() -> int:
     return rss if rss is not None else peak_bytes()
 
 
-def measure(bundle: Path = HERE) -> dict[str, Any]:
+def measure(bundle: Path = HERE, context: int | None = None) -> dict[str, Any]:
     """Load the model and run the bundle's samples, measuring peak resident memory of each phase.
+    Decoders then take one generation step with a full KV cache of `context` tokens (default:
+    the context the bundle was built for), so the cache is real, as at the end of a long chat.
 
     Call it in a fresh process: the peak covers everything resident, the interpreter and the
     runtime included, as it will be on the device.
@@ -422,8 +533,12 @@ def measure(bundle: Path = HERE) -> dict[str, Any]:
     resettable = reset_peak() and resettable
     for f in feeds:
         runner.run(f)
+    context = context or runner.runtime.get("context")
+    if runner.decoder is not None and context:
+        runner.decoder.step([0], runner.decoder.empty_past(int(context) - 1), int(context) - 1)
     run_peak = peak_bytes()
     return {
+        "context": context,
         "baseline_bytes": baseline,
         "load_peak_bytes": load_peak,
         "run_peak_bytes": run_peak,
@@ -457,21 +572,28 @@ def read_inputs(path: Path, names: list[str]) -> list[dict[str, np.ndarray]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run this bundle's model.")
     parser.add_argument("texts", nargs="*", help="texts to run (text models)")
+    parser.add_argument("--prompt", help="decoder LLMs: the text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="decoder LLMs: tokens to generate (default 32)")
+    parser.add_argument("--json", action="store_true", help="with --prompt: print prompt, text and token ids as JSON")
     parser.add_argument("--inputs", type=Path, help=".npz of input tensors, one per model input")
     parser.add_argument("--output", type=Path, help="write the outputs to this .npz instead of printing them")
     parser.add_argument("--measure", action="store_true", help="print peak memory of load and run as JSON")
+    parser.add_argument("--context", type=int, help="with --measure, decoders: tokens of KV cache to hold "
+                        "(default: the bundle's)")
     parser.add_argument("--public-key", type=Path, help=f"refuse the bundle unless this Ed25519 public key signed it "
                         f"(default: ${PUBLIC_KEY_ENV})")
     parser.add_argument("--bundle", type=Path, default=HERE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if not (args.measure or args.inputs or args.texts):
-        parser.error("give texts to run, or --inputs FILE.npz")
+    if not (args.measure or args.inputs or args.texts or args.prompt is not None):
+        parser.error("give texts to run, --prompt TEXT (decoders), or --inputs FILE.npz")
+    if args.max_new_tokens < 1 or (args.context is not None and args.context < 1):
+        parser.error("--max-new-tokens and --context take a positive number of tokens")
     try:
         if args.measure:
             # The build host's measurement of a bundle being assembled (packager's fit stage runs
             # it before the bundle is signed): no signature to check yet.
-            print(json.dumps(measure(args.bundle)))
+            print(json.dumps(measure(args.bundle, args.context)))
             return 0
         signature = check_signature(args.bundle, configured_public_key(args.public_key))
         if signature.get("note"):
@@ -479,6 +601,11 @@ def main(argv: list[str] | None = None) -> int:
         runner = load(args.bundle)
         for p in runner.missing_providers:
             print(f"note: {p} is not available here; running on {', '.join(runner.providers)}", file=sys.stderr)
+        if args.prompt is not None:
+            text, tokens = runner.generate_text(args.prompt, args.max_new_tokens)
+            print(json.dumps({"prompt": args.prompt, "text": text, "tokens": tokens}) if args.json
+                  else args.prompt + text)
+            return 0
         results = [runner.run(f) for f in read_inputs(args.inputs, runner.input_names)] if args.inputs \
             else runner.run_texts(args.texts)
     except (RuntimeError, ValueError, OSError) as e:

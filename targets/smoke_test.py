@@ -12,7 +12,8 @@
 3. run the sample inputs (texts go through the shipped tokenizer) and compare with the fp32
    reference model's outputs recorded when the bundle was built, against the profile's threshold
    (the device's own kernels may round differently from the build host's: what must hold is the
-   distance to the true model);
+   distance to the true model); decoders generate with the KV cache from the sample prompts and
+   must follow the reference's greedy tokens (teacher-forced agreement, first-token logits);
 4. peak resident memory of load and run against the target's budget.
 
 The last line is the verdict: `PASS`, or `FAIL: <reason>`. Exit code 0 only on pass.
@@ -75,8 +76,28 @@ def check_files(bundle: Path, manifest: dict[str, Any]) -> int:
     return len(listed)
 
 
+def check_generation(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) -> dict[str, Any]:
+    assert runner.decoder is not None
+    prompts = json.loads((bundle / run.SAMPLE_TEXTS).read_text(encoding="utf-8"))
+    expected = run.load_samples(bundle, run.SAMPLE_EXPECTED)
+    for i, (prompt, sample) in enumerate(zip(prompts, expected)):
+        if runner.prompt_ids(prompt) != [int(t) for t in sample["prompt_ids"]]:
+            raise SmokeFailure(f"the tokenizer here encodes prompt {i} differently from the build host")
+    result = run.compare_decoder(expected, runner.decoder)
+    limits = manifest["smoke"]
+    if result["token_agreement"] < limits["min_token_agreement"]:
+        raise SmokeFailure(f"generation drifts from the fp32 reference: {result['token_agreement']:.1%} of its greedy "
+                           f"tokens predicted < {limits['min_token_agreement']:.0%}")
+    if result["min_logits_cosine"] < limits["min_logits_cosine"]:
+        raise SmokeFailure(f"logits drift from the fp32 reference: cosine {result['min_logits_cosine']:.5f} < "
+                           f"{limits['min_logits_cosine']}")
+    return result
+
+
 def check_outputs(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) -> dict[str, Any]:
     io = manifest["runtime"]["io"]
+    if io["kind"] == "decoder":
+        return check_generation(bundle, runner, manifest)
     stored_inputs = run.load_samples(bundle, run.SAMPLE_INPUTS)
     expected = run.load_samples(bundle, run.SAMPLE_EXPECTED)
     if io["kind"] == "text":
@@ -158,8 +179,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"(the {p} path was not exercised)")
         if "files_checked" in report:
             print(f"checksums: {report['files_checked']} files OK")
-        if "accuracy" in report:
-            print(f"outputs: min cosine {report['accuracy']['min_cosine']:.5f} vs the fp32 reference")
+        accuracy = report.get("accuracy", {})
+        if "token_agreement" in accuracy:
+            print(f"generation: {accuracy['token_agreement']:.1%} of the fp32 reference's greedy tokens, logits cosine "
+                  f"{accuracy['min_logits_cosine']:.5f}, {accuracy['identical_generations']}/{accuracy['prompts']} "
+                  "continuations identical")
+        elif accuracy:
+            print(f"outputs: min cosine {accuracy['min_cosine']:.5f} vs the fp32 reference")
         if "peak_bytes" in report:
             print(f"peak memory: {report['peak_bytes'] / 2**20:.1f} MiB of {report['budget_bytes'] / 2**20:.0f} MiB budget")
     print(verdict)

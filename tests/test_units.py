@@ -102,8 +102,10 @@ def test_sample_inputs_follow_signature_and_overrides() -> None:
 def test_task_from_architectures(tmp_path: Path) -> None:
     assert task_for(["BertModel"], tmp_path) == ("feature-extraction", "BertModel")
     assert task_for(["DistilBertForSequenceClassification"], tmp_path)[0] == "text-classification"
-    with pytest.raises(PackagerError, match="decoders"):
-        task_for(["LlamaForCausalLM"], tmp_path)
+    assert task_for(["LlamaForCausalLM"], tmp_path)[0] == "text-generation-with-past"
+    assert task_for(["GPT2LMHeadModel"], tmp_path)[0] == "text-generation-with-past"
+    with pytest.raises(PackagerError, match="encoder-decoder"):
+        task_for(["WhisperForConditionalGeneration"], tmp_path)
     with pytest.raises(PackagerError, match="no `architectures`"):
         task_for([], tmp_path)
 

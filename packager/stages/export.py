@@ -149,10 +149,44 @@ def _max_length(folder: Path) -> int:
     return 512
 
 
+def _eos_token_ids(folder: Path) -> list[int]:
+    """End-of-sequence ids from generation_config.json, else config.json (an int or a list)."""
+    for name in ("generation_config.json", "config.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            value = json.loads((folder / name).read_text(encoding="utf-8"))["eos_token_id"]
+            ids = value if isinstance(value, list) else [value]
+            if ids and all(isinstance(i, int) for i in ids):
+                return ids
+    return []
+
+
+def _decoder_io(ctx: Context, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A decoder exported with past: its KV cache layout, for the device's generation loop."""
+    assert ctx.source is not None
+    past = [i for i in inputs if i["name"].startswith("past_key_values.")]
+    _, heads, _, head_dim = past[0]["shape"]
+    return {
+        "kind": "decoder",
+        "inputs": inputs,
+        "outputs": outputs,
+        "checked_outputs": ["logits"],
+        "primary_outputs": ["logits"],
+        "tokenizer": "model/tokenizer.json",
+        "max_length": _max_length(ctx.source.path),
+        "eos_token_ids": _eos_token_ids(ctx.source.path),
+        "kv": {"layers": len(past) // 2, "heads": heads, "head_dim": head_dim, "dtype": past[0]["dtype"]},
+    }
+
+
 def describe_io(ctx: Context, export_dir: Path) -> dict[str, Any]:
     inputs, outputs = signature(export_dir / "model.onnx")
     names = [o["name"] for o in outputs]
-    text = (export_dir / "tokenizer.json").is_file() and {i["name"] for i in inputs} <= TOKENIZER_INPUTS
+    input_names = {i["name"] for i in inputs}
+    has_tokenizer = (export_dir / "tokenizer.json").is_file()
+    if has_tokenizer and "input_ids" in input_names and "logits" in names and \
+            any(n.startswith("past_key_values.") for n in input_names):
+        return _decoder_io(ctx, inputs, outputs)
+    text = has_tokenizer and input_names <= TOKENIZER_INPUTS
     # Sentence-transformers exports carry the pooled, normalised embedding: that is the answer.
     primary = ["sentence_embedding"] if "sentence_embedding" in names else names
     io_spec: dict[str, Any] = {
@@ -179,4 +213,18 @@ def run(ctx: Context) -> None:
         _copy_onnx(ctx, out)
     ctx.reference_model = out / "model.onnx"
     ctx.io = describe_io(ctx, out)
-    ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] if ctx.io["kind"] == "text" else []
+    ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] \
+        if ctx.io["kind"] in ("text", "decoder") else []
+    if ctx.io["kind"] == "decoder":
+        ctx.context = decoder_context(ctx)
+    if not ctx.recipe_explicit:
+        ctx.recipe_name = ctx.profile.recipe_for(ctx.io["kind"])
+
+
+def decoder_context(ctx: Context) -> int:
+    """The KV cache the deployment holds: --context, else the profile's, within the model's positions."""
+    positions = int(ctx.io["max_length"])
+    if ctx.context is not None and ctx.context > positions:
+        raise PackagerError(f"--context {ctx.context} is longer than the model's {positions} positions "
+                            "(max_position_embeddings); ask for at most that.", ExitCode.USAGE)
+    return ctx.context or min(ctx.profile.budget.context, positions)

@@ -14,7 +14,7 @@ import sys
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import estimate, sample_shapes
+from packager.estimate import decode_step_shapes, estimate, sample_shapes
 from packager.manifest import runtime_spec
 from packager.runtime_files import copy_runtime
 
@@ -45,7 +45,9 @@ def measure(ctx: Context) -> dict:
 
 def run(ctx: Context) -> None:
     assert ctx.packaged_model is not None
-    est = estimate(ctx.packaged_model, ctx.profile, ctx.io["kind"], sample_shapes(ctx.sample_inputs), ctx.context)
+    shapes = decode_step_shapes(ctx.io, ctx.context) if ctx.io["kind"] == "decoder" and ctx.context \
+        else sample_shapes(ctx.sample_inputs)
+    est = estimate(ctx.packaged_model, ctx.profile, ctx.io["kind"], shapes, ctx.context)
     measured = measure(ctx) if ctx.measure else None
     budget = ctx.profile.budget.memory_bytes
     # The verdict trusts a measurement over an estimate, and the estimate's high side over its low.

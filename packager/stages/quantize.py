@@ -6,7 +6,7 @@ import shutil
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
-from packager.recipes import RECIPES
+from packager.recipes import RECIPES, RecipeOptions
 
 
 def run(ctx: Context) -> None:
@@ -15,7 +15,7 @@ def run(ctx: Context) -> None:
     model_dir.mkdir(parents=True)
     dest = model_dir / "model.onnx"
     try:
-        ctx.recipe = RECIPES[ctx.recipe_name](ctx.reference_model, dest)
+        ctx.recipe = RECIPES[ctx.recipe_name](ctx.reference_model, dest, RecipeOptions(int4=ctx.profile.int4))
     except PackagerError:
         raise
     except Exception as e:

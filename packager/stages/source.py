@@ -14,15 +14,18 @@ from packager.errors import ExitCode, PackagerError
 from packager.samples import resolve_sample
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
-# Architectures by suffix -> optimum export task. Decoders and seq2seq come with later issues.
+# Architectures by suffix -> optimum export task. Decoders export with their KV cache as inputs
+# and outputs (the device loop carries it); seq2seq comes with a later issue.
 TASKS = {
+    "ForCausalLM": "text-generation-with-past",
+    "LMHeadModel": "text-generation-with-past",
     "Model": "feature-extraction",
     "ForSequenceClassification": "text-classification",
     "ForTokenClassification": "token-classification",
     "ForMaskedLM": "fill-mask",
     "ForQuestionAnswering": "question-answering",
 }
-UNSUPPORTED_YET = ("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "ForSpeechSeq2Seq")
+UNSUPPORTED_YET = ("ForConditionalGeneration", "ForSpeechSeq2Seq", "ForVision2Seq")
 
 
 def _bad(message: str) -> PackagerError:
@@ -47,8 +50,8 @@ def task_for(architectures: list[str], where: Path) -> tuple[str, str]:
                    "add the model class name (e.g. \"BertModel\") to config.json.")
     arch = architectures[0]
     if arch.endswith(UNSUPPORTED_YET):
-        raise _bad(f"{where}: {arch} is a generative model; packager does not package decoders or "
-                   "encoder-decoders yet (issues 4 and 11). Package an encoder, or an .onnx file.")
+        raise _bad(f"{where}: {arch} is an encoder-decoder model, which packager does not package yet "
+                   "(issue 11); package its decoder or encoder alone, or an .onnx file.")
     for suffix, task in sorted(TASKS.items(), key=lambda kv: -len(kv[0])):
         if arch.endswith(suffix):
             return task, arch

@@ -2,6 +2,8 @@
 
 The reference's outputs become the bundle's expected outputs: the smoke test holds the device's
 answers to the same threshold against the true model, whatever kernels the device rounds with.
+Decoders are compared on what they generate: the reference's greedy continuation of each
+prompt, which the packaged model must predict token by token (run.py's compare_decoder).
 """
 
 from __future__ import annotations
@@ -38,12 +40,49 @@ def _run_all(session: Any, feeds: list[dict[str, np.ndarray]], what: str) -> lis
         ) from None
 
 
+# Tokens each prompt's reference continuation runs to (fewer where it ends first).
+GENERATED_TOKENS = 16
+
+
+def _verify_decoder(ctx: Context, reference: Any, packaged: Any) -> None:
+    rt = runner()
+    prompts = [[int(t) for t in feeds["input_ids"][0]] for feeds in ctx.sample_inputs]
+    try:
+        ctx.expected_outputs = rt.reference_generations(rt.Decoder(reference, ctx.io), prompts, GENERATED_TOKENS)
+        result = rt.compare_decoder(ctx.expected_outputs, packaged.decoder)
+    except Exception as e:
+        reason = str(e).split("Status Message: ")[-1].splitlines()[0][:200]
+        raise PackagerError(f"generating with the exported decoder failed ({reason}); check that the model "
+                            "exports with its KV cache (text-generation-with-past).", ExitCode.TOOL_FAILED) from None
+    limits = ctx.profile.accuracy
+    ctx.accuracy = {
+        "metric": "token agreement",
+        "reference": "fp32 ONNX export, greedy decoding",
+        "samples": len(prompts),
+        "generated_tokens": GENERATED_TOKENS,
+        "threshold": {"token_agreement": limits.min_token_agreement, "logits_cosine": limits.min_logits_cosine},
+        **result,
+    }
+    if result["token_agreement"] < limits.min_token_agreement or result["min_logits_cosine"] < limits.min_logits_cosine:
+        raise PackagerError(
+            f"recipe {ctx.recipe_name} changes the answers too much: the packaged model predicts "
+            f"{result['token_agreement']:.1%} of the fp32 reference's greedy tokens (threshold "
+            f"{limits.min_token_agreement:.0%}), logits cosine {result['min_logits_cosine']:.4f} (threshold "
+            f"{limits.min_logits_cosine}) on {ctx.profile.name}; try a more precise recipe (int8-dynamic, fp16 or fp32).",
+            ExitCode.ACCURACY,
+        )
+
+
 def run(ctx: Context) -> None:
     assert ctx.reference_model is not None
     packaged = _host_runner(ctx)
     so = ort.SessionOptions()
     so.log_severity_level = 4  # failures surface as exceptions, reported once
     reference = ort.InferenceSession(str(ctx.reference_model), so, providers=["CPUExecutionProvider"])
+    if ctx.io["kind"] == "decoder":
+        _verify_decoder(ctx, reference, packaged)
+        runner().save_samples(ctx.stage_dir / "samples" / "expected.npz", ctx.expected_outputs)
+        return
     ctx.expected_outputs = _run_all(reference, ctx.sample_inputs, "fp32 reference model")
     packaged_outputs = _run_all(packaged.session, ctx.sample_inputs, "packaged model")
 

@@ -1,0 +1,114 @@
+"""Decoder LLMs: export with the KV cache, int4 with a tied embedding, generation on the device's
+loop, and the verify figures (token agreement, logits cosine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from packager.config import resolve_package_settings
+from packager.errors import ExitCode, PackagerError
+from packager.pipeline import package
+from packager.profiles import Int4
+from packager.recipes import RecipeOptions, count_ops, int4
+from conftest import unpack
+from tiny_decoders import make_decoder
+
+
+def _package(folder: Path, out: Path, recipe: str, target: str = "rpi5"):
+    settings = resolve_package_settings({"target": target, "out": str(out), "recipe": recipe, "budget": None})
+    return package(str(folder), settings)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "gpt2"])
+def test_architecture_exports_and_generates(arch: str, tmp_path: Path) -> None:
+    """Each architecture exports with past, and the bundle's KV-cache loop reproduces the reference's
+    greedy tokens exactly at fp32 (same model, same runtime: any difference is a loop bug)."""
+    ctx = _package(make_decoder(tmp_path / arch, arch), tmp_path / "dist", "fp32")
+    assert ctx.io["kind"] == "decoder" and ctx.io["kv"]["layers"] == 1
+    acc = ctx.accuracy
+    assert acc["metric"] == "token agreement"
+    assert acc["token_agreement"] == 1.0 and acc["identical_generations"] == acc["samples"] == 6
+    assert acc["min_logits_cosine"] > 0.99999
+    assert ctx.context == 256  # the profile's 4096, within the model's 256 positions
+    if arch == "llama":  # the bundle's own CLI generates, without packager
+        bundle = unpack(ctx.archive, tmp_path / "unpacked")
+        proc = subprocess.run([sys.executable, str(bundle / "run.py"), "--prompt", "The function returns",
+                               "--max-new-tokens", "5", "--json"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert result["prompt"] == "The function returns" and 1 <= len(result["tokens"]) <= 5
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        assert manifest["runtime"]["context"] == 256 and manifest["smoke"]["min_token_agreement"] == 0.9
+        smoke = subprocess.run([sys.executable, str(bundle / "smoke_test.py")], capture_output=True, text=True,
+                               timeout=120)
+        assert smoke.returncode == 0 and smoke.stdout.splitlines()[-1] == "PASS", smoke.stdout
+
+
+def _tied_model(vocab: int = 64, hidden: int = 64) -> onnx.ModelProto:
+    """ids -> Gather(table) -> MatMul(table.T): an embedding and an lm_head sharing one weight, written
+    twice as the exporter writes them."""
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((vocab, hidden)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["h"], name="/model/embed_tokens/Gather"),
+             helper.make_node("MatMul", ["h", "head"], ["logits"], name="/lm_head/MatMul")]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, None])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, None, vocab])],
+                              [numpy_helper.from_array(table, "table"),
+                               numpy_helper.from_array(np.ascontiguousarray(table.T), "head")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_int4_keeps_a_tied_embedding_tied(tmp_path: Path) -> None:
+    src, dst = tmp_path / "tied.onnx", tmp_path / "int4.onnx"
+    onnx.save(_tied_model(), src)
+    result = int4(src, dst, RecipeOptions(int4=Int4(block_size=32, symmetric=True, accuracy_level=0)))
+    assert result.params["embedding"].startswith("int4, tied")
+    model = onnx.load(dst)
+    gbq = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
+    mnb = next(n for n in model.graph.node if n.op_type == "MatMulNBits")
+    assert gbq.input[0] == mnb.input[1]  # one 4-bit weight read by both
+    assert not any(i.data_type == TensorProto.FLOAT and i.dims == [64, 64] for i in model.graph.initializer)
+    ids = np.array([[3, 17, 42]], dtype=np.int64)
+    ref = ort.InferenceSession(src.read_bytes()).run(None, {"ids": ids})[0]
+    got = ort.InferenceSession(dst.read_bytes()).run(None, {"ids": ids})[0]
+    cos = np.sum(ref * got, -1) / np.linalg.norm(ref, axis=-1) / np.linalg.norm(got, axis=-1)
+    assert cos.min() > 0.95
+    # 4096 weights at 4 bits (2 KiB) plus fp32 scales per block of 32, stored for each op: far below fp32's 16 KiB.
+    assert count_ops(model, {"GatherBlockQuantized", "MatMulNBits"}) == 2
+    assert dst.stat().st_size < 4 * 1024
+
+
+def test_int4_untied_embedding_gets_its_own_table(tmp_path: Path) -> None:
+    model = _tied_model()
+    head = next(i for i in model.graph.initializer if i.name == "head")
+    head.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(head), "head"))
+    onnx.save(model, tmp_path / "untied.onnx")
+    result = int4(tmp_path / "untied.onnx", tmp_path / "int4.onnx", RecipeOptions())
+    assert result.params["embedding"].startswith("int4 (GatherBlockQuantized, its own")
+
+
+def test_context_longer_than_the_model_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from packager.profiles import resolve_target
+    from packager.stages.export import decoder_context
+
+    profile = resolve_target("rpi5")
+    ctx = SimpleNamespace(io={"max_length": 256}, context=None, profile=profile)
+    assert decoder_context(ctx) == 256
+    ctx.context = 128
+    assert decoder_context(ctx) == 128
+    ctx.context = 100_000
+    with pytest.raises(PackagerError, match="longer than the model's 256 positions") as e:
+        decoder_context(ctx)
+    assert e.value.code == ExitCode.USAGE

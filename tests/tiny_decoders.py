@@ -1,0 +1,64 @@
+"""Tiny decoder LLMs of each supported architecture, built locally from small configs with random
+weights (only shapes matter where these are used) and a small byte-level BPE tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+VOCAB = 512
+CORPUS = [
+    "The function returns the value of the attribute, or None if it is not set.",
+    "In the beginning of the program, the configuration file is read and checked.",
+    "This module provides a way to use operating system dependent functionality.",
+    "If the file does not exist, the open call raises an error that names it.",
+    "The license grants you the right to copy, modify and distribute the software.",
+    "A list of all the names defined in the module, sorted in alphabetical order.",
+]
+
+# Small configs per architecture: every Linear's input a multiple of 32 (block-wise int4).
+CONFIGS: dict[str, dict[str, Any]] = {
+    "llama": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+              "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 256, "tie_word_embeddings": True},
+    "qwen2": {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 64,
+              "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 256, "tie_word_embeddings": True},
+    "gemma3": {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "hidden_size": 64,
+               "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "head_dim": 16, "max_position_embeddings": 256, "sliding_window": 128},
+    "gpt2": {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64, "n_layer": 1, "n_head": 4,
+             "n_positions": 256},
+}
+
+
+def make_tokenizer(folder: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+         "model_max_length": 256}), encoding="utf-8")
+
+
+def make_decoder(folder: Path, arch: str, seed: int = 0) -> Path:
+    """A Hugging Face folder (config, safetensors, tokenizer) of a tiny `arch` decoder."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = dict(CONFIGS[arch])
+    model_type = spec.pop("model_type")
+    config = AutoConfig.for_model(model_type, vocab_size=VOCAB, bos_token_id=0, eos_token_id=1, **spec)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    make_tokenizer(folder)
+    return folder
