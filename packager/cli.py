@@ -432,6 +432,124 @@ def keygen(
     print(fingerprint)
 
 
+@app.command("inspect")
+def inspect_model(
+    model: Path = typer.Argument(..., help="An .onnx file, a folder holding model.onnx, or a bundle (.tar.gz or unpacked)."),
+    target: list[str] = typer.Option([], "--target", "-t", help="Check this target's runtime (repeatable; default: "
+                                     "every profile). Exit 11 if its runtime cannot run the model."),
+    top: int = typer.Option(15, "--top", min=1, help="Operators shown in the table (--json lists all)."),
+    as_json: bool = JsonOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Inputs, outputs, parameters, size, opsets and operators of an ONNX model, and which targets run it."""
+
+    def go() -> Any:
+        from packager.compat import inspect as inspect_onnx
+        from packager.profiles import builtin_profiles, resolve_target
+
+        profiles = [resolve_target(t) for t in target] or list(builtin_profiles().values())
+        with tempfile.TemporaryDirectory(prefix="packager-inspect-") as tmp:
+            path, shown, bundle = _inspect_path(model, Path(tmp))
+            result = inspect_onnx(path, profiles, model=str(model))
+        return result, shown, bundle
+
+    result, shown, bundle = _guarded(go, debug=debug, as_json=as_json)
+    summary = result.to_dict() | {"path": shown} | ({"bundle": bundle} if bundle else {})
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        _print_inspect(summary, top)
+    if target:  # asked about these targets: say no with an exit code
+        failed = [c for c in result.compatibility if not c.ok]
+        for c in failed:
+            err.print(f"[red]error:[/] {escape(c.message())}", soft_wrap=True)
+        if any(c.status == "incompatible" for c in failed):
+            raise typer.Exit(int(ExitCode.RUNTIME_INCOMPATIBLE))
+        if failed:
+            raise typer.Exit(int(ExitCode.BAD_PROFILE))
+
+
+def _inspect_path(model: Path, tmp: Path) -> tuple[Path, str, dict[str, Any] | None]:
+    """The .onnx file MODEL names, how to show it, and the bundle's manifest summary when it is a bundle."""
+    from packager.archive import extract_bundle
+
+    if not model.exists():
+        raise PackagerError(f"{model}: no such file or folder; check the path.", ExitCode.BAD_INPUT)
+    shown = str(model)
+    folder = None
+    if model.is_file() and model.name.endswith((".tar.gz", ".tgz")):
+        folder = extract_bundle(model, tmp)
+        shown = f"{model} (model/model.onnx)"
+    elif model.is_dir() and (model / "model" / "model.onnx").is_file():
+        folder = model
+    if folder is not None:
+        path = folder / "model" / "model.onnx"
+        if not path.is_file():
+            raise PackagerError(f"{model}: a bundle without model/model.onnx; rebuild it.", ExitCode.BAD_INPUT)
+        return path, shown if model.is_file() else str(path), _bundle_summary(folder / "manifest.json")
+    if model.is_file():
+        if model.suffix != ".onnx":
+            raise PackagerError(f"{model}: not an .onnx file or a bundle archive (.tar.gz); pass one of those.",
+                                ExitCode.BAD_INPUT)
+        return model, shown, None
+    onnx_files = sorted(model.glob("*.onnx"))
+    if (model / "model.onnx").is_file() or len(onnx_files) == 1:
+        path = model / "model.onnx" if (model / "model.onnx").is_file() else onnx_files[0]
+        return path, str(path), None
+    if (model / "config.json").is_file():
+        raise PackagerError(f"{model} is a Hugging Face folder, and inspect reads ONNX models: package it "
+                            f"(`packager package {model} --target NAME`) and inspect the bundle, or export it to .onnx.",
+                            ExitCode.BAD_INPUT)
+    what = f"{len(onnx_files)} .onnx files" if onnx_files else "no .onnx file"
+    raise PackagerError(f"{model}: a folder with {what} and no model.onnx; pass the .onnx file itself.",
+                        ExitCode.BAD_INPUT)
+
+
+def _bundle_summary(manifest: Path) -> dict[str, Any] | None:
+    try:
+        m = json.loads(manifest.read_text(encoding="utf-8"))
+        return {"name": m["name"], "target": m["target"], "recipe": m["recipe"]["name"],
+                "runtime": f"{m['runtime']['package']}=={m['runtime']['version']}"}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _print_inspect(r: dict[str, Any], top: int) -> None:
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=120)
+    opsets = ", ".join(f"{d} {v}" for d, v in r["opsets"].items())
+    out.print(escape(f"{r['path']}: IR version {r['ir_version']}, opsets {opsets}; {r['parameters']:,} parameters, "
+                     f"{r['size_bytes'] / MiB:.1f} MiB on disk"), soft_wrap=True)
+    if r.get("bundle"):
+        b = r["bundle"]
+        out.print(escape(f"bundle {b['name']} for {b['target']} ({b['recipe']}, {b['runtime']})"), soft_wrap=True)
+    io = Table("", "name", "dtype", "shape", box=box.SIMPLE_HEAD)
+    for kind in ("inputs", "outputs"):
+        for v in r[kind]:
+            io.add_row(kind[:-1], escape(v["name"]), v["dtype"], escape(str(v["shape"])))
+    out.print(io)
+    ops = Table("operator", "count", box=box.SIMPLE_HEAD)
+    ops.columns[1].justify = "right"
+    for row in r["operators"][:top]:
+        name = row["op_type"] if row["domain"] == "ai.onnx" else f"{row['domain']}.{row['op_type']}"
+        ops.add_row(escape(name), str(row["count"]))
+    if len(r["operators"]) > top:
+        ops.add_row(f"... {len(r['operators']) - top} more (--top, --json)", "")
+    out.print(ops)
+    compat = Table("target", "runtime", "verdict", "needs", box=box.SIMPLE_HEAD)
+    verdicts = {"ok": "[green]runs[/]", "incompatible": "[red]does not run[/]", "unknown": "[yellow]unknown runtime[/]"}
+    for c in r["compatibility"]:
+        compat.add_row(c["target"], c["runtime"], verdicts[c["status"]], c["needs"] or "")
+    out.print(compat)
+    for c in r["compatibility"]:
+        for line in [*c["problems"], *([c["reason"]] if c.get("reason") else [])]:
+            out.print(escape(f"{c['target']}: {line}"), soft_wrap=True)
+    notes = sorted({n for c in r["compatibility"] for n in c["notes"]})
+    for note in notes:
+        err.print(f"note: {escape(note)}", soft_wrap=True)
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"packager {__version__}")

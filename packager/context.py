@@ -64,6 +64,8 @@ class Context:
     # quantize
     packaged_model: Path | None = None
     recipe: RecipeResult | None = None
+    # compat
+    compatibility: dict[str, Any] = field(default_factory=dict)   # the packaged model against the pinned runtime
     # verify
     texts: list[str] = field(default_factory=list)
     sample_inputs: list[dict[str, np.ndarray]] = field(default_factory=list)

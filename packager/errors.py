@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     SMOKE_FAILED = 8       # a bundle's own smoke test said FAIL
     OUTPUT = 9             # the output folder cannot be written
     TOOL_FAILED = 10       # the exporter, quantizer or runtime failed on a valid input
+    RUNTIME_INCOMPATIBLE = 11  # the model needs a newer runtime than the target pins (IR, opset, operator)
     INTERRUPTED = 130      # SIGINT / SIGTERM
 
 

@@ -56,6 +56,7 @@ def build(ctx: Context) -> dict[str, Any]:
         "profile": {k: v for k, v in ctx.profile.to_dict().items() if k != "source"},
         "recipe": dataclasses.asdict(ctx.recipe) | ({"fit": ctx.fit} if ctx.fit else {}),
         "runtime": runtime_spec(ctx),
+        "compatibility": ctx.compatibility,
         "inputs": ctx.io["inputs"],
         "outputs": ctx.io["outputs"],
         "files": ctx.bundle_files,

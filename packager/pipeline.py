@@ -15,13 +15,14 @@ from packager.errors import ExitCode, PackagerError, did_you_mean
 from packager.estimate import runtime_base
 from packager.progress import Reporter
 from packager.recipes import RECIPES
-from packager.stages import bundle, export, fit, quantize, samples, source, verify
+from packager.stages import bundle, compat, export, fit, quantize, samples, source, verify
 from packager.stages.bundle import check_output_dir
 
 STAGES: list[tuple[str, Callable[[Context], None]]] = [
     ("source", source.run),
     ("export", export.run),
     ("quantize", quantize.run),
+    ("compat", compat.run),
     ("samples", samples.run),
     ("verify", verify.run),
     ("fit", fit.run),
@@ -127,7 +128,7 @@ def check_budget(settings: PackageSettings) -> None:
 
 
 # The stages a recipe changes: --fit auto reruns them for each recipe it tries.
-PER_RECIPE = ("quantize", "samples", "verify", "fit")
+PER_RECIPE = ("quantize", "compat", "samples", "verify", "fit")
 
 
 def _stage(ctx: Context, reporter: Reporter, name: str) -> None:

@@ -22,7 +22,12 @@ from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.stages.source import PICKLE_SUFFIXES
 
-DEFAULT_OPSET = 18            # optimum's recommended minimum for transformer encoders
+# The highest opset the exporter supports: optimum-onnx 0.1.0 calls torch.onnx.export(dynamo=False), whose
+# TorchScript exporter stops at 20 (torch 2.13: ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET). It accepts 21-23 but warns
+# they are "not supported" and only restamps graphs built by its opset-20 symbolics (checked on a tiny BERT and
+# Llama: node for node the same graph at 20 and 21), which would be wrong for operators changed after 20
+# (GroupNormalization-21). Capped below by the target runtime's opset (profile runtime.max_opset).
+DEFAULT_OPSET = 20
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 TOKENIZER_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
 

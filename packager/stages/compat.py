@@ -1,0 +1,14 @@
+"""compat: the packaged model against the runtime version the target pins (IR version, opsets,
+operators, contrib operators included), before anything is verified or bundled."""
+
+from __future__ import annotations
+
+from packager.compat import check, read_model, require
+from packager.context import Context
+
+
+def run(ctx: Context) -> None:
+    assert ctx.packaged_model is not None
+    result = check(read_model(ctx.packaged_model, f"the {ctx.recipe_name} model.onnx"), ctx.profile)
+    ctx.compatibility = result.to_dict()
+    require(result)
