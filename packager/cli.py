@@ -122,9 +122,10 @@ def package(
     model: str = typer.Argument(..., help="A Hugging Face folder, an .onnx file, or sample:minilm / sample:silero-vad."),
     target: str | None = typer.Option(None, "--target", "-t", help="Target profile name or alias (see `packager targets`), or a profile .toml."),
     out: str | None = typer.Option(None, "--out", "-o", help="Folder for the bundle archive [default: dist]."),
-    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's for the model's kind): fp32, int8-dynamic, int4, fp16."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's for the model's kind): fp32, int8-dynamic, int8-static, int4, fp16."),
     budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
     context: int | None = typer.Option(None, "--context", min=1, help="Decoders: tokens of KV cache the deployment holds (default: the profile's)."),
+    calibration: Path | None = typer.Option(None, "--calibration", help="int8-static: text lines (text models) or an .npz of inputs to calibrate on (default: built-in)."),
     fit: str | None = typer.Option(None, "--fit", help="auto: try the profile's recipes, most precise first, until one fits."),
     smoke: str | None = typer.Option(None, "--smoke", help="Then run the bundle's smoke test: host (this machine) or emulate (qemu, arm64 targets)."),
     sign: Path | None = typer.Option(None, "--sign", help="Sign the bundle's manifest with this Ed25519 private key (from `packager keygen`)."),
@@ -159,7 +160,7 @@ def package(
         if smoke not in (None, "host", "emulate"):
             raise PackagerError(f"--smoke {smoke!r} is not a mode; use --smoke host or --smoke emulate.", ExitCode.USAGE)
         ctx = run_pipeline(model, settings, name=name, input_spec=spec, reporter=reporter, fit_auto=fit == "auto",
-                           allow_pickle=allow_pickle, sign_key=sign, context=context)
+                           allow_pickle=allow_pickle, sign_key=sign, context=context, calibration=calibration)
         if smoke is None:
             return ctx, None
         from packager.smoke import run_smoke

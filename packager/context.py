@@ -53,6 +53,7 @@ class Context:
     enforce_budget: bool = True    # fit: a model over budget stops the pipeline (check reports instead)
     sign_key: Path | None = None   # --sign: Ed25519 private key that signs the bundle's manifest
     allow_pickle: bool = False     # --allow-pickle: accept pickled weights, loaded weights-only
+    calibration: Path | None = None  # --calibration: inputs for the int8-static recipe
 
     # source
     source: Source | None = None
