@@ -1,5 +1,5 @@
-"""Reports (report.json, report.md, report.html) from `packager package --json` summaries, and the JSON
-Schemas of manifest.json and report.json.
+"""Reports (report.json, report.md, report.html) from `packager package --json` summaries, the JSON
+Schemas of manifest.json and report.json, and the GitHub Actions workflow in scripts/ci/.
 
 tests/data/package_summaries.json holds real summaries: sample:minilm for rpi5 and
 jetson-orin-nano, and a tiny Llama (tests/tiny_decoders.py) for phone with `--smoke host`.
@@ -17,6 +17,7 @@ from typing import Any
 
 import jsonschema  # the test extra
 import pytest
+import yaml  # the test extra
 
 from conftest import REPO, run_cli, unpack
 from packager.errors import ExitCode, PackagerError
@@ -202,3 +203,54 @@ def test_manifest_schema_holds_a_fresh_bundle(silero_onnx: Path, tmp_path: Path)
     assert errors(schema("manifest"), manifest) == []
     report = json.loads(write_reports([summary], tmp_path / "report")[0].read_text(encoding="utf-8"))
     assert errors(schema("report"), report) == []
+
+
+# ---------------------------------------------------------------- the GitHub Actions workflow
+
+def test_workflow_packages_every_target() -> None:
+    from typer.testing import CliRunner
+
+    from packager.cli import app
+
+    wf = yaml.safe_load((REPO / "scripts" / "ci" / "packager.yml").read_text(encoding="utf-8"))
+    on = wf.get("on", wf.get(True))  # YAML 1.1 reads the key `on` as true
+    assert {"push", "pull_request"} <= set(on)
+    assert wf["env"]["PACKAGER_CACHE_DIR"]
+    jobs = wf["jobs"]
+    for job in jobs.values():
+        for step in job["steps"]:
+            assert ("uses" in step) != ("run" in step), step
+
+    targets = jobs["targets"]
+    (listing,) = [s for s in targets["steps"] if "packager targets --json" in s.get("run", "")]
+    assert targets["outputs"]["matrix"] == f"${{{{ steps.{listing['id']}.outputs.matrix }}}}"
+    assert ">> \"$GITHUB_OUTPUT\"" in listing["run"]
+
+    package = jobs["package"]
+    assert package["needs"] == "targets" and package["strategy"]["fail-fast"] is False
+    assert package["strategy"]["matrix"]["include"] == "${{ fromJSON(needs.targets.outputs.matrix) }}"
+    # every matrix field the job reads is one `packager targets --json` prints
+    rows = json.loads(CliRunner().invoke(app, ["targets", "--json"]).stdout)
+    used = set(re.findall(r"matrix\.(\w+)", json.dumps(package)))
+    assert used and all(used <= set(row) for row in rows), used
+    assert {r["name"] for r in rows if r["arch"] == "aarch64" and r["debian"]} >= {"rpi4", "rpi5"}
+
+    steps = package["steps"]
+    uses = {s["uses"].split("@")[0]: s for s in steps if "uses" in s}
+    cache = uses["actions/cache"]["with"]
+    assert cache["path"] == "${{ env.PACKAGER_CACHE_DIR }}"
+    assert "hashFiles(env.MODEL_FILES)" in cache["key"] and "matrix.name" in cache["key"]
+    assert cache["restore-keys"].strip() + "${{ matrix.name }}" == cache["key"]
+    upload = [s for s in steps if s.get("uses", "").startswith("actions/upload-artifact")]
+    assert any("dist/*.tar.gz" in s["with"]["path"] for s in upload)
+    runs = "\n".join(s.get("run", "") for s in steps)
+    order = [runs.index(c) for c in ("packager package", "packager smoke", "python -m packager.report",
+                                     '>> "$GITHUB_STEP_SUMMARY"')]
+    assert order == sorted(order)
+    assert "--emulate" in runs and "emulate" in package["env"]["SMOKE"] and "matrix.debian" in package["env"]["SMOKE"]
+    assert uses["actions/cache"] is steps[[s.get("uses", "").startswith("actions/cache") for s in steps].index(True)]
+    assert steps.index(uses["actions/cache"]) < next(i for i, s in enumerate(steps) if "packager package" in s.get("run", ""))
+
+    report = jobs["report"]
+    assert set(report["needs"]) == {"targets", "package"} and "always()" in report["if"]
+    assert any("GITHUB_STEP_SUMMARY" in s.get("run", "") for s in report["steps"])
