@@ -103,6 +103,7 @@ def targets(as_json: bool = JsonOpt, debug: bool = DebugOpt) -> None:
         "cpu": p.device.cpu, "cores": p.device.cores, "ram_bytes": p.device.ram_bytes,
         "budget_bytes": p.budget.memory_bytes, "providers": list(p.runtime.providers), "recipe": p.recipe,
         "runtime": f"{p.runtime.package}=={p.runtime.version}", "python": p.os.python,
+        "debian": p.os.debian,  # "" where no Debian release matches the device: no `smoke --emulate`
     } for p in profiles.values()]
     if as_json:
         print(json.dumps(rows, indent=2))
