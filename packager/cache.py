@@ -88,6 +88,8 @@ class StageCache:
         another run stored it first), else why it could not be (the run goes on without)."""
         key = key_of(inputs)
         entry = self.entry(stage, key)
+        if _meta_key(entry) == key:
+            return ""  # another run stored it meanwhile: keep theirs (a reader may be copying it)
         tmp: Path | None = None
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
@@ -97,8 +99,8 @@ class StageCache:
             meta = {"key": key, "stage": stage, "inputs": inputs, "data": data, "files": files}
             (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n", encoding="utf-8")
             tmp.chmod(0o755)  # mkdtemp's 0700 would lock out other users of a shared cache
-            if entry.exists():
-                _discard(entry)  # damaged, or another run's: ours is as good
+            if entry.exists() and _meta_key(entry) != key:
+                _discard(entry)  # damaged: replace it
             try:
                 os.rename(tmp, entry)
             except OSError:
@@ -119,6 +121,14 @@ def open_cache(setting: bool | str | os.PathLike[str] | None) -> StageCache | No
     if setting is True or setting is None:
         return None if cache_disabled_by_env() else StageCache(default_root())
     return StageCache(Path(setting).expanduser())
+
+
+def _meta_key(entry: Path) -> str | None:
+    """The key a complete entry's meta.json names (None when absent or unreadable)."""
+    try:
+        return json.loads((entry / META).read_text(encoding="utf-8")).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _copy_hashed(src: Path, dest: Path) -> dict[str, dict[str, Any]]:

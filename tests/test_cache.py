@@ -97,6 +97,10 @@ def test_a_whole_entry_round_trips(tmp_path: Path) -> None:
     assert fetched.status == "hit" and fetched.data == {"io": {"kind": "tensor"}}
     assert (tmp_path / "dest" / "sub" / "tok.json").read_text() == "{}"
     assert cache.fetch("export", inputs | {"opset": 18}, tmp_path / "other").status == "miss"
+    # Another run storing the same key later keeps the entry there (a reader may be copying it).
+    meta = (cache.entry("export", key_of(inputs)) / "meta.json").read_bytes()
+    assert cache.store("export", inputs, tmp_path / "dest", {"io": {"kind": "other"}}) == ""
+    assert (cache.entry("export", key_of(inputs)) / "meta.json").read_bytes() == meta
 
 
 def test_a_killed_runs_partial_entry_is_swept_and_a_failed_store_leaves_nothing(tmp_path: Path) -> None:
