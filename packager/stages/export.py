@@ -263,7 +263,8 @@ def _export_hf_cached(ctx: Context, out: Path) -> None:
             ctx.cache_notes.append(f"export: {fetched.problem}")
     out.mkdir()
     _export_hf(ctx, out)
-    ctx.io = describe_io(ctx, out)
+    # As a cache hit reads it back: a run that exported and one that reused the export write the same manifest.
+    ctx.io = json.loads(json.dumps(describe_io(ctx, out)))
     if ctx.stage_cache is not None:
         problem = ctx.stage_cache.store("export", cache_inputs(ctx), out, {"io": ctx.io})
         if problem:
