@@ -129,14 +129,16 @@ class CheckResult:
 
 
 def package(model: PathLike, target: str | None = None, *, out: PathLike | None = None, recipe: str | None = None,
-            budget: str | int | None = None, context: int | None = None, fit: str | None = None,
+            budget: str | int | None = None, context: int | None = None, calibration: PathLike | None = None,
+            fit: str | None = None,
             smoke: str | None = None, sign: PathLike | None = None, name: str | None = None,
             allow_pickle: bool = False, shapes: Mapping[str, Sequence[int]] | None = None,
             values: Mapping[str, float] | None = None, cache: bool | PathLike | StageCache = True,
             progress: bool | Reporter = False, verbose: bool = False) -> PackageResult:
     """Export, quantize, verify, fit and bundle MODEL for TARGET into OUT/<name>-<target>.tar.gz.
 
-    `fit="auto"` tries the profile's recipes until one fits; `smoke="host"` or `"emulate"` then
+    `calibration` (int8-static) is a file of text lines or an .npz of inputs; `fit="auto"` tries the
+    profile's recipes until one fits; `smoke="host"` or `"emulate"` then
     runs the bundle's smoke test; `sign` is an Ed25519 private key. `cache`: True (the default)
     uses $PACKAGER_CACHE_DIR/stages (~/.cache/packager/stages) unless PACKAGER_NO_CACHE is set,
     False none, a path that folder. `progress` prints the stages on stderr."""
@@ -160,7 +162,8 @@ def package(model: PathLike, target: str | None = None, *, out: PathLike | None 
             reporter.print(line)
     sign_key = Path(sign) if sign is not None else None
     ctx = run_pipeline(str(model), settings, name=name, input_spec=spec, reporter=reporter, fit_auto=fit == "auto",
-                       allow_pickle=allow_pickle, sign_key=sign_key, context=context, stage_cache=_cache(cache))
+                       allow_pickle=allow_pickle, sign_key=sign_key, context=context,
+                       calibration=None if calibration is None else Path(calibration), stage_cache=_cache(cache))
     smoked = None
     if smoke is not None:
         from packager.smoke import run_smoke

@@ -101,6 +101,7 @@ def targets(as_json: bool = JsonOpt, debug: bool = DebugOpt) -> None:
         "cpu": p.device.cpu, "cores": p.device.cores, "ram_bytes": p.device.ram_bytes,
         "budget_bytes": p.budget.memory_bytes, "providers": list(p.runtime.providers), "recipe": p.recipe,
         "runtime": f"{p.runtime.package}=={p.runtime.version}", "python": p.os.python,
+        "debian": p.os.debian,  # "" where no Debian release matches the device: no `smoke --emulate`
     } for p in profiles.values()]
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -121,9 +122,10 @@ def package(
     target: list[str] = typer.Option([], "--target", "-t", help="Target profile name or alias (see `packager targets`), or a profile .toml; repeat it for several targets."),
     all_targets: bool = typer.Option(False, "--all-targets", help="Package for every built-in target profile."),
     out: str | None = typer.Option(None, "--out", "-o", help="Folder for the bundle archive [default: dist]."),
-    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's for the model's kind): fp32, int8-dynamic, int4, fp16."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's for the model's kind): fp32, int8-dynamic, int8-static, int4, fp16."),
     budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
     context: int | None = typer.Option(None, "--context", min=1, help="Decoders: tokens of KV cache the deployment holds (default: the profile's)."),
+    calibration: Path | None = typer.Option(None, "--calibration", help="int8-static: text lines (text models) or an .npz of inputs to calibrate on (default: built-in)."),
     fit: str | None = typer.Option(None, "--fit", help="auto: try the profile's recipes, most precise first, until one fits."),
     smoke: str | None = typer.Option(None, "--smoke", help="Then run the bundle's smoke test: host (this machine) or emulate (qemu, arm64 targets)."),
     sign: Path | None = typer.Option(None, "--sign", help="Sign the bundle's manifest with this Ed25519 private key (from `packager keygen`)."),
@@ -146,8 +148,9 @@ def package(
 
     reporter = Reporter(quiet=as_json)
     options: dict[str, Any] = {
-        "out": out, "recipe": recipe, "budget": budget, "context": context, "fit": fit, "smoke": smoke, "sign": sign,
-        "name": name, "allow_pickle": allow_pickle, "progress": reporter, "verbose": verbose}
+        "out": out, "recipe": recipe, "budget": budget, "context": context, "calibration": calibration, "fit": fit,
+        "smoke": smoke, "sign": sign, "name": name, "allow_pickle": allow_pickle, "progress": reporter,
+        "verbose": verbose}
 
     def prepare() -> list[str] | None:
         options["shapes"] = _parse_pairs(shape, "--shape", _dims)

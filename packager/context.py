@@ -54,6 +54,7 @@ class Context:
     enforce_budget: bool = True    # fit: a model over budget stops the pipeline (check reports instead)
     sign_key: Path | None = None   # --sign: Ed25519 private key that signs the bundle's manifest
     allow_pickle: bool = False     # --allow-pickle: accept pickled weights, loaded weights-only
+    calibration: Path | None = None  # --calibration: inputs for the int8-static recipe
     stage_cache: StageCache | None = None   # where cached stages' outputs live (None: no cache)
     cache: dict[str, str] = field(default_factory=dict)  # stage -> "hit", "miss", "corrupt" (rebuilt) or "off"
     cache_notes: list[str] = field(default_factory=list)  # what the cache could not do, for the human watching

@@ -15,7 +15,7 @@ from packager.context import Context, InputSpec
 from packager.errors import ExitCode, PackagerError, did_you_mean
 from packager.estimate import runtime_base
 from packager.progress import Reporter
-from packager.recipes import RECIPES
+from packager.recipes import CALIBRATED, RECIPES
 from packager.stages import bundle, compat, export, fit, quantize, samples, source, verify
 from packager.stages.bundle import check_output_dir
 
@@ -43,6 +43,7 @@ def _workspace(model: str, settings: PackageSettings, recipe_name: str, bundles:
         raise PackagerError(f"unknown recipe {recipe_name!r}{did_you_mean(recipe_name, list(RECIPES))}; "
                             f"recipes: {', '.join(RECIPES)}.", ExitCode.USAGE)
     check_budget(settings)
+    _check_calibration(options.get("calibration"), recipe_name, settings)
     if bundles:
         check_output_dir(settings.out.value)  # before minutes of work, not after
     work_dir = Path(tempfile.mkdtemp(prefix="packager-"))
@@ -52,6 +53,18 @@ def _workspace(model: str, settings: PackageSettings, recipe_name: str, bundles:
                       **options)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _check_calibration(path: Path | None, recipe_name: str, settings: PackageSettings) -> None:
+    """--calibration problems that need no export to find."""
+    if path is None:
+        return
+    if not path.is_file():
+        raise PackagerError(f"the calibration file {path} does not exist; give text lines (text models) or an .npz "
+                            "of inputs.", ExitCode.BAD_INPUT)
+    if not settings.recipe.origin.startswith("profile") and recipe_name not in CALIBRATED:
+        raise PackagerError(f"--calibration is for the calibrated recipes ({', '.join(sorted(CALIBRATED))}); recipe "
+                            f"{recipe_name} does not use it: drop it or use --recipe int8-static.", ExitCode.USAGE)
 
 
 def _run(model: str, settings: PackageSettings, stages: tuple[str, ...], reporter: Reporter | None,
@@ -66,7 +79,8 @@ def _run(model: str, settings: PackageSettings, stages: tuple[str, ...], reporte
 
 def package(model: str, settings: PackageSettings, *, name: str | None = None, input_spec: InputSpec | None = None,
             reporter: Reporter | None = None, fit_auto: bool = False, allow_pickle: bool = False,
-            sign_key: Path | None = None, context: int | None = None, stage_cache: StageCache | None = None) -> Context:
+            sign_key: Path | None = None, context: int | None = None, calibration: Path | None = None,
+            stage_cache: StageCache | None = None) -> Context:
     """Package MODEL for the settings' target into <out>/<name>-<target>.tar.gz; raises PackagerError.
 
     With `fit_auto`, the recipe is the first of the profile's `fit_recipes` (most precise first)
@@ -78,7 +92,8 @@ def package(model: str, settings: PackageSettings, *, name: str | None = None, i
 
         load_private_key(sign_key)  # a bad key fails before minutes of work, not after
     options: dict[str, Any] = {"name": name, "input_spec": input_spec or InputSpec(), "allow_pickle": allow_pickle,
-                               "sign_key": sign_key, "context": context, "stage_cache": stage_cache}
+                               "sign_key": sign_key, "context": context, "calibration": calibration,
+                               "stage_cache": stage_cache}
     if not fit_auto:
         return _run(model, settings, tuple(s for s, _ in STAGES), reporter, **options)
     reporter = reporter or Reporter(quiet=True)

@@ -17,7 +17,7 @@ OPEN_DIM_BATCH = 1     # the first open dimension: a batch of one, as a device r
 OPEN_DIM_OTHER = 16    # other open dimensions: a short sequence
 
 
-def make_inputs(inputs: list[dict[str, Any]], spec: InputSpec) -> list[dict[str, np.ndarray]]:
+def make_inputs(inputs: list[dict[str, Any]], spec: InputSpec, first_seed: int = 0) -> list[dict[str, np.ndarray]]:
     unknown = sorted((set(spec.shapes) | set(spec.values)) - {i["name"] for i in inputs})
     if unknown:
         names = ", ".join(i["name"] for i in inputs)
@@ -25,7 +25,7 @@ def make_inputs(inputs: list[dict[str, Any]], spec: InputSpec) -> list[dict[str,
                             ExitCode.BAD_INPUT)
     samples = []
     for index in range(spec.count):
-        rng = np.random.default_rng(index)
+        rng = np.random.default_rng(first_seed + index)
         samples.append({i["name"]: _tensor(i, spec, rng) for i in inputs})
     return samples
 

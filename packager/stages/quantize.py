@@ -6,7 +6,8 @@ import shutil
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
-from packager.recipes import RECIPES, RecipeOptions
+from packager.calibration import calibration_inputs
+from packager.recipes import CALIBRATED, RECIPES, RecipeOptions
 
 
 def run(ctx: Context) -> None:
@@ -14,8 +15,17 @@ def run(ctx: Context) -> None:
     model_dir = ctx.stage_dir / "model"
     model_dir.mkdir(parents=True)
     dest = model_dir / "model.onnx"
+    for f in ctx.tokenizer_files:
+        shutil.copyfile(f, model_dir / f.name)
+    options = RecipeOptions(int4=ctx.profile.int4)
+    if ctx.recipe_name in CALIBRATED:
+        feeds, where = calibration_inputs(ctx, ctx.stage_dir)
+        options = RecipeOptions(int4=ctx.profile.int4, calibration=feeds, calibration_source=where)
+    elif ctx.calibration is not None and not ctx.fit:  # --fit auto may try a calibrated recipe later
+        raise PackagerError(f"--calibration is for the calibrated recipes ({', '.join(sorted(CALIBRATED))}); recipe "
+                            f"{ctx.recipe_name} does not use it: drop it or add --recipe int8-static.", ExitCode.USAGE)
     try:
-        ctx.recipe = RECIPES[ctx.recipe_name](ctx.reference_model, dest, RecipeOptions(int4=ctx.profile.int4))
+        ctx.recipe = RECIPES[ctx.recipe_name](ctx.reference_model, dest, options)
     except PackagerError:
         raise
     except Exception as e:
@@ -29,6 +39,4 @@ def run(ctx: Context) -> None:
         for f in ctx.reference_model.parent.iterdir():
             if f.name != "model.onnx" and f.suffix not in (".json", ".txt") and f.is_file():
                 shutil.copyfile(f, model_dir / f.name)
-    for f in ctx.tokenizer_files:
-        shutil.copyfile(f, model_dir / f.name)
     ctx.packaged_model = dest
