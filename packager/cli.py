@@ -134,6 +134,7 @@ def package(
     shape: list[str] = typer.Option([], "--shape", help="Sample input shape for a tensor model: NAME=D1,D2 (repeatable)."),
     value: list[str] = typer.Option([], "--value", help="Fill a sample input with a value: NAME=V, e.g. sr=16000 (repeatable)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the stage cache (PACKAGER_NO_CACHE=1 does the same); several targets still share one export."),
+    report: Path | None = typer.Option(None, "--report", help="Also write report.json, report.md and report.html of the run (every target, failures included) into this folder."),
     as_json: bool = JsonOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Say where each setting came from."),
     debug: bool = DebugOpt,
@@ -155,14 +156,27 @@ def package(
     def prepare() -> list[str] | None:
         options["shapes"] = _parse_pairs(shape, "--shape", _dims)
         options["values"] = _parse_pairs(value, "--value", float)
+        if report is not None:
+            _check_report_dir(report)  # before minutes of work, not after
         return _package_targets(target, all_targets)
 
     targets = _guarded(prepare, debug=debug, as_json=as_json)
     if targets is None:  # one target, or none named (PACKAGER_TARGET, pyproject): the one-bundle output
         if no_cache:
             options["cache"] = False
-        result = _guarded(lambda: _api().package(model, target[0] if target else None, **options), debug=debug,
-                          as_json=as_json)
+
+        def one() -> Any:
+            try:
+                return _api().package(model, target[0] if target else None, **options)
+            except PackagerError as e:  # the report says so too
+                if report is not None:
+                    name = target[0] if target else os.environ.get("PACKAGER_TARGET") or "(default target)"
+                    _write_report(report, [{"target": name, "error": e.message, "exit_code": int(e.code)}], reporter)
+                raise
+
+        result = _guarded(one, debug=debug, as_json=as_json)
+        if report is not None:
+            _guarded(lambda: _write_report(report, [result.to_dict()], reporter), debug=debug, as_json=as_json)
         if as_json:
             print(json.dumps(result.to_dict()))
         else:
@@ -181,11 +195,40 @@ def package(
                               f"({', '.join(done) or 'none'}), and nothing else was written." if done else
                      "interrupted; nothing was written.")
     code = next((r["exit_code"] for r in rows if r["exit_code"]), 0)
+    if report is not None:
+        _guarded(lambda: _write_report(report, rows, reporter), debug=debug, as_json=as_json)
     if as_json:
         print(json.dumps({"results": rows, "exit_code": code}))
     else:
         _print_many(rows)
     raise typer.Exit(code)
+
+
+def _check_report_dir(folder: Path) -> None:
+    """--report: fail before any work when the folder cannot be written. Leaves nothing behind."""
+    if folder.exists() and not folder.is_dir():
+        raise PackagerError(f"{folder}: the --report path is a file; pass a folder.", ExitCode.OUTPUT)
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]
+    try:
+        for f in reversed(missing):
+            f.mkdir()
+        probe = folder / f".packager-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise PackagerError(f"{folder}: cannot write the report there ({e.strerror or e}); pick another folder with "
+                            "--report.", ExitCode.OUTPUT) from None
+    finally:
+        for f in missing:
+            if f.is_dir():
+                f.rmdir()
+
+
+def _write_report(folder: Path, rows: list[dict[str, Any]], reporter: Any) -> None:
+    from packager.report import write_reports
+
+    paths = write_reports(rows, folder)
+    reporter.print(f"report    {', '.join(str(p) for p in paths)}")
 
 
 def _cache_off() -> bool:
@@ -254,7 +297,10 @@ def _print_many(rows: list[dict[str, Any]]) -> None:
         cached = ", ".join(f"{stage} cached" for stage, status in r["cache"].items() if status == "hit")
         result = "[green]ok[/]" if r["exit_code"] == 0 else f"[red]smoke failed (exit {r['exit_code']})[/]"
         table.add_row(r["target"], r["recipe"], result + (f" ({cached})" if cached else ""), escape(r["archive"]))
-    Console(stderr=True).print(table)
+    out = Console(stderr=True)
+    if not out.is_terminal:
+        out = Console(stderr=True, width=160)  # a CI log: no terminal width to fit, so do not cut the paths
+    out.print(table)
 
 
 def _exit_on_smoke_failure(result: Any, as_json: bool) -> None:

@@ -104,7 +104,7 @@ def test_several_targets_share_one_run_and_report_each(tmp_path: Path) -> None:
     broken.write_text((profiles_dir() / "rpi5.toml").read_text().replace("memory_bytes = 1500000000",
                                                                          "memory_bytes = 1000000", 1))
     proc = CliRunner().invoke(app, ["package", "sample:silero-vad", "-t", str(broken), "-t", "rpi5", "-t", "rpi",
-                                    "--out", str(tmp_path / "dist"), "--json"])
+                                    "--out", str(tmp_path / "dist"), "--report", str(tmp_path / "report"), "--json"])
     assert proc.exit_code == 6, proc.output
     doc = json.loads(proc.stdout)
     assert doc["exit_code"] == 6
@@ -113,6 +113,8 @@ def test_several_targets_share_one_run_and_report_each(tmp_path: Path) -> None:
     assert "smaller than the runtime" in failed["error"]
     assert ok["target"] == "rpi5" and ok["exit_code"] == 0 and ok["cache"] == {} and Path(ok["archive"]).is_file()
     assert [p.name for p in (tmp_path / "dist").iterdir()] == ["silero-vad-rpi5.tar.gz"]
+    report = json.loads((tmp_path / "report" / "report.json").read_text())  # packager/report.py's, every target
+    assert report["results"] == doc["results"] and (tmp_path / "report" / "report.html").is_file()
 
 
 def test_all_targets_with_target_is_a_usage_error() -> None:
