@@ -1,3 +1,57 @@
-"""packager: on-device deployment bundles for edge boards."""
+"""packager: on-device deployment bundles for edge boards.
+
+    import packager
+    result = packager.package("./my-model", "rpi5")      # a PackageResult; raises packager.PackagerError
+    packager.check("./my-model", "phone").fits
+    packager.plan("./config.json", "jetson", contexts=["8K"]).max_context
+
+The functions and result types load on first use (packager/api.py), so `import packager` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+__all__ = ["CheckResult", "ExitCode", "PackageResult", "PackagerError", "PlanResult", "__version__", "check",
+           "package", "plan"]
+
+if TYPE_CHECKING:
+    from packager.api import CheckResult, PackageResult, check, package, plan
+    from packager.errors import ExitCode, PackagerError
+    from packager.plan import Plan as PlanResult
+
+_LAZY = {"package": "packager.api", "check": "packager.api", "plan": "packager.api", "PackageResult": "packager.api",
+         "CheckResult": "packager.api", "PackagerError": "packager.errors", "ExitCode": "packager.errors",
+         "PlanResult": "packager.plan"}
+
+
+class _Package(types.ModuleType):
+    """`packager.plan` is the function: importing the submodule packager/plan.py (which the import
+    system would set as this attribute) leaves it so. `from packager.plan import X` is unaffected."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "plan" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'packager' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(_LAZY[name])
+    value = getattr(module, "Plan" if name == "PlanResult" else name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

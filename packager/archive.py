@@ -10,11 +10,22 @@ from pathlib import Path, PurePosixPath
 from packager.errors import ExitCode, PackagerError
 
 
+def source_date_epoch() -> int | None:
+    """$SOURCE_DATE_EPOCH (reproducible-builds.org): the time a reproducible build claims, or None."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise PackagerError(f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds since 1970; set it to an integer "
+                            "(e.g. $(git log -1 --format=%ct)) or unset it.", ExitCode.USAGE)
+    return int(value)
+
+
 def write_archive(folder: Path, dest: Path) -> None:
     """`folder` as one top-level directory in a gzip tar: sorted entries, fixed owner, mode and
     mtime (SOURCE_DATE_EPOCH, else 0), no gzip timestamp. Level 6: weights barely compress, and
     level 9 costs several times the time on gigabytes for a percent or two."""
-    mtime = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+    mtime = source_date_epoch() or 0
 
     def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0

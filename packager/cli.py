@@ -19,7 +19,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from packager import __version__
-from packager.context import InputSpec
 from packager.errors import ExitCode, PackagerError
 
 app = typer.Typer(
@@ -35,8 +34,7 @@ DebugOpt = typer.Option(False, "--debug", help="Show tracebacks.", envvar="PACKA
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
 
 
-def _interrupted(as_json: bool) -> NoReturn:
-    message = "interrupted; nothing was written."
+def _interrupted(as_json: bool, message: str = "interrupted; nothing was written.") -> NoReturn:
     err.print(f"[red]error:[/] {message}")
     if as_json:
         print(json.dumps({"error": message, "exit_code": int(ExitCode.INTERRUPTED)}))
@@ -121,7 +119,8 @@ def targets(as_json: bool = JsonOpt, debug: bool = DebugOpt) -> None:
 @app.command()
 def package(
     model: str = typer.Argument(..., help="A Hugging Face folder, an .onnx file, or sample:minilm / sample:silero-vad."),
-    target: str | None = typer.Option(None, "--target", "-t", help="Target profile name or alias (see `packager targets`), or a profile .toml."),
+    target: list[str] = typer.Option([], "--target", "-t", help="Target profile name or alias (see `packager targets`), or a profile .toml; repeat it for several targets."),
+    all_targets: bool = typer.Option(False, "--all-targets", help="Package for every built-in target profile."),
     out: str | None = typer.Option(None, "--out", "-o", help="Folder for the bundle archive [default: dist]."),
     recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's for the model's kind): fp32, int8-dynamic, int8-static, int4, fp16."),
     budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
@@ -134,89 +133,193 @@ def package(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickled weights (.bin), loaded with torch's weights-only loader."),
     shape: list[str] = typer.Option([], "--shape", help="Sample input shape for a tensor model: NAME=D1,D2 (repeatable)."),
     value: list[str] = typer.Option([], "--value", help="Fill a sample input with a value: NAME=V, e.g. sr=16000 (repeatable)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the stage cache (PACKAGER_NO_CACHE=1 does the same); several targets still share one export."),
+    report: Path | None = typer.Option(None, "--report", help="Also write report.json, report.md and report.html of the run (every target, failures included) into this folder."),
     as_json: bool = JsonOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Say where each setting came from."),
     debug: bool = DebugOpt,
 ) -> None:
-    """Export, quantize, verify, fit and bundle MODEL for a target.
+    """Export, quantize, verify, fit and bundle MODEL for a target (or several).
 
     Settings resolve as: option > PACKAGER_TARGET / _OUT / _RECIPE / _BUDGET > [tool.packager]
-    in the nearest pyproject.toml > the target profile > defaults.
+    in the nearest pyproject.toml > the target profile > defaults. The export is cached by content
+    ($PACKAGER_CACHE_DIR/stages, default ~/.cache/packager/stages).
     """
-    def go() -> Any:
-        from packager.config import resolve_package_settings
-        from packager.pipeline import package as run_pipeline  # imports the runtime: seconds
-        from packager.progress import Reporter
+    from packager.progress import Reporter
 
-        spec = InputSpec(shapes=_parse_pairs(shape, "--shape", _dims), values=_parse_pairs(value, "--value", float))
-        settings = resolve_package_settings({"target": target, "out": out, "recipe": recipe, "budget": budget})
-        reporter = Reporter(quiet=as_json)
-        if verbose:
-            for line in settings.describe():
-                reporter.print(line)
-        if fit not in (None, "auto"):
-            raise PackagerError(f"--fit {fit!r} is not a mode; the only one is --fit auto.", ExitCode.USAGE)
-        if fit and recipe:
-            raise PackagerError("--fit auto chooses the recipe itself; drop --recipe or --fit.", ExitCode.USAGE)
-        if smoke not in (None, "host", "emulate"):
-            raise PackagerError(f"--smoke {smoke!r} is not a mode; use --smoke host or --smoke emulate.", ExitCode.USAGE)
-        ctx = run_pipeline(model, settings, name=name, input_spec=spec, reporter=reporter, fit_auto=fit == "auto",
-                           allow_pickle=allow_pickle, sign_key=sign, context=context, calibration=calibration)
-        if smoke is None:
-            return ctx, None
-        from packager.smoke import run_smoke
+    reporter = Reporter(quiet=as_json)
+    options: dict[str, Any] = {
+        "out": out, "recipe": recipe, "budget": budget, "context": context, "calibration": calibration, "fit": fit,
+        "smoke": smoke, "sign": sign, "name": name, "allow_pickle": allow_pickle, "progress": reporter,
+        "verbose": verbose}
 
-        with reporter.stage(f"smoke ({smoke})", ctx.timings), tempfile.TemporaryDirectory(prefix="packager-key-") as tmp:
-            return ctx, run_smoke(ctx.archive, emulate=smoke == "emulate", public_key=_smoke_key(sign, Path(tmp)))
+    def prepare() -> list[str] | None:
+        options["shapes"] = _parse_pairs(shape, "--shape", _dims)
+        options["values"] = _parse_pairs(value, "--value", float)
+        if report is not None:
+            _check_report_dir(report)  # before minutes of work, not after
+        return _package_targets(target, all_targets)
 
-    ctx, smoked = _guarded(go, debug=debug, as_json=as_json)
-    summary = {
-        "archive": str(ctx.archive),
-        "bundle": ctx.bundle_name,
-        "target": ctx.profile.name,
-        "recipe": ctx.recipe_name,
-        "sizes": {
-            "archive_bytes": ctx.archive.stat().st_size,
-            "model_bytes": sum(f["size"] for f in ctx.bundle_files if f["path"].startswith("model/model.onnx")),
-        },
-        "accuracy": {k: v for k, v in ctx.accuracy.items() if k not in ("outputs", "per_prompt")},
-        "memory": ctx.memory,
-        "fit": ctx.fit or None,
-        "smoke": None if smoked is None else {"mode": smoke, "verdict": smoked.verdict, "exit_code": smoked.exit_code,
-                                              "report": smoked.report},
-        "signature": _signature(sign),
-        "timings_s": ctx.timings,
-    }
+    targets = _guarded(prepare, debug=debug, as_json=as_json)
+    if targets is None:  # one target, or none named (PACKAGER_TARGET, pyproject): the one-bundle output
+        if no_cache:
+            options["cache"] = False
+
+        def one() -> Any:
+            try:
+                return _api().package(model, target[0] if target else None, **options)
+            except PackagerError as e:  # the report says so too
+                if report is not None:
+                    name = target[0] if target else os.environ.get("PACKAGER_TARGET") or "(default target)"
+                    _write_report(report, [{"target": name, "error": e.message, "exit_code": int(e.code)}], reporter)
+                raise
+
+        result = _guarded(one, debug=debug, as_json=as_json)
+        if report is not None:
+            _guarded(lambda: _write_report(report, [result.to_dict()], reporter), debug=debug, as_json=as_json)
+        if as_json:
+            print(json.dumps(result.to_dict()))
+        else:
+            _print_package(result)
+        _exit_on_smoke_failure(result, as_json)
+        return
+    rows: list[dict[str, Any]] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="packager-cache-") as tmp:
+            # --no-cache: a cache for this run only, so that the targets still share one export.
+            options["cache"] = Path(tmp) if no_cache or _cache_off() else True
+            _package_many(model, targets, options, reporter, rows, debug=debug)
+    except KeyboardInterrupt:  # after every cleanup, this run's cache folder included
+        done = [r["archive"] for r in rows if "archive" in r]
+        _interrupted(as_json, f"interrupted; {len(done)} of {len(targets)} bundles were finished before it "
+                              f"({', '.join(done) or 'none'}), and nothing else was written." if done else
+                     "interrupted; nothing was written.")
+    code = next((r["exit_code"] for r in rows if r["exit_code"]), 0)
+    if report is not None:
+        _guarded(lambda: _write_report(report, rows, reporter), debug=debug, as_json=as_json)
     if as_json:
-        print(json.dumps(summary))
+        print(json.dumps({"results": rows, "exit_code": code}))
     else:
-        _print_package(ctx, summary)
-    if smoked is not None and not smoked.passed:
-        if not as_json:
-            _print_smoke(smoked)
-            err.print(f"[red]error:[/] the bundle's smoke test failed: {escape(smoked.verdict)}; the archive "
-                      f"{escape(str(ctx.archive))} is kept for inspection.", soft_wrap=True)
-        raise typer.Exit(int(ExitCode.SMOKE_FAILED))
+        _print_many(rows)
+    raise typer.Exit(code)
 
 
-def _smoke_key(sign: Path | None, tmp: Path) -> Path | None:
-    """The public key `package --smoke` checks the new bundle with: the --sign key's own public half,
-    else the one configured for devices ($PACKAGER_PUBLIC_KEY), else none."""
-    from packager.runtime_files import runner
-    from packager.signing import write_public_key
+def _check_report_dir(folder: Path) -> None:
+    """--report: fail before any work when the folder cannot be written. Leaves nothing behind."""
+    if folder.exists() and not folder.is_dir():
+        raise PackagerError(f"{folder}: the --report path is a file; pass a folder.", ExitCode.OUTPUT)
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]
+    try:
+        for f in reversed(missing):
+            f.mkdir()
+        probe = folder / f".packager-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise PackagerError(f"{folder}: cannot write the report there ({e.strerror or e}); pick another folder with "
+                            "--report.", ExitCode.OUTPUT) from None
+    finally:
+        for f in missing:
+            if f.is_dir():
+                f.rmdir()
 
-    return write_public_key(sign, tmp / "public.pem") if sign else runner().configured_public_key()
+
+def _write_report(folder: Path, rows: list[dict[str, Any]], reporter: Any) -> None:
+    from packager.report import write_reports
+
+    paths = write_reports(rows, folder)
+    reporter.print(f"report    {', '.join(str(p) for p in paths)}")
 
 
-def _signature(sign: Path | None) -> dict[str, Any] | None:
-    from packager.signing import manifest_entry
+def _cache_off() -> bool:
+    from packager.cache import cache_disabled_by_env
 
-    return manifest_entry(sign) if sign else None
+    return cache_disabled_by_env()
 
 
-def _print_package(ctx: Any, summary: dict[str, Any]) -> None:
-    mem = ctx.memory
-    acc = ctx.accuracy
+def _api() -> Any:
+    import packager.api
+
+    return packager.api
+
+
+def _package_targets(target: list[str], all_targets: bool) -> list[str] | None:
+    """The profile names to package for when there are several (in order, each once), else None."""
+    from packager.profiles import builtin_profiles, resolve_target
+
+    if all_targets and target:
+        raise PackagerError("--all-targets packages for every built-in target; drop --target or --all-targets.",
+                            ExitCode.USAGE)
+    if all_targets:
+        return list(builtin_profiles())
+    if len(target) <= 1:
+        return None
+    names: dict[str, str] = {}
+    for t in target:  # every name checked before minutes of work
+        profile = resolve_target(t)
+        names.setdefault(t if t.endswith(".toml") else profile.name, t)
+    return [t if t.endswith(".toml") else n for n, t in names.items()]
+
+
+def _package_many(model: str, targets: list[str], options: dict[str, Any], reporter: Any, rows: list[dict[str, Any]],
+                  *, debug: bool) -> None:
+    """Package for each target in turn, going on after a failure; one result row per target in `rows`."""
+    for t in targets:
+        reporter.print(f"-- {t}")
+        try:
+            result = _api().package(model, t, **options)
+        except Exception as e:
+            if debug:
+                traceback.print_exc()
+            message, code = _error(e)
+            err.print(f"[red]error:[/] {escape(t)}: {escape(message)}", soft_wrap=True)
+            rows.append({"target": t, "error": message, "exit_code": code})
+            continue
+        if not reporter.quiet:
+            _print_package(result)
+            if not result.ok:
+                _print_smoke_failure(result)
+        rows.append(result.to_dict() | {"exit_code": result.exit_code})
+
+
+def _error(e: Exception) -> tuple[str, int]:
+    if isinstance(e, PackagerError):
+        return e.message, int(e.code)
+    return f"internal error ({type(e).__name__}: {e}); rerun with --debug and report it.", int(ExitCode.INTERNAL)
+
+
+def _print_many(rows: list[dict[str, Any]]) -> None:
+    table = Table("target", "recipe", "result", "archive", box=box.SIMPLE_HEAD)
+    for r in rows:
+        if "error" in r:
+            table.add_row(escape(r["target"]), "", f"[red]exit {r['exit_code']}[/]", escape(r["error"]))
+            continue
+        cached = ", ".join(f"{stage} cached" for stage, status in r["cache"].items() if status == "hit")
+        result = "[green]ok[/]" if r["exit_code"] == 0 else f"[red]smoke failed (exit {r['exit_code']})[/]"
+        table.add_row(r["target"], r["recipe"], result + (f" ({cached})" if cached else ""), escape(r["archive"]))
+    out = Console(stderr=True)
+    if not out.is_terminal:
+        out = Console(stderr=True, width=160)  # a CI log: no terminal width to fit, so do not cut the paths
+    out.print(table)
+
+
+def _exit_on_smoke_failure(result: Any, as_json: bool) -> None:
+    if result.ok:
+        return
+    if not as_json:
+        _print_smoke_failure(result)
+    raise typer.Exit(int(ExitCode.SMOKE_FAILED))
+
+
+def _print_smoke_failure(result: Any) -> None:
+    _print_smoke(result.smoke_result)
+    err.print(f"[red]error:[/] the bundle's smoke test failed: {escape(result.smoke['verdict'])}; the archive "
+              f"{escape(str(result.archive))} is kept for inspection.", soft_wrap=True)
+
+
+def _print_package(r: Any) -> None:
+    mem = r.memory
+    acc = r.accuracy
     if acc["metric"] == "token agreement":
         err.print(f"accuracy  {acc['token_agreement']:.1%} of fp32's greedy tokens, logits cosine {acc['min_logits_cosine']:.4f}, "
                   f"{acc['identical_generations']}/{acc['samples']} continuations identical (thresholds "
@@ -227,12 +330,12 @@ def _print_package(ctx: Any, summary: dict[str, Any]) -> None:
     err.print(f"memory    peak {mem['measured_peak_bytes'] / MiB:.0f} MiB (load {mem['load_peak_bytes'] / MiB:.0f}, "
               f"run {mem['run_peak_bytes'] / MiB:.0f}; estimate {est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) "
               f"of {mem['budget_bytes'] / MiB:.0f} MiB budget")
-    err.print(f"model     {summary['sizes']['model_bytes'] / MiB:.1f} MiB ({ctx.recipe_name})")
-    if summary["signature"]:
-        err.print(f"signed    ed25519, public key sha256 {summary['signature']['public_key_sha256']}", soft_wrap=True)
-    if summary["smoke"]:
-        err.print(f"smoke     {summary['smoke']['mode']}: {escape(summary['smoke']['verdict'])}")
-    print(ctx.archive)
+    err.print(f"model     {r.sizes['model_bytes'] / MiB:.1f} MiB ({r.recipe})")
+    if r.signature:
+        err.print(f"signed    ed25519, public key sha256 {r.signature['public_key_sha256']}", soft_wrap=True)
+    if r.smoke:
+        err.print(f"smoke     {r.smoke['mode']}: {escape(r.smoke['verdict'])}")
+    print(r.archive)
 
 
 @app.command()
@@ -246,36 +349,24 @@ def check(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickled weights (.bin), loaded with torch's weights-only loader."),
     shape: list[str] = typer.Option([], "--shape", help="Sample input shape for a tensor model: NAME=D1,D2 (repeatable)."),
     value: list[str] = typer.Option([], "--value", help="Fill a sample input with a value: NAME=V (repeatable)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the stage cache."),
     as_json: bool = JsonOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Will MODEL fit the target's memory budget? Exit 0 if it fits, 3 if not."""
 
     def go() -> Any:
-        from packager.config import resolve_package_settings
-        from packager.pipeline import check as run_check
-        from packager.progress import Reporter
+        return _api().check(model, target, budget=budget, recipe=recipe, context=context, measure=not no_measure,
+                            allow_pickle=allow_pickle, shapes=_parse_pairs(shape, "--shape", _dims),
+                            values=_parse_pairs(value, "--value", float), cache=False if no_cache else True,
+                            progress=not as_json)
 
-        spec = InputSpec(shapes=_parse_pairs(shape, "--shape", _dims), values=_parse_pairs(value, "--value", float))
-        settings = resolve_package_settings({"target": target, "recipe": recipe, "budget": budget, "out": None})
-        return run_check(model, settings, context=context, measure=not no_measure, input_spec=spec,
-                         reporter=Reporter(quiet=as_json), allow_pickle=allow_pickle)
-
-    ctx = _guarded(go, debug=debug, as_json=as_json)
-    mem = ctx.memory
-    est = mem["estimate"]
-    measured = None if "measured_peak_bytes" not in mem else {
-        "load_peak_bytes": mem["load_peak_bytes"], "run_peak_bytes": mem["run_peak_bytes"],
-        "peak_bytes": mem["measured_peak_bytes"]}
-    result = {"model": model, "target": ctx.profile.name, "recipe": ctx.recipe_name, "fits": mem["fits"],
-              "budget_bytes": mem["budget_bytes"], "headroom_bytes": mem["headroom_bytes"],
-              "verdict_basis": mem["verdict_basis"], "context": mem["context"],
-              "estimate": {k: est[k] for k in ("low_bytes", "high_bytes", "breakdown", "notes")}, "measured": measured}
+    result = _guarded(go, debug=debug, as_json=as_json).to_dict()
     if as_json:
         print(json.dumps(result))
     else:
         _print_check(result)
-    if not mem["fits"]:
+    if not result["fits"]:
         raise typer.Exit(int(ExitCode.DOES_NOT_FIT))
 
 
@@ -314,29 +405,13 @@ def plan(
     """Which precision and context fit the target, from the model's config alone."""
 
     def go() -> Any:
-        from packager.config import resolve_package_settings
-        from packager.plan import parse_context
-        from packager.plan import plan as make_plan
-
-        if kv_bits is not None and kv_bits not in (4, 8, 16, 32):
-            raise PackagerError(f"--kv-bits {kv_bits} is not 4, 8, 16 or 32.", ExitCode.USAGE)
-        contexts = _parse_list(context, "--context", parse_context)
-        settings = resolve_package_settings({"target": target, "budget": budget, "out": None, "recipe": None})
-        return make_plan(config, settings.profile, precision or None, contexts or None, kv_bits)
+        return _api().plan(config, target, precisions=precision, contexts=context, kv_bits=kv_bits, budget=budget)
 
     result = _guarded(go, debug=debug, as_json=as_json)
     if as_json:
         print(json.dumps(result.to_dict()))
         return
     _print_plan(result)
-
-
-def _parse_list(items: list[str], option: str, convert: Callable[[str], Any]) -> list[Any]:
-    try:
-        return [convert(i) for i in items]
-    except ValueError:
-        raise PackagerError(f"{option} {items!r} is not a list of numbers like 8192 or 8K; fix the option.",
-                            ExitCode.USAGE) from None
 
 
 def _print_plan(p: Any) -> None:

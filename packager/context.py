@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from packager.cache import StageCache
 from packager.profiles import Profile
 from packager.recipes import RecipeResult
 
@@ -54,6 +55,9 @@ class Context:
     sign_key: Path | None = None   # --sign: Ed25519 private key that signs the bundle's manifest
     allow_pickle: bool = False     # --allow-pickle: accept pickled weights, loaded weights-only
     calibration: Path | None = None  # --calibration: inputs for the int8-static recipe
+    stage_cache: StageCache | None = None   # where cached stages' outputs live (None: no cache)
+    cache: dict[str, str] = field(default_factory=dict)  # stage -> "hit", "miss", "corrupt" (rebuilt) or "off"
+    cache_notes: list[str] = field(default_factory=list)  # what the cache could not do, for the human watching
 
     # source
     source: Source | None = None

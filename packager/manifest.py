@@ -14,6 +14,34 @@ from packager.signing import manifest_entry as signature_entry
 
 SCHEMA_VERSION = 1
 
+# The build host's measured memory varies by tens to hundreds of KiB from one run to the next (the
+# allocator, the kernel's page accounting), so it stays out of the bundle, which the same inputs and
+# tool versions must reproduce byte for byte: `packager package --json` (and the Python API) report
+# it. The manifest keeps what is stable: the budget, the estimate, the verdict and how it was reached.
+MEASURED_KEYS = ("measured_peak_bytes", "load_peak_bytes", "run_peak_bytes", "baseline_bytes")
+
+
+def memory_record(memory: dict[str, Any]) -> dict[str, Any]:
+    """ctx.memory as the manifest records it: without the run-to-run figures of the measurement."""
+    record = {k: v for k, v in memory.items() if k not in MEASURED_KEYS}
+    if memory.get("verdict_basis") == "measured":
+        record.pop("headroom_bytes", None)  # the budget less the measured peak
+        record["measured"] = ("within the budget on the build host; the figures are in `packager package --json`, "
+                              "not here, as they vary run to run")
+    return record
+
+
+def built_at() -> dict[str, Any]:
+    """{"built_at": ISO 8601 UTC} from SOURCE_DATE_EPOCH when it is set; no wall-clock time otherwise."""
+    from packager.archive import source_date_epoch
+
+    epoch = source_date_epoch()
+    if epoch is None:
+        return {}
+    import datetime
+
+    return {"built_at": datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
 
 def runtime_spec(ctx: Context) -> dict[str, Any]:
     """What run.py needs to load and feed the model the way the target does."""
@@ -60,7 +88,7 @@ def build(ctx: Context) -> dict[str, Any]:
         "inputs": ctx.io["inputs"],
         "outputs": ctx.io["outputs"],
         "files": ctx.bundle_files,
-        "memory": ctx.memory,
+        "memory": memory_record(ctx.memory),
         "accuracy": ctx.accuracy,
         "smoke": smoke_spec(ctx),
         "built_with": {
@@ -69,5 +97,6 @@ def build(ctx: Context) -> dict[str, Any]:
             "python": platform.python_version(),
             "machine": platform.machine(),
         },
+        **built_at(),
         **({"signature": signature_entry(ctx.sign_key)} if ctx.sign_key else {}),
     }

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from packager.cache import StageCache
 from packager.config import PackageSettings
 from packager.context import Context, InputSpec
 from packager.errors import ExitCode, PackagerError, did_you_mean
@@ -78,18 +79,21 @@ def _run(model: str, settings: PackageSettings, stages: tuple[str, ...], reporte
 
 def package(model: str, settings: PackageSettings, *, name: str | None = None, input_spec: InputSpec | None = None,
             reporter: Reporter | None = None, fit_auto: bool = False, allow_pickle: bool = False,
-            sign_key: Path | None = None, context: int | None = None, calibration: Path | None = None) -> Context:
+            sign_key: Path | None = None, context: int | None = None, calibration: Path | None = None,
+            stage_cache: StageCache | None = None) -> Context:
     """Package MODEL for the settings' target into <out>/<name>-<target>.tar.gz; raises PackagerError.
 
     With `fit_auto`, the recipe is the first of the profile's `fit_recipes` (most precise first)
     that fits the budget and passes verify; the export runs once for all of them. With `sign_key`
-    (an Ed25519 private key), the bundle's manifest is signed (packager/signing.py)."""
+    (an Ed25519 private key), the bundle's manifest is signed (packager/signing.py). With
+    `stage_cache`, the export comes from (and goes to) that cache (packager/cache.py)."""
     if sign_key is not None:
         from packager.signing import load_private_key
 
         load_private_key(sign_key)  # a bad key fails before minutes of work, not after
     options: dict[str, Any] = {"name": name, "input_spec": input_spec or InputSpec(), "allow_pickle": allow_pickle,
-                               "sign_key": sign_key, "context": context, "calibration": calibration}
+                               "sign_key": sign_key, "context": context, "calibration": calibration,
+                               "stage_cache": stage_cache}
     if not fit_auto:
         return _run(model, settings, tuple(s for s, _ in STAGES), reporter, **options)
     reporter = reporter or Reporter(quiet=True)
@@ -144,13 +148,21 @@ def check_budget(settings: PackageSettings) -> None:
 PER_RECIPE = ("quantize", "compat", "samples", "verify", "fit")
 
 
+CACHE_NOTES = {"hit": "cache hit", "corrupt": "damaged cache entry rebuilt"}
+
+
 def _stage(ctx: Context, reporter: Reporter, name: str) -> None:
-    with reporter.stage(name, ctx.timings):
+    with reporter.stage(name, ctx.timings) as step:
         dict(STAGES)[name](ctx)
+        step.note = CACHE_NOTES.get(ctx.cache.get(name, ""), "")
+    for note in ctx.cache_notes:
+        reporter.print(note)
+    ctx.cache_notes.clear()
 
 
 def check(model: str, settings: PackageSettings, *, context: int | None = None, measure: bool = True,
-          input_spec: InputSpec | None = None, reporter: Reporter | None = None, allow_pickle: bool = False) -> Context:
+          input_spec: InputSpec | None = None, reporter: Reporter | None = None, allow_pickle: bool = False,
+          stage_cache: StageCache | None = None) -> Context:
     """Estimate (and measure) MODEL's peak memory on the target; ctx.memory holds the verdict."""
     return _run(model, settings, CHECK_STAGES, reporter, input_spec=input_spec or InputSpec(), context=context,
-                measure=measure, enforce_budget=False, allow_pickle=allow_pickle)
+                measure=measure, enforce_budget=False, allow_pickle=allow_pickle, stage_cache=stage_cache)

@@ -386,10 +386,23 @@ def load_samples(bundle: Path = HERE, name: str = SAMPLE_INPUTS) -> list[dict[st
     return [samples[i] for i in sorted(samples)]
 
 
+# Every member of a samples .npz carries this date (the zip format's earliest), so the same arrays
+# give the same bytes whenever they are written: bundles are reproducible.
+NPZ_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+
+
 def save_samples(path: Path, samples: list[dict[str, np.ndarray]]) -> None:
+    """An .npz as np.savez writes it (stored, zip64 members '<index>/<tensor name>.npy'), with a fixed
+    date, mode and order: the same samples give the same bytes, run after run."""
+    import zipfile
+
     arrays = {f"{i}/{name}": value for i, sample in enumerate(samples) for name, value in sample.items()}
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=NPZ_DATE_TIME)
+            info.external_attr = 0o600 << 16
+            with zf.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 def compare_decoder(expected: list[dict[str, np.ndarray]], decoder: Decoder) -> dict[str, Any]:

@@ -13,6 +13,9 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Each test sees the pipeline do its work: no export comes from an earlier test's (or an earlier
+# session's) cache entry. The cache's own tests pass a cache folder explicitly.
+os.environ["PACKAGER_NO_CACHE"] = "1"
 
 REPO = Path(__file__).resolve().parent.parent
 

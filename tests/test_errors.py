@@ -357,3 +357,55 @@ def test_smoke_refuses_hostile_archives(tmp_path: Path, kind: str) -> None:
     proc = run_cli("smoke", str(archive))
     assert_clean_failure(proc, 5, str(archive))
     assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/escaped.txt").exists()
+
+
+# ---------------------------------------------------------------- the exit code table
+
+def test_the_readme_table_is_the_exit_codes() -> None:
+    """README.md's "Exit codes" table lists exactly ExitCode's codes (errors.py says to keep them in step)."""
+    from packager.errors import ExitCode
+
+    from conftest import REPO
+
+    section = (REPO / "README.md").read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]
+    assert rows[0] == "code"
+    assert [int(code) for code in rows[1:]] == sorted(int(c) for c in ExitCode)
+
+
+def test_an_internal_error_is_exit_1_with_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug (any exception that is not a PackagerError): exit 1, "rerun with --debug"; --debug shows the traceback."""
+    from typer.testing import CliRunner
+
+    import packager.profiles
+    from packager.cli import app
+
+    def boom(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(packager.profiles, "builtin_profiles", boom)
+    plain = CliRunner().invoke(app, ["targets"])
+    assert plain.exit_code == 1 and "internal error (RuntimeError: a bug); rerun with --debug" in plain.stderr
+    assert "Traceback" not in plain.stderr
+    debug = CliRunner().invoke(app, ["targets", "--debug", "--json"])
+    assert debug.exit_code == 1 and "Traceback" in debug.stderr
+    assert json.loads(debug.stdout) == {"error": "internal error (RuntimeError: a bug); rerun with --debug and report it.",
+                                        "exit_code": 1}
+
+
+def test_a_tool_failure_is_exit_10(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The quantizer (here: the recipe) failing on a valid model: exit 10, naming the recipe and what to try."""
+    from typer.testing import CliRunner
+
+    from packager.cli import app
+    from packager.recipes import RECIPES
+
+    def failing(*args: object) -> None:
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setitem(RECIPES, "int8-dynamic", failing)
+    out = tmp_path / "dist"
+    proc = CliRunner().invoke(app, ["package", "sample:silero-vad", "--target", "rpi5", "--out", str(out)])
+    assert proc.exit_code == 10, proc.output
+    assert "recipe int8-dynamic failed on this model (RuntimeError: kernel exploded)" in proc.stderr
+    assert "--recipe" in proc.stderr and not out.exists()

@@ -53,7 +53,9 @@ def test_archive_unpacks_into_one_folder_with_the_contract(minilm_rpi5: dict, tm
     assert {i["name"] for i in manifest["inputs"]} >= {"input_ids", "attention_mask"}
     assert "sentence_embedding" in {o["name"] for o in manifest["outputs"]}
     assert manifest["memory"]["budget_bytes"] == 1_500_000_000
-    assert manifest["memory"]["measured_peak_bytes"] > 0 and manifest["accuracy"]["min_cosine"] > 0.98
+    assert manifest["memory"]["fits"] and manifest["accuracy"]["min_cosine"] > 0.98
+    # The measured peak varies run to run: --json reports it, the (reproducible) bundle does not.
+    assert "measured_peak_bytes" not in manifest["memory"] and manifest["memory"]["verdict_basis"] == "measured"
     for entry in manifest["files"]:
         data = (folder / entry["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["size"]

@@ -8,9 +8,12 @@ their external data. The opset is capped by what the target's runtime implements
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.metadata
 import io
 import json
 import logging
+import platform
 import shutil
 import warnings
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 
 import onnx
 
+from packager import __version__
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.stages.source import PICKLE_SUFFIXES
@@ -56,7 +60,7 @@ def _export_hf(ctx: Context, out: Path) -> None:
             "which is not installed; run: pip install 'packager[hf]' (or export to .onnx elsewhere).",
             ExitCode.MISSING_DEPENDENCY,
         ) from None
-    opset = min(DEFAULT_OPSET, ctx.profile.runtime.max_opset)
+    opset = export_opset(ctx)
     folder = _weights_only_copy(ctx.source.path, ctx.work_dir / "unpickled") if ctx.source.pickled else ctx.source.path
     with _quiet():
         try:
@@ -208,16 +212,75 @@ def describe_io(ctx: Context, export_dir: Path) -> dict[str, Any]:
     return io_spec
 
 
+# What the export's output depends on besides the source: these packages' versions (and packager's
+# own, and this file's code), so that an upgrade re-exports instead of reusing an older export.
+EXPORT_TOOLS = ("optimum", "optimum-onnx", "torch", "transformers", "tokenizers", "onnx", "safetensors")
+
+
+def export_opset(ctx: Context) -> int:
+    return min(DEFAULT_OPSET, ctx.profile.runtime.max_opset)
+
+
+def cache_inputs(ctx: Context) -> dict[str, Any]:
+    """The export's cache key: everything its output depends on, and nothing target-specific but the opset."""
+    assert ctx.source is not None
+    versions = {}
+    for package in EXPORT_TOOLS:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "stage": "export",
+        "source": {"kind": ctx.source.kind, "sha256": ctx.source.sha256, "task": ctx.source.task,
+                   "pickled": ctx.source.pickled},
+        "opset": export_opset(ctx),
+        "tools": versions,
+        "packager": {"version": __version__, "export_code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()},
+        "python": ".".join(platform.python_version_tuple()[:2]),
+    }
+
+
+def _export_hf_cached(ctx: Context, out: Path) -> None:
+    """The Hugging Face export, from the stage cache when an entry for the same inputs is there."""
+    if ctx.stage_cache is None:
+        ctx.cache["export"] = "off"
+    else:
+        inputs = cache_inputs(ctx)
+        fetched = ctx.stage_cache.fetch("export", inputs, out)
+        if fetched.status == "hit" and fetched.data and isinstance(fetched.data.get("io"), dict):
+            ctx.cache["export"] = "hit"
+            ctx.io = fetched.data["io"]
+            return
+        if fetched.status == "hit":  # an entry without its io description: built by a broken run
+            shutil.rmtree(out)
+            fetched.status, fetched.problem = "corrupt", "no io description"
+        ctx.cache["export"] = fetched.status
+        if fetched.status == "corrupt":
+            ctx.cache_notes.append(f"export: the cached export was damaged ({fetched.problem}); removed it and "
+                                   "exported again")
+        elif fetched.problem:
+            ctx.cache_notes.append(f"export: {fetched.problem}")
+    out.mkdir()
+    _export_hf(ctx, out)
+    # As a cache hit reads it back: a run that exported and one that reused the export write the same manifest.
+    ctx.io = json.loads(json.dumps(describe_io(ctx, out)))
+    if ctx.stage_cache is not None:
+        problem = ctx.stage_cache.store("export", cache_inputs(ctx), out, {"io": ctx.io})
+        if problem:
+            ctx.cache_notes.append(f"export: {problem}")
+
+
 def run(ctx: Context) -> None:
     assert ctx.source is not None
     out = ctx.work_dir / "reference"
-    out.mkdir()
     if ctx.source.kind == "huggingface":
-        _export_hf(ctx, out)
+        _export_hf_cached(ctx, out)
     else:
+        out.mkdir()
         _copy_onnx(ctx, out)
+        ctx.io = describe_io(ctx, out)
     ctx.reference_model = out / "model.onnx"
-    ctx.io = describe_io(ctx, out)
     ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] \
         if ctx.io["kind"] in ("text", "decoder") else []
     if ctx.io["kind"] == "decoder":

@@ -1,0 +1,246 @@
+"""packager's Python API: `package`, `check` and `plan`, returning typed results.
+
+The CLI is a thin layer over these functions: what `--json` prints is the result's `to_dict()`,
+built here and nowhere else. Failures raise `PackagerError` (its `code` is the CLI's exit code).
+Verdicts are results, not errors: a bundle whose smoke test failed is a `PackageResult` with
+`ok == False` (exit code 8 in the CLI), a model that does not fit is a `CheckResult` with
+`fits == False` (exit code 3).
+
+Options left as None resolve as the CLI's do: PACKAGER_* environment, [tool.packager] in the
+nearest pyproject.toml, the target profile, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from packager.errors import ExitCode, PackagerError
+
+if TYPE_CHECKING:
+    from packager.cache import StageCache
+    from packager.context import Context, InputSpec
+    from packager.plan import Plan
+    from packager.progress import Reporter
+    from packager.smoke import SmokeResult
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    """One bundle: `to_dict()` is what `packager package --json` prints for it."""
+
+    archive: Path
+    bundle: str
+    target: str
+    recipe: str
+    sizes: dict[str, int]              # archive_bytes, model_bytes
+    accuracy: dict[str, Any]           # metric, threshold and figures against the fp32 reference
+    memory: dict[str, Any]             # budget, estimate, measured peaks (this run's), verdict
+    fit: dict[str, Any] | None         # --fit auto: the recipes tried, the one chosen and why
+    smoke: dict[str, Any] | None       # mode, verdict, exit_code, report; None without a smoke test
+    signature: dict[str, Any] | None   # the signing key's fingerprint when signed
+    cache: dict[str, str]              # stage -> "hit", "miss", "corrupt" (rebuilt) or "off"
+    timings_s: dict[str, float]        # seconds per stage
+    smoke_result: SmokeResult | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.smoke is None or (self.smoke["exit_code"] == 0 and self.smoke["verdict"] == "PASS")
+
+    @property
+    def exit_code(self) -> int:
+        return int(ExitCode.OK if self.ok else ExitCode.SMOKE_FAILED)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"archive": str(self.archive), "bundle": self.bundle, "target": self.target, "recipe": self.recipe,
+                "sizes": self.sizes, "accuracy": self.accuracy, "memory": self.memory, "fit": self.fit,
+                "smoke": self.smoke, "signature": self.signature, "cache": self.cache, "timings_s": self.timings_s}
+
+    @classmethod
+    def from_context(cls, ctx: Context, smoked: SmokeResult | None = None, smoke_mode: str | None = None,
+                     sign: Path | None = None) -> PackageResult:
+        from packager.signing import manifest_entry
+
+        assert ctx.archive is not None
+        return cls(
+            archive=ctx.archive,
+            bundle=ctx.bundle_name,
+            target=ctx.profile.name,
+            recipe=ctx.recipe_name,
+            sizes={"archive_bytes": ctx.archive.stat().st_size,
+                   "model_bytes": sum(f["size"] for f in ctx.bundle_files if f["path"].startswith("model/model.onnx"))},
+            accuracy={k: v for k, v in ctx.accuracy.items() if k not in ("outputs", "per_prompt")},
+            memory=ctx.memory,
+            fit=ctx.fit or None,
+            smoke=None if smoked is None else {"mode": smoke_mode, "verdict": smoked.verdict,
+                                               "exit_code": smoked.exit_code, "report": smoked.report},
+            signature=manifest_entry(sign) if sign else None,
+            cache=dict(ctx.cache),
+            timings_s=dict(ctx.timings),
+            smoke_result=smoked,
+        )
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Will the model fit: `to_dict()` is what `packager check --json` prints."""
+
+    model: str
+    target: str
+    recipe: str
+    fits: bool
+    budget_bytes: int
+    headroom_bytes: int                # negative: over the budget by that much
+    verdict_basis: str                 # "measured" or "estimate (high)"
+    context: int | None                # decoders: tokens of KV cache planned for
+    estimate: dict[str, Any]           # low_bytes, high_bytes, breakdown, notes
+    measured: dict[str, int] | None    # load_peak_bytes, run_peak_bytes, peak_bytes; None with measure=False
+    cache: dict[str, str]
+    timings_s: dict[str, float]
+
+    @property
+    def exit_code(self) -> int:
+        return int(ExitCode.OK if self.fits else ExitCode.DOES_NOT_FIT)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "target": self.target, "recipe": self.recipe, "fits": self.fits,
+                "budget_bytes": self.budget_bytes, "headroom_bytes": self.headroom_bytes,
+                "verdict_basis": self.verdict_basis, "context": self.context, "estimate": self.estimate,
+                "measured": self.measured, "cache": self.cache, "timings_s": self.timings_s}
+
+    @classmethod
+    def from_context(cls, model: str, ctx: Context) -> CheckResult:
+        mem = ctx.memory
+        est = mem["estimate"]
+        measured = None if "measured_peak_bytes" not in mem else {
+            "load_peak_bytes": mem["load_peak_bytes"], "run_peak_bytes": mem["run_peak_bytes"],
+            "peak_bytes": mem["measured_peak_bytes"]}
+        return cls(model=model, target=ctx.profile.name, recipe=ctx.recipe_name, fits=mem["fits"],
+                   budget_bytes=mem["budget_bytes"], headroom_bytes=mem["headroom_bytes"],
+                   verdict_basis=mem["verdict_basis"], context=mem["context"],
+                   estimate={k: est[k] for k in ("low_bytes", "high_bytes", "breakdown", "notes")},
+                   measured=measured, cache=dict(ctx.cache), timings_s=dict(ctx.timings))
+
+
+def package(model: PathLike, target: str | None = None, *, out: PathLike | None = None, recipe: str | None = None,
+            budget: str | int | None = None, context: int | None = None, calibration: PathLike | None = None,
+            fit: str | None = None,
+            smoke: str | None = None, sign: PathLike | None = None, name: str | None = None,
+            allow_pickle: bool = False, shapes: Mapping[str, Sequence[int]] | None = None,
+            values: Mapping[str, float] | None = None, cache: bool | PathLike | StageCache = True,
+            progress: bool | Reporter = False, verbose: bool = False) -> PackageResult:
+    """Export, quantize, verify, fit and bundle MODEL for TARGET into OUT/<name>-<target>.tar.gz.
+
+    `calibration` (int8-static) is a file of text lines or an .npz of inputs; `fit="auto"` tries the
+    profile's recipes until one fits; `smoke="host"` or `"emulate"` then
+    runs the bundle's smoke test; `sign` is an Ed25519 private key. `cache`: True (the default)
+    uses $PACKAGER_CACHE_DIR/stages (~/.cache/packager/stages) unless PACKAGER_NO_CACHE is set,
+    False none, a path that folder. `progress` prints the stages on stderr."""
+    from packager.archive import source_date_epoch
+    from packager.config import resolve_package_settings
+    from packager.pipeline import package as run_pipeline
+
+    if fit not in (None, "auto"):
+        raise PackagerError(f"--fit {fit!r} is not a mode; the only one is --fit auto.", ExitCode.USAGE)
+    if fit and recipe:
+        raise PackagerError("--fit auto chooses the recipe itself; drop --recipe or --fit.", ExitCode.USAGE)
+    if smoke not in (None, "host", "emulate"):
+        raise PackagerError(f"--smoke {smoke!r} is not a mode; use --smoke host or --smoke emulate.", ExitCode.USAGE)
+    source_date_epoch()  # a malformed SOURCE_DATE_EPOCH fails now, not after the work
+    spec = input_spec(shapes, values)
+    reporter = _reporter(progress)
+    settings = resolve_package_settings({"target": target, "out": None if out is None else str(out),
+                                         "recipe": recipe, "budget": budget})
+    if verbose:
+        for line in settings.describe():
+            reporter.print(line)
+    sign_key = Path(sign) if sign is not None else None
+    ctx = run_pipeline(str(model), settings, name=name, input_spec=spec, reporter=reporter, fit_auto=fit == "auto",
+                       allow_pickle=allow_pickle, sign_key=sign_key, context=context,
+                       calibration=None if calibration is None else Path(calibration), stage_cache=_cache(cache))
+    smoked = None
+    if smoke is not None:
+        from packager.smoke import run_smoke
+
+        assert ctx.archive is not None
+        with reporter.stage(f"smoke ({smoke})", ctx.timings), \
+                tempfile.TemporaryDirectory(prefix="packager-key-") as tmp:
+            smoked = run_smoke(ctx.archive, emulate=smoke == "emulate", public_key=_smoke_key(sign_key, Path(tmp)))
+    return PackageResult.from_context(ctx, smoked, smoke, sign_key)
+
+
+def check(model: PathLike, target: str | None = None, *, budget: str | int | None = None, recipe: str | None = None,
+          context: int | None = None, measure: bool = True, allow_pickle: bool = False,
+          shapes: Mapping[str, Sequence[int]] | None = None, values: Mapping[str, float] | None = None,
+          cache: bool | PathLike | StageCache = True, progress: bool | Reporter = False) -> CheckResult:
+    """Will MODEL fit TARGET's memory budget? The estimate, and (with `measure`) the peak measured in
+    a fresh process; `fits` is the verdict."""
+    from packager.config import resolve_package_settings
+    from packager.pipeline import check as run_check
+
+    spec = input_spec(shapes, values)
+    settings = resolve_package_settings({"target": target, "recipe": recipe, "budget": budget, "out": None})
+    ctx = run_check(str(model), settings, context=context, measure=measure, input_spec=spec,
+                    reporter=_reporter(progress), allow_pickle=allow_pickle, stage_cache=_cache(cache))
+    return CheckResult.from_context(str(model), ctx)
+
+
+def plan(config: PathLike, target: str | None = None, *, precisions: Sequence[str] | None = None,
+         contexts: Sequence[int | str] | None = None, kv_bits: int | None = None,
+         budget: str | int | None = None) -> Plan:
+    """Which precision and context fit TARGET, from CONFIG (a config.json or its folder) alone.
+    `contexts` are token counts (8192) or the CLI's forms ("8K")."""
+    from packager.config import resolve_package_settings
+    from packager.plan import parse_context
+    from packager.plan import plan as make_plan
+
+    if kv_bits is not None and kv_bits not in (4, 8, 16, 32):
+        raise PackagerError(f"--kv-bits {kv_bits} is not 4, 8, 16 or 32.", ExitCode.USAGE)
+    try:
+        parsed = [c if isinstance(c, int) else parse_context(c) for c in contexts or []]
+    except ValueError:
+        raise PackagerError(f"--context {list(contexts or [])!r} is not a list of numbers like 8192 or 8K; fix the "
+                            "option.", ExitCode.USAGE) from None
+    settings = resolve_package_settings({"target": target, "budget": budget, "out": None, "recipe": None})
+    return make_plan(Path(config), settings.profile, list(precisions or []) or None, parsed or None, kv_bits)
+
+
+def input_spec(shapes: Mapping[str, Sequence[int]] | None, values: Mapping[str, float] | None) -> InputSpec:
+    from packager.context import InputSpec
+
+    try:
+        dims = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()}
+        fills = {k: float(v) for k, v in (values or {}).items()}
+        if any(d < 0 for v in dims.values() for d in v):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise PackagerError(f"shapes {dict(shapes or {})!r} / values {dict(values or {})!r}: a shape is a list of "
+                            "non-negative sizes and a value a number; fix them.", ExitCode.USAGE) from None
+    return InputSpec(shapes=dims, values=fills)
+
+
+def _reporter(progress: bool | Reporter) -> Reporter:
+    from packager.progress import Reporter
+
+    return progress if isinstance(progress, Reporter) else Reporter(quiet=not progress)
+
+
+def _cache(setting: bool | PathLike | StageCache) -> StageCache | None:
+    from packager.cache import StageCache, open_cache
+
+    return setting if isinstance(setting, StageCache) else open_cache(setting)
+
+
+def _smoke_key(sign: Path | None, tmp: Path) -> Path | None:
+    """The public key `package --smoke` checks the new bundle with: the --sign key's own public half,
+    else the one configured for devices ($PACKAGER_PUBLIC_KEY), else none."""
+    from packager.runtime_files import runner
+    from packager.signing import write_public_key
+
+    return write_public_key(sign, tmp / "public.pem") if sign else runner().configured_public_key()
