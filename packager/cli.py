@@ -157,7 +157,9 @@ def package(
         options["shapes"] = _parse_pairs(shape, "--shape", _dims)
         options["values"] = _parse_pairs(value, "--value", float)
         if report is not None:
-            _check_report_dir(report)  # before minutes of work, not after
+            from packager.stages.bundle import check_output_dir
+
+            check_output_dir(report, "--report", "the report")  # before minutes of work, not after
         return _package_targets(target, all_targets)
 
     targets = _guarded(prepare, debug=debug, as_json=as_json)
@@ -202,26 +204,6 @@ def package(
     else:
         _print_many(rows)
     raise typer.Exit(code)
-
-
-def _check_report_dir(folder: Path) -> None:
-    """--report: fail before any work when the folder cannot be written. Leaves nothing behind."""
-    if folder.exists() and not folder.is_dir():
-        raise PackagerError(f"{folder}: the --report path is a file; pass a folder.", ExitCode.OUTPUT)
-    missing = [p for p in [folder, *folder.parents] if not p.exists()]
-    try:
-        for f in reversed(missing):
-            f.mkdir()
-        probe = folder / f".packager-write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise PackagerError(f"{folder}: cannot write the report there ({e.strerror or e}); pick another folder with "
-                            "--report.", ExitCode.OUTPUT) from None
-    finally:
-        for f in missing:
-            if f.is_dir():
-                f.rmdir()
 
 
 def _write_report(folder: Path, rows: list[dict[str, Any]], reporter: Any) -> None:

@@ -82,11 +82,11 @@ def _write_files(ctx: Context) -> None:
                               encoding="utf-8")
 
 
-def check_output_dir(out: Path) -> None:
-    """Fail before any work when the archive could not be written to `out`: a file in the way, or a
-    folder that cannot be created. Leaves nothing behind."""
+def check_output_dir(out: Path, option: str = "--out", what: str = "the bundle") -> None:
+    """Fail before any work when `what` could not be written to `out` (given by `option`): a file
+    in the way, or a folder that cannot be created. Leaves nothing behind."""
     if out.exists() and not out.is_dir():
-        raise PackagerError(f"{out}: the output path is a file; pass a folder with --out.", ExitCode.OUTPUT)
+        raise PackagerError(f"{out}: the {option} path is a file; pass a folder with {option}.", ExitCode.OUTPUT)
     missing = [p for p in [out, *out.parents] if not p.exists()]
     try:
         for folder in reversed(missing):
@@ -95,7 +95,7 @@ def check_output_dir(out: Path) -> None:
         probe.touch()
         probe.unlink()
     except OSError as e:
-        raise PackagerError(f"{out}: cannot write the bundle there ({e.strerror or e}); pick another folder with --out.",
+        raise PackagerError(f"{out}: cannot write {what} there ({e.strerror or e}); pick another folder with {option}.",
                             ExitCode.OUTPUT) from None
     finally:
         for folder in missing:
