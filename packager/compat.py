@@ -348,6 +348,32 @@ def _onnx_since(domain: str, op: str, opset: int) -> int | None:
         return None
 
 
+# Element types that need a newer IR than their opset implies (onnx/onnx docs/IR.md, "IR version").
+_TYPE_IR = {onnx.TensorProto.INT4: 10, onnx.TensorProto.UINT4: 10, onnx.TensorProto.FLOAT8E4M3FN: 9,
+            onnx.TensorProto.FLOAT8E4M3FNUZ: 9, onnx.TensorProto.FLOAT8E5M2: 9, onnx.TensorProto.FLOAT8E5M2FNUZ: 9}
+
+
+def lower_ir_version(path: Path, profile: Profile, table: RuntimeTable | None = None) -> dict[str, int] | None:
+    """Re-stamp `path` with the runtime's highest IR version when the model is newer only by its
+    stamp: a file saved by a recent onnx (IR 14) whose opsets and types an older runtime's IR reads.
+    The IR version is the file format's; the graph stays as it is. Returns {from, to} when lowered."""
+    table = table or load_table()
+    release = table.release(profile.runtime.version) if profile.runtime.package in table.packages else None
+    model = onnx.load(path, load_external_data=False)
+    if release is None or model.ir_version <= release.ir_version or model.functions:
+        return None  # functions' IR rules changed across versions: leave those to the check
+    needed = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    types = {i.data_type for i in model.graph.initializer} | {v.type.tensor_type.elem_type
+                                                             for v in [*model.graph.input, *model.graph.output]}
+    needed = max([needed, *(_TYPE_IR.get(t, 0) for t in types)])
+    if needed > release.ir_version:
+        return None
+    lowered = {"from": model.ir_version, "to": release.ir_version}
+    model.ir_version = release.ir_version
+    onnx.save(model, path)  # external data stays where it is: only the references are written
+    return lowered
+
+
 def check(facts: ModelFacts, profile: Profile, table: RuntimeTable | None = None) -> Compatibility:
     """Check the model against the runtime the profile pins; never raises for an incompatible model."""
     table = table or load_table()

@@ -240,3 +240,26 @@ def test_inspect_reads_bundles_and_refuses_what_it_cannot(tmp_path: Path, minilm
     with pytest.raises(PackagerError, match="Hugging Face folder") as e:
         _inspect_path(minilm_dir, tmp_path)
     assert e.value.code == ExitCode.BAD_INPUT
+
+
+def test_a_new_ir_stamp_is_lowered_to_what_the_runtime_reads(tmp_path: Path) -> None:
+    """onnx 1.20+ stamps IR 14 on every file; an opset-17 graph needs IR 8, which ORT 1.21 reads."""
+    from onnx import TensorProto, helper
+
+    from packager.compat import lower_ir_version
+    from packager.profiles import resolve_target
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "model.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 14
+    onnx.save(model, path)
+    jetson = resolve_target("jetson-orin-nano")   # onnxruntime-gpu 1.21: IR 10
+    assert lower_ir_version(path, jetson) == {"from": 14, "to": 10}
+    assert onnx.load(path).ir_version == 10
+    assert lower_ir_version(path, jetson) is None   # already readable: untouched
+    newer = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])   # opset 23 needs IR 11
+    onnx.save(newer, path)
+    assert lower_ir_version(path, jetson) is None and onnx.load(path).ir_version == newer.ir_version

@@ -34,7 +34,9 @@ def requirements(ctx: Context) -> str:
 
 def readme(ctx: Context) -> str:
     p = ctx.profile
-    run_example = 'python run.py "some sentence"' if ctx.io["kind"] == "text" else "python run.py --inputs feeds.npz --output out.npz"
+    run_example = {"text": 'python run.py "some sentence"',
+                   "decoder": 'python run.py --prompt "Once upon a time" --max-new-tokens 32'}.get(
+        ctx.io["kind"], "python run.py --inputs feeds.npz --output out.npz")
     mem = ctx.memory
     # The measured figure varies run to run: the bundle says only that it was within the budget.
     measured = f", measured within the budget on the build host ({mem['measured_on']})" \
@@ -51,12 +53,20 @@ On the device ({p.os.name}, Python {p.os.python}):
     {run_example}
 
 - Inputs and outputs: `manifest.json` (`inputs`, `outputs`); samples in `samples/`.
-- Accuracy on the build host: min cosine {ctx.accuracy.get('min_cosine', 0):.5f} against the fp32 reference
-  (threshold {p.accuracy.min_cosine}).
+- Accuracy on the build host: {_accuracy_line(ctx)}.
 - Memory: estimated peak {mem['estimate']['low_bytes'] / MiB:.0f}-{mem['estimate']['high_bytes'] / MiB:.0f} MiB{measured};
   budget {p.budget.memory_bytes / MiB:.0f} MiB.
 - Execution providers, in order: {', '.join(p.runtime.providers)} (missing ones fall back to CPU).
 """
+
+
+def _accuracy_line(ctx: Context) -> str:
+    acc, limits = ctx.accuracy, ctx.profile.accuracy
+    if acc.get("metric") == "token agreement":
+        return (f"{acc['token_agreement']:.1%} of the fp32 reference's greedy tokens (threshold "
+                f"{limits.min_token_agreement:.0%}), first-token logits cosine {acc['min_logits_cosine']:.5f} "
+                f"(threshold {limits.min_logits_cosine})")
+    return f"min cosine {acc.get('min_cosine', 0):.5f} against the fp32 reference (threshold {limits.min_cosine})"
 
 
 def _write_files(ctx: Context) -> None:
