@@ -112,3 +112,17 @@ def test_context_longer_than_the_model_is_refused() -> None:
     with pytest.raises(PackagerError, match="longer than the model's 256 positions") as e:
         decoder_context(ctx)
     assert e.value.code == ExitCode.USAGE
+
+
+def test_int4_ties_an_lm_head_exported_as_a_transpose(tmp_path: Path) -> None:
+    """At opset 20 the exporter writes the tied lm_head as Transpose(embedding table)."""
+    model = _tied_model()
+    graph = model.graph
+    head = next(i for i in graph.initializer if i.name == "head")
+    graph.initializer.remove(head)
+    graph.node.insert(1, helper.make_node("Transpose", ["table"], ["head"], perm=[1, 0]))
+    onnx.save(model, tmp_path / "transposed.onnx")
+    result = int4(tmp_path / "transposed.onnx", tmp_path / "int4.onnx", RecipeOptions())
+    assert result.params["embedding"].startswith("int4, tied")
+    quantized = onnx.load(tmp_path / "int4.onnx")
+    assert count_ops(quantized, {"Transpose"}) == 0 and count_ops(quantized, {"MatMulNBits"}) == 1
