@@ -74,7 +74,7 @@ class PackageResult:
             target=ctx.profile.name,
             recipe=ctx.recipe_name,
             sizes={"archive_bytes": ctx.archive.stat().st_size,
-                   "model_bytes": sum(f["size"] for f in ctx.bundle_files if f["path"].startswith("model/model.onnx"))},
+                   "model_bytes": sum(f["size"] for f in ctx.bundle_files if f["path"].startswith(ctx.model_file))},
             accuracy={k: v for k, v in ctx.accuracy.items() if k not in ("outputs", "per_prompt")},
             memory=ctx.memory,
             fit=ctx.fit or None,

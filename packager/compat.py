@@ -374,8 +374,10 @@ def lower_ir_version(path: Path, profile: Profile, table: RuntimeTable | None = 
     return lowered
 
 
-def check(facts: ModelFacts, profile: Profile, table: RuntimeTable | None = None) -> Compatibility:
-    """Check the model against the runtime the profile pins; never raises for an incompatible model."""
+def check(facts: ModelFacts, profile: Profile, table: RuntimeTable | None = None,
+          setting: str = "runtime.version") -> Compatibility:
+    """Check the model against the runtime the profile pins; never raises for an incompatible model.
+    `setting` names the profile key that pins it, for the fix (mobile.android_version for a phone app)."""
     table = table or load_table()
     rt = profile.runtime
     runtime = f"{rt.package} {rt.version}"
@@ -388,7 +390,7 @@ def check(facts: ModelFacts, profile: Profile, table: RuntimeTable | None = None
         return Compatibility(status="unknown", reason=reason, **base)
 
     where = f"which {runtime} on {profile.name}"
-    raise_it = "raise runtime.version in the profile"
+    raise_it = f"raise {setting} in the profile"
     problems: list[Problem] = []
     notes: list[str] = []
 

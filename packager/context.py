@@ -71,6 +71,9 @@ class Context:
     recipe: RecipeResult | None = None
     # compat
     compatibility: dict[str, Any] = field(default_factory=dict)   # the packaged model against the pinned runtime
+    # mobile (phone profiles): the ORT-format model the app loads, its checks and the usability verdict
+    mobile: dict[str, Any] = field(default_factory=dict)
+    model_file: str = "model/model.onnx"     # what the device loads, inside the bundle (manifest runtime.model)
     # verify
     texts: list[str] = field(default_factory=list)
     sample_inputs: list[dict[str, np.ndarray]] = field(default_factory=list)

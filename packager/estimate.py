@@ -14,6 +14,8 @@ Peak = max(load, run), each a sum of components:
                      producer to their last consumer, as the arena plans them; high: the arena
                      grows in powers of two
     kv_cache         past key/value inputs of a decoder at the requested context
+    gpu_context      GPU profiles: the CUDA context of the GPU providers on unified memory (the
+                     profile's runtime.gpu_context_bytes), resident from load on
 
 The figures are calibrated against measurements in scripts/bench_memory.py.
 """
@@ -251,14 +253,16 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     activations = activation_peak(_concrete(model, sample_shapes).graph, set(sizes) | past)
     kv = kv_cache_bytes(model, context)
     base, note = runtime_base(profile, kind)
+    gpu = profile.runtime.gpu_context_bytes
+    base_gpu = base + gpu
 
     transient_low, transient_high = int(inline * LOAD_TRANSIENT_LOW), int(inline * LOAD_TRANSIENT_HIGH)
     overhead_low, overhead_high = int(weights * OVERHEAD_LOW), int(weights * OVERHEAD_HIGH)
     # low: packed copies replace their originals; high: both stay.
-    load_low = base + weights + overhead_low + transient_low
-    load_high = base + weights + overhead_high + packed + transient_high
-    run_low = base + weights + overhead_low + activations + kv
-    run_high = base + weights + overhead_high + packed + 2 * activations + kv
+    load_low = base_gpu + weights + overhead_low + transient_low
+    load_high = base_gpu + weights + overhead_high + packed + transient_high
+    run_low = base_gpu + weights + overhead_low + activations + kv
+    run_high = base_gpu + weights + overhead_high + packed + 2 * activations + kv
     breakdown = {
         "runtime_base": base,
         "weights_inline": inline,
@@ -268,6 +272,7 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
         "allocator_overhead": int(weights * (OVERHEAD_LOW + OVERHEAD_HIGH) / 2),
         "activations": activations,
         "kv_cache": kv,
+        **({"gpu_context": gpu} if gpu else {}),
     }
     notes = [n for n in [note] if n]
     return Estimate(max(load_low, run_low), max(load_high, run_high), breakdown, load_high, run_high, context, notes)

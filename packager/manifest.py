@@ -10,6 +10,7 @@ import onnxruntime
 
 from packager import __version__
 from packager.context import Context
+from packager.gpu import trt_workspace
 from packager.signing import manifest_entry as signature_entry
 
 SCHEMA_VERSION = 1
@@ -46,12 +47,16 @@ def built_at() -> dict[str, Any]:
 def runtime_spec(ctx: Context) -> dict[str, Any]:
     """What run.py needs to load and feed the model the way the target does."""
     rt = ctx.profile.runtime
+    options = {k: dict(v) for k, v in rt.provider_options.items()}
+    workspace = trt_workspace(ctx.profile, ctx.memory)
+    if workspace is not None:  # bounded by the budget's headroom once the fit stage has measured it
+        options["TensorrtExecutionProvider"]["trt_max_workspace_size"] = workspace["bytes"]
     return {
-        "model": "model/model.onnx",
+        "model": ctx.model_file,
         "package": rt.package,
         "version": rt.version,
         "providers": list(rt.providers),
-        "provider_options": {k: dict(v) for k, v in rt.provider_options.items()},
+        "provider_options": options,
         "session": dataclasses.asdict(ctx.profile.session),
         "io": ctx.io,
         **({"context": ctx.context} if ctx.io.get("kind") == "decoder" else {}),
@@ -85,6 +90,7 @@ def build(ctx: Context) -> dict[str, Any]:
         "recipe": dataclasses.asdict(ctx.recipe) | ({"fit": ctx.fit} if ctx.fit else {}),
         "runtime": runtime_spec(ctx),
         "compatibility": ctx.compatibility,
+        **({"mobile": ctx.mobile} if ctx.mobile else {}),
         "inputs": ctx.io["inputs"],
         "outputs": ctx.io["outputs"],
         "files": ctx.bundle_files,

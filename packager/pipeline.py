@@ -16,7 +16,7 @@ from packager.errors import ExitCode, PackagerError, did_you_mean
 from packager.estimate import runtime_base
 from packager.progress import Reporter
 from packager.recipes import CALIBRATED, RECIPES
-from packager.stages import bundle, compat, export, fit, quantize, samples, source, verify
+from packager.stages import bundle, compat, export, fit, mobile, quantize, samples, source, verify
 from packager.stages.bundle import check_output_dir
 
 STAGES: list[tuple[str, Callable[[Context], None]]] = [
@@ -24,6 +24,7 @@ STAGES: list[tuple[str, Callable[[Context], None]]] = [
     ("export", export.run),
     ("quantize", quantize.run),
     ("compat", compat.run),
+    ("mobile", mobile.run),      # phone profiles: model.ort, which the runner loads from here on
     ("samples", samples.run),
     ("verify", verify.run),
     ("fit", fit.run),
@@ -32,7 +33,7 @@ STAGES: list[tuple[str, Callable[[Context], None]]] = [
 
 
 # `packager check`: what the model needs on the target, without verifying or bundling.
-CHECK_STAGES = ("source", "export", "quantize", "samples", "fit")
+CHECK_STAGES = ("source", "export", "quantize", "mobile", "samples", "fit")
 
 
 @contextlib.contextmanager
@@ -145,7 +146,7 @@ def check_budget(settings: PackageSettings) -> None:
 
 
 # The stages a recipe changes: --fit auto reruns them for each recipe it tries.
-PER_RECIPE = ("quantize", "compat", "samples", "verify", "fit")
+PER_RECIPE = ("quantize", "compat", "mobile", "samples", "verify", "fit")
 
 
 CACHE_NOTES = {"hit": "cache hit", "corrupt": "damaged cache entry rebuilt"}

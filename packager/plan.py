@@ -142,7 +142,7 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
         (a.vocab if a.decoder else 0)                 # logits of the prompt
         + a.heads * context                           # one layer's attention scores
         + 2 * a.intermediate + 4 * a.hidden)          # MLP and residual stream
-    base, _ = runtime_base(profile, "text")
+    base = runtime_base(profile, "text")[0] + profile.runtime.gpu_context_bytes  # GPU: the CUDA context too
     transient = 0 if weights > PROTO_LIMIT else int(weights * LOAD_TRANSIENT_HIGH)
     matmul_weights = int((a.parameters - a.embedding_parameters) * BYTES_PER_PARAM[precision])
     low = base + int(weights * (1 + OVERHEAD_LOW)) + kv + activations // 2
@@ -181,6 +181,9 @@ def plan(config_path: Path, profile: Profile, precisions: list[str] | None = Non
     if not a.decoder:
         notes.append(f"{a.name} is not a decoder: no KV cache; context is the sequence length")
     notes.append(f"activations assume a prompt of {PREFILL_TOKENS} tokens processed in one pass")
+    if profile.runtime.gpu_context_bytes:
+        notes.append(f"the runtime base includes the GPU providers' CUDA context on unified memory "
+                     f"({profile.runtime.gpu_context_bytes / 2**20:.0f} MiB, {profile.name}'s runtime.gpu_context_bytes)")
     return Plan(a, profile.name, profile.budget.memory_bytes, rows,
                 {p: largest_context(a, profile, p, kv_bits) for p in precisions}, notes)
 

@@ -40,6 +40,9 @@ class OS:
     # The Debian release whose arm64 packages match the device's userland ("bookworm"), for
     # `packager smoke --emulate`; "" where none does (that target cannot be emulated).
     debian: str = ""
+    # A container base image with the device's userland and accelerator libraries (Jetson: the L4T
+    # image of the JetPack release); when set, the bundle carries a Dockerfile that runs its smoke test.
+    container: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class Runtime:
     numpy: str                     # numpy pin that has wheels for the device's Python
     index_url: str = ""            # extra index that serves the runtime (Jetson)
     provider_options: dict[str, dict[str, Scalar]] = field(default_factory=dict)
+    # GPU profiles: the resident cost of the GPU providers' CUDA context (driver, cuBLAS/cuDNN handles)
+    # on unified memory, which a measurement on a host without the GPU cannot see.
+    gpu_context_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,9 @@ class Session:
     execution_mode: str = "sequential"       # sequential | parallel
     cpu_mem_arena: bool = True
     mem_pattern: bool = True
+    # Session configuration entries (SessionOptions.add_session_config_entry: "key" = "value"), e.g. the
+    # ARM kernel options; keys from onnxruntime_session_options_config_keys.h of the pinned runtime.
+    config: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,22 @@ class Int4:
 
 
 @dataclass(frozen=True)
+class Mobile:
+    """Phone apps ([mobile]): the app loads the ORT-format model with the mobile runtime packages pinned here,
+    and the bundle carries Android (Kotlin) and iOS (Swift) examples that do so (packager/mobile.py)."""
+
+    android_package: str           # Maven coordinates, "com.microsoft.onnxruntime:onnxruntime-android"
+    android_version: str           # exact pin, "1.27.0"
+    ios_pod: str                   # CocoaPods pod with the Objective-C/Swift API, "onnxruntime-objc"
+    ios_version: str               # exact pin of the pod and of the Swift package
+    ios_swift_package: str         # Swift Package Manager repository URL
+    # Execution providers the examples add, in priority order (names as in runtime.providers); NNAPI and
+    # CoreML are left out of an example when the mobile usability check rates the model NO for them.
+    android_providers: tuple[str, ...] = ()
+    ios_providers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -106,6 +131,7 @@ class Profile:
     decoder_recipe: str = ""       # the default for decoder LLMs (default: recipe)
     decoder_fit_recipes: tuple[str, ...] = ()  # --fit auto for decoders (default: fit_recipes)
     int4: Int4 = field(default_factory=Int4)
+    mobile: Mobile | None = None   # phones: the ORT-format model and the app-side packages ([mobile])
     source: str = ""               # the file it was loaded from (set by the loader)
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,6 +174,9 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
             raise _invalid(where, key, f"must be a table, got {type(value).__name__}")
         return {str(k): _convert(v, args[1], f"{key}.{k}", where) for k, v in value.items()}
     if origin in (types.UnionType, typing.Union):
+        tables = [a for a in args if dataclasses.is_dataclass(a)]
+        if tables:  # an optional table, such as [mobile]
+            return _convert(value, tables[0], key, where)
         if isinstance(value, args) and not (isinstance(value, bool) and bool not in args and int in args):
             return value
         raise _invalid(where, key, f"must be one of {', '.join(map(_type_name, args))}")
@@ -219,6 +248,38 @@ def _check_values(p: Profile, where: str) -> None:
         raise _invalid(where, "runtime.providers", "must name at least one execution provider")
     if p.os.debian and not re.fullmatch(r"[a-z]+", p.os.debian):
         raise _invalid(where, "os.debian", f"must be a Debian release codename such as \"trixie\", got {p.os.debian!r}")
+    if p.os.container and not re.fullmatch(r"[a-z0-9][a-z0-9./_-]*(:[A-Za-z0-9._-]+)?", p.os.container):
+        raise _invalid(where, "os.container", f"must be an image reference such as \"registry/name:tag\", got "
+                       f"{p.os.container!r}")
+    if p.runtime.gpu_context_bytes < 0:
+        raise _invalid(where, "runtime.gpu_context_bytes", f"must not be negative, got {p.runtime.gpu_context_bytes}")
+    for key in p.session.config:
+        if not re.fullmatch(r"[a-z0-9_]+(\.[a-z0-9_]+)+", key):
+            raise _invalid(where, f"session.config.{key}", "is not an onnxruntime session config key "
+                           "(dotted lower-case words, such as \"session.intra_op.allow_spinning\")")
+    if p.mobile is not None:
+        _check_mobile(p.mobile, where)
+
+
+def _check_mobile(m: Mobile, where: str) -> None:
+    from packager.mobile import PROVIDERS  # late: what the examples can write, per platform
+
+    for key in ("android_version", "ios_version"):
+        if not re.fullmatch(r"\d+\.\d+\.\d+", getattr(m, key)):
+            raise _invalid(where, f"mobile.{key}", f"must be an exact version such as \"1.27.0\", got "
+                           f"{getattr(m, key)!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+", m.android_package):
+        raise _invalid(where, "mobile.android_package", f"must be Maven coordinates GROUP:ARTIFACT, got "
+                       f"{m.android_package!r}")
+    if not m.ios_swift_package.startswith("https://"):
+        raise _invalid(where, "mobile.ios_swift_package", f"must be an https:// repository URL, got "
+                       f"{m.ios_swift_package!r}")
+    for platform in ("android", "ios"):
+        known = PROVIDERS[platform]
+        for i, name in enumerate(getattr(m, f"{platform}_providers")):
+            if name not in known:
+                raise _invalid(where, f"mobile.{platform}_providers[{i}]", f"names {name!r}, which the {platform} "
+                               f"example cannot add{did_you_mean(name, list(known))}; known: {', '.join(known)}")
 
 
 def load_profile(path: Path) -> Profile:

@@ -49,6 +49,7 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "allocator_overhead": ("allocator overhead", "#cc79a7"),
     "activations": ("activations", "#e69f00"),
     "kv_cache": ("KV cache", "#d55e00"),
+    "gpu_context": ("CUDA context (GPU)", "#000000"),
 }
 SPARE_COLOURS = ("#7a5195", "#4d4d4d", "#a6761d", "#1b9e77")
 # Components that exist in one phase only: the peak is max(load, run), not their sum.

@@ -233,6 +233,10 @@ def session_options(spec: dict[str, Any], log_level: int = 3) -> Any:
     so.enable_cpu_mem_arena = bool(spec["cpu_mem_arena"])
     so.enable_mem_pattern = bool(spec["mem_pattern"])
     so.log_severity_level = log_level
+    # The profile's session config entries (the ARM kernel options, thread-pool spinning ...); a key this
+    # runtime does not know is ignored by it, as the profile's comments say where that matters.
+    for key, value in spec.get("config", {}).items():
+        so.add_session_config_entry(str(key), str(value))
     return so
 
 
@@ -243,6 +247,7 @@ def provider_options(chosen: list[str], options: dict[str, dict[str, Any]], cach
         if name == "TensorrtExecutionProvider" and opts.get("trt_engine_cache_enable") == "True":
             # Engines are built on first load and reused; the bundle may sit on a read-only path.
             opts.setdefault("trt_engine_cache_path", str(cache_dir / "trt-engines"))
+            Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         result.append(opts)
     return result
 

@@ -35,6 +35,7 @@ sys.dont_write_bytecode = True  # leave the bundle exactly as its checksums say
 import run  # noqa: E402  (the runner beside this file)
 
 SUMS = "SHA256SUMS"
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 class SmokeFailure(Exception):
@@ -131,6 +132,9 @@ def smoke(bundle: Path, public_key: Path | None = None) -> dict[str, Any]:
     runner = run.load(bundle)
     report["providers"] = runner.providers
     report["missing_providers"] = runner.missing_providers
+    gpu = [p for p in manifest["runtime"]["providers"] if p in GPU_PROVIDERS]
+    if gpu:
+        report["gpu_path_exercised"] = any(p in runner.providers for p in gpu)
     report["load_peak_bytes"] = run.peak_bytes()
     report["accuracy"] = check_outputs(bundle, runner, manifest)
     report["peak_bytes"] = run.peak_bytes()
@@ -177,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in report.get("missing_providers", []):
             print(f"note: {p} is not available on this host; ran on {', '.join(report['providers'])} "
                   f"(the {p} path was not exercised)")
+        if report.get("gpu_path_exercised") is False:
+            print("note: the GPU path was not exercised on this host: the outputs and the peak memory below are the "
+                  "CPU path's, without the GPU's own memory (CUDA context, TensorRT engine and workspace)")
         if "files_checked" in report:
             print(f"checksums: {report['files_checked']} files OK")
         accuracy = report.get("accuracy", {})

@@ -150,4 +150,15 @@ def test_gpu_target_falls_back_to_cpu_and_says_so(tmp_path: Path) -> None:
     smoke = subprocess.run([sys.executable, "smoke_test.py"], cwd=folder, capture_output=True, text=True)
     assert smoke.returncode == 0, smoke.stdout
     assert "TensorrtExecutionProvider path was not exercised" in smoke.stdout
+    assert "the GPU path was not exercised on this host" in smoke.stdout
     assert smoke.stdout.strip().splitlines()[-1] == "PASS"
+    # The CUDA context the CPU-only measurement missed counts against the budget; TensorRT's workspace is what
+    # the budget leaves; the Dockerfile runs the smoke test on the L4T image.
+    memory = summary["memory"]
+    assert memory["gpu_context_bytes"] == memory["estimate"]["breakdown"]["gpu_context"] > 0
+    assert memory["headroom_bytes"] == memory["budget_bytes"] - memory["measured_peak_bytes"] - memory["gpu_context_bytes"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    trt = manifest["runtime"]["provider_options"]["TensorrtExecutionProvider"]
+    assert 0 < trt["trt_max_workspace_size"] == memory["tensorrt_workspace"]["bytes"] <= 2**30
+    assert (folder / "Dockerfile").read_text().startswith("# minilm-jetson-orin-nano")
+    assert "FROM nvcr.io/nvidia/l4t-jetpack:" in (folder / "Dockerfile").read_text()

@@ -14,7 +14,9 @@ from pathlib import Path
 from packager.archive import write_archive
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
+from packager.gpu import trt_workspace, write_container_files
 from packager.manifest import build as build_manifest
+from packager.mobile import write_examples
 from packager.runtime_files import copy_runtime, family_requirements, runner, signing_requirements
 
 SUMS = "SHA256SUMS"
@@ -57,6 +59,31 @@ On the device ({p.os.name}, Python {p.os.python}):
 - Memory: estimated peak {mem['estimate']['low_bytes'] / MiB:.0f}-{mem['estimate']['high_bytes'] / MiB:.0f} MiB{measured};
   budget {p.budget.memory_bytes / MiB:.0f} MiB.
 - Execution providers, in order: {', '.join(p.runtime.providers)} (missing ones fall back to CPU).
+{_phone_readme(ctx)}{_gpu_readme(ctx)}"""
+
+
+def _phone_readme(ctx: Context) -> str:
+    if not ctx.mobile or ctx.profile.mobile is None:
+        return ""
+    m, mob = ctx.profile.mobile, ctx.mobile
+    android, ios = (next((e for e in mob.get("examples", []) if e.startswith(f"{d}/") and not e.endswith(".md")), "")
+                    for d in ("android", "ios"))
+    verdict = mob["usability"].get("verdict") or f"not rated ({mob['usability'].get('error', '')})"
+    return f"""
+## In a phone app
+
+The app loads `{mob['model']}` (ORT format {mob['ort_format_version']}, converted by {mob['converted_with']}) with
+`{m.android_package}:{m.android_version}` on Android, or the `{m.ios_pod}` pod / Swift package {m.ios_version} on iOS.
+`{android}` and `{ios}` load it with this profile's session options and providers and run the first
+sample; `android/README.md` and `ios/README.md` give the dependency lines. Neither was compiled by packager.
+
+- Reduced-size runtime: `{mob['reduced_build_config']}` lists the operators and types the model needs, for
+  ONNX Runtime's `build.py --minimal_build --include_ops_by_config` at the converter's release ({mob['converted_with']}).
+- NNAPI and CoreML, as the runtime's mobile usability check rates this model: {verdict}.
+- `model/model.onnx` is the model before conversion: for an app on another runtime release, convert it with that
+  release (`python -m onnxruntime.tools.convert_onnx_models_to_ort --enable_type_reduction model/model.onnx`).
+- `python smoke_test.py` runs `{mob['model']}` with the Python runtime, on a computer (or Termux): the checks an app
+  does not run.
 """
 
 
@@ -69,9 +96,43 @@ def _accuracy_line(ctx: Context) -> str:
     return f"min cosine {acc.get('min_cosine', 0):.5f} against the fp32 reference (threshold {limits.min_cosine})"
 
 
+def _gpu_readme(ctx: Context) -> str:
+    p = ctx.profile
+    if "TensorrtExecutionProvider" not in p.runtime.providers:
+        return ""
+    workspace = ctx.memory.get("tensorrt_workspace", {})
+    bound = f"{workspace['bytes'] / MiB:.0f} MiB" if workspace else "the profile's figure"
+    text = f"""
+## On the GPU
+
+TensorRT builds its engines on the first load (minutes) and caches them under
+`$XDG_CACHE_HOME/packager-bundle/trt-engines` (default `~/.cache`); later loads reuse them. Its build workspace
+(`trt_max_workspace_size`) is bounded to {bound}: the profile's ceiling, or less where the memory budget leaves
+less after the measured peak, the CUDA context and the engine's copy of the weights. Without the GPU providers
+(`onnxruntime` installed beside `onnxruntime-gpu` leaves only the CPU one) the smoke test runs on the CPU and says
+the GPU path was not exercised.
+"""
+    if p.os.container:
+        text += f"""
+In a container on the device (Docker with the NVIDIA runtime; base image `{p.os.container}`):
+
+    docker build -t {ctx.bundle_name} .
+    docker run --rm --runtime nvidia -v {ctx.bundle_name}-cache:/cache {ctx.bundle_name}    # the smoke test; engines cached in the volume
+"""
+    return text
+
+
 def _write_files(ctx: Context) -> None:
     stage = ctx.stage_dir
     copy_runtime(stage)
+    if ctx.mobile and ctx.profile.mobile is not None:
+        ctx.mobile["examples"] = write_examples(stage, ctx.bundle_name, ctx.profile, ctx.io, ctx.sample_inputs[0],
+                                                _sample_note(ctx), ctx.mobile["usability"])
+    if ctx.profile.os.container:
+        write_container_files(stage, ctx.bundle_name, ctx.profile)
+    workspace = trt_workspace(ctx.profile, ctx.memory)
+    if workspace is not None:
+        ctx.memory["tensorrt_workspace"] = workspace
     (stage / "requirements.txt").write_text(requirements(ctx), encoding="utf-8")
     (stage / "README.md").write_text(readme(ctx), encoding="utf-8")
     (stage / "manifest.json").unlink(missing_ok=True)
@@ -90,6 +151,14 @@ def _write_files(ctx: Context) -> None:
     sums = [*ctx.bundle_files, *({"path": name, "sha256": runner().sha256_file(stage / name)} for name in extra)]
     (stage / SUMS).write_text("".join(f"{f['sha256']}  {f['path']}\n" for f in sorted(sums, key=lambda f: f["path"])),
                               encoding="utf-8")
+
+
+def _sample_note(ctx: Context) -> str:
+    if ctx.io["kind"] == "decoder":
+        return f"the prompt {json.dumps(ctx.texts[0])} as token ids, with an empty KV cache"
+    if ctx.io["kind"] == "text":
+        return f"{json.dumps(ctx.texts[0])} as the bundle's tokenizer encodes it"
+    return "the smoke test's first input (large tensors as zeros)"
 
 
 def check_output_dir(out: Path, option: str = "--out", what: str = "the bundle") -> None:

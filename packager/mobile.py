@@ -1,0 +1,518 @@
+"""Phone bundles: the ORT-format model the app loads, its reduced-build configuration, the runtime's own
+mobile usability check, and Android (Kotlin) and iOS (Swift) examples generated from targets/mobile/.
+
+    repack_int4(model_onnx)                         # int4 tables as uint8: the ORT format has no 4-bit type
+    result = convert(model_onnx, out_dir, arch)     # model.ort + required_operators_and_types.config
+    facts, version = ort_facts(result.model)        # operators of the optimized graph, ORT format version
+    check_apps(facts, version, profile)             # against the app runtimes [mobile] pins (exit 11)
+    verdict = usability(model_onnx, work_dir)       # NNAPI / CoreML coverage, as the runtime's tool rates it
+    write_examples(stage, ...)                      # android/, ios/ in the staged bundle
+
+The conversion and the check are onnxruntime's own tools (onnxruntime.tools.convert_onnx_models_to_ort and
+onnxruntime.tools.mobile_helpers.usability_checker), called in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import mmap
+import re
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packager.compat import ONNX_DOMAIN, Compatibility, ModelFacts, check, load_table, minor, version_key
+from packager.errors import ExitCode, PackagerError
+from packager.paths import profiles_dir, targets_dir
+from packager.profiles import Mobile, Profile
+
+ORT_MODEL = "model/model.ort"
+REDUCED_BUILD_CONFIG = "model/required_operators_and_types.config"
+
+# The providers each example can add (the names runtime.providers uses), in the API each platform has:
+# Java's SessionOptions.addXnnpack / addNnapi / addQnn, Objective-C's appendXnnpackExecutionProvider /
+# appendCoreMLExecutionProvider. CPU is always there and adds nothing.
+PROVIDERS: dict[str, tuple[str, ...]] = {
+    "android": ("XnnpackExecutionProvider", "NnapiExecutionProvider", "QNNExecutionProvider", "CPUExecutionProvider"),
+    "ios": ("CoreMLExecutionProvider", "XnnpackExecutionProvider", "CPUExecutionProvider"),
+}
+# The usability checker's rating that decides whether an example adds NNAPI or CoreML.
+RATED_BY = {"NnapiExecutionProvider": ("NNAPI",),
+            "CoreMLExecutionProvider": ("CoreML NeuralNetwork", "CoreML MLProgram")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion
+
+
+@dataclasses.dataclass(frozen=True)
+class Converted:
+    model: Path                    # model.ort
+    config: Path                   # required_operators_and_types.config
+    log: str                       # what the converter printed
+
+
+def target_platform(arch: str) -> str | None:
+    """The converter's --target_platform: "arm" keeps int8 QDQ as int8 (ARM's fast path) and leaves out the
+    x86-only NCHWc layout."""
+    return "arm" if arch in ("aarch64", "arm64", "armv7l") else None
+
+
+def convert(onnx_path: Path, out_dir: Path, arch: str) -> Converted:
+    """onnxruntime.tools.convert_onnx_models_to_ort on one model: graph optimizations at level "all", saved as
+    they are (the "Fixed" style: no runtime optimizations to replay), with the operators and types it needs."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)  # the tool logs INFO to stderr
+    out_dir.mkdir(parents=True, exist_ok=True)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):  # the tool prints its progress: stdout stays ours (--json)
+            convert_onnx_models_to_ort(onnx_path, output_dir=out_dir, optimization_styles=[OptimizationStyle.Fixed],
+                                       target_platform=target_platform(arch), enable_type_reduction=True)
+    except Exception as e:
+        reason = str(e).split("Status Message: ")[-1].splitlines()[0][:300] if str(e) else type(e).__name__
+        raise PackagerError(f"converting the model to the ORT format failed ({reason}); the app cannot load it: try "
+                            "another recipe with --recipe.", ExitCode.TOOL_FAILED) from None
+    model = out_dir / onnx_path.with_suffix(".ort").name
+    configs = sorted(out_dir.glob("*.required_operators_and_types.config"))
+    if not model.is_file() or len(configs) != 1:
+        raise PackagerError(f"the ORT format converter wrote no {model.name} and configuration ({printed.getvalue()[-200:]}"
+                            "); report it with --debug.", ExitCode.TOOL_FAILED)
+    return Converted(model, configs[0], printed.getvalue())
+
+
+def repack_int4(onnx_path: Path) -> list[str]:
+    """Rewrite GatherBlockQuantized's int4 tables as uint8 with two 4-bit values a byte, in place; the names of
+    the tables rewritten. The ORT format has no 4-bit tensor type (its TensorDataType stops at the float8 types:
+    onnxruntime/core/flatbuffers/schema/ort.fbs), so an INT4 initializer converts but does not load ("Unsupported
+    tensor data type"); the operator takes uint8 data too ("for bits < 8 the values are packed along the last
+    dimension (low-order bits first)", default zero point 2^(bits-1) = 8, its schema's doc). A symmetric int4
+    value q (zero point 0) is stored as q + 8: the same number after dequantization."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(onnx_path, load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    targets = {}
+    for node in model.graph.node:
+        if node.op_type != "GatherBlockQuantized" or node.input[0] not in inits:
+            continue
+        table = inits[node.input[0]]
+        if table.data_type not in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+            continue
+        if table.data_type == onnx.TensorProto.UINT4 or (len(node.input) > 3 and node.input[3]) or table.dims[-1] % 2:
+            raise PackagerError(f"{table.name} is an asymmetric or odd-sized 4-bit table, which the ORT format cannot "
+                                "hold (no 4-bit tensor type) and packager does not repack; set int4.symmetric = true in "
+                                "the profile or choose --recipe int8-dynamic.", ExitCode.TOOL_FAILED)
+        targets[table.name] = node
+    if not targets:
+        return []
+    external = any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer)
+    model = onnx.load(onnx_path)  # with its weights, to write them back
+    data_files = {e.value for i in model.graph.initializer for e in i.external_data if e.key == "location"}
+    for init in model.graph.initializer:
+        if init.name in targets:
+            q = numpy_helper.to_array(init).astype(np.int16) + 8  # int4 [-8, 7] -> [0, 15]
+            packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+            init.CopyFrom(numpy_helper.from_array(packed, init.name))
+    for name in data_files:  # onnx.save appends to an existing data file: start afresh
+        (onnx_path.parent / name).unlink(missing_ok=True)
+    onnx.save(model, onnx_path, save_as_external_data=external,
+              location=f"{onnx_path.name}.data" if external else None)
+    return sorted(targets)
+
+
+def portable_config(text: str) -> str:
+    """The configuration with its header naming the model inside the bundle, not the build host's temp path
+    (lines starting with # are comments to the reduced build: tools/python/util/reduced_build_config_parser.py)."""
+    lines = text.splitlines()
+    out = [re.sub(r"^# - .*[/\\]([^/\\]+)$", r"# - \1", line) if line.startswith("# - ") else line for line in lines]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The ORT-format model's own facts
+
+
+def ort_facts(path: Path, name: str | None = None) -> tuple[ModelFacts, str]:
+    """IR version, opsets in use and operators (subgraphs included) of an .ort file, and its ORT format version,
+    from its flatbuffer (onnxruntime's own schema bindings). Opset imports list every domain the writing runtime
+    knew; only those its nodes use (and ai.onnx) are kept, so a domain nobody uses cannot fail a check."""
+    from onnxruntime.tools.ort_format_model.ort_flatbuffers_py import fbs
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        if not fbs.InferenceSession.InferenceSession.InferenceSessionBufferHasIdentifier(buf, 0):
+            raise PackagerError(f"{path.name} is not an ORT format model; rebuild the bundle.", ExitCode.BAD_INPUT)
+        session = fbs.InferenceSession.InferenceSession.GetRootAsInferenceSession(buf, 0)
+        model = session.Model()
+        ops: dict[tuple[str, str], int] = {}
+        attributes: dict[tuple[str, str, str], set[Any]] = {}
+        kinds = fbs.AttributeType.AttributeType
+
+        def walk(graph: Any) -> None:
+            for i in range(graph.NodesLength()):
+                node = graph.Nodes(i)
+                key = (node.Domain().decode() or ONNX_DOMAIN, node.OpType().decode())
+                ops[key] = ops.get(key, 0) + 1
+                for j in range(node.AttributesLength()):
+                    attr = node.Attributes(j)
+                    kind = attr.Type()
+                    if kind == kinds.INT:
+                        attributes.setdefault((*key, attr.Name().decode()), set()).add(attr.I())
+                    elif kind == kinds.STRING:
+                        attributes.setdefault((*key, attr.Name().decode()), set()).add(attr.S().decode("utf-8", "replace"))
+                    elif kind == kinds.GRAPH:
+                        walk(attr.G())
+                    elif kind == kinds.GRAPHS:
+                        for k in range(attr.GraphsLength()):
+                            walk(attr.Graphs(k))
+
+        walk(model.Graph())
+        used = {d for d, _ in ops} | {ONNX_DOMAIN}
+        opsets = {}
+        for i in range(model.OpsetImportLength()):
+            imp = model.OpsetImport(i)
+            domain = imp.Domain().decode() or ONNX_DOMAIN
+            if domain in used:
+                opsets[domain] = max(opsets.get(domain, 0), imp.Version())
+        facts = ModelFacts(name or path.name, model.IrVersion(), opsets, ops, frozenset(),
+                           {k: frozenset(v) for k, v in attributes.items()})
+        return facts, (session.OrtVersion() or b"").decode()
+
+
+def ort_format_since(version: str) -> tuple[str | None, str]:
+    """The first onnxruntime release that reads ORT format `version`, and the source (runtime table)."""
+    data = tomllib.loads((profiles_dir() / "runtimes" / "onnxruntime.toml").read_text(encoding="utf-8"))
+    row = data.get("ort_format", {}).get(version)
+    return (row["since"], row.get("source", "")) if isinstance(row, dict) else (None, "")
+
+
+def app_runtimes(mobile: Mobile) -> list[tuple[str, str, str]]:
+    """(package, version, the profile key that pins it) of the apps' runtimes."""
+    android = mobile.android_package.split(":")[-1]
+    return [(android, mobile.android_version, "mobile.android_version"),
+            (mobile.ios_pod, mobile.ios_version, "mobile.ios_version")]
+
+
+def check_apps(facts: ModelFacts, format_version: str, profile: Profile) -> list[dict[str, Any]]:
+    """The .ort model against each app runtime the profile pins (its operators, and its ORT format version);
+    PackagerError (exit 11) with one sentence when one cannot run it."""
+    assert profile.mobile is not None
+    results = []
+    table = load_table()
+    for package, version, setting in app_runtimes(profile.mobile):
+        app = dataclasses.replace(profile, runtime=dataclasses.replace(profile.runtime, package=package, version=version))
+        result: Compatibility = check(facts, app, table, setting=setting)
+        if result.status == "unknown":
+            raise PackagerError(result.reason.replace(f"(pinned by {profile.name})", f"({setting} of {profile.name})"),
+                                ExitCode.BAD_PROFILE)
+        if not result.ok:
+            raise PackagerError(result.message(), ExitCode.RUNTIME_INCOMPATIBLE)
+        since, source = ort_format_since(format_version)
+        notes = list(result.notes)
+        if since is None:
+            notes.append(f"ORT format version {format_version or '(none)'} is not in packager's runtime table: whether "
+                         f"{package} {version} reads it was not checked")
+        elif version_key(version) < version_key(since):
+            raise PackagerError(
+                f"{Path(ORT_MODEL).name} is ORT format version {format_version}, which {package} {version} on "
+                f"{profile.name} cannot read (it needs {minor(since)}.0 or newer; {source}); raise {setting} in the "
+                "profile, or convert model/model.onnx with that release's onnxruntime "
+                "(python -m onnxruntime.tools.convert_onnx_models_to_ort).", ExitCode.RUNTIME_INCOMPATIBLE)
+        results.append({**result.to_dict(), "ort_format_version": format_version, "notes": notes})
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The mobile usability check
+
+
+def _quiet_logger() -> logging.Logger:
+    log = logging.getLogger("packager.mobile.usability")
+    log.handlers[:] = [logging.NullHandler()]
+    log.propagate = False
+    return log
+
+
+def usability(onnx_path: Path, work_dir: Path) -> dict[str, Any]:
+    """What `python -m onnxruntime.tools.check_onnx_model_mobile_usability` concludes, per provider, as data:
+    the model optimized to the BASIC level and shape-inferred as the tool does, then partitioned against the
+    operators NNAPI and CoreML (NeuralNetwork and MLProgram) support. Ratings are the tool's: YES, MAYBE, NO;
+    where the model has dynamic input shapes, also the rating it would get with them fixed."""
+    import onnxruntime
+    from onnxruntime.tools.mobile_helpers import usability_checker as uc
+    from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, optimize_model
+
+    log = _quiet_logger()
+    folder = work_dir / "usability"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        optimized = folder / onnx_path.name
+        optimize_model(onnx_path, optimized, use_external_initializers=True)
+        model = ModelProtoWithShapeInfo(optimized).model_with_shape_info
+        dynamic_inputs, _ = uc.check_shapes(model.graph, log)
+        checks = {
+            "NNAPI": uc.check_nnapi_partitions,
+            "CoreML NeuralNetwork": lambda m, fixed: uc.check_coreml_partitions(m, fixed, "coreml_supported_neuralnetwork_ops.md"),
+            "CoreML MLProgram": lambda m, fixed: uc.check_coreml_partitions(m, fixed, "coreml_supported_mlprogram_ops.md"),
+        }
+        providers = {}
+        for name, partition in checks.items():
+            info = partition(model, True)
+            entry = {"rating": info.suitability().name, "nodes": info.num_nodes,
+                     "supported_nodes": info.num_supported_nodes, "partitions": info.num_partitions,
+                     "unsupported_ops": sorted(info.unsupported_ops),
+                     "nodes_unsupported_for_dynamic_shapes": info.nodes_unsupported_due_to_dynamic_input}
+            if entry["rating"] != "YES" and dynamic_inputs:
+                fixed = partition(model, False)
+                entry["rating_with_fixed_shapes"] = fixed.suitability().name
+                entry["supported_nodes_with_fixed_shapes"] = fixed.num_supported_nodes
+            providers[name] = entry
+    except Exception as e:  # the tool is best effort: a model it cannot analyse still packages
+        return {"tool": f"onnxruntime {onnxruntime.__version__} mobile usability checker", "error":
+                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    worth_trying = [n for n, e in providers.items()
+                    if "NO" != e["rating"] or e.get("rating_with_fixed_shapes", "NO") != "NO"]
+    return {
+        "tool": f"onnxruntime {onnxruntime.__version__} mobile usability checker "
+                "(python -m onnxruntime.tools.check_onnx_model_mobile_usability)",
+        "dynamic_inputs": [i.name for i in dynamic_inputs],
+        "providers": providers,
+        "verdict": ("compare " + " and ".join(worth_trying) + " against the CPU provider on the device"
+                    if worth_trying else "the CPU provider (XNNPACK where it takes nodes): NNAPI and CoreML would "
+                    "split the model into too many partitions"),
+    }
+
+
+def _summary(entry: dict[str, Any]) -> str:
+    share = entry["supported_nodes"] / entry["nodes"] if entry["nodes"] else 0.0
+    return f"{entry['partitions']} partitions cover {share:.0%} of its {entry['nodes']} nodes"
+
+
+def gated_out(provider: str, verdict: dict[str, Any]) -> str:
+    """Why an example leaves `provider` out ("" when it adds it): the usability check rates the model NO for it."""
+    names = RATED_BY.get(provider, ())
+    rated = [verdict.get("providers", {}).get(n) for n in names]
+    if not names or not all(rated):
+        return ""
+    if all(e["rating"] == "NO" and e.get("rating_with_fixed_shapes", "NO") == "NO" for e in rated):
+        return (f"the mobile usability check rates this model NO for {' and '.join(names)} ("
+                + "; ".join(f"{n}: {_summary(e)}" for n, e in zip(names, rated)) + ")")
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# The examples
+
+
+def class_name(name: str) -> str:
+    """A Kotlin/Swift type name from the bundle name: "silero_vad" -> "SileroVadModel"."""
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", name) if w]
+    base = "".join(w[:1].upper() + w[1:] for w in words) or "Packaged"
+    return ("M" + base if base[0].isdigit() else base) + "Model"
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Fill {{key}} placeholders; every placeholder must have a value."""
+    def fill(m: re.Match[str]) -> str:
+        if m.group(1) not in values:
+            raise KeyError(f"template placeholder {m.group(1)!r} has no value")
+        return values[m.group(1)]
+    return re.sub(r"\{\{([a-z_]+)\}\}", fill, template)
+
+
+def _template(name: str) -> str:
+    return (targets_dir() / "mobile" / name).read_text(encoding="utf-8")
+
+
+INLINE_MAX = 64  # sample values written into the example up to this many elements; larger tensors are zeros
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleInput:
+    name: str
+    dtype: str                     # numpy name: float32, int64, int32 ...
+    shape: tuple[int, ...]
+    values: list[Any] | None       # None: zeros of the shape
+
+
+def example_inputs(io: dict[str, Any], sample: dict[str, np.ndarray]) -> list[ExampleInput]:
+    """The model's inputs with the first sample's concrete shapes (and small tensors' values)."""
+    result = []
+    for spec in io["inputs"]:
+        value = sample.get(spec["name"])
+        if value is None:
+            shape = tuple(d if isinstance(d, int) else 1 for d in spec["shape"])
+            result.append(ExampleInput(spec["name"], spec["dtype"], shape, None))
+            continue
+        values = value.ravel().tolist() if value.size <= INLINE_MAX and value.any() else None
+        result.append(ExampleInput(spec["name"], str(value.dtype), tuple(int(d) for d in value.shape), values))
+    return result
+
+
+def _kotlin_literal(dtype: str, v: Any) -> str:
+    return f"{float(v)!r}f" if dtype == "float32" else str(int(v))
+
+
+def kotlin_input(i: ExampleInput) -> str:
+    kinds = {"float32": ("FloatBuffer", "floatArrayOf", "FloatArray"), "int64": ("LongBuffer", "longArrayOf", "LongArray"),
+             "int32": ("IntBuffer", "intArrayOf", "IntArray")}
+    shape = f"longArrayOf({', '.join(str(d) for d in i.shape)})"
+    if i.dtype not in kinds:
+        return f"            // {i.name}: {i.dtype} {list(i.shape)}: create it with OnnxTensor.createTensor for that type"
+    buffer, array_of, array = kinds[i.dtype]
+    n = int(np.prod(i.shape)) if i.shape else 1
+    data = (f"{array_of}({', '.join(_kotlin_literal(i.dtype, v) for v in i.values)})" if i.values is not None
+            else f"{array}({n})")
+    return f'            "{i.name}" to OnnxTensor.createTensor(env, {buffer}.wrap({data}), {shape}),'
+
+
+def _swift_literal(dtype: str, v: Any) -> str:
+    return repr(float(v)) if dtype == "float32" else str(int(v))
+
+
+def swift_input(i: ExampleInput) -> str:
+    kinds = {"float32": ("Float", ".float"), "int64": ("Int64", ".int64"), "int32": ("Int32", ".int32")}
+    shape = f"[{', '.join(str(d) for d in i.shape)}]"
+    if i.dtype not in kinds:
+        return f"            // {i.name}: {i.dtype} {list(i.shape)}: create it with ORTValue(tensorData:elementType:shape:)"
+    swift_type, element = kinds[i.dtype]
+    n = int(np.prod(i.shape)) if i.shape else 1
+    data = (f"[{', '.join(_swift_literal(i.dtype, v) for v in i.values)}] as [{swift_type}]" if i.values is not None
+            else f"[{swift_type}](repeating: 0, count: {n})")
+    return f'            "{i.name}": try Self.tensor({data}, shape: {shape}, type: {element}),'
+
+
+_KOTLIN_OPT = {"disable": "NO_OPT", "basic": "BASIC_OPT", "extended": "EXTENDED_OPT", "all": "ALL_OPT"}
+_SWIFT_OPT = {"disable": ".none", "basic": ".basic", "extended": ".extended", "all": ".all"}
+
+
+def _options(profile: Profile, provider: str) -> dict[str, str]:
+    return {k: (str(v).lower() if isinstance(v, bool) else str(v))
+            for k, v in profile.runtime.provider_options.get(provider, {}).items()}
+
+
+def kotlin_session(profile: Profile, verdict: dict[str, Any]) -> str:
+    s = profile.session
+    assert profile.mobile is not None
+    lines = [f"setIntraOpNumThreads({s.intra_op_threads})",
+             f"setInterOpNumThreads({s.inter_op_threads})",
+             f"setOptimizationLevel(OrtSession.SessionOptions.OptLevel.{_KOTLIN_OPT[s.graph_optimization]})",
+             f"setExecutionMode(OrtSession.SessionOptions.ExecutionMode.{s.execution_mode.upper()})",
+             f"setCPUArenaAllocator({str(s.cpu_mem_arena).lower()})",
+             f"setMemoryPatternOptimization({str(s.mem_pattern).lower()})"]
+    lines += [f'addConfigEntry("{k}", "{v}")' for k, v in s.config.items()]
+    out = [f"        options.{line}" for line in lines]
+    for provider in profile.mobile.android_providers:
+        why = gated_out(provider, verdict)
+        opts = _options(profile, provider)
+        if provider == "QNNExecutionProvider":
+            opts = opts or {"backend_path": "libQnnHtp.so"}  # the Hexagon NPU (HTP) backend
+        pairs = ", ".join(f'"{k}" to "{v}"' for k, v in opts.items())
+        call = {"XnnpackExecutionProvider": f"addXnnpack(mapOf({pairs}))",
+                "NnapiExecutionProvider": "addNnapi()",
+                "QNNExecutionProvider": f"addQnn(mapOf({pairs}))"}.get(provider)
+        if call is None:
+            continue  # CPUExecutionProvider: always there
+        if provider == "QNNExecutionProvider":
+            out.append("        // QNN needs the com.microsoft.onnxruntime:onnxruntime-android-qnn artifact and a QDQ model.")
+        if why:
+            out.append(f"        // Left out: {why}.")
+            out.append(f"        // options.{call}")
+        else:
+            out.append(f"        options.{call}")
+    return "\n".join(out)
+
+
+def swift_session(profile: Profile, verdict: dict[str, Any]) -> str:
+    s = profile.session
+    assert profile.mobile is not None
+    out = [f"        try options.setIntraOpNumThreads({s.intra_op_threads})",
+           f"        try options.setGraphOptimizationLevel({_SWIFT_OPT[s.graph_optimization]})"]
+    out += [f'        try options.addConfigEntry(withKey: "{k}", value: "{v}")' for k, v in s.config.items()]
+    for provider in profile.mobile.ios_providers:
+        opts = _options(profile, provider)
+        if provider == "CoreMLExecutionProvider":
+            block = ["let coreML = ORTCoreMLExecutionProviderOptions()",
+                     *(f"coreML.{k} = {v}" for k, v in opts.items()),
+                     "try options.appendCoreMLExecutionProvider(with: coreML)"]
+        elif provider == "XnnpackExecutionProvider":
+            block = ["let xnnpack = ORTXnnpackExecutionProviderOptions()",
+                     *(f"xnnpack.{k} = {v}" for k, v in opts.items()),
+                     "try options.appendXnnpackExecutionProvider(with: xnnpack)"]
+        else:
+            continue
+        why = gated_out(provider, verdict)
+        if why:
+            out.append(f"        // Left out: {why}.")
+            out += [f"        // {line}" for line in block]
+        else:
+            out += [f"        {line}" for line in block]
+    return "\n".join(out)
+
+
+def _output(io: dict[str, Any]) -> tuple[str, str]:
+    """The output the examples return, and its dtype."""
+    outputs = {o["name"]: o for o in io["outputs"]}
+    name = next(iter(io.get("primary_outputs") or io.get("checked_outputs") or list(outputs)))
+    return name, outputs.get(name, {}).get("dtype", "float32")
+
+
+def write_examples(stage: Path, bundle_name: str, profile: Profile, io: dict[str, Any],
+                   sample: dict[str, np.ndarray], sample_note: str, verdict: dict[str, Any]) -> list[str]:
+    """android/ and ios/ in the staged bundle: a class that loads model.ort with the pinned runtime, the
+    profile's session options and providers, and runs the first sample; a README with the dependency lines."""
+    assert profile.mobile is not None
+    m = profile.mobile
+    name = class_name(bundle_name.removesuffix(f"-{profile.name}"))
+    inputs = example_inputs(io, sample)
+    output, dtype = _output(io)
+    floats = dtype == "float32"
+    common = {
+        "class_name": name,
+        "bundle": bundle_name,
+        "target": profile.name,
+        "output": output,
+        "sample_note": sample_note,
+        "model_bytes": str((stage / ORT_MODEL).stat().st_size),
+        "maven": f"{m.android_package}:{m.android_version}",
+        "android_version": m.android_version,
+        "ios_pod": m.ios_pod,
+        "ios_version": m.ios_version,
+        "swift_package": m.ios_swift_package,
+        "verdict": verdict.get("verdict", verdict.get("error", "")),
+    }
+    kotlin = render(_template("Model.kt.template"), {
+        **common,
+        "session_options": kotlin_session(profile, verdict),
+        "inputs": "\n".join(kotlin_input(i) for i in inputs),
+        "return_type": "FloatArray" if floats else "LongArray",
+        "read_output": (f"                val buffer = output.{'floatBuffer' if floats else 'longBuffer'}\n"
+                        f"                return {'FloatArray' if floats else 'LongArray'}(buffer.remaining())"
+                        ".also { buffer.get(it) }"),
+    })
+    swift = render(_template("Model.swift.template"), {
+        **common,
+        "session_options": swift_session(profile, verdict),
+        "inputs": "\n".join(swift_input(i) for i in inputs),
+        "element": "Float" if floats else "Int64",
+    })
+    written = []
+    for folder, filename, text in (("android", f"{name}.kt", kotlin), ("ios", f"{name}.swift", swift),
+                                   ("android", "README.md", render(_template("android-README.md.template"), common)),
+                                   ("ios", "README.md", render(_template("ios-README.md.template"), common))):
+        (stage / folder).mkdir(exist_ok=True)
+        (stage / folder / filename).write_text(text, encoding="utf-8")
+        written.append(f"{folder}/{filename}")
+    return written
+
