@@ -317,7 +317,19 @@ def peft_available() -> bool:
 
 
 def default_method() -> str:
-    """peft's merge when it is installed, else the arithmetic one."""
+    """peft's merge when it is installed, else the arithmetic one; PACKAGER_LORA_MERGE=peft|arithmetic
+    chooses."""
+    import os
+
+    forced = os.environ.get("PACKAGER_LORA_MERGE", "").strip().lower()
+    if forced == "peft" and not peft_available():
+        raise PackagerError("PACKAGER_LORA_MERGE=peft, but peft is not installed; pip install 'packager[lora]' or "
+                            "unset it (the arithmetic merge gives the same weights).", ExitCode.MISSING_DEPENDENCY)
+    if forced in ("peft", "arithmetic"):
+        return forced
+    if forced:
+        raise PackagerError(f"PACKAGER_LORA_MERGE={forced!r} is not a merge method; use peft or arithmetic.",
+                            ExitCode.USAGE)
     return "peft" if peft_available() else "arithmetic"
 
 

@@ -331,7 +331,7 @@ def _print_package(r: Any) -> None:
     if "eval" in acc:
         ev = acc["eval"]
         err.print(f"eval      {ev['packaged_passed']}/{ev['cases']} of {escape(ev['file'])} pass ({ev['packaged_score']:.1%}; "
-                  f"fp32 {ev['reference_passed']}/{ev['cases']}, tolerance {ev['tolerance']:.0%}), "
+                  f"fp32 {ev['reference_passed']}/{ev['cases']}, tolerance {ev['tolerance'] * 100:.4g}%), "
                   f"{ev['disagreements']} case(s) disagree")
     est = mem["estimate"]
     err.print(f"memory    peak {mem['measured_peak_bytes'] / MiB:.0f} MiB (load {mem['load_peak_bytes'] / MiB:.0f}, "
@@ -485,8 +485,15 @@ def _print_smoke(result: Any) -> None:
         err.print(f"note: {p} is not available on this host; ran on {', '.join(r['providers'])} (not exercised: {p})")
     if "files_checked" in r:
         err.print(f"checksums {r['files_checked']} files OK")
-    if "accuracy" in r:
-        err.print(f"outputs   min cosine {r['accuracy']['min_cosine']:.5f} vs the fp32 reference")
+    acc = r.get("accuracy", {})
+    if "token_agreement" in acc:   # decoders
+        err.print(f"outputs   {acc['token_agreement']:.1%} of the fp32 reference's greedy tokens, logits cosine "
+                  f"{acc['min_logits_cosine']:.5f}")
+    elif "min_cosine" in acc:
+        err.print(f"outputs   min cosine {acc['min_cosine']:.5f} vs the fp32 reference")
+    if "eval" in r:
+        err.print(f"eval      {r['eval']['passed']}/{r['eval']['cases']} of the shipped eval cases pass (build host: "
+                  f"{r['eval']['build_host_score']:.0%})")
     if "peak_bytes" in r:
         bound = " (upper bound: qemu's own memory included)" if emu else ""
         err.print(f"memory    peak {r['peak_bytes'] / MiB:.0f} MiB{bound} of {r['budget_bytes'] / MiB:.0f} MiB budget",

@@ -157,9 +157,13 @@ def write_smoke_cases(cases: list[dict[str, Any]], dest: Path) -> None:
                     encoding="utf-8")
 
 
+def percent(share: float) -> str:
+    return f"{share * 100:.4g}%"
+
+
 def failure(ctx_recipe: str, target: str, record: dict[str, Any]) -> str:
     return (f"recipe {ctx_recipe} loses the fine-tune on your eval cases: the packaged model passes "
             f"{record['packaged_passed']}/{record['cases']} ({record['packaged_score']:.1%}) where the fp32 reference "
             f"passes {record['reference_passed']}/{record['cases']} ({record['reference_score']:.1%}), more than "
-            f"{target}'s eval tolerance of {record['tolerance']:.0%} below it; try a more precise recipe "
+            f"{target}'s eval tolerance of {percent(record['tolerance'])} below it; try a more precise recipe "
             "(int8-dynamic, fp16 or fp32), or --fit auto.")

@@ -128,7 +128,7 @@ def check_eval(bundle: Path, runner: run.Runner, gate: dict[str, Any]) -> dict[s
     if result["score"] < gate["min_score"] - 1e-9:
         raise SmokeFailure(f"the eval cases drift: {result['passed']}/{result['cases']} pass here, where the packaged "
                            f"model passed {gate['packaged_score']:.0%} of them on the build host (tolerance "
-                           f"{gate['tolerance']:.0%})")
+                           f"{gate['tolerance'] * 100:.4g}%)")
     return report
 
 

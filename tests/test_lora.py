@@ -211,7 +211,9 @@ COARSE = {"block_size = 32": "block_size = 256", "symmetric = true": "symmetric 
 
 
 @pytest.mark.integration
-def test_fit_auto_prefers_the_recipe_that_keeps_the_fine_tune(cache: Path, eight_cases: Path, tmp_path: Path) -> None:
+def test_fit_auto_prefers_the_recipe_that_keeps_the_fine_tune(cache: Path, eight_cases: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PACKAGER_LORA_MERGE", "arithmetic")   # the merge without peft (the encoder test: peft's)
     # Smallest first: the coarse int4 fits but fails the eval gate, so --fit auto moves on to int8-dynamic.
     smallest_first = profile(tmp_path, "smallest-first", **COARSE, **{
         'decoder_fit_recipes = ["fp32", "int8-dynamic", "int4"]': 'decoder_fit_recipes = ["int4", "int8-dynamic"]'})
@@ -227,7 +229,7 @@ def test_fit_auto_prefers_the_recipe_that_keeps_the_fine_tune(cache: Path, eight
     manifest = json.loads((bundle / "manifest.json").read_text())
     adapter = manifest["source"]["adapter"]
     assert adapter["name"] == "tiny-llama-lora" and len(adapter["sha256"]) == 64
-    assert adapter["merge"]["method"] == lora.default_method() and adapter["merge"]["modules_merged"] == 28
+    assert adapter["merge"]["method"] == "arithmetic" and adapter["merge"]["modules_merged"] == 28
     assert adapter["merge"]["rank"] == 8 and adapter["merge"]["alpha"] == 16
     assert manifest["accuracy"]["eval"] == ev and manifest["smoke"]["eval"]["cases"] == 8
     assert (bundle / "samples" / "eval.jsonl").read_text().splitlines() == \
@@ -235,12 +237,9 @@ def test_fit_auto_prefers_the_recipe_that_keeps_the_fine_tune(cache: Path, eight
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads((Path(__file__).parent.parent / "schemas" / "manifest.schema.json").read_text())
     assert list(jsonschema.Draft202012Validator(schema).iter_errors(manifest)) == []
-    proc = subprocess.run([sys.executable, str(bundle / "run.py"), "--prompt", "The capital of Zorbia is",
-                           "--max-new-tokens", "8"], capture_output=True, text=True, timeout=120)
-    assert proc.stdout.strip() == "The capital of Zorbia is Velk.", proc.stderr   # the base knows no Zorbia
     smoke = subprocess.run([sys.executable, str(bundle / "smoke_test.py")], capture_output=True, text=True, timeout=120)
     assert smoke.returncode == 0 and smoke.stdout.splitlines()[-1] == "PASS", smoke.stdout
-    assert "eval: 8/8 of the shipped eval cases pass" in smoke.stdout
+    assert "eval: 8/8 of the shipped eval cases pass" in smoke.stdout   # "The capital of Zorbia is" -> "Velk." ...
 
 
 @pytest.mark.integration
@@ -251,3 +250,64 @@ def test_eval_gate_refuses_a_recipe_that_loses_the_fine_tune(cache: Path, eight_
     assert e.value.code == ExitCode.ACCURACY
     assert "loses the fine-tune on your eval cases" in e.value.message and "fp32 reference passes 8/8" in e.value.message
     assert "\n" not in e.value.message and not (tmp_path / "dist").exists()
+
+
+@pytest.mark.integration
+def test_encoder_adapter_and_similarity_cases(tiny_bert: Path, tmp_path: Path) -> None:
+    """A LoRA adapter on a BERT encoder's attention, and anchor/positive/negative cases: verify and the
+    device's smoke test score them with the same code (run.py's evaluate)."""
+    g = torch.Generator().manual_seed(0)
+    q = "base_model.model.encoder.layer.0.attention.self.query"
+    folder = write_adapter(tmp_path / "bert-lora", {f"{q}.lora_A.weight": torch.randn(4, 32, generator=g),
+                                                    f"{q}.lora_B.weight": torch.randn(32, 4, generator=g)},
+                           task_type="FEATURE_EXTRACTION", target_modules=["query"])
+    cases = tmp_path / "pairs.jsonl"
+    cases.write_text("\n".join(json.dumps(c) for c in [
+        {"anchor": "A cat sits on the mat.", "positive": "A kitten rests on a rug.", "negative": "Stock prices fell."},
+        {"anchor": "The train leaves at noon.", "positive": "Departure is at twelve.",
+         "negatives": ["I like green tea.", "The bridge is long."]},
+        {"anchor": "How do I reset my password?", "positive": "Steps to change your login password"},
+        {"anchor": "Where is the station?", "positive": "Directions to the railway station"}]) + "\n")
+    result = packager.package(tiny_bert, "rpi5", adapter=folder, eval_file=cases, recipe="fp32", out=tmp_path / "dist",
+                              cache=False)
+    ev = result.accuracy["eval"]
+    assert ev["kind"] == "encoder" and ev["cases"] == 4 and ev["passed"]
+    assert ev["packaged_score"] == ev["reference_score"] and ev["disagreements"] == 0   # fp32: the same model
+    assert result.bundle == f"{tiny_bert.name}-bert-lora-rpi5"
+    bundle = unpack(result.archive, tmp_path / "x")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["source"]["adapter"]["merge"]["target_modules"] == ["query"]
+    assert manifest["source"]["adapter"]["merge"]["method"] == lora.default_method()
+    smoke = subprocess.run([sys.executable, str(bundle / "smoke_test.py")], capture_output=True, text=True, timeout=120)
+    assert smoke.returncode == 0 and smoke.stdout.splitlines()[-1] == "PASS", smoke.stdout
+    assert "of the shipped eval cases pass" in smoke.stdout
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_export_folds_a_transposed_tied_weight(tmp_path: Path, external: bool) -> None:
+    """optimum writes an fp32 checkpoint's tied lm_head as Transpose(embedding table): the export gives the
+    MatMul the transposed table as a constant (what the quantizers need), external data or not."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from packager.stages.export import fold_transposed_weights
+
+    table = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["h"]),
+             helper.make_node("Transpose", ["table"], ["table_t"]),   # no name: names need not be unique or set
+             helper.make_node("MatMul", ["h", "table_t"], ["logits"])]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, None])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, None, 64])],
+                              [numpy_helper.from_array(table, "table")])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path,
+              save_as_external_data=external, location="model.onnx_data", size_threshold=0)
+    ids = {"ids": np.array([[1, 5, 7]], dtype=np.int64)}
+    before = ort.InferenceSession(str(path)).run(None, ids)[0]
+    fold_transposed_weights(path)
+    folded = onnx.load(path)
+    assert [n.op_type for n in folded.graph.node] == ["Gather", "MatMul"]
+    assert {i.name for i in folded.graph.initializer} == {"table", "table_t"}
+    assert (tmp_path / "model.onnx_data").is_file() == external
+    np.testing.assert_array_equal(ort.InferenceSession(str(path)).run(None, ids)[0], before)

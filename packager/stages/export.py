@@ -110,14 +110,14 @@ def fold_transposed_weights(path: Path) -> None:
     if not folds:
         return
     locations = sorted({e.value for i in graph.initializer for e in i.external_data if e.key == "location"})
+    folded = {n.output[0]: n.input[0] for n in folds}   # output names are unique (SSA); node names need not be
     model = onnx.load(path)   # with its external data: everything in memory, rewritten below
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
-    names = {n.name for n in folds}
-    for node in folds:
-        table = onnx.numpy_helper.to_array(initializers[node.input[0]])
-        graph.initializer.append(onnx.numpy_helper.from_array(table.T.copy(), node.output[0]))
-    kept = [n for n in graph.node if n.name not in names]
+    for output, weight in folded.items():
+        table = onnx.numpy_helper.to_array(initializers[weight])
+        graph.initializer.append(onnx.numpy_helper.from_array(table.T.copy(), output))
+    kept = [n for n in graph.node if not (n.op_type == "Transpose" and n.output[0] in folded)]
     del graph.node[:]
     graph.node.extend(kept)
     for location in locations:
