@@ -134,14 +134,18 @@ def package(model: PathLike, target: str | None = None, *, out: PathLike | None 
             smoke: str | None = None, sign: PathLike | None = None, name: str | None = None,
             allow_pickle: bool = False, shapes: Mapping[str, Sequence[int]] | None = None,
             values: Mapping[str, float] | None = None, cache: bool | PathLike | StageCache = True,
-            progress: bool | Reporter = False, verbose: bool = False) -> PackageResult:
+            progress: bool | Reporter = False, verbose: bool = False, adapter: PathLike | None = None,
+            eval_file: PathLike | None = None) -> PackageResult:
     """Export, quantize, verify, fit and bundle MODEL for TARGET into OUT/<name>-<target>.tar.gz.
 
     `calibration` (int8-static) is a file of text lines or an .npz of inputs; `fit="auto"` tries the
     profile's recipes until one fits; `smoke="host"` or `"emulate"` then
     runs the bundle's smoke test; `sign` is an Ed25519 private key. `cache`: True (the default)
     uses $PACKAGER_CACHE_DIR/stages (~/.cache/packager/stages) unless PACKAGER_NO_CACHE is set,
-    False none, a path that folder. `progress` prints the stages on stderr."""
+    False none, a path that folder. `progress` prints the stages on stderr. `adapter` (the CLI's
+    --adapter) is a PEFT LoRA adapter folder, or sample:NAME, merged into MODEL's weights first;
+    `eval_file` (--eval) a JSONL file of cases that verify gates on (sample:NAME: a built-in
+    adapter's)."""
     from packager.archive import source_date_epoch
     from packager.config import resolve_package_settings
     from packager.pipeline import package as run_pipeline
@@ -161,9 +165,15 @@ def package(model: PathLike, target: str | None = None, *, out: PathLike | None 
         for line in settings.describe():
             reporter.print(line)
     sign_key = Path(sign) if sign is not None else None
+    eval_path = None
+    if eval_file is not None:
+        from packager.samples import resolve_eval
+
+        eval_path = resolve_eval(str(eval_file))
     ctx = run_pipeline(str(model), settings, name=name, input_spec=spec, reporter=reporter, fit_auto=fit == "auto",
                        allow_pickle=allow_pickle, sign_key=sign_key, context=context,
-                       calibration=None if calibration is None else Path(calibration), stage_cache=_cache(cache))
+                       calibration=None if calibration is None else Path(calibration), stage_cache=_cache(cache),
+                       adapter=None if adapter is None else str(adapter), eval_file=eval_path)
     smoked = None
     if smoke is not None:
         from packager.smoke import run_smoke

@@ -129,7 +129,9 @@ def package(
     fit: str | None = typer.Option(None, "--fit", help="auto: try the profile's recipes, most precise first, until one fits."),
     smoke: str | None = typer.Option(None, "--smoke", help="Then run the bundle's smoke test: host (this machine) or emulate (qemu, arm64 targets)."),
     sign: Path | None = typer.Option(None, "--sign", help="Sign the bundle's manifest with this Ed25519 private key (from `packager keygen`)."),
-    name: str | None = typer.Option(None, "--name", help="Bundle name (default: from the model)."),
+    name: str | None = typer.Option(None, "--name", help="Bundle name (default: from the model; with --adapter, <base>-<adapter folder>)."),
+    adapter: str | None = typer.Option(None, "--adapter", help="A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors), or sample:tiny-llama-lora, merged into MODEL's weights before export."),
+    eval_file: str | None = typer.Option(None, "--eval", help="A JSONL file of your own cases (decoders: prompt/expected/match; encoders: anchor/positive/negative): verify fails (exit 4) when the packaged model scores more than the profile's eval_tolerance below fp32."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickled weights (.bin), loaded with torch's weights-only loader."),
     shape: list[str] = typer.Option([], "--shape", help="Sample input shape for a tensor model: NAME=D1,D2 (repeatable)."),
     value: list[str] = typer.Option([], "--value", help="Fill a sample input with a value: NAME=V, e.g. sr=16000 (repeatable)."),
@@ -151,7 +153,7 @@ def package(
     options: dict[str, Any] = {
         "out": out, "recipe": recipe, "budget": budget, "context": context, "calibration": calibration, "fit": fit,
         "smoke": smoke, "sign": sign, "name": name, "allow_pickle": allow_pickle, "progress": reporter,
-        "verbose": verbose}
+        "verbose": verbose, "adapter": adapter, "eval_file": eval_file}
 
     def prepare() -> list[str] | None:
         options["shapes"] = _parse_pairs(shape, "--shape", _dims)
@@ -308,6 +310,11 @@ def _print_package(r: Any) -> None:
                   f"{acc['threshold']['token_agreement']:.0%}, {acc['threshold']['logits_cosine']})")
     else:
         err.print(f"accuracy  min cosine {acc['min_cosine']:.5f} vs fp32 (threshold {acc['threshold']})")
+    if "eval" in acc:
+        ev = acc["eval"]
+        err.print(f"eval      {ev['packaged_passed']}/{ev['cases']} of {escape(ev['file'])} pass ({ev['packaged_score']:.1%}; "
+                  f"fp32 {ev['reference_passed']}/{ev['cases']}, tolerance {ev['tolerance'] * 100:.4g}%), "
+                  f"{ev['disagreements']} case(s) disagree")
     est = mem["estimate"]
     err.print(f"memory    peak {mem['measured_peak_bytes'] / MiB:.0f} MiB (load {mem['load_peak_bytes'] / MiB:.0f}, "
               f"run {mem['run_peak_bytes'] / MiB:.0f}; estimate {est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) "
@@ -460,8 +467,15 @@ def _print_smoke(result: Any) -> None:
         err.print(f"note: {p} is not available on this host; ran on {', '.join(r['providers'])} (not exercised: {p})")
     if "files_checked" in r:
         err.print(f"checksums {r['files_checked']} files OK")
-    if "accuracy" in r:
-        err.print(f"outputs   min cosine {r['accuracy']['min_cosine']:.5f} vs the fp32 reference")
+    acc = r.get("accuracy", {})
+    if "token_agreement" in acc:   # decoders
+        err.print(f"outputs   {acc['token_agreement']:.1%} of the fp32 reference's greedy tokens, logits cosine "
+                  f"{acc['min_logits_cosine']:.5f}")
+    elif "min_cosine" in acc:
+        err.print(f"outputs   min cosine {acc['min_cosine']:.5f} vs the fp32 reference")
+    if "eval" in r:
+        err.print(f"eval      {r['eval']['passed']}/{r['eval']['cases']} of the shipped eval cases pass (build host: "
+                  f"{r['eval']['build_host_score']:.0%})")
     if "peak_bytes" in r:
         bound = " (upper bound: qemu's own memory included)" if emu else ""
         err.print(f"memory    peak {r['peak_bytes'] / MiB:.0f} MiB{bound} of {r['budget_bytes'] / MiB:.0f} MiB budget",

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from packager.adapter import Adapter
 from packager.cache import StageCache
 from packager.profiles import Profile
 from packager.recipes import RecipeResult
@@ -37,6 +38,8 @@ class Source:
     task: str = ""                 # export task for Hugging Face folders
     architecture: str = ""
     pickled: bool = False          # weights only as pickles (--allow-pickle): loaded weights-only
+    adapter: Adapter | None = None  # --adapter: a LoRA adapter merged into the weights before export
+    merge_method: str = ""         # with an adapter: "peft" or "arithmetic" (packager/adapter.py)
 
 
 @dataclass
@@ -56,6 +59,10 @@ class Context:
     allow_pickle: bool = False     # --allow-pickle: accept pickled weights, loaded weights-only
     calibration: Path | None = None  # --calibration: inputs for the int8-static recipe
     stage_cache: StageCache | None = None   # where cached stages' outputs live (None: no cache)
+    adapter: str | None = None     # --adapter: a PEFT LoRA adapter folder (or sample:NAME) to merge first
+    eval_file: Path | None = None  # --eval: the user's cases (JSONL), a gate in verify
+    eval_cases: list[dict[str, Any]] = field(default_factory=list)   # eval_file's cases, read and checked
+    eval_reference: dict[str, Any] | None = None   # the fp32 reference's eval results (once per run)
     cache: dict[str, str] = field(default_factory=dict)  # stage -> "hit", "miss", "corrupt" (rebuilt) or "off"
     cache_notes: list[str] = field(default_factory=list)  # what the cache could not do, for the human watching
 

@@ -66,10 +66,13 @@ def runtime_spec(ctx: Context) -> dict[str, Any]:
 def smoke_spec(ctx: Context) -> dict[str, Any]:
     """The thresholds the device's smoke test holds the bundle to."""
     limits = ctx.profile.accuracy
+    # --eval: the first cases of the user's eval file ship in the bundle, with the score the packaged model
+    # got on them on the build host; the device must score within the tolerance of it.
+    gate = {"eval": ctx.accuracy["eval"]["smoke"]} if "eval" in ctx.accuracy else {}
     if ctx.io["kind"] == "decoder":
         return {"min_token_agreement": limits.min_token_agreement, "min_logits_cosine": limits.min_logits_cosine,
-                "expected": "fp32 reference greedy generations"}
-    return {"min_cosine": limits.min_cosine, "expected": "fp32 reference outputs"}
+                "expected": "fp32 reference greedy generations", **gate}
+    return {"min_cosine": limits.min_cosine, "expected": "fp32 reference outputs", **gate}
 
 
 def build(ctx: Context) -> dict[str, Any]:
@@ -85,6 +88,8 @@ def build(ctx: Context) -> dict[str, Any]:
             "files": len(ctx.source.files),
             "task": ctx.source.task,
             "architecture": ctx.source.architecture,
+            # --adapter: the LoRA adapter merged into the base (sha256 above) before export, and how
+            **({"adapter": ctx.source.adapter.record(ctx.source.merge_method)} if ctx.source.adapter else {}),
         },
         "profile": {k: v for k, v in ctx.profile.to_dict().items() if k != "source"},
         "recipe": dataclasses.asdict(ctx.recipe) | ({"fit": ctx.fit} if ctx.fit else {}),

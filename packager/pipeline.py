@@ -81,20 +81,29 @@ def _run(model: str, settings: PackageSettings, stages: tuple[str, ...], reporte
 def package(model: str, settings: PackageSettings, *, name: str | None = None, input_spec: InputSpec | None = None,
             reporter: Reporter | None = None, fit_auto: bool = False, allow_pickle: bool = False,
             sign_key: Path | None = None, context: int | None = None, calibration: Path | None = None,
-            stage_cache: StageCache | None = None) -> Context:
+            stage_cache: StageCache | None = None, adapter: str | None = None,
+            eval_file: Path | None = None) -> Context:
     """Package MODEL for the settings' target into <out>/<name>-<target>.tar.gz; raises PackagerError.
 
     With `fit_auto`, the recipe is the first of the profile's `fit_recipes` (most precise first)
     that fits the budget and passes verify; the export runs once for all of them. With `sign_key`
     (an Ed25519 private key), the bundle's manifest is signed (packager/signing.py). With
-    `stage_cache`, the export comes from (and goes to) that cache (packager/cache.py)."""
+    `stage_cache`, the export comes from (and goes to) that cache (packager/cache.py). With `adapter`
+    (a PEFT LoRA folder, packager/adapter.py), it is merged into the weights before export; with
+    `eval_file` (JSONL cases, packager/evaluation.py), verify gates on the user's own cases."""
     if sign_key is not None:
         from packager.signing import load_private_key
 
         load_private_key(sign_key)  # a bad key fails before minutes of work, not after
+    eval_cases: list[dict[str, Any]] = []
+    if eval_file is not None:
+        from packager.evaluation import read_cases
+
+        _, eval_cases = read_cases(eval_file)  # a malformed file fails before the export, not after
     options: dict[str, Any] = {"name": name, "input_spec": input_spec or InputSpec(), "allow_pickle": allow_pickle,
                                "sign_key": sign_key, "context": context, "calibration": calibration,
-                               "stage_cache": stage_cache}
+                               "stage_cache": stage_cache, "adapter": adapter, "eval_file": eval_file,
+                               "eval_cases": eval_cases}
     if not fit_auto:
         return _run(model, settings, tuple(s for s, _ in STAGES), reporter, **options)
     reporter = reporter or Reporter(quiet=True)

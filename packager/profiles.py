@@ -88,6 +88,9 @@ class Accuracy:
     # (teacher-forced over the reference's continuation), and the cosine of the logits there.
     min_token_agreement: float = 0.9
     min_logits_cosine: float = 0.95
+    # --eval: how far the packaged model's score on the user's cases (share passed) may fall below
+    # the fp32 reference's (0: not one case less).
+    eval_tolerance: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,8 @@ def _check_values(p: Profile, where: str) -> None:
     for key in ("min_cosine", "min_token_agreement", "min_logits_cosine"):
         if not 0.0 < getattr(p.accuracy, key) <= 1.0:
             raise _invalid(where, f"accuracy.{key}", "must be in (0, 1]")
+    if not 0.0 <= p.accuracy.eval_tolerance < 1.0:
+        raise _invalid(where, "accuracy.eval_tolerance", f"must be in [0, 1), got {p.accuracy.eval_tolerance}")
     if p.int4.block_size < 16 or p.int4.block_size & (p.int4.block_size - 1):
         raise _invalid(where, "int4.block_size", f"must be a power of two of at least 16, got {p.int4.block_size}")
     if p.int4.accuracy_level not in range(5):

@@ -279,6 +279,14 @@ def accuracy_text(v: View) -> str:
     a = v.accuracy
     if not a:
         return "not measured"
+    ev = _dict(a.get("eval"))
+    if ev:   # --eval: the user's own cases, packaged against fp32
+        return f"{_accuracy_text(a)}; eval {ev.get('packaged_passed', '?')}/{ev.get('cases', '?')} (fp32 " \
+               f"{ev.get('reference_passed', '?')}/{ev.get('cases', '?')})"
+    return _accuracy_text(a)
+
+
+def _accuracy_text(a: dict[str, Any]) -> str:
     threshold = a.get("threshold")
     if a.get("metric") == "token agreement":
         t = _dict(threshold)

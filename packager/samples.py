@@ -56,3 +56,35 @@ def resolve_sample(name: str) -> tuple[Path, Sample]:
             ExitCode.MISSING_DEPENDENCY,
         )
     return Path(next(iter(spec.submodule_search_locations))) / sample.relpath, sample
+
+
+# Built-in LoRA adapters (`--adapter sample:NAME`): a folder in PEFT's format, with the eval file
+# (`--eval sample:NAME`) that shows what it learnt.
+ADAPTERS: dict[str, Sample] = {
+    "tiny-llama-lora": Sample(
+        "packager", "data/tiny-llama-lora", "packager[hf]",
+        "a rank-8 LoRA adapter for sample:tiny-llama that learnt the capitals of invented countries "
+        "(scripts/train_tiny_llama_lora.py)",
+    ),
+}
+EVAL_FILE = "eval.jsonl"
+
+
+def resolve_adapter_sample(name: str) -> Path:
+    if name not in ADAPTERS:
+        raise PackagerError(
+            f"unknown adapter sample {name!r}{did_you_mean(name, list(ADAPTERS))}; built-in adapters: "
+            f"{', '.join('sample:' + s for s in ADAPTERS)}.",
+            ExitCode.BAD_INPUT,
+        )
+    sample = ADAPTERS[name]
+    spec = importlib.util.find_spec(sample.module)
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations))) / sample.relpath
+
+
+def resolve_eval(spec: str) -> Path:
+    """--eval FILE, or sample:NAME for a built-in adapter's eval file."""
+    if spec.startswith("sample:"):
+        return resolve_adapter_sample(spec.removeprefix("sample:")) / EVAL_FILE
+    return Path(spec).expanduser()

@@ -14,7 +14,9 @@
    (the device's own kernels may round differently from the build host's: what must hold is the
    distance to the true model); decoders generate with the KV cache from the sample prompts and
    must follow the reference's greedy tokens (teacher-forced agreement, first-token logits);
-4. peak resident memory of load and run against the target's budget.
+4. bundles built with `--eval`: the first of the user's own cases (samples/eval.jsonl) must score
+   within the profile's tolerance of what the packaged model scored on the build host;
+5. peak resident memory of load and run against the target's budget.
 
 The last line is the verdict: `PASS`, or `FAIL: <reason>`. Exit code 0 only on pass.
 Depends on onnxruntime, numpy and the standard library (and tokenizers for text models).
@@ -118,6 +120,19 @@ def check_outputs(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) ->
     return result
 
 
+def check_eval(bundle: Path, runner: run.Runner, gate: dict[str, Any]) -> dict[str, Any]:
+    """The user's eval cases shipped in the bundle, scored here against the build host's score."""
+    cases = run.read_eval(bundle / gate["file"])
+    result = run.evaluate(runner.session, runner.io, runner.tokenizer, cases)
+    report = {"score": result["score"], "passed": result["passed"], "cases": result["cases"],
+              "build_host_score": gate["packaged_score"], "min_score": gate["min_score"]}
+    if result["score"] < gate["min_score"] - 1e-9:
+        raise SmokeFailure(f"the eval cases drift: {result['passed']}/{result['cases']} pass here, where the packaged "
+                           f"model passed {gate['packaged_score']:.0%} of them on the build host (tolerance "
+                           f"{gate['tolerance'] * 100:.4g}%)")
+    return report
+
+
 def smoke(bundle: Path, public_key: Path | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {"bundle": str(bundle)}
     try:
@@ -137,6 +152,8 @@ def smoke(bundle: Path, public_key: Path | None = None) -> dict[str, Any]:
         report["gpu_path_exercised"] = any(p in runner.providers for p in gpu)
     report["load_peak_bytes"] = run.peak_bytes()
     report["accuracy"] = check_outputs(bundle, runner, manifest)
+    if manifest["smoke"].get("eval"):
+        report["eval"] = check_eval(bundle, runner, manifest["smoke"]["eval"])
     report["peak_bytes"] = run.peak_bytes()
 
     budget = manifest["memory"]["budget_bytes"]
@@ -193,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                   "continuations identical")
         elif accuracy:
             print(f"outputs: min cosine {accuracy['min_cosine']:.5f} vs the fp32 reference")
+        if "eval" in report:
+            ev = report["eval"]
+            print(f"eval: {ev['passed']}/{ev['cases']} of the shipped eval cases pass (build host: "
+                  f"{ev['build_host_score']:.0%})")
         if "peak_bytes" in report:
             print(f"peak memory: {report['peak_bytes'] / 2**20:.1f} MiB of {report['budget_bytes'] / 2**20:.0f} MiB budget")
     print(verdict)

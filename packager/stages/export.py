@@ -62,6 +62,8 @@ def _export_hf(ctx: Context, out: Path) -> None:
         ) from None
     opset = export_opset(ctx)
     folder = _weights_only_copy(ctx.source.path, ctx.work_dir / "unpickled") if ctx.source.pickled else ctx.source.path
+    if ctx.source.adapter is not None:
+        folder = _merged(ctx, folder)
     with _quiet():
         try:
             main_export(str(folder), str(out), task=ctx.source.task, opset=opset,
@@ -72,12 +74,79 @@ def _export_hf(ctx: Context, out: Path) -> None:
                 "check that the folder loads with transformers, or export it to .onnx yourself.",
                 ExitCode.TOOL_FAILED,
             ) from e
+        finally:
+            if ctx.source.adapter is not None:
+                shutil.rmtree(folder, ignore_errors=True)   # the merged weights: the export has them now
+    fold_transposed_weights(out / "model.onnx")
     if not (out / "tokenizer.json").is_file() and (out / "vocab.txt").is_file():
         # Slow-tokenizer folders: the device needs the fast tokenizer's single JSON file.
         from transformers import AutoTokenizer
 
         with _quiet():
             AutoTokenizer.from_pretrained(str(out), use_fast=True).backend_tokenizer.save(str(out / "tokenizer.json"))
+
+
+def fold_transposed_weights(path: Path) -> None:
+    """Give a MatMul fed by Transpose(weight) the transposed weight itself, as a constant.
+
+    optimum writes a tied embedding / lm_head once when the two copies it exported are equal, and feeds
+    the lm_head's MatMul a Transpose of the embedding table: it does so for checkpoints stored in fp32
+    (a merged LoRA adapter's, a tiny test model's), not for the fp16-stored sample:tiny-llama. The
+    quantizers only quantize a MatMul whose weight is a constant, and the int4 recipe keeps a tied pair
+    as one 4-bit weight only when it sees both copies: folded, the graph is the one every recipe
+    expects. The runtime folds that Transpose at load anyway (constant folding), so the memory at run
+    time is the same; the fp32 file holds the copy it would have held without the deduplication."""
+    model = onnx.load(path, load_external_data=False)
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    folds = [n for n in graph.node if n.op_type == "Transpose" and n.input[0] in initializers
+             and len(initializers[n.input[0]].dims) == 2 and n.output[0] not in {o.name for o in graph.output}
+             and all(c.op_type == "MatMul" for c in consumers.get(n.output[0], []))
+             and all(list(a.ints) in ([], [1, 0]) for a in n.attribute if a.name == "perm")]
+    if not folds:
+        return
+    locations = sorted({e.value for i in graph.initializer for e in i.external_data if e.key == "location"})
+    folded = {n.output[0]: n.input[0] for n in folds}   # output names are unique (SSA); node names need not be
+    model = onnx.load(path)   # with its external data: everything in memory, rewritten below
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    for output, weight in folded.items():
+        table = onnx.numpy_helper.to_array(initializers[weight])
+        graph.initializer.append(onnx.numpy_helper.from_array(table.T.copy(), output))
+    kept = [n for n in graph.node if not (n.op_type == "Transpose" and n.output[0] in folded)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    for location in locations:
+        (path.parent / location).unlink(missing_ok=True)
+    if locations:
+        onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=locations[0])
+    else:
+        onnx.save(model, path)
+
+
+def _merged(ctx: Context, folder: Path) -> Path:
+    """The base folder with the LoRA adapter merged into its weights, in the run's work dir (removed
+    with it): what the exporter reads."""
+    from packager.adapter import merge
+
+    assert ctx.source is not None and ctx.source.adapter is not None
+    dest = ctx.work_dir / "merged"
+    with _quiet():
+        try:
+            merge(folder, ctx.source.adapter, dest, ctx.source.merge_method)
+        except PackagerError:
+            raise
+        except Exception as e:
+            raise PackagerError(
+                f"merging the adapter {ctx.source.adapter.path} into {ctx.source.path} failed ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:300] if str(e) else ''}); check that the adapter was trained on this base.",
+                ExitCode.TOOL_FAILED,
+            ) from e
+    return dest
 
 
 def _weights_only_copy(folder: Path, dest: Path) -> Path:
@@ -234,11 +303,21 @@ def cache_inputs(ctx: Context) -> dict[str, Any]:
         "stage": "export",
         "source": {"kind": ctx.source.kind, "sha256": ctx.source.sha256, "task": ctx.source.task,
                    "pickled": ctx.source.pickled},
+        # A merged adapter changes the weights: its own hash, the merge and the merge's code are part of the key.
+        **({"adapter": {"sha256": ctx.source.adapter.sha256, "merge": ctx.source.merge_method,
+                        "merge_code": hashlib.sha256(Path(lora_code()).read_bytes()).hexdigest()}}
+           if ctx.source.adapter is not None else {}),
         "opset": export_opset(ctx),
         "tools": versions,
         "packager": {"version": __version__, "export_code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()},
         "python": ".".join(platform.python_version_tuple()[:2]),
     }
+
+
+def lora_code() -> str:
+    from packager import adapter
+
+    return str(adapter.__file__)
 
 
 def _export_hf_cached(ctx: Context, out: Path) -> None:

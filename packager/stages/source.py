@@ -9,9 +9,10 @@ from pathlib import Path
 
 import onnx
 
+from packager import adapter as lora
 from packager.context import Context, Source
 from packager.errors import ExitCode, PackagerError
-from packager.samples import resolve_sample
+from packager.samples import resolve_adapter_sample, resolve_sample
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
 # Architectures by suffix -> optimum export task. Decoders export with their KV cache as inputs
@@ -185,13 +186,39 @@ def _renamed(source: Source, name: str) -> Source:
 
 
 
+def with_adapter(source: Source, spec: str, name: str | None, allow_pickle: bool) -> Source:
+    """The base model with a LoRA adapter to merge before export: read, checked against the base's
+    weight names and shapes (headers only), and named <base>-<adapter> unless --name says otherwise."""
+    if source.kind != "huggingface":
+        raise _bad(f"--adapter merges a LoRA adapter into a Hugging Face folder's weights, and {source.path} is an "
+                   "ONNX model; pass the base model's Hugging Face folder.")
+    path = resolve_adapter_sample(spec.removeprefix("sample:")) if spec.startswith("sample:") else Path(spec).expanduser()
+    adapter = lora.read(path, allow_pickle)
+    config = json.loads((source.path / "config.json").read_text(encoding="utf-8"))
+    base = None
+    if source.pickled:
+        base = {}
+        for f in sorted(source.path.iterdir()):
+            if f.suffix in PICKLE_SUFFIXES:
+                base.update({k: tuple(v.shape) for k, v in lora._load_pickled(f).items()})
+    adapter = lora.check(adapter, source.path, config, base)
+    if name:
+        bundle = source.name
+    else:
+        own = _bundle_name(adapter.name)
+        bundle = own if own.startswith(source.name) else f"{source.name}-{own}"
+    return replace(source, name=bundle, adapter=adapter, merge_method=lora.default_method())
+
+
 def run(ctx: Context) -> None:
     if not ctx.model_spec.startswith("sample:"):
         ctx.source = resolve(ctx.model_spec, ctx.name, ctx.allow_pickle)
-        return
-    sample_name = ctx.model_spec.removeprefix("sample:")
-    path, sample = resolve_sample(sample_name)
-    ctx.source = resolve(str(path), ctx.name or sample_name)
-    if not (ctx.input_spec.shapes or ctx.input_spec.values):
-        # Built-in tensor samples carry the shapes and values their signature leaves open.
-        ctx.input_spec = replace(ctx.input_spec, shapes=dict(sample.shapes), values=dict(sample.values))
+    else:
+        sample_name = ctx.model_spec.removeprefix("sample:")
+        path, sample = resolve_sample(sample_name)
+        ctx.source = resolve(str(path), ctx.name or sample_name)
+        if not (ctx.input_spec.shapes or ctx.input_spec.values):
+            # Built-in tensor samples carry the shapes and values their signature leaves open.
+            ctx.input_spec = replace(ctx.input_spec, shapes=dict(sample.shapes), values=dict(sample.values))
+    if ctx.adapter:
+        ctx.source = with_adapter(ctx.source, ctx.adapter, ctx.name, ctx.allow_pickle)

@@ -64,13 +64,68 @@ def _verify_decoder(ctx: Context, reference: Any, packaged: Any) -> None:
         **result,
     }
     if result["token_agreement"] < limits.min_token_agreement or result["min_logits_cosine"] < limits.min_logits_cosine:
-        raise PackagerError(
+        error = PackagerError(
             f"recipe {ctx.recipe_name} changes the answers too much: the packaged model predicts "
             f"{result['token_agreement']:.1%} of the fp32 reference's greedy tokens (threshold "
             f"{limits.min_token_agreement:.0%}), logits cosine {result['min_logits_cosine']:.4f} (threshold "
             f"{limits.min_logits_cosine}) on {ctx.profile.name}; try a more precise recipe (int8-dynamic, fp16 or fp32).",
             ExitCode.ACCURACY,
         )
+        if ctx.eval_cases:   # the user's own cases are measured all the same: their figures say more
+            _verify_eval(ctx, reference, packaged, also=error)
+        raise error
+
+
+def _slice(result: dict[str, Any], count: int) -> dict[str, Any]:
+    results = result["results"][:count]
+    passed = sum(r["passed"] for r in results)
+    return {"score": passed / len(results), "passed": passed, "cases": len(results), "results": results}
+
+
+def _verify_eval(ctx: Context, reference: Any, packaged: Any, also: PackagerError | None = None) -> None:
+    """--eval: the user's cases on the fp32 reference and on the packaged model; the packaged model may
+    score at most the profile's eval_tolerance below the reference. `also`: the error verify raises
+    anyway, to which the eval's figures are added."""
+    from packager import evaluation
+
+    assert ctx.eval_file is not None
+    kind = "decoder" if "prompt" in ctx.eval_cases[0] else "encoder"
+    wanted = "decoder" if kind == "decoder" else "text"
+    if ctx.io["kind"] != wanted:
+        what = {"decoder": "a decoder LLM", "text": "a text encoder"}.get(ctx.io["kind"], "a tensor model")
+        fix = {"decoder": "prompt/expected cases", "text": "anchor/positive cases"}.get(
+            ctx.io["kind"], "no --eval (a tensor model has no text to judge)")
+        raise PackagerError(f"--eval {ctx.eval_file} holds {kind} cases, but the model is {what}; give {fix}.",
+                            ExitCode.BAD_INPUT)
+    rt = runner()
+    tokenizer = rt.load_tokenizer(ctx.stage_dir, ctx.io)
+    cases = ctx.eval_cases
+    smoke_cases = cases[:evaluation.SMOKE_CASES]
+    try:
+        if ctx.eval_reference is None:   # the reference is the same for every recipe --fit auto tries
+            full = rt.evaluate(reference, ctx.io, tokenizer, cases)
+            sub = _slice(full, len(smoke_cases)) if kind == "decoder" else \
+                rt.evaluate(reference, ctx.io, tokenizer, smoke_cases)
+            ctx.eval_reference = {"full": full, "smoke": sub}
+        result = rt.evaluate(packaged.session, ctx.io, tokenizer, cases)
+        sub = _slice(result, len(smoke_cases)) if kind == "decoder" else \
+            rt.evaluate(packaged.session, ctx.io, tokenizer, smoke_cases)
+    except Exception as e:
+        reason = str(e).split("Status Message: ")[-1].splitlines()[0][:200] if str(e) else type(e).__name__
+        raise PackagerError(f"running the eval cases of {ctx.eval_file} failed ({reason}); check the cases.",
+                            ExitCode.TOOL_FAILED) from None
+    tolerance = ctx.profile.accuracy.eval_tolerance
+    record = evaluation.summarize(ctx.eval_file, cases, ctx.eval_reference["full"], result, tolerance,
+                                  (ctx.eval_reference["smoke"], sub))
+    ctx.accuracy["eval"] = record
+    evaluation.write_smoke_cases(smoke_cases, ctx.stage_dir / "samples" / "eval.jsonl")
+    if also is not None:
+        head, _, fix = also.message.partition("; try ")
+        also.message = f"{head}, and passes {record['packaged_passed']}/{record['cases']} of your eval cases (fp32: " \
+                       f"{record['reference_passed']}/{record['cases']}); try {fix}"
+        also.args = (also.message,)
+    elif not record["passed"]:
+        raise PackagerError(evaluation.failure(ctx.recipe_name, ctx.profile.name, record), ExitCode.ACCURACY)
 
 
 def run(ctx: Context) -> None:
@@ -82,6 +137,8 @@ def run(ctx: Context) -> None:
     if ctx.io["kind"] == "decoder":
         _verify_decoder(ctx, reference, packaged)
         runner().save_samples(ctx.stage_dir / "samples" / "expected.npz", ctx.expected_outputs)
+        if ctx.eval_cases:
+            _verify_eval(ctx, reference, packaged)
         return
     ctx.expected_outputs = _run_all(reference, ctx.sample_inputs, "fp32 reference model")
     packaged_outputs = _run_all(packaged.session, ctx.sample_inputs, "packaged model")
@@ -102,3 +159,5 @@ def run(ctx: Context) -> None:
             ExitCode.ACCURACY,
         )
     runner().save_samples(ctx.stage_dir / "samples" / "expected.npz", ctx.expected_outputs)
+    if ctx.eval_cases:
+        _verify_eval(ctx, reference, packaged)
