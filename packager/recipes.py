@@ -147,7 +147,6 @@ def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
 
     settings = options.int4
     model = onnx.load(src)
-    fold_weight_transposes(model)
     tied = find_tied_embedding(model) if settings.symmetric else None
     config = DefaultWeightOnlyQuantConfig(
         block_size=settings.block_size, is_symmetric=settings.symmetric,
@@ -169,37 +168,6 @@ def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     params = {"block_size": settings.block_size, "symmetric": settings.symmetric,
               "accuracy_level": settings.accuracy_level, "embedding": embedding}
     return RecipeResult("int4", params, count_ops(quantized, _QUANTIZED_OPS))
-
-
-def fold_weight_transposes(model: onnx.ModelProto) -> int:
-    """MatMul weights written as Transpose(initializer) become initializers: the int4 quantizer
-    takes only constant weights. (A tied lm_head exports as a Transpose of the embedding table at
-    opset 20.) The runtime folds these at load anyway. Returns how many were folded."""
-    from onnx import numpy_helper
-
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output}
-    folded = 0
-    for node in graph.node:
-        if node.op_type != "MatMul" or node.input[1] in inits:
-            continue
-        t = producers.get(node.input[1])
-        perm = next((list(a.ints) for a in t.attribute if a.name == "perm"), None) if t is not None else None
-        if t is None or t.op_type != "Transpose" or t.input[0] not in inits or perm not in (None, [1, 0]) \
-                or len(inits[t.input[0]].dims) != 2:
-            continue
-        name = f"{t.input[0]}_transposed_weight"
-        if name not in inits:
-            array = np.ascontiguousarray(numpy_helper.to_array(inits[t.input[0]]).T)
-            inits[name] = numpy_helper.from_array(array, name)
-            graph.initializer.append(inits[name])
-        node.input[1] = name
-        folded += 1
-    used = {i for n in graph.node for i in n.input}
-    for n in [n for n in graph.node if n.op_type == "Transpose" and not set(n.output) & used]:
-        graph.node.remove(n)
-    return folded
 
 
 def find_tied_embedding(model: onnx.ModelProto) -> tuple[str, str] | None:

@@ -89,7 +89,8 @@ def _export_hf(ctx: Context, out: Path) -> None:
 def fold_transposed_weights(path: Path) -> None:
     """Give a MatMul fed by Transpose(weight) the transposed weight itself, as a constant.
 
-    optimum writes a tied embedding / lm_head once when the two copies it exported are equal, and feeds
+    Applied to every reference model (exported, or an .onnx given). optimum writes a tied embedding /
+    lm_head once when the two copies it exported are equal (with `accelerate` installed), and feeds
     the lm_head's MatMul a Transpose of the embedding table: it does so for checkpoints stored in fp32
     (a merged LoRA adapter's, a tiny test model's), not for the fp16-stored sample:tiny-llama. The
     quantizers only quantize a MatMul whose weight is a constant, and the int4 recipe keeps a tied pair
@@ -358,6 +359,7 @@ def run(ctx: Context) -> None:
     else:
         out.mkdir()
         _copy_onnx(ctx, out)
+        fold_transposed_weights(out / "model.onnx")
         ctx.io = describe_io(ctx, out)
     ctx.reference_model = out / "model.onnx"
     ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] \
