@@ -29,7 +29,8 @@ def test_check_json_fits(tmp_path: Path) -> None:
 
 
 def test_check_over_budget_exits_3_with_the_breakdown(tmp_path: Path) -> None:
-    proc = run_cli("check", "sample:silero-vad", "--target", "rpi4", "--budget", "62MiB")
+    # Above the runtime's own cost (about 64 MiB for a tensor model), below Silero's peak (about 79 MiB).
+    proc = run_cli("check", "sample:silero-vad", "--target", "rpi4", "--budget", "70MiB")
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout.startswith("DOES NOT FIT") and "runtime_base" in proc.stderr
 
