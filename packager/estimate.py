@@ -9,7 +9,9 @@ Peak = max(load, run), each a sum of components:
     tokenizer        the tokenizer as the Rust `tokenizers` library holds it: per token and per
                      merge of tokenizer.json (calibration data)
     weights          initializers, inline and in external data (external data is memory-mapped,
-                     but resident once the model runs)
+                     but resident once the model runs), and the constants the runtime folds at
+                     load (folded_constants: a Transpose of a tied embedding table feeding the
+                     lm_head makes a second table)
     prepacked        what weights the CPU kernels pack (MatMul/Gemm/Conv/...) cost at load beyond
                      their own bytes, all told, by op (PREPACK_EXTRA, measured): an fp32 MatMul's
                      original is freed once packed, an int4 MatMulNBits' stays beside a larger copy
@@ -78,6 +80,10 @@ CALIBRATION = "calibration/runtime_base.toml"
 # sessions (MiniLM, 45 MiB embedding table; MatMul chains of 16, 64 and 256 MiB weights), 0.85 for
 # MiniLM under run.py --measure.
 LOAD_TRANSIENT_LOW, LOAD_TRANSIENT_HIGH = 0.5, 1.1
+# Folding a constant at load holds the evaluated tensor and its proto copy beside the result: the
+# transient phase takes 1-2x the folded bytes more (measured 1.7x: a tied 7.5 MiB embedding table's
+# Transpose for the lm_head, 2-layer Llama).
+FOLD_TRANSIENT_LOW, FOLD_TRANSIENT_HIGH = 1.0, 2.0
 # Allocator and session bookkeeping on top of the weights no kernel packs, measured at 5-8%.
 OVERHEAD_LOW, OVERHEAD_HIGH = 0.02, 0.10
 
@@ -353,7 +359,7 @@ def activation_peak(graph: onnx.GraphProto, constants: set[str], held: frozenset
         for name in node.output:
             if name and sizes.get(name) is None:
                 sizes[name] = fallback  # and so for the nodes downstream, which size from it
-            if name and name not in root:
+            if name and name not in root and name not in constants:  # folded at load: a weight
                 live[name] = sizes[name] or 0
         inner = 0
         for attr in node.attribute:
@@ -387,11 +393,39 @@ def kv_cache_bytes(model: onnx.ModelProto, context: int | None) -> int:
 
 # ---------------------------------------------------------------- the estimate
 
+# Ops ONNX Runtime's constant folding leaves alone even on constant inputs.
+NOT_FOLDED = {"QuantizeLinear", "DequantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike",
+              "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def folded_constants(graph: onnx.GraphProto, constants: set[str],
+                     sizes: dict[str, int | None]) -> tuple[dict[str, int], set[str]]:
+    """What the runtime's constant folding makes at load: the outputs of nodes whose every input is
+    a constant (a Transpose of a tied embedding table for the lm_head, say) that the rest of the
+    graph reads, by bytes; and the constants only folding read, which it frees."""
+    folded: set[str] = set()
+    for node in graph.node:
+        if node.op_type in NOT_FOLDED or node.op_type == "Constant" or not node.input \
+                or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue
+        if all(not i or i in constants or i in folded for i in node.input):
+            folded.update(o for o in node.output if o)
+    read_by_rest = {i for n in graph.node if not set(n.output) <= folded for i in n.input} \
+        | {o.name for o in graph.output}
+    made = {o: sizes.get(o) or 0 for o in folded if o in read_by_rest}
+    read_by_folding = {i for n in graph.node if n.output and set(n.output) <= folded for i in n.input}
+    return made, {c for c in read_by_folding & constants if c not in read_by_rest}
+
+
 def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[str, tuple[int, ...]],
              context: int | None = None, tokenizer: Path | None = None) -> Estimate:
     model = onnx.load(model_path, load_external_data=False)
     inline, external, sizes = weight_bytes(model)
-    weights = inline + external
+    concrete = _concrete(model, sample_shapes)
+    folded, freed = folded_constants(concrete.graph, set(sizes), _value_sizes(concrete.graph))
+    freed_bytes = sum(sizes[n] for n in freed)
+    sizes |= folded  # folded constants are weights held in memory, packed like the others
+    weights = inline + external + sum(folded.values())
     bands = prepack_bands(model, sizes)
     packed_low = int(sum(sizes[n] * low for n, (low, _) in bands.items()))
     packed_high = int(sum(sizes[n] * high for n, (_, high) in bands.items()))
@@ -401,7 +435,7 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     # Past key/values are the KV cache, counted on their own; the presents a step returns are
     # fresh buffers and count as activations.
     past = frozenset(i.name for i in model.graph.input if _is_past(i.name))
-    activations = activation_peak(_concrete(model, sample_shapes).graph, set(sizes), past)
+    activations = activation_peak(concrete.graph, set(sizes), past)
     kv = kv_cache_bytes(model, context)
     base, note = runtime_base(profile, kind)
     entry, _ = calibration(profile)
@@ -409,20 +443,23 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     tokens = tokenizer_bytes(tokenizer, entry)
     fixed = base + graph + tokens
 
-    transient_low = int(largest_inline * LOAD_TRANSIENT_LOW)
-    transient_high = int(largest_inline * LOAD_TRANSIENT_HIGH)
+    folded_bytes = sum(folded.values())
+    transient_low = int(largest_inline * LOAD_TRANSIENT_LOW + folded_bytes * FOLD_TRANSIENT_LOW)
+    transient_high = int(largest_inline * LOAD_TRANSIENT_HIGH + folded_bytes * FOLD_TRANSIENT_HIGH)
     overhead_low, overhead_high = int(plain * OVERHEAD_LOW), int(plain * OVERHEAD_HIGH)
     act_low, act_high = int(activations * ACTIVATIONS_LOW), int(activations * ACTIVATIONS_HIGH)
     # The transient is gone before the packing ends, and before the runner loads the tokenizer.
-    load_low = weights + overhead_low + max(fixed + packed_low, fixed - tokens + transient_low)
+    # Constants only folding reads are freed after it (the heap may keep them: the high side does).
+    load_low = weights - freed_bytes + overhead_low + max(fixed + packed_low, fixed - tokens + transient_low)
     load_high = weights + overhead_high + max(fixed + packed_high, fixed - tokens + transient_high)
-    run_low = fixed + weights + overhead_low + packed_low + act_low + kv
+    run_low = fixed + weights - freed_bytes + overhead_low + packed_low + act_low + kv
     run_high = fixed + weights + overhead_high + packed_high + act_high + kv
     breakdown = {
         "runtime_base": base,
         "graph": graph,
         "tokenizer": tokens,
         "weights_inline": inline,
+        "folded_constants": folded_bytes,
         "weights_external": external,
         "prepacked": (packed_low + packed_high) // 2,
         "load_transient": (transient_low + transient_high) // 2,
