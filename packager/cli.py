@@ -375,7 +375,8 @@ def _print_check(r: dict[str, Any]) -> None:
         err.print(f"note: {escape(note)}")
     word = "FITS" if r["fits"] else "DOES NOT FIT"
     margin = abs(r["headroom_bytes"]) / MiB
-    print(f"{word}: {r['model']} on {r['target']} ({r['recipe']}), {r['verdict_basis']} peak "
+    context = f", {r['context']} tokens of context" if r["context"] else ""
+    print(f"{word}: {r['model']} on {r['target']} ({r['recipe']}{context}), {r['verdict_basis']} peak "
           f"{(r['budget_bytes'] - r['headroom_bytes']) / MiB:.0f} MiB against a budget of {r['budget_bytes'] / MiB:.0f} MiB, "
           f"{margin:.0f} MiB {'to spare' if r['fits'] else 'over'}")
 

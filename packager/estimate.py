@@ -2,17 +2,31 @@
 
 Peak = max(load, run), each a sum of components:
 
-    runtime_base     interpreter, numpy, the runtime and an empty session (calibration data)
+    runtime_base     interpreter, numpy, the bundle's runner, the runtime and an empty session
+                     (calibration data, measured the way the fit stage measures: run.py --measure)
+    graph            the session's own cost per node (kernels, node and arena bookkeeping): a
+                     decoder's graph has a thousand nodes or more (calibration data)
+    tokenizer        the tokenizer as the Rust `tokenizers` library holds it: per token and per
+                     merge of tokenizer.json (calibration data)
     weights          initializers, inline and in external data (external data is memory-mapped,
-                     but resident once the model runs)
-    prepacked        copies the CPU kernels make of MatMul/Gemm/Conv/... weights at load; low:
-                     the originals are freed once packed, high: both stay
-    load_transient   while the session is created ORT holds the parsed proto's copy of inline
-                     initializers as well (microsoft/onnxruntime #23775, #15080); external data
-                     is mapped, not copied
+                     but resident once the model runs), and the constants the runtime folds at
+                     load (folded_constants: a Transpose of a tied embedding table feeding the
+                     lm_head makes a second table)
+    prepacked        what weights the CPU kernels pack (MatMul/Gemm/Conv/...) cost at load beyond
+                     their own bytes, all told, by op (PREPACK_EXTRA, measured): an fp32 MatMul's
+                     original is freed once packed, an int4 MatMulNBits' stays beside a larger copy
+    load_transient   while the session is created ORT holds the parsed proto's copy of each inline
+                     initializer beside its tensor, one at a time: the largest inline initializer
+                     (microsoft/onnxruntime #23775, #15080); external data is mapped, not copied.
+                     Measured, it is gone before the packing ends and before the runner loads the
+                     tokenizer: load = max(this, prepacked + tokenizer)
+    allocator_overhead  for the weights no kernel packs: allocator and session bookkeeping
     activations      intermediate tensors at the sample inputs' concrete shapes, live from their
-                     producer to their last consumer, as the arena plans them; high: the arena
-                     grows in powers of two
+                     producer to their last consumer, as the arena plans them (Reshape, Squeeze and
+                     the like alias their input: no buffer of their own), over the graph as
+                     stored: the runtime's optimizer fuses some apart (Transposes into MatMuls), and
+                     measured runs hold 0.80-0.97 of the figure (ACTIVATIONS_LOW/HIGH); a decoder's
+                     presents (the new KV cache it returns) are activations
     kv_cache         past key/value inputs of a decoder at the requested context
     gpu_context      GPU profiles: the CUDA context of the GPU providers on unified memory (the
                      profile's runtime.gpu_context_bytes), resident from load on
@@ -22,6 +36,7 @@ The figures are calibrated against measurements in scripts/bench_memory.py.
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -40,11 +55,38 @@ PREPACKED_INPUTS: dict[str, tuple[int, ...]] = {
     "DynamicQuantizeMatMul": (1,), "MatMulIntegerToFloat": (1,), "MatMulNBits": (1,),
     "QLinearMatMul": (3,), "QLinearConv": (3,), "LSTM": (1, 2), "GRU": (1, 2), "DynamicQuantizeLSTM": (1, 2),
 }
+# What a packed weight costs beyond its own bytes once loaded, all told (the packed copy, the heap's
+# leftovers of the original), as a fraction of them (low, high); `run.py --measure` and session
+# peaks over chains of 16 MatMuls of 1024 and 2048 square and over MiniLM: an fp32 MatMul's original
+# is freed once packed, but small weights come from the heap, which keeps much of it (MiniLM, 0.5-2
+# MiB weights: 0.7), large ones are mapped and handed back (4-16 MiB: 0.13-0.19, 64 MiB: 0.0; in
+# external data, 16 MiB: 0.05-0.06); int8
+# (MatMulInteger, fused into DynamicQuantizeMatMul) 0.26-0.79 (MiniLM about 0.9); MatMulNBits (int4, accuracy level 4)
+# 1.22-1.30: the original stays beside a larger packed copy. Ops not measured (Conv, LSTM, GRU ...)
+# take the widest band: the original freed, or kept.
+PREPACK_EXTRA: dict[str, tuple[float, float]] = {
+    "MatMul": (0.0, 0.75), "Gemm": (0.0, 0.75),
+    "MatMulInteger": (0.2, 1.1), "DynamicQuantizeMatMul": (0.2, 1.1), "MatMulIntegerToFloat": (0.2, 1.1),
+    "MatMulNBits": (1.15, 1.35),
+}
+LARGE_WEIGHT = 4 * 2**20
+PREPACK_EXTRA_LARGE: dict[str, tuple[float, float]] = {"MatMul": (0.0, 0.25), "Gemm": (0.0, 0.25)}
+PREPACK_EXTRA_MAPPED: dict[str, tuple[float, float]] = {"MatMul": (0.0, 0.1), "Gemm": (0.0, 0.1)}
+PREPACK_UNMEASURED = (0.0, 1.0)
+# The activations' liveness figure against the measured run (decoder steps at 1K-16K of context,
+# fp32 and int4: 0.80-0.97 of it; the optimizer fuses what the stored graph holds apart).
+ACTIVATIONS_LOW, ACTIVATIONS_HIGH = 0.75, 1.1
 # Where the calibration has no figure for a runtime, use the nearest version's and say so.
 CALIBRATION = "calibration/runtime_base.toml"
-# Measured: loading inline weights peaks 5-25% above them, before prepacked copies (scripts/bench_memory.py).
-LOAD_TRANSIENT_LOW, LOAD_TRANSIENT_HIGH = 0.05, 0.25
-# Allocator and session bookkeeping on top of the weights, measured at 5-8%.
+# The load transient as a fraction of the largest inline initializer: measured 0.96-1.0 in bare
+# sessions (MiniLM, 45 MiB embedding table; MatMul chains of 16, 64 and 256 MiB weights), 0.85 for
+# MiniLM under run.py --measure.
+LOAD_TRANSIENT_LOW, LOAD_TRANSIENT_HIGH = 0.5, 1.1
+# Folding a constant at load holds the evaluated tensor and its proto copy beside the result: the
+# transient phase takes 1-2x the folded bytes more (measured 1.7x: a tied 7.5 MiB embedding table's
+# Transpose for the lm_head, 2-layer Llama).
+FOLD_TRANSIENT_LOW, FOLD_TRANSIENT_HIGH = 1.0, 2.0
+# Allocator and session bookkeeping on top of the weights no kernel packs, measured at 5-8%.
 OVERHEAD_LOW, OVERHEAD_HIGH = 0.02, 0.10
 
 
@@ -57,27 +99,51 @@ class Estimate:
     run_high_bytes: int
     context: int | None = None
     notes: list[str] = field(default_factory=list)
+    run_low_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"low_bytes": self.low_bytes, "high_bytes": self.high_bytes, "breakdown": self.breakdown,
                 "load_high_bytes": self.load_high_bytes, "run_high_bytes": self.run_high_bytes,
-                "context": self.context, "notes": self.notes}
+                "run_low_bytes": self.run_low_bytes, "context": self.context, "notes": self.notes}
 
 
 # ---------------------------------------------------------------- runtime base
 
-def runtime_base(profile: Profile, kind: str) -> tuple[int, str]:
-    """The runtime's own resident cost for the target's runtime version and thread count."""
+def calibration(profile: Profile) -> tuple[dict[str, Any], str]:
+    """The calibration entry for the target's runtime version (the nearest version's, with a note)."""
     data = tomllib.loads((profiles_dir() / CALIBRATION).read_text(encoding="utf-8"))
     runs = data["runtime"]
     version = profile.runtime.version
     key = version if version in runs else min(runs, key=lambda v: _version_distance(v, version))
-    entry = runs[key]
+    note = "" if key == version else f"runtime base measured for onnxruntime {key}, not {version}"
+    return runs[key], note
+
+
+def runtime_base(profile: Profile, kind: str) -> tuple[int, str]:
+    """The runtime's own resident cost for the target's runtime version and thread count."""
+    entry, note = calibration(profile)
     base = entry["base_bytes"] + entry["session_bytes"] + entry["per_thread_bytes"] * profile.session.intra_op_threads
     if kind in ("text", "decoder"):
         base += entry["tokenizers_bytes"]
-    note = "" if key == version else f"runtime base measured for onnxruntime {key}, not {version}"
     return base, note
+
+
+def tokenizer_bytes(path: Path | None, entry: dict[str, Any]) -> int:
+    """The tokenizer's resident size: its tokens and merges (tokenizer.json) at the calibrated cost of each."""
+    if path is None or not path.is_file():
+        return 0
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        model = data.get("model") or {}
+        tokens = len(model.get("vocab") or ()) + len(data.get("added_tokens") or ())
+        merges = len(model.get("merges") or ())
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return tokens * entry.get("token_bytes", 0) + merges * entry.get("merge_bytes", 0)
+
+
+def node_count(model: onnx.ModelProto) -> int:
+    return sum(len(g.node) for g in _graphs(model.graph))
 
 
 def _version_distance(a: str, b: str) -> float:
@@ -140,6 +206,29 @@ def prepacked_bytes(model: onnx.ModelProto, sizes: dict[str, int]) -> int:
     return sum(sizes[n] for n in packed)
 
 
+def prepack_bands(model: onnx.ModelProto, sizes: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """Each packed weight's extra at load as a (low, high) fraction of its bytes, by the packing op
+    (and, for fp32 MatMuls, by where the original lives: external data, a large or a small buffer)."""
+    bands: dict[str, tuple[float, float]] = {}
+    mapped = external_names(model)
+    for g in _graphs(model.graph):
+        for node in g.node:
+            for index in PREPACKED_INPUTS.get(node.op_type, ()):
+                if index < len(node.input) and node.input[index] in sizes:
+                    name = node.input[index]
+                    table = PREPACK_EXTRA_MAPPED if name in mapped else \
+                        PREPACK_EXTRA_LARGE if sizes[name] >= LARGE_WEIGHT else PREPACK_EXTRA
+                    low, high = table.get(node.op_type) or PREPACK_EXTRA.get(node.op_type, PREPACK_UNMEASURED)
+                    was = bands.get(node.input[index], (low, high))
+                    bands[node.input[index]] = (max(was[0], low), max(was[1], high))
+    return bands
+
+
+def external_names(model: onnx.ModelProto) -> set[str]:
+    return {t.name for g in _graphs(model.graph) for t in g.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL}
+
+
 # ---------------------------------------------------------------- activations
 
 def _concrete(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
@@ -148,10 +237,16 @@ def _concrete(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onn
     copy.CopyFrom(model)
     for g in _graphs(copy.graph):
         for t in g.initializer:
-            # Keep dims and type, drop the bytes: shape inference needs no values.
+            # Keep dims and type, drop the bytes: shape inference needs no values, except those of
+            # small integer tensors, which may be shapes (a Reshape's target).
+            if t.data_type == onnx.TensorProto.INT64 and math.prod(t.dims) <= 64 \
+                    and t.data_location != onnx.TensorProto.EXTERNAL:
+                continue
             t.ClearField("raw_data")
             t.ClearField("external_data")
             t.data_location = onnx.TensorProto.DEFAULT
+    for g in _graphs(copy.graph):
+        _standard_stand_ins(g)
     for inp in copy.graph.input:
         if inp.name in shapes:
             dims = inp.type.tensor_type.shape.dim
@@ -162,6 +257,34 @@ def _concrete(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onn
         return onnx.shape_inference.infer_shapes(copy, strict_mode=False, data_prop=True)
     except Exception:  # inference is best effort: unknown shapes fall back below
         return copy
+
+
+def _standard_stand_ins(graph: onnx.GraphProto) -> None:
+    """Replace the int4 recipe's contrib ops, which ONNX shape inference does not know, by the standard
+    op of the same output shape over a weightless stand-in weight, so that shapes flow past them:
+    MatMulNBits (A [.., K], attribute N) is a MatMul by [K, N]; GatherBlockQuantized (data [rows,
+    K/2] packed 4-bit) is a Gather from [rows, K]. Both output the scales' type."""
+    types = {t.name: t.data_type for t in graph.initializer}
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        if node.domain != "com.microsoft" or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        scales = node.input[2] if len(node.input) > 2 else ""
+        dtype = types.get(scales, onnx.TensorProto.FLOAT)
+        weight = f"{node.output[0]}::weight"
+        if node.op_type == "MatMulNBits":
+            shape = [int(attrs["K"]), int(attrs["N"])]
+            replacement = onnx.helper.make_node("MatMul", [node.input[0], weight], [node.output[0]], name=node.name)
+        else:
+            data = dims.get(node.input[0])
+            if not data or int(attrs.get("gather_axis", 0)) != 0:
+                continue
+            packed = types.get(node.input[0]) == onnx.TensorProto.UINT8
+            shape = [*data[:-1], data[-1] * (8 // int(attrs.get("bits", 4)) if packed else 1)]
+            replacement = onnx.helper.make_node("Gather", [weight, node.input[1]], [node.output[0]], name=node.name)
+        graph.initializer.append(onnx.TensorProto(name=weight, data_type=dtype, dims=shape))
+        node.CopyFrom(replacement)
 
 
 def _value_sizes(graph: onnx.GraphProto) -> dict[str, int | None]:
@@ -177,44 +300,75 @@ def _value_sizes(graph: onnx.GraphProto) -> dict[str, int | None]:
     return sizes
 
 
-def activation_peak(graph: onnx.GraphProto, constants: set[str]) -> int:
+# Ops whose output is their first input's buffer, reshaped (ONNX Runtime's CPU kernels declare
+# Alias(0, 0)): no allocation of their own; the input's buffer lives as long as the output does.
+ALIAS_OPS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+
+
+def _sizes_through_aliases(graph: onnx.GraphProto, sizes: dict[str, int | None]) -> None:
+    """An alias op keeps its input's byte size: where shape inference settled only one side
+    (an Expand's output before a Reshape, say), the other side takes it."""
+    for node in reversed(graph.node):
+        if node.op_type in ALIAS_OPS and node.input and node.output:
+            src, dst = node.input[0], node.output[0]
+            if sizes.get(src) is None and sizes.get(dst) is not None:
+                sizes[src] = sizes[dst]
+    for node in graph.node:
+        if node.op_type in ALIAS_OPS and node.input and node.output:
+            src, dst = node.input[0], node.output[0]
+            if sizes.get(dst) is None and sizes.get(src) is not None:
+                sizes[dst] = sizes[src]
+
+
+def activation_peak(graph: onnx.GraphProto, constants: set[str], held: frozenset[str] = frozenset()) -> int:
     """Peak bytes of intermediate tensors alive at once, walking the nodes in order (liveness).
 
-    A tensor lives from its producer to its last consumer; graph outputs live to the end. A node
-    with subgraphs adds its largest branch's own peak while it runs. Tensors whose shape
-    inference could not settle count as large as the node's largest known input.
+    A tensor lives from its producer to its last consumer; graph outputs live to the end. An
+    alias op's output shares its input's buffer. A node with subgraphs adds its largest branch's
+    own peak while it runs. Tensors whose shape inference could not settle count as large as the
+    node's largest input (a Concat's: their sum), and pass that size on downstream. `held` inputs
+    (a decoder's past key/values, counted on their own) are not live here, but size what is made
+    from them.
     """
     sizes = _value_sizes(graph)
+    _sizes_through_aliases(graph, sizes)
+    root: dict[str, str] = {}  # alias output -> the buffer it shares
+    for node in graph.node:
+        if node.op_type in ALIAS_OPS and node.input and node.output and node.input[0]:
+            root[node.output[0]] = root.get(node.input[0], node.input[0])
     last_use: dict[str, int] = {}
     for i, node in enumerate(graph.node):
         for name in node.input:
-            last_use[name] = i
+            last_use[root.get(name, name)] = i
         for attr in node.attribute:  # subgraphs read outer tensors too
             for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
                 for sub in g.node:
                     for name in sub.input:
+                        name = root.get(name, name)
                         last_use[name] = max(last_use.get(name, i), i)
     end = len(graph.node)
-    for out in graph.output:
-        last_use[out.name] = end
+    outputs = {root.get(o.name, o.name) for o in graph.output}
+    for name in outputs:
+        last_use[name] = end
     live: dict[str, int] = {}
     for inp in graph.input:
-        if inp.name not in constants and sizes.get(inp.name):
+        if inp.name not in constants and inp.name not in held and sizes.get(inp.name):
             live[inp.name] = sizes[inp.name] or 0
     peak = sum(live.values())
     for i, node in enumerate(graph.node):
-        known = [sizes.get(n) or 0 for n in node.input if n and n not in constants]
-        fallback = max(known, default=0)
+        known = [sizes.get(n) or 0 for n in node.input if n and (n not in constants or n in held)]
+        fallback = sum(known) if node.op_type == "Concat" else max(known, default=0)
         for name in node.output:
-            if name:
-                size = sizes.get(name)
-                live[name] = size if size is not None else fallback
+            if name and sizes.get(name) is None:
+                sizes[name] = fallback  # and so for the nodes downstream, which size from it
+            if name and name not in root and name not in constants:  # folded at load: a weight
+                live[name] = sizes[name] or 0
         inner = 0
         for attr in node.attribute:
             for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                inner = max(inner, activation_peak(g, constants))
+                inner = max(inner, activation_peak(g, constants, held))
         peak = max(peak, sum(live.values()) + inner)
-        for name in [n for n in live if last_use.get(n, -1) <= i and n not in {o.name for o in graph.output}]:
+        for name in [n for n in live if last_use.get(n, -1) <= i and n not in outputs]:
             del live[name]
     return peak
 
@@ -241,41 +395,85 @@ def kv_cache_bytes(model: onnx.ModelProto, context: int | None) -> int:
 
 # ---------------------------------------------------------------- the estimate
 
+# Ops ONNX Runtime's constant folding leaves alone even on constant inputs.
+NOT_FOLDED = {"QuantizeLinear", "DequantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike",
+              "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def folded_constants(graph: onnx.GraphProto, constants: set[str],
+                     sizes: dict[str, int | None]) -> tuple[dict[str, int], set[str]]:
+    """What the runtime's constant folding makes at load: the outputs of nodes whose every input is
+    a constant (a Transpose of a tied embedding table for the lm_head, say) that the rest of the
+    graph reads, by bytes; and the constants only folding read, which it frees."""
+    folded: set[str] = set()
+    for node in graph.node:
+        if node.op_type in NOT_FOLDED or node.op_type == "Constant" or not node.input \
+                or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue
+        if all(not i or i in constants or i in folded for i in node.input):
+            folded.update(o for o in node.output if o)
+    read_by_rest = {i for n in graph.node if not set(n.output) <= folded for i in n.input} \
+        | {o.name for o in graph.output}
+    made = {o: sizes.get(o) or 0 for o in folded if o in read_by_rest}
+    read_by_folding = {i for n in graph.node if n.output and set(n.output) <= folded for i in n.input}
+    return made, {c for c in read_by_folding & constants if c not in read_by_rest}
+
+
 def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[str, tuple[int, ...]],
-             context: int | None = None) -> Estimate:
+             context: int | None = None, tokenizer: Path | None = None) -> Estimate:
     model = onnx.load(model_path, load_external_data=False)
     inline, external, sizes = weight_bytes(model)
-    weights = inline + external
-    packed = prepacked_bytes(model, sizes)
+    concrete = _concrete(model, sample_shapes)
+    folded, freed = folded_constants(concrete.graph, set(sizes), _value_sizes(concrete.graph))
+    freed_bytes = sum(sizes[n] for n in freed)
+    sizes |= folded  # folded constants are weights held in memory, packed like the others
+    weights = inline + external + sum(folded.values())
+    bands = prepack_bands(model, sizes)
+    packed_low = int(sum(sizes[n] * low for n, (low, _) in bands.items()))
+    packed_high = int(sum(sizes[n] * high for n, (_, high) in bands.items()))
+    plain = weights - sum(sizes[n] for n in bands)  # the weights that load as they are stored
+    mapped = external_names(model)
+    largest_inline = max((size for n, size in sizes.items() if n not in mapped), default=0)
     # Past key/values are the KV cache, counted on their own; the presents a step returns are
     # fresh buffers and count as activations.
-    past = {i.name for i in model.graph.input if _is_past(i.name)}
-    activations = activation_peak(_concrete(model, sample_shapes).graph, set(sizes) | past)
+    past = frozenset(i.name for i in model.graph.input if _is_past(i.name))
+    activations = activation_peak(concrete.graph, set(sizes), past)
     kv = kv_cache_bytes(model, context)
     base, note = runtime_base(profile, kind)
-    gpu = profile.runtime.gpu_context_bytes
-    base_gpu = base + gpu
+    entry, _ = calibration(profile)
+    graph = node_count(model) * entry.get("node_bytes", 0)
+    tokens = tokenizer_bytes(tokenizer, entry)
+    gpu = profile.runtime.gpu_context_bytes  # GPU profiles: the CUDA context, resident from load on
+    fixed = base + graph + tokens + gpu
 
-    transient_low, transient_high = int(inline * LOAD_TRANSIENT_LOW), int(inline * LOAD_TRANSIENT_HIGH)
-    overhead_low, overhead_high = int(weights * OVERHEAD_LOW), int(weights * OVERHEAD_HIGH)
-    # low: packed copies replace their originals; high: both stay.
-    load_low = base_gpu + weights + overhead_low + transient_low
-    load_high = base_gpu + weights + overhead_high + packed + transient_high
-    run_low = base_gpu + weights + overhead_low + activations + kv
-    run_high = base_gpu + weights + overhead_high + packed + 2 * activations + kv
+    folded_bytes = sum(folded.values())
+    transient_low = int(largest_inline * LOAD_TRANSIENT_LOW + folded_bytes * FOLD_TRANSIENT_LOW)
+    transient_high = int(largest_inline * LOAD_TRANSIENT_HIGH + folded_bytes * FOLD_TRANSIENT_HIGH)
+    overhead_low, overhead_high = int(plain * OVERHEAD_LOW), int(plain * OVERHEAD_HIGH)
+    act_low, act_high = int(activations * ACTIVATIONS_LOW), int(activations * ACTIVATIONS_HIGH)
+    # The transient is gone before the packing ends, and before the runner loads the tokenizer.
+    # Constants only folding reads are freed after it (the heap may keep them: the high side does).
+    load_low = weights - freed_bytes + overhead_low + max(fixed + packed_low, fixed - tokens + transient_low)
+    load_high = weights + overhead_high + max(fixed + packed_high, fixed - tokens + transient_high)
+    run_low = fixed + weights - freed_bytes + overhead_low + packed_low + act_low + kv
+    run_high = fixed + weights + overhead_high + packed_high + act_high + kv
     breakdown = {
         "runtime_base": base,
+        "graph": graph,
+        "tokenizer": tokens,
         "weights_inline": inline,
+        "folded_constants": folded_bytes,
         "weights_external": external,
-        "prepacked": packed,
-        "load_transient": int(inline * (LOAD_TRANSIENT_LOW + LOAD_TRANSIENT_HIGH) / 2),
-        "allocator_overhead": int(weights * (OVERHEAD_LOW + OVERHEAD_HIGH) / 2),
+        "prepacked": (packed_low + packed_high) // 2,
+        "load_transient": (transient_low + transient_high) // 2,
+        "allocator_overhead": (overhead_low + overhead_high) // 2,
         "activations": activations,
         "kv_cache": kv,
         **({"gpu_context": gpu} if gpu else {}),
     }
     notes = [n for n in [note] if n]
-    return Estimate(max(load_low, run_low), max(load_high, run_high), breakdown, load_high, run_high, context, notes)
+    return Estimate(max(load_low, run_low), max(load_high, run_high), breakdown, load_high, run_high, context, notes,
+                    run_low)
 
 
 def decode_step_shapes(io: dict[str, Any], context: int) -> dict[str, tuple[int, ...]]:

@@ -143,7 +143,9 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
         + a.heads * context                           # one layer's attention scores
         + 2 * a.intermediate + 4 * a.hidden)          # MLP and residual stream
     base = runtime_base(profile, "text")[0] + profile.runtime.gpu_context_bytes  # GPU: the CUDA context too
-    transient = 0 if weights > PROTO_LIMIT else int(weights * LOAD_TRANSIENT_HIGH)
+    # The load transient: the largest inline initializer, the embedding table (packager/estimate.py).
+    transient = 0 if weights > PROTO_LIMIT else int(a.embedding_parameters * BYTES_PER_PARAM[precision]
+                                                    * LOAD_TRANSIENT_HIGH)
     matmul_weights = int((a.parameters - a.embedding_parameters) * BYTES_PER_PARAM[precision])
     low = base + int(weights * (1 + OVERHEAD_LOW)) + kv + activations // 2
     high = base + int(weights * (1 + OVERHEAD_HIGH)) + matmul_weights + max(transient, kv + activations)

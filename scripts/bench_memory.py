@@ -4,6 +4,10 @@ a fresh process, for every model the project has, with the error in %.
 
     python scripts/bench_memory.py [--only NAME ...]
 
+Rows: sample:minilm fp32 and int8, sample:silero-vad, generated MatMul chains of 256 MiB (weights
+dominate), and decoders at 1K, 4K and 16K of context (a tiny random Llama whose KV cache outweighs
+its weights; sample:tiny-llama too where packager/data/tiny-llama exists), fp32 and int4.
+
 Goal: the measurement inside [low, high] and every row within 10% of it. Columns: `outside` is
 the distance from the measurement to the nearer bound (0 when inside), `high` how far the high
 bound sits above the measurement, both in % of the measurement. MiB throughout.
@@ -65,66 +69,33 @@ def rows(tmp: Path) -> list[tuple[str, str, str]]:
     ]
 
 
-DECODER_CHILD = r"""
-import json, sys
-import numpy as np
-sys.path.insert(0, sys.argv[3])
-import run
-import onnxruntime as ort
-path, context = sys.argv[1], int(sys.argv[2])
-so = ort.SessionOptions(); so.intra_op_num_threads = 4
-run.reset_peak()
-s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-load = run.peak_bytes()
-feeds = {}
-for i in s.get_inputs():
-    if i.name.startswith("past_key_values"):
-        shape = [1, i.shape[1], context, i.shape[3]]
-        feeds[i.name] = np.full(shape, 0.01, np.float32)  # touched pages: zeros would stay unmapped
-    elif i.name == "attention_mask":
-        feeds[i.name] = np.ones((1, context + 1), np.int64)
-    elif i.name == "position_ids":
-        feeds[i.name] = np.array([[context]], np.int64)
-    else:
-        feeds[i.name] = np.array([[1]], np.int64)
-run.reset_peak()
-s.run(None, feeds)
-print(json.dumps({"load": load, "run": run.peak_bytes(), "shapes": {k: list(v.shape) for k, v in feeds.items()}}))
-"""
-
-
 def tiny_decoder(folder: Path) -> Path:
-    """A 4-layer Llama with random weights, exported with past key/values (the decoder path)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A 4-layer Llama with random weights (tests/tiny_decoders.py) whose KV cache outweighs its weights:
+    4 KiB a token (2 KV heads of 64), 16K positions."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny_decoders import make_decoder
 
-    import optimum.exporters.onnx.model_configs  # noqa: F401
-    from optimum.exporters.onnx import main_export
-
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=1000, max_position_embeddings=32768)
-    LlamaForCausalLM(config).save_pretrained(folder / "hf")
-    main_export(str(folder / "hf"), str(folder / "onnx"), task="text-generation-with-past", opset=18,
-                local_files_only=True, do_validation=False)
-    return folder / "onnx" / "model.onnx"
+    return make_decoder(folder, "llama", hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16384)
 
 
-def decoder_rows(tmp: Path, target: str) -> None:
-    import json
-    import subprocess
+def decoder_rows(tmp: Path, target: str, only: list[str] | None) -> None:
+    """Decoders through `packager check` at several contexts, fp32 and int4: the measurement is
+    run.py's, one decode step on a resident KV cache of the context."""
+    from packager.pipeline import check
 
-    from packager.estimate import estimate
-    from packager.profiles import resolve_target
-
-    model = tiny_decoder(tmp / "decoder")
-    for context in (1024, 4096, 16384):
-        child = subprocess.run([sys.executable, "-c", DECODER_CHILD, str(model), str(context), str(REPO / "targets")],
-                               capture_output=True, text=True, check=True)
-        m = json.loads(child.stdout.strip().splitlines()[-1])
-        shapes = {k: tuple(v) for k, v in m["shapes"].items()}
-        est = estimate(model, resolve_target(target), "tensor", shapes, context)
-        report(f"tiny llama ctx {context // 1024}K", est.to_dict(), max(m["load"], m["run"]), m["load"], m["run"])
+    trained = REPO / "packager" / "data" / "tiny-llama"
+    models = [("tiny llama", (1024, 4096, 16384))] + ([("sample:tiny-llama", (1024, 2048))] if trained.is_dir() else [])
+    rows = [(f"{name} {recipe} {context // 1024}K", name, recipe, context)
+            for name, contexts in models for recipe in ("fp32", "int4") for context in contexts]
+    rows = [r for r in rows if not only or any(o in r[0] for o in only)]
+    if not trained.is_dir() and (not only or any(o in "sample:tiny-llama" for o in only)):
+        print(f"(no sample:tiny-llama rows: {trained.relative_to(REPO)} is not in this checkout)", flush=True)
+    folder = str(tiny_decoder(tmp / "decoder")) if any(r[1] == "tiny llama" for r in rows) else ""
+    for label, name, recipe, context in rows:
+        settings = resolve_package_settings({"target": target, "recipe": recipe, "budget": "16GiB", "out": None})
+        mem = check(folder if name == "tiny llama" else name, settings, context=context).memory
+        report(label, mem["estimate"], mem["measured_peak_bytes"], mem["load_peak_bytes"], mem["run_peak_bytes"])
 
 
 def report(label: str, est: dict, peak: int, load: int, run: int) -> None:
@@ -132,7 +103,7 @@ def report(label: str, est: dict, peak: int, load: int, run: int) -> None:
     error = 0.0 if low <= peak <= high else min(abs(peak - low), abs(peak - high)) / peak * 100
     over = (high - peak) / peak * 100
     parts = ", ".join(f"{k} {v / MiB:.0f}" for k, v in sorted(est["breakdown"].items(), key=lambda kv: -kv[1])[:4])
-    print(f"{label:<24}{low / MiB:>8.0f}{high / MiB:>8.0f}{peak / MiB:>10.0f}{load / MiB:>8.0f}{run / MiB:>8.0f}"
+    print(f"{label:<28}{low / MiB:>8.0f}{high / MiB:>8.0f}{peak / MiB:>10.0f}{load / MiB:>8.0f}{run / MiB:>8.0f}"
           f"{error:>7.1f}%{over:>+8.0f}%  {parts}", flush=True)
 
 
@@ -141,7 +112,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="labels to run (substring match)")
     parser.add_argument("--target", default="rpi5")
     args = parser.parse_args()
-    header = (f"{'model':<24}{'low':>8}{'high':>8}{'measured':>10}{'load':>8}{'run':>8}{'outside':>8}{'high':>8}"
+    header = (f"{'model':<28}{'low':>8}{'high':>8}{'measured':>10}{'load':>8}{'run':>8}{'outside':>8}{'high':>8}"
               f"  largest parts (MiB)")
     print(f"target {args.target}; MiB")
     print(header)
@@ -155,8 +126,7 @@ def main() -> None:
             ctx = package(model, settings, input_spec=InputSpec(shapes={"x": (1, 2048)}) if "chain" in label else None)
             mem = ctx.memory
             report(label, mem["estimate"], mem["measured_peak_bytes"], mem["load_peak_bytes"], mem["run_peak_bytes"])
-        if not args.only or any("llama" in o for o in args.only):
-            decoder_rows(Path(tmp), args.target)
+        decoder_rows(Path(tmp), args.target, args.only)
 
 
 if __name__ == "__main__":

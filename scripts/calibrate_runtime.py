@@ -1,11 +1,26 @@
 #!/usr/bin/env python3
-"""Measure the runtime's own resident cost, the `runtime_base` of packager's memory estimate.
+"""Measure the runtime's own resident cost: the fixed parts of packager's memory estimate.
 
-Each figure is the kernel's high-water mark (VmHWM) of a fresh process that imports numpy and
-onnxruntime and creates a session over a one-node model, with 1 and with 4 intra-op threads,
-and again with `tokenizers` imported (text models load it on the device). Prints a table and,
-with --write, stores the figures in profiles/calibration/runtime_base.toml under this
-onnxruntime version.
+Every figure is a peak from the bundle's own measurement, `run.py --measure` (targets/run.py:
+the kernel's high-water mark of a fresh process that imports the runner, loads the model with
+the given session options, and runs its samples), over small generated bundles, so the
+calibration and the fit stage measure the same way. Each is the quietest of a few runs (noise
+only ever adds).
+
+    base_bytes / per_thread_bytes   a one-Relu tensor bundle at 1 and 4 intra-op threads: the
+                                    interpreter, numpy, the runner, onnxruntime and a session
+    session_bytes                   a session over the usual kernels (MatMul, int8 MatMul, Conv,
+                                    LSTM, If ...) with weights of a few KB, beyond the Relu's
+    node_bytes                      each node of a graph: a chain of elementwise nodes, beyond
+                                    the Relu's, per node (kernel, node and arena bookkeeping)
+    tokenizers_bytes                a text bundle with a minimal tokenizer, beyond the tensor one
+                                    (the `tokenizers` import and an empty tokenizer)
+    token_bytes / merge_bytes       text bundles with 32K-token WordPiece (tokens only) and BPE
+                                    (tokens and merges) tokenizers, beyond the minimal one: per
+                                    token and per merge, as the Rust tokenizer holds them (its
+                                    JSON parse included)
+
+With --write, stores them in profiles/calibration/runtime_base.toml under this onnxruntime version.
 
     python scripts/calibrate_runtime.py [--write]
 """
@@ -13,45 +28,60 @@ onnxruntime version.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION = REPO / "profiles" / "calibration" / "runtime_base.toml"
 REPEATS = 3
-
-CHILD = r"""
-import sys, numpy, onnxruntime as ort
-if sys.argv[3] == "1":
-    import tokenizers
-so = ort.SessionOptions(); so.intra_op_num_threads = int(sys.argv[2])
-s = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
-s.run(None, {"x": numpy.zeros((1, 4, 16), numpy.float32)})
-print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")))
-"""
+CHAIN_NODES = 2000
+BIG_VOCAB = 32768
+SESSION = {"intra_op_threads": 4, "inter_op_threads": 1, "graph_optimization": "all", "execution_mode": "sequential",
+           "cpu_mem_arena": True, "mem_pattern": True}
 
 
-def tiny_model(folder: Path) -> Path:
-    """One Relu: the runtime and an empty session."""
+def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any] = ()) -> Any:
     import onnx
+    from onnx import helper
+
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, list(inits)),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def relu_model() -> Any:
+    """One Relu: the runtime and an empty session."""
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16])])
-    path = folder / "tiny.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
+    return _model([helper.make_node("Relu", ["x"], ["y"])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16])])
 
 
-def mixed_model(folder: Path) -> Path:
+def chain_model(nodes: int) -> Any:
+    """`nodes` elementwise nodes in a row on a [1, 4, 16] tensor: the per-node cost, weights and activations nil."""
+    from onnx import TensorProto, helper
+
+    ops, x, made = ("Relu", "Sigmoid", "Neg", "Abs"), "x", []
+    for i in range(nodes):
+        made.append(helper.make_node(ops[i % len(ops)], [x], [f"h{i}"]))
+        x = f"h{i}"
+    return _model(made, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])],
+                  [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 4, 16])])
+
+
+def mixed_model() -> Any:
     """The kernels real models use (MatMul, int8 MatMul, Conv, LSTM, LayerNorm, Softmax, If) with
     weights of a few KB: what a real session costs beyond its weights and activations."""
-    import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -72,26 +102,83 @@ def mixed_model(folder: Path) -> Path:
         helper.make_node("ReduceSum", ["ly"], ["r"], keepdims=0),
         helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0.0, np.float32))),
         helper.make_node("Greater", ["r", "zero"], ["cond0"]),
-        helper.make_node("ReduceMin", ["cond0f"], ["condr"], keepdims=0),
         helper.make_node("Cast", ["cond0"], ["cond0f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMin", ["cond0f"], ["condr"], keepdims=0),
         helper.make_node("Cast", ["condr"], ["cond"], to=TensorProto.BOOL),
         helper.make_node("If", ["cond"], ["y"], then_branch=branch("then"), else_branch=branch("else")),
     ]
-    nodes = nodes[:12] + [nodes[13], nodes[12], nodes[14], nodes[15]]  # keep topological order
-    graph = helper.make_graph(
-        nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16])],
-        [w("w", 16, 16), w("g", 16), w("b", 16), i8, w("cw", 4, 4, 3), w("lw", 1, 64, 16), w("lr", 1, 64, 16)])
-    path = folder / "mixed.onnx"
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
-    return path
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16])],
+                  [w("w", 16, 16), w("g", 16), w("b", 16), i8, w("cw", 4, 4, 3), w("lw", 1, 64, 16),
+                   w("lr", 1, 64, 16)])
 
 
-def hwm(model: Path, threads: int, tokenizers: bool) -> int:
-    runs = [int(subprocess.run([sys.executable, "-c", CHILD, str(model), str(threads), "1" if tokenizers else "0"],
-                               check=True, capture_output=True, text=True).stdout) for _ in range(REPEATS)]
+def ids_model() -> Any:
+    """input_ids -> Cast: a text model with nothing in it but its tokenizer."""
+    from onnx import TensorProto, helper
+
+    return _model([helper.make_node("Cast", ["input_ids"], ["y"], to=TensorProto.FLOAT)],
+                  [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "sequence"])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "sequence"])])
+
+
+def tokenizer_file(path: Path, vocab_size: int, kind: str) -> None:
+    """A tokenizer.json of `vocab_size` tokens: byte-level BPE (each token past the 256 bytes a merge
+    of two earlier ones, as a trained one's are) or WordPiece (the same tokens, no merges)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {t: i for i, t in enumerate(sorted(alphabet))}
+    tokens, merges = list(vocab), []
+    rng = np.random.default_rng(0)
+    while len(vocab) < vocab_size:
+        a, b = tokens[rng.integers(len(tokens))], tokens[rng.integers(min(len(tokens), 4096))]
+        if len(a) + len(b) > 16 or a + b in vocab:
+            continue
+        vocab[a + b] = len(vocab)
+        tokens.append(a + b)
+        merges.append((a, b))
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    else:
+        tok = Tokenizer(models.WordPiece(vocab=vocab | {"[UNK]": len(vocab)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.save(str(path))
+
+
+def bundle(folder: Path, model: Any, threads: int = 4, tokenizer: Path | None = None) -> Path:
+    """A bundle as run.py --measure reads it: manifest runtime section, model, samples, run.py."""
+    import onnx
+
+    sys.path.insert(0, str(REPO))
+    from packager.runtime_files import runner
+
+    (folder / "model").mkdir(parents=True)
+    (folder / "samples").mkdir()
+    onnx.save(model, folder / "model" / "model.onnx")
+    inputs = [{"name": i.name} for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    io: dict[str, Any] = {"kind": "tensor", "inputs": inputs, "outputs": [{"name": n} for n in outputs],
+                          "checked_outputs": outputs, "primary_outputs": outputs}
+    if tokenizer is not None:
+        shutil.copyfile(tokenizer, folder / "model" / "tokenizer.json")
+        io |= {"kind": "text", "tokenizer": "model/tokenizer.json", "max_length": 128}
+        (folder / "samples" / "texts.json").write_text(json.dumps(["The quick brown fox jumps over the lazy dog."]))
+    else:
+        sample = {"input_ids": np.ones((1, 12), np.int64)} if inputs[0]["name"] == "input_ids" \
+            else {"x": np.zeros((1, 4, 16), np.float32)}
+        runner().save_samples(folder / "samples" / "inputs.npz", [sample])
+    runtime = {"model": "model/model.onnx", "providers": ["CPUExecutionProvider"], "provider_options": {},
+               "session": SESSION | {"intra_op_threads": threads}, "io": io}
+    (folder / "manifest.json").write_text(json.dumps({"runtime": runtime}), encoding="utf-8")
+    shutil.copyfile(REPO / "targets" / "run.py", folder / "run.py")
+    return folder
+
+
+def peak(folder: Path) -> int:
+    runs = [json.loads(subprocess.run([sys.executable, str(folder / "run.py"), "--measure"], check=True,
+                                      capture_output=True, text=True).stdout)["peak_bytes"] for _ in range(REPEATS)]
     return min(runs)  # the quietest run: page-cache noise only ever adds
 
 
@@ -102,36 +189,50 @@ def main() -> None:
     import onnxruntime
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = tiny_model(Path(tmp))
-        one, four = hwm(model, 1, False), hwm(model, 4, False)
-        with_tok = hwm(model, 1, True)
-        mixed = hwm(mixed_model(Path(tmp)), 4, False)
+        t = Path(tmp)
+        tokenizer_file(t / "small.json", 256, "wordpiece")
+        tokenizer_file(t / "bpe.json", BIG_VOCAB, "bpe")
+        tokenizer_file(t / "wordpiece.json", BIG_VOCAB, "wordpiece")
+        one = peak(bundle(t / "relu1", relu_model(), threads=1))
+        four = peak(bundle(t / "relu4", relu_model()))
+        mixed = peak(bundle(t / "mixed", mixed_model()))
+        chain = peak(bundle(t / "chain", chain_model(CHAIN_NODES)))
+        ids = peak(bundle(t / "ids", ids_model()))
+        small = peak(bundle(t / "small", ids_model(), tokenizer=t / "small.json"))
+        bpe = peak(bundle(t / "bpe", ids_model(), tokenizer=t / "bpe.json"))
+        wordpiece = peak(bundle(t / "wordpiece", ids_model(), tokenizer=t / "wordpiece.json"))
     per_thread = max(0, (four - one) // 3)
-    base = one - per_thread
-    tokenizers = max(0, with_tok - one)
-    session = max(0, mixed - four)
+    entry = {
+        "base_bytes": one - per_thread,
+        "per_thread_bytes": per_thread,
+        "session_bytes": max(0, mixed - four),
+        "node_bytes": max(0, (chain - four) // (CHAIN_NODES - 1)),
+        "tokenizers_bytes": max(0, small - ids),
+        # WordPiece: BIG_VOCAB tokens more than the small one; BPE: the same and BIG_VOCAB - 256 merges.
+        "token_bytes": max(0, wordpiece - small) // (BIG_VOCAB - 256),
+        "merge_bytes": max(0, bpe - wordpiece) // (BIG_VOCAB - 256),
+        "measured_on": f"{platform.machine()} Python {platform.python_version()}",
+    }
     M = 2**20
-    print(f"{'onnxruntime':<14}{'base MiB':>10}{'per thread':>12}{'session':>10}{'tokenizers':>12}   measured on")
-    print(f"{onnxruntime.__version__:<14}{base / M:>10.1f}{per_thread / M:>12.2f}{session / M:>10.1f}{tokenizers / M:>12.1f}   "
-          f"{platform.machine()} Python {platform.python_version()}")
+    print(f"{'onnxruntime':<14}{'base MiB':>10}{'per thread':>12}{'session':>10}{'per node':>10}{'tokenizers':>12}"
+          f"{'per token':>11}{'per merge':>11}   measured on")
+    print(f"{onnxruntime.__version__:<14}{entry['base_bytes'] / M:>10.1f}{per_thread / M:>12.2f}"
+          f"{entry['session_bytes'] / M:>10.1f}{entry['node_bytes']:>9d}B{entry['tokenizers_bytes'] / M:>12.1f}"
+          f"{entry['token_bytes']:>10d}B{entry['merge_bytes']:>10d}B   {entry['measured_on']}")
     if args.write:
         import tomllib
 
         data = tomllib.loads(CALIBRATION.read_text()) if CALIBRATION.exists() else {"runtime": {}}
-        data["runtime"][onnxruntime.__version__] = {
-            "base_bytes": base, "per_thread_bytes": per_thread, "session_bytes": session, "tokenizers_bytes": tokenizers,
-            "measured_on": f"{platform.machine()} Python {platform.python_version()}",
-        }
+        data["runtime"][onnxruntime.__version__] = entry
         lines = ["# The runtime's own resident cost, per onnxruntime version: written by",
-                 "# `python scripts/calibrate_runtime.py --write`, which takes the kernel's high-water mark",
-                 "# (VmHWM) of fresh processes that import numpy and onnxruntime and run a one-node model",
-                 "# with 1 and 4 intra-op threads, and with `tokenizers` imported; session_bytes is what a",
-                 "# session over the usual kernels (MatMul, int8 MatMul, Conv, LSTM, If ...) adds beyond",
-                 "# its weights, from a model with weights of a few KB. Measured on the build host:",
-                 "# an aarch64 device's figure differs by its page size and libraries; its smoke test measures it.", ""]
-        for version, entry in sorted(data["runtime"].items()):
+                 "# `python scripts/calibrate_runtime.py --write` (its docstring says how each figure is",
+                 "# measured): peaks of the bundle's own `run.py --measure` over small generated bundles,",
+                 "# so the estimate's fixed parts and the fit stage's measurement count the same things.",
+                 "# Measured on the build host: an aarch64 device's figures differ by its page size and",
+                 "# libraries; its smoke test measures the real peak.", ""]
+        for version, values in sorted(data["runtime"].items()):
             lines.append(f'[runtime."{version}"]')
-            lines += [f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in entry.items()]
+            lines += [f"{k} = {v!r}" if not isinstance(v, str) else f'{k} = "{v}"' for k, v in values.items()]
             lines.append("")
         CALIBRATION.write_text("\n".join(lines))
         print(f"wrote {CALIBRATION.relative_to(REPO)}")

@@ -319,9 +319,11 @@ class Decoder:
         self.eos = set(io.get("eos_token_ids", []))
 
     def empty_past(self, length: int = 0) -> dict[str, np.ndarray]:
-        """A KV cache of `length` positions (zeros): empty to start, or full to measure a long context."""
+        """A KV cache of `length` positions (zeros): empty to start, or full to measure a long context.
+        Written, not np.zeros: untouched pages all map the kernel's one zero page, never resident, and
+        a measurement would miss the cache it is there to hold."""
         shape = (*self.kv_shape[:2], length, self.kv_shape[3])
-        return {n: np.zeros(shape, dtype=self.kv_dtype) for n in self.past}
+        return {n: np.full(shape, 0, dtype=self.kv_dtype) for n in self.past}
 
     def feeds(self, ids: list[int], past: dict[str, np.ndarray], past_length: int) -> dict[str, np.ndarray]:
         n = len(ids)

@@ -33,7 +33,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_tokenizer(folder: Path) -> None:
+def make_tokenizer(folder: Path, max_length: int = 256) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
@@ -46,19 +46,20 @@ def make_tokenizer(folder: Path) -> None:
     tok.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-         "model_max_length": 256}), encoding="utf-8")
+         "model_max_length": max_length}), encoding="utf-8")
 
 
-def make_decoder(folder: Path, arch: str, seed: int = 0) -> Path:
-    """A Hugging Face folder (config, safetensors, tokenizer) of a tiny `arch` decoder."""
+def make_decoder(folder: Path, arch: str, seed: int = 0, **overrides: Any) -> Path:
+    """A Hugging Face folder (config, safetensors, tokenizer) of a tiny `arch` decoder; `overrides`
+    replace config entries (more layers or heads for a larger KV cache, more positions)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder.mkdir(parents=True, exist_ok=True)
-    spec = dict(CONFIGS[arch])
+    spec = dict(CONFIGS[arch]) | overrides
     model_type = spec.pop("model_type")
     config = AutoConfig.for_model(model_type, vocab_size=VOCAB, bos_token_id=0, eos_token_id=1, **spec)
     torch.manual_seed(seed)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    make_tokenizer(folder)
+    make_tokenizer(folder, int(spec.get("max_position_embeddings", spec.get("n_positions", 256))))
     return folder

@@ -2,7 +2,9 @@
 
 The estimate comes from the graph (packager/estimate.py). The bundle's own run.py measures it (`--measure`) in a fresh child process with the
 target's session options and threads: the kernel's high-water mark, reset before the load
-and again before the run, so the figure is the model's and the runtime's, not packager's.
+and again before the run, so the figure is the model's and the runtime's, not packager's. A
+decoder is judged at its decode step with the deployment's context of KV cache (ctx.context);
+--fit auto asks peaks_at() what a shorter context would take.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import decode_step_shapes, estimate, sample_shapes
+from packager.estimate import Estimate, decode_step_shapes, estimate, sample_shapes
 from packager.gpu import unmeasured_gpu_bytes
 from packager.manifest import runtime_spec
 from packager.runtime_files import copy_runtime
@@ -44,11 +46,29 @@ def measure(ctx: Context) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def estimate_at(ctx: Context, context: int | None) -> Estimate:
+    """The packaged model's estimate; a decoder's at its decode step with `context` tokens of KV cache."""
+    assert ctx.packaged_model is not None
+    shapes = decode_step_shapes(ctx.io, context) if ctx.io["kind"] == "decoder" and context \
+        else sample_shapes(ctx.sample_inputs)
+    tokenizer = next((f for f in ctx.tokenizer_files if f.name == "tokenizer.json"), None)
+    return estimate(ctx.packaged_model, ctx.profile, ctx.io["kind"], shapes, context, tokenizer)
+
+
+def peaks_at(ctx: Context, contexts: list[int]) -> dict[int, int]:
+    """A decoder fit has just judged (ctx.memory): its peak at each of `contexts`, predicted from the
+    peak found at ctx.context (measured, else the estimate's high side) less what the estimate says
+    the shorter KV cache saves; never below the load phase's peak, which no context changes. The
+    saving is the low estimate's, the smaller: measured steps fall nearer its slope than the high's."""
+    mem, est = ctx.memory, ctx.memory["estimate"]
+    load = mem.get("load_peak_bytes", est["load_high_bytes"])
+    run_peak = mem.get("run_peak_bytes", est["run_high_bytes"])
+    return {c: max(load, run_peak - (est["run_low_bytes"] - estimate_at(ctx, c).run_low_bytes)) for c in contexts}
+
+
 def run(ctx: Context) -> None:
     assert ctx.packaged_model is not None
-    shapes = decode_step_shapes(ctx.io, ctx.context) if ctx.io["kind"] == "decoder" and ctx.context \
-        else sample_shapes(ctx.sample_inputs)
-    est = estimate(ctx.packaged_model, ctx.profile, ctx.io["kind"], shapes, ctx.context)
+    est = estimate_at(ctx, ctx.context)
     measured = measure(ctx) if ctx.measure else None
     budget = ctx.profile.budget.memory_bytes
     # The verdict trusts a measurement over an estimate, and the estimate's high side over its low. A
