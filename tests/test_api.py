@@ -82,7 +82,7 @@ def test_check_and_plan(tiny_bert: Path) -> None:
     assert isinstance(checked, packager.CheckResult) and checked.fits and checked.exit_code == 0
     assert checked.measured is None and checked.verdict_basis == "estimate (high)"
     assert checked.to_dict()["headroom_bytes"] == checked.budget_bytes - checked.estimate["high_bytes"]
-    tight = packager.check("sample:silero-vad", "rpi5", measure=False, budget="60MiB")
+    tight = packager.check("sample:silero-vad", "rpi5", measure=False, budget="66MiB")  # above the runtime (64), below the model
     assert not tight.fits and tight.exit_code == 3
     planned = packager.plan(tiny_bert / "config.json", "rpi5", precisions=["int8"], contexts=["64", 128])
     assert isinstance(planned, packager.PlanResult)
