@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -61,21 +62,38 @@ def fp32(src: Path, dst: Path) -> RecipeResult:
 
 
 def int8_dynamic(src: Path, dst: Path) -> RecipeResult:
-    """int8 weights per output channel, signed (S8S8 runs on ARM's fast path); activations
-    quantized at run time. For encoders on CPU targets."""
+    """int8 weights per output channel, signed; activations quantized at run time, one scale per
+    tensor (uint8). Text models first have their activations' outlier channels moved into the
+    weights (packager/smoothing.py): per-tensor activation scales are what cost the accuracy.
+    Every MatMul with a constant weight, and the embedding table, is quantized; none is kept in
+    float. For encoders on CPU targets."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    params = {"per_channel": True, "weight_type": "QInt8", "reduce_range": False}
+    from packager import smoothing
+
+    params: dict[str, Any] = {"per_channel": True, "weight_type": "QInt8", "reduce_range": False}
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice is noise here
-    quantize_dynamic(
-        src, dst, per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
-        use_external_data_format=_needs_external_data(src),
-    )
+    external = _needs_external_data(src)
+    with tempfile.TemporaryDirectory(prefix="packager-int8-") as tmp:
+        model = src
+        if external:  # the rewrite holds the whole model in one protobuf, which cannot pass 2 GiB
+            params["smoothing"] = {"applied": False, "why": "model over 2 GiB"}
+        else:
+            smoothed = Path(tmp) / "smoothed.onnx"
+            params["smoothing"] = smoothing.smooth(src, smoothed)
+            if params["smoothing"]["applied"]:
+                model = smoothed
+        quantize_dynamic(
+            model, dst, per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
+            use_external_data_format=external,
+        )
     quantized = count_ops(onnx.load(dst, load_external_data=False), _QUANTIZED_OPS)
     if quantized == 0:
         # Nothing was quantizable (e.g. weights inside If/Loop bodies, which the dynamic
         # quantizer leaves alone): ship the original, which is the same model and smaller.
         shutil.copyfile(src, dst)
+        if params["smoothing"].get("applied"):
+            params["smoothing"] = {"applied": False, "why": "nothing was quantized: the original ships"}
         return RecipeResult("int8-dynamic", params, 0,
                             note="no node was quantizable; the model ships as fp32")
     return RecipeResult("int8-dynamic", params, quantized)
