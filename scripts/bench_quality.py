@@ -222,9 +222,10 @@ def bench(spec: ModelSpec, args: argparse.Namespace, work: Path) -> list[dict[st
         folder = work / name
         folder.mkdir()
         result = run_recipe(name, reference_path, folder / "model.onnx")
-        smoothing = result.params.get("smoothing", {})
-        note = (f"{smoothing['channels_smoothed']} outlier channels of {smoothing['inputs_smoothed']} inputs smoothed"
-                if smoothing.get("applied") else "")
+        fusion, smoothing = result.params.get("fusion", {}), result.params.get("smoothing", {})
+        note = "; ".join(([f"{fusion['fused']['Attention']} attention blocks fused"] if fusion.get("applied") else [])
+                         + ([f"{smoothing['channels_smoothed']} outlier channels of {smoothing['inputs_smoothed']} "
+                             "inputs smoothed"] if smoothing.get("applied") else []))
         variants.append(Variant(name, BITS.get(name, 32), folder / "model.onnx", note))
     if spec.optimum_task and not args.no_optimum:
         try:

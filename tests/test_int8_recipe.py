@@ -71,6 +71,7 @@ def test_outlier_channel_is_smoothed_and_every_matmul_quantized(tmp_path: Path) 
     assert done["inputs_smoothed"] == len(done["channels"])
     assert done["channels_smoothed"] == sum(len(c) for c in done["channels"].values())
     assert result.params["per_channel"] and result.params["weight_type"] == "QInt8"
+    assert result.params["fusion"] == {"applied": False, "why": "no attention (no Softmax) in the graph"}
     shipped = onnx.load(tmp_path / "int8.onnx")
     ops = [n.op_type for n in shipped.graph.node]
     assert "MatMul" not in ops and ops.count("MatMulInteger") == 2  # nothing kept in float
@@ -111,7 +112,8 @@ def test_scales_touch_only_channels_above_the_threshold() -> None:
 
 def test_tensor_models_and_shared_weights_are_quantized_plain(tmp_path: Path) -> None:
     result = int8_dynamic(tiny_encoder(tmp_path / "tensor", tokenizer=False), tmp_path / "t.onnx")
-    assert result.params["smoothing"]["applied"] is False and "tokenizer" in result.params["smoothing"]["why"]
+    for step in ("fusion", "smoothing"):
+        assert result.params[step]["applied"] is False and "tokenizer" in result.params[step]["why"]
     assert result.quantized_nodes >= 2
 
     shared = onnx.load(tiny_encoder(tmp_path / "shared", shared_weight=True))
