@@ -49,6 +49,10 @@ def test_archive_unpacks_into_one_folder_with_the_contract(minilm_rpi5: dict, tm
     assert manifest["schema_version"] == 1
     assert manifest["profile"]["name"] == "rpi5" and manifest["recipe"]["name"] == "int8-dynamic"
     assert manifest["recipe"]["quantized_nodes"] > 0
+    # int8-dynamic's preparation of a text encoder (packager/fusion.py, packager/smoothing.py)
+    prepared = manifest["recipe"]["params"]
+    assert prepared["fusion"]["applied"] and prepared["fusion"]["fused"]["Attention"] == 6
+    assert prepared["smoothing"]["applied"] and prepared["smoothing"]["channels_smoothed"] > 0
     assert manifest["source"]["architecture"] == "BertModel" and len(manifest["source"]["sha256"]) == 64
     assert {i["name"] for i in manifest["inputs"]} >= {"input_ids", "attention_mask"}
     assert "sentence_embedding" in {o["name"] for o in manifest["outputs"]}
