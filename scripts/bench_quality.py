@@ -75,12 +75,37 @@ def encoder_inputs(reference: Path, io: dict[str, Any], quick: bool) -> Feeds:
     return [runner().encode(tokenizer, t, names) for t in texts[: 16 if quick else None]]
 
 
-def encoder_quality(reference: Any, candidate: Any, inputs: Feeds, output: str) -> dict[str, Any]:
+def encoder_quality(reference: Any, candidate: Any, inputs: Feeds, output: str, io: dict[str, Any]) -> dict[str, Any]:
     """Per-input cosine of the primary output against the fp32 reference's: mean and min."""
     cos = [_cosine(reference.run([output], _feed(reference, f))[0], candidate.run([output], _feed(candidate, f))[0])
            for f in inputs]
     return {"figure": f"cos {np.mean(cos):.4f} / {min(cos):.4f}", "mean_cosine": float(np.mean(cos)),
             "min_cosine": float(min(cos))}
+
+
+DECODER_TOKENS = 16
+
+
+def decoder_inputs(reference: Path, io: dict[str, Any], quick: bool) -> Feeds:
+    """The family's prompts as the first generation step takes them (prompt ids, empty KV cache):
+    the latency columns time that prefill step."""
+    rt = runner()
+    tokenizer = rt.load_tokenizer(reference.parent.parent, {**io, "tokenizer": f"{reference.parent.name}/tokenizer.json"})
+    decoder = rt.Decoder(None, io)
+    prompts = [t.strip() for t in (REPO / "targets" / "families" / "text" / "prompts.txt").read_text("utf-8").splitlines()
+               if t.strip()]
+    return [decoder.feeds(tokenizer.encode(p).ids, decoder.empty_past(), 0) for p in prompts]
+
+
+def decoder_quality(reference: Any, candidate: Any, inputs: Feeds, output: str, io: dict[str, Any]) -> dict[str, Any]:
+    """run.py's own measure (verify's and the smoke test's): the fp32 model's greedy continuations,
+    teacher-forced token agreement and first-prediction logits cosine."""
+    rt = runner()
+    prompts = [[int(t) for t in f["input_ids"][0]] for f in inputs]
+    expected = rt.reference_generations(rt.Decoder(reference, io), prompts, DECODER_TOKENS)
+    r = rt.compare_decoder(expected, rt.Decoder(candidate, io))
+    return {"figure": f"tok {r['token_agreement']:.3f} / cos {r['min_logits_cosine']:.4f}",
+            "token_agreement": r["token_agreement"], "min_logits_cosine": r["min_logits_cosine"]}
 
 
 # ---------------------------------------------------------------- models
@@ -91,7 +116,7 @@ class ModelSpec:
     model: str                                     # what `packager package` takes
     recipes: tuple[str, ...]
     inputs: Callable[[Path, dict[str, Any], bool], Feeds]
-    quality: Callable[[Any, Any, Feeds, str], dict[str, Any]]
+    quality: Callable[[Any, Any, Feeds, str, dict[str, Any]], dict[str, Any]]
     metric: str                                    # the figure's meaning, for the table's header
     optimum_task: str | None = None                # optimum-cli export --task; None: no optimum row
 
@@ -99,8 +124,9 @@ class ModelSpec:
 MODELS = [
     ModelSpec("minilm", "sample:minilm", ("fp32", "int8-dynamic", "fp16"), encoder_inputs, encoder_quality,
               "cosine of sentence_embedding vs fp32 over eval.txt, mean / min", optimum_task="feature-extraction"),
-    # A decoder (sample:tiny-llama; recipes int4, int8) goes here with its own inputs and quality
-    # functions: greedy-token agreement with the fp32 model and the last token's logits cosine.
+    ModelSpec("tiny-llama", "sample:tiny-llama", ("fp32", "int8-dynamic", "int4", "fp16"), decoder_inputs,
+              decoder_quality, f"teacher-forced agreement with fp32's {DECODER_TOKENS} greedy tokens per prompt / "
+              "min first-token logits cosine; latency: the prompt's prefill step", optimum_task="text-generation-with-past"),
 ]
 
 
@@ -137,7 +163,7 @@ def optimum_arm64(spec: ModelSpec, ctx: Context, work: Path) -> Variant:
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[1:3])} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
     (path,) = quantized.glob("*.onnx")
-    return Variant("optimum-cli --arm64", BITS["optimum-arm64"], path, "per-tensor weights, all 48 MatMuls")
+    return Variant("optimum-cli --arm64", BITS["optimum-arm64"], path, "per-tensor weights")
 
 
 # ---------------------------------------------------------------- measures
@@ -233,7 +259,7 @@ def bench(spec: ModelSpec, args: argparse.Namespace, work: Path) -> list[dict[st
     for v in variants:
         size = model_bytes(v.path)
         rows.append({"model": spec.name, "variant": v.label, "mb": size / 1e6, "physical": size / (params * v.bits / 8),
-                     **spec.quality(reference, _session(v.path, args.threads), inputs, output), "note": v.note})
+                     **spec.quality(reference, _session(v.path, args.threads), inputs, output, ctx.io), "note": v.note})
     wall = latencies(variants, inputs, output, args.threads, args.runs, "wall")
     cpu = latencies(variants, inputs, output, 1, args.runs, "cpu") if not args.quick else {}
     for row in rows:
