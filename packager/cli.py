@@ -508,7 +508,8 @@ def keygen(
 
 @app.command("inspect")
 def inspect_model(
-    model: Path = typer.Argument(..., help="An .onnx file, a folder holding model.onnx, or a bundle (.tar.gz or unpacked)."),
+    model: str = typer.Argument(..., help="An .onnx file, a folder holding model.onnx, a bundle (.tar.gz or unpacked), "
+                                "or a Hugging Face folder or sample:NAME (exported first, as package does)."),
     target: list[str] = typer.Option([], "--target", "-t", help="Check this target's runtime (repeatable; default: "
                                      "every profile). Exit 11 if its runtime cannot run the model."),
     top: int = typer.Option(15, "--top", min=1, help="Operators shown in the table (--json lists all)."),
@@ -523,7 +524,7 @@ def inspect_model(
 
         profiles = [resolve_target(t) for t in target] or list(builtin_profiles().values())
         with tempfile.TemporaryDirectory(prefix="packager-inspect-") as tmp:
-            path, shown, bundle = _inspect_path(model, Path(tmp))
+            path, shown, bundle = _inspect_path(model, Path(tmp), profiles[0] if profiles else None)
             result = inspect_onnx(path, profiles, model=str(model))
         return result, shown, bundle
 
@@ -543,10 +544,15 @@ def inspect_model(
             raise typer.Exit(int(ExitCode.BAD_PROFILE))
 
 
-def _inspect_path(model: Path, tmp: Path) -> tuple[Path, str, dict[str, Any] | None]:
-    """The .onnx file MODEL names, how to show it, and the bundle's manifest summary when it is a bundle."""
+def _inspect_path(spec: str, tmp: Path, profile: Any) -> tuple[Path, str, dict[str, Any] | None]:
+    """The .onnx file MODEL names, how to show it, and the bundle's manifest summary when it is a bundle.
+    A Hugging Face folder or a sample goes through packager's source and export stages first."""
     from packager.archive import extract_bundle
 
+    model = Path(spec)
+    if spec.startswith("sample:") or (model.is_dir() and (model / "config.json").is_file()
+                                      and not list(model.glob("*.onnx"))):
+        return _exported(spec, tmp, profile), f"{spec} (exported by packager, fp32)", None
     if not model.exists():
         raise PackagerError(f"{model}: no such file or folder; check the path.", ExitCode.BAD_INPUT)
     shown = str(model)
@@ -570,13 +576,24 @@ def _inspect_path(model: Path, tmp: Path) -> tuple[Path, str, dict[str, Any] | N
     if (model / "model.onnx").is_file() or len(onnx_files) == 1:
         path = model / "model.onnx" if (model / "model.onnx").is_file() else onnx_files[0]
         return path, str(path), None
-    if (model / "config.json").is_file():
-        raise PackagerError(f"{model} is a Hugging Face folder, and inspect reads ONNX models: package it "
-                            f"(`packager package {model} --target NAME`) and inspect the bundle, or export it to .onnx.",
-                            ExitCode.BAD_INPUT)
     what = f"{len(onnx_files)} .onnx files" if onnx_files else "no .onnx file"
     raise PackagerError(f"{model}: a folder with {what} and no model.onnx; pass the .onnx file itself.",
                         ExitCode.BAD_INPUT)
+
+
+def _exported(spec: str, tmp: Path, profile: Any) -> Path:
+    """The fp32 ONNX export of a Hugging Face folder or sample, as `packager package` makes it (and
+    from the same stage cache), at the opset the first target's runtime takes."""
+    from packager.cache import open_cache
+    from packager.context import Context
+    from packager.profiles import resolve_target
+    from packager.stages import export, source
+
+    ctx = Context(spec, profile or resolve_target("rpi5"), "fp32", tmp, tmp / "out", stage_cache=open_cache(True))
+    source.run(ctx)
+    export.run(ctx)
+    assert ctx.reference_model is not None
+    return ctx.reference_model
 
 
 def _bundle_summary(manifest: Path) -> dict[str, Any] | None:

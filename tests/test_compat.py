@@ -222,7 +222,7 @@ def test_package_stops_before_the_bundle(tmp_path: Path) -> None:
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_inspect_reads_bundles_and_refuses_what_it_cannot(tmp_path: Path, minilm_dir: Path) -> None:
+def test_inspect_reads_bundles_and_refuses_what_it_cannot(tmp_path: Path) -> None:
     bundle = tmp_path / "tiny-rpi5"
     (bundle / "model").mkdir(parents=True)
     onnx.save(_relu(), bundle / "model" / "model.onnx")
@@ -234,12 +234,26 @@ def test_inspect_reads_bundles_and_refuses_what_it_cannot(tmp_path: Path, minilm
     from packager.cli import _inspect_path
 
     for given in (bundle, archive):
-        path, _, summary = _inspect_path(given, tmp_path / f"x-{given.name}")
+        path, _, summary = _inspect_path(str(given), tmp_path / f"x-{given.name}", None)
         assert read_model(path).ops == {("ai.onnx", "MatMul"): 1, ("ai.onnx", "Relu"): 1}
         assert summary == {"name": "tiny", "target": "rpi5", "recipe": "fp32", "runtime": "onnxruntime==1.32.0"}
-    with pytest.raises(PackagerError, match="Hugging Face folder") as e:
-        _inspect_path(minilm_dir, tmp_path)
+    (tmp_path / "two").mkdir()
+    for name in ("a.onnx", "b.onnx"):
+        onnx.save(_relu(), tmp_path / "two" / name)
+    with pytest.raises(PackagerError, match="2 .onnx files and no model.onnx") as e:
+        _inspect_path(str(tmp_path / "two"), tmp_path, None)
     assert e.value.code == ExitCode.BAD_INPUT
+
+
+@pytest.mark.integration
+def test_inspect_exports_a_sample_first(tmp_path: Path) -> None:
+    """Every sample inspects: a Hugging Face folder goes through packager's own export."""
+    proc = run_cli("inspect", "sample:tiny-llama", "--target", "phone", "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["path"] == "sample:tiny-llama (exported by packager, fp32)"
+    assert {i["name"] for i in r["inputs"]} >= {"input_ids", "past_key_values.0.key"}
+    assert r["compatibility"][0]["ok"] is True
 
 
 def test_a_new_ir_stamp_is_lowered_to_what_the_runtime_reads(tmp_path: Path) -> None:
