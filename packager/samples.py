@@ -39,14 +39,16 @@ SAMPLES: dict[str, Sample] = {
 }
 
 
-def resolve_sample(name: str) -> tuple[Path, Sample]:
-    if name not in SAMPLES:
+def resolve_sample(name: str, table: dict[str, Sample] | None = None, what: str = "sample") -> tuple[Path, Sample]:
+    """The folder or file of a built-in `sample:NAME` (from `table`: SAMPLES, or ADAPTERS)."""
+    table = SAMPLES if table is None else table
+    if name not in table:
         raise PackagerError(
-            f"unknown sample {name!r}{did_you_mean(name, list(SAMPLES))}; built-in samples: "
-            f"{', '.join('sample:' + s for s in SAMPLES)}.",
+            f"unknown {what} {name!r}{did_you_mean(name, list(table))}; built-in {what}s: "
+            f"{', '.join('sample:' + s for s in table)}.",
             ExitCode.BAD_INPUT,
         )
-    sample = SAMPLES[name]
+    sample = table[name]
     # find_spec locates the package without importing it (silero_vad would import torch).
     spec = importlib.util.find_spec(sample.module)
     if spec is None or not spec.submodule_search_locations:
@@ -71,16 +73,7 @@ EVAL_FILE = "eval.jsonl"
 
 
 def resolve_adapter_sample(name: str) -> Path:
-    if name not in ADAPTERS:
-        raise PackagerError(
-            f"unknown adapter sample {name!r}{did_you_mean(name, list(ADAPTERS))}; built-in adapters: "
-            f"{', '.join('sample:' + s for s in ADAPTERS)}.",
-            ExitCode.BAD_INPUT,
-        )
-    sample = ADAPTERS[name]
-    spec = importlib.util.find_spec(sample.module)
-    assert spec is not None and spec.submodule_search_locations
-    return Path(next(iter(spec.submodule_search_locations))) / sample.relpath
+    return resolve_sample(name, ADAPTERS, "adapter sample")[0]
 
 
 def resolve_eval(spec: str) -> Path:
