@@ -45,7 +45,6 @@ from onnx import helper, numpy_helper
 
 THRESHOLD = 4.0    # a channel is an outlier above this many times the median channel's range
 ALPHA = 0.75       # how much of an outlier's excess moves into the weights (1: all of it)
-TEXT_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
 # Nodes that multiply input 0 by the weight in input 1 ([channels, outputs]): MatMul, and the fused
 # attention of packager/fusion.py (its Q, K and V weights side by side).
 WEIGHTED_OPS = {("", "MatMul"), ("com.microsoft", "Attention")}
@@ -57,20 +56,18 @@ def calibration_feeds(src: Path) -> list[dict[str, np.ndarray]] | None:
     None when `src` is not a text model with its tokenizer (the export stage puts it there)."""
     from packager.paths import targets_dir
     from packager.runtime_files import runner
+    from packager.stages.export import TOKENIZER_INPUTS
 
     tokenizer_file = src.parent / "tokenizer.json"
     model = onnx.load(src, load_external_data=False)
     initializers = {i.name for i in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in initializers]
-    if not tokenizer_file.is_file() or not names or not set(names) <= TEXT_INPUTS:
+    if not tokenizer_file.is_file() or not names or not set(names) <= TOKENIZER_INPUTS:
         return None
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
+    try:  # the device's own tokenizer loading (run.py)
+        tokenizer = runner().load_tokenizer(src.parent, {"tokenizer": tokenizer_file.name, "max_length": MAX_TOKENS})
+    except RuntimeError:  # no `tokenizers` package
         return None
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=MAX_TOKENS)
     path = targets_dir() / "families" / "text" / "calibration.txt"
     texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return [runner().encode(tokenizer, text, names) for text in texts]

@@ -65,11 +65,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def encoder_inputs(reference: Path, io: dict[str, Any], quick: bool) -> Feeds:
     """eval.txt through the model's tokenizer, one sentence per run, as the device encodes it."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(reference.parent / "tokenizer.json"))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=int(io.get("max_length", 512)))
+    tokenizer = runner().load_tokenizer(reference.parent, {"tokenizer": "tokenizer.json",
+                                                           "max_length": io.get("max_length", 512)})
     texts = [t.strip() for t in EVAL_TEXTS.read_text(encoding="utf-8").splitlines() if t.strip()]
     names = [i["name"] for i in io["inputs"]]
     return [runner().encode(tokenizer, t, names) for t in texts[: 16 if quick else None]]
