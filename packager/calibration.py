@@ -46,6 +46,14 @@ def calibration_inputs(ctx: Context, tokenizer_bundle: Path) -> tuple[list[dict[
     return feeds, f"{path} ({len(feeds)} input sets)"
 
 
+def unused_calibration(recipe_name: str) -> PackagerError:
+    """--calibration given for a recipe that does not calibrate."""
+    from packager.recipes import CALIBRATED
+
+    return PackagerError(f"--calibration is for the calibrated recipes ({', '.join(sorted(CALIBRATED))}); recipe "
+                         f"{recipe_name} does not use it: drop it or use --recipe int8-static.", ExitCode.USAGE)
+
+
 def _read_lines(path: Path) -> list[str]:
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

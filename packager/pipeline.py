@@ -67,8 +67,9 @@ def _check_calibration(path: Path | None, recipe_name: str, settings: PackageSet
         raise PackagerError(f"the calibration file {path} does not exist; give text lines (text models) or an .npz "
                             "of inputs.", ExitCode.BAD_INPUT)
     if not settings.recipe.origin.startswith("profile") and recipe_name not in CALIBRATED:
-        raise PackagerError(f"--calibration is for the calibrated recipes ({', '.join(sorted(CALIBRATED))}); recipe "
-                            f"{recipe_name} does not use it: drop it or use --recipe int8-static.", ExitCode.USAGE)
+        from packager.calibration import unused_calibration
+
+        raise unused_calibration(recipe_name)
 
 
 def _run(model: str, settings: PackageSettings, stages: tuple[str, ...], reporter: Reporter | None,

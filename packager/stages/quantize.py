@@ -6,7 +6,7 @@ import shutil
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
-from packager.calibration import calibration_inputs
+from packager.calibration import calibration_inputs, unused_calibration
 from packager.recipes import CALIBRATED, RECIPES, RecipeOptions
 
 
@@ -22,8 +22,7 @@ def run(ctx: Context) -> None:
         feeds, where = calibration_inputs(ctx, ctx.stage_dir)
         options = RecipeOptions(int4=ctx.profile.int4, calibration=feeds, calibration_source=where)
     elif ctx.calibration is not None and not ctx.fit:  # --fit auto may try a calibrated recipe later
-        raise PackagerError(f"--calibration is for the calibrated recipes ({', '.join(sorted(CALIBRATED))}); recipe "
-                            f"{ctx.recipe_name} does not use it: drop it or add --recipe int8-static.", ExitCode.USAGE)
+        raise unused_calibration(ctx.recipe_name)
     try:
         ctx.recipe = RECIPES[ctx.recipe_name](ctx.reference_model, dest, options)
     except PackagerError:
