@@ -31,6 +31,14 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 
 
+def mixed_record(ctx: Context) -> dict[str, Any] | None:
+    """int4-mixed: what the recipe kept at 8 bits and at what cost (its params), and how the pipeline chose it."""
+    if ctx.recipe is None or ctx.recipe.name != "int4-mixed":
+        return None
+    done = ctx.recipe.params.get("mixed", {"layers_8bit": [], "cost_bytes": 0, "layer_bytes": {}})
+    return done | {k: v for k, v in ctx.recipe.extra.get("search", {}).items() if k != "layers_8bit"}
+
+
 @dataclass(frozen=True)
 class PackageResult:
     """One bundle: `to_dict()` is what `packager package --json` prints for it."""
@@ -47,6 +55,7 @@ class PackageResult:
     signature: dict[str, Any] | None   # the signing key's fingerprint when signed
     cache: dict[str, str]              # stage -> "hit", "miss", "corrupt" (rebuilt) or "off"
     timings_s: dict[str, float]        # seconds per stage
+    mixed: dict[str, Any] | None = None   # int4-mixed: the layers at 8 bits, their cost, the sensitivity measured
     smoke_result: SmokeResult | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -60,7 +69,8 @@ class PackageResult:
     def to_dict(self) -> dict[str, Any]:
         return {"archive": str(self.archive), "bundle": self.bundle, "target": self.target, "recipe": self.recipe,
                 "sizes": self.sizes, "accuracy": self.accuracy, "memory": self.memory, "fit": self.fit,
-                "smoke": self.smoke, "signature": self.signature, "cache": self.cache, "timings_s": self.timings_s}
+                "smoke": self.smoke, "signature": self.signature, "cache": self.cache, "timings_s": self.timings_s,
+                **({"mixed": self.mixed} if self.mixed is not None else {})}
 
     @classmethod
     def from_context(cls, ctx: Context, smoked: SmokeResult | None = None, smoke_mode: str | None = None,
@@ -83,6 +93,7 @@ class PackageResult:
             signature=manifest_entry(sign) if sign else None,
             cache=dict(ctx.cache),
             timings_s=dict(ctx.timings),
+            mixed=mixed_record(ctx),
             smoke_result=smoked,
         )
 

@@ -122,7 +122,7 @@ def package(
     target: list[str] = typer.Option([], "--target", "-t", help="Target profile name or alias (see `packager targets`), or a profile .toml; repeat it for several targets."),
     all_targets: bool = typer.Option(False, "--all-targets", help="Package for every built-in target profile."),
     out: str | None = typer.Option(None, "--out", "-o", help="Folder for the bundle archive [default: dist]."),
-    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's for the model's kind): fp32, int8-dynamic, int8-static, int4, fp16."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's for the model's kind): fp32, int8-dynamic, int8-static, int4, int4-mixed, fp16."),
     budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
     context: int | None = typer.Option(None, "--context", min=1, help="Decoders: tokens of KV cache the deployment holds (default: the profile's)."),
     calibration: Path | None = typer.Option(None, "--calibration", help="int8-static: text lines (text models) or an .npz of inputs to calibrate on (default: built-in)."),
@@ -320,6 +320,10 @@ def _print_package(r: Any) -> None:
               f"run {mem['run_peak_bytes'] / MiB:.0f}; estimate {est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) "
               f"of {mem['budget_bytes'] / MiB:.0f} MiB budget")
     err.print(f"model     {r.sizes['model_bytes'] / MiB:.1f} MiB ({r.recipe})")
+    if r.mixed:
+        from packager.report import mixed_text
+
+        err.print(f"mixed     {escape(mixed_text(r.mixed).removeprefix('int4-mixed: '))}", soft_wrap=True)
     if r.signature:
         err.print(f"signed    ed25519, public key sha256 {r.signature['public_key_sha256']}", soft_wrap=True)
     if r.smoke:

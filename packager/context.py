@@ -76,6 +76,8 @@ class Context:
     # quantize
     packaged_model: Path | None = None
     recipe: RecipeResult | None = None
+    keep_8bit: tuple[str, ...] = ()         # int4-mixed: the layers at 8 bits in this attempt
+    mixed_search: dict[str, Any] = field(default_factory=dict)   # int4-mixed: sensitivity, tries, the choice
     # compat
     compatibility: dict[str, Any] = field(default_factory=dict)   # the packaged model against the pinned runtime
     # mobile (phone profiles): the ORT-format model the app loads, its checks and the usability verdict

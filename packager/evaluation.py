@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.errors import ExitCode, PackagerError
+from packager.recipes import remedy
 
 SMOKE_CASES = 8          # cases the bundle carries for the device's smoke test
 LISTED = 20              # disagreeing cases the manifest lists
@@ -165,5 +166,5 @@ def failure(ctx_recipe: str, target: str, record: dict[str, Any]) -> str:
     return (f"recipe {ctx_recipe} loses the fine-tune on your eval cases: the packaged model passes "
             f"{record['packaged_passed']}/{record['cases']} ({record['packaged_score']:.1%}) where the fp32 reference "
             f"passes {record['reference_passed']}/{record['cases']} ({record['reference_score']:.1%}), more than "
-            f"{target}'s eval tolerance of {percent(record['tolerance'])} below it; try a more precise recipe "
-            "(int8-dynamic, fp16 or fp32), or --fit auto.")
+            f"{target}'s eval tolerance of {percent(record['tolerance'])} below it; try {remedy(ctx_recipe)}, or "
+            "--fit auto.")

@@ -46,9 +46,11 @@ class RecipeOptions:
     # int8-static: the inputs the activations' ranges are measured on (packager/calibration.py)
     calibration: list[dict[str, np.ndarray]] = field(default_factory=list)
     calibration_source: str = ""
+    # int4-mixed: the layers (packager/mixed.py's names, "layers.3", "lm_head") kept at 8 bits
+    keep_8bit: tuple[str, ...] = ()
 
 
-def _needs_external_data(src: Path) -> bool:
+def needs_external_data(src: Path) -> bool:
     total = src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(f"{src.stem}*data*"))
     return total > _PROTO_LIMIT
 
@@ -86,7 +88,7 @@ def int8_dynamic(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
 
     params: dict[str, Any] = {"per_channel": True, "weight_type": "QInt8", "reduce_range": False}
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice is noise here
-    external = _needs_external_data(src)
+    external = needs_external_data(src)
     with tempfile.TemporaryDirectory(prefix="packager-int8-") as tmp:
         model, prepared = _prepare_for_int8(src, Path(tmp), external)
         params |= prepared
@@ -158,7 +160,7 @@ def int8_static(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm", "Conv",
                     "Gather"], nodes_to_quantize=nodes, per_channel=True, reduce_range=False,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=_needs_external_data(src))
+                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=needs_external_data(src))
     quantized = count_ops(onnx.load(dst, load_external_data=False), {"QuantizeLinear"})
     return RecipeResult("int8-static", params, quantized)
 
@@ -169,7 +171,7 @@ def fp16(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
 
     model = onnx.load(src)
     converted = convert_float_to_float16(model, keep_io_types=True)
-    onnx.save(converted, dst, save_as_external_data=_needs_external_data(src))
+    onnx.save(converted, dst, save_as_external_data=needs_external_data(src))
     return RecipeResult("fp16", {"keep_io_types": True}, 0)
 
 
@@ -177,31 +179,88 @@ def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     """4-bit weights, block-wise (MatMulNBits), the embedding table too (GatherBlockQuantized);
     activations stay float. A tied embedding / lm_head pair stays one weight in the file. For
     decoder LLMs, whose weights are most of their memory."""
+    model, params = _nbits(src, options.int4, keep_8bit=())
+    onnx.save(model, dst, save_as_external_data=needs_external_data(src))
+    return RecipeResult("int4", params, count_ops(model, _QUANTIZED_OPS))
+
+
+def int4_mixed(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
+    """int4, but the layers named in `options.keep_8bit` at 8 bits (MatMulNBits bits=8, same blocks).
+    Which layers: the fewest, most sensitive first, that keep the answers; the pipeline measures and
+    chooses them (packager/mixed.py) and runs this recipe with its choice. With none kept it is int4."""
+    model, params = _nbits(src, options.int4, keep_8bit=options.keep_8bit)
+    onnx.save(model, dst, save_as_external_data=needs_external_data(src))
+    return RecipeResult("int4-mixed", params, count_ops(model, _QUANTIZED_OPS))
+
+
+def quantize_nbits(model: onnx.ModelProto, settings: Int4, bits: int, tied: bool) -> onnx.ModelProto:
+    """Every MatMul with a constant weight as MatMulNBits at `bits`, and (untied, 4 bits: the quantizer does
+    Gather at 4 bits only) the embedding Gather as GatherBlockQuantized, with the profile's block size,
+    symmetry and accuracy level; `model` is consumed."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    settings = options.int4
-    model = onnx.load(src)
-    tied = find_tied_embedding(model) if settings.symmetric else None
     config = DefaultWeightOnlyQuantConfig(
         block_size=settings.block_size, is_symmetric=settings.symmetric,
         accuracy_level=settings.accuracy_level or None,
-        op_types_to_quantize=("MatMul",) if tied else ("MatMul", "Gather"),
-        quant_axes=(("MatMul", 0), ("Gather", 1)),
+        op_types_to_quantize=("MatMul",) if tied or bits != 4 else ("MatMul", "Gather"),
+        quant_axes=(("MatMul", 0), ("Gather", 1)), bits=bits,
     )
     logging.getLogger().setLevel(logging.ERROR)  # its opset-21 upgrade warning is expected here
     quantizer = MatMulNBitsQuantizer(model, algo_config=config)
     quantizer.process()
     quantized = quantizer.model.model
-    del model, quantizer
+    if bits == 8 and not tied:
+        _embedding_8bit(quantized, settings.block_size)
+    return quantized
+
+
+def _embedding_8bit(model: onnx.ModelProto, block_size: int) -> None:
+    """An untied embedding table (a Gather of a constant [vocab, hidden]) as GatherBlockQuantized at 8 bits,
+    which onnxruntime's quantizer does not write: symmetric blocks along hidden, uint8 with the default zero
+    point 128, so that int4-mixed can raise the embedding as it raises any other layer."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    for index, node in enumerate(model.graph.node):
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or len(table.dims) != 2 or table.dims[1] % block_size:
+            continue
+        weights = numpy_helper.to_array(table).astype(np.float32)
+        blocks = weights.reshape(weights.shape[0], -1, block_size)
+        scales = np.maximum(np.abs(blocks).max(axis=-1), 1e-12) / 127
+        codes = (np.clip(np.round(blocks / scales[..., None]), -127, 127) + 128).astype(np.uint8)
+        name = f"{table.name}_Q8"
+        model.graph.initializer.extend([numpy_helper.from_array(codes.reshape(weights.shape), name),
+                                        numpy_helper.from_array(scales.astype(np.float32), f"{name}_scales")])
+        model.graph.node[index].CopyFrom(helper.make_node(
+            "GatherBlockQuantized", [name, node.input[1], f"{name}_scales"], list(node.output),
+            name=f"{node.name}_Q8", domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=block_size,
+            bits=8))
+        if not any(table.name in n.input for n in model.graph.node):
+            model.graph.initializer.remove(table)
+
+
+def _nbits(src: Path, settings: Int4, keep_8bit: tuple[str, ...]) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The int4 model with the layers in `keep_8bit` taken from an 8-bit quantization of the same
+    weights (packager/mixed.py names the layers), the tied embedding rewired last, and its params."""
+    from packager import mixed
+
+    model = onnx.load(src)
+    tied = find_tied_embedding(model) if settings.symmetric else None
+    quantized = quantize_nbits(model, settings, 4, tied is not None)
+    del model
+    params: dict[str, Any] = {"block_size": settings.block_size, "symmetric": settings.symmetric,
+                              "accuracy_level": settings.accuracy_level}
+    if keep_8bit:
+        eight = quantize_nbits(onnx.load(src), settings, 8, tied is not None)
+        params["mixed"] = mixed.compose(quantized, eight, keep_8bit)
+        del eight
     embedding = "float (no constant embedding table)"
     if tied:
         embedding = tie_embedding(quantized, *tied, settings.block_size)
     elif count_ops(quantized, {"GatherBlockQuantized"}):
         embedding = "int4 (GatherBlockQuantized, its own table)"
-    onnx.save(quantized, dst, save_as_external_data=_needs_external_data(src))
-    params = {"block_size": settings.block_size, "symmetric": settings.symmetric,
-              "accuracy_level": settings.accuracy_level, "embedding": embedding}
-    return RecipeResult("int4", params, count_ops(quantized, _QUANTIZED_OPS))
+    return quantized, params | {"embedding": embedding}
 
 
 def find_tied_embedding(model: onnx.ModelProto) -> tuple[str, str] | None:
@@ -223,13 +282,16 @@ def find_tied_embedding(model: onnx.ModelProto) -> tuple[str, str] | None:
 
 
 def tie_embedding(model: onnx.ModelProto, gather_name: str, head_weight: str, block_size: int) -> str:
-    """Point the embedding Gather at the lm_head's 4-bit weight: a GatherBlockQuantized over the
-    MatMulNBits' own B ([vocab, blocks, block/2] uint8, zero point 8 by default on both ops)."""
+    """Point the embedding Gather at the lm_head's 4- or 8-bit weight: a GatherBlockQuantized over the
+    MatMulNBits' own B ([vocab, blocks, block * bits / 8] uint8; the default zero point, 2^(bits-1),
+    is the same on both ops)."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1] == f"{head_weight}_Q4")
+    head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1] in (f"{head_weight}_Q4",
+                                                                                      f"{head_weight}_Q8"))
     b_name, scales_name = head.input[1], head.input[2]
+    bits = next((a.i for a in head.attribute if a.name == "bits"), 4)   # 4: MatMulNBits' default
     inits = {i.name: i for i in graph.initializer}
     vocab, blocks = (int(d) for d in inits[b_name].dims[:2])
     hidden = next(helper.get_attribute_value(a) for a in head.attribute if a.name == "K")
@@ -245,7 +307,7 @@ def tie_embedding(model: onnx.ModelProto, gather_name: str, head_weight: str, bl
     nodes = [
         helper.make_node("GatherBlockQuantized", [b_name, ids, f"{scales_name}_gather"], [f"{p}/blocks"],
                          name=f"{p}/GatherBlockQuantized", domain="com.microsoft", gather_axis=0,
-                         quantize_axis=2, block_size=block_size, bits=4),
+                         quantize_axis=2, block_size=block_size, bits=bits),
         helper.make_node("Shape", [ids], [f"{p}/ids_shape"], name=f"{p}/Shape"),
         helper.make_node("Concat", [f"{p}/ids_shape", f"{p}/hidden"], [f"{p}/shape"], name=f"{p}/Concat", axis=0),
         helper.make_node("Reshape", [f"{p}/blocks", f"{p}/shape"], [out], name=f"{p}/Reshape"),
@@ -255,7 +317,7 @@ def tie_embedding(model: onnx.ModelProto, gather_name: str, head_weight: str, bl
         graph.node.insert(index + offset, node)
     if not any(table in n.input for n in graph.node):
         graph.initializer.remove(inits[table])
-    return "int4, tied: GatherBlockQuantized reads the lm_head's MatMulNBits weight"
+    return f"int{bits}, tied: GatherBlockQuantized reads the lm_head's MatMulNBits weight"
 
 
 RECIPES: dict[str, Callable[[Path, Path, RecipeOptions], RecipeResult]] = {
@@ -264,6 +326,15 @@ RECIPES: dict[str, Callable[[Path, Path, RecipeOptions], RecipeResult]] = {
     "int8-static": int8_static,
     "fp16": fp16,
     "int4": int4,
+    "int4-mixed": int4_mixed,
 }
+# The recipe whose 8-bit layers the pipeline chooses by measuring (packager/mixed.py).
+MIXED = "int4-mixed"
 # Recipes that need calibration inputs (RecipeOptions.calibration).
 CALIBRATED = {"int8-static"}
+
+
+def remedy(recipe: str) -> str:
+    """What to try when `recipe` changes the answers too much (verify's refusals end with it)."""
+    mixed = f"--recipe {MIXED} (keeps the most sensitive layers at 8 bits), or " if recipe == "int4" else ""
+    return f"{mixed}a more precise recipe (int8-dynamic, fp16 or fp32)"

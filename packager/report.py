@@ -165,6 +165,7 @@ class View:
         self.timings = {str(k): float(v) for k, v in _dict(r.get("timings_s")).items() if _num(v) is not None}
         self.smoke = r.get("smoke") if isinstance(r.get("smoke"), dict) else None
         self.fit = r.get("fit") if isinstance(r.get("fit"), dict) else None
+        self.mixed = r.get("mixed") if isinstance(r.get("mixed"), dict) else None
         self.budget = _num(self.memory.get("budget_bytes"))
         self.headroom = _num(self.memory.get("headroom_bytes"))
         self.measured = _num(self.memory.get("measured_peak_bytes"))
@@ -401,6 +402,8 @@ def _md_section(v: View) -> list[str]:
         f"model {model_size(v)}, archive {size(_num(v.sizes.get('archive_bytes')))}"), md(smoke_text(v))]])
     if v.fit:
         out += [md(_fit_text(v.fit)), ""]
+    if v.mixed:
+        out += [md(mixed_text(v.mixed)), ""]
     if v.timings:
         total = sum(v.timings.values())
         out += _md_table(["stage", "seconds"], [[md(k), f"{s:.1f}"] for k, s in v.timings.items()] +
@@ -414,6 +417,21 @@ def _fit_text(fit: dict[str, Any]) -> str:
     head = f"fit {fit.get('mode', 'auto')}: chose {chosen} ({fit.get('why', '')})" if chosen else \
         f"fit {fit.get('mode', 'auto')}: nothing chosen"
     return head + (f"; tried {tried}" if tried else "")
+
+
+def mixed_text(mixed: dict[str, Any]) -> str:
+    """int4-mixed in a sentence: the layers at 8 bits, their cost over int4, and the sensitivity behind the choice."""
+    layers = [str(x) for x in mixed.get("layers_8bit", []) if isinstance(x, str)]
+    cost = _num(mixed.get("cost_bytes")) or 0
+    ranking = [r for r in mixed.get("sensitivity", []) if isinstance(r, dict)]
+    if not layers:
+        return f"int4-mixed: every layer at 4 bits ({mixed.get('why', 'int4 keeps the answers')})"
+    text = f"int4-mixed: {', '.join(layers)} at 8 bits, +{size(cost)} over int4"
+    if ranking:
+        text += (f" ({mixed.get('why', '')}); sensitivity, KL from fp32 with only that layer at 4 bits, measured on "
+                 f"{mixed.get('measured_on', '?')}: " + ", ".join(f"{r.get('layer')} {_num(r.get('kl_at_4bit')) or 0:.4f}"
+                                                               for r in ranking))
+    return text
 
 
 def _footer_text(report: dict[str, Any]) -> str:
@@ -736,6 +754,8 @@ def _html_section(v: View, i: int) -> list[str]:
     notes = [str(n) for n in v.estimate.get("notes", []) if n] if isinstance(v.estimate.get("notes"), list) else []
     if v.fit:
         notes.append(_fit_text(v.fit))
+    if v.mixed:
+        notes.append(mixed_text(v.mixed))
     if isinstance(v.raw.get("signature"), dict) and v.raw["signature"].get("public_key_sha256"):
         notes.append(f"signed ({v.raw['signature'].get('algorithm', '?')}), public key sha256 "
                      f"{v.raw['signature']['public_key_sha256']}")

@@ -37,7 +37,7 @@ def long_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _fp32_only(tmp_path: Path) -> Path:
     """rpi5 with --fit auto trying fp32 alone for decoders: one recipe keeps the test short."""
     text = (profiles_dir() / "rpi5.toml").read_text()
-    old = 'decoder_fit_recipes = ["fp32", "int8-dynamic", "int4"]'
+    old = 'decoder_fit_recipes = ["fp32", "int8-dynamic", "int4-mixed"]'
     assert old in text
     path = tmp_path / "rpi5-fp32.toml"
     path.write_text(text.replace(old, 'decoder_fit_recipes = ["fp32"]'))

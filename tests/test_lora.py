@@ -216,7 +216,7 @@ def test_fit_auto_prefers_the_recipe_that_keeps_the_fine_tune(cache: Path, eight
     monkeypatch.setenv("PACKAGER_LORA_MERGE", "arithmetic")   # the merge without peft (the encoder test: peft's)
     # Smallest first: the coarse int4 fits but fails the eval gate, so --fit auto moves on to int8-dynamic.
     smallest_first = profile(tmp_path, "smallest-first", **COARSE, **{
-        'decoder_fit_recipes = ["fp32", "int8-dynamic", "int4"]': 'decoder_fit_recipes = ["int4", "int8-dynamic"]'})
+        'decoder_fit_recipes = ["fp32", "int8-dynamic", "int4-mixed"]': 'decoder_fit_recipes = ["int4", "int8-dynamic"]'})
     result = packager.package("sample:tiny-llama", str(smallest_first), adapter="sample:tiny-llama-lora",
                               eval_file=eight_cases, fit="auto", out=tmp_path / "dist", cache=cache)
     assert result.recipe == "int8-dynamic" and [t["recipe"] for t in result.fit["tried"]] == ["int4", "int8-dynamic"]
@@ -250,6 +250,41 @@ def test_eval_gate_refuses_a_recipe_that_loses_the_fine_tune(cache: Path, eight_
     assert e.value.code == ExitCode.ACCURACY
     assert "loses the fine-tune on your eval cases" in e.value.message and "fp32 reference passes 8/8" in e.value.message
     assert "\n" not in e.value.message and not (tmp_path / "dist").exists()
+
+
+@pytest.mark.integration
+def test_int4_mixed_raises_the_sensitive_layers_and_keeps_the_fine_tune(cache: Path, eight_cases: Path,
+                                                                       tmp_path: Path) -> None:
+    """The coarse int4 loses 2 of the 8 cases; --fit auto then tries int4-mixed, which measures each layer's
+    sensitivity on the cases and keeps the fewest most sensitive at 8 bits that pass: the embedding table alone."""
+    mixed_next = profile(tmp_path, "mixed-next", **COARSE, **{
+        'decoder_fit_recipes = ["fp32", "int8-dynamic", "int4-mixed"]': 'decoder_fit_recipes = ["int4", "int4-mixed"]'})
+    result = packager.package("sample:tiny-llama", str(mixed_next), adapter="sample:tiny-llama-lora",
+                              eval_file=eight_cases, fit="auto", out=tmp_path / "dist", cache=cache, smoke="host")
+    assert result.recipe == "int4-mixed" and [t["recipe"] for t in result.fit["tried"]] == ["int4", "int4-mixed"]
+    assert result.accuracy["eval"]["packaged_passed"] == 8 and result.ok
+    m = result.mixed
+    assert m is not None and m["measured_on"] == "8 eval cases of eight.jsonl and 6 sample prompts"
+    ranking = [r["layer"] for r in m["sensitivity"]]
+    assert sorted(ranking) == ["embed_tokens", "layers.0", "layers.1", "layers.2", "layers.3", "lm_head"]
+    kl = [r["kl_at_4bit"] for r in m["sensitivity"]]
+    assert kl == sorted(kl, reverse=True) and kl[-1] > 0
+    # Measured here: the untied 4-bit table costs 4x more than any block (KL 0.073 against 0.019 at most).
+    assert ranking[0] == "embed_tokens" and m["layers_8bit"] == ["embed_tokens"]
+    assert m["tries"][0]["layers_8bit"] == 0
+    for outcome in (m["tries"][0]["outcome"], result.fit["tried"][0]["outcome"]):   # int4-mixed at 0 layers is int4
+        assert "loses the fine-tune on your eval cases: the packaged model passes 6/8" in outcome
+    assert "try --recipe int4-mixed (keeps the most sensitive layers at 8 bits)" in result.fit["tried"][0]["outcome"]
+    assert m["tries"][-1]["outcome"] == "passes verify" and m["tries"][-1]["layers_8bit"] == 1
+    table = m["sensitivity"][0]
+    assert m["cost_bytes"] == table["int8_bytes"] - table["int4_bytes"] > 0
+    manifest = json.loads((unpack(result.archive, tmp_path / "x") / "manifest.json").read_text())
+    assert manifest["recipe"]["params"]["mixed"]["layers_8bit"] == ["embed_tokens"]
+    assert manifest["recipe"]["extra"]["search"]["sensitivity"] == m["sensitivity"]
+    from packager.report import write_reports
+
+    md = write_reports([result.to_dict()], tmp_path / "report")[1].read_text()
+    assert r"int4-mixed\: embed\_tokens at 8 bits, +255 KiB over int4" in md, md   # markdown-escaped
 
 
 @pytest.mark.integration

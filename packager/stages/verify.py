@@ -16,6 +16,7 @@ import onnxruntime as ort
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.manifest import runtime_spec
+from packager.recipes import remedy
 from packager.runtime_files import runner
 
 
@@ -68,7 +69,7 @@ def _verify_decoder(ctx: Context, reference: Any, packaged: Any) -> None:
             f"recipe {ctx.recipe_name} changes the answers too much: the packaged model predicts "
             f"{result['token_agreement']:.1%} of the fp32 reference's greedy tokens (threshold "
             f"{limits.min_token_agreement:.0%}), logits cosine {result['min_logits_cosine']:.4f} (threshold "
-            f"{limits.min_logits_cosine}) on {ctx.profile.name}; try a more precise recipe (int8-dynamic, fp16 or fp32).",
+            f"{limits.min_logits_cosine}) on {ctx.profile.name}; try {remedy(ctx.recipe_name)}.",
             ExitCode.ACCURACY,
         )
         if ctx.eval_cases:   # the user's own cases are measured all the same: their figures say more

@@ -1,0 +1,157 @@
+"""Mixed precision for decoder LLMs: which layers to keep at 8 bits when int4 loses the answers.
+
+int4 costs a little accuracy in every layer, but not equally: a few layers (often the first, the
+last, the lm_head) carry most of the loss. The `int4-mixed` recipe keeps the most sensitive layers
+at 8 bits (MatMulNBits bits=8, the same blocks), the rest at 4. Sensitivity is measured, not
+guessed: for each layer, a model with every layer at 8 bits but that one at 4 bits reads the
+reference's own generations (teacher-forced) on the user's eval cases and the sample prompts, and
+the mean KL divergence of its next-token distributions from the fp32 reference's is that layer's
+cost at 4 bits. The pipeline (packager/pipeline.py) then keeps the fewest most-sensitive layers
+that pass verify's gates, found by bisection, and the fit stage judges the result's memory.
+
+A "layer" is a decoder block ("layers.3", "h.3": every MatMul inside it) or a named MatMul outside
+the blocks ("lm_head"). A tied embedding follows the lm_head; an untied embedding table stays at 4
+bits (onnxruntime's quantizer writes GatherBlockQuantized at 4 bits only).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from packager.context import Context
+
+_BLOCK = re.compile(r"^[A-Za-z_]+\.\d+$")   # a path segment naming a repeated block: "layers.3", "h.0"
+_NBITS = ("MatMulNBits", "GatherBlockQuantized")
+
+
+def layer_of(node: onnx.NodeProto) -> str:
+    """The layer a quantized node belongs to, from its name's path ("/model/layers.3/mlp/up_proj/MatMul_Q4"),
+    else its output's (the quantizers keep both; an lm_head's output is just "logits")."""
+    path = node.name if "/" in node.name else node.output[0]
+    segments = [s for s in path.split("/") if s][:-1]
+    block = next((s for s in segments if _BLOCK.match(s)), None)
+    return block or (segments[-1] if segments else node.output[0])
+
+
+def _weights(model: onnx.ModelProto) -> dict[str, int]:
+    return {i.name: len(i.raw_data) or onnx.numpy_helper.to_array(i).nbytes for i in model.graph.initializer}
+
+
+def layer_bytes(model: onnx.ModelProto) -> dict[str, int]:
+    """Bytes of each layer's quantized weights (packed weights, scales, zero points)."""
+    sizes = _weights(model)
+    found: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in _NBITS:
+            found[layer_of(node)] = found.get(layer_of(node), 0) + sum(sizes.get(i, 0) for i in node.input)
+    return found
+
+
+def compose(four: onnx.ModelProto, eight: onnx.ModelProto, keep_8bit: tuple[str, ...]) -> dict[str, Any]:
+    """Replace, in `four`, the quantized nodes of the layers in `keep_8bit` (and their weights) by
+    `eight`'s: the two quantizations of the same model write their nodes in the same places, each
+    node still producing the original MatMul's output. Returns the recipe's "mixed" params."""
+    bytes4, bytes8 = layer_bytes(four), layer_bytes(eight)
+    unknown = sorted(set(keep_8bit) - set(bytes8))
+    if unknown:
+        raise ValueError(f"no quantized layer named {unknown[0]!r}")
+    by_output = {n.output[0]: n for n in eight.graph.node if n.op_type in _NBITS}
+    inits8 = {i.name: i for i in eight.graph.initializer}
+    names4 = {i.name for i in four.graph.initializer}
+    dropped: set[str] = set()
+    added: dict[str, None] = {}      # ordered: the file comes out the same for the same choice
+    for index, node in enumerate(four.graph.node):
+        if node.op_type in _NBITS and layer_of(node) in keep_8bit and node.output[0] in by_output:
+            replacement = by_output[node.output[0]]
+            dropped.update(i for i in node.input if i in names4)
+            added.update(dict.fromkeys(i for i in replacement.input if i in inits8))
+            four.graph.node[index].CopyFrom(replacement)
+    # Both quantizations name the scales alike ("<weight>_scales"): the 4-bit ones go before the 8-bit ones come.
+    kept = [i for i in four.graph.initializer if i.name not in dropped]
+    del four.graph.initializer[:]
+    four.graph.initializer.extend(kept + [inits8[name] for name in added])
+    # An untied embedding table has no 8-bit form (the quantizer does Gather at 4 bits only): it stays as it is.
+    cost = sum(bytes8[layer] - bytes4[layer] for layer in keep_8bit)
+    return {"layers_8bit": list(keep_8bit), "layers": len(bytes8), "cost_bytes": cost,
+            "layer_bytes": {layer: {"int4": bytes4[layer], "int8": bytes8[layer]} for layer in keep_8bit}}
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def divergence(decoder: Any, seqs: list[tuple[int, list[int]]], reference: list[np.ndarray]) -> float:
+    """Mean KL(reference || decoder) of the next-token distributions over the continuations' positions."""
+    total, count = 0.0, 0
+    for (start, ids), ref in zip(seqs, reference):
+        logp = _log_softmax(decoder.score(ids)[start - 1:len(ids) - 1])
+        total += float(np.sum(np.exp(ref) * (ref - logp)))
+        count += len(ref)
+    return total / max(count, 1)
+
+
+def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
+    """Each layer's cost at 4 bits, most sensitive first: the KL divergence from the fp32 reference of a
+    model with every layer at 8 bits but that one (see the module's doc), with its bytes at 4 and 8 bits;
+    and what it was measured on. Verify has run: the reference's generations of the sample prompts are
+    in ctx.expected_outputs."""
+    import onnxruntime as ort
+
+    from packager.recipes import find_tied_embedding, needs_external_data, quantize_nbits, tie_embedding
+    from packager.runtime_files import runner
+
+    assert ctx.reference_model is not None
+    rt, settings, src = runner(), ctx.profile.int4, ctx.reference_model
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    ref = rt.Decoder(ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"]), ctx.io)
+    seqs, measured_on = _sequences(ctx, ref)
+    ref_logp = [_log_softmax(ref.score(ids)[start - 1:len(ids) - 1]) for start, ids in seqs]
+    del ref
+    model = onnx.load(src)
+    tied = find_tied_embedding(model) if settings.symmetric else None
+    four = quantize_nbits(model, settings, 4, tied is not None)
+    eight = quantize_nbits(onnx.load(src), settings, 8, tied is not None)
+    bytes4, bytes8 = layer_bytes(four), layer_bytes(eight)
+    large = needs_external_data(src)
+    ranking = []
+    with tempfile.TemporaryDirectory(prefix="packager-mixed-") as tmp:
+        for layer in bytes8:
+            candidate = onnx.ModelProto()
+            candidate.CopyFrom(four)
+            compose(candidate, eight, tuple(other for other in bytes8 if other != layer))
+            if tied:
+                tie_embedding(candidate, *tied, settings.block_size)
+            path = Path(tmp) / "candidate.onnx"
+            onnx.save(candidate, path, save_as_external_data=large)
+            decoder = rt.Decoder(ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]), ctx.io)
+            ranking.append({"layer": layer, "kl_at_4bit": round(divergence(decoder, seqs, ref_logp), 6),
+                            "int4_bytes": bytes4[layer], "int8_bytes": bytes8[layer]})
+    return sorted(ranking, key=lambda r: -r["kl_at_4bit"]), measured_on
+
+
+def _sequences(ctx: Context, reference: Any) -> tuple[list[tuple[int, list[int]]], str]:
+    """(prompt length, prompt + the reference's greedy continuation) for the sample prompts (verify's) and
+    the user's eval cases, and a phrase saying so."""
+    from packager.runtime_files import runner
+
+    seqs = [(len(s["prompt_ids"]), [int(t) for t in s["prompt_ids"]] + [int(t) for t in s["tokens"]])
+            for s in ctx.expected_outputs]
+    measured_on = f"{len(seqs)} sample prompts"
+    if ctx.eval_cases:
+        rt = runner()
+        tokenizer = rt.load_tokenizer(ctx.stage_dir, ctx.io)
+        for case in ctx.eval_cases:
+            prompt = list(tokenizer.encode(case["prompt"]).ids)
+            tokens, _ = reference.generate(prompt, int(case.get("max_new_tokens", rt.EVAL_DEFAULT_TOKENS)))
+            seqs.append((len(prompt), prompt + tokens))
+        where = ctx.eval_file.name if ctx.eval_file else "--eval"
+        measured_on = f"{len(ctx.eval_cases)} eval cases of {where} and {measured_on}"
+    return seqs, measured_on
