@@ -283,8 +283,13 @@ def test_int4_mixed_raises_the_sensitive_layers_and_keeps_the_fine_tune(cache: P
     assert manifest["recipe"]["extra"]["search"]["sensitivity"] == m["sensitivity"]
     from packager.report import write_reports
 
-    md = write_reports([result.to_dict()], tmp_path / "report")[1].read_text()
-    assert r"int4-mixed\: embed\_tokens at 8 bits, +255 KiB over int4" in md, md   # markdown-escaped
+    reports = write_reports([result.to_dict()], tmp_path / "report")
+    assert r"int4-mixed\: embed\_tokens at 8 bits, +255 KiB over int4" in reports[1].read_text()   # markdown-escaped
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((Path(__file__).parent.parent / "schemas" / "report.schema.json").read_text())
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(json.loads(reports[0].read_text()))) == []
+    schema = json.loads((Path(__file__).parent.parent / "schemas" / "manifest.schema.json").read_text())
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(manifest)) == []
 
 
 @pytest.mark.integration

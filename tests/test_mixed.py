@@ -105,3 +105,14 @@ def test_layer_names_come_from_the_node_path() -> None:
     assert mixed.layer_of(node("/transformer/h.3/attn/c_attn/MatMul_Q4", "y")) == "h.3"
     assert mixed.layer_of(node("/lm_head/MatMul_Q4", "logits")) == "lm_head"
     assert mixed.layer_of(node("", "/model/layers.2/mlp/MatMul_output_0")) == "layers.2"
+
+
+def test_check_says_int4_mixed_figures_are_int4s(tmp_path: Path) -> None:
+    """check runs no verify, so no search: it measures int4 and says so."""
+    import packager
+    from tiny_decoders import make_decoder
+
+    result = packager.check(make_decoder(tmp_path / "llama", "llama"), "rpi5", recipe="int4-mixed", measure=False,
+                            cache=False)
+    assert result.recipe == "int4-mixed"
+    assert any(n.startswith("int4-mixed chooses its 8-bit layers in verify") for n in result.estimate["notes"])
