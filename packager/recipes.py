@@ -210,6 +210,29 @@ def fp16_merged(parts: tuple[Path, ...], dst: Path, options: RecipeOptions) -> R
     return RecipeResult("fp16", {"keep_io_types": True, "merged": "each decoder graph converted, then merged"}, 0)
 
 
+def int8_dynamic_merged(parts: tuple[Path, ...], dst: Path, options: RecipeOptions) -> RecipeResult:
+    """int8-dynamic for a merged decoder: the dynamic quantizer leaves If branches alone, so each unmerged
+    graph is quantized on its own and merged again by optimum's merge_decoders, which keeps their
+    (identical) int8 weights once."""
+    from optimum.onnx import merge_decoders
+
+    with tempfile.TemporaryDirectory(prefix="packager-int8-merged-") as tmp:
+        results = [int8_dynamic(part, Path(tmp) / part.name, options) for part in parts]
+        merge_decoders(onnx.load(Path(tmp) / parts[0].name), onnx.load(Path(tmp) / parts[1].name), strict=False,
+                       save_path=str(Path(tmp) / "merged.onnx"))
+        model = onnx.load(Path(tmp) / "merged.onnx")
+    onnx.save(model, dst, save_as_external_data=_needs_external_data(parts[0]))
+    params = results[0].params | {"merged": "each decoder graph quantized, then merged"}
+    return RecipeResult("int8-dynamic", params, count_ops(model, _QUANTIZED_OPS))
+
+
+# Recipes a merged decoder (If branches) gets by applying them to its unmerged graphs and merging again.
+MERGED_RECIPES: dict[str, Callable[[tuple[Path, ...], Path, RecipeOptions], RecipeResult]] = {
+    "fp16": lambda parts, dst, options: fp16_merged(parts, dst, options),
+    "int8-dynamic": lambda parts, dst, options: int8_dynamic_merged(parts, dst, options),
+}
+
+
 def _rename_inputs(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
     """Point every node reading a renamed value at its new name, in subgraphs too (they read the outer scope)."""
     for node in graph.node:

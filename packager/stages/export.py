@@ -474,8 +474,10 @@ def run(ctx: Context) -> None:
     if ctx.io["kind"] in ("decoder", "seq2seq"):
         ctx.context = decoder_context(ctx)
     if ctx.io["kind"] == "seq2seq":
+        # In SEQ2SEQ_COMPONENTS' order (encoder, then decoder), whatever order a cached io was stored in.
         ctx.components = [Component(name, out / c["export"], parts=tuple(out / m for m in c.get("merges", [])))
-                          for name, c in ctx.io["components"].items()]
+                          for name, c in sorted(ctx.io["components"].items(),
+                                                key=lambda kv: list(SEQ2SEQ_COMPONENTS).index(kv[0]))]
         ctx.reference_model = ctx.components[-1].reference   # the decoder: what single-model readers see
         assign_component_recipes(ctx)
     elif not ctx.recipe_explicit:

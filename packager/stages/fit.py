@@ -53,7 +53,7 @@ def _encoder_length(ctx: Context) -> int:
     import onnxruntime as ort
 
     assert ctx.components
-    encoder = ctx.components[0].reference
+    encoder = next(c.reference for c in ctx.components if c.name == "encoder")
     so = ort.SessionOptions()
     so.log_severity_level = 4
     session = ort.InferenceSession(str(encoder), so, providers=["CPUExecutionProvider"])

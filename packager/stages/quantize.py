@@ -9,7 +9,7 @@ from pathlib import Path
 from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
 from packager.calibration import calibration_inputs, unused_calibration
-from packager.recipes import CALIBRATED, RECIPES, RecipeOptions, RecipeResult, fp16_merged, parse_recipe
+from packager.recipes import CALIBRATED, MERGED_RECIPES, RECIPES, RecipeOptions, RecipeResult, parse_recipe
 
 
 def run(ctx: Context) -> None:
@@ -51,17 +51,19 @@ def _apply(recipe: str, src: Path, dest: Path, options: RecipeOptions, what: str
 
 
 def _apply_merged(c: Component, options: RecipeOptions) -> RecipeResult:
-    """fp16 for a merged decoder: its unmerged graphs converted one by one and merged again (the fp16
-    converter breaks the merged graph's If branches: outer-scope values it renames are left dangling)."""
+    """fp16 or int8-dynamic for a merged decoder: its unmerged graphs converted one by one and merged
+    again (the fp16 converter breaks the merged graph's If branches, leaving outer-scope values it renames
+    dangling; the dynamic quantizer leaves the branches unquantized)."""
     assert c.packaged is not None
     try:
-        return fp16_merged(c.parts, c.packaged, options)
+        return MERGED_RECIPES[c.recipe_name](c.parts, c.packaged, options)
     except PackagerError:
         raise
     except Exception as e:
         raise PackagerError(
-            f"recipe fp16 failed on the {c.name} ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
-            f"give it another recipe, e.g. --recipe {c.name}=fp32.", ExitCode.TOOL_FAILED) from e
+            f"recipe {c.recipe_name} failed on the {c.name} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300] if str(e) else ''}); give it another recipe, e.g. --recipe {c.name}=fp32.",
+            ExitCode.TOOL_FAILED) from e
 
 
 def _run_components(ctx: Context, model_dir: Path) -> None:
@@ -80,7 +82,7 @@ def _run_components(ctx: Context, model_dir: Path) -> None:
         c.recipe_name = chosen.get(c.name) or chosen.get("") or c.recipe_name
         c.packaged = model_dir / c.reference.name
         c.file = f"model/{c.reference.name}"
-        if c.recipe_name == "fp16" and c.parts:
+        if c.recipe_name in MERGED_RECIPES and c.parts:
             c.recipe = _apply_merged(c, options)
         else:
             c.recipe = _apply(c.recipe_name, c.reference, c.packaged, options, f"the {c.name}")
