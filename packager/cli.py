@@ -575,7 +575,9 @@ def _inspect_path(spec: str, tmp: Path, profile: Any) -> tuple[Path, str, dict[s
     model = Path(spec)
     if spec.startswith("sample:") or (model.is_dir() and (model / "config.json").is_file()
                                       and not list(model.glob("*.onnx"))):
-        return _exported(spec, tmp, profile), f"{spec} (exported by packager, fp32)", None
+        path = _exported(spec, tmp, profile)
+        part = f"; its {path.name}: an encoder-decoder's decoder" if path.name != "model.onnx" else ""
+        return path, f"{spec} (exported by packager, fp32{part})", None
     if not model.exists():
         raise PackagerError(f"{model}: no such file or folder; check the path.", ExitCode.BAD_INPUT)
     shown = str(model)
@@ -587,6 +589,10 @@ def _inspect_path(spec: str, tmp: Path, profile: Any) -> tuple[Path, str, dict[s
         folder = model
     if folder is not None:
         path = folder / "model" / "model.onnx"
+        if not path.is_file() and list((folder / "model").glob("decoder_model*.onnx")):
+            raise PackagerError(f"{model}: an encoder-decoder bundle, whose components are separate models; unpack it "
+                                "and pass one of them: model/encoder_model.onnx or model/decoder_model_merged.onnx.",
+                                ExitCode.BAD_INPUT)
         if not path.is_file():
             raise PackagerError(f"{model}: a bundle without model/model.onnx; rebuild it.", ExitCode.BAD_INPUT)
         return path, shown if model.is_file() else str(path), _bundle_summary(folder / "manifest.json")

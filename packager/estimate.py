@@ -517,9 +517,9 @@ def combine(estimates: dict[str, Estimate], shared: int) -> Estimate:
     for e in estimates.values():
         for key, value in e.breakdown.items():
             breakdown[key] = breakdown.get(key, 0) + value
-    for key in ("runtime_base", "gpu_context"):
-        if key in breakdown:
-            breakdown[key] = max(e.breakdown.get(key, 0) for e in estimates.values())
+    if "gpu_context" in breakdown:
+        breakdown["gpu_context"] = max(e.breakdown.get("gpu_context", 0) for e in estimates.values())
+    breakdown["runtime_base"] -= spare - breakdown.get("gpu_context", 0) * (n - 1)   # the shared base once
     first = next(iter(estimates.values()))
     return Estimate(sum(e.low_bytes for e in estimates.values()) - spare,
                     sum(e.high_bytes for e in estimates.values()) - spare, breakdown,

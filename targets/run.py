@@ -282,7 +282,9 @@ class Runner:
         # resident memory each one added as it loaded, for the per-component breakdown (--measure).
         self.load_bytes: dict[str, int] = {}
         self.sessions: dict[str, Any] = {}
-        for name, file in (runtime.get("components") or {"model": runtime["model"]}).items():
+        # The encoder first: the first session also carries the runtime's one-time initialisation.
+        files = runtime.get("components") or {"model": runtime["model"]}
+        for name, file in sorted(files.items(), key=lambda kv: kv[0] != "encoder"):
             before = rss_bytes()
             self.sessions[name] = session(file)
             self.load_bytes[name] = max(0, rss_bytes() - before)

@@ -97,6 +97,12 @@ def test_whisper_packages_for_the_phone_and_smokes_end_to_end(tmp_path: Path) ->
     smoke = run_smoke(ctx.archive)
     assert smoke.passed, smoke.output
     assert smoke.report["accuracy"]["token_agreement"] >= 0.9
+    # The report shows each component's row.
+    from packager.api import PackageResult
+    from packager.report import build, markdown
+
+    text = markdown(build([PackageResult.from_context(ctx).to_dict()]))
+    assert "| encoder | int8-dynamic |" in text and "| decoder | int4 |" in text
     # The device's CLI: a WAV file in, tokens and text out.
     proc = subprocess.run([sys.executable, str(bundle / "run.py"), str(bundle / "samples" / "sweep.wav"),
                            "--max-new-tokens", "4", "--json"], capture_output=True, text=True, timeout=120)
@@ -114,6 +120,19 @@ def test_vision_packages_for_jetson_with_a_recipe_per_component(tmp_path: Path) 
     assert ctx.recipe.params["components"]["decoder"]["params"]["merged"]
     assert ctx.accuracy["token_agreement"] >= 0.9
     assert ctx.memory["components"]["decoder"]["recipe"] == "fp16"
+    smoke = run_smoke(ctx.archive)
+    assert smoke.passed, smoke.output
+
+
+@pytest.mark.integration
+def test_t5_packages_for_the_pi4_with_an_int8_merged_decoder(tmp_path: Path) -> None:
+    """T5 (text to text) for the Pi 4: int8-dynamic on both components; the merged decoder's If branches,
+    which the dynamic quantizer leaves alone, get quantized through its two unmerged graphs."""
+    ctx = package("sample:tiny-t5", _settings("rpi4", tmp_path / "dist"))
+    assert ctx.io["modality"] == "text" and ctx.recipe_name == "int8-dynamic"
+    decoder = next(c for c in ctx.components if c.name == "decoder")
+    assert decoder.recipe is not None and decoder.recipe.quantized_nodes > 0 and decoder.recipe.params["merged"]
+    assert ctx.accuracy["token_agreement"] >= 0.9
     smoke = run_smoke(ctx.archive)
     assert smoke.passed, smoke.output
 

@@ -16,7 +16,7 @@ import sys
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import (Estimate, combine, decode_step_shapes, estimate, runtime_base, sample_shapes,
+from packager.estimate import (Estimate, calibration, combine, decode_step_shapes, estimate, sample_shapes,
                                seq2seq_step_shapes)
 from packager.gpu import unmeasured_gpu_bytes
 from packager.manifest import runtime_spec
@@ -139,8 +139,10 @@ def run(ctx: Context) -> None:
 
 
 def shared_bytes(profile: Profile) -> int:
-    """What components in one process share: the runtime (without the tokenizer) and a GPU's context."""
-    return runtime_base(profile, "tensor")[0] + profile.runtime.gpu_context_bytes
+    """What components in one process share: the interpreter and the runtime's import and first
+    initialisation (the calibration's base), and a GPU's context. Each session keeps its own cost and
+    thread pool (session_bytes, per_thread_bytes): every component counts those."""
+    return int(calibration(profile)[0]["base_bytes"]) + profile.runtime.gpu_context_bytes
 
 
 def _components_memory(ctx: Context, measured: dict | None) -> dict[str, dict]:
@@ -152,7 +154,9 @@ def _components_memory(ctx: Context, measured: dict | None) -> dict[str, dict]:
     for c in ctx.components:
         assert c.packaged is not None
         e = estimates[c.name]
-        own = {k: v for k, v in e.breakdown.items() if k not in ("runtime_base", "gpu_context")}
+        # Its own part of the runtime: its session and thread pool (and the decoder's tokenizer library).
+        own = {k: v for k, v in e.breakdown.items() if k != "gpu_context"} | \
+            {"runtime_base": e.breakdown["runtime_base"] - (shared - ctx.profile.runtime.gpu_context_bytes)}
         record[c.name] = {
             "recipe": c.recipe_name,
             "file": c.file,
