@@ -78,7 +78,7 @@ def _export_hf(ctx: Context, out: Path) -> None:
         finally:
             if ctx.source.adapter is not None:
                 shutil.rmtree(folder, ignore_errors=True)   # the merged weights: the export has them now
-    if ctx.source.task in SEQ2SEQ_FILES:
+    if ctx.source.task in SEQ2SEQ_MODALITY:
         _keep_seq2seq_components(ctx, out)
     else:
         fold_transposed_weights(out / "model.onnx")
@@ -97,7 +97,7 @@ def _export_hf(ctx: Context, out: Path) -> None:
 # time, which the device would hold twice over for nothing. Component name -> file in the export.
 SEQ2SEQ_COMPONENTS = {"encoder": "encoder_model.onnx", "decoder": "decoder_model_merged.onnx"}
 SEQ2SEQ_MERGED = ("decoder_model.onnx", "decoder_with_past_model.onnx")
-SEQ2SEQ_FILES = {"automatic-speech-recognition-with-past": "audio", "image-to-text-with-past": "image",
+SEQ2SEQ_MODALITY = {"automatic-speech-recognition-with-past": "audio", "image-to-text-with-past": "image",
                  "text2text-generation-with-past": "text"}   # task -> what the encoder reads
 
 
@@ -337,7 +337,7 @@ def _seq2seq_io(ctx: Context, export_dir: Path) -> dict[str, Any]:
     past = [i for i in decoder_inputs if i["name"].startswith("past_key_values.")]
     own = [i for i in past if ".encoder." not in i["name"]]
     _, heads, _, head_dim = own[0]["shape"]
-    modality = SEQ2SEQ_FILES[ctx.source.task]
+    modality = SEQ2SEQ_MODALITY[ctx.source.task]
     start = _config_value(config, "decoder_start_token_id")
     if start is None:
         raise PackagerError(f"{ctx.source.path}/config.json has no decoder_start_token_id, so the decoder cannot "
@@ -363,7 +363,7 @@ def _seq2seq_io(ctx: Context, export_dir: Path) -> dict[str, Any]:
 
 
 def describe_io(ctx: Context, export_dir: Path) -> dict[str, Any]:
-    if ctx.source is not None and ctx.source.task in SEQ2SEQ_FILES:
+    if ctx.source is not None and ctx.source.task in SEQ2SEQ_MODALITY:
         return _seq2seq_io(ctx, export_dir)
     inputs, outputs = signature(export_dir / "model.onnx")
     names = [o["name"] for o in outputs]
