@@ -180,12 +180,9 @@ def fp16_merged(parts: tuple[Path, ...], dst: Path, options: RecipeOptions) -> R
     Casts outside the If, so that the runner feeds it as it feeds the fp32 graph."""
     from onnx import TensorProto, helper
     from onnxruntime.transformers.float16 import convert_float_to_float16
-    from optimum.onnx import merge_decoders
 
     first, cached = (convert_float_to_float16(onnx.load(p), keep_io_types=False) for p in parts)
-    with tempfile.TemporaryDirectory(prefix="packager-fp16-") as tmp:
-        merge_decoders(first, cached, strict=False, save_path=str(Path(tmp) / "merged.onnx"))
-        model = onnx.load(Path(tmp) / "merged.onnx")
+    model = _merge(first, cached)
     graph = model.graph
     renames: dict[str, str] = {}
     casts_in, casts_out = [], []
@@ -214,13 +211,9 @@ def int8_dynamic_merged(parts: tuple[Path, ...], dst: Path, options: RecipeOptio
     """int8-dynamic for a merged decoder: the dynamic quantizer leaves If branches alone, so each unmerged
     graph is quantized on its own and merged again by optimum's merge_decoders, which keeps their
     (identical) int8 weights once."""
-    from optimum.onnx import merge_decoders
-
     with tempfile.TemporaryDirectory(prefix="packager-int8-merged-") as tmp:
         results = [int8_dynamic(part, Path(tmp) / part.name, options) for part in parts]
-        merge_decoders(onnx.load(Path(tmp) / parts[0].name), onnx.load(Path(tmp) / parts[1].name), strict=False,
-                       save_path=str(Path(tmp) / "merged.onnx"))
-        model = onnx.load(Path(tmp) / "merged.onnx")
+        model = _merge(onnx.load(Path(tmp) / parts[0].name), onnx.load(Path(tmp) / parts[1].name))
     onnx.save(model, dst, save_as_external_data=_needs_external_data(parts[0]))
     params = results[0].params | {"merged": "each decoder graph quantized, then merged"}
     return RecipeResult("int8-dynamic", params, count_ops(model, _QUANTIZED_OPS))
@@ -231,6 +224,43 @@ MERGED_RECIPES: dict[str, Callable[[tuple[Path, ...], Path, RecipeOptions], Reci
     "fp16": lambda parts, dst, options: fp16_merged(parts, dst, options),
     "int8-dynamic": lambda parts, dst, options: int8_dynamic_merged(parts, dst, options),
 }
+
+
+def _merge(first: onnx.ModelProto, cached: onnx.ModelProto) -> onnx.ModelProto:
+    """optimum's merge_decoders, with the shared initializers named and ordered the same on every run: it
+    picks their names from Python sets (string hashes vary per process), which would change the bundle's
+    bytes from one run to the next. Named weights keep their names; the exporter's anonymous constants
+    (onnx::...) are named after their content."""
+    import hashlib
+    import re
+
+    from optimum.onnx import merge_decoders
+
+    with tempfile.TemporaryDirectory(prefix="packager-merge-") as tmp:
+        merge_decoders(first, cached, strict=False, save_path=str(Path(tmp) / "merged.onnx"))
+        model = onnx.load(Path(tmp) / "merged.onnx")
+    graph = model.graph
+    renames: dict[str, str] = {}
+    taken: set[str] = set()
+    for init in sorted(graph.initializer, key=lambda i: hashlib.sha256(i.SerializeToString()).hexdigest()):
+        stem = re.sub(r"_merged_\d+$", "", init.name)
+        if stem.startswith("onnx::"):
+            content = onnx.TensorProto()
+            content.CopyFrom(init)
+            content.name = ""
+            stem = f"const_{hashlib.sha256(content.SerializeToString()).hexdigest()[:16]}"
+        name, n = stem, 1
+        while name in taken:
+            name, n = f"{stem}_{n}", n + 1
+        taken.add(name)
+        renames[init.name] = name
+    for init in graph.initializer:
+        init.name = renames[init.name]
+    _rename_inputs(graph, renames)
+    ordered = sorted(graph.initializer, key=lambda i: i.name)
+    del graph.initializer[:]
+    graph.initializer.extend(ordered)
+    return model
 
 
 def _rename_inputs(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
