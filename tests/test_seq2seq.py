@@ -145,4 +145,9 @@ def test_check_shows_components_and_refuses_unknown_ones(tmp_path: Path) -> None
     with pytest.raises(PackagerError, match="its components are encoder, decoder") as e:
         package("sample:tiny-whisper", _settings("rpi5", tmp_path / "dist", "vision=int4"))
     assert e.value.code == ExitCode.USAGE
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text('{"prompt": "a", "expected": "b"}\n')
+    with pytest.raises(PackagerError, match="not an encoder-decoder's generations") as e:
+        package("sample:tiny-whisper", _settings("rpi5", tmp_path / "dist"), eval_file=cases)
+    assert e.value.code == ExitCode.BAD_INPUT
     assert not (tmp_path / "dist").exists()

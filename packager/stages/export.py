@@ -474,6 +474,9 @@ def run(ctx: Context) -> None:
     if ctx.io["kind"] in ("decoder", "seq2seq"):
         ctx.context = decoder_context(ctx)
     if ctx.io["kind"] == "seq2seq":
+        if ctx.eval_cases:   # before any recipe runs
+            raise PackagerError(f"--eval {ctx.eval_file}: eval cases judge decoder LLMs and text encoders, not an "
+                                "encoder-decoder's generations yet; drop --eval.", ExitCode.BAD_INPUT)
         # In SEQ2SEQ_COMPONENTS' order (encoder, then decoder), whatever order a cached io was stored in.
         ctx.components = [Component(name, out / c["export"], parts=tuple(out / m for m in c.get("merges", [])))
                           for name, c in sorted(ctx.io["components"].items(),
