@@ -75,12 +75,21 @@ def _gate_generation(ctx: Context, result: dict[str, Any], samples: int, referen
             f"recipe {ctx.recipe_name} changes the answers too much: the packaged model predicts "
             f"{result['token_agreement']:.1%} of the fp32 reference's greedy tokens (threshold "
             f"{limits.min_token_agreement:.0%}), logits cosine {result['min_logits_cosine']:.4f} (threshold "
-            f"{limits.min_logits_cosine}) on {ctx.profile.name}; try a more precise recipe (int8-dynamic, fp16 or fp32).",
+            f"{limits.min_logits_cosine}) on {ctx.profile.name}{_alone(ctx.accuracy)}; try a more precise recipe "
+            f"(int8-dynamic, fp16 or fp32{', for the component that drifts: --recipe NAME=R' if ctx.components else ''}).",
             ExitCode.ACCURACY,
         )
         if ctx.eval_cases:   # the user's own cases are measured all the same: their figures say more
             _verify_eval(ctx, reference, packaged, also=error)
         raise error
+
+
+def _alone(accuracy: dict[str, Any]) -> str:
+    """' (each alone ...: encoder (int8-dynamic) 100.0% / 0.9999, ...)': each component's own share of a drift,
+    token agreement and logits cosine."""
+    parts = [f"{name} ({c['recipe']}) {c['token_agreement']:.1%} / {c['min_logits_cosine']:.4f}"
+             for name, c in accuracy.get("components", {}).items()]
+    return f" (each alone beside the other's fp32: {', '.join(parts)})" if parts else ""
 
 
 def _verify_seq2seq(ctx: Context, packaged: Any) -> None:
