@@ -375,6 +375,9 @@ def _print_components(components: dict[str, Any]) -> None:
                       "-" if measured is None else f"{measured / MiB:.1f}",
                       ", ".join(f"{k} {v / MiB:.1f}" for k, v in top))
     Console(stderr=True).print(table)
+    if any("measured_load_bytes" in c for c in components.values()):
+        err.print("note: the encoder loads first: its measured load also holds the runtime's one-time "
+                  "initialisation, which the whole's runtime base counts")
 
 
 def _print_check(r: dict[str, Any]) -> None:
