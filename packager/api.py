@@ -84,7 +84,9 @@ class PackageResult:
             target=ctx.profile.name,
             recipe=ctx.recipe_name,
             sizes={"archive_bytes": ctx.archive.stat().st_size,
-                   "model_bytes": sum(f["size"] for f in ctx.bundle_files if f["path"].startswith(ctx.model_file))},
+                   # what the runner loads: every component of a multi-component model
+                   "model_bytes": sum(f["size"] for f in ctx.bundle_files
+                                      if f["path"].startswith(tuple(c.file for c in ctx.components) or ctx.model_file))},
             accuracy={k: v for k, v in ctx.accuracy.items() if k not in ("outputs", "per_prompt")},
             memory=ctx.memory,
             fit=ctx.fit or None,
@@ -114,6 +116,9 @@ class CheckResult:
     measured: dict[str, int] | None    # load_peak_bytes, run_peak_bytes, peak_bytes; None with measure=False
     cache: dict[str, str]
     timings_s: dict[str, float]
+    # Multi-component models: per component (encoder, decoder) its recipe, file, size, own estimate (the
+    # shared runtime counted once, in the whole's) and measured load; all resident together.
+    components: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -123,7 +128,8 @@ class CheckResult:
         return {"model": self.model, "target": self.target, "recipe": self.recipe, "fits": self.fits,
                 "budget_bytes": self.budget_bytes, "headroom_bytes": self.headroom_bytes,
                 "verdict_basis": self.verdict_basis, "context": self.context, "estimate": self.estimate,
-                "measured": self.measured, "cache": self.cache, "timings_s": self.timings_s}
+                "measured": self.measured, "cache": self.cache, "timings_s": self.timings_s,
+                **({"components": self.components} if self.components else {})}
 
     @classmethod
     def from_context(cls, model: str, ctx: Context) -> CheckResult:
@@ -136,7 +142,8 @@ class CheckResult:
                    budget_bytes=mem["budget_bytes"], headroom_bytes=mem["headroom_bytes"],
                    verdict_basis=mem["verdict_basis"], context=mem["context"],
                    estimate={k: est[k] for k in ("low_bytes", "high_bytes", "breakdown", "notes")},
-                   measured=measured, cache=dict(ctx.cache), timings_s=dict(ctx.timings))
+                   measured=measured, cache=dict(ctx.cache), timings_s=dict(ctx.timings),
+                   components=mem.get("components"))
 
 
 def package(model: PathLike, target: str | None = None, *, out: PathLike | None = None, recipe: str | None = None,

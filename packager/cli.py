@@ -122,7 +122,7 @@ def package(
     target: list[str] = typer.Option([], "--target", "-t", help="Target profile name or alias (see `packager targets`), or a profile .toml; repeat it for several targets."),
     all_targets: bool = typer.Option(False, "--all-targets", help="Package for every built-in target profile."),
     out: str | None = typer.Option(None, "--out", "-o", help="Folder for the bundle archive [default: dist]."),
-    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's for the model's kind): fp32, int8-dynamic, int8-static, int4, int4-mixed, fp16."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's for the model's kind): fp32, int8-dynamic, int8-static, int4, int4-mixed, fp16; encoder-decoders also per component: encoder=int8-dynamic,decoder=int4."),
     budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
     context: int | None = typer.Option(None, "--context", min=1, help="Decoders: tokens of KV cache the deployment holds (default: the profile's)."),
     calibration: Path | None = typer.Option(None, "--calibration", help="int8-static: text lines (text models) or an .npz of inputs to calibrate on (default: built-in)."),
@@ -336,7 +336,7 @@ def check(
     model: str = typer.Argument(..., help="A Hugging Face folder, an .onnx file, or a sample:NAME."),
     target: str | None = typer.Option(None, "--target", "-t", help="Target profile name or alias, or a profile .toml."),
     budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
-    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's)."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's); encoder-decoders also per component: encoder=int8-dynamic,decoder=int4."),
     context: int | None = typer.Option(None, "--context", min=1, help="Tokens of KV cache to plan for (decoders)."),
     no_measure: bool = typer.Option(False, "--no-measure", help="Estimate only: do not load the model in a child process."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickled weights (.bin), loaded with torch's weights-only loader."),
@@ -363,6 +363,27 @@ def check(
         raise typer.Exit(int(ExitCode.DOES_NOT_FIT))
 
 
+def _print_components(components: dict[str, Any]) -> None:
+    """Per component of a multi-component model: its own share of the whole above (the runtime, shared,
+    is counted once there), all resident together."""
+    table = Table("model component", "recipe", "file MiB", "estimate MiB", "measured load MiB", "largest parts (MiB)",
+                  box=box.SIMPLE_HEAD, title="per component, all resident together (runtime counted once, above)")
+    for column in table.columns[2:5]:
+        column.justify = "right"
+    for name, c in components.items():
+        est = c["estimate"]
+        top = sorted(est["breakdown"].items(), key=lambda kv: -kv[1])[:3]
+        measured = c.get("measured_load_bytes")
+        table.add_row(name, c["recipe"], f"{c['size_bytes'] / MiB:.2f}",
+                      f"{est['low_bytes'] / MiB:.1f} - {est['high_bytes'] / MiB:.1f}",
+                      "-" if measured is None else f"{measured / MiB:.1f}",
+                      ", ".join(f"{k} {v / MiB:.1f}" for k, v in top))
+    Console(stderr=True).print(table)
+    if any("measured_load_bytes" in c for c in components.values()):
+        err.print("note: the encoder loads first: its measured load also holds the runtime's one-time "
+                  "initialisation, which the whole's runtime base counts")
+
+
 def _print_check(r: dict[str, Any]) -> None:
     table = Table("component", "estimate MiB", box=box.SIMPLE_HEAD)
     table.columns[1].justify = "right"
@@ -375,6 +396,8 @@ def _print_check(r: dict[str, Any]) -> None:
         table.add_row("[b]measured peak[/] (load / run)",
                       f"[b]{m['peak_bytes'] / MiB:.0f}[/] ({m['load_peak_bytes'] / MiB:.0f} / {m['run_peak_bytes'] / MiB:.0f})")
     Console(stderr=True).print(table)
+    if r.get("components"):
+        _print_components(r["components"])
     for note in est["notes"]:
         err.print(f"note: {escape(note)}")
     word = "FITS" if r["fits"] else "DOES NOT FIT"
@@ -409,11 +432,14 @@ def plan(
 
 
 def _print_plan(p: Any) -> None:
-    from packager.plan import human_context
+    from packager.plan import BYTES_PER_PARAM, human_context
 
     a = p.architecture
     err.print(f"{a.name}: {a.parameters / 1e9:.3f}B parameters ({a.parameters:,}), {a.layers} layers, "
               f"{a.kv_heads} KV heads x {a.head_dim}; target {p.target}, budget {p.budget_bytes / MiB:.0f} MiB")
+    for name, count in a.components.items():
+        err.print(f"  {name}: {count:,} parameters" + "".join(
+            f", {precision} {count * bytes_per / MiB:.1f} MiB" for precision, bytes_per in BYTES_PER_PARAM.items()))
     table = Table("precision", "context", "weights MiB", "KV cache MiB", "peak MiB (low-high)", "fits", box=box.SIMPLE_HEAD)
     for r in p.rows:
         kv = f"{r.kv_cache_bytes / MiB:.0f}" + (f" ({r.kv_bits}-bit, planning only)" if r.planning_only else "")
@@ -556,7 +582,9 @@ def _inspect_path(spec: str, tmp: Path, profile: Any) -> tuple[Path, str, dict[s
     model = Path(spec)
     if spec.startswith("sample:") or (model.is_dir() and (model / "config.json").is_file()
                                       and not list(model.glob("*.onnx"))):
-        return _exported(spec, tmp, profile), f"{spec} (exported by packager, fp32)", None
+        path = _exported(spec, tmp, profile)
+        part = f"; its {path.name}: an encoder-decoder's decoder" if path.name != "model.onnx" else ""
+        return path, f"{spec} (exported by packager, fp32{part})", None
     if not model.exists():
         raise PackagerError(f"{model}: no such file or folder; check the path.", ExitCode.BAD_INPUT)
     shown = str(model)
@@ -568,6 +596,10 @@ def _inspect_path(spec: str, tmp: Path, profile: Any) -> tuple[Path, str, dict[s
         folder = model
     if folder is not None:
         path = folder / "model" / "model.onnx"
+        if not path.is_file() and list((folder / "model").glob("decoder_model*.onnx")):
+            raise PackagerError(f"{model}: an encoder-decoder bundle, whose components are separate models; unpack it "
+                                "and pass one of them: model/encoder_model.onnx or model/decoder_model_merged.onnx.",
+                                ExitCode.BAD_INPUT)
         if not path.is_file():
             raise PackagerError(f"{model}: a bundle without model/model.onnx; rebuild it.", ExitCode.BAD_INPUT)
         return path, shown if model.is_file() else str(path), _bundle_summary(folder / "manifest.json")

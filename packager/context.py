@@ -43,6 +43,20 @@ class Source:
 
 
 @dataclass
+class Component:
+    """One graph of a multi-component model (an encoder-decoder's encoder, its decoder): what it was
+    exported as, the recipe it gets and what it ships as. Single-graph models have none."""
+
+    name: str                      # "encoder", "decoder": the key in io["components"] and --recipe NAME=R
+    reference: Path                # its fp32 export
+    recipe_name: str = ""          # its recipe (RECIPES)
+    packaged: Path | None = None   # its model.onnx-like file in the bundle's model/ folder
+    recipe: RecipeResult | None = None
+    file: str = ""                 # what the runner loads, inside the bundle (model/x.onnx, or .ort on phones)
+    parts: tuple[Path, ...] = ()   # a merged decoder's unmerged graphs (first step, cached steps), in the export
+
+
+@dataclass
 class Context:
     model_spec: str                # MODEL as the user gave it
     profile: Profile
@@ -73,6 +87,7 @@ class Context:
     reference_model: Path | None = None      # fp32 ONNX: what the packaged model is measured against
     tokenizer_files: list[Path] = field(default_factory=list)
     io: dict[str, Any] = field(default_factory=dict)   # manifest runtime.io: kind, outputs checked ...
+    components: list[Component] = field(default_factory=list)   # multi-component models (io kind "seq2seq")
     # quantize
     packaged_model: Path | None = None
     recipe: RecipeResult | None = None

@@ -377,8 +377,10 @@ def _is_past(name: str) -> bool:
     return name.startswith(("past_key_values", "past."))
 
 
-def kv_cache_bytes(model: onnx.ModelProto, context: int | None) -> int:
-    """Past key/value inputs (`past_key_values.N.key/value`) at `context` tokens, batch 1."""
+def kv_cache_bytes(model: onnx.ModelProto, context: int | None,
+                   shapes: dict[str, tuple[int, ...]] | None = None) -> int:
+    """Past key/value inputs (`past_key_values.N.key/value`) at `context` tokens, batch 1; a past whose
+    shape `shapes` gives (an encoder-decoder's cross-attention cache: the encoder's length) at that."""
     if not context:
         return 0
     total = 0
@@ -386,6 +388,9 @@ def kv_cache_bytes(model: onnx.ModelProto, context: int | None) -> int:
         if not _is_past(inp.name):
             continue
         t = inp.type.tensor_type
+        if shapes and inp.name in shapes:
+            total += math.prod(shapes[inp.name]) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+            continue
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
         # [batch, kv_heads, past_sequence, head_dim]: the open sequence axis takes the context.
         fixed = [1 if i == 0 and d is None else (context if d is None else d) for i, d in enumerate(dims)]
@@ -438,7 +443,7 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     # fresh buffers and count as activations.
     past = frozenset(i.name for i in model.graph.input if _is_past(i.name))
     activations = activation_peak(concrete.graph, set(sizes), past)
-    kv = kv_cache_bytes(model, context)
+    kv = kv_cache_bytes(model, context, {n: v for n, v in sample_shapes.items() if ".encoder." in n})
     base, note = runtime_base(profile, kind)
     entry, _ = calibration(profile)
     graph = node_count(model) * entry.get("node_bytes", 0)
@@ -483,6 +488,45 @@ def decode_step_shapes(io: dict[str, Any], context: int) -> dict[str, tuple[int,
     names = [i["name"] for i in io["inputs"]]
     past = {n: (1, int(kv["heads"]), context - 1, int(kv["head_dim"])) for n in names if _is_past(n)}
     return {n: shapes[n] for n in names if n in shapes} | past
+
+
+def seq2seq_step_shapes(io: dict[str, Any], context: int, encoder_length: int) -> dict[str, tuple[int, ...]]:
+    """An encoder-decoder's decoder at its largest step: one new token on a KV cache of context - 1
+    tokens, the cross-attention's cache and the encoder's output at the encoder's length."""
+    kv = io["kv"]
+    inputs = {i["name"]: i for i in io["components"]["decoder"]["inputs"]}
+    shapes: dict[str, tuple[int, ...]] = {"input_ids": (1, 1), "use_cache_branch": (1,),
+                                          "encoder_attention_mask": (1, encoder_length)}
+    if "encoder_hidden_states" in inputs:
+        shapes["encoder_hidden_states"] = (1, encoder_length, int(inputs["encoder_hidden_states"]["shape"][-1]))
+    for name in inputs:
+        if _is_past(name):
+            length = encoder_length if ".encoder." in name else context - 1
+            shapes[name] = (1, int(kv["heads"]), length, int(kv["head_dim"]))
+    return {n: v for n, v in shapes.items() if n in inputs}
+
+
+def combine(estimates: dict[str, Estimate], shared: int) -> Estimate:
+    """The estimate of components resident together in one process: each component's estimate counts
+    the runtime (and a GPU's context) once, the whole counts it once (`shared`: those bytes). Loads are
+    summed, each transient on top of the components loaded before it (the high side: they do not
+    overlap, but the arena keeps what each session's run took)."""
+    n = len(estimates)
+    spare = (n - 1) * shared
+    breakdown: dict[str, int] = {}
+    for e in estimates.values():
+        for key, value in e.breakdown.items():
+            breakdown[key] = breakdown.get(key, 0) + value
+    if "gpu_context" in breakdown:
+        breakdown["gpu_context"] = max(e.breakdown.get("gpu_context", 0) for e in estimates.values())
+    breakdown["runtime_base"] -= spare - breakdown.get("gpu_context", 0) * (n - 1)   # the shared base once
+    first = next(iter(estimates.values()))
+    return Estimate(sum(e.low_bytes for e in estimates.values()) - spare,
+                    sum(e.high_bytes for e in estimates.values()) - spare, breakdown,
+                    sum(e.load_high_bytes for e in estimates.values()) - spare,
+                    sum(e.run_high_bytes for e in estimates.values()) - spare, first.context,
+                    sorted({note for e in estimates.values() for note in e.notes}),
+                    sum(e.run_low_bytes for e in estimates.values()) - spare)
 
 
 def sample_shapes(samples: list[dict[str, np.ndarray]]) -> dict[str, tuple[int, ...]]:

@@ -19,12 +19,15 @@ SCHEMA_VERSION = 1
 # allocator, the kernel's page accounting), so it stays out of the bundle, which the same inputs and
 # tool versions must reproduce byte for byte: `packager package --json` (and the Python API) report
 # it. The manifest keeps what is stable: the budget, the estimate, the verdict and how it was reached.
-MEASURED_KEYS = ("measured_peak_bytes", "load_peak_bytes", "run_peak_bytes", "baseline_bytes")
+MEASURED_KEYS = ("measured_peak_bytes", "load_peak_bytes", "run_peak_bytes", "baseline_bytes", "measured_load_bytes")
 
 
 def memory_record(memory: dict[str, Any]) -> dict[str, Any]:
     """ctx.memory as the manifest records it: without the run-to-run figures of the measurement."""
     record = {k: v for k, v in memory.items() if k not in MEASURED_KEYS}
+    if "components" in memory:
+        record["components"] = {name: {k: v for k, v in c.items() if k not in MEASURED_KEYS}
+                                for name, c in memory["components"].items()}
     if memory.get("verdict_basis") == "measured":
         record.pop("headroom_bytes", None)  # the budget less the measured peak
         record["measured"] = ("within the budget on the build host; the figures are in `packager package --json`, "
@@ -59,7 +62,9 @@ def runtime_spec(ctx: Context) -> dict[str, Any]:
         "provider_options": options,
         "session": dataclasses.asdict(ctx.profile.session),
         "io": ctx.io,
-        **({"context": ctx.context} if ctx.io.get("kind") == "decoder" else {}),
+        # Multi-component models: every component's file, loaded together (`model` is the decoder's).
+        **({"components": {c.name: c.file for c in ctx.components}} if ctx.components else {}),
+        **({"context": ctx.context} if ctx.io.get("kind") in ("decoder", "seq2seq") else {}),
     }
 
 
@@ -69,7 +74,7 @@ def smoke_spec(ctx: Context) -> dict[str, Any]:
     # --eval: the first cases of the user's eval file ship in the bundle, with the score the packaged model
     # got on them on the build host; the device must score within the tolerance of it.
     gate = {"eval": ctx.accuracy["eval"]["smoke"]} if "eval" in ctx.accuracy else {}
-    if ctx.io["kind"] == "decoder":
+    if ctx.io["kind"] in ("decoder", "seq2seq"):
         return {"min_token_agreement": limits.min_token_agreement, "min_logits_cosine": limits.min_logits_cosine,
                 "expected": "fp32 reference greedy generations", **gate}
     return {"min_cosine": limits.min_cosine, "expected": "fp32 reference outputs", **gate}

@@ -88,6 +88,16 @@ def convert(onnx_path: Path, out_dir: Path, arch: str) -> Converted:
     return Converted(model, configs[0], printed.getvalue())
 
 
+def _all_nodes(graph: Any) -> list[Any]:
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                nodes += _all_nodes(sub)
+    return nodes
+
+
 def repack_int4(onnx_path: Path) -> list[str]:
     """Rewrite GatherBlockQuantized's int4 tables as uint8 with two 4-bit values a byte, in place; the names of
     the tables rewritten. The ORT format has no 4-bit tensor type (its TensorDataType stops at the float8 types:
@@ -101,7 +111,8 @@ def repack_int4(onnx_path: Path) -> list[str]:
     model = onnx.load(onnx_path, load_external_data=False)
     inits = {i.name: i for i in model.graph.initializer}
     targets = {}
-    for node in model.graph.node:
+    # Subgraphs too: an encoder-decoder's merged decoder holds its nodes in If branches, its weights outside.
+    for node in _all_nodes(model.graph):
         if node.op_type != "GatherBlockQuantized" or node.input[0] not in inits:
             continue
         table = inits[node.input[0]]

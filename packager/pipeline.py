@@ -13,10 +13,10 @@ from typing import Any
 from packager.cache import StageCache
 from packager.config import PackageSettings
 from packager.context import Context, InputSpec
-from packager.errors import ExitCode, PackagerError, did_you_mean
+from packager.errors import ExitCode, PackagerError
 from packager.estimate import runtime_base
 from packager.progress import Reporter
-from packager.recipes import CALIBRATED, MIXED, RECIPES
+from packager.recipes import CALIBRATED, MIXED, parse_recipe
 from packager.stages import bundle, compat, export, fit, mobile, quantize, samples, source, verify
 from packager.stages.bundle import check_output_dir
 
@@ -44,9 +44,7 @@ PER_RECIPE = ("quantize", "compat", "mobile", "samples", "verify", "fit")
 def _workspace(model: str, settings: PackageSettings, recipe_name: str, bundles: bool,
                **options: Any) -> Iterator[Context]:
     """Checks that fail before any work, a private work folder, and its removal however the run ends."""
-    if recipe_name not in RECIPES:
-        raise PackagerError(f"unknown recipe {recipe_name!r}{did_you_mean(recipe_name, list(RECIPES))}; "
-                            f"recipes: {', '.join(RECIPES)}.", ExitCode.USAGE)
+    parse_recipe(recipe_name)  # an unknown recipe fails here; unknown component names once the export names them
     check_budget(settings)
     _check_calibration(options.get("calibration"), recipe_name, settings)
     if bundles:
@@ -67,7 +65,7 @@ def _check_calibration(path: Path | None, recipe_name: str, settings: PackageSet
     if not path.is_file():
         raise PackagerError(f"the calibration file {path} does not exist; give text lines (text models) or an .npz "
                             "of inputs.", ExitCode.BAD_INPUT)
-    if not settings.recipe.origin.startswith("profile") and recipe_name not in CALIBRATED:
+    if not settings.recipe.origin.startswith("profile") and not set(parse_recipe(recipe_name).values()) & CALIBRATED:
         from packager.calibration import unused_calibration
 
         raise unused_calibration(recipe_name)

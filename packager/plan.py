@@ -45,6 +45,10 @@ class Architecture:
     vocab: int
     max_context: int
     decoder: bool
+    # Encoder-decoders: parameters per component (encoder, decoder), and the positions of the encoder's
+    # output the decoder's cross-attention cache holds (fixed: not the context).
+    components: dict[str, int] = field(default_factory=dict)
+    encoder_positions: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,8 @@ def architecture(config: dict[str, Any]) -> Architecture:
     hidden = int(getattr(text, "hidden_size", 0))
     head_dim = int(getattr(text, "head_dim", None) or (hidden // heads if heads else 0))
     decoder = arch.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
+    if getattr(cfg, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
+        return _encoder_decoder(arch, cfg, model, parameters, embedding_parameters)
     return Architecture(
         name=arch, parameters=parameters, embedding_parameters=embedding_parameters,
         layers=int(getattr(text, "num_hidden_layers", 0)),
@@ -123,6 +129,38 @@ def architecture(config: dict[str, Any]) -> Architecture:
         hidden=hidden, intermediate=int(getattr(text, "intermediate_size", 0) or 4 * hidden),
         vocab=int(getattr(text, "vocab_size", 0)), max_context=int(getattr(text, "max_position_embeddings", 0)),
         decoder=decoder,
+    )
+
+
+# The encoder's output length where the config does not fix it (T5's relative positions): a planning figure.
+DEFAULT_ENCODER_POSITIONS = 512
+
+
+def _encoder_decoder(arch: str, cfg: Any, model: Any, parameters: int, embedding_parameters: int) -> Architecture:
+    """Whisper, T5/BART, VisionEncoderDecoder: the decoder's attention shapes (its own KV cache grows with the
+    context, the cross-attention's holds the encoder's output length), and the parameters of each side."""
+    encoder_parameters = sum(p.numel() for p in model.get_encoder().parameters())
+    dec = getattr(cfg, "decoder", None) if hasattr(cfg, "decoder") and not isinstance(cfg.decoder, (int, bool)) else cfg
+    enc = getattr(cfg, "encoder", None) if hasattr(cfg, "encoder") and not isinstance(cfg.encoder, (int, bool)) else cfg
+
+    def first(config: Any, *names: str, default: int = 0) -> int:
+        return next((int(getattr(config, n)) for n in names if getattr(config, n, None)), default)
+
+    heads = first(dec, "decoder_attention_heads", "num_heads", "num_attention_heads", default=1)
+    hidden = first(dec, "d_model", "hidden_size")
+    if getattr(enc, "image_size", None) and getattr(enc, "patch_size", None):
+        positions = (int(enc.image_size) // int(enc.patch_size)) ** 2 + 1   # patches and the class token
+    else:
+        positions = first(enc, "max_source_positions", "max_position_embeddings", default=DEFAULT_ENCODER_POSITIONS)
+    return Architecture(
+        name=arch, parameters=parameters, embedding_parameters=embedding_parameters,
+        layers=first(dec, "decoder_layers", "num_decoder_layers", "num_hidden_layers"),
+        kv_heads=heads, head_dim=first(dec, "d_kv", "head_dim", default=hidden // heads if heads else 0), heads=heads,
+        hidden=hidden, intermediate=first(dec, "decoder_ffn_dim", "d_ff", "intermediate_size", "n_inner",
+                                          default=4 * hidden),
+        vocab=first(dec, "vocab_size"), max_context=first(dec, "max_target_positions", "max_position_embeddings"),
+        decoder=True, components={"encoder": encoder_parameters, "decoder": parameters - encoder_parameters},
+        encoder_positions=positions,
     )
 
 
@@ -135,7 +173,8 @@ def _kv_bits(precision: str, asked: int | None) -> int:
 def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits: int | None) -> Row:
     weights = int(a.parameters * BYTES_PER_PARAM[precision])
     bits = _kv_bits(precision, kv_bits)
-    kv = int(2 * a.layers * a.kv_heads * a.head_dim * context * bits / 8) if a.decoder else 0
+    # An encoder-decoder's decoder also caches the cross-attention's keys and values at the encoder's length.
+    kv = int(2 * a.layers * a.kv_heads * a.head_dim * (context + a.encoder_positions) * bits / 8) if a.decoder else 0
     act_bytes = 2 if precision == "fp16" else 4
     prefill = min(context, PREFILL_TOKENS)
     activations = act_bytes * prefill * (
@@ -183,6 +222,9 @@ def plan(config_path: Path, profile: Profile, precisions: list[str] | None = Non
     if not a.decoder:
         notes.append(f"{a.name} is not a decoder: no KV cache; context is the sequence length")
     notes.append(f"activations assume a prompt of {PREFILL_TOKENS} tokens processed in one pass")
+    if a.components:
+        notes.append(f"{a.name} is an encoder-decoder: both components are resident together (weights summed); the "
+                     f"KV cache holds the context and the encoder's {a.encoder_positions} positions of cross-attention")
     if profile.runtime.gpu_context_bytes:
         notes.append(f"the runtime base includes the GPU providers' CUDA context on unified memory "
                      f"({profile.runtime.gpu_context_bytes / 2**20:.0f} MiB, {profile.name}'s runtime.gpu_context_bytes)")

@@ -175,6 +175,105 @@ def fp16(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     return RecipeResult("fp16", {"keep_io_types": True}, 0)
 
 
+def fp16_merged(parts: tuple[Path, ...], dst: Path, options: RecipeOptions) -> RecipeResult:
+    """fp16 for a decoder merged from its first-step and cached-step graphs (optimum's
+    decoder_model_merged): each part converted with fp16 inputs and outputs, merged again by optimum's
+    merge_decoders (their fp16 weights shared once), and the float32 inputs and outputs restored with
+    Casts outside the If, so that the runner feeds it as it feeds the fp32 graph."""
+    from onnx import TensorProto, helper
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    first, cached = (convert_float_to_float16(onnx.load(p), keep_io_types=False) for p in parts)
+    model = _merge(first, cached)
+    graph = model.graph
+    renames: dict[str, str] = {}
+    casts_in, casts_out = [], []
+    for value in graph.input:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            renames[value.name] = f"{value.name}_fp16"
+            casts_in.append(helper.make_node("Cast", [value.name], [renames[value.name]], to=TensorProto.FLOAT16,
+                                             name=f"{value.name}_fp16/Cast"))
+            value.type.tensor_type.elem_type = TensorProto.FLOAT
+    _rename_inputs(graph, renames)
+    for value in graph.output:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            inner = f"{value.name}_fp16"
+            for node in graph.node:
+                node.output[:] = [inner if o == value.name else o for o in node.output]
+            casts_out.append(helper.make_node("Cast", [inner], [value.name], to=TensorProto.FLOAT, name=f"{inner}/Cast"))
+            value.type.tensor_type.elem_type = TensorProto.FLOAT
+    nodes = [*casts_in, *graph.node, *casts_out]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, dst, save_as_external_data=needs_external_data(parts[0]))
+    return RecipeResult("fp16", {"keep_io_types": True, "merged": "each decoder graph converted, then merged"}, 0)
+
+
+def int8_dynamic_merged(parts: tuple[Path, ...], dst: Path, options: RecipeOptions) -> RecipeResult:
+    """int8-dynamic for a merged decoder: the dynamic quantizer leaves If branches alone, so each unmerged
+    graph is quantized on its own and merged again by optimum's merge_decoders, which keeps their
+    (identical) int8 weights once."""
+    with tempfile.TemporaryDirectory(prefix="packager-int8-merged-") as tmp:
+        results = [int8_dynamic(part, Path(tmp) / part.name, options) for part in parts]
+        model = _merge(onnx.load(Path(tmp) / parts[0].name), onnx.load(Path(tmp) / parts[1].name))
+    onnx.save(model, dst, save_as_external_data=needs_external_data(parts[0]))
+    params = results[0].params | {"merged": "each decoder graph quantized, then merged"}
+    return RecipeResult("int8-dynamic", params, count_ops(model, _QUANTIZED_OPS))
+
+
+# Recipes a merged decoder (If branches) gets by applying them to its unmerged graphs and merging again.
+MERGED_RECIPES: dict[str, Callable[[tuple[Path, ...], Path, RecipeOptions], RecipeResult]] = {
+    "fp16": lambda parts, dst, options: fp16_merged(parts, dst, options),
+    "int8-dynamic": lambda parts, dst, options: int8_dynamic_merged(parts, dst, options),
+}
+
+
+def _merge(first: onnx.ModelProto, cached: onnx.ModelProto) -> onnx.ModelProto:
+    """optimum's merge_decoders, with the shared initializers named and ordered the same on every run: it
+    picks their names from Python sets (string hashes vary per process), which would change the bundle's
+    bytes from one run to the next. Named weights keep their names; the exporter's anonymous constants
+    (onnx::...) are named after their content."""
+    import hashlib
+    import re
+
+    from optimum.onnx import merge_decoders
+
+    with tempfile.TemporaryDirectory(prefix="packager-merge-") as tmp:
+        merge_decoders(first, cached, strict=False, save_path=str(Path(tmp) / "merged.onnx"))
+        model = onnx.load(Path(tmp) / "merged.onnx")
+    graph = model.graph
+    renames: dict[str, str] = {}
+    taken: set[str] = set()
+    for init in sorted(graph.initializer, key=lambda i: hashlib.sha256(i.SerializeToString()).hexdigest()):
+        stem = re.sub(r"_merged_\d+$", "", init.name)
+        if stem.startswith("onnx::"):
+            content = onnx.TensorProto()
+            content.CopyFrom(init)
+            content.name = ""
+            stem = f"const_{hashlib.sha256(content.SerializeToString()).hexdigest()[:16]}"
+        name, n = stem, 1
+        while name in taken:
+            name, n = f"{stem}_{n}", n + 1
+        taken.add(name)
+        renames[init.name] = name
+    for init in graph.initializer:
+        init.name = renames[init.name]
+    _rename_inputs(graph, renames)
+    ordered = sorted(graph.initializer, key=lambda i: i.name)
+    del graph.initializer[:]
+    graph.initializer.extend(ordered)
+    return model
+
+
+def _rename_inputs(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
+    """Point every node reading a renamed value at its new name, in subgraphs too (they read the outer scope)."""
+    for node in graph.node:
+        node.input[:] = [renames.get(i, i) for i in node.input]
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else []) + list(attr.graphs):
+                _rename_inputs(sub, renames)
+
+
 def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     """4-bit weights, block-wise (MatMulNBits), the embedding table too (GatherBlockQuantized);
     activations stay float. A tied embedding / lm_head pair stays one weight in the file. For
@@ -334,7 +433,38 @@ MIXED = "int4-mixed"
 CALIBRATED = {"int8-static"}
 
 
-def remedy(recipe: str) -> str:
+def parse_recipe(spec: str) -> dict[str, str]:
+    """--recipe R (one recipe for every component: {"": R}) or per component, NAME=R[,NAME=R...]
+    ({"encoder": R1, "decoder": R2}); PackagerError (usage) naming an unknown recipe."""
+    from packager.errors import ExitCode, PackagerError, did_you_mean
+
+    parts = [p.strip() for p in spec.split(",")] if "=" in spec else [spec]
+    chosen: dict[str, str] = {}
+    for part in parts:
+        name, _, recipe = part.rpartition("=")
+        name, recipe = name.strip(), recipe.strip()
+        if "=" in spec and not name:
+            raise PackagerError(f"--recipe {spec!r}: {part!r} names no component; write COMPONENT=RECIPE pairs "
+                                "separated by commas, e.g. encoder=int8-dynamic,decoder=int4.", ExitCode.USAGE)
+        if recipe not in RECIPES:
+            raise PackagerError(f"unknown recipe {recipe!r}{did_you_mean(recipe, list(RECIPES))}; "
+                                f"recipes: {', '.join(RECIPES)}.", ExitCode.USAGE)
+        if name in chosen:
+            raise PackagerError(f"--recipe {spec!r} names {name} twice; give each component one recipe.",
+                                ExitCode.USAGE)
+        chosen[name] = recipe
+    return chosen
+
+
+def recipe_label(recipes: dict[str, str]) -> str:
+    """The per-component recipes as --recipe writes them (one name when every component shares it)."""
+    if len(set(recipes.values())) == 1:
+        return next(iter(recipes.values()))
+    return ",".join(f"{k}={v}" for k, v in recipes.items())
+
+
+def remedy(recipe: str, components: bool = False) -> str:
     """What to try when `recipe` changes the answers too much (verify's refusals end with it)."""
     mixed = f"--recipe {MIXED} (keeps the most sensitive layers at 8 bits), or " if recipe == "int4" else ""
-    return f"{mixed}a more precise recipe (int8-dynamic, fp16 or fp32)"
+    per_component = ", for the component that drifts: --recipe NAME=R" if components else ""
+    return f"{mixed}a more precise recipe (int8-dynamic, fp16 or fp32{per_component})"

@@ -163,6 +163,8 @@ class View:
         self.breakdown = {str(k): int(v) for k, v in _dict(self.estimate.get("breakdown")).items()
                           if _num(v) is not None and v >= 0}
         self.timings = {str(k): float(v) for k, v in _dict(r.get("timings_s")).items() if _num(v) is not None}
+        # Multi-component models: per component (encoder, decoder), all resident together.
+        self.components = {str(k): c for k, c in _dict(self.memory.get("components")).items() if isinstance(c, dict)}
         self.smoke = r.get("smoke") if isinstance(r.get("smoke"), dict) else None
         self.fit = r.get("fit") if isinstance(r.get("fit"), dict) else None
         self.mixed = r.get("mixed") if isinstance(r.get("mixed"), dict) else None
@@ -398,6 +400,9 @@ def _md_section(v: View) -> list[str]:
         if v.budget is not None:
             rows.append(["**budget**", md(size(v.budget)), md(gigabytes(v.budget))])
         out += _md_table(["memory", "size", "note"], rows, right=(1,))
+    if v.components:
+        out += _md_table(["model component", "recipe", "file", "estimate (own)", "measured load", "token agreement alone"],
+                         [[md(k), *map(md, row)] for k, row in _component_rows(v)], right=(2, 3, 4))
     out += _md_table(["accuracy", "sizes", "smoke"], [[md(accuracy_text(v)), md(
         f"model {model_size(v)}, archive {size(_num(v.sizes.get('archive_bytes')))}"), md(smoke_text(v))]])
     if v.fit:
@@ -409,6 +414,21 @@ def _md_section(v: View) -> list[str]:
         out += _md_table(["stage", "seconds"], [[md(k), f"{s:.1f}"] for k, s in v.timings.items()] +
                          [["**total**", f"**{total:.1f}**"]], right=(1,))
     return out
+
+
+def _component_rows(v: View) -> list[tuple[str, list[str]]]:
+    """Per component: recipe, file size, own estimate (the shared runtime is in the whole's), measured
+    load, and the token agreement with that component alone packaged (the other at fp32)."""
+    alone = _dict(v.accuracy.get("components"))
+    rows = []
+    for name, c in v.components.items():
+        est = _dict(c.get("estimate"))
+        agreement = _num(_dict(alone.get(name)).get("token_agreement"))
+        rows.append((name, [str(c.get("recipe", "?")), size(_num(c.get("size_bytes"))),
+                            size_range(_num(est.get("low_bytes")), _num(est.get("high_bytes"))),
+                            size(_num(c.get("measured_load_bytes"))),
+                            "" if agreement is None else f"{agreement:.1%}"]))
+    return rows
 
 
 def _fit_text(fit: dict[str, Any]) -> str:
@@ -743,6 +763,12 @@ def _html_section(v: View, i: int) -> list[str]:
         note = "" if all(k in included for k, b in v.breakdown.items() if b > 0) else \
             f'<p class="muted">* {"run" if phase == "load" else "load"} phase only: not part of the peak.</p>'
         blocks.append("<div><h3>Memory</h3>" + _kv_table(mem_rows) + note + "</div>")
+    if v.components:
+        rows_html = "".join(f"<tr><td>{esc(name)}</td>" + "".join(_cell(x, "num" if i else "") for i, x in enumerate(row))
+                            + "</tr>" for name, row in _component_rows(v))
+        blocks.append("<div><h3>Components (resident together)</h3><table><tr><th>component</th><th>recipe</th>"
+                      "<th>file</th><th>estimate (own)</th><th>measured load</th><th>agreement alone</th></tr>"
+                      + rows_html + "</table></div>")
     # stage times
     if v.timings:
         longest = max(v.timings.values()) or 1.0

@@ -35,8 +35,9 @@ def copy_runtime(dest: Path) -> None:
         (dest / name).chmod(0o755)
 
 
-# Decoder LLMs take text too: they share the text family's tokenizer pin and sample folder.
-_FAMILY = {"decoder": "text"}
+# Decoder LLMs and encoder-decoders (which decode tokens into text) share the text family's tokenizer
+# pin and sample folder.
+_FAMILY = {"decoder": "text", "seq2seq": "text"}
 
 
 def family_dir(kind: str) -> Path:

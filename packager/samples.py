@@ -18,6 +18,7 @@ class Sample:
     # Sample-input hints for tensor models whose signature leaves shapes and values open.
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     values: dict[str, float] = field(default_factory=dict)
+    built: bool = False            # made locally at first use (packager/sample_models.py), not shipped
 
 
 SAMPLES: dict[str, Sample] = {
@@ -36,6 +37,12 @@ SAMPLES: dict[str, Sample] = {
         shapes={"input": (1, 512), "state": (2, 1, 128)},
         values={"sr": 16000},
     ),
+    # Encoder-decoder models, built at first use from small configs (random weights, seed 0).
+    "tiny-whisper": Sample("packager", "", "packager[hf]", "a 1+1-layer Whisper (speech recognition: log-mel "
+                           "encoder, decoder with its KV cache), random weights", built=True),
+    "tiny-vision": Sample("packager", "", "packager[hf]", "a ViT encoder feeding a GPT-2 decoder "
+                          "(VisionEncoderDecoderModel, image captioning), random weights", built=True),
+    "tiny-t5": Sample("packager", "", "packager[hf]", "a 1+1-layer T5 (text to text), random weights", built=True),
 }
 
 
@@ -49,6 +56,10 @@ def resolve_sample(name: str, table: dict[str, Sample] | None = None, what: str 
             ExitCode.BAD_INPUT,
         )
     sample = table[name]
+    if sample.built:
+        from packager.sample_models import built_sample
+
+        return built_sample(name), sample
     # find_spec locates the package without importing it (silero_vad would import torch).
     spec = importlib.util.find_spec(sample.module)
     if spec is None or not spec.submodule_search_locations:

@@ -6,6 +6,8 @@ for text models); Python 3.10 to 3.13. It never imports packager.
 
     python run.py "some sentence" ["another one" ...]   text models: prints the output as JSON
     python run.py --prompt "Once" [--max-new-tokens 32]  decoder LLMs: greedy generation with the KV cache
+    python run.py clip.wav | photo.png | "a text"        encoder-decoders (speech, image, text to text):
+                                                        the generated tokens and text, the KV cache carried
     python run.py --inputs feeds.npz [--output out.npz]  any model: runs one set of inputs
     python run.py --measure                             peak resident memory of load and run
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import hashlib
 import json
 import os
@@ -266,14 +269,29 @@ class Runner:
         self.providers, self.missing_providers = choose_providers(
             list(runtime["providers"]), ort.get_available_providers())
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "packager-bundle"
-        self.session = ort.InferenceSession(
-            str(bundle / runtime["model"]),
-            sess_options=session_options(runtime["session"], log_level),
-            providers=self.providers,
-            provider_options=provider_options(self.providers, runtime.get("provider_options", {}), cache),
-        )
-        self.tokenizer = load_tokenizer(bundle, self.io) if self.io["kind"] in ("text", "decoder") else None
-        self.decoder = Decoder(self.session, self.io) if self.io["kind"] == "decoder" else None
+
+        def session(file: str) -> Any:
+            return ort.InferenceSession(
+                str(bundle / file),
+                sess_options=session_options(runtime["session"], log_level),
+                providers=self.providers,
+                provider_options=provider_options(self.providers, runtime.get("provider_options", {}), cache),
+            )
+
+        # Every component is loaded up front and stays resident together (none is loaded lazily): the
+        # resident memory each one added as it loaded, for the per-component breakdown (--measure).
+        self.load_bytes: dict[str, int] = {}
+        self.sessions: dict[str, Any] = {}
+        # The encoder first: the first session also carries the runtime's one-time initialisation.
+        files = runtime.get("components") or {"model": runtime["model"]}
+        for name, file in sorted(files.items(), key=lambda kv: kv[0] != "encoder"):
+            before = rss_bytes()
+            self.sessions[name] = session(file)
+            self.load_bytes[name] = max(0, rss_bytes() - before)
+        self.session = self.sessions.get("decoder", next(iter(self.sessions.values())))
+        self.encoder = self.sessions.get("encoder")
+        self.tokenizer = load_tokenizer(bundle, self.io) if self.io["kind"] in ("text", "decoder", "seq2seq") else None
+        self.decoder = Decoder(self.session, self.io) if self.io["kind"] in ("decoder", "seq2seq") else None
 
     @property
     def input_names(self) -> list[str]:
@@ -302,6 +320,24 @@ class Runner:
         tokens, _ = self.decoder.generate(self.prompt_ids(prompt), max_new_tokens)
         return self.tokenizer.decode(tokens), tokens
 
+    # Encoder-decoders: raw input (audio, image or text) -> the encoder -> the decoder's loop.
+
+    def encoder_feeds(self, raw: Any) -> dict[str, np.ndarray]:
+        """The encoder's inputs for one raw input: a path to a .wav or .png (or the decoded waveform or
+        pixels), or a text for text-to-text models."""
+        return encoder_feeds(self.io, self.tokenizer, raw)
+
+    def encoded(self, feeds: dict[str, np.ndarray]) -> Decoder:
+        """The decoder reading the encoder's output for `feeds`."""
+        assert self.encoder is not None and self.decoder is not None
+        return encoded(self.encoder, self.decoder, feeds)
+
+    def generate_from(self, raw: Any, max_new_tokens: int) -> tuple[str, list[int]]:
+        """Tokens (and their text) generated for one raw input, greedy, with the KV cache carried."""
+        assert self.tokenizer is not None
+        tokens, _ = self.encoded(self.encoder_feeds(raw)).generate(start_ids(self.io), max_new_tokens)
+        return self.tokenizer.decode(tokens), tokens
+
 
 class Decoder:
     """Greedy generation with the KV cache (past_key_values.N.key/value in, present.N.key/value
@@ -310,20 +346,40 @@ class Decoder:
     def __init__(self, session: Any, io: dict[str, Any]) -> None:
         self.session = session
         self.io = io
-        self.inputs = [i["name"] for i in io["inputs"]]
+        # An encoder-decoder's decoder (optimum's merged decoder: `use_cache_branch` picks the first step's
+        # graph or the cached steps') also reads the encoder's output, and caches the cross-attention's keys
+        # and values (past_key_values.N.encoder.*), computed once at the first step from that output.
+        self.inputs = [i["name"] for i in io.get("components", {}).get("decoder", io)["inputs"]]
         self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
+        self.cross = {n for n in self.past if ".encoder." in n}
         self.presents = [n.replace("past_key_values.", "present.", 1) for n in self.past]
         kv = io["kv"]
         self.kv_shape = (1, int(kv["heads"]), 0, int(kv["head_dim"]))
         self.kv_dtype = np.dtype(kv["dtype"])
         self.eos = set(io.get("eos_token_ids", []))
+        self.context_feeds: dict[str, np.ndarray] = {}   # encoder-decoders: the encoder's output, bound
+        self.encoder_length = 0
+
+    def bind(self, hidden: np.ndarray, mask: np.ndarray | None = None) -> Decoder:
+        """This decoder reading one input's encoder output (`hidden`, [1, length, size]; `mask` for
+        text encoders, whose padding the decoder must not attend to)."""
+        bound = copy.copy(self)
+        columns = {"encoder_hidden_states": hidden,
+                   "encoder_attention_mask": mask if mask is not None else np.ones(hidden.shape[:2], dtype=np.int64)}
+        bound.context_feeds = {k: v for k, v in columns.items() if k in self.inputs}
+        bound.encoder_length = int(hidden.shape[1])
+        return bound
 
     def empty_past(self, length: int = 0) -> dict[str, np.ndarray]:
-        """A KV cache of `length` positions (zeros): empty to start, or full to measure a long context.
-        Written, not np.zeros: untouched pages all map the kernel's one zero page, never resident, and
-        a measurement would miss the cache it is there to hold."""
-        shape = (*self.kv_shape[:2], length, self.kv_shape[3])
-        return {n: np.full(shape, 0, dtype=self.kv_dtype) for n in self.past}
+        """A KV cache of `length` positions (zeros): empty to start, or full to measure a long context
+        (the cross-attention's then holds the encoder's length). Written, not np.zeros: untouched pages
+        all map the kernel's one zero page, never resident, and a measurement would miss the cache it is
+        there to hold."""
+        def shape(name: str) -> tuple[int, ...]:
+            positions = (self.encoder_length if length else 0) if name in self.cross else length
+            return (*self.kv_shape[:2], positions, self.kv_shape[3])
+
+        return {n: np.full(shape(n), 0, dtype=self.kv_dtype) for n in self.past}
 
     def feeds(self, ids: list[int], past: dict[str, np.ndarray], past_length: int) -> dict[str, np.ndarray]:
         n = len(ids)
@@ -331,13 +387,19 @@ class Decoder:
             "input_ids": np.asarray([ids], dtype=np.int64),
             "attention_mask": np.ones((1, past_length + n), dtype=np.int64),
             "position_ids": np.arange(past_length, past_length + n, dtype=np.int64)[None, :],
+            "use_cache_branch": np.asarray([past_length > 0]),
         }
-        return {**{k: v for k, v in columns.items() if k in self.inputs}, **past}
+        return {**{k: v for k, v in columns.items() if k in self.inputs}, **self.context_feeds, **past}
 
     def step(self, ids: list[int], past: dict[str, np.ndarray], past_length: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Logits [len(ids), vocab] for the new tokens, and the cache that now holds them."""
         outputs = self.session.run(["logits", *self.presents], self.feeds(ids, past, past_length))
-        return outputs[0][0], dict(zip(self.past, outputs[1:]))
+        cache = dict(zip(self.past, outputs[1:]))
+        if past_length:
+            # The cross-attention's cache is the first step's, for good: the merged decoder's cached branch
+            # returns placeholders for it (optimum's decoder_with_past has no such outputs).
+            cache |= {n: past[n] for n in self.cross}
+        return outputs[0][0], cache
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], np.ndarray]:
         """Greedy tokens after the prompt (stopping after an end-of-sequence token), and the logits
@@ -383,6 +445,223 @@ def load(bundle: Path = HERE) -> Runner:
     return Runner(bundle, read_manifest(bundle)["runtime"])
 
 
+# ---------------------------------------------------------------- encoder-decoders: raw input
+#
+# A user on the device has audio or an image, not the encoder's tensors: the runner reads WAV and PNG
+# with the standard library and numpy, and computes what the model's pre-processor would (Whisper's
+# log-mel spectrogram, a ViT's resized and normalised pixels), from the figures in runtime.io.preprocess.
+
+SAMPLE_MEDIA = "samples/media.json"   # encoder-decoders: the raw sample inputs (files in samples/, or texts)
+
+
+def start_ids(io: dict[str, Any]) -> list[int]:
+    """The tokens an encoder-decoder's generation starts from (config.json's decoder_start_token_id)."""
+    return [int(t) for t in io["decoder_start_ids"]]
+
+
+def encoded(encoder: Any, decoder: Decoder, feeds: dict[str, np.ndarray]) -> Decoder:
+    """`decoder` bound to the output of `encoder` (an onnxruntime session) on `feeds`."""
+    hidden = encoder.run(None, feeds)[0]
+    return decoder.bind(hidden, feeds.get("attention_mask"))
+
+
+def encoder_feeds(io: dict[str, Any], tokenizer: Any, raw: Any) -> dict[str, np.ndarray]:
+    """The encoder's inputs for one raw input: audio (a .wav path, or samples at the model's rate), an
+    image (a .png path, or [height, width, channels] uint8 pixels) or a text."""
+    modality, pre = io["modality"], io["preprocess"]
+    name = io["components"]["encoder"]["inputs"][0]["name"]
+    if modality == "audio":
+        wave = read_wav(Path(raw), int(pre["sampling_rate"])) if isinstance(raw, (str, Path)) else np.asarray(raw)
+        return {name: audio_features(wave, pre)[None]}
+    if modality == "image":
+        pixels = read_image(Path(raw)) if isinstance(raw, (str, Path)) else np.asarray(raw)
+        return {name: image_pixels(pixels, pre)[None]}
+    names = [i["name"] for i in io["components"]["encoder"]["inputs"]]
+    return encode(tokenizer, str(raw), names)
+
+
+def read_wav(path: Path, rate: int) -> np.ndarray:
+    """A PCM WAV file (8, 16 or 32 bits, any channels: averaged) as float32 samples in [-1, 1] at `rate`
+    (another rate is resampled linearly: good enough for speech recognition, not for music)."""
+    import wave
+
+    try:
+        with wave.open(str(path), "rb") as w:
+            width, channels, source_rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
+            data = w.readframes(w.getnframes())
+    except (wave.Error, EOFError) as e:
+        raise ValueError(f"{path} is not a PCM WAV file ({e}); convert it, e.g. ffmpeg -i IN -ar {rate} -ac 1 "
+                         "OUT.wav") from None
+    kinds = {1: (np.uint8, 128.0, 128.0), 2: (np.int16, 0.0, 32768.0), 4: (np.int32, 0.0, 2147483648.0)}
+    if width not in kinds:
+        raise ValueError(f"{path} has {width * 8}-bit samples; give 8, 16 or 32-bit PCM (ffmpeg -i IN -ar {rate} "
+                         "-ac 1 -sample_fmt s16 OUT.wav)")
+    dtype, offset, scale = kinds[width]
+    samples = (np.frombuffer(data, dtype=dtype).astype(np.float64) - offset) / scale
+    samples = samples.reshape(-1, channels).mean(axis=1)
+    if source_rate != rate and len(samples):
+        times = np.arange(int(len(samples) * rate / source_rate)) / rate
+        samples = np.interp(times, np.arange(len(samples)) / source_rate, samples)
+    return samples.astype(np.float32)
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+    """Mono 16-bit PCM: the samples' format, written with the standard library (the same bytes every time)."""
+    import wave
+
+    pcm = np.clip(np.round(np.asarray(samples, dtype=np.float64) * 32767.0), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
+def mel_filters(rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+    """[1 + n_fft // 2, n_mels] triangular filters on the Slaney mel scale with Slaney's area
+    normalisation, 0 Hz to rate / 2: what Whisper's feature extractor uses (librosa's defaults)."""
+    def to_mel(hz: np.ndarray) -> np.ndarray:
+        hz = np.asarray(hz, dtype=np.float64)
+        mel = 3.0 * hz / 200.0
+        log = hz >= 1000.0
+        return np.where(log, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) * 27.0 / np.log(6.4), mel)
+
+    def to_hz(mel: np.ndarray) -> np.ndarray:
+        hz = 200.0 * mel / 3.0
+        return np.where(mel >= 15.0, 1000.0 * np.exp(np.log(6.4) / 27.0 * (mel - 15.0)), hz)
+
+    freqs = np.linspace(0, rate / 2, 1 + n_fft // 2)
+    points = to_hz(np.linspace(to_mel(0.0), to_mel(rate / 2), n_mels + 2))
+    widths = np.diff(points)
+    slopes = points[None, :] - freqs[:, None]
+    down = -slopes[:, :-2] / widths[:-1]
+    up = slopes[:, 2:] / widths[1:]
+    filters = np.maximum(0.0, np.minimum(down, up))
+    return filters * (2.0 / (points[2:n_mels + 2] - points[:n_mels]))[None, :]
+
+
+def audio_features(samples: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
+    """Whisper's log-mel spectrogram [mels, frames] of mono samples at the model's rate: padded (or cut)
+    to the model's window, a periodic Hann STFT centred with reflection, power through the mel filters,
+    log10 floored at 1e-10, clamped to 8 below its maximum and scaled to (x + 4) / 4."""
+    n, n_fft, hop = int(pre["n_samples"]), int(pre["n_fft"]), int(pre["hop_length"])
+    wave = np.full(n, float(pre.get("padding_value", 0.0)), dtype=np.float64)
+    clip = np.asarray(samples, dtype=np.float64).ravel()[:n]
+    wave[:len(clip)] = clip
+    padded = np.pad(wave, n_fft // 2, mode="reflect")
+    frames = 1 + (len(padded) - n_fft) // hop
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    index = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
+    power = np.abs(np.fft.rfft(padded[index] * window, axis=-1)) ** 2
+    mel = power @ mel_filters(int(pre["sampling_rate"]), n_fft, int(pre["feature_size"]))
+    log = np.log10(np.maximum(mel, 1e-10)).T[:, :-1]
+    log = np.maximum(log, log.max() - 8.0)
+    return ((log + 4.0) / 4.0).astype(np.float32)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """[height, width, channels] uint8 pixels of an 8-bit PNG (any colour type but palette, not
+    interlaced), read with zlib; other formats (JPEG ...) through Pillow where it is installed."""
+    data = path.read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        try:
+            from PIL import Image
+        except ImportError:
+            raise ValueError(f"{path} is not a PNG file, and Pillow (which reads other formats) is not installed; "
+                             "convert it to PNG or pip install pillow") from None
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    import struct
+    import zlib
+
+    pos, chunks, header = 8, [], None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            chunks.append(body)
+        pos += 12 + length
+    if header is None:
+        raise ValueError(f"{path} is a damaged PNG file (no header)")
+    width, height, depth, colour, _, _, interlace = header
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour)
+    if depth != 8 or channels is None or interlace:
+        raise ValueError(f"{path} is a PNG this runner does not decode (8-bit grey, RGB or RGBA, not interlaced); "
+                         "re-save it as 8-bit RGB, or pip install pillow")
+    raw = np.frombuffer(zlib.decompress(b"".join(chunks)), dtype=np.uint8).reshape(height, 1 + width * channels)
+    rows = np.zeros((height, width * channels), dtype=np.int32)
+    for y in range(height):  # undo each row's filter (PNG spec, section 9)
+        kind, line = raw[y, 0], raw[y, 1:].astype(np.int32)
+        above = rows[y - 1] if y else np.zeros_like(line)
+        if kind in (0, 2):
+            rows[y] = (line + (above if kind == 2 else 0)) & 255
+            continue
+        out = np.zeros_like(line)
+        for x in range(len(line)):
+            left = out[x - channels] if x >= channels else 0
+            upper_left = above[x - channels] if x >= channels else 0
+            if kind == 1:
+                guess = left
+            elif kind == 3:
+                guess = (left + above[x]) // 2
+            else:
+                p = left + above[x] - upper_left
+                pa, pb, pc = abs(p - left), abs(p - above[x]), abs(p - upper_left)
+                guess = left if pa <= pb and pa <= pc else (above[x] if pb <= pc else upper_left)
+            out[x] = (line[x] + guess) & 255
+        rows[y] = out
+    pixels = rows.astype(np.uint8).reshape(height, width, channels)
+    return pixels[..., :3] if channels >= 3 else np.repeat(pixels[..., :1], 3, axis=-1)
+
+
+def write_png(path: Path, pixels: np.ndarray) -> None:
+    """[height, width, 3] uint8 as an 8-bit RGB PNG (no filtering): the samples' format, the same bytes every time."""
+    import struct
+    import zlib
+
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    height, width = pixels.shape[:2]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + pixels[y].tobytes() for y in range(height))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
+
+
+def _resize_axis(image: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Linear interpolation along one axis, pixel centres aligned (half-pixel), as PIL's bilinear when enlarging."""
+    n = image.shape[axis]
+    if n == size:
+        return image
+    where = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
+    low = np.floor(where).astype(int)
+    high = np.minimum(low + 1, n - 1)
+    weight = (where - low).reshape([-1 if a == axis else 1 for a in range(image.ndim)])
+    return np.take(image, low, axis=axis) * (1 - weight) + np.take(image, high, axis=axis) * weight
+
+
+def image_pixels(pixels: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
+    """[channels, height, width] float32 for a ViT-style encoder: resized (bilinear) to the model's size,
+    rescaled (1/255) and normalised with the model's mean and standard deviation."""
+    image = np.asarray(pixels, dtype=np.float64)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    image = _resize_axis(_resize_axis(image[..., :3], int(pre["height"]), 0), int(pre["width"]), 1)
+    image = image * float(pre["rescale_factor"])
+    image = (image - np.asarray(pre["mean"])) / np.asarray(pre["std"])
+    return image.transpose(2, 0, 1).astype(np.float32)
+
+
+def sample_media(bundle: Path = HERE) -> list[Any]:
+    """The raw sample inputs of an encoder-decoder bundle: file paths (audio, images) or texts."""
+    entries = json.loads((bundle / SAMPLE_MEDIA).read_text(encoding="utf-8"))
+    return [bundle / e["file"] if "file" in e else e["text"] for e in entries]
+
+
 # ---------------------------------------------------------------- samples and comparison
 
 def load_samples(bundle: Path = HERE, name: str = SAMPLE_INPUTS) -> list[dict[str, np.ndarray]]:
@@ -414,9 +693,11 @@ def save_samples(path: Path, samples: list[dict[str, np.ndarray]]) -> None:
                 np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
-def compare_decoder(expected: list[dict[str, np.ndarray]], decoder: Decoder) -> dict[str, Any]:
+def compare_decoder(expected: list[dict[str, np.ndarray]], decoder: Decoder | list[Decoder]) -> dict[str, Any]:
     """How closely `decoder` follows the reference's greedy generations (`expected`: per prompt,
-    its `prompt_ids`, the reference's `tokens` and its first-prediction `logits`).
+    its `prompt_ids`, the reference's `tokens` and its first-prediction `logits`). Encoder-decoders
+    give one decoder per sample, bound to that sample's encoder output (Decoder.bind): the figures
+    are then the whole model's, encoder included.
 
     Token agreement is teacher-forced: the decoder reads the prompt and the reference's tokens
     and must predict each next one. Free-running generation would stop counting after the first
@@ -424,7 +705,8 @@ def compare_decoder(expected: list[dict[str, np.ndarray]], decoder: Decoder) -> 
     often the free-running generations match in full is reported too.
     """
     agreements, cosines, identical = [], [], 0
-    for sample in expected:
+    decoders = decoder if isinstance(decoder, list) else [decoder] * len(expected)
+    for sample, decoder in zip(expected, decoders):
         prompt = [int(t) for t in sample["prompt_ids"]]
         reference = [int(t) for t in sample["tokens"]]
         logits = decoder.score(prompt + reference)
@@ -444,10 +726,12 @@ def compare_decoder(expected: list[dict[str, np.ndarray]], decoder: Decoder) -> 
     }
 
 
-def reference_generations(decoder: Decoder, prompts: list[list[int]], max_new_tokens: int) -> list[dict[str, np.ndarray]]:
+def reference_generations(decoder: Decoder | list[Decoder], prompts: list[list[int]],
+                          max_new_tokens: int) -> list[dict[str, np.ndarray]]:
     """What compare_decoder measures against: the reference model's greedy generations."""
     result = []
-    for ids in prompts:
+    decoders = decoder if isinstance(decoder, list) else [decoder] * len(prompts)
+    for ids, decoder in zip(prompts, decoders):
         tokens, first = decoder.generate(ids, max_new_tokens)
         result.append({"prompt_ids": np.asarray(ids, dtype=np.int64), "tokens": np.asarray(tokens, dtype=np.int64),
                        "logits": first.astype(np.float32)})
@@ -623,6 +907,8 @@ def measure(bundle: Path = HERE, context: int | None = None) -> dict[str, Any]:
     resettable = reset_peak()
     runner = load(bundle)
     load_peak = peak_bytes()
+    if runner.io["kind"] == "seq2seq":
+        return _measure_seq2seq(bundle, runner, context, baseline, load_peak, resettable)
     if runner.io["kind"] == "text":
         texts = json.loads((bundle / SAMPLE_TEXTS).read_text(encoding="utf-8"))
         feeds = [runner.encode(t) for t in texts]
@@ -641,6 +927,44 @@ def measure(bundle: Path = HERE, context: int | None = None) -> dict[str, Any]:
         "load_peak_bytes": load_peak,
         "run_peak_bytes": run_peak,
         "peak_bytes": max(load_peak, run_peak),
+        "method": "VmHWM after clear_refs" if resettable else "ru_maxrss (process lifetime)",
+        "providers": runner.providers,
+        "missing_providers": runner.missing_providers,
+        "host": f"{platform.machine()} Python {platform.python_version()}",
+    }
+
+
+# Tokens each sample generates in the measurement: a short answer, then the long-context step.
+MEASURE_TOKENS = 8
+
+
+def _measure_seq2seq(bundle: Path, runner: Runner, context: int | None, baseline: int, load_peak: int,
+                     resettable: bool) -> dict[str, Any]:
+    """measure() for an encoder-decoder: the raw samples through the pre-processing and the encoder (its
+    phase's peak), then the decoder's loop on each, and one step on a full KV cache of `context` tokens
+    (the run's peak). Per component: the resident memory its session added at load, and its phase's peak."""
+    assert runner.decoder is not None
+    feeds = [runner.encoder_feeds(raw) for raw in sample_media(bundle)]
+    resettable = reset_peak() and resettable
+    decoders = [runner.encoded(f) for f in feeds]
+    encoder_peak = peak_bytes()
+    for decoder in decoders:
+        decoder.generate(start_ids(runner.io), MEASURE_TOKENS)
+    context = context or runner.runtime.get("context")
+    if context:
+        last = decoders[-1]
+        last.step([0], last.empty_past(int(context) - 1), int(context) - 1)
+    run_peak = peak_bytes()
+    return {
+        "context": context,
+        "baseline_bytes": baseline,
+        "load_peak_bytes": load_peak,
+        "run_peak_bytes": run_peak,
+        "peak_bytes": max(load_peak, run_peak),
+        "components": {name: {"load_bytes": runner.load_bytes[name],
+                              **({"encode_peak_bytes": encoder_peak} if name == "encoder" else {})}
+                       for name in runner.sessions},
+        "resident": "all components together, loaded up front",
         "method": "VmHWM after clear_refs" if resettable else "ru_maxrss (process lifetime)",
         "providers": runner.providers,
         "missing_providers": runner.missing_providers,
@@ -669,10 +993,13 @@ def read_inputs(path: Path, names: list[str]) -> list[dict[str, np.ndarray]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run this bundle's model.")
-    parser.add_argument("texts", nargs="*", help="texts to run (text models)")
+    parser.add_argument("texts", nargs="*", help="texts to run (text models); encoder-decoders: .wav or .png files, "
+                        "or texts, to generate from")
     parser.add_argument("--prompt", help="decoder LLMs: the text to continue")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="decoder LLMs: tokens to generate (default 32)")
-    parser.add_argument("--json", action="store_true", help="with --prompt: print prompt, text and token ids as JSON")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="decoder LLMs and encoder-decoders: tokens to "
+                        "generate (default 32)")
+    parser.add_argument("--json", action="store_true", help="with --prompt (or an encoder-decoder's inputs): print the "
+                        "text and token ids as JSON")
     parser.add_argument("--inputs", type=Path, help=".npz of input tensors, one per model input")
     parser.add_argument("--output", type=Path, help="write the outputs to this .npz instead of printing them")
     parser.add_argument("--measure", action="store_true", help="print peak memory of load and run as JSON")
@@ -699,6 +1026,16 @@ def main(argv: list[str] | None = None) -> int:
         runner = load(args.bundle)
         for p in runner.missing_providers:
             print(f"note: {p} is not available here; running on {', '.join(runner.providers)}", file=sys.stderr)
+        if runner.io["kind"] == "seq2seq":
+            if not args.texts:
+                raise ValueError(f"give the {runner.io['modality']} to read: "
+                                 + {"audio": "a .wav file", "image": "a .png file"}.get(runner.io["modality"], "a text"))
+            answers = []
+            for raw in args.texts:
+                text, tokens = runner.generate_from(raw, args.max_new_tokens)
+                answers.append({"input": raw, "text": text, "tokens": tokens})
+            print(json.dumps(answers) if args.json else "\n".join(a["text"] for a in answers))
+            return 0
         if args.prompt is not None:
             text, tokens = runner.generate_text(args.prompt, args.max_new_tokens)
             print(json.dumps({"prompt": args.prompt, "text": text, "tokens": tokens}) if args.json

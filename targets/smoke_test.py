@@ -14,6 +14,7 @@
    (the device's own kernels may round differently from the build host's: what must hold is the
    distance to the true model); decoders generate with the KV cache from the sample prompts and
    must follow the reference's greedy tokens (teacher-forced agreement, first-token logits);
+   encoder-decoders read their raw samples (WAV, PNG, texts) end to end, encoder and decoder loop;
 4. bundles built with `--eval`: the first of the user's own cases (samples/eval.jsonl) must score
    within the profile's tolerance of what the packaged model scored on the build host;
 5. peak resident memory of load and run against the target's budget.
@@ -86,7 +87,27 @@ def check_generation(bundle: Path, runner: run.Runner, manifest: dict[str, Any])
     for i, (prompt, sample) in enumerate(zip(prompts, expected)):
         if runner.prompt_ids(prompt) != [int(t) for t in sample["prompt_ids"]]:
             raise SmokeFailure(f"the tokenizer here encodes prompt {i} differently from the build host")
-    result = run.compare_decoder(expected, runner.decoder)
+    return _gate(run.compare_decoder(expected, runner.decoder), manifest)
+
+
+def check_seq2seq(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) -> dict[str, Any]:
+    """An encoder-decoder end to end: the raw samples (WAV, PNG or texts) through this device's
+    pre-processing, which must give the build host's encoder inputs, then the encoder and the decoder's
+    loop, which must follow the fp32 reference's greedy tokens."""
+    import numpy as np
+
+    stored = run.load_samples(bundle, run.SAMPLE_INPUTS)
+    expected = run.load_samples(bundle, run.SAMPLE_EXPECTED)
+    feeds = [runner.encoder_feeds(raw) for raw in run.sample_media(bundle)]
+    for i, (got, kept) in enumerate(zip(feeds, stored)):
+        # float pre-processing (FFT, resizing) may round differently on another CPU or numpy: close, not equal
+        if any(got[k].shape != kept[k].shape or not np.allclose(got[k], kept[k], rtol=1e-4, atol=1e-4) for k in kept):
+            raise SmokeFailure(f"the pre-processing here turns sample {i} into other encoder inputs than on the "
+                               "build host")
+    return _gate(run.compare_decoder(expected, [runner.encoded(f) for f in feeds]), manifest)
+
+
+def _gate(result: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
     limits = manifest["smoke"]
     if result["token_agreement"] < limits["min_token_agreement"]:
         raise SmokeFailure(f"generation drifts from the fp32 reference: {result['token_agreement']:.1%} of its greedy "
@@ -101,6 +122,8 @@ def check_outputs(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) ->
     io = manifest["runtime"]["io"]
     if io["kind"] == "decoder":
         return check_generation(bundle, runner, manifest)
+    if io["kind"] == "seq2seq":
+        return check_seq2seq(bundle, runner, manifest)
     stored_inputs = run.load_samples(bundle, run.SAMPLE_INPUTS)
     expected = run.load_samples(bundle, run.SAMPLE_EXPECTED)
     if io["kind"] == "text":

@@ -116,3 +116,14 @@ def test_check_says_int4_mixed_figures_are_int4s(tmp_path: Path) -> None:
                             cache=False)
     assert result.recipe == "int4-mixed"
     assert any(n.startswith("int4-mixed chooses its 8-bit layers in verify") for n in result.estimate["notes"])
+
+
+def test_int4_mixed_is_refused_for_models_that_do_not_generate(tiny_bert: Path) -> None:
+    import packager
+    from packager.errors import ExitCode, PackagerError
+
+    with pytest.raises(PackagerError) as e:
+        packager.check(tiny_bert, "rpi5", recipe="int4-mixed", measure=False, cache=False)
+    assert e.value.code == ExitCode.USAGE
+    assert e.value.message == ("recipe int4-mixed finds the layers of a decoder LLM that need 8 bits by what it "
+                               "generates; this is a text model: use int4 or int8-dynamic instead.")

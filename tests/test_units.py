@@ -104,8 +104,12 @@ def test_task_from_architectures(tmp_path: Path) -> None:
     assert task_for(["DistilBertForSequenceClassification"], tmp_path)[0] == "text-classification"
     assert task_for(["LlamaForCausalLM"], tmp_path)[0] == "text-generation-with-past"
     assert task_for(["GPT2LMHeadModel"], tmp_path)[0] == "text-generation-with-past"
-    with pytest.raises(PackagerError, match="encoder-decoder"):
-        task_for(["WhisperForConditionalGeneration"], tmp_path)
+    assert task_for(["WhisperForConditionalGeneration"], tmp_path, "whisper")[0] == \
+        "automatic-speech-recognition-with-past"
+    assert task_for(["VisionEncoderDecoderModel"], tmp_path, "vision-encoder-decoder")[0] == "image-to-text-with-past"
+    assert task_for(["T5ForConditionalGeneration"], tmp_path, "t5")[0] == "text2text-generation-with-past"
+    with pytest.raises(PackagerError, match="encoder-decoder model of a type"):
+        task_for(["LlavaForConditionalGeneration"], tmp_path, "llava")
     with pytest.raises(PackagerError, match="no `architectures`"):
         task_for([], tmp_path)
 

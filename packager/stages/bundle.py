@@ -39,6 +39,10 @@ def readme(ctx: Context) -> str:
     run_example = {"text": 'python run.py "some sentence"',
                    "decoder": 'python run.py --prompt "Once upon a time" --max-new-tokens 32'}.get(
         ctx.io["kind"], "python run.py --inputs feeds.npz --output out.npz")
+    if ctx.io["kind"] == "seq2seq":
+        run_example = {"audio": "python run.py samples/sweep.wav --max-new-tokens 32     # any 16-bit PCM WAV",
+                       "image": "python run.py samples/gradient.png --max-new-tokens 32  # any 8-bit PNG",
+                       }.get(ctx.io["modality"], 'python run.py "some text" --max-new-tokens 32')
     mem = ctx.memory
     # The measured figure varies run to run: the bundle says only that it was within the budget.
     measured = f", measured within the budget on the build host ({mem['measured_on']})" \
@@ -56,10 +60,18 @@ On the device ({p.os.name}, Python {p.os.python}):
 
 - Inputs and outputs: `manifest.json` (`inputs`, `outputs`); samples in `samples/`.
 - Accuracy on the build host: {_accuracy_line(ctx)}.
-- Memory: estimated peak {mem['estimate']['low_bytes'] / MiB:.0f}-{mem['estimate']['high_bytes'] / MiB:.0f} MiB{measured};
+{_components_readme(ctx)}- Memory: estimated peak {mem['estimate']['low_bytes'] / MiB:.0f}-{mem['estimate']['high_bytes'] / MiB:.0f} MiB{measured};
   budget {p.budget.memory_bytes / MiB:.0f} MiB.
 - Execution providers, in order: {', '.join(p.runtime.providers)} (missing ones fall back to CPU).
 {_phone_readme(ctx)}{_gpu_readme(ctx)}"""
+
+
+def _components_readme(ctx: Context) -> str:
+    if not ctx.components:
+        return ""
+    lines = [f"  - `{c.file}`: the {c.name}, recipe `{c.recipe_name}`" for c in ctx.components]
+    return ("- Components, all loaded together (the memory figures count them together):\n" + "\n".join(lines)
+            + "\n")
 
 
 def _phone_readme(ctx: Context) -> str:
@@ -68,14 +80,18 @@ def _phone_readme(ctx: Context) -> str:
     m, mob = ctx.profile.mobile, ctx.mobile
     android, ios = (next((e for e in mob.get("examples", []) if e.startswith(f"{d}/") and not e.endswith(".md")), "")
                     for d in ("android", "ios"))
+    examples = (f"`{android}` and `{ios}` load it with this profile's session options and providers and run the "
+                "first\nsample; `android/README.md` and `ios/README.md` give the dependency lines. Neither was compiled "
+                "by packager.") if android else (
+        "No app example is generated for a model of several components yet: the app loads each `.ort` file that\n"
+        "`manifest.json` lists under `runtime.components`, with the session options there, and runs run.py's loop.")
     verdict = mob["usability"].get("verdict") or f"not rated ({mob['usability'].get('error', '')})"
     return f"""
 ## In a phone app
 
 The app loads `{mob['model']}` (ORT format {mob['ort_format_version']}, converted by {mob['converted_with']}) with
 `{m.android_package}:{m.android_version}` on Android, or the `{m.ios_pod}` pod / Swift package {m.ios_version} on iOS.
-`{android}` and `{ios}` load it with this profile's session options and providers and run the first
-sample; `android/README.md` and `ios/README.md` give the dependency lines. Neither was compiled by packager.
+{examples}
 
 - Reduced-size runtime: `{mob['reduced_build_config']}` lists the operators and types the model needs, for
   ONNX Runtime's `build.py --minimal_build --include_ops_by_config` at the converter's release ({mob['converted_with']}).
@@ -125,7 +141,8 @@ In a container on the device (Docker with the NVIDIA runtime; base image `{p.os.
 def _write_files(ctx: Context) -> None:
     stage = ctx.stage_dir
     copy_runtime(stage)
-    if ctx.mobile and ctx.profile.mobile is not None:
+    if ctx.mobile and ctx.profile.mobile is not None and not ctx.components:
+        # The app examples run one model on one sample; an encoder-decoder's loop has none yet.
         ctx.mobile["examples"] = write_examples(stage, ctx.bundle_name, ctx.profile, ctx.io, ctx.sample_inputs[0],
                                                 _sample_note(ctx), ctx.mobile["usability"])
     if ctx.profile.os.container:

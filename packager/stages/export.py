@@ -22,8 +22,9 @@ from typing import Any
 import onnx
 
 from packager import __version__
-from packager.context import Context
+from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
+from packager.recipes import parse_recipe, recipe_label
 from packager.stages.source import PICKLE_SUFFIXES
 
 # The highest opset the exporter supports: optimum-onnx 0.1.0 calls torch.onnx.export(dynamo=False), whose
@@ -77,13 +78,49 @@ def _export_hf(ctx: Context, out: Path) -> None:
         finally:
             if ctx.source.adapter is not None:
                 shutil.rmtree(folder, ignore_errors=True)   # the merged weights: the export has them now
-    fold_transposed_weights(out / "model.onnx")
+    if ctx.source.task in SEQ2SEQ_MODALITY:
+        _keep_seq2seq_components(ctx, out)
+    else:
+        fold_transposed_weights(out / "model.onnx")
     if not (out / "tokenizer.json").is_file() and (out / "vocab.txt").is_file():
         # Slow-tokenizer folders: the device needs the fast tokenizer's single JSON file.
         from transformers import AutoTokenizer
 
         with _quiet():
             AutoTokenizer.from_pretrained(str(out), use_fast=True).backend_tokenizer.save(str(out / "tokenizer.json"))
+
+
+# Encoder-decoder exports (optimum's *-with-past seq2seq tasks) write four graphs: the encoder, the
+# decoder's first step (no cache), its later steps (with the cache) and both decoders merged into one
+# graph that switches on `use_cache_branch` and holds their shared weights once. The bundle ships the
+# encoder and the merged decoder: the two unmerged decoders are the same weights a second and a third
+# time, which the device would hold twice over for nothing. Component name -> file in the export.
+SEQ2SEQ_COMPONENTS = {"encoder": "encoder_model.onnx", "decoder": "decoder_model_merged.onnx"}
+SEQ2SEQ_MERGED = ("decoder_model.onnx", "decoder_with_past_model.onnx")
+SEQ2SEQ_MODALITY = {"automatic-speech-recognition-with-past": "audio", "image-to-text-with-past": "image",
+                 "text2text-generation-with-past": "text"}   # task -> what the encoder reads
+
+
+def _keep_seq2seq_components(ctx: Context, out: Path) -> None:
+    """The encoder and the merged decoder, checked present; the unmerged decoders removed; the tokenizer
+    copied from the source when the exporter did not write it (a PreTrainedTokenizerFast folder)."""
+    assert ctx.source is not None
+    missing = [f for f in SEQ2SEQ_COMPONENTS.values() if not (out / f).is_file()]
+    if missing:
+        raise PackagerError(f"the exporter wrote no {', '.join(missing)} for {ctx.source.path} ({ctx.source.task}); "
+                            "check that the folder loads with transformers, or export it to .onnx yourself.",
+                            ExitCode.TOOL_FAILED)
+    # The unmerged decoders stay in the export (not in the bundle): the fp16 recipe converts them and
+    # merges them again, as its converter cannot rewrite the merged graph's If branches.
+    for name in SEQ2SEQ_COMPONENTS.values():
+        fold_transposed_weights(out / name)
+    for name in (*TOKENIZER_FILES, "preprocessor_config.json"):
+        if not (out / name).is_file() and (ctx.source.path / name).is_file():
+            shutil.copyfile(ctx.source.path / name, out / name)
+    if not (out / "tokenizer.json").is_file():
+        raise PackagerError(f"{ctx.source.path} has no tokenizer.json, which the device needs to turn the generated "
+                            "tokens into text; save the model's fast tokenizer into the folder "
+                            "(tokenizer.save_pretrained).", ExitCode.BAD_INPUT)
 
 
 def fold_transposed_weights(path: Path) -> None:
@@ -257,7 +294,77 @@ def _decoder_io(ctx: Context, inputs: list[dict[str, Any]], outputs: list[dict[s
     }
 
 
+def _config_value(config: dict[str, Any], *keys: str) -> Any:
+    """The first of `keys` set in config.json, at its top level or in its decoder's section."""
+    for section in (config, config.get("decoder") or {}):
+        for key in keys:
+            if section.get(key) is not None:
+                return section[key]
+    return None
+
+
+def _preprocess(ctx: Context, export_dir: Path, modality: str, config: dict[str, Any]) -> dict[str, Any]:
+    """What the device does to raw input before the encoder (run.py's audio_features, image_pixels)."""
+    path = export_dir / "preprocessor_config.json"
+    pre = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if modality == "audio":
+        return {"sampling_rate": int(pre.get("sampling_rate", 16000)), "n_fft": int(pre.get("n_fft", 400)),
+                "hop_length": int(pre.get("hop_length", 160)),
+                "feature_size": int(pre.get("feature_size", config.get("num_mel_bins", 80))),
+                "n_samples": int(pre.get("n_samples", 480000)), "padding_value": float(pre.get("padding_value", 0.0))}
+    if modality == "image":
+        encoder = config.get("encoder") or {}
+        side = int(encoder.get("image_size", 224))
+        size = pre.get("size") or {}
+        return {"height": int(size.get("height", side)), "width": int(size.get("width", side)),
+                "rescale_factor": float(pre.get("rescale_factor", 1 / 255)),
+                "mean": [float(v) for v in pre.get("image_mean", [0.5, 0.5, 0.5])],
+                "std": [float(v) for v in pre.get("image_std", [0.5, 0.5, 0.5])],
+                "channels": int(encoder.get("num_channels", 3))}
+    return {}
+
+
+def _seq2seq_io(ctx: Context, export_dir: Path) -> dict[str, Any]:
+    """An encoder-decoder: each component's inputs and outputs, the decoder's KV cache (its own and the
+    cross-attention's), the decoder's start tokens and what the encoder's raw input needs first."""
+    assert ctx.source is not None
+    config = json.loads((ctx.source.path / "config.json").read_text(encoding="utf-8"))
+    components = {}
+    for name, file in SEQ2SEQ_COMPONENTS.items():
+        inputs, outputs = signature(export_dir / file)
+        components[name] = {"export": file, "inputs": inputs, "outputs": outputs}
+    decoder_inputs = components["decoder"]["inputs"]
+    past = [i for i in decoder_inputs if i["name"].startswith("past_key_values.")]
+    own = [i for i in past if ".encoder." not in i["name"]]
+    _, heads, _, head_dim = own[0]["shape"]
+    modality = SEQ2SEQ_MODALITY[ctx.source.task]
+    start = _config_value(config, "decoder_start_token_id")
+    if start is None:
+        raise PackagerError(f"{ctx.source.path}/config.json has no decoder_start_token_id, so the decoder cannot "
+                            "start; add it (the token generation starts from).", ExitCode.BAD_INPUT)
+    positions = _config_value(config, "max_target_positions", "n_positions", "max_position_embeddings")
+    components["decoder"]["merges"] = list(SEQ2SEQ_MERGED)
+    return {
+        "kind": "seq2seq",
+        "modality": modality,
+        "components": components,
+        "inputs": components["encoder"]["inputs"],
+        "outputs": components["decoder"]["outputs"],
+        "checked_outputs": ["logits"],
+        "primary_outputs": ["logits"],
+        "tokenizer": "model/tokenizer.json",
+        "max_length": int(positions) if positions else _max_length(ctx.source.path),
+        "eos_token_ids": _eos_token_ids(ctx.source.path),
+        "decoder_start_ids": [int(start)],
+        "kv": {"layers": len(own) // 2, "heads": heads, "head_dim": head_dim, "dtype": own[0]["dtype"],
+               "cross_attention_cached": len(past) > len(own)},
+        "preprocess": _preprocess(ctx, export_dir, modality, config),
+    }
+
+
 def describe_io(ctx: Context, export_dir: Path) -> dict[str, Any]:
+    if ctx.source is not None and ctx.source.task in SEQ2SEQ_MODALITY:
+        return _seq2seq_io(ctx, export_dir)
     inputs, outputs = signature(export_dir / "model.onnx")
     names = [o["name"] for o in outputs]
     input_names = {i["name"] for i in inputs}
@@ -363,11 +470,41 @@ def run(ctx: Context) -> None:
         ctx.io = describe_io(ctx, out)
     ctx.reference_model = out / "model.onnx"
     ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] \
-        if ctx.io["kind"] in ("text", "decoder") else []
-    if ctx.io["kind"] == "decoder":
+        if ctx.io["kind"] in ("text", "decoder", "seq2seq") else []
+    if ctx.io["kind"] in ("decoder", "seq2seq"):
         ctx.context = decoder_context(ctx)
-    if not ctx.recipe_explicit:
+    if ctx.io["kind"] == "seq2seq":
+        if ctx.eval_cases:   # before any recipe runs
+            raise PackagerError(f"--eval {ctx.eval_file}: eval cases judge decoder LLMs and text encoders, not an "
+                                "encoder-decoder's generations yet; drop --eval.", ExitCode.BAD_INPUT)
+        # In SEQ2SEQ_COMPONENTS' order (encoder, then decoder), whatever order a cached io was stored in.
+        ctx.components = [Component(name, out / c["export"], parts=tuple(out / m for m in c.get("merges", [])))
+                          for name, c in sorted(ctx.io["components"].items(),
+                                                key=lambda kv: list(SEQ2SEQ_COMPONENTS).index(kv[0]))]
+        ctx.reference_model = ctx.components[-1].reference   # the decoder: what single-model readers see
+        assign_component_recipes(ctx)
+    elif not ctx.recipe_explicit:
         ctx.recipe_name = ctx.profile.recipe_for(ctx.io["kind"])
+    elif set(parse_recipe(ctx.recipe_name)) != {""}:
+        raise PackagerError(f"--recipe {ctx.recipe_name} gives components their own recipes, but "
+                            f"{ctx.source.path} is a single graph; give one recipe (e.g. --recipe int4).",
+                            ExitCode.USAGE)
+
+
+def assign_component_recipes(ctx: Context) -> None:
+    """Each component's recipe: --recipe R for all, NAME=R per component (the others keep the profile's), or
+    the profile's: `recipe` for an encoder, `decoder_recipe` for a decoder, as for single-graph models.
+    ctx.recipe_name becomes the label (one name when all agree)."""
+    chosen = parse_recipe(ctx.recipe_name) if ctx.recipe_explicit else {}
+    names = [c.name for c in ctx.components]
+    unknown = [n for n in chosen if n and n not in names]
+    if unknown:
+        raise PackagerError(f"--recipe {ctx.recipe_name} names {', '.join(unknown)}, which this model does not have; "
+                            f"its components are {', '.join(names)}.", ExitCode.USAGE)
+    for c in ctx.components:
+        default = ctx.profile.recipe_for("decoder" if c.name == "decoder" else "text")
+        c.recipe_name = chosen.get(c.name) or chosen.get("") or default
+    ctx.recipe_name = recipe_label({c.name: c.recipe_name for c in ctx.components})
 
 
 def decoder_context(ctx: Context) -> int:

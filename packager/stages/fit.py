@@ -16,9 +16,11 @@ import sys
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import Estimate, decode_step_shapes, estimate, sample_shapes
+from packager.estimate import (Estimate, calibration, combine, decode_step_shapes, estimate, sample_shapes,
+                               seq2seq_step_shapes)
 from packager.gpu import unmeasured_gpu_bytes
 from packager.manifest import runtime_spec
+from packager.profiles import Profile
 from packager.runtime_files import copy_runtime
 
 MEASURE_TIMEOUT_S = 1800
@@ -46,9 +48,41 @@ def measure(ctx: Context) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _encoder_length(ctx: Context) -> int:
+    """The encoder's output length on the largest sample (what the decoder's cross-attention reads)."""
+    import onnxruntime as ort
+
+    assert ctx.components
+    encoder = next(c.reference for c in ctx.components if c.name == "encoder")
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    session = ort.InferenceSession(str(encoder), so, providers=["CPUExecutionProvider"])
+    largest = max(ctx.sample_inputs, key=lambda f: sum(v.size for v in f.values()))
+    return int(session.run(None, largest)[0].shape[1])
+
+
+def component_estimates(ctx: Context, context: int | None) -> dict[str, Estimate]:
+    """Each component's estimate on its own: the encoder on the samples, the decoder at its decode step
+    with `context` tokens of its own KV cache and the encoder's length of cross-attention cache."""
+    length = _encoder_length(ctx)
+    tokenizer = next((f for f in ctx.tokenizer_files if f.name == "tokenizer.json"), None)
+    result = {}
+    for c in ctx.components:
+        assert c.packaged is not None
+        if c.name == "decoder":
+            shapes = seq2seq_step_shapes(ctx.io, context or 1, length)
+            result[c.name] = estimate(c.packaged, ctx.profile, "decoder", shapes, context, tokenizer)
+        else:
+            result[c.name] = estimate(c.packaged, ctx.profile, "tensor", sample_shapes(ctx.sample_inputs))
+    return result
+
+
 def estimate_at(ctx: Context, context: int | None) -> Estimate:
-    """The packaged model's estimate; a decoder's at its decode step with `context` tokens of KV cache."""
+    """The packaged model's estimate; a decoder's at its decode step with `context` tokens of KV cache;
+    a multi-component model's with all its components resident together."""
     assert ctx.packaged_model is not None
+    if ctx.components:
+        return combine(component_estimates(ctx, context), shared_bytes(ctx.profile))
     shapes = decode_step_shapes(ctx.io, context) if ctx.io["kind"] == "decoder" and context \
         else sample_shapes(ctx.sample_inputs)
     tokenizer = next((f for f in ctx.tokenizer_files if f.name == "tokenizer.json"), None)
@@ -94,12 +128,45 @@ def run(ctx: Context) -> None:
         }
     if unseen:
         ctx.memory["gpu_context_bytes"] = unseen  # added to the measured peak: the GPU path was not exercised
+    if ctx.components:
+        ctx.memory["components"] = _components_memory(ctx, measured)
     if peak > budget and ctx.enforce_budget:
         raise PackagerError(
             f"does not fit: {over_budget(ctx.memory)} over {ctx.profile.name}'s budget of {budget / MiB:.0f} MiB; "
             "pick a smaller recipe or model, or give the deployment more with --budget.",
             ExitCode.DOES_NOT_FIT,
         )
+
+
+def shared_bytes(profile: Profile) -> int:
+    """What components in one process share: the interpreter and the runtime's import and first
+    initialisation (the calibration's base), and a GPU's context. Each session keeps its own cost and
+    thread pool (session_bytes, per_thread_bytes): every component counts those."""
+    return int(calibration(profile)[0]["base_bytes"]) + profile.runtime.gpu_context_bytes
+
+
+def _components_memory(ctx: Context, measured: dict | None) -> dict[str, dict]:
+    """Per component: its recipe, file, size, its own estimate (without the shared runtime, which the
+    whole counts once) and, measured, the resident memory its session added at load."""
+    estimates = component_estimates(ctx, ctx.context)
+    shared = shared_bytes(ctx.profile)
+    record = {}
+    for c in ctx.components:
+        assert c.packaged is not None
+        e = estimates[c.name]
+        # Its own part of the runtime: its session and thread pool (and the decoder's tokenizer library).
+        own = {k: v for k, v in e.breakdown.items() if k != "gpu_context"} | \
+            {"runtime_base": e.breakdown["runtime_base"] - (shared - ctx.profile.runtime.gpu_context_bytes)}
+        record[c.name] = {
+            "recipe": c.recipe_name,
+            "file": c.file,
+            "size_bytes": c.packaged.stat().st_size,
+            "resident": "loaded up front, with the others",
+            "estimate": {"low_bytes": e.low_bytes - shared, "high_bytes": e.high_bytes - shared, "breakdown": own},
+            **({"measured_load_bytes": measured["components"][c.name]["load_bytes"]}
+               if measured and c.name in measured.get("components", {}) else {}),
+        }
+    return record
 
 
 def over_budget(memory: dict) -> str:

@@ -4,39 +4,94 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from pathlib import Path
 
-from packager.context import Context
+from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
 from packager.calibration import calibration_inputs, unused_calibration
-from packager.recipes import CALIBRATED, RECIPES, RecipeOptions
+from packager.recipes import CALIBRATED, MERGED_RECIPES, MIXED, RECIPES, RecipeOptions, RecipeResult, parse_recipe
 
 
 def run(ctx: Context) -> None:
     assert ctx.reference_model is not None
     model_dir = ctx.stage_dir / "model"
     model_dir.mkdir(parents=True)
-    dest = model_dir / "model.onnx"
     for f in ctx.tokenizer_files:
         shutil.copyfile(f, model_dir / f.name)
+    if MIXED in parse_recipe(ctx.recipe_name).values() and ctx.io["kind"] != "decoder":
+        what = "an encoder-decoder" if ctx.components else f"a {ctx.io['kind']} model"
+        raise PackagerError(f"recipe {MIXED} finds the layers of a decoder LLM that need 8 bits by what it generates; "
+                            f"this is {what}: use int4 or int8-dynamic instead.", ExitCode.USAGE)
+    if ctx.components:
+        _run_components(ctx, model_dir)
+        return
+    dest = model_dir / "model.onnx"
     options = RecipeOptions(int4=ctx.profile.int4, keep_8bit=ctx.keep_8bit)
     if ctx.recipe_name in CALIBRATED:
         feeds, where = calibration_inputs(ctx, ctx.stage_dir)
         options = dataclasses.replace(options, calibration=feeds, calibration_source=where)
     elif ctx.calibration is not None and not ctx.fit:  # --fit auto may try a calibrated recipe later
         raise unused_calibration(ctx.recipe_name)
-    try:
-        ctx.recipe = RECIPES[ctx.recipe_name](ctx.reference_model, dest, options)
-    except PackagerError:
-        raise
-    except Exception as e:
-        raise PackagerError(
-            f"recipe {ctx.recipe_name} failed on this model ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
-            "try another recipe with --recipe (for example fp32).",
-            ExitCode.TOOL_FAILED,
-        ) from e
+    ctx.recipe = _apply(ctx.recipe_name, ctx.reference_model, dest, options, "this model")
     if ctx.recipe.name == "fp32":
         # The reference's external data (if any) travels with it.
         for f in ctx.reference_model.parent.iterdir():
             if f.name != "model.onnx" and f.suffix not in (".json", ".txt") and f.is_file():
                 shutil.copyfile(f, model_dir / f.name)
     ctx.packaged_model = dest
+
+
+def _apply(recipe: str, src: Path, dest: Path, options: RecipeOptions, what: str) -> RecipeResult:
+    try:
+        return RECIPES[recipe](src, dest, options)
+    except PackagerError:
+        raise
+    except Exception as e:
+        raise PackagerError(
+            f"recipe {recipe} failed on {what} ({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); "
+            "try another recipe with --recipe (for example fp32).",
+            ExitCode.TOOL_FAILED,
+        ) from e
+
+
+def _apply_merged(c: Component, options: RecipeOptions) -> RecipeResult:
+    """fp16 or int8-dynamic for a merged decoder: its unmerged graphs converted one by one and merged
+    again (the fp16 converter breaks the merged graph's If branches, leaving outer-scope values it renames
+    dangling; the dynamic quantizer leaves the branches unquantized)."""
+    assert c.packaged is not None
+    try:
+        return MERGED_RECIPES[c.recipe_name](c.parts, c.packaged, options)
+    except PackagerError:
+        raise
+    except Exception as e:
+        raise PackagerError(
+            f"recipe {c.recipe_name} failed on the {c.name} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300] if str(e) else ''}); give it another recipe, e.g. --recipe {c.name}=fp32.",
+            ExitCode.TOOL_FAILED) from e
+
+
+def _run_components(ctx: Context, model_dir: Path) -> None:
+    """Each component with its own recipe (ctx.recipe_name: one for all, or NAME=R per component, as
+    --fit auto and the export set it), into model/<its export's file name>. ctx.recipe sums them up
+    for the readers of single-graph models; each component's own result is in its `recipe`."""
+    chosen = parse_recipe(ctx.recipe_name)
+    if set(chosen.values()) & CALIBRATED:
+        raise PackagerError(f"recipe {ctx.recipe_name}: int8-static calibrates on the model's own inputs, which an "
+                            "encoder-decoder's decoder does not take from the samples; choose int8-dynamic, int4, "
+                            "fp16 or fp32 for its components.", ExitCode.USAGE)
+    if ctx.calibration is not None and not ctx.fit:
+        raise unused_calibration(ctx.recipe_name)
+    options = RecipeOptions(int4=ctx.profile.int4)
+    for c in ctx.components:
+        c.recipe_name = chosen.get(c.name) or chosen.get("") or c.recipe_name
+        c.packaged = model_dir / c.reference.name
+        c.file = f"model/{c.reference.name}"
+        if c.recipe_name in MERGED_RECIPES and c.parts:
+            c.recipe = _apply_merged(c, options)
+        else:
+            c.recipe = _apply(c.recipe_name, c.reference, c.packaged, options, f"the {c.name}")
+    ctx.packaged_model = ctx.components[-1].packaged
+    ctx.model_file = ctx.components[-1].file
+    ctx.recipe = RecipeResult(ctx.recipe_name, {"components": {c.name: dataclasses.asdict(c.recipe)
+                                                               for c in ctx.components if c.recipe}},
+                              sum(c.recipe.quantized_nodes for c in ctx.components if c.recipe))

@@ -26,7 +26,17 @@ TASKS = {
     "ForMaskedLM": "fill-mask",
     "ForQuestionAnswering": "question-answering",
 }
-UNSUPPORTED_YET = ("ForConditionalGeneration", "ForSpeechSeq2Seq", "ForVision2Seq")
+# Encoder-decoder models: the task depends on what the encoder reads, which the model type says.
+SEQ2SEQ_TASKS = {
+    "whisper": "automatic-speech-recognition-with-past",
+    "vision-encoder-decoder": "image-to-text-with-past",
+    "t5": "text2text-generation-with-past",
+    "mt5": "text2text-generation-with-past",
+    "bart": "text2text-generation-with-past",
+    "mbart": "text2text-generation-with-past",
+    "marian": "text2text-generation-with-past",
+}
+SEQ2SEQ_SUFFIXES = ("ForConditionalGeneration", "ForSpeechSeq2Seq", "ForVision2Seq", "VisionEncoderDecoderModel")
 
 
 def _bad(message: str) -> PackagerError:
@@ -44,15 +54,18 @@ def hash_files(root: Path, files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def task_for(architectures: list[str], where: Path) -> tuple[str, str]:
+def task_for(architectures: list[str], where: Path, model_type: str = "") -> tuple[str, str]:
     """The export task for the first architecture in config.json (local folders cannot auto-infer it)."""
     if not architectures:
         raise _bad(f"{where}: config.json has no `architectures` list, so the export task is unknown; "
                    "add the model class name (e.g. \"BertModel\") to config.json.")
     arch = architectures[0]
-    if arch.endswith(UNSUPPORTED_YET):
-        raise _bad(f"{where}: {arch} is an encoder-decoder model, which packager does not package yet "
-                   "(issue 11); package its decoder or encoder alone, or an .onnx file.")
+    if arch.endswith(SEQ2SEQ_SUFFIXES):
+        if model_type in SEQ2SEQ_TASKS:
+            return SEQ2SEQ_TASKS[model_type], arch
+        raise _bad(f"{where}: {arch} ({model_type or 'no model_type'}) is an encoder-decoder model of a type "
+                   f"packager does not package ({', '.join(sorted(SEQ2SEQ_TASKS))} are supported); export it to "
+                   ".onnx yourself and package the files.")
     for suffix, task in sorted(TASKS.items(), key=lambda kv: -len(kv[0])):
         if arch.endswith(suffix):
             return task, arch
@@ -70,7 +83,7 @@ def _hf_folder(path: Path, allow_pickle: bool) -> Source:
         raise _bad(f"{config_path}: cannot read it ({e}); check its permissions.") from None
     if not isinstance(config, dict):
         raise _bad(f"{config_path}: not a model configuration (expected a JSON object).")
-    task, arch = task_for(config.get("architectures") or [], path)
+    task, arch = task_for(config.get("architectures") or [], path, str(config.get("model_type", "")))
     weights = sorted(path.glob("*.safetensors"))
     pickled = False
     if weights:

@@ -55,26 +55,76 @@ def _verify_decoder(ctx: Context, reference: Any, packaged: Any) -> None:
         reason = str(e).split("Status Message: ")[-1].splitlines()[0][:200]
         raise PackagerError(f"generating with the exported decoder failed ({reason}); check that the model "
                             "exports with its KV cache (text-generation-with-past).", ExitCode.TOOL_FAILED) from None
+    _gate_generation(ctx, result, len(prompts), reference, packaged)
+
+
+def _gate_generation(ctx: Context, result: dict[str, Any], samples: int, reference: Any, packaged: Any,
+                     extra: dict[str, Any] | None = None) -> None:
+    """ctx.accuracy from compare_decoder's figures, and exit 4 when they fall below the profile's thresholds."""
     limits = ctx.profile.accuracy
     ctx.accuracy = {
         "metric": "token agreement",
         "reference": "fp32 ONNX export, greedy decoding",
-        "samples": len(prompts),
+        "samples": samples,
         "generated_tokens": GENERATED_TOKENS,
         "threshold": {"token_agreement": limits.min_token_agreement, "logits_cosine": limits.min_logits_cosine},
         **result,
+        **(extra or {}),
     }
     if result["token_agreement"] < limits.min_token_agreement or result["min_logits_cosine"] < limits.min_logits_cosine:
         error = PackagerError(
             f"recipe {ctx.recipe_name} changes the answers too much: the packaged model predicts "
             f"{result['token_agreement']:.1%} of the fp32 reference's greedy tokens (threshold "
             f"{limits.min_token_agreement:.0%}), logits cosine {result['min_logits_cosine']:.4f} (threshold "
-            f"{limits.min_logits_cosine}) on {ctx.profile.name}; try {remedy(ctx.recipe_name)}.",
+            f"{limits.min_logits_cosine}) on {ctx.profile.name}{_alone(ctx.accuracy)}; try "
+            f"{remedy(ctx.recipe_name, bool(ctx.components))}.",
             ExitCode.ACCURACY,
         )
         if ctx.eval_cases:   # the user's own cases are measured all the same: their figures say more
             _verify_eval(ctx, reference, packaged, also=error)
         raise error
+
+
+def _alone(accuracy: dict[str, Any]) -> str:
+    """' (each alone ...: encoder (int8-dynamic) 100.0% / 0.9999, ...)': each component's own share of a drift,
+    token agreement and logits cosine."""
+    parts = [f"{name} ({c['recipe']}) {c['token_agreement']:.1%} / {c['min_logits_cosine']:.4f}"
+             for name, c in accuracy.get("components", {}).items()]
+    return f" (each alone beside the other's fp32: {', '.join(parts)})" if parts else ""
+
+
+def _verify_seq2seq(ctx: Context, packaged: Any) -> None:
+    """An encoder-decoder, end to end: the reference (fp32 encoder and decoder) generates from each
+    sample's encoder input; the packaged pair must follow it (teacher-forced token agreement, first
+    logits). Each component is also swapped in alone, beside the other's fp32 reference, to say which
+    one's recipe costs what; the gate is the end-to-end figure, which is what the device produces."""
+    rt = runner()
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    refs = {c.name: ort.InferenceSession(str(c.reference), so, providers=["CPUExecutionProvider"])
+            for c in ctx.components}
+    decoders = {"reference": rt.Decoder(refs["decoder"], ctx.io), "packaged": packaged.decoder}
+    encoders = {"reference": refs["encoder"], "packaged": packaged.encoder}
+    start = rt.start_ids(ctx.io)
+
+    def bound(encoder: str, decoder: str) -> list[Any]:
+        return [rt.encoded(encoders[encoder], decoders[decoder], f) for f in ctx.sample_inputs]
+
+    try:
+        ctx.expected_outputs = rt.reference_generations(bound("reference", "reference"),
+                                                        [start] * len(ctx.sample_inputs), GENERATED_TOKENS)
+        result = rt.compare_decoder(ctx.expected_outputs, bound("packaged", "packaged"))
+        alone = {"encoder": rt.compare_decoder(ctx.expected_outputs, bound("packaged", "reference")),
+                 "decoder": rt.compare_decoder(ctx.expected_outputs, bound("reference", "packaged"))}
+    except Exception as e:
+        reason = str(e).split("Status Message: ")[-1].splitlines()[0][:200]
+        raise PackagerError(f"generating with the exported encoder and decoder failed ({reason}); check that the "
+                            "model exports with its KV cache (a *-with-past task).", ExitCode.TOOL_FAILED) from None
+    components = {c.name: {"recipe": c.recipe_name, "token_agreement": alone[c.name]["token_agreement"],
+                           "min_logits_cosine": alone[c.name]["min_logits_cosine"]} for c in ctx.components}
+    _gate_generation(ctx, result, len(ctx.sample_inputs), None, packaged,
+                     {"reference": "fp32 ONNX export (encoder and decoder), greedy decoding", "end_to_end": True,
+                      "components": components})
 
 
 def _slice(result: dict[str, Any], count: int) -> dict[str, Any]:
@@ -135,6 +185,10 @@ def run(ctx: Context) -> None:
     so = ort.SessionOptions()
     so.log_severity_level = 4  # failures surface as exceptions, reported once
     reference = ort.InferenceSession(str(ctx.reference_model), so, providers=["CPUExecutionProvider"])
+    if ctx.io["kind"] == "seq2seq":
+        _verify_seq2seq(ctx, packaged)
+        runner().save_samples(ctx.stage_dir / "samples" / "expected.npz", ctx.expected_outputs)
+        return
     if ctx.io["kind"] == "decoder":
         _verify_decoder(ctx, reference, packaged)
         runner().save_samples(ctx.stage_dir / "samples" / "expected.npz", ctx.expected_outputs)
