@@ -2,7 +2,7 @@
 leaves, and the Dockerfile that runs the bundle's smoke test on the device's own userland.
 
     unseen = unmeasured_gpu_bytes(profile, measured)   # the CUDA context a CPU-only measurement misses
-    bound = trt_workspace(profile, memory)             # trt_max_workspace_size within the budget's headroom
+    bound = trt_workspace(profile, memory)             # trt_max_workspace_size within the estimate's headroom
     write_container_files(stage, ctx)                  # Dockerfile + .dockerignore, from targets/jetson/
 """
 
@@ -36,20 +36,25 @@ def unmeasured_gpu_bytes(profile: Profile, measured: dict[str, Any] | None) -> i
 
 
 def trt_workspace(profile: Profile, memory: dict[str, Any]) -> dict[str, Any] | None:
-    """trt_max_workspace_size bounded so that building the engine stays within the budget: the headroom the fit
-    verdict left (its peak includes the CUDA context), less the engine's own copy of the weights (assumed the
-    size of the packaged weights), capped by the profile's figure; None before the fit stage or without TensorRT."""
+    """trt_max_workspace_size bounded so that building the engine stays within the budget: the headroom the
+    estimate leaves (its high side, which counts the CUDA context), less the engine's own copy of the weights
+    (assumed the size of the packaged weights), capped by the profile's figure; None before the fit stage or
+    without TensorRT. The estimate, not the measured peak: the measurement moves by pages run to run, and
+    the bound is written into the manifest, which must reproduce byte for byte."""
     options = profile.runtime.provider_options.get(TRT)
-    if TRT not in profile.runtime.providers or options is None or "headroom_bytes" not in memory:
+    estimate = memory.get("estimate", {})
+    if TRT not in profile.runtime.providers or options is None or "high_bytes" not in estimate \
+            or "budget_bytes" not in memory:
         return None
+    headroom = int(memory["budget_bytes"]) - int(estimate["high_bytes"])
     ceiling = int(options.get("trt_max_workspace_size", 0)) or None
-    breakdown = memory.get("estimate", {}).get("breakdown", {})
+    breakdown = estimate.get("breakdown", {})
     engine = int(breakdown.get("weights_inline", 0)) + int(breakdown.get("weights_external", 0))
-    room = (int(memory["headroom_bytes"]) - engine) // MiB * MiB
+    room = (headroom - engine) // MiB * MiB
     bound = max(MIN_WORKSPACE, min(room, ceiling) if ceiling else room)
-    result = {"bytes": bound, "profile_bytes": ceiling, "headroom_bytes": int(memory["headroom_bytes"]),
-              "engine_weights_bytes": engine,
-              "basis": "min(profile's trt_max_workspace_size, budget headroom - the engine's copy of the weights)"}
+    result = {"bytes": bound, "profile_bytes": ceiling, "headroom_bytes": headroom, "engine_weights_bytes": engine,
+              "basis": "min(profile's trt_max_workspace_size, budget - estimated peak (high) - the engine's copy "
+                       "of the weights)"}
     if room < MIN_WORKSPACE:
         result["note"] = (f"the budget leaves no room for TensorRT's workspace ({room / MiB:.0f} MiB after the engine's "
                           f"weights): engine builds may fail and fall back to CUDA; raise the budget or pick a smaller "

@@ -52,7 +52,7 @@ def runtime_spec(ctx: Context) -> dict[str, Any]:
     rt = ctx.profile.runtime
     options = {k: dict(v) for k, v in rt.provider_options.items()}
     workspace = trt_workspace(ctx.profile, ctx.memory)
-    if workspace is not None:  # bounded by the budget's headroom once the fit stage has measured it
+    if workspace is not None:  # bounded by the budget's headroom once the fit stage has estimated it
         options["TensorrtExecutionProvider"]["trt_max_workspace_size"] = workspace["bytes"]
     return {
         "model": ctx.model_file,

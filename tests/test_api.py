@@ -53,6 +53,16 @@ def test_same_inputs_give_a_byte_identical_archive(silero_twice: tuple[packager.
     assert {i.date_time for i in samples.infolist()} == {(1980, 1, 1, 0, 0, 0)}
 
 
+def test_a_jetson_bundle_reproduces_with_its_tensorrt_workspace(tmp_path: Path) -> None:
+    """The TensorRT workspace bound is in the manifest: it comes from the estimate, not the measured peak."""
+    first, second = (packager.package("sample:silero-vad", "jetson-orin-nano", out=tmp_path / d) for d in "ab")
+    assert sha256(first.archive) == sha256(second.archive)
+    with tarfile.open(first.archive) as tar:
+        manifest = json.load(tar.extractfile(f"{first.bundle}/manifest.json"))
+    workspace = manifest["memory"]["tensorrt_workspace"]
+    assert workspace["headroom_bytes"] == manifest["memory"]["budget_bytes"] - manifest["memory"]["estimate"]["high_bytes"]
+
+
 def test_the_api_result_is_what_the_cli_prints(silero_twice: tuple[packager.PackageResult, dict]) -> None:
     result, summary = silero_twice
     assert isinstance(result, packager.PackageResult) and result.ok and result.exit_code == 0

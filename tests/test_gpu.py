@@ -20,7 +20,11 @@ NANO, RPI5 = PROFILES["jetson-orin-nano"], PROFILES["rpi5"]
 
 
 def _memory(headroom: int, weights: int) -> dict:
-    return {"headroom_bytes": headroom, "estimate": {"breakdown": {"weights_inline": weights, "weights_external": 0}}}
+    """The fit stage's record with `headroom` between the budget and the estimate's high side."""
+    budget = 8 * 2**30
+    return {"budget_bytes": budget, "headroom_bytes": 1,   # the measured headroom: not what the bound uses
+            "estimate": {"high_bytes": budget - headroom,
+                         "breakdown": {"weights_inline": weights, "weights_external": 0}}}
 
 
 def test_trt_workspace_is_what_the_budget_leaves_up_to_the_profile_ceiling() -> None:
