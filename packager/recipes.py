@@ -46,6 +46,8 @@ class RecipeOptions:
     # int8-static: the inputs the activations' ranges are measured on (packager/calibration.py)
     calibration: list[dict[str, np.ndarray]] = field(default_factory=list)
     calibration_source: str = ""
+    # Called with a short line as the recipe goes (int4: each weight quantized), for the human watching.
+    progress: Callable[[str], None] | None = None
 
 
 def _needs_external_data(src: Path) -> bool:
@@ -176,20 +178,33 @@ def fp16(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
 def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     """4-bit weights, block-wise (MatMulNBits), the embedding table too (GatherBlockQuantized);
     activations stay float. A tied embedding / lm_head pair stays one weight in the file. For
-    decoder LLMs, whose weights are most of their memory."""
+    decoder LLMs, whose weights are most of their memory.
+
+    Streams: the graph is read without its external data, and the quantizer reads each weight from
+    the source's file when it reaches it (memory-mapped: onnx_ir's ExternalTensor) and drops it once
+    quantized. What is held is the graph, one fp32 weight and the 4-bit output, not the fp32 model
+    (a 1B model: 5 GB of fp32 weights, 0.8 GB of output). Inline models are quantized the same way,
+    all in memory, as before."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     settings = options.int4
-    model = onnx.load(src)
+    model = onnx.load(src, load_external_data=False)
+    _locate_external_data(model, src.parent)
     tied = find_tied_embedding(model) if settings.symmetric else None
+    op_types = ("MatMul",) if tied else ("MatMul", "Gather")
+    if not tied:
+        # The quantizer reads a Gather's table with onnx's loader, which wants it inline: only this
+        # table comes into memory (the embedding's fp32 bytes, a fifth of a 1B model's).
+        _load_tensors(model, {n.input[0] for n in model.graph.node if n.op_type == "Gather"})
     config = DefaultWeightOnlyQuantConfig(
         block_size=settings.block_size, is_symmetric=settings.symmetric,
         accuracy_level=settings.accuracy_level or None,
-        op_types_to_quantize=("MatMul",) if tied else ("MatMul", "Gather"),
+        op_types_to_quantize=op_types,
         quant_axes=(("MatMul", 0), ("Gather", 1)),
     )
     logging.getLogger().setLevel(logging.ERROR)  # its opset-21 upgrade warning is expected here
     quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+    _count_progress(quantizer, model, op_types, options.progress)
     quantizer.process()
     quantized = quantizer.model.model
     del model, quantizer
@@ -198,15 +213,98 @@ def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
         embedding = tie_embedding(quantized, *tied, settings.block_size)
     elif count_ops(quantized, {"GatherBlockQuantized"}):
         embedding = "int4 (GatherBlockQuantized, its own table)"
+    # What stayed float (norms, biases, what no quantized op reads) comes in from the source now,
+    # each tensor once: onnx.save writes the model file from memory.
+    _load_tensors(quantized, None)
     onnx.save(quantized, dst, save_as_external_data=_needs_external_data(src))
     params = {"block_size": settings.block_size, "symmetric": settings.symmetric,
               "accuracy_level": settings.accuracy_level, "embedding": embedding}
     return RecipeResult("int4", params, count_ops(quantized, _QUANTIZED_OPS))
 
 
-def find_tied_embedding(model: onnx.ModelProto) -> tuple[str, str] | None:
+def _count_progress(quantizer: Any, model: onnx.ModelProto, op_types: tuple[str, ...],
+                    progress: Callable[[str], None] | None) -> None:
+    """Report each weight the quantizer finishes (n of total, the node), for the human watching."""
+    if progress is None:
+        return
+    inits = {i.name for i in model.graph.initializer}
+
+    def constant_weight(node: onnx.NodeProto) -> bool:   # the others (attention's MatMuls) are left alone
+        return (node.input[1] if node.op_type == "MatMul" else node.input[0]) in inits
+
+    total = sum(1 for n in model.graph.node if n.op_type in op_types and constant_weight(n))
+    quantize = quantizer.node_quantizer.quantize
+    done = 0
+
+    def counted(node: onnx.NodeProto, graph_stack: list[onnx.GraphProto]) -> list[onnx.NodeProto]:
+        nonlocal done
+        result = quantize(node, graph_stack)
+        if constant_weight(node):
+            done += 1
+            progress(f"{done}/{total} weights ({node.name or node.op_type})")
+        return result
+
+    quantizer.node_quantizer.quantize = counted
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Initializers and Constant nodes' tensors kept in external data (the exporter moves large
+    constants there too), subgraphs included."""
+    found = []
+    for g in _all_graphs(model.graph):
+        found += list(g.initializer)
+        found += [a.t for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+    return [t for t in found if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def _all_graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    found = [graph]
+    for node in graph.node:
+        for attr in node.attribute:
+            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                found += _all_graphs(g)
+    return found
+
+
+def _locate_external_data(model: onnx.ModelProto, folder: Path) -> None:
+    """Point each external tensor at its file by absolute path: the quantizer resolves locations
+    from the current directory (onnx_ir with no base folder), not from the model's."""
+    for t in _external_tensors(model):
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = str((folder / entry.value).resolve())
+
+
+def tensor_array(t: onnx.TensorProto, folder: Path | None = None) -> np.ndarray:
+    """A tensor's values; external data (relative to `folder`, or at an absolute location) memory-mapped,
+    not read."""
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        from onnx_ir import serde
+
+        return serde.deserialize_tensor(t, str(folder or "")).numpy()
+    from onnx.numpy_helper import to_array
+
+    return to_array(t)
+
+
+def _load_tensors(model: onnx.ModelProto, names: set[str] | None) -> None:
+    """Read these external tensors (all of them with None) into the model, from their files."""
+    for t in _external_tensors(model):
+        if names is not None and t.name not in names:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        with open(info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            t.raw_data = f.read(int(info["length"])) if "length" in info else f.read()
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+
+
+def find_tied_embedding(model: onnx.ModelProto, folder: Path | None = None) -> tuple[str, str] | None:
     """(Gather node name, lm_head MatMul weight) when the exporter wrote the tied embedding table
-    twice: once [vocab, hidden] for the Gather, once transposed [hidden, vocab] for the lm_head."""
+    twice: once [vocab, hidden] for the Gather, once transposed [hidden, vocab] for the lm_head.
+    External tables (relative to `folder`) are compared memory-mapped, a slice of rows at a time (a
+    1B model's are 1 GB each)."""
     inits = {i.name: i for i in model.graph.initializer}
     tables = [(n, inits[n.input[0]]) for n in model.graph.node
               if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2]
@@ -214,12 +312,17 @@ def find_tied_embedding(model: onnx.ModelProto) -> tuple[str, str] | None:
              if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
     for gather, table in tables:
         for head in heads:
-            if list(head.dims) == list(reversed(table.dims)):
-                from onnx.numpy_helper import to_array
-
-                if np.array_equal(to_array(table).T, to_array(head)):
-                    return gather.name, head.name
+            if list(head.dims) == list(reversed(table.dims)) and _transposed(tensor_array(table, folder),
+                                                                                     tensor_array(head, folder)):
+                return gather.name, head.name
     return None
+
+
+def _transposed(table: np.ndarray, head: np.ndarray, rows: int = 8192) -> bool:
+    """table.T == head, compared in slices of `rows` table rows (no full-size temporaries)."""
+    if table.dtype != head.dtype:
+        return False
+    return all(np.array_equal(table[r:r + rows].T, head[:, r:r + rows]) for r in range(0, table.shape[0], rows))
 
 
 def tie_embedding(model: onnx.ModelProto, gather_name: str, head_weight: str, block_size: int) -> str:

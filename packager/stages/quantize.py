@@ -17,10 +17,11 @@ def run(ctx: Context) -> None:
     dest = model_dir / "model.onnx"
     for f in ctx.tokenizer_files:
         shutil.copyfile(f, model_dir / f.name)
-    options = RecipeOptions(int4=ctx.profile.int4)
+    options = RecipeOptions(int4=ctx.profile.int4, progress=ctx.progress)
     if ctx.recipe_name in CALIBRATED:
         feeds, where = calibration_inputs(ctx, ctx.stage_dir)
-        options = RecipeOptions(int4=ctx.profile.int4, calibration=feeds, calibration_source=where)
+        options = RecipeOptions(int4=ctx.profile.int4, calibration=feeds, calibration_source=where,
+                                progress=ctx.progress)
     elif ctx.calibration is not None and not ctx.fit:  # --fit auto may try a calibrated recipe later
         raise unused_calibration(ctx.recipe_name)
     try:
