@@ -3,7 +3,7 @@
 with packager's wall time and peak memory per stage, beside optimum-cli's export plus onnxruntime's
 int4 quantizer on the same model.
 
-    python scripts/bench_scale.py [--skip-optimum] [--skip-packager] [--keep] [--dir DIR]
+    python scripts/bench_scale.py [--skip-optimum] [--skip-packager] [--no-smoke] [--keep] [--dir DIR]
 
 The model is generated once (fixed seed, fp16 safetensors: 2.5 GB on disk, half of fp32; the export
 upcasts to fp32 as it loads) into $PACKAGER_BENCH_DIR/llama-3.2-1b-shape (default
@@ -86,6 +86,7 @@ def make_model(folder: Path) -> Path:
     initializer_range; norms 1) from a fixed seed, tensor by tensor, as fp16 safetensors."""
     done = folder / "model.safetensors"
     if done.is_file() and (folder / "config.json").is_file():
+        write_tokenizer(folder)
         return folder
     from safetensors.numpy import save_file
 
@@ -104,11 +105,23 @@ def make_model(folder: Path) -> Path:
     (tmp / "config.json").write_text(json.dumps(CONFIG, indent=2), encoding="utf-8")
     (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}),
                                                encoding="utf-8")
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(REPO / "packager" / "data" / "tiny-llama" / name, tmp / name)
+    write_tokenizer(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder
+
+
+def write_tokenizer(folder: Path) -> None:
+    """sample:tiny-llama's tokenizer, with the model's positions as its model_max_length (its own says
+    512, which packager would take as the model's limit and cap the 4K context at)."""
+    for name in TOKENIZER_FILES:
+        text = (REPO / "packager" / "data" / "tiny-llama" / name).read_text(encoding="utf-8")
+        if name == "tokenizer_config.json":
+            config = json.loads(text)
+            config["model_max_length"] = CONFIG["max_position_embeddings"]
+            text = json.dumps(config, indent=2)
+        if not (folder / name).is_file() or (folder / name).read_text(encoding="utf-8") != text:
+            (folder / name).write_text(text, encoding="utf-8")
 
 
 
@@ -331,7 +344,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-optimum", action="store_true", help="leave out optimum-cli + the quantizer")
     parser.add_argument("--skip-packager", action="store_true", help="leave out packager (the optimum rows only)")
-    parser.add_argument("--smoke", action="store_true", help="also run the bundle's smoke test (--smoke host)")
+    parser.add_argument("--no-smoke", action="store_true", help="leave out the bundle's smoke test (--smoke host)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (bundle, exports) for a look")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args()
@@ -341,7 +354,7 @@ def main() -> None:
     work = args.dir or Path(tempfile.mkdtemp(prefix="bench-scale-", dir=os.environ.get("TMPDIR")))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        packager_run, summary = (None, {}) if args.skip_packager else run_packager(model, work, args.smoke)
+        packager_run, summary = (None, {}) if args.skip_packager else run_packager(model, work, not args.no_smoke)
         if summary.get("archive") and Path(summary["archive"]).is_file():
             import tarfile
 
