@@ -55,6 +55,17 @@ def _needs_external_data(src: Path) -> bool:
     return total > _PROTO_LIMIT
 
 
+def _save(model: onnx.ModelProto, dst: Path, external: bool) -> None:
+    """Save, with the weights in `<dst name>.data` beside it when external: a fixed name (onnx.save names
+    the file after a fresh uuid without one, which would differ in every bundle), written afresh
+    (onnx.save appends to a data file that exists)."""
+    if external:
+        (dst.parent / f"{dst.name}.data").unlink(missing_ok=True)
+        onnx.save(model, dst, save_as_external_data=True, all_tensors_to_one_file=True, location=f"{dst.name}.data")
+    else:
+        onnx.save(model, dst)
+
+
 def count_ops(model: onnx.ModelProto, ops: set[str]) -> int:
     """Nodes of the given types, subgraphs (If/Loop/Scan bodies) included."""
 
@@ -171,7 +182,7 @@ def fp16(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
 
     model = onnx.load(src)
     converted = convert_float_to_float16(model, keep_io_types=True)
-    onnx.save(converted, dst, save_as_external_data=_needs_external_data(src))
+    _save(converted, dst, _needs_external_data(src))
     return RecipeResult("fp16", {"keep_io_types": True}, 0)
 
 
@@ -216,7 +227,7 @@ def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     # What stayed float (norms, biases, what no quantized op reads) comes in from the source now,
     # each tensor once: onnx.save writes the model file from memory.
     _load_tensors(quantized, None)
-    onnx.save(quantized, dst, save_as_external_data=_needs_external_data(src))
+    _save(quantized, dst, _needs_external_data(src))
     params = {"block_size": settings.block_size, "symmetric": settings.symmetric,
               "accuracy_level": settings.accuracy_level, "embedding": embedding}
     return RecipeResult("int4", params, count_ops(quantized, _QUANTIZED_OPS))

@@ -304,9 +304,8 @@ def table(model: Path, packager_run: Run | None, summary: dict, plan: dict, opti
         lines.append(f"{'size':<34}{'GiB':>9}{'/ (params x 0.5 B)':>20}")
         lines.append(f"{'params x 0.5 bytes':<34}{gib(half):>9}{1:>20.2f}")
         lines.append(f"{'bundle model (what the app loads)':<34}{gib(model_bytes):>9}{model_bytes / half:>20.2f}")
-        unpacked = work / "unpacked"
-        if unpacked.is_dir():
-            onnx_bytes = sum(f.stat().st_size for f in unpacked.rglob("model/model.onnx*"))
+        onnx_bytes = summary.get("onnx_bytes", 0)
+        if onnx_bytes:
             lines.append(f"{'bundle model.onnx + external data':<34}{gib(onnx_bytes):>9}{onnx_bytes / half:>20.2f}")
         lines.append(f"{'bundle archive (.tar.gz)':<34}{gib(summary['sizes']['archive_bytes']):>9}"
                      f"{summary['sizes']['archive_bytes'] / half:>20.2f}")
@@ -330,6 +329,8 @@ def table(model: Path, packager_run: Run | None, summary: dict, plan: dict, opti
                      f"{gib(summary.get('sizes', {}).get('model_bytes', 0)):>10}")
     if "error" in plan:
         lines.append(f"plan failed: {plan['error']}")
+    if summary.get("bundle_files"):
+        lines.append("bundle model/: " + ", ".join(summary["bundle_files"]))
     acc = summary.get("accuracy") or {}
     if acc:
         lines.append("")
@@ -359,10 +360,10 @@ def main() -> None:
             import tarfile
 
             with tarfile.open(summary["archive"]) as tar:
-                names = [m for m in tar.getmembers() if "/model/model.onnx" in m.name]
-                for m in names:
-                    m.name = "model/" + Path(m.name).name
-                tar.extractall(work / "unpacked", members=names, filter="data")
+                files = {m.name.split("/", 1)[1]: m.size for m in tar.getmembers() if m.isfile()}
+            summary["onnx_bytes"] = sum(size for name, size in files.items()
+                                        if name == "model/model.onnx" or name.startswith("model/model.onnx."))
+            summary["bundle_files"] = sorted(name for name in files if name.startswith("model/"))
         if packager_run is not None and packager_run.returncode != 0:
             print("packager failed:\n  " + "\n  ".join(packager_run.stderr_tail), flush=True)
         optimum = None if args.skip_optimum else run_optimum(model, work)

@@ -185,3 +185,20 @@ def test_quiet_reporter_prints_nothing() -> None:
     with reporter.stage("export", {}) as step:
         step.update("tracing layer 1/16")
     assert buffer.getvalue() == ""
+
+
+def test_int4_over_the_protobuf_limit_writes_model_onnx_data(tmp_path: Path, monkeypatch) -> None:
+    """A source over 2 GiB gives an output with external data, in a file of a fixed name (not onnx's
+    uuid default, which would change every bundle)."""
+    from packager import recipes
+
+    (tmp_path / "ext").mkdir()
+    onnx.save(_decoder_like(), tmp_path / "ext" / "model.onnx", save_as_external_data=True,
+              location="model.onnx_data", size_threshold=0)
+    monkeypatch.setattr(recipes, "_PROTO_LIMIT", 1024)   # this tiny model stands for one over 2 GiB
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.onnx.data").write_bytes(b"stale")   # a data file already there is replaced
+    int4(tmp_path / "ext" / "model.onnx", tmp_path / "out" / "model.onnx", RecipeOptions(int4=INT4))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx", "model.onnx.data"]
+    quantized = onnx.load(tmp_path / "out" / "model.onnx")
+    assert {n.op_type for n in quantized.graph.node} >= {"MatMulNBits", "GatherBlockQuantized"}
