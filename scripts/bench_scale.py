@@ -4,6 +4,7 @@ with packager's wall time and peak memory per stage, beside optimum-cli's export
 int4 quantizer on the same model.
 
     python scripts/bench_scale.py [--skip-optimum] [--skip-packager] [--no-smoke] [--keep] [--dir DIR]
+                                  [--generate-only]
 
 The model is generated once (fixed seed, fp16 safetensors: 2.5 GB on disk, half of fp32; the export
 upcasts to fp32 as it loads) into $PACKAGER_BENCH_DIR/llama-3.2-1b-shape (default
@@ -348,10 +349,13 @@ def main() -> None:
     parser.add_argument("--no-smoke", action="store_true", help="leave out the bundle's smoke test (--smoke host)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (bundle, exports) for a look")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--generate-only", action="store_true", help="generate (or find) the model, and stop")
     args = parser.parse_args()
     t = time.perf_counter()
     model = make_model(bench_dir() / "llama-3.2-1b-shape")
     print(f"model: {model} ({time.perf_counter() - t:.0f}s)", flush=True)
+    if args.generate_only:
+        return
     work = args.dir or Path(tempfile.mkdtemp(prefix="bench-scale-", dir=os.environ.get("TMPDIR")))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -377,8 +381,5 @@ def main() -> None:
             print(f"\nkept: {work}")
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--generate-only"]:
-    t = time.perf_counter()
-    print(make_model(bench_dir() / "llama-3.2-1b-shape"), f"{time.perf_counter() - t:.0f}s")
-elif __name__ == "__main__":
+if __name__ == "__main__":
     main()
