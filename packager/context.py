@@ -7,6 +7,7 @@ finished archive into the output folder in one rename.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,9 @@ class Context:
     eval_reference: dict[str, Any] | None = None   # the fp32 reference's eval results (once per run)
     cache: dict[str, str] = field(default_factory=dict)  # stage -> "hit", "miss", "corrupt" (rebuilt) or "off"
     cache_notes: list[str] = field(default_factory=list)  # what the cache could not do, for the human watching
+    # The running stage's progress, a short line for the human watching (the pipeline points it at
+    # the reporter's step while a stage runs): "12/113 weights", "loading the weights".
+    progress: Callable[[str], None] = field(default=lambda detail: None, repr=False)
 
     # source
     source: Source | None = None

@@ -104,7 +104,8 @@ def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
     in ctx.expected_outputs."""
     import onnxruntime as ort
 
-    from packager.recipes import find_tied_embedding, needs_external_data, quantize_nbits, tie_embedding
+    from packager.recipes import load_for_nbits, load_tensors, needs_external_data, quantize_nbits, save, \
+        tie_embedding
     from packager.runtime_files import runner
 
     assert ctx.reference_model is not None
@@ -115,10 +116,9 @@ def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
     seqs, measured_on = _sequences(ctx, ref)
     ref_logp = [_log_softmax(ref.score(ids)[start - 1:len(ids) - 1]) for start, ids in seqs]
     del ref
-    model = onnx.load(src)
-    tied = find_tied_embedding(model) if settings.symmetric else None
-    four = quantize_nbits(model, settings, 4, tied is not None)
-    eight = quantize_nbits(onnx.load(src), settings, 8, tied is not None)
+    model, tied = load_for_nbits(src, settings)
+    four = quantize_nbits(model, settings, 4, tied is not None, ctx.progress)
+    eight = quantize_nbits(load_for_nbits(src, settings)[0], settings, 8, tied is not None, ctx.progress)
     bytes4, bytes8 = layer_bytes(four), layer_bytes(eight)
     large = needs_external_data(src)
     ranking = []
@@ -129,8 +129,10 @@ def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
             compose(candidate, eight, tuple(other for other in bytes8 if other != layer))
             if tied:
                 tie_embedding(candidate, *tied, settings.block_size)
+            load_tensors(candidate, None)   # what stayed float, from the source's files
             path = Path(tmp) / "candidate.onnx"
-            onnx.save(candidate, path, save_as_external_data=large)
+            save(candidate, path, large)
+            ctx.progress(f"sensitivity of {layer}")
             decoder = rt.Decoder(ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]), ctx.io)
             ranking.append({"layer": layer, "kl_at_4bit": round(divergence(decoder, seqs, ref_logp), 6),
                             "int4_bytes": bytes4[layer], "int8_bytes": bytes8[layer]})

@@ -314,12 +314,20 @@ def check_budget(settings: PackageSettings) -> None:
             ExitCode.BAD_PROFILE if from_profile else ExitCode.USAGE)
 
 
+def _silent(detail: str) -> None:
+    pass
+
+
 CACHE_NOTES = {"hit": "cache hit", "corrupt": "damaged cache entry rebuilt"}
 
 
 def _stage(ctx: Context, reporter: Reporter, name: str) -> None:
     with reporter.stage(name, ctx.timings) as step:
-        dict(STAGES)[name](ctx)
+        ctx.progress = step.update   # the stage's word on where it is (minutes-long stages)
+        try:
+            dict(STAGES)[name](ctx)
+        finally:
+            ctx.progress = _silent
         step.note = CACHE_NOTES.get(ctx.cache.get(name, ""), "")
     for note in ctx.cache_notes:
         reporter.print(note)

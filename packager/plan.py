@@ -15,12 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import LOAD_TRANSIENT_HIGH, OVERHEAD_HIGH, OVERHEAD_LOW, runtime_base
+from packager.estimate import LOAD_TRANSIENT_HIGH, ORT_BUFFER_HIGH, OVERHEAD_HIGH, OVERHEAD_LOW, runtime_base
 from packager.profiles import Profile
 
-# Bytes per parameter as each recipe stores it. int4: MatMulNBits with block 32 and one fp16
-# scale per block (the embedding table and lm_head included, as the int4 recipe does).
-BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5 + 2 / 32}
+# Bytes per parameter as each recipe stores it. int4: MatMulNBits with block 32 and one scale per
+# block, in the weights' dtype: fp32 (the embedding table and lm_head included, as the int4 recipe
+# does; a tied pair's scales are stored a second time, SCALES_TWICE).
+BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5 + 4 / 32}
+# int4, tied embedding: the GatherBlockQuantized reads the lm_head's 4-bit weight but needs its scales
+# in another shape: 4 bytes per block of 32 of the table, again.
+SCALES_TWICE = 4 / 32
+
 PRECISIONS = tuple(BYTES_PER_PARAM)
 DEFAULT_CONTEXTS = (2048, 8192, 32768, 131072)
 # The prompt is processed in one pass of this many tokens (or the context, when shorter): its
@@ -49,6 +54,7 @@ class Architecture:
     # output the decoder's cross-attention cache holds (fixed: not the context).
     components: dict[str, int] = field(default_factory=dict)
     encoder_positions: int = 0
+    tied_embeddings: bool = False   # the lm_head is the embedding table (counted once in parameters)
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,8 @@ def architecture(config: dict[str, Any]) -> Architecture:
     parameters = sum(p.numel() for p in model.parameters())  # tied weights are one parameter
     embeddings = model.get_input_embeddings()
     embedding_parameters = embeddings.weight.numel() if embeddings is not None else 0
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    tied = embeddings is not None and head is not None and head.weight is embeddings.weight
     heads = int(getattr(text, "num_attention_heads", 1))
     hidden = int(getattr(text, "hidden_size", 0))
     head_dim = int(getattr(text, "head_dim", None) or (hidden // heads if heads else 0))
@@ -128,7 +136,7 @@ def architecture(config: dict[str, Any]) -> Architecture:
         kv_heads=int(getattr(text, "num_key_value_heads", None) or heads), head_dim=head_dim, heads=heads,
         hidden=hidden, intermediate=int(getattr(text, "intermediate_size", 0) or 4 * hidden),
         vocab=int(getattr(text, "vocab_size", 0)), max_context=int(getattr(text, "max_position_embeddings", 0)),
-        decoder=decoder,
+        decoder=decoder, tied_embeddings=tied,
     )
 
 
@@ -172,6 +180,8 @@ def _kv_bits(precision: str, asked: int | None) -> int:
 
 def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits: int | None) -> Row:
     weights = int(a.parameters * BYTES_PER_PARAM[precision])
+    if precision == "int4" and a.tied_embeddings:
+        weights += int(a.embedding_parameters * SCALES_TWICE)
     bits = _kv_bits(precision, kv_bits)
     # An encoder-decoder's decoder also caches the cross-attention's keys and values at the encoder's length.
     kv = int(2 * a.layers * a.kv_heads * a.head_dim * (context + a.encoder_positions) * bits / 8) if a.decoder else 0
@@ -186,8 +196,12 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
     transient = 0 if weights > PROTO_LIMIT else int(a.embedding_parameters * BYTES_PER_PARAM[precision]
                                                     * LOAD_TRANSIENT_HIGH)
     matmul_weights = int((a.parameters - a.embedding_parameters) * BYTES_PER_PARAM[precision])
+    # Phone profiles load model.ort, which the runtime reads whole and holds while it creates the
+    # session: about the weights' bytes again, at load (packager/estimate.py, ort_format_buffer).
+    ort_buffer = int(weights * ORT_BUFFER_HIGH) if profile.mobile is not None else 0
     low = base + int(weights * (1 + OVERHEAD_LOW)) + kv + activations // 2
-    high = base + int(weights * (1 + OVERHEAD_HIGH)) + matmul_weights + max(transient, kv + activations)
+    high = base + int(weights * (1 + OVERHEAD_HIGH)) + matmul_weights + max(transient + ort_buffer,
+                                                                            kv + activations)
     return Row(precision, context, weights, kv, activations, base, low, high, high <= profile.budget.memory_bytes,
                bits, bits not in RUNNABLE_KV_BITS)
 

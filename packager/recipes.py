@@ -48,11 +48,24 @@ class RecipeOptions:
     calibration_source: str = ""
     # int4-mixed: the layers (packager/mixed.py's names, "layers.3", "lm_head") kept at 8 bits
     keep_8bit: tuple[str, ...] = ()
+    # Called with a short line as the recipe goes (int4: each weight quantized), for the human watching.
+    progress: Callable[[str], None] | None = None
 
 
 def needs_external_data(src: Path) -> bool:
     total = src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(f"{src.stem}*data*"))
     return total > _PROTO_LIMIT
+
+
+def save(model: onnx.ModelProto, dst: Path, external: bool) -> None:
+    """Save, with the weights in `<dst name>.data` beside it when external: a fixed name (onnx.save names
+    the file after a fresh uuid without one, which would differ in every bundle), written afresh
+    (onnx.save appends to a data file that exists)."""
+    if external:
+        (dst.parent / f"{dst.name}.data").unlink(missing_ok=True)
+        onnx.save(model, dst, save_as_external_data=True, all_tensors_to_one_file=True, location=f"{dst.name}.data")
+    else:
+        onnx.save(model, dst)
 
 
 def count_ops(model: onnx.ModelProto, ops: set[str]) -> int:
@@ -171,7 +184,7 @@ def fp16(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
 
     model = onnx.load(src)
     converted = convert_float_to_float16(model, keep_io_types=True)
-    onnx.save(converted, dst, save_as_external_data=needs_external_data(src))
+    save(converted, dst, needs_external_data(src))
     return RecipeResult("fp16", {"keep_io_types": True}, 0)
 
 
@@ -205,7 +218,7 @@ def fp16_merged(parts: tuple[Path, ...], dst: Path, options: RecipeOptions) -> R
     nodes = [*casts_in, *graph.node, *casts_out]
     del graph.node[:]
     graph.node.extend(nodes)
-    onnx.save(model, dst, save_as_external_data=needs_external_data(parts[0]))
+    save(model, dst, needs_external_data(parts[0]))
     return RecipeResult("fp16", {"keep_io_types": True, "merged": "each decoder graph converted, then merged"}, 0)
 
 
@@ -216,7 +229,7 @@ def int8_dynamic_merged(parts: tuple[Path, ...], dst: Path, options: RecipeOptio
     with tempfile.TemporaryDirectory(prefix="packager-int8-merged-") as tmp:
         results = [int8_dynamic(part, Path(tmp) / part.name, options) for part in parts]
         model = _merge(onnx.load(Path(tmp) / parts[0].name), onnx.load(Path(tmp) / parts[1].name))
-    onnx.save(model, dst, save_as_external_data=needs_external_data(parts[0]))
+    save(model, dst, needs_external_data(parts[0]))
     params = results[0].params | {"merged": "each decoder graph quantized, then merged"}
     return RecipeResult("int8-dynamic", params, count_ops(model, _QUANTIZED_OPS))
 
@@ -278,8 +291,8 @@ def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     """4-bit weights, block-wise (MatMulNBits), the embedding table too (GatherBlockQuantized);
     activations stay float. A tied embedding / lm_head pair stays one weight in the file. For
     decoder LLMs, whose weights are most of their memory."""
-    model, params = _nbits(src, options.int4, keep_8bit=())
-    onnx.save(model, dst, save_as_external_data=needs_external_data(src))
+    model, params = _nbits(src, options.int4, (), options.progress)
+    save(model, dst, needs_external_data(src))
     return RecipeResult("int4", params, count_ops(model, _QUANTIZED_OPS))
 
 
@@ -287,12 +300,13 @@ def int4_mixed(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     """int4, but the layers named in `options.keep_8bit` at 8 bits (MatMulNBits bits=8, same blocks).
     Which layers: the fewest, most sensitive first, that keep the answers; the pipeline measures and
     chooses them (packager/mixed.py) and runs this recipe with its choice. With none kept it is int4."""
-    model, params = _nbits(src, options.int4, keep_8bit=options.keep_8bit)
-    onnx.save(model, dst, save_as_external_data=needs_external_data(src))
+    model, params = _nbits(src, options.int4, options.keep_8bit, options.progress)
+    save(model, dst, needs_external_data(src))
     return RecipeResult("int4-mixed", params, count_ops(model, _QUANTIZED_OPS))
 
 
-def quantize_nbits(model: onnx.ModelProto, settings: Int4, bits: int, tied: bool) -> onnx.ModelProto:
+def quantize_nbits(model: onnx.ModelProto, settings: Int4, bits: int, tied: bool,
+                   progress: Callable[[str], None] | None = None) -> onnx.ModelProto:
     """Every MatMul with a constant weight as MatMulNBits at `bits`, and (untied, 4 bits: the quantizer does
     Gather at 4 bits only) the embedding Gather as GatherBlockQuantized, with the profile's block size,
     symmetry and accuracy level; `model` is consumed."""
@@ -306,6 +320,7 @@ def quantize_nbits(model: onnx.ModelProto, settings: Int4, bits: int, tied: bool
     )
     logging.getLogger().setLevel(logging.ERROR)  # its opset-21 upgrade warning is expected here
     quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+    _count_progress(quantizer, model, config.op_types_to_quantize, bits, progress)
     quantizer.process()
     quantized = quantizer.model.model
     if bits == 8 and not tied:
@@ -324,7 +339,7 @@ def _embedding_8bit(model: onnx.ModelProto, block_size: int) -> None:
         table = inits.get(node.input[0]) if node.op_type == "Gather" else None
         if table is None or len(table.dims) != 2 or table.dims[1] % block_size:
             continue
-        weights = numpy_helper.to_array(table).astype(np.float32)
+        weights = tensor_array(table).astype(np.float32)
         blocks = weights.reshape(weights.shape[0], -1, block_size)
         scales = np.maximum(np.abs(blocks).max(axis=-1), 1e-12) / 127
         codes = (np.clip(np.round(blocks / scales[..., None]), -127, 127) + 128).astype(np.uint8)
@@ -339,19 +354,25 @@ def _embedding_8bit(model: onnx.ModelProto, block_size: int) -> None:
             model.graph.initializer.remove(table)
 
 
-def _nbits(src: Path, settings: Int4, keep_8bit: tuple[str, ...]) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def _nbits(src: Path, settings: Int4, keep_8bit: tuple[str, ...],
+           progress: Callable[[str], None] | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The int4 model with the layers in `keep_8bit` taken from an 8-bit quantization of the same
-    weights (packager/mixed.py names the layers), the tied embedding rewired last, and its params."""
+    weights (packager/mixed.py names the layers), the tied embedding rewired last, and its params.
+
+    Streams: the graph is read without its external data, and the quantizer reads each weight from
+    the source's file when it reaches it (memory-mapped: onnx_ir's ExternalTensor) and drops it once
+    quantized. What is held is the graph, one fp32 weight and the 4-bit output, not the fp32 model
+    (a 1B model: 5 GB of fp32 weights, 0.8 GB of output). Inline models are quantized the same way,
+    all in memory."""
     from packager import mixed
 
-    model = onnx.load(src)
-    tied = find_tied_embedding(model) if settings.symmetric else None
-    quantized = quantize_nbits(model, settings, 4, tied is not None)
+    model, tied = load_for_nbits(src, settings)
+    quantized = quantize_nbits(model, settings, 4, tied is not None, progress)
     del model
     params: dict[str, Any] = {"block_size": settings.block_size, "symmetric": settings.symmetric,
                               "accuracy_level": settings.accuracy_level}
     if keep_8bit:
-        eight = quantize_nbits(onnx.load(src), settings, 8, tied is not None)
+        eight = quantize_nbits(load_for_nbits(src, settings)[0], settings, 8, tied is not None, progress)
         params["mixed"] = mixed.compose(quantized, eight, keep_8bit)
         del eight
     embedding = "float (no constant embedding table)"
@@ -359,12 +380,108 @@ def _nbits(src: Path, settings: Int4, keep_8bit: tuple[str, ...]) -> tuple[onnx.
         embedding = tie_embedding(quantized, *tied, settings.block_size)
     elif count_ops(quantized, {"GatherBlockQuantized"}):
         embedding = "int4 (GatherBlockQuantized, its own table)"
+    # What stayed float (norms, biases, what no quantized op reads) comes in from the source now,
+    # each tensor once: onnx.save writes the model file from memory.
+    load_tensors(quantized, None)
     return quantized, params | {"embedding": embedding}
 
 
-def find_tied_embedding(model: onnx.ModelProto) -> tuple[str, str] | None:
+def load_for_nbits(src: Path, settings: Int4) -> tuple[onnx.ModelProto, tuple[str, str] | None]:
+    """The model as quantize_nbits takes it, its weights left in their files (located by absolute path),
+    and its tied embedding pair (find_tied_embedding) where the settings let int4 keep it tied."""
+    model = onnx.load(src, load_external_data=False)
+    _locate_external_data(model, src.parent)
+    tied = find_tied_embedding(model) if settings.symmetric else None
+    if not tied:
+        # The quantizer reads a Gather's table with onnx's loader, which wants it inline: only this
+        # table comes into memory (the embedding's fp32 bytes, a fifth of a 1B model's).
+        load_tensors(model, {n.input[0] for n in model.graph.node if n.op_type == "Gather"})
+    return model, tied
+
+
+def _count_progress(quantizer: Any, model: onnx.ModelProto, op_types: tuple[str, ...], bits: int,
+                    progress: Callable[[str], None] | None) -> None:
+    """Report each weight the quantizer finishes (n of total, the node), for the human watching."""
+    if progress is None:
+        return
+    inits = {i.name for i in model.graph.initializer}
+
+    def constant_weight(node: onnx.NodeProto) -> bool:   # the others (attention's MatMuls) are left alone
+        return (node.input[1] if node.op_type == "MatMul" else node.input[0]) in inits
+
+    total = sum(1 for n in model.graph.node if n.op_type in op_types and constant_weight(n))
+    quantize = quantizer.node_quantizer.quantize
+    done = 0
+
+    def counted(node: onnx.NodeProto, graph_stack: list[onnx.GraphProto]) -> list[onnx.NodeProto]:
+        nonlocal done
+        result = quantize(node, graph_stack)
+        if constant_weight(node):
+            done += 1
+            progress(f"{done}/{total} weights at {bits} bits ({node.name or node.op_type})")
+        return result
+
+    quantizer.node_quantizer.quantize = counted
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Initializers and Constant nodes' tensors kept in external data (the exporter moves large
+    constants there too), subgraphs included."""
+    found = []
+    for g in _all_graphs(model.graph):
+        found += list(g.initializer)
+        found += [a.t for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+    return [t for t in found if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def _all_graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    found = [graph]
+    for node in graph.node:
+        for attr in node.attribute:
+            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                found += _all_graphs(g)
+    return found
+
+
+def _locate_external_data(model: onnx.ModelProto, folder: Path) -> None:
+    """Point each external tensor at its file by absolute path: the quantizer resolves locations
+    from the current directory (onnx_ir with no base folder), not from the model's."""
+    for t in _external_tensors(model):
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = str((folder / entry.value).resolve())
+
+
+def tensor_array(t: onnx.TensorProto, folder: Path | None = None) -> np.ndarray:
+    """A tensor's values; external data (relative to `folder`, or at an absolute location) memory-mapped,
+    not read."""
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        from onnx_ir import serde
+
+        return serde.deserialize_tensor(t, str(folder or "")).numpy()
+    from onnx.numpy_helper import to_array
+
+    return to_array(t)
+
+
+def load_tensors(model: onnx.ModelProto, names: set[str] | None) -> None:
+    """Read these external tensors (all of them with None) into the model, from their files."""
+    for t in _external_tensors(model):
+        if names is not None and t.name not in names:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        with open(info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            t.raw_data = f.read(int(info["length"])) if "length" in info else f.read()
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+
+
+def find_tied_embedding(model: onnx.ModelProto, folder: Path | None = None) -> tuple[str, str] | None:
     """(Gather node name, lm_head MatMul weight) when the exporter wrote the tied embedding table
-    twice: once [vocab, hidden] for the Gather, once transposed [hidden, vocab] for the lm_head."""
+    twice: once [vocab, hidden] for the Gather, once transposed [hidden, vocab] for the lm_head.
+    External tables (relative to `folder`) are compared memory-mapped, a slice of rows at a time (a
+    1B model's are 1 GB each)."""
     inits = {i.name: i for i in model.graph.initializer}
     tables = [(n, inits[n.input[0]]) for n in model.graph.node
               if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2]
@@ -372,12 +489,17 @@ def find_tied_embedding(model: onnx.ModelProto) -> tuple[str, str] | None:
              if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
     for gather, table in tables:
         for head in heads:
-            if list(head.dims) == list(reversed(table.dims)):
-                from onnx.numpy_helper import to_array
-
-                if np.array_equal(to_array(table).T, to_array(head)):
-                    return gather.name, head.name
+            if list(head.dims) == list(reversed(table.dims)) and _transposed(tensor_array(table, folder),
+                                                                                     tensor_array(head, folder)):
+                return gather.name, head.name
     return None
+
+
+def _transposed(table: np.ndarray, head: np.ndarray, rows: int = 8192) -> bool:
+    """table.T == head, compared in slices of `rows` table rows (no full-size temporaries)."""
+    if table.dtype != head.dtype:
+        return False
+    return all(np.array_equal(table[r:r + rows].T, head[:, r:r + rows]) for r in range(0, table.shape[0], rows))
 
 
 def tie_embedding(model: onnx.ModelProto, gather_name: str, head_weight: str, block_size: int) -> str:

@@ -46,6 +46,7 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "weights_external": ("weights (external data)", "#56b4e9"),
     "prepacked": ("prepacked weights", "#009e73"),
     "load_transient": ("load transient", "#f0e442"),
+    "ort_format_buffer": ("ORT-format file buffer", "#7a5195"),
     "allocator_overhead": ("allocator overhead", "#cc79a7"),
     "activations": ("activations", "#e69f00"),
     "kv_cache": ("KV cache", "#d55e00"),
@@ -53,7 +54,7 @@ COMPONENTS: dict[str, tuple[str, str]] = {
 }
 SPARE_COLOURS = ("#7a5195", "#4d4d4d", "#a6761d", "#1b9e77")
 # Components that exist in one phase only: the peak is max(load, run), not their sum.
-LOAD_ONLY = frozenset({"load_transient"})
+LOAD_ONLY = frozenset({"load_transient", "ort_format_buffer"})
 RUN_ONLY = frozenset({"activations", "kv_cache"})
 FITS_COLOUR, OVER_COLOUR = "#1a7f37", "#c0262d"
 

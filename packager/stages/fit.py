@@ -86,7 +86,9 @@ def estimate_at(ctx: Context, context: int | None) -> Estimate:
     shapes = decode_step_shapes(ctx.io, context) if ctx.io["kind"] == "decoder" and context \
         else sample_shapes(ctx.sample_inputs)
     tokenizer = next((f for f in ctx.tokenizer_files if f.name == "tokenizer.json"), None)
-    return estimate(ctx.packaged_model, ctx.profile, ctx.io["kind"], shapes, context, tokenizer)
+    loaded = ctx.stage_dir / ctx.model_file
+    ort_bytes = loaded.stat().st_size if ctx.model_file.endswith(".ort") and loaded.is_file() else 0
+    return estimate(ctx.packaged_model, ctx.profile, ctx.io["kind"], shapes, context, tokenizer, ort_bytes)
 
 
 def peaks_at(ctx: Context, contexts: list[int]) -> dict[int, int]:

@@ -26,7 +26,7 @@ def run(ctx: Context) -> None:
         _run_components(ctx, model_dir)
         return
     dest = model_dir / "model.onnx"
-    options = RecipeOptions(int4=ctx.profile.int4, keep_8bit=ctx.keep_8bit)
+    options = RecipeOptions(int4=ctx.profile.int4, keep_8bit=ctx.keep_8bit, progress=ctx.progress)
     if ctx.recipe_name in CALIBRATED:
         feeds, where = calibration_inputs(ctx, ctx.stage_dir)
         options = dataclasses.replace(options, calibration=feeds, calibration_source=where)
@@ -81,7 +81,7 @@ def _run_components(ctx: Context, model_dir: Path) -> None:
                             "fp16 or fp32 for its components.", ExitCode.USAGE)
     if ctx.calibration is not None and not ctx.fit:
         raise unused_calibration(ctx.recipe_name)
-    options = RecipeOptions(int4=ctx.profile.int4)
+    options = RecipeOptions(int4=ctx.profile.int4, progress=ctx.progress)
     for c in ctx.components:
         c.recipe_name = chosen.get(c.name) or chosen.get("") or c.recipe_name
         c.packaged = model_dir / c.reference.name

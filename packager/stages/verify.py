@@ -49,7 +49,12 @@ def _verify_decoder(ctx: Context, reference: Any, packaged: Any) -> None:
     rt = runner()
     prompts = [[int(t) for t in feeds["input_ids"][0]] for feeds in ctx.sample_inputs]
     try:
-        ctx.expected_outputs = rt.reference_generations(rt.Decoder(reference, ctx.io), prompts, GENERATED_TOKENS)
+        decoder = rt.Decoder(reference, ctx.io)
+        ctx.expected_outputs = []
+        for i, prompt in enumerate(prompts):   # a prompt at a time: on a 1B model each takes seconds
+            ctx.progress(f"fp32 reference: generating for prompt {i + 1}/{len(prompts)}")
+            ctx.expected_outputs += rt.reference_generations(decoder, [prompt], GENERATED_TOKENS)
+        ctx.progress(f"{ctx.recipe_name} model: predicting the reference's tokens")
         result = rt.compare_decoder(ctx.expected_outputs, packaged.decoder)
     except Exception as e:
         reason = str(e).split("Status Message: ")[-1].splitlines()[0][:200]
@@ -181,9 +186,11 @@ def _verify_eval(ctx: Context, reference: Any, packaged: Any, also: PackagerErro
 
 def run(ctx: Context) -> None:
     assert ctx.reference_model is not None
+    ctx.progress(f"loading the {ctx.recipe_name} model")
     packaged = _host_runner(ctx)
     so = ort.SessionOptions()
     so.log_severity_level = 4  # failures surface as exceptions, reported once
+    ctx.progress("loading the fp32 reference")
     reference = ort.InferenceSession(str(ctx.reference_model), so, providers=["CPUExecutionProvider"])
     if ctx.io["kind"] == "seq2seq":
         _verify_seq2seq(ctx, packaged)
