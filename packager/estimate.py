@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from packager.graphs import all_graphs
 from packager.paths import profiles_dir
 from packager.profiles import Profile
 
@@ -148,7 +149,7 @@ def tokenizer_bytes(path: Path | None, entry: dict[str, Any]) -> int:
 
 
 def node_count(model: onnx.ModelProto) -> int:
-    return sum(len(g.node) for g in _graphs(model.graph))
+    return sum(len(g.node) for g in all_graphs(model.graph))
 
 
 def _version_distance(a: str, b: str) -> float:
@@ -169,21 +170,11 @@ def _tensor_bytes(t: onnx.TensorProto) -> int:
     return math.prod(t.dims) * itemsize
 
 
-def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
-    """The graph and every subgraph (If branches, Loop and Scan bodies), recursively."""
-    found = [graph]
-    for node in graph.node:
-        for attr in node.attribute:
-            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                found += _graphs(g)
-    return found
-
-
 def weight_bytes(model: onnx.ModelProto) -> tuple[int, int, dict[str, int]]:
     """(inline, external, bytes by initializer name), subgraphs and Constant nodes included."""
     inline = external = 0
     sizes: dict[str, int] = {}
-    for g in _graphs(model.graph):
+    for g in all_graphs(model.graph):
         for t in g.initializer:
             size = _tensor_bytes(t)
             sizes[t.name] = size
@@ -203,7 +194,7 @@ def weight_bytes(model: onnx.ModelProto) -> tuple[int, int, dict[str, int]]:
 
 def prepacked_bytes(model: onnx.ModelProto, sizes: dict[str, int]) -> int:
     packed: set[str] = set()
-    for g in _graphs(model.graph):
+    for g in all_graphs(model.graph):
         for node in g.node:
             for index in PREPACKED_INPUTS.get(node.op_type, ()):
                 if index < len(node.input) and node.input[index] in sizes:
@@ -216,7 +207,7 @@ def prepack_bands(model: onnx.ModelProto, sizes: dict[str, int]) -> dict[str, tu
     (and, for fp32 MatMuls, by where the original lives: external data, a large or a small buffer)."""
     bands: dict[str, tuple[float, float]] = {}
     mapped = external_names(model)
-    for g in _graphs(model.graph):
+    for g in all_graphs(model.graph):
         for node in g.node:
             for index in PREPACKED_INPUTS.get(node.op_type, ()):
                 if index < len(node.input) and node.input[index] in sizes:
@@ -230,7 +221,7 @@ def prepack_bands(model: onnx.ModelProto, sizes: dict[str, int]) -> dict[str, tu
 
 
 def external_names(model: onnx.ModelProto) -> set[str]:
-    return {t.name for g in _graphs(model.graph) for t in g.initializer
+    return {t.name for g in all_graphs(model.graph) for t in g.initializer
             if t.data_location == onnx.TensorProto.EXTERNAL}
 
 
@@ -240,7 +231,7 @@ def _concrete(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onn
     """A weightless copy of the model with the graph inputs fixed to concrete shapes, shape-inferred."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    for g in _graphs(copy.graph):
+    for g in all_graphs(copy.graph):
         for t in g.initializer:
             # Keep dims and type, drop the bytes: shape inference needs no values, except those of
             # small integer tensors, which may be shapes (a Reshape's target).
@@ -250,7 +241,7 @@ def _concrete(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onn
             t.ClearField("raw_data")
             t.ClearField("external_data")
             t.data_location = onnx.TensorProto.DEFAULT
-    for g in _graphs(copy.graph):
+    for g in all_graphs(copy.graph):
         _standard_stand_ins(g)
     for inp in copy.graph.input:
         if inp.name in shapes:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
+from packager.graphs import all_graphs
 from packager.profiles import Int4
 
 # Kernels that mean a node now computes in a quantized form.
@@ -70,18 +71,7 @@ def save(model: onnx.ModelProto, dst: Path, external: bool) -> None:
 
 def count_ops(model: onnx.ModelProto, ops: set[str]) -> int:
     """Nodes of the given types, subgraphs (If/Loop/Scan bodies) included."""
-
-    def walk(graph: onnx.GraphProto) -> int:
-        n = 0
-        for node in graph.node:
-            n += node.op_type in ops
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    n += walk(attr.g)
-                n += sum(walk(g) for g in attr.graphs)
-        return n
-
-    return walk(model.graph)
+    return sum(node.op_type in ops for g in all_graphs(model.graph) for node in g.node)
 
 
 def fp32(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
@@ -428,19 +418,10 @@ def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     """Initializers and Constant nodes' tensors kept in external data (the exporter moves large
     constants there too), subgraphs included."""
     found = []
-    for g in _all_graphs(model.graph):
+    for g in all_graphs(model.graph):
         found += list(g.initializer)
         found += [a.t for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
     return [t for t in found if t.data_location == onnx.TensorProto.EXTERNAL]
-
-
-def _all_graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
-    found = [graph]
-    for node in graph.node:
-        for attr in node.attribute:
-            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                found += _all_graphs(g)
-    return found
 
 
 def _locate_external_data(model: onnx.ModelProto, folder: Path) -> None:

@@ -920,13 +920,19 @@ def measure(bundle: Path = HERE, context: int | None = None) -> dict[str, Any]:
     context = context or runner.runtime.get("context")
     if runner.decoder is not None and context:
         runner.decoder.step([0], runner.decoder.empty_past(int(context) - 1), int(context) - 1)
-    run_peak = peak_bytes()
+    return _measured(runner, context, baseline, load_peak, peak_bytes(), resettable)
+
+
+def _measured(runner: Runner, context: int | None, baseline: int, load_peak: int, run_peak: int, resettable: bool,
+              **extra: Any) -> dict[str, Any]:
+    """measure()'s result: the phases' peaks, how they were taken, where."""
     return {
         "context": context,
         "baseline_bytes": baseline,
         "load_peak_bytes": load_peak,
         "run_peak_bytes": run_peak,
         "peak_bytes": max(load_peak, run_peak),
+        **extra,
         "method": "VmHWM after clear_refs" if resettable else "ru_maxrss (process lifetime)",
         "providers": runner.providers,
         "missing_providers": runner.missing_providers,
@@ -954,22 +960,11 @@ def _measure_seq2seq(bundle: Path, runner: Runner, context: int | None, baseline
     if context:
         last = decoders[-1]
         last.step([0], last.empty_past(int(context) - 1), int(context) - 1)
-    run_peak = peak_bytes()
-    return {
-        "context": context,
-        "baseline_bytes": baseline,
-        "load_peak_bytes": load_peak,
-        "run_peak_bytes": run_peak,
-        "peak_bytes": max(load_peak, run_peak),
-        "components": {name: {"load_bytes": runner.load_bytes[name],
-                              **({"encode_peak_bytes": encoder_peak} if name == "encoder" else {})}
-                       for name in runner.sessions},
-        "resident": "all components together, loaded up front",
-        "method": "VmHWM after clear_refs" if resettable else "ru_maxrss (process lifetime)",
-        "providers": runner.providers,
-        "missing_providers": runner.missing_providers,
-        "host": f"{platform.machine()} Python {platform.python_version()}",
-    }
+    components = {name: {"load_bytes": runner.load_bytes[name],
+                         **({"encode_peak_bytes": encoder_peak} if name == "encoder" else {})}
+                  for name in runner.sessions}
+    return _measured(runner, context, baseline, load_peak, peak_bytes(), resettable, components=components,
+                     resident="all components together, loaded up front")
 
 
 # ---------------------------------------------------------------- CLI

@@ -27,6 +27,7 @@ import onnx
 from packager import __version__
 from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
+from packager.graphs import all_graphs
 from packager.recipes import parse_recipe, recipe_label
 from packager.stages.source import PICKLE_SUFFIXES
 
@@ -427,7 +428,7 @@ def _drop_transposes(graph: onnx.GraphProto, folded: dict[str, str]) -> None:
     kept = [n for n in graph.node if not (n.op_type == "Transpose" and n.output[0] in folded)]
     del graph.node[:]
     graph.node.extend(kept)
-    used = {i for g in _graphs_of(graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
+    used = {i for g in all_graphs(graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
     weights = set(folded.values())
     initializers = [t for t in graph.initializer if t.name in used or t.name not in weights]
     del graph.initializer[:]
@@ -471,15 +472,6 @@ def _fold_external(model: onnx.ModelProto, path: Path, folded: dict[str, str],
             progress(f"folded {len(model.graph.initializer) - first}/{len(folded)} transposed weights")
     _drop_transposes(model.graph, folded)
     onnx.save(model, path)
-
-
-def _graphs_of(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
-    found = [graph]
-    for node in graph.node:
-        for attr in node.attribute:
-            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                found += _graphs_of(g)
-    return found
 
 
 def _merged(ctx: Context, folder: Path) -> Path:
