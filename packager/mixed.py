@@ -104,8 +104,7 @@ def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
     in ctx.expected_outputs."""
     import onnxruntime as ort
 
-    from packager.recipes import load_for_nbits, load_tensors, needs_external_data, quantize_nbits, save, \
-        tie_embedding
+    from packager.recipes import load_for_nbits, mix_nbits, needs_external_data, quantize_nbits, save
     from packager.runtime_files import runner
 
     assert ctx.reference_model is not None
@@ -126,10 +125,7 @@ def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
         for layer in bytes8:
             candidate = onnx.ModelProto()
             candidate.CopyFrom(four)
-            compose(candidate, eight, tuple(other for other in bytes8 if other != layer))
-            if tied:
-                tie_embedding(candidate, *tied, settings.block_size)
-            load_tensors(candidate, None)   # what stayed float, from the source's files
+            mix_nbits(candidate, eight, tuple(other for other in bytes8 if other != layer), tied, settings)
             path = Path(tmp) / "candidate.onnx"
             save(candidate, path, large)
             ctx.progress(f"sensitivity of {layer}")

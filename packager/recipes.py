@@ -354,26 +354,34 @@ def _nbits(src: Path, settings: Int4, keep_8bit: tuple[str, ...],
     quantized. What is held is the graph, one fp32 weight and the 4-bit output, not the fp32 model
     (a 1B model: 5 GB of fp32 weights, 0.8 GB of output). Inline models are quantized the same way,
     all in memory."""
+    model, tied = load_for_nbits(src, settings)
+    four = quantize_nbits(model, settings, 4, tied is not None, progress)
+    del model
+    eight = quantize_nbits(load_for_nbits(src, settings)[0], settings, 8, tied is not None, progress) \
+        if keep_8bit else None
+    return mix_nbits(four, eight, keep_8bit, tied, settings)
+
+
+def mix_nbits(four: onnx.ModelProto, eight: onnx.ModelProto | None, keep_8bit: tuple[str, ...],
+              tied: tuple[str, str] | None, settings: Int4) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """`four` (changed in place) with the layers in `keep_8bit` taken from `eight` (packager/mixed.py),
+    the tied embedding rewired last and what stayed float read in, and the recipe's params."""
     from packager import mixed
 
-    model, tied = load_for_nbits(src, settings)
-    quantized = quantize_nbits(model, settings, 4, tied is not None, progress)
-    del model
     params: dict[str, Any] = {"block_size": settings.block_size, "symmetric": settings.symmetric,
                               "accuracy_level": settings.accuracy_level}
     if keep_8bit:
-        eight = quantize_nbits(load_for_nbits(src, settings)[0], settings, 8, tied is not None, progress)
-        params["mixed"] = mixed.compose(quantized, eight, keep_8bit)
-        del eight
+        assert eight is not None
+        params["mixed"] = mixed.compose(four, eight, keep_8bit)
     embedding = "float (no constant embedding table)"
     if tied:
-        embedding = tie_embedding(quantized, *tied, settings.block_size)
-    elif count_ops(quantized, {"GatherBlockQuantized"}):
+        embedding = tie_embedding(four, *tied, settings.block_size)
+    elif count_ops(four, {"GatherBlockQuantized"}):
         embedding = "int4 (GatherBlockQuantized, its own table)"
     # What stayed float (norms, biases, what no quantized op reads) comes in from the source now,
     # each tensor once: onnx.save writes the model file from memory.
-    load_tensors(quantized, None)
-    return quantized, params | {"embedding": embedding}
+    load_tensors(four, None)
+    return four, params | {"embedding": embedding}
 
 
 def load_for_nbits(src: Path, settings: Int4) -> tuple[onnx.ModelProto, tuple[str, str] | None]:
