@@ -146,15 +146,52 @@ class CheckResult:
                    components=mem.get("components"))
 
 
-def package(model: PathLike, target: str | None = None, *, out: PathLike | None = None, recipe: str | None = None,
+@dataclass(frozen=True)
+class SuiteResult:
+    """One bundle of several models (`packager package A B`): `to_dict()` is what `--json` prints."""
+
+    archive: Path
+    bundle: str
+    target: str
+    models: dict[str, dict[str, Any]]   # per model: recipe, accuracy, memory alone, cache, timings (as a PackageResult)
+    blobs: list[dict[str, Any]]         # key, used_by, bytes: the component files, a shared one stored once
+    sizes: dict[str, int]               # archive_bytes, model_bytes (every model's loaded files, shared ones once)
+    memory: dict[str, Any]              # all models together: budget, estimate, measured peaks, verdict, per model
+    smoke: dict[str, Any] | None
+    cache: dict[str, str]               # "<model> <stage>" -> hit / miss / corrupt / off
+    timings_s: dict[str, float]         # "<model> <stage>" -> seconds, and "bundle of N" for the assembly
+    smoke_result: SmokeResult | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def recipe(self) -> str:
+        return "; ".join(f"{name}: {m['recipe']}" for name, m in self.models.items())
+
+    @property
+    def ok(self) -> bool:
+        return self.smoke is None or (self.smoke["exit_code"] == 0 and self.smoke["verdict"] == "PASS")
+
+    @property
+    def exit_code(self) -> int:
+        return int(ExitCode.OK if self.ok else ExitCode.SMOKE_FAILED)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"archive": str(self.archive), "bundle": self.bundle, "target": self.target, "recipe": self.recipe,
+                "models": self.models, "blobs": self.blobs, "sizes": self.sizes, "memory": self.memory,
+                "smoke": self.smoke, "cache": self.cache, "timings_s": self.timings_s}
+
+
+def package(model: PathLike | Sequence[PathLike], target: str | None = None, *, out: PathLike | None = None,
+            recipe: str | None = None,
             budget: str | int | None = None, context: int | None = None, calibration: PathLike | None = None,
             fit: str | None = None,
             smoke: str | None = None, sign: PathLike | None = None, name: str | None = None,
             allow_pickle: bool = False, shapes: Mapping[str, Sequence[int]] | None = None,
             values: Mapping[str, float] | None = None, cache: bool | PathLike | StageCache = True,
             progress: bool | Reporter = False, verbose: bool = False, adapter: PathLike | None = None,
-            eval_file: PathLike | None = None) -> PackageResult:
+            eval_file: PathLike | None = None) -> PackageResult | SuiteResult:
     """Export, quantize, verify, fit and bundle MODEL for TARGET into OUT/<name>-<target>.tar.gz.
+    Several models (a list) make one bundle of them all (packager/suite.py): each packaged and verified
+    on its own, a component they share stored once, the budget judged for all of them together.
 
     `calibration` (int8-static) is a file of text lines or an .npz of inputs; `fit="auto"` tries the
     profile's recipes until one fits; `smoke="host"` or `"emulate"` then
@@ -182,13 +219,19 @@ def package(model: PathLike, target: str | None = None, *, out: PathLike | None 
     if verbose:
         for line in settings.describe():
             reporter.print(line)
+    models = [str(m) for m in ([model] if isinstance(model, (str, os.PathLike)) else model)]
+    if len(models) > 1:
+        return _package_suite(models, settings, reporter, name=name, fit=fit, context=context, smoke=smoke,
+                              cache=cache, allow_pickle=allow_pickle,
+                              one_model={"--adapter": adapter, "--eval": eval_file, "--calibration": calibration,
+                                         "--sign": sign, "--shape": shapes, "--value": values})
     sign_key = Path(sign) if sign is not None else None
     eval_path = None
     if eval_file is not None:
         from packager.samples import resolve_eval
 
         eval_path = resolve_eval(str(eval_file))
-    ctx = run_pipeline(str(model), settings, name=name, input_spec=spec, reporter=reporter, fit_auto=fit == "auto",
+    ctx = run_pipeline(models[0], settings, name=name, input_spec=spec, reporter=reporter, fit_auto=fit == "auto",
                        allow_pickle=allow_pickle, sign_key=sign_key, context=context,
                        calibration=None if calibration is None else Path(calibration), stage_cache=_cache(cache),
                        adapter=None if adapter is None else str(adapter), eval_file=eval_path)
@@ -201,6 +244,56 @@ def package(model: PathLike, target: str | None = None, *, out: PathLike | None 
                 tempfile.TemporaryDirectory(prefix="packager-key-") as tmp:
             smoked = run_smoke(ctx.archive, emulate=smoke == "emulate", public_key=_smoke_key(sign_key, Path(tmp)))
     return PackageResult.from_context(ctx, smoked, smoke, sign_key)
+
+
+def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name: str | None, fit: str | None,
+                   context: int | None, smoke: str | None, cache: bool | PathLike | StageCache, allow_pickle: bool,
+                   one_model: dict[str, Any]) -> SuiteResult:
+    """package() of several models into one bundle."""
+    from packager import suite
+    from packager.pipeline import package as run_pipeline
+
+    given = [option for option, value in one_model.items() if value]
+    if given:
+        raise PackagerError(f"{given[0]} applies to one model, and {len(models)} were given; package that model on "
+                            "its own, or drop the option.", ExitCode.USAGE)
+    repeated = next((m for i, m in enumerate(models) if m in models[:i]), None)
+    if repeated:
+        raise PackagerError(f"{repeated} is given twice; name each model once.", ExitCode.USAGE)
+    stage_cache = _cache(cache)
+    contexts = []
+    with tempfile.TemporaryDirectory(prefix="packager-models-") as tmp:
+        for i, model in enumerate(models):
+            reporter.print(f"-- model {i + 1} of {len(models)}: {model}")
+            contexts.append(run_pipeline(model, settings, reporter=reporter, fit_auto=fit == "auto",
+                                         allow_pickle=allow_pickle, context=context, stage_cache=stage_cache,
+                                         member_dir=Path(tmp) / str(i)))
+        names = suite.member_names(contexts)
+        timings: dict[str, float] = {}
+        with reporter.stage(f"bundle of {len(models)}", timings) as step:
+            built = suite.build(contexts, name or "+".join(names), settings.out.value, progress=step.update)
+    assert built.archive is not None
+    smoked = None
+    if smoke is not None:
+        from packager.smoke import run_smoke
+
+        with reporter.stage(f"smoke ({smoke})", timings):
+            smoked = run_smoke(built.archive, emulate=smoke == "emulate", public_key=_smoke_key(None, Path(".")))
+    return SuiteResult(
+        archive=built.archive, bundle=built.archive.name.removesuffix(".tar.gz"), target=settings.profile.name,
+        models={n: {"source": c.model_spec, "recipe": c.recipe_name,
+                    "accuracy": {k: v for k, v in c.accuracy.items() if k not in ("outputs", "per_prompt")},
+                    "memory_alone": c.memory, "fit": c.fit or None, "mixed": mixed_record(c)}
+                for n, c in zip(names, contexts)},
+        blobs=[{"key": b.key, "used_by": b.used_by, "bytes": sum(f["size"] for f in b.files),
+                **({"notes": b.notes} if b.notes else {})} for b in built.blobs],
+        sizes={"archive_bytes": built.archive.stat().st_size, "model_bytes": built.model_bytes()},
+        memory=built.memory,
+        smoke=None if smoked is None else {"mode": smoke, "verdict": smoked.verdict, "exit_code": smoked.exit_code,
+                                           "report": smoked.report},
+        cache={f"{n} {stage}": status for n, c in zip(names, contexts) for stage, status in c.cache.items()},
+        timings_s={f"{n} {stage}": t for n, c in zip(names, contexts) for stage, t in c.timings.items()} | timings,
+        smoke_result=smoked)
 
 
 def check(model: PathLike, target: str | None = None, *, budget: str | int | None = None, recipe: str | None = None,

@@ -118,7 +118,7 @@ def targets(as_json: bool = JsonOpt, debug: bool = DebugOpt) -> None:
 
 @app.command()
 def package(
-    model: str = typer.Argument(..., help="A Hugging Face folder, an .onnx file, or sample:minilm / sample:silero-vad."),
+    model: list[str] = typer.Argument(..., help="A Hugging Face folder, an .onnx file, or sample:minilm / sample:silero-vad; several make one bundle of them all, loaded together, a component they share stored once."),
     target: list[str] = typer.Option([], "--target", "-t", help="Target profile name or alias (see `packager targets`), or a profile .toml; repeat it for several targets."),
     all_targets: bool = typer.Option(False, "--all-targets", help="Package for every built-in target profile."),
     out: str | None = typer.Option(None, "--out", "-o", help="Folder for the bundle archive [default: dist]."),
@@ -142,6 +142,10 @@ def package(
     debug: bool = DebugOpt,
 ) -> None:
     """Export, quantize, verify, fit and bundle MODEL for a target (or several).
+
+    Several MODELs make one bundle per target holding them all (an assistant's speech, vision and
+    language models): each is verified on its own, and the budget is judged for all of them loaded
+    together.
 
     Settings resolve as: option > PACKAGER_TARGET / _OUT / _RECIPE / _BUDGET > [tool.packager]
     in the nearest pyproject.toml > the target profile > defaults. The export is cached by content
@@ -171,7 +175,7 @@ def package(
 
         def one() -> Any:
             try:
-                return _api().package(model, target[0] if target else None, **options)
+                return _api().package(_models(model), target[0] if target else None, **options)
             except PackagerError as e:  # the report says so too
                 if report is not None:
                     name = target[0] if target else os.environ.get("PACKAGER_TARGET") or "(default target)"
@@ -245,13 +249,13 @@ def _package_targets(target: list[str], all_targets: bool) -> list[str] | None:
     return [t if t.endswith(".toml") else n for n, t in names.items()]
 
 
-def _package_many(model: str, targets: list[str], options: dict[str, Any], reporter: Any, rows: list[dict[str, Any]],
+def _package_many(model: list[str], targets: list[str], options: dict[str, Any], reporter: Any, rows: list[dict[str, Any]],
                   *, debug: bool) -> None:
     """Package for each target in turn, going on after a failure; one result row per target in `rows`."""
     for t in targets:
         reporter.print(f"-- {t}")
         try:
-            result = _api().package(model, t, **options)
+            result = _api().package(_models(model), t, **options)
         except Exception as e:
             if debug:
                 traceback.print_exc()
@@ -301,7 +305,14 @@ def _print_smoke_failure(result: Any) -> None:
               f"{escape(str(result.archive))} is kept for inspection.", soft_wrap=True)
 
 
+def _models(given: list[str]) -> str | list[str]:
+    return given[0] if len(given) == 1 else given
+
+
 def _print_package(r: Any) -> None:
+    if hasattr(r, "models"):
+        _print_suite(r)
+        return
     mem = r.memory
     acc = r.accuracy
     if acc["metric"] == "token agreement":
@@ -326,6 +337,29 @@ def _print_package(r: Any) -> None:
         err.print(f"mixed     {escape(mixed_text(r.mixed).removeprefix('int4-mixed: '))}", soft_wrap=True)
     if r.signature:
         err.print(f"signed    ed25519, public key sha256 {r.signature['public_key_sha256']}", soft_wrap=True)
+    if r.smoke:
+        err.print(f"smoke     {r.smoke['mode']}: {escape(r.smoke['verdict'])}")
+    print(r.archive)
+
+
+def _print_suite(r: Any) -> None:
+    """A bundle of several models: one line per model, the shared components, the memory of the whole."""
+    for name, m in r.models.items():
+        acc, alone = m["accuracy"], m["memory_alone"]
+        figure = (f"{acc['token_agreement']:.1%} of fp32's greedy tokens" if acc["metric"] == "token agreement"
+                  else f"min cosine {acc['min_cosine']:.5f}")
+        err.print(f"model     {escape(name)}: {escape(m['recipe'])}, {figure}, alone peak "
+                  f"{alone['measured_peak_bytes'] / MiB:.0f} MiB", soft_wrap=True)
+    for b in r.blobs:
+        if len(b["used_by"]) > 1:
+            err.print(f"shared    {', '.join(b['used_by'])}: one copy, {b['bytes'] / MiB:.1f} MiB "
+                      f"(blobs/{b['key'][:12]}...)", soft_wrap=True)
+    mem = r.memory
+    est = mem["estimate"]
+    err.print(f"memory    all {len(r.models)} together: peak {mem['measured_peak_bytes'] / MiB:.0f} MiB (load "
+              f"{mem['load_peak_bytes'] / MiB:.0f}, run {mem['run_peak_bytes'] / MiB:.0f}; estimate "
+              f"{est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) of {mem['budget_bytes'] / MiB:.0f} MiB budget")
+    err.print(f"size      {r.sizes['model_bytes'] / MiB:.1f} MiB loaded, archive {r.sizes['archive_bytes'] / MiB:.1f} MiB")
     if r.smoke:
         err.print(f"smoke     {r.smoke['mode']}: {escape(r.smoke['verdict'])}")
     print(r.archive)

@@ -78,6 +78,7 @@ class Context:
     eval_file: Path | None = None  # --eval: the user's cases (JSONL), a gate in verify
     eval_cases: list[dict[str, Any]] = field(default_factory=list)   # eval_file's cases, read and checked
     eval_reference: dict[str, Any] | None = None   # the fp32 reference's eval results (once per run)
+    member_dir: Path | None = None  # one model of several (packager/suite.py): its finished folder goes here
     cache: dict[str, str] = field(default_factory=dict)  # stage -> "hit", "miss", "corrupt" (rebuilt) or "off"
     cache_notes: list[str] = field(default_factory=list)  # what the cache could not do, for the human watching
     # The running stage's progress, a short line for the human watching (the pipeline points it at

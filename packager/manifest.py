@@ -19,7 +19,8 @@ SCHEMA_VERSION = 1
 # allocator, the kernel's page accounting), so it stays out of the bundle, which the same inputs and
 # tool versions must reproduce byte for byte: `packager package --json` (and the Python API) report
 # it. The manifest keeps what is stable: the budget, the estimate, the verdict and how it was reached.
-MEASURED_KEYS = ("measured_peak_bytes", "load_peak_bytes", "run_peak_bytes", "baseline_bytes", "measured_load_bytes")
+MEASURED_KEYS = ("measured_peak_bytes", "load_peak_bytes", "run_peak_bytes", "baseline_bytes", "measured_load_bytes",
+                 "alone_peak_bytes")
 
 
 def memory_record(memory: dict[str, Any]) -> dict[str, Any]:

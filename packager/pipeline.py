@@ -169,7 +169,7 @@ def package(model: str, settings: PackageSettings, *, name: str | None = None, i
             reporter: Reporter | None = None, fit_auto: bool = False, allow_pickle: bool = False,
             sign_key: Path | None = None, context: int | None = None, calibration: Path | None = None,
             stage_cache: StageCache | None = None, adapter: str | None = None,
-            eval_file: Path | None = None) -> Context:
+            eval_file: Path | None = None, member_dir: Path | None = None) -> Context:
     """Package MODEL for the settings' target into <out>/<name>-<target>.tar.gz; raises PackagerError.
 
     With `fit_auto`, the recipe is the first of the profile's `fit_recipes` (most precise first)
@@ -177,7 +177,9 @@ def package(model: str, settings: PackageSettings, *, name: str | None = None, i
     (an Ed25519 private key), the bundle's manifest is signed (packager/signing.py). With
     `stage_cache`, the export comes from (and goes to) that cache (packager/cache.py). With `adapter`
     (a PEFT LoRA folder, packager/adapter.py), it is merged into the weights before export; with
-    `eval_file` (JSONL cases, packager/evaluation.py), verify gates on the user's own cases."""
+    `eval_file` (JSONL cases, packager/evaluation.py), verify gates on the user's own cases. With
+    `member_dir` (one model of several, packager/suite.py), the finished folder goes there, not into
+    an archive."""
     if sign_key is not None:
         from packager.signing import load_private_key
 
@@ -190,7 +192,7 @@ def package(model: str, settings: PackageSettings, *, name: str | None = None, i
     options: dict[str, Any] = {"name": name, "input_spec": input_spec or InputSpec(), "allow_pickle": allow_pickle,
                                "sign_key": sign_key, "context": context, "calibration": calibration,
                                "stage_cache": stage_cache, "adapter": adapter, "eval_file": eval_file,
-                               "eval_cases": eval_cases}
+                               "eval_cases": eval_cases, "member_dir": member_dir}
     if not fit_auto:
         return _run(model, settings, tuple(s for s, _ in STAGES), reporter, **options)
     reporter = reporter or Reporter(quiet=True)

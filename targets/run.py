@@ -10,6 +10,8 @@ for text models); Python 3.10 to 3.13. It never imports packager.
                                                         the generated tokens and text, the KV cache carried
     python run.py --inputs feeds.npz [--output out.npz]  any model: runs one set of inputs
     python run.py --measure                             peak resident memory of load and run
+    python run.py --model NAME ...                      a bundle of several models (`packager package A B`):
+                                                        the member to run; --measure loads them all together
 
 Importable too (smoke_test.py does):
 
@@ -47,6 +49,7 @@ SAMPLE_TEXTS = "samples/texts.json"
 SAMPLE_EVAL = "samples/eval.jsonl"   # --eval: the first of the user's cases, rerun by the smoke test
 SIGNATURE = "manifest.sig"           # base64 Ed25519 signature over the exact bytes of manifest.json
 PUBLIC_KEY_ENV = "PACKAGER_PUBLIC_KEY"
+SUITE = "suite"                      # manifest kind of a bundle of several models (models/<name>/, blobs/)
 
 _GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                  "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -260,7 +263,8 @@ def provider_options(chosen: list[str], options: dict[str, dict[str, Any]], cach
 class Runner:
     """The packaged model in an onnxruntime session, with the bundle's pre-processing."""
 
-    def __init__(self, bundle: Path, runtime: dict[str, Any], log_level: int = 3) -> None:
+    def __init__(self, bundle: Path, runtime: dict[str, Any], log_level: int = 3,
+                 sessions: dict[str, Any] | None = None) -> None:
         import onnxruntime as ort
 
         self.bundle = bundle
@@ -270,13 +274,21 @@ class Runner:
             list(runtime["providers"]), ort.get_available_providers())
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "packager-bundle"
 
+        # A bundle of several models stores a component they share once (blobs/<sha256>/): the models loaded
+        # together (`sessions`, by file, session options and providers) share its session too, as an app would.
+        shared = {} if sessions is None else sessions
+
         def session(file: str) -> Any:
-            return ort.InferenceSession(
-                str(bundle / file),
-                sess_options=session_options(runtime["session"], log_level),
-                providers=self.providers,
-                provider_options=provider_options(self.providers, runtime.get("provider_options", {}), cache),
-            )
+            key = json.dumps([str((bundle / file).resolve()), runtime["session"], self.providers,
+                              runtime.get("provider_options", {})], sort_keys=True)
+            if key not in shared:
+                shared[key] = ort.InferenceSession(
+                    str(bundle / file),
+                    sess_options=session_options(runtime["session"], log_level),
+                    providers=self.providers,
+                    provider_options=provider_options(self.providers, runtime.get("provider_options", {}), cache),
+                )
+            return shared[key]
 
         # Every component is loaded up front and stays resident together (none is loaded lazily): the
         # resident memory each one added as it loaded, for the per-component breakdown (--measure).
@@ -441,8 +453,32 @@ def load_tokenizer(bundle: Path, io: dict[str, Any]) -> Any:
     return tok
 
 
-def load(bundle: Path = HERE) -> Runner:
-    return Runner(bundle, read_manifest(bundle)["runtime"])
+def load(bundle: Path = HERE, sessions: dict[str, Any] | None = None) -> Runner:
+    """The model of `bundle`; `sessions` (a dict, shared between the calls that pass it) loads a file that
+    several models name once."""
+    return Runner(bundle, read_manifest(bundle)["runtime"], sessions=sessions)
+
+
+def members(bundle: Path = HERE) -> dict[str, Path] | None:
+    """A bundle of several models: each member's folder (its manifest, samples and tokenizer; the
+    component files it loads sit in blobs/, by hash) by name. None for a bundle of one model."""
+    manifest = read_manifest(bundle)
+    if manifest.get("kind") != SUITE:
+        return None
+    return {m["name"]: bundle / m["path"] for m in manifest["models"]}
+
+
+def member(bundle: Path, name: str | None) -> Path:
+    """The folder of the model to run: `bundle` itself, or, in a bundle of several, the member `name`."""
+    found = members(bundle)
+    if found is None:
+        if name is not None:
+            raise ValueError(f"this bundle holds one model; drop --model {name}")
+        return bundle
+    if name not in found:
+        raise ValueError(f"this bundle holds several models ({', '.join(found)}); pick one with --model NAME"
+                         if name is None else f"no model {name!r} in this bundle; it holds {', '.join(found)}")
+    return found[name]
 
 
 # ---------------------------------------------------------------- encoder-decoders: raw input
@@ -897,6 +933,7 @@ def measure(bundle: Path = HERE, context: int | None = None) -> dict[str, Any]:
     """Load the model and run the bundle's samples, measuring peak resident memory of each phase.
     Decoders then take one generation step with a full KV cache of `context` tokens (default:
     the context the bundle was built for), so the cache is real, as at the end of a long chat.
+    A bundle of several models loads them all, then runs each one's samples: all resident together.
 
     Call it in a fresh process: the peak covers everything resident, the interpreter and the
     runtime included, as it will be on the device.
@@ -905,29 +942,47 @@ def measure(bundle: Path = HERE, context: int | None = None) -> dict[str, Any]:
 
     baseline = rss_bytes()
     resettable = reset_peak()
-    runner = load(bundle)
+    folders = members(bundle) or {"": bundle}
+    runners: dict[str, Runner] = {}
+    resident: dict[str, int] = {}    # what each model added as it loaded (a shared component: its first)
+    sessions: dict[str, Any] = {}
+    for name, folder in folders.items():
+        before = rss_bytes()
+        runners[name] = load(folder, sessions)
+        resident[name] = max(0, rss_bytes() - before)
     load_peak = peak_bytes()
+    resettable = reset_peak() and resettable
+    results = {name: exercise(folders[name], runner, context) for name, runner in runners.items()}
+    first = next(iter(runners.values()))
+    if "" in results:
+        return _measured(first, baseline, load_peak, peak_bytes(), resettable, **results[""])
+    return _measured(first, baseline, load_peak, peak_bytes(), resettable, resident="all models together, loaded up "
+                     "front; a component they share is loaded once",
+                     members={name: {"load_bytes": resident[name], **results[name]} for name in runners})
+
+
+def exercise(bundle: Path, runner: Runner, context: int | None) -> dict[str, Any]:
+    """Run the bundle's samples through a loaded model, as measure() does: its context, and an
+    encoder-decoder's per-component figures."""
+    context = context or runner.runtime.get("context")
     if runner.io["kind"] == "seq2seq":
-        return _measure_seq2seq(bundle, runner, context, baseline, load_peak, resettable)
+        return _exercise_seq2seq(bundle, runner, context)
     if runner.io["kind"] == "text":
         texts = json.loads((bundle / SAMPLE_TEXTS).read_text(encoding="utf-8"))
         feeds = [runner.encode(t) for t in texts]
     else:
         feeds = load_samples(bundle)
-    resettable = reset_peak() and resettable
     for f in feeds:
         runner.run(f)
-    context = context or runner.runtime.get("context")
     if runner.decoder is not None and context:
         runner.decoder.step([0], runner.decoder.empty_past(int(context) - 1), int(context) - 1)
-    return _measured(runner, context, baseline, load_peak, peak_bytes(), resettable)
+    return {"context": context}
 
 
-def _measured(runner: Runner, context: int | None, baseline: int, load_peak: int, run_peak: int, resettable: bool,
+def _measured(runner: Runner, baseline: int, load_peak: int, run_peak: int, resettable: bool,
               **extra: Any) -> dict[str, Any]:
     """measure()'s result: the phases' peaks, how they were taken, where."""
     return {
-        "context": context,
         "baseline_bytes": baseline,
         "load_peak_bytes": load_peak,
         "run_peak_bytes": run_peak,
@@ -944,27 +999,23 @@ def _measured(runner: Runner, context: int | None, baseline: int, load_peak: int
 MEASURE_TOKENS = 8
 
 
-def _measure_seq2seq(bundle: Path, runner: Runner, context: int | None, baseline: int, load_peak: int,
-                     resettable: bool) -> dict[str, Any]:
-    """measure() for an encoder-decoder: the raw samples through the pre-processing and the encoder (its
-    phase's peak), then the decoder's loop on each, and one step on a full KV cache of `context` tokens
-    (the run's peak). Per component: the resident memory its session added at load, and its phase's peak."""
+def _exercise_seq2seq(bundle: Path, runner: Runner, context: int | None) -> dict[str, Any]:
+    """exercise() for an encoder-decoder: the raw samples through the pre-processing and the encoder (its
+    phase's peak), then the decoder's loop on each, and one step on a full KV cache of `context` tokens.
+    Per component: the resident memory its session added at load, and the encoder phase's peak."""
     assert runner.decoder is not None
     feeds = [runner.encoder_feeds(raw) for raw in sample_media(bundle)]
-    resettable = reset_peak() and resettable
     decoders = [runner.encoded(f) for f in feeds]
     encoder_peak = peak_bytes()
     for decoder in decoders:
         decoder.generate(start_ids(runner.io), MEASURE_TOKENS)
-    context = context or runner.runtime.get("context")
     if context:
         last = decoders[-1]
         last.step([0], last.empty_past(int(context) - 1), int(context) - 1)
     components = {name: {"load_bytes": runner.load_bytes[name],
                          **({"encode_peak_bytes": encoder_peak} if name == "encoder" else {})}
                   for name in runner.sessions}
-    return _measured(runner, context, baseline, load_peak, peak_bytes(), resettable, components=components,
-                     resident="all components together, loaded up front")
+    return {"context": context, "components": components, "resident": "all components together, loaded up front"}
 
 
 # ---------------------------------------------------------------- CLI
@@ -1002,6 +1053,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: the bundle's)")
     parser.add_argument("--public-key", type=Path, help=f"refuse the bundle unless this Ed25519 public key signed it "
                         f"(default: ${PUBLIC_KEY_ENV})")
+    parser.add_argument("--model", help="a bundle of several models: the one to run (`manifest.json` lists them)")
     parser.add_argument("--bundle", type=Path, default=HERE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -1013,12 +1065,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.measure:
             # The build host's measurement of a bundle being assembled (packager's fit stage runs
             # it before the bundle is signed): no signature to check yet.
-            print(json.dumps(measure(args.bundle, args.context)))
+            print(json.dumps(measure(member(args.bundle, args.model) if args.model else args.bundle, args.context)))
             return 0
         signature = check_signature(args.bundle, configured_public_key(args.public_key))
         if signature.get("note"):
             print(f"note: {signature['note']}", file=sys.stderr)
-        runner = load(args.bundle)
+        runner = load(member(args.bundle, args.model))
         for p in runner.missing_providers:
             print(f"note: {p} is not available here; running on {', '.join(runner.providers)}", file=sys.stderr)
         if runner.io["kind"] == "seq2seq":

@@ -19,6 +19,10 @@
    within the profile's tolerance of what the packaged model scored on the build host;
 5. peak resident memory of load and run against the target's budget.
 
+A bundle of several models (`packager package A B`: models/<name>/, the component files in blobs/
+by hash) loads them all in this one process, as an app holding them together would, checks each
+one's outputs as above, and holds the peak of them all to the budget.
+
 The last line is the verdict: `PASS`, or `FAIL: <reason>`. Exit code 0 only on pass.
 Depends on onnxruntime, numpy and the standard library (and tokenizers for text models).
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import posixpath
 import sys
 from pathlib import Path
 from typing import Any
@@ -69,6 +74,12 @@ def check_files(bundle: Path, manifest: dict[str, Any]) -> int:
     for entry in manifest["files"]:
         if listed.get(entry["path"]) != entry["sha256"]:
             raise SmokeFailure(f"manifest and {SUMS} disagree about {entry['path']}")
+    for name, folder in (run.members(bundle) or {}).items():
+        # each member's manifest names its files from its own folder (blobs by ../../blobs/<sha256>/...)
+        for entry in run.read_manifest(folder)["files"]:
+            path = posixpath.normpath(posixpath.join(folder.relative_to(bundle).as_posix(), entry["path"]))
+            if listed.get(path) != entry["sha256"]:
+                raise SmokeFailure(f"{name}'s manifest and {SUMS} disagree about {path}")
     # A virtual environment made inside the bundle folder (the README's `python3 -m venv .venv`) is
     # the user's, not the bundle's: any folder holding a pyvenv.cfg is skipped, as is bytecode.
     venvs = [p.parent for p in bundle.glob("*/pyvenv.cfg")]
@@ -156,6 +167,14 @@ def check_eval(bundle: Path, runner: run.Runner, gate: dict[str, Any]) -> dict[s
     return report
 
 
+def check_model(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) -> dict[str, Any]:
+    """One model's outputs (and its eval cases) against what the build host recorded."""
+    report = {"accuracy": check_outputs(bundle, runner, manifest)}
+    if manifest["smoke"].get("eval"):
+        report["eval"] = check_eval(bundle, runner, manifest["smoke"]["eval"])
+    return report
+
+
 def smoke(bundle: Path, public_key: Path | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {"bundle": str(bundle)}
     try:
@@ -167,16 +186,25 @@ def smoke(bundle: Path, public_key: Path | None = None) -> dict[str, Any]:
 
     # Measured in this process, as the app would run: reset the kernel's high-water mark, load, run.
     run.reset_peak()
-    runner = run.load(bundle)
-    report["providers"] = runner.providers
-    report["missing_providers"] = runner.missing_providers
-    gpu = [p for p in manifest["runtime"]["providers"] if p in GPU_PROVIDERS]
+    folders = run.members(bundle)
+    sessions: dict[str, Any] = {}   # a component several models load: one session
+    runners = {name: run.load(folder, sessions) for name, folder in (folders or {"": bundle}).items()}
+    first = next(iter(runners.values()))
+    report["providers"] = first.providers
+    report["missing_providers"] = first.missing_providers
+    gpu = [p for p in first.runtime["providers"] if p in GPU_PROVIDERS]
     if gpu:
-        report["gpu_path_exercised"] = any(p in runner.providers for p in gpu)
+        report["gpu_path_exercised"] = any(p in first.providers for p in gpu)
     report["load_peak_bytes"] = run.peak_bytes()
-    report["accuracy"] = check_outputs(bundle, runner, manifest)
-    if manifest["smoke"].get("eval"):
-        report["eval"] = check_eval(bundle, runner, manifest["smoke"]["eval"])
+    if folders is None:
+        report |= check_model(bundle, first, manifest)
+    else:
+        report["models"] = {}
+        for name, runner in runners.items():
+            try:
+                report["models"][name] = check_model(folders[name], runner, run.read_manifest(folders[name]))
+            except SmokeFailure as e:
+                raise SmokeFailure(f"{name}: {e}") from None
     report["peak_bytes"] = run.peak_bytes()
 
     budget = manifest["memory"]["budget_bytes"]
@@ -191,6 +219,20 @@ def _one_line(text: str) -> str:
     """The verdict is the last line: a reason quoting a file name with a line break in it (from a
     damaged or hostile manifest) must not push a line of its own, such as "PASS", after it."""
     return " ".join(text.splitlines())
+
+
+def _print_model(prefix: str, report: dict[str, Any]) -> None:
+    accuracy = report.get("accuracy", {})
+    if "token_agreement" in accuracy:
+        print(f"{prefix}generation: {accuracy['token_agreement']:.1%} of the fp32 reference's greedy tokens, logits "
+              f"cosine {accuracy['min_logits_cosine']:.5f}, {accuracy['identical_generations']}/{accuracy['prompts']} "
+              "continuations identical")
+    elif accuracy:
+        print(f"{prefix}outputs: min cosine {accuracy['min_cosine']:.5f} vs the fp32 reference")
+    if "eval" in report:
+        ev = report["eval"]
+        print(f"{prefix}eval: {ev['passed']}/{ev['cases']} of the shipped eval cases pass (build host: "
+              f"{ev['build_host_score']:.0%})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,17 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                   "CPU path's, without the GPU's own memory (CUDA context, TensorRT engine and workspace)")
         if "files_checked" in report:
             print(f"checksums: {report['files_checked']} files OK")
-        accuracy = report.get("accuracy", {})
-        if "token_agreement" in accuracy:
-            print(f"generation: {accuracy['token_agreement']:.1%} of the fp32 reference's greedy tokens, logits cosine "
-                  f"{accuracy['min_logits_cosine']:.5f}, {accuracy['identical_generations']}/{accuracy['prompts']} "
-                  "continuations identical")
-        elif accuracy:
-            print(f"outputs: min cosine {accuracy['min_cosine']:.5f} vs the fp32 reference")
-        if "eval" in report:
-            ev = report["eval"]
-            print(f"eval: {ev['passed']}/{ev['cases']} of the shipped eval cases pass (build host: "
-                  f"{ev['build_host_score']:.0%})")
+        for name, checked in (report.get("models") or {"": report}).items():
+            _print_model(f"{name}: " if name else "", checked)
         if "peak_bytes" in report:
             print(f"peak memory: {report['peak_bytes'] / 2**20:.1f} MiB of {report['budget_bytes'] / 2**20:.0f} MiB budget")
     print(verdict)

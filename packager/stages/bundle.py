@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 from packager.archive import write_archive
 from packager.context import Context
@@ -36,13 +38,7 @@ def requirements(ctx: Context) -> str:
 
 def readme(ctx: Context) -> str:
     p = ctx.profile
-    run_example = {"text": 'python run.py "some sentence"',
-                   "decoder": 'python run.py --prompt "Once upon a time" --max-new-tokens 32'}.get(
-        ctx.io["kind"], "python run.py --inputs feeds.npz --output out.npz")
-    if ctx.io["kind"] == "seq2seq":
-        run_example = {"audio": "python run.py samples/sweep.wav --max-new-tokens 32     # any 16-bit PCM WAV",
-                       "image": "python run.py samples/gradient.png --max-new-tokens 32  # any 8-bit PNG",
-                       }.get(ctx.io["modality"], 'python run.py "some text" --max-new-tokens 32')
+    run_example = "python run.py " + run_arguments(ctx.io)
     mem = ctx.memory
     # The measured figure varies run to run: the bundle says only that it was within the budget.
     measured = f", measured within the budget on the build host ({mem['measured_on']})" \
@@ -64,6 +60,16 @@ On the device ({p.os.name}, Python {p.os.python}):
   budget {p.budget.memory_bytes / MiB:.0f} MiB.
 - Execution providers, in order: {', '.join(p.runtime.providers)} (missing ones fall back to CPU).
 {_phone_readme(ctx)}{_gpu_readme(ctx)}"""
+
+
+def run_arguments(io: dict[str, Any], samples: str = "samples") -> str:
+    """run.py's arguments for a first run of a model with this io (manifest runtime.io)."""
+    if io["kind"] == "seq2seq":
+        return {"audio": f"{samples}/sweep.wav --max-new-tokens 32     # any 16-bit PCM WAV",
+                "image": f"{samples}/gradient.png --max-new-tokens 32  # any 8-bit PNG",
+                }.get(io["modality"], '"some text" --max-new-tokens 32')
+    return {"text": '"some sentence"', "decoder": '--prompt "Once upon a time" --max-new-tokens 32'}.get(
+        io["kind"], "--inputs feeds.npz --output out.npz")
 
 
 def _components_readme(ctx: Context) -> str:
@@ -201,14 +207,21 @@ def check_output_dir(out: Path, option: str = "--out", what: str = "the bundle")
 
 def run(ctx: Context) -> None:
     _write_files(ctx)
-    out = ctx.out_dir
+    if ctx.member_dir is not None:   # one model of several: packager/suite.py assembles the bundle
+        shutil.copytree(ctx.stage_dir, ctx.member_dir)
+        return
+    ctx.archive = publish(ctx.stage_dir, ctx.out_dir, ctx.bundle_name)
+
+
+def publish(stage: Path, out: Path, name: str) -> Path:
+    """The archive of the finished folder `stage` as OUT/<name>.tar.gz, written whole or not at all."""
     check_output_dir(out)
     created = not out.exists()
-    final = out / f"{ctx.bundle_name}.tar.gz"
+    final = out / f"{name}.tar.gz"
     partial = out / f".{final.name}.partial-{os.getpid()}"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_archive(ctx.stage_dir, partial)
+        write_archive(stage, partial)
         os.replace(partial, final)
     except OSError as e:
         raise PackagerError(f"{out}: cannot write the bundle there ({e.strerror or e}); pick another folder with "
@@ -217,4 +230,4 @@ def run(ctx: Context) -> None:
         partial.unlink(missing_ok=True)
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
-    ctx.archive = final
+    return final

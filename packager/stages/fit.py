@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
@@ -32,11 +33,17 @@ def measure(ctx: Context) -> dict:
     # run.py reads only the runtime section of the manifest; the bundle stage writes the full one.
     (ctx.stage_dir / "manifest.json").write_text(json.dumps({"runtime": runtime_spec(ctx)}), encoding="utf-8")
     copy_runtime(ctx.stage_dir)
+    return measure_folder(ctx.stage_dir)
+
+
+def measure_folder(folder: Path) -> dict:
+    """`run.py --measure` of the bundle folder `folder` (its runtime files and manifest in place), in a
+    fresh child process."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     try:
         proc = subprocess.run(
-            [sys.executable, str(ctx.stage_dir / "run.py"), "--measure"],
-            capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S, env=env, cwd=ctx.work_dir,
+            [sys.executable, str(folder / "run.py"), "--measure"],
+            capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S, env=env, cwd=folder.parent,
         )
     except subprocess.TimeoutExpired:
         raise PackagerError(f"measuring memory took over {MEASURE_TIMEOUT_S} s; the model is too slow to run on "

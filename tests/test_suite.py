@@ -1,0 +1,172 @@
+"""Bundles of several models (issue 11 part 5): `packager package A B --target T` packages each model,
+stores the component files in blobs/<sha256>/ (a component two models share once), and judges the budget
+for all of them loaded together. The shared-encoder pair is tiny-whisper and a copy whose decoder was
+fine-tuned (perturbed) with the encoder frozen, as a task-specific speech model would be."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from packager import api
+from packager.errors import ExitCode, PackagerError
+from packager.smoke import run_smoke
+from conftest import package_json, run_cli, unpack
+
+
+@pytest.fixture(scope="module")
+def whisper_ft(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-whisper with its decoder's matrices moved by noise and its encoder untouched."""
+    from safetensors.numpy import load_file, save_file
+
+    from packager.sample_models import built_sample
+
+    folder = tmp_path_factory.mktemp("ft") / "whisper-ft"
+    shutil.copytree(built_sample("tiny-whisper"), folder)
+    weights = load_file(folder / "model.safetensors")
+    rng = np.random.default_rng(1)
+    for key, value in weights.items():
+        if key.startswith("model.decoder.") and value.ndim == 2:
+            weights[key] = (value + rng.normal(0, 0.02, value.shape)).astype(value.dtype)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, whisper_ft: Path) -> dict:
+    """The pair packaged for the phone through the CLI, smoke-tested: the --json summary and the bundle."""
+    out = tmp_path_factory.mktemp("pair")
+    summary = package_json("sample:tiny-whisper", str(whisper_ft), "--target", "phone", "--out", str(out / "dist"),
+                           "--smoke", "host")
+    return {"summary": summary, "archive": Path(summary["archive"]), "bundle": unpack(Path(summary["archive"]),
+                                                                                      out / "unpacked")}
+
+
+def test_a_shared_encoder_is_stored_once_and_referenced_by_hash(pair: dict) -> None:
+    summary, bundle = pair["summary"], pair["bundle"]
+    assert summary["smoke"]["verdict"] == "PASS"
+    assert list(summary["models"]) == ["tiny-whisper", "whisper-ft"]
+    shared = [b for b in summary["blobs"] if len(b["used_by"]) > 1]
+    assert [b["used_by"] for b in shared] == [["tiny-whisper/encoder", "whisper-ft/encoder"]]
+    assert len(summary["blobs"]) == 3            # one encoder, two decoders
+    with tarfile.open(pair["archive"]) as tar:
+        encoders = [m.name for m in tar.getmembers() if m.name.endswith("/encoder_model.onnx")]
+    assert len(encoders) == 1
+
+    top = json.loads((bundle / "manifest.json").read_text())
+    assert top["kind"] == "suite" and [m["path"] for m in top["models"]] == ["models/tiny-whisper", "models/whisper-ft"]
+    key = shared[0]["key"]
+    # The key is the sha256 over the source files' names and sha256s (the .ort is derived from them).
+    blob = bundle / "blobs" / key
+    sources = sorted(p.name for p in blob.iterdir() if not p.name.endswith(".ort"))
+    lines = "".join(f"{n} {hashlib.sha256((blob / n).read_bytes()).hexdigest()}\n" for n in sources)
+    assert hashlib.sha256(lines.encode()).hexdigest() == key
+    encoders_named = set()
+    for name in ("tiny-whisper", "whisper-ft"):
+        manifest = json.loads((bundle / "models" / name / "manifest.json").read_text())
+        encoders_named.add(manifest["runtime"]["components"]["encoder"])
+        assert not (bundle / "models" / name / "run.py").exists()   # one runner for all, at the top
+    assert encoders_named == {f"../../blobs/{key}/encoder_model.ort"}
+
+
+def test_the_manifests_hold_to_their_schemas(pair: dict) -> None:
+    import jsonschema
+
+    schemas = Path(__file__).resolve().parent.parent / "schemas"
+    bundle = pair["bundle"]
+    for schema, manifest in (("suite", bundle / "manifest.json"),
+                             *(("manifest", m) for m in sorted(bundle.glob("models/*/manifest.json")))):
+        validator = jsonschema.Draft202012Validator(json.loads((schemas / f"{schema}.schema.json").read_text()))
+        found = [e.message for e in validator.iter_errors(json.loads(manifest.read_text()))]
+        assert found == [], (manifest, found)
+
+
+def test_the_whole_is_measured_together_with_a_per_model_breakdown(pair: dict) -> None:
+    summary = pair["summary"]
+    mem = summary["memory"]
+    alone = {n: m["memory_alone"]["measured_peak_bytes"] for n, m in summary["models"].items()}
+    assert mem["verdict_basis"] == "measured" and mem["fits"]
+    # Together costs more than either alone, and less than both apart: the runtime and the encoder once.
+    assert max(alone.values()) < mem["measured_peak_bytes"] < sum(alone.values())
+    assert set(mem["components"]) == set(alone)
+    assert all(c["measured_load_bytes"] >= 0 and c["estimate"]["high_bytes"] > 0 for c in mem["components"].values())
+    assert mem["estimate"]["breakdown"]["shared_components"] < 0
+    # Each model passed its own verify and its own smoke check inside the one smoke test.
+    assert set(summary["smoke"]["report"]["models"]) == set(alone)
+    assert all(m["accuracy"]["token_agreement"] >= 0.9 for m in summary["smoke"]["report"]["models"].values())
+
+
+def test_run_py_picks_a_model_by_name(pair: dict) -> None:
+    bundle = pair["bundle"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "run.py", *args], cwd=bundle, capture_output=True, text=True,
+                              timeout=300)
+
+    done = run("--model", "whisper-ft", "models/whisper-ft/samples/chord.wav", "--max-new-tokens", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)[0]["tokens"]) >= 1
+    unnamed = run("models/whisper-ft/samples/chord.wav")
+    assert unnamed.returncode == 2 and "holds several models (tiny-whisper, whisper-ft); pick one with --model" \
+        in unnamed.stderr
+    wrong = run("--model", "vision", "x.png")
+    assert wrong.returncode == 2 and "no model 'vision' in this bundle" in wrong.stderr
+
+
+def test_a_changed_shared_blob_fails_the_smoke_test(pair: dict, tmp_path: Path) -> None:
+    bundle = shutil.copytree(pair["bundle"], tmp_path / "b")
+    (blob,) = [b for b in pair["summary"]["blobs"] if len(b["used_by"]) > 1]
+    target = bundle / "blobs" / blob["key"] / "encoder_model.ort"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 1
+    target.write_bytes(bytes(data))
+    result = run_smoke(bundle)
+    assert result.verdict.startswith("FAIL: checksum mismatch: blobs/")
+
+
+def test_over_the_budget_together_is_refused_and_writes_nothing(pair: dict, whisper_ft: Path, tmp_path: Path) -> None:
+    """A budget each model fits alone, but not both together: exit 3, nothing in --out."""
+    summary = pair["summary"]
+    alone = max(m["memory_alone"]["measured_peak_bytes"] for m in summary["models"].values())
+    together = summary["memory"]["measured_peak_bytes"]
+    budget = (alone + together) // 2
+    out = tmp_path / "dist"
+    with pytest.raises(PackagerError, match="the 2 models do not fit together") as e:
+        api.package(["sample:tiny-whisper", str(whisper_ft)], "phone", out=out, budget=budget)
+    assert e.value.code == ExitCode.DOES_NOT_FIT
+    assert "leave a model out" in e.value.message
+    assert not out.exists()
+
+
+def test_options_for_one_model_and_repeated_models_are_refused(tmp_path: Path, silero_onnx: Path) -> None:
+    for args, words in ((["--adapter", "sample:tiny-llama-lora"], "--adapter applies to one model, and 2 were given"),
+                        (["--shape", "input=1,512"], "--shape applies to one model")):
+        proc = run_cli("package", str(silero_onnx), "sample:minilm", "--target", "rpi5", "--out", str(tmp_path / "o"),
+                       *args)
+        assert proc.returncode == ExitCode.USAGE and words in proc.stderr, proc.stderr
+    proc = run_cli("package", str(silero_onnx), str(silero_onnx), "--target", "rpi5", "--out", str(tmp_path / "o"))
+    assert proc.returncode == ExitCode.USAGE and "is given twice" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_single_graph_models_bundle_together_for_a_jetson(tmp_path: Path) -> None:
+    """A text model and a tensor model, nothing shared, on the Jetson (container files at the top)."""
+    summary = package_json("sample:minilm", "sample:silero-vad", "--target", "jetson-orin-nano", "--out",
+                           str(tmp_path / "dist"), "--smoke", "host", "--name", "assistant")
+    assert summary["bundle"] == "assistant-jetson-orin-nano" and summary["smoke"]["verdict"] == "PASS"
+    assert all(len(b["used_by"]) == 1 for b in summary["blobs"]) and len(summary["blobs"]) == 2
+    bundle = unpack(Path(summary["archive"]), tmp_path / "u")
+    assert (bundle / "Dockerfile").is_file() and not list(bundle.glob("models/*/Dockerfile"))
+    requirements = (bundle / "requirements.txt").read_text().splitlines()
+    assert len(requirements) == len(set(requirements))   # each pin once
+    done = subprocess.run([sys.executable, "run.py", "--model", "minilm", "a sentence"], cwd=bundle,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and len(json.loads(done.stdout)) == 1, done.stderr
