@@ -158,6 +158,7 @@ class SuiteResult:
     sizes: dict[str, int]               # archive_bytes, model_bytes (every model's loaded files, shared ones once)
     memory: dict[str, Any]              # all models together: budget, estimate, measured peaks, verdict, per model
     smoke: dict[str, Any] | None
+    signature: dict[str, Any] | None    # the signing key's fingerprint when signed
     cache: dict[str, str]               # "<model> <stage>" -> hit / miss / corrupt / off
     timings_s: dict[str, float]         # "<model> <stage>" -> seconds, and "bundle of N" for the assembly
     smoke_result: SmokeResult | None = field(default=None, repr=False, compare=False)
@@ -175,9 +176,12 @@ class SuiteResult:
         return int(ExitCode.OK if self.ok else ExitCode.SMOKE_FAILED)
 
     def to_dict(self) -> dict[str, Any]:
+        # accuracy: each model's own, against its fp32 reference (what reports show per model)
+        accuracy = {"metric": "per model", "components": {n: m["accuracy"] for n, m in self.models.items()}}
         return {"archive": str(self.archive), "bundle": self.bundle, "target": self.target, "recipe": self.recipe,
                 "models": self.models, "blobs": self.blobs, "sizes": self.sizes, "memory": self.memory,
-                "smoke": self.smoke, "cache": self.cache, "timings_s": self.timings_s}
+                "accuracy": accuracy, "fit": None,
+                "smoke": self.smoke, "signature": self.signature, "cache": self.cache, "timings_s": self.timings_s}
 
 
 def package(model: PathLike | Sequence[PathLike], target: str | None = None, *, out: PathLike | None = None,
@@ -222,9 +226,9 @@ def package(model: PathLike | Sequence[PathLike], target: str | None = None, *, 
     models = [str(m) for m in ([model] if isinstance(model, (str, os.PathLike)) else model)]
     if len(models) > 1:
         return _package_suite(models, settings, reporter, name=name, fit=fit, context=context, smoke=smoke,
-                              cache=cache, allow_pickle=allow_pickle,
+                              cache=cache, allow_pickle=allow_pickle, sign=None if sign is None else Path(sign),
                               one_model={"--adapter": adapter, "--eval": eval_file, "--calibration": calibration,
-                                         "--sign": sign, "--shape": shapes, "--value": values})
+                                         "--shape": shapes, "--value": values})
     sign_key = Path(sign) if sign is not None else None
     eval_path = None
     if eval_file is not None:
@@ -248,10 +252,11 @@ def package(model: PathLike | Sequence[PathLike], target: str | None = None, *, 
 
 def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name: str | None, fit: str | None,
                    context: int | None, smoke: str | None, cache: bool | PathLike | StageCache, allow_pickle: bool,
-                   one_model: dict[str, Any]) -> SuiteResult:
+                   sign: Path | None, one_model: dict[str, Any]) -> SuiteResult:
     """package() of several models into one bundle."""
     from packager import suite
     from packager.pipeline import package as run_pipeline
+    from packager.signing import load_private_key, manifest_entry
 
     given = [option for option, value in one_model.items() if value]
     if given:
@@ -260,6 +265,8 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name
     repeated = next((m for i, m in enumerate(models) if m in models[:i]), None)
     if repeated:
         raise PackagerError(f"{repeated} is given twice; name each model once.", ExitCode.USAGE)
+    if sign is not None:
+        load_private_key(sign)  # a bad key fails before minutes of work, not after
     stage_cache = _cache(cache)
     contexts = []
     with tempfile.TemporaryDirectory(prefix="packager-models-") as tmp:
@@ -271,14 +278,15 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name
         names = suite.member_names(contexts)
         timings: dict[str, float] = {}
         with reporter.stage(f"bundle of {len(models)}", timings) as step:
-            built = suite.build(contexts, name or "+".join(names), settings.out.value, progress=step.update)
+            built = suite.build(contexts, name or "+".join(names), settings.out.value, sign_key=sign,
+                                progress=step.update)
     assert built.archive is not None
     smoked = None
     if smoke is not None:
         from packager.smoke import run_smoke
 
-        with reporter.stage(f"smoke ({smoke})", timings):
-            smoked = run_smoke(built.archive, emulate=smoke == "emulate", public_key=_smoke_key(None, Path(".")))
+        with reporter.stage(f"smoke ({smoke})", timings), tempfile.TemporaryDirectory(prefix="packager-key-") as key:
+            smoked = run_smoke(built.archive, emulate=smoke == "emulate", public_key=_smoke_key(sign, Path(key)))
     return SuiteResult(
         archive=built.archive, bundle=built.archive.name.removesuffix(".tar.gz"), target=settings.profile.name,
         models={n: {"source": c.model_spec, "recipe": c.recipe_name,
@@ -291,6 +299,7 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name
         memory=built.memory,
         smoke=None if smoked is None else {"mode": smoke, "verdict": smoked.verdict, "exit_code": smoked.exit_code,
                                            "report": smoked.report},
+        signature=manifest_entry(sign) if sign else None,
         cache={f"{n} {stage}": status for n, c in zip(names, contexts) for stage, status in c.cache.items()},
         timings_s={f"{n} {stage}": t for n, c in zip(names, contexts) for stage, t in c.timings.items()} | timings,
         smoke_result=smoked)

@@ -360,6 +360,8 @@ def _print_suite(r: Any) -> None:
               f"{mem['load_peak_bytes'] / MiB:.0f}, run {mem['run_peak_bytes'] / MiB:.0f}; estimate "
               f"{est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) of {mem['budget_bytes'] / MiB:.0f} MiB budget")
     err.print(f"size      {r.sizes['model_bytes'] / MiB:.1f} MiB loaded, archive {r.sizes['archive_bytes'] / MiB:.1f} MiB")
+    if r.signature:
+        err.print(f"signed    ed25519, public key sha256 {r.signature['public_key_sha256']}", soft_wrap=True)
     if r.smoke:
         err.print(f"smoke     {r.smoke['mode']}: {escape(r.smoke['verdict'])}")
     print(r.archive)

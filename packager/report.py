@@ -283,6 +283,8 @@ def accuracy_text(v: View) -> str:
     a = v.accuracy
     if not a:
         return "not measured"
+    if a.get("metric") == "per model":   # a bundle of several models: each one's against its own fp32
+        return "; ".join(f"{name}: {_accuracy_text(_dict(m))}" for name, m in _dict(a.get("components")).items())
     ev = _dict(a.get("eval"))
     if ev:   # --eval: the user's own cases, packaged against fp32
         return f"{_accuracy_text(a)}; eval {ev.get('packaged_passed', '?')}/{ev.get('cases', '?')} (fp32 " \

@@ -37,6 +37,8 @@ from packager.gpu import unmeasured_gpu_bytes, write_container_files
 from packager.manifest import SCHEMA_VERSION, built_at, memory_record
 from packager.profiles import Profile
 from packager.runtime_files import copy_runtime, runner
+from packager.signing import manifest_entry as signature_entry
+from packager.signing import sign_manifest
 from packager.stages.bundle import SUMS, publish, run_arguments
 from packager.stages.fit import measure_folder, over_budget, shared_bytes
 
@@ -65,6 +67,7 @@ class Suite:
     memory: dict[str, Any]
     archive: Path | None = None
     files: list[dict[str, Any]] = field(default_factory=list)
+    sign_key: Path | None = None       # --sign: the Ed25519 private key that signs the top manifest
 
     def model_bytes(self, name: str | None = None) -> int:
         """What the runner loads (its .ort rather than the .onnx beside it, with external data), for the model
@@ -165,28 +168,30 @@ def estimate(contexts: list[Context], names: list[str], blobs: list[Blob], profi
     """All models resident together: each one's estimate, the runtime once, a shared component once."""
     whole = combine({n: Estimate(**c.memory["estimate"]) for n, c in zip(names, contexts)}, shared_bytes(profile))
     by_name = dict(zip(names, contexts))
-    low, high = whole.low_bytes, whole.high_bytes
-    again = 0
+    low, high, breakdown = whole.low_bytes, whole.high_bytes, dict(whole.breakdown)
     for blob in blobs:
         for user in blob.used_by[1:]:   # loaded once: the other users' own share of it is not resident again
             name, component = user.split("/", 1)
             own = _own_estimate(by_name[name], component, profile)
-            low, high, again = low - own[0], high - own[1], again + own[1]
-    record = whole.to_dict() | {"low_bytes": low, "high_bytes": high}
-    if again:
-        record["breakdown"] = record["breakdown"] | {"shared_components": -again}
+            low, high = low - own["low_bytes"], high - own["high_bytes"]
+            breakdown = {k: max(0, v - own["breakdown"].get(k, 0)) for k, v in breakdown.items()}
+    record = whole.to_dict() | {"low_bytes": low, "high_bytes": high, "breakdown": breakdown}
+    if any(len(b.used_by) > 1 for b in blobs):
         record["notes"] = [*record["notes"], "a component several models load is counted once: its session is "
                            "shared"]
     return record
 
 
-def _own_estimate(ctx: Context, component: str, profile: Profile) -> tuple[int, int]:
-    """A component's own estimate (low, high), without the runtime the whole counts once."""
+def _own_estimate(ctx: Context, component: str, profile: Profile) -> dict[str, Any]:
+    """A component's own estimate (low_bytes, high_bytes, breakdown), without the runtime the whole counts once."""
     if "components" in ctx.memory:
-        est = ctx.memory["components"][component]["estimate"]
-        return est["low_bytes"], est["high_bytes"]
-    shared = shared_bytes(profile)
-    return ctx.memory["estimate"]["low_bytes"] - shared, ctx.memory["estimate"]["high_bytes"] - shared
+        return ctx.memory["components"][component]["estimate"]
+    shared = shared_bytes(profile) - profile.runtime.gpu_context_bytes
+    est = ctx.memory["estimate"]
+    breakdown = {k: v for k, v in est["breakdown"].items() if k != "gpu_context"}
+    breakdown["runtime_base"] = breakdown.get("runtime_base", 0) - shared
+    return {"low_bytes": est["low_bytes"] - shared_bytes(profile), "high_bytes": est["high_bytes"] - shared_bytes(profile),
+            "breakdown": breakdown}
 
 
 def judge(suite: Suite, folder: Path, measure: bool) -> None:
@@ -230,17 +235,18 @@ def _member_memory(ctx: Context, size: int, measured: dict[str, Any] | None) -> 
             **({"measured_load_bytes": measured["load_bytes"]} if measured else {})}
 
 
-def build(contexts: list[Context], name: str, out: Path, measure: bool = True,
+def build(contexts: list[Context], name: str, out: Path, measure: bool = True, sign_key: Path | None = None,
           progress: Callable[[str], None] = lambda line: None) -> Suite:
     """The bundle of the packaged `contexts` (each with its finished folder in ctx.member_dir), judged
-    against the budget together, archived into OUT/<name>-<target>.tar.gz."""
+    against the budget together, archived into OUT/<name>-<target>.tar.gz. With `sign_key`, its top
+    manifest is signed: it lists every file's sha256, the models' manifests and the blobs included."""
     profile = contexts[0].profile
     names = member_names(contexts)
     with tempfile.TemporaryDirectory(prefix="packager-suite-") as tmp:
         folder = Path(tmp) / f"{name}-{profile.name}"
         folder.mkdir()
         blobs = assemble([(n, c.member_dir) for n, c in zip(names, contexts) if c.member_dir], folder)
-        suite = Suite(name, profile, contexts, names, blobs, {})
+        suite = Suite(name, profile, contexts, names, blobs, {}, sign_key=sign_key)
         copy_runtime(folder)
         (folder / "manifest.json").write_text(json.dumps(_manifest(suite, [])), encoding="utf-8")
         progress(f"measuring the {len(contexts)} models together")
@@ -260,7 +266,10 @@ def _write_files(suite: Suite, folder: Path) -> None:
                     "size": p.stat().st_size} for p in sorted(folder.rglob("*")) if p.is_file()]
     manifest = _manifest(suite, suite.files)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    sums = [*suite.files, {"path": "manifest.json", "sha256": runner().sha256_file(folder / "manifest.json")}]
+    extra = ["manifest.json"]
+    if suite.sign_key:   # once manifest.json is final, and before SHA256SUMS, which lists the signature too
+        extra.append(sign_manifest(suite.sign_key, folder).name)
+    sums = [*suite.files, *({"path": n, "sha256": runner().sha256_file(folder / n)} for n in extra)]
     (folder / SUMS).write_text("".join(f"{f['sha256']}  {f['path']}\n" for f in sorted(sums, key=lambda f: f["path"])),
                                encoding="utf-8")
 
@@ -294,6 +303,7 @@ def _manifest(suite: Suite, files: list[dict[str, Any]]) -> dict[str, Any]:
         "memory": memory_record(suite.memory) if suite.memory else {"budget_bytes": suite.profile.budget.memory_bytes},
         "built_with": {"packager": __version__},
         **built_at(),
+        **({"signature": signature_entry(suite.sign_key)} if suite.sign_key else {}),
     }
 
 

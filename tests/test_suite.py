@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -45,9 +46,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory, whisper_ft: Path) -> dict:
     """The pair packaged for the phone through the CLI, smoke-tested: the --json summary and the bundle."""
     out = tmp_path_factory.mktemp("pair")
     summary = package_json("sample:tiny-whisper", str(whisper_ft), "--target", "phone", "--out", str(out / "dist"),
-                           "--smoke", "host")
-    return {"summary": summary, "archive": Path(summary["archive"]), "bundle": unpack(Path(summary["archive"]),
-                                                                                      out / "unpacked")}
+                           "--smoke", "host", "--report", str(out / "report"))
+    return {"summary": summary, "archive": Path(summary["archive"]), "report": out / "report",
+            "bundle": unpack(Path(summary["archive"]), out / "unpacked")}
 
 
 def test_a_shared_encoder_is_stored_once_and_referenced_by_hash(pair: dict) -> None:
@@ -77,16 +78,18 @@ def test_a_shared_encoder_is_stored_once_and_referenced_by_hash(pair: dict) -> N
     assert encoders_named == {f"../../blobs/{key}/encoder_model.ort"}
 
 
-def test_the_manifests_hold_to_their_schemas(pair: dict) -> None:
+def test_the_manifests_and_the_report_hold_to_their_schemas(pair: dict) -> None:
     import jsonschema
 
     schemas = Path(__file__).resolve().parent.parent / "schemas"
     bundle = pair["bundle"]
-    for schema, manifest in (("suite", bundle / "manifest.json"),
+    for schema, document in (("suite", bundle / "manifest.json"), ("report", pair["report"] / "report.json"),
                              *(("manifest", m) for m in sorted(bundle.glob("models/*/manifest.json")))):
         validator = jsonschema.Draft202012Validator(json.loads((schemas / f"{schema}.schema.json").read_text()))
-        found = [e.message for e in validator.iter_errors(json.loads(manifest.read_text()))]
-        assert found == [], (manifest, found)
+        found = [e.message for e in validator.iter_errors(json.loads(document.read_text()))]
+        assert found == [], (document, found)
+    report = (pair["report"] / "report.md").read_text()
+    assert "tiny-whisper\\: tokens 100.0%" in report and "whisper-ft\\: tokens" in report   # each model's own
 
 
 def test_the_whole_is_measured_together_with_a_per_model_breakdown(pair: dict) -> None:
@@ -98,7 +101,11 @@ def test_the_whole_is_measured_together_with_a_per_model_breakdown(pair: dict) -
     assert max(alone.values()) < mem["measured_peak_bytes"] < sum(alone.values())
     assert set(mem["components"]) == set(alone)
     assert all(c["measured_load_bytes"] >= 0 and c["estimate"]["high_bytes"] > 0 for c in mem["components"].values())
-    assert mem["estimate"]["breakdown"]["shared_components"] < 0
+    # The estimate: the first model whole, and of the second only what it does not share (its decoder).
+    first, second = (m["memory_alone"] for m in summary["models"].values())
+    for side in ("low_bytes", "high_bytes"):
+        assert mem["estimate"][side] == first["estimate"][side] + second["components"]["decoder"]["estimate"][side]
+    assert any("counted once" in note for note in mem["estimate"]["notes"])
     # Each model passed its own verify and its own smoke check inside the one smoke test.
     assert set(summary["smoke"]["report"]["models"]) == set(alone)
     assert all(m["accuracy"]["token_agreement"] >= 0.9 for m in summary["smoke"]["report"]["models"].values())
@@ -157,16 +164,28 @@ def test_options_for_one_model_and_repeated_models_are_refused(tmp_path: Path, s
     assert not (tmp_path / "o").exists()
 
 
-def test_single_graph_models_bundle_together_for_a_jetson(tmp_path: Path) -> None:
-    """A text model and a tensor model, nothing shared, on the Jetson (container files at the top)."""
+def test_single_graph_models_bundle_together_for_a_jetson_signed(tmp_path: Path) -> None:
+    """A text model and a tensor model, nothing shared, on the Jetson (container files at the top), signed:
+    the top manifest lists every file, so its signature covers the models' manifests and the blobs."""
+    from packager.signing import keygen
+
+    private, public, _ = keygen(tmp_path / "key.pem")
     summary = package_json("sample:minilm", "sample:silero-vad", "--target", "jetson-orin-nano", "--out",
-                           str(tmp_path / "dist"), "--smoke", "host", "--name", "assistant")
+                           str(tmp_path / "dist"), "--smoke", "host", "--name", "assistant", "--sign", str(private))
     assert summary["bundle"] == "assistant-jetson-orin-nano" and summary["smoke"]["verdict"] == "PASS"
+    assert summary["smoke"]["report"]["signature"]["checked"] is True
     assert all(len(b["used_by"]) == 1 for b in summary["blobs"]) and len(summary["blobs"]) == 2
     bundle = unpack(Path(summary["archive"]), tmp_path / "u")
     assert (bundle / "Dockerfile").is_file() and not list(bundle.glob("models/*/Dockerfile"))
     requirements = (bundle / "requirements.txt").read_text().splitlines()
     assert len(requirements) == len(set(requirements))   # each pin once
+    env = {**os.environ, "PACKAGER_PUBLIC_KEY": str(public)}
     done = subprocess.run([sys.executable, "run.py", "--model", "minilm", "a sentence"], cwd=bundle,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0 and len(json.loads(done.stdout)) == 1, done.stderr
+    # A blob changed after signing: the signature check refuses the whole bundle before any model runs.
+    blob = next((bundle / "blobs").glob("*/model.onnx"))
+    blob.write_bytes(blob.read_bytes() + b"\0")
+    refused = subprocess.run([sys.executable, "run.py", "--model", "minilm", "a sentence"], cwd=bundle,
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert refused.returncode == 2 and "does not match the signed manifest.json" in refused.stderr, refused.stderr
