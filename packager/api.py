@@ -39,8 +39,22 @@ def mixed_record(ctx: Context) -> dict[str, Any] | None:
     return done | {k: v for k, v in ctx.recipe.extra.get("search", {}).items() if k != "layers_8bit"}
 
 
+class _Smoked:
+    """A packaged bundle's verdict: ok unless its smoke test ran and failed (exit code 8)."""
+
+    smoke: dict[str, Any] | None
+
+    @property
+    def ok(self) -> bool:
+        return self.smoke is None or (self.smoke["exit_code"] == 0 and self.smoke["verdict"] == "PASS")
+
+    @property
+    def exit_code(self) -> int:
+        return int(ExitCode.OK if self.ok else ExitCode.SMOKE_FAILED)
+
+
 @dataclass(frozen=True)
-class PackageResult:
+class PackageResult(_Smoked):
     """One bundle: `to_dict()` is what `packager package --json` prints for it."""
 
     archive: Path
@@ -57,14 +71,6 @@ class PackageResult:
     timings_s: dict[str, float]        # seconds per stage
     mixed: dict[str, Any] | None = None   # int4-mixed: the layers at 8 bits, their cost, the sensitivity measured
     smoke_result: SmokeResult | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.smoke is None or (self.smoke["exit_code"] == 0 and self.smoke["verdict"] == "PASS")
-
-    @property
-    def exit_code(self) -> int:
-        return int(ExitCode.OK if self.ok else ExitCode.SMOKE_FAILED)
 
     def to_dict(self) -> dict[str, Any]:
         return {"archive": str(self.archive), "bundle": self.bundle, "target": self.target, "recipe": self.recipe,
@@ -147,7 +153,7 @@ class CheckResult:
 
 
 @dataclass(frozen=True)
-class SuiteResult:
+class SuiteResult(_Smoked):
     """One bundle of several models (`packager package A B`): `to_dict()` is what `--json` prints."""
 
     archive: Path
@@ -166,14 +172,6 @@ class SuiteResult:
     @property
     def recipe(self) -> str:
         return "; ".join(f"{name}: {m['recipe']}" for name, m in self.models.items())
-
-    @property
-    def ok(self) -> bool:
-        return self.smoke is None or (self.smoke["exit_code"] == 0 and self.smoke["verdict"] == "PASS")
-
-    @property
-    def exit_code(self) -> int:
-        return int(ExitCode.OK if self.ok else ExitCode.SMOKE_FAILED)
 
     def to_dict(self) -> dict[str, Any]:
         # accuracy: each model's own, against its fp32 reference (what reports show per model)

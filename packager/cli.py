@@ -326,10 +326,7 @@ def _print_package(r: Any) -> None:
         err.print(f"eval      {ev['packaged_passed']}/{ev['cases']} of {escape(ev['file'])} pass ({ev['packaged_score']:.1%}; "
                   f"fp32 {ev['reference_passed']}/{ev['cases']}, tolerance {ev['tolerance'] * 100:.4g}%), "
                   f"{ev['disagreements']} case(s) disagree")
-    est = mem["estimate"]
-    err.print(f"memory    peak {mem['measured_peak_bytes'] / MiB:.0f} MiB (load {mem['load_peak_bytes'] / MiB:.0f}, "
-              f"run {mem['run_peak_bytes'] / MiB:.0f}; estimate {est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) "
-              f"of {mem['budget_bytes'] / MiB:.0f} MiB budget")
+    _print_memory(mem)
     err.print(f"model     {r.sizes['model_bytes'] / MiB:.1f} MiB ({r.recipe})")
     if r.mixed:
         from packager.report import mixed_text
@@ -340,6 +337,13 @@ def _print_package(r: Any) -> None:
     if r.smoke:
         err.print(f"smoke     {r.smoke['mode']}: {escape(r.smoke['verdict'])}")
     print(r.archive)
+
+
+def _print_memory(mem: dict[str, Any], what: str = "") -> None:
+    est = mem["estimate"]
+    err.print(f"memory    {what}peak {mem['measured_peak_bytes'] / MiB:.0f} MiB (load {mem['load_peak_bytes'] / MiB:.0f}, "
+              f"run {mem['run_peak_bytes'] / MiB:.0f}; estimate {est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) "
+              f"of {mem['budget_bytes'] / MiB:.0f} MiB budget", soft_wrap=True)
 
 
 def _print_suite(r: Any) -> None:
@@ -354,11 +358,7 @@ def _print_suite(r: Any) -> None:
         if len(b["used_by"]) > 1:
             err.print(f"shared    {', '.join(b['used_by'])}: one copy, {b['bytes'] / MiB:.1f} MiB "
                       f"(blobs/{b['key'][:12]}...)", soft_wrap=True)
-    mem = r.memory
-    est = mem["estimate"]
-    err.print(f"memory    all {len(r.models)} together: peak {mem['measured_peak_bytes'] / MiB:.0f} MiB (load "
-              f"{mem['load_peak_bytes'] / MiB:.0f}, run {mem['run_peak_bytes'] / MiB:.0f}; estimate "
-              f"{est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) of {mem['budget_bytes'] / MiB:.0f} MiB budget")
+    _print_memory(r.memory, f"all {len(r.models)} together: ")
     err.print(f"size      {r.sizes['model_bytes'] / MiB:.1f} MiB loaded, archive {r.sizes['archive_bytes'] / MiB:.1f} MiB")
     if r.signature:
         err.print(f"signed    ed25519, public key sha256 {r.signature['public_key_sha256']}", soft_wrap=True)
@@ -534,20 +534,25 @@ def _print_smoke(result: Any) -> None:
         err.print(f"note: {p} is not available on this host; ran on {', '.join(r['providers'])} (not exercised: {p})")
     if "files_checked" in r:
         err.print(f"checksums {r['files_checked']} files OK")
-    acc = r.get("accuracy", {})
-    if "token_agreement" in acc:   # decoders
-        err.print(f"outputs   {acc['token_agreement']:.1%} of the fp32 reference's greedy tokens, logits cosine "
-                  f"{acc['min_logits_cosine']:.5f}")
-    elif "min_cosine" in acc:
-        err.print(f"outputs   min cosine {acc['min_cosine']:.5f} vs the fp32 reference")
-    if "eval" in r:
-        err.print(f"eval      {r['eval']['passed']}/{r['eval']['cases']} of the shipped eval cases pass (build host: "
-                  f"{r['eval']['build_host_score']:.0%})")
+    for name, checked in (r.get("models") or {"": r}).items():   # a bundle of several models: each one's
+        _print_smoke_model(f"{name}: " if name else "", checked)
     if "peak_bytes" in r:
         bound = " (upper bound: qemu's own memory included)" if emu else ""
         err.print(f"memory    peak {r['peak_bytes'] / MiB:.0f} MiB{bound} of {r['budget_bytes'] / MiB:.0f} MiB budget",
                   soft_wrap=True)
     print(result.verdict)
+
+
+def _print_smoke_model(what: str, r: dict[str, Any]) -> None:
+    acc = r.get("accuracy", {})
+    if "token_agreement" in acc:   # decoders
+        err.print(f"outputs   {escape(what)}{acc['token_agreement']:.1%} of the fp32 reference's greedy tokens, logits "
+                  f"cosine {acc['min_logits_cosine']:.5f}", soft_wrap=True)
+    elif "min_cosine" in acc:
+        err.print(f"outputs   {escape(what)}min cosine {acc['min_cosine']:.5f} vs the fp32 reference", soft_wrap=True)
+    if "eval" in r:
+        err.print(f"eval      {escape(what)}{r['eval']['passed']}/{r['eval']['cases']} of the shipped eval cases pass "
+                  f"(build host: {r['eval']['build_host_score']:.0%})", soft_wrap=True)
 
 
 @app.command()

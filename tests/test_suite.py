@@ -130,6 +130,9 @@ def test_run_py_picks_a_model_by_name(pair: dict) -> None:
 
 def test_a_changed_shared_blob_fails_the_smoke_test(pair: dict, tmp_path: Path) -> None:
     bundle = shutil.copytree(pair["bundle"], tmp_path / "b")
+    checked = run_cli("smoke", str(bundle))
+    assert checked.returncode == 0 and checked.stdout.strip().endswith("PASS"), checked.stderr
+    assert "outputs   tiny-whisper: 100.0%" in checked.stderr and "outputs   whisper-ft: " in checked.stderr
     (blob,) = [b for b in pair["summary"]["blobs"] if len(b["used_by"]) > 1]
     target = bundle / "blobs" / blob["key"] / "encoder_model.ort"
     data = bytearray(target.read_bytes())
