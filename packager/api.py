@@ -123,8 +123,10 @@ class CheckResult:
     cache: dict[str, str]
     timings_s: dict[str, float]
     # Multi-component models: per component (encoder, decoder) its recipe, file, size, own estimate (the
-    # shared runtime counted once, in the whole's) and measured load; all resident together.
+    # shared runtime counted once, in the whole's) and measured load; all resident together. Several
+    # models (`packager check A B`): per model, its recipe, size, estimate alone and measured load.
     components: dict[str, Any] | None = None
+    shared: list[dict[str, Any]] | None = None   # several models: the components they share (used_by, bytes)
 
     @property
     def exit_code(self) -> int:
@@ -135,21 +137,27 @@ class CheckResult:
                 "budget_bytes": self.budget_bytes, "headroom_bytes": self.headroom_bytes,
                 "verdict_basis": self.verdict_basis, "context": self.context, "estimate": self.estimate,
                 "measured": self.measured, "cache": self.cache, "timings_s": self.timings_s,
-                **({"components": self.components} if self.components else {})}
+                **({"components": self.components} if self.components else {}),
+                **({"shared": self.shared} if self.shared is not None else {})}
 
     @classmethod
-    def from_context(cls, model: str, ctx: Context) -> CheckResult:
-        mem = ctx.memory
+    def from_memory(cls, model: str, target: str, recipe: str, mem: dict[str, Any], cache: dict[str, str],
+                    timings: dict[str, float], shared: list[dict[str, Any]] | None = None) -> CheckResult:
+        """From a fit verdict (ctx.memory, or a bundle of several models' memory)."""
         est = mem["estimate"]
         measured = None if "measured_peak_bytes" not in mem else {
             "load_peak_bytes": mem["load_peak_bytes"], "run_peak_bytes": mem["run_peak_bytes"],
             "peak_bytes": mem["measured_peak_bytes"]}
-        return cls(model=model, target=ctx.profile.name, recipe=ctx.recipe_name, fits=mem["fits"],
-                   budget_bytes=mem["budget_bytes"], headroom_bytes=mem["headroom_bytes"],
-                   verdict_basis=mem["verdict_basis"], context=mem["context"],
-                   estimate={k: est[k] for k in ("low_bytes", "high_bytes", "breakdown", "notes")},
-                   measured=measured, cache=dict(ctx.cache), timings_s=dict(ctx.timings),
-                   components=mem.get("components"))
+        return cls(model=model, target=target, recipe=recipe, fits=mem["fits"], budget_bytes=mem["budget_bytes"],
+                   headroom_bytes=mem["headroom_bytes"], verdict_basis=mem["verdict_basis"],
+                   context=mem.get("context"), estimate={k: est[k] for k in ("low_bytes", "high_bytes", "breakdown",
+                                                                             "notes")},
+                   measured=measured, cache=cache, timings_s=timings, components=mem.get("components"), shared=shared)
+
+    @classmethod
+    def from_context(cls, model: str, ctx: Context) -> CheckResult:
+        return cls.from_memory(model, ctx.profile.name, ctx.recipe_name, ctx.memory, dict(ctx.cache),
+                               dict(ctx.timings))
 
 
 @dataclass(frozen=True)
@@ -221,7 +229,7 @@ def package(model: PathLike | Sequence[PathLike], target: str | None = None, *, 
     if verbose:
         for line in settings.describe():
             reporter.print(line)
-    models = [str(m) for m in ([model] if isinstance(model, (str, os.PathLike)) else model)]
+    models = _model_list(model)
     if len(models) > 1:
         return _package_suite(models, settings, reporter, name=name, fit=fit, context=context, smoke=smoke,
                               cache=cache, allow_pickle=allow_pickle, sign=None if sign is None else Path(sign),
@@ -248,6 +256,21 @@ def package(model: PathLike | Sequence[PathLike], target: str | None = None, *, 
     return PackageResult.from_context(ctx, smoked, smoke, sign_key)
 
 
+def _model_list(model: PathLike | Sequence[PathLike]) -> list[str]:
+    return [str(m) for m in ([model] if isinstance(model, (str, os.PathLike)) else model)]
+
+
+def _check_several(models: list[str], one_model: dict[str, Any], command: str) -> None:
+    """Several models: no option that applies to one model's inputs, and no model twice."""
+    given = [option for option, value in one_model.items() if value]
+    if given:
+        raise PackagerError(f"{given[0]} applies to one model, and {len(models)} were given; {command} that model "
+                            "on its own, or drop the option.", ExitCode.USAGE)
+    repeated = next((m for i, m in enumerate(models) if m in models[:i]), None)
+    if repeated:
+        raise PackagerError(f"{repeated} is given twice; name each model once.", ExitCode.USAGE)
+
+
 def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name: str | None, fit: str | None,
                    context: int | None, smoke: str | None, cache: bool | PathLike | StageCache, allow_pickle: bool,
                    sign: Path | None, one_model: dict[str, Any]) -> SuiteResult:
@@ -256,13 +279,7 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name
     from packager.pipeline import package as run_pipeline
     from packager.signing import load_private_key, manifest_entry
 
-    given = [option for option, value in one_model.items() if value]
-    if given:
-        raise PackagerError(f"{given[0]} applies to one model, and {len(models)} were given; package that model on "
-                            "its own, or drop the option.", ExitCode.USAGE)
-    repeated = next((m for i, m in enumerate(models) if m in models[:i]), None)
-    if repeated:
-        raise PackagerError(f"{repeated} is given twice; name each model once.", ExitCode.USAGE)
+    _check_several(models, one_model, "package")
     if sign is not None:
         load_private_key(sign)  # a bad key fails before minutes of work, not after
     stage_cache = _cache(cache)
@@ -303,20 +320,47 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name
         smoke_result=smoked)
 
 
-def check(model: PathLike, target: str | None = None, *, budget: str | int | None = None, recipe: str | None = None,
-          context: int | None = None, measure: bool = True, allow_pickle: bool = False,
+def check(model: PathLike | Sequence[PathLike], target: str | None = None, *, budget: str | int | None = None,
+          recipe: str | None = None, context: int | None = None, measure: bool = True, allow_pickle: bool = False,
           shapes: Mapping[str, Sequence[int]] | None = None, values: Mapping[str, float] | None = None,
           cache: bool | PathLike | StageCache = True, progress: bool | Reporter = False) -> CheckResult:
     """Will MODEL fit TARGET's memory budget? The estimate, and (with `measure`) the peak measured in
-    a fresh process; `fits` is the verdict."""
+    a fresh process; `fits` is the verdict. Several models (a list): all of them loaded together, as
+    `package` bundles them, a component they share once."""
     from packager.config import resolve_package_settings
     from packager.pipeline import check as run_check
 
     spec = input_spec(shapes, values)
     settings = resolve_package_settings({"target": target, "recipe": recipe, "budget": budget, "out": None})
-    ctx = run_check(str(model), settings, context=context, measure=measure, input_spec=spec,
-                    reporter=_reporter(progress), allow_pickle=allow_pickle, stage_cache=_cache(cache))
-    return CheckResult.from_context(str(model), ctx)
+    models = _model_list(model)
+    reporter = _reporter(progress)
+    if len(models) == 1:
+        ctx = run_check(models[0], settings, context=context, measure=measure, input_spec=spec, reporter=reporter,
+                        allow_pickle=allow_pickle, stage_cache=_cache(cache))
+        return CheckResult.from_context(models[0], ctx)
+    from packager import suite
+
+    _check_several(models, {"--shape": shapes, "--value": values}, "check")
+    stage_cache = _cache(cache)
+    with tempfile.TemporaryDirectory(prefix="packager-check-") as tmp:
+        contexts = []
+        for i, m in enumerate(models):
+            reporter.print(f"-- model {i + 1} of {len(models)}: {m}")
+            contexts.append(run_check(m, settings, context=context, measure=measure, reporter=reporter,
+                                      allow_pickle=allow_pickle, stage_cache=stage_cache,
+                                      member_dir=Path(tmp) / str(i)))
+        timings: dict[str, float] = {}
+        folder = Path(tmp) / "together"
+        folder.mkdir()
+        with reporter.stage(f"all {len(models)} together", timings) as step:
+            built = suite.together(contexts, "check", folder, measure=measure, enforce=False, progress=step.update)
+    names = built.names
+    return CheckResult.from_memory(
+        " + ".join(models), settings.profile.name, "; ".join(f"{n}: {c.recipe_name}" for n, c in zip(names, contexts)),
+        built.memory, {f"{n} {stage}": s for n, c in zip(names, contexts) for stage, s in c.cache.items()},
+        {f"{n} {stage}": t for n, c in zip(names, contexts) for stage, t in c.timings.items()} | timings,
+        shared=[{"used_by": b.used_by, "bytes": sum(f["size"] for f in b.files)}
+                for b in built.blobs if len(b.used_by) > 1])
 
 
 def plan(config: PathLike, target: str | None = None, *, precisions: Sequence[str] | None = None,

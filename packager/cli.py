@@ -369,7 +369,7 @@ def _print_suite(r: Any) -> None:
 
 @app.command()
 def check(
-    model: str = typer.Argument(..., help="A Hugging Face folder, an .onnx file, or a sample:NAME."),
+    model: list[str] = typer.Argument(..., help="A Hugging Face folder, an .onnx file, or a sample:NAME; several: will they fit loaded together?"),
     target: str | None = typer.Option(None, "--target", "-t", help="Target profile name or alias, or a profile .toml."),
     budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
     recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's); encoder-decoders also per component: encoder=int8-dynamic,decoder=int4."),
@@ -382,10 +382,11 @@ def check(
     as_json: bool = JsonOpt,
     debug: bool = DebugOpt,
 ) -> None:
-    """Will MODEL fit the target's memory budget? Exit 0 if it fits, 3 if not."""
+    """Will MODEL fit the target's memory budget? Exit 0 if it fits, 3 if not. Several MODELs: all of
+    them loaded together, as `package` bundles them."""
 
     def go() -> Any:
-        return _api().check(model, target, budget=budget, recipe=recipe, context=context, measure=not no_measure,
+        return _api().check(_models(model), target, budget=budget, recipe=recipe, context=context, measure=not no_measure,
                             allow_pickle=allow_pickle, shapes=_parse_pairs(shape, "--shape", _dims),
                             values=_parse_pairs(value, "--value", float), cache=False if no_cache else True,
                             progress=not as_json)
@@ -399,11 +400,13 @@ def check(
         raise typer.Exit(int(ExitCode.DOES_NOT_FIT))
 
 
-def _print_components(components: dict[str, Any]) -> None:
+def _print_components(components: dict[str, Any], models: bool = False) -> None:
     """Per component of a multi-component model: its own share of the whole above (the runtime, shared,
-    is counted once there), all resident together."""
-    table = Table("model component", "recipe", "file MiB", "estimate MiB", "measured load MiB", "largest parts (MiB)",
-                  box=box.SIMPLE_HEAD, title="per component, all resident together (runtime counted once, above)")
+    is counted once there), all resident together; or per model of several, likewise."""
+    table = Table("model" if models else "model component", "recipe", "file MiB", "estimate MiB",
+                  "measured load MiB", "largest parts (MiB)", box=box.SIMPLE_HEAD,
+                  title="per model, all resident together (runtime counted once, above)" if models else
+                  "per component, all resident together (runtime counted once, above)")
     for column in table.columns[2:5]:
         column.justify = "right"
     for name, c in components.items():
@@ -416,8 +419,8 @@ def _print_components(components: dict[str, Any]) -> None:
                       ", ".join(f"{k} {v / MiB:.1f}" for k, v in top))
     Console(stderr=True).print(table)
     if any("measured_load_bytes" in c for c in components.values()):
-        err.print("note: the encoder loads first: its measured load also holds the runtime's one-time "
-                  "initialisation, which the whole's runtime base counts")
+        err.print(f"note: the {'first model' if models else 'encoder'} loads first: its measured load also holds the "
+                  "runtime's one-time initialisation, which the whole's runtime base counts")
 
 
 def _print_check(r: dict[str, Any]) -> None:
@@ -433,7 +436,9 @@ def _print_check(r: dict[str, Any]) -> None:
                       f"[b]{m['peak_bytes'] / MiB:.0f}[/] ({m['load_peak_bytes'] / MiB:.0f} / {m['run_peak_bytes'] / MiB:.0f})")
     Console(stderr=True).print(table)
     if r.get("components"):
-        _print_components(r["components"])
+        _print_components(r["components"], models="shared" in r)
+    for s in r.get("shared", []):
+        err.print(f"shared: {', '.join(s['used_by'])} load one copy ({s['bytes'] / MiB:.2f} MiB), counted once")
     for note in est["notes"]:
         err.print(f"note: {escape(note)}")
     word = "FITS" if r["fits"] else "DOES NOT FIT"

@@ -81,6 +81,9 @@ def _run(model: str, settings: PackageSettings, stages: tuple[str, ...], reporte
         _recipe_stages(ctx, reporter, tuple(s for s in PER_RECIPE if s in stages))
         if "bundle" in stages:
             _stage(ctx, reporter, "bundle")
+        elif ctx.member_dir is not None:   # `packager check` of several models: measured together next
+            fit.runnable(ctx)
+            shutil.copytree(ctx.stage_dir, ctx.member_dir)
     return ctx
 
 
@@ -338,7 +341,9 @@ def _stage(ctx: Context, reporter: Reporter, name: str) -> None:
 
 def check(model: str, settings: PackageSettings, *, context: int | None = None, measure: bool = True,
           input_spec: InputSpec | None = None, reporter: Reporter | None = None, allow_pickle: bool = False,
-          stage_cache: StageCache | None = None) -> Context:
-    """Estimate (and measure) MODEL's peak memory on the target; ctx.memory holds the verdict."""
+          stage_cache: StageCache | None = None, member_dir: Path | None = None) -> Context:
+    """Estimate (and measure) MODEL's peak memory on the target; ctx.memory holds the verdict. With
+    `member_dir` (one model of several), the staged folder, runnable, is kept there."""
     return _run(model, settings, CHECK_STAGES, reporter, input_spec=input_spec or InputSpec(), context=context,
-                measure=measure, enforce_budget=False, allow_pickle=allow_pickle, stage_cache=stage_cache)
+                measure=measure, enforce_budget=False, allow_pickle=allow_pickle, stage_cache=stage_cache,
+                member_dir=member_dir)

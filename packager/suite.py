@@ -186,15 +186,18 @@ def _own_estimate(ctx: Context, component: str, profile: Profile) -> dict[str, A
     """A component's own estimate (low_bytes, high_bytes, breakdown), without the runtime the whole counts once."""
     if "components" in ctx.memory:
         return ctx.memory["components"][component]["estimate"]
-    shared = shared_bytes(profile) - profile.runtime.gpu_context_bytes
-    est = ctx.memory["estimate"]
+    return _without_runtime(ctx.memory["estimate"], profile)
+
+
+def _without_runtime(est: dict[str, Any], profile: Profile) -> dict[str, Any]:
+    """A model's estimate less what models in one process share (the runtime, a GPU's context)."""
+    shared = shared_bytes(profile)
     breakdown = {k: v for k, v in est["breakdown"].items() if k != "gpu_context"}
-    breakdown["runtime_base"] = breakdown.get("runtime_base", 0) - shared
-    return {"low_bytes": est["low_bytes"] - shared_bytes(profile), "high_bytes": est["high_bytes"] - shared_bytes(profile),
-            "breakdown": breakdown}
+    breakdown["runtime_base"] = breakdown.get("runtime_base", 0) - (shared - profile.runtime.gpu_context_bytes)
+    return {"low_bytes": est["low_bytes"] - shared, "high_bytes": est["high_bytes"] - shared, "breakdown": breakdown}
 
 
-def judge(suite: Suite, folder: Path, measure: bool) -> None:
+def judge(suite: Suite, folder: Path, measure: bool, enforce: bool) -> None:
     """suite.memory: the estimate and the measurement of all the models together, and the verdict."""
     est = estimate(suite.members, suite.names, suite.blobs, suite.profile)
     measured = measure_folder(folder) if measure else None
@@ -215,7 +218,7 @@ def judge(suite: Suite, folder: Path, measure: bool) -> None:
                                                  measured["members"][name] if measured else None)
                             for name, ctx in zip(suite.names, suite.members)}
     suite.memory = memory
-    if not memory["fits"]:
+    if not memory["fits"] and enforce:
         alone = ", ".join(f"{n} {c.memory.get('measured_peak_bytes', c.memory['estimate']['high_bytes']) / MiB:.0f}"
                           for n, c in zip(suite.names, suite.members))
         raise PackagerError(
@@ -225,32 +228,41 @@ def judge(suite: Suite, folder: Path, measure: bool) -> None:
 
 
 def _member_memory(ctx: Context, size: int, measured: dict[str, Any] | None) -> dict[str, Any]:
-    """One model's line of the whole's breakdown (the report's per-component table reads it)."""
-    est = ctx.memory["estimate"]
+    """One model's line of the whole's breakdown (the report's per-component table reads it): its own
+    estimate, without the runtime the whole counts once."""
     return {"recipe": ctx.recipe_name,
             "size_bytes": size,
             "resident": "loaded up front, with the others",
-            "estimate": {"low_bytes": est["low_bytes"], "high_bytes": est["high_bytes"]},
+            "estimate": _without_runtime(ctx.memory["estimate"], ctx.profile),
             "alone_peak_bytes": ctx.memory.get("measured_peak_bytes"),
             **({"measured_load_bytes": measured["load_bytes"]} if measured else {})}
 
 
-def build(contexts: list[Context], name: str, out: Path, measure: bool = True, sign_key: Path | None = None,
-          progress: Callable[[str], None] = lambda line: None) -> Suite:
-    """The bundle of the packaged `contexts` (each with its finished folder in ctx.member_dir), judged
-    against the budget together, archived into OUT/<name>-<target>.tar.gz. With `sign_key`, its top
-    manifest is signed: it lists every file's sha256, the models' manifests and the blobs included."""
-    profile = contexts[0].profile
+def together(contexts: list[Context], name: str, folder: Path, measure: bool = True, enforce: bool = True,
+             progress: Callable[[str], None] = lambda line: None) -> Suite:
+    """models/ and blobs/ of the `contexts` (each with its staged folder in ctx.member_dir) in `folder`,
+    runnable, and the verdict for all of them loaded together (over the budget: DOES_NOT_FIT with
+    `enforce`, else a verdict in suite.memory, as `packager check` reports it)."""
     names = member_names(contexts)
+    blobs = assemble([(n, c.member_dir) for n, c in zip(names, contexts) if c.member_dir], folder)
+    suite = Suite(name, contexts[0].profile, contexts, names, blobs, {})
+    copy_runtime(folder)
+    (folder / "manifest.json").write_text(json.dumps(_manifest(suite, [])), encoding="utf-8")
+    progress(f"measuring the {len(contexts)} models together" if measure else "estimating the models together")
+    judge(suite, folder, measure, enforce)
+    return suite
+
+
+def build(contexts: list[Context], name: str, out: Path, sign_key: Path | None = None,
+          progress: Callable[[str], None] = lambda line: None) -> Suite:
+    """The bundle of the packaged `contexts`, judged against the budget together, archived into
+    OUT/<name>-<target>.tar.gz. With `sign_key`, its top manifest is signed: it lists every file's
+    sha256, the models' manifests and the blobs included."""
     with tempfile.TemporaryDirectory(prefix="packager-suite-") as tmp:
-        folder = Path(tmp) / f"{name}-{profile.name}"
+        folder = Path(tmp) / f"{name}-{contexts[0].profile.name}"
         folder.mkdir()
-        blobs = assemble([(n, c.member_dir) for n, c in zip(names, contexts) if c.member_dir], folder)
-        suite = Suite(name, profile, contexts, names, blobs, {}, sign_key=sign_key)
-        copy_runtime(folder)
-        (folder / "manifest.json").write_text(json.dumps(_manifest(suite, [])), encoding="utf-8")
-        progress(f"measuring the {len(contexts)} models together")
-        judge(suite, folder, measure)
+        suite = together(contexts, name, folder, progress=progress)
+        suite.sign_key = sign_key
         _write_files(suite, folder)
         suite.archive = publish(folder, out, folder.name)
     return suite

@@ -192,3 +192,23 @@ def test_single_graph_models_bundle_together_for_a_jetson_signed(tmp_path: Path)
     refused = subprocess.run([sys.executable, "run.py", "--model", "minilm", "a sentence"], cwd=bundle,
                              capture_output=True, text=True, timeout=300, env=env)
     assert refused.returncode == 2 and "does not match the signed manifest.json" in refused.stderr, refused.stderr
+
+
+def test_check_of_several_models_judges_them_together(whisper_ft: Path, tmp_path: Path) -> None:
+    """`packager check A B`: the estimate and the measurement of both loaded together, the shared encoder once;
+    a budget under the whole's estimate (each model fitting it alone) is exit 3."""
+    proc = run_cli("check", "sample:tiny-whisper", str(whisper_ft), "--target", "phone", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["fits"] and result["verdict_basis"] == "measured" and result["measured"]["peak_bytes"] > 0
+    assert [s["used_by"] for s in result["shared"]] == [["tiny-whisper/encoder", "whisper-ft/encoder"]]
+    assert list(result["components"]) == ["tiny-whisper", "whisper-ft"]
+    budget = result["estimate"]["high_bytes"] - 2**20
+    over = run_cli("check", "sample:tiny-whisper", str(whisper_ft), "--target", "phone", "--no-measure",
+                   "--budget", str(budget))
+    assert over.returncode == ExitCode.DOES_NOT_FIT, over.stderr
+    assert over.stdout.startswith("DOES NOT FIT: sample:tiny-whisper + ") and "estimate (high) peak" in over.stdout
+    alone = run_cli("check", "sample:tiny-whisper", "--target", "phone", "--no-measure", "--budget", str(budget))
+    assert alone.returncode == 0 and alone.stdout.startswith("FITS"), alone.stderr
+    refused = run_cli("check", "sample:silero-vad", "sample:silero-vad", "--target", "rpi5")
+    assert refused.returncode == ExitCode.USAGE and "is given twice" in refused.stderr

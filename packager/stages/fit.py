@@ -30,10 +30,15 @@ MiB = 2**20
 
 
 def measure(ctx: Context) -> dict:
-    # run.py reads only the runtime section of the manifest; the bundle stage writes the full one.
+    runnable(ctx)
+    return measure_folder(ctx.stage_dir)
+
+
+def runnable(ctx: Context) -> None:
+    """The staged folder as run.py can load it: the runner, and the manifest's runtime section (all that
+    run.py reads of it; the bundle stage writes the full manifest)."""
     (ctx.stage_dir / "manifest.json").write_text(json.dumps({"runtime": runtime_spec(ctx)}), encoding="utf-8")
     copy_runtime(ctx.stage_dir)
-    return measure_folder(ctx.stage_dir)
 
 
 def measure_folder(folder: Path) -> dict:
