@@ -640,7 +640,13 @@ def _inspect_path(spec: str, tmp: Path, profile: Any) -> tuple[Path, str, dict[s
         shown = f"{model} (model/model.onnx)"
     elif model.is_dir() and (model / "model" / "model.onnx").is_file():
         folder = model
+    elif model.is_dir() and (model / "blobs").is_dir():
+        folder = model
     if folder is not None:
+        if (folder / "blobs").is_dir():
+            raise PackagerError(f"{model}: a bundle of several models, whose files are in blobs/; unpack it and pass "
+                                "one of them (models/<name>/manifest.json names each model's under runtime).",
+                                ExitCode.BAD_INPUT)
         path = folder / "model" / "model.onnx"
         if not path.is_file() and list((folder / "model").glob("decoder_model*.onnx")):
             raise PackagerError(f"{model}: an encoder-decoder bundle, whose components are separate models; unpack it "

@@ -126,6 +126,9 @@ def test_run_py_picks_a_model_by_name(pair: dict) -> None:
         in unnamed.stderr
     wrong = run("--model", "vision", "x.png")
     assert wrong.returncode == 2 and "no model 'vision' in this bundle" in wrong.stderr
+    # `packager inspect` takes one graph: it names where a bundle of several keeps them.
+    inspected = run_cli("inspect", str(pair["archive"]))
+    assert inspected.returncode == ExitCode.BAD_INPUT and "a bundle of several models" in inspected.stderr
 
 
 def test_a_changed_shared_blob_fails_the_smoke_test(pair: dict, tmp_path: Path) -> None:
