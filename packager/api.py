@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -269,6 +269,31 @@ def _check_several(models: list[str], one_model: dict[str, Any], command: str) -
     repeated = next((m for i, m in enumerate(models) if m in models[:i]), None)
     if repeated:
         raise PackagerError(f"{repeated} is given twice; name each model once.", ExitCode.USAGE)
+    from packager.stages.source import existing
+
+    for model in models:
+        if not model.startswith("sample:"):
+            existing(model)   # a typo in the last model fails before the first one's minutes of work
+
+
+def _each_model(models: list[str], reporter: Reporter, folder: Path, run: Callable[[str, Path], Context]) -> list[Context]:
+    """`run` on each of several models in turn, each keeping its staged folder under `folder`; a failure
+    names the model it is about."""
+    contexts = []
+    for i, model in enumerate(models):
+        reporter.print(f"-- model {i + 1} of {len(models)}: {model}")
+        try:
+            contexts.append(run(model, folder / str(i)))
+        except PackagerError as e:
+            if model in e.message:
+                raise
+            raise PackagerError(f"{model}: {e.message}", e.code) from None
+    return contexts
+
+
+def _per_model(names: list[str], contexts: list[Context], field: str) -> dict[str, Any]:
+    """Each model's ctx.cache or ctx.timings, keyed "<model> <stage>"."""
+    return {f"{n} {stage}": v for n, c in zip(names, contexts) for stage, v in getattr(c, field).items()}
 
 
 def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name: str | None, fit: str | None,
@@ -283,13 +308,10 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name
     if sign is not None:
         load_private_key(sign)  # a bad key fails before minutes of work, not after
     stage_cache = _cache(cache)
-    contexts = []
     with tempfile.TemporaryDirectory(prefix="packager-models-") as tmp:
-        for i, model in enumerate(models):
-            reporter.print(f"-- model {i + 1} of {len(models)}: {model}")
-            contexts.append(run_pipeline(model, settings, reporter=reporter, fit_auto=fit == "auto",
-                                         allow_pickle=allow_pickle, context=context, stage_cache=stage_cache,
-                                         member_dir=Path(tmp) / str(i)))
+        contexts = _each_model(models, reporter, Path(tmp), lambda model, folder: run_pipeline(
+            model, settings, reporter=reporter, fit_auto=fit == "auto", allow_pickle=allow_pickle, context=context,
+            stage_cache=stage_cache, member_dir=folder))
         names = suite.member_names(contexts)
         timings: dict[str, float] = {}
         with reporter.stage(f"bundle of {len(models)}", timings) as step:
@@ -315,8 +337,7 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name
         smoke=None if smoked is None else {"mode": smoke, "verdict": smoked.verdict, "exit_code": smoked.exit_code,
                                            "report": smoked.report},
         signature=manifest_entry(sign) if sign else None,
-        cache={f"{n} {stage}": status for n, c in zip(names, contexts) for stage, status in c.cache.items()},
-        timings_s={f"{n} {stage}": t for n, c in zip(names, contexts) for stage, t in c.timings.items()} | timings,
+        cache=_per_model(names, contexts, "cache"), timings_s=_per_model(names, contexts, "timings") | timings,
         smoke_result=smoked)
 
 
@@ -343,12 +364,9 @@ def check(model: PathLike | Sequence[PathLike], target: str | None = None, *, bu
     _check_several(models, {"--shape": shapes, "--value": values}, "check")
     stage_cache = _cache(cache)
     with tempfile.TemporaryDirectory(prefix="packager-check-") as tmp:
-        contexts = []
-        for i, m in enumerate(models):
-            reporter.print(f"-- model {i + 1} of {len(models)}: {m}")
-            contexts.append(run_check(m, settings, context=context, measure=measure, reporter=reporter,
-                                      allow_pickle=allow_pickle, stage_cache=stage_cache,
-                                      member_dir=Path(tmp) / str(i)))
+        contexts = _each_model(models, reporter, Path(tmp), lambda model, folder: run_check(
+            model, settings, context=context, measure=measure, reporter=reporter, allow_pickle=allow_pickle,
+            stage_cache=stage_cache, member_dir=folder))
         timings: dict[str, float] = {}
         folder = Path(tmp) / "together"
         folder.mkdir()
@@ -357,8 +375,7 @@ def check(model: PathLike | Sequence[PathLike], target: str | None = None, *, bu
     names = built.names
     return CheckResult.from_memory(
         " + ".join(models), settings.profile.name, "; ".join(f"{n}: {c.recipe_name}" for n, c in zip(names, contexts)),
-        built.memory, {f"{n} {stage}": s for n, c in zip(names, contexts) for stage, s in c.cache.items()},
-        {f"{n} {stage}": t for n, c in zip(names, contexts) for stage, t in c.timings.items()} | timings,
+        built.memory, _per_model(names, contexts, "cache"), _per_model(names, contexts, "timings") | timings,
         shared=[{"used_by": b.used_by, "bytes": sum(f["size"] for f in b.files)}
                 for b in built.blobs if len(b.used_by) > 1])
 

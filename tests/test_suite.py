@@ -167,6 +167,11 @@ def test_options_for_one_model_and_repeated_models_are_refused(tmp_path: Path, s
         assert proc.returncode == ExitCode.USAGE and words in proc.stderr, proc.stderr
     proc = run_cli("package", str(silero_onnx), str(silero_onnx), "--target", "rpi5", "--out", str(tmp_path / "o"))
     assert proc.returncode == ExitCode.USAGE and "is given twice" in proc.stderr
+    # A missing model fails before any model's work (no stage ran), however late it comes.
+    proc = run_cli("package", "sample:minilm", str(tmp_path / "typo.onnx"), "--target", "rpi5", "--out",
+                   str(tmp_path / "o"))
+    assert proc.returncode == ExitCode.BAD_INPUT and "typo.onnx: no such file or folder" in proc.stderr
+    assert "export" not in proc.stderr
     assert not (tmp_path / "o").exists()
 
 

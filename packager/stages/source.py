@@ -169,11 +169,7 @@ def _bundle_name(name: str) -> str:
 
 def resolve(spec: str, name: str | None = None, allow_pickle: bool = False) -> Source:
     """A Hugging Face folder or an .onnx file (a folder holding exactly one)."""
-    if not spec.strip():
-        raise _bad("MODEL is empty; pass a Hugging Face folder, an .onnx file or sample:minilm.")
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise _bad(f"{spec}: no such file or folder; check the path (or use sample:minilm).")
+    path = existing(spec)
     if path.is_dir():
         if (path / "config.json").is_file():
             source = _hf_folder(path, allow_pickle)
@@ -192,6 +188,16 @@ def resolve(spec: str, name: str | None = None, allow_pickle: bool = False) -> S
     else:
         raise _bad(f"{path}: not a model (expected a folder with config.json, or an .onnx file).")
     return _renamed(source, name) if name else source
+
+
+def existing(spec: str) -> Path:
+    """MODEL's path, which must exist (checked up front for each of several models, before any work)."""
+    if not spec.strip():
+        raise _bad("MODEL is empty; pass a Hugging Face folder, an .onnx file or sample:minilm.")
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise _bad(f"{spec}: no such file or folder; check the path (or use sample:minilm).")
+    return path
 
 
 def _renamed(source: Source, name: str) -> Source:
