@@ -118,7 +118,7 @@ def targets(as_json: bool = JsonOpt, debug: bool = DebugOpt) -> None:
 
 @app.command()
 def package(
-    model: list[str] = typer.Argument(..., help="A Hugging Face folder, an .onnx file, or sample:minilm / sample:silero-vad; several make one bundle of them all, loaded together, a component they share stored once."),
+    model: list[str] = typer.Argument(..., metavar="MODEL", help="A Hugging Face folder, an .onnx file, or sample:minilm / sample:silero-vad; several make one bundle of them all, loaded together, a component they share stored once."),
     target: list[str] = typer.Option([], "--target", "-t", help="Target profile name or alias (see `packager targets`), or a profile .toml; repeat it for several targets."),
     all_targets: bool = typer.Option(False, "--all-targets", help="Package for every built-in target profile."),
     out: str | None = typer.Option(None, "--out", "-o", help="Folder for the bundle archive [default: dist]."),
@@ -369,7 +369,7 @@ def _print_suite(r: Any) -> None:
 
 @app.command()
 def check(
-    model: list[str] = typer.Argument(..., help="A Hugging Face folder, an .onnx file, or a sample:NAME; several: will they fit loaded together?"),
+    model: list[str] = typer.Argument(..., metavar="MODEL", help="A Hugging Face folder, an .onnx file, or a sample:NAME; several: will they fit loaded together?"),
     target: str | None = typer.Option(None, "--target", "-t", help="Target profile name or alias, or a profile .toml."),
     budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
     recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's); encoder-decoders also per component: encoder=int8-dynamic,decoder=int4."),
