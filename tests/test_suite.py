@@ -172,6 +172,9 @@ def test_options_for_one_model_and_repeated_models_are_refused(tmp_path: Path, s
                    str(tmp_path / "o"))
     assert proc.returncode == ExitCode.BAD_INPUT and "typo.onnx: no such file or folder" in proc.stderr
     assert "export" not in proc.stderr
+    proc = run_cli("check", "sample:minilm", "sample:tiny-wisper", "--target", "rpi5")
+    assert proc.returncode == ExitCode.BAD_INPUT and "unknown sample 'tiny-wisper'" in proc.stderr
+    assert "did you mean" in proc.stderr.lower() and "export" not in proc.stderr
     assert not (tmp_path / "o").exists()
 
 
