@@ -315,12 +315,11 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name
         contexts = _each_model(models, reporter, Path(tmp), lambda model, folder: run_pipeline(
             model, settings, reporter=reporter, fit_auto=fit == "auto", allow_pickle=allow_pickle, context=context,
             stage_cache=stage_cache, member_dir=folder))
-        names = suite.member_names(contexts)
         timings: dict[str, float] = {}
         with reporter.stage(f"bundle of {len(models)}", timings) as step:
-            built = suite.build(contexts, name or "+".join(names), settings.out.value, sign_key=sign,
-                                progress=step.update)
+            built = suite.build(contexts, name, settings.out.value, sign_key=sign, progress=step.update)
     assert built.archive is not None
+    names = built.names
     smoked = None
     if smoke is not None:
         from packager.smoke import run_smoke

@@ -20,6 +20,10 @@ from packager.profiles import Profile
 from packager.recipes import RecipeResult
 
 
+def silent(detail: str) -> None:
+    """Context.progress when no stage is running, or no one is watching."""
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """How to make sample inputs for a tensor model whose signature leaves them open."""
@@ -83,7 +87,7 @@ class Context:
     cache_notes: list[str] = field(default_factory=list)  # what the cache could not do, for the human watching
     # The running stage's progress, a short line for the human watching (the pipeline points it at
     # the reporter's step while a stage runs): "12/113 weights", "loading the weights".
-    progress: Callable[[str], None] = field(default=lambda detail: None, repr=False)
+    progress: Callable[[str], None] = field(default=silent, repr=False)
 
     # source
     source: Source | None = None

@@ -10,8 +10,9 @@ cost at 4 bits. The pipeline (packager/pipeline.py) then keeps the fewest most-s
 that pass verify's gates, found by bisection, and the fit stage judges the result's memory.
 
 A "layer" is a decoder block ("layers.3", "h.3": every MatMul inside it) or a named MatMul outside
-the blocks ("lm_head"). A tied embedding follows the lm_head; an untied embedding table stays at 4
-bits (onnxruntime's quantizer writes GatherBlockQuantized at 4 bits only).
+the blocks ("lm_head"). A tied embedding follows the lm_head; an untied embedding table ("embed_tokens")
+is a layer of its own, written at 8 bits by packager (onnxruntime's quantizer writes GatherBlockQuantized
+at 4 bits only).
 """
 
 from __future__ import annotations
@@ -25,9 +26,16 @@ import numpy as np
 import onnx
 
 from packager.context import Context
+from packager.estimate import weight_bytes
 
 _BLOCK = re.compile(r"^[A-Za-z_]+\.\d+$")   # a path segment naming a repeated block: "layers.3", "h.0"
 _NBITS = ("MatMulNBits", "GatherBlockQuantized")
+
+
+def quantizations(ctx: Context) -> Path:
+    """Where this run keeps its model's 4- and 8-bit quantizations (recipes.quantized_nbits): made once,
+    by the sensitivity measurement or the first try, then mixed for each layer set the search tries."""
+    return ctx.work_dir / "int4-mixed"
 
 
 def layer_of(node: onnx.NodeProto) -> str:
@@ -39,13 +47,9 @@ def layer_of(node: onnx.NodeProto) -> str:
     return block or (segments[-1] if segments else node.output[0])
 
 
-def _weights(model: onnx.ModelProto) -> dict[str, int]:
-    return {i.name: len(i.raw_data) or onnx.numpy_helper.to_array(i).nbytes for i in model.graph.initializer}
-
-
 def layer_bytes(model: onnx.ModelProto) -> dict[str, int]:
     """Bytes of each layer's quantized weights (packed weights, scales, zero points)."""
-    sizes = _weights(model)
+    sizes = weight_bytes(model)[2]
     found: dict[str, int] = {}
     for node in model.graph.node:
         if node.op_type in _NBITS:
@@ -76,7 +80,7 @@ def compose(four: onnx.ModelProto, eight: onnx.ModelProto, keep_8bit: tuple[str,
     kept = [i for i in four.graph.initializer if i.name not in dropped]
     del four.graph.initializer[:]
     four.graph.initializer.extend(kept + [inits8[name] for name in added])
-    # An untied embedding table has no 8-bit form (the quantizer does Gather at 4 bits only): it stays as it is.
+    # An untied embedding table's 8-bit form is packager's own GatherBlockQuantized (recipes._embedding_8bit).
     cost = sum(bytes8[layer] - bytes4[layer] for layer in keep_8bit)
     return {"layers_8bit": list(keep_8bit), "layers": len(bytes8), "cost_bytes": cost,
             "layer_bytes": {layer: {"int4": bytes4[layer], "int8": bytes8[layer]} for layer in keep_8bit}}
@@ -104,7 +108,7 @@ def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
     in ctx.expected_outputs."""
     import onnxruntime as ort
 
-    from packager.recipes import load_for_nbits, mix_nbits, needs_external_data, quantize_nbits, save
+    from packager.recipes import mix_nbits, needs_external_data, quantized_nbits, save
     from packager.runtime_files import runner
 
     assert ctx.reference_model is not None
@@ -115,9 +119,8 @@ def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
     seqs, measured_on = _sequences(ctx, ref)
     ref_logp = [_log_softmax(ref.score(ids)[start - 1:len(ids) - 1]) for start, ids in seqs]
     del ref
-    model, tied = load_for_nbits(src, settings)
-    four = quantize_nbits(model, settings, 4, tied is not None, ctx.progress)
-    eight = quantize_nbits(load_for_nbits(src, settings)[0], settings, 8, tied is not None, ctx.progress)
+    four, tied = quantized_nbits(src, settings, 4, ctx.progress, quantizations(ctx))
+    eight = quantized_nbits(src, settings, 8, ctx.progress, quantizations(ctx))[0]
     bytes4, bytes8 = layer_bytes(four), layer_bytes(eight)
     large = needs_external_data(src)
     ranking = []

@@ -12,7 +12,7 @@ from typing import Any
 
 from packager.cache import StageCache
 from packager.config import PackageSettings
-from packager.context import Context, InputSpec
+from packager.context import Context, InputSpec, silent
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import runtime_base
 from packager.progress import Reporter
@@ -82,7 +82,8 @@ def _run(model: str, settings: PackageSettings, stages: tuple[str, ...], reporte
         if "bundle" in stages:
             _stage(ctx, reporter, "bundle")
         elif ctx.member_dir is not None:   # `packager check` of several models: measured together next
-            fit.runnable(ctx)
+            if not ctx.measure:   # measuring made it runnable already
+                fit.runnable(ctx)
             shutil.copytree(ctx.stage_dir, ctx.member_dir)
     return ctx
 
@@ -319,10 +320,6 @@ def check_budget(settings: PackageSettings) -> None:
             ExitCode.BAD_PROFILE if from_profile else ExitCode.USAGE)
 
 
-def _silent(detail: str) -> None:
-    pass
-
-
 CACHE_NOTES = {"hit": "cache hit", "corrupt": "damaged cache entry rebuilt"}
 
 
@@ -332,7 +329,7 @@ def _stage(ctx: Context, reporter: Reporter, name: str) -> None:
         try:
             dict(STAGES)[name](ctx)
         finally:
-            ctx.progress = _silent
+            ctx.progress = silent
         step.note = CACHE_NOTES.get(ctx.cache.get(name, ""), "")
     for note in ctx.cache_notes:
         reporter.print(note)

@@ -7,6 +7,8 @@ place a recipe name is defined.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import shutil
 import tempfile
@@ -27,7 +29,7 @@ _QUANTIZED_OPS = {
     "GatherBlockQuantized", "QuantizeLinear", "DequantizeLinear", "QEmbedLayerNormalization",
 }
 # Protobuf cannot hold more than 2 GiB: bigger models keep their weights in external data.
-_PROTO_LIMIT = 2**31 - 1
+PROTO_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -49,13 +51,16 @@ class RecipeOptions:
     calibration_source: str = ""
     # int4-mixed: the layers (packager/mixed.py's names, "layers.3", "lm_head") kept at 8 bits
     keep_8bit: tuple[str, ...] = ()
+    # int4-mixed: where this run keeps the model's 4- and 8-bit quantizations (quantized_nbits), so that each
+    # layer set the search tries is only a mix of the two; None: quantize afresh
+    nbits_dir: Path | None = None
     # Called with a short line as the recipe goes (int4: each weight quantized), for the human watching.
     progress: Callable[[str], None] | None = None
 
 
 def needs_external_data(src: Path) -> bool:
     total = src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(f"{src.stem}*data*"))
-    return total > _PROTO_LIMIT
+    return total > PROTO_LIMIT
 
 
 def save(model: onnx.ModelProto, dst: Path, external: bool) -> None:
@@ -226,8 +231,8 @@ def int8_dynamic_merged(parts: tuple[Path, ...], dst: Path, options: RecipeOptio
 
 # Recipes a merged decoder (If branches) gets by applying them to its unmerged graphs and merging again.
 MERGED_RECIPES: dict[str, Callable[[tuple[Path, ...], Path, RecipeOptions], RecipeResult]] = {
-    "fp16": lambda parts, dst, options: fp16_merged(parts, dst, options),
-    "int8-dynamic": lambda parts, dst, options: int8_dynamic_merged(parts, dst, options),
+    "fp16": fp16_merged,
+    "int8-dynamic": int8_dynamic_merged,
 }
 
 
@@ -281,18 +286,20 @@ def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     """4-bit weights, block-wise (MatMulNBits), the embedding table too (GatherBlockQuantized);
     activations stay float. A tied embedding / lm_head pair stays one weight in the file. For
     decoder LLMs, whose weights are most of their memory."""
-    model, params = _nbits(src, options.int4, (), options.progress)
-    save(model, dst, needs_external_data(src))
-    return RecipeResult("int4", params, count_ops(model, _QUANTIZED_OPS))
+    return _nbits_recipe("int4", src, dst, dataclasses.replace(options, keep_8bit=(), nbits_dir=None))
 
 
 def int4_mixed(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     """int4, but the layers named in `options.keep_8bit` at 8 bits (MatMulNBits bits=8, same blocks).
     Which layers: the fewest, most sensitive first, that keep the answers; the pipeline measures and
     chooses them (packager/mixed.py) and runs this recipe with its choice. With none kept it is int4."""
-    model, params = _nbits(src, options.int4, options.keep_8bit, options.progress)
+    return _nbits_recipe("int4-mixed", src, dst, options)
+
+
+def _nbits_recipe(name: str, src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
+    model, params = _nbits(src, options.int4, options.keep_8bit, options.progress, options.nbits_dir)
     save(model, dst, needs_external_data(src))
-    return RecipeResult("int4-mixed", params, count_ops(model, _QUANTIZED_OPS))
+    return RecipeResult(name, params, count_ops(model, _QUANTIZED_OPS))
 
 
 def quantize_nbits(model: onnx.ModelProto, settings: Int4, bits: int, tied: bool,
@@ -344,8 +351,8 @@ def _embedding_8bit(model: onnx.ModelProto, block_size: int) -> None:
             model.graph.initializer.remove(table)
 
 
-def _nbits(src: Path, settings: Int4, keep_8bit: tuple[str, ...],
-           progress: Callable[[str], None] | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def _nbits(src: Path, settings: Int4, keep_8bit: tuple[str, ...], progress: Callable[[str], None] | None = None,
+           keep: Path | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The int4 model with the layers in `keep_8bit` taken from an 8-bit quantization of the same
     weights (packager/mixed.py names the layers), the tied embedding rewired last, and its params.
 
@@ -353,13 +360,28 @@ def _nbits(src: Path, settings: Int4, keep_8bit: tuple[str, ...],
     the source's file when it reaches it (memory-mapped: onnx_ir's ExternalTensor) and drops it once
     quantized. What is held is the graph, one fp32 weight and the 4-bit output, not the fp32 model
     (a 1B model: 5 GB of fp32 weights, 0.8 GB of output). Inline models are quantized the same way,
-    all in memory."""
-    model, tied = load_for_nbits(src, settings)
-    four = quantize_nbits(model, settings, 4, tied is not None, progress)
-    del model
-    eight = quantize_nbits(load_for_nbits(src, settings)[0], settings, 8, tied is not None, progress) \
-        if keep_8bit else None
+    all in memory. With `keep`, the two quantizations come from (or go to) that folder."""
+    four, tied = quantized_nbits(src, settings, 4, progress, keep)
+    eight = quantized_nbits(src, settings, 8, progress, keep)[0] if keep_8bit else None
     return mix_nbits(four, eight, keep_8bit, tied, settings)
+
+
+def quantized_nbits(src: Path, settings: Int4, bits: int, progress: Callable[[str], None] | None = None,
+                    keep: Path | None = None) -> tuple[onnx.ModelProto, tuple[str, str] | None]:
+    """`src` quantized at `bits` (quantize_nbits) and its tied embedding pair. With `keep` (a folder of this
+    run's, for this `src` and `settings`), made once and kept there, then read back: the int4-mixed search
+    mixes the same two quantizations for every layer set it tries."""
+    if keep is None:
+        model, tied = load_for_nbits(src, settings)
+        return quantize_nbits(model, settings, bits, tied is not None, progress), tied
+    kept, tied_file = keep / f"{bits}bit.onnx", keep / "tied.json"
+    if not kept.is_file():
+        model, tied = load_for_nbits(src, settings)
+        keep.mkdir(parents=True, exist_ok=True)
+        save(quantize_nbits(model, settings, bits, tied is not None, progress), kept, needs_external_data(src))
+        tied_file.write_text(json.dumps(tied), encoding="utf-8")
+    pair = json.loads(tied_file.read_text(encoding="utf-8"))
+    return onnx.load(kept), (pair[0], pair[1]) if pair else None
 
 
 def mix_nbits(four: onnx.ModelProto, eight: onnx.ModelProto | None, keep_8bit: tuple[str, ...],

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -38,9 +39,8 @@ from packager.manifest import SCHEMA_VERSION, built_at, memory_record
 from packager.profiles import Profile
 from packager.runtime_files import copy_runtime, runner
 from packager.signing import manifest_entry as signature_entry
-from packager.signing import sign_manifest
-from packager.stages.bundle import SUMS, publish, run_arguments
-from packager.stages.fit import measure_folder, over_budget, shared_bytes
+from packager.stages.bundle import file_entries, publish, run_arguments, seal
+from packager.stages.fit import measure_folder, over_budget, shared_bytes, without_runtime
 
 MiB = 2**20
 KIND = "suite"            # run.SUITE: the manifest kind run.py and smoke_test.py look for
@@ -68,6 +68,9 @@ class Suite:
     archive: Path | None = None
     files: list[dict[str, Any]] = field(default_factory=list)
     sign_key: Path | None = None       # --sign: the Ed25519 private key that signs the top manifest
+    # Files hashed already (by the models' own bundle stage, or as they went into blobs/), by their path in
+    # the bundle: the manifest takes their entries instead of hashing the weights again.
+    hashed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def model_bytes(self, name: str | None = None) -> int:
         """What the runner loads (its .ort rather than the .onnx beside it, with external data), for the model
@@ -90,9 +93,11 @@ def member_names(contexts: list[Context]) -> list[str]:
     return names
 
 
-def assemble(members: list[tuple[str, Path]], dest: Path) -> list[Blob]:
-    """models/<name>/ from each finished member folder, its component files moved to blobs/<key>/."""
+def assemble(members: list[tuple[str, Path]], dest: Path) -> tuple[list[Blob], dict[str, dict[str, Any]]]:
+    """models/<name>/ from each finished member folder, its component files moved to blobs/<key>/; and the
+    entries (path, sha256, size) of every file under models/ and blobs/ but the models' manifests, by path."""
     blobs: dict[str, Blob] = {}
+    hashed: dict[str, dict[str, Any]] = {}
     for name, finished in members:
         folder = dest / "models" / name
         folder.mkdir(parents=True)
@@ -103,20 +108,27 @@ def assemble(members: list[tuple[str, Path]], dest: Path) -> list[Blob]:
             elif source.is_file():
                 shutil.copy2(source, folder / kept)
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        moved: dict[str, str] = {}
+        # A packaged model's manifest lists its files' sha256 (a checked one, `packager check`, has none yet).
+        recorded = {f["path"]: f for f in manifest.get("files", [])}
+        moved: dict[str, dict[str, Any]] = {}
         loaded = manifest["runtime"].get("components") or {"model": manifest["runtime"]["model"]}
         for component, file in loaded.items():
-            moved |= _to_blob(folder, file, f"{name}/{component}", dest / "blobs", blobs)
-        _rewrite(folder, manifest, moved)
-    return sorted(blobs.values(), key=lambda b: b.key)
+            moved |= _to_blob(folder, file, f"{name}/{component}", dest / "blobs", blobs, recorded)
+        for entry in _rewrite(folder, manifest, moved, recorded):
+            path = posixpath.normpath(f"models/{name}/{entry['path']}")
+            hashed[path] = entry | {"path": path}
+    return sorted(blobs.values(), key=lambda b: b.key), hashed
 
 
-def _to_blob(folder: Path, file: str, user: str, store: Path, blobs: dict[str, Blob]) -> dict[str, str]:
+def _to_blob(folder: Path, file: str, user: str, store: Path, blobs: dict[str, Blob],
+             recorded: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Move the component `file` (and its companions: external data, .ort) into the store under its key;
-    the paths it moved, old (from the member folder) -> new."""
+    the files it moved: old path (from the member folder) -> the entry of the new one."""
     loaded = folder / file
+    base = loaded.parent.relative_to(folder).as_posix()
     group = sorted(p for p in loaded.parent.iterdir() if p.is_file() and p.name.startswith(loaded.stem + "."))
-    sums = {p.name: runner().sha256_file(p) for p in group}
+    sums = {p.name: recorded[f"{base}/{p.name}"]["sha256"] if f"{base}/{p.name}" in recorded
+            else runner().sha256_file(p) for p in group}
     # The .ort is derived from the .onnx beside it (onnxruntime's conversion is not byte-deterministic):
     # the key covers the source, so one component converted twice is still one component.
     sources = [n for n in sums if not n.endswith(".ort")] or list(sums)
@@ -136,22 +148,21 @@ def _to_blob(folder: Path, file: str, user: str, store: Path, blobs: dict[str, B
         for p in group:
             p.unlink()
     blob.used_by.append(user)
-    base = loaded.parent.relative_to(folder).as_posix()
-    return {f"{base}/{f['name']}": f"../../blobs/{key}/{f['name']}" for f in blob.files}
+    return {f"{base}/{f['name']}": {"path": f"../../blobs/{key}/{f['name']}", "sha256": f["sha256"], "size": f["size"]}
+            for f in blob.files}
 
 
-def _rewrite(folder: Path, manifest: dict[str, Any], moved: dict[str, str]) -> None:
-    """The member's manifest naming its components in blobs/, listing only the files it still has."""
-    manifest = _replace(manifest, moved)
-    files = []
-    for path in sorted({*(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()),
-                        *moved.values()} - {"manifest.json"}):
-        f = folder / path
-        files.append({"path": path, "sha256": runner().sha256_file(f), "size": f.stat().st_size})
-    manifest["files"] = files
+def _rewrite(folder: Path, manifest: dict[str, Any], moved: dict[str, dict[str, Any]],
+             recorded: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The member's manifest naming its components in blobs/, listing only the files it still has (those
+    entries returned)."""
+    manifest = _replace(manifest, {old: new["path"] for old, new in moved.items()})
+    kept = [f for f in file_entries(folder, recorded) if f["path"] != "manifest.json"]
+    manifest["files"] = sorted([*kept, *moved.values()], key=lambda f: f["path"])
     if "mobile" in manifest:
         manifest["mobile"]["examples"] = []   # the app examples load one model: the bundle of several has none
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return manifest["files"]
 
 
 def _replace(value: Any, moved: dict[str, str]) -> Any:
@@ -186,15 +197,7 @@ def _own_estimate(ctx: Context, component: str, profile: Profile) -> dict[str, A
     """A component's own estimate (low_bytes, high_bytes, breakdown), without the runtime the whole counts once."""
     if "components" in ctx.memory:
         return ctx.memory["components"][component]["estimate"]
-    return _without_runtime(ctx.memory["estimate"], profile)
-
-
-def _without_runtime(est: dict[str, Any], profile: Profile) -> dict[str, Any]:
-    """A model's estimate less what models in one process share (the runtime, a GPU's context)."""
-    shared = shared_bytes(profile)
-    breakdown = {k: v for k, v in est["breakdown"].items() if k != "gpu_context"}
-    breakdown["runtime_base"] = breakdown.get("runtime_base", 0) - (shared - profile.runtime.gpu_context_bytes)
-    return {"low_bytes": est["low_bytes"] - shared, "high_bytes": est["high_bytes"] - shared, "breakdown": breakdown}
+    return without_runtime(ctx.memory["estimate"], profile)
 
 
 def judge(suite: Suite, folder: Path, measure: bool, enforce: bool) -> None:
@@ -233,7 +236,7 @@ def _member_memory(ctx: Context, size: int, measured: dict[str, Any] | None) -> 
     return {"recipe": ctx.recipe_name,
             "size_bytes": size,
             "resident": "loaded up front, with the others",
-            "estimate": _without_runtime(ctx.memory["estimate"], ctx.profile),
+            "estimate": without_runtime(ctx.memory["estimate"], ctx.profile),
             "alone_peak_bytes": ctx.memory.get("measured_peak_bytes"),
             **({"measured_load_bytes": measured["load_bytes"]} if measured else {})}
 
@@ -244,8 +247,8 @@ def together(contexts: list[Context], name: str, folder: Path, measure: bool = T
     runnable, and the verdict for all of them loaded together (over the budget: DOES_NOT_FIT with
     `enforce`, else a verdict in suite.memory, as `packager check` reports it)."""
     names = member_names(contexts)
-    blobs = assemble([(n, c.member_dir) for n, c in zip(names, contexts) if c.member_dir], folder)
-    suite = Suite(name, contexts[0].profile, contexts, names, blobs, {})
+    blobs, hashed = assemble([(n, c.member_dir) for n, c in zip(names, contexts) if c.member_dir], folder)
+    suite = Suite(name, contexts[0].profile, contexts, names, blobs, {}, hashed=hashed)
     copy_runtime(folder)
     (folder / "manifest.json").write_text(json.dumps(_manifest(suite, [])), encoding="utf-8")
     progress(f"measuring the {len(contexts)} models together" if measure else "estimating the models together")
@@ -253,11 +256,12 @@ def together(contexts: list[Context], name: str, folder: Path, measure: bool = T
     return suite
 
 
-def build(contexts: list[Context], name: str, out: Path, sign_key: Path | None = None,
+def build(contexts: list[Context], name: str | None, out: Path, sign_key: Path | None = None,
           progress: Callable[[str], None] = lambda line: None) -> Suite:
     """The bundle of the packaged `contexts`, judged against the budget together, archived into
-    OUT/<name>-<target>.tar.gz. With `sign_key`, its top manifest is signed: it lists every file's
-    sha256, the models' manifests and the blobs included."""
+    OUT/<name>-<target>.tar.gz (name: the models' names joined by "+" unless given). With `sign_key`, its
+    top manifest is signed: it lists every file's sha256, the models' manifests and the blobs included."""
+    name = name or "+".join(member_names(contexts))
     with tempfile.TemporaryDirectory(prefix="packager-suite-") as tmp:
         folder = Path(tmp) / f"{name}-{contexts[0].profile.name}"
         folder.mkdir()
@@ -274,16 +278,8 @@ def _write_files(suite: Suite, folder: Path) -> None:
         write_container_files(folder, folder.name, suite.profile)
     (folder / "README.md").write_text(_readme(suite, folder.name), encoding="utf-8")
     (folder / "manifest.json").unlink()
-    suite.files = [{"path": p.relative_to(folder).as_posix(), "sha256": runner().sha256_file(p),
-                    "size": p.stat().st_size} for p in sorted(folder.rglob("*")) if p.is_file()]
-    manifest = _manifest(suite, suite.files)
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    extra = ["manifest.json"]
-    if suite.sign_key:   # once manifest.json is final, and before SHA256SUMS, which lists the signature too
-        extra.append(sign_manifest(suite.sign_key, folder).name)
-    sums = [*suite.files, *({"path": n, "sha256": runner().sha256_file(folder / n)} for n in extra)]
-    (folder / SUMS).write_text("".join(f"{f['sha256']}  {f['path']}\n" for f in sorted(sums, key=lambda f: f["path"])),
-                               encoding="utf-8")
+    suite.files = file_entries(folder, suite.hashed)
+    seal(folder, suite.files, _manifest(suite, suite.files), suite.sign_key)
 
 
 def _requirements(suite: Suite) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -159,19 +160,28 @@ def _write_files(ctx: Context) -> None:
     (stage / "requirements.txt").write_text(requirements(ctx), encoding="utf-8")
     (stage / "README.md").write_text(readme(ctx), encoding="utf-8")
     (stage / "manifest.json").unlink(missing_ok=True)
-    ctx.bundle_files = [
-        {"path": p.relative_to(stage).as_posix(), "sha256": runner().sha256_file(p), "size": p.stat().st_size}
-        for p in sorted(stage.rglob("*")) if p.is_file()
-    ]
-    manifest = build_manifest(ctx)
+    ctx.bundle_files = file_entries(stage)
+    seal(stage, ctx.bundle_files, build_manifest(ctx), ctx.sign_key)
+
+
+def file_entries(folder: Path, known: Mapping[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Every file under `folder` as the manifest lists it (path, sha256, size), sorted by path; an entry in
+    `known` (by path: a file hashed before, unchanged since) is taken as it is, not hashed again."""
+    known = known or {}
+    return [known.get(path) or {"path": path, "sha256": runner().sha256_file(p), "size": p.stat().st_size}
+            for p in sorted(folder.rglob("*")) if p.is_file() for path in [p.relative_to(folder).as_posix()]]
+
+
+def seal(stage: Path, files: list[dict[str, Any]], manifest: dict[str, Any], sign_key: Path | None) -> None:
+    """Write manifest.json, its signature with `sign_key` (if any), and SHA256SUMS over `files` and those."""
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     extra = ["manifest.json"]
-    if ctx.sign_key:
+    if sign_key:
         # Signed once manifest.json is final, and before SHA256SUMS, which lists the signature too.
         from packager.signing import sign_manifest
 
-        extra.append(sign_manifest(ctx.sign_key, stage).name)
-    sums = [*ctx.bundle_files, *({"path": name, "sha256": runner().sha256_file(stage / name)} for name in extra)]
+        extra.append(sign_manifest(sign_key, stage).name)
+    sums = [*files, *({"path": name, "sha256": runner().sha256_file(stage / name)} for name in extra)]
     (stage / SUMS).write_text("".join(f"{f['sha256']}  {f['path']}\n" for f in sorted(sums, key=lambda f: f["path"])),
                               encoding="utf-8")
 

@@ -13,6 +13,7 @@ import importlib.metadata
 import io
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -28,7 +29,7 @@ from packager import __version__
 from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
 from packager.graphs import all_graphs
-from packager.recipes import parse_recipe, recipe_label
+from packager.recipes import PROTO_LIMIT, parse_recipe, recipe_label
 from packager.stages.source import PICKLE_SUFFIXES
 
 # The highest opset the exporter supports: optimum-onnx 0.1.0 calls torch.onnx.export(dynamo=False), whose
@@ -143,31 +144,19 @@ def _keep_seq2seq_components(ctx: Context, out: Path) -> None:
                             "(tokenizer.save_pretrained).", ExitCode.BAD_INPUT)
 
 
-# Protobuf's limit: a model whose fp32 weights exceed it keeps them in external data.
-PROTO_LIMIT = 2**31 - 1
-
-
 def fp32_weight_bytes(folder: Path) -> int:
     """The model's weights in fp32, from its safetensors headers (shapes only, no weights read); 0 when
     there are none to read (pickled weights, which are small models' in practice)."""
-    import struct
+    from packager.adapter import base_shapes
 
-    total = 0
-    for f in sorted(folder.glob("*.safetensors")):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, struct.error):
-            with open(f, "rb") as fh:
-                (size,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(size))
-            for name, entry in header.items():
-                if name != "__metadata__":
-                    total += 4 * int(np.prod(entry["shape"], dtype=np.int64))
-    return total
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return 4 * sum(math.prod(shape) for shape in base_shapes(folder).values())
+    return 0
 
 
 def _run_export_child(ctx: Context, job: dict[str, Any]) -> dict[str, Any]:
     """Run _export_child(job) in a fresh interpreter; its outcome ({} when it exported). Its output
     goes to a log in the work folder, whose tail explains a crash."""
-    import os
     import subprocess
     import sys
 

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
@@ -89,12 +90,13 @@ def component_estimates(ctx: Context, context: int | None) -> dict[str, Estimate
     return result
 
 
-def estimate_at(ctx: Context, context: int | None) -> Estimate:
+def estimate_at(ctx: Context, context: int | None, parts: dict[str, Estimate] | None = None) -> Estimate:
     """The packaged model's estimate; a decoder's at its decode step with `context` tokens of KV cache;
-    a multi-component model's with all its components resident together."""
+    a multi-component model's with all its components resident together (`parts`: their estimates at
+    `context`, when the caller has them already)."""
     assert ctx.packaged_model is not None
     if ctx.components:
-        return combine(component_estimates(ctx, context), shared_bytes(ctx.profile))
+        return combine(parts or component_estimates(ctx, context), shared_bytes(ctx.profile))
     shapes = decode_step_shapes(ctx.io, context) if ctx.io["kind"] == "decoder" and context \
         else sample_shapes(ctx.sample_inputs)
     tokenizer = next((f for f in ctx.tokenizer_files if f.name == "tokenizer.json"), None)
@@ -116,7 +118,8 @@ def peaks_at(ctx: Context, contexts: list[int]) -> dict[int, int]:
 
 def run(ctx: Context) -> None:
     assert ctx.packaged_model is not None
-    est = estimate_at(ctx, ctx.context)
+    parts = component_estimates(ctx, ctx.context) if ctx.components else {}
+    est = estimate_at(ctx, ctx.context, parts)
     measured = measure(ctx) if ctx.measure else None
     budget = ctx.profile.budget.memory_bytes
     # The verdict trusts a measurement over an estimate, and the estimate's high side over its low. A
@@ -143,7 +146,7 @@ def run(ctx: Context) -> None:
     if unseen:
         ctx.memory["gpu_context_bytes"] = unseen  # added to the measured peak: the GPU path was not exercised
     if ctx.components:
-        ctx.memory["components"] = _components_memory(ctx, measured)
+        ctx.memory["components"] = _components_memory(ctx, parts, measured)
     if peak > budget and ctx.enforce_budget:
         raise PackagerError(
             f"does not fit: {over_budget(ctx.memory)} over {ctx.profile.name}'s budget of {budget / MiB:.0f} MiB; "
@@ -159,24 +162,27 @@ def shared_bytes(profile: Profile) -> int:
     return int(calibration(profile)[0]["base_bytes"]) + profile.runtime.gpu_context_bytes
 
 
-def _components_memory(ctx: Context, measured: dict | None) -> dict[str, dict]:
+def without_runtime(est: dict[str, Any], profile: Profile) -> dict[str, Any]:
+    """An estimate's low_bytes, high_bytes and breakdown less what models or components in one process share
+    (shared_bytes): its own part of the runtime is left, its session and thread pool (and a tokenizer)."""
+    shared = shared_bytes(profile)
+    breakdown = {k: v for k, v in est["breakdown"].items() if k != "gpu_context"}
+    breakdown["runtime_base"] = breakdown.get("runtime_base", 0) - (shared - profile.runtime.gpu_context_bytes)
+    return {"low_bytes": est["low_bytes"] - shared, "high_bytes": est["high_bytes"] - shared, "breakdown": breakdown}
+
+
+def _components_memory(ctx: Context, estimates: dict[str, Estimate], measured: dict | None) -> dict[str, dict]:
     """Per component: its recipe, file, size, its own estimate (without the shared runtime, which the
     whole counts once) and, measured, the resident memory its session added at load."""
-    estimates = component_estimates(ctx, ctx.context)
-    shared = shared_bytes(ctx.profile)
     record = {}
     for c in ctx.components:
         assert c.packaged is not None
-        e = estimates[c.name]
-        # Its own part of the runtime: its session and thread pool (and the decoder's tokenizer library).
-        own = {k: v for k, v in e.breakdown.items() if k != "gpu_context"} | \
-            {"runtime_base": e.breakdown["runtime_base"] - (shared - ctx.profile.runtime.gpu_context_bytes)}
         record[c.name] = {
             "recipe": c.recipe_name,
             "file": c.file,
             "size_bytes": c.packaged.stat().st_size,
             "resident": "loaded up front, with the others",
-            "estimate": {"low_bytes": e.low_bytes - shared, "high_bytes": e.high_bytes - shared, "breakdown": own},
+            "estimate": without_runtime(estimates[c.name].to_dict(), ctx.profile),
             **({"measured_load_bytes": measured["components"][c.name]["load_bytes"]}
                if measured and c.name in measured.get("components", {}) else {}),
         }

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
+from packager.mixed import quantizations
 from packager.calibration import calibration_inputs, unused_calibration
 from packager.recipes import CALIBRATED, MERGED_RECIPES, MIXED, RECIPES, RecipeOptions, RecipeResult, parse_recipe
 
@@ -26,7 +27,8 @@ def run(ctx: Context) -> None:
         _run_components(ctx, model_dir)
         return
     dest = model_dir / "model.onnx"
-    options = RecipeOptions(int4=ctx.profile.int4, keep_8bit=ctx.keep_8bit, progress=ctx.progress)
+    options = RecipeOptions(int4=ctx.profile.int4, keep_8bit=ctx.keep_8bit, progress=ctx.progress,
+                            nbits_dir=quantizations(ctx) if ctx.recipe_name == MIXED else None)
     if ctx.recipe_name in CALIBRATED:
         feeds, where = calibration_inputs(ctx, ctx.stage_dir)
         options = dataclasses.replace(options, calibration=feeds, calibration_source=where)
