@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
 
@@ -43,13 +44,24 @@ def write_archive(folder: Path, dest: Path) -> None:
             tar.add(p, arcname=f"{folder.name}/{p.relative_to(folder).as_posix()}", recursive=False, filter=normalise)
 
 
+# What an archive may declare before a byte is extracted. Weights barely compress (0.82-0.92 of their
+# size, see write_archive), so a bundle's files never add up to 64 times its archive; a GNU sparse
+# member, or a gzip stream of zeros, can claim terabytes in a few megabytes. Documented in SECURITY.md.
+EXPANSION_LIMIT = 64
+EXPANSION_FLOOR = 256 * 2**20     # a small bundle may still hold, say, a tokenizer that compresses well
+MAX_BUNDLE_BYTES = 64 * 2**30     # ten times the largest budget packager knows
+MAX_MEMBERS = 100_000
+
+
 def extract_bundle(archive: Path, dest: Path) -> Path:
-    """Unpack a bundle archive into `dest`, refusing links, devices and paths that leave it.
-    Returns the bundle's single top-level folder."""
+    """Unpack a bundle archive into `dest`, refusing links, devices and paths that leave it, and
+    archives that declare more than they could hold (see EXPANSION_LIMIT). Returns the bundle's
+    single top-level folder."""
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
+            members = _members(archive, tar)
             top = _single_folder(archive, members)
+            _check_sizes(archive, members, dest)
             tar.extractall(dest, filter="data")
     except tarfile.FilterError as e:
         raise PackagerError(f"{archive}: unsafe entry ({e}); refusing to unpack it.", ExitCode.BAD_INPUT) from None
@@ -61,6 +73,37 @@ def extract_bundle(archive: Path, dest: Path) -> Path:
     if not folder.is_dir():
         raise PackagerError(f"{archive}: {top!r} did not unpack into a folder; rebuild the bundle.", ExitCode.BAD_INPUT)
     return folder
+
+
+def _members(archive: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """The archive's members, read one at a time so that a million empty entries stop at MAX_MEMBERS."""
+    members = []
+    for member in tar:
+        members.append(member)
+        if len(members) > MAX_MEMBERS:
+            raise PackagerError(f"{archive}: more than {MAX_MEMBERS:,} entries, which no bundle has; refusing to "
+                                "unpack it. Rebuild the bundle.", ExitCode.BAD_INPUT)
+    return members
+
+
+def _check_sizes(archive: Path, members: list[tarfile.TarInfo], dest: Path) -> None:
+    """Refuse sparse members and declared sizes past what the archive could hold, before extracting;
+    OUTPUT when `dest` has no room for what it declares."""
+    for m in members:
+        if m.issparse():
+            raise PackagerError(f"{archive}: entry {m.name!r} is a sparse file, which packager never writes; "
+                                "refusing to unpack it. Rebuild the bundle.", ExitCode.BAD_INPUT)
+    declared = sum(m.size for m in members if m.isfile())
+    limit = min(MAX_BUNDLE_BYTES, max(EXPANSION_FLOOR, EXPANSION_LIMIT * archive.stat().st_size))
+    if declared > limit:
+        raise PackagerError(f"{archive}: its entries declare {declared / 2**30:.1f} GiB, more than a bundle archive "
+                            f"of this size unpacks to (at most {limit / 2**30:.1f} GiB); refusing to unpack it. "
+                            "Rebuild or re-download the bundle.", ExitCode.BAD_INPUT)
+    free = shutil.disk_usage(dest).free
+    if declared > free:
+        raise PackagerError(f"{dest}: {declared / 2**20:.0f} MiB are needed to unpack {archive.name} and "
+                            f"{free / 2**20:.0f} MiB are free; free some space or point TMPDIR elsewhere.",
+                            ExitCode.OUTPUT)
 
 
 def _single_folder(archive: Path, members: list[tarfile.TarInfo]) -> str:

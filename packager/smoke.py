@@ -15,6 +15,7 @@ from typing import Any
 
 from packager.archive import extract_bundle
 from packager.errors import ExitCode, PackagerError
+from packager.runtime_files import runner
 
 SMOKE_TIMEOUT_S = 1800
 
@@ -57,15 +58,12 @@ def run_smoke(bundle: Path, python: str | None = None, emulate: bool = False,
         folder = bundle if bundle.is_dir() else extract_bundle(bundle, Path(tmp))
         if not (folder / "smoke_test.py").is_file():
             raise PackagerError(f"{bundle}: no smoke_test.py inside; this is not a packager bundle.", ExitCode.BAD_INPUT)
-        key_args: tuple[str, ...] = ()
-        if public_key is not None:
-            from packager.signing import signature_failure
-
-            failure = signature_failure(folder, public_key)
-            if failure:
-                report = {"signature": {"checked": True, "error": failure}}
-                return SmokeResult(str(bundle), f"FAIL: {failure}", 1, report)
-            key_args = ("--public-key", str(public_key.resolve()))
+        # Nothing of the bundle's runs before packager's own copy of the device's check has seen every
+        # file in the folder: listed, with its recorded sha256 (signed: in the signed manifest).
+        failure, report = _check_before_running(folder, public_key)
+        if failure:
+            return SmokeResult(str(bundle), f"FAIL: {failure}", 1, report)
+        key_args = ("--public-key", str(public_key.resolve())) if public_key is not None else ()
         preexec = None
         if emulate:
             from packager.emulate import no_core_dumps, prepare
@@ -83,7 +81,9 @@ def run_smoke(bundle: Path, python: str | None = None, emulate: bool = False,
             # The key is the caller's choice, passed above, as in the emulated guest, which sees none of
             # the host's environment.
             env = {k: v for k, v in os.environ.items() if k != "PACKAGER_PUBLIC_KEY"}
-            env["PYTHONDONTWRITEBYTECODE"] = "1"
+            # PYTHONSAFEPATH (Python 3.11+): the bundle's folder is not put on sys.path; smoke_test.py takes
+            # it off itself on older Pythons.
+            env |= {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONSAFEPATH": "1"}
         start = time.perf_counter()
         try:
             proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S,
@@ -110,6 +110,26 @@ def run_smoke(bundle: Path, python: str | None = None, emulate: bool = False,
     if emulation is not None:
         report["emulation"] = emulation
     return SmokeResult(str(bundle), verdict, proc.returncode, report, proc.stdout + proc.stderr, emulation)
+
+
+def _check_before_running(folder: Path, public_key: Path | None) -> tuple[str, dict[str, Any]]:
+    """Why the unpacked bundle must not run (and the report saying so), or "" when every file in it
+    is listed with its sha256: by the signed manifest with a key, by SHA256SUMS and the manifest without."""
+    if public_key is not None:
+        from packager.signing import signature_failure
+
+        failure = signature_failure(folder, public_key)
+        return failure, {"signature": {"checked": True, "error": failure}} if failure else {}
+    rt = runner()
+    try:
+        rt.check_files(folder, rt.read_manifest(folder))
+    except ValueError as e:  # IntegrityError, or a manifest that is not a JSON object
+        failure = str(e)
+    except (KeyError, TypeError, AttributeError) as e:  # a manifest of another shape is a refusal too
+        failure = f"{rt.MANIFEST} does not have the shape packager writes ({type(e).__name__}: {e}); rebuild the bundle"
+    else:
+        return "", {}
+    return failure, {"files": {"error": failure}}
 
 
 def _last(text: str) -> str:

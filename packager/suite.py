@@ -39,7 +39,7 @@ from packager.manifest import SCHEMA_VERSION, built_at, memory_record
 from packager.profiles import Profile
 from packager.runtime_files import copy_runtime, runner
 from packager.signing import manifest_entry as signature_entry
-from packager.stages.bundle import file_entries, publish, run_arguments, seal
+from packager.stages.bundle import file_entries, publish, run_arguments, seal, venv_command
 from packager.stages.fit import measure_folder, over_budget, shared_bytes, without_runtime
 
 MiB = 2**20
@@ -147,6 +147,9 @@ def _to_blob(folder: Path, file: str, user: str, store: Path, blobs: dict[str, B
                               "from the same source; the stored one serves both")
         for p in group:
             p.unlink()
+    if loaded.parent != folder and not any(loaded.parent.iterdir()):
+        # An empty folder left behind is an entry no manifest lists: the smoke test refuses those.
+        loaded.parent.rmdir()
     blob.used_by.append(user)
     return {f"{base}/{f['name']}": {"path": f"../../blobs/{key}/{f['name']}", "sha256": f["sha256"], "size": f["size"]}
             for f in blob.files}
@@ -330,7 +333,7 @@ together in one process.
 
 On the device ({p.os.name}, Python {p.os.python}):
 
-    python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt
+    {venv_command(bundle)}
     python smoke_test.py          # checksums, loads every model, each one's samples, peak memory; last line PASS or FAIL
 {runs}
 

@@ -25,7 +25,15 @@ $PACKAGER_PUBLIC_KEY), the CLI refuses a bundle that is unsigned, signed with an
 altered after signing. An importer checks with `run.check_signature(bundle, key)` before `load()`.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: it imports the module `__future__` at run time, before the
+# lines below could take the bundle's folder off sys.path (SECURITY.md, "What runs before the check").
+import sys
+
+if __name__ == "__main__" and sys.path and not getattr(sys.flags, "safe_path", False):
+    # `python run.py` puts this file's folder first on sys.path, so a file dropped beside it (numpy.py,
+    # json.py) would be imported instead of the real module, before any check could see it. The bundle
+    # imports nothing from its own folder: take the folder off the path before the first import.
+    del sys.path[0]
 
 import argparse
 import base64
@@ -34,9 +42,9 @@ import hashlib
 import json
 import os
 import platform
+import posixpath
 import re
-import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -164,11 +172,14 @@ def verify_signature(bundle: Path, public_key_path: Path) -> str:
 
 
 def _read_signature(path: Path) -> bytes:
+    # Exactly as `packager package --sign` writes it, base64 and one newline: a bundle with any byte
+    # changed is refused, even one that would not change the signature's meaning.
     try:
-        signature = base64.b64decode(path.read_text(encoding="ascii").strip(), validate=True)
+        text = path.read_text(encoding="ascii")
+        signature = base64.b64decode(text.removesuffix("\n"), validate=True) if text.endswith("\n") else b""
     except (UnicodeDecodeError, ValueError):
         signature = b""
-    if len(signature) != 64:  # Ed25519 signatures are 64 bytes (RFC 8032)
+    if len(signature) != 64 or text != base64.b64encode(signature).decode("ascii") + "\n":  # RFC 8032: 64 bytes
         raise SignatureError(f"{SIGNATURE} is not a base64 Ed25519 signature; re-download the bundle from its "
                              "publisher")
     return signature
@@ -184,7 +195,8 @@ def _claimed_fingerprint(manifest_bytes: bytes) -> str:
 
 
 def _check_signed_files(bundle: Path, manifest_bytes: bytes) -> None:
-    """Each file the signed manifest lists is inside the bundle and unchanged."""
+    """Each file the signed manifest lists is inside the bundle and unchanged, and no other file is
+    there (SHA256SUMS, which is not signed, is no list of what may be)."""
     try:
         manifest = json.loads(manifest_bytes)
     except (ValueError, RecursionError):
@@ -194,6 +206,10 @@ def _check_signed_files(bundle: Path, manifest_bytes: bytes) -> None:
                                                 and isinstance(e.get("sha256"), str) for e in entries):
         raise SignatureError(f"the signed {MANIFEST} lists no files to check; rebuild the bundle with `packager "
                              "package --sign`")
+    try:
+        refuse_unlisted(bundle, {e["path"] for e in entries} | {MANIFEST, SIGNATURE, SUMS}, f"the signed {MANIFEST}")
+    except IntegrityError as e:
+        raise SignatureError(str(e)) from None
     root = bundle.resolve()
     for entry in entries:
         path = (bundle / entry["path"]).resolve()
@@ -205,6 +221,118 @@ def _check_signed_files(bundle: Path, manifest_bytes: bytes) -> None:
         if sha256_file(path) != entry["sha256"]:
             raise SignatureError(f"{entry['path']} does not match the signed {MANIFEST}: it was altered after "
                                  "signing; refusing the bundle: re-download it from its publisher")
+
+
+# ---------------------------------------------------------------- the files present
+#
+# Checked before anything of the bundle's is loaded: every file present must be one the manifest
+# lists, with its recorded sha256. A file added beside them (a numpy.py, a sitecustomize.py, a .pth,
+# a cached .pyc) is never listed, so it is refused whatever SHA256SUMS claims: that file is not signed.
+
+SUMS = "SHA256SUMS"
+
+
+class IntegrityError(ValueError):
+    """A bundle file is missing, altered, or not listed: refuse to run the bundle."""
+
+
+def unlisted_entries(bundle: Path, expected: set[str]) -> list[str]:
+    """What lies in `bundle` besides the regular files `expected` (relative POSIX paths) and the
+    folders that hold them: added files, links, devices, empty or stray folders (folders end in /)."""
+    wanted = {posixpath.normpath(p) for p in expected}
+    folders = {str(parent) for p in wanted for parent in PurePosixPath(p).parents if str(parent) != "."}
+    found: list[str] = []
+    stack = [""]
+    while stack:  # no recursion: a folder nested ten thousand deep is just more entries
+        rel = stack.pop()
+        with os.scandir(bundle / rel if rel else bundle) as entries:
+            for entry in entries:
+                path = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_dir(follow_symlinks=False) and not entry.is_symlink():
+                    if path in folders:
+                        stack.append(path)
+                    else:
+                        found.append(path + "/")
+                elif entry.is_symlink() or not entry.is_file(follow_symlinks=False) or path not in wanted:
+                    found.append(path)
+    return sorted(found)
+
+
+def refuse_unlisted(bundle: Path, expected: set[str], where: str) -> None:
+    """IntegrityError naming the first entry of `bundle` that `where` (the list it should be in) lacks."""
+    extra = unlisted_entries(bundle, expected)
+    if not extra:
+        return
+    name = extra[0]
+    if "__pycache__" in name.split("/"):
+        hint = "Python's bytecode cache, which the bundle never writes: delete the __pycache__ folder"
+    elif name.endswith("/") and (bundle / name / "pyvenv.cfg").is_file() or name.split("/")[0] in (".venv", "venv"):
+        hint = "a virtual environment: make it outside the bundle folder (python3 -m venv ~/venvs/NAME)"
+    else:
+        hint = "added after packaging: remove it, or re-download the bundle from its publisher"
+    more = f", nor are {len(extra) - 1} other entries" if len(extra) > 1 else ""
+    raise IntegrityError(f"{name} is in the bundle but not in {where}{more}; {hint}; refusing to run it")
+
+
+def read_sums(bundle: Path) -> dict[str, str]:
+    """SHA256SUMS as path -> sha256."""
+    try:
+        text = (bundle / SUMS).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise IntegrityError(f"{SUMS} is missing") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise IntegrityError(f"{SUMS} cannot be read ({e})") from None
+    # Exactly the lines `packager package` writes ("<sha256>  <path>\n", sorted): split on "\n" alone, so
+    # that no other line break (a vertical tab, a form feed) makes a changed file read the same.
+    lines = text.split("\n")
+    listed: dict[str, str] = {}
+    for line in lines[:-1]:
+        digest, _, name = line.partition("  ")
+        if not name or len(digest) != 64 or digest.strip("0123456789abcdef") or name in listed:
+            raise IntegrityError(f"malformed line in {SUMS}: {line!r}")
+        listed[name] = digest
+    if lines[-1] != "" or list(listed) != sorted(listed):
+        raise IntegrityError(f"{SUMS} is not as packager writes it (lines sorted by path, each ending in a newline)")
+    return listed
+
+
+def manifest_files(manifest: dict[str, Any], what: str = MANIFEST) -> dict[str, str]:
+    """The files a manifest lists, path -> sha256 (IntegrityError when `files` is not such a list)."""
+    entries = manifest.get("files")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("path"), str)
+                                                and isinstance(e.get("sha256"), str) for e in entries):
+        raise IntegrityError(f"{what} lists no files to check; rebuild the bundle")
+    return {e["path"]: e["sha256"] for e in entries}
+
+
+def check_files(bundle: Path, manifest: dict[str, Any]) -> int:
+    """An unsigned bundle's integrity: every file SHA256SUMS lists is present, inside the bundle and
+    unchanged; SHA256SUMS and the manifest list the same files with the same sha256 (a bundle of
+    several: each model's manifest too); nothing else is in the folder. The number of files checked."""
+    listed = read_sums(bundle)
+    root = bundle.resolve()
+    for name, digest in sorted(listed.items()):
+        path = (bundle / name).resolve()
+        if root not in path.parents:
+            raise IntegrityError(f"{SUMS} names a path outside the bundle: {name}")
+        if not path.is_file():
+            raise IntegrityError(f"missing file: {name}")
+        if sha256_file(path) != digest:
+            raise IntegrityError(f"checksum mismatch: {name} was modified after packaging")
+    recorded = manifest_files(manifest)
+    for path, digest in recorded.items():
+        if listed.get(path) != digest:
+            raise IntegrityError(f"manifest and {SUMS} disagree about {path}")
+    for name in sorted(set(listed) - set(recorded) - {MANIFEST, SIGNATURE}):
+        raise IntegrityError(f"{name} is in {SUMS} but not in {MANIFEST}; refusing to run it (rebuild the bundle)")
+    for name, folder in (members(bundle) or {}).items():
+        # each member's manifest names its files from its own folder (blobs by ../../blobs/<sha256>/...)
+        for entry_path, digest in manifest_files(read_manifest(folder), f"{name}'s {MANIFEST}").items():
+            path = posixpath.normpath(posixpath.join(folder.relative_to(bundle).as_posix(), entry_path))
+            if listed.get(path) != digest:
+                raise IntegrityError(f"{name}'s manifest and {SUMS} disagree about {path}")
+    refuse_unlisted(bundle, set(listed) | {SUMS}, SUMS)
+    return len(listed)
 
 
 def check_signature(bundle: Path, public_key_path: Path | None) -> dict[str, Any]:
@@ -339,7 +467,7 @@ class Runner:
         pixels), or a text for text-to-text models."""
         return encoder_feeds(self.io, self.tokenizer, raw)
 
-    def encoded(self, feeds: dict[str, np.ndarray]) -> Decoder:
+    def encoded(self, feeds: dict[str, np.ndarray]) -> "Decoder":
         """The decoder reading the encoder's output for `feeds`."""
         assert self.encoder is not None and self.decoder is not None
         return encoded(self.encoder, self.decoder, feeds)
@@ -372,7 +500,7 @@ class Decoder:
         self.context_feeds: dict[str, np.ndarray] = {}   # encoder-decoders: the encoder's output, bound
         self.encoder_length = 0
 
-    def bind(self, hidden: np.ndarray, mask: np.ndarray | None = None) -> Decoder:
+    def bind(self, hidden: np.ndarray, mask: "np.ndarray | None" = None) -> "Decoder":
         """This decoder reading one input's encoder output (`hidden`, [1, length, size]; `mask` for
         text encoders, whose padding the decoder must not attend to)."""
         bound = copy.copy(self)

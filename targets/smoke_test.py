@@ -5,8 +5,10 @@
 
 0. with a public key configured (--public-key, or $PACKAGER_PUBLIC_KEY): the publisher's
    signature over manifest.json and every file's sha256 in it; an unsigned bundle, one signed
-   with another key, or one altered after signing fails;
-1. every file's checksum against SHA256SUMS and the manifest;
+   with another key, one altered after signing, or one holding a file the signed manifest does
+   not list fails;
+1. every file's checksum against SHA256SUMS and the manifest, and nothing else in the folder
+   (no file, link or folder that they do not list: a virtual environment goes outside it);
 2. load the model with the target's providers (falling back to CPU where they are missing,
    and saying so);
 3. run the sample inputs (texts go through the shipped tokenizer) and compare with the fp32
@@ -27,68 +29,44 @@ The last line is the verdict: `PASS`, or `FAIL: <reason>`. Exit code 0 only on p
 Depends on onnxruntime, numpy and the standard library (and tokenizers for text models).
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import posixpath
+# No `from __future__ import annotations`: it imports the module `__future__` at run time, before the
+# lines below could take the bundle's folder off sys.path.
 import sys
-from pathlib import Path
-from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+if __name__ == "__main__" and sys.path and not getattr(sys.flags, "safe_path", False):
+    # `python smoke_test.py` puts this file's folder first on sys.path: a numpy.py or json.py added to
+    # the bundle would be imported before the check below could refuse it. Nothing is imported from
+    # the bundle's folder; run.py is read from its file.
+    del sys.path[0]
 sys.dont_write_bytecode = True  # leave the bundle exactly as its checksums say
 
-import run  # noqa: E402  (the runner beside this file)
+import argparse  # noqa: E402
+import json  # noqa: E402
+import types  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
-SUMS = "SHA256SUMS"
+HERE = Path(__file__).resolve().parent
+
+
+def _load_runner() -> types.ModuleType:
+    """The run.py beside this file, compiled from its source: never a cached .pyc from __pycache__ (a
+    file no checksum covers), and without this folder on sys.path."""
+    path = HERE / "run.py"
+    module = types.ModuleType("run")
+    module.__file__ = str(path)
+    sys.modules["run"] = module   # before it runs: its dataclasses look their module up by name
+    exec(compile(path.read_bytes(), str(path), "exec"), module.__dict__)
+    return module
+
+
+run = _load_runner()
+
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 class SmokeFailure(Exception):
     pass
-
-
-def check_files(bundle: Path, manifest: dict[str, Any]) -> int:
-    """Every file listed in SHA256SUMS is present, inside the bundle and unchanged; the manifest
-    agrees with SHA256SUMS; nothing unlisted sits beside them."""
-    sums_path = bundle / SUMS
-    if not sums_path.is_file():
-        raise SmokeFailure(f"{SUMS} is missing")
-    listed: dict[str, str] = {}
-    for line in sums_path.read_text(encoding="utf-8").splitlines():
-        digest, _, name = line.partition("  ")
-        if not name:
-            raise SmokeFailure(f"malformed line in {SUMS}: {line!r}")
-        listed[name] = digest
-    root = bundle.resolve()
-    for name, digest in sorted(listed.items()):
-        path = (bundle / name).resolve()
-        if root not in path.parents:
-            raise SmokeFailure(f"{SUMS} names a path outside the bundle: {name}")
-        if not path.is_file():
-            raise SmokeFailure(f"missing file: {name}")
-        if run.sha256_file(path) != digest:
-            raise SmokeFailure(f"checksum mismatch: {name} was modified after packaging")
-    for entry in manifest["files"]:
-        if listed.get(entry["path"]) != entry["sha256"]:
-            raise SmokeFailure(f"manifest and {SUMS} disagree about {entry['path']}")
-    for name, folder in (run.members(bundle) or {}).items():
-        # each member's manifest names its files from its own folder (blobs by ../../blobs/<sha256>/...)
-        for entry in run.read_manifest(folder)["files"]:
-            path = posixpath.normpath(posixpath.join(folder.relative_to(bundle).as_posix(), entry["path"]))
-            if listed.get(path) != entry["sha256"]:
-                raise SmokeFailure(f"{name}'s manifest and {SUMS} disagree about {path}")
-    # A virtual environment made inside the bundle folder (the README's `python3 -m venv .venv`) is
-    # the user's, not the bundle's: any folder holding a pyvenv.cfg is skipped, as is bytecode.
-    venvs = [p.parent for p in bundle.glob("*/pyvenv.cfg")]
-    present = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*")
-               if p.is_file() and "__pycache__" not in p.parts and not any(v in p.parents for v in venvs)}
-    unlisted = sorted(present - set(listed) - {SUMS})
-    if unlisted:
-        raise SmokeFailure(f"unlisted file in the bundle: {unlisted[0]}")
-    return len(listed)
 
 
 def check_generation(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -180,9 +158,9 @@ def smoke(bundle: Path, public_key: Path | None = None) -> dict[str, Any]:
     try:
         report["signature"] = run.check_signature(bundle, public_key)
         manifest = run.read_manifest(bundle)
-    except ValueError as e:  # SignatureError, or a manifest that is not a JSON object
+        report["files_checked"] = run.check_files(bundle, manifest)
+    except ValueError as e:  # SignatureError, IntegrityError, or a manifest that is not a JSON object
         raise SmokeFailure(str(e)) from None
-    report["files_checked"] = check_files(bundle, manifest)
 
     # Measured in this process, as the app would run: reset the kernel's high-water mark, load, run.
     run.reset_peak()

@@ -78,15 +78,13 @@ def test_outlier_channel_is_smoothed_and_every_matmul_quantized(tmp_path: Path) 
     assert result.quantized_nodes >= 2
     assert any(n.op_type == "Mul" and n.input[0] == "x" for n in shipped.graph.node)  # x * (1/s) before ffn1
 
-    # It is what makes int8 keep the answers: against plain dynamic int8 on the same model.
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(src, tmp_path / "plain.onnx", per_channel=True, weight_type=QuantType.QInt8)
+    # What packager guarantees is its own recipe's agreement with fp32, on any CPU. Plain dynamic int8 is no
+    # fixed baseline: on AVX2 without VNNI its u8 x s8 kernel saturates 16-bit pair sums on this outlier
+    # (cosine under 0.95), while AVX512-VNNI hosts accumulate in 32 bits and keep it (0.9997), so the test
+    # does not assert how plain int8 fares.
     ids = np.random.default_rng(1).integers(0, VOCAB, (1, 24)).astype(np.int64)
-    reference = run(src, ids)
-    ours = cosine(run(tmp_path / "int8.onnx", ids), reference)
-    plain = cosine(run(tmp_path / "plain.onnx", ids), reference)
-    assert ours > 0.995 > 0.95 > plain, (ours, plain)
+    ours = cosine(run(tmp_path / "int8.onnx", ids), run(src, ids))
+    assert ours > 0.995, ours
 
 
 def test_smoothing_computes_the_same_function_in_float(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from packager.manifest import build as build_manifest
 from packager.mobile import write_examples
 from packager.runtime_files import copy_runtime, family_requirements, runner, signing_requirements
 
-SUMS = "SHA256SUMS"
+SUMS = runner().SUMS
 MiB = 2**20
 
 
@@ -51,7 +51,7 @@ recipe `{ctx.recipe_name}`.
 
 On the device ({p.os.name}, Python {p.os.python}):
 
-    python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt
+    {venv_command(ctx.bundle_name)}
     python smoke_test.py          # checksums, load, sample outputs, peak memory; last line PASS or FAIL
     {run_example}
 
@@ -61,6 +61,13 @@ On the device ({p.os.name}, Python {p.os.python}):
   budget {p.budget.memory_bytes / MiB:.0f} MiB.
 - Execution providers, in order: {', '.join(p.runtime.providers)} (missing ones fall back to CPU).
 {_phone_readme(ctx)}{_gpu_readme(ctx)}"""
+
+
+def venv_command(bundle_name: str) -> str:
+    """The device's install line. The virtual environment lives outside the bundle folder: the smoke test
+    refuses any file in that folder that the bundle does not list (SECURITY.md)."""
+    venv = f"~/venvs/{bundle_name}"
+    return f"python3 -m venv {venv} && . {venv}/bin/activate && pip install -r requirements.txt"
 
 
 def run_arguments(io: dict[str, Any], samples: str = "samples") -> str:
