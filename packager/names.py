@@ -5,8 +5,8 @@ A name is a *plain file name*: 1 to MAX_NAME ASCII letters, digits, '.', '-', '_
 letter, digit or '_'. So it is one path component (no '/', no '\\', never '.' or '..'), it cannot pass for
 an option (a leading '-' or '+') or hide itself (a leading '.'), and it holds no control character, no
 right-to-left mark and no look-alike letter. '+' joins the names of a bundle of several models
-("whisper+minilm"). With the target's name and ".tar.gz" and the publishing step's temporary suffix, a
-bundle's file name stays far below the 255 bytes file systems allow.
+("whisper+minilm"). A bundle's file name, <model>-<target>.tar.gz, is then at most 208 bytes, and 225 with
+the publishing step's temporary prefix and suffix: below the 255 file systems allow.
 
 Two ways in, one rule:
   check_name   a name the user typed (a profile's `name`, --name): refused unless it is plain;
