@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from packager.errors import ExitCode, PackagerError
+from packager.names import check_name
 
 if TYPE_CHECKING:
     from packager.cache import StageCache
@@ -221,6 +222,7 @@ def package(model: PathLike | Sequence[PathLike], target: str | None = None, *, 
         raise PackagerError("--fit auto chooses the recipe itself; drop --recipe or --fit.", ExitCode.USAGE)
     if smoke not in (None, "host", "emulate"):
         raise PackagerError(f"--smoke {smoke!r} is not a mode; use --smoke host or --smoke emulate.", ExitCode.USAGE)
+    check_bundle_name(name)
     source_date_epoch()  # a malformed SOURCE_DATE_EPOCH fails now, not after the work
     spec = input_spec(shapes, values)
     reporter = _reporter(progress)
@@ -254,6 +256,12 @@ def package(model: PathLike | Sequence[PathLike], target: str | None = None, *, 
                 tempfile.TemporaryDirectory(prefix="packager-key-") as tmp:
             smoked = run_smoke(ctx.archive, emulate=smoke == "emulate", public_key=_smoke_key(sign_key, Path(tmp)))
     return PackageResult.from_context(ctx, smoked, smoke, sign_key)
+
+
+def check_bundle_name(name: str | None) -> None:
+    """--name names the archive and the staging folder: a plain file name (packager/names.py), or no bundle."""
+    if name is not None:
+        check_name(name, "--name", ExitCode.USAGE, "choose a name of those characters")
 
 
 def _model_list(model: PathLike | Sequence[PathLike]) -> list[str]:

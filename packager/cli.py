@@ -129,7 +129,7 @@ def package(
     fit: str | None = typer.Option(None, "--fit", help="auto: try the profile's recipes, most precise first, until one fits."),
     smoke: str | None = typer.Option(None, "--smoke", help="Then run the bundle's smoke test: host (this machine) or emulate (qemu, arm64 targets)."),
     sign: Path | None = typer.Option(None, "--sign", help="Sign the bundle's manifest with this Ed25519 private key (from `packager keygen`)."),
-    name: str | None = typer.Option(None, "--name", help="Bundle name (default: from the model; with --adapter, <base>-<adapter folder>)."),
+    name: str | None = typer.Option(None, "--name", help="Bundle name: letters, digits, '.', '-', '_', '+', at most 100 (default: from the model; with --adapter, <base>-<adapter folder>)."),
     adapter: str | None = typer.Option(None, "--adapter", help="A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors), or sample:tiny-llama-lora, merged into MODEL's weights before export."),
     eval_file: str | None = typer.Option(None, "--eval", help="A JSONL file of your own cases (decoders: prompt/expected/match; encoders: anchor/positive/negative): verify fails (exit 4) when the packaged model scores more than the profile's eval_tolerance below fp32."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickled weights (.bin), loaded with torch's weights-only loader."),
@@ -162,6 +162,7 @@ def package(
     def prepare() -> list[str] | None:
         options["shapes"] = _parse_pairs(shape, "--shape", _dims)
         options["values"] = _parse_pairs(value, "--value", float)
+        _api().check_bundle_name(name)   # once, before any target's work
         if report is not None:
             from packager.stages.bundle import check_output_dir
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.errors import ExitCode, PackagerError, did_you_mean
+from packager.names import check_name
 from packager.paths import profiles_dir
 
 Scalar = str | int | float | bool
@@ -221,6 +222,9 @@ def _invalid(where: str, key: str, problem: str) -> PackagerError:
 def _check_values(p: Profile, where: str) -> None:
     from packager.recipes import RECIPES  # late: recipes import onnx machinery
 
+    # The name becomes a file name (<model>-<name>.tar.gz, the staging folder): a plain one, or a
+    # profile could write, or delete, outside the output folder.
+    check_name(p.name, f"{where}: key 'name'", ExitCode.BAD_PROFILE, "fix the profile")
     positive = {
         "device.cores": p.device.cores,
         "device.ram_bytes": p.device.ram_bytes,

@@ -36,6 +36,7 @@ from packager.errors import ExitCode, PackagerError
 from packager.estimate import Estimate, combine
 from packager.gpu import unmeasured_gpu_bytes, write_container_files
 from packager.manifest import SCHEMA_VERSION, built_at, memory_record
+from packager.names import MAX_NAME, check_name, joined_name
 from packager.profiles import Profile
 from packager.runtime_files import copy_runtime, runner
 from packager.signing import manifest_entry as signature_entry
@@ -87,8 +88,8 @@ def member_names(contexts: list[Context]) -> list[str]:
         assert ctx.source is not None
         base = ctx.name or ctx.source.name
         name, n = base, 2
-        while name in names:
-            name, n = f"{base}-{n}", n + 1
+        while name in names:   # numbered within MAX_NAME: the name stays plain
+            name, n = f"{base[:MAX_NAME - len(str(n)) - 1]}-{n}", n + 1
         names.append(name)
     return names
 
@@ -262,9 +263,11 @@ def together(contexts: list[Context], name: str, folder: Path, measure: bool = T
 def build(contexts: list[Context], name: str | None, out: Path, sign_key: Path | None = None,
           progress: Callable[[str], None] = lambda line: None) -> Suite:
     """The bundle of the packaged `contexts`, judged against the budget together, archived into
-    OUT/<name>-<target>.tar.gz (name: the models' names joined by "+" unless given). With `sign_key`, its
-    top manifest is signed: it lists every file's sha256, the models' manifests and the blobs included."""
-    name = name or "+".join(member_names(contexts))
+    OUT/<name>-<target>.tar.gz (name: the models' names joined by "+", cut to MAX_NAME, unless given). With
+    `sign_key`, its top manifest is signed: it lists every file's sha256, the models' manifests and the blobs
+    included."""
+    # The folder and the archive are named from it: a plain file name (package() refused any other --name).
+    name = check_name(name, "--name", ExitCode.USAGE) if name is not None else joined_name(member_names(contexts))
     with tempfile.TemporaryDirectory(prefix="packager-suite-") as tmp:
         folder = Path(tmp) / f"{name}-{contexts[0].profile.name}"
         folder.mkdir()

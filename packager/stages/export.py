@@ -732,11 +732,12 @@ def _export_hf_cached(ctx: Context, out: Path) -> None:
     else:
         inputs = cache_inputs(ctx)
         fetched = ctx.stage_cache.fetch("export", inputs, out)
-        if fetched.status == "hit" and fetched.data and isinstance(fetched.data.get("io"), dict):
+        io = fetched.data.get("io") if fetched.status == "hit" and fetched.data else None
+        if isinstance(io, dict) and _components_known(io):
             ctx.cache["export"] = "hit"
-            ctx.io = fetched.data["io"]
+            ctx.io = io
             return
-        if fetched.status == "hit":  # an entry without its io description: built by a broken run
+        if fetched.status == "hit":  # an entry without a sound io description: built by a broken run, or edited
             shutil.rmtree(out)
             fetched.status, fetched.problem = "corrupt", "no io description"
         ctx.cache["export"] = fetched.status
@@ -753,6 +754,16 @@ def _export_hf_cached(ctx: Context, out: Path) -> None:
         problem = ctx.stage_cache.store("export", cache_inputs(ctx), out, {"io": ctx.io})
         if problem:
             ctx.cache_notes.append(f"export: {problem}")
+
+
+def _components_known(io: dict[str, Any]) -> bool:
+    """Whether a cached io description's components are the ones an export makes, by the names it gives
+    them: their names and files become paths in the work folder, so an edited entry must not name others."""
+    components = io.get("components", {})
+    if not isinstance(components, dict):
+        return False
+    return all(name in SEQ2SEQ_COMPONENTS and isinstance(c, dict) and c.get("export") == SEQ2SEQ_COMPONENTS[name]
+               and c.get("merges", list(SEQ2SEQ_MERGED)) == list(SEQ2SEQ_MERGED) for name, c in components.items())
 
 
 def run(ctx: Context) -> None:

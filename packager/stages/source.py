@@ -12,6 +12,7 @@ import onnx
 from packager import adapter as lora
 from packager.context import Context, Source
 from packager.errors import ExitCode, PackagerError
+from packager.names import derive_name
 from packager.samples import resolve_adapter_sample, resolve_sample
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
@@ -100,7 +101,7 @@ def _hf_folder(path: Path, allow_pickle: bool) -> Source:
         pickled = True
     files = [p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts]
     name = path.name if path.name != "model" else path.parent.name
-    return Source("huggingface", path, _bundle_name(name), tuple(sorted(files)),
+    return Source("huggingface", path, derive_name(name), tuple(sorted(files)),
                   hash_files(path, files), task=task, architecture=arch, pickled=pickled)
 
 
@@ -159,12 +160,7 @@ def _onnx_file(path: Path) -> Source:
     if not model.graph.node:
         raise _bad(f"{path}: the ONNX graph is empty; re-export the model.")
     files = [path.resolve(), *external_data_files(path, model)]
-    return Source("onnx", path, _bundle_name(path.stem), tuple(files), hash_files(path.parent.resolve(), files))
-
-
-def _bundle_name(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-.")
-    return cleaned or "model"
+    return Source("onnx", path, derive_name(path.stem), tuple(files), hash_files(path.parent.resolve(), files))
 
 
 def resolve(spec: str, name: str | None = None, allow_pickle: bool = False) -> Source:
@@ -201,8 +197,8 @@ def existing(spec: str) -> Path:
 
 
 def _renamed(source: Source, name: str) -> Source:
-    return replace(source, name=_bundle_name(name))
-
+    # --name comes checked (api.check_bundle_name), a sample's name is packager's: derive_name keeps them.
+    return replace(source, name=derive_name(name))
 
 
 def with_adapter(source: Source, spec: str, name: str | None, allow_pickle: bool) -> Source:
@@ -224,8 +220,8 @@ def with_adapter(source: Source, spec: str, name: str | None, allow_pickle: bool
     if name:
         bundle = source.name
     else:
-        own = _bundle_name(adapter.name)
-        bundle = own if own.startswith(source.name) else f"{source.name}-{own}"
+        own = derive_name(adapter.name, "adapter")
+        bundle = own if own.startswith(source.name) else derive_name(f"{source.name}-{own}")
     return replace(source, name=bundle, adapter=adapter, merge_method=lora.default_method())
 
 
