@@ -685,11 +685,17 @@ def _exported(spec: str, tmp: Path, profile: Any) -> Path:
 
 
 def _bundle_summary(manifest: Path) -> dict[str, Any] | None:
+    """The bundle's name, target, recipe and runtime; None when it has no manifest or one without them.
+    A manifest that is not JSON is a damaged bundle (exit 5), as everywhere else."""
+    from packager.stages.source import read_json
+
+    if not manifest.is_file():
+        return None
+    m = read_json(manifest, "the bundle is damaged: rebuild it")
     try:
-        m = json.loads(manifest.read_text(encoding="utf-8"))
         return {"name": m["name"], "target": m["target"], "recipe": m["recipe"]["name"],
                 "runtime": f"{m['runtime']['package']}=={m['runtime']['version']}"}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None
 
 
