@@ -16,6 +16,10 @@ from packager.errors import ExitCode, PackagerError
 
 OPEN_DIM_BATCH = 1     # the first open dimension: a batch of one, as a device runs
 OPEN_DIM_OTHER = 16    # other open dimensions: a short sequence
+# numpy kinds packager fills (bool, signed, unsigned, float): not strings (object arrays, which no
+# .npz holds without pickle), complex, or ml_dtypes' bfloat16 / float8 / int4 (kind "V", which
+# onnxruntime's Python API does not take).
+SAMPLE_KINDS = "biuf"
 # No sample tensor may be larger than the target's memory budget (the device could not hold it), or
 # than this without a target: a model's declared shape of 10**12 is refused, not allocated.
 MAX_SAMPLE_BYTES = 4 * 2**30
@@ -76,6 +80,11 @@ def _tensor(inp: dict[str, Any], spec: InputSpec, rng: np.random.Generator,
         raise PackagerError(f"model input {inp['name']!r} is not a tensor; packager cannot make samples for it.",
                             ExitCode.BAD_INPUT)
     dtype = np.dtype(inp["dtype"])
+    if dtype.kind not in SAMPLE_KINDS:
+        kind = "string" if dtype.kind == "O" else dtype.name
+        raise PackagerError(f"model input {inp['name']!r} takes {kind} tensors, which packager cannot make samples of "
+                            "(it makes bool, integer, float16, float32 and float64 ones); re-export the model to take "
+                            "one of those, e.g. with a Cast inside the graph.", ExitCode.BAD_INPUT)
     shape = _shape(inp, spec)
     _check_size(inp["name"], shape, dtype, inp["name"] in spec.shapes, budget_bytes)
     if inp["name"] in spec.values:

@@ -135,6 +135,11 @@ CATALOGUE: dict[str, Case] = {
     # Element types: one no ONNX defines, and UNDEFINED.
     "elem-999": Case(lambda t: identity(t / "m" / "model.onnx", elem=999), SOURCE, 5, ("'x'", "element type 999")),
     "elem-0": Case(lambda t: identity(t / "m" / "model.onnx", elem=0), ("package",), 5, ("'x'", "not a tensor")),
+    # Types ONNX defines but packager cannot make samples of (strings cannot go into an .npz without pickle).
+    "elem-string": Case(lambda t: identity(t / "m" / "model.onnx", elem=TensorProto.STRING), SAMPLES, 5,
+                        ("'x'", "string tensors", "re-export")),
+    "elem-bfloat16": Case(lambda t: identity(t / "m" / "model.onnx", elem=TensorProto.BFLOAT16), ("package",), 5,
+                          ("'x'", "bfloat16 tensors", "re-export")),
     # External data whose offset or length is not a byte count, or that lies outside the model's folder.
     "offset-abc": Case(lambda t: with_external_data(t / "m", offset="abc"), SOURCE, 5, ("'w'", "offset", "'abc'")),
     "offset-negative": Case(lambda t: with_external_data(t / "m", offset="-5"), SOURCE, 5, ("'w'", "offset", "'-5'")),
