@@ -12,14 +12,15 @@ nearest pyproject.toml, the target profile, defaults.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from packager.errors import ExitCode, PackagerError
+from packager.errors import ExitCode, PackagerError, disk_full
 from packager.names import check_name
 
 if TYPE_CHECKING:
@@ -30,6 +31,24 @@ if TYPE_CHECKING:
     from packager.smoke import SmokeResult
 
 PathLike = str | os.PathLike[str]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _disk_full_is_output(fn: F) -> F:
+    """A write that ran out of space anywhere inside `fn` (a work folder in TMPDIR, a recipe's
+    temporary files) raises the one OUTPUT error (exit 9) that names the folder."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            full = disk_full(e)
+            if full is None:
+                raise
+            raise full from e
+
+    return wrapper  # type: ignore[return-value]
 
 
 def mixed_record(ctx: Context) -> dict[str, Any] | None:
@@ -191,6 +210,7 @@ class SuiteResult(_Smoked):
                 "smoke": self.smoke, "signature": self.signature, "cache": self.cache, "timings_s": self.timings_s}
 
 
+@_disk_full_is_output
 def package(model: PathLike | Sequence[PathLike], target: str | None = None, *, out: PathLike | None = None,
             recipe: str | None = None,
             budget: str | int | None = None, context: int | None = None, calibration: PathLike | None = None,
@@ -351,6 +371,7 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name
         smoke_result=smoked)
 
 
+@_disk_full_is_output
 def check(model: PathLike | Sequence[PathLike], target: str | None = None, *, budget: str | int | None = None,
           recipe: str | None = None, context: int | None = None, measure: bool = True, allow_pickle: bool = False,
           shapes: Mapping[str, Sequence[int]] | None = None, values: Mapping[str, float] | None = None,
@@ -390,6 +411,7 @@ def check(model: PathLike | Sequence[PathLike], target: str | None = None, *, bu
                 for b in built.blobs if len(b.used_by) > 1])
 
 
+@_disk_full_is_output
 def plan(config: PathLike, target: str | None = None, *, precisions: Sequence[str] | None = None,
          contexts: Sequence[int | str] | None = None, kv_bits: int | None = None,
          budget: str | int | None = None) -> Plan:

@@ -40,7 +40,7 @@ def calibration_inputs(ctx: Context, tokenizer_bundle: Path) -> tuple[list[dict[
         return [rt.encode(tokenizer, t, names) for t in texts], what
     if path is None:
         spec = InputSpec(ctx.input_spec.shapes, ctx.input_spec.values, DEFAULT_TENSOR_SETS)
-        return make_inputs(ctx.io["inputs"], spec, first_seed=_SEED), \
+        return make_inputs(ctx.io["inputs"], spec, first_seed=_SEED, budget_bytes=ctx.profile.budget.memory_bytes), \
             f"built-in ({DEFAULT_TENSOR_SETS} inputs made from the signature)"
     feeds = _read_npz(path, [i["name"] for i in ctx.io["inputs"]])
     return feeds, f"{path} ({len(feeds)} input sets)"

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from packager import __version__
-from packager.errors import ExitCode, PackagerError
+from packager.errors import ExitCode, PackagerError, disk_full
 
 app = typer.Typer(
     add_completion=False,
@@ -55,10 +55,6 @@ def _fail(message: str, code: int, as_json: bool) -> NoReturn:
 def _guarded(fn: Callable[[], Any], *, debug: bool, as_json: bool) -> Any:
     try:
         return fn()
-    except PackagerError as e:
-        if debug:
-            traceback.print_exc()
-        _fail(e.message, e.code, as_json)
     except KeyboardInterrupt:
         _interrupted(as_json)
     except typer.Exit:
@@ -66,7 +62,8 @@ def _guarded(fn: Callable[[], Any], *, debug: bool, as_json: bool) -> Any:
     except Exception as e:
         if debug:
             traceback.print_exc()
-        _fail(f"internal error ({type(e).__name__}: {e}); rerun with --debug and report it.", ExitCode.INTERNAL, as_json)
+        message, code = _error(e)
+        _fail(message, code, as_json)
 
 
 def _parse_pairs(items: list[str], option: str, convert: Callable[[str], Any]) -> dict[str, Any]:
@@ -272,6 +269,8 @@ def _package_many(model: list[str], targets: list[str], options: dict[str, Any],
 
 
 def _error(e: Exception) -> tuple[str, int]:
+    """The sentence and exit code for any failure: a PackagerError's own, a full disk's, or a bug's."""
+    e = disk_full(e) or e
     if isinstance(e, PackagerError):
         return e.message, int(e.code)
     return f"internal error ({type(e).__name__}: {e}); rerun with --debug and report it.", int(ExitCode.INTERNAL)
@@ -686,11 +685,17 @@ def _exported(spec: str, tmp: Path, profile: Any) -> Path:
 
 
 def _bundle_summary(manifest: Path) -> dict[str, Any] | None:
+    """The bundle's name, target, recipe and runtime; None when it has no manifest or one without them.
+    A manifest that is not JSON is a damaged bundle (exit 5), as everywhere else."""
+    from packager.stages.source import read_json
+
+    if not manifest.is_file():
+        return None
+    m = read_json(manifest, "the bundle is damaged: rebuild it")
     try:
-        m = json.loads(manifest.read_text(encoding="utf-8"))
         return {"name": m["name"], "target": m["target"], "recipe": m["recipe"]["name"],
                 "runtime": f"{m['runtime']['package']}=={m['runtime']['version']}"}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return None
 
 

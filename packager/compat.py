@@ -237,27 +237,6 @@ def parameters(model: onnx.ModelProto) -> int:
     return walk(model.graph)
 
 
-def size_on_disk(path: Path, model: onnx.ModelProto) -> int:
-    """The model file and the external data files it names."""
-    locations = set()
-
-    def walk(graph: onnx.GraphProto) -> None:
-        for t in graph.initializer:
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                locations.update(e.value for e in t.external_data if e.key == "location")
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    walk(attr.g)
-                for g in attr.graphs:
-                    walk(g)
-
-    walk(model.graph)
-    folder = path.resolve().parent
-    extra = [folder / loc for loc in sorted(locations)]
-    return path.stat().st_size + sum(f.stat().st_size for f in extra if f.is_file())
-
-
 # ---------------------------------------------------------------------------------------------
 # The check
 
@@ -520,9 +499,12 @@ class Inspection:
 def inspect(path: Path, profiles: list[Profile], model: str | None = None) -> Inspection:
     """Signature, size, parameters, opsets, operators, and compatibility with each profile's runtime."""
     from packager.stages.export import signature  # onnx only
+    from packager.stages.source import read_onnx
 
-    proto = load(path)
+    # The refusals `packager package` gives (an empty graph, data outside the model's folder) come first.
+    proto, files = read_onnx(path)
     facts = facts_of(proto, path.name)
     inputs, outputs = signature(path)
-    return Inspection(model or str(path), path, inputs, outputs, parameters(proto), size_on_disk(path, proto), facts,
+    size = sum(f.stat().st_size for f in files)   # the model file and the external data it reads
+    return Inspection(model or str(path), path, inputs, outputs, parameters(proto), size, facts,
                       [check(facts, p) for p in profiles])

@@ -542,14 +542,17 @@ def signature(model_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, An
     model = onnx.load(model_path, load_external_data=False)
     initializers = {i.name for i in model.graph.initializer}
 
-    def describe(v: onnx.ValueInfoProto) -> dict[str, Any]:
+    def describe(v: onnx.ValueInfoProto, kind: str) -> dict[str, Any]:
         t = v.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+        if t.elem_type not in onnx.TensorProto.DataType.values():
+            raise PackagerError(f"model {kind} {v.name!r} has element type {t.elem_type}, which no ONNX "
+                                "version defines; re-export the model.", ExitCode.BAD_INPUT)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "unknown"
         return {"name": v.name, "dtype": dtype, "shape": dims}
 
-    return ([describe(v) for v in model.graph.input if v.name not in initializers],
-            [describe(v) for v in model.graph.output])
+    return ([describe(v, "input") for v in model.graph.input if v.name not in initializers],
+            [describe(v, "output") for v in model.graph.output])
 
 
 def _max_length(folder: Path) -> int:

@@ -37,7 +37,7 @@ def run(ctx: Context) -> None:
         ctx.texts = family_texts("decoder")
         ctx.sample_inputs = [decoder.feeds(tokenizer.encode(t).ids, decoder.empty_past(), 0) for t in ctx.texts]
     else:
-        ctx.sample_inputs = make_inputs(ctx.io["inputs"], ctx.input_spec)
+        ctx.sample_inputs = make_inputs(ctx.io["inputs"], ctx.input_spec, budget_bytes=ctx.profile.budget.memory_bytes)
     folder = ctx.stage_dir / "samples"
     folder.mkdir()
     rt.save_samples(folder / "inputs.npz", ctx.sample_inputs)

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -76,12 +77,7 @@ def task_for(architectures: list[str], where: Path, model_type: str = "") -> tup
 
 def _hf_folder(path: Path, allow_pickle: bool) -> Source:
     config_path = path / "config.json"
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise _bad(f"{config_path}: invalid JSON ({e.msg} at line {e.lineno}); fix or replace the file.") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise _bad(f"{config_path}: cannot read it ({e}); check its permissions.") from None
+    config = read_json(config_path, "fix or replace the file")
     if not isinstance(config, dict):
         raise _bad(f"{config_path}: not a model configuration (expected a JSON object).")
     task, arch = task_for(config.get("architectures") or [], path, str(config.get("model_type", "")))
@@ -105,6 +101,21 @@ def _hf_folder(path: Path, allow_pickle: bool) -> Source:
                   hash_files(path, files), task=task, architecture=arch, pickled=pickled)
 
 
+def read_json(path: Path, fix: str) -> Any:
+    """A JSON file the user gave (a config.json, a bundle's manifest.json); exit 5 naming it, and
+    ending with `fix`, when it cannot be read or parsed (nesting too deep for the parser included)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise _bad(f"{path}: invalid JSON ({e.msg} at line {e.lineno}); {fix}.") from None
+    except RecursionError:
+        raise _bad(f"{path}: JSON nested too deeply for packager to read; {fix}.") from None
+    except UnicodeDecodeError:
+        raise _bad(f"{path}: not UTF-8 text, so not JSON; {fix}.") from None
+    except OSError as e:
+        raise _bad(f"{path}: cannot read it ({e.strerror or e}); check its permissions.") from None
+
+
 def check_safetensors(path: Path) -> None:
     """The header parses and every tensor's bytes lie inside the file: a truncated download or a
     corrupt file is named here, not deep inside the exporter."""
@@ -119,7 +130,7 @@ def check_safetensors(path: Path) -> None:
         ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
     except OSError as e:
         raise _bad(f"{path}: cannot read it ({e.strerror or e}); check its permissions.") from None
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as e:
         raise _bad(f"{path}: corrupt safetensors ({e}); re-download or re-save the weights.") from None
     needed = 8 + length + max(ends, default=0)
     if needed > size:
@@ -128,29 +139,47 @@ def check_safetensors(path: Path) -> None:
 
 
 def external_data_files(model_path: Path, model: onnx.ModelProto) -> list[Path]:
-    """The external data files an ONNX model references, each checked to lie inside its folder."""
-    folder = model_path.parent.resolve()
+    """The external data files an ONNX model references, each checked to lie inside its folder (the
+    folder of the file itself, when `model_path` is a symlink) and to hold its tensors' bytes. Each
+    is returned as that folder / its location, the name the model reads it by."""
+    folder = model_path.resolve().parent
     files = set()
     for tensor in onnx.external_data_helper._get_all_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
         target = (folder / location).resolve()
         if Path(location).is_absolute() or folder not in target.parents:
-            raise _bad(f"{model_path}: external data {location!r} points outside the model's folder; "
-                       "refusing to read it. Keep the data file beside the model.")
+            raise _bad(f"{model_path}: external data {location!r} points outside the model's folder, so packager "
+                       "will not read it; keep the data file beside the model.")
         if not target.is_file():
             raise _bad(f"{model_path}: external data file {location!r} is missing; copy it next to the model.")
-        info = {e.key: e.value for e in tensor.external_data}
-        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        end = _byte_count(model_path, tensor, info, "offset") + _byte_count(model_path, tensor, info, "length")
         if end > target.stat().st_size:
             raise _bad(f"{model_path}: external data file {location!r} is truncated (tensor {tensor.name!r} ends at "
                        f"byte {end}, the file has {target.stat().st_size}); copy the complete file.")
-        files.add(target)
+        files.add(folder / location)
     return sorted(files)
 
 
-def _onnx_file(path: Path) -> Source:
+def _byte_count(model_path: Path, tensor: onnx.TensorProto, info: dict[str, str], key: str) -> int:
+    """A tensor's external data `offset` or `length`: a whole number of bytes, 0 or more (0 when absent)."""
+    value = info.get(key, "0")
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise _bad(f"{model_path}: tensor {tensor.name!r} gives its external data {key} as {value!r}, which is not a "
+                   "byte count (a whole number, 0 or more); re-export the model.")
+    return count
+
+
+def read_onnx(path: Path) -> tuple[onnx.ModelProto, list[Path]]:
+    """An ONNX file the user named (a symlink: the file it points to), without its weights, and the
+    external data files it reads; refused (exit 5) unless it is a readable, non-empty model whose
+    data lies beside it. package, check and inspect all take models through here."""
     try:
         model = onnx.load(path, load_external_data=False)
     except OSError as e:
@@ -159,8 +188,13 @@ def _onnx_file(path: Path) -> Source:
         raise _bad(f"{path}: not a valid ONNX model ({type(e).__name__}); re-export or re-download it.") from None
     if not model.graph.node:
         raise _bad(f"{path}: the ONNX graph is empty; re-export the model.")
-    files = [path.resolve(), *external_data_files(path, model)]
-    return Source("onnx", path, derive_name(path.stem), tuple(files), hash_files(path.parent.resolve(), files))
+    return model, [path.resolve(), *external_data_files(path, model)]
+
+
+def _onnx_file(path: Path) -> Source:
+    _, files = read_onnx(path)
+    # Paths relative to the folder of the file itself: a symlink's own folder may be anywhere.
+    return Source("onnx", path, derive_name(path.stem), tuple(files), hash_files(files[0].parent, files))
 
 
 def resolve(spec: str, name: str | None = None, allow_pickle: bool = False) -> Source:
