@@ -99,7 +99,8 @@ def _check_sizes(archive: Path, members: list[tarfile.TarInfo], dest: Path) -> N
         raise PackagerError(f"{archive}: its entries declare {declared / 2**30:.1f} GiB, more than a bundle archive "
                             f"of this size unpacks to (at most {limit / 2**30:.1f} GiB); refusing to unpack it. "
                             "Rebuild or re-download the bundle.", ExitCode.BAD_INPUT)
-    free = shutil.disk_usage(dest).free
+    existing = next(p for p in (dest, *dest.parents) if p.exists())  # extraction makes `dest` when missing
+    free = shutil.disk_usage(existing).free
     if declared > free:
         raise PackagerError(f"{dest}: {declared / 2**20:.0f} MiB are needed to unpack {archive.name} and "
                             f"{free / 2**20:.0f} MiB are free; free some space or point TMPDIR elsewhere.",

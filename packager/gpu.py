@@ -8,6 +8,7 @@ leaves, and the Dockerfile that runs the bundle's smoke test on the device's own
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,16 @@ def trt_workspace(profile: Profile, memory: dict[str, Any]) -> dict[str, Any] | 
     return result
 
 
+def image_name(bundle: str) -> str:
+    """The bundle's name as a Docker image name, which takes lowercase letters, digits and `._-` only
+    (a bundle of several models is called `a+b`; a model folder may hold capitals)."""
+    return re.sub(r"[^a-z0-9._-]", "-", bundle.lower()).strip("._-") or "bundle"
+
+
 def dockerfile(bundle: str, profile: Profile) -> str:
     text = (targets_dir() / "jetson" / "Dockerfile.template").read_text(encoding="utf-8")
-    values = {"base_image": profile.os.container, "bundle": bundle, "target": profile.name, "os": profile.os.name,
-              "python": profile.os.python}
+    values = {"base_image": profile.os.container, "bundle": bundle, "image": image_name(bundle),
+              "target": profile.name, "os": profile.os.name, "python": profile.os.python}
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
     assert "{{" not in text, "Dockerfile.template has a placeholder without a value"

@@ -77,3 +77,16 @@ def test_runner_applies_session_config_entries_and_makes_the_engine_cache(tmp_pa
     options = rt.provider_options(["TensorrtExecutionProvider", "CPUExecutionProvider"],
                                   {"TensorrtExecutionProvider": {"trt_engine_cache_enable": True}}, tmp_path)
     assert Path(options[0]["trt_engine_cache_path"]).is_dir()
+
+
+def test_the_docker_image_name_is_one_docker_accepts() -> None:
+    """A bundle of several models is called `a+b`, and a model folder may hold capitals: Docker's image names
+    take neither (lowercase letters, digits and separators, starting with a letter or digit)."""
+    import re
+
+    from packager.gpu import image_name
+
+    for bundle, image in (("minilm+silero-vad-jetson-orin-nano", "minilm-silero-vad-jetson-orin-nano"),
+                          ("My_Model-jetson-agx-orin", "my_model-jetson-agx-orin"), ("_x.", "x"), ("+", "bundle")):
+        assert image_name(bundle) == image
+        assert re.fullmatch(r"[a-z0-9]+(?:[._-]+[a-z0-9]+)*", image)

@@ -17,7 +17,7 @@ from typing import Any
 from packager.archive import write_archive
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
-from packager.gpu import trt_workspace, write_container_files
+from packager.gpu import image_name, trt_workspace, write_container_files
 from packager.manifest import build as build_manifest
 from packager.mobile import write_examples
 from packager.runtime_files import copy_runtime, family_requirements, runner, signing_requirements
@@ -146,8 +146,8 @@ the GPU path was not exercised.
         text += f"""
 In a container on the device (Docker with the NVIDIA runtime; base image `{p.os.container}`):
 
-    docker build -t {ctx.bundle_name} .
-    docker run --rm --runtime nvidia -v {ctx.bundle_name}-cache:/cache {ctx.bundle_name}    # the smoke test; engines cached in the volume
+    docker build -t {image_name(ctx.bundle_name)} .
+    docker run --rm --runtime nvidia -v {image_name(ctx.bundle_name)}-cache:/cache {image_name(ctx.bundle_name)}    # the smoke test; engines cached in the volume
 """
     return text
 
