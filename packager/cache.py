@@ -11,7 +11,8 @@ Layout, under $PACKAGER_CACHE_DIR/stages (default ~/.cache/packager/stages):
 
 `key` is the sha256 of the canonical JSON of the inputs. An entry is assembled in a temporary
 folder beside it (`.partial-<pid>-...`) and renamed into place once meta.json is written, so an
-entry is complete or absent; a killed run's partial folder is swept by the next run. An entry is
+entry is complete or absent; a killed run's partial folder is swept by the next run
+(packager/leftovers.py). An entry is
 used only after each of its files has been read back against meta.json while being copied into the
 run's work folder: a truncated or modified entry is removed and rebuilt, never used. The cache is an
 optimisation only: a cache that cannot be written costs the next run the work, never this one.
@@ -23,12 +24,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from packager.emulate import cache_dir
+from packager.leftovers import CACHE_PARTIAL, cache_partial, sweep
 
 LAYOUT = 1                 # part of every key: bump it when an entry's layout changes
 META = "meta.json"
@@ -93,8 +94,8 @@ class StageCache:
         tmp: Path | None = None
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            _sweep_partials(entry.parent)
-            tmp = Path(tempfile.mkdtemp(prefix=f".partial-{os.getpid()}-", dir=entry.parent))
+            sweep(entry.parent, CACHE_PARTIAL)
+            tmp = cache_partial(entry.parent)
             files = _copy_hashed(folder, tmp / FILES)
             meta = {"key": key, "stage": stage, "inputs": inputs, "data": data, "files": files}
             (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -185,16 +186,3 @@ def _discard(entry: Path) -> None:
         aside = entry
     shutil.rmtree(aside, ignore_errors=True)
 
-
-def _sweep_partials(folder: Path) -> None:
-    """Remove temporary folders whose process is gone (a killed run's leftovers)."""
-    for path in folder.glob(".partial-*"):
-        try:
-            pid = int(path.name.split("-")[1])
-            if pid == os.getpid():
-                continue
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
-            pass

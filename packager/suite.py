@@ -24,7 +24,6 @@ import hashlib
 import json
 import posixpath
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import Estimate, combine
 from packager.gpu import unmeasured_gpu_bytes, write_container_files
+from packager.leftovers import temp_folder
 from packager.manifest import SCHEMA_VERSION, built_at, memory_record
 from packager.profiles import Profile
 from packager.runtime_files import copy_runtime, runner
@@ -262,7 +262,7 @@ def build(contexts: list[Context], name: str | None, out: Path, sign_key: Path |
     OUT/<name>-<target>.tar.gz (name: the models' names joined by "+" unless given). With `sign_key`, its
     top manifest is signed: it lists every file's sha256, the models' manifests and the blobs included."""
     name = name or "+".join(member_names(contexts))
-    with tempfile.TemporaryDirectory(prefix="packager-suite-") as tmp:
+    with temp_folder("suite") as tmp:
         folder = Path(tmp) / f"{name}-{contexts[0].profile.name}"
         folder.mkdir()
         suite = together(contexts, name, folder, progress=progress)
