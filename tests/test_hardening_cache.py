@@ -1,14 +1,17 @@
-"""Issue 17: a killed run's leftovers (a half-written bundle in --out, a work folder in TMPDIR) are
-swept by the next run, a live run's never."""
+"""Issue 17: a damaged stage cache entry is a miss, swept and rebuilt with one warning; a killed run's
+leftovers (a half-written bundle in --out, a work folder in TMPDIR) are swept by the next run, a live
+run's never."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +20,152 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_cli
+from packager.cache import BadMeta, StageCache, key_of, parse_meta
 from packager.leftovers import (BUNDLE_PARTIAL, CACHE_PARTIAL, WORK_FOLDER, bundle_partial, cache_partial, temp_folder,
                                 work_folder)
+
+# ---------------------------------------------------------------- the stage cache's meta.json
+
+
+@dataclass(frozen=True)
+class CleanRun:
+    cache: Path        # PACKAGER_CACHE_DIR after one run: holds the export's entry
+    stdout: str        # the verdict line
+    table: list[str]   # the estimate table (stderr, after the stage lines)
+
+
+def _check(model: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    return run_cli("check", str(model), "--target", "rpi5", "--no-measure",
+                   env={"PACKAGER_NO_CACHE": "", "PACKAGER_CACHE_DIR": str(cache)})
+
+
+def _table(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("  ")]
+
+
+def _export_entry(cache: Path) -> Path:
+    (entry,) = [p for p in (cache / "stages" / "export").iterdir() if not p.name.startswith(".")]
+    return entry
+
+
+@pytest.fixture(scope="module")
+def clean_run(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> CleanRun:
+    cache = tmp_path_factory.mktemp("clean-cache")
+    proc = _check(tiny_bert, cache)
+    assert proc.returncode == 0, proc.stderr
+    return CleanRun(cache, proc.stdout, _table(proc.stderr))
+
+
+def _damage(meta: Path, how: str) -> None:
+    text = meta.read_text()
+    if how == "empty-list":
+        meta.write_text("[]")
+    elif how == "deep":
+        meta.write_text("[" * 200_000 + "]" * 200_000)
+    elif how == "truncated":
+        meta.write_text(text[: len(text) // 2])
+    elif how == "wrong-types":
+        record = json.loads(text)
+        record["files"]["model.onnx"]["size"] = str(record["files"]["model.onnx"]["size"])
+        meta.write_text(json.dumps(record))
+    else:  # edited data.io: still valid JSON of the right shape, but not what was stored
+        record = json.loads(text)
+        record["data"]["io"]["max_length"] = 7
+        meta.write_text(json.dumps(record))
+
+
+WHY = {"empty-list": "its meta.json is not an object of key, stage, inputs, data, files, content",
+       "deep": "its meta.json is nested too deeply",
+       "truncated": "its meta.json is not JSON (",
+       "wrong-types": "its meta.json's record of 'model.onnx' is not a sha256 and a size",
+       "edited-data-io": "its meta.json does not match its recorded content sha256 (edited)"}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["empty-list", "deep", "truncated", "wrong-types", "edited-data-io"])
+def test_a_damaged_meta_json_is_a_miss_swept_and_rebuilt(tiny_bert: Path, clean_run: CleanRun, tmp_path: Path,
+                                                         how: str) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(clean_run.cache, cache)
+    entry = _export_entry(cache)
+    clean_meta = parse_meta((entry / "meta.json").read_text())
+    _damage(entry / "meta.json", how)
+    proc = _check(tiny_bert, cache)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("export: ")]
+    assert len(warnings) == 1, proc.stderr
+    assert warnings[0].startswith(f"export: damaged cache entry {entry}: {WHY[how]}")
+    assert warnings[0].endswith("; removed it and exported again")
+    assert "(damaged cache entry rebuilt)" in proc.stderr  # the export's stage line
+    # The result is a clean run's, and the entry is whole again, with the data a clean run stored.
+    assert proc.stdout == clean_run.stdout
+    assert _table(proc.stderr) == clean_run.table
+    rebuilt = parse_meta((_export_entry(cache) / "meta.json").read_text())
+    assert rebuilt.key == clean_meta.key and rebuilt.data == clean_meta.data
+    assert [p.name for p in (cache / "stages" / "export").iterdir()] == [entry.name]  # nothing aside, no partial
+
+
+def _stored(tmp_path: Path) -> tuple[StageCache, dict, Path]:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(b"weights" * 100)
+    cache = StageCache(tmp_path / "c")
+    inputs = {"stage": "export", "opset": 17}
+    assert cache.store("export", inputs, folder, {"io": {"kind": "tensor", "inputs": []}}) == ""
+    return cache, inputs, cache.entry("export", key_of(inputs)) / "meta.json"
+
+
+def _edit(meta: Path, change) -> None:
+    record = json.loads(meta.read_text())
+    change(record)
+    meta.write_text(json.dumps(record))
+
+
+EDITS = {
+    "empty-list": lambda m: m.write_text("[]"),
+    "deep-list": lambda m: m.write_text("[" * 200_000 + "]" * 200_000),
+    "deep-object": lambda m: m.write_text('{"a":' * 200_000 + "1" + "}" * 200_000),
+    "truncated": lambda m: m.write_text(m.read_text()[:40]),
+    "not-utf8": lambda m: m.write_bytes(b"\xff\xfe{}"),
+    "key-not-hex": lambda m: _edit(m, lambda r: r.update(key="x" * 64)),
+    "data-a-list": lambda m: _edit(m, lambda r: r.update(data=[])),
+    "size-a-bool": lambda m: _edit(m, lambda r: r["files"]["model.onnx"].update(size=True)),
+    "path-escapes": lambda m: _edit(m, lambda r: r["files"].update({"../x": r["files"]["model.onnx"]})),
+    "extra-field": lambda m: _edit(m, lambda r: r.update(extra=1)),
+    "no-content": lambda m: _edit(m, lambda r: r.pop("content")),
+    "edited-data": lambda m: _edit(m, lambda r: r["data"]["io"].update(kind="text")),
+    "edited-inputs": lambda m: _edit(m, lambda r: r["inputs"].update(opset=18)),
+}
+
+
+@pytest.mark.parametrize("how", sorted(EDITS))
+def test_a_meta_json_that_is_not_its_record_is_corrupt_and_removed(tmp_path: Path, how: str) -> None:
+    cache, inputs, meta = _stored(tmp_path)
+    EDITS[how](meta)
+    with pytest.raises(BadMeta) as e:
+        parse_meta(meta.read_bytes().decode("utf-8", "replace"))
+    assert "\n" not in str(e.value) and len(str(e.value)) < 300
+    fetched = cache.fetch("export", inputs, tmp_path / "dest")
+    assert fetched.status == "corrupt" and str(meta.parent) in fetched.problem and "\n" not in fetched.problem
+    assert not meta.parent.exists() and not (tmp_path / "dest").exists()
+    assert cache.fetch("export", inputs, tmp_path / "dest").status == "miss"
+
+
+def test_an_entry_without_the_data_its_stage_needs_is_corrupt_and_removed(tmp_path: Path) -> None:
+    cache, inputs, meta = _stored(tmp_path)
+    fetched = cache.fetch("export", inputs, tmp_path / "dest", lambda data: "" if "tokens" in data else "no tokens")
+    assert fetched.status == "corrupt" and fetched.problem.endswith("no tokens")
+    assert not meta.parent.exists() and not (tmp_path / "dest").exists()
+
+
+def test_store_replaces_a_damaged_entry_and_keeps_a_whole_one(tmp_path: Path) -> None:
+    cache, inputs, meta = _stored(tmp_path)
+    meta.write_text("[" * 200_000)  # damaged where fetch has not seen it yet: store replaces it
+    assert cache.store("export", inputs, tmp_path / "out", {"io": {"kind": "tensor", "inputs": []}}) == ""
+    assert parse_meta(meta.read_text()).data == {"io": {"kind": "tensor", "inputs": []}}
+    assert cache.fetch("export", inputs, tmp_path / "dest").status == "hit"
+
 
 # ---------------------------------------------------------------- a killed run's leftovers
 
