@@ -1,6 +1,6 @@
-"""Issue 17: a damaged stage cache entry is a miss, swept and rebuilt with one warning; a killed run's
-leftovers (a half-written bundle in --out, a work folder in TMPDIR) are swept by the next run, a live
-run's never."""
+"""Issue 17 (items 3, 4, 8): a damaged stage cache entry is a miss, swept and rebuilt with one warning;
+a tokenizer.json that does not load is a bad input named up front; a killed run's leftovers (a
+half-written bundle in --out, a work folder in TMPDIR) are swept by the next run, a live run's never."""
 
 from __future__ import annotations
 
@@ -165,6 +165,26 @@ def test_store_replaces_a_damaged_entry_and_keeps_a_whole_one(tmp_path: Path) ->
     assert cache.store("export", inputs, tmp_path / "out", {"io": {"kind": "tensor", "inputs": []}}) == ""
     assert parse_meta(meta.read_text()).data == {"io": {"kind": "tensor", "inputs": []}}
     assert cache.fetch("export", inputs, tmp_path / "dest").status == "hit"
+
+
+# ---------------------------------------------------------------- a tokenizer.json that does not load
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_a_malformed_tokenizer_json_is_a_bad_input(tiny_bert: Path, tmp_path: Path, value: bool) -> None:
+    folder = tmp_path / "my-model"
+    shutil.copytree(tiny_bert, folder)
+    tokenizer = folder / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text()[:200])
+    extra = ["--value", "input_ids=1", "--value", "token_type_ids=0"] if value else []
+    proc = run_cli("package", "my-model", "--target", "rpi5", "--out", "dist", *extra, cwd=tmp_path)
+    assert proc.returncode == 5, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: my-model/tokenizer.json: cannot load the tokenizer (")
+    assert error.endswith("); fix or remove the file.")
+    assert "✓ export" not in proc.stderr  # refused before any work
+    assert not (tmp_path / "dist").exists()
 
 
 # ---------------------------------------------------------------- a killed run's leftovers
