@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.errors import ExitCode, PackagerError
+from packager.leftovers import temp_folder
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -391,8 +392,6 @@ def _merge_arithmetic(base: Path, adapter: Adapter, dest: Path) -> None:
 
 def _merge_peft(base: Path, adapter: Adapter, dest: Path) -> None:
     """peft's own merge: the base model loaded in fp32, the adapter applied, merge_and_unload()."""
-    import tempfile
-
     import torch
     import transformers
     from peft import PeftModel
@@ -401,7 +400,7 @@ def _merge_peft(base: Path, adapter: Adapter, dest: Path) -> None:
     arch = (config.get("architectures") or ["AutoModel"])[0]
     model_class = getattr(transformers, arch, None) or transformers.AutoModel
     model = model_class.from_pretrained(str(base), dtype=torch.float32, local_files_only=True)
-    with tempfile.TemporaryDirectory(prefix="packager-adapter-") as tmp:
+    with temp_folder("adapter") as tmp:
         folder = adapter.path
         if adapter.weights.suffix != ".safetensors":   # peft would unpickle it itself: hand it safetensors
             from safetensors.torch import save_file

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from packager.errors import ExitCode, PackagerError, disk_full
+from packager.leftovers import temp_folder
 from packager.names import check_name
 
 if TYPE_CHECKING:
@@ -273,7 +273,7 @@ def package(model: PathLike | Sequence[PathLike], target: str | None = None, *, 
 
         assert ctx.archive is not None
         with reporter.stage(f"smoke ({smoke})", ctx.timings), \
-                tempfile.TemporaryDirectory(prefix="packager-key-") as tmp:
+                temp_folder("key") as tmp:
             smoked = run_smoke(ctx.archive, emulate=smoke == "emulate", public_key=_smoke_key(sign_key, Path(tmp)))
     return PackageResult.from_context(ctx, smoked, smoke, sign_key)
 
@@ -339,7 +339,7 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name
     if sign is not None:
         load_private_key(sign)  # a bad key fails before minutes of work, not after
     stage_cache = _cache(cache)
-    with tempfile.TemporaryDirectory(prefix="packager-models-") as tmp:
+    with temp_folder("models") as tmp:
         contexts = _each_model(models, reporter, Path(tmp), lambda model, folder: run_pipeline(
             model, settings, reporter=reporter, fit_auto=fit == "auto", allow_pickle=allow_pickle, context=context,
             stage_cache=stage_cache, member_dir=folder))
@@ -352,7 +352,7 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name
     if smoke is not None:
         from packager.smoke import run_smoke
 
-        with reporter.stage(f"smoke ({smoke})", timings), tempfile.TemporaryDirectory(prefix="packager-key-") as key:
+        with reporter.stage(f"smoke ({smoke})", timings), temp_folder("key") as key:
             smoked = run_smoke(built.archive, emulate=smoke == "emulate", public_key=_smoke_key(sign, Path(key)))
     return SuiteResult(
         archive=built.archive, bundle=built.archive.name.removesuffix(".tar.gz"), target=settings.profile.name,
@@ -394,7 +394,7 @@ def check(model: PathLike | Sequence[PathLike], target: str | None = None, *, bu
 
     _check_several(models, {"--shape": shapes, "--value": values}, "check")
     stage_cache = _cache(cache)
-    with tempfile.TemporaryDirectory(prefix="packager-check-") as tmp:
+    with temp_folder("check") as tmp:
         contexts = _each_model(models, reporter, Path(tmp), lambda model, folder: run_check(
             model, settings, context=context, measure=measure, reporter=reporter, allow_pickle=allow_pickle,
             stage_cache=stage_cache, member_dir=folder))

@@ -6,14 +6,17 @@ opset and the tool versions, none of which differ between targets of the same op
 
 Layout, under $PACKAGER_CACHE_DIR/stages (default ~/.cache/packager/stages):
 
-    <stage>/<key>/meta.json     the key's inputs, the stage's data, and every file's sha256 and size
+    <stage>/<key>/meta.json     the key's inputs, the stage's data, every file's sha256 and size, and
+                                the sha256 of all that (`content`)
     <stage>/<key>/files/...     the stage's output folder
 
 `key` is the sha256 of the canonical JSON of the inputs. An entry is assembled in a temporary
 folder beside it (`.partial-<pid>-...`) and renamed into place once meta.json is written, so an
-entry is complete or absent; a killed run's partial folder is swept by the next run. An entry is
-used only after each of its files has been read back against meta.json while being copied into the
-run's work folder: a truncated or modified entry is removed and rebuilt, never used. The cache is an
+entry is complete or absent; a killed run's partial folder is swept by the next run
+(packager/leftovers.py). An entry is used only after its meta.json has parsed into a `Meta` whose
+`content` matches what it holds (so an edited `data` is caught as surely as an edited file), and
+each of its files has been read back against it while being copied into the run's work folder: a
+damaged, truncated or modified entry is removed and rebuilt, never used. The cache is an
 optimisation only: a cache that cannot be written costs the next run the work, never this one.
 """
 
@@ -22,18 +25,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from packager.emulate import cache_dir
+from packager.leftovers import CACHE_PARTIAL, cache_partial, sweep
 
-LAYOUT = 1                 # part of every key: bump it when an entry's layout changes
+LAYOUT = 2                 # part of every key: bump it when an entry's layout changes (2: `content`)
 META = "meta.json"
 FILES = "files"
 CHUNK = 1 << 20
+META_LIMIT = 64 << 20      # a stage's data is an io description (kilobytes): a larger meta.json is damage
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def default_root() -> Path:
@@ -46,6 +53,82 @@ def cache_disabled_by_env() -> bool:
 
 def key_of(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps({"layout": LAYOUT, **inputs}, sort_keys=True).encode()).hexdigest()
+
+
+class BadMeta(ValueError):
+    """An entry's meta.json is not a `Meta`: the entry is damaged."""
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What an entry's meta.json holds. `content` is the sha256 of the rest, so that an edit of any of
+    it (the stage's data, which no file hash covers) makes the entry damaged rather than used."""
+    key: str
+    stage: str
+    inputs: dict[str, Any]
+    data: dict[str, Any]
+    files: dict[str, FileRecord]
+    content: str
+
+    @staticmethod
+    def make(key: str, stage: str, inputs: dict[str, Any], data: dict[str, Any],
+             files: dict[str, FileRecord]) -> Meta:
+        return Meta(key, stage, inputs, data, files, _content(key, stage, inputs, data, files))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+
+
+def _content(key: str, stage: str, inputs: dict[str, Any], data: dict[str, Any],
+             files: Mapping[str, FileRecord]) -> str:
+    record = {"key": key, "stage": stage, "inputs": inputs, "data": data,
+              "files": {rel: asdict(f) for rel, f in files.items()}}
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def parse_meta(text: str) -> Meta:
+    """The `Meta` that `text` holds; BadMeta (a short reason) for anything else."""
+    try:
+        return _parse_meta(text)
+    except RecursionError:   # JSON nested deeper than Python's parser goes
+        raise BadMeta("its meta.json is nested too deeply") from None
+
+
+def _parse_meta(text: str) -> Meta:
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        raise BadMeta(f"its meta.json is not JSON ({e})") from None
+    fields = ("key", "stage", "inputs", "data", "files", "content")
+    if not isinstance(raw, dict) or sorted(raw) != sorted(fields):
+        raise BadMeta(f"its meta.json is not an object of {', '.join(fields)}")
+    key, stage, inputs, data, files, content = (raw[f] for f in fields)
+    if not (_is_sha256(key) and isinstance(stage, str) and isinstance(inputs, dict) and isinstance(data, dict)
+            and isinstance(files, dict) and _is_sha256(content)):
+        raise BadMeta("its meta.json has a field of the wrong type")
+    records = {rel: _file_record(rel, f) for rel, f in files.items()}
+    if _content(key, stage, inputs, data, records) != content:
+        raise BadMeta("its meta.json does not match its recorded content sha256 (edited)")
+    return Meta(key, stage, inputs, data, records, content)
+
+
+def _file_record(rel: str, raw: Any) -> FileRecord:
+    if not rel or rel.startswith("/") or any(part in ("", ".", "..") for part in rel.split("/")):
+        raise BadMeta(f"its meta.json names {rel!r}, which points outside the entry")
+    if not (isinstance(raw, dict) and sorted(raw) == ["sha256", "size"] and _is_sha256(raw["sha256"])
+            and type(raw["size"]) is int and raw["size"] >= 0):
+        raise BadMeta(f"its meta.json's record of {rel!r} is not a sha256 and a size")
+    return FileRecord(raw["sha256"], raw["size"])
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and SHA256.fullmatch(value) is not None
 
 
 @dataclass
@@ -62,44 +145,47 @@ class StageCache:
     def entry(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
-    def fetch(self, stage: str, inputs: dict[str, Any], dest: Path) -> Fetched:
+    def fetch(self, stage: str, inputs: dict[str, Any], dest: Path,
+              data_problem: Callable[[dict[str, Any]], str] = lambda data: "") -> Fetched:
         """Copy the entry's files into `dest` (created) and return its data, checking every byte
-        against the entry's manifest on the way. Leaves `dest` absent unless it is a hit."""
+        against the entry's manifest on the way. Leaves `dest` absent unless it is a hit.
+        `data_problem` says what is wrong with the data the stage needs ('' when nothing is)."""
         key = key_of(inputs)
         entry = self.entry(stage, key)
         if not entry.is_dir():
             return Fetched("miss")
         try:
-            meta = json.loads((entry / META).read_text(encoding="utf-8"))
-            if meta.get("key") != key or not isinstance(meta.get("files"), dict):
-                raise ValueError("its meta.json does not describe this entry")
-            _copy_verified(entry / FILES, dest, meta["files"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            meta = _read_meta(entry)
+            if meta.key != key or meta.stage != stage:
+                raise BadMeta("its meta.json describes another entry")
+            if problem := data_problem(meta.data):
+                raise BadMeta(problem)
+            _copy_verified(entry / FILES, dest, meta.files)
+        except (OSError, ValueError) as e:
             shutil.rmtree(dest, ignore_errors=True)
             if isinstance(e, OSError) and not _is_damage(e):
                 # Unreadable (permissions, I/O): not ours to delete; this run does the work itself.
                 return Fetched("miss", problem=f"cannot read the cache entry {entry} ({e.strerror or e})")
             _discard(entry)
-            return Fetched("corrupt", problem=str(e) or type(e).__name__)
-        return Fetched("hit", meta.get("data", {}))
+            return Fetched("corrupt", problem=f"{entry}: {e or type(e).__name__}")
+        return Fetched("hit", meta.data)
 
     def store(self, stage: str, inputs: dict[str, Any], folder: Path, data: dict[str, Any]) -> str:
         """Store a copy of `folder` and `data` under the inputs' key. Returns '' when stored (or
         another run stored it first), else why it could not be (the run goes on without)."""
         key = key_of(inputs)
         entry = self.entry(stage, key)
-        if _meta_key(entry) == key:
+        if _is_whole(entry, key):
             return ""  # another run stored it meanwhile: keep theirs (a reader may be copying it)
         tmp: Path | None = None
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
-            _sweep_partials(entry.parent)
-            tmp = Path(tempfile.mkdtemp(prefix=f".partial-{os.getpid()}-", dir=entry.parent))
+            sweep(entry.parent, CACHE_PARTIAL)
+            tmp = cache_partial(entry.parent)
             files = _copy_hashed(folder, tmp / FILES)
-            meta = {"key": key, "stage": stage, "inputs": inputs, "data": data, "files": files}
-            (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            (tmp / META).write_text(Meta.make(key, stage, inputs, data, files).to_json(), encoding="utf-8")
             tmp.chmod(0o755)  # mkdtemp's 0700 would lock out other users of a shared cache
-            if entry.exists() and _meta_key(entry) != key:
+            if entry.exists() and not _is_whole(entry, key):
                 _discard(entry)  # damaged: replace it
             try:
                 os.rename(tmp, entry)
@@ -123,16 +209,24 @@ def open_cache(setting: bool | str | os.PathLike[str] | None) -> StageCache | No
     return StageCache(Path(setting).expanduser())
 
 
-def _meta_key(entry: Path) -> str | None:
-    """The key a complete entry's meta.json names (None when absent or unreadable)."""
+def _read_meta(entry: Path) -> Meta:
+    with open(entry / META, "rb") as f:
+        raw = f.read(META_LIMIT + 1)
+    if len(raw) > META_LIMIT:
+        raise BadMeta(f"its meta.json is over {META_LIMIT >> 20} MiB")
+    return parse_meta(raw.decode("utf-8"))   # UnicodeDecodeError is a ValueError: damage too
+
+
+def _is_whole(entry: Path, key: str) -> bool:
+    """Whether `entry` holds a meta.json of `key` that parses (its files are checked when fetched)."""
     try:
-        return json.loads((entry / META).read_text(encoding="utf-8")).get("key")
-    except (OSError, ValueError, AttributeError):
-        return None
+        return _read_meta(entry).key == key
+    except (OSError, ValueError):
+        return False
 
 
-def _copy_hashed(src: Path, dest: Path) -> dict[str, dict[str, Any]]:
-    files: dict[str, dict[str, Any]] = {}
+def _copy_hashed(src: Path, dest: Path) -> dict[str, FileRecord]:
+    files: dict[str, FileRecord] = {}
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
         rel = path.relative_to(src).as_posix()
         out = dest / rel
@@ -144,20 +238,18 @@ def _copy_hashed(src: Path, dest: Path) -> dict[str, dict[str, Any]]:
                 h.update(chunk)
                 fout.write(chunk)
                 size += len(chunk)
-        files[rel] = {"sha256": h.hexdigest(), "size": size}
+        files[rel] = FileRecord(h.hexdigest(), size)
     return files
 
 
-def _copy_verified(src: Path, dest: Path, files: dict[str, dict[str, Any]]) -> None:
+def _copy_verified(src: Path, dest: Path, files: Mapping[str, FileRecord]) -> None:
     present = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file()) if src.is_dir() else []
     if present != sorted(files):
         missing = sorted(set(files) - set(present))
         extra = sorted(set(present) - set(files))
         raise ValueError(f"files {'missing: ' + ', '.join(missing) if missing else 'not in its manifest: ' + ', '.join(extra)}")
     dest.mkdir(parents=True)
-    for rel in sorted(files):
-        if "/../" in f"/{rel}/" or rel.startswith("/"):
-            raise ValueError(f"{rel!r} points outside the entry")
+    for rel in sorted(files):   # each a path inside the entry: parse_meta checked
         out = dest / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         h = hashlib.sha256()
@@ -167,7 +259,7 @@ def _copy_verified(src: Path, dest: Path, files: dict[str, dict[str, Any]]) -> N
                 h.update(chunk)
                 fout.write(chunk)
                 size += len(chunk)
-        if size != files[rel]["size"] or h.hexdigest() != files[rel]["sha256"]:
+        if size != files[rel].size or h.hexdigest() != files[rel].sha256:
             raise ValueError(f"{rel} does not match its recorded sha256 (truncated or modified)")
 
 
@@ -185,16 +277,3 @@ def _discard(entry: Path) -> None:
         aside = entry
     shutil.rmtree(aside, ignore_errors=True)
 
-
-def _sweep_partials(folder: Path) -> None:
-    """Remove temporary folders whose process is gone (a killed run's leftovers)."""
-    for path in folder.glob(".partial-*"):
-        try:
-            pid = int(path.name.split("-")[1])
-            if pid == os.getpid():
-                continue
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
-            pass

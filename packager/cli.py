@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from rich.table import Table
 
 from packager import __version__
 from packager.errors import ExitCode, PackagerError, disk_full
+from packager.leftovers import temp_folder
 
 app = typer.Typer(
     add_completion=False,
@@ -191,7 +191,7 @@ def package(
         return
     rows: list[dict[str, Any]] = []
     try:
-        with tempfile.TemporaryDirectory(prefix="packager-cache-") as tmp:
+        with temp_folder("cache") as tmp:
             # --no-cache: a cache for this run only, so that the targets still share one export.
             options["cache"] = Path(tmp) if no_cache or _cache_off() else True
             _package_many(model, targets, options, reporter, rows, debug=debug)
@@ -599,7 +599,7 @@ def inspect_model(
         from packager.profiles import builtin_profiles, resolve_target
 
         profiles = [resolve_target(t) for t in target] or list(builtin_profiles().values())
-        with tempfile.TemporaryDirectory(prefix="packager-inspect-") as tmp:
+        with temp_folder("inspect") as tmp:
             path, shown, bundle = _inspect_path(model, Path(tmp), profiles[0] if profiles else None)
             result = inspect_onnx(path, profiles, model=str(model))
         return result, shown, bundle

@@ -38,7 +38,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from packager.errors import ExitCode, PackagerError
+from packager.leftovers import CACHE_PARTIAL, cache_partial, sweep
 
 QEMU_BINARIES = ("qemu-aarch64-static", "qemu-aarch64")   # the static build first: it needs no host libs
 HOST_APT_SOURCES = (Path("/etc/apt/sources.list.d"), Path("/etc/apt/sources.list"))
@@ -242,8 +242,8 @@ def cached_entry(entry: Path, marker: str, build: Callable[[Path], None]) -> boo
     except OSError as e:
         raise PackagerError(f"{entry.parent}: cannot create the cache folder ({e.strerror or e}); set "
                             "PACKAGER_CACHE_DIR to a writable folder.", ExitCode.OUTPUT) from None
-    _sweep_partials(entry.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".partial-{os.getpid()}-{entry.name}-", dir=entry.parent))
+    sweep(entry.parent, CACHE_PARTIAL)
+    tmp = cache_partial(entry.parent, f"{entry.name}-")
     try:
         build(tmp)
         if not _complete(tmp / marker):
@@ -268,18 +268,6 @@ def _complete(marker: Path) -> bool:
         return True
     except (OSError, ValueError):
         return False
-
-
-def _sweep_partials(folder: Path) -> None:
-    """Remove temporary build folders whose process is gone (a killed run's leftovers)."""
-    for path in folder.glob(".partial-*"):
-        try:
-            pid = int(path.name.split("-")[1])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
-            pass
 
 
 # ---------------------------------------------------------------- userland

@@ -18,7 +18,6 @@ at 4 bits only).
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import onnx
 
 from packager.context import Context
 from packager.estimate import weight_bytes
+from packager.leftovers import temp_folder
 
 _BLOCK = re.compile(r"^[A-Za-z_]+\.\d+$")   # a path segment naming a repeated block: "layers.3", "h.0"
 _NBITS = ("MatMulNBits", "GatherBlockQuantized")
@@ -124,7 +124,7 @@ def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
     bytes4, bytes8 = layer_bytes(four), layer_bytes(eight)
     large = needs_external_data(src)
     ranking = []
-    with tempfile.TemporaryDirectory(prefix="packager-mixed-") as tmp:
+    with temp_folder("mixed") as tmp:
         for layer in bytes8:
             candidate = onnx.ModelProto()
             candidate.CopyFrom(four)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from packager.config import PackageSettings
 from packager.context import Context, InputSpec, silent
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import runtime_base
+from packager.leftovers import sweep_run_leftovers, work_folder
 from packager.progress import Reporter
 from packager.recipes import CALIBRATED, MIXED, parse_recipe
 from packager.stages import bundle, compat, export, fit, mobile, quantize, samples, source, verify
@@ -49,7 +49,8 @@ def _workspace(model: str, settings: PackageSettings, recipe_name: str, bundles:
     _check_calibration(options.get("calibration"), recipe_name, settings)
     if bundles:
         check_output_dir(settings.out.value)  # before minutes of work, not after
-    work_dir = Path(tempfile.mkdtemp(prefix="packager-"))
+    sweep_run_leftovers(settings.out.value if bundles else None)
+    work_dir = work_folder("work")
     try:
         explicit = not settings.recipe.origin.startswith("profile")
         yield Context(model, settings.profile, recipe_name, work_dir, settings.out.value, recipe_explicit=explicit,

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +19,7 @@ import numpy as np
 import onnx
 
 from packager.graphs import all_graphs
+from packager.leftovers import temp_folder
 from packager.profiles import Int4
 
 # Kernels that mean a node now computes in a quantized form.
@@ -97,7 +97,7 @@ def int8_dynamic(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     params: dict[str, Any] = {"per_channel": True, "weight_type": "QInt8", "reduce_range": False}
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice is noise here
     external = needs_external_data(src)
-    with tempfile.TemporaryDirectory(prefix="packager-int8-") as tmp:
+    with temp_folder("int8") as tmp:
         model, prepared = _prepare_for_int8(src, Path(tmp), external)
         params |= prepared
         quantize_dynamic(
@@ -221,7 +221,7 @@ def int8_dynamic_merged(parts: tuple[Path, ...], dst: Path, options: RecipeOptio
     """int8-dynamic for a merged decoder: the dynamic quantizer leaves If branches alone, so each unmerged
     graph is quantized on its own and merged again by optimum's merge_decoders, which keeps their
     (identical) int8 weights once."""
-    with tempfile.TemporaryDirectory(prefix="packager-int8-merged-") as tmp:
+    with temp_folder("int8-merged") as tmp:
         results = [int8_dynamic(part, Path(tmp) / part.name, options) for part in parts]
         model = _merge(onnx.load(Path(tmp) / parts[0].name), onnx.load(Path(tmp) / parts[1].name))
     save(model, dst, needs_external_data(parts[0]))
@@ -246,7 +246,7 @@ def _merge(first: onnx.ModelProto, cached: onnx.ModelProto) -> onnx.ModelProto:
 
     from optimum.onnx import merge_decoders
 
-    with tempfile.TemporaryDirectory(prefix="packager-merge-") as tmp:
+    with temp_folder("merge") as tmp:
         merge_decoders(first, cached, strict=False, save_path=str(Path(tmp) / "merged.onnx"))
         model = onnx.load(Path(tmp) / "merged.onnx")
     graph = model.graph

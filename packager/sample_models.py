@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from packager.errors import ExitCode, PackagerError
+from packager.leftovers import CACHE_PARTIAL, cache_partial, sweep
 
 # Bump when a builder changes what it writes: the new folder gets a new name.
 BUILD_VERSION = 1
@@ -114,7 +114,8 @@ def built_sample(name: str) -> Path:
         raise PackagerError(f"sample:{name} is built with torch and transformers, which are not installed; run: "
                             "pip install 'packager[hf]'.", ExitCode.MISSING_DEPENDENCY) from None
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    sweep(folder.parent, CACHE_PARTIAL)
+    tmp = cache_partial(folder.parent, f"{name}-")
     try:
         torch.manual_seed(0)
         _quiet_build(BUILDERS[name], tmp)

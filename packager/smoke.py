@@ -15,6 +15,7 @@ from typing import Any
 
 from packager.archive import extract_bundle
 from packager.errors import ExitCode, PackagerError
+from packager.leftovers import temp_folder
 from packager.runtime_files import runner
 
 SMOKE_TIMEOUT_S = 1800
@@ -54,7 +55,7 @@ def run_smoke(bundle: Path, python: str | None = None, emulate: bool = False,
 
         check_public_key(public_key)
     emulation = None
-    with tempfile.TemporaryDirectory(prefix="packager-smoke-") as tmp:
+    with temp_folder("smoke") as tmp:
         folder = bundle if bundle.is_dir() else extract_bundle(bundle, Path(tmp))
         if not (folder / "smoke_test.py").is_file():
             raise PackagerError(f"{bundle}: no smoke_test.py inside; this is not a packager bundle.", ExitCode.BAD_INPUT)

@@ -24,7 +24,6 @@ import hashlib
 import json
 import posixpath
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import Estimate, combine
 from packager.gpu import unmeasured_gpu_bytes, write_container_files
+from packager.leftovers import temp_folder
 from packager.manifest import SCHEMA_VERSION, built_at, memory_record
 from packager.names import MAX_NAME, check_name, joined_name
 from packager.profiles import Profile
@@ -268,7 +268,7 @@ def build(contexts: list[Context], name: str | None, out: Path, sign_key: Path |
     included."""
     # The folder and the archive are named from it: a plain file name (package() refused any other --name).
     name = check_name(name, "--name", ExitCode.USAGE) if name is not None else joined_name(member_names(contexts))
-    with tempfile.TemporaryDirectory(prefix="packager-suite-") as tmp:
+    with temp_folder("suite") as tmp:
         folder = Path(tmp) / f"{name}-{contexts[0].profile.name}"
         folder.mkdir()
         suite = together(contexts, name, folder, progress=progress)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,7 @@ def test_a_killed_runs_partial_entry_is_swept_and_a_failed_store_leaves_nothing(
     dead = root / "export" / ".partial-999999999-abc"  # no such process
     dead.mkdir(parents=True)
     (dead / "model.onnx").write_bytes(b"half")
+    os.utime(dead, (time.time() - 120, time.time() - 120))  # untouched for over a minute (leftovers.py)
     _store(root, tmp_path, {"stage": "export"})
     assert not dead.exists()
     # A cache that cannot be written costs nothing but the reuse: the run goes on.

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -203,7 +204,9 @@ def test_stale_partial_builds_are_swept(tmp_path: Path) -> None:
     live = tmp_path / f".partial-{os.getpid()}-userland-y"  # this process: still building
     dead.mkdir()
     live.mkdir()
-    emulate._sweep_partials(tmp_path)
+    for path in (dead, live):   # untouched for over a minute (leftovers.py)
+        os.utime(path, (time.time() - 120, time.time() - 120))
+    emulate.cached_entry(tmp_path / "userland", "done.json", lambda tmp: (tmp / "done.json").write_text("{}"))
     assert not dead.exists() and live.exists()
 
 

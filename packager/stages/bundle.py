@@ -18,6 +18,7 @@ from packager.archive import write_archive
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.gpu import image_name, trt_workspace, write_container_files
+from packager.leftovers import bundle_partial
 from packager.manifest import build as build_manifest
 from packager.mobile import write_examples
 from packager.runtime_files import copy_runtime, family_requirements, runner, signing_requirements
@@ -235,7 +236,7 @@ def publish(stage: Path, out: Path, name: str) -> Path:
     check_output_dir(out)
     created = not out.exists()
     final = out / f"{name}.tar.gz"
-    partial = out / f".{final.name}.partial-{os.getpid()}"
+    partial = bundle_partial(final)
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_archive(stage, partial)

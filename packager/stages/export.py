@@ -728,25 +728,29 @@ def lora_code() -> str:
     return str(adapter.__file__)
 
 
+def _io_problem(data: dict[str, Any]) -> str:
+    """What is wrong with a cached export's data: its io description is what a hit needs."""
+    io = data.get("io")
+    if not isinstance(io, dict):
+        return "its meta.json has no io description"
+    return "" if _components_known(io) else "its io description names components an export does not make"
+
+
 def _export_hf_cached(ctx: Context, out: Path) -> None:
     """The Hugging Face export, from the stage cache when an entry for the same inputs is there."""
     if ctx.stage_cache is None:
         ctx.cache["export"] = "off"
     else:
         inputs = cache_inputs(ctx)
-        fetched = ctx.stage_cache.fetch("export", inputs, out)
-        io = fetched.data.get("io") if fetched.status == "hit" and fetched.data else None
-        if isinstance(io, dict) and _components_known(io):
+        fetched = ctx.stage_cache.fetch("export", inputs, out, _io_problem)
+        if fetched.status == "hit":
+            assert fetched.data is not None
             ctx.cache["export"] = "hit"
-            ctx.io = io
+            ctx.io = fetched.data["io"]
             return
-        if fetched.status == "hit":  # an entry without a sound io description: built by a broken run, or edited
-            shutil.rmtree(out)
-            fetched.status, fetched.problem = "corrupt", "no io description"
         ctx.cache["export"] = fetched.status
         if fetched.status == "corrupt":
-            ctx.cache_notes.append(f"export: the cached export was damaged ({fetched.problem}); removed it and "
-                                   "exported again")
+            ctx.cache_notes.append(f"export: damaged cache entry {fetched.problem}; removed it and exported again")
         elif fetched.problem:
             ctx.cache_notes.append(f"export: {fetched.problem}")
     out.mkdir()

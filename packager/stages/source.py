@@ -95,6 +95,8 @@ def _hf_folder(path: Path, allow_pickle: bool) -> Source:
                        "convert them to safetensors, or pass --allow-pickle to load them with torch's "
                        "weights-only loader.")
         pickled = True
+    if (path / "tokenizer.json").is_file():
+        check_tokenizer(path / "tokenizer.json")
     files = [p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts]
     name = path.name if path.name != "model" else path.parent.name
     return Source("huggingface", path, derive_name(name), tuple(sorted(files)),
@@ -136,6 +138,21 @@ def check_safetensors(path: Path) -> None:
     if needed > size:
         raise _bad(f"{path}: truncated safetensors (the tensors need {needed} bytes, the file has {size}); "
                    "re-download the weights.")
+
+
+def check_tokenizer(path: Path) -> None:
+    """The tokenizer loads as the device loads it (the `tokenizers` library): a malformed one is named
+    here, rather than exported as a model without a tokenizer, fed random ids and blamed on them."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return  # the export needs it too, and says how to install it
+    try:
+        Tokenizer.from_file(str(path))
+    except Exception as e:  # the library raises bare Exceptions: a parse error, a missing field, an I/O error
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = reason if len(reason) <= 200 else reason[:200] + "..."
+        raise _bad(f"{path}: cannot load the tokenizer ({reason}); fix or remove the file.") from None
 
 
 def external_data_files(model_path: Path, model: onnx.ModelProto) -> list[Path]:
