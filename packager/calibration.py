@@ -48,9 +48,10 @@ def calibration_inputs(ctx: Context, tokenizer_bundle: Path) -> tuple[list[dict[
 
 def unused_calibration(recipe_name: str) -> PackagerError:
     """--calibration given for a recipe that does not calibrate."""
-    from packager.recipes import CALIBRATED
+    from packager.recipes import RECIPES
 
-    return PackagerError(f"--calibration is for the calibrated recipes ({', '.join(sorted(CALIBRATED))}); recipe "
+    calibrated = sorted(r.name for r in RECIPES.values() if r.needs_calibration)
+    return PackagerError(f"--calibration is for the calibrated recipes ({', '.join(calibrated)}); recipe "
                          f"{recipe_name} does not use it: drop it or use --recipe int8-static.", ExitCode.USAGE)
 
 

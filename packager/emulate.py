@@ -608,18 +608,24 @@ class Emulation:
         }
 
 
-def prepare(folder: Path, work: Path) -> Emulation:
-    """Everything the emulated run of the unpacked bundle `folder` needs; `work` is a scratch folder
-    outside the bundle (this run's -L prefix and the guest's HOME go there)."""
+def preflight(folder: Path) -> tuple[DeviceSpec, Path]:
+    """The bundle's device, and the qemu that emulates it: what must hold on this host before anything
+    of the bundle's is judged or installed (an environment or target problem is said first)."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise PackagerError(f"{folder}: cannot read manifest.json ({e}); rebuild the bundle with `packager package`.",
-                            ExitCode.BAD_INPUT) from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise PackagerError(f"{folder}: cannot read manifest.json ({type(e).__name__}); rebuild the bundle with "
+                            "`packager package`.", ExitCode.BAD_INPUT) from None
     device = DeviceSpec.from_manifest(manifest, str(folder))
     device.check_emulatable()
     assert device.debian
-    qemu = find_qemu()
+    return device, find_qemu()
+
+
+def prepare(folder: Path, work: Path) -> Emulation:
+    """Everything the emulated run of the unpacked bundle `folder` needs; `work` is a scratch folder
+    outside the bundle (this run's -L prefix and the guest's HOME go there)."""
+    device, qemu = preflight(folder)
     cpu = choose_cpu(device.cpu, device.isa, qemu_models(qemu))
     try:
         requirements = (folder / "requirements.txt").read_text(encoding="utf-8")

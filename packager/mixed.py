@@ -6,7 +6,7 @@ at 8 bits (MatMulNBits bits=8, the same blocks), the rest at 4. Sensitivity is m
 guessed: for each layer, a model with every layer at 8 bits but that one at 4 bits reads the
 reference's own generations (teacher-forced) on the user's eval cases and the sample prompts, and
 the mean KL divergence of its next-token distributions from the fp32 reference's is that layer's
-cost at 4 bits. The pipeline (packager/pipeline.py) then keeps the fewest most-sensitive layers
+cost at 4 bits. The search (packager/mixed_search.py) then keeps the fewest most-sensitive layers
 that pass verify's gates, found by bisection, and the fit stage judges the result's memory.
 
 A "layer" is a decoder block ("layers.3", "h.3": every MatMul inside it) or a named MatMul outside

@@ -59,8 +59,13 @@ def run_smoke(bundle: Path, python: str | None = None, emulate: bool = False,
         folder = bundle if bundle.is_dir() else extract_bundle(bundle, Path(tmp))
         if not (folder / "smoke_test.py").is_file():
             raise PackagerError(f"{bundle}: no smoke_test.py inside; this is not a packager bundle.", ExitCode.BAD_INPUT)
-        # Nothing of the bundle's runs before packager's own copy of the device's check has seen every
-        # file in the folder: listed, with its recorded sha256 (signed: in the signed manifest).
+        if emulate:
+            from packager.emulate import preflight
+
+            preflight(folder)  # no qemu, or a target that cannot be emulated: said before the bundle is judged
+        # Nothing of the bundle's runs (nor its requirements installed) before packager's own copy of the
+        # device's check has seen every file in the folder: listed, with its recorded sha256 (signed: in the
+        # signed manifest).
         failure, report = _check_before_running(folder, public_key)
         if failure:
             return SmokeResult(str(bundle), f"FAIL: {failure}", 1, report)

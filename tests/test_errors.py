@@ -3,6 +3,7 @@ no traceback, and nothing left in the output folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -403,7 +404,7 @@ def test_a_tool_failure_is_exit_10(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     def failing(*args: object) -> None:
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setitem(RECIPES, "int8-dynamic", failing)
+    monkeypatch.setitem(RECIPES, "int8-dynamic", dataclasses.replace(RECIPES["int8-dynamic"], apply=failing))
     out = tmp_path / "dist"
     proc = CliRunner().invoke(app, ["package", "sample:silero-vad", "--target", "rpi5", "--out", str(out)])
     assert proc.exit_code == 10, proc.output

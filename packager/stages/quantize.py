@@ -10,7 +10,7 @@ from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
 from packager.mixed import quantizations
 from packager.calibration import calibration_inputs, unused_calibration
-from packager.recipes import CALIBRATED, MERGED_RECIPES, MIXED, RECIPES, RecipeOptions, RecipeResult, parse_recipe
+from packager.recipes import RECIPES, RecipeOptions, RecipeResult, calibrated, parse_recipe, searched
 
 
 def run(ctx: Context) -> None:
@@ -19,17 +19,18 @@ def run(ctx: Context) -> None:
     model_dir.mkdir(parents=True)
     for f in ctx.tokenizer_files:
         shutil.copyfile(f, model_dir / f.name)
-    if MIXED in parse_recipe(ctx.recipe_name).values() and ctx.io["kind"] != "decoder":
-        what = "an encoder-decoder" if ctx.components else f"a {ctx.io['kind']} model"
-        raise PackagerError(f"recipe {MIXED} finds the layers of a decoder LLM that need 8 bits by what it generates; "
-                            f"this is {what}: use int4 or int8-dynamic instead.", ExitCode.USAGE)
+    what = "an encoder-decoder" if ctx.components else f"a {ctx.io['kind']} model"
+    for name in parse_recipe(ctx.recipe_name).values():
+        refusal = RECIPES[name].refuses(ctx.io["kind"], what)
+        if refusal is not None:
+            raise refusal
     if ctx.components:
         _run_components(ctx, model_dir)
         return
     dest = model_dir / "model.onnx"
     options = RecipeOptions(int4=ctx.profile.int4, keep_8bit=ctx.keep_8bit, progress=ctx.progress,
-                            nbits_dir=quantizations(ctx) if ctx.recipe_name == MIXED else None)
-    if ctx.recipe_name in CALIBRATED:
+                            nbits_dir=quantizations(ctx) if searched(ctx.recipe_name) else None)
+    if RECIPES[ctx.recipe_name].needs_calibration:
         feeds, where = calibration_inputs(ctx, ctx.stage_dir)
         options = dataclasses.replace(options, calibration=feeds, calibration_source=where)
     elif ctx.calibration is not None and not ctx.fit:  # --fit auto may try a calibrated recipe later
@@ -62,7 +63,9 @@ def _apply_merged(c: Component, options: RecipeOptions) -> RecipeResult:
     dangling; the dynamic quantizer leaves the branches unquantized)."""
     assert c.packaged is not None
     try:
-        return MERGED_RECIPES[c.recipe_name](c.parts, c.packaged, options)
+        merged = RECIPES[c.recipe_name].merged
+        assert merged is not None
+        return merged(c.parts, c.packaged, options)
     except PackagerError:
         raise
     except Exception as e:
@@ -77,10 +80,10 @@ def _run_components(ctx: Context, model_dir: Path) -> None:
     --fit auto and the export set it), into model/<its export's file name>. ctx.recipe sums them up
     for the readers of single-graph models; each component's own result is in its `recipe`."""
     chosen = parse_recipe(ctx.recipe_name)
-    if set(chosen.values()) & CALIBRATED:
-        raise PackagerError(f"recipe {ctx.recipe_name}: int8-static calibrates on the model's own inputs, which an "
-                            "encoder-decoder's decoder does not take from the samples; choose int8-dynamic, int4, "
-                            "fp16 or fp32 for its components.", ExitCode.USAGE)
+    if calibrated(chosen):
+        raise PackagerError(f"recipe {ctx.recipe_name}: {', '.join(calibrated(chosen))} calibrates on the model's "
+                            "own inputs, which an encoder-decoder's decoder does not take from the samples; choose "
+                            "int8-dynamic, int4, fp16 or fp32 for its components.", ExitCode.USAGE)
     if ctx.calibration is not None and not ctx.fit:
         raise unused_calibration(ctx.recipe_name)
     options = RecipeOptions(int4=ctx.profile.int4, progress=ctx.progress)
@@ -88,7 +91,7 @@ def _run_components(ctx: Context, model_dir: Path) -> None:
         c.recipe_name = chosen.get(c.name) or chosen.get("") or c.recipe_name
         c.packaged = model_dir / c.reference.name
         c.file = f"model/{c.reference.name}"
-        if c.recipe_name in MERGED_RECIPES and c.parts:
+        if RECIPES[c.recipe_name].merged is not None and c.parts:
             c.recipe = _apply_merged(c, options)
         else:
             c.recipe = _apply(c.recipe_name, c.reference, c.packaged, options, f"the {c.name}")

@@ -1,0 +1,113 @@
+"""--fit auto: the most precise of the profile's recipes that fits the budget and passes verify; for a decoder
+that none fits at the deployment's context, the largest shorter context at which one does."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from packager.context import Context
+from packager.errors import ExitCode, PackagerError
+from packager.mixed_search import recipe_stages
+from packager.progress import Reporter
+from packager.stage_runner import PER_RECIPE
+from packager.stages import fit
+
+
+# --fit auto shrinks a decoder's context by halving, down to this floor, under which it gives up:
+# a deployment holding fewer tokens than this keeps too little of a conversation to be worth it.
+MIN_CONTEXT = 256
+
+
+def choose_recipe(ctx: Context, reporter: Reporter, recipes: tuple[str, ...]) -> None:
+    """--fit auto: the most precise recipe that fits the budget and passes verify. A decoder that no
+    recipe fits at the deployment's context gets the largest context, halving down to MIN_CONTEXT,
+    at which one fits (predicted from each recipe's measured peak, then measured), and there the
+    most precise recipe that fits."""
+    ctx.fit = {"mode": "auto", "tried": []}
+    wanted = ctx.context
+    shorter = _shorter_contexts(wanted) if ctx.io["kind"] == "decoder" and wanted else []
+    predicted: dict[str, dict[int, int]] = {}  # recipe -> its peak at each shorter context
+    for recipe in recipes:
+        rejected = _try_recipe(ctx, reporter, recipe)
+        if rejected is None:
+            _chose(ctx, reporter, recipe, recipes)
+            return
+        if rejected.code == ExitCode.DOES_NOT_FIT and shorter:
+            predicted[recipe] = fit.peaks_at(ctx, shorter)
+    if predicted:
+        ctx.fit["predicted_peak_bytes"] = {r: {str(c): b for c, b in p.items()} for r, p in predicted.items()}
+    budget = ctx.profile.budget.memory_bytes
+    for i, context in enumerate(shorter):
+        for recipe in [r for r in recipes if r in predicted and predicted[r][context] <= budget]:
+            # The work folder still holds the last recipe tried, verified (only fit rejected it): measure
+            # it again at the shorter context; another recipe runs its stages again.
+            fit_only = recipe == ctx.recipe_name
+            ctx.context = context
+            rejected = _try_recipe(ctx, reporter, recipe, ("fit",) if fit_only else PER_RECIPE)
+            if rejected is None:
+                _chose(ctx, reporter, recipe, recipes, wanted)
+                return
+            if rejected.code == ExitCode.DOES_NOT_FIT:  # the prediction was short: predict again from here
+                predicted[recipe] |= fit.peaks_at(ctx, shorter[i + 1:])
+            else:
+                del predicted[recipe]
+    tried = "; ".join(f"{t['recipe']}{_at(t)}: {t['outcome']}" for t in ctx.fit["tried"])
+    shrunk = ""
+    if predicted:
+        least = min(p[MIN_CONTEXT] for p in predicted.values())
+        shrunk = (f" at {wanted} tokens of context, nor at any shorter down to {MIN_CONTEXT} (peak there "
+                  f"{least / 2**20:.0f} MiB at the least)")
+    raise PackagerError(f"no recipe of {ctx.profile.name} fits and keeps the answers{shrunk} ({tried})",
+                        ExitCode.DOES_NOT_FIT)
+
+
+def _shorter_contexts(context: int) -> list[int]:
+    """Halvings of `context` down to MIN_CONTEXT, and MIN_CONTEXT itself last."""
+    found = []
+    while context // 2 >= MIN_CONTEXT:
+        context //= 2
+        found.append(context)
+    return found + [MIN_CONTEXT] if context > MIN_CONTEXT else found
+
+
+def _try_recipe(ctx: Context, reporter: Reporter, recipe: str,
+                stages: tuple[str, ...] = PER_RECIPE) -> PackagerError | None:
+    """Run the recipe's stages at ctx.context and record the outcome: None when it fits and passes
+    verify, else the verdict that rejects it (over budget, or answers changed too much)."""
+    if stages[0] != "fit":
+        ctx.recipe_name = recipe
+        shutil.rmtree(ctx.stage_dir, ignore_errors=True)
+    entry: dict[str, Any] = {"recipe": recipe, **({"context": ctx.context} if ctx.io["kind"] == "decoder" else {})}
+    try:
+        recipe_stages(ctx, reporter, stages)
+    except PackagerError as e:
+        if e.code not in (ExitCode.DOES_NOT_FIT, ExitCode.ACCURACY):
+            raise
+        ctx.fit["tried"].append(entry | {"outcome": e.message})
+        reporter.print(f"fit auto: {recipe}{_at(entry)} rejected: {e.message}")
+        return e
+    ctx.fit["tried"].append(entry | {"outcome": "fits and passes verify"})
+    return None
+
+
+def _at(entry: dict[str, Any]) -> str:
+    return f" at {entry['context']} tokens" if "context" in entry else ""
+
+
+def _chose(ctx: Context, reporter: Reporter, recipe: str, recipes: tuple[str, ...],
+           shrunk_from: int | None = None) -> None:
+    ctx.fit["chosen"] = recipe
+    if ctx.io["kind"] == "decoder":
+        ctx.fit["context"] = ctx.context
+    if shrunk_from is not None:
+        budget = ctx.profile.budget.memory_bytes / 2**20
+        ctx.fit["why"] = (f"no recipe fits {shrunk_from} tokens of context in {budget:.0f} "
+                          f"MiB; {ctx.context} is the largest context, halving from {shrunk_from} to no less than "
+                          f"{MIN_CONTEXT}, at which one does, and {recipe} the most precise recipe that fits there")
+    elif recipe == recipes[0]:
+        ctx.fit["why"] = "the most precise recipe that fits"
+    else:
+        ctx.fit["why"] = (f"the most precise recipe that fits and keeps the answers; "
+                          f"{', '.join(t['recipe'] for t in ctx.fit['tried'][:-1])} did not")
+    reporter.print(f"fit auto: chose {recipe}{_at(ctx.fit)}: {ctx.fit['why']}")

@@ -1,0 +1,117 @@
+"""What every recipe shares: its options and result, saving a model (external data past 2 GiB), counting
+quantized nodes, and reading tensors out of external data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from packager.graphs import all_graphs
+from packager.profiles import Int4
+
+# Kernels that mean a node now computes in a quantized form.
+_QUANTIZED_OPS = {
+    "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
+    "DynamicQuantizeLSTM", "QAttention", "QLinearMatMul", "QLinearConv", "MatMulNBits",
+    "GatherBlockQuantized", "QuantizeLinear", "DequantizeLinear", "QEmbedLayerNormalization",
+}
+# Protobuf cannot hold more than 2 GiB: bigger models keep their weights in external data.
+PROTO_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class RecipeResult:
+    name: str
+    params: dict[str, Any]
+    quantized_nodes: int
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    """What a recipe may need beyond the model: the target's kernel settings."""
+
+    int4: Int4 = field(default_factory=Int4)
+    # int8-static: the inputs the activations' ranges are measured on (packager/calibration.py)
+    calibration: list[dict[str, np.ndarray]] = field(default_factory=list)
+    calibration_source: str = ""
+    # int4-mixed: the layers (packager/mixed.py's names, "layers.3", "lm_head") kept at 8 bits
+    keep_8bit: tuple[str, ...] = ()
+    # int4-mixed: where this run keeps the model's 4- and 8-bit quantizations (quantized_nbits), so that each
+    # layer set the search tries is only a mix of the two; None: quantize afresh
+    nbits_dir: Path | None = None
+    # Called with a short line as the recipe goes (int4: each weight quantized), for the human watching.
+    progress: Callable[[str], None] | None = None
+
+
+def needs_external_data(src: Path) -> bool:
+    total = src.stat().st_size + sum(p.stat().st_size for p in src.parent.glob(f"{src.stem}*data*"))
+    return total > PROTO_LIMIT
+
+
+def save(model: onnx.ModelProto, dst: Path, external: bool) -> None:
+    """Save, with the weights in `<dst name>.data` beside it when external: a fixed name (onnx.save names
+    the file after a fresh uuid without one, which would differ in every bundle), written afresh
+    (onnx.save appends to a data file that exists)."""
+    if external:
+        (dst.parent / f"{dst.name}.data").unlink(missing_ok=True)
+        onnx.save(model, dst, save_as_external_data=True, all_tensors_to_one_file=True, location=f"{dst.name}.data")
+    else:
+        onnx.save(model, dst)
+
+
+def count_ops(model: onnx.ModelProto, ops: set[str]) -> int:
+    """Nodes of the given types, subgraphs (If/Loop/Scan bodies) included."""
+    return sum(node.op_type in ops for g in all_graphs(model.graph) for node in g.node)
+
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Initializers and Constant nodes' tensors kept in external data (the exporter moves large
+    constants there too), subgraphs included."""
+    found = []
+    for g in all_graphs(model.graph):
+        found += list(g.initializer)
+        found += [a.t for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+    return [t for t in found if t.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def _locate_external_data(model: onnx.ModelProto, folder: Path) -> None:
+    """Point each external tensor at its file by absolute path: the quantizer resolves locations
+    from the current directory (onnx_ir with no base folder), not from the model's."""
+    for t in _external_tensors(model):
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = str((folder / entry.value).resolve())
+
+
+def tensor_array(t: onnx.TensorProto, folder: Path | None = None) -> np.ndarray:
+    """A tensor's values; external data (relative to `folder`, or at an absolute location) memory-mapped,
+    not read."""
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        from onnx_ir import serde
+
+        return serde.deserialize_tensor(t, str(folder or "")).numpy()
+    from onnx.numpy_helper import to_array
+
+    return to_array(t)
+
+
+def load_tensors(model: onnx.ModelProto, names: set[str] | None) -> None:
+    """Read these external tensors (all of them with None) into the model, from their files."""
+    for t in _external_tensors(model):
+        if names is not None and t.name not in names:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        with open(info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            t.raw_data = f.read(int(info["length"])) if "length" in info else f.read()
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+
+

@@ -1,0 +1,247 @@
+"""int4 and int4-mixed: MatMulNBits / GatherBlockQuantized weights at 4 bits (8 where int4-mixed keeps a
+layer), and the tied embedding that reads the lm_head's quantized weight."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+
+from packager.profiles import Int4
+
+from packager.recipes.common import (RecipeOptions,RecipeResult,_QUANTIZED_OPS,_locate_external_data,count_ops,load_tensors,needs_external_data,save,tensor_array)
+
+
+def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
+    """4-bit weights, block-wise (MatMulNBits), the embedding table too (GatherBlockQuantized);
+    activations stay float. A tied embedding / lm_head pair stays one weight in the file. For
+    decoder LLMs, whose weights are most of their memory."""
+    return _nbits_recipe("int4", src, dst, dataclasses.replace(options, keep_8bit=(), nbits_dir=None))
+
+
+def int4_mixed(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
+    """int4, but the layers named in `options.keep_8bit` at 8 bits (MatMulNBits bits=8, same blocks).
+    Which layers: the fewest, most sensitive first, that keep the answers; the pipeline measures and
+    chooses them (packager/mixed.py) and runs this recipe with its choice. With none kept it is int4."""
+    return _nbits_recipe("int4-mixed", src, dst, options)
+
+
+def _nbits_recipe(name: str, src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
+    model, params = _nbits(src, options.int4, options.keep_8bit, options.progress, options.nbits_dir)
+    save(model, dst, needs_external_data(src))
+    return RecipeResult(name, params, count_ops(model, _QUANTIZED_OPS))
+
+
+def quantize_nbits(model: onnx.ModelProto, settings: Int4, bits: int, tied: bool,
+                   progress: Callable[[str], None] | None = None) -> onnx.ModelProto:
+    """Every MatMul with a constant weight as MatMulNBits at `bits`, and (untied, 4 bits: the quantizer does
+    Gather at 4 bits only) the embedding Gather as GatherBlockQuantized, with the profile's block size,
+    symmetry and accuracy level; `model` is consumed."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=settings.block_size, is_symmetric=settings.symmetric,
+        accuracy_level=settings.accuracy_level or None,
+        op_types_to_quantize=("MatMul",) if tied or bits != 4 else ("MatMul", "Gather"),
+        quant_axes=(("MatMul", 0), ("Gather", 1)), bits=bits,
+    )
+    logging.getLogger().setLevel(logging.ERROR)  # its opset-21 upgrade warning is expected here
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+    _count_progress(quantizer, model, config.op_types_to_quantize, bits, progress)
+    quantizer.process()
+    quantized = quantizer.model.model
+    if bits == 8 and not tied:
+        _embedding_8bit(quantized, settings.block_size)
+    return quantized
+
+
+def _embedding_8bit(model: onnx.ModelProto, block_size: int) -> None:
+    """An untied embedding table (a Gather of a constant [vocab, hidden]) as GatherBlockQuantized at 8 bits,
+    which onnxruntime's quantizer does not write: symmetric blocks along hidden, uint8 with the default zero
+    point 128, so that int4-mixed can raise the embedding as it raises any other layer."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    for index, node in enumerate(model.graph.node):
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or len(table.dims) != 2 or table.dims[1] % block_size:
+            continue
+        weights = tensor_array(table).astype(np.float32)
+        blocks = weights.reshape(weights.shape[0], -1, block_size)
+        scales = np.maximum(np.abs(blocks).max(axis=-1), 1e-12) / 127
+        codes = (np.clip(np.round(blocks / scales[..., None]), -127, 127) + 128).astype(np.uint8)
+        name = f"{table.name}_Q8"
+        model.graph.initializer.extend([numpy_helper.from_array(codes.reshape(weights.shape), name),
+                                        numpy_helper.from_array(scales.astype(np.float32), f"{name}_scales")])
+        model.graph.node[index].CopyFrom(helper.make_node(
+            "GatherBlockQuantized", [name, node.input[1], f"{name}_scales"], list(node.output),
+            name=f"{node.name}_Q8", domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=block_size,
+            bits=8))
+        if not any(table.name in n.input for n in model.graph.node):
+            model.graph.initializer.remove(table)
+
+
+def _nbits(src: Path, settings: Int4, keep_8bit: tuple[str, ...], progress: Callable[[str], None] | None = None,
+           keep: Path | None = None) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The int4 model with the layers in `keep_8bit` taken from an 8-bit quantization of the same
+    weights (packager/mixed.py names the layers), the tied embedding rewired last, and its params.
+
+    Streams: the graph is read without its external data, and the quantizer reads each weight from
+    the source's file when it reaches it (memory-mapped: onnx_ir's ExternalTensor) and drops it once
+    quantized. What is held is the graph, one fp32 weight and the 4-bit output, not the fp32 model
+    (a 1B model: 5 GB of fp32 weights, 0.8 GB of output). Inline models are quantized the same way,
+    all in memory. With `keep`, the two quantizations come from (or go to) that folder."""
+    four, tied = quantized_nbits(src, settings, 4, progress, keep)
+    eight = quantized_nbits(src, settings, 8, progress, keep)[0] if keep_8bit else None
+    return mix_nbits(four, eight, keep_8bit, tied, settings)
+
+
+def quantized_nbits(src: Path, settings: Int4, bits: int, progress: Callable[[str], None] | None = None,
+                    keep: Path | None = None) -> tuple[onnx.ModelProto, tuple[str, str] | None]:
+    """`src` quantized at `bits` (quantize_nbits) and its tied embedding pair. With `keep` (a folder of this
+    run's, for this `src` and `settings`), made once and kept there, then read back: the int4-mixed search
+    mixes the same two quantizations for every layer set it tries."""
+    if keep is None:
+        model, tied = load_for_nbits(src, settings)
+        return quantize_nbits(model, settings, bits, tied is not None, progress), tied
+    kept, tied_file = keep / f"{bits}bit.onnx", keep / "tied.json"
+    if not kept.is_file():
+        model, tied = load_for_nbits(src, settings)
+        keep.mkdir(parents=True, exist_ok=True)
+        save(quantize_nbits(model, settings, bits, tied is not None, progress), kept, needs_external_data(src))
+        tied_file.write_text(json.dumps(tied), encoding="utf-8")
+    pair = json.loads(tied_file.read_text(encoding="utf-8"))
+    return onnx.load(kept), (pair[0], pair[1]) if pair else None
+
+
+def mix_nbits(four: onnx.ModelProto, eight: onnx.ModelProto | None, keep_8bit: tuple[str, ...],
+              tied: tuple[str, str] | None, settings: Int4) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """`four` (changed in place) with the layers in `keep_8bit` taken from `eight` (packager/mixed.py),
+    the tied embedding rewired last and what stayed float read in, and the recipe's params."""
+    from packager import mixed
+
+    params: dict[str, Any] = {"block_size": settings.block_size, "symmetric": settings.symmetric,
+                              "accuracy_level": settings.accuracy_level}
+    if keep_8bit:
+        assert eight is not None
+        params["mixed"] = mixed.compose(four, eight, keep_8bit)
+    embedding = "float (no constant embedding table)"
+    if tied:
+        embedding = tie_embedding(four, *tied, settings.block_size)
+    elif count_ops(four, {"GatherBlockQuantized"}):
+        embedding = "int4 (GatherBlockQuantized, its own table)"
+    # What stayed float (norms, biases, what no quantized op reads) comes in from the source now,
+    # each tensor once: onnx.save writes the model file from memory.
+    load_tensors(four, None)
+    return four, params | {"embedding": embedding}
+
+
+def load_for_nbits(src: Path, settings: Int4) -> tuple[onnx.ModelProto, tuple[str, str] | None]:
+    """The model as quantize_nbits takes it, its weights left in their files (located by absolute path),
+    and its tied embedding pair (find_tied_embedding) where the settings let int4 keep it tied."""
+    model = onnx.load(src, load_external_data=False)
+    _locate_external_data(model, src.parent)
+    tied = find_tied_embedding(model) if settings.symmetric else None
+    if not tied:
+        # The quantizer reads a Gather's table with onnx's loader, which wants it inline: only this
+        # table comes into memory (the embedding's fp32 bytes, a fifth of a 1B model's).
+        load_tensors(model, {n.input[0] for n in model.graph.node if n.op_type == "Gather"})
+    return model, tied
+
+
+def _count_progress(quantizer: Any, model: onnx.ModelProto, op_types: tuple[str, ...], bits: int,
+                    progress: Callable[[str], None] | None) -> None:
+    """Report each weight the quantizer finishes (n of total, the node), for the human watching."""
+    if progress is None:
+        return
+    inits = {i.name for i in model.graph.initializer}
+
+    def constant_weight(node: onnx.NodeProto) -> bool:   # the others (attention's MatMuls) are left alone
+        return (node.input[1] if node.op_type == "MatMul" else node.input[0]) in inits
+
+    total = sum(1 for n in model.graph.node if n.op_type in op_types and constant_weight(n))
+    quantize = quantizer.node_quantizer.quantize
+    done = 0
+
+    def counted(node: onnx.NodeProto, graph_stack: list[onnx.GraphProto]) -> list[onnx.NodeProto]:
+        nonlocal done
+        result = quantize(node, graph_stack)
+        if constant_weight(node):
+            done += 1
+            progress(f"{done}/{total} weights at {bits} bits ({node.name or node.op_type})")
+        return result
+
+    quantizer.node_quantizer.quantize = counted
+
+
+
+
+def find_tied_embedding(model: onnx.ModelProto, folder: Path | None = None) -> tuple[str, str] | None:
+    """(Gather node name, lm_head MatMul weight) when the exporter wrote the tied embedding table
+    twice: once [vocab, hidden] for the Gather, once transposed [hidden, vocab] for the lm_head.
+    External tables (relative to `folder`) are compared memory-mapped, a slice of rows at a time (a
+    1B model's are 1 GB each)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    tables = [(n, inits[n.input[0]]) for n in model.graph.node
+              if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2]
+    heads = [inits[n.input[1]] for n in model.graph.node
+             if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2]
+    for gather, table in tables:
+        for head in heads:
+            if list(head.dims) == list(reversed(table.dims)) and _transposed(tensor_array(table, folder),
+                                                                                     tensor_array(head, folder)):
+                return gather.name, head.name
+    return None
+
+
+def _transposed(table: np.ndarray, head: np.ndarray, rows: int = 8192) -> bool:
+    """table.T == head, compared in slices of `rows` table rows (no full-size temporaries)."""
+    if table.dtype != head.dtype:
+        return False
+    return all(np.array_equal(table[r:r + rows].T, head[:, r:r + rows]) for r in range(0, table.shape[0], rows))
+
+
+def tie_embedding(model: onnx.ModelProto, gather_name: str, head_weight: str, block_size: int) -> str:
+    """Point the embedding Gather at the lm_head's 4- or 8-bit weight: a GatherBlockQuantized over the
+    MatMulNBits' own B ([vocab, blocks, block * bits / 8] uint8; the default zero point, 2^(bits-1),
+    is the same on both ops)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1] in (f"{head_weight}_Q4",
+                                                                                      f"{head_weight}_Q8"))
+    b_name, scales_name = head.input[1], head.input[2]
+    bits = next((a.i for a in head.attribute if a.name == "bits"), 4)   # 4: MatMulNBits' default
+    inits = {i.name: i for i in graph.initializer}
+    vocab, blocks = (int(d) for d in inits[b_name].dims[:2])
+    hidden = next(helper.get_attribute_value(a) for a in head.attribute if a.name == "K")
+    # GatherBlockQuantized wants scales of data's rank; MatMulNBits wants [N, blocks]: the scales
+    # (1/8 of the packed weight at block 32) are stored twice, the weight once.
+    scales3d = numpy_helper.to_array(inits[scales_name]).reshape(vocab, blocks, 1)
+    graph.initializer.append(numpy_helper.from_array(scales3d, f"{scales_name}_gather"))
+    index = next(i for i, n in enumerate(graph.node) if n.name == gather_name)
+    gather = graph.node[index]
+    table, ids, out = gather.input[0], gather.input[1], gather.output[0]
+    p = f"{gather_name}_tied"
+    graph.initializer.append(numpy_helper.from_array(np.array([hidden], dtype=np.int64), f"{p}/hidden"))
+    nodes = [
+        helper.make_node("GatherBlockQuantized", [b_name, ids, f"{scales_name}_gather"], [f"{p}/blocks"],
+                         name=f"{p}/GatherBlockQuantized", domain="com.microsoft", gather_axis=0,
+                         quantize_axis=2, block_size=block_size, bits=bits),
+        helper.make_node("Shape", [ids], [f"{p}/ids_shape"], name=f"{p}/Shape"),
+        helper.make_node("Concat", [f"{p}/ids_shape", f"{p}/hidden"], [f"{p}/shape"], name=f"{p}/Concat", axis=0),
+        helper.make_node("Reshape", [f"{p}/blocks", f"{p}/shape"], [out], name=f"{p}/Reshape"),
+    ]
+    del graph.node[index]
+    for offset, node in enumerate(nodes):
+        graph.node.insert(index + offset, node)
+    if not any(table in n.input for n in graph.node):
+        graph.initializer.remove(inits[table])
+    return f"int{bits}, tied: GatherBlockQuantized reads the lm_head's MatMulNBits weight"
+
+

@@ -1,0 +1,44 @@
+"""The stages in their order, and running one of them over a Context with its progress line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from packager.context import Context, silent
+from packager.progress import Reporter
+from packager.stages import bundle, compat, export, fit, mobile, quantize, samples, source, verify
+
+STAGES: list[tuple[str, Callable[[Context], None]]] = [
+    ("source", source.run),
+    ("export", export.run),
+    ("quantize", quantize.run),
+    ("compat", compat.run),
+    ("mobile", mobile.run),      # phone profiles: model.ort, which the runner loads from here on
+    ("samples", samples.run),
+    ("verify", verify.run),
+    ("fit", fit.run),
+    ("bundle", bundle.run),
+]
+
+
+# `packager check`: what the model needs on the target, without verifying or bundling.
+CHECK_STAGES = ("source", "export", "quantize", "mobile", "samples", "fit")
+
+# The stages a recipe changes: --fit auto reruns them for each recipe it tries.
+PER_RECIPE = ("quantize", "compat", "mobile", "samples", "verify", "fit")
+
+
+CACHE_NOTES = {"hit": "cache hit", "corrupt": "damaged cache entry rebuilt"}
+
+
+def run_stage(ctx: Context, reporter: Reporter, name: str) -> None:
+    with reporter.stage(name, ctx.timings) as step:
+        ctx.progress = step.update   # the stage's word on where it is (minutes-long stages)
+        try:
+            dict(STAGES)[name](ctx)
+        finally:
+            ctx.progress = silent
+        step.note = CACHE_NOTES.get(ctx.cache.get(name, ""), "")
+    for note in ctx.cache_notes:
+        reporter.print(note)
+    ctx.cache_notes.clear()
