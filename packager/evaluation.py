@@ -45,7 +45,7 @@ def _bad(message: str) -> PackagerError:
 def read_cases(path: Path) -> tuple[str, list[dict[str, Any]]]:
     """The file's cases and their kind ("decoder" or "encoder"); refused (exit 5) with the first bad line."""
     if not path.is_file():
-        raise _bad(f"--eval {path}: no such file; give a JSONL file of cases (README, \"Fine-tuned models\").")
+        raise _bad(f"--eval {path}: no such file; give a JSONL file of cases (docs/llms.md, \"Eval cases\").")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:

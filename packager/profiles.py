@@ -98,7 +98,9 @@ class Accuracy:
 class Int4:
     """MatMulNBits / GatherBlockQuantized settings of the int4 recipe for this device's kernels."""
 
-    block_size: int = 32           # a multiple of 32 for KleidiAI's ARM kernels (FACTS.md)
+    # block_size: a multiple of 32 for KleidiAI's ARM kernels (onnxruntime/core/mlas/lib/qnbitgemm_kernel_neon.cpp,
+    # UseKleidiAI)
+    block_size: int = 32
     symmetric: bool = True         # no zero points: smaller, and the fast ARM path
     accuracy_level: int = 4        # 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute (needs dotprod to pay off)
 

@@ -92,7 +92,7 @@ def int8_static(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
 
     # Only nodes with a constant weight: quantizing both activations of an attention MatMul
     # (Q.K^T, scores.V) costs most of the accuracy (all-MiniLM-L6-v2: mean cosine 0.944 either way,
-    # but min 0.911 with them against 0.925 without; README "int8 static").
+    # but min 0.911 with them against 0.925 without; docs/recipes.md, int8-static).
     model = onnx.load(src, load_external_data=False)
     weights = {i.name for i in model.graph.initializer}
     nodes = [n.name for n in model.graph.node
