@@ -213,7 +213,7 @@ class SuiteResult(_Smoked):
 @_disk_full_is_output
 def package(model: PathLike | Sequence[PathLike], target: str | None = None, *, out: PathLike | None = None,
             recipe: str | None = None,
-            budget: str | int | None = None, context: int | None = None, calibration: PathLike | None = None,
+            budget: str | int | None = None, context: int | str | None = None, calibration: PathLike | None = None,
             fit: str | None = None,
             smoke: str | None = None, sign: PathLike | None = None, name: str | None = None,
             allow_pickle: bool = False, shapes: Mapping[str, Sequence[int]] | None = None,
@@ -243,14 +243,14 @@ def package(model: PathLike | Sequence[PathLike], target: str | None = None, *, 
     if smoke not in (None, "host", "emulate"):
         raise PackagerError(f"--smoke {smoke!r} is not a mode; use --smoke host or --smoke emulate.", ExitCode.USAGE)
     check_bundle_name(name)
+    context = _context(context)
     source_date_epoch()  # a malformed SOURCE_DATE_EPOCH fails now, not after the work
     spec = input_spec(shapes, values)
     reporter = _reporter(progress)
     settings = resolve_package_settings({"target": target, "out": None if out is None else str(out),
                                          "recipe": recipe, "budget": budget})
     if verbose:
-        for line in settings.describe():
-            reporter.print(line)
+        _describe(settings, reporter)
     models = _model_list(model)
     if len(models) > 1:
         return _package_suite(models, settings, reporter, name=name, fit=fit, context=context, smoke=smoke,
@@ -373,19 +373,29 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name
 
 @_disk_full_is_output
 def check(model: PathLike | Sequence[PathLike], target: str | None = None, *, budget: str | int | None = None,
-          recipe: str | None = None, context: int | None = None, measure: bool = True, allow_pickle: bool = False,
+          recipe: str | None = None, context: int | str | None = None, measure: bool = True, allow_pickle: bool = False,
           shapes: Mapping[str, Sequence[int]] | None = None, values: Mapping[str, float] | None = None,
-          cache: bool | PathLike | StageCache = True, progress: bool | Reporter = False) -> CheckResult:
+          cache: bool | PathLike | StageCache = True, progress: bool | Reporter = False,
+          verbose: bool = False) -> CheckResult:
     """Will MODEL fit TARGET's memory budget? The estimate, and (with `measure`) the peak measured in
     a fresh process; `fits` is the verdict. Several models (a list): all of them loaded together, as
-    `package` bundles them, a component they share once."""
+    `package` bundles them, a component they share once. A bundle (.tar.gz or unpacked): its model as
+    it was packaged, on its own target unless one is given, fed its own sample inputs' shapes.
+    `verbose` prints where each setting came from (with `progress`)."""
+    from packager.bundles import is_bundle
     from packager.config import resolve_package_settings
     from packager.pipeline import check as run_check
 
     spec = input_spec(shapes, values)
-    settings = resolve_package_settings({"target": target, "recipe": recipe, "budget": budget, "out": None})
+    context = _context(context)
     models = _model_list(model)
     reporter = _reporter(progress)
+    if len(models) == 1 and is_bundle(Path(models[0])):
+        return _check_bundle(models[0], target, budget=budget, recipe=recipe, context=context, measure=measure,
+                             spec=spec, cache=cache, reporter=reporter, verbose=verbose)
+    settings = resolve_package_settings({"target": target, "recipe": recipe, "budget": budget, "out": None})
+    if verbose:
+        _describe(settings, reporter, ("target", "recipe", "budget"))
     if len(models) == 1:
         ctx = run_check(models[0], settings, context=context, measure=measure, input_spec=spec, reporter=reporter,
                         allow_pickle=allow_pickle, stage_cache=_cache(cache))
@@ -393,6 +403,10 @@ def check(model: PathLike | Sequence[PathLike], target: str | None = None, *, bu
     from packager import suite
 
     _check_several(models, {"--shape": shapes, "--value": values}, "check")
+    bundle = next((m for m in models if is_bundle(Path(m))), None)
+    if bundle is not None:
+        raise PackagerError(f"{bundle} is a bundle, already packaged for its own target; check it on its own, or "
+                            "check the models it was built from together.", ExitCode.USAGE)
     stage_cache = _cache(cache)
     with temp_folder("check") as tmp:
         contexts = _each_model(models, reporter, Path(tmp), lambda model, folder: run_check(
@@ -414,22 +428,69 @@ def check(model: PathLike | Sequence[PathLike], target: str | None = None, *, bu
 @_disk_full_is_output
 def plan(config: PathLike, target: str | None = None, *, precisions: Sequence[str] | None = None,
          contexts: Sequence[int | str] | None = None, kv_bits: int | None = None,
-         budget: str | int | None = None) -> Plan:
-    """Which precision and context fit TARGET, from CONFIG (a config.json or its folder) alone.
-    `contexts` are token counts (8192) or the CLI's forms ("8K")."""
-    from packager.config import resolve_package_settings
-    from packager.plan import parse_context
+         budget: str | int | None = None, progress: bool | Reporter = False, verbose: bool = False) -> Plan:
+    """Which precision and context fit TARGET, from CONFIG (a config.json, a Hugging Face folder holding
+    one, or sample:NAME) alone. `contexts` are token counts (8192) or the CLI's forms ("8K"). `verbose`
+    prints where each setting and the config came from (with `progress`)."""
+    from packager.config import parse_context, resolve_package_settings
     from packager.plan import plan as make_plan
 
     if kv_bits is not None and kv_bits not in (4, 8, 16, 32):
-        raise PackagerError(f"--kv-bits {kv_bits} is not 4, 8, 16 or 32.", ExitCode.USAGE)
-    try:
-        parsed = [c if isinstance(c, int) else parse_context(c) for c in contexts or []]
-    except ValueError:
-        raise PackagerError(f"--context {list(contexts or [])!r} is not a list of numbers like 8192 or 8K; fix the "
-                            "option.", ExitCode.USAGE) from None
+        raise PackagerError(f"--kv-bits {kv_bits} is not 4, 8, 16 or 32; choose one of those.", ExitCode.USAGE)
+    parsed = [parse_context(c) for c in contexts or []]
     settings = resolve_package_settings({"target": target, "budget": budget, "out": None, "recipe": None})
-    return make_plan(Path(config), settings.profile, list(precisions or []) or None, parsed or None, kv_bits)
+    spec = config if isinstance(config, str) and config.startswith("sample:") else Path(config)
+    if verbose:
+        from packager.plan import find_config
+
+        _describe(settings, _reporter(progress), ("target", "budget"), [f"config  = {find_config(spec)}"])
+    return make_plan(spec, settings.profile, list(precisions or []) or None, parsed or None, kv_bits)
+
+
+def _check_bundle(path: str, target: str | None, *, budget: str | int | None, recipe: str | None,
+                  context: int | None, measure: bool, spec: InputSpec, cache: bool | PathLike | StageCache,
+                  reporter: Reporter, verbose: bool) -> CheckResult:
+    """check() of a bundle: its model/model.onnx as it ships (no recipe applied again), judged on TARGET,
+    else on the target it was built for."""
+    import dataclasses
+
+    from packager.bundles import open_bundle
+    from packager.config import Setting, resolve_package_settings
+    from packager.context import InputSpec
+    from packager.pipeline import check as run_check
+
+    if recipe is not None:
+        raise PackagerError(f"{path} is a bundle, whose model is quantized already; drop --recipe, or check the "
+                            "model it was built from with that recipe.", ExitCode.USAGE)
+    with temp_folder("bundle") as tmp:
+        bundle = open_bundle(Path(path), Path(tmp))
+        own = bundle.summary or {}
+        default = Setting(own["target"], "the bundle's own target") if own.get("target") else None
+        settings = resolve_package_settings({"target": target, "recipe": "fp32", "budget": budget, "out": None},
+                                            default_target=default)
+        if verbose:
+            _describe(settings, reporter, ("target", "budget"),
+                      [f"recipe  = {own.get('recipe', 'unknown')}  (the bundle's own, not applied again)"])
+        if not (spec.shapes or spec.values):
+            spec = InputSpec(shapes=bundle.shapes, values=bundle.values)
+        ctx = run_check(str(bundle.model), settings, context=context, measure=measure, input_spec=spec,
+                        reporter=reporter, stage_cache=_cache(cache))
+        result = CheckResult.from_context(path, ctx)
+    return dataclasses.replace(result, recipe=f"{own.get('recipe', 'unknown recipe')}, as bundled")
+
+
+def _describe(settings: Any, reporter: Reporter, keys: tuple[str, ...] = ("target", "out", "recipe", "budget"),
+              extra: Sequence[str] = ()) -> None:
+    """--verbose: each setting with where it came from."""
+    for line in [*settings.describe(keys), *extra]:
+        reporter.print(line)
+
+
+def _context(context: int | str | None) -> int | None:
+    """--context as tokens: 8192, or the CLI's forms ("8K")."""
+    from packager.config import parse_context
+
+    return None if context is None else parse_context(context)
 
 
 def input_spec(shapes: Mapping[str, Sequence[int]] | None, values: Mapping[str, float] | None) -> InputSpec:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import signal
 import sys
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,6 +22,7 @@ from rich.table import Table
 
 from packager import __version__
 from packager.errors import ExitCode, PackagerError, disk_full
+from packager.labels import memory_label, provider_name
 from packager.leftovers import temp_folder
 
 app = typer.Typer(
@@ -26,12 +30,74 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Package models into self-testing bundles for phones, Raspberry Pi and Jetson Orin.",
     pretty_exceptions_enable=False,
+    # Plain help: no markup to eat "[tool.packager]" or "[default: dist]", and nothing to escape in it.
+    rich_markup_mode=None,
 )
 err = Console(stderr=True, highlight=False)
 MiB = 2**20
 
+
+def _no_type_labels() -> None:
+    """Help names each value by its metavar (--budget SIZE), never by a Python type (<list[str]>): an
+    argument is named by its metavar already, so typer's type label after it goes."""
+    from typer.core import TyperArgument
+
+    TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
+
+
+_no_type_labels()
+
 DebugOpt = typer.Option(False, "--debug", help="Show tracebacks.", envvar="PACKAGER_DEBUG")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
+VerboseOpt = typer.Option(False, "--verbose", "-v", help="Say where each setting came from, and how long it took.")
+TargetsOpt = typer.Option([], "--target", "-t", metavar="NAME", help="Target profile name or alias (see `packager "
+                          "targets`), or a profile .toml; repeat it for several targets, one result each.")
+AllTargetsOpt = typer.Option(False, "--all-targets", help="Every built-in target profile, one result each.")
+BudgetOpt = typer.Option(None, "--budget", metavar="SIZE", help="Memory budget instead of the profile's, e.g. 1.2GB "
+                         "or 900MiB [default: the profile's].")
+ShapeOpt = typer.Option([], "--shape", metavar="NAME=D1,D2", help="Sample input shape for a tensor model "
+                        "(repeatable).")
+ValueOpt = typer.Option([], "--value", metavar="NAME=V", help="Fill a sample input with a value, e.g. sr=16000 "
+                        "(repeatable).")
+PickleOpt = typer.Option(False, "--allow-pickle", help="Accept pickled weights (.bin), loaded with torch's "
+                         "weights-only loader.")
+
+
+def _samples() -> str:
+    """The built-in samples, as help lists them: from the registry, so that none is left out."""
+    from packager.samples import SAMPLES
+
+    return ", ".join(f"sample:{name}" for name in SAMPLES)
+
+
+def _timing(what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A command that says, with --verbose, how long it took (however it ends)."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def timed(*args: Any, **kwargs: Any) -> None:
+            with _timed(kwargs.get("verbose", False), kwargs.get("as_json", False), what):
+                command(*args, **kwargs)
+
+        return timed
+
+    return decorate
+
+
+def _say(verbose: bool, as_json: bool, line: str) -> None:
+    """--verbose: a line for the human, on stderr (never with --json)."""
+    if verbose and not as_json:
+        err.print(escape(line), soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _timed(verbose: bool, as_json: bool, what: str) -> Iterator[None]:
+    """--verbose: how long the command took, however it ends."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        _say(verbose, as_json, f"{what} took {time.perf_counter() - start:.1f}s")
 
 
 def _interrupted(as_json: bool, message: str = "interrupted; nothing was written.") -> NoReturn:
@@ -88,11 +154,14 @@ def _dims(text: str) -> tuple[int, ...]:
 
 
 @app.command()
-def targets(as_json: bool = JsonOpt, debug: bool = DebugOpt) -> None:
+@_timing("targets")
+def targets(as_json: bool = JsonOpt, verbose: bool = VerboseOpt, debug: bool = DebugOpt) -> None:
     """List the target profiles (with --json: the CI matrix)."""
+    from packager.paths import profiles_dir
     from packager.profiles import builtin_profiles
 
     profiles = _guarded(builtin_profiles, debug=debug, as_json=as_json)
+    _say(verbose, as_json, f"profiles from {profiles_dir()}")
     rows = [{
         "name": p.name, "aliases": list(p.aliases), "description": p.description, "arch": p.device.arch,
         "cpu": p.device.cpu, "cores": p.device.cores, "ram_bytes": p.device.ram_bytes,
@@ -107,35 +176,38 @@ def targets(as_json: bool = JsonOpt, debug: bool = DebugOpt) -> None:
     for r in rows:
         table.add_row(r["name"], " ".join(r["aliases"]), f"{r['cores']}x {r['cpu']}", f"{r['ram_bytes'] / 2**30:.0f} GiB",
                       f"{r['budget_bytes'] / 1e9:.1f} GB", r["recipe"],
-                      " > ".join(p.removesuffix("ExecutionProvider") for p in r["providers"]))
+                      " > ".join(provider_name(p) for p in r["providers"]))
     out = Console()
     if not out.is_terminal:
         out = Console(width=120)  # piped: no terminal width to fit, so do not fold the names
     out.print(table)
 
 @app.command()
+@_timing("package")
 def package(
-    model: list[str] = typer.Argument(..., metavar="MODEL", help="A Hugging Face folder, an .onnx file, or sample:minilm / sample:silero-vad; several make one bundle of them all, loaded together, a component they share stored once."),
-    target: list[str] = typer.Option([], "--target", "-t", help="Target profile name or alias (see `packager targets`), or a profile .toml; repeat it for several targets."),
-    all_targets: bool = typer.Option(False, "--all-targets", help="Package for every built-in target profile."),
-    out: str | None = typer.Option(None, "--out", "-o", help="Folder for the bundle archive [default: dist]."),
-    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's for the model's kind): fp32, int8-dynamic, int8-static, int4, int4-mixed, fp16; encoder-decoders also per component: encoder=int8-dynamic,decoder=int4."),
-    budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
-    context: int | None = typer.Option(None, "--context", min=1, help="Decoders: tokens of KV cache the deployment holds (default: the profile's)."),
-    calibration: Path | None = typer.Option(None, "--calibration", help="int8-static: text lines (text models) or an .npz of inputs to calibrate on (default: built-in)."),
-    fit: str | None = typer.Option(None, "--fit", help="auto: try the profile's recipes, most precise first, until one fits."),
-    smoke: str | None = typer.Option(None, "--smoke", help="Then run the bundle's smoke test: host (this machine) or emulate (qemu, arm64 targets)."),
-    sign: Path | None = typer.Option(None, "--sign", help="Sign the bundle's manifest with this Ed25519 private key (from `packager keygen`)."),
-    name: str | None = typer.Option(None, "--name", help="Bundle name: letters, digits, '.', '-', '_', '+', at most 100 (default: from the model; with --adapter, <base>-<adapter folder>)."),
-    adapter: str | None = typer.Option(None, "--adapter", help="A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors), or sample:tiny-llama-lora, merged into MODEL's weights before export."),
-    eval_file: str | None = typer.Option(None, "--eval", help="A JSONL file of your own cases (decoders: prompt/expected/match; encoders: anchor/positive/negative): verify fails (exit 4) when the packaged model scores more than the profile's eval_tolerance below fp32."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickled weights (.bin), loaded with torch's weights-only loader."),
-    shape: list[str] = typer.Option([], "--shape", help="Sample input shape for a tensor model: NAME=D1,D2 (repeatable)."),
-    value: list[str] = typer.Option([], "--value", help="Fill a sample input with a value: NAME=V, e.g. sr=16000 (repeatable)."),
+    model: list[str] = typer.Argument(..., metavar="MODEL", help="A Hugging Face folder, an .onnx file, or a built-in "
+                                      f"sample ({_samples()}); several make one bundle of them all, loaded together, a "
+                                      "component they share stored once."),
+    target: list[str] = TargetsOpt,
+    all_targets: bool = AllTargetsOpt,
+    out: str | None = typer.Option(None, "--out", "-o", metavar="FOLDER", help="Folder for the bundle archive [default: dist]."),
+    recipe: str | None = typer.Option(None, "--recipe", metavar="RECIPE", help="Quantization recipe: fp32, int8-dynamic, int8-static, int4, int4-mixed, fp16; encoder-decoders also per component: encoder=int8-dynamic,decoder=int4 [default: the profile's for the model's kind]."),
+    budget: str | None = BudgetOpt,
+    context: str | None = typer.Option(None, "--context", metavar="TOKENS", help="Decoders: tokens of KV cache the deployment holds, e.g. 8K (K = 1024) or 4096 [default: the profile's]."),
+    calibration: Path | None = typer.Option(None, "--calibration", metavar="FILE", help="int8-static: text lines (text models) or an .npz of inputs to calibrate on [default: built-in]."),
+    fit: str | None = typer.Option(None, "--fit", metavar="auto", help="auto: try the profile's recipes, most precise first, until one fits."),
+    smoke: str | None = typer.Option(None, "--smoke", metavar="host|emulate", help="Then run the bundle's smoke test: host (this machine) or emulate (qemu, arm64 targets)."),
+    sign: Path | None = typer.Option(None, "--sign", metavar="KEY", help="Sign the bundle's manifest with this Ed25519 private key (from `packager keygen`)."),
+    name: str | None = typer.Option(None, "--name", metavar="NAME", help="Bundle name: letters, digits, '.', '-', '_', '+', at most 100 [default: from the model; with --adapter, <base>-<adapter folder>]."),
+    adapter: str | None = typer.Option(None, "--adapter", metavar="FOLDER", help="A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors), or sample:tiny-llama-lora, merged into MODEL's weights before export."),
+    eval_file: str | None = typer.Option(None, "--eval", metavar="FILE", help="A JSONL file of your own cases (decoders: prompt/expected/match; encoders: anchor/positive/negative): verify fails (exit 4) when the packaged model scores more than the profile's eval_tolerance below fp32."),
+    allow_pickle: bool = PickleOpt,
+    shape: list[str] = ShapeOpt,
+    value: list[str] = ValueOpt,
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the stage cache (PACKAGER_NO_CACHE=1 does the same); several targets still share one export."),
-    report: Path | None = typer.Option(None, "--report", help="Also write report.json, report.md and report.html of the run (every target, failures included) into this folder."),
+    report: Path | None = typer.Option(None, "--report", metavar="FOLDER", help="Also write report.json, report.md and report.html of the run (every target, failures included) into this folder."),
     as_json: bool = JsonOpt,
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Say where each setting came from."),
+    verbose: bool = VerboseOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Export, quantize, verify, fit and bundle MODEL for a target (or several).
@@ -164,7 +236,7 @@ def package(
             from packager.stages.bundle import check_output_dir
 
             check_output_dir(report, "--report", "the report")  # before minutes of work, not after
-        return _package_targets(target, all_targets)
+        return _several_targets(target, all_targets)
 
     targets = _guarded(prepare, debug=debug, as_json=as_json)
     if targets is None:  # one target, or none named (PACKAGER_TARGET, pyproject): the one-bundle output
@@ -191,22 +263,56 @@ def package(
         return
     rows: list[dict[str, Any]] = []
     try:
-        with temp_folder("cache") as tmp:
-            # --no-cache: a cache for this run only, so that the targets still share one export.
-            options["cache"] = Path(tmp) if no_cache or _cache_off() else True
-            _package_many(model, targets, options, reporter, rows, debug=debug)
+        with _shared_cache(no_cache) as cache:
+            options["cache"] = cache
+            _each_target(targets, lambda t: _api().package(_models(model), t, **options), _print_packaged, reporter,
+                         rows, debug=debug)
     except KeyboardInterrupt:  # after every cleanup, this run's cache folder included
         done = [r["archive"] for r in rows if "archive" in r]
         _interrupted(as_json, f"interrupted; {len(done)} of {len(targets)} bundles were finished before it "
                               f"({', '.join(done) or 'none'}), and nothing else was written." if done else
                      "interrupted; nothing was written.")
-    code = next((r["exit_code"] for r in rows if r["exit_code"]), 0)
     if report is not None:
         _guarded(lambda: _write_report(report, rows, reporter), debug=debug, as_json=as_json)
+    _exit_several(rows, as_json, _print_many)
+
+
+@contextlib.contextmanager
+def _shared_cache(no_cache: bool) -> Iterator[bool | Path]:
+    """The stage cache for several targets: the user's, or with --no-cache one for this run only, so
+    that the targets still share one export."""
+    with temp_folder("cache") as tmp:
+        yield Path(tmp) if no_cache or _cache_off() else True
+
+
+def _each_target(targets: list[str], run: Callable[[str], Any], show: Callable[[Any], None], reporter: Any,
+                 rows: list[dict[str, Any]], *, debug: bool) -> None:
+    """`run` for each target in turn, going on after a failure; one result row per target in `rows` (the
+    result's to_dict() and its exit_code, or the target, the error and its exit code)."""
+    for t in targets:
+        reporter.print(f"-- {t}")
+        try:
+            result = run(t)
+        except Exception as e:
+            if debug:
+                traceback.print_exc()
+            message, code = _error(e)
+            err.print(f"[red]error:[/] {escape(t)}: {escape(message)}", soft_wrap=True)
+            rows.append({"target": t, "error": message, "exit_code": code})
+            continue
+        if not reporter.quiet:
+            show(result)
+        rows.append(result.to_dict() | {"exit_code": result.exit_code})
+
+
+def _exit_several(rows: list[dict[str, Any]], as_json: bool, summary: Callable[[list[dict[str, Any]]], None] | None) -> NoReturn:
+    """The end of a run over several targets: {"results": rows, "exit_code": N} with --json, else the
+    summary table; the exit code is the first failing target's (0 when none failed)."""
+    code = next((r["exit_code"] for r in rows if r["exit_code"]), 0)
     if as_json:
         print(json.dumps({"results": rows, "exit_code": code}))
-    else:
-        _print_many(rows)
+    elif summary is not None:
+        summary(rows)
     raise typer.Exit(code)
 
 
@@ -229,12 +335,12 @@ def _api() -> Any:
     return packager.api
 
 
-def _package_targets(target: list[str], all_targets: bool) -> list[str] | None:
-    """The profile names to package for when there are several (in order, each once), else None."""
+def _several_targets(target: list[str], all_targets: bool) -> list[str] | None:
+    """The profile names to run for when there are several (in order, each once), else None."""
     from packager.profiles import builtin_profiles, resolve_target
 
     if all_targets and target:
-        raise PackagerError("--all-targets packages for every built-in target; drop --target or --all-targets.",
+        raise PackagerError("--all-targets runs for every built-in target; drop --target or --all-targets.",
                             ExitCode.USAGE)
     if all_targets:
         return list(builtin_profiles())
@@ -247,25 +353,11 @@ def _package_targets(target: list[str], all_targets: bool) -> list[str] | None:
     return [t if t.endswith(".toml") else n for n, t in names.items()]
 
 
-def _package_many(model: list[str], targets: list[str], options: dict[str, Any], reporter: Any, rows: list[dict[str, Any]],
-                  *, debug: bool) -> None:
-    """Package for each target in turn, going on after a failure; one result row per target in `rows`."""
-    for t in targets:
-        reporter.print(f"-- {t}")
-        try:
-            result = _api().package(_models(model), t, **options)
-        except Exception as e:
-            if debug:
-                traceback.print_exc()
-            message, code = _error(e)
-            err.print(f"[red]error:[/] {escape(t)}: {escape(message)}", soft_wrap=True)
-            rows.append({"target": t, "error": message, "exit_code": code})
-            continue
-        if not reporter.quiet:
-            _print_package(result)
-            if not result.ok:
-                _print_smoke_failure(result)
-        rows.append(result.to_dict() | {"exit_code": result.exit_code})
+def _print_packaged(result: Any) -> None:
+    """One target's bundle among several: its lines, and the smoke test's failure if it failed."""
+    _print_package(result)
+    if not result.ok:
+        _print_smoke_failure(result)
 
 
 def _error(e: Exception) -> tuple[str, int]:
@@ -285,10 +377,7 @@ def _print_many(rows: list[dict[str, Any]]) -> None:
         cached = ", ".join(f"{stage} cached" for stage, status in r["cache"].items() if status == "hit")
         result = "[green]ok[/]" if r["exit_code"] == 0 else f"[red]smoke failed (exit {r['exit_code']})[/]"
         table.add_row(r["target"], r["recipe"], result + (f" ({cached})" if cached else ""), escape(r["archive"]))
-    out = Console(stderr=True)
-    if not out.is_terminal:
-        out = Console(stderr=True, width=160)  # a CI log: no terminal width to fit, so do not cut the paths
-    out.print(table)
+    _summary_console().print(table)
 
 
 def _exit_on_smoke_failure(result: Any, as_json: bool) -> None:
@@ -368,36 +457,77 @@ def _print_suite(r: Any) -> None:
 
 
 @app.command()
+@_timing("check")
 def check(
-    model: list[str] = typer.Argument(..., metavar="MODEL", help="A Hugging Face folder, an .onnx file, or a sample:NAME; several: will they fit loaded together?"),
-    target: str | None = typer.Option(None, "--target", "-t", help="Target profile name or alias, or a profile .toml."),
-    budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's, e.g. 1.2GB or 900MiB."),
-    recipe: str | None = typer.Option(None, "--recipe", help="Quantization recipe (default: the profile's); encoder-decoders also per component: encoder=int8-dynamic,decoder=int4."),
-    context: int | None = typer.Option(None, "--context", min=1, help="Tokens of KV cache to plan for (decoders)."),
+    model: list[str] = typer.Argument(..., metavar="MODEL", help="A Hugging Face folder, an .onnx file, a sample:NAME, "
+                                      "or a bundle (.tar.gz or unpacked: its model as packaged, on its own target "
+                                      "unless --target names another); several models: will they fit loaded together?"),
+    target: list[str] = TargetsOpt,
+    all_targets: bool = AllTargetsOpt,
+    budget: str | None = BudgetOpt,
+    recipe: str | None = typer.Option(None, "--recipe", metavar="RECIPE", help="Quantization recipe; encoder-decoders also per component: encoder=int8-dynamic,decoder=int4 [default: the profile's]."),
+    context: str | None = typer.Option(None, "--context", metavar="TOKENS", help="Decoders: tokens of KV cache to plan for, e.g. 8K (K = 1024) or 4096 [default: the profile's]."),
     no_measure: bool = typer.Option(False, "--no-measure", help="Estimate only: do not load the model in a child process."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept pickled weights (.bin), loaded with torch's weights-only loader."),
-    shape: list[str] = typer.Option([], "--shape", help="Sample input shape for a tensor model: NAME=D1,D2 (repeatable)."),
-    value: list[str] = typer.Option([], "--value", help="Fill a sample input with a value: NAME=V (repeatable)."),
+    allow_pickle: bool = PickleOpt,
+    shape: list[str] = ShapeOpt,
+    value: list[str] = ValueOpt,
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the stage cache."),
     as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Will MODEL fit the target's memory budget? Exit 0 if it fits, 3 if not. Several MODELs: all of
-    them loaded together, as `package` bundles them."""
+    them loaded together, as `package` bundles them. Several targets: one verdict each, the exit code
+    the first failing target's."""
+    from packager.progress import Reporter
 
-    def go() -> Any:
-        return _api().check(_models(model), target, budget=budget, recipe=recipe, context=context, measure=not no_measure,
-                            allow_pickle=allow_pickle, shapes=_parse_pairs(shape, "--shape", _dims),
-                            values=_parse_pairs(value, "--value", float), cache=False if no_cache else True,
-                            progress=not as_json)
+    reporter = Reporter(quiet=as_json)
+    options: dict[str, Any] = {"budget": budget, "recipe": recipe, "context": context, "measure": not no_measure,
+                               "allow_pickle": allow_pickle, "progress": reporter, "verbose": verbose}
 
-    result = _guarded(go, debug=debug, as_json=as_json).to_dict()
-    if as_json:
-        print(json.dumps(result))
-    else:
-        _print_check(result)
-    if not result["fits"]:
-        raise typer.Exit(int(ExitCode.DOES_NOT_FIT))
+    def prepare() -> list[str] | None:
+        options["shapes"] = _parse_pairs(shape, "--shape", _dims)
+        options["values"] = _parse_pairs(value, "--value", float)
+        return _several_targets(target, all_targets)
+
+    targets = _guarded(prepare, debug=debug, as_json=as_json)
+    if targets is None:
+        result = _guarded(lambda: _api().check(_models(model), target[0] if target else None,
+                                               cache=not no_cache, **options), debug=debug, as_json=as_json)
+        if as_json:
+            print(json.dumps(result.to_dict()))
+        else:
+            _print_check(result)
+        raise typer.Exit(result.exit_code)
+    rows: list[dict[str, Any]] = []
+    try:
+        with _shared_cache(no_cache) as cache:
+            _each_target(targets, lambda t: _api().check(_models(model), t, cache=cache, **options), _print_check,
+                         reporter, rows, debug=debug)
+    except KeyboardInterrupt:
+        _interrupted(as_json)
+    _exit_several(rows, as_json, _print_checks)
+
+
+def _print_checks(rows: list[dict[str, Any]]) -> None:
+    """Several targets' verdicts, one row each."""
+    table = Table("target", "recipe", "verdict", "peak MiB", "budget MiB", box=box.SIMPLE_HEAD)
+    for r in rows:
+        if "error" in r:
+            table.add_row(escape(r["target"]), "", f"[red]exit {r['exit_code']}[/]", escape(r["error"]), "")
+            continue
+        verdict = "[green]fits[/]" if r["fits"] else "[red]does not fit[/]"
+        table.add_row(r["target"], escape(r["recipe"]), verdict,
+                      f"{(r['budget_bytes'] - r['headroom_bytes']) / MiB:.0f} ({r['verdict_basis']})",
+                      f"{r['budget_bytes'] / MiB:.0f}")
+    _summary_console().print(table)
+
+
+def _summary_console() -> Console:
+    out = Console(stderr=True)
+    if not out.is_terminal:
+        out = Console(stderr=True, width=160)  # a CI log: no terminal width to fit, so do not cut the paths
+    return out
 
 
 def _print_components(components: dict[str, Any], models: bool = False) -> None:
@@ -416,18 +546,19 @@ def _print_components(components: dict[str, Any], models: bool = False) -> None:
         table.add_row(name, c["recipe"], f"{c['size_bytes'] / MiB:.2f}",
                       f"{est['low_bytes'] / MiB:.1f} - {est['high_bytes'] / MiB:.1f}",
                       "-" if measured is None else f"{measured / MiB:.1f}",
-                      ", ".join(f"{k} {v / MiB:.1f}" for k, v in top))
+                      ", ".join(f"{memory_label(k)} {v / MiB:.1f}" for k, v in top))
     Console(stderr=True).print(table)
     if any("measured_load_bytes" in c for c in components.values()):
         err.print(f"note: the {'first model' if models else 'encoder'} loads first: its measured load also holds the "
                   "runtime's one-time initialisation, which the whole's runtime base counts")
 
 
-def _print_check(r: dict[str, Any]) -> None:
-    table = Table("component", "estimate MiB", box=box.SIMPLE_HEAD)
+def _print_check(result: Any) -> None:
+    r = result.to_dict()
+    table = Table("memory for", "estimate MiB", box=box.SIMPLE_HEAD)
     table.columns[1].justify = "right"
     for name, size in r["estimate"]["breakdown"].items():
-        table.add_row(name, f"{size / MiB:.1f}")
+        table.add_row(memory_label(name), f"{size / MiB:.1f}")
     est = r["estimate"]
     table.add_row("[b]peak (low - high)[/]", f"[b]{est['low_bytes'] / MiB:.0f} - {est['high_bytes'] / MiB:.0f}[/]")
     if r["measured"]:
@@ -450,34 +581,50 @@ def _print_check(r: dict[str, Any]) -> None:
 
 
 @app.command()
+@_timing("plan")
 def plan(
-    config: Path = typer.Argument(..., help="A config.json, or a folder holding one (no weights needed)."),
-    target: str | None = typer.Option(None, "--target", "-t", help="Target profile name or alias, or a profile .toml."),
-    precision: list[str] = typer.Option([], "--precision", help="fp32, fp16, int8, int4 (repeatable; default: all)."),
-    context: list[str] = typer.Option([], "--context", help="Context lengths, e.g. 8K (repeatable; default: 2K 8K 32K 128K)."),
-    kv_bits: int | None = typer.Option(None, "--kv-bits", help="What-if: KV cache element size, 16, 8 or 4 bits."),
-    budget: str | None = typer.Option(None, "--budget", help="Memory budget instead of the profile's."),
+    config: str = typer.Argument(..., metavar="MODEL", help="A config.json, a Hugging Face folder holding one (no "
+                                 "weights needed), or a built-in sample:NAME."),
+    target: list[str] = TargetsOpt,
+    all_targets: bool = AllTargetsOpt,
+    precision: list[str] = typer.Option([], "--precision", metavar="PRECISION", help="fp32, fp16, int8, int4 (repeatable) [default: all]."),
+    context: list[str] = typer.Option([], "--context", metavar="TOKENS", help="Context lengths, e.g. 8K (K = 1024) or 4096 (repeatable) [default: 2K 8K 32K 128K, up to the model's]."),
+    kv_bits: int | None = typer.Option(None, "--kv-bits", metavar="BITS", help="What-if: KV cache element size, 16, 8 or 4 bits [default: the activations' dtype]."),
+    budget: str | None = BudgetOpt,
     as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
     debug: bool = DebugOpt,
 ) -> None:
-    """Which precision and context fit the target, from the model's config alone."""
+    """Which precision and context fit the target, from the model's config alone. Several targets:
+    one plan each."""
+    from packager.progress import Reporter
 
-    def go() -> Any:
-        return _api().plan(config, target, precisions=precision, contexts=context, kv_bits=kv_bits, budget=budget)
+    reporter = Reporter(quiet=as_json)
 
-    result = _guarded(go, debug=debug, as_json=as_json)
-    if as_json:
-        print(json.dumps(result.to_dict()))
+    def one(t: str | None) -> Any:
+        return _api().plan(config, t, precisions=precision, contexts=context, kv_bits=kv_bits, budget=budget,
+                           progress=reporter, verbose=verbose)
+
+    targets = _guarded(lambda: _several_targets(target, all_targets), debug=debug, as_json=as_json)
+    if targets is None:
+        result = _guarded(lambda: one(target[0] if target else None), debug=debug, as_json=as_json)
+        if as_json:
+            print(json.dumps(result.to_dict()))
+        else:
+            _print_plan(result)
         return
-    _print_plan(result)
+    rows: list[dict[str, Any]] = []
+    _each_target(targets, one, _print_plan, reporter, rows, debug=debug)
+    _exit_several(rows, as_json, None)
 
 
 def _print_plan(p: Any) -> None:
-    from packager.plan import BYTES_PER_PARAM, human_context
+    from packager.plan import BYTES_PER_PARAM, human_context, human_count
 
     a = p.architecture
-    err.print(f"{a.name}: {a.parameters / 1e9:.3f}B parameters ({a.parameters:,}), {a.layers} layers, "
-              f"{a.kv_heads} KV heads x {a.head_dim}; target {p.target}, budget {p.budget_bytes / MiB:.0f} MiB")
+    shape = f"{a.layers} layers, {a.kv_heads} KV heads x {a.head_dim}" if a.decoder else f"{a.layers} layers"
+    err.print(escape(f"{a.name}: {human_count(a.parameters)} parameters ({a.parameters:,}), {shape}"), soft_wrap=True)
+    err.print(f"target {escape(p.target)}, budget {p.budget_bytes / MiB:.0f} MiB", soft_wrap=True)
     for name, count in a.components.items():
         err.print(f"  {name}: {count:,} parameters" + "".join(
             f", {precision} {count * bytes_per / MiB:.1f} MiB" for precision, bytes_per in BYTES_PER_PARAM.items()))
@@ -492,22 +639,30 @@ def _print_plan(p: Any) -> None:
         if a.decoder:
             print(f"{precision}: " + (f"fits up to {human_context(tokens)} tokens of context" if tokens else "does not fit"))
     for note in p.notes:
-        err.print(f"note: {escape(note)}")
+        err.print(f"note: {escape(note)}", soft_wrap=True)
 
 
 @app.command()
+@_timing("smoke")
 def smoke(
-    bundle: Path = typer.Argument(..., help="A bundle archive (.tar.gz) or an unpacked bundle folder."),
-    python: str | None = typer.Option(None, "--python", help="Interpreter to run it with (default: this one)."),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="A bundle archive (.tar.gz) or an unpacked bundle folder."),
+    python: str | None = typer.Option(None, "--python", metavar="PYTHON", help="Interpreter to run it with [default: this one]."),
     emulate: bool = typer.Option(False, "--emulate", help="Run it on the device's arm64 Debian userland and CPU "
                                  "model under qemu (needs qemu-user-static; checks correctness, not speed)."),
-    public_key: Path | None = typer.Option(None, "--public-key", envvar="PACKAGER_PUBLIC_KEY", help="Fail unless "
-                                           "this Ed25519 public key signed the bundle (checked before any of it runs)."),
+    public_key: Path | None = typer.Option(None, "--public-key", metavar="FILE", envvar="PACKAGER_PUBLIC_KEY",
+                                           help="Fail unless this Ed25519 public key signed the bundle (checked "
+                                           "before any of it runs)."),
     as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Run a bundle's own smoke test in a fresh process and report its verdict."""
     from packager.smoke import run_smoke
+
+    _say(verbose, as_json, f"python  = {python or sys.executable}  ({'--python' if python else 'this interpreter'})")
+    if public_key is not None:
+        origin = "PACKAGER_PUBLIC_KEY" if os.environ.get("PACKAGER_PUBLIC_KEY") == str(public_key) else "--public-key"
+        _say(verbose, as_json, f"key     = {public_key}  ({origin})")
 
     result = _guarded(lambda: run_smoke(bundle, python, emulate=emulate, public_key=public_key), debug=debug,
                       as_json=as_json)
@@ -536,7 +691,9 @@ def _print_smoke(result: Any) -> None:
     elif signature.get("note"):
         err.print(f"note: {escape(signature['note'])}", soft_wrap=True)
     for p in r.get("missing_providers", []):
-        err.print(f"note: {p} is not available on this host; ran on {', '.join(r['providers'])} (not exercised: {p})")
+        err.print(f"note: {provider_name(p)} ({p}) is not available on this host; ran on "
+                  f"{', '.join(provider_name(q) for q in r['providers'])} (not exercised: {provider_name(p)})",
+                  soft_wrap=True)
     if "files_checked" in r:
         err.print(f"checksums {r['files_checked']} files OK")
     for name, checked in (r.get("models") or {"": r}).items():   # a bundle of several models: each one's
@@ -561,16 +718,20 @@ def _print_smoke_model(what: str, r: dict[str, Any]) -> None:
 
 
 @app.command()
+@_timing("keygen")
 def keygen(
-    private: Path = typer.Argument(..., help="Where to write the private key (PEM, mode 0600); it stays on the build host."),
-    public: Path | None = typer.Option(None, "--public", help="Where to write the public key [default: PRIVATE.pub]."),
+    private: Path = typer.Argument(..., metavar="PRIVATE", help="Where to write the private key (PEM, mode 0600); it stays on the build host."),
+    public: Path | None = typer.Option(None, "--public", metavar="FILE", help="Where to write the public key [default: PRIVATE.pub]."),
     as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Make an Ed25519 key pair for `package --sign` (the .pub file goes on the devices). Never overwrites."""
     from packager.signing import keygen as make_keys
 
     private_path, public_path, fingerprint = _guarded(lambda: make_keys(private, public), debug=debug, as_json=as_json)
+    _say(verbose, as_json, f"public key path from {'--public' if public else 'the default, PRIVATE.pub'}; "
+                           "the fingerprint printed is the SHA-256 of the public key's raw 32 bytes")
     if as_json:
         print(json.dumps({"private_key": str(private_path), "public_key": str(public_path),
                           "public_key_sha256": fingerprint}))
@@ -583,16 +744,20 @@ def keygen(
 
 
 @app.command("inspect")
+@_timing("inspect")
 def inspect_model(
-    model: str = typer.Argument(..., help="An .onnx file, a folder holding model.onnx, a bundle (.tar.gz or unpacked), "
+    model: str = typer.Argument(..., metavar="MODEL", help="An .onnx file, a folder holding model.onnx, a bundle (.tar.gz or unpacked), "
                                 "or a Hugging Face folder or sample:NAME (exported first, as package does)."),
-    target: list[str] = typer.Option([], "--target", "-t", help="Check this target's runtime (repeatable; default: "
-                                     "every profile). Exit 11 if its runtime cannot run the model."),
-    top: int = typer.Option(15, "--top", min=1, help="Operators shown in the table (--json lists all)."),
+    target: list[str] = typer.Option([], "--target", "-t", metavar="NAME", help="Check this target's runtime "
+                                     "(repeatable) [default: every profile]. Exit 11 if its runtime cannot run the model."),
+    top: int = typer.Option(15, "--top", min=1, metavar="N", help="Operators shown in the table (--json lists all)."),
     as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
     debug: bool = DebugOpt,
 ) -> None:
     """Inputs, outputs, parameters, size, opsets and operators of an ONNX model, and which targets run it."""
+    _say(verbose, as_json, f"targets = {', '.join(target)}  (--target)" if target else
+         "targets = every built-in profile  (no --target)")
 
     def go() -> Any:
         from packager.compat import inspect as inspect_onnx
@@ -623,7 +788,7 @@ def inspect_model(
 def _inspect_path(spec: str, tmp: Path, profile: Any) -> tuple[Path, str, dict[str, Any] | None]:
     """The .onnx file MODEL names, how to show it, and the bundle's manifest summary when it is a bundle.
     A Hugging Face folder or a sample goes through packager's source and export stages first."""
-    from packager.archive import extract_bundle
+    from packager.bundles import is_bundle, open_bundle
 
     model = Path(spec)
     if spec.startswith("sample:") or (model.is_dir() and (model / "config.json").is_file()
@@ -633,28 +798,11 @@ def _inspect_path(spec: str, tmp: Path, profile: Any) -> tuple[Path, str, dict[s
         return path, f"{spec} (exported by packager, fp32{part})", None
     if not model.exists():
         raise PackagerError(f"{model}: no such file or folder; check the path.", ExitCode.BAD_INPUT)
+    if is_bundle(model):
+        bundle = open_bundle(model, tmp)
+        shown = f"{model} (model/model.onnx)" if model.is_file() else str(bundle.model)
+        return bundle.model, shown, bundle.summary
     shown = str(model)
-    folder = None
-    if model.is_file() and model.name.endswith((".tar.gz", ".tgz")):
-        folder = extract_bundle(model, tmp)
-        shown = f"{model} (model/model.onnx)"
-    elif model.is_dir() and (model / "model" / "model.onnx").is_file():
-        folder = model
-    elif model.is_dir() and (model / "blobs").is_dir():
-        folder = model
-    if folder is not None:
-        if (folder / "blobs").is_dir():
-            raise PackagerError(f"{model}: a bundle of several models, whose files are in blobs/; unpack it and pass "
-                                "one of them (models/<name>/manifest.json names each model's under runtime).",
-                                ExitCode.BAD_INPUT)
-        path = folder / "model" / "model.onnx"
-        if not path.is_file() and list((folder / "model").glob("decoder_model*.onnx")):
-            raise PackagerError(f"{model}: an encoder-decoder bundle, whose components are separate models; unpack it "
-                                "and pass one of them: model/encoder_model.onnx or model/decoder_model_merged.onnx.",
-                                ExitCode.BAD_INPUT)
-        if not path.is_file():
-            raise PackagerError(f"{model}: a bundle without model/model.onnx; rebuild it.", ExitCode.BAD_INPUT)
-        return path, shown if model.is_file() else str(path), _bundle_summary(folder / "manifest.json")
     if model.is_file():
         if model.suffix != ".onnx":
             raise PackagerError(f"{model}: not an .onnx file or a bundle archive (.tar.gz); pass one of those.",
@@ -682,21 +830,6 @@ def _exported(spec: str, tmp: Path, profile: Any) -> Path:
     export.run(ctx)
     assert ctx.reference_model is not None
     return ctx.reference_model
-
-
-def _bundle_summary(manifest: Path) -> dict[str, Any] | None:
-    """The bundle's name, target, recipe and runtime; None when it has no manifest or one without them.
-    A manifest that is not JSON is a damaged bundle (exit 5), as everywhere else."""
-    from packager.stages.source import read_json
-
-    if not manifest.is_file():
-        return None
-    m = read_json(manifest, "the bundle is damaged: rebuild it")
-    try:
-        return {"name": m["name"], "target": m["target"], "recipe": m["recipe"]["name"],
-                "runtime": f"{m['runtime']['package']}=={m['runtime']['version']}"}
-    except (KeyError, TypeError):
-        return None
 
 
 def _print_inspect(r: dict[str, Any], top: int) -> None:

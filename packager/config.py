@@ -36,8 +36,9 @@ class PackageSettings:
     budget: Setting
     target: Setting
 
-    def describe(self) -> list[str]:
-        return [f"{k:<7} = {getattr(self, k).value}  ({getattr(self, k).origin})" for k in ("target", "out", "recipe", "budget")]
+    def describe(self, keys: tuple[str, ...] = KEYS) -> list[str]:
+        """--verbose: each setting with where it came from."""
+        return [f"{k:<7} = {getattr(self, k).value}  ({getattr(self, k).origin})" for k in keys]
 
 
 def parse_size(text: str | int, what: str) -> int:
@@ -61,6 +62,27 @@ def parse_size(text: str | int, what: str) -> int:
     if size > MAX_SIZE:
         raise _too_large(text, what)
     return size
+
+
+# Context lengths: tokens, or thousands of them in the binary sense (8K = 8192), as model cards write them.
+_CONTEXT_UNITS = {"": 1, "k": 2**10, "m": 2**20}
+MAX_CONTEXT = 2**31 - 1   # ONNX Runtime's tensor dimensions, and far past any model's positions
+
+
+def parse_context(text: str | int, what: str = "--context") -> int:
+    """Tokens from `8192`, `8K`, `4k`, `512`, `1M` (K = 1024): the one parser of every --context."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        tokens = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]{1,10})\s*([km]?)\s*", str(text), re.IGNORECASE)
+        if not m:
+            raise PackagerError(f"{what} {text!r} is not a number of tokens; write it like 8192, 8K or 512.",
+                                ExitCode.USAGE)
+        tokens = int(m.group(1)) * _CONTEXT_UNITS[m.group(2).lower()]
+    if not 1 <= tokens <= MAX_CONTEXT:
+        raise PackagerError(f"{what} {text!r} is not between 1 token and {MAX_CONTEXT} tokens; give a context in "
+                            "that range, like 8K.", ExitCode.USAGE)
+    return tokens
 
 
 def _too_large(text: str | int, what: str) -> PackagerError:
@@ -106,9 +128,11 @@ def _layered(key: str, cli: dict[str, Any], project: dict[str, Any], project_pat
     return None
 
 
-def resolve_package_settings(cli: dict[str, Any], cwd: Path | None = None) -> PackageSettings:
+def resolve_package_settings(cli: dict[str, Any], cwd: Path | None = None,
+                             default_target: Setting | None = None) -> PackageSettings:
+    """`default_target`: the target when none is set anywhere (a bundle's own, for `check BUNDLE`)."""
     project, project_path = project_settings(cwd or Path.cwd())
-    target = _layered("target", cli, project, project_path)
+    target = _layered("target", cli, project, project_path) or default_target
     if target is None:
         raise PackagerError("no target given; pass --target NAME (see `packager targets`), or set PACKAGER_TARGET.",
                             ExitCode.USAGE)

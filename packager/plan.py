@@ -9,7 +9,6 @@ prepacked copies, KV cache at the context, and prefill activations.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,17 +80,40 @@ class Plan:
     max_context: dict[str, int]             # precision -> largest context that fits (0: none)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def exit_code(self) -> int:
+        """A plan is a table of what fits, not a verdict: it succeeds whatever it finds."""
+        return int(ExitCode.OK)
+
     def to_dict(self) -> dict[str, Any]:
         return {"parameters": self.architecture.parameters, "architecture": asdict(self.architecture),
                 "target": self.target, "budget_bytes": self.budget_bytes, "rows": [asdict(r) for r in self.rows],
                 "max_context": self.max_context, "notes": self.notes}
 
 
-def read_config(path: Path) -> dict[str, Any]:
+def find_config(spec: str | Path) -> Path:
+    """The config.json a plan reads: a sample:NAME's, a Hugging Face folder's, or the file named."""
+    from packager.bundles import is_bundle
+
+    shown = str(spec)
+    if shown.startswith("sample:"):
+        from packager.samples import resolve_sample
+
+        path = resolve_sample(shown.removeprefix("sample:"))[0]
+    else:
+        path = Path(spec)
+    if path.suffix == ".onnx" or (path.exists() and is_bundle(path)):
+        raise PackagerError(f"{shown}: an ONNX model or bundle, with no config.json to plan from; `packager check "
+                            f"{shown}` estimates and measures it instead.", ExitCode.BAD_INPUT)
     config_path = path / "config.json" if path.is_dir() else path
     if not config_path.is_file():
-        raise PackagerError(f"{path}: no config.json there; pass a config.json or a folder holding one.",
-                            ExitCode.BAD_INPUT)
+        raise PackagerError(f"{shown}: no config.json there; pass a config.json, a Hugging Face folder holding one, "
+                            "or sample:NAME.", ExitCode.BAD_INPUT)
+    return config_path
+
+
+def read_config(spec: str | Path) -> dict[str, Any]:
+    config_path = find_config(spec)
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -220,7 +242,7 @@ def largest_context(a: Architecture, profile: Profile, precision: str, kv_bits: 
     return lo * 256
 
 
-def plan(config_path: Path, profile: Profile, precisions: list[str] | None = None, contexts: list[int] | None = None,
+def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None = None, contexts: list[int] | None = None,
          kv_bits: int | None = None) -> Plan:
     a = architecture(read_config(config_path))
     precisions = precisions or list(PRECISIONS)
@@ -246,14 +268,14 @@ def plan(config_path: Path, profile: Profile, precisions: list[str] | None = Non
                 {p: largest_context(a, profile, p, kv_bits) for p in precisions}, notes)
 
 
+def human_count(count: int) -> str:
+    """1.2B, 22.7M, 124M: a parameter count as model cards write it (one decimal below 100 of the unit)."""
+    for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if count >= size:
+            x = count / size
+            return (f"{x:.0f}" if x >= 99.95 else f"{x:.1f}".removesuffix(".0")) + unit
+    return str(count)
+
+
 def human_context(tokens: int) -> str:
     return f"{tokens // 1024}K" if tokens >= 1024 and tokens % 1024 == 0 else str(tokens)
-
-
-def parse_context(text: str) -> int:
-    """'8192', '8K', '128k' -> tokens."""
-    t = text.strip().lower()
-    value = float(t[:-1]) * 1024 if t.endswith("k") else float(t)
-    if value < 1 or not math.isfinite(value):
-        raise ValueError(text)
-    return int(value)

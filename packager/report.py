@@ -32,6 +32,7 @@ from typing import Any
 
 from packager import __version__
 from packager.errors import ExitCode, PackagerError
+from packager.labels import memory_label, provider_name
 
 SCHEMA_VERSION = 1
 FILES = ("report.json", "report.md", "report.html")
@@ -40,18 +41,18 @@ MiB = 2**20
 # The estimate's components (packager/estimate.py): label and colour. Colours from the Okabe-Ito
 # palette (distinguishable with the common colour-vision deficiencies); segments are separated by
 # white gaps and named in the legend, so colour is never the only cue.
-COMPONENTS: dict[str, tuple[str, str]] = {
-    "runtime_base": ("runtime base", "#b8b8b8"),
-    "weights_inline": ("weights", "#0072b2"),
-    "weights_external": ("weights (external data)", "#56b4e9"),
-    "prepacked": ("prepacked weights", "#009e73"),
-    "load_transient": ("load transient", "#f0e442"),
-    "ort_format_buffer": ("ORT-format file buffer", "#7a5195"),
-    "allocator_overhead": ("allocator overhead", "#cc79a7"),
-    "activations": ("activations", "#e69f00"),
-    "kv_cache": ("KV cache", "#d55e00"),
-    "gpu_context": ("CUDA context (GPU)", "#000000"),
-}
+COMPONENTS: dict[str, tuple[str, str]] = {key: (memory_label(key), colour) for key, colour in {
+    "runtime_base": "#b8b8b8",
+    "weights_inline": "#0072b2",
+    "weights_external": "#56b4e9",
+    "prepacked": "#009e73",
+    "load_transient": "#f0e442",
+    "ort_format_buffer": "#7a5195",
+    "allocator_overhead": "#cc79a7",
+    "activations": "#e69f00",
+    "kv_cache": "#d55e00",
+    "gpu_context": "#000000",
+}.items()}
 SPARE_COLOURS = ("#7a5195", "#4d4d4d", "#a6761d", "#1b9e77")
 # Components that exist in one phase only: the peak is max(load, run), not their sum.
 LOAD_ONLY = frozenset({"load_transient", "ort_format_buffer"})
@@ -203,7 +204,7 @@ class View:
 
 
 def component_label(key: str, view: View | None = None) -> str:
-    label = COMPONENTS[key][0] if key in COMPONENTS else key.replace("_", " ")
+    label = memory_label(key)
     context = _num(view.memory.get("context")) if view else None
     if key == "kv_cache" and context:
         label += f" ({int(context)} tokens)"
@@ -748,7 +749,7 @@ def _html_section(v: View, i: int) -> list[str]:
         if _num(rep.get("peak_bytes")) is not None:
             smoke.append(("smoke peak", size(rep["peak_bytes"])))
         if rep.get("missing_providers"):
-            smoke.append(("not exercised", ", ".join(map(str, rep["missing_providers"]))))
+            smoke.append(("not exercised", ", ".join(provider_name(str(p)) for p in rep["missing_providers"])))
     blocks.append("<div><h3>Sizes</h3>" + _kv_table(rows) + "<h3>Smoke</h3>" + _kv_table(smoke, num=False) + "</div>")
     # memory figures
     if v.breakdown:

@@ -31,7 +31,13 @@ PER_RECIPE = ("quantize", "compat", "mobile", "samples", "verify", "fit")
 CACHE_NOTES = {"hit": "cache hit", "corrupt": "damaged cache entry rebuilt"}
 
 
+# Stages only some targets have: the others neither run them nor show a line (or a time) for them.
+APPLIES: dict[str, Callable[[Context], bool]] = {"mobile": lambda ctx: ctx.profile.mobile is not None}
+
+
 def run_stage(ctx: Context, reporter: Reporter, name: str) -> None:
+    if not APPLIES.get(name, lambda ctx: True)(ctx):
+        return
     with reporter.stage(name, ctx.timings) as step:
         ctx.progress = step.update   # the stage's word on where it is (minutes-long stages)
         try:
