@@ -63,6 +63,13 @@ PickleOpt = typer.Option(False, "--allow-pickle", help="Accept pickled weights (
                          "weights-only loader.")
 
 
+def _recipes() -> str:
+    """The recipes, as help lists them: from the registry, which names them without loading onnx."""
+    from packager.recipes import help_text
+
+    return help_text()
+
+
 def _samples() -> str:
     """The built-in samples, as help lists them: from the registry, so that none is left out."""
     from packager.samples import SAMPLES
@@ -191,7 +198,7 @@ def package(
     target: list[str] = TargetsOpt,
     all_targets: bool = AllTargetsOpt,
     out: str | None = typer.Option(None, "--out", "-o", metavar="FOLDER", help="Folder for the bundle archive [default: dist]."),
-    recipe: str | None = typer.Option(None, "--recipe", metavar="RECIPE", help="Quantization recipe: fp32, int8-dynamic, int8-static, int4, int4-mixed, fp16; encoder-decoders also per component: encoder=int8-dynamic,decoder=int4 [default: the profile's for the model's kind]."),
+    recipe: str | None = typer.Option(None, "--recipe", metavar="RECIPE", help=f"Quantization recipe ({_recipes()}); encoder-decoders also per component: encoder=int8-dynamic,decoder=int4 [default: the profile's for the model's kind]."),
     budget: str | None = BudgetOpt,
     context: str | None = typer.Option(None, "--context", metavar="TOKENS", help="Decoders: tokens of KV cache the deployment holds, e.g. 8K (K = 1024) or 4096 [default: the profile's]."),
     calibration: Path | None = typer.Option(None, "--calibration", metavar="FILE", help="int8-static: text lines (text models) or an .npz of inputs to calibrate on [default: built-in]."),

@@ -17,7 +17,7 @@ import numpy as np
 from packager.adapter import Adapter
 from packager.cache import StageCache
 from packager.profiles import Profile
-from packager.recipes import RecipeResult
+from packager.recipes.common import RecipeResult
 
 
 def silent(detail: str) -> None:

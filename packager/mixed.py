@@ -108,7 +108,8 @@ def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
     in ctx.expected_outputs."""
     import onnxruntime as ort
 
-    from packager.recipes import mix_nbits, needs_external_data, quantized_nbits, save
+    from packager.recipes.common import needs_external_data, save
+    from packager.recipes.nbits import mix_nbits, quantized_nbits
     from packager.runtime_files import runner
 
     assert ctx.reference_model is not None

@@ -222,7 +222,7 @@ def _invalid(where: str, key: str, problem: str) -> PackagerError:
 
 
 def _check_values(p: Profile, where: str) -> None:
-    from packager.recipes import RECIPES  # late: recipes import onnx machinery
+    from packager.recipes import RECIPES  # late: packager.recipes.common imports this module (Int4)
 
     # The name becomes a file name (<model>-<name>.tar.gz, the staging folder): a plain one, or a
     # profile could write, or delete, outside the output folder.

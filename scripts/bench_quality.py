@@ -47,7 +47,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from packager.context import Context  # noqa: E402
 from packager.errors import PackagerError  # noqa: E402
 from packager.profiles import resolve_target  # noqa: E402
-from packager.recipes import RECIPES, RecipeOptions  # noqa: E402
+from packager.recipes import RECIPES  # noqa: E402
+from packager.recipes.common import RecipeOptions  # noqa: E402
 from packager.runtime_files import runner  # noqa: E402
 from packager.stages import export, source  # noqa: E402
 

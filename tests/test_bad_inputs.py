@@ -258,7 +258,8 @@ def test_full_disk_inside_a_recipe_is_exit_9_not_a_tool_failure(tmp_path: Path, 
             f.write(b"x")
             raise OSError(errno.ENOSPC, "No space left on device")  # a write with no file name, as f.write gives
 
-    monkeypatch.setitem(RECIPES, "int8-dynamic", dataclasses.replace(RECIPES["int8-dynamic"], apply=quantize))
+    monkeypatch.setitem(RECIPES, "int8-dynamic", dataclasses.replace(RECIPES["int8-dynamic"], entry="dense:failing"))
+    monkeypatch.setattr("packager.recipes.dense.failing", quantize, raising=False)
     result = cli(tmp_path, *command(tmp_path, "package", identity(tmp_path / "m" / "model.onnx")))
     assert_refused(result, tmp_path, 9, str(tmp_path / "tmp"), "no space left", "packager's work files", "TMPDIR")
 

@@ -18,7 +18,8 @@ from packager.config import resolve_package_settings
 from packager.errors import ExitCode, PackagerError
 from packager.pipeline import package
 from packager.profiles import Int4
-from packager.recipes import RecipeOptions, count_ops, int4
+from packager.recipes.common import RecipeOptions, count_ops
+from packager.recipes.nbits import int4
 from packager.stages.export import fold_transposed_weights
 from conftest import unpack
 from tiny_decoders import make_decoder

@@ -404,7 +404,8 @@ def test_a_tool_failure_is_exit_10(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     def failing(*args: object) -> None:
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setitem(RECIPES, "int8-dynamic", dataclasses.replace(RECIPES["int8-dynamic"], apply=failing))
+    monkeypatch.setitem(RECIPES, "int8-dynamic", dataclasses.replace(RECIPES["int8-dynamic"], entry="dense:failing"))
+    monkeypatch.setattr("packager.recipes.dense.failing", failing, raising=False)
     out = tmp_path / "dist"
     proc = CliRunner().invoke(app, ["package", "sample:silero-vad", "--target", "rpi5", "--out", str(out)])
     assert proc.exit_code == 10, proc.output

@@ -12,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from packager import smoothing
-from packager.recipes import RecipeOptions, int8_dynamic
+from packager.recipes.common import RecipeOptions
+from packager.recipes.dense import int8_dynamic
 
 HIDDEN, FFN, VOCAB, OUTLIER = 16, 32, 64, 3
 

@@ -14,7 +14,7 @@ from conftest import unpack
 from packager.config import resolve_package_settings
 from packager.errors import ExitCode, PackagerError
 from packager.pipeline import package
-from packager.recipes import count_ops
+from packager.recipes.common import count_ops
 
 
 def _conv_model(path: Path) -> Path:

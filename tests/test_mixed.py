@@ -14,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from packager import mixed
 from packager.profiles import Int4
-from packager.recipes import RECIPES, RecipeOptions
+from packager.recipes import RECIPES
+from packager.recipes.common import RecipeOptions
 
 VOCAB, HIDDEN = 64, 128
 

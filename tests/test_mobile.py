@@ -23,7 +23,8 @@ from packager.mobile import check_apps, class_name, convert, gated_out, ort_fact
 from packager.paths import profiles_dir
 from packager.pipeline import package
 from packager.profiles import Int4, load_profile
-from packager.recipes import RecipeOptions, int4
+from packager.recipes.common import RecipeOptions
+from packager.recipes.nbits import int4
 
 
 @pytest.mark.integration

@@ -18,7 +18,8 @@ from rich.console import Console
 
 from packager.profiles import Int4
 from packager.progress import Reporter
-from packager.recipes import RecipeOptions, int4
+from packager.recipes.common import RecipeOptions
+from packager.recipes.nbits import int4
 from packager.stages.export import fold_transposed_weights, merge_external_data, name_tied_lm_head
 
 INT4 = Int4(block_size=32, symmetric=True, accuracy_level=4)

@@ -6,33 +6,46 @@ layers it keeps at 8 bits, a model kind) instead of looking its name up in side 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packager.errors import ExitCode, PackagerError, did_you_mean
-from packager.recipes.common import RecipeOptions, RecipeResult
-from packager.recipes.dense import fp16, fp16_merged, fp32, int8_dynamic, int8_dynamic_merged, int8_static
-from packager.recipes.nbits import int4, int4_mixed
 
-Apply = Callable[[Path, Path, RecipeOptions], RecipeResult]
-ApplyMerged = Callable[[tuple[Path, ...], Path, RecipeOptions], RecipeResult]
+if TYPE_CHECKING:
+    from packager.recipes.common import RecipeOptions, RecipeResult
+
+Apply = Callable[[Path, Path, "RecipeOptions"], "RecipeResult"]
+ApplyMerged = Callable[[tuple[Path, ...], Path, "RecipeOptions"], "RecipeResult"]
 
 
 @dataclass(frozen=True)
 class Recipe:
+    """A recipe's name, what it needs, and where its code is: "module:function" in packager/recipes/, imported
+    when the recipe runs (the CLI, the profiles and the help read the registry without loading onnx)."""
+
     name: str
-    apply: Apply
+    entry: str                                # "dense:int8_dynamic": (src, dst, RecipeOptions) -> RecipeResult
     summary: str                              # one line for the CLI's help and docs
-    # A merged decoder (If branches) gets the recipe through this: each unmerged graph converted, then merged
-    # again. None: the recipe applies to the merged graph as it is.
-    merged: ApplyMerged | None = None
+    # A merged decoder (If branches) gets the recipe through this entry: each unmerged graph converted, then
+    # merged again. None: the recipe applies to the merged graph as it is.
+    merged_entry: str | None = None
     # Calibration inputs (RecipeOptions.calibration): the activations' ranges are measured on them.
     needs_calibration: bool = False
-    # The layers kept at 8 bits are chosen by verifying what the model generates (packager/search.py), which
-    # only a decoder LLM's verify can judge.
+    # The layers kept at 8 bits are chosen by verifying what the model generates (packager/mixed_search.py),
+    # which only a decoder LLM's verify can judge.
     searches_layers: bool = False
     kinds: frozenset[str] | None = None       # model kinds (io kind) it applies to; None: every kind
+
+    @property
+    def apply(self) -> Apply:
+        return _resolve(self.entry)
+
+    @property
+    def merged(self) -> ApplyMerged | None:
+        return _resolve(self.merged_entry) if self.merged_entry else None
 
     def __call__(self, src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
         return self.apply(src, dst, options)
@@ -45,15 +58,23 @@ class Recipe:
                              f"generates; this is {what}: use int4 or int8-dynamic instead.", ExitCode.USAGE)
 
 
+def _resolve(entry: str) -> Callable[..., RecipeResult]:
+    module, _, function = entry.partition(":")
+    found: Callable[..., RecipeResult] = getattr(importlib.import_module(f"packager.recipes.{module}"), function)
+    return found
+
+
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    Recipe("fp32", fp32, "the exported model as it is"),
-    Recipe("int8-dynamic", int8_dynamic, "int8 weights, activations quantized at run time (outlier channels smoothed)",
-           merged=int8_dynamic_merged),
-    Recipe("int8-static", int8_static, "int8 weights and activations, ranges calibrated on sample inputs",
+    Recipe("fp32", "dense:fp32", "the exported model as it is"),
+    Recipe("int8-dynamic", "dense:int8_dynamic",
+           "int8 weights, activations quantized at run time (outlier channels smoothed)",
+           merged_entry="dense:int8_dynamic_merged"),
+    Recipe("int8-static", "dense:int8_static", "int8 weights and activations, ranges calibrated on sample inputs",
            needs_calibration=True),
-    Recipe("fp16", fp16, "16-bit float weights and compute (GPUs)", merged=fp16_merged),
-    Recipe("int4", int4, "4-bit block-quantized matmul weights (MatMulNBits), 8-bit tied embedding"),
-    Recipe("int4-mixed", int4_mixed, "int4, with the fewest most sensitive layers at 8 bits that keep the answers",
+    Recipe("fp16", "dense:fp16", "16-bit float weights and compute (GPUs)", merged_entry="dense:fp16_merged"),
+    Recipe("int4", "nbits:int4", "4-bit block-quantized matmul weights (MatMulNBits), 8-bit tied embedding"),
+    Recipe("int4-mixed", "nbits:int4_mixed",
+           "int4, with the fewest most sensitive layers at 8 bits that keep the answers",
            searches_layers=True, kinds=frozenset({"decoder"})),
 )}
 

@@ -29,7 +29,8 @@ from packager import __version__
 from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
 from packager.graphs import all_graphs
-from packager.recipes import PROTO_LIMIT, parse_recipe, recipe_label
+from packager.recipes import parse_recipe, recipe_label
+from packager.recipes.common import PROTO_LIMIT
 from packager.stages.source import PICKLE_SUFFIXES
 
 # The highest opset the exporter supports: optimum-onnx 0.1.0 calls torch.onnx.export(dynamo=False), whose
@@ -348,7 +349,7 @@ def name_tied_lm_head(path: Path) -> None:
     optimum replaced it with Transpose(table), which the fold made a table again under that name.
     Only the name and the order change (the graph file; the weights stay where they are), so the
     reference, and every recipe's output, is what it was with the deduplication."""
-    from packager.recipes import find_tied_embedding
+    from packager.recipes.nbits import find_tied_embedding
 
     model = onnx.load(path, load_external_data=False)
     tied = find_tied_embedding(model, path.parent)

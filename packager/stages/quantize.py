@@ -10,7 +10,8 @@ from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
 from packager.mixed import quantizations
 from packager.calibration import calibration_inputs, unused_calibration
-from packager.recipes import RECIPES, RecipeOptions, RecipeResult, calibrated, parse_recipe, searched
+from packager.recipes import RECIPES, calibrated, parse_recipe, searched
+from packager.recipes.common import RecipeOptions, RecipeResult
 
 
 def run(ctx: Context) -> None:
