@@ -595,7 +595,7 @@ def inspect_model(
     """Inputs, outputs, parameters, size, opsets and operators of an ONNX model, and which targets run it."""
 
     def go() -> Any:
-        from packager.compat import inspect as inspect_onnx
+        from packager.inspection import inspect as inspect_onnx
         from packager.profiles import builtin_profiles, resolve_target
 
         profiles = [resolve_target(t) for t in target] or list(builtin_profiles().values())
