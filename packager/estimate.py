@@ -16,7 +16,8 @@ Peak = max(load, run), each a sum of components:
                      their own bytes, all told, by op (PREPACK_EXTRA, measured): an fp32 MatMul's
                      original is freed once packed, an int4 MatMulNBits' stays beside a larger copy
     ort_format_buffer  phone profiles load model.ort: the runtime reads the whole file into a buffer
-                     and holds it while it creates the session (load only)
+                     and holds it while it creates the session (load only); the runtime's
+                     MemoryShare names it and gives its fraction (packager/runtimes/)
     load_transient   while the session is created ORT holds the parsed proto's copy of each inline
                      initializer beside its tensor, one at a time: the largest inline initializer
                      (microsoft/onnxruntime #23775, #15080); external data is mapped, not copied.

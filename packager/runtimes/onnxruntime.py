@@ -50,7 +50,7 @@ def calibration(profile: Profile) -> tuple[dict[str, Any], str]:
 
 def _version_distance(a: str, b: str) -> float:
     pa, pb = ([int(x) for x in v.split(".")[:3]] for v in (a, b))
-    return sum(abs(x - y) * 100 ** (2 - i) for i, (x, y) in enumerate(zip(pa, pb)))
+    return float(sum(abs(x - y) * 100 ** (2 - i) for i, (x, y) in enumerate(zip(pa, pb))))
 
 
 class OnnxRuntime:
