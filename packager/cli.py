@@ -767,7 +767,7 @@ def inspect_model(
          "targets = every built-in profile  (no --target)")
 
     def go() -> Any:
-        from packager.compat import inspect as inspect_onnx
+        from packager.inspection import inspect as inspect_onnx
         from packager.profiles import builtin_profiles, resolve_target
 
         profiles = [resolve_target(t) for t in target] or list(builtin_profiles().values())

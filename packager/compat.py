@@ -16,7 +16,7 @@ import functools
 import math
 import tomllib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -463,48 +463,3 @@ def require(result: Compatibility) -> None:
         raise PackagerError(result.message(), ExitCode.BAD_PROFILE)
     if not result.ok:
         raise PackagerError(result.message(), ExitCode.RUNTIME_INCOMPATIBLE)
-
-
-@dataclass(frozen=True)
-class Inspection:
-    """What `packager inspect` reports about one ONNX model."""
-
-    model: str
-    path: Path
-    inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
-    parameters: int
-    size_bytes: int
-    facts: ModelFacts
-    compatibility: list[Compatibility] = field(default_factory=list)
-    bundle: dict[str, Any] | None = None       # the bundle's manifest summary, when MODEL is a bundle
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "path": str(self.path),
-            **({"bundle": self.bundle} if self.bundle else {}),
-            "inputs": self.inputs,
-            "outputs": self.outputs,
-            "parameters": self.parameters,
-            "size_bytes": self.size_bytes,
-            "ir_version": self.facts.ir_version,
-            "opsets": self.facts.opsets,
-            "operators": self.facts.histogram(),
-            "contrib_ops": self.facts.contrib_ops(),
-            "compatibility": [c.to_dict() for c in self.compatibility],
-        }
-
-
-def inspect(path: Path, profiles: list[Profile], model: str | None = None) -> Inspection:
-    """Signature, size, parameters, opsets, operators, and compatibility with each profile's runtime."""
-    from packager.stages.export import signature  # onnx only
-    from packager.stages.source import read_onnx
-
-    # The refusals `packager package` gives (an empty graph, data outside the model's folder) come first.
-    proto, files = read_onnx(path)
-    facts = facts_of(proto, path.name)
-    inputs, outputs = signature(path)
-    size = sum(f.stat().st_size for f in files)   # the model file and the external data it reads
-    return Inspection(model or str(path), path, inputs, outputs, parameters(proto), size, facts,
-                      [check(facts, p) for p in profiles])

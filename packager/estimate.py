@@ -16,7 +16,8 @@ Peak = max(load, run), each a sum of components:
                      their own bytes, all told, by op (PREPACK_EXTRA, measured): an fp32 MatMul's
                      original is freed once packed, an int4 MatMulNBits' stays beside a larger copy
     ort_format_buffer  phone profiles load model.ort: the runtime reads the whole file into a buffer
-                     and holds it while it creates the session (load only)
+                     and holds it while it creates the session (load only); the runtime's
+                     MemoryShare names it and gives its fraction (packager/runtimes/)
     load_transient   while the session is created ORT holds the parsed proto's copy of each inline
                      initializer beside its tensor, one at a time: the largest inline initializer
                      (microsoft/onnxruntime #23775, #15080); external data is mapped, not copied.
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +49,8 @@ import numpy as np
 import onnx
 
 from packager.graphs import all_graphs
-from packager.paths import profiles_dir
 from packager.profiles import Profile
+from packager.runtimes import MemoryShare, runtime_for
 
 # Ops whose constant weight input the CPU provider packs into its own layout at load.
 PREPACKED_INPUTS: dict[str, tuple[int, ...]] = {
@@ -79,8 +79,6 @@ PREPACK_UNMEASURED = (0.0, 1.0)
 # The activations' liveness figure against the measured run (decoder steps at 1K-16K of context,
 # fp32 and int4: 0.80-0.97 of it; the optimizer fuses what the stored graph holds apart).
 ACTIVATIONS_LOW, ACTIVATIONS_HIGH = 0.75, 1.1
-# Where the calibration has no figure for a runtime, use the nearest version's and say so.
-CALIBRATION = "calibration/runtime_base.toml"
 # The load transient as a fraction of the largest inline initializer: measured 0.96-1.0 in bare
 # sessions (MiniLM, 45 MiB embedding table; MatMul chains of 16, 64 and 256 MiB weights), 0.85 for
 # MiniLM under run.py --measure.
@@ -89,9 +87,6 @@ LOAD_TRANSIENT_LOW, LOAD_TRANSIENT_HIGH = 0.5, 1.1
 # transient phase takes 1-2x the folded bytes more (measured 1.7x: a tied 7.5 MiB embedding table's
 # Transpose for the lm_head, 2-layer Llama).
 FOLD_TRANSIENT_LOW, FOLD_TRANSIENT_HIGH = 1.0, 2.0
-# The ORT-format file's buffer at load, as a fraction of the file (the whole file is read; some of it
-# may be handed back before the packing ends).
-ORT_BUFFER_LOW, ORT_BUFFER_HIGH = 0.8, 1.05
 # Allocator and session bookkeeping on top of the weights no kernel packs, measured at 5-8%.
 OVERHEAD_LOW, OVERHEAD_HIGH = 0.02, 0.10
 
@@ -115,26 +110,14 @@ class Estimate:
 
 # ---------------------------------------------------------------- runtime base
 
-def calibration(profile: Profile) -> tuple[dict[str, Any], str]:
-    """The calibration entry for the target's runtime version (the nearest version's, with a note)."""
-    data = tomllib.loads((profiles_dir() / CALIBRATION).read_text(encoding="utf-8"))
-    runs = data["runtime"]
-    version = profile.runtime.version
-    key = version if version in runs else min(runs, key=lambda v: _version_distance(v, version))
-    note = "" if key == version else f"runtime base measured for onnxruntime {key}, not {version}"
-    return runs[key], note
-
-
 def runtime_base(profile: Profile, kind: str) -> tuple[int, str]:
-    """The runtime's own resident cost for the target's runtime version and thread count."""
-    entry, note = calibration(profile)
-    base = entry["base_bytes"] + entry["session_bytes"] + entry["per_thread_bytes"] * profile.session.intra_op_threads
-    if kind in ("text", "decoder"):
-        base += entry["tokenizers_bytes"]
-    return base, note
+    """The runtime's own resident cost on the target (its version, thread count), and a note when its
+    figures are another version's."""
+    share = runtime_for(profile).memory(profile, kind)
+    return share.base_bytes, "; ".join(share.notes)
 
 
-def tokenizer_bytes(path: Path | None, entry: dict[str, Any]) -> int:
+def tokenizer_bytes(path: Path | None, share: MemoryShare) -> int:
     """The tokenizer's resident size: its tokens and merges (tokenizer.json) at the calibrated cost of each."""
     if path is None or not path.is_file():
         return 0
@@ -145,16 +128,11 @@ def tokenizer_bytes(path: Path | None, entry: dict[str, Any]) -> int:
         merges = len(model.get("merges") or ())
     except (OSError, ValueError, AttributeError):
         return 0
-    return tokens * entry.get("token_bytes", 0) + merges * entry.get("merge_bytes", 0)
+    return tokens * share.token_bytes + merges * share.merge_bytes
 
 
 def node_count(model: onnx.ModelProto) -> int:
     return sum(len(g.node) for g in all_graphs(model.graph))
-
-
-def _version_distance(a: str, b: str) -> float:
-    pa, pb = ([int(x) for x in v.split(".")[:3]] for v in (a, b))
-    return sum(abs(x - y) * 100 ** (2 - i) for i, (x, y) in enumerate(zip(pa, pb)))
 
 
 # ---------------------------------------------------------------- weights
@@ -421,9 +399,10 @@ def folded_constants(graph: onnx.GraphProto, constants: set[str],
 
 
 def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[str, tuple[int, ...]],
-             context: int | None = None, tokenizer: Path | None = None, ort_file_bytes: int = 0) -> Estimate:
-    """`ort_file_bytes`: the size of the ORT-format file the device loads instead of `model_path`
-    (phone profiles), which the runtime reads whole and holds while it creates the session."""
+             context: int | None = None, tokenizer: Path | None = None, converted_bytes: int = 0) -> Estimate:
+    """`converted_bytes`: the size of the file a runtime conversion made, which the device loads instead of
+    `model_path` (phone profiles: model.ort), which the runtime reads whole and holds while it creates the
+    session (the runtime's MemoryShare.converted_buffer)."""
     model = onnx.load(model_path, load_external_data=False)
     inline, external, sizes = weight_bytes(model)
     concrete = _concrete(model, sample_shapes)
@@ -442,11 +421,11 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     past = frozenset(i.name for i in model.graph.input if _is_past(i.name))
     activations = activation_peak(concrete.graph, set(sizes), past)
     kv = kv_cache_bytes(model, context, {n: v for n, v in sample_shapes.items() if ".encoder." in n})
-    base, note = runtime_base(profile, kind)
-    entry, _ = calibration(profile)
-    graph = node_count(model) * entry.get("node_bytes", 0)
-    tokens = tokenizer_bytes(tokenizer, entry)
-    gpu = profile.runtime.gpu_context_bytes  # GPU profiles: the CUDA context, resident from load on
+    share = runtime_for(profile).memory(profile, kind)
+    base = share.base_bytes
+    graph = node_count(model) * share.node_bytes
+    tokens = tokenizer_bytes(tokenizer, share)
+    gpu = share.gpu_context_bytes  # GPU profiles: the CUDA context, resident from load on
     fixed = base + graph + tokens + gpu
 
     folded_bytes = sum(folded.values())
@@ -459,7 +438,8 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     # An ORT-format file is read into one buffer that lives until the session is created: beside the
     # tensors made from it and their packed copies (a 1B int4 model.ort: measured 2.53 GB at load
     # against 1.75 GB without this term, the file 0.8 GB).
-    ort_low, ort_high = int(ort_file_bytes * ORT_BUFFER_LOW), int(ort_file_bytes * ORT_BUFFER_HIGH)
+    ort_low, ort_high = (int(converted_bytes * share.converted_buffer[0]),
+                         int(converted_bytes * share.converted_buffer[1]))
     load_low = weights - freed_bytes + overhead_low + max(fixed + packed_low + ort_low,
                                                           fixed - tokens + transient_low)
     load_high = weights + overhead_high + max(fixed + packed_high + ort_high, fixed - tokens + transient_high)
@@ -474,13 +454,13 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
         "weights_external": external,
         "prepacked": (packed_low + packed_high) // 2,
         "load_transient": (transient_low + transient_high) // 2,
-        **({"ort_format_buffer": (ort_low + ort_high) // 2} if ort_file_bytes else {}),
+        **({share.converted_buffer_name: (ort_low + ort_high) // 2} if converted_bytes else {}),
         "allocator_overhead": (overhead_low + overhead_high) // 2,
         "activations": activations,
         "kv_cache": kv,
         **({"gpu_context": gpu} if gpu else {}),
     }
-    notes = [n for n in [note] if n]
+    notes = list(share.notes)
     return Estimate(max(load_low, run_low), max(load_high, run_high), breakdown, load_high, run_high, context, notes,
                     run_low)
 

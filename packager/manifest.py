@@ -10,7 +10,7 @@ import onnxruntime
 
 from packager import __version__
 from packager.context import Context
-from packager.gpu import trt_workspace
+from packager.runtimes import runtime_for
 from packager.signing import manifest_entry as signature_entry
 
 SCHEMA_VERSION = 1
@@ -50,18 +50,10 @@ def built_at() -> dict[str, Any]:
 
 def runtime_spec(ctx: Context) -> dict[str, Any]:
     """What run.py needs to load and feed the model the way the target does."""
-    rt = ctx.profile.runtime
-    options = {k: dict(v) for k, v in rt.provider_options.items()}
-    workspace = trt_workspace(ctx.profile, ctx.memory)
-    if workspace is not None:  # bounded by the budget's headroom once the fit stage has estimated it
-        options["TensorrtExecutionProvider"]["trt_max_workspace_size"] = workspace["bytes"]
     return {
         "model": ctx.model_file,
-        "package": rt.package,
-        "version": rt.version,
-        "providers": list(rt.providers),
-        "provider_options": options,
-        "session": dataclasses.asdict(ctx.profile.session),
+        # package, version, providers, provider_options, session: the runtime's (packager/runtimes/)
+        **runtime_for(ctx.profile).session_spec(ctx.profile, ctx.memory),
         "io": ctx.io,
         # Multi-component models: every component's file, loaded together (`model` is the decoder's).
         **({"components": {c.name: c.file for c in ctx.components}} if ctx.components else {}),

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import LOAD_TRANSIENT_HIGH, ORT_BUFFER_HIGH, OVERHEAD_HIGH, OVERHEAD_LOW, runtime_base
+from packager.estimate import LOAD_TRANSIENT_HIGH, OVERHEAD_HIGH, OVERHEAD_LOW
 from packager.profiles import Profile
+from packager.runtimes import runtime_for
 
 # Bytes per parameter as each recipe stores it. int4: MatMulNBits with block 32 and one scale per
 # block, in the weights' dtype: fp32 (the embedding table and lm_head included, as the int4 recipe
@@ -213,14 +214,15 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
         (a.vocab if a.decoder else 0)                 # logits of the prompt
         + a.heads * context                           # one layer's attention scores
         + 2 * a.intermediate + 4 * a.hidden)          # MLP and residual stream
-    base = runtime_base(profile, "text")[0] + profile.runtime.gpu_context_bytes  # GPU: the CUDA context too
+    share = runtime_for(profile).memory(profile, "text")
+    base = share.base_bytes + share.gpu_context_bytes  # GPU: the CUDA context too
     # The load transient: the largest inline initializer, the embedding table (packager/estimate.py).
     transient = 0 if weights > PROTO_LIMIT else int(a.embedding_parameters * BYTES_PER_PARAM[precision]
                                                     * LOAD_TRANSIENT_HIGH)
     matmul_weights = int((a.parameters - a.embedding_parameters) * BYTES_PER_PARAM[precision])
-    # Phone profiles load model.ort, which the runtime reads whole and holds while it creates the
-    # session: about the weights' bytes again, at load (packager/estimate.py, ort_format_buffer).
-    ort_buffer = int(weights * ORT_BUFFER_HIGH) if profile.mobile is not None else 0
+    # A runtime that converts the model (phones: model.ort) reads the converted file whole and holds it while
+    # it creates the session: about the weights' bytes again, at load (MemoryShare.converted_buffer).
+    ort_buffer = int(weights * share.converted_buffer[1])
     low = base + int(weights * (1 + OVERHEAD_LOW)) + kv + activations // 2
     high = base + int(weights * (1 + OVERHEAD_HIGH)) + matmul_weights + max(transient + ort_buffer,
                                                                             kv + activations)
@@ -261,9 +263,10 @@ def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None
     if a.components:
         notes.append(f"{a.name} is an encoder-decoder: both components are resident together (weights summed); the "
                      f"KV cache holds the context and the encoder's {a.encoder_positions} positions of cross-attention")
-    if profile.runtime.gpu_context_bytes:
+    gpu_context = runtime_for(profile).memory(profile, "text").gpu_context_bytes
+    if gpu_context:
         notes.append(f"the runtime base includes the GPU providers' CUDA context on unified memory "
-                     f"({profile.runtime.gpu_context_bytes / 2**20:.0f} MiB, {profile.name}'s runtime.gpu_context_bytes)")
+                     f"({gpu_context / 2**20:.0f} MiB, {profile.name}'s runtime.gpu_context_bytes)")
     return Plan(a, profile.name, profile.budget.memory_bytes, rows,
                 {p: largest_context(a, profile, p, kv_bits) for p in precisions}, notes)
 

@@ -21,6 +21,9 @@ from packager.names import check_name
 from packager.paths import profiles_dir
 
 Scalar = str | int | float | bool
+# The runtime a profile's [runtime] section names when it names none: profiles written before the key existed
+# were all for ONNX Runtime (packager/runtimes/).
+DEFAULT_RUNTIME = "onnxruntime"
 INT64 = (-2**63, 2**63 - 1)
 
 
@@ -58,6 +61,7 @@ class Runtime:
     # GPU profiles: the resident cost of the GPU providers' CUDA context (driver, cuBLAS/cuDNN handles)
     # on unified memory, which a measurement on a host without the GPU cannot see.
     gpu_context_bytes: int = 0
+    name: str = DEFAULT_RUNTIME    # the implementation in packager.runtimes.RUNTIMES that packages for it
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,12 @@ class Profile:
     source: str = ""               # the file it was loaded from (set by the loader)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        record = dataclasses.asdict(self)
+        # runtime.name came after the manifest's schema version 1: recorded only where a profile names another
+        # runtime than the default, so bundles for profiles that name none reproduce byte for byte.
+        if record["runtime"]["name"] == DEFAULT_RUNTIME:
+            del record["runtime"]["name"]
+        return record
 
     def recipe_for(self, kind: str) -> str:
         """The default recipe for a model of this io kind ("decoder", "text", "tensor")."""
@@ -167,17 +176,17 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
     """Check `value` against the annotation `tp` and return it in the dataclass's shape."""
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise _invalid(where, key, f"must be a table, got {type(value).__name__}")
+            raise key_error(where, key, f"must be a table, got {type(value).__name__}")
         return _build(tp, value, where, prefix=f"{key}.")
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is tuple:
         if not isinstance(value, list):
-            raise _invalid(where, key, f"must be an array, got {type(value).__name__}")
+            raise key_error(where, key, f"must be an array, got {type(value).__name__}")
         return tuple(_convert(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise _invalid(where, key, f"must be a table, got {type(value).__name__}")
+            raise key_error(where, key, f"must be a table, got {type(value).__name__}")
         return {str(k): _convert(v, args[1], f"{key}.{k}", where) for k, v in value.items()}
     if origin in (types.UnionType, typing.Union):
         tables = [a for a in args if dataclasses.is_dataclass(a)]
@@ -185,18 +194,18 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
             return _convert(value, tables[0], key, where)
         if isinstance(value, args) and not (isinstance(value, bool) and bool not in args and int in args):
             return value
-        raise _invalid(where, key, f"must be one of {', '.join(map(_type_name, args))}")
+        raise key_error(where, key, f"must be one of {', '.join(map(_type_name, args))}")
     # TOML integers are 64-bit (toml.io, "Integer"); tomllib reads longer ones, which would overflow
     # the floats they meet later (`budget / 2**20`, a float key's conversion).
     if type(value) is int and not INT64[0] <= value <= INT64[1]:
-        raise _invalid(where, key, "is out of the 64-bit integer range TOML allows")
+        raise key_error(where, key, "is out of the 64-bit integer range TOML allows")
     # bool is an int in Python; a budget of `true` bytes is a mistake, not a number.
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise _invalid(where, key, f"must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        raise key_error(where, key, f"must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
     if key in _ENUMS and value not in _ENUMS[key]:
-        raise _invalid(where, key, f"must be one of {', '.join(sorted(_ENUMS[key]))}, got {value!r}")
+        raise key_error(where, key, f"must be one of {', '.join(sorted(_ENUMS[key]))}, got {value!r}")
     return value
 
 
@@ -206,23 +215,24 @@ def _build(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> Any
     for key in data:
         if key not in fields:
             hint = did_you_mean(key, list(fields))
-            raise _invalid(where, prefix + key, f"is not a known key{hint}")
+            raise key_error(where, prefix + key, f"is not a known key{hint}")
     kwargs = {}
     for name, f in fields.items():
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], prefix + name, where)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise _invalid(where, prefix + name, "is required but missing")
+            raise key_error(where, prefix + name, "is required but missing")
     return cls(**kwargs)
 
 
-def _invalid(where: str, key: str, problem: str) -> PackagerError:
+def key_error(where: str, key: str, problem: str) -> PackagerError:
     # repr: the same 'key' for ordinary names, and one line for a key with a line break in it.
     return PackagerError(f"{where}: key {key!r} {problem}; fix the profile.", ExitCode.BAD_PROFILE)
 
 
 def _check_values(p: Profile, where: str) -> None:
     from packager.recipes import RECIPES  # late: packager.recipes.common imports this module (Int4)
+    from packager.runtimes import RUNTIMES  # late: the runtimes read profiles
 
     # The name becomes a file name (<model>-<name>.tar.gz, the staging folder): a plain one, or a
     # profile could write, or delete, outside the output folder.
@@ -237,60 +247,37 @@ def _check_values(p: Profile, where: str) -> None:
     }
     for key, value in positive.items():
         if value <= 0:
-            raise _invalid(where, key, f"must be positive, got {value}")
+            raise key_error(where, key, f"must be positive, got {value}")
     if p.budget.memory_bytes > p.device.ram_bytes:
-        raise _invalid(where, "budget.memory_bytes", "is larger than device.ram_bytes")
+        raise key_error(where, "budget.memory_bytes", "is larger than device.ram_bytes")
     for key in ("min_cosine", "min_token_agreement", "min_logits_cosine"):
         if not 0.0 < getattr(p.accuracy, key) <= 1.0:
-            raise _invalid(where, f"accuracy.{key}", "must be in (0, 1]")
+            raise key_error(where, f"accuracy.{key}", "must be in (0, 1]")
     if not 0.0 <= p.accuracy.eval_tolerance < 1.0:
-        raise _invalid(where, "accuracy.eval_tolerance", f"must be in [0, 1), got {p.accuracy.eval_tolerance}")
+        raise key_error(where, "accuracy.eval_tolerance", f"must be in [0, 1), got {p.accuracy.eval_tolerance}")
     if p.int4.block_size < 16 or p.int4.block_size & (p.int4.block_size - 1):
-        raise _invalid(where, "int4.block_size", f"must be a power of two of at least 16, got {p.int4.block_size}")
+        raise key_error(where, "int4.block_size", f"must be a power of two of at least 16, got {p.int4.block_size}")
     if p.int4.accuracy_level not in range(5):
-        raise _invalid(where, "int4.accuracy_level", f"must be 0 to 4, got {p.int4.accuracy_level}")
+        raise key_error(where, "int4.accuracy_level", f"must be 0 to 4, got {p.int4.accuracy_level}")
     named = [("recipe", p.recipe), *((f"fit_recipes[{i}]", r) for i, r in enumerate(p.fit_recipes)),
              *([("decoder_recipe", p.decoder_recipe)] if p.decoder_recipe else []),
              *((f"decoder_fit_recipes[{i}]", r) for i, r in enumerate(p.decoder_fit_recipes))]
     for key, name in named:
         if name not in RECIPES:
-            raise _invalid(where, key, f"names an unknown recipe {name!r}{did_you_mean(name, list(RECIPES))}")
+            raise key_error(where, key, f"names an unknown recipe {name!r}{did_you_mean(name, list(RECIPES))}")
     if not p.runtime.providers:
-        raise _invalid(where, "runtime.providers", "must name at least one execution provider")
+        raise key_error(where, "runtime.providers", "must name at least one execution provider")
     if p.os.debian and not re.fullmatch(r"[a-z]+", p.os.debian):
-        raise _invalid(where, "os.debian", f"must be a Debian release codename such as \"trixie\", got {p.os.debian!r}")
+        raise key_error(where, "os.debian", f"must be a Debian release codename such as \"trixie\", got {p.os.debian!r}")
     if p.os.container and not re.fullmatch(r"[a-z0-9][a-z0-9./_-]*(:[A-Za-z0-9._-]+)?", p.os.container):
-        raise _invalid(where, "os.container", f"must be an image reference such as \"registry/name:tag\", got "
+        raise key_error(where, "os.container", f"must be an image reference such as \"registry/name:tag\", got "
                        f"{p.os.container!r}")
     if p.runtime.gpu_context_bytes < 0:
-        raise _invalid(where, "runtime.gpu_context_bytes", f"must not be negative, got {p.runtime.gpu_context_bytes}")
-    for key in p.session.config:
-        if not re.fullmatch(r"[a-z0-9_]+(\.[a-z0-9_]+)+", key):
-            raise _invalid(where, f"session.config.{key}", "is not an onnxruntime session config key "
-                           "(dotted lower-case words, such as \"session.intra_op.allow_spinning\")")
-    if p.mobile is not None:
-        _check_mobile(p.mobile, where)
-
-
-def _check_mobile(m: Mobile, where: str) -> None:
-    from packager.mobile import PROVIDERS  # late: what the examples can write, per platform
-
-    for key in ("android_version", "ios_version"):
-        if not re.fullmatch(r"\d+\.\d+\.\d+", getattr(m, key)):
-            raise _invalid(where, f"mobile.{key}", f"must be an exact version such as \"1.27.0\", got "
-                           f"{getattr(m, key)!r}")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+", m.android_package):
-        raise _invalid(where, "mobile.android_package", f"must be Maven coordinates GROUP:ARTIFACT, got "
-                       f"{m.android_package!r}")
-    if not m.ios_swift_package.startswith("https://"):
-        raise _invalid(where, "mobile.ios_swift_package", f"must be an https:// repository URL, got "
-                       f"{m.ios_swift_package!r}")
-    for platform in ("android", "ios"):
-        known = PROVIDERS[platform]
-        for i, name in enumerate(getattr(m, f"{platform}_providers")):
-            if name not in known:
-                raise _invalid(where, f"mobile.{platform}_providers[{i}]", f"names {name!r}, which the {platform} "
-                               f"example cannot add{did_you_mean(name, list(known))}; known: {', '.join(known)}")
+        raise key_error(where, "runtime.gpu_context_bytes", f"must not be negative, got {p.runtime.gpu_context_bytes}")
+    if p.runtime.name not in RUNTIMES:
+        raise key_error(where, "runtime.name", f"names an unknown runtime {p.runtime.name!r}"
+                        f"{did_you_mean(p.runtime.name, list(RUNTIMES))}; known: {', '.join(RUNTIMES)}")
+    RUNTIMES[p.runtime.name].check_profile(p, where)
 
 
 def load_profile(path: Path) -> Profile:
@@ -318,7 +305,7 @@ def builtin_profiles(directory: Path | None = None) -> dict[str, Profile]:
     for path in sorted((directory or profiles_dir()).glob("*.toml")):
         p = load_profile(path)
         if p.name != path.stem:
-            raise _invalid(str(path), "name", f"must match the file name {path.stem!r}")
+            raise key_error(str(path), "name", f"must match the file name {path.stem!r}")
         profiles[p.name] = p
     return profiles
 

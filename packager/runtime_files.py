@@ -14,8 +14,8 @@ from pathlib import Path
 from types import ModuleType
 
 from packager.paths import targets_dir
-
-RUNTIME_FILES = ("run.py", "smoke_test.py")
+from packager.profiles import Profile
+from packager.runtimes import runtime_for
 
 
 @functools.cache
@@ -29,10 +29,11 @@ def runner() -> ModuleType:
     return module
 
 
-def copy_runtime(dest: Path) -> None:
-    for name in RUNTIME_FILES:
-        shutil.copyfile(targets_dir() / name, dest / name)
-        (dest / name).chmod(0o755)
+def copy_runtime(dest: Path, profile: Profile) -> None:
+    """The device-side code of the profile's runtime (run.py, smoke_test.py), executable, into `dest`."""
+    for source in runtime_for(profile).device_files(profile):
+        shutil.copyfile(source, dest / source.name)
+        (dest / source.name).chmod(0o755)
 
 
 # Decoder LLMs and encoder-decoders (which decode tokens into text) share the text family's tokenizer

@@ -13,7 +13,7 @@ STAGES: list[tuple[str, Callable[[Context], None]]] = [
     ("export", export.run),
     ("quantize", quantize.run),
     ("compat", compat.run),
-    ("mobile", mobile.run),      # phone profiles: model.ort, which the runner loads from here on
+    ("mobile", mobile.run),      # the runtime's conversions (phones: model.ort), which the runner loads from here on
     ("samples", samples.run),
     ("verify", verify.run),
     ("fit", fit.run),

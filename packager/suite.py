@@ -33,12 +33,13 @@ from packager import __version__
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import Estimate, combine
-from packager.gpu import unmeasured_gpu_bytes, write_container_files
+from packager.gpu import write_container_files
 from packager.leftovers import temp_folder
 from packager.manifest import SCHEMA_VERSION, built_at, memory_record
 from packager.names import MAX_NAME, check_name, joined_name
 from packager.profiles import Profile
 from packager.runtime_files import copy_runtime, runner
+from packager.runtimes import runtime_for
 from packager.signing import manifest_entry as signature_entry
 from packager.stages.bundle import file_entries, publish, run_arguments, seal, venv_command
 from packager.stages.fit import measure_folder, over_budget, shared_bytes, without_runtime
@@ -208,7 +209,7 @@ def judge(suite: Suite, folder: Path, measure: bool, enforce: bool) -> None:
     """suite.memory: the estimate and the measurement of all the models together, and the verdict."""
     est = estimate(suite.members, suite.names, suite.blobs, suite.profile)
     measured = measure_folder(folder) if measure else None
-    unseen = unmeasured_gpu_bytes(suite.profile, measured)
+    unseen = runtime_for(suite.profile).unmeasured_bytes(suite.profile, measured)
     budget = suite.profile.budget.memory_bytes
     peak = measured["peak_bytes"] + unseen if measured else est["high_bytes"]
     memory: dict[str, Any] = {"budget_bytes": budget, "estimate": est, "fits": peak <= budget,
@@ -253,7 +254,7 @@ def together(contexts: list[Context], name: str, folder: Path, measure: bool = T
     names = member_names(contexts)
     blobs, hashed = assemble([(n, c.member_dir) for n, c in zip(names, contexts) if c.member_dir], folder)
     suite = Suite(name, contexts[0].profile, contexts, names, blobs, {}, hashed=hashed)
-    copy_runtime(folder)
+    copy_runtime(folder, suite.profile)
     (folder / "manifest.json").write_text(json.dumps(_manifest(suite, [])), encoding="utf-8")
     progress(f"measuring the {len(contexts)} models together" if measure else "estimating the models together")
     judge(suite, folder, measure, enforce)

@@ -17,22 +17,20 @@ from typing import Any
 from packager.archive import write_archive
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
-from packager.gpu import image_name, trt_workspace, write_container_files
+from packager.gpu import write_container_files
 from packager.leftovers import bundle_partial
 from packager.manifest import build as build_manifest
-from packager.mobile import write_examples
 from packager.runtime_files import copy_runtime, family_requirements, runner, signing_requirements
+from packager.runtimes import runtime_for
 
 SUMS = runner().SUMS
 MiB = 2**20
 
 
 def requirements(ctx: Context) -> str:
-    rt = ctx.profile.runtime
-    lines = [f"# Pinned for {ctx.profile.name}: {ctx.profile.os.name}, Python {ctx.profile.os.python}, {ctx.profile.device.arch}."]
-    if rt.index_url:
-        lines.append(f"--extra-index-url {rt.index_url}")
-    lines += [f"{rt.package}=={rt.version}", f"numpy=={rt.numpy}", *family_requirements(ctx.io["kind"])]
+    p = ctx.profile
+    lines = [f"# Pinned for {p.name}: {p.os.name}, Python {p.os.python}, {p.device.arch}.",
+             *runtime_for(p).requirements(p), *family_requirements(ctx.io["kind"])]
     if ctx.sign_key:  # the device checks the signature with `cryptography`
         lines += signing_requirements()
     return "\n".join(lines) + "\n"
@@ -61,7 +59,7 @@ On the device ({p.os.name}, Python {p.os.python}):
 {_components_readme(ctx)}- Memory: estimated peak {mem['estimate']['low_bytes'] / MiB:.0f}-{mem['estimate']['high_bytes'] / MiB:.0f} MiB{measured};
   budget {p.budget.memory_bytes / MiB:.0f} MiB.
 - Execution providers, in order: {', '.join(p.runtime.providers)} (missing ones fall back to CPU).
-{_phone_readme(ctx)}{_gpu_readme(ctx)}"""
+{runtime_for(p).readme(ctx)}"""
 
 
 def venv_command(bundle_name: str) -> str:
@@ -89,35 +87,6 @@ def _components_readme(ctx: Context) -> str:
             + "\n")
 
 
-def _phone_readme(ctx: Context) -> str:
-    if not ctx.mobile or ctx.profile.mobile is None:
-        return ""
-    m, mob = ctx.profile.mobile, ctx.mobile
-    android, ios = (next((e for e in mob.get("examples", []) if e.startswith(f"{d}/") and not e.endswith(".md")), "")
-                    for d in ("android", "ios"))
-    examples = (f"`{android}` and `{ios}` load it with this profile's session options and providers and run the "
-                "first\nsample; `android/README.md` and `ios/README.md` give the dependency lines. Neither was compiled "
-                "by packager.") if android else (
-        "No app example is generated for a model of several components yet: the app loads each `.ort` file that\n"
-        "`manifest.json` lists under `runtime.components`, with the session options there, and runs run.py's loop.")
-    verdict = mob["usability"].get("verdict") or f"not rated ({mob['usability'].get('error', '')})"
-    return f"""
-## In a phone app
-
-The app loads `{mob['model']}` (ORT format {mob['ort_format_version']}, converted by {mob['converted_with']}) with
-`{m.android_package}:{m.android_version}` on Android, or the `{m.ios_pod}` pod / Swift package {m.ios_version} on iOS.
-{examples}
-
-- Reduced-size runtime: `{mob['reduced_build_config']}` lists the operators and types the model needs, for
-  ONNX Runtime's `build.py --minimal_build --include_ops_by_config` at the converter's release ({mob['converted_with']}).
-- NNAPI and CoreML, as the runtime's mobile usability check rates this model: {verdict}.
-- `model/model.onnx` is the model before conversion: for an app on another runtime release, convert it with that
-  release (`python -m onnxruntime.tools.convert_onnx_models_to_ort --enable_type_reduction model/model.onnx`).
-- `python smoke_test.py` runs `{mob['model']}` with the Python runtime, on a computer (or Termux): the checks an app
-  does not run.
-"""
-
-
 def _accuracy_line(ctx: Context) -> str:
     acc, limits = ctx.accuracy, ctx.profile.accuracy
     if acc.get("metric") == "token agreement":
@@ -127,44 +96,12 @@ def _accuracy_line(ctx: Context) -> str:
     return f"min cosine {acc.get('min_cosine', 0):.5f} against the fp32 reference (threshold {limits.min_cosine})"
 
 
-def _gpu_readme(ctx: Context) -> str:
-    p = ctx.profile
-    if "TensorrtExecutionProvider" not in p.runtime.providers:
-        return ""
-    workspace = ctx.memory.get("tensorrt_workspace", {})
-    bound = f"{workspace['bytes'] / MiB:.0f} MiB" if workspace else "the profile's figure"
-    text = f"""
-## On the GPU
-
-TensorRT builds its engines on the first load (minutes) and caches them under
-`$XDG_CACHE_HOME/packager-bundle/trt-engines` (default `~/.cache`); later loads reuse them. Its build workspace
-(`trt_max_workspace_size`) is bounded to {bound}: the profile's ceiling, or less where the memory budget leaves
-less after the measured peak, the CUDA context and the engine's copy of the weights. Without the GPU providers
-(`onnxruntime` installed beside `onnxruntime-gpu` leaves only the CPU one) the smoke test runs on the CPU and says
-the GPU path was not exercised.
-"""
-    if p.os.container:
-        text += f"""
-In a container on the device (Docker with the NVIDIA runtime; base image `{p.os.container}`):
-
-    docker build -t {image_name(ctx.bundle_name)} .
-    docker run --rm --runtime nvidia -v {image_name(ctx.bundle_name)}-cache:/cache {image_name(ctx.bundle_name)}    # the smoke test; engines cached in the volume
-"""
-    return text
-
-
 def _write_files(ctx: Context) -> None:
     stage = ctx.stage_dir
-    copy_runtime(stage)
-    if ctx.mobile and ctx.profile.mobile is not None and not ctx.components:
-        # The app examples run one model on one sample; an encoder-decoder's loop has none yet.
-        ctx.mobile["examples"] = write_examples(stage, ctx.bundle_name, ctx.profile, ctx.io, ctx.sample_inputs[0],
-                                                _sample_note(ctx), ctx.mobile["usability"])
+    copy_runtime(stage, ctx.profile)
+    runtime_for(ctx.profile).write_bundle_files(ctx, stage)   # phones: the app examples
     if ctx.profile.os.container:
         write_container_files(stage, ctx.bundle_name, ctx.profile)
-    workspace = trt_workspace(ctx.profile, ctx.memory)
-    if workspace is not None:
-        ctx.memory["tensorrt_workspace"] = workspace
     (stage / "requirements.txt").write_text(requirements(ctx), encoding="utf-8")
     (stage / "README.md").write_text(readme(ctx), encoding="utf-8")
     (stage / "manifest.json").unlink(missing_ok=True)
@@ -192,14 +129,6 @@ def seal(stage: Path, files: list[dict[str, Any]], manifest: dict[str, Any], sig
     sums = [*files, *({"path": name, "sha256": runner().sha256_file(stage / name)} for name in extra)]
     (stage / SUMS).write_text("".join(f"{f['sha256']}  {f['path']}\n" for f in sorted(sums, key=lambda f: f["path"])),
                               encoding="utf-8")
-
-
-def _sample_note(ctx: Context) -> str:
-    if ctx.io["kind"] == "decoder":
-        return f"the prompt {json.dumps(ctx.texts[0])} as token ids, with an empty KV cache"
-    if ctx.io["kind"] == "text":
-        return f"{json.dumps(ctx.texts[0])} as the bundle's tokenizer encodes it"
-    return "the smoke test's first input (large tensors as zeros)"
 
 
 def check_output_dir(out: Path, option: str = "--out", what: str = "the bundle") -> None:

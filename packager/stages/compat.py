@@ -1,19 +1,20 @@
-"""compat: the packaged model against the runtime version the target pins (IR version, opsets,
-operators, contrib operators included), before anything is verified or bundled. A multi-component
+"""compat: the packaged model against the runtime the target names and the version it pins (for ONNX
+Runtime: IR version, opsets, operators, contrib operators included), before anything is verified or bundled. A multi-component
 model checks each component; the record is the decoder's, with each component's under `components`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from packager.compat import Compatibility, check, lower_ir_version, read_model, require
+from typing import Any
+
+from packager.compat import Compatibility, require
 from packager.context import Context
+from packager.runtimes import runtime_for
 
 
-def _one(ctx: Context, path: Path, what: str) -> tuple[Compatibility, dict]:
-    lowered = lower_ir_version(path, ctx.profile)
-    result = check(read_model(path, what), ctx.profile)
-    return result, result.to_dict() | ({"ir_version_lowered": lowered} if lowered else {})
+def _one(ctx: Context, path: Path, what: str) -> tuple[Compatibility, dict[str, Any]]:
+    return runtime_for(ctx.profile).check_model(path, ctx.profile, what)
 
 
 def run(ctx: Context) -> None:

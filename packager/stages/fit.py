@@ -18,12 +18,11 @@ from typing import Any
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import (Estimate, calibration, combine, decode_step_shapes, estimate, sample_shapes,
-                               seq2seq_step_shapes)
-from packager.gpu import unmeasured_gpu_bytes
+from packager.estimate import Estimate, combine, decode_step_shapes, estimate, sample_shapes, seq2seq_step_shapes
 from packager.manifest import runtime_spec
 from packager.profiles import Profile
 from packager.runtime_files import copy_runtime
+from packager.runtimes import runtime_for
 
 MEASURE_TIMEOUT_S = 1800
 
@@ -39,7 +38,7 @@ def runnable(ctx: Context) -> None:
     """The staged folder as run.py can load it: the runner, and the manifest's runtime section (all that
     run.py reads of it; the bundle stage writes the full manifest)."""
     (ctx.stage_dir / "manifest.json").write_text(json.dumps({"runtime": runtime_spec(ctx)}), encoding="utf-8")
-    copy_runtime(ctx.stage_dir)
+    copy_runtime(ctx.stage_dir, ctx.profile)
 
 
 def measure_folder(folder: Path) -> dict:
@@ -100,9 +99,10 @@ def estimate_at(ctx: Context, context: int | None, parts: dict[str, Estimate] | 
     shapes = decode_step_shapes(ctx.io, context) if ctx.io["kind"] == "decoder" and context \
         else sample_shapes(ctx.sample_inputs)
     tokenizer = next((f for f in ctx.tokenizer_files if f.name == "tokenizer.json"), None)
+    # A runtime conversion (phones: model.ort) changed what the device loads: the runtime holds that file too.
     loaded = ctx.stage_dir / ctx.model_file
-    ort_bytes = loaded.stat().st_size if ctx.model_file.endswith(".ort") and loaded.is_file() else 0
-    return estimate(ctx.packaged_model, ctx.profile, ctx.io["kind"], shapes, context, tokenizer, ort_bytes)
+    converted = loaded.stat().st_size if loaded.name != ctx.packaged_model.name and loaded.is_file() else 0
+    return estimate(ctx.packaged_model, ctx.profile, ctx.io["kind"], shapes, context, tokenizer, converted)
 
 
 def peaks_at(ctx: Context, contexts: list[int]) -> dict[int, int]:
@@ -124,7 +124,7 @@ def run(ctx: Context) -> None:
     budget = ctx.profile.budget.memory_bytes
     # The verdict trusts a measurement over an estimate, and the estimate's high side over its low. A
     # measurement without the GPU providers misses their CUDA context, which the device still holds.
-    unseen = unmeasured_gpu_bytes(ctx.profile, measured)
+    unseen = runtime_for(ctx.profile).unmeasured_bytes(ctx.profile, measured)
     peak = measured["peak_bytes"] + unseen if measured else est.high_bytes
     ctx.memory = {
         "budget_bytes": budget,
@@ -159,15 +159,16 @@ def shared_bytes(profile: Profile) -> int:
     """What components in one process share: the interpreter and the runtime's import and first
     initialisation (the calibration's base), and a GPU's context. Each session keeps its own cost and
     thread pool (session_bytes, per_thread_bytes): every component counts those."""
-    return int(calibration(profile)[0]["base_bytes"]) + profile.runtime.gpu_context_bytes
+    return runtime_for(profile).memory(profile, "tensor").shared_bytes
 
 
 def without_runtime(est: dict[str, Any], profile: Profile) -> dict[str, Any]:
     """An estimate's low_bytes, high_bytes and breakdown less what models or components in one process share
     (shared_bytes): its own part of the runtime is left, its session and thread pool (and a tokenizer)."""
-    shared = shared_bytes(profile)
+    share = runtime_for(profile).memory(profile, "tensor")
+    shared = share.shared_bytes
     breakdown = {k: v for k, v in est["breakdown"].items() if k != "gpu_context"}
-    breakdown["runtime_base"] = breakdown.get("runtime_base", 0) - (shared - profile.runtime.gpu_context_bytes)
+    breakdown["runtime_base"] = breakdown.get("runtime_base", 0) - (shared - share.gpu_context_bytes)
     return {"low_bytes": est["low_bytes"] - shared, "high_bytes": est["high_bytes"] - shared, "breakdown": breakdown}
 
 

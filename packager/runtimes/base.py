@@ -1,0 +1,90 @@
+"""What packager asks of a device runtime: the `Runtime` protocol and the records it answers with.
+
+A runtime is the library that loads and runs the bundle's model on the device (ONNX Runtime today). Every
+decision that depends on it goes through this protocol, so the stages never test a package or a provider
+name: they ask the profile's runtime (packager.runtimes.runtime_for).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from packager.compat import Compatibility, ModelFacts
+    from packager.context import Context
+    from packager.profiles import Profile
+
+
+@dataclass(frozen=True)
+class MemoryShare:
+    """The runtime's own part of a model's peak resident memory on a target (packager/estimate.py adds the
+    model's: weights, packed copies, activations, KV cache)."""
+
+    base_bytes: int                # resident before any model: interpreter, runtime, an empty session, its threads
+    shared_bytes: int              # of that (and the GPU context), what models in one process hold only once
+    node_bytes: int = 0            # per graph node: kernels, node and arena bookkeeping
+    token_bytes: int = 0           # the tokenizer library, per token of tokenizer.json
+    merge_bytes: int = 0           # and per merge
+    gpu_context_bytes: int = 0     # resident from load on, beside the model (GPU providers' context)
+    # A converted file the device loads instead of the .onnx (phones: model.ort), read whole and held while the
+    # session is created: a fraction of the file's bytes (low, high), and the estimate's name for it. (0, 0): the
+    # runtime converts nothing for this profile.
+    converted_buffer: tuple[float, float] = (0.0, 0.0)
+    converted_buffer_name: str = "converted_buffer"
+    notes: tuple[str, ...] = ()
+
+
+class Runtime(Protocol):
+    """A device runtime. One instance per runtime, registered in packager.runtimes.RUNTIMES by `name`, the
+    value of a profile's [runtime] name."""
+
+    name: str
+
+    def check_profile(self, profile: Profile, where: str) -> None:
+        """Raise PackagerError (exit 6, naming `where` and the key) for a profile value this runtime cannot take."""
+        ...
+
+    def requirements(self, profile: Profile) -> list[str]:
+        """The runtime's lines of the bundle's requirements.txt: an extra index, the runtime pin, numpy's."""
+        ...
+
+    def check_model(self, path: Path, profile: Profile, what: str) -> tuple[Compatibility, dict[str, Any]]:
+        """The packaged model at `path` against the pinned runtime (fixing what needs no change to the graph,
+        such as a newer IR stamp, in place): the verdict, and the manifest's compatibility record."""
+        ...
+
+    def check_facts(self, facts: ModelFacts, profile: Profile) -> Compatibility:
+        """The same verdict from a model's facts alone (`packager inspect`); never raises for a model."""
+        ...
+
+    def memory(self, profile: Profile, kind: str) -> MemoryShare:
+        """The runtime's part of the memory estimate for a model of io kind `kind` on this profile."""
+        ...
+
+    def unmeasured_bytes(self, profile: Profile, measured: dict[str, Any] | None) -> int:
+        """What a measurement on the build host (run.py --measure's record) could not see that the device holds."""
+        ...
+
+    def convert(self, ctx: Context) -> None:
+        """Conversions the device loads instead of the packaged .onnx (phones: model.ort): write them into the
+        staged bundle, set ctx.model_file (and each component's file) to them, record them in ctx.mobile."""
+        ...
+
+    def session_spec(self, profile: Profile, memory: dict[str, Any]) -> dict[str, Any]:
+        """The manifest's runtime section but the model and io: what the device code needs to make the session."""
+        ...
+
+    def device_files(self, profile: Profile) -> tuple[Path, ...]:
+        """The device-side code that loads and runs the model, copied into every bundle (and the staged folder
+        the fit stage measures)."""
+        ...
+
+    def write_bundle_files(self, ctx: Context, stage: Path) -> None:
+        """The runtime's own files in the finished bundle (phones: app examples) and its records in ctx."""
+        ...
+
+    def readme(self, ctx: Context) -> str:
+        """The bundle README's sections about this runtime on the device ("" for none)."""
+        ...

@@ -1,0 +1,282 @@
+"""ONNX Runtime, the first device runtime: the `onnxruntime` (or `onnxruntime-gpu`) wheel on Linux boards, the
+mobile packages (onnxruntime-android, onnxruntime-objc) in phone apps.
+
+The logic lives in the modules it names: packager/compat.py (the runtime table: IR, opsets, operators),
+packager/mobile.py (the ORT format, the usability check, the app examples), packager/gpu.py (the CUDA context a
+CPU-only host cannot measure, the TensorRT workspace). This module is what ties them to the profile, and what
+the bundle says about them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from packager import gpu, mobile
+from packager.compat import Compatibility, ModelFacts, check, lower_ir_version, read_model
+from packager.errors import did_you_mean
+from packager.paths import profiles_dir, targets_dir
+from packager.profiles import Mobile, Profile, key_error
+from packager.runtimes.base import MemoryShare
+
+if TYPE_CHECKING:
+    from packager.context import Context
+
+# The device-side code (targets/): the runner that loads the model with the manifest's session options, and the
+# smoke test that checks the bundle with it.
+RUNNER_FILES = ("run.py", "smoke_test.py")
+# The runtime's own resident cost per onnxruntime version (scripts/calibrate_runtime.py writes it). Where it has
+# no figure for a version, the nearest version's is used, and the estimate says so.
+CALIBRATION = "calibration/runtime_base.toml"
+# The ORT-format file's buffer at load, as a fraction of the file (the whole file is read; some of it
+# may be handed back before the packing ends).
+ORT_BUFFER_LOW, ORT_BUFFER_HIGH = 0.8, 1.05
+
+
+def calibration(profile: Profile) -> tuple[dict[str, Any], str]:
+    """The calibration entry for the target's runtime version (the nearest version's, with a note)."""
+    data = tomllib.loads((profiles_dir() / CALIBRATION).read_text(encoding="utf-8"))
+    runs = data["runtime"]
+    version = profile.runtime.version
+    key = version if version in runs else min(runs, key=lambda v: _version_distance(v, version))
+    note = "" if key == version else f"runtime base measured for onnxruntime {key}, not {version}"
+    return runs[key], note
+
+
+def _version_distance(a: str, b: str) -> float:
+    pa, pb = ([int(x) for x in v.split(".")[:3]] for v in (a, b))
+    return float(sum(abs(x - y) * 100 ** (2 - i) for i, (x, y) in enumerate(zip(pa, pb))))
+
+
+class OnnxRuntime:
+    """The `Runtime` of profiles whose [runtime] name is "onnxruntime" (the default)."""
+
+    name = "onnxruntime"
+
+    # ------------------------------------------------------------------ profile
+
+    def check_profile(self, profile: Profile, where: str) -> None:
+        for key in profile.session.config:
+            if not re.fullmatch(r"[a-z0-9_]+(\.[a-z0-9_]+)+", key):
+                raise key_error(where, f"session.config.{key}", "is not an onnxruntime session config key "
+                                "(dotted lower-case words, such as \"session.intra_op.allow_spinning\")")
+        if profile.mobile is not None:
+            _check_mobile(profile.mobile, where)
+
+    def requirements(self, profile: Profile) -> list[str]:
+        rt = profile.runtime
+        index = [f"--extra-index-url {rt.index_url}"] if rt.index_url else []
+        return [*index, f"{rt.package}=={rt.version}", f"numpy=={rt.numpy}"]
+
+    # ------------------------------------------------------------------ compatibility
+
+    def check_model(self, path: Path, profile: Profile, what: str) -> tuple[Compatibility, dict[str, Any]]:
+        lowered = lower_ir_version(path, profile)
+        result = check(read_model(path, what), profile)
+        return result, result.to_dict() | ({"ir_version_lowered": lowered} if lowered else {})
+
+    def check_facts(self, facts: ModelFacts, profile: Profile) -> Compatibility:
+        return check(facts, profile)
+
+    # ------------------------------------------------------------------ memory
+
+    def memory(self, profile: Profile, kind: str) -> MemoryShare:
+        """The calibrated base (interpreter, numpy, the runner, the runtime and an empty session, a thread pool of
+        the profile's size; the tokenizers library for text models), the session's cost per node, and on GPU
+        profiles the CUDA context; phones load model.ort, which the runtime reads whole into a buffer."""
+        entry, note = calibration(profile)
+        base = entry["base_bytes"] + entry["session_bytes"] + entry["per_thread_bytes"] * profile.session.intra_op_threads
+        if kind in ("text", "decoder"):
+            base += entry["tokenizers_bytes"]
+        gpu_context = profile.runtime.gpu_context_bytes
+        return MemoryShare(
+            base_bytes=base, shared_bytes=int(entry["base_bytes"]) + gpu_context,
+            node_bytes=entry.get("node_bytes", 0), token_bytes=entry.get("token_bytes", 0),
+            merge_bytes=entry.get("merge_bytes", 0), gpu_context_bytes=gpu_context,
+            converted_buffer=(ORT_BUFFER_LOW, ORT_BUFFER_HIGH) if profile.mobile is not None else (0.0, 0.0),
+            converted_buffer_name="ort_format_buffer", notes=(note,) if note else ())
+
+    def unmeasured_bytes(self, profile: Profile, measured: dict[str, Any] | None) -> int:
+        return gpu.unmeasured_gpu_bytes(profile, measured)
+
+    # ------------------------------------------------------------------ conversions
+
+    def convert(self, ctx: Context) -> None:
+        """Phone profiles ([mobile]): the model the app loads, model.ort, converted by onnxruntime's own tool, with
+        the operators and types a reduced-size runtime build needs; checked against the app runtimes the profile
+        pins, and rated for NNAPI and CoreML by the runtime's mobile usability check.
+
+        From here on the bundle's runner (verify, fit, the smoke test) loads model.ort, as the app does.
+        model.onnx stays in the bundle: `packager inspect` reads it, and an app on another runtime release
+        converts it with that release (an .ort file is read by its writer's format version and newer only:
+        profiles/runtimes/onnxruntime.toml). A multi-component model (an encoder-decoder) gets one .ort file per
+        component beside its .onnx file, and one reduced-build configuration for all of them: the app's runtime
+        loads them all."""
+        if ctx.profile.mobile is None:
+            return
+        assert ctx.packaged_model is not None
+        conversion = {"tool": "python -m onnxruntime.tools.convert_onnx_models_to_ort", "optimization_level": "all",
+                      "optimization_style": "Fixed", "target_platform": mobile.target_platform(ctx.profile.device.arch),
+                      "enable_type_reduction": True}
+        config_path = ctx.stage_dir / mobile.REDUCED_BUILD_CONFIG
+        if not ctx.components:
+            _, config, record = _to_ort(ctx, ctx.packaged_model, ctx.recipe_name)   # model/model.ort (ORT_MODEL)
+            config_path.write_text(config, encoding="utf-8")
+            ctx.model_file = mobile.ORT_MODEL
+            ctx.mobile = {**record, "conversion": conversion, "reduced_build_config": mobile.REDUCED_BUILD_CONFIG}
+            return
+        records, configs = {}, []
+        for c in ctx.components:
+            assert c.packaged is not None
+            _, config, records[c.name] = _to_ort(ctx, c.packaged, f"{c.recipe_name} {c.name}")
+            c.file = records[c.name]["model"]
+            configs.append(config)
+        # The reduced build reads every `domain;opset;operators` line and takes the union of what they list
+        # (tools/python/util/reduced_build_config_parser.py), so the components' configurations are concatenated.
+        config_path.write_text("".join(configs), encoding="utf-8")
+        decoder = records[ctx.components[-1].name]
+        ctx.model_file = decoder["model"]
+        ctx.mobile = {**decoder, "conversion": conversion, "reduced_build_config": mobile.REDUCED_BUILD_CONFIG,
+                      "components": records}
+
+    # ------------------------------------------------------------------ the device side
+
+    def session_spec(self, profile: Profile, memory: dict[str, Any]) -> dict[str, Any]:
+        rt = profile.runtime
+        options = {k: dict(v) for k, v in rt.provider_options.items()}
+        workspace = gpu.trt_workspace(profile, memory)
+        if workspace is not None:  # bounded by the budget's headroom once the fit stage has estimated it
+            options[gpu.TRT]["trt_max_workspace_size"] = workspace["bytes"]
+        return {"package": rt.package, "version": rt.version, "providers": list(rt.providers),
+                "provider_options": options, "session": dataclasses.asdict(profile.session)}
+
+    def device_files(self, profile: Profile) -> tuple[Path, ...]:
+        return tuple(targets_dir() / name for name in RUNNER_FILES)
+
+    def write_bundle_files(self, ctx: Context, stage: Path) -> None:
+        if ctx.mobile and ctx.profile.mobile is not None and not ctx.components:
+            # The app examples run one model on one sample; an encoder-decoder's loop has none yet.
+            ctx.mobile["examples"] = mobile.write_examples(stage, ctx.bundle_name, ctx.profile, ctx.io,
+                                                           ctx.sample_inputs[0], _sample_note(ctx),
+                                                           ctx.mobile["usability"])
+        workspace = gpu.trt_workspace(ctx.profile, ctx.memory)
+        if workspace is not None:
+            ctx.memory["tensorrt_workspace"] = workspace
+
+    def readme(self, ctx: Context) -> str:
+        return _phone_readme(ctx) + _gpu_readme(ctx)
+
+
+def _check_mobile(m: Mobile, where: str) -> None:
+    for key in ("android_version", "ios_version"):
+        if not re.fullmatch(r"\d+\.\d+\.\d+", getattr(m, key)):
+            raise key_error(where, f"mobile.{key}", f"must be an exact version such as \"1.27.0\", got "
+                            f"{getattr(m, key)!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+", m.android_package):
+        raise key_error(where, "mobile.android_package", f"must be Maven coordinates GROUP:ARTIFACT, got "
+                        f"{m.android_package!r}")
+    if not m.ios_swift_package.startswith("https://"):
+        raise key_error(where, "mobile.ios_swift_package", f"must be an https:// repository URL, got "
+                        f"{m.ios_swift_package!r}")
+    for platform in ("android", "ios"):
+        known = mobile.PROVIDERS[platform]   # what the examples can write, per platform
+        for i, name in enumerate(getattr(m, f"{platform}_providers")):
+            if name not in known:
+                raise key_error(where, f"mobile.{platform}_providers[{i}]", f"names {name!r}, which the {platform} "
+                                f"example cannot add{did_you_mean(name, list(known))}; known: {', '.join(known)}")
+
+
+def _to_ort(ctx: Context, onnx_path: Path, what: str) -> tuple[Path, str, dict[str, Any]]:
+    """onnx_path converted to <stem>.ort beside it: the .ort file, its reduced-build configuration and its record."""
+    import onnxruntime
+
+    repacked = mobile.repack_int4(onnx_path)  # the ORT format has no 4-bit tensor type
+    scratch = ctx.work_dir / "ort-format"
+    shutil.rmtree(scratch, ignore_errors=True)
+    converted = mobile.convert(onnx_path, scratch, ctx.profile.device.arch)
+    ort_path = onnx_path.with_suffix(".ort")
+    shutil.move(converted.model, ort_path)
+    config = mobile.portable_config(converted.config.read_text(encoding="utf-8"))
+    shutil.rmtree(scratch, ignore_errors=True)
+    facts, format_version = mobile.ort_facts(ort_path, f"the {what} {ort_path.name}")
+    record = {
+        "model": f"model/{ort_path.name}",
+        "onnx_model": f"model/{onnx_path.name}",
+        "ort_format_version": format_version,
+        "converted_with": f"onnxruntime {onnxruntime.__version__}",
+        **({"repacked_int4_tables": repacked} if repacked else {}),
+        "app_runtimes": mobile.check_apps(facts, format_version, ctx.profile),
+        "usability": mobile.usability(onnx_path, ctx.work_dir),
+    }
+    return ort_path, config, record
+
+
+def _sample_note(ctx: Context) -> str:
+    if ctx.io["kind"] == "decoder":
+        return f"the prompt {json.dumps(ctx.texts[0])} as token ids, with an empty KV cache"
+    if ctx.io["kind"] == "text":
+        return f"{json.dumps(ctx.texts[0])} as the bundle's tokenizer encodes it"
+    return "the smoke test's first input (large tensors as zeros)"
+
+
+MiB = 2**20
+
+
+def _phone_readme(ctx: Context) -> str:
+    if not ctx.mobile or ctx.profile.mobile is None:
+        return ""
+    m, mob = ctx.profile.mobile, ctx.mobile
+    android, ios = (next((e for e in mob.get("examples", []) if e.startswith(f"{d}/") and not e.endswith(".md")), "")
+                    for d in ("android", "ios"))
+    examples = (f"`{android}` and `{ios}` load it with this profile's session options and providers and run the "
+                "first\nsample; `android/README.md` and `ios/README.md` give the dependency lines. Neither was compiled "
+                "by packager.") if android else (
+        "No app example is generated for a model of several components yet: the app loads each `.ort` file that\n"
+        "`manifest.json` lists under `runtime.components`, with the session options there, and runs run.py's loop.")
+    verdict = mob["usability"].get("verdict") or f"not rated ({mob['usability'].get('error', '')})"
+    return f"""
+## In a phone app
+
+The app loads `{mob['model']}` (ORT format {mob['ort_format_version']}, converted by {mob['converted_with']}) with
+`{m.android_package}:{m.android_version}` on Android, or the `{m.ios_pod}` pod / Swift package {m.ios_version} on iOS.
+{examples}
+
+- Reduced-size runtime: `{mob['reduced_build_config']}` lists the operators and types the model needs, for
+  ONNX Runtime's `build.py --minimal_build --include_ops_by_config` at the converter's release ({mob['converted_with']}).
+- NNAPI and CoreML, as the runtime's mobile usability check rates this model: {verdict}.
+- `model/model.onnx` is the model before conversion: for an app on another runtime release, convert it with that
+  release (`python -m onnxruntime.tools.convert_onnx_models_to_ort --enable_type_reduction model/model.onnx`).
+- `python smoke_test.py` runs `{mob['model']}` with the Python runtime, on a computer (or Termux): the checks an app
+  does not run.
+"""
+
+
+def _gpu_readme(ctx: Context) -> str:
+    p = ctx.profile
+    if gpu.TRT not in p.runtime.providers:
+        return ""
+    workspace = ctx.memory.get("tensorrt_workspace", {})
+    bound = f"{workspace['bytes'] / MiB:.0f} MiB" if workspace else "the profile's figure"
+    text = f"""
+## On the GPU
+
+TensorRT builds its engines on the first load (minutes) and caches them under
+`$XDG_CACHE_HOME/packager-bundle/trt-engines` (default `~/.cache`); later loads reuse them. Its build workspace
+(`trt_max_workspace_size`) is bounded to {bound}: the profile's ceiling, or less where the memory budget leaves
+less after the measured peak, the CUDA context and the engine's copy of the weights. Without the GPU providers
+(`onnxruntime` installed beside `onnxruntime-gpu` leaves only the CPU one) the smoke test runs on the CPU and says
+the GPU path was not exercised.
+"""
+    if p.os.container:
+        text += f"""
+In a container on the device (Docker with the NVIDIA runtime; base image `{p.os.container}`):
+
+    docker build -t {gpu.image_name(ctx.bundle_name)} .
+    docker run --rm --runtime nvidia -v {gpu.image_name(ctx.bundle_name)}-cache:/cache {gpu.image_name(ctx.bundle_name)}    # the smoke test; engines cached in the volume
+"""
+    return text
