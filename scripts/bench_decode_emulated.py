@@ -88,7 +88,7 @@ def main() -> None:
     fastest = min(r[3] for r in rows)
     cpu = resolve_target(args.target).device.cpu
     print(f"\n{args.model} on {args.target} ({cpu}, emulated by qemu-user), {args.tokens} greedy tokens\n")
-    print(f"| recipe | model MiB | token agreement | emulated ms/token | vs fastest |")
+    print("| recipe | model MiB | token agreement | emulated ms/token | vs fastest |")
     print("|---|---|---|---|---|")
     for name, size, agreement, seconds in rows:
         print(f"| {name} | {size / 2**20:.1f} | {agreement:.1%} | {seconds * 1000:.1f} | {seconds / fastest:.2f}x |")

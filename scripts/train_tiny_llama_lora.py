@@ -76,9 +76,9 @@ def make_batch(tok):
     ids = torch.full((len(rows), width), PAD, dtype=torch.long)
     lab = torch.full((len(rows), width), -100, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (r, l) in enumerate(zip(rows, labels)):
+    for i, (r, row_labels) in enumerate(zip(rows, labels)):
         ids[i, :len(r)] = torch.tensor(r)
-        lab[i, :len(l)] = torch.tensor(l)
+        lab[i, :len(row_labels)] = torch.tensor(row_labels)
         mask[i, :len(r)] = 1
     return ids, lab, mask
 
