@@ -23,7 +23,6 @@ from typer.testing import CliRunner
 from packager.cli import app
 from packager.errors import ExitCode, PackagerError, disk_full
 
-
 # ---------------------------------------------------------------- the models
 
 

@@ -15,8 +15,8 @@ from packager.cli import app
 from packager.config import resolve_package_settings
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import runtime_base
-from packager.paths import profiles_dir
 from packager.fit_auto import MIN_CONTEXT
+from packager.paths import profiles_dir
 from packager.pipeline import package
 from packager.profiles import resolve_target
 from tiny_decoders import make_decoder

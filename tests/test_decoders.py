@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import unpack
 from packager.config import resolve_package_settings
 from packager.errors import ExitCode, PackagerError
 from packager.pipeline import package
@@ -21,7 +22,6 @@ from packager.profiles import Int4
 from packager.recipes.common import RecipeOptions, count_ops
 from packager.recipes.nbits import int4
 from packager.stages.export import fold_transposed_weights
-from conftest import unpack
 from tiny_decoders import make_decoder
 
 

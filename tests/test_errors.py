@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -325,9 +326,8 @@ def test_invalid_profile_through_the_cli(tmp_path: Path, change: tuple[str, str]
     assert_clean_failure(proc, 6, str(profile), *([f"'{key}'"] if key else ["invalid TOML"]), out=out)
 
 
-def _evil_archive(tmp_path: Path, member: "tarfile.TarInfo", data: bytes = b"") -> Path:
+def _evil_archive(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
     import io
-    import tarfile
 
     path = tmp_path / "evil.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
@@ -341,8 +341,6 @@ def _evil_archive(tmp_path: Path, member: "tarfile.TarInfo", data: bytes = b"") 
 
 @pytest.mark.parametrize("kind", ["traversal", "absolute", "symlink", "hardlink", "device"])
 def test_smoke_refuses_hostile_archives(tmp_path: Path, kind: str) -> None:
-    import tarfile
-
     member = {"traversal": lambda: tarfile.TarInfo("b/../../escaped.txt"),
               "absolute": lambda: tarfile.TarInfo("/tmp/escaped.txt"),
               "symlink": lambda: tarfile.TarInfo("b/link"),
@@ -364,9 +362,8 @@ def test_smoke_refuses_hostile_archives(tmp_path: Path, kind: str) -> None:
 
 def test_the_readme_table_is_the_exit_codes() -> None:
     """README.md's "Exit codes" table lists exactly ExitCode's codes (errors.py says to keep them in step)."""
-    from packager.errors import ExitCode
-
     from conftest import REPO
+    from packager.errors import ExitCode
 
     section = (REPO / "README.md").read_text().split("## Exit codes", 1)[1].split("\n## ", 1)[0]
     rows = [line.split("|")[1].strip() for line in section.splitlines() if line.startswith("| ")]

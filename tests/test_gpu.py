@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-import numpy as np
 
 from packager.estimate import estimate
 from packager.gpu import MIN_WORKSPACE, dockerfile, trt_workspace, unmeasured_gpu_bytes

@@ -21,8 +21,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_cli
 from packager.cache import BadMeta, StageCache, key_of, parse_meta
-from packager.leftovers import (BUNDLE_PARTIAL, CACHE_PARTIAL, WORK_FOLDER, bundle_partial, cache_partial, temp_folder,
-                                work_folder)
+from packager.leftovers import (
+    BUNDLE_PARTIAL,
+    CACHE_PARTIAL,
+    WORK_FOLDER,
+    bundle_partial,
+    cache_partial,
+    temp_folder,
+    work_folder,
+)
 
 # ---------------------------------------------------------------- the stage cache's meta.json
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import unpack
-from tiny_decoders import make_decoder
 
 import packager
+from conftest import unpack
 from packager import adapter as lora
 from packager.errors import ExitCode, PackagerError
 from packager.paths import profiles_dir
+from tiny_decoders import make_decoder
 
 torch = pytest.importorskip("torch")
 from safetensors.torch import load_file, save_file  # noqa: E402

@@ -114,7 +114,7 @@ toml_scalars = st.one_of(
     st.integers(-5, 2**33), st.sampled_from([0, -1, 2**63 - 1, -2**63, 2**64, 10**400]),
     st.floats(allow_nan=True), st.booleans(), st.text(max_size=20),
     st.sampled_from(["all", "disable", "parallel", "int8-dynamic", "fp16", "CPUExecutionProvider", "trixie", "3.13"]),
-    st.dates(), st.datetimes(timezones=st.just(datetime.timezone.utc)),
+    st.dates(), st.datetimes(timezones=st.just(datetime.UTC)),
 )
 toml_values = st.recursive(toml_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=3), st.dictionaries(st.text(min_size=1, max_size=8), inner, max_size=3)), max_leaves=6)

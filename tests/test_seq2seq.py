@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import REPO, unpack
 from packager.config import resolve_package_settings
 from packager.errors import ExitCode, PackagerError
 from packager.pipeline import check, package
 from packager.recipes import parse_recipe, recipe_label
 from packager.runtime_files import runner
 from packager.smoke import run_smoke
-from conftest import REPO, unpack
 
 
 def _settings(target: str, out: Path, recipe: str | None = None, budget: str | None = None):

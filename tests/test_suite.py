@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import package_json, run_cli, unpack
 from packager import api
 from packager.errors import ExitCode, PackagerError
 from packager.smoke import run_smoke
-from conftest import package_json, run_cli, unpack
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import unpack
 
+from conftest import unpack
 from packager.config import resolve_package_settings
 from packager.errors import ExitCode, PackagerError
 from packager.pipeline import package
