@@ -13,7 +13,6 @@ from packager.progress import Reporter
 from packager.stage_runner import PER_RECIPE
 from packager.stages import fit
 
-
 # --fit auto shrinks a decoder's context by halving, down to this floor, under which it gives up:
 # a deployment holding fewer tokens than this keeps too little of a conversation to be worth it.
 MIN_CONTEXT = 256

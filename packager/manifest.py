@@ -45,7 +45,7 @@ def built_at() -> dict[str, Any]:
         return {}
     import datetime
 
-    return {"built_at": datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    return {"built_at": datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 def runtime_spec(ctx: Context) -> dict[str, Any]:

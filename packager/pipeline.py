@@ -13,14 +13,15 @@ from packager.config import PackageSettings
 from packager.context import Context, InputSpec
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import runtime_base
-from packager.leftovers import sweep_run_leftovers, work_folder
-from packager.progress import Reporter
 from packager.fit_auto import choose_recipe
+from packager.leftovers import sweep_run_leftovers, work_folder
 from packager.mixed_search import recipe_stages
+from packager.progress import Reporter
 from packager.recipes import calibrated, parse_recipe
 from packager.stage_runner import CHECK_STAGES, PER_RECIPE, STAGES, run_stage
 from packager.stages import fit
 from packager.stages.bundle import check_output_dir
+
 
 @contextlib.contextmanager
 def _workspace(model: str, settings: PackageSettings, recipe_name: str, bundles: bool,

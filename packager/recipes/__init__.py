@@ -3,8 +3,17 @@
 them and says what each needs, without loading onnx; the code is in common.py (options, result, saving),
 dense.py (fp32, fp16, int8) and nbits.py (int4, int4-mixed): import those names from there."""
 
-from packager.recipes.registry import (RECIPES, Recipe, calibrated, help_text, parse_recipe, recipe, recipe_label,
-                                       remedy, searched)
+from packager.recipes.registry import (
+    RECIPES,
+    Recipe,
+    calibrated,
+    help_text,
+    parse_recipe,
+    recipe,
+    recipe_label,
+    remedy,
+    searched,
+)
 
 __all__ = ["RECIPES", "Recipe", "calibrated", "help_text", "parse_recipe", "recipe", "recipe_label", "remedy",
            "searched"]

@@ -12,8 +12,7 @@ import numpy as np
 import onnx
 
 from packager.leftovers import temp_folder
-
-from packager.recipes.common import (RecipeOptions,RecipeResult,_QUANTIZED_OPS,count_ops,needs_external_data,save)
+from packager.recipes.common import _QUANTIZED_OPS, RecipeOptions, RecipeResult, count_ops, needs_external_data, save
 
 
 def fp32(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
@@ -80,8 +79,13 @@ def int8_static(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     """int8 weights (per channel, signed) and int8 activations with ranges measured on calibration
     inputs, as QuantizeLinear/DequantizeLinear pairs (QDQ), which NNAPI, QNN, XNNPACK and
     TensorRT take as well as the CPU. For encoders and tensor models."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
-        quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

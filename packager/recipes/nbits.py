@@ -6,15 +6,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
 
 from packager.profiles import Int4
-
-from packager.recipes.common import (RecipeOptions,RecipeResult,_QUANTIZED_OPS,_locate_external_data,count_ops,load_tensors,needs_external_data,save,tensor_array)
+from packager.recipes.common import (
+    _QUANTIZED_OPS,
+    RecipeOptions,
+    RecipeResult,
+    _locate_external_data,
+    count_ops,
+    load_tensors,
+    needs_external_data,
+    save,
+    tensor_array,
+)
 
 
 def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:

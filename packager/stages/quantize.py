@@ -6,10 +6,10 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+from packager.calibration import calibration_inputs, unused_calibration
 from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
 from packager.mixed import quantizations
-from packager.calibration import calibration_inputs, unused_calibration
 from packager.recipes import RECIPES, calibrated, parse_recipe, searched
 from packager.recipes.common import RecipeOptions, RecipeResult
 

@@ -11,7 +11,6 @@ the encoder's inputs by run.py's own pre-processing, from the files as written.
 from __future__ import annotations
 
 import json
-
 from typing import Any
 
 import numpy as np
