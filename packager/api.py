@@ -55,7 +55,7 @@ def mixed_record(ctx: Context) -> dict[str, Any] | None:
     """int4-mixed: what the recipe kept at 8 bits and at what cost (its params), and how the pipeline chose it."""
     if ctx.recipe is None or ctx.recipe.name != "int4-mixed":
         return None
-    done = ctx.recipe.params.get("mixed", {"layers_8bit": [], "cost_bytes": 0, "layer_bytes": {}})
+    done: dict[str, Any] = ctx.recipe.params.get("mixed", {"layers_8bit": [], "cost_bytes": 0, "layer_bytes": {}})
     return done | {k: v for k, v in ctx.recipe.extra.get("search", {}).items() if k != "layers_8bit"}
 
 
@@ -112,7 +112,8 @@ class PackageResult(_Smoked):
             sizes={"archive_bytes": ctx.archive.stat().st_size,
                    # what the runner loads: every component of a multi-component model
                    "model_bytes": sum(f["size"] for f in ctx.bundle_files
-                                      if f["path"].startswith(tuple(c.file for c in ctx.components) or ctx.model_file))},
+                                      if f["path"].startswith(tuple(c.file for c in ctx.components)
+                                                              or ctx.model_file))},
             accuracy={k: v for k, v in ctx.accuracy.items() if k not in ("outputs", "per_prompt")},
             memory=ctx.memory,
             fit=ctx.fit or None,
@@ -307,7 +308,8 @@ def _check_several(models: list[str], one_model: dict[str, Any], command: str) -
             existing(model)
 
 
-def _each_model(models: list[str], reporter: Reporter, folder: Path, run: Callable[[str, Path], Context]) -> list[Context]:
+def _each_model(models: list[str], reporter: Reporter, folder: Path,
+                run: Callable[[str, Path], Context]) -> list[Context]:
     """`run` on each of several models in turn, each keeping its staged folder under `folder`; a failure
     names the model it is about."""
     contexts = []
