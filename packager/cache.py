@@ -247,7 +247,8 @@ def _copy_verified(src: Path, dest: Path, files: Mapping[str, FileRecord]) -> No
     if present != sorted(files):
         missing = sorted(set(files) - set(present))
         extra = sorted(set(present) - set(files))
-        raise ValueError(f"files {'missing: ' + ', '.join(missing) if missing else 'not in its manifest: ' + ', '.join(extra)}")
+        raise ValueError("files " + ("missing: " + ", ".join(missing) if missing
+                                     else "not in its manifest: " + ", ".join(extra)))
     dest.mkdir(parents=True)
     for rel in sorted(files):   # each a path inside the entry: parse_meta checked
         out = dest / rel
