@@ -18,7 +18,7 @@ import tomllib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import onnx
 
@@ -121,7 +121,8 @@ def load_table(path: Path | None = None) -> RuntimeTable:
             raise _table_error(where, f"release {version!r} is not a MAJOR.MINOR version")
         if not all(isinstance(row[k], int) and not isinstance(row[k], bool) and row[k] > 0
                    for k in ("ir_version", "opset", "ml_opset")) or row["basis"] not in BASES:
-            raise _table_error(where, f"release {version!r} has a figure that is not a positive integer, or an unknown basis")
+            raise _table_error(where, f"release {version!r} has a figure that is not a positive integer, "
+                                      "or an unknown basis")
         releases.append(Release(version, row["ir_version"], row["opset"], row["ml_opset"], row["basis"]))
     if not releases:
         raise _table_error(where, "it lists no release")
@@ -223,11 +224,12 @@ def parameters(model: onnx.ModelProto) -> int:
     subgraphs' and external data's included: counted from the shapes, no data read."""
 
     def walk(graph: onnx.GraphProto) -> int:
-        n = sum(math.prod(t.dims) for t in graph.initializer)
+        n: int = sum(math.prod(t.dims) for t in graph.initializer)
         n += sum(math.prod(s.dims) for s in graph.sparse_initializer)
         for node in graph.node:
             for attr in node.attribute:
-                if node.op_type == "Constant" and node.domain in ("", ONNX_DOMAIN) and attr.type == onnx.AttributeProto.TENSOR:
+                if (node.op_type == "Constant" and node.domain in ("", ONNX_DOMAIN)
+                        and attr.type == onnx.AttributeProto.TENSOR):
                     n += math.prod(attr.t.dims)
                 if attr.type == onnx.AttributeProto.GRAPH:
                     n += walk(attr.g)
@@ -312,6 +314,14 @@ class Compatibility:
         }
 
 
+class _Pinned(TypedDict):
+    """The fields of a Compatibility that name the runtime the profile pins, and the model's facts."""
+    target: str
+    package: str
+    version: str
+    facts: ModelFacts
+
+
 def _host_schemas() -> set[tuple[str, str]]:
     """The operators the installed onnxruntime registers (to judge ops the table does not list)."""
     from onnxruntime.capi import onnxruntime_pybind11_state as C
@@ -360,10 +370,11 @@ def check(facts: ModelFacts, profile: Profile, table: RuntimeTable | None = None
     table = table or load_table()
     rt = profile.runtime
     runtime = f"{rt.package} {rt.version}"
-    base = {"target": profile.name, "package": rt.package, "version": rt.version, "facts": facts}
+    base: _Pinned = {"target": profile.name, "package": rt.package, "version": rt.version, "facts": facts}
     release = table.release(rt.version) if rt.package in table.packages else None
     if release is None:
-        known = "packages " + ", ".join(table.packages) if rt.package not in table.packages else f"releases {table.span()}"
+        known = ("packages " + ", ".join(table.packages) if rt.package not in table.packages
+                 else f"releases {table.span()}")
         reason = (f"{runtime} (pinned by {profile.name}) is not in packager's runtime table ({table.source} knows "
                   f"{known}); pin a listed runtime, or add the release's figures to the table with their sources.")
         return Compatibility(status="unknown", reason=reason, **base)
@@ -399,7 +410,8 @@ def check(facts: ModelFacts, profile: Profile, table: RuntimeTable | None = None
                                     f"{_needs(f'opset {version}', needs)})", fix, needs))
         elif domain == MS_DOMAIN and version > 1:
             problems.append(Problem("opset", f"{domain} opset {version}",
-                                    f"{where} does not have (it has version 1 only; no release in packager's table has it)",
+                                    f"{where} does not have (it has version 1 only; "
+                                    "no release in packager's table has it)",
                                     "re-export the model", None))
 
     host: set[tuple[str, str]] | None = None
@@ -412,7 +424,8 @@ def check(facts: ModelFacts, profile: Profile, table: RuntimeTable | None = None
                 continue  # a standard operator: its version follows the opset, checked above
             first = _onnx_since(domain, op, 10**6)
             if first is not None:  # a standard operator from a later opset than the model imports: a broken model
-                problems.append(Problem("operator", f"{domain} {op}", f"which {domain} opset {imported} does not define "
+                problems.append(Problem("operator", f"{domain} {op}",
+                                        f"which {domain} opset {imported} does not define "
                                         f"(it arrived in opset {first})", "re-export the model", None))
                 continue
         entry = table.contrib.get((domain, op))
