@@ -110,8 +110,8 @@ def project_settings(start: Path) -> tuple[dict[str, Any], str]:
         raise PackagerError(f"{path}: holds an integer too long to read; fix the file.", ExitCode.USAGE) from None
     for key, value in table.items():
         if key not in KEYS:
-            raise PackagerError(f"{path}: [tool.packager] key '{key}' is not a known setting{did_you_mean(key, list(KEYS))}; "
-                                f"known: {', '.join(KEYS)}.", ExitCode.USAGE)
+            raise PackagerError(f"{path}: [tool.packager] key '{key}' is not a known setting"
+                                f"{did_you_mean(key, list(KEYS))}; known: {', '.join(KEYS)}.", ExitCode.USAGE)
         if not isinstance(value, str) and not (key == "budget" and isinstance(value, int)):
             raise PackagerError(f"{path}: [tool.packager] key '{key}' must be a string.", ExitCode.USAGE)
     return table, str(path)
