@@ -313,14 +313,15 @@ def build_userland(dest: Path, debian: str, python: str, qemu: Path) -> None:
     """Download and unpack python`python` and its dependency closure from Debian `debian` (arm64)."""
     for tool, package in (("apt-get", "apt"), ("dpkg-deb", "dpkg")):
         if shutil.which(tool) is None:
-            raise PackagerError(f"--emulate builds the device's Debian userland once with {tool}, which this host lacks; "
-                                f"run it once on a Debian or Ubuntu host (the `{package}` package), or restore the "
-                                f"cache folder {emulate_cache()} from one.", ExitCode.MISSING_DEPENDENCY)
+            raise PackagerError(f"--emulate builds the device's Debian userland once with {tool}, which this host "
+                                f"lacks; run it once on a Debian or Ubuntu host (the `{package}` package), or restore "
+                                f"the cache folder {emulate_cache()} from one.", ExitCode.MISSING_DEPENDENCY)
     if not DEBIAN_KEYRING.is_file():
         raise PackagerError(f"--emulate verifies Debian's packages with {DEBIAN_KEYRING}, which is missing; install it "
                             "with `sudo apt-get install debian-archive-keyring`.", ExitCode.MISSING_DEPENDENCY)
     apt = dest / "apt"
-    env = {**os.environ, "APT_CONFIG": str(_apt_config(apt, debian)), "LC_ALL": "C", "DEBIAN_FRONTEND": "noninteractive"}
+    env = {**os.environ, "APT_CONFIG": str(_apt_config(apt, debian)), "LC_ALL": "C",
+           "DEBIAN_FRONTEND": "noninteractive"}
     update = _tool(["apt-get", "-q", "update"], what="apt-get update", env=env, check=False)
     if update.returncode != 0 or not any((apt / "state" / "lists").glob("*Packages*")):
         raise _apt_update_error(update.stdout + update.stderr, debian)
@@ -351,7 +352,8 @@ def build_userland(dest: Path, debian: str, python: str, qemu: Path) -> None:
                             ExitCode.BAD_PROFILE)
     probe = _probe_python(qemu, userland)
     info = {"debian": debian, "arch": "arm64", "python": probe["python"], "glibc": probe["glibc"],
-            "packages": packages, "mirror": debian_mirror(), "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "packages": packages, "mirror": debian_mirror(),
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (dest / USERLAND_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
@@ -361,7 +363,8 @@ def debian_mirror() -> str:
     if os.environ.get("PACKAGER_DEBIAN_MIRROR"):
         return os.environ["PACKAGER_DEBIAN_MIRROR"].rstrip("/")
     folder, legacy = HOST_APT_SOURCES
-    texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(folder.glob("*.sources"))] if folder.is_dir() else []
+    texts = ([p.read_text(encoding="utf-8", errors="replace") for p in sorted(folder.glob("*.sources"))]
+             if folder.is_dir() else [])
     uris = [u for t in texts for line in t.splitlines() if line.startswith("URIs:") for u in line.split()[1:]]
     if legacy.is_file():
         uris += [line.split()[1] for line in legacy.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -415,8 +418,9 @@ def _apt_update_error(output: str, debian: str) -> PackagerError:
     if any(re.search(r"NO_PUBKEY|EXPKEYSIG|signatures couldn't be verified|is not signed", line) for line in lines):
         return PackagerError(f"apt-get cannot verify Debian {debian}'s signature with {DEBIAN_KEYRING} ({first}); "
                              "update the debian-archive-keyring package.", ExitCode.MISSING_DEPENDENCY)
-    return PackagerError(f"apt-get could not fetch Debian {debian}'s arm64 package list from {debian_mirror()} ({first}); "
-                         "--emulate needs to reach Debian's archive once: check the network or the http_proxy setting.",
+    return PackagerError(f"apt-get could not fetch Debian {debian}'s arm64 package list from {debian_mirror()} "
+                         f"({first}); --emulate needs to reach Debian's archive once: check the network or the "
+                         "http_proxy setting.",
                          ExitCode.TOOL_FAILED)
 
 
@@ -427,8 +431,8 @@ def _apt_install_error(output: str, debian: str, python: str) -> PackagerError:
            for line in lines):
         return PackagerError(f"Debian {debian} has no python{python} for arm64 ({first}); the profile's os.python and "
                              "os.debian disagree: fix the profile and rebuild the bundle.", ExitCode.BAD_PROFILE)
-    return PackagerError(f"apt-get could not download Python {python} from Debian {debian} ({first}); check the network "
-                         "and rerun.", ExitCode.TOOL_FAILED)
+    return PackagerError(f"apt-get could not download Python {python} from Debian {debian} ({first}); check the "
+                         "network and rerun.", ExitCode.TOOL_FAILED)
 
 
 _PROBE = ("import json, os, platform; print(json.dumps({'python': platform.python_version(), "
@@ -438,11 +442,12 @@ _PROBE = ("import json, os, platform; print(json.dumps({'python': platform.pytho
 def _probe_python(qemu: Path, userland: Userland) -> dict[str, str]:
     """Start the userland's Python under qemu: it works, and says its version and glibc."""
     # Any CPU model starts Debian's Python (built for the Armv8.0 baseline); cortex-a53 is that baseline.
-    proc = _tool([str(qemu), "-L", str(userland.root), "-cpu", "cortex-a53", str(userland.python_bin), "-s", "-c", _PROBE],
+    proc = _tool([str(qemu), "-L", str(userland.root), "-cpu", "cortex-a53", str(userland.python_bin),
+                  "-s", "-c", _PROBE],
                  what="the userland's Python under qemu", env=_guest_env(userland.root.parent, None), check=False,
                  timeout=PROBE_TIMEOUT_S)
     try:
-        probe = json.loads(proc.stdout.strip().splitlines()[-1])
+        probe: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
         if probe["machine"] == "aarch64":
             return probe
     except (IndexError, ValueError, KeyError):
@@ -518,8 +523,9 @@ _NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
 _FROM_VERSIONS = re.compile(r"Could not find a version that satisfies the requirement (\S+) \(from versions: ([^)]*)\)")
 # pip's words for an index it cannot reach, the most telling first.
 _NETWORK = [re.compile(p) for p in (
-    r"Failed to establish a new connection: [^\"')]*", r"Temporary failure in name resolution", r"Name or service not known",
-    r"Network is unreachable", r"ProxyError", r"ConnectTimeout", r"ReadTimeout", r"SSLError", r"NewConnectionError")]
+    r"Failed to establish a new connection: [^\"')]*", r"Temporary failure in name resolution",
+    r"Name or service not known", r"Network is unreachable", r"ProxyError", r"ConnectTimeout", r"ReadTimeout",
+    r"SSLError", r"NewConnectionError")]
 
 
 def pip_error(output: str, python: str, glibc: str) -> PackagerError:
@@ -536,16 +542,17 @@ def pip_error(output: str, python: str, glibc: str) -> PackagerError:
     listed = [v for v in listed if v and v != "none"]
     network = next((m.group(0).strip() for m in (p.search(output) for p in _NETWORK) if m), None)
     if missing and not listed and network:
-        return PackagerError(f"pip could not reach the package index to install the bundle's requirements for the device "
-                             f"({_shorten(network)}); --emulate needs PyPI: check the network or proxy settings.",
+        return PackagerError(f"pip could not reach the package index to install the bundle's requirements for the "
+                             f"device ({_shorten(network)}); --emulate needs PyPI: check the network or proxy "
+                             "settings.",
                              ExitCode.TOOL_FAILED)
     if missing:
         requirement = missing.group(1)
         if listed:
             releases = [v for v in listed if not re.search(r"(dev|a|b|rc)\d*$", v)] or listed
             shown = ", ".join(releases[-6:])
-            return PackagerError(f"{requirement} has no wheel for the device ({platform_words}); releases that have one "
-                                 f"end with {shown}: pin one of those (the profile's [runtime] or the model "
+            return PackagerError(f"{requirement} has no wheel for the device ({platform_words}); releases that have "
+                                 f"one end with {shown}: pin one of those (the profile's [runtime] or the model "
                                  "family's requirements) and rebuild the bundle.",
                                  ExitCode.SMOKE_FAILED)
         return PackagerError(f"{requirement} has no wheel for the device ({platform_words}) in any version pip could "
@@ -554,8 +561,8 @@ def pip_error(output: str, python: str, glibc: str) -> PackagerError:
     conflict = next((line for line in output.splitlines() if "conflicting dependencies" in line
                      or line.startswith("ERROR: Cannot install")), None)
     if conflict:
-        return PackagerError(f"the bundle's requirements conflict for the device ({_shorten(conflict.strip())}); fix the "
-                             "pins and rebuild the bundle.", ExitCode.SMOKE_FAILED)
+        return PackagerError(f"the bundle's requirements conflict for the device ({_shorten(conflict.strip())}); "
+                             "fix the pins and rebuild the bundle.", ExitCode.SMOKE_FAILED)
     errors = [line.strip() for line in output.splitlines() if line.startswith("ERROR:")]
     return PackagerError(f"pip failed to install the bundle's requirements for the device "
                          f"({_shorten(errors[-1] if errors else _last_line(output))}); rerun once the cause is fixed.",
@@ -583,7 +590,8 @@ class Emulation:
     setup: dict[str, Any] = field(default_factory=dict)
 
     def command(self, *args: str) -> list[str]:
-        return [str(self.qemu), "-L", str(self.root), "-cpu", self.cpu.model, str(self.userland.python_bin), "-s", *args]
+        return [str(self.qemu), "-L", str(self.root), "-cpu", self.cpu.model, str(self.userland.python_bin), "-s",
+                *args]
 
     def env(self) -> dict[str, str]:
         return _guest_env(self.home, self.packages.site)
@@ -634,6 +642,7 @@ def prepare(folder: Path, work: Path) -> Emulation:
                             ExitCode.BAD_INPUT) from None
 
     start = time.perf_counter()
+    assert device.debian is not None  # preflight checked it
     userland, built = ensure_userland(device.debian, device.python, qemu)
     setup: dict[str, Any] = {"userland": "built" if built else "cached",
                              "userland_s": round(time.perf_counter() - start, 1)}
@@ -695,8 +704,8 @@ def _tool(cmd: list[str], *, what: str, env: dict[str, str] | None = None, check
         raise PackagerError(f"{what} did not finish in {timeout} s; check the network and rerun.",
                             ExitCode.TOOL_FAILED) from None
     if check and proc.returncode != 0:
-        raise PackagerError(f"{what} failed ({_last_line(proc.stderr or proc.stdout)}); rerun with --debug and report it.",
-                            ExitCode.TOOL_FAILED)
+        raise PackagerError(f"{what} failed ({_last_line(proc.stderr or proc.stdout)}); "
+                            "rerun with --debug and report it.", ExitCode.TOOL_FAILED)
     return proc
 
 

@@ -276,7 +276,7 @@ def size_range(low: float | None, high: float | None) -> str:
     a, b = size(low), size(high)
     if a == b:
         return a
-    (na, ua), (nb, ub) = a.rsplit(" ", 1), b.rsplit(" ", 1)
+    (na, ua), (_, ub) = a.rsplit(" ", 1), b.rsplit(" ", 1)
     return f"{na} – {b}" if ua == ub else f"{a} – {b}"
 
 
