@@ -57,9 +57,9 @@ def trt_workspace(profile: Profile, memory: dict[str, Any]) -> dict[str, Any] | 
               "basis": "min(profile's trt_max_workspace_size, budget - estimated peak (high) - the engine's copy "
                        "of the weights)"}
     if room < MIN_WORKSPACE:
-        result["note"] = (f"the budget leaves no room for TensorRT's workspace ({room / MiB:.0f} MiB after the engine's "
-                          f"weights): engine builds may fail and fall back to CUDA; raise the budget or pick a smaller "
-                          "recipe")
+        result["note"] = (f"the budget leaves no room for TensorRT's workspace ({room / MiB:.0f} MiB after the "
+                          f"engine's weights): engine builds may fail and fall back to CUDA; raise the budget or "
+                          "pick a smaller recipe")
     return result
 
 
