@@ -118,9 +118,10 @@ def check_budget(settings: PackageSettings) -> None:
     if budget < base:
         from_profile = settings.budget.origin.startswith("profile")
         raise PackagerError(
-            f"the memory budget of {budget / 2**20:.0f} MiB (from {settings.budget.origin}) is smaller than the runtime "
-            f"itself ({base / 2**20:.0f} MiB for {settings.profile.runtime.package} {settings.profile.runtime.version} "
-            f"on {settings.profile.name}); raise it{' in the profile' if from_profile else ''}.",
+            f"the memory budget of {budget / 2**20:.0f} MiB (from {settings.budget.origin}) is smaller than the "
+            f"runtime itself ({base / 2**20:.0f} MiB for {settings.profile.runtime.package} "
+            f"{settings.profile.runtime.version} on {settings.profile.name}); "
+            f"raise it{' in the profile' if from_profile else ''}.",
             ExitCode.BAD_PROFILE if from_profile else ExitCode.USAGE)
 
 
