@@ -172,7 +172,9 @@ def _encoder_decoder(arch: str, cfg: Any, model: Any, parameters: int, embedding
     context, the cross-attention's holds the encoder's output length), and the parameters of each side."""
     encoder_parameters = sum(p.numel() for p in model.get_encoder().parameters())
     dec = getattr(cfg, "decoder", None) if hasattr(cfg, "decoder") and not isinstance(cfg.decoder, (int, bool)) else cfg
-    enc = getattr(cfg, "encoder", None) if hasattr(cfg, "encoder") and not isinstance(cfg.encoder, (int, bool)) else cfg
+    # a sub-config of a transformers config, whose fields differ by architecture
+    enc: Any = (getattr(cfg, "encoder", None)
+                if hasattr(cfg, "encoder") and not isinstance(cfg.encoder, (int, bool)) else cfg)
 
     def first(config: Any, *names: str, default: int = 0) -> int:
         return next((int(getattr(config, n)) for n in names if getattr(config, n, None)), default)
