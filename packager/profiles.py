@@ -288,13 +288,14 @@ def load_profile(path: Path) -> Profile:
     except FileNotFoundError:
         raise PackagerError(f"{where}: profile file not found; check the path.", ExitCode.BAD_PROFILE) from None
     except (OSError, UnicodeDecodeError) as e:
-        raise PackagerError(f"{where}: cannot read the profile ({e}); check its permissions and encoding.", ExitCode.BAD_PROFILE) from None
+        raise PackagerError(f"{where}: cannot read the profile ({e}); check its permissions and encoding.",
+                            ExitCode.BAD_PROFILE) from None
     except tomllib.TOMLDecodeError as e:
         raise PackagerError(f"{where}: invalid TOML ({e}); fix the syntax.", ExitCode.BAD_PROFILE) from None
     except ValueError:  # Python's own limit: tomllib cannot convert an integer of more than 4300 digits
         raise PackagerError(f"{where}: holds an integer too long to read; fix the profile.",
                             ExitCode.BAD_PROFILE) from None
-    profile = _build(Profile, data, where)
+    profile: Profile = _build(Profile, data, where)
     _check_values(profile, where)
     return dataclasses.replace(profile, source=where)
 
