@@ -87,7 +87,7 @@ def int8_static(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
         quantize_static,
     )
 
-    class Reader(CalibrationDataReader):
+    class Reader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime has no type information: Any
         def __init__(self) -> None:
             self.feeds = iter(options.calibration)
 
@@ -149,7 +149,8 @@ def fp16_merged(parts: tuple[Path, ...], dst: Path, options: RecipeOptions) -> R
             inner = f"{value.name}_fp16"
             for node in graph.node:
                 node.output[:] = [inner if o == value.name else o for o in node.output]
-            casts_out.append(helper.make_node("Cast", [inner], [value.name], to=TensorProto.FLOAT, name=f"{inner}/Cast"))
+            casts_out.append(helper.make_node("Cast", [inner], [value.name], to=TensorProto.FLOAT,
+                                              name=f"{inner}/Cast"))
             value.type.tensor_type.elem_type = TensorProto.FLOAT
     nodes = [*casts_in, *graph.node, *casts_out]
     del graph.node[:]
