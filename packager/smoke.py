@@ -58,7 +58,8 @@ def run_smoke(bundle: Path, python: str | None = None, emulate: bool = False,
     with temp_folder("smoke") as tmp:
         folder = bundle if bundle.is_dir() else extract_bundle(bundle, Path(tmp))
         if not (folder / "smoke_test.py").is_file():
-            raise PackagerError(f"{bundle}: no smoke_test.py inside; this is not a packager bundle.", ExitCode.BAD_INPUT)
+            raise PackagerError(f"{bundle}: no smoke_test.py inside; this is not a packager bundle.",
+                                ExitCode.BAD_INPUT)
         if emulate:
             from packager.emulate import preflight
 
@@ -107,7 +108,7 @@ def run_smoke(bundle: Path, python: str | None = None, emulate: bool = False,
             emulation["run_s"] = round(time.perf_counter() - start, 1)
     lines = proc.stdout.strip().splitlines()
     verdict = lines[-1] if lines else f"FAIL: the smoke test printed nothing ({_last(proc.stderr)})"
-    report: dict[str, Any] = {}
+    report = {}
     if len(lines) >= 2:
         try:
             report = json.loads(lines[-2])
