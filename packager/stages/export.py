@@ -185,7 +185,8 @@ def _run_export_child(ctx: Context, job: dict[str, Any]) -> dict[str, Any]:
         raise
     if code != 0 and not outcome:
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or ["no output"]
-        why = f"killed by signal {-code}{' (out of memory?)' if code == -9 else ''}" if code < 0 else f"exit code {code}"
+        why = (f"killed by signal {-code}{' (out of memory?)' if code == -9 else ''}" if code < 0
+               else f"exit code {code}")
         outcome = {"error": f"the export process ended with {why}: {tail[0][:300]}"}
     return outcome
 
@@ -210,7 +211,7 @@ def _export_child(report_fd: int, job: dict[str, Any]) -> None:
     _export(job, lambda kind, text: report.write(f"{kind} {text}\n"))
 
 
-def _export(job: dict[str, Any], say: Callable[[str, str], None]) -> None:
+def _export(job: dict[str, Any], say: Callable[[str, str], object]) -> None:
     """main_export on the folder, saying which decoder layer the trace has reached ("progress TEXT") and
     how it ended ("outcome {json}", last: {} when it exported)."""
 
@@ -271,12 +272,13 @@ def _stream_external_data_merge() -> None:
     real = convert.onnx
     if getattr(real, "packager_streaming", False):
         return
-    proxy = types.ModuleType("onnx")
+    proxy: Any = types.ModuleType("onnx")  # onnx, with attributes of packager's set below
     proxy.__dict__.update(real.__dict__)
     proxy.packager_streaming = True
 
     def load(f: Any, *args: Any, load_external_data: bool = True, **kwargs: Any) -> onnx.ModelProto:
-        return real.load(f, *args, load_external_data=False, **kwargs)
+        model: onnx.ModelProto = real.load(f, *args, load_external_data=False, **kwargs)
+        return model
 
     def save(model: onnx.ModelProto, f: Any, *args: Any, save_as_external_data: bool = False,
              location: str | None = None, size_threshold: int = 1024, **kwargs: Any) -> None:
@@ -630,7 +632,7 @@ def _seq2seq_io(ctx: Context, export_dir: Path) -> dict[str, Any]:
     cross-attention's), the decoder's start tokens and what the encoder's raw input needs first."""
     assert ctx.source is not None
     config = json.loads((ctx.source.path / "config.json").read_text(encoding="utf-8"))
-    components = {}
+    components: dict[str, dict[str, Any]] = {}
     for name, file in SEQ2SEQ_COMPONENTS.items():
         inputs, outputs = signature(export_dir / file)
         components[name] = {"export": file, "inputs": inputs, "outputs": outputs}
@@ -702,7 +704,7 @@ def export_opset(ctx: Context) -> int:
 def cache_inputs(ctx: Context) -> dict[str, Any]:
     """The export's cache key: everything its output depends on, and nothing target-specific but the opset."""
     assert ctx.source is not None
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in EXPORT_TOOLS:
         try:
             versions[package] = importlib.metadata.version(package)
