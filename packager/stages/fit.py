@@ -1,8 +1,8 @@
 """fit: estimate and measure the packaged model's peak resident memory against the budget.
 
-The estimate comes from the graph (packager/estimate.py). The bundle's own run.py measures it (`--measure`) in a fresh child process with the
-target's session options and threads: the kernel's high-water mark, reset before the load
-and again before the run, so the figure is the model's and the runtime's, not packager's. A
+The estimate comes from the graph (packager/estimate.py). The bundle's own run.py measures it (`--measure`)
+in a fresh child process with the target's session options and threads: the kernel's high-water mark, reset
+before the load and again before the run, so the figure is the model's and the runtime's, not packager's. A
 decoder is judged at its decode step with the deployment's context of KV cache (ctx.context);
 --fit auto asks peaks_at() what a shorter context would take.
 """
@@ -29,7 +29,7 @@ MEASURE_TIMEOUT_S = 1800
 MiB = 2**20
 
 
-def measure(ctx: Context) -> dict:
+def measure(ctx: Context) -> dict[str, Any]:
     runnable(ctx)
     return measure_folder(ctx.stage_dir)
 
@@ -41,7 +41,7 @@ def runnable(ctx: Context) -> None:
     copy_runtime(ctx.stage_dir, ctx.profile)
 
 
-def measure_folder(folder: Path) -> dict:
+def measure_folder(folder: Path) -> dict[str, Any]:
     """`run.py --measure` of the bundle folder `folder` (its runtime files and manifest in place), in a
     fresh child process."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
@@ -57,7 +57,8 @@ def measure_folder(folder: Path) -> dict:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise PackagerError(f"the packaged model failed to load or run in a fresh process: {tail}",
                             ExitCode.TOOL_FAILED)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    measured: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])  # run.py --measure's JSON
+    return measured
 
 
 def _encoder_length(ctx: Context) -> int:
@@ -172,7 +173,8 @@ def without_runtime(est: dict[str, Any], profile: Profile) -> dict[str, Any]:
     return {"low_bytes": est["low_bytes"] - shared, "high_bytes": est["high_bytes"] - shared, "breakdown": breakdown}
 
 
-def _components_memory(ctx: Context, estimates: dict[str, Estimate], measured: dict | None) -> dict[str, dict]:
+def _components_memory(ctx: Context, estimates: dict[str, Estimate],
+                       measured: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """Per component: its recipe, file, size, its own estimate (without the shared runtime, which the
     whole counts once) and, measured, the resident memory its session added at load."""
     record = {}
@@ -190,14 +192,15 @@ def _components_memory(ctx: Context, estimates: dict[str, Estimate], measured: d
     return record
 
 
-def over_budget(memory: dict) -> str:
+def over_budget(memory: dict[str, Any]) -> str:
     """'peak 1700 MiB (load ..., run ...)' with the largest estimated components."""
     est = memory["estimate"]
     top = sorted(est["breakdown"].items(), key=lambda kv: -kv[1])[:3]
     parts = ", ".join(f"{k} {v / MiB:.0f}" for k, v in top)
     if "measured_peak_bytes" in memory:
-        gpu = (f" plus the CUDA context's {memory['gpu_context_bytes'] / MiB:.0f} MiB (profile figure; the GPU path was "
-               "not measured)" if memory.get("gpu_context_bytes") else "")
-        return (f"measured peak {memory['measured_peak_bytes'] / MiB:.0f} MiB (load {memory['load_peak_bytes'] / MiB:.0f}, "
-                f"run {memory['run_peak_bytes'] / MiB:.0f}; largest parts: {parts} MiB){gpu} is")
+        gpu = (f" plus the CUDA context's {memory['gpu_context_bytes'] / MiB:.0f} MiB (profile figure; the GPU path "
+               "was not measured)" if memory.get("gpu_context_bytes") else "")
+        return (f"measured peak {memory['measured_peak_bytes'] / MiB:.0f} MiB "
+                f"(load {memory['load_peak_bytes'] / MiB:.0f}, run {memory['run_peak_bytes'] / MiB:.0f}; "
+                f"largest parts: {parts} MiB){gpu} is")
     return f"estimated peak up to {est['high_bytes'] / MiB:.0f} MiB (largest parts: {parts} MiB) is"
