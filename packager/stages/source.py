@@ -258,7 +258,8 @@ def with_adapter(source: Source, spec: str, name: str | None, allow_pickle: bool
     if source.kind != "huggingface":
         raise _bad(f"--adapter merges a LoRA adapter into a Hugging Face folder's weights, and {source.path} is an "
                    "ONNX model; pass the base model's Hugging Face folder.")
-    path = resolve_adapter_sample(spec.removeprefix("sample:")) if spec.startswith("sample:") else Path(spec).expanduser()
+    path = (resolve_adapter_sample(spec.removeprefix("sample:")) if spec.startswith("sample:")
+            else Path(spec).expanduser())
     adapter = lora.read(path, allow_pickle)
     config = json.loads((source.path / "config.json").read_text(encoding="utf-8"))
     base = None
