@@ -43,6 +43,7 @@ def readme(ctx: Context) -> str:
     # The measured figure varies run to run: the bundle says only that it was within the budget.
     measured = f", measured within the budget on the build host ({mem['measured_on']})" \
         if mem.get("verdict_basis") == "measured" else ""
+    low, high = mem['estimate']['low_bytes'] / MiB, mem['estimate']['high_bytes'] / MiB
     return f"""# {ctx.bundle_name}
 
 `{ctx.source.name if ctx.source else ''}` packaged by packager for **{p.name}** ({p.description}),
@@ -56,7 +57,7 @@ On the device ({p.os.name}, Python {p.os.python}):
 
 - Inputs and outputs: `manifest.json` (`inputs`, `outputs`); samples in `samples/`.
 - Accuracy on the build host: {_accuracy_line(ctx)}.
-{_components_readme(ctx)}- Memory: estimated peak {mem['estimate']['low_bytes'] / MiB:.0f}-{mem['estimate']['high_bytes'] / MiB:.0f} MiB{measured};
+{_components_readme(ctx)}- Memory: estimated peak {low:.0f}-{high:.0f} MiB{measured};
   budget {p.budget.memory_bytes / MiB:.0f} MiB.
 - Execution providers, in order: {', '.join(p.runtime.providers)} (missing ones fall back to CPU).
 {runtime_for(p).readme(ctx)}"""
