@@ -167,7 +167,8 @@ def _rewrite(folder: Path, manifest: dict[str, Any], moved: dict[str, dict[str, 
     if "mobile" in manifest:
         manifest["mobile"]["examples"] = []   # the app examples load one model: the bundle of several has none
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return manifest["files"]
+    files: list[dict[str, Any]] = manifest["files"]
+    return files
 
 
 def _replace(value: Any, moved: dict[str, str]) -> Any:
@@ -201,7 +202,8 @@ def estimate(contexts: list[Context], names: list[str], blobs: list[Blob], profi
 def _own_estimate(ctx: Context, component: str, profile: Profile) -> dict[str, Any]:
     """A component's own estimate (low_bytes, high_bytes, breakdown), without the runtime the whole counts once."""
     if "components" in ctx.memory:
-        return ctx.memory["components"][component]["estimate"]
+        own: dict[str, Any] = ctx.memory["components"][component]["estimate"]
+        return own
     return without_runtime(ctx.memory["estimate"], profile)
 
 
@@ -330,6 +332,10 @@ def _readme(suite: Suite, bundle: str) -> str:
     shared_text = "".join(f"\n  - `blobs/{b.key[:12]}...`: {', '.join(b.used_by)}" for b in shared) or " none"
     models = "\n".join(f"- `{n}`: `{c.model_spec}`, recipe `{c.recipe_name}`, in "
                        f"`models/{n}/`" for n, c in zip(suite.names, suite.members))
+    smoke = ("python smoke_test.py          # checksums, loads every model, each one's samples, peak memory; "
+             "last line PASS or FAIL")
+    low, high = mem['estimate']['low_bytes'] / MiB, mem['estimate']['high_bytes'] / MiB
+    measured = ', measured within the budget on the build host' if mem.get('verdict_basis') == 'measured' else ''
     return f"""# {bundle}
 
 {len(suite.members)} models packaged together by packager for **{p.name}** ({p.description}), to be loaded
@@ -338,14 +344,14 @@ together in one process.
 On the device ({p.os.name}, Python {p.os.python}):
 
     {venv_command(bundle)}
-    python smoke_test.py          # checksums, loads every model, each one's samples, peak memory; last line PASS or FAIL
+    {smoke}
 {runs}
 
 {models}
 
 - The files each model loads are in `blobs/<sha256>/`, named by each model's `manifest.json` (`runtime`); a
   component several models load is stored once and loaded once (one session). Shared:{shared_text}
-- Memory, all models together: estimated peak {mem['estimate']['low_bytes'] / MiB:.0f}-{mem['estimate']['high_bytes'] / MiB:.0f} MiB,
-  budget {p.budget.memory_bytes / MiB:.0f} MiB{', measured within the budget on the build host' if mem.get('verdict_basis') == 'measured' else ''}.
+- Memory, all models together: estimated peak {low:.0f}-{high:.0f} MiB,
+  budget {p.budget.memory_bytes / MiB:.0f} MiB{measured}.
 - Execution providers, in order: {', '.join(p.runtime.providers)} (missing ones fall back to CPU).
 """
