@@ -66,6 +66,7 @@ def disk_full(e: BaseException) -> PackagerError | None:
 
 
 def _disk_full_error(e: OSError) -> PackagerError:
+    assert e.errno is not None  # the caller found it in DISK_FULL
     what = DISK_FULL[e.errno]
     tmp = Path(tempfile.gettempdir())
     written = Path(os.fsdecode(e.filename)).absolute() if isinstance(e.filename, (str, bytes)) and e.filename else None
