@@ -126,7 +126,7 @@ def sign_manifest(private_key_path: Path, bundle: Path) -> Path:
     """Write the bundle's manifest.sig: the key's signature over the exact bytes of manifest.json."""
     key = load_private_key(private_key_path)
     signature = base64.b64encode(key.sign((bundle / runner().MANIFEST).read_bytes())).decode("ascii")
-    path = bundle / runner().SIGNATURE
+    path: Path = bundle / runner().SIGNATURE
     path.write_text(signature + "\n", encoding="ascii")
     return path
 
