@@ -137,4 +137,5 @@ def _quiet_build(builder: Callable[[Path], None], folder: Path) -> None:
 
 
 def config_of(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config: dict[str, Any] = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    return config
