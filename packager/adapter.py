@@ -189,7 +189,7 @@ def base_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _pattern_value(pattern: dict[str, Any], module: str, default: float) -> float:
+def _pattern_value(pattern: dict[str, float], module: str, default: float) -> float:
     """peft's rank_pattern / alpha_pattern lookup: the first key that matches the module path's end."""
     for key, value in pattern.items():
         if re.match(rf"(.*\.)?({key})$", module):
