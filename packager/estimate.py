@@ -143,9 +143,10 @@ def _tensor_bytes(t: onnx.TensorProto) -> int:
         if "length" in info:
             return int(info["length"])
     itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 4
+    elements: int = math.prod(t.dims)
     if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-        return math.ceil(math.prod(t.dims) / 2)
-    return math.prod(t.dims) * itemsize
+        return math.ceil(elements / 2)
+    return elements * itemsize
 
 
 def weight_bytes(model: onnx.ModelProto) -> tuple[int, int, dict[str, int]]:
@@ -468,9 +469,10 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
 def decode_step_shapes(io: dict[str, Any], context: int) -> dict[str, tuple[int, ...]]:
     """A decoder's inputs at its largest step: one new token on a KV cache of context - 1 tokens."""
     kv = io["kv"]
-    shapes = {"input_ids": (1, 1), "position_ids": (1, 1), "attention_mask": (1, context)}
+    shapes: dict[str, tuple[int, ...]] = {"input_ids": (1, 1), "position_ids": (1, 1), "attention_mask": (1, context)}
     names = [i["name"] for i in io["inputs"]]
-    past = {n: (1, int(kv["heads"]), context - 1, int(kv["head_dim"])) for n in names if _is_past(n)}
+    past: dict[str, tuple[int, ...]] = {n: (1, int(kv["heads"]), context - 1, int(kv["head_dim"]))
+                                        for n in names if _is_past(n)}
     return {n: shapes[n] for n in names if n in shapes} | past
 
 
