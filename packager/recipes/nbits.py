@@ -64,7 +64,7 @@ def quantize_nbits(model: onnx.ModelProto, settings: Int4, bits: int, tied: bool
     quantizer = MatMulNBitsQuantizer(model, algo_config=config)
     _count_progress(quantizer, model, config.op_types_to_quantize, bits, progress)
     quantizer.process()
-    quantized = quantizer.model.model
+    quantized: onnx.ModelProto = quantizer.model.model
     if bits == 8 and not tied:
         _embedding_8bit(quantized, settings.block_size)
     return quantized
@@ -180,7 +180,7 @@ def _count_progress(quantizer: Any, model: onnx.ModelProto, op_types: tuple[str,
 
     def counted(node: onnx.NodeProto, graph_stack: list[onnx.GraphProto]) -> list[onnx.NodeProto]:
         nonlocal done
-        result = quantize(node, graph_stack)
+        result: list[onnx.NodeProto] = quantize(node, graph_stack)
         if constant_weight(node):
             done += 1
             progress(f"{done}/{total} weights at {bits} bits ({node.name or node.op_type})")
