@@ -88,7 +88,8 @@ def compose(four: onnx.ModelProto, eight: onnx.ModelProto, keep_8bit: tuple[str,
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    log_probs: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return log_probs
 
 
 def divergence(decoder: Any, seqs: list[tuple[int, list[int]]], reference: list[np.ndarray]) -> float:
