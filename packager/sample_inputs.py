@@ -66,7 +66,7 @@ def _check_size(name: str, shape: tuple[int, ...], dtype: np.dtype, given: bool,
                         f"than {what} ({_human(limit)}); {fix}.", ExitCode.BAD_INPUT)
 
 
-def _human(size: int) -> str:
+def _human(size: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if size < 1024 or unit == "PiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
