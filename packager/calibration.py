@@ -72,6 +72,7 @@ def _read_npz(path: Path, names: list[str]) -> list[dict[str, np.ndarray]]:
         raise PackagerError(f"the calibration file {path} must be an .npz of input tensors for this model (it takes "
                             f"{', '.join(names)}, not text).", ExitCode.BAD_INPUT)
     try:
-        return runner().read_inputs(path, names)
+        inputs: list[dict[str, np.ndarray]] = runner().read_inputs(path, names)
+        return inputs
     except (OSError, ValueError) as e:  # a missing or damaged file, or the wrong arrays in it
         raise PackagerError(f"cannot use the calibration file {path}: {e}.", ExitCode.BAD_INPUT) from None
