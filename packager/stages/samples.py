@@ -11,7 +11,7 @@ the encoder's inputs by run.py's own pre-processing, from the files as written.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -49,7 +49,7 @@ def _sounds(rate: int) -> list[tuple[str, np.ndarray]]:
     like syllables (no recordings: nothing is downloaded, and random weights need no speech)."""
     t2, t3 = np.arange(2 * rate) / rate, np.arange(3 * rate) / rate
     sweep = 0.3 * np.sin(2 * np.pi * (200 * t2 + (1800 / 4) * t2 ** 2))        # 200 Hz -> 2 kHz in 2 s
-    chord = 0.2 * sum(np.sin(2 * np.pi * f * t2[: int(1.5 * rate)]) for f in (262, 330, 392))
+    chord = 0.2 * cast(np.ndarray, sum(np.sin(2 * np.pi * f * t2[: int(1.5 * rate)]) for f in (262, 330, 392)))
     syllables = 0.4 * np.sin(2 * np.pi * 180 * t3) * (0.5 - 0.5 * np.cos(2 * np.pi * 4 * t3))
     return [("sweep.wav", sweep), ("chord.wav", chord), ("syllables.wav", syllables)]
 
