@@ -39,6 +39,7 @@ def _search_mixed(ctx: Context, reporter: Reporter, stages: tuple[str, ...]) -> 
         search |= {"layers_8bit": [], "why": "int4 keeps the answers: no layer needs 8 bits"}
     else:
         _bisect_mixed(ctx, reporter, judged, rejected)
+    assert ctx.recipe is not None  # the quantize stage ran
     ctx.recipe = dataclasses.replace(ctx.recipe, extra=ctx.recipe.extra | {"search": search})
     if "fit" in stages:
         run_stage(ctx, reporter, "fit")
