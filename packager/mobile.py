@@ -83,8 +83,8 @@ def convert(onnx_path: Path, out_dir: Path, arch: str) -> Converted:
     model = out_dir / onnx_path.with_suffix(".ort").name
     configs = sorted(out_dir.glob("*.required_operators_and_types.config"))
     if not model.is_file() or len(configs) != 1:
-        raise PackagerError(f"the ORT format converter wrote no {model.name} and configuration ({printed.getvalue()[-200:]}"
-                            "); report it with --debug.", ExitCode.TOOL_FAILED)
+        raise PackagerError(f"the ORT format converter wrote no {model.name} and configuration "
+                            f"({printed.getvalue()[-200:]}); report it with --debug.", ExitCode.TOOL_FAILED)
     return Converted(model, configs[0], printed.getvalue())
 
 
@@ -120,8 +120,8 @@ def repack_int4(onnx_path: Path) -> list[str]:
             continue
         if table.data_type == onnx.TensorProto.UINT4 or (len(node.input) > 3 and node.input[3]) or table.dims[-1] % 2:
             raise PackagerError(f"{table.name} is an asymmetric or odd-sized 4-bit table, which the ORT format cannot "
-                                "hold (no 4-bit tensor type) and packager does not repack; set int4.symmetric = true in "
-                                "the profile or choose --recipe int8-dynamic.", ExitCode.TOOL_FAILED)
+                                "hold (no 4-bit tensor type) and packager does not repack; set int4.symmetric = true "
+                                "in the profile or choose --recipe int8-dynamic.", ExitCode.TOOL_FAILED)
         targets[table.name] = node
     if not targets:
         return []
@@ -178,7 +178,8 @@ def ort_facts(path: Path, name: str | None = None) -> tuple[ModelFacts, str]:
                     if kind == kinds.INT:
                         attributes.setdefault((*key, attr.Name().decode()), set()).add(attr.I())
                     elif kind == kinds.STRING:
-                        attributes.setdefault((*key, attr.Name().decode()), set()).add(attr.S().decode("utf-8", "replace"))
+                        attributes.setdefault((*key, attr.Name().decode()), set()).add(
+                            attr.S().decode("utf-8", "replace"))
                     elif kind == kinds.GRAPH:
                         walk(attr.G())
                     elif kind == kinds.GRAPHS:
@@ -187,7 +188,7 @@ def ort_facts(path: Path, name: str | None = None) -> tuple[ModelFacts, str]:
 
         walk(model.Graph())
         used = {d for d, _ in ops} | {ONNX_DOMAIN}
-        opsets = {}
+        opsets: dict[str, int] = {}
         for i in range(model.OpsetImportLength()):
             imp = model.OpsetImport(i)
             domain = imp.Domain().decode() or ONNX_DOMAIN
@@ -219,7 +220,8 @@ def check_apps(facts: ModelFacts, format_version: str, profile: Profile) -> list
     results = []
     table = load_table()
     for package, version, setting in app_runtimes(profile.mobile):
-        app = dataclasses.replace(profile, runtime=dataclasses.replace(profile.runtime, package=package, version=version))
+        app = dataclasses.replace(profile,
+                                  runtime=dataclasses.replace(profile.runtime, package=package, version=version))
         result: Compatibility = check(facts, app, table, setting=setting)
         if result.status == "unknown":
             raise PackagerError(result.reason.replace(f"(pinned by {profile.name})", f"({setting} of {profile.name})"),
@@ -272,8 +274,10 @@ def usability(onnx_path: Path, work_dir: Path) -> dict[str, Any]:
         dynamic_inputs, _ = uc.check_shapes(model.graph, log)
         checks = {
             "NNAPI": uc.check_nnapi_partitions,
-            "CoreML NeuralNetwork": lambda m, fixed: uc.check_coreml_partitions(m, fixed, "coreml_supported_neuralnetwork_ops.md"),
-            "CoreML MLProgram": lambda m, fixed: uc.check_coreml_partitions(m, fixed, "coreml_supported_mlprogram_ops.md"),
+            "CoreML NeuralNetwork": lambda m, fixed: uc.check_coreml_partitions(
+                m, fixed, "coreml_supported_neuralnetwork_ops.md"),
+            "CoreML MLProgram": lambda m, fixed: uc.check_coreml_partitions(
+                m, fixed, "coreml_supported_mlprogram_ops.md"),
         }
         providers = {}
         for name, partition in checks.items():
@@ -376,11 +380,13 @@ def _kotlin_literal(dtype: str, v: Any) -> str:
 
 
 def kotlin_input(i: ExampleInput) -> str:
-    kinds = {"float32": ("FloatBuffer", "floatArrayOf", "FloatArray"), "int64": ("LongBuffer", "longArrayOf", "LongArray"),
+    kinds = {"float32": ("FloatBuffer", "floatArrayOf", "FloatArray"),
+             "int64": ("LongBuffer", "longArrayOf", "LongArray"),
              "int32": ("IntBuffer", "intArrayOf", "IntArray")}
     shape = f"longArrayOf({', '.join(str(d) for d in i.shape)})"
     if i.dtype not in kinds:
-        return f"            // {i.name}: {i.dtype} {list(i.shape)}: create it with OnnxTensor.createTensor for that type"
+        return (f"            // {i.name}: {i.dtype} {list(i.shape)}: "
+                "create it with OnnxTensor.createTensor for that type")
     buffer, array_of, array = kinds[i.dtype]
     n = int(np.prod(i.shape)) if i.shape else 1
     data = (f"{array_of}({', '.join(_kotlin_literal(i.dtype, v) for v in i.values)})" if i.values is not None
@@ -396,7 +402,8 @@ def swift_input(i: ExampleInput) -> str:
     kinds = {"float32": ("Float", ".float"), "int64": ("Int64", ".int64"), "int32": ("Int32", ".int32")}
     shape = f"[{', '.join(str(d) for d in i.shape)}]"
     if i.dtype not in kinds:
-        return f"            // {i.name}: {i.dtype} {list(i.shape)}: create it with ORTValue(tensorData:elementType:shape:)"
+        return (f"            // {i.name}: {i.dtype} {list(i.shape)}: "
+                "create it with ORTValue(tensorData:elementType:shape:)")
     swift_type, element = kinds[i.dtype]
     n = int(np.prod(i.shape)) if i.shape else 1
     data = (f"[{', '.join(_swift_literal(i.dtype, v) for v in i.values)}] as [{swift_type}]" if i.values is not None
@@ -436,7 +443,8 @@ def kotlin_session(profile: Profile, verdict: dict[str, Any]) -> str:
         if call is None:
             continue  # CPUExecutionProvider: always there
         if provider == "QNNExecutionProvider":
-            out.append("        // QNN needs the com.microsoft.onnxruntime:onnxruntime-android-qnn artifact and a QDQ model.")
+            out.append("        // QNN needs the com.microsoft.onnxruntime:onnxruntime-android-qnn artifact "
+                       "and a QDQ model.")
         if why:
             out.append(f"        // Left out: {why}.")
             out.append(f"        // options.{call}")
