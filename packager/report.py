@@ -62,7 +62,7 @@ FITS_COLOUR, OVER_COLOUR = "#1a7f37", "#c0262d"
 
 # ---------------------------------------------------------------- entry point
 
-def write_reports(results: list[dict], out_dir: Path) -> list[Path]:
+def write_reports(results: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Write report.json, report.md and report.html for `results` into `out_dir` (created if
     missing), each atomically (a temporary file, then a rename); return their paths."""
     results = [_jsonable(r) for r in results]
@@ -173,7 +173,8 @@ class View:
         self.budget = _num(self.memory.get("budget_bytes"))
         self.headroom = _num(self.memory.get("headroom_bytes"))
         self.measured = _num(self.memory.get("measured_peak_bytes"))
-        self.basis = str(self.memory.get("verdict_basis") or ("measured" if self.measured is not None else "estimate (high)"))
+        self.basis = str(self.memory.get("verdict_basis")
+                         or ("measured" if self.measured is not None else "estimate (high)"))
         if self.budget is not None and self.headroom is not None:
             self.peak: float | None = self.budget - self.headroom
         else:
@@ -311,7 +312,8 @@ def _accuracy_text(a: dict[str, Any]) -> str:
 def _down(x: float, digits: int) -> float:
     """Rounded down: a figure shown against a threshold never reads better than it is (0.9999994 is
     0.99999, not 1.00000)."""
-    return math.floor(x * 10**digits + 1e-9) / 10**digits
+    rounded: float = math.floor(x * 10**digits + 1e-9) / 10**digits
+    return rounded
 
 
 def smoke_text(v: View) -> str:
@@ -405,7 +407,8 @@ def _md_section(v: View) -> list[str]:
             rows.append(["**budget**", md(size(v.budget)), md(gigabytes(v.budget))])
         out += _md_table(["memory", "size", "note"], rows, right=(1,))
     if v.components:
-        out += _md_table(["model component", "recipe", "file", "estimate (own)", "measured load", "token agreement alone"],
+        out += _md_table(["model component", "recipe", "file", "estimate (own)", "measured load",
+                          "token agreement alone"],
                          [[md(k), *map(md, row)] for k, row in _component_rows(v)], right=(2, 3, 4))
     out += _md_table(["accuracy", "sizes", "smoke"], [[md(accuracy_text(v)), md(
         f"model {model_size(v)}, archive {size(_num(v.sizes.get('archive_bytes')))}"), md(smoke_text(v))]])
@@ -453,8 +456,8 @@ def mixed_text(mixed: dict[str, Any]) -> str:
     text = f"int4-mixed: {', '.join(layers)} at 8 bits, +{size(cost)} over int4"
     if ranking:
         text += (f" ({mixed.get('why', '')}); sensitivity, KL from fp32 with only that layer at 4 bits, measured on "
-                 f"{mixed.get('measured_on', '?')}: " + ", ".join(f"{r.get('layer')} {_num(r.get('kl_at_4bit')) or 0:.4f}"
-                                                               for r in ranking))
+                 f"{mixed.get('measured_on', '?')}: "
+                 + ", ".join(f"{r.get('layer')} {_num(r.get('kl_at_4bit')) or 0:.4f}" for r in ranking))
     return text
 
 
@@ -514,7 +517,10 @@ def chart(v: View, index: int) -> str:
     parts = [(k, v.breakdown[k]) for k in included if v.breakdown[k] > 0]
     stacked = sum(b for _, b in parts)
     top = max(v.budget, v.peak, stacked, 1) * 1.08
-    x = lambda b: LEFT + PW * b / top  # noqa: E731
+
+    def x(b: float) -> float:
+        return LEFT + PW * b / top
+
     colour = FITS_COLOUR if v.fits else OVER_COLOUR
     title_id = f"chart-{index}-title"
     head = f"{'✓' if v.fits else '✗'} {verdict_head(v).capitalize()}, {margin_text(v)}"
@@ -533,7 +539,8 @@ def chart(v: View, index: int) -> str:
     pos = 0.0
     for key, b in parts:
         svg.append(f'<rect x="{x(pos):.2f}" y="{bar_y}" width="{max(PW * b / top, 0.6):.2f}" height="{bar_h}" '
-                   f'fill="{component_colour(key)}"><title>{esc(component_label(key, v))}: {esc(size(b))}</title></rect>')
+                   f'fill="{component_colour(key)}"><title>{esc(component_label(key, v))}: {esc(size(b))}</title>'
+                   '</rect>')
         pos += b
     pos = 0.0
     for _key, b in parts[:-1]:  # white gaps between segments
@@ -735,8 +742,9 @@ def _html_section(v: View, i: int) -> list[str]:
     # accuracy
     a = v.accuracy
     rows: list[tuple[str, str]] = [("summary", accuracy_text(v))]
-    for key in ("metric", "reference", "samples", "min_cosine", "max_abs_diff", "token_agreement", "min_token_agreement",
-                "min_logits_cosine", "mean_logits_cosine", "identical_generations", "generated_tokens"):
+    for key in ("metric", "reference", "samples", "min_cosine", "max_abs_diff", "token_agreement",
+                "min_token_agreement", "min_logits_cosine", "mean_logits_cosine", "identical_generations",
+                "generated_tokens"):
         if key in a and not isinstance(a[key], (dict, list)):
             val = a[key]
             rows.append((key.replace("_", " "), f"{val:.6g}" if isinstance(val, float) else str(val)))
@@ -768,7 +776,8 @@ def _html_section(v: View, i: int) -> list[str]:
             f'<p class="muted">* {"run" if phase == "load" else "load"} phase only: not part of the peak.</p>'
         blocks.append("<div><h3>Memory</h3>" + _kv_table(mem_rows) + note + "</div>")
     if v.components:
-        rows_html = "".join(f"<tr><td>{esc(name)}</td>" + "".join(_cell(x, "num" if i else "") for i, x in enumerate(row))
+        rows_html = "".join(f"<tr><td>{esc(name)}</td>"
+                            + "".join(_cell(x, "num" if i else "") for i, x in enumerate(row))
                             + "</tr>" for name, row in _component_rows(v))
         blocks.append("<div><h3>Components (resident together)</h3><table><tr><th>component</th><th>recipe</th>"
                       "<th>file</th><th>estimate (own)</th><th>measured load</th><th>agreement alone</th></tr>"
@@ -807,15 +816,17 @@ def _load(path: Path) -> list[dict[str, Any]]:
         raise PackagerError(f"{path}: cannot read a JSON summary ({e}); pass files saved from "
                             "`packager package --json`.", ExitCode.BAD_INPUT) from None
     if isinstance(data, dict) and isinstance(data.get("results"), list):  # an earlier report.json
-        return data["results"]
+        results: list[dict[str, Any]] = data["results"]
+        return results
     return data if isinstance(data, list) else [data]
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m packager.report", description="Write report.json, report.md and "
-                                     "report.html from `packager package --json` summaries (or earlier report.json files).")
+    parser = argparse.ArgumentParser(prog="python -m packager.report",
+                                     description="Write report.json, report.md and report.html from "
+                                     "`packager package --json` summaries (or earlier report.json files).")
     parser.add_argument("summaries", nargs="+", type=Path, help="JSON files: one summary, a list, or a report.json")
     parser.add_argument("--out", "-o", type=Path, required=True, help="folder for the reports")
     args = parser.parse_args(argv)
