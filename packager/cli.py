@@ -412,15 +412,17 @@ def _print_package(r: Any) -> None:
     mem = r.memory
     acc = r.accuracy
     if acc["metric"] == "token agreement":
-        err.print(f"accuracy  {acc['token_agreement']:.1%} of fp32's greedy tokens, logits cosine {acc['min_logits_cosine']:.4f}, "
+        err.print(f"accuracy  {acc['token_agreement']:.1%} of fp32's greedy tokens, "
+                  f"logits cosine {acc['min_logits_cosine']:.4f}, "
                   f"{acc['identical_generations']}/{acc['samples']} continuations identical (thresholds "
                   f"{acc['threshold']['token_agreement']:.0%}, {acc['threshold']['logits_cosine']})")
     else:
         err.print(f"accuracy  min cosine {acc['min_cosine']:.5f} vs fp32 (threshold {acc['threshold']})")
     if "eval" in acc:
         ev = acc["eval"]
-        err.print(f"eval      {ev['packaged_passed']}/{ev['cases']} of {escape(ev['file'])} pass ({ev['packaged_score']:.1%}; "
-                  f"fp32 {ev['reference_passed']}/{ev['cases']}, tolerance {ev['tolerance'] * 100:.4g}%), "
+        err.print(f"eval      {ev['packaged_passed']}/{ev['cases']} of {escape(ev['file'])} pass "
+                  f"({ev['packaged_score']:.1%}; fp32 {ev['reference_passed']}/{ev['cases']}, "
+                  f"tolerance {ev['tolerance'] * 100:.4g}%), "
                   f"{ev['disagreements']} case(s) disagree")
     _print_memory(mem)
     err.print(f"model     {r.sizes['model_bytes'] / MiB:.1f} MiB ({r.recipe})")
@@ -437,8 +439,9 @@ def _print_package(r: Any) -> None:
 
 def _print_memory(mem: dict[str, Any], what: str = "") -> None:
     est = mem["estimate"]
-    err.print(f"memory    {what}peak {mem['measured_peak_bytes'] / MiB:.0f} MiB (load {mem['load_peak_bytes'] / MiB:.0f}, "
-              f"run {mem['run_peak_bytes'] / MiB:.0f}; estimate {est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) "
+    err.print(f"memory    {what}peak {mem['measured_peak_bytes'] / MiB:.0f} MiB "
+              f"(load {mem['load_peak_bytes'] / MiB:.0f}, run {mem['run_peak_bytes'] / MiB:.0f}; "
+              f"estimate {est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) "
               f"of {mem['budget_bytes'] / MiB:.0f} MiB budget", soft_wrap=True)
 
 
@@ -455,7 +458,8 @@ def _print_suite(r: Any) -> None:
             err.print(f"shared    {', '.join(b['used_by'])}: one copy, {b['bytes'] / MiB:.1f} MiB "
                       f"(blobs/{b['key'][:12]}...)", soft_wrap=True)
     _print_memory(r.memory, f"all {len(r.models)} together: ")
-    err.print(f"size      {r.sizes['model_bytes'] / MiB:.1f} MiB loaded, archive {r.sizes['archive_bytes'] / MiB:.1f} MiB")
+    err.print(f"size      {r.sizes['model_bytes'] / MiB:.1f} MiB loaded, "
+              f"archive {r.sizes['archive_bytes'] / MiB:.1f} MiB")
     if r.signature:
         err.print(f"signed    ed25519, public key sha256 {r.signature['public_key_sha256']}", soft_wrap=True)
     if r.smoke:
@@ -571,7 +575,8 @@ def _print_check(result: Any) -> None:
     if r["measured"]:
         m = r["measured"]
         table.add_row("[b]measured peak[/] (load / run)",
-                      f"[b]{m['peak_bytes'] / MiB:.0f}[/] ({m['load_peak_bytes'] / MiB:.0f} / {m['run_peak_bytes'] / MiB:.0f})")
+                      f"[b]{m['peak_bytes'] / MiB:.0f}[/] "
+                      f"({m['load_peak_bytes'] / MiB:.0f} / {m['run_peak_bytes'] / MiB:.0f})")
     Console(stderr=True).print(table)
     if r.get("components"):
         _print_components(r["components"], models="shared" in r)
@@ -583,7 +588,8 @@ def _print_check(result: Any) -> None:
     margin = abs(r["headroom_bytes"]) / MiB
     context = f", {r['context']} tokens of context" if r["context"] else ""
     print(f"{word}: {r['model']} on {r['target']} ({r['recipe']}{context}), {r['verdict_basis']} peak "
-          f"{(r['budget_bytes'] - r['headroom_bytes']) / MiB:.0f} MiB against a budget of {r['budget_bytes'] / MiB:.0f} MiB, "
+          f"{(r['budget_bytes'] - r['headroom_bytes']) / MiB:.0f} MiB against a budget of "
+          f"{r['budget_bytes'] / MiB:.0f} MiB, "
           f"{margin:.0f} MiB {'to spare' if r['fits'] else 'over'}")
 
 
@@ -635,7 +641,8 @@ def _print_plan(p: Any) -> None:
     for name, count in a.components.items():
         err.print(f"  {name}: {count:,} parameters" + "".join(
             f", {precision} {count * bytes_per / MiB:.1f} MiB" for precision, bytes_per in BYTES_PER_PARAM.items()))
-    table = Table("precision", "context", "weights MiB", "KV cache MiB", "peak MiB (low-high)", "fits", box=box.SIMPLE_HEAD)
+    table = Table("precision", "context", "weights MiB", "KV cache MiB", "peak MiB (low-high)", "fits",
+                  box=box.SIMPLE_HEAD)
     for r in p.rows:
         kv = f"{r.kv_cache_bytes / MiB:.0f}" + (f" ({r.kv_bits}-bit, planning only)" if r.planning_only else "")
         table.add_row(r.precision, human_context(r.context), f"{r.weights_bytes / MiB:.0f}", kv,
@@ -644,7 +651,8 @@ def _print_plan(p: Any) -> None:
     Console().print(table)
     for precision, tokens in p.max_context.items():
         if a.decoder:
-            print(f"{precision}: " + (f"fits up to {human_context(tokens)} tokens of context" if tokens else "does not fit"))
+            print(f"{precision}: "
+                  + (f"fits up to {human_context(tokens)} tokens of context" if tokens else "does not fit"))
     for note in p.notes:
         err.print(f"note: {escape(note)}", soft_wrap=True)
 
@@ -680,7 +688,8 @@ def smoke(
         _print_smoke(result)
     if not result.passed:
         if not as_json:
-            err.print(f"[red]error:[/] smoke test of {escape(str(bundle))} failed: {escape(result.verdict)}", soft_wrap=True)
+            err.print(f"[red]error:[/] smoke test of {escape(str(bundle))} failed: {escape(result.verdict)}",
+                      soft_wrap=True)
         raise typer.Exit(int(ExitCode.SMOKE_FAILED))
 
 
@@ -745,8 +754,8 @@ def keygen(
         return
     err.print(f"private key {escape(str(private_path))} (keep it secret; sign with `packager package --sign "
               f"{escape(str(private_path))}`)", soft_wrap=True)
-    err.print(f"public key  {escape(str(public_path))} (install it on the devices; set PACKAGER_PUBLIC_KEY to its path)",
-              soft_wrap=True)
+    err.print(f"public key  {escape(str(public_path))} "
+              "(install it on the devices; set PACKAGER_PUBLIC_KEY to its path)", soft_wrap=True)
     print(fingerprint)
 
 
@@ -882,7 +891,8 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version.")) -> None:
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Show the version.")) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # packager never downloads models
 
 
@@ -903,4 +913,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
