@@ -531,7 +531,8 @@ class Decoder:
         }
         return {**{k: v for k, v in columns.items() if k in self.inputs}, **self.context_feeds, **past}
 
-    def step(self, ids: list[int], past: dict[str, np.ndarray], past_length: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def step(self, ids: list[int], past: dict[str, np.ndarray],
+             past_length: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Logits [len(ids), vocab] for the new tokens, and the cache that now holds them."""
         outputs = self.session.run(["logits", *self.presents], self.feeds(ids, past, past_length))
         cache = dict(zip(self.past, outputs[1:]))
@@ -1204,7 +1205,8 @@ def main(argv: list[str] | None = None) -> int:
         if runner.io["kind"] == "seq2seq":
             if not args.texts:
                 raise ValueError(f"give the {runner.io['modality']} to read: "
-                                 + {"audio": "a .wav file", "image": "a .png file"}.get(runner.io["modality"], "a text"))
+                                 + {"audio": "a .wav file", "image": "a .png file"}.get(
+                                     runner.io["modality"], "a text"))
             answers = []
             for raw in args.texts:
                 text, tokens = runner.generate_from(raw, args.max_new_tokens)

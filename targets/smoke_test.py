@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, checked in (report.get("models") or {"": report}).items():
             _print_model(f"{name}: " if name else "", checked)
         if "peak_bytes" in report:
-            print(f"peak memory: {report['peak_bytes'] / 2**20:.1f} MiB of {report['budget_bytes'] / 2**20:.0f} MiB budget")
+            print(f"peak memory: {report['peak_bytes'] / 2**20:.1f} MiB "
+                  f"of {report['budget_bytes'] / 2**20:.0f} MiB budget")
     print(verdict)
     return 0 if verdict == "PASS" else 1
 
