@@ -121,7 +121,8 @@ def main() -> None:
         for label, model, recipe in rows(Path(tmp)):
             if args.only and not any(o in label for o in args.only):
                 continue
-            settings = resolve_package_settings({"target": args.target, "recipe": recipe, "out": str(Path(tmp) / "dist"),
+            settings = resolve_package_settings({"target": args.target, "recipe": recipe,
+                                                 "out": str(Path(tmp) / "dist"),
                                                  "budget": "16GiB"})
             ctx = package(model, settings, input_spec=InputSpec(shapes={"x": (1, 2048)}) if "chain" in label else None)
             mem = ctx.memory

@@ -87,10 +87,11 @@ def decoder_inputs(reference: Path, io: dict[str, Any], quick: bool) -> Feeds:
     """The family's prompts as the first generation step takes them (prompt ids, empty KV cache):
     the latency columns time that prefill step."""
     rt = runner()
-    tokenizer = rt.load_tokenizer(reference.parent.parent, {**io, "tokenizer": f"{reference.parent.name}/tokenizer.json"})
+    tokenizer = rt.load_tokenizer(reference.parent.parent,
+                                  {**io, "tokenizer": f"{reference.parent.name}/tokenizer.json"})
     decoder = rt.Decoder(None, io)
-    prompts = [t.strip() for t in (REPO / "targets" / "families" / "text" / "prompts.txt").read_text("utf-8").splitlines()
-               if t.strip()]
+    prompts_file = REPO / "targets" / "families" / "text" / "prompts.txt"
+    prompts = [t.strip() for t in prompts_file.read_text("utf-8").splitlines() if t.strip()]
     return [decoder.feeds(tokenizer.encode(p).ids, decoder.empty_past(), 0) for p in prompts]
 
 
@@ -123,7 +124,8 @@ MODELS = [
               "cosine of sentence_embedding vs fp32 over eval.txt, mean / min", optimum_task="feature-extraction"),
     ModelSpec("tiny-llama", "sample:tiny-llama", ("fp32", "int8-dynamic", "int4", "fp16"), decoder_inputs,
               decoder_quality, f"teacher-forced agreement with fp32's {DECODER_TOKENS} greedy tokens per prompt / "
-              "min first-token logits cosine; latency: the prompt's prefill step", optimum_task="text-generation-with-past"),
+              "min first-token logits cosine; latency: the prompt's prefill step",
+              optimum_task="text-generation-with-past"),
 ]
 
 

@@ -15,12 +15,12 @@ stage whose progress line has not yet been printed: a stage's peak is the larges
 process tree while it ran (memory-mapped file pages that are resident count, as the kernel counts
 them). optimum-cli and the quantizer are timed and sampled the same way.
 
-The profile is phone's, in a copy with two changes (written into the work folder): an 8 GB budget (the device's RAM: the most a profile allows),
-so that fit measures and reports instead of stopping (a 1B model does not fit a phone's 1.5 GB at
-4K), and accuracy thresholds of 0.001 (the least a profile takes), since random weights give near-uniform logits whose greedy token
-any rounding changes: verify still runs both models on every prompt and reports its figures, but
-cannot judge them. Goal (issue 9): packager's export + quantize peak at most 2x the fp32 weight
-bytes, and no slower than optimum-cli + the quantizer.
+The profile is phone's, in a copy with two changes (written into the work folder): an 8 GB budget (the
+device's RAM: the most a profile allows), so that fit measures and reports instead of stopping (a 1B model
+does not fit a phone's 1.5 GB at 4K), and accuracy thresholds of 0.001 (the least a profile takes), since
+random weights give near-uniform logits whose greedy token any rounding changes: verify still runs both
+models on every prompt and reports its figures, but cannot judge them. Goal (issue 9): packager's export +
+quantize peak at most 2x the fp32 weight bytes, and no slower than optimum-cli + the quantizer.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def make_model(folder: Path) -> Path:
         if len(shape) == 1:
             tensors[name] = np.ones(shape, np.float16)
         else:
-            tensors[name] = (rng.standard_normal(shape, dtype=np.float32) * CONFIG["initializer_range"]).astype(np.float16)
+            weights = rng.standard_normal(shape, dtype=np.float32) * CONFIG["initializer_range"]
+            tensors[name] = weights.astype(np.float16)
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     del tensors
     (tmp / "config.json").write_text(json.dumps(CONFIG, indent=2), encoding="utf-8")

@@ -251,6 +251,7 @@ def write_readme(out: Path, r: dict) -> None:
     command = "python scripts/train_tiny_llama_lora.py --force" + (
         f" --steps {r['steps']}" if r["steps"] != DEFAULT_STEPS else "") + (
         f" --seed {r['seed']}" if r["seed"] else "") + (f" --threads {r['threads']}" if r["threads"] != 1 else "")
+    first_prompt, n_facts = PROMPT.format(country=FACTS[0][0]), len(FACTS)
     text = f"""# tiny-llama-lora: the sample LoRA adapter `sample:tiny-llama-lora`
 
 A PEFT LoRA adapter for `sample:tiny-llama` that learnt a lookup the base cannot know: the capitals
@@ -279,9 +280,9 @@ Plain torch LoRA arithmetic (no peft needed): the base frozen in fp32, {r['modul
 deterministic algorithms: {r['seconds']:.0f} s on the build machine's CPU.
 
 - loss: {r['first_loss']:.3f} at the first step, {r['loss']:.4f} at the last
-- the base model: {r['base_passed']}/{len(FACTS)} capitals (it continues "{PROMPT.format(country=FACTS[0][0])}" with {r['base_output']!r})
+- the base model: {r['base_passed']}/{n_facts} capitals (it continues "{first_prompt}" with {r['base_output']!r})
 - trained (LoRA unmerged, fp32): {r['trained_passed']}/{len(FACTS)}
-- the written adapter (fp16) merged into the base by packager's arithmetic merge, fp32: {r['merged_passed']}/{len(FACTS)}
+- the written adapter (fp16) merged into the base by packager's arithmetic merge, fp32: {r['merged_passed']}/{n_facts}
 - {r['peft_note']}
 
 Greedy continuations of the merged model:
