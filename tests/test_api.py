@@ -60,7 +60,8 @@ def test_a_jetson_bundle_reproduces_with_its_tensorrt_workspace(tmp_path: Path) 
     with tarfile.open(first.archive) as tar:
         manifest = json.load(tar.extractfile(f"{first.bundle}/manifest.json"))
     workspace = manifest["memory"]["tensorrt_workspace"]
-    assert workspace["headroom_bytes"] == manifest["memory"]["budget_bytes"] - manifest["memory"]["estimate"]["high_bytes"]
+    memory = manifest["memory"]
+    assert workspace["headroom_bytes"] == memory["budget_bytes"] - memory["estimate"]["high_bytes"]
 
 
 def test_the_api_result_is_what_the_cli_prints(silero_twice: tuple[packager.PackageResult, dict]) -> None:
@@ -92,7 +93,8 @@ def test_check_and_plan(tiny_bert: Path) -> None:
     assert isinstance(checked, packager.CheckResult) and checked.fits and checked.exit_code == 0
     assert checked.measured is None and checked.verdict_basis == "estimate (high)"
     assert checked.to_dict()["headroom_bytes"] == checked.budget_bytes - checked.estimate["high_bytes"]
-    tight = packager.check("sample:silero-vad", "rpi5", measure=False, budget="66MiB")  # above the runtime (64), below the model
+    # a budget above the runtime (64 MiB), below the model
+    tight = packager.check("sample:silero-vad", "rpi5", measure=False, budget="66MiB")
     assert not tight.fits and tight.exit_code == 3
     planned = packager.plan(tiny_bert / "config.json", "rpi5", precisions=["int8"], contexts=["64", 128])
     assert isinstance(planned, packager.PlanResult)

@@ -247,7 +247,8 @@ def test_full_tmpdir_is_exit_9_naming_it(tmp_path: Path, monkeypatch: pytest.Mon
     assert_refused(result, tmp_path, 9, str(work), words, "TMPDIR")
 
 
-def test_full_disk_inside_a_recipe_is_exit_9_not_a_tool_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_inside_a_recipe_is_exit_9_not_a_tool_failure(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The recipe wraps what fails inside it as exit 10 ("try another recipe"): a full disk under
     that wrapper is still exit 9, as no recipe would help."""
     from packager.recipes import RECIPES

@@ -59,7 +59,8 @@ def test_hf_folder_packages_with_a_chosen_recipe(tmp_path: Path, tiny_bert: Path
 def test_fit_auto_steps_down_to_the_recipe_that_fits(tmp_path: Path) -> None:
     # MiniLM: fp32 peaks near 190 MiB, int8 near 110 MiB (scripts/bench_memory.py).
     out = tmp_path / "dist"
-    cached = {"PACKAGER_NO_CACHE": "0", "PACKAGER_CACHE_DIR": str(tmp_path / "cache")}   # the second run reuses the export
+    # the second run reuses the export
+    cached = {"PACKAGER_NO_CACHE": "0", "PACKAGER_CACHE_DIR": str(tmp_path / "cache")}
     proc = run_cli("package", "sample:minilm", "--target", "rpi5", "--fit", "auto", "--budget", "150MB",
                    "--out", str(out), "--json", env=cached)
     assert proc.returncode == 0, proc.stderr
@@ -71,12 +72,14 @@ def test_fit_auto_steps_down_to_the_recipe_that_fits(tmp_path: Path) -> None:
     too_small = run_cli("package", "sample:minilm", "--target", "rpi5", "--fit", "auto", "--budget", "80MB",
                         "--out", str(tmp_path / "none"), env=cached)
     assert too_small.returncode == 3
-    assert "no recipe of rpi5 fits" in too_small.stderr and "fp32:" in too_small.stderr and "int8-dynamic:" in too_small.stderr
+    assert ("no recipe of rpi5 fits" in too_small.stderr and "fp32:" in too_small.stderr
+            and "int8-dynamic:" in too_small.stderr)
     assert not (tmp_path / "none").exists()
 
 
 def test_fit_auto_keeps_the_most_precise_recipe_that_fits(tmp_path: Path, tiny_bert: Path) -> None:
-    proc = run_cli("package", str(tiny_bert), "--target", "rpi5", "--fit", "auto", "--out", str(tmp_path / "d"), "--json")
+    proc = run_cli("package", str(tiny_bert), "--target", "rpi5", "--fit", "auto", "--out", str(tmp_path / "d"),
+                   "--json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["recipe"] == "fp32" and summary["fit"]["chosen"] == "fp32"

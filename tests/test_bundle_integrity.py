@@ -303,7 +303,8 @@ def test_declared_sizes_past_what_the_archive_can_hold_are_refused(tmp_path: Pat
     assert path.stat().st_size * archive.EXPANSION_LIMIT < zeros.size
     with pytest.raises(PackagerError) as e:
         archive.extract_bundle(path, tmp_path / "dest")
-    assert e.value.code == ExitCode.BAD_INPUT and "more than a bundle archive of this size unpacks to" in e.value.message
+    assert (e.value.code == ExitCode.BAD_INPUT
+            and "more than a bundle archive of this size unpacks to" in e.value.message)
     assert not (tmp_path / "dest").exists()
 
 

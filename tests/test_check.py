@@ -24,7 +24,8 @@ def test_check_json_fits(tmp_path: Path) -> None:
     assert r["fits"] is True and r["budget_bytes"] == 1_500_000_000
     est, measured = r["estimate"], r["measured"]
     assert 0 < est["low_bytes"] <= est["high_bytes"]
-    assert {"runtime_base", "weights_inline", "weights_external", "prepacked", "activations", "kv_cache"} <= set(est["breakdown"])
+    assert {"runtime_base", "weights_inline", "weights_external", "prepacked", "activations",
+            "kv_cache"} <= set(est["breakdown"])
     assert measured["peak_bytes"] == max(measured["load_peak_bytes"], measured["run_peak_bytes"]) > 0
 
 

@@ -41,19 +41,22 @@ def _gather_block_quantized() -> onnx.ModelProto:
     node = helper.make_node("GatherBlockQuantized", ["table", "ids", "scales"], ["emb"], domain="com.microsoft",
                             gather_axis=0, quantize_axis=1, block_size=32, bits=4)
     graph = helper.make_graph([node], "g", [ids], [out], [data, scales])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+    return helper.make_model(graph,
+                             opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
                              ir_version=10)
 
 
 def _profile(version: str, name: str = "my-board", package: str = "onnxruntime"):
     rpi5 = builtin_profiles()["rpi5"]
-    return dataclasses.replace(rpi5, name=name, runtime=dataclasses.replace(rpi5.runtime, version=version, package=package))
+    return dataclasses.replace(rpi5, name=name,
+                               runtime=dataclasses.replace(rpi5.runtime, version=version, package=package))
 
 
 def _profile_file(tmp_path: Path, version: str) -> Path:
     text = (profiles_dir() / "rpi5.toml").read_text()
     path = tmp_path / "my-board.toml"
-    path.write_text(text.replace('name = "rpi5"', 'name = "my-board"').replace('version = "1.32.0"', f'version = "{version}"'))
+    path.write_text(text.replace('name = "rpi5"', 'name = "my-board"')
+                    .replace('version = "1.32.0"', f'version = "{version}"'))
     assert load_profile(path).runtime.version == version
     return path
 
@@ -100,7 +103,8 @@ def test_every_profile_pins_a_runtime_in_the_table() -> None:
         release = table.release(p.runtime.version)
         assert p.runtime.package in table.packages, p.name
         assert release is not None, f"{p.name} pins {p.runtime.version}, which the runtime table lacks"
-        assert p.runtime.max_opset <= release.opset, f"{p.name}: runtime.max_opset above what {release.version} implements"
+        assert p.runtime.max_opset <= release.opset, \
+            f"{p.name}: runtime.max_opset above what {release.version} implements"
 
 
 # --- the check -----------------------------------------------------------------------------------
@@ -169,7 +173,8 @@ def test_subgraphs_and_functions_are_read() -> None:
     call = helper.make_node("MyOp", ["x"], ["y2"], domain="local")
     graph = helper.make_graph([cond, call], "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
                               [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1),
+    model = helper.make_model(graph,
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1),
                                                     helper.make_opsetid("local", 1)], functions=[fn], ir_version=8)
     facts = facts_of(model, "m.onnx")
     assert facts.ops[("com.microsoft", "Gelu")] == 2 and facts.ops[("ai.onnx", "Relu")] == 1

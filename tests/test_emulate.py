@@ -21,7 +21,8 @@ from packager.profiles import builtin_profiles
 QEMU_7_2 = ["a64fx", "cortex-a35", "cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76", "max", "neoverse-n1"]
 QEMU_9 = [*QEMU_7_2, "cortex-a55", "cortex-a710", "neoverse-n2", "neoverse-v1"]
 HAVE_QEMU = any(shutil.which(name) for name in emulate.QEMU_BINARIES)
-needs_qemu = pytest.mark.skipif(not HAVE_QEMU, reason="qemu-user-static is not installed (apt-get install qemu-user-static)")
+needs_qemu = pytest.mark.skipif(not HAVE_QEMU,
+                                reason="qemu-user-static is not installed (apt-get install qemu-user-static)")
 
 
 def _profile_dict(name: str) -> dict:
@@ -77,7 +78,8 @@ def test_cores_qemu_lacks_use_the_nearest_model_never_max() -> None:
 def test_unknown_core_names_the_table() -> None:
     with pytest.raises(PackagerError) as e:
         choose_cpu("cortex-a999", ("fp",), QEMU_9)
-    assert e.value.code == ExitCode.BAD_PROFILE and "'cortex-a999'" in e.value.message and "QEMU_CPUS" in e.value.message
+    assert (e.value.code == ExitCode.BAD_PROFILE and "'cortex-a999'" in e.value.message
+            and "QEMU_CPUS" in e.value.message)
 
 
 def test_cpuinfo_is_the_profiles_cpu_in_the_kernels_format() -> None:
@@ -257,7 +259,8 @@ def test_rpi5_bundle_passes_on_an_emulated_cortex_a76(minilm_rpi5: dict) -> None
 
     human = run_cli("smoke", minilm_rpi5["archive"], "--emulate", timeout=1200)
     assert human.returncode == 0 and human.stdout.strip().splitlines()[-1] == "PASS"
-    assert "emulated  cortex-a76" in human.stderr and "Python 3.13." in human.stderr and "onnxruntime 1.32.0" in human.stderr
+    assert ("emulated  cortex-a76" in human.stderr and "Python 3.13." in human.stderr
+            and "onnxruntime 1.32.0" in human.stderr)
     assert "upper bound" in human.stderr
 
 
@@ -306,7 +309,8 @@ def test_edited_requirements_fail_before_the_smoke_test_runs(minilm_rpi5: dict, 
     # An edit the checksums do not cover is refused before anything is installed for the device.
     proc = run_cli("smoke", str(folder), "--emulate", "--json", timeout=1200)
     assert proc.returncode == ExitCode.SMOKE_FAILED
-    assert json.loads(proc.stdout)["verdict"] == "FAIL: checksum mismatch: requirements.txt was modified after packaging"
+    assert json.loads(proc.stdout)["verdict"] == \
+        "FAIL: checksum mismatch: requirements.txt was modified after packaging"
     _reseal(folder)   # an unsigned bundle whose maker pinned a runtime the device has no wheel for
     proc = run_cli("smoke", str(folder), "--emulate", "--json", timeout=1200)
     assert proc.returncode == ExitCode.SMOKE_FAILED, proc.stdout + proc.stderr

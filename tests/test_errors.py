@@ -387,8 +387,8 @@ def test_an_internal_error_is_exit_1_with_one_sentence(monkeypatch: pytest.Monke
     assert "Traceback" not in plain.stderr
     debug = CliRunner().invoke(app, ["targets", "--debug", "--json"])
     assert debug.exit_code == 1 and "Traceback" in debug.stderr
-    assert json.loads(debug.stdout) == {"error": "internal error (RuntimeError: a bug); rerun with --debug and report it.",
-                                        "exit_code": 1}
+    assert json.loads(debug.stdout) == {
+        "error": "internal error (RuntimeError: a bug); rerun with --debug and report it.", "exit_code": 1}
 
 
 def test_a_tool_failure_is_exit_10(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -239,8 +239,10 @@ def test_a_killed_runs_leftovers_are_swept_by_the_next_run(tmp_path: Path, live_
     tmpdir.mkdir()
     out.mkdir()
     dead = _dead_pid()
-    stale = [_leftover(out / f".mm-rpi5.tar.gz.partial-{dead}"), _leftover(out / f".other-jetson.tar.gz.partial-{dead}"),
-             _leftover(tmpdir / f"packager-{dead}-work-abc_1234"), _leftover(tmpdir / f"packager-{dead}-int8-merged-zzzzzzzz")]
+    stale = [_leftover(out / f".mm-rpi5.tar.gz.partial-{dead}"),
+             _leftover(out / f".other-jetson.tar.gz.partial-{dead}"),
+             _leftover(tmpdir / f"packager-{dead}-work-abc_1234"),
+             _leftover(tmpdir / f"packager-{dead}-int8-merged-zzzzzzzz")]
     kept = [
         _leftover(out / f".mm-rpi5.tar.gz.partial-{live_pid}"),       # a concurrent run's
         _leftover(tmpdir / f"packager-{live_pid}-work-abcd1234"),

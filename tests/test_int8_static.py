@@ -65,7 +65,8 @@ def test_calibration_file_of_the_wrong_kind_is_refused(tmp_path: Path) -> None:
 def test_calibration_with_another_recipe_fails_before_any_work(tmp_path: Path) -> None:
     text = tmp_path / "lines.txt"
     text.write_text("a sentence\n", encoding="utf-8")
-    settings = resolve_package_settings({"target": "rpi5", "out": str(tmp_path / "dist"), "recipe": "fp32", "budget": None})
+    settings = resolve_package_settings({"target": "rpi5", "out": str(tmp_path / "dist"), "recipe": "fp32",
+                                         "budget": None})
     with pytest.raises(PackagerError, match="does not use it") as e:
         package("sample:minilm", settings, calibration=text)
     assert e.value.code == ExitCode.USAGE

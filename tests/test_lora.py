@@ -216,7 +216,8 @@ def test_fit_auto_prefers_the_recipe_that_keeps_the_fine_tune(cache: Path, eight
     monkeypatch.setenv("PACKAGER_LORA_MERGE", "arithmetic")   # the merge without peft (the encoder test: peft's)
     # Smallest first: the coarse int4 fits but fails the eval gate, so --fit auto moves on to int8-dynamic.
     smallest_first = profile(tmp_path, "smallest-first", **COARSE, **{
-        'decoder_fit_recipes = ["fp32", "int8-dynamic", "int4-mixed"]': 'decoder_fit_recipes = ["int4", "int8-dynamic"]'})
+        'decoder_fit_recipes = ["fp32", "int8-dynamic", "int4-mixed"]':
+            'decoder_fit_recipes = ["int4", "int8-dynamic"]'})
     result = packager.package("sample:tiny-llama", str(smallest_first), adapter="sample:tiny-llama-lora",
                               eval_file=eight_cases, fit="auto", out=tmp_path / "dist", cache=cache)
     assert result.recipe == "int8-dynamic" and [t["recipe"] for t in result.fit["tried"]] == ["int4", "int8-dynamic"]
@@ -248,7 +249,8 @@ def test_eval_gate_refuses_a_recipe_that_loses_the_fine_tune(cache: Path, eight_
         packager.package("sample:tiny-llama", str(profile(tmp_path, "coarse", **COARSE)), recipe="int4",
                          adapter="sample:tiny-llama-lora", eval_file=eight_cases, out=tmp_path / "dist", cache=cache)
     assert e.value.code == ExitCode.ACCURACY
-    assert "loses the fine-tune on your eval cases" in e.value.message and "fp32 reference passes 8/8" in e.value.message
+    assert ("loses the fine-tune on your eval cases" in e.value.message
+            and "fp32 reference passes 8/8" in e.value.message)
     assert "\n" not in e.value.message and not (tmp_path / "dist").exists()
 
 

@@ -31,9 +31,11 @@ def decoder_like(path: Path, tied: bool = True, seed: int = 0) -> Path:
         helper.make_node("Gather", ["embed.weight", "input_ids"], ["/model/embed_tokens/Gather_output_0"],
                          name="/model/embed_tokens/Gather"),
         helper.make_node("MatMul", ["/model/embed_tokens/Gather_output_0", "w0"],
-                         ["/model/layers.0/mlp/down_proj/MatMul_output_0"], name="/model/layers.0/mlp/down_proj/MatMul"),
+                         ["/model/layers.0/mlp/down_proj/MatMul_output_0"],
+                         name="/model/layers.0/mlp/down_proj/MatMul"),
         helper.make_node("MatMul", ["/model/layers.0/mlp/down_proj/MatMul_output_0", "w1"],
-                         ["/model/layers.1/mlp/down_proj/MatMul_output_0"], name="/model/layers.1/mlp/down_proj/MatMul"),
+                         ["/model/layers.1/mlp/down_proj/MatMul_output_0"],
+                         name="/model/layers.1/mlp/down_proj/MatMul"),
         helper.make_node("MatMul", ["/model/layers.1/mlp/down_proj/MatMul_output_0", "head"], ["logits"],
                          name="/lm_head/MatMul"),
     ]

@@ -31,7 +31,8 @@ from packager.recipes.nbits import int4
 def test_phone_bundle_ships_the_ort_model_and_app_examples(silero_onnx: Path, tmp_path: Path) -> None:
     """Silero VAD (LSTM state, If subgraphs, a scalar input) for the phone: converted, checked, rated, exemplified,
     and smoke-tested on model.ort."""
-    settings = resolve_package_settings({"target": "phone", "out": str(tmp_path / "dist"), "recipe": None, "budget": None})
+    settings = resolve_package_settings({"target": "phone", "out": str(tmp_path / "dist"), "recipe": None,
+                                         "budget": None})
     spec = InputSpec(shapes={"input": (1, 512), "state": (2, 1, 128)}, values={"sr": 16000})
     ctx = package(str(silero_onnx), settings, input_spec=spec)
     bundle = unpack(ctx.archive, tmp_path / "unpacked")
@@ -52,7 +53,8 @@ def test_phone_bundle_ships_the_ort_model_and_app_examples(silero_onnx: Path, tm
     assert all(a["ok"] for a in mobile["app_runtimes"])
     rated = mobile["usability"]["providers"]
     assert set(rated) == {"NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram"}
-    assert all(r["rating"] in ("YES", "MAYBE", "NO") and 0 <= r["supported_nodes"] <= r["nodes"] for r in rated.values())
+    assert all(r["rating"] in ("YES", "MAYBE", "NO") and 0 <= r["supported_nodes"] <= r["nodes"]
+               for r in rated.values())
 
     kotlin = (bundle / "android/SileroVadModel.kt").read_text()
     assert 'implementation("com.microsoft.onnxruntime:onnxruntime-android:1.27.0")' in kotlin
@@ -62,7 +64,8 @@ def test_phone_bundle_ships_the_ort_model_and_app_examples(silero_onnx: Path, tm
     assert '"input" to OnnxTensor.createTensor(env, FloatBuffer.wrap(FloatArray(512)), longArrayOf(1, 512))' in kotlin
     assert '"sr" to OnnxTensor.createTensor(env, LongBuffer.wrap(longArrayOf(16000)), longArrayOf())' in kotlin
     swift = (bundle / "ios/SileroVadModel.swift").read_text()
-    assert "pod 'onnxruntime-objc', '1.27.0'" in swift and "try options.appendXnnpackExecutionProvider(with: xnnpack)" in swift
+    assert ("pod 'onnxruntime-objc', '1.27.0'" in swift
+            and "try options.appendXnnpackExecutionProvider(with: xnnpack)" in swift)
     assert '"sr": try Self.tensor([16000] as [Int64], shape: [], type: .int64)' in swift
     coreml = "try options.appendCoreMLExecutionProvider(with: coreML)"
     gated = all(r["rating"] == "NO" and r.get("rating_with_fixed_shapes", "NO") == "NO"
@@ -113,7 +116,8 @@ def test_int4_decoder_ops_convert_to_an_ort_model_that_loads(tmp_path: Path) -> 
     np.testing.assert_array_equal(
         ort.InferenceSession(str(converted.model), providers=["CPUExecutionProvider"]).run(None, ids)[0], before)
     facts, version = ort_facts(converted.model)
-    assert version == "6" and {("com.microsoft", "GatherBlockQuantized"), ("com.microsoft", "MatMulNBits")} <= set(facts.ops)
+    assert version == "6" and {("com.microsoft", "GatherBlockQuantized"),
+                               ("com.microsoft", "MatMulNBits")} <= set(facts.ops)
     assert set(facts.opsets) <= {"ai.onnx", "com.microsoft"}  # unused imported domains are not the model's
 
     # The app runtimes the phone profile pins run it; an older Android runtime is refused with one sentence.
@@ -123,8 +127,8 @@ def test_int4_decoder_ops_convert_to_an_ort_model_that_loads(tmp_path: Path) -> 
     with pytest.raises(PackagerError) as e:
         check_apps(facts, version, old)
     assert e.value.code == ExitCode.RUNTIME_INCOMPATIBLE
-    assert ("uses com.microsoft GatherBlockQuantized, which onnxruntime-android 1.19.0 on phone does not have (it needs "
-            "1.20.0 or newer); raise mobile.android_version in the profile") in e.value.message
+    assert ("uses com.microsoft GatherBlockQuantized, which onnxruntime-android 1.19.0 on phone does not have "
+            "(it needs 1.20.0 or newer); raise mobile.android_version in the profile") in e.value.message
 
 
 def _phone_text() -> str:
@@ -157,7 +161,8 @@ def test_examples_leave_out_providers_the_usability_check_rates_no() -> None:
                            "CoreML NeuralNetwork": {"rating": "NO", "nodes": 10, "supported_nodes": 1, "partitions": 1},
                            "CoreML MLProgram": {"rating": "NO", "nodes": 10, "supported_nodes": 2, "partitions": 2}}}
     assert gated_out("NnapiExecutionProvider", rated) == ""  # fixed shapes would make it worth a try
-    assert "rates this model NO for CoreML NeuralNetwork and CoreML MLProgram" in gated_out("CoreMLExecutionProvider", rated)
+    assert ("rates this model NO for CoreML NeuralNetwork and CoreML MLProgram"
+            in gated_out("CoreMLExecutionProvider", rated))
     assert gated_out("XnnpackExecutionProvider", rated) == ""
     assert gated_out("CoreMLExecutionProvider", {"error": "x"}) == ""  # no verdict: the profile decides
     assert class_name("silero_vad") == "SileroVadModel" and class_name("3d-net") == "M3dNetModel"

@@ -88,7 +88,8 @@ def test_tampered_model_fails_the_smoke_test(minilm_rpi5: dict, tmp_path: Path) 
     model.write_bytes(bytes(data))
     direct = subprocess.run([sys.executable, "smoke_test.py"], cwd=folder, capture_output=True, text=True)
     assert direct.returncode != 0
-    assert direct.stdout.strip().splitlines()[-1] == "FAIL: checksum mismatch: model/model.onnx was modified after packaging"
+    assert direct.stdout.strip().splitlines()[-1] == \
+        "FAIL: checksum mismatch: model/model.onnx was modified after packaging"
     via_cli = run_cli("smoke", str(folder))
     assert via_cli.returncode == 8 and "checksum mismatch" in via_cli.stderr
 
@@ -124,7 +125,8 @@ def test_bundle_runs_in_a_venv_with_only_its_requirements(minilm_rpi5: dict, tmp
     if shutil.which("pip") is None and not (Path(sys.executable).parent / "pip").exists():
         pytest.skip("pip is not available")
     folder = unpack(Path(minilm_rpi5["archive"]), tmp_path / "bundle")
-    venv = tmp_path / "venv"  # outside the bundle folder, where its README puts it: the smoke test refuses unlisted files
+    # outside the bundle folder, where its README puts it: the smoke test refuses unlisted files
+    venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
     pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r",
@@ -160,7 +162,8 @@ def test_gpu_target_falls_back_to_cpu_and_says_so(tmp_path: Path) -> None:
     # the budget leaves; the Dockerfile runs the smoke test on the L4T image.
     memory = summary["memory"]
     assert memory["gpu_context_bytes"] == memory["estimate"]["breakdown"]["gpu_context"] > 0
-    assert memory["headroom_bytes"] == memory["budget_bytes"] - memory["measured_peak_bytes"] - memory["gpu_context_bytes"]
+    assert memory["headroom_bytes"] == \
+        memory["budget_bytes"] - memory["measured_peak_bytes"] - memory["gpu_context_bytes"]
     manifest = json.loads((folder / "manifest.json").read_text())
     trt = manifest["runtime"]["provider_options"]["TensorrtExecutionProvider"]
     assert 0 < trt["trt_max_workspace_size"] == memory["tensorrt_workspace"]["bytes"] <= 2**30

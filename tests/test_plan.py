@@ -43,7 +43,8 @@ def test_plan_rows_and_largest_context(llama_1b: Path) -> None:
     # The Jetson's runtime base includes the CUDA context (runtime.gpu_context_bytes): int4 (0.625 bytes a
     # parameter with its fp32 scales, as the recipe writes it) fits at 256 tokens, not at 1K.
     p = plan(llama_1b, resolve_target("jetson-orin-nano"), ["int4", "fp16"], [256, 131072])
-    assert [(r.precision, r.context) for r in p.rows] == [("int4", 256), ("int4", 131072), ("fp16", 256), ("fp16", 131072)]
+    assert [(r.precision, r.context) for r in p.rows] == [("int4", 256), ("int4", 131072), ("fp16", 256),
+                                                          ("fp16", 131072)]
     fits = {(r.precision, r.context): r.fits for r in p.rows}
     assert fits[("int4", 256)] and not fits[("int4", 131072)]
     assert p.rows[0].runtime_base_bytes > resolve_target("jetson-orin-nano").runtime.gpu_context_bytes

@@ -221,7 +221,8 @@ def test_damaged_profile_files_fail_as_bad_profile(at: int, cut: int, insert: by
 
 # ---------------------------------------------------------------- archives
 
-component = st.text(st.sampled_from("abcXYZ019-_. éü漢"), min_size=1, max_size=12).filter(lambda s: s not in (".", ".."))
+component = st.text(st.sampled_from("abcXYZ019-_. éü漢"), min_size=1, max_size=12).filter(
+    lambda s: s not in (".", ".."))
 long_component = st.text(st.sampled_from("abcdefgh"), min_size=100, max_size=200)
 relpaths = st.lists(st.one_of(component, long_component), min_size=1, max_size=3).map(lambda parts: "/".join(parts))
 trees = st.dictionaries(relpaths, st.tuples(st.binary(max_size=64), st.booleans()), min_size=0, max_size=8)
@@ -234,7 +235,8 @@ def drop_conflicts(tree: dict[str, tuple[bytes, bool]]) -> dict[str, tuple[bytes
 
 
 def listing(folder: Path) -> dict[str, tuple[bytes, bool] | None]:
-    return {p.relative_to(folder).as_posix(): (p.read_bytes(), bool(p.stat().st_mode & stat.S_IXUSR)) if p.is_file() else None
+    return {p.relative_to(folder).as_posix():
+            (p.read_bytes(), bool(p.stat().st_mode & stat.S_IXUSR)) if p.is_file() else None
             for p in sorted(folder.rglob("*"))}
 
 

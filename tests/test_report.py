@@ -45,7 +45,8 @@ def errors(validator: Any, doc: Any) -> list[str]:
 
 def over_budget(result: dict[str, Any], budget: int) -> dict[str, Any]:
     r = copy.deepcopy(result)
-    r["memory"] |= {"budget_bytes": budget, "fits": False, "headroom_bytes": budget - r["memory"]["measured_peak_bytes"]}
+    r["memory"] |= {"budget_bytes": budget, "fits": False,
+                    "headroom_bytes": budget - r["memory"]["measured_peak_bytes"]}
     return r
 
 
@@ -198,7 +199,8 @@ def test_manifest_schema_holds_a_fresh_bundle(silero_onnx: Path, tmp_path: Path)
                    "input=1,512", "--shape", "state=2,1,128", "--value", "sr=16000", "--json")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    manifest = json.loads((unpack(Path(summary["archive"]), tmp_path / "x") / "manifest.json").read_text(encoding="utf-8"))
+    folder = unpack(Path(summary["archive"]), tmp_path / "x")
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["runtime"]["io"]["kind"] == "tensor"
     assert errors(schema("manifest"), manifest) == []
     report = json.loads(write_reports([summary], tmp_path / "report")[0].read_text(encoding="utf-8"))
@@ -249,7 +251,8 @@ def test_workflow_packages_every_target() -> None:
     assert order == sorted(order)
     assert "--emulate" in runs and "emulate" in package["env"]["SMOKE"] and "matrix.debian" in package["env"]["SMOKE"]
     assert uses["actions/cache"] is steps[[s.get("uses", "").startswith("actions/cache") for s in steps].index(True)]
-    assert steps.index(uses["actions/cache"]) < next(i for i, s in enumerate(steps) if "packager package" in s.get("run", ""))
+    assert steps.index(uses["actions/cache"]) < next(i for i, s in enumerate(steps)
+                                                     if "packager package" in s.get("run", ""))
 
     report = jobs["report"]
     assert set(report["needs"]) == {"targets", "package"} and "always()" in report["if"]

@@ -69,7 +69,8 @@ def test_int4_from_external_data_is_the_inline_int4(tmp_path: Path) -> None:
         t.ClearField("data_location")
     assert streamed == inline
     # 3 layers and the lm_head; the embedding shares the lm_head's 4-bit weight
-    assert lines[0] == "1/4 weights at 4 bits (/model/layers.0/MatMul)" and lines[-1] == "4/4 weights at 4 bits (/lm_head/MatMul)"
+    assert lines[0] == "1/4 weights at 4 bits (/model/layers.0/MatMul)"
+    assert lines[-1] == "4/4 weights at 4 bits (/lm_head/MatMul)"
     # the source's external data stays where it was: relative locations, nothing rewritten
     src = onnx.load(tmp_path / "ext" / "model.onnx", load_external_data=False)
     assert {e.value for t in src.graph.initializer for e in t.external_data if e.key == "location"} == \

@@ -114,7 +114,8 @@ def test_whisper_packages_for_the_phone_and_smokes_end_to_end(tmp_path: Path) ->
 def test_vision_packages_for_jetson_with_a_recipe_per_component(tmp_path: Path) -> None:
     """ViT + GPT-2 for the Jetson, the encoder int8 and the decoder fp16 from the command line's syntax;
     the smoke test reads the PNG samples end to end."""
-    ctx = package("sample:tiny-vision", _settings("jetson-orin-nano", tmp_path / "dist", "encoder=int8-dynamic,decoder=fp16"))
+    ctx = package("sample:tiny-vision",
+                  _settings("jetson-orin-nano", tmp_path / "dist", "encoder=int8-dynamic,decoder=fp16"))
     assert ctx.io["modality"] == "image"
     assert {c.name: c.recipe_name for c in ctx.components} == {"encoder": "int8-dynamic", "decoder": "fp16"}
     assert ctx.recipe.params["components"]["decoder"]["params"]["merged"]

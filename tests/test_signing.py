@@ -196,7 +196,8 @@ def test_signed_bundle_without_a_key_passes_with_a_note(signed: dict, folder: Pa
     test = on_device(folder, "smoke_test.py")
     assert test.returncode == 0 and "note: this bundle is signed, but its signature was not checked" in test.stdout
     runner = on_device(folder, "run.py", "--inputs", "samples/inputs.npz")
-    assert runner.returncode == 0 and "signature was not checked" in runner.stderr and "PACKAGER_PUBLIC_KEY" in runner.stderr
+    assert (runner.returncode == 0 and "signature was not checked" in runner.stderr
+            and "PACKAGER_PUBLIC_KEY" in runner.stderr)
 
 
 # ---------------------------------------------------------------- refused
@@ -238,7 +239,8 @@ def test_modified_file_with_only_sha256sums_rewritten_is_refused(keys: dict, fol
 
 def test_unsigned_bundle_is_refused_when_a_key_is_configured(unsigned: dict, keys: dict, tmp_path: Path) -> None:
     folder = unpack(Path(unsigned["archive"]), tmp_path)
-    assert not (folder / "manifest.sig").exists() and "signature" not in json.loads((folder / "manifest.json").read_text())
+    assert not (folder / "manifest.sig").exists()
+    assert "signature" not in json.loads((folder / "manifest.json").read_text())
     assert "cryptography" not in (folder / "requirements.txt").read_text()
     assert_refused(folder, keys["publisher"][1], "not signed")
     # Without a key it is what it always was: no note, no cryptography needed.

@@ -24,7 +24,8 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
     out = tmp_path_factory.mktemp("tiny-llama")
     result = {}
     for target in ("phone", "rpi5", "jetson-orin-nano"):
-        settings = resolve_package_settings({"target": target, "out": str(out / "dist"), "recipe": None, "budget": None})
+        settings = resolve_package_settings({"target": target, "out": str(out / "dist"), "recipe": None,
+                                             "budget": None})
         ctx = package("sample:tiny-llama", settings)
         result[target] = (ctx, unpack(ctx.archive, out / target))
     return result

@@ -69,7 +69,8 @@ def test_extract_refuses_links(tmp_path: Path) -> None:
 def test_compare_flags_drift_and_handles_small_outputs() -> None:
     compare = runner().compare
     rng = np.random.default_rng(0)
-    expected = [{"emb": rng.standard_normal(384).astype(np.float32), "p": np.array([[0.9]], np.float32)} for _ in range(4)]
+    expected = [{"emb": rng.standard_normal(384).astype(np.float32),
+                 "p": np.array([[0.9]], np.float32)} for _ in range(4)]
     same = compare(expected, expected, ["emb", "p"])
     assert same["min_cosine"] == pytest.approx(1.0) and same["max_abs_diff"] == 0.0
     noisy = [{"emb": e["emb"] + rng.standard_normal(384).astype(np.float32), "p": e["p"]} for e in expected]
@@ -91,7 +92,8 @@ def test_sample_inputs_follow_signature_and_overrides() -> None:
     assert samples[0]["sr"].shape == () and int(samples[0]["sr"]) == 8000
     assert samples[0]["mask"].dtype == np.bool_
     assert not np.array_equal(samples[0]["x"], samples[1]["x"])
-    assert np.array_equal(make_inputs(inputs, InputSpec(count=1))[0]["x"], make_inputs(inputs, InputSpec(count=1))[0]["x"])
+    assert np.array_equal(make_inputs(inputs, InputSpec(count=1))[0]["x"],
+                          make_inputs(inputs, InputSpec(count=1))[0]["x"])
     assert make_inputs(inputs, InputSpec(count=1))[0]["x"].shape == (1, 3, 16, 8)
     with pytest.raises(PackagerError, match="not a model input"):
         make_inputs(inputs, InputSpec(values={"rate": 1}))
