@@ -181,7 +181,8 @@ def targets(as_json: bool = JsonOpt, verbose: bool = VerboseOpt, debug: bool = D
         return
     table = Table("target", "aliases", "device", "RAM", "budget", "recipe", "providers", box=box.SIMPLE_HEAD)
     for r in rows:
-        table.add_row(r["name"], " ".join(r["aliases"]), f"{r['cores']}x {r['cpu']}", f"{r['ram_bytes'] / 2**30:.0f} GiB",
+        table.add_row(r["name"], " ".join(r["aliases"]), f"{r['cores']}x {r['cpu']}",
+                      f"{r['ram_bytes'] / 2**30:.0f} GiB",
                       f"{r['budget_bytes'] / 1e9:.1f} GB", r["recipe"],
                       " > ".join(provider_name(p) for p in r["providers"]))
     out = Console()
@@ -197,22 +198,39 @@ def package(
                                       "component they share stored once."),
     target: list[str] = TargetsOpt,
     all_targets: bool = AllTargetsOpt,
-    out: str | None = typer.Option(None, "--out", "-o", metavar="FOLDER", help="Folder for the bundle archive [default: dist]."),
-    recipe: str | None = typer.Option(None, "--recipe", metavar="RECIPE", help=f"Quantization recipe ({_recipes()}); encoder-decoders also per component: encoder=int8-dynamic,decoder=int4 [default: the profile's for the model's kind]."),
+    out: str | None = typer.Option(None, "--out", "-o", metavar="FOLDER",
+                                   help="Folder for the bundle archive [default: dist]."),
+    recipe: str | None = typer.Option(None, "--recipe", metavar="RECIPE", help=f"Quantization recipe ({_recipes()}); "
+                                      "encoder-decoders also per component: encoder=int8-dynamic,decoder=int4 "
+                                      "[default: the profile's for the model's kind]."),
     budget: str | None = BudgetOpt,
-    context: str | None = typer.Option(None, "--context", metavar="TOKENS", help="Decoders: tokens of KV cache the deployment holds, e.g. 8K (K = 1024) or 4096 [default: the profile's]."),
-    calibration: Path | None = typer.Option(None, "--calibration", metavar="FILE", help="int8-static: text lines (text models) or an .npz of inputs to calibrate on [default: built-in]."),
-    fit: str | None = typer.Option(None, "--fit", metavar="auto", help="auto: try the profile's recipes, most precise first, until one fits."),
-    smoke: str | None = typer.Option(None, "--smoke", metavar="host|emulate", help="Then run the bundle's smoke test: host (this machine) or emulate (qemu, arm64 targets)."),
-    sign: Path | None = typer.Option(None, "--sign", metavar="KEY", help="Sign the bundle's manifest with this Ed25519 private key (from `packager keygen`)."),
-    name: str | None = typer.Option(None, "--name", metavar="NAME", help="Bundle name: letters, digits, '.', '-', '_', '+', at most 100 [default: from the model; with --adapter, <base>-<adapter folder>]."),
-    adapter: str | None = typer.Option(None, "--adapter", metavar="FOLDER", help="A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors), or sample:tiny-llama-lora, merged into MODEL's weights before export."),
-    eval_file: str | None = typer.Option(None, "--eval", metavar="FILE", help="A JSONL file of your own cases (decoders: prompt/expected/match; encoders: anchor/positive/negative): verify fails (exit 4) when the packaged model scores more than the profile's eval_tolerance below fp32."),
+    context: str | None = typer.Option(None, "--context", metavar="TOKENS", help="Decoders: tokens of KV cache the "
+                                       "deployment holds, e.g. 8K (K = 1024) or 4096 [default: the profile's]."),
+    calibration: Path | None = typer.Option(None, "--calibration", metavar="FILE", help="int8-static: text lines (text "
+                                            "models) or an .npz of inputs to calibrate on [default: built-in]."),
+    fit: str | None = typer.Option(None, "--fit", metavar="auto",
+                                   help="auto: try the profile's recipes, most precise first, until one fits."),
+    smoke: str | None = typer.Option(None, "--smoke", metavar="host|emulate", help="Then run the bundle's smoke test: "
+                                     "host (this machine) or emulate (qemu, arm64 targets)."),
+    sign: Path | None = typer.Option(None, "--sign", metavar="KEY", help="Sign the bundle's manifest with this Ed25519 "
+                                     "private key (from `packager keygen`)."),
+    name: str | None = typer.Option(None, "--name", metavar="NAME", help="Bundle name: letters, digits, '.', '-', '_', "
+                                    "'+', at most 100 [default: from the model; with --adapter, <base>-<adapter "
+                                    "folder>]."),
+    adapter: str | None = typer.Option(None, "--adapter", metavar="FOLDER", help="A PEFT LoRA adapter folder "
+                                       "(adapter_config.json + adapter_model.safetensors), or sample:tiny-llama-lora, "
+                                       "merged into MODEL's weights before export."),
+    eval_file: str | None = typer.Option(None, "--eval", metavar="FILE", help="A JSONL file of your own cases "
+                                         "(decoders: prompt/expected/match; encoders: anchor/positive/negative): "
+                                         "verify fails (exit 4) when the packaged model scores more than the profile's "
+                                         "eval_tolerance below fp32."),
     allow_pickle: bool = PickleOpt,
     shape: list[str] = ShapeOpt,
     value: list[str] = ValueOpt,
-    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the stage cache (PACKAGER_NO_CACHE=1 does the same); several targets still share one export."),
-    report: Path | None = typer.Option(None, "--report", metavar="FOLDER", help="Also write report.json, report.md and report.html of the run (every target, failures included) into this folder."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the stage cache "
+                                  "(PACKAGER_NO_CACHE=1 does the same); several targets still share one export."),
+    report: Path | None = typer.Option(None, "--report", metavar="FOLDER", help="Also write report.json, report.md and "
+                                       "report.html of the run (every target, failures included) into this folder."),
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
     debug: bool = DebugOpt,
@@ -312,7 +330,8 @@ def _each_target(targets: list[str], run: Callable[[str], Any], show: Callable[[
         rows.append(result.to_dict() | {"exit_code": result.exit_code})
 
 
-def _exit_several(rows: list[dict[str, Any]], as_json: bool, summary: Callable[[list[dict[str, Any]]], None] | None) -> NoReturn:
+def _exit_several(rows: list[dict[str, Any]], as_json: bool,
+                  summary: Callable[[list[dict[str, Any]]], None] | None) -> NoReturn:
     """The end of a run over several targets: {"results": rows, "exit_code": N} with --json, else the
     summary table; the exit code is the first failing target's (0 when none failed)."""
     code = next((r["exit_code"] for r in rows if r["exit_code"]), 0)
@@ -476,9 +495,13 @@ def check(
     target: list[str] = TargetsOpt,
     all_targets: bool = AllTargetsOpt,
     budget: str | None = BudgetOpt,
-    recipe: str | None = typer.Option(None, "--recipe", metavar="RECIPE", help="Quantization recipe; encoder-decoders also per component: encoder=int8-dynamic,decoder=int4 [default: the profile's]."),
-    context: str | None = typer.Option(None, "--context", metavar="TOKENS", help="Decoders: tokens of KV cache to plan for, e.g. 8K (K = 1024) or 4096 [default: the profile's]."),
-    no_measure: bool = typer.Option(False, "--no-measure", help="Estimate only: do not load the model in a child process."),
+    recipe: str | None = typer.Option(None, "--recipe", metavar="RECIPE", help="Quantization recipe; "
+                                      "encoder-decoders also per component: encoder=int8-dynamic,decoder=int4 "
+                                      "[default: the profile's]."),
+    context: str | None = typer.Option(None, "--context", metavar="TOKENS", help="Decoders: tokens of KV cache to plan "
+                                       "for, e.g. 8K (K = 1024) or 4096 [default: the profile's]."),
+    no_measure: bool = typer.Option(False, "--no-measure",
+                                    help="Estimate only: do not load the model in a child process."),
     allow_pickle: bool = PickleOpt,
     shape: list[str] = ShapeOpt,
     value: list[str] = ValueOpt,
@@ -600,9 +623,12 @@ def plan(
                                  "weights needed), or a built-in sample:NAME."),
     target: list[str] = TargetsOpt,
     all_targets: bool = AllTargetsOpt,
-    precision: list[str] = typer.Option([], "--precision", metavar="PRECISION", help="fp32, fp16, int8, int4 (repeatable) [default: all]."),
-    context: list[str] = typer.Option([], "--context", metavar="TOKENS", help="Context lengths, e.g. 8K (K = 1024) or 4096 (repeatable) [default: 2K 8K 32K 128K, up to the model's]."),
-    kv_bits: int | None = typer.Option(None, "--kv-bits", metavar="BITS", help="What-if: KV cache element size, 16, 8 or 4 bits [default: the activations' dtype]."),
+    precision: list[str] = typer.Option([], "--precision", metavar="PRECISION",
+                                        help="fp32, fp16, int8, int4 (repeatable) [default: all]."),
+    context: list[str] = typer.Option([], "--context", metavar="TOKENS", help="Context lengths, e.g. 8K (K = 1024) or "
+                                      "4096 (repeatable) [default: 2K 8K 32K 128K, up to the model's]."),
+    kv_bits: int | None = typer.Option(None, "--kv-bits", metavar="BITS", help="What-if: KV cache element size, 16, 8 "
+                                       "or 4 bits [default: the activations' dtype]."),
     budget: str | None = BudgetOpt,
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
@@ -660,8 +686,10 @@ def _print_plan(p: Any) -> None:
 @app.command()
 @_timing("smoke")
 def smoke(
-    bundle: Path = typer.Argument(..., metavar="BUNDLE", help="A bundle archive (.tar.gz) or an unpacked bundle folder."),
-    python: str | None = typer.Option(None, "--python", metavar="PYTHON", help="Interpreter to run it with [default: this one]."),
+    bundle: Path = typer.Argument(..., metavar="BUNDLE",
+                                  help="A bundle archive (.tar.gz) or an unpacked bundle folder."),
+    python: str | None = typer.Option(None, "--python", metavar="PYTHON",
+                                      help="Interpreter to run it with [default: this one]."),
     emulate: bool = typer.Option(False, "--emulate", help="Run it on the device's arm64 Debian userland and CPU "
                                  "model under qemu (needs qemu-user-static; checks correctness, not speed)."),
     public_key: Path | None = typer.Option(None, "--public-key", metavar="FILE", envvar="PACKAGER_PUBLIC_KEY",
@@ -736,8 +764,10 @@ def _print_smoke_model(what: str, r: dict[str, Any]) -> None:
 @app.command()
 @_timing("keygen")
 def keygen(
-    private: Path = typer.Argument(..., metavar="PRIVATE", help="Where to write the private key (PEM, mode 0600); it stays on the build host."),
-    public: Path | None = typer.Option(None, "--public", metavar="FILE", help="Where to write the public key [default: PRIVATE.pub]."),
+    private: Path = typer.Argument(..., metavar="PRIVATE",
+                                   help="Where to write the private key (PEM, mode 0600); it stays on the build host."),
+    public: Path | None = typer.Option(None, "--public", metavar="FILE",
+                                       help="Where to write the public key [default: PRIVATE.pub]."),
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
     debug: bool = DebugOpt,
@@ -762,10 +792,12 @@ def keygen(
 @app.command("inspect")
 @_timing("inspect")
 def inspect_model(
-    model: str = typer.Argument(..., metavar="MODEL", help="An .onnx file, a folder holding model.onnx, a bundle (.tar.gz or unpacked), "
+    model: str = typer.Argument(..., metavar="MODEL",
+                                help="An .onnx file, a folder holding model.onnx, a bundle (.tar.gz or unpacked), "
                                 "or a Hugging Face folder or sample:NAME (exported first, as package does)."),
     target: list[str] = typer.Option([], "--target", "-t", metavar="NAME", help="Check this target's runtime "
-                                     "(repeatable) [default: every profile]. Exit 11 if its runtime cannot run the model."),
+                                     "(repeatable) [default: every profile]. Exit 11 if its runtime cannot run the "
+                                     "model."),
     top: int = typer.Option(15, "--top", min=1, metavar="N", help="Operators shown in the table (--json lists all)."),
     as_json: bool = JsonOpt,
     verbose: bool = VerboseOpt,
