@@ -246,7 +246,8 @@ def largest_context(a: Architecture, profile: Profile, precision: str, kv_bits: 
     return lo * 256
 
 
-def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None = None, contexts: list[int] | None = None,
+def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None = None,
+         contexts: list[int] | None = None,
          kv_bits: int | None = None) -> Plan:
     a = architecture(read_config(config_path))
     precisions = precisions or list(PRECISIONS)
