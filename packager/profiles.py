@@ -177,7 +177,7 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise key_error(where, key, f"must be a table, got {type(value).__name__}")
-        return _build(tp, value, where, prefix=f"{key}.")
+        return _build(typing.cast(type, tp), value, where, prefix=f"{key}.")  # an annotation: a class
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is tuple:
@@ -268,7 +268,8 @@ def _check_values(p: Profile, where: str) -> None:
     if not p.runtime.providers:
         raise key_error(where, "runtime.providers", "must name at least one execution provider")
     if p.os.debian and not re.fullmatch(r"[a-z]+", p.os.debian):
-        raise key_error(where, "os.debian", f"must be a Debian release codename such as \"trixie\", got {p.os.debian!r}")
+        raise key_error(where, "os.debian",
+                        f"must be a Debian release codename such as \"trixie\", got {p.os.debian!r}")
     if p.os.container and not re.fullmatch(r"[a-z0-9][a-z0-9./_-]*(:[A-Za-z0-9._-]+)?", p.os.container):
         raise key_error(where, "os.container", f"must be an image reference such as \"registry/name:tag\", got "
                        f"{p.os.container!r}")
