@@ -90,7 +90,8 @@ class OnnxRuntime:
         the profile's size; the tokenizers library for text models), the session's cost per node, and on GPU
         profiles the CUDA context; phones load model.ort, which the runtime reads whole into a buffer."""
         entry, note = calibration(profile)
-        base = entry["base_bytes"] + entry["session_bytes"] + entry["per_thread_bytes"] * profile.session.intra_op_threads
+        base = (entry["base_bytes"] + entry["session_bytes"]
+                + entry["per_thread_bytes"] * profile.session.intra_op_threads)
         if kind in ("text", "decoder"):
             base += entry["tokenizers_bytes"]
         gpu_context = profile.runtime.gpu_context_bytes
@@ -234,20 +235,21 @@ def _phone_readme(ctx: Context) -> str:
     android, ios = (next((e for e in mob.get("examples", []) if e.startswith(f"{d}/") and not e.endswith(".md")), "")
                     for d in ("android", "ios"))
     examples = (f"`{android}` and `{ios}` load it with this profile's session options and providers and run the "
-                "first\nsample; `android/README.md` and `ios/README.md` give the dependency lines. Neither was compiled "
-                "by packager.") if android else (
+                "first\nsample; `android/README.md` and `ios/README.md` give the dependency lines. Neither was "
+                "compiled by packager.") if android else (
         "No app example is generated for a model of several components yet: the app loads each `.ort` file that\n"
         "`manifest.json` lists under `runtime.components`, with the session options there, and runs run.py's loop.")
     verdict = mob["usability"].get("verdict") or f"not rated ({mob['usability'].get('error', '')})"
+    converter = mob['converted_with']
     return f"""
 ## In a phone app
 
-The app loads `{mob['model']}` (ORT format {mob['ort_format_version']}, converted by {mob['converted_with']}) with
+The app loads `{mob['model']}` (ORT format {mob['ort_format_version']}, converted by {converter}) with
 `{m.android_package}:{m.android_version}` on Android, or the `{m.ios_pod}` pod / Swift package {m.ios_version} on iOS.
 {examples}
 
 - Reduced-size runtime: `{mob['reduced_build_config']}` lists the operators and types the model needs, for
-  ONNX Runtime's `build.py --minimal_build --include_ops_by_config` at the converter's release ({mob['converted_with']}).
+  ONNX Runtime's `build.py --minimal_build --include_ops_by_config` at the converter's release ({converter}).
 - NNAPI and CoreML, as the runtime's mobile usability check rates this model: {verdict}.
 - `model/model.onnx` is the model before conversion: for an app on another runtime release, convert it with that
   release (`python -m onnxruntime.tools.convert_onnx_models_to_ort --enable_type_reduction model/model.onnx`).
@@ -273,10 +275,11 @@ less after the measured peak, the CUDA context and the engine's copy of the weig
 the GPU path was not exercised.
 """
     if p.os.container:
+        image = gpu.image_name(ctx.bundle_name)
         text += f"""
 In a container on the device (Docker with the NVIDIA runtime; base image `{p.os.container}`):
 
-    docker build -t {gpu.image_name(ctx.bundle_name)} .
-    docker run --rm --runtime nvidia -v {gpu.image_name(ctx.bundle_name)}-cache:/cache {gpu.image_name(ctx.bundle_name)}    # the smoke test; engines cached in the volume
+    docker build -t {image} .
+    docker run --rm --runtime nvidia -v {image}-cache:/cache {image}    # the smoke test; engines cached in the volume
 """
     return text
