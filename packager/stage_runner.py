@@ -36,7 +36,8 @@ APPLIES: dict[str, Callable[[Context], bool]] = {"mobile": lambda ctx: ctx.profi
 
 
 def run_stage(ctx: Context, reporter: Reporter, name: str) -> None:
-    if not APPLIES.get(name, lambda ctx: True)(ctx):
+    applies = APPLIES.get(name)
+    if applies is not None and not applies(ctx):
         return
     with reporter.stage(name, ctx.timings) as step:
         ctx.progress = step.update   # the stage's word on where it is (minutes-long stages)
