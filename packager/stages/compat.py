@@ -1,11 +1,11 @@
 """compat: the packaged model against the runtime the target names and the version it pins (for ONNX
-Runtime: IR version, opsets, operators, contrib operators included), before anything is verified or bundled. A multi-component
-model checks each component; the record is the decoder's, with each component's under `components`."""
+Runtime: IR version, opsets, operators, contrib operators included), before anything is verified or bundled.
+A multi-component model checks each component; the record is the decoder's, with each component's under
+`components`."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Any
 
 from packager.compat import Compatibility, require
