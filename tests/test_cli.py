@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 from typer.testing import CliRunner
 
+from conftest import run_cli
 from packager.cli import app
 from packager.config import parse_context
 from packager.errors import ExitCode, PackagerError
@@ -101,7 +101,8 @@ def test_bad_context_is_a_usage_error(text: str) -> None:
                                      ("check", "sample:silero-vad", "-t", "rpi5"),
                                      ("plan", "sample:tiny-llama", "-t", "rpi5")])
 def test_every_context_option_refuses_the_same_way(command: tuple[str, ...], tmp_path: Path) -> None:
-    code, _, stderr = invoke(*command, "--context", "8x", *(["--out", str(tmp_path)] if command[0] == "package" else []))
+    out = ["--out", str(tmp_path)] if command[0] == "package" else []
+    code, _, stderr = invoke(*command, "--context", "8x", *out)
     one_sentence_usage_error(code, stderr)
     assert "--context '8x' is not a number of tokens; write it like 8192, 8K or 512." in stderr
 
