@@ -47,7 +47,10 @@ def _check(model: Path, cache: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _table(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("  ")]
+    """The estimate's table: from its header on (the progress lines above it carry elapsed seconds)."""
+    lines = [line for line in stderr.splitlines() if line.startswith("  ")]
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("memory for"))
+    return lines[start:]
 
 
 def _export_entry(cache: Path) -> Path:

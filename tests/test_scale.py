@@ -193,12 +193,12 @@ def test_quiet_reporter_prints_nothing() -> None:
 def test_int4_over_the_protobuf_limit_writes_model_onnx_data(tmp_path: Path, monkeypatch) -> None:
     """A source over 2 GiB gives an output with external data, in a file of a fixed name (not onnx's
     uuid default, which would change every bundle)."""
-    from packager import recipes
+    from packager.recipes import common
 
     (tmp_path / "ext").mkdir()
     onnx.save(_decoder_like(), tmp_path / "ext" / "model.onnx", save_as_external_data=True,
               location="model.onnx_data", size_threshold=0)
-    monkeypatch.setattr(recipes, "PROTO_LIMIT", 1024)   # this tiny model stands for one over 2 GiB
+    monkeypatch.setattr(common, "PROTO_LIMIT", 1024)   # this tiny model stands for one over 2 GiB
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "model.onnx.data").write_bytes(b"stale")   # a data file already there is replaced
     int4(tmp_path / "ext" / "model.onnx", tmp_path / "out" / "model.onnx", RecipeOptions(int4=INT4))
