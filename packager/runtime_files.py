@@ -30,10 +30,12 @@ def runner() -> ModuleType:
 
 
 def copy_runtime(dest: Path, profile: Profile) -> None:
-    """The device-side code of the profile's runtime (run.py, smoke_test.py), executable, into `dest`."""
-    for source in runtime_for(profile).device_files(profile):
-        shutil.copyfile(source, dest / source.name)
-        (dest / source.name).chmod(0o755)
+    """The device-side code of the profile's runtime (run.py, smoke_test.py and the package they load) into
+    `dest`; the entry points at the top executable."""
+    for name, source in runtime_for(profile).device_files(profile).items():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, dest / name)
+        (dest / name).chmod(0o644 if "/" in name else 0o755)
 
 
 # Decoder LLMs and encoder-decoders (which decode tokens into text) share the text family's tokenizer

@@ -55,7 +55,7 @@ def _load_runner() -> types.ModuleType:
     path = HERE / "run.py"
     module = types.ModuleType("run")
     module.__file__ = str(path)
-    sys.modules["run"] = module   # before it runs: its dataclasses look their module up by name
+    sys.modules["run"] = module   # before it runs: what imports `run` (an app, a test) finds this one
     exec(compile(path.read_bytes(), str(path), "exec"), module.__dict__)
     return module
 

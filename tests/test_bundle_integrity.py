@@ -108,6 +108,7 @@ def test_added_module_never_runs_in_a_signed_bundle(archives: dict, keys: tuple,
     trusted.mkdir()
     for name in ("run.py", "smoke_test.py"):
         shutil.copyfile(targets_dir() / name, trusted / name)
+    shutil.copytree(targets_dir() / "runtime", trusted / "runtime")
     assert_refused(device(tmp_path, marker, str(trusted / "smoke_test.py"), "--bundle", str(folder),
                           "--public-key", public), marker, f"{module}.py")
 

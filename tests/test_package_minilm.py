@@ -15,12 +15,15 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, unpack
+from packager.paths import targets_dir
 
 pytestmark = pytest.mark.integration
 
 BUNDLE_FILES = {"manifest.json", "model/model.onnx", "model/tokenizer.json", "run.py", "smoke_test.py",
                 "samples/inputs.npz", "samples/expected.npz", "samples/texts.json", "requirements.txt",
-                "README.md", "SHA256SUMS"}
+                "README.md", "SHA256SUMS",
+                # the device-side package run.py loads (targets/runtime/)
+                *(f"runtime/{p.name}" for p in (targets_dir() / "runtime").glob("*.py"))}
 
 
 def test_json_summary(minilm_rpi5: dict) -> None:

@@ -114,9 +114,9 @@ class FakeRuntime:
     def session_spec(self, profile: Profile, memory: dict[str, Any]) -> dict[str, Any]:
         return {"package": "fake-runtime", "version": "9.9"}
 
-    def device_files(self, profile: Profile) -> tuple[Path, ...]:
+    def device_files(self, profile: Profile) -> dict[str, Path]:
         self.calls.append("device_files")
-        return (self.device_file,)
+        return {self.device_file.name: self.device_file}
 
     def write_bundle_files(self, ctx: Any, stage: Path) -> None:
         self.calls.append("write_bundle_files")

@@ -76,9 +76,9 @@ class Runtime(Protocol):
         """The manifest's runtime section but the model and io: what the device code needs to make the session."""
         ...
 
-    def device_files(self, profile: Profile) -> tuple[Path, ...]:
+    def device_files(self, profile: Profile) -> dict[str, Path]:
         """The device-side code that loads and runs the model, copied into every bundle (and the staged folder
-        the fit stage measures)."""
+        the fit stage measures): each file's path in the bundle -> its source."""
         ...
 
     def write_bundle_files(self, ctx: Context, stage: Path) -> None:

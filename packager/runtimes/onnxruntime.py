@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 # The device-side code (targets/): the runner that loads the model with the manifest's session options, and the
 # smoke test that checks the bundle with it.
+# The entry points, and the package they load from its source (targets/run.py's load_package).
 RUNNER_FILES = ("run.py", "smoke_test.py")
+RUNNER_PACKAGE = "runtime"
 # The runtime's own resident cost per onnxruntime version (scripts/calibrate_runtime.py writes it). Where it has
 # no figure for a version, the nearest version's is used, and the estimate says so.
 CALIBRATION = "calibration/runtime_base.toml"
@@ -156,8 +158,10 @@ class OnnxRuntime:
         return {"package": rt.package, "version": rt.version, "providers": list(rt.providers),
                 "provider_options": options, "session": dataclasses.asdict(profile.session)}
 
-    def device_files(self, profile: Profile) -> tuple[Path, ...]:
-        return tuple(targets_dir() / name for name in RUNNER_FILES)
+    def device_files(self, profile: Profile) -> dict[str, Path]:
+        package = targets_dir() / RUNNER_PACKAGE
+        modules = {f"{RUNNER_PACKAGE}/{p.name}": p for p in sorted(package.glob("*.py"))}
+        return {**{name: targets_dir() / name for name in RUNNER_FILES}, **modules}
 
     def write_bundle_files(self, ctx: Context, stage: Path) -> None:
         if ctx.mobile and ctx.profile.mobile is not None and not ctx.components:

@@ -1,0 +1,294 @@
+"""The model's sessions: providers, session options, the runner, the decoder loop with its KV cache, and an
+encoder-decoder's encoder inputs.
+"""
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .manifest import HERE, read_manifest
+from .media import audio_features, image_pixels, read_image, read_wav
+from .peak import rss_bytes
+
+# ---------------------------------------------------------------- session
+
+_GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+                 "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+def choose_providers(wanted: list[str], available: list[str]) -> tuple[list[str], list[str]]:
+    """The wanted providers this runtime has, in priority order, and those it lacks."""
+    chosen = [p for p in wanted if p in available]
+    missing = [p for p in wanted if p not in available]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen, missing
+
+
+def session_options(spec: dict[str, Any], log_level: int = 3) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(spec["intra_op_threads"])
+    so.inter_op_num_threads = int(spec["inter_op_threads"])
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _GRAPH_LEVELS[spec["graph_optimization"]])
+    so.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if spec["execution_mode"] == "parallel"
+                         else ort.ExecutionMode.ORT_SEQUENTIAL)
+    so.enable_cpu_mem_arena = bool(spec["cpu_mem_arena"])
+    so.enable_mem_pattern = bool(spec["mem_pattern"])
+    so.log_severity_level = log_level
+    # The profile's session config entries (the ARM kernel options, thread-pool spinning ...); a key this
+    # runtime does not know is ignored by it, as the profile's comments say where that matters.
+    for key, value in spec.get("config", {}).items():
+        so.add_session_config_entry(str(key), str(value))
+    return so
+
+
+def provider_options(chosen: list[str], options: dict[str, dict[str, Any]], cache_dir: Path) -> list[dict[str, str]]:
+    result = []
+    for name in chosen:
+        opts = {k: str(v) for k, v in options.get(name, {}).items()}
+        if name == "TensorrtExecutionProvider" and opts.get("trt_engine_cache_enable") == "True":
+            # Engines are built on first load and reused; the bundle may sit on a read-only path.
+            opts.setdefault("trt_engine_cache_path", str(cache_dir / "trt-engines"))
+            Path(opts["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+        result.append(opts)
+    return result
+
+
+class Runner:
+    """The packaged model in an onnxruntime session, with the bundle's pre-processing."""
+
+    def __init__(self, bundle: Path, runtime: dict[str, Any], log_level: int = 3,
+                 sessions: dict[str, Any] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.bundle = bundle
+        self.runtime = runtime
+        self.io = runtime["io"]
+        self.providers, self.missing_providers = choose_providers(
+            list(runtime["providers"]), ort.get_available_providers())
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "packager-bundle"
+
+        # A bundle of several models stores a component they share once (blobs/<sha256>/): the models loaded
+        # together (`sessions`, by file, session options and providers) share its session too, as an app would.
+        shared = {} if sessions is None else sessions
+
+        def session(file: str) -> Any:
+            key = json.dumps([str((bundle / file).resolve()), runtime["session"], self.providers,
+                              runtime.get("provider_options", {})], sort_keys=True)
+            if key not in shared:
+                shared[key] = ort.InferenceSession(
+                    str(bundle / file),
+                    sess_options=session_options(runtime["session"], log_level),
+                    providers=self.providers,
+                    provider_options=provider_options(self.providers, runtime.get("provider_options", {}), cache),
+                )
+            return shared[key]
+
+        # Every component is loaded up front and stays resident together (none is loaded lazily): the
+        # resident memory each one added as it loaded, for the per-component breakdown (--measure).
+        self.load_bytes: dict[str, int] = {}
+        self.sessions: dict[str, Any] = {}
+        # The encoder first: the first session also carries the runtime's one-time initialisation.
+        files = runtime.get("components") or {"model": runtime["model"]}
+        for name, file in sorted(files.items(), key=lambda kv: kv[0] != "encoder"):
+            before = rss_bytes()
+            self.sessions[name] = session(file)
+            self.load_bytes[name] = max(0, rss_bytes() - before)
+        self.session = self.sessions.get("decoder", next(iter(self.sessions.values())))
+        self.encoder = self.sessions.get("encoder")
+        self.tokenizer = load_tokenizer(bundle, self.io) if self.io["kind"] in ("text", "decoder", "seq2seq") else None
+        self.decoder = Decoder(self.session, self.io) if self.io["kind"] in ("decoder", "seq2seq") else None
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.session.get_inputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feeds)))
+
+    def encode(self, text: str) -> dict[str, np.ndarray]:
+        if self.tokenizer is None:
+            raise ValueError("this bundle's model takes tensors, not text: use --inputs FILE.npz")
+        return encode(self.tokenizer, text, self.input_names)
+
+    def run_texts(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
+        return [self.run(self.encode(t)) for t in texts]
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        if self.decoder is None or self.tokenizer is None:
+            raise ValueError("this bundle's model is not a text generator: give texts or --inputs FILE.npz")
+        return list(self.tokenizer.encode(prompt).ids)
+
+    def generate_text(self, prompt: str, max_new_tokens: int) -> tuple[str, list[int]]:
+        """The greedy continuation of `prompt` (text and token ids), up to an end-of-sequence token."""
+        assert self.decoder is not None and self.tokenizer is not None
+        tokens, _ = self.decoder.generate(self.prompt_ids(prompt), max_new_tokens)
+        return self.tokenizer.decode(tokens), tokens
+
+    # Encoder-decoders: raw input (audio, image or text) -> the encoder -> the decoder's loop.
+
+    def encoder_feeds(self, raw: Any) -> dict[str, np.ndarray]:
+        """The encoder's inputs for one raw input: a path to a .wav or .png (or the decoded waveform or
+        pixels), or a text for text-to-text models."""
+        return encoder_feeds(self.io, self.tokenizer, raw)
+
+    def encoded(self, feeds: dict[str, np.ndarray]) -> "Decoder":
+        """The decoder reading the encoder's output for `feeds`."""
+        assert self.encoder is not None and self.decoder is not None
+        return encoded(self.encoder, self.decoder, feeds)
+
+    def generate_from(self, raw: Any, max_new_tokens: int) -> tuple[str, list[int]]:
+        """Tokens (and their text) generated for one raw input, greedy, with the KV cache carried."""
+        assert self.tokenizer is not None
+        tokens, _ = self.encoded(self.encoder_feeds(raw)).generate(start_ids(self.io), max_new_tokens)
+        return self.tokenizer.decode(tokens), tokens
+
+
+class Decoder:
+    """Greedy generation with the KV cache (past_key_values.N.key/value in, present.N.key/value
+    out), batch 1, for decoder LLMs exported with past (optimum's text-generation-with-past)."""
+
+    def __init__(self, session: Any, io: dict[str, Any]) -> None:
+        self.session = session
+        self.io = io
+        # An encoder-decoder's decoder (optimum's merged decoder: `use_cache_branch` picks the first step's
+        # graph or the cached steps') also reads the encoder's output, and caches the cross-attention's keys
+        # and values (past_key_values.N.encoder.*), computed once at the first step from that output.
+        self.inputs = [i["name"] for i in io.get("components", {}).get("decoder", io)["inputs"]]
+        self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
+        self.cross = {n for n in self.past if ".encoder." in n}
+        self.presents = [n.replace("past_key_values.", "present.", 1) for n in self.past]
+        kv = io["kv"]
+        self.kv_shape = (1, int(kv["heads"]), 0, int(kv["head_dim"]))
+        self.kv_dtype = np.dtype(kv["dtype"])
+        self.eos = set(io.get("eos_token_ids", []))
+        self.context_feeds: dict[str, np.ndarray] = {}   # encoder-decoders: the encoder's output, bound
+        self.encoder_length = 0
+
+    def bind(self, hidden: np.ndarray, mask: "np.ndarray | None" = None) -> "Decoder":
+        """This decoder reading one input's encoder output (`hidden`, [1, length, size]; `mask` for
+        text encoders, whose padding the decoder must not attend to)."""
+        bound = copy.copy(self)
+        columns = {"encoder_hidden_states": hidden,
+                   "encoder_attention_mask": mask if mask is not None else np.ones(hidden.shape[:2], dtype=np.int64)}
+        bound.context_feeds = {k: v for k, v in columns.items() if k in self.inputs}
+        bound.encoder_length = int(hidden.shape[1])
+        return bound
+
+    def empty_past(self, length: int = 0) -> dict[str, np.ndarray]:
+        """A KV cache of `length` positions (zeros): empty to start, or full to measure a long context
+        (the cross-attention's then holds the encoder's length). Written, not np.zeros: untouched pages
+        all map the kernel's one zero page, never resident, and a measurement would miss the cache it is
+        there to hold."""
+        def shape(name: str) -> tuple[int, ...]:
+            positions = (self.encoder_length if length else 0) if name in self.cross else length
+            return (*self.kv_shape[:2], positions, self.kv_shape[3])
+
+        return {n: np.full(shape(n), 0, dtype=self.kv_dtype) for n in self.past}
+
+    def feeds(self, ids: list[int], past: dict[str, np.ndarray], past_length: int) -> dict[str, np.ndarray]:
+        n = len(ids)
+        columns = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.ones((1, past_length + n), dtype=np.int64),
+            "position_ids": np.arange(past_length, past_length + n, dtype=np.int64)[None, :],
+            "use_cache_branch": np.asarray([past_length > 0]),
+        }
+        return {**{k: v for k, v in columns.items() if k in self.inputs}, **self.context_feeds, **past}
+
+    def step(self, ids: list[int], past: dict[str, np.ndarray],
+             past_length: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits [len(ids), vocab] for the new tokens, and the cache that now holds them."""
+        outputs = self.session.run(["logits", *self.presents], self.feeds(ids, past, past_length))
+        cache = dict(zip(self.past, outputs[1:]))
+        if past_length:
+            # The cross-attention's cache is the first step's, for good: the merged decoder's cached branch
+            # returns placeholders for it (optimum's decoder_with_past has no such outputs).
+            cache |= {n: past[n] for n in self.cross}
+        return outputs[0][0], cache
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], np.ndarray]:
+        """Greedy tokens after the prompt (stopping after an end-of-sequence token), and the logits
+        of the prompt's last position (the first prediction)."""
+        logits, past = self.step(prompt_ids, self.empty_past(), 0)
+        first = logits[-1]
+        tokens: list[int] = []
+        length = len(prompt_ids)
+        while len(tokens) < max_new_tokens:
+            token = int(np.argmax(logits[-1]))
+            tokens.append(token)
+            if token in self.eos or len(tokens) == max_new_tokens:
+                break
+            logits, past = self.step([token], past, length)
+            length += 1
+        return tokens, first
+
+    def score(self, ids: list[int]) -> np.ndarray:
+        """Logits at every position of `ids` in one pass (no cache): the teacher-forced predictions."""
+        return self.step(ids, self.empty_past(), 0)[0]
+
+
+def encode(tokenizer: Any, text: str, input_names: list[str]) -> dict[str, np.ndarray]:
+    """Tokenize one text into the model's inputs (batch of one)."""
+    enc = tokenizer.encode(text)
+    columns = {"input_ids": enc.ids, "attention_mask": enc.attention_mask, "token_type_ids": enc.type_ids}
+    return {name: np.asarray([columns[name]], dtype=np.int64) for name in input_names}
+
+
+def load_tokenizer(bundle: Path, io: dict[str, Any]) -> Any:
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise RuntimeError("this bundle's model takes text and needs the `tokenizers` package: "
+                           "pip install -r requirements.txt") from None
+    tok = Tokenizer.from_file(str(bundle / io["tokenizer"]))
+    tok.no_padding()
+    tok.enable_truncation(max_length=int(io["max_length"]))
+    return tok
+
+
+def load(bundle: Path = HERE, sessions: dict[str, Any] | None = None) -> Runner:
+    """The model of `bundle`; `sessions` (a dict, shared between the calls that pass it) loads a file that
+    several models name once."""
+    return Runner(bundle, read_manifest(bundle)["runtime"], sessions=sessions)
+
+
+# ---------------------------------------------------------------- encoder-decoders: raw input
+#
+# A user on the device has audio or an image, not the encoder's tensors: the runner reads WAV and PNG
+# with the standard library and numpy, and computes what the model's pre-processor would (Whisper's
+# log-mel spectrogram, a ViT's resized and normalised pixels), from the figures in runtime.io.preprocess.
+
+
+
+def start_ids(io: dict[str, Any]) -> list[int]:
+    """The tokens an encoder-decoder's generation starts from (config.json's decoder_start_token_id)."""
+    return [int(t) for t in io["decoder_start_ids"]]
+
+
+def encoded(encoder: Any, decoder: Decoder, feeds: dict[str, np.ndarray]) -> Decoder:
+    """`decoder` bound to the output of `encoder` (an onnxruntime session) on `feeds`."""
+    hidden = encoder.run(None, feeds)[0]
+    return decoder.bind(hidden, feeds.get("attention_mask"))
+
+
+def encoder_feeds(io: dict[str, Any], tokenizer: Any, raw: Any) -> dict[str, np.ndarray]:
+    """The encoder's inputs for one raw input: audio (a .wav path, or samples at the model's rate), an
+    image (a .png path, or [height, width, channels] uint8 pixels) or a text."""
+    modality, pre = io["modality"], io["preprocess"]
+    name = io["components"]["encoder"]["inputs"][0]["name"]
+    if modality == "audio":
+        wave = read_wav(Path(raw), int(pre["sampling_rate"])) if isinstance(raw, (str, Path)) else np.asarray(raw)
+        return {name: audio_features(wave, pre)[None]}
+    if modality == "image":
+        pixels = read_image(Path(raw)) if isinstance(raw, (str, Path)) else np.asarray(raw)
+        return {name: image_pixels(pixels, pre)[None]}
+    names = [i["name"] for i in io["components"]["encoder"]["inputs"]]
+    return encode(tokenizer, str(raw), names)
