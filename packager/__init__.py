@@ -16,17 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckResult", "ExitCode", "PackageResult", "PackagerError", "PlanResult", "__version__", "check",
-           "package", "plan"]
+__all__ = ["CheckResult", "ExitCode", "PackageOptions", "PackageResult", "PackagerError", "PlanResult",
+           "__version__", "check", "package", "plan"]
 
 if TYPE_CHECKING:
     from packager.api import CheckResult, PackageResult, check, package, plan
     from packager.errors import ExitCode, PackagerError
+    from packager.options import PackageOptions
     from packager.plan import Plan as PlanResult
 
 _LAZY = {"package": "packager.api", "check": "packager.api", "plan": "packager.api", "PackageResult": "packager.api",
          "CheckResult": "packager.api", "PackagerError": "packager.errors", "ExitCode": "packager.errors",
-         "PlanResult": "packager.plan"}
+         "PackageOptions": "packager.options", "PlanResult": "packager.plan"}
 
 
 class _Package(types.ModuleType):

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from packager.errors import ExitCode, PackagerError, disk_full
 from packager.leftovers import temp_folder
-from packager.names import check_name
 
 if TYPE_CHECKING:
     from packager.cache import StageCache
-    from packager.context import Context, InputSpec
+    from packager.context import Context
+    from packager.options import PackageOptions
     from packager.plan import Plan
     from packager.progress import Reporter
     from packager.smoke import SmokeResult
@@ -212,8 +212,8 @@ class SuiteResult(_Smoked):
 
 
 @_disk_full_is_output
-def package(model: PathLike | Sequence[PathLike], target: str | None = None, *, out: PathLike | None = None,
-            recipe: str | None = None,
+def package(model: PathLike | Sequence[PathLike], target: str | None = None, options: PackageOptions | None = None,
+            *, out: PathLike | None = None, recipe: str | None = None,
             budget: str | int | None = None, context: int | str | None = None, calibration: PathLike | None = None,
             fit: str | None = None,
             smoke: str | None = None, sign: PathLike | None = None, name: str | None = None,
@@ -225,6 +225,7 @@ def package(model: PathLike | Sequence[PathLike], target: str | None = None, *, 
     Several models (a list) make one bundle of them all (packager/suite.py): each packaged and verified
     on its own, a component they share stored once, the budget judged for all of them together.
 
+    The options are keywords, or one `PackageOptions` (packager/options.py) as `options`, not both.
     `calibration` (int8-static) is a file of text lines or an .npz of inputs; `fit="auto"` tries the
     profile's recipes until one fits; `smoke="host"` or `"emulate"` then
     runs the bundle's smoke test; `sign` is an Ed25519 private key. `cache`: True (the default)
@@ -235,54 +236,43 @@ def package(model: PathLike | Sequence[PathLike], target: str | None = None, *, 
     adapter's)."""
     from packager.archive import source_date_epoch
     from packager.config import resolve_package_settings
+    from packager.options import PackageOptions
     from packager.pipeline import package as run_pipeline
 
-    if fit not in (None, "auto"):
-        raise PackagerError(f"--fit {fit!r} is not a mode; the only one is --fit auto.", ExitCode.USAGE)
-    if fit and recipe:
-        raise PackagerError("--fit auto chooses the recipe itself; drop --recipe or --fit.", ExitCode.USAGE)
-    if smoke not in (None, "host", "emulate"):
-        raise PackagerError(f"--smoke {smoke!r} is not a mode; use --smoke host or --smoke emulate.", ExitCode.USAGE)
-    check_bundle_name(name)
-    context = _context(context)
+    options = _one_of(options, PackageOptions.build(
+        out=out, recipe=recipe, budget=budget, context=context, calibration=calibration, fit=fit, smoke=smoke,
+        sign=sign, name=name, allow_pickle=allow_pickle, shapes=shapes, values=values, cache=cache, adapter=adapter,
+        eval_file=eval_file))
     source_date_epoch()  # a malformed SOURCE_DATE_EPOCH fails now, not after the work
-    spec = input_spec(shapes, values)
     reporter = _reporter(progress)
-    settings = resolve_package_settings({"target": target, "out": None if out is None else str(out),
-                                         "recipe": recipe, "budget": budget})
+    settings = resolve_package_settings(options.settings_layer(target))
     if verbose:
         _describe(settings, reporter)
     models = _model_list(model)
     if len(models) > 1:
-        return _package_suite(models, settings, reporter, name=name, fit=fit, context=context, smoke=smoke,
-                              cache=cache, allow_pickle=allow_pickle, sign=None if sign is None else Path(sign),
-                              one_model={"--adapter": adapter, "--eval": eval_file, "--calibration": calibration,
-                                         "--shape": shapes, "--value": values})
-    sign_key = Path(sign) if sign is not None else None
-    eval_path = None
-    if eval_file is not None:
-        from packager.samples import resolve_eval
-
-        eval_path = resolve_eval(str(eval_file))
-    ctx = run_pipeline(models[0], settings, name=name, input_spec=spec, reporter=reporter, fit_auto=fit == "auto",
-                       allow_pickle=allow_pickle, sign_key=sign_key, context=context,
-                       calibration=None if calibration is None else Path(calibration), stage_cache=_cache(cache),
-                       adapter=None if adapter is None else str(adapter), eval_file=eval_path)
+        return _package_suite(models, settings, reporter, options)
+    ctx = run_pipeline(models[0], settings, options, reporter=reporter)
     smoked = None
-    if smoke is not None:
+    if options.smoke is not None:
         from packager.smoke import run_smoke
 
         assert ctx.archive is not None
-        with reporter.stage(f"smoke ({smoke})", ctx.timings), \
+        with reporter.stage(f"smoke ({options.smoke})", ctx.timings), \
                 temp_folder("key") as tmp:
-            smoked = run_smoke(ctx.archive, emulate=smoke == "emulate", public_key=_smoke_key(sign_key, Path(tmp)))
-    return PackageResult.from_context(ctx, smoked, smoke, sign_key)
+            smoked = run_smoke(ctx.archive, emulate=options.smoke == "emulate",
+                               public_key=_smoke_key(options.sign, Path(tmp)))
+    return PackageResult.from_context(ctx, smoked, options.smoke, options.sign)
 
 
-def check_bundle_name(name: str | None) -> None:
-    """--name names the archive and the staging folder: a plain file name (packager/names.py), or no bundle."""
-    if name is not None:
-        check_name(name, "--name", ExitCode.USAGE, "choose a name of those characters")
+def _one_of(options: PackageOptions | None, from_keywords: PackageOptions) -> PackageOptions:
+    """The API's options: the `options` object, or those its keywords make; not both."""
+    if options is None:
+        return from_keywords
+    given = from_keywords.given()
+    if given:
+        raise PackagerError(f"the options are given both as `options` and as keywords ({', '.join(given)}); give "
+                            "them one way.", ExitCode.USAGE)
+    return options
 
 
 def _model_list(model: PathLike | Sequence[PathLike]) -> list[str]:
@@ -329,25 +319,28 @@ def _per_model(names: list[str], contexts: list[Context], field: str) -> dict[st
     return {f"{n} {stage}": v for n, c in zip(names, contexts) for stage, v in getattr(c, field).items()}
 
 
-def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name: str | None, fit: str | None,
-                   context: int | None, smoke: str | None, cache: bool | PathLike | StageCache, allow_pickle: bool,
-                   sign: Path | None, one_model: dict[str, Any]) -> SuiteResult:
+def _package_suite(models: list[str], settings: Any, reporter: Reporter, options: PackageOptions) -> SuiteResult:
     """package() of several models into one bundle."""
+    import dataclasses
+
     from packager import suite
     from packager.pipeline import package as run_pipeline
     from packager.signing import load_private_key, manifest_entry
 
-    _check_several(models, one_model, "package")
+    _check_several(models, {"--adapter": options.adapter, "--eval": options.eval_file,
+                            "--calibration": options.calibration, "--shape": options.input_spec.shapes,
+                            "--value": options.input_spec.values}, "package")
+    sign, smoke = options.sign, options.smoke
     if sign is not None:
         load_private_key(sign)  # a bad key fails before minutes of work, not after
-    stage_cache = _cache(cache)
+    # --name names the bundle of them all, and the whole is signed, not each model's own folder.
+    each = dataclasses.replace(options, name=None, sign=None)
     with temp_folder("models") as tmp:
         contexts = _each_model(models, reporter, Path(tmp), lambda model, folder: run_pipeline(
-            model, settings, reporter=reporter, fit_auto=fit == "auto", allow_pickle=allow_pickle, context=context,
-            stage_cache=stage_cache, member_dir=folder))
+            model, settings, each, reporter=reporter, member_dir=folder))
         timings: dict[str, float] = {}
         with reporter.stage(f"bundle of {len(models)}", timings) as step:
-            built = suite.build(contexts, name, settings.out.value, sign_key=sign, progress=step.update)
+            built = suite.build(contexts, options.name, settings.out.value, sign_key=sign, progress=step.update)
     assert built.archive is not None
     names = built.names
     smoked = None
@@ -374,7 +367,8 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, *, name
 
 
 @_disk_full_is_output
-def check(model: PathLike | Sequence[PathLike], target: str | None = None, *, budget: str | int | None = None,
+def check(model: PathLike | Sequence[PathLike], target: str | None = None, options: PackageOptions | None = None, *,
+          budget: str | int | None = None,
           recipe: str | None = None, context: int | str | None = None, measure: bool = True, allow_pickle: bool = False,
           shapes: Mapping[str, Sequence[int]] | None = None, values: Mapping[str, float] | None = None,
           cache: bool | PathLike | StageCache = True, progress: bool | Reporter = False,
@@ -383,42 +377,43 @@ def check(model: PathLike | Sequence[PathLike], target: str | None = None, *, bu
     a fresh process; `fits` is the verdict. Several models (a list): all of them loaded together, as
     `package` bundles them, a component they share once. A bundle (.tar.gz or unpacked): its model as
     it was packaged, on its own target unless one is given, fed its own sample inputs' shapes.
+    The options are keywords, or one `PackageOptions` as `options` (of which check reads recipe, budget,
+    context, measure, allow_pickle, input_spec and cache), not both.
     `verbose` prints where each setting came from (with `progress`)."""
     from packager.bundles import is_bundle
     from packager.config import resolve_package_settings
+    from packager.options import PackageOptions
     from packager.pipeline import check as run_check
 
-    spec = input_spec(shapes, values)
-    context = _context(context)
+    options = _one_of(options, PackageOptions.build(budget=budget, recipe=recipe, context=context, measure=measure,
+                                                    allow_pickle=allow_pickle, shapes=shapes, values=values,
+                                                    cache=cache))
     models = _model_list(model)
     reporter = _reporter(progress)
     if len(models) == 1 and is_bundle(Path(models[0])):
-        return _check_bundle(models[0], target, budget=budget, recipe=recipe, context=context, measure=measure,
-                             spec=spec, cache=cache, reporter=reporter, verbose=verbose)
-    settings = resolve_package_settings({"target": target, "recipe": recipe, "budget": budget, "out": None})
+        return _check_bundle(models[0], target, options, reporter=reporter, verbose=verbose)
+    settings = resolve_package_settings(options.settings_layer(target) | {"out": None})
     if verbose:
         _describe(settings, reporter, ("target", "recipe", "budget"))
     if len(models) == 1:
-        ctx = run_check(models[0], settings, context=context, measure=measure, input_spec=spec, reporter=reporter,
-                        allow_pickle=allow_pickle, stage_cache=_cache(cache))
+        ctx = run_check(models[0], settings, options, reporter=reporter)
         return CheckResult.from_context(models[0], ctx)
     from packager import suite
 
-    _check_several(models, {"--shape": shapes, "--value": values}, "check")
+    _check_several(models, {"--shape": options.input_spec.shapes, "--value": options.input_spec.values}, "check")
     bundle = next((m for m in models if is_bundle(Path(m))), None)
     if bundle is not None:
         raise PackagerError(f"{bundle} is a bundle, already packaged for its own target; check it on its own, or "
                             "check the models it was built from together.", ExitCode.USAGE)
-    stage_cache = _cache(cache)
     with temp_folder("check") as tmp:
         contexts = _each_model(models, reporter, Path(tmp), lambda model, folder: run_check(
-            model, settings, context=context, measure=measure, reporter=reporter, allow_pickle=allow_pickle,
-            stage_cache=stage_cache, member_dir=folder))
+            model, settings, options, reporter=reporter, member_dir=folder))
         timings: dict[str, float] = {}
         folder = Path(tmp) / "together"
         folder.mkdir()
         with reporter.stage(f"all {len(models)} together", timings) as step:
-            built = suite.together(contexts, "check", folder, measure=measure, enforce=False, progress=step.update)
+            built = suite.together(contexts, "check", folder, measure=options.measure, enforce=False,
+                                   progress=step.update)
     names = built.names
     return CheckResult.from_memory(
         " + ".join(models), settings.profile.name, "; ".join(f"{n}: {c.recipe_name}" for n, c in zip(names, contexts)),
@@ -449,34 +444,35 @@ def plan(config: PathLike, target: str | None = None, *, precisions: Sequence[st
     return make_plan(spec, settings.profile, list(precisions or []) or None, parsed or None, kv_bits)
 
 
-def _check_bundle(path: str, target: str | None, *, budget: str | int | None, recipe: str | None,
-                  context: int | None, measure: bool, spec: InputSpec, cache: bool | PathLike | StageCache,
-                  reporter: Reporter, verbose: bool) -> CheckResult:
+def _check_bundle(path: str, target: str | None, options: PackageOptions, *, reporter: Reporter,
+                  verbose: bool) -> CheckResult:
     """check() of a bundle: its model/model.onnx as it ships (no recipe applied again), judged on TARGET,
     else on the target it was built for."""
     import dataclasses
 
     from packager.bundles import open_bundle
     from packager.config import Setting, resolve_package_settings
-    from packager.context import InputSpec
+    from packager.options import InputSpec
     from packager.pipeline import check as run_check
 
-    if recipe is not None:
+    if options.recipe is not None:
         raise PackagerError(f"{path} is a bundle, whose model is quantized already; drop --recipe, or check the "
                             "model it was built from with that recipe.", ExitCode.USAGE)
     with temp_folder("bundle") as tmp:
         bundle = open_bundle(Path(path), Path(tmp))
         own = bundle.summary or {}
         default = Setting(own["target"], "the bundle's own target") if own.get("target") else None
-        settings = resolve_package_settings({"target": target, "recipe": "fp32", "budget": budget, "out": None},
+        settings = resolve_package_settings(options.settings_layer(target) | {"recipe": "fp32", "out": None},
                                             default_target=default)
         if verbose:
             _describe(settings, reporter, ("target", "budget"),
                       [f"recipe  = {own.get('recipe', 'unknown')}  (the bundle's own, not applied again)"])
+        spec = options.input_spec
         if not (spec.shapes or spec.values):
             spec = InputSpec(shapes=bundle.shapes, values=bundle.values)
-        ctx = run_check(str(bundle.model), settings, context=context, measure=measure, input_spec=spec,
-                        reporter=reporter, stage_cache=_cache(cache))
+        # the bundle's model is an .onnx file already: no pickled weights to allow
+        ctx = run_check(str(bundle.model), settings, dataclasses.replace(options, input_spec=spec, allow_pickle=False),
+                        reporter=reporter)
         result = CheckResult.from_context(path, ctx)
     return dataclasses.replace(result, recipe=f"{own.get('recipe', 'unknown recipe')}, as bundled")
 
@@ -488,37 +484,10 @@ def _describe(settings: Any, reporter: Reporter, keys: tuple[str, ...] = ("targe
         reporter.print(line)
 
 
-def _context(context: int | str | None) -> int | None:
-    """--context as tokens: 8192, or the CLI's forms ("8K")."""
-    from packager.config import parse_context
-
-    return None if context is None else parse_context(context)
-
-
-def input_spec(shapes: Mapping[str, Sequence[int]] | None, values: Mapping[str, float] | None) -> InputSpec:
-    from packager.context import InputSpec
-
-    try:
-        dims = {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()}
-        fills = {k: float(v) for k, v in (values or {}).items()}
-        if any(d < 0 for v in dims.values() for d in v):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise PackagerError(f"shapes {dict(shapes or {})!r} / values {dict(values or {})!r}: a shape is a list of "
-                            "non-negative sizes and a value a number; fix them.", ExitCode.USAGE) from None
-    return InputSpec(shapes=dims, values=fills)
-
-
 def _reporter(progress: bool | Reporter) -> Reporter:
     from packager.progress import Reporter
 
     return progress if isinstance(progress, Reporter) else Reporter(quiet=not progress)
-
-
-def _cache(setting: bool | PathLike | StageCache) -> StageCache | None:
-    from packager.cache import StageCache, open_cache
-
-    return setting if isinstance(setting, StageCache) else open_cache(setting)
 
 
 def _smoke_key(sign: Path | None, tmp: Path) -> Path | None:

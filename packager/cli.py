@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -248,29 +249,26 @@ def package(
     from packager.progress import Reporter
 
     reporter = Reporter(quiet=as_json)
-    options: dict[str, Any] = {
-        "out": out, "recipe": recipe, "budget": budget, "context": context, "calibration": calibration, "fit": fit,
-        "smoke": smoke, "sign": sign, "name": name, "allow_pickle": allow_pickle, "progress": reporter,
-        "verbose": verbose, "adapter": adapter, "eval_file": eval_file}
 
-    def prepare() -> list[str] | None:
-        options["shapes"] = _parse_pairs(shape, "--shape", _dims)
-        options["values"] = _parse_pairs(value, "--value", float)
-        _api().check_bundle_name(name)   # once, before any target's work
+    def prepare() -> tuple[Any, list[str] | None]:
+        from packager.options import PackageOptions
+
+        options = PackageOptions.build(   # every option checked once, before any target's work
+            out=out, recipe=recipe, budget=budget, context=context, calibration=calibration, fit=fit, smoke=smoke,
+            sign=sign, name=name, allow_pickle=allow_pickle, shapes=_parse_pairs(shape, "--shape", _dims),
+            values=_parse_pairs(value, "--value", float), cache=not no_cache, adapter=adapter, eval_file=eval_file)
         if report is not None:
             from packager.stages.bundle import check_output_dir
 
             check_output_dir(report, "--report", "the report")  # before minutes of work, not after
-        return _several_targets(target, all_targets)
+        return options, _several_targets(target, all_targets)
 
-    targets = _guarded(prepare, debug=debug, as_json=as_json)
+    options, targets = _guarded(prepare, debug=debug, as_json=as_json)
     if targets is None:  # one target, or none named (PACKAGER_TARGET, pyproject): the one-bundle output
-        if no_cache:
-            options["cache"] = False
-
         def one() -> Any:
             try:
-                return _api().package(_models(model), target[0] if target else None, **options)
+                return _api().package(_models(model), target[0] if target else None, options, progress=reporter,
+                                      verbose=verbose)
             except PackagerError as e:  # the report says so too
                 if report is not None:
                     name = target[0] if target else os.environ.get("PACKAGER_TARGET") or "(default target)"
@@ -289,9 +287,10 @@ def package(
     rows: list[dict[str, Any]] = []
     try:
         with _shared_cache(no_cache) as cache:
-            options["cache"] = cache
-            _each_target(targets, lambda t: _api().package(_models(model), t, **options), _print_packaged, reporter,
-                         rows, debug=debug)
+            shared = dataclasses.replace(options, cache=cache)
+            _each_target(targets, lambda t: _api().package(_models(model), t, shared, progress=reporter,
+                                                           verbose=verbose), _print_packaged, reporter, rows,
+                         debug=debug)
     except KeyboardInterrupt:  # after every cleanup, this run's cache folder included
         done = [r["archive"] for r in rows if "archive" in r]
         _interrupted(as_json, f"interrupted; {len(done)} of {len(targets)} bundles were finished before it "
@@ -516,18 +515,19 @@ def check(
     from packager.progress import Reporter
 
     reporter = Reporter(quiet=as_json)
-    options: dict[str, Any] = {"budget": budget, "recipe": recipe, "context": context, "measure": not no_measure,
-                               "allow_pickle": allow_pickle, "progress": reporter, "verbose": verbose}
 
-    def prepare() -> list[str] | None:
-        options["shapes"] = _parse_pairs(shape, "--shape", _dims)
-        options["values"] = _parse_pairs(value, "--value", float)
-        return _several_targets(target, all_targets)
+    def prepare() -> tuple[Any, list[str] | None]:
+        from packager.options import PackageOptions
 
-    targets = _guarded(prepare, debug=debug, as_json=as_json)
+        options = PackageOptions.build(budget=budget, recipe=recipe, context=context, measure=not no_measure,
+                                       allow_pickle=allow_pickle, shapes=_parse_pairs(shape, "--shape", _dims),
+                                       values=_parse_pairs(value, "--value", float), cache=not no_cache)
+        return options, _several_targets(target, all_targets)
+
+    options, targets = _guarded(prepare, debug=debug, as_json=as_json)
     if targets is None:
-        result = _guarded(lambda: _api().check(_models(model), target[0] if target else None,
-                                               cache=not no_cache, **options), debug=debug, as_json=as_json)
+        result = _guarded(lambda: _api().check(_models(model), target[0] if target else None, options,
+                                               progress=reporter, verbose=verbose), debug=debug, as_json=as_json)
         if as_json:
             print(json.dumps(result.to_dict()))
         else:
@@ -536,8 +536,9 @@ def check(
     rows: list[dict[str, Any]] = []
     try:
         with _shared_cache(no_cache) as cache:
-            _each_target(targets, lambda t: _api().check(_models(model), t, cache=cache, **options), _print_check,
-                         reporter, rows, debug=debug)
+            shared = dataclasses.replace(options, cache=cache)
+            _each_target(targets, lambda t: _api().check(_models(model), t, shared, progress=reporter,
+                                                         verbose=verbose), _print_check, reporter, rows, debug=debug)
     except KeyboardInterrupt:
         _interrupted(as_json)
     _exit_several(rows, as_json, _print_checks)

@@ -16,21 +16,14 @@ import numpy as np
 
 from packager.adapter import Adapter
 from packager.cache import StageCache
+from packager.options import InputSpec as InputSpec  # its home was here: `from packager.context import InputSpec`
+from packager.options import PackageOptions
 from packager.profiles import Profile
 from packager.recipes.common import RecipeResult
 
 
 def silent(detail: str) -> None:
     """Context.progress when no stage is running, or no one is watching."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How to make sample inputs for a tensor model whose signature leaves them open."""
-
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)   # --shape NAME=D1,D2
-    values: dict[str, float] = field(default_factory=dict)             # --value NAME=V (fills the tensor)
-    count: int = 4                                                     # how many samples
 
 
 @dataclass(frozen=True)
@@ -68,18 +61,15 @@ class Context:
     recipe_name: str
     work_dir: Path
     out_dir: Path
-    input_spec: InputSpec = field(default_factory=InputSpec)
-    name: str | None = None        # --name: overrides the bundle name taken from the model
-    context: int | None = None     # tokens of KV cache to plan for (decoders; export fills in the default)
+    options: PackageOptions = field(default_factory=PackageOptions)   # what the user asked (packager/options.py)
+    # Filled from `options` when the Context is made; the stages change them: the source stage gives a
+    # sample its own input shapes, export a decoder its default context, --fit auto halves that.
+    input_spec: InputSpec = field(init=False)
+    context: int | None = field(init=False)   # tokens of KV cache to plan for (decoders)
     recipe_explicit: bool = True   # False: the profile's default, which export picks by model kind
-    measure: bool = True           # fit: measure in a child process, not only estimate
     enforce_budget: bool = True    # fit: a model over budget stops the pipeline (check reports instead)
-    sign_key: Path | None = None   # --sign: Ed25519 private key that signs the bundle's manifest
-    allow_pickle: bool = False     # --allow-pickle: accept pickled weights, loaded weights-only
-    calibration: Path | None = None  # --calibration: inputs for the int8-static recipe
     stage_cache: StageCache | None = None   # where cached stages' outputs live (None: no cache)
-    adapter: str | None = None     # --adapter: a PEFT LoRA adapter folder (or sample:NAME) to merge first
-    eval_file: Path | None = None  # --eval: the user's cases (JSONL), a gate in verify
+    eval_file: Path | None = None  # --eval, resolved (sample:NAME is a built-in adapter's file): a gate in verify
     eval_cases: list[dict[str, Any]] = field(default_factory=list)   # eval_file's cases, read and checked
     eval_reference: dict[str, Any] | None = None   # the fp32 reference's eval results (once per run)
     member_dir: Path | None = None  # one model of several (packager/suite.py): its finished folder goes here
@@ -119,6 +109,35 @@ class Context:
     archive: Path | None = None
     bundle_files: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.input_spec = self.options.input_spec
+        self.context = self.options.context
+
+    # The options the stages read as they are given (read-only: they live in `options`).
+    @property
+    def name(self) -> str | None:
+        return self.options.name
+
+    @property
+    def measure(self) -> bool:
+        return self.options.measure
+
+    @property
+    def sign_key(self) -> Path | None:
+        return self.options.sign
+
+    @property
+    def allow_pickle(self) -> bool:
+        return self.options.allow_pickle
+
+    @property
+    def calibration(self) -> Path | None:
+        return self.options.calibration
+
+    @property
+    def adapter(self) -> str | None:
+        return self.options.adapter
 
     @property
     def bundle_name(self) -> str:

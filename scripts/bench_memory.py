@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from packager.config import resolve_package_settings  # noqa: E402
-from packager.context import InputSpec  # noqa: E402
+from packager.options import InputSpec, PackageOptions  # noqa: E402
 from packager.pipeline import package  # noqa: E402
 
 MiB = 2**20
@@ -94,7 +94,8 @@ def decoder_rows(tmp: Path, target: str, only: list[str] | None) -> None:
     folder = str(tiny_decoder(tmp / "decoder")) if any(r[1] == "tiny llama" for r in rows) else ""
     for label, name, recipe, context in rows:
         settings = resolve_package_settings({"target": target, "recipe": recipe, "budget": "16GiB", "out": None})
-        mem = check(folder if name == "tiny llama" else name, settings, context=context).memory
+        mem = check(folder if name == "tiny llama" else name, settings,
+                    PackageOptions(context=context, cache=False)).memory
         report(label, mem["estimate"], mem["measured_peak_bytes"], mem["load_peak_bytes"], mem["run_peak_bytes"])
 
 
@@ -124,7 +125,8 @@ def main() -> None:
             settings = resolve_package_settings({"target": args.target, "recipe": recipe,
                                                  "out": str(Path(tmp) / "dist"),
                                                  "budget": "16GiB"})
-            ctx = package(model, settings, input_spec=InputSpec(shapes={"x": (1, 2048)}) if "chain" in label else None)
+            spec = InputSpec(shapes={"x": (1, 2048)}) if "chain" in label else InputSpec()
+            ctx = package(model, settings, PackageOptions(input_spec=spec, cache=False))
             mem = ctx.memory
             report(label, mem["estimate"], mem["measured_peak_bytes"], mem["load_peak_bytes"], mem["run_peak_bytes"])
         decoder_rows(Path(tmp), args.target, args.only)

@@ -16,6 +16,7 @@ from packager.config import resolve_package_settings
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import runtime_base
 from packager.fit_auto import MIN_CONTEXT
+from packager.options import PackageOptions
 from packager.paths import profiles_dir
 from packager.pipeline import package
 from packager.profiles import resolve_target
@@ -48,7 +49,7 @@ def _fp32_only(tmp_path: Path) -> Path:
 def _fit_auto(folder: Path, tmp_path: Path, budget_bytes: int, context: int):
     settings = resolve_package_settings({"target": str(_fp32_only(tmp_path)), "budget": str(budget_bytes),
                                          "out": str(tmp_path / "dist")})
-    return package(str(folder), settings, fit_auto=True, context=context)
+    return package(str(folder), settings, PackageOptions(fit="auto", context=context))
 
 
 def test_check_measures_a_decoder_at_the_asked_context(long_llama: Path) -> None:

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import unpack
 from packager.config import resolve_package_settings
 from packager.errors import ExitCode, PackagerError
+from packager.options import PackageOptions
 from packager.pipeline import package
 from packager.recipes.common import count_ops
 
@@ -31,7 +32,7 @@ def _conv_model(path: Path) -> Path:
 
 def _package(model: Path, out: Path, calibration: Path | None = None):
     settings = resolve_package_settings({"target": "rpi5", "out": str(out), "recipe": "int8-static", "budget": None})
-    return package(str(model), settings, calibration=calibration)
+    return package(str(model), settings, PackageOptions(calibration=calibration))
 
 
 @pytest.mark.integration
@@ -68,8 +69,8 @@ def test_calibration_with_another_recipe_fails_before_any_work(tmp_path: Path) -
     settings = resolve_package_settings({"target": "rpi5", "out": str(tmp_path / "dist"), "recipe": "fp32",
                                          "budget": None})
     with pytest.raises(PackagerError, match="does not use it") as e:
-        package("sample:minilm", settings, calibration=text)
+        package("sample:minilm", settings, PackageOptions(calibration=text))
     assert e.value.code == ExitCode.USAGE
     with pytest.raises(PackagerError, match="does not exist") as e:
-        package("sample:minilm", settings, calibration=tmp_path / "missing.txt")
+        package("sample:minilm", settings, PackageOptions(calibration=tmp_path / "missing.txt"))
     assert e.value.code == ExitCode.BAD_INPUT

@@ -17,9 +17,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import REPO, unpack
 from packager.config import resolve_package_settings
-from packager.context import InputSpec
 from packager.errors import ExitCode, PackagerError
 from packager.mobile import check_apps, class_name, convert, gated_out, ort_facts, repack_int4
+from packager.options import InputSpec, PackageOptions
 from packager.paths import profiles_dir
 from packager.pipeline import package
 from packager.profiles import Int4, load_profile
@@ -34,7 +34,7 @@ def test_phone_bundle_ships_the_ort_model_and_app_examples(silero_onnx: Path, tm
     settings = resolve_package_settings({"target": "phone", "out": str(tmp_path / "dist"), "recipe": None,
                                          "budget": None})
     spec = InputSpec(shapes={"input": (1, 512), "state": (2, 1, 128)}, values={"sr": 16000})
-    ctx = package(str(silero_onnx), settings, input_spec=spec)
+    ctx = package(str(silero_onnx), settings, PackageOptions(input_spec=spec))
     bundle = unpack(ctx.archive, tmp_path / "unpacked")
     manifest = json.loads((bundle / "manifest.json").read_text())
 

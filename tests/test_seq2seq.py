@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO, unpack
 from packager.config import resolve_package_settings
 from packager.errors import ExitCode, PackagerError
+from packager.options import PackageOptions
 from packager.pipeline import check, package
 from packager.recipes import parse_recipe, recipe_label
 from packager.runtime_files import runner
@@ -140,7 +141,7 @@ def test_t5_packages_for_the_pi4_with_an_int8_merged_decoder(tmp_path: Path) -> 
 
 @pytest.mark.integration
 def test_check_shows_components_and_refuses_unknown_ones(tmp_path: Path) -> None:
-    result = check("sample:tiny-whisper", _settings("rpi5", tmp_path, budget="100MiB"), measure=False)
+    result = check("sample:tiny-whisper", _settings("rpi5", tmp_path, budget="100MiB"), PackageOptions(measure=False))
     assert not result.memory["fits"]   # the estimate's high side (about 150 MiB) is over 100 MiB
     assert set(result.memory["components"]) == {"encoder", "decoder"}
     with pytest.raises(PackagerError, match="its components are encoder, decoder") as e:
@@ -149,6 +150,6 @@ def test_check_shows_components_and_refuses_unknown_ones(tmp_path: Path) -> None
     cases = tmp_path / "cases.jsonl"
     cases.write_text('{"prompt": "a", "expected": "b"}\n')
     with pytest.raises(PackagerError, match="not an encoder-decoder's generations") as e:
-        package("sample:tiny-whisper", _settings("rpi5", tmp_path / "dist"), eval_file=cases)
+        package("sample:tiny-whisper", _settings("rpi5", tmp_path / "dist"), PackageOptions(eval_file=str(cases)))
     assert e.value.code == ExitCode.BAD_INPUT
     assert not (tmp_path / "dist").exists()

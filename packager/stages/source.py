@@ -248,7 +248,7 @@ def existing(spec: str) -> Path:
 
 
 def _renamed(source: Source, name: str) -> Source:
-    # --name comes checked (api.check_bundle_name), a sample's name is packager's: derive_name keeps them.
+    # --name comes checked (PackageOptions), a sample's name is packager's: derive_name keeps them.
     return replace(source, name=derive_name(name))
 
 
