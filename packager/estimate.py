@@ -89,6 +89,11 @@ LOAD_TRANSIENT_LOW, LOAD_TRANSIENT_HIGH = 0.5, 1.1
 FOLD_TRANSIENT_LOW, FOLD_TRANSIENT_HIGH = 1.0, 2.0
 # Allocator and session bookkeeping on top of the weights no kernel packs, measured at 5-8%.
 OVERHEAD_LOW, OVERHEAD_HIGH = 0.02, 0.10
+# The runtime base is calibrated on one host (profiles/calibration/runtime_base.toml); another host of
+# the same kind and image measured a whole decoder peak 2.8 MiB (4.5% of the base) below this host's
+# for the same commit and model (CI, tests/test_decoder_fit.py: 89.7 against 92.5 MiB). The low side
+# takes the base at this fraction; the high side takes it whole.
+BASE_LOW = 0.93
 
 
 @dataclass(frozen=True)
@@ -441,10 +446,11 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     # against 1.75 GB without this term, the file 0.8 GB).
     ort_low, ort_high = (int(converted_bytes * share.converted_buffer[0]),
                          int(converted_bytes * share.converted_buffer[1]))
-    load_low = weights - freed_bytes + overhead_low + max(fixed + packed_low + ort_low,
-                                                          fixed - tokens + transient_low)
+    fixed_low = fixed - int(base * (1 - BASE_LOW))
+    load_low = weights - freed_bytes + overhead_low + max(fixed_low + packed_low + ort_low,
+                                                          fixed_low - tokens + transient_low)
     load_high = weights + overhead_high + max(fixed + packed_high + ort_high, fixed - tokens + transient_high)
-    run_low = fixed + weights - freed_bytes + overhead_low + packed_low + act_low + kv
+    run_low = fixed_low + weights - freed_bytes + overhead_low + packed_low + act_low + kv
     run_high = fixed + weights + overhead_high + packed_high + act_high + kv
     breakdown = {
         "runtime_base": base,

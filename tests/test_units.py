@@ -126,3 +126,14 @@ def test_source_hash_covers_content(tiny_bert: Path, tmp_path: Path) -> None:
     assert resolve(str(copy)).sha256 == first.sha256
     (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
     assert resolve(str(copy)).sha256 != first.sha256
+
+
+def test_every_python_package_is_installed_by_the_wheel() -> None:
+    """pyproject lists its packages by hand (profiles/ and targets/ install under other names): a new
+    subpackage missing from the list imports in an editable install and not from a wheel."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "packager").rglob("__init__.py")}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
