@@ -49,10 +49,13 @@ def shown(name: object) -> str:
         return f"({type(name).__name__})"
     if not name:
         return "(empty)"
-    cut = name if len(name) <= _SHOWN else name[:_SHOWN]
-    # ascii(): a NUL, a newline or a U+202E shows as an escape instead of acting on the terminal.
+    # ascii(): a NUL, a newline or a U+202E shows as an escape instead of acting on the terminal. An
+    # escape takes up to 10 characters ('\U0001f600'): the cut counts the quoted form, not the name.
+    cut = name[:_SHOWN]
+    while len(ascii(cut)) > _SHOWN + 2:
+        cut = cut[:-1]
     quoted = ascii(cut)
-    return quoted if cut is name else f"{quoted}... ({len(name):,} characters)"
+    return quoted if cut == name else f"{quoted}... ({len(name):,} characters)"
 
 
 _OTHER = r"[^A-Za-z0-9._+-]+"
