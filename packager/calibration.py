@@ -16,6 +16,7 @@ import numpy as np
 
 from packager.context import Context, InputSpec
 from packager.errors import ExitCode, PackagerError
+from packager.families import family_for
 from packager.runtime_files import runner
 from packager.sample_inputs import make_inputs
 
@@ -26,12 +27,12 @@ _SEED = 1000   # the samples use seeds 0..count-1
 
 def calibration_inputs(ctx: Context, tokenizer_bundle: Path) -> tuple[list[dict[str, np.ndarray]], str]:
     """The feeds to calibrate on, and where they came from (for the manifest)."""
-    kind = ctx.io["kind"]
-    if kind == "decoder":
+    family = family_for(ctx.io["kind"])
+    if not family.calibrates:
         raise PackagerError("int8-static calibrates encoders and tensor models, not decoders (their KV cache "
                             "inputs have no fixed range); use --recipe int4 or int8-dynamic.", ExitCode.USAGE)
     path = ctx.calibration
-    if kind == "text":
+    if family.calibrates_on_text:
         rt = runner()
         tokenizer = rt.load_tokenizer(tokenizer_bundle, ctx.io)
         names = [i["name"] for i in ctx.io["inputs"]]

@@ -8,6 +8,7 @@ from typing import Any
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
+from packager.families import family_for
 from packager.mixed_search import recipe_stages
 from packager.progress import Reporter
 from packager.stage_runner import PER_RECIPE
@@ -25,7 +26,7 @@ def choose_recipe(ctx: Context, reporter: Reporter, recipes: tuple[str, ...]) ->
     most precise recipe that fits."""
     ctx.fit = {"mode": "auto", "tried": []}
     wanted = ctx.context
-    shorter = _shorter_contexts(wanted) if ctx.io["kind"] == "decoder" and wanted else []
+    shorter = _shorter_contexts(wanted) if family_for(ctx.io["kind"]).context_sized and wanted else []
     predicted: dict[str, dict[int, int]] = {}  # recipe -> its peak at each shorter context
     for recipe in recipes:
         rejected = _try_recipe(ctx, reporter, recipe)
@@ -77,7 +78,8 @@ def _try_recipe(ctx: Context, reporter: Reporter, recipe: str,
     if stages[0] != "fit":
         ctx.recipe_name = recipe
         shutil.rmtree(ctx.stage_dir, ignore_errors=True)
-    entry: dict[str, Any] = {"recipe": recipe, **({"context": ctx.context} if ctx.io["kind"] == "decoder" else {})}
+    sized = family_for(ctx.io["kind"]).context_sized
+    entry: dict[str, Any] = {"recipe": recipe, **({"context": ctx.context} if sized else {})}
     try:
         recipe_stages(ctx, reporter, stages)
     except PackagerError as e:
@@ -97,7 +99,7 @@ def _at(entry: dict[str, Any]) -> str:
 def _chose(ctx: Context, reporter: Reporter, recipe: str, recipes: tuple[str, ...],
            shrunk_from: int | None = None) -> None:
     ctx.fit["chosen"] = recipe
-    if ctx.io["kind"] == "decoder":
+    if family_for(ctx.io["kind"]).context_sized:
         ctx.fit["context"] = ctx.context
     if shrunk_from is not None:
         budget = ctx.profile.budget.memory_bytes / 2**20

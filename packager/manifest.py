@@ -10,6 +10,7 @@ import onnxruntime
 
 from packager import __version__
 from packager.context import Context
+from packager.families import family_for
 from packager.runtimes import runtime_for
 from packager.signing import manifest_entry as signature_entry
 
@@ -57,7 +58,7 @@ def runtime_spec(ctx: Context) -> dict[str, Any]:
         "io": ctx.io,
         # Multi-component models: every component's file, loaded together (`model` is the decoder's).
         **({"components": {c.name: c.file for c in ctx.components}} if ctx.components else {}),
-        **({"context": ctx.context} if ctx.io.get("kind") in ("decoder", "seq2seq") else {}),
+        **({"context": ctx.context} if family_for(ctx.io["kind"]).generates else {}),
     }
 
 
@@ -67,10 +68,7 @@ def smoke_spec(ctx: Context) -> dict[str, Any]:
     # --eval: the first cases of the user's eval file ship in the bundle, with the score the packaged model
     # got on them on the build host; the device must score within the tolerance of it.
     gate = {"eval": ctx.accuracy["eval"]["smoke"]} if "eval" in ctx.accuracy else {}
-    if ctx.io["kind"] in ("decoder", "seq2seq"):
-        return {"min_token_agreement": limits.min_token_agreement, "min_logits_cosine": limits.min_logits_cosine,
-                "expected": "fp32 reference greedy generations", **gate}
-    return {"min_cosine": limits.min_cosine, "expected": "fp32 reference outputs", **gate}
+    return {**family_for(ctx.io["kind"]).smoke_limits(limits), **gate}
 
 
 def build(ctx: Context) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.errors import ExitCode, PackagerError, did_you_mean
+from packager.families import family_for
 from packager.names import check_name
 from packager.paths import profiles_dir
 
@@ -154,11 +155,11 @@ class Profile:
 
     def recipe_for(self, kind: str) -> str:
         """The default recipe for a model of this io kind ("decoder", "text", "tensor")."""
-        return (self.decoder_recipe or self.recipe) if kind == "decoder" else self.recipe
+        return (self.decoder_recipe or self.recipe) if family_for(kind).context_sized else self.recipe
 
     def fit_recipes_for(self, kind: str) -> tuple[str, ...]:
         """What --fit auto tries for a model of this io kind, most precise first."""
-        chosen = (self.decoder_fit_recipes or self.fit_recipes) if kind == "decoder" else self.fit_recipes
+        chosen = (self.decoder_fit_recipes or self.fit_recipes) if family_for(kind).context_sized else self.fit_recipes
         return chosen or (self.recipe_for(kind),)
 
 

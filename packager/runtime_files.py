@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from types import ModuleType
 
+from packager.families import family_for
 from packager.paths import targets_dir
 from packager.profiles import Profile
 from packager.runtimes import runtime_for
@@ -38,18 +39,9 @@ def copy_runtime(dest: Path, profile: Profile) -> None:
         (dest / name).chmod(0o644 if "/" in name else 0o755)
 
 
-# Decoder LLMs and encoder-decoders (which decode tokens into text) share the text family's tokenizer
-# pin and sample folder.
-_FAMILY = {"decoder": "text", "seq2seq": "text"}
-
-
-def family_dir(kind: str) -> Path:
-    return targets_dir() / "families" / _FAMILY.get(kind, kind)
-
-
 def family_requirements(kind: str) -> list[str]:
     """Extra pinned requirements of a model family (targets/families/<family>/requirements.txt)."""
-    return _requirements(family_dir(kind) / "requirements.txt")
+    return _requirements(family_for(kind).requirements_file())
 
 
 def signing_requirements() -> list[str]:
@@ -63,8 +55,3 @@ def _requirements(path: Path) -> list[str]:
     lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
     return [line for line in lines if line]
 
-
-def family_texts(kind: str) -> list[str]:
-    """Sample sentences (encoders: samples.txt) or prompts (decoders: prompts.txt) of a family."""
-    path = family_dir(kind) / ("prompts.txt" if kind == "decoder" else "samples.txt")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -109,13 +109,14 @@ def _gate(result: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
 
 def check_outputs(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) -> dict[str, Any]:
     io = manifest["runtime"]["io"]
-    if io["kind"] == "decoder":
+    family = run.family(io)
+    if family.prompted:
         return check_generation(bundle, runner, manifest)
-    if io["kind"] == "seq2seq":
+    if family.media:
         return check_seq2seq(bundle, runner, manifest)
     stored_inputs = run.load_samples(bundle, run.SAMPLE_INPUTS)
     expected = run.load_samples(bundle, run.SAMPLE_EXPECTED)
-    if io["kind"] == "text":
+    if family.sentences:
         texts = json.loads((bundle / run.SAMPLE_TEXTS).read_text(encoding="utf-8"))
         feeds = [runner.encode(t) for t in texts]
         for i, (got, stored) in enumerate(zip(feeds, stored_inputs)):

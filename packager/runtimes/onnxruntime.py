@@ -10,7 +10,6 @@ the bundle says about them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import shutil
 import tomllib
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from packager import gpu, mobile
 from packager.compat import Compatibility, ModelFacts, check, lower_ir_version, read_model
 from packager.errors import did_you_mean
+from packager.families import family_for
 from packager.paths import profiles_dir, targets_dir
 from packager.profiles import Mobile, Profile, key_error
 from packager.runtimes.base import MemoryShare
@@ -94,7 +94,7 @@ class OnnxRuntime:
         entry, note = calibration(profile)
         base = (entry["base_bytes"] + entry["session_bytes"]
                 + entry["per_thread_bytes"] * profile.session.intra_op_threads)
-        if kind in ("text", "decoder"):
+        if family_for(kind).needs_tokenizer:
             base += entry["tokenizers_bytes"]
         gpu_context = profile.runtime.gpu_context_bytes
         return MemoryShare(
@@ -222,11 +222,7 @@ def _to_ort(ctx: Context, onnx_path: Path, what: str) -> tuple[Path, str, dict[s
 
 
 def _sample_note(ctx: Context) -> str:
-    if ctx.io["kind"] == "decoder":
-        return f"the prompt {json.dumps(ctx.texts[0])} as token ids, with an empty KV cache"
-    if ctx.io["kind"] == "text":
-        return f"{json.dumps(ctx.texts[0])} as the bundle's tokenizer encodes it"
-    return "the smoke test's first input (large tensors as zeros)"
+    return family_for(ctx.io["kind"]).sample_note(ctx.texts)
 
 
 MiB = 2**20

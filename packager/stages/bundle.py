@@ -17,6 +17,7 @@ from typing import Any
 from packager.archive import write_archive
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
+from packager.families import family_for
 from packager.gpu import write_container_files
 from packager.leftovers import bundle_partial
 from packager.manifest import build as build_manifest
@@ -72,12 +73,7 @@ def venv_command(bundle_name: str) -> str:
 
 def run_arguments(io: dict[str, Any], samples: str = "samples") -> str:
     """run.py's arguments for a first run of a model with this io (manifest runtime.io)."""
-    if io["kind"] == "seq2seq":
-        return {"audio": f"{samples}/sweep.wav --max-new-tokens 32     # any 16-bit PCM WAV",
-                "image": f"{samples}/gradient.png --max-new-tokens 32  # any 8-bit PNG",
-                }.get(io["modality"], '"some text" --max-new-tokens 32')
-    return {"text": '"some sentence"', "decoder": '--prompt "Once upon a time" --max-new-tokens 32'}.get(
-        io["kind"], "--inputs feeds.npz --output out.npz")
+    return family_for(io["kind"]).run_arguments(io, samples)
 
 
 def _components_readme(ctx: Context) -> str:

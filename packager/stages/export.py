@@ -28,6 +28,7 @@ import onnx
 from packager import __version__
 from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
+from packager.families import family_for
 from packager.graphs import all_graphs
 from packager.recipes import parse_recipe, recipe_label
 from packager.recipes.common import PROTO_LIMIT
@@ -787,11 +788,11 @@ def run(ctx: Context) -> None:
         fold_transposed_weights(out / "model.onnx")
         ctx.io = describe_io(ctx, out)
     ctx.reference_model = out / "model.onnx"
-    ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] \
-        if ctx.io["kind"] in ("text", "decoder", "seq2seq") else []
-    if ctx.io["kind"] in ("decoder", "seq2seq"):
+    family = family_for(ctx.io["kind"])
+    ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] if family.needs_tokenizer else []
+    if family.generates:
         ctx.context = decoder_context(ctx)
-    if ctx.io["kind"] == "seq2seq":
+    if family.has_components:
         if ctx.eval_cases:   # before any recipe runs
             raise PackagerError(f"--eval {ctx.eval_file}: eval cases judge decoder LLMs and text encoders, not an "
                                 "encoder-decoder's generations yet; drop --eval.", ExitCode.BAD_INPUT)

@@ -19,6 +19,7 @@ from typing import Any
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import Estimate, combine, decode_step_shapes, estimate, sample_shapes, seq2seq_step_shapes
+from packager.families import family_for
 from packager.manifest import runtime_spec
 from packager.profiles import Profile
 from packager.runtime_files import copy_runtime
@@ -97,7 +98,7 @@ def estimate_at(ctx: Context, context: int | None, parts: dict[str, Estimate] | 
     assert ctx.packaged_model is not None
     if ctx.components:
         return combine(parts or component_estimates(ctx, context), shared_bytes(ctx.profile))
-    shapes = decode_step_shapes(ctx.io, context) if ctx.io["kind"] == "decoder" and context \
+    shapes = decode_step_shapes(ctx.io, context) if family_for(ctx.io["kind"]).context_sized and context \
         else sample_shapes(ctx.sample_inputs)
     tokenizer = next((f for f in ctx.tokenizer_files if f.name == "tokenizer.json"), None)
     # A runtime conversion (phones: model.ort) changed what the device loads: the runtime holds that file too.

@@ -1,22 +1,19 @@
 """verify: run the fp32 reference and the packaged model on the same samples and compare.
 
-The reference's outputs become the bundle's expected outputs: the smoke test holds the device's
-answers to the same threshold against the true model, whatever kernels the device rounds with.
-Decoders are compared on what they generate: the reference's greedy continuation of each
-prompt, which the packaged model must predict token by token (run.py's compare_decoder).
+The model's family judges them (packager/families/verification.py): outputs by cosine, generations by token
+agreement. The reference's outputs become the bundle's expected outputs, which the device's smoke test holds
+its own answers to.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import onnxruntime as ort
 
 from packager.context import Context
-from packager.errors import ExitCode, PackagerError
+from packager.families import family_for
 from packager.manifest import runtime_spec
-from packager.recipes import remedy
 from packager.runtime_files import runner
 
 
@@ -24,164 +21,6 @@ def _host_runner(ctx: Context) -> Any:
     """The packaged model as run.py loads it, on this host's CPU."""
     spec = runtime_spec(ctx) | {"providers": ["CPUExecutionProvider"], "provider_options": {}}
     return runner().Runner(ctx.stage_dir, spec, log_level=4)
-
-
-def _run_all(session: Any, feeds: list[dict[str, np.ndarray]], what: str) -> list[dict[str, np.ndarray]]:
-    names = [o.name for o in session.get_outputs()]
-    try:
-        return [dict(zip(names, session.run(names, f))) for f in feeds]
-    except Exception as e:
-        shapes = ", ".join(f"{k}{list(v.shape)} {v.dtype}" for k, v in feeds[0].items())
-        # ORT nests the failing node's message inside each enclosing If/Loop: the last one says what broke.
-        reason = str(e).split("Status Message: ")[-1].splitlines()[0][:200]
-        raise PackagerError(
-            f"the {what} failed on the sample inputs made from its signature ({shapes}): {reason}; "
-            "give the shapes and values it accepts with --shape NAME=D1,D2 and --value NAME=V.",
-            ExitCode.BAD_INPUT,
-        ) from None
-
-
-# Tokens each prompt's reference continuation runs to (fewer where it ends first).
-GENERATED_TOKENS = 16
-
-
-def _verify_decoder(ctx: Context, reference: Any, packaged: Any) -> None:
-    rt = runner()
-    prompts = [[int(t) for t in feeds["input_ids"][0]] for feeds in ctx.sample_inputs]
-    try:
-        decoder = rt.Decoder(reference, ctx.io)
-        ctx.expected_outputs = []
-        for i, prompt in enumerate(prompts):   # a prompt at a time: on a 1B model each takes seconds
-            ctx.progress(f"fp32 reference: generating for prompt {i + 1}/{len(prompts)}")
-            ctx.expected_outputs += rt.reference_generations(decoder, [prompt], GENERATED_TOKENS)
-        ctx.progress(f"{ctx.recipe_name} model: predicting the reference's tokens")
-        result = rt.compare_decoder(ctx.expected_outputs, packaged.decoder)
-    except Exception as e:
-        reason = str(e).split("Status Message: ")[-1].splitlines()[0][:200]
-        raise PackagerError(f"generating with the exported decoder failed ({reason}); check that the model "
-                            "exports with its KV cache (text-generation-with-past).", ExitCode.TOOL_FAILED) from None
-    _gate_generation(ctx, result, len(prompts), reference, packaged)
-
-
-def _gate_generation(ctx: Context, result: dict[str, Any], samples: int, reference: Any, packaged: Any,
-                     extra: dict[str, Any] | None = None) -> None:
-    """ctx.accuracy from compare_decoder's figures, and exit 4 when they fall below the profile's thresholds."""
-    limits = ctx.profile.accuracy
-    ctx.accuracy = {
-        "metric": "token agreement",
-        "reference": "fp32 ONNX export, greedy decoding",
-        "samples": samples,
-        "generated_tokens": GENERATED_TOKENS,
-        "threshold": {"token_agreement": limits.min_token_agreement, "logits_cosine": limits.min_logits_cosine},
-        **result,
-        **(extra or {}),
-    }
-    if result["token_agreement"] < limits.min_token_agreement or result["min_logits_cosine"] < limits.min_logits_cosine:
-        error = PackagerError(
-            f"recipe {ctx.recipe_name} changes the answers too much: the packaged model predicts "
-            f"{result['token_agreement']:.1%} of the fp32 reference's greedy tokens (threshold "
-            f"{limits.min_token_agreement:.0%}), logits cosine {result['min_logits_cosine']:.4f} (threshold "
-            f"{limits.min_logits_cosine}) on {ctx.profile.name}{_alone(ctx.accuracy)}; try "
-            f"{remedy(ctx.recipe_name, bool(ctx.components))}.",
-            ExitCode.ACCURACY,
-        )
-        if ctx.eval_cases:   # the user's own cases are measured all the same: their figures say more
-            _verify_eval(ctx, reference, packaged, also=error)
-        raise error
-
-
-def _alone(accuracy: dict[str, Any]) -> str:
-    """' (each alone ...: encoder (int8-dynamic) 100.0% / 0.9999, ...)': each component's own share of a drift,
-    token agreement and logits cosine."""
-    parts = [f"{name} ({c['recipe']}) {c['token_agreement']:.1%} / {c['min_logits_cosine']:.4f}"
-             for name, c in accuracy.get("components", {}).items()]
-    return f" (each alone beside the other's fp32: {', '.join(parts)})" if parts else ""
-
-
-def _verify_seq2seq(ctx: Context, packaged: Any) -> None:
-    """An encoder-decoder, end to end: the reference (fp32 encoder and decoder) generates from each
-    sample's encoder input; the packaged pair must follow it (teacher-forced token agreement, first
-    logits). Each component is also swapped in alone, beside the other's fp32 reference, to say which
-    one's recipe costs what; the gate is the end-to-end figure, which is what the device produces."""
-    rt = runner()
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    refs = {c.name: ort.InferenceSession(str(c.reference), so, providers=["CPUExecutionProvider"])
-            for c in ctx.components}
-    decoders = {"reference": rt.Decoder(refs["decoder"], ctx.io), "packaged": packaged.decoder}
-    encoders = {"reference": refs["encoder"], "packaged": packaged.encoder}
-    start = rt.start_ids(ctx.io)
-
-    def bound(encoder: str, decoder: str) -> list[Any]:
-        return [rt.encoded(encoders[encoder], decoders[decoder], f) for f in ctx.sample_inputs]
-
-    try:
-        ctx.expected_outputs = rt.reference_generations(bound("reference", "reference"),
-                                                        [start] * len(ctx.sample_inputs), GENERATED_TOKENS)
-        result = rt.compare_decoder(ctx.expected_outputs, bound("packaged", "packaged"))
-        alone = {"encoder": rt.compare_decoder(ctx.expected_outputs, bound("packaged", "reference")),
-                 "decoder": rt.compare_decoder(ctx.expected_outputs, bound("reference", "packaged"))}
-    except Exception as e:
-        reason = str(e).split("Status Message: ")[-1].splitlines()[0][:200]
-        raise PackagerError(f"generating with the exported encoder and decoder failed ({reason}); check that the "
-                            "model exports with its KV cache (a *-with-past task).", ExitCode.TOOL_FAILED) from None
-    components = {c.name: {"recipe": c.recipe_name, "token_agreement": alone[c.name]["token_agreement"],
-                           "min_logits_cosine": alone[c.name]["min_logits_cosine"]} for c in ctx.components}
-    _gate_generation(ctx, result, len(ctx.sample_inputs), None, packaged,
-                     {"reference": "fp32 ONNX export (encoder and decoder), greedy decoding", "end_to_end": True,
-                      "components": components})
-
-
-def _slice(result: dict[str, Any], count: int) -> dict[str, Any]:
-    results = result["results"][:count]
-    passed = sum(r["passed"] for r in results)
-    return {"score": passed / len(results), "passed": passed, "cases": len(results), "results": results}
-
-
-def _verify_eval(ctx: Context, reference: Any, packaged: Any, also: PackagerError | None = None) -> None:
-    """--eval: the user's cases on the fp32 reference and on the packaged model; the packaged model may
-    score at most the profile's eval_tolerance below the reference. `also`: the error verify raises
-    anyway, to which the eval's figures are added."""
-    from packager import evaluation
-
-    assert ctx.eval_file is not None
-    kind = "decoder" if "prompt" in ctx.eval_cases[0] else "encoder"
-    wanted = "decoder" if kind == "decoder" else "text"
-    if ctx.io["kind"] != wanted:
-        what = {"decoder": "a decoder LLM", "text": "a text encoder"}.get(ctx.io["kind"], "a tensor model")
-        fix = {"decoder": "prompt/expected cases", "text": "anchor/positive cases"}.get(
-            ctx.io["kind"], "no --eval (a tensor model has no text to judge)")
-        raise PackagerError(f"--eval {ctx.eval_file} holds {kind} cases, but the model is {what}; give {fix}.",
-                            ExitCode.BAD_INPUT)
-    rt = runner()
-    tokenizer = rt.load_tokenizer(ctx.stage_dir, ctx.io)
-    cases = ctx.eval_cases
-    smoke_cases = cases[:evaluation.SMOKE_CASES]
-    try:
-        if ctx.eval_reference is None:   # the reference is the same for every recipe --fit auto tries
-            full = rt.evaluate(reference, ctx.io, tokenizer, cases)
-            sub = _slice(full, len(smoke_cases)) if kind == "decoder" else \
-                rt.evaluate(reference, ctx.io, tokenizer, smoke_cases)
-            ctx.eval_reference = {"full": full, "smoke": sub}
-        result = rt.evaluate(packaged.session, ctx.io, tokenizer, cases)
-        sub = _slice(result, len(smoke_cases)) if kind == "decoder" else \
-            rt.evaluate(packaged.session, ctx.io, tokenizer, smoke_cases)
-    except Exception as e:
-        reason = str(e).split("Status Message: ")[-1].splitlines()[0][:200] if str(e) else type(e).__name__
-        raise PackagerError(f"running the eval cases of {ctx.eval_file} failed ({reason}); check the cases.",
-                            ExitCode.TOOL_FAILED) from None
-    tolerance = ctx.profile.accuracy.eval_tolerance
-    record = evaluation.summarize(ctx.eval_file, cases, ctx.eval_reference["full"], result, tolerance,
-                                  (ctx.eval_reference["smoke"], sub))
-    ctx.accuracy["eval"] = record
-    evaluation.write_smoke_cases(smoke_cases, ctx.stage_dir / "samples" / "eval.jsonl")
-    if also is not None:
-        head, _, fix = also.message.partition("; try ")
-        also.message = f"{head}, and passes {record['packaged_passed']}/{record['cases']} of your eval cases (fp32: " \
-                       f"{record['reference_passed']}/{record['cases']}); try {fix}"
-        also.args = (also.message,)
-    elif not record["passed"]:
-        raise PackagerError(evaluation.failure(ctx.recipe_name, ctx.profile.name, record), ExitCode.ACCURACY)
 
 
 def run(ctx: Context) -> None:
@@ -192,34 +31,4 @@ def run(ctx: Context) -> None:
     so.log_severity_level = 4  # failures surface as exceptions, reported once
     ctx.progress("loading the fp32 reference")
     reference = ort.InferenceSession(str(ctx.reference_model), so, providers=["CPUExecutionProvider"])
-    if ctx.io["kind"] == "seq2seq":
-        _verify_seq2seq(ctx, packaged)
-        runner().save_samples(ctx.stage_dir / "samples" / "expected.npz", ctx.expected_outputs)
-        return
-    if ctx.io["kind"] == "decoder":
-        _verify_decoder(ctx, reference, packaged)
-        runner().save_samples(ctx.stage_dir / "samples" / "expected.npz", ctx.expected_outputs)
-        if ctx.eval_cases:
-            _verify_eval(ctx, reference, packaged)
-        return
-    ctx.expected_outputs = _run_all(reference, ctx.sample_inputs, "fp32 reference model")
-    packaged_outputs = _run_all(packaged.session, ctx.sample_inputs, "packaged model")
-
-    result = runner().compare(ctx.expected_outputs, packaged_outputs, ctx.io["checked_outputs"])
-    threshold = ctx.profile.accuracy.min_cosine
-    ctx.accuracy = {
-        "metric": "cosine",
-        "reference": "fp32 ONNX export",
-        "samples": len(ctx.sample_inputs),
-        "threshold": threshold,
-        **result,
-    }
-    if result["min_cosine"] < threshold:
-        raise PackagerError(
-            f"recipe {ctx.recipe_name} changes the answers too much: cosine {result['min_cosine']:.4f} against the "
-            f"fp32 reference is below {ctx.profile.name}'s threshold of {threshold}; try --recipe fp32 or fp16.",
-            ExitCode.ACCURACY,
-        )
-    runner().save_samples(ctx.stage_dir / "samples" / "expected.npz", ctx.expected_outputs)
-    if ctx.eval_cases:
-        _verify_eval(ctx, reference, packaged)
+    family_for(ctx.io["kind"]).verify(ctx, runner(), reference, packaged)

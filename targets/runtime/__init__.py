@@ -4,14 +4,16 @@ cryptography for signed bundles). It never imports packager.
 
 Loaded by run.py (the bundle's entry point) from its source files, never from a __pycache__ .pyc and
 never with the bundle's folder on sys.path: see run.py's `load_package`. The modules, lowest first:
-manifest (the layout and the manifest), files (the integrity check), signature, peak (resident
-memory), media (WAV, PNG, log-mel), session (the runner and the decoder loop), compare (samples and
-the comparison with the fp32 reference), evaluation (--eval cases), measure (--measure), cli.
+families (what each model kind loads and runs), manifest (the layout and the manifest), files (the
+integrity check), signature, peak (resident memory), media (WAV, PNG, log-mel), session (the runner and
+the decoder loop), compare (samples and the comparison with the fp32 reference), evaluation (--eval
+cases), measure (--measure), cli.
 """
 
 from .cli import main, read_inputs
 from .compare import NPZ_DATE_TIME, compare, compare_decoder, load_samples, reference_generations, save_samples
 from .evaluation import EVAL_DEFAULT_TOKENS, EVAL_MATCHES, eval_passes, evaluate, read_eval
+from .families import FAMILIES, Family, family
 from .files import IntegrityError, check_files, manifest_files, read_sums, refuse_unlisted, unlisted_entries
 from .manifest import (
     HERE,
@@ -59,5 +61,5 @@ __all__ = [
     "session_options", "provider_options", "Runner", "Decoder", "encode", "load_tokenizer", "load", "start_ids",
     "encoded", "encoder_feeds", "load_samples", "NPZ_DATE_TIME", "save_samples", "compare_decoder",
     "reference_generations", "compare", "EVAL_MATCHES", "EVAL_DEFAULT_TOKENS", "read_eval", "eval_passes",
-    "evaluate", "measure", "exercise", "MEASURE_TOKENS", "read_inputs", "main",
+    "evaluate", "measure", "exercise", "MEASURE_TOKENS", "read_inputs", "main", "FAMILIES", "Family", "family",
 ]

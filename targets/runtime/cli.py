@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = load(member(args.bundle, args.model))
         for p in runner.missing_providers:
             print(f"note: {p} is not available here; running on {', '.join(runner.providers)}", file=sys.stderr)
-        if runner.io["kind"] == "seq2seq":
+        if runner.family.media:
             if not args.texts:
                 raise ValueError(f"give the {runner.io['modality']} to read: "
                                  + {"audio": "a .wav file", "image": "a .png file"}.get(

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .compare import _cosine
+from .families import family
 from .session import Decoder, encode
 
 # ---------------------------------------------------------------- eval cases (packager package --eval)
@@ -64,7 +65,7 @@ def evaluate(session: Any, io: dict[str, Any], tokenizer: Any, cases: list[dict[
     """Run the eval cases on a model (an onnxruntime session of the packaged or the reference model):
     the score (the share of cases that pass) and each case's output and verdict."""
     results: list[dict[str, Any]] = []
-    if io["kind"] == "decoder":
+    if family(io).prompted:
         decoder = Decoder(session, io)
         for case in cases:
             tokens, _ = decoder.generate(list(tokenizer.encode(case["prompt"]).ids),

@@ -49,9 +49,9 @@ def exercise(bundle: Path, runner: Runner, context: int | None) -> dict[str, Any
     """Run the bundle's samples through a loaded model, as measure() does: its context, and an
     encoder-decoder's per-component figures."""
     context = context or runner.runtime.get("context")
-    if runner.io["kind"] == "seq2seq":
+    if runner.family.media:
         return _exercise_seq2seq(bundle, runner, context)
-    if runner.io["kind"] == "text":
+    if runner.family.sentences:
         texts = json.loads((bundle / SAMPLE_TEXTS).read_text(encoding="utf-8"))
         feeds = [runner.encode(t) for t in texts]
     else:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .families import family
 from .manifest import HERE, read_manifest
 from .media import audio_features, image_pixels, read_image, read_wav
 from .peak import rss_bytes
@@ -102,8 +103,9 @@ class Runner:
             self.load_bytes[name] = max(0, rss_bytes() - before)
         self.session = self.sessions.get("decoder", next(iter(self.sessions.values())))
         self.encoder = self.sessions.get("encoder")
-        self.tokenizer = load_tokenizer(bundle, self.io) if self.io["kind"] in ("text", "decoder", "seq2seq") else None
-        self.decoder = Decoder(self.session, self.io) if self.io["kind"] in ("decoder", "seq2seq") else None
+        self.family = family(self.io)
+        self.tokenizer = load_tokenizer(bundle, self.io) if self.family.tokenizer else None
+        self.decoder = Decoder(self.session, self.io) if self.family.decodes else None
 
     @property
     def input_names(self) -> list[str]:

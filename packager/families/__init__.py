@@ -1,0 +1,35 @@
+"""Model families, by the io kind a manifest names them with (modelled on optimum's model_configs: one class per
+model kind, registered, owning its inputs and outputs).
+
+    family = family_for(ctx.io["kind"])
+    family.make_samples(ctx, rt)              # the samples verify, fit and the smoke test run
+    family.verify(ctx, rt, reference, packaged)   # against the fp32 reference: ctx.accuracy, exit 4 below it
+    family.smoke_limits(profile.accuracy)     # the smoke test's thresholds
+    family.generates, family.needs_tokenizer, family.context_sized, family.eval_cases ...   # its facts
+
+The stages, the manifest, the runtime and --fit auto ask the family and never test a kind's name; a new family
+is a class in a module here, an entry in FAMILIES, and its record in targets/runtime/families.py (the device
+side, which cannot import packager). The registry loads no numpy or onnx: the heavy steps import their
+modules (verification.py, media.py) when they run.
+"""
+
+from __future__ import annotations
+
+from packager.errors import ExitCode, PackagerError, did_you_mean
+from packager.families.base import Family
+from packager.families.decoder import DecoderLLM
+from packager.families.encoders import TensorModel, TextEncoder
+from packager.families.seq2seq import EncoderDecoder
+
+__all__ = ["FAMILIES", "Family", "family_for"]
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (TextEncoder(), TensorModel(), DecoderLLM(), EncoderDecoder())}
+
+
+def family_for(kind: str) -> Family:
+    """The family of a model whose io (manifest runtime.io) has this `kind`."""
+    if kind not in FAMILIES:   # an io description edited by hand, or from a newer packager
+        hint = did_you_mean(str(kind), list(FAMILIES))
+        raise PackagerError(f"the model's io names an unknown model kind {kind!r}{hint}; packager knows "
+                            f"{', '.join(FAMILIES)}: export the model again (--no-cache).", ExitCode.BAD_INPUT)
+    return FAMILIES[kind]
