@@ -36,7 +36,7 @@ def memory_record(memory: dict[str, Any]) -> dict[str, Any]:
         record.pop("headroom_bytes", None)  # the budget less the measured peak
         record["measured"] = ("within the budget on the build host; the figures are in `packager package --json`, "
                               "not here, as they vary run to run")
-    return Memory.from_dict(record).to_dict()
+    return record
 
 
 def built_at() -> dict[str, Any]:
@@ -101,7 +101,7 @@ def build(ctx: Context) -> dict[str, Any]:
         "inputs": ctx.io["inputs"],
         "outputs": ctx.io["outputs"],
         "files": ctx.bundle_files,
-        "memory": memory_record(ctx.memory),
+        "memory": Memory.from_dict(memory_record(ctx.memory)).to_dict(),
         "accuracy": Accuracy.from_dict(ctx.accuracy).to_dict(),
         "smoke": smoke_spec(ctx),
         "built_with": {
