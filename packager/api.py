@@ -116,7 +116,7 @@ class PackageResult(_Smoked):
                                                               or ctx.model_file))},
             accuracy={k: v for k, v in ctx.accuracy.items() if k not in ("outputs", "per_prompt")},
             memory=ctx.memory,
-            fit=ctx.fit or None,
+            fit=ctx.fit.to_dict() if ctx.fit else None,
             smoke=None if smoked is None else {"mode": smoke_mode, "verdict": smoked.verdict,
                                                "exit_code": smoked.exit_code, "report": smoked.report},
             signature=manifest_entry(sign) if sign else None,
@@ -353,7 +353,7 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, options
         archive=built.archive, bundle=built.archive.name.removesuffix(".tar.gz"), target=settings.profile.name,
         models={n: {"source": c.model_spec, "recipe": c.recipe_name,
                     "accuracy": {k: v for k, v in c.accuracy.items() if k not in ("outputs", "per_prompt")},
-                    "memory_alone": c.memory, "fit": c.fit or None, "mixed": mixed_record(c)}
+                    "memory_alone": c.memory, "fit": c.fit.to_dict() if c.fit else None, "mixed": mixed_record(c)}
                 for n, c in zip(names, contexts)},
         blobs=[{"key": b.key, "used_by": b.used_by, "bytes": sum(f["size"] for f in b.files),
                 **({"notes": b.notes} if b.notes else {})} for b in built.blobs],

@@ -49,18 +49,20 @@ def open_bundle(path: Path, tmp: Path) -> BundleModel:
 
 
 def bundle_summary(manifest: Path) -> dict[str, Any] | None:
-    """The bundle's name, target, recipe and runtime; None when it has no manifest or one without them.
-    A manifest that is not JSON is a damaged bundle (exit 5), as everywhere else."""
+    """The bundle's name, target, recipe and runtime; None when it has no manifest. A manifest that is not
+    JSON, or not of the shape packager writes, is a damaged bundle (exit 5), as everywhere else."""
+    from packager.runtime_files import runner
     from packager.stages.source import read_json
 
     if not manifest.is_file():
         return None
-    m = read_json(manifest, "the bundle is damaged: rebuild it")
+    rt = runner()
     try:
-        return {"name": m["name"], "target": m["target"], "recipe": m["recipe"]["name"],
-                "runtime": f"{m['runtime']['package']}=={m['runtime']['version']}"}
-    except (KeyError, TypeError):
-        return None
+        m = rt.Manifest.from_dict(read_json(manifest, "the bundle is damaged: rebuild it"))
+    except rt.ManifestError as e:
+        raise PackagerError(f"{manifest.parent}: the bundle is damaged: {e}", ExitCode.BAD_INPUT) from None
+    return {"name": m.name, "target": m.target, "recipe": m.recipe.name,
+            "runtime": f"{m.runtime.package}=={m.runtime.version}"}
 
 
 def _sample_inputs(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, float]]:

@@ -20,6 +20,7 @@ from packager.options import InputSpec as InputSpec  # its home was here: `from 
 from packager.options import PackageOptions
 from packager.profiles import Profile
 from packager.recipes.common import RecipeResult
+from packager.records import Fit
 
 
 def silent(detail: str) -> None:
@@ -104,7 +105,7 @@ class Context:
     accuracy: dict[str, Any] = field(default_factory=dict)
     # fit
     memory: dict[str, Any] = field(default_factory=dict)
-    fit: dict[str, Any] = field(default_factory=dict)  # --fit auto: recipes tried, the one chosen and why
+    fit: Fit | None = None   # --fit auto: recipes tried, the one chosen and why
     # bundle
     archive: Path | None = None
     bundle_files: list[dict[str, Any]] = field(default_factory=list)

@@ -11,6 +11,7 @@ from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
 from packager.mixed_search import recipe_stages
 from packager.progress import Reporter
+from packager.records import Fit
 from packager.stage_runner import PER_RECIPE
 from packager.stages import fit
 
@@ -24,7 +25,7 @@ def choose_recipe(ctx: Context, reporter: Reporter, recipes: tuple[str, ...]) ->
     recipe fits at the deployment's context gets the largest context, halving down to MIN_CONTEXT,
     at which one fits (predicted from each recipe's measured peak, then measured), and there the
     most precise recipe that fits."""
-    ctx.fit = {"mode": "auto", "tried": []}
+    record = ctx.fit = Fit()
     wanted = ctx.context
     shorter = _shorter_contexts(wanted) if family_for(ctx.io["kind"]).context_sized and wanted else []
     predicted: dict[str, dict[int, int]] = {}  # recipe -> its peak at each shorter context
@@ -36,7 +37,7 @@ def choose_recipe(ctx: Context, reporter: Reporter, recipes: tuple[str, ...]) ->
         if rejected.code == ExitCode.DOES_NOT_FIT and shorter:
             predicted[recipe] = fit.peaks_at(ctx, shorter)
     if predicted:
-        ctx.fit["predicted_peak_bytes"] = {r: {str(c): b for c, b in p.items()} for r, p in predicted.items()}
+        record.predicted_peak_bytes = {r: {str(c): b for c, b in p.items()} for r, p in predicted.items()}
     budget = ctx.profile.budget.memory_bytes
     for i, context in enumerate(shorter):
         for recipe in [r for r in recipes if r in predicted and predicted[r][context] <= budget]:
@@ -52,7 +53,7 @@ def choose_recipe(ctx: Context, reporter: Reporter, recipes: tuple[str, ...]) ->
                 predicted[recipe] |= fit.peaks_at(ctx, shorter[i + 1:])
             else:
                 del predicted[recipe]
-    tried = "; ".join(f"{t['recipe']}{_at(t)}: {t['outcome']}" for t in ctx.fit["tried"])
+    tried = "; ".join(f"{t['recipe']}{_at(t.get('context'))}: {t['outcome']}" for t in record.tried)
     shrunk = ""
     if predicted:
         least = min(p[MIN_CONTEXT] for p in predicted.values())
@@ -78,6 +79,7 @@ def _try_recipe(ctx: Context, reporter: Reporter, recipe: str,
     if stages[0] != "fit":
         ctx.recipe_name = recipe
         shutil.rmtree(ctx.stage_dir, ignore_errors=True)
+    assert ctx.fit is not None
     sized = family_for(ctx.io["kind"]).context_sized
     entry: dict[str, Any] = {"recipe": recipe, **({"context": ctx.context} if sized else {})}
     try:
@@ -85,30 +87,32 @@ def _try_recipe(ctx: Context, reporter: Reporter, recipe: str,
     except PackagerError as e:
         if e.code not in (ExitCode.DOES_NOT_FIT, ExitCode.ACCURACY):
             raise
-        ctx.fit["tried"].append(entry | {"outcome": e.message})
-        reporter.print(f"fit auto: {recipe}{_at(entry)} rejected: {e.message}")
+        ctx.fit.tried.append(entry | {"outcome": e.message})
+        reporter.print(f"fit auto: {recipe}{_at(entry.get('context'))} rejected: {e.message}")
         return e
-    ctx.fit["tried"].append(entry | {"outcome": "fits and passes verify"})
+    ctx.fit.tried.append(entry | {"outcome": "fits and passes verify"})
     return None
 
 
-def _at(entry: dict[str, Any]) -> str:
-    return f" at {entry['context']} tokens" if "context" in entry else ""
+def _at(context: int | None) -> str:
+    return f" at {context} tokens" if context is not None else ""
 
 
 def _chose(ctx: Context, reporter: Reporter, recipe: str, recipes: tuple[str, ...],
            shrunk_from: int | None = None) -> None:
-    ctx.fit["chosen"] = recipe
+    record = ctx.fit
+    assert record is not None
+    record.chosen = recipe
     if family_for(ctx.io["kind"]).context_sized:
-        ctx.fit["context"] = ctx.context
+        record.context = ctx.context
     if shrunk_from is not None:
         budget = ctx.profile.budget.memory_bytes / 2**20
-        ctx.fit["why"] = (f"no recipe fits {shrunk_from} tokens of context in {budget:.0f} "
+        record.why = (f"no recipe fits {shrunk_from} tokens of context in {budget:.0f} "
                           f"MiB; {ctx.context} is the largest context, halving from {shrunk_from} to no less than "
                           f"{MIN_CONTEXT}, at which one does, and {recipe} the most precise recipe that fits there")
     elif recipe == recipes[0]:
-        ctx.fit["why"] = "the most precise recipe that fits"
+        record.why = "the most precise recipe that fits"
     else:
-        ctx.fit["why"] = (f"the most precise recipe that fits and keeps the answers; "
-                          f"{', '.join(t['recipe'] for t in ctx.fit['tried'][:-1])} did not")
-    reporter.print(f"fit auto: chose {recipe}{_at(ctx.fit)}: {ctx.fit['why']}")
+        record.why = (f"the most precise recipe that fits and keeps the answers; "
+                      f"{', '.join(t['recipe'] for t in record.tried[:-1])} did not")
+    reporter.print(f"fit auto: chose {recipe}{_at(record.context)}: {record.why}")

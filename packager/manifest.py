@@ -10,7 +10,10 @@ import onnxruntime
 
 from packager import __version__
 from packager.context import Context
+from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
+from packager.records import Accuracy, Memory
+from packager.runtime_files import runner
 from packager.runtimes import runtime_for
 from packager.signing import manifest_entry as signature_entry
 
@@ -72,8 +75,9 @@ def smoke_spec(ctx: Context) -> dict[str, Any]:
 
 
 def build(ctx: Context) -> dict[str, Any]:
+    """The manifest, as the device's typed reader (targets/runtime/manifest.py) reads it back."""
     assert ctx.source is not None and ctx.recipe is not None
-    return {
+    return checked({
         "schema_version": SCHEMA_VERSION,
         "name": ctx.source.name,
         "target": ctx.profile.name,
@@ -88,15 +92,15 @@ def build(ctx: Context) -> dict[str, Any]:
             **({"adapter": ctx.source.adapter.record(ctx.source.merge_method)} if ctx.source.adapter else {}),
         },
         "profile": {k: v for k, v in ctx.profile.to_dict().items() if k != "source"},
-        "recipe": dataclasses.asdict(ctx.recipe) | ({"fit": ctx.fit} if ctx.fit else {}),
+        "recipe": dataclasses.asdict(ctx.recipe) | ({"fit": ctx.fit.to_dict()} if ctx.fit else {}),
         "runtime": runtime_spec(ctx),
         "compatibility": ctx.compatibility,
         **({"mobile": ctx.mobile} if ctx.mobile else {}),
         "inputs": ctx.io["inputs"],
         "outputs": ctx.io["outputs"],
         "files": ctx.bundle_files,
-        "memory": memory_record(ctx.memory),
-        "accuracy": ctx.accuracy,
+        "memory": Memory.from_dict(memory_record(ctx.memory)).to_dict(),
+        "accuracy": Accuracy.from_dict(ctx.accuracy).to_dict(),
         "smoke": smoke_spec(ctx),
         "built_with": {
             "packager": __version__,
@@ -106,4 +110,15 @@ def build(ctx: Context) -> dict[str, Any]:
         },
         **built_at(),
         **({"signature": signature_entry(ctx.sign_key)} if ctx.sign_key else {}),
-    }
+    })
+
+
+def checked(manifest: dict[str, Any]) -> dict[str, Any]:
+    """`manifest` through the device's reader and back: what the bundle ships is what the device reads."""
+    rt = runner()
+    try:
+        record: dict[str, Any] = rt.manifest_record(manifest).to_dict()
+    except rt.ManifestError as e:   # packager wrote what its own reader refuses: a bug, not the user's input
+        raise PackagerError(f"packager built a manifest its device side cannot read ({e}); please report it",
+                            ExitCode.INTERNAL) from None
+    return record

@@ -129,8 +129,10 @@ def _check_before_running(folder: Path, public_key: Path | None) -> tuple[str, d
         return failure, {"signature": {"checked": True, "error": failure}} if failure else {}
     rt = runner()
     try:
-        rt.check_files(folder, rt.read_manifest(folder))
-    except ValueError as e:  # IntegrityError, or a manifest that is not a JSON object
+        manifest = rt.read_manifest(folder)
+        rt.check_files(folder, manifest)
+        rt.manifest_record(manifest)   # of the shape packager writes, as the device reads it
+    except ValueError as e:  # IntegrityError, ManifestError, or a manifest that is not a JSON object
         failure = str(e)
     except (KeyError, TypeError, AttributeError) as e:  # a manifest of another shape is a refusal too
         failure = f"{rt.MANIFEST} does not have the shape packager writes ({type(e).__name__}: {e}); rebuild the bundle"

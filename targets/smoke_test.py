@@ -69,7 +69,7 @@ class SmokeFailure(Exception):
     pass
 
 
-def check_generation(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) -> dict[str, Any]:
+def check_generation(bundle: Path, runner: run.Runner, manifest: run.Manifest) -> dict[str, Any]:
     assert runner.decoder is not None
     prompts = json.loads((bundle / run.SAMPLE_TEXTS).read_text(encoding="utf-8"))
     expected = run.load_samples(bundle, run.SAMPLE_EXPECTED)
@@ -79,7 +79,7 @@ def check_generation(bundle: Path, runner: run.Runner, manifest: dict[str, Any])
     return _gate(run.compare_decoder(expected, runner.decoder), manifest)
 
 
-def check_seq2seq(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) -> dict[str, Any]:
+def check_seq2seq(bundle: Path, runner: run.Runner, manifest: run.Manifest) -> dict[str, Any]:
     """An encoder-decoder end to end: the raw samples (WAV, PNG or texts) through this device's
     pre-processing, which must give the build host's encoder inputs, then the encoder and the decoder's
     loop, which must follow the fp32 reference's greedy tokens."""
@@ -96,19 +96,22 @@ def check_seq2seq(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) ->
     return _gate(run.compare_decoder(expected, [runner.encoded(f) for f in feeds]), manifest)
 
 
-def _gate(result: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
-    limits = manifest["smoke"]
-    if result["token_agreement"] < limits["min_token_agreement"]:
+def _gate(result: dict[str, Any], manifest: run.Manifest) -> dict[str, Any]:
+    limits = manifest.smoke
+    if limits.min_token_agreement is None or limits.min_logits_cosine is None:
+        raise SmokeFailure(f"{run.MANIFEST} has no smoke.min_token_agreement or smoke.min_logits_cosine for this "
+                           "decoder; rebuild the bundle with packager")
+    if result["token_agreement"] < limits.min_token_agreement:
         raise SmokeFailure(f"generation drifts from the fp32 reference: {result['token_agreement']:.1%} of its greedy "
-                           f"tokens predicted < {limits['min_token_agreement']:.0%}")
-    if result["min_logits_cosine"] < limits["min_logits_cosine"]:
+                           f"tokens predicted < {limits.min_token_agreement:.0%}")
+    if result["min_logits_cosine"] < limits.min_logits_cosine:
         raise SmokeFailure(f"logits drift from the fp32 reference: cosine {result['min_logits_cosine']:.5f} < "
-                           f"{limits['min_logits_cosine']}")
+                           f"{limits.min_logits_cosine}")
     return result
 
 
-def check_outputs(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) -> dict[str, Any]:
-    io = manifest["runtime"]["io"]
+def check_outputs(bundle: Path, runner: run.Runner, manifest: run.Manifest) -> dict[str, Any]:
+    io = runner.io   # the manifest's runtime.io, as read_runtime checked it
     family = run.family(io)
     if family.prompted:
         return check_generation(bundle, runner, manifest)
@@ -126,31 +129,33 @@ def check_outputs(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) ->
         feeds = stored_inputs
     actual = [runner.run(f) for f in feeds]
     result = run.compare(expected, actual, io["checked_outputs"])
-    threshold = manifest["smoke"]["min_cosine"]
+    threshold = manifest.smoke.min_cosine
+    if threshold is None:
+        raise SmokeFailure(f"{run.MANIFEST} has no smoke.min_cosine; rebuild the bundle with packager")
     if result["min_cosine"] < threshold:
         raise SmokeFailure(
             f"outputs drift from the fp32 reference: cosine {result['min_cosine']:.5f} < {threshold}")
     return result
 
 
-def check_eval(bundle: Path, runner: run.Runner, gate: dict[str, Any]) -> dict[str, Any]:
+def check_eval(bundle: Path, runner: run.Runner, gate: run.EvalGate) -> dict[str, Any]:
     """The user's eval cases shipped in the bundle, scored here against the build host's score."""
-    cases = run.read_eval(bundle / gate["file"])
+    cases = run.read_eval(bundle / gate.file)
     result = run.evaluate(runner.session, runner.io, runner.tokenizer, cases)
     report = {"score": result["score"], "passed": result["passed"], "cases": result["cases"],
-              "build_host_score": gate["packaged_score"], "min_score": gate["min_score"]}
-    if result["score"] < gate["min_score"] - 1e-9:
+              "build_host_score": gate.packaged_score, "min_score": gate.min_score}
+    if result["score"] < gate.min_score - 1e-9:
         raise SmokeFailure(f"the eval cases drift: {result['passed']}/{result['cases']} pass here, where the packaged "
-                           f"model passed {gate['packaged_score']:.0%} of them on the build host (tolerance "
-                           f"{gate['tolerance'] * 100:.4g}%)")
+                           f"model passed {gate.packaged_score:.0%} of them on the build host (tolerance "
+                           f"{gate.tolerance * 100:.4g}%)")
     return report
 
 
-def check_model(bundle: Path, runner: run.Runner, manifest: dict[str, Any]) -> dict[str, Any]:
+def check_model(bundle: Path, runner: run.Runner, manifest: run.Manifest) -> dict[str, Any]:
     """One model's outputs (and its eval cases) against what the build host recorded."""
     report = {"accuracy": check_outputs(bundle, runner, manifest)}
-    if manifest["smoke"].get("eval"):
-        report["eval"] = check_eval(bundle, runner, manifest["smoke"]["eval"])
+    if manifest.smoke.eval:
+        report["eval"] = check_eval(bundle, runner, manifest.smoke.eval)
     return report
 
 
@@ -160,7 +165,9 @@ def smoke(bundle: Path, public_key: Path | None = None) -> dict[str, Any]:
         report["signature"] = run.check_signature(bundle, public_key)
         manifest = run.read_manifest(bundle)
         report["files_checked"] = run.check_files(bundle, manifest)
-    except ValueError as e:  # SignatureError, IntegrityError, or a manifest that is not a JSON object
+        record = run.manifest_record(manifest)
+        members = {name: run.load_manifest(folder) for name, folder in (run.members(bundle) or {}).items()}
+    except ValueError as e:  # SignatureError, IntegrityError, a manifest that is not JSON or not of packager's shape
         raise SmokeFailure(str(e)) from None
 
     # Measured in this process, as the app would run: reset the kernel's high-water mark, load, run.
@@ -176,17 +183,17 @@ def smoke(bundle: Path, public_key: Path | None = None) -> dict[str, Any]:
         report["gpu_path_exercised"] = any(p in first.providers for p in gpu)
     report["load_peak_bytes"] = run.peak_bytes()
     if folders is None:
-        report |= check_model(bundle, first, manifest)
+        report |= check_model(bundle, first, record)
     else:
         report["models"] = {}
         for name, runner in runners.items():
             try:
-                report["models"][name] = check_model(folders[name], runner, run.read_manifest(folders[name]))
+                report["models"][name] = check_model(folders[name], runner, members[name])
             except SmokeFailure as e:
                 raise SmokeFailure(f"{name}: {e}") from None
     report["peak_bytes"] = run.peak_bytes()
 
-    budget = manifest["memory"]["budget_bytes"]
+    budget = record.memory.budget_bytes
     report["budget_bytes"] = budget
     if report["peak_bytes"] > budget:
         raise SmokeFailure(f"peak memory {report['peak_bytes'] / 2**20:.0f} MiB is over the budget "

@@ -231,8 +231,12 @@ def test_inspect_reads_bundles_and_refuses_what_it_cannot(tmp_path: Path) -> Non
     bundle = tmp_path / "tiny-rpi5"
     (bundle / "model").mkdir(parents=True)
     onnx.save(_relu(), bundle / "model" / "model.onnx")
-    (bundle / "manifest.json").write_text(json.dumps({"name": "tiny", "target": "rpi5", "recipe": {"name": "fp32"},
-                                                      "runtime": {"package": "onnxruntime", "version": "1.32.0"}}))
+    # a whole manifest (inspect reads it through the device's typed reader, which refuses a partial one)
+    manifest = json.loads((Path(__file__).parent / "data" / "manifest_decoder.json").read_text(encoding="utf-8"))
+    manifest |= {"name": "tiny", "target": "rpi5"}
+    manifest["recipe"]["name"] = "fp32"
+    manifest["runtime"] |= {"package": "onnxruntime", "version": "1.32.0"}
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
     archive = tmp_path / "tiny-rpi5.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(bundle, arcname=bundle.name)

@@ -70,10 +70,10 @@ def test_fit_auto_shrinks_the_context_until_the_decoder_fits(long_llama: Path, t
     # Past and presents are 2 x 4 KiB a token: about 70 MiB over the load at 8192 tokens, 35 at 4096.
     budget = runtime_base(resolve_target("rpi5"), "decoder")[0] + 55 * MiB
     ctx = _fit_auto(long_llama, tmp_path, budget, 8192)
-    assert ctx.fit["chosen"] == "fp32" and ctx.fit["context"] == 4096 == ctx.context
-    assert [(t["recipe"], t["context"]) for t in ctx.fit["tried"]] == [("fp32", 8192), ("fp32", 4096)]
-    assert "does not fit" in ctx.fit["tried"][0]["outcome"] and "no recipe fits 8192 tokens" in ctx.fit["why"]
-    assert ctx.fit["predicted_peak_bytes"]["fp32"]["4096"] <= budget
+    assert ctx.fit is not None and ctx.fit.chosen == "fp32" and ctx.fit.context == 4096 == ctx.context
+    assert [(t["recipe"], t["context"]) for t in ctx.fit.tried] == [("fp32", 8192), ("fp32", 4096)]
+    assert "does not fit" in ctx.fit.tried[0]["outcome"] and "no recipe fits 8192 tokens" in (ctx.fit.why or "")
+    assert ctx.fit.predicted_peak_bytes is not None and ctx.fit.predicted_peak_bytes["fp32"]["4096"] <= budget
     bundle = unpack(ctx.archive, tmp_path / "unpacked")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["runtime"]["context"] == manifest["memory"]["context"] == 4096

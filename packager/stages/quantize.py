@@ -34,7 +34,7 @@ def run(ctx: Context) -> None:
     if RECIPES[ctx.recipe_name].needs_calibration:
         feeds, where = calibration_inputs(ctx, ctx.stage_dir)
         options = dataclasses.replace(options, calibration=feeds, calibration_source=where)
-    elif ctx.calibration is not None and not ctx.fit:  # --fit auto may try a calibrated recipe later
+    elif ctx.calibration is not None and ctx.fit is None:  # --fit auto may try a calibrated recipe later
         raise unused_calibration(ctx.recipe_name)
     ctx.recipe = _apply(ctx.recipe_name, ctx.reference_model, dest, options, "this model")
     if ctx.recipe.name == "fp32":
@@ -85,7 +85,7 @@ def _run_components(ctx: Context, model_dir: Path) -> None:
         raise PackagerError(f"recipe {ctx.recipe_name}: {', '.join(calibrated(chosen))} calibrates on the model's "
                             "own inputs, which an encoder-decoder's decoder does not take from the samples; choose "
                             "int8-dynamic, int4, fp16 or fp32 for its components.", ExitCode.USAGE)
-    if ctx.calibration is not None and not ctx.fit:
+    if ctx.calibration is not None and ctx.fit is None:
         raise unused_calibration(ctx.recipe_name)
     options = RecipeOptions(int4=ctx.profile.int4, progress=ctx.progress)
     for c in ctx.components:

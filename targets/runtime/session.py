@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .families import family
-from .manifest import HERE, read_manifest
+from .manifest import HERE, read_runtime
 from .media import audio_features, image_pixels, read_image, read_wav
 from .peak import rss_bytes
 
@@ -259,7 +259,7 @@ def load_tokenizer(bundle: Path, io: dict[str, Any]) -> Any:
 def load(bundle: Path = HERE, sessions: dict[str, Any] | None = None) -> Runner:
     """The model of `bundle`; `sessions` (a dict, shared between the calls that pass it) loads a file that
     several models name once."""
-    return Runner(bundle, read_manifest(bundle)["runtime"], sessions=sessions)
+    return Runner(bundle, read_runtime(bundle).to_dict(), sessions=sessions)
 
 
 # ---------------------------------------------------------------- encoder-decoders: raw input

@@ -1,0 +1,105 @@
+"""The build's typed records: memory (the fit verdict), accuracy (verify's figures) and --fit auto's search.
+
+Each serializes to the JSON that schemas/manifest.schema.json (`$defs`: memory, accuracy, fit_auto) and
+schemas/report.schema.json describe, and reads it back checked. Reading and writing go through the
+device's own typed reader (targets/runtime/manifest.py `read_record`, `record_dict`), loaded as the host
+loads all device code (packager/runtime_files.py): one reader of the manifest, not two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from packager.errors import ExitCode, PackagerError
+from packager.estimate import Estimate
+from packager.runtime_files import runner
+
+
+def read(cls: type[Any], data: Any, where: str) -> Any:
+    """`cls` from the JSON `data` (at `where`, e.g. "memory"); a PackagerError (exit 5) naming the key
+    when it is not of the shape packager writes."""
+    rt = runner()
+    try:
+        return rt.read_record(cls, data, where)
+    except rt.ManifestError as e:
+        raise PackagerError(str(e), ExitCode.BAD_INPUT) from None
+
+
+def to_json(record: Any) -> dict[str, Any]:
+    result: dict[str, Any] = runner().record_dict(record)
+    return result
+
+
+@dataclass(frozen=True)
+class Memory:
+    """The fit stage's verdict (ctx.memory): the budget, the estimate, the measured peaks (this run's) and
+    whether the model fits. Fields in the order `package --json` has always printed them."""
+
+    budget_bytes: int
+    context: int | None            # decoders: tokens of KV cache judged; None for other models
+    estimate: Estimate
+    verdict_basis: str             # "measured" | "estimate (high)"
+    fits: bool
+    headroom_bytes: int | None = None
+    measured_peak_bytes: int | None = None
+    load_peak_bytes: int | None = None
+    run_peak_bytes: int | None = None
+    baseline_bytes: int | None = None
+    method: str | None = None
+    measured_on: str | None = None
+    gpu_context_bytes: int | None = None
+    components: dict[str, dict[str, Any]] | None = None
+    tensorrt_workspace: dict[str, Any] | None = None
+    measured: str | None = None    # a bundle's manifest: the measured figures are not in it (manifest.py)
+    more: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "memory") -> Self:
+        result: Self = read(cls, data, where)
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json(self)
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """verify's figures against the fp32 reference (ctx.accuracy): the metric and threshold, then the
+    comparison's own figures (cosine per output, or token agreement per prompt) as it gave them."""
+
+    metric: str                    # "cosine" | "token agreement"
+    reference: str
+    samples: int
+    generated_tokens: int | None = field(default=None, kw_only=True)   # decoders
+    threshold: float | dict[str, float]   # a decoder's: {"token_agreement", "logits_cosine"}
+    more: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "accuracy") -> Self:
+        result: Self = read(cls, data, where)
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json(self)
+
+
+@dataclass
+class Fit:
+    """--fit auto (ctx.fit): the recipes tried and what each gave, the one chosen and why. Filled in as
+    the search goes (packager/fit_auto.py), hence not frozen."""
+
+    mode: str = "auto"
+    tried: list[dict[str, Any]] = field(default_factory=list)   # {"recipe", "outcome"[, "context"]}
+    predicted_peak_bytes: dict[str, dict[str, int]] | None = None  # decoders: recipe -> context -> peak
+    chosen: str | None = None
+    context: int | None = None     # decoders: the context chosen, when it was shortened
+    why: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "recipe.fit") -> Self:
+        result: Self = read(cls, data, where)
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json(self)
