@@ -25,6 +25,21 @@ Each is measured in a fresh child process: a prompt of --prompt random token ids
 together). The builder runs in packager's `genai` exporter environment (packager/exporter_envs.py), made
 first if missing. References (issue 19, measured on this kind of host): llama.cpp Q4_0 0.94 GiB peak, prefill
 116 tok/s, decode 17.5 tok/s at 4K; onnxruntime-genai builder defaults 4.1 GiB, 72 tok/s, 14.9 tok/s.
+
+Measured (2 cores, 4,000-token prompt + 32; the host shared with other jobs at a load average of 10-15, so the
+speeds here are 5-15x below a quiet host's and only the peaks are comparable with the references):
+
+    variant                                              peak GiB  load GiB
+    default (builder -p int4 -e cpu)                        4.05      1.35
+    lean (prune_lm_head, shared_embeddings, no arena)       2.08      1.35
+    lean-kv8 (lean + int8 KV, prompt in chunks of 256)      1.37      1.35
+
+At a 1,000-token prompt: default 1.93 GiB (prefill 19.5, decode 2.6 tok/s under that load); lean and lean-kv8,
+both in chunks of 256, 1.35 GiB, their load peak (prefill 23.7 / 20.5, decode 3.2 / 3.4 tok/s).
+
+shared_embeddings changes nothing for a tied model here (the default's model.onnx.data is the same 806 MB: the
+builder shares the int4 table already); lean-kv8's quantized cache turns off past_present_share_buffer. The load
+peak, 1.35 GiB for 0.75 GiB of int4 weights, is now the floor: the next thing to cut (prepacking's second copy).
 """
 
 from __future__ import annotations
