@@ -917,6 +917,49 @@ def _print_inspect(r: dict[str, Any], top: int) -> None:
         err.print(f"note: {escape(note)}", soft_wrap=True)
 
 
+env_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                      help="Exporter environments: one per exporter whose pins conflict with packager's own.")
+app.add_typer(env_app, name="env")
+
+
+@env_app.command("create")
+@_timing("env create")
+def env_create(
+    name: str = typer.Argument(..., metavar="NAME", help="The environment (see `packager env list`), e.g. genai."),
+    as_json: bool = JsonOpt,
+    verbose: bool = VerboseOpt,
+    debug: bool = DebugOpt,
+) -> None:
+    """Make an exporter environment ahead of time (packager makes a missing one when it first needs it)."""
+    from packager import exporter_envs
+
+    def go() -> Path:
+        env = exporter_envs.lookup(name)
+        return exporter_envs.ensure(env, lambda line: _say(verbose, as_json, line))
+
+    folder = _guarded(go, debug=debug, as_json=as_json)
+    if as_json:
+        print(json.dumps({"name": name, "folder": str(folder), "ready": True}))
+        return
+    err.print(f"{escape(name)}: ready in {escape(str(folder))}", soft_wrap=True)
+
+
+@env_app.command("list")
+@_timing("env list")
+def env_list(as_json: bool = JsonOpt, verbose: bool = VerboseOpt, debug: bool = DebugOpt) -> None:
+    """List the exporter environments, their pinned requirements and whether each is made."""
+    from packager import exporter_envs
+
+    rows = _guarded(exporter_envs.statuses, debug=debug, as_json=as_json)
+    _say(verbose, as_json, f"environments under {exporter_envs.envs_root()} (PACKAGER_CACHE_DIR)")
+    if as_json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows]))
+        return
+    for r in rows:
+        print(f"{r.name}  {'ready' if r.ready else 'not made (packager env create ' + r.name + ')'}  {r.folder}")
+        print(f"    {r.purpose}: {' '.join(r.requirements)}")
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"packager {__version__}")

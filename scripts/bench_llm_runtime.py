@@ -1,0 +1,267 @@
+#!/usr/bin/env python3
+"""LLM runtimes side by side (issue 19, item 1): peak memory, prefill and decode speed of the Llama 3.2 1B
+shape at int4 on the same host, for packager's current bundle and for onnxruntime-genai.
+
+    python scripts/bench_llm_runtime.py [--prompt 4000] [--new 32] [--threads 2] [--chunk 256]
+                                        [--only bundle,default,lean,lean-kv8] [--rebuild] [--dir DIR]
+
+The model is bench_scale.py's (random fp16 weights, generated once). Each variant is built once into
+$PACKAGER_BENCH_DIR/llm-runtime/<variant> (default ~/.cache/packager/bench) and reused:
+
+    bundle   `packager package MODEL --target <phone, 8 GB budget>` (what bench_scale.py packages):
+             optimum's export, int4 MatMulNBits, the bundle's own runtime (run.py's numpy loop, KV cache
+             passed in and out each step)
+    default  onnxruntime-genai's model builder, `-p int4 -e cpu`, nothing else
+    lean     the builder with the options that cut memory: prune_lm_head (logits of the last prompt position
+             only, not 4,000 x 128K of them), shared_embeddings (the tied embedding and lm_head as one int4
+             table, GatherBlockQuantized, instead of an fp32 embedding beside an int4 lm_head); and the runtime
+             without its CPU memory arena (an arena keeps the prefill's largest activations for good), and the
+             prompt appended in chunks of --chunk tokens (bounded activations and attention scratch; the KV buffer
+             is shared between past and present, so a chunk costs no copy of the cache)
+    lean-kv8 lean with an int8 KV cache (kv_cache_quant_scheme=int8_per_tensor, static scales from a file)
+
+Each is measured in a fresh child process: a prompt of --prompt random token ids, then --new greedy tokens, on
+--threads threads; peak = the child's VmHWM (the kernel's high-water mark of its resident memory: load and run
+together). The builder runs in packager's `genai` exporter environment (packager/exporter_envs.py), made
+first if missing. References (issue 19, measured on this kind of host): llama.cpp Q4_0 0.94 GiB peak, prefill
+116 tok/s, decode 17.5 tok/s at 4K; onnxruntime-genai builder defaults 4.1 GiB, 72 tok/s, 14.9 tok/s.
+
+Measured (2 cores, 4,000-token prompt + 32; the host shared with other jobs at a load average of 10-15, so the
+speeds here are 5-15x below a quiet host's and only the peaks are comparable with the references):
+
+    variant                                              peak GiB  load GiB
+    default (builder -p int4 -e cpu)                        4.05      1.35
+    lean (prune_lm_head, shared_embeddings, no arena)       2.08      1.35
+    lean-kv8 (lean + int8 KV, prompt in chunks of 256)      1.37      1.35
+
+At a 1,000-token prompt: default 1.93 GiB (prefill 19.5, decode 2.6 tok/s under that load); lean and lean-kv8,
+both in chunks of 256, 1.35 GiB, their load peak (prefill 23.7 / 20.5, decode 3.2 / 3.4 tok/s).
+
+shared_embeddings changes nothing for a tied model here (the default's model.onnx.data is the same 806 MB: the
+builder shares the int4 table already); lean-kv8's quantized cache turns off past_present_share_buffer. The load
+peak, 1.35 GiB for 0.75 GiB of int4 weights, is now the floor: the next thing to cut (prepacking's second copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench_scale import CONFIG, bench_dir, bench_profile, make_model  # noqa: E402
+
+from packager.exporter_envs import GENAI, ensure  # noqa: E402
+from packager.exporter_envs import run as run_in_env  # noqa: E402
+
+GiB = 2**30
+BUILDER = "onnxruntime_genai.models.builder"
+LEAN_OPTIONS = ("prune_lm_head=true", "shared_embeddings=true")
+REFERENCES = [("llama.cpp Q4_0 (issue 19)", 0.94, 116.0, 17.5), ("genai builder default (issue 19)", 4.1, 72.0, 14.9)]
+VARIANTS = ("bundle", "default", "lean", "lean-kv8")
+# lean-kv8: lean with an int8 KV cache (CPU GroupQueryAttention's quantized cache). Its static per-tensor
+# scales come from a file; these are the random model's (K and V entries are about N(0, 0.9): |x| < 4).
+KV8_OPTIONS = ("kv_cache_quant_scheme=int8_per_tensor",)
+KV8_SCALE = 4.0 / 127
+
+# The child's side: one JSON line on stdout. Token ids are random in the tokenizer's range (< 2048): the
+# speed and the memory do not depend on which ids they are.
+COMMON = """
+import json, sys, time, numpy as np
+def hwm():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM:'):
+            return int(line.split()[1]) * 1024
+prompt_len, new, threads, folder = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+ids = [int(i) for i in np.random.default_rng(0).integers(4, 2048, prompt_len)]
+"""
+
+BUNDLE_CHILD = COMMON + """
+sys.path.insert(0, folder)
+import run
+t = time.perf_counter()
+runner = run.load()
+loaded, load_peak = time.perf_counter() - t, hwm()
+dec = runner.decoder
+t = time.perf_counter()
+logits, past = dec.step(ids, dec.empty_past(), 0)
+prefill = time.perf_counter() - t
+length = len(ids)
+t = time.perf_counter()
+for _ in range(new):
+    logits, past = dec.step([int(np.argmax(logits[-1]))], past, length)
+    length += 1
+decode = time.perf_counter() - t
+print(json.dumps({"load_s": loaded, "load_peak": load_peak, "prefill_s": prefill, "decode_s": decode, "peak": hwm()}))
+"""
+
+GENAI_CHILD = COMMON + """
+import onnxruntime_genai as og
+t = time.perf_counter()
+model = og.Model(og.Config(folder))
+loaded, load_peak = time.perf_counter() - t, hwm()
+params = og.GeneratorParams(model)
+params.set_search_options(max_length=prompt_len + new, do_sample=False)
+gen = og.Generator(model, params)
+chunk = int(sys.argv[5]) or len(ids)
+t = time.perf_counter()
+for start in range(0, len(ids), chunk):
+    gen.append_tokens(ids[start:start + chunk])
+prefill = time.perf_counter() - t
+t = time.perf_counter()
+for _ in range(new):
+    gen.generate_next_token()
+decode = time.perf_counter() - t
+print(json.dumps({"load_s": loaded, "load_peak": load_peak, "prefill_s": prefill, "decode_s": decode, "peak": hwm()}))
+"""
+
+
+def log(line: str) -> None:
+    print(f"    | {line}", flush=True)
+
+
+def build_bundle(model: Path, dest: Path, work: Path) -> Path:
+    """packager's bundle, unpacked into `dest` (made once)."""
+    if (dest / "run.py").is_file():
+        return dest
+    out = work / "dist"
+    cmd = [sys.executable, "-m", "packager", "package", str(model), "--target", str(bench_profile(work)),
+           "--out", str(out), "--no-cache"]
+    print("$ " + " ".join(cmd), flush=True)
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    print(f"  built in {time.perf_counter() - t:.0f}s", flush=True)
+    archive = next(out.glob("*.tar.gz"))
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data")
+    inner = next(p for p in tmp.iterdir() if p.is_dir())
+    inner.rename(dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def build_genai(model: Path, dest: Path, options: tuple[str, ...], work: Path) -> Path:
+    """The builder's int4 CPU model in `dest` (made once), in the genai exporter environment."""
+    if (dest / "genai_config.json").is_file():
+        return dest
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    args = ["-i", str(model), "-o", str(tmp), "-p", "int4", "-e", "cpu", "-c", str(work / "builder-cache")]
+    if options:
+        args += ["--extra_options", *options]
+    print(f"$ {GENAI.python} -m {BUILDER} " + " ".join(args), flush=True)
+    t = time.perf_counter()
+    run_in_env(GENAI, BUILDER, args, log)
+    print(f"  built in {time.perf_counter() - t:.0f}s", flush=True)
+    tmp.rename(dest)
+    return dest
+
+
+def options_of(variant: str, work: Path) -> tuple[str, ...]:
+    if variant == "default":
+        return ()
+    if variant == "lean":
+        return LEAN_OPTIONS
+    scales = work / "kv_scales.json"
+    layers = CONFIG["num_hidden_layers"]
+    scales.write_text(json.dumps({"scales": {"k_scales": [KV8_SCALE] * layers, "v_scales": [KV8_SCALE] * layers}}),
+                      encoding="utf-8")
+    return LEAN_OPTIONS + KV8_OPTIONS + (f"kv_cache_scale_file={scales}",)
+
+
+def tune_genai(folder: Path, threads: int, lean: bool) -> None:
+    """Threads (every variant), and for the lean ones the runtime without its CPU memory arena."""
+    path = folder / "genai_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    options = config["model"]["decoder"]["session_options"]
+    options["intra_op_num_threads"] = threads
+    options["inter_op_num_threads"] = 1
+    if lean:
+        options["enable_cpu_mem_arena"] = False
+    path.write_text(json.dumps(config, indent=4), encoding="utf-8")
+
+
+def measure(python: str, child: str, folder: Path, prompt: int, new: int, threads: int, chunk: int = 0) -> dict:
+    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    environ |= {"OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
+    cmd = [python, "-c", child, str(prompt), str(new), str(threads), str(folder), str(chunk)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=environ, cwd=folder)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["prefill_tps"] = prompt / result["prefill_s"]
+    result["decode_tps"] = new / result["decode_s"]
+    return result
+
+
+def table(rows: list[tuple[str, dict]], prompt: int, new: int, threads: int) -> str:
+    lines = [f"Llama 3.2 1B shape, int4, random weights; prompt {prompt} tokens, then {new} new; {threads} threads; "
+             f"peak = VmHWM of the child", "",
+             f"{'runtime':<36}{'peak GiB':>9}{'load GiB':>9}{'load s':>8}{'prefill tok/s':>14}{'decode tok/s':>13}",
+             "-" * 89]
+    for name, r in rows:
+        if "error" in r:
+            lines.append(f"{name:<36}failed: {r['error'][:120]}")
+            continue
+        lines.append(f"{name:<36}{r['peak'] / GiB:>9.2f}{r['load_peak'] / GiB:>9.2f}{r['load_s']:>8.1f}"
+                     f"{r['prefill_tps']:>14.1f}{r['decode_tps']:>13.1f}")
+    for name, peak, prefill, decode in REFERENCES:
+        lines.append(f"{name:<36}{peak:>9.2f}{'':>9}{'':>8}{prefill:>14.1f}{decode:>13.1f}")
+    lines.append("(references at a 4,000-token prompt)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt", type=int, default=4000, help="prompt tokens (default 4000)")
+    parser.add_argument("--new", type=int, default=32, help="tokens generated after the prompt (default 32)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    parser.add_argument("--chunk", type=int, default=256, help="lean: prefill in chunks of this many tokens "
+                        "(append_tokens per chunk; 0: the whole prompt at once) (default 256)")
+    parser.add_argument("--only", default=",".join(VARIANTS), help="variants, comma-separated: " + ", ".join(VARIANTS))
+    parser.add_argument("--rebuild", action="store_true", help="build the variants again")
+    parser.add_argument("--dir", type=Path, default=None, help=f"where the variants go [default: {bench_dir()}]")
+    args = parser.parse_args()
+    only = [v for v in args.only.split(",") if v]
+    if unknown := sorted(set(only) - set(VARIANTS)):
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    model = make_model(bench_dir() / "llama-3.2-1b-shape")
+    root = (args.dir or bench_dir()) / "llm-runtime"
+    work = root / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    if args.rebuild:
+        for v in only:
+            shutil.rmtree(root / v, ignore_errors=True)
+    rows: list[tuple[str, dict]] = []
+    for v in only:
+        if v == "bundle":
+            folder = build_bundle(model, root / v, work)
+            r = measure(sys.executable, BUNDLE_CHILD, folder, args.prompt, args.new, args.threads)
+            rows.append(("packager bundle (run.py, ORT)", r))
+        else:
+            ensure(GENAI, log)
+            folder = build_genai(model, root / v, options_of(v, work), work)
+            tune_genai(folder, args.threads, v != "default")
+            chunk = args.chunk if v != "default" else 0
+            r = measure(str(GENAI.python), GENAI_CHILD, folder, args.prompt, args.new, args.threads, chunk)
+            name = "genai builder default" if v == "default" else f"genai {v} (chunks of {chunk})"
+            rows.append((name, r))
+        print(f"{rows[-1][0]}: {json.dumps(rows[-1][1])}", flush=True)
+    print()
+    print(table(rows, args.prompt, args.new, args.threads))
+
+
+if __name__ == "__main__":
+    main()
