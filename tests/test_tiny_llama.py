@@ -49,6 +49,21 @@ def test_bundle_generates_and_passes_its_smoke_test(bundles: dict, target: str, 
     assert manifest["accuracy"]["token_agreement"] >= manifest["smoke"]["min_token_agreement"]
 
 
+def test_bare_texts_are_prompts_to_continue(bundles: dict) -> None:
+    """`python run.py "text"`, the README's way to try a bundle, continues each text on an LLM bundle
+    (it raised KeyError: 'position_ids' there) and says the same as --prompt."""
+    _, bundle = bundles["rpi5"]
+    run = [sys.executable, str(bundle / "run.py"), "--max-new-tokens", "8"]
+    bare = subprocess.run([*run, "--json", "The function returns", "A list of"], capture_output=True, text=True,
+                          timeout=120)
+    assert bare.returncode == 0, bare.stderr
+    answers = json.loads(bare.stdout)
+    assert [a["prompt"] for a in answers] == ["The function returns", "A list of"]
+    prompted = subprocess.run([*run, "--json", "--prompt", "A list of"], capture_output=True, text=True, timeout=120)
+    assert prompted.returncode == 0, prompted.stderr
+    assert json.loads(prompted.stdout)["tokens"] == answers[1]["tokens"] and answers[1]["tokens"]
+
+
 def test_int4_size_approaches_half_a_byte_per_parameter(bundles: dict) -> None:
     ctx, bundle = bundles["phone"]
     size = (bundle / "model" / "model.onnx").stat().st_size

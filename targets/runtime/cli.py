@@ -34,8 +34,8 @@ def read_inputs(path: Path, names: list[str]) -> list[dict[str, np.ndarray]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run this bundle's model.")
-    parser.add_argument("texts", nargs="*", help="texts to run (text models); encoder-decoders: .wav or .png files, "
-                        "or texts, to generate from")
+    parser.add_argument("texts", nargs="*", help="texts to run (text models); decoder LLMs: texts to continue; "
+                        "encoder-decoders: .wav or .png files, or texts, to generate from")
     parser.add_argument("--prompt", help="decoder LLMs: the text to continue")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="decoder LLMs and encoder-decoders: tokens to "
                         "generate (default 32)")
@@ -84,8 +84,20 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"prompt": args.prompt, "text": text, "tokens": tokens}) if args.json
                   else args.prompt + text)
             return 0
+        if runner.family.prompted and args.texts and not args.inputs:
+            # `python run.py "text"`, the README's way to try any bundle: a decoder continues each text.
+            answers = []
+            for prompt in args.texts:
+                text, tokens = runner.generate_text(prompt, args.max_new_tokens)
+                answers.append({"prompt": prompt, "text": text, "tokens": tokens})
+            print(json.dumps(answers) if args.json else "\n".join(a["prompt"] + a["text"] for a in answers))
+            return 0
         results = [runner.run(f) for f in read_inputs(args.inputs, runner.input_names)] if args.inputs \
             else runner.run_texts(args.texts)
+    except ImportError as e:   # before OSError's siblings: a bundle run outside its environment
+        print(f"error: {e.name or e} is not installed here; install the bundle's pinned requirements first: "
+              f"pip install -r {args.bundle / 'requirements.txt'}", file=sys.stderr)
+        return 2
     except (RuntimeError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
