@@ -51,7 +51,7 @@ def open_bundle(path: Path, tmp: Path) -> BundleModel:
 def bundle_summary(manifest: Path) -> dict[str, Any] | None:
     """The bundle's name, target, recipe and runtime; None when it has no manifest or one without them.
     A manifest that is not JSON is a damaged bundle (exit 5), as everywhere else."""
-    from packager.stages.source import read_json
+    from packager.model_files import read_json
 
     if not manifest.is_file():
         return None

@@ -49,7 +49,7 @@ import numpy as np
 import onnx
 
 from packager.graphs import all_graphs
-from packager.profiles import Profile
+from packager.profile_types import Profile
 from packager.runtimes import MemoryShare, runtime_for
 
 # Ops whose constant weight input the CPU provider packs into its own layout at load.

@@ -45,8 +45,10 @@ class Inspection:
 
 def inspect(path: Path, profiles: list[Profile], model: str | None = None) -> Inspection:
     """Signature, size, parameters, opsets, operators, and compatibility with each profile's runtime."""
-    from packager.stages.export import signature  # onnx only
-    from packager.stages.source import read_onnx
+    from packager.model_files import (
+        read_onnx,
+        signature,  # onnx only
+    )
 
     # The refusals `packager package` gives (an empty graph, data outside the model's folder) come first.
     proto, files = read_onnx(path)

@@ -30,7 +30,7 @@ import numpy as np
 from packager.compat import ONNX_DOMAIN, Compatibility, ModelFacts, check, load_table, minor, version_key
 from packager.errors import ExitCode, PackagerError
 from packager.paths import profiles_dir, targets_dir
-from packager.profiles import Mobile, Profile
+from packager.profile_types import Mobile, Profile
 
 ORT_MODEL = "model/model.ort"
 REDUCED_BUILD_CONFIG = "model/required_operators_and_types.config"

@@ -73,7 +73,8 @@ def run_smoke(bundle: Path, python: str | None = None, emulate: bool = False,
         key_args = ("--public-key", str(public_key.resolve())) if public_key is not None else ()
         preexec = None
         if emulate:
-            from packager.emulate import no_core_dumps, prepare
+            from packager.emulate import prepare
+            from packager.emulate_qemu import no_core_dumps
 
             # Scratch space (the guest's HOME, its -L prefix) outside the bundle folder: smoke_test.py
             # rejects files it does not list, and a user's unpacked bundle stays as it was.

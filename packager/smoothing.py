@@ -54,9 +54,9 @@ MAX_TOKENS = 512
 def calibration_feeds(src: Path) -> list[dict[str, np.ndarray]] | None:
     """The calibration sentences as the model's inputs, tokenized by the tokenizer beside `src`;
     None when `src` is not a text model with its tokenizer (the export stage puts it there)."""
+    from packager.model_files import TOKENIZER_INPUTS
     from packager.paths import targets_dir
     from packager.runtime_files import runner
-    from packager.stages.export import TOKENIZER_INPUTS
 
     tokenizer_file = src.parent / "tokenizer.json"
     model = onnx.load(src, load_external_data=False)

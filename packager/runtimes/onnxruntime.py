@@ -21,7 +21,7 @@ from packager import gpu, mobile
 from packager.compat import Compatibility, ModelFacts, check, lower_ir_version, read_model
 from packager.errors import did_you_mean
 from packager.paths import profiles_dir, targets_dir
-from packager.profiles import Mobile, Profile, key_error
+from packager.profile_types import Mobile, Profile, key_error
 from packager.runtimes.base import MemoryShare
 
 if TYPE_CHECKING:
