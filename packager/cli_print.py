@@ -61,7 +61,7 @@ def _print_package(r: Any) -> None:
     _print_memory(mem)
     err.print(f"model     {r.sizes['model_bytes'] / MiB:.1f} MiB ({r.recipe})")
     if r.mixed:
-        from packager.report import mixed_text
+        from packager.report_view import mixed_text
 
         err.print(f"mixed     {escape(mixed_text(r.mixed).removeprefix('int4-mixed: '))}", soft_wrap=True)
     if r.signature:

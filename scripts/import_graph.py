@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZE_LIMIT = 520  # lines; the project's rule is "under about 500", the 20 lines leave room for a docstring's growth
 # Modules still over the limit, at most this long: not split yet (issue 18), and not to grow. Remove an entry when
 # its module is split; the test fails on any other module over the limit, or on one of these grown longer.
-NOT_SPLIT_YET = {"packager/report.py": 844, "packager/mobile.py": 537, "packager/estimate.py": 531}
+NOT_SPLIT_YET = {"packager/mobile.py": 537, "packager/estimate.py": 531}
 
 # The layers, lowest first: a module may import from its own layer and those below it. The longest prefix that
 # matches a module names its layer ("packager.stages" matches packager.stages and packager.stages.export).
@@ -51,8 +51,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # reports on a bundle
     ("pipeline", ("packager.stage_runner", "packager.mixed_search", "packager.fit_auto", "packager.pipeline",
                   "packager.suite", "packager.plan", "packager.bundles", "packager.emulate", "packager.emulate_qemu",
-                  "packager.emulate_userland", "packager.smoke",
-                  "packager.report")),
+                  "packager.emulate_userland", "packager.smoke", "packager.report", "packager.report_view",
+                  "packager.report_markdown", "packager.report_html")),
     ("api", ("packager.api",)),
     ("cli", ("packager.cli", "packager.cli_common", "packager.cli_print", "packager.cli_targets", "packager.__main__")),
 ]
