@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packager.archive import extract_bundle
 from packager.errors import ExitCode, PackagerError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
@@ -30,8 +31,6 @@ def is_bundle(path: Path) -> bool:
 def open_bundle(path: Path, tmp: Path) -> BundleModel:
     """The model of the bundle at `path` (an archive is unpacked into `tmp`); refuses what has no
     single model.onnx to judge, with the fix."""
-    from packager.archive import extract_bundle
-
     folder = extract_bundle(path, tmp) if path.is_file() else path
     if (folder / "blobs").is_dir():
         raise PackagerError(f"{path}: a bundle of several models, whose files are in blobs/; unpack it and pass "

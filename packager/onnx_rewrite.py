@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from packager.graphs import all_graphs
+from packager.recipes.nbits import find_tied_embedding
 
 
 def _tensors_with_data(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
@@ -73,8 +74,6 @@ def name_tied_lm_head(path: Path) -> None:
     optimum replaced it with Transpose(table), which the fold made a table again under that name.
     Only the name and the order change (the graph file; the weights stay where they are), so the
     reference, and every recipe's output, is what it was with the deduplication."""
-    from packager.recipes.nbits import find_tied_embedding
-
     model = onnx.load(path, load_external_data=False)
     tied = find_tied_embedding(model, path.parent)
     if tied is None:

@@ -19,7 +19,8 @@ from typing import Any
 
 import onnx
 
-from packager import __version__, export_process, onnx_rewrite
+from packager import __version__, adapter, export_process, onnx_rewrite
+from packager.adapter import base_shapes, merge
 from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
 from packager.export_process import export_here, quiet, run_export_child
@@ -128,8 +129,6 @@ def _keep_seq2seq_components(ctx: Context, out: Path) -> None:
 def fp32_weight_bytes(folder: Path) -> int:
     """The model's weights in fp32, from its safetensors headers (shapes only, no weights read); 0 when
     there are none to read (pickled weights, which are small models' in practice)."""
-    from packager.adapter import base_shapes
-
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         return 4 * sum(math.prod(shape) for shape in base_shapes(folder).values())
     return 0
@@ -138,8 +137,6 @@ def fp32_weight_bytes(folder: Path) -> int:
 def _merged(ctx: Context, folder: Path) -> Path:
     """The base folder with the LoRA adapter merged into its weights, in the run's work dir (removed
     with it): what the exporter reads."""
-    from packager.adapter import merge
-
     assert ctx.source is not None and ctx.source.adapter is not None
     dest = ctx.work_dir / "merged"
     with quiet():
@@ -386,8 +383,6 @@ def export_code() -> str:
 
 
 def lora_code() -> str:
-    from packager import adapter
-
     return str(adapter.__file__)
 
 

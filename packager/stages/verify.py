@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from packager import evaluation
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.manifest import runtime_spec
@@ -142,8 +143,6 @@ def _verify_eval(ctx: Context, reference: Any, packaged: Any, also: PackagerErro
     """--eval: the user's cases on the fp32 reference and on the packaged model; the packaged model may
     score at most the profile's eval_tolerance below the reference. `also`: the error verify raises
     anyway, to which the eval's figures are added."""
-    from packager import evaluation
-
     assert ctx.eval_file is not None
     kind = "decoder" if "prompt" in ctx.eval_cases[0] else "encoder"
     wanted = "decoder" if kind == "decoder" else "text"
