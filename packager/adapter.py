@@ -123,7 +123,7 @@ def read(path: Path, allow_pickle: bool = False) -> Adapter:
                        "weights-only loader.")
         weights = path / PICKLED
     else:
-        from packager.stages.source import check_safetensors
+        from packager.model_files import check_safetensors
 
         check_safetensors(weights)
     h = hashlib.sha256()

@@ -288,8 +288,8 @@ def _check_several(models: list[str], one_model: dict[str, Any], command: str) -
     repeated = next((m for i, m in enumerate(models) if m in models[:i]), None)
     if repeated:
         raise PackagerError(f"{repeated} is given twice; name each model once.", ExitCode.USAGE)
+    from packager.model_files import existing
     from packager.samples import resolve_sample
-    from packager.stages.source import existing
 
     for model in models:   # a typo in the last model fails before the first one's minutes of work
         if model.startswith("sample:"):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packager.archive import extract_bundle
 from packager.errors import ExitCode, PackagerError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
@@ -30,8 +31,6 @@ def is_bundle(path: Path) -> bool:
 def open_bundle(path: Path, tmp: Path) -> BundleModel:
     """The model of the bundle at `path` (an archive is unpacked into `tmp`); refuses what has no
     single model.onnx to judge, with the fix."""
-    from packager.archive import extract_bundle
-
     folder = extract_bundle(path, tmp) if path.is_file() else path
     if (folder / "blobs").is_dir():
         raise PackagerError(f"{path}: a bundle of several models, whose files are in blobs/; unpack it and pass "
@@ -51,8 +50,8 @@ def open_bundle(path: Path, tmp: Path) -> BundleModel:
 def bundle_summary(manifest: Path) -> dict[str, Any] | None:
     """The bundle's name, target, recipe and runtime; None when it has no manifest. A manifest that is not
     JSON, or not of the shape packager writes, is a damaged bundle (exit 5), as everywhere else."""
+    from packager.model_files import read_json
     from packager.runtime_files import runner
-    from packager.stages.source import read_json
 
     if not manifest.is_file():
         return None

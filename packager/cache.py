@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from packager.emulate import cache_dir
 from packager.leftovers import CACHE_PARTIAL, cache_partial, sweep
+from packager.paths import cache_dir
 
 LAYOUT = 2                 # part of every key: bump it when an entry's layout changes (2: `content`)
 META = "meta.json"

@@ -17,6 +17,7 @@ import numpy as np
 from packager.context import Context, InputSpec
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
+from packager.recipes import RECIPES
 from packager.runtime_files import runner
 from packager.sample_inputs import make_inputs
 
@@ -49,8 +50,6 @@ def calibration_inputs(ctx: Context, tokenizer_bundle: Path) -> tuple[list[dict[
 
 def unused_calibration(recipe_name: str) -> PackagerError:
     """--calibration given for a recipe that does not calibrate."""
-    from packager.recipes import RECIPES
-
     calibrated = sorted(r.name for r in RECIPES.values() if r.needs_calibration)
     return PackagerError(f"--calibration is for the calibrated recipes ({', '.join(calibrated)}); recipe "
                          f"{recipe_name} does not use it: drop it or use --recipe int8-static.", ExitCode.USAGE)

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import json
 import os
 import signal
 import sys
-import time
-import traceback
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
 from rich import box
@@ -22,8 +17,41 @@ from rich.markup import escape
 from rich.table import Table
 
 from packager import __version__
-from packager.errors import ExitCode, PackagerError, disk_full
-from packager.labels import memory_label, provider_name
+from packager.cli_common import (
+    AllTargetsOpt,
+    BudgetOpt,
+    DebugOpt,
+    JsonOpt,
+    PickleOpt,
+    ShapeOpt,
+    TargetsOpt,
+    ValueOpt,
+    VerboseOpt,
+    _dims,
+    _guarded,
+    _interrupted,
+    _parse_pairs,
+    _recipes,
+    _samples,
+    _say,
+    _timing,
+    err,
+)
+from packager.cli_env import env_app
+from packager.cli_print import (
+    _print_check,
+    _print_checks,
+    _print_inspect,
+    _print_many,
+    _print_package,
+    _print_packaged,
+    _print_plan,
+    _print_smoke,
+    _print_smoke_failure,
+)
+from packager.cli_targets import _each_target, _exit_several, _several_targets, _shared_cache, _write_report
+from packager.errors import ExitCode, PackagerError
+from packager.labels import provider_name
 from packager.leftovers import temp_folder
 
 app = typer.Typer(
@@ -34,8 +62,6 @@ app = typer.Typer(
     # Plain help: no markup to eat "[tool.packager]" or "[default: dist]", and nothing to escape in it.
     rich_markup_mode=None,
 )
-err = Console(stderr=True, highlight=False)
-MiB = 2**20
 
 
 def _no_type_labels() -> None:
@@ -47,118 +73,6 @@ def _no_type_labels() -> None:
 
 
 _no_type_labels()
-
-DebugOpt = typer.Option(False, "--debug", help="Show tracebacks.", envvar="PACKAGER_DEBUG")
-JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else.")
-VerboseOpt = typer.Option(False, "--verbose", "-v", help="Say where each setting came from, and how long it took.")
-TargetsOpt = typer.Option([], "--target", "-t", metavar="NAME", help="Target profile name or alias (see `packager "
-                          "targets`), or a profile .toml; repeat it for several targets, one result each.")
-AllTargetsOpt = typer.Option(False, "--all-targets", help="Every built-in target profile, one result each.")
-BudgetOpt = typer.Option(None, "--budget", metavar="SIZE", help="Memory budget instead of the profile's, e.g. 1.2GB "
-                         "or 900MiB [default: the profile's].")
-ShapeOpt = typer.Option([], "--shape", metavar="NAME=D1,D2", help="Sample input shape for a tensor model "
-                        "(repeatable).")
-ValueOpt = typer.Option([], "--value", metavar="NAME=V", help="Fill a sample input with a value, e.g. sr=16000 "
-                        "(repeatable).")
-PickleOpt = typer.Option(False, "--allow-pickle", help="Accept pickled weights (.bin), loaded with torch's "
-                         "weights-only loader.")
-
-
-def _recipes() -> str:
-    """The recipes, as help lists them: from the registry, which names them without loading onnx."""
-    from packager.recipes import help_text
-
-    return help_text()
-
-
-def _samples() -> str:
-    """The built-in samples, as help lists them: from the registry, so that none is left out."""
-    from packager.samples import SAMPLES
-
-    return ", ".join(f"sample:{name}" for name in SAMPLES)
-
-
-def _timing(what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """A command that says, with --verbose, how long it took (however it ends)."""
-
-    def decorate(command: Callable[..., None]) -> Callable[..., None]:
-        @functools.wraps(command)
-        def timed(*args: Any, **kwargs: Any) -> None:
-            with _timed(kwargs.get("verbose", False), kwargs.get("as_json", False), what):
-                command(*args, **kwargs)
-
-        return timed
-
-    return decorate
-
-
-def _say(verbose: bool, as_json: bool, line: str) -> None:
-    """--verbose: a line for the human, on stderr (never with --json)."""
-    if verbose and not as_json:
-        err.print(escape(line), soft_wrap=True)
-
-
-@contextlib.contextmanager
-def _timed(verbose: bool, as_json: bool, what: str) -> Iterator[None]:
-    """--verbose: how long the command took, however it ends."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        _say(verbose, as_json, f"{what} took {time.perf_counter() - start:.1f}s")
-
-
-def _interrupted(as_json: bool, message: str = "interrupted; nothing was written.") -> NoReturn:
-    err.print(f"[red]error:[/] {message}")
-    if as_json:
-        print(json.dumps({"error": message, "exit_code": int(ExitCode.INTERRUPTED)}))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The interrupt has unwound through every stage's cleanup already. Leave now: the interpreter's
-    # own shutdown would turn a handled KeyboardInterrupt into death by SIGINT (exit -2, not 130).
-    os._exit(int(ExitCode.INTERRUPTED))
-
-
-def _fail(message: str, code: int, as_json: bool) -> NoReturn:
-    err.print(f"[red]error:[/] {escape(message)}", soft_wrap=True)
-    if as_json:
-        print(json.dumps({"error": message, "exit_code": int(code)}))
-    raise typer.Exit(int(code))
-
-
-def _guarded(fn: Callable[[], Any], *, debug: bool, as_json: bool) -> Any:
-    try:
-        return fn()
-    except KeyboardInterrupt:
-        _interrupted(as_json)
-    except typer.Exit:
-        raise
-    except Exception as e:
-        if debug:
-            traceback.print_exc()
-        message, code = _error(e)
-        _fail(message, code, as_json)
-
-
-def _parse_pairs(items: list[str], option: str, convert: Callable[[str], Any]) -> dict[str, Any]:
-    result = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            if not sep or not name:
-                raise ValueError
-            result[name] = convert(value)
-        except ValueError:
-            raise PackagerError(f"{option} {item!r} is not NAME=VALUE in the right form "
-                                f"(e.g. {option} input=1,512); fix the option.", ExitCode.USAGE) from None
-    return result
-
-
-def _dims(text: str) -> tuple[int, ...]:
-    dims = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip() != "")
-    if any(d < 0 for d in dims):
-        raise ValueError
-    return dims
 
 
 @app.command()
@@ -301,108 +215,10 @@ def package(
     _exit_several(rows, as_json, _print_many)
 
 
-@contextlib.contextmanager
-def _shared_cache(no_cache: bool) -> Iterator[bool | Path]:
-    """The stage cache for several targets: the user's, or with --no-cache one for this run only, so
-    that the targets still share one export."""
-    with temp_folder("cache") as tmp:
-        yield Path(tmp) if no_cache or _cache_off() else True
-
-
-def _each_target(targets: list[str], run: Callable[[str], Any], show: Callable[[Any], None], reporter: Any,
-                 rows: list[dict[str, Any]], *, debug: bool) -> None:
-    """`run` for each target in turn, going on after a failure; one result row per target in `rows` (the
-    result's to_dict() and its exit_code, or the target, the error and its exit code)."""
-    for t in targets:
-        reporter.print(f"-- {t}")
-        try:
-            result = run(t)
-        except Exception as e:
-            if debug:
-                traceback.print_exc()
-            message, code = _error(e)
-            err.print(f"[red]error:[/] {escape(t)}: {escape(message)}", soft_wrap=True)
-            rows.append({"target": t, "error": message, "exit_code": code})
-            continue
-        if not reporter.quiet:
-            show(result)
-        rows.append(result.to_dict() | {"exit_code": result.exit_code})
-
-
-def _exit_several(rows: list[dict[str, Any]], as_json: bool,
-                  summary: Callable[[list[dict[str, Any]]], None] | None) -> NoReturn:
-    """The end of a run over several targets: {"results": rows, "exit_code": N} with --json, else the
-    summary table; the exit code is the first failing target's (0 when none failed)."""
-    code = next((r["exit_code"] for r in rows if r["exit_code"]), 0)
-    if as_json:
-        print(json.dumps({"results": rows, "exit_code": code}))
-    elif summary is not None:
-        summary(rows)
-    raise typer.Exit(code)
-
-
-def _write_report(folder: Path, rows: list[dict[str, Any]], reporter: Any) -> None:
-    from packager.report import write_reports
-
-    paths = write_reports(rows, folder)
-    reporter.print(f"report    {', '.join(str(p) for p in paths)}")
-
-
-def _cache_off() -> bool:
-    from packager.cache import cache_disabled_by_env
-
-    return cache_disabled_by_env()
-
-
 def _api() -> Any:
     import packager.api
 
     return packager.api
-
-
-def _several_targets(target: list[str], all_targets: bool) -> list[str] | None:
-    """The profile names to run for when there are several (in order, each once), else None."""
-    from packager.profiles import builtin_profiles, resolve_target
-
-    if all_targets and target:
-        raise PackagerError("--all-targets runs for every built-in target; drop --target or --all-targets.",
-                            ExitCode.USAGE)
-    if all_targets:
-        return list(builtin_profiles())
-    if len(target) <= 1:
-        return None
-    names: dict[str, str] = {}
-    for t in target:  # every name checked before minutes of work
-        profile = resolve_target(t)
-        names.setdefault(t if t.endswith(".toml") else profile.name, t)
-    return [t if t.endswith(".toml") else n for n, t in names.items()]
-
-
-def _print_packaged(result: Any) -> None:
-    """One target's bundle among several: its lines, and the smoke test's failure if it failed."""
-    _print_package(result)
-    if not result.ok:
-        _print_smoke_failure(result)
-
-
-def _error(e: Exception) -> tuple[str, int]:
-    """The sentence and exit code for any failure: a PackagerError's own, a full disk's, or a bug's."""
-    e = disk_full(e) or e
-    if isinstance(e, PackagerError):
-        return e.message, int(e.code)
-    return f"internal error ({type(e).__name__}: {e}); rerun with --debug and report it.", int(ExitCode.INTERNAL)
-
-
-def _print_many(rows: list[dict[str, Any]]) -> None:
-    table = Table("target", "recipe", "result", "archive", box=box.SIMPLE_HEAD)
-    for r in rows:
-        if "error" in r:
-            table.add_row(escape(r["target"]), "", f"[red]exit {r['exit_code']}[/]", escape(r["error"]))
-            continue
-        cached = ", ".join(f"{stage} cached" for stage, status in r["cache"].items() if status == "hit")
-        result = "[green]ok[/]" if r["exit_code"] == 0 else f"[red]smoke failed (exit {r['exit_code']})[/]"
-        table.add_row(r["target"], r["recipe"], result + (f" ({cached})" if cached else ""), escape(r["archive"]))
-    _summary_console().print(table)
 
 
 def _exit_on_smoke_failure(result: Any, as_json: bool) -> None:
@@ -413,76 +229,8 @@ def _exit_on_smoke_failure(result: Any, as_json: bool) -> None:
     raise typer.Exit(int(ExitCode.SMOKE_FAILED))
 
 
-def _print_smoke_failure(result: Any) -> None:
-    _print_smoke(result.smoke_result)
-    err.print(f"[red]error:[/] the bundle's smoke test failed: {escape(result.smoke['verdict'])}; the archive "
-              f"{escape(str(result.archive))} is kept for inspection.", soft_wrap=True)
-
-
 def _models(given: list[str]) -> str | list[str]:
     return given[0] if len(given) == 1 else given
-
-
-def _print_package(r: Any) -> None:
-    if hasattr(r, "models"):
-        _print_suite(r)
-        return
-    mem = r.memory
-    acc = r.accuracy
-    if acc["metric"] == "token agreement":
-        err.print(f"accuracy  {acc['token_agreement']:.1%} of fp32's greedy tokens, "
-                  f"logits cosine {acc['min_logits_cosine']:.4f}, "
-                  f"{acc['identical_generations']}/{acc['samples']} continuations identical (thresholds "
-                  f"{acc['threshold']['token_agreement']:.0%}, {acc['threshold']['logits_cosine']})")
-    else:
-        err.print(f"accuracy  min cosine {acc['min_cosine']:.5f} vs fp32 (threshold {acc['threshold']})")
-    if "eval" in acc:
-        ev = acc["eval"]
-        err.print(f"eval      {ev['packaged_passed']}/{ev['cases']} of {escape(ev['file'])} pass "
-                  f"({ev['packaged_score']:.1%}; fp32 {ev['reference_passed']}/{ev['cases']}, "
-                  f"tolerance {ev['tolerance'] * 100:.4g}%), "
-                  f"{ev['disagreements']} case(s) disagree")
-    _print_memory(mem)
-    err.print(f"model     {r.sizes['model_bytes'] / MiB:.1f} MiB ({r.recipe})")
-    if r.mixed:
-        from packager.report import mixed_text
-
-        err.print(f"mixed     {escape(mixed_text(r.mixed).removeprefix('int4-mixed: '))}", soft_wrap=True)
-    if r.signature:
-        err.print(f"signed    ed25519, public key sha256 {r.signature['public_key_sha256']}", soft_wrap=True)
-    if r.smoke:
-        err.print(f"smoke     {r.smoke['mode']}: {escape(r.smoke['verdict'])}")
-    print(r.archive)
-
-
-def _print_memory(mem: dict[str, Any], what: str = "") -> None:
-    est = mem["estimate"]
-    err.print(f"memory    {what}peak {mem['measured_peak_bytes'] / MiB:.0f} MiB "
-              f"(load {mem['load_peak_bytes'] / MiB:.0f}, run {mem['run_peak_bytes'] / MiB:.0f}; "
-              f"estimate {est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) "
-              f"of {mem['budget_bytes'] / MiB:.0f} MiB budget", soft_wrap=True)
-
-
-def _print_suite(r: Any) -> None:
-    """A bundle of several models: one line per model, the shared components, the memory of the whole."""
-    for name, m in r.models.items():
-        acc, alone = m["accuracy"], m["memory_alone"]
-        figure = (f"{acc['token_agreement']:.1%} of fp32's greedy tokens" if acc["metric"] == "token agreement"
-                  else f"min cosine {acc['min_cosine']:.5f}")
-        err.print(f"model     {escape(name)}: {escape(m['recipe'])}, {figure}, alone peak "
-                  f"{alone['measured_peak_bytes'] / MiB:.0f} MiB", soft_wrap=True)
-    for b in r.blobs:
-        if len(b["used_by"]) > 1:
-            err.print(f"shared    {', '.join(b['used_by'])}: one copy, {b['bytes'] / MiB:.1f} MiB "
-                      f"(blobs/{b['key'][:12]}...)", soft_wrap=True)
-    _print_memory(r.memory, f"all {len(r.models)} together: ")
-    err.print(f"size      {r.sizes['model_bytes'] / MiB:.1f} MiB loaded, "
-              f"archive {r.sizes['archive_bytes'] / MiB:.1f} MiB")
-    if r.signature:
-        err.print(f"signed    ed25519, public key sha256 {r.signature['public_key_sha256']}", soft_wrap=True)
-    if r.smoke:
-        err.print(f"smoke     {r.smoke['mode']}: {escape(r.smoke['verdict'])}")
-    print(r.archive)
 
 
 @app.command()
@@ -544,79 +292,6 @@ def check(
     _exit_several(rows, as_json, _print_checks)
 
 
-def _print_checks(rows: list[dict[str, Any]]) -> None:
-    """Several targets' verdicts, one row each."""
-    table = Table("target", "recipe", "verdict", "peak MiB", "budget MiB", box=box.SIMPLE_HEAD)
-    for r in rows:
-        if "error" in r:
-            table.add_row(escape(r["target"]), "", f"[red]exit {r['exit_code']}[/]", escape(r["error"]), "")
-            continue
-        verdict = "[green]fits[/]" if r["fits"] else "[red]does not fit[/]"
-        table.add_row(r["target"], escape(r["recipe"]), verdict,
-                      f"{(r['budget_bytes'] - r['headroom_bytes']) / MiB:.0f} ({r['verdict_basis']})",
-                      f"{r['budget_bytes'] / MiB:.0f}")
-    _summary_console().print(table)
-
-
-def _summary_console() -> Console:
-    out = Console(stderr=True)
-    if not out.is_terminal:
-        out = Console(stderr=True, width=160)  # a CI log: no terminal width to fit, so do not cut the paths
-    return out
-
-
-def _print_components(components: dict[str, Any], models: bool = False) -> None:
-    """Per component of a multi-component model: its own share of the whole above (the runtime, shared,
-    is counted once there), all resident together; or per model of several, likewise."""
-    table = Table("model" if models else "model component", "recipe", "file MiB", "estimate MiB",
-                  "measured load MiB", "largest parts (MiB)", box=box.SIMPLE_HEAD,
-                  title="per model, all resident together (runtime counted once, above)" if models else
-                  "per component, all resident together (runtime counted once, above)")
-    for column in table.columns[2:5]:
-        column.justify = "right"
-    for name, c in components.items():
-        est = c["estimate"]
-        top = sorted(est["breakdown"].items(), key=lambda kv: -kv[1])[:3]
-        measured = c.get("measured_load_bytes")
-        table.add_row(name, c["recipe"], f"{c['size_bytes'] / MiB:.2f}",
-                      f"{est['low_bytes'] / MiB:.1f} - {est['high_bytes'] / MiB:.1f}",
-                      "-" if measured is None else f"{measured / MiB:.1f}",
-                      ", ".join(f"{memory_label(k)} {v / MiB:.1f}" for k, v in top))
-    Console(stderr=True).print(table)
-    if any("measured_load_bytes" in c for c in components.values()):
-        err.print(f"note: the {'first model' if models else 'encoder'} loads first: its measured load also holds the "
-                  "runtime's one-time initialisation, which the whole's runtime base counts")
-
-
-def _print_check(result: Any) -> None:
-    r = result.to_dict()
-    table = Table("memory for", "estimate MiB", box=box.SIMPLE_HEAD)
-    table.columns[1].justify = "right"
-    for name, size in r["estimate"]["breakdown"].items():
-        table.add_row(memory_label(name), f"{size / MiB:.1f}")
-    est = r["estimate"]
-    table.add_row("[b]peak (low - high)[/]", f"[b]{est['low_bytes'] / MiB:.0f} - {est['high_bytes'] / MiB:.0f}[/]")
-    if r["measured"]:
-        m = r["measured"]
-        table.add_row("[b]measured peak[/] (load / run)",
-                      f"[b]{m['peak_bytes'] / MiB:.0f}[/] "
-                      f"({m['load_peak_bytes'] / MiB:.0f} / {m['run_peak_bytes'] / MiB:.0f})")
-    Console(stderr=True).print(table)
-    if r.get("components"):
-        _print_components(r["components"], models="shared" in r)
-    for s in r.get("shared", []):
-        err.print(f"shared: {', '.join(s['used_by'])} load one copy ({s['bytes'] / MiB:.2f} MiB), counted once")
-    for note in est["notes"]:
-        err.print(f"note: {escape(note)}")
-    word = "FITS" if r["fits"] else "DOES NOT FIT"
-    margin = abs(r["headroom_bytes"]) / MiB
-    context = f", {r['context']} tokens of context" if r["context"] else ""
-    print(f"{word}: {r['model']} on {r['target']} ({r['recipe']}{context}), {r['verdict_basis']} peak "
-          f"{(r['budget_bytes'] - r['headroom_bytes']) / MiB:.0f} MiB against a budget of "
-          f"{r['budget_bytes'] / MiB:.0f} MiB, "
-          f"{margin:.0f} MiB {'to spare' if r['fits'] else 'over'}")
-
-
 @app.command()
 @_timing("plan")
 def plan(
@@ -658,32 +333,6 @@ def plan(
     _exit_several(rows, as_json, None)
 
 
-def _print_plan(p: Any) -> None:
-    from packager.plan import BYTES_PER_PARAM, human_context, human_count
-
-    a = p.architecture
-    shape = f"{a.layers} layers, {a.kv_heads} KV heads x {a.head_dim}" if a.decoder else f"{a.layers} layers"
-    err.print(escape(f"{a.name}: {human_count(a.parameters)} parameters ({a.parameters:,}), {shape}"), soft_wrap=True)
-    err.print(f"target {escape(p.target)}, budget {p.budget_bytes / MiB:.0f} MiB", soft_wrap=True)
-    for name, count in a.components.items():
-        err.print(f"  {name}: {count:,} parameters" + "".join(
-            f", {precision} {count * bytes_per / MiB:.1f} MiB" for precision, bytes_per in BYTES_PER_PARAM.items()))
-    table = Table("precision", "context", "weights MiB", "KV cache MiB", "peak MiB (low-high)", "fits",
-                  box=box.SIMPLE_HEAD)
-    for r in p.rows:
-        kv = f"{r.kv_cache_bytes / MiB:.0f}" + (f" ({r.kv_bits}-bit, planning only)" if r.planning_only else "")
-        table.add_row(r.precision, human_context(r.context), f"{r.weights_bytes / MiB:.0f}", kv,
-                      f"{r.peak_low_bytes / MiB:.0f}-{r.peak_high_bytes / MiB:.0f}",
-                      "[green]yes[/]" if r.fits else "[red]no[/]")
-    Console().print(table)
-    for precision, tokens in p.max_context.items():
-        if a.decoder:
-            print(f"{precision}: "
-                  + (f"fits up to {human_context(tokens)} tokens of context" if tokens else "does not fit"))
-    for note in p.notes:
-        err.print(f"note: {escape(note)}", soft_wrap=True)
-
-
 @app.command()
 @_timing("smoke")
 def smoke(
@@ -720,46 +369,6 @@ def smoke(
             err.print(f"[red]error:[/] smoke test of {escape(str(bundle))} failed: {escape(result.verdict)}",
                       soft_wrap=True)
         raise typer.Exit(int(ExitCode.SMOKE_FAILED))
-
-
-def _print_smoke(result: Any) -> None:
-    r = result.report
-    emu = result.emulation
-    if emu:
-        err.print(escape(f"emulated  {emu['emulated_cpu']} under {emu['qemu'].split(' (')[0]}, Debian {emu['debian']}, "
-                         f"Python {emu['device_python']}, {emu['runtime']} {emu['runtime_version']}"), soft_wrap=True)
-        if emu["cpu_note"]:
-            err.print(escape(f"note: {emu['cpu_note']}"), soft_wrap=True)
-    signature = r.get("signature", {})
-    if signature.get("checked") and "public_key_sha256" in signature:
-        err.print(f"signature verified, key sha256 {signature['public_key_sha256']}", soft_wrap=True)
-    elif signature.get("note"):
-        err.print(f"note: {escape(signature['note'])}", soft_wrap=True)
-    for p in r.get("missing_providers", []):
-        err.print(f"note: {provider_name(p)} ({p}) is not available on this host; ran on "
-                  f"{', '.join(provider_name(q) for q in r['providers'])} (not exercised: {provider_name(p)})",
-                  soft_wrap=True)
-    if "files_checked" in r:
-        err.print(f"checksums {r['files_checked']} files OK")
-    for name, checked in (r.get("models") or {"": r}).items():   # a bundle of several models: each one's
-        _print_smoke_model(f"{name}: " if name else "", checked)
-    if "peak_bytes" in r:
-        bound = " (upper bound: qemu's own memory included)" if emu else ""
-        err.print(f"memory    peak {r['peak_bytes'] / MiB:.0f} MiB{bound} of {r['budget_bytes'] / MiB:.0f} MiB budget",
-                  soft_wrap=True)
-    print(result.verdict)
-
-
-def _print_smoke_model(what: str, r: dict[str, Any]) -> None:
-    acc = r.get("accuracy", {})
-    if "token_agreement" in acc:   # decoders
-        err.print(f"outputs   {escape(what)}{acc['token_agreement']:.1%} of the fp32 reference's greedy tokens, logits "
-                  f"cosine {acc['min_logits_cosine']:.5f}", soft_wrap=True)
-    elif "min_cosine" in acc:
-        err.print(f"outputs   {escape(what)}min cosine {acc['min_cosine']:.5f} vs the fp32 reference", soft_wrap=True)
-    if "eval" in r:
-        err.print(f"eval      {escape(what)}{r['eval']['passed']}/{r['eval']['cases']} of the shipped eval cases pass "
-                  f"(build host: {r['eval']['build_host_score']:.0%})", soft_wrap=True)
 
 
 @app.command()
@@ -838,11 +447,13 @@ def _inspect_path(spec: str, tmp: Path, profile: Any) -> tuple[Path, str, dict[s
     """The .onnx file MODEL names, how to show it, and the bundle's manifest summary when it is a bundle.
     A Hugging Face folder or a sample goes through packager's source and export stages first."""
     from packager.bundles import is_bundle, open_bundle
+    from packager.profiles import resolve_target
+    from packager.stage_runner import export_reference
 
     model = Path(spec)
     if spec.startswith("sample:") or (model.is_dir() and (model / "config.json").is_file()
                                       and not list(model.glob("*.onnx"))):
-        path = _exported(spec, tmp, profile)
+        path = export_reference(spec, profile or resolve_target("rpi5"), tmp)
         part = f"; its {path.name}: an encoder-decoder's decoder" if path.name != "model.onnx" else ""
         return path, f"{spec} (exported by packager, fp32{part})", None
     if not model.exists():
@@ -866,98 +477,7 @@ def _inspect_path(spec: str, tmp: Path, profile: Any) -> tuple[Path, str, dict[s
                         ExitCode.BAD_INPUT)
 
 
-def _exported(spec: str, tmp: Path, profile: Any) -> Path:
-    """The fp32 ONNX export of a Hugging Face folder or sample, as `packager package` makes it (and
-    from the same stage cache), at the opset the first target's runtime takes."""
-    from packager.cache import open_cache
-    from packager.context import Context
-    from packager.profiles import resolve_target
-    from packager.stages import export, source
-
-    ctx = Context(spec, profile or resolve_target("rpi5"), "fp32", tmp, tmp / "out", stage_cache=open_cache(True))
-    source.run(ctx)
-    export.run(ctx)
-    assert ctx.reference_model is not None
-    return ctx.reference_model
-
-
-def _print_inspect(r: dict[str, Any], top: int) -> None:
-    out = Console()
-    if not out.is_terminal:
-        out = Console(width=120)
-    opsets = ", ".join(f"{d} {v}" for d, v in r["opsets"].items())
-    out.print(escape(f"{r['path']}: IR version {r['ir_version']}, opsets {opsets}; {r['parameters']:,} parameters, "
-                     f"{r['size_bytes'] / MiB:.1f} MiB on disk"), soft_wrap=True)
-    if r.get("bundle"):
-        b = r["bundle"]
-        out.print(escape(f"bundle {b['name']} for {b['target']} ({b['recipe']}, {b['runtime']})"), soft_wrap=True)
-    io = Table("", "name", "dtype", "shape", box=box.SIMPLE_HEAD)
-    for kind in ("inputs", "outputs"):
-        for v in r[kind]:
-            io.add_row(kind[:-1], escape(v["name"]), v["dtype"], escape(str(v["shape"])))
-    out.print(io)
-    ops = Table("operator", "count", box=box.SIMPLE_HEAD)
-    ops.columns[1].justify = "right"
-    for row in r["operators"][:top]:
-        name = row["op_type"] if row["domain"] == "ai.onnx" else f"{row['domain']}.{row['op_type']}"
-        ops.add_row(escape(name), str(row["count"]))
-    if len(r["operators"]) > top:
-        ops.add_row(f"... {len(r['operators']) - top} more (--top, --json)", "")
-    out.print(ops)
-    compat = Table("target", "runtime", "verdict", "needs", box=box.SIMPLE_HEAD)
-    verdicts = {"ok": "[green]runs[/]", "incompatible": "[red]does not run[/]", "unknown": "[yellow]unknown runtime[/]"}
-    for c in r["compatibility"]:
-        compat.add_row(c["target"], c["runtime"], verdicts[c["status"]], c["needs"] or "")
-    out.print(compat)
-    for c in r["compatibility"]:
-        for line in [*c["problems"], *([c["reason"]] if c.get("reason") else [])]:
-            out.print(escape(f"{c['target']}: {line}"), soft_wrap=True)
-    notes = sorted({n for c in r["compatibility"] for n in c["notes"]})
-    for note in notes:
-        err.print(f"note: {escape(note)}", soft_wrap=True)
-
-
-env_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
-                      help="Exporter environments: one per exporter whose pins conflict with packager's own.")
 app.add_typer(env_app, name="env")
-
-
-@env_app.command("create")
-@_timing("env create")
-def env_create(
-    name: str = typer.Argument(..., metavar="NAME", help="The environment (see `packager env list`), e.g. genai."),
-    as_json: bool = JsonOpt,
-    verbose: bool = VerboseOpt,
-    debug: bool = DebugOpt,
-) -> None:
-    """Make an exporter environment ahead of time (packager makes a missing one when it first needs it)."""
-    from packager import exporter_envs
-
-    def go() -> Path:
-        env = exporter_envs.lookup(name)
-        return exporter_envs.ensure(env, lambda line: _say(verbose, as_json, line))
-
-    folder = _guarded(go, debug=debug, as_json=as_json)
-    if as_json:
-        print(json.dumps({"name": name, "folder": str(folder), "ready": True}))
-        return
-    err.print(f"{escape(name)}: ready in {escape(str(folder))}", soft_wrap=True)
-
-
-@env_app.command("list")
-@_timing("env list")
-def env_list(as_json: bool = JsonOpt, verbose: bool = VerboseOpt, debug: bool = DebugOpt) -> None:
-    """List the exporter environments, their pinned requirements and whether each is made."""
-    from packager import exporter_envs
-
-    rows = _guarded(exporter_envs.statuses, debug=debug, as_json=as_json)
-    _say(verbose, as_json, f"environments under {exporter_envs.envs_root()} (PACKAGER_CACHE_DIR)")
-    if as_json:
-        print(json.dumps([dataclasses.asdict(r) for r in rows]))
-        return
-    for r in rows:
-        print(f"{r.name}  {'ready' if r.ready else 'not made (packager env create ' + r.name + ')'}  {r.folder}")
-        print(f"    {r.purpose}: {' '.join(r.requirements)}")
 
 
 def _version(value: bool) -> None:

@@ -24,7 +24,7 @@ import onnx
 
 from packager.errors import ExitCode, PackagerError
 from packager.paths import profiles_dir
-from packager.profiles import Profile
+from packager.profile_types import Profile
 
 TABLE = "runtimes/onnxruntime.toml"
 ONNX_DOMAIN = "ai.onnx"

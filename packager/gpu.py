@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.paths import targets_dir
-from packager.profiles import Profile
+from packager.profile_types import Profile
 
 # The providers that run on the GPU; a measurement without them has not seen the GPU path's memory.
 GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})

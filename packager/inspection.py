@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.compat import Compatibility, ModelFacts, facts_of, parameters
+from packager.model_files import read_onnx, signature
 from packager.profiles import Profile
 from packager.runtimes import runtime_for
 
@@ -45,9 +46,6 @@ class Inspection:
 
 def inspect(path: Path, profiles: list[Profile], model: str | None = None) -> Inspection:
     """Signature, size, parameters, opsets, operators, and compatibility with each profile's runtime."""
-    from packager.stages.export import signature  # onnx only
-    from packager.stages.source import read_onnx
-
     # The refusals `packager package` gives (an empty graph, data outside the model's folder) come first.
     proto, files = read_onnx(path)
     facts = facts_of(proto, path.name)

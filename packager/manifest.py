@@ -9,6 +9,7 @@ from typing import Any
 import onnxruntime
 
 from packager import __version__
+from packager.archive import source_date_epoch
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
@@ -42,8 +43,6 @@ def memory_record(memory: dict[str, Any]) -> dict[str, Any]:
 
 def built_at() -> dict[str, Any]:
     """{"built_at": ISO 8601 UTC} from SOURCE_DATE_EPOCH when it is set; no wall-clock time otherwise."""
-    from packager.archive import source_date_epoch
-
     epoch = source_date_epoch()
     if epoch is None:
         return {}

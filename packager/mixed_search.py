@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
+from packager import mixed
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.progress import Reporter
@@ -46,8 +47,6 @@ def _search_mixed(ctx: Context, reporter: Reporter, stages: tuple[str, ...]) -> 
 
 
 def _bisect_mixed(ctx: Context, reporter: Reporter, judged: tuple[str, ...], int4_rejected: PackagerError) -> None:
-    from packager import mixed
-
     search = ctx.mixed_search
     reporter.print("int4-mixed: int4 alone changes the answers; measuring each layer's sensitivity")
     ranking, measured_on = mixed.sensitivity(ctx)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 
@@ -23,3 +24,9 @@ def profiles_dir() -> Path:
 
 def targets_dir() -> Path:
     return data_dir("targets")
+
+
+def cache_dir() -> Path:
+    """packager's cache folder: $PACKAGER_CACHE_DIR, else ~/.cache/packager."""
+    configured = os.environ.get("PACKAGER_CACHE_DIR")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "packager"

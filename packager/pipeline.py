@@ -8,16 +8,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from packager.calibration import unused_calibration
 from packager.config import PackageSettings
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import runtime_base
+from packager.evaluation import read_cases
 from packager.fit_auto import choose_recipe
 from packager.leftovers import sweep_run_leftovers, work_folder
 from packager.mixed_search import recipe_stages
 from packager.options import PackageOptions
 from packager.progress import Reporter
 from packager.recipes import calibrated, parse_recipe
+from packager.samples import resolve_eval
+from packager.signing import load_private_key
 from packager.stage_runner import CHECK_STAGES, PER_RECIPE, STAGES, run_stage
 from packager.stages import fit
 from packager.stages.bundle import check_output_dir
@@ -55,8 +59,6 @@ def _check_calibration(path: Path | None, recipe_name: str, settings: PackageSet
         raise PackagerError(f"the calibration file {path} does not exist; give text lines (text models) or an .npz "
                             "of inputs.", ExitCode.BAD_INPUT)
     if not settings.recipe.origin.startswith("profile") and not calibrated(parse_recipe(recipe_name)):
-        from packager.calibration import unused_calibration
-
         raise unused_calibration(recipe_name)
 
 
@@ -92,17 +94,11 @@ def package(model: str, settings: PackageSettings, options: PackageOptions | Non
     options = options or DIRECT
     eval_file = None
     if options.eval_file is not None:
-        from packager.samples import resolve_eval
-
         eval_file = resolve_eval(options.eval_file)
     if options.sign is not None:
-        from packager.signing import load_private_key
-
         load_private_key(options.sign)  # a bad key fails before minutes of work, not after
     eval_cases: list[dict[str, Any]] = []
     if eval_file is not None:
-        from packager.evaluation import read_cases
-
         _, eval_cases = read_cases(eval_file)  # a malformed file fails before the export, not after
     run: dict[str, Any] = {"eval_file": eval_file, "eval_cases": eval_cases, "member_dir": member_dir}
     if not options.fit_auto:

@@ -13,10 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packager.bundles import is_bundle
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import LOAD_TRANSIENT_HIGH, OVERHEAD_HIGH, OVERHEAD_LOW
 from packager.profiles import Profile
 from packager.runtimes import runtime_for
+from packager.samples import resolve_sample
 
 # Bytes per parameter as each recipe stores it. int4: MatMulNBits with block 32 and one scale per
 # block, in the weights' dtype: fp32 (the embedding table and lm_head included, as the int4 recipe
@@ -94,12 +96,8 @@ class Plan:
 
 def find_config(spec: str | Path) -> Path:
     """The config.json a plan reads: a sample:NAME's, a Hugging Face folder's, or the file named."""
-    from packager.bundles import is_bundle
-
     shown = str(spec)
     if shown.startswith("sample:"):
-        from packager.samples import resolve_sample
-
         path = resolve_sample(shown.removeprefix("sample:"))[0]
     else:
         path = Path(spec)

@@ -10,231 +10,36 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from packager.errors import ExitCode, PackagerError, did_you_mean
-from packager.families import family_for
 from packager.names import check_name
 from packager.paths import profiles_dir
 
-Scalar = str | int | float | bool
-# The runtime a profile's [runtime] section names when it names none: profiles written before the key existed
-# were all for ONNX Runtime (packager/runtimes/).
-DEFAULT_RUNTIME = "onnxruntime"
-INT64 = (-2**63, 2**63 - 1)
+# The profile's types: their home is profile_types.py (below the runtimes and recipes, which read profiles); their
+# users import them from here, where profiles are loaded.
+from packager.profile_types import (
+    DEFAULT_RUNTIME,
+    OS,
+    Accuracy,
+    Budget,
+    Device,
+    Int4,
+    Mobile,
+    Profile,
+    Runtime,
+    Session,
+    _build,
+    key_error,
+)
+from packager.recipes import RECIPES
+from packager.runtimes import RUNTIMES
 
-
-@dataclass(frozen=True)
-class Device:
-    arch: str                      # "aarch64"
-    cpu: str                       # core type, e.g. "cortex-a76"
-    cores: int
-    isa: tuple[str, ...]           # ISA features as /proc/cpuinfo names them ("asimddp" ...)
-    ram_bytes: int
-    accelerator: str = ""          # "" for CPU-only boards
-
-
-@dataclass(frozen=True)
-class OS:
-    name: str
-    python: str                    # "3.13": the device's Python, for wheels and the smoke test
-    # The Debian release whose arm64 packages match the device's userland ("bookworm"), for
-    # `packager smoke --emulate`; "" where none does (that target cannot be emulated).
-    debian: str = ""
-    # A container base image with the device's userland and accelerator libraries (Jetson: the L4T
-    # image of the JetPack release); when set, the bundle carries a Dockerfile that runs its smoke test.
-    container: str = ""
-
-
-@dataclass(frozen=True)
-class Runtime:
-    package: str                   # pip package of the runtime on the device
-    version: str                   # exact pin
-    max_opset: int                 # highest ai.onnx opset that runtime version implements
-    providers: tuple[str, ...]     # execution providers in priority order
-    numpy: str                     # numpy pin that has wheels for the device's Python
-    index_url: str = ""            # extra index that serves the runtime (Jetson)
-    provider_options: dict[str, dict[str, Scalar]] = field(default_factory=dict)
-    # GPU profiles: the resident cost of the GPU providers' CUDA context (driver, cuBLAS/cuDNN handles)
-    # on unified memory, which a measurement on a host without the GPU cannot see.
-    gpu_context_bytes: int = 0
-    name: str = DEFAULT_RUNTIME    # the implementation in packager.runtimes.RUNTIMES that packages for it
-
-
-@dataclass(frozen=True)
-class Session:
-    intra_op_threads: int
-    inter_op_threads: int = 1
-    graph_optimization: str = "all"          # disable | basic | extended | all
-    execution_mode: str = "sequential"       # sequential | parallel
-    cpu_mem_arena: bool = True
-    mem_pattern: bool = True
-    # Session configuration entries (SessionOptions.add_session_config_entry: "key" = "value"), e.g. the
-    # ARM kernel options; keys from onnxruntime_session_options_config_keys.h of the pinned runtime.
-    config: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Budget:
-    memory_bytes: int              # peak resident memory allowed for the deployment
-    device_class: str = ""         # "E2B" or "E4B": the class the budget comes from
-    context: int = 2048            # decoders: tokens of KV cache the deployment must hold (--context overrides)
-
-
-@dataclass(frozen=True)
-class Accuracy:
-    # The packaged model's outputs against the fp32 reference's, on the build host (verify) and
-    # on the device (its smoke test compares with the reference outputs the bundle carries).
-    min_cosine: float
-    # Decoders: the share of the reference's greedy tokens the packaged model predicts too
-    # (teacher-forced over the reference's continuation), and the cosine of the logits there.
-    min_token_agreement: float = 0.9
-    min_logits_cosine: float = 0.95
-    # --eval: how far the packaged model's score on the user's cases (share passed) may fall below
-    # the fp32 reference's (0: not one case less).
-    eval_tolerance: float = 0.05
-
-
-@dataclass(frozen=True)
-class Int4:
-    """MatMulNBits / GatherBlockQuantized settings of the int4 recipe for this device's kernels."""
-
-    # block_size: a multiple of 32 for KleidiAI's ARM kernels (onnxruntime/core/mlas/lib/qnbitgemm_kernel_neon.cpp,
-    # UseKleidiAI)
-    block_size: int = 32
-    symmetric: bool = True         # no zero points: smaller, and the fast ARM path
-    accuracy_level: int = 4        # 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute (needs dotprod to pay off)
-
-
-@dataclass(frozen=True)
-class Mobile:
-    """Phone apps ([mobile]): the app loads the ORT-format model with the mobile runtime packages pinned here,
-    and the bundle carries Android (Kotlin) and iOS (Swift) examples that do so (packager/mobile.py)."""
-
-    android_package: str           # Maven coordinates, "com.microsoft.onnxruntime:onnxruntime-android"
-    android_version: str           # exact pin, "1.27.0"
-    ios_pod: str                   # CocoaPods pod with the Objective-C/Swift API, "onnxruntime-objc"
-    ios_version: str               # exact pin of the pod and of the Swift package
-    ios_swift_package: str         # Swift Package Manager repository URL
-    # Execution providers the examples add, in priority order (names as in runtime.providers); NNAPI and
-    # CoreML are left out of an example when the mobile usability check rates the model NO for them.
-    android_providers: tuple[str, ...] = ()
-    ios_providers: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    description: str
-    device: Device
-    os: OS
-    runtime: Runtime
-    session: Session
-    budget: Budget
-    recipe: str                    # default quantization recipe (see packager/recipes.py)
-    accuracy: Accuracy
-    aliases: tuple[str, ...] = ()
-    fit_recipes: tuple[str, ...] = ()  # what --fit auto tries, most precise first (default: recipe)
-    decoder_recipe: str = ""       # the default for decoder LLMs (default: recipe)
-    decoder_fit_recipes: tuple[str, ...] = ()  # --fit auto for decoders (default: fit_recipes)
-    int4: Int4 = field(default_factory=Int4)
-    mobile: Mobile | None = None   # phones: the ORT-format model and the app-side packages ([mobile])
-    source: str = ""               # the file it was loaded from (set by the loader)
-
-    def to_dict(self) -> dict[str, Any]:
-        record = dataclasses.asdict(self)
-        # runtime.name came after the manifest's schema version 1: recorded only where a profile names another
-        # runtime than the default, so bundles for profiles that name none reproduce byte for byte.
-        if record["runtime"]["name"] == DEFAULT_RUNTIME:
-            del record["runtime"]["name"]
-        return record
-
-    def recipe_for(self, kind: str) -> str:
-        """The default recipe for a model of this io kind ("decoder", "text", "tensor")."""
-        return (self.decoder_recipe or self.recipe) if family_for(kind).context_sized else self.recipe
-
-    def fit_recipes_for(self, kind: str) -> tuple[str, ...]:
-        """What --fit auto tries for a model of this io kind, most precise first."""
-        chosen = (self.decoder_fit_recipes or self.fit_recipes) if family_for(kind).context_sized else self.fit_recipes
-        return chosen or (self.recipe_for(kind),)
-
-
-_ENUMS = {
-    "session.graph_optimization": {"disable", "basic", "extended", "all"},
-    "session.execution_mode": {"sequential", "parallel"},
-}
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
-    """Check `value` against the annotation `tp` and return it in the dataclass's shape."""
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise key_error(where, key, f"must be a table, got {type(value).__name__}")
-        return _build(typing.cast(type, tp), value, where, prefix=f"{key}.")  # an annotation: a class
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise key_error(where, key, f"must be an array, got {type(value).__name__}")
-        return tuple(_convert(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise key_error(where, key, f"must be a table, got {type(value).__name__}")
-        return {str(k): _convert(v, args[1], f"{key}.{k}", where) for k, v in value.items()}
-    if origin in (types.UnionType, typing.Union):
-        tables = [a for a in args if dataclasses.is_dataclass(a)]
-        if tables:  # an optional table, such as [mobile]
-            return _convert(value, tables[0], key, where)
-        if isinstance(value, args) and not (isinstance(value, bool) and bool not in args and int in args):
-            return value
-        raise key_error(where, key, f"must be one of {', '.join(map(_type_name, args))}")
-    # TOML integers are 64-bit (toml.io, "Integer"); tomllib reads longer ones, which would overflow
-    # the floats they meet later (`budget / 2**20`, a float key's conversion).
-    if type(value) is int and not INT64[0] <= value <= INT64[1]:
-        raise key_error(where, key, "is out of the 64-bit integer range TOML allows")
-    # bool is an int in Python; a budget of `true` bytes is a mistake, not a number.
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise key_error(where, key, f"must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if key in _ENUMS and value not in _ENUMS[key]:
-        raise key_error(where, key, f"must be one of {', '.join(sorted(_ENUMS[key]))}, got {value!r}")
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
-    for key in data:
-        if key not in fields:
-            hint = did_you_mean(key, list(fields))
-            raise key_error(where, prefix + key, f"is not a known key{hint}")
-    kwargs = {}
-    for name, f in fields.items():
-        if name in data:
-            kwargs[name] = _convert(data[name], hints[name], prefix + name, where)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise key_error(where, prefix + name, "is required but missing")
-    return cls(**kwargs)
-
-
-def key_error(where: str, key: str, problem: str) -> PackagerError:
-    # repr: the same 'key' for ordinary names, and one line for a key with a line break in it.
-    return PackagerError(f"{where}: key {key!r} {problem}; fix the profile.", ExitCode.BAD_PROFILE)
+__all__ = ["DEFAULT_RUNTIME", "OS", "Accuracy", "Budget", "Device", "Int4", "Mobile", "Profile", "Runtime", "Session",
+           "builtin_profiles", "key_error", "load_profile", "resolve_target"]
 
 
 def _check_values(p: Profile, where: str) -> None:
-    from packager.recipes import RECIPES  # late: packager.recipes.common imports this module (Int4)
-    from packager.runtimes import RUNTIMES  # late: the runtimes read profiles
-
     # The name becomes a file name (<model>-<name>.tar.gz, the staging folder): a plain one, or a
     # profile could write, or delete, outside the output folder.
     check_name(p.name, f"{where}: key 'name'", ExitCode.BAD_PROFILE, "fix the profile")

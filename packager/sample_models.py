@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from packager.errors import ExitCode, PackagerError
+from packager.export_process import quiet
 from packager.leftovers import CACHE_PARTIAL, cache_partial, sweep
+from packager.paths import cache_dir
 
 # Bump when a builder changes what it writes: the new folder gets a new name.
 BUILD_VERSION = 1
@@ -103,8 +105,6 @@ BUILDERS: dict[str, Callable[[Path], None]] = {"tiny-whisper": _whisper, "tiny-v
 
 def built_sample(name: str) -> Path:
     """The folder of the built sample `name`, made (deterministically, seed 0) at first use."""
-    from packager.emulate import cache_dir
-
     folder = cache_dir() / "samples" / f"{name}-{BUILD_VERSION}"
     if (folder / "config.json").is_file():
         return folder
@@ -130,9 +130,7 @@ def built_sample(name: str) -> Path:
 
 
 def _quiet_build(builder: Callable[[Path], None], folder: Path) -> None:
-    from packager.stages.export import _quiet
-
-    with _quiet():
+    with quiet():
         builder(folder)
 
 

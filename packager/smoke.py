@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from packager.archive import extract_bundle
+from packager.emulate import preflight, prepare
+from packager.emulate_qemu import no_core_dumps
 from packager.errors import ExitCode, PackagerError
 from packager.leftovers import temp_folder
 from packager.runtime_files import runner
@@ -61,8 +63,6 @@ def run_smoke(bundle: Path, python: str | None = None, emulate: bool = False,
             raise PackagerError(f"{bundle}: no smoke_test.py inside; this is not a packager bundle.",
                                 ExitCode.BAD_INPUT)
         if emulate:
-            from packager.emulate import preflight
-
             preflight(folder)  # no qemu, or a target that cannot be emulated: said before the bundle is judged
         # Nothing of the bundle's runs (nor its requirements installed) before packager's own copy of the
         # device's check has seen every file in the folder: listed, with its recorded sha256 (signed: in the
@@ -73,8 +73,6 @@ def run_smoke(bundle: Path, python: str | None = None, emulate: bool = False,
         key_args = ("--public-key", str(public_key.resolve())) if public_key is not None else ()
         preexec = None
         if emulate:
-            from packager.emulate import no_core_dumps, prepare
-
             # Scratch space (the guest's HOME, its -L prefix) outside the bundle folder: smoke_test.py
             # rejects files it does not list, and a user's unpacked bundle stays as it was.
             work = Path(tempfile.mkdtemp(prefix="emulate-", dir=tmp))

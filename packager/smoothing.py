@@ -43,6 +43,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from packager.model_files import TOKENIZER_INPUTS
+from packager.paths import targets_dir
+from packager.runtime_files import runner
+
 THRESHOLD = 4.0    # a channel is an outlier above this many times the median channel's range
 ALPHA = 0.75       # how much of an outlier's excess moves into the weights (1: all of it)
 # Nodes that multiply input 0 by the weight in input 1 ([channels, outputs]): MatMul, and the fused
@@ -54,10 +58,6 @@ MAX_TOKENS = 512
 def calibration_feeds(src: Path) -> list[dict[str, np.ndarray]] | None:
     """The calibration sentences as the model's inputs, tokenized by the tokenizer beside `src`;
     None when `src` is not a text model with its tokenizer (the export stage puts it there)."""
-    from packager.paths import targets_dir
-    from packager.runtime_files import runner
-    from packager.stages.export import TOKENIZER_INPUTS
-
     tokenizer_file = src.parent / "tokenizer.json"
     model = onnx.load(src, load_external_data=False)
     initializers = {i.name for i in model.graph.initializer}

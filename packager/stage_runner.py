@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+from packager.cache import open_cache
 from packager.context import Context, silent
+from packager.profiles import Profile
 from packager.progress import Reporter
 from packager.stages import bundle, compat, export, fit, mobile, quantize, samples, source, verify
 
@@ -49,3 +52,13 @@ def run_stage(ctx: Context, reporter: Reporter, name: str) -> None:
     for note in ctx.cache_notes:
         reporter.print(note)
     ctx.cache_notes.clear()
+
+
+def export_reference(spec: str, profile: Profile, tmp: Path) -> Path:
+    """The fp32 ONNX export of a Hugging Face folder or sample, as `packager package` makes it (and from the same
+    stage cache), at the opset the profile's runtime takes (`packager inspect`)."""
+    ctx = Context(spec, profile, "fp32", tmp, tmp / "out", stage_cache=open_cache(True))
+    source.run(ctx)
+    export.run(ctx)
+    assert ctx.reference_model is not None
+    return ctx.reference_model

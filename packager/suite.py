@@ -41,7 +41,7 @@ from packager.profiles import Profile
 from packager.runtime_files import copy_runtime, runner
 from packager.runtimes import runtime_for
 from packager.signing import manifest_entry as signature_entry
-from packager.stages.bundle import file_entries, publish, run_arguments, seal, venv_command
+from packager.stages.bundle import file_entries, publish, requirements, run_arguments, seal, venv_command
 from packager.stages.fit import measure_folder, over_budget, shared_bytes, without_runtime
 
 MiB = 2**20
@@ -293,8 +293,6 @@ def _write_files(suite: Suite, folder: Path) -> None:
 
 def _requirements(suite: Suite) -> str:
     """Every model's pins, once each (one target: one runtime)."""
-    from packager.stages.bundle import requirements
-
     lines: list[str] = []
     for ctx in suite.members:
         lines += [line for line in requirements(ctx).splitlines() if line not in lines]

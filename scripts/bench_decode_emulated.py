@@ -27,7 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from packager.archive import extract_bundle  # noqa: E402
 from packager.config import resolve_package_settings  # noqa: E402
-from packager.emulate import no_core_dumps, prepare  # noqa: E402
+from packager.emulate import prepare  # noqa: E402
+from packager.emulate_qemu import no_core_dumps  # noqa: E402
 from packager.pipeline import package  # noqa: E402
 from packager.profiles import resolve_target  # noqa: E402
 

@@ -121,7 +121,7 @@ class Case:
     phrases: tuple[str, ...] = ()   # what the sentence must name
 
 
-SOURCE = ("package", "check", "inspect")       # read by source.read_onnx: all three refuse it
+SOURCE = ("package", "check", "inspect")       # read by model_files.read_onnx: all three refuse it
 SAMPLES = ("package", "check")                 # found when sample inputs are made: inspect shows it
 CATALOGUE: dict[str, Case] = {
     # Dimensions no sample can have: the input, its shape and the --shape fix.

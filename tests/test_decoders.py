@@ -17,11 +17,11 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import unpack
 from packager.config import resolve_package_settings
 from packager.errors import ExitCode, PackagerError
+from packager.onnx_rewrite import fold_transposed_weights
 from packager.pipeline import package
 from packager.profiles import Int4
 from packager.recipes.common import RecipeOptions, count_ops
 from packager.recipes.nbits import int4
-from packager.stages.export import fold_transposed_weights
 from tiny_decoders import make_decoder
 
 

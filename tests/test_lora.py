@@ -333,7 +333,7 @@ def test_export_folds_a_transposed_tied_weight(tmp_path: Path, external: bool) -
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from packager.stages.export import fold_transposed_weights
+    from packager.onnx_rewrite import fold_transposed_weights
 
     table = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
     nodes = [helper.make_node("Gather", ["table", "ids"], ["h"]),

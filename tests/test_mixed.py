@@ -1,4 +1,4 @@
-"""int4-mixed's pieces on a small synthetic decoder-shaped graph (packager/mixed.py, recipes.int4_mixed):
+"""int4-mixed's pieces on a small synthetic decoder-shaped graph (packager/recipes/layers.py, recipes.int4_mixed):
 layers named as optimum names them, a tied or untied embedding, no export needed. The measured search
 on a real fine-tune runs in tests/test_lora.py."""
 
@@ -12,10 +12,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from packager import mixed
 from packager.profiles import Int4
 from packager.recipes import RECIPES
 from packager.recipes.common import RecipeOptions
+from packager.recipes.layers import layer_of
 
 VOCAB, HIDDEN = 64, 128
 
@@ -58,7 +58,7 @@ def quantized(src: Path, dst: Path, keep: tuple[str, ...] = (), settings: Int4 =
 
 def bits(path: Path) -> dict[str, int]:
     model = onnx.load(path)
-    return {mixed.layer_of(n): next((a.i for a in n.attribute if a.name == "bits"), 4)   # 4: the ops' default
+    return {layer_of(n): next((a.i for a in n.attribute if a.name == "bits"), 4)   # 4: the ops' default
             for n in model.graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
 
 
@@ -104,10 +104,10 @@ def test_layer_names_come_from_the_node_path() -> None:
     def node(name: str, output: str) -> onnx.NodeProto:
         return helper.make_node("MatMulNBits", ["a", "b"], [output], name=name)
 
-    assert mixed.layer_of(node("/model/layers.12/self_attn/q_proj/MatMul_Q4", "x")) == "layers.12"
-    assert mixed.layer_of(node("/transformer/h.3/attn/c_attn/MatMul_Q4", "y")) == "h.3"
-    assert mixed.layer_of(node("/lm_head/MatMul_Q4", "logits")) == "lm_head"
-    assert mixed.layer_of(node("", "/model/layers.2/mlp/MatMul_output_0")) == "layers.2"
+    assert layer_of(node("/model/layers.12/self_attn/q_proj/MatMul_Q4", "x")) == "layers.12"
+    assert layer_of(node("/transformer/h.3/attn/c_attn/MatMul_Q4", "y")) == "h.3"
+    assert layer_of(node("/lm_head/MatMul_Q4", "logits")) == "lm_head"
+    assert layer_of(node("", "/model/layers.2/mlp/MatMul_output_0")) == "layers.2"
 
 
 def test_check_says_int4_mixed_figures_are_int4s(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import REPO, unpack
 from packager.config import resolve_package_settings
 from packager.errors import ExitCode, PackagerError
-from packager.mobile import check_apps, class_name, convert, gated_out, ort_facts, repack_int4
+from packager.mobile import check_apps, convert, gated_out, ort_facts, repack_int4
+from packager.mobile_examples import class_name
 from packager.options import InputSpec, PackageOptions
 from packager.paths import profiles_dir
 from packager.pipeline import package

@@ -16,11 +16,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 
+from packager.onnx_rewrite import fold_transposed_weights, merge_external_data, name_tied_lm_head
 from packager.profiles import Int4
 from packager.progress import Reporter
 from packager.recipes.common import RecipeOptions
 from packager.recipes.nbits import int4
-from packager.stages.export import fold_transposed_weights, merge_external_data, name_tied_lm_head
 
 INT4 = Int4(block_size=32, symmetric=True, accuracy_level=4)
 

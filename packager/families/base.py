@@ -12,6 +12,8 @@ a family once bundles carry it.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -22,6 +24,15 @@ if TYPE_CHECKING:
 
     from packager.context import Context
     from packager.profiles import Accuracy
+
+
+def step(entry: str) -> Callable[..., Any]:
+    """The function a "module:function" entry names, imported when the step runs. A family's facts sit below
+    the profiles, which ask them; its steps (samples, verification) sit above the Context they take: naming
+    them keeps the families free of that cycle, as packager/recipes/registry.py names each recipe's code."""
+    module, _, function = entry.partition(":")
+    found: Callable[..., Any] = getattr(importlib.import_module(module), function)
+    return found
 
 
 class Family:
@@ -61,16 +72,13 @@ class Family:
     def make_samples(self, ctx: Context, rt: ModuleType) -> None:
         """ctx.sample_inputs (and ctx.texts) for verify, fit and the smoke test; `rt` is targets/run.py. The
         samples stage saves them; a family that writes sample files of its own writes them into samples/."""
-        from packager.sample_inputs import make_inputs
-
+        make_inputs = step("packager.sample_inputs:make_inputs")
         ctx.sample_inputs = make_inputs(ctx.io["inputs"], ctx.input_spec, budget_bytes=ctx.profile.budget.memory_bytes)
 
     def verify(self, ctx: Context, rt: ModuleType, reference: Any, packaged: Any) -> None:
         """The packaged model against the fp32 reference on the samples: ctx.accuracy and ctx.expected_outputs,
         exit 4 below the profile's thresholds (packager/families/verification.py)."""
-        from packager.families import verification
-
-        verification.verify_outputs(ctx, rt, reference, packaged)
+        step("packager.families.verification:verify_outputs")(ctx, rt, reference, packaged)
 
     def smoke_limits(self, limits: Accuracy) -> dict[str, Any]:
         """The thresholds the device's smoke test holds the bundle to (the manifest's smoke section)."""

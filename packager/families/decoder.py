@@ -7,7 +7,7 @@ import json
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from packager.families.base import Family
+from packager.families.base import Family, step
 
 if TYPE_CHECKING:
     from packager.context import Context
@@ -38,9 +38,7 @@ class DecoderLLM(Family):
         ctx.sample_inputs = [decoder.feeds(tokenizer.encode(t).ids, decoder.empty_past(), 0) for t in ctx.texts]
 
     def verify(self, ctx: Context, rt: ModuleType, reference: Any, packaged: Any) -> None:
-        from packager.families import verification
-
-        verification.verify_decoder(ctx, rt, reference, packaged)
+        step("packager.families.verification:verify_decoder")(ctx, rt, reference, packaged)
 
     def run_arguments(self, io: dict[str, Any], samples: str) -> str:
         return '--prompt "Once upon a time" --max-new-tokens 32'

@@ -7,7 +7,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from packager.families.base import Family
+from packager.families.base import Family, step
 
 if TYPE_CHECKING:
     from packager.context import Context
@@ -28,14 +28,10 @@ class EncoderDecoder(Family):
     metric: ClassVar[str] = "token agreement"
 
     def make_samples(self, ctx: Context, rt: ModuleType) -> None:
-        from packager.families import media
-
-        media.media_samples(ctx, rt, self.texts())
+        step("packager.families.media:media_samples")(ctx, rt, self.texts())
 
     def verify(self, ctx: Context, rt: ModuleType, reference: Any, packaged: Any) -> None:
-        from packager.families import verification
-
-        verification.verify_seq2seq(ctx, rt, packaged)
+        step("packager.families.verification:verify_seq2seq")(ctx, rt, packaged)
 
     def run_arguments(self, io: dict[str, Any], samples: str) -> str:
         return {"audio": f"{samples}/sweep.wav --max-new-tokens 32     # any 16-bit PCM WAV",

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 
 from packager.graphs import all_graphs
-from packager.profiles import Int4
+from packager.profile_types import Int4
 
 # Kernels that mean a node now computes in a quantized form.
 _QUANTIZED_OPS = {

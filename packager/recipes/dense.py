@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from packager import fusion, smoothing
 from packager.leftovers import temp_folder
 from packager.recipes.common import _QUANTIZED_OPS, RecipeOptions, RecipeResult, count_ops, needs_external_data, save
 
@@ -58,8 +59,6 @@ def int8_dynamic(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
 def _prepare_for_int8(src: Path, tmp: Path, external: bool) -> tuple[Path, dict[str, Any]]:
     """The model to quantize, and the fusion and smoothing params: both need a text model (its
     tokenizer beside it, for the calibration sentences) small enough for one protobuf."""
-    from packager import fusion, smoothing
-
     feeds = None if external else smoothing.calibration_feeds(src)
     if feeds is None:
         why = ("model over 2 GiB (the rewrite holds it in one protobuf)" if external

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from packager.profiles import Int4
+from packager.profile_types import Int4
 from packager.recipes.common import (
     _QUANTIZED_OPS,
     RecipeOptions,
@@ -25,6 +25,7 @@ from packager.recipes.common import (
     save,
     tensor_array,
 )
+from packager.recipes.layers import compose
 
 
 def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
@@ -133,13 +134,11 @@ def mix_nbits(four: onnx.ModelProto, eight: onnx.ModelProto | None, keep_8bit: t
               tied: tuple[str, str] | None, settings: Int4) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """`four` (changed in place) with the layers in `keep_8bit` taken from `eight` (packager/mixed.py),
     the tied embedding rewired last and what stayed float read in, and the recipe's params."""
-    from packager import mixed
-
     params: dict[str, Any] = {"block_size": settings.block_size, "symmetric": settings.symmetric,
                               "accuracy_level": settings.accuracy_level}
     if keep_8bit:
         assert eight is not None
-        params["mixed"] = mixed.compose(four, eight, keep_8bit)
+        params["mixed"] = compose(four, eight, keep_8bit)
     embedding = "float (no constant embedding table)"
     if tied:
         embedding = tie_embedding(four, *tied, settings.block_size)

@@ -16,12 +16,12 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from packager import gpu, mobile
+from packager import gpu, mobile, mobile_examples
 from packager.compat import Compatibility, ModelFacts, check, lower_ir_version, read_model
 from packager.errors import did_you_mean
 from packager.families import family_for
 from packager.paths import profiles_dir, targets_dir
-from packager.profiles import Mobile, Profile, key_error
+from packager.profile_types import Mobile, Profile, key_error
 from packager.runtimes.base import MemoryShare
 
 if TYPE_CHECKING:
@@ -166,9 +166,9 @@ class OnnxRuntime:
     def write_bundle_files(self, ctx: Context, stage: Path) -> None:
         if ctx.mobile and ctx.profile.mobile is not None and not ctx.components:
             # The app examples run one model on one sample; an encoder-decoder's loop has none yet.
-            ctx.mobile["examples"] = mobile.write_examples(stage, ctx.bundle_name, ctx.profile, ctx.io,
-                                                           ctx.sample_inputs[0], _sample_note(ctx),
-                                                           ctx.mobile["usability"])
+            ctx.mobile["examples"] = mobile_examples.write_examples(stage, ctx.bundle_name, ctx.profile, ctx.io,
+                                                                    ctx.sample_inputs[0], _sample_note(ctx),
+                                                                    ctx.mobile["usability"])
         workspace = gpu.trt_workspace(ctx.profile, ctx.memory)
         if workspace is not None:
             ctx.memory["tensorrt_workspace"] = workspace

@@ -23,6 +23,7 @@ from packager.leftovers import bundle_partial
 from packager.manifest import build as build_manifest
 from packager.runtime_files import copy_runtime, family_requirements, runner, signing_requirements
 from packager.runtimes import runtime_for
+from packager.signing import sign_manifest
 
 SUMS = runner().SUMS
 MiB = 2**20
@@ -120,7 +121,6 @@ def seal(stage: Path, files: list[dict[str, Any]], manifest: dict[str, Any], sig
     extra = ["manifest.json"]
     if sign_key:
         # Signed once manifest.json is final, and before SHA256SUMS, which lists the signature too.
-        from packager.signing import sign_manifest
 
         extra.append(sign_manifest(sign_key, stage).name)
     sums = [*files, *({"path": name, "sha256": runner().sha256_file(stage / name)} for name in extra)]

@@ -10,29 +10,25 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
-import io
 import json
-import logging
 import math
-import os
 import platform
 import shutil
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
-from packager import __version__
+from packager import __version__, adapter, export_process, onnx_rewrite
+from packager.adapter import base_shapes, merge
 from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
+from packager.export_process import export_here, quiet, run_export_child
 from packager.families import family_for
-from packager.graphs import all_graphs
+from packager.model_files import PICKLE_SUFFIXES, TOKENIZER_FILES, TOKENIZER_INPUTS, signature
+from packager.onnx_rewrite import fold_transposed_weights, name_tied_lm_head
 from packager.recipes import parse_recipe, recipe_label
 from packager.recipes.common import PROTO_LIMIT
-from packager.stages.source import PICKLE_SUFFIXES
 
 # The highest opset the exporter supports: optimum-onnx 0.1.0 calls torch.onnx.export(dynamo=False), whose
 # TorchScript exporter stops at 20 (torch 2.13: ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET). It accepts 21-23 but warns
@@ -40,21 +36,6 @@ from packager.stages.source import PICKLE_SUFFIXES
 # Llama: node for node the same graph at 20 and 21), which would be wrong for operators changed after 20
 # (GroupNormalization-21). Capped below by the target runtime's opset (profile runtime.max_opset).
 DEFAULT_OPSET = 20
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
-TOKENIZER_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
-
-
-def _quiet() -> contextlib.ExitStack:
-    """Silence the exporters' chatter (and keep stdout clean for --json)."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    for name in ("transformers", "optimum", "torch", "root"):
-        logger = logging.getLogger(None if name == "root" else name)
-        stack.callback(logger.setLevel, logger.level)
-        logger.setLevel(logging.ERROR)
-    return stack
 
 
 # Above this much fp32 weight, the exporter runs in a child process: it holds the torch model and the
@@ -84,7 +65,7 @@ def _export_hf(ctx: Context, out: Path) -> None:
     job = {"folder": str(folder), "out": str(out), "task": ctx.source.task, "opset": opset,
            "constant_folding": weights <= PROTO_LIMIT, "post_process": seq2seq}
     try:
-        outcome = _run_export_child(ctx, job) if weights > CHILD_EXPORT_BYTES else _export_here(ctx, job)
+        outcome = run_export_child(ctx, job) if weights > CHILD_EXPORT_BYTES else export_here(ctx, job)
     finally:
         if ctx.source.adapter is not None:
             shutil.rmtree(folder, ignore_errors=True)   # the merged weights: the export has them now
@@ -109,7 +90,7 @@ def _export_hf(ctx: Context, out: Path) -> None:
         # Slow-tokenizer folders: the device needs the fast tokenizer's single JSON file.
         from transformers import AutoTokenizer
 
-        with _quiet():
+        with quiet():
             AutoTokenizer.from_pretrained(str(out), use_fast=True).backend_tokenizer.save(str(out / "tokenizer.json"))
 
 
@@ -149,332 +130,17 @@ def _keep_seq2seq_components(ctx: Context, out: Path) -> None:
 def fp32_weight_bytes(folder: Path) -> int:
     """The model's weights in fp32, from its safetensors headers (shapes only, no weights read); 0 when
     there are none to read (pickled weights, which are small models' in practice)."""
-    from packager.adapter import base_shapes
-
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         return 4 * sum(math.prod(shape) for shape in base_shapes(folder).values())
     return 0
 
 
-def _run_export_child(ctx: Context, job: dict[str, Any]) -> dict[str, Any]:
-    """Run _export_child(job) in a fresh interpreter; its outcome ({} when it exported). Its output
-    goes to a log in the work folder, whose tail explains a crash."""
-    import subprocess
-    import sys
-
-    read_fd, write_fd = os.pipe()
-    log_path = ctx.work_dir / "export.log"
-    root = str(Path(__file__).resolve().parents[2])   # the folder holding the packager package
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    with open(log_path, "wb") as log:
-        child = subprocess.Popen([sys.executable, "-m", "packager.stages.export", str(write_fd), json.dumps(job)],
-                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_fd,), env=env)
-    os.close(write_fd)
-    outcome: dict[str, Any] = {}
-    try:
-        with os.fdopen(read_fd, "r", encoding="utf-8", errors="replace") as messages:
-            for line in messages:
-                kind, _, text = line.rstrip("\n").partition(" ")
-                if kind == "progress":
-                    ctx.progress(text)
-                elif kind == "outcome":
-                    outcome = json.loads(text)
-        code = child.wait()
-    except BaseException:   # an interrupt: the child goes too, at once
-        child.kill()
-        child.wait()
-        raise
-    if code != 0 and not outcome:
-        tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or ["no output"]
-        why = (f"killed by signal {-code}{' (out of memory?)' if code == -9 else ''}" if code < 0
-               else f"exit code {code}")
-        outcome = {"error": f"the export process ended with {why}: {tail[0][:300]}"}
-    return outcome
-
-
-def _export_here(ctx: Context, job: dict[str, Any]) -> dict[str, Any]:
-    """_export(job) in this process; its outcome ({} when it exported)."""
-    outcome: dict[str, Any] = {}
-
-    def say(kind: str, text: str) -> None:
-        if kind == "progress":
-            ctx.progress(text)
-        elif kind == "outcome":
-            outcome.update(json.loads(text))
-
-    _export(job, say)
-    return outcome
-
-
-def _export_child(report_fd: int, job: dict[str, Any]) -> None:
-    """The child's side: _export(job), telling the parent on `report_fd`."""
-    report = os.fdopen(report_fd, "w", encoding="utf-8", buffering=1)
-    _export(job, lambda kind, text: report.write(f"{kind} {text}\n"))
-
-
-def _export(job: dict[str, Any], say: Callable[[str, str], object]) -> None:
-    """main_export on the folder, saying which decoder layer the trace has reached ("progress TEXT") and
-    how it ended ("outcome {json}", last: {} when it exported)."""
-
-    try:
-        import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the model configs)
-        import torch
-        from optimum.exporters.onnx import main_export
-    except ImportError:
-        say("outcome", json.dumps({"missing": True}))
-        return
-    say("progress", "loading the weights")
-    layers = 0
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        config = json.loads((Path(job["folder"]) / "config.json").read_text(encoding="utf-8"))
-        layers = int(config.get("num_hidden_layers") or config.get("n_layer") or 0)
-    seen = 0
-
-    def layer_reached(module: torch.nn.Module, args: Any) -> None:
-        # The trace runs the model forward once: each decoder layer's entry is a step of it.
-        nonlocal seen
-        if type(module).__name__.endswith(("DecoderLayer", "Block")) and layers:
-            seen += 1
-            say("progress", f"tracing layer {(seen - 1) % layers + 1}/{layers}")
-            if seen % layers == 0:
-                say("progress", "writing the ONNX graph and its weights")
-
-    hook = torch.nn.modules.module.register_module_forward_pre_hook(layer_reached)
-    _stream_external_data_merge()
-    try:
-        with _quiet():
-            # no_post_process: optimum's only post-processing of a single decoder is the deduplication of
-            # tied weights, which loads the whole ONNX model (weights and all) beside the torch model and
-            # writes the lm_head as Transpose(embedding table), which fold_transposed_weights then writes
-            # out again as its own table: packager keeps a tied pair tied itself (recipes.int4). An
-            # encoder-decoder needs it: it merges the two decoders into decoder_model_merged.onnx.
-            main_export(job["folder"], job["out"], task=job["task"], opset=job["opset"],
-                        local_files_only=True, do_validation=False, device="cpu",
-                        no_post_process=not job.get("post_process", False),
-                        do_constant_folding=job.get("constant_folding", True))
-    except Exception as e:
-        say("outcome", json.dumps({"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}))
-        return
-    finally:
-        hook.remove()
-    say("outcome", "{}")
-
-
-def _stream_external_data_merge() -> None:
-    """Make optimum's merge of torch.onnx's per-tensor files into one model.onnx_data stream, in this
-    (child) process. optimum-onnx 0.1.0 (exporters/onnx/convert.py, export_pytorch) merges them with
-    onnx.load(load_external_data=True) and onnx.save while it still holds the torch model: for a 1B model
-    5 GB of torch weights and 6 GB of protobuf at once. Here its module's `onnx` is the real one but for
-    load (the graph only) and save (each tensor's file appended to the one data file, a tensor at a time)."""
-    import types
-
-    from optimum.exporters.onnx import convert
-
-    real = convert.onnx
-    if getattr(real, "packager_streaming", False):
-        return
-    proxy: Any = types.ModuleType("onnx")  # onnx, with attributes of packager's set below
-    proxy.__dict__.update(real.__dict__)
-    proxy.packager_streaming = True
-
-    def load(f: Any, *args: Any, load_external_data: bool = True, **kwargs: Any) -> onnx.ModelProto:
-        model: onnx.ModelProto = real.load(f, *args, load_external_data=False, **kwargs)
-        return model
-
-    def save(model: onnx.ModelProto, f: Any, *args: Any, save_as_external_data: bool = False,
-             location: str | None = None, size_threshold: int = 1024, **kwargs: Any) -> None:
-        if not save_as_external_data or location is None:
-            real.save(model, f, *args, save_as_external_data=save_as_external_data, location=location,
-                      size_threshold=size_threshold, **kwargs)
-            return
-        merge_external_data(model, Path(f), location, size_threshold)
-
-    proxy.load, proxy.save = load, save
-    convert.onnx = proxy
-
-
-def _tensors_with_data(graph: onnx.GraphProto) -> list[onnx.TensorProto]:
-    """Initializers and Constant nodes' tensors, of the graph and its subgraphs."""
-    found = list(graph.initializer)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                found.append(attr.t)
-            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                found += _tensors_with_data(g)
-    return found
-
-
-def merge_external_data(model: onnx.ModelProto, path: Path, location: str, size_threshold: int = 1024) -> None:
-    """Save `model` (loaded without its external data) as `path` with every tensor's bytes in one file,
-    `location`, beside it: each external tensor copied from its own file, and inline tensors over
-    `size_threshold` bytes moved there, one at a time (tensors of 1 MiB and more page-aligned, as onnx
-    aligns them). The files the tensors came from are left for the caller to remove."""
-    folder = path.parent
-    with open(folder / location, "wb") as data:
-        for t in _tensors_with_data(model.graph):
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                info = {e.key: e.value for e in t.external_data}
-                source = folder / info["location"]
-                start = int(info.get("offset", 0))
-                length = int(info["length"]) if "length" in info else source.stat().st_size - start
-                if length >= 2**20:
-                    data.write(b"\0" * (-data.tell() % 4096))
-                offset = data.tell()
-                with open(source, "rb") as src:
-                    src.seek(start)
-                    left = length
-                    while left:   # 64 MiB at a time: a 1 GB embedding table is never read whole
-                        chunk = src.read(min(left, 64 * 2**20))
-                        if not chunk:
-                            raise OSError(f"{source} ends before its tensor {t.name} does")
-                        data.write(chunk)
-                        left -= len(chunk)
-            elif t.HasField("raw_data") and len(t.raw_data) > size_threshold:
-                if len(t.raw_data) >= 2**20:
-                    data.write(b"\0" * (-data.tell() % 4096))
-                offset = data.tell()
-                data.write(t.raw_data)
-            else:
-                continue
-            t.ClearField("raw_data")
-            del t.external_data[:]
-            t.data_location = onnx.TensorProto.EXTERNAL
-            for key, value in (("location", location), ("offset", str(offset)), ("length", str(data.tell() - offset))):
-                t.external_data.add(key=key, value=value)
-    onnx.save(model, path)
-
-
-def name_tied_lm_head(path: Path) -> None:
-    """Name a tied lm_head's weight as optimum's deduplication (skipped: no_post_process) and then
-    fold_transposed_weights named it: `<embedding table>_transposed`, last among the initializers.
-    The exporter writes a tied lm_head as its own initializer, the embedding table transposed;
-    optimum replaced it with Transpose(table), which the fold made a table again under that name.
-    Only the name and the order change (the graph file; the weights stay where they are), so the
-    reference, and every recipe's output, is what it was with the deduplication."""
-    from packager.recipes.nbits import find_tied_embedding
-
-    model = onnx.load(path, load_external_data=False)
-    tied = find_tied_embedding(model, path.parent)
-    if tied is None:
-        return
-    gather = next(n for n in model.graph.node if n.name == tied[0])
-    head, name = tied[1], f"{gather.input[0]}_transposed"
-    if head == name or any(i.name == name for i in model.graph.initializer):
-        return
-    index = next(i for i, t in enumerate(model.graph.initializer) if t.name == head)
-    tensor = model.graph.initializer[index]
-    moved = onnx.TensorProto()
-    moved.CopyFrom(tensor)
-    moved.name = name
-    del model.graph.initializer[index]
-    model.graph.initializer.append(moved)
-    for node in model.graph.node:
-        for i, value in enumerate(node.input):
-            if value == head:
-                node.input[i] = name
-    onnx.save(model, path)
-
-
-def fold_transposed_weights(path: Path, progress: Callable[[str], None] | None = None) -> None:
-    """Give a MatMul fed by Transpose(weight) the transposed weight itself, as a constant.
-
-    Applied to every reference model (exported, or an .onnx given). optimum writes a tied embedding /
-    lm_head once when the two copies it exported are equal (with `accelerate` installed), and feeds
-    the lm_head's MatMul a Transpose of the embedding table: it does so for checkpoints stored in fp32
-    (a merged LoRA adapter's, a tiny test model's), not for the fp16-stored sample:tiny-llama. The
-    quantizers only quantize a MatMul whose weight is a constant, and the int4 recipe keeps a tied pair
-    as one 4-bit weight only when it sees both copies: folded, the graph is the one every recipe
-    expects. The runtime folds that Transpose at load anyway (constant folding), so the memory at run
-    time is the same; the fp32 file holds the copy it would have held without the deduplication."""
-    model = onnx.load(path, load_external_data=False)
-    graph = model.graph
-    initializers = {i.name: i for i in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    folds = [n for n in graph.node if n.op_type == "Transpose" and n.input[0] in initializers
-             and len(initializers[n.input[0]].dims) == 2 and n.output[0] not in {o.name for o in graph.output}
-             and all(c.op_type == "MatMul" for c in consumers.get(n.output[0], []))
-             and all(list(a.ints) in ([], [1, 0]) for a in n.attribute if a.name == "perm")]
-    if not folds:
-        return
-    locations = sorted({e.value for i in graph.initializer for e in i.external_data if e.key == "location"})
-    folded = {n.output[0]: n.input[0] for n in folds}   # output names are unique (SSA); node names need not be
-    if locations:
-        _fold_external(model, path, folded, progress)
-        return
-    model = onnx.load(path)   # small: everything in memory, rewritten below
-    graph = model.graph
-    initializers = {i.name: i for i in graph.initializer}
-    for output, weight in folded.items():
-        table = onnx.numpy_helper.to_array(initializers[weight])
-        graph.initializer.append(onnx.numpy_helper.from_array(table.T.copy(), output))
-    _drop_transposes(graph, folded)
-    onnx.save(model, path)
-
-
-def _drop_transposes(graph: onnx.GraphProto, folded: dict[str, str]) -> None:
-    """Remove the folded Transposes, and the weights that only they read (an external weight's bytes
-    stay in its data file, unread)."""
-    kept = [n for n in graph.node if not (n.op_type == "Transpose" and n.output[0] in folded)]
-    del graph.node[:]
-    graph.node.extend(kept)
-    used = {i for g in all_graphs(graph) for n in g.node for i in n.input} | {o.name for o in graph.output}
-    weights = set(folded.values())
-    initializers = [t for t in graph.initializer if t.name in used or t.name not in weights]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
-
-
-# Bytes of a transposed table written at a time: bounded memory whatever the table's size.
-FOLD_CHUNK_BYTES = 64 * 2**20
-
-
-def _fold_external(model: onnx.ModelProto, path: Path, folded: dict[str, str],
-                   progress: Callable[[str], None] | None = None) -> None:
-    """fold_transposed_weights for a model with external data (a 1B model's is 5 GB): each transposed
-    table is appended to the weight's own data file, a slice at a time, read memory-mapped; nothing
-    else is read or rewritten, and the graph is saved without its weights."""
-    initializers = {i.name: i for i in model.graph.initializer}
-    first = len(model.graph.initializer)
-    for output, weight in folded.items():
-        tensor = initializers[weight]
-        info = {e.key: e.value for e in tensor.external_data}
-        data_file = path.parent / info["location"]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        rows, cols = (int(d) for d in tensor.dims)
-        table = np.memmap(data_file, dtype=dtype, mode="r", offset=int(info.get("offset", 0)), shape=(rows, cols))
-        with open(data_file, "ab") as f:
-            f.seek(0, 2)
-            offset = -(-f.tell() // 4096) * 4096   # page-aligned, as onnx writes external data
-            f.write(b"\0" * (offset - f.tell()))
-            # rows of the transposed table at a time: 512 at most, which transposes fastest (cache-sized tiles)
-            step = max(1, min(512, FOLD_CHUNK_BYTES // (rows * table.itemsize)))
-            for c in range(0, cols, step):
-                f.write(np.ascontiguousarray(table[:, c:c + step].T).data)
-            length = f.tell() - offset
-        del table
-        t = onnx.TensorProto(name=output, data_type=tensor.data_type, dims=[cols, rows],
-                             data_location=onnx.TensorProto.EXTERNAL)
-        for key, value in (("location", info["location"]), ("offset", str(offset)), ("length", str(length))):
-            t.external_data.add(key=key, value=value)
-        model.graph.initializer.append(t)
-        if progress is not None:
-            progress(f"folded {len(model.graph.initializer) - first}/{len(folded)} transposed weights")
-    _drop_transposes(model.graph, folded)
-    onnx.save(model, path)
-
-
 def _merged(ctx: Context, folder: Path) -> Path:
     """The base folder with the LoRA adapter merged into its weights, in the run's work dir (removed
     with it): what the exporter reads."""
-    from packager.adapter import merge
-
     assert ctx.source is not None and ctx.source.adapter is not None
     dest = ctx.work_dir / "merged"
-    with _quiet():
+    with quiet():
         try:
             merge(folder, ctx.source.adapter, dest, ctx.source.merge_method)
         except PackagerError:
@@ -539,24 +205,6 @@ def _copy_onnx(ctx: Context, out: Path) -> None:
     except Exception as e:  # ValidationError, or protobuf errors from a damaged file
         raise PackagerError(f"{ctx.source.path}: the ONNX model is invalid ({str(e).splitlines()[0][:300]}); "
                             "re-export it.", ExitCode.BAD_INPUT) from None
-
-
-def signature(model_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Graph inputs (initializers excluded) and outputs as name, dtype and shape (None or a dim name where open)."""
-    model = onnx.load(model_path, load_external_data=False)
-    initializers = {i.name for i in model.graph.initializer}
-
-    def describe(v: onnx.ValueInfoProto, kind: str) -> dict[str, Any]:
-        t = v.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
-        if t.elem_type not in onnx.TensorProto.DataType.values():
-            raise PackagerError(f"model {kind} {v.name!r} has element type {t.elem_type}, which no ONNX "
-                                "version defines; re-export the model.", ExitCode.BAD_INPUT)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "unknown"
-        return {"name": v.name, "dtype": dtype, "shape": dims}
-
-    return ([describe(v, "input") for v in model.graph.input if v.name not in initializers],
-            [describe(v, "output") for v in model.graph.output])
 
 
 def _max_length(folder: Path) -> int:
@@ -694,7 +342,8 @@ def describe_io(ctx: Context, export_dir: Path) -> dict[str, Any]:
 
 
 # What the export's output depends on besides the source: these packages' versions (and packager's
-# own, and this file's code), so that an upgrade re-exports instead of reusing an older export.
+# own, and the export's code: this file, export_process.py, onnx_rewrite.py), so that an upgrade re-exports
+# instead of reusing an older export.
 EXPORT_TOOLS = ("optimum", "optimum-onnx", "torch", "transformers", "tokenizers", "onnx", "safetensors")
 
 
@@ -721,14 +370,20 @@ def cache_inputs(ctx: Context) -> dict[str, Any]:
            if ctx.source.adapter is not None else {}),
         "opset": export_opset(ctx),
         "tools": versions,
-        "packager": {"version": __version__, "export_code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()},
+        "packager": {"version": __version__, "export_code": export_code()},
         "python": ".".join(platform.python_version_tuple()[:2]),
     }
 
 
-def lora_code() -> str:
-    from packager import adapter
+def export_code() -> str:
+    """sha256 of the export's code: this stage's, the exporter's run and the rewrites of its files."""
+    digest = hashlib.sha256()
+    for module in (__file__, export_process.__file__, onnx_rewrite.__file__):
+        digest.update(Path(module).read_bytes())
+    return digest.hexdigest()
 
+
+def lora_code() -> str:
     return str(adapter.__file__)
 
 
@@ -834,8 +489,3 @@ def decoder_context(ctx: Context) -> int:
                             "(max_position_embeddings); ask for at most that.", ExitCode.USAGE)
     return ctx.context or min(ctx.profile.budget.context, positions)
 
-
-if __name__ == "__main__":   # the export's child process (_run_export_child)
-    import sys
-
-    _export_child(int(sys.argv[1]), json.loads(sys.argv[2]))

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
-
-import onnx
 
 from packager import adapter as lora
 from packager.context import Context, Source
-from packager.errors import ExitCode, PackagerError
+from packager.model_files import (
+    PICKLE_SUFFIXES,
+    check_safetensors,
+    check_tokenizer,
+    existing,
+    hash_files,
+    read_json,
+    read_onnx,
+)
+from packager.model_files import bad_input as _bad  # refusals of the user's files: exit 5
 from packager.names import derive_name
 from packager.samples import resolve_adapter_sample, resolve_sample
 
-PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
 # Architectures by suffix -> optimum export task. Decoders export with their KV cache as inputs
 # and outputs (the device loop carries it); seq2seq comes with a later issue.
 TASKS = {
@@ -39,21 +43,6 @@ SEQ2SEQ_TASKS = {
     "marian": "text2text-generation-with-past",
 }
 SEQ2SEQ_SUFFIXES = ("ForConditionalGeneration", "ForSpeechSeq2Seq", "ForVision2Seq", "VisionEncoderDecoderModel")
-
-
-def _bad(message: str) -> PackagerError:
-    return PackagerError(message, ExitCode.BAD_INPUT)
-
-
-def hash_files(root: Path, files: list[Path]) -> str:
-    """sha256 over each file's path (relative to root) and content, in a stable order."""
-    h = hashlib.sha256()
-    for f in sorted(files):
-        h.update(f.relative_to(root).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def task_for(architectures: list[str], where: Path, model_type: str = "") -> tuple[str, str]:
@@ -103,111 +92,6 @@ def _hf_folder(path: Path, allow_pickle: bool) -> Source:
                   hash_files(path, files), task=task, architecture=arch, pickled=pickled)
 
 
-def read_json(path: Path, fix: str) -> Any:
-    """A JSON file the user gave (a config.json, a bundle's manifest.json); exit 5 naming it, and
-    ending with `fix`, when it cannot be read or parsed (nesting too deep for the parser included)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise _bad(f"{path}: invalid JSON ({e.msg} at line {e.lineno}); {fix}.") from None
-    except RecursionError:
-        raise _bad(f"{path}: JSON nested too deeply for packager to read; {fix}.") from None
-    except UnicodeDecodeError:
-        raise _bad(f"{path}: not UTF-8 text, so not JSON; {fix}.") from None
-    except OSError as e:
-        raise _bad(f"{path}: cannot read it ({e.strerror or e}); check its permissions.") from None
-
-
-def check_safetensors(path: Path) -> None:
-    """The header parses and every tensor's bytes lie inside the file: a truncated download or a
-    corrupt file is named here, not deep inside the exporter."""
-    size = path.stat().st_size
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            length = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if length <= 0 or 8 + length > size:
-                raise ValueError(f"its header claims {length} bytes of a {size}-byte file")
-            header = json.loads(f.read(length))
-        ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
-    except OSError as e:
-        raise _bad(f"{path}: cannot read it ({e.strerror or e}); check its permissions.") from None
-    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as e:
-        raise _bad(f"{path}: corrupt safetensors ({e}); re-download or re-save the weights.") from None
-    needed = 8 + length + max(ends, default=0)
-    if needed > size:
-        raise _bad(f"{path}: truncated safetensors (the tensors need {needed} bytes, the file has {size}); "
-                   "re-download the weights.")
-
-
-def check_tokenizer(path: Path) -> None:
-    """The tokenizer loads as the device loads it (the `tokenizers` library): a malformed one is named
-    here, rather than exported as a model without a tokenizer, fed random ids and blamed on them."""
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        return  # the export needs it too, and says how to install it
-    try:
-        Tokenizer.from_file(str(path))
-    except Exception as e:  # the library raises bare Exceptions: a parse error, a missing field, an I/O error
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        reason = reason if len(reason) <= 200 else reason[:200] + "..."
-        raise _bad(f"{path}: cannot load the tokenizer ({reason}); fix or remove the file.") from None
-
-
-def external_data_files(model_path: Path, model: onnx.ModelProto) -> list[Path]:
-    """The external data files an ONNX model references, each checked to lie inside its folder (the
-    folder of the file itself, when `model_path` is a symlink) and to hold its tensors' bytes. Each
-    is returned as that folder / its location, the name the model reads it by."""
-    folder = model_path.resolve().parent
-    files = set()
-    for tensor in onnx.external_data_helper._get_all_tensors(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in tensor.external_data}
-        location = info.get("location", "")
-        target = (folder / location).resolve()
-        if Path(location).is_absolute() or folder not in target.parents:
-            raise _bad(f"{model_path}: external data {location!r} points outside the model's folder, so packager "
-                       "will not read it; keep the data file beside the model.")
-        if not target.is_file():
-            raise _bad(f"{model_path}: external data file {location!r} is missing; copy it next to the model.")
-        end = _byte_count(model_path, tensor, info, "offset") + _byte_count(model_path, tensor, info, "length")
-        if end > target.stat().st_size:
-            raise _bad(f"{model_path}: external data file {location!r} is truncated (tensor {tensor.name!r} ends at "
-                       f"byte {end}, the file has {target.stat().st_size}); copy the complete file.")
-        files.add(folder / location)
-    return sorted(files)
-
-
-def _byte_count(model_path: Path, tensor: onnx.TensorProto, info: dict[str, str], key: str) -> int:
-    """A tensor's external data `offset` or `length`: a whole number of bytes, 0 or more (0 when absent)."""
-    value = info.get(key, "0")
-    try:
-        count = int(value)
-    except ValueError:
-        count = -1
-    if count < 0:
-        raise _bad(f"{model_path}: tensor {tensor.name!r} gives its external data {key} as {value!r}, which is not a "
-                   "byte count (a whole number, 0 or more); re-export the model.")
-    return count
-
-
-def read_onnx(path: Path) -> tuple[onnx.ModelProto, list[Path]]:
-    """An ONNX file the user named (a symlink: the file it points to), without its weights, and the
-    external data files it reads; refused (exit 5) unless it is a readable, non-empty model whose
-    data lies beside it. package, check and inspect all take models through here."""
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except OSError as e:
-        raise _bad(f"{path}: cannot read it ({e.strerror or e}); check its permissions.") from None
-    except Exception as e:  # protobuf raises DecodeError and friends
-        raise _bad(f"{path}: not a valid ONNX model ({type(e).__name__}); re-export or re-download it.") from None
-    if not model.graph.node:
-        raise _bad(f"{path}: the ONNX graph is empty; re-export the model.")
-    return model, [path.resolve(), *external_data_files(path, model)]
-
-
 def _onnx_file(path: Path) -> Source:
     _, files = read_onnx(path)
     # Paths relative to the folder of the file itself: a symlink's own folder may be anywhere.
@@ -235,16 +119,6 @@ def resolve(spec: str, name: str | None = None, allow_pickle: bool = False) -> S
     else:
         raise _bad(f"{path}: not a model (expected a folder with config.json, or an .onnx file).")
     return _renamed(source, name) if name else source
-
-
-def existing(spec: str) -> Path:
-    """MODEL's path, which must exist (checked up front for each of several models, before any work)."""
-    if not spec.strip():
-        raise _bad("MODEL is empty; pass a Hugging Face folder, an .onnx file or sample:minilm.")
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise _bad(f"{spec}: no such file or folder; check the path (or use sample:minilm).")
-    return path
 
 
 def _renamed(source: Source, name: str) -> Source:

@@ -1,0 +1,177 @@
+"""The run phase of the memory estimate (packager/estimate.py): the largest set of activations alive at once, from
+the graph with the sample's shapes inferred through it, and a decoder's KV cache at a context."""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+
+from packager.graphs import all_graphs
+
+
+def concrete_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """A weightless copy of the model with the graph inputs fixed to concrete shapes, shape-inferred."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for g in all_graphs(copy.graph):
+        for t in g.initializer:
+            # Keep dims and type, drop the bytes: shape inference needs no values, except those of
+            # small integer tensors, which may be shapes (a Reshape's target).
+            if t.data_type == onnx.TensorProto.INT64 and math.prod(t.dims) <= 64 \
+                    and t.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            t.ClearField("raw_data")
+            t.ClearField("external_data")
+            t.data_location = onnx.TensorProto.DEFAULT
+    for g in all_graphs(copy.graph):
+        _standard_stand_ins(g)
+    for inp in copy.graph.input:
+        if inp.name in shapes:
+            dims = inp.type.tensor_type.shape.dim
+            for d, value in zip(dims, shapes[inp.name]):
+                d.Clear()
+                d.dim_value = int(value)
+    try:
+        return onnx.shape_inference.infer_shapes(copy, strict_mode=False, data_prop=True)
+    except Exception:  # inference is best effort: unknown shapes fall back below
+        return copy
+
+
+def _standard_stand_ins(graph: onnx.GraphProto) -> None:
+    """Replace the int4 recipe's contrib ops, which ONNX shape inference does not know, by the standard
+    op of the same output shape over a weightless stand-in weight, so that shapes flow past them:
+    MatMulNBits (A [.., K], attribute N) is a MatMul by [K, N]; GatherBlockQuantized (data [rows,
+    K/2] packed 4-bit) is a Gather from [rows, K]. Both output the scales' type."""
+    types = {t.name: t.data_type for t in graph.initializer}
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        if node.domain != "com.microsoft" or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        scales = node.input[2] if len(node.input) > 2 else ""
+        dtype = types.get(scales, onnx.TensorProto.FLOAT)
+        weight = f"{node.output[0]}::weight"
+        if node.op_type == "MatMulNBits":
+            shape = [int(attrs["K"]), int(attrs["N"])]
+            replacement = onnx.helper.make_node("MatMul", [node.input[0], weight], [node.output[0]], name=node.name)
+        else:
+            data = dims.get(node.input[0])
+            if not data or int(attrs.get("gather_axis", 0)) != 0:
+                continue
+            packed = types.get(node.input[0]) == onnx.TensorProto.UINT8
+            shape = [*data[:-1], data[-1] * (8 // int(attrs.get("bits", 4)) if packed else 1)]
+            replacement = onnx.helper.make_node("Gather", [weight, node.input[1]], [node.output[0]], name=node.name)
+        graph.initializer.append(onnx.TensorProto(name=weight, data_type=dtype, dims=shape))
+        node.CopyFrom(replacement)
+
+
+def value_sizes(graph: onnx.GraphProto) -> dict[str, int | None]:
+    sizes: dict[str, int | None] = {}
+    for v in [*graph.value_info, *graph.output, *graph.input]:
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        if not t.elem_type or not t.HasField("shape") or any(d is None for d in dims):
+            sizes.setdefault(v.name, None)  # an unshaped declaration never hides an inferred shape
+            continue
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+        sizes[v.name] = math.prod(dims) * itemsize  # type: ignore[arg-type]
+    return sizes
+
+
+# Ops whose output is their first input's buffer, reshaped (ONNX Runtime's CPU kernels declare
+# Alias(0, 0)): no allocation of their own; the input's buffer lives as long as the output does.
+ALIAS_OPS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+
+
+def _sizes_through_aliases(graph: onnx.GraphProto, sizes: dict[str, int | None]) -> None:
+    """An alias op keeps its input's byte size: where shape inference settled only one side
+    (an Expand's output before a Reshape, say), the other side takes it."""
+    for node in reversed(graph.node):
+        if node.op_type in ALIAS_OPS and node.input and node.output:
+            src, dst = node.input[0], node.output[0]
+            if sizes.get(src) is None and sizes.get(dst) is not None:
+                sizes[src] = sizes[dst]
+    for node in graph.node:
+        if node.op_type in ALIAS_OPS and node.input and node.output:
+            src, dst = node.input[0], node.output[0]
+            if sizes.get(dst) is None and sizes.get(src) is not None:
+                sizes[dst] = sizes[src]
+
+
+def activation_peak(graph: onnx.GraphProto, constants: set[str], held: frozenset[str] = frozenset()) -> int:
+    """Peak bytes of intermediate tensors alive at once, walking the nodes in order (liveness).
+
+    A tensor lives from its producer to its last consumer; graph outputs live to the end. An
+    alias op's output shares its input's buffer. A node with subgraphs adds its largest branch's
+    own peak while it runs. Tensors whose shape inference could not settle count as large as the
+    node's largest input (a Concat's: their sum), and pass that size on downstream. `held` inputs
+    (a decoder's past key/values, counted on their own) are not live here, but size what is made
+    from them.
+    """
+    sizes = value_sizes(graph)
+    _sizes_through_aliases(graph, sizes)
+    root: dict[str, str] = {}  # alias output -> the buffer it shares
+    for node in graph.node:
+        if node.op_type in ALIAS_OPS and node.input and node.output and node.input[0]:
+            root[node.output[0]] = root.get(node.input[0], node.input[0])
+    last_use: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            last_use[root.get(name, name)] = i
+        for attr in node.attribute:  # subgraphs read outer tensors too
+            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                for sub in g.node:
+                    for name in sub.input:
+                        name = root.get(name, name)
+                        last_use[name] = max(last_use.get(name, i), i)
+    end = len(graph.node)
+    outputs = {root.get(o.name, o.name) for o in graph.output}
+    for name in outputs:
+        last_use[name] = end
+    live: dict[str, int] = {}
+    for inp in graph.input:
+        if inp.name not in constants and inp.name not in held and sizes.get(inp.name):
+            live[inp.name] = sizes[inp.name] or 0
+    peak = sum(live.values())
+    for i, node in enumerate(graph.node):
+        known = [sizes.get(n) or 0 for n in node.input if n and (n not in constants or n in held)]
+        fallback = sum(known) if node.op_type == "Concat" else max(known, default=0)
+        for name in node.output:
+            if name and sizes.get(name) is None:
+                sizes[name] = fallback  # and so for the nodes downstream, which size from it
+            if name and name not in root and name not in constants:  # folded at load: a weight
+                live[name] = sizes[name] or 0
+        inner = 0
+        for attr in node.attribute:
+            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                inner = max(inner, activation_peak(g, constants, held))
+        peak = max(peak, sum(live.values()) + inner)
+        for name in [n for n in live if last_use.get(n, -1) <= i and n not in outputs]:
+            del live[name]
+    return peak
+
+
+def is_past(name: str) -> bool:
+    return name.startswith(("past_key_values", "past."))
+
+
+def kv_cache_bytes(model: onnx.ModelProto, context: int | None,
+                   shapes: dict[str, tuple[int, ...]] | None = None) -> int:
+    """Past key/value inputs (`past_key_values.N.key/value`) at `context` tokens, batch 1; a past whose
+    shape `shapes` gives (an encoder-decoder's cross-attention cache: the encoder's length) at that."""
+    if not context:
+        return 0
+    total = 0
+    for inp in model.graph.input:
+        if not is_past(inp.name):
+            continue
+        t = inp.type.tensor_type
+        if shapes and inp.name in shapes:
+            total += math.prod(shapes[inp.name]) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        # [batch, kv_heads, past_sequence, head_dim]: the open sequence axis takes the context.
+        fixed = [1 if i == 0 and d is None else (context if d is None else d) for i, d in enumerate(dims)]
+        total += math.prod(fixed) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+    return total

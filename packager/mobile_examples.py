@@ -1,0 +1,224 @@
+"""The Android (Kotlin) and iOS (Swift) examples of a phone bundle, rendered from the templates in targets/mobile/:
+the app's session with the providers the usability check rates (packager/mobile.py), and the model's inputs filled
+from the bundle's sample."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packager.mobile import ORT_MODEL, gated_out
+from packager.paths import targets_dir
+from packager.profile_types import Profile
+
+
+def class_name(name: str) -> str:
+    """A Kotlin/Swift type name from the bundle name: "silero_vad" -> "SileroVadModel"."""
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", name) if w]
+    base = "".join(w[:1].upper() + w[1:] for w in words) or "Packaged"
+    return ("M" + base if base[0].isdigit() else base) + "Model"
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Fill {{key}} placeholders; every placeholder must have a value."""
+    def fill(m: re.Match[str]) -> str:
+        if m.group(1) not in values:
+            raise KeyError(f"template placeholder {m.group(1)!r} has no value")
+        return values[m.group(1)]
+    return re.sub(r"\{\{([a-z_]+)\}\}", fill, template)
+
+
+def _template(name: str) -> str:
+    return (targets_dir() / "mobile" / name).read_text(encoding="utf-8")
+
+
+INLINE_MAX = 64  # sample values written into the example up to this many elements; larger tensors are zeros
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleInput:
+    name: str
+    dtype: str                     # numpy name: float32, int64, int32 ...
+    shape: tuple[int, ...]
+    values: list[Any] | None       # None: zeros of the shape
+
+
+def example_inputs(io: dict[str, Any], sample: dict[str, np.ndarray]) -> list[ExampleInput]:
+    """The model's inputs with the first sample's concrete shapes (and small tensors' values)."""
+    result = []
+    for spec in io["inputs"]:
+        value = sample.get(spec["name"])
+        if value is None:
+            shape = tuple(d if isinstance(d, int) else 1 for d in spec["shape"])
+            result.append(ExampleInput(spec["name"], spec["dtype"], shape, None))
+            continue
+        values = value.ravel().tolist() if value.size <= INLINE_MAX and value.any() else None
+        result.append(ExampleInput(spec["name"], str(value.dtype), tuple(int(d) for d in value.shape), values))
+    return result
+
+
+def _kotlin_literal(dtype: str, v: Any) -> str:
+    return f"{float(v)!r}f" if dtype == "float32" else str(int(v))
+
+
+def kotlin_input(i: ExampleInput) -> str:
+    kinds = {"float32": ("FloatBuffer", "floatArrayOf", "FloatArray"),
+             "int64": ("LongBuffer", "longArrayOf", "LongArray"),
+             "int32": ("IntBuffer", "intArrayOf", "IntArray")}
+    shape = f"longArrayOf({', '.join(str(d) for d in i.shape)})"
+    if i.dtype not in kinds:
+        return (f"            // {i.name}: {i.dtype} {list(i.shape)}: "
+                "create it with OnnxTensor.createTensor for that type")
+    buffer, array_of, array = kinds[i.dtype]
+    n = int(np.prod(i.shape)) if i.shape else 1
+    data = (f"{array_of}({', '.join(_kotlin_literal(i.dtype, v) for v in i.values)})" if i.values is not None
+            else f"{array}({n})")
+    return f'            "{i.name}" to OnnxTensor.createTensor(env, {buffer}.wrap({data}), {shape}),'
+
+
+def _swift_literal(dtype: str, v: Any) -> str:
+    return repr(float(v)) if dtype == "float32" else str(int(v))
+
+
+def swift_input(i: ExampleInput) -> str:
+    kinds = {"float32": ("Float", ".float"), "int64": ("Int64", ".int64"), "int32": ("Int32", ".int32")}
+    shape = f"[{', '.join(str(d) for d in i.shape)}]"
+    if i.dtype not in kinds:
+        return (f"            // {i.name}: {i.dtype} {list(i.shape)}: "
+                "create it with ORTValue(tensorData:elementType:shape:)")
+    swift_type, element = kinds[i.dtype]
+    n = int(np.prod(i.shape)) if i.shape else 1
+    data = (f"[{', '.join(_swift_literal(i.dtype, v) for v in i.values)}] as [{swift_type}]" if i.values is not None
+            else f"[{swift_type}](repeating: 0, count: {n})")
+    return f'            "{i.name}": try Self.tensor({data}, shape: {shape}, type: {element}),'
+
+
+_KOTLIN_OPT = {"disable": "NO_OPT", "basic": "BASIC_OPT", "extended": "EXTENDED_OPT", "all": "ALL_OPT"}
+
+
+_SWIFT_OPT = {"disable": ".none", "basic": ".basic", "extended": ".extended", "all": ".all"}
+
+
+def _options(profile: Profile, provider: str) -> dict[str, str]:
+    return {k: (str(v).lower() if isinstance(v, bool) else str(v))
+            for k, v in profile.runtime.provider_options.get(provider, {}).items()}
+
+
+def kotlin_session(profile: Profile, verdict: dict[str, Any]) -> str:
+    s = profile.session
+    assert profile.mobile is not None
+    lines = [f"setIntraOpNumThreads({s.intra_op_threads})",
+             f"setInterOpNumThreads({s.inter_op_threads})",
+             f"setOptimizationLevel(OrtSession.SessionOptions.OptLevel.{_KOTLIN_OPT[s.graph_optimization]})",
+             f"setExecutionMode(OrtSession.SessionOptions.ExecutionMode.{s.execution_mode.upper()})",
+             f"setCPUArenaAllocator({str(s.cpu_mem_arena).lower()})",
+             f"setMemoryPatternOptimization({str(s.mem_pattern).lower()})"]
+    lines += [f'addConfigEntry("{k}", "{v}")' for k, v in s.config.items()]
+    out = [f"        options.{line}" for line in lines]
+    for provider in profile.mobile.android_providers:
+        why = gated_out(provider, verdict)
+        opts = _options(profile, provider)
+        if provider == "QNNExecutionProvider":
+            opts = opts or {"backend_path": "libQnnHtp.so"}  # the Hexagon NPU (HTP) backend
+        pairs = ", ".join(f'"{k}" to "{v}"' for k, v in opts.items())
+        call = {"XnnpackExecutionProvider": f"addXnnpack(mapOf({pairs}))",
+                "NnapiExecutionProvider": "addNnapi()",
+                "QNNExecutionProvider": f"addQnn(mapOf({pairs}))"}.get(provider)
+        if call is None:
+            continue  # CPUExecutionProvider: always there
+        if provider == "QNNExecutionProvider":
+            out.append("        // QNN needs the com.microsoft.onnxruntime:onnxruntime-android-qnn artifact "
+                       "and a QDQ model.")
+        if why:
+            out.append(f"        // Left out: {why}.")
+            out.append(f"        // options.{call}")
+        else:
+            out.append(f"        options.{call}")
+    return "\n".join(out)
+
+
+def swift_session(profile: Profile, verdict: dict[str, Any]) -> str:
+    s = profile.session
+    assert profile.mobile is not None
+    out = [f"        try options.setIntraOpNumThreads({s.intra_op_threads})",
+           f"        try options.setGraphOptimizationLevel({_SWIFT_OPT[s.graph_optimization]})"]
+    out += [f'        try options.addConfigEntry(withKey: "{k}", value: "{v}")' for k, v in s.config.items()]
+    for provider in profile.mobile.ios_providers:
+        opts = _options(profile, provider)
+        if provider == "CoreMLExecutionProvider":
+            block = ["let coreML = ORTCoreMLExecutionProviderOptions()",
+                     *(f"coreML.{k} = {v}" for k, v in opts.items()),
+                     "try options.appendCoreMLExecutionProvider(with: coreML)"]
+        elif provider == "XnnpackExecutionProvider":
+            block = ["let xnnpack = ORTXnnpackExecutionProviderOptions()",
+                     *(f"xnnpack.{k} = {v}" for k, v in opts.items()),
+                     "try options.appendXnnpackExecutionProvider(with: xnnpack)"]
+        else:
+            continue
+        why = gated_out(provider, verdict)
+        if why:
+            out.append(f"        // Left out: {why}.")
+            out += [f"        // {line}" for line in block]
+        else:
+            out += [f"        {line}" for line in block]
+    return "\n".join(out)
+
+
+def _output(io: dict[str, Any]) -> tuple[str, str]:
+    """The output the examples return, and its dtype."""
+    outputs = {o["name"]: o for o in io["outputs"]}
+    name = next(iter(io.get("primary_outputs") or io.get("checked_outputs") or list(outputs)))
+    return name, outputs.get(name, {}).get("dtype", "float32")
+
+
+def write_examples(stage: Path, bundle_name: str, profile: Profile, io: dict[str, Any],
+                   sample: dict[str, np.ndarray], sample_note: str, verdict: dict[str, Any]) -> list[str]:
+    """android/ and ios/ in the staged bundle: a class that loads model.ort with the pinned runtime, the
+    profile's session options and providers, and runs the first sample; a README with the dependency lines."""
+    assert profile.mobile is not None
+    m = profile.mobile
+    name = class_name(bundle_name.removesuffix(f"-{profile.name}"))
+    inputs = example_inputs(io, sample)
+    output, dtype = _output(io)
+    floats = dtype == "float32"
+    common = {
+        "class_name": name,
+        "bundle": bundle_name,
+        "target": profile.name,
+        "output": output,
+        "sample_note": sample_note,
+        "model_bytes": str((stage / ORT_MODEL).stat().st_size),
+        "maven": f"{m.android_package}:{m.android_version}",
+        "android_version": m.android_version,
+        "ios_pod": m.ios_pod,
+        "ios_version": m.ios_version,
+        "swift_package": m.ios_swift_package,
+        "verdict": verdict.get("verdict", verdict.get("error", "")),
+    }
+    kotlin = render(_template("Model.kt.template"), {
+        **common,
+        "session_options": kotlin_session(profile, verdict),
+        "inputs": "\n".join(kotlin_input(i) for i in inputs),
+        "return_type": "FloatArray" if floats else "LongArray",
+        "read_output": (f"                val buffer = output.{'floatBuffer' if floats else 'longBuffer'}\n"
+                        f"                return {'FloatArray' if floats else 'LongArray'}(buffer.remaining())"
+                        ".also { buffer.get(it) }"),
+    })
+    swift = render(_template("Model.swift.template"), {
+        **common,
+        "session_options": swift_session(profile, verdict),
+        "inputs": "\n".join(swift_input(i) for i in inputs),
+        "element": "Float" if floats else "Int64",
+    })
+    written = []
+    for folder, filename, text in (("android", f"{name}.kt", kotlin), ("ios", f"{name}.swift", swift),
+                                   ("android", "README.md", render(_template("android-README.md.template"), common)),
+                                   ("ios", "README.md", render(_template("ios-README.md.template"), common))):
+        (stage / folder).mkdir(exist_ok=True)
+        (stage / folder / filename).write_text(text, encoding="utf-8")
+        written.append(f"{folder}/{filename}")
+    return written
