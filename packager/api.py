@@ -90,13 +90,15 @@ class PackageResult(_Smoked):
     cache: dict[str, str]              # stage -> "hit", "miss", "corrupt" (rebuilt) or "off"
     timings_s: dict[str, float]        # seconds per stage
     mixed: dict[str, Any] | None = None   # int4-mixed: the layers at 8 bits, their cost, the sensitivity measured
+    coverage: dict[str, Any] | None = None  # the weight bytes at each precision (packager/coverage.py)
     smoke_result: SmokeResult | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"archive": str(self.archive), "bundle": self.bundle, "target": self.target, "recipe": self.recipe,
                 "sizes": self.sizes, "accuracy": self.accuracy, "memory": self.memory, "fit": self.fit,
                 "smoke": self.smoke, "signature": self.signature, "cache": self.cache, "timings_s": self.timings_s,
-                **({"mixed": self.mixed} if self.mixed is not None else {})}
+                **({"mixed": self.mixed} if self.mixed is not None else {}),
+                **({"coverage": self.coverage} if self.coverage else {})}
 
     @classmethod
     def from_context(cls, ctx: Context, smoked: SmokeResult | None = None, smoke_mode: str | None = None,
@@ -123,6 +125,7 @@ class PackageResult(_Smoked):
             cache=dict(ctx.cache),
             timings_s=dict(ctx.timings),
             mixed=mixed_record(ctx),
+            coverage=ctx.recipe.coverage if ctx.recipe else None,
             smoke_result=smoked,
         )
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from packager.cli_common import MiB, err
-from packager.labels import memory_label, provider_name
+from packager.labels import memory_label, provider_name, recipe_label
 
 
 def _print_packaged(result: Any) -> None:
@@ -59,7 +59,7 @@ def _print_package(r: Any) -> None:
                   f"tolerance {ev['tolerance'] * 100:.4g}%), "
                   f"{ev['disagreements']} case(s) disagree")
     _print_memory(mem)
-    err.print(f"model     {r.sizes['model_bytes'] / MiB:.1f} MiB ({r.recipe})")
+    err.print(f"model     {r.sizes['model_bytes'] / MiB:.1f} MiB ({escape(recipe_label(r.recipe, r.coverage))})")
     if r.mixed:
         from packager.report_view import mixed_text
 

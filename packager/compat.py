@@ -392,7 +392,10 @@ def check(facts: ModelFacts, profile: Profile, table: RuntimeTable | None = None
             f"{raise_it} or re-export the model for an older runtime", needs))
 
     limits = {ONNX_DOMAIN: ("opset", release.opset), ML_DOMAIN: ("ml_opset", release.ml_opset)}
+    used = {d for d, _ in facts.ops} | {ONNX_DOMAIN}
     for domain, version in sorted(facts.opsets.items()):
+        if domain not in used:
+            continue  # an import no operator uses asks nothing of the runtime (the quantizer declares several)
         if domain in limits:
             attr, limit = limits[domain]
             if version <= limit:

@@ -9,10 +9,12 @@ from typing import Any
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
+from packager.labels import quantized_nothing
 from packager.mixed_search import recipe_stages
 from packager.progress import Reporter
+from packager.recipes import searched
 from packager.records import Fit
-from packager.stage_runner import PER_RECIPE
+from packager.stage_runner import PER_RECIPE, run_stage
 from packager.stages import fit
 
 # --fit auto shrinks a decoder's context by halving, down to this floor, under which it gives up:
@@ -83,6 +85,11 @@ def _try_recipe(ctx: Context, reporter: Reporter, recipe: str,
     sized = family_for(ctx.io["kind"]).context_sized
     entry: dict[str, Any] = {"recipe": recipe, **({"context": ctx.context} if sized else {})}
     try:
+        if stages[0] == "quantize" and ctx.fit.tried and not searched(recipe):
+            run_stage(ctx, reporter, "quantize")
+            if ctx.recipe is not None and quantized_nothing(recipe, ctx.recipe.coverage):
+                return _skip(ctx, reporter, entry)
+            stages = stages[1:]
         recipe_stages(ctx, reporter, stages)
     except PackagerError as e:
         if e.code not in (ExitCode.DOES_NOT_FIT, ExitCode.ACCURACY):
@@ -92,6 +99,17 @@ def _try_recipe(ctx: Context, reporter: Reporter, recipe: str,
         return e
     ctx.fit.tried.append(entry | {"outcome": "fits and passes verify"})
     return None
+
+
+def _skip(ctx: Context, reporter: Reporter, entry: dict[str, Any]) -> PackagerError:
+    """A recipe that found nothing to quantize is the model the more precise recipes already tried: not a
+    smaller candidate."""
+    assert ctx.fit is not None and ctx.recipe is not None
+    outcome = (f"skipped: found nothing to quantize, so it is the same model as "
+               f"{next(iter(ctx.recipe.coverage['bytes']))}, already tried")
+    ctx.fit.tried.append(entry | {"outcome": outcome})
+    reporter.print(f"fit auto: {entry['recipe']}{_at(entry.get('context'))} {outcome}")
+    return PackagerError(outcome, ExitCode.USAGE)  # not DOES_NOT_FIT: no shorter context makes it a candidate
 
 
 def _at(context: int | None) -> str:

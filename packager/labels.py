@@ -3,6 +3,8 @@ documentation spells them, and the parts of a memory estimate. JSON keeps the in
 
 from __future__ import annotations
 
+from typing import Any
+
 # ONNX Runtime's provider ids, and the names its documentation uses for them in prose.
 PROVIDER_NAMES = {
     "TensorrtExecutionProvider": "TensorRT",
@@ -40,3 +42,27 @@ def provider_name(provider: str) -> str:
 def memory_label(key: str) -> str:
     """'KV cache' for kv_cache; an unknown part's key with spaces."""
     return MEMORY_LABELS.get(key, key.replace("_", " "))
+
+
+# The float precisions packager/coverage.py names, and the recipes that keep float weights by design.
+FLOAT_PRECISIONS = ("fp32", "fp16", "bf16", "fp64")
+FLOAT_RECIPES = ("fp32", "fp16")
+
+
+def quantized_nothing(recipe: str, coverage: dict[str, Any] | None) -> bool:
+    """Whether a quantizing recipe left every weight at float: it did nothing."""
+    if not coverage or recipe in FLOAT_RECIPES or not coverage.get("bytes"):
+        return False
+    return all(p in FLOAT_PRECISIONS for p in coverage["bytes"])
+
+
+def recipe_label(recipe: str, coverage: dict[str, Any] | None) -> str:
+    """The recipe as the summary and the reports name it: what it did, not only what it was asked to do."""
+    if not coverage or not coverage.get("bytes") or recipe in FLOAT_RECIPES:
+        return recipe
+    if quantized_nothing(recipe, coverage):
+        return f"{next(iter(coverage['bytes']))} ({recipe} found nothing to quantize)"
+    shares = ", ".join(f"{p} {coverage['share'][p]:.0%}" for p in coverage["bytes"])
+    left = coverage.get("float_in") or {}
+    kept = f"; {', '.join(sorted(left))} weights left float" if left else ""
+    return f"{recipe} ({shares} of weight bytes{kept})"

@@ -8,7 +8,7 @@ import math
 import unicodedata
 from typing import Any
 
-from packager.labels import memory_label
+from packager.labels import memory_label, recipe_label
 
 MiB = 2**20
 
@@ -59,7 +59,8 @@ class View:
         self.error = r.get("error")
         self.target = str(r.get("target") or "?")
         self.bundle = str(r.get("bundle") or r.get("model") or "?")
-        self.recipe = str(r.get("recipe") or "?")
+        # what the recipe did (fp32 where it found nothing to quantize), with its shares of the weight bytes
+        self.recipe = recipe_label(str(r.get("recipe") or "?"), _dict(r.get("coverage")))
         self.sizes = _dict(r.get("sizes"))
         self.accuracy = _dict(r.get("accuracy"))
         self.memory = _dict(r.get("memory"))

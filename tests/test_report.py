@@ -176,7 +176,7 @@ def test_module_command_merges_saved_summaries(tmp_path: Path, capsys: pytest.Ca
 def test_schemas_share_their_common_definitions() -> None:
     manifest, report = (json.loads((REPO / "schemas" / f"{n}.schema.json").read_text(encoding="utf-8"))
                         for n in ("manifest", "report"))
-    for name in ("bytes", "memory", "accuracy", "fit_auto", "signature"):
+    for name in ("bytes", "memory", "accuracy", "fit_auto", "signature", "coverage"):
         assert manifest["$defs"][name] == report["$defs"][name], name
 
 

@@ -31,6 +31,8 @@ class RecipeResult:
     quantized_nodes: int
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # The weight bytes at each precision (packager/coverage.py), set by the quantize stage.
+    coverage: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,23 @@ def count_ops(model: onnx.ModelProto, ops: set[str]) -> int:
     """Nodes of the given types, subgraphs (If/Loop/Scan bodies) included."""
     return sum(node.op_type in ops for g in all_graphs(model.graph) for node in g.node)
 
+
+
+def drop_unused_opsets(path: Path) -> list[str]:
+    """Remove the opset imports of domains no node uses (the quantizer declares ai.onnx.ml and its training,
+    aten and preview domains whatever the graph holds; a pinned older runtime refuses some of them). ai.onnx
+    stays. Only the graph is rewritten: external data stays where it is. Returns the domains dropped."""
+    model = onnx.load(path, load_external_data=False)
+    used = {n.domain for g in all_graphs(model.graph) for n in g.node}
+    used |= {n.domain for f in model.functions for n in f.node} | {f.domain for f in model.functions}
+    unused = [i for i in model.opset_import if i.domain not in ("", "ai.onnx") and i.domain not in used]
+    if not unused:
+        return []
+    kept = [i for i in model.opset_import if i not in unused]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    onnx.save(model, path)
+    return sorted(i.domain for i in unused)
 
 
 def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:

@@ -6,12 +6,15 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import onnx
+
 from packager.calibration import calibration_inputs, unused_calibration
 from packager.context import Component, Context
+from packager.coverage import coverage_of, merge
 from packager.errors import ExitCode, PackagerError
 from packager.mixed import quantizations
 from packager.recipes import RECIPES, calibrated, parse_recipe, searched
-from packager.recipes.common import RecipeOptions, RecipeResult
+from packager.recipes.common import RecipeOptions, RecipeResult, drop_unused_opsets
 
 
 def run(ctx: Context) -> None:
@@ -36,13 +39,22 @@ def run(ctx: Context) -> None:
         options = dataclasses.replace(options, calibration=feeds, calibration_source=where)
     elif ctx.calibration is not None and ctx.fit is None:  # --fit auto may try a calibrated recipe later
         raise unused_calibration(ctx.recipe_name)
-    ctx.recipe = _apply(ctx.recipe_name, ctx.reference_model, dest, options, "this model")
+    ctx.recipe = _finish(_apply(ctx.recipe_name, ctx.reference_model, dest, options, "this model"), dest)
     if ctx.recipe.name == "fp32":
         # The reference's external data (if any) travels with it.
         for f in ctx.reference_model.parent.iterdir():
             if f.name != "model.onnx" and f.suffix not in (".json", ".txt") and f.is_file():
                 shutil.copyfile(f, model_dir / f.name)
     ctx.packaged_model = dest
+
+
+def _finish(result: RecipeResult, model: Path) -> RecipeResult:
+    """The recipe's result with what it did to the model: the unused opset imports the quantizer declared
+    dropped (a quantized model only; a copied one stays as it is), and the weight bytes at each precision."""
+    dropped = drop_unused_opsets(model) if result.quantized_nodes else []
+    extra = result.extra | ({"dropped_opset_imports": dropped} if dropped else {})
+    return dataclasses.replace(result, extra=extra,
+                               coverage=coverage_of(onnx.load(model, load_external_data=False)))
 
 
 def _apply(recipe: str, src: Path, dest: Path, options: RecipeOptions, what: str) -> RecipeResult:
@@ -93,11 +105,12 @@ def _run_components(ctx: Context, model_dir: Path) -> None:
         c.packaged = model_dir / c.reference.name
         c.file = f"model/{c.reference.name}"
         if RECIPES[c.recipe_name].merged is not None and c.parts:
-            c.recipe = _apply_merged(c, options)
+            c.recipe = _finish(_apply_merged(c, options), c.packaged)
         else:
-            c.recipe = _apply(c.recipe_name, c.reference, c.packaged, options, f"the {c.name}")
+            c.recipe = _finish(_apply(c.recipe_name, c.reference, c.packaged, options, f"the {c.name}"), c.packaged)
     ctx.packaged_model = ctx.components[-1].packaged
     ctx.model_file = ctx.components[-1].file
     ctx.recipe = RecipeResult(ctx.recipe_name, {"components": {c.name: dataclasses.asdict(c.recipe)
                                                                for c in ctx.components if c.recipe}},
-                              sum(c.recipe.quantized_nodes for c in ctx.components if c.recipe))
+                              sum(c.recipe.quantized_nodes for c in ctx.components if c.recipe),
+                              coverage=merge([c.recipe.coverage for c in ctx.components if c.recipe]))

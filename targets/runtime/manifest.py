@@ -284,6 +284,7 @@ class Recipe(Record):
     note: str
     extra: dict[str, Any]
     fit: dict[str, Any] | None = None           # --fit auto (packager/records.py Fit)
+    coverage: dict[str, Any] | None = None      # weight bytes at each precision (packager/coverage.py)
 
 
 @dataclass(frozen=True)
