@@ -23,8 +23,8 @@ _NBITS = {"MatMulNBits": 1, "GatherBlockQuantized": 0}
 _INT8_OPS = {"MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM",
              "QAttention", "QLinearMatMul", "QLinearConv", "QuantizeLinear", "DequantizeLinear",
              "QEmbedLayerNormalization"}
-_FLOATS: dict[int, str] = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16",
-           onnx.TensorProto.DOUBLE: "fp64"}
+_FLOATS: dict[int, str] = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16",
+                           onnx.TensorProto.BFLOAT16: "bf16", onnx.TensorProto.DOUBLE: "fp64"}
 _INT8 = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
 _INT4 = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 # The layers a quantizing recipe is expected to take: float weights left in them are named in the coverage.
