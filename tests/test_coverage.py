@@ -120,3 +120,15 @@ def test_minilm_int8_packages_for_jetson_and_shows_its_int8_share(tmp_path: Path
     assert manifest["recipe"]["coverage"]["share"]["int8"] > 0.9
     assert "ai.onnx.ml" not in manifest["compatibility"]["opsets"]
     assert "ai.onnx.ml" in manifest["recipe"]["extra"]["dropped_opset_imports"]
+
+
+@pytest.mark.integration
+def test_fit_auto_skips_a_recipe_that_quantizes_nothing(tmp_path: Path) -> None:
+    from packager.errors import ExitCode
+
+    # fp32 does not fit 66 MiB; int8-dynamic finds nothing to quantize in silero-vad: it is not a smaller candidate
+    proc = run_cli("package", "sample:silero-vad", "--target", "rpi5", "--fit", "auto", "--budget", "66MiB",
+                   "--out", str(tmp_path / "dist"))
+    assert proc.returncode == ExitCode.DOES_NOT_FIT, proc.stderr
+    assert "fit auto: int8-dynamic skipped: found nothing to quantize" in proc.stderr
+    assert "int8-dynamic: skipped" in proc.stderr

@@ -172,3 +172,12 @@ def test_gpu_target_falls_back_to_cpu_and_says_so(tmp_path: Path) -> None:
     assert 0 < trt["trt_max_workspace_size"] == memory["tensorrt_workspace"]["bytes"] <= 2**30
     assert (folder / "Dockerfile").read_text().startswith("# minilm-jetson-orin-nano")
     assert "FROM nvcr.io/nvidia/l4t-jetpack:" in (folder / "Dockerfile").read_text()
+
+
+def test_inspect_says_jetson_runs_the_rpi5_int8_bundle(minilm_rpi5: dict) -> None:
+    # the quantizer's unused imports (ai.onnx.ml opset 5 and others) are dropped, and only used domains judged
+    proc = run_cli("inspect", minilm_rpi5["archive"], "--json")
+    assert proc.returncode == 0, proc.stderr
+    verdicts = {c["target"]: c["status"] for c in json.loads(proc.stdout)["compatibility"]}
+    assert verdicts["jetson-orin-nano"] == verdicts["jetson-agx-orin"] == "ok", verdicts
+    assert minilm_rpi5["coverage"]["share"]["int8"] > 0.9
