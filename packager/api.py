@@ -12,6 +12,7 @@ nearest pyproject.toml, the target profile, defaults.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -151,6 +152,7 @@ class CheckResult:
     # models (`packager check A B`): per model, its recipe, size, estimate alone and measured load.
     components: dict[str, Any] | None = None
     shared: list[dict[str, Any]] | None = None   # several models: the components they share (used_by, bytes)
+    coverage: dict[str, Any] | None = None       # the weight bytes at each precision (packager/coverage.py)
 
     @property
     def exit_code(self) -> int:
@@ -162,7 +164,8 @@ class CheckResult:
                 "verdict_basis": self.verdict_basis, "context": self.context, "estimate": self.estimate,
                 "measured": self.measured, "cache": self.cache, "timings_s": self.timings_s,
                 **({"components": self.components} if self.components else {}),
-                **({"shared": self.shared} if self.shared is not None else {})}
+                **({"shared": self.shared} if self.shared is not None else {}),
+                **({"coverage": self.coverage} if self.coverage else {})}
 
     @classmethod
     def from_memory(cls, model: str, target: str, recipe: str, mem: dict[str, Any], cache: dict[str, str],
@@ -180,8 +183,9 @@ class CheckResult:
 
     @classmethod
     def from_context(cls, model: str, ctx: Context) -> CheckResult:
-        return cls.from_memory(model, ctx.profile.name, ctx.recipe_name, ctx.memory, dict(ctx.cache),
-                               dict(ctx.timings))
+        found = cls.from_memory(model, ctx.profile.name, ctx.recipe_name, ctx.memory, dict(ctx.cache),
+                                dict(ctx.timings))
+        return dataclasses.replace(found, coverage=ctx.recipe.coverage if ctx.recipe else None)
 
 
 @dataclass(frozen=True)

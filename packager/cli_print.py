@@ -168,7 +168,8 @@ def _print_check(result: Any) -> None:
     word = "FITS" if r["fits"] else "DOES NOT FIT"
     margin = abs(r["headroom_bytes"]) / MiB
     context = f", {r['context']} tokens of context" if r["context"] else ""
-    print(f"{word}: {r['model']} on {r['target']} ({r['recipe']}{context}), {r['verdict_basis']} peak "
+    print(f"{word}: {r['model']} on {r['target']} ({recipe_label(r['recipe'], r.get('coverage'))}{context}), "
+          f"{r['verdict_basis']} peak "
           f"{(r['budget_bytes'] - r['headroom_bytes']) / MiB:.0f} MiB against a budget of "
           f"{r['budget_bytes'] / MiB:.0f} MiB, "
           f"{margin:.0f} MiB {'to spare' if r['fits'] else 'over'}")
