@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+import sys
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,6 +109,19 @@ class OnnxRuntime:
         return gpu.unmeasured_gpu_bytes(profile, measured)
 
     # ------------------------------------------------------------------ conversions
+
+    def build(self, ctx: Context, model_dir: Path) -> bool:
+        return False   # the recipe quantizes the fp32 export
+
+    def host_python(self, profile: Profile) -> str:
+        return sys.executable
+
+    def host_runner(self, ctx: Context) -> Any:
+        from packager.manifest import runtime_spec
+        from packager.runtime_files import runner
+
+        spec = runtime_spec(ctx) | {"providers": ["CPUExecutionProvider"], "provider_options": {}}
+        return runner().Runner(ctx.stage_dir, spec, log_level=4)
 
     def convert(self, ctx: Context) -> None:
         """Phone profiles ([mobile]): the model the app loads, model.ort, converted by onnxruntime's own tool, with
