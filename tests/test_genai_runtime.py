@@ -110,3 +110,13 @@ def _reseal(folder: Path) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     listed = sorted([e["path"] for e in manifest["files"]] + ["manifest.json"])
     (folder / "SHA256SUMS").write_text("".join(f"{runner().sha256_file(folder / p)}  {p}\n" for p in listed))
+
+
+def test_the_onnxruntime_inside_genai_is_in_the_runtime_table() -> None:
+    from packager.compat import load_table
+    from packager.profiles import builtin_profiles
+    from packager.runtimes.genai import ONNXRUNTIME
+
+    release = load_table().release(ONNXRUNTIME)
+    assert release is not None
+    assert builtin_profiles()[TARGET].runtime.max_opset <= release.opset

@@ -16,24 +16,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from packager import exporter_envs
 from packager.compat import Compatibility, ModelFacts, check, read_model
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
+from packager.families.base import step
 from packager.paths import targets_dir
 from packager.profile_types import Profile, key_error
-from packager.recipes.common import RecipeResult
 from packager.runtimes.base import MemoryShare
 from packager.runtimes.onnxruntime import OnnxRuntime
 
 if TYPE_CHECKING:
     from packager.context import Context
 
-BUILDER = "onnxruntime_genai.models.builder"
 # onnxruntime-genai 0.18.0's wheel depends on onnxruntime and loads it (its _dll_directory.py): the release its
 # graphs run on. 1.32.0 is what pip resolves for it today (the genai exporter environment); pinned so the
 # device runs what verify ran.
@@ -81,39 +78,15 @@ class GenaiRuntime(OnnxRuntime):
                                                  "the same library); genai's own library not calibrated yet"))
 
     def host_python(self, profile: Profile) -> str:
-        exporter_envs.ensure(exporter_envs.GENAI)
-        return str(exporter_envs.GENAI.python)
+        return str(step("packager.runtime_steps:genai_python")())
 
     def host_runner(self, ctx: Context) -> Any:
-        from packager.manifest import runtime_spec
-        from packager.runtime_files import copy_runtime
-        from packager.runtimes.genai_host import ChildDecoder, ChildRunner
-
-        code = ctx.work_dir / "genai-runner"
-        shutil.rmtree(code, ignore_errors=True)
-        code.mkdir(parents=True)
-        copy_runtime(code, ctx.profile)
-        decoder = ChildDecoder(self.host_python(ctx.profile), code, ctx.stage_dir, runtime_spec(ctx))
-        return ChildRunner(decoder)
+        return step("packager.runtime_steps:genai_runner")(ctx)
 
     def build(self, ctx: Context, model_dir: Path) -> bool:
         """The builder's model folder from the Hugging Face source, in place of the recipe's quantization."""
         _check_buildable(ctx)
-        assert ctx.source is not None
-        out = ctx.work_dir / "genai-build"
-        shutil.rmtree(out, ignore_errors=True)
-        args = ["-i", str(ctx.source.path), "-o", str(out), "-p", PRECISIONS[ctx.recipe_name], "-e", "cpu",
-                "-c", str(ctx.work_dir / "genai-cache"), "--extra_options", *LEAN_OPTIONS]
-        ctx.progress("building the onnxruntime-genai model")
-        exporter_envs.run(exporter_envs.GENAI, BUILDER, args, ctx.progress)
-        _tune(out / "genai_config.json", ctx.profile)
-        for f in sorted(out.iterdir()):
-            if f.is_file():
-                shutil.copyfile(f, model_dir / f.name)
-        ctx.packaged_model = model_dir / "model.onnx"
-        ctx.recipe = RecipeResult(ctx.recipe_name, {"builder": BUILDER, "precision": PRECISIONS[ctx.recipe_name],
-                                                    "execution_provider": "cpu", "extra_options": list(LEAN_OPTIONS)},
-                                  0, note=f"built by {BUILDER} (onnxruntime-genai {ctx.profile.runtime.version})")
+        step("packager.runtime_steps:genai_build")(ctx, model_dir, PRECISIONS[ctx.recipe_name], LEAN_OPTIONS)
         return True
 
     def device_files(self, profile: Profile) -> dict[str, Path]:
@@ -144,12 +117,15 @@ def _check_buildable(ctx: Context) -> None:
         raise PackagerError(f"{ctx.profile.name} runs decoder LLMs from a Hugging Face folder with onnxruntime-genai, "
                             f"and this is {family.title}; package it for a target on the onnxruntime runtime "
                             "(such as rpi5).", ExitCode.BAD_INPUT)
+    if ctx.source.adapter is not None or ctx.eval_cases:
+        raise PackagerError(f"{ctx.profile.name} (onnxruntime-genai) does not take --adapter or --eval yet; package "
+                            "the fine-tune for a target on the onnxruntime runtime (such as rpi5).", ExitCode.USAGE)
     if ctx.recipe_name not in PRECISIONS:
         raise PackagerError(f"recipe {ctx.recipe_name} is not one onnxruntime-genai's builder makes; choose "
                             f"{' or '.join(PRECISIONS)} (--recipe).", ExitCode.USAGE)
 
 
-def _tune(path: Path, profile: Profile) -> None:
+def tune(path: Path, profile: Profile) -> None:
     """The profile's threads in the builder's config, and the CPU arena off: an arena keeps the prefill's largest
     activations for good (scripts/bench_llm_runtime.py)."""
     config = json.loads(path.read_text(encoding="utf-8"))

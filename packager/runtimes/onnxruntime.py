@@ -21,6 +21,7 @@ from packager import gpu, mobile, mobile_examples
 from packager.compat import Compatibility, ModelFacts, check, lower_ir_version, read_model
 from packager.errors import did_you_mean
 from packager.families import family_for
+from packager.families.base import step
 from packager.paths import profiles_dir, targets_dir
 from packager.profile_types import Mobile, Profile, key_error
 from packager.runtimes.base import MemoryShare
@@ -117,11 +118,7 @@ class OnnxRuntime:
         return sys.executable
 
     def host_runner(self, ctx: Context) -> Any:
-        from packager.manifest import runtime_spec
-        from packager.runtime_files import runner
-
-        spec = runtime_spec(ctx) | {"providers": ["CPUExecutionProvider"], "provider_options": {}}
-        return runner().Runner(ctx.stage_dir, spec, log_level=4)
+        return step("packager.runtime_steps:onnxruntime_runner")(ctx)
 
     def convert(self, ctx: Context) -> None:
         """Phone profiles ([mobile]): the model the app loads, model.ort, converted by onnxruntime's own tool, with
