@@ -40,16 +40,18 @@ class ChildDecoder:
     def __init__(self, python: str, code: Path, stage: Path, spec: dict[str, Any]) -> None:
         spec_file = code / "spec.json"
         spec_file.write_text(json.dumps(spec), encoding="utf-8")
-        self.proc = subprocess.Popen([python, "-c", SERVER, str(code), str(stage), str(spec_file)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.log = code / "stderr.txt"   # a file, not a pipe: a chatty runtime cannot fill it and stall the child
+        with self.log.open("w", encoding="utf-8") as log:
+            self.proc = subprocess.Popen([python, "-c", SERVER, str(code), str(stage), str(spec_file)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
         self._read()
 
     def _read(self) -> Any:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            assert self.proc.stderr is not None
-            tail = (self.proc.stderr.read().strip().splitlines() or ["no output"])[-1]
+            self.proc.wait()
+            tail = (self.log.read_text(encoding="utf-8", errors="replace").strip().splitlines() or ["no output"])[-1]
             raise PackagerError(f"the onnxruntime-genai model failed to load or run: {tail}", ExitCode.TOOL_FAILED)
         return None if line.strip() == "ready" else json.loads(line)
 
