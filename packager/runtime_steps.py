@@ -9,19 +9,22 @@ families name theirs: the runtimes sit below the Context and the exporter enviro
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from packager import exporter_envs
 from packager.context import Context
+from packager.families import family_for
 from packager.manifest import runtime_spec
 from packager.recipes.common import RecipeResult
 from packager.runtime_files import copy_runtime, runner
-from packager.runtimes.genai import tune
+from packager.runtimes.genai import KV8_OPTIONS, tune
 from packager.runtimes.genai_host import ChildDecoder, ChildRunner
 
 BUILDER = "onnxruntime_genai.models.builder"
+KV8_MARGIN = 1.5   # static scales: room above the sample prompts' largest |K| and |V|
 
 
 def onnxruntime_runner(ctx: Context) -> Any:
@@ -35,10 +38,14 @@ def genai_python() -> Path:
     return exporter_envs.GENAI.python
 
 
-def genai_build(ctx: Context, model_dir: Path, precision: str, options: tuple[str, ...]) -> None:
-    """`model_dir` as the builder makes it from the source folder, tuned to the profile; ctx.packaged_model and
-    ctx.recipe say so."""
+def genai_build(ctx: Context, model_dir: Path, precision: str, options: tuple[str, ...], kv8: bool = False) -> None:
+    """`model_dir` as the builder makes it from the source folder, tuned to the profile (`kv8`: an int8 KV cache
+    with static scales measured on the fp32 reference); ctx.packaged_model and ctx.recipe say so."""
     assert ctx.source is not None
+    if kv8:
+        scales = ctx.work_dir / "kv_scales.json"
+        scales.write_text(json.dumps({"scales": kv_scales(ctx)}), encoding="utf-8")
+        options = (*options, *KV8_OPTIONS, f"kv_cache_scale_file={scales}")
     out = ctx.work_dir / "genai-build"
     shutil.rmtree(out, ignore_errors=True)
     args = ["-i", str(ctx.source.path), "-o", str(out), "-p", precision, "-e", "cpu",
@@ -52,8 +59,35 @@ def genai_build(ctx: Context, model_dir: Path, precision: str, options: tuple[st
     shutil.rmtree(out, ignore_errors=True)
     ctx.packaged_model = model_dir / "model.onnx"
     ctx.recipe = RecipeResult(ctx.recipe_name, {"builder": BUILDER, "precision": precision, "execution_provider": "cpu",
-                                                "extra_options": list(options)},
+                                                "extra_options": [o for o in options if "scale_file" not in o],
+                                                "kv_cache": "int8" if kv8 else "float"},
                               0, note=f"built by {BUILDER} (onnxruntime-genai {ctx.profile.runtime.version})")
+
+
+def kv_scales(ctx: Context) -> dict[str, list[float]]:
+    """Per-layer static scales of an int8 KV cache: the largest |key| and |value| the fp32 reference writes over
+    the family's prompts, over 127, with a margin for what longer texts reach."""
+    import numpy as np
+    import onnxruntime as ort
+
+    assert ctx.reference_model is not None
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    session = ort.InferenceSession(str(ctx.reference_model), so, providers=["CPUExecutionProvider"])
+    decoder = runner().Decoder(session, ctx.io)
+    tokenizer = runner().load_tokenizer(ctx.work_dir, {**ctx.io, "tokenizer": _tokenizer_file(ctx)})
+    peaks: dict[str, float] = {}
+    for text in family_for(ctx.io["kind"]).texts():
+        _, cache = decoder.step(list(tokenizer.encode(text).ids), decoder.empty_past(), 0)
+        for name, value in cache.items():
+            peaks[name] = max(peaks.get(name, 0.0), float(np.max(np.abs(value))))
+    layers = int(ctx.io["kv"]["layers"])
+    return {f"{kind[0]}_scales": [KV8_MARGIN * peaks[f"past_key_values.{i}.{kind}"] / 127 for i in range(layers)]
+            for kind in ("key", "value")}
+
+
+def _tokenizer_file(ctx: Context) -> str:
+    return str(next(f for f in ctx.tokenizer_files if f.name == "tokenizer.json"))
 
 
 def genai_runner(ctx: Context) -> ChildRunner:

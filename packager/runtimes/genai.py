@@ -39,7 +39,13 @@ ONNXRUNTIME = "1.32.0"
 # builder defaults 4.05 GiB peak; these with the arena off and chunked prefill 1.37 GiB with int8 KV).
 LEAN_OPTIONS = ("prune_lm_head=true",)
 # The profile's genai settings, as [session] config entries ("genai.KEY" = "VALUE"), and their defaults.
-SETTINGS = {"genai.prefill_chunk": "256"}   # prompt tokens per append_tokens call (bounded activations)
+# genai.prefill_chunk: prompt tokens per append_tokens call (bounded activations). genai.kv_cache: the KV cache's
+# type, "float" (the builder's) or "int8" (CPU GroupQueryAttention's quantized cache, per-tensor static scales
+# measured on the fp32 reference over the family's prompts: packager/runtime_steps.py).
+SETTINGS = {"genai.prefill_chunk": "256", "genai.kv_cache": "float"}
+ALLOWED = {"genai.prefill_chunk": (r"[1-9][0-9]*", "a positive whole number"),
+           "genai.kv_cache": (r"float|int8", "\"float\" or \"int8\"")}
+KV8_OPTIONS = ("kv_cache_quant_scheme=int8_per_tensor",)
 PRECISIONS = {"int4": "int4", "fp32": "fp32"}   # packager recipe -> the builder's -p
 
 
@@ -54,8 +60,9 @@ class GenaiRuntime(OnnxRuntime):
             if key not in SETTINGS:
                 raise key_error(where, f"session.config.{key}", f"is not an onnxruntime-genai setting packager "
                                 f"knows; known: {', '.join(SETTINGS)}")
-            if not re.fullmatch(r"[1-9][0-9]*", value):
-                raise key_error(where, f"session.config.{key}", f"must be a positive whole number, got {value!r}")
+            pattern, words = ALLOWED[key]
+            if not re.fullmatch(pattern, value):
+                raise key_error(where, f"session.config.{key}", f"must be {words}, got {value!r}")
         if profile.mobile is not None:
             raise key_error(where, "mobile", "phone apps are not packaged for onnxruntime-genai yet; use the "
                             "onnxruntime runtime for phones")
@@ -86,7 +93,8 @@ class GenaiRuntime(OnnxRuntime):
     def build(self, ctx: Context, model_dir: Path) -> bool:
         """The builder's model folder from the Hugging Face source, in place of the recipe's quantization."""
         _check_buildable(ctx)
-        step("packager.runtime_steps:genai_build")(ctx, model_dir, PRECISIONS[ctx.recipe_name], LEAN_OPTIONS)
+        kv8 = ctx.profile.session.config.get("genai.kv_cache", SETTINGS["genai.kv_cache"]) == "int8"
+        step("packager.runtime_steps:genai_build")(ctx, model_dir, PRECISIONS[ctx.recipe_name], LEAN_OPTIONS, kv8)
         return True
 
     def device_files(self, profile: Profile) -> dict[str, Path]:
