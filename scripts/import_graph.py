@@ -54,7 +54,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("pipeline", ("packager.stage_runner", "packager.mixed_search", "packager.fit_auto", "packager.pipeline",
                   "packager.suite", "packager.plan", "packager.bundles", "packager.emulate", "packager.emulate_qemu",
                   "packager.emulate_userland", "packager.smoke", "packager.report", "packager.report_view",
-                  "packager.report_markdown", "packager.report_html", "packager.exporter_envs")),
+                  "packager.report_markdown", "packager.report_html", "packager.exporter_envs",
+                  # the runtimes' steps (named "module:function" by packager/runtimes/, as the families' are)
+                  "packager.runtime_steps")),
     ("api", ("packager.api",)),
     ("cli", ("packager.cli", "packager.cli_common", "packager.cli_print", "packager.cli_targets", "packager.cli_env",
              "packager.__main__")),

@@ -100,6 +100,8 @@ def test_the_table_matches_the_installed_runtime() -> None:
 def test_every_profile_pins_a_runtime_in_the_table() -> None:
     table = load_table()
     for p in builtin_profiles().values():
+        if p.runtime.name != "onnxruntime":   # onnxruntime-genai: its onnxruntime pin, in test_genai_runtime.py
+            continue
         release = table.release(p.runtime.version)
         assert p.runtime.package in table.packages, p.name
         assert release is not None, f"{p.name} pins {p.runtime.version}, which the runtime table lacks"

@@ -75,6 +75,23 @@ def test_invalid_profiles_name_file_and_key(tmp_path: Path, change: tuple[str, s
     assert str(path) in e.value.message and f"'{key}'" in e.value.message and problem in e.value.message
 
 
+@pytest.mark.parametrize("change, key, problem", [
+    (('"genai.prefill_chunk" = "256"', '"genai.prefil_chunk" = "256"'), "session.config.genai.prefil_chunk",
+     "not an onnxruntime-genai setting"),
+    (('"genai.prefill_chunk" = "256"', '"genai.prefill_chunk" = "0"'), "session.config.genai.prefill_chunk",
+     "positive whole number"),
+])
+def test_invalid_genai_settings_name_file_and_key(tmp_path: Path, change: tuple[str, str], key: str,
+                                                  problem: str) -> None:
+    text = (profiles_dir() / "rpi5-genai.toml").read_text()
+    assert change[0] in text
+    path = _write(tmp_path, text.replace(change[0], change[1], 1))
+    with pytest.raises(PackagerError) as e:
+        load_profile(path)
+    assert e.value.code == ExitCode.BAD_PROFILE
+    assert str(path) in e.value.message and f"'{key}'" in e.value.message and problem in e.value.message
+
+
 def test_missing_key_and_bad_syntax(tmp_path: Path) -> None:
     with pytest.raises(PackagerError, match="'budget' is required"):
         load_profile(_write(tmp_path, _rpi5_text().split("[budget]")[0] + "[accuracy]\nmin_cosine = 0.9\n"))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from packager.errors import ExitCode, PackagerError, did_you_mean
 from packager.runtimes.base import MemoryShare, Runtime
+from packager.runtimes.genai import GenaiRuntime
 from packager.runtimes.onnxruntime import OnnxRuntime
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ __all__ = ["RUNTIMES", "MemoryShare", "Runtime", "runtime_for"]
 
 RUNTIMES: dict[str, Runtime] = {
     "onnxruntime": OnnxRuntime(),
+    "onnxruntime-genai": GenaiRuntime(),   # decoder LLMs (issue 19): profiles/rpi5-genai.toml
 }
 
 

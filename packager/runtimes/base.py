@@ -67,6 +67,19 @@ class Runtime(Protocol):
         """What a measurement on the build host (run.py --measure's record) could not see that the device holds."""
         ...
 
+    def build(self, ctx: Context, model_dir: Path) -> bool:
+        """Make the packaged model into `model_dir` from the source itself (onnxruntime-genai: its model builder),
+        setting ctx.packaged_model and ctx.recipe; False: the recipe quantizes the fp32 export instead."""
+        ...
+
+    def host_python(self, profile: Profile) -> str:
+        """The interpreter that runs the bundle's device code on the build host (the fit stage's measurement)."""
+        ...
+
+    def host_runner(self, ctx: Context) -> Any:
+        """The packaged model as run.py loads it, on this host's CPU (verify's packaged side)."""
+        ...
+
     def convert(self, ctx: Context) -> None:
         """Conversions the device loads instead of the packaged .onnx (phones: model.ort): write them into the
         staged bundle, set ctx.model_file (and each component's file) to them, record them in ctx.mobile."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+import sys
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from packager import gpu, mobile, mobile_examples
 from packager.compat import Compatibility, ModelFacts, check, lower_ir_version, read_model
 from packager.errors import did_you_mean
 from packager.families import family_for
+from packager.families.base import step
 from packager.paths import profiles_dir, targets_dir
 from packager.profile_types import Mobile, Profile, key_error
 from packager.runtimes.base import MemoryShare
@@ -108,6 +110,15 @@ class OnnxRuntime:
         return gpu.unmeasured_gpu_bytes(profile, measured)
 
     # ------------------------------------------------------------------ conversions
+
+    def build(self, ctx: Context, model_dir: Path) -> bool:
+        return False   # the recipe quantizes the fp32 export
+
+    def host_python(self, profile: Profile) -> str:
+        return sys.executable
+
+    def host_runner(self, ctx: Context) -> Any:
+        return step("packager.runtime_steps:onnxruntime_runner")(ctx)
 
     def convert(self, ctx: Context) -> None:
         """Phone profiles ([mobile]): the model the app loads, model.ort, converted by onnxruntime's own tool, with

@@ -32,7 +32,7 @@ MiB = 2**20
 
 def measure(ctx: Context) -> dict[str, Any]:
     runnable(ctx)
-    return measure_folder(ctx.stage_dir)
+    return measure_folder(ctx.stage_dir, runtime_for(ctx.profile).host_python(ctx.profile))
 
 
 def runnable(ctx: Context) -> None:
@@ -42,13 +42,13 @@ def runnable(ctx: Context) -> None:
     copy_runtime(ctx.stage_dir, ctx.profile)
 
 
-def measure_folder(folder: Path) -> dict[str, Any]:
+def measure_folder(folder: Path, python: str = sys.executable) -> dict[str, Any]:
     """`run.py --measure` of the bundle folder `folder` (its runtime files and manifest in place), in a
-    fresh child process."""
+    fresh child process of `python` (the runtime's interpreter on this host)."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     try:
         proc = subprocess.run(
-            [sys.executable, str(folder / "run.py"), "--measure"],
+            [python, str(folder / "run.py"), "--measure"],
             capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S, env=env, cwd=folder.parent,
         )
     except subprocess.TimeoutExpired:

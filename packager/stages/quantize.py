@@ -15,6 +15,7 @@ from packager.errors import ExitCode, PackagerError
 from packager.mixed import quantizations
 from packager.recipes import RECIPES, calibrated, parse_recipe, searched
 from packager.recipes.common import RecipeOptions, RecipeResult, drop_unused_opsets
+from packager.runtimes import runtime_for
 
 
 def run(ctx: Context) -> None:
@@ -23,6 +24,8 @@ def run(ctx: Context) -> None:
     model_dir.mkdir(parents=True)
     for f in ctx.tokenizer_files:
         shutil.copyfile(f, model_dir / f.name)
+    if runtime_for(ctx.profile).build(ctx, model_dir):   # onnxruntime-genai: its builder makes the model
+        return
     what = "an encoder-decoder" if ctx.components else f"a {ctx.io['kind']} model"
     for name in parse_recipe(ctx.recipe_name).values():
         refusal = RECIPES[name].refuses(ctx.io["kind"], what)

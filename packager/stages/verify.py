@@ -7,26 +7,18 @@ its own answers to.
 
 from __future__ import annotations
 
-from typing import Any
-
 import onnxruntime as ort
 
 from packager.context import Context
 from packager.families import family_for
-from packager.manifest import runtime_spec
 from packager.runtime_files import runner
-
-
-def _host_runner(ctx: Context) -> Any:
-    """The packaged model as run.py loads it, on this host's CPU."""
-    spec = runtime_spec(ctx) | {"providers": ["CPUExecutionProvider"], "provider_options": {}}
-    return runner().Runner(ctx.stage_dir, spec, log_level=4)
+from packager.runtimes import runtime_for
 
 
 def run(ctx: Context) -> None:
     assert ctx.reference_model is not None
     ctx.progress(f"loading the {ctx.recipe_name} model")
-    packaged = _host_runner(ctx)
+    packaged = runtime_for(ctx.profile).host_runner(ctx)
     so = ort.SessionOptions()
     so.log_severity_level = 4  # failures surface as exceptions, reported once
     ctx.progress("loading the fp32 reference")

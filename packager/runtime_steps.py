@@ -1,0 +1,98 @@
+"""The runtimes' steps that take the run's Context (packager/runtimes/ names them "module:function", as the
+families name theirs: the runtimes sit below the Context and the exporter environments these need).
+
+    onnxruntime_runner(ctx)     verify's packaged side: run.py's Runner in this process
+    genai_build(ctx, ...)       onnxruntime-genai's model builder, in the `genai` exporter environment
+    genai_python()              that environment's interpreter (it has the pinned onnxruntime-genai)
+    genai_runner(ctx)           verify's packaged side for genai: the bundle's code in a child of that interpreter
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from packager import exporter_envs
+from packager.context import Context
+from packager.families import family_for
+from packager.manifest import runtime_spec
+from packager.recipes.common import RecipeResult
+from packager.runtime_files import copy_runtime, runner
+from packager.runtimes.genai import KV8_OPTIONS, tune
+from packager.runtimes.genai_host import ChildDecoder, ChildRunner
+
+BUILDER = "onnxruntime_genai.models.builder"
+KV8_MARGIN = 1.5   # static scales: room above the sample prompts' largest |K| and |V|
+
+
+def onnxruntime_runner(ctx: Context) -> Any:
+    """The packaged model as run.py loads it, on this host's CPU."""
+    spec = runtime_spec(ctx) | {"providers": ["CPUExecutionProvider"], "provider_options": {}}
+    return runner().Runner(ctx.stage_dir, spec, log_level=4)
+
+
+def genai_python() -> Path:
+    exporter_envs.ensure(exporter_envs.GENAI)
+    return exporter_envs.GENAI.python
+
+
+def genai_build(ctx: Context, model_dir: Path, precision: str, options: tuple[str, ...], kv8: bool = False) -> None:
+    """`model_dir` as the builder makes it from the source folder, tuned to the profile (`kv8`: an int8 KV cache
+    with static scales measured on the fp32 reference); ctx.packaged_model and ctx.recipe say so."""
+    assert ctx.source is not None
+    if kv8:
+        scales = ctx.work_dir / "kv_scales.json"
+        scales.write_text(json.dumps({"scales": kv_scales(ctx)}), encoding="utf-8")
+        options = (*options, *KV8_OPTIONS, f"kv_cache_scale_file={scales}")
+    out = ctx.work_dir / "genai-build"
+    shutil.rmtree(out, ignore_errors=True)
+    args = ["-i", str(ctx.source.path), "-o", str(out), "-p", precision, "-e", "cpu",
+            "-c", str(ctx.work_dir / "genai-cache"), "--extra_options", *options]
+    ctx.progress("building the onnxruntime-genai model")
+    exporter_envs.run(exporter_envs.GENAI, BUILDER, args, ctx.progress)
+    tune(out / "genai_config.json", ctx.profile)
+    for f in sorted(out.iterdir()):
+        if f.is_file():
+            shutil.copyfile(f, model_dir / f.name)
+    shutil.rmtree(out, ignore_errors=True)
+    ctx.packaged_model = model_dir / "model.onnx"
+    ctx.recipe = RecipeResult(ctx.recipe_name, {"builder": BUILDER, "precision": precision, "execution_provider": "cpu",
+                                                "extra_options": [o for o in options if "scale_file" not in o],
+                                                "kv_cache": "int8" if kv8 else "float"},
+                              0, note=f"built by {BUILDER} (onnxruntime-genai {ctx.profile.runtime.version})")
+
+
+def kv_scales(ctx: Context) -> dict[str, list[float]]:
+    """Per-layer static scales of an int8 KV cache: the largest |key| and |value| the fp32 reference writes over
+    the family's prompts, over 127, with a margin for what longer texts reach."""
+    import numpy as np
+    import onnxruntime as ort
+
+    assert ctx.reference_model is not None
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    session = ort.InferenceSession(str(ctx.reference_model), so, providers=["CPUExecutionProvider"])
+    decoder = runner().Decoder(session, ctx.io)
+    tokenizer = runner().load_tokenizer(ctx.work_dir, {**ctx.io, "tokenizer": _tokenizer_file(ctx)})
+    peaks: dict[str, float] = {}
+    for text in family_for(ctx.io["kind"]).texts():
+        _, cache = decoder.step(list(tokenizer.encode(text).ids), decoder.empty_past(), 0)
+        for name, value in cache.items():
+            peaks[name] = max(peaks.get(name, 0.0), float(np.max(np.abs(value))))
+    layers = int(ctx.io["kv"]["layers"])
+    return {f"{kind[0]}_scales": [KV8_MARGIN * peaks[f"past_key_values.{i}.{kind}"] / 127 for i in range(layers)]
+            for kind in ("key", "value")}
+
+
+def _tokenizer_file(ctx: Context) -> str:
+    return str(next(f for f in ctx.tokenizer_files if f.name == "tokenizer.json"))
+
+
+def genai_runner(ctx: Context) -> ChildRunner:
+    code = ctx.work_dir / "genai-runner"
+    shutil.rmtree(code, ignore_errors=True)
+    code.mkdir(parents=True)
+    copy_runtime(code, ctx.profile)
+    return ChildRunner(ChildDecoder(str(genai_python()), code, ctx.stage_dir, runtime_spec(ctx)))

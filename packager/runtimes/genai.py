@@ -1,0 +1,144 @@
+"""onnxruntime-genai, the second device runtime: decoder LLMs generated in native code (issue 19).
+
+On the host, its model builder (`python -m onnxruntime_genai.models.builder`, in packager's `genai` exporter
+environment: it needs transformers 5.x) makes the bundle's model folder from the Hugging Face source, int4,
+lean by construction: logits for the last position only (`prune_lm_head`), the runtime's CPU arena off.
+On the device, runtime/session.py is targets/genai/session.py (ONNX Runtime's session.py ships beside it as
+runtime/ort_session.py, for the helpers they share), which prefills in chunks. The fp32 ONNX export stays
+the reference verify compares with, as for ONNX Runtime bundles.
+
+The builder's graph is run by the onnxruntime library genai loads: its operators are checked against that
+release in profiles/runtimes/onnxruntime.toml (packager/compat.py), as ONNX Runtime bundles are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from packager.compat import Compatibility, ModelFacts, check, read_model
+from packager.errors import ExitCode, PackagerError
+from packager.families import family_for
+from packager.families.base import step
+from packager.paths import targets_dir
+from packager.profile_types import Profile, key_error
+from packager.runtimes.base import MemoryShare
+from packager.runtimes.onnxruntime import OnnxRuntime
+
+if TYPE_CHECKING:
+    from packager.context import Context
+
+# onnxruntime-genai 0.18.0's wheel depends on onnxruntime and loads it (its _dll_directory.py): the release its
+# graphs run on. 1.32.0 is what pip resolves for it today (the genai exporter environment); pinned so the
+# device runs what verify ran.
+ONNXRUNTIME = "1.32.0"
+# The builder's extra options that make the graph lean (scripts/bench_llm_runtime.py, 1B Llama shape, 4K prompt:
+# builder defaults 4.05 GiB peak; these with the arena off and chunked prefill 1.37 GiB with int8 KV).
+LEAN_OPTIONS = ("prune_lm_head=true",)
+# The profile's genai settings, as [session] config entries ("genai.KEY" = "VALUE"), and their defaults.
+# genai.prefill_chunk: prompt tokens per append_tokens call (bounded activations). genai.kv_cache: the KV cache's
+# type, "float" (the builder's) or "int8" (CPU GroupQueryAttention's quantized cache, per-tensor static scales
+# measured on the fp32 reference over the family's prompts: packager/runtime_steps.py).
+SETTINGS = {"genai.prefill_chunk": "256", "genai.kv_cache": "float"}
+ALLOWED = {"genai.prefill_chunk": (r"[1-9][0-9]*", "a positive whole number"),
+           "genai.kv_cache": (r"float|int8", "\"float\" or \"int8\"")}
+KV8_OPTIONS = ("kv_cache_quant_scheme=int8_per_tensor",)
+PRECISIONS = {"int4": "int4", "fp32": "fp32"}   # packager recipe -> the builder's -p
+
+
+class GenaiRuntime(OnnxRuntime):
+    """The `Runtime` of profiles whose [runtime] name is "onnxruntime-genai". Its memory share is ONNX Runtime's
+    calibrated one (genai loads the same library); the rest is its own."""
+
+    name = "onnxruntime-genai"
+
+    def check_profile(self, profile: Profile, where: str) -> None:
+        for key, value in profile.session.config.items():
+            if key not in SETTINGS:
+                raise key_error(where, f"session.config.{key}", f"is not an onnxruntime-genai setting packager "
+                                f"knows; known: {', '.join(SETTINGS)}")
+            pattern, words = ALLOWED[key]
+            if not re.fullmatch(pattern, value):
+                raise key_error(where, f"session.config.{key}", f"must be {words}, got {value!r}")
+        if profile.mobile is not None:
+            raise key_error(where, "mobile", "phone apps are not packaged for onnxruntime-genai yet; use the "
+                            "onnxruntime runtime for phones")
+
+    def requirements(self, profile: Profile) -> list[str]:
+        rt = profile.runtime
+        return [f"{rt.package}=={rt.version}", f"onnxruntime=={ONNXRUNTIME}", f"numpy=={rt.numpy}"]
+
+    def check_model(self, path: Path, profile: Profile, what: str) -> tuple[Compatibility, dict[str, Any]]:
+        result = check(read_model(path, what), _as_onnxruntime(profile))
+        return result, result.to_dict() | {"runtime": f"onnxruntime {ONNXRUNTIME} inside {profile.runtime.package} "
+                                           f"{profile.runtime.version}"}
+
+    def check_facts(self, facts: ModelFacts, profile: Profile) -> Compatibility:
+        return check(facts, _as_onnxruntime(profile))
+
+    def memory(self, profile: Profile, kind: str) -> MemoryShare:
+        share = super().memory(_as_onnxruntime(profile), kind)
+        return dataclasses.replace(share, notes=(*share.notes, "runtime base: onnxruntime's calibration (genai loads "
+                                                 "the same library); genai's own library not calibrated yet"))
+
+    def host_python(self, profile: Profile) -> str:
+        return str(step("packager.runtime_steps:genai_python")())
+
+    def host_runner(self, ctx: Context) -> Any:
+        return step("packager.runtime_steps:genai_runner")(ctx)
+
+    def build(self, ctx: Context, model_dir: Path) -> bool:
+        """The builder's model folder from the Hugging Face source, in place of the recipe's quantization."""
+        _check_buildable(ctx)
+        kv8 = ctx.profile.session.config.get("genai.kv_cache", SETTINGS["genai.kv_cache"]) == "int8"
+        step("packager.runtime_steps:genai_build")(ctx, model_dir, PRECISIONS[ctx.recipe_name], LEAN_OPTIONS, kv8)
+        return True
+
+    def device_files(self, profile: Profile) -> dict[str, Path]:
+        files = super().device_files(profile)
+        return {**files, "runtime/ort_session.py": files["runtime/session.py"],
+                "runtime/session.py": targets_dir() / "genai" / "session.py"}
+
+    def readme(self, ctx: Context) -> str:
+        chunk = ctx.profile.session.config.get("genai.prefill_chunk", SETTINGS["genai.prefill_chunk"])
+        return f"""
+## The runtime: onnxruntime-genai
+
+The model in `model/` is onnxruntime-genai's (its folder: `genai_config.json`, `model.onnx`), built by its model
+builder at int4 with logits for the last position only; run.py prefills the prompt in chunks of {chunk} tokens
+and decodes greedily in native code. `pip install -r requirements.txt` installs onnxruntime-genai.
+"""
+
+
+def _as_onnxruntime(profile: Profile) -> Profile:
+    """The profile as the onnxruntime release inside genai sees it (compat table, calibration)."""
+    runtime = dataclasses.replace(profile.runtime, package="onnxruntime", version=ONNXRUNTIME)
+    return dataclasses.replace(profile, runtime=runtime)
+
+
+def _check_buildable(ctx: Context) -> None:
+    family = family_for(ctx.io["kind"])
+    if not family.generates or family.has_components or ctx.source is None or ctx.source.kind != "huggingface":
+        raise PackagerError(f"{ctx.profile.name} runs decoder LLMs from a Hugging Face folder with onnxruntime-genai, "
+                            f"and this is {family.title}; package it for a target on the onnxruntime runtime "
+                            "(such as rpi5).", ExitCode.BAD_INPUT)
+    if ctx.source.adapter is not None or ctx.eval_cases:
+        raise PackagerError(f"{ctx.profile.name} (onnxruntime-genai) does not take --adapter or --eval yet; package "
+                            "the fine-tune for a target on the onnxruntime runtime (such as rpi5).", ExitCode.USAGE)
+    if ctx.recipe_name not in PRECISIONS:
+        raise PackagerError(f"recipe {ctx.recipe_name} is not one onnxruntime-genai's builder makes; choose "
+                            f"{' or '.join(PRECISIONS)} (--recipe).", ExitCode.USAGE)
+
+
+def tune(path: Path, profile: Profile) -> None:
+    """The profile's threads in the builder's config, and the CPU arena off: an arena keeps the prefill's largest
+    activations for good (scripts/bench_llm_runtime.py)."""
+    config = json.loads(path.read_text(encoding="utf-8"))
+    options = config["model"]["decoder"]["session_options"]
+    options["intra_op_num_threads"] = profile.session.intra_op_threads
+    options["inter_op_num_threads"] = profile.session.inter_op_threads
+    options["enable_cpu_mem_arena"] = profile.session.cpu_mem_arena
+    path.write_text(json.dumps(config, indent=4, sort_keys=True) + "\n", encoding="utf-8")

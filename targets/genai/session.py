@@ -1,0 +1,136 @@
+"""The model in onnxruntime-genai (bundles whose manifest names it ship this file as runtime/session.py, and
+ONNX Runtime's session.py as runtime/ort_session.py for the helpers they share): the runner and the decoder loop.
+
+Generation runs in genai's native code: the KV cache is its own buffer (past and present share it), the model
+returns the logits of the last position only, and the prompt goes in chunks of the runtime's
+`genai.prefill_chunk` tokens, so a long prompt never holds more than a chunk's activations.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .families import family
+from .manifest import HERE, read_runtime
+from .ort_session import (  # noqa: F401  (the package's names: runtime/__init__.py imports them from here)
+    choose_providers,
+    encode,
+    encoded,
+    encoder_feeds,
+    load_tokenizer,
+    provider_options,
+    session_options,
+    start_ids,
+)
+from .peak import rss_bytes
+
+DEFAULT_CHUNK = 256
+
+
+class Decoder:
+    """Greedy generation in an onnxruntime-genai Generator, batch 1: the same calls as ONNX Runtime's Decoder
+    (generate, score, step, empty_past), so the comparison and the measurement need no other code."""
+
+    def __init__(self, model: Any, io: dict[str, Any], chunk: int, context: int) -> None:
+        self.model, self.io, self.chunk, self.context = model, io, chunk, context
+        self.eos = set(io.get("eos_token_ids", []))
+
+    def generator(self, length: int) -> Any:
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=max(length, 1), do_sample=False)
+        return og.Generator(self.model, params)
+
+    def append(self, generator: Any, ids: list[int]) -> np.ndarray:
+        """`ids` appended in chunks; the logits of the last one [vocab]."""
+        for start in range(0, len(ids), self.chunk):
+            generator.append_tokens(ids[start:start + self.chunk])
+        return np.asarray(generator.get_logits(), dtype=np.float32).reshape(-1)
+
+    def empty_past(self, length: int = 0) -> int:
+        """The cache of `length` positions: genai keeps its own, so only its length (filled by step)."""
+        return length
+
+    def step(self, ids: list[int], past: Any, past_length: int) -> tuple[np.ndarray, Any]:
+        """Logits [1, vocab] of the last new token, and the generator that now holds them. `past` is a previous
+        step's generator, or a length (empty_past) to fill with token 0 first (a measurement's full cache)."""
+        generator = past
+        if isinstance(past, int):
+            generator = self.generator(max(self.context, past_length + len(ids)))
+            if past_length:
+                self.append(generator, [0] * past_length)
+        return self.append(generator, list(ids))[None], generator
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], np.ndarray]:
+        """Greedy tokens after the prompt (stopping after an end-of-sequence token), and the logits of the
+        prompt's last position."""
+        generator = self.generator(len(prompt_ids) + max_new_tokens)
+        logits = first = self.append(generator, prompt_ids)
+        tokens: list[int] = []
+        while len(tokens) < max_new_tokens:
+            token = int(np.argmax(logits))
+            tokens.append(token)
+            if token in self.eos or len(tokens) == max_new_tokens:
+                break
+            logits = self.append(generator, [token])
+        return tokens, first
+
+    def score(self, ids: list[int]) -> np.ndarray:
+        """Logits at every position of `ids` (teacher-forced): a token at a time, the model returning the last
+        position's only."""
+        generator = self.generator(len(ids))
+        return np.stack([self.append(generator, [t]) for t in ids])
+
+
+class Runner:
+    """The packaged model in onnxruntime-genai, with the bundle's tokenizer."""
+
+    def __init__(self, bundle: Path, runtime: dict[str, Any], log_level: int = 3,
+                 sessions: dict[str, Any] | None = None) -> None:
+        try:
+            import onnxruntime_genai as og
+        except ImportError:
+            raise RuntimeError("this bundle's model runs with onnxruntime-genai: pip install -r requirements.txt") \
+                from None
+        self.bundle, self.runtime, self.io = bundle, runtime, runtime["io"]
+        self.providers, self.missing_providers = ["CPUExecutionProvider"], []
+        before = rss_bytes()
+        config = og.Config(str((bundle / runtime["model"]).parent))
+        config.clear_providers()   # the CPU, as the profile's providers say
+        self.session = og.Model(config)
+        self.load_bytes = {"model": max(0, rss_bytes() - before)}
+        self.sessions = {"model": self.session}
+        self.encoder = None
+        self.family = family(self.io)
+        self.tokenizer = load_tokenizer(bundle, self.io)
+        chunk = int(runtime["session"].get("config", {}).get("genai.prefill_chunk", DEFAULT_CHUNK))
+        self.decoder = Decoder(self.session, self.io, chunk, int(runtime.get("context") or 0))
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["input_ids"]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The prompt's last logits (a decoder's sample: its input_ids)."""
+        return {"logits": self.decoder.step([int(t) for t in feeds["input_ids"][0]], 0, 0)[0][None]}
+
+    def encode(self, text: str) -> dict[str, np.ndarray]:
+        return {"input_ids": np.asarray([self.prompt_ids(text)], dtype=np.int64)}
+
+    def run_texts(self, texts: list[str]) -> list[dict[str, np.ndarray]]:
+        return [self.run(self.encode(t)) for t in texts]
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return list(self.tokenizer.encode(prompt).ids)
+
+    def generate_text(self, prompt: str, max_new_tokens: int) -> tuple[str, list[int]]:
+        """The greedy continuation of `prompt` (text and token ids), up to an end-of-sequence token."""
+        tokens, _ = self.decoder.generate(self.prompt_ids(prompt), max_new_tokens)
+        return self.tokenizer.decode(tokens), tokens
+
+
+def load(bundle: Path = HERE, sessions: dict[str, Any] | None = None) -> Runner:
+    """The model of `bundle`."""
+    return Runner(bundle, read_runtime(bundle).to_dict(), sessions=sessions)
