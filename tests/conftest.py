@@ -79,3 +79,17 @@ def unpack(archive: Path, dest: Path) -> Path:
         tar.extractall(dest, filter="data")
     (folder,) = [p for p in dest.iterdir() if p.is_dir()]
     return folder
+
+
+def reseal(folder: Path) -> None:
+    """The manifest's and SHA256SUMS's checksums rewritten over the bundle's files as they are now: an unsigned
+    bundle edited by someone who also rewrote its checksums."""
+    from packager.runtime_files import runner
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        entry["sha256"] = runner().sha256_file(folder / entry["path"])
+        entry["size"] = (folder / entry["path"]).stat().st_size
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    listed = sorted([e["path"] for e in manifest["files"]] + ["manifest.json"])
+    (folder / "SHA256SUMS").write_text("".join(f"{runner().sha256_file(folder / p)}  {p}\n" for p in listed))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, unpack
+from conftest import reseal, run_cli, unpack
 from packager import emulate
 from packager.emulate import DeviceSpec, choose_cpu, cpuinfo, pip_error, wheel_platforms
 from packager.errors import ExitCode, PackagerError
@@ -289,19 +289,6 @@ def test_pin_without_a_wheel_for_the_device_names_package_and_platform(tmp_path:
 
 @pytest.mark.integration
 @needs_qemu
-def _reseal(folder: Path) -> None:
-    """The manifest's and SHA256SUMS's checksums rewritten over the bundle's files as they are now."""
-    from packager.runtime_files import runner
-
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for entry in manifest["files"]:
-        entry["sha256"] = runner().sha256_file(folder / entry["path"])
-        entry["size"] = (folder / entry["path"]).stat().st_size
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    listed = sorted([e["path"] for e in manifest["files"]] + ["manifest.json"])
-    (folder / "SHA256SUMS").write_text("".join(f"{runner().sha256_file(folder / p)}  {p}\n" for p in listed))
-
-
 def test_edited_requirements_fail_before_the_smoke_test_runs(minilm_rpi5: dict, tmp_path: Path) -> None:
     folder = unpack(Path(minilm_rpi5["archive"]), tmp_path)
     req = folder / "requirements.txt"
@@ -311,7 +298,7 @@ def test_edited_requirements_fail_before_the_smoke_test_runs(minilm_rpi5: dict, 
     assert proc.returncode == ExitCode.SMOKE_FAILED
     assert json.loads(proc.stdout)["verdict"] == \
         "FAIL: checksum mismatch: requirements.txt was modified after packaging"
-    _reseal(folder)   # an unsigned bundle whose maker pinned a runtime the device has no wheel for
+    reseal(folder)   # an unsigned bundle whose maker pinned a runtime the device has no wheel for
     proc = run_cli("smoke", str(folder), "--emulate", "--json", timeout=1200)
     assert proc.returncode == ExitCode.SMOKE_FAILED, proc.stdout + proc.stderr
     error = json.loads(proc.stdout)["error"]

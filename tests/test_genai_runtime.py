@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import unpack
+from conftest import reseal, unpack
 from packager.errors import ExitCode
 from packager.exporter_envs import GENAI, is_ready
-from packager.runtime_files import runner
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not is_ready(GENAI), reason="needs `packager env create genai`")]
@@ -82,7 +81,7 @@ def test_smoke_test_passes_and_fails_on_tampered_expectations(bundle: Path, tmp_
         if key.endswith("tokens"):
             arrays[key] = (arrays[key] + 1) % 50
     np.savez(expected, **arrays)
-    _reseal(tampered)
+    reseal(tampered)
     proc = device(tampered, "smoke_test.py")
     assert proc.returncode != 0 and proc.stdout.strip().splitlines()[-1].startswith("FAIL"), proc.stdout
 
@@ -101,15 +100,6 @@ def test_a_model_that_is_not_a_decoder_is_refused_in_one_sentence(tmp_path: Path
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
 
 
-def _reseal(folder: Path) -> None:
-    """The manifest's and SHA256SUMS's checksums rewritten over the bundle's files as they are now."""
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for entry in manifest["files"]:
-        entry["sha256"] = runner().sha256_file(folder / entry["path"])
-        entry["size"] = (folder / entry["path"]).stat().st_size
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    listed = sorted([e["path"] for e in manifest["files"]] + ["manifest.json"])
-    (folder / "SHA256SUMS").write_text("".join(f"{runner().sha256_file(folder / p)}  {p}\n" for p in listed))
 
 
 def test_the_onnxruntime_inside_genai_is_in_the_runtime_table() -> None:
