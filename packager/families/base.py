@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
     from packager.context import Context
-    from packager.profiles import Accuracy
+    from packager.profile_types import Accuracy
 
 
 def step(entry: str) -> Callable[..., Any]:

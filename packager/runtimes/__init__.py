@@ -22,7 +22,7 @@ from packager.runtimes.genai import GenaiRuntime
 from packager.runtimes.onnxruntime import OnnxRuntime
 
 if TYPE_CHECKING:
-    from packager.profiles import Profile
+    from packager.profile_types import Profile
 
 __all__ = ["RUNTIMES", "MemoryShare", "Runtime", "runtime_for"]
 

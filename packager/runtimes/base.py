@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from packager.compat import Compatibility, ModelFacts
     from packager.context import Context
-    from packager.profiles import Profile
+    from packager.profile_types import Profile
 
 
 @dataclass(frozen=True)
