@@ -5,7 +5,7 @@
     packager.check("./my-model", "phone").fits
     packager.plan("./config.json", "jetson", contexts=["8K"]).max_context
 
-The functions and result types load on first use (packager/api.py), so `import packager` stays fast.
+The functions and result types load on first use (packager/api.py, packager/results.py), so `import packager` stays fast.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ __all__ = ["CheckResult", "ExitCode", "PackageOptions", "PackageResult", "Packag
            "__version__", "check", "package", "plan"]
 
 if TYPE_CHECKING:
-    from packager.api import CheckResult, PackageResult, check, package, plan
+    from packager.api import check, package, plan
     from packager.errors import ExitCode, PackagerError
     from packager.options import PackageOptions
     from packager.plan import Plan as PlanResult
+    from packager.results import CheckResult, PackageResult
 
-_LAZY = {"package": "packager.api", "check": "packager.api", "plan": "packager.api", "PackageResult": "packager.api",
-         "CheckResult": "packager.api", "PackagerError": "packager.errors", "ExitCode": "packager.errors",
+_LAZY = {"package": "packager.api", "check": "packager.api", "plan": "packager.api", "PackageResult": "packager.results",
+         "CheckResult": "packager.results", "PackagerError": "packager.errors", "ExitCode": "packager.errors",
          "PackageOptions": "packager.options", "PlanResult": "packager.plan"}
 
 

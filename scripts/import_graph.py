@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZE_LIMIT = 520  # lines; the project's rule is "under about 500", the 20 lines leave room for a docstring's growth
+SIZE_LIMIT = 500  # lines: the project's rule, "under about 500"
 
 # The layers, lowest first: a module may import from its own layer and those below it. The longest prefix that
 # matches a module names its layer ("packager.stages" matches packager.stages and packager.stages.export).
@@ -57,8 +57,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "packager.report_markdown", "packager.report_html", "packager.exporter_envs",
                   # the runtimes' steps (named "module:function" by packager/runtimes/, as the families' are)
                   "packager.runtime_steps")),
-    ("api", ("packager.api",)),
+    ("api", ("packager.api", "packager.results")),
     ("cli", ("packager.cli", "packager.cli_common", "packager.cli_print", "packager.cli_targets", "packager.cli_env",
+             "packager.cli_bundle",
              "packager.__main__")),
 ]
 
@@ -71,13 +72,14 @@ STAGE_USERS = ("packager.stage_runner", "packager.pipeline", "packager.fit_auto"
 # command needs when it runs (`packager --help` and `import packager` stay fast: `python -X importtime -c "import
 # packager.cli"`); the others would pull a heavy dependency into a module that is light without it.
 LAZY_IMPORTERS = ("packager.cli", "packager.cli_common", "packager.cli_print", "packager.cli_targets",
-                  "packager.cli_env", "packager.api")
+                  "packager.cli_env", "packager.cli_bundle", "packager.api")
 LAZY_EDGES = {
     ("packager.adapter", "packager.model_files"): "onnx and numpy, which adapter.py loads for nothing else",
     ("packager.bundles", "packager.model_files"): "onnx and numpy, for a bundle's manifest (smoke, inspect, plan)",
     ("packager.bundles", "packager.runtime_files"): "the profiles and the device's manifest reader, for a manifest",
     ("packager.samples", "packager.sample_models"): "onnx and transformers, for a sample built at first use",
     ("packager.smoke", "packager.signing"): "cryptography, for a signed bundle only",
+    ("packager.results", "packager.signing"): "cryptography, for a signed bundle's fingerprint only",
 }
 
 # Imports of other packages that stay inside functions on purpose: the CLI and `import packager` load these only

@@ -242,7 +242,7 @@ def test_inspect_reads_bundles_and_refuses_what_it_cannot(tmp_path: Path) -> Non
     archive = tmp_path / "tiny-rpi5.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(bundle, arcname=bundle.name)
-    from packager.cli import _inspect_path
+    from packager.cli_bundle import _inspect_path
 
     for given in (bundle, archive):
         path, _, summary = _inspect_path(str(given), tmp_path / f"x-{given.name}", None)
