@@ -5,7 +5,8 @@
     packager.check("./my-model", "phone").fits
     packager.plan("./config.json", "jetson", contexts=["8K"]).max_context
 
-The functions and result types load on first use (packager/api.py, packager/results.py), so `import packager` stays fast.
+The functions and result types load on first use (packager/api.py, packager/results.py), so `import packager`
+stays fast.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ if TYPE_CHECKING:
     from packager.plan import Plan as PlanResult
     from packager.results import CheckResult, PackageResult
 
-_LAZY = {"package": "packager.api", "check": "packager.api", "plan": "packager.api", "PackageResult": "packager.results",
-         "CheckResult": "packager.results", "PackagerError": "packager.errors", "ExitCode": "packager.errors",
-         "PackageOptions": "packager.options", "PlanResult": "packager.plan"}
+_LAZY = {"package": "packager.api", "check": "packager.api", "plan": "packager.api",
+         "PackageResult": "packager.results", "CheckResult": "packager.results", "PackagerError": "packager.errors",
+         "ExitCode": "packager.errors", "PackageOptions": "packager.options", "PlanResult": "packager.plan"}
 
 
 class _Package(types.ModuleType):

@@ -150,9 +150,6 @@ def existing(spec: str) -> Path:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
-TOKENIZER_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
-
-
 def signature(model_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Graph inputs (initializers excluded) and outputs as name, dtype and shape (None or a dim name where open)."""
     model = onnx.load(model_path, load_external_data=False)

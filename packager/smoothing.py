@@ -43,7 +43,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from packager.model_files import TOKENIZER_INPUTS
+from packager.families.encoders import TOKENIZER_INPUTS
 from packager.paths import targets_dir
 from packager.runtime_files import runner
 

@@ -2,13 +2,15 @@
 
     python scripts/import_graph.py            # the numbers, and each finding
     python scripts/import_graph.py --edges    # every edge, for a look by hand
+    python scripts/import_graph.py --type-only   # the same with the imports under `if TYPE_CHECKING:`
 
 Stdlib only (ast), so it runs without the project's dependencies; tests/test_import_graph.py loads this file and
 asserts on the same functions. An edge is one `import packager.x` / `from packager.x import y` (y counts as the
 module packager.x.y when that file exists), module-level or inside a function: both run, so both close a cycle.
-Imports under `if TYPE_CHECKING:` never run and are left out. Importing packager.x.y also runs packager/x/__init__.py,
-but the edge goes to packager.x.y alone (as grimp and import-linter count it): a package's __init__ that re-exports
-its own modules is not a cycle.
+Imports under `if TYPE_CHECKING:` never run and are left out, unless --type-only asks for the graph a type
+checker walks (which must have no cycle either: tests/test_import_graph.py). Importing packager.x.y also runs
+packager/x/__init__.py, but the edge goes to packager.x.y alone (as grimp and import-linter count it): a package's
+__init__ that re-exports its own modules is not a cycle.
 """
 
 from __future__ import annotations
@@ -122,14 +124,19 @@ def modules(root: Path = ROOT, package: str = "packager") -> dict[str, Path]:
     return found
 
 
-def _imports(tree: ast.AST, in_function: bool = False) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+def _imports(tree: ast.AST, in_function: bool = False, type_only: bool = False
+             ) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+    """Each import under `tree`, and whether it sits in a function; those under `if TYPE_CHECKING:` only with
+    `type_only` (they never run, but a type checker follows them)."""
     for node in ast.iter_child_nodes(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            yield from _imports(ast.Module(body=node.orelse, type_ignores=[]), in_function)
+            branches = node.body + node.orelse if type_only else node.orelse
+            yield from _imports(ast.Module(body=branches, type_ignores=[]), in_function, type_only)
             continue
         if isinstance(node, ast.Import | ast.ImportFrom):
             yield node, in_function
-        yield from _imports(node, in_function or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda))
+        yield from _imports(node, in_function or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda),
+                            type_only)
 
 
 def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, known: dict[str, Path]) -> list[str]:
@@ -143,13 +150,14 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, k
     return [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
 
 
-def edges(root: Path = ROOT, package: str = "packager") -> list[Edge]:
-    """Each import of a package module by a package module, module-level and inside functions."""
+def edges(root: Path = ROOT, package: str = "packager", type_only: bool = False) -> list[Edge]:
+    """Each import of a package module by a package module, module-level and inside functions; with `type_only`,
+    the imports under `if TYPE_CHECKING:` too (the graph a type checker walks)."""
     known = modules(root, package)
     found: list[Edge] = []
     for module, path in known.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-        for node, in_function in _imports(tree):
+        for node, in_function in _imports(tree, type_only=type_only):
             for target in _targets(node, module, path.name == "__init__.py", known):
                 if target == package or target.startswith(package + "."):
                     found.append(Edge(module, target, node.lineno, in_function))
@@ -243,8 +251,10 @@ def big_modules(limit: int = SIZE_LIMIT, root: Path = ROOT, folders: tuple[str, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--edges", action="store_true", help="print every edge")
+    parser.add_argument("--type-only", action="store_true",
+                        help="count the imports under `if TYPE_CHECKING:` too (the graph a type checker walks)")
     args = parser.parse_args()
-    graph_edges = edges()
+    graph_edges = edges(type_only=args.type_only)
     if args.edges:
         for edge in graph_edges:
             where = "  (in a function)" if edge.in_function else ""

@@ -142,6 +142,29 @@ def test_the_key_follows_the_opset_not_the_target(tmp_path: Path) -> None:
     assert key_of(cache_inputs(ctx)) != key(rpi5)
 
 
+def test_the_key_follows_the_families_code_that_describes_the_io(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # A cached export's meta.json holds the io its family described: an edit to any family module that
+    # describes io must make a new key, or a hit would bring back the old description.
+    from packager import families
+    from packager.context import Context, Source
+    from packager.profiles import resolve_target
+    from packager.stages.export import cache_inputs
+
+    ctx = Context("m", resolve_target("rpi5"), "fp32", tmp_path, tmp_path)
+    ctx.source = Source("huggingface", tmp_path, "m", (), "ab" * 32, task="text-generation-with-past")
+    before = key_of(cache_inputs(ctx))
+    hashed = {Path(str(m.__file__)).name for m in families.io_modules()}
+    assert {"__init__.py", "base.py", "decoder.py", "encoders.py", "seq2seq.py"} <= hashed
+    for module in families.io_modules():
+        edited = tmp_path / f"{module.__name__}.py"
+        edited.write_bytes(Path(str(module.__file__)).read_bytes() + b"\n# an edit\n")
+        with monkeypatch.context() as patch:
+            patch.setattr(module, "__file__", str(edited))
+            assert key_of(cache_inputs(ctx)) != before, module.__name__
+    assert key_of(cache_inputs(ctx)) == before
+
+
 def test_open_cache_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PACKAGER_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("PACKAGER_NO_CACHE", raising=False)

@@ -330,7 +330,8 @@ def test_run_py_model_never_leaves_the_bundle(tmp_path_factory: pytest.TempPathF
 def test_a_cached_export_names_only_the_components_an_export_makes() -> None:
     """An encoder-decoder's component names and files become paths in the work folder; a cache entry whose
     io names others (edited, or from a broken run) is not used (read as corrupt, exported again)."""
-    from packager.stages.export import SEQ2SEQ_COMPONENTS, SEQ2SEQ_MERGED, _components_known
+    from packager.families.seq2seq import SEQ2SEQ_COMPONENTS, SEQ2SEQ_MERGED
+    from packager.stages.export import _components_known
 
     made = {"encoder": {"export": SEQ2SEQ_COMPONENTS["encoder"], "inputs": [], "outputs": []},
             "decoder": {"export": SEQ2SEQ_COMPONENTS["decoder"], "merges": list(SEQ2SEQ_MERGED),

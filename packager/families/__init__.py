@@ -15,15 +15,22 @@ modules (verification.py, media.py) when they run.
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
+from typing import Any
+
 from packager.errors import ExitCode, PackagerError, did_you_mean
-from packager.families.base import Family
+from packager.families.base import Export, Family
 from packager.families.decoder import DecoderLLM
 from packager.families.encoders import TensorModel, TextEncoder
 from packager.families.seq2seq import EncoderDecoder
 
-__all__ = ["FAMILIES", "Family", "family_for"]
+__all__ = ["FAMILIES", "Export", "Family", "describe_io", "family_for", "io_modules"]
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (TextEncoder(), TensorModel(), DecoderLLM(), EncoderDecoder())}
+# Which family an export is: the first that claims it, the most specific first (a decoder also takes token
+# inputs; a tensor model is any graph).
+CLAIM_ORDER = ("seq2seq", "decoder", "text", "tensor")
 
 
 def family_for(kind: str) -> Family:
@@ -33,3 +40,16 @@ def family_for(kind: str) -> Family:
         raise PackagerError(f"the model's io names an unknown model kind {kind!r}{hint}; packager knows "
                             f"{', '.join(FAMILIES)}: export the model again (--no-cache).", ExitCode.BAD_INPUT)
     return FAMILIES[kind]
+
+
+def describe_io(export: Export) -> dict[str, Any]:
+    """The manifest's runtime.io of an fp32 export, as the family it belongs to describes it."""
+    family = next(FAMILIES[name] for name in CLAIM_ORDER if FAMILIES[name].claims(export))
+    return family.describe_io(export)
+
+
+def io_modules() -> list[ModuleType]:
+    """The modules whose code describes an export's io (this registry, the base class, each family's): the
+    export stage's cache key hashes them, so that a change to a family's io invalidates cached exports."""
+    names = [__name__, Family.__module__, *sorted({type(f).__module__ for f in FAMILIES.values()})]
+    return [sys.modules[name] for name in names]

@@ -12,8 +12,12 @@ a family once bundles carry it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -33,6 +37,52 @@ def step(entry: str) -> Callable[..., Any]:
     module, _, function = entry.partition(":")
     found: Callable[..., Any] = getattr(importlib.import_module(module), function)
     return found
+
+
+@dataclass
+class Export:
+    """An fp32 export the families are asked to describe (the export stage's): where its source and its files
+    are, and the task it was exported for."""
+
+    source: Path                   # the source folder (or .onnx file): config.json, tokenizer_config.json ...
+    task: str                      # the exporter's task ("" for an .onnx source)
+    folder: Path                   # the export's files: model.onnx (or the components'), tokenizer.json ...
+
+    @functools.cached_property
+    def signature(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """model.onnx's inputs and outputs (packager/model_files.py, which loads onnx: read when asked)."""
+        return self.signature_of("model.onnx")
+
+    def signature_of(self, file: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        found: tuple[list[dict[str, Any]], list[dict[str, Any]]] = step("packager.model_files:signature")(
+            self.folder / file)
+        return found
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return (self.folder / "tokenizer.json").is_file()
+
+
+def max_length(folder: Path) -> int:
+    """The longest input the model takes, in tokens, from the source's configuration files (512 when none says)."""
+    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length"),
+                      ("config.json", "max_position_embeddings")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            value = int(json.loads((folder / name).read_text(encoding="utf-8"))[key])
+            if 0 < value < 1_000_000:
+                return value
+    return 512
+
+
+def eos_token_ids(folder: Path) -> list[int]:
+    """End-of-sequence ids from generation_config.json, else config.json (an int or a list)."""
+    for name in ("generation_config.json", "config.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            value = json.loads((folder / name).read_text(encoding="utf-8"))["eos_token_id"]
+            ids = value if isinstance(value, list) else [value]
+            if ids and all(isinstance(i, int) for i in ids):
+                return ids
+    return []
 
 
 class Family:
@@ -57,6 +107,21 @@ class Family:
     eval_fix: ClassVar[str] = "no --eval (a tensor model has no text to judge)"
     eval_cases_alone: ClassVar[bool] = False
     metric: ClassVar[str] = "cosine"         # the manifest's accuracy.metric
+
+    def claims(self, export: Export) -> bool:
+        """Whether an export is of this family (packager.families.describe_io asks the most specific first); a
+        tensor model is any graph."""
+        return True
+
+    def describe_io(self, export: Export) -> dict[str, Any]:
+        """The manifest's runtime.io of an export of this family: its kind, inputs and outputs, the outputs
+        verify checks, and what the device needs to feed it. A tensor model's: its graph's signature."""
+        inputs, outputs = export.signature
+        names = [o["name"] for o in outputs]
+        # Sentence-transformers exports carry the pooled, normalised embedding: that is the answer.
+        primary = ["sentence_embedding"] if "sentence_embedding" in names else names
+        return {"kind": self.name, "inputs": inputs, "outputs": outputs, "checked_outputs": primary,
+                "primary_outputs": primary}
 
     def texts(self) -> list[str]:
         """The family's sample sentences or prompts (targets/families/<files>/<texts_file>)."""

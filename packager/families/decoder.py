@@ -7,7 +7,7 @@ import json
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from packager.families.base import Family, step
+from packager.families.base import Export, Family, eos_token_ids, max_length, step
 
 if TYPE_CHECKING:
     from packager.context import Context
@@ -29,6 +29,29 @@ class DecoderLLM(Family):
     eval_fix: ClassVar[str] = "prompt/expected cases"
     eval_cases_alone: ClassVar[bool] = True
     metric: ClassVar[str] = "token agreement"
+
+    def claims(self, export: Export) -> bool:
+        inputs, outputs = export.signature
+        input_names = {i["name"] for i in inputs}
+        return export.has_tokenizer and "input_ids" in input_names and "logits" in {o["name"] for o in outputs} \
+            and any(n.startswith("past_key_values.") for n in input_names)
+
+    def describe_io(self, export: Export) -> dict[str, Any]:
+        """Its KV cache layout too, for the device's generation loop."""
+        inputs, outputs = export.signature
+        past = [i for i in inputs if i["name"].startswith("past_key_values.")]
+        _, heads, _, head_dim = past[0]["shape"]
+        return {
+            "kind": self.name,
+            "inputs": inputs,
+            "outputs": outputs,
+            "checked_outputs": ["logits"],
+            "primary_outputs": ["logits"],
+            "tokenizer": "model/tokenizer.json",
+            "max_length": max_length(export.source),
+            "eos_token_ids": eos_token_ids(export.source),
+            "kv": {"layers": len(past) // 2, "heads": heads, "head_dim": head_dim, "dtype": past[0]["dtype"]},
+        }
 
     def make_samples(self, ctx: Context, rt: ModuleType) -> None:
         """The first generation step's inputs of each of the family's prompts (prompt ids, empty KV cache)."""

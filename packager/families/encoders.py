@@ -8,10 +8,13 @@ import json
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from packager.families.base import Family
+from packager.families.base import Export, Family, max_length
 
 if TYPE_CHECKING:
     from packager.context import Context
+
+# The inputs a tokenizer makes: a graph that takes only these (and ships a tokenizer) is a text encoder.
+TOKENIZER_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
 
 
 class TensorModel(Family):
@@ -32,6 +35,13 @@ class TextEncoder(Family):
     texts_file: ClassVar[str | None] = "samples.txt"
     eval_cases: ClassVar[str | None] = "encoder"
     eval_fix: ClassVar[str] = "anchor/positive cases"
+
+    def claims(self, export: Export) -> bool:
+        return export.has_tokenizer and {i["name"] for i in export.signature[0]} <= TOKENIZER_INPUTS
+
+    def describe_io(self, export: Export) -> dict[str, Any]:
+        return super().describe_io(export) | {"tokenizer": "model/tokenizer.json",
+                                              "max_length": max_length(export.source)}
 
     def make_samples(self, ctx: Context, rt: ModuleType) -> None:
         tokenizer = rt.load_tokenizer(ctx.stage_dir, ctx.io)

@@ -1,4 +1,4 @@
-"""export: turn the source into an fp32 ONNX reference model, and describe its inputs and outputs.
+"""export: turn the source into an fp32 ONNX reference model; its family describes its inputs and outputs.
 
 Hugging Face folders go through optimum-onnx's exporter (the task comes from
 config.architectures, since local folders cannot auto-infer it); .onnx files are copied with
@@ -24,8 +24,9 @@ from packager.adapter import base_shapes, merge
 from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
 from packager.export_process import export_here, quiet, run_export_child
-from packager.families import family_for
-from packager.model_files import PICKLE_SUFFIXES, TOKENIZER_FILES, TOKENIZER_INPUTS, signature
+from packager.families import Export, describe_io, family_for, io_modules
+from packager.families.seq2seq import SEQ2SEQ_COMPONENTS, SEQ2SEQ_MERGED, SEQ2SEQ_MODALITY
+from packager.model_files import PICKLE_SUFFIXES, TOKENIZER_FILES
 from packager.onnx_rewrite import fold_transposed_weights, name_tied_lm_head
 from packager.recipes import parse_recipe, recipe_label
 from packager.recipes.common import PROTO_LIMIT
@@ -92,17 +93,6 @@ def _export_hf(ctx: Context, out: Path) -> None:
 
         with quiet():
             AutoTokenizer.from_pretrained(str(out), use_fast=True).backend_tokenizer.save(str(out / "tokenizer.json"))
-
-
-# Encoder-decoder exports (optimum's *-with-past seq2seq tasks) write four graphs: the encoder, the
-# decoder's first step (no cache), its later steps (with the cache) and both decoders merged into one
-# graph that switches on `use_cache_branch` and holds their shared weights once. The bundle ships the
-# encoder and the merged decoder: the two unmerged decoders are the same weights a second and a third
-# time, which the device would hold twice over for nothing. Component name -> file in the export.
-SEQ2SEQ_COMPONENTS = {"encoder": "encoder_model.onnx", "decoder": "decoder_model_merged.onnx"}
-SEQ2SEQ_MERGED = ("decoder_model.onnx", "decoder_with_past_model.onnx")
-SEQ2SEQ_MODALITY = {"automatic-speech-recognition-with-past": "audio", "image-to-text-with-past": "image",
-                 "text2text-generation-with-past": "text"}   # task -> what the encoder reads
 
 
 def _keep_seq2seq_components(ctx: Context, out: Path) -> None:
@@ -207,143 +197,9 @@ def _copy_onnx(ctx: Context, out: Path) -> None:
                             "re-export it.", ExitCode.BAD_INPUT) from None
 
 
-def _max_length(folder: Path) -> int:
-    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length"),
-                      ("config.json", "max_position_embeddings")):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            value = int(json.loads((folder / name).read_text(encoding="utf-8"))[key])
-            if 0 < value < 1_000_000:
-                return value
-    return 512
-
-
-def _eos_token_ids(folder: Path) -> list[int]:
-    """End-of-sequence ids from generation_config.json, else config.json (an int or a list)."""
-    for name in ("generation_config.json", "config.json"):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            value = json.loads((folder / name).read_text(encoding="utf-8"))["eos_token_id"]
-            ids = value if isinstance(value, list) else [value]
-            if ids and all(isinstance(i, int) for i in ids):
-                return ids
-    return []
-
-
-def _decoder_io(ctx: Context, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, Any]:
-    """A decoder exported with past: its KV cache layout, for the device's generation loop."""
-    assert ctx.source is not None
-    past = [i for i in inputs if i["name"].startswith("past_key_values.")]
-    _, heads, _, head_dim = past[0]["shape"]
-    return {
-        "kind": "decoder",
-        "inputs": inputs,
-        "outputs": outputs,
-        "checked_outputs": ["logits"],
-        "primary_outputs": ["logits"],
-        "tokenizer": "model/tokenizer.json",
-        "max_length": _max_length(ctx.source.path),
-        "eos_token_ids": _eos_token_ids(ctx.source.path),
-        "kv": {"layers": len(past) // 2, "heads": heads, "head_dim": head_dim, "dtype": past[0]["dtype"]},
-    }
-
-
-def _config_value(config: dict[str, Any], *keys: str) -> Any:
-    """The first of `keys` set in config.json, at its top level or in its decoder's section."""
-    for section in (config, config.get("decoder") or {}):
-        for key in keys:
-            if section.get(key) is not None:
-                return section[key]
-    return None
-
-
-def _preprocess(ctx: Context, export_dir: Path, modality: str, config: dict[str, Any]) -> dict[str, Any]:
-    """What the device does to raw input before the encoder (run.py's audio_features, image_pixels)."""
-    path = export_dir / "preprocessor_config.json"
-    pre = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    if modality == "audio":
-        return {"sampling_rate": int(pre.get("sampling_rate", 16000)), "n_fft": int(pre.get("n_fft", 400)),
-                "hop_length": int(pre.get("hop_length", 160)),
-                "feature_size": int(pre.get("feature_size", config.get("num_mel_bins", 80))),
-                "n_samples": int(pre.get("n_samples", 480000)), "padding_value": float(pre.get("padding_value", 0.0))}
-    if modality == "image":
-        encoder = config.get("encoder") or {}
-        side = int(encoder.get("image_size", 224))
-        size = pre.get("size") or {}
-        return {"height": int(size.get("height", side)), "width": int(size.get("width", side)),
-                "rescale_factor": float(pre.get("rescale_factor", 1 / 255)),
-                "mean": [float(v) for v in pre.get("image_mean", [0.5, 0.5, 0.5])],
-                "std": [float(v) for v in pre.get("image_std", [0.5, 0.5, 0.5])],
-                "channels": int(encoder.get("num_channels", 3))}
-    return {}
-
-
-def _seq2seq_io(ctx: Context, export_dir: Path) -> dict[str, Any]:
-    """An encoder-decoder: each component's inputs and outputs, the decoder's KV cache (its own and the
-    cross-attention's), the decoder's start tokens and what the encoder's raw input needs first."""
-    assert ctx.source is not None
-    config = json.loads((ctx.source.path / "config.json").read_text(encoding="utf-8"))
-    components: dict[str, dict[str, Any]] = {}
-    for name, file in SEQ2SEQ_COMPONENTS.items():
-        inputs, outputs = signature(export_dir / file)
-        components[name] = {"export": file, "inputs": inputs, "outputs": outputs}
-    decoder_inputs = components["decoder"]["inputs"]
-    past = [i for i in decoder_inputs if i["name"].startswith("past_key_values.")]
-    own = [i for i in past if ".encoder." not in i["name"]]
-    _, heads, _, head_dim = own[0]["shape"]
-    modality = SEQ2SEQ_MODALITY[ctx.source.task]
-    start = _config_value(config, "decoder_start_token_id")
-    if start is None:
-        raise PackagerError(f"{ctx.source.path}/config.json has no decoder_start_token_id, so the decoder cannot "
-                            "start; add it (the token generation starts from).", ExitCode.BAD_INPUT)
-    positions = _config_value(config, "max_target_positions", "n_positions", "max_position_embeddings")
-    components["decoder"]["merges"] = list(SEQ2SEQ_MERGED)
-    return {
-        "kind": "seq2seq",
-        "modality": modality,
-        "components": components,
-        "inputs": components["encoder"]["inputs"],
-        "outputs": components["decoder"]["outputs"],
-        "checked_outputs": ["logits"],
-        "primary_outputs": ["logits"],
-        "tokenizer": "model/tokenizer.json",
-        "max_length": int(positions) if positions else _max_length(ctx.source.path),
-        "eos_token_ids": _eos_token_ids(ctx.source.path),
-        "decoder_start_ids": [int(start)],
-        "kv": {"layers": len(own) // 2, "heads": heads, "head_dim": head_dim, "dtype": own[0]["dtype"],
-               "cross_attention_cached": len(past) > len(own)},
-        "preprocess": _preprocess(ctx, export_dir, modality, config),
-    }
-
-
-def describe_io(ctx: Context, export_dir: Path) -> dict[str, Any]:
-    if ctx.source is not None and ctx.source.task in SEQ2SEQ_MODALITY:
-        return _seq2seq_io(ctx, export_dir)
-    inputs, outputs = signature(export_dir / "model.onnx")
-    names = [o["name"] for o in outputs]
-    input_names = {i["name"] for i in inputs}
-    has_tokenizer = (export_dir / "tokenizer.json").is_file()
-    if has_tokenizer and "input_ids" in input_names and "logits" in names and \
-            any(n.startswith("past_key_values.") for n in input_names):
-        return _decoder_io(ctx, inputs, outputs)
-    text = has_tokenizer and input_names <= TOKENIZER_INPUTS
-    # Sentence-transformers exports carry the pooled, normalised embedding: that is the answer.
-    primary = ["sentence_embedding"] if "sentence_embedding" in names else names
-    io_spec: dict[str, Any] = {
-        "kind": "text" if text else "tensor",
-        "inputs": inputs,
-        "outputs": outputs,
-        "checked_outputs": primary,
-        "primary_outputs": primary,
-    }
-    if text:
-        assert ctx.source is not None
-        io_spec["tokenizer"] = "model/tokenizer.json"
-        io_spec["max_length"] = _max_length(ctx.source.path)
-    return io_spec
-
-
 # What the export's output depends on besides the source: these packages' versions (and packager's
-# own, and the export's code: this file, export_process.py, onnx_rewrite.py), so that an upgrade re-exports
-# instead of reusing an older export.
+# own, and the export's code: this file, export_process.py, onnx_rewrite.py, and the families' modules that
+# describe its io), so that an upgrade re-exports instead of reusing an older export.
 EXPORT_TOOLS = ("optimum", "optimum-onnx", "torch", "transformers", "tokenizers", "onnx", "safetensors")
 
 
@@ -376,9 +232,11 @@ def cache_inputs(ctx: Context) -> dict[str, Any]:
 
 
 def export_code() -> str:
-    """sha256 of the export's code: this stage's, the exporter's run and the rewrites of its files."""
+    """sha256 of the export's code: this stage's, the exporter's run, the rewrites of its files and the
+    families' description of its io (a cached export's meta.json holds that description)."""
     digest = hashlib.sha256()
-    for module in (__file__, export_process.__file__, onnx_rewrite.__file__):
+    for module in (__file__, export_process.__file__, onnx_rewrite.__file__, *(m.__file__ for m in io_modules())):
+        assert module is not None
         digest.update(Path(module).read_bytes())
     return digest.hexdigest()
 
@@ -393,6 +251,12 @@ def _io_problem(data: dict[str, Any]) -> str:
     if not isinstance(io, dict):
         return "its meta.json has no io description"
     return "" if _components_known(io) else "its io description names components an export does not make"
+
+
+def _describe_io(ctx: Context, out: Path) -> dict[str, Any]:
+    """The export's io, as its family describes it (packager/families/)."""
+    assert ctx.source is not None
+    return describe_io(Export(ctx.source.path, ctx.source.task, out))
 
 
 def _export_hf_cached(ctx: Context, out: Path) -> None:
@@ -415,7 +279,7 @@ def _export_hf_cached(ctx: Context, out: Path) -> None:
     out.mkdir()
     _export_hf(ctx, out)
     # As a cache hit reads it back: a run that exported and one that reused the export write the same manifest.
-    ctx.io = json.loads(json.dumps(describe_io(ctx, out)))
+    ctx.io = json.loads(json.dumps(_describe_io(ctx, out)))
     if ctx.stage_cache is not None:
         problem = ctx.stage_cache.store("export", cache_inputs(ctx), out, {"io": ctx.io})
         if problem:
@@ -441,7 +305,7 @@ def run(ctx: Context) -> None:
         out.mkdir()
         _copy_onnx(ctx, out)
         fold_transposed_weights(out / "model.onnx")
-        ctx.io = describe_io(ctx, out)
+        ctx.io = _describe_io(ctx, out)
     ctx.reference_model = out / "model.onnx"
     family = family_for(ctx.io["kind"])
     ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] if family.needs_tokenizer else []
