@@ -24,27 +24,49 @@ ALLOWED = (ROOT / "packager" / "families", ROOT / "targets" / "runtime" / "famil
 EVAL_KINDS = {"encoder", "decoder"}
 
 
-def _exported_kinds() -> set[str]:
-    """The io kinds the exporter writes: the string values of every `"kind": ...` entry of a dict literal in
-    packager's export modules (a literal, or either branch of a conditional)."""
-    kinds: set[str] = set()
-    for path in (ROOT / "packager").rglob("*.py"):
-        if "export" not in path.relative_to(ROOT).as_posix():
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if not isinstance(node, ast.Dict):
-                continue
-            for key, value in zip(node.keys, node.values):
-                if isinstance(key, ast.Constant) and key.value == "kind":
-                    kinds |= {c.value for c in ast.walk(value) if isinstance(c, ast.Constant)
-                              and isinstance(c.value, str)}
-    return kinds
+def _graph(folder: Path, inputs: dict[str, list[int | str]], outputs: list[str], tokenizer: bool) -> Path:
+    """A one-node ONNX graph with these inputs (name -> shape) and outputs, in `folder`, with a tokenizer.json
+    beside it when asked."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder.mkdir()
+    first = next(iter(inputs))
+    graph = helper.make_graph([helper.make_node("Identity", [first], [o]) for o in outputs], "g",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs])
+    onnx.save(helper.make_model(graph), folder / "model.onnx")
+    if tokenizer:
+        (folder / "tokenizer.json").write_text("{}")
+    return folder
 
 
-def test_the_registries_cover_every_kind_the_exporter_writes() -> None:
-    exported = _exported_kinds()
-    assert {"text", "tensor", "decoder", "seq2seq"} <= exported   # the scan finds what it looks for
-    assert exported <= set(FAMILIES), f"no family for {sorted(exported - set(FAMILIES))}"
+def test_each_export_is_described_by_the_family_that_claims_it(tmp_path: Path) -> None:
+    from packager.families import CLAIM_ORDER, Export, describe_io
+
+    assert sorted(CLAIM_ORDER) == sorted(FAMILIES)   # every family is asked, in a fixed order
+    past = {"past_key_values.0.key": [1, 2, "past", 4], "past_key_values.0.value": [1, 2, "past", 4]}
+    cases = {
+        "tensor": _graph(tmp_path / "tensor", {"x": [1, 3]}, ["y"], tokenizer=False),
+        # token inputs without a tokenizer to make them: a tensor model
+        "tensor ids": _graph(tmp_path / "ids", {"input_ids": [1, "n"]}, ["y"], tokenizer=False),
+        "text": _graph(tmp_path / "text", {"input_ids": [1, "n"], "attention_mask": [1, "n"]},
+                       ["last_hidden_state", "sentence_embedding"], tokenizer=True),
+        "decoder": _graph(tmp_path / "decoder", {"input_ids": [1, "n"], **past}, ["logits"], tokenizer=True),
+    }
+    described = {name: describe_io(Export(folder, "", folder)) for name, folder in cases.items()}
+    assert {name: io["kind"] for name, io in described.items()} == {
+        "tensor": "tensor", "tensor ids": "tensor", "text": "text", "decoder": "decoder"}
+    assert described["text"]["primary_outputs"] == ["sentence_embedding"]
+    assert described["text"]["max_length"] == 512      # no configuration file says otherwise
+    assert described["decoder"]["kv"] == {"layers": 1, "heads": 2, "head_dim": 4, "dtype": "float32"}
+    assert [i["name"] for i in described["tensor"]["inputs"]] == ["x"]
+    # An encoder-decoder is claimed by its task, before its graphs are read.
+    assert FAMILIES["seq2seq"].claims(Export(tmp_path, "text2text-generation-with-past", tmp_path))
+    assert not FAMILIES["seq2seq"].claims(Export(tmp_path, "text-generation-with-past", tmp_path))
+
+
+def test_the_device_side_knows_every_family() -> None:
     assert set(runner().FAMILIES) == set(FAMILIES)
 
 
