@@ -15,7 +15,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from packager.version import __version__
 
 __all__ = ["CheckResult", "ExitCode", "PackageOptions", "PackageResult", "PackagerError", "PlanResult",
            "__version__", "check", "package", "plan"]

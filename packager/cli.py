@@ -14,7 +14,6 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from packager import __version__
 from packager.cli_bundle import inspect_model, keygen, smoke
 from packager.cli_common import (
     AllTargetsOpt,
@@ -48,6 +47,7 @@ from packager.cli_print import (
 from packager.cli_targets import _each_target, _exit_several, _several_targets, _shared_cache, _write_report
 from packager.errors import ExitCode, PackagerError
 from packager.labels import provider_name
+from packager.version import __version__
 
 app = typer.Typer(
     add_completion=False,

@@ -19,7 +19,7 @@ from packager.cache import StageCache
 from packager.options import InputSpec as InputSpec  # its home was here: `from packager.context import InputSpec`
 from packager.options import PackageOptions
 from packager.profiles import Profile
-from packager.recipes.common import RecipeResult
+from packager.recipes.records import RecipeResult
 from packager.records import Fit
 
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import onnxruntime
 
-from packager import __version__
 from packager.archive import source_date_epoch
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
@@ -17,6 +16,7 @@ from packager.records import Accuracy, Memory
 from packager.runtime_files import runner
 from packager.runtimes import runtime_for
 from packager.signing import manifest_entry as signature_entry
+from packager.version import __version__
 
 SCHEMA_VERSION = 1
 

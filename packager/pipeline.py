@@ -14,6 +14,7 @@ from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import runtime_base
 from packager.evaluation import read_cases
+from packager.families import family_for
 from packager.fit_auto import choose_recipe
 from packager.leftovers import sweep_run_leftovers, work_folder
 from packager.mixed_search import recipe_stages
@@ -107,7 +108,7 @@ def package(model: str, settings: PackageSettings, options: PackageOptions | Non
     with _workspace(model, settings, settings.profile.recipe, options, True, **run) as ctx:
         for stage_name in ("source", "export"):
             run_stage(ctx, reporter, stage_name)
-        choose_recipe(ctx, reporter, settings.profile.fit_recipes_for(ctx.io["kind"]))
+        choose_recipe(ctx, reporter, settings.profile.fit_recipes_for(family_for(ctx.io["kind"]).context_sized))
         run_stage(ctx, reporter, "bundle")
     return ctx
 

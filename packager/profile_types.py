@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from packager.errors import ExitCode, PackagerError, did_you_mean
-from packager.families import family_for
 
 Scalar = str | int | float | bool
 # The runtime a profile's [runtime] section names when it names none: profiles written before the key existed
@@ -147,14 +146,15 @@ class Profile:
             del record["runtime"]["name"]
         return record
 
-    def recipe_for(self, kind: str) -> str:
-        """The default recipe for a model of this io kind ("decoder", "text", "tensor")."""
-        return (self.decoder_recipe or self.recipe) if family_for(kind).context_sized else self.recipe
+    def recipe_for(self, context_sized: bool) -> str:
+        """The default recipe for a model (or component) whose memory grows with the context or not: its family's
+        `context_sized` (packager/families/; a decoder LLM's, an encoder-decoder's decoder)."""
+        return (self.decoder_recipe or self.recipe) if context_sized else self.recipe
 
-    def fit_recipes_for(self, kind: str) -> tuple[str, ...]:
-        """What --fit auto tries for a model of this io kind, most precise first."""
-        chosen = (self.decoder_fit_recipes or self.fit_recipes) if family_for(kind).context_sized else self.fit_recipes
-        return chosen or (self.recipe_for(kind),)
+    def fit_recipes_for(self, context_sized: bool) -> tuple[str, ...]:
+        """What --fit auto tries for such a model, most precise first."""
+        chosen = (self.decoder_fit_recipes or self.fit_recipes) if context_sized else self.fit_recipes
+        return chosen or (self.recipe_for(context_sized),)
 
 
 _ENUMS = {

@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from packager import __version__
 from packager.errors import ExitCode, PackagerError
 from packager.report_html import html_page
 from packager.report_markdown import markdown
+from packager.version import __version__
 
 SCHEMA_VERSION = 1
 FILES = ("report.json", "report.md", "report.html")

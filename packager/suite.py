@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packager import __version__
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import Estimate, combine
@@ -43,6 +42,7 @@ from packager.runtimes import runtime_for
 from packager.signing import manifest_entry as signature_entry
 from packager.stages.bundle import file_entries, publish, requirements, run_arguments, seal, venv_command
 from packager.stages.fit import measure_folder, over_budget, shared_bytes, without_runtime
+from packager.version import __version__
 
 MiB = 2**20
 KIND = "suite"            # run.SUITE: the manifest kind run.py and smoke_test.py look for

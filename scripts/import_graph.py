@@ -29,12 +29,13 @@ SIZE_LIMIT = 500  # lines: the project's rule, "under about 500"
 # matches a module names its layer ("packager.stages" matches packager.stages and packager.stages.export).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # facts with no project dependency: errors, paths, names, progress lines, archives, the stage cache, ONNX
-    # graph walking; packager/__init__.py (__version__; the API it loads by name, which this graph does not see)
-    ("core", ("packager", "packager.errors", "packager.paths", "packager.names", "packager.labels",
+    # graph walking, the version
+    ("core", ("packager.version", "packager.errors", "packager.paths", "packager.names", "packager.labels",
               "packager.progress", "packager.archive", "packager.graphs", "packager.leftovers", "packager.cache")),
     # what the target is and what runs on it: profiles and settings, the recipes' registry, the runtimes and the
     # checks they answer with (compatibility, memory estimate, phones, GPUs), the device files and their signing
-    ("target", ("packager.profile_types", "packager.profiles", "packager.config", "packager.options",
+    ("target", ("packager.profile_types", "packager.context_view", "packager.profiles", "packager.config",
+                "packager.options",
                 "packager.recipes", "packager.runtimes", "packager.compat", "packager.estimate",
                 "packager.estimate_activations", "packager.mobile", "packager.mobile_examples", "packager.gpu",
                 "packager.runtime_files", "packager.signing", "packager.records",
@@ -59,7 +60,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "packager.report_markdown", "packager.report_html", "packager.exporter_envs",
                   # the runtimes' steps (named "module:function" by packager/runtimes/, as the families' are)
                   "packager.runtime_steps")),
-    ("api", ("packager.api", "packager.results")),
+    # packager/__init__.py: the front door, which names the API (loaded on first use) and nothing imports
+    ("api", ("packager", "packager.api", "packager.results")),
     ("cli", ("packager.cli", "packager.cli_common", "packager.cli_print", "packager.cli_targets", "packager.cli_env",
              "packager.cli_bundle",
              "packager.__main__")),

@@ -1,6 +1,7 @@
 """The import graph has layers that show: no cycle among packager's modules (imports inside functions count: they
-run too), no import from a higher layer than the importer's (scripts/import_graph.py's LAYERS), the stages no
-library of the CLI or the API, and no module over the size the project keeps to."""
+run too; and none either counting the imports under `if TYPE_CHECKING:`, which a type checker follows), no import
+from a higher layer than the importer's (scripts/import_graph.py's LAYERS), the stages no library of the CLI or the
+API, and no module over the size the project keeps to."""
 
 from __future__ import annotations
 
@@ -28,6 +29,14 @@ def test_no_import_cycle() -> None:
     assert graph.cycles(graph.edges()) == []
 
 
+def test_no_cycle_even_counting_type_only_imports() -> None:
+    # A type checker follows the imports under `if TYPE_CHECKING:` too: they must not close a cycle or run back
+    # up the layers either (the families and runtimes see the Context through packager/context_view.py).
+    type_edges = graph.edges(type_only=True)
+    assert graph.cycles(type_edges) == []
+    assert [f"{e.importer} -> {e.imported} (line {e.line})" for e in graph.upward(type_edges)] == []
+
+
 def test_the_graph_sees_cycles_and_function_level_imports(tmp_path: Path) -> None:
     package = tmp_path / "pkg"
     (package / "sub").mkdir(parents=True)
@@ -40,6 +49,8 @@ def test_the_graph_sees_cycles_and_function_level_imports(tmp_path: Path) -> Non
     assert {(e.importer, e.imported, e.in_function) for e in edges} == {("pkg.a", "pkg.sub.b", False),
                                                                          ("pkg.sub.b", "pkg.a", True)}
     assert graph.cycles(edges) == [["pkg.a", "pkg.sub.b"]]
+    typed = graph.edges(tmp_path, "pkg", type_only=True)
+    assert {(e.importer, e.imported) for e in typed} - {(e.importer, e.imported) for e in edges} == {("pkg.c", "pkg.a")}
 
 
 def test_no_import_runs_back_up_the_layers() -> None:

@@ -26,7 +26,7 @@ from packager.paths import targets_dir
 if TYPE_CHECKING:
     from types import ModuleType
 
-    from packager.context import Context
+    from packager.context_view import FamilyContext
     from packager.profile_types import Accuracy
 
 
@@ -134,13 +134,13 @@ class Family:
         """The family's extra pinned requirements (need not exist)."""
         return targets_dir() / "families" / self.files / "requirements.txt"
 
-    def make_samples(self, ctx: Context, rt: ModuleType) -> None:
+    def make_samples(self, ctx: FamilyContext, rt: ModuleType) -> None:
         """ctx.sample_inputs (and ctx.texts) for verify, fit and the smoke test; `rt` is targets/run.py. The
         samples stage saves them; a family that writes sample files of its own writes them into samples/."""
         make_inputs = step("packager.sample_inputs:make_inputs")
         ctx.sample_inputs = make_inputs(ctx.io["inputs"], ctx.input_spec, budget_bytes=ctx.profile.budget.memory_bytes)
 
-    def verify(self, ctx: Context, rt: ModuleType, reference: Any, packaged: Any) -> None:
+    def verify(self, ctx: FamilyContext, rt: ModuleType, reference: Any, packaged: Any) -> None:
         """The packaged model against the fp32 reference on the samples: ctx.accuracy and ctx.expected_outputs,
         exit 4 below the profile's thresholds (packager/families/verification.py)."""
         step("packager.families.verification:verify_outputs")(ctx, rt, reference, packaged)

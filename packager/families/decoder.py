@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from packager.families.base import Export, Family, eos_token_ids, max_length, step
 
 if TYPE_CHECKING:
-    from packager.context import Context
+    from packager.context_view import FamilyContext
 
 
 class DecoderLLM(Family):
@@ -53,14 +53,14 @@ class DecoderLLM(Family):
             "kv": {"layers": len(past) // 2, "heads": heads, "head_dim": head_dim, "dtype": past[0]["dtype"]},
         }
 
-    def make_samples(self, ctx: Context, rt: ModuleType) -> None:
+    def make_samples(self, ctx: FamilyContext, rt: ModuleType) -> None:
         """The first generation step's inputs of each of the family's prompts (prompt ids, empty KV cache)."""
         tokenizer = rt.load_tokenizer(ctx.stage_dir, ctx.io)
         decoder = rt.Decoder(None, ctx.io)
         ctx.texts = self.texts()
         ctx.sample_inputs = [decoder.feeds(tokenizer.encode(t).ids, decoder.empty_past(), 0) for t in ctx.texts]
 
-    def verify(self, ctx: Context, rt: ModuleType, reference: Any, packaged: Any) -> None:
+    def verify(self, ctx: FamilyContext, rt: ModuleType, reference: Any, packaged: Any) -> None:
         step("packager.families.verification:verify_decoder")(ctx, rt, reference, packaged)
 
     def run_arguments(self, io: dict[str, Any], samples: str) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from packager.families.base import Export, Family, max_length
 
 if TYPE_CHECKING:
-    from packager.context import Context
+    from packager.context_view import FamilyContext
 
 # The inputs a tokenizer makes: a graph that takes only these (and ships a tokenizer) is a text encoder.
 TOKENIZER_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
@@ -43,7 +43,7 @@ class TextEncoder(Family):
         return super().describe_io(export) | {"tokenizer": "model/tokenizer.json",
                                               "max_length": max_length(export.source)}
 
-    def make_samples(self, ctx: Context, rt: ModuleType) -> None:
+    def make_samples(self, ctx: FamilyContext, rt: ModuleType) -> None:
         tokenizer = rt.load_tokenizer(ctx.stage_dir, ctx.io)
         names = [i["name"] for i in ctx.io["inputs"]]
         ctx.texts = self.texts()

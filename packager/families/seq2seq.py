@@ -12,7 +12,7 @@ from packager.errors import ExitCode, PackagerError
 from packager.families.base import Export, Family, eos_token_ids, max_length, step
 
 if TYPE_CHECKING:
-    from packager.context import Context
+    from packager.context_view import FamilyContext
 
 # Encoder-decoder exports (optimum's *-with-past seq2seq tasks) write four graphs: the encoder, the
 # decoder's first step (no cache), its later steps (with the cache) and both decoders merged into one
@@ -78,10 +78,10 @@ class EncoderDecoder(Family):
             "preprocess": _preprocess(export, modality, config),
         }
 
-    def make_samples(self, ctx: Context, rt: ModuleType) -> None:
+    def make_samples(self, ctx: FamilyContext, rt: ModuleType) -> None:
         step("packager.families.media:media_samples")(ctx, rt, self.texts())
 
-    def verify(self, ctx: Context, rt: ModuleType, reference: Any, packaged: Any) -> None:
+    def verify(self, ctx: FamilyContext, rt: ModuleType, reference: Any, packaged: Any) -> None:
         step("packager.families.verification:verify_seq2seq")(ctx, rt, packaged)
 
     def run_arguments(self, io: dict[str, Any], samples: str) -> str:

@@ -1,18 +1,16 @@
-"""What every recipe shares: its options and result, saving a model (external data past 2 GiB), counting
-quantized nodes, and reading tensors out of external data."""
+"""What every recipe shares: its options and result (packager/recipes/records.py, re-exported here), saving a
+model (external data past 2 GiB), counting quantized nodes, and reading tensors out of external data."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
 
 from packager.graphs import all_graphs
-from packager.profile_types import Int4
+from packager.recipes.records import RecipeOptions as RecipeOptions
+from packager.recipes.records import RecipeResult as RecipeResult
 
 # Kernels that mean a node now computes in a quantized form.
 _QUANTIZED_OPS = {
@@ -22,34 +20,6 @@ _QUANTIZED_OPS = {
 }
 # Protobuf cannot hold more than 2 GiB: bigger models keep their weights in external data.
 PROTO_LIMIT = 2**31 - 1
-
-
-@dataclass(frozen=True)
-class RecipeResult:
-    name: str
-    params: dict[str, Any]
-    quantized_nodes: int
-    note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-    # The weight bytes at each precision (packager/coverage.py), set by the quantize stage.
-    coverage: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RecipeOptions:
-    """What a recipe may need beyond the model: the target's kernel settings."""
-
-    int4: Int4 = field(default_factory=Int4)
-    # int8-static: the inputs the activations' ranges are measured on (packager/calibration.py)
-    calibration: list[dict[str, np.ndarray]] = field(default_factory=list)
-    calibration_source: str = ""
-    # int4-mixed: the layers (packager/mixed.py's names, "layers.3", "lm_head") kept at 8 bits
-    keep_8bit: tuple[str, ...] = ()
-    # int4-mixed: where this run keeps the model's 4- and 8-bit quantizations (quantized_nbits), so that each
-    # layer set the search tries is only a mix of the two; None: quantize afresh
-    nbits_dir: Path | None = None
-    # Called with a short line as the recipe goes (int4: each weight quantized), for the human watching.
-    progress: Callable[[str], None] | None = None
 
 
 def needs_external_data(src: Path) -> bool:

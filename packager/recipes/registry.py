@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from packager.errors import ExitCode, PackagerError, did_you_mean
 
 if TYPE_CHECKING:
-    from packager.recipes.common import RecipeOptions, RecipeResult
+    from packager.recipes.records import RecipeOptions, RecipeResult
 
 Apply = Callable[[Path, Path, "RecipeOptions"], "RecipeResult"]
 ApplyMerged = Callable[[tuple[Path, ...], Path, "RecipeOptions"], "RecipeResult"]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from packager.compat import Compatibility, ModelFacts
-    from packager.context import Context
+    from packager.context_view import RuntimeContext
     from packager.profile_types import Profile
 
 
@@ -67,7 +67,7 @@ class Runtime(Protocol):
         """What a measurement on the build host (run.py --measure's record) could not see that the device holds."""
         ...
 
-    def build(self, ctx: Context, model_dir: Path) -> bool:
+    def build(self, ctx: RuntimeContext, model_dir: Path) -> bool:
         """Make the packaged model into `model_dir` from the source itself (onnxruntime-genai: its model builder),
         setting ctx.packaged_model and ctx.recipe; False: the recipe quantizes the fp32 export instead."""
         ...
@@ -76,11 +76,11 @@ class Runtime(Protocol):
         """The interpreter that runs the bundle's device code on the build host (the fit stage's measurement)."""
         ...
 
-    def host_runner(self, ctx: Context) -> Any:
+    def host_runner(self, ctx: RuntimeContext) -> Any:
         """The packaged model as run.py loads it, on this host's CPU (verify's packaged side)."""
         ...
 
-    def convert(self, ctx: Context) -> None:
+    def convert(self, ctx: RuntimeContext) -> None:
         """Conversions the device loads instead of the packaged .onnx (phones: model.ort): write them into the
         staged bundle, set ctx.model_file (and each component's file) to them, record them in ctx.mobile."""
         ...
@@ -94,10 +94,10 @@ class Runtime(Protocol):
         the fit stage measures): each file's path in the bundle -> its source."""
         ...
 
-    def write_bundle_files(self, ctx: Context, stage: Path) -> None:
+    def write_bundle_files(self, ctx: RuntimeContext, stage: Path) -> None:
         """The runtime's own files in the finished bundle (phones: app examples) and its records in ctx."""
         ...
 
-    def readme(self, ctx: Context) -> str:
+    def readme(self, ctx: RuntimeContext) -> str:
         """The bundle README's sections about this runtime on the device ("" for none)."""
         ...

@@ -29,7 +29,7 @@ from packager.runtimes.base import MemoryShare
 from packager.runtimes.onnxruntime import OnnxRuntime
 
 if TYPE_CHECKING:
-    from packager.context import Context
+    from packager.context_view import RuntimeContext
 
 # onnxruntime-genai 0.18.0's wheel depends on onnxruntime and loads it (its _dll_directory.py): the release its
 # graphs run on. 1.32.0 is what pip resolves for it today (the genai exporter environment); pinned so the
@@ -87,10 +87,10 @@ class GenaiRuntime(OnnxRuntime):
     def host_python(self, profile: Profile) -> str:
         return str(step("packager.runtime_steps:genai_python")())
 
-    def host_runner(self, ctx: Context) -> Any:
+    def host_runner(self, ctx: RuntimeContext) -> Any:
         return step("packager.runtime_steps:genai_runner")(ctx)
 
-    def build(self, ctx: Context, model_dir: Path) -> bool:
+    def build(self, ctx: RuntimeContext, model_dir: Path) -> bool:
         """The builder's model folder from the Hugging Face source, in place of the recipe's quantization."""
         _check_buildable(ctx)
         kv8 = ctx.profile.session.config.get("genai.kv_cache", SETTINGS["genai.kv_cache"]) == "int8"
@@ -102,7 +102,7 @@ class GenaiRuntime(OnnxRuntime):
         return {**files, "runtime/ort_session.py": files["runtime/session.py"],
                 "runtime/session.py": targets_dir() / "genai" / "session.py"}
 
-    def readme(self, ctx: Context) -> str:
+    def readme(self, ctx: RuntimeContext) -> str:
         chunk = ctx.profile.session.config.get("genai.prefill_chunk", SETTINGS["genai.prefill_chunk"])
         return f"""
 ## The runtime: onnxruntime-genai
@@ -119,7 +119,7 @@ def _as_onnxruntime(profile: Profile) -> Profile:
     return dataclasses.replace(profile, runtime=runtime)
 
 
-def _check_buildable(ctx: Context) -> None:
+def _check_buildable(ctx: RuntimeContext) -> None:
     family = family_for(ctx.io["kind"])
     if not family.generates or family.has_components or ctx.source is None or ctx.source.kind != "huggingface":
         raise PackagerError(f"{ctx.profile.name} runs decoder LLMs from a Hugging Face folder with onnxruntime-genai, "

@@ -27,7 +27,7 @@ from packager.profile_types import Mobile, Profile, key_error
 from packager.runtimes.base import MemoryShare
 
 if TYPE_CHECKING:
-    from packager.context import Context
+    from packager.context_view import RuntimeContext
 
 # The device-side code (targets/): the runner that loads the model with the manifest's session options, and the
 # smoke test that checks the bundle with it.
@@ -111,16 +111,16 @@ class OnnxRuntime:
 
     # ------------------------------------------------------------------ conversions
 
-    def build(self, ctx: Context, model_dir: Path) -> bool:
+    def build(self, ctx: RuntimeContext, model_dir: Path) -> bool:
         return False   # the recipe quantizes the fp32 export
 
     def host_python(self, profile: Profile) -> str:
         return sys.executable
 
-    def host_runner(self, ctx: Context) -> Any:
+    def host_runner(self, ctx: RuntimeContext) -> Any:
         return step("packager.runtime_steps:onnxruntime_runner")(ctx)
 
-    def convert(self, ctx: Context) -> None:
+    def convert(self, ctx: RuntimeContext) -> None:
         """Phone profiles ([mobile]): the model the app loads, model.ort, converted by onnxruntime's own tool, with
         the operators and types a reduced-size runtime build needs; checked against the app runtimes the profile
         pins, and rated for NNAPI and CoreML by the runtime's mobile usability check.
@@ -174,7 +174,7 @@ class OnnxRuntime:
         modules = {f"{RUNNER_PACKAGE}/{p.name}": p for p in sorted(package.glob("*.py"))}
         return {**{name: targets_dir() / name for name in RUNNER_FILES}, **modules}
 
-    def write_bundle_files(self, ctx: Context, stage: Path) -> None:
+    def write_bundle_files(self, ctx: RuntimeContext, stage: Path) -> None:
         if ctx.mobile and ctx.profile.mobile is not None and not ctx.components:
             # The app examples run one model on one sample; an encoder-decoder's loop has none yet.
             ctx.mobile["examples"] = mobile_examples.write_examples(stage, ctx.bundle_name, ctx.profile, ctx.io,
@@ -184,7 +184,7 @@ class OnnxRuntime:
         if workspace is not None:
             ctx.memory["tensorrt_workspace"] = workspace
 
-    def readme(self, ctx: Context) -> str:
+    def readme(self, ctx: RuntimeContext) -> str:
         return _phone_readme(ctx) + _gpu_readme(ctx)
 
 
@@ -207,7 +207,7 @@ def _check_mobile(m: Mobile, where: str) -> None:
                                 f"example cannot add{did_you_mean(name, list(known))}; known: {', '.join(known)}")
 
 
-def _to_ort(ctx: Context, onnx_path: Path, what: str) -> tuple[Path, str, dict[str, Any]]:
+def _to_ort(ctx: RuntimeContext, onnx_path: Path, what: str) -> tuple[Path, str, dict[str, Any]]:
     """onnx_path converted to <stem>.ort beside it: the .ort file, its reduced-build configuration and its record."""
     import onnxruntime
 
@@ -232,14 +232,14 @@ def _to_ort(ctx: Context, onnx_path: Path, what: str) -> tuple[Path, str, dict[s
     return ort_path, config, record
 
 
-def _sample_note(ctx: Context) -> str:
+def _sample_note(ctx: RuntimeContext) -> str:
     return family_for(ctx.io["kind"]).sample_note(ctx.texts)
 
 
 MiB = 2**20
 
 
-def _phone_readme(ctx: Context) -> str:
+def _phone_readme(ctx: RuntimeContext) -> str:
     if not ctx.mobile or ctx.profile.mobile is None:
         return ""
     m, mob = ctx.profile.mobile, ctx.mobile
@@ -269,7 +269,7 @@ The app loads `{mob['model']}` (ORT format {mob['ort_format_version']}, converte
 """
 
 
-def _gpu_readme(ctx: Context) -> str:
+def _gpu_readme(ctx: RuntimeContext) -> str:
     p = ctx.profile
     if gpu.TRT not in p.runtime.providers:
         return ""

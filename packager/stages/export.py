@@ -19,7 +19,7 @@ from typing import Any
 
 import onnx
 
-from packager import __version__, adapter, export_process, onnx_rewrite
+from packager import adapter, export_process, onnx_rewrite
 from packager.adapter import base_shapes, merge
 from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
@@ -30,6 +30,7 @@ from packager.model_files import PICKLE_SUFFIXES, TOKENIZER_FILES
 from packager.onnx_rewrite import fold_transposed_weights, name_tied_lm_head
 from packager.recipes import parse_recipe, recipe_label
 from packager.recipes.common import PROTO_LIMIT
+from packager.version import __version__
 
 # The highest opset the exporter supports: optimum-onnx 0.1.0 calls torch.onnx.export(dynamo=False), whose
 # TorchScript exporter stops at 20 (torch 2.13: ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET). It accepts 21-23 but warns
@@ -322,7 +323,7 @@ def run(ctx: Context) -> None:
         ctx.reference_model = ctx.components[-1].reference   # the decoder: what single-model readers see
         assign_component_recipes(ctx)
     elif not ctx.recipe_explicit:
-        ctx.recipe_name = ctx.profile.recipe_for(ctx.io["kind"])
+        ctx.recipe_name = ctx.profile.recipe_for(family.context_sized)
     elif set(parse_recipe(ctx.recipe_name)) != {""}:
         raise PackagerError(f"--recipe {ctx.recipe_name} gives components their own recipes, but "
                             f"{ctx.source.path} is a single graph; give one recipe (e.g. --recipe int4).",
@@ -340,7 +341,7 @@ def assign_component_recipes(ctx: Context) -> None:
         raise PackagerError(f"--recipe {ctx.recipe_name} names {', '.join(unknown)}, which this model does not have; "
                             f"its components are {', '.join(names)}.", ExitCode.USAGE)
     for c in ctx.components:
-        default = ctx.profile.recipe_for("decoder" if c.name == "decoder" else "text")
+        default = ctx.profile.recipe_for(context_sized=c.name == "decoder")   # the decoder's KV cache grows
         c.recipe_name = chosen.get(c.name) or chosen.get("") or default
     ctx.recipe_name = recipe_label({c.name: c.recipe_name for c in ctx.components})
 
