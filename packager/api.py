@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from packager.errors import ExitCode, PackagerError, disk_full
 from packager.leftovers import temp_folder
-from packager.results import CheckResult, PackageResult, SuiteResult, mixed_record
+from packager.results import CheckResult, PackageResult, SuiteResult, accuracy_summary, mixed_record
 
 if TYPE_CHECKING:
     from packager.cache import StageCache
@@ -191,7 +191,7 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, options
     return SuiteResult(
         archive=built.archive, bundle=built.archive.name.removesuffix(".tar.gz"), target=settings.profile.name,
         models={n: {"source": c.model_spec, "recipe": c.recipe_name,
-                    "accuracy": {k: v for k, v in c.accuracy.items() if k not in ("outputs", "per_prompt")},
+                    "accuracy": accuracy_summary(c),
                     "memory_alone": c.memory, "fit": c.fit.to_dict() if c.fit else None, "mixed": mixed_record(c)}
                 for n, c in zip(names, contexts)},
         blobs=[{"key": b.key, "used_by": b.used_by, "bytes": sum(f["size"] for f in b.files),

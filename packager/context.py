@@ -20,7 +20,7 @@ from packager.options import InputSpec as InputSpec  # its home was here: `from 
 from packager.options import PackageOptions
 from packager.profiles import Profile
 from packager.recipes.records import RecipeResult
-from packager.records import Fit
+from packager.records import Accuracy, Fit
 
 
 def silent(detail: str) -> None:
@@ -102,7 +102,7 @@ class Context:
     texts: list[str] = field(default_factory=list)
     sample_inputs: list[dict[str, np.ndarray]] = field(default_factory=list)
     expected_outputs: list[dict[str, np.ndarray]] = field(default_factory=list)   # the fp32 reference's
-    accuracy: dict[str, Any] = field(default_factory=dict)
+    accuracy: Accuracy | None = None         # verify's figures against the fp32 reference
     # fit
     memory: dict[str, Any] = field(default_factory=dict)
     fit: Fit | None = None   # --fit auto: recipes tried, the one chosen and why

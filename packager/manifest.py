@@ -12,7 +12,7 @@ from packager.archive import source_date_epoch
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
-from packager.records import Accuracy, Memory
+from packager.records import Memory
 from packager.runtime_files import runner
 from packager.runtimes import runtime_for
 from packager.signing import manifest_entry as signature_entry
@@ -69,13 +69,14 @@ def smoke_spec(ctx: Context) -> dict[str, Any]:
     limits = ctx.profile.accuracy
     # --eval: the first cases of the user's eval file ship in the bundle, with the score the packaged model
     # got on them on the build host; the device must score within the tolerance of it.
-    gate = {"eval": ctx.accuracy["eval"]["smoke"]} if "eval" in ctx.accuracy else {}
+    assert ctx.accuracy is not None   # verify ran
+    gate = {"eval": ctx.accuracy.more["eval"]["smoke"]} if "eval" in ctx.accuracy.more else {}
     return {**family_for(ctx.io["kind"]).smoke_limits(limits), **gate}
 
 
 def build(ctx: Context) -> dict[str, Any]:
     """The manifest, as the device's typed reader (targets/runtime/manifest.py) reads it back."""
-    assert ctx.source is not None and ctx.recipe is not None
+    assert ctx.source is not None and ctx.recipe is not None and ctx.accuracy is not None
     return checked({
         "schema_version": SCHEMA_VERSION,
         "name": ctx.source.name,
@@ -99,7 +100,7 @@ def build(ctx: Context) -> dict[str, Any]:
         "outputs": ctx.io["outputs"],
         "files": ctx.bundle_files,
         "memory": Memory.from_dict(memory_record(ctx.memory)).to_dict(),
-        "accuracy": Accuracy.from_dict(ctx.accuracy).to_dict(),
+        "accuracy": ctx.accuracy.to_dict(),
         "smoke": smoke_spec(ctx),
         "built_with": {
             "packager": __version__,

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from packager.context import Context
     from packager.smoke import SmokeResult
 
-__all__ = ["CheckResult", "PackageResult", "SuiteResult", "mixed_record"]
+__all__ = ["CheckResult", "PackageResult", "SuiteResult", "accuracy_summary", "mixed_record"]
 
 
 def mixed_record(ctx: Context) -> dict[str, Any] | None:
@@ -24,6 +24,12 @@ def mixed_record(ctx: Context) -> dict[str, Any] | None:
         return None
     done: dict[str, Any] = ctx.recipe.params.get("mixed", {"layers_8bit": [], "cost_bytes": 0, "layer_bytes": {}})
     return done | {k: v for k, v in ctx.recipe.extra.get("search", {}).items() if k != "layers_8bit"}
+
+
+def accuracy_summary(ctx: Context) -> dict[str, Any]:
+    """verify's figures as `--json` prints them: without the per-output and per-prompt detail."""
+    figures = ctx.accuracy.to_dict() if ctx.accuracy is not None else {}
+    return {k: v for k, v in figures.items() if k not in ("outputs", "per_prompt")}
 
 
 class _Smoked:
@@ -83,7 +89,7 @@ class PackageResult(_Smoked):
                    "model_bytes": sum(f["size"] for f in ctx.bundle_files
                                       if f["path"].startswith(tuple(c.file for c in ctx.components)
                                                               or ctx.model_file))},
-            accuracy={k: v for k, v in ctx.accuracy.items() if k not in ("outputs", "per_prompt")},
+            accuracy=accuracy_summary(ctx),
             memory=ctx.memory,
             fit=ctx.fit.to_dict() if ctx.fit else None,
             smoke=None if smoked is None else {"mode": smoke_mode, "verdict": smoked.verdict,

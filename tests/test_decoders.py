@@ -37,7 +37,7 @@ def test_architecture_exports_and_generates(arch: str, tmp_path: Path) -> None:
     greedy tokens exactly at fp32 (same model, same runtime: any difference is a loop bug)."""
     ctx = _package(make_decoder(tmp_path / arch, arch), tmp_path / "dist", "fp32")
     assert ctx.io["kind"] == "decoder" and ctx.io["kv"]["layers"] == 1
-    acc = ctx.accuracy
+    acc = ctx.accuracy.to_dict()   # verify's record: its fields, then the comparison's own figures
     assert acc["metric"] == "token agreement"
     assert acc["token_agreement"] == 1.0 and acc["identical_generations"] == acc["samples"] == 6
     assert acc["min_logits_cosine"] > 0.99999

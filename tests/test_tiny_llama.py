@@ -75,7 +75,7 @@ def test_int4_size_approaches_half_a_byte_per_parameter(bundles: dict) -> None:
 
 def test_fp16_keeps_the_greedy_tokens(bundles: dict) -> None:
     ctx, _ = bundles["jetson-orin-nano"]
-    assert ctx.accuracy["token_agreement"] >= 0.99 and ctx.accuracy["min_logits_cosine"] > 0.9999
+    assert ctx.accuracy.more["token_agreement"] >= 0.99 and ctx.accuracy.more["min_logits_cosine"] > 0.9999
 
 
 def test_verify_refuses_a_recipe_below_the_profile_threshold(tmp_path: Path) -> None:

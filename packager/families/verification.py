@@ -10,6 +10,7 @@ by token (run.py's compare_decoder). `rt` is targets/run.py as the build host lo
 
 from __future__ import annotations
 
+import dataclasses
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from packager import evaluation
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
 from packager.recipes import remedy
+from packager.records import Accuracy
 
 if TYPE_CHECKING:
     from packager.context import Context
@@ -65,15 +67,14 @@ def _gate_generation(ctx: Context, rt: ModuleType, result: dict[str, Any], sampl
                      extra: dict[str, Any] | None = None) -> None:
     """ctx.accuracy from compare_decoder's figures, and exit 4 when they fall below the profile's thresholds."""
     limits = ctx.profile.accuracy
-    ctx.accuracy = {
-        "metric": family_for(ctx.io["kind"]).metric,
-        "reference": "fp32 ONNX export, greedy decoding",
-        "samples": samples,
-        "generated_tokens": GENERATED_TOKENS,
-        "threshold": {"token_agreement": limits.min_token_agreement, "logits_cosine": limits.min_logits_cosine},
-        **result,
-        **(extra or {}),
-    }
+    ctx.accuracy = Accuracy(
+        metric=family_for(ctx.io["kind"]).metric,
+        reference="fp32 ONNX export, greedy decoding",
+        samples=samples,
+        generated_tokens=GENERATED_TOKENS,
+        threshold={"token_agreement": limits.min_token_agreement, "logits_cosine": limits.min_logits_cosine},
+        more={**result, **(extra or {})},
+    )
     if result["token_agreement"] < limits.min_token_agreement or result["min_logits_cosine"] < limits.min_logits_cosine:
         error = PackagerError(
             f"recipe {ctx.recipe_name} changes the answers too much: the packaged model predicts "
@@ -88,11 +89,11 @@ def _gate_generation(ctx: Context, rt: ModuleType, result: dict[str, Any], sampl
         raise error
 
 
-def _alone(accuracy: dict[str, Any]) -> str:
+def _alone(accuracy: Accuracy) -> str:
     """' (each alone ...: encoder (int8-dynamic) 100.0% / 0.9999, ...)': each component's own share of a drift,
     token agreement and logits cosine."""
     parts = [f"{name} ({c['recipe']}) {c['token_agreement']:.1%} / {c['min_logits_cosine']:.4f}"
-             for name, c in accuracy.get("components", {}).items()]
+             for name, c in accuracy.more.get("components", {}).items()]
     return f" (each alone beside the other's fp32: {', '.join(parts)})" if parts else ""
 
 
@@ -167,7 +168,8 @@ def _verify_eval(ctx: Context, rt: ModuleType, reference: Any, packaged: Any,
     tolerance = ctx.profile.accuracy.eval_tolerance
     record = evaluation.summarize(ctx.eval_file, cases, ctx.eval_reference["full"], result, tolerance,
                                   (ctx.eval_reference["smoke"], sub))
-    ctx.accuracy["eval"] = record
+    assert ctx.accuracy is not None   # the family's comparison ran first
+    ctx.accuracy = dataclasses.replace(ctx.accuracy, more={**ctx.accuracy.more, "eval": record})
     evaluation.write_smoke_cases(smoke_cases, ctx.stage_dir / "samples" / "eval.jsonl")
     if also is not None:
         head, _, fix = also.message.partition("; try ")
@@ -185,13 +187,8 @@ def verify_outputs(ctx: Context, rt: ModuleType, reference: Any, packaged: Any) 
 
     result = rt.compare(ctx.expected_outputs, packaged_outputs, ctx.io["checked_outputs"])
     threshold = ctx.profile.accuracy.min_cosine
-    ctx.accuracy = {
-        "metric": family_for(ctx.io["kind"]).metric,
-        "reference": "fp32 ONNX export",
-        "samples": len(ctx.sample_inputs),
-        "threshold": threshold,
-        **result,
-    }
+    ctx.accuracy = Accuracy(metric=family_for(ctx.io["kind"]).metric, reference="fp32 ONNX export",
+                            samples=len(ctx.sample_inputs), threshold=threshold, more=result)
     if result["min_cosine"] < threshold:
         raise PackagerError(
             f"recipe {ctx.recipe_name} changes the answers too much: cosine {result['min_cosine']:.4f} against the "

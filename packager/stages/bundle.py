@@ -86,12 +86,13 @@ def _components_readme(ctx: Context) -> str:
 
 
 def _accuracy_line(ctx: Context) -> str:
-    acc, limits = ctx.accuracy, ctx.profile.accuracy
-    if acc.get("metric") == "token agreement":
-        return (f"{acc['token_agreement']:.1%} of the fp32 reference's greedy tokens (threshold "
-                f"{limits.min_token_agreement:.0%}), first-token logits cosine {acc['min_logits_cosine']:.5f} "
+    assert ctx.accuracy is not None   # verify ran
+    figures, limits = ctx.accuracy.more, ctx.profile.accuracy
+    if family_for(ctx.io["kind"]).generates:
+        return (f"{figures['token_agreement']:.1%} of the fp32 reference's greedy tokens (threshold "
+                f"{limits.min_token_agreement:.0%}), first-token logits cosine {figures['min_logits_cosine']:.5f} "
                 f"(threshold {limits.min_logits_cosine})")
-    return f"min cosine {acc.get('min_cosine', 0):.5f} against the fp32 reference (threshold {limits.min_cosine})"
+    return f"min cosine {figures.get('min_cosine', 0):.5f} against the fp32 reference (threshold {limits.min_cosine})"
 
 
 def _write_files(ctx: Context) -> None:
