@@ -54,7 +54,7 @@ def fixed_height_model(path: Path, height: int = 48) -> Path:
 def conv_behind(path: Path, via: str, channels: int = 16) -> Path:
     """A small convolution network, paddle2onnx-style: open dims named p2o.DynamicDimension.N, and each Conv's
     weight reached through `via`: "Identity" (of an initializer), "Cast" (of an fp16 initializer) or
-    "Constant" (the weight in a Constant node, no initializer at all)."""
+    "Constant" (the weight and bias in Constant nodes, no initializer at all)."""
     rng = np.random.default_rng(0)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["p2o.DynamicDimension.0", 3,
                                                                 "p2o.DynamicDimension.1", "p2o.DynamicDimension.2"])
@@ -71,8 +71,15 @@ def conv_behind(path: Path, via: str, channels: int = 16) -> Path:
         else:
             inits.append(numpy_helper.from_array(weight, f"{name}_raw"))
             nodes.append(helper.make_node("Identity", [f"{name}_raw"], [name]))
+        # A bias, as paddle2onnx writes one: onnxruntime's dynamic Conv quantizer refuses a computed weight with it.
+        bias = numpy_helper.from_array(np.zeros(channels, np.float32), f"conv2d_{i}.b_0")
+        if via == "Constant":
+            nodes.append(helper.make_node("Constant", [], [bias.name], value=bias))
+        else:
+            inits.append(bias)
         out = "y" if i == 2 else f"relu_{i}"
-        nodes += [helper.make_node("Conv", [previous, name], [f"conv_{i}"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        nodes += [helper.make_node("Conv", [previous, name, bias.name], [f"conv_{i}"], pads=[1, 1, 1, 1],
+                                   strides=[2, 2]),
                   helper.make_node("Relu", [f"conv_{i}"], [out])]
         previous, width = out, channels
     return _save(helper.make_graph(nodes, "paddle_like", [x], [y], inits), path, producer="PaddlePaddle")
