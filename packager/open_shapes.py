@@ -124,6 +124,12 @@ def image_axes(dims: list[Any]) -> tuple[int, int] | None:
     return None
 
 
+def _open_image(dims: list[Any]) -> bool:
+    """An image input whose height or width is open (packager guesses its side)."""
+    axes = image_axes(dims)
+    return axes is not None and any(is_open(dims[a]) for a in axes)
+
+
 def pick(inputs: list[dict[str, Any]], record: SizeRecord, given: Collection[str] = ()) -> list[PickedShape]:
     """The shape of each input with an open dimension that --shape (`given`) does not set."""
     return [_pick_one(i, record) for i in inputs
@@ -135,7 +141,7 @@ def _pick_one(inp: dict[str, Any], record: SizeRecord) -> PickedShape:
     shape = [d if not is_open(d) else (OPEN_DIM_BATCH if axis == 0 else OPEN_DIM_OTHER) for axis, d in enumerate(dims)]
     reasons = []
     axes = image_axes(dims)
-    if axes is not None and record.images and any(is_open(dims[a]) for a in axes):
+    if axes is not None and record.images and _open_image(dims):
         side, why = _image_side(record)
         for axis, value in zip(axes, side):
             if is_open(dims[axis]):
@@ -172,8 +178,7 @@ def candidates(record: SizeRecord, inputs: list[dict[str, Any]], given: Collecti
     """The records to size the inputs by, in the order to try them: the model's own; where an image input's
     side was a guess (no imgsz), then a detector's 640, which strides up to 128 divide, and last the plain
     defaults, which some models take and no image size does (a text recognizer whose height pools to 1)."""
-    guessed = record.image is None and any(image_axes(p.declared) for p in pick(inputs, record, given))
-    if not guessed:
+    if record.image is not None or not any(_open_image(p.declared) for p in pick(inputs, record, given)):
         return [record]
     larger = [] if _image_side(record)[0][0] == DETECTOR_SIDE else [
         replace(record, image=(DETECTOR_SIDE, DETECTOR_SIDE), source=f"a second guess: {DETECTOR_SIDE}")]

@@ -73,6 +73,11 @@ def test_a_guessed_side_that_fails_makes_way_for_the_next(tmp_path: Path) -> Non
     path = stride_model(tmp_path / "m.onnx", ["b", 3, "h", "w"])
     tried = candidates(size_record(onnx.load(path)), _inputs(path), given=())
     assert [c.image for c in tried] == [None, (DETECTOR_SIDE, DETECTOR_SIDE), None] and not tried[-1].images
+    # Only a guessed side has a next guess: a fixed image size, or one the metadata gives, is tried once.
+    fixed = [{"name": "images", "dtype": "float32", "shape": ["batch", 3, 64, 64]}]
+    assert len(candidates(size_record(onnx.load(path)), fixed, given=())) == 1
+    ultralytics = stride_model(tmp_path / "yolo.onnx", ["b", 3, "h", "w"], ULTRALYTICS)
+    assert len(candidates(size_record(onnx.load(ultralytics)), _inputs(ultralytics), given=())) == 1
     samples = model_inputs(path, _inputs(path), InputSpec())
     assert samples[0]["images"].shape == (1, 3, IMAGE_SIDE, IMAGE_SIDE)
 
