@@ -1,7 +1,8 @@
 """Sample inputs for tensor models, made from the model's input signature.
 
 Open dimensions and values the signature cannot tell (a chunk length, a sample rate) come
-from --shape and --value (or a built-in sample's hints); the rest is filled deterministically.
+from --shape and --value (or a built-in sample's hints); open dimensions they leave are sized from what
+the model records or looks like (packager/open_shapes.py); the rest is filled deterministically.
 """
 
 from __future__ import annotations
