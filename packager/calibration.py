@@ -13,10 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from packager.context import Context, InputSpec
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
+from packager.open_shapes import size_record
 from packager.recipes import RECIPES
 from packager.runtime_files import runner
 from packager.sample_inputs import make_inputs
@@ -41,8 +43,11 @@ def calibration_inputs(ctx: Context, tokenizer_bundle: Path) -> tuple[list[dict[
         what = f"{path} ({len(texts)} lines)" if path else f"built-in ({len(texts)} sentences)"
         return [rt.encode(tokenizer, t, names) for t in texts], what
     if path is None:
+        assert ctx.reference_model is not None
         spec = InputSpec(ctx.input_spec.shapes, ctx.input_spec.values, DEFAULT_TENSOR_SETS)
-        return make_inputs(ctx.io["inputs"], spec, first_seed=_SEED, budget_bytes=ctx.profile.budget.memory_bytes), \
+        record = size_record(onnx.load(ctx.reference_model, load_external_data=False))
+        return make_inputs(ctx.io["inputs"], spec, first_seed=_SEED, budget_bytes=ctx.profile.budget.memory_bytes,
+                           record=record), \
             f"built-in ({DEFAULT_TENSOR_SETS} inputs made from the signature)"
     feeds = _read_npz(path, [i["name"] for i in ctx.io["inputs"]])
     return feeds, f"{path} ({len(feeds)} input sets)"

@@ -256,6 +256,10 @@ def _print_inspect(r: dict[str, Any], top: int) -> None:
         for v in r[kind]:
             io.add_row(kind[:-1], escape(v["name"]), v["dtype"], escape(str(v["shape"])))
     out.print(io)
+    for p in r.get("open_inputs", []):
+        shape = ",".join(map(str, p["shape"]))
+        out.print(escape(f"open input {p['name']}: packager runs it at {shape} ({p['why']}); --shape "
+                         f"{p['name']}=... sets another"), soft_wrap=True)
     ops = Table("operator", "count", box=box.SIMPLE_HEAD)
     ops.columns[1].justify = "right"
     for row in r["operators"][:top]:

@@ -69,6 +69,7 @@ class Context:
     context: int | None = field(init=False)   # tokens of KV cache to plan for (decoders)
     recipe_explicit: bool = True   # False: the profile's default, which export picks by model kind
     enforce_budget: bool = True    # fit: a model over budget stops the pipeline (check reports instead)
+    recipe_fallback: bool = False  # quantize: a recipe that cannot apply gives way to fp32, said so (check)
     stage_cache: StageCache | None = None   # where cached stages' outputs live (None: no cache)
     eval_file: Path | None = None  # --eval, resolved (sample:NAME is a built-in adapter's file): a gate in verify
     eval_cases: list[dict[str, Any]] = field(default_factory=list)   # eval_file's cases, read and checked

@@ -9,6 +9,7 @@ from typing import Any
 
 from packager.compat import Compatibility, ModelFacts, facts_of, parameters
 from packager.model_files import read_onnx, signature
+from packager.open_shapes import PickedShape, picked_shapes
 from packager.profiles import Profile
 from packager.runtimes import runtime_for
 
@@ -25,6 +26,8 @@ class Inspection:
     size_bytes: int
     facts: ModelFacts
     compatibility: list[Compatibility] = field(default_factory=list)
+    # Inputs with open dimensions: the shape packager would first try for each, and why (packager/open_shapes.py)
+    open_inputs: list[PickedShape] = field(default_factory=list)
     bundle: dict[str, Any] | None = None       # the bundle's manifest summary, when MODEL is a bundle
 
     def to_dict(self) -> dict[str, Any]:
@@ -34,6 +37,7 @@ class Inspection:
             **({"bundle": self.bundle} if self.bundle else {}),
             "inputs": self.inputs,
             "outputs": self.outputs,
+            "open_inputs": [p.to_dict() for p in self.open_inputs],
             "parameters": self.parameters,
             "size_bytes": self.size_bytes,
             "ir_version": self.facts.ir_version,
@@ -52,4 +56,4 @@ def inspect(path: Path, profiles: list[Profile], model: str | None = None) -> In
     inputs, outputs = signature(path)
     size = sum(f.stat().st_size for f in files)   # the model file and the external data it reads
     return Inspection(model or str(path), path, inputs, outputs, parameters(proto), size, facts,
-                      [runtime_for(p).check_facts(facts, p) for p in profiles])
+                      [runtime_for(p).check_facts(facts, p) for p in profiles], picked_shapes(proto, inputs))

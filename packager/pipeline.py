@@ -71,6 +71,8 @@ def _run(model: str, settings: PackageSettings, options: PackageOptions, stages:
             if stage_name in stages:
                 run_stage(ctx, reporter, stage_name)
         recipe_stages(ctx, reporter, tuple(s for s in PER_RECIPE if s in stages))
+        if ctx.memory and ctx.recipe is not None and "instead_of" in ctx.recipe.extra:
+            ctx.memory["estimate"]["notes"].append(ctx.recipe.note)   # the recipe check could not apply, and why
         if "bundle" in stages:
             run_stage(ctx, reporter, "bundle")
         elif ctx.member_dir is not None:   # `packager check` of several models: measured together next
@@ -133,4 +135,4 @@ def check(model: str, settings: PackageSettings, options: PackageOptions | None 
     ctx.memory holds the verdict. With `member_dir` (one model of several), the staged folder, runnable,
     is kept there."""
     return _run(model, settings, options or DIRECT, CHECK_STAGES, reporter, enforce_budget=False,
-                member_dir=member_dir)
+                recipe_fallback=True, member_dir=member_dir)

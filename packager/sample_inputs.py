@@ -1,21 +1,22 @@
 """Sample inputs for tensor models, made from the model's input signature.
 
 Open dimensions and values the signature cannot tell (a chunk length, a sample rate) come
-from --shape and --value (or a built-in sample's hints); the rest is filled deterministically.
+from --shape and --value (or a built-in sample's hints); open dimensions they leave are sized from what
+the model records or looks like (packager/open_shapes.py); the rest is filled deterministically.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from packager.context import InputSpec
 from packager.errors import ExitCode, PackagerError
+from packager.open_shapes import SizeRecord, candidates, is_open, pick, size_record
 
-OPEN_DIM_BATCH = 1     # the first open dimension: a batch of one, as a device runs
-OPEN_DIM_OTHER = 16    # other open dimensions: a short sequence
 # numpy kinds packager fills (bool, signed, unsigned, float): not strings (object arrays, which no
 # .npz holds without pickle), complex, or ml_dtypes' bfloat16 / float8 / int4 (kind "V", which
 # onnxruntime's Python API does not take).
@@ -26,20 +27,83 @@ MAX_SAMPLE_BYTES = 4 * 2**30
 
 
 def make_inputs(inputs: list[dict[str, Any]], spec: InputSpec, first_seed: int = 0,
-                budget_bytes: int | None = None) -> list[dict[str, np.ndarray]]:
+                budget_bytes: int | None = None, record: SizeRecord | None = None) -> list[dict[str, np.ndarray]]:
+    """spec.count sets of inputs; open dimensions --shape leaves are sized from the exporter's `record`
+    (packager/open_shapes.py), else from the graph."""
     unknown = sorted((set(spec.shapes) | set(spec.values)) - {i["name"] for i in inputs})
     if unknown:
         names = ", ".join(i["name"] for i in inputs)
         raise PackagerError(f"--shape/--value name {unknown[0]!r}, which is not a model input; inputs are: {names}.",
                             ExitCode.BAD_INPUT)
+    picked = {p.name: p.shape for p in pick(inputs, record or SizeRecord(), set(spec.shapes))}
     samples = []
     for index in range(spec.count):
         rng = np.random.default_rng(first_seed + index)
-        samples.append({i["name"]: _tensor(i, spec, rng, budget_bytes) for i in inputs})
+        samples.append({i["name"]: _tensor(i, spec, rng, budget_bytes, picked.get(i["name"])) for i in inputs})
     return samples
 
 
-def _shape(inp: dict[str, Any], spec: InputSpec) -> tuple[int, ...]:
+def model_inputs(model: Path, inputs: list[dict[str, Any]], spec: InputSpec,
+                 budget_bytes: int | None = None) -> list[dict[str, np.ndarray]]:
+    """make_inputs() sized by what the model records (packager/open_shapes.py). Where a dimension is open, the
+    model runs once on the first set, so that sizes it cannot take are a bad input (exit 5) naming --shape,
+    here, rather than a runtime failure in a later stage; a guessed image size that fails makes way for the
+    next guess."""
+    import onnx
+
+    record = size_record(onnx.load(model, load_external_data=False))
+    open_inputs = [i for i in inputs if any(is_open(d) for d in i["shape"])]
+    tried: list[str] = []
+    for candidate in candidates(record, inputs, spec.shapes):
+        samples = make_inputs(inputs, spec, budget_bytes=budget_bytes, record=candidate)
+        failure = _run_failure(model, samples[0]) if open_inputs else None
+        if failure is None:
+            return samples
+        sizes = " and ".join(f"{i['name']} {','.join(map(str, samples[0][i['name']].shape))}" for i in open_inputs)
+        tried.append(f"{sizes} ({failure})")
+    raise _shapes_refused(open_inputs, spec, tried)
+
+
+def _run_failure(model: Path, feeds: dict[str, np.ndarray]) -> str | None:
+    """The runtime's complaint when the model runs on `feeds` (its last line), or None: it ran, or it does
+    not even load (which is no question of sizes: the stages after say what is wrong)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    except Exception:
+        return None
+    try:
+        session.run(None, feeds)
+    except Exception as e:
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        return lines[-1].split("Status Message:")[-1].strip()[:300]
+    return None
+
+
+def _shapes_refused(open_inputs: list[dict[str, Any]], spec: InputSpec, tried: list[str]) -> PackagerError:
+    declared = ", ".join(f"{i['name']} [{', '.join(_dim_text(d) for d in i['shape'])}]" for i in open_inputs)
+    option = " ".join(f"--shape {i['name']}={','.join(_dim_text(d, axis) for axis, d in enumerate(i['shape']))}"
+                      for i in open_inputs)
+    at = "the sizes given with --shape" if all(i["name"] in spec.shapes for i in open_inputs) else \
+        "the sizes packager chose"
+    return PackagerError(f"the model does not run at {at} for its open dimensions ({declared}; tried "
+                         f"{', then '.join(tried)}); give the sizes it was exported for, as in {option} with each "
+                         "D a size (and --value for an input whose values matter).", ExitCode.BAD_INPUT)
+
+
+def _dim_text(dim: Any, axis: int | None = None) -> str:
+    """A dimension as the error shows it: its size; open, its name (or ?), or in a --shape line D<n>."""
+    if not is_open(dim):
+        return str(dim)
+    if axis is None:
+        return dim if isinstance(dim, str) else "?"
+    return "1" if axis == 0 else f"D{axis + 1}"
+
+
+def _shape(inp: dict[str, Any], spec: InputSpec, picked: tuple[int, ...] | None) -> tuple[int, ...]:
     if inp["name"] in spec.shapes:
         shape = tuple(spec.shapes[inp["name"]])
         if len(shape) != len(inp["shape"]):
@@ -47,8 +111,7 @@ def _shape(inp: dict[str, Any], spec: InputSpec) -> tuple[int, ...]:
                 f"--shape {inp['name']} has {len(shape)} dimensions but the model's input has {len(inp['shape'])}; "
                 "give one size per dimension.", ExitCode.BAD_INPUT)
         return shape
-    return tuple(d if isinstance(d, int) and d > 0 else (OPEN_DIM_BATCH if axis == 0 else OPEN_DIM_OTHER)
-                 for axis, d in enumerate(inp["shape"]))
+    return picked or tuple(inp["shape"])   # no open dimension: the model's own
 
 
 def _check_size(name: str, shape: tuple[int, ...], dtype: np.dtype, given: bool, budget_bytes: int | None) -> None:
@@ -75,7 +138,7 @@ def _human(size: float) -> str:
 
 
 def _tensor(inp: dict[str, Any], spec: InputSpec, rng: np.random.Generator,
-            budget_bytes: int | None = None) -> np.ndarray:
+            budget_bytes: int | None = None, picked: tuple[int, ...] | None = None) -> np.ndarray:
     if inp["dtype"] == "unknown":
         raise PackagerError(f"model input {inp['name']!r} is not a tensor; packager cannot make samples for it.",
                             ExitCode.BAD_INPUT)
@@ -85,7 +148,7 @@ def _tensor(inp: dict[str, Any], spec: InputSpec, rng: np.random.Generator,
         raise PackagerError(f"model input {inp['name']!r} takes {kind} tensors, which packager cannot make samples of "
                             "(it makes bool, integer, float16, float32 and float64 ones); re-export the model to take "
                             "one of those, e.g. with a Cast inside the graph.", ExitCode.BAD_INPUT)
-    shape = _shape(inp, spec)
+    shape = _shape(inp, spec, picked)
     _check_size(inp["name"], shape, dtype, inp["name"] in spec.shapes, budget_bytes)
     if inp["name"] in spec.values:
         return np.full(shape, spec.values[inp["name"]], dtype=dtype)

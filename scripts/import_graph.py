@@ -45,8 +45,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # measurements, the run's Context and the manifest made from it
     ("model", ("packager.context", "packager.model_files", "packager.adapter", "packager.export_process",
                "packager.onnx_rewrite", "packager.recipes.common", "packager.recipes.dense", "packager.recipes.nbits",
-               "packager.recipes.layers", "packager.coverage", "packager.samples", "packager.sample_models",
-               "packager.sample_inputs",
+               "packager.recipes.layers", "packager.recipes.prepare", "packager.coverage", "packager.samples",
+               "packager.sample_models",
+               "packager.sample_inputs", "packager.open_shapes",
                "packager.calibration", "packager.evaluation", "packager.smoothing", "packager.fusion",
                "packager.mixed", "packager.manifest", "packager.inspection", "packager.families.verification",
                "packager.families.media")),

@@ -12,6 +12,7 @@ import pytest
 from packager.archive import extract_bundle, write_archive
 from packager.context import InputSpec
 from packager.errors import ExitCode, PackagerError
+from packager.open_shapes import IMAGE_SIDE, OPEN_DIM_OTHER
 from packager.runtime_files import runner
 from packager.sample_inputs import make_inputs
 from packager.stages.source import resolve, task_for
@@ -94,7 +95,10 @@ def test_sample_inputs_follow_signature_and_overrides() -> None:
     assert not np.array_equal(samples[0]["x"], samples[1]["x"])
     assert np.array_equal(make_inputs(inputs, InputSpec(count=1))[0]["x"],
                           make_inputs(inputs, InputSpec(count=1))[0]["x"])
-    assert make_inputs(inputs, InputSpec(count=1))[0]["x"].shape == (1, 3, 16, 8)
+    # x looks like an image ([N,3,H,W]): its open height gets an image side (packager/open_shapes.py)
+    assert make_inputs(inputs, InputSpec(count=1))[0]["x"].shape == (1, 3, IMAGE_SIDE, 8)
+    assert make_inputs([{"name": "t", "dtype": "float32", "shape": [None, 4, "n"]}],
+                       InputSpec(count=1))[0]["t"].shape == (1, 4, OPEN_DIM_OTHER)
     with pytest.raises(PackagerError, match="not a model input"):
         make_inputs(inputs, InputSpec(values={"rate": 1}))
     with pytest.raises(PackagerError, match="3 dimensions"):

@@ -137,8 +137,10 @@ class Family:
     def make_samples(self, ctx: FamilyContext, rt: ModuleType) -> None:
         """ctx.sample_inputs (and ctx.texts) for verify, fit and the smoke test; `rt` is targets/run.py. The
         samples stage saves them; a family that writes sample files of its own writes them into samples/."""
-        make_inputs = step("packager.sample_inputs:make_inputs")
-        ctx.sample_inputs = make_inputs(ctx.io["inputs"], ctx.input_spec, budget_bytes=ctx.profile.budget.memory_bytes)
+        model_inputs = step("packager.sample_inputs:model_inputs")
+        assert ctx.reference_model is not None
+        ctx.sample_inputs = model_inputs(ctx.reference_model, ctx.io["inputs"], ctx.input_spec,
+                                         budget_bytes=ctx.profile.budget.memory_bytes)
 
     def verify(self, ctx: FamilyContext, rt: ModuleType, reference: Any, packaged: Any) -> None:
         """The packaged model against the fp32 reference on the samples: ctx.accuracy and ctx.expected_outputs,

@@ -14,6 +14,7 @@ import onnx
 from packager import fusion, smoothing
 from packager.leftovers import temp_folder
 from packager.recipes.common import _QUANTIZED_OPS, RecipeOptions, RecipeResult, count_ops, needs_external_data, save
+from packager.recipes.prepare import prepare, refusal
 
 
 def fp32(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
@@ -35,14 +36,21 @@ def int8_dynamic(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's pre-processing advice is noise here
     external = needs_external_data(src)
     with temp_folder("int8") as tmp:
-        model, prepared = _prepare_for_int8(src, Path(tmp), external)
-        params |= prepared
-        quantize_dynamic(
-            model, dst, per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
-            use_external_data_format=external,
-            # shape inference does not know the fused contrib ops: their outputs are float
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT} if prepared["fusion"]["applied"] else None,
-        )
+        folded, done = prepare(src, Path(tmp), external)
+        model, prepared = _prepare_for_int8(folded, Path(tmp), external)
+        params |= done | prepared
+        try:
+            quantize_dynamic(
+                model, dst, per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
+                use_external_data_format=external,
+                # shape inference does not know the fused contrib ops: their outputs are float
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT} if prepared["fusion"]["applied"] else None,
+            )
+        except Exception as e:
+            refused = refusal("int8-dynamic", model, e)
+            if refused is None:
+                raise
+            raise refused from e
     quantized = count_ops(onnx.load(dst, load_external_data=False), _QUANTIZED_OPS)
     if quantized == 0:
         # Nothing was quantizable (e.g. weights inside If/Loop bodies, which the dynamic
@@ -96,19 +104,23 @@ def int8_static(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     # Only nodes with a constant weight: quantizing both activations of an attention MatMul
     # (Q.K^T, scores.V) costs most of the accuracy (all-MiniLM-L6-v2: mean cosine 0.944 either way,
     # but min 0.911 with them against 0.925 without; docs/recipes.md, int8-static).
-    model = onnx.load(src, load_external_data=False)
-    weights = {i.name for i in model.graph.initializer}
-    nodes = [n.name for n in model.graph.node
-             if (n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1 and n.input[1] in weights)
-             or (n.op_type == "Gather" and n.input[0] in weights)]
-    del model
-    params = {"format": "QDQ", "per_channel": True, "weight_type": "QInt8", "activation_type": "QUInt8",
-              "calibrate_method": "MinMax", "calibration": options.calibration_source, "nodes": len(nodes)}
-    logging.getLogger().setLevel(logging.ERROR)
-    quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm", "Conv",
-                    "Gather"], nodes_to_quantize=nodes, per_channel=True, reduce_range=False,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                    calibrate_method=CalibrationMethod.MinMax, use_external_data_format=needs_external_data(src))
+    external = needs_external_data(src)
+    with temp_folder("int8") as tmp:
+        folded, done = prepare(src, Path(tmp), external)
+        model = onnx.load(folded, load_external_data=False)
+        weights = {i.name for i in model.graph.initializer}
+        nodes = [n.name for n in model.graph.node
+                 if (n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1 and n.input[1] in weights)
+                 or (n.op_type == "Gather" and n.input[0] in weights)]
+        del model
+        params = {"format": "QDQ", "per_channel": True, "weight_type": "QInt8", "activation_type": "QUInt8",
+                  "calibrate_method": "MinMax", "calibration": options.calibration_source, "nodes": len(nodes), **done}
+        logging.getLogger().setLevel(logging.ERROR)
+        quantize_static(folded, dst, Reader(), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["MatMul", "Gemm", "Conv", "Gather"], nodes_to_quantize=nodes,
+                        per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8, calibrate_method=CalibrationMethod.MinMax,
+                        use_external_data_format=external)
     quantized = count_ops(onnx.load(dst, load_external_data=False), {"QuantizeLinear"})
     return RecipeResult("int8-static", params, quantized)
 

@@ -42,13 +42,30 @@ def run(ctx: Context) -> None:
         options = dataclasses.replace(options, calibration=feeds, calibration_source=where)
     elif ctx.calibration is not None and ctx.fit is None:  # --fit auto may try a calibrated recipe later
         raise unused_calibration(ctx.recipe_name)
-    ctx.recipe = _finish(_apply(ctx.recipe_name, ctx.reference_model, dest, options, "this model"), dest)
+    try:
+        result = _apply(ctx.recipe_name, ctx.reference_model, dest, options, "this model")
+    except PackagerError as e:
+        if not (ctx.recipe_fallback and ctx.recipe_name != "fp32"
+                and e.code in (ExitCode.BAD_INPUT, ExitCode.TOOL_FAILED)):
+            raise
+        result = _fall_back(ctx, dest, options, e)
+    ctx.recipe = _finish(result, dest)
     if ctx.recipe.name == "fp32":
         # The reference's external data (if any) travels with it.
         for f in ctx.reference_model.parent.iterdir():
             if f.name != "model.onnx" and f.suffix not in (".json", ".txt") and f.is_file():
                 shutil.copyfile(f, model_dir / f.name)
     ctx.packaged_model = dest
+
+
+def _fall_back(ctx: Context, dest: Path, options: RecipeOptions, refused: PackagerError) -> RecipeResult:
+    """`packager check`: the fp32 model, which it can always package, in place of a recipe that cannot apply;
+    the result's note says which recipe and why (check prints it with the estimate's notes)."""
+    assert ctx.reference_model is not None
+    asked, ctx.recipe_name = ctx.recipe_name, "fp32"
+    result = RECIPES["fp32"](ctx.reference_model, dest, options)
+    return dataclasses.replace(result, note=f"recipe {asked} cannot apply, so these are fp32's figures: "
+                                            f"{refused.message}", extra={"instead_of": asked})
 
 
 def _finish(result: RecipeResult, model: Path) -> RecipeResult:
