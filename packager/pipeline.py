@@ -107,7 +107,7 @@ def package(model: str, settings: PackageSettings, options: PackageOptions | Non
     with _workspace(model, settings, settings.profile.recipe, options, True, **run) as ctx:
         for stage_name in ("source", "export"):
             run_stage(ctx, reporter, stage_name)
-        choose_recipe(ctx, reporter, settings.profile.fit_recipes_for(ctx.io["kind"]))
+        choose_recipe(ctx, reporter, ctx.profile.fit_recipes_for(ctx.io["kind"]))   # as export applied it
         run_stage(ctx, reporter, "bundle")
     return ctx
 
