@@ -425,9 +425,10 @@ def run(ctx: Context) -> None:
         fold_transposed_weights(out / "model.onnx")
         ctx.io = describe_io(ctx, out)
     ctx.reference_model = out / "model.onnx"
-    ctx.profile, note = profile_for_model(ctx.profile, ctx.io["kind"], ctx.source.architecture if ctx.source else "")
-    if note:
-        ctx.cache_notes.append(note)
+    if ctx.member_dir is None:   # several models in one bundle share one process: [runtime]'s (suite.py)
+        architecture = ctx.source.architecture if ctx.source else ""
+        ctx.profile, note = profile_for_model(ctx.profile, ctx.io["kind"], architecture)
+        ctx.cache_notes.extend([note] if note else [])
     family = family_for(ctx.io["kind"])
     ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] if family.needs_tokenizer else []
     if family.generates:
