@@ -217,3 +217,34 @@ def test_a_decoder_the_builder_does_not_make_keeps_onnxruntime_with_a_note(tmp_p
     manifest = json.loads((unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "x") / "manifest.json")
                           .read_text())
     assert manifest["runtime"]["package"] == "onnxruntime" and manifest["recipe"]["name"] == "int4"
+
+
+def test_fit_auto_on_genai_shrinks_the_context_when_no_recipe_fits(tmp_path: Path) -> None:
+    """--fit auto's second step on the genai path: a budget between the fp32 build's measured peaks at 8192 and at
+    4096 tokens of context (its KV cache: 2 layers x 16 heads x 16 x 2 x 4 bytes a token) gives 4096."""
+    from tiny_decoders import make_decoder
+
+    folder = make_decoder(tmp_path / "long", "llama", hidden_size=256, num_hidden_layers=2, num_attention_heads=16,
+                          num_key_value_heads=16, max_position_embeddings=8192)
+    text = (Path(__file__).resolve().parents[1] / "profiles" / "rpi5.toml").read_text()
+    both = 'fit_recipes = ["fp32", "int4-mixed"]'
+    assert both in text
+    profile = tmp_path / "rpi5.toml"   # fp32 alone keeps the test short
+    profile.write_text(text.replace(both, 'fit_recipes = ["fp32"]'))
+    peaks = {}
+    for context in ("8192", "4096"):
+        proc = packager("check", str(folder), "--target", str(profile), "--recipe", "fp32", "--context", context,
+                        "--json")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks[context] = json.loads(proc.stdout)["measured"]["peak_bytes"]
+    assert peaks["4096"] < peaks["8192"]
+    budget = (peaks["4096"] + peaks["8192"]) // 2
+    proc = packager("package", str(folder), "--target", str(profile), "--fit", "auto", "--context", "8192",
+                    "--budget", str(budget), "--out", str(tmp_path / "dist"), "--no-cache", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fit = json.loads(proc.stdout)["fit"]
+    assert (fit["chosen"], fit["context"]) == ("fp32", 4096)
+    assert [(t["recipe"], t["context"]) for t in fit["tried"]] == [("fp32", 8192), ("fp32", 4096)]
+    manifest = json.loads((unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "x") / "manifest.json")
+                          .read_text())
+    assert manifest["runtime"]["package"] == "onnxruntime-genai" and manifest["runtime"]["context"] == 4096
