@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from packager.runtimes.genai import KV8_OPTIONS, tune
 from packager.runtimes.genai_host import ChildDecoder, ChildRunner
 
 BUILDER = "onnxruntime_genai.models.builder"
+BUILDER_BANNER = "Valid precision + execution provider combinations"   # printed by every build: no progress
 KV8_MARGIN = 1.5   # static scales: room above the sample prompts' largest |K| and |V|
 
 
@@ -108,11 +110,19 @@ def _run_builder(ctx: Context, precision: str, options: tuple[str, ...], nodes_8
         args += ["--target_options", str(target)]
     ctx.progress("building the onnxruntime-genai model")
     try:
-        exporter_envs.run(exporter_envs.GENAI, BUILDER, args, ctx.progress)
+        exporter_envs.run(exporter_envs.GENAI, BUILDER, args, _builder_progress(ctx))
     finally:
         if ctx.source.adapter is not None:
             shutil.rmtree(folder, ignore_errors=True)   # the merged weights: the build has them now
     return out
+
+
+def _builder_progress(ctx: Context) -> Callable[[str], None]:
+    """The builder's lines for the progress line, but the table of precisions it prints on every run."""
+    def show(line: str) -> None:
+        if not line.startswith(BUILDER_BANNER):
+            ctx.progress(line)
+    return show
 
 
 def _nodes_8bit(ctx: Context, precision: str, options: tuple[str, ...]) -> list[str]:
