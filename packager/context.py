@@ -76,7 +76,7 @@ class Context:
     eval_reference: dict[str, Any] | None = None   # the fp32 reference's eval results (once per run)
     member_dir: Path | None = None  # one model of several (packager/suite.py): its finished folder goes here
     cache: dict[str, str] = field(default_factory=dict)  # stage -> "hit", "miss", "corrupt" (rebuilt) or "off"
-    cache_notes: list[str] = field(default_factory=list)  # what the cache could not do, for the human watching
+    cache_notes: list[str] = field(default_factory=list)  # what the cache (or the runtime) could not do, for the human
     # The running stage's progress, a short line for the human watching (the pipeline points it at
     # the reporter's step while a stage runs): "12/113 weights", "loading the weights".
     progress: Callable[[str], None] = field(default=silent, repr=False)

@@ -27,6 +27,9 @@ class SourceView(Protocol):
     @property
     def adapter(self) -> object | None: ...   # a LoRA adapter merged before the export
 
+    @property
+    def architecture(self) -> str: ...    # config.json's architectures[0] ("" for an .onnx file)
+
 
 class ComponentView(Protocol):
     """One graph of a multi-component model (packager.context.Component)."""
@@ -42,6 +45,7 @@ class FamilyContext(Protocol):
 
     io: dict[str, Any]
     texts: list[str]
+    reference_model: Path | None
     sample_inputs: list[dict[str, np.ndarray]]
 
     @property

@@ -17,7 +17,9 @@ from typing import Any
 
 import onnx
 
+from packager.adapter import merge
 from packager.context import Context
+from packager.errors import ExitCode, PackagerError
 from packager.onnx_rewrite import merge_external_data
 
 
@@ -175,3 +177,22 @@ if __name__ == "__main__":   # the export's child process (run_export_child)
     import sys
 
     _export_child(int(sys.argv[1]), json.loads(sys.argv[2]))
+
+
+def merged(ctx: Context, folder: Path) -> Path:
+    """The base folder with the LoRA adapter merged into its weights, in the run's work dir (removed
+    with it): what the exporter reads (and onnxruntime-genai's builder: packager/runtime_steps.py)."""
+    assert ctx.source is not None and ctx.source.adapter is not None
+    dest = ctx.work_dir / "merged"
+    with quiet():
+        try:
+            merge(folder, ctx.source.adapter, dest, ctx.source.merge_method)
+        except PackagerError:
+            raise
+        except Exception as e:
+            raise PackagerError(
+                f"merging the adapter {ctx.source.adapter.path} into {ctx.source.path} failed ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:300] if str(e) else ''}); check that the adapter was trained on this base.",
+                ExitCode.TOOL_FAILED,
+            ) from e
+    return dest

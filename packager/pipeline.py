@@ -110,7 +110,8 @@ def package(model: str, settings: PackageSettings, options: PackageOptions | Non
     with _workspace(model, settings, settings.profile.recipe, options, True, **run) as ctx:
         for stage_name in ("source", "export"):
             run_stage(ctx, reporter, stage_name)
-        choose_recipe(ctx, reporter, settings.profile.fit_recipes_for(family_for(ctx.io["kind"]).context_sized))
+        # ctx.profile: the profile as export applied it (a decoder may have moved to [decoder_runtime])
+        choose_recipe(ctx, reporter, ctx.profile.fit_recipes_for(family_for(ctx.io["kind"]).context_sized))
         run_stage(ctx, reporter, "bundle")
     return ctx
 

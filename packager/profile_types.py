@@ -120,6 +120,18 @@ class Mobile:
 
 
 @dataclass(frozen=True)
+class DecoderRuntime:
+    """[decoder_runtime]: decoder LLMs run on another runtime than the profile's other models (issue 19: genai's
+    native generation), with that runtime's settings and the recipes it makes. A decoder whose architecture that
+    runtime does not take keeps [runtime] and the profile's decoder_recipe (packager/runtimes/__init__.py)."""
+
+    runtime: Runtime
+    session: Session
+    recipe: str                    # the default recipe of a decoder on this runtime
+    fit_recipes: tuple[str, ...] = ()  # what --fit auto tries there, most precise first (default: recipe)
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -136,6 +148,7 @@ class Profile:
     decoder_fit_recipes: tuple[str, ...] = ()  # --fit auto for decoders (default: fit_recipes)
     int4: Int4 = field(default_factory=Int4)
     mobile: Mobile | None = None   # phones: the ORT-format model and the app-side packages ([mobile])
+    decoder_runtime: DecoderRuntime | None = None   # decoder LLMs' own runtime, where it differs
     source: str = ""               # the file it was loaded from (set by the loader)
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,7 +157,18 @@ class Profile:
         # runtime than the default, so bundles for profiles that name none reproduce byte for byte.
         if record["runtime"]["name"] == DEFAULT_RUNTIME:
             del record["runtime"]["name"]
+        # The profile as it applied to the model: with_decoder_runtime() moved [decoder_runtime] into runtime and
+        # session where it applies; the section itself came after schema version 1 (byte-identical bundles).
+        del record["decoder_runtime"]
         return record
+
+    def with_decoder_runtime(self) -> Profile:
+        """The profile as it applies to a decoder LLM on [decoder_runtime]: that runtime, its session and recipes."""
+        d = self.decoder_runtime
+        if d is None:
+            return self
+        return dataclasses.replace(self, runtime=d.runtime, session=d.session, decoder_recipe=d.recipe,
+                                   decoder_fit_recipes=d.fit_recipes, decoder_runtime=None)
 
     def recipe_for(self, context_sized: bool) -> str:
         """The default recipe for a model (or component) whose memory grows with the context or not: its family's

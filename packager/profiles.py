@@ -23,6 +23,7 @@ from packager.profile_types import (
     OS,
     Accuracy,
     Budget,
+    DecoderRuntime,
     Device,
     Int4,
     Mobile,
@@ -35,8 +36,8 @@ from packager.profile_types import (
 from packager.recipes import RECIPES
 from packager.runtimes import RUNTIMES
 
-__all__ = ["DEFAULT_RUNTIME", "OS", "Accuracy", "Budget", "Device", "Int4", "Mobile", "Profile", "Runtime", "Session",
-           "builtin_profiles", "key_error", "load_profile", "resolve_target"]
+__all__ = ["DEFAULT_RUNTIME", "OS", "Accuracy", "Budget", "DecoderRuntime", "Device", "Int4", "Mobile", "Profile",
+           "Runtime", "Session", "builtin_profiles", "key_error", "load_profile", "resolve_target"]
 
 
 def _check_values(p: Profile, where: str) -> None:
@@ -85,6 +86,11 @@ def _check_values(p: Profile, where: str) -> None:
         raise key_error(where, "runtime.name", f"names an unknown runtime {p.runtime.name!r}"
                         f"{did_you_mean(p.runtime.name, list(RUNTIMES))}; known: {', '.join(RUNTIMES)}")
     RUNTIMES[p.runtime.name].check_profile(p, where)
+    if p.decoder_runtime is not None:   # checked as the profile a decoder on it gets
+        decoder = p.with_decoder_runtime()
+        if not decoder.decoder_recipe:
+            raise key_error(where, "decoder_runtime.recipe", "must name a recipe")
+        _check_values(decoder, f"{where} [decoder_runtime]")
 
 
 def load_profile(path: Path) -> Profile:

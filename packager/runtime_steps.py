@@ -11,19 +11,27 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from packager import exporter_envs
 from packager.context import Context
+from packager.coverage import coverage_of
+from packager.estimate import weight_bytes
+from packager.export_process import merged
 from packager.families import family_for
 from packager.manifest import runtime_spec
 from packager.recipes.common import RecipeResult
+from packager.recipes.layers import layer_bytes, layer_of
 from packager.runtime_files import copy_runtime, runner
 from packager.runtimes.genai import KV8_OPTIONS, tune
 from packager.runtimes.genai_host import ChildDecoder, ChildRunner
 
 BUILDER = "onnxruntime_genai.models.builder"
+BUILDER_BANNER = "Valid precision + execution provider combinations"   # printed by every build: no progress
 KV8_MARGIN = 1.5   # static scales: room above the sample prompts' largest |K| and |V|
 
 
@@ -39,29 +47,96 @@ def genai_python() -> Path:
 
 
 def genai_build(ctx: Context, model_dir: Path, precision: str, options: tuple[str, ...], kv8: bool = False) -> None:
-    """`model_dir` as the builder makes it from the source folder, tuned to the profile (`kv8`: an int8 KV cache
-    with static scales measured on the fp32 reference); ctx.packaged_model and ctx.recipe say so."""
+    """`model_dir` as the builder makes it from the source folder (with --adapter merged into it first), tuned to
+    the profile (`kv8`: an int8 KV cache with static scales measured on the fp32 reference; ctx.keep_8bit: the
+    layers int4-mixed keeps at 8 bits); ctx.packaged_model and ctx.recipe say so."""
     assert ctx.source is not None
     if kv8:
         scales = ctx.work_dir / "kv_scales.json"
         scales.write_text(json.dumps({"scales": kv_scales(ctx)}), encoding="utf-8")
         options = (*options, *KV8_OPTIONS, f"kv_cache_scale_file={scales}")
-    out = ctx.work_dir / "genai-build"
-    shutil.rmtree(out, ignore_errors=True)
-    args = ["-i", str(ctx.source.path), "-o", str(out), "-p", precision, "-e", "cpu",
-            "-c", str(ctx.work_dir / "genai-cache"), "--extra_options", *options]
-    ctx.progress("building the onnxruntime-genai model")
-    exporter_envs.run(exporter_envs.GENAI, BUILDER, args, ctx.progress)
+    nodes_8bit = _nodes_8bit(ctx, precision, options) if ctx.keep_8bit else []
+    out = _run_builder(ctx, precision, options, nodes_8bit)
     tune(out / "genai_config.json", ctx.profile)
     for f in sorted(out.iterdir()):
         if f.is_file():
             shutil.copyfile(f, model_dir / f.name)
     shutil.rmtree(out, ignore_errors=True)
     ctx.packaged_model = model_dir / "model.onnx"
-    ctx.recipe = RecipeResult(ctx.recipe_name, {"builder": BUILDER, "precision": precision, "execution_provider": "cpu",
-                                                "extra_options": [o for o in options if "scale_file" not in o],
-                                                "kv_cache": "int8" if kv8 else "float"},
-                              0, note=f"built by {BUILDER} (onnxruntime-genai {ctx.profile.runtime.version})")
+    model = onnx.load(ctx.packaged_model, load_external_data=False)
+    params: dict[str, Any] = {"builder": BUILDER, "precision": precision, "execution_provider": "cpu",
+              "extra_options": [o for o in options if "scale_file" not in o], "kv_cache": "int8" if kv8 else "float"}
+    if ctx.recipe_name == "int4-mixed":   # the shape of packager's own int4-mixed params (recipes/layers.py compose)
+        params["mixed"] = _mixed_params(ctx, model, nodes_8bit)
+    ctx.recipe = RecipeResult(ctx.recipe_name, params, 0, coverage=coverage_of(model),
+                              note=f"built by {BUILDER} (onnxruntime-genai {ctx.profile.runtime.version})")
+
+
+def _mixed_params(ctx: Context, model: onnx.ModelProto, nodes_8bit: list[str]) -> dict[str, Any]:
+    """int4-mixed's record: the layers at 8 bits, the builder's nodes for them, and the bytes they cost over the
+    plain int4 build (with a tied embedding that the builder then leaves float: it writes no 8-bit one)."""
+    bytes8 = layer_bytes(model)
+    total = sum(weight_bytes(model)[2].values())
+    known = ctx.work_dir / "genai-nodes.json"
+    if not ctx.keep_8bit or not known.is_file():   # the plain build: the reference of the costs
+        _remember_int4(known, model, total)
+    int4 = json.loads(known.read_text(encoding="utf-8"))
+    keep = list(ctx.keep_8bit)
+    return {"layers_8bit": keep, "layers": len(bytes8), "cost_bytes": total - int4["total_bytes"],
+            "layer_bytes": {layer: {"int4": int4["layer_bytes"].get(layer, 0), "int8": bytes8.get(layer, 0)}
+                            for layer in keep}, "nodes_8bit": nodes_8bit}
+
+
+def _remember_int4(known: Path, model: onnx.ModelProto, total: int) -> None:
+    """A plain int4 build's node names by layer, its layers' bytes and its weight bytes (once per run)."""
+    nodes = {n.name.removesuffix("_Q4"): layer_of(n) for n in model.graph.node if n.op_type == "MatMulNBits"}
+    known.write_text(json.dumps({"nodes": nodes, "layer_bytes": layer_bytes(model), "total_bytes": total}),
+                     encoding="utf-8")
+
+
+def _run_builder(ctx: Context, precision: str, options: tuple[str, ...], nodes_8bit: list[str]) -> Path:
+    """The builder's output folder in the work dir, from the source (the adapter merged in first); the MatMuls
+    named in `nodes_8bit` at 8 bits (its weight overrides, --target_options)."""
+    assert ctx.source is not None
+    out = ctx.work_dir / "genai-build"
+    shutil.rmtree(out, ignore_errors=True)
+    folder = merged(ctx, ctx.source.path) if ctx.source.adapter is not None else ctx.source.path
+    args = ["-i", str(folder), "-o", str(out), "-p", precision, "-e", "cpu",
+            "-c", str(ctx.work_dir / "genai-cache"), "--extra_options", *options]
+    if nodes_8bit:
+        overrides = [{"match": {"name": n}, "type": "int8"} for n in nodes_8bit]
+        target = ctx.work_dir / "genai-target-options.json"
+        target.write_text(json.dumps({"quant_config": {"weights": {"overrides": overrides}}}), encoding="utf-8")
+        args += ["--target_options", str(target)]
+    ctx.progress("building the onnxruntime-genai model")
+    try:
+        exporter_envs.run(exporter_envs.GENAI, BUILDER, args, _builder_progress(ctx))
+    finally:
+        if ctx.source.adapter is not None:
+            shutil.rmtree(folder, ignore_errors=True)   # the merged weights: the build has them now
+    return out
+
+
+def _builder_progress(ctx: Context) -> Callable[[str], None]:
+    """The builder's lines for the progress line, but the table of precisions it prints on every run."""
+    def show(line: str) -> None:
+        if not line.startswith(BUILDER_BANNER):
+            ctx.progress(line)
+    return show
+
+
+def _nodes_8bit(ctx: Context, precision: str, options: tuple[str, ...]) -> list[str]:
+    """The builder's MatMuls in ctx.keep_8bit's layers ("layers.3", "lm_head": recipes/layers.py names them from
+    the nodes' paths, as for the ONNX export), named as before quantization (its overrides match those names).
+    The builder names its nodes as it builds: they are read from a plain int4 build (once per run)."""
+    known = ctx.work_dir / "genai-nodes.json"
+    if not known.is_file():
+        out = _run_builder(ctx, precision, options, [])
+        model = onnx.load(out / "model.onnx", load_external_data=False)
+        _remember_int4(known, model, sum(weight_bytes(model)[2].values()))
+        shutil.rmtree(out, ignore_errors=True)
+    nodes: dict[str, str] = json.loads(known.read_text(encoding="utf-8"))["nodes"]
+    return sorted(name for name, layer in nodes.items() if layer in ctx.keep_8bit)
 
 
 def kv_scales(ctx: Context) -> dict[str, list[float]]:

@@ -27,6 +27,26 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+# Where a CPU profile's [decoder_runtime] (decoders on onnxruntime-genai) begins: the profiles end with it.
+DECODER_RUNTIME = "# Decoder LLMs run on onnxruntime-genai"
+
+
+def onnxruntime_profile(folder: Path, target: str = "rpi5", **edits: str) -> Path:
+    """A built-in CPU profile, same name, without its [decoder_runtime]: decoder LLMs stay on [runtime], onnxruntime
+    with run.py's numpy loop (the path phones and Jetsons take; tests of it run in this environment's Python).
+    `edits`: text replaced in the profile (each must be there)."""
+    text = (REPO / "profiles" / f"{target}.toml").read_text(encoding="utf-8")
+    assert DECODER_RUNTIME in text
+    text = text[:text.index(DECODER_RUNTIME)]
+    for old, new in edits.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{target}.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def package_json(*args: str, cwd: Path | None = None) -> dict:
     proc = run_cli("package", *args, "--json", cwd=cwd)
     assert proc.returncode == 0, proc.stderr

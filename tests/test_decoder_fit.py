@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import unpack
+from conftest import onnxruntime_profile, unpack
 from packager.cli import app
 from packager.config import resolve_package_settings
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import runtime_base
 from packager.fit_auto import MIN_CONTEXT
 from packager.options import PackageOptions
-from packager.paths import profiles_dir
 from packager.pipeline import package
 from packager.profiles import resolve_target
 from tiny_decoders import make_decoder
@@ -38,12 +37,8 @@ def long_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _fp32_only(tmp_path: Path) -> Path:
     """rpi5 with --fit auto trying fp32 alone for decoders: one recipe keeps the test short."""
-    text = (profiles_dir() / "rpi5.toml").read_text()
     old = 'decoder_fit_recipes = ["fp32", "int8-dynamic", "int4-mixed"]'
-    assert old in text
-    path = tmp_path / "rpi5-fp32.toml"
-    path.write_text(text.replace(old, 'decoder_fit_recipes = ["fp32"]'))
-    return path
+    return onnxruntime_profile(tmp_path / "fp32-only", **{old: 'decoder_fit_recipes = ["fp32"]'})
 
 
 def _fit_auto(folder: Path, tmp_path: Path, budget_bytes: int, context: int):
@@ -53,7 +48,8 @@ def _fit_auto(folder: Path, tmp_path: Path, budget_bytes: int, context: int):
 
 
 def test_check_measures_a_decoder_at_the_asked_context(long_llama: Path) -> None:
-    result = CliRunner().invoke(app, ["check", str(long_llama), "--target", "rpi5", "--recipe", "fp32",
+    rpi5 = str(onnxruntime_profile(long_llama.parent / "profiles"))   # decoders on onnxruntime
+    result = CliRunner().invoke(app, ["check", str(long_llama), "--target", rpi5, "--recipe", "fp32",
                                       "--context", "2048", "--json"])
     assert result.exit_code == 0, result.output
     r = json.loads(result.stdout)

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import unpack
+from conftest import onnxruntime_profile, unpack
 from packager.config import resolve_package_settings
 from packager.errors import ExitCode, PackagerError
 from packager.onnx_rewrite import fold_transposed_weights
@@ -25,7 +25,10 @@ from packager.recipes.nbits import int4
 from tiny_decoders import make_decoder
 
 
-def _package(folder: Path, out: Path, recipe: str, target: str = "rpi5"):
+def _package(folder: Path, out: Path, recipe: str, target: str = ""):
+    """`folder` packaged for `target`; by default rpi5 with decoders on onnxruntime (its [decoder_runtime] left out:
+    test_genai_runtime.py tests that)."""
+    target = target or str(onnxruntime_profile(out.parent / "profiles"))
     settings = resolve_package_settings({"target": target, "out": str(out), "recipe": recipe, "budget": None})
     return package(str(folder), settings)
 

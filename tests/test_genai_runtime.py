@@ -135,3 +135,116 @@ def test_an_int8_kv_cache_is_a_profile_setting(tmp_path: Path) -> None:
     assert json.loads((folder / "manifest.json").read_text())["recipe"]["params"]["kv_cache"] == "int8"
     proc = device(folder, "smoke_test.py")
     assert proc.stdout.strip().splitlines()[-1] == "PASS", proc.stdout + proc.stderr
+
+
+# rpi5 itself: decoder LLMs go to onnxruntime-genai by default ([decoder_runtime]), with int4-mixed, --adapter,
+# --eval and --fit auto on that path.
+
+@pytest.fixture(scope="module")
+def fine_tune(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The README's fine-tune example, as it is written (no --fit auto), for rpi5."""
+    out = tmp_path_factory.mktemp("fine-tune")
+    proc = packager("package", "sample:tiny-llama", "--adapter", "sample:tiny-llama-lora", "--eval",
+                    "sample:tiny-llama-lora", "--target", "rpi5", "--out", str(out / "dist"), "--no-cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, unpack(next((out / "dist").glob("*.tar.gz")), out / "unpacked")
+
+
+def test_readme_fine_tune_example_packages_on_genai_with_int4_mixed(fine_tune: tuple) -> None:
+    _, bundle = fine_tune
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["runtime"]["package"] == "onnxruntime-genai"
+    assert "onnxruntime-genai==0.18.0" in (bundle / "requirements.txt").read_text().splitlines()
+    assert (bundle / "model" / "genai_config.json").is_file()
+    recipe = manifest["recipe"]
+    assert recipe["name"] == "int4-mixed" and recipe["params"]["builder"] == "onnxruntime_genai.models.builder"
+    mixed = recipe["params"]["mixed"]
+    # Whatever layers the search kept at 8 bits, the builder made those and only those at 8 bits.
+    import onnx
+
+    graph = onnx.load(str(bundle / "model" / "model.onnx"), load_external_data=False).graph
+    eight = {n.name for n in graph.node if n.op_type == "MatMulNBits"
+             and next(a.i for a in n.attribute if a.name == "bits") == 8}
+    assert {n.removesuffix("_Q8").removesuffix("_Q4") for n in eight} == \
+        {n.removesuffix("/MatMul") + "/MatMul" for n in mixed["nodes_8bit"]}
+    assert bool(mixed["layers_8bit"]) == bool(eight)
+    # The adapter was merged before the builder ran, and the eval gate judged the genai model.
+    assert manifest["source"]["adapter"]["name"] == "tiny-llama-lora"
+    ev = manifest["accuracy"]["eval"]
+    assert ev["passed"] and ev["packaged_score"] >= ev["reference_score"] - 0.05
+    assert manifest["accuracy"]["token_agreement"] >= manifest["accuracy"]["threshold"]["token_agreement"]
+
+
+def test_fine_tune_bundle_runs_its_eval_cases_in_the_smoke_test(fine_tune: tuple) -> None:
+    _, bundle = fine_tune
+    assert (bundle / "samples" / "eval.jsonl").is_file()
+    proc = device(bundle, "smoke_test.py")
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "PASS", proc.stdout + proc.stderr
+    assert "of the shipped eval cases pass" in proc.stdout
+    proc = device(bundle, "run.py", "--prompt", "The capital of Zorbia is", "--max-new-tokens", "8")
+    assert proc.returncode == 0 and proc.stdout.startswith("The capital of Zorbia is"), proc.stderr[-2000:]
+
+
+def test_fit_auto_on_genai_moves_to_int4_mixed_when_fp32_is_over_budget(tmp_path: Path) -> None:
+    """--fit auto on the genai path: the budget between the fp32 and int4 builds' measured peaks (check --json)
+    rejects fp32 for its memory and chooses int4-mixed."""
+    peaks = {}
+    for recipe in ("fp32", "int4"):
+        proc = packager("check", "sample:tiny-llama", "--target", "rpi5", "--recipe", recipe, "--json")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks[recipe] = json.loads(proc.stdout)["measured"]["peak_bytes"]
+    assert peaks["int4"] < peaks["fp32"]
+    budget = (peaks["int4"] + peaks["fp32"]) // 2
+    proc = packager("package", "sample:tiny-llama", "--target", "rpi5", "--fit", "auto", "--budget", str(budget),
+                    "--out", str(tmp_path / "dist"), "--no-cache", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["recipe"] == "int4-mixed"
+    assert [t["recipe"] for t in result["fit"]["tried"]] == ["fp32", "int4-mixed"]
+    assert "budget" in result["fit"]["tried"][0]["outcome"] or "MiB" in result["fit"]["tried"][0]["outcome"]
+    manifest = json.loads((unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "x") / "manifest.json")
+                          .read_text())
+    assert manifest["runtime"]["package"] == "onnxruntime-genai"
+
+
+def test_a_decoder_the_builder_does_not_make_keeps_onnxruntime_with_a_note(tmp_path: Path) -> None:
+    from tiny_decoders import make_decoder
+
+    folder = make_decoder(tmp_path / "gpt2", "gpt2")
+    proc = packager("package", str(folder), "--target", "rpi5", "--out", str(tmp_path / "dist"), "--no-cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GPT2LMHeadModel is not an architecture onnxruntime-genai" in proc.stderr
+    manifest = json.loads((unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "x") / "manifest.json")
+                          .read_text())
+    assert manifest["runtime"]["package"] == "onnxruntime" and manifest["recipe"]["name"] == "int4"
+
+
+def test_fit_auto_on_genai_shrinks_the_context_when_no_recipe_fits(tmp_path: Path) -> None:
+    """--fit auto's second step on the genai path: a budget between the fp32 build's measured peaks at 8192 and at
+    4096 tokens of context (its KV cache: 2 layers x 16 heads x 16 x 2 x 4 bytes a token) gives 4096."""
+    from tiny_decoders import make_decoder
+
+    folder = make_decoder(tmp_path / "long", "llama", hidden_size=256, num_hidden_layers=2, num_attention_heads=16,
+                          num_key_value_heads=16, max_position_embeddings=8192)
+    text = (Path(__file__).resolve().parents[1] / "profiles" / "rpi5.toml").read_text()
+    both = 'fit_recipes = ["fp32", "int4-mixed"]'
+    assert both in text
+    profile = tmp_path / "rpi5.toml"   # fp32 alone keeps the test short
+    profile.write_text(text.replace(both, 'fit_recipes = ["fp32"]'))
+    peaks = {}
+    for context in ("8192", "4096"):
+        proc = packager("check", str(folder), "--target", str(profile), "--recipe", "fp32", "--context", context,
+                        "--json")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks[context] = json.loads(proc.stdout)["measured"]["peak_bytes"]
+    assert peaks["4096"] < peaks["8192"]
+    budget = (peaks["4096"] + peaks["8192"]) // 2
+    proc = packager("package", str(folder), "--target", str(profile), "--fit", "auto", "--context", "8192",
+                    "--budget", str(budget), "--out", str(tmp_path / "dist"), "--no-cache", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fit = json.loads(proc.stdout)["fit"]
+    assert (fit["chosen"], fit["context"]) == ("fp32", 4096)
+    assert [(t["recipe"], t["context"]) for t in fit["tried"]] == [("fp32", 8192), ("fp32", 4096)]
+    manifest = json.loads((unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "x") / "manifest.json")
+                          .read_text())
+    assert manifest["runtime"]["package"] == "onnxruntime-genai" and manifest["runtime"]["context"] == 4096

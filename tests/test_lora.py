@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 import packager
-from conftest import unpack
+from conftest import onnxruntime_profile, unpack
 from packager import adapter as lora
 from packager.errors import ExitCode, PackagerError
-from packager.paths import profiles_dir
 from tiny_decoders import make_decoder
 
 torch = pytest.importorskip("torch")
@@ -185,14 +184,9 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def profile(tmp_path: Path, name: str, **edits: str) -> Path:
-    text = (profiles_dir() / "rpi5.toml").read_text(encoding="utf-8")
-    text = text.replace('name = "rpi5"', f'name = "{name}"').replace('aliases = ["rpi"]', "aliases = []")
-    for old, new in edits.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    path = tmp_path / f"{name}.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
+    """rpi5 as `name`, decoders on onnxruntime (the genai path's adapters: test_genai_runtime.py)."""
+    renamed = {'name = "rpi5"': f'name = "{name}"', 'aliases = ["rpi"]': "aliases = []"}
+    return onnxruntime_profile(tmp_path / name, **renamed, **edits)
 
 
 @pytest.fixture(scope="module")

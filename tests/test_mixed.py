@@ -113,10 +113,11 @@ def test_layer_names_come_from_the_node_path() -> None:
 def test_check_says_int4_mixed_figures_are_int4s(tmp_path: Path) -> None:
     """check runs no verify, so no search: it measures int4 and says so."""
     import packager
+    from conftest import onnxruntime_profile
     from tiny_decoders import make_decoder
 
-    result = packager.check(make_decoder(tmp_path / "llama", "llama"), "rpi5", recipe="int4-mixed", measure=False,
-                            cache=False)
+    result = packager.check(make_decoder(tmp_path / "llama", "llama"), str(onnxruntime_profile(tmp_path)),
+                            recipe="int4-mixed", measure=False, cache=False)
     assert result.recipe == "int4-mixed"
     assert any(n.startswith("int4-mixed chooses its 8-bit layers in verify") for n in result.estimate["notes"])
 

@@ -181,3 +181,29 @@ def test_the_manifest_runtime_section_comes_from_the_runtime() -> None:
     spec = runtime_spec(ctx)   # type: ignore[arg-type]
     assert spec["package"] == "onnxruntime-gpu" and spec["providers"][0] == "TensorrtExecutionProvider"
     assert json.dumps(spec)   # plain data
+
+
+def test_decoders_take_the_profiles_decoder_runtime_where_it_builds_them() -> None:
+    from packager.runtimes import profile_for_model
+
+    profiles = builtin_profiles()
+    for name in ("rpi5", "rpi4"):
+        cpu = profiles[name]
+        llama, note = profile_for_model(cpu, "decoder", "LlamaForCausalLM")
+        assert (llama.runtime.name, llama.recipe_for(True), note) == ("onnxruntime-genai", "int4-mixed", "")
+        assert llama.session.cpu_mem_arena is False and "decoder_runtime" not in llama.to_dict()
+        gpt2, note = profile_for_model(cpu, "decoder", "GPT2LMHeadModel")
+        assert gpt2 is cpu and "GPT2LMHeadModel" in note and cpu.runtime.package in note
+        assert profile_for_model(cpu, "text", "BertModel") == (cpu, "")
+    for name in ("phone", "jetson-orin-nano", "rpi5-genai"):   # no [decoder_runtime]: as they were
+        assert profile_for_model(profiles[name], "decoder", "LlamaForCausalLM") == (profiles[name], "")
+
+
+def test_a_bad_decoder_runtime_is_refused_naming_the_section(tmp_path: Path) -> None:
+    text = (profiles_dir() / "rpi5.toml").read_text()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace('name = "onnxruntime-genai"', 'name = "onnxruntime-gena"'))
+    with pytest.raises(PackagerError) as e:
+        load_profile(bad)
+    assert e.value.code == ExitCode.BAD_PROFILE and "[decoder_runtime]" in e.value.message
+    assert "onnxruntime-genai" in e.value.message   # did you mean

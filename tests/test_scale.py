@@ -212,15 +212,17 @@ def test_a_large_model_exports_in_a_child_process_and_says_which_layer(tmp_path:
     """Over CHILD_EXPORT_BYTES the export runs in a fresh interpreter that reports each traced layer on a pipe;
     the result is the in-process export's graph."""
     import packager
+    from conftest import onnxruntime_profile
     from packager.stages import export
     from tiny_decoders import make_decoder
 
     folder = make_decoder(tmp_path / "llama", "llama", num_hidden_layers=2)
-    here = packager.check(folder, "rpi5", recipe="fp32", measure=False, cache=False)
+    rpi5 = str(onnxruntime_profile(tmp_path / "profiles"))   # decoders on onnxruntime: the export is what is checked
+    here = packager.check(folder, rpi5, recipe="fp32", measure=False, cache=False)
     monkeypatch.setattr(export, "CHILD_EXPORT_BYTES", 0)    # every model counts as large
     reporter, buffer = _reporter()
     reporter.every_s = 0.0
-    child = packager.check(folder, "rpi5", recipe="fp32", measure=False, cache=False, progress=reporter)
+    child = packager.check(folder, rpi5, recipe="fp32", measure=False, cache=False, progress=reporter)
     lines = buffer.getvalue().splitlines()
     assert any(line.endswith("tracing layer 2/2") for line in lines), lines
     assert child.estimate == here.estimate     # the same graph, weights and all, either way

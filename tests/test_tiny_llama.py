@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import unpack
+from conftest import onnxruntime_profile, unpack
 from packager.config import resolve_package_settings
 from packager.errors import ExitCode, PackagerError
 from packager.pipeline import package
@@ -24,7 +24,8 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
     out = tmp_path_factory.mktemp("tiny-llama")
     result = {}
     for target in ("phone", "rpi5", "jetson-orin-nano"):
-        settings = resolve_package_settings({"target": target, "out": str(out / "dist"), "recipe": None,
+        spec = str(onnxruntime_profile(out / "profiles")) if target == "rpi5" else target   # the onnxruntime path
+        settings = resolve_package_settings({"target": spec, "out": str(out / "dist"), "recipe": None,
                                              "budget": None})
         ctx = package("sample:tiny-llama", settings)
         result[target] = (ctx, unpack(ctx.archive, out / target))
@@ -79,10 +80,7 @@ def test_fp16_keeps_the_greedy_tokens(bundles: dict) -> None:
 
 
 def test_verify_refuses_a_recipe_below_the_profile_threshold(tmp_path: Path) -> None:
-    profile = tmp_path / "strict.toml"
-    text = (Path(__file__).resolve().parent.parent / "profiles" / "rpi5.toml").read_text(encoding="utf-8")
-    profile.write_text(text.replace('name = "rpi5"', 'name = "strict"').replace("aliases = [\"rpi\"]", "aliases = []")
-                       .replace("min_token_agreement = 0.9 ", "min_token_agreement = 1.0 "), encoding="utf-8")
+    profile = onnxruntime_profile(tmp_path, **{"min_token_agreement = 0.9 ": "min_token_agreement = 1.0 "})
     settings = resolve_package_settings({"target": str(profile), "out": str(tmp_path / "dist"), "recipe": "int4",
                                          "budget": None})
     with pytest.raises(PackagerError, match=r"predicts .* of the fp32 reference's greedy tokens") as e:

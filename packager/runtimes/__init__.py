@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from packager.errors import ExitCode, PackagerError, did_you_mean
+from packager.families import family_for
 from packager.runtimes.base import MemoryShare, Runtime
 from packager.runtimes.genai import GenaiRuntime
 from packager.runtimes.onnxruntime import OnnxRuntime
@@ -24,7 +25,7 @@ from packager.runtimes.onnxruntime import OnnxRuntime
 if TYPE_CHECKING:
     from packager.profile_types import Profile
 
-__all__ = ["RUNTIMES", "MemoryShare", "Runtime", "runtime_for"]
+__all__ = ["RUNTIMES", "MemoryShare", "Runtime", "profile_for_model", "runtime_for"]
 
 RUNTIMES: dict[str, Runtime] = {
     "onnxruntime": OnnxRuntime(),
@@ -40,3 +41,19 @@ def runtime_for(profile: Profile) -> Runtime:
                             f"{did_you_mean(name, list(RUNTIMES))}; known: {', '.join(RUNTIMES)}.",
                             ExitCode.BAD_PROFILE)
     return RUNTIMES[name]
+
+
+def profile_for_model(profile: Profile, kind: str, architecture: str) -> tuple[Profile, str]:
+    """The profile as it applies to a model of io kind `kind` (and Hugging Face `architecture`, "" for an .onnx
+    file): a decoder LLM goes to the profile's [decoder_runtime] where that runtime takes the architecture. With
+    a note for the human watching where a decoder keeps [runtime] for want of it ("" otherwise)."""
+    family = family_for(kind)
+    if profile.decoder_runtime is None or not family.generates or family.has_components:
+        return profile, ""
+    decoder = profile.with_decoder_runtime()
+    if runtime_for(decoder).takes(architecture):
+        return decoder, ""
+    return profile, (f"{architecture or 'this model'} is not an architecture {decoder.runtime.package} "
+                     f"{decoder.runtime.version} builds: it runs on {profile.runtime.package} "
+                     f"{profile.runtime.version}, with the profile's decoder recipe "
+                     f"{profile.recipe_for(family.context_sized)}")

@@ -46,6 +46,10 @@ class Runtime(Protocol):
         """Raise PackagerError (exit 6, naming `where` and the key) for a profile value this runtime cannot take."""
         ...
 
+    def takes(self, architecture: str) -> bool:
+        """Whether this runtime packages a model of this Hugging Face architecture ("" for an .onnx file)."""
+        ...
+
     def requirements(self, profile: Profile) -> list[str]:
         """The runtime's lines of the bundle's requirements.txt: an extra index, the runtime pin, numpy's."""
         ...

@@ -46,7 +46,21 @@ SETTINGS = {"genai.prefill_chunk": "256", "genai.kv_cache": "float"}
 ALLOWED = {"genai.prefill_chunk": (r"[1-9][0-9]*", "a positive whole number"),
            "genai.kv_cache": (r"float|int8", "\"float\" or \"int8\"")}
 KV8_OPTIONS = ("kv_cache_quant_scheme=int8_per_tensor",)
-PRECISIONS = {"int4": "int4", "fp32": "fp32"}   # packager recipe -> the builder's -p
+# packager recipe -> the builder's -p. int4-mixed is int4 with the layers packager/mixed_search.py keeps at 8 bits
+# given to the builder as weight overrides by node name (runtime_steps.genai_build).
+PRECISIONS = {"int4": "int4", "int4-mixed": "int4", "fp32": "fp32"}
+# The text decoders onnxruntime-genai 0.18's builder makes, by config.json's architectures[0], which its builder.py
+# dispatches on (create_model); multimodal and MoE ones are left out. Others keep the onnxruntime path.
+ARCHITECTURES = frozenset({
+    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GemmaForCausalLM",
+    "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM", "PhiForCausalLM", "GraniteForCausalLM",
+    "SmolLM3ForCausalLM", "OlmoForCausalLM", "NemotronForCausalLM", "InternLM2ForCausalLM",
+})
+
+
+def supported(architecture: str) -> bool:
+    """Whether the builder makes a model of this Hugging Face architecture (config.json's architectures[0])."""
+    return architecture in ARCHITECTURES
 
 
 class GenaiRuntime(OnnxRuntime):
@@ -54,6 +68,9 @@ class GenaiRuntime(OnnxRuntime):
     calibrated one (genai loads the same library); the rest is its own."""
 
     name = "onnxruntime-genai"
+
+    def takes(self, architecture: str) -> bool:
+        return supported(architecture)
 
     def check_profile(self, profile: Profile, where: str) -> None:
         for key, value in profile.session.config.items():
@@ -94,7 +111,11 @@ class GenaiRuntime(OnnxRuntime):
         """The builder's model folder from the Hugging Face source, in place of the recipe's quantization."""
         _check_buildable(ctx)
         kv8 = ctx.profile.session.config.get("genai.kv_cache", SETTINGS["genai.kv_cache"]) == "int8"
-        step("packager.runtime_steps:genai_build")(ctx, model_dir, PRECISIONS[ctx.recipe_name], LEAN_OPTIONS, kv8)
+        precision = PRECISIONS[ctx.recipe_name]
+        int4 = ctx.profile.int4   # the profile's kernel settings ([int4]), as the int4 recipes take them
+        quantized = (f"accuracy_level={int4.accuracy_level}", f"block_size={int4.block_size}",
+                     f"is_symmetric={str(int4.symmetric).lower()}") if precision == "int4" else ()
+        step("packager.runtime_steps:genai_build")(ctx, model_dir, precision, (*LEAN_OPTIONS, *quantized), kv8)
         return True
 
     def device_files(self, profile: Profile) -> dict[str, Path]:
@@ -108,8 +129,8 @@ class GenaiRuntime(OnnxRuntime):
 ## The runtime: onnxruntime-genai
 
 The model in `model/` is onnxruntime-genai's (its folder: `genai_config.json`, `model.onnx`), built by its model
-builder at int4 with logits for the last position only; run.py prefills the prompt in chunks of {chunk} tokens
-and decodes greedily in native code. `pip install -r requirements.txt` installs onnxruntime-genai.
+builder ({ctx.recipe_name}) with logits for the last position only; run.py prefills the prompt in chunks of {chunk}
+tokens and decodes greedily in native code. `pip install -r requirements.txt` installs onnxruntime-genai.
 """
 
 
@@ -125,9 +146,10 @@ def _check_buildable(ctx: RuntimeContext) -> None:
         raise PackagerError(f"{ctx.profile.name} runs decoder LLMs from a Hugging Face folder with onnxruntime-genai, "
                             f"and this is {family.title}; package it for a target on the onnxruntime runtime "
                             "(such as rpi5).", ExitCode.BAD_INPUT)
-    if ctx.source.adapter is not None or ctx.eval_cases:
-        raise PackagerError(f"{ctx.profile.name} (onnxruntime-genai) does not take --adapter or --eval yet; package "
-                            "the fine-tune for a target on the onnxruntime runtime (such as rpi5).", ExitCode.USAGE)
+    if not supported(ctx.source.architecture):
+        raise PackagerError(f"{ctx.profile.name} runs decoder LLMs with onnxruntime-genai, whose builder does not "
+                            f"make {ctx.source.architecture}; package it for rpi5, which keeps such decoders on "
+                            "onnxruntime.", ExitCode.BAD_INPUT)
     if ctx.recipe_name not in PRECISIONS:
         raise PackagerError(f"recipe {ctx.recipe_name} is not one onnxruntime-genai's builder makes; choose "
                             f"{' or '.join(PRECISIONS)} (--recipe).", ExitCode.USAGE)

@@ -21,11 +21,14 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import run
 spec = json.loads(Path(sys.argv[3]).read_text(encoding="utf-8"))
-decoder = run.Runner(Path(sys.argv[2]), spec, log_level=4).decoder
+runner = run.Runner(Path(sys.argv[2]), spec, log_level=4)
+decoder = runner.decoder
 print("ready", flush=True)
 for line in sys.stdin:
     q = json.loads(line)
-    if q["op"] == "generate":
+    if q["op"] == "evaluate":
+        out = run.evaluate(runner.session, runner.io, runner.tokenizer, q["cases"])
+    elif q["op"] == "generate":
         tokens, first = decoder.generate(q["ids"], q["n"])
         out = {"tokens": tokens, "logits": first.tolist()}
     else:
@@ -68,6 +71,11 @@ class ChildDecoder:
     def score(self, ids: list[int]) -> np.ndarray:
         return np.asarray(self._ask(op="score", ids=ids)["logits"], dtype=np.float32)
 
+    def evaluate(self, cases: list[dict[str, Any]]) -> dict[str, Any]:
+        """The eval cases scored by the bundle's own run.evaluate, as its smoke test scores them."""
+        result: dict[str, Any] = self._ask(op="evaluate", cases=cases)
+        return result
+
     def __del__(self) -> None:
         self.close()
 
@@ -78,12 +86,11 @@ class ChildDecoder:
 
 
 class ChildRunner:
-    """What verify reads of a runner: `decoder` (and `session`, which --eval would need: not offered yet)."""
+    """What verify reads of a runner: `decoder` (generate, score) and `evaluate` (the eval cases), both answered
+    by the child; there is no session in this process."""
+
+    session = None
 
     def __init__(self, decoder: ChildDecoder) -> None:
         self.decoder = decoder
-
-    @property
-    def session(self) -> Any:
-        raise PackagerError("--eval is not supported with onnxruntime-genai yet; package without --eval, or for a "
-                            "target on the onnxruntime runtime.", ExitCode.USAGE)
+        self.evaluate = decoder.evaluate

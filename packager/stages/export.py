@@ -20,16 +20,17 @@ from typing import Any
 import onnx
 
 from packager import adapter, export_process, onnx_rewrite
-from packager.adapter import base_shapes, merge
+from packager.adapter import base_shapes
 from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
-from packager.export_process import export_here, quiet, run_export_child
+from packager.export_process import export_here, merged, quiet, run_export_child
 from packager.families import Export, describe_io, family_for, io_modules
 from packager.families.seq2seq import SEQ2SEQ_COMPONENTS, SEQ2SEQ_MERGED, SEQ2SEQ_MODALITY
 from packager.model_files import PICKLE_SUFFIXES, TOKENIZER_FILES
 from packager.onnx_rewrite import fold_transposed_weights, name_tied_lm_head
 from packager.recipes import parse_recipe, recipe_label
 from packager.recipes.common import PROTO_LIMIT
+from packager.runtimes import profile_for_model
 from packager.version import __version__
 
 # The highest opset the exporter supports: optimum-onnx 0.1.0 calls torch.onnx.export(dynamo=False), whose
@@ -55,7 +56,7 @@ def _export_hf(ctx: Context, out: Path) -> None:
     opset = export_opset(ctx)
     folder = _weights_only_copy(ctx.source.path, ctx.work_dir / "unpickled") if ctx.source.pickled else ctx.source.path
     if ctx.source.adapter is not None:
-        folder = _merged(ctx, folder)
+        folder = merged(ctx, folder)
     # torch.onnx's constant folding writes every Linear weight transposed, as a new tensor, while the
     # torch model still holds the original: twice the fp32 weights (a 1B model: 10.7 GiB at its peak).
     # Models too large for one protobuf are exported unfolded (MatMul(x, Transpose(W))), and
@@ -124,25 +125,6 @@ def fp32_weight_bytes(folder: Path) -> int:
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         return 4 * sum(math.prod(shape) for shape in base_shapes(folder).values())
     return 0
-
-
-def _merged(ctx: Context, folder: Path) -> Path:
-    """The base folder with the LoRA adapter merged into its weights, in the run's work dir (removed
-    with it): what the exporter reads."""
-    assert ctx.source is not None and ctx.source.adapter is not None
-    dest = ctx.work_dir / "merged"
-    with quiet():
-        try:
-            merge(folder, ctx.source.adapter, dest, ctx.source.merge_method)
-        except PackagerError:
-            raise
-        except Exception as e:
-            raise PackagerError(
-                f"merging the adapter {ctx.source.adapter.path} into {ctx.source.path} failed ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:300] if str(e) else ''}); check that the adapter was trained on this base.",
-                ExitCode.TOOL_FAILED,
-            ) from e
-    return dest
 
 
 def _weights_only_copy(folder: Path, dest: Path) -> Path:
@@ -308,6 +290,10 @@ def run(ctx: Context) -> None:
         fold_transposed_weights(out / "model.onnx")
         ctx.io = _describe_io(ctx, out)
     ctx.reference_model = out / "model.onnx"
+    if ctx.member_dir is None:   # several models in one bundle share one process: [runtime]'s (suite.py)
+        architecture = ctx.source.architecture if ctx.source else ""
+        ctx.profile, note = profile_for_model(ctx.profile, ctx.io["kind"], architecture)
+        ctx.cache_notes.extend([note] if note else [])
     family = family_for(ctx.io["kind"])
     ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] if family.needs_tokenizer else []
     if family.generates:

@@ -32,7 +32,9 @@ class Decoder:
     """Greedy generation in an onnxruntime-genai Generator, batch 1: the same calls as ONNX Runtime's Decoder
     (generate, score, step, empty_past), so the comparison and the measurement need no other code."""
 
-    def __init__(self, model: Any, io: dict[str, Any], chunk: int, context: int) -> None:
+    # The defaults: a Decoder made as ONNX Runtime's is, Decoder(model, io) (runtime/evaluation.py's, for the
+    # eval cases), prefills in the default chunks.
+    def __init__(self, model: Any, io: dict[str, Any], chunk: int = DEFAULT_CHUNK, context: int = 0) -> None:
         self.model, self.io, self.chunk, self.context = model, io, chunk, context
         self.eos = set(io.get("eos_token_ids", []))
 
