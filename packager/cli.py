@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from packager import __version__
+from packager.cli_bench import bench
 from packager.cli_common import (
     AllTargetsOpt,
     BudgetOpt,
@@ -478,6 +479,7 @@ def _inspect_path(spec: str, tmp: Path, profile: Any) -> tuple[Path, str, dict[s
 
 
 app.add_typer(env_app, name="env")
+app.command()(bench)
 
 
 def _version(value: bool) -> None:

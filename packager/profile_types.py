@@ -30,6 +30,9 @@ class Device:
     isa: tuple[str, ...]           # ISA features as /proc/cpuinfo names them ("asimddp" ...)
     ram_bytes: int
     accelerator: str = ""          # "" for CPU-only boards
+    # Peak memory bandwidth in decimal GB/s, from the memory part's datasheet (0: unknown): the decode-speed
+    # bound of packager/bandwidth.py. Not recorded in bundles (Profile.to_dict): they reproduce byte for byte.
+    memory_bandwidth_gbs: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,8 @@ class Profile:
         # runtime than the default, so bundles for profiles that name none reproduce byte for byte.
         if record["runtime"]["name"] == DEFAULT_RUNTIME:
             del record["runtime"]["name"]
+        # Likewise device.memory_bandwidth_gbs: `packager bench` reads it from the built-in profile of that name.
+        del record["device"]["memory_bandwidth_gbs"]
         return record
 
     def recipe_for(self, kind: str) -> str:
@@ -218,6 +223,13 @@ def _build(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> Any
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise key_error(where, prefix + name, "is required but missing")
     return cls(**kwargs)
+
+
+def profile_from_record(data: dict[str, Any], where: str) -> Profile:
+    """The profile a bundle's manifest records (Profile.to_dict), as loaded from a file."""
+    # An absent optional table ([mobile]) is recorded as null.
+    profile: Profile = _build(Profile, {k: v for k, v in data.items() if v is not None}, where)
+    return profile
 
 
 def key_error(where: str, key: str, problem: str) -> PackagerError:

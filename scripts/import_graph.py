@@ -34,7 +34,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # checks they answer with (compatibility, memory estimate, phones, GPUs), the device files and their signing
     ("target", ("packager.profile_types", "packager.profiles", "packager.config", "packager.options",
                 "packager.recipes", "packager.runtimes", "packager.compat", "packager.estimate",
-                "packager.estimate_activations", "packager.mobile", "packager.mobile_examples", "packager.gpu",
+                "packager.estimate_activations", "packager.bandwidth", "packager.mobile", "packager.mobile_examples",
+                "packager.gpu",
                 "packager.runtime_files", "packager.signing", "packager.records",
                 # the model families' facts (the profiles ask them); their steps sit in the model layer below
                 "packager.families")),
@@ -56,10 +57,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "packager.emulate_userland", "packager.smoke", "packager.report", "packager.report_view",
                   "packager.report_markdown", "packager.report_html", "packager.exporter_envs",
                   # the runtimes' steps (named "module:function" by packager/runtimes/, as the families' are)
-                  "packager.runtime_steps")),
+                  "packager.runtime_steps",
+                  # `packager bench`: a bundle's device code timed in a child (the child's code is a string)
+                  "packager.bench", "packager.bench_child")),
     ("api", ("packager.api",)),
     ("cli", ("packager.cli", "packager.cli_common", "packager.cli_print", "packager.cli_targets", "packager.cli_env",
-             "packager.__main__")),
+             "packager.cli_bench", "packager.__main__")),
 ]
 
 # The modules that may import a stage (packager.stages.*): the stages are the pipeline's steps, not a library. The
@@ -71,7 +74,7 @@ STAGE_USERS = ("packager.stage_runner", "packager.pipeline", "packager.fit_auto"
 # command needs when it runs (`packager --help` and `import packager` stay fast: `python -X importtime -c "import
 # packager.cli"`); the others would pull a heavy dependency into a module that is light without it.
 LAZY_IMPORTERS = ("packager.cli", "packager.cli_common", "packager.cli_print", "packager.cli_targets",
-                  "packager.cli_env", "packager.api")
+                  "packager.cli_env", "packager.cli_bench", "packager.api")
 LAZY_EDGES = {
     ("packager.adapter", "packager.model_files"): "onnx and numpy, which adapter.py loads for nothing else",
     ("packager.bundles", "packager.model_files"): "onnx and numpy, for a bundle's manifest (smoke, inspect, plan)",
