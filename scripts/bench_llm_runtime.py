@@ -219,14 +219,12 @@ def bench_archive(archive: Path, prompt: int, new: int) -> dict:
             "loadavg": r["loadavg"][0]}
 
 
-def genai_bound(folder: Path, result: dict, prompt: int, new: int, bandwidth: float) -> None:
+def genai_bound(folder: Path, result: dict, prompt: int, new: int, bandwidth: float, kv8: bool) -> None:
     """The host's bound for a builder's folder: its weights a token reads, its KV cache (genai_config's shape; int8
-    where the cache is quantized) at the decode's mean length."""
+    with `kv8`, else fp32) at the decode's mean length."""
     from packager.bandwidth import Bound, kv_bytes_per_position, weights_read_per_token
 
     decoder = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"]
-    kv8 = "kv_cache_quant_scheme" in (folder / "genai_config.json").read_text(encoding="utf-8") or \
-        (folder / "kv_scales.json").is_file()
     per_position = kv_bytes_per_position(decoder["num_hidden_layers"], decoder["num_key_value_heads"],
                                          decoder["head_size"], 1 if kv8 else 4)
     bound = Bound(bandwidth, weights_read_per_token(folder / decoder["filename"]), per_position * (prompt + new // 2),
@@ -294,7 +292,7 @@ def main() -> None:
             chunk = args.chunk if v != "default" else 0
             r = measure(str(GENAI.python), GENAI_CHILD, folder, args.prompt, args.new, args.threads, chunk)
             if "error" not in r:
-                genai_bound(folder, r, args.prompt, args.new, bandwidth)
+                genai_bound(folder, r, args.prompt, args.new, bandwidth, kv8=v == "lean-kv8")
             name = "genai builder default" if v == "default" else f"genai {v} (chunks of {chunk})"
             rows.append((name, r))
         print(f"{rows[-1][0]}: {json.dumps(rows[-1][1])}", flush=True)
