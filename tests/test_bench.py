@@ -12,6 +12,7 @@ import pytest
 
 from conftest import run_cli, unpack
 from packager.bandwidth import GB, kv_bytes_of
+from packager.emulate import QEMU_BINARIES
 from packager.errors import ExitCode
 from packager.exporter_envs import GENAI, is_ready
 from packager.profiles import resolve_target
@@ -121,3 +122,18 @@ def test_bad_bundle_paths_are_refused(llama_rpi5: Path, tmp_path: Path) -> None:
     proc = run_cli("bench", str(folder))   # an edited file: refused before any of the bundle runs
     assert proc.returncode == ExitCode.BAD_INPUT and "session.py" in proc.stderr
     shutil.rmtree(folder)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not any(shutil.which(n) for n in QEMU_BINARIES),
+                    reason="qemu-user-static is not installed (apt-get install qemu-user-static)")
+def test_emulated_bench_runs_the_device_python_and_gives_the_device_bound_only(llama_rpi5: Path) -> None:
+    proc = run_cli("bench", str(llama_rpi5), "--emulate", "--prompt-tokens", "8", "--new-tokens", "2", "--json",
+                   timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["where"] == "emulated" and result["emulation"]["device_cpu"] == "cortex-a76"
+    assert set(result["bounds"]) == {"device"} and result["host_bound_ratio"] is None
+    assert result["decode_tokens_per_s"] > 0 and any("emulated" in n for n in result["notes"])
+    proc = run_cli("bench", str(llama_rpi5), "--emulate", "--python", "python3")
+    assert proc.returncode == ExitCode.USAGE and "drop --python" in proc.stderr
