@@ -53,23 +53,34 @@ def kv_bytes_per_position(layers: int, kv_heads: int, head_dim: int, dtype_bytes
     return int(2 * layers * kv_heads * head_dim * dtype_bytes)
 
 
-def kv_bytes_of(kv: dict[str, Any]) -> int:
-    """kv_bytes_per_position of a bundle's runtime record (runtime.json io.kv: layers, heads, head_dim, dtype)."""
+def kv_bytes_of(kv: dict[str, Any], element_bytes: int | None = None) -> int:
+    """kv_bytes_per_position of a bundle's runtime record (io.kv: layers, heads, head_dim, dtype), its elements of
+    `element_bytes` where the packaged graph says so."""
     return kv_bytes_per_position(int(kv["layers"]), int(kv["heads"]), int(kv["head_dim"]),
-                                 DTYPE_BYTES.get(str(kv.get("dtype", "float32")), 4))
+                                 element_bytes or DTYPE_BYTES.get(str(kv.get("dtype", "float32")), 4))
 
 
 def weights_read_per_token(model: Path) -> int:
     """Bytes of the initializers of an ONNX model that a token reads whole (its external data included, not
     loaded): every weight but a table that is only looked up."""
+    return model_reads(model)[0]
+
+
+def model_reads(model: Path) -> tuple[int, int | None]:
+    """weights_read_per_token, and the bytes of one element of the model's KV cache as its graph declares it
+    (past_key_values.0.key; None where it has none): a runtime's own graph (genai's builder, an int8 cache) may
+    keep it in another type than the reference export."""
     import onnx
+    from onnx import helper
 
     graph = onnx.load(str(model), load_external_data=False).graph
     consumers: dict[str, set[str]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, set()).add(node.op_type)
-    return sum(_tensor_bytes(t) for t in graph.initializer if consumers.get(t.name, set()) - LOOKUPS)
+    weights = sum(_tensor_bytes(t) for t in graph.initializer if consumers.get(t.name, set()) - LOOKUPS)
+    kv = next((i.type.tensor_type.elem_type for i in graph.input if i.name.startswith("past_key_values.")), None)
+    return weights, None if kv is None else helper.tensor_dtype_to_np_dtype(kv).itemsize
 
 
 def _tensor_bytes(tensor: Any) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.archive import extract_bundle
-from packager.bandwidth import Bound, host_bandwidth_gbs, kv_bytes_of, weights_read_per_token
+from packager.bandwidth import Bound, host_bandwidth_gbs, kv_bytes_of, model_reads
 from packager.bench_child import CHILD
 from packager.emulate import preflight, prepare
 from packager.emulate_qemu import no_core_dumps
@@ -99,11 +99,12 @@ def run_bench(bundle: Path, settings: BenchSettings) -> BenchResult:
         cmd, env, preexec, emulation = _command(folder, profile, settings, Path(tmp))
         measured = _run_child(bundle, folder, cmd, env, preexec)
         decoder = measured["mode"] == "decoder" and "kv" in runtime["io"]
-        weights = weights_read_per_token(folder / runtime["model"]) if decoder else 0
+        weights, kv_element = model_reads(folder / runtime["model"]) if decoder else (0, None)
     result = BenchResult(str(bundle), profile.name, profile.runtime.package, "emulated" if settings.emulate else "host",
                          measured, loadavg=os.getloadavg(), emulation=emulation)
     if decoder:
-        _add_bounds(result, weights, runtime, profile, settings)
+        kv = kv_bytes_of(runtime["io"]["kv"], kv_element) * (measured["prompt_tokens"] + measured["new_tokens"] // 2)
+        _add_bounds(result, weights, kv, profile, settings)
     if settings.emulate:
         result.notes.append("emulated: the speeds are qemu's on this host, not the device's, and the peak includes "
                             "qemu's own memory (an upper bound)")
@@ -165,10 +166,8 @@ def _run_child(bundle: Path, folder: Path, cmd: list[str], env: dict[str, str], 
     return measured
 
 
-def _add_bounds(result: BenchResult, weights: int, runtime: dict[str, Any], profile: Profile,
-                settings: BenchSettings) -> None:
-    """The device's bound and, on the host, the host's, at the decode's mean length."""
-    kv = kv_bytes_of(runtime["io"]["kv"]) * (settings.prompt_tokens + settings.new_tokens // 2)
+def _add_bounds(result: BenchResult, weights: int, kv: int, profile: Profile, settings: BenchSettings) -> None:
+    """The device's bound and, on the host, the host's: `weights` and `kv` read per token."""
     bandwidth = device_bandwidth(profile)
     if bandwidth:
         result.bounds["device"] = Bound(bandwidth, weights, kv, f"{profile.name} device.memory_bandwidth_gbs")

@@ -10,7 +10,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from packager.bandwidth import GB, Bound, decode_bound, host_bandwidth_gbs, kv_bytes_of, weights_read_per_token
+from packager.bandwidth import (
+    GB,
+    Bound,
+    decode_bound,
+    host_bandwidth_gbs,
+    kv_bytes_of,
+    model_reads,
+    weights_read_per_token,
+)
 from packager.errors import ExitCode, PackagerError
 from packager.profiles import builtin_profiles, load_profile, profiles_dir
 
@@ -36,6 +44,17 @@ def test_a_looked_up_table_is_not_read_whole_unless_tied(tmp_path: Path) -> None
     assert weights_read_per_token(tmp_path / "untied.onnx") == weight
     _model(tmp_path / "tied.onnx", tied=True)
     assert weights_read_per_token(tmp_path / "tied.onnx") == weight + table
+
+
+def test_the_kv_element_size_is_the_packaged_graphs(tmp_path: Path) -> None:
+    _, weight = _model(tmp_path / "m.onnx", tied=False)
+    assert model_reads(tmp_path / "m.onnx") == (weight, None)   # no cache
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    model.graph.input.append(helper.make_tensor_value_info("past_key_values.0.key", TensorProto.INT8, [1, 2, "p", 4]))
+    onnx.save(model, str(tmp_path / "kv8.onnx"))
+    assert model_reads(tmp_path / "kv8.onnx") == (weight, 1)
+    record = {"layers": 2, "heads": 2, "head_dim": 4, "dtype": "float32"}
+    assert kv_bytes_of(record, 1) * 4 == kv_bytes_of(record) == 2 * 2 * 2 * 4 * 4
 
 
 def test_external_data_is_counted_without_loading_it(tmp_path: Path) -> None:
