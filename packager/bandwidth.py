@@ -101,14 +101,15 @@ def _tensor_bytes(tensor: Any) -> int:
 
 def host_bandwidth_gbs(size: int = COPY_BYTES, repeats: int = COPY_REPEATS) -> float:
     """This host's memory bandwidth: the best of `repeats` copies of a `size`-byte array, counting what a copy
-    moves (read and written: STREAM's convention for its Copy kernel)."""
+    moves (read and written: STREAM's convention for its Copy kernel). Timed in the thread's CPU time: on a host
+    shared with other jobs the copy is preempted, and wall time would measure the queue, not the memory."""
     import numpy as np
 
     src = np.ones(size, dtype=np.uint8)   # written: pages that are only mapped would copy from the zero page
     dst = np.empty_like(src)
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.thread_time()
         np.copyto(dst, src)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size / best / GB
+        best = min(best, time.thread_time() - start)
+    return 2 * size / max(best, 1e-9) / GB

@@ -176,7 +176,7 @@ def _add_bounds(result: BenchResult, weights: int, kv: int, profile: Profile, se
     if not settings.emulate:
         start = time.perf_counter()
         result.bounds["host"] = Bound(host_bandwidth_gbs(), weights, kv, "this host: best copy of a 512 MiB array "
-                                      f"(read + written), measured in {time.perf_counter() - start:.1f} s")
+                                      f"(read + written, in CPU time), measured in {time.perf_counter() - start:.1f} s")
 
 
 def device_bandwidth(profile: Profile) -> float:
