@@ -44,6 +44,20 @@ speeds here are 5-15x below a quiet host's and only the peaks are comparable wit
 At a 1,000-token prompt: default 1.93 GiB (prefill 19.5, decode 2.6 tok/s under that load); lean and lean-kv8,
 both in chunks of 256, 1.35 GiB, their load peak (prefill 23.7 / 20.5, decode 3.2 / 3.4 tok/s).
 
+With the bandwidth bound (wt-bench, 2026-12-03; 2 threads; load average 9.8-16 from other jobs on the 2 cores, so
+the speeds and ratios are far below a quiet host's; host bandwidth 22.8 GB/s, the copy in CPU time):
+
+    variant                          prompt  peak GiB  load GiB  TTFT s  prefill t/s  decode t/s  bound t/s  ratio
+    lean (chunks of 256, fp32 KV)      4000      1.54      1.35   397.3         10.1        2.02       21.3   0.10
+    default                            1000      1.92      1.35   165.9          6.0        1.11       26.1   0.04
+    lean (chunks of 256)               1000      1.35      1.35   134.1          7.5        1.25       26.1   0.05
+
+(The 1000-token rows were measured with the copy timed on the wall clock, 2.4 GB/s under that load; their bound
+is recomputed here at 22.8 GB/s over the same 0.87 GB a token.) The goal table's "bundle" and "genai-bundle"
+rows need 1B builds of about 10 GiB under the shared heavy-job lock, which other jobs held for the whole session:
+not measured yet. The genai bundle's model is lean's but for the builder's accuracy_level=4 (int8 compute) and
+the profile's threads; `packager bench` on the tiny-llama bundles of both runtimes is tested (tests/test_bench.py).
+
 shared_embeddings changes nothing for a tied model here (the default's model.onnx.data is the same 806 MB: the
 builder shares the int4 table already); lean-kv8's quantized cache turns off past_present_share_buffer. The load
 peak, 1.35 GiB for 0.75 GiB of int4 weights, is now the floor: the next thing to cut (prepacking's second copy).
