@@ -14,6 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from packager.cli_bench import bench
 from packager.cli_bundle import inspect_model, keygen, smoke
 from packager.cli_common import (
     AllTargetsOpt,
@@ -333,6 +334,7 @@ app.command()(smoke)
 app.command()(keygen)
 app.command("inspect")(inspect_model)
 app.add_typer(env_app, name="env")
+app.command()(bench)
 
 
 def _version(value: bool) -> None:

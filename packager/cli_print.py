@@ -185,13 +185,15 @@ def _print_plan(p: Any) -> None:
     for name, count in a.components.items():
         err.print(f"  {name}: {count:,} parameters" + "".join(
             f", {precision} {count * bytes_per / MiB:.1f} MiB" for precision, bytes_per in BYTES_PER_PARAM.items()))
+    bound = any(r.decode_bound_tokens_per_s for r in p.rows)   # the device's bandwidth bound (decoders)
     table = Table("precision", "context", "weights MiB", "KV cache MiB", "peak MiB (low-high)", "fits",
-                  box=box.SIMPLE_HEAD)
+                  *(["tok/s bound"] if bound else []), box=box.SIMPLE_HEAD)
     for r in p.rows:
         kv = f"{r.kv_cache_bytes / MiB:.0f}" + (f" ({r.kv_bits}-bit, planning only)" if r.planning_only else "")
         table.add_row(r.precision, human_context(r.context), f"{r.weights_bytes / MiB:.0f}", kv,
                       f"{r.peak_low_bytes / MiB:.0f}-{r.peak_high_bytes / MiB:.0f}",
-                      "[green]yes[/]" if r.fits else "[red]no[/]")
+                      "[green]yes[/]" if r.fits else "[red]no[/]",
+                      *([f"{r.decode_bound_tokens_per_s:.1f}"] if bound else []))
     Console().print(table)
     for precision, tokens in p.max_context.items():
         if a.decoder:

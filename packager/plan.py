@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packager.bandwidth import decode_bound
 from packager.bundles import is_bundle
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import LOAD_TRANSIENT_HIGH, OVERHEAD_HIGH, OVERHEAD_LOW
@@ -72,6 +73,9 @@ class Row:
     fits: bool
     kv_bits: int
     planning_only: bool
+    # Decoders: the decode speed the device's memory bandwidth allows at this context (packager/bandwidth.py);
+    # 0 where the profile names no bandwidth, or for a model that does not generate.
+    decode_bound_tokens_per_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -227,7 +231,15 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
     high = base + int(weights * (1 + OVERHEAD_HIGH)) + matmul_weights + max(transient + ort_buffer,
                                                                             kv + activations)
     return Row(precision, context, weights, kv, activations, base, low, high, high <= profile.budget.memory_bytes,
-               bits, bits not in RUNNABLE_KV_BITS)
+               bits, bits not in RUNNABLE_KV_BITS, _decode_bound(a, profile, precision, weights, kv))
+
+
+def _decode_bound(a: Architecture, profile: Profile, precision: str, weights: int, kv: int) -> float:
+    """A token reads every weight but an untied embedding table (looked up a row at a time), and the KV cache."""
+    if not a.decoder or not profile.device.memory_bandwidth_gbs:
+        return 0.0
+    lookup = 0 if a.tied_embeddings else int(a.embedding_parameters * BYTES_PER_PARAM[precision])
+    return decode_bound(profile.device.memory_bandwidth_gbs, weights - lookup, kv)
 
 
 def largest_context(a: Architecture, profile: Profile, precision: str, kv_bits: int | None) -> int:

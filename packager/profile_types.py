@@ -29,6 +29,9 @@ class Device:
     isa: tuple[str, ...]           # ISA features as /proc/cpuinfo names them ("asimddp" ...)
     ram_bytes: int
     accelerator: str = ""          # "" for CPU-only boards
+    # Peak memory bandwidth in decimal GB/s, from the memory part's datasheet (0: unknown): the decode-speed
+    # bound of packager/bandwidth.py. Not recorded in bundles (Profile.to_dict): they reproduce byte for byte.
+    memory_bandwidth_gbs: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,8 @@ class Profile:
         # The profile as it applied to the model: with_decoder_runtime() moved [decoder_runtime] into runtime and
         # session where it applies; the section itself came after schema version 1 (byte-identical bundles).
         del record["decoder_runtime"]
+        # Likewise device.memory_bandwidth_gbs: `packager bench` reads it from the built-in profile of that name.
+        del record["device"]["memory_bandwidth_gbs"]
         return record
 
     def with_decoder_runtime(self) -> Profile:
@@ -242,6 +247,13 @@ def _build(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> Any
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise key_error(where, prefix + name, "is required but missing")
     return cls(**kwargs)
+
+
+def profile_from_record(data: dict[str, Any], where: str) -> Profile:
+    """The profile a bundle's manifest records (Profile.to_dict), as loaded from a file."""
+    # An absent optional table ([mobile]) is recorded as null.
+    profile: Profile = _build(Profile, {k: v for k, v in data.items() if v is not None}, where)
+    return profile
 
 
 def key_error(where: str, key: str, problem: str) -> PackagerError:

@@ -55,6 +55,9 @@ def _check_values(p: Profile, where: str) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise key_error(where, key, f"must be positive, got {value}")
+    if p.device.memory_bandwidth_gbs < 0:
+        raise key_error(where, "device.memory_bandwidth_gbs", f"must be positive, or 0 for unknown, got "
+                        f"{p.device.memory_bandwidth_gbs}")
     if p.budget.memory_bytes > p.device.ram_bytes:
         raise key_error(where, "budget.memory_bytes", "is larger than device.ram_bytes")
     for key in ("min_cosine", "min_token_agreement", "min_logits_cosine"):

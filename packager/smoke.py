@@ -67,7 +67,7 @@ def run_smoke(bundle: Path, python: str | None = None, emulate: bool = False,
         # Nothing of the bundle's runs (nor its requirements installed) before packager's own copy of the
         # device's check has seen every file in the folder: listed, with its recorded sha256 (signed: in the
         # signed manifest).
-        failure, report = _check_before_running(folder, public_key)
+        failure, report = check_before_running(folder, public_key)
         if failure:
             return SmokeResult(str(bundle), f"FAIL: {failure}", 1, report)
         key_args = ("--public-key", str(public_key.resolve())) if public_key is not None else ()
@@ -117,7 +117,7 @@ def run_smoke(bundle: Path, python: str | None = None, emulate: bool = False,
     return SmokeResult(str(bundle), verdict, proc.returncode, report, proc.stdout + proc.stderr, emulation)
 
 
-def _check_before_running(folder: Path, public_key: Path | None) -> tuple[str, dict[str, Any]]:
+def check_before_running(folder: Path, public_key: Path | None) -> tuple[str, dict[str, Any]]:
     """Why the unpacked bundle must not run (and the report saying so), or "" when every file in it
     is listed with its sha256: by the signed manifest with a key, by SHA256SUMS and the manifest without."""
     if public_key is not None:

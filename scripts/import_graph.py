@@ -37,7 +37,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("target", ("packager.profile_types", "packager.context_view", "packager.profiles", "packager.config",
                 "packager.options",
                 "packager.recipes", "packager.runtimes", "packager.compat", "packager.estimate",
-                "packager.estimate_activations", "packager.mobile", "packager.mobile_examples", "packager.gpu",
+                "packager.estimate_activations", "packager.bandwidth", "packager.mobile", "packager.mobile_examples",
+                "packager.gpu",
                 "packager.runtime_files", "packager.signing", "packager.records",
                 # the model families' facts (the profiles ask them); their steps sit in the model layer below
                 "packager.families")),
@@ -60,11 +61,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "packager.emulate_userland", "packager.smoke", "packager.report", "packager.report_view",
                   "packager.report_markdown", "packager.report_html", "packager.exporter_envs",
                   # the runtimes' steps (named "module:function" by packager/runtimes/, as the families' are)
-                  "packager.runtime_steps")),
+                  "packager.runtime_steps",
+                  # `packager bench`: a bundle's device code timed in a child (the child's code is a string)
+                  "packager.bench", "packager.bench_child")),
     # packager/__init__.py: the front door, which names the API (loaded on first use) and nothing imports
     ("api", ("packager", "packager.api", "packager.results")),
     ("cli", ("packager.cli", "packager.cli_common", "packager.cli_print", "packager.cli_targets", "packager.cli_env",
-             "packager.cli_bundle",
+             "packager.cli_bundle", "packager.cli_bench",
              "packager.__main__")),
 ]
 
@@ -77,7 +80,7 @@ STAGE_USERS = ("packager.stage_runner", "packager.pipeline", "packager.fit_auto"
 # command needs when it runs (`packager --help` and `import packager` stay fast: `python -X importtime -c "import
 # packager.cli"`); the others would pull a heavy dependency into a module that is light without it.
 LAZY_IMPORTERS = ("packager.cli", "packager.cli_common", "packager.cli_print", "packager.cli_targets",
-                  "packager.cli_env", "packager.cli_bundle", "packager.api")
+                  "packager.cli_env", "packager.cli_bundle", "packager.cli_bench", "packager.api")
 LAZY_EDGES = {
     ("packager.adapter", "packager.model_files"): "onnx and numpy, which adapter.py loads for nothing else",
     ("packager.bundles", "packager.model_files"): "onnx and numpy, for a bundle's manifest (smoke, inspect, plan)",
