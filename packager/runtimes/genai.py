@@ -25,7 +25,7 @@ from packager.families import family_for
 from packager.families.base import step
 from packager.paths import targets_dir
 from packager.profile_types import Profile, key_error
-from packager.runtimes.base import MemoryShare
+from packager.runtimes.base import DecoderMemory, MemoryShare
 from packager.runtimes.onnxruntime import OnnxRuntime
 
 if TYPE_CHECKING:
@@ -47,6 +47,16 @@ ALLOWED = {"genai.prefill_chunk": (r"[1-9][0-9]*", "a positive whole number"),
            "genai.kv_cache": (r"float|int8", "\"float\" or \"int8\"")}
 KV8_OPTIONS = ("kv_cache_quant_scheme=int8_per_tensor",)
 PRECISIONS = {"int4": "int4", "fp32": "fp32"}   # packager recipe -> the builder's -p
+# How genai holds a decoder (packager plan), measured on the Llama-3.2-1B shape at int4 (0.75 GiB of weights), 2
+# threads, by scripts/bench_llm_runtime.py --contexts 1024,4096,16384: the load peak is 1.35 GiB, the weights'
+# bytes 1.6-1.8 times over beyond the runtime base (the mapped external data and MatMulNBits' packed copy side by
+# side); once loaded, RUN_WEIGHTS of them stay. The builder's CPU graphs keep the KV cache in fp32 ("float": the
+# past_key_values inputs are float32), int8 with genai.kv_cache = "int8"; a float cache is one buffer shared by past
+# and present (past_present_share_buffer), the int8 one is not (the builder turns sharing off), so a step holds
+# both. Sliding-window layers keep a window-sized cache (the builder's windowed_kv_cache, on by default on CPU).
+LOAD_WEIGHTS = (1.55, 1.8)
+RUN_WEIGHTS = (1.0, 1.2)
+KV_BITS = {"float": 32, "int8": 8}
 
 
 class GenaiRuntime(OnnxRuntime):
@@ -83,6 +93,16 @@ class GenaiRuntime(OnnxRuntime):
         share = super().memory(_as_onnxruntime(profile), kind)
         return dataclasses.replace(share, notes=(*share.notes, "runtime base: onnxruntime's calibration (genai loads "
                                                  "the same library); genai's own library not calibrated yet"))
+
+    def decoder_memory(self, profile: Profile, precision: str) -> DecoderMemory:
+        kv = profile.session.config.get("genai.kv_cache", SETTINGS["genai.kv_cache"])
+        chunk = int(profile.session.config.get("genai.prefill_chunk", SETTINGS["genai.prefill_chunk"]))
+        return DecoderMemory(kv_bits=KV_BITS[kv], windowed_kv=True, kv_copies=2.0 if kv == "int8" else 1.0,
+                             prefill_tokens=chunk, logits_positions=1, runnable_kv_bits=tuple(KV_BITS.values()),
+                             load_weights=LOAD_WEIGHTS,
+                             run_weights=RUN_WEIGHTS,
+                             notes=(f"onnxruntime-genai: KV cache {kv} ({KV_BITS[kv]}-bit), prompt in chunks of "
+                                    f"{chunk}, logits of the last position only (prune_lm_head)",))
 
     def host_python(self, profile: Profile) -> str:
         return str(step("packager.runtime_steps:genai_python")())
