@@ -167,6 +167,10 @@ TEXT_TYPES = {"gemma3": "gemma3_text", "gemma3n": "gemma3n_text", "gemma4": "gem
 
 
 def known(config: dict[str, Any]) -> bool:
+    """A decoder this module counts: a family above, or a multimodal Gemma's text decoder (its vision and audio
+    encoders, loaded on demand, are not counted); other multimodal configs are not (their towers would be missed)."""
+    if "text_config" in config and config.get("model_type") not in TEXT_TYPES:
+        return False
     return _model_type(config) in FAMILIES or _model_type(config) in E_FAMILIES
 
 

@@ -105,7 +105,9 @@ class Plan:
         return int(ExitCode.OK)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"parameters": self.architecture.parameters, "architecture": asdict(self.architecture),
+        return {"parameters": self.architecture.parameters,
+                "effective_parameters": self.architecture.effective_parameters,
+                "architecture": asdict(self.architecture),
                 "target": self.target, "budget_bytes": self.budget_bytes, "rows": [asdict(r) for r in self.rows],
                 "max_context": self.max_context, "notes": self.notes}
 
@@ -338,6 +340,9 @@ def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None
         notes.append(f"{human_count(a.mapped_parameters)} parameters of per-layer embeddings are memory-mapped from "
                      "storage, not resident: the peak counts the resident weights (a run touches a few rows of the "
                      "mapped table per token, which the kernel may keep cached)")
+    if a.attention and a.name.endswith("ForConditionalGeneration"):
+        notes.append(f"{a.name}: the text decoder only; its vision and audio encoders, loaded on demand, are not "
+                     "counted")
     if any(not layer.owns_cache for layer in a.attention):
         notes.append("layers that share an earlier layer's keys and values own no cache")
     if any(layer.window for layer in a.attention) and not mem.windowed_kv:
@@ -357,7 +362,7 @@ def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None
 def human_count(count: int) -> str:
     """1.2B, 22.7M, 124M: a parameter count as model cards write it (one decimal below 100 of the unit)."""
     for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        if count >= size:
+        if count >= size * 0.9995:   # 999.9M would read "1000M": 1B, as model cards write it
             x = count / size
             return (f"{x:.0f}" if x >= 99.95 else f"{x:.1f}".removesuffix(".0")) + unit
     return str(count)

@@ -160,3 +160,18 @@ def test_plan_cli_prints_the_split_and_the_kv_layers() -> None:
     text = run_cli("plan", str(CONFIGS / "Gemma-4-E2B.json"), "--target", "rpi5-genai", "--precision", "int4",
                    "--context", "8K")
     assert "effective 2.3B" in text.stderr and "share an earlier layer" in text.stderr
+
+
+def test_a_class_that_needs_missing_packages_exits_7(monkeypatch: pytest.MonkeyPatch) -> None:
+    transformers = pytest.importorskip("transformers")
+
+    class NeedsTimm:
+        def __init__(self, config: Any) -> None:
+            raise ImportError("NeedsTimmForCausalLM requires the timm library but it was not found.")
+
+    monkeypatch.setattr(transformers, "NeedsTimmForCausalLM", NeedsTimm, raising=False)
+    cfg = {"architectures": ["NeedsTimmForCausalLM"], "model_type": "llama", "hidden_size": 64,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100, "intermediate_size": 128}
+    with pytest.raises(PackagerError, match="timm") as e:
+        architecture({**cfg, "text_config": {"model_type": "llama"}})   # not a family plan counts: meta device
+    assert e.value.code == ExitCode.MISSING_DEPENDENCY
