@@ -180,7 +180,7 @@ def _from_meta_device(arch: str, config: dict[str, Any], where: str) -> Architec
     except ImportError as e:   # a class that needs packages the user lacks (timm, ...): transformers names them
         raise PackagerError(f"{arch} needs packages this environment lacks: {str(e).strip().splitlines()[0]}",
                             ExitCode.MISSING_DEPENDENCY) from None
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError) as e:
         raise PackagerError(f"{where}: transformers cannot build {arch} from this config ({e}); fix config.json.",
                             ExitCode.BAD_INPUT) from None
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
@@ -328,6 +328,8 @@ def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None
     rows = [row(a, profile, p, c, kv_bits) for p in precisions for c in contexts]
     mem = runtime_for(profile).decoder_memory(profile, precisions[0])
     notes = list(mem.notes)
+    if kv_bits and kv_bits != mem.kv_bits and kv_bits in mem.runnable_kv_bits:
+        notes.append(f"KV cache planned at {kv_bits} bits (--kv-bits), which {profile.runtime.package} runs")
     if rows and rows[0].planning_only:
         runnable = " or ".join(map(str, mem.runnable_kv_bits))
         notes.append(f"a {rows[0].kv_bits}-bit KV cache is planning-only: {profile.runtime.package} "

@@ -4,6 +4,12 @@ shape at int4 on the same host, for packager's current bundle and for onnxruntim
 
     python scripts/bench_llm_runtime.py [--prompt 4000] [--new 32] [--threads 2] [--chunk 256]
                                         [--only bundle,default,lean,lean-kv8] [--rebuild] [--dir DIR]
+    python scripts/bench_llm_runtime.py --only lean,lean-kv8 --contexts 1024,4096,16384 --new 16
+
+--contexts checks `packager plan` (issue 19, item 4): each lean variant filled to each context (a prompt of
+context - new tokens, max_length = context), its peak against plan's rpi5-genai int4 row at that context and these
+threads and chunk; the high bound must not be below the measurement, the midpoint within 10% of it. Measurements
+are kept in <dir>/llm-runtime/contexts.json (a 16K prompt takes the better part of an hour on two shared cores).
 
 The model is bench_scale.py's (random fp16 weights, generated once). Each variant is built once into
 $PACKAGER_BENCH_DIR/llm-runtime/<variant> (default ~/.cache/packager/bench) and reused:
