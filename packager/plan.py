@@ -258,11 +258,13 @@ def kv_cache(a: Architecture, context: int, bits: int, windowed: bool) -> dict[s
 
 def activation_bytes(a: Architecture, mem: DecoderMemory, precision: str, context: int) -> int:
     """The largest activations of a prefill pass: its logits, one layer's attention scores against the context
-    (the runtimes size them by the cache's length), the MLP and the residual stream."""
+    (the runtimes size them by the cache's length; all heads at once, or the runtime's few), the MLP and the
+    residual stream."""
     act_bytes = 2 if precision == "fp16" else 4
     prefill = min(context, mem.prefill_tokens)
     logits_rows = (mem.logits_positions or prefill) if a.decoder else 0
-    return act_bytes * (logits_rows * a.vocab + prefill * (a.heads * context + 2 * a.intermediate + 4 * a.hidden))
+    heads = min(a.heads, mem.score_heads) if mem.score_heads else a.heads
+    return act_bytes * (logits_rows * a.vocab + prefill * (heads * context + 2 * a.intermediate + 4 * a.hidden))
 
 
 def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits: int | None) -> Row:
