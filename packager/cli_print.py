@@ -181,16 +181,27 @@ def _print_plan(p: Any) -> None:
     a = p.architecture
     shape = f"{a.layers} layers, {a.kv_heads} KV heads x {a.head_dim}" if a.decoder else f"{a.layers} layers"
     err.print(escape(f"{a.name}: {human_count(a.parameters)} parameters ({a.parameters:,}), {shape}"), soft_wrap=True)
+    if a.mapped_parameters:
+        err.print(escape(f"  stored {human_count(a.parameters)}, effective {human_count(a.effective_parameters)}: "
+                         f"{human_count(a.mapped_parameters)} of per-layer embeddings mapped from storage"),
+                  soft_wrap=True)
+    for line in _attention_lines(a):
+        err.print(escape(f"  {line}"), soft_wrap=True)
     err.print(f"target {escape(p.target)}, budget {p.budget_bytes / MiB:.0f} MiB", soft_wrap=True)
     for name, count in a.components.items():
         err.print(f"  {name}: {count:,} parameters" + "".join(
             f", {precision} {count * bytes_per / MiB:.1f} MiB" for precision, bytes_per in BYTES_PER_PARAM.items()))
     bound = any(r.decode_bound_tokens_per_s for r in p.rows)   # the device's bandwidth bound (decoders)
-    table = Table("precision", "context", "weights MiB", "KV cache MiB", "peak MiB (low-high)", "fits",
-                  *(["tok/s bound"] if bound else []), box=box.SIMPLE_HEAD)
+    mapped = any(r.mapped_bytes for r in p.rows)
+    table = Table("precision", "context", "weights MiB", *(["mapped MiB"] if mapped else []), "KV cache MiB",
+                  "peak MiB (low-high)", "fits", *(["tok/s bound"] if bound else []), box=box.SIMPLE_HEAD)
     for r in p.rows:
         kv = f"{r.kv_cache_bytes / MiB:.0f}" + (f" ({r.kv_bits}-bit, planning only)" if r.planning_only else "")
-        table.add_row(r.precision, human_context(r.context), f"{r.weights_bytes / MiB:.0f}", kv,
+        if len(r.kv_by_type) > 1:
+            kv += " (" + ", ".join(f"{kind.removesuffix('_attention')} {b / MiB:.0f}"
+                                   for kind, b in r.kv_by_type.items()) + ")"
+        table.add_row(r.precision, human_context(r.context), f"{r.weights_bytes / MiB:.0f}",
+                      *([f"{r.mapped_bytes / MiB:.0f}"] if mapped else []), kv,
                       f"{r.peak_low_bytes / MiB:.0f}-{r.peak_high_bytes / MiB:.0f}",
                       "[green]yes[/]" if r.fits else "[red]no[/]",
                       *([f"{r.decode_bound_tokens_per_s:.1f}"] if bound else []))
@@ -201,6 +212,23 @@ def _print_plan(p: Any) -> None:
                   + (f"fits up to {human_context(tokens)} tokens of context" if tokens else "does not fit"))
     for note in p.notes:
         err.print(f"note: {escape(note)}", soft_wrap=True)
+
+
+def _attention_lines(a: Any) -> list[str]:
+    """The KV cache's layers by type: how many own a cache, their KV heads, head size and window."""
+    groups: dict[tuple[str, int, int, int], int] = {}
+    shared = 0
+    for layer in a.attention:
+        if not layer.owns_cache:
+            shared += 1
+            continue
+        key = (layer.kind, layer.kv_heads, layer.head_dim, layer.window)
+        groups[key] = groups.get(key, 0) + 1
+    if len(groups) <= 1 and not shared and not any(k[3] for k in groups):
+        return []
+    lines = [f"KV cache: {n} {kind} layers, {heads} KV heads x {dim}" + (f", window {window}" if window else "")
+             for (kind, heads, dim, window), n in groups.items()]
+    return lines + ([f"KV cache: {shared} layers share an earlier layer's (no cache of their own)"] if shared else [])
 
 
 def _print_smoke(result: Any) -> None:

@@ -1,9 +1,13 @@
 """`packager plan`: will a model fit, at which precision and context, from its config.json alone.
 
-Parameters are counted exactly by instantiating the architecture on torch's meta device (no
-weights, no allocation). Memory per row follows the same components as the graph estimate
-(packager/estimate.py): runtime base, weights with allocator overhead and load transient,
-prepacked copies, KV cache at the context, and prefill activations.
+Decoder LLMs of the families packager/decoder_config.py knows (Llama, Qwen2/3, Gemma 1-3, Gemma 3n, Gemma 4,
+Phi-3, Mistral, Granite, SmolLM3, OLMo 2) are counted analytically from the config: each layer's attention (layer
+types, sliding windows, KV heads and head sizes, KV sharing) and the parameters stored, effective and mapped
+(per-layer embeddings). Other models are counted exactly by instantiating the architecture on torch's meta device
+(no weights, no allocation). Memory per row follows the same components as the graph estimate
+(packager/estimate.py): runtime base, weights with allocator overhead and load transient, prepacked copies, KV
+cache at the context, and prefill activations; how the runtime holds a decoder (KV dtype, windows, prefill chunk,
+logits, load peak) is the runtime's answer (Runtime.decoder_memory).
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packager import decoder_config
 from packager.bandwidth import decode_bound
 from packager.bundles import is_bundle
+from packager.decoder_config import FULL, LayerAttention
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import LOAD_TRANSIENT_HIGH, OVERHEAD_HIGH, OVERHEAD_LOW
 from packager.profiles import Profile
-from packager.runtimes import runtime_for
+from packager.runtimes import DecoderMemory, runtime_for
 from packager.samples import resolve_sample
 
 # Bytes per parameter as each recipe stores it. int4: MatMulNBits with block 32 and one scale per
@@ -31,12 +37,7 @@ SCALES_TWICE = 4 / 32
 
 PRECISIONS = tuple(BYTES_PER_PARAM)
 DEFAULT_CONTEXTS = (2048, 8192, 32768, 131072)
-# The prompt is processed in one pass of this many tokens (or the context, when shorter): its
-# logits and one layer's attention scores are the largest activations a decoder allocates.
-PREFILL_TOKENS = 512
 PROTO_LIMIT = 2**31  # models above it keep weights in (memory-mapped) external data: no load copy
-# KV-cache element sizes ONNX Runtime can run in an exported decoder: the activations' dtype.
-RUNNABLE_KV_BITS = {16, 32}
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,19 @@ class Architecture:
     components: dict[str, int] = field(default_factory=dict)
     encoder_positions: int = 0
     tied_embeddings: bool = False   # the lm_head is the embedding table (counted once in parameters)
+    # Decoders read from their config (packager/decoder_config.py): each layer's attention, and the parameters of
+    # `parameters` (all stored) that are memory-mapped rather than resident (per-layer embeddings).
+    attention: tuple[LayerAttention, ...] = ()
+    mapped_parameters: int = 0
+
+    @property
+    def effective_parameters(self) -> int:
+        return self.parameters - self.mapped_parameters
+
+    def layers_attention(self) -> tuple[LayerAttention, ...]:
+        """Each decoder layer's attention: the config's, or every layer full with the model's KV heads."""
+        return self.attention or tuple(LayerAttention(FULL, self.kv_heads, self.head_dim, 0, True)
+                                       for _ in range(self.layers))
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,8 @@ class Row:
     fits: bool
     kv_bits: int
     planning_only: bool
+    mapped_bytes: int = 0                      # weights read from storage a row at a time (not in the peak)
+    kv_by_type: dict[str, int] = field(default_factory=dict)   # KV cache bytes by layer type
     # Decoders: the decode speed the device's memory bandwidth allows at this context (packager/bandwidth.py);
     # 0 where the profile names no bandwidth, or for a model that does not generate.
     decode_bound_tokens_per_s: float = 0.0
@@ -93,7 +109,9 @@ class Plan:
         return int(ExitCode.OK)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"parameters": self.architecture.parameters, "architecture": asdict(self.architecture),
+        return {"parameters": self.architecture.parameters,
+                "effective_parameters": self.architecture.effective_parameters,
+                "architecture": asdict(self.architecture),
                 "target": self.target, "budget_bytes": self.budget_bytes, "rows": [asdict(r) for r in self.rows],
                 "max_context": self.max_context, "notes": self.notes}
 
@@ -127,23 +145,49 @@ def read_config(spec: str | Path) -> dict[str, Any]:
     return config
 
 
-def architecture(config: dict[str, Any]) -> Architecture:
-    """Exact parameter count and the attention shapes, with no weights allocated."""
+DECODER_CLASSES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def architecture(config: dict[str, Any], where: str = "config.json") -> Architecture:
+    """Parameter count and the attention shapes, with no weights allocated: analytically for the decoder families
+    packager/decoder_config.py knows, on torch's meta device for the others."""
+    arch = str(config["architectures"][0])
+    if arch.endswith(DECODER_CLASSES) and decoder_config.known(config):
+        return _from_config(arch, decoder_config.read(config, where))
+    return _from_meta_device(arch, config, where)
+
+
+def _from_config(arch: str, d: decoder_config.DecoderConfig) -> Architecture:
+    first = d.layers[0]
+    return Architecture(
+        name=arch, parameters=d.stored_parameters, embedding_parameters=d.embedding_parameters, layers=len(d.layers),
+        kv_heads=first.kv_heads, head_dim=first.head_dim, heads=d.heads, hidden=d.hidden, intermediate=d.intermediate,
+        vocab=d.vocab, max_context=d.max_context, decoder=True, tied_embeddings=d.tied, attention=d.layers,
+        mapped_parameters=d.mapped_parameters)
+
+
+def _from_meta_device(arch: str, config: dict[str, Any], where: str) -> Architecture:
     try:
         import torch
         import transformers
     except ImportError:
         raise PackagerError("planning from a config needs torch and transformers: pip install 'packager[hf]'.",
                             ExitCode.MISSING_DEPENDENCY) from None
-    arch = config["architectures"][0]
     cls = getattr(transformers, arch, None)
     if cls is None:
-        raise PackagerError(f"unknown architecture {arch!r} for this transformers version; check config.json.",
-                            ExitCode.BAD_INPUT)
-    cfg = transformers.AutoConfig.for_model(**config)
+        raise PackagerError(f"{where}: unknown architecture {arch!r} for transformers {transformers.__version__}; "
+                            "check config.json's `architectures`, or upgrade transformers.", ExitCode.BAD_INPUT)
+    try:
+        cfg = transformers.AutoConfig.for_model(**config)
+        with torch.device("meta"):
+            model = cls(cfg)
+    except ImportError as e:   # a class that needs packages the user lacks (timm, ...): transformers names them
+        raise PackagerError(f"{arch} needs packages this environment lacks: {str(e).strip().splitlines()[0]}",
+                            ExitCode.MISSING_DEPENDENCY) from None
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError) as e:
+        raise PackagerError(f"{where}: transformers cannot build {arch} from this config ({e}); fix config.json.",
+                            ExitCode.BAD_INPUT) from None
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    with torch.device("meta"):
-        model = cls(cfg)
     parameters = sum(p.numel() for p in model.parameters())  # tied weights are one parameter
     embeddings = model.get_input_embeddings()
     embedding_parameters = embeddings.weight.numel() if embeddings is not None else 0
@@ -152,17 +196,22 @@ def architecture(config: dict[str, Any]) -> Architecture:
     heads = int(getattr(text, "num_attention_heads", 1))
     hidden = int(getattr(text, "hidden_size", 0))
     head_dim = int(getattr(text, "head_dim", None) or (hidden // heads if heads else 0))
-    decoder = arch.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration"))
+    decoder = arch.endswith(DECODER_CLASSES)
     if getattr(cfg, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
         return _encoder_decoder(arch, cfg, model, parameters, embedding_parameters)
     return Architecture(
         name=arch, parameters=parameters, embedding_parameters=embedding_parameters,
         layers=int(getattr(text, "num_hidden_layers", 0)),
         kv_heads=int(getattr(text, "num_key_value_heads", None) or heads), head_dim=head_dim, heads=heads,
-        hidden=hidden, intermediate=int(getattr(text, "intermediate_size", 0) or 4 * hidden),
+        hidden=hidden, intermediate=_widest(getattr(text, "intermediate_size", 0)) or 4 * hidden,
         vocab=int(getattr(text, "vocab_size", 0)), max_context=int(getattr(text, "max_position_embeddings", 0)),
         decoder=decoder, tied_embeddings=tied,
     )
+
+
+def _widest(size: Any) -> int:
+    """A size given once or per layer (a list: Gemma 3n's intermediate_size): the widest layer's."""
+    return max((int(v) for v in size), default=0) if isinstance(size, (list, tuple)) else int(size or 0)
 
 
 # The encoder's output length where the config does not fix it (T5's relative positions): a planning figure.
@@ -199,39 +248,65 @@ def _encoder_decoder(arch: str, cfg: Any, model: Any, parameters: int, embedding
     )
 
 
-def _kv_bits(precision: str, asked: int | None) -> int:
-    # Exported decoders keep the KV cache in the activations' dtype: fp16 models in fp16,
-    # the others (fp32, and weight-only int8/int4 on the CPU) in fp32.
-    return asked or (16 if precision == "fp16" else 32)
+def kv_cache(a: Architecture, context: int, bits: int, windowed: bool) -> dict[str, int]:
+    """The KV cache's bytes by layer type at `context` tokens: a windowed layer holds min(context, window) where the
+    runtime keeps a window, a layer that shares an earlier layer's cache holds none; an encoder-decoder's decoder
+    also caches the cross-attention's keys and values at the encoder's length."""
+    by_type: dict[str, int] = {}
+    for layer in a.layers_attention():
+        by_type[layer.kind] = by_type.get(layer.kind, 0) + layer.kv_bytes(context, windowed, bits)
+    if a.encoder_positions:
+        by_type["cross_attention"] = 2 * a.layers * a.kv_heads * a.head_dim * a.encoder_positions * bits // 8
+    return by_type
+
+
+def activation_bytes(a: Architecture, mem: DecoderMemory, precision: str, context: int) -> int:
+    """The largest activations of a prefill pass: its logits, one layer's attention scores against the context
+    (the runtimes size them by the cache's length; all heads at once, or the runtime's few), the MLP and the
+    residual stream."""
+    act_bytes = 2 if precision == "fp16" else 4
+    prefill = min(context, mem.prefill_tokens)
+    logits_rows = (mem.logits_positions or prefill) if a.decoder else 0
+    heads = min(a.heads, mem.score_heads) if mem.score_heads else a.heads
+    return act_bytes * (logits_rows * a.vocab + prefill * (heads * context + 2 * a.intermediate + 4 * a.hidden))
 
 
 def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits: int | None) -> Row:
-    weights = int(a.parameters * BYTES_PER_PARAM[precision])
+    mem = runtime_for(profile).decoder_memory(profile, precision)
+    weights = int(a.effective_parameters * BYTES_PER_PARAM[precision])
     if precision == "int4" and a.tied_embeddings:
         weights += int(a.embedding_parameters * SCALES_TWICE)
-    bits = _kv_bits(precision, kv_bits)
-    # An encoder-decoder's decoder also caches the cross-attention's keys and values at the encoder's length.
-    kv = int(2 * a.layers * a.kv_heads * a.head_dim * (context + a.encoder_positions) * bits / 8) if a.decoder else 0
-    act_bytes = 2 if precision == "fp16" else 4
-    prefill = min(context, PREFILL_TOKENS)
-    activations = act_bytes * prefill * (
-        (a.vocab if a.decoder else 0)                 # logits of the prompt
-        + a.heads * context                           # one layer's attention scores
-        + 2 * a.intermediate + 4 * a.hidden)          # MLP and residual stream
+    mapped = int(a.mapped_parameters * BYTES_PER_PARAM[precision])
+    bits = kv_bits or mem.kv_bits
+    by_type = kv_cache(a, context, bits, mem.windowed_kv) if a.decoder else {}
+    kv = sum(by_type.values())
+    activations = activation_bytes(a, mem, precision, context)
     share = runtime_for(profile).memory(profile, "text")
     base = share.base_bytes + share.gpu_context_bytes  # GPU: the CUDA context too
-    # The load transient: the largest inline initializer, the embedding table (packager/estimate.py).
+    if mem.load_weights != (0.0, 0.0):
+        # The runtime's measured load peak and resident weights (onnxruntime-genai), and a step's KV buffers.
+        low = base + max(int(weights * mem.load_weights[0]), int(weights * mem.run_weights[0]) + kv + activations // 2)
+        high = base + max(int(weights * mem.load_weights[1]),
+                          int(weights * mem.run_weights[1] + kv * mem.kv_copies) + activations)
+    else:
+        low, high = _exported_graph_peak(a, share, precision, weights, base, int(kv * mem.kv_copies), activations)
+    return Row(precision, context, weights, kv, activations, base, low, high, high <= profile.budget.memory_bytes,
+               bits, bits not in mem.runnable_kv_bits, mapped, by_type,
+               decode_bound_tokens_per_s=_decode_bound(a, profile, precision, weights, kv))
+
+
+def _exported_graph_peak(a: Architecture, share: Any, precision: str, weights: int, base: int, kv: int,
+                         activations: int) -> tuple[int, int]:
+    """An exported graph on ONNX Runtime: the weights with allocator overhead, the MatMuls' prepacked copies, the
+    load transient (the largest inline initializer, the embedding table: packager/estimate.py) and an ORT-format
+    file's buffer at load (phones: MemoryShare.converted_buffer), against the KV cache and activations at run."""
     transient = 0 if weights > PROTO_LIMIT else int(a.embedding_parameters * BYTES_PER_PARAM[precision]
                                                     * LOAD_TRANSIENT_HIGH)
-    matmul_weights = int((a.parameters - a.embedding_parameters) * BYTES_PER_PARAM[precision])
-    # A runtime that converts the model (phones: model.ort) reads the converted file whole and holds it while
-    # it creates the session: about the weights' bytes again, at load (MemoryShare.converted_buffer).
+    matmul_weights = int((a.effective_parameters - a.embedding_parameters) * BYTES_PER_PARAM[precision])
     ort_buffer = int(weights * share.converted_buffer[1])
     low = base + int(weights * (1 + OVERHEAD_LOW)) + kv + activations // 2
-    high = base + int(weights * (1 + OVERHEAD_HIGH)) + matmul_weights + max(transient + ort_buffer,
-                                                                            kv + activations)
-    return Row(precision, context, weights, kv, activations, base, low, high, high <= profile.budget.memory_bytes,
-               bits, bits not in RUNNABLE_KV_BITS, _decode_bound(a, profile, precision, weights, kv))
+    high = base + int(weights * (1 + OVERHEAD_HIGH)) + matmul_weights + max(transient + ort_buffer, kv + activations)
+    return low, high
 
 
 def _decode_bound(a: Architecture, profile: Profile, precision: str, weights: int, kv: int) -> float:
@@ -259,20 +334,37 @@ def largest_context(a: Architecture, profile: Profile, precision: str, kv_bits: 
 def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None = None,
          contexts: list[int] | None = None,
          kv_bits: int | None = None) -> Plan:
-    a = architecture(read_config(config_path))
+    a = architecture(read_config(config_path), str(find_config(config_path)))
     precisions = precisions or list(PRECISIONS)
     for p in precisions:
         if p not in BYTES_PER_PARAM:
             raise PackagerError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}.", ExitCode.USAGE)
     contexts = contexts or [c for c in DEFAULT_CONTEXTS if not a.max_context or c <= a.max_context] or [a.max_context]
     rows = [row(a, profile, p, c, kv_bits) for p in precisions for c in contexts]
-    notes = []
-    if kv_bits and kv_bits not in RUNNABLE_KV_BITS:
-        notes.append(f"a {kv_bits}-bit KV cache is planning-only: {profile.runtime.package} "
-                     f"{profile.runtime.version} runs exported decoders with the KV cache in fp16 or fp32")
+    mem = runtime_for(profile).decoder_memory(profile, precisions[0])
+    notes = list(mem.notes)
+    if kv_bits and kv_bits != mem.kv_bits and kv_bits in mem.runnable_kv_bits:
+        notes.append(f"KV cache planned at {kv_bits} bits (--kv-bits), which {profile.runtime.package} runs")
+    if rows and rows[0].planning_only:
+        runnable = " or ".join(map(str, mem.runnable_kv_bits))
+        notes.append(f"a {rows[0].kv_bits}-bit KV cache is planning-only: {profile.runtime.package} "
+                     f"{profile.runtime.version} runs this target's decoders with a KV cache of {runnable} bits")
     if not a.decoder:
         notes.append(f"{a.name} is not a decoder: no KV cache; context is the sequence length")
-    notes.append(f"activations assume a prompt of {PREFILL_TOKENS} tokens processed in one pass")
+    elif not mem.logits_positions:
+        notes.append(f"activations assume a prompt of {mem.prefill_tokens} tokens processed in one pass")
+    if a.mapped_parameters:
+        notes.append(f"{human_count(a.mapped_parameters)} parameters of per-layer embeddings are memory-mapped from "
+                     "storage, not resident: the peak counts the resident weights (a run touches a few rows of the "
+                     "mapped table per token, which the kernel may keep cached)")
+    if a.attention and a.name.endswith("ForConditionalGeneration"):
+        notes.append(f"{a.name}: the text decoder only; its vision and audio encoders, loaded on demand, are not "
+                     "counted")
+    if any(not layer.owns_cache for layer in a.attention):
+        notes.append("layers that share an earlier layer's keys and values own no cache")
+    if any(layer.window for layer in a.attention) and not mem.windowed_kv:
+        notes.append(f"{profile.runtime.package} keeps a full-length cache on sliding-window layers (the export "
+                     "holds no window)")
     if a.components:
         notes.append(f"{a.name} is an encoder-decoder: both components are resident together (weights summed); the "
                      f"KV cache holds the context and the encoder's {a.encoder_positions} positions of cross-attention")
@@ -287,7 +379,7 @@ def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None
 def human_count(count: int) -> str:
     """1.2B, 22.7M, 124M: a parameter count as model cards write it (one decimal below 100 of the unit)."""
     for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        if count >= size:
+        if count >= size * 0.9995:   # 999.9M would read "1000M": 1B, as model cards write it
             x = count / size
             return (f"{x:.0f}" if x >= 99.95 else f"{x:.1f}".removesuffix(".0")) + unit
     return str(count)

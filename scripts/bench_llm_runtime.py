@@ -4,6 +4,12 @@ shape at int4 on the same host, for packager's current bundle and for onnxruntim
 
     python scripts/bench_llm_runtime.py [--prompt 4000] [--new 32] [--threads 2] [--chunk 256]
                                         [--only bundle,default,genai-bundle] [--rebuild] [--dir DIR]
+    python scripts/bench_llm_runtime.py --only lean,lean-kv8 --contexts 1024,4096,16384 --new 16
+
+--contexts checks `packager plan` (issue 19, item 4): each lean variant filled to each context (a prompt of
+context - new tokens, max_length = context), its peak against plan's rpi5-genai int4 row at that context and these
+threads and chunk; the high bound must not be below the measurement, the midpoint within 10% of it. Measurements
+are kept in <dir>/llm-runtime/contexts.json (a 16K prompt takes the better part of an hour on two shared cores).
 
 The model is bench_scale.py's (random fp16 weights, generated once). Each variant is built once into
 $PACKAGER_BENCH_DIR/llm-runtime/<variant> (default ~/.cache/packager/bench) and reused:
@@ -101,9 +107,9 @@ KV8_SCALE = 4.0 / 127
 # speed and the memory do not depend on which ids they are.
 COMMON = """
 import json, sys, time, numpy as np
-def hwm():
+def hwm(field='VmHWM'):
     for line in open('/proc/self/status'):
-        if line.startswith('VmHWM:'):
+        if line.startswith(field + ':'):
             return int(line.split()[1]) * 1024
 prompt_len, new, threads, folder = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 ids = [int(i) for i in np.random.default_rng(0).integers(4, 2048, prompt_len)]
@@ -113,7 +119,7 @@ GENAI_CHILD = COMMON + """
 import onnxruntime_genai as og
 t = time.perf_counter()
 model = og.Model(og.Config(folder))
-loaded, load_peak = time.perf_counter() - t, hwm()
+loaded, load_peak, after_load = time.perf_counter() - t, hwm(), hwm('VmRSS')
 params = og.GeneratorParams(model)
 params.set_search_options(max_length=prompt_len + new, do_sample=False)
 gen = og.Generator(model, params)
@@ -126,7 +132,8 @@ t = time.perf_counter()
 for _ in range(new):
     gen.generate_next_token()
 decode = time.perf_counter() - t
-print(json.dumps({"load_s": loaded, "load_peak": load_peak, "prefill_s": prefill, "decode_s": decode, "peak": hwm()}))
+print(json.dumps({"load_s": loaded, "load_peak": load_peak, "after_load": after_load, "prefill_s": prefill,
+                  "decode_s": decode, "peak": hwm()}))
 """
 
 
@@ -268,6 +275,62 @@ def table(rows: list[tuple[str, dict]], prompt: int, new: int, threads: int) -> 
     return "\n".join(lines)
 
 
+def measure_contexts(root: Path, variant: str, contexts: list[int], new: int, threads: int, chunk: int,
+                     again: bool) -> dict[int, dict]:
+    """`variant` filled to each context (a prompt of context - new tokens, then new), measured once and kept in
+    root/contexts.json: a 16K prompt takes many minutes on two cores."""
+    store = root / "contexts.json"
+    known = json.loads(store.read_text(encoding="utf-8")) if store.is_file() else {}
+    results: dict[int, dict] = {}
+    for context in contexts:
+        key = f"{variant}:{context}:{new}:{threads}:{chunk}"
+        if again or key not in known or "error" in known[key]:
+            t = time.perf_counter()
+            known[key] = measure(str(GENAI.python), GENAI_CHILD, root / variant, context - new, new, threads, chunk)
+            print(f"{variant} at {context}: {json.dumps(known[key])} ({time.perf_counter() - t:.0f}s)", flush=True)
+            store.write_text(json.dumps(known, indent=1), encoding="utf-8")
+        results[context] = known[key]
+    return results
+
+
+def plan_profile(variant: str, threads: int, chunk: int):
+    """rpi5-genai as the measurement ran it: its threads, chunk and KV cache type."""
+    import dataclasses
+
+    from packager.profiles import resolve_target
+
+    base = resolve_target("rpi5-genai")
+    config = {"genai.prefill_chunk": str(chunk), "genai.kv_cache": "int8" if variant == "lean-kv8" else "float"}
+    return dataclasses.replace(base, session=dataclasses.replace(base.session, intra_op_threads=threads,
+                                                                 config=config))
+
+
+def context_table(checks: list[tuple[str, dict[int, dict]]], model: Path, threads: int, chunk: int) -> str:
+    """The memory model's check (issue 19, item 4): `packager plan`'s int4 row against the measured peak at each
+    context; the high bound must not be below it, the midpoint within 10% of it."""
+    from packager.plan import architecture, read_config, row
+
+    a = architecture(read_config(model / "config.json"))
+    lines = [f"packager plan (rpi5-genai, {threads} threads, chunks of {chunk}) against the measured peak, Llama 3.2 "
+             "1B shape, int4", "",
+             f"{'variant':<10}{'context':>8}{'measured':>10}{'load':>8}{'low':>8}{'mid':>8}{'high':>8}{'mid err':>9}"
+             "  verdict", "-" * 80]
+    for variant, measured in checks:
+        for context, m in sorted(measured.items()):
+            if "error" in m:
+                lines.append(f"{variant:<10}{context:>8}  failed: {m['error'][:80]}")
+                continue
+            r = row(a, plan_profile(variant, threads, chunk), "int4", context, None)
+            mid = (r.peak_low_bytes + r.peak_high_bytes) / 2
+            err = (mid - m["peak"]) / m["peak"]
+            ok = r.peak_high_bytes >= m["peak"] and abs(err) <= 0.10
+            lines.append(f"{variant:<10}{context:>8}{m['peak'] / GiB:>10.2f}{m['load_peak'] / GiB:>8.2f}"
+                         f"{r.peak_low_bytes / GiB:>8.2f}{mid / GiB:>8.2f}{r.peak_high_bytes / GiB:>8.2f}"
+                         f"{err:>+9.1%}  {'ok' if ok else 'MISSED'}")
+    lines.append("(GiB; measured = VmHWM of the child, load and run; low-high = plan's peak bounds)")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", type=int, default=4000, help="prompt tokens (default 4000)")
@@ -277,6 +340,9 @@ def main() -> None:
                         "(append_tokens per chunk; 0: the whole prompt at once) (default 256)")
     parser.add_argument("--only", default=",".join(GOAL), help="variants, comma-separated: " + ", ".join(VARIANTS))
     parser.add_argument("--rebuild", action="store_true", help="build the variants again")
+    parser.add_argument("--contexts", default="", help="the memory model's check: the lean variants (genai.kv_cache "
+                        "float and int8) filled to each of these contexts, comma-separated (1024,4096,16384), "
+                        "against `packager plan`'s estimate")
     parser.add_argument("--dir", type=Path, default=None, help=f"where the variants go [default: {bench_dir()}]")
     args = parser.parse_args()
     only = [v for v in args.only.split(",") if v]
@@ -289,6 +355,18 @@ def main() -> None:
     if args.rebuild:
         for v in only:
             shutil.rmtree(root / v, ignore_errors=True)
+    if args.contexts:
+        contexts = [int(c) for c in args.contexts.split(",")]
+        ensure(GENAI, log)
+        checks = []
+        for v in [v for v in only if v.startswith("lean")]:
+            folder = build_genai(model, root / v, options_of(v, work), work)
+            tune_genai(folder, args.threads, True)
+            measured = measure_contexts(root, v, contexts, args.new, args.threads, args.chunk, args.rebuild)
+            checks.append((v, measured))
+        print()
+        print(context_table(checks, model, args.threads, args.chunk))
+        return
     from packager.bandwidth import host_bandwidth_gbs
 
     bandwidth = host_bandwidth_gbs()

@@ -5,6 +5,7 @@ platforms/__init__.py: one protocol, a dict of implementations).
     rt.requirements(profile)                  # the device's pinned pip lines
     rt.check_model(path, profile, what)       # compatibility verdict (and record) of a packaged model
     rt.memory(profile, kind)                  # MemoryShare: the runtime's part of the peak
+    rt.decoder_memory(profile, precision)     # DecoderMemory: how it holds a decoder LLM (plan)
     rt.convert(ctx)                           # files the device loads instead of the .onnx (phones: .ort)
     rt.device_files(profile)                  # run.py, smoke_test.py: the code that runs the model on the device
 
@@ -18,14 +19,14 @@ from typing import TYPE_CHECKING
 
 from packager.errors import ExitCode, PackagerError, did_you_mean
 from packager.families import family_for
-from packager.runtimes.base import MemoryShare, Runtime
+from packager.runtimes.base import DecoderMemory, MemoryShare, Runtime
 from packager.runtimes.genai import GenaiRuntime
 from packager.runtimes.onnxruntime import OnnxRuntime
 
 if TYPE_CHECKING:
     from packager.profile_types import Profile
 
-__all__ = ["RUNTIMES", "MemoryShare", "Runtime", "profile_for_model", "runtime_for"]
+__all__ = ["RUNTIMES", "DecoderMemory", "MemoryShare", "Runtime", "profile_for_model", "runtime_for"]
 
 RUNTIMES: dict[str, Runtime] = {
     "onnxruntime": OnnxRuntime(),

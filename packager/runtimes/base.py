@@ -36,6 +36,25 @@ class MemoryShare:
     notes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class DecoderMemory:
+    """How the runtime holds a decoder LLM at a context, for `packager plan` (packager/plan.py applies the numbers;
+    the model's own facts, its layers and parameters, come from its config)."""
+
+    kv_bits: int                     # the KV cache's element size
+    windowed_kv: bool                # sliding-window layers hold min(context, window) positions, not the context
+    kv_copies: float                 # 1: past and present share one buffer; 2: a step holds both
+    prefill_tokens: int              # prompt tokens per pass (the runtime's chunk)
+    logits_positions: int            # positions of a pass whose logits are allocated (0: every one of them)
+    runnable_kv_bits: tuple[int, ...]   # the KV element sizes the runtime can run (others: planning only)
+    score_heads: int = 0             # attention heads whose scores a pass holds at once (0: all the model's heads)
+    # The load peak as a fraction of the resident weights' bytes, beyond the runtime base (low, high); (0, 0): plan's
+    # per-tensor model of an exported graph (the embedding's proto copy, prepacked MatMuls, an ORT-format buffer).
+    load_weights: tuple[float, float] = (0.0, 0.0)
+    run_weights: tuple[float, float] = (0.0, 0.0)   # resident once loaded, the same way; (0, 0): plan's model
+    notes: tuple[str, ...] = ()
+
+
 class Runtime(Protocol):
     """A device runtime. One instance per runtime, registered in packager.runtimes.RUNTIMES by `name`, the
     value of a profile's [runtime] name."""
@@ -65,6 +84,10 @@ class Runtime(Protocol):
 
     def memory(self, profile: Profile, kind: str) -> MemoryShare:
         """The runtime's part of the memory estimate for a model of io kind `kind` on this profile."""
+        ...
+
+    def decoder_memory(self, profile: Profile, precision: str) -> DecoderMemory:
+        """How this runtime holds a decoder LLM packaged at `precision` on this profile (packager plan)."""
         ...
 
     def unmeasured_bytes(self, profile: Profile, measured: dict[str, Any] | None) -> int:

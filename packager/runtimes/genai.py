@@ -25,7 +25,7 @@ from packager.families import family_for
 from packager.families.base import step
 from packager.paths import targets_dir
 from packager.profile_types import Profile, key_error
-from packager.runtimes.base import MemoryShare
+from packager.runtimes.base import DecoderMemory, MemoryShare
 from packager.runtimes.onnxruntime import OnnxRuntime
 
 if TYPE_CHECKING:
@@ -61,6 +61,19 @@ ARCHITECTURES = frozenset({
 def supported(architecture: str) -> bool:
     """Whether the builder makes a model of this Hugging Face architecture (config.json's architectures[0])."""
     return architecture in ARCHITECTURES
+# How genai holds a decoder (packager plan), measured on the Llama-3.2-1B shape at int4 (0.75 GiB of weights), 2
+# threads, chunks of 256 (scripts/bench_llm_runtime.py --contexts 1024,4096,16384): the load peak is 1.35 GiB, the
+# weights' bytes 1.7 times over beyond the runtime base (the mapped external data and MatMulNBits' packed copy side
+# by side), and 1.55 times of them stay resident once loaded (1.23 GiB after load). The builder's CPU graphs keep
+# the KV cache in fp32 ("float": the past_key_values inputs are float32), int8 with genai.kv_cache = "int8"; a float
+# cache is one buffer shared by past and present (past_present_share_buffer), the int8 one is not (the builder
+# turns sharing off), so a step holds both. Sliding-window layers keep a window-sized cache (the builder's
+# windowed_kv_cache, on by default on CPU). CPU GroupQueryAttention scores a chunk against the whole cache one head
+# per thread at a time, not all heads at once: at 16K, 2.30 GiB measured = 1.23 after load + 1.0 of fp32 cache +
+# 0.07 of scratch (all heads' scores would be 0.5 GiB more).
+LOAD_WEIGHTS = (1.6, 1.8)
+RUN_WEIGHTS = (1.45, 1.65)
+KV_BITS = {"float": 32, "int8": 8}
 
 
 class GenaiRuntime(OnnxRuntime):
@@ -100,6 +113,17 @@ class GenaiRuntime(OnnxRuntime):
         share = super().memory(_as_onnxruntime(profile), kind)
         return dataclasses.replace(share, notes=(*share.notes, "runtime base: onnxruntime's calibration (genai loads "
                                                  "the same library); genai's own library not calibrated yet"))
+
+    def decoder_memory(self, profile: Profile, precision: str) -> DecoderMemory:
+        kv = profile.session.config.get("genai.kv_cache", SETTINGS["genai.kv_cache"])
+        chunk = int(profile.session.config.get("genai.prefill_chunk", SETTINGS["genai.prefill_chunk"]))
+        return DecoderMemory(kv_bits=KV_BITS[kv], windowed_kv=True, kv_copies=2.0 if kv == "int8" else 1.0,
+                             prefill_tokens=chunk, logits_positions=1, runnable_kv_bits=tuple(KV_BITS.values()),
+                             score_heads=profile.session.intra_op_threads,
+                             load_weights=LOAD_WEIGHTS,
+                             run_weights=RUN_WEIGHTS,
+                             notes=(f"onnxruntime-genai: KV cache {kv} ({KV_BITS[kv]}-bit), prompt in chunks of "
+                                    f"{chunk}, logits of the last position only (prune_lm_head)",))
 
     def host_python(self, profile: Profile) -> str:
         return str(step("packager.runtime_steps:genai_python")())

@@ -24,7 +24,7 @@ from packager.families import family_for
 from packager.families.base import step
 from packager.paths import profiles_dir, targets_dir
 from packager.profile_types import Mobile, Profile, key_error
-from packager.runtimes.base import MemoryShare
+from packager.runtimes.base import DecoderMemory, MemoryShare
 
 if TYPE_CHECKING:
     from packager.context_view import RuntimeContext
@@ -40,6 +40,10 @@ CALIBRATION = "calibration/runtime_base.toml"
 # The ORT-format file's buffer at load, as a fraction of the file (the whole file is read; some of it
 # may be handed back before the packing ends).
 ORT_BUFFER_LOW, ORT_BUFFER_HIGH = 0.8, 1.05
+# run.py's decoder loop: the prompt in one pass (up to this many tokens), logits for every position of it, and the
+# KV cache in the activations' dtype (fp16 models in fp16; fp32 and weight-only int8/int4 on the CPU in fp32), a
+# full-length cache on every layer (the export keeps no window), past and present both held by a step.
+PREFILL_TOKENS = 512
 
 
 def calibration(profile: Profile) -> tuple[dict[str, Any], str]:
@@ -108,6 +112,10 @@ class OnnxRuntime:
             merge_bytes=entry.get("merge_bytes", 0), gpu_context_bytes=gpu_context,
             converted_buffer=(ORT_BUFFER_LOW, ORT_BUFFER_HIGH) if profile.mobile is not None else (0.0, 0.0),
             converted_buffer_name="ort_format_buffer", notes=(note,) if note else ())
+
+    def decoder_memory(self, profile: Profile, precision: str) -> DecoderMemory:
+        return DecoderMemory(kv_bits=16 if precision == "fp16" else 32, windowed_kv=False, kv_copies=1.0,
+                             prefill_tokens=PREFILL_TOKENS, logits_positions=0, runnable_kv_bits=(16, 32))
 
     def unmeasured_bytes(self, profile: Profile, measured: dict[str, Any] | None) -> int:
         return gpu.unmeasured_gpu_bytes(profile, measured)

@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""`packager plan` on the published decoder configs (packager/data/configs/), as the markdown tables of docs/llms.md:
+stored and effective parameters, resident and mapped int4 weights, the KV cache per layer type, and the largest
+int4 context that fits each profile.
+
+    python scripts/plan_table.py [--precision int4] [--target rpi5 --target rpi5-genai ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from packager.decoder_config import FULL  # noqa: E402
+from packager.plan import architecture, human_context, human_count, kv_cache, largest_context, read_config, row  # noqa: E402
+from packager.profiles import resolve_target  # noqa: E402
+from packager.runtimes import runtime_for  # noqa: E402
+
+CONFIGS = REPO / "packager" / "data" / "configs"
+TARGETS = ("rpi5", "rpi5-genai", "phone", "jetson-orin-nano")
+MiB = 2**20
+
+
+def kv_per_type(a, profile) -> str:  # type: ignore[no-untyped-def]
+    """KV bytes per token of context by layer type (a windowed layer's whole window where the runtime keeps one)."""
+    mem = runtime_for(profile).decoder_memory(profile, "int4")
+    parts = []
+    for kind, size in kv_cache(a, 4096, mem.kv_bits, mem.windowed_kv).items():
+        layers = [la for la in a.attention if la.kind == kind and la.owns_cache]
+        window = {la.window for la in layers} if mem.windowed_kv and kind != FULL else set()
+        what = f"{len(layers)} {kind.removesuffix('_attention')}"
+        parts.append(f"{what}: {size / MiB:.0f} MiB" + (f" (window {min(window)})" if window else ""))
+    shared = sum(not la.owns_cache for la in a.attention)
+    return "; ".join(parts) + (f"; {shared} shared: 0" if shared else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precision", default="int4")
+    parser.add_argument("--target", action="append", default=None)
+    args = parser.parse_args()
+    targets = args.target or list(TARGETS)
+    profiles = [resolve_target(t) for t in targets]
+    print("| model | stored | effective | resident weights | mapped | " + " | ".join(targets) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(targets))
+    kv_lines = []
+    for path in sorted(CONFIGS.glob("*.json")):
+        a = architecture(read_config(path))
+        r = row(a, profiles[0], args.precision, 4096, None)
+        fits = [largest_context(a, p, args.precision, None) for p in profiles]
+        print(f"| {path.stem} | {human_count(a.parameters)} | {human_count(a.effective_parameters)} | "
+              f"{r.weights_bytes / MiB:.0f} MiB | {r.mapped_bytes / MiB:.0f} MiB | "
+              + " | ".join(human_context(f) if f else "none" for f in fits) + " |")
+        kv_lines.append(f"| {path.stem} | " + " | ".join(kv_per_type(a, p) for p in profiles[:2]) + " |")
+    print()
+    print(f"| model (KV cache at 4K) | {targets[0]} | {targets[1]} |")
+    print("|---|---|---|")
+    print("\n".join(kv_lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""`packager plan` on today's decoder configs: analytic counts (against transformers' meta-device count where the
+host's transformers has the class), the KV cache per layer, mapped per-layer embeddings, and the one-sentence errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import packager
+from conftest import run_cli
+from packager.decoder_config import FULL, SLIDING, read
+from packager.errors import ExitCode, PackagerError
+from packager.plan import _from_meta_device, architecture, kv_cache, plan, row
+from packager.profiles import resolve_target
+
+CONFIGS = Path(packager.__file__).parent / "data" / "configs"
+PUBLISHED = sorted(p.stem for p in CONFIGS.glob("*.json"))
+
+
+def config(name: str) -> dict[str, Any]:
+    return dict(json.loads((CONFIGS / f"{name}.json").read_text(encoding="utf-8")))
+
+
+def small(model_type: str, **keys: Any) -> dict[str, Any]:
+    """A small config of the family, with what makes it differ (biases, windows, sharing)."""
+    base = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 2048}
+    return {"model_type": model_type, **base, **keys}
+
+
+# One small config of each family, with its transformers class: the analytic count must equal the meta-device one.
+FAMILY_CONFIGS = [
+    ("LlamaForCausalLM", small("llama", attention_bias=True, mlp_bias=True)),
+    ("LlamaForCausalLM", small("llama", tie_word_embeddings=True)),
+    ("MistralForCausalLM", small("mistral", sliding_window=256)),
+    ("GraniteForCausalLM", small("granite")),
+    ("SmolLM3ForCausalLM", small("smollm3", pad_token_id=0)),
+    ("Qwen2ForCausalLM", small("qwen2")),
+    ("Qwen3ForCausalLM", small("qwen3", head_dim=32)),
+    ("Phi3ForCausalLM", small("phi3", pad_token_id=0)),
+    ("Olmo2ForCausalLM", small("olmo2")),
+    ("GemmaForCausalLM", small("gemma", head_dim=16)),
+    ("Gemma2ForCausalLM", small("gemma2", head_dim=16, sliding_window=128)),
+    ("Gemma3ForCausalLM", small("gemma3_text", head_dim=16, sliding_window=128, num_hidden_layers=7)),
+    ("Gemma3nForCausalLM", small("gemma3n_text", head_dim=16, num_hidden_layers=10, num_kv_shared_layers=4,
+                                 intermediate_size=[128] * 5 + [96] * 5, hidden_size_per_layer_input=8,
+                                 vocab_size_per_layer_input=1000, laurel_rank=8,
+                                 activation_sparsity_pattern=[0.0] * 10)),
+]
+
+
+@pytest.mark.parametrize(("arch", "cfg"), FAMILY_CONFIGS, ids=[f"{a}-{i}" for i, (a, _) in enumerate(FAMILY_CONFIGS)])
+def test_analytic_count_equals_the_meta_device_count(arch: str, cfg: dict[str, Any]) -> None:
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, arch):
+        pytest.skip(f"transformers {transformers.__version__} has no {arch}")
+    full = {"architectures": [arch], **cfg}
+    assert architecture(full).parameters == _from_meta_device(arch, full, "test").parameters
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_configs_plan_sanely(name: str) -> None:
+    cfg = config(name)
+    assert cfg["_source"].startswith("https://huggingface.co/")
+    a = architecture(cfg)
+    assert a.decoder and a.layers == len(a.attention) and 0 < a.effective_parameters <= a.parameters
+    for target in ("rpi5", "rpi5-genai", "jetson-orin-nano"):
+        profile = resolve_target(target)
+        short, long = row(a, profile, "int4", 1024, None), row(a, profile, "int4", 8192, None)
+        assert 0 < short.weights_bytes == long.weights_bytes and short.kv_cache_bytes <= long.kv_cache_bytes
+        assert 0 < short.peak_low_bytes <= short.peak_high_bytes <= long.peak_high_bytes
+        assert sum(long.kv_by_type.values()) == long.kv_cache_bytes
+
+
+def test_llama_1b_matches_its_published_count() -> None:
+    a = architecture(config("Llama-3.2-1B"))
+    assert a.parameters == 1_235_814_400 and a.mapped_parameters == 0   # the model card's 1.24B, tied
+
+
+def test_gemma4_e2b_maps_its_per_layer_embeddings_and_shares_kv() -> None:
+    cfg = config("Gemma-4-E2B")
+    d = read(cfg, "Gemma-4-E2B")
+    text = cfg["text_config"]
+    assert d.mapped_parameters == 262144 * 35 * 256           # the PLE table: vocab x layers x 256
+    assert 2.2e9 < d.effective_parameters < 2.4e9             # "E2B": 2.3B effective
+    owners = [layer for layer in d.layers if layer.owns_cache]
+    assert len(owners) == 35 - text["num_kv_shared_layers"]  # 20 of 35 layers own no cache
+    assert {(la.kind, la.head_dim) for la in d.layers} == {(SLIDING, 256), (FULL, 512)}
+    a = architecture(cfg)
+    r = row(a, resolve_target("rpi5-genai"), "int4", 8192, None)
+    assert r.mapped_bytes == int(d.mapped_parameters * 0.625)
+    assert r.weights_bytes < int(a.parameters * 0.625)        # the mapped table is not in the resident weights
+
+
+def test_a_windowed_layer_stops_growing_at_its_window() -> None:
+    a = architecture(config("Gemma-3-1B"))
+    genai = [kv_cache(a, context, 32, windowed=True) for context in (512, 4096, 32768)]
+    assert genai[0][SLIDING] == genai[1][SLIDING] == genai[2][SLIDING] > 0
+    assert genai[0][FULL] < genai[1][FULL] < genai[2][FULL]
+    # The exported graph on ONNX Runtime keeps a full-length cache on every layer.
+    assert kv_cache(a, 4096, 32, windowed=False)[SLIDING] == 8 * genai[1][SLIDING]
+    genai_row, ort_row = (row(a, resolve_target(t), "int4", 4096, None) for t in ("rpi5-genai", "rpi5"))
+    assert genai_row.kv_cache_bytes < ort_row.kv_cache_bytes
+
+
+def test_kv_dtype_is_the_runtimes() -> None:
+    a = architecture(config("Qwen3-0.6B"))
+    genai, ort = resolve_target("rpi5-genai"), resolve_target("rpi5")
+    assert row(a, genai, "int4", 4096, None).kv_bits == 32 and row(a, ort, "fp16", 4096, None).kv_bits == 16
+    eight = row(a, genai, "int4", 4096, 8)
+    assert eight.kv_cache_bytes * 4 == row(a, genai, "int4", 4096, None).kv_cache_bytes
+    assert not eight.planning_only and row(a, ort, "int4", 4096, 8).planning_only   # genai runs int8
+
+
+def test_genai_counts_the_last_positions_logits_only() -> None:
+    a = architecture(config("Gemma-3-1B"))   # 262,144 vocabulary
+    genai, ort = row(a, resolve_target("rpi5-genai"), "int4", 4096, None), row(a, resolve_target("rpi5"), "int4",
+                                                                                4096, None)
+    assert genai.activations_bytes < ort.activations_bytes - 256 * 262144 * 4
+
+
+def test_largest_context_per_profile_is_monotone_in_the_budget() -> None:
+    small_budget = plan(CONFIGS / "Qwen3-0.6B.json", resolve_target("rpi5-genai"), ["int4"])
+    assert small_budget.max_context["int4"] > 0
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    ({"intermediate_size": [8192] * 29}, "intermediate_size"),
+    ({"intermediate_size": [8192] * 29 + ["wide"]}, "intermediate_size"),
+    ({"num_hidden_layers": None}, "num_hidden_layers"),
+    ({"layer_types": ["global"] * 30}, "layer_types"),
+    ({"num_kv_shared_layers": 31}, "num_kv_shared_layers"),
+    ({"hidden_size": "2048"}, "hidden_size"),
+])
+def test_a_malformed_config_gets_one_sentence_naming_the_key(tmp_path: Path, change: dict[str, Any],
+                                                             key: str) -> None:
+    cfg = config("Gemma-3n-E2B")
+    cfg["text_config"] = {k: v for k, v in {**cfg["text_config"], **change}.items() if v is not None}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(PackagerError, match=f"key '{key}'") as e:
+        plan(path, resolve_target("rpi5"))
+    assert e.value.code == ExitCode.BAD_INPUT
+    proc = run_cli("plan", str(path), "--target", "rpi5")
+    assert proc.returncode == int(ExitCode.BAD_INPUT) and f"key '{key}'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_plan_cli_prints_the_split_and_the_kv_layers() -> None:
+    proc = run_cli("plan", str(CONFIGS / "Gemma-4-E2B.json"), "--target", "rpi5-genai", "--precision", "int4",
+                   "--context", "8K", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["architecture"]["mapped_parameters"] == 262144 * 35 * 256
+    (r,) = out["rows"]
+    assert r["mapped_bytes"] > 0 and set(r["kv_by_type"]) == {FULL, SLIDING}
+    text = run_cli("plan", str(CONFIGS / "Gemma-4-E2B.json"), "--target", "rpi5-genai", "--precision", "int4",
+                   "--context", "8K")
+    assert "effective 2.3B" in text.stderr and "share an earlier layer" in text.stderr
+
+
+def test_a_class_that_needs_missing_packages_exits_7(monkeypatch: pytest.MonkeyPatch) -> None:
+    transformers = pytest.importorskip("transformers")
+
+    class NeedsTimm:
+        def __init__(self, config: Any) -> None:
+            raise ImportError("NeedsTimmForCausalLM requires the timm library but it was not found.")
+
+    monkeypatch.setattr(transformers, "NeedsTimmForCausalLM", NeedsTimm, raising=False)
+    cfg = {"architectures": ["NeedsTimmForCausalLM"], "model_type": "llama", "hidden_size": 64,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100, "intermediate_size": 128}
+    with pytest.raises(PackagerError, match="timm") as e:
+        architecture({**cfg, "text_config": {"model_type": "llama"}})   # not a family plan counts: meta device
+    assert e.value.code == ExitCode.MISSING_DEPENDENCY
