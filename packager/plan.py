@@ -24,7 +24,7 @@ from packager.decoder_config import FULL, LayerAttention
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import LOAD_TRANSIENT_HIGH, OVERHEAD_HIGH, OVERHEAD_LOW
 from packager.profiles import Profile
-from packager.runtimes import DecoderMemory, runtime_for
+from packager.runtimes import DecoderMemory, profile_for_model, runtime_for
 from packager.samples import resolve_sample
 
 # Bytes per parameter as each recipe stores it. int4: MatMulNBits with block 32 and one scale per
@@ -340,9 +340,13 @@ def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None
         if p not in BYTES_PER_PARAM:
             raise PackagerError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}.", ExitCode.USAGE)
     contexts = contexts or [c for c in DEFAULT_CONTEXTS if not a.max_context or c <= a.max_context] or [a.max_context]
+    notes: list[str] = []
+    if a.decoder and not a.components:   # as `package` would run it: [decoder_runtime] where that runtime builds it
+        profile, note = profile_for_model(profile, "decoder", a.name)
+        notes += [note] if note else []
     rows = [row(a, profile, p, c, kv_bits) for p in precisions for c in contexts]
     mem = runtime_for(profile).decoder_memory(profile, precisions[0])
-    notes = list(mem.notes)
+    notes += mem.notes
     if kv_bits and kv_bits != mem.kv_bits and kv_bits in mem.runnable_kv_bits:
         notes.append(f"KV cache planned at {kv_bits} bits (--kv-bits), which {profile.runtime.package} runs")
     if rows and rows[0].planning_only:
