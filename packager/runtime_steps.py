@@ -2,9 +2,11 @@
 families name theirs: the runtimes sit below the Context and the exporter environments these need).
 
     onnxruntime_runner(ctx)     verify's packaged side: run.py's Runner in this process
+    onnxruntime_reference(ctx)  verify's reference: the fp32 export in an onnxruntime session
     genai_build(ctx, ...)       onnxruntime-genai's model builder, in the `genai` exporter environment
     genai_python()              that environment's interpreter (it has the pinned onnxruntime-genai)
     genai_runner(ctx)           verify's packaged side for genai: the bundle's code in a child of that interpreter
+    genai_reference(ctx)        verify's reference for genai: the source model in PyTorch, a child of it too
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from packager.families import family_for
 from packager.manifest import runtime_spec
 from packager.recipes.common import RecipeResult
 from packager.runtime_files import copy_runtime, runner
+from packager.runtimes import genai
 from packager.runtimes.genai import KV8_OPTIONS, tune
-from packager.runtimes.genai_host import ChildDecoder, ChildRunner
+from packager.runtimes.genai_host import ChildDecoder, ChildRunner, TorchReference
 
 BUILDER = "onnxruntime_genai.models.builder"
+TRANSFORMERS = next(r.split("==")[1] for r in exporter_envs.GENAI.requirements if r.startswith("transformers=="))
 KV8_MARGIN = 1.5   # static scales: room above the sample prompts' largest |K| and |V|
 
 
@@ -31,6 +35,15 @@ def onnxruntime_runner(ctx: Context) -> Any:
     """The packaged model as run.py loads it, on this host's CPU."""
     spec = runtime_spec(ctx) | {"providers": ["CPUExecutionProvider"], "provider_options": {}}
     return runner().Runner(ctx.stage_dir, spec, log_level=4)
+
+
+def onnxruntime_reference(ctx: Context) -> Any:
+    import onnxruntime as ort
+
+    assert ctx.reference_model is not None
+    so = ort.SessionOptions()
+    so.log_severity_level = 4  # failures surface as exceptions, reported once
+    return ort.InferenceSession(str(ctx.reference_model), so, providers=["CPUExecutionProvider"])
 
 
 def genai_python() -> Path:
@@ -51,7 +64,11 @@ def genai_build(ctx: Context, model_dir: Path, precision: str, options: tuple[st
     args = ["-i", str(ctx.source.path), "-o", str(out), "-p", precision, "-e", "cpu",
             "-c", str(ctx.work_dir / "genai-cache"), "--extra_options", *options]
     ctx.progress("building the onnxruntime-genai model")
-    exporter_envs.run(exporter_envs.GENAI, BUILDER, args, ctx.progress)
+    fixes = ctx.work_dir / "genai-fixes"   # the builder with its Gemma 3 and SmolLM3 bugs fixed (genai_builder_fixes)
+    fixes.mkdir(exist_ok=True)
+    # a copy, never imported here: it imports onnxruntime-genai, which only the environment has
+    shutil.copyfile(Path(genai.__file__).with_name("genai_builder_fixes.py"), fixes / "genai_builder_fixes.py")
+    exporter_envs.run(exporter_envs.GENAI, "genai_builder_fixes", args, ctx.progress, cwd=fixes)
     tune(out / "genai_config.json", ctx.profile)
     for f in sorted(out.iterdir()):
         if f.is_file():
@@ -88,6 +105,13 @@ def kv_scales(ctx: Context) -> dict[str, list[float]]:
 
 def _tokenizer_file(ctx: Context) -> str:
     return str(next(f for f in ctx.tokenizer_files if f.name == "tokenizer.json"))
+
+
+def genai_reference(ctx: Context) -> TorchReference:
+    assert ctx.source is not None
+    label = f"PyTorch (transformers {TRANSFORMERS} in the genai environment), fp32"
+    return TorchReference(str(genai_python()), ctx.source.path, [int(t) for t in ctx.io.get("eos_token_ids", [])],
+                          ctx.work_dir, label)
 
 
 def genai_runner(ctx: Context) -> ChildRunner:

@@ -4,8 +4,9 @@ On the host, its model builder (`python -m onnxruntime_genai.models.builder`, in
 environment: it needs transformers 5.x) makes the bundle's model folder from the Hugging Face source, int4,
 lean by construction: logits for the last position only (`prune_lm_head`), the runtime's CPU arena off.
 On the device, runtime/session.py is targets/genai/session.py (ONNX Runtime's session.py ships beside it as
-runtime/ort_session.py, for the helpers they share), which prefills in chunks. The fp32 ONNX export stays
-the reference verify compares with, as for ONNX Runtime bundles.
+runtime/ort_session.py, for the helpers they share), which prefills in chunks. verify compares it with the
+source model run in PyTorch in the same environment (genai_host.TorchReference): an exporter's bug fails the gate.
+Which families the builder makes: genai_families.py (genai_supports).
 
 The builder's graph is run by the onnxruntime library genai loads: its operators are checked against that
 release in profiles/runtimes/onnxruntime.toml (packager/compat.py), as ONNX Runtime bundles are.
@@ -26,6 +27,8 @@ from packager.families.base import step
 from packager.paths import targets_dir
 from packager.profile_types import Profile, key_error
 from packager.runtimes.base import MemoryShare
+from packager.runtimes.genai_families import check_family
+from packager.runtimes.genai_families import genai_supports as genai_supports  # which families the builder makes
 from packager.runtimes.onnxruntime import OnnxRuntime
 
 if TYPE_CHECKING:
@@ -90,6 +93,10 @@ class GenaiRuntime(OnnxRuntime):
     def host_runner(self, ctx: Context) -> Any:
         return step("packager.runtime_steps:genai_runner")(ctx)
 
+    def host_reference(self, ctx: Context) -> Any:
+        """The source model in PyTorch (issue 19): an exporter's bug must fail verify, not set its reference."""
+        return step("packager.runtime_steps:genai_reference")(ctx)
+
     def build(self, ctx: Context, model_dir: Path) -> bool:
         """The builder's model folder from the Hugging Face source, in place of the recipe's quantization."""
         _check_buildable(ctx)
@@ -125,6 +132,7 @@ def _check_buildable(ctx: Context) -> None:
         raise PackagerError(f"{ctx.profile.name} runs decoder LLMs from a Hugging Face folder with onnxruntime-genai, "
                             f"and this is {family.title}; package it for a target on the onnxruntime runtime "
                             "(such as rpi5).", ExitCode.BAD_INPUT)
+    check_family(ctx.source.architecture, ctx.profile.name)
     if ctx.source.adapter is not None or ctx.eval_cases:
         raise PackagerError(f"{ctx.profile.name} (onnxruntime-genai) does not take --adapter or --eval yet; package "
                             "the fine-tune for a target on the onnxruntime runtime (such as rpi5).", ExitCode.USAGE)
