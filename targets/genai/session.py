@@ -6,6 +6,7 @@ returns the logits of the last position only, and the prompt goes in chunks of t
 `genai.prefill_chunk` tokens, so a long prompt never holds more than a chunk's activations.
 """
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,16 @@ class Decoder:
     """Greedy generation in an onnxruntime-genai Generator, batch 1: the same calls as ONNX Runtime's Decoder
     (generate, score, step, empty_past), so the comparison and the measurement need no other code."""
 
-    def __init__(self, model: Any, io: dict[str, Any], chunk: int, context: int) -> None:
+    def __init__(self, model: Any, io: dict[str, Any], chunk: int, context: int, window: int = 0) -> None:
         self.model, self.io, self.chunk, self.context = model, io, chunk, context
+        self.window = window   # sliding-window layers: genai refuses a cache shorter than their window
         self.eos = set(io.get("eos_token_ids", []))
 
     def generator(self, length: int) -> Any:
         import onnxruntime_genai as og
 
         params = og.GeneratorParams(self.model)
-        params.set_search_options(max_length=max(length, 1), do_sample=False)
+        params.set_search_options(max_length=max(length, self.window, 1), do_sample=False)
         return og.Generator(self.model, params)
 
     def append(self, generator: Any, ids: list[int]) -> np.ndarray:
@@ -97,7 +99,8 @@ class Runner:
         self.bundle, self.runtime, self.io = bundle, runtime, runtime["io"]
         self.providers, self.missing_providers = ["CPUExecutionProvider"], []
         before = rss_bytes()
-        config = og.Config(str((bundle / runtime["model"]).parent))
+        folder = (bundle / runtime["model"]).parent
+        config = og.Config(str(folder))
         config.clear_providers()   # the CPU, as the profile's providers say
         self.session = og.Model(config)
         self.load_bytes = {"model": max(0, rss_bytes() - before)}
@@ -106,7 +109,7 @@ class Runner:
         self.family = family(self.io)
         self.tokenizer = load_tokenizer(bundle, self.io)
         chunk = int(runtime["session"].get("config", {}).get("genai.prefill_chunk", DEFAULT_CHUNK))
-        self.decoder = Decoder(self.session, self.io, chunk, int(runtime.get("context") or 0))
+        self.decoder = Decoder(self.session, self.io, chunk, int(runtime.get("context") or 0), window(folder))
 
     @property
     def input_names(self) -> list[str]:
@@ -129,6 +132,12 @@ class Runner:
         """The greedy continuation of `prompt` (text and token ids), up to an end-of-sequence token."""
         tokens, _ = self.decoder.generate(self.prompt_ids(prompt), max_new_tokens)
         return self.tokenizer.decode(tokens), tokens
+
+
+def window(folder: Path) -> int:
+    """The sliding window of the model's windowed layers (Gemma 2 and 3, Mistral), 0 for none."""
+    config = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
+    return max(0, int(config["model"]["decoder"].get("sliding_window", {}).get("window_size", 0)))
 
 
 def load(bundle: Path = HERE, sessions: dict[str, Any] | None = None) -> Runner:
