@@ -7,6 +7,7 @@ returns the logits of the last position only, and the prompt goes in chunks of t
 """
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,16 +69,22 @@ class Decoder:
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], np.ndarray]:
         """Greedy tokens after the prompt (stopping after an end-of-sequence token), and the logits of the
         prompt's last position."""
+        first: list[np.ndarray] = []
+        return list(self.stream(prompt_ids, max_new_tokens, first)), first[0]
+
+    def stream(self, prompt_ids: list[int], max_new_tokens: int,
+               first: list[np.ndarray] | None = None) -> Iterator[int]:
+        """generate's tokens, each as soon as it is chosen; the prompt's last logits appended to `first`."""
         generator = self.generator(len(prompt_ids) + max_new_tokens)
-        logits = first = self.append(generator, prompt_ids)
-        tokens: list[int] = []
-        while len(tokens) < max_new_tokens:
+        logits = self.append(generator, prompt_ids)
+        if first is not None:
+            first.append(logits)
+        for count in range(1, max_new_tokens + 1):
             token = int(np.argmax(logits))
-            tokens.append(token)
-            if token in self.eos or len(tokens) == max_new_tokens:
-                break
+            yield token
+            if token in self.eos or count == max_new_tokens:
+                return
             logits = self.append(generator, [token])
-        return tokens, first
 
     def score(self, ids: list[int]) -> np.ndarray:
         """Logits at every position of `ids` (teacher-forced): a token at a time, the model returning the last
@@ -132,6 +139,22 @@ class Runner:
         """The greedy continuation of `prompt` (text and token ids), up to an end-of-sequence token."""
         tokens, _ = self.decoder.generate(self.prompt_ids(prompt), max_new_tokens)
         return self.tokenizer.decode(tokens), tokens
+
+    def stream_text(self, prompt: str, max_new_tokens: int) -> Iterator[str]:
+        """generate_text's text in pieces, each as soon as its tokens are generated (run.py --prompt prints them
+        as they come). The text so far is decoded whole and the new part given: a token may end inside a
+        character (byte-level BPE), so a piece ending in an incomplete one waits for the next token."""
+        tokens: list[int] = []
+        shown = ""
+        for token in self.decoder.stream(self.prompt_ids(prompt), max_new_tokens):
+            tokens.append(token)
+            text = self.tokenizer.decode(tokens)
+            if len(text) > len(shown) and text.startswith(shown) and not text.endswith("\ufffd"):
+                yield text[len(shown):]
+                shown = text
+        text = self.tokenizer.decode(tokens)
+        if len(text) > len(shown):
+            yield text[len(shown):]
 
 
 def window(folder: Path) -> int:
