@@ -111,7 +111,7 @@ def genai_reference(ctx: Context) -> TorchReference:
     assert ctx.source is not None
     label = f"PyTorch (transformers {TRANSFORMERS} in the genai environment), fp32"
     return TorchReference(str(genai_python()), ctx.source.path, [int(t) for t in ctx.io.get("eos_token_ids", [])],
-                          ctx.work_dir, label)
+                          ctx.work_dir, label, exporter_envs.child_environ())
 
 
 def genai_runner(ctx: Context) -> ChildRunner:
@@ -119,4 +119,5 @@ def genai_runner(ctx: Context) -> ChildRunner:
     shutil.rmtree(code, ignore_errors=True)
     code.mkdir(parents=True)
     copy_runtime(code, ctx.profile)
-    return ChildRunner(ChildDecoder(str(genai_python()), code, ctx.stage_dir, runtime_spec(ctx)))
+    return ChildRunner(ChildDecoder(str(genai_python()), code, ctx.stage_dir, runtime_spec(ctx),
+                                    exporter_envs.child_environ()))

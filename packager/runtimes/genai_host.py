@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from packager.errors import ExitCode, PackagerError
-from packager.exporter_envs import child_environ
 
 # The child: the bundle's run.py from `code` (the device files), the model from the staged folder.
 SERVER = """
@@ -75,16 +74,19 @@ class ChildDecoder:
 
     what = "the onnxruntime-genai model"
 
-    def __init__(self, python: str, code: Path, stage: Path, spec: dict[str, Any]) -> None:
+    def __init__(self, python: str, code: Path, stage: Path, spec: dict[str, Any],
+                 env: dict[str, str] | None = None) -> None:
         spec_file = code / "spec.json"
         spec_file.write_text(json.dumps(spec), encoding="utf-8")
-        self._start([python, "-c", SERVER, str(code), str(stage), str(spec_file)], code / "stderr.txt")
+        self._start([python, "-c", SERVER, str(code), str(stage), str(spec_file)], code / "stderr.txt", env)
 
-    def _start(self, argv: list[str], log_path: Path) -> None:
+    def _start(self, argv: list[str], log_path: Path, env: dict[str, str] | None) -> None:
+        """`env`: the exporter environment's (exporter_envs.child_environ, which the caller passes: the runtimes
+        sit below the exporter environments)."""
         self.log = log_path   # a file, not a pipe: a chatty runtime cannot fill it and stall the child
         with self.log.open("w", encoding="utf-8") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                                         env=child_environ())
+                                         env=env)
         self._read()
 
     def _read(self) -> Any:
@@ -124,9 +126,10 @@ class TorchReference(ChildDecoder):
 
     what = "the PyTorch reference"
 
-    def __init__(self, python: str, source: Path, eos: list[int], work: Path, label: str) -> None:
+    def __init__(self, python: str, source: Path, eos: list[int], work: Path, label: str,
+                 env: dict[str, str] | None = None) -> None:
         self.label = label
-        self._start([python, "-c", TORCH_SERVER, str(source), json.dumps(eos)], work / "torch-stderr.txt")
+        self._start([python, "-c", TORCH_SERVER, str(source), json.dumps(eos)], work / "torch-stderr.txt", env)
 
 
 class ChildRunner:
