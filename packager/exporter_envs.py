@@ -125,7 +125,7 @@ def _build(env: ExporterEnv, tmp: Path, progress: Callable[[str], None]) -> None
     if env.requirements:
         steps.append(("pip install", env.pip_command(tmp)))
     for what, cmd in steps:
-        code, tail = _stream(cmd, progress, _child_environ())
+        code, tail = _stream(cmd, progress, child_environ())
         if code != 0:
             said = tail[-1].strip() if tail else f"exit {code}"
             raise PackagerError(f"the exporter environment {env.name!r} is missing and could not be created "
@@ -142,7 +142,7 @@ def run(env: ExporterEnv, module: str, args: Sequence[str], progress: Callable[[
     """Run `python -m MODULE ARGS` in the environment (made first if missing), each output line passed to
     `progress`. Returns the last lines; a failure is a TOOL_FAILED error quoting the last one."""
     ensure(env, progress)
-    code, tail = _stream([str(env.python), "-m", module, *args], progress, _child_environ(), cwd)
+    code, tail = _stream([str(env.python), "-m", module, *args], progress, child_environ(), cwd)
     if code != 0:
         said = next((line.strip() for line in reversed(tail) if line.strip()), f"exit {code}")
         raise PackagerError(f"{module} failed in the exporter environment {env.name!r} (exit {code}): {said}",
@@ -150,7 +150,7 @@ def run(env: ExporterEnv, module: str, args: Sequence[str], progress: Callable[[
     return tail
 
 
-def _child_environ() -> dict[str, str]:
+def child_environ() -> dict[str, str]:
     """packager's own environment, less what would make the child import packager's packages."""
     environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     return {**environ, "PYTHONNOUSERSITE": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

@@ -2,9 +2,11 @@
 families name theirs: the runtimes sit below the Context and the exporter environments these need).
 
     onnxruntime_runner(ctx)     verify's packaged side: run.py's Runner in this process
+    onnxruntime_reference(ctx)  verify's reference: the fp32 export in an onnxruntime session
     genai_build(ctx, ...)       onnxruntime-genai's model builder, in the `genai` exporter environment
     genai_python()              that environment's interpreter (it has the pinned onnxruntime-genai)
     genai_runner(ctx)           verify's packaged side for genai: the bundle's code in a child of that interpreter
+    genai_reference(ctx)        verify's reference for genai: the source model in PyTorch, a child of it too
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from packager.manifest import runtime_spec
 from packager.recipes.common import RecipeResult
 from packager.recipes.layers import layer_bytes, layer_of
 from packager.runtime_files import copy_runtime, runner
+from packager.runtimes import genai
 from packager.runtimes.genai import KV8_OPTIONS, tune
-from packager.runtimes.genai_host import ChildDecoder, ChildRunner
+from packager.runtimes.genai_host import ChildDecoder, ChildRunner, TorchReference
 
 BUILDER = "onnxruntime_genai.models.builder"
 BUILDER_BANNER = "Valid precision + execution provider combinations"   # printed by every build: no progress
+TRANSFORMERS = next(r.split("==")[1] for r in exporter_envs.GENAI.requirements if r.startswith("transformers=="))
 KV8_MARGIN = 1.5   # static scales: room above the sample prompts' largest |K| and |V|
 
 
@@ -39,6 +43,15 @@ def onnxruntime_runner(ctx: Context) -> Any:
     """The packaged model as run.py loads it, on this host's CPU."""
     spec = runtime_spec(ctx) | {"providers": ["CPUExecutionProvider"], "provider_options": {}}
     return runner().Runner(ctx.stage_dir, spec, log_level=4)
+
+
+def onnxruntime_reference(ctx: Context) -> Any:
+    import onnxruntime as ort
+
+    assert ctx.reference_model is not None
+    so = ort.SessionOptions()
+    so.log_severity_level = 4  # failures surface as exceptions, reported once
+    return ort.InferenceSession(str(ctx.reference_model), so, providers=["CPUExecutionProvider"])
 
 
 def genai_python() -> Path:
@@ -109,8 +122,12 @@ def _run_builder(ctx: Context, precision: str, options: tuple[str, ...], nodes_8
         target.write_text(json.dumps({"quant_config": {"weights": {"overrides": overrides}}}), encoding="utf-8")
         args += ["--target_options", str(target)]
     ctx.progress("building the onnxruntime-genai model")
+    fixes = ctx.work_dir / "genai-fixes"   # the builder with its Gemma 3 and SmolLM3 bugs fixed (genai_builder_fixes)
+    fixes.mkdir(exist_ok=True)
+    # a copy, never imported here: it imports onnxruntime-genai, which only the environment has
+    shutil.copyfile(Path(genai.__file__).with_name("genai_builder_fixes.py"), fixes / "genai_builder_fixes.py")
     try:
-        exporter_envs.run(exporter_envs.GENAI, BUILDER, args, _builder_progress(ctx))
+        exporter_envs.run(exporter_envs.GENAI, "genai_builder_fixes", args, _builder_progress(ctx), cwd=fixes)
     finally:
         if ctx.source.adapter is not None:
             shutil.rmtree(folder, ignore_errors=True)   # the merged weights: the build has them now
@@ -165,9 +182,17 @@ def _tokenizer_file(ctx: Context) -> str:
     return str(next(f for f in ctx.tokenizer_files if f.name == "tokenizer.json"))
 
 
+def genai_reference(ctx: Context) -> TorchReference:
+    assert ctx.source is not None
+    label = f"PyTorch (transformers {TRANSFORMERS} in the genai environment), fp32"
+    return TorchReference(str(genai_python()), ctx.source.path, [int(t) for t in ctx.io.get("eos_token_ids", [])],
+                          ctx.work_dir, label, exporter_envs.child_environ())
+
+
 def genai_runner(ctx: Context) -> ChildRunner:
     code = ctx.work_dir / "genai-runner"
     shutil.rmtree(code, ignore_errors=True)
     code.mkdir(parents=True)
     copy_runtime(code, ctx.profile)
-    return ChildRunner(ChildDecoder(str(genai_python()), code, ctx.stage_dir, runtime_spec(ctx)))
+    return ChildRunner(ChildDecoder(str(genai_python()), code, ctx.stage_dir, runtime_spec(ctx),
+                                    exporter_envs.child_environ()))

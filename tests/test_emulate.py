@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import reseal, run_cli, unpack
-from packager import emulate
+from packager import emulate, exporter_envs
 from packager.emulate import DeviceSpec, choose_cpu, cpuinfo, pip_error, wheel_platforms
 from packager.errors import ExitCode, PackagerError
 from packager.profiles import builtin_profiles
@@ -303,3 +303,20 @@ def test_edited_requirements_fail_before_the_smoke_test_runs(minilm_rpi5: dict, 
     assert proc.returncode == ExitCode.SMOKE_FAILED, proc.stdout + proc.stderr
     error = json.loads(proc.stdout)["error"]
     assert error.startswith("onnxruntime==1.16.0 has no wheel for the device (CPython 3.13, linux aarch64")
+
+
+@pytest.mark.integration
+@needs_qemu
+@pytest.mark.skipif(not exporter_envs.is_ready(exporter_envs.GENAI), reason="needs `packager env create genai`")
+def test_genai_llm_bundle_passes_on_an_emulated_cortex_a76(tmp_path: Path) -> None:
+    """rpi5-genai (issue 19): the userland gets onnxruntime-genai's manylinux_2_28 aarch64 cp313 wheel, and the
+    bundle's smoke test passes on the emulated Pi 5 (42 s wall on the build host with the userland cached)."""
+    proc = run_cli("package", "sample:tiny-llama", "--target", "rpi5-genai", "--out", str(tmp_path), "--smoke",
+                   "emulate", "--json", timeout=1800)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    smoke = json.loads(proc.stdout)["smoke"]
+    assert smoke["mode"] == "emulate" and smoke["verdict"] == "PASS"
+    emu = smoke["report"]["emulation"]
+    assert (emu["runtime"], emu["runtime_version"]) == ("onnxruntime-genai", "0.18.0")
+    assert emu["emulated_cpu"] == "cortex-a76" and emu["debian"] == "trixie"
+    assert emu["device_python"].startswith("3.13.")

@@ -62,6 +62,32 @@ def test_run_prompt_and_bare_text_generate(bundle: Path) -> None:
         assert len(proc.stdout.strip()) > len("Once upon a time")
 
 
+STREAM = """
+import sys
+import run
+runner = run.load()
+pieces = list(runner.stream_text("Once upon a time", 16))
+text, tokens = runner.generate_text("Once upon a time", 16)
+assert "".join(pieces) == text, (pieces, text)
+print(len(pieces), len(tokens))
+"""
+
+
+def test_run_prompt_streams_the_text_as_it_is_generated(bundle: Path) -> None:
+    """The runner gives the continuation in pieces, one per token that completes text, and they make up
+    generate_text's text; run.py --prompt prints each as it comes (flushed: the prompt is read before the end)."""
+    proc = device(bundle, "-c", STREAM)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pieces, tokens = map(int, proc.stdout.split())
+    assert 1 < pieces <= tokens
+    with subprocess.Popen([str(GENAI.python), "run.py", "--prompt", "Once upon a time", "--max-new-tokens", "16"],
+                          cwd=bundle, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as run:
+        assert run.stdout is not None
+        assert run.stdout.read(len("Once upon a time")) == "Once upon a time"
+        rest = run.stdout.read()
+    assert run.returncode == 0 and len(rest.strip()) > 0
+
+
 def test_measure_gives_the_peak(bundle: Path) -> None:
     proc = device(bundle, "run.py", "--measure")
     assert proc.returncode == 0, proc.stderr[-2000:]

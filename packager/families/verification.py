@@ -49,7 +49,9 @@ GENERATED_TOKENS = 16
 def _verify_decoder(ctx: Context, rt: ModuleType, reference: Any, packaged: Any) -> None:
     prompts = [[int(t) for t in feeds["input_ids"][0]] for feeds in ctx.sample_inputs]
     try:
-        decoder = rt.Decoder(reference, ctx.io)
+        # The runtime's reference: the fp32 export's session, or a decoder that runs the model itself (genai's
+        # PyTorch reference, which names itself in `label`).
+        decoder = reference if hasattr(reference, "generate") else rt.Decoder(reference, ctx.io)
         ctx.expected_outputs = []
         for i, prompt in enumerate(prompts):   # a prompt at a time: on a 1B model each takes seconds
             ctx.progress(f"fp32 reference: generating for prompt {i + 1}/{len(prompts)}")
@@ -60,7 +62,9 @@ def _verify_decoder(ctx: Context, rt: ModuleType, reference: Any, packaged: Any)
         reason = str(e).split("Status Message: ")[-1].splitlines()[0][:200]
         raise PackagerError(f"generating with the exported decoder failed ({reason}); check that the model "
                             "exports with its KV cache (text-generation-with-past).", ExitCode.TOOL_FAILED) from None
-    _gate_generation(ctx, rt, result, len(prompts), reference, packaged)
+    label = getattr(reference, "label", None)
+    _gate_generation(ctx, rt, result, len(prompts), reference, packaged,
+                     {"reference": f"{label}, greedy decoding"} if label else None)
 
 
 def _gate_generation(ctx: Context, rt: ModuleType, result: dict[str, Any], samples: int, reference: Any,

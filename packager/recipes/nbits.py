@@ -155,12 +155,39 @@ def load_for_nbits(src: Path, settings: Int4) -> tuple[onnx.ModelProto, tuple[st
     and its tied embedding pair (find_tied_embedding) where the settings let int4 keep it tied."""
     model = onnx.load(src, load_external_data=False)
     _locate_external_data(model, src.parent)
+    gemm_as_matmul(model.graph)
     tied = find_tied_embedding(model) if settings.symmetric else None
     if not tied:
         # The quantizer reads a Gather's table with onnx's loader, which wants it inline: only this
         # table comes into memory (the embedding's fp32 bytes, a fifth of a 1B model's).
         load_tensors(model, {n.input[0] for n in model.graph.node if n.op_type == "Gather"})
     return model, tied
+
+
+def gemm_as_matmul(graph: onnx.GraphProto) -> int:
+    """Each Gemm(A, W, C) with a constant W (not transposed), alpha = beta = 1, as MatMul(A, W) + C, so that the
+    n-bit quantizer, which takes MatMul only, quantizes W: GPT-2's Conv1D layers export as Gemm and stayed fp32
+    under int4 (2.7 bytes per parameter). Meaning and weights unchanged (no tensor is read); how many rewritten."""
+    from onnx import helper
+
+    weights = {i.name for i in graph.initializer}
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type != "Gemm" or len(node.input) != 3 or node.input[1] not in weights \
+                or attrs.get("transA", 0) or attrs.get("transB", 0) or attrs.get("alpha", 1.0) != 1.0 \
+                or attrs.get("beta", 1.0) != 1.0:
+            nodes.append(node)
+            continue
+        product = f"{node.output[0]}/matmul"
+        stem = node.name.removesuffix("Gemm") or f"{node.output[0]}/"
+        nodes += [helper.make_node("MatMul", node.input[:2], [product], name=f"{stem}MatMul"),
+                  helper.make_node("Add", [product, node.input[2]], list(node.output), name=f"{stem}Add")]
+        rewritten += 1
+    if rewritten:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return rewritten
 
 
 def _count_progress(quantizer: Any, model: onnx.ModelProto, op_types: tuple[str, ...], bits: int,

@@ -107,6 +107,11 @@ class Runtime(Protocol):
         """The packaged model as run.py loads it, on this host's CPU (verify's packaged side)."""
         ...
 
+    def host_reference(self, ctx: RuntimeContext) -> Any:
+        """verify's reference side: an onnxruntime session of the fp32 export (ctx.reference_model), or a decoder
+        (generate, score, and `label`, what the accuracy record names) that runs the original model itself."""
+        ...
+
     def convert(self, ctx: RuntimeContext) -> None:
         """Conversions the device loads instead of the packaged .onnx (phones: model.ort): write them into the
         staged bundle, set ctx.model_file (and each component's file) to them, record them in ctx.mobile."""

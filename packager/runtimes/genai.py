@@ -4,8 +4,9 @@ On the host, its model builder (`python -m onnxruntime_genai.models.builder`, in
 environment: it needs transformers 5.x) makes the bundle's model folder from the Hugging Face source, int4,
 lean by construction: logits for the last position only (`prune_lm_head`), the runtime's CPU arena off.
 On the device, runtime/session.py is targets/genai/session.py (ONNX Runtime's session.py ships beside it as
-runtime/ort_session.py, for the helpers they share), which prefills in chunks. The fp32 ONNX export stays
-the reference verify compares with, as for ONNX Runtime bundles.
+runtime/ort_session.py, for the helpers they share), which prefills in chunks. verify compares it with the
+source model run in PyTorch in the same environment (genai_host.TorchReference): an exporter's bug fails the gate.
+Which families the builder makes: genai_families.py (genai_supports).
 
 The builder's graph is run by the onnxruntime library genai loads: its operators are checked against that
 release in profiles/runtimes/onnxruntime.toml (packager/compat.py), as ONNX Runtime bundles are.
@@ -26,6 +27,8 @@ from packager.families.base import step
 from packager.paths import targets_dir
 from packager.profile_types import Profile, key_error
 from packager.runtimes.base import DecoderMemory, MemoryShare
+from packager.runtimes.genai_families import check_family
+from packager.runtimes.genai_families import genai_supports as genai_supports  # which families the builder makes
 from packager.runtimes.onnxruntime import OnnxRuntime
 
 if TYPE_CHECKING:
@@ -49,18 +52,7 @@ KV8_OPTIONS = ("kv_cache_quant_scheme=int8_per_tensor",)
 # packager recipe -> the builder's -p. int4-mixed is int4 with the layers packager/mixed_search.py keeps at 8 bits
 # given to the builder as weight overrides by node name (runtime_steps.genai_build).
 PRECISIONS = {"int4": "int4", "int4-mixed": "int4", "fp32": "fp32"}
-# The text decoders onnxruntime-genai 0.18's builder makes, by config.json's architectures[0], which its builder.py
-# dispatches on (create_model); multimodal and MoE ones are left out. Others keep the onnxruntime path.
-ARCHITECTURES = frozenset({
-    "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GemmaForCausalLM",
-    "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM", "PhiForCausalLM", "GraniteForCausalLM",
-    "SmolLM3ForCausalLM", "OlmoForCausalLM", "NemotronForCausalLM", "InternLM2ForCausalLM",
-})
 
-
-def supported(architecture: str) -> bool:
-    """Whether the builder makes a model of this Hugging Face architecture (config.json's architectures[0])."""
-    return architecture in ARCHITECTURES
 # How genai holds a decoder (packager plan), measured on the Llama-3.2-1B shape at int4 (0.75 GiB of weights), 2
 # threads, chunks of 256 (scripts/bench_llm_runtime.py --contexts 1024,4096,16384): the load peak is 1.35 GiB, the
 # weights' bytes 1.7 times over beyond the runtime base (the mapped external data and MatMulNBits' packed copy side
@@ -83,7 +75,7 @@ class GenaiRuntime(OnnxRuntime):
     name = "onnxruntime-genai"
 
     def takes(self, architecture: str) -> bool:
-        return supported(architecture)
+        return genai_supports(architecture)
 
     def check_profile(self, profile: Profile, where: str) -> None:
         for key, value in profile.session.config.items():
@@ -131,6 +123,10 @@ class GenaiRuntime(OnnxRuntime):
     def host_runner(self, ctx: RuntimeContext) -> Any:
         return step("packager.runtime_steps:genai_runner")(ctx)
 
+    def host_reference(self, ctx: RuntimeContext) -> Any:
+        """The source model in PyTorch (issue 19): an exporter's bug must fail verify, not set its reference."""
+        return step("packager.runtime_steps:genai_reference")(ctx)
+
     def build(self, ctx: RuntimeContext, model_dir: Path) -> bool:
         """The builder's model folder from the Hugging Face source, in place of the recipe's quantization."""
         _check_buildable(ctx)
@@ -170,10 +166,7 @@ def _check_buildable(ctx: RuntimeContext) -> None:
         raise PackagerError(f"{ctx.profile.name} runs decoder LLMs from a Hugging Face folder with onnxruntime-genai, "
                             f"and this is {family.title}; package it for a target on the onnxruntime runtime "
                             "(such as rpi5).", ExitCode.BAD_INPUT)
-    if not supported(ctx.source.architecture):
-        raise PackagerError(f"{ctx.profile.name} runs decoder LLMs with onnxruntime-genai, whose builder does not "
-                            f"make {ctx.source.architecture}; package it for rpi5, which keeps such decoders on "
-                            "onnxruntime.", ExitCode.BAD_INPUT)
+    check_family(ctx.source.architecture, ctx.profile.name)
     if ctx.recipe_name not in PRECISIONS:
         raise PackagerError(f"recipe {ctx.recipe_name} is not one onnxruntime-genai's builder makes; choose "
                             f"{' or '.join(PRECISIONS)} (--recipe).", ExitCode.USAGE)

@@ -1,6 +1,7 @@
-"""verify's packaged side for onnxruntime-genai: the bundle's own device code, run in the `genai` environment
-(which has the pinned onnxruntime-genai) as a child process that answers generate/score requests, a JSON line
-each. The build host's own environment need not have onnxruntime-genai.
+"""verify's two sides for onnxruntime-genai, each a child process in the `genai` environment that answers
+generate/score requests, a JSON line each: the packaged side is the bundle's own device code (that environment has
+the pinned onnxruntime-genai); the reference is the source model in PyTorch (TorchReference). The build host's own
+environment needs neither onnxruntime-genai nor transformers 5.x.
 """
 
 from __future__ import annotations
@@ -37,16 +38,58 @@ for line in sys.stdin:
 """
 
 
+# The PyTorch reference verify judges the packaged model against (issue 19, item 6): the source folder's model in
+# transformers, fp32, eager attention, greedy with its own KV cache, as run.py's Decoder.generate runs (the prompt's
+# last logits; stop after an end-of-sequence token). Its own loop, not model.generate: a checkpoint's
+# generation_config.json (sampling, repetition penalty) must not change the reference.
+TORCH_SERVER = """
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32, attn_implementation="eager").eval()
+eos = set(json.loads(sys.argv[2]))
+print("ready", flush=True)
+
+def last(ids, past):
+    out = model(input_ids=torch.tensor([ids]), past_key_values=past, use_cache=True)
+    return out.logits[0, -1].float(), out.past_key_values
+
+with torch.inference_mode():
+    for line in sys.stdin:
+        q = json.loads(line)
+        if q["op"] == "generate":
+            logits, past = last(q["ids"], None)
+            first, tokens = logits, []
+            while len(tokens) < q["n"]:
+                tokens.append(int(torch.argmax(logits)))
+                if tokens[-1] in eos or len(tokens) == q["n"]:
+                    break
+                logits, past = last(tokens[-1:], past)
+            out = {"tokens": tokens, "logits": first.tolist()}
+        else:
+            out = {"logits": model(input_ids=torch.tensor([q["ids"]])).logits[0].float().tolist()}
+        print(json.dumps(out), flush=True)
+"""
+
+
 class ChildDecoder:
     """generate and score (what compare_decoder calls) answered by the child process."""
 
-    def __init__(self, python: str, code: Path, stage: Path, spec: dict[str, Any]) -> None:
+    what = "the onnxruntime-genai model"
+
+    def __init__(self, python: str, code: Path, stage: Path, spec: dict[str, Any],
+                 env: dict[str, str] | None = None) -> None:
         spec_file = code / "spec.json"
         spec_file.write_text(json.dumps(spec), encoding="utf-8")
-        self.log = code / "stderr.txt"   # a file, not a pipe: a chatty runtime cannot fill it and stall the child
+        self._start([python, "-c", SERVER, str(code), str(stage), str(spec_file)], code / "stderr.txt", env)
+
+    def _start(self, argv: list[str], log_path: Path, env: dict[str, str] | None) -> None:
+        """`env`: the exporter environment's (exporter_envs.child_environ, which the caller passes: the runtimes
+        sit below the exporter environments)."""
+        self.log = log_path   # a file, not a pipe: a chatty runtime cannot fill it and stall the child
         with self.log.open("w", encoding="utf-8") as log:
-            self.proc = subprocess.Popen([python, "-c", SERVER, str(code), str(stage), str(spec_file)],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                                         env=env)
         self._read()
 
     def _read(self) -> Any:
@@ -55,7 +98,7 @@ class ChildDecoder:
         if not line:
             self.proc.wait()
             tail = (self.log.read_text(encoding="utf-8", errors="replace").strip().splitlines() or ["no output"])[-1]
-            raise PackagerError(f"the onnxruntime-genai model failed to load or run: {tail}", ExitCode.TOOL_FAILED)
+            raise PackagerError(f"{self.what} failed to load or run: {tail}", ExitCode.TOOL_FAILED)
         return None if line.strip() == "ready" else json.loads(line)
 
     def _ask(self, **query: Any) -> Any:
@@ -83,6 +126,18 @@ class ChildDecoder:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+
+
+class TorchReference(ChildDecoder):
+    """verify's reference on the onnxruntime-genai path: the original model in PyTorch, in the exporter environment
+    (transformers 5.x knows every family the builder makes), so that a builder bug fails the gate."""
+
+    what = "the PyTorch reference"
+
+    def __init__(self, python: str, source: Path, eos: list[int], work: Path, label: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.label = label
+        self._start([python, "-c", TORCH_SERVER, str(source), json.dumps(eos)], work / "torch-stderr.txt", env)
 
 
 class ChildRunner:

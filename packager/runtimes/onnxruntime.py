@@ -131,6 +131,9 @@ class OnnxRuntime:
     def host_runner(self, ctx: RuntimeContext) -> Any:
         return step("packager.runtime_steps:onnxruntime_runner")(ctx)
 
+    def host_reference(self, ctx: RuntimeContext) -> Any:
+        return step("packager.runtime_steps:onnxruntime_reference")(ctx)
+
     def convert(self, ctx: RuntimeContext) -> None:
         """Phone profiles ([mobile]): the model the app loads, model.ort, converted by onnxruntime's own tool, with
         the operators and types a reduced-size runtime build needs; checked against the app runtimes the profile

@@ -7,8 +7,6 @@ its own answers to.
 
 from __future__ import annotations
 
-import onnxruntime as ort
-
 from packager.context import Context
 from packager.families import family_for
 from packager.runtime_files import runner
@@ -19,8 +17,6 @@ def run(ctx: Context) -> None:
     assert ctx.reference_model is not None
     ctx.progress(f"loading the {ctx.recipe_name} model")
     packaged = runtime_for(ctx.profile).host_runner(ctx)
-    so = ort.SessionOptions()
-    so.log_severity_level = 4  # failures surface as exceptions, reported once
     ctx.progress("loading the fp32 reference")
-    reference = ort.InferenceSession(str(ctx.reference_model), so, providers=["CPUExecutionProvider"])
+    reference = runtime_for(ctx.profile).host_reference(ctx)   # the fp32 export, or the model itself (genai)
     family_for(ctx.io["kind"]).verify(ctx, runner(), reference, packaged)

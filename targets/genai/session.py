@@ -6,6 +6,8 @@ returns the logits of the last position only, and the prompt goes in chunks of t
 `genai.prefill_chunk` tokens, so a long prompt never holds more than a chunk's activations.
 """
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +36,17 @@ class Decoder:
 
     # The defaults: a Decoder made as ONNX Runtime's is, Decoder(model, io) (runtime/evaluation.py's, for the
     # eval cases), prefills in the default chunks.
-    def __init__(self, model: Any, io: dict[str, Any], chunk: int = DEFAULT_CHUNK, context: int = 0) -> None:
+    def __init__(self, model: Any, io: dict[str, Any], chunk: int = DEFAULT_CHUNK, context: int = 0,
+                 window: int = 0) -> None:
         self.model, self.io, self.chunk, self.context = model, io, chunk, context
+        self.window = window   # sliding-window layers: genai refuses a cache shorter than their window
         self.eos = set(io.get("eos_token_ids", []))
 
     def generator(self, length: int) -> Any:
         import onnxruntime_genai as og
 
         params = og.GeneratorParams(self.model)
-        params.set_search_options(max_length=max(length, 1), do_sample=False)
+        params.set_search_options(max_length=max(length, self.window, 1), do_sample=False)
         return og.Generator(self.model, params)
 
     def append(self, generator: Any, ids: list[int]) -> np.ndarray:
@@ -68,16 +72,22 @@ class Decoder:
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], np.ndarray]:
         """Greedy tokens after the prompt (stopping after an end-of-sequence token), and the logits of the
         prompt's last position."""
+        first: list[np.ndarray] = []
+        return list(self.stream(prompt_ids, max_new_tokens, first)), first[0]
+
+    def stream(self, prompt_ids: list[int], max_new_tokens: int,
+               first: list[np.ndarray] | None = None) -> Iterator[int]:
+        """generate's tokens, each as soon as it is chosen; the prompt's last logits appended to `first`."""
         generator = self.generator(len(prompt_ids) + max_new_tokens)
-        logits = first = self.append(generator, prompt_ids)
-        tokens: list[int] = []
-        while len(tokens) < max_new_tokens:
+        logits = self.append(generator, prompt_ids)
+        if first is not None:
+            first.append(logits)
+        for count in range(1, max_new_tokens + 1):
             token = int(np.argmax(logits))
-            tokens.append(token)
-            if token in self.eos or len(tokens) == max_new_tokens:
-                break
+            yield token
+            if token in self.eos or count == max_new_tokens:
+                return
             logits = self.append(generator, [token])
-        return tokens, first
 
     def score(self, ids: list[int]) -> np.ndarray:
         """Logits at every position of `ids` (teacher-forced): a token at a time, the model returning the last
@@ -99,7 +109,8 @@ class Runner:
         self.bundle, self.runtime, self.io = bundle, runtime, runtime["io"]
         self.providers, self.missing_providers = ["CPUExecutionProvider"], []
         before = rss_bytes()
-        config = og.Config(str((bundle / runtime["model"]).parent))
+        folder = (bundle / runtime["model"]).parent
+        config = og.Config(str(folder))
         config.clear_providers()   # the CPU, as the profile's providers say
         self.session = og.Model(config)
         self.load_bytes = {"model": max(0, rss_bytes() - before)}
@@ -108,7 +119,7 @@ class Runner:
         self.family = family(self.io)
         self.tokenizer = load_tokenizer(bundle, self.io)
         chunk = int(runtime["session"].get("config", {}).get("genai.prefill_chunk", DEFAULT_CHUNK))
-        self.decoder = Decoder(self.session, self.io, chunk, int(runtime.get("context") or 0))
+        self.decoder = Decoder(self.session, self.io, chunk, int(runtime.get("context") or 0), window(folder))
 
     @property
     def input_names(self) -> list[str]:
@@ -131,6 +142,28 @@ class Runner:
         """The greedy continuation of `prompt` (text and token ids), up to an end-of-sequence token."""
         tokens, _ = self.decoder.generate(self.prompt_ids(prompt), max_new_tokens)
         return self.tokenizer.decode(tokens), tokens
+
+    def stream_text(self, prompt: str, max_new_tokens: int) -> Iterator[str]:
+        """generate_text's text in pieces, each as soon as its tokens are generated (run.py --prompt prints them
+        as they come). The text so far is decoded whole and the new part given: a token may end inside a
+        character (byte-level BPE), so a piece ending in an incomplete one waits for the next token."""
+        tokens: list[int] = []
+        shown = ""
+        for token in self.decoder.stream(self.prompt_ids(prompt), max_new_tokens):
+            tokens.append(token)
+            text = self.tokenizer.decode(tokens)
+            if len(text) > len(shown) and text.startswith(shown) and not text.endswith("\ufffd"):
+                yield text[len(shown):]
+                shown = text
+        text = self.tokenizer.decode(tokens)
+        if len(text) > len(shown):
+            yield text[len(shown):]
+
+
+def window(folder: Path) -> int:
+    """The sliding window of the model's windowed layers (Gemma 2 and 3, Mistral), 0 for none."""
+    config = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
+    return max(0, int(config["model"]["decoder"].get("sliding_window", {}).get("window_size", 0)))
 
 
 def load(bundle: Path = HERE, sessions: dict[str, Any] | None = None) -> Runner:

@@ -79,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
                 answers.append({"input": raw, "text": text, "tokens": tokens})
             print(json.dumps(answers) if args.json else "\n".join(a["text"] for a in answers))
             return 0
+        stream = getattr(runner, "stream_text", None)   # onnxruntime-genai bundles: text as it is generated
+        if args.prompt is not None and stream is not None and not args.json:
+            print(args.prompt, end="", flush=True)
+            for piece in stream(args.prompt, args.max_new_tokens):
+                print(piece, end="", flush=True)
+            print()
+            return 0
         if args.prompt is not None:
             text, tokens = runner.generate_text(args.prompt, args.max_new_tokens)
             print(json.dumps({"prompt": args.prompt, "text": text, "tokens": tokens}) if args.json
