@@ -185,7 +185,11 @@ def _tokenizer_file(ctx: Context) -> str:
 def genai_reference(ctx: Context) -> TorchReference:
     assert ctx.source is not None
     label = f"PyTorch (transformers {TRANSFORMERS} in the genai environment), fp32"
-    return TorchReference(str(genai_python()), ctx.source.path, [int(t) for t in ctx.io.get("eos_token_ids", [])],
+    # A fine-tune's reference is the base with its adapter merged (the model the builder built), in the work dir
+    folder = merged(ctx, ctx.source.path) if ctx.source.adapter is not None else ctx.source.path
+    if ctx.source.adapter is not None:
+        label += f", {ctx.source.adapter.path.name} merged"
+    return TorchReference(str(genai_python()), folder, [int(t) for t in ctx.io.get("eos_token_ids", [])],
                           ctx.work_dir, label, exporter_envs.child_environ())
 
 
