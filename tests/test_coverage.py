@@ -102,8 +102,11 @@ def test_silero_int8_dynamic_says_it_ships_fp32(tmp_path: Path) -> None:
                    str(tmp_path / "dist"))
     assert proc.returncode == 0, proc.stderr
     assert "(fp32 (int8-dynamic found nothing to quantize))" in proc.stderr
-    manifest = json.loads((unpack(Path(proc.stdout.split()[-1]), tmp_path / "x") / "manifest.json").read_text())
+    bundle = unpack(Path(proc.stdout.split()[-1]), tmp_path / "x")
+    manifest = json.loads((bundle / "manifest.json").read_text())
     assert set(manifest["recipe"]["coverage"]["bytes"]) == {"fp32"}
+    # the bundle's own README says what ships too, not the recipe asked for
+    assert "recipe `fp32 (int8-dynamic found nothing to quantize)`" in (bundle / "README.md").read_text()
     summary = {"target": "rpi5", "bundle": "silero-vad", "recipe": "int8-dynamic",
                "coverage": manifest["recipe"]["coverage"]}
     report = (write_reports([summary], tmp_path / "report")[0].parent / "report.md").read_text(encoding="utf-8")

@@ -19,6 +19,7 @@ from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
 from packager.gpu import write_container_files
+from packager.labels import recipe_label
 from packager.leftovers import bundle_partial
 from packager.manifest import build as build_manifest
 from packager.runtime_files import copy_runtime, family_requirements, runner, signing_requirements
@@ -49,7 +50,7 @@ def readme(ctx: Context) -> str:
     return f"""# {ctx.bundle_name}
 
 `{ctx.source.name if ctx.source else ''}` packaged by packager for **{p.name}** ({p.description}),
-recipe `{ctx.recipe_name}`.
+recipe `{_recipe(ctx)}`.
 
 On the device ({p.os.name}, Python {p.os.python}):
 
@@ -63,6 +64,11 @@ On the device ({p.os.name}, Python {p.os.python}):
   budget {p.budget.memory_bytes / MiB:.0f} MiB.
 - Execution providers, in order: {', '.join(p.runtime.providers)} (missing ones fall back to CPU).
 {runtime_for(p).readme(ctx)}"""
+
+
+def _recipe(ctx: Context) -> str:
+    """What the recipe did (its coverage: "fp32 (int8-dynamic found nothing to quantize)"), as the summary says."""
+    return recipe_label(ctx.recipe_name, ctx.recipe.coverage if ctx.recipe else None)
 
 
 def venv_command(bundle_name: str) -> str:
