@@ -3,7 +3,10 @@
 stored and effective parameters, resident and mapped int4 weights, the KV cache per layer type, and the largest
 int4 context that fits each profile.
 
-    python scripts/plan_table.py [--precision int4] [--target rpi5 --target rpi5-genai ...]
+    python scripts/plan_table.py [--precision int4] [--target rpi5 --target phone ...]
+
+Each profile as `packager plan` and `package` apply it to a decoder: its [decoder_runtime] (onnxruntime-genai on
+rpi4 and rpi5) where that runtime builds the architecture, else [runtime].
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ sys.path.insert(0, str(REPO))
 from packager.decoder_config import FULL  # noqa: E402
 from packager.plan import architecture, human_context, human_count, kv_cache, largest_context, read_config, row  # noqa: E402
 from packager.profiles import resolve_target  # noqa: E402
-from packager.runtimes import runtime_for  # noqa: E402
+from packager.runtimes import profile_for_model, runtime_for  # noqa: E402
 
 CONFIGS = REPO / "packager" / "data" / "configs"
-TARGETS = ("rpi5", "rpi5-genai", "phone", "jetson-orin-nano")
+TARGETS = ("rpi4", "rpi5", "phone", "jetson-orin-nano")
+KV_TARGETS = ("rpi5", "phone")   # the KV table: onnxruntime-genai, and an exported graph on onnxruntime
 MiB = 2**20
 
 
@@ -50,14 +54,16 @@ def main() -> None:
     kv_lines = []
     for path in sorted(CONFIGS.glob("*.json")):
         a = architecture(read_config(path))
-        r = row(a, profiles[0], args.precision, 4096, None)
-        fits = [largest_context(a, p, args.precision, None) for p in profiles]
+        applied = [profile_for_model(p, "decoder", a.name)[0] for p in profiles]
+        r = row(a, applied[0], args.precision, 4096, None)
+        fits = [largest_context(a, p, args.precision, None) for p in applied]
         print(f"| {path.stem} | {human_count(a.parameters)} | {human_count(a.effective_parameters)} | "
               f"{r.weights_bytes / MiB:.0f} MiB | {r.mapped_bytes / MiB:.0f} MiB | "
               + " | ".join(human_context(f) if f else "none" for f in fits) + " |")
-        kv_lines.append(f"| {path.stem} | " + " | ".join(kv_per_type(a, p) for p in profiles[:2]) + " |")
+        kv = [profile_for_model(resolve_target(t), "decoder", a.name)[0] for t in KV_TARGETS]
+        kv_lines.append(f"| {path.stem} | " + " | ".join(kv_per_type(a, p) for p in kv) + " |")
     print()
-    print(f"| model (KV cache at 4K) | {targets[0]} | {targets[1]} |")
+    print(f"| model (KV cache at 4K) | {' | '.join(f'{p.name} ({p.runtime.package})' for p in kv)} |")
     print("|---|---|---|")
     print("\n".join(kv_lines))
 
