@@ -76,6 +76,7 @@ _no_type_labels()
 def targets(as_json: bool = JsonOpt, verbose: bool = VerboseOpt, debug: bool = DebugOpt) -> None:
     """List the target profiles (with --json: the CI matrix)."""
     from packager.paths import profiles_dir
+    from packager.profile_types import DEFAULT_RUNTIME
     from packager.profiles import builtin_profiles
 
     profiles = _guarded(builtin_profiles, debug=debug, as_json=as_json)
@@ -84,21 +85,28 @@ def targets(as_json: bool = JsonOpt, verbose: bool = VerboseOpt, debug: bool = D
         "name": p.name, "aliases": list(p.aliases), "description": p.description, "arch": p.device.arch,
         "cpu": p.device.cpu, "cores": p.device.cores, "ram_bytes": p.device.ram_bytes,
         "budget_bytes": p.budget.memory_bytes, "providers": list(p.runtime.providers), "recipe": p.recipe,
-        "runtime": f"{p.runtime.package}=={p.runtime.version}", "python": p.os.python,
+        "runtime": f"{p.runtime.package}=={p.runtime.version}", "runtime_name": p.runtime.name, "python": p.os.python,
         "debian": p.os.debian,  # "" where no Debian release matches the device: no `smoke --emulate`
+        # decoder LLMs whose architecture its builder makes go to [decoder_runtime] (docs/llms.md)
+        "decoder_runtime": (f"{p.decoder_runtime.runtime.package}=={p.decoder_runtime.runtime.version}"
+                            if p.decoder_runtime else None),
+        "decoder_recipe": p.decoder_runtime.recipe if p.decoder_runtime else (p.decoder_recipe or None),
     } for p in profiles.values()]
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("target", "aliases", "device", "RAM", "budget", "recipe", "providers", box=box.SIMPLE_HEAD)
+    table = Table("target", "aliases", "device", "RAM", "budget", "recipe", "LLMs", "providers", box=box.SIMPLE_HEAD)
     for r in rows:
+        # decoder LLMs: their recipe, and their runtime where it is not ONNX Runtime itself
+        genai = r["decoder_runtime"] or (r["runtime"] if r["runtime_name"] != DEFAULT_RUNTIME else "")
+        llms = (r["decoder_recipe"] or r["recipe"]) + (f" ({genai.split('==')[0]})" if genai else "")
         table.add_row(r["name"], " ".join(r["aliases"]), f"{r['cores']}x {r['cpu']}",
                       f"{r['ram_bytes'] / 2**30:.0f} GiB",
-                      f"{r['budget_bytes'] / 1e9:.1f} GB", r["recipe"],
+                      f"{r['budget_bytes'] / 1e9:.1f} GB", r["recipe"], llms,
                       " > ".join(provider_name(p) for p in r["providers"]))
     out = Console()
     if not out.is_terminal:
-        out = Console(width=120)  # piped: no terminal width to fit, so do not fold the names
+        out = Console(width=160)  # piped: no terminal width to fit, so do not fold the names
     out.print(table)
 
 @app.command()

@@ -117,3 +117,8 @@ def test_targets_json_is_the_ci_matrix() -> None:
 def test_targets_table() -> None:
     proc = run_cli("targets")
     assert proc.returncode == 0 and "rpi5" in proc.stdout and "jetson-orin-nano" in proc.stdout
+    # where decoder LLMs go: rpi5's [decoder_runtime], named in the table and the JSON
+    rpi5 = next(line for line in proc.stdout.splitlines() if line.split()[:1] == ["rpi5"])
+    assert "int4-mixed (onnxruntime-genai)" in rpi5
+    rows = {r["name"]: r for r in json.loads(run_cli("targets", "--json").stdout)}
+    assert rows["rpi5"]["decoder_runtime"] == "onnxruntime-genai==0.18.0" and rows["phone"]["decoder_runtime"] is None
