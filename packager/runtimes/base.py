@@ -69,6 +69,11 @@ class Runtime(Protocol):
         """Whether this runtime packages a model of this Hugging Face architecture ("" for an .onnx file)."""
         ...
 
+    def check_source(self, profile: Profile, architecture: str) -> None:
+        """Raise PackagerError (exit 5, one sentence) for a model this runtime cannot package, known from its source
+        alone (its architecture, "" for an .onnx file): refused before the export, which takes seconds to minutes."""
+        ...
+
     def requirements(self, profile: Profile) -> list[str]:
         """The runtime's lines of the bundle's requirements.txt: an extra index, the runtime pin, numpy's."""
         ...

@@ -77,6 +77,13 @@ class GenaiRuntime(OnnxRuntime):
     def takes(self, architecture: str) -> bool:
         return genai_supports(architecture)
 
+    def check_source(self, profile: Profile, architecture: str) -> None:
+        if not architecture:
+            raise PackagerError(f"{profile.name} runs decoder LLMs from a Hugging Face folder with onnxruntime-genai, "
+                                "and this is an ONNX file; package it for a target on the onnxruntime runtime (such as "
+                                "rpi5).", ExitCode.BAD_INPUT)
+        check_family(architecture, profile.name)
+
     def check_profile(self, profile: Profile, where: str) -> None:
         for key, value in profile.session.config.items():
             if key not in SETTINGS:

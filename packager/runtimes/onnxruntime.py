@@ -71,6 +71,9 @@ class OnnxRuntime:
     def takes(self, architecture: str) -> bool:
         return True   # optimum's exporter makes the fp32 graph the recipes quantize
 
+    def check_source(self, profile: Profile, architecture: str) -> None:
+        return None   # what the exporter cannot make, it says (export stage)
+
     def check_profile(self, profile: Profile, where: str) -> None:
         for key in profile.session.config:
             if not re.fullmatch(r"[a-z0-9_]+(\.[a-z0-9_]+)+", key):

@@ -19,6 +19,7 @@ from packager.model_files import (
 )
 from packager.model_files import bad_input as _bad  # refusals of the user's files: exit 5
 from packager.names import derive_name
+from packager.runtimes import runtime_for
 from packager.samples import resolve_adapter_sample, resolve_sample
 
 # Architectures by suffix -> optimum export task. Decoders export with their KV cache as inputs
@@ -163,3 +164,4 @@ def run(ctx: Context) -> None:
             ctx.input_spec = replace(ctx.input_spec, shapes=dict(sample.shapes), values=dict(sample.values))
     if ctx.adapter:
         ctx.source = with_adapter(ctx.source, ctx.adapter, ctx.name, ctx.allow_pickle)
+    runtime_for(ctx.profile).check_source(ctx.profile, ctx.source.architecture)
