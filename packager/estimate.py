@@ -261,7 +261,7 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     # fresh buffers and count as activations.
     past = frozenset(i.name for i in model.graph.input if is_past(i.name))
     activations = activation_peak(concrete.graph, set(sizes), past)
-    kv = kv_cache_bytes(model, context, {n: v for n, v in sample_shapes.items() if ".encoder." in n})
+    kv = kv_cache_bytes(model, context, {n: v for n, v in sample_shapes.items() if is_past(n)})
     share = runtime_for(profile).memory(profile, kind)
     base = share.base_bytes
     graph = node_count(model) * share.node_bytes

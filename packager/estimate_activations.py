@@ -158,8 +158,9 @@ def is_past(name: str) -> bool:
 
 def kv_cache_bytes(model: onnx.ModelProto, context: int | None,
                    shapes: dict[str, tuple[int, ...]] | None = None) -> int:
-    """Past key/value inputs (`past_key_values.N.key/value`) at `context` tokens, batch 1; a past whose
-    shape `shapes` gives (an encoder-decoder's cross-attention cache: the encoder's length) at that."""
+    """Past key/value inputs (`past_key_values.N.key/value`) at `context` tokens, batch 1. `shapes`: the pasts'
+    shapes at a step; an encoder-decoder's cross-attention cache (".encoder.") is taken as given (the encoder's
+    length), the others give their open axes but the sequence, which takes the context."""
     if not context:
         return 0
     total = 0
@@ -167,11 +168,14 @@ def kv_cache_bytes(model: onnx.ModelProto, context: int | None,
         if not is_past(inp.name):
             continue
         t = inp.type.tensor_type
-        if shapes and inp.name in shapes:
-            total += math.prod(shapes[inp.name]) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+        given = (shapes or {}).get(inp.name)
+        if given is not None and ".encoder." in inp.name:
+            total += math.prod(given) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
             continue
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        # [batch, kv_heads, past_sequence, head_dim]: the open sequence axis takes the context.
-        fixed = [1 if i == 0 and d is None else (context if d is None else d) for i, d in enumerate(dims)]
+        # [batch, kv_heads, past_sequence, head_dim]: the open sequence axis takes the context; another open axis
+        # (onnxruntime-genai's builder writes head_dim as the symbol kv_cache_dim) its size at a step, where given.
+        fixed = [d if d is not None else 1 if i == 0 else context if i == 2 or given is None else given[i]
+                 for i, d in enumerate(dims)]
         total += math.prod(fixed) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
     return total

@@ -141,3 +141,27 @@ def test_every_python_package_is_installed_by_the_wheel() -> None:
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(root).parts) for p in (root / "packager").rglob("__init__.py")}
     assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
+
+
+def test_kv_cache_counts_a_genai_graphs_symbolic_head_size_as_its_size_not_the_context() -> None:
+    """onnxruntime-genai's builder writes past_key_values as [batch_size, heads, past_sequence_length,
+    kv_cache_dim]: the head size is a symbol too. The estimate's KV cache takes the context on the sequence axis
+    only (it took it on both: a 1B model's 256 MiB cache at 4K estimated at 16 GiB)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from packager.estimate_activations import kv_cache_bytes
+
+    pasts = [helper.make_tensor_value_info(f"past_key_values.{i}.{kv}", TensorProto.FLOAT,
+                                           ["batch_size", 2, "past_sequence_length", "kv_cache_dim"])
+             for i in range(3) for kv in ("key", "value")]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Identity", [pasts[0].name], ["y"])], "g", pasts, [out])
+    model = helper.make_model(graph)
+    step = {p.name: (1, 2, 99, 16) for p in pasts}   # a decode step: 99 past tokens, heads of 16
+    assert kv_cache_bytes(model, 100, step) == 6 * 2 * 100 * 16 * 4
+    # an exported graph's fixed head size needs no step shapes
+    fixed = onnx.helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, ["b", 2, "p", 16])
+    model.graph.ClearField("input")
+    model.graph.input.append(fixed)
+    assert kv_cache_bytes(model, 100) == 2 * 100 * 16 * 4
