@@ -179,11 +179,12 @@ if __name__ == "__main__":   # the export's child process (run_export_child)
     _export_child(int(sys.argv[1]), json.loads(sys.argv[2]))
 
 
-def merged(ctx: Context, folder: Path) -> Path:
+def merged(ctx: Context, folder: Path, name: str = "merged") -> Path:
     """The base folder with the LoRA adapter merged into its weights, in the run's work dir (removed
-    with it): what the exporter reads (and onnxruntime-genai's builder: packager/runtime_steps.py)."""
+    with it): what the exporter reads (and onnxruntime-genai's builder: packager/runtime_steps.py). `name`: the
+    folder's, for a copy that outlives the builder's (the genai path's PyTorch reference)."""
     assert ctx.source is not None and ctx.source.adapter is not None
-    dest = ctx.work_dir / "merged"
+    dest = ctx.work_dir / name
     with quiet():
         try:
             merge(folder, ctx.source.adapter, dest, ctx.source.merge_method)

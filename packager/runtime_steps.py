@@ -186,8 +186,12 @@ def genai_reference(ctx: Context) -> TorchReference:
     assert ctx.source is not None
     label = f"PyTorch (transformers {TRANSFORMERS} in the genai environment), fp32"
     # A fine-tune's reference is the base with its adapter merged (the model the builder built), in the work dir
-    folder = merged(ctx, ctx.source.path) if ctx.source.adapter is not None else ctx.source.path
+    # (made once: every recipe --fit auto or int4-mixed tries is judged against the same one)
+    folder = ctx.source.path
     if ctx.source.adapter is not None:
+        folder = ctx.work_dir / "merged-reference"
+        if not folder.is_dir():
+            merged(ctx, ctx.source.path, folder.name)
         label += f", {ctx.source.adapter.path.name} merged"
     return TorchReference(str(genai_python()), folder, [int(t) for t in ctx.io.get("eos_token_ids", [])],
                           ctx.work_dir, label, exporter_envs.child_environ())

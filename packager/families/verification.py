@@ -159,9 +159,11 @@ def _verify_eval(ctx: Context, rt: ModuleType, reference: Any, packaged: Any,
     smoke_cases = cases[:evaluation.SMOKE_CASES]
     try:
         if ctx.eval_reference is None:   # the reference is the same for every recipe --fit auto tries
-            full = rt.evaluate(reference, ctx.io, tokenizer, cases)
-            sub = _slice(full, len(smoke_cases)) if family.eval_cases_alone else \
-                rt.evaluate(reference, ctx.io, tokenizer, smoke_cases)
+            # a session of the fp32 export, or a generator of its own (the genai path's PyTorch reference)
+            on_reference = partial(rt.evaluate, None, ctx.io, tokenizer, decoder=reference) \
+                if hasattr(reference, "generate") else partial(rt.evaluate, reference, ctx.io, tokenizer)
+            full = on_reference(cases)
+            sub = _slice(full, len(smoke_cases)) if family.eval_cases_alone else on_reference(smoke_cases)
             ctx.eval_reference = {"full": full, "smoke": sub}
         # A runner in another environment (onnxruntime-genai's) runs the cases there, with the device's code.
         evaluate = getattr(packaged, "evaluate", None) or partial(rt.evaluate, packaged.session, ctx.io, tokenizer)

@@ -61,12 +61,14 @@ def _embedder(session: Any, tokenizer: Any) -> Any:
     return embed
 
 
-def evaluate(session: Any, io: dict[str, Any], tokenizer: Any, cases: list[dict[str, Any]]) -> dict[str, Any]:
+def evaluate(session: Any, io: dict[str, Any], tokenizer: Any, cases: list[dict[str, Any]],
+             decoder: Any = None) -> dict[str, Any]:
     """Run the eval cases on a model (an onnxruntime session of the packaged or the reference model):
-    the score (the share of cases that pass) and each case's output and verdict."""
+    the score (the share of cases that pass) and each case's output and verdict. `decoder`: a prompted model's
+    generator other than a Decoder of `session` (the host's PyTorch reference: packager/runtimes/genai_host.py)."""
     results: list[dict[str, Any]] = []
     if family(io).prompted:
-        decoder = Decoder(session, io)
+        decoder = decoder or Decoder(session, io)
         for case in cases:
             tokens, _ = decoder.generate(list(tokenizer.encode(case["prompt"]).ids),
                                          int(case.get("max_new_tokens", EVAL_DEFAULT_TOKENS)))
