@@ -331,6 +331,14 @@ def largest_context(a: Architecture, profile: Profile, precision: str, kv_bits: 
     return lo * 256
 
 
+def as_packaged(a: Architecture, profile: Profile) -> tuple[Profile, str]:
+    """The profile as `package` would apply it to this model: a decoder LLM on the profile's [decoder_runtime] where
+    that runtime builds its architecture; with the note `package` prints where it does not ("" otherwise)."""
+    if not a.decoder or a.components:
+        return profile, ""
+    return profile_for_model(profile, "decoder", a.name)
+
+
 def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None = None,
          contexts: list[int] | None = None,
          kv_bits: int | None = None) -> Plan:
@@ -340,10 +348,8 @@ def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None
         if p not in BYTES_PER_PARAM:
             raise PackagerError(f"unknown precision {p!r}; choose from {', '.join(PRECISIONS)}.", ExitCode.USAGE)
     contexts = contexts or [c for c in DEFAULT_CONTEXTS if not a.max_context or c <= a.max_context] or [a.max_context]
-    notes: list[str] = []
-    if a.decoder and not a.components:   # as `package` would run it: [decoder_runtime] where that runtime builds it
-        profile, note = profile_for_model(profile, "decoder", a.name)
-        notes += [note] if note else []
+    profile, note = as_packaged(a, profile)
+    notes: list[str] = [note] if note else []
     rows = [row(a, profile, p, c, kv_bits) for p in precisions for c in contexts]
     mem = runtime_for(profile).decoder_memory(profile, precisions[0])
     notes += mem.notes

@@ -19,9 +19,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from packager.decoder_config import FULL  # noqa: E402
-from packager.plan import architecture, human_context, human_count, kv_cache, largest_context, read_config, row  # noqa: E402
+from packager.plan import (  # noqa: E402
+    architecture,
+    as_packaged,
+    human_context,
+    human_count,
+    kv_cache,
+    largest_context,
+    read_config,
+    row,
+)
 from packager.profiles import resolve_target  # noqa: E402
-from packager.runtimes import profile_for_model, runtime_for  # noqa: E402
+from packager.runtimes import runtime_for  # noqa: E402
 
 CONFIGS = REPO / "packager" / "data" / "configs"
 TARGETS = ("rpi4", "rpi5", "phone", "jetson-orin-nano")
@@ -54,13 +63,13 @@ def main() -> None:
     kv_lines = []
     for path in sorted(CONFIGS.glob("*.json")):
         a = architecture(read_config(path))
-        applied = [profile_for_model(p, "decoder", a.name)[0] for p in profiles]
+        applied = [as_packaged(a, p)[0] for p in profiles]
         r = row(a, applied[0], args.precision, 4096, None)
         fits = [largest_context(a, p, args.precision, None) for p in applied]
         print(f"| {path.stem} | {human_count(a.parameters)} | {human_count(a.effective_parameters)} | "
               f"{r.weights_bytes / MiB:.0f} MiB | {r.mapped_bytes / MiB:.0f} MiB | "
               + " | ".join(human_context(f) if f else "none" for f in fits) + " |")
-        kv = [profile_for_model(resolve_target(t), "decoder", a.name)[0] for t in KV_TARGETS]
+        kv = [as_packaged(a, resolve_target(t))[0] for t in KV_TARGETS]
         kv_lines.append(f"| {path.stem} | " + " | ".join(kv_per_type(a, p) for p in kv) + " |")
     print()
     print(f"| model (KV cache at 4K) | {' | '.join(f'{p.name} ({p.runtime.package})' for p in kv)} |")

@@ -66,7 +66,11 @@ def _rpi5_text() -> str:
     (("[budget]\n", "[budgets]\n"), "budgets", "not a known key"),
 ])
 def test_invalid_profiles_name_file_and_key(tmp_path: Path, change: tuple[str, str], key: str, problem: str) -> None:
-    text = _rpi5_text()
+    _assert_refused(tmp_path, _rpi5_text(), change, key, problem)
+
+
+def _assert_refused(tmp_path: Path, text: str, change: tuple[str, str], key: str, problem: str) -> None:
+    """The profile `text` with one change is refused with exit 6, naming its file, the key and the problem."""
     assert change[0] in text
     path = _write(tmp_path, text.replace(change[0], change[1], 1))
     with pytest.raises(PackagerError) as e:
@@ -83,13 +87,7 @@ def test_invalid_profiles_name_file_and_key(tmp_path: Path, change: tuple[str, s
 ])
 def test_invalid_genai_settings_name_file_and_key(tmp_path: Path, change: tuple[str, str], key: str,
                                                   problem: str) -> None:
-    text = (profiles_dir() / "rpi5-genai.toml").read_text()
-    assert change[0] in text
-    path = _write(tmp_path, text.replace(change[0], change[1], 1))
-    with pytest.raises(PackagerError) as e:
-        load_profile(path)
-    assert e.value.code == ExitCode.BAD_PROFILE
-    assert str(path) in e.value.message and f"'{key}'" in e.value.message and problem in e.value.message
+    _assert_refused(tmp_path, (profiles_dir() / "rpi5-genai.toml").read_text(), change, key, problem)
 
 
 def test_missing_key_and_bad_syntax(tmp_path: Path) -> None:
