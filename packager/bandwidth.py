@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packager.estimate import tensor_bytes
+
 GB = 1e9   # bandwidths are in decimal GB/s, as datasheets give them
 # Ops whose table input is looked up a row per token (an embedding), not read whole: such a table counts
 # only when another op reads it too (a tied lm_head, as genai's builder shares the int4 table).
@@ -73,30 +75,15 @@ def model_reads(model: Path) -> tuple[int, int | None]:
     import onnx
     from onnx import helper
 
+
     graph = onnx.load(str(model), load_external_data=False).graph
     consumers: dict[str, set[str]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, set()).add(node.op_type)
-    weights = sum(_tensor_bytes(t) for t in graph.initializer if consumers.get(t.name, set()) - LOOKUPS)
+    weights = sum(tensor_bytes(t) for t in graph.initializer if consumers.get(t.name, set()) - LOOKUPS)
     kv = next((i.type.tensor_type.elem_type for i in graph.input if i.name.startswith("past_key_values.")), None)
     return weights, None if kv is None else helper.tensor_dtype_to_np_dtype(kv).itemsize
-
-
-def _tensor_bytes(tensor: Any) -> int:
-    from onnx import TensorProto, helper
-
-    for entry in tensor.external_data:
-        if entry.key == "length":
-            return int(entry.value)
-    if tensor.raw_data:
-        return len(tensor.raw_data)
-    count = 1
-    for d in tensor.dims:
-        count *= int(d)
-    if tensor.data_type in (TensorProto.INT4, TensorProto.UINT4):
-        return (count + 1) // 2
-    return count * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def host_bandwidth_gbs(size: int = COPY_BYTES, repeats: int = COPY_REPEATS) -> float:

@@ -143,7 +143,8 @@ def node_count(model: onnx.ModelProto) -> int:
 
 # ---------------------------------------------------------------- weights
 
-def _tensor_bytes(t: onnx.TensorProto) -> int:
+def tensor_bytes(t: onnx.TensorProto) -> int:
+    """A tensor's bytes as stored: external data by its recorded length, int4 two to a byte."""
     if t.data_location == onnx.TensorProto.EXTERNAL:
         info = {e.key: e.value for e in t.external_data}
         if "length" in info:
@@ -161,7 +162,7 @@ def weight_bytes(model: onnx.ModelProto) -> tuple[int, int, dict[str, int]]:
     sizes: dict[str, int] = {}
     for g in all_graphs(model.graph):
         for t in g.initializer:
-            size = _tensor_bytes(t)
+            size = tensor_bytes(t)
             sizes[t.name] = size
             if t.data_location == onnx.TensorProto.EXTERNAL:
                 external += size
@@ -171,7 +172,7 @@ def weight_bytes(model: onnx.ModelProto) -> tuple[int, int, dict[str, int]]:
             if node.op_type == "Constant":
                 for attr in node.attribute:
                     if attr.type == onnx.AttributeProto.TENSOR:
-                        size = _tensor_bytes(attr.t)
+                        size = tensor_bytes(attr.t)
                         sizes[node.output[0]] = size
                         inline += size
     return inline, external, sizes
