@@ -331,7 +331,7 @@ def _reporter(progress: bool | Reporter) -> Reporter:
 def _smoke_key(sign: Path | None, tmp: Path) -> Path | None:
     """The public key `package --smoke` checks the new bundle with: the --sign key's own public half,
     else the one configured for devices ($PACKAGER_PUBLIC_KEY), else none."""
-    from packager.runtime_files import runner
+    from packager.device_code import runner
     from packager.signing import write_public_key
 
     return write_public_key(sign, tmp / "public.pem") if sign else runner().configured_public_key()

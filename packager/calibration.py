@@ -16,11 +16,11 @@ import numpy as np
 import onnx
 
 from packager.context import Context, InputSpec
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
 from packager.open_shapes import size_record
 from packager.recipes import RECIPES
-from packager.runtime_files import runner
 from packager.sample_inputs import make_inputs
 
 DEFAULT_TEXTS = Path(__file__).resolve().parent / "data" / "calibration.txt"

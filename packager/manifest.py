@@ -10,10 +10,10 @@ import onnxruntime
 
 from packager.archive import source_date_epoch
 from packager.context import Context
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
 from packager.records import Memory
-from packager.runtime_files import runner
 from packager.runtimes import runtime_for
 from packager.signing import manifest_entry as signature_entry
 from packager.version import __version__

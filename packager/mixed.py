@@ -24,11 +24,11 @@ import numpy as np
 import onnx
 
 from packager.context import Context
+from packager.device_code import runner
 from packager.leftovers import temp_folder
 from packager.recipes.common import needs_external_data, save
 from packager.recipes.layers import layer_bytes
 from packager.recipes.nbits import mix_nbits, quantized_nbits
-from packager.runtime_files import runner
 
 
 def quantizations(ctx: Context) -> Path:

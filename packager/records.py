@@ -1,4 +1,5 @@
-"""The build's typed records: memory (the fit verdict), accuracy (verify's figures) and --fit auto's search.
+"""The build's typed records: memory (the fit verdict and its estimate), accuracy (verify's figures) and --fit
+auto's search.
 
 Each serializes to the JSON that schemas/manifest.schema.json (`$defs`: memory, accuracy, fit_auto) and
 schemas/report.schema.json describe, and reads it back checked. Reading and writing go through the
@@ -11,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import Estimate
-from packager.runtime_files import runner
 
 
 def read(cls: type[Any], data: Any, where: str) -> Any:
@@ -29,6 +29,25 @@ def read(cls: type[Any], data: Any, where: str) -> Any:
 def to_json(record: Any) -> dict[str, Any]:
     result: dict[str, Any] = runner().record_dict(record)
     return result
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The static estimate of a model's peak resident memory on a target (packager/estimate.py makes it)."""
+
+    low_bytes: int
+    high_bytes: int
+    breakdown: dict[str, int]              # component -> bytes (the expected figure)
+    load_high_bytes: int
+    run_high_bytes: int
+    context: int | None = None
+    notes: list[str] = field(default_factory=list)
+    run_low_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"low_bytes": self.low_bytes, "high_bytes": self.high_bytes, "breakdown": self.breakdown,
+                "load_high_bytes": self.load_high_bytes, "run_high_bytes": self.run_high_bytes,
+                "run_low_bytes": self.run_low_bytes, "context": self.context, "notes": self.notes}
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,14 @@ import onnx
 from packager import exporter_envs
 from packager.context import Context
 from packager.coverage import coverage_of
+from packager.device_code import runner
 from packager.estimate import weight_bytes
 from packager.export_process import merged
 from packager.families import family_for
 from packager.manifest import runtime_spec
 from packager.recipes.common import RecipeResult
 from packager.recipes.layers import layer_bytes, layer_of
-from packager.runtime_files import copy_runtime, runner
+from packager.runtime_files import copy_runtime
 from packager.runtimes import genai
 from packager.runtimes.genai import KV8_OPTIONS, tune
 from packager.runtimes.genai_host import ChildDecoder, ChildRunner, TorchReference

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.context import Context
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import Estimate, combine
 from packager.gpu import write_container_files
@@ -37,7 +38,7 @@ from packager.leftovers import temp_folder
 from packager.manifest import SCHEMA_VERSION, built_at, memory_record
 from packager.names import MAX_NAME, check_name, joined_name
 from packager.profiles import Profile
-from packager.runtime_files import copy_runtime, runner
+from packager.runtime_files import copy_runtime
 from packager.runtimes import runtime_for
 from packager.signing import manifest_entry as signature_entry
 from packager.stages.bundle import file_entries, publish, requirements, run_arguments, seal, venv_command

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.families import FAMILIES, Family, family_for
 from packager.paths import targets_dir
 from packager.profiles import Accuracy
-from packager.runtime_files import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 # The only places a model kind's name may be tested: the two registries.

@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from packager.device_code import runner
 from packager.estimate import estimate
 from packager.gpu import MIN_WORKSPACE, dockerfile, trt_workspace, unmeasured_gpu_bytes
 from packager.profiles import builtin_profiles
-from packager.runtime_files import runner
 
 MiB = 2**20
 PROFILES = builtin_profiles()

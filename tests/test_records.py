@@ -17,9 +17,9 @@ import jsonschema
 import pytest
 
 from conftest import REPO, run_cli, unpack
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.records import Accuracy, Fit, Memory
-from packager.runtime_files import runner
 
 DATA = Path(__file__).parent / "data"
 

@@ -14,11 +14,11 @@ import pytest
 
 from conftest import REPO, unpack
 from packager.config import resolve_package_settings
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.options import PackageOptions
 from packager.pipeline import check, package
 from packager.recipes import parse_recipe, recipe_label
-from packager.runtime_files import runner
 from packager.smoke import run_smoke
 
 

@@ -16,13 +16,14 @@ from typing import Any
 
 from packager.archive import write_archive
 from packager.context import Context
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
 from packager.gpu import write_container_files
 from packager.labels import recipe_label
 from packager.leftovers import bundle_partial
 from packager.manifest import build as build_manifest
-from packager.runtime_files import copy_runtime, family_requirements, runner, signing_requirements
+from packager.runtime_files import copy_runtime, family_requirements, signing_requirements
 from packager.runtimes import runtime_for
 from packager.signing import sign_manifest
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 
 from packager.context import Context
+from packager.device_code import runner
 from packager.families import family_for
-from packager.runtime_files import runner
 
 
 def run(ctx: Context) -> None:

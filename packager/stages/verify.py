@@ -8,8 +8,8 @@ its own answers to.
 from __future__ import annotations
 
 from packager.context import Context
+from packager.device_code import runner
 from packager.families import family_for
-from packager.runtime_files import runner
 from packager.runtimes import runtime_for
 
 
