@@ -192,7 +192,8 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, options
         archive=built.archive, bundle=built.archive.name.removesuffix(".tar.gz"), target=settings.profile.name,
         models={n: {"source": c.model_spec, "recipe": c.recipe_name,
                     "accuracy": accuracy_summary(c),
-                    "memory_alone": c.memory, "fit": c.fit.to_dict() if c.fit else None, "mixed": mixed_record(c)}
+                    "memory_alone": c.memory.to_dict() if c.memory else {}, "fit": c.fit.to_dict() if c.fit else None,
+                    "mixed": mixed_record(c)}
                 for n, c in zip(names, contexts)},
         blobs=[{"key": b.key, "used_by": b.used_by, "bytes": sum(f["size"] for f in b.files),
                 **({"notes": b.notes} if b.notes else {})} for b in built.blobs],

@@ -20,7 +20,7 @@ from packager.options import InputSpec as InputSpec  # its home was here: `from 
 from packager.options import PackageOptions
 from packager.profiles import Profile
 from packager.recipes.records import RecipeResult
-from packager.records import Accuracy, Fit
+from packager.records import Accuracy, Fit, Memory
 
 
 def silent(detail: str) -> None:
@@ -105,7 +105,7 @@ class Context:
     expected_outputs: list[dict[str, np.ndarray]] = field(default_factory=list)   # the fp32 reference's
     accuracy: Accuracy | None = None         # verify's figures against the fp32 reference
     # fit
-    memory: dict[str, Any] = field(default_factory=dict)
+    memory: Memory | None = None             # the verdict against the budget (None before the fit stage)
     fit: Fit | None = None   # --fit auto: recipes tried, the one chosen and why
     # bundle
     archive: Path | None = None

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from packager.profile_types import Profile
     from packager.recipes.records import RecipeResult
+    from packager.records import Memory
 
 
 class SourceView(Protocol):
@@ -68,7 +69,7 @@ class RuntimeContext(FamilyContext, Protocol):
     recipe: RecipeResult | None
     model_file: str
     mobile: dict[str, Any]
-    memory: dict[str, Any]
+    memory: Memory | None
     eval_cases: list[dict[str, Any]]
 
     @property

@@ -76,7 +76,7 @@ def smoke_spec(ctx: Context) -> dict[str, Any]:
 
 def build(ctx: Context) -> dict[str, Any]:
     """The manifest, as the device's typed reader (targets/runtime/manifest.py) reads it back."""
-    assert ctx.source is not None and ctx.recipe is not None and ctx.accuracy is not None
+    assert ctx.source is not None and ctx.recipe is not None and ctx.accuracy is not None and ctx.memory is not None
     return checked({
         "schema_version": SCHEMA_VERSION,
         "name": ctx.source.name,
@@ -99,7 +99,7 @@ def build(ctx: Context) -> dict[str, Any]:
         "inputs": ctx.io["inputs"],
         "outputs": ctx.io["outputs"],
         "files": ctx.bundle_files,
-        "memory": Memory.from_dict(memory_record(ctx.memory)).to_dict(),
+        "memory": Memory.from_dict(memory_record(ctx.memory.to_dict())).to_dict(),
         "accuracy": ctx.accuracy.to_dict(),
         "smoke": smoke_spec(ctx),
         "built_with": {

@@ -77,14 +77,15 @@ def test_whisper_packages_for_the_phone_and_smokes_end_to_end(tmp_path: Path) ->
     assert acc["end_to_end"] and acc["token_agreement"] >= 0.9 and acc["min_logits_cosine"] > 0.95
     assert set(acc["components"]) == {"encoder", "decoder"}
     mem = ctx.memory
-    assert set(mem["components"]) == {"encoder", "decoder"}
-    parts = mem["components"]
+    assert mem is not None and mem.components is not None
+    assert set(mem.components) == {"encoder", "decoder"}
+    parts = mem.components
     assert parts["decoder"]["estimate"]["breakdown"]["kv_cache"] > 0 and parts["encoder"]["measured_load_bytes"] > 0
     # The whole counts the runtime once: its estimate is the components' own plus one shared runtime.
     from packager.stages.fit import shared_bytes
 
     assert sum(c["estimate"]["high_bytes"] for c in parts.values()) + shared_bytes(ctx.profile) == \
-        mem["estimate"]["high_bytes"]
+        mem.estimate.high_bytes
     bundle = unpack(ctx.archive, tmp_path / "unpacked")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["runtime"]["components"] == {"encoder": "model/encoder_model.ort",
@@ -121,7 +122,8 @@ def test_vision_packages_for_jetson_with_a_recipe_per_component(tmp_path: Path) 
     assert {c.name: c.recipe_name for c in ctx.components} == {"encoder": "int8-dynamic", "decoder": "fp16"}
     assert ctx.recipe.params["components"]["decoder"]["params"]["merged"]
     assert ctx.accuracy.more["token_agreement"] >= 0.9
-    assert ctx.memory["components"]["decoder"]["recipe"] == "fp16"
+    assert ctx.memory is not None and ctx.memory.components is not None
+    assert ctx.memory.components["decoder"]["recipe"] == "fp16"
     smoke = run_smoke(ctx.archive)
     assert smoke.passed, smoke.output
 

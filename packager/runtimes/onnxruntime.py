@@ -28,6 +28,7 @@ from packager.runtimes.base import DecoderMemory, MemoryShare
 
 if TYPE_CHECKING:
     from packager.context_view import RuntimeContext
+    from packager.records import Memory
 
 # The device-side code (targets/): the runner that loads the model with the manifest's session options, and the
 # smoke test that checks the bundle with it.
@@ -177,7 +178,7 @@ class OnnxRuntime:
 
     # ------------------------------------------------------------------ the device side
 
-    def session_spec(self, profile: Profile, memory: dict[str, Any]) -> dict[str, Any]:
+    def session_spec(self, profile: Profile, memory: Memory | None) -> dict[str, Any]:
         rt = profile.runtime
         options = {k: dict(v) for k, v in rt.provider_options.items()}
         workspace = gpu.trt_workspace(profile, memory)
@@ -198,8 +199,8 @@ class OnnxRuntime:
                                                                     ctx.sample_inputs[0], _sample_note(ctx),
                                                                     ctx.mobile["usability"])
         workspace = gpu.trt_workspace(ctx.profile, ctx.memory)
-        if workspace is not None:
-            ctx.memory["tensorrt_workspace"] = workspace
+        if workspace is not None and ctx.memory is not None:
+            ctx.memory = dataclasses.replace(ctx.memory, tensorrt_workspace=workspace)
 
     def readme(self, ctx: RuntimeContext) -> str:
         return _phone_readme(ctx) + _gpu_readme(ctx)
@@ -290,7 +291,7 @@ def _gpu_readme(ctx: RuntimeContext) -> str:
     p = ctx.profile
     if gpu.TRT not in p.runtime.providers:
         return ""
-    workspace = ctx.memory.get("tensorrt_workspace", {})
+    workspace = (ctx.memory.tensorrt_workspace if ctx.memory else None) or {}
     bound = f"{workspace['bytes'] / MiB:.0f} MiB" if workspace else "the profile's figure"
     text = f"""
 ## On the GPU

@@ -44,10 +44,11 @@ def readme(ctx: Context) -> str:
     p = ctx.profile
     run_example = "python run.py " + run_arguments(ctx.io)
     mem = ctx.memory
+    assert mem is not None   # the fit stage ran
     # The measured figure varies run to run: the bundle says only that it was within the budget.
-    measured = f", measured within the budget on the build host ({mem['measured_on']})" \
-        if mem.get("verdict_basis") == "measured" else ""
-    low, high = mem['estimate']['low_bytes'] / MiB, mem['estimate']['high_bytes'] / MiB
+    measured = f", measured within the budget on the build host ({mem.measured_on})" \
+        if mem.verdict_basis == "measured" else ""
+    low, high = mem.estimate.low_bytes / MiB, mem.estimate.high_bytes / MiB
     return f"""# {ctx.bundle_name}
 
 `{ctx.source.name if ctx.source else ''}` packaged by packager for **{p.name}** ({p.description}),
