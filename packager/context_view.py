@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from packager.profile_types import Profile
     from packager.recipes.records import RecipeResult
-    from packager.records import Memory
+    from packager.records import Io, Memory
 
 
 class SourceView(Protocol):
@@ -44,7 +44,7 @@ class ComponentView(Protocol):
 class FamilyContext(Protocol):
     """What a family's steps read and fill in: the io, the samples and the sentences behind them."""
 
-    io: dict[str, Any]
+    io: Io
     texts: list[str]
     reference_model: Path | None
     sample_inputs: list[dict[str, np.ndarray]]

@@ -111,7 +111,7 @@ def package(model: str, settings: PackageSettings, options: PackageOptions | Non
         for stage_name in ("source", "export"):
             run_stage(ctx, reporter, stage_name)
         # ctx.profile: the profile as export applied it (a decoder may have moved to [decoder_runtime])
-        choose_recipe(ctx, reporter, ctx.profile.fit_recipes_for(family_for(ctx.io["kind"]).context_sized))
+        choose_recipe(ctx, reporter, ctx.profile.fit_recipes_for(family_for(ctx.io.kind).context_sized))
         run_stage(ctx, reporter, "bundle")
     return ctx
 

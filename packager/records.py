@@ -1,10 +1,10 @@
-"""The build's typed records: memory (the fit verdict and its estimate), accuracy (verify's figures) and --fit
-auto's search.
+"""The build's typed records: the model's io, memory (the fit verdict and its estimate), accuracy (verify's figures)
+and --fit auto's search.
 
 Each serializes to the JSON that schemas/manifest.schema.json (`$defs`: memory, accuracy, fit_auto) and
 schemas/report.schema.json describe, and reads it back checked. Reading and writing go through the
 device's own typed reader (targets/runtime/manifest.py `read_record`, `record_dict`), loaded as the host
-loads all device code (packager/runtime_files.py): one reader of the manifest, not two.
+loads all device code (packager/device_code.py): one reader of the manifest, not two.
 """
 
 from __future__ import annotations
@@ -75,6 +75,37 @@ class Memory:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "memory") -> Self:
+        result: Self = read(cls, data, where)
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json(self)
+
+
+@dataclass(frozen=True)
+class Io:
+    """runtime.io (ctx.io): what the model reads and answers, and how its family feeds it; the families describe
+    it from the export (packager/families/, describe_io). The device reads the same JSON with its own record,
+    targets/runtime/manifest.py `Io` (it cannot import packager): tests/test_records.py holds the two to the same
+    fields, in the same order. The inputs, outputs and components stay JSON objects: the device code the host
+    runs (rt.Decoder, rt.load_tokenizer ...) takes the whole as `to_dict()` gives it."""
+
+    kind: str                      # the family's name (packager.families.family_for)
+    inputs: list[dict[str, Any]]   # {"name", "dtype", "shape"}
+    outputs: list[dict[str, Any]]
+    checked_outputs: list[str]
+    primary_outputs: list[str]
+    tokenizer: str | None = None
+    max_length: int | None = None
+    eos_token_ids: list[int] | None = None
+    kv: dict[str, Any] | None = None
+    modality: str | None = None
+    components: dict[str, Any] | None = None
+    decoder_start_ids: list[int] | None = None
+    preprocess: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "runtime.io") -> Self:
         result: Self = read(cls, data, where)
         return result
 

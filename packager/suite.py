@@ -321,7 +321,7 @@ def _manifest(suite: Suite, files: list[dict[str, Any]]) -> dict[str, Any]:
         "profile": {k: v for k, v in suite.profile.to_dict().items() if k != "source"},
         "runtime": {"package": runtime.package, "version": runtime.version, "providers": list(runtime.providers)},
         "models": [{"name": n, "path": f"models/{n}", "source": {"name": c.source.path.name, "sha256": c.source.sha256}
-                    if c.source else {}, "recipe": c.recipe_name, "kind": c.io.get("kind")}
+                    if c.source else {}, "recipe": c.recipe_name, "kind": c.io.kind}
                    for n, c in zip(suite.names, suite.members)],
         "blobs": [{"key": b.key, "files": b.files, "used_by": b.used_by, **({"notes": b.notes} if b.notes else {})}
                   for b in suite.blobs],

@@ -71,7 +71,7 @@ def test_whisper_packages_for_the_phone_and_smokes_end_to_end(tmp_path: Path) ->
     """Whisper-class speech model for the phone: an int8 encoder and an int4 decoder (the profile's recipe
     and decoder_recipe), each as .ort, verified end to end, and the bundle's smoke test from WAV files."""
     ctx = package("sample:tiny-whisper", _settings("phone", tmp_path / "dist"))
-    assert ctx.io["kind"] == "seq2seq" and ctx.io["modality"] == "audio"
+    assert ctx.io.kind == "seq2seq" and ctx.io.modality == "audio"
     assert ctx.recipe_name == "encoder=int8-dynamic,decoder=int4"
     acc = ctx.accuracy.more   # the comparison's own figures
     assert acc["end_to_end"] and acc["token_agreement"] >= 0.9 and acc["min_logits_cosine"] > 0.95
@@ -118,7 +118,7 @@ def test_vision_packages_for_jetson_with_a_recipe_per_component(tmp_path: Path) 
     the smoke test reads the PNG samples end to end."""
     ctx = package("sample:tiny-vision",
                   _settings("jetson-orin-nano", tmp_path / "dist", "encoder=int8-dynamic,decoder=fp16"))
-    assert ctx.io["modality"] == "image"
+    assert ctx.io.modality == "image"
     assert {c.name: c.recipe_name for c in ctx.components} == {"encoder": "int8-dynamic", "decoder": "fp16"}
     assert ctx.recipe.params["components"]["decoder"]["params"]["merged"]
     assert ctx.accuracy.more["token_agreement"] >= 0.9
@@ -133,7 +133,7 @@ def test_t5_packages_for_the_pi4_with_an_int8_merged_decoder(tmp_path: Path) -> 
     """T5 (text to text) for the Pi 4: int8-dynamic on both components; the merged decoder's If branches,
     which the dynamic quantizer leaves alone, get quantized through its two unmerged graphs."""
     ctx = package("sample:tiny-t5", _settings("rpi4", tmp_path / "dist"))
-    assert ctx.io["modality"] == "text" and ctx.recipe_name == "int8-dynamic"
+    assert ctx.io.modality == "text" and ctx.recipe_name == "int8-dynamic"
     decoder = next(c for c in ctx.components if c.name == "decoder")
     assert decoder.recipe is not None and decoder.recipe.quantized_nodes > 0 and decoder.recipe.params["merged"]
     assert ctx.accuracy.more["token_agreement"] >= 0.9

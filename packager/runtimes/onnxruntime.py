@@ -195,9 +195,9 @@ class OnnxRuntime:
     def write_bundle_files(self, ctx: RuntimeContext, stage: Path) -> None:
         if ctx.mobile and ctx.profile.mobile is not None and not ctx.components:
             # The app examples run one model on one sample; an encoder-decoder's loop has none yet.
-            ctx.mobile["examples"] = mobile_examples.write_examples(stage, ctx.bundle_name, ctx.profile, ctx.io,
-                                                                    ctx.sample_inputs[0], _sample_note(ctx),
-                                                                    ctx.mobile["usability"])
+            ctx.mobile["examples"] = mobile_examples.write_examples(stage, ctx.bundle_name, ctx.profile,
+                                                                    ctx.io.to_dict(), ctx.sample_inputs[0],
+                                                                    _sample_note(ctx), ctx.mobile["usability"])
         workspace = gpu.trt_workspace(ctx.profile, ctx.memory)
         if workspace is not None and ctx.memory is not None:
             ctx.memory = dataclasses.replace(ctx.memory, tensorrt_workspace=workspace)
@@ -251,7 +251,7 @@ def _to_ort(ctx: RuntimeContext, onnx_path: Path, what: str) -> tuple[Path, str,
 
 
 def _sample_note(ctx: RuntimeContext) -> str:
-    return family_for(ctx.io["kind"]).sample_note(ctx.texts)
+    return family_for(ctx.io.kind).sample_note(ctx.texts)
 
 
 MiB = 2**20

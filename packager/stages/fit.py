@@ -85,7 +85,7 @@ def component_estimates(ctx: Context, context: int | None) -> dict[str, Estimate
     for c in ctx.components:
         assert c.packaged is not None
         if c.name == "decoder":
-            shapes = seq2seq_step_shapes(ctx.io, context or 1, length)
+            shapes = seq2seq_step_shapes(ctx.io.to_dict(), context or 1, length)
             result[c.name] = estimate(c.packaged, ctx.profile, "decoder", shapes, context, tokenizer)
         else:
             result[c.name] = estimate(c.packaged, ctx.profile, "tensor", sample_shapes(ctx.sample_inputs))
@@ -99,13 +99,13 @@ def estimate_at(ctx: Context, context: int | None, parts: dict[str, Estimate] | 
     assert ctx.packaged_model is not None
     if ctx.components:
         return combine(parts or component_estimates(ctx, context), shared_bytes(ctx.profile))
-    shapes = decode_step_shapes(ctx.io, context) if family_for(ctx.io["kind"]).context_sized and context \
+    shapes = decode_step_shapes(ctx.io.to_dict(), context) if family_for(ctx.io.kind).context_sized and context \
         else sample_shapes(ctx.sample_inputs)
     tokenizer = next((f for f in ctx.tokenizer_files if f.name == "tokenizer.json"), None)
     # A runtime conversion (phones: model.ort) changed what the device loads: the runtime holds that file too.
     loaded = ctx.stage_dir / ctx.model_file
     converted = loaded.stat().st_size if loaded.name != ctx.packaged_model.name and loaded.is_file() else 0
-    return estimate(ctx.packaged_model, ctx.profile, ctx.io["kind"], shapes, context, tokenizer, converted)
+    return estimate(ctx.packaged_model, ctx.profile, ctx.io.kind, shapes, context, tokenizer, converted)
 
 
 def peaks_at(ctx: Context, contexts: list[int]) -> dict[int, int]:

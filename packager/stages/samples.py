@@ -19,7 +19,7 @@ def run(ctx: Context) -> None:
     rt = runner()
     folder = ctx.stage_dir / "samples"
     folder.mkdir()
-    family_for(ctx.io["kind"]).make_samples(ctx, rt)
+    family_for(ctx.io.kind).make_samples(ctx, rt)
     rt.save_samples(folder / "inputs.npz", ctx.sample_inputs)
     if ctx.texts:
         (folder / "texts.json").write_text(json.dumps(ctx.texts, indent=1) + "\n", encoding="utf-8")
