@@ -19,7 +19,7 @@ from packager.estimate import estimate
 from packager.inspection import inspect
 from packager.paths import profiles_dir
 from packager.profiles import Profile, builtin_profiles, load_profile
-from packager.records import Io
+from packager.records import Io, Memory
 from packager.runtime_files import copy_runtime
 from packager.runtimes import RUNTIMES, MemoryShare, runtime_for
 from packager.runtimes.onnxruntime import OnnxRuntime
@@ -116,7 +116,7 @@ class FakeRuntime:
         converted.write_bytes(b"converted")
         ctx.model_file = "model/model.fake"
 
-    def session_spec(self, profile: Profile, memory: dict[str, Any]) -> dict[str, Any]:
+    def session_spec(self, profile: Profile, memory: Memory | None) -> dict[str, Any]:
         return {"package": "fake-runtime", "version": "9.9"}
 
     def device_files(self, profile: Profile) -> dict[str, Path]:
