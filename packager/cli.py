@@ -176,7 +176,7 @@ def package(
             sign=sign, name=name, allow_pickle=allow_pickle, shapes=_parse_pairs(shape, "--shape", _dims),
             values=_parse_pairs(value, "--value", float), cache=not no_cache, adapter=adapter, eval_file=eval_file)
         if report is not None:
-            from packager.stages.bundle import check_output_dir
+            from packager.bundle_files import check_output_dir
 
             check_output_dir(report, "--report", "the report")  # before minutes of work, not after
         return options, _several_targets(target, all_targets)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from packager.bundle_files import check_output_dir
 from packager.calibration import unused_calibration
 from packager.config import PackageSettings
 from packager.context import Context
@@ -25,7 +26,6 @@ from packager.samples import resolve_eval
 from packager.signing import load_private_key
 from packager.stage_runner import CHECK_STAGES, PER_RECIPE, STAGES, run_stage
 from packager.stages import fit
-from packager.stages.bundle import check_output_dir
 
 # The options of a caller of the pipeline itself that gives none (a test, a script): the defaults, without
 # the stage cache, which is the API's and the CLI's default and not the pipeline's.

@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packager.bundle_files import file_entries, publish, requirements, run_arguments, seal, venv_command
 from packager.context import Context
 from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import combine
+from packager.fit_memory import measure_folder, measured_figures, over_budget, shared_bytes, without_runtime
 from packager.gpu import write_container_files
 from packager.leftovers import temp_folder
 from packager.manifest import SCHEMA_VERSION, built_at, memory_record
@@ -42,8 +44,6 @@ from packager.records import Memory
 from packager.runtime_files import copy_runtime
 from packager.runtimes import runtime_for
 from packager.signing import manifest_entry as signature_entry
-from packager.stages.bundle import file_entries, publish, requirements, run_arguments, seal, venv_command
-from packager.stages.fit import measure_folder, measured_figures, over_budget, shared_bytes, without_runtime
 from packager.version import __version__
 
 MiB = 2**20

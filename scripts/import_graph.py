@@ -53,7 +53,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                "packager.sample_inputs", "packager.open_shapes",
                "packager.calibration", "packager.evaluation", "packager.smoothing", "packager.fusion",
                "packager.mixed", "packager.manifest", "packager.inspection", "packager.families.verification",
-               "packager.families.media")),
+               "packager.families.media",
+               # what one model's bundle and a bundle of several both write and measure
+               "packager.bundle_files", "packager.fit_memory")),
     # the pipeline's steps, one module each with its `run(ctx)`: what they share lives below them
     ("stages", ("packager.stages",)),
     # what runs the steps (the orchestrator, the searches, several models), and what reads, plans, runs or
@@ -77,7 +79,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 # The modules that may import a stage (packager.stages.*): the stages are the pipeline's steps, not a library. The
 # orchestrators run them; suite.py (several models) and the CLI (check_output_dir, before any work) still take a
 # few helpers of stages/bundle.py and stages/fit.py, which a later step moves below the stages.
-STAGE_USERS = ("packager.stage_runner", "packager.pipeline", "packager.fit_auto", "packager.suite", "packager.cli")
+STAGE_USERS = ("packager.stage_runner", "packager.pipeline", "packager.fit_auto")
 
 # Imports of packager modules that stay inside functions on purpose, with why. The CLI and the API import what a
 # command needs when it runs (`packager --help` and `import packager` stay fast: `python -X importtime -c "import

@@ -13,6 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from conftest import run_cli
+from packager import bundle_files
 from packager.compat import Compatibility, ModelFacts, read_model
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import estimate
@@ -23,7 +24,6 @@ from packager.records import Io, Memory
 from packager.runtime_files import copy_runtime
 from packager.runtimes import RUNTIMES, MemoryShare, runtime_for
 from packager.runtimes.onnxruntime import OnnxRuntime
-from packager.stages import bundle
 from packager.stages import compat as compat_stage
 from packager.stages import mobile as mobile_stage
 
@@ -155,7 +155,7 @@ def test_a_second_runtime_routes_the_stages_through_it(tmp_path: Path, monkeypat
                           recipe_name="fp32", compatibility={}, stage_dir=stage, model_file="model/model.onnx")
 
     # requirements: the runtime's pins, then the family's
-    assert bundle.requirements(ctx).splitlines()[1] == "fake-runtime==9.9"   # type: ignore[arg-type]
+    assert bundle_files.requirements(ctx).splitlines()[1] == "fake-runtime==9.9"   # type: ignore[arg-type]
     # compatibility: the stage takes the runtime's verdict and record
     compat_stage.run(ctx)   # type: ignore[arg-type]
     assert ctx.compatibility == {"runtime": "fake-runtime==9.9", "status": "ok"}

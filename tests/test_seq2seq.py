@@ -82,7 +82,7 @@ def test_whisper_packages_for_the_phone_and_smokes_end_to_end(tmp_path: Path) ->
     parts = mem.components
     assert parts["decoder"]["estimate"]["breakdown"]["kv_cache"] > 0 and parts["encoder"]["measured_load_bytes"] > 0
     # The whole counts the runtime once: its estimate is the components' own plus one shared runtime.
-    from packager.stages.fit import shared_bytes
+    from packager.fit_memory import shared_bytes
 
     assert sum(c["estimate"]["high_bytes"] for c in parts.values()) + shared_bytes(ctx.profile) == \
         mem.estimate.high_bytes

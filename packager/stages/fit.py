@@ -10,23 +10,17 @@ decoder is judged at its decode step with the deployment's context of KV cache (
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import Estimate, combine, decode_step_shapes, estimate, sample_shapes, seq2seq_step_shapes
 from packager.families import family_for
+from packager.fit_memory import measure_folder, measured_figures, over_budget, shared_bytes, without_runtime
 from packager.manifest import runtime_spec
-from packager.profiles import Profile
 from packager.records import Memory
 from packager.runtime_files import copy_runtime
 from packager.runtimes import runtime_for
-
-MEASURE_TIMEOUT_S = 1800
 
 MiB = 2**20
 
@@ -41,26 +35,6 @@ def runnable(ctx: Context) -> None:
     run.py reads of it; the bundle stage writes the full manifest)."""
     (ctx.stage_dir / "manifest.json").write_text(json.dumps({"runtime": runtime_spec(ctx)}), encoding="utf-8")
     copy_runtime(ctx.stage_dir, ctx.profile)
-
-
-def measure_folder(folder: Path, python: str = sys.executable) -> dict[str, Any]:
-    """`run.py --measure` of the bundle folder `folder` (its runtime files and manifest in place), in a
-    fresh child process of `python` (the runtime's interpreter on this host)."""
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    try:
-        proc = subprocess.run(
-            [python, str(folder / "run.py"), "--measure"],
-            capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S, env=env, cwd=folder.parent,
-        )
-    except subprocess.TimeoutExpired:
-        raise PackagerError(f"measuring memory took over {MEASURE_TIMEOUT_S} s; the model is too slow to run on "
-                            "this host.", ExitCode.TOOL_FAILED) from None
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise PackagerError(f"the packaged model failed to load or run in a fresh process: {tail}",
-                            ExitCode.TOOL_FAILED)
-    measured: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])  # run.py --measure's JSON
-    return measured
 
 
 def _encoder_length(ctx: Context) -> int:
@@ -151,30 +125,6 @@ def run(ctx: Context) -> None:
         )
 
 
-def measured_figures(measured: dict[str, Any]) -> dict[str, Any]:
-    """`run.py --measure`'s figures as the memory record names them (Memory, the suite's memory)."""
-    return {"measured_peak_bytes": measured["peak_bytes"], "load_peak_bytes": measured["load_peak_bytes"],
-            "run_peak_bytes": measured["run_peak_bytes"], "baseline_bytes": measured["baseline_bytes"],
-            "method": measured["method"], "measured_on": measured["host"]}
-
-
-def shared_bytes(profile: Profile) -> int:
-    """What components in one process share: the interpreter and the runtime's import and first
-    initialisation (the calibration's base), and a GPU's context. Each session keeps its own cost and
-    thread pool (session_bytes, per_thread_bytes): every component counts those."""
-    return runtime_for(profile).memory(profile, "tensor").shared_bytes
-
-
-def without_runtime(est: dict[str, Any], profile: Profile) -> dict[str, Any]:
-    """An estimate's low_bytes, high_bytes and breakdown less what models or components in one process share
-    (shared_bytes): its own part of the runtime is left, its session and thread pool (and a tokenizer)."""
-    share = runtime_for(profile).memory(profile, "tensor")
-    shared = share.shared_bytes
-    breakdown = {k: v for k, v in est["breakdown"].items() if k != "gpu_context"}
-    breakdown["runtime_base"] = breakdown.get("runtime_base", 0) - (shared - share.gpu_context_bytes)
-    return {"low_bytes": est["low_bytes"] - shared, "high_bytes": est["high_bytes"] - shared, "breakdown": breakdown}
-
-
 def _components_memory(ctx: Context, estimates: dict[str, Estimate],
                        measured: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """Per component: its recipe, file, size, its own estimate (without the shared runtime, which the
@@ -194,15 +144,3 @@ def _components_memory(ctx: Context, estimates: dict[str, Estimate],
     return record
 
 
-def over_budget(memory: dict[str, Any]) -> str:
-    """'peak 1700 MiB (load ..., run ...)' with the largest estimated components."""
-    est = memory["estimate"]
-    top = sorted(est["breakdown"].items(), key=lambda kv: -kv[1])[:3]
-    parts = ", ".join(f"{k} {v / MiB:.0f}" for k, v in top)
-    if "measured_peak_bytes" in memory:
-        gpu = (f" plus the CUDA context's {memory['gpu_context_bytes'] / MiB:.0f} MiB (profile figure; the GPU path "
-               "was not measured)" if memory.get("gpu_context_bytes") else "")
-        return (f"measured peak {memory['measured_peak_bytes'] / MiB:.0f} MiB "
-                f"(load {memory['load_peak_bytes'] / MiB:.0f}, run {memory['run_peak_bytes'] / MiB:.0f}; "
-                f"largest parts: {parts} MiB){gpu} is")
-    return f"estimated peak up to {est['high_bytes'] / MiB:.0f} MiB (largest parts: {parts} MiB) is"
