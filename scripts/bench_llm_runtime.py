@@ -86,12 +86,17 @@ row pair measured back to back):
                                                                    beside the originals onnxruntime still reads)
     accuracy_level 0 (fp32 compute; 1 and 2 the same here)       load 1.8 s, load peak 0.89 GiB, 0.76 resident after
 
-At a 1,000-token prompt: lean 1.35 GiB (prefill 41-51 s, decode 8.3-8.7 s for 32 tokens), saved pre-packed 1.41
-(50 s, 8.6 s), accuracy_level 0 1.07 (46 s, 12.4 s). At 4,000 + 32: saved pre-packed 1.42 GiB (fp32 cache; lean
-1.54), prefill 11.3 tok/s, decode 1.86 tok/s at a load average of 14; accuracy_level 0 1.26 GiB, prefill 5.9, decode
-0.74 tok/s at 15. The saved pre-packed weights lower the run's resident memory but not the load peak (0.24 GiB is
-read into the heap during the load and freed); accuracy_level 0 packs smaller but decodes 2.5x slower. Neither is
-packaged. The fp16 cache: see lean-kv16.
+At a 1,000-token prompt: lean 1.35 GiB (prefill 41-51 s, decode 8.3-8.7 s for 32 tokens), saved pre-packed 1.41 (50 s,
+8.6 s), accuracy_level 0 1.07 (46 s, 12.4 s: 1.4x lean's decode time, back to back). At 4,000 + 32 (fp32 cache): saved
+pre-packed 1.42 GiB against lean's 1.53, accuracy_level 0 1.26 GiB (speeds at load averages of 14-22 not comparable:
+lean's own decode ranged 0.63-2.02 tok/s). The saved pre-packed weights lower the run's resident memory but not the load
+peak (0.24 GiB is in the heap during the load and freed: strace shows anonymous maps of exactly the lm_head's packed
+blob, 197 MB, and its fp32 scales, 33 MB, as if that one weight were packed again; the saved file is mapped MAP_PRIVATE
+read-write); accuracy_level 0 packs smaller but decodes slower. Neither is packaged.
+
+lean-kv16 and lean at 4,000 + 32, back to back: peak 1.55 / 1.53 GiB (load 1.37 / 1.35, after load 1.24 / 1.23),
+prefill 7.9 / 8.0 tok/s, decode 0.80 / 0.63 tok/s at load averages of 15-17 / 18-22: the fp16 cache saves 0.12 GiB
+and the fp16 attention's scratch takes it back (in chunks of 256). genai.kv_cache stays "float" by default.
 """
 
 from __future__ import annotations

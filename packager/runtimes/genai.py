@@ -63,21 +63,23 @@ PRECISIONS = {"int4": "int4", "int4-mixed": "int4", "fp32": "fp32"}
 # turns sharing off), so a step holds both. "float16" (runtimes/genai_kv16.py) halves the cache but the run's peak grows
 # by as many bytes as it saves, as it would if ONNX Runtime 1.32's fp16 GroupQueryAttention held every head's fp32
 # scores of a chunk at once (chunk x context x heads x 4 = context x layers x kv heads x head size x 2 x 2 on the 1B
-# shape; so planned: score_heads 0): at 4K, 1.55 GiB measured against fp32's 1.54, and it decodes 2.4x slower on this
-# x86 host (no fp16 arithmetic; 0.80 tok/s against 1.86-2.02 at load averages of 14-16). So "float" stays the default;
-# float16 is for CPUs with fp16 arithmetic (the Pi 5's A76), where it is not measured yet. Sliding-window layers keep a
+# shape; so planned: score_heads 0): at 4K in chunks of 256, 1.55 GiB measured against fp32's 1.53 in the same
+# conditions (decode 0.80 against 0.63 tok/s at load averages of 15-22: no speed verdict on this shared host). So
+# "float" stays the default; float16 may pay with smaller chunks or on CPUs with fp16 arithmetic (the Pi 5's A76), not
+# measured yet. Sliding-window layers keep a
 # window-sized cache (the builder's windowed_kv_cache, on by default on CPU). CPU GroupQueryAttention scores a chunk
 # against the whole cache one head per thread at a time, not all heads at once: at 16K, 2.30 GiB measured = 1.23 after
 # load + 1.0 of fp32 cache + 0.07 of scratch (all heads' scores would be 0.5 GiB more).
-# The load peak, tried against (the lean build, 2 threads, this x86 host; scripts/bench_llm_runtime.py's
-# docstring has the table): ONNX Runtime's saved pre-packed weights (an optimized model written with
-# session.save_external_prepacked_constant_initializers, made on the machine that runs it, then loaded by genai)
-# load in 3.4-4.4 s instead of 8.9 and leave 1.09 GiB resident instead of 1.23 (the packed file memory-mapped), but
-# the load still peaks at 1.39-1.43 GiB (0.24 GiB read into the heap and freed): at 4K with the fp32 cache 1.42 GiB
-# against 1.54, still over the 1.2 goal, for a 1.86 GB second file on the device (the packed weights beside the
-# originals, which ONNX Runtime still reads) and a first-run prepare (16 s, 1.35 GiB peak). MatMulNBits'
-# accuracy_level 0-2 (fp32 compute) packs to 0.70 GiB (load peak 0.89, 1.26 at 4K with an fp32 cache) but decodes
-# 2.5x slower than level 4 (int8 compute). Neither is packaged yet; the factors below are level 4, prepacked at load.
+# The load peak, tried against (the lean build, 2 threads, this x86 host; scripts/bench_llm_runtime.py's docstring has
+# the table): ONNX Runtime's saved pre-packed weights (an optimized model written with
+# session.save_external_prepacked_constant_initializers, made on the machine that runs it, then loaded by genai) load in
+# 3.4-4.4 s instead of 8.9 and leave 1.09 GiB resident instead of 1.23 (the packed file memory-mapped), but the load
+# still peaks at 1.39-1.43 GiB (0.24 GiB in the heap meanwhile: the lm_head's packed blob and scales): 4K with the fp32
+# cache 1.42 GiB against 1.53, still over the 1.2 goal, for a 1.86 GB second file on the device (the packed weights
+# beside the originals, which ONNX Runtime still reads) and a first-run prepare (16 s, 1.35 GiB peak). MatMulNBits'
+# accuracy_level 0-2 (fp32 compute) packs to 0.70 GiB (load peak 0.89, 1.26 at 4K with an fp32 cache) but decodes 1.4x
+# slower than level 4 (int8 compute; 1K prompt, back to back). Neither is packaged yet; the factors below are level 4,
+# prepacked at load.
 LOAD_WEIGHTS = (1.6, 1.8)
 RUN_WEIGHTS = (1.45, 1.65)
 KV_BITS = {"float16": 16, "float": 32, "int8": 8}
