@@ -78,3 +78,23 @@ def test_a_graph_without_attention_is_left_alone() -> None:
     before = model.SerializeToString()
     assert kv_to_fp16(model) == 0
     assert model.SerializeToString() == before
+
+
+def test_plan_counts_the_fp16_cache_and_its_attention_scratch() -> None:
+    """genai.kv_cache = "float16": 16-bit cache, one buffer, and every head's scores of a chunk (measured on the 1B
+    shape: the run's peak grows by what the cache saves; packager/runtimes/genai.py)."""
+    import dataclasses
+
+    from packager.profiles import resolve_target
+    from packager.runtimes import runtime_for
+
+    base = resolve_target("rpi5-genai")
+
+    def memory(kv: str):  # type: ignore[no-untyped-def]
+        config = {**base.session.config, "genai.kv_cache": kv}
+        profile = dataclasses.replace(base, session=dataclasses.replace(base.session, config=config))
+        return runtime_for(profile).decoder_memory(profile, "int4")
+
+    half, full = memory("float16"), memory("float")
+    assert (half.kv_bits, full.kv_bits) == (16, 32) and half.kv_copies == full.kv_copies == 1.0
+    assert half.score_heads == 0 and full.score_heads == base.session.intra_op_threads
