@@ -33,6 +33,7 @@ from packager.runtime_files import copy_runtime
 from packager.runtimes import genai
 from packager.runtimes.genai import KV8_OPTIONS, tune
 from packager.runtimes.genai_host import ChildDecoder, ChildRunner, TorchReference
+from packager.runtimes.genai_kv16 import kv_to_fp16
 
 BUILDER = "onnxruntime_genai.models.builder"
 BUILDER_BANNER = "Valid precision + execution provider combinations"   # printed by every build: no progress
@@ -60,18 +61,21 @@ def genai_python() -> Path:
     return exporter_envs.GENAI.python
 
 
-def genai_build(ctx: Context, model_dir: Path, precision: str, options: tuple[str, ...], kv8: bool = False) -> None:
+def genai_build(ctx: Context, model_dir: Path, precision: str, options: tuple[str, ...], kv: str = "float") -> None:
     """`model_dir` as the builder makes it from the source folder (with --adapter merged into it first), tuned to
-    the profile (`kv8`: an int8 KV cache with static scales measured on the fp32 reference; ctx.keep_8bit: the
-    layers int4-mixed keeps at 8 bits); ctx.packaged_model and ctx.recipe say so."""
+    the profile (`kv`, the KV cache's type: "float16" the attention cast to fp16, "int8" the builder's quantized
+    cache with static scales measured on the fp32 reference; ctx.keep_8bit: the layers int4-mixed keeps at 8
+    bits); ctx.packaged_model and ctx.recipe say so."""
     assert ctx.source is not None
-    if kv8:
+    if kv == "int8":
         scales = ctx.work_dir / "kv_scales.json"
         scales.write_text(json.dumps({"scales": kv_scales(ctx)}), encoding="utf-8")
         options = (*options, *KV8_OPTIONS, f"kv_cache_scale_file={scales}")
     nodes_8bit = _nodes_8bit(ctx, precision, options) if ctx.keep_8bit else []
     out = _run_builder(ctx, precision, options, nodes_8bit)
     tune(out / "genai_config.json", ctx.profile)
+    if kv == "float16":
+        _kv_to_fp16(out / "model.onnx")
     for f in sorted(out.iterdir()):
         if f.is_file():
             shutil.copyfile(f, model_dir / f.name)
@@ -79,11 +83,18 @@ def genai_build(ctx: Context, model_dir: Path, precision: str, options: tuple[st
     ctx.packaged_model = model_dir / "model.onnx"
     model = onnx.load(ctx.packaged_model, load_external_data=False)
     params: dict[str, Any] = {"builder": BUILDER, "precision": precision, "execution_provider": "cpu",
-              "extra_options": [o for o in options if "scale_file" not in o], "kv_cache": "int8" if kv8 else "float"}
+              "extra_options": [o for o in options if "scale_file" not in o], "kv_cache": kv}
     if ctx.recipe_name == "int4-mixed":   # the shape of packager's own int4-mixed params (recipes/layers.py compose)
         params["mixed"] = _mixed_params(ctx, model, nodes_8bit)
     ctx.recipe = RecipeResult(ctx.recipe_name, params, 0, coverage=coverage_of(model),
                               note=f"built by {BUILDER} (onnxruntime-genai {ctx.profile.runtime.version})")
+
+
+def _kv_to_fp16(path: Path) -> None:
+    """The builder's graph at `path` with a 16-bit KV cache (its external data unchanged)."""
+    model = onnx.load(path, load_external_data=False)
+    if kv_to_fp16(model):
+        onnx.save(model, path)
 
 
 def _mixed_params(ctx: Context, model: onnx.ModelProto, nodes_8bit: list[str]) -> dict[str, Any]:

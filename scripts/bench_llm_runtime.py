@@ -25,6 +25,8 @@ $PACKAGER_BENCH_DIR/llm-runtime/<variant> (default ~/.cache/packager/bench) and 
              prompt appended in chunks of --chunk tokens (bounded activations and attention scratch; the KV buffer
              is shared between past and present, so a chunk costs no copy of the cache)
     lean-kv8 lean with an int8 KV cache (kv_cache_quant_scheme=int8_per_tensor, static scales from a file)
+    lean-kv16 lean with the attention in fp16, so an fp16 KV cache (packager's default genai.kv_cache = "float16",
+             packager/runtimes/genai_kv16.py), lean's weights hard-linked
     genai-bundle  `packager package MODEL --target rpi5-genai` (the profile with --threads threads, an 8 GB budget
              and 0.001 thresholds: random weights), timed by `packager bench` (its own run.py and session.py)
 
@@ -67,6 +69,34 @@ the profile's threads; `packager bench` on the tiny-llama bundles of both runtim
 shared_embeddings changes nothing for a tied model here (the default's model.onnx.data is the same 806 MB: the
 builder shares the int4 table already); lean-kv8's quantized cache turns off past_present_share_buffer. The load
 peak, 1.35 GiB for 0.75 GiB of int4 weights, is now the floor: the next thing to cut (prepacking's second copy).
+
+The load peak, tried against (wt-lean, 2026-12-03; the lean folder, 2 threads, chunks of 256; peaks from VmHWM,
+resident from /proc/self/smaps; the host shared at a load average of 7-17, so speeds are comparable only within a
+row pair measured back to back):
+
+    lean as built (accuracy_level 4, prepacked at load)          load 2.6-8.9 s, load peak 1.33-1.35 GiB, 1.21-1.23
+                                                                   resident after (1.03 anonymous: the packed copy)
+    saved pre-packed weights: an optimized model written once by
+      onnxruntime (session.save_external_prepacked_constant_
+      initializers + optimized_model_filepath, on this CPU),
+      then loaded by genai                                       load 3.4-4.4 s, load peak 1.39-1.43 GiB, 1.09
+                                                                   resident after (all of it the packed file, mapped)
+      its one-time prepare                                       16 s, peak 1.35 GiB, a 1.86 GB file (0.93 GB of
+                                                                   packed weights with fp32 scales and block sums,
+                                                                   beside the originals onnxruntime still reads)
+    accuracy_level 0 (fp32 compute; 1 and 2 the same here)       load 1.8 s, load peak 0.89 GiB, 0.76 resident after
+
+At a 1,000-token prompt: lean 1.35 GiB (prefill 41-51 s, decode 8.3-8.7 s for 32 tokens), saved pre-packed 1.41 (50 s,
+8.6 s), accuracy_level 0 1.07 (46 s, 12.4 s: 1.4x lean's decode time, back to back). At 4,000 + 32 (fp32 cache): saved
+pre-packed 1.42 GiB against lean's 1.53, accuracy_level 0 1.26 GiB (speeds at load averages of 14-22 not comparable:
+lean's own decode ranged 0.63-2.02 tok/s). The saved pre-packed weights lower the run's resident memory but not the load
+peak (0.24 GiB is in the heap during the load and freed: strace shows anonymous maps of exactly the lm_head's packed
+blob, 197 MB, and its fp32 scales, 33 MB, as if that one weight were packed again; the saved file is mapped MAP_PRIVATE
+read-write); accuracy_level 0 packs smaller but decodes slower. Neither is packaged.
+
+lean-kv16 and lean at 4,000 + 32, back to back: peak 1.55 / 1.53 GiB (load 1.37 / 1.35, after load 1.24 / 1.23),
+prefill 7.9 / 8.0 tok/s, decode 0.80 / 0.63 tok/s at load averages of 15-17 / 18-22: the fp16 cache saves 0.12 GiB
+and the fp16 attention's scratch takes it back (in chunks of 256). genai.kv_cache stays "float" by default.
 """
 
 from __future__ import annotations
@@ -95,7 +125,9 @@ GiB = 2**30
 BUILDER = "onnxruntime_genai.models.builder"
 LEAN_OPTIONS = ("prune_lm_head=true", "shared_embeddings=true")
 REFERENCES = [("llama.cpp Q4_0 (issue 19)", 0.94, 116.0, 17.5), ("genai builder default (issue 19)", 4.1, 72.0, 14.9)]
-VARIANTS = ("bundle", "default", "lean", "lean-kv8", "genai-bundle")
+VARIANTS = ("bundle", "default", "lean", "lean-kv8", "lean-kv16", "genai-bundle")
+# Bytes of a KV cache element by variant (the others: the builder's fp32).
+KV_ELEMENT = {"lean-kv8": 1, "lean-kv16": 2}
 # The goal table of issue 19: the previous path, the builder's defaults, packager's genai bundle.
 GOAL = ("bundle", "default", "genai-bundle")
 # lean-kv8: lean with an int8 KV cache (CPU GroupQueryAttention's quantized cache). Its static per-tensor
@@ -158,10 +190,34 @@ def build_genai(model: Path, dest: Path, options: tuple[str, ...], work: Path) -
     return dest
 
 
+def genai_folder(model: Path, root: Path, variant: str, work: Path) -> Path:
+    """The builder's folder of `variant`; lean-kv16 is lean's with the attention in fp16 (packager's
+    genai.kv_cache = "float16", runtimes/genai_kv16.py), its weights hard links to lean's."""
+    if variant != "lean-kv16":
+        return build_genai(model, root / variant, options_of(variant, work), work)
+    import onnx
+
+    from packager.runtimes.genai_kv16 import kv_to_fp16
+
+    dest, lean = root / variant, build_genai(model, root / "lean", LEAN_OPTIONS, work)
+    if not (dest / "genai_config.json").is_file():
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for f in lean.iterdir():
+            if f.name != "model.onnx":
+                os.link(f, tmp / f.name)
+        graph = onnx.load(lean / "model.onnx", load_external_data=False)
+        kv_to_fp16(graph)
+        onnx.save(graph, tmp / "model.onnx")
+        tmp.rename(dest)
+    return dest
+
+
 def options_of(variant: str, work: Path) -> tuple[str, ...]:
     if variant == "default":
         return ()
-    if variant == "lean":
+    if variant in ("lean", "lean-kv16"):
         return LEAN_OPTIONS
     scales = work / "kv_scales.json"
     layers = CONFIG["num_hidden_layers"]
@@ -240,14 +296,14 @@ def bench_archive(archive: Path, prompt: int, new: int) -> dict:
             "loadavg": r["loadavg"][0]}
 
 
-def genai_bound(folder: Path, result: dict, prompt: int, new: int, bandwidth: float, kv8: bool) -> None:
-    """The host's bound for a builder's folder: its weights a token reads, its KV cache (genai_config's shape; int8
-    with `kv8`, else fp32) at the decode's mean length."""
+def genai_bound(folder: Path, result: dict, prompt: int, new: int, bandwidth: float, element: int) -> None:
+    """The host's bound for a builder's folder: its weights a token reads, its KV cache (genai_config's shape,
+    `element` bytes a value) at the decode's mean length."""
     from packager.bandwidth import Bound, kv_bytes_per_position, weights_read_per_token
 
     decoder = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"]
     per_position = kv_bytes_per_position(decoder["num_hidden_layers"], decoder["num_key_value_heads"],
-                                         decoder["head_size"], 1 if kv8 else 4)
+                                         decoder["head_size"], element)
     bound = Bound(bandwidth, weights_read_per_token(folder / decoder["filename"]), per_position * (prompt + new // 2),
                   "host")
     result |= {"ttft_s": result["prefill_s"], "bound_tps": bound.tokens_per_s, "bandwidth_gbs": bandwidth,
@@ -300,7 +356,8 @@ def plan_profile(variant: str, threads: int, chunk: int):
     from packager.profiles import resolve_target
 
     base = resolve_target("rpi5-genai")
-    config = {"genai.prefill_chunk": str(chunk), "genai.kv_cache": "int8" if variant == "lean-kv8" else "float"}
+    kv = {"lean-kv8": "int8", "lean-kv16": "float16"}.get(variant, "float")
+    config = {"genai.prefill_chunk": str(chunk), "genai.kv_cache": kv}
     return dataclasses.replace(base, session=dataclasses.replace(base.session, intra_op_threads=threads,
                                                                  config=config))
 
@@ -360,7 +417,7 @@ def main() -> None:
         ensure(GENAI, log)
         checks = []
         for v in [v for v in only if v.startswith("lean")]:
-            folder = build_genai(model, root / v, options_of(v, work), work)
+            folder = genai_folder(model, root, v, work)
             tune_genai(folder, args.threads, True)
             measured = measure_contexts(root, v, contexts, args.new, args.threads, args.chunk, args.rebuild)
             checks.append((v, measured))
@@ -379,12 +436,12 @@ def main() -> None:
             rows.append(("packager " + ("ORT bundle (previous)" if v == "bundle" else "rpi5-genai bundle"), r))
         else:
             ensure(GENAI, log)
-            folder = build_genai(model, root / v, options_of(v, work), work)
+            folder = genai_folder(model, root, v, work)
             tune_genai(folder, args.threads, v != "default")
             chunk = args.chunk if v != "default" else 0
             r = measure(str(GENAI.python), GENAI_CHILD, folder, args.prompt, args.new, args.threads, chunk)
             if "error" not in r:
-                genai_bound(folder, r, args.prompt, args.new, bandwidth, kv8=v == "lean-kv8")
+                genai_bound(folder, r, args.prompt, args.new, bandwidth, KV_ELEMENT.get(v, 4))
             name = "genai builder default" if v == "default" else f"genai {v} (chunks of {chunk})"
             rows.append((name, r))
         print(f"{rows[-1][0]}: {json.dumps(rows[-1][1])}", flush=True)

@@ -140,9 +140,10 @@ def test_the_onnxruntime_inside_genai_is_in_the_runtime_table() -> None:
     assert builtin_profiles()[TARGET].runtime.max_opset <= release.opset
 
 
-def test_an_int8_kv_cache_is_a_profile_setting(tmp_path: Path) -> None:
-    """genai.kv_cache = "int8": the builder's quantized cache, with scales measured on the fp32 reference, passes
-    verify and the smoke test."""
+@pytest.mark.parametrize("kv", ["int8", "float16"])
+def test_the_kv_cache_type_is_a_profile_setting(tmp_path: Path, kv: str) -> None:
+    """genai.kv_cache = "int8": the builder's quantized cache, with scales measured on the fp32 reference; "float16":
+    the attention in fp16 (runtimes/genai_kv16.py). Each passes verify and the smoke test."""
     import onnx
 
     from packager.paths import profiles_dir
@@ -150,17 +151,18 @@ def test_an_int8_kv_cache_is_a_profile_setting(tmp_path: Path) -> None:
     text = (profiles_dir() / f"{TARGET}.toml").read_text()
     setting = '"genai.prefill_chunk" = "256"'
     assert setting in text
-    profile = tmp_path / "kv8.toml"
-    profile.write_text(text.replace(setting, setting + ', "genai.kv_cache" = "int8"').replace(
-        f'name = "{TARGET}"', 'name = "kv8"'))
+    profile = tmp_path / f"kv-{kv}.toml"
+    profile.write_text(text.replace(setting, setting + f', "genai.kv_cache" = "{kv}"').replace(
+        f'name = "{TARGET}"', f'name = "kv-{kv}"'))
     proc = packager("package", "sample:tiny-llama", "--target", str(profile), "--out", str(tmp_path / "dist"),
                     "--no-cache")
     assert proc.returncode == 0, proc.stderr[-2000:]
     folder = unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "unpacked")
     graph = onnx.load(str(folder / "model" / "model.onnx"), load_external_data=False).graph
     past = [i for i in graph.input if i.name.startswith("past_key_values.")]
-    assert past and all(i.type.tensor_type.elem_type == onnx.TensorProto.INT8 for i in past)
-    assert json.loads((folder / "manifest.json").read_text())["recipe"]["params"]["kv_cache"] == "int8"
+    elem = {"int8": onnx.TensorProto.INT8, "float16": onnx.TensorProto.FLOAT16}[kv]
+    assert past and all(i.type.tensor_type.elem_type == elem for i in past)
+    assert json.loads((folder / "manifest.json").read_text())["recipe"]["params"]["kv_cache"] == kv
     proc = device(folder, "smoke_test.py")
     assert proc.stdout.strip().splitlines()[-1] == "PASS", proc.stdout + proc.stderr
 

@@ -43,11 +43,12 @@ ONNXRUNTIME = "1.32.0"
 LEAN_OPTIONS = ("prune_lm_head=true",)
 # The profile's genai settings, as [session] config entries ("genai.KEY" = "VALUE"), and their defaults.
 # genai.prefill_chunk: prompt tokens per append_tokens call (bounded activations). genai.kv_cache: the KV cache's
-# type, "float" (the builder's) or "int8" (CPU GroupQueryAttention's quantized cache, per-tensor static scales
-# measured on the fp32 reference over the family's prompts: packager/runtime_steps.py).
+# type, "float" (the builder's fp32), "float16" (the attention in fp16 on the fp32 graph: runtimes/genai_kv16.py) or
+# "int8" (CPU GroupQueryAttention's quantized cache, per-tensor static scales measured on the fp32 reference over
+# the family's prompts: packager/runtime_steps.py).
 SETTINGS = {"genai.prefill_chunk": "256", "genai.kv_cache": "float"}
 ALLOWED = {"genai.prefill_chunk": (r"[1-9][0-9]*", "a positive whole number"),
-           "genai.kv_cache": (r"float|int8", "\"float\" or \"int8\"")}
+           "genai.kv_cache": (r"float|float16|int8", "\"float\", \"float16\" or \"int8\"")}
 KV8_OPTIONS = ("kv_cache_quant_scheme=int8_per_tensor",)
 # packager recipe -> the builder's -p. int4-mixed is int4 with the layers packager/mixed_search.py keeps at 8 bits
 # given to the builder as weight overrides by node name (runtime_steps.genai_build).
@@ -55,17 +56,33 @@ PRECISIONS = {"int4": "int4", "int4-mixed": "int4", "fp32": "fp32"}
 
 # How genai holds a decoder (packager plan), measured on the Llama-3.2-1B shape at int4 (0.75 GiB of weights), 2
 # threads, chunks of 256 (scripts/bench_llm_runtime.py --contexts 1024,4096,16384): the load peak is 1.35 GiB, the
-# weights' bytes 1.7 times over beyond the runtime base (the mapped external data and MatMulNBits' packed copy side
-# by side), and 1.55 times of them stay resident once loaded (1.23 GiB after load). The builder's CPU graphs keep
-# the KV cache in fp32 ("float": the past_key_values inputs are float32), int8 with genai.kv_cache = "int8"; a float
-# cache is one buffer shared by past and present (past_present_share_buffer), the int8 one is not (the builder
-# turns sharing off), so a step holds both. Sliding-window layers keep a window-sized cache (the builder's
-# windowed_kv_cache, on by default on CPU). CPU GroupQueryAttention scores a chunk against the whole cache one head
-# per thread at a time, not all heads at once: at 16K, 2.30 GiB measured = 1.23 after load + 1.0 of fp32 cache +
-# 0.07 of scratch (all heads' scores would be 0.5 GiB more).
+# weights' bytes 1.7 times over beyond the runtime base (the mapped external data and MatMulNBits' packed copy side by
+# side), and 1.55 times of them stay resident once loaded (1.23 GiB after load). The builder's CPU graphs keep the KV
+# cache in fp32 ("float": the past_key_values inputs are float32), "int8" is the builder's quantized cache; a float or
+# float16 cache is one buffer shared by past and present (past_present_share_buffer), the int8 one is not (the builder
+# turns sharing off), so a step holds both. "float16" (runtimes/genai_kv16.py) halves the cache but the run's peak grows
+# by as many bytes as it saves, as it would if ONNX Runtime 1.32's fp16 GroupQueryAttention held every head's fp32
+# scores of a chunk at once (chunk x context x heads x 4 = context x layers x kv heads x head size x 2 x 2 on the 1B
+# shape; so planned: score_heads 0): at 4K in chunks of 256, 1.55 GiB measured against fp32's 1.53 in the same
+# conditions (decode 0.80 against 0.63 tok/s at load averages of 15-22: no speed verdict on this shared host). So
+# "float" stays the default; float16 may pay with smaller chunks or on CPUs with fp16 arithmetic (the Pi 5's A76), not
+# measured yet. Sliding-window layers keep a
+# window-sized cache (the builder's windowed_kv_cache, on by default on CPU). CPU GroupQueryAttention scores a chunk
+# against the whole cache one head per thread at a time, not all heads at once: at 16K, 2.30 GiB measured = 1.23 after
+# load + 1.0 of fp32 cache + 0.07 of scratch (all heads' scores would be 0.5 GiB more).
+# The load peak, tried against (the lean build, 2 threads, this x86 host; scripts/bench_llm_runtime.py's docstring has
+# the table): ONNX Runtime's saved pre-packed weights (an optimized model written with
+# session.save_external_prepacked_constant_initializers, made on the machine that runs it, then loaded by genai) load in
+# 3.4-4.4 s instead of 8.9 and leave 1.09 GiB resident instead of 1.23 (the packed file memory-mapped), but the load
+# still peaks at 1.39-1.43 GiB (0.24 GiB in the heap meanwhile: the lm_head's packed blob and scales): 4K with the fp32
+# cache 1.42 GiB against 1.53, still over the 1.2 goal, for a 1.86 GB second file on the device (the packed weights
+# beside the originals, which ONNX Runtime still reads) and a first-run prepare (16 s, 1.35 GiB peak). MatMulNBits'
+# accuracy_level 0-2 (fp32 compute) packs to 0.70 GiB (load peak 0.89, 1.26 at 4K with an fp32 cache) but decodes 1.4x
+# slower than level 4 (int8 compute; 1K prompt, back to back). Neither is packaged yet; the factors below are level 4,
+# prepacked at load.
 LOAD_WEIGHTS = (1.6, 1.8)
 RUN_WEIGHTS = (1.45, 1.65)
-KV_BITS = {"float": 32, "int8": 8}
+KV_BITS = {"float16": 16, "float": 32, "int8": 8}
 
 
 class GenaiRuntime(OnnxRuntime):
@@ -118,7 +135,7 @@ class GenaiRuntime(OnnxRuntime):
         chunk = int(profile.session.config.get("genai.prefill_chunk", SETTINGS["genai.prefill_chunk"]))
         return DecoderMemory(kv_bits=KV_BITS[kv], windowed_kv=True, kv_copies=2.0 if kv == "int8" else 1.0,
                              prefill_tokens=chunk, logits_positions=1, runnable_kv_bits=tuple(KV_BITS.values()),
-                             score_heads=profile.session.intra_op_threads,
+                             score_heads=0 if kv == "float16" else profile.session.intra_op_threads,
                              load_weights=LOAD_WEIGHTS,
                              run_weights=RUN_WEIGHTS,
                              notes=(f"onnxruntime-genai: KV cache {kv} ({KV_BITS[kv]}-bit), prompt in chunks of "
@@ -137,12 +154,12 @@ class GenaiRuntime(OnnxRuntime):
     def build(self, ctx: RuntimeContext, model_dir: Path) -> bool:
         """The builder's model folder from the Hugging Face source, in place of the recipe's quantization."""
         _check_buildable(ctx)
-        kv8 = ctx.profile.session.config.get("genai.kv_cache", SETTINGS["genai.kv_cache"]) == "int8"
+        kv = ctx.profile.session.config.get("genai.kv_cache", SETTINGS["genai.kv_cache"])
         precision = PRECISIONS[ctx.recipe_name]
         int4 = ctx.profile.int4   # the profile's kernel settings ([int4]), as the int4 recipes take them
         quantized = (f"accuracy_level={int4.accuracy_level}", f"block_size={int4.block_size}",
                      f"is_symmetric={str(int4.symmetric).lower()}") if precision == "int4" else ()
-        step("packager.runtime_steps:genai_build")(ctx, model_dir, precision, (*LEAN_OPTIONS, *quantized), kv8)
+        step("packager.runtime_steps:genai_build")(ctx, model_dir, precision, (*LEAN_OPTIONS, *quantized), kv)
         return True
 
     def device_files(self, profile: Profile) -> dict[str, Path]:
