@@ -30,6 +30,11 @@ Peak = max(load, run), each a sum of components:
                      stored: the runtime's optimizer fuses some apart (Transposes into MatMuls), and
                      measured runs hold 0.80-0.97 of the figure (ACTIVATIONS_LOW/HIGH); a decoder's
                      presents (the new KV cache it returns) are activations
+    memory_pattern   tensor models, run again and again at the same shapes: from the second run on the session
+                     allocates its memory pattern (one block, planned from the first run) beside the arena
+                     chunks the first run grew: a fraction of the activations more (the runtime's
+                     MemoryShare.repeat_activations; none where the profile's session plans no pattern).
+                     Decoders and text models change shape from run to run, and reuse no pattern
     kv_cache         past key/value inputs of a decoder at the requested context
     gpu_context      GPU profiles: the CUDA context of the GPU providers on unified memory (the
                      profile's runtime.gpu_context_bytes), resident from load on
@@ -80,6 +85,12 @@ PREPACK_UNMEASURED = (0.0, 1.0)
 # The activations' liveness figure against the measured run (decoder steps at 1K-16K of context,
 # fp32 and int4: 0.80-0.97 of it; the optimizer fuses what the stored graph holds apart).
 ACTIVATIONS_LOW, ACTIVATIONS_HIGH = 0.75, 1.1
+# A convolutional graph's first run takes more of the arena than its liveness figure: the optimizer's layout
+# transform (NCHWc on x86-64) reorders each Conv's input and output into blocked copies, and the arena's chunks
+# for a Conv net's many sizes fragment: measured 1.45x on a chain of 3x3 Convs at 32x160x160, 2.3x on PP-OCRv4
+# det at 736 (fp32, mem_pattern off, so no pattern block).
+CONV_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose"}
+ACTIVATIONS_HIGH_CONV = 2.0
 # The load transient as a fraction of the largest inline initializer: measured 0.96-1.0 in bare
 # sessions (MiniLM, 45 MiB embedding table; MatMul chains of 16, 64 and 256 MiB weights), 0.85 for
 # MiniLM under run.py --measure.
@@ -274,7 +285,11 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     transient_low = int(largest_inline * LOAD_TRANSIENT_LOW + folded_bytes * FOLD_TRANSIENT_LOW)
     transient_high = int(largest_inline * LOAD_TRANSIENT_HIGH + folded_bytes * FOLD_TRANSIENT_HIGH)
     overhead_low, overhead_high = int(plain * OVERHEAD_LOW), int(plain * OVERHEAD_HIGH)
-    act_low, act_high = int(activations * ACTIVATIONS_LOW), int(activations * ACTIVATIONS_HIGH)
+    convolutional = any(n.op_type in CONV_OPS for g in all_graphs(model.graph) for n in g.node)
+    act_low = int(activations * ACTIVATIONS_LOW)
+    act_high = int(activations * (ACTIVATIONS_HIGH_CONV if convolutional and not past else ACTIVATIONS_HIGH))
+    repeat = share.repeat_activations if not past and tokenizer is None else (0.0, 0.0)
+    pattern_low, pattern_high = int(activations * repeat[0]), int(activations * repeat[1])
     # The transient is gone before the packing ends, and before the runner loads the tokenizer.
     # Constants only folding reads are freed after it (the heap may keep them: the high side does).
     # An ORT-format file is read into one buffer that lives until the session is created: beside the
@@ -286,8 +301,8 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     load_low = weights - freed_bytes + overhead_low + max(fixed_low + packed_low + ort_low,
                                                           fixed_low - tokens + transient_low)
     load_high = weights + overhead_high + max(fixed + packed_high + ort_high, fixed - tokens + transient_high)
-    run_low = fixed_low + weights - freed_bytes + overhead_low + packed_low + act_low + kv
-    run_high = fixed + weights + overhead_high + packed_high + act_high + kv
+    run_low = fixed_low + weights - freed_bytes + overhead_low + packed_low + act_low + pattern_low + kv
+    run_high = fixed + weights + overhead_high + packed_high + act_high + pattern_high + kv
     breakdown = {
         "runtime_base": base,
         "graph": graph,
@@ -300,6 +315,7 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
         **({share.converted_buffer_name: (ort_low + ort_high) // 2} if converted_bytes else {}),
         "allocator_overhead": (overhead_low + overhead_high) // 2,
         "activations": activations,
+        **({"memory_pattern": (pattern_low + pattern_high) // 2} if pattern_high else {}),
         "kv_cache": kv,
         **({"gpu_context": gpu} if gpu else {}),
     }

@@ -33,6 +33,10 @@ class MemoryShare:
     # runtime converts nothing for this profile.
     converted_buffer: tuple[float, float] = (0.0, 0.0)
     converted_buffer_name: str = "converted_buffer"
+    # A second run at the same input shapes allocates the session's memory pattern (one block, planned from the
+    # first run) while the arena keeps the chunks the first run grew: this fraction of the activations more
+    # (low, high). (0, 0): the profile's session plans no pattern, or has no arena to keep the first run's chunks.
+    repeat_activations: tuple[float, float] = (0.0, 0.0)
     notes: tuple[str, ...] = ()
 
 
