@@ -17,8 +17,8 @@ def concrete_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) 
     for g in all_graphs(copy.graph):
         for t in g.initializer:
             # Keep dims and type, drop the bytes: shape inference needs no values, except those of
-            # small integer tensors, which may be shapes (a Reshape's target).
-            if t.data_type == onnx.TensorProto.INT64 and math.prod(t.dims) <= 64 \
+            # small integer tensors, which may be shapes (a Reshape's target; tf2onnx computes them in int32).
+            if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and math.prod(t.dims) <= 64 \
                     and t.data_location != onnx.TensorProto.EXTERNAL:
                 continue
             t.ClearField("raw_data")

@@ -25,6 +25,7 @@ class MemoryShare:
     base_bytes: int                # resident before any model: interpreter, runtime, an empty session, its threads
     shared_bytes: int              # of that (and the GPU context), what models in one process hold only once
     node_bytes: int = 0            # per graph node: kernels, node and arena bookkeeping
+    conv_node_bytes: int = 0       # per convolution node, beyond node_bytes and its weight: the kernel's own state
     token_bytes: int = 0           # the tokenizer library, per token of tokenizer.json
     merge_bytes: int = 0           # and per merge
     gpu_context_bytes: int = 0     # resident from load on, beside the model (GPU providers' context)

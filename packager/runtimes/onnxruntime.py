@@ -46,6 +46,10 @@ ORT_BUFFER_LOW, ORT_BUFFER_HIGH = 0.8, 1.05
 # 1.2x on a YOLOv8n at 320 (5.5 MiB), 1.5x on PP-OCRv4 det at 736 (76 MiB, its layout copies included); the
 # high side leaves room for the int8 graphs' pattern (the PyPI corpus, scripts/bench_memory.py: up to 1.9x).
 PATTERN_LOW, PATTERN_HIGH = 0.9, 2.0
+# A Conv kernel's own state beyond its weight (its MLAS parameters, the optimizer's blocked copy of a small
+# weight left in the heap): a chain of 100 3x3 Convs of 16 channels (9 KiB weights) loads 41 KiB a Conv more than
+# one Conv does, 32 KiB beyond the weight (23 KiB with the layout transform off).
+CONV_NODE_BYTES = 32 * 2**10
 # run.py's decoder loop: the prompt in one pass (up to this many tokens), logits for every position of it, and the
 # KV cache in the activations' dtype (fp16 models in fp16; fp32 and weight-only int8/int4 on the CPU in fp32), a
 # full-length cache on every layer (the export keeps no window), past and present both held by a step.
@@ -117,8 +121,9 @@ class OnnxRuntime:
         gpu_context = profile.runtime.gpu_context_bytes
         return MemoryShare(
             base_bytes=base, shared_bytes=int(entry["base_bytes"]) + gpu_context,
-            node_bytes=entry.get("node_bytes", 0), token_bytes=entry.get("token_bytes", 0),
-            merge_bytes=entry.get("merge_bytes", 0), gpu_context_bytes=gpu_context,
+            node_bytes=entry.get("node_bytes", 0), conv_node_bytes=CONV_NODE_BYTES,
+            token_bytes=entry.get("token_bytes", 0), merge_bytes=entry.get("merge_bytes", 0),
+            gpu_context_bytes=gpu_context,
             converted_buffer=(ORT_BUFFER_LOW, ORT_BUFFER_HIGH) if profile.mobile is not None else (0.0, 0.0),
             converted_buffer_name="ort_format_buffer",
             repeat_activations=(PATTERN_LOW, PATTERN_HIGH) if profile.session.mem_pattern
