@@ -5,7 +5,8 @@ Peak = max(load, run), each a sum of components:
     runtime_base     interpreter, numpy, the bundle's runner, the runtime and an empty session
                      (calibration data, measured the way the fit stage measures: run.py --measure)
     graph            the session's own cost per node (kernels, node and arena bookkeeping): a
-                     decoder's graph has a thousand nodes or more (calibration data)
+                     decoder's graph has a thousand nodes or more (calibration data); a Conv node's
+                     kernel state more (the runtime's MemoryShare.conv_node_bytes)
     tokenizer        the tokenizer as the Rust `tokenizers` library holds it: per token and per
                      merge of tokenizer.json (calibration data)
     weights          initializers, inline and in external data (external data is memory-mapped,
@@ -24,12 +25,20 @@ Peak = max(load, run), each a sum of components:
                      Measured, it is gone before the packing ends and before the runner loads the
                      tokenizer: load = max(this, prepacked + tokenizer)
     allocator_overhead  for the weights no kernel packs: allocator and session bookkeeping
+    heap_retained    the load's copies of small inline initializers (each below glibc's mmap threshold): freed
+                     inside the heap, which keeps them resident through the run (the high side: up to their
+                     bytes; measured 1.6x the int8 weights of a MobileNetV3 resident after load)
     activations      intermediate tensors at the sample inputs' concrete shapes, live from their
                      producer to their last consumer, as the arena plans them (Reshape, Squeeze and
                      the like alias their input: no buffer of their own), over the graph as
                      stored: the runtime's optimizer fuses some apart (Transposes into MatMuls), and
                      measured runs hold 0.80-0.97 of the figure (ACTIVATIONS_LOW/HIGH); a decoder's
                      presents (the new KV cache it returns) are activations
+    memory_pattern   tensor models, run again and again at the same shapes: from the second run on the session
+                     allocates its memory pattern (one block, planned from the first run) beside the arena
+                     chunks the first run grew: a fraction of the activations more (the runtime's
+                     MemoryShare.repeat_activations; none where the profile's session plans no pattern).
+                     Decoders and text models change shape from run to run, and reuse no pattern
     kv_cache         past key/value inputs of a decoder at the requested context
     gpu_context      GPU profiles: the CUDA context of the GPU providers on unified memory (the
                      profile's runtime.gpu_context_bytes), resident from load on
@@ -80,6 +89,12 @@ PREPACK_UNMEASURED = (0.0, 1.0)
 # The activations' liveness figure against the measured run (decoder steps at 1K-16K of context,
 # fp32 and int4: 0.80-0.97 of it; the optimizer fuses what the stored graph holds apart).
 ACTIVATIONS_LOW, ACTIVATIONS_HIGH = 0.75, 1.1
+# A convolutional graph's first run takes more of the arena than its liveness figure: the optimizer's layout
+# transform (NCHWc on x86-64) reorders each Conv's input and output into blocked copies, and the arena's chunks
+# for a Conv net's many sizes fragment: measured 1.45x on a chain of 3x3 Convs at 32x160x160, 2.3x on PP-OCRv4
+# det at 736 (fp32, mem_pattern off, so no pattern block).
+CONV_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose"}
+ACTIVATIONS_HIGH_CONV = 2.0
 # The load transient as a fraction of the largest inline initializer: measured 0.96-1.0 in bare
 # sessions (MiniLM, 45 MiB embedding table; MatMul chains of 16, 64 and 256 MiB weights), 0.85 for
 # MiniLM under run.py --measure.
@@ -95,6 +110,10 @@ OVERHEAD_LOW, OVERHEAD_HIGH = 0.02, 0.10
 # for the same commit and model (CI, tests/test_decoder_fit.py: 89.7 against 92.5 MiB). The low side
 # takes the base at this fraction; the high side takes it whole.
 BASE_LOW = 0.93
+# glibc's malloc serves requests below its mmap threshold (128 KiB at start) from the heap, and a heap chunk freed
+# below the top stays resident: the parsed model's copies of small initializers outlive the load.
+MMAP_THRESHOLD = 128 * 2**10
+HEAP_RETAINED_HIGH = 1.0
 
 
 # ---------------------------------------------------------------- runtime base
@@ -241,6 +260,7 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     plain = weights - sum(sizes[n] for n in bands)  # the weights that load as they are stored
     mapped = external_names(model)
     largest_inline = max((size for n, size in sizes.items() if n not in mapped), default=0)
+    small_inline = sum(size for n, size in sizes.items() if n not in mapped and size < MMAP_THRESHOLD)
     # Past key/values are the KV cache, counted on their own; the presents a step returns are
     # fresh buffers and count as activations.
     past = frozenset(i.name for i in model.graph.input if is_past(i.name))
@@ -248,7 +268,8 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     kv = kv_cache_bytes(model, context, {n: v for n, v in sample_shapes.items() if is_past(n)})
     share = runtime_for(profile).memory(profile, kind)
     base = share.base_bytes
-    graph = node_count(model) * share.node_bytes
+    convs = sum(n.op_type in CONV_OPS for g in all_graphs(model.graph) for n in g.node)
+    graph = node_count(model) * share.node_bytes + convs * share.conv_node_bytes
     tokens = tokenizer_bytes(tokenizer, share)
     gpu = share.gpu_context_bytes  # GPU profiles: the CUDA context, resident from load on
     fixed = base + graph + tokens + gpu
@@ -257,7 +278,10 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     transient_low = int(largest_inline * LOAD_TRANSIENT_LOW + folded_bytes * FOLD_TRANSIENT_LOW)
     transient_high = int(largest_inline * LOAD_TRANSIENT_HIGH + folded_bytes * FOLD_TRANSIENT_HIGH)
     overhead_low, overhead_high = int(plain * OVERHEAD_LOW), int(plain * OVERHEAD_HIGH)
-    act_low, act_high = int(activations * ACTIVATIONS_LOW), int(activations * ACTIVATIONS_HIGH)
+    act_low = int(activations * ACTIVATIONS_LOW)
+    act_high = int(activations * (ACTIVATIONS_HIGH_CONV if convs and not past else ACTIVATIONS_HIGH))
+    repeat = share.repeat_activations if not past and tokenizer is None else (0.0, 0.0)
+    pattern_low, pattern_high = int(activations * repeat[0]), int(activations * repeat[1])
     # The transient is gone before the packing ends, and before the runner loads the tokenizer.
     # Constants only folding reads are freed after it (the heap may keep them: the high side does).
     # An ORT-format file is read into one buffer that lives until the session is created: beside the
@@ -269,8 +293,9 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     load_low = weights - freed_bytes + overhead_low + max(fixed_low + packed_low + ort_low,
                                                           fixed_low - tokens + transient_low)
     load_high = weights + overhead_high + max(fixed + packed_high + ort_high, fixed - tokens + transient_high)
-    run_low = fixed_low + weights - freed_bytes + overhead_low + packed_low + act_low + kv
-    run_high = fixed + weights + overhead_high + packed_high + act_high + kv
+    run_low = fixed_low + weights - freed_bytes + overhead_low + packed_low + act_low + pattern_low + kv
+    retained_high = int(small_inline * HEAP_RETAINED_HIGH)
+    run_high = fixed + weights + overhead_high + packed_high + act_high + pattern_high + retained_high + kv
     breakdown = {
         "runtime_base": base,
         "graph": graph,
@@ -282,7 +307,9 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
         "load_transient": (transient_low + transient_high) // 2,
         **({share.converted_buffer_name: (ort_low + ort_high) // 2} if converted_bytes else {}),
         "allocator_overhead": (overhead_low + overhead_high) // 2,
+        "heap_retained": retained_high // 2,
         "activations": activations,
+        **({"memory_pattern": (pattern_low + pattern_high) // 2} if pattern_high else {}),
         "kv_cache": kv,
         **({"gpu_context": gpu} if gpu else {}),
     }

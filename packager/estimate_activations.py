@@ -17,8 +17,8 @@ def concrete_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) 
     for g in all_graphs(copy.graph):
         for t in g.initializer:
             # Keep dims and type, drop the bytes: shape inference needs no values, except those of
-            # small integer tensors, which may be shapes (a Reshape's target).
-            if t.data_type == onnx.TensorProto.INT64 and math.prod(t.dims) <= 64 \
+            # small integer tensors, which may be shapes (a Reshape's target; tf2onnx computes them in int32).
+            if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and math.prod(t.dims) <= 64 \
                     and t.data_location != onnx.TensorProto.EXTERNAL:
                 continue
             t.ClearField("raw_data")
@@ -99,6 +99,42 @@ def _sizes_through_aliases(graph: onnx.GraphProto, sizes: dict[str, int | None])
                 sizes[dst] = sizes[src]
 
 
+# Integer convolutions that expand their input into a column buffer of uint8 (im2col) for the whole output
+# image before the GEMM (onnxruntime's ConvInteger and QLinearConv CPU kernels: kernel_dim x output_image_size
+# bytes, taken from the arena while the node runs, outside the memory pattern). An fp32 Conv runs MLAS's
+# blocked (NCHWc) or segmented kernels, with no image-sized buffer: measured none on a 32x160x160 3x3 Conv.
+IM2COL_OPS = {"ConvInteger", "QLinearConv"}
+
+
+def _dims(graph: onnx.GraphProto) -> dict[str, list[int | None]]:
+    dims: dict[str, list[int | None]] = {t.name: [int(d) for d in t.dims] for t in graph.initializer}
+    for v in [*graph.value_info, *graph.output, *graph.input]:
+        shape = v.type.tensor_type.shape
+        dims.setdefault(v.name, [d.dim_value if d.HasField("dim_value") else None for d in shape.dim])
+    return dims
+
+
+def conv_scratch(graph: onnx.GraphProto) -> dict[int, int]:
+    """Bytes of the column buffer each integer Conv node (by index) holds while it runs: (its weight's input
+    channels per group x kernel positions) x output positions, one byte each; none for a 1x1 stride-1 Conv."""
+    dims = _dims(graph)
+    scratch: dict[int, int] = {}
+    for i, node in enumerate(graph.node):
+        if node.op_type not in IM2COL_OPS:
+            continue
+        weight = dims.get(node.input[3 if node.op_type == "QLinearConv" else 1]) or []
+        out = dims.get(node.output[0]) or []
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        kernel, outputs = weight[2:], out[2:]
+        if not kernel or not outputs or any(d is None for d in [*weight[1:], *outputs]):
+            continue
+        if all(k == 1 for k in kernel) and all(s == 1 for s in attrs.get("strides", [1])) \
+                and not any(attrs.get("pads", [0])):
+            continue
+        scratch[i] = math.prod(weight[1:]) * math.prod(outputs)  # type: ignore[arg-type]
+    return scratch
+
+
 def activation_peak(graph: onnx.GraphProto, constants: set[str], held: frozenset[str] = frozenset()) -> int:
     """Peak bytes of intermediate tensors alive at once, walking the nodes in order (liveness).
 
@@ -107,9 +143,10 @@ def activation_peak(graph: onnx.GraphProto, constants: set[str], held: frozenset
     own peak while it runs. Tensors whose shape inference could not settle count as large as the
     node's largest input (a Concat's: their sum), and pass that size on downstream. `held` inputs
     (a decoder's past key/values, counted on their own) are not live here, but size what is made
-    from them.
+    from them. An integer Conv's column buffer (conv_scratch) is live while its node runs.
     """
     sizes = value_sizes(graph)
+    scratch = conv_scratch(graph)
     _sizes_through_aliases(graph, sizes)
     root: dict[str, str] = {}  # alias output -> the buffer it shares
     for node in graph.node:
@@ -142,7 +179,7 @@ def activation_peak(graph: onnx.GraphProto, constants: set[str], held: frozenset
                 sizes[name] = fallback  # and so for the nodes downstream, which size from it
             if name and name not in root and name not in constants:  # folded at load: a weight
                 live[name] = sizes[name] or 0
-        inner = 0
+        inner = scratch.get(i, 0)
         for attr in node.attribute:
             for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
                 inner = max(inner, activation_peak(g, constants, held))

@@ -31,13 +31,18 @@ def choose_recipe(ctx: Context, reporter: Reporter, recipes: tuple[str, ...]) ->
     wanted = ctx.context
     shorter = _shorter_contexts(wanted) if family_for(ctx.io.kind).context_sized and wanted else []
     predicted: dict[str, dict[int, int]] = {}  # recipe -> its peak at each shorter context
+    refused: list[PackagerError] = []  # recipes that cannot make this graph (exit 5): the next one may
     for recipe in recipes:
         rejected = _try_recipe(ctx, reporter, recipe)
         if rejected is None:
             _chose(ctx, reporter, recipe, recipes)
             return
+        if rejected.code == ExitCode.BAD_INPUT:
+            refused.append(rejected)
         if rejected.code == ExitCode.DOES_NOT_FIT and shorter:
             predicted[recipe] = fit.peaks_at(ctx, shorter)
+    if len(refused) == len(recipes):
+        raise refused[0]  # no recipe takes the graph: the input's fault, as one recipe would have said
     if predicted:
         record.predicted_peak_bytes = {r: {str(c): b for c, b in p.items()} for r, p in predicted.items()}
     budget = ctx.profile.budget.memory_bytes
@@ -92,10 +97,12 @@ def _try_recipe(ctx: Context, reporter: Reporter, recipe: str,
             stages = stages[1:]
         recipe_stages(ctx, reporter, stages)
     except PackagerError as e:
-        if e.code not in (ExitCode.DOES_NOT_FIT, ExitCode.ACCURACY):
+        if e.code not in (ExitCode.DOES_NOT_FIT, ExitCode.ACCURACY, ExitCode.BAD_INPUT):
             raise
-        ctx.fit.tried.append(entry | {"outcome": e.message})
-        reporter.print(f"fit auto: {recipe}{_at(entry.get('context'))} rejected: {e.message}")
+        skipped = e.code == ExitCode.BAD_INPUT
+        verdict = "skipped (it cannot make this graph), trying the next" if skipped else "rejected"
+        ctx.fit.tried.append(entry | {"outcome": f"skipped: {e.message}" if skipped else e.message})
+        reporter.print(f"fit auto: {recipe}{_at(entry.get('context'))} {verdict}: {e.message}")
         return e
     ctx.fit.tried.append(entry | {"outcome": "fits and passes verify"})
     return None

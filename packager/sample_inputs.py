@@ -43,12 +43,13 @@ def make_inputs(inputs: list[dict[str, Any]], spec: InputSpec, first_seed: int =
     return samples
 
 
-def model_inputs(model: Path, inputs: list[dict[str, Any]], spec: InputSpec,
-                 budget_bytes: int | None = None) -> list[dict[str, np.ndarray]]:
+def model_inputs(model: Path, inputs: list[dict[str, Any]], spec: InputSpec, budget_bytes: int | None = None,
+                 session_options: Any = None) -> list[dict[str, np.ndarray]]:
     """make_inputs() sized by what the model records (packager/open_shapes.py). Where a dimension is open, the
     model runs once on the first set, so that sizes it cannot take are a bad input (exit 5) naming --shape,
     here, rather than a runtime failure in a later stage; a guessed image size that fails makes way for the
-    next guess."""
+    next guess. `session_options`: the onnxruntime SessionOptions of the trial run (the profile's, as the device
+    sets them; the runtime's defaults where None)."""
     import onnx
 
     record = size_record(onnx.load(model, load_external_data=False))
@@ -56,7 +57,7 @@ def model_inputs(model: Path, inputs: list[dict[str, Any]], spec: InputSpec,
     tried: list[str] = []
     for candidate in candidates(record, inputs, spec.shapes):
         samples = make_inputs(inputs, spec, budget_bytes=budget_bytes, record=candidate)
-        failure = _run_failure(model, samples[0]) if open_inputs else None
+        failure = _run_failure(model, samples[0], session_options) if open_inputs else None
         if failure is None:
             return samples
         sizes = " and ".join(f"{i['name']} {','.join(map(str, samples[0][i['name']].shape))}" for i in open_inputs)
@@ -64,13 +65,14 @@ def model_inputs(model: Path, inputs: list[dict[str, Any]], spec: InputSpec,
     raise _shapes_refused(open_inputs, spec, tried)
 
 
-def _run_failure(model: Path, feeds: dict[str, np.ndarray]) -> str | None:
+def _run_failure(model: Path, feeds: dict[str, np.ndarray], options: Any = None) -> str | None:
     """The runtime's complaint when the model runs on `feeds` (its last line), or None: it ran, or it does
     not even load (which is no question of sizes: the stages after say what is wrong)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
+    if options is None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
     try:
         session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     except Exception:

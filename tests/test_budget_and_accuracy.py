@@ -93,3 +93,35 @@ def test_budget_below_the_runtime_itself_is_refused_up_front(tmp_path: Path) -> 
     proc = run_cli("package", "sample:silero-vad", "--target", str(profile), "--out", str(tmp_path / "d"))
     assert proc.returncode == 6 and "raise it in the profile" in proc.stderr
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("refused", [("fp32",), ("fp32", "int8-dynamic")])
+def test_fit_auto_skips_a_recipe_that_refuses_the_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         refused: tuple[str, ...]) -> None:
+    """A recipe that cannot make this graph (exit 5: weights computed in the graph, say) is skipped with a line
+    saying so, and the next candidate tried; when every one refuses, the first refusal is the error (exit 5)."""
+    from packager import fit_auto
+    from packager.config import resolve_package_settings
+    from packager.errors import ExitCode, PackagerError
+    from packager.options import PackageOptions
+    from packager.pipeline import package
+
+    real = fit_auto.recipe_stages
+
+    def stages(ctx, reporter, names):  # type: ignore[no-untyped-def]
+        if ctx.recipe_name in refused:
+            raise PackagerError(f"recipe {ctx.recipe_name} cannot quantize this model", ExitCode.BAD_INPUT)
+        return real(ctx, reporter, names)
+
+    monkeypatch.setattr(fit_auto, "recipe_stages", stages)
+    settings = resolve_package_settings({"target": "rpi5", "out": str(tmp_path / "dist"), "recipe": None,
+                                         "budget": None})
+    options = PackageOptions(fit="auto", cache=False)
+    if len(refused) == 2:
+        with pytest.raises(PackagerError) as e:
+            package("sample:minilm", settings, options)
+        assert e.value.code == ExitCode.BAD_INPUT and e.value.message == "recipe fp32 cannot quantize this model"
+        return
+    ctx = package("sample:minilm", settings, options)
+    assert ctx.fit is not None and ctx.fit.chosen == "int8-dynamic"
+    assert ctx.fit.tried[0] == {"recipe": "fp32", "outcome": "skipped: recipe fp32 cannot quantize this model"}

@@ -95,6 +95,33 @@ def test_a_model_that_runs_at_no_size_tried_names_shape(tmp_path: Path) -> None:
     assert model_inputs(path, _inputs(path), InputSpec({"x": (1, 3, 48, 200)}))[0]["x"].shape == (1, 3, 48, 200)
 
 
+def test_the_trial_run_takes_the_profiles_session_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The open sizes are tried in a session set up as the device's (run.py's session_options over the profile's
+    [session]), not with onnxruntime's defaults."""
+    import dataclasses
+
+    import onnxruntime as ort
+
+    from packager.profiles import resolve_target
+    from packager.runtime_files import runner
+
+    session = resolve_target("rpi5").session
+    options = runner().session_options(dataclasses.asdict(session), log_level=4)
+    seen: list[ort.SessionOptions] = []
+    real = ort.InferenceSession
+
+    def spy(path: str, so: ort.SessionOptions, **kwargs: object) -> ort.InferenceSession:
+        seen.append(so)
+        return real(path, so, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    path = stride_model(tmp_path / "m.onnx", ["b", 3, "h", "w"])
+    model_inputs(path, _inputs(path), InputSpec(), session_options=options)
+    assert seen and all(so is options for so in seen)
+    assert options.intra_op_num_threads == session.intra_op_threads
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
 @pytest.mark.integration
 def test_check_of_an_ultralytics_style_model_needs_no_shape(tmp_path: Path) -> None:
     # At the old default of 16 the stride-32 model fails to run: exit 10 from the fit stage.

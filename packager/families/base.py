@@ -13,6 +13,7 @@ a family once bundles carry it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import json
@@ -140,8 +141,11 @@ class Family:
         samples stage saves them; a family that writes sample files of its own writes them into samples/."""
         model_inputs = step("packager.sample_inputs:model_inputs")
         assert ctx.reference_model is not None
+        # The trial run of open sizes takes the session options the device will use (the layout transform and
+        # the arena change what a graph accepts and how it fails), not the runtime's defaults.
+        options = rt.session_options(dataclasses.asdict(ctx.profile.session), log_level=4)
         ctx.sample_inputs = model_inputs(ctx.reference_model, ctx.io.inputs, ctx.input_spec,
-                                         budget_bytes=ctx.profile.budget.memory_bytes)
+                                         budget_bytes=ctx.profile.budget.memory_bytes, session_options=options)
 
     def verify(self, ctx: FamilyContext, rt: ModuleType, reference: Any, packaged: Any) -> None:
         """The packaged model against the fp32 reference on the samples: ctx.accuracy and ctx.expected_outputs,

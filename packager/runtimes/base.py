@@ -26,6 +26,7 @@ class MemoryShare:
     base_bytes: int                # resident before any model: interpreter, runtime, an empty session, its threads
     shared_bytes: int              # of that (and the GPU context), what models in one process hold only once
     node_bytes: int = 0            # per graph node: kernels, node and arena bookkeeping
+    conv_node_bytes: int = 0       # per convolution node, beyond node_bytes and its weight: the kernel's own state
     token_bytes: int = 0           # the tokenizer library, per token of tokenizer.json
     merge_bytes: int = 0           # and per merge
     gpu_context_bytes: int = 0     # resident from load on, beside the model (GPU providers' context)
@@ -34,6 +35,10 @@ class MemoryShare:
     # runtime converts nothing for this profile.
     converted_buffer: tuple[float, float] = (0.0, 0.0)
     converted_buffer_name: str = "converted_buffer"
+    # A second run at the same input shapes allocates the session's memory pattern (one block, planned from the
+    # first run) while the arena keeps the chunks the first run grew: this fraction of the activations more
+    # (low, high). (0, 0): the profile's session plans no pattern, or has no arena to keep the first run's chunks.
+    repeat_activations: tuple[float, float] = (0.0, 0.0)
     notes: tuple[str, ...] = ()
 
 

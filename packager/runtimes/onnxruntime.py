@@ -41,6 +41,16 @@ CALIBRATION = "calibration/runtime_base.toml"
 # The ORT-format file's buffer at load, as a fraction of the file (the whole file is read; some of it
 # may be handed back before the packing ends).
 ORT_BUFFER_LOW, ORT_BUFFER_HIGH = 0.8, 1.05
+# The memory pattern's block beside the first run's arena chunks, as a fraction of the activations' liveness
+# peak: measured (VmHWM, 6 runs of one session at fixed shapes, onnxruntime 1.32, x86-64) 1.04x on a chain of
+# 3x3 Convs at 32x160x160 (6.5 MiB more from the second run on; none with mem_pattern off, none with one run),
+# 1.2x on a YOLOv8n at 320 (5.5 MiB), 1.5x on PP-OCRv4 det at 736 (76 MiB, its layout copies included); the
+# high side leaves room for the int8 graphs' pattern (the PyPI corpus, scripts/bench_memory.py: up to 1.9x).
+PATTERN_LOW, PATTERN_HIGH = 0.9, 2.0
+# A Conv kernel's own state beyond its weight (its MLAS parameters, the optimizer's blocked copy of a small
+# weight left in the heap): a chain of 100 3x3 Convs of 16 channels (9 KiB weights) loads 41 KiB a Conv more than
+# one Conv does, 32 KiB beyond the weight (23 KiB with the layout transform off).
+CONV_NODE_BYTES = 32 * 2**10
 # run.py's decoder loop: the prompt in one pass (up to this many tokens), logits for every position of it, and the
 # KV cache in the activations' dtype (fp16 models in fp16; fp32 and weight-only int8/int4 on the CPU in fp32), a
 # full-length cache on every layer (the export keeps no window), past and present both held by a step.
@@ -112,10 +122,13 @@ class OnnxRuntime:
         gpu_context = profile.runtime.gpu_context_bytes
         return MemoryShare(
             base_bytes=base, shared_bytes=int(entry["base_bytes"]) + gpu_context,
-            node_bytes=entry.get("node_bytes", 0), token_bytes=entry.get("token_bytes", 0),
-            merge_bytes=entry.get("merge_bytes", 0), gpu_context_bytes=gpu_context,
+            node_bytes=entry.get("node_bytes", 0), conv_node_bytes=CONV_NODE_BYTES,
+            token_bytes=entry.get("token_bytes", 0), merge_bytes=entry.get("merge_bytes", 0),
+            gpu_context_bytes=gpu_context,
             converted_buffer=(ORT_BUFFER_LOW, ORT_BUFFER_HIGH) if profile.mobile is not None else (0.0, 0.0),
-            converted_buffer_name="ort_format_buffer", notes=(note,) if note else ())
+            converted_buffer_name="ort_format_buffer",
+            repeat_activations=(PATTERN_LOW, PATTERN_HIGH) if profile.session.mem_pattern
+            and profile.session.cpu_mem_arena else (0.0, 0.0), notes=(note,) if note else ())
 
     def decoder_memory(self, profile: Profile, precision: str) -> DecoderMemory:
         return DecoderMemory(kv_bits=16 if precision == "fp16" else 32, windowed_kv=False, kv_copies=1.0,
