@@ -43,7 +43,7 @@ class DecoderMemory:
 
     kv_bits: int                     # the KV cache's element size
     windowed_kv: bool                # sliding-window layers hold min(context, window) positions, not the context
-    kv_copies: float                 # 1: past and present share one buffer; 2: a step holds both
+    kv_copies: tuple[float, float]   # copies of the cache a step holds (low, high); (1, 1): past and present share
     prefill_tokens: int              # prompt tokens per pass (the runtime's chunk)
     logits_positions: int            # positions of a pass whose logits are allocated (0: every one of them)
     runnable_kv_bits: tuple[int, ...]   # the KV element sizes the runtime can run (others: planning only)
@@ -53,6 +53,12 @@ class DecoderMemory:
     load_weights: tuple[float, float] = (0.0, 0.0)
     run_weights: tuple[float, float] = (0.0, 0.0)   # resident once loaded, the same way; (0, 0): plan's model
     notes: tuple[str, ...] = ()
+
+    @property
+    def measured_weights(self) -> bool:
+        """The runtime gives its load peak and resident weights as fractions of the weights (packager/decoder_peak.py);
+        otherwise plan models an exported graph per tensor, as the graph estimate does."""
+        return self.load_weights != (0.0, 0.0)
 
 
 class Runtime(Protocol):

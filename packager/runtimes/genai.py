@@ -66,6 +66,7 @@ PRECISIONS = {"int4": "int4", "int4-mixed": "int4", "fp32": "fp32"}
 LOAD_WEIGHTS = (1.6, 1.8)
 RUN_WEIGHTS = (1.45, 1.65)
 KV_BITS = {"float": 32, "int8": 8}
+KV_COPIES = {"float": (1.0, 1.0), "int8": (1.0, 2.0)}
 
 
 class GenaiRuntime(OnnxRuntime):
@@ -116,7 +117,7 @@ class GenaiRuntime(OnnxRuntime):
     def decoder_memory(self, profile: Profile, precision: str) -> DecoderMemory:
         kv = profile.session.config.get("genai.kv_cache", SETTINGS["genai.kv_cache"])
         chunk = int(profile.session.config.get("genai.prefill_chunk", SETTINGS["genai.prefill_chunk"]))
-        return DecoderMemory(kv_bits=KV_BITS[kv], windowed_kv=True, kv_copies=2.0 if kv == "int8" else 1.0,
+        return DecoderMemory(kv_bits=KV_BITS[kv], windowed_kv=True, kv_copies=KV_COPIES[kv],
                              prefill_tokens=chunk, logits_positions=1, runnable_kv_bits=tuple(KV_BITS.values()),
                              score_heads=profile.session.intra_op_threads,
                              load_weights=LOAD_WEIGHTS,
