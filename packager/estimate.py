@@ -34,7 +34,9 @@ Peak = max(load, run), each a sum of components:
     gpu_context      GPU profiles: the CUDA context of the GPU providers on unified memory (the
                      profile's runtime.gpu_context_bytes), resident from load on
 
-The figures are calibrated against measurements in scripts/bench_memory.py.
+The figures are calibrated against measurements in scripts/bench_memory.py. A decoder on a runtime that measured
+how it holds one (onnxruntime-genai: DecoderMemory.measured_weights) is estimated by the rule `packager plan`
+applies instead (packager/decoder_peak.py), on the shape read from its graph: the two agree.
 """
 
 from __future__ import annotations
@@ -255,9 +257,10 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     session (the runtime's MemoryShare.converted_buffer)."""
     model = onnx.load(model_path, load_external_data=False)
     inline, external, sizes = weight_bytes(model)
-    # The runtime measured how it holds a decoder (onnxruntime-genai): plan's rule on the graph's shape.
-    mem = runtime_for(profile).decoder_memory(profile, "")
-    if context and mem.measured_weights:
+    # A decoder on a runtime that measured how it holds one (onnxruntime-genai): plan's rule on the graph's shape.
+    # The graph gives the KV element size: the runtime's other answers do not depend on the precision.
+    mem = runtime_for(profile).decoder_memory(profile, "") if context else None
+    if context and mem is not None and mem.measured_weights:
         decoder = measured_decoder(model, profile, kind, mem, sample_shapes, context, tokenizer)
         if decoder is not None:
             return decoder
