@@ -69,10 +69,11 @@ def activation_bytes(shape: DecoderShape, mem: DecoderMemory, act_bytes: int, co
                         + prefill * (heads * context + 2 * shape.intermediate + 4 * shape.hidden))
 
 
-def measured_peak(base: int, weights: int, kv: int, activations: int, mem: DecoderMemory) -> DecoderPeak:
+def measured_peak(base: int, weights: int, kv: int, activations: int, mem: DecoderMemory,
+                  kv_bits: int) -> DecoderPeak:
     """The runtime's measured load peak and resident weights (mem.load_weights, mem.run_weights), a step's copies
-    of the KV cache (`kv`: one copy) and the activations, beyond `base` (the runtime's own)."""
-    copies_low, copies_high = mem.kv_copies
+    of the KV cache (`kv`: one copy, of `kv_bits` elements) and the activations, beyond `base` (the runtime's own)."""
+    copies_low, copies_high = mem.copies(kv_bits)
     return DecoderPeak(
         load_low=base + int(weights * mem.load_weights[0]),
         load_high=base + int(weights * mem.load_weights[1]),

@@ -343,8 +343,8 @@ def measured_decoder(model: onnx.ModelProto, profile: Profile, kind: str, mem: D
     share = runtime_for(profile).memory(profile, kind)
     graph, tokens = node_count(model) * share.node_bytes, tokenizer_bytes(tokenizer, share)
     fixed = share.base_bytes + graph + tokens + share.gpu_context_bytes
-    peak = measured_peak(fixed, weights, kv, activations, mem)
-    load, run, copies = (sum(mem.load_weights) / 2, sum(mem.run_weights) / 2, sum(mem.kv_copies) / 2)
+    peak = measured_peak(fixed, weights, kv, activations, mem, bits)
+    load, run, copies = (sum(mem.load_weights) / 2, sum(mem.run_weights) / 2, sum(mem.copies(bits)) / 2)
     breakdown = {
         "runtime_base": share.base_bytes,
         "graph": graph,
@@ -360,7 +360,7 @@ def measured_decoder(model: onnx.ModelProto, profile: Profile, kind: str, mem: D
     notes = [*share.notes, *mem.notes,
              f"{profile.runtime.package}'s measured weights: {mem.load_weights[0]:g}-{mem.load_weights[1]:g}x the "
              f"stored bytes at load, {mem.run_weights[0]:g}-{mem.run_weights[1]:g}x once loaded; KV cache "
-             f"{bits}-bit, {mem.kv_copies[0]:g}-{mem.kv_copies[1]:g} copies at a step"]
+             f"{bits}-bit, {mem.copies(bits)[0]:g}-{mem.copies(bits)[1]:g} copies at a step"]
     return Estimate(peak.low, peak.high, breakdown, peak.load_high, peak.run_high, context, notes, peak.run_low)
 
 

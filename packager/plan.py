@@ -280,10 +280,10 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
     share = runtime_for(profile).memory(profile, "text")
     base = share.base_bytes + share.gpu_context_bytes  # GPU: the CUDA context too
     if mem.measured_weights:
-        peak = measured_peak(base, weights, kv, activations, mem)
+        peak = measured_peak(base, weights, kv, activations, mem, bits)
         low, high = peak.low, peak.high
     else:
-        low, high = _exported_graph_peak(a, share, precision, weights, base, int(kv * mem.kv_copies[1]), activations)
+        low, high = _exported_graph_peak(a, share, precision, weights, base, int(kv * mem.copies(bits)[1]), activations)
     return Row(precision, context, weights, kv, activations, base, low, high, high <= profile.budget.memory_bytes,
                bits, bits not in mem.runnable_kv_bits, mapped, by_type,
                decode_bound_tokens_per_s=_decode_bound(a, profile, precision, weights, kv))

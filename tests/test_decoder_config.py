@@ -129,6 +129,9 @@ def test_an_int8_cache_counts_the_copies_a_step_holds() -> None:
         kv = long.kv_cache_bytes - short.kv_cache_bytes
         assert kv > 0 and long.peak_low_bytes - short.peak_low_bytes >= copies * kv
         assert long.peak_high_bytes - short.peak_high_bytes > long.peak_low_bytes - short.peak_low_bytes
+    # --kv-bits 8 on the float profile plans what genai.kv_cache = "int8" runs, its copies included.
+    what_if, runs = row(a, genai, "int4", 16384, 8), row(a, int8, "int4", 16384, None)
+    assert (what_if.peak_low_bytes, what_if.peak_high_bytes) == (runs.peak_low_bytes, runs.peak_high_bytes)
 
 
 def test_genai_counts_the_last_positions_logits_only() -> None:

@@ -7,7 +7,7 @@ name: they ask the profile's runtime (packager.runtimes.runtime_for).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -52,6 +52,8 @@ class DecoderMemory:
     # per-tensor model of an exported graph (the embedding's proto copy, prepacked MatMuls, an ORT-format buffer).
     load_weights: tuple[float, float] = (0.0, 0.0)
     run_weights: tuple[float, float] = (0.0, 0.0)   # resident once loaded, the same way; (0, 0): plan's model
+    # The copies at each KV element size the runtime runs, where they differ from kv_copies (plan --kv-bits).
+    kv_copies_by_bits: dict[int, tuple[float, float]] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
     @property
@@ -59,6 +61,10 @@ class DecoderMemory:
         """The runtime gives its load peak and resident weights as fractions of the weights (packager/decoder_peak.py);
         otherwise plan models an exported graph per tensor, as the graph estimate does."""
         return self.load_weights != (0.0, 0.0)
+
+    def copies(self, kv_bits: int) -> tuple[float, float]:
+        """The copies of a cache of `kv_bits` a step holds (low, high)."""
+        return self.kv_copies_by_bits.get(kv_bits, self.kv_copies)
 
 
 class Runtime(Protocol):

@@ -134,6 +134,7 @@ class GenaiRuntime(OnnxRuntime):
                              score_heads=profile.session.intra_op_threads,
                              load_weights=LOAD_WEIGHTS,
                              run_weights=RUN_WEIGHTS,
+                             kv_copies_by_bits={KV_BITS[k]: KV_COPIES[k] for k in KV_BITS},
                              notes=(f"onnxruntime-genai: KV cache {kv} ({KV_BITS[kv]}-bit), prompt in chunks of "
                                     f"{chunk}, logits of the last position only (prune_lm_head)",))
 
