@@ -43,7 +43,9 @@ Peak = max(load, run), each a sum of components:
     gpu_context      GPU profiles: the CUDA context of the GPU providers on unified memory (the
                      profile's runtime.gpu_context_bytes), resident from load on
 
-The figures are calibrated against measurements in scripts/bench_memory.py.
+The figures are calibrated against measurements in scripts/bench_memory.py. A decoder on a runtime that measured
+how it holds one (onnxruntime-genai: DecoderMemory.measured_weights) is estimated by the rule `packager plan`
+applies instead (packager/decoder_peak.py), on the shape read from its graph: the two agree.
 """
 
 from __future__ import annotations
@@ -56,11 +58,19 @@ from typing import Any
 import numpy as np
 import onnx
 
-from packager.estimate_activations import activation_peak, concrete_shapes, is_past, kv_cache_bytes, value_sizes
+from packager.decoder_peak import activation_bytes, kv_by_type, measured_peak
+from packager.estimate_activations import (
+    activation_peak,
+    concrete_shapes,
+    decoder_shape,
+    is_past,
+    kv_cache_bytes,
+    value_sizes,
+)
 from packager.graphs import all_graphs
 from packager.profile_types import Profile
 from packager.records import Estimate as Estimate  # the estimate's record; its home was here
-from packager.runtimes import MemoryShare, runtime_for
+from packager.runtimes import DecoderMemory, MemoryShare, runtime_for
 
 # Ops whose constant weight input the CPU provider packs into its own layout at load.
 PREPACKED_INPUTS: dict[str, tuple[int, ...]] = {
@@ -249,6 +259,13 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     session (the runtime's MemoryShare.converted_buffer)."""
     model = onnx.load(model_path, load_external_data=False)
     inline, external, sizes = weight_bytes(model)
+    # A decoder on a runtime that measured how it holds one (onnxruntime-genai): plan's rule on the graph's shape.
+    # The graph gives the KV element size: the runtime's other answers do not depend on the precision.
+    mem = runtime_for(profile).decoder_memory(profile, "") if context else None
+    if context and mem is not None and mem.measured_weights:
+        decoder = measured_decoder(model, profile, kind, mem, sample_shapes, context, tokenizer)
+        if decoder is not None:
+            return decoder
     concrete = concrete_shapes(model, sample_shapes)
     folded, freed = folded_constants(concrete.graph, set(sizes), value_sizes(concrete.graph))
     freed_bytes = sum(sizes[n] for n in freed)
@@ -316,6 +333,45 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     notes = list(share.notes)
     return Estimate(max(load_low, run_low), max(load_high, run_high), breakdown, load_high, run_high, context, notes,
                     run_low)
+
+
+def measured_decoder(model: onnx.ModelProto, profile: Profile, kind: str, mem: DecoderMemory,
+                     shapes: dict[str, tuple[int, ...]], context: int, tokenizer: Path | None) -> Estimate | None:
+    """A decoder graph on a runtime that measured how it holds one (DecoderMemory.measured_weights): the rule
+    `packager plan` applies (packager/decoder_peak.py), on the graph's layers, widths and KV element size, so that
+    plan and the estimate of its bundle agree. None for a graph with no KV cache."""
+    read = decoder_shape(model, shapes)
+    if read is None:
+        return None
+    shape, bits = read
+    inline, external, _ = weight_bytes(model)
+    weights = inline + external
+    kv = sum(kv_by_type(shape.attention, context, bits, mem.windowed_kv).values())
+    logits = next((o for o in model.graph.output if o.name == "logits"), None)
+    fp16 = logits is not None and logits.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    activations = activation_bytes(shape, mem, 2 if fp16 else 4, context)
+    share = runtime_for(profile).memory(profile, kind)
+    graph, tokens = node_count(model) * share.node_bytes, tokenizer_bytes(tokenizer, share)
+    fixed = share.base_bytes + graph + tokens + share.gpu_context_bytes
+    peak = measured_peak(fixed, weights, kv, activations, mem, bits)
+    load, run, copies = (sum(mem.load_weights) / 2, sum(mem.run_weights) / 2, sum(mem.copies(bits)) / 2)
+    breakdown = {
+        "runtime_base": share.base_bytes,
+        "graph": graph,
+        "tokenizer": tokens,
+        "weights_inline": inline,
+        "weights_external": external,
+        "prepacked": int(weights * (run - 1)),        # resident beyond the stored weights once loaded
+        "load_transient": int(weights * (load - run)),  # and while loading, beyond that
+        "activations": activations,
+        "kv_cache": int(kv * copies),
+        **({"gpu_context": share.gpu_context_bytes} if share.gpu_context_bytes else {}),
+    }
+    notes = [*share.notes, *mem.notes,
+             f"{profile.runtime.package}'s measured weights: {mem.load_weights[0]:g}-{mem.load_weights[1]:g}x the "
+             f"stored bytes at load, {mem.run_weights[0]:g}-{mem.run_weights[1]:g}x once loaded; KV cache "
+             f"{bits}-bit, {mem.copies(bits)[0]:g}-{mem.copies(bits)[1]:g} copies at a step"]
+    return Estimate(peak.low, peak.high, breakdown, peak.load_high, peak.run_high, context, notes, peak.run_low)
 
 
 def decode_step_shapes(io: dict[str, Any], context: int) -> dict[str, tuple[int, ...]]:

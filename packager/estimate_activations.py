@@ -1,12 +1,17 @@
 """The run phase of the memory estimate (packager/estimate.py): the largest set of activations alive at once, from
-the graph with the sample's shapes inferred through it, and a decoder's KV cache at a context."""
+the graph with the sample's shapes inferred through it, a decoder's KV cache at a context, and a decoder graph's
+shape as the decoder peak's rule reads it (packager/decoder_peak.py)."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
+from typing import Any
 
 import onnx
 
+from packager.decoder_config import FULL, SLIDING, LayerAttention
+from packager.decoder_peak import DecoderShape
 from packager.graphs import all_graphs
 
 
@@ -216,3 +221,57 @@ def kv_cache_bytes(model: onnx.ModelProto, context: int | None,
                  for i, d in enumerate(dims)]
         total += math.prod(fixed) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
     return total
+
+
+def decoder_shape(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[DecoderShape, int] | None:
+    """A decoder graph's shape as the decoder peak's rule reads it (packager/decoder_peak.py), and its KV cache's
+    element size in bits; None for a graph with no past key/value inputs. Each layer from its past key input
+    (KV heads and head size: the graph's, else their size at a step, `shapes`) and the attention node reading it
+    (GroupQueryAttention: its heads and sliding window); widths from the matmuls' weights (hidden: the commonest
+    input width; the MLP: the widest output but the vocabulary's), the vocabulary and logits positions from the
+    logits output."""
+    inputs = {i.name: i for i in model.graph.input}
+    keys = [n for n in inputs if is_past(n) and n.endswith(".key")]
+    if not keys:
+        return None
+    readers = {node.input[3]: node for node in model.graph.node
+               if node.op_type == "GroupQueryAttention" and len(node.input) > 3}
+    attention, heads, bits = [], 0, 0
+    for name in keys:
+        t = inputs[name].type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        given = shapes.get(name, (1, 0, 0, 0))
+        kv_heads, head_dim = dims[1] or given[1], dims[3] or given[3]
+        attrs = _attributes(readers[name]) if name in readers else {}
+        window = max(int(attrs.get("local_window_size", -1)), 0)
+        heads = heads or int(attrs.get("num_heads", 0))
+        bits = int(attrs.get("kv_cache_bit_width", 0)) or 8 * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
+        attention.append(LayerAttention(SLIDING if window else FULL, int(kv_heads), int(head_dim), window, True))
+    widths = _matmul_widths(model)
+    logits = next((o for o in model.graph.output if o.name == "logits"), None)
+    logits_dims = [d.dim_value if d.HasField("dim_value") else 0 for d in logits.type.tensor_type.shape.dim] \
+        if logits is not None else []
+    vocab = logits_dims[-1] if logits_dims else 0
+    hidden = Counter(k for k, _ in widths).most_common(1)[0][0] if widths else 0
+    intermediate = max((n for _, n in widths if n != vocab), default=0)
+    heads = heads or (hidden // attention[0].head_dim if attention[0].head_dim else 0)
+    positions = logits_dims[1] if len(logits_dims) == 3 else 0
+    return DecoderShape(tuple(attention), heads, hidden, intermediate, vocab, positions), bits
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _matmul_widths(model: onnx.ModelProto) -> list[tuple[int, int]]:
+    """(input width, output width) of each matmul by a stored weight: MatMulNBits' K and N, a MatMul's [K, N]."""
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    widths = []
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = _attributes(node)
+            widths.append((int(attrs["K"]), int(attrs["N"])))
+        elif node.op_type == "MatMul" and len(dims.get(node.input[1], [])) == 2:
+            k, n = dims[node.input[1]]
+            widths.append((int(k), int(n)))
+    return widths

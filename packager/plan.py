@@ -17,10 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packager import decoder_config
+from packager import decoder_config, decoder_peak
 from packager.bandwidth import decode_bound
 from packager.bundles import is_bundle
 from packager.decoder_config import FULL, LayerAttention
+from packager.decoder_peak import DecoderShape, kv_by_type, measured_peak
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import LOAD_TRANSIENT_HIGH, OVERHEAD_HIGH, OVERHEAD_LOW
 from packager.profiles import Profile
@@ -249,26 +250,21 @@ def _encoder_decoder(arch: str, cfg: Any, model: Any, parameters: int, embedding
 
 
 def kv_cache(a: Architecture, context: int, bits: int, windowed: bool) -> dict[str, int]:
-    """The KV cache's bytes by layer type at `context` tokens: a windowed layer holds min(context, window) where the
-    runtime keeps a window, a layer that shares an earlier layer's cache holds none; an encoder-decoder's decoder
+    """The KV cache's bytes by layer type at `context` tokens (packager/decoder_peak.py); an encoder-decoder's decoder
     also caches the cross-attention's keys and values at the encoder's length."""
-    by_type: dict[str, int] = {}
-    for layer in a.layers_attention():
-        by_type[layer.kind] = by_type.get(layer.kind, 0) + layer.kv_bytes(context, windowed, bits)
+    by_type = kv_by_type(a.layers_attention(), context, bits, windowed)
     if a.encoder_positions:
         by_type["cross_attention"] = 2 * a.layers * a.kv_heads * a.head_dim * a.encoder_positions * bits // 8
     return by_type
 
 
+def shape(a: Architecture) -> DecoderShape:
+    """The architecture as the decoder peak's rule reads it (no logits for a model that does not generate)."""
+    return DecoderShape(a.layers_attention(), a.heads, a.hidden, a.intermediate, a.vocab if a.decoder else 0)
+
+
 def activation_bytes(a: Architecture, mem: DecoderMemory, precision: str, context: int) -> int:
-    """The largest activations of a prefill pass: its logits, one layer's attention scores against the context
-    (the runtimes size them by the cache's length; all heads at once, or the runtime's few), the MLP and the
-    residual stream."""
-    act_bytes = 2 if precision == "fp16" else 4
-    prefill = min(context, mem.prefill_tokens)
-    logits_rows = (mem.logits_positions or prefill) if a.decoder else 0
-    heads = min(a.heads, mem.score_heads) if mem.score_heads else a.heads
-    return act_bytes * (logits_rows * a.vocab + prefill * (heads * context + 2 * a.intermediate + 4 * a.hidden))
+    return decoder_peak.activation_bytes(shape(a), mem, 2 if precision == "fp16" else 4, context)
 
 
 def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits: int | None) -> Row:
@@ -283,13 +279,11 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
     activations = activation_bytes(a, mem, precision, context)
     share = runtime_for(profile).memory(profile, "text")
     base = share.base_bytes + share.gpu_context_bytes  # GPU: the CUDA context too
-    if mem.load_weights != (0.0, 0.0):
-        # The runtime's measured load peak and resident weights (onnxruntime-genai), and a step's KV buffers.
-        low = base + max(int(weights * mem.load_weights[0]), int(weights * mem.run_weights[0]) + kv + activations // 2)
-        high = base + max(int(weights * mem.load_weights[1]),
-                          int(weights * mem.run_weights[1] + kv * mem.kv_copies) + activations)
+    if mem.measured_weights:
+        peak = measured_peak(base, weights, kv, activations, mem, bits)
+        low, high = peak.low, peak.high
     else:
-        low, high = _exported_graph_peak(a, share, precision, weights, base, int(kv * mem.kv_copies), activations)
+        low, high = _exported_graph_peak(a, share, precision, weights, base, int(kv * mem.copies(bits)[1]), activations)
     return Row(precision, context, weights, kv, activations, base, low, high, high <= profile.budget.memory_bytes,
                bits, bits not in mem.runnable_kv_bits, mapped, by_type,
                decode_bound_tokens_per_s=_decode_bound(a, profile, precision, weights, kv))

@@ -3,6 +3,7 @@ host's transformers has the class), the KV cache per layer, mapped per-layer emb
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,24 @@ def test_kv_dtype_is_the_runtimes() -> None:
     eight = row(a, genai, "int4", 4096, 8)
     assert eight.kv_cache_bytes * 4 == row(a, genai, "int4", 4096, None).kv_cache_bytes
     assert not eight.planning_only and row(a, ort, "int4", 4096, 8).planning_only   # genai runs int8
+
+
+def test_an_int8_cache_counts_the_copies_a_step_holds() -> None:
+    """genai shares one buffer between past and present for a float cache, not for an int8 one (the builder turns
+    sharing off): past and present are both resident, so the run phase grows by at least two copies of the cache per
+    token on the low side, one for a float cache."""
+    a = architecture(config("Llama-3.2-1B"))
+    genai = resolve_target("rpi5-genai")
+    int8 = dataclasses.replace(genai, session=dataclasses.replace(
+        genai.session, config={**genai.session.config, "genai.kv_cache": "int8"}))
+    for profile, copies in ((genai, 1), (int8, 2)):
+        short, long = (row(a, profile, "int4", context, None) for context in (16384, 32768))
+        kv = long.kv_cache_bytes - short.kv_cache_bytes
+        assert kv > 0 and long.peak_low_bytes - short.peak_low_bytes >= copies * kv
+        assert long.peak_high_bytes - short.peak_high_bytes > long.peak_low_bytes - short.peak_low_bytes
+    # --kv-bits 8 on the float profile plans what genai.kv_cache = "int8" runs, its copies included.
+    what_if, runs = row(a, genai, "int4", 16384, 8), row(a, int8, "int4", 16384, None)
+    assert (what_if.peak_low_bytes, what_if.peak_high_bytes) == (runs.peak_low_bytes, runs.peak_high_bytes)
 
 
 def test_genai_counts_the_last_positions_logits_only() -> None:

@@ -112,6 +112,24 @@ def test_smoke_test_passes_and_fails_on_tampered_expectations(bundle: Path, tmp_
     assert proc.returncode != 0 and proc.stdout.strip().splitlines()[-1].startswith("FAIL"), proc.stdout
 
 
+def test_plan_and_the_bundles_estimate_count_the_same_decoder(bundle: Path) -> None:
+    """The fit stage's estimate of a genai bundle applies plan's rule to the packaged graph (packager/decoder_peak.py):
+    the same KV cache and activations (logits, a chunk's scratch) as plan's row for the source's config at the
+    bundle's context; the peaks differ only by the weights as stored against as counted, the graph's nodes and the
+    tokenizer."""
+    from packager.plan import architecture, read_config, row
+    from packager.profiles import resolve_target
+
+    memory = json.loads((bundle / "manifest.json").read_text())["memory"]
+    est, context = memory["estimate"], memory["context"]
+    r = row(architecture(read_config("sample:tiny-llama")), resolve_target(TARGET), "int4", context, None)
+    parts = est["breakdown"]
+    assert parts["kv_cache"] == r.kv_cache_bytes > 0 and parts["activations"] == r.activations_bytes > 0
+    stored = parts["weights_external"] + parts["weights_inline"]
+    apart = parts["graph"] + parts["tokenizer"] + 1.8 * abs(stored - r.weights_bytes)   # 1.8: the load's most
+    assert abs(est["low_bytes"] - r.peak_low_bytes) <= apart and abs(est["high_bytes"] - r.peak_high_bytes) <= apart
+
+
 def test_check_gives_a_memory_verdict() -> None:
     proc = packager("check", "sample:tiny-llama", "--target", TARGET, "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]

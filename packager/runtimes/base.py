@@ -7,7 +7,7 @@ name: they ask the profile's runtime (packager.runtimes.runtime_for).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -49,7 +49,7 @@ class DecoderMemory:
 
     kv_bits: int                     # the KV cache's element size
     windowed_kv: bool                # sliding-window layers hold min(context, window) positions, not the context
-    kv_copies: float                 # 1: past and present share one buffer; 2: a step holds both
+    kv_copies: tuple[float, float]   # copies of the cache a step holds (low, high); (1, 1): past and present share
     prefill_tokens: int              # prompt tokens per pass (the runtime's chunk)
     logits_positions: int            # positions of a pass whose logits are allocated (0: every one of them)
     runnable_kv_bits: tuple[int, ...]   # the KV element sizes the runtime can run (others: planning only)
@@ -58,7 +58,19 @@ class DecoderMemory:
     # per-tensor model of an exported graph (the embedding's proto copy, prepacked MatMuls, an ORT-format buffer).
     load_weights: tuple[float, float] = (0.0, 0.0)
     run_weights: tuple[float, float] = (0.0, 0.0)   # resident once loaded, the same way; (0, 0): plan's model
+    # The copies at each KV element size the runtime runs, where they differ from kv_copies (plan --kv-bits).
+    kv_copies_by_bits: dict[int, tuple[float, float]] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+
+    @property
+    def measured_weights(self) -> bool:
+        """The runtime gives its load peak and resident weights as fractions of the weights (packager/decoder_peak.py);
+        otherwise plan models an exported graph per tensor, as the graph estimate does."""
+        return self.load_weights != (0.0, 0.0)
+
+    def copies(self, kv_bits: int) -> tuple[float, float]:
+        """The copies of a cache of `kv_bits` a step holds (low, high)."""
+        return self.kv_copies_by_bits.get(kv_bits, self.kv_copies)
 
 
 class Runtime(Protocol):

@@ -80,9 +80,19 @@ PRECISIONS = {"int4": "int4", "int4-mixed": "int4", "fp32": "fp32"}
 # accuracy_level 0-2 (fp32 compute) packs to 0.70 GiB (load peak 0.89, 1.26 at 4K with an fp32 cache) but decodes 1.4x
 # slower than level 4 (int8 compute; 1K prompt, back to back). Neither is packaged yet; the factors below are level 4,
 # prepacked at load.
+# genai's own library and a generator, beyond onnxruntime's calibrated base: sample:tiny-llama's rpi5-genai bundle
+# (1.8 MiB of weights, a 512-token cache) measured 95.1 MiB at load and 105.8 MiB peak (run.py --measure), 21 and
+# 27 MiB above what onnxruntime's base and the rest of the model below account for.
+GENAI_BASE = 28 * 2**20
 LOAD_WEIGHTS = (1.6, 1.8)
 RUN_WEIGHTS = (1.45, 1.65)
 KV_BITS = {"float16": 16, "float": 32, "int8": 8}
+# Copies of the KV cache a step holds (low, high). A float cache is one buffer. The int8 one is not shared, so past
+# and present are two buffers, and each chunk allocates the next, larger present while they live; the heap grows in
+# steps. Measured (1B shape, lean-kv8, chunks of 256, resident memory after each chunk): 1.23 GiB after load, then
+# 40 KiB a token from 512 to 8,704 tokens (1.61 GiB there), 2.5 times the cache's 16 KiB a token with the scores
+# of a chunk (2 KiB a token) in it; 1.96 GiB peak at 16K (plan: 1.71-2.14).
+KV_COPIES = {"float16": (1.0, 1.0), "float": (1.0, 1.0), "int8": (2.0, 3.0)}
 
 
 class GenaiRuntime(OnnxRuntime):
@@ -127,17 +137,21 @@ class GenaiRuntime(OnnxRuntime):
 
     def memory(self, profile: Profile, kind: str) -> MemoryShare:
         share = super().memory(_as_onnxruntime(profile), kind)
-        return dataclasses.replace(share, notes=(*share.notes, "runtime base: onnxruntime's calibration (genai loads "
-                                                 "the same library); genai's own library not calibrated yet"))
+        return dataclasses.replace(share, base_bytes=share.base_bytes + GENAI_BASE,
+                                   shared_bytes=share.shared_bytes + GENAI_BASE,
+                                   notes=(*share.notes, "runtime base: onnxruntime's calibration (genai loads the same "
+                                          f"library) and genai's own library and generator ({GENAI_BASE >> 20} MiB, "
+                                          "measured on one small model)"))
 
     def decoder_memory(self, profile: Profile, precision: str) -> DecoderMemory:
         kv = profile.session.config.get("genai.kv_cache", SETTINGS["genai.kv_cache"])
         chunk = int(profile.session.config.get("genai.prefill_chunk", SETTINGS["genai.prefill_chunk"]))
-        return DecoderMemory(kv_bits=KV_BITS[kv], windowed_kv=True, kv_copies=2.0 if kv == "int8" else 1.0,
+        return DecoderMemory(kv_bits=KV_BITS[kv], windowed_kv=True, kv_copies=KV_COPIES[kv],
                              prefill_tokens=chunk, logits_positions=1, runnable_kv_bits=tuple(KV_BITS.values()),
                              score_heads=0 if kv == "float16" else profile.session.intra_op_threads,
                              load_weights=LOAD_WEIGHTS,
                              run_weights=RUN_WEIGHTS,
+                             kv_copies_by_bits={KV_BITS[k]: KV_COPIES[k] for k in KV_BITS},
                              notes=(f"onnxruntime-genai: KV cache {kv} ({KV_BITS[kv]}-bit), prompt in chunks of "
                                     f"{chunk}, logits of the last position only (prune_lm_head)",))
 

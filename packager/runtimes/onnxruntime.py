@@ -131,7 +131,7 @@ class OnnxRuntime:
             and profile.session.cpu_mem_arena else (0.0, 0.0), notes=(note,) if note else ())
 
     def decoder_memory(self, profile: Profile, precision: str) -> DecoderMemory:
-        return DecoderMemory(kv_bits=16 if precision == "fp16" else 32, windowed_kv=False, kv_copies=1.0,
+        return DecoderMemory(kv_bits=16 if precision == "fp16" else 32, windowed_kv=False, kv_copies=(1.0, 1.0),
                              prefill_tokens=PREFILL_TOKENS, logits_positions=0, runnable_kv_bits=(16, 32))
 
     def unmeasured_bytes(self, profile: Profile, measured: dict[str, Any] | None) -> int:
