@@ -1,0 +1,132 @@
+"""E-class decoders (issue 20): a tiny Gemma 4 with per-layer embeddings (PLE), KV sharing and sliding layers,
+exported by packager's own exporter in the `genai` environment (transformers 5.x). What packager guarantees: the
+io run.py's Decoder runs, a cache only for the layers that own one, the logits of the last position only, the
+PyTorch model's greedy tokens, and the PLE table int8 in a file of its own that onnxruntime memory-maps."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import onnx
+import pytest
+
+from packager import eclass
+from packager.exporter_envs import GENAI, is_ready
+from tiny_decoders import ECLASS, make_eclass
+
+PLE_VOCAB = 262144   # the real Gemma 4 vocabulary: the table (25 MB here) outgrows any page or folio size
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not is_ready(GENAI), reason="needs `packager env create genai`")]
+
+# The run in the genai environment (transformers 5.x): the PyTorch model's greedy tokens and the exported graph's,
+# run as run.py's Decoder runs it, with the PLE file's resident pages after the session loaded and after the run.
+PARITY = r"""
+import json, re, sys
+import numpy as np, onnxruntime as ort, torch
+from transformers import AutoModelForCausalLM
+sys.path.insert(0, sys.argv[3])
+from runtime.session import Decoder
+io = json.loads(sys.argv[4])
+
+def ple_rss():
+    rss, current = 0, ""
+    for line in open("/proc/self/smaps"):
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            current = line.split()[-1]
+        elif line.startswith("Rss:") and current.endswith(sys.argv[5]):
+            rss += int(line.split()[1]) * 1024
+    return rss
+
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32, attn_implementation="eager").eval()
+session = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+loaded = ple_rss()
+mapped = any(line.rstrip().endswith(sys.argv[5]) for line in open("/proc/self/maps"))
+prompt = [int(t) for t in np.random.RandomState(0).randint(2, 512, size=20)]
+tokens, first = Decoder(session, io).generate(prompt, 8)
+ids, ref = list(prompt), []
+with torch.inference_mode():
+    for _ in range(len(tokens)):
+        ref.append(int(torch.argmax(model(input_ids=torch.tensor([ids])).logits[0, -1])))
+        ids.append(ref[-1])
+    first_ref = model(input_ids=torch.tensor([prompt])).logits[0, -1].numpy()
+scores = Decoder(session, io).score(prompt[:5])
+print(json.dumps({"tokens": tokens, "ref": ref, "first_diff": float(np.abs(first - first_ref).max()),
+                  "first_scale": float(np.abs(first_ref).max()), "scores": list(scores.shape),
+                  "loaded": loaded, "after": ple_rss(), "mapped": mapped}))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    root = tmp_path_factory.mktemp("eclass")
+    # a PLE vocabulary far larger than the tokenizer's: a run reads a few of its rows, and maps only their pages
+    source = make_eclass(root / "tiny-gemma4-e", GENAI.python, vocab_size_per_layer_input=PLE_VOCAB)
+    made = eclass.export(source, root / "onnx", root / "work")
+    return source, root / "onnx", made
+
+
+def signature(model: onnx.ModelProto) -> tuple[dict, dict]:
+    def dims(v: onnx.ValueInfoProto) -> list:
+        return [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+    return {i.name: dims(i) for i in model.graph.input}, {o.name: dims(o) for o in model.graph.output}
+
+
+def test_only_the_layers_that_own_a_cache_have_a_past_and_present(exported: tuple) -> None:
+    _, out, made = exported
+    inputs, outputs = signature(onnx.load(out / "model.onnx", load_external_data=False))
+    shared = ECLASS["num_kv_shared_layers"]
+    owners = ECLASS["num_hidden_layers"] - shared
+    assert made["owners"] == list(range(owners))
+    assert [n for n in inputs if n.startswith("past_key_values.")] == \
+        [f"past_key_values.{n}.{kind}" for n in range(owners) for kind in ("key", "value")]
+    assert [n for n in outputs if n.startswith("present.")] == \
+        [f"present.{n}.{kind}" for n in range(owners) for kind in ("key", "value")]
+    # the sliding and full layers keep their own head sizes
+    sizes = {ECLASS["layer_types"][n]: inputs[f"past_key_values.{n}.key"][3] for n in range(owners)}
+    assert sizes == {"sliding_attention": ECLASS["head_dim"], "full_attention": ECLASS["global_head_dim"]}
+    assert outputs["logits"][2] == ECLASS["vocab_size"]
+
+
+def test_the_ple_table_is_int8_per_row_in_its_own_page_aligned_file(exported: tuple) -> None:
+    _, out, made = exported
+    model = onnx.load(out / "model.onnx", load_external_data=False)
+    place = {t.name: (t.data_type, {e.key: e.value for e in t.external_data}) for t in model.graph.initializer}
+    rows_type, rows = place["ple_rows"]
+    assert rows_type == onnx.TensorProto.INT8 and rows["location"] == made["ple_file"]
+    assert int(rows["offset"]) % 4096 == 0
+    width = ECLASS["num_hidden_layers"] * ECLASS["hidden_size_per_layer_input"]
+    assert int(rows["length"]) == PLE_VOCAB * width
+    assert place["ple_scales"][1]["location"] == made["ple_file"]
+    # nothing else in that file: what is mapped there is the table
+    assert {n for n, (_, e) in place.items() if e.get("location") == made["ple_file"]} == set(made["ple_tensors"])
+    assert "model.onnx.data" in {e["location"] for _, e in place.values()}
+
+
+def io_of(out: Path) -> dict:
+    """runtime.io as the decoder family describes it for this graph."""
+    inputs, outputs = signature(onnx.load(out / "model.onnx", load_external_data=False))
+    past = [{"name": n, "shape": s} for n, s in inputs.items() if n.startswith("past_key_values.")]
+    return {"inputs": [{"name": n, "shape": s, "dtype": "int64" if "past" not in n else "float32"}
+                       for n, s in inputs.items()], "outputs": [{"name": n, "shape": s} for n, s in outputs.items()],
+            "logits": "last", "kv": {"layers": len(past) // 2, "heads": past[0]["shape"][1],
+                                     "head_dim": past[0]["shape"][3], "dtype": "float32"}, "eos_token_ids": []}
+
+
+def test_generates_the_pytorch_models_tokens_and_maps_the_ple_file(exported: tuple) -> None:
+    source, out, made = exported
+    targets = Path(__file__).resolve().parents[1] / "targets"
+    proc = subprocess.run([str(GENAI.python), "-c", PARITY, str(source), str(out / "model.onnx"), str(targets),
+                           json.dumps(io_of(out)), made["ple_file"]], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads(proc.stdout.splitlines()[-1])
+    assert run["tokens"] == run["ref"] and len(run["tokens"]) == 8
+    # int8 rows: the logits move by a small part of their size, never the greedy choice
+    assert run["first_diff"] < 0.05 * run["first_scale"]
+    assert run["scores"] == [5, ECLASS["vocab_size"]]   # teacher-forced, a position at a time
+    assert run["mapped"]                               # memory-mapped, not read into the heap
+    table = (out / made["ple_file"]).stat().st_size
+    # the tokens (all below 512) read rows in the first pages only; the kernel may map them in 2 MB folios
+    assert run["loaded"] <= table and run["after"] < table / 4
