@@ -61,6 +61,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "packager.emulate_qemu",
                   "packager.emulate_userland", "packager.smoke", "packager.report", "packager.report_view",
                   "packager.report_markdown", "packager.report_html", "packager.exporter_envs",
+                  # the E-class exporter: runs in the genai environment (the stages name its steps)
+                  "packager.eclass",
                   # the runtimes' steps (named "module:function" by packager/runtimes/, as the families' are)
                   "packager.runtime_steps",
                   # `packager bench`: a bundle's device code timed in a child (the child's code is a string)

@@ -6,13 +6,17 @@ PyTorch model's greedy tokens, and the PLE table int8 in a file of its own that 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import onnx
 import pytest
 
 from packager import eclass
+from packager.errors import ExitCode
 from packager.exporter_envs import GENAI, is_ready
 from tiny_decoders import ECLASS, make_eclass
 
@@ -130,3 +134,51 @@ def test_generates_the_pytorch_models_tokens_and_maps_the_ple_file(exported: tup
     table = (out / made["ple_file"]).stat().st_size
     # the tokens (all below 512) read rows in the first pages only; the kernel may map them in 2 MB folios
     assert run["loaded"] <= table and run["after"] < table / 4
+
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def packager(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "packager", *args], capture_output=True, text=True, env=ENV,
+                          timeout=900)
+
+
+def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(exported: tuple, tmp_path: Path) -> None:
+    """The architecture routes to the E-class exporter; onnxruntime runs it (genai's builder refuses PLE); int8
+    weights keep the greedy tokens; the estimate counts the PLE table as mapped, not resident; the smoke passes."""
+    source, _, _ = exported
+    proc = packager("package", str(source), "--target", "rpi5", "--recipe", "int8-dynamic", "--out",
+                    str(tmp_path / "dist"), "--no-cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    archive = next((tmp_path / "dist").glob("*.tar.gz"))
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "bundle", filter="data")
+    bundle = next((tmp_path / "bundle").iterdir())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["runtime"]["package"] == "onnxruntime" and manifest["runtime"]["io"]["logits"] == "last"
+    table = (bundle / "model" / "model.ple.data").stat().st_size
+    estimate = manifest["memory"]["estimate"]
+    # the table is mapped: counted beside the peak, with the pages the context's tokens read in it
+    assert estimate["mapped_bytes"] >= PLE_VOCAB * ECLASS["num_hidden_layers"] * ECLASS["hidden_size_per_layer_input"]
+    assert estimate["mapped_bytes"] <= table
+    assert 0 < estimate["breakdown"]["mapped_touched"] < estimate["mapped_bytes"] / 4
+    assert estimate["breakdown"]["weights_external"] < table
+    smoke = subprocess.run([sys.executable, "smoke_test.py"], cwd=bundle, capture_output=True, text=True, timeout=600)
+    assert smoke.returncode == 0 and "PASS" in smoke.stdout, smoke.stdout + smoke.stderr
+
+
+def test_a_gemma_3n_says_it_has_no_exporter_yet(exported: tuple, tmp_path: Path) -> None:
+    source, _, _ = exported
+    folder = tmp_path / "gemma3n"
+    folder.mkdir()
+    for f in source.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    config = json.loads((source / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"model_type": "gemma3n_text",
+                                                             "architectures": ["Gemma3nForCausalLM"]}))
+    proc = packager("package", str(folder), "--target", "rpi5", "--out", str(tmp_path / "dist"), "--no-cache")
+    assert proc.returncode == ExitCode.BAD_INPUT, proc.stderr[-2000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert "gemma3n_text" in error and "no exporter" in error and "export it to .onnx yourself" in error
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())

@@ -59,8 +59,11 @@ class EDecoder(torch.nn.Module):
                 *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         text, config = self.model.model, self.config
         x = text.embed_tokens(input_ids)
-        # Gather the int8 rows, then Cast: a Cast first would be folded into a float copy of the whole table
-        rows = self.buffer("ple_rows")[input_ids].float() * self.buffer("ple_scales")[input_ids]
+        # Gather the int8 rows, then Cast: a Cast first would be folded into a float copy of the whole table. The
+        # scales by GatherElements: a recipe's 8-bit quantizer quantizes every float Gather's table, with one
+        # scale for all its rows, and leaves GatherElements alone.
+        scales = torch.gather(self.buffer("ple_scales"), 0, input_ids.reshape(-1, 1)).view(*input_ids.shape, 1)
+        rows = self.buffer("ple_rows")[input_ids].float() * scales
         ple = rows.view(*input_ids.shape, config.num_hidden_layers, config.hidden_size_per_layer_input)
         ple = text.project_per_layer_inputs(x, ple)
         masks = attention_masks(attention_mask, position_ids, config.sliding_window)
@@ -188,6 +191,7 @@ def export(source: Path, out: Path) -> dict[str, Any]:
     traced = time.monotonic() - started
     model = onnx.load(raw)
     raw.unlink()
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 1   # the last position's: a fixed 1
     split_weights(model, out)
     return {"owners": module.owners, "layers": config.num_hidden_layers, "ple_file": OWN_FILE,
             "ple_tensors": list(PLE_NAMES), "traced_s": round(traced, 2),
