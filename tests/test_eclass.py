@@ -57,9 +57,12 @@ with torch.inference_mode():
         ids.append(ref[-1])
     first_ref = model(input_ids=torch.tensor([prompt])).logits[0, -1].numpy()
 scores = Decoder(session, io).score(prompt[:5])
+decoder = Decoder(session, io)
+_, cache = decoder.step(prompt, decoder.empty_past(), 0)
 print(json.dumps({"tokens": tokens, "ref": ref, "first_diff": float(np.abs(first - first_ref).max()),
                   "first_scale": float(np.abs(first_ref).max()), "scores": list(scores.shape),
-                  "loaded": loaded, "after": ple_rss(), "mapped": mapped}))
+                  "loaded": loaded, "after": ple_rss(), "mapped": mapped,
+                  "cache": {n: v.shape[2] for n, v in cache.items()}}))
 """
 
 
@@ -130,6 +133,10 @@ def test_generates_the_pytorch_models_tokens_and_maps_the_ple_file(exported: tup
     # int8 rows: the logits move by a small part of their size, never the greedy choice
     assert run["first_diff"] < 0.05 * run["first_scale"]
     assert run["scores"] == [5, ECLASS["vocab_size"]]   # teacher-forced, a position at a time
+    # after the 20-token prompt, a sliding layer's cache holds its window (the next token's keys), a full one all
+    window = ECLASS["sliding_window"]
+    assert run["cache"] == {f"past_key_values.{n}.{kind}": 20 if ECLASS["layer_types"][n] == "full_attention"
+                            else window - 1 for n in made["owners"] for kind in ("key", "value")}
     assert run["mapped"]                               # memory-mapped, not read into the heap
     table = (out / made["ple_file"]).stat().st_size
     # the tokens (all below 512) read rows in the first pages only; the kernel may map them in 2 MB folios

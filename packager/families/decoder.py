@@ -44,7 +44,7 @@ class DecoderLLM(Family):
         logits = next(o for o in outputs if o["name"] == "logits")
         # A graph that gives the last position's logits only (the E-class exporter's): the loop scores a token at
         # a time. Others' io stays as it was (their manifests, byte for byte).
-        last = {"logits": "last"} if logits["shape"][1] == 1 else {}
+        last = {"logits": "last"} if logits["shape"][1:2] == [1] else {}
         return {
             "kind": self.name,
             "inputs": inputs,

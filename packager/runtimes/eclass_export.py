@@ -66,21 +66,20 @@ class EDecoder(torch.nn.Module):
         rows = self.buffer("ple_rows")[input_ids].float() * scales
         ple = rows.view(*input_ids.shape, config.num_hidden_layers, config.hidden_size_per_layer_input)
         ple = text.project_per_layer_inputs(x, ple)
-        masks = attention_masks(attention_mask, position_ids, config.sliding_window)
+        queries = position_ids
         rope = {kind: text.rotary_emb(x, position_ids, kind) for kind in set(config.layer_types)}
         shared: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         presents: list[torch.Tensor] = []
         for i, layer in enumerate(text.layers):
             if i == self.first_shared:   # no cache to write from here on: the last position is all they need
-                x, ple = x[:, -1:], ple[:, -1:]
-                masks = {k: m[:, :, -1:] for k, m in masks.items()}
+                x, ple, queries = x[:, -1:], ple[:, -1:], queries[:, -1:]
                 rope = {k: (c[:, -1:], s[:, -1:]) for k, (c, s) in rope.items()}
             kind = config.layer_types[i]
             past_kv = None
             if i in self.owners:
                 n = self.owners.index(i)
                 past_kv = (past[2 * n], past[2 * n + 1])
-            x = self.layer(layer, x, ple[:, :, i], rope[kind], masks[kind], shared, past_kv, presents)
+            x = self.layer(layer, x, ple[:, :, i], rope[kind], (queries, attention_mask), shared, past_kv, presents)
         logits = self.model.lm_head(text.norm(x[:, -1:]))
         cap = config.final_logit_softcapping
         if cap is not None:
@@ -93,7 +92,7 @@ class EDecoder(torch.nn.Module):
         return table
 
     def layer(self, layer: Any, x: torch.Tensor, per_layer: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-              mask: torch.Tensor, shared: dict[str, tuple[torch.Tensor, torch.Tensor]],
+              mask: tuple[torch.Tensor, torch.Tensor], shared: dict[str, tuple[torch.Tensor, torch.Tensor]],
               past_kv: tuple[torch.Tensor, torch.Tensor] | None, presents: list[torch.Tensor]) -> torch.Tensor:
         """Gemma4TextDecoderLayer.forward, its attention on explicit tensors."""
         attn = layer.self_attn
@@ -105,7 +104,8 @@ class EDecoder(torch.nn.Module):
         scaled: torch.Tensor = x * layer.layer_scalar
         return scaled
 
-    def attention(self, attn: Any, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
+    def attention(self, attn: Any, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                  mask: tuple[torch.Tensor, torch.Tensor],
                   shared: dict[str, tuple[torch.Tensor, torch.Tensor]],
                   past_kv: tuple[torch.Tensor, torch.Tensor] | None, presents: list[torch.Tensor]) -> torch.Tensor:
         cos, sin = rope
@@ -119,12 +119,15 @@ class EDecoder(torch.nn.Module):
             k = rotary(attn.k_norm(raw_k), cos, sin).transpose(1, 2)
             v = attn.v_norm(raw_v).transpose(1, 2)
             k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
-            presents += [k, v]
+            # a sliding layer keeps its window for the next step (the last window - 1 positions), not the context
+            keep = self.config.sliding_window - 1 if attn.is_sliding else 0
+            presents += [k[:, :, -keep:], v[:, :, -keep:]] if keep else [k, v]
             if attn.store_full_length_kv:
                 shared[attn.layer_type] = (k, v)
         groups = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling + mask
+        additive = key_mask(*mask, k.shape[2], self.config.sliding_window if attn.is_sliding else 0)
+        scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling + additive
         out = torch.matmul(torch.softmax(scores, dim=-1), v)
         projected: torch.Tensor = attn.o_proj(out.transpose(1, 2).reshape(*h.shape[:-1], -1))
         return projected
@@ -144,16 +147,16 @@ def quantize_rows(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(table / scales).clamp(-127, 127).to(torch.int8), scales
 
 
-def attention_masks(attention_mask: torch.Tensor, position_ids: torch.Tensor, window: int) -> dict[str, torch.Tensor]:
-    """Additive masks [batch, 1, new, total] per layer type: causal over the positions (a key's index is its
-    position: batch 1, no padding), the sliding layers' also within the window (as transformers': q - k < window)."""
-    keys = torch.arange(attention_mask.shape[1], device=attention_mask.device)[None, None, :]
-    queries = position_ids[:, :, None]
-    causal = (keys <= queries) & attention_mask[:, None, :].bool()
-    local = causal & (keys > queries - window)
-    zero, neg = torch.tensor(0.0), torch.tensor(NEG)
-    return {"full_attention": torch.where(causal, zero, neg)[:, None],
-            "sliding_attention": torch.where(local, zero, neg)[:, None]}
+def key_mask(queries: torch.Tensor, attention_mask: torch.Tensor, keys: Any, window: int) -> torch.Tensor:
+    """Additive mask [batch, 1, new, keys]: the keys are the last `keys` positions (a sliding layer's cache holds
+    its window only; batch 1, no padding), causal, and for a sliding layer within the window (as transformers':
+    query - key < window)."""
+    total = attention_mask.shape[1]
+    positions = (torch.arange(keys) + (total - keys))[None, None, :]
+    allowed = (positions <= queries[:, :, None]) & attention_mask[:, -keys:][:, None, :].bool()
+    if window:
+        allowed = allowed & (positions > queries[:, :, None] - window)
+    return torch.where(allowed, torch.tensor(0.0), torch.tensor(NEG))[:, None]
 
 
 def load(source: Path) -> Any:
