@@ -158,6 +158,7 @@ def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(exported: tu
     proc = packager("package", str(source), "--target", "rpi5", "--recipe", "int8-dynamic", "--out",
                     str(tmp_path / "dist"), "--no-cache")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mapped " in proc.stderr and "MiB of lookup tables" in proc.stderr
     archive = next((tmp_path / "dist").glob("*.tar.gz"))
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path / "bundle", filter="data")
