@@ -190,3 +190,17 @@ def test_a_gemma_3n_says_it_has_no_exporter_yet(exported: tuple, tmp_path: Path)
     error = proc.stderr.strip().splitlines()[-1]
     assert "gemma3n_text" in error and "no exporter" in error and "export it to .onnx yourself" in error
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
+def test_the_export_is_the_same_bytes_whatever_the_string_hashing(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bundles are byte-identical for the same inputs: the graph must not follow a set's order (hash seeds 0 and 1
+    order {"sliding_attention", "full_attention"} differently)."""
+    source = make_eclass(tmp_path / "tiny", GENAI.python)
+    files = []
+    for seed in ("0", "1"):
+        monkeypatch.setenv("PYTHONHASHSEED", seed)
+        out = tmp_path / f"onnx-{seed}"
+        eclass.export(source, out, tmp_path / "work")
+        files.append({f.name: f.read_bytes() for f in sorted(out.iterdir())})
+    assert files[0] == files[1]

@@ -67,7 +67,8 @@ class EDecoder(torch.nn.Module):
         ple = rows.view(*input_ids.shape, config.num_hidden_layers, config.hidden_size_per_layer_input)
         ple = text.project_per_layer_inputs(x, ple)
         queries = position_ids
-        rope = {kind: text.rotary_emb(x, position_ids, kind) for kind in set(config.layer_types)}
+        # sorted: a set's order changes with each process's string hashing, and the graph with it
+        rope = {kind: text.rotary_emb(x, position_ids, kind) for kind in sorted(set(config.layer_types))}
         shared: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         presents: list[torch.Tensor] = []
         for i, layer in enumerate(text.layers):
