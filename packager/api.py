@@ -192,7 +192,8 @@ def _package_suite(models: list[str], settings: Any, reporter: Reporter, options
         archive=built.archive, bundle=built.archive.name.removesuffix(".tar.gz"), target=settings.profile.name,
         models={n: {"source": c.model_spec, "recipe": c.recipe_name,
                     "accuracy": accuracy_summary(c),
-                    "memory_alone": c.memory, "fit": c.fit.to_dict() if c.fit else None, "mixed": mixed_record(c)}
+                    "memory_alone": c.memory.to_dict() if c.memory else {}, "fit": c.fit.to_dict() if c.fit else None,
+                    "mixed": mixed_record(c)}
                 for n, c in zip(names, contexts)},
         blobs=[{"key": b.key, "used_by": b.used_by, "bytes": sum(f["size"] for f in b.files),
                 **({"notes": b.notes} if b.notes else {})} for b in built.blobs],
@@ -331,7 +332,7 @@ def _reporter(progress: bool | Reporter) -> Reporter:
 def _smoke_key(sign: Path | None, tmp: Path) -> Path | None:
     """The public key `package --smoke` checks the new bundle with: the --sign key's own public half,
     else the one configured for devices ($PACKAGER_PUBLIC_KEY), else none."""
-    from packager.runtime_files import runner
+    from packager.device_code import runner
     from packager.signing import write_public_key
 
     return write_public_key(sign, tmp / "public.pem") if sign else runner().configured_public_key()

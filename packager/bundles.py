@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.archive import extract_bundle
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
@@ -51,7 +52,6 @@ def bundle_summary(manifest: Path) -> dict[str, Any] | None:
     """The bundle's name, target, recipe and runtime; None when it has no manifest. A manifest that is not
     JSON, or not of the shape packager writes, is a damaged bundle (exit 5), as everywhere else."""
     from packager.model_files import read_json
-    from packager.runtime_files import runner
 
     if not manifest.is_file():
         return None

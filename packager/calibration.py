@@ -16,11 +16,11 @@ import numpy as np
 import onnx
 
 from packager.context import Context, InputSpec
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
 from packager.open_shapes import size_record
 from packager.recipes import RECIPES
-from packager.runtime_files import runner
 from packager.sample_inputs import make_inputs
 
 DEFAULT_TEXTS = Path(__file__).resolve().parent / "data" / "calibration.txt"
@@ -30,15 +30,15 @@ _SEED = 1000   # the samples use seeds 0..count-1
 
 def calibration_inputs(ctx: Context, tokenizer_bundle: Path) -> tuple[list[dict[str, np.ndarray]], str]:
     """The feeds to calibrate on, and where they came from (for the manifest)."""
-    family = family_for(ctx.io["kind"])
+    family = family_for(ctx.io.kind)
     if not family.calibrates:
         raise PackagerError("int8-static calibrates encoders and tensor models, not decoders (their KV cache "
                             "inputs have no fixed range); use --recipe int4 or int8-dynamic.", ExitCode.USAGE)
     path = ctx.calibration
     if family.calibrates_on_text:
         rt = runner()
-        tokenizer = rt.load_tokenizer(tokenizer_bundle, ctx.io)
-        names = [i["name"] for i in ctx.io["inputs"]]
+        tokenizer = rt.load_tokenizer(tokenizer_bundle, ctx.io.to_dict())
+        names = [i["name"] for i in ctx.io.inputs]
         texts = _read_lines(path or DEFAULT_TEXTS)
         what = f"{path} ({len(texts)} lines)" if path else f"built-in ({len(texts)} sentences)"
         return [rt.encode(tokenizer, t, names) for t in texts], what
@@ -46,10 +46,10 @@ def calibration_inputs(ctx: Context, tokenizer_bundle: Path) -> tuple[list[dict[
         assert ctx.reference_model is not None
         spec = InputSpec(ctx.input_spec.shapes, ctx.input_spec.values, DEFAULT_TENSOR_SETS)
         record = size_record(onnx.load(ctx.reference_model, load_external_data=False))
-        return make_inputs(ctx.io["inputs"], spec, first_seed=_SEED, budget_bytes=ctx.profile.budget.memory_bytes,
+        return make_inputs(ctx.io.inputs, spec, first_seed=_SEED, budget_bytes=ctx.profile.budget.memory_bytes,
                            record=record), \
             f"built-in ({DEFAULT_TENSOR_SETS} inputs made from the signature)"
-    feeds = _read_npz(path, [i["name"] for i in ctx.io["inputs"]])
+    feeds = _read_npz(path, [i["name"] for i in ctx.io.inputs])
     return feeds, f"{path} ({len(feeds)} input sets)"
 
 

@@ -20,7 +20,7 @@ from packager.options import InputSpec as InputSpec  # its home was here: `from 
 from packager.options import PackageOptions
 from packager.profiles import Profile
 from packager.recipes.records import RecipeResult
-from packager.records import Accuracy, Fit
+from packager.records import Accuracy, Fit, Io, Memory
 
 
 def silent(detail: str) -> None:
@@ -87,7 +87,7 @@ class Context:
     # export
     reference_model: Path | None = None      # fp32 ONNX: what the packaged model is measured against
     tokenizer_files: list[Path] = field(default_factory=list)
-    io: dict[str, Any] = field(default_factory=dict)   # manifest runtime.io: kind, outputs checked ...
+    described_io: Io | None = None           # the manifest's runtime.io (read as ctx.io, once export has set it)
     components: list[Component] = field(default_factory=list)   # multi-component models (io kind "seq2seq")
     # quantize
     packaged_model: Path | None = None
@@ -105,7 +105,7 @@ class Context:
     expected_outputs: list[dict[str, np.ndarray]] = field(default_factory=list)   # the fp32 reference's
     accuracy: Accuracy | None = None         # verify's figures against the fp32 reference
     # fit
-    memory: dict[str, Any] = field(default_factory=dict)
+    memory: Memory | None = None             # the verdict against the budget (None before the fit stage)
     fit: Fit | None = None   # --fit auto: recipes tried, the one chosen and why
     # bundle
     archive: Path | None = None
@@ -115,6 +115,16 @@ class Context:
     def __post_init__(self) -> None:
         self.input_spec = self.options.input_spec
         self.context = self.options.context
+
+    @property
+    def io(self) -> Io:
+        """What the model reads and answers (the manifest's runtime.io): the export stage describes it."""
+        assert self.described_io is not None, "the export stage describes the io"
+        return self.described_io
+
+    @io.setter
+    def io(self, io: Io) -> None:
+        self.described_io = io
 
     # The options the stages read as they are given (read-only: they live in `options`).
     @property

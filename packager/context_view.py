@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from packager.profile_types import Profile
     from packager.recipes.records import RecipeResult
+    from packager.records import Io, Memory
 
 
 class SourceView(Protocol):
@@ -43,7 +44,7 @@ class ComponentView(Protocol):
 class FamilyContext(Protocol):
     """What a family's steps read and fill in: the io, the samples and the sentences behind them."""
 
-    io: dict[str, Any]
+    io: Io
     texts: list[str]
     reference_model: Path | None
     sample_inputs: list[dict[str, np.ndarray]]
@@ -68,7 +69,7 @@ class RuntimeContext(FamilyContext, Protocol):
     recipe: RecipeResult | None
     model_file: str
     mobile: dict[str, Any]
-    memory: dict[str, Any]
+    memory: Memory | None
     eval_cases: list[dict[str, Any]]
 
     @property

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ import onnx
 from packager.estimate_activations import activation_peak, concrete_shapes, is_past, kv_cache_bytes, value_sizes
 from packager.graphs import all_graphs
 from packager.profile_types import Profile
+from packager.records import Estimate as Estimate  # the estimate's record; its home was here
 from packager.runtimes import MemoryShare, runtime_for
 
 # Ops whose constant weight input the CPU provider packs into its own layout at load.
@@ -99,25 +99,6 @@ OVERHEAD_LOW, OVERHEAD_HIGH = 0.02, 0.10
 # for the same commit and model (CI, tests/test_decoder_fit.py: 89.7 against 92.5 MiB). The low side
 # takes the base at this fraction; the high side takes it whole.
 BASE_LOW = 0.93
-
-
-@dataclass(frozen=True)
-class Estimate:
-    low_bytes: int
-    high_bytes: int
-    breakdown: dict[str, int]              # component -> bytes (the expected figure)
-    load_high_bytes: int
-    run_high_bytes: int
-    context: int | None = None
-    notes: list[str] = field(default_factory=list)
-    run_low_bytes: int = 0
-    mapped_bytes: int = 0                  # mapped tables' whole size: on storage, not in the peak
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"low_bytes": self.low_bytes, "high_bytes": self.high_bytes, "breakdown": self.breakdown,
-                "load_high_bytes": self.load_high_bytes, "run_high_bytes": self.run_high_bytes,
-                "run_low_bytes": self.run_low_bytes, "context": self.context, "notes": self.notes,
-                **({"mapped_bytes": self.mapped_bytes} if self.mapped_bytes else {})}
 
 
 # ---------------------------------------------------------------- runtime base

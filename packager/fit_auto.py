@@ -29,7 +29,7 @@ def choose_recipe(ctx: Context, reporter: Reporter, recipes: tuple[str, ...]) ->
     most precise recipe that fits."""
     record = ctx.fit = Fit()
     wanted = ctx.context
-    shorter = _shorter_contexts(wanted) if family_for(ctx.io["kind"]).context_sized and wanted else []
+    shorter = _shorter_contexts(wanted) if family_for(ctx.io.kind).context_sized and wanted else []
     predicted: dict[str, dict[int, int]] = {}  # recipe -> its peak at each shorter context
     for recipe in recipes:
         rejected = _try_recipe(ctx, reporter, recipe)
@@ -82,7 +82,7 @@ def _try_recipe(ctx: Context, reporter: Reporter, recipe: str,
         ctx.recipe_name = recipe
         shutil.rmtree(ctx.stage_dir, ignore_errors=True)
     assert ctx.fit is not None
-    sized = family_for(ctx.io["kind"]).context_sized
+    sized = family_for(ctx.io.kind).context_sized
     entry: dict[str, Any] = {"recipe": recipe, **({"context": ctx.context} if sized else {})}
     try:
         if stages[0] == "quantize" and ctx.fit.tried and not searched(recipe):
@@ -121,7 +121,7 @@ def _chose(ctx: Context, reporter: Reporter, recipe: str, recipes: tuple[str, ..
     record = ctx.fit
     assert record is not None
     record.chosen = recipe
-    if family_for(ctx.io["kind"]).context_sized:
+    if family_for(ctx.io.kind).context_sized:
         record.context = ctx.context
     if shrunk_from is not None:
         budget = ctx.profile.budget.memory_bytes / 2**20

@@ -14,6 +14,7 @@ from typing import Any
 
 from packager.paths import targets_dir
 from packager.profile_types import Profile
+from packager.records import Memory
 
 # The providers that run on the GPU; a measurement without them has not seen the GPU path's memory.
 GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
@@ -36,21 +37,19 @@ def unmeasured_gpu_bytes(profile: Profile, measured: dict[str, Any] | None) -> i
     return profile.runtime.gpu_context_bytes if missing else 0
 
 
-def trt_workspace(profile: Profile, memory: dict[str, Any]) -> dict[str, Any] | None:
+def trt_workspace(profile: Profile, memory: Memory | None) -> dict[str, Any] | None:
     """trt_max_workspace_size bounded so that building the engine stays within the budget: the headroom the
     estimate leaves (its high side, which counts the CUDA context), less the engine's own copy of the weights
     (assumed the size of the packaged weights), capped by the profile's figure; None before the fit stage or
     without TensorRT. The estimate, not the measured peak: the measurement moves by pages run to run, and
     the bound is written into the manifest, which must reproduce byte for byte."""
     options = profile.runtime.provider_options.get(TRT)
-    estimate = memory.get("estimate", {})
-    if TRT not in profile.runtime.providers or options is None or "high_bytes" not in estimate \
-            or "budget_bytes" not in memory:
+    if TRT not in profile.runtime.providers or options is None or memory is None:
         return None
-    headroom = int(memory["budget_bytes"]) - int(estimate["high_bytes"])
+    estimate = memory.estimate
+    headroom = memory.budget_bytes - estimate.high_bytes
     ceiling = int(options.get("trt_max_workspace_size", 0)) or None
-    breakdown = estimate.get("breakdown", {})
-    engine = int(breakdown.get("weights_inline", 0)) + int(breakdown.get("weights_external", 0))
+    engine = estimate.breakdown.get("weights_inline", 0) + estimate.breakdown.get("weights_external", 0)
     room = (headroom - engine) // MiB * MiB
     bound = max(MIN_WORKSPACE, min(room, ceiling) if ceiling else room)
     result = {"bytes": bound, "profile_bytes": ceiling, "headroom_bytes": headroom, "engine_weights_bytes": engine,

@@ -10,10 +10,10 @@ import onnxruntime
 
 from packager.archive import source_date_epoch
 from packager.context import Context
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
 from packager.records import Memory
-from packager.runtime_files import runner
 from packager.runtimes import runtime_for
 from packager.signing import manifest_entry as signature_entry
 from packager.version import __version__
@@ -57,10 +57,10 @@ def runtime_spec(ctx: Context) -> dict[str, Any]:
         "model": ctx.model_file,
         # package, version, providers, provider_options, session: the runtime's (packager/runtimes/)
         **runtime_for(ctx.profile).session_spec(ctx.profile, ctx.memory),
-        "io": ctx.io,
+        "io": ctx.io.to_dict(),
         # Multi-component models: every component's file, loaded together (`model` is the decoder's).
         **({"components": {c.name: c.file for c in ctx.components}} if ctx.components else {}),
-        **({"context": ctx.context} if family_for(ctx.io["kind"]).generates else {}),
+        **({"context": ctx.context} if family_for(ctx.io.kind).generates else {}),
     }
 
 
@@ -71,12 +71,12 @@ def smoke_spec(ctx: Context) -> dict[str, Any]:
     # got on them on the build host; the device must score within the tolerance of it.
     assert ctx.accuracy is not None   # verify ran
     gate = {"eval": ctx.accuracy.more["eval"]["smoke"]} if "eval" in ctx.accuracy.more else {}
-    return {**family_for(ctx.io["kind"]).smoke_limits(limits), **gate}
+    return {**family_for(ctx.io.kind).smoke_limits(limits), **gate}
 
 
 def build(ctx: Context) -> dict[str, Any]:
     """The manifest, as the device's typed reader (targets/runtime/manifest.py) reads it back."""
-    assert ctx.source is not None and ctx.recipe is not None and ctx.accuracy is not None
+    assert ctx.source is not None and ctx.recipe is not None and ctx.accuracy is not None and ctx.memory is not None
     return checked({
         "schema_version": SCHEMA_VERSION,
         "name": ctx.source.name,
@@ -96,10 +96,10 @@ def build(ctx: Context) -> dict[str, Any]:
         "runtime": runtime_spec(ctx),
         "compatibility": ctx.compatibility,
         **({"mobile": ctx.mobile} if ctx.mobile else {}),
-        "inputs": ctx.io["inputs"],
-        "outputs": ctx.io["outputs"],
+        "inputs": ctx.io.inputs,
+        "outputs": ctx.io.outputs,
         "files": ctx.bundle_files,
-        "memory": Memory.from_dict(memory_record(ctx.memory)).to_dict(),
+        "memory": Memory.from_dict(memory_record(ctx.memory.to_dict())).to_dict(),
         "accuracy": ctx.accuracy.to_dict(),
         "smoke": smoke_spec(ctx),
         "built_with": {

@@ -24,11 +24,11 @@ import numpy as np
 import onnx
 
 from packager.context import Context
+from packager.device_code import runner
 from packager.leftovers import temp_folder
 from packager.recipes.common import needs_external_data, save
 from packager.recipes.layers import layer_bytes
 from packager.recipes.nbits import mix_nbits, quantized_nbits
-from packager.runtime_files import runner
 
 
 def quantizations(ctx: Context) -> Path:
@@ -65,7 +65,7 @@ def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
     rt, settings, src = runner(), ctx.profile.int4, ctx.reference_model
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    ref = rt.Decoder(ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"]), ctx.io)
+    ref = rt.Decoder(ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"]), ctx.io.to_dict())
     seqs, measured_on = _sequences(ctx, ref)
     ref_logp = [_log_softmax(ref.score(ids)[start - 1:len(ids) - 1]) for start, ids in seqs]
     del ref
@@ -82,7 +82,8 @@ def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
             path = Path(tmp) / "candidate.onnx"
             save(candidate, path, large)
             ctx.progress(f"sensitivity of {layer}")
-            decoder = rt.Decoder(ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]), ctx.io)
+            session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            decoder = rt.Decoder(session, ctx.io.to_dict())
             ranking.append({"layer": layer, "kl_at_4bit": round(divergence(decoder, seqs, ref_logp), 6),
                             "int4_bytes": bytes4[layer], "int8_bytes": bytes8[layer]})
     return sorted(ranking, key=lambda r: -r["kl_at_4bit"]), measured_on
@@ -97,7 +98,7 @@ def _sequences(ctx: Context, reference: Any) -> tuple[list[tuple[int, list[int]]
     measured_on = f"{len(seqs)} sample prompts"
     if ctx.eval_cases:
         rt = runner()
-        tokenizer = rt.load_tokenizer(ctx.stage_dir, ctx.io)
+        tokenizer = rt.load_tokenizer(ctx.stage_dir, ctx.io.to_dict())
         for case in ctx.eval_cases:
             prompt = list(tokenizer.encode(case["prompt"]).ids)
             tokens, _ = reference.generate(prompt, int(case.get("max_new_tokens", rt.EVAL_DEFAULT_TOKENS)))

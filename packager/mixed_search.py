@@ -21,8 +21,8 @@ def recipe_stages(ctx: Context, reporter: Reporter, stages: tuple[str, ...]) -> 
         return
     for stage_name in stages:
         run_stage(ctx, reporter, stage_name)
-    if searched(ctx.recipe_name) and ctx.memory:   # `packager check`: no verify, so no search
-        ctx.memory["estimate"]["notes"].append(
+    if searched(ctx.recipe_name) and ctx.memory is not None:   # `packager check`: no verify, so no search
+        ctx.memory.estimate.notes.append(
             "int4-mixed chooses its 8-bit layers in verify, which check does not run: these are int4's figures, "
             "the least int4-mixed can take; `packager package` reports the layers it keeps and their bytes")
 

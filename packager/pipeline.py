@@ -71,8 +71,8 @@ def _run(model: str, settings: PackageSettings, options: PackageOptions, stages:
             if stage_name in stages:
                 run_stage(ctx, reporter, stage_name)
         recipe_stages(ctx, reporter, tuple(s for s in PER_RECIPE if s in stages))
-        if ctx.memory and ctx.recipe is not None and "instead_of" in ctx.recipe.extra:
-            ctx.memory["estimate"]["notes"].append(ctx.recipe.note)   # the recipe check could not apply, and why
+        if ctx.memory is not None and ctx.recipe is not None and "instead_of" in ctx.recipe.extra:
+            ctx.memory.estimate.notes.append(ctx.recipe.note)   # the recipe check could not apply, and why
         if "bundle" in stages:
             run_stage(ctx, reporter, "bundle")
         elif ctx.member_dir is not None:   # `packager check` of several models: measured together next
@@ -111,7 +111,7 @@ def package(model: str, settings: PackageSettings, options: PackageOptions | Non
         for stage_name in ("source", "export"):
             run_stage(ctx, reporter, stage_name)
         # ctx.profile: the profile as export applied it (a decoder may have moved to [decoder_runtime])
-        choose_recipe(ctx, reporter, ctx.profile.fit_recipes_for(family_for(ctx.io["kind"]).context_sized))
+        choose_recipe(ctx, reporter, ctx.profile.fit_recipes_for(family_for(ctx.io.kind).context_sized))
         run_stage(ctx, reporter, "bundle")
     return ctx
 

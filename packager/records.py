@@ -1,9 +1,10 @@
-"""The build's typed records: memory (the fit verdict), accuracy (verify's figures) and --fit auto's search.
+"""The build's typed records: the model's io, memory (the fit verdict and its estimate), accuracy (verify's figures)
+and --fit auto's search.
 
 Each serializes to the JSON that schemas/manifest.schema.json (`$defs`: memory, accuracy, fit_auto) and
 schemas/report.schema.json describe, and reads it back checked. Reading and writing go through the
 device's own typed reader (targets/runtime/manifest.py `read_record`, `record_dict`), loaded as the host
-loads all device code (packager/runtime_files.py): one reader of the manifest, not two.
+loads all device code (packager/device_code.py): one reader of the manifest, not two.
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import Estimate
-from packager.runtime_files import runner
 
 
 def read(cls: type[Any], data: Any, where: str) -> Any:
@@ -29,6 +29,27 @@ def read(cls: type[Any], data: Any, where: str) -> Any:
 def to_json(record: Any) -> dict[str, Any]:
     result: dict[str, Any] = runner().record_dict(record)
     return result
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The static estimate of a model's peak resident memory on a target (packager/estimate.py makes it)."""
+
+    low_bytes: int
+    high_bytes: int
+    breakdown: dict[str, int]              # component -> bytes (the expected figure)
+    load_high_bytes: int
+    run_high_bytes: int
+    context: int | None = None
+    notes: list[str] = field(default_factory=list)
+    run_low_bytes: int = 0
+    mapped_bytes: int = 0                  # mapped tables' whole size (an E-class model's PLE): not in the peak
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"low_bytes": self.low_bytes, "high_bytes": self.high_bytes, "breakdown": self.breakdown,
+                "load_high_bytes": self.load_high_bytes, "run_high_bytes": self.run_high_bytes,
+                "run_low_bytes": self.run_low_bytes, "context": self.context, "notes": self.notes,
+                **({"mapped_bytes": self.mapped_bytes} if self.mapped_bytes else {})}
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,38 @@ class Memory:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "memory") -> Self:
+        result: Self = read(cls, data, where)
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json(self)
+
+
+@dataclass(frozen=True)
+class Io:
+    """runtime.io (ctx.io): what the model reads and answers, and how its family feeds it; the families describe
+    it from the export (packager/families/, describe_io). The device reads the same JSON with its own record,
+    targets/runtime/manifest.py `Io` (it cannot import packager): tests/test_records.py holds the two to the same
+    fields, in the same order. The inputs, outputs and components stay JSON objects: the device code the host
+    runs (rt.Decoder, rt.load_tokenizer ...) takes the whole as `to_dict()` gives it."""
+
+    kind: str                      # the family's name (packager.families.family_for)
+    inputs: list[dict[str, Any]]   # {"name", "dtype", "shape"}
+    outputs: list[dict[str, Any]]
+    checked_outputs: list[str]
+    primary_outputs: list[str]
+    tokenizer: str | None = None
+    max_length: int | None = None
+    eos_token_ids: list[int] | None = None
+    kv: dict[str, Any] | None = None
+    modality: str | None = None
+    components: dict[str, Any] | None = None
+    decoder_start_ids: list[int] | None = None
+    preprocess: dict[str, Any] | None = None
+    logits: str | None = None      # "last": the last position's only (decoders, the E-class exporter)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "runtime.io") -> Self:
         result: Self = read(cls, data, where)
         return result
 

@@ -90,7 +90,7 @@ class PackageResult(_Smoked):
                                       if f["path"].startswith(tuple(c.file for c in ctx.components)
                                                               or ctx.model_file))},
             accuracy=accuracy_summary(ctx),
-            memory=ctx.memory,
+            memory=ctx.memory.to_dict() if ctx.memory else {},
             fit=ctx.fit.to_dict() if ctx.fit else None,
             smoke=None if smoked is None else {"mode": smoke_mode, "verdict": smoked.verdict,
                                                "exit_code": smoked.exit_code, "report": smoked.report},
@@ -155,7 +155,8 @@ class CheckResult:
 
     @classmethod
     def from_context(cls, model: str, ctx: Context) -> CheckResult:
-        found = cls.from_memory(model, ctx.profile.name, ctx.recipe_name, ctx.memory, dict(ctx.cache),
+        assert ctx.memory is not None   # the fit stage ran
+        found = cls.from_memory(model, ctx.profile.name, ctx.recipe_name, ctx.memory.to_dict(), dict(ctx.cache),
                                 dict(ctx.timings))
         return dataclasses.replace(found, coverage=ctx.recipe.coverage if ctx.recipe else None)
 

@@ -1,33 +1,18 @@
-"""The device-side files in targets/, as the build host uses them.
+"""The device-side files in targets/ that the build host copies into a bundle, and their requirements.
 
-The verify and fit stages run the very code that ships in the bundle (tokenization,
-comparison, memory measurement) by loading targets/run.py, so the host and the device
-cannot disagree about what a sample means.
+The host imports the same code with packager.device_code.runner().
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import shutil
 from pathlib import Path
-from types import ModuleType
 
+from packager.device_code import runner as runner  # its home was here: `from packager.runtime_files import runner`
 from packager.families import family_for
 from packager.paths import targets_dir
 from packager.profiles import Profile
 from packager.runtimes import runtime_for
-
-
-@functools.cache
-def runner() -> ModuleType:
-    """targets/run.py, imported under a private name."""
-    path = targets_dir() / "run.py"
-    spec = importlib.util.spec_from_file_location("packager_bundle_run", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def copy_runtime(dest: Path, profile: Profile) -> None:

@@ -22,13 +22,14 @@ import onnx
 from packager import exporter_envs
 from packager.context import Context
 from packager.coverage import coverage_of
+from packager.device_code import runner
 from packager.estimate import weight_bytes
 from packager.export_process import merged
 from packager.families import family_for
 from packager.manifest import runtime_spec
 from packager.recipes.common import RecipeResult
 from packager.recipes.layers import layer_bytes, layer_of
-from packager.runtime_files import copy_runtime, runner
+from packager.runtime_files import copy_runtime
 from packager.runtimes import genai
 from packager.runtimes.genai import KV8_OPTIONS, tune
 from packager.runtimes.genai_host import ChildDecoder, ChildRunner, TorchReference
@@ -166,14 +167,15 @@ def kv_scales(ctx: Context) -> dict[str, list[float]]:
     so = ort.SessionOptions()
     so.log_severity_level = 4
     session = ort.InferenceSession(str(ctx.reference_model), so, providers=["CPUExecutionProvider"])
-    decoder = runner().Decoder(session, ctx.io)
-    tokenizer = runner().load_tokenizer(ctx.work_dir, {**ctx.io, "tokenizer": _tokenizer_file(ctx)})
+    decoder = runner().Decoder(session, ctx.io.to_dict())
+    tokenizer = runner().load_tokenizer(ctx.work_dir, {**ctx.io.to_dict(), "tokenizer": _tokenizer_file(ctx)})
     peaks: dict[str, float] = {}
-    for text in family_for(ctx.io["kind"]).texts():
+    for text in family_for(ctx.io.kind).texts():
         _, cache = decoder.step(list(tokenizer.encode(text).ids), decoder.empty_past(), 0)
         for name, value in cache.items():
             peaks[name] = max(peaks.get(name, 0.0), float(np.max(np.abs(value))))
-    layers = int(ctx.io["kv"]["layers"])
+    assert ctx.io.kv is not None   # a decoder's io
+    layers = int(ctx.io.kv["layers"])
     return {f"{kind[0]}_scales": [KV8_MARGIN * peaks[f"past_key_values.{i}.{kind}"] / 127 for i in range(layers)]
             for kind in ("key", "value")}
 
@@ -193,7 +195,7 @@ def genai_reference(ctx: Context) -> TorchReference:
         if not folder.is_dir():
             merged(ctx, ctx.source.path, folder.name)
         label += f", {ctx.source.adapter.path.name} merged"
-    return TorchReference(str(genai_python()), folder, [int(t) for t in ctx.io.get("eos_token_ids", [])],
+    return TorchReference(str(genai_python()), folder, [int(t) for t in ctx.io.eos_token_ids or []],
                           ctx.work_dir, label, exporter_envs.child_environ())
 
 

@@ -22,8 +22,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
-from packager.runtime_files import runner
 
 ALGORITHM = "ed25519"
 

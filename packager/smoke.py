@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from packager.archive import extract_bundle
+from packager.device_code import runner
 from packager.emulate import preflight, prepare
 from packager.emulate_qemu import no_core_dumps
 from packager.errors import ExitCode, PackagerError
 from packager.leftovers import temp_folder
-from packager.runtime_files import runner
 
 SMOKE_TIMEOUT_S = 1800
 

@@ -43,9 +43,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from packager.device_code import runner
 from packager.families.encoders import TOKENIZER_INPUTS
 from packager.paths import targets_dir
-from packager.runtime_files import runner
 
 THRESHOLD = 4.0    # a channel is an outlier above this many times the median channel's range
 ALPHA = 0.75       # how much of an outlier's excess moves into the weights (1: all of it)

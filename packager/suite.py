@@ -30,18 +30,20 @@ from pathlib import Path
 from typing import Any
 
 from packager.context import Context
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import Estimate, combine
+from packager.estimate import combine
 from packager.gpu import write_container_files
 from packager.leftovers import temp_folder
 from packager.manifest import SCHEMA_VERSION, built_at, memory_record
 from packager.names import MAX_NAME, check_name, joined_name
 from packager.profiles import Profile
-from packager.runtime_files import copy_runtime, runner
+from packager.records import Memory
+from packager.runtime_files import copy_runtime
 from packager.runtimes import runtime_for
 from packager.signing import manifest_entry as signature_entry
 from packager.stages.bundle import file_entries, publish, requirements, run_arguments, seal, venv_command
-from packager.stages.fit import measure_folder, over_budget, shared_bytes, without_runtime
+from packager.stages.fit import measure_folder, measured_figures, over_budget, shared_bytes, without_runtime
 from packager.version import __version__
 
 MiB = 2**20
@@ -183,7 +185,7 @@ def _replace(value: Any, moved: dict[str, str]) -> Any:
 
 def estimate(contexts: list[Context], names: list[str], blobs: list[Blob], profile: Profile) -> dict[str, Any]:
     """All models resident together: each one's estimate, the runtime once, a shared component once."""
-    whole = combine({n: Estimate(**c.memory["estimate"]) for n, c in zip(names, contexts)}, shared_bytes(profile))
+    whole = combine({n: _memory(c).estimate for n, c in zip(names, contexts)}, shared_bytes(profile))
     by_name = dict(zip(names, contexts))
     low, high, breakdown = whole.low_bytes, whole.high_bytes, dict(whole.breakdown)
     for blob in blobs:
@@ -201,10 +203,17 @@ def estimate(contexts: list[Context], names: list[str], blobs: list[Blob], profi
 
 def _own_estimate(ctx: Context, component: str, profile: Profile) -> dict[str, Any]:
     """A component's own estimate (low_bytes, high_bytes, breakdown), without the runtime the whole counts once."""
-    if "components" in ctx.memory:
-        own: dict[str, Any] = ctx.memory["components"][component]["estimate"]
+    memory = _memory(ctx)
+    if memory.components is not None:
+        own: dict[str, Any] = memory.components[component]["estimate"]
         return own
-    return without_runtime(ctx.memory["estimate"], profile)
+    return without_runtime(memory.estimate.to_dict(), profile)
+
+
+def _memory(ctx: Context) -> Memory:
+    """A member's memory verdict alone (its fit stage has run)."""
+    assert ctx.memory is not None
+    return ctx.memory
 
 
 def judge(suite: Suite, folder: Path, measure: bool, enforce: bool) -> None:
@@ -219,9 +228,7 @@ def judge(suite: Suite, folder: Path, measure: bool, enforce: bool) -> None:
                               "verdict_basis": "measured" if measured else "estimate (high)",
                               "resident": "all models together in one process; a shared component loaded once"}
     if measured:
-        memory |= {"measured_peak_bytes": measured["peak_bytes"], "load_peak_bytes": measured["load_peak_bytes"],
-                   "run_peak_bytes": measured["run_peak_bytes"], "baseline_bytes": measured["baseline_bytes"],
-                   "method": measured["method"], "measured_on": measured["host"]}
+        memory |= measured_figures(measured)
     if unseen:
         memory["gpu_context_bytes"] = unseen
     memory["components"] = {name: _member_memory(ctx, suite.model_bytes(name),
@@ -229,12 +236,16 @@ def judge(suite: Suite, folder: Path, measure: bool, enforce: bool) -> None:
                             for name, ctx in zip(suite.names, suite.members)}
     suite.memory = memory
     if not memory["fits"] and enforce:
-        alone = ", ".join(f"{n} {c.memory.get('measured_peak_bytes', c.memory['estimate']['high_bytes']) / MiB:.0f}"
-                          for n, c in zip(suite.names, suite.members))
+        alone = ", ".join(f"{n} {_alone_peak(_memory(c)) / MiB:.0f}" for n, c in zip(suite.names, suite.members))
         raise PackagerError(
             f"the {len(suite.members)} models do not fit together: {over_budget(memory)} over "
             f"{suite.profile.name}'s budget of {budget / MiB:.0f} MiB (each alone: {alone} MiB); leave a model out, "
             "pick smaller recipes, or give the deployment more with --budget.", ExitCode.DOES_NOT_FIT)
+
+
+def _alone_peak(memory: Memory) -> int:
+    """A member's peak alone: measured, else its estimate's high side."""
+    return memory.estimate.high_bytes if memory.measured_peak_bytes is None else memory.measured_peak_bytes
 
 
 def _member_memory(ctx: Context, size: int, measured: dict[str, Any] | None) -> dict[str, Any]:
@@ -243,8 +254,8 @@ def _member_memory(ctx: Context, size: int, measured: dict[str, Any] | None) -> 
     return {"recipe": ctx.recipe_name,
             "size_bytes": size,
             "resident": "loaded up front, with the others",
-            "estimate": without_runtime(ctx.memory["estimate"], ctx.profile),
-            "alone_peak_bytes": ctx.memory.get("measured_peak_bytes"),
+            "estimate": without_runtime(_memory(ctx).estimate.to_dict(), ctx.profile),
+            "alone_peak_bytes": _memory(ctx).measured_peak_bytes,
             **({"measured_load_bytes": measured["load_bytes"]} if measured else {})}
 
 
@@ -310,7 +321,7 @@ def _manifest(suite: Suite, files: list[dict[str, Any]]) -> dict[str, Any]:
         "profile": {k: v for k, v in suite.profile.to_dict().items() if k != "source"},
         "runtime": {"package": runtime.package, "version": runtime.version, "providers": list(runtime.providers)},
         "models": [{"name": n, "path": f"models/{n}", "source": {"name": c.source.path.name, "sha256": c.source.sha256}
-                    if c.source else {}, "recipe": c.recipe_name, "kind": c.io.get("kind")}
+                    if c.source else {}, "recipe": c.recipe_name, "kind": c.io.kind}
                    for n, c in zip(suite.names, suite.members)],
         "blobs": [{"key": b.key, "files": b.files, "used_by": b.used_by, **({"notes": b.notes} if b.notes else {})}
                   for b in suite.blobs],

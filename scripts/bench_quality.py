@@ -44,11 +44,11 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from packager.context import Context  # noqa: E402
+from packager.device_code import runner  # noqa: E402
 from packager.errors import PackagerError  # noqa: E402
 from packager.profiles import resolve_target  # noqa: E402
 from packager.recipes import RECIPES  # noqa: E402
 from packager.recipes.common import RecipeOptions  # noqa: E402
-from packager.runtime_files import runner  # noqa: E402
 from packager.stages import export, source  # noqa: E402
 
 Feeds = list[dict[str, np.ndarray]]

@@ -152,7 +152,7 @@ def bundle(folder: Path, model: Any, threads: int = 4, tokenizer: Path | None = 
     import onnx
 
     sys.path.insert(0, str(REPO))
-    from packager.runtime_files import runner
+    from packager.device_code import runner
 
     (folder / "model").mkdir(parents=True)
     (folder / "samples").mkdir()

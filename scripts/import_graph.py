@@ -31,7 +31,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # facts with no project dependency: errors, paths, names, progress lines, archives, the stage cache, ONNX
     # graph walking, the version
     ("core", ("packager.version", "packager.errors", "packager.paths", "packager.names", "packager.labels",
-              "packager.progress", "packager.archive", "packager.graphs", "packager.leftovers", "packager.cache")),
+              "packager.progress", "packager.archive", "packager.graphs", "packager.leftovers", "packager.cache",
+              # the device-side code as the host imports it (targets/run.py, loaded on first use)
+              "packager.device_code")),
     # what the target is and what runs on it: profiles and settings, the recipes' registry, the runtimes and the
     # checks they answer with (compatibility, memory estimate, phones, GPUs), the device files and their signing
     ("target", ("packager.profile_types", "packager.context_view", "packager.profiles", "packager.config",
@@ -87,7 +89,6 @@ LAZY_IMPORTERS = ("packager.cli", "packager.cli_common", "packager.cli_print", "
 LAZY_EDGES = {
     ("packager.adapter", "packager.model_files"): "onnx and numpy, which adapter.py loads for nothing else",
     ("packager.bundles", "packager.model_files"): "onnx and numpy, for a bundle's manifest (smoke, inspect, plan)",
-    ("packager.bundles", "packager.runtime_files"): "the profiles and the device's manifest reader, for a manifest",
     ("packager.samples", "packager.sample_models"): "onnx and transformers, for a sample built at first use",
     ("packager.smoke", "packager.signing"): "cryptography, for a signed bundle only",
     ("packager.results", "packager.signing"): "cryptography, for a signed bundle's fingerprint only",

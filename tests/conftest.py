@@ -104,7 +104,7 @@ def unpack(archive: Path, dest: Path) -> Path:
 def reseal(folder: Path) -> None:
     """The manifest's and SHA256SUMS's checksums rewritten over the bundle's files as they are now: an unsigned
     bundle edited by someone who also rewrote its checksums."""
-    from packager.runtime_files import runner
+    from packager.device_code import runner
 
     manifest = json.loads((folder / "manifest.json").read_text())
     for entry in manifest["files"]:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import packager
 from packager.cli import app
-from packager.runtime_files import runner
+from packager.device_code import runner
 
 pytestmark = pytest.mark.integration
 

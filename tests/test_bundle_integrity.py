@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from conftest import run_cli, unpack
 from packager import archive
 from packager.archive import write_archive
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.paths import targets_dir
-from packager.runtime_files import runner
 
 # Each writes a marker file and prints PASS: the attack the issue reproduced.
 PAYLOAD = 'import os;open(os.environ["PWN_MARKER"],"w");print("PASS");os._exit(0)\n'

@@ -39,7 +39,7 @@ def test_architecture_exports_and_generates(arch: str, tmp_path: Path) -> None:
     """Each architecture exports with past, and the bundle's KV-cache loop reproduces the reference's
     greedy tokens exactly at fp32 (same model, same runtime: any difference is a loop bug)."""
     ctx = _package(make_decoder(tmp_path / arch, arch), tmp_path / "dist", "fp32")
-    assert ctx.io["kind"] == "decoder" and ctx.io["kv"]["layers"] == 1
+    assert ctx.io.kind == "decoder" and ctx.io.kv is not None and ctx.io.kv["layers"] == 1
     acc = ctx.accuracy.to_dict()   # verify's record: its fields, then the comparison's own figures
     assert acc["metric"] == "token agreement"
     assert acc["token_agreement"] == 1.0 and acc["identical_generations"] == acc["samples"] == 6
@@ -109,7 +109,7 @@ def test_context_longer_than_the_model_is_refused() -> None:
     from packager.stages.export import decoder_context
 
     profile = resolve_target("rpi5")
-    ctx = SimpleNamespace(io={"max_length": 256}, context=None, profile=profile)
+    ctx = SimpleNamespace(io=SimpleNamespace(max_length=256), context=None, profile=profile)
     assert decoder_context(ctx) == 256
     ctx.context = 128
     assert decoder_context(ctx) == 128

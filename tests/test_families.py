@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.families import FAMILIES, Family, family_for
 from packager.paths import targets_dir
 from packager.profiles import Accuracy
-from packager.runtime_files import runner
+from packager.records import Io
 
 ROOT = Path(__file__).resolve().parent.parent
 # The only places a model kind's name may be tested: the two registries.
@@ -81,7 +82,8 @@ def test_each_family_answers_the_protocol(name: str) -> None:
     assert bool(family.texts()) == (family.texts_file is not None)
     limits = family.smoke_limits(Accuracy(min_cosine=0.99))
     assert limits["expected"] and ("min_token_agreement" in limits) == family.generates
-    assert family.run_arguments({"kind": name, "modality": "audio"}, "samples").strip()
+    io = Io(kind=name, inputs=[], outputs=[], checked_outputs=[], primary_outputs=[], modality="audio")
+    assert family.run_arguments(io, "samples").strip()
     assert family.sample_note(["a sentence"]).strip()
     for method in ("make_samples", "verify"):
         assert callable(getattr(family, method))

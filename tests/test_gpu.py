@@ -9,22 +9,24 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from packager.device_code import runner
 from packager.estimate import estimate
 from packager.gpu import MIN_WORKSPACE, dockerfile, trt_workspace, unmeasured_gpu_bytes
 from packager.profiles import builtin_profiles
-from packager.runtime_files import runner
+from packager.records import Estimate, Memory
 
 MiB = 2**20
 PROFILES = builtin_profiles()
 NANO, RPI5 = PROFILES["jetson-orin-nano"], PROFILES["rpi5"]
 
 
-def _memory(headroom: int, weights: int) -> dict:
+def _memory(headroom: int, weights: int) -> Memory:
     """The fit stage's record with `headroom` between the budget and the estimate's high side."""
-    budget = 8 * 2**30
-    return {"budget_bytes": budget, "headroom_bytes": 1,   # the measured headroom: not what the bound uses
-            "estimate": {"high_bytes": budget - headroom,
-                         "breakdown": {"weights_inline": weights, "weights_external": 0}}}
+    budget, high = 8 * 2**30, 8 * 2**30 - headroom
+    estimate = Estimate(low_bytes=high // 2, high_bytes=high, load_high_bytes=high, run_high_bytes=high,
+                        breakdown={"weights_inline": weights, "weights_external": 0})
+    return Memory(budget_bytes=budget, context=None, estimate=estimate, verdict_basis="measured", fits=True,
+                  headroom_bytes=1)   # the measured headroom: not what the bound uses
 
 
 def test_trt_workspace_is_what_the_budget_leaves_up_to_the_profile_ceiling() -> None:
@@ -34,7 +36,7 @@ def test_trt_workspace_is_what_the_budget_leaves_up_to_the_profile_ceiling() -> 
     assert bound["bytes"] == 500 * MiB and "note" not in bound  # headroom less the engine's weights, whole MiB
     tight = trt_workspace(NANO, _memory(50 * MiB, 100 * MiB))
     assert tight["bytes"] == MIN_WORKSPACE > 0 and "no room" in tight["note"]  # 0 would mean "unbounded"
-    assert trt_workspace(NANO, {}) is None  # before the fit stage: the profile's figure stands
+    assert trt_workspace(NANO, None) is None  # before the fit stage: the profile's figure stands
     assert trt_workspace(RPI5, _memory(2048 * MiB, 0)) is None
 
 

@@ -166,7 +166,7 @@ def test_bad_eval_files_are_refused_before_any_work(tmp_path: Path) -> None:
 
 
 def test_eval_matches() -> None:
-    from packager.runtime_files import runner
+    from packager.device_code import runner
 
     passes = runner().eval_passes
     assert passes({"expected": "Velk."}, " Velk.") and not passes({"expected": "Velk."}, " Velk. And more")

@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from conftest import run_cli
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.names import MAX_NAME, check_name, derive_name, is_plain, joined_name
 from packager.paths import profiles_dir
 from packager.profiles import load_profile
-from packager.runtime_files import runner
 
 EXAMPLES = int(os.environ.get("PACKAGER_PROPERTY_EXAMPLES", "200"))
 FAST = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow,

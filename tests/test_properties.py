@@ -30,10 +30,10 @@ from hypothesis import strategies as st
 from conftest import run_cli, unpack
 from packager.archive import extract_bundle, write_archive
 from packager.config import parse_size
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.paths import profiles_dir, targets_dir
 from packager.profiles import load_profile
-from packager.runtime_files import runner
 
 # Fast by default (the file runs in well under 30 s); PACKAGER_PROPERTY_EXAMPLES=2000 searches deeper.
 EXAMPLES = int(os.environ.get("PACKAGER_PROPERTY_EXAMPLES", "60"))

@@ -6,6 +6,7 @@ smoke test, on the host by `packager inspect` (exit 5) and `packager smoke` (exi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -17,9 +18,9 @@ import jsonschema
 import pytest
 
 from conftest import REPO, run_cli, unpack
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
-from packager.records import Accuracy, Fit, Memory
-from packager.runtime_files import runner
+from packager.records import Accuracy, Fit, Io, Memory
 
 DATA = Path(__file__).parent / "data"
 
@@ -106,6 +107,22 @@ def test_memory_keeps_the_estimate_typed() -> None:
     memory = Memory.from_dict(decoder_manifest()["memory"])
     assert memory.estimate.high_bytes >= memory.estimate.low_bytes > 0
     assert memory.to_dict()["estimate"] == memory.estimate.to_dict()
+
+
+def test_io_matches_its_schema_and_the_devices_record(silero_bundle: Path, tmp_path: Path) -> None:
+    """ctx.io (packager/records.py Io) writes the manifest's runtime.io as the device reads it: the two records
+    name the same fields in the same order, and a decoder's and a fresh tensor model's io round-trip."""
+    rt = runner()
+    assert [(f.name, f.default) for f in dataclasses.fields(Io)] == \
+        [(f.name, f.default) for f in dataclasses.fields(rt.Io)]
+    written = json.loads((unpack(silero_bundle, tmp_path) / "manifest.json").read_text(encoding="utf-8"))
+    for io in (decoder_manifest()["runtime"]["io"], written["runtime"]["io"]):
+        record = Io.from_dict(io)
+        assert record.to_dict() == io == rt.Io.from_dict(io).to_dict()
+        assert errors("manifest", record.to_dict(), "io") == []
+    with pytest.raises(PackagerError) as e:
+        Io.from_dict({k: v for k, v in written["runtime"]["io"].items() if k != "kind"})
+    assert e.value.code == ExitCode.BAD_INPUT and "runtime.io.kind is missing" in e.value.message
 
 
 def test_fit_matches_its_schema_and_round_trips() -> None:

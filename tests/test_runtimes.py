@@ -19,12 +19,16 @@ from packager.estimate import estimate
 from packager.inspection import inspect
 from packager.paths import profiles_dir
 from packager.profiles import Profile, builtin_profiles, load_profile
+from packager.records import Io, Memory
 from packager.runtime_files import copy_runtime
 from packager.runtimes import RUNTIMES, MemoryShare, runtime_for
 from packager.runtimes.onnxruntime import OnnxRuntime
 from packager.stages import bundle
 from packager.stages import compat as compat_stage
 from packager.stages import mobile as mobile_stage
+
+TENSOR_IO = Io(kind="tensor", inputs=[{"name": "x", "dtype": "float32", "shape": [1, 4]}], outputs=[],
+               checked_outputs=[], primary_outputs=[])
 
 
 def _profile_text(runtime_name: str | None) -> str:
@@ -112,7 +116,7 @@ class FakeRuntime:
         converted.write_bytes(b"converted")
         ctx.model_file = "model/model.fake"
 
-    def session_spec(self, profile: Profile, memory: dict[str, Any]) -> dict[str, Any]:
+    def session_spec(self, profile: Profile, memory: Memory | None) -> dict[str, Any]:
         return {"package": "fake-runtime", "version": "9.9"}
 
     def device_files(self, profile: Profile) -> dict[str, Path]:
@@ -147,7 +151,7 @@ def test_a_second_runtime_routes_the_stages_through_it(tmp_path: Path, monkeypat
     stage = tmp_path / "stage"
     (stage / "model").mkdir(parents=True)
     model = _tiny_model(stage / "model" / "model.onnx")
-    ctx = SimpleNamespace(profile=profile, io={"kind": "tensor"}, sign_key=None, packaged_model=model, components=[],
+    ctx = SimpleNamespace(profile=profile, io=TENSOR_IO, sign_key=None, packaged_model=model, components=[],
                           recipe_name="fp32", compatibility={}, stage_dir=stage, model_file="model/model.onnx")
 
     # requirements: the runtime's pins, then the family's
@@ -176,7 +180,7 @@ def test_the_manifest_runtime_section_comes_from_the_runtime() -> None:
     from packager.manifest import runtime_spec
 
     profile = builtin_profiles()["jetson-orin-nano"]
-    ctx = SimpleNamespace(profile=profile, memory={}, model_file="model/model.onnx", io={"kind": "tensor"},
+    ctx = SimpleNamespace(profile=profile, memory=None, model_file="model/model.onnx", io=TENSOR_IO,
                           components=[], context=None)
     spec = runtime_spec(ctx)   # type: ignore[arg-type]
     assert spec["package"] == "onnxruntime-gpu" and spec["providers"][0] == "TensorrtExecutionProvider"

@@ -14,11 +14,11 @@ import pytest
 
 from conftest import REPO, unpack
 from packager.config import resolve_package_settings
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.options import PackageOptions
 from packager.pipeline import check, package
 from packager.recipes import parse_recipe, recipe_label
-from packager.runtime_files import runner
 from packager.smoke import run_smoke
 
 
@@ -71,20 +71,21 @@ def test_whisper_packages_for_the_phone_and_smokes_end_to_end(tmp_path: Path) ->
     """Whisper-class speech model for the phone: an int8 encoder and an int4 decoder (the profile's recipe
     and decoder_recipe), each as .ort, verified end to end, and the bundle's smoke test from WAV files."""
     ctx = package("sample:tiny-whisper", _settings("phone", tmp_path / "dist"))
-    assert ctx.io["kind"] == "seq2seq" and ctx.io["modality"] == "audio"
+    assert ctx.io.kind == "seq2seq" and ctx.io.modality == "audio"
     assert ctx.recipe_name == "encoder=int8-dynamic,decoder=int4"
     acc = ctx.accuracy.more   # the comparison's own figures
     assert acc["end_to_end"] and acc["token_agreement"] >= 0.9 and acc["min_logits_cosine"] > 0.95
     assert set(acc["components"]) == {"encoder", "decoder"}
     mem = ctx.memory
-    assert set(mem["components"]) == {"encoder", "decoder"}
-    parts = mem["components"]
+    assert mem is not None and mem.components is not None
+    assert set(mem.components) == {"encoder", "decoder"}
+    parts = mem.components
     assert parts["decoder"]["estimate"]["breakdown"]["kv_cache"] > 0 and parts["encoder"]["measured_load_bytes"] > 0
     # The whole counts the runtime once: its estimate is the components' own plus one shared runtime.
     from packager.stages.fit import shared_bytes
 
     assert sum(c["estimate"]["high_bytes"] for c in parts.values()) + shared_bytes(ctx.profile) == \
-        mem["estimate"]["high_bytes"]
+        mem.estimate.high_bytes
     bundle = unpack(ctx.archive, tmp_path / "unpacked")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["runtime"]["components"] == {"encoder": "model/encoder_model.ort",
@@ -117,11 +118,12 @@ def test_vision_packages_for_jetson_with_a_recipe_per_component(tmp_path: Path) 
     the smoke test reads the PNG samples end to end."""
     ctx = package("sample:tiny-vision",
                   _settings("jetson-orin-nano", tmp_path / "dist", "encoder=int8-dynamic,decoder=fp16"))
-    assert ctx.io["modality"] == "image"
+    assert ctx.io.modality == "image"
     assert {c.name: c.recipe_name for c in ctx.components} == {"encoder": "int8-dynamic", "decoder": "fp16"}
     assert ctx.recipe.params["components"]["decoder"]["params"]["merged"]
     assert ctx.accuracy.more["token_agreement"] >= 0.9
-    assert ctx.memory["components"]["decoder"]["recipe"] == "fp16"
+    assert ctx.memory is not None and ctx.memory.components is not None
+    assert ctx.memory.components["decoder"]["recipe"] == "fp16"
     smoke = run_smoke(ctx.archive)
     assert smoke.passed, smoke.output
 
@@ -131,7 +133,7 @@ def test_t5_packages_for_the_pi4_with_an_int8_merged_decoder(tmp_path: Path) -> 
     """T5 (text to text) for the Pi 4: int8-dynamic on both components; the merged decoder's If branches,
     which the dynamic quantizer leaves alone, get quantized through its two unmerged graphs."""
     ctx = package("sample:tiny-t5", _settings("rpi4", tmp_path / "dist"))
-    assert ctx.io["modality"] == "text" and ctx.recipe_name == "int8-dynamic"
+    assert ctx.io.modality == "text" and ctx.recipe_name == "int8-dynamic"
     decoder = next(c for c in ctx.components if c.name == "decoder")
     assert decoder.recipe is not None and decoder.recipe.quantized_nodes > 0 and decoder.recipe.params["merged"]
     assert ctx.accuracy.more["token_agreement"] >= 0.9
@@ -142,8 +144,9 @@ def test_t5_packages_for_the_pi4_with_an_int8_merged_decoder(tmp_path: Path) -> 
 @pytest.mark.integration
 def test_check_shows_components_and_refuses_unknown_ones(tmp_path: Path) -> None:
     result = check("sample:tiny-whisper", _settings("rpi5", tmp_path, budget="100MiB"), PackageOptions(measure=False))
-    assert not result.memory["fits"]   # the estimate's high side (about 150 MiB) is over 100 MiB
-    assert set(result.memory["components"]) == {"encoder", "decoder"}
+    assert result.memory is not None
+    assert not result.memory.fits   # the estimate's high side (about 150 MiB) is over 100 MiB
+    assert set(result.memory.components or {}) == {"encoder", "decoder"}
     with pytest.raises(PackagerError, match="its components are encoder, decoder") as e:
         package("sample:tiny-whisper", _settings("rpi5", tmp_path / "dist", "vision=int4"))
     assert e.value.code == ExitCode.USAGE

@@ -35,7 +35,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
 @pytest.mark.parametrize("target, recipe", [("phone", "int4"), ("rpi5", "int4"), ("jetson-orin-nano", "fp16")])
 def test_bundle_generates_and_passes_its_smoke_test(bundles: dict, target: str, recipe: str) -> None:
     ctx, bundle = bundles[target]
-    assert ctx.recipe_name == recipe and ctx.io["kind"] == "decoder"
+    assert ctx.recipe_name == recipe and ctx.io.kind == "decoder"
     assert ctx.context == 512   # the profile's 4K/8K, within the model's 512 positions
     proc = subprocess.run([sys.executable, str(bundle / "run.py"), "--prompt", "The function returns",
                            "--max-new-tokens", "12"], capture_output=True, text=True, timeout=120)

@@ -11,9 +11,9 @@ import pytest
 
 from packager.archive import extract_bundle, write_archive
 from packager.context import InputSpec
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.open_shapes import IMAGE_SIDE, OPEN_DIM_OTHER
-from packager.runtime_files import runner
 from packager.sample_inputs import make_inputs
 from packager.stages.source import resolve, task_for
 

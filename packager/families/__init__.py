@@ -1,7 +1,7 @@
 """Model families, by the io kind a manifest names them with (modelled on optimum's model_configs: one class per
 model kind, registered, owning its inputs and outputs).
 
-    family = family_for(ctx.io["kind"])
+    family = family_for(ctx.io.kind)
     family.make_samples(ctx, rt)              # the samples verify, fit and the smoke test run
     family.verify(ctx, rt, reference, packaged)   # against the fp32 reference: ctx.accuracy, exit 4 below it
     family.smoke_limits(profile.accuracy)     # the smoke test's thresholds

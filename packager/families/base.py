@@ -3,7 +3,7 @@
 A family is what kind of model a bundle holds (a text encoder, a tensor model, a decoder LLM, an
 encoder-decoder): which inputs it takes and how its samples are made, how verify judges it against the fp32
 reference, which eval cases it takes, and what the device does with it. The stages ask the family of the
-model's io (`packager.families.family_for(ctx.io["kind"])`) and never test the kind's name; a new family is
+model's io (`packager.families.family_for(ctx.io.kind)`) and never test the kind's name; a new family is
 a class here and an entry in FAMILIES (and its record in targets/runtime/families.py, for the device side).
 
 The family's `name` is the manifest's `runtime.io.kind`, which the device side reads: it never changes for
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from packager.context_view import FamilyContext
     from packager.profile_types import Accuracy
+    from packager.records import Io
 
 
 def step(entry: str) -> Callable[..., Any]:
@@ -139,7 +140,7 @@ class Family:
         samples stage saves them; a family that writes sample files of its own writes them into samples/."""
         model_inputs = step("packager.sample_inputs:model_inputs")
         assert ctx.reference_model is not None
-        ctx.sample_inputs = model_inputs(ctx.reference_model, ctx.io["inputs"], ctx.input_spec,
+        ctx.sample_inputs = model_inputs(ctx.reference_model, ctx.io.inputs, ctx.input_spec,
                                          budget_bytes=ctx.profile.budget.memory_bytes)
 
     def verify(self, ctx: FamilyContext, rt: ModuleType, reference: Any, packaged: Any) -> None:
@@ -154,7 +155,7 @@ class Family:
                     "expected": "fp32 reference greedy generations"}
         return {"min_cosine": limits.min_cosine, "expected": "fp32 reference outputs"}
 
-    def run_arguments(self, io: dict[str, Any], samples: str) -> str:
+    def run_arguments(self, io: Io, samples: str) -> str:
         """run.py's arguments for a first run of a model with this io (manifest runtime.io)."""
         return "--inputs feeds.npz --output out.npz"
 

@@ -11,6 +11,7 @@ from packager.families.base import Export, Family, eos_token_ids, max_length, st
 
 if TYPE_CHECKING:
     from packager.context_view import FamilyContext
+    from packager.records import Io
 
 
 class DecoderLLM(Family):
@@ -60,15 +61,15 @@ class DecoderLLM(Family):
 
     def make_samples(self, ctx: FamilyContext, rt: ModuleType) -> None:
         """The first generation step's inputs of each of the family's prompts (prompt ids, empty KV cache)."""
-        tokenizer = rt.load_tokenizer(ctx.stage_dir, ctx.io)
-        decoder = rt.Decoder(None, ctx.io)
+        tokenizer = rt.load_tokenizer(ctx.stage_dir, ctx.io.to_dict())
+        decoder = rt.Decoder(None, ctx.io.to_dict())
         ctx.texts = self.texts()
         ctx.sample_inputs = [decoder.feeds(tokenizer.encode(t).ids, decoder.empty_past(), 0) for t in ctx.texts]
 
     def verify(self, ctx: FamilyContext, rt: ModuleType, reference: Any, packaged: Any) -> None:
         step("packager.families.verification:verify_decoder")(ctx, rt, reference, packaged)
 
-    def run_arguments(self, io: dict[str, Any], samples: str) -> str:
+    def run_arguments(self, io: Io, samples: str) -> str:
         return '--prompt "Once upon a time" --max-new-tokens 32'
 
     def sample_note(self, texts: list[str]) -> str:

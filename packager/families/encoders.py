@@ -12,6 +12,7 @@ from packager.families.base import Export, Family, max_length
 
 if TYPE_CHECKING:
     from packager.context_view import FamilyContext
+    from packager.records import Io
 
 # The inputs a tokenizer makes: a graph that takes only these (and ships a tokenizer) is a text encoder.
 TOKENIZER_INPUTS = {"input_ids", "attention_mask", "token_type_ids"}
@@ -44,12 +45,12 @@ class TextEncoder(Family):
                                               "max_length": max_length(export.source)}
 
     def make_samples(self, ctx: FamilyContext, rt: ModuleType) -> None:
-        tokenizer = rt.load_tokenizer(ctx.stage_dir, ctx.io)
-        names = [i["name"] for i in ctx.io["inputs"]]
+        tokenizer = rt.load_tokenizer(ctx.stage_dir, ctx.io.to_dict())
+        names = [i["name"] for i in ctx.io.inputs]
         ctx.texts = self.texts()
         ctx.sample_inputs = [rt.encode(tokenizer, t, names) for t in ctx.texts]
 
-    def run_arguments(self, io: dict[str, Any], samples: str) -> str:
+    def run_arguments(self, io: Io, samples: str) -> str:
         return '"some sentence"'
 
     def sample_note(self, texts: list[str]) -> str:

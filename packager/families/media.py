@@ -38,13 +38,13 @@ def media_samples(ctx: Context, rt: ModuleType, texts: list[str]) -> None:
     """The raw sample files (WAV, PNG, or the family's sentences) and the encoder inputs run.py's own
     pre-processing makes of them."""
     folder = ctx.stage_dir / "samples"   # made by the samples stage, which saves the inputs too
-    io, pre = ctx.io, ctx.io["preprocess"]
+    io, pre = ctx.io.to_dict(), ctx.io.preprocess or {}   # the device code below reads the io as JSON
     entries: list[dict[str, str]] = []
-    if io["modality"] == "audio":
+    if ctx.io.modality == "audio":
         for name, wave in _sounds(int(pre["sampling_rate"])):
             rt.write_wav(folder / name, wave, int(pre["sampling_rate"]))
             entries.append({"file": f"samples/{name}"})
-    elif io["modality"] == "image":
+    elif ctx.io.modality == "image":
         for name, pixels in _pictures(int(pre["height"]), int(pre["width"])):
             rt.write_png(folder / name, pixels)
             entries.append({"file": f"samples/{name}"})

@@ -13,6 +13,7 @@ from packager.families.base import Export, Family, eos_token_ids, max_length, st
 
 if TYPE_CHECKING:
     from packager.context_view import FamilyContext
+    from packager.records import Io
 
 # Encoder-decoder exports (optimum's *-with-past seq2seq tasks) write four graphs: the encoder, the
 # decoder's first step (no cache), its later steps (with the cache) and both decoders merged into one
@@ -84,10 +85,10 @@ class EncoderDecoder(Family):
     def verify(self, ctx: FamilyContext, rt: ModuleType, reference: Any, packaged: Any) -> None:
         step("packager.families.verification:verify_seq2seq")(ctx, rt, packaged)
 
-    def run_arguments(self, io: dict[str, Any], samples: str) -> str:
+    def run_arguments(self, io: Io, samples: str) -> str:
         return {"audio": f"{samples}/sweep.wav --max-new-tokens 32     # any 16-bit PCM WAV",
                 "image": f"{samples}/gradient.png --max-new-tokens 32  # any 8-bit PNG",
-                }.get(io["modality"], '"some text" --max-new-tokens 32')
+                }.get(io.modality or "", '"some text" --max-new-tokens 32')
 
 
 def _config_value(config: dict[str, Any], *keys: str) -> Any:

@@ -51,7 +51,7 @@ def _verify_decoder(ctx: Context, rt: ModuleType, reference: Any, packaged: Any)
     try:
         # The runtime's reference: the fp32 export's session, or a decoder that runs the model itself (genai's
         # PyTorch reference, which names itself in `label`).
-        decoder = reference if hasattr(reference, "generate") else rt.Decoder(reference, ctx.io)
+        decoder = reference if hasattr(reference, "generate") else rt.Decoder(reference, ctx.io.to_dict())
         ctx.expected_outputs = []
         for i, prompt in enumerate(prompts):   # a prompt at a time: on a 1B model each takes seconds
             ctx.progress(f"fp32 reference: generating for prompt {i + 1}/{len(prompts)}")
@@ -73,7 +73,7 @@ def _gate_generation(ctx: Context, rt: ModuleType, result: dict[str, Any], sampl
     """ctx.accuracy from compare_decoder's figures, and exit 4 when they fall below the profile's thresholds."""
     limits = ctx.profile.accuracy
     ctx.accuracy = Accuracy(
-        metric=family_for(ctx.io["kind"]).metric,
+        metric=family_for(ctx.io.kind).metric,
         reference="fp32 ONNX export, greedy decoding",
         samples=samples,
         generated_tokens=GENERATED_TOKENS,
@@ -113,9 +113,9 @@ def _verify_seq2seq(ctx: Context, rt: ModuleType, packaged: Any) -> None:
     so.log_severity_level = 4
     refs = {c.name: ort.InferenceSession(str(c.reference), so, providers=["CPUExecutionProvider"])
             for c in ctx.components}
-    decoders = {"reference": rt.Decoder(refs["decoder"], ctx.io), "packaged": packaged.decoder}
+    decoders = {"reference": rt.Decoder(refs["decoder"], ctx.io.to_dict()), "packaged": packaged.decoder}
     encoders = {"reference": refs["encoder"], "packaged": packaged.encoder}
-    start = rt.start_ids(ctx.io)
+    start = rt.start_ids(ctx.io.to_dict())
 
     def bound(encoder: str, decoder: str) -> list[Any]:
         return [rt.encoded(encoders[encoder], decoders[decoder], f) for f in ctx.sample_inputs]
@@ -150,23 +150,24 @@ def _verify_eval(ctx: Context, rt: ModuleType, reference: Any, packaged: Any,
     anyway, to which the eval's figures are added."""
     assert ctx.eval_file is not None
     kind = "decoder" if "prompt" in ctx.eval_cases[0] else "encoder"
-    family = family_for(ctx.io["kind"])
+    family = family_for(ctx.io.kind)
     if family.eval_cases != kind:
         raise PackagerError(f"--eval {ctx.eval_file} holds {kind} cases, but the model is {family.title}; give "
                             f"{family.eval_fix}.", ExitCode.BAD_INPUT)
-    tokenizer = rt.load_tokenizer(ctx.stage_dir, ctx.io)
+    tokenizer = rt.load_tokenizer(ctx.stage_dir, ctx.io.to_dict())
     cases = ctx.eval_cases
     smoke_cases = cases[:evaluation.SMOKE_CASES]
     try:
         if ctx.eval_reference is None:   # the reference is the same for every recipe --fit auto tries
             # a session of the fp32 export, or a generator of its own (the genai path's PyTorch reference)
-            on_reference = partial(rt.evaluate, None, ctx.io, tokenizer, decoder=reference) \
-                if hasattr(reference, "generate") else partial(rt.evaluate, reference, ctx.io, tokenizer)
+            on_reference = partial(rt.evaluate, None, ctx.io.to_dict(), tokenizer, decoder=reference) \
+                if hasattr(reference, "generate") else partial(rt.evaluate, reference, ctx.io.to_dict(), tokenizer)
             full = on_reference(cases)
             sub = _slice(full, len(smoke_cases)) if family.eval_cases_alone else on_reference(smoke_cases)
             ctx.eval_reference = {"full": full, "smoke": sub}
         # A runner in another environment (onnxruntime-genai's) runs the cases there, with the device's code.
-        evaluate = getattr(packaged, "evaluate", None) or partial(rt.evaluate, packaged.session, ctx.io, tokenizer)
+        evaluate = getattr(packaged, "evaluate", None) or partial(rt.evaluate, packaged.session, ctx.io.to_dict(),
+                                                                  tokenizer)
         result = evaluate(cases)
         sub = _slice(result, len(smoke_cases)) if family.eval_cases_alone else evaluate(smoke_cases)
     except Exception as e:
@@ -193,9 +194,9 @@ def verify_outputs(ctx: Context, rt: ModuleType, reference: Any, packaged: Any) 
     ctx.expected_outputs = _run_all(reference, ctx.sample_inputs, "fp32 reference model")
     packaged_outputs = _run_all(packaged.session, ctx.sample_inputs, "packaged model")
 
-    result = rt.compare(ctx.expected_outputs, packaged_outputs, ctx.io["checked_outputs"])
+    result = rt.compare(ctx.expected_outputs, packaged_outputs, ctx.io.checked_outputs)
     threshold = ctx.profile.accuracy.min_cosine
-    ctx.accuracy = Accuracy(metric=family_for(ctx.io["kind"]).metric, reference="fp32 ONNX export",
+    ctx.accuracy = Accuracy(metric=family_for(ctx.io.kind).metric, reference="fp32 ONNX export",
                             samples=len(ctx.sample_inputs), threshold=threshold, more=result)
     if result["min_cosine"] < threshold:
         raise PackagerError(

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from packager.compat import Compatibility, ModelFacts
     from packager.context_view import RuntimeContext
     from packager.profile_types import Profile
+    from packager.records import Memory
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ class Runtime(Protocol):
         staged bundle, set ctx.model_file (and each component's file) to them, record them in ctx.mobile."""
         ...
 
-    def session_spec(self, profile: Profile, memory: dict[str, Any]) -> dict[str, Any]:
+    def session_spec(self, profile: Profile, memory: Memory | None) -> dict[str, Any]:
         """The manifest's runtime section but the model and io: what the device code needs to make the session."""
         ...
 

@@ -168,7 +168,7 @@ def _as_onnxruntime(profile: Profile) -> Profile:
 
 
 def _check_buildable(ctx: RuntimeContext) -> None:
-    family = family_for(ctx.io["kind"])
+    family = family_for(ctx.io.kind)
     if not family.generates or family.has_components or ctx.source is None or ctx.source.kind != "huggingface":
         raise PackagerError(f"{ctx.profile.name} runs decoder LLMs from a Hugging Face folder with onnxruntime-genai, "
                             f"and this is {family.title}; package it for a target on the onnxruntime runtime "

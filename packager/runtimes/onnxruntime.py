@@ -28,6 +28,7 @@ from packager.runtimes.base import DecoderMemory, MemoryShare
 
 if TYPE_CHECKING:
     from packager.context_view import RuntimeContext
+    from packager.records import Memory
 
 # The device-side code (targets/): the runner that loads the model with the manifest's session options, and the
 # smoke test that checks the bundle with it.
@@ -177,7 +178,7 @@ class OnnxRuntime:
 
     # ------------------------------------------------------------------ the device side
 
-    def session_spec(self, profile: Profile, memory: dict[str, Any]) -> dict[str, Any]:
+    def session_spec(self, profile: Profile, memory: Memory | None) -> dict[str, Any]:
         rt = profile.runtime
         options = {k: dict(v) for k, v in rt.provider_options.items()}
         workspace = gpu.trt_workspace(profile, memory)
@@ -194,12 +195,12 @@ class OnnxRuntime:
     def write_bundle_files(self, ctx: RuntimeContext, stage: Path) -> None:
         if ctx.mobile and ctx.profile.mobile is not None and not ctx.components:
             # The app examples run one model on one sample; an encoder-decoder's loop has none yet.
-            ctx.mobile["examples"] = mobile_examples.write_examples(stage, ctx.bundle_name, ctx.profile, ctx.io,
-                                                                    ctx.sample_inputs[0], _sample_note(ctx),
-                                                                    ctx.mobile["usability"])
+            ctx.mobile["examples"] = mobile_examples.write_examples(stage, ctx.bundle_name, ctx.profile,
+                                                                    ctx.io.to_dict(), ctx.sample_inputs[0],
+                                                                    _sample_note(ctx), ctx.mobile["usability"])
         workspace = gpu.trt_workspace(ctx.profile, ctx.memory)
-        if workspace is not None:
-            ctx.memory["tensorrt_workspace"] = workspace
+        if workspace is not None and ctx.memory is not None:
+            ctx.memory = dataclasses.replace(ctx.memory, tensorrt_workspace=workspace)
 
     def readme(self, ctx: RuntimeContext) -> str:
         return _phone_readme(ctx) + _gpu_readme(ctx)
@@ -250,7 +251,7 @@ def _to_ort(ctx: RuntimeContext, onnx_path: Path, what: str) -> tuple[Path, str,
 
 
 def _sample_note(ctx: RuntimeContext) -> str:
-    return family_for(ctx.io["kind"]).sample_note(ctx.texts)
+    return family_for(ctx.io.kind).sample_note(ctx.texts)
 
 
 MiB = 2**20
@@ -290,7 +291,7 @@ def _gpu_readme(ctx: RuntimeContext) -> str:
     p = ctx.profile
     if gpu.TRT not in p.runtime.providers:
         return ""
-    workspace = ctx.memory.get("tensorrt_workspace", {})
+    workspace = (ctx.memory.tensorrt_workspace if ctx.memory else None) or {}
     bound = f"{workspace['bytes'] / MiB:.0f} MiB" if workspace else "the profile's figure"
     text = f"""
 ## On the GPU

@@ -16,13 +16,15 @@ from typing import Any
 
 from packager.archive import write_archive
 from packager.context import Context
+from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
 from packager.gpu import write_container_files
 from packager.labels import recipe_label
 from packager.leftovers import bundle_partial
 from packager.manifest import build as build_manifest
-from packager.runtime_files import copy_runtime, family_requirements, runner, signing_requirements
+from packager.records import Io
+from packager.runtime_files import copy_runtime, family_requirements, signing_requirements
 from packager.runtimes import runtime_for
 from packager.signing import sign_manifest
 
@@ -33,7 +35,7 @@ MiB = 2**20
 def requirements(ctx: Context) -> str:
     p = ctx.profile
     lines = [f"# Pinned for {p.name}: {p.os.name}, Python {p.os.python}, {p.device.arch}.",
-             *runtime_for(p).requirements(p), *family_requirements(ctx.io["kind"])]
+             *runtime_for(p).requirements(p), *family_requirements(ctx.io.kind)]
     if ctx.sign_key:  # the device checks the signature with `cryptography`
         lines += signing_requirements()
     return "\n".join(lines) + "\n"
@@ -43,10 +45,11 @@ def readme(ctx: Context) -> str:
     p = ctx.profile
     run_example = "python run.py " + run_arguments(ctx.io)
     mem = ctx.memory
+    assert mem is not None   # the fit stage ran
     # The measured figure varies run to run: the bundle says only that it was within the budget.
-    measured = f", measured within the budget on the build host ({mem['measured_on']})" \
-        if mem.get("verdict_basis") == "measured" else ""
-    low, high = mem['estimate']['low_bytes'] / MiB, mem['estimate']['high_bytes'] / MiB
+    measured = f", measured within the budget on the build host ({mem.measured_on})" \
+        if mem.verdict_basis == "measured" else ""
+    low, high = mem.estimate.low_bytes / MiB, mem.estimate.high_bytes / MiB
     return f"""# {ctx.bundle_name}
 
 `{ctx.source.name if ctx.source else ''}` packaged by packager for **{p.name}** ({p.description}),
@@ -78,9 +81,9 @@ def venv_command(bundle_name: str) -> str:
     return f"python3 -m venv {venv} && . {venv}/bin/activate && pip install -r requirements.txt"
 
 
-def run_arguments(io: dict[str, Any], samples: str = "samples") -> str:
+def run_arguments(io: Io, samples: str = "samples") -> str:
     """run.py's arguments for a first run of a model with this io (manifest runtime.io)."""
-    return family_for(io["kind"]).run_arguments(io, samples)
+    return family_for(io.kind).run_arguments(io, samples)
 
 
 def _components_readme(ctx: Context) -> str:
@@ -94,7 +97,7 @@ def _components_readme(ctx: Context) -> str:
 def _accuracy_line(ctx: Context) -> str:
     assert ctx.accuracy is not None   # verify ran
     figures, limits = ctx.accuracy.more, ctx.profile.accuracy
-    if family_for(ctx.io["kind"]).generates:
+    if family_for(ctx.io.kind).generates:
         return (f"{figures['token_agreement']:.1%} of the fp32 reference's greedy tokens (threshold "
                 f"{limits.min_token_agreement:.0%}), first-token logits cosine {figures['min_logits_cosine']:.5f} "
                 f"(threshold {limits.min_logits_cosine})")

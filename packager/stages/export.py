@@ -31,6 +31,7 @@ from packager.model_files import PICKLE_SUFFIXES, TOKENIZER_FILES
 from packager.onnx_rewrite import fold_transposed_weights, name_tied_lm_head
 from packager.recipes import parse_recipe, recipe_label
 from packager.recipes.common import PROTO_LIMIT
+from packager.records import Io
 from packager.runtimes import profile_for_model
 from packager.version import __version__
 
@@ -250,13 +251,18 @@ def _io_problem(data: dict[str, Any]) -> str:
     io = data.get("io")
     if not isinstance(io, dict):
         return "its meta.json has no io description"
+    try:
+        Io.from_dict(io)
+    except PackagerError:
+        return "its io description is not of the shape packager writes"
     return "" if _components_known(io) else "its io description names components an export does not make"
 
 
-def _describe_io(ctx: Context, out: Path) -> dict[str, Any]:
-    """The export's io, as its family describes it (packager/families/)."""
+def _describe_io(ctx: Context, out: Path) -> Io:
+    """The export's io, as its family describes it (packager/families/), read as a cache hit reads it back (JSON):
+    a run that exported and one that reused the export write the same manifest."""
     assert ctx.source is not None
-    return describe_io(Export(ctx.source.path, ctx.source.task, out))
+    return Io.from_dict(json.loads(json.dumps(describe_io(Export(ctx.source.path, ctx.source.task, out)))))
 
 
 def _export_hf_cached(ctx: Context, out: Path) -> None:
@@ -269,7 +275,7 @@ def _export_hf_cached(ctx: Context, out: Path) -> None:
         if fetched.status == "hit":
             assert fetched.data is not None
             ctx.cache["export"] = "hit"
-            ctx.io = fetched.data["io"]
+            ctx.io = Io.from_dict(fetched.data["io"])
             return
         ctx.cache["export"] = fetched.status
         if fetched.status == "corrupt":
@@ -279,9 +285,9 @@ def _export_hf_cached(ctx: Context, out: Path) -> None:
     out.mkdir()
     _export_hf(ctx, out)
     # As a cache hit reads it back: a run that exported and one that reused the export write the same manifest.
-    ctx.io = json.loads(json.dumps(_describe_io(ctx, out)))
+    ctx.io = _describe_io(ctx, out)
     if ctx.stage_cache is not None:
-        problem = ctx.stage_cache.store("export", cache_inputs(ctx), out, {"io": ctx.io})
+        problem = ctx.stage_cache.store("export", cache_inputs(ctx), out, {"io": ctx.io.to_dict()})
         if problem:
             ctx.cache_notes.append(f"export: {problem}")
 
@@ -309,9 +315,9 @@ def run(ctx: Context) -> None:
     ctx.reference_model = out / "model.onnx"
     if ctx.member_dir is None:   # several models in one bundle share one process: [runtime]'s (suite.py)
         architecture = ctx.source.architecture if ctx.source else ""
-        ctx.profile, note = profile_for_model(ctx.profile, ctx.io["kind"], architecture)
+        ctx.profile, note = profile_for_model(ctx.profile, ctx.io.kind, architecture)
         ctx.cache_notes.extend([note] if note else [])
-    family = family_for(ctx.io["kind"])
+    family = family_for(ctx.io.kind)
     ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] if family.needs_tokenizer else []
     if family.generates:
         ctx.context = decoder_context(ctx)
@@ -321,7 +327,7 @@ def run(ctx: Context) -> None:
                                 "encoder-decoder's generations yet; drop --eval.", ExitCode.BAD_INPUT)
         # In SEQ2SEQ_COMPONENTS' order (encoder, then decoder), whatever order a cached io was stored in.
         ctx.components = [Component(name, out / c["export"], parts=tuple(out / m for m in c.get("merges", [])))
-                          for name, c in sorted(ctx.io["components"].items(),
+                          for name, c in sorted((ctx.io.components or {}).items(),
                                                 key=lambda kv: list(SEQ2SEQ_COMPONENTS).index(kv[0]))]
         ctx.reference_model = ctx.components[-1].reference   # the decoder: what single-model readers see
         assign_component_recipes(ctx)
@@ -351,7 +357,8 @@ def assign_component_recipes(ctx: Context) -> None:
 
 def decoder_context(ctx: Context) -> int:
     """The KV cache the deployment holds: --context, else the profile's, within the model's positions."""
-    positions = int(ctx.io["max_length"])
+    assert ctx.io.max_length is not None   # a generating family's io gives it
+    positions = ctx.io.max_length
     if ctx.context is not None and ctx.context > positions:
         raise PackagerError(f"--context {ctx.context} is longer than the model's {positions} positions "
                             "(max_position_embeddings); ask for at most that.", ExitCode.USAGE)

@@ -22,6 +22,7 @@ from packager.estimate import Estimate, combine, decode_step_shapes, estimate, s
 from packager.families import family_for
 from packager.manifest import runtime_spec
 from packager.profiles import Profile
+from packager.records import Memory
 from packager.runtime_files import copy_runtime
 from packager.runtimes import runtime_for
 
@@ -84,7 +85,7 @@ def component_estimates(ctx: Context, context: int | None) -> dict[str, Estimate
     for c in ctx.components:
         assert c.packaged is not None
         if c.name == "decoder":
-            shapes = seq2seq_step_shapes(ctx.io, context or 1, length)
+            shapes = seq2seq_step_shapes(ctx.io.to_dict(), context or 1, length)
             result[c.name] = estimate(c.packaged, ctx.profile, "decoder", shapes, context, tokenizer)
         else:
             result[c.name] = estimate(c.packaged, ctx.profile, "tensor", sample_shapes(ctx.sample_inputs))
@@ -98,13 +99,13 @@ def estimate_at(ctx: Context, context: int | None, parts: dict[str, Estimate] | 
     assert ctx.packaged_model is not None
     if ctx.components:
         return combine(parts or component_estimates(ctx, context), shared_bytes(ctx.profile))
-    shapes = decode_step_shapes(ctx.io, context) if family_for(ctx.io["kind"]).context_sized and context \
+    shapes = decode_step_shapes(ctx.io.to_dict(), context) if family_for(ctx.io.kind).context_sized and context \
         else sample_shapes(ctx.sample_inputs)
     tokenizer = next((f for f in ctx.tokenizer_files if f.name == "tokenizer.json"), None)
     # A runtime conversion (phones: model.ort) changed what the device loads: the runtime holds that file too.
     loaded = ctx.stage_dir / ctx.model_file
     converted = loaded.stat().st_size if loaded.name != ctx.packaged_model.name and loaded.is_file() else 0
-    return estimate(ctx.packaged_model, ctx.profile, ctx.io["kind"], shapes, context, tokenizer, converted)
+    return estimate(ctx.packaged_model, ctx.profile, ctx.io.kind, shapes, context, tokenizer, converted)
 
 
 def peaks_at(ctx: Context, contexts: list[int]) -> dict[int, int]:
@@ -112,10 +113,12 @@ def peaks_at(ctx: Context, contexts: list[int]) -> dict[int, int]:
     peak found at ctx.context (measured, else the estimate's high side) less what the estimate says
     the shorter KV cache saves; never below the load phase's peak, which no context changes. The
     saving is the low estimate's, the smaller: measured steps fall nearer its slope than the high's."""
-    mem, est = ctx.memory, ctx.memory["estimate"]
-    load = mem.get("load_peak_bytes", est["load_high_bytes"])
-    run_peak = mem.get("run_peak_bytes", est["run_high_bytes"])
-    return {c: max(load, run_peak - (est["run_low_bytes"] - estimate_at(ctx, c).run_low_bytes)) for c in contexts}
+    mem = ctx.memory
+    assert mem is not None
+    est = mem.estimate
+    load = est.load_high_bytes if mem.load_peak_bytes is None else mem.load_peak_bytes
+    run_peak = est.run_high_bytes if mem.run_peak_bytes is None else mem.run_peak_bytes
+    return {c: max(load, run_peak - (est.run_low_bytes - estimate_at(ctx, c).run_low_bytes)) for c in contexts}
 
 
 def run(ctx: Context) -> None:
@@ -128,33 +131,31 @@ def run(ctx: Context) -> None:
     # measurement without the GPU providers misses their CUDA context, which the device still holds.
     unseen = runtime_for(ctx.profile).unmeasured_bytes(ctx.profile, measured)
     peak = measured["peak_bytes"] + unseen if measured else est.high_bytes
-    ctx.memory = {
-        "budget_bytes": budget,
-        "context": ctx.context,
-        "estimate": est.to_dict(),
-        "verdict_basis": "measured" if measured else "estimate (high)",
-        "fits": peak <= budget,
-        "headroom_bytes": budget - peak,
-    }
-    if measured:
-        ctx.memory |= {
-            "measured_peak_bytes": measured["peak_bytes"],
-            "load_peak_bytes": measured["load_peak_bytes"],
-            "run_peak_bytes": measured["run_peak_bytes"],
-            "baseline_bytes": measured["baseline_bytes"],
-            "method": measured["method"],
-            "measured_on": measured["host"],
-        }
-    if unseen:
-        ctx.memory["gpu_context_bytes"] = unseen  # added to the measured peak: the GPU path was not exercised
-    if ctx.components:
-        ctx.memory["components"] = _components_memory(ctx, parts, measured)
+    ctx.memory = Memory(
+        budget_bytes=budget,
+        context=ctx.context,
+        estimate=est,
+        verdict_basis="measured" if measured else "estimate (high)",
+        fits=peak <= budget,
+        headroom_bytes=budget - peak,
+        **(measured_figures(measured) if measured else {}),
+        gpu_context_bytes=unseen or None,  # added to the measured peak: the GPU path was not exercised
+        components=_components_memory(ctx, parts, measured) if ctx.components else None,
+    )
     if peak > budget and ctx.enforce_budget:
         raise PackagerError(
-            f"does not fit: {over_budget(ctx.memory)} over {ctx.profile.name}'s budget of {budget / MiB:.0f} MiB; "
+            f"does not fit: {over_budget(ctx.memory.to_dict())} over {ctx.profile.name}'s budget of "
+            f"{budget / MiB:.0f} MiB; "
             "pick a smaller recipe or model, or give the deployment more with --budget.",
             ExitCode.DOES_NOT_FIT,
         )
+
+
+def measured_figures(measured: dict[str, Any]) -> dict[str, Any]:
+    """`run.py --measure`'s figures as the memory record names them (Memory, the suite's memory)."""
+    return {"measured_peak_bytes": measured["peak_bytes"], "load_peak_bytes": measured["load_peak_bytes"],
+            "run_peak_bytes": measured["run_peak_bytes"], "baseline_bytes": measured["baseline_bytes"],
+            "method": measured["method"], "measured_on": measured["host"]}
 
 
 def shared_bytes(profile: Profile) -> int:

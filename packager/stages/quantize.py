@@ -27,9 +27,9 @@ def run(ctx: Context) -> None:
         shutil.copyfile(f, model_dir / f.name)
     if runtime_for(ctx.profile).build(ctx, model_dir):   # onnxruntime-genai: its builder makes the model
         return
-    what = "an encoder-decoder" if ctx.components else f"a {ctx.io['kind']} model"
+    what = "an encoder-decoder" if ctx.components else f"a {ctx.io.kind} model"
     for name in parse_recipe(ctx.recipe_name).values():
-        refusal = RECIPES[name].refuses(ctx.io["kind"], what)
+        refusal = RECIPES[name].refuses(ctx.io.kind, what)
         if refusal is not None:
             raise refusal
     if ctx.components:

@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 
 from packager.context import Context
+from packager.device_code import runner
 from packager.families import family_for
-from packager.runtime_files import runner
 
 
 def run(ctx: Context) -> None:
     rt = runner()
     folder = ctx.stage_dir / "samples"
     folder.mkdir()
-    family_for(ctx.io["kind"]).make_samples(ctx, rt)
+    family_for(ctx.io.kind).make_samples(ctx, rt)
     rt.save_samples(folder / "inputs.npz", ctx.sample_inputs)
     if ctx.texts:
         (folder / "texts.json").write_text(json.dumps(ctx.texts, indent=1) + "\n", encoding="utf-8")

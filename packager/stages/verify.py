@@ -8,8 +8,8 @@ its own answers to.
 from __future__ import annotations
 
 from packager.context import Context
+from packager.device_code import runner
 from packager.families import family_for
-from packager.runtime_files import runner
 from packager.runtimes import runtime_for
 
 
@@ -19,4 +19,4 @@ def run(ctx: Context) -> None:
     packaged = runtime_for(ctx.profile).host_runner(ctx)
     ctx.progress("loading the fp32 reference")
     reference = runtime_for(ctx.profile).host_reference(ctx)   # the fp32 export, or the model itself (genai)
-    family_for(ctx.io["kind"]).verify(ctx, runner(), reference, packaged)
+    family_for(ctx.io.kind).verify(ctx, runner(), reference, packaged)
