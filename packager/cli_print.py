@@ -77,6 +77,9 @@ def _print_memory(mem: dict[str, Any], what: str = "") -> None:
               f"(load {mem['load_peak_bytes'] / MiB:.0f}, run {mem['run_peak_bytes'] / MiB:.0f}; "
               f"estimate {est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}) "
               f"of {mem['budget_bytes'] / MiB:.0f} MiB budget", soft_wrap=True)
+    if est.get("mapped_bytes"):   # an E-class model's per-layer embeddings: on storage, out of the peak
+        err.print(f"mapped    {est['mapped_bytes'] / MiB:.0f} MiB of lookup tables read from storage a row at a time "
+                  "(not in the peak but for the pages a run reads)", soft_wrap=True)
 
 
 def _print_suite(r: Any) -> None:

@@ -174,6 +174,14 @@ def known(config: dict[str, Any]) -> bool:
     return _model_type(config) in FAMILIES or _model_type(config) in E_FAMILIES
 
 
+def e_type(config: dict[str, Any]) -> str:
+    """The E-class family of a config (a Gemma 3n or Gemma 4 text decoder with per-layer embeddings), else ""."""
+    text = config.get("text_config")
+    merged = {**config, **(text if isinstance(text, dict) else {})}
+    model_type = _model_type(config)
+    return model_type if model_type in E_FAMILIES and merged.get("hidden_size_per_layer_input") else ""
+
+
 def _model_type(config: dict[str, Any]) -> str:
     text = config.get("text_config")
     outer = str(config.get("model_type", ""))

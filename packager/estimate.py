@@ -40,6 +40,10 @@ Peak = max(load, run), each a sum of components:
                      MemoryShare.repeat_activations; none where the profile's session plans no pattern).
                      Decoders and text models change shape from run to run, and reuse no pattern
     kv_cache         past key/value inputs of a decoder at the requested context
+    mapped_touched   lookup tables read on demand (mapped_tables: an E-class model's per-layer embeddings, issue
+                     20): never resident whole, only the pages of the rows the context's tokens read (at most
+                     one row per token, over PAGE-sized pages); the tables' whole size is Estimate.mapped_bytes,
+                     shown beside the peak, not in it
     gpu_context      GPU profiles: the CUDA context of the GPU providers on unified memory (the
                      profile's runtime.gpu_context_bytes), resident from load on
 
@@ -223,6 +227,48 @@ def external_names(model: onnx.ModelProto) -> set[str]:
             if t.data_location == onnx.TensorProto.EXTERNAL}
 
 
+# The page a mapped table's row read makes resident (4 KiB on the boards' kernels; a kernel that maps files in
+# larger folios touches more, which the measured peak shows).
+PAGE = 4096
+
+
+ROW_READERS = {("Gather", 0), ("GatherElements", 0)}   # (op, input): reads the rows its indices name
+
+
+def mapped_tables(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+    """Lookup tables the runtime memory-maps and reads a row at a time, by name: (bytes, rows). Those in an
+    external data file of their own kind: every tensor in it is read by Gathers only (ROW_READERS), at an
+    offset onnxruntime maps (the E-class exporter's PLE file). Such a file is never read whole."""
+    readers: dict[str, set[tuple[str, int]]] = {}
+    for g in all_graphs(model.graph):
+        for node in g.node:
+            for index, name in enumerate(node.input):
+                readers.setdefault(name, set()).add((node.op_type, index))
+    files: dict[str, list[onnx.TensorProto]] = {}
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            files.setdefault({e.key: e.value for e in t.external_data}.get("location", ""), []).append(t)
+    tables: dict[str, tuple[int, int]] = {}
+    for tensors in files.values():
+        if all(readers.get(t.name, {("", 0)}) <= ROW_READERS and _offset(t) % PAGE == 0 for t in tensors):
+            tables |= {t.name: (tensor_bytes(t), int(t.dims[0]) if t.dims else 1) for t in tensors}
+    return tables
+
+
+def _offset(t: onnx.TensorProto) -> int:
+    return int({e.key: e.value for e in t.external_data}.get("offset", "0"))
+
+
+def mapped_touched(tables: dict[str, tuple[int, int]], tokens: int) -> int:
+    """The pages of mapped tables `tokens` tokens read at most: a row each (two pages where it spans one), never
+    more than the table."""
+    touched = 0
+    for size, rows in tables.values():
+        row = size // max(rows, 1)
+        touched += min(size, tokens * (-(-row // PAGE) + 1) * PAGE)
+    return touched
+
+
 
 
 
@@ -270,6 +316,11 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     folded, freed = folded_constants(concrete.graph, set(sizes), value_sizes(concrete.graph))
     freed_bytes = sum(sizes[n] for n in freed)
     sizes |= folded  # folded constants are weights held in memory, packed like the others
+    tables = mapped_tables(model)
+    mapped_total = sum(size for size, _ in tables.values())
+    external -= mapped_total   # never resident whole: the pages the context's tokens read are (touched)
+    touched = mapped_touched(tables, context or max((math.prod(s) for n, s in sample_shapes.items()
+                                                     if n == "input_ids"), default=1)) if tables else 0
     weights = inline + external + sum(folded.values())
     bands = prepack_bands(model, sizes)
     packed_low = int(sum(sizes[n] * low for n, (low, _) in bands.items()))
@@ -310,9 +361,9 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     load_low = weights - freed_bytes + overhead_low + max(fixed_low + packed_low + ort_low,
                                                           fixed_low - tokens + transient_low)
     load_high = weights + overhead_high + max(fixed + packed_high + ort_high, fixed - tokens + transient_high)
-    run_low = fixed_low + weights - freed_bytes + overhead_low + packed_low + act_low + pattern_low + kv
+    run_low = fixed_low + weights - freed_bytes + overhead_low + packed_low + act_low + pattern_low + kv + touched
     retained_high = int(small_inline * HEAP_RETAINED_HIGH)
-    run_high = fixed + weights + overhead_high + packed_high + act_high + pattern_high + retained_high + kv
+    run_high = fixed + weights + overhead_high + packed_high + act_high + pattern_high + retained_high + kv + touched
     breakdown = {
         "runtime_base": base,
         "graph": graph,
@@ -329,10 +380,11 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
         **({"memory_pattern": (pattern_low + pattern_high) // 2} if pattern_high else {}),
         "kv_cache": kv,
         **({"gpu_context": gpu} if gpu else {}),
+        **({"mapped_touched": touched} if tables else {}),
     }
     notes = list(share.notes)
     return Estimate(max(load_low, run_low), max(load_high, run_high), breakdown, load_high, run_high, context, notes,
-                    run_low)
+                    run_low, mapped_total)
 
 
 def measured_decoder(model: onnx.ModelProto, profile: Profile, kind: str, mem: DecoderMemory,
@@ -379,8 +431,13 @@ def decode_step_shapes(io: dict[str, Any], context: int) -> dict[str, tuple[int,
     kv = io["kv"]
     shapes: dict[str, tuple[int, ...]] = {"input_ids": (1, 1), "position_ids": (1, 1), "attention_mask": (1, context)}
     names = [i["name"] for i in io["inputs"]]
-    past: dict[str, tuple[int, ...]] = {n: (1, int(kv["heads"]), context - 1, int(kv["head_dim"]))
-                                        for n in names if is_past(n)}
+    # a layer of its own head count or size (Gemma 4's global layers) by its input's shape, the others by io.kv
+    own = {i["name"]: (int(i["shape"][1]), int(i["shape"][3])) for i in io["inputs"]
+           if is_past(i["name"]) and all(isinstance(d, int) for d in i["shape"][1::2])}
+    past: dict[str, tuple[int, ...]] = {}
+    for n in filter(is_past, names):
+        heads, size = own.get(n, (int(kv["heads"]), int(kv["head_dim"])))
+        past[n] = (1, heads, context - 1, size)
     return {n: shapes[n] for n in names if n in shapes} | past
 
 

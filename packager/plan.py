@@ -13,7 +13,7 @@ logits, load peak) is the runtime's answer (Runtime.decoder_memory).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,9 @@ BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5 + 4 / 32}
 # int4, tied embedding: the GatherBlockQuantized reads the lm_head's 4-bit weight but needs its scales
 # in another shape: 4 bytes per block of 32 of the table, again.
 SCALES_TWICE = 4 / 32
+# The E-class exporter's per-layer embedding table (packager/runtimes/eclass_export.py): int8 rows whatever the
+# recipe, a float32 scale per row (negligible beside a row of layers x 256)
+PLE_BYTES_PER_PARAM = 1.0
 
 PRECISIONS = tuple(BYTES_PER_PARAM)
 DEFAULT_CONTEXTS = (2048, 8192, 32768, 131072)
@@ -267,12 +270,24 @@ def activation_bytes(a: Architecture, mem: DecoderMemory, precision: str, contex
     return decoder_peak.activation_bytes(shape(a), mem, 2 if precision == "fp16" else 4, context)
 
 
-def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits: int | None) -> Row:
+def decoder_memory(a: Architecture, profile: Profile, precision: str) -> DecoderMemory:
+    """How the runtime holds this decoder; an E-class model on an exported graph is the E-class exporter's, whose
+    sliding layers keep their window and whose pass returns the last position's logits only."""
     mem = runtime_for(profile).decoder_memory(profile, precision)
+    return replace(mem, windowed_kv=True, logits_positions=1) if e_exported(a, mem) else mem
+
+
+def e_exported(a: Architecture, mem: DecoderMemory) -> bool:
+    """Whether the E-class exporter makes this model's graph: per-layer embeddings, on an exported-graph runtime."""
+    return bool(a.mapped_parameters) and mem.load_weights == (0.0, 0.0)
+
+
+def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits: int | None) -> Row:
+    mem = decoder_memory(a, profile, precision)
     weights = int(a.effective_parameters * BYTES_PER_PARAM[precision])
     if precision == "int4" and a.tied_embeddings:
         weights += int(a.embedding_parameters * SCALES_TWICE)
-    mapped = int(a.mapped_parameters * BYTES_PER_PARAM[precision])
+    mapped = int(a.mapped_parameters * (PLE_BYTES_PER_PARAM if e_exported(a, mem) else BYTES_PER_PARAM[precision]))
     bits = kv_bits or mem.kv_bits
     by_type = kv_cache(a, context, bits, mem.windowed_kv) if a.decoder else {}
     kv = sum(by_type.values())
@@ -345,7 +360,7 @@ def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None
     profile, note = as_packaged(a, profile)
     notes: list[str] = [note] if note else []
     rows = [row(a, profile, p, c, kv_bits) for p in precisions for c in contexts]
-    mem = runtime_for(profile).decoder_memory(profile, precisions[0])
+    mem = decoder_memory(a, profile, precisions[0])
     notes += mem.notes
     if kv_bits and kv_bits != mem.kv_bits and kv_bits in mem.runnable_kv_bits:
         notes.append(f"KV cache planned at {kv_bits} bits (--kv-bits), which {profile.runtime.package} runs")

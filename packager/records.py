@@ -43,11 +43,13 @@ class Estimate:
     context: int | None = None
     notes: list[str] = field(default_factory=list)
     run_low_bytes: int = 0
+    mapped_bytes: int = 0                  # mapped tables' whole size (an E-class model's PLE): not in the peak
 
     def to_dict(self) -> dict[str, Any]:
         return {"low_bytes": self.low_bytes, "high_bytes": self.high_bytes, "breakdown": self.breakdown,
                 "load_high_bytes": self.load_high_bytes, "run_high_bytes": self.run_high_bytes,
-                "run_low_bytes": self.run_low_bytes, "context": self.context, "notes": self.notes}
+                "run_low_bytes": self.run_low_bytes, "context": self.context, "notes": self.notes,
+                **({"mapped_bytes": self.mapped_bytes} if self.mapped_bytes else {})}
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class Io:
     components: dict[str, Any] | None = None
     decoder_start_ids: list[int] | None = None
     preprocess: dict[str, Any] | None = None
+    logits: str | None = None      # "last": the last position's only (decoders, the E-class exporter)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "runtime.io") -> Self:

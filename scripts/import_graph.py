@@ -42,6 +42,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "packager.estimate_activations", "packager.bandwidth", "packager.mobile", "packager.mobile_examples",
                 "packager.gpu",
                 "packager.runtime_files", "packager.signing", "packager.records",
+                # a decoder's shape from its config and the peak rule that plan and the estimate share
+                "packager.decoder_config", "packager.decoder_peak",
                 # the model families' facts (the profiles ask them); their steps sit in the model layer below
                 "packager.families")),
     # the model at hand: its files, its export and rewrites, the recipes' code, samples, calibration and
@@ -61,10 +63,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # what runs the steps (the orchestrator, the searches, several models), and what reads, plans, runs or
     # reports on a bundle
     ("pipeline", ("packager.stage_runner", "packager.mixed_search", "packager.fit_auto", "packager.pipeline",
-                  "packager.suite", "packager.plan", "packager.decoder_config", "packager.bundles", "packager.emulate",
+                  "packager.suite", "packager.plan", "packager.bundles", "packager.emulate",
                   "packager.emulate_qemu",
                   "packager.emulate_userland", "packager.smoke", "packager.report", "packager.report_view",
                   "packager.report_markdown", "packager.report_html", "packager.exporter_envs",
+                  # the E-class exporter: runs in the genai environment (the stages name its steps)
+                  "packager.eclass",
                   # the runtimes' steps (named "module:function" by packager/runtimes/, as the families' are)
                   "packager.runtime_steps",
                   # `packager bench`: a bundle's device code timed in a child (the child's code is a string)

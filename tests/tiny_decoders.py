@@ -90,3 +90,41 @@ def make_decoder(folder: Path, arch: str, seed: int = 0, **overrides: Any) -> Pa
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     make_tokenizer(folder, int(spec.get("max_position_embeddings", spec.get("n_positions", 256))))
     return folder
+
+
+# An E-class Gemma 4 text decoder (issue 20): per-layer embeddings, the last layers KV-shared, sliding and full
+# layers with their own head sizes, a window shorter than the test prompts. transformers 5.x only (the genai
+# exporter environment builds it).
+ECLASS: dict[str, Any] = {
+    "architectures": ["Gemma4ForCausalLM"], "model_type": "gemma4_text", "hidden_size": 64,
+    "vocab_size_per_layer_input": VOCAB, "hidden_size_per_layer_input": 16, "intermediate_size": 128,
+    "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16,
+    "global_head_dim": 32, "sliding_window": 8, "num_kv_shared_layers": 2, "use_double_wide_mlp": True,
+    "layer_types": ["sliding_attention", "sliding_attention", "full_attention"] * 2,
+    "max_position_embeddings": 256, "final_logit_softcapping": 30.0, "tie_word_embeddings": True,
+    "vocab_size": VOCAB, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 0,
+    # weights 10x transformers' default spread: logits far enough apart that 8-bit weights keep the greedy tokens
+    # (at 0.02 they are near ties, and int8-dynamic kept 73% of them)
+    "initializer_range": 0.2,
+}
+
+MAKE_ECLASS = """
+import json, sys, torch
+from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+spec = json.loads(sys.argv[2])
+spec.pop("model_type")
+torch.manual_seed(int(sys.argv[3]))
+Gemma4ForCausalLM(Gemma4TextConfig(**spec)).save_pretrained(sys.argv[1])
+"""
+
+
+def make_eclass(folder: Path, python: Path, seed: int = 0, **overrides: Any) -> Path:
+    """A Hugging Face folder of a tiny E-class Gemma 4 (ECLASS | overrides), made by `python` (transformers 5.x)."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = ECLASS | overrides
+    subprocess.run([str(python), "-c", MAKE_ECLASS, str(folder), json.dumps(spec), str(seed)], check=True,
+                   capture_output=True, timeout=600)
+    make_tokenizer(folder, int(spec["max_position_embeddings"]))
+    return folder

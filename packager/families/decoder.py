@@ -42,6 +42,10 @@ class DecoderLLM(Family):
         inputs, outputs = export.signature
         past = [i for i in inputs if i["name"].startswith("past_key_values.")]
         _, heads, _, head_dim = past[0]["shape"]
+        logits = next(o for o in outputs if o["name"] == "logits")
+        # A graph that gives the last position's logits only (the E-class exporter's): the loop scores a token at
+        # a time. Others' io stays as it was (their manifests, byte for byte).
+        last = {"logits": "last"} if logits["shape"][1:2] == [1] else {}
         return {
             "kind": self.name,
             "inputs": inputs,
@@ -52,6 +56,7 @@ class DecoderLLM(Family):
             "max_length": max_length(export.source),
             "eos_token_ids": eos_token_ids(export.source),
             "kv": {"layers": len(past) // 2, "heads": heads, "head_dim": head_dim, "dtype": past[0]["dtype"]},
+            **last,
         }
 
     def make_samples(self, ctx: FamilyContext, rt: ModuleType) -> None:

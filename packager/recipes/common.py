@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx.numpy_helper import to_array
 
 from packager.graphs import all_graphs
 from packager.recipes.records import RecipeOptions as RecipeOptions
@@ -36,6 +37,42 @@ def save(model: onnx.ModelProto, dst: Path, external: bool) -> None:
         onnx.save(model, dst, save_as_external_data=True, all_tensors_to_one_file=True, location=f"{dst.name}.data")
     else:
         onnx.save(model, dst)
+
+
+# onnxruntime memory-maps an external tensor whose offset is a multiple of this (64 KiB: Windows' allocation
+# granularity, a multiple of every page size)
+MAP_ALIGN = 65536
+
+
+def place_tables(path: Path, tables: dict[str, str]) -> None:
+    """The initializers `tables` names (name -> file) moved into those files beside `path`, each at a MAP_ALIGN
+    offset, and the model saved again with its other weights as needs_external_data says: a recipe writes the
+    model its own way (inline, or one data file), and a lookup table the runtime maps must keep a file of its own
+    (the E-class exporter's per-layer embeddings; estimate.mapped_tables)."""
+    model = onnx.load(path)
+    moved = [t for t in model.graph.initializer if t.name in tables]
+    if not moved:
+        return
+    for name in sorted(set(tables.values())):
+        (path.parent / name).unlink(missing_ok=True)
+    data: list[tuple[onnx.TensorProto, bytes]] = []
+    for t in moved:
+        data.append((t, t.raw_data or to_array(t).tobytes()))
+        for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            t.ClearField(field)
+    save(model, path, sum(t.ByteSize() for t in model.graph.initializer) > PROTO_LIMIT)
+    model = onnx.load(path, load_external_data=False)
+    by_name = {t.name: t for t in model.graph.initializer}
+    for original, raw in data:
+        t = by_name[original.name]
+        with open(path.parent / tables[t.name], "ab") as f:
+            offset = -(-f.tell() // MAP_ALIGN) * MAP_ALIGN
+            f.write(b"\0" * (offset - f.tell()) + raw)
+        t.data_location = onnx.TensorProto.EXTERNAL
+        del t.external_data[:]
+        for key, value in (("location", tables[t.name]), ("offset", str(offset)), ("length", str(len(raw)))):
+            t.external_data.add(key=key, value=value)
+    onnx.save(model, path)
 
 
 def count_ops(model: onnx.ModelProto, ops: set[str]) -> int:

@@ -25,6 +25,7 @@ from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
 from packager.export_process import export_here, merged, quiet, run_export_child
 from packager.families import Export, describe_io, family_for, io_modules
+from packager.families.base import step
 from packager.families.seq2seq import SEQ2SEQ_COMPONENTS, SEQ2SEQ_MERGED, SEQ2SEQ_MODALITY
 from packager.model_files import PICKLE_SUFFIXES, TOKENIZER_FILES
 from packager.onnx_rewrite import fold_transposed_weights, name_tied_lm_head
@@ -54,6 +55,9 @@ def _export_hf(ctx: Context, out: Path) -> None:
     """optimum-onnx's exporter (in a child process for large models, CHILD_EXPORT_BYTES), reporting its
     progress (which layer is traced)."""
     assert ctx.source is not None
+    if step("packager.eclass:e_type")(ctx.source.path):   # per-layer embeddings: packager's own exporter
+        _export_eclass(ctx, out)
+        return
     opset = export_opset(ctx)
     folder = _weights_only_copy(ctx.source.path, ctx.work_dir / "unpickled") if ctx.source.pickled else ctx.source.path
     if ctx.source.adapter is not None:
@@ -96,6 +100,14 @@ def _export_hf(ctx: Context, out: Path) -> None:
 
         with quiet():
             AutoTokenizer.from_pretrained(str(out), use_fast=True).backend_tokenizer.save(str(out / "tokenizer.json"))
+
+
+def _export_eclass(ctx: Context, out: Path) -> None:
+    assert ctx.source is not None
+    if ctx.source.adapter is not None or ctx.source.pickled:
+        raise PackagerError(f"{ctx.source.path}: an E-class model is exported from its safetensors alone, without "
+                            "--adapter; merge the adapter into the model first, or drop it.", ExitCode.USAGE)
+    step("packager.eclass:export_folder")(ctx.source.path, out, ctx.work_dir, ctx.progress)
 
 
 def _keep_seq2seq_components(ctx: Context, out: Path) -> None:
@@ -187,6 +199,10 @@ def _copy_onnx(ctx: Context, out: Path) -> None:
 EXPORT_TOOLS = ("optimum", "optimum-onnx", "torch", "transformers", "tokenizers", "onnx", "safetensors")
 
 
+# The E-class exporter (packager/eclass.py runs it in the genai environment): part of the export's code.
+ECLASS_EXPORTER = Path(__file__).parents[1] / "runtimes" / "eclass_export.py"
+
+
 def export_opset(ctx: Context) -> int:
     return min(DEFAULT_OPSET, ctx.profile.runtime.max_opset)
 
@@ -219,7 +235,8 @@ def export_code() -> str:
     """sha256 of the export's code: this stage's, the exporter's run, the rewrites of its files and the
     families' description of its io (a cached export's meta.json holds that description)."""
     digest = hashlib.sha256()
-    for module in (__file__, export_process.__file__, onnx_rewrite.__file__, *(m.__file__ for m in io_modules())):
+    for module in (__file__, export_process.__file__, onnx_rewrite.__file__, ECLASS_EXPORTER,
+                   *(m.__file__ for m in io_modules())):
         assert module is not None
         digest.update(Path(module).read_bytes())
     return digest.hexdigest()

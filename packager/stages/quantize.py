@@ -12,9 +12,10 @@ from packager.calibration import calibration_inputs, unused_calibration
 from packager.context import Component, Context
 from packager.coverage import coverage_of, merge
 from packager.errors import ExitCode, PackagerError
+from packager.estimate import mapped_tables
 from packager.mixed import quantizations
 from packager.recipes import RECIPES, calibrated, parse_recipe, searched
-from packager.recipes.common import RecipeOptions, RecipeResult, drop_unused_opsets
+from packager.recipes.common import RecipeOptions, RecipeResult, drop_unused_opsets, place_tables
 from packager.runtimes import runtime_for
 
 
@@ -55,7 +56,25 @@ def run(ctx: Context) -> None:
         for f in ctx.reference_model.parent.iterdir():
             if f.name != "model.onnx" and f.suffix not in (".json", ".txt") and f.is_file():
                 shutil.copyfile(f, model_dir / f.name)
+    keep_tables_mapped(ctx.reference_model, dest)
     ctx.packaged_model = dest
+
+
+def keep_tables_mapped(reference: Path, packaged: Path) -> None:
+    """The reference's memory-mapped lookup tables (estimate.mapped_tables) each in its file again, whatever
+    the recipe did with them."""
+    model = onnx.load(reference, load_external_data=False)
+    tables = mapped_tables(model)
+    if not tables:
+        return
+    files = {t.name: {e.key: e.value for e in t.external_data}["location"] for t in model.graph.initializer
+             if t.name in tables}
+    kept = onnx.load(packaged, load_external_data=False)
+    if all({e.key: e.value for e in t.external_data}.get("location") == files[t.name]
+           for t in kept.graph.initializer if t.name in files) and all((packaged.parent / f).is_file()
+                                                                       for f in files.values()):
+        return   # fp32: the reference's files as they were
+    place_tables(packaged, files)
 
 
 def _fall_back(ctx: Context, dest: Path, options: RecipeOptions, refused: PackagerError) -> RecipeResult:

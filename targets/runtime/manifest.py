@@ -237,6 +237,7 @@ class Io(Record):
     components: dict[str, Any] | None = None
     decoder_start_ids: list[int] | None = None
     preprocess: dict[str, Any] | None = None
+    logits: str | None = None                   # "last": the last position's only (decoders, the E-class exporter)
 
 
 @dataclass(frozen=True)

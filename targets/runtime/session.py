@@ -170,6 +170,12 @@ class Decoder:
         kv = io["kv"]
         self.kv_shape = (1, int(kv["heads"]), 0, int(kv["head_dim"]))
         self.kv_dtype = np.dtype(kv["dtype"])
+        # Layers of other head counts or sizes than io.kv's (Gemma 4's global layers): their inputs' own shapes
+        self.layer_shapes = {i["name"]: (int(i["shape"][1]), int(i["shape"][3]))
+                             for i in io.get("components", {}).get("decoder", io)["inputs"]
+                             if i["name"] in self.past and all(isinstance(d, int) for d in i["shape"][1::2])}
+        # A graph that returns the last position's logits only (the E-class exporter's): score a token at a time
+        self.last_only = io.get("logits") == "last"
         self.eos = set(io.get("eos_token_ids", []))
         self.context_feeds: dict[str, np.ndarray] = {}   # encoder-decoders: the encoder's output, bound
         self.encoder_length = 0
@@ -191,7 +197,8 @@ class Decoder:
         there to hold."""
         def shape(name: str) -> tuple[int, ...]:
             positions = (self.encoder_length if length else 0) if name in self.cross else length
-            return (*self.kv_shape[:2], positions, self.kv_shape[3])
+            heads, size = self.layer_shapes.get(name, (self.kv_shape[1], self.kv_shape[3]))
+            return (self.kv_shape[0], heads, positions, size)
 
         return {n: np.full(shape(n), 0, dtype=self.kv_dtype) for n in self.past}
 
@@ -234,7 +241,13 @@ class Decoder:
 
     def score(self, ids: list[int]) -> np.ndarray:
         """Logits at every position of `ids` in one pass (no cache): the teacher-forced predictions."""
-        return self.step(ids, self.empty_past(), 0)[0]
+        if not self.last_only:
+            return self.step(ids, self.empty_past(), 0)[0]
+        rows, past = [], self.empty_past()
+        for n, token in enumerate(ids):
+            logits, past = self.step([token], past, n)
+            rows.append(logits[-1])
+        return np.stack(rows)
 
 
 def encode(tokenizer: Any, text: str, input_names: list[str]) -> dict[str, np.ndarray]:

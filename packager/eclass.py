@@ -1,0 +1,53 @@
+"""The E-class exporter's host side (issue 20): runs runtimes/eclass_export.py in the `genai` exporter environment
+(transformers 5.x has Gemma 4), a copy of the file beside it: packager itself is not installed there."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from packager import decoder_config, exporter_envs
+from packager.errors import ExitCode, PackagerError
+from packager.model_files import TOKENIZER_FILES
+
+MODULE = "eclass_export"   # packager/runtimes/eclass_export.py, never imported here (it imports torch)
+EXPORTER = Path(__file__).with_name("runtimes") / f"{MODULE}.py"   # stages/export.py's ECLASS_EXPORTER
+EXPORTED = ("gemma4_text",)   # Gemma 3n's E models (altup, laurel) have no exporter yet
+
+
+def e_type(folder: Path) -> str:
+    """The E-class family of a Hugging Face folder's config.json ("" when it is no E-class decoder)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""   # the source stage has said what is wrong with it
+    return decoder_config.e_type(config) if isinstance(config, dict) else ""
+
+
+def export_folder(folder: Path, out: Path, work: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The E-class export of `folder` into `out` with the tokenizer files the device needs."""
+    kind = e_type(folder)
+    if kind not in EXPORTED:
+        raise PackagerError(f"{folder}: a {kind} model (per-layer embeddings) has no exporter in packager yet, only "
+                            f"{', '.join(EXPORTED)} (Gemma 4 E2B/E4B) has; export it to .onnx yourself and package "
+                            "the files.", ExitCode.BAD_INPUT)
+    progress(f"exporting the {kind} decoder (E class) in the genai environment")
+    made = export(folder, out, work, progress)
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, out / name)
+    return made
+
+
+def export(source: Path, out: Path, work: Path, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """model.onnx and its data files in `out` from the Hugging Face folder `source`; what the exporter reports
+    (its last line: the layers owning a cache, the PLE's own file, seconds)."""
+    code = work / "eclass-exporter"
+    code.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(EXPORTER, code / f"{MODULE}.py")
+    tail = exporter_envs.run(exporter_envs.GENAI, MODULE, [str(source), str(out)], progress, cwd=code)
+    made: dict[str, Any] = json.loads(tail[-1])
+    return made

@@ -1,0 +1,253 @@
+"""The E-class exporter (issue 20): a Gemma 4 text decoder with per-layer embeddings (PLE) and KV sharing as an
+ONNX decoder with the io run.py's Decoder runs (input_ids, attention_mask, position_ids, past_key_values.N.key/value
+-> logits, present.N.key/value). Run in the `genai` exporter environment (transformers 5.x has Gemma 4) as
+`python -m eclass_export SOURCE OUT`, a copy of this file beside it: packager is not installed there.
+
+onnxruntime-genai's builder refuses PLE and KV sharing, and optimum cannot export gemma4_text, so the graph is
+traced from a forward of its own over the model's modules, with the cache as explicit tensors:
+
+- Only the layers that own a cache have a past/present pair (`past_key_values.N` numbers the owners); a KV-shared
+  layer reads the cache of the last owner of its layer type, as transformers' Gemma 4 does.
+- The KV-shared layers write no cache, so they run on the last position only, and the logits are the last
+  position's: [batch, 1, vocab] (io "logits": "last"), never [batch, sequence, vocab] of a 262,144 vocabulary.
+- The PLE table (vocabulary x layers x width, nearly half of E2B's parameters) is int8 with a scale per row,
+  read by a Gather on the token ids, in a file of its own (OWN_FILE), page-aligned: onnxruntime memory-maps an
+  aligned external initializer on the CPU, so a run touches only the pages of the rows its tokens read.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+OWN_FILE = "model.ple.data"       # the PLE table and its scales
+WEIGHTS_FILE = "model.onnx.data"  # every other initializer
+ALIGN = 65536                     # onnxruntime maps an external tensor whose offset is a multiple of this
+PACK = 64                         # the other weights: read whole at load, aligned for vector loads only
+PLE_NAMES = ("ple_rows", "ple_scales")
+NEG = -1e9                        # a masked position's score (finite: a row masked whole stays a number)
+OPSET = 17
+
+
+class EDecoder(torch.nn.Module):
+    """Gemma4ForCausalLM's forward with its KV cache as tensors, its PLE table int8 per row."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model, self.config = model, model.config
+        text = model.model
+        if getattr(self.config, "enable_moe_block", False):
+            raise SystemExit("a Gemma 4 MoE block (enable_moe_block) is not an E-class decoder; this exporter "
+                             "takes the E models (per-layer embeddings, KV sharing)")
+        rows, scales = quantize_rows(text.embed_tokens_per_layer.weight.detach().float())
+        # the embedding's scale sqrt(width) folded into the rows' scales: one Mul fewer per token
+        self.register_buffer("ple_rows", rows)
+        self.register_buffer("ple_scales", scales * float(text.embed_tokens_per_layer.scalar_embed_scale))
+        modes = self.config.kv_sharing_modes
+        self.owners = [i for i, m in enumerate(modes) if m != "reuse"]
+        self.first_shared = self.config.num_hidden_layers - self.config.num_kv_shared_layers
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        text, config = self.model.model, self.config
+        x = text.embed_tokens(input_ids)
+        # Gather the int8 rows, then Cast: a Cast first would be folded into a float copy of the whole table. The
+        # scales by GatherElements: a recipe's 8-bit quantizer quantizes every float Gather's table, with one
+        # scale for all its rows, and leaves GatherElements alone.
+        scales = torch.gather(self.buffer("ple_scales"), 0, input_ids.reshape(-1, 1)).view(*input_ids.shape, 1)
+        rows = self.buffer("ple_rows")[input_ids].float() * scales
+        ple = rows.view(*input_ids.shape, config.num_hidden_layers, config.hidden_size_per_layer_input)
+        ple = text.project_per_layer_inputs(x, ple)
+        queries = position_ids
+        # sorted: a set's order changes with each process's string hashing, and the graph with it
+        rope = {kind: text.rotary_emb(x, position_ids, kind) for kind in sorted(set(config.layer_types))}
+        shared: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        presents: list[torch.Tensor] = []
+        for i, layer in enumerate(text.layers):
+            if i == self.first_shared:   # no cache to write from here on: the last position is all they need
+                x, ple, queries = x[:, -1:], ple[:, -1:], queries[:, -1:]
+                rope = {k: (c[:, -1:], s[:, -1:]) for k, (c, s) in rope.items()}
+            kind = config.layer_types[i]
+            past_kv = None
+            if i in self.owners:
+                n = self.owners.index(i)
+                past_kv = (past[2 * n], past[2 * n + 1])
+            x = self.layer(layer, x, ple[:, :, i], rope[kind], (queries, attention_mask), shared, past_kv, presents)
+        logits = self.model.lm_head(text.norm(x[:, -1:]))
+        cap = config.final_logit_softcapping
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return (logits, *presents)
+
+    def buffer(self, name: str) -> torch.Tensor:
+        table = getattr(self, name)
+        assert isinstance(table, torch.Tensor)
+        return table
+
+    def layer(self, layer: Any, x: torch.Tensor, per_layer: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+              mask: tuple[torch.Tensor, torch.Tensor], shared: dict[str, tuple[torch.Tensor, torch.Tensor]],
+              past_kv: tuple[torch.Tensor, torch.Tensor] | None, presents: list[torch.Tensor]) -> torch.Tensor:
+        """Gemma4TextDecoderLayer.forward, its attention on explicit tensors."""
+        attn = layer.self_attn
+        out = self.attention(attn, layer.input_layernorm(x), rope, mask, shared, past_kv, presents)
+        x = x + layer.post_attention_layernorm(out)
+        x = x + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(x)))
+        gate = layer.act_fn(layer.per_layer_input_gate(x)) * per_layer
+        x = x + layer.post_per_layer_input_norm(layer.per_layer_projection(gate))
+        scaled: torch.Tensor = x * layer.layer_scalar
+        return scaled
+
+    def attention(self, attn: Any, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                  mask: tuple[torch.Tensor, torch.Tensor],
+                  shared: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                  past_kv: tuple[torch.Tensor, torch.Tensor] | None, presents: list[torch.Tensor]) -> torch.Tensor:
+        cos, sin = rope
+        shape = (*h.shape[:-1], -1, attn.head_dim)
+        q = rotary(attn.q_norm(attn.q_proj(h).view(shape)), cos, sin).transpose(1, 2)
+        if past_kv is None:
+            k, v = shared[attn.layer_type]
+        else:
+            raw_k = attn.k_proj(h).view(shape)
+            raw_v = attn.v_proj(h).view(shape) if attn.v_proj is not None else raw_k
+            k = rotary(attn.k_norm(raw_k), cos, sin).transpose(1, 2)
+            v = attn.v_norm(raw_v).transpose(1, 2)
+            k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
+            # a sliding layer keeps its window for the next step (the last window - 1 positions), not the context
+            keep = self.config.sliding_window - 1 if attn.is_sliding else 0
+            presents += [k[:, :, -keep:], v[:, :, -keep:]] if keep else [k, v]
+            if attn.store_full_length_kv:
+                shared[attn.layer_type] = (k, v)
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        additive = key_mask(*mask, k.shape[2], self.config.sliding_window if attn.is_sliding else 0)
+        scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling + additive
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        projected: torch.Tensor = attn.o_proj(out.transpose(1, 2).reshape(*h.shape[:-1], -1))
+        return projected
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' apply_rotary_pos_emb on [batch, sequence, heads, size] (its unsqueeze_dim=2)."""
+    half = x.shape[-1] // 2
+    turned = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos.unsqueeze(2) + turned * sin.unsqueeze(2)
+
+
+def quantize_rows(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 rows, symmetric, a float scale per row ([rows, 1]); an all-zero row (padding) keeps scale 1."""
+    peak = table.abs().amax(dim=1, keepdim=True)
+    scales = torch.where(peak > 0, peak / 127, torch.ones_like(peak))
+    return torch.round(table / scales).clamp(-127, 127).to(torch.int8), scales
+
+
+def key_mask(queries: torch.Tensor, attention_mask: torch.Tensor, keys: Any, window: int) -> torch.Tensor:
+    """Additive mask [batch, 1, new, keys]: the keys are the last `keys` positions (a sliding layer's cache holds
+    its window only; batch 1, no padding), causal, and for a sliding layer within the window (as transformers':
+    query - key < window)."""
+    total = attention_mask.shape[1]
+    positions = (torch.arange(keys) + (total - keys))[None, None, :]
+    allowed = (positions <= queries[:, :, None]) & attention_mask[:, -keys:][:, None, :].bool()
+    if window:
+        allowed = allowed & (positions > queries[:, :, None] - window)
+    return torch.where(allowed, torch.tensor(0.0), torch.tensor(NEG))[:, None]
+
+
+def load(source: Path) -> Any:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source)
+    text = config.get_text_config()
+    if not getattr(text, "hidden_size_per_layer_input", 0):
+        raise SystemExit(f"{source}: config.json has no hidden_size_per_layer_input: not an E-class (per-layer "
+                         "embedding) model; package it on the onnxruntime or genai path")
+    return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def export(source: Path, out: Path) -> dict[str, Any]:
+    """model.onnx (+ its two data files) in `out`; returns what was made (names, seconds)."""
+    started = time.monotonic()
+    module = EDecoder(load(source))
+    config = module.config
+    names = io_names(module)
+    past = [torch.zeros(1, heads, 0, dim) for heads, dim in owner_shapes(module) for _ in (0, 1)]
+    args = (torch.tensor([[1, 2, 3]]), torch.ones(1, 3, dtype=torch.int64), torch.arange(3)[None], *past)
+    axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
+                                       "attention_mask": {0: "batch", 1: "total"},
+                                       "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
+    for name in names["past"]:
+        axes[name] = {0: "batch", 2: "past"}
+    for name in names["present"]:
+        axes[name] = {0: "batch", 2: "total"}
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / "traced.onnx"
+    with torch.inference_mode():
+        torch.onnx.export(module, args, str(raw), input_names=names["inputs"],
+                          output_names=["logits", *names["present"]], dynamic_axes=axes, opset_version=OPSET,
+                          dynamo=False, do_constant_folding=True)
+    traced = time.monotonic() - started
+    model = onnx.load(raw)
+    raw.unlink()
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 1   # the last position's: a fixed 1
+    split_weights(model, out)
+    return {"owners": module.owners, "layers": config.num_hidden_layers, "ple_file": OWN_FILE,
+            "ple_tensors": list(PLE_NAMES), "traced_s": round(traced, 2),
+            "seconds": round(time.monotonic() - started, 2)}
+
+
+def owner_shapes(module: EDecoder) -> list[tuple[int, int]]:
+    """(kv heads, head size) of each layer that owns a cache, in order."""
+    layers = module.model.model.layers
+    return [(layers[i].self_attn.k_proj.out_features // layers[i].self_attn.head_dim, layers[i].self_attn.head_dim)
+            for i in module.owners]
+
+
+def io_names(module: EDecoder) -> dict[str, list[str]]:
+    past = [f"past_key_values.{n}.{kind}" for n in range(len(module.owners)) for kind in ("key", "value")]
+    return {"inputs": ["input_ids", "attention_mask", "position_ids", *past], "past": past,
+            "present": [p.replace("past_key_values.", "present.", 1) for p in past]}
+
+
+def split_weights(model: onnx.ModelProto, out: Path) -> None:
+    """model.onnx with every initializer external: the PLE's in OWN_FILE, the rest in WEIGHTS_FILE, each at an
+    offset that is a multiple of ALIGN (so that onnxruntime maps it rather than reads it)."""
+    files = {OWN_FILE: open(out / OWN_FILE, "wb"), WEIGHTS_FILE: open(out / WEIGHTS_FILE, "wb")}
+    try:
+        for tensor in model.graph.initializer:
+            location = OWN_FILE if tensor.name in PLE_NAMES else WEIGHTS_FILE
+            data = numpy_helper.to_array(tensor).tobytes()
+            f = files[location]
+            align = ALIGN if location == OWN_FILE else PACK
+            offset = -(-f.tell() // align) * align
+            f.write(b"\0" * (offset - f.tell()))
+            f.write(data)
+            tensor.ClearField("raw_data")
+            for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                tensor.ClearField(field)
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            del tensor.external_data[:]
+            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(data)))):
+                tensor.external_data.add(key=key, value=value)
+    finally:
+        for f in files.values():
+            f.close()
+    onnx.save(model, out / "model.onnx")
+
+
+def main(argv: list[str]) -> int:
+    source, out = Path(argv[0]), Path(argv[1])
+    made = export(source, out)
+    print(json.dumps(made), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,206 @@
+"""E-class decoders (issue 20): a tiny Gemma 4 with per-layer embeddings (PLE), KV sharing and sliding layers,
+exported by packager's own exporter in the `genai` environment (transformers 5.x). What packager guarantees: the
+io run.py's Decoder runs, a cache only for the layers that own one, the logits of the last position only, the
+PyTorch model's greedy tokens, and the PLE table int8 in a file of its own that onnxruntime memory-maps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import onnx
+import pytest
+
+from packager import eclass
+from packager.errors import ExitCode
+from packager.exporter_envs import GENAI, is_ready
+from tiny_decoders import ECLASS, make_eclass
+
+PLE_VOCAB = 262144   # the real Gemma 4 vocabulary: the table (25 MB here) outgrows any page or folio size
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not is_ready(GENAI), reason="needs `packager env create genai`")]
+
+# The run in the genai environment (transformers 5.x): the PyTorch model's greedy tokens and the exported graph's,
+# run as run.py's Decoder runs it, with the PLE file's resident pages after the session loaded and after the run.
+PARITY = r"""
+import json, re, sys
+import numpy as np, onnxruntime as ort, torch
+from transformers import AutoModelForCausalLM
+sys.path.insert(0, sys.argv[3])
+from runtime.session import Decoder
+io = json.loads(sys.argv[4])
+
+def ple_rss():
+    rss, current = 0, ""
+    for line in open("/proc/self/smaps"):
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            current = line.split()[-1]
+        elif line.startswith("Rss:") and current.endswith(sys.argv[5]):
+            rss += int(line.split()[1]) * 1024
+    return rss
+
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32, attn_implementation="eager").eval()
+session = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+loaded = ple_rss()
+mapped = any(line.rstrip().endswith(sys.argv[5]) for line in open("/proc/self/maps"))
+prompt = [int(t) for t in np.random.RandomState(0).randint(2, 512, size=20)]
+tokens, first = Decoder(session, io).generate(prompt, 8)
+ids, ref = list(prompt), []
+with torch.inference_mode():
+    for _ in range(len(tokens)):
+        ref.append(int(torch.argmax(model(input_ids=torch.tensor([ids])).logits[0, -1])))
+        ids.append(ref[-1])
+    first_ref = model(input_ids=torch.tensor([prompt])).logits[0, -1].numpy()
+scores = Decoder(session, io).score(prompt[:5])
+decoder = Decoder(session, io)
+_, cache = decoder.step(prompt, decoder.empty_past(), 0)
+print(json.dumps({"tokens": tokens, "ref": ref, "first_diff": float(np.abs(first - first_ref).max()),
+                  "first_scale": float(np.abs(first_ref).max()), "scores": list(scores.shape),
+                  "loaded": loaded, "after": ple_rss(), "mapped": mapped,
+                  "cache": {n: v.shape[2] for n, v in cache.items()}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    root = tmp_path_factory.mktemp("eclass")
+    # a PLE vocabulary far larger than the tokenizer's: a run reads a few of its rows, and maps only their pages
+    source = make_eclass(root / "tiny-gemma4-e", GENAI.python, vocab_size_per_layer_input=PLE_VOCAB)
+    made = eclass.export(source, root / "onnx", root / "work")
+    return source, root / "onnx", made
+
+
+def signature(model: onnx.ModelProto) -> tuple[dict, dict]:
+    def dims(v: onnx.ValueInfoProto) -> list:
+        return [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+    return {i.name: dims(i) for i in model.graph.input}, {o.name: dims(o) for o in model.graph.output}
+
+
+def test_only_the_layers_that_own_a_cache_have_a_past_and_present(exported: tuple) -> None:
+    _, out, made = exported
+    inputs, outputs = signature(onnx.load(out / "model.onnx", load_external_data=False))
+    shared = ECLASS["num_kv_shared_layers"]
+    owners = ECLASS["num_hidden_layers"] - shared
+    assert made["owners"] == list(range(owners))
+    assert [n for n in inputs if n.startswith("past_key_values.")] == \
+        [f"past_key_values.{n}.{kind}" for n in range(owners) for kind in ("key", "value")]
+    assert [n for n in outputs if n.startswith("present.")] == \
+        [f"present.{n}.{kind}" for n in range(owners) for kind in ("key", "value")]
+    # the sliding and full layers keep their own head sizes
+    sizes = {ECLASS["layer_types"][n]: inputs[f"past_key_values.{n}.key"][3] for n in range(owners)}
+    assert sizes == {"sliding_attention": ECLASS["head_dim"], "full_attention": ECLASS["global_head_dim"]}
+    assert outputs["logits"][2] == ECLASS["vocab_size"]
+
+
+def test_the_ple_table_is_int8_per_row_in_its_own_page_aligned_file(exported: tuple) -> None:
+    _, out, made = exported
+    model = onnx.load(out / "model.onnx", load_external_data=False)
+    place = {t.name: (t.data_type, {e.key: e.value for e in t.external_data}) for t in model.graph.initializer}
+    rows_type, rows = place["ple_rows"]
+    assert rows_type == onnx.TensorProto.INT8 and rows["location"] == made["ple_file"]
+    assert int(rows["offset"]) % 4096 == 0
+    width = ECLASS["num_hidden_layers"] * ECLASS["hidden_size_per_layer_input"]
+    assert int(rows["length"]) == PLE_VOCAB * width
+    assert place["ple_scales"][1]["location"] == made["ple_file"]
+    # nothing else in that file: what is mapped there is the table
+    assert {n for n, (_, e) in place.items() if e.get("location") == made["ple_file"]} == set(made["ple_tensors"])
+    assert "model.onnx.data" in {e["location"] for _, e in place.values()}
+
+
+def io_of(out: Path) -> dict:
+    """runtime.io as the decoder family describes it for this graph."""
+    inputs, outputs = signature(onnx.load(out / "model.onnx", load_external_data=False))
+    past = [{"name": n, "shape": s} for n, s in inputs.items() if n.startswith("past_key_values.")]
+    return {"inputs": [{"name": n, "shape": s, "dtype": "int64" if "past" not in n else "float32"}
+                       for n, s in inputs.items()], "outputs": [{"name": n, "shape": s} for n, s in outputs.items()],
+            "logits": "last", "kv": {"layers": len(past) // 2, "heads": past[0]["shape"][1],
+                                     "head_dim": past[0]["shape"][3], "dtype": "float32"}, "eos_token_ids": []}
+
+
+def test_generates_the_pytorch_models_tokens_and_maps_the_ple_file(exported: tuple) -> None:
+    source, out, made = exported
+    targets = Path(__file__).resolve().parents[1] / "targets"
+    proc = subprocess.run([str(GENAI.python), "-c", PARITY, str(source), str(out / "model.onnx"), str(targets),
+                           json.dumps(io_of(out)), made["ple_file"]], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads(proc.stdout.splitlines()[-1])
+    assert run["tokens"] == run["ref"] and len(run["tokens"]) == 8
+    # int8 rows: the logits move by a small part of their size, never the greedy choice
+    assert run["first_diff"] < 0.05 * run["first_scale"]
+    assert run["scores"] == [5, ECLASS["vocab_size"]]   # teacher-forced, a position at a time
+    # after the 20-token prompt, a sliding layer's cache holds its window (the next token's keys), a full one all
+    window = ECLASS["sliding_window"]
+    assert run["cache"] == {f"past_key_values.{n}.{kind}": 20 if ECLASS["layer_types"][n] == "full_attention"
+                            else window - 1 for n in made["owners"] for kind in ("key", "value")}
+    assert run["mapped"]                               # memory-mapped, not read into the heap
+    table = (out / made["ple_file"]).stat().st_size
+    # the tokens (all below 512) read rows in the first pages only; the kernel may map them in 2 MB folios
+    assert run["loaded"] <= table and run["after"] < table / 4
+
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def packager(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "packager", *args], capture_output=True, text=True, env=ENV,
+                          timeout=900)
+
+
+def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(exported: tuple, tmp_path: Path) -> None:
+    """The architecture routes to the E-class exporter; onnxruntime runs it (genai's builder refuses PLE); int8
+    weights keep the greedy tokens; the estimate counts the PLE table as mapped, not resident; the smoke passes."""
+    source, _, _ = exported
+    proc = packager("package", str(source), "--target", "rpi5", "--recipe", "int8-dynamic", "--out",
+                    str(tmp_path / "dist"), "--no-cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mapped " in proc.stderr and "MiB of lookup tables" in proc.stderr
+    archive = next((tmp_path / "dist").glob("*.tar.gz"))
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "bundle", filter="data")
+    bundle = next((tmp_path / "bundle").iterdir())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["runtime"]["package"] == "onnxruntime" and manifest["runtime"]["io"]["logits"] == "last"
+    table = (bundle / "model" / "model.ple.data").stat().st_size
+    estimate = manifest["memory"]["estimate"]
+    # the table is mapped: counted beside the peak, with the pages the context's tokens read in it
+    assert estimate["mapped_bytes"] >= PLE_VOCAB * ECLASS["num_hidden_layers"] * ECLASS["hidden_size_per_layer_input"]
+    assert estimate["mapped_bytes"] <= table
+    assert 0 < estimate["breakdown"]["mapped_touched"] < estimate["mapped_bytes"] / 4
+    assert estimate["breakdown"]["weights_external"] < table
+    smoke = subprocess.run([sys.executable, "smoke_test.py"], cwd=bundle, capture_output=True, text=True, timeout=600)
+    assert smoke.returncode == 0 and "PASS" in smoke.stdout, smoke.stdout + smoke.stderr
+
+
+def test_a_gemma_3n_says_it_has_no_exporter_yet(exported: tuple, tmp_path: Path) -> None:
+    source, _, _ = exported
+    folder = tmp_path / "gemma3n"
+    folder.mkdir()
+    for f in source.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    config = json.loads((source / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"model_type": "gemma3n_text",
+                                                             "architectures": ["Gemma3nForCausalLM"]}))
+    proc = packager("package", str(folder), "--target", "rpi5", "--out", str(tmp_path / "dist"), "--no-cache")
+    assert proc.returncode == ExitCode.BAD_INPUT, proc.stderr[-2000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert "gemma3n_text" in error and "no exporter" in error and "export it to .onnx yourself" in error
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
+def test_the_export_is_the_same_bytes_whatever_the_string_hashing(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bundles are byte-identical for the same inputs: the graph must not follow a set's order (hash seeds 0 and 1
+    order {"sliding_attention", "full_attention"} differently)."""
+    source = make_eclass(tmp_path / "tiny", GENAI.python)
+    files = []
+    for seed in ("0", "1"):
+        monkeypatch.setenv("PYTHONHASHSEED", seed)
+        out = tmp_path / f"onnx-{seed}"
+        eclass.export(source, out, tmp_path / "work")
+        files.append({f.name: f.read_bytes() for f in sorted(out.iterdir())})
+    assert files[0] == files[1]
