@@ -289,6 +289,7 @@ def _check_bundle(path: str, target: str | None, options: PackageOptions, *, rep
     """check() of a bundle: its model/model.onnx as it ships (no recipe applied again), judged on TARGET,
     else on the target it was built for."""
 
+    from packager.bundle_check import check_as_built, own_runtime_profile
     from packager.bundles import open_bundle
     from packager.config import Setting, resolve_package_settings
     from packager.options import InputSpec
@@ -306,6 +307,14 @@ def _check_bundle(path: str, target: str | None, options: PackageOptions, *, rep
         if verbose:
             _describe(settings, reporter, ("target", "budget"),
                       [f"recipe  = {own.get('recipe', 'unknown')}  (the bundle's own, not applied again)"])
+        folder = bundle.model.parent.parent
+        built_by = own_runtime_profile(folder, settings.profile)
+        if built_by is not None:   # its runtime made the model (onnxruntime-genai): judged as it was built
+            timings: dict[str, float] = {}
+            with reporter.stage("fit", timings):
+                memory = check_as_built(folder, built_by, options.context, options.measure)
+            return CheckResult.from_memory(path, settings.profile.name, f"{own.get('recipe', 'unknown recipe')}, "
+                                           "as bundled", memory.to_dict(), {}, timings)
         spec = options.input_spec
         if not (spec.shapes or spec.values):
             spec = InputSpec(shapes=bundle.shapes, values=bundle.values)

@@ -13,6 +13,7 @@ from typing import Any
 
 from packager.errors import ExitCode, PackagerError
 from packager.profiles import Profile
+from packager.records import Estimate, Memory
 from packager.runtimes import runtime_for
 
 MEASURE_TIMEOUT_S = 1800
@@ -80,3 +81,23 @@ def over_budget(memory: dict[str, Any]) -> str:
                 f"largest parts: {parts} MiB){gpu} is")
     return f"estimated peak up to {est['high_bytes'] / MiB:.0f} MiB (largest parts: {parts} MiB) is"
 
+
+
+def verdict(profile: Profile, context: int | None, est: Estimate, measured: dict[str, Any] | None,
+            components: dict[str, dict[str, Any]] | None = None) -> Memory:
+    """The memory record and its verdict: a measurement is trusted over an estimate, and the estimate's high side
+    over its low. A measurement without the GPU providers misses their CUDA context, which the device still holds."""
+    budget = profile.budget.memory_bytes
+    unseen = runtime_for(profile).unmeasured_bytes(profile, measured)
+    peak = measured["peak_bytes"] + unseen if measured else est.high_bytes
+    return Memory(
+        budget_bytes=budget,
+        context=context,
+        estimate=est,
+        verdict_basis="measured" if measured else "estimate (high)",
+        fits=peak <= budget,
+        headroom_bytes=budget - peak,
+        **(measured_figures(measured) if measured else {}),
+        gpu_context_bytes=unseen or None,  # added to the measured peak: the GPU path was not exercised
+        components=components,
+    )

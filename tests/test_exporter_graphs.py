@@ -88,3 +88,27 @@ def test_a_paddle_style_model_packages_at_int8(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["recipe"] == "int8-dynamic" and summary["coverage"]["share"]["int8"] > 0.9   # fp32: the biases
+
+
+def _norm_graph(path: Path, op: str) -> Path:
+    """x -> `op` (in the ONNX domain, as onnxruntime's optimizer and genai's builder write RMSNorm) -> y."""
+    scale = onnx.numpy_helper.from_array(__import__("numpy").ones(8, dtype="float32"), "scale")
+    node = onnx.helper.make_node(op, ["x", "scale"], ["y"], epsilon=1e-6)
+    graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                                                    [1, 8])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8])],
+                                   [scale])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_an_onnx_domain_operator_of_the_runtime_passes_the_checker_and_an_unknown_one_does_not(
+        tmp_path: Path) -> None:
+    from packager.stages.export import _check_onnx
+
+    with pytest.raises(onnx.checker.ValidationError):   # what onnx's own checker says of it
+        onnx.checker.check_model(str(_norm_graph(tmp_path / "rms.onnx", "SimplifiedLayerNormalization")))
+    _check_onnx(tmp_path / "rms.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rms.onnx"]   # its probe copy is gone
+    with pytest.raises(onnx.checker.ValidationError):
+        _check_onnx(_norm_graph(tmp_path / "made-up.onnx", "MadeUpNormalization"))

@@ -296,3 +296,16 @@ def test_fit_auto_on_genai_shrinks_the_context_when_no_recipe_fits(tmp_path: Pat
     manifest = json.loads((unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "x") / "manifest.json")
                           .read_text())
     assert manifest["runtime"]["package"] == "onnxruntime-genai" and manifest["runtime"]["context"] == 4096
+
+
+def test_check_of_the_bundle_judges_it_as_built(bundle: Path) -> None:
+    # the bundle's own run.py measures it; its graph is the builder's, which the exported-graph path cannot run
+    proc = packager("check", str(bundle), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["target"] == TARGET and result["fits"] and result["verdict_basis"] == "measured"
+    assert result["measured"]["peak_bytes"] > 0 and result["estimate"]["high_bytes"] > 0
+    proc = packager("check", str(bundle), "--context", "64")
+    assert proc.returncode == ExitCode.USAGE and "--context" in proc.stderr
+    proc = packager("check", str(bundle), "--target", "jetson-orin-nano", "--no-measure")
+    assert proc.returncode == ExitCode.USAGE and "onnxruntime-genai" in proc.stderr

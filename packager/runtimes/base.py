@@ -78,6 +78,9 @@ class Runtime(Protocol):
     value of a profile's [runtime] name."""
 
     name: str
+    # Whether its own builder makes the packaged model from the source (onnxruntime-genai), so that a bundle of it is
+    # judged as it was built (packager/bundle_check.py), not packaged again from its graph.
+    builds_model: bool
 
     def check_profile(self, profile: Profile, where: str) -> None:
         """Raise PackagerError (exit 6, naming `where` and the key) for a profile value this runtime cannot take."""

@@ -100,6 +100,7 @@ class GenaiRuntime(OnnxRuntime):
     calibrated one (genai loads the same library); the rest is its own."""
 
     name = "onnxruntime-genai"
+    builds_model = True
 
     def takes(self, architecture: str) -> bool:
         return genai_supports(architecture)

@@ -76,6 +76,7 @@ class OnnxRuntime:
     """The `Runtime` of profiles whose [runtime] name is "onnxruntime" (the default)."""
 
     name = "onnxruntime"
+    builds_model = False
 
     # ------------------------------------------------------------------ profile
 

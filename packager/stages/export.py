@@ -21,12 +21,14 @@ import onnx
 
 from packager import adapter, export_process, onnx_rewrite
 from packager.adapter import base_shapes
+from packager.compat import load_table
 from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
 from packager.export_process import export_here, merged, quiet, run_export_child
 from packager.families import Export, describe_io, family_for, io_modules
 from packager.families.base import step
 from packager.families.seq2seq import SEQ2SEQ_COMPONENTS, SEQ2SEQ_MERGED, SEQ2SEQ_MODALITY
+from packager.graphs import all_graphs
 from packager.model_files import PICKLE_SUFFIXES, TOKENIZER_FILES
 from packager.onnx_rewrite import fold_transposed_weights, name_tied_lm_head
 from packager.recipes import parse_recipe, recipe_label
@@ -187,11 +189,41 @@ def _copy_onnx(ctx: Context, out: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f, dest)
     try:
-        onnx.checker.check_model(str(out / "model.onnx"))
+        _check_onnx(out / "model.onnx")
     except Exception as e:  # ValidationError, or protobuf errors from a damaged file
         raise PackagerError(f"{ctx.source.path}: the ONNX model is invalid ({str(e).splitlines()[0][:300]}); "
                             "re-export it.", ExitCode.BAD_INPUT) from None
 
+
+def _check_onnx(path: Path) -> None:
+    """onnx's checker, which knows no operator that onnxruntime registers in the ONNX domain itself
+    (SimplifiedLayerNormalization: onnxruntime-genai's builder writes it, and so does onnxruntime's own optimizer).
+    Those nodes are checked as a contrib domain's, which the checker leaves to the runtime; the compatibility stage
+    judges them against the pinned runtime (profiles/runtimes/onnxruntime.toml [contrib."ai.onnx"])."""
+    try:
+        onnx.checker.check_model(str(path))
+        return
+    except onnx.checker.ValidationError as e:
+        error = e
+    model = onnx.load(path, load_external_data=False)
+    runtime_ops = {op for domain, op in load_table().contrib if domain == "ai.onnx"}
+    nodes = [n for g in all_graphs(model.graph) for n in g.node
+             if n.domain in ("", "ai.onnx") and n.op_type in runtime_ops]
+    if not nodes:
+        raise error
+    for node in nodes:
+        node.domain = RUNTIME_DOMAIN
+    if all(o.domain != RUNTIME_DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(RUNTIME_DOMAIN, 1))
+    probe = path.with_name(f".packager-check-{path.name}")   # beside it: external data is found by relative path
+    try:
+        onnx.save(model, str(probe))
+        onnx.checker.check_model(str(probe))
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+RUNTIME_DOMAIN = "com.microsoft"
 
 # What the export's output depends on besides the source: these packages' versions (and packager's
 # own, and the export's code: this file, export_process.py, onnx_rewrite.py, and the families' modules that

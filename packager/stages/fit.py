@@ -16,9 +16,8 @@ from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import Estimate, combine, decode_step_shapes, estimate, sample_shapes, seq2seq_step_shapes
 from packager.families import family_for
-from packager.fit_memory import measure_folder, measured_figures, over_budget, shared_bytes, without_runtime
+from packager.fit_memory import measure_folder, over_budget, shared_bytes, verdict, without_runtime
 from packager.manifest import runtime_spec
-from packager.records import Memory
 from packager.runtime_files import copy_runtime
 from packager.runtimes import runtime_for
 
@@ -100,26 +99,12 @@ def run(ctx: Context) -> None:
     parts = component_estimates(ctx, ctx.context) if ctx.components else {}
     est = estimate_at(ctx, ctx.context, parts)
     measured = measure(ctx) if ctx.measure else None
-    budget = ctx.profile.budget.memory_bytes
-    # The verdict trusts a measurement over an estimate, and the estimate's high side over its low. A
-    # measurement without the GPU providers misses their CUDA context, which the device still holds.
-    unseen = runtime_for(ctx.profile).unmeasured_bytes(ctx.profile, measured)
-    peak = measured["peak_bytes"] + unseen if measured else est.high_bytes
-    ctx.memory = Memory(
-        budget_bytes=budget,
-        context=ctx.context,
-        estimate=est,
-        verdict_basis="measured" if measured else "estimate (high)",
-        fits=peak <= budget,
-        headroom_bytes=budget - peak,
-        **(measured_figures(measured) if measured else {}),
-        gpu_context_bytes=unseen or None,  # added to the measured peak: the GPU path was not exercised
-        components=_components_memory(ctx, parts, measured) if ctx.components else None,
-    )
-    if peak > budget and ctx.enforce_budget:
+    ctx.memory = verdict(ctx.profile, ctx.context, est, measured,
+                         _components_memory(ctx, parts, measured) if ctx.components else None)
+    if not ctx.memory.fits and ctx.enforce_budget:
         raise PackagerError(
             f"does not fit: {over_budget(ctx.memory.to_dict())} over {ctx.profile.name}'s budget of "
-            f"{budget / MiB:.0f} MiB; "
+            f"{ctx.memory.budget_bytes / MiB:.0f} MiB; "
             "pick a smaller recipe or model, or give the deployment more with --budget.",
             ExitCode.DOES_NOT_FIT,
         )
