@@ -306,8 +306,9 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     model = onnx.load(model_path, load_external_data=False)
     inline, external, sizes = weight_bytes(model)
     # A decoder on a runtime that measured how it holds one (onnxruntime-genai): plan's rule on the graph's shape.
-    # The graph gives the KV element size: the runtime's other answers do not depend on the precision.
-    mem = runtime_for(profile).decoder_memory(profile, "") if context else None
+    # The graph gives the KV element size; its MatMulNBits say int4 (how the runtime packs the weights).
+    int4 = any(n.op_type == "MatMulNBits" for n in model.graph.node)
+    mem = runtime_for(profile).decoder_memory(profile, "int4" if int4 else "") if context else None
     if context and mem is not None and mem.measured_weights:
         decoder = measured_decoder(model, profile, kind, mem, sample_shapes, context, tokenizer)
         if decoder is not None:

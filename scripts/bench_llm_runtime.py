@@ -27,6 +27,8 @@ $PACKAGER_BENCH_DIR/llm-runtime/<variant> (default ~/.cache/packager/bench) and 
     lean-kv8 lean with an int8 KV cache (kv_cache_quant_scheme=int8_per_tensor, static scales from a file)
     lean-kv16 lean with the attention in fp16, so an fp16 KV cache (packager's default genai.kv_cache = "float16",
              packager/runtimes/genai_kv16.py), lean's weights hard-linked
+    lean-fp32, lean-kv8-fp32  lean and lean-kv8 with their MatMulNBits at accuracy_level 0 (fp32 compute: packager's
+             [int4] accuracy_level 0-2), the weights hard-linked: the attribute is what a rebuild would change
     genai-bundle  `packager package MODEL --target rpi5-genai` (the profile with --threads threads, an 8 GB budget
              and 0.001 thresholds: random weights), timed by `packager bench` (its own run.py and session.py)
 
@@ -92,11 +94,23 @@ pre-packed 1.42 GiB against lean's 1.53, accuracy_level 0 1.26 GiB (speeds at lo
 lean's own decode ranged 0.63-2.02 tok/s). The saved pre-packed weights lower the run's resident memory but not the load
 peak (0.24 GiB is in the heap during the load and freed: strace shows anonymous maps of exactly the lm_head's packed
 blob, 197 MB, and its fp32 scales, 33 MB, as if that one weight were packed again; the saved file is mapped MAP_PRIVATE
-read-write); accuracy_level 0 packs smaller but decodes slower. Neither is packaged.
+read-write); accuracy_level 0 packs smaller but decodes slower. The saved pre-packed weights are not packaged; the
+compute type is (the profile's [int4] accuracy_level, below).
 
 lean-kv16 and lean at 4,000 + 32, back to back: peak 1.55 / 1.53 GiB (load 1.37 / 1.35, after load 1.24 / 1.23),
 prefill 7.9 / 8.0 tok/s, decode 0.80 / 0.63 tok/s at load averages of 15-17 / 18-22: the fp16 cache saves 0.12 GiB
 and the fp16 attention's scratch takes it back (in chunks of 256). genai.kv_cache stays "float" by default.
+
+MatMulNBits' compute (wt-compute, 2026-12-03; `--only lean-kv8-fp32,lean-kv8,lean-fp32,lean`, 4,000 + 32, 2 threads,
+chunks of 256, back to back in that order, the host shared at a load average of 7.1-7.1 from other jobs):
+
+    variant                                   peak GiB  load GiB  after load  prefill t/s  decode t/s
+    lean-kv8-fp32 (accuracy_level 0, int8 KV)     1.12      0.89        0.77         15.9        2.56
+    lean-kv8      (accuracy_level 4, int8 KV)     1.42      1.35        1.23         20.4        3.06
+    lean-fp32     (accuracy_level 0, fp32 KV)     1.26      0.89    (wt-lean's run above; speeds not comparable)
+fp32 compute with the int8 KV cache meets issue 19's 1.2 GiB at 4K, for 0.78x the prefill and 0.84x the decode speed on
+this x86 host (an AMD EPYC with AVX-512 VNNI; on the Pi 5's A76 with SDOT the gap may differ either way, not
+measured). plan (rpi5-genai, level 0, int8 KV) at 4,032: 1.06-1.25 GiB, midpoint +3% of the measured 1.12.
 """
 
 from __future__ import annotations
@@ -125,9 +139,12 @@ GiB = 2**30
 BUILDER = "onnxruntime_genai.models.builder"
 LEAN_OPTIONS = ("prune_lm_head=true", "shared_embeddings=true")
 REFERENCES = [("llama.cpp Q4_0 (issue 19)", 0.94, 116.0, 17.5), ("genai builder default (issue 19)", 4.1, 72.0, 14.9)]
-VARIANTS = ("bundle", "default", "lean", "lean-kv8", "lean-kv16", "genai-bundle")
+VARIANTS = ("bundle", "default", "lean", "lean-kv8", "lean-kv16", "lean-fp32", "lean-kv8-fp32", "genai-bundle")
 # Bytes of a KV cache element by variant (the others: the builder's fp32).
-KV_ELEMENT = {"lean-kv8": 1, "lean-kv16": 2}
+KV_ELEMENT = {"lean-kv8": 1, "lean-kv16": 2, "lean-kv8-fp32": 1}
+# Variants that are another's folder with its MatMulNBits at accuracy_level 0 (fp32 compute: packager's [int4]
+# accuracy_level 0-2), the weights hard-linked: the attribute is all that differs from a rebuild.
+FP32_COMPUTE = {"lean-fp32": "lean", "lean-kv8-fp32": "lean-kv8"}
 # The goal table of issue 19: the previous path, the builder's defaults, packager's genai bundle.
 GOAL = ("bundle", "default", "genai-bundle")
 # lean-kv8: lean with an int8 KV cache (CPU GroupQueryAttention's quantized cache). Its static per-tensor
@@ -192,14 +209,16 @@ def build_genai(model: Path, dest: Path, options: tuple[str, ...], work: Path) -
 
 def genai_folder(model: Path, root: Path, variant: str, work: Path) -> Path:
     """The builder's folder of `variant`; lean-kv16 is lean's with the attention in fp16 (packager's
-    genai.kv_cache = "float16", runtimes/genai_kv16.py), its weights hard links to lean's."""
-    if variant != "lean-kv16":
+    genai.kv_cache = "float16", runtimes/genai_kv16.py), the FP32_COMPUTE ones their base's at accuracy_level 0,
+    their weights hard links to their base's."""
+    if variant not in ("lean-kv16", *FP32_COMPUTE):
         return build_genai(model, root / variant, options_of(variant, work), work)
     import onnx
 
     from packager.runtimes.genai_kv16 import kv_to_fp16
 
-    dest, lean = root / variant, build_genai(model, root / "lean", LEAN_OPTIONS, work)
+    base = FP32_COMPUTE.get(variant, "lean")
+    dest, lean = root / variant, build_genai(model, root / base, options_of(base, work), work)
     if not (dest / "genai_config.json").is_file():
         tmp = dest.with_name(dest.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -208,7 +227,13 @@ def genai_folder(model: Path, root: Path, variant: str, work: Path) -> Path:
             if f.name != "model.onnx":
                 os.link(f, tmp / f.name)
         graph = onnx.load(lean / "model.onnx", load_external_data=False)
-        kv_to_fp16(graph)
+        if variant in FP32_COMPUTE:
+            for node in graph.graph.node:
+                if node.op_type == "MatMulNBits":
+                    node.attribute.remove(next(a for a in node.attribute if a.name == "accuracy_level"))
+                    node.attribute.append(onnx.helper.make_attribute("accuracy_level", 0))
+        else:
+            kv_to_fp16(graph)
         onnx.save(graph, tmp / "model.onnx")
         tmp.rename(dest)
     return dest
@@ -356,10 +381,11 @@ def plan_profile(variant: str, threads: int, chunk: int):
     from packager.profiles import resolve_target
 
     base = resolve_target("rpi5-genai")
-    kv = {"lean-kv8": "int8", "lean-kv16": "float16"}.get(variant, "float")
+    kv = {"lean-kv8": "int8", "lean-kv16": "float16", "lean-kv8-fp32": "int8"}.get(variant, "float")
     config = {"genai.prefill_chunk": str(chunk), "genai.kv_cache": kv}
+    int4 = dataclasses.replace(base.int4, accuracy_level=0 if variant in FP32_COMPUTE else base.int4.accuracy_level)
     return dataclasses.replace(base, session=dataclasses.replace(base.session, intra_op_threads=threads,
-                                                                 config=config))
+                                                                 config=config), int4=int4)
 
 
 def context_table(checks: list[tuple[str, dict[int, dict]]], model: Path, threads: int, chunk: int) -> str:

@@ -158,31 +158,64 @@ def test_the_onnxruntime_inside_genai_is_in_the_runtime_table() -> None:
     assert builtin_profiles()[TARGET].runtime.max_opset <= release.opset
 
 
-@pytest.mark.parametrize("kv", ["int8", "float16"])
-def test_the_kv_cache_type_is_a_profile_setting(tmp_path: Path, kv: str) -> None:
+@pytest.mark.parametrize("kv, level", [("int8", 4), ("float16", 4), ("float", 0)])
+def test_the_kv_cache_type_and_the_matmul_compute_are_profile_settings(tmp_path: Path, kv: str, level: int) -> None:
     """genai.kv_cache = "int8": the builder's quantized cache, with scales measured on the fp32 reference; "float16":
-    the attention in fp16 (runtimes/genai_kv16.py). Each passes verify and the smoke test."""
+    the attention in fp16 (runtimes/genai_kv16.py). [int4] accuracy_level 0: MatMulNBits computing in fp32 (packed
+    smaller than level 4's int8 compute), and the bundle's estimate counts the weights with that mode's factors.
+    Each passes verify and the smoke test."""
     import onnx
 
     from packager.paths import profiles_dir
+    from packager.runtimes.genai import WEIGHT_FACTORS
 
     text = (profiles_dir() / f"{TARGET}.toml").read_text()
     setting = '"genai.prefill_chunk" = "256"'
-    assert setting in text
-    profile = tmp_path / f"kv-{kv}.toml"
+    assert setting in text and "accuracy_level = 4\n" in text
+    profile = tmp_path / f"kv-{kv}-{level}.toml"
     profile.write_text(text.replace(setting, setting + f', "genai.kv_cache" = "{kv}"').replace(
-        f'name = "{TARGET}"', f'name = "kv-{kv}"'))
+        f'name = "{TARGET}"', f'name = "kv-{kv}-{level}"').replace("accuracy_level = 4\n",
+                                                                   f"accuracy_level = {level}\n"))
     proc = packager("package", "sample:tiny-llama", "--target", str(profile), "--out", str(tmp_path / "dist"),
                     "--no-cache")
     assert proc.returncode == 0, proc.stderr[-2000:]
     folder = unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "unpacked")
     graph = onnx.load(str(folder / "model" / "model.onnx"), load_external_data=False).graph
     past = [i for i in graph.input if i.name.startswith("past_key_values.")]
-    elem = {"int8": onnx.TensorProto.INT8, "float16": onnx.TensorProto.FLOAT16}[kv]
+    elem = {"int8": onnx.TensorProto.INT8, "float16": onnx.TensorProto.FLOAT16, "float": onnx.TensorProto.FLOAT}[kv]
     assert past and all(i.type.tensor_type.elem_type == elem for i in past)
-    assert json.loads((folder / "manifest.json").read_text())["recipe"]["params"]["kv_cache"] == kv
+    levels = {next((a.i for a in n.attribute if a.name == "accuracy_level"), 0)   # 0: the attribute's default
+              for n in graph.node if n.op_type == "MatMulNBits"}
+    assert levels == {level}
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["recipe"]["params"]["kv_cache"] == kv
+    (load_low, load_high), (run_low, run_high) = WEIGHT_FACTORS["fp32" if level == 0 else "int8"]
+    assert f"{load_low:g}-{load_high:g}x the stored bytes at load, {run_low:g}-{run_high:g}x once loaded" in "\n".join(
+        manifest["memory"]["estimate"]["notes"])
     proc = device(folder, "smoke_test.py")
     assert proc.stdout.strip().splitlines()[-1] == "PASS", proc.stdout + proc.stderr
+
+
+def test_the_matmul_compute_sets_plans_weight_factors() -> None:
+    """plan counts a decoder's int4 weights by the profile's MatMulNBits compute ([int4] accuracy_level): fp32 compute
+    (levels 0-2) packs smaller than int8 compute (level 4), so its peak is lower at every context; other precisions
+    keep int8 compute's factors."""
+    import dataclasses
+
+    from packager.plan import architecture, read_config, row
+    from packager.profile_types import Profile
+    from packager.profiles import resolve_target
+
+    a = architecture(read_config("sample:tiny-llama"))
+    base = resolve_target(TARGET)
+    fp32 = dataclasses.replace(base, int4=dataclasses.replace(base.int4, accuracy_level=0))
+
+    def high(profile: Profile, precision: str, context: int) -> int:
+        return row(a, profile, precision, context, None).peak_high_bytes
+
+    for context in (256, 1024):
+        assert high(fp32, "int4", context) < high(base, "int4", context)
+        assert high(fp32, "fp32", context) == high(base, "fp32", context)
 
 
 # rpi5 itself: decoder LLMs go to onnxruntime-genai by default ([decoder_runtime]), with int4-mixed, --adapter,

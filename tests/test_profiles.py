@@ -84,6 +84,8 @@ def _assert_refused(tmp_path: Path, text: str, change: tuple[str, str], key: str
      "not an onnxruntime-genai setting"),
     (('"genai.prefill_chunk" = "256"', '"genai.prefill_chunk" = "0"'), "session.config.genai.prefill_chunk",
      "positive whole number"),
+    # the MatMulNBits compute the builder gets (fp32 at 0-2, int8 at 4): runtimes/genai.py WEIGHT_FACTORS
+    (("accuracy_level = 4", "accuracy_level = 5"), "int4.accuracy_level", "must be 0 to 4"),
 ])
 def test_invalid_genai_settings_name_file_and_key(tmp_path: Path, change: tuple[str, str], key: str,
                                                   problem: str) -> None:

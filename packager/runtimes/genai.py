@@ -78,14 +78,19 @@ PRECISIONS = {"int4": "int4", "int4-mixed": "int4", "fp32": "fp32"}
 # cache 1.42 GiB against 1.53, still over the 1.2 goal, for a 1.86 GB second file on the device (the packed weights
 # beside the originals, which ONNX Runtime still reads) and a first-run prepare (16 s, 1.35 GiB peak). MatMulNBits'
 # accuracy_level 0-2 (fp32 compute) packs to 0.70 GiB (load peak 0.89, 1.26 at 4K with an fp32 cache) but decodes 1.4x
-# slower than level 4 (int8 compute; 1K prompt, back to back). Neither is packaged yet; the factors below are level 4,
-# prepacked at load.
+# slower than level 4 (int8 compute; 1K prompt, back to back). The saved pre-packed weights are not packaged; the
+# compute type is, as the profile's [int4] accuracy_level (WEIGHT_FACTORS below).
 # genai's own library and a generator, beyond onnxruntime's calibrated base: sample:tiny-llama's rpi5-genai bundle
 # (1.8 MiB of weights, a 512-token cache) measured 95.1 MiB at load and 105.8 MiB peak (run.py --measure), 21 and
 # 27 MiB above what onnxruntime's base and the rest of the model below account for.
 GENAI_BASE = 28 * 2**20
-LOAD_WEIGHTS = (1.6, 1.8)
-RUN_WEIGHTS = (1.45, 1.65)
+# The int4 weights' load and run factors (low, high) by MatMulNBits' compute type, which the profile's [int4]
+# accuracy_level sets (the builder's accuracy_level option, as for the onnxruntime path's int4 recipe): "int8" (level
+# 4: activations quantized to int8, the SDOT/SMMLA kernels of CPUs with dotprod/i8mm) packs the weights into a second
+# resident copy at load; "fp32" (levels 0-2) packs to less and computes in fp32, slower where int8 dot products are
+# fast. Level 3 (bf16) is not measured: counted as level 4, the larger. Measured on the 1B shape (above and
+# scripts/bench_llm_runtime.py's lean-fp32 and lean-kv8-fp32 rows).
+WEIGHT_FACTORS = {"int8": ((1.6, 1.8), (1.45, 1.65)), "fp32": ((1.0, 1.15), (1.1, 1.25))}
 KV_BITS = {"float16": 16, "float": 32, "int8": 8}
 # Copies of the KV cache a step holds (low, high). A float cache is one buffer. The int8 one is not shared, so past
 # and present are two buffers, and each chunk allocates the next, larger present while they live; the heap grows in
@@ -145,13 +150,15 @@ class GenaiRuntime(OnnxRuntime):
                                           "measured on one small model)"))
 
     def decoder_memory(self, profile: Profile, precision: str) -> DecoderMemory:
+        """`precision`: plan's, or "" for a packaged graph (its MatMulNBits, if any, say "int4")."""
         kv = profile.session.config.get("genai.kv_cache", SETTINGS["genai.kv_cache"])
         chunk = int(profile.session.config.get("genai.prefill_chunk", SETTINGS["genai.prefill_chunk"]))
+        compute = matmul_compute(profile, precision)
+        load_weights, run_weights = WEIGHT_FACTORS[compute]
         return DecoderMemory(kv_bits=KV_BITS[kv], windowed_kv=True, kv_copies=KV_COPIES[kv],
                              prefill_tokens=chunk, logits_positions=1, runnable_kv_bits=tuple(KV_BITS.values()),
                              score_heads=0 if kv == "float16" else profile.session.intra_op_threads,
-                             load_weights=LOAD_WEIGHTS,
-                             run_weights=RUN_WEIGHTS,
+                             load_weights=load_weights, run_weights=run_weights,
                              kv_copies_by_bits={KV_BITS[k]: KV_COPIES[k] for k in KV_BITS},
                              notes=(f"onnxruntime-genai: KV cache {kv} ({KV_BITS[kv]}-bit), prompt in chunks of "
                                     f"{chunk}, logits of the last position only (prune_lm_head)",))
@@ -191,6 +198,14 @@ The model in `model/` is onnxruntime-genai's (its folder: `genai_config.json`, `
 builder ({ctx.recipe_name}) with logits for the last position only; run.py prefills the prompt in chunks of {chunk}
 tokens and decodes greedily in native code. `pip install -r requirements.txt` installs onnxruntime-genai.
 """
+
+
+def matmul_compute(profile: Profile, precision: str) -> str:
+    """The MatMulNBits compute type whose factors count the weights (WEIGHT_FACTORS): the profile's for int4 weights;
+    for others, level 4's (the larger, measured before the compute type was a choice)."""
+    if precision in ("int4", "int4-mixed") and profile.int4.accuracy_level <= 2:
+        return "fp32"
+    return "int8"
 
 
 def _as_onnxruntime(profile: Profile) -> Profile:
