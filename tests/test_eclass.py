@@ -15,7 +15,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from packager import eclass
+from packager import decoder_config, eclass
+from packager.decoder_config import WINDOW_AXIS
 from packager.errors import ExitCode
 from packager.exporter_envs import GENAI, is_ready
 from tiny_decoders import ECLASS, make_eclass
@@ -94,6 +95,9 @@ def test_only_the_layers_that_own_a_cache_have_a_past_and_present(exported: tupl
     # the sliding and full layers keep their own head sizes
     sizes = {ECLASS["layer_types"][n]: inputs[f"past_key_values.{n}.key"][3] for n in range(owners)}
     assert sizes == {"sliding_attention": ECLASS["head_dim"], "full_attention": ECLASS["global_head_dim"]}
+    # a sliding layer's past is its window's: the length axis says so (the estimate sizes it by the window)
+    axes = {ECLASS["layer_types"][n]: inputs[f"past_key_values.{n}.key"][2] for n in range(owners)}
+    assert axes == {"sliding_attention": WINDOW_AXIS, "full_attention": "past"}
     assert outputs["logits"][2] == ECLASS["vocab_size"]
 
 
@@ -186,6 +190,7 @@ def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(exported: tu
     bundle = next((tmp_path / "bundle").iterdir())
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["runtime"]["package"] == "onnxruntime" and manifest["runtime"]["io"]["logits"] == "last"
+    assert manifest["runtime"]["io"]["kv"]["window"] == ECLASS["sliding_window"]
     table = (bundle / "model" / "model.ple.data").stat().st_size
     estimate = manifest["memory"]["estimate"]
     # the table is mapped: counted beside the peak, with the pages the context's tokens read in it
@@ -193,6 +198,10 @@ def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(exported: tu
     assert estimate["mapped_bytes"] <= table
     assert 0 < estimate["breakdown"]["mapped_touched"] < estimate["mapped_bytes"] / 4
     assert estimate["breakdown"]["weights_external"] < table
+    # the KV cache as plan counts it: the sliding layers at their window, the full ones at the context, fp32
+    layers = decoder_config.read(ECLASS, "config.json").layers
+    assert estimate["breakdown"]["kv_cache"] == \
+        sum(layer.kv_bytes(estimate["context"], True, 32) for layer in layers if layer.owns_cache)
     smoke = subprocess.run([sys.executable, "smoke_test.py"], cwd=bundle, capture_output=True, text=True, timeout=600)
     assert smoke.returncode == 0 and "PASS" in smoke.stdout, smoke.stdout + smoke.stderr
 
