@@ -191,6 +191,8 @@ def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(exported: tu
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["runtime"]["package"] == "onnxruntime" and manifest["runtime"]["io"]["logits"] == "last"
     assert manifest["runtime"]["io"]["kv"]["window"] == ECLASS["sliding_window"]
+    # verify's reference is the model itself in PyTorch, not packager's own export of it
+    assert "PyTorch" in json.dumps(manifest["accuracy"])
     table = (bundle / "model" / "model.ple.data").stat().st_size
     estimate = manifest["memory"]["estimate"]
     # the table is mapped: counted beside the peak, with the pages the context's tokens read in it
