@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -15,7 +16,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from packager import decoder_config, eclass
+from packager import decoder_config, eclass, emulate
 from packager.decoder_config import WINDOW_AXIS
 from packager.errors import ExitCode
 from packager.exporter_envs import GENAI, is_ready
@@ -176,15 +177,22 @@ def packager(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=900)
 
 
-def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(exported: tuple, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def packaged(exported: tuple, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The rpi5 bundle (int8-dynamic) of the tiny E model: its archive and package's stderr."""
+    source, _, _ = exported
+    out = tmp_path_factory.mktemp("eclass-dist")
+    proc = packager("package", str(source), "--target", "rpi5", "--recipe", "int8-dynamic", "--out", str(out),
+                    "--no-cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return next(out.glob("*.tar.gz")), proc.stderr
+
+
+def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(packaged: tuple, tmp_path: Path) -> None:
     """The architecture routes to the E-class exporter; onnxruntime runs it (genai's builder refuses PLE); int8
     weights keep the greedy tokens; the estimate counts the PLE table as mapped, not resident; the smoke passes."""
-    source, _, _ = exported
-    proc = packager("package", str(source), "--target", "rpi5", "--recipe", "int8-dynamic", "--out",
-                    str(tmp_path / "dist"), "--no-cache")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "mapped " in proc.stderr and "MiB of lookup tables" in proc.stderr
-    archive = next((tmp_path / "dist").glob("*.tar.gz"))
+    archive, stderr = packaged
+    assert "mapped " in stderr and "MiB of lookup tables" in stderr
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path / "bundle", filter="data")
     bundle = next((tmp_path / "bundle").iterdir())
@@ -206,6 +214,21 @@ def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(exported: tu
         sum(layer.kv_bytes(estimate["context"], True, 32) for layer in layers if layer.owns_cache)
     smoke = subprocess.run([sys.executable, "smoke_test.py"], cwd=bundle, capture_output=True, text=True, timeout=600)
     assert smoke.returncode == 0 and "PASS" in smoke.stdout, smoke.stdout + smoke.stderr
+
+
+@pytest.mark.skipif(not any(shutil.which(name) for name in emulate.QEMU_BINARIES),
+                    reason="qemu-user-static is not installed (apt-get install qemu-user-static)")
+def test_the_bundle_passes_its_smoke_test_on_an_emulated_pi5(packaged: tuple) -> None:
+    """The E-class bundle on the device's userland (arm64 Debian, onnxruntime's aarch64 wheel, qemu's Cortex-A76):
+    the mapped PLE file and the last-position logits run there too, and answer as PyTorch did (22 s here, the
+    userland cached)."""
+    proc = packager("smoke", str(packaged[0]), "--emulate", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["verdict"] == "PASS"
+    emu = result["report"]["emulation"]
+    assert (emu["emulated_cpu"], emu["runtime"]) == ("cortex-a76", "onnxruntime")
+    assert result["report"]["accuracy"]["prompts"] > 0   # it generated, and PASS: within the thresholds
 
 
 def test_a_gemma_3n_says_it_has_no_exporter_yet(exported: tuple, tmp_path: Path) -> None:
