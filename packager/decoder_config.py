@@ -21,6 +21,11 @@ from packager.errors import ExitCode, PackagerError
 FULL, SLIDING = "full_attention", "sliding_attention"
 
 
+# The E-class exporter's (runtimes/eclass_export.py) name for a sliding layer's past length axis: that past holds
+# the last window - 1 positions, whatever the context (the estimate sizes it as plan does)
+WINDOW_AXIS = "window"
+
+
 @dataclass(frozen=True)
 class LayerAttention:
     """One decoder layer's attention as its KV cache sees it."""

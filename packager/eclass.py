@@ -12,6 +12,7 @@ from typing import Any
 from packager import decoder_config, exporter_envs
 from packager.errors import ExitCode, PackagerError
 from packager.model_files import TOKENIZER_FILES
+from packager.onnx_rewrite import name_tied_lm_head
 
 MODULE = "eclass_export"   # packager/runtimes/eclass_export.py, never imported here (it imports torch)
 EXPORTER = Path(__file__).with_name("runtimes") / f"{MODULE}.py"   # stages/export.py's ECLASS_EXPORTER
@@ -50,4 +51,9 @@ def export(source: Path, out: Path, work: Path, progress: Callable[[str], None] 
     shutil.copyfile(EXPORTER, code / f"{MODULE}.py")
     tail = exporter_envs.run(exporter_envs.GENAI, MODULE, [str(source), str(out)], progress, cwd=code)
     made: dict[str, Any] = json.loads(tail[-1])
+    # The trace folds the tied lm_head into a transposed copy of the embedding, as optimum's export does: named as
+    # on that path, so the recipes tie the pair (int4: one 4-bit table for both). The fp32 file keeps the copy:
+    # onnxruntime prepacks a MatMul's constant weight into a copy of its own whatever the file holds (a Transpose
+    # or a FusedMatMul transB reading the embedding measured the same peak), so storing it once saves disk only.
+    name_tied_lm_head(out / "model.onnx")
     return made

@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from packager.decoder_config import WINDOW_AXIS
 from packager.decoder_peak import activation_bytes, kv_by_type, measured_peak
 from packager.estimate_activations import (
     activation_peak,
@@ -428,17 +429,20 @@ def measured_decoder(model: onnx.ModelProto, profile: Profile, kind: str, mem: D
 
 
 def decode_step_shapes(io: dict[str, Any], context: int) -> dict[str, tuple[int, ...]]:
-    """A decoder's inputs at its largest step: one new token on a KV cache of context - 1 tokens."""
+    """A decoder's inputs at its largest step: one new token on a KV cache of context - 1 tokens, a sliding
+    layer's (its past's length axis "window", io.kv.window) on window - 1 of them."""
     kv = io["kv"]
+    window = min(context, int(kv.get("window") or context))
     shapes: dict[str, tuple[int, ...]] = {"input_ids": (1, 1), "position_ids": (1, 1), "attention_mask": (1, context)}
     names = [i["name"] for i in io["inputs"]]
     # a layer of its own head count or size (Gemma 4's global layers) by its input's shape, the others by io.kv
     own = {i["name"]: (int(i["shape"][1]), int(i["shape"][3])) for i in io["inputs"]
            if is_past(i["name"]) and all(isinstance(d, int) for d in i["shape"][1::2])}
     past: dict[str, tuple[int, ...]] = {}
+    windowed = {i["name"] for i in io["inputs"] if is_past(i["name"]) and i["shape"][2] == WINDOW_AXIS}
     for n in filter(is_past, names):
         heads, size = own.get(n, (int(kv["heads"]), int(kv["head_dim"])))
-        past[n] = (1, heads, context - 1, size)
+        past[n] = (1, heads, (window if n in windowed else context) - 1, size)
     return {n: shapes[n] for n in names if n in shapes} | past
 
 

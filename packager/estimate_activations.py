@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx
 
-from packager.decoder_config import FULL, SLIDING, LayerAttention
+from packager.decoder_config import FULL, SLIDING, WINDOW_AXIS, LayerAttention
 from packager.decoder_peak import DecoderShape
 from packager.graphs import all_graphs
 
@@ -215,9 +215,12 @@ def kv_cache_bytes(model: onnx.ModelProto, context: int | None,
             total += math.prod(given) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
             continue
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        # [batch, kv_heads, past_sequence, head_dim]: the open sequence axis takes the context; another open axis
-        # (onnxruntime-genai's builder writes head_dim as the symbol kv_cache_dim) its size at a step, where given.
-        fixed = [d if d is not None else 1 if i == 0 else context if i == 2 or given is None else given[i]
+        # [batch, kv_heads, past_sequence, head_dim]: the open sequence axis takes the context (a sliding layer's,
+        # WINDOW_AXIS, its past at the step and the new token: decode_step_shapes gives it its window); another
+        # open axis (onnxruntime-genai's builder writes head_dim as the symbol kv_cache_dim) its size at a step.
+        windowed = given is not None and len(t.shape.dim) > 2 and t.shape.dim[2].dim_param == WINDOW_AXIS
+        sequence = min(context, given[2] + 1) if windowed and given is not None else context
+        fixed = [d if d is not None else 1 if i == 0 else sequence if i == 2 or given is None else given[i]
                  for i, d in enumerate(dims)]
         total += math.prod(fixed) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
     return total

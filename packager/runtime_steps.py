@@ -6,7 +6,8 @@ families name theirs: the runtimes sit below the Context and the exporter enviro
     genai_build(ctx, ...)       onnxruntime-genai's model builder, in the `genai` exporter environment
     genai_python()              that environment's interpreter (it has the pinned onnxruntime-genai)
     genai_runner(ctx)           verify's packaged side for genai: the bundle's code in a child of that interpreter
-    genai_reference(ctx)        verify's reference for genai: the source model in PyTorch, a child of it too
+    genai_reference(ctx)        verify's reference for genai (and the E-class export's): the source model in PyTorch,
+                                a child of it too
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import onnx
 
-from packager import exporter_envs
+from packager import eclass, exporter_envs
 from packager.context import Context
 from packager.coverage import coverage_of
 from packager.device_code import runner
@@ -50,6 +51,10 @@ def onnxruntime_runner(ctx: Context) -> Any:
 def onnxruntime_reference(ctx: Context) -> Any:
     import onnxruntime as ort
 
+    if ctx.source is not None and ctx.source.path.is_dir() and eclass.e_type(ctx.source.path):
+        # packager's own E-class export (a trace of its own forward): judged against the model itself, so that an
+        # exporter's bug fails verify rather than sets its reference
+        return torch_reference(ctx)
     assert ctx.reference_model is not None
     so = ort.SessionOptions()
     so.log_severity_level = 4  # failures surface as exceptions, reported once
@@ -196,6 +201,11 @@ def _tokenizer_file(ctx: Context) -> str:
 
 
 def genai_reference(ctx: Context) -> TorchReference:
+    return torch_reference(ctx)
+
+
+def torch_reference(ctx: Context) -> TorchReference:
+    """The source model in PyTorch, fp32, in the genai environment (transformers 5.x)."""
     assert ctx.source is not None
     label = f"PyTorch (transformers {TRANSFORMERS} in the genai environment), fp32"
     # A fine-tune's reference is the base with its adapter merged (the model the builder built), in the work dir

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -15,7 +16,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from packager import eclass
+from packager import decoder_config, eclass, emulate
+from packager.decoder_config import WINDOW_AXIS
 from packager.errors import ExitCode
 from packager.exporter_envs import GENAI, is_ready
 from tiny_decoders import ECLASS, make_eclass
@@ -94,6 +96,9 @@ def test_only_the_layers_that_own_a_cache_have_a_past_and_present(exported: tupl
     # the sliding and full layers keep their own head sizes
     sizes = {ECLASS["layer_types"][n]: inputs[f"past_key_values.{n}.key"][3] for n in range(owners)}
     assert sizes == {"sliding_attention": ECLASS["head_dim"], "full_attention": ECLASS["global_head_dim"]}
+    # a sliding layer's past is its window's: the length axis says so (the estimate sizes it by the window)
+    axes = {ECLASS["layer_types"][n]: inputs[f"past_key_values.{n}.key"][2] for n in range(owners)}
+    assert axes == {"sliding_attention": WINDOW_AXIS, "full_attention": "past"}
     assert outputs["logits"][2] == ECLASS["vocab_size"]
 
 
@@ -110,6 +115,27 @@ def test_the_ple_table_is_int8_per_row_in_its_own_page_aligned_file(exported: tu
     # nothing else in that file: what is mapped there is the table
     assert {n for n, (_, e) in place.items() if e.get("location") == made["ple_file"]} == set(made["ple_tensors"])
     assert "model.onnx.data" in {e["location"] for _, e in place.values()}
+
+
+def test_the_int4_recipe_stores_the_tied_embedding_once(exported: tuple, tmp_path: Path) -> None:
+    """The trace writes the tied lm_head as a transposed copy of the embedding; named as on optimum's path, int4
+    keeps the pair one 4-bit table (the embedding's Gather reads the lm_head's MatMulNBits weight)."""
+    from packager.recipes.common import RecipeOptions
+    from packager.recipes.nbits import int4
+
+    _, out, _ = exported
+    model = onnx.load(out / "model.onnx", load_external_data=False)
+    gather = next(n for n in model.graph.node if n.op_type == "Gather" and "embed_tokens" in n.input[0])
+    head = f"{gather.input[0]}_transposed"
+    assert any(n.op_type == "MatMul" and n.input[1] == head for n in model.graph.node)
+    result = int4(out / "model.onnx", tmp_path / "model.onnx", RecipeOptions())
+    assert "tied" in result.params["embedding"]
+    quantized = onnx.load(tmp_path / "model.onnx", load_external_data=False)
+    vocab = ECLASS["vocab_size"]
+    tables = [t.name for t in quantized.graph.initializer
+              if t.dims and t.dims[0] in (vocab, ECLASS["hidden_size"]) and len(t.dims) >= 2 and vocab in t.dims
+              and not t.name.startswith("ple_") and "scales" not in t.name]
+    assert tables == [f"{head}_Q4"]
 
 
 def io_of(out: Path) -> dict:
@@ -151,20 +177,30 @@ def packager(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=900)
 
 
-def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(exported: tuple, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def packaged(exported: tuple, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The rpi5 bundle (int8-dynamic) of the tiny E model: its archive and package's stderr."""
+    source, _, _ = exported
+    out = tmp_path_factory.mktemp("eclass-dist")
+    proc = packager("package", str(source), "--target", "rpi5", "--recipe", "int8-dynamic", "--out", str(out),
+                    "--no-cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return next(out.glob("*.tar.gz")), proc.stderr
+
+
+def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(packaged: tuple, tmp_path: Path) -> None:
     """The architecture routes to the E-class exporter; onnxruntime runs it (genai's builder refuses PLE); int8
     weights keep the greedy tokens; the estimate counts the PLE table as mapped, not resident; the smoke passes."""
-    source, _, _ = exported
-    proc = packager("package", str(source), "--target", "rpi5", "--recipe", "int8-dynamic", "--out",
-                    str(tmp_path / "dist"), "--no-cache")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "mapped " in proc.stderr and "MiB of lookup tables" in proc.stderr
-    archive = next((tmp_path / "dist").glob("*.tar.gz"))
+    archive, stderr = packaged
+    assert "mapped " in stderr and "MiB of lookup tables" in stderr
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path / "bundle", filter="data")
     bundle = next((tmp_path / "bundle").iterdir())
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["runtime"]["package"] == "onnxruntime" and manifest["runtime"]["io"]["logits"] == "last"
+    assert manifest["runtime"]["io"]["kv"]["window"] == ECLASS["sliding_window"]
+    # verify's reference is the model itself in PyTorch, not packager's own export of it
+    assert "PyTorch" in json.dumps(manifest["accuracy"])
     table = (bundle / "model" / "model.ple.data").stat().st_size
     estimate = manifest["memory"]["estimate"]
     # the table is mapped: counted beside the peak, with the pages the context's tokens read in it
@@ -172,8 +208,27 @@ def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(exported: tu
     assert estimate["mapped_bytes"] <= table
     assert 0 < estimate["breakdown"]["mapped_touched"] < estimate["mapped_bytes"] / 4
     assert estimate["breakdown"]["weights_external"] < table
+    # the KV cache as plan counts it: the sliding layers at their window, the full ones at the context, fp32
+    layers = decoder_config.read(ECLASS, "config.json").layers
+    assert estimate["breakdown"]["kv_cache"] == \
+        sum(layer.kv_bytes(estimate["context"], True, 32) for layer in layers if layer.owns_cache)
     smoke = subprocess.run([sys.executable, "smoke_test.py"], cwd=bundle, capture_output=True, text=True, timeout=600)
     assert smoke.returncode == 0 and "PASS" in smoke.stdout, smoke.stdout + smoke.stderr
+
+
+@pytest.mark.skipif(not any(shutil.which(name) for name in emulate.QEMU_BINARIES),
+                    reason="qemu-user-static is not installed (apt-get install qemu-user-static)")
+def test_the_bundle_passes_its_smoke_test_on_an_emulated_pi5(packaged: tuple) -> None:
+    """The E-class bundle on the device's userland (arm64 Debian, onnxruntime's aarch64 wheel, qemu's Cortex-A76):
+    the mapped PLE file and the last-position logits run there too, and answer as PyTorch did (22 s here, the
+    userland cached)."""
+    proc = packager("smoke", str(packaged[0]), "--emulate", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["verdict"] == "PASS"
+    emu = result["report"]["emulation"]
+    assert (emu["emulated_cpu"], emu["runtime"]) == ("cortex-a76", "onnxruntime")
+    assert result["report"]["accuracy"]["prompts"] > 0   # it generated, and PASS: within the thresholds
 
 
 def test_a_gemma_3n_says_it_has_no_exporter_yet(exported: tuple, tmp_path: Path) -> None:

@@ -165,3 +165,33 @@ def test_kv_cache_counts_a_genai_graphs_symbolic_head_size_as_its_size_not_the_c
     model.graph.ClearField("input")
     model.graph.input.append(fixed)
     assert kv_cache_bytes(model, 100) == 2 * 100 * 16 * 4
+
+
+def test_a_sliding_layers_cache_counts_its_window_not_the_context() -> None:
+    """The E-class exporter's sliding layers keep window - 1 past positions (their length axis "window",
+    io.kv.window): the estimate's step and KV cache take min(context, window) positions for them, as plan does,
+    and the context for the full layers."""
+    from onnx import TensorProto, helper
+
+    from packager.decoder_config import WINDOW_AXIS
+    from packager.estimate import decode_step_shapes
+    from packager.estimate_activations import kv_cache_bytes
+
+    axes = {"past_key_values.0": WINDOW_AXIS, "past_key_values.1": "past"}
+    names = [f"{layer}.{kv}" for layer in axes for kv in ("key", "value")]
+    pasts = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 2, axes[n.rsplit(".", 1)[0]], 16])
+             for n in names]
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", [names[0]], ["y"])], "g", pasts,
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]))
+    io = {"inputs": [{"name": "input_ids", "shape": ["batch", "sequence"]},
+                     *({"name": p.name, "shape": ["batch", 2, axes[p.name.rsplit(".", 1)[0]], 16]} for p in pasts)],
+          "kv": {"layers": 2, "heads": 2, "head_dim": 16, "window": 8}}
+    step = decode_step_shapes(io, 100)
+    assert step["past_key_values.0.key"] == (1, 2, 7, 16) and step["past_key_values.1.value"] == (1, 2, 99, 16)
+    assert kv_cache_bytes(model, 100, step) == 2 * 2 * 16 * 4 * (8 + 100)
+    short = decode_step_shapes(io, 5)   # a context within the window: both hold the context
+    assert short["past_key_values.0.key"] == (1, 2, 4, 16)
+    assert kv_cache_bytes(model, 5, short) == 2 * 2 * 16 * 4 * (5 + 5)
+    # a past without the window axis (every other decoder's) takes the context, whatever the config's window
+    io["inputs"][1]["shape"][2] = "past"
+    assert decode_step_shapes(io, 100)["past_key_values.0.key"][2] == 99

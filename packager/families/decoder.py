@@ -4,9 +4,11 @@ the packaged model must predict the fp32 reference's greedy continuation of each
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from packager import decoder_config
 from packager.families.base import Export, Family, eos_token_ids, max_length, step
 
 if TYPE_CHECKING:
@@ -46,6 +48,10 @@ class DecoderLLM(Family):
         # A graph that gives the last position's logits only (the E-class exporter's): the loop scores a token at
         # a time. Others' io stays as it was (their manifests, byte for byte).
         last = {"logits": "last"} if logits["shape"][1:2] == [1] else {}
+        # Pasts whose length axis is the exporter's "window" (E-class sliding layers) hold the last window - 1
+        # positions only: the estimate sizes them by the config's window, as plan does.
+        windowed = any(i["shape"][2] == decoder_config.WINDOW_AXIS for i in past)
+        window = {"window": sliding_window(export.source)} if windowed else {}
         return {
             "kind": self.name,
             "inputs": inputs,
@@ -55,7 +61,8 @@ class DecoderLLM(Family):
             "tokenizer": "model/tokenizer.json",
             "max_length": max_length(export.source),
             "eos_token_ids": eos_token_ids(export.source),
-            "kv": {"layers": len(past) // 2, "heads": heads, "head_dim": head_dim, "dtype": past[0]["dtype"]},
+            "kv": {"layers": len(past) // 2, "heads": heads, "head_dim": head_dim, "dtype": past[0]["dtype"],
+                   **window},
             **last,
         }
 
@@ -74,3 +81,9 @@ class DecoderLLM(Family):
 
     def sample_note(self, texts: list[str]) -> str:
         return f"the prompt {json.dumps(texts[0])} as token ids, with an empty KV cache"
+
+
+def sliding_window(source: Path) -> int:
+    """The sliding layers' window (positions they attend to) in the source's config.json."""
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    return max(layer.window for layer in decoder_config.read(config, str(source / "config.json")).layers)

@@ -35,6 +35,7 @@ PACK = 64                         # the other weights: read whole at load, align
 PLE_NAMES = ("ple_rows", "ple_scales")
 NEG = -1e9                        # a masked position's score (finite: a row masked whole stays a number)
 OPSET = 17
+WINDOW_AXIS = "window"            # a sliding layer's past length: packager/decoder_config.py's WINDOW_AXIS
 
 
 class EDecoder(torch.nn.Module):
@@ -182,8 +183,10 @@ def export(source: Path, out: Path) -> dict[str, Any]:
     axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
                                        "attention_mask": {0: "batch", 1: "total"},
                                        "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
-    for name in names["past"]:
-        axes[name] = {0: "batch", 2: "past"}
+    sliding = [module.model.model.layers[i].self_attn.is_sliding for i in module.owners for _ in (0, 1)]
+    for name, windowed in zip(names["past"], sliding, strict=True):
+        # WINDOW_AXIS: a sliding layer's past is at most its window - 1 positions, whatever the context
+        axes[name] = {0: "batch", 2: WINDOW_AXIS if windowed else "past"}
     for name in names["present"]:
         axes[name] = {0: "batch", 2: "total"}
     out.mkdir(parents=True, exist_ok=True)
