@@ -138,6 +138,10 @@ def test_ir_version_and_custom_operators() -> None:
     early = facts_of(_relu(opset=17, domain_ops=[helper.make_node("Gelu", ["y"], ["g"])]), "m.onnx")  # Gelu: opset 20
     (problem,) = check(early, builtin_profiles()["rpi5"]).problems
     assert "which ai.onnx opset 17 does not define (it arrived in opset 20)" in problem.clause
+    # onnxruntime defines LayerNormalization below opset 17 itself (what its LayerNorm fusion writes in a .ort):
+    # the contrib table, not the ONNX opset, says which runtimes have it.
+    fused = facts_of(_relu(opset=12, domain_ops=[helper.make_node("LayerNormalization", ["y", "y"], ["n"])]), "m.ort")
+    assert check(fused, builtin_profiles()["phone"]).ok
 
 
 def test_operator_variants_need_their_own_release() -> None:

@@ -41,20 +41,12 @@ def test_inspect_shows_what_packager_picks_for_paddle_dims() -> None:
     assert entry["declared"][0] == "p2o.DynamicDimension.0" and entry["shape"] == [1, 3, 224, 224]
 
 
-# A target that refuses a corpus model (so there is no peak to measure): the phone's ORT-format check refuses
-# int8 ppocr-rec, whose pre-processed graph holds a fused LayerNormalization its opset 12 does not define (exit 11).
-REFUSED = {("ppocr-rec", "phone"): "the phone refuses int8 ppocr-rec: LayerNormalization in an opset-12 graph"}
-
-
 @pytest.mark.parametrize("target", ["rpi5", "phone"])
 @pytest.mark.parametrize("key", sorted(k for k, m in MODELS.items() if m.memory))
 def test_estimate_holds_on_real_models(key: str, target: str) -> None:
     """The estimate's high side is never below the measured peak, its midpoint within 10% of it (issue 21)."""
     shapes = [a for s in MODELS[key].shapes for a in ("--shape", s)]
     proc = run_cli("check", str(_model(key)), "--target", target, "--no-cache", "--json", *shapes)
-    if (key, target) in REFUSED:
-        assert proc.returncode == 11 and "LayerNormalization" in proc.stderr, proc.stderr
-        pytest.xfail(REFUSED[key, target])
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     est, peak = result["estimate"], result["measured"]["peak_bytes"]
