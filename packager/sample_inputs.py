@@ -2,7 +2,8 @@
 
 Open dimensions and values the signature cannot tell (a chunk length, a sample rate) come
 from --shape and --value (or a built-in sample's hints); open dimensions they leave are sized from what
-the model records or looks like (packager/open_shapes.py); the rest is filled deterministically.
+the model records or looks like (packager/open_shapes.py); the rest is filled deterministically: 3-channel
+image inputs with pictures (packager/sample_images.py), other floats with noise.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from packager.context import InputSpec
 from packager.errors import ExitCode, PackagerError
 from packager.open_shapes import SizeRecord, candidates, is_open, pick, size_record
+from packager.sample_images import image_samples, is_image
 
 # numpy kinds packager fills (bool, signed, unsigned, float): not strings (object arrays, which no
 # .npz holds without pickle), complex, or ml_dtypes' bfloat16 / float8 / int4 (kind "V", which
@@ -35,11 +37,14 @@ def make_inputs(inputs: list[dict[str, Any]], spec: InputSpec, first_seed: int =
         names = ", ".join(i["name"] for i in inputs)
         raise PackagerError(f"--shape/--value name {unknown[0]!r}, which is not a model input; inputs are: {names}.",
                             ExitCode.BAD_INPUT)
-    picked = {p.name: p.shape for p in pick(inputs, record or SizeRecord(), set(spec.shapes))}
+    record = record or SizeRecord()
+    picked = {p.name: p.shape for p in pick(inputs, record, set(spec.shapes))}
+    unit_range = record.source.startswith("Ultralytics")   # its models take pixels in [0, 1]
     samples = []
     for index in range(spec.count):
         rng = np.random.default_rng(first_seed + index)
-        samples.append({i["name"]: _tensor(i, spec, rng, budget_bytes, picked.get(i["name"])) for i in inputs})
+        samples.append({i["name"]: _tensor(i, spec, rng, budget_bytes, picked.get(i["name"]), unit_range)
+                        for i in inputs})
     return samples
 
 
@@ -139,8 +144,8 @@ def _human(size: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _tensor(inp: dict[str, Any], spec: InputSpec, rng: np.random.Generator,
-            budget_bytes: int | None = None, picked: tuple[int, ...] | None = None) -> np.ndarray:
+def _tensor(inp: dict[str, Any], spec: InputSpec, rng: np.random.Generator, budget_bytes: int | None = None,
+            picked: tuple[int, ...] | None = None, unit_range: bool = False) -> np.ndarray:
     if inp["dtype"] == "unknown":
         raise PackagerError(f"model input {inp['name']!r} is not a tensor; packager cannot make samples for it.",
                             ExitCode.BAD_INPUT)
@@ -156,6 +161,8 @@ def _tensor(inp: dict[str, Any], spec: InputSpec, rng: np.random.Generator,
         return np.full(shape, spec.values[inp["name"]], dtype=dtype)
     if dtype == np.bool_:
         return rng.random(shape) < 0.5
+    if is_image(shape, dtype):   # pictures, not noise: packager/sample_images.py
+        return image_samples(shape, dtype, rng, unit_range)
     if np.issubdtype(dtype, np.integer):
         return rng.integers(0, 100, size=shape).astype(dtype)
     return (rng.standard_normal(shape) * 0.5).astype(dtype)

@@ -52,7 +52,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                "packager.onnx_rewrite", "packager.recipes.common", "packager.recipes.dense", "packager.recipes.nbits",
                "packager.recipes.layers", "packager.recipes.prepare", "packager.coverage", "packager.samples",
                "packager.sample_models",
-               "packager.sample_inputs", "packager.open_shapes",
+               "packager.sample_inputs", "packager.sample_images", "packager.open_shapes",
                "packager.calibration", "packager.evaluation", "packager.smoothing", "packager.fusion",
                "packager.mixed", "packager.manifest", "packager.inspection", "packager.families.verification",
                "packager.families.media",

@@ -17,7 +17,7 @@ from packager.pipeline import package
 from packager.recipes.common import count_ops
 
 
-def _conv_model(path: Path) -> Path:
+def _conv_model(path: Path, opset: int = 17) -> Path:
     """x[1,3,16,16] -> Conv -> Relu -> Flatten -> Gemm -> y[1,10]: weights a static recipe quantizes."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w"),
@@ -26,7 +26,7 @@ def _conv_model(path: Path) -> Path:
              helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
     graph = helper.make_graph(nodes, "convnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
     return path
 
 
@@ -74,3 +74,18 @@ def test_calibration_with_another_recipe_fails_before_any_work(tmp_path: Path) -
     with pytest.raises(PackagerError, match="does not exist") as e:
         package("sample:minilm", settings, PackageOptions(calibration=tmp_path / "missing.txt"))
     assert e.value.code == ExitCode.BAD_INPUT
+
+
+@pytest.mark.integration
+def test_int8_static_raises_an_old_opset_for_per_channel_scales(tmp_path: Path) -> None:
+    """paddle2onnx writes opset 11 and 12, where DequantizeLinear has no axis: the per-channel QDQ model did not
+    load ("Unrecognized attribute: axis"). The recipe raises the opset to 13 with onnx's version converter first
+    and says so in its params; the built-in calibration (pictures, for this image input) keeps the answers."""
+    ctx = _package(_conv_model(tmp_path / "opset11.onnx", opset=11), tmp_path / "dist")
+    assert ctx.recipe is not None and ctx.recipe.params["opset_raised"]["from"] == 11
+    assert ctx.recipe.params["opset_raised"]["to"] == 13
+    assert ctx.accuracy.more["min_cosine"] >= 0.98
+    model = onnx.load(unpack(ctx.archive, tmp_path / "unpacked") / "model" / "model.onnx")
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 13
+    axes = [a for n in model.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute if a.name == "axis"]
+    assert axes   # per channel: the weights' scales are per output channel

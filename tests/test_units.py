@@ -13,7 +13,7 @@ from packager.archive import extract_bundle, write_archive
 from packager.context import InputSpec
 from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
-from packager.open_shapes import IMAGE_SIDE, OPEN_DIM_OTHER
+from packager.open_shapes import IMAGE_SIDE, OPEN_DIM_OTHER, SizeRecord
 from packager.sample_inputs import make_inputs
 from packager.stages.source import resolve, task_for
 
@@ -103,6 +103,33 @@ def test_sample_inputs_follow_signature_and_overrides() -> None:
         make_inputs(inputs, InputSpec(values={"rate": 1}))
     with pytest.raises(PackagerError, match="3 dimensions"):
         make_inputs(inputs, InputSpec(shapes={"x": (1, 2, 3)}))
+
+
+def test_image_inputs_get_pictures_not_noise() -> None:
+    """A 3-channel image input gets pictures (packager/sample_images.py): a text detector answers ~0 everywhere
+    on noise, so a recipe's cosine there says nothing (PP-OCRv4 det, int8-dynamic: 0.0138 on noise). Pictures
+    are smooth between edges, deterministic per seed, ImageNet-normalized (Ultralytics: [0, 1]) and in either
+    layout; what is no picture (a tiny map, a 3-vector, audio) stays noise."""
+    nchw = [{"name": "x", "dtype": "float32", "shape": [1, 3, 64, 96]}]
+    nhwc = [{"name": "x", "dtype": "float32", "shape": [1, 64, 96, 3]}]
+    [first, second] = make_inputs(nchw, InputSpec(count=2))
+    x = first["x"]
+    assert x.shape == (1, 3, 64, 96) and x.dtype == np.float32
+    assert np.array_equal(x, make_inputs(nchw, InputSpec(count=1))[0]["x"]) and not np.array_equal(x, second["x"])
+    mean = np.array([0.485, 0.456, 0.406]).reshape(3, 1, 1)
+    std = np.array([0.229, 0.224, 0.225]).reshape(3, 1, 1)
+    pixels = x[0] * std + mean
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+    # Neighbours agree (noise's differ by ~0.56 of its spread): most of a picture is flat or smooth.
+    assert np.median(np.abs(np.diff(pixels, axis=2))) < 0.02
+    assert pixels.min() < 0.3 and pixels.max() > 0.7   # dark strokes on light ground: edges to detect
+    layout = make_inputs(nhwc, InputSpec(count=1))[0]["x"]
+    assert layout.shape == (1, 64, 96, 3) and np.allclose(layout, x.transpose(0, 2, 3, 1))
+    unit = make_inputs(nchw, InputSpec(count=1), record=SizeRecord(source="Ultralytics metadata (imgsz [64, 96])"))
+    assert np.allclose(unit[0]["x"], pixels, atol=1e-5)
+    for shape in ([1, 3, 4, 4], [1, 3], [1, 16000]):
+        noise = make_inputs([{"name": "t", "dtype": "float32", "shape": shape}], InputSpec(count=1))[0]["t"]
+        assert noise.min() < 0 < noise.max() and np.median(np.abs(np.diff(noise.reshape(-1)))) > 0.1
 
 
 def test_task_from_architectures(tmp_path: Path) -> None:

@@ -108,6 +108,7 @@ def int8_static(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     with temp_folder("int8") as tmp:
         folded, done = prepare(src, Path(tmp), external)
         model = onnx.load(folded, load_external_data=False)
+        folded, done = _opset_for_per_channel(model, folded, Path(tmp), done)
         weights = {i.name for i in model.graph.initializer}
         nodes = [n.name for n in model.graph.node
                  if (n.op_type in ("MatMul", "Gemm", "Conv") and len(n.input) > 1 and n.input[1] in weights)
@@ -123,6 +124,26 @@ def int8_static(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
                         use_external_data_format=external)
     quantized = count_ops(onnx.load(dst, load_external_data=False), {"QuantizeLinear"})
     return RecipeResult("int8-static", params, quantized)
+
+
+# Per-channel QDQ writes DequantizeLinear with an axis, which arrived in ai.onnx opset 13: below it the quantized
+# model does not load ("Unrecognized attribute: axis"; paddle2onnx writes opset 11 and 12).
+PER_CHANNEL_OPSET = 13
+
+
+def _opset_for_per_channel(model: onnx.ModelProto, path: Path, tmp: Path,
+                           done: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The model at PER_CHANNEL_OPSET at least: onnx's version converter rewrites the operators that changed
+    (Squeeze's axes become an input, ...), so the model stays what it was."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), PER_CHANNEL_OPSET)
+    if opset >= PER_CHANNEL_OPSET:
+        return path, done
+    from onnx import version_converter
+
+    converted = tmp / "opset13.onnx"
+    onnx.save(version_converter.convert_version(model, PER_CHANNEL_OPSET), converted)
+    return converted, {**done, "opset_raised": {"from": opset, "to": PER_CHANNEL_OPSET,
+                                                "why": "per-channel DequantizeLinear needs opset 13"}}
 
 
 def fp16(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
