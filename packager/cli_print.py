@@ -60,6 +60,8 @@ def _print_package(r: Any) -> None:
                   f"{ev['disagreements']} case(s) disagree")
     _print_memory(mem)
     err.print(f"model     {r.sizes['model_bytes'] / MiB:.1f} MiB ({escape(recipe_label(r.recipe, r.coverage))})")
+    if r.fit and r.fit.get("mode") == "default":   # the profile's recipe did not keep the answers: say so
+        err.print(f"recipe    {escape(r.fit['why'])}", soft_wrap=True)
     if r.mixed:
         from packager.report_view import mixed_text
 

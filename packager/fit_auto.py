@@ -1,5 +1,7 @@
 """--fit auto: the most precise of the profile's recipes that fits the budget and passes verify; for a decoder
-that none fits at the deployment's context, the largest shorter context at which one does."""
+that none fits at the deployment's context, the largest shorter context at which one does. And the profile's
+default recipe (no --recipe, no --fit), which verify rejected: the next more precise of the profile's recipes
+that keeps the answers (default_recipe)."""
 
 from __future__ import annotations
 
@@ -70,6 +72,45 @@ def choose_recipe(ctx: Context, reporter: Reporter, recipes: tuple[str, ...]) ->
                         ExitCode.DOES_NOT_FIT)
 
 
+def default_recipe(ctx: Context, reporter: Reporter) -> None:
+    """The recipe stages at the profile's default recipe (no --recipe). When verify rejects it (exit 4), the
+    profile's more precise fit recipes, nearest first, until one keeps the answers: the default is the profile's
+    guess for a kind of model, and a model it does not suit (a text detector whose int8 map drifts) still
+    packages, at a recipe verify passed, with the rejection in ctx.fit. An asked-for recipe (--recipe), a decoder's
+    and a default the profile lists no more precise recipe for fail as they did."""
+    context_sized = family_for(ctx.io.kind).context_sized
+    recipes = ctx.profile.fit_recipes_for(context_sized)
+    default = ctx.recipe_name
+    # Not for decoders: their default already searches its 8-bit layers (int4-mixed), and a more precise one is
+    # several times the memory and minutes more export, which --fit auto weighs against the budget.
+    fallbacks = tuple(reversed(recipes[:recipes.index(default)])) if default in recipes and not context_sized else ()
+    try:
+        recipe_stages(ctx, reporter, PER_RECIPE)
+        return
+    except PackagerError as e:
+        if e.code != ExitCode.ACCURACY or not fallbacks:
+            raise
+        rejected = e
+    record = ctx.fit = Fit(mode="default", tried=[{"recipe": default, "outcome": rejected.message}])
+    reporter.print(f"recipe: {default}, {ctx.profile.name}'s default, rejected: {rejected.message}")
+    last = rejected
+    for recipe in fallbacks:
+        failed = _try_recipe(ctx, reporter, recipe)
+        if failed is None:
+            record.chosen = recipe
+            record.why = (f"{ctx.profile.name}'s default recipe {default} changes the answers too much on this "
+                          f"model; {recipe} is the next more precise of its recipes ({', '.join(recipes)}) and "
+                          "keeps them")
+            reporter.print(f"recipe: chose {recipe}: {record.why}")
+            return
+        last = failed
+        if failed.code != ExitCode.ACCURACY:
+            break
+    tried = "; ".join(f"{t['recipe']}: {t['outcome']}" for t in record.tried)
+    raise PackagerError(f"{ctx.profile.name}'s default recipe {default} changes the answers too much on this model, "
+                        f"and no more precise one of its recipes packages it ({tried})", last.code)
+
+
 def _shorter_contexts(context: int) -> list[int]:
     """Halvings of `context` down to MIN_CONTEXT, and MIN_CONTEXT itself last."""
     found = []
@@ -102,7 +143,7 @@ def _try_recipe(ctx: Context, reporter: Reporter, recipe: str,
         skipped = e.code == ExitCode.BAD_INPUT
         verdict = "skipped (it cannot make this graph), trying the next" if skipped else "rejected"
         ctx.fit.tried.append(entry | {"outcome": f"skipped: {e.message}" if skipped else e.message})
-        reporter.print(f"fit auto: {recipe}{_at(entry.get('context'))} {verdict}: {e.message}")
+        reporter.print(f"{_search_name(ctx.fit)}: {recipe}{_at(entry.get('context'))} {verdict}: {e.message}")
         return e
     ctx.fit.tried.append(entry | {"outcome": "fits and passes verify"})
     return None
@@ -115,8 +156,12 @@ def _skip(ctx: Context, reporter: Reporter, entry: dict[str, Any]) -> PackagerEr
     outcome = (f"skipped: found nothing to quantize, so it is the same model as "
                f"{next(iter(ctx.recipe.coverage['bytes']))}, already tried")
     ctx.fit.tried.append(entry | {"outcome": outcome})
-    reporter.print(f"fit auto: {entry['recipe']}{_at(entry.get('context'))} {outcome}")
+    reporter.print(f"{_search_name(ctx.fit)}: {entry['recipe']}{_at(entry.get('context'))} {outcome}")
     return PackagerError(outcome, ExitCode.USAGE)  # not DOES_NOT_FIT: no shorter context makes it a candidate
+
+
+def _search_name(record: Fit) -> str:
+    return "fit auto" if record.mode == "auto" else "recipe"
 
 
 def _at(context: int | None) -> str:

@@ -16,7 +16,7 @@ from packager.errors import ExitCode, PackagerError
 from packager.estimate import runtime_base
 from packager.evaluation import read_cases
 from packager.families import family_for
-from packager.fit_auto import choose_recipe
+from packager.fit_auto import choose_recipe, default_recipe
 from packager.leftovers import sweep_run_leftovers, work_folder
 from packager.mixed_search import recipe_stages
 from packager.options import PackageOptions
@@ -70,7 +70,10 @@ def _run(model: str, settings: PackageSettings, options: PackageOptions, stages:
         for stage_name in ("source", "export"):
             if stage_name in stages:
                 run_stage(ctx, reporter, stage_name)
-        recipe_stages(ctx, reporter, tuple(s for s in PER_RECIPE if s in stages))
+        if "verify" in stages and not ctx.recipe_explicit and not ctx.components:
+            default_recipe(ctx, reporter)   # a default that verify rejects falls back to a more precise recipe
+        else:
+            recipe_stages(ctx, reporter, tuple(s for s in PER_RECIPE if s in stages))
         if ctx.memory is not None and ctx.recipe is not None and "instead_of" in ctx.recipe.extra:
             ctx.memory.estimate.notes.append(ctx.recipe.note)   # the recipe check could not apply, and why
         if "bundle" in stages:

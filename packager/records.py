@@ -142,7 +142,7 @@ class Fit:
     """--fit auto (ctx.fit): the recipes tried and what each gave, the one chosen and why. Filled in as
     the search goes (packager/fit_auto.py), hence not frozen."""
 
-    mode: str = "auto"
+    mode: str = "auto"   # "default": the profile's default recipe, rejected by verify, and its fallback
     tried: list[dict[str, Any]] = field(default_factory=list)   # {"recipe", "outcome"[, "context"]}
     predicted_peak_bytes: dict[str, dict[str, int]] | None = None  # decoders: recipe -> context -> peak
     chosen: str | None = None

@@ -265,8 +265,9 @@ def _component_rows(v: View) -> list[tuple[str, list[str]]]:
 def _fit_text(fit: dict[str, Any]) -> str:
     tried = "; ".join(f"{t.get('recipe')}: {t.get('outcome')}" for t in fit.get("tried", []) if isinstance(t, dict))
     chosen = fit.get("chosen")
-    head = f"fit {fit.get('mode', 'auto')}: chose {chosen} ({fit.get('why', '')})" if chosen else \
-        f"fit {fit.get('mode', 'auto')}: nothing chosen"
+    # mode "default": the profile's default recipe, rejected by verify, and the more precise one that replaced it
+    search = "recipe" if fit.get("mode") == "default" else f"fit {fit.get('mode', 'auto')}"
+    head = f"{search}: chose {chosen} ({fit.get('why', '')})" if chosen else f"{search}: nothing chosen"
     return head + (f"; tried {tried}" if tried else "")
 
 

@@ -57,7 +57,7 @@ class PackageResult(_Smoked):
     sizes: dict[str, int]              # archive_bytes, model_bytes
     accuracy: dict[str, Any]           # metric, threshold and figures against the fp32 reference
     memory: dict[str, Any]             # budget, estimate, measured peaks (this run's), verdict
-    fit: dict[str, Any] | None         # --fit auto: the recipes tried, the one chosen and why
+    fit: dict[str, Any] | None         # --fit auto, or the default recipe's fallback: tried, chosen, why
     smoke: dict[str, Any] | None       # mode, verdict, exit_code, report; None without a smoke test
     signature: dict[str, Any] | None   # the signing key's fingerprint when signed
     cache: dict[str, str]              # stage -> "hit", "miss", "corrupt" (rebuilt) or "off"

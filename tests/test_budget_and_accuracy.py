@@ -34,13 +34,31 @@ def test_over_budget_writes_nothing_and_exits_3(tmp_path: Path) -> None:
 
 
 def test_accuracy_below_threshold_writes_nothing_and_exits_4(tmp_path: Path, tiny_bert: Path) -> None:
-    # No int8 model matches fp32 exactly: a threshold of 1.0 must fail verify.
+    # No int8 model matches fp32 exactly: a threshold of 1.0 must fail verify. The recipe is asked for, so
+    # packager does not fall back to a more precise one.
     profile = _profile(tmp_path, **{"min_cosine = 0.98": "min_cosine = 1.0"})
     out = tmp_path / "dist"
-    proc = run_cli("package", str(tiny_bert), "--target", str(profile), "--out", str(out))
+    proc = run_cli("package", str(tiny_bert), "--target", str(profile), "--recipe", "int8-dynamic", "--out", str(out))
     assert proc.returncode == 4, proc.stderr
     assert "changes the answers too much" in proc.stderr and "--recipe" in proc.stderr
+    assert "recipe: chose" not in proc.stderr
     assert not out.exists()
+
+
+def test_a_default_recipe_verify_rejects_falls_back_to_a_more_precise_one(tmp_path: Path, tiny_bert: Path) -> None:
+    """No --recipe: the profile's default (int8-dynamic) changes the answers beyond a 0.99999 gate; packager
+    packages the next more precise of the profile's fit_recipes (fp32), says so, and records why (issue 21: the
+    PP-OCRv4 detector, whose int8 map drifts, packages at fp32 instead of exit 4)."""
+    profile = _profile(tmp_path, **{"min_cosine = 0.98": "min_cosine = 0.99999"})
+    proc = run_cli("package", str(tiny_bert), "--target", str(profile), "--out", str(tmp_path / "dist"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["recipe"] == "fp32" and summary["accuracy"]["min_cosine"] >= 0.99999
+    fit = summary["fit"]
+    assert fit["mode"] == "default" and fit["chosen"] == "fp32"
+    assert [t["recipe"] for t in fit["tried"]] == ["int8-dynamic", "fp32"]
+    assert "changes the answers too much" in fit["tried"][0]["outcome"]
+    assert "default recipe int8-dynamic changes the answers too much" in fit["why"]
 
 
 def test_hf_folder_packages_with_a_chosen_recipe(tmp_path: Path, tiny_bert: Path) -> None:
