@@ -11,8 +11,8 @@ Peak = max(load, run), each a sum of components:
                      merge of tokenizer.json (calibration data)
     weights          initializers, inline and in external data (external data is memory-mapped,
                      but resident once the model runs), and the constants the runtime folds at
-                     load (folded_constants: a Transpose of a tied embedding table feeding the
-                     lm_head makes a second table)
+                     load (folded_constants, in every graph: a Transpose of a tied embedding table feeding
+                     the lm_head makes a second table; silero-vad's LSTM weights sliced in its If branches)
     prepacked        what weights the CPU kernels pack (MatMul/Gemm/Conv/...) cost at load beyond
                      their own bytes, all told, by op (PREPACK_EXTRA, measured): an fp32 MatMul's
                      original is freed once packed, an int4 MatMulNBits' stays beside a larger copy
@@ -27,7 +27,8 @@ Peak = max(load, run), each a sum of components:
     allocator_overhead  for the weights no kernel packs: allocator and session bookkeeping
     heap_retained    the load's copies of small inline initializers (each below glibc's mmap threshold): freed
                      inside the heap, which keeps them resident through the run (the high side: up to their
-                     bytes; measured 1.6x the int8 weights of a MobileNetV3 resident after load)
+                     bytes; measured 1.6x the int8 weights of a MobileNetV3 resident after load), and a copy
+                     of the constants folded at load (in every graph: If branches and Loop bodies too)
     activations      intermediate tensors at the sample inputs' concrete shapes, live from their
                      producer to their last consumer, as the arena plans them (Reshape, Squeeze and
                      the like alias their input: no buffer of their own), over the graph as
@@ -68,9 +69,9 @@ from packager.estimate_activations import (
     activation_peak,
     concrete_shapes,
     decoder_shape,
+    folded_in_all_graphs,
     is_past,
     kv_cache_bytes,
-    value_sizes,
 )
 from packager.graphs import all_graphs
 from packager.profile_types import Profile
@@ -115,9 +116,13 @@ ACTIVATIONS_HIGH_CONV = 2.0
 # MiniLM under run.py --measure.
 LOAD_TRANSIENT_LOW, LOAD_TRANSIENT_HIGH = 0.5, 1.1
 # Folding a constant at load holds the evaluated tensor and its proto copy beside the result: the
-# transient phase takes 1-2x the folded bytes more (measured 1.7x: a tied 7.5 MiB embedding table's
-# Transpose for the lm_head, 2-layer Llama).
-FOLD_TRANSIENT_LOW, FOLD_TRANSIENT_HIGH = 1.0, 2.0
+# transient phase takes 1-3x the folded bytes more (measured 1.7x: a tied 7.5 MiB embedding table's
+# Transpose for the lm_head, 2-layer Llama; silero-vad, 2.0 MiB folded inside its If branches: the basic
+# optimizer costs 7.0 MiB at load, the result and 2.5x more, ORT_ENABLE_BASIC against ORT_DISABLE_ALL).
+# The copies are freed into the heap, which keeps one resident through the run (silero-vad's run peak is its
+# load's and 1 MiB more): the run's high side holds FOLD_RETAINED_HIGH of them.
+FOLD_TRANSIENT_LOW, FOLD_TRANSIENT_HIGH = 1.0, 3.0
+FOLD_RETAINED_HIGH = 1.0
 # Allocator and session bookkeeping on top of the weights no kernel packs, measured at 5-8%.
 OVERHEAD_LOW, OVERHEAD_HIGH = 0.02, 0.10
 # The runtime base is calibrated on one host (profiles/calibration/runtime_base.toml); another host of
@@ -275,30 +280,6 @@ def mapped_touched(tables: dict[str, tuple[int, int]], tokens: int) -> int:
 
 # ---------------------------------------------------------------- the estimate
 
-# Ops ONNX Runtime's constant folding leaves alone even on constant inputs.
-NOT_FOLDED = {"QuantizeLinear", "DequantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike",
-              "RandomUniformLike", "Multinomial", "Bernoulli"}
-
-
-def folded_constants(graph: onnx.GraphProto, constants: set[str],
-                     sizes: dict[str, int | None]) -> tuple[dict[str, int], set[str]]:
-    """What the runtime's constant folding makes at load: the outputs of nodes whose every input is
-    a constant (a Transpose of a tied embedding table for the lm_head, say) that the rest of the
-    graph reads, by bytes; and the constants only folding read, which it frees."""
-    folded: set[str] = set()
-    for node in graph.node:
-        if node.op_type in NOT_FOLDED or node.op_type == "Constant" or not node.input \
-                or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            continue
-        if all(not i or i in constants or i in folded for i in node.input):
-            folded.update(o for o in node.output if o)
-    read_by_rest = {i for n in graph.node if not set(n.output) <= folded for i in n.input} \
-        | {o.name for o in graph.output}
-    made = {o: sizes.get(o) or 0 for o in folded if o in read_by_rest}
-    read_by_folding = {i for n in graph.node if n.output and set(n.output) <= folded for i in n.input}
-    return made, {c for c in read_by_folding & constants if c not in read_by_rest}
-
-
 def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[str, tuple[int, ...]],
              context: int | None = None, tokenizer: Path | None = None, converted_bytes: int = 0) -> Estimate:
     """`converted_bytes`: the size of the file a runtime conversion made, which the device loads instead of
@@ -315,7 +296,7 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
         if decoder is not None:
             return decoder
     concrete = concrete_shapes(model, sample_shapes)
-    folded, freed = folded_constants(concrete.graph, set(sizes), value_sizes(concrete.graph))
+    folded, freed = folded_in_all_graphs(concrete.graph, set(sizes))
     freed_bytes = sum(sizes[n] for n in freed)
     sizes |= folded  # folded constants are weights held in memory, packed like the others
     tables = mapped_tables(model)
@@ -364,7 +345,7 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
                                                           fixed_low - tokens + transient_low)
     load_high = weights + overhead_high + max(fixed + packed_high + ort_high, fixed - tokens + transient_high)
     run_low = fixed_low + weights - freed_bytes + overhead_low + packed_low + act_low + pattern_low + kv + touched
-    retained_high = int(small_inline * HEAP_RETAINED_HIGH)
+    retained_high = int(small_inline * HEAP_RETAINED_HIGH + folded_bytes * FOLD_RETAINED_HIGH)
     run_high = fixed + weights + overhead_high + packed_high + act_high + pattern_high + retained_high + kv + touched
     breakdown = {
         "runtime_base": base,

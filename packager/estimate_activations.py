@@ -1,6 +1,7 @@
 """The run phase of the memory estimate (packager/estimate.py): the largest set of activations alive at once, from
 the graph with the sample's shapes inferred through it, a decoder's KV cache at a context, and a decoder graph's
-shape as the decoder peak's rule reads it (packager/decoder_peak.py)."""
+shape as the decoder peak's rule reads it (packager/decoder_peak.py); and the constants the runtime folds at load,
+in every graph (folded_in_all_graphs)."""
 
 from __future__ import annotations
 
@@ -278,3 +279,41 @@ def _matmul_widths(model: onnx.ModelProto) -> list[tuple[int, int]]:
             k, n = dims[node.input[1]]
             widths.append((int(k), int(n)))
     return widths
+
+
+# Ops ONNX Runtime's constant folding leaves alone even on constant inputs.
+NOT_FOLDED = {"QuantizeLinear", "DequantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike",
+              "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def folded_constants(graph: onnx.GraphProto, constants: set[str],
+                     sizes: dict[str, int | None]) -> tuple[dict[str, int], set[str]]:
+    """What the runtime's constant folding makes at load: the outputs of nodes whose every input is
+    a constant (a Transpose of a tied embedding table for the lm_head, say) that the rest of the
+    graph reads, by bytes; and the constants only folding read, which it frees."""
+    folded: set[str] = set()
+    for node in graph.node:
+        if node.op_type in NOT_FOLDED or node.op_type == "Constant" or not node.input \
+                or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue
+        if all(not i or i in constants or i in folded for i in node.input):
+            folded.update(o for o in node.output if o)
+    read_by_rest = {i for n in graph.node if not set(n.output) <= folded for i in n.input} \
+        | {o.name for o in graph.output}
+    made = {o: sizes.get(o) or 0 for o in folded if o in read_by_rest}
+    read_by_folding = {i for n in graph.node if n.output and set(n.output) <= folded for i in n.input}
+    return made, {c for c in read_by_folding & constants if c not in read_by_rest}
+
+
+def folded_in_all_graphs(graph: onnx.GraphProto, constants: set[str]) -> tuple[dict[str, int], set[str]]:
+    """folded_constants over the graph and each subgraph: the runtime folds an If branch's or a Loop body's
+    constants at load as it does the main graph's (silero-vad: each LSTM's weights sliced and unsqueezed into
+    2 MiB more, inside its If branches, which put its load 7 MiB above the estimate's high side). A subgraph
+    reads the outer graphs' constants as its own."""
+    folded: dict[str, int] = {}
+    freed: set[str] = set()
+    for g in all_graphs(graph):
+        made, only_folding = folded_constants(g, constants | set(folded), value_sizes(g))
+        folded |= made
+        freed |= only_folding
+    return folded, freed

@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from packager.config import resolve_package_settings  # noqa: E402
 from packager.options import InputSpec, PackageOptions  # noqa: E402
 from packager.pipeline import package  # noqa: E402
+from packager.records import Memory  # noqa: E402
 
 MiB = 2**20
 
@@ -101,7 +102,7 @@ def decoder_rows(tmp: Path, target: str, only: list[str] | None) -> None:
         settings = resolve_package_settings({"target": target, "recipe": recipe, "budget": "16GiB", "out": None})
         mem = check(folder if name == "tiny llama" else name, settings,
                     PackageOptions(context=context, cache=False)).memory
-        report(label, mem["estimate"], mem["measured_peak_bytes"], mem["load_peak_bytes"], mem["run_peak_bytes"])
+        report(label, mem)
 
 
 def corpus_rows(target: str, only: list[str] | None) -> None:
@@ -128,8 +129,7 @@ def corpus_rows(target: str, only: list[str] | None) -> None:
         except PackagerError as e:   # the target refuses the model: no row to measure, said as packager says it
             print(f"({key}: refused on {target}, exit {int(e.code)}: {e})", flush=True)
             continue
-        report(f"{key} {settings.recipe.value}", mem["estimate"], mem["measured_peak_bytes"], mem["load_peak_bytes"],
-               mem["run_peak_bytes"])
+        report(f"{key} {settings.recipe.value}", mem)
 
 
 RESULTS: list[tuple[str, float, bool]] = []   # (label, error of the midpoint in %, high side below the measurement)
@@ -144,13 +144,16 @@ def summary() -> None:
           + (", ".join(below) if below else "none"), flush=True)
 
 
-def report(label: str, est: dict, peak: int, load: int, run: int) -> None:
-    low, high = est["low_bytes"], est["high_bytes"]
+def report(label: str, memory: Memory | None) -> None:
+    assert memory is not None and memory.measured_peak_bytes is not None   # measured: the fit stage ran run.py
+    est, peak = memory.estimate, memory.measured_peak_bytes
+    load, run = memory.load_peak_bytes or 0, memory.run_peak_bytes or 0
+    low, high = est.low_bytes, est.high_bytes
     mid = (low + high) / 2
     RESULTS.append((label, (mid - peak) / peak * 100, high < peak))
     error = 0.0 if low <= peak <= high else min(abs(peak - low), abs(peak - high)) / peak * 100
     over = (high - peak) / peak * 100
-    parts = ", ".join(f"{k} {v / MiB:.0f}" for k, v in sorted(est["breakdown"].items(), key=lambda kv: -kv[1])[:4])
+    parts = ", ".join(f"{k} {v / MiB:.0f}" for k, v in sorted(est.breakdown.items(), key=lambda kv: -kv[1])[:4])
     print(f"{label:<28}{low / MiB:>8.0f}{high / MiB:>8.0f}{peak / MiB:>10.0f}{load / MiB:>8.0f}{run / MiB:>8.0f}"
           f"{error:>7.1f}%{over:>+8.0f}%{(mid - peak) / peak * 100:>+7.1f}%  {parts}", flush=True)
 
@@ -175,7 +178,7 @@ def main() -> None:
             spec = InputSpec(shapes={"x": (1, 2048)}) if "chain" in label else InputSpec()
             ctx = package(model, settings, PackageOptions(input_spec=spec, cache=False))
             mem = ctx.memory
-            report(label, mem["estimate"], mem["measured_peak_bytes"], mem["load_peak_bytes"], mem["run_peak_bytes"])
+            report(label, mem)
         decoder_rows(Path(tmp), args.target, args.only)
         corpus_rows(args.target, args.only)
     summary()
