@@ -34,6 +34,20 @@ def test_paddle_exports_check_at_int8_with_no_shape(key: str) -> None:
     assert result["coverage"]["share"]["int8"] > 0.9
 
 
+@pytest.mark.parametrize("target", ["rpi5", "phone"])
+def test_paddle_text_detector_packages_at_the_recipe_that_keeps_its_answers(target: str, tmp_path: Path) -> None:
+    """Before: exit 4 (int8-dynamic's verify on noise, cosine 0.0138, where a text detector answers ~0). On
+    picture samples its fp32 map finds the text lines and int8-dynamic's drifts (cosine 0.50): with no --recipe
+    and no --shape the bundle is fp32, and says that the profile's int8-dynamic did not keep the answers."""
+    proc = run_cli("package", str(_model("ppocr-det")), "--target", target, "--out", str(tmp_path / "dist"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["recipe"] == "fp32" and result["accuracy"]["min_cosine"] >= 0.98
+    assert result["fit"]["mode"] == "default" and result["fit"]["tried"][0]["recipe"] == "int8-dynamic"
+    assert "changes the answers too much" in result["fit"]["tried"][0]["outcome"]
+    assert Path(result["archive"]).is_file()
+
+
 def test_inspect_shows_what_packager_picks_for_paddle_dims() -> None:
     proc = run_cli("inspect", str(_model("ppocr-det")), "--json")
     assert proc.returncode == 0, proc.stderr
