@@ -49,19 +49,19 @@ def make_inputs(inputs: list[dict[str, Any]], spec: InputSpec, first_seed: int =
 
 
 def model_inputs(model: Path, inputs: list[dict[str, Any]], spec: InputSpec, budget_bytes: int | None = None,
-                 session_options: Any = None) -> list[dict[str, np.ndarray]]:
+                 session_options: Any = None, first_seed: int = 0) -> list[dict[str, np.ndarray]]:
     """make_inputs() sized by what the model records (packager/open_shapes.py). Where a dimension is open, the
     model runs once on the first set, so that sizes it cannot take are a bad input (exit 5) naming --shape,
     here, rather than a runtime failure in a later stage; a guessed image size that fails makes way for the
     next guess. `session_options`: the onnxruntime SessionOptions of the trial run (the profile's, as the device
-    sets them; the runtime's defaults where None)."""
+    sets them; the runtime's defaults where None). `first_seed`: the first set's (calibration uses others)."""
     import onnx
 
     record = size_record(onnx.load(model, load_external_data=False))
     open_inputs = [i for i in inputs if any(is_open(d) for d in i["shape"])]
     tried: list[str] = []
     for candidate in candidates(record, inputs, spec.shapes):
-        samples = make_inputs(inputs, spec, budget_bytes=budget_bytes, record=candidate)
+        samples = make_inputs(inputs, spec, first_seed, budget_bytes=budget_bytes, record=candidate)
         failure = _run_failure(model, samples[0], session_options) if open_inputs else None
         if failure is None:
             return samples

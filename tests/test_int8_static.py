@@ -89,3 +89,23 @@ def test_int8_static_raises_an_old_opset_for_per_channel_scales(tmp_path: Path) 
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 13
     axes = [a for n in model.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute if a.name == "axis"]
     assert axes   # per channel: the weights' scales are per output channel
+
+
+@pytest.mark.integration
+def test_built_in_calibration_runs_at_the_sizes_the_samples_pick(tmp_path: Path) -> None:
+    """An image model that runs at no 224x224 (PP-OCRv4 rec: its Concat refuses it) but at packager's next guess:
+    the samples stage moves on to that guess, and the built-in calibration inputs must too (before, they stayed
+    at the first guess and int8-static failed with exit 10 while calibrating)."""
+    from packager.open_shapes import DETECTOR_SIDE
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.zeros((1, 3, DETECTOR_SIDE, 1), np.float32), "bias"),
+             numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w")]
+    nodes = [helper.make_node("Add", ["x", "bias"], ["b"]), helper.make_node("Conv", ["b", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "sized", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, "h2", "w2"])], inits)
+    path = tmp_path / "sized.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    ctx = _package(path, tmp_path / "dist")
+    assert ctx.recipe is not None and ctx.recipe.name == "int8-static" and ctx.recipe.quantized_nodes > 0
+    assert ctx.sample_inputs[0]["x"].shape == (1, 3, DETECTOR_SIDE, DETECTOR_SIDE)
