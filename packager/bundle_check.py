@@ -12,6 +12,7 @@ from typing import Any
 from packager.errors import ExitCode, PackagerError
 from packager.fit_memory import measure_folder, verdict
 from packager.model_files import read_json
+from packager.profile_types import DEFAULT_RUNTIME
 from packager.profiles import Profile
 from packager.records import Memory
 from packager.runtimes import RUNTIMES, profile_for_model, runtime_for
@@ -22,7 +23,8 @@ def own_runtime_profile(folder: Path, profile: Profile) -> Profile | None:
     onnxruntime-genai, the profile's [runtime] or its [decoder_runtime]); None when the exported-graph path judges
     the bundle. Exit 2 when the profile would not run this model on the bundle's runtime."""
     manifest = _manifest(folder)
-    name = manifest["profile"]["runtime"]["name"]
+    # runtime.name is recorded only where it is not the default (profile_types.Profile.to_dict)
+    name = manifest["profile"]["runtime"].get("name", DEFAULT_RUNTIME)
     if name not in RUNTIMES or not RUNTIMES[name].builds_model:
         return None
     applied, _ = profile_for_model(profile, manifest["runtime"]["io"]["kind"],
