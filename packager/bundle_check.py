@@ -23,7 +23,7 @@ def own_runtime_profile(folder: Path, profile: Profile) -> Profile | None:
     onnxruntime-genai, the profile's [runtime] or its [decoder_runtime]); None when the exported-graph path judges
     the bundle. Exit 2 when the profile would not run this model on the bundle's runtime."""
     manifest = _manifest(folder)
-    # The manifest leaves out the default runtime's name (Profile.record: byte-identical bundles)
+    # runtime.name is recorded only where it is not the default (profile_types.Profile.to_dict)
     name = manifest["profile"]["runtime"].get("name", DEFAULT_RUNTIME)
     if name not in RUNTIMES or not RUNTIMES[name].builds_model:
         return None

@@ -24,6 +24,9 @@ FULL, SLIDING = "full_attention", "sliding_attention"
 # The E-class exporter's (runtimes/eclass_export.py) name for a sliding layer's past length axis: that past holds
 # the last window - 1 positions, whatever the context (the estimate sizes it as plan does)
 WINDOW_AXIS = "window"
+# The device's decoder loop prefills a graph that gives the last position's logits (the E-class exporter's) in
+# chunks of this many tokens (targets/runtime/session.py's PREFILL_CHUNK): plan counts a chunk's activations
+LAST_ONLY_CHUNK = 256
 
 
 @dataclass(frozen=True)

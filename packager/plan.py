@@ -272,9 +272,12 @@ def activation_bytes(a: Architecture, mem: DecoderMemory, precision: str, contex
 
 def decoder_memory(a: Architecture, profile: Profile, precision: str) -> DecoderMemory:
     """How the runtime holds this decoder; an E-class model on an exported graph is the E-class exporter's, whose
-    sliding layers keep their window and whose pass returns the last position's logits only."""
+    sliding layers keep their window, whose pass returns the last position's logits only, and whose prompt the
+    device prefills in chunks."""
     mem = runtime_for(profile).decoder_memory(profile, precision)
-    return replace(mem, windowed_kv=True, logits_positions=1) if e_exported(a, mem) else mem
+    if not e_exported(a, mem):
+        return mem
+    return replace(mem, windowed_kv=True, logits_positions=1, prefill_tokens=decoder_config.LAST_ONLY_CHUNK)
 
 
 def e_exported(a: Architecture, mem: DecoderMemory) -> bool:
@@ -376,6 +379,9 @@ def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None
         notes.append(f"{human_count(a.mapped_parameters)} parameters of per-layer embeddings are memory-mapped from "
                      "storage, not resident: the peak counts the resident weights (a run touches a few rows of the "
                      "mapped table per token, which the kernel may keep cached)")
+    floor = _weights_alone_overflow(rows, profile)
+    if floor:
+        notes.append(floor)
     if a.attention and a.name.endswith("ForConditionalGeneration"):
         notes.append(f"{a.name}: the text decoder only; its vision and audio encoders, loaded on demand, are not "
                      "counted")
@@ -393,6 +399,20 @@ def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None
                      f"({gpu_context / 2**20:.0f} MiB, {profile.name}'s runtime.gpu_context_bytes)")
     return Plan(a, profile.name, profile.budget.memory_bytes, rows,
                 {p: largest_context(a, profile, p, kv_bits) for p in precisions}, notes)
+
+
+def _weights_alone_overflow(rows: list[Row], profile: Profile) -> str:
+    """Where even the smallest precision's resident weights and the runtime base exceed the budget, no context and no
+    runtime setting fits it: say so, with the figures ("" otherwise)."""
+    smallest = min(rows, key=lambda r: r.weights_bytes, default=None)
+    if smallest is None or smallest.weights_bytes + smallest.runtime_base_bytes <= profile.budget.memory_bytes:
+        return ""
+    mib = 2**20
+    return (f"at {smallest.precision}, the resident weights alone ({smallest.weights_bytes / mib:.0f} MiB) and the "
+            f"runtime base ({smallest.runtime_base_bytes / mib:.0f} MiB) exceed the budget "
+            f"({profile.budget.memory_bytes / mib:.0f} MiB) by "
+            f"{(smallest.weights_bytes + smallest.runtime_base_bytes - profile.budget.memory_bytes) / mib:.0f} MiB "
+            "before any KV cache: no context fits")
 
 
 def human_count(count: int) -> str:

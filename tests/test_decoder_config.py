@@ -96,6 +96,24 @@ def test_gemma4_e2b_maps_its_per_layer_embeddings_and_shares_kv() -> None:
     assert r.weights_bytes < int(a.parameters * 0.625)        # the mapped table is not in the resident weights
 
 
+def test_gemma4_e2b_on_the_onnxruntime_path_counts_a_chunk_and_says_its_weights_alone_overflow() -> None:
+    """rpi5 runs an E-class model on onnxruntime (the E-class exporter's graph): the device prefills it in chunks
+    (targets/runtime/session.py), the last position's logits only; at int4 (block 32, fp32 scales) the resident
+    weights, 2.28B effective parameters at 0.625 bytes plus the tied table's second scales, and the base overflow
+    1.5 GB before any cache."""
+    a = architecture(config("Gemma-4-E2B"))
+    rpi5 = resolve_target("rpi5")
+    r = row(a, rpi5, "int4", 8192, None)
+    assert r.activations_bytes == 4 * (262144 + 256 * (8 * 8192 + 2 * 6144 + 4 * 1536))
+    assert r.weights_bytes == int(a.effective_parameters * 0.625) + int(262144 * 1536 * 4 / 32)
+    assert r.weights_bytes + r.runtime_base_bytes > rpi5.budget.memory_bytes and not r.fits
+    p = plan(CONFIGS / "Gemma-4-E2B.json", rpi5, ["int4"], [8192])
+    assert any("resident weights alone" in n and "no context fits" in n for n in p.notes)
+    assert p.max_context["int4"] == 0
+    small = plan(CONFIGS / "Qwen3-0.6B.json", resolve_target("rpi5-genai"), ["int4"], [8192])
+    assert not any("resident weights alone" in n for n in small.notes)
+
+
 def test_a_windowed_layer_stops_growing_at_its_window() -> None:
     a = architecture(config("Gemma-3-1B"))
     genai = [kv_cache(a, context, 32, windowed=True) for context in (512, 4096, 32768)]

@@ -61,7 +61,14 @@ with torch.inference_mode():
 scores = Decoder(session, io).score(prompt[:5])
 decoder = Decoder(session, io)
 _, cache = decoder.step(prompt, decoder.empty_past(), 0)
-print(json.dumps({"tokens": tokens, "ref": ref, "first_diff": float(np.abs(first - first_ref).max()),
+# a prompt longer than a prefill chunk: the chunked pass (generate's) against one pass over the whole prompt
+long = [int(t) for t in np.random.RandomState(1).randint(2, 512, size=300)]
+one, one_cache = decoder.step(long, decoder.empty_past(), 0)
+chunked, chunked_cache = decoder.prefill(long)
+chunks = {"logits": float(np.abs(one[-1] - chunked[-1]).max()), "scale": float(np.abs(one[-1]).max()),
+          "same_shapes": all(one_cache[n].shape == chunked_cache[n].shape for n in one_cache),
+          "cache": max(float(np.abs(one_cache[n] - chunked_cache[n]).max()) for n in one_cache)}
+print(json.dumps({"chunks": chunks, "tokens": tokens, "ref": ref, "first_diff": float(np.abs(first - first_ref).max()),
                   "first_scale": float(np.abs(first_ref).max()), "scores": list(scores.shape),
                   "loaded": loaded, "after": ple_rss(), "mapped": mapped,
                   "cache": {n: v.shape[2] for n, v in cache.items()}}))
@@ -163,6 +170,9 @@ def test_generates_the_pytorch_models_tokens_and_maps_the_ple_file(exported: tup
     window = ECLASS["sliding_window"]
     assert run["cache"] == {f"past_key_values.{n}.{kind}": 20 if ECLASS["layer_types"][n] == "full_attention"
                             else window - 1 for n in made["owners"] for kind in ("key", "value")}
+    # the device prefills a long prompt in chunks (PREFILL_CHUNK): the same logits and cache as one pass
+    chunks = run["chunks"]
+    assert chunks["same_shapes"] and chunks["logits"] < 1e-4 * chunks["scale"] and chunks["cache"] < 1e-3
     assert run["mapped"]                               # memory-mapped, not read into the heap
     table = (out / made["ple_file"]).stat().st_size
     # the tokens (all below 512) read rows in the first pages only; the kernel may map them in 2 MB folios

@@ -96,5 +96,5 @@ def test_plan_counts_the_fp16_cache_and_its_attention_scratch() -> None:
         return runtime_for(profile).decoder_memory(profile, "int4")
 
     half, full = memory("float16"), memory("float")
-    assert (half.kv_bits, full.kv_bits) == (16, 32) and half.kv_copies == full.kv_copies == 1.0
+    assert (half.kv_bits, full.kv_bits) == (16, 32) and half.kv_copies == full.kv_copies == (1.0, 1.0)
     assert half.score_heads == 0 and full.score_heads == base.session.intra_op_threads

@@ -17,6 +17,10 @@ from .peak import rss_bytes
 
 # ---------------------------------------------------------------- session
 
+# Prompt tokens a pass for a graph that gives the last position's logits (the E-class exporter's): plan counts a
+# chunk's activations with it (packager/decoder_config.py's LAST_ONLY_CHUNK, the same figure)
+PREFILL_CHUNK = 256
+
 _GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                  "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
@@ -226,7 +230,7 @@ class Decoder:
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], np.ndarray]:
         """Greedy tokens after the prompt (stopping after an end-of-sequence token), and the logits
         of the prompt's last position (the first prediction)."""
-        logits, past = self.step(prompt_ids, self.empty_past(), 0)
+        logits, past = self.prefill(prompt_ids)
         first = logits[-1]
         tokens: list[int] = []
         length = len(prompt_ids)
@@ -238,6 +242,17 @@ class Decoder:
             logits, past = self.step([token], past, length)
             length += 1
         return tokens, first
+
+    def prefill(self, ids: list[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The prompt's pass: in chunks of PREFILL_CHUNK tokens where the graph gives the last position's logits
+        (the E-class exporter's), so that a long prompt's attention scores are a chunk's against the cache, not
+        the whole prompt's against itself (8K tokens: 256 MiB a head in one pass); in one pass otherwise."""
+        if not self.last_only:
+            return self.step(ids, self.empty_past(), 0)
+        past = self.empty_past()
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            logits, past = self.step(ids[start:start + PREFILL_CHUNK], past, start)
+        return logits, past
 
     def score(self, ids: list[int]) -> np.ndarray:
         """Logits at every position of `ids` in one pass (no cache): the teacher-forced predictions."""
