@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`packager plan` on the published decoder configs (packager/data/configs/), as the markdown tables of docs/llms.md:
 stored and effective parameters, resident and mapped int4 weights, the KV cache per layer type, and the largest
-int4 context that fits each profile.
+int4 context that fits each profile (and, in brackets, with the runtime's smaller KV cache where that is longer:
+onnxruntime-genai's int8 one, which `--fit auto` takes before it shortens the context).
 
     python scripts/plan_table.py [--precision int4] [--target rpi5 --target phone ...]
 
@@ -28,6 +29,7 @@ from packager.plan import (  # noqa: E402
     largest_context,
     read_config,
     row,
+    smaller_kv_context,
 )
 from packager.profiles import resolve_target  # noqa: E402
 from packager.runtimes import runtime_for  # noqa: E402
@@ -51,6 +53,15 @@ def kv_per_type(a, profile) -> str:  # type: ignore[no-untyped-def]
     return "; ".join(parts) + (f"; {shared} shared: 0" if shared else "")
 
 
+def fit_cell(a, profile, precision: str) -> str:  # type: ignore[no-untyped-def]
+    """The largest context that fits with the profile's KV cache, and with the runtime's smaller one (--fit auto's
+    lever) where that is longer."""
+    tokens = largest_context(a, profile, precision, None)
+    cache, longer = smaller_kv_context(a, profile, precision, tokens)
+    cell = human_context(tokens) if tokens else "none"
+    return cell + (f" ({human_context(longer)} {cache} KV)" if longer else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", default="int4")
@@ -65,10 +76,9 @@ def main() -> None:
         a = architecture(read_config(path))
         applied = [as_packaged(a, p)[0] for p in profiles]
         r = row(a, applied[0], args.precision, 4096, None)
-        fits = [largest_context(a, p, args.precision, None) for p in applied]
+        fits = [fit_cell(a, p, args.precision) for p in applied]
         print(f"| {path.stem} | {human_count(a.parameters)} | {human_count(a.effective_parameters)} | "
-              f"{r.weights_bytes / MiB:.0f} MiB | {r.mapped_bytes / MiB:.0f} MiB | "
-              + " | ".join(human_context(f) if f else "none" for f in fits) + " |")
+              f"{r.weights_bytes / MiB:.0f} MiB | {r.mapped_bytes / MiB:.0f} MiB | " + " | ".join(fits) + " |")
         kv = [as_packaged(a, resolve_target(t))[0] for t in KV_TARGETS]
         kv_lines.append(f"| {path.stem} | " + " | ".join(kv_per_type(a, p) for p in kv) + " |")
     print()

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from packager.errors import PackagerError
-from packager.plan import architecture, plan, row
+from packager.plan import architecture, human_context, plan, row
 from packager.profiles import resolve_target
 
 # The public Llama 3.2 1B shape: 1,235,814,400 parameters with tied embeddings.
@@ -53,6 +53,31 @@ def test_plan_rows_and_largest_context(llama_1b: Path) -> None:
     assert 256 <= largest < 131072 and largest % 256 == 0
     assert row(p.architecture, resolve_target("jetson-orin-nano"), "int4", largest, None).fits
     assert not row(p.architecture, resolve_target("jetson-orin-nano"), "int4", largest + 256, None).fits
+
+
+def test_the_1b_class_fits_rpi5_at_4k_and_plan_names_the_int8_cache_where_it_goes_further(llama_1b: Path) -> None:
+    """Issue 19: the Llama-3.2-1B shape at int4 fits rpi5's 1.5 GB at 4K (onnxruntime-genai, MatMulNBits in fp32:
+    [decoder_runtime.int4]); where the runtime's int8 KV cache (--fit auto's lever) fits a longer context, plan says
+    how long, with the same rule as the row it plans with that cache."""
+    import dataclasses
+
+    from packager.runtimes import profile_for_model
+
+    p = plan(llama_1b, resolve_target("rpi5"), ["int4"])
+    assert p.max_context["int4"] >= 4096
+    assert p.smaller_kv == "int8" and p.max_context_smaller_kv["int4"] > p.max_context["int4"]
+    genai, _ = profile_for_model(resolve_target("rpi5"), "decoder", "LlamaForCausalLM")
+    int8 = dataclasses.replace(genai, session=dataclasses.replace(
+        genai.session, config={**genai.session.config, "genai.kv_cache": "int8"}))
+    longest = p.max_context_smaller_kv["int4"]
+    assert row(p.architecture, int8, "int4", longest, None).fits
+    assert not row(p.architecture, int8, "int4", longest + 256, None).fits
+    # the onnxruntime path (the phone) has no smaller cache to offer
+    assert plan(llama_1b, resolve_target("phone"), ["int4"]).smaller_kv == ""
+    proc = run_cli("plan", str(llama_1b / "config.json"), "--target", "rpi5", "--precision", "int4")
+    assert proc.returncode == 0, proc.stderr
+    assert f"int4: fits up to {human_context(p.max_context['int4'])} tokens of context; with an int8 KV cache up to " \
+        f"{human_context(longest)}" in proc.stdout
 
 
 def test_plan_cli_json(llama_1b: Path) -> None:
