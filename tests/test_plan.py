@@ -95,3 +95,14 @@ def test_plan_refuses_a_folder_without_config(tmp_path: Path) -> None:
         plan(tmp_path, resolve_target("phone"))
     proc = run_cli("plan", str(tmp_path), "--target", "phone")
     assert proc.returncode == 5 and "no config.json" in proc.stderr
+
+
+def test_the_docs_plan_tables_are_generated_not_typed() -> None:
+    """docs/llms.md's and README.md's tables of published configs are `scripts/plan_table.py`'s output (--write): a
+    change to the memory model or a profile that moves them fails here until they are written again."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "plan_table.py"
+    proc = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
