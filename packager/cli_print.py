@@ -213,8 +213,11 @@ def _print_plan(p: Any) -> None:
     Console().print(table)
     for precision, tokens in p.max_context.items():
         if a.decoder:
+            smaller = p.max_context_smaller_kv.get(precision, 0)
             print(f"{precision}: "
-                  + (f"fits up to {human_context(tokens)} tokens of context" if tokens else "does not fit"))
+                  + (f"fits up to {human_context(tokens)} tokens of context" if tokens else "does not fit")
+                  + (f"; with an {p.smaller_kv} KV cache up to {human_context(smaller)} (--fit auto takes it)"
+                     if smaller else ""))
     for note in p.notes:
         err.print(f"note: {escape(note)}", soft_wrap=True)
 

@@ -106,6 +106,10 @@ class Plan:
     rows: list[Row]
     max_context: dict[str, int]             # precision -> largest context that fits (0: none)
     notes: list[str] = field(default_factory=list)
+    # Decoders whose runtime has a smaller KV cache than the profile's (Runtime.smaller_kv_cache, --fit auto's lever):
+    # its name ("int8") and, per precision, the largest context that fits with it, where that is longer.
+    smaller_kv: str = ""
+    max_context_smaller_kv: dict[str, int] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -117,7 +121,9 @@ class Plan:
                 "effective_parameters": self.architecture.effective_parameters,
                 "architecture": asdict(self.architecture),
                 "target": self.target, "budget_bytes": self.budget_bytes, "rows": [asdict(r) for r in self.rows],
-                "max_context": self.max_context, "notes": self.notes}
+                "max_context": self.max_context, "notes": self.notes,
+                **({"smaller_kv": self.smaller_kv, "max_context_smaller_kv": self.max_context_smaller_kv}
+                   if self.smaller_kv else {})}
 
 
 def find_config(spec: str | Path) -> Path:
@@ -397,8 +403,21 @@ def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None
     if gpu_context:
         notes.append(f"the runtime base includes the GPU providers' CUDA context on unified memory "
                      f"({gpu_context / 2**20:.0f} MiB, {profile.name}'s runtime.gpu_context_bytes)")
-    return Plan(a, profile.name, profile.budget.memory_bytes, rows,
-                {p: largest_context(a, profile, p, kv_bits) for p in precisions}, notes)
+    largest = {p: largest_context(a, profile, p, kv_bits) for p in precisions}
+    levered = {p: smaller_kv_context(a, profile, p, largest[p]) for p in precisions} if kv_bits is None else {}
+    smaller = {p: c for p, (_, c) in levered.items() if c}
+    return Plan(a, profile.name, profile.budget.memory_bytes, rows, largest, notes,
+                next((name for name, c in levered.values() if c), ""), smaller)
+
+
+def smaller_kv_context(a: Architecture, profile: Profile, precision: str, than: int) -> tuple[str, int]:
+    """The runtime's smaller KV cache (Runtime.smaller_kv_cache: --fit auto's lever) and the largest context that fits
+    with it, where that is longer than `than`; ("", 0) where there is none or it gains nothing."""
+    lever = runtime_for(profile).smaller_kv_cache(profile) if a.decoder else None
+    if lever is None:
+        return "", 0
+    context = largest_context(a, lever[0], precision, None)
+    return (lever[1], context) if context > than else ("", 0)
 
 
 def _weights_alone_overflow(rows: list[Row], profile: Profile) -> str:

@@ -132,6 +132,9 @@ class DecoderRuntime:
     session: Session
     recipe: str                    # the default recipe of a decoder on this runtime
     fit_recipes: tuple[str, ...] = ()  # what --fit auto tries there, most precise first (default: recipe)
+    # [decoder_runtime.int4]: that runtime's MatMulNBits settings, where they differ from the profile's [int4] (on
+    # onnxruntime-genai the compute type is a memory trade too: runtimes/genai.py WEIGHT_FACTORS). Default: [int4].
+    int4: Int4 | None = None
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ class Profile:
         if d is None:
             return self
         return dataclasses.replace(self, runtime=d.runtime, session=d.session, decoder_recipe=d.recipe,
-                                   decoder_fit_recipes=d.fit_recipes, decoder_runtime=None)
+                                   decoder_fit_recipes=d.fit_recipes, int4=d.int4 or self.int4, decoder_runtime=None)
 
     def recipe_for(self, context_sized: bool) -> str:
         """The default recipe for a model (or component) whose memory grows with the context or not: its family's

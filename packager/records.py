@@ -143,10 +143,13 @@ class Fit:
     the search goes (packager/fit_auto.py), hence not frozen."""
 
     mode: str = "auto"   # "default": the profile's default recipe, rejected by verify, and its fallback
-    tried: list[dict[str, Any]] = field(default_factory=list)   # {"recipe", "outcome"[, "context"]}
+    tried: list[dict[str, Any]] = field(default_factory=list)   # {"recipe", "outcome"[, "context", "kv_cache"]}
     predicted_peak_bytes: dict[str, dict[str, int]] | None = None  # decoders: recipe -> context -> peak
     chosen: str | None = None
     context: int | None = None     # decoders: the context chosen, when it was shortened
+    # decoders: the KV cache type --fit auto moved to (the runtime's smallest, "int8" on onnxruntime-genai), when no
+    # recipe fitted with the profile's; the profile the bundle records carries it too
+    kv_cache: str | None = None
     why: str | None = None
 
     @classmethod

@@ -171,10 +171,10 @@ def test_the_kv_cache_type_and_the_matmul_compute_are_profile_settings(tmp_path:
 
     text = (profiles_dir() / f"{TARGET}.toml").read_text()
     setting = '"genai.prefill_chunk" = "256"'
-    assert setting in text and "accuracy_level = 4\n" in text
+    assert setting in text and "accuracy_level = 1\n" in text
     profile = tmp_path / f"kv-{kv}-{level}.toml"
     profile.write_text(text.replace(setting, setting + f', "genai.kv_cache" = "{kv}"').replace(
-        f'name = "{TARGET}"', f'name = "kv-{kv}-{level}"').replace("accuracy_level = 4\n",
+        f'name = "{TARGET}"', f'name = "kv-{kv}-{level}"').replace("accuracy_level = 1\n",
                                                                    f"accuracy_level = {level}\n"))
     proc = packager("package", "sample:tiny-llama", "--target", str(profile), "--out", str(tmp_path / "dist"),
                     "--no-cache")
@@ -198,8 +198,8 @@ def test_the_kv_cache_type_and_the_matmul_compute_are_profile_settings(tmp_path:
 
 def test_the_matmul_compute_sets_plans_weight_factors() -> None:
     """plan counts a decoder's int4 weights by the profile's MatMulNBits compute ([int4] accuracy_level): fp32 compute
-    (levels 0-2) packs smaller than int8 compute (level 4), so its peak is lower at every context; other precisions
-    keep int8 compute's factors."""
+    (levels 0-2, the profile's) packs smaller than int8 compute (level 4), so its peak is lower at every context;
+    other precisions keep int8 compute's factors."""
     import dataclasses
 
     from packager.plan import architecture, read_config, row
@@ -207,15 +207,32 @@ def test_the_matmul_compute_sets_plans_weight_factors() -> None:
     from packager.profiles import resolve_target
 
     a = architecture(read_config("sample:tiny-llama"))
-    base = resolve_target(TARGET)
-    fp32 = dataclasses.replace(base, int4=dataclasses.replace(base.int4, accuracy_level=0))
+    fp32 = resolve_target(TARGET)
+    assert fp32.int4.accuracy_level <= 2
+    int8 = dataclasses.replace(fp32, int4=dataclasses.replace(fp32.int4, accuracy_level=4))
 
     def high(profile: Profile, precision: str, context: int) -> int:
         return row(a, profile, precision, context, None).peak_high_bytes
 
     for context in (256, 1024):
-        assert high(fp32, "int4", context) < high(base, "int4", context)
-        assert high(fp32, "fp32", context) == high(base, "fp32", context)
+        assert high(fp32, "int4", context) < high(int8, "int4", context)
+        assert high(fp32, "fp32", context) == high(int8, "fp32", context)
+
+
+def test_rpi5_decoders_on_genai_compute_in_fp32_and_the_onnxruntime_path_keeps_int8() -> None:
+    """rpi5's [decoder_runtime.int4] (fp32 MatMulNBits compute: the memory trade, docs/llms.md) is what a decoder the
+    builder makes gets; [int4] (int8 compute on the A76's SDOT) stays the onnxruntime path's."""
+    from packager.profiles import resolve_target
+    from packager.runtimes import profile_for_model
+    from packager.runtimes.genai import matmul_compute
+
+    rpi5 = resolve_target("rpi5")
+    genai, _ = profile_for_model(rpi5, "decoder", "LlamaForCausalLM")
+    assert genai.runtime.package == "onnxruntime-genai" and genai.int4.accuracy_level == 1
+    assert matmul_compute(genai, "int4-mixed") == "fp32"
+    kept, _ = profile_for_model(rpi5, "decoder", "GPT2LMHeadModel")
+    assert kept.runtime.package == "onnxruntime" and kept.int4.accuracy_level == 4
+    assert resolve_target(TARGET).int4.accuracy_level == 1
 
 
 # rpi5 itself: decoder LLMs go to onnxruntime-genai by default ([decoder_runtime]), with int4-mixed, --adapter,
@@ -249,6 +266,10 @@ def test_readme_fine_tune_example_packages_on_genai_with_int4_mixed(fine_tune: t
     assert {n.removesuffix("_Q8").removesuffix("_Q4") for n in eight} == \
         {n.removesuffix("/MatMul") + "/MatMul" for n in mixed["nodes_8bit"]}
     assert bool(mixed["layers_8bit"]) == bool(eight)
+    # rpi5's genai default: MatMulNBits computing in fp32 ([decoder_runtime.int4] accuracy_level 1), 8-bit layers too
+    assert {next(a.i for a in n.attribute if a.name == "accuracy_level") for n in graph.node
+            if n.op_type == "MatMulNBits"} == {1}
+    assert manifest["profile"]["int4"]["accuracy_level"] == 1
     # The adapter was merged before the builder ran, and the eval gate judged the genai model.
     assert manifest["source"]["adapter"]["name"] == "tiny-llama-lora"
     ev = manifest["accuracy"]["eval"]
@@ -298,20 +319,18 @@ def test_a_decoder_the_builder_does_not_make_keeps_onnxruntime_with_a_note(tmp_p
     manifest = json.loads((unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "x") / "manifest.json")
                           .read_text())
     assert manifest["runtime"]["package"] == "onnxruntime" and manifest["recipe"]["name"] == "int4"
+    assert manifest["profile"]["int4"]["accuracy_level"] == 4   # [int4]: the onnxruntime path's int8 compute
 
 
 def test_fit_auto_on_genai_shrinks_the_context_when_no_recipe_fits(tmp_path: Path) -> None:
-    """--fit auto's second step on the genai path: a budget between the fp32 build's measured peaks at 8192 and at
-    4096 tokens of context (its KV cache: 2 layers x 16 heads x 16 x 2 x 4 bytes a token) gives 4096."""
+    """--fit auto's last step on the genai path: a budget between the fp32 build's measured peaks at 8192 and at
+    4096 tokens of context (its KV cache: 2 layers x 16 heads x 16 x 2 bytes a token, int8) gives 4096. The profile's
+    cache is int8 already: the smallest, so no KV lever comes before the context (test_fit_kv_lever.py)."""
     from tiny_decoders import make_decoder
 
     folder = make_decoder(tmp_path / "long", "llama", hidden_size=256, num_hidden_layers=2, num_attention_heads=16,
                           num_key_value_heads=16, max_position_embeddings=8192)
-    text = (Path(__file__).resolve().parents[1] / "profiles" / "rpi5.toml").read_text()
-    both = 'fit_recipes = ["fp32", "int4-mixed"]'
-    assert both in text
-    profile = tmp_path / "rpi5.toml"   # fp32 alone keeps the test short
-    profile.write_text(text.replace(both, 'fit_recipes = ["fp32"]'))
+    profile = _long_context_profile(tmp_path, "int8")
     peaks = {}
     for context in ("8192", "4096"):
         proc = packager("check", str(folder), "--target", str(profile), "--recipe", "fp32", "--context", context,
@@ -329,6 +348,52 @@ def test_fit_auto_on_genai_shrinks_the_context_when_no_recipe_fits(tmp_path: Pat
     manifest = json.loads((unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "x") / "manifest.json")
                           .read_text())
     assert manifest["runtime"]["package"] == "onnxruntime-genai" and manifest["runtime"]["context"] == 4096
+
+
+def test_fit_auto_on_genai_takes_the_int8_kv_cache_before_a_shorter_context(tmp_path: Path) -> None:
+    """--fit auto's KV lever on the genai path: a budget that the fp32 build with the float cache misses by a quarter
+    of that cache (8 layers x 16 heads x 16 x 2 x 4 bytes a token: 64 MiB at 4096) and that the int8 cache (a quarter
+    of those bytes, 2-3 copies a step: runtimes/genai.py KV_COPIES) meets gives fp32 at the whole context with
+    genai.kv_cache = "int8", and the bundle and its manifest say so."""
+    import onnx
+
+    from tiny_decoders import make_decoder
+
+    layers, heads, dims, context = 8, 16, 16, 4096
+    folder = make_decoder(tmp_path / "long", "llama", hidden_size=heads * dims, num_hidden_layers=layers,
+                          num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=context)
+    profile = _long_context_profile(tmp_path, "float")
+    proc = packager("check", str(folder), "--target", str(profile), "--recipe", "fp32", "--context", str(context),
+                    "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    budget = json.loads(proc.stdout)["measured"]["peak_bytes"] - layers * heads * dims * 2 * 4 * context // 4
+    proc = packager("package", str(folder), "--target", str(profile), "--fit", "auto", "--context", str(context),
+                    "--budget", str(budget), "--out", str(tmp_path / "dist"), "--no-cache", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fit = json.loads(proc.stdout)["fit"]
+    assert (fit["chosen"], fit["context"], fit["kv_cache"]) == ("fp32", context, "int8")
+    assert [(t["recipe"], t["context"], t.get("kv_cache")) for t in fit["tried"]] == [("fp32", context, None),
+                                                                                       ("fp32", context, "int8")]
+    assert "with an int8 one, the runtime's smallest" in fit["why"]   # --json: the summary's words are in the result
+    bundle = unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "x")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["recipe"]["fit"]["kv_cache"] == "int8" and manifest["recipe"]["params"]["kv_cache"] == "int8"
+    assert manifest["profile"]["session"]["config"]["genai.kv_cache"] == "int8"
+    assert manifest["memory"]["fits"] is True and manifest["runtime"]["context"] == context
+    graph = onnx.load(str(bundle / "model" / "model.onnx"), load_external_data=False).graph
+    assert {i.type.tensor_type.elem_type for i in graph.input if i.name.startswith("past_key_values.")} == \
+        {onnx.TensorProto.INT8}
+
+
+def _long_context_profile(tmp_path: Path, kv: str) -> Path:
+    """rpi5 with --fit auto trying fp32 alone (one recipe keeps the test short), with the KV cache `kv`."""
+    text = (Path(__file__).resolve().parents[1] / "profiles" / "rpi5.toml").read_text()
+    both, chunk = 'fit_recipes = ["fp32", "int4-mixed"]', '"genai.prefill_chunk" = "256"'
+    assert both in text and chunk in text
+    profile = tmp_path / f"rpi5-{kv}.toml"
+    profile.write_text(text.replace(both, 'fit_recipes = ["fp32"]')
+                       .replace(chunk, f'{chunk}, "genai.kv_cache" = "{kv}"'))
+    return profile
 
 
 def test_check_of_the_bundle_judges_it_as_built(bundle: Path) -> None:

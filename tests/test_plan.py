@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_cli
 from packager.errors import PackagerError
-from packager.plan import architecture, plan, row
+from packager.plan import architecture, human_context, plan, row
 from packager.profiles import resolve_target
 
 # The public Llama 3.2 1B shape: 1,235,814,400 parameters with tied embeddings.
@@ -55,6 +55,31 @@ def test_plan_rows_and_largest_context(llama_1b: Path) -> None:
     assert not row(p.architecture, resolve_target("jetson-orin-nano"), "int4", largest + 256, None).fits
 
 
+def test_the_1b_class_fits_rpi5_at_4k_and_plan_names_the_int8_cache_where_it_goes_further(llama_1b: Path) -> None:
+    """Issue 19: the Llama-3.2-1B shape at int4 fits rpi5's 1.5 GB at 4K (onnxruntime-genai, MatMulNBits in fp32:
+    [decoder_runtime.int4]); where the runtime's int8 KV cache (--fit auto's lever) fits a longer context, plan says
+    how long, with the same rule as the row it plans with that cache."""
+    import dataclasses
+
+    from packager.runtimes import profile_for_model
+
+    p = plan(llama_1b, resolve_target("rpi5"), ["int4"])
+    assert p.max_context["int4"] >= 4096
+    assert p.smaller_kv == "int8" and p.max_context_smaller_kv["int4"] > p.max_context["int4"]
+    genai, _ = profile_for_model(resolve_target("rpi5"), "decoder", "LlamaForCausalLM")
+    int8 = dataclasses.replace(genai, session=dataclasses.replace(
+        genai.session, config={**genai.session.config, "genai.kv_cache": "int8"}))
+    longest = p.max_context_smaller_kv["int4"]
+    assert row(p.architecture, int8, "int4", longest, None).fits
+    assert not row(p.architecture, int8, "int4", longest + 256, None).fits
+    # the onnxruntime path (the phone) has no smaller cache to offer
+    assert plan(llama_1b, resolve_target("phone"), ["int4"]).smaller_kv == ""
+    proc = run_cli("plan", str(llama_1b / "config.json"), "--target", "rpi5", "--precision", "int4")
+    assert proc.returncode == 0, proc.stderr
+    assert f"int4: fits up to {human_context(p.max_context['int4'])} tokens of context; with an int8 KV cache up to " \
+        f"{human_context(longest)}" in proc.stdout
+
+
 def test_plan_cli_json(llama_1b: Path) -> None:
     proc = run_cli("plan", str(llama_1b / "config.json"), "--target", "phone", "--context", "2K", "--context", "8K",
                    "--json")
@@ -70,3 +95,14 @@ def test_plan_refuses_a_folder_without_config(tmp_path: Path) -> None:
         plan(tmp_path, resolve_target("phone"))
     proc = run_cli("plan", str(tmp_path), "--target", "phone")
     assert proc.returncode == 5 and "no config.json" in proc.stderr
+
+
+def test_the_docs_plan_tables_are_generated_not_typed() -> None:
+    """docs/llms.md's and README.md's tables of published configs are `scripts/plan_table.py`'s output (--write): a
+    change to the memory model or a profile that moves them fails here until they are written again."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "plan_table.py"
+    proc = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

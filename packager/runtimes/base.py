@@ -116,6 +116,11 @@ class Runtime(Protocol):
         """How this runtime holds a decoder LLM packaged at `precision` on this profile (packager plan)."""
         ...
 
+    def smaller_kv_cache(self, profile: Profile) -> tuple[Profile, str] | None:
+        """--fit auto's lever between the recipes and the context for a decoder: the profile with the smallest KV cache
+        this runtime runs, and that cache's name for the record ("int8"); None where it offers none smaller."""
+        ...
+
     def unmeasured_bytes(self, profile: Profile, measured: dict[str, Any] | None) -> int:
         """What a measurement on the build host (run.py --measure's record) could not see that the device holds."""
         ...

@@ -135,6 +135,9 @@ class OnnxRuntime:
         return DecoderMemory(kv_bits=16 if precision == "fp16" else 32, windowed_kv=False, kv_copies=(1.0, 1.0),
                              prefill_tokens=PREFILL_TOKENS, logits_positions=0, runnable_kv_bits=(16, 32))
 
+    def smaller_kv_cache(self, profile: Profile) -> tuple[Profile, str] | None:
+        return None   # the exported graph's cache is the model's dtype: no setting makes it smaller
+
     def unmeasured_bytes(self, profile: Profile, measured: dict[str, Any] | None) -> int:
         return gpu.unmeasured_gpu_bytes(profile, measured)
 
