@@ -307,8 +307,9 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
             return decoder
     concrete = concrete_shapes(model, sample_shapes)
     folded, freed = folded_in_all_graphs(concrete.graph, set(sizes))
-    freed_bytes = sum(sizes[n] for n in freed)
     sizes |= folded  # folded constants are weights held in memory, packed like the others
+    # (before the freed ones are summed: a subgraph's folding may be the only reader of an outer graph's folded one)
+    freed_bytes = sum(sizes[n] for n in freed)
     tables = mapped_tables(model)
     mapped_total = sum(size for size, _ in tables.values())
     external -= mapped_total   # never resident whole: the pages the context's tokens read are (touched)
