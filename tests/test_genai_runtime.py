@@ -158,7 +158,7 @@ def test_the_onnxruntime_inside_genai_is_in_the_runtime_table() -> None:
     assert builtin_profiles()[TARGET].runtime.max_opset <= release.opset
 
 
-@pytest.mark.parametrize("kv, level", [("int8", 4), ("float16", 4), ("float", 0)])
+@pytest.mark.parametrize("kv, level", [("int8", 4), ("float16", 0)])   # each: a KV cache type and a compute
 def test_the_kv_cache_type_and_the_matmul_compute_are_profile_settings(tmp_path: Path, kv: str, level: int) -> None:
     """genai.kv_cache = "int8": the builder's quantized cache, with scales measured on the fp32 reference; "float16":
     the attention in fp16 (runtimes/genai_kv16.py). [int4] accuracy_level 0: MatMulNBits computing in fp32 (packed
@@ -322,64 +322,41 @@ def test_a_decoder_the_builder_does_not_make_keeps_onnxruntime_with_a_note(tmp_p
     assert manifest["profile"]["int4"]["accuracy_level"] == 4   # [int4]: the onnxruntime path's int8 compute
 
 
-def test_fit_auto_on_genai_shrinks_the_context_when_no_recipe_fits(tmp_path: Path) -> None:
-    """--fit auto's last step on the genai path: a budget between the fp32 build's measured peaks at 8192 and at
-    4096 tokens of context (its KV cache: 2 layers x 16 heads x 16 x 2 bytes a token, int8) gives 4096. The profile's
-    cache is int8 already: the smallest, so no KV lever comes before the context (test_fit_kv_lever.py)."""
-    from tiny_decoders import make_decoder
-
-    folder = make_decoder(tmp_path / "long", "llama", hidden_size=256, num_hidden_layers=2, num_attention_heads=16,
-                          num_key_value_heads=16, max_position_embeddings=8192)
-    profile = _long_context_profile(tmp_path, "int8")
-    peaks = {}
-    for context in ("8192", "4096"):
-        proc = packager("check", str(folder), "--target", str(profile), "--recipe", "fp32", "--context", context,
-                        "--json")
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        peaks[context] = json.loads(proc.stdout)["measured"]["peak_bytes"]
-    assert peaks["4096"] < peaks["8192"]
-    budget = (peaks["4096"] + peaks["8192"]) // 2
-    proc = packager("package", str(folder), "--target", str(profile), "--fit", "auto", "--context", "8192",
-                    "--budget", str(budget), "--out", str(tmp_path / "dist"), "--no-cache", "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    fit = json.loads(proc.stdout)["fit"]
-    assert (fit["chosen"], fit["context"]) == ("fp32", 4096)
-    assert [(t["recipe"], t["context"]) for t in fit["tried"]] == [("fp32", 8192), ("fp32", 4096)]
-    manifest = json.loads((unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "x") / "manifest.json")
-                          .read_text())
-    assert manifest["runtime"]["package"] == "onnxruntime-genai" and manifest["runtime"]["context"] == 4096
-
-
-def test_fit_auto_on_genai_takes_the_int8_kv_cache_before_a_shorter_context(tmp_path: Path) -> None:
-    """--fit auto's KV lever on the genai path: a budget that the fp32 build with the float cache misses by a quarter
-    of that cache (8 layers x 16 heads x 16 x 2 x 4 bytes a token: 64 MiB at 4096) and that the int8 cache (a quarter
-    of those bytes, 2-3 copies a step: runtimes/genai.py KV_COPIES) meets gives fp32 at the whole context with
-    genai.kv_cache = "int8", and the bundle and its manifest say so."""
+def test_fit_auto_on_genai_takes_the_int8_kv_cache_then_a_shorter_context(tmp_path: Path) -> None:
+    """--fit auto's last two levers on the genai path, in order: a budget between the int8 cache's measured peaks at
+    8192 and at 4096 tokens of context (fp32 build; 2 layers x 16 heads x 16 a token) rejects the profile's float
+    cache at 8192, then the int8 cache at 8192 (the runtime's smallest: runtimes/genai.py KV_COPIES), and gives the
+    int8 cache at 4096; the bundle and its manifest say so (test_fit_kv_lever.py: the search's order on a table)."""
     import onnx
 
     from tiny_decoders import make_decoder
 
-    layers, heads, dims, context = 8, 16, 16, 4096
-    folder = make_decoder(tmp_path / "long", "llama", hidden_size=heads * dims, num_hidden_layers=layers,
-                          num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=context)
-    profile = _long_context_profile(tmp_path, "float")
-    proc = packager("check", str(folder), "--target", str(profile), "--recipe", "fp32", "--context", str(context),
+    folder = make_decoder(tmp_path / "long", "llama", hidden_size=256, num_hidden_layers=2, num_attention_heads=16,
+                          num_key_value_heads=16, max_position_embeddings=8192)
+    peaks = {}
+    for context in ("8192", "4096"):
+        proc = packager("check", str(folder), "--target", str(_long_context_profile(tmp_path, "int8")), "--recipe",
+                        "fp32", "--context", context, "--json")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks[context] = json.loads(proc.stdout)["measured"]["peak_bytes"]
+    assert peaks["4096"] < peaks["8192"]
+    budget = (peaks["4096"] + peaks["8192"]) // 2
+    proc = packager("package", str(folder), "--target", str(_long_context_profile(tmp_path, "float")), "--fit",
+                    "auto", "--context", "8192", "--budget", str(budget), "--out", str(tmp_path / "dist"), "--no-cache",
                     "--json")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    budget = json.loads(proc.stdout)["measured"]["peak_bytes"] - layers * heads * dims * 2 * 4 * context // 4
-    proc = packager("package", str(folder), "--target", str(profile), "--fit", "auto", "--context", str(context),
-                    "--budget", str(budget), "--out", str(tmp_path / "dist"), "--no-cache", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     fit = json.loads(proc.stdout)["fit"]
-    assert (fit["chosen"], fit["context"], fit["kv_cache"]) == ("fp32", context, "int8")
-    assert [(t["recipe"], t["context"], t.get("kv_cache")) for t in fit["tried"]] == [("fp32", context, None),
-                                                                                       ("fp32", context, "int8")]
-    assert "with an int8 one, the runtime's smallest" in fit["why"]   # --json: the summary's words are in the result
+    assert (fit["chosen"], fit["context"], fit["kv_cache"]) == ("fp32", 4096, "int8")
+    assert [(t["recipe"], t["context"], t.get("kv_cache")) for t in fit["tried"]] == [
+        ("fp32", 8192, None), ("fp32", 8192, "int8"), ("fp32", 4096, "int8")]
+    # --json: the summary's words are in the result
+    assert "nor with the runtime's smallest KV cache" in fit["why"] and "with an int8 KV cache" in fit["why"]
     bundle = unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "x")
     manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["runtime"]["package"] == "onnxruntime-genai" and manifest["runtime"]["context"] == 4096
     assert manifest["recipe"]["fit"]["kv_cache"] == "int8" and manifest["recipe"]["params"]["kv_cache"] == "int8"
     assert manifest["profile"]["session"]["config"]["genai.kv_cache"] == "int8"
-    assert manifest["memory"]["fits"] is True and manifest["runtime"]["context"] == context
+    assert manifest["memory"]["fits"] is True
     graph = onnx.load(str(bundle / "model" / "model.onnx"), load_external_data=False).graph
     assert {i.type.tensor_type.elem_type for i in graph.input if i.name.startswith("past_key_values.")} == \
         {onnx.TensorProto.INT8}
