@@ -44,6 +44,11 @@ class SizeRecord:
     source: str = ""                       # who recorded it: "Ultralytics metadata (imgsz [320, 320], ...)"
     images: bool = True                    # False: image inputs get the plain defaults too (the last resort)
 
+    @property
+    def unit_pixels(self) -> bool:
+        """Whether the exporter's models take pixels in [0, 1] (Ultralytics'), not ImageNet-normalized ones."""
+        return self.source.startswith("Ultralytics")
+
 
 @dataclass(frozen=True)
 class PickedShape:

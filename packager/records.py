@@ -10,7 +10,7 @@ loads all device code (packager/device_code.py): one reader of the manifest, not
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
@@ -29,6 +29,21 @@ def read(cls: type[Any], data: Any, where: str) -> Any:
 def to_json(record: Any) -> dict[str, Any]:
     result: dict[str, Any] = runner().record_dict(record)
     return result
+
+
+class JsonRecord:
+    """from_dict and to_dict of a record below: its JSON read back checked, a bad key named by its path from WHERE
+    (the record's place in the manifest)."""
+
+    WHERE: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str | None = None) -> Self:
+        result: Self = read(cls, data, where or cls.WHERE)
+        return result
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json(self)
 
 
 @dataclass(frozen=True)
@@ -53,9 +68,11 @@ class Estimate:
 
 
 @dataclass(frozen=True)
-class Memory:
+class Memory(JsonRecord):
     """The fit stage's verdict (ctx.memory): the budget, the estimate, the measured peaks (this run's) and
     whether the model fits. Fields in the order `package --json` has always printed them."""
+
+    WHERE = "memory"
 
     budget_bytes: int
     context: int | None            # decoders: tokens of KV cache judged; None for other models
@@ -75,22 +92,16 @@ class Memory:
     measured: str | None = None    # a bundle's manifest: the measured figures are not in it (manifest.py)
     more: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "memory") -> Self:
-        result: Self = read(cls, data, where)
-        return result
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_json(self)
-
 
 @dataclass(frozen=True)
-class Io:
+class Io(JsonRecord):
     """runtime.io (ctx.io): what the model reads and answers, and how its family feeds it; the families describe
     it from the export (packager/families/, describe_io). The device reads the same JSON with its own record,
     targets/runtime/manifest.py `Io` (it cannot import packager): tests/test_records.py holds the two to the same
     fields, in the same order. The inputs, outputs and components stay JSON objects: the device code the host
     runs (rt.Decoder, rt.load_tokenizer ...) takes the whole as `to_dict()` gives it."""
+
+    WHERE = "runtime.io"
 
     kind: str                      # the family's name (packager.families.family_for)
     inputs: list[dict[str, Any]]   # {"name", "dtype", "shape"}
@@ -107,19 +118,13 @@ class Io:
     preprocess: dict[str, Any] | None = None
     logits: str | None = None      # "last": the last position's only (decoders, the E-class exporter)
 
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "runtime.io") -> Self:
-        result: Self = read(cls, data, where)
-        return result
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_json(self)
-
 
 @dataclass(frozen=True)
-class Accuracy:
+class Accuracy(JsonRecord):
     """verify's figures against the fp32 reference (ctx.accuracy): the metric and threshold, then the
     comparison's own figures (cosine per output, or token agreement per prompt) as it gave them."""
+
+    WHERE = "accuracy"
 
     metric: str                    # "cosine" | "token agreement"
     reference: str
@@ -128,19 +133,13 @@ class Accuracy:
     threshold: float | dict[str, float]   # a decoder's: {"token_agreement", "logits_cosine"}
     more: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "accuracy") -> Self:
-        result: Self = read(cls, data, where)
-        return result
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_json(self)
-
 
 @dataclass
-class Fit:
+class Fit(JsonRecord):
     """--fit auto (ctx.fit): the recipes tried and what each gave, the one chosen and why. Filled in as
     the search goes (packager/fit_auto.py), hence not frozen."""
+
+    WHERE = "recipe.fit"
 
     mode: str = "auto"   # "default": the profile's default recipe, rejected by verify, and its fallback
     tried: list[dict[str, Any]] = field(default_factory=list)   # {"recipe", "outcome"[, "context", "kv_cache"]}
@@ -151,11 +150,3 @@ class Fit:
     # recipe fitted with the profile's; the profile the bundle records carries it too
     kv_cache: str | None = None
     why: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "recipe.fit") -> Self:
-        result: Self = read(cls, data, where)
-        return result
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_json(self)

@@ -39,11 +39,10 @@ def make_inputs(inputs: list[dict[str, Any]], spec: InputSpec, first_seed: int =
                             ExitCode.BAD_INPUT)
     record = record or SizeRecord()
     picked = {p.name: p.shape for p in pick(inputs, record, set(spec.shapes))}
-    unit_range = record.source.startswith("Ultralytics")   # its models take pixels in [0, 1]
     samples = []
     for index in range(spec.count):
         rng = np.random.default_rng(first_seed + index)
-        samples.append({i["name"]: _tensor(i, spec, rng, budget_bytes, picked.get(i["name"]), unit_range)
+        samples.append({i["name"]: _tensor(i, spec, rng, budget_bytes, picked.get(i["name"]), record.unit_pixels)
                         for i in inputs})
     return samples
 
