@@ -248,7 +248,7 @@ def load(source: Path) -> Any:
                          "embedding) model; package it on the onnxruntime or genai path")
     text.vocab_size_per_layer_input = min(STUB, text.vocab_size_per_layer_input)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
-    state = {}
+    state: dict[str, torch.Tensor] = {}
     for name in checkpoint_files(source):
         with safe_open(source / name, framework="pt") as f:
             state |= {key: f.get_tensor(key) for key in f.keys() if not key.endswith(PLE_WEIGHT)}
