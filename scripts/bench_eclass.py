@@ -9,7 +9,9 @@ largest process: packager or one of its children). Then each bundle runs by its 
 Runner: the manifest's session options, the decoder's chunked prefill), in two variants of its model folder:
 
     mapped     the bundle as packaged: the table in model.ple.data, which onnxruntime memory-maps
-    resident   the same table moved to an offset onnxruntime cannot map (so it reads it into its own memory)
+    resident   the same bundle with the table read into the process's memory and handed to onnxruntime in place
+               of the file's (SessionOptions.add_initializer, which uses the buffer without a copy): onnxruntime
+               1.32 maps an external tensor at any offset, so moving it in the files would not make it resident
 
 Each run is a fresh process (the genai environment's onnxruntime): load, a prompt of N token ids drawn over the
 whole vocabulary (the worst case: every token another row), 16 greedy steps; VmHWM and the table's resident
@@ -28,10 +30,7 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
-
-import onnx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -58,9 +57,11 @@ Gemma4ForCausalLM(Gemma4TextConfig(**spec)).save_pretrained(sys.argv[1])
 """
 
 RUN = r"""
-import importlib.util, json, re, sys
+import importlib, importlib.util, json, re, sys
 from pathlib import Path
 import numpy as np
+import onnx
+import onnxruntime as ort
 
 def status(key):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
@@ -74,17 +75,36 @@ def file_rss(name):
             rss += int(line.split()[1]) * 1024
     return rss
 
-folder = Path(sys.argv[1])
+folder, tokens, vocab, table, variant = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 spec = importlib.util.spec_from_file_location("run", folder / "run.py")
 run = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run)
+if variant == "resident":
+    # the table's tensors read whole into this process and given to onnxruntime in place of the file's
+    model = onnx.load(folder / "model" / "model.onnx", load_external_data=False)
+    dtypes = {onnx.TensorProto.INT8: np.int8, onnx.TensorProto.FLOAT: np.float32}
+    arrays = {}
+    for t in model.graph.initializer:
+        where = {e.key: e.value for e in t.external_data}
+        if where.get("location") == table:
+            arrays[t.name] = np.fromfile(folder / "model" / table, dtypes[t.data_type], int(np.prod(t.dims)),
+                                         offset=int(where["offset"])).reshape(tuple(t.dims))
+    values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}
+    session = importlib.import_module(run._package.__name__ + ".session")
+    options = session.session_options
+    def resident_options(*args, **kwargs):
+        so = options(*args, **kwargs)
+        for name, value in values.items():   # add_initializer: onnxruntime uses the buffer, no copy of its own
+            so.add_initializer(name, value)
+        return so
+    session.session_options = resident_options
 decoder = run.load(folder).decoder
 loaded = status("VmHWM")
-ids = np.random.RandomState(0).randint(2, int(sys.argv[3]), size=int(sys.argv[2])).tolist()
+ids = np.random.RandomState(0).randint(2, vocab, size=tokens).tolist()
 logits, past = decoder.prefill(ids)      # in chunks of PREFILL_CHUNK, as the device's loop runs a prompt
 for n in range(16):
     logits, past = decoder.step([int(np.argmax(logits[-1]))], past, len(ids) + n)
-print(json.dumps({"load_hwm": loaded, "hwm": status("VmHWM"), "table_rss": file_rss(sys.argv[4])}))
+print(json.dumps({"load_hwm": loaded, "hwm": status("VmHWM"), "table_rss": file_rss(table)}))
 """
 
 
@@ -108,40 +128,28 @@ def make_source(folder: Path) -> Path:
     return folder
 
 
-def package(source: Path, target: str, out: Path, extra: list[str]) -> tuple[Path, float, float]:
-    """The bundle folder of `source` for `target`; the run's seconds and its host peak (GiB, time -v)."""
-    shutil.rmtree(out, ignore_errors=True)
-    started = time.monotonic()
-    proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "packager", "package", str(source),
-                           "--target", target, "--out", str(out / "dist"), "--no-cache", *extra],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    seconds = time.monotonic() - started
-    (out / "package.log").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise SystemExit(f"package --target {target} failed (exit {proc.returncode}): see {out / 'package.log'}")
-    peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) / 2**20
+def package(source: Path, target: str, out: Path, extra: list[str], reuse: bool) -> tuple[Path, str]:
+    """The bundle folder of `source` for `target` and what its package run took (seconds, host peak by time -v).
+    `reuse`: the bundle and package.log an earlier run left in `out`."""
+    archives = sorted((out / "dist").glob("*.tar.gz"))
+    if not (reuse and archives):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "packager", "package", str(source),
+                               "--target", target, "--out", str(out / "dist"), "--no-cache", *extra],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        (out / "package.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise SystemExit(f"package --target {target} failed (exit {proc.returncode}): see {out / 'package.log'}")
+        archives = sorted((out / "dist").glob("*.tar.gz"))
+    log = (out / "package.log").read_text() if (out / "package.log").is_file() else ""
+    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", log)
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", log)
+    took = f"{wall.group(1) if wall else '?'}, host peak {int(peak.group(1)) / 2**20:.1f} GiB" if peak else "?"
     from packager.archive import extract_bundle
 
-    bundle = extract_bundle(next((out / "dist").glob("*.tar.gz")), out / "bundle")
-    return bundle, seconds, peak
-
-
-def resident_copy(bundle: Path, dest: Path) -> Path:
-    """The bundle with its table at an offset onnxruntime cannot map (a multiple of 64, not of 64 KiB): it reads
-    the table into its own memory, as it does any other initializer of the weights file."""
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(bundle, dest, copy_function=os.link, ignore=shutil.ignore_patterns(TABLE, "model.onnx"))
-    model = onnx.load(bundle / "model" / "model.onnx", load_external_data=False)
-    with open(bundle / "model" / TABLE, "rb") as src, open(dest / "model" / "model.resident.data", "wb") as f:
-        f.write(b"\0" * 64)
-        shutil.copyfileobj(src, f, 2**24)
-    for t in model.graph.initializer:
-        entries = {e.key: e for e in t.external_data}
-        if "location" in entries and entries["location"].value == TABLE:
-            entries["location"].value = "model.resident.data"
-            entries["offset"].value = str(int(entries["offset"].value) + 64)
-    onnx.save(model, dest / "model" / "model.onnx")
-    return dest
+    shutil.rmtree(out / "bundle", ignore_errors=True)
+    return extract_bundle(archives[0], out / "bundle"), took
 
 
 def evict(path: Path) -> None:
@@ -152,14 +160,14 @@ def evict(path: Path) -> None:
         os.close(fd)
 
 
-def measure(bundle: Path, tokens: int, vocab: int) -> dict:
+def measure(bundle: Path, tokens: int, vocab: int, variant: str) -> dict:
     from packager.exporter_envs import GENAI
 
-    for name in (TABLE, "model.resident.data"):
-        if (bundle / "model" / name).is_file():
-            evict(bundle / "model" / name)
-    out = subprocess.run([str(GENAI.python), "-c", RUN, str(bundle), str(tokens), str(vocab), TABLE],
-                         capture_output=True, text=True, check=True)
+    evict(bundle / "model" / TABLE)
+    out = subprocess.run([str(GENAI.python), "-c", RUN, str(bundle), str(tokens), str(vocab), TABLE, variant],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"the {variant} run of {bundle} failed: {out.stderr.strip().splitlines()[-1:]}")
     result: dict = json.loads(out.stdout.splitlines()[-1])
     return result
 
@@ -169,30 +177,29 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=["rpi5", "phone"])
     parser.add_argument("--tokens", type=int, nargs="+", default=[1000, 8192])
     parser.add_argument("--root", type=Path, default=Path("/tmp/bench-eclass"))
+    parser.add_argument("--reuse", action="store_true", help="measure the bundle an earlier run left in ROOT/TARGET")
     parser.add_argument("--package-args", nargs=argparse.REMAINDER, default=[],
                         help="passed to packager package (e.g. --recipe int8-dynamic)")
     args = parser.parse_args()
     source = make_source(args.root / "source")
     config = spec()
-    vocab = config["vocab_size_per_layer_input"]
+    vocab = config["vocab_size_per_layer_input"]   # = vocab_size: the prompt ids are drawn over both
     width = config["num_hidden_layers"] * config["hidden_size_per_layer_input"]
     print(f"PLE table {vocab * width / 2**20:,.0f} MiB ({vocab:,} x {config['num_hidden_layers']} x "
           f"{config['hidden_size_per_layer_input']} int8, a scale per row); budget {BUDGET_MIB:,.0f} MiB")
     for target in args.targets:
-        bundle, seconds, host = package(source, target, args.root / target, args.package_args)
+        bundle, took = package(source, target, args.root / target, args.package_args, args.reuse)
         recipe = json.loads((bundle / "manifest.json").read_text())["recipe"]["name"]
         size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
-        print(f"\n{target}: packaged in {seconds:.0f} s, host peak {host:.1f} GiB; recipe {recipe}; bundle "
+        print(f"\n{target}: packaged in {took}; recipe {recipe}; bundle "
               f"{size / 2**20:,.0f} MiB")
         print(f"{'variant':9} {'tokens':>6} {'load MiB':>9} {'peak MiB':>9} {'table resident MiB':>19}")
-        variants = {"mapped": bundle, "resident": resident_copy(bundle, args.root / target / "resident")}
-        for variant, folder in variants.items():
+        for variant in ("mapped", "resident"):
             for tokens in args.tokens:
-                r = measure(folder, tokens, vocab)
+                r = measure(bundle, tokens, vocab, variant)
                 resident = r["table_rss"] if variant == "mapped" else vocab * width
                 print(f"{variant:9} {tokens:>6} {r['load_hwm'] / 2**20:>9.0f} {r['hwm'] / 2**20:>9.0f} "
                       f"{resident / 2**20:>19.0f}", flush=True)
-        shutil.rmtree(args.root / target / "resident")
 
 
 if __name__ == "__main__":
