@@ -79,7 +79,7 @@ folder, tokens, vocab, table, variant = Path(sys.argv[1]), int(sys.argv[2]), int
 spec = importlib.util.spec_from_file_location("run", folder / "run.py")
 run = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run)
-if variant == "resident":
+if variant.startswith("resident"):
     # the table's tensors read whole into this process and given to onnxruntime in place of the file's
     model = onnx.load(folder / "model" / "model.onnx", load_external_data=False)
     dtypes = {onnx.TensorProto.INT8: np.int8, onnx.TensorProto.FLOAT: np.float32}
@@ -98,6 +98,14 @@ if variant == "resident":
             so.add_initializer(name, value)
         return so
     session.session_options = resident_options
+if variant.endswith("-noarena"):   # onnxruntime's CPU arena off: what the arena keeps of a chunk's transients
+    session = importlib.import_module(run._package.__name__ + ".session")
+    arena_options = session.session_options
+    def no_arena(*args, **kwargs):
+        so = arena_options(*args, **kwargs)
+        so.enable_cpu_mem_arena = False
+        return so
+    session.session_options = no_arena
 decoder = run.load(folder).decoder
 loaded = status("VmHWM")
 ids = np.random.RandomState(0).randint(2, vocab, size=tokens).tolist()
