@@ -43,12 +43,19 @@ def export_folder(folder: Path, out: Path, work: Path, progress: Callable[[str],
     return made
 
 
-def export(source: Path, out: Path, work: Path, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """model.onnx and its data files in `out` from the Hugging Face folder `source`; what the exporter reports
-    (its last line: the layers owning a cache, the PLE's own file, seconds)."""
+def exporter_code(work: Path) -> Path:
+    """A folder under `work` holding a copy of the exporter, to import in the genai environment (its `reference`
+    is verify's PyTorch reference for an E-class model)."""
     code = work / "eclass-exporter"
     code.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(EXPORTER, code / f"{MODULE}.py")
+    return code
+
+
+def export(source: Path, out: Path, work: Path, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """model.onnx and its data files in `out` from the Hugging Face folder `source`; what the exporter reports
+    (its last line: the layers owning a cache, the PLE's own file, seconds)."""
+    code = exporter_code(work)
     tail = exporter_envs.run(exporter_envs.GENAI, MODULE, [str(source), str(out)], progress, cwd=code)
     made: dict[str, Any] = json.loads(tail[-1])
     # The trace folds the tied lm_head into a transposed copy of the embedding, as optimum's export does: named as

@@ -216,8 +216,10 @@ def torch_reference(ctx: Context) -> TorchReference:
         if not folder.is_dir():
             merged(ctx, ctx.source.path, folder.name)
         label += f", {ctx.source.adapter.path.name} merged"
+    # an E-class model through its exporter's loader: the per-layer embedding table stays mapped from the checkpoint
+    loader = eclass.exporter_code(ctx.work_dir) if eclass.e_type(folder) else None
     return TorchReference(str(genai_python()), folder, [int(t) for t in ctx.io.eos_token_ids or []],
-                          ctx.work_dir, label, exporter_envs.child_environ())
+                          ctx.work_dir, label, exporter_envs.child_environ(), loader)
 
 
 def genai_runner(ctx: Context) -> ChildRunner:

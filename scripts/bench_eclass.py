@@ -1,20 +1,24 @@
-"""The per-layer-embedding (PLE) table mapped against resident (issue 20, item 5), measured in onnxruntime.
+"""The per-layer-embedding (PLE) table mapped against resident (issue 20, item 5), measured on packaged bundles.
 
-A Gemma 4 E-class model with random weights, a small stack (6 layers, hidden 256, 2 of them KV-shared) and the real
-vocabulary and PLE width: the table is 262,144 x 6 x 256 int8 (385 MiB). The E-class exporter runs on a copy with
-a small PLE vocabulary (no multi-GB torch model to trace), and the real-size table is written into model.ple.data
-as the exporter lays it out (page-aligned int8 rows, a scale per row). Two variants of the same graph:
+A Gemma 4 E-class model with random weights: E2B's layer plan (35 layers, 20 of them KV-shared, 4 sliding to 1
+full, window 512, its heads and head sizes), its vocabulary (262,144) and PLE width (35 x 256), so its table is
+E2B's, 2,240 MiB in int8, more than the 1.5 GB budget; the rest scaled down (hidden 256, MLP 512). The Hugging
+Face folder is stored in bf16, as Google's checkpoints are. It goes through `packager package` (export, quantize,
+verify against PyTorch, fit, bundle) for each target, each run's host peak taken by /usr/bin/time -v (the
+largest process: packager or one of its children). Then each bundle runs by its own device code (run.py's
+Runner: the manifest's session options, the decoder's chunked prefill), in two variants of its model folder:
 
-    mapped    the table in model.ple.data (onnxruntime memory-maps it)
-    inline    the table inside model.onnx (onnxruntime copies it into its own memory)
+    mapped     the bundle as packaged: the table in model.ple.data, which onnxruntime memory-maps
+    resident   the same bundle with the table read into the process's memory and handed to onnxruntime in place
+               of the file's (SessionOptions.add_initializer, which uses the buffer without a copy): onnxruntime
+               1.32 maps an external tensor at any offset, so moving it in the files would not make it resident
 
-Each runs in a fresh process (the genai environment's onnxruntime 1.32): load, a prompt of N token ids drawn over
-the whole vocabulary (the worst case: every token another row), 16 greedy steps; VmHWM and the PLE file's resident
+Each run is a fresh process (the genai environment's onnxruntime): load, a prompt of N token ids drawn over the
+whole vocabulary (the worst case: every token another row), 16 greedy steps; VmHWM and the table's resident
 pages. The table's pages are evicted from the page cache first (posix_fadvise), as on a device after boot: pages
-already cached in large folios (a file just written) are mapped whole on first touch, and then most of the table
-is resident after a few hundred tokens.
+already cached in large folios (a file just written) are mapped whole on first touch.
 
-    python scripts/bench_eclass.py [--tokens 300 1000]
+    flock /tmp/heavy.lock python scripts/bench_eclass.py [--targets rpi5 phone] [--tokens 1000 8192]
 """
 
 from __future__ import annotations
@@ -22,102 +26,138 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import onnx
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-VOCAB, LAYERS, WIDTH, ALIGN = 262144, 6, 256, 65536
-PLE = ("ple_rows", "ple_scales")
+E2B = REPO / "packager" / "data" / "configs" / "Gemma-4-E2B.json"
+# E2B's layer plan, attention and tables; what the stack computes with, scaled down
+KEPT = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "global_head_dim",
+        "sliding_window", "vocab_size", "vocab_size_per_layer_input", "hidden_size_per_layer_input",
+        "num_kv_shared_layers", "use_double_wide_mlp", "final_logit_softcapping", "layer_types", "hidden_activation")
+SCALED = {"hidden_size": 256, "intermediate_size": 512, "max_position_embeddings": 16384}
+TABLE = "model.ple.data"
+BUDGET_MIB = 1_500_000_000 / 2**20
+
+# The model in bf16 from the start: in fp32 the table alone is 8.8 GiB (and its random init a second copy)
+MAKE = """
+import json, sys, torch
+from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+spec = json.loads(sys.argv[2])
+spec.pop("model_type")
+torch.manual_seed(0)
+torch.set_default_dtype(torch.bfloat16)
+Gemma4ForCausalLM(Gemma4TextConfig(**spec)).save_pretrained(sys.argv[1])
+"""
 
 RUN = r"""
-import json, re, sys
-import numpy as np, onnxruntime as ort
+import importlib, importlib.util, json, re, sys
+from pathlib import Path
+import numpy as np
+import onnx
+import onnxruntime as ort
 
 def status(key):
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
 
-def file_rss(suffix):
+def file_rss(name):
     rss, current = 0, ""
     for line in open("/proc/self/smaps"):
         if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
             current = line.split()[-1]
-        elif line.startswith("Rss:") and current.endswith(suffix):
+        elif line.startswith("Rss:") and current.endswith(name):
             rss += int(line.split()[1]) * 1024
     return rss
 
-so = ort.SessionOptions(); so.enable_cpu_mem_arena = False; so.intra_op_num_threads = 2
-s = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
-load = status("VmHWM")
-names = [i.name for i in s.get_inputs() if i.name.startswith("past")]
-past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in s.get_inputs() if i.name in names}
-ids = np.random.RandomState(0).randint(2, int(sys.argv[3]), size=int(sys.argv[2])).tolist()
-
-def step(new, past, done):
-    feeds = {"input_ids": np.array([new], np.int64), "attention_mask": np.ones((1, done + len(new)), np.int64),
-             "position_ids": np.arange(done, done + len(new), dtype=np.int64)[None]}
-    out = s.run(None, {**feeds, **past})
-    return out[0], dict(zip(names, out[1:]))
-
-# the prompt in chunks (sys.argv[4] tokens a pass, as the device's run.py prefills an E-class graph): one pass
-# over an 8K prompt would hold every head's scores against the whole prompt
-chunk = int(sys.argv[4])
-for start in range(0, len(ids), chunk):
-    logits, past = step(ids[start:start + chunk], past, start)
+folder, tokens, vocab, table, variant = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+spec = importlib.util.spec_from_file_location("run", folder / "run.py")
+run = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(run)
+if variant.startswith("resident"):
+    # the table's tensors read whole into this process and given to onnxruntime in place of the file's
+    model = onnx.load(folder / "model" / "model.onnx", load_external_data=False)
+    dtypes = {onnx.TensorProto.INT8: np.int8, onnx.TensorProto.FLOAT: np.float32}
+    arrays = {}
+    for t in model.graph.initializer:
+        where = {e.key: e.value for e in t.external_data}
+        if where.get("location") == table:
+            arrays[t.name] = np.fromfile(folder / "model" / table, dtypes[t.data_type], int(np.prod(t.dims)),
+                                         offset=int(where["offset"])).reshape(tuple(t.dims))
+    values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}
+    session = importlib.import_module(run._package.__name__ + ".session")
+    options = session.session_options
+    def resident_options(*args, **kwargs):
+        so = options(*args, **kwargs)
+        for name, value in values.items():   # add_initializer: onnxruntime uses the buffer, no copy of its own
+            so.add_initializer(name, value)
+        return so
+    session.session_options = resident_options
+if variant.endswith("-noarena"):   # onnxruntime's CPU arena off: what the arena keeps of a chunk's transients
+    session = importlib.import_module(run._package.__name__ + ".session")
+    arena_options = session.session_options
+    def no_arena(*args, **kwargs):
+        so = arena_options(*args, **kwargs)
+        so.enable_cpu_mem_arena = False
+        return so
+    session.session_options = no_arena
+decoder = run.load(folder).decoder
+loaded = status("VmHWM")
+ids = np.random.RandomState(0).randint(2, vocab, size=tokens).tolist()
+logits, past = decoder.prefill(ids)      # in chunks of PREFILL_CHUNK, as the device's loop runs a prompt
 for n in range(16):
-    logits, past = step([int(np.argmax(logits[0, -1]))], past, len(ids) + n)
-print(json.dumps({"load_hwm": load, "hwm": status("VmHWM"), "ple_rss": file_rss("model.ple.data")}))
+    logits, past = decoder.step([int(np.argmax(logits[-1]))], past, len(ids) + n)
+print(json.dumps({"load_hwm": loaded, "hwm": status("VmHWM"), "table_rss": file_rss(table)}))
 """
 
 
-def build(root: Path) -> None:
-    from packager import eclass
+def spec() -> dict:
+    from tiny_decoders import ECLASS
+
+    config = json.loads(E2B.read_text())
+    text = config.get("text_config", config)
+    return ECLASS | {k: text[k] for k in KEPT} | SCALED
+
+
+def make_source(folder: Path) -> Path:
     from packager.exporter_envs import GENAI
-    from tiny_decoders import make_eclass
+    from tiny_decoders import make_tokenizer
 
-    source = root / "source"
-    if not (source / "model.safetensors").is_file():
-        make_eclass(source, GENAI.python, vocab_size=VOCAB, vocab_size_per_layer_input=512, hidden_size=256,
-                    hidden_size_per_layer_input=WIDTH, intermediate_size=512, num_attention_heads=4, head_dim=64,
-                    global_head_dim=128, sliding_window=512, max_position_embeddings=16384)
-    mapped = root / "mapped"
-    shutil.rmtree(mapped, ignore_errors=True)
-    eclass.export(source, mapped, root / "work")
-    rng = np.random.default_rng(0)
-    tables = {"ple_rows": rng.integers(-127, 128, size=(VOCAB, LAYERS * WIDTH), dtype=np.int8),
-              "ple_scales": np.full((VOCAB, 1), 0.01, dtype=np.float32)}
-    model = onnx.load(mapped / "model.onnx", load_external_data=False)
-    inline = onnx.ModelProto()
-    inline.CopyFrom(model)
-    with open(mapped / "model.ple.data", "wb") as f:
-        for t in (t for t in model.graph.initializer if t.name in PLE):
-            offset = -(-f.tell() // ALIGN) * ALIGN
-            f.write(b"\0" * (offset - f.tell()) + tables[t.name].tobytes())
-            _place(t, tables[t.name].shape, {"location": "model.ple.data", "offset": str(offset),
-                                             "length": str(tables[t.name].nbytes)})
-    onnx.save(model, mapped / "model.onnx")
-    (root / "inline").mkdir(exist_ok=True)
-    shutil.copyfile(mapped / "model.onnx.data", root / "inline" / "model.onnx.data")
-    for t in (t for t in inline.graph.initializer if t.name in PLE):
-        _place(t, tables[t.name].shape, {})
-        t.data_location = onnx.TensorProto.DEFAULT
-        t.raw_data = tables[t.name].tobytes()
-    onnx.save(inline, root / "inline" / "model.onnx")
+    if not (folder / "model.safetensors").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(GENAI.python), "-c", MAKE, str(folder), json.dumps(spec())], check=True)
+    if not (folder / "tokenizer.json").is_file():
+        make_tokenizer(folder, SCALED["max_position_embeddings"])
+    return folder
 
 
-def _place(t: onnx.TensorProto, shape: tuple[int, ...], external: dict[str, str]) -> None:
-    del t.dims[:]
-    t.dims.extend(shape)
-    del t.external_data[:]
-    for key, value in external.items():
-        t.external_data.add(key=key, value=value)
+def package(source: Path, target: str, out: Path, extra: list[str], reuse: bool) -> tuple[Path, str]:
+    """The bundle folder of `source` for `target` and what its package run took (seconds, host peak by time -v).
+    `reuse`: the bundle and package.log an earlier run left in `out`."""
+    archives = sorted((out / "dist").glob("*.tar.gz"))
+    if not (reuse and archives):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-m", "packager", "package", str(source),
+                               "--target", target, "--out", str(out / "dist"), "--no-cache", *extra],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        (out / "package.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise SystemExit(f"package --target {target} failed (exit {proc.returncode}): see {out / 'package.log'}")
+        archives = sorted((out / "dist").glob("*.tar.gz"))
+    log = (out / "package.log").read_text() if (out / "package.log").is_file() else ""
+    peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", log)
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", log)
+    took = f"{wall.group(1) if wall else '?'}, host peak {int(peak.group(1)) / 2**20:.1f} GiB" if peak else "?"
+    from packager.archive import extract_bundle
+
+    shutil.rmtree(out / "bundle", ignore_errors=True)
+    return extract_bundle(archives[0], out / "bundle"), took
 
 
 def evict(path: Path) -> None:
@@ -128,27 +168,46 @@ def evict(path: Path) -> None:
         os.close(fd)
 
 
-def main() -> None:
+def measure(bundle: Path, tokens: int, vocab: int, variant: str) -> dict:
     from packager.exporter_envs import GENAI
 
+    evict(bundle / "model" / TABLE)
+    out = subprocess.run([str(GENAI.python), "-c", RUN, str(bundle), str(tokens), str(vocab), TABLE, variant],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"the {variant} run of {bundle} failed: {out.stderr.strip().splitlines()[-1:]}")
+    result: dict = json.loads(out.stdout.splitlines()[-1])
+    return result
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, nargs="+", default=[300, 1000])
+    parser.add_argument("--targets", nargs="+", default=["rpi5", "phone"])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1000, 8192])
     parser.add_argument("--root", type=Path, default=Path("/tmp/bench-eclass"))
-    parser.add_argument("--chunk", type=int, default=256, help="prompt tokens per pass")
+    parser.add_argument("--reuse", action="store_true", help="measure the bundle an earlier run left in ROOT/TARGET")
+    parser.add_argument("--package-args", nargs=argparse.REMAINDER, default=[],
+                        help="passed to packager package (e.g. --recipe int8-dynamic)")
     args = parser.parse_args()
-    build(args.root)
-    table = (args.root / "mapped" / "model.ple.data").stat().st_size
-    print(f"PLE table {table / 2**20:.0f} MiB ({VOCAB} x {LAYERS} x {WIDTH} int8, a scale per row)")
-    print(f"{'variant':8} {'tokens':>6} {'load MiB':>9} {'peak MiB':>9} {'PLE resident MiB':>17}")
-    for variant in ("mapped", "inline"):
-        for tokens in args.tokens:
-            evict(args.root / "mapped" / "model.ple.data")
-            out = subprocess.run([str(GENAI.python), "-c", RUN, str(args.root / variant / "model.onnx"), str(tokens),
-                                  str(VOCAB), str(args.chunk)], capture_output=True, text=True, check=True)
-            r = json.loads(out.stdout.splitlines()[-1])
-            resident = r["ple_rss"] if variant == "mapped" else table
-            print(f"{variant:8} {tokens:>6} {r['load_hwm'] / 2**20:>9.0f} {r['hwm'] / 2**20:>9.0f} "
-                  f"{resident / 2**20:>17.0f}", flush=True)
+    source = make_source(args.root / "source")
+    config = spec()
+    vocab = config["vocab_size_per_layer_input"]   # = vocab_size: the prompt ids are drawn over both
+    width = config["num_hidden_layers"] * config["hidden_size_per_layer_input"]
+    print(f"PLE table {vocab * width / 2**20:,.0f} MiB ({vocab:,} x {config['num_hidden_layers']} x "
+          f"{config['hidden_size_per_layer_input']} int8, a scale per row); budget {BUDGET_MIB:,.0f} MiB")
+    for target in args.targets:
+        bundle, took = package(source, target, args.root / target, args.package_args, args.reuse)
+        recipe = json.loads((bundle / "manifest.json").read_text())["recipe"]["name"]
+        size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
+        print(f"\n{target}: packaged in {took}; recipe {recipe}; bundle "
+              f"{size / 2**20:,.0f} MiB")
+        print(f"{'variant':9} {'tokens':>6} {'load MiB':>9} {'peak MiB':>9} {'table resident MiB':>19}")
+        for variant in ("mapped", "resident"):
+            for tokens in args.tokens:
+                r = measure(bundle, tokens, vocab, variant)
+                resident = r["table_rss"] if variant == "mapped" else vocab * width
+                print(f"{variant:9} {tokens:>6} {r['load_hwm'] / 2**20:>9.0f} {r['hwm'] / 2**20:>9.0f} "
+                      f"{resident / 2**20:>19.0f}", flush=True)
 
 
 if __name__ == "__main__":

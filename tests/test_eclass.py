@@ -269,3 +269,54 @@ def test_the_export_is_the_same_bytes_whatever_the_string_hashing(tmp_path: Path
         eclass.export(source, out, tmp_path / "work")
         files.append({f.name: f.read_bytes() for f in sorted(out.iterdir())})
     assert files[0] == files[1]
+
+
+# The table as the exporter writes it (a slice of rows at a time, read from the safetensors file) against the
+# whole table quantized at once, as the exporter did before it streamed; and verify's reference (the table mapped
+# from the checkpoint in its stored dtype) against the model loaded whole in fp32.
+STREAMED = r"""
+import io, json, sys
+from pathlib import Path
+import numpy as np, torch
+from transformers import AutoModelForCausalLM
+sys.path.insert(0, sys.argv[2])
+import eclass_export as e
+source = Path(sys.argv[1])
+table = e.CheckpointTensor.find(source, e.PLE_WEIGHT)
+whole = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="eager").eval()
+ple = whole.model.embed_tokens_per_layer
+rows, scales = e.quantize_rows(ple.weight.detach().float())
+e.SLICE_BYTES = 1000 * table.row_bytes * 4 + 4        # slices of 1,000 rows fp32 and a short last one
+f = io.BytesIO()
+places = e.write_table(f, table, float(ple.scalar_embed_scale))
+data = f.getvalue()
+def at(name, dtype):
+    offset, length, dims = places[name]
+    return np.frombuffer(data[offset:offset + length], dtype).reshape(dims), offset
+got_rows, rows_at = at("ple_rows", np.int8)
+got_scales, scales_at = at("ple_scales", np.float32)
+ids = torch.tensor([[0, 5, 1999, 2000, int(table.shape[0]) - 1]])
+ref = e.reference(source)
+with torch.inference_mode():
+    same_lookup = bool(torch.equal(ref.model.embed_tokens_per_layer(ids), ple(ids)))
+    prompt = torch.tensor([[3, 50, 200, 511]])   # the main vocabulary's ids (the PLE's is larger)
+    same_logits = bool(torch.equal(ref(input_ids=prompt).logits, whole(input_ids=prompt).logits))
+print(json.dumps({"rows": bool(np.array_equal(got_rows, rows.numpy())),
+                  "scales": bool(np.array_equal(got_scales, (scales * float(ple.scalar_embed_scale)).numpy())),
+                  "aligned": [rows_at % e.ALIGN, scales_at % e.ALIGN], "slices": -(-table.shape[0] // 1000),
+                  "lookup": same_lookup, "logits": same_logits,
+                  "mapped": type(ref.model.embed_tokens_per_layer).__name__}))
+"""
+
+
+def test_the_table_is_quantized_a_slice_at_a_time_and_the_reference_maps_it(exported: tuple, tmp_path: Path) -> None:
+    """E2B's table is 8.8 GiB in fp32: the exporter reads it from the safetensors file a slice of rows at a time and
+    the reference maps it; both must give what the whole table in fp32 gives, bit for bit."""
+    source, _, _ = exported
+    code = eclass.exporter_code(tmp_path)
+    proc = subprocess.run([str(GENAI.python), "-c", STREAMED, str(source), str(code)], capture_output=True, text=True,
+                          timeout=600, env=ENV | {"PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads(proc.stdout.splitlines()[-1])
+    assert run["slices"] > 2 and run["rows"] and run["scales"] and run["aligned"] == [0, 0]
+    assert run["mapped"] == "MappedRows" and run["lookup"] and run["logits"]

@@ -13,15 +13,23 @@ traced from a forward of its own over the model's modules, with the cache as exp
 - The PLE table (vocabulary x layers x width, nearly half of E2B's parameters) is int8 with a scale per row,
   read by a Gather on the token ids, in a file of its own (OWN_FILE), page-aligned: onnxruntime memory-maps an
   aligned external initializer on the CPU, so a run touches only the pages of the rows its tokens read.
+- That table never exists whole in this process: E2B's is 2.35B parameters, 8.8 GiB in fp32 (and the trace, the
+  ONNX proto and its quantization each held another copy). The model loads with a stub table of STUB rows, the
+  graph is traced over it, and the real rows are quantized into OWN_FILE a slice at a time, read from the
+  safetensors file (CheckpointTensor). verify's PyTorch reference (`reference`) maps the same table in its stored
+  dtype and upcasts the rows it looks up.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
+import struct
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import onnx
@@ -35,6 +43,10 @@ PACK = 64                         # the other weights: read whole at load, align
 PLE_NAMES = ("ple_rows", "ple_scales")
 NEG = -1e9                        # a masked position's score (finite: a row masked whole stays a number)
 OPSET = 17
+STUB = 8                          # rows of the table the model loads and the trace sees (the ids it traces are 1-3)
+SLICE_BYTES = 256 * 2**20         # fp32 rows quantized at a time: the host holds this much of the table, not all
+PLE_WEIGHT = "embed_tokens_per_layer.weight"   # the table's name in the checkpoint (after any prefix)
+DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 WINDOW_AXIS = "window"            # a sliding layer's past length: packager/decoder_config.py's WINDOW_AXIS
 
 
@@ -48,10 +60,12 @@ class EDecoder(torch.nn.Module):
         if getattr(self.config, "enable_moe_block", False):
             raise SystemExit("a Gemma 4 MoE block (enable_moe_block) is not an E-class decoder; this exporter "
                              "takes the E models (per-layer embeddings, KV sharing)")
+        # the stub the model loaded (load): the graph is the same for any number of rows; write_table puts the real
+        # ones in its place. The embedding's scale sqrt(width) is folded into the rows' scales: one Mul fewer a token
+        self.embed_scale = float(text.embed_tokens_per_layer.scalar_embed_scale)
         rows, scales = quantize_rows(text.embed_tokens_per_layer.weight.detach().float())
-        # the embedding's scale sqrt(width) folded into the rows' scales: one Mul fewer per token
         self.register_buffer("ple_rows", rows)
-        self.register_buffer("ple_scales", scales * float(text.embed_tokens_per_layer.scalar_embed_scale))
+        self.register_buffer("ple_scales", scales * self.embed_scale)
         modes = self.config.kv_sharing_modes
         self.owners = [i for i, m in enumerate(modes) if m != "reuse"]
         self.first_shared = self.config.num_hidden_layers - self.config.num_kv_shared_layers
@@ -161,7 +175,70 @@ def key_mask(queries: torch.Tensor, attention_mask: torch.Tensor, keys: Any, win
     return torch.where(allowed, torch.tensor(0.0), torch.tensor(NEG))[:, None]
 
 
+@dataclass(frozen=True)
+class CheckpointTensor:
+    """Where one tensor lies in a safetensors file: read a slice of its rows at a time, or map it whole."""
+
+    path: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int   # byte offset of its data in the file
+
+    @classmethod
+    def find(cls, source: Path, suffix: str) -> CheckpointTensor:
+        """The tensor whose name ends with `suffix`, in model.safetensors or the shards its index names."""
+        for name in checkpoint_files(source):
+            with open(source / name, "rb") as f:
+                size = struct.unpack("<Q", f.read(8))[0]
+                header = json.loads(f.read(size))
+            for key, entry in header.items():
+                if key.endswith(suffix) and isinstance(entry, dict):
+                    if entry["dtype"] not in DTYPES:
+                        raise SystemExit(f"{source / name}: {key} is {entry['dtype']}; the per-layer embedding "
+                                         f"table is read as one of {', '.join(DTYPES)}")
+                    return cls(source / name, DTYPES[entry["dtype"]], tuple(entry["shape"]),
+                               8 + size + entry["data_offsets"][0])
+        raise SystemExit(f"{source}: no {suffix} in its safetensors files: an E-class model's per-layer embedding "
+                         "table is read from there (save the model with save_pretrained)")
+
+    @property
+    def row_bytes(self) -> int:
+        return self.shape[1] * self.dtype.itemsize
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) as fp32, read from the file (not mapped: the pages read are not this process's)."""
+        data = bytearray((stop - start) * self.row_bytes)
+        with open(self.path, "rb") as f:
+            f.seek(self.begin + start * self.row_bytes)
+            f.readinto(data)
+        return torch.frombuffer(data, dtype=self.dtype).view(stop - start, self.shape[1]).float()
+
+    def mapped(self) -> torch.Tensor:
+        """The whole tensor in its stored dtype over a private mapping of the file: its pages load as rows are
+        read. ACCESS_COPY: writable (torch.frombuffer wants that), and nothing written reaches the file."""
+        with open(self.path, "rb") as f:
+            view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        count = self.shape[0] * self.shape[1]
+        return torch.frombuffer(view, dtype=self.dtype, count=count, offset=self.begin).view(self.shape)
+
+
+class MappedRows(torch.nn.Module):
+    """Gemma4TextScaledWordEmbedding's lookup over a table that stays in the checkpoint: the rows read upcast to
+    fp32 before the scale, as the fp32 model computes them."""
+
+    def __init__(self, table: torch.Tensor, scale: float) -> None:
+        super().__init__()
+        self.table, self.scale = table, scale
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.table[input_ids].float() * self.scale
+
+
 def load(source: Path) -> Any:
+    """The model in fp32 with a stub per-layer embedding table of STUB rows: the checkpoint's is never read here
+    (from_pretrained reads a tensor whatever its shape, with ignore_mismatched_sizes too: E2B's table measured
+    10.7 GiB of host memory in fp32)."""
+    from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(source)
@@ -169,12 +246,43 @@ def load(source: Path) -> Any:
     if not getattr(text, "hidden_size_per_layer_input", 0):
         raise SystemExit(f"{source}: config.json has no hidden_size_per_layer_input: not an E-class (per-layer "
                          "embedding) model; package it on the onnxruntime or genai path")
-    return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation="eager").eval()
+    text.vocab_size_per_layer_input = min(STUB, text.vocab_size_per_layer_input)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
+    state: dict[str, torch.Tensor] = {}
+    for name in checkpoint_files(source):
+        with safe_open(source / name, framework="pt") as f:
+            state |= {key: f.get_tensor(key) for key in f.keys() if not key.endswith(PLE_WEIGHT)}
+    missing, unexpected = model.load_state_dict(state, strict=False)   # copied into the fp32 parameters
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()   # the embedding's, which the state sets
+    absent = [k for k in missing if not k.endswith(PLE_WEIGHT) and k not in tied]
+    if absent or unexpected:
+        raise SystemExit(f"{source}: the checkpoint does not match {type(model).__name__} (missing "
+                         f"{absent[:3]}, unexpected {unexpected[:3]}); save the text decoder with save_pretrained")
+    return model.eval()
+
+
+def checkpoint_files(source: Path) -> list[str]:
+    """model.safetensors, or the shards its index names."""
+    index = source / "model.safetensors.index.json"
+    return sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
+        else ["model.safetensors"]
+
+
+def reference(source: Path) -> Any:
+    """verify's PyTorch reference (packager/runtimes/genai_host.py's TORCH_SERVER): the model in fp32, its per-layer
+    embedding table mapped from the checkpoint in its stored dtype, a row upcast as it is read."""
+    model = load(source)
+    text = model.model
+    table = CheckpointTensor.find(source, PLE_WEIGHT)
+    text.embed_tokens_per_layer = MappedRows(table.mapped(), float(text.embed_tokens_per_layer.scalar_embed_scale))
+    text.config.vocab_size_per_layer_input = table.shape[0]
+    return model
 
 
 def export(source: Path, out: Path) -> dict[str, Any]:
     """model.onnx (+ its two data files) in `out`; returns what was made (names, seconds)."""
     started = time.monotonic()
+    table = CheckpointTensor.find(source, PLE_WEIGHT)
     module = EDecoder(load(source))
     config = module.config
     names = io_names(module)
@@ -199,7 +307,7 @@ def export(source: Path, out: Path) -> dict[str, Any]:
     model = onnx.load(raw)
     raw.unlink()
     model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 1   # the last position's: a fixed 1
-    split_weights(model, out)
+    split_weights(model, out, table, module.embed_scale)
     return {"owners": module.owners, "layers": config.num_hidden_layers, "ple_file": OWN_FILE,
             "ple_tensors": list(PLE_NAMES), "traced_s": round(traced, 2),
             "seconds": round(time.monotonic() - started, 2)}
@@ -218,30 +326,59 @@ def io_names(module: EDecoder) -> dict[str, list[str]]:
             "present": [p.replace("past_key_values.", "present.", 1) for p in past]}
 
 
-def split_weights(model: onnx.ModelProto, out: Path) -> None:
-    """model.onnx with every initializer external: the PLE's in OWN_FILE, the rest in WEIGHTS_FILE, each at an
-    offset that is a multiple of ALIGN (so that onnxruntime maps it rather than reads it)."""
-    files = {OWN_FILE: open(out / OWN_FILE, "wb"), WEIGHTS_FILE: open(out / WEIGHTS_FILE, "wb")}
-    try:
+def split_weights(model: onnx.ModelProto, out: Path, table: CheckpointTensor, embed_scale: float) -> None:
+    """model.onnx with every initializer external: the PLE's in OWN_FILE (the checkpoint's table, write_table),
+    the rest in WEIGHTS_FILE, each at an offset that is a multiple of ALIGN (so that onnxruntime maps it rather
+    than reads it)."""
+    ple = {t.name: t for t in model.graph.initializer if t.name in PLE_NAMES}
+    with open(out / WEIGHTS_FILE, "wb") as f:
         for tensor in model.graph.initializer:
-            location = OWN_FILE if tensor.name in PLE_NAMES else WEIGHTS_FILE
-            data = numpy_helper.to_array(tensor).tobytes()
-            f = files[location]
-            align = ALIGN if location == OWN_FILE else PACK
-            offset = -(-f.tell() // align) * align
-            f.write(b"\0" * (offset - f.tell()))
-            f.write(data)
-            tensor.ClearField("raw_data")
-            for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                tensor.ClearField(field)
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            del tensor.external_data[:]
-            for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(data)))):
-                tensor.external_data.add(key=key, value=value)
-    finally:
-        for f in files.values():
-            f.close()
+            if tensor.name not in ple:
+                data = numpy_helper.to_array(tensor).tobytes()
+                _external(tensor, WEIGHTS_FILE, _pad(f, PACK), len(data))
+                f.write(data)
+    with open(out / OWN_FILE, "wb") as f:
+        places = write_table(f, table, embed_scale)
+    for name, (offset, length, dims) in places.items():
+        del ple[name].dims[:]
+        ple[name].dims.extend(dims)
+        _external(ple[name], OWN_FILE, offset, length)
     onnx.save(model, out / "model.onnx")
+
+
+def write_table(f: BinaryIO, table: CheckpointTensor, embed_scale: float) -> dict[str, tuple[int, int, list[int]]]:
+    """The checkpoint's per-layer embedding table quantized into `f` a slice of rows at a time (int8 rows, then
+    their fp32 scales times `embed_scale`), each at an ALIGN offset; name -> (offset, length, dims)."""
+    rows, width = table.shape
+    step = max(1, SLICE_BYTES // (width * 4))
+    scales = np.empty((rows, 1), np.float32)
+    offset = _pad(f, ALIGN)
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        q, s = quantize_rows(table.rows(start, stop))
+        f.write(q.numpy().tobytes())
+        scales[start:stop] = s.numpy() * embed_scale
+    places = {"ple_rows": (offset, rows * width, [rows, width])}
+    offset = _pad(f, ALIGN)
+    f.write(scales.tobytes())
+    places["ple_scales"] = (offset, scales.nbytes, [rows, 1])
+    return places
+
+
+def _pad(f: BinaryIO, align: int) -> int:
+    """Zeros up to the next multiple of `align`; that offset."""
+    offset = -(-f.tell() // align) * align
+    f.write(b"\0" * (offset - f.tell()))
+    return offset
+
+
+def _external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+        tensor.ClearField(field)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        tensor.external_data.add(key=key, value=value)
 
 
 def main(argv: list[str]) -> int:

@@ -42,11 +42,19 @@ for line in sys.stdin:
 # transformers, fp32, eager attention, greedy with its own KV cache, as run.py's Decoder.generate runs (the prompt's
 # last logits; stop after an end-of-sequence token). Its own loop, not model.generate: a checkpoint's
 # generation_config.json (sampling, repetition penalty) must not change the reference.
+# With a third argument, the folder of the E-class exporter (runtimes/eclass_export.py): its `reference` loads the
+# model, the per-layer embedding table mapped in its stored dtype (E2B's is 8.8 GiB in fp32).
 TORCH_SERVER = """
 import json, sys
+from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32, attn_implementation="eager").eval()
+if len(sys.argv) > 3:
+    sys.path.insert(0, sys.argv[3])
+    from eclass_export import reference
+    model = reference(Path(sys.argv[1]))
+else:
+    model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32, attn_implementation="eager").eval()
 eos = set(json.loads(sys.argv[2]))
 print("ready", flush=True)
 
@@ -135,9 +143,11 @@ class TorchReference(ChildDecoder):
     what = "the PyTorch reference"
 
     def __init__(self, python: str, source: Path, eos: list[int], work: Path, label: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, loader: Path | None = None) -> None:
+        """`loader`: the folder of the E-class exporter, whose `reference` loads an E-class model (TORCH_SERVER)."""
         self.label = label
-        self._start([python, "-c", TORCH_SERVER, str(source), json.dumps(eos)], work / "torch-stderr.txt", env)
+        self._start([python, "-c", TORCH_SERVER, str(source), json.dumps(eos), *([str(loader)] if loader else [])],
+                    work / "torch-stderr.txt", env)
 
 
 class ChildRunner:
