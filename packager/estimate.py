@@ -99,11 +99,12 @@ PREPACK_EXTRA: dict[str, tuple[float, float]] = {
 }
 # MatMulNBits by its compute type (its accuracy_level attribute, profile_types.nbits_compute), as a fraction of its
 # 4-bit weight: "int8" (level 4) the 1.15-1.35 above; "fp32" (levels 0-2) packs a copy too, smaller, and the inline
-# original stays beside it: 0.89 measured on an E-class bundle of E2B's widths, 4 layers (294 MiB of 4-bit weights, 192
-# of them the tied table's, which the embedding's GatherBlockQuantized reads as well: its original stays whatever the
-# kernel does), where level 4 took 1.54 (load peaks 751 and 942 MiB, the fit stage on this x86 host, rpi5 profile with
-# [decoder_int4] at level 1 or 4); 1.09 and 1.83 on a chain of four 1536 x 6144 MatMulNBits and a tied 65,536-row head.
-NBITS_EXTRA: dict[str, tuple[float, float]] = {"int8": (1.15, 1.35), "fp32": (0.85, 1.1)}
+# original stays beside it: 0.72-0.89 measured on E-class bundles of E2B's widths, 4 layers (294 MiB of 4-bit weights,
+# 192 of them the tied table's, which the embedding's GatherBlockQuantized reads as well), where level 4 took 1.54 (the
+# load peak less the base and the weights: 610-752 MiB at level 1, 942 at level 4; the fit stage on this x86 host, an
+# rpi5 profile with [decoder_int4] at level 1 or 4, docs/llms.md "E-class models"); 1.09 and 1.83 on a chain of four
+# 1536 x 6144 MatMulNBits and a tied 65,536-row head (inline weights, a bare session).
+NBITS_EXTRA: dict[str, tuple[float, float]] = {"int8": (1.15, 1.35), "fp32": (0.7, 1.1)}
 LARGE_WEIGHT = 4 * 2**20
 PREPACK_EXTRA_LARGE: dict[str, tuple[float, float]] = {"MatMul": (0.0, 0.25), "Gemm": (0.0, 0.25)}
 PREPACK_EXTRA_MAPPED: dict[str, tuple[float, float]] = {"MatMul": (0.0, 0.1), "Gemm": (0.0, 0.1)}

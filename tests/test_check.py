@@ -159,7 +159,7 @@ def test_conv_weights_cost_their_layout_copies_where_the_session_reorders_them(t
 def test_a_matmulnbits_packed_copy_follows_its_compute_type() -> None:
     """MatMulNBits packs a copy of its 4-bit weight beside the inline original, larger at accuracy_level 4 (int8
     compute) than at 0-2 (fp32): the estimate reads the level off each node, as the recipe wrote the profile's
-    (an E-class bundle of E2B's widths measured 0.89 of its 4-bit weights at level 1, 1.54 at level 4)."""
+    (E-class bundles of E2B's widths measured 0.72-0.89 of their 4-bit weights at level 1, 1.54 at level 4)."""
     from packager.estimate import NBITS_EXTRA
 
     def band(level: int) -> tuple[float, float]:
