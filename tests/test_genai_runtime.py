@@ -268,7 +268,7 @@ def test_readme_fine_tune_example_packages_on_genai_with_int4_mixed(fine_tune: t
     assert {n.removesuffix("_Q8").removesuffix("_Q4") for n in eight} == \
         {n.removesuffix("/MatMul") + "/MatMul" for n in mixed["nodes_8bit"]}
     assert bool(mixed["layers_8bit"]) == bool(eight)
-    # rpi5's genai default: MatMulNBits computing in fp32 ([decoder_runtime.int4] accuracy_level 1), 8-bit layers too
+    # rpi5's genai default: MatMulNBits computing in fp32 ([decoder_int4] accuracy_level 1), 8-bit layers too
     assert {next(a.i for a in n.attribute if a.name == "accuracy_level") for n in graph.node
             if n.op_type == "MatMulNBits"} == {1}
     assert manifest["profile"]["int4"]["accuracy_level"] == 1
