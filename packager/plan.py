@@ -303,7 +303,8 @@ def second_scales(a: Architecture, profile: Profile, precision: str) -> int:
 def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits: int | None) -> Row:
     mem = decoder_memory(a, profile, precision)
     weights = int(a.effective_parameters * bytes_per_param(profile, precision)) + second_scales(a, profile, precision)
-    mapped = int(a.mapped_parameters * (PLE_BYTES_PER_PARAM if e_exported(a, mem) else BYTES_PER_PARAM[precision]))
+    per_mapped = PLE_BYTES_PER_PARAM if e_exported(a, mem) else bytes_per_param(profile, precision)
+    mapped = int(a.mapped_parameters * per_mapped)
     bits = kv_bits or mem.kv_bits
     by_type = kv_cache(a, context, bits, mem.windowed_kv) if a.decoder else {}
     kv = sum(by_type.values())
