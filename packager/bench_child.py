@@ -40,7 +40,7 @@ dec = runner.decoder
 if dec is not None and runner.family.prompted:
     ids = prompt(prompt_tokens)
     start = time.perf_counter()
-    logits, past = dec.step(ids, dec.empty_past(), 0)
+    logits, past = dec.prefill(ids)   # as the device loop prefills: in chunks where the graph gives the last logits
     token = int(np.argmax(logits[-1]))
     ttft = time.perf_counter() - start
     length = len(ids)
