@@ -40,7 +40,10 @@ dec = runner.decoder
 if dec is not None and runner.family.prompted:
     ids = prompt(prompt_tokens)
     start = time.perf_counter()
-    logits, past = dec.step(ids, dec.empty_past(), 0)
+    # as the device loop prefills: in chunks where the graph gives the last logits (a bundle's device code from
+    # before Decoder.prefill has only step: one pass)
+    prefill = getattr(dec, "prefill", None)
+    logits, past = prefill(ids) if prefill else dec.step(ids, dec.empty_past(), 0)
     token = int(np.argmax(logits[-1]))
     ttft = time.perf_counter() - start
     length = len(ids)

@@ -74,7 +74,7 @@ from packager.estimate_activations import (
     kv_cache_bytes,
 )
 from packager.graphs import all_graphs
-from packager.profile_types import Profile
+from packager.profile_types import Profile, nbits_compute
 from packager.records import Estimate as Estimate  # the estimate's record; its home was here
 from packager.runtimes import DecoderMemory, MemoryShare, runtime_for
 
@@ -96,8 +96,15 @@ PREPACKED_INPUTS: dict[str, tuple[int, ...]] = {
 PREPACK_EXTRA: dict[str, tuple[float, float]] = {
     "MatMul": (0.0, 0.75), "Gemm": (0.0, 0.75),
     "MatMulInteger": (0.2, 1.1), "DynamicQuantizeMatMul": (0.2, 1.1), "MatMulIntegerToFloat": (0.2, 1.1),
-    "MatMulNBits": (1.15, 1.35),
 }
+# MatMulNBits by its compute type (its accuracy_level attribute, profile_types.nbits_compute), as a fraction of its
+# 4-bit weight: "int8" (level 4) the 1.15-1.35 above; "fp32" (levels 0-2) packs a copy too, smaller, and the inline
+# original stays beside it: 0.72-0.89 measured on E-class bundles of E2B's widths, 4 layers (294 MiB of 4-bit weights,
+# 192 of them the tied table's, which the embedding's GatherBlockQuantized reads as well), where level 4 took 1.54 (the
+# load peak less the base and the weights: 610-752 MiB at level 1, 942 at level 4; the fit stage on this x86 host, an
+# rpi5 profile with [decoder_int4] at level 1 or 4, docs/llms.md "E-class models"); 1.09 and 1.83 on a chain of four
+# 1536 x 6144 MatMulNBits and a tied 65,536-row head (inline weights, a bare session).
+NBITS_EXTRA: dict[str, tuple[float, float]] = {"int8": (1.15, 1.35), "fp32": (0.7, 1.1)}
 LARGE_WEIGHT = 4 * 2**20
 PREPACK_EXTRA_LARGE: dict[str, tuple[float, float]] = {"MatMul": (0.0, 0.25), "Gemm": (0.0, 0.25)}
 PREPACK_EXTRA_MAPPED: dict[str, tuple[float, float]] = {"MatMul": (0.0, 0.1), "Gemm": (0.0, 0.1)}
@@ -231,11 +238,17 @@ def prepack_bands(model: onnx.ModelProto, sizes: dict[str, int],
                     table = PREPACK_EXTRA_MAPPED if name in mapped else \
                         PREPACK_EXTRA_LARGE if sizes[name] >= LARGE_WEIGHT else PREPACK_EXTRA
                     low, high = table.get(node.op_type) or PREPACK_EXTRA.get(node.op_type, PREPACK_UNMEASURED)
+                    if node.op_type == "MatMulNBits":
+                        low, high = NBITS_EXTRA[nbits_compute(_int_attribute(node, "accuracy_level"))]
                     if conv_layout and node.op_type == "Conv":
                         low, high = PREPACK_CONV_LAYOUT
                     was = bands.get(node.input[index], (low, high))
                     bands[node.input[index]] = (max(was[0], low), max(was[1], high))
     return bands
+
+
+def _int_attribute(node: onnx.NodeProto, name: str, default: int = 0) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == name), default)
 
 
 def external_names(model: onnx.ModelProto) -> set[str]:

@@ -23,18 +23,15 @@ from packager.bundles import is_bundle
 from packager.decoder_config import FULL, LayerAttention
 from packager.decoder_peak import DecoderShape, kv_by_type, measured_peak
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import LOAD_TRANSIENT_HIGH, OVERHEAD_HIGH, OVERHEAD_LOW
+from packager.estimate import LOAD_TRANSIENT_HIGH, NBITS_EXTRA, OVERHEAD_HIGH, OVERHEAD_LOW
 from packager.profiles import Profile
 from packager.runtimes import DecoderMemory, profile_for_model, runtime_for
 from packager.samples import resolve_sample
 
-# Bytes per parameter as each recipe stores it. int4: MatMulNBits with block 32 and one scale per
-# block, in the weights' dtype: fp32 (the embedding table and lm_head included, as the int4 recipe
-# does; a tied pair's scales are stored a second time, SCALES_TWICE).
+# Bytes per parameter as each recipe stores it. int4: MatMulNBits with one scale per block, in the weights' dtype:
+# fp32 (the embedding table and lm_head included, as the int4 recipe does), at the block size of the profile's int4
+# settings (Int4.bytes_per_weight: 0.625 at block 32); a tied pair's scales are stored a second time (second_scales).
 BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5 + 4 / 32}
-# int4, tied embedding: the GatherBlockQuantized reads the lm_head's 4-bit weight but needs its scales
-# in another shape: 4 bytes per block of 32 of the table, again.
-SCALES_TWICE = 4 / 32
 # The E-class exporter's per-layer embedding table (packager/runtimes/eclass_export.py): int8 rows whatever the
 # recipe, a float32 scale per row (negligible beside a row of layers x 256)
 PLE_BYTES_PER_PARAM = 1.0
@@ -291,12 +288,23 @@ def e_exported(a: Architecture, mem: DecoderMemory) -> bool:
     return bool(a.mapped_parameters) and mem.load_weights == (0.0, 0.0)
 
 
+def bytes_per_param(profile: Profile, precision: str) -> float:
+    """A weight's bytes as the recipe of `precision` stores it on this profile (int4: its block size's scales)."""
+    return profile.int4.bytes_per_weight if precision == "int4" else BYTES_PER_PARAM[precision]
+
+
+def second_scales(a: Architecture, profile: Profile, precision: str) -> int:
+    """int4, tied embedding: the GatherBlockQuantized reads the lm_head's 4-bit weight but needs its scales in another
+    shape (onnxruntime wants the data's rank there, MatMulNBits [N, blocks]): 4 bytes a block of the table, again."""
+    return int(a.embedding_parameters * 4 / profile.int4.block_size) if precision == "int4" and a.tied_embeddings \
+        else 0
+
+
 def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits: int | None) -> Row:
     mem = decoder_memory(a, profile, precision)
-    weights = int(a.effective_parameters * BYTES_PER_PARAM[precision])
-    if precision == "int4" and a.tied_embeddings:
-        weights += int(a.embedding_parameters * SCALES_TWICE)
-    mapped = int(a.mapped_parameters * (PLE_BYTES_PER_PARAM if e_exported(a, mem) else BYTES_PER_PARAM[precision]))
+    weights = int(a.effective_parameters * bytes_per_param(profile, precision)) + second_scales(a, profile, precision)
+    per_mapped = PLE_BYTES_PER_PARAM if e_exported(a, mem) else bytes_per_param(profile, precision)
+    mapped = int(a.mapped_parameters * per_mapped)
     bits = kv_bits or mem.kv_bits
     by_type = kv_cache(a, context, bits, mem.windowed_kv) if a.decoder else {}
     kv = sum(by_type.values())
@@ -307,23 +315,31 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
         peak = measured_peak(base, weights, kv, activations, mem, bits)
         low, high = peak.low, peak.high
     else:
-        low, high = _exported_graph_peak(a, share, precision, weights, base, int(kv * mem.copies(bits)[1]), activations)
+        low, high = _exported_graph_peak(a, profile, share, precision, weights, base, int(kv * mem.copies(bits)[1]),
+                                         activations)
     return Row(precision, context, weights, kv, activations, base, low, high, high <= profile.budget.memory_bytes,
                bits, bits not in mem.runnable_kv_bits, mapped, by_type,
                decode_bound_tokens_per_s=_decode_bound(a, profile, precision, weights, kv))
 
 
-def _exported_graph_peak(a: Architecture, share: Any, precision: str, weights: int, base: int, kv: int,
-                         activations: int) -> tuple[int, int]:
-    """An exported graph on ONNX Runtime: the weights with allocator overhead, the MatMuls' prepacked copies, the
-    load transient (the largest inline initializer, the embedding table: packager/estimate.py) and an ORT-format
-    file's buffer at load (phones: MemoryShare.converted_buffer), against the KV cache and activations at run."""
-    transient = 0 if weights > PROTO_LIMIT else int(a.embedding_parameters * BYTES_PER_PARAM[precision]
-                                                    * LOAD_TRANSIENT_HIGH)
-    matmul_weights = int((a.effective_parameters - a.embedding_parameters) * BYTES_PER_PARAM[precision])
+def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precision: str, weights: int, base: int,
+                         kv: int, activations: int) -> tuple[int, int]:
+    """An exported graph on ONNX Runtime: the weights with allocator overhead, the MatMuls' prepacked copies (int4:
+    MatMulNBits' by the profile's compute type, packager/estimate.py NBITS_EXTRA; the others up to a copy), the load
+    transient (the largest inline initializer, the embedding table: packager/estimate.py) and an ORT-format file's
+    buffer at load (phones: MemoryShare.converted_buffer), against the KV cache and activations at run."""
+    per_param = bytes_per_param(profile, precision)
+    transient = 0 if weights > PROTO_LIMIT else int(a.embedding_parameters * per_param * LOAD_TRANSIENT_HIGH)
+    packed = a.effective_parameters - a.embedding_parameters
+    extra = (0.0, 1.0)
+    if precision == "int4":
+        packed += a.embedding_parameters if a.tied_embeddings else 0   # the lm_head's MatMulNBits reads the table
+        extra = NBITS_EXTRA[profile.int4.compute]
+    matmul_weights = packed * (0.5 if precision == "int4" else per_param)   # what packs: the 4-bit data, not scales
     ort_buffer = int(weights * share.converted_buffer[1])
-    low = base + int(weights * (1 + OVERHEAD_LOW)) + kv + activations // 2
-    high = base + int(weights * (1 + OVERHEAD_HIGH)) + matmul_weights + max(transient + ort_buffer, kv + activations)
+    low = base + int(weights * (1 + OVERHEAD_LOW) + matmul_weights * extra[0]) + kv + activations // 2
+    high = base + int(weights * (1 + OVERHEAD_HIGH) + matmul_weights * extra[1]) + max(transient + ort_buffer,
+                                                                                       kv + activations)
     return low, high
 
 
@@ -331,7 +347,7 @@ def _decode_bound(a: Architecture, profile: Profile, precision: str, weights: in
     """A token reads every weight but an untied embedding table (looked up a row at a time), and the KV cache."""
     if not a.decoder or not profile.device.memory_bandwidth_gbs:
         return 0.0
-    lookup = 0 if a.tied_embeddings else int(a.embedding_parameters * BYTES_PER_PARAM[precision])
+    lookup = 0 if a.tied_embeddings else int(a.embedding_parameters * bytes_per_param(profile, precision))
     return decode_bound(profile.device.memory_bandwidth_gbs, weights - lookup, kv)
 
 

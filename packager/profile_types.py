@@ -105,6 +105,23 @@ class Int4:
     symmetric: bool = True         # no zero points: smaller, and the fast ARM path
     accuracy_level: int = 4        # 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute (needs dotprod to pay off)
 
+    @property
+    def compute(self) -> str:
+        """MatMulNBits' compute type at this accuracy_level (nbits_compute)."""
+        return nbits_compute(self.accuracy_level)
+
+    @property
+    def bytes_per_weight(self) -> float:
+        """A 4-bit weight's bytes as the int4 recipe stores it: half a byte, and an fp32 scale a block."""
+        return 0.5 + 4 / self.block_size
+
+
+def nbits_compute(accuracy_level: int) -> str:
+    """The compute type a MatMulNBits of this accuracy_level runs on the CPU, which decides the copies of its weights
+    the runtime holds: "fp32" (levels 0-2: 0 is unset, the fp32 kernels) or "int8" (level 4: activations quantized to
+    int8, a second, larger packed copy of the weights; level 3, bf16, not measured: counted as 4, the larger)."""
+    return "fp32" if accuracy_level <= 2 else "int8"
+
 
 @dataclass(frozen=True)
 class Mobile:
@@ -132,9 +149,6 @@ class DecoderRuntime:
     session: Session
     recipe: str                    # the default recipe of a decoder on this runtime
     fit_recipes: tuple[str, ...] = ()  # what --fit auto tries there, most precise first (default: recipe)
-    # [decoder_runtime.int4]: that runtime's MatMulNBits settings, where they differ from the profile's [int4] (on
-    # onnxruntime-genai the compute type is a memory trade too: runtimes/genai.py WEIGHT_FACTORS). Default: [int4].
-    int4: Int4 | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +167,10 @@ class Profile:
     decoder_recipe: str = ""       # the default for decoder LLMs (default: recipe)
     decoder_fit_recipes: tuple[str, ...] = ()  # --fit auto for decoders (default: fit_recipes)
     int4: Int4 = field(default_factory=Int4)
+    # [decoder_int4]: decoder LLMs' MatMulNBits settings, whatever runtime runs them ([runtime] or [decoder_runtime]),
+    # where they differ from [int4]: a decoder's memory is its weights, and the compute type decides how many copies
+    # of them the runtime holds (accuracy_level 4 packs a second, larger one: packager/estimate.py PREPACK_EXTRA).
+    decoder_int4: Int4 | None = None
     mobile: Mobile | None = None   # phones: the ORT-format model and the app-side packages ([mobile])
     decoder_runtime: DecoderRuntime | None = None   # decoder LLMs' own runtime, where it differs
     source: str = ""               # the file it was loaded from (set by the loader)
@@ -166,6 +184,7 @@ class Profile:
         # The profile as it applied to the model: with_decoder_runtime() moved [decoder_runtime] into runtime and
         # session where it applies; the section itself came after schema version 1 (byte-identical bundles).
         del record["decoder_runtime"]
+        del record["decoder_int4"]   # likewise moved into int4 where it applies (with_decoder_int4)
         # Likewise device.memory_bandwidth_gbs: `packager bench` reads it from the built-in profile of that name.
         del record["device"]["memory_bandwidth_gbs"]
         return record
@@ -175,8 +194,14 @@ class Profile:
         d = self.decoder_runtime
         if d is None:
             return self
-        return dataclasses.replace(self, runtime=d.runtime, session=d.session, decoder_recipe=d.recipe,
-                                   decoder_fit_recipes=d.fit_recipes, int4=d.int4 or self.int4, decoder_runtime=None)
+        return dataclasses.replace(self.with_decoder_int4(), runtime=d.runtime, session=d.session,
+                                   decoder_recipe=d.recipe, decoder_fit_recipes=d.fit_recipes, decoder_runtime=None)
+
+    def with_decoder_int4(self) -> Profile:
+        """The profile as its int4 recipes apply to a decoder LLM on any runtime: [decoder_int4] as [int4]."""
+        if self.decoder_int4 is None:
+            return self
+        return dataclasses.replace(self, int4=self.decoder_int4, decoder_int4=None)
 
     def recipe_for(self, context_sized: bool) -> str:
         """The default recipe for a model (or component) whose memory grows with the context or not: its family's

@@ -89,6 +89,8 @@ def _check_values(p: Profile, where: str) -> None:
         raise key_error(where, "runtime.name", f"names an unknown runtime {p.runtime.name!r}"
                         f"{did_you_mean(p.runtime.name, list(RUNTIMES))}; known: {', '.join(RUNTIMES)}")
     RUNTIMES[p.runtime.name].check_profile(p, where)
+    if p.decoder_int4 is not None:   # checked as the profile a decoder gets
+        _check_values(p.with_decoder_int4(), f"{where} [decoder_int4]")
     if p.decoder_runtime is not None:   # checked as the profile a decoder on it gets
         decoder = p.with_decoder_runtime()
         if not decoder.decoder_recipe:

@@ -154,3 +154,21 @@ def test_conv_weights_cost_their_layout_copies_where_the_session_reorders_them(t
     phone = estimate(path, resolve_target("phone"), "tensor", {"x": (1, 32, 16, 16)}, converted_bytes=sizes["w"])
     assert rpi5.breakdown["prepacked"] == int(sizes["w"] * PREPACK_CONV_LAYOUT[1]) // 2
     assert phone.breakdown["prepacked"] < rpi5.breakdown["prepacked"]
+
+
+def test_a_matmulnbits_packed_copy_follows_its_compute_type() -> None:
+    """MatMulNBits packs a copy of its 4-bit weight beside the inline original, larger at accuracy_level 4 (int8
+    compute) than at 0-2 (fp32): the estimate reads the level off each node, as the recipe wrote the profile's
+    (E-class bundles of E2B's widths measured 0.72-0.89 of their 4-bit weights at level 1, 1.54 at level 4)."""
+    from packager.estimate import NBITS_EXTRA
+
+    def band(level: int) -> tuple[float, float]:
+        node = helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", K=64, N=32, bits=4,
+                                block_size=32, accuracy_level=level)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        return prepack_bands(helper.make_model(graph), {"w": 1024, "s": 256})["w"]
+
+    assert band(1) == band(0) == NBITS_EXTRA["fp32"]
+    assert band(4) == NBITS_EXTRA["int8"]
+    assert band(1)[1] < band(4)[0]

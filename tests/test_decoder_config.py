@@ -100,13 +100,27 @@ def test_gemma4_e2b_on_the_onnxruntime_path_counts_a_chunk_and_says_its_weights_
     """rpi5 runs an E-class model on onnxruntime (the E-class exporter's graph): the device prefills it in chunks
     (targets/runtime/session.py), the last position's logits only; at int4 (block 32, fp32 scales) the resident
     weights, 2.28B effective parameters at 0.625 bytes plus the tied table's second scales, and the base overflow
-    1.5 GB before any cache."""
+    1.5 GB before any cache. The recipe takes rpi5's [decoder_int4] (fp32 compute), as a decoder on genai does, and
+    the peak counts the copy MatMulNBits packs of each 4-bit weight beside its inline original (NBITS_EXTRA)."""
+    from packager.estimate import NBITS_EXTRA
+    from packager.plan import as_packaged
+
     a = architecture(config("Gemma-4-E2B"))
-    rpi5 = resolve_target("rpi5")
+    rpi5, _ = as_packaged(a, resolve_target("rpi5"))
+    assert rpi5.runtime.package == "onnxruntime" and rpi5.int4.compute == "fp32"
     r = row(a, rpi5, "int4", 8192, None)
     assert r.activations_bytes == 4 * (262144 + 256 * (8 * 8192 + 2 * 6144 + 4 * 1536))
     assert r.weights_bytes == int(a.effective_parameters * 0.625) + int(262144 * 1536 * 4 / 32)
     assert r.weights_bytes + r.runtime_base_bytes > rpi5.budget.memory_bytes and not r.fits
+    packed = a.effective_parameters * 0.5   # every MatMulNBits' 4-bit data, the tied lm_head's included
+    assert r.peak_low_bytes >= r.runtime_base_bytes + r.weights_bytes + packed * NBITS_EXTRA["fp32"][0] \
+        + r.kv_cache_bytes
+    level4 = dataclasses.replace(rpi5, int4=dataclasses.replace(rpi5.int4, accuracy_level=4))
+    assert row(a, level4, "int4", 8192, None).peak_low_bytes > r.peak_low_bytes   # int8 compute packs more
+    # a coarser block stores fewer scales: its bytes are the profile's, the tied table's second scales too
+    coarse = dataclasses.replace(rpi5, int4=dataclasses.replace(rpi5.int4, block_size=128))
+    assert row(a, coarse, "int4", 8192, None).weights_bytes == \
+        int(a.effective_parameters * (0.5 + 4 / 128)) + int(262144 * 1536 * 4 / 128)
     p = plan(CONFIGS / "Gemma-4-E2B.json", rpi5, ["int4"], [8192])
     assert any("resident weights alone" in n and "no context fits" in n for n in p.notes)
     assert p.max_context["int4"] == 0

@@ -3,6 +3,8 @@ weight as MatMul + Add, which the n-bit quantizer takes (issue 19, item 7)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -50,3 +52,24 @@ def test_int4_quantizes_the_rewritten_weight() -> None:
     gemm_as_matmul(model.graph)
     quantized = quantize_nbits(model, builtin_profiles()["rpi5"].int4, 4, tied=False)
     assert [n.op_type for n in quantized.graph.node] == ["MatMulNBits", "Add"]
+
+
+def test_a_mapped_table_moved_out_leaves_no_stale_data_file(tmp_path: Path) -> None:
+    """A recipe keeps its source's external data (model.onnx.data); once place_tables has moved the mapped table
+    into its own file and the rest fits inline, that data file holds nothing the model reads: it goes, rather than
+    ship in the bundle (an E-class bundle of E2B's widths, 4 layers, carried 610 MB of it)."""
+    from packager.recipes.common import place_tables
+
+    rng = np.random.default_rng(0)
+    table = numpy_helper.from_array(rng.integers(-127, 127, (256, 64), dtype=np.int8), "ple_rows")
+    node = helper.make_node("Gather", ["ple_rows", "ids"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT8, None)], [table])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path,
+              save_as_external_data=True, location="model.onnx.data", size_threshold=0)
+    assert (tmp_path / "model.onnx.data").is_file()
+    place_tables(path, {"ple_rows": "model.ple.data"})
+    assert not (tmp_path / "model.onnx.data").exists() and (tmp_path / "model.ple.data").is_file()
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"ids": np.array([[1, 2, 3]])})
+    np.testing.assert_array_equal(out[0][0], numpy_helper.to_array(table)[[1, 2, 3]])

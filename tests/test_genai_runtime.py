@@ -219,9 +219,10 @@ def test_the_matmul_compute_sets_plans_weight_factors() -> None:
         assert high(fp32, "fp32", context) == high(int8, "fp32", context)
 
 
-def test_rpi5_decoders_on_genai_compute_in_fp32_and_the_onnxruntime_path_keeps_int8() -> None:
-    """rpi5's [decoder_runtime.int4] (fp32 MatMulNBits compute: the memory trade, docs/llms.md) is what a decoder the
-    builder makes gets; [int4] (int8 compute on the A76's SDOT) stays the onnxruntime path's."""
+def test_rpi5_decoders_compute_in_fp32_on_either_runtime_and_other_models_keep_int8() -> None:
+    """rpi5's [decoder_int4] (fp32 MatMulNBits compute: the memory trade, docs/llms.md) is what a decoder gets,
+    whichever runtime runs it (genai's builder, or the onnxruntime path's int4 recipe: GPT-2, the E-class models);
+    [int4] (int8 compute on the A76's SDOT) stays the other models'."""
     from packager.profiles import resolve_target
     from packager.runtimes import profile_for_model
     from packager.runtimes.genai import matmul_compute
@@ -231,7 +232,8 @@ def test_rpi5_decoders_on_genai_compute_in_fp32_and_the_onnxruntime_path_keeps_i
     assert genai.runtime.package == "onnxruntime-genai" and genai.int4.accuracy_level == 1
     assert matmul_compute(genai, "int4-mixed") == "fp32"
     kept, _ = profile_for_model(rpi5, "decoder", "GPT2LMHeadModel")
-    assert kept.runtime.package == "onnxruntime" and kept.int4.accuracy_level == 4
+    assert kept.runtime.package == "onnxruntime" and kept.int4.accuracy_level == 1
+    assert profile_for_model(rpi5, "text", "BertModel")[0].int4.accuracy_level == 4
     assert resolve_target(TARGET).int4.accuracy_level == 1
 
 
@@ -266,7 +268,7 @@ def test_readme_fine_tune_example_packages_on_genai_with_int4_mixed(fine_tune: t
     assert {n.removesuffix("_Q8").removesuffix("_Q4") for n in eight} == \
         {n.removesuffix("/MatMul") + "/MatMul" for n in mixed["nodes_8bit"]}
     assert bool(mixed["layers_8bit"]) == bool(eight)
-    # rpi5's genai default: MatMulNBits computing in fp32 ([decoder_runtime.int4] accuracy_level 1), 8-bit layers too
+    # rpi5's genai default: MatMulNBits computing in fp32 ([decoder_int4] accuracy_level 1), 8-bit layers too
     assert {next(a.i for a in n.attribute if a.name == "accuracy_level") for n in graph.node
             if n.op_type == "MatMulNBits"} == {1}
     assert manifest["profile"]["int4"]["accuracy_level"] == 1

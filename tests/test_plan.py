@@ -57,7 +57,7 @@ def test_plan_rows_and_largest_context(llama_1b: Path) -> None:
 
 def test_the_1b_class_fits_rpi5_at_4k_and_plan_names_the_int8_cache_where_it_goes_further(llama_1b: Path) -> None:
     """Issue 19: the Llama-3.2-1B shape at int4 fits rpi5's 1.5 GB at 4K (onnxruntime-genai, MatMulNBits in fp32:
-    [decoder_runtime.int4]); where the runtime's int8 KV cache (--fit auto's lever) fits a longer context, plan says
+    [decoder_int4]); where the runtime's int8 KV cache (--fit auto's lever) fits a longer context, plan says
     how long, with the same rule as the row it plans with that cache."""
     import dataclasses
 

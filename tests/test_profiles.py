@@ -64,10 +64,10 @@ def _rpi5_text() -> str:
     (('graph_optimization = "all"', 'graph_optimization = "max"'), "session.graph_optimization", "must be one of"),
     (('isa = ["fp"', 'isa = [1'), "device.isa[0]", "must be str"),
     (("[budget]\n", "[budgets]\n"), "budgets", "not a known key"),
-    # [decoder_runtime.int4] (genai's MatMulNBits compute) is checked as the profile a decoder gets
+    # [decoder_int4] (decoders' MatMulNBits compute, on any runtime) is checked as the profile a decoder gets
     (("accuracy_level = 1", "accuracy_level = 5"), "int4.accuracy_level", "must be 0 to 4"),
-    (("[decoder_runtime.int4]\nblock_size = 32", "[decoder_runtime.int4]\nblock_sise = 32"),
-     "decoder_runtime.int4.block_sise", 'did you mean "block_size"'),
+    (("[decoder_int4]\nblock_size = 32", "[decoder_int4]\nblock_sise = 32"),
+     "decoder_int4.block_sise", 'did you mean "block_size"'),
 ])
 def test_invalid_profiles_name_file_and_key(tmp_path: Path, change: tuple[str, str], key: str, problem: str) -> None:
     _assert_refused(tmp_path, _rpi5_text(), change, key, problem)

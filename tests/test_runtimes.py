@@ -197,7 +197,9 @@ def test_decoders_take_the_profiles_decoder_runtime_where_it_builds_them() -> No
         assert (llama.runtime.name, llama.recipe_for(True), note) == ("onnxruntime-genai", "int4-mixed", "")
         assert llama.session.cpu_mem_arena is False and "decoder_runtime" not in llama.to_dict()
         gpt2, note = profile_for_model(cpu, "decoder", "GPT2LMHeadModel")
-        assert gpt2 is cpu and "GPT2LMHeadModel" in note and cpu.runtime.package in note
+        # [runtime], with the decoders' int4 settings ([decoder_int4]) as on [decoder_runtime]
+        assert gpt2 == cpu.with_decoder_int4() and gpt2.int4 == llama.int4
+        assert gpt2.runtime == cpu.runtime and "GPT2LMHeadModel" in note and cpu.runtime.package in note
         assert profile_for_model(cpu, "text", "BertModel") == (cpu, "")
     for name in ("phone", "jetson-orin-nano", "rpi5-genai"):   # no [decoder_runtime]: as they were
         assert profile_for_model(profiles[name], "decoder", "LlamaForCausalLM") == (profiles[name], "")

@@ -60,7 +60,10 @@ def place_tables(path: Path, tables: dict[str, str]) -> None:
         data.append((t, t.raw_data or to_array(t).tobytes()))
         for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
             t.ClearField(field)
-    save(model, path, sum(t.ByteSize() for t in model.graph.initializer) > PROTO_LIMIT)
+    external = sum(t.ByteSize() for t in model.graph.initializer) > PROTO_LIMIT
+    save(model, path, external)
+    if not external:   # the recipe's own data file (it kept the source's external data) holds nothing read now
+        (path.parent / f"{path.name}.data").unlink(missing_ok=True)
     model = onnx.load(path, load_external_data=False)
     by_name = {t.name: t for t in model.graph.initializer}
     for original, raw in data:

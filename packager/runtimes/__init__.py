@@ -46,15 +46,18 @@ def runtime_for(profile: Profile) -> Runtime:
 
 def profile_for_model(profile: Profile, kind: str, architecture: str) -> tuple[Profile, str]:
     """The profile as it applies to a model of io kind `kind` (and Hugging Face `architecture`, "" for an .onnx
-    file): a decoder LLM goes to the profile's [decoder_runtime] where that runtime takes the architecture. With
-    a note for the human watching where a decoder keeps [runtime] for want of it ("" otherwise)."""
+    file): a decoder LLM goes to the profile's [decoder_runtime] where that runtime takes the architecture, and takes
+    the profile's [decoder_int4] on whichever runtime runs it. With a note for the human watching where a decoder
+    keeps [runtime] for want of it ("" otherwise)."""
     family = family_for(kind)
-    if profile.decoder_runtime is None or not family.generates or family.has_components:
+    if not family.generates or family.has_components:
         return profile, ""
+    if profile.decoder_runtime is None:
+        return profile.with_decoder_int4(), ""
     decoder = profile.with_decoder_runtime()
     if runtime_for(decoder).takes(architecture):
         return decoder, ""
-    return profile, (f"{architecture or 'this model'} is not an architecture {decoder.runtime.package} "
-                     f"{decoder.runtime.version} builds: it runs on {profile.runtime.package} "
-                     f"{profile.runtime.version}, with the profile's decoder recipe "
-                     f"{profile.recipe_for(family.context_sized)}")
+    return profile.with_decoder_int4(), (
+        f"{architecture or 'this model'} is not an architecture {decoder.runtime.package} {decoder.runtime.version} "
+        f"builds: it runs on {profile.runtime.package} {profile.runtime.version}, with the profile's decoder recipe "
+        f"{profile.recipe_for(family.context_sized)}")

@@ -140,12 +140,18 @@ class EDecoder(torch.nn.Module):
             presents += [k[:, :, -keep:], v[:, :, -keep:]] if keep else [k, v]
             if attn.store_full_length_kv:
                 shared[attn.layer_type] = (k, v)
-        groups = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        # Each KV head's query heads as one matrix of queries ([batch, KV heads, group x new, size]): their scores
+        # against the cache as it is, never a copy of the cache per query head (repeat_interleave: at 8K, 8 query
+        # heads on a global layer's 512-wide cache made 2 x 128 MiB at every step)
+        batch, heads, new, size = q.shape
+        kv_heads = k.shape[1]
+        grouped = q.reshape(batch, kv_heads, heads // kv_heads * new, size)
         additive = key_mask(*mask, k.shape[2], self.config.sliding_window if attn.is_sliding else 0)
-        scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling + additive
-        out = torch.matmul(torch.softmax(scores, dim=-1), v)
-        projected: torch.Tensor = attn.o_proj(out.transpose(1, 2).reshape(*h.shape[:-1], -1))
+        scores = torch.matmul(grouped, k.transpose(2, 3)) * attn.scaling
+        scores = scores.view(batch, heads, new, -1) + additive
+        out = torch.matmul(torch.softmax(scores, dim=-1).view(batch, kv_heads, -1, k.shape[2]), v)
+        projected: torch.Tensor = attn.o_proj(out.view(batch, heads, new, size).transpose(1, 2)
+                                              .reshape(*h.shape[:-1], -1))
         return projected
 
 

@@ -213,9 +213,7 @@ tokens and decodes greedily in native code. `pip install -r requirements.txt` in
 def matmul_compute(profile: Profile, precision: str) -> str:
     """The MatMulNBits compute type whose factors count the weights (WEIGHT_FACTORS): the profile's for int4 weights;
     for others, level 4's (the larger, measured before the compute type was a choice)."""
-    if precision in ("int4", "int4-mixed") and profile.int4.accuracy_level <= 2:
-        return "fp32"
-    return "int8"
+    return profile.int4.compute if precision in ("int4", "int4-mixed") else "int8"
 
 
 def _as_onnxruntime(profile: Profile) -> Profile:

@@ -69,6 +69,10 @@ class Decoder:
                 self.append(generator, [0] * past_length)
         return self.append(generator, list(ids))[None], generator
 
+    def prefill(self, ids: list[int]) -> tuple[np.ndarray, Any]:
+        """The prompt's pass, as generate makes it (step appends in chunks already)."""
+        return self.step(ids, self.empty_past(), 0)
+
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], np.ndarray]:
         """Greedy tokens after the prompt (stopping after an end-of-sequence token), and the logits of the
         prompt's last position."""
