@@ -154,8 +154,7 @@ issue 19's 1.2 (plan with those settings: 1.06-1.19, midpoint -0.9%), for about 
 and the same answers on sample:tiny-llama (rpi5, int4-mixed: 95.0% token agreement, min logits cosine 0.99927 with
 the fp16, fp32 and int8 caches alike; rpi4 the same). The int8 cache stays the option: smaller at 4K (1.10) but not
 shared between past and present (each step copies it: 0.53x the prefill, 0.67x the decode here, at load averages of
-6.3 against 4.1: rough) and rounded to 8
-bits on static scales.
+6.3 against 4.1: rough) and rounded to 8 bits on static scales.
 """
 
 from __future__ import annotations
