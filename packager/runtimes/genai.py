@@ -62,15 +62,15 @@ PRECISIONS = {"int4": "int4", "int4-mixed": "int4", "fp32": "fp32"}
 # cache in fp32 ("float": the past_key_values inputs are float32), "int8" is the builder's quantized cache; a float or
 # float16 cache is one buffer shared by past and present (past_present_share_buffer), the int8 one is not (the builder
 # turns sharing off), so a step holds both. "float16" (runtimes/genai_kv16.py; rpi4's and rpi5's, in chunks of 64)
-# halves the cache, but ONNX Runtime 1.32's GroupQueryAttention streams its scores (flash attention) for float only:
-# an fp16 node holds every head's scores of a chunk against the whole cache buffer at once (so planned: score_heads 0),
-# in fp32 on x86 and the A72, in fp16 where MLAS has fp16 kernels (the A76; counted at 4 bytes, the larger). On the 1B
+# halves the cache, but ONNX Runtime 1.32's GroupQueryAttention streams its scores (flash attention) for float only: an
+# fp16 node holds every head's scores of a chunk against the whole cache buffer at once (so planned: score_heads 0), in
+# fp32 on x86 and the A72, in fp16 where MLAS has fp16 kernels (the A76; counted at 4 bytes, the larger). On the 1B
 # shape at 4K (fp32 compute) that is 132 MB in chunks of 256, as much as the cache saves: 1.24 GiB measured against the
-# fp32 cache's 1.26; in chunks of 64, 1.14 (plan: 1.06-1.19). scripts/bench_llm_runtime.py's docstring has the rows and
-# where the scores are allocated. Sliding-window layers keep a window-sized cache (the builder's windowed_kv_cache, on
-# by default on CPU). CPU GroupQueryAttention on float scores a chunk against the whole cache one head per thread at a
-# time, not all heads at once: at 16K, 2.30 GiB measured = 1.23 after load + 1.0 of fp32 cache + 0.07 of scratch (all
-# heads' scores would be 0.5 GiB more).
+# fp32 cache's 1.26; in chunks of 64, 1.13-1.14 in five runs of six, 1.27 in one (plan: 1.06-1.19).
+# scripts/bench_llm_runtime.py's docstring has the rows and where the scores are allocated. Sliding-window layers keep a
+# window-sized cache (the builder's windowed_kv_cache, on by default on CPU). CPU GroupQueryAttention on float scores a
+# chunk against the whole cache one head per thread at a time, not all heads at once: at 16K, 2.30 GiB measured = 1.23
+# after load + 1.0 of fp32 cache + 0.07 of scratch (all heads' scores would be 0.5 GiB more).
 # The load peak, tried against (the lean build, 2 threads, this x86 host; scripts/bench_llm_runtime.py's docstring has
 # the table): ONNX Runtime's saved pre-packed weights (an optimized model written with
 # session.save_external_prepacked_constant_initializers, made on the machine that runs it, then loaded by genai) load in
