@@ -25,10 +25,11 @@ $PACKAGER_BENCH_DIR/llm-runtime/<variant> (default ~/.cache/packager/bench) and 
              prompt appended in chunks of --chunk tokens (bounded activations and attention scratch; the KV buffer
              is shared between past and present, so a chunk costs no copy of the cache)
     lean-kv8 lean with an int8 KV cache (kv_cache_quant_scheme=int8_per_tensor, static scales from a file)
-    lean-kv16 lean with the attention in fp16, so an fp16 KV cache (packager's default genai.kv_cache = "float16",
+    lean-kv16 lean with the attention in fp16, so an fp16 KV cache (packager's genai.kv_cache = "float16",
              packager/runtimes/genai_kv16.py), lean's weights hard-linked
-    lean-fp32, lean-kv8-fp32  lean and lean-kv8 with their MatMulNBits at accuracy_level 0 (fp32 compute: packager's
-             [int4] accuracy_level 0-2), the weights hard-linked: the attribute is what a rebuild would change
+    lean-fp32, lean-kv8-fp32, lean-kv16-fp32  lean, lean-kv8 and lean-kv16 with their MatMulNBits at accuracy_level 0
+             (fp32 compute: packager's [int4] accuracy_level 0-2), the weights hard-linked: the attribute is what a
+             rebuild would change
     genai-bundle  `packager package MODEL --target rpi5-genai` (the profile with --threads threads, an 8 GB budget
              and 0.001 thresholds: random weights), timed by `packager bench` (its own run.py and session.py)
 
@@ -121,6 +122,54 @@ thresholds of 0.001 for the random weights, the 1.5 GB budget kept: `packager pa
 1431 MiB budget: it fits; the bench peaked at 1302 MiB = 1.27 GiB (load 908 MiB), TTFT 86.8 s, prefill 46.1 tok/s,
 decode 3.32 tok/s (0.12 of this host's 27.9 tok/s bound). With the fp32 cache that is over issue 19's 1.2 GiB; the
 int8 cache (genai.kv_cache = "int8", which --fit auto takes where the budget asks) measured 1.12 above.
+
+The 16-bit cache with fp32 compute (wt-kv16, 2026-12-03; 4,000 + 32, 2 threads; `PACKAGER_BENCH_DIR=/tmp/genai/bench
+python scripts/bench_llm_runtime.py --only lean-fp32,lean-kv8-fp32,lean-kv16-fp32`, then `--only
+lean-kv16-fp32,lean-fp32 --chunk 64` and `--only lean-kv16-fp32 --chunk 128`, under the heavy-job lock, at load
+averages of 4.1-6.3 from other jobs: speeds comparable only roughly):
+
+    variant                          chunk  peak GiB  load GiB  after load  prefill t/s  decode t/s
+    lean-fp32      (fp32 KV)           256      1.26      0.89        0.76         57.6        5.10
+    lean-kv8-fp32  (int8 KV)           256      1.10      0.89        0.76         30.3        3.40
+    lean-kv16-fp32 (fp16 KV)           256      1.24      0.90        0.78         37.3        5.30
+    lean-kv16-fp32                     128      1.16      0.90        0.78         44.6        4.53
+    lean-kv16-fp32                      64      1.14      0.90        0.78         48.2        4.38
+    lean-fp32                           64      1.20      0.89        0.76         53.3        4.64
+
+Again on a quieter host (load average 1.7-2.1; `--only lean-kv16-fp32 --chunk 64`, `--only lean-fp32`, `--only
+lean-kv16-fp32 --chunk 64`, then three times `--only lean-kv16-fp32 --chunk 64` and `--only lean-fp32 --chunk 64`):
+
+    variant                          chunk  peak GiB                          prefill t/s  decode t/s
+    lean-kv16-fp32                      64  1.27, 1.14; 1.13, 1.13, 1.14      109.6-130.1   12.5-15.6
+    lean-fp32                          256  1.26                                    124.3       13.20
+    lean-fp32                           64  1.19                                    122.9       15.04
+
+and with --contexts 1024,4096 --new 16 (plan's check, rpi5-genai with these settings): 1.00 GiB at 1,024 (plan
+0.96-1.08, midpoint +2.0%), 1.11 at 4,096 (1.06-1.19, +1.8%). Five runs of six under 1.2 GiB; one at 1.27 with the
+same load peak (0.90) and resident memory after load (0.78): a spread of the run's transient allocations, cause not
+found. No speed cost on the quiet host.
+
+Where the fp16 path's scratch comes from (onnxruntime 1.32.0, commit fab30a4, the release genai 0.18 loads;
+contrib_ops/cpu/bert/group_query_attention.cc and gqa_attention_base.h): for T = float, GroupQueryAttention takes
+ApplyAttentionFlash (MlasFlashAttentionGQA: tiled online softmax, no score matrix) whenever the total length is over
+1 and no softcap, smooth softmax, head sink or qk output is asked; that branch is `if constexpr (T == float)`, so
+an fp16 node takes ApplyAttention, which allocates every head's scores of the chunk against the whole cache
+buffer at once: batch x heads x chunk x max_length elements, fp32 where MLAS has no fp16 GQA kernels (x86, and the
+Pi 4's A72) and fp16 where it has (MlasGQASupported<MLFloat16>: MLAS's HGEMM and fp16 softmax, which the aarch64
+wheel carries for cores with fp16 arithmetic such as the Pi 5's A76). On the 1B shape (32 heads, 4,032 positions)
+that is 132 MB at a chunk of 256 in fp32: the 0.12 GiB the fp16 cache saves. The aarch64 wheel of 1.32.0 (same
+commit) has the same kernels (no fused ARM64 GQA, no fp16 flash path; checked by its symbols), so on the A76 the
+scores are half that, 66 MB at 256. No placement of the Casts avoids it (GroupQueryAttention's cache has its
+activations' type; casting the cache around an fp32 node would copy it every step), no session option selects the
+flash path for fp16 (ORT_GQA_DISABLE_FLASH_ATTENTION only turns it off); the chunk bounds it: 33 MB at 64.
+So rpi4's and rpi5's decoders take genai.kv_cache = "float16" in chunks of 64 (profiles/rpi5.toml): 1.13-1.14 GiB in
+five runs of six (1.27 in one), under issue 19's 1.2 (plan with those settings: 1.06-1.19, midpoint -0.9%), for about
+0.84x the fp32 cache's prefill here and the same answers on sample:tiny-llama (rpi5, int4-mixed: 95.0% token agreement,
+min logits cosine 0.99927 with the fp16, fp32 and int8 caches alike; rpi4 the same; the emulated smoke test, `packager
+smoke ARCHIVE --emulate` on qemu's cortex-a76 and cortex-a72, so the aarch64 kernels: PASS, 95.0%, min cosine 0.99927
+with fp16 and fp32 alike). The int8 cache stays the option: smaller at 4K (1.10) but not shared between past and present
+(each step copies it: 0.53x the prefill, 0.67x the decode here, at load averages of 6.3 against 4.1: rough) and rounded
+to 8 bits on static scales.
 """
 
 from __future__ import annotations
@@ -149,12 +198,15 @@ GiB = 2**30
 BUILDER = "onnxruntime_genai.models.builder"
 LEAN_OPTIONS = ("prune_lm_head=true", "shared_embeddings=true")
 REFERENCES = [("llama.cpp Q4_0 (issue 19)", 0.94, 116.0, 17.5), ("genai builder default (issue 19)", 4.1, 72.0, 14.9)]
-VARIANTS = ("bundle", "default", "lean", "lean-kv8", "lean-kv16", "lean-fp32", "lean-kv8-fp32", "genai-bundle")
+VARIANTS = ("bundle", "default", "lean", "lean-kv8", "lean-kv16", "lean-fp32", "lean-kv8-fp32", "lean-kv16-fp32",
+            "genai-bundle")
 # Bytes of a KV cache element by variant (the others: the builder's fp32).
-KV_ELEMENT = {"lean-kv8": 1, "lean-kv16": 2, "lean-kv8-fp32": 1}
+KV_ELEMENT = {"lean-kv8": 1, "lean-kv16": 2, "lean-kv8-fp32": 1, "lean-kv16-fp32": 2}
 # Variants that are another's folder with its MatMulNBits at accuracy_level 0 (fp32 compute: packager's [int4]
 # accuracy_level 0-2), the weights hard-linked: the attribute is all that differs from a rebuild.
-FP32_COMPUTE = {"lean-fp32": "lean", "lean-kv8-fp32": "lean-kv8"}
+FP32_COMPUTE = {"lean-fp32": "lean", "lean-kv8-fp32": "lean-kv8", "lean-kv16-fp32": "lean"}
+# Variants whose attention runs in fp16 on lean's graph (packager's genai.kv_cache = "float16").
+KV16 = ("lean-kv16", "lean-kv16-fp32")
 # The goal table of issue 19: the previous path, the builder's defaults, packager's genai bundle.
 GOAL = ("bundle", "default", "genai-bundle")
 # lean-kv8: lean with an int8 KV cache (CPU GroupQueryAttention's quantized cache). Its static per-tensor
@@ -221,7 +273,7 @@ def genai_folder(model: Path, root: Path, variant: str, work: Path) -> Path:
     """The builder's folder of `variant`; lean-kv16 is lean's with the attention in fp16 (packager's
     genai.kv_cache = "float16", runtimes/genai_kv16.py), the FP32_COMPUTE ones their base's at accuracy_level 0,
     their weights hard links to their base's."""
-    if variant not in ("lean-kv16", *FP32_COMPUTE):
+    if variant not in (*KV16, *FP32_COMPUTE):
         return build_genai(model, root / variant, options_of(variant, work), work)
     import onnx
 
@@ -242,7 +294,7 @@ def genai_folder(model: Path, root: Path, variant: str, work: Path) -> Path:
                 if node.op_type == "MatMulNBits":
                     node.attribute.remove(next(a for a in node.attribute if a.name == "accuracy_level"))
                     node.attribute.append(onnx.helper.make_attribute("accuracy_level", 0))
-        else:
+        if variant in KV16:
             kv_to_fp16(graph)
         onnx.save(graph, tmp / "model.onnx")
         tmp.rename(dest)
@@ -349,18 +401,18 @@ def table(rows: list[tuple[str, dict]], prompt: int, new: int, threads: int) -> 
     loads = ", ".join(f"{r['loadavg']:.1f}" for _, r in rows if "loadavg" in r)
     lines = [f"Llama 3.2 1B shape, int4, random weights; prompt {prompt} tokens, then {new} new; {threads} threads; "
              f"peak = VmHWM of the child; load average at each row: {loads} (the host is shared)", "",
-             f"{'runtime':<34}{'peak GiB':>9}{'load GiB':>9}{'TTFT s':>8}{'prefill t/s':>12}{'decode t/s':>11}"
+             f"{'runtime':<40}{'peak GiB':>9}{'load GiB':>9}{'TTFT s':>8}{'prefill t/s':>12}{'decode t/s':>11}"
              f"{'bound t/s':>10}{'ratio':>7}{'GB/s':>6}",
-             "-" * 106]
+             "-" * 112]
     for name, r in rows:
         if "error" in r:
-            lines.append(f"{name:<34}failed: {r['error'][:120]}")
+            lines.append(f"{name:<40}failed: {r['error'][:120]}")
             continue
-        lines.append(f"{name:<34}{r['peak'] / GiB:>9.2f}{r['load_peak'] / GiB:>9.2f}{r['ttft_s']:>8.1f}"
+        lines.append(f"{name:<40}{r['peak'] / GiB:>9.2f}{r['load_peak'] / GiB:>9.2f}{r['ttft_s']:>8.1f}"
                      f"{r['prefill_tps']:>12.1f}{r['decode_tps']:>11.2f}{r['bound_tps']:>10.1f}{r['ratio']:>7.2f}"
                      f"{r['bandwidth_gbs']:>6.1f}")
     for name, peak, prefill, decode in REFERENCES:
-        lines.append(f"{name:<34}{peak:>9.2f}{'':>9}{'':>8}{prefill:>12.1f}{decode:>11.2f}")
+        lines.append(f"{name:<40}{peak:>9.2f}{'':>9}{'':>8}{prefill:>12.1f}{decode:>11.2f}")
     lines.append("(references at a 4,000-token prompt, on a quiet host of this kind; bound and ratio: this host's "
                  "bandwidth, measured)")
     return "\n".join(lines)
@@ -391,7 +443,7 @@ def plan_profile(variant: str, threads: int, chunk: int):
     from packager.profiles import resolve_target
 
     base = resolve_target("rpi5-genai")
-    kv = {"lean-kv8": "int8", "lean-kv16": "float16", "lean-kv8-fp32": "int8"}.get(variant, "float")
+    kv = {1: "int8", 2: "float16"}.get(KV_ELEMENT.get(variant, 4), "float")
     config = {"genai.prefill_chunk": str(chunk), "genai.kv_cache": kv}
     # the builder's folders are built at its own accuracy_level 4 (int8 compute); the FP32_COMPUTE ones rewritten to 0
     int4 = dataclasses.replace(base.int4, accuracy_level=0 if variant in FP32_COMPUTE else 4)

@@ -98,3 +98,19 @@ def test_plan_counts_the_fp16_cache_and_its_attention_scratch() -> None:
     half, full = memory("float16"), memory("float")
     assert (half.kv_bits, full.kv_bits) == (16, 32) and half.kv_copies == full.kv_copies == (1.0, 1.0)
     assert half.score_heads == 0 and full.score_heads == base.session.intra_op_threads
+
+
+def test_rpi4_and_rpi5_decoders_take_the_16_bit_cache_in_chunks_of_64() -> None:
+    """Their default (issue 19, item 3: a 16-bit cache by default, the 8-bit one as the option): the chunk of 64 bounds
+    the fp16 attention's scores, which at 256 took back what the cache saves (1B shape at 4K: 1.24 GiB against fp32's
+    1.26; at 64, 1.14). plan counts 16 bits and every head's scores of a 64-token chunk; int8 stays the lever."""
+    from packager.profiles import resolve_target
+    from packager.runtimes import profile_for_model, runtime_for
+
+    for name in ("rpi4", "rpi5"):
+        genai, _ = profile_for_model(resolve_target(name), "decoder", "LlamaForCausalLM")
+        runtime = runtime_for(genai)
+        mem = runtime.decoder_memory(genai, "int4")
+        assert (mem.kv_bits, mem.prefill_tokens, mem.score_heads) == (16, 64, 0), name
+        lever = runtime.smaller_kv_cache(genai)
+        assert lever is not None and lever[1] == "int8"

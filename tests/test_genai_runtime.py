@@ -367,11 +367,10 @@ def test_fit_auto_on_genai_takes_the_int8_kv_cache_then_a_shorter_context(tmp_pa
 def _long_context_profile(tmp_path: Path, kv: str) -> Path:
     """rpi5 with --fit auto trying fp32 alone (one recipe keeps the test short), with the KV cache `kv`."""
     text = (Path(__file__).resolve().parents[1] / "profiles" / "rpi5.toml").read_text()
-    both, chunk = 'fit_recipes = ["fp32", "int4-mixed"]', '"genai.prefill_chunk" = "256"'
-    assert both in text and chunk in text
+    both, cache = 'fit_recipes = ["fp32", "int4-mixed"]', '"genai.kv_cache" = "float16"'
+    assert both in text and cache in text
     profile = tmp_path / f"rpi5-{kv}.toml"
-    profile.write_text(text.replace(both, 'fit_recipes = ["fp32"]')
-                       .replace(chunk, f'{chunk}, "genai.kv_cache" = "{kv}"'))
+    profile.write_text(text.replace(both, 'fit_recipes = ["fp32"]').replace(cache, f'"genai.kv_cache" = "{kv}"'))
     return profile
 
 

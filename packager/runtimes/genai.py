@@ -43,7 +43,8 @@ ONNXRUNTIME = "1.32.0"
 LEAN_OPTIONS = ("prune_lm_head=true",)
 # The profile's genai settings, as [session] config entries ("genai.KEY" = "VALUE"), and their defaults.
 # genai.prefill_chunk: prompt tokens per append_tokens call (bounded activations). genai.kv_cache: the KV cache's
-# type, "float" (the builder's fp32), "float16" (the attention in fp16 on the fp32 graph: runtimes/genai_kv16.py) or
+# type, "float" (the builder's fp32; rpi5-genai's), "float16" (the attention in fp16 on the fp32 graph:
+# runtimes/genai_kv16.py; rpi4's and rpi5's, with chunks of 64: the memory model below) or
 # "int8" (CPU GroupQueryAttention's quantized cache, per-tensor static scales measured on the fp32 reference over
 # the family's prompts: packager/runtime_steps.py).
 SETTINGS = {"genai.prefill_chunk": "256", "genai.kv_cache": "float"}
@@ -60,16 +61,16 @@ PRECISIONS = {"int4": "int4", "int4-mixed": "int4", "fp32": "fp32"}
 # side), and 1.55 times of them stay resident once loaded (1.23 GiB after load). The builder's CPU graphs keep the KV
 # cache in fp32 ("float": the past_key_values inputs are float32), "int8" is the builder's quantized cache; a float or
 # float16 cache is one buffer shared by past and present (past_present_share_buffer), the int8 one is not (the builder
-# turns sharing off), so a step holds both. "float16" (runtimes/genai_kv16.py) halves the cache but the run's peak grows
-# by as many bytes as it saves, as it would if ONNX Runtime 1.32's fp16 GroupQueryAttention held every head's fp32
-# scores of a chunk at once (chunk x context x heads x 4 = context x layers x kv heads x head size x 2 x 2 on the 1B
-# shape; so planned: score_heads 0): at 4K in chunks of 256, 1.55 GiB measured against fp32's 1.53 in the same
-# conditions (decode 0.80 against 0.63 tok/s at load averages of 15-22: no speed verdict on this shared host). So
-# "float" stays the default; float16 may pay with smaller chunks or on CPUs with fp16 arithmetic (the Pi 5's A76), not
-# measured yet. Sliding-window layers keep a
-# window-sized cache (the builder's windowed_kv_cache, on by default on CPU). CPU GroupQueryAttention scores a chunk
-# against the whole cache one head per thread at a time, not all heads at once: at 16K, 2.30 GiB measured = 1.23 after
-# load + 1.0 of fp32 cache + 0.07 of scratch (all heads' scores would be 0.5 GiB more).
+# turns sharing off), so a step holds both. "float16" (runtimes/genai_kv16.py; rpi4's and rpi5's, in chunks of 64)
+# halves the cache, but ONNX Runtime 1.32's GroupQueryAttention streams its scores (flash attention) for float only: an
+# fp16 node holds every head's scores of a chunk against the whole cache buffer at once (so planned: score_heads 0), in
+# fp32 on x86 and the A72, in fp16 where MLAS has fp16 kernels (the A76; counted at 4 bytes, the larger). On the 1B
+# shape at 4K (fp32 compute) that is 132 MB in chunks of 256, as much as the cache saves: 1.24 GiB measured against the
+# fp32 cache's 1.26; in chunks of 64, 1.13-1.14 in five runs of six, 1.27 in one (plan: 1.06-1.19).
+# scripts/bench_llm_runtime.py's docstring has the rows and where the scores are allocated. Sliding-window layers keep a
+# window-sized cache (the builder's windowed_kv_cache, on by default on CPU). CPU GroupQueryAttention on float scores a
+# chunk against the whole cache one head per thread at a time, not all heads at once: at 16K, 2.30 GiB measured = 1.23
+# after load + 1.0 of fp32 cache + 0.07 of scratch (all heads' scores would be 0.5 GiB more).
 # The load peak, tried against (the lean build, 2 threads, this x86 host; scripts/bench_llm_runtime.py's docstring has
 # the table): ONNX Runtime's saved pre-packed weights (an optimized model written with
 # session.save_external_prepacked_constant_initializers, made on the machine that runs it, then loaded by genai) load in
@@ -99,6 +100,8 @@ KV_BITS = {"float16": 16, "float": 32, "int8": 8}
 # of a chunk (2 KiB a token) in it; 1.96 GiB peak at 16K (plan: 1.71-2.14).
 KV_COPIES = {"float16": (1.0, 1.0), "float": (1.0, 1.0), "int8": (2.0, 3.0)}
 # --fit auto's KV lever (packager/fit_auto.py): the smallest cache; even at 3 copies, 0.75 of the float cache's bytes.
+# Against the 16-bit cache its 2-3 copies weigh 1-1.5 times as much, yet at 4K on the 1B shape it measured smaller (1.10
+# GiB in chunks of 256 against 1.14 for float16 in chunks of 64): the fit stage measures which one fits.
 KV_SMALLEST = "int8"
 
 
