@@ -261,12 +261,17 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
     return value
 
 
+# Keys an earlier release read, and where their settings live now: a copy of an older profile gets the new name.
+RENAMED = {"decoder_runtime.int4": "decoder_int4"}
+
+
 def _build(cls: type, data: dict[str, Any], where: str, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
     for key in data:
         if key not in fields:
-            hint = did_you_mean(key, list(fields))
+            hint = f' (it is now "[{RENAMED[prefix + key]}]")' if prefix + key in RENAMED else \
+                did_you_mean(key, list(fields))
             raise key_error(where, prefix + key, f"is not a known key{hint}")
     kwargs = {}
     for name, f in fields.items():

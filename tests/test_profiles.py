@@ -68,6 +68,8 @@ def _rpi5_text() -> str:
     (("accuracy_level = 1", "accuracy_level = 5"), "int4.accuracy_level", "must be 0 to 4"),
     (("[decoder_int4]\nblock_size = 32", "[decoder_int4]\nblock_sise = 32"),
      "decoder_int4.block_sise", 'did you mean "block_size"'),
+    # a copy of an older profile: the section's new name
+    (("[decoder_int4]\n", "[decoder_runtime.int4]\n"), "decoder_runtime.int4", 'it is now "[decoder_int4]"'),
 ])
 def test_invalid_profiles_name_file_and_key(tmp_path: Path, change: tuple[str, str], key: str, problem: str) -> None:
     _assert_refused(tmp_path, _rpi5_text(), change, key, problem)
