@@ -67,6 +67,7 @@ from packager.decoder_config import WINDOW_AXIS
 from packager.decoder_peak import activation_bytes, kv_by_type, measured_peak
 from packager.estimate_activations import (
     activation_peak,
+    attributes,
     concrete_shapes,
     decoder_shape,
     folded_in_all_graphs,
@@ -239,16 +240,12 @@ def prepack_bands(model: onnx.ModelProto, sizes: dict[str, int],
                         PREPACK_EXTRA_LARGE if sizes[name] >= LARGE_WEIGHT else PREPACK_EXTRA
                     low, high = table.get(node.op_type) or PREPACK_EXTRA.get(node.op_type, PREPACK_UNMEASURED)
                     if node.op_type == "MatMulNBits":
-                        low, high = NBITS_EXTRA[nbits_compute(_int_attribute(node, "accuracy_level"))]
+                        low, high = NBITS_EXTRA[nbits_compute(attributes(node).get("accuracy_level", 0))]
                     if conv_layout and node.op_type == "Conv":
                         low, high = PREPACK_CONV_LAYOUT
                     was = bands.get(node.input[index], (low, high))
                     bands[node.input[index]] = (max(was[0], low), max(was[1], high))
     return bands
-
-
-def _int_attribute(node: onnx.NodeProto, name: str, default: int = 0) -> int:
-    return next((int(a.i) for a in node.attribute if a.name == name), default)
 
 
 def external_names(model: onnx.ModelProto) -> set[str]:

@@ -246,7 +246,7 @@ def decoder_shape(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) ->
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
         given = shapes.get(name, (1, 0, 0, 0))
         kv_heads, head_dim = dims[1] or given[1], dims[3] or given[3]
-        attrs = _attributes(readers[name]) if name in readers else {}
+        attrs = attributes(readers[name]) if name in readers else {}
         window = max(int(attrs.get("local_window_size", -1)), 0)
         heads = heads or int(attrs.get("num_heads", 0))
         bits = int(attrs.get("kv_cache_bit_width", 0)) or 8 * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
@@ -263,7 +263,8 @@ def decoder_shape(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) ->
     return DecoderShape(tuple(attention), heads, hidden, intermediate, vocab, positions), bits
 
 
-def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+def attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    """A node's attributes by name, as values."""
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
@@ -273,7 +274,7 @@ def _matmul_widths(model: onnx.ModelProto) -> list[tuple[int, int]]:
     widths = []
     for node in model.graph.node:
         if node.op_type == "MatMulNBits":
-            attrs = _attributes(node)
+            attrs = attributes(node)
             widths.append((int(attrs["K"]), int(attrs["N"])))
         elif node.op_type == "MatMul" and len(dims.get(node.input[1], [])) == 2:
             k, n = dims[node.input[1]]

@@ -24,6 +24,7 @@ from packager.decoder_config import FULL, LayerAttention
 from packager.decoder_peak import DecoderShape, kv_by_type, measured_peak
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import LOAD_TRANSIENT_HIGH, NBITS_EXTRA, OVERHEAD_HIGH, OVERHEAD_LOW
+from packager.profile_types import Int4
 from packager.profiles import Profile
 from packager.runtimes import DecoderMemory, profile_for_model, runtime_for
 from packager.samples import resolve_sample
@@ -31,7 +32,7 @@ from packager.samples import resolve_sample
 # Bytes per parameter as each recipe stores it. int4: MatMulNBits with one scale per block, in the weights' dtype:
 # fp32 (the embedding table and lm_head included, as the int4 recipe does), at the block size of the profile's int4
 # settings (Int4.bytes_per_weight: 0.625 at block 32); a tied pair's scales are stored a second time (second_scales).
-BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5 + 4 / 32}
+BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": Int4().bytes_per_weight}
 # The E-class exporter's per-layer embedding table (packager/runtimes/eclass_export.py): int8 rows whatever the
 # recipe, a float32 scale per row (negligible beside a row of layers x 256)
 PLE_BYTES_PER_PARAM = 1.0
