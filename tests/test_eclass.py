@@ -257,6 +257,27 @@ def test_a_gemma_3n_says_it_has_no_exporter_yet(exported: tuple, tmp_path: Path)
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
 
 
+def test_pickled_weights_are_refused_naming_safetensors(exported: tuple, tmp_path: Path) -> None:
+    """The exporter reads the per-layer table from the safetensors file itself: a folder of pickled weights (loaded
+    with --allow-pickle) gets the fix in one sentence, not the adapter's."""
+    import torch
+    from safetensors.torch import load_file
+
+    source, _, _ = exported
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    for f in source.iterdir():
+        if f.name != "model.safetensors":
+            (folder / f.name).write_bytes(f.read_bytes())
+    torch.save(load_file(source / "model.safetensors"), folder / "pytorch_model.bin")
+    proc = packager("package", str(folder), "--target", "rpi5", "--allow-pickle", "--out", str(tmp_path / "dist"),
+                    "--no-cache")
+    assert proc.returncode == ExitCode.BAD_INPUT, proc.stderr[-2000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert "pickled" in error and "save_pretrained" in error and "adapter" not in error
+    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
 def test_the_export_is_the_same_bytes_whatever_the_string_hashing(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Bundles are byte-identical for the same inputs: the graph must not follow a set's order (hash seeds 0 and 1

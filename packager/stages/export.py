@@ -106,7 +106,11 @@ def _export_hf(ctx: Context, out: Path) -> None:
 
 def _export_eclass(ctx: Context, out: Path) -> None:
     assert ctx.source is not None
-    if ctx.source.adapter is not None or ctx.source.pickled:
+    if ctx.source.pickled:   # the exporter reads the per-layer embedding table from the safetensors file itself
+        raise PackagerError(f"{ctx.source.path}: an E-class model is exported from safetensors weights, and this "
+                            "folder has only pickled ones; save the model with save_pretrained (safetensors) and "
+                            "package that folder.", ExitCode.BAD_INPUT)
+    if ctx.source.adapter is not None:
         raise PackagerError(f"{ctx.source.path}: an E-class model is exported from its safetensors alone, without "
                             "--adapter; merge the adapter into the model first, or drop it.", ExitCode.USAGE)
     step("packager.eclass:export_folder")(ctx.source.path, out, ctx.work_dir, ctx.progress)
