@@ -261,10 +261,10 @@ PAGE = 4096
 ROW_READERS = {("Gather", 0), ("GatherElements", 0)}   # (op, input): reads the rows its indices name
 
 
-def mapped_tables(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
-    """Lookup tables the runtime memory-maps and reads a row at a time, by name: (bytes, rows). Those in an
-    external data file of their own kind: every tensor in it is read by Gathers only (ROW_READERS), at an
-    offset onnxruntime maps (the E-class exporter's PLE file). Such a file is never read whole."""
+def table_files(model: onnx.ModelProto) -> dict[str, list[onnx.TensorProto]]:
+    """External data files (by location) of lookup tables the runtime memory-maps and reads a row at a time:
+    every tensor in the file is read by Gathers only (ROW_READERS), at an offset onnxruntime maps (the E-class
+    exporter's PLE file). Such a file is never read whole: the device advises the kernel so (runtime.mapped)."""
     readers: dict[str, set[tuple[str, int]]] = {}
     for g in all_graphs(model.graph):
         for node in g.node:
@@ -274,11 +274,14 @@ def mapped_tables(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
     for t in model.graph.initializer:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             files.setdefault({e.key: e.value for e in t.external_data}.get("location", ""), []).append(t)
-    tables: dict[str, tuple[int, int]] = {}
-    for tensors in files.values():
-        if all(readers.get(t.name, {("", 0)}) <= ROW_READERS and _offset(t) % PAGE == 0 for t in tensors):
-            tables |= {t.name: (tensor_bytes(t), int(t.dims[0]) if t.dims else 1) for t in tensors}
-    return tables
+    return {location: tensors for location, tensors in files.items()
+            if all(readers.get(t.name, {("", 0)}) <= ROW_READERS and _offset(t) % PAGE == 0 for t in tensors)}
+
+
+def mapped_tables(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+    """The tables of table_files by name: (bytes, rows)."""
+    return {t.name: (tensor_bytes(t), int(t.dims[0]) if t.dims else 1)
+            for tensors in table_files(model).values() for t in tensors}
 
 
 def _offset(t: onnx.TensorProto) -> int:

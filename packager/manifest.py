@@ -6,12 +6,14 @@ import dataclasses
 import platform
 from typing import Any
 
+import onnx
 import onnxruntime
 
 from packager.archive import source_date_epoch
 from packager.context import Context
 from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
+from packager.estimate import table_files
 from packager.families import family_for
 from packager.records import Memory
 from packager.runtimes import runtime_for
@@ -61,7 +63,17 @@ def runtime_spec(ctx: Context) -> dict[str, Any]:
         # Multi-component models: every component's file, loaded together (`model` is the decoder's).
         **({"components": {c.name: c.file for c in ctx.components}} if ctx.components else {}),
         **({"context": ctx.context} if family_for(ctx.io.kind).generates else {}),
+        **({"mapped": mapped} if (mapped := mapped_files(ctx)) else {}),
     }
+
+
+def mapped_files(ctx: Context) -> list[str]:
+    """The packaged model's lookup-table files (estimate.table_files), beside runtime.model: run.py advises the
+    kernel that they are read at random, a row per token, so that a fault reads the page it needs and not the
+    readahead window around it (measured: docs/llms.md, E-class models)."""
+    if ctx.packaged_model is None or ctx.components or not ctx.model_file.endswith(".onnx"):
+        return []   # an .ort file holds its tables in its own buffer
+    return sorted(table_files(onnx.load(ctx.packaged_model, load_external_data=False)))
 
 
 def smoke_spec(ctx: Context) -> dict[str, Any]:

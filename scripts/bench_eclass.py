@@ -6,9 +6,11 @@ E2B's, 2,240 MiB in int8, more than the 1.5 GB budget; the rest scaled down (hid
 Face folder is stored in bf16, as Google's checkpoints are. It goes through `packager package` (export, quantize,
 verify against PyTorch, fit, bundle) for each target, each run's host peak taken by /usr/bin/time -v (the
 largest process: packager or one of its children). Then each bundle runs by its own device code (run.py's
-Runner: the manifest's session options, the decoder's chunked prefill), in two variants of its model folder:
+Runner: the manifest's session options, the decoder's chunked prefill), in three variants of its model folder:
 
-    mapped     the bundle as packaged: the table in model.ple.data, which onnxruntime memory-maps
+    mapped     the bundle as packaged: the table in model.ple.data, which onnxruntime memory-maps, and run.py
+               advises the kernel to read at random (runtime.mapped: no readahead around a row's page)
+    readahead  the same without that advice: the kernel's default readahead, whose pages fault-around maps
     resident   the same bundle with the table read into the process's memory and handed to onnxruntime in place
                of the file's (SessionOptions.add_initializer, which uses the buffer without a copy): onnxruntime
                1.32 maps an external tensor at any offset, so moving it in the files would not make it resident
@@ -98,6 +100,9 @@ if variant.startswith("resident"):
             so.add_initializer(name, value)
         return so
     session.session_options = resident_options
+if variant == "readahead":   # the table mapped without runtime.mapped's advice: the kernel's default readahead
+    session = importlib.import_module(run._package.__name__ + ".session")
+    session.advise_random = lambda files: 0
 if variant.endswith("-noarena"):   # onnxruntime's CPU arena off: what the arena keeps of a chunk's transients
     session = importlib.import_module(run._package.__name__ + ".session")
     arena_options = session.session_options
@@ -202,10 +207,10 @@ def main() -> None:
         print(f"\n{target}: packaged in {took}; recipe {recipe}; bundle "
               f"{size / 2**20:,.0f} MiB")
         print(f"{'variant':9} {'tokens':>6} {'load MiB':>9} {'peak MiB':>9} {'table resident MiB':>19}")
-        for variant in ("mapped", "resident"):
+        for variant in ("mapped", "readahead", "resident"):
             for tokens in args.tokens:
                 r = measure(bundle, tokens, vocab, variant)
-                resident = r["table_rss"] if variant == "mapped" else vocab * width
+                resident = vocab * width if variant == "resident" else r["table_rss"]
                 print(f"{variant:9} {tokens:>6} {r['load_hwm'] / 2**20:>9.0f} {r['hwm'] / 2**20:>9.0f} "
                       f"{resident / 2**20:>19.0f}", flush=True)
 

@@ -224,6 +224,26 @@ def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(packaged: tu
         sum(layer.kv_bytes(estimate["context"], True, 32) for layer in layers if layer.owns_cache)
     smoke = subprocess.run([sys.executable, "smoke_test.py"], cwd=bundle, capture_output=True, text=True, timeout=600)
     assert smoke.returncode == 0 and "PASS" in smoke.stdout, smoke.stdout + smoke.stderr
+    # the device advises the kernel that the table is read at random (no readahead around a row's page)
+    assert manifest["runtime"]["mapped"] == ["model.ple.data"]
+    loaded = subprocess.run([sys.executable, "-c", ADVISED], cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    advised = json.loads(loaded.stdout)
+    assert advised["bytes"] >= estimate["mapped_bytes"]
+    assert advised["flags"] and all("rr" in flags for flags in advised["flags"])   # VM_RAND_READ on each mapping
+
+
+# run.py's runner in the bundle, then the kernel's flags on the table's mappings (smaps' VmFlags: rr = random read)
+ADVISED = r"""
+import json, run
+runner, flags, current = run.load(), [], ""
+for line in open("/proc/self/smaps"):
+    if line[:1] in "0123456789abcdef" and "-" in line.split()[0]:
+        current = line.split()[-1]
+    elif line.startswith("VmFlags:") and current.endswith("model.ple.data"):
+        flags.append(line.split()[1:])
+print(json.dumps({"bytes": runner.mapped_advised, "flags": flags}))
+"""
 
 
 @pytest.mark.skipif(not any(shutil.which(name) for name in emulate.QEMU_BINARIES),

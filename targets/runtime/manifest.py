@@ -264,6 +264,7 @@ class RuntimeSpec(Record):
     io: Io
     components: dict[str, str] | None = None   # multi-component models: every component's file
     context: int | None = None                 # decoders: the KV cache length the deployment holds
+    mapped: list[str] | None = None            # lookup-table files beside `model`, read a row per token
 
 
 @dataclass(frozen=True)

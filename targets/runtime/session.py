@@ -17,6 +17,35 @@ from .peak import rss_bytes
 
 # ---------------------------------------------------------------- session
 
+MADV_RANDOM = 1   # madvise(2)'s advice, 1 on Linux and Android on every architecture
+
+
+def advise_random(files: list[Path]) -> int:
+    """Advise the kernel that the mapped lookup tables in `files` (runtime.mapped) are read at random: a page
+    fault then reads the page a token's row is on, not the readahead window around it, which the kernel's
+    fault-around then maps too (E2B's table at 8K random tokens: 505 MiB resident where the rows read are about
+    100; docs/llms.md). The bytes advised; 0 where the platform has no /proc/self/maps or madvise."""
+    wanted = {os.path.realpath(f) for f in files}
+    if not wanted:
+        return 0
+    try:
+        import ctypes
+
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except (OSError, AttributeError):
+        return 0
+    advised = 0
+    for line in lines:
+        fields = line.rstrip("\n").split(maxsplit=5)
+        if len(fields) == 6 and fields[5] in wanted:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            advised += end - start if madvise(start, end - start, MADV_RANDOM) == 0 else 0
+    return advised
+
+
 # Prompt tokens a pass for a graph that gives the last position's logits (the E-class exporter's): plan counts a
 # chunk's activations with it (packager/decoder_config.py's LAST_ONLY_CHUNK, the same figure)
 PREFILL_CHUNK = 256
@@ -105,6 +134,9 @@ class Runner:
             before = rss_bytes()
             self.sessions[name] = session(file)
             self.load_bytes[name] = max(0, rss_bytes() - before)
+        # After the load: onnxruntime maps the tables as it creates the session, and nothing reads them whole
+        folder = (bundle / runtime["model"]).parent
+        self.mapped_advised = advise_random([folder / f for f in runtime.get("mapped") or []])
         self.session = self.sessions.get("decoder", next(iter(self.sessions.values())))
         self.encoder = self.sessions.get("encoder")
         self.family = family(self.io)
