@@ -166,11 +166,18 @@ def peak_sentence(v: View) -> str:
     return f"{v.peak_word} {size(v.peak)} is {percent(v.peak or 0, v.budget or 0)} of the {size(v.budget)} budget"
 
 
+def mapped_text(v: View) -> str:
+    """'; 2240 MiB of lookup tables mapped from storage, not resident' for a model with mapped tables (an E-class
+    model's per-layer embeddings: the peak counts the pages its tokens read), '' otherwise."""
+    mapped = _num(v.estimate.get("mapped_bytes"))
+    return f"; {size(mapped)} of lookup tables mapped from storage, not resident" if mapped else ""
+
+
 def verdict(v: View) -> str:
     """'fits: measured peak 112 MiB is 8% of the 1431 MiB budget, 1319 MiB headroom'."""
     if v.error is not None or not v.has_memory:
         return verdict_head(v)
-    return f"{verdict_head(v)}: {peak_sentence(v)}, {margin_text(v)}"
+    return f"{verdict_head(v)}: {peak_sentence(v)}, {margin_text(v)}{mapped_text(v)}"
 
 
 def size_range(low: float | None, high: float | None) -> str:
@@ -229,7 +236,9 @@ def peak_text(v: View) -> str:
         return "?"
     assert v.peak is not None and v.budget is not None
     basis = "" if v.basis == "measured" else ", estimated"
-    return f"{size(v.peak)} of {size(v.budget)} ({percent(v.peak, v.budget)}{basis})"
+    mapped = _num(v.estimate.get("mapped_bytes"))
+    return f"{size(v.peak)} of {size(v.budget)} ({percent(v.peak, v.budget)}{basis})" + \
+        (f", + {size(mapped)} mapped" if mapped else "")
 
 
 def model_size(v: View) -> str:

@@ -108,6 +108,17 @@ def test_chart_shows_the_breakdown_against_the_budget(tmp_path: Path) -> None:
     assert "Fits" in "".join(first.itertext()) and "Does not fit" in "".join(second.itertext())
 
 
+def test_mapped_tables_are_shown_beside_the_resident_peak(tmp_path: Path) -> None:
+    """An E-class model's mapped table (estimate.mapped_bytes) is named apart from the peak in both reports."""
+    result = copy.deepcopy(summaries()[0])
+    result["memory"]["estimate"]["mapped_bytes"] = 2240 * MiB
+    markdown, page = (p.read_text(encoding="utf-8") for p in write_reports([result], tmp_path)[1:])
+    assert "2240 MiB of lookup tables mapped from storage, not resident" in markdown
+    assert "+ 2240 MiB mapped" in markdown and "mapped from storage" in page
+    plain = write_reports(summaries()[:1], tmp_path / "plain")[1].read_text(encoding="utf-8")
+    assert "mapped" not in plain
+
+
 def test_any_text_is_escaped(tmp_path: Path) -> None:
     r = summaries()[0]
     r["bundle"] = 'evil <script>alert(1)</script> | **b** [x](http://e.test) `c` $m$ :+1: @u\nnext\x00'
