@@ -139,8 +139,11 @@ def _pattern(period: int) -> Callable[[Keys, int], list[str]]:
 
 
 def _all_sliding_if_window(k: Keys, layers: int) -> list[str]:
-    """Mistral, Phi-3: one window for every layer, where the config gives one."""
-    return k.layer_types(layers, lambda i: SLIDING if k.config.get("sliding_window") else FULL)
+    """Mistral, Phi-3: one window for every layer, where the config gives one shorter than its positions (Phi-3.5-mini
+    and Phi-4-mini give 262,144 against 131,072 positions: no window at all)."""
+    window, positions = k.config.get("sliding_window"), k.config.get("max_position_embeddings")
+    beyond = isinstance(window, int) and isinstance(positions, int) and window >= positions
+    return k.layer_types(layers, lambda i: SLIDING if window and not beyond else FULL)
 
 
 def _qwen_window(k: Keys, layers: int) -> list[str]:

@@ -128,6 +128,13 @@ def test_gemma4_e2b_on_the_onnxruntime_path_counts_a_chunk_and_says_its_weights_
     assert not any("resident weights alone" in n for n in small.notes)
 
 
+def test_a_window_no_shorter_than_the_positions_is_no_window() -> None:
+    """Phi-3.5-mini's config gives a sliding window of 262,144 against 131,072 positions: every layer is full."""
+    d = read(config("Phi-3.5-mini"), "config.json")
+    assert {la.kind for la in d.layers} == {FULL}
+    assert {la.kind for la in read(small("mistral", sliding_window=256), "config.json").layers} == {SLIDING}
+
+
 def test_a_windowed_layer_stops_growing_at_its_window() -> None:
     a = architecture(config("Gemma-3-1B"))
     genai = [kv_cache(a, context, 32, windowed=True) for context in (512, 4096, 32768)]
