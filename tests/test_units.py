@@ -222,3 +222,33 @@ def test_a_sliding_layers_cache_counts_its_window_not_the_context() -> None:
     # a past without the window axis (every other decoder's) takes the context, whatever the config's window
     io["inputs"][1]["shape"][2] = "past"
     assert decode_step_shapes(io, 100)["past_key_values.0.key"][2] == 99
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="the kernel's VmFlags are Linux's")
+def test_mapped_tables_are_advised_as_read_at_random(tmp_path: Path) -> None:
+    """run.py's advise_random marks the mappings of the files it is given, and only those, random-read (smaps'
+    VmFlags 'rr': the kernel reads no window around a faulted page)."""
+    import importlib
+    import mmap
+
+    session = importlib.import_module(runner()._package.__name__ + ".session")
+    table, other = tmp_path / "model.ple.data", tmp_path / "other.data"
+    for path in (table, other):
+        path.write_bytes(b"\0" * (1 << 20))
+
+    def flags(path: Path) -> list[list[str]]:
+        found, current = [], ""
+        for line in Path("/proc/self/smaps").read_text().splitlines():
+            head = line.split()
+            if head and "-" in head[0] and all(c in "0123456789abcdef-" for c in head[0]):
+                current = head[-1]
+            elif line.startswith("VmFlags:") and current == str(path.resolve()):
+                found.append(head[1:])
+        return found
+
+    with open(table, "rb") as t, open(other, "rb") as o, \
+            mmap.mmap(t.fileno(), 0, access=mmap.ACCESS_READ), mmap.mmap(o.fileno(), 0, access=mmap.ACCESS_READ):
+        assert session.advise_random([table]) == 1 << 20
+        assert flags(table) and all("rr" in f for f in flags(table))
+        assert flags(other) and not any("rr" in f for f in flags(other))
+    assert session.advise_random([]) == 0

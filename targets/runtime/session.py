@@ -29,13 +29,13 @@ def advise_random(files: list[Path]) -> int:
     if not wanted:
         return 0
     try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
         import ctypes
 
         madvise = ctypes.CDLL(None, use_errno=True).madvise
         madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):   # no /proc (macOS, Windows), no libc madvise
         return 0
     advised = 0
     for line in lines:
