@@ -70,8 +70,8 @@ def weights_read_per_token(model: Path) -> int:
 
 def model_reads(model: Path) -> tuple[int, int | None]:
     """weights_read_per_token, and the bytes of one element of the model's KV cache as its graph declares it
-    (past_key_values.0.key; None where it has none): a runtime's own graph (genai's builder, an int8 cache) may
-    keep it in another type than the reference export."""
+    (past_key_values.0.key; None where it has none): what a token reads. runtime.io says the same of a bundle made
+    now; genai bundles made before it described the builder's graph recorded the fp32 export's cache there."""
     import onnx
     from onnx import helper
 

@@ -88,6 +88,8 @@ class Context:
     reference_model: Path | None = None      # fp32 ONNX: what the packaged model is measured against
     tokenizer_files: list[Path] = field(default_factory=list)
     described_io: Io | None = None           # the manifest's runtime.io (read as ctx.io, once export has set it)
+    # What reference_model reads: ctx.io, until a runtime that builds its own model (onnxruntime-genai) describes that
+    reference_io: Io | None = None
     components: list[Component] = field(default_factory=list)   # multi-component models (io kind "seq2seq")
     # quantize
     packaged_model: Path | None = None

@@ -61,11 +61,12 @@ def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
     import onnxruntime as ort
 
 
-    assert ctx.reference_model is not None
+    assert ctx.reference_model is not None and ctx.reference_io is not None
     rt, settings, src = runner(), ctx.profile.int4, ctx.reference_model
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    ref = rt.Decoder(ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"]), ctx.io.to_dict())
+    io = ctx.reference_io.to_dict()   # the export's (a runtime that builds its own graph describes that in ctx.io)
+    ref = rt.Decoder(ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"]), io)
     seqs, measured_on = _sequences(ctx, ref)
     ref_logp = [_log_softmax(ref.score(ids)[start - 1:len(ids) - 1]) for start, ids in seqs]
     del ref
@@ -83,7 +84,7 @@ def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
             save(candidate, path, large)
             ctx.progress(f"sensitivity of {layer}")
             session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-            decoder = rt.Decoder(session, ctx.io.to_dict())
+            decoder = rt.Decoder(session, io)
             ranking.append({"layer": layer, "kl_at_4bit": round(divergence(decoder, seqs, ref_logp), 6),
                             "int4_bytes": bytes4[layer], "int8_bytes": bytes8[layer]})
     return sorted(ranking, key=lambda r: -r["kl_at_4bit"]), measured_on

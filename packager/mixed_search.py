@@ -11,7 +11,7 @@ from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.progress import Reporter
 from packager.recipes import searched
-from packager.stage_runner import run_stage
+from packager.stage_runner import fp32_reference, run_stage
 
 
 def recipe_stages(ctx: Context, reporter: Reporter, stages: tuple[str, ...]) -> None:
@@ -49,6 +49,7 @@ def _search_mixed(ctx: Context, reporter: Reporter, stages: tuple[str, ...]) -> 
 def _bisect_mixed(ctx: Context, reporter: Reporter, judged: tuple[str, ...], int4_rejected: PackagerError) -> None:
     search = ctx.mixed_search
     reporter.print("int4-mixed: int4 alone changes the answers; measuring each layer's sensitivity")
+    fp32_reference(ctx)   # measured on the fp32 export, which a runtime that builds its own model had no need of
     ranking, measured_on = mixed.sensitivity(ctx)
     order = tuple(r["layer"] for r in ranking)
     search |= {"measured_on": measured_on, "sensitivity": ranking,

@@ -26,7 +26,7 @@ from packager.coverage import coverage_of
 from packager.device_code import runner
 from packager.estimate import weight_bytes
 from packager.export_process import merged
-from packager.families import family_for
+from packager.families import Export, described, family_for
 from packager.manifest import runtime_spec
 from packager.recipes.common import RecipeResult
 from packager.recipes.layers import layer_bytes, layer_of
@@ -69,12 +69,13 @@ def genai_python() -> Path:
 def genai_build(ctx: Context, model_dir: Path, precision: str, options: tuple[str, ...], kv: str = "float") -> None:
     """`model_dir` as the builder makes it from the source folder (with --adapter merged into it first), tuned to
     the profile (`kv`, the KV cache's type: "float16" the attention cast to fp16, "int8" the builder's quantized
-    cache with static scales measured on the fp32 reference; ctx.keep_8bit: the layers int4-mixed keeps at 8
+    cache with static scales measured on the source model in PyTorch; ctx.keep_8bit: the layers int4-mixed keeps at 8
     bits); ctx.packaged_model and ctx.recipe say so."""
     assert ctx.source is not None
     if kv == "int8":
         scales = ctx.work_dir / "kv_scales.json"
-        scales.write_text(json.dumps({"scales": kv_scales(ctx)}), encoding="utf-8")
+        if not scales.is_file():   # the source's, the same for every build of the run (--fit auto's tries)
+            scales.write_text(json.dumps({"scales": kv_scales(ctx)}), encoding="utf-8")
         options = (*options, *KV8_OPTIONS, f"kv_cache_scale_file={scales}")
     nodes_8bit = _nodes_8bit(ctx, precision, options) if ctx.keep_8bit else []
     out = _run_builder(ctx, precision, options, nodes_8bit)
@@ -86,6 +87,8 @@ def genai_build(ctx: Context, model_dir: Path, precision: str, options: tuple[st
             shutil.copyfile(f, model_dir / f.name)
     shutil.rmtree(out, ignore_errors=True)
     ctx.packaged_model = model_dir / "model.onnx"
+    # The manifest describes the graph that ships (its KV cache's type: fp16 on rpi5, int8 ...), not the fp32 export's
+    ctx.io = described(Export(ctx.source.path, ctx.source.task, model_dir))
     model = onnx.load(ctx.packaged_model, load_external_data=False)
     params: dict[str, Any] = {"builder": BUILDER, "precision": precision, "execution_provider": "cpu",
               "extra_options": [o for o in options if "scale_file" not in o], "kv_cache": kv}
@@ -174,26 +177,19 @@ def _nodes_8bit(ctx: Context, precision: str, options: tuple[str, ...]) -> list[
 
 
 def kv_scales(ctx: Context) -> dict[str, list[float]]:
-    """Per-layer static scales of an int8 KV cache: the largest |key| and |value| the fp32 reference writes over
-    the family's prompts, over 127, with a margin for what longer texts reach."""
-    import numpy as np
-    import onnxruntime as ort
-
-    assert ctx.reference_model is not None
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    session = ort.InferenceSession(str(ctx.reference_model), so, providers=["CPUExecutionProvider"])
-    decoder = runner().Decoder(session, ctx.io.to_dict())
+    """Per-layer static scales of an int8 KV cache: the largest |key| and |value| the source model writes (verify's
+    PyTorch reference, fp32) over the family's prompts, over 127, with a margin for what longer texts reach."""
     tokenizer = runner().load_tokenizer(ctx.work_dir, {**ctx.io.to_dict(), "tokenizer": _tokenizer_file(ctx)})
-    peaks: dict[str, float] = {}
-    for text in family_for(ctx.io.kind).texts():
-        _, cache = decoder.step(list(tokenizer.encode(text).ids), decoder.empty_past(), 0)
-        for name, value in cache.items():
-            peaks[name] = max(peaks.get(name, 0.0), float(np.max(np.abs(value))))
-    assert ctx.io.kv is not None   # a decoder's io
-    layers = int(ctx.io.kv["layers"])
-    return {f"{kind[0]}_scales": [KV8_MARGIN * peaks[f"past_key_values.{i}.{kind}"] / 127 for i in range(layers)]
-            for kind in ("key", "value")}
+    reference = torch_reference(ctx)
+    peaks: dict[str, list[float]] = {}
+    try:
+        for text in family_for(ctx.io.kind).texts():
+            found = reference.kv_peaks(list(tokenizer.encode(text).ids))
+            peaks = {kind: [max(a, b) for a, b in zip(peaks.get(kind, values), values)]
+                     for kind, values in found.items()}
+    finally:
+        reference.close()
+    return {f"{kind[0]}_scales": [KV8_MARGIN * peak / 127 for peak in peaks[kind]] for kind in ("key", "value")}
 
 
 def _tokenizer_file(ctx: Context) -> str:

@@ -49,6 +49,7 @@ from packager.errors import PackagerError  # noqa: E402
 from packager.profiles import resolve_target  # noqa: E402
 from packager.recipes import RECIPES  # noqa: E402
 from packager.recipes.common import RecipeOptions  # noqa: E402
+from packager.stage_runner import fp32_reference  # noqa: E402
 from packager.stages import export, source  # noqa: E402
 
 Feeds = list[dict[str, np.ndarray]]
@@ -144,6 +145,9 @@ def export_reference(spec: ModelSpec, work: Path) -> Context:
     ctx = Context(spec.model, resolve_target("rpi5"), "fp32", work, work / "out")
     source.run(ctx)
     export.run(ctx)
+    fp32_reference(ctx)   # rpi5's decoders are built by onnxruntime-genai, whose path makes no export of its own
+    assert ctx.reference_io is not None
+    ctx.io = ctx.reference_io
     return ctx
 
 
@@ -231,7 +235,8 @@ def bench(spec: ModelSpec, args: argparse.Namespace, work: Path) -> list[dict[st
         return []
     assert ctx.reference_model is not None
     reference_path = ctx.reference_model
-    output = ctx.io["primary_outputs"][0]
+    io = ctx.io.to_dict()   # the record as JSON, which the specs' functions take
+    output = io["primary_outputs"][0]
     params = parameter_count(reference_path)
     variants: list[Variant] = []
     for name in spec.recipes:
@@ -252,13 +257,13 @@ def bench(spec: ModelSpec, args: argparse.Namespace, work: Path) -> list[dict[st
         except (RuntimeError, ValueError, OSError) as e:
             print(f"note: {spec.name}: optimum's arm64 preset skipped ({e})")
 
-    inputs = spec.inputs(reference_path, ctx.io, args.quick)
+    inputs = spec.inputs(reference_path, io, args.quick)
     reference = _session(reference_path, args.threads)
     rows = []
     for v in variants:
         size = model_bytes(v.path)
         rows.append({"model": spec.name, "variant": v.label, "mb": size / 1e6, "physical": size / (params * v.bits / 8),
-                     **spec.quality(reference, _session(v.path, args.threads), inputs, output, ctx.io), "note": v.note})
+                     **spec.quality(reference, _session(v.path, args.threads), inputs, output, io), "note": v.note})
     wall = latencies(variants, inputs, output, args.threads, args.runs, "wall")
     cpu = latencies(variants, inputs, output, 1, args.runs, "cpu") if not args.quick else {}
     for row in rows:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli, unpack
-from packager.bandwidth import GB, kv_bytes_of, model_reads
+from packager.bandwidth import DTYPE_BYTES, GB, kv_bytes_of, model_reads
 from packager.emulate import QEMU_BINARIES
 from packager.errors import ExitCode
 from packager.exporter_envs import GENAI, is_ready
@@ -48,9 +48,8 @@ def bench_json(bundle: Path, *args: str) -> dict:
 
 
 def _manifest(archive: Path, tmp: Path) -> dict:
-    """The bundle's manifest, with the bytes of a KV element as its packaged graph declares them (`kv_element`):
-    a runtime's own graph (genai's, with its 16-bit or int8 cache) may keep the cache in another type than the
-    reference export that runtime.io describes, and the bench counts what the graph reads."""
+    """The bundle's manifest, with the bytes of a KV element as its packaged graph declares them (`kv_element`): the
+    bench counts what the graph reads, and runtime.io says the same (a runtime's own graph: genai's 16-bit cache)."""
     bundle = unpack(archive, tmp)
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["kv_element"] = model_reads(bundle / manifest["runtime"]["model"])[1]
@@ -69,6 +68,8 @@ def _check_decoder(result: dict, manifest: dict, target: str) -> None:
     assert device["bandwidth_gbs"] == resolve_target(target).device.memory_bandwidth_gbs > 0
     assert device["kv_bytes"] == kv_bytes_of(manifest["runtime"]["io"]["kv"], manifest["kv_element"]) * \
         (PROMPT + NEW // 2) > 0
+    # the manifest's cache is the graph's (genai's builder: runtime.io describes its graph, not the fp32 export)
+    assert DTYPE_BYTES[manifest["runtime"]["io"]["kv"]["dtype"]] == manifest["kv_element"]
     assert 0 < device["weight_bytes"] <= sum(f["size"] for f in manifest["files"] if f["path"].startswith("model/"))
     for bound in (device, host):
         assert bound["tokens_per_s"] == pytest.approx(

@@ -54,6 +54,23 @@ def test_bundle_pins_genai_and_records_the_runtime(bundle: Path) -> None:
     assert config["model"]["decoder"]["session_options"]["enable_cpu_mem_arena"] is False
 
 
+def io_of_graph_and_manifest(bundle: Path) -> tuple[dict, tuple[list, list]]:
+    """The manifest's runtime.io, and the packaged graph's own inputs and outputs (name, dtype, shape)."""
+    from packager.model_files import signature
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    return manifest["runtime"]["io"], signature(bundle / manifest["runtime"]["model"])
+
+
+def test_the_manifest_describes_the_builders_graph_and_its_fp32_cache(bundle: Path) -> None:
+    # rpi5-genai keeps the builder's fp32 cache; runtime.io is the graph that ships (no position_ids, the last
+    # position's logits), not the fp32 export's
+    io, (inputs, outputs) = io_of_graph_and_manifest(bundle)
+    assert (io["inputs"], io["outputs"]) == (inputs, outputs)
+    assert io["kv"] == {"layers": 4, "heads": 4, "head_dim": 32, "dtype": "float32"} and io["logits"] == "last"
+    assert "position_ids" not in {i["name"] for i in inputs}
+
+
 def test_run_prompt_and_bare_text_generate(bundle: Path) -> None:
     for args in (["--prompt", "Once upon a time", "--max-new-tokens", "8"], ["Once upon a time"]):
         proc = device(bundle, "run.py", *args)
@@ -277,6 +294,10 @@ def test_readme_fine_tune_example_packages_on_genai_with_int4_mixed(fine_tune: t
     ev = manifest["accuracy"]["eval"]
     assert ev["passed"] and ev["packaged_score"] >= ev["reference_score"] - 0.05
     assert manifest["accuracy"]["token_agreement"] >= manifest["accuracy"]["threshold"]["token_agreement"]
+    # rpi5's 16-bit cache (genai.kv_cache = "float16"): the manifest says so, as the graph declares it
+    io, (inputs, outputs) = io_of_graph_and_manifest(bundle)
+    assert (io["inputs"], io["outputs"]) == (inputs, outputs) and io["kv"]["dtype"] == "float16"
+    assert {i["dtype"] for i in inputs if i["name"].startswith("past_key_values.")} == {"float16"}
 
 
 def test_fine_tune_bundle_runs_its_eval_cases_in_the_smoke_test(fine_tune: tuple) -> None:
@@ -363,6 +384,27 @@ def test_fit_auto_on_genai_takes_the_int8_kv_cache_then_a_shorter_context(tmp_pa
     graph = onnx.load(str(bundle / "model" / "model.onnx"), load_external_data=False).graph
     assert {i.type.tensor_type.elem_type for i in graph.input if i.name.startswith("past_key_values.")} == \
         {onnx.TensorProto.INT8}
+
+
+def test_the_genai_path_exports_no_fp32_reference_until_int4_mixeds_search_needs_one(tmp_path: Path) -> None:
+    """The builder makes the model and verify runs PyTorch, so the export stage makes no ONNX export on this path;
+    int4-mixed's layer search (when int4 alone is rejected) makes it then, described apart from the bundle's io."""
+    from packager.context import Context
+    from packager.profiles import resolve_target
+    from packager.stage_runner import STAGES, fp32_reference
+
+    ctx = Context("sample:tiny-llama", resolve_target("rpi5"), "int4-mixed", tmp_path, tmp_path / "out",
+                  recipe_explicit=False)
+    for name in ("source", "export"):
+        dict(STAGES)[name](ctx)
+    assert ctx.profile.runtime.name == "onnxruntime-genai" and ctx.reference_model is None
+    assert not (tmp_path / "reference").exists() and ctx.context == 512
+    assert (ctx.io.kind, ctx.io.inputs, ctx.io.kv, ctx.io.eos_token_ids) == ("decoder", [], None, [2])
+    reference = fp32_reference(ctx)
+    assert reference == tmp_path / "reference" / "model.onnx" and reference.is_file()
+    assert ctx.reference_io is not None and ctx.reference_io.kv is not None
+    assert ctx.reference_io.kv["dtype"] == "float32" and "position_ids" in {i["name"] for i in ctx.reference_io.inputs}
+    assert ctx.io.inputs == []   # the bundle's io stays the builder's to describe
 
 
 def _long_context_profile(tmp_path: Path, kv: str) -> Path:

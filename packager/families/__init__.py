@@ -15,6 +15,7 @@ modules (verification.py, media.py) when they run.
 
 from __future__ import annotations
 
+import json
 import sys
 from types import ModuleType
 from typing import Any
@@ -24,8 +25,10 @@ from packager.families.base import Export, Family
 from packager.families.decoder import DecoderLLM
 from packager.families.encoders import TensorModel, TextEncoder
 from packager.families.seq2seq import EncoderDecoder
+from packager.records import Io
 
-__all__ = ["FAMILIES", "Export", "Family", "describe_io", "family_for", "io_modules"]
+__all__ = ["FAMILIES", "Export", "Family", "describe_io", "described", "family_for", "family_of_task",
+           "io_modules"]
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (TextEncoder(), TensorModel(), DecoderLLM(), EncoderDecoder())}
 # Which family an export is: the first that claims it, the most specific first (a decoder also takes token
@@ -42,10 +45,21 @@ def family_for(kind: str) -> Family:
     return FAMILIES[kind]
 
 
+def family_of_task(task: str) -> Family | None:
+    """The family whose models an export task makes whatever their graph (Family.tasks); None where the graph says."""
+    return next((f for f in FAMILIES.values() if task in f.tasks), None)
+
+
 def describe_io(export: Export) -> dict[str, Any]:
     """The manifest's runtime.io of an fp32 export, as the family it belongs to describes it."""
     family = next(FAMILIES[name] for name in CLAIM_ORDER if FAMILIES[name].claims(export))
     return family.describe_io(export)
+
+
+def described(export: Export) -> Io:
+    """describe_io's description as the manifest's record, read as a cache hit reads it back (JSON): a run that
+    exported and one that reused the export (or a runtime that built its own graph) write the same manifest."""
+    return Io.from_dict(json.loads(json.dumps(describe_io(export))))
 
 
 def io_modules() -> list[ModuleType]:

@@ -109,11 +109,18 @@ class Family:
     eval_fix: ClassVar[str] = "no --eval (a tensor model has no text to judge)"
     eval_cases_alone: ClassVar[bool] = False
     metric: ClassVar[str] = "cosine"         # the manifest's accuracy.metric
+    # The export tasks (packager/stages/source.py TASKS) whose models are of this family whatever their graph: a
+    # runtime that builds its own model from the source (onnxruntime-genai) is chosen before any export, by the task.
+    tasks: ClassVar[tuple[str, ...]] = ()
 
     def claims(self, export: Export) -> bool:
         """Whether an export is of this family (packager.families.describe_io asks the most specific first); a
         tensor model is any graph."""
         return True
+
+    def describe_source(self, source: Path) -> dict[str, Any]:
+        """The io of a model of one of `tasks` from its source folder alone, before any graph of it exists."""
+        raise NotImplementedError(f"{self.title} is described from its graph only")
 
     def describe_io(self, export: Export) -> dict[str, Any]:
         """The manifest's runtime.io of an export of this family: its kind, inputs and outputs, the outputs

@@ -32,6 +32,7 @@ class DecoderLLM(Family):
     eval_fix: ClassVar[str] = "prompt/expected cases"
     eval_cases_alone: ClassVar[bool] = True
     metric: ClassVar[str] = "token agreement"
+    tasks: ClassVar[tuple[str, ...]] = ("text-generation-with-past",)
 
     def claims(self, export: Export) -> bool:
         inputs, outputs = export.signature
@@ -44,6 +45,8 @@ class DecoderLLM(Family):
         inputs, outputs = export.signature
         past = [i for i in inputs if i["name"].startswith("past_key_values.")]
         _, heads, _, head_dim = past[0]["shape"]
+        if not isinstance(head_dim, int):   # onnxruntime-genai's builder leaves it open (kv_cache_dim): the config's
+            head_dim = first_head_dim(export.source)
         logits = next(o for o in outputs if o["name"] == "logits")
         # A graph that gives the last position's logits only (the E-class exporter's): the loop scores a token at
         # a time. Others' io stays as it was (their manifests, byte for byte).
@@ -53,17 +56,27 @@ class DecoderLLM(Family):
         windowed = any(i["shape"][2] == decoder_config.WINDOW_AXIS for i in past)
         window = {"window": sliding_window(export.source)} if windowed else {}
         return {
-            "kind": self.name,
+            **self.describe_source(export.source),
             "inputs": inputs,
             "outputs": outputs,
-            "checked_outputs": ["logits"],
-            "primary_outputs": ["logits"],
-            "tokenizer": "model/tokenizer.json",
-            "max_length": max_length(export.source),
-            "eos_token_ids": eos_token_ids(export.source),
             "kv": {"layers": len(past) // 2, "heads": heads, "head_dim": head_dim, "dtype": past[0]["dtype"],
                    **window},
             **last,
+        }
+
+    def describe_source(self, source: Path) -> dict[str, Any]:
+        """What the io says of the model before any graph of it exists, from its source folder: a runtime that builds
+        the model itself (onnxruntime-genai) describes its graph once built (describe_io), and the stages before the
+        build read only these (the kind, the context, the end-of-sequence ids)."""
+        return {
+            "kind": self.name,
+            "inputs": [],
+            "outputs": [],
+            "checked_outputs": ["logits"],
+            "primary_outputs": ["logits"],
+            "tokenizer": "model/tokenizer.json",
+            "max_length": max_length(source),
+            "eos_token_ids": eos_token_ids(source),
         }
 
     def make_samples(self, ctx: FamilyContext, rt: ModuleType) -> None:
@@ -81,6 +94,12 @@ class DecoderLLM(Family):
 
     def sample_note(self, texts: list[str]) -> str:
         return f"the prompt {json.dumps(texts[0])} as token ids, with an empty KV cache"
+
+
+def first_head_dim(source: Path) -> int:
+    """The first layer's head size in the source's config.json."""
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    return decoder_config.read(config, str(source / "config.json")).layers[0].head_dim
 
 
 def sliding_window(source: Path) -> int:

@@ -45,8 +45,8 @@ LEAN_OPTIONS = ("prune_lm_head=true",)
 # genai.prefill_chunk: prompt tokens per append_tokens call (bounded activations). genai.kv_cache: the KV cache's
 # type, "float" (the builder's fp32; rpi5-genai's), "float16" (the attention in fp16 on the fp32 graph:
 # runtimes/genai_kv16.py; rpi4's and rpi5's, with chunks of 64: the memory model below) or
-# "int8" (CPU GroupQueryAttention's quantized cache, per-tensor static scales measured on the fp32 reference over
-# the family's prompts: packager/runtime_steps.py).
+# "int8" (CPU GroupQueryAttention's quantized cache, per-tensor static scales measured on the source model in PyTorch
+# over the family's prompts: packager/runtime_steps.py).
 SETTINGS = {"genai.prefill_chunk": "256", "genai.kv_cache": "float"}
 ALLOWED = {"genai.prefill_chunk": (r"[1-9][0-9]*", "a positive whole number"),
            "genai.kv_cache": (r"float|float16|int8", "\"float\", \"float16\" or \"int8\"")}

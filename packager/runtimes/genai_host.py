@@ -74,6 +74,10 @@ with torch.inference_mode():
                     break
                 logits, past = last(tokens[-1:], past)
             out = {"tokens": tokens, "logits": first.tolist()}
+        elif q["op"] == "kv":   # each layer's largest |key| and |value| after the prompt (an int8 cache's scales)
+            cache = model(input_ids=torch.tensor([q["ids"]]), use_cache=True).past_key_values
+            out = {kind: [float(getattr(layer, kind + "s").abs().max()) for layer in cache.layers]
+                   for kind in ("key", "value")}
         else:
             out = {"logits": model(input_ids=torch.tensor([q["ids"]])).logits[0].float().tolist()}
         print(json.dumps(out), flush=True)
@@ -148,6 +152,12 @@ class TorchReference(ChildDecoder):
         self.label = label
         self._start([python, "-c", TORCH_SERVER, str(source), json.dumps(eos), *([str(loader)] if loader else [])],
                     work / "torch-stderr.txt", env)
+
+
+    def kv_peaks(self, prompt_ids: list[int]) -> dict[str, list[float]]:
+        """Each layer's largest |key| and |value| in the KV cache after the prompt ({"key": [...], "value": [...]})."""
+        found: dict[str, list[float]] = self._ask(op="kv", ids=prompt_ids)
+        return found
 
 
 class ChildRunner:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
-import json
 import math
 import platform
 import shutil
@@ -25,16 +24,17 @@ from packager.compat import load_table
 from packager.context import Component, Context
 from packager.errors import ExitCode, PackagerError
 from packager.export_process import export_here, merged, quiet, run_export_child
-from packager.families import Export, describe_io, family_for, io_modules
+from packager.families import Export, described, family_for, family_of_task, io_modules
 from packager.families.base import step
 from packager.families.seq2seq import SEQ2SEQ_COMPONENTS, SEQ2SEQ_MERGED, SEQ2SEQ_MODALITY
 from packager.graphs import all_graphs
 from packager.model_files import PICKLE_SUFFIXES, TOKENIZER_FILES
 from packager.onnx_rewrite import fold_transposed_weights, name_tied_lm_head
+from packager.profiles import Profile
 from packager.recipes import parse_recipe, recipe_label
 from packager.recipes.common import PROTO_LIMIT
 from packager.records import Io
-from packager.runtimes import profile_for_model
+from packager.runtimes import profile_for_model, runtime_for
 from packager.version import __version__
 
 # The highest opset the exporter supports: optimum-onnx 0.1.0 calls torch.onnx.export(dynamo=False), whose
@@ -296,14 +296,13 @@ def _io_problem(data: dict[str, Any]) -> str:
 
 
 def _describe_io(ctx: Context, out: Path) -> Io:
-    """The export's io, as its family describes it (packager/families/), read as a cache hit reads it back (JSON):
-    a run that exported and one that reused the export write the same manifest."""
+    """The export's io, as its family describes it (packager/families/)."""
     assert ctx.source is not None
-    return Io.from_dict(json.loads(json.dumps(describe_io(Export(ctx.source.path, ctx.source.task, out)))))
+    return described(Export(ctx.source.path, ctx.source.task, out))
 
 
-def _export_hf_cached(ctx: Context, out: Path) -> None:
-    """The Hugging Face export, from the stage cache when an entry for the same inputs is there."""
+def _export_hf_cached(ctx: Context, out: Path) -> Io:
+    """The Hugging Face export and its io, from the stage cache when an entry for the same inputs is there."""
     if ctx.stage_cache is None:
         ctx.cache["export"] = "off"
     else:
@@ -312,8 +311,7 @@ def _export_hf_cached(ctx: Context, out: Path) -> None:
         if fetched.status == "hit":
             assert fetched.data is not None
             ctx.cache["export"] = "hit"
-            ctx.io = Io.from_dict(fetched.data["io"])
-            return
+            return Io.from_dict(fetched.data["io"])
         ctx.cache["export"] = fetched.status
         if fetched.status == "corrupt":
             ctx.cache_notes.append(f"export: damaged cache entry {fetched.problem}; removed it and exported again")
@@ -322,11 +320,12 @@ def _export_hf_cached(ctx: Context, out: Path) -> None:
     out.mkdir()
     _export_hf(ctx, out)
     # As a cache hit reads it back: a run that exported and one that reused the export write the same manifest.
-    ctx.io = _describe_io(ctx, out)
+    io = _describe_io(ctx, out)
     if ctx.stage_cache is not None:
-        problem = ctx.stage_cache.store("export", cache_inputs(ctx), out, {"io": ctx.io.to_dict()})
+        problem = ctx.stage_cache.store("export", cache_inputs(ctx), out, {"io": io.to_dict()})
         if problem:
             ctx.cache_notes.append(f"export: {problem}")
+    return io
 
 
 def _components_known(io: dict[str, Any]) -> bool:
@@ -339,21 +338,54 @@ def _components_known(io: dict[str, Any]) -> bool:
                and c.get("merges", list(SEQ2SEQ_MERGED)) == list(SEQ2SEQ_MERGED) for name, c in components.items())
 
 
-def run(ctx: Context) -> None:
+def reference(ctx: Context) -> None:
+    """The fp32 reference (exported, from the stage cache where it has it, or the .onnx copied) and its io:
+    ctx.reference_model and ctx.reference_io."""
     assert ctx.source is not None
     out = ctx.work_dir / "reference"
     if ctx.source.kind == "huggingface":
-        _export_hf_cached(ctx, out)
+        io = _export_hf_cached(ctx, out)
     else:
         out.mkdir()
         _copy_onnx(ctx, out)
         fold_transposed_weights(out / "model.onnx")
-        ctx.io = _describe_io(ctx, out)
-    ctx.reference_model = out / "model.onnx"
-    if ctx.member_dir is None:   # several models in one bundle share one process: [runtime]'s (suite.py)
-        architecture = ctx.source.architecture if ctx.source else ""
-        ctx.profile, note = profile_for_model(ctx.profile, ctx.io.kind, architecture)
-        ctx.cache_notes.extend([note] if note else [])
+        io = _describe_io(ctx, out)
+    ctx.reference_model, ctx.reference_io = out / "model.onnx", io
+
+
+def _builder_profile(ctx: Context) -> Profile | None:
+    """The profile as it applies to a decoder LLM whose runtime builds the model from the source itself
+    (onnxruntime-genai), known from the source alone; None for a model that is exported."""
+    assert ctx.source is not None
+    family = family_of_task(ctx.source.task)
+    if ctx.source.kind != "huggingface" or family is None or not (ctx.source.path / "tokenizer.json").is_file():
+        return None   # (a folder with a slow tokenizer only: the export writes its tokenizer.json, and decides)
+    profile = ctx.profile
+    if ctx.member_dir is None:
+        profile, _ = profile_for_model(ctx.profile, family.name, ctx.source.architecture)
+    runtime = runtime_for(profile)
+    return profile if runtime.builds_model and runtime.takes(ctx.source.architecture) else None
+
+
+def run(ctx: Context) -> None:
+    assert ctx.source is not None
+    built = _builder_profile(ctx)
+    if built is not None:
+        # No fp32 export: the builder makes the model from the source, verify runs the source in PyTorch (and measures
+        # an int8 cache's scales there), and the graph describes its own io once built (runtime_steps.genai_build).
+        # int4-mixed's layer search alone reads an export, and makes it when it needs it (stage_runner).
+        ctx.profile = built
+        family = family_of_task(ctx.source.task)
+        assert family is not None
+        ctx.io = Io.from_dict(family.describe_source(ctx.source.path))
+        out = ctx.source.path   # its tokenizer files (the builder writes its own into the model's folder)
+    else:
+        reference(ctx)
+        assert ctx.reference_io is not None
+        ctx.io, out = ctx.reference_io, ctx.work_dir / "reference"
+        if ctx.member_dir is None:   # several models in one bundle share one process: [runtime]'s (suite.py)
+            ctx.profile, note = profile_for_model(ctx.profile, ctx.io.kind, ctx.source.architecture)
+            ctx.cache_notes.extend([note] if note else [])
     family = family_for(ctx.io.kind)
     ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] if family.needs_tokenizer else []
     if family.generates:

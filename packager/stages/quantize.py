@@ -20,13 +20,13 @@ from packager.runtimes import runtime_for
 
 
 def run(ctx: Context) -> None:
-    assert ctx.reference_model is not None
     model_dir = ctx.stage_dir / "model"
     model_dir.mkdir(parents=True)
     for f in ctx.tokenizer_files:
         shutil.copyfile(f, model_dir / f.name)
     if runtime_for(ctx.profile).build(ctx, model_dir):   # onnxruntime-genai: its builder makes the model
         return
+    assert ctx.reference_model is not None   # the export stage's, for every model that a recipe quantizes
     what = "an encoder-decoder" if ctx.components else f"a {ctx.io.kind} model"
     for name in parse_recipe(ctx.recipe_name).values():
         refusal = RECIPES[name].refuses(ctx.io.kind, what)

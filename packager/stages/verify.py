@@ -14,7 +14,6 @@ from packager.runtimes import runtime_for
 
 
 def run(ctx: Context) -> None:
-    assert ctx.reference_model is not None
     ctx.progress(f"loading the {ctx.recipe_name} model")
     packaged = runtime_for(ctx.profile).host_runner(ctx)
     ctx.progress("loading the fp32 reference")
