@@ -107,6 +107,29 @@ def test_int4_quantizes_a_tied_embedding_once_and_maps_the_lookups_copy(tmp_path
     assert dst.stat().st_size < 4 * 1024
 
 
+def test_a_tied_float_embeddings_lookup_table_is_mapped_from_a_file_of_its_own(tmp_path: Path) -> None:
+    """fp32 (and fp16) keep the exporter's two copies of a tied table; the quantize stage moves the Gather's into a
+    file of its own, which the estimate maps (the rows a context reads), the lm_head's staying in the model."""
+    import shutil
+
+    from packager.estimate import mapped_tables
+    from packager.stages.quantize import keep_tables_mapped
+
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "pkg").mkdir()
+    src, dst = tmp_path / "ref" / "model.onnx", tmp_path / "pkg" / "model.onnx"
+    onnx.save(_tied_model(), src)
+    shutil.copyfile(src, dst)   # the fp32 recipe
+    keep_tables_mapped(src, dst)
+    graph = onnx.load(dst, load_external_data=False).graph
+    where = {t.name: {e.key: e.value for e in t.external_data}.get("location") for t in graph.initializer}
+    assert where == {"table": "model.embedding.data", "head": None}
+    assert set(mapped_tables(onnx.load(dst, load_external_data=False))) == {"table"}
+    ids = np.array([[3, 17, 42]], dtype=np.int64)
+    ref = ort.InferenceSession(str(src)).run(None, {"ids": ids})[0]
+    assert np.array_equal(ort.InferenceSession(str(dst)).run(None, {"ids": ids})[0], ref)
+
+
 def test_int4_untied_embedding_gets_its_own_table(tmp_path: Path) -> None:
     model = _tied_model()
     head = next(i for i in model.graph.initializer if i.name == "head")
