@@ -36,8 +36,7 @@ UNTIED = ("_untied", "_untied_scales")
 def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     """4-bit weights, block-wise (MatMulNBits), the embedding table too (GatherBlockQuantized);
     activations stay float. A tied embedding / lm_head pair is quantized once, the embedding's copy of it mapped
-    from a file of its own (untie_embedding). For
-    decoder LLMs, whose weights are most of their memory."""
+    from a file of its own (untie_embedding). For decoder LLMs, whose weights are most of their memory."""
     return _nbits_recipe("int4", src, dst, dataclasses.replace(options, keep_8bit=(), nbits_dir=None))
 
 
