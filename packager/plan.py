@@ -23,7 +23,7 @@ from packager.bundles import is_bundle
 from packager.decoder_config import FULL, LayerAttention
 from packager.decoder_peak import DecoderShape, kv_by_type, measured_peak
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import LOAD_TRANSIENT_HIGH, NBITS_EXTRA, OVERHEAD_HIGH, OVERHEAD_LOW
+from packager.estimate import LOAD_TRANSIENT_HIGH, OVERHEAD_HIGH, OVERHEAD_LOW, mapped_touched, nbits_extra
 from packager.profile_types import Int4
 from packager.profiles import Profile
 from packager.runtimes import DecoderMemory, profile_for_model, runtime_for
@@ -31,7 +31,7 @@ from packager.samples import resolve_sample
 
 # Bytes per parameter as each recipe stores it. int4: MatMulNBits with one scale per block, in the weights' dtype:
 # fp32 (the embedding table and lm_head included, as the int4 recipe does), at the block size of the profile's int4
-# settings (Int4.bytes_per_weight: 0.625 at block 32); a tied pair's scales are stored a second time (second_scales).
+# settings (Int4.bytes_per_weight: 0.625 at block 32); a tied pair's embedding reads a mapped copy (mapped_embedding).
 BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": Int4().bytes_per_weight}
 # The E-class exporter's per-layer embedding table (packager/runtimes/eclass_export.py): int8 rows whatever the
 # recipe, a float32 scale per row (negligible beside a row of layers x 256)
@@ -294,30 +294,55 @@ def bytes_per_param(profile: Profile, precision: str) -> float:
     return profile.int4.bytes_per_weight if precision == "int4" else BYTES_PER_PARAM[precision]
 
 
+def mapped_embedding(a: Architecture, profile: Profile, mem: DecoderMemory,
+                     precision: str) -> dict[str, tuple[int, int]]:
+    """A tied decoder's embedding on an exported graph, as packager packages it: the lookup reads its own copy of the
+    table from a mapped file (int4: the lm_head's 4-bit data and scales, recipes/nbits.untie_embedding; fp32 and fp16:
+    the exporter's second copy, the quantize stage's keep_tables_mapped), never resident whole; as
+    estimate.mapped_tables names them, (bytes, rows). None where the runtime builds its own graph or for int8 (the
+    dynamic quantizer quantizes the two apart)."""
+    if not a.tied_embeddings or not a.decoder or mem.measured_weights or precision == "int8":
+        return {}
+    if precision != "int4":
+        return {"table": (int(a.embedding_parameters * BYTES_PER_PARAM[precision]), a.vocab)}
+    return {"data": (a.embedding_parameters // 2, a.vocab),
+            "scales": (int(a.embedding_parameters * 4 / profile.int4.block_size), a.vocab)}
+
+
 def second_scales(a: Architecture, profile: Profile, precision: str) -> int:
-    """int4, tied embedding: the GatherBlockQuantized reads the lm_head's 4-bit weight but needs its scales in another
-    shape (onnxruntime wants the data's rank there, MatMulNBits [N, blocks]): 4 bytes a block of the table, again."""
+    """int4, tied embedding, as onnxruntime-genai's builder stores it: the embedding reads the lm_head's 4-bit weight
+    with its scales in another shape, 4 bytes a block of the table, again (the recipes on onnxruntime untie it:
+    mapped_embedding)."""
     return int(a.embedding_parameters * 4 / profile.int4.block_size) if precision == "int4" and a.tied_embeddings \
         else 0
 
 
 def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits: int | None) -> Row:
     mem = decoder_memory(a, profile, precision)
-    weights = int(a.effective_parameters * bytes_per_param(profile, precision)) + second_scales(a, profile, precision)
+    share = runtime_for(profile).memory(profile, "text")
+    weights = int(a.effective_parameters * bytes_per_param(profile, precision))
+    if mem.measured_weights:
+        weights += second_scales(a, profile, precision)
     per_mapped = PLE_BYTES_PER_PARAM if e_exported(a, mem) else bytes_per_param(profile, precision)
-    mapped = int(a.mapped_parameters * per_mapped)
+    embedding = mapped_embedding(a, profile, mem, precision)
+    if share.converted_buffer[1]:
+        # an ORT-format model (phones) holds every table inside its one file, which the runtime reads whole: the
+        # embedding's copy is resident there
+        weights += sum(size for size, _ in embedding.values())
+        embedding = {}
+    mapped = int(a.mapped_parameters * per_mapped) + sum(size for size, _ in embedding.values())
+    touched = mapped_touched(embedding, context)   # the rows of the embedding the context's tokens read
     bits = kv_bits or mem.kv_bits
     by_type = kv_cache(a, context, bits, mem.windowed_kv) if a.decoder else {}
     kv = sum(by_type.values())
     activations = activation_bytes(a, mem, precision, context)
-    share = runtime_for(profile).memory(profile, "text")
     base = share.base_bytes + share.gpu_context_bytes  # GPU: the CUDA context too
     if mem.measured_weights:
         peak = measured_peak(base, weights, kv, activations, mem, bits)
         low, high = peak.low, peak.high
     else:
-        low, high = _exported_graph_peak(a, profile, share, precision, weights, base, int(kv * mem.copies(bits)[1]),
-                                         activations)
+        low, high = _exported_graph_peak(a, profile, share, precision, weights, base,
+                                         int(kv * mem.copies(bits)[1]) + touched, activations)
     return Row(precision, context, weights, kv, activations, base, low, high, high <= profile.budget.memory_bytes,
                bits, bits not in mem.runnable_kv_bits, mapped, by_type,
                decode_bound_tokens_per_s=_decode_bound(a, profile, precision, weights, kv))
@@ -326,16 +351,18 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
 def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precision: str, weights: int, base: int,
                          kv: int, activations: int) -> tuple[int, int]:
     """An exported graph on ONNX Runtime: the weights with allocator overhead, the MatMuls' prepacked copies (int4:
-    MatMulNBits' by the profile's compute type, packager/estimate.py NBITS_EXTRA; the others up to a copy), the load
+    MatMulNBits' by the profile's compute type, packager/estimate.py nbits_extra; the others up to a copy), the load
     transient (the largest inline initializer, the embedding table: packager/estimate.py) and an ORT-format file's
-    buffer at load (phones: MemoryShare.converted_buffer), against the KV cache and activations at run."""
+    buffer at load (phones: MemoryShare.converted_buffer), against the KV cache (`kv`: with the mapped embedding's
+    touched rows) and activations at run."""
     per_param = bytes_per_param(profile, precision)
     transient = 0 if weights > PROTO_LIMIT else int(a.embedding_parameters * per_param * LOAD_TRANSIENT_HIGH)
     packed = a.effective_parameters - a.embedding_parameters
     extra = (0.0, 1.0)
     if precision == "int4":
         packed += a.embedding_parameters if a.tied_embeddings else 0   # the lm_head's MatMulNBits reads the table
-        extra = NBITS_EXTRA[profile.int4.compute]
+        # each MatMulNBits its weight's only reader (a tied embedding reads its own copy): the original freed
+        extra = nbits_extra(profile.int4.compute, original_kept=False)
     matmul_weights = packed * (0.5 if precision == "int4" else per_param)   # what packs: the 4-bit data, not scales
     ort_buffer = int(weights * share.converted_buffer[1])
     low = base + int(weights * (1 + OVERHEAD_LOW) + matmul_weights * extra[0]) + kv + activations // 2

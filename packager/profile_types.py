@@ -169,7 +169,7 @@ class Profile:
     int4: Int4 = field(default_factory=Int4)
     # [decoder_int4]: decoder LLMs' MatMulNBits settings, whatever runtime runs them ([runtime] or [decoder_runtime]),
     # where they differ from [int4]: a decoder's memory is its weights, and the compute type decides how many copies
-    # of them the runtime holds (accuracy_level 4 packs a second, larger one: packager/estimate.py NBITS_EXTRA).
+    # of them the runtime holds (accuracy_level 4 packs a second, larger one: packager/estimate.py NBITS_PACKED).
     decoder_int4: Int4 | None = None
     mobile: Mobile | None = None   # phones: the ORT-format model and the app-side packages ([mobile])
     decoder_runtime: DecoderRuntime | None = None   # decoder LLMs' own runtime, where it differs

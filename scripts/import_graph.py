@@ -39,7 +39,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("target", ("packager.profile_types", "packager.context_view", "packager.profiles", "packager.config",
                 "packager.options",
                 "packager.recipes", "packager.runtimes", "packager.compat", "packager.estimate",
-                "packager.estimate_activations", "packager.bandwidth", "packager.mobile", "packager.mobile_examples",
+                "packager.estimate_activations", "packager.estimate_prepack", "packager.bandwidth", "packager.mobile",
+                "packager.mobile_examples",
                 "packager.gpu",
                 "packager.runtime_files", "packager.signing", "packager.records",
                 # a decoder's shape from its config and the peak rule that plan and the estimate share

@@ -73,24 +73,61 @@ def _tied_model(vocab: int = 64, hidden: int = 64) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
-def test_int4_keeps_a_tied_embedding_tied(tmp_path: Path) -> None:
+def test_int4_quantizes_a_tied_embedding_once_and_maps_the_lookups_copy(tmp_path: Path) -> None:
+    """A tied pair is quantized once (the lm_head's MatMulNBits weight); the embedding's GatherBlockQuantized reads its
+    own copy of those 4-bit data and scales from a file of its own at mapped offsets, which the estimate counts as a
+    mapped table (the rows a context reads), so that the lm_head's original is the MatMulNBits' alone to free."""
+    from packager.estimate import mapped_tables
+    from packager.recipes.common import MAP_ALIGN
+
     src, dst = tmp_path / "tied.onnx", tmp_path / "int4.onnx"
     onnx.save(_tied_model(), src)
     result = int4(src, dst, RecipeOptions(int4=Int4(block_size=32, symmetric=True, accuracy_level=0)))
     assert result.params["embedding"].startswith("int4, tied")
+    graph = onnx.load(dst, load_external_data=False).graph
+    gbq = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    mnb = next(n for n in graph.node if n.op_type == "MatMulNBits")
+    assert gbq.input[0] != mnb.input[1]
+    stored = {t.name: {e.key: e.value for e in t.external_data} for t in graph.initializer}
+    assert {stored[gbq.input[0]]["location"], stored[gbq.input[2]]["location"]} == {"int4.embedding.data"}
+    assert all(int(stored[n]["offset"]) % MAP_ALIGN == 0 for n in (gbq.input[0], gbq.input[2]))
+    assert not stored[mnb.input[1]]   # the lm_head's weight stays in the model
+    assert set(mapped_tables(onnx.load(dst, load_external_data=False))) == {gbq.input[0], gbq.input[2]}
     model = onnx.load(dst)
-    gbq = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
-    mnb = next(n for n in model.graph.node if n.op_type == "MatMulNBits")
-    assert gbq.input[0] == mnb.input[1]  # one 4-bit weight read by both
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert np.array_equal(weights[gbq.input[0]], weights[mnb.input[1]])   # one quantization, stored twice
     assert not any(i.data_type == TensorProto.FLOAT and i.dims == [64, 64] for i in model.graph.initializer)
     ids = np.array([[3, 17, 42]], dtype=np.int64)
     ref = ort.InferenceSession(src.read_bytes()).run(None, {"ids": ids})[0]
-    got = ort.InferenceSession(dst.read_bytes()).run(None, {"ids": ids})[0]
+    got = ort.InferenceSession(str(dst)).run(None, {"ids": ids})[0]
     cos = np.sum(ref * got, -1) / np.linalg.norm(ref, axis=-1) / np.linalg.norm(got, axis=-1)
     assert cos.min() > 0.95
-    # 4096 weights at 4 bits (2 KiB) plus fp32 scales per block of 32, stored for each op: far below fp32's 16 KiB.
     assert count_ops(model, {"GatherBlockQuantized", "MatMulNBits"}) == 2
+    # 4096 weights at 4 bits (2 KiB) plus fp32 scales per block of 32, in the model; far below fp32's 16 KiB
     assert dst.stat().st_size < 4 * 1024
+
+
+def test_a_tied_float_embeddings_lookup_table_is_mapped_from_a_file_of_its_own(tmp_path: Path) -> None:
+    """fp32 (and fp16) keep the exporter's two copies of a tied table; the quantize stage moves the Gather's into a
+    file of its own, which the estimate maps (the rows a context reads), the lm_head's staying in the model."""
+    import shutil
+
+    from packager.estimate import mapped_tables
+    from packager.stages.quantize import keep_tables_mapped
+
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "pkg").mkdir()
+    src, dst = tmp_path / "ref" / "model.onnx", tmp_path / "pkg" / "model.onnx"
+    onnx.save(_tied_model(), src)
+    shutil.copyfile(src, dst)   # the fp32 recipe
+    keep_tables_mapped(src, dst)
+    graph = onnx.load(dst, load_external_data=False).graph
+    where = {t.name: {e.key: e.value for e in t.external_data}.get("location") for t in graph.initializer}
+    assert where == {"table": "model.embedding.data", "head": None}
+    assert set(mapped_tables(onnx.load(dst, load_external_data=False))) == {"table"}
+    ids = np.array([[3, 17, 42]], dtype=np.int64)
+    ref = ort.InferenceSession(str(src)).run(None, {"ids": ids})[0]
+    assert np.array_equal(ort.InferenceSession(str(dst)).run(None, {"ids": ids})[0], ref)
 
 
 def test_int4_untied_embedding_gets_its_own_table(tmp_path: Path) -> None:

@@ -124,25 +124,36 @@ def test_the_ple_table_is_int8_per_row_in_its_own_page_aligned_file(exported: tu
     assert "model.onnx.data" in {e["location"] for _, e in place.values()}
 
 
-def test_the_int4_recipe_stores_the_tied_embedding_once(exported: tuple, tmp_path: Path) -> None:
+def test_the_int4_recipe_quantizes_the_tied_embedding_once_and_maps_the_lookups_copy(exported: tuple,
+                                                                                      tmp_path: Path) -> None:
     """The trace writes the tied lm_head as a transposed copy of the embedding; named as on optimum's path, int4
-    keeps the pair one 4-bit table (the embedding's Gather reads the lm_head's MatMulNBits weight)."""
+    quantizes the pair once (the lm_head's MatMulNBits weight), and the embedding's GatherBlockQuantized reads its own
+    copy of it from a file of its own, which the estimate maps (mapped_tables) beside the PLE file."""
+    from packager.estimate import mapped_tables
     from packager.recipes.common import RecipeOptions
     from packager.recipes.nbits import int4
+    from packager.stages.quantize import keep_tables_mapped
 
-    _, out, _ = exported
+    _, out, made = exported
     model = onnx.load(out / "model.onnx", load_external_data=False)
     gather = next(n for n in model.graph.node if n.op_type == "Gather" and "embed_tokens" in n.input[0])
     head = f"{gather.input[0]}_transposed"
     assert any(n.op_type == "MatMul" and n.input[1] == head for n in model.graph.node)
     result = int4(out / "model.onnx", tmp_path / "model.onnx", RecipeOptions())
     assert "tied" in result.params["embedding"]
+    keep_tables_mapped(out / "model.onnx", tmp_path / "model.onnx")   # the quantize stage's step after the recipe
     quantized = onnx.load(tmp_path / "model.onnx", load_external_data=False)
     vocab = ECLASS["vocab_size"]
     tables = [t.name for t in quantized.graph.initializer
               if t.dims and t.dims[0] in (vocab, ECLASS["hidden_size"]) and len(t.dims) >= 2 and vocab in t.dims
               and not t.name.startswith("ple_") and "scales" not in t.name]
-    assert tables == [f"{head}_Q4"]
+    assert sorted(tables) == [f"{head}_Q4", f"{head}_Q4_untied"]
+    where = {t.name: {e.key: e.value for e in t.external_data}.get("location") for t in quantized.graph.initializer}
+    assert where[f"{head}_Q4"] is None and where[f"{head}_Q4_untied"] == "model.embedding.data"
+    assert {n for n, f in where.items() if f == "model.embedding.data"} == {f"{head}_Q4_untied",
+                                                                           f"{head}_Q4_untied_scales"}
+    assert set(mapped_tables(quantized)) == set(made["ple_tensors"]) | {f"{head}_Q4_untied",
+                                                                         f"{head}_Q4_untied_scales"}
 
 
 def io_of(out: Path) -> dict:

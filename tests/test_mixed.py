@@ -64,9 +64,13 @@ def bits(path: Path) -> dict[str, int]:
 
 def test_with_no_layer_kept_int4_mixed_is_int4_byte_for_byte(tmp_path: Path) -> None:
     src = decoder_like(tmp_path / "fp32.onnx")
-    RECIPES["int4"](src, tmp_path / "int4.onnx", RecipeOptions())
-    params = quantized(src, tmp_path / "mixed.onnx")
-    assert (tmp_path / "mixed.onnx").read_bytes() == (tmp_path / "int4.onnx").read_bytes()
+    (tmp_path / "int4").mkdir()
+    (tmp_path / "mixed").mkdir()
+    RECIPES["int4"](src, tmp_path / "int4" / "model.onnx", RecipeOptions())
+    params = quantized(src, tmp_path / "mixed" / "model.onnx")
+    files = sorted(p.name for p in (tmp_path / "int4").iterdir())   # the model and its tied lookup's mapped copy
+    assert files == sorted(p.name for p in (tmp_path / "mixed").iterdir()) and len(files) == 2
+    assert all((tmp_path / "mixed" / f).read_bytes() == (tmp_path / "int4" / f).read_bytes() for f in files)
     assert "mixed" not in params
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -29,7 +30,12 @@ def test_parameters_are_exact_and_kv_follows_the_formula(llama_1b: Path) -> None
     assert a.parameters == 1_235_814_400 and a.decoder
     assert (a.layers, a.kv_heads, a.head_dim) == (16, 8, 64)
     r = row(a, resolve_target("phone"), "fp16", 8192, None)
-    assert r.kv_cache_bytes == 2 * 16 * 8 * 64 * 8192 * 2 and r.weights_bytes == 1_235_814_400 * 2
+    # the phone's ORT-format model holds the tied table's second copy (the embedding's lookup, which a target that maps
+    # files maps: plan.mapped_embedding) inside its one file, resident
+    assert r.kv_cache_bytes == 2 * 16 * 8 * 64 * 8192 * 2 and r.weights_bytes == (1_235_814_400 + 128256 * 2048) * 2
+    onnxruntime = dataclasses.replace(resolve_target("rpi5"), decoder_runtime=None)
+    mapped = row(a, onnxruntime, "fp16", 8192, None)
+    assert mapped.weights_bytes == 1_235_814_400 * 2 and mapped.mapped_bytes == 128256 * 2048 * 2
     assert r.peak_low_bytes < r.peak_high_bytes and not r.planning_only
     assert row(a, resolve_target("phone"), "int4", 8192, 4).planning_only
 

@@ -67,8 +67,10 @@ def test_int4_from_external_data_is_the_inline_int4(tmp_path: Path) -> None:
     for t in list(streamed.graph.initializer) + constants:   # read from external data: DEFAULT, set
         assert t.data_location == TensorProto.DEFAULT and not t.external_data
         t.ClearField("data_location")
+    for t in inline.graph.initializer:   # the embedding's copy, read from its mapped file in both
+        t.ClearField("data_location")
     assert streamed == inline
-    # 3 layers and the lm_head; the embedding shares the lm_head's 4-bit weight
+    # 3 layers and the lm_head; the embedding reads a copy of the lm_head's 4-bit weight
     assert lines[0] == "1/4 weights at 4 bits (/model/layers.0/MatMul)"
     assert lines[-1] == "4/4 weights at 4 bits (/lm_head/MatMul)"
     # the source's external data stays where it was: relative locations, nothing rewritten
@@ -202,7 +204,8 @@ def test_int4_over_the_protobuf_limit_writes_model_onnx_data(tmp_path: Path, mon
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "model.onnx.data").write_bytes(b"stale")   # a data file already there is replaced
     int4(tmp_path / "ext" / "model.onnx", tmp_path / "out" / "model.onnx", RecipeOptions(int4=INT4))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.embedding.data", "model.onnx",
+                                                                    "model.onnx.data"]   # the tied lookup's copy
     quantized = onnx.load(tmp_path / "out" / "model.onnx")
     assert {n.op_type for n in quantized.graph.node} >= {"MatMulNBits", "GatherBlockQuantized"}
 

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 from onnx.numpy_helper import to_array
 
+from packager.estimate import mapped_tables
 from packager.graphs import all_graphs
 from packager.recipes.records import RecipeOptions as RecipeOptions
 from packager.recipes.records import RecipeResult as RecipeResult
@@ -44,11 +45,22 @@ def save(model: onnx.ModelProto, dst: Path, external: bool) -> None:
 MAP_ALIGN = 65536
 
 
+def embedding_file(model: Path) -> str:
+    """The file of a tied decoder's embedding table, mapped (recipes/nbits.untie_embedding), beside `model`."""
+    return f"{model.stem}.embedding.data"
+
+
 def place_tables(path: Path, tables: dict[str, str]) -> None:
     """The initializers `tables` names (name -> file) moved into those files beside `path`, each at a MAP_ALIGN
     offset, and the model saved again with its other weights as needs_external_data says: a recipe writes the
     model its own way (inline, or one data file), and a lookup table the runtime maps must keep a file of its own
-    (the E-class exporter's per-layer embeddings; estimate.mapped_tables)."""
+    (the E-class exporter's per-layer embeddings, a tied decoder's embedding; estimate.mapped_tables). The tables
+    mapped already stay in their files."""
+    if not tables:
+        return
+    graph = onnx.load(path, load_external_data=False)
+    tables = {t.name: {e.key: e.value for e in t.external_data}["location"] for t in graph.graph.initializer
+              if t.name in mapped_tables(graph)} | tables
     model = onnx.load(path)
     moved = [t for t in model.graph.initializer if t.name in tables]
     if not moved:

@@ -1,5 +1,5 @@
 """int4 and int4-mixed: MatMulNBits / GatherBlockQuantized weights at 4 bits (8 where int4-mixed keeps a
-layer), and the tied embedding that reads the lm_head's quantized weight."""
+layer), and the tied embedding, quantized once as the lm_head's weight and read from its own mapped copy."""
 
 from __future__ import annotations
 
@@ -20,18 +20,23 @@ from packager.recipes.common import (
     RecipeResult,
     _locate_external_data,
     count_ops,
+    embedding_file,
     load_tensors,
     needs_external_data,
+    place_tables,
     save,
     tensor_array,
 )
 from packager.recipes.layers import compose
 
+# The untied embedding's table and scales (untie_embedding), named after the lm_head's MatMulNBits weight
+UNTIED = ("_untied", "_untied_scales")
+
 
 def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     """4-bit weights, block-wise (MatMulNBits), the embedding table too (GatherBlockQuantized);
-    activations stay float. A tied embedding / lm_head pair stays one weight in the file. For
-    decoder LLMs, whose weights are most of their memory."""
+    activations stay float. A tied embedding / lm_head pair is quantized once, the embedding's copy of it mapped
+    from a file of its own (untie_embedding). For decoder LLMs, whose weights are most of their memory."""
     return _nbits_recipe("int4", src, dst, dataclasses.replace(options, keep_8bit=(), nbits_dir=None))
 
 
@@ -44,8 +49,13 @@ def int4_mixed(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
 
 def _nbits_recipe(name: str, src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
     model, params = _nbits(src, options.int4, options.keep_8bit, options.progress, options.nbits_dir)
+    # the untied embedding's table (untie_embedding), read a row at a time: in a file of its own, mapped
+    tables = {i.name: embedding_file(dst) for i in model.graph.initializer if i.name.endswith(UNTIED)}
+    quantized = count_ops(model, _QUANTIZED_OPS)
     save(model, dst, needs_external_data(src))
-    return RecipeResult(name, params, count_ops(model, _QUANTIZED_OPS))
+    del model
+    place_tables(dst, tables)
+    return RecipeResult(name, params, quantized)
 
 
 def quantize_nbits(model: onnx.ModelProto, settings: Int4, bits: int, tied: bool,
@@ -141,7 +151,7 @@ def mix_nbits(four: onnx.ModelProto, eight: onnx.ModelProto | None, keep_8bit: t
         params["mixed"] = compose(four, eight, keep_8bit)
     embedding = "float (no constant embedding table)"
     if tied:
-        embedding = tie_embedding(four, *tied, settings.block_size)
+        embedding = untie_embedding(four, *tied, settings.block_size)
     elif count_ops(four, {"GatherBlockQuantized"}):
         embedding = "int4 (GatherBlockQuantized, its own table)"
     # What stayed float (norms, biases, what no quantized op reads) comes in from the source now,
@@ -242,10 +252,13 @@ def _transposed(table: np.ndarray, head: np.ndarray, rows: int = 8192) -> bool:
     return all(np.array_equal(table[r:r + rows].T, head[:, r:r + rows]) for r in range(0, table.shape[0], rows))
 
 
-def tie_embedding(model: onnx.ModelProto, gather_name: str, head_weight: str, block_size: int) -> str:
-    """Point the embedding Gather at the lm_head's 4- or 8-bit weight: a GatherBlockQuantized over the
-    MatMulNBits' own B ([vocab, blocks, block * bits / 8] uint8; the default zero point, 2^(bits-1),
-    is the same on both ops)."""
+def untie_embedding(model: onnx.ModelProto, gather_name: str, head_weight: str, block_size: int) -> str:
+    """The embedding Gather as a GatherBlockQuantized over its own copy of the lm_head's 4- or 8-bit weight (the
+    MatMulNBits' B, [vocab, blocks, block * bits / 8] uint8, and its scales in the data's rank; the default zero
+    point, 2^(bits-1), is the same on both ops), which the recipe then stores in a mapped file of its own
+    (common.embedding_file). Why not one table for both: onnxruntime frees a MatMulNBits' original once it has packed it
+    only where no other node reads it, so a shared table stayed resident whole beside the packed copy; mapped, the
+    embedding's copy costs the rows the tokens read (docs/llms.md, "Gemma-4-E2B at int4")."""
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -256,17 +269,18 @@ def tie_embedding(model: onnx.ModelProto, gather_name: str, head_weight: str, bl
     inits = {i.name: i for i in graph.initializer}
     vocab, blocks = (int(d) for d in inits[b_name].dims[:2])
     hidden = next(helper.get_attribute_value(a) for a in head.attribute if a.name == "K")
-    # GatherBlockQuantized wants scales of data's rank; MatMulNBits wants [N, blocks]: the scales
-    # (1/8 of the packed weight at block 32) are stored twice, the weight once.
+    # GatherBlockQuantized wants scales of data's rank; MatMulNBits wants [N, blocks]
     scales3d = numpy_helper.to_array(inits[scales_name]).reshape(vocab, blocks, 1)
-    graph.initializer.append(numpy_helper.from_array(scales3d, f"{scales_name}_gather"))
+    table_name, scales3d_name = b_name + UNTIED[0], b_name + UNTIED[1]
+    graph.initializer.extend([numpy_helper.from_array(numpy_helper.to_array(inits[b_name]), table_name),
+                              numpy_helper.from_array(scales3d, scales3d_name)])
     index = next(i for i, n in enumerate(graph.node) if n.name == gather_name)
     gather = graph.node[index]
     table, ids, out = gather.input[0], gather.input[1], gather.output[0]
     p = f"{gather_name}_tied"
     graph.initializer.append(numpy_helper.from_array(np.array([hidden], dtype=np.int64), f"{p}/hidden"))
     nodes = [
-        helper.make_node("GatherBlockQuantized", [b_name, ids, f"{scales_name}_gather"], [f"{p}/blocks"],
+        helper.make_node("GatherBlockQuantized", [table_name, ids, scales3d_name], [f"{p}/blocks"],
                          name=f"{p}/GatherBlockQuantized", domain="com.microsoft", gather_axis=0,
                          quantize_axis=2, block_size=block_size, bits=bits),
         helper.make_node("Shape", [ids], [f"{p}/ids_shape"], name=f"{p}/Shape"),
@@ -278,6 +292,4 @@ def tie_embedding(model: onnx.ModelProto, gather_name: str, head_weight: str, bl
         graph.node.insert(index + offset, node)
     if not any(table in n.input for n in graph.node):
         graph.initializer.remove(inits[table])
-    return f"int{bits}, tied: GatherBlockQuantized reads the lm_head's MatMulNBits weight"
-
-
+    return f"int{bits}, tied: GatherBlockQuantized reads its own copy of the lm_head's MatMulNBits weight, mapped"

@@ -15,7 +15,8 @@ from packager.errors import ExitCode, PackagerError
 from packager.estimate import mapped_tables
 from packager.mixed import quantizations
 from packager.recipes import RECIPES, calibrated, parse_recipe, searched
-from packager.recipes.common import RecipeOptions, RecipeResult, drop_unused_opsets, place_tables
+from packager.recipes.common import RecipeOptions, RecipeResult, drop_unused_opsets, embedding_file, place_tables
+from packager.recipes.nbits import find_tied_embedding
 from packager.runtimes import runtime_for
 
 
@@ -62,14 +63,19 @@ def run(ctx: Context) -> None:
 
 def keep_tables_mapped(reference: Path, packaged: Path) -> None:
     """The reference's memory-mapped lookup tables (estimate.mapped_tables) each in its file again, whatever
-    the recipe did with them."""
+    the recipe did with them; and a tied decoder's float embedding table in a mapped file of its own, where the
+    lm_head keeps its own copy (the exporter's `<embedding>_transposed`; int4's recipe maps its copy itself,
+    nbits.untie_embedding): the lookup then costs the rows the tokens read, not the table."""
     model = onnx.load(reference, load_external_data=False)
     tables = mapped_tables(model)
-    if not tables:
-        return
     files = {t.name: {e.key: e.value for e in t.external_data}["location"] for t in model.graph.initializer
              if t.name in tables}
     kept = onnx.load(packaged, load_external_data=False)
+    tied = find_tied_embedding(kept, packaged.parent)
+    if tied:
+        files[next(n.input[0] for n in kept.graph.node if n.name == tied[0])] = embedding_file(packaged)
+    if not files:
+        return
     if all({e.key: e.value for e in t.external_data}.get("location") == files[t.name]
            for t in kept.graph.initializer if t.name in files) and all((packaged.parent / f).is_file()
                                                                        for f in files.values()):

