@@ -24,6 +24,7 @@ from packager.decoder_config import FULL, LayerAttention
 from packager.decoder_peak import DecoderShape, kv_by_type, measured_peak
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import LOAD_TRANSIENT_HIGH, NBITS_EXTRA, OVERHEAD_HIGH, OVERHEAD_LOW
+from packager.mobile import loads_onnx
 from packager.profile_types import Int4
 from packager.profiles import Profile
 from packager.runtimes import DecoderMemory, profile_for_model, runtime_for
@@ -317,18 +318,19 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
         low, high = peak.low, peak.high
     else:
         low, high = _exported_graph_peak(a, profile, share, precision, weights, base, int(kv * mem.copies(bits)[1]),
-                                         activations)
+                                         activations, mapped)
     return Row(precision, context, weights, kv, activations, base, low, high, high <= profile.budget.memory_bytes,
                bits, bits not in mem.runnable_kv_bits, mapped, by_type,
                decode_bound_tokens_per_s=_decode_bound(a, profile, precision, weights, kv))
 
 
 def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precision: str, weights: int, base: int,
-                         kv: int, activations: int) -> tuple[int, int]:
+                         kv: int, activations: int, mapped: int) -> tuple[int, int]:
     """An exported graph on ONNX Runtime: the weights with allocator overhead, the MatMuls' prepacked copies (int4:
     MatMulNBits' by the profile's compute type, packager/estimate.py NBITS_EXTRA; the others up to a copy), the load
     transient (the largest inline initializer, the embedding table: packager/estimate.py) and an ORT-format file's
-    buffer at load (phones: MemoryShare.converted_buffer), against the KV cache and activations at run."""
+    buffer at load (phones: MemoryShare.converted_buffer; none for a model with `mapped` tables, whose app loads the
+    .onnx: packager/mobile.py loads_onnx), against the KV cache and activations at run."""
     per_param = bytes_per_param(profile, precision)
     transient = 0 if weights > PROTO_LIMIT else int(a.embedding_parameters * per_param * LOAD_TRANSIENT_HIGH)
     packed = a.effective_parameters - a.embedding_parameters
@@ -337,7 +339,7 @@ def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precisio
         packed += a.embedding_parameters if a.tied_embeddings else 0   # the lm_head's MatMulNBits reads the table
         extra = NBITS_EXTRA[profile.int4.compute]
     matmul_weights = packed * (0.5 if precision == "int4" else per_param)   # what packs: the 4-bit data, not scales
-    ort_buffer = int(weights * share.converted_buffer[1])
+    ort_buffer = 0 if loads_onnx(mapped) else int(weights * share.converted_buffer[1])
     low = base + int(weights * (1 + OVERHEAD_LOW) + matmul_weights * extra[0]) + kv + activations // 2
     high = base + int(weights * (1 + OVERHEAD_HIGH) + matmul_weights * extra[1]) + max(transient + ort_buffer,
                                                                                        kv + activations)
