@@ -90,7 +90,8 @@ def _lookup_model(folder: Path, vocab: int = 4096, width: int = 64) -> Path:
     estimate.mapped_tables calls a memory-mapped lookup table (as the E-class exporter's model.ple.data)."""
     rng = np.random.default_rng(0)
     table = rng.standard_normal((vocab, width)).astype(np.float32)
-    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"]), helper.make_node("MatMul", ["rows", "head"], ["y"])]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"]),
+             helper.make_node("MatMul", ["rows", "head"], ["y"])]
     graph = helper.make_graph(nodes, "lookup", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "n"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", 8])],
                               [numpy_helper.from_array(table, "table"),
@@ -118,7 +119,8 @@ def test_a_model_with_a_mapped_table_ships_its_onnx_to_the_phone(tmp_path: Path)
     bundle = unpack(ctx.archive, tmp_path / "unpacked")
     manifest = json.loads((bundle / "manifest.json").read_text())
     files = {f["path"] for f in manifest["files"]}
-    assert manifest["runtime"]["model"] == "model/model.onnx" and {"model/model.onnx", "model/model.table.data"} <= files
+    assert manifest["runtime"]["model"] == "model/model.onnx"
+    assert {"model/model.onnx", "model/model.table.data"} <= files
     assert not any(f.endswith(".ort") or f.endswith(".config") for f in files)   # no conversion, no reduced build
     mobile = manifest["mobile"]
     assert (mobile["format"], mobile["model"]) == ("onnx", "model/model.onnx")
