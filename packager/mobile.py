@@ -34,7 +34,6 @@ from packager.paths import profiles_dir
 from packager.profile_types import Mobile, Profile
 
 ORT_MODEL = "model/model.ort"
-ONNX_MODEL = "model/model.onnx"
 REDUCED_BUILD_CONFIG = "model/required_operators_and_types.config"
 
 # The providers each example can add (the names runtime.providers uses), in the API each platform has:
