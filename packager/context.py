@@ -100,6 +100,9 @@ class Context:
     compatibility: dict[str, Any] = field(default_factory=dict)   # the packaged model against the pinned runtime
     # mobile (phone profiles): the ORT-format model the app loads, its checks and the usability verdict
     mobile: dict[str, Any] = field(default_factory=dict)
+    # the packaged model's external data files of memory-mapped lookup tables (estimate.mapped_tables) -> their
+    # tables' bytes: the mobile stage reads them for the runtime's conversion (packager/mobile.py loads_onnx)
+    mapped_files: dict[str, int] = field(default_factory=dict)
     model_file: str = "model/model.onnx"     # what the device loads, inside the bundle (manifest runtime.model)
     # verify
     texts: list[str] = field(default_factory=list)

@@ -69,6 +69,7 @@ class RuntimeContext(FamilyContext, Protocol):
     recipe: RecipeResult | None
     model_file: str
     mobile: dict[str, Any]
+    mapped_files: dict[str, int]   # files of memory-mapped lookup tables -> bytes (set before the conversion)
     memory: Memory | None
     eval_cases: list[dict[str, Any]]
 

@@ -1,6 +1,7 @@
 """Phone bundles: the ORT-format model the app loads, its reduced-build configuration, the runtime's own
 mobile usability check, and Android (Kotlin) and iOS (Swift) examples generated from targets/mobile/.
 
+    loads_onnx(mapped_bytes)                        # the rule: memory-mapped tables keep model.onnx, no .ort
     repack_int4(model_onnx)                         # int4 tables as uint8: the ORT format has no 4-bit type
     result = convert(model_onnx, out_dir, arch)     # model.ort + required_operators_and_types.config
     facts, version = ort_facts(result.model)        # operators of the optimized graph, ORT format version
@@ -45,6 +46,28 @@ PROVIDERS: dict[str, tuple[str, ...]] = {
 # The usability checker's rating that decides whether an example adds NNAPI or CoreML.
 RATED_BY = {"NnapiExecutionProvider": ("NNAPI",),
             "CoreMLExecutionProvider": ("CoreML NeuralNetwork", "CoreML MLProgram")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Which file the app loads
+
+
+def loads_onnx(mapped_bytes: int) -> bool:
+    """The one rule of what a phone app loads: model.onnx with its external data files where the model has
+    memory-mapped lookup tables (`mapped_bytes` > 0: estimate.mapped_tables, an E-class model's per-layer embeddings;
+    plan's mapped weights), model.ort otherwise. The runtime's conversion (runtimes/onnxruntime.py), and through it the
+    manifest, the app examples and the estimate (no ORT-format buffer), and plan's load buffer follow it.
+
+    Why: the ORT format holds every initializer inside its flatbuffer (onnxruntime/core/flatbuffers/schema/ort.fbs),
+    which the runtime reads whole at load, so a mapped table would be resident (E2B's is 2,240 MiB), and a flatbuffer
+    cannot pass 2 GiB (32-bit offsets). From an .onnx file onnxruntime memory-maps external data stored at aligned
+    offsets ("for models running on CPU, ORT will try to use mmap to load external initializers", 4 KiB alignment
+    outside Windows: include/onnxruntime/core/graph/model_saving_options.h), and the packages the profiles pin are full
+    builds that read ONNX files (onnxruntime-android "includes support for all types and operators, for ONNX format
+    models", its Maven description; onnxruntime-objc over onnxruntime-c). The reduced builds read the ORT format only
+    (the onnxruntime-mobile packages, last released at 1.18.0: "the ONNX model must be converted to ORT format";
+    `build.py --minimal_build`), so such a bundle has no reduced-build configuration."""
+    return mapped_bytes > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,9 +236,10 @@ def app_runtimes(mobile: Mobile) -> list[tuple[str, str, str]]:
             (mobile.ios_pod, mobile.ios_version, "mobile.ios_version")]
 
 
-def check_apps(facts: ModelFacts, format_version: str, profile: Profile) -> list[dict[str, Any]]:
-    """The .ort model against each app runtime the profile pins (its operators, and its ORT format version);
-    PackagerError (exit 11) with one sentence when one cannot run it."""
+def check_apps(facts: ModelFacts, format_version: str | None, profile: Profile) -> list[dict[str, Any]]:
+    """The .ort model against each app runtime the profile pins (its operators, and its ORT format version; None: the
+    app loads the .onnx, loads_onnx, whose operators are all there is to check); PackagerError (exit 11) with one
+    sentence when one cannot run it."""
     assert profile.mobile is not None
     results = []
     table = load_table()
@@ -228,6 +252,9 @@ def check_apps(facts: ModelFacts, format_version: str, profile: Profile) -> list
                                 ExitCode.BAD_PROFILE)
         if not result.ok:
             raise PackagerError(result.message(), ExitCode.RUNTIME_INCOMPATIBLE)
+        if format_version is None:
+            results.append(result.to_dict())
+            continue
         since, source = ort_format_since(format_version)
         notes = list(result.notes)
         if since is None:

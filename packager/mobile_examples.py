@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from packager.mobile import ORT_MODEL, gated_out
+from packager.mobile import gated_out
 from packager.paths import targets_dir
 from packager.profile_types import Profile
 
@@ -175,10 +176,49 @@ def _output(io: dict[str, Any]) -> tuple[str, str]:
     return name, outputs.get(name, {}).get("dtype", "float32")
 
 
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def file_values(stage: Path, files: list[str], mapped: list[str]) -> dict[str, str]:
+    """The placeholders that name what the app loads: `files`, bundle paths, the model first and the data files it
+    reads beside it (an .onnx with external data: packager/mobile.py loads_onnx); `mapped`, those memory-mapped."""
+    model = Path(files[0])
+    names = [Path(f).name for f in files]
+    values = {"model_name": model.name, "model_stem": model.stem, "model_ext": model.suffix.lstrip("."),
+              "model_files": _and(files), "model_files_md": _and([f"`{f}`" for f in files]),
+              "kotlin_files": ", ".join(f'"{n}" to {(stage / f).stat().st_size}L' for n, f in zip(names, files)),
+              "files_note": "", "files_note_swift": "", "format_note": "",
+              "reduced_build": " For a reduced-size runtime built from source, use the bundle's "
+                               "`model/required_operators_and_types.config` (see the bundle's README)."}
+    if len(files) == 1:
+        return values
+    maps = _and([Path(f).name for f in mapped]) if mapped else "none of them"
+    note = [f"{model.name} reads {_and(names[1:])} from its own folder; onnxruntime memory-maps {maps},",
+            "of which a run makes resident only the pages of the rows its tokens read."]
+    size = sum((stage / f).stat().st_size for f in mapped) / 2**20
+    values |= {
+        "files_note": "".join(f"        // {line}\n" for line in note), "reduced_build": "",
+        "files_note_swift": "".join(f"        // {line}\n" for line in note),
+        "format_note": "\n" + textwrap.fill(
+            f"The app loads `{model.name}`, not an ORT-format `.ort` file: {maps} ({size:,.0f} MiB) stays on "
+            "storage, memory-mapped, where the ORT format would hold it inside its flatbuffer, resident. The "
+            "packages above are ONNX Runtime's full builds, which read ONNX files (onnxruntime-android "
+            "\"includes support for all types and operators, for ONNX format models\": its description on Maven "
+            "Central; the pod and the Swift package wrap the same release's onnxruntime-c). A reduced-size build "
+            "(`build.py --minimal_build`) and the discontinued onnxruntime-mobile packages (last release 1.18.0) "
+            f"read the ORT format only and cannot load this model. Keep {_and(names)} in one folder; where they are "
+            "too large to ship inside the app, download them into the folder the example loads from.", 115,
+            break_on_hyphens=False) + "\n"}
+    return values
+
+
 def write_examples(stage: Path, bundle_name: str, profile: Profile, io: dict[str, Any],
-                   sample: dict[str, np.ndarray], sample_note: str, verdict: dict[str, Any]) -> list[str]:
-    """android/ and ios/ in the staged bundle: a class that loads model.ort with the pinned runtime, the
-    profile's session options and providers, and runs the first sample; a README with the dependency lines."""
+                   sample: dict[str, np.ndarray], sample_note: str, verdict: dict[str, Any], files: list[str],
+                   mapped: list[str]) -> list[str]:
+    """android/ and ios/ in the staged bundle: a class that loads the model the app loads (`files`: bundle paths,
+    model.ort, or model.onnx and its data files) with the pinned runtime, the profile's session options and
+    providers, and runs the first sample; a README with the dependency lines."""
     assert profile.mobile is not None
     m = profile.mobile
     name = class_name(bundle_name.removesuffix(f"-{profile.name}"))
@@ -191,7 +231,7 @@ def write_examples(stage: Path, bundle_name: str, profile: Profile, io: dict[str
         "target": profile.name,
         "output": output,
         "sample_note": sample_note,
-        "model_bytes": str((stage / ORT_MODEL).stat().st_size),
+        **file_values(stage, files, mapped),
         "maven": f"{m.android_package}:{m.android_version}",
         "android_version": m.android_version,
         "ios_pod": m.ios_pod,

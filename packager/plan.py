@@ -24,6 +24,7 @@ from packager.decoder_config import FULL, LayerAttention
 from packager.decoder_peak import DecoderShape, kv_by_type, measured_peak
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import LOAD_TRANSIENT_HIGH, OVERHEAD_HIGH, OVERHEAD_LOW, mapped_touched, nbits_extra
+from packager.mobile import loads_onnx
 from packager.profile_types import Int4
 from packager.profiles import Profile
 from packager.runtimes import DecoderMemory, profile_for_model, runtime_for
@@ -324,12 +325,8 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
     if mem.measured_weights:
         weights += second_scales(a, profile, precision)
     per_mapped = PLE_BYTES_PER_PARAM if e_exported(a, mem) else bytes_per_param(profile, precision)
+    # a phone's app loads such a model's .onnx, its tables mapped, rather than model.ort (packager/mobile.py loads_onnx)
     embedding = mapped_embedding(a, profile, mem, precision)
-    if share.converted_buffer[1]:
-        # an ORT-format model (phones) holds every table inside its one file, which the runtime reads whole: the
-        # embedding's copy is resident there
-        weights += sum(size for size, _ in embedding.values())
-        embedding = {}
     mapped = int(a.mapped_parameters * per_mapped) + sum(size for size, _ in embedding.values())
     touched = mapped_touched(embedding, context)   # the rows of the embedding the context's tokens read
     bits = kv_bits or mem.kv_bits
@@ -342,19 +339,20 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
         low, high = peak.low, peak.high
     else:
         low, high = _exported_graph_peak(a, profile, share, precision, weights, base,
-                                         int(kv * mem.copies(bits)[1]) + touched, activations)
+                                         int(kv * mem.copies(bits)[1]) + touched, activations, mapped)
     return Row(precision, context, weights, kv, activations, base, low, high, high <= profile.budget.memory_bytes,
                bits, bits not in mem.runnable_kv_bits, mapped, by_type,
                decode_bound_tokens_per_s=_decode_bound(a, profile, precision, weights, kv))
 
 
 def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precision: str, weights: int, base: int,
-                         kv: int, activations: int) -> tuple[int, int]:
+                         kv: int, activations: int, mapped: int) -> tuple[int, int]:
     """An exported graph on ONNX Runtime: the weights with allocator overhead, the MatMuls' prepacked copies (int4:
     MatMulNBits' by the profile's compute type, packager/estimate.py nbits_extra; the others up to a copy), the load
     transient (the largest inline initializer, the embedding table: packager/estimate.py) and an ORT-format file's
-    buffer at load (phones: MemoryShare.converted_buffer), against the KV cache (`kv`: with the mapped embedding's
-    touched rows) and activations at run."""
+    buffer at load (phones: MemoryShare.converted_buffer; none for a model with `mapped` tables, whose app loads the
+    .onnx: packager/mobile.py loads_onnx), against the KV cache (`kv`: with the mapped embedding's touched rows) and
+    activations at run."""
     per_param = bytes_per_param(profile, precision)
     transient = 0 if weights > PROTO_LIMIT else int(a.embedding_parameters * per_param * LOAD_TRANSIENT_HIGH)
     packed = a.effective_parameters - a.embedding_parameters
@@ -364,7 +362,7 @@ def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precisio
         # each MatMulNBits its weight's only reader (a tied embedding reads its own copy): the original freed
         extra = nbits_extra(profile.int4.compute, original_kept=False)
     matmul_weights = packed * (0.5 if precision == "int4" else per_param)   # what packs: the 4-bit data, not scales
-    ort_buffer = int(weights * share.converted_buffer[1])
+    ort_buffer = 0 if loads_onnx(mapped) else int(weights * share.converted_buffer[1])
     low = base + int(weights * (1 + OVERHEAD_LOW) + matmul_weights * extra[0]) + kv + activations // 2
     high = base + int(weights * (1 + OVERHEAD_HIGH) + matmul_weights * extra[1]) + max(transient + ort_buffer,
                                                                                        kv + activations)

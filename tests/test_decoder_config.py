@@ -139,6 +139,19 @@ def test_a_window_no_shorter_than_the_positions_is_no_window() -> None:
     assert {la.kind for la in read(small("mistral", sliding_window=256), "config.json").layers} == {SLIDING}
 
 
+def test_the_phone_plans_no_ort_buffer_for_a_model_with_mapped_tables() -> None:
+    """The phone's app loads an E-class model as model.onnx, its per-layer table mapped (packager/mobile.py
+    loads_onnx): plan counts no ORT-format buffer at load for E2B, as for a profile that converts nothing; a model
+    without mapped tables still loads model.ort, read whole at load."""
+    phone = resolve_target("phone")
+    unconverted = dataclasses.replace(phone, mobile=None)   # the same profile, no [mobile]: no .ort
+    e2b = architecture(config("Gemma-4-E2B"))
+    assert row(e2b, phone, "int4", 8192, None) == row(e2b, unconverted, "int4", 8192, None)
+    llama = architecture(config("Llama-3.2-1B"))   # at a short context, where the load decides the high side
+    with_ort, without = (row(llama, p, "int4", 512, None) for p in (phone, unconverted))
+    assert with_ort.peak_high_bytes - without.peak_high_bytes > with_ort.weights_bytes / 2
+
+
 def test_a_windowed_layer_stops_growing_at_its_window() -> None:
     a = architecture(config("Gemma-3-1B"))
     genai = [kv_cache(a, context, 32, windowed=True) for context in (512, 4096, 32768)]

@@ -156,6 +156,19 @@ def test_the_int4_recipe_quantizes_the_tied_embedding_once_and_maps_the_lookups_
                                                                          f"{head}_Q4_untied_scales"}
 
 
+def test_the_phone_app_loads_the_onnx_with_its_ple_file(exported: tuple) -> None:
+    """The PLE table is the export's one mapped file, so a phone bundle keeps model.onnx and model.ple.data rather
+    than an .ort file, whose flatbuffer would hold the table resident (packager/mobile.py loads_onnx; the bundle's
+    files and examples: tests/test_mobile.py)."""
+    from packager.mobile import loads_onnx
+    from packager.stages.mobile import mapped_files
+
+    _, out, made = exported
+    files = mapped_files(out / "model.onnx")
+    assert list(files) == [made["ple_file"]] and loads_onnx(sum(files.values()))
+    assert files[made["ple_file"]] >= PLE_VOCAB * ECLASS["num_hidden_layers"] * ECLASS["hidden_size_per_layer_input"]
+
+
 def io_of(out: Path) -> dict:
     """runtime.io as the decoder family describes it for this graph."""
     inputs, outputs = signature(onnx.load(out / "model.onnx", load_external_data=False))

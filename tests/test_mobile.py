@@ -85,6 +85,73 @@ def test_phone_bundle_ships_the_ort_model_and_app_examples(silero_onnx: Path, tm
     assert not list(jsonschema.Draft202012Validator(schema).iter_errors(manifest))
 
 
+def _lookup_model(folder: Path, vocab: int = 4096, width: int = 64) -> Path:
+    """ids -> Gather(table) -> MatMul(head), the table alone in an external data file of its own at offset 0: what
+    estimate.mapped_tables calls a memory-mapped lookup table (as the E-class exporter's model.ple.data)."""
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((vocab, width)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"]),
+             helper.make_node("MatMul", ["rows", "head"], ["y"])]
+    graph = helper.make_graph(nodes, "lookup", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "n", 8])],
+                              [numpy_helper.from_array(table, "table"),
+                               numpy_helper.from_array(rng.standard_normal((width, 8)).astype(np.float32), "head")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    folder.mkdir(parents=True)
+    (folder / "model.table.data").write_bytes(table.tobytes())
+    stored = model.graph.initializer[0]
+    stored.ClearField("raw_data")
+    stored.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "model.table.data"), ("offset", "0"), ("length", str(table.nbytes))):
+        stored.external_data.add(key=key, value=value)
+    onnx.save(model, folder / "model.onnx")
+    return folder / "model.onnx"
+
+
+def test_a_model_with_a_mapped_table_ships_its_onnx_to_the_phone(tmp_path: Path) -> None:
+    """A model with a memory-mapped lookup table (an E-class model's per-layer embeddings) is not converted to the ORT
+    format, whose flatbuffer would hold the table resident: the app, run.py and the estimate load model.onnx with
+    its table's file beside it (packager/mobile.py loads_onnx)."""
+    settings = resolve_package_settings({"target": "phone", "out": str(tmp_path / "dist"), "recipe": "fp32",
+                                         "budget": None})
+    ctx = package(str(_lookup_model(tmp_path / "src")), settings,
+                  PackageOptions(input_spec=InputSpec(shapes={"ids": (1, 8)})))
+    bundle = unpack(ctx.archive, tmp_path / "unpacked")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    files = {f["path"] for f in manifest["files"]}
+    assert manifest["runtime"]["model"] == "model/model.onnx"
+    assert {"model/model.onnx", "model/model.table.data"} <= files
+    assert not any(f.endswith(".ort") or f.endswith(".config") for f in files)   # no conversion, no reduced build
+    mobile = manifest["mobile"]
+    assert (mobile["format"], mobile["model"]) == ("onnx", "model/model.onnx")
+    assert mobile["mapped_files"] == mobile["external_data"] == ["model/model.table.data"]
+    assert [a["runtime"] for a in mobile["app_runtimes"] if a["ok"]] == ["onnxruntime-android==1.27.0",
+                                                                          "onnxruntime-objc==1.27.0"]
+    estimate = manifest["memory"]["estimate"]
+    assert "ort_format_buffer" not in estimate["breakdown"] and estimate["mapped_bytes"] == 4096 * 64 * 4
+
+    size = (bundle / "model/model.table.data").stat().st_size
+    kotlin = (bundle / "android/ModelModel.kt").read_text()
+    assert f'listOf("model.onnx" to {(bundle / "model/model.onnx").stat().st_size}L, "model.table.data" to {size}L)' \
+        in kotlin and "env.createSession(model.absolutePath, options)" in kotlin
+    swift = (bundle / "ios/ModelModel.swift").read_text()
+    assert 'Bundle.main.path(forResource: "model", ofType: "onnx")' in swift and "{{" not in kotlin + swift
+    readmes = "".join((bundle / d / "README.md").read_text() for d in ("android", "ios"))
+    assert "`model/model.table.data`" in readmes and "onnxruntime-mobile" in readmes and ".ort" not in kotlin + swift
+    assert "model/model.onnx" in (bundle / "README.md").read_text()
+
+    # run.py and the smoke test load model.onnx, which maps its table's file
+    smoke = subprocess.run([sys.executable, str(bundle / "smoke_test.py")], capture_output=True, text=True, timeout=120)
+    assert smoke.returncode == 0 and smoke.stdout.splitlines()[-1] == "PASS", smoke.stdout
+
+    import jsonschema
+
+    schema = json.loads((REPO / "schemas" / "manifest.schema.json").read_text())
+    assert not list(jsonschema.Draft202012Validator(schema).iter_errors(manifest))
+    manifest["mobile"].pop("mapped_files")   # the schema asks an .onnx bundle for its mapped files
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(manifest))
+
+
 def _untied_decoder(vocab: int = 64, hidden: int = 64) -> onnx.ModelProto:
     """ids -> Gather(table) -> MatMul(head) -> logits, the table and the head distinct: int4 makes a
     GatherBlockQuantized with an INT4 table and a MatMulNBits."""

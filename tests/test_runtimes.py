@@ -181,7 +181,7 @@ def test_the_manifest_runtime_section_comes_from_the_runtime() -> None:
 
     profile = builtin_profiles()["jetson-orin-nano"]
     ctx = SimpleNamespace(profile=profile, memory=None, model_file="model/model.onnx", io=TENSOR_IO,
-                          components=[], context=None)
+                          components=[], context=None, packaged_model=None)
     spec = runtime_spec(ctx)   # type: ignore[arg-type]
     assert spec["package"] == "onnxruntime-gpu" and spec["providers"][0] == "TensorrtExecutionProvider"
     assert json.dumps(spec)   # plain data
@@ -201,8 +201,13 @@ def test_decoders_take_the_profiles_decoder_runtime_where_it_builds_them() -> No
         assert gpt2 == cpu.with_decoder_int4() and gpt2.int4 == llama.int4
         assert gpt2.runtime == cpu.runtime and "GPT2LMHeadModel" in note and cpu.runtime.package in note
         assert profile_for_model(cpu, "text", "BertModel") == (cpu, "")
-    for name in ("phone", "jetson-orin-nano", "rpi5-genai"):   # no [decoder_runtime]: as they were
-        assert profile_for_model(profiles[name], "decoder", "LlamaForCausalLM") == (profiles[name], "")
+    for name in ("phone", "jetson-orin-nano", "rpi5-genai"):   # no [decoder_runtime]: as they were, but for
+        # [decoder_int4] (the phone's: fp32 compute for decoders, its other int4 int8)
+        assert profile_for_model(profiles[name], "decoder", "LlamaForCausalLM") == \
+            (profiles[name].with_decoder_int4(), "")
+    phone = profiles["phone"]
+    assert (profile_for_model(phone, "decoder", "LlamaForCausalLM")[0].int4.compute, phone.int4.compute) == \
+        ("fp32", "int8")
 
 
 def test_a_bad_decoder_runtime_is_refused_naming_the_section(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from packager import gpu, mobile, mobile_examples
-from packager.compat import Compatibility, ModelFacts, check, lower_ir_version, read_model
+from packager.compat import Compatibility, ModelFacts, check, facts_of, load, lower_ir_version, read_model
 from packager.errors import did_you_mean
 from packager.families import family_for
 from packager.families.base import step
@@ -165,10 +165,16 @@ class OnnxRuntime:
         converts it with that release (an .ort file is read by its writer's format version and newer only:
         profiles/runtimes/onnxruntime.toml). A multi-component model (an encoder-decoder) gets one .ort file per
         component beside its .onnx file, and one reduced-build configuration for all of them: the app's runtime
-        loads them all."""
+        loads them all.
+
+        A model with memory-mapped lookup tables (ctx.mapped_files: an E-class model's per-layer embeddings) is not
+        converted: the app loads model.onnx and its external data files, as run.py does (mobile.loads_onnx)."""
         if ctx.profile.mobile is None:
             return
         assert ctx.packaged_model is not None
+        if mobile.loads_onnx(sum(ctx.mapped_files.values())):
+            ctx.mobile = _as_onnx(ctx, ctx.packaged_model)
+            return
         conversion = {"tool": "python -m onnxruntime.tools.convert_onnx_models_to_ort", "optimization_level": "all",
                       "optimization_style": "Fixed", "target_platform": mobile.target_platform(ctx.profile.device.arch),
                       "enable_type_reduction": True}
@@ -212,9 +218,10 @@ class OnnxRuntime:
     def write_bundle_files(self, ctx: RuntimeContext, stage: Path) -> None:
         if ctx.mobile and ctx.profile.mobile is not None and not ctx.components:
             # The app examples run one model on one sample; an encoder-decoder's loop has none yet.
-            ctx.mobile["examples"] = mobile_examples.write_examples(stage, ctx.bundle_name, ctx.profile,
-                                                                    ctx.io.to_dict(), ctx.sample_inputs[0],
-                                                                    _sample_note(ctx), ctx.mobile["usability"])
+            mob = ctx.mobile
+            ctx.mobile["examples"] = mobile_examples.write_examples(
+                stage, ctx.bundle_name, ctx.profile, ctx.io.to_dict(), ctx.sample_inputs[0], _sample_note(ctx),
+                mob["usability"], [mob["model"], *mob.get("external_data", [])], mob.get("mapped_files", []))
         workspace = gpu.trt_workspace(ctx.profile, ctx.memory)
         if workspace is not None and ctx.memory is not None:
             ctx.memory = dataclasses.replace(ctx.memory, tensorrt_workspace=workspace)
@@ -267,6 +274,26 @@ def _to_ort(ctx: RuntimeContext, onnx_path: Path, what: str) -> tuple[Path, str,
     return ort_path, config, record
 
 
+def _as_onnx(ctx: RuntimeContext, onnx_path: Path) -> dict[str, Any]:
+    """The record of a model the app loads as it is (mobile.loads_onnx): its files, checked against the app runtimes
+    as an ONNX file, and rated for NNAPI and CoreML. No int4 repacking (that is the ORT format's) and no reduced-build
+    configuration (a reduced build reads the ORT format only)."""
+    model = load(onnx_path)
+    data = sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"})
+    facts = facts_of(model, f"the {ctx.recipe_name} {onnx_path.name}")
+    return {
+        "model": f"model/{onnx_path.name}",
+        "onnx_model": f"model/{onnx_path.name}",
+        "format": "onnx",
+        "external_data": [f"model/{name}" for name in data],
+        "mapped_files": [f"model/{name}" for name in sorted(ctx.mapped_files)],
+        "why_onnx": "the model's lookup tables are memory-mapped from their files; the ORT format would hold them "
+                    "in its flatbuffer, resident (packager/mobile.py loads_onnx)",
+        "app_runtimes": mobile.check_apps(facts, None, ctx.profile),
+        "usability": mobile.usability(onnx_path, ctx.work_dir),
+    }
+
+
 def _sample_note(ctx: RuntimeContext) -> str:
     return family_for(ctx.io.kind).sample_note(ctx.texts)
 
@@ -286,6 +313,8 @@ def _phone_readme(ctx: RuntimeContext) -> str:
         "No app example is generated for a model of several components yet: the app loads each `.ort` file that\n"
         "`manifest.json` lists under `runtime.components`, with the session options there, and runs run.py's loop.")
     verdict = mob["usability"].get("verdict") or f"not rated ({mob['usability'].get('error', '')})"
+    if mob.get("format") == "onnx":
+        return _phone_onnx_readme(ctx, examples, verdict)
     converter = mob['converted_with']
     return f"""
 ## In a phone app
@@ -299,6 +328,30 @@ The app loads `{mob['model']}` (ORT format {mob['ort_format_version']}, converte
 - NNAPI and CoreML, as the runtime's mobile usability check rates this model: {verdict}.
 - `model/model.onnx` is the model before conversion: for an app on another runtime release, convert it with that
   release (`python -m onnxruntime.tools.convert_onnx_models_to_ort --enable_type_reduction model/model.onnx`).
+- `python smoke_test.py` runs `{mob['model']}` with the Python runtime, on a computer (or Termux): the checks an app
+  does not run.
+"""
+
+
+def _phone_onnx_readme(ctx: RuntimeContext, examples: str, verdict: str) -> str:
+    """A model the app loads as model.onnx (packager/mobile.py loads_onnx): which packages read it, and why."""
+    assert ctx.profile.mobile is not None
+    m, mob = ctx.profile.mobile, ctx.mobile
+    files = ", ".join(f"`{f}`" for f in mob["external_data"])
+    mapped = ", ".join(f"`{f}`" for f in mob["mapped_files"])
+    return f"""
+## In a phone app
+
+The app loads `{mob['model']}` and the data files it names ({files}; all in one folder) with
+`{m.android_package}:{m.android_version}` on Android, or the `{m.ios_pod}` pod / Swift package {m.ios_version} on iOS:
+ONNX Runtime's full packages, which read ONNX files.
+{examples}
+
+- Not the ORT format: {mapped} holds lookup tables that onnxruntime memory-maps (a run makes resident only the rows
+  its tokens read), where an `.ort` file holds every weight inside its flatbuffer, read whole at load. So there is no
+  `model.ort` and no reduced-build configuration: a reduced-size build (`--minimal_build`) and the discontinued
+  onnxruntime-mobile packages read the ORT format only.
+- NNAPI and CoreML, as the runtime's mobile usability check rates this model: {verdict}.
 - `python smoke_test.py` runs `{mob['model']}` with the Python runtime, on a computer (or Termux): the checks an app
   does not run.
 """
