@@ -69,6 +69,7 @@ class RuntimeContext(FamilyContext, Protocol):
     recipe: RecipeResult | None
     model_file: str
     mobile: dict[str, Any]
+    context: int | None   # decoders: tokens of KV cache (the phone examples of a genai bundle size theirs to it)
     memory: Memory | None
     eval_cases: list[dict[str, Any]]
 
