@@ -70,6 +70,7 @@ class RuntimeContext(FamilyContext, Protocol):
     model_file: str
     mobile: dict[str, Any]
     mapped_files: dict[str, int]   # files of memory-mapped lookup tables -> bytes (set before the conversion)
+    context: int | None   # decoders: tokens of KV cache (the phone examples of a genai bundle size theirs to it)
     memory: Memory | None
     eval_cases: list[dict[str, Any]]
 

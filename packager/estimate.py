@@ -364,7 +364,7 @@ def measured_decoder(model: onnx.ModelProto, profile: Profile, kind: str, mem: D
         "weights_inline": inline,
         "weights_external": external,
         "prepacked": int(weights * (run - 1)),        # resident beyond the stored weights once loaded
-        "load_transient": int(weights * (load - run)),  # and while loading, beyond that
+        "load_transient": max(0, int(weights * (load - run))),  # while loading, beyond that (fp32 compute: none)
         "activations": activations,
         "kv_cache": int(kv * copies),
         **({"gpu_context": share.gpu_context_bytes} if share.gpu_context_bytes else {}),

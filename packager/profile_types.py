@@ -126,13 +126,14 @@ def nbits_compute(accuracy_level: int) -> str:
 @dataclass(frozen=True)
 class Mobile:
     """Phone apps ([mobile]): the app loads the ORT-format model with the mobile runtime packages pinned here,
-    and the bundle carries Android (Kotlin) and iOS (Swift) examples that do so (packager/mobile.py)."""
+    and the bundle carries Android (Kotlin) and iOS (Swift) examples that do so (packager/mobile.py). A
+    [decoder_runtime.mobile] names the decoder runtime's own app packages (onnxruntime-genai's: runtimes/genai.py)."""
 
     android_package: str           # Maven coordinates, "com.microsoft.onnxruntime:onnxruntime-android"
     android_version: str           # exact pin, "1.27.0"
     ios_pod: str                   # CocoaPods pod with the Objective-C/Swift API, "onnxruntime-objc"
     ios_version: str               # exact pin of the pod and of the Swift package
-    ios_swift_package: str         # Swift Package Manager repository URL
+    ios_swift_package: str = ""    # Swift Package Manager repository URL ("": none published, onnxruntime-genai)
     # Execution providers the examples add, in priority order (names as in runtime.providers); NNAPI and
     # CoreML are left out of an example when the mobile usability check rates the model NO for them.
     android_providers: tuple[str, ...] = ()
@@ -149,6 +150,8 @@ class DecoderRuntime:
     session: Session
     recipe: str                    # the default recipe of a decoder on this runtime
     fit_recipes: tuple[str, ...] = ()  # what --fit auto tries there, most precise first (default: recipe)
+    # Phones: that runtime's app packages, in place of [mobile] for a decoder on it (the app loads the runtime's model)
+    mobile: Mobile | None = None
 
 
 @dataclass(frozen=True)
@@ -190,12 +193,14 @@ class Profile:
         return record
 
     def with_decoder_runtime(self) -> Profile:
-        """The profile as it applies to a decoder LLM on [decoder_runtime]: that runtime, its session and recipes."""
+        """The profile as it applies to a decoder LLM on [decoder_runtime]: that runtime, its session and recipes, and
+        on a phone its app packages ([decoder_runtime.mobile]; [mobile] where it has none: that runtime checks it)."""
         d = self.decoder_runtime
         if d is None:
             return self
         return dataclasses.replace(self.with_decoder_int4(), runtime=d.runtime, session=d.session,
-                                   decoder_recipe=d.recipe, decoder_fit_recipes=d.fit_recipes, decoder_runtime=None)
+                                   decoder_recipe=d.recipe, decoder_fit_recipes=d.fit_recipes, decoder_runtime=None,
+                                   mobile=d.mobile if d.mobile is not None else self.mobile)
 
     def with_decoder_int4(self) -> Profile:
         """The profile as its int4 recipes apply to a decoder LLM on any runtime: [decoder_int4] as [int4]."""

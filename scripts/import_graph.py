@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "packager.recipes", "packager.runtimes", "packager.compat", "packager.estimate",
                 "packager.estimate_activations", "packager.estimate_prepack", "packager.bandwidth", "packager.mobile",
                 "packager.mobile_examples",
+                "packager.mobile_genai",
                 "packager.gpu",
                 "packager.runtime_files", "packager.signing", "packager.records",
                 # a decoder's shape from its config and the peak rule that plan and the estimate share

@@ -37,7 +37,7 @@ from packager.runtimes import runtime_for  # noqa: E402
 
 CONFIGS = REPO / "packager" / "data" / "configs"
 TARGETS = ("rpi4", "rpi5", "phone", "jetson-orin-nano")
-KV_TARGETS = ("rpi5", "phone")   # the KV table: onnxruntime-genai, and an exported graph on onnxruntime
+KV_TARGETS = ("rpi5", "jetson-orin-nano")   # the KV table: onnxruntime-genai, and an exported graph on onnxruntime
 MiB = 2**20
 # Where --write puts the tables (docs/llms.md: both; README.md: the short one)
 BEGIN, END = "<!-- scripts/plan_table.py --write: begin -->", "<!-- scripts/plan_table.py --write: end -->"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,11 @@ def test_hf_folder_packages_with_a_chosen_recipe(tmp_path: Path, tiny_bert: Path
     summary = json.loads(proc.stdout)
     assert Path(summary["archive"]).name == "tiny-phone.tar.gz" and summary["recipe"] == "fp32"
     assert summary["accuracy"]["min_cosine"] == pytest.approx(1.0, abs=1e-5)
+    # an encoder on the phone keeps ONNX Runtime and model.ort (decoders go to onnxruntime-genai: test_genai_runtime)
+    with tarfile.open(summary["archive"]) as archive:
+        manifest = json.load(archive.extractfile("tiny-phone/manifest.json"))   # type: ignore[arg-type]
+    assert manifest["runtime"]["package"] == "onnxruntime" and manifest["runtime"]["model"] == "model/model.ort"
+    assert manifest["mobile"]["ort_format_version"] and "format" not in manifest["mobile"]
     smoke = run_cli("smoke", summary["archive"], "--json")
     assert smoke.returncode == 0, smoke.stdout
     report = json.loads(smoke.stdout)["report"]

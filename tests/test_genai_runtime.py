@@ -1,6 +1,7 @@
-"""onnxruntime-genai as the device runtime (issue 19): a decoder LLM packaged for rpi5-genai is built by genai's
-model builder, verified against the fp32 reference, measured, and its bundle runs, checks itself and pins the
-runtime. Needs packager's `genai` exporter environment (`packager env create genai`), which has the runtime."""
+"""onnxruntime-genai as the device runtime (issue 19): a decoder LLM packaged for the phone (its [decoder_runtime], as
+rpi4's and rpi5's) is built by genai's model builder, verified against the fp32 reference, measured, and its bundle
+runs, checks itself, pins the runtime and carries the app examples on the GenAI API. Needs packager's `genai` exporter
+environment (`packager env create genai`), which has the runtime."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not is_ready(GENAI), reason="needs `packager env create genai`")]
 
 TARGET = "rpi5-genai"
+# The bundle's target: the phone's genai bundle is rpi5's (the same runtime and settings) and the app examples besides,
+# so one package run covers both.
+BUNDLE_TARGET = "phone"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
@@ -37,7 +41,8 @@ def device(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("genai")
-    proc = packager("package", "sample:tiny-llama", "--target", TARGET, "--out", str(out / "dist"), "--no-cache")
+    proc = packager("package", "sample:tiny-llama", "--target", BUNDLE_TARGET, "--out", str(out / "dist"),
+                    "--no-cache")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return unpack(next((out / "dist").glob("*.tar.gz")), out / "unpacked")
 
@@ -62,13 +67,43 @@ def io_of_graph_and_manifest(bundle: Path) -> tuple[dict, tuple[list, list]]:
     return manifest["runtime"]["io"], signature(bundle / manifest["runtime"]["model"])
 
 
-def test_the_manifest_describes_the_builders_graph_and_its_fp32_cache(bundle: Path) -> None:
-    # rpi5-genai keeps the builder's fp32 cache; runtime.io is the graph that ships (no position_ids, the last
-    # position's logits), not the fp32 export's
+def test_the_manifest_describes_the_builders_graph_and_its_16_bit_cache(bundle: Path) -> None:
+    # the phone's genai bundle keeps a 16-bit cache (genai.kv_cache); runtime.io is the graph that ships (no
+    # position_ids, the last position's logits), not the fp32 export's
     io, (inputs, outputs) = io_of_graph_and_manifest(bundle)
     assert (io["inputs"], io["outputs"]) == (inputs, outputs)
-    assert io["kv"] == {"layers": 4, "heads": 4, "head_dim": 32, "dtype": "float32"} and io["logits"] == "last"
+    assert io["kv"] == {"layers": 4, "heads": 4, "head_dim": 32, "dtype": "float16"} and io["logits"] == "last"
     assert "position_ids" not in {i["name"] for i in inputs}
+
+
+def test_phone_bundle_ships_the_builders_folder_and_genai_app_examples(bundle: Path) -> None:
+    """The phone's genai bundle: the builder's folder as it is (no model.ort, no ORT-format buffer in the estimate),
+    the app packages with the GenAI API, and examples that size the cache to the bundle's context and append the
+    prompt in the profile's chunks."""
+    import jsonschema
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    schema = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "manifest.schema.json").read_text())
+    assert not list(jsonschema.Draft202012Validator(schema).iter_errors(manifest))
+    assert not list(bundle.rglob("*.ort")) and manifest["runtime"]["model"] == "model/model.onnx"
+    assert "ort_format_buffer" not in manifest["memory"]["estimate"]["breakdown"]
+    mobile, context = manifest["mobile"], manifest["runtime"]["context"]
+    chunk = manifest["runtime"]["session"]["config"]["genai.prefill_chunk"]
+    assert mobile["format"] == "genai" and mobile["model_folder"] == "model"
+    assert mobile["app_packages"]["android"][0] == "com.microsoft.onnxruntime:onnxruntime-genai-android:0.18.0"
+    assert mobile["app_packages"]["ios"] == ["pod 'onnxruntime-genai-objc', '0.18.0'"]
+    kotlin, swift = (bundle / mobile["examples"][0]).read_text(), (bundle / mobile["examples"][1]).read_text()
+    for name in ("Model(", "Tokenizer(", "GeneratorParams(", "Generator(", "appendTokens", "generateNextToken",
+                 "createStream()", f"CONTEXT = {context} ", f"PREFILL_CHUNK = {chunk} ", '"max_length"',
+                 '"tokenizer.json" to '):
+        assert name in kotlin, name
+    for name in ("OGAModel(", "OGATokenizer(", "OGAGeneratorParams(", "OGAGenerator(", "appendTokens",
+                 "generateNextToken", "OGATokenizerStream(", f"context = {context} ", f"prefillChunk = {chunk} ",
+                 '"max_length"'):
+        assert name in swift, name
+    android_readme = (bundle / "android" / "README.md").read_text()
+    assert all(line in android_readme for line in mobile["app_packages"]["android"])
+    assert "onnxruntime-genai-objc" in (bundle / "README.md").read_text()
 
 
 def test_run_prompt_and_bare_text_generate(bundle: Path) -> None:
@@ -134,12 +169,13 @@ def test_plan_and_the_bundles_estimate_count_the_same_decoder(bundle: Path) -> N
     the same KV cache and activations (logits, a chunk's scratch) as plan's row for the source's config at the
     bundle's context; the peaks differ only by the weights as stored against as counted, the graph's nodes and the
     tokenizer."""
-    from packager.plan import architecture, read_config, row
+    from packager.plan import architecture, as_packaged, read_config, row
     from packager.profiles import resolve_target
 
     memory = json.loads((bundle / "manifest.json").read_text())["memory"]
     est, context = memory["estimate"], memory["context"]
-    r = row(architecture(read_config("sample:tiny-llama")), resolve_target(TARGET), "int4", context, None)
+    a = architecture(read_config("sample:tiny-llama"))
+    r = row(a, as_packaged(a, resolve_target(BUNDLE_TARGET))[0], "int4", context, None)
     parts = est["breakdown"]
     assert parts["kv_cache"] == r.kv_cache_bytes > 0 and parts["activations"] == r.activations_bytes > 0
     stored = parts["weights_external"] + parts["weights_inline"]
@@ -422,7 +458,7 @@ def test_check_of_the_bundle_judges_it_as_built(bundle: Path) -> None:
     proc = packager("check", str(bundle), "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
-    assert result["target"] == TARGET and result["fits"] and result["verdict_basis"] == "measured"
+    assert result["target"] == BUNDLE_TARGET and result["fits"] and result["verdict_basis"] == "measured"
     assert result["measured"]["peak_bytes"] > 0 and result["estimate"]["high_bytes"] > 0
     proc = packager("check", str(bundle), "--context", "64")
     assert proc.returncode == ExitCode.USAGE and "--context" in proc.stderr

@@ -212,6 +212,11 @@ def _phone_text() -> str:
      "session.config.session.intra_op.allow_spinning", "must be str"),
     (('"session.intra_op.allow_spinning" = "0"', '"Allow Spinning" = "0"'), "session.config.Allow Spinning",
      "not an onnxruntime session config key"),
+    # [decoder_runtime.mobile]: genai's app packages, at the release verify runs
+    (('android_package = "com.microsoft.onnxruntime:onnxruntime-genai-android"',
+      'android_package = "com.microsoft.onnxruntime:onnxruntime-android"'), "mobile.android_package",
+     "with the GenAI API"),
+    (('ios_version = "0.18.0"', 'ios_version = "0.17.0"'), "mobile.ios_version", "the release of onnxruntime-genai"),
 ])
 def test_invalid_mobile_settings_name_the_key(tmp_path: Path, change: tuple[str, str], key: str, problem: str) -> None:
     text = _phone_text()

@@ -127,4 +127,5 @@ def test_targets_table() -> None:
     rpi5 = next(line for line in proc.stdout.splitlines() if line.split()[:1] == ["rpi5"])
     assert "int4-mixed (onnxruntime-genai)" in rpi5
     rows = {r["name"]: r for r in json.loads(run_cli("targets", "--json").stdout)}
-    assert rows["rpi5"]["decoder_runtime"] == "onnxruntime-genai==0.18.0" and rows["phone"]["decoder_runtime"] is None
+    assert rows["rpi5"]["decoder_runtime"] == rows["phone"]["decoder_runtime"] == "onnxruntime-genai==0.18.0"
+    assert rows["jetson-orin-nano"]["decoder_runtime"] is None

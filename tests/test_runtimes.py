@@ -191,9 +191,11 @@ def test_decoders_take_the_profiles_decoder_runtime_where_it_builds_them() -> No
     from packager.runtimes import profile_for_model
 
     profiles = builtin_profiles()
-    for name in ("rpi5", "rpi4"):
+    for name in ("rpi5", "rpi4", "phone"):
         cpu = profiles[name]
         llama, note = profile_for_model(cpu, "decoder", "LlamaForCausalLM")
+        # the phone's app packages follow the decoder's runtime: genai's for Llama, onnxruntime's for GPT-2
+        assert llama.mobile == (cpu.decoder_runtime.mobile if cpu.mobile else None)   # type: ignore[union-attr]
         assert (llama.runtime.name, llama.recipe_for(True), note) == ("onnxruntime-genai", "int4-mixed", "")
         assert llama.session.cpu_mem_arena is False and "decoder_runtime" not in llama.to_dict()
         gpt2, note = profile_for_model(cpu, "decoder", "GPT2LMHeadModel")
@@ -201,13 +203,13 @@ def test_decoders_take_the_profiles_decoder_runtime_where_it_builds_them() -> No
         assert gpt2 == cpu.with_decoder_int4() and gpt2.int4 == llama.int4
         assert gpt2.runtime == cpu.runtime and "GPT2LMHeadModel" in note and cpu.runtime.package in note
         assert profile_for_model(cpu, "text", "BertModel") == (cpu, "")
-    for name in ("phone", "jetson-orin-nano", "rpi5-genai"):   # no [decoder_runtime]: as they were, but for
-        # [decoder_int4] (the phone's: fp32 compute for decoders, its other int4 int8)
+    assert profiles["phone"].mobile.android_package.endswith("onnxruntime-android")   # type: ignore[union-attr]
+    for name in ("jetson-orin-nano", "rpi5-genai"):   # no [decoder_runtime]: as they were, but for [decoder_int4]
         assert profile_for_model(profiles[name], "decoder", "LlamaForCausalLM") == \
             (profiles[name].with_decoder_int4(), "")
-    phone = profiles["phone"]
-    assert (profile_for_model(phone, "decoder", "LlamaForCausalLM")[0].int4.compute, phone.int4.compute) == \
-        ("fp32", "int8")
+    phone = profiles["phone"]   # its decoders on onnxruntime-genai, computing in fp32; its other int4 in int8
+    llama = profile_for_model(phone, "decoder", "LlamaForCausalLM")[0]
+    assert (llama.runtime.name, llama.int4.compute, phone.int4.compute) == ("onnxruntime-genai", "fp32", "int8")
 
 
 def test_a_bad_decoder_runtime_is_refused_naming_the_section(tmp_path: Path) -> None:

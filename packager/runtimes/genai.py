@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from packager import mobile_genai
 from packager.compat import Compatibility, ModelFacts, check, read_model
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
 # graphs run on. 1.32.0 is what pip resolves for it today (the genai exporter environment); pinned so the
 # device runs what verify ran.
 ONNXRUNTIME = "1.32.0"
+# The app packages with the GenAI API the phone examples are written against (mobile_genai.py); the profile's
+# [decoder_runtime.mobile] pins their versions (profiles/phone.toml has the sources).
+APP_PACKAGES = {"android_package": "com.microsoft.onnxruntime:onnxruntime-genai-android",
+                "ios_pod": "onnxruntime-genai-objc"}
 # The builder's extra options that make the graph lean (scripts/bench_llm_runtime.py, 1B Llama shape, 4K prompt:
 # builder defaults 4.05 GiB peak; these with the arena off and chunked prefill 1.37 GiB with int8 KV).
 LEAN_OPTIONS = ("prune_lm_head=true",)
@@ -111,6 +116,7 @@ class GenaiRuntime(OnnxRuntime):
 
     name = "onnxruntime-genai"
     builds_model = True
+    converts_for_phones = False   # the app loads the builder's folder as it is (mobile_genai.py)
 
     def takes(self, architecture: str) -> bool:
         return genai_supports(architecture)
@@ -130,9 +136,18 @@ class GenaiRuntime(OnnxRuntime):
             pattern, words = ALLOWED[key]
             if not re.fullmatch(pattern, value):
                 raise key_error(where, f"session.config.{key}", f"must be {words}, got {value!r}")
-        if profile.mobile is not None:
-            raise key_error(where, "mobile", "phone apps are not packaged for onnxruntime-genai yet; use the "
-                            "onnxruntime runtime for phones")
+        if profile.mobile is not None:   # phones: [decoder_runtime.mobile] names genai's app packages
+            for key, package in APP_PACKAGES.items():
+                if getattr(profile.mobile, key) != package:
+                    raise key_error(where, f"mobile.{key}", f"must be {package!r}, the package with the GenAI API "
+                                    "the app examples use (add [decoder_runtime.mobile] with it)")
+            for key in ("android_version", "ios_version"):
+                if getattr(profile.mobile, key) != profile.runtime.version:
+                    raise key_error(where, f"mobile.{key}", f"must be {profile.runtime.version!r}, the release of "
+                                    f"{profile.runtime.package} that verify and the smoke test run")
+            if profile.mobile.android_providers or profile.mobile.ios_providers:
+                raise key_error(where, "mobile.android_providers", "must be empty: the builder's graph is for the "
+                                "CPU, which genai_config.json names")
 
     def requirements(self, profile: Profile) -> list[str]:
         rt = profile.runtime
@@ -157,7 +172,7 @@ class GenaiRuntime(OnnxRuntime):
     def decoder_memory(self, profile: Profile, precision: str) -> DecoderMemory:
         """`precision`: plan's, or "" for a packaged graph (its MatMulNBits, if any, say "int4")."""
         kv = profile.session.config.get("genai.kv_cache", SETTINGS["genai.kv_cache"])
-        chunk = int(profile.session.config.get("genai.prefill_chunk", SETTINGS["genai.prefill_chunk"]))
+        chunk = _chunk(profile)
         compute = matmul_compute(profile, precision)
         load_weights, run_weights = WEIGHT_FACTORS[compute]
         return DecoderMemory(kv_bits=KV_BITS[kv], windowed_kv=True, kv_copies=KV_COPIES[kv],
@@ -197,20 +212,38 @@ class GenaiRuntime(OnnxRuntime):
         step("packager.runtime_steps:genai_build")(ctx, model_dir, precision, (*LEAN_OPTIONS, *quantized), kv)
         return True
 
+    def convert(self, ctx: RuntimeContext) -> None:
+        """Phones: nothing to convert (converts_for_phones); the record of the folder the app loads, and its
+        packages."""
+        if ctx.profile.mobile is not None:
+            ctx.mobile = mobile_genai.record(ctx.profile, ctx.model_file, ONNXRUNTIME)
+
+    def write_bundle_files(self, ctx: RuntimeContext, stage: Path) -> None:
+        if ctx.mobile and ctx.profile.mobile is not None:
+            assert ctx.context is not None   # a decoder's
+            ctx.mobile["examples"] = mobile_genai.write_examples(stage, ctx.bundle_name, ctx.profile, ctx.mobile,
+                                                                 ctx.context, _chunk(ctx.profile))
+
     def device_files(self, profile: Profile) -> dict[str, Path]:
         files = super().device_files(profile)
         return {**files, "runtime/ort_session.py": files["runtime/session.py"],
                 "runtime/session.py": targets_dir() / "genai" / "session.py"}
 
     def readme(self, ctx: RuntimeContext) -> str:
-        chunk = ctx.profile.session.config.get("genai.prefill_chunk", SETTINGS["genai.prefill_chunk"])
+        chunk = _chunk(ctx.profile)
+        phone = mobile_genai.readme(ctx.mobile, ctx.profile) if ctx.mobile else ""
         return f"""
 ## The runtime: onnxruntime-genai
 
 The model in `model/` is onnxruntime-genai's (its folder: `genai_config.json`, `model.onnx`), built by its model
 builder ({ctx.recipe_name}) with logits for the last position only; run.py prefills the prompt in chunks of {chunk}
 tokens and decodes greedily in native code. `pip install -r requirements.txt` installs onnxruntime-genai.
-"""
+""" + phone
+
+
+def _chunk(profile: Profile) -> int:
+    """Prompt tokens per append_tokens call (the profile's genai.prefill_chunk)."""
+    return int(profile.session.config.get("genai.prefill_chunk", SETTINGS["genai.prefill_chunk"]))
 
 
 def matmul_compute(profile: Profile, precision: str) -> str:

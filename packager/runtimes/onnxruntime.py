@@ -77,6 +77,10 @@ class OnnxRuntime:
 
     name = "onnxruntime"
     builds_model = False
+    # The one rule of whether a phone bundle's model is converted (model.ort, `convert`, and its buffer at load in the
+    # estimate, `memory`): ONNX Runtime's mobile packages load the ORT format; onnxruntime-genai loads its builder's
+    # folder as it is (runtimes/genai.py).
+    converts_for_phones = True
 
     # ------------------------------------------------------------------ profile
 
@@ -126,7 +130,7 @@ class OnnxRuntime:
             node_bytes=entry.get("node_bytes", 0), conv_node_bytes=CONV_NODE_BYTES,
             token_bytes=entry.get("token_bytes", 0), merge_bytes=entry.get("merge_bytes", 0),
             gpu_context_bytes=gpu_context,
-            converted_buffer=(ORT_BUFFER_LOW, ORT_BUFFER_HIGH) if profile.mobile is not None else (0.0, 0.0),
+            converted_buffer=(ORT_BUFFER_LOW, ORT_BUFFER_HIGH) if self.converts(profile) else (0.0, 0.0),
             converted_buffer_name="ort_format_buffer",
             repeat_activations=(PATTERN_LOW, PATTERN_HIGH) if profile.session.mem_pattern
             and profile.session.cpu_mem_arena else (0.0, 0.0), notes=(note,) if note else ())
@@ -134,6 +138,10 @@ class OnnxRuntime:
     def decoder_memory(self, profile: Profile, precision: str) -> DecoderMemory:
         return DecoderMemory(kv_bits=16 if precision == "fp16" else 32, windowed_kv=False, kv_copies=(1.0, 1.0),
                              prefill_tokens=PREFILL_TOKENS, logits_positions=0, runnable_kv_bits=(16, 32))
+
+    def converts(self, profile: Profile) -> bool:
+        """Whether a bundle for this profile converts its model for the device (phones: model.ort)."""
+        return profile.mobile is not None and self.converts_for_phones
 
     def smaller_kv_cache(self, profile: Profile) -> tuple[Profile, str] | None:
         return None   # the exported graph's cache is the model's dtype: no setting makes it smaller
@@ -169,7 +177,7 @@ class OnnxRuntime:
 
         A model with memory-mapped lookup tables (ctx.mapped_files: an E-class model's per-layer embeddings) is not
         converted: the app loads model.onnx and its external data files, as run.py does (mobile.loads_onnx)."""
-        if ctx.profile.mobile is None:
+        if not self.converts(ctx.profile):
             return
         assert ctx.packaged_model is not None
         if mobile.loads_onnx(sum(ctx.mapped_files.values())):
