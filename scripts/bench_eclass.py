@@ -190,13 +190,10 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=["rpi5", "phone"])
     parser.add_argument("--tokens", type=int, nargs="+", default=[1000, 8192])
     parser.add_argument("--root", type=Path, default=Path("/tmp/bench-eclass"))
-    parser.add_argument("--hidden", type=int, default=SCALED["hidden_size"],
-                        help="the scaled stack's hidden size (MLP twice it) [default: %(default)s]")
     parser.add_argument("--reuse", action="store_true", help="measure the bundle an earlier run left in ROOT/TARGET")
     parser.add_argument("--package-args", nargs=argparse.REMAINDER, default=[],
                         help="passed to packager package (e.g. --recipe int8-dynamic)")
     args = parser.parse_args()
-    SCALED.update(hidden_size=args.hidden, intermediate_size=2 * args.hidden)
     source = make_source(args.root / "source")
     config = spec()
     vocab = config["vocab_size_per_layer_input"]   # = vocab_size: the prompt ids are drawn over both
