@@ -217,6 +217,11 @@ def table_files(model: onnx.ModelProto) -> dict[str, list[onnx.TensorProto]]:
             if all(readers.get(t.name, {("", 0)}) <= ROW_READERS and _offset(t) % PAGE == 0 for t in tensors)}
 
 
+def table_file_bytes(model: onnx.ModelProto) -> dict[str, int]:
+    """table_files' files -> the bytes of the tables in each."""
+    return {location: sum(tensor_bytes(t) for t in tensors) for location, tensors in table_files(model).items()}
+
+
 def mapped_tables(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
     """The tables of table_files by name: (bytes, rows)."""
     return {t.name: (tensor_bytes(t), int(t.dims[0]) if t.dims else 1)

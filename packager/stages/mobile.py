@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 
 from packager.context import Context
-from packager.estimate import mapped_tables
+from packager.estimate import table_file_bytes
 from packager.runtimes import runtime_for
 
 
@@ -24,11 +24,4 @@ def run(ctx: Context) -> None:
 
 def mapped_files(model_path: Path) -> dict[str, int]:
     """The model's external data files that hold memory-mapped lookup tables -> the tables' bytes in each."""
-    model = onnx.load(model_path, load_external_data=False)
-    tables = mapped_tables(model)
-    files: dict[str, int] = {}
-    for t in model.graph.initializer:
-        if t.name in tables:
-            location = {e.key: e.value for e in t.external_data}["location"]
-            files[location] = files.get(location, 0) + tables[t.name][0]
-    return files
+    return table_file_bytes(onnx.load(model_path, load_external_data=False))
