@@ -4,6 +4,7 @@ export, quantize, verify, the memory check and the bundle."""
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from conftest import run_cli
 pytestmark = pytest.mark.integration
 
 WIDTH, LAYERS = 8192, 9          # 9 x 8192 x 8192 fp32 = 2.25 GiB
+# Measured: the run's disk use peaks 6.8 GiB above the start (the source, the export's reference copy, the
+# packaged copy); the test needs that much free beside the suite's other folders.
+DISK_NEEDED = 8 * 2**30
 
 
 def _big_model(folder: Path) -> Path:
@@ -36,6 +40,9 @@ def _big_model(folder: Path) -> Path:
 
 
 def test_model_over_2gb_keeps_external_data_end_to_end(tmp_path: Path) -> None:
+    free = shutil.disk_usage(tmp_path).free
+    if free < DISK_NEEDED:   # a full disk tells nothing about external data; packager's own refusal is tested apart
+        pytest.skip(f"{tmp_path.anchor}: {free / 2**30:.1f} GiB free, this test writes {DISK_NEEDED / 2**30:.0f} GiB")
     model = _big_model(tmp_path / "src")
     assert (tmp_path / "src" / "big.onnx.data").stat().st_size > 2**31
     out = tmp_path / "dist"
