@@ -185,3 +185,53 @@ def _fold_external(model: onnx.ModelProto, path: Path, folded: dict[str, str],
             progress(f"folded {len(model.graph.initializer) - first}/{len(folded)} transposed weights")
     _drop_transposes(model.graph, folded)
     onnx.save(model, path)
+
+
+# Ops between the lm_head's MatMul and the logits output that act on each position alone (Gemma 2's softcap: Div,
+# Tanh, Mul; a Cast): slicing the MatMul's input to the last position leaves them as they are.
+_PER_POSITION = {"Div", "Tanh", "Mul", "Add", "Cast", "Identity", "Softcap"}
+
+
+def last_position_logits(path: Path) -> bool:
+    """A decoder's logits for the last position of a pass only: its lm_head MatMul reads the last position's
+    hidden state (a Slice on the sequence axis), so a pass over a prompt allocates [1, 1, vocab] of logits, not
+    [1, tokens, vocab] (a 128K vocabulary at a 4K prompt: 2 GB), and the device prefills the prompt in chunks
+    (run.py's Decoder, io.logits = "last"), as the E-class exporter's graphs do. False where the graph's logits do
+    not come from a MatMul of a constant weight through per-position ops (left as exported)."""
+    model = onnx.load(path, load_external_data=False)
+    graph = model.graph
+    outputs = {o.name: o for o in graph.output}
+    if "logits" not in outputs:
+        return False
+    producers = {out: n for n in graph.node for out in n.output}
+    constants = {t.name for t in graph.initializer}
+    node, between = producers.get("logits"), []
+    while node is not None and not (node.op_type == "MatMul" and node.input[1] in constants):
+        if node.op_type not in _PER_POSITION:
+            return False
+        between.append(node)
+        varying = [i for i in node.input if i and i not in constants and i in producers]
+        node = producers.get(varying[0]) if len(varying) == 1 else None
+    if node is None:
+        return False
+    hidden = node.input[0]
+    last = f"{hidden}/last_position"
+    graph.initializer.extend([onnx.numpy_helper.from_array(np.array([-1], np.int64), f"{last}/starts"),
+                              onnx.numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64),
+                                                           f"{last}/ends"),
+                              onnx.numpy_helper.from_array(np.array([1], np.int64), f"{last}/axes")])
+    index = list(graph.node).index(node)
+    graph.node.insert(index, onnx.helper.make_node("Slice", [hidden, f"{last}/starts", f"{last}/ends", f"{last}/axes"],
+                                                   [last], name=f"{node.name or 'lm_head'}/last_position"))
+    node.input[0] = last
+    # The shapes recorded between the MatMul and the output had the sequence axis: dropped, inferred again at load
+    stale = {o for n in [node, *between] for o in n.output}
+    kept = [v for v in graph.value_info if v.name not in stale]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    dims = outputs["logits"].type.tensor_type.shape.dim
+    if len(dims) >= 2:
+        dims[1].Clear()
+        dims[1].dim_value = 1
+    onnx.save(model, path)
+    return True

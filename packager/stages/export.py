@@ -29,12 +29,13 @@ from packager.families.base import step
 from packager.families.seq2seq import SEQ2SEQ_COMPONENTS, SEQ2SEQ_MERGED, SEQ2SEQ_MODALITY
 from packager.graphs import all_graphs
 from packager.model_files import PICKLE_SUFFIXES, TOKENIZER_FILES
-from packager.onnx_rewrite import fold_transposed_weights, name_tied_lm_head
+from packager.onnx_rewrite import fold_transposed_weights, last_position_logits, name_tied_lm_head
 from packager.profiles import Profile
 from packager.recipes import parse_recipe, recipe_label
 from packager.recipes.common import PROTO_LIMIT
 from packager.records import Io
 from packager.runtimes import profile_for_model, runtime_for
+from packager.stages.source import DECODER_TASK
 from packager.version import __version__
 
 # The highest opset the exporter supports: optimum-onnx 0.1.0 calls torch.onnx.export(dynamo=False), whose
@@ -96,6 +97,8 @@ def _export_hf(ctx: Context, out: Path) -> None:
     else:
         fold_transposed_weights(out / "model.onnx", ctx.progress)
         name_tied_lm_head(out / "model.onnx")
+        if ctx.source.task == DECODER_TASK:   # the lm_head on the last position only (io.logits = "last")
+            last_position_logits(out / "model.onnx")
     if not (out / "tokenizer.json").is_file() and (out / "vocab.txt").is_file():
         # Slow-tokenizer folders: the device needs the fast tokenizer's single JSON file.
         from transformers import AutoTokenizer

@@ -24,9 +24,10 @@ from packager.samples import resolve_adapter_sample, resolve_sample
 
 # Architectures by suffix -> optimum export task. Decoders export with their KV cache as inputs
 # and outputs (the device loop carries it); seq2seq comes with a later issue.
+DECODER_TASK = "text-generation-with-past"
 TASKS = {
-    "ForCausalLM": "text-generation-with-past",
-    "LMHeadModel": "text-generation-with-past",
+    "ForCausalLM": DECODER_TASK,
+    "LMHeadModel": DECODER_TASK,
     "Model": "feature-extraction",
     "ForSequenceClassification": "text-classification",
     "ForTokenClassification": "token-classification",
