@@ -205,7 +205,8 @@ def last_position_logits(path: Path) -> bool:
         return False
     producers = {out: n for n in graph.node for out in n.output}
     # Constant nodes' outputs are constants too (the exporter writes a softcap's or a scale's scalar as one)
-    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant"
+                                                        for o in n.output}
     node, between = producers.get("logits"), []
     while node is not None and not (node.op_type == "MatMul" and node.input[1] in constants):
         if node.op_type not in _PER_POSITION:

@@ -277,12 +277,12 @@ def activation_bytes(a: Architecture, mem: DecoderMemory, precision: str, contex
 
 def decoder_memory(a: Architecture, profile: Profile, precision: str) -> DecoderMemory:
     """How the runtime holds this decoder; an E-class model on an exported graph is the E-class exporter's, whose
-    sliding layers keep their window, whose pass returns the last position's logits only, and whose prompt the
-    device prefills in chunks."""
+    sliding layers keep their window; an encoder-decoder's decoder (optimum's, not rewritten: the export's
+    last-position lm_head is a decoder-only graph's) returns every position's logits."""
     mem = runtime_for(profile).decoder_memory(profile, precision)
-    if not e_exported(a, mem):
-        return mem
-    return replace(mem, windowed_kv=True, logits_positions=1, prefill_tokens=decoder_config.LAST_ONLY_CHUNK)
+    if a.encoder_positions:
+        return replace(mem, logits_positions=0)
+    return replace(mem, windowed_kv=True) if e_exported(a, mem) else mem
 
 
 def e_exported(a: Architecture, mem: DecoderMemory) -> bool:

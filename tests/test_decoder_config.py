@@ -13,8 +13,9 @@ import pytest
 import packager
 from conftest import run_cli
 from packager.decoder_config import FULL, SLIDING, read
+from packager.decoder_peak import activation_bytes
 from packager.errors import ExitCode, PackagerError
-from packager.plan import _from_meta_device, architecture, kv_cache, plan, row
+from packager.plan import _from_meta_device, architecture, decoder_memory, kv_cache, plan, row, shape
 from packager.profiles import resolve_target
 
 CONFIGS = Path(packager.__file__).parent / "data" / "configs"
@@ -196,11 +197,26 @@ def test_an_int8_cache_counts_the_copies_a_step_holds() -> None:
     assert (what_if.peak_low_bytes, what_if.peak_high_bytes) == (runs.peak_low_bytes, runs.peak_high_bytes)
 
 
-def test_genai_counts_the_last_positions_logits_only() -> None:
+@pytest.mark.parametrize("target", ["rpi5-genai", "rpi5", "jetson-orin-nano"])
+def test_decoders_count_the_last_positions_logits_only(target: str) -> None:
+    """onnxruntime-genai (prune_lm_head) and an exported decoder-only graph on onnxruntime (the export's
+    last_position_logits) give one row of logits a pass: a prefill chunk's activations hold one row of a 262,144
+    vocabulary, not the chunk's."""
     a = architecture(config("Gemma-3-1B"))   # 262,144 vocabulary
-    genai, ort = row(a, resolve_target("rpi5-genai"), "int4", 4096, None), row(a, resolve_target("rpi5"), "int4",
-                                                                                4096, None)
-    assert genai.activations_bytes < ort.activations_bytes - 256 * 262144 * 4
+    profile = resolve_target(target)
+    mem = decoder_memory(a, profile, "int4")
+    assert mem.logits_positions == 1 and mem.prefill_tokens < 4096
+    every = dataclasses.replace(mem, logits_positions=0)
+    saved = activation_bytes(shape(a), every, 4, 4096) - activation_bytes(shape(a), mem, 4, 4096)
+    assert saved == (mem.prefill_tokens - 1) * 262144 * 4
+    assert row(a, profile, "int4", 4096, None).activations_bytes == activation_bytes(shape(a), mem, 4, 4096)
+
+
+def test_an_encoder_decoders_decoder_keeps_every_positions_logits() -> None:
+    """optimum's encoder-decoder decoders are not rewritten (the export's last_position_logits is for a decoder-only
+    graph): plan counts every position of their pass."""
+    a = dataclasses.replace(architecture(config("Llama-3.2-1B")), encoder_positions=1500)
+    assert decoder_memory(a, resolve_target("rpi5"), "int4").logits_positions == 0
 
 
 def test_largest_context_per_profile_is_monotone_in_the_budget() -> None:

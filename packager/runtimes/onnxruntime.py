@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from packager import gpu, mobile, mobile_examples
+from packager import decoder_config, gpu, mobile, mobile_examples
 from packager.compat import Compatibility, ModelFacts, check, facts_of, load, lower_ir_version, read_model
 from packager.errors import did_you_mean
 from packager.families import family_for
@@ -51,10 +51,12 @@ PATTERN_LOW, PATTERN_HIGH = 0.9, 2.0
 # weight left in the heap): a chain of 100 3x3 Convs of 16 channels (9 KiB weights) loads 41 KiB a Conv more than
 # one Conv does, 32 KiB beyond the weight (23 KiB with the layout transform off).
 CONV_NODE_BYTES = 32 * 2**10
-# run.py's decoder loop: the prompt in one pass (up to this many tokens), logits for every position of it, and the
-# KV cache in the activations' dtype (fp16 models in fp16; fp32 and weight-only int8/int4 on the CPU in fp32), a
-# full-length cache on every layer (the export keeps no window), past and present both held by a step.
-PREFILL_TOKENS = 512
+# run.py's decoder loop on an exported decoder-only graph: the export's lm_head reads the last position only
+# (onnx_rewrite.last_position_logits: io.logits = "last"), so the loop prefills the prompt in chunks of
+# decoder_config.LAST_ONLY_CHUNK tokens with one row of logits a pass; the KV cache in the activations' dtype (fp16
+# models in fp16; fp32 and weight-only int8/int4 on the CPU in fp32), a full-length cache on every layer (the export
+# keeps no window), past and present both held by a step. An encoder-decoder's decoder is not rewritten
+# (packager/plan.py's decoder_memory gives it every position's logits).
 
 
 def calibration(profile: Profile) -> tuple[dict[str, Any], str]:
@@ -137,7 +139,8 @@ class OnnxRuntime:
 
     def decoder_memory(self, profile: Profile, precision: str) -> DecoderMemory:
         return DecoderMemory(kv_bits=16 if precision == "fp16" else 32, windowed_kv=False, kv_copies=(1.0, 1.0),
-                             prefill_tokens=PREFILL_TOKENS, logits_positions=0, runnable_kv_bits=(16, 32))
+                             prefill_tokens=decoder_config.LAST_ONLY_CHUNK, logits_positions=1,
+                             runnable_kv_bits=(16, 32))
 
     def converts(self, profile: Profile) -> bool:
         """Whether a bundle for this profile converts its model for the device (phones: model.ort)."""
