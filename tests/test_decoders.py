@@ -169,3 +169,51 @@ def test_int4_ties_an_lm_head_exported_as_a_transpose(tmp_path: Path) -> None:
     assert result.params["embedding"].startswith("int4, tied")
     quantized = onnx.load(tmp_path / "int4.onnx")
     assert count_ops(quantized, {"Transpose"}) == 0 and count_ops(quantized, {"MatMulNBits"}) == 1
+
+
+@pytest.mark.integration
+def test_the_exports_lm_head_reads_the_last_position_and_a_chunked_prefill_keeps_the_tokens(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export slices the lm_head's input to the last position (onnx_rewrite.last_position_logits): a pass of
+    several tokens returns [1, 1, vocab] and its io says "last"; run.py's Decoder then prefills the prompt in chunks
+    and generates the greedy tokens, and the first prediction's logits, of one pass of the graph as optimum made it."""
+    import shutil
+    from types import SimpleNamespace
+
+    from packager.device_code import runner
+    from packager.export_process import export_here
+    from packager.families import describe_io
+    from packager.families.base import Export
+    from packager.onnx_rewrite import last_position_logits, name_tied_lm_head
+    from packager.stages.export import DEFAULT_OPSET
+    from packager.stages.source import DECODER_TASK
+
+    folder, full, last = make_decoder(tmp_path / "llama", "llama"), tmp_path / "full", tmp_path / "last"
+    job = {"folder": str(folder), "out": str(full), "task": DECODER_TASK, "opset": DEFAULT_OPSET,
+           "constant_folding": True, "post_process": False}
+    assert export_here(SimpleNamespace(progress=lambda _: None), job) == {}
+    fold_transposed_weights(full / "model.onnx")   # the export stage's rewrites, in its order
+    name_tied_lm_head(full / "model.onnx")
+    shutil.copytree(full, last)
+    assert last_position_logits(last / "model.onnx")
+    ios = {name: describe_io(Export(folder, DECODER_TASK, path)) for name, path in (("full", full), ("last", last))}
+    assert "logits" not in ios["full"] and ios["last"]["logits"] == "last"
+
+    rt = runner()
+    sessions = {name: ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+                for name, path in (("full", full), ("last", last))}
+    decoders = {name: rt.Decoder(sessions[name], ios[name]) for name in sessions}
+    prompt = [int(t) for t in np.random.default_rng(0).integers(2, 512, 70)]
+    feeds = decoders["last"].feeds(prompt, decoders["last"].empty_past(), 0)
+    assert sessions["last"].run(["logits"], feeds)[0].shape == (1, 1, 512)
+    assert sessions["full"].run(["logits"], feeds)[0].shape == (1, 70, 512)
+    # chunks of 16: a 70-token prompt in 5 passes, the last one short
+    monkeypatch.setitem(rt.Decoder.prefill.__globals__, "PREFILL_CHUNK", 16)
+    passes = []
+    monkeypatch.setattr(decoders["last"], "step", lambda ids, *a: passes.append(len(ids)) or rt.Decoder.step(
+        decoders["last"], ids, *a))
+    tokens, first = decoders["last"].generate(prompt, 12)
+    assert passes[:5] == [16, 16, 16, 16, 6] and set(passes[5:]) == {1}
+    expected, expected_first = decoders["full"].generate(prompt, 12)
+    assert tokens == expected and len(tokens) == 12
+    np.testing.assert_allclose(first, expected_first, rtol=1e-4, atol=1e-4)
