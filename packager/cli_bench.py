@@ -18,7 +18,8 @@ def bench(
     bundle: Path = typer.Argument(..., metavar="BUNDLE", help="A bundle archive (.tar.gz) or an unpacked bundle "
                                   "folder."),
     prompt_tokens: int = typer.Option(128, "--prompt-tokens", metavar="N", help="Decoder LLMs: tokens in the "
-                                      "prompt, prefilled at once."),
+                                      "prompt, prefilled as the bundle's run.py does (in chunks where its graph "
+                                      "gives the last position's logits)."),
     new_tokens: int = typer.Option(32, "--new-tokens", metavar="M", help="Decoder LLMs: tokens decoded after the "
                                    "first one."),
     runs: int = typer.Option(10, "--runs", metavar="N", help="Other models: timed runs of the first sample (the "

@@ -43,11 +43,17 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return log_probs
 
 
+def continuation_logp(decoder: Any, start: int, ids: list[int]) -> np.ndarray:
+    """The log-probabilities of the next token at each position of the continuation ids[start:], teacher-forced
+    (run.py's score_from: a last-position-logits graph's prompt prefilled in chunks)."""
+    return _log_softmax(runner().score_from(decoder, ids, start)[:-1])
+
+
 def divergence(decoder: Any, seqs: list[tuple[int, list[int]]], reference: list[np.ndarray]) -> float:
     """Mean KL(reference || decoder) of the next-token distributions over the continuations' positions."""
     total, count = 0.0, 0
     for (start, ids), ref in zip(seqs, reference):
-        logp = _log_softmax(decoder.score(ids)[start - 1:len(ids) - 1])
+        logp = continuation_logp(decoder, start, ids)
         total += float(np.sum(np.exp(ref) * (ref - logp)))
         count += len(ref)
     return total / max(count, 1)
@@ -68,7 +74,7 @@ def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
     io = ctx.reference_io.to_dict()   # the export's (a runtime that builds its own graph describes that in ctx.io)
     ref = rt.Decoder(ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"]), io)
     seqs, measured_on = _sequences(ctx, ref)
-    ref_logp = [_log_softmax(ref.score(ids)[start - 1:len(ids) - 1]) for start, ids in seqs]
+    ref_logp = [continuation_logp(ref, start, ids) for start, ids in seqs]
     del ref
     four, tied = quantized_nbits(src, settings, 4, ctx.progress, quantizations(ctx))
     eight = quantized_nbits(src, settings, 8, ctx.progress, quantizations(ctx))[0]

@@ -217,3 +217,8 @@ def test_the_exports_lm_head_reads_the_last_position_and_a_chunked_prefill_keeps
     expected, expected_first = decoders["full"].generate(prompt, 12)
     assert tokens == expected and len(tokens) == 12
     np.testing.assert_allclose(first, expected_first, rtol=1e-4, atol=1e-4)
+    # verify's teacher-forced predictions (compare_decoder, int4-mixed's divergence): the prompt in chunks, then a
+    # pass a token, as one pass of the unsliced graph scores them
+    ids = prompt + expected
+    np.testing.assert_allclose(rt.score_from(decoders["last"], ids, len(prompt)),
+                               decoders["full"].score(ids)[len(prompt) - 1:], rtol=1e-4, atol=1e-4)

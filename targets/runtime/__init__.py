@@ -11,7 +11,15 @@ cases), measure (--measure), cli.
 """
 
 from .cli import main, read_inputs
-from .compare import NPZ_DATE_TIME, compare, compare_decoder, load_samples, reference_generations, save_samples
+from .compare import (
+    NPZ_DATE_TIME,
+    compare,
+    compare_decoder,
+    load_samples,
+    reference_generations,
+    save_samples,
+    score_from,
+)
 from .evaluation import EVAL_DEFAULT_TOKENS, EVAL_MATCHES, eval_passes, evaluate, read_eval
 from .families import FAMILIES, Family, family
 from .files import IntegrityError, check_files, manifest_files, read_sums, refuse_unlisted, unlisted_entries
@@ -80,7 +88,7 @@ __all__ = [
     "check_signature", "reset_peak", "peak_bytes", "rss_bytes", "read_wav", "write_wav", "mel_filters",
     "audio_features", "read_image", "write_png", "image_pixels", "sample_media", "choose_providers",
     "session_options", "provider_options", "Runner", "Decoder", "encode", "load_tokenizer", "load", "start_ids",
-    "encoded", "encoder_feeds", "load_samples", "NPZ_DATE_TIME", "save_samples", "compare_decoder",
+    "encoded", "encoder_feeds", "load_samples", "NPZ_DATE_TIME", "save_samples", "compare_decoder", "score_from",
     "reference_generations", "compare", "EVAL_MATCHES", "EVAL_DEFAULT_TOKENS", "read_eval", "eval_passes",
     "evaluate", "measure", "exercise", "MEASURE_TOKENS", "read_inputs", "main", "FAMILIES", "Family", "family",
     # the typed manifest (manifest.py): the build host reads and writes manifests with these too

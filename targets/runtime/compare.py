@@ -55,10 +55,10 @@ def compare_decoder(expected: list[dict[str, np.ndarray]], decoder: Decoder | li
     for sample, decoder in zip(expected, decoders):
         prompt = [int(t) for t in sample["prompt_ids"]]
         reference = [int(t) for t in sample["tokens"]]
-        logits = decoder.score(prompt + reference)
-        predicted = np.argmax(logits[len(prompt) - 1:len(prompt) - 1 + len(reference)], axis=-1)
+        logits = score_from(decoder, prompt + reference, len(prompt))
+        predicted = np.argmax(logits[:len(reference)], axis=-1)
         agreements.append(float(np.mean(predicted == np.asarray(reference))) if reference else 1.0)
-        cosines.append(_cosine(logits[len(prompt) - 1].astype(np.float64), sample["logits"].astype(np.float64)))
+        cosines.append(_cosine(logits[0].astype(np.float64), sample["logits"].astype(np.float64)))
         generated, _ = decoder.generate(prompt, len(reference))
         identical += generated == reference
     return {
@@ -70,6 +70,21 @@ def compare_decoder(expected: list[dict[str, np.ndarray]], decoder: Decoder | li
         "prompts": len(expected),
         "per_prompt": [{"token_agreement": a, "logits_cosine": c} for a, c in zip(agreements, cosines)],
     }
+
+
+def score_from(decoder: Decoder, ids: list[int], start: int) -> np.ndarray:
+    """The logits at positions start - 1 .. len(ids) - 1 of `ids` read teacher-forced (`decoder.score(ids)[start -
+    1:]`: the predictions of ids[start:] and of the token after them). A graph that gives the last position's logits
+    only (io.logits "last") has its prompt ids[:start] prefilled in chunks, then a pass a token: a token-at-a-time
+    score would run a pass for each prompt token too."""
+    if not getattr(decoder, "last_only", False):
+        return np.asarray(decoder.score(ids)[start - 1:])
+    logits, past = decoder.prefill(ids[:start])
+    rows = [logits[-1]]
+    for n in range(start, len(ids)):
+        logits, past = decoder.step([ids[n]], past, n)
+        rows.append(logits[-1])
+    return np.stack(rows)
 
 
 def reference_generations(decoder: Decoder | list[Decoder], prompts: list[list[int]],
