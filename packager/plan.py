@@ -281,7 +281,7 @@ def decoder_memory(a: Architecture, profile: Profile, precision: str) -> Decoder
     last-position lm_head is a decoder-only graph's) returns every position's logits."""
     mem = runtime_for(profile).decoder_memory(profile, precision)
     if a.encoder_positions:
-        return replace(mem, logits_positions=0)
+        return replace(mem, logits_positions=0, notes=())
     return replace(mem, windowed_kv=True) if e_exported(a, mem) else mem
 
 

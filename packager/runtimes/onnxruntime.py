@@ -140,7 +140,9 @@ class OnnxRuntime:
     def decoder_memory(self, profile: Profile, precision: str) -> DecoderMemory:
         return DecoderMemory(kv_bits=16 if precision == "fp16" else 32, windowed_kv=False, kv_copies=(1.0, 1.0),
                              prefill_tokens=decoder_config.LAST_ONLY_CHUNK, logits_positions=1,
-                             runnable_kv_bits=(16, 32))
+                             runnable_kv_bits=(16, 32),
+                             notes=(f"onnxruntime: the exported decoder's prompt in chunks of "
+                                    f"{decoder_config.LAST_ONLY_CHUNK}, logits of the last position only",))
 
     def converts(self, profile: Profile) -> bool:
         """Whether a bundle for this profile converts its model for the device (phones: model.ort)."""
