@@ -24,9 +24,13 @@ FULL, SLIDING = "full_attention", "sliding_attention"
 # The E-class exporter's (runtimes/eclass_export.py) name for a sliding layer's past length axis: that past holds
 # the last window - 1 positions, whatever the context (the estimate sizes it as plan does)
 WINDOW_AXIS = "window"
-# The device's decoder loop prefills a graph that gives the last position's logits (the E-class exporter's) in
-# chunks of this many tokens (targets/runtime/session.py's PREFILL_CHUNK): plan counts a chunk's activations
-LAST_ONLY_CHUNK = 256
+# The device's decoder loop prefills a graph that gives the last position's logits (optimum's export with
+# onnx_rewrite.last_position_logits, the E-class exporter's) in chunks of this many tokens (targets/runtime/
+# session.py's PREFILL_CHUNK): plan and the estimate count a chunk's activations. 64, not 256: the exported attention
+# holds a layer's scores about 5 times (runtimes/onnxruntime.py SCORE_COPIES), 4x less a chunk (a 16-head Llama at
+# 2,048 positions: 37 MiB beyond the cache at 64, 168 at 256); genai's rpi5 profile prefills in 64 too, measured
+# no slower (docs/llms.md).
+LAST_ONLY_CHUNK = 64
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,14 @@ def activation_bytes(shape: DecoderShape, mem: DecoderMemory, act_bytes: int, co
     prefill = min(context, mem.prefill_tokens)
     logits_rows = (shape.logits_positions or mem.logits_positions or prefill) if shape.vocab else 0
     heads = min(shape.heads, mem.score_heads) if mem.score_heads else shape.heads
-    return act_bytes * (logits_rows * shape.vocab
-                        + prefill * (heads * context + 2 * shape.intermediate + 4 * shape.hidden))
+    return act_bytes * (logits_rows * shape.vocab + prefill * (2 * shape.intermediate + 4 * shape.hidden)) \
+        + score_bytes(heads, prefill, context, act_bytes, mem)
+
+
+def score_bytes(heads: int, tokens: int, context: int, act_bytes: int, mem: DecoderMemory) -> int:
+    """One layer's attention scores for a pass of `tokens` against `context` positions, in the buffers the runtime
+    holds at once (mem.score_copies)."""
+    return int(act_bytes * tokens * heads * context * mem.score_copies)
 
 
 def measured_peak(base: int, weights: int, kv: int, activations: int, mem: DecoderMemory,

@@ -64,8 +64,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from packager.decoder_config import WINDOW_AXIS
-from packager.decoder_peak import activation_bytes, kv_by_type, measured_peak
+from packager.decoder_config import LAST_ONLY_CHUNK, WINDOW_AXIS
+from packager.decoder_peak import activation_bytes, kv_by_type, measured_peak, score_bytes
 from packager.estimate_activations import (
     activation_peak,
     concrete_shapes,
@@ -73,6 +73,7 @@ from packager.estimate_activations import (
     folded_in_all_graphs,
     is_past,
     kv_cache_bytes,
+    value_sizes,
 )
 
 # the prepacked weights' rules and figures, re-exported: their home was here
@@ -286,7 +287,8 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     # Past key/values are the KV cache, counted on their own; the presents a step returns are
     # fresh buffers and count as activations.
     past = frozenset(i.name for i in model.graph.input if is_past(i.name))
-    activations = activation_peak(concrete.graph, set(sizes), past)
+    activations = activation_peak(concrete.graph, set(sizes), past) \
+        + unsized_scores(model, concrete.graph, sample_shapes, context, mem)
     kv = kv_cache_bytes(model, context, {n: v for n, v in sample_shapes.items() if is_past(n)})
     share = runtime_for(profile).memory(profile, kind)
     base = share.base_bytes
@@ -381,12 +383,40 @@ def measured_decoder(model: onnx.ModelProto, profile: Profile, kind: str, mem: D
     return Estimate(peak.low, peak.high, breakdown, peak.load_high, peak.run_high, context, notes, peak.run_low)
 
 
-def decode_step_shapes(io: dict[str, Any], context: int) -> dict[str, tuple[int, ...]]:
-    """A decoder's inputs at its largest step: one new token on a KV cache of context - 1 tokens, a sliding
-    layer's (its past's length axis "window", io.kv.window) on window - 1 of them."""
+def unsized_scores(model: onnx.ModelProto, concrete: onnx.GraphProto, shapes: dict[str, tuple[int, ...]],
+                   context: int | None, mem: DecoderMemory | None) -> int:
+    """A decoder pass's attention scores where shape inference cannot size them (an exported attention builds its
+    mask from the inputs' values): one layer's, by the rule plan applies (decoder_peak.score_bytes), for the pass's
+    new tokens against the context."""
+    if not context or mem is None:
+        return 0
+    sizes = value_sizes(concrete)
+    if not any(n.op_type == "Softmax" and sizes.get(n.output[0]) is None for n in concrete.node):
+        return 0
+    found = decoder_shape(model, shapes)
+    if found is None:
+        return 0
+    shape, bits = found
+    tokens = shapes.get("input_ids", (1, 1))[-1]
+    return score_bytes(shape.heads, tokens, context, 2 if bits == 16 else 4, mem)
+
+
+def largest_pass(io: dict[str, Any], context: int) -> int:
+    """The new tokens of a decoder's largest pass at `context`: a prompt that fills the context goes to the device in
+    chunks of LAST_ONLY_CHUNK where the graph gives the last position's logits (run.py's Decoder.prefill), in one
+    pass otherwise; its last pass, against the longest cache, holds the most (a chunk's attention scores against the
+    context, its MLP, its logits), more than a decode step."""
+    return min(context, LAST_ONLY_CHUNK) if io.get("logits") == "last" else context
+
+
+def step_shapes(io: dict[str, Any], context: int, tokens: int = 1) -> dict[str, tuple[int, ...]]:
+    """A decoder's inputs at a pass of `tokens` new tokens on a KV cache of context - tokens (the largest:
+    largest_pass; a decode step: 1), a sliding layer's (its past's length axis "window", io.kv.window) on window - 1
+    of them."""
     kv = io["kv"]
     window = min(context, int(kv.get("window") or context))
-    shapes: dict[str, tuple[int, ...]] = {"input_ids": (1, 1), "position_ids": (1, 1), "attention_mask": (1, context)}
+    shapes: dict[str, tuple[int, ...]] = {"input_ids": (1, tokens), "position_ids": (1, tokens),
+                                          "attention_mask": (1, context)}
     names = [i["name"] for i in io["inputs"]]
     # a layer of its own head count or size (Gemma 4's global layers) by its input's shape, the others by io.kv
     own = {i["name"]: (int(i["shape"][1]), int(i["shape"][3])) for i in io["inputs"]
@@ -395,7 +425,7 @@ def decode_step_shapes(io: dict[str, Any], context: int) -> dict[str, tuple[int,
     windowed = {i["name"] for i in io["inputs"] if is_past(i["name"]) and i["shape"][2] == WINDOW_AXIS}
     for n in filter(is_past, names):
         heads, size = own.get(n, (int(kv["heads"]), int(kv["head_dim"])))
-        past[n] = (1, heads, (window if n in windowed else context) - 1, size)
+        past[n] = (1, heads, window - 1 if n in windowed else context - tokens, size)
     return {n: shapes[n] for n in names if n in shapes} | past
 
 

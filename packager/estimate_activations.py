@@ -217,7 +217,7 @@ def kv_cache_bytes(model: onnx.ModelProto, context: int | None,
             continue
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
         # [batch, kv_heads, past_sequence, head_dim]: the open sequence axis takes the context (a sliding layer's,
-        # WINDOW_AXIS, its past at the step and the new token: decode_step_shapes gives it its window); another
+        # WINDOW_AXIS, its past at the step and the new token: step_shapes gives it its window); another
         # open axis (onnxruntime-genai's builder writes head_dim as the symbol kv_cache_dim) its size at a step.
         windowed = given is not None and len(t.shape.dim) > 2 and t.shape.dim[2].dim_param == WINDOW_AXIS
         sequence = min(context, given[2] + 1) if windowed and given is not None else context

@@ -104,14 +104,18 @@ def test_gemma4_e2b_on_the_onnxruntime_path_counts_a_chunk_and_maps_its_embeddin
     embedding reads its own copy of it, mapped (the rows the context's tokens read: recipes/nbits.untie_embedding). The
     recipe takes rpi5's [decoder_int4] (fp32 compute), as a decoder on genai does, and the peak counts the copy
     MatMulNBits packs of each 4-bit weight, less the original it frees (nbits_extra)."""
+    from packager.decoder_config import LAST_ONLY_CHUNK
     from packager.estimate import mapped_touched, nbits_extra
     from packager.plan import as_packaged
+    from packager.runtimes.onnxruntime import SCORE_COPIES
 
     a = architecture(config("Gemma-4-E2B"))
     rpi5, _ = as_packaged(a, resolve_target("rpi5"))
     assert rpi5.runtime.package == "onnxruntime" and rpi5.int4.compute == "fp32"
     r = row(a, rpi5, "int4", 8192, None)
-    assert r.activations_bytes == 4 * (262144 + 256 * (8 * 8192 + 2 * 6144 + 4 * 1536))
+    # a chunk's logits row, MLP and residual stream, and one layer's scores in the exported attention's buffers
+    chunk, copies = LAST_ONLY_CHUNK, SCORE_COPIES
+    assert r.activations_bytes == 4 * (262144 + chunk * (2 * 6144 + 4 * 1536)) + int(4 * chunk * 8 * 8192 * copies)
     assert r.weights_bytes == int(a.effective_parameters * 0.625)
     embedding = {"data": (262144 * 1536 // 2, 262144), "scales": (262144 * 1536 * 4 // 32, 262144)}
     assert r.mapped_bytes == a.mapped_parameters + 262144 * 1536 * 0.625   # the PLE table's int8 rows, the copy

@@ -201,7 +201,7 @@ def test_a_sliding_layers_cache_counts_its_window_not_the_context() -> None:
     from onnx import TensorProto, helper
 
     from packager.decoder_config import WINDOW_AXIS
-    from packager.estimate import decode_step_shapes
+    from packager.estimate import step_shapes
     from packager.estimate_activations import kv_cache_bytes
 
     axes = {"past_key_values.0": WINDOW_AXIS, "past_key_values.1": "past"}
@@ -213,15 +213,18 @@ def test_a_sliding_layers_cache_counts_its_window_not_the_context() -> None:
     io = {"inputs": [{"name": "input_ids", "shape": ["batch", "sequence"]},
                      *({"name": p.name, "shape": ["batch", 2, axes[p.name.rsplit(".", 1)[0]], 16]} for p in pasts)],
           "kv": {"layers": 2, "heads": 2, "head_dim": 16, "window": 8}}
-    step = decode_step_shapes(io, 100)
+    step = step_shapes(io, 100)
     assert step["past_key_values.0.key"] == (1, 2, 7, 16) and step["past_key_values.1.value"] == (1, 2, 99, 16)
     assert kv_cache_bytes(model, 100, step) == 2 * 2 * 16 * 4 * (8 + 100)
-    short = decode_step_shapes(io, 5)   # a context within the window: both hold the context
+    short = step_shapes(io, 5)   # a context within the window: both hold the context
     assert short["past_key_values.0.key"] == (1, 2, 4, 16)
     assert kv_cache_bytes(model, 5, short) == 2 * 2 * 16 * 4 * (5 + 5)
     # a past without the window axis (every other decoder's) takes the context, whatever the config's window
     io["inputs"][1]["shape"][2] = "past"
-    assert decode_step_shapes(io, 100)["past_key_values.0.key"][2] == 99
+    assert step_shapes(io, 100)["past_key_values.0.key"][2] == 99
+    # a prompt's chunk: its tokens new, the full layers' cache the context less them
+    chunk = step_shapes(io, 100, 30)
+    assert chunk["input_ids"] == (1, 30) and chunk["past_key_values.1.key"] == (1, 2, 70, 16)
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="the kernel's VmFlags are Linux's")
@@ -252,3 +255,11 @@ def test_mapped_tables_are_advised_as_read_at_random(tmp_path: Path) -> None:
         assert flags(table) and all("rr" in f for f in flags(table))
         assert flags(other) and not any("rr" in f for f in flags(other))
     assert session.advise_random([]) == 0
+
+
+def test_the_device_prefills_in_the_chunks_the_estimate_counts() -> None:
+    """run.py's chunk and the host's figure for it are one fact in two places (the device code imports no packager)."""
+    from packager.decoder_config import LAST_ONLY_CHUNK
+    from packager.device_code import runner
+
+    assert runner().Decoder.prefill.__globals__["PREFILL_CHUNK"] == LAST_ONLY_CHUNK

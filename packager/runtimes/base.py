@@ -54,6 +54,7 @@ class DecoderMemory:
     logits_positions: int            # positions of a pass whose logits are allocated (0: every one of them)
     runnable_kv_bits: tuple[int, ...]   # the KV element sizes the runtime can run (others: planning only)
     score_heads: int = 0             # attention heads whose scores a pass holds at once (0: all the model's heads)
+    score_copies: float = 1.0        # buffers of one layer's scores a pass holds at once (scores, masked, softmax)
     # The load peak as a fraction of the resident weights' bytes, beyond the runtime base (low, high); (0, 0): plan's
     # per-tensor model of an exported graph (the embedding's proto copy, prepacked MatMuls, an ORT-format buffer).
     load_weights: tuple[float, float] = (0.0, 0.0)

@@ -14,7 +14,7 @@ from typing import Any
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import Estimate, combine, decode_step_shapes, estimate, sample_shapes, seq2seq_step_shapes
+from packager.estimate import Estimate, combine, estimate, largest_pass, sample_shapes, seq2seq_step_shapes, step_shapes
 from packager.families import family_for
 from packager.fit_memory import measure_folder, over_budget, shared_bytes, verdict, without_runtime
 from packager.manifest import runtime_spec
@@ -66,13 +66,15 @@ def component_estimates(ctx: Context, context: int | None) -> dict[str, Estimate
 
 
 def estimate_at(ctx: Context, context: int | None, parts: dict[str, Estimate] | None = None) -> Estimate:
-    """The packaged model's estimate; a decoder's at its decode step with `context` tokens of KV cache;
+    """The packaged model's estimate; a decoder's at its largest pass with `context` tokens of KV cache (a prompt's
+    last chunk: estimate.largest_pass);
     a multi-component model's with all its components resident together (`parts`: their estimates at
     `context`, when the caller has them already)."""
     assert ctx.packaged_model is not None
     if ctx.components:
         return combine(parts or component_estimates(ctx, context), shared_bytes(ctx.profile))
-    shapes = decode_step_shapes(ctx.io.to_dict(), context) if family_for(ctx.io.kind).context_sized and context \
+    io = ctx.io.to_dict()
+    shapes = step_shapes(io, context, largest_pass(io, context)) if family_for(ctx.io.kind).context_sized and context \
         else sample_shapes(ctx.sample_inputs)
     tokenizer = next((f for f in ctx.tokenizer_files if f.name == "tokenizer.json"), None)
     # A runtime conversion (phones: model.ort) changed what the device loads: the runtime holds that file too.

@@ -9,7 +9,7 @@ from .compare import load_samples
 from .manifest import HERE, SAMPLE_TEXTS, members
 from .media import sample_media
 from .peak import peak_bytes, reset_peak, rss_bytes
-from .session import Runner, load, start_ids
+from .session import PREFILL_CHUNK, Runner, load, start_ids
 
 # ---------------------------------------------------------------- memory
 
@@ -59,7 +59,11 @@ def exercise(bundle: Path, runner: Runner, context: int | None) -> dict[str, Any
     for f in feeds:
         runner.run(f)
     if runner.decoder is not None and context:
-        runner.decoder.step([0], runner.decoder.empty_past(int(context) - 1), int(context) - 1)
+        # The largest pass at this context: a prompt that fills it prefills in chunks where the graph gives the last
+        # position's logits, and its last chunk meets the longest cache (the estimate's largest_pass, the same rule)
+        tokens = min(int(context), PREFILL_CHUNK) if getattr(runner.decoder, "last_only", False) else int(context)
+        past = int(context) - tokens
+        runner.decoder.step([0] * tokens, runner.decoder.empty_past(past), past)
     return {"context": context}
 
 

@@ -46,9 +46,9 @@ def advise_random(files: list[Path]) -> int:
     return advised
 
 
-# Prompt tokens a pass for a graph that gives the last position's logits (the E-class exporter's): plan counts a
-# chunk's activations with it (packager/decoder_config.py's LAST_ONLY_CHUNK, the same figure)
-PREFILL_CHUNK = 256
+# Prompt tokens a pass for a graph that gives the last position's logits: plan and the estimate count a chunk's
+# activations with it (packager/decoder_config.py's LAST_ONLY_CHUNK, the same figure, and why it is 64)
+PREFILL_CHUNK = 64
 
 _GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                  "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -212,6 +212,11 @@ class Decoder:
                              if i["name"] in self.past and all(isinstance(d, int) for d in i["shape"][1::2])}
         # A graph that returns the last position's logits only (the E-class exporter's): score a token at a time
         self.last_only = io.get("logits") == "last"
+        # Sliding layers whose past's length axis is the window (packager/decoder_config.py WINDOW_AXIS, the E-class
+        # exporter's): the graph returns the last window - 1 positions of their cache, never more
+        window = int(kv.get("window") or 0)
+        self.windows = {i["name"]: window - 1 for i in io.get("components", {}).get("decoder", io)["inputs"]
+                        if i["name"] in self.past and window and i["shape"][2] == "window"}
         self.eos = set(io.get("eos_token_ids", []))
         self.context_feeds: dict[str, np.ndarray] = {}   # encoder-decoders: the encoder's output, bound
         self.encoder_length = 0
@@ -232,7 +237,8 @@ class Decoder:
         all map the kernel's one zero page, never resident, and a measurement would miss the cache it is
         there to hold."""
         def shape(name: str) -> tuple[int, ...]:
-            positions = (self.encoder_length if length else 0) if name in self.cross else length
+            positions = (self.encoder_length if length else 0) if name in self.cross else \
+                min(length, self.windows.get(name, length))
             heads, size = self.layer_shapes.get(name, (self.kv_shape[1], self.kv_shape[3]))
             return (self.kv_shape[0], heads, positions, size)
 
