@@ -39,6 +39,7 @@ class Decoder:
     def __init__(self, model: Any, io: dict[str, Any], chunk: int = DEFAULT_CHUNK, context: int = 0,
                  window: int = 0) -> None:
         self.model, self.io, self.chunk, self.context = model, io, chunk, context
+        self.prefill_chunk = chunk   # the prompt's passes (runtime/measure.py measures the last)
         self.window = window   # sliding-window layers: genai refuses a cache shorter than their window
         self.eos = set(io.get("eos_token_ids", []))
 

@@ -9,7 +9,7 @@ from .compare import load_samples
 from .manifest import HERE, SAMPLE_TEXTS, members
 from .media import sample_media
 from .peak import peak_bytes, reset_peak, rss_bytes
-from .session import PREFILL_CHUNK, Runner, load, start_ids
+from .session import Runner, load, start_ids
 
 # ---------------------------------------------------------------- memory
 
@@ -61,7 +61,8 @@ def exercise(bundle: Path, runner: Runner, context: int | None) -> dict[str, Any
     if runner.decoder is not None and context:
         # The largest pass at this context: a prompt that fills it prefills in chunks where the graph gives the last
         # position's logits, and its last chunk meets the longest cache (the estimate's largest_pass, the same rule)
-        tokens = min(int(context), PREFILL_CHUNK) if getattr(runner.decoder, "last_only", False) else int(context)
+        chunk = int(getattr(runner.decoder, "prefill_chunk", 0))
+        tokens = min(int(context), chunk) if chunk else int(context)
         past = int(context) - tokens
         runner.decoder.step([0] * tokens, runner.decoder.empty_past(past), past)
     return {"context": context}

@@ -212,6 +212,7 @@ class Decoder:
                              if i["name"] in self.past and all(isinstance(d, int) for d in i["shape"][1::2])}
         # A graph that returns the last position's logits only (the E-class exporter's): score a token at a time
         self.last_only = io.get("logits") == "last"
+        self.prefill_chunk = PREFILL_CHUNK if self.last_only else 0   # 0: a prompt in one pass
         # Sliding layers whose past's length axis is the window (packager/decoder_config.py WINDOW_AXIS, the E-class
         # exporter's): the graph returns the last window - 1 positions of their cache, never more
         window = int(kv.get("window") or 0)
