@@ -102,8 +102,6 @@ def external_names(model: onnx.ModelProto) -> set[str]:
             if t.data_location == onnx.TensorProto.EXTERNAL}
 
 
-
-
 def freed_nbits(model: onnx.ModelProto) -> set[str]:
     """MatMulNBits weights that every node reading them packs: onnxruntime frees each original once packed, holding
     it beside its copy only while it packs (the estimate's load counts the largest: packager/estimate.py)."""

@@ -61,7 +61,7 @@ def exercise(bundle: Path, runner: Runner, context: int | None) -> dict[str, Any
     if runner.decoder is not None and context:
         # The largest pass at this context: a prompt that fills it prefills in chunks where the graph gives the last
         # position's logits, and its last chunk meets the longest cache (the estimate's largest_pass, the same rule)
-        chunk = int(getattr(runner.decoder, "prefill_chunk", 0))
+        chunk = runner.decoder.prefill_chunk
         tokens = min(int(context), chunk) if chunk else int(context)
         past = int(context) - tokens
         runner.decoder.step([0] * tokens, runner.decoder.empty_past(past), past)
