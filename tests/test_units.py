@@ -263,3 +263,52 @@ def test_the_device_prefills_in_the_chunks_the_estimate_counts() -> None:
     from packager.device_code import runner
 
     assert runner().Decoder.prefill.__globals__["PREFILL_CHUNK"] == LAST_ONLY_CHUNK
+
+
+# Run in a fresh process: glibc's threshold is process-wide. A mapped 16 MiB block freed raises glibc's mmap threshold
+# to 16 MiB; 64 blocks of 1 MiB then come from the heap, and freeing all but the last leaves them there (the heap's
+# top cannot shrink past the last), unless the threshold is held.
+HEAP_PROBE = """
+import ctypes, importlib.util, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("peak", Path(sys.argv[1]) / "runtime" / "peak.py")
+peak = importlib.util.module_from_spec(spec); spec.loader.exec_module(peak)
+held = peak.fix_mmap_threshold() if sys.argv[2] == "held" else False
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+libc.free(libc.malloc(16 << 20))
+before = peak.rss_bytes()
+blocks = [libc.malloc(1 << 20) for _ in range(64)]
+for b in blocks:
+    ctypes.memset(b, 1, 1 << 20)
+for b in blocks[:-1]:
+    libc.free(b)
+print(held, peak.rss_bytes() - before)
+"""
+
+
+def test_the_device_code_keeps_the_heap_from_holding_freed_blocks() -> None:
+    """glibc raises its mmap threshold as mapped blocks are freed, and the heap then keeps what a model's load frees
+    (20-140 MiB after loading E2B's-table bundle, a different amount each run); run.py's Runner holds the threshold
+    (peak.fix_mmap_threshold) before it makes a session."""
+    import os
+    import subprocess
+    import sys
+
+    from packager.paths import targets_dir
+
+    try:
+        glibc = bool(os.confstr("CS_GNU_LIBC_VERSION"))
+    except (ValueError, OSError):
+        glibc = False
+    if not glibc:
+        pytest.skip("the mmap threshold is glibc's")
+
+    def kept(mode: str) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", HEAP_PROBE, str(targets_dir()), mode], capture_output=True,
+                             text=True, check=True).stdout.split()
+        return out[0], int(out[1])
+
+    (held, held_bytes), (_, default_bytes) = kept("held"), kept("default")
+    assert held == "True" and held_bytes < 8 << 20       # each block mapped, and handed back when freed
+    assert default_bytes > 48 << 20                      # without it, the heap kept them

@@ -25,7 +25,7 @@ from .ort_session import (  # noqa: F401  (the package's names: runtime/__init__
     session_options,
     start_ids,
 )
-from .peak import rss_bytes
+from .peak import fix_mmap_threshold, rss_bytes
 
 DEFAULT_CHUNK = 256
 
@@ -111,6 +111,7 @@ class Runner:
         except ImportError:
             raise RuntimeError("this bundle's model runs with onnxruntime-genai: pip install -r requirements.txt") \
                 from None
+        fix_mmap_threshold()
         self.bundle, self.runtime, self.io = bundle, runtime, runtime["io"]
         self.providers, self.missing_providers = ["CPUExecutionProvider"], []
         before = rss_bytes()

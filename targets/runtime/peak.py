@@ -1,6 +1,28 @@
-"""The process's resident memory and its high-water mark, from /proc (Linux), with a fallback elsewhere."""
+"""The process's resident memory and its high-water mark, from /proc (Linux), with a fallback elsewhere; and the
+C library's setting that keeps the heap from holding what a model's load freed."""
 
+import os
 import sys
+
+M_MMAP_THRESHOLD = -3             # mallopt(3)'s parameter number in glibc's malloc.h
+MMAP_THRESHOLD = 128 * 1024       # glibc's own starting value
+
+
+def fix_mmap_threshold() -> bool:
+    """Hold glibc's mmap threshold at its starting 128 KiB. glibc raises it whenever a mapped block is freed (up to
+    32 MiB), and blocks under the raised threshold then come from the heap, which keeps them once freed: a session's
+    load (its protobuf's buffers freed as the tensors are made) left 20-140 MiB of heap behind, a different amount in
+    each run (docs/memory.md, "The C library's heap"). Held, such blocks are mapped and handed back when freed.
+    Called before the first session is made; False where the C library is not glibc (musl, macOS, Windows)."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return False
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (ValueError, OSError, AttributeError):   # no such confstr name (not glibc), no libc to open
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def _status_bytes(field: str) -> int | None:

@@ -13,7 +13,7 @@ import numpy as np
 from .families import family
 from .manifest import HERE, read_runtime
 from .media import audio_features, image_pixels, read_image, read_wav
-from .peak import rss_bytes
+from .peak import fix_mmap_threshold, rss_bytes
 
 # ---------------------------------------------------------------- session
 
@@ -101,6 +101,7 @@ class Runner:
                  sessions: dict[str, Any] | None = None) -> None:
         import onnxruntime as ort
 
+        fix_mmap_threshold()
         self.bundle = bundle
         self.runtime = runtime
         self.io = runtime["io"]
