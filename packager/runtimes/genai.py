@@ -98,6 +98,12 @@ GENAI_BASE = 28 * 2**20
 # scripts/bench_llm_runtime.py's lean-fp32 and lean-kv8-fp32 rows).
 WEIGHT_FACTORS = {"int8": ((1.6, 1.8), (1.45, 1.65)), "fp32": ((1.0, 1.15), (1.1, 1.25))}
 KV_BITS = {"float16": 16, "float": 32, "int8": 8}
+# The fp16 node's scores of a chunk (all heads, fp32 on this x86 host) are held about 1.75 times over while it runs:
+# the tiny random Llama of scripts/bench_memory.py (4 heads, chunks of 64, 1 KiB of scores a cached token) rose 6.9,
+# 14.1 and 28.4 MiB above its resident memory during the last chunk at 4K, 8K and 16K: 1.69-1.73 of its scores.
+# Counted once before, its 16K row measured 171 MiB against a high side of 153; the 1B shape's 16K row (1.62 GiB)
+# sits at +1.4% of the midpoint with it, -3.0% without (docs/llms.md).
+FP16_SCORE_COPIES = 1.75
 # Copies of the KV cache a step holds (low, high). A float cache is one buffer. The int8 one is not shared, so past
 # and present are two buffers, and each chunk allocates the next, larger present while they live; the heap grows in
 # steps. Measured (1B shape, lean-kv8, chunks of 256, resident memory after each chunk): 1.23 GiB after load, then
@@ -178,6 +184,7 @@ class GenaiRuntime(OnnxRuntime):
         return DecoderMemory(kv_bits=KV_BITS[kv], windowed_kv=True, kv_copies=KV_COPIES[kv],
                              prefill_tokens=chunk, logits_positions=1, runnable_kv_bits=tuple(KV_BITS.values()),
                              score_heads=0 if kv == "float16" else profile.session.intra_op_threads,
+                             score_copies=FP16_SCORE_COPIES if kv == "float16" else 1.0,
                              load_weights=load_weights, run_weights=run_weights,
                              kv_copies_by_bits={KV_BITS[k]: KV_COPIES[k] for k in KV_BITS},
                              notes=(f"onnxruntime-genai: KV cache {kv} ({KV_BITS[kv]}-bit), prompt in chunks of "
