@@ -157,9 +157,16 @@ def bundle(folder: Path, model: Any, threads: int = 4, tokenizer: Path | None = 
     (folder / "model").mkdir(parents=True)
     (folder / "samples").mkdir()
     onnx.save(model, folder / "model" / "model.onnx")
-    inputs = [{"name": i.name} for i in model.graph.input]
+    def tensor(value: Any) -> dict[str, Any]:
+        """runtime.io's record of a graph input or output: name, numpy dtype name, shape (a name where open)."""
+        t = value.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+        return {"name": value.name, "dtype": dtype,
+                "shape": [d.dim_param or d.dim_value or None for d in t.shape.dim]}
+
+    inputs = [tensor(i) for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
-    io: dict[str, Any] = {"kind": "tensor", "inputs": inputs, "outputs": [{"name": n} for n in outputs],
+    io: dict[str, Any] = {"kind": "tensor", "inputs": inputs, "outputs": [tensor(o) for o in model.graph.output],
                           "checked_outputs": outputs, "primary_outputs": outputs}
     if tokenizer is not None:
         shutil.copyfile(tokenizer, folder / "model" / "tokenizer.json")
@@ -169,10 +176,14 @@ def bundle(folder: Path, model: Any, threads: int = 4, tokenizer: Path | None = 
         sample = {"input_ids": np.ones((1, 12), np.int64)} if inputs[0]["name"] == "input_ids" \
             else {"x": np.zeros((1, 4, 16), np.float32)}
         runner().save_samples(folder / "samples" / "inputs.npz", [sample])
-    runtime = {"model": "model/model.onnx", "providers": ["CPUExecutionProvider"], "provider_options": {},
+    import onnxruntime
+
+    runtime = {"model": "model/model.onnx", "package": "onnxruntime", "version": onnxruntime.__version__,
+               "providers": ["CPUExecutionProvider"], "provider_options": {},
                "session": SESSION | {"intra_op_threads": threads}, "io": io}
     (folder / "manifest.json").write_text(json.dumps({"runtime": runtime}), encoding="utf-8")
     shutil.copyfile(REPO / "targets" / "run.py", folder / "run.py")
+    shutil.copytree(REPO / "targets" / "runtime", folder / "runtime")   # the package run.py loads
     return folder
 
 
