@@ -7,7 +7,7 @@ import onnx
 
 from packager.estimate_activations import attributes
 from packager.graphs import all_graphs
-from packager.profile_types import nbits_compute
+from packager.profile_types import by_block, nbits_compute
 
 # Ops whose constant weight input the CPU provider packs into its own layout at load.
 PREPACKED_INPUTS: dict[str, tuple[int, ...]] = {
@@ -45,14 +45,20 @@ PREPACK_EXTRA: dict[str, tuple[float, float]] = {
 # external data; the anonymous memory after load above a one-weight graph's): level 1 1.00x on this x86 host, the
 # Cortex-A76 and the A72 (onnxruntime 1.32's aarch64 wheel under qemu-user with the core's model); level 4 1.51x on
 # x86, 1.14x on the A76 (dotprod), 1.01x on the A72 (no dotprod: level 4 packs as level 1). Each band spans the hosts
-# that measure (the fit stage's) and the devices that run: the int8 low is the A76's.
-NBITS_PACKED: dict[str, tuple[float, float]] = {"int8": (1.1, 2.0), "fp32": (1.0, 1.25)}
+# that measure (the fit stage's) and the devices that run: the int8 low is the A76's. By block size too
+# (profile_types.by_block): level 4's copy holds a scale and a sum a block beside the 4-bit data, so it shrinks with a
+# coarser block (`--block 128 --pairs 4`, 228 MiB of 4-bit weights, 2026-12-04: x86 1.18x, the A76 1.04x; level 1
+# 1.00x and 0.99x); the block-128 band's high keeps block 32's margin over its bare measurement (2.0 / 1.51 x 1.18).
+NBITS_PACKED: dict[str, dict[int, tuple[float, float]]] = {
+    "int8": {32: (1.1, 2.0), 128: (1.0, 1.55)},
+    "fp32": {32: (1.0, 1.25)},
+}
 
 
-def nbits_extra(compute: str, original_kept: bool) -> tuple[float, float]:
-    """A MatMulNBits weight's extra at load beyond its own bytes (NBITS_PACKED): the copy, less the original where
-    onnxruntime frees it."""
-    low, high = NBITS_PACKED[compute]
+def nbits_extra(compute: str, block_size: int, original_kept: bool) -> tuple[float, float]:
+    """A MatMulNBits weight's extra at load beyond its own bytes (NBITS_PACKED at its block size): the copy, less the
+    original where onnxruntime frees it."""
+    low, high = by_block(NBITS_PACKED[compute], block_size)
     return (low, high) if original_kept else (max(0.0, low - 1), high - 1)
 
 
@@ -95,7 +101,9 @@ def prepack_bands(model: onnx.ModelProto, sizes: dict[str, int],
                         PREPACK_EXTRA_LARGE if sizes[name] >= LARGE_WEIGHT else PREPACK_EXTRA
                     low, high = table.get(node.op_type) or PREPACK_EXTRA.get(node.op_type, PREPACK_UNMEASURED)
                     if node.op_type == "MatMulNBits":
-                        low, high = nbits_extra(nbits_compute(attributes(node).get("accuracy_level", 0)),
+                        nbits = attributes(node)
+                        low, high = nbits_extra(nbits_compute(nbits.get("accuracy_level", 0)),
+                                                int(nbits.get("block_size", 32)),
                                                 name not in freed)
                     if conv_layout and node.op_type == "Conv":
                         low, high = PREPACK_CONV_LAYOUT

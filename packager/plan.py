@@ -360,7 +360,7 @@ def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precisio
     if precision == "int4":
         packed += a.embedding_parameters if a.tied_embeddings else 0   # the lm_head's MatMulNBits reads the table
         # each MatMulNBits its weight's only reader (a tied embedding reads its own copy): the original freed
-        extra = nbits_extra(profile.int4.compute, original_kept=False)
+        extra = nbits_extra(profile.int4.compute, profile.int4.block_size, original_kept=False)
     matmul_weights = packed * (0.5 if precision == "int4" else per_param)   # what packs: the 4-bit data, not scales
     ort_buffer = 0 if loads_onnx(mapped) else int(weights * share.converted_buffer[1])
     low = base + int(weights * (1 + OVERHEAD_LOW) + matmul_weights * extra[0]) + kv + activations // 2

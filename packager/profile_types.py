@@ -10,11 +10,12 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from packager.errors import ExitCode, PackagerError, did_you_mean
 
 Scalar = str | int | float | bool
+T = TypeVar("T")
 # The runtime a profile's [runtime] section names when it names none: profiles written before the key existed
 # were all for ONNX Runtime (packager/runtimes/).
 DEFAULT_RUNTIME = "onnxruntime"
@@ -121,6 +122,14 @@ def nbits_compute(accuracy_level: int) -> str:
     the runtime holds: "fp32" (levels 0-2: 0 is unset, the fp32 kernels) or "int8" (level 4: activations quantized to
     int8, a second, larger packed copy of the weights; level 3, bf16, not measured: counted as 4, the larger)."""
     return "fp32" if accuracy_level <= 2 else "int8"
+
+
+def by_block(measured: dict[int, T], block_size: int) -> T:
+    """What was measured at MatMulNBits' block size, for `block_size`: the entry of the largest measured block not
+    above it (a finer block carries more per-block data, scales and sums, so an unmeasured block takes the next finer
+    one's, the larger); below the finest measured, the finest's."""
+    fitting = [b for b in measured if b <= block_size]
+    return measured[max(fitting) if fitting else min(measured)]
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,13 @@ $PACKAGER_BENCH_DIR/llm-runtime/<variant> (default ~/.cache/packager/bench) and 
              rebuild would change
     genai-bundle  `packager package MODEL --target rpi5-genai` (the profile with --threads threads, an 8 GB budget
              and 0.001 thresholds: random weights), timed by `packager bench` (its own run.py and session.py)
+    rpi5-bundle  `packager package MODEL --target rpi5` (the same changes): what a decoder gets by default, genai with
+             rpi5's [decoder_int4] (block 128, level 4) and its 16-bit cache in chunks of 64
 
-The bundles ("bundle", "genai-bundle") are timed by `packager bench ARCHIVE --json`; the builder's folders by the
-child below. Every row gets the host's bandwidth bound (packager/bandwidth.py: a 512 MiB copy, best of 3; the
-weights a token reads from the model's initializers, the KV cache at the decode's mean length) and the share of
-it reached. The default --only is the goal table: bundle, default, genai-bundle.
+The bundles ("bundle", "genai-bundle", "rpi5-bundle") are timed by `packager bench ARCHIVE --json`; the builder's
+folders by the child below. Every row gets the host's bandwidth bound (packager/bandwidth.py: a 512 MiB copy, best of
+3; the weights a token reads from the model's initializers, the KV cache at the decode's mean length) and the share
+of it reached. The default --only is the goal table: bundle, default, rpi5-bundle.
 
 Each is measured in a fresh child process: a prompt of --prompt random token ids, then --new greedy tokens, on
 --threads threads; peak = the child's VmHWM (the kernel's high-water mark of its resident memory: load and run
@@ -199,7 +201,11 @@ BUILDER = "onnxruntime_genai.models.builder"
 LEAN_OPTIONS = ("prune_lm_head=true", "shared_embeddings=true")
 REFERENCES = [("llama.cpp Q4_0 (issue 19)", 0.94, 116.0, 17.5), ("genai builder default (issue 19)", 4.1, 72.0, 14.9)]
 VARIANTS = ("bundle", "default", "lean", "lean-kv8", "lean-kv16", "lean-fp32", "lean-kv8-fp32", "lean-kv16-fp32",
-            "genai-bundle")
+            "genai-bundle", "rpi5-bundle")
+# The bundles, by the profile that packages them (bench_profile_of), and their rows' names.
+BUNDLES = {"bundle": ("phone", "packager ORT bundle (previous)"),
+           "genai-bundle": ("rpi5-genai", "packager rpi5-genai bundle"),
+           "rpi5-bundle": ("rpi5", "packager rpi5 bundle (default)")}
 # Bytes of a KV cache element by variant (the others: the builder's fp32).
 KV_ELEMENT = {"lean-kv8": 1, "lean-kv16": 2, "lean-kv8-fp32": 1, "lean-kv16-fp32": 2}
 # Variants that are another's folder with its MatMulNBits at accuracy_level 0 (fp32 compute: packager's [int4]
@@ -207,8 +213,9 @@ KV_ELEMENT = {"lean-kv8": 1, "lean-kv16": 2, "lean-kv8-fp32": 1, "lean-kv16-fp32
 FP32_COMPUTE = {"lean-fp32": "lean", "lean-kv8-fp32": "lean-kv8", "lean-kv16-fp32": "lean"}
 # Variants whose attention runs in fp16 on lean's graph (packager's genai.kv_cache = "float16").
 KV16 = ("lean-kv16", "lean-kv16-fp32")
-# The goal table of issue 19: the previous path, the builder's defaults, packager's genai bundle.
-GOAL = ("bundle", "default", "genai-bundle")
+# The goal table of issue 19: the previous path, the builder's defaults, packager's rpi5 bundle (its decoders'
+# defaults: genai, a 16-bit cache in chunks of 64, MatMulNBits at block 128 and level 4).
+GOAL = ("bundle", "default", "rpi5-bundle")
 # lean-kv8: lean with an int8 KV cache (CPU GroupQueryAttention's quantized cache). Its static per-tensor
 # scales come from a file; these are the random model's (K and V entries are about N(0, 0.9): |x| < 4).
 KV8_OPTIONS = ("kv_cache_quant_scheme=int8_per_tensor",)
@@ -269,18 +276,24 @@ def build_genai(model: Path, dest: Path, options: tuple[str, ...], work: Path) -
     return dest
 
 
-def genai_folder(model: Path, root: Path, variant: str, work: Path) -> Path:
-    """The builder's folder of `variant`; lean-kv16 is lean's with the attention in fp16 (packager's
-    genai.kv_cache = "float16", runtimes/genai_kv16.py), the FP32_COMPUTE ones their base's at accuracy_level 0,
-    their weights hard links to their base's."""
+def folder_name(variant: str, block: int) -> str:
+    """A variant's folder: the builder's own block size (32) unmarked, another one's marked (lean-b128)."""
+    return variant if block == 32 else f"{variant}-b{block}"
+
+
+def genai_folder(model: Path, root: Path, variant: str, work: Path, block: int = 32) -> Path:
+    """The builder's folder of `variant` at int4 block size `block`; lean-kv16 is lean's with the attention in fp16
+    (packager's genai.kv_cache = "float16", runtimes/genai_kv16.py), the FP32_COMPUTE ones their base's at
+    accuracy_level 0, their weights hard links to their base's."""
     if variant not in (*KV16, *FP32_COMPUTE):
-        return build_genai(model, root / variant, options_of(variant, work), work)
+        return build_genai(model, root / folder_name(variant, block), options_of(variant, work, block), work)
     import onnx
 
     from packager.runtimes.genai_kv16 import kv_to_fp16
 
     base = FP32_COMPUTE.get(variant, "lean")
-    dest, lean = root / variant, build_genai(model, root / base, options_of(base, work), work)
+    dest = root / folder_name(variant, block)
+    lean = build_genai(model, root / folder_name(base, block), options_of(base, work, block), work)
     if not (dest / "genai_config.json").is_file():
         tmp = dest.with_name(dest.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -301,16 +314,17 @@ def genai_folder(model: Path, root: Path, variant: str, work: Path) -> Path:
     return dest
 
 
-def options_of(variant: str, work: Path) -> tuple[str, ...]:
+def options_of(variant: str, work: Path, block: int = 32) -> tuple[str, ...]:
+    blocks = () if block == 32 else (f"block_size={block}",)
     if variant == "default":
-        return ()
+        return blocks
     if variant in ("lean", "lean-kv16"):
-        return LEAN_OPTIONS
+        return LEAN_OPTIONS + blocks
     scales = work / "kv_scales.json"
     layers = CONFIG["num_hidden_layers"]
     scales.write_text(json.dumps({"scales": {"k_scales": [KV8_SCALE] * layers, "v_scales": [KV8_SCALE] * layers}}),
                       encoding="utf-8")
-    return LEAN_OPTIONS + KV8_OPTIONS + (f"kv_cache_scale_file={scales}",)
+    return LEAN_OPTIONS + KV8_OPTIONS + (f"kv_cache_scale_file={scales}",) + blocks
 
 
 def tune_genai(folder: Path, threads: int, lean: bool) -> None:
@@ -419,25 +433,26 @@ def table(rows: list[tuple[str, dict]], prompt: int, new: int, threads: int) -> 
 
 
 def measure_contexts(root: Path, variant: str, contexts: list[int], new: int, threads: int, chunk: int,
-                     again: bool) -> dict[int, dict]:
+                     again: bool, block: int = 32) -> dict[int, dict]:
     """`variant` filled to each context (a prompt of context - new tokens, then new), measured once and kept in
     root/contexts.json: a 16K prompt takes many minutes on two cores."""
     store = root / "contexts.json"
     known = json.loads(store.read_text(encoding="utf-8")) if store.is_file() else {}
     results: dict[int, dict] = {}
     for context in contexts:
-        key = f"{variant}:{context}:{new}:{threads}:{chunk}"
+        key = f"{folder_name(variant, block)}:{context}:{new}:{threads}:{chunk}"
         if again or key not in known or "error" in known[key]:
             t = time.perf_counter()
-            known[key] = measure(str(GENAI.python), GENAI_CHILD, root / variant, context - new, new, threads, chunk)
+            known[key] = measure(str(GENAI.python), GENAI_CHILD, root / folder_name(variant, block), context - new,
+                                 new, threads, chunk)
             print(f"{variant} at {context}: {json.dumps(known[key])} ({time.perf_counter() - t:.0f}s)", flush=True)
             store.write_text(json.dumps(known, indent=1), encoding="utf-8")
         results[context] = known[key]
     return results
 
 
-def plan_profile(variant: str, threads: int, chunk: int):
-    """rpi5-genai as the measurement ran it: its threads, chunk and KV cache type."""
+def plan_profile(variant: str, threads: int, chunk: int, block: int = 32):
+    """rpi5-genai as the measurement ran it: its threads, chunk, KV cache type and int4 block size."""
     import dataclasses
 
     from packager.profiles import resolve_target
@@ -446,19 +461,20 @@ def plan_profile(variant: str, threads: int, chunk: int):
     kv = {1: "int8", 2: "float16"}.get(KV_ELEMENT.get(variant, 4), "float")
     config = {"genai.prefill_chunk": str(chunk), "genai.kv_cache": kv}
     # the builder's folders are built at its own accuracy_level 4 (int8 compute); the FP32_COMPUTE ones rewritten to 0
-    int4 = dataclasses.replace(base.int4, accuracy_level=0 if variant in FP32_COMPUTE else 4)
+    int4 = dataclasses.replace(base.int4, accuracy_level=0 if variant in FP32_COMPUTE else 4, block_size=block)
     return dataclasses.replace(base, session=dataclasses.replace(base.session, intra_op_threads=threads,
                                                                  config=config), int4=int4)
 
 
-def context_table(checks: list[tuple[str, dict[int, dict]]], model: Path, threads: int, chunk: int) -> str:
+def context_table(checks: list[tuple[str, dict[int, dict]]], model: Path, threads: int, chunk: int,
+                  block: int = 32) -> str:
     """The memory model's check (issue 19, item 4): `packager plan`'s int4 row against the measured peak at each
     context; the high bound must not be below it, the midpoint within 10% of it."""
     from packager.plan import architecture, read_config, row
 
     a = architecture(read_config(model / "config.json"))
-    lines = [f"packager plan (rpi5-genai, {threads} threads, chunks of {chunk}) against the measured peak, Llama 3.2 "
-             "1B shape, int4", "",
+    lines = [f"packager plan (rpi5-genai, {threads} threads, chunks of {chunk}, block {block}) against the measured "
+             "peak, Llama 3.2 1B shape, int4", "",
              f"{'variant':<10}{'context':>8}{'measured':>10}{'load':>8}{'low':>8}{'mid':>8}{'high':>8}{'mid err':>9}"
              "  verdict", "-" * 80]
     for variant, measured in checks:
@@ -466,7 +482,7 @@ def context_table(checks: list[tuple[str, dict[int, dict]]], model: Path, thread
             if "error" in m:
                 lines.append(f"{variant:<10}{context:>8}  failed: {m['error'][:80]}")
                 continue
-            r = row(a, plan_profile(variant, threads, chunk), "int4", context, None)
+            r = row(a, plan_profile(variant, threads, chunk, block), "int4", context, None)
             mid = (r.peak_low_bytes + r.peak_high_bytes) / 2
             err = (mid - m["peak"]) / m["peak"]
             ok = r.peak_high_bytes >= m["peak"] and abs(err) <= 0.10
@@ -486,6 +502,8 @@ def main() -> None:
                         "(append_tokens per chunk; 0: the whole prompt at once) (default 256)")
     parser.add_argument("--only", default=",".join(GOAL), help="variants, comma-separated: " + ", ".join(VARIANTS))
     parser.add_argument("--rebuild", action="store_true", help="build the variants again")
+    parser.add_argument("--block", type=int, default=32, help="the builder's variants: int4 block size (default 32, "
+                        "the builder's; rpi4's, rpi5's and the phone's decoders take 128)")
     parser.add_argument("--contexts", default="", help="the memory model's check: the lean variants (genai.kv_cache "
                         "float and int8) filled to each of these contexts, comma-separated (1024,4096,16384), "
                         "against `packager plan`'s estimate")
@@ -500,32 +518,31 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if args.rebuild:
         for v in only:
-            shutil.rmtree(root / v, ignore_errors=True)
+            shutil.rmtree(root / folder_name(v, args.block), ignore_errors=True)
     if args.contexts:
         contexts = [int(c) for c in args.contexts.split(",")]
         ensure(GENAI, log)
         checks = []
         for v in [v for v in only if v.startswith("lean")]:
-            folder = genai_folder(model, root, v, work)
+            folder = genai_folder(model, root, v, work, args.block)
             tune_genai(folder, args.threads, True)
-            measured = measure_contexts(root, v, contexts, args.new, args.threads, args.chunk, args.rebuild)
+            measured = measure_contexts(root, v, contexts, args.new, args.threads, args.chunk, args.rebuild, args.block)
             checks.append((v, measured))
         print()
-        print(context_table(checks, model, args.threads, args.chunk))
+        print(context_table(checks, model, args.threads, args.chunk, args.block))
         return
     from packager.bandwidth import host_bandwidth_gbs
 
     bandwidth = host_bandwidth_gbs()
     rows: list[tuple[str, dict]] = []
     for v in only:
-        if v in ("bundle", "genai-bundle"):
-            target = "phone" if v == "bundle" else "rpi5-genai"
+        if v in BUNDLES:
+            target, name = BUNDLES[v]
             archive = build_archive(model, bench_profile_of(target, work, args.threads), root / f"{v}-{args.threads}")
-            r = bench_archive(archive, args.prompt, args.new)
-            rows.append(("packager " + ("ORT bundle (previous)" if v == "bundle" else "rpi5-genai bundle"), r))
+            rows.append((name, bench_archive(archive, args.prompt, args.new)))
         else:
             ensure(GENAI, log)
-            folder = genai_folder(model, root, v, work)
+            folder = genai_folder(model, root, v, work, args.block)
             tune_genai(folder, args.threads, v != "default")
             chunk = args.chunk if v != "default" else 0
             r = measure(str(GENAI.python), GENAI_CHILD, folder, args.prompt, args.new, args.threads, chunk)

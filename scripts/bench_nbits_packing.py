@@ -38,7 +38,7 @@ from packager.emulate import prepare  # noqa: E402
 from packager.emulate_qemu import no_core_dumps  # noqa: E402
 from packager.emulate_userland import emulate_cache  # noqa: E402
 from packager.estimate_prepack import NBITS_PACKED  # noqa: E402
-from packager.profile_types import nbits_compute  # noqa: E402
+from packager.profile_types import by_block, nbits_compute  # noqa: E402
 from packager.profiles import resolve_target  # noqa: E402
 
 MiB = 2**20
@@ -156,10 +156,10 @@ def main() -> None:
     print(f"\nMatMulNBits of E2B's widths ({args.pairs} MLP pairs and a {VOCAB:,}-row lm_head), block {args.block}, "
           "external data; figures above a one-weight graph's, in the same process kind\n")
     print("| where | accuracy_level | 4-bit MiB | anonymous after load | x 4-bit | load peak | x 4-bit "
-          "| file pages after runs | NBITS_PACKED (x86) |")
+          "| file pages after runs | NBITS_PACKED (the band) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for where, level, size, anon, peak, mapped in rows:
-        band = NBITS_PACKED[nbits_compute(level)]
+        band = by_block(NBITS_PACKED[nbits_compute(level)], args.block)
         print(f"| {where} | {level} | {size / MiB:.0f} | {anon / MiB:.0f} | {anon / size:.2f} | {peak / MiB:.0f} "
               f"| {peak / size:.2f} | {mapped / MiB:.0f} | {band[0]:.2f}-{band[1]:.2f} |")
 

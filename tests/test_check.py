@@ -164,20 +164,24 @@ def test_a_matmulnbits_packed_copy_follows_its_compute_type_and_frees_an_origina
     untied, the tied lm_head's 192 MiB original and its second scales."""
     from packager.estimate import NBITS_PACKED, freed_nbits
 
-    def model(level: int, gather: bool) -> onnx.ModelProto:
+    def model(level: int, gather: bool, block: int = 32) -> onnx.ModelProto:
         nodes = [helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", K=64, N=32, bits=4,
-                                  block_size=32, accuracy_level=level)]
+                                  block_size=block, accuracy_level=level)]
         if gather:
             nodes.append(helper.make_node("GatherBlockQuantized", ["w", "ids", "s3"], ["e"], domain="com.microsoft"))
         graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
         return helper.make_model(graph)
 
-    def band(level: int, gather: bool = False) -> tuple[float, float]:
-        return prepack_bands(model(level, gather), {"w": 1024, "s": 256})["w"]
+    def band(level: int, gather: bool = False, block: int = 32) -> tuple[float, float]:
+        return prepack_bands(model(level, gather, block), {"w": 1024, "s": 256})["w"]
 
-    assert band(1) == band(0) == (NBITS_PACKED["fp32"][0] - 1, NBITS_PACKED["fp32"][1] - 1)
-    assert band(1, gather=True) == NBITS_PACKED["fp32"]
-    assert band(4, gather=True) == NBITS_PACKED["int8"]
+    fp32, int8 = NBITS_PACKED["fp32"][32], NBITS_PACKED["int8"][32]
+    assert band(1) == band(0) == (fp32[0] - 1, fp32[1] - 1)
+    assert band(1, gather=True) == fp32
+    assert band(4, gather=True) == int8
     assert band(1)[1] < band(4)[1] and band(1, gather=True)[1] < band(4, gather=True)[1]
+    # level 4's copy holds a scale and a sum a block: a coarser block packs smaller, by its own measured band
+    assert band(4, gather=True, block=128) == NBITS_PACKED["int8"][128] and band(4, block=128)[1] < band(4)[1]
+    assert band(4, block=256) == band(4, block=128) and band(4, block=16) == band(4)   # the next finer one measured
     assert freed_nbits(model(1, False)) == {"w"} and freed_nbits(model(1, True)) == set()

@@ -99,11 +99,12 @@ def test_gemma4_e2b_maps_its_per_layer_embeddings_and_shares_kv() -> None:
 
 def test_gemma4_e2b_on_the_onnxruntime_path_counts_a_chunk_and_maps_its_embeddings_copy() -> None:
     """rpi5 runs an E-class model on onnxruntime (the E-class exporter's graph): the device prefills it in chunks
-    (targets/runtime/session.py), the last position's logits only; at int4 (block 32, fp32 scales) the resident
-    weights are 2.28B effective parameters at 0.625 bytes, the lm_head's MatMulNBits holding the tied table; the
-    embedding reads its own copy of it, mapped (the rows the context's tokens read: recipes/nbits.untie_embedding). The
-    recipe takes rpi5's [decoder_int4] (fp32 compute), as a decoder on genai does, and the peak counts the copy
-    MatMulNBits packs of each 4-bit weight, less the original it frees (nbits_extra)."""
+    (targets/runtime/session.py), the last position's logits only; at int4 (rpi5's decoders: block 128, fp32 scales)
+    the resident weights are 2.28B effective parameters at 0.53125 bytes, the lm_head's MatMulNBits holding the tied
+    table; the embedding reads its own copy of it, mapped (the rows the context's tokens read:
+    recipes/nbits.untie_embedding). The recipe takes rpi5's [decoder_int4] (int8 compute), as a decoder on genai does,
+    and the peak counts the copy MatMulNBits packs of each 4-bit weight at its block size, less the original it frees
+    (nbits_extra)."""
     from packager.decoder_config import LAST_ONLY_CHUNK
     from packager.estimate import mapped_touched, nbits_extra
     from packager.plan import as_packaged
@@ -111,22 +112,28 @@ def test_gemma4_e2b_on_the_onnxruntime_path_counts_a_chunk_and_maps_its_embeddin
 
     a = architecture(config("Gemma-4-E2B"))
     rpi5, _ = as_packaged(a, resolve_target("rpi5"))
-    assert rpi5.runtime.package == "onnxruntime" and rpi5.int4.compute == "fp32"
+    assert rpi5.runtime.package == "onnxruntime" and (rpi5.int4.compute, rpi5.int4.block_size) == ("int8", 128)
     r = row(a, rpi5, "int4", 8192, None)
     # a chunk's logits row, MLP and residual stream, and one layer's scores in the exported attention's buffers
     chunk, copies = LAST_ONLY_CHUNK, SCORE_COPIES
     assert r.activations_bytes == 4 * (262144 + chunk * (2 * 6144 + 4 * 1536)) + int(4 * chunk * 8 * 8192 * copies)
-    assert r.weights_bytes == int(a.effective_parameters * 0.625)
-    embedding = {"data": (262144 * 1536 // 2, 262144), "scales": (262144 * 1536 * 4 // 32, 262144)}
-    assert r.mapped_bytes == a.mapped_parameters + 262144 * 1536 * 0.625   # the PLE table's int8 rows, the copy
+    assert r.weights_bytes == int(a.effective_parameters * (0.5 + 4 / 128))
+    embedding = {"data": (262144 * 1536 // 2, 262144), "scales": (262144 * 1536 * 4 // 128, 262144)}
+    assert r.mapped_bytes == a.mapped_parameters + 262144 * 1536 * (0.5 + 4 / 128)   # the PLE table's rows, the copy
     packed = a.effective_parameters * 0.5   # every MatMulNBits' 4-bit data, the tied lm_head's included
-    assert r.peak_low_bytes >= r.runtime_base_bytes + r.weights_bytes + packed * nbits_extra("fp32", False)[0] \
+    assert r.peak_low_bytes >= r.runtime_base_bytes + r.weights_bytes + packed * nbits_extra("int8", 128, False)[0] \
         + r.kv_cache_bytes + mapped_touched(embedding, 8192)
-    level4 = dataclasses.replace(rpi5, int4=dataclasses.replace(rpi5.int4, accuracy_level=4))
-    assert row(a, level4, "int4", 8192, None).peak_low_bytes > r.peak_low_bytes   # int8 compute packs more
-    # a coarser block stores fewer scales: its bytes are the profile's
-    coarse = dataclasses.replace(rpi5, int4=dataclasses.replace(rpi5.int4, block_size=128))
-    assert row(a, coarse, "int4", 8192, None).weights_bytes == int(a.effective_parameters * (0.5 + 4 / 128))
+
+    def peak(accuracy_level: int, block_size: int) -> tuple[int, int]:
+        int4 = dataclasses.replace(rpi5.int4, accuracy_level=accuracy_level, block_size=block_size)
+        got = row(a, dataclasses.replace(rpi5, int4=int4), "int4", 8192, None)
+        return got.peak_low_bytes, got.peak_high_bytes
+
+    # int8 compute packs more than fp32 compute at the same block, and more at a finer block (a scale and a sum each)
+    assert peak(1, 128) < peak(4, 128) < peak(4, 32)
+    # a finer block stores more scales: its bytes are the profile's
+    fine = dataclasses.replace(rpi5, int4=dataclasses.replace(rpi5.int4, block_size=32))
+    assert row(a, fine, "int4", 8192, None).weights_bytes == int(a.effective_parameters * 0.625)
     # the weights and the base (1,428 MiB) are under the budget (1,431) now that the tied table's second scales are
     # mapped, but no context fits beside the packed copies
     p = plan(CONFIGS / "Gemma-4-E2B.json", rpi5, ["int4"], [8192])

@@ -56,7 +56,8 @@ def test_bundle_pins_genai_and_records_the_runtime(bundle: Path) -> None:
     assert manifest["accuracy"]["metric"] == "token agreement"
     assert manifest["accuracy"]["token_agreement"] >= manifest["accuracy"]["threshold"]["token_agreement"]
     config = json.loads((bundle / "model" / "genai_config.json").read_text())
-    assert config["model"]["decoder"]["session_options"]["enable_cpu_mem_arena"] is False
+    # the profile's [decoder_runtime.session] cpu_mem_arena: on where MatMulNBits runs at level 4 (the phone's)
+    assert config["model"]["decoder"]["session_options"]["enable_cpu_mem_arena"] is True
 
 
 def io_of_graph_and_manifest(bundle: Path) -> tuple[dict, tuple[list, list]]:
@@ -242,7 +243,7 @@ def test_the_kv_cache_type_and_the_matmul_compute_are_profile_settings(tmp_path:
     assert levels == {level}
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["recipe"]["params"]["kv_cache"] == kv
-    (load_low, load_high), (run_low, run_high) = WEIGHT_FACTORS["fp32" if level == 0 else "int8"]
+    (load_low, load_high), (run_low, run_high) = WEIGHT_FACTORS["fp32" if level == 0 else "int8"][32]
     assert f"{load_low:g}-{load_high:g}x the stored bytes at load, {run_low:g}-{run_high:g}x once loaded" in "\n".join(
         manifest["memory"]["estimate"]["notes"])
     proc = device(folder, "smoke_test.py")
@@ -272,22 +273,31 @@ def test_the_matmul_compute_sets_plans_weight_factors() -> None:
         assert high(fp32, "fp32", context) == high(int8, "fp32", context)
 
 
-def test_rpi5_decoders_compute_in_fp32_on_either_runtime_and_other_models_keep_int8() -> None:
-    """rpi5's [decoder_int4] (fp32 MatMulNBits compute: the memory trade, docs/llms.md) is what a decoder gets,
-    whichever runtime runs it (genai's builder, or the onnxruntime path's int4 recipe: GPT-2, the E-class models);
-    [int4] (int8 compute on the A76's SDOT) stays the other models'."""
+def test_rpi5_decoders_take_block_128_on_either_runtime_and_other_models_keep_block_32() -> None:
+    """rpi5's [decoder_int4] (int8 MatMulNBits compute at block 128: the packed copy small enough to fit, docs/llms.md)
+    is what a decoder gets, whichever runtime runs it (genai's builder, or the onnxruntime path's int4 recipe: GPT-2,
+    the E-class models); [int4] (block 32) stays the other models'. plan counts each block size's measured factors."""
+    import dataclasses
+
+    from packager.plan import architecture, read_config, row
     from packager.profiles import resolve_target
     from packager.runtimes import profile_for_model
-    from packager.runtimes.genai import matmul_compute
+    from packager.runtimes.genai import WEIGHT_FACTORS, weight_factors
 
     rpi5 = resolve_target("rpi5")
     genai, _ = profile_for_model(rpi5, "decoder", "LlamaForCausalLM")
-    assert genai.runtime.package == "onnxruntime-genai" and genai.int4.accuracy_level == 1
-    assert matmul_compute(genai, "int4-mixed") == "fp32"
+    assert genai.runtime.package == "onnxruntime-genai"
+    assert (genai.int4.accuracy_level, genai.int4.block_size) == (4, 128)
+    assert weight_factors(genai, "int4-mixed") == WEIGHT_FACTORS["int8"][128]
+    assert weight_factors(genai, "fp32") == WEIGHT_FACTORS["int8"][32]   # not int4: as before the block was a choice
     kept, _ = profile_for_model(rpi5, "decoder", "GPT2LMHeadModel")
-    assert kept.runtime.package == "onnxruntime" and kept.int4.accuracy_level == 1
-    assert profile_for_model(rpi5, "text", "BertModel")[0].int4.accuracy_level == 4
+    assert kept.runtime.package == "onnxruntime" and kept.int4 == genai.int4
+    assert profile_for_model(rpi5, "text", "BertModel")[0].int4.block_size == 32
     assert resolve_target(TARGET).int4.accuracy_level == 1
+    # at block 128, level 4's copy is small enough that it holds less than block 32 at level 1 did (the 1B shape)
+    a = architecture(read_config(str(Path(__file__).resolve().parents[1] / "packager/data/configs/Llama-3.2-1B.json")))
+    before = dataclasses.replace(genai, int4=dataclasses.replace(genai.int4, accuracy_level=1, block_size=32))
+    assert row(a, genai, "int4", 4096, None).peak_high_bytes < row(a, before, "int4", 4096, None).peak_high_bytes
 
 
 # rpi5 itself: decoder LLMs go to onnxruntime-genai by default ([decoder_runtime]), with int4-mixed, --adapter,
@@ -321,10 +331,11 @@ def test_readme_fine_tune_example_packages_on_genai_with_int4_mixed(fine_tune: t
     assert {n.removesuffix("_Q8").removesuffix("_Q4") for n in eight} == \
         {n.removesuffix("/MatMul") + "/MatMul" for n in mixed["nodes_8bit"]}
     assert bool(mixed["layers_8bit"]) == bool(eight)
-    # rpi5's genai default: MatMulNBits computing in fp32 ([decoder_int4] accuracy_level 1), 8-bit layers too
-    assert {next(a.i for a in n.attribute if a.name == "accuracy_level") for n in graph.node
-            if n.op_type == "MatMulNBits"} == {1}
-    assert manifest["profile"]["int4"]["accuracy_level"] == 1
+    # rpi5's genai default: MatMulNBits computing in int8 at block 128 ([decoder_int4]), 8-bit layers too
+    assert {(attr(n, "accuracy_level"), attr(n, "block_size")) for n in graph.node if n.op_type == "MatMulNBits"
+            and attr(n, "bits") == 4} == {(4, 128)}
+    assert {attr(n, "accuracy_level") for n in graph.node if n.op_type == "MatMulNBits"} == {4}
+    assert (manifest["profile"]["int4"]["accuracy_level"], manifest["profile"]["int4"]["block_size"]) == (4, 128)
     # The adapter was merged before the builder ran, and the eval gate judged the genai model.
     assert manifest["source"]["adapter"]["name"] == "tiny-llama-lora"
     ev = manifest["accuracy"]["eval"]
@@ -368,6 +379,11 @@ def test_fit_auto_on_genai_moves_to_int4_mixed_when_fp32_is_over_budget(tmp_path
     assert manifest["runtime"]["package"] == "onnxruntime-genai"
 
 
+def attr(node: object, name: str) -> int:
+    """A MatMulNBits attribute's value (0 where the node leaves it to its default)."""
+    return next((a.i for a in node.attribute if a.name == name), 0)   # type: ignore[attr-defined]
+
+
 def test_a_decoder_the_builder_does_not_make_keeps_onnxruntime_with_a_note(tmp_path: Path) -> None:
     from tiny_decoders import make_decoder
 
@@ -378,8 +394,8 @@ def test_a_decoder_the_builder_does_not_make_keeps_onnxruntime_with_a_note(tmp_p
     manifest = json.loads((unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "x") / "manifest.json")
                           .read_text())
     assert manifest["runtime"]["package"] == "onnxruntime" and manifest["recipe"]["name"] == "int4"
-    # [decoder_int4]: a decoder computes in fp32 on rpi5 whatever runtime runs it (encoders keep [int4]'s level 4)
-    assert manifest["profile"]["int4"]["accuracy_level"] == 1
+    # [decoder_int4]: a decoder takes block 128 on rpi5 whatever runtime runs it (encoders keep [int4]'s block 32)
+    assert (manifest["profile"]["int4"]["accuracy_level"], manifest["profile"]["int4"]["block_size"]) == (4, 128)
 
 
 def test_fit_auto_on_genai_takes_the_int8_kv_cache_then_a_shorter_context(tmp_path: Path) -> None:

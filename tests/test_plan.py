@@ -63,10 +63,10 @@ def test_plan_rows_and_largest_context(llama_1b: Path) -> None:
 
 
 def test_the_1b_class_fits_rpi5_at_4k_and_plan_names_the_int8_cache_where_it_goes_further(llama_1b: Path) -> None:
-    """Issue 19: the Llama-3.2-1B shape at int4 fits rpi5's 1.5 GB at 4K (onnxruntime-genai, MatMulNBits in fp32:
-    [decoder_int4]; its 16-bit KV cache). Where the runtime's int8 KV cache (--fit auto's lever) fits a longer
-    context, plan says how long, with the same rule as the row it plans with that cache: against rpi5-genai's fp32
-    cache it does; against rpi5's 16-bit one its 2-3 copies gain nothing, and plan names no lever."""
+    """Issue 19: the Llama-3.2-1B shape at int4 fits rpi5's 1.5 GB at 4K (onnxruntime-genai, MatMulNBits in int8 at
+    block 128: [decoder_int4]; its 16-bit KV cache). Where the runtime's int8 KV cache (--fit auto's lever) fits a
+    longer context, plan says how long, with the same rule as the row it plans with that cache: against rpi5-genai's
+    fp32 cache it does; against rpi5's 16-bit one its 2-3 copies gain nothing, and plan names no lever."""
     import dataclasses
 
     p = plan(llama_1b, resolve_target("rpi5"), ["int4"])

@@ -65,8 +65,11 @@ def _rpi5_text() -> str:
     (('isa = ["fp"', 'isa = [1'), "device.isa[0]", "must be str"),
     (("[budget]\n", "[budgets]\n"), "budgets", "not a known key"),
     # [decoder_int4] (decoders' MatMulNBits compute, on any runtime) is checked as the profile a decoder gets
-    (("accuracy_level = 1", "accuracy_level = 5"), "int4.accuracy_level", "must be 0 to 4"),
-    (("[decoder_int4]\nblock_size = 32", "[decoder_int4]\nblock_sise = 32"),
+    (("[decoder_int4]\nblock_size = 128\nsymmetric = true\naccuracy_level = 4",
+      "[decoder_int4]\nblock_size = 128\nsymmetric = true\naccuracy_level = 5"),
+     "int4.accuracy_level", "must be 0 to 4"),
+    (("[decoder_int4]\nblock_size = 128", "[decoder_int4]\nblock_size = 96"), "int4.block_size", "power of two"),
+    (("[decoder_int4]\nblock_size = 128", "[decoder_int4]\nblock_sise = 128"),
      "decoder_int4.block_sise", 'did you mean "block_size"'),
     # a copy of an older profile: the section's new name
     (("[decoder_int4]\n", "[decoder_runtime.int4]\n"), "decoder_runtime.int4", 'it is now "[decoder_int4]"'),

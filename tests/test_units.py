@@ -312,3 +312,29 @@ def test_the_device_code_keeps_the_heap_from_holding_freed_blocks() -> None:
     (held, held_bytes), (_, default_bytes) = kept("held"), kept("default")
     assert held == "True" and held_bytes < 8 << 20       # each block mapped, and handed back when freed
     assert default_bytes > 48 << 20                      # without it, the heap kept them
+
+
+def test_the_int4_block_fits_the_shortest_quantized_axis(tmp_path: Path) -> None:
+    """A block longer than a weight's quantized axis (rpi5's decoders' 128 on a tiny model's 64-wide layers) is
+    shortened to the largest power of two that fits every weight, 16 at least; a model wide enough keeps the
+    profile's."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from packager.recipes.nbits import fitting_block
+
+    def model(k: int, table_width: int) -> Path:
+        inits = [numpy_helper.from_array(np.zeros((k, 32), np.float32), "w"),
+                 numpy_helper.from_array(np.zeros((100, table_width), np.float32), "table")]
+        nodes = [helper.make_node("Gather", ["table", "ids"], ["e"]), helper.make_node("MatMul", ["x", "w"], ["y"])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k]),
+                                               helper.make_tensor_value_info("ids", TensorProto.INT64, [1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        path = tmp_path / f"m{k}-{table_width}.onnx"
+        onnx.save(helper.make_model(graph), path)
+        return path
+
+    assert fitting_block(model(2048, 2048), 128) == 128
+    assert fitting_block(model(64, 2048), 128) == 64
+    assert fitting_block(model(2048, 48), 128) == 32      # the embedding table's width too
+    assert fitting_block(model(8, 2048), 32) == 16        # MatMulNBits' smallest block

@@ -117,9 +117,24 @@ def _nbits(src: Path, settings: Int4, keep_8bit: tuple[str, ...], progress: Call
     quantized. What is held is the graph, one fp32 weight and the 4-bit output, not the fp32 model
     (a 1B model: 5 GB of fp32 weights, 0.8 GB of output). Inline models are quantized the same way,
     all in memory. With `keep`, the two quantizations come from (or go to) that folder."""
+    settings = dataclasses.replace(settings, block_size=fitting_block(src, settings.block_size))
     four, tied = quantized_nbits(src, settings, 4, progress, keep)
     eight = quantized_nbits(src, settings, 8, progress, keep)[0] if keep_8bit else None
     return mix_nbits(four, eight, keep_8bit, tied, settings)
+
+
+def fitting_block(src: Path, block_size: int) -> int:
+    """The profile's block size, or where a weight's quantized axis is shorter (a tiny model's 64-wide layers under a
+    block of 128), the largest power of two that fits them all, 16 at least (MatMulNBits' smallest): the quantizer
+    pads a short row to a block, and the generation of such a GPT-2 then failed in a Reshape."""
+    model = onnx.load(src, load_external_data=False)
+    gemm_as_matmul(model.graph)
+    dims = {i.name: list(i.dims) for i in model.graph.initializer}
+    weight = {"MatMul": (1, 0), "Gather": (0, 1)}   # the op's weight input, and its quantized axis
+    axes = [dims[n.input[i]][axis] for n in model.graph.node if n.op_type in weight
+            for i, axis in [weight[n.op_type]] if len(dims.get(n.input[i], [])) == 2]
+    shortest = min([block_size, *axes])
+    return block_size if shortest >= block_size else max(16, 1 << (shortest.bit_length() - 1))
 
 
 def quantized_nbits(src: Path, settings: Int4, bits: int, progress: Callable[[str], None] | None = None,

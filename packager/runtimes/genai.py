@@ -26,7 +26,7 @@ from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
 from packager.families.base import step
 from packager.paths import targets_dir
-from packager.profile_types import Profile, key_error
+from packager.profile_types import Profile, by_block, key_error
 from packager.runtimes.base import DecoderMemory, MemoryShare
 from packager.runtimes.genai_families import check_family
 from packager.runtimes.genai_families import genai_supports as genai_supports  # which families the builder makes
@@ -96,7 +96,17 @@ GENAI_BASE = 28 * 2**20
 # resident copy at load; "fp32" (levels 0-2) packs to less and computes in fp32, slower where int8 dot products are
 # fast. Level 3 (bf16) is not measured: counted as level 4, the larger. Measured on the 1B shape (above and
 # scripts/bench_llm_runtime.py's lean-fp32 and lean-kv8-fp32 rows).
-WEIGHT_FACTORS = {"int8": ((1.6, 1.8), (1.45, 1.65)), "fp32": ((1.0, 1.15), (1.1, 1.25))}
+# By block size too (profile_types.by_block): level 4's packed copy carries a scale and a sum a block (x86), so a
+# coarser block packs smaller, while level 1's copy is the 4-bit data alone and does not shrink with the scales. The
+# 1B shape at blocks 64 and 128 (2026-12-04, eighth session; the builder's lean folder at each block, 4,000 + 32
+# tokens, the 16-bit cache in chunks of 64, 2 threads), the load peak and the memory after load less the plan's base
+# (97 MiB) over the plan's weights: level 4 1.70 / 1.53 (block 32), 1.53 / 1.35 (64), 1.51 / 1.31 (128); level 1
+# 1.08 / 0.92, 1.19 / 1.01, 1.32 / 1.12 (the same 926 MiB load peak at each block). Block 128 at level 4 (rpi5's and
+# the phone's decoders) checked at 1K, 4K and 16K: plan's midpoint +1.6%, -2.1%, -1.5% of the peak (docs/llms.md).
+WEIGHT_FACTORS = {
+    "int8": {32: ((1.6, 1.8), (1.45, 1.65)), 64: ((1.45, 1.65), (1.27, 1.47)), 128: ((1.42, 1.62), (1.22, 1.42))},
+    "fp32": {32: ((1.0, 1.15), (1.1, 1.25)), 64: ((1.1, 1.3), (1.2, 1.35)), 128: ((1.23, 1.43), (1.3, 1.45))},
+}
 KV_BITS = {"float16": 16, "float": 32, "int8": 8}
 # The fp16 node's scores of a chunk (all heads, fp32 on this x86 host) are held about 1.75 times over while it runs:
 # the tiny random Llama of scripts/bench_memory.py (4 heads, chunks of 64, 1 KiB of scores a cached token) rose 6.9,
@@ -179,8 +189,7 @@ class GenaiRuntime(OnnxRuntime):
         """`precision`: plan's, or "" for a packaged graph (its MatMulNBits, if any, say "int4")."""
         kv = profile.session.config.get("genai.kv_cache", SETTINGS["genai.kv_cache"])
         chunk = _chunk(profile)
-        compute = matmul_compute(profile, precision)
-        load_weights, run_weights = WEIGHT_FACTORS[compute]
+        load_weights, run_weights = weight_factors(profile, precision)
         return DecoderMemory(kv_bits=KV_BITS[kv], windowed_kv=True, kv_copies=KV_COPIES[kv],
                              prefill_tokens=chunk, logits_positions=1, runnable_kv_bits=tuple(KV_BITS.values()),
                              score_heads=0 if kv == "float16" else profile.session.intra_op_threads,
@@ -257,6 +266,13 @@ def matmul_compute(profile: Profile, precision: str) -> str:
     """The MatMulNBits compute type whose factors count the weights (WEIGHT_FACTORS): the profile's for int4 weights;
     for others, level 4's (the larger, measured before the compute type was a choice)."""
     return profile.int4.compute if precision in ("int4", "int4-mixed") else "int8"
+
+
+def weight_factors(profile: Profile, precision: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    """WEIGHT_FACTORS' load and run factors for `precision`'s weights: int4's at the profile's compute type and block
+    size; others' at level 4 and block 32, as measured before either was a choice."""
+    int4 = precision in ("int4", "int4-mixed")
+    return by_block(WEIGHT_FACTORS[matmul_compute(profile, precision)], profile.int4.block_size if int4 else 32)
 
 
 def _as_onnxruntime(profile: Profile) -> Profile:
