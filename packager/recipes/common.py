@@ -50,6 +50,13 @@ def embedding_file(model: Path) -> str:
     return f"{model.stem}.embedding.data"
 
 
+def table_locations(model: onnx.ModelProto) -> dict[str, str]:
+    """`model`'s memory-mapped lookup tables (estimate.mapped_tables) and the file each is in."""
+    mapped = mapped_tables(model)
+    return {t.name: {e.key: e.value for e in t.external_data}["location"] for t in model.graph.initializer
+            if t.name in mapped}
+
+
 def place_tables(path: Path, tables: dict[str, str]) -> None:
     """The initializers `tables` names (name -> file) moved into those files beside `path`, each at a MAP_ALIGN
     offset, and the model saved again with its other weights as needs_external_data says: a recipe writes the
@@ -58,9 +65,7 @@ def place_tables(path: Path, tables: dict[str, str]) -> None:
     mapped already stay in their files."""
     if not tables:
         return
-    graph = onnx.load(path, load_external_data=False)
-    tables = {t.name: {e.key: e.value for e in t.external_data}["location"] for t in graph.graph.initializer
-              if t.name in mapped_tables(graph)} | tables
+    tables = table_locations(onnx.load(path, load_external_data=False)) | tables
     model = onnx.load(path)
     moved = [t for t in model.graph.initializer if t.name in tables]
     if not moved:

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import onnx
 
-from packager.estimate import mapped_tables
 from packager.profile_types import Int4
 from packager.recipes.common import (
     _QUANTIZED_OPS,
@@ -26,6 +25,7 @@ from packager.recipes.common import (
     needs_external_data,
     place_tables,
     save,
+    table_locations,
     tensor_array,
 )
 from packager.recipes.layers import compose
@@ -54,10 +54,7 @@ def _nbits_recipe(name: str, src: Path, dst: Path, options: RecipeOptions) -> Re
     # source's mapped tables (the E-class per-layer embeddings) in theirs again, before the model is read whole:
     # E2B's is 2.24 GiB, over protobuf's 2 GB, and the save put it in the recipe's one data file
     tables = {i.name: embedding_file(dst) for i in model.graph.initializer if i.name.endswith(UNTIED)}
-    source = onnx.load(src, load_external_data=False)
-    mapped = mapped_tables(source)
-    tables |= {t.name: {e.key: e.value for e in t.external_data}["location"] for t in source.graph.initializer
-               if t.name in mapped}
+    tables |= table_locations(onnx.load(src, load_external_data=False))
     quantized = count_ops(model, _QUANTIZED_OPS)
     save(model, dst, needs_external_data(src))
     del model

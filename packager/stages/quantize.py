@@ -12,10 +12,16 @@ from packager.calibration import calibration_inputs, unused_calibration
 from packager.context import Component, Context
 from packager.coverage import coverage_of, merge
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import mapped_tables
 from packager.mixed import quantizations
 from packager.recipes import RECIPES, calibrated, parse_recipe, searched
-from packager.recipes.common import RecipeOptions, RecipeResult, drop_unused_opsets, embedding_file, place_tables
+from packager.recipes.common import (
+    RecipeOptions,
+    RecipeResult,
+    drop_unused_opsets,
+    embedding_file,
+    place_tables,
+    table_locations,
+)
 from packager.recipes.nbits import find_tied_embedding
 from packager.runtimes import runtime_for
 
@@ -66,10 +72,7 @@ def keep_tables_mapped(reference: Path, packaged: Path) -> None:
     the recipe did with them; and a tied decoder's float embedding table in a mapped file of its own, where the
     lm_head keeps its own copy (the exporter's `<embedding>_transposed`; int4's recipe maps its copy itself,
     nbits.untie_embedding): the lookup then costs the rows the tokens read, not the table."""
-    model = onnx.load(reference, load_external_data=False)
-    tables = mapped_tables(model)
-    files = {t.name: {e.key: e.value for e in t.external_data}["location"] for t in model.graph.initializer
-             if t.name in tables}
+    files = table_locations(onnx.load(reference, load_external_data=False))
     kept = onnx.load(packaged, load_external_data=False)
     tied = find_tied_embedding(kept, packaged.parent)
     if tied:
