@@ -1,5 +1,5 @@
 """The E-class exporter's host side (issue 20): runs runtimes/eclass_export.py in the `genai` exporter environment
-(transformers 5.x has Gemma 4), a copy of the file beside it: packager itself is not installed there."""
+(transformers 5.x has Gemma 3n and Gemma 4), a copy of the file beside it: packager itself is not installed there."""
 
 from __future__ import annotations
 
@@ -10,13 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from packager import decoder_config, exporter_envs
-from packager.errors import ExitCode, PackagerError
 from packager.model_files import TOKENIZER_FILES
 from packager.onnx_rewrite import name_tied_lm_head
 
 MODULE = "eclass_export"   # packager/runtimes/eclass_export.py, never imported here (it imports torch)
 EXPORTER = Path(__file__).with_name("runtimes") / f"{MODULE}.py"   # stages/export.py's ECLASS_EXPORTER
-EXPORTED = ("gemma4_text",)   # Gemma 3n's E models (altup, laurel) have no exporter yet
 
 
 def e_type(folder: Path) -> str:
@@ -30,12 +28,7 @@ def e_type(folder: Path) -> str:
 
 def export_folder(folder: Path, out: Path, work: Path, progress: Callable[[str], None]) -> dict[str, Any]:
     """The E-class export of `folder` into `out` with the tokenizer files the device needs."""
-    kind = e_type(folder)
-    if kind not in EXPORTED:
-        raise PackagerError(f"{folder}: a {kind} model (per-layer embeddings) has no exporter in packager yet, only "
-                            f"{', '.join(EXPORTED)} (Gemma 4 E2B/E4B) has; export it to .onnx yourself and package "
-                            "the files.", ExitCode.BAD_INPUT)
-    progress(f"exporting the {kind} decoder (E class) in the genai environment")
+    progress(f"exporting the {e_type(folder)} decoder (E class) in the genai environment")
     made = export(folder, out, work, progress)
     for name in TOKENIZER_FILES:
         if (folder / name).is_file():

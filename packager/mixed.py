@@ -28,7 +28,7 @@ from packager.device_code import runner
 from packager.leftovers import temp_folder
 from packager.recipes.common import needs_external_data, save
 from packager.recipes.layers import layer_bytes
-from packager.recipes.nbits import mix_nbits, quantized_nbits
+from packager.recipes.nbits import fitting_settings, mix_nbits, quantized_nbits
 
 
 def quantizations(ctx: Context) -> Path:
@@ -68,7 +68,8 @@ def sensitivity(ctx: Context) -> tuple[list[dict[str, Any]], str]:
 
 
     assert ctx.reference_model is not None and ctx.reference_io is not None
-    rt, settings, src = runner(), ctx.profile.int4, ctx.reference_model
+    rt, src = runner(), ctx.reference_model
+    settings = fitting_settings(src, ctx.profile.int4)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     io = ctx.reference_io.to_dict()   # the export's (a runtime that builds its own graph describes that in ctx.io)

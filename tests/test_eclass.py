@@ -20,7 +20,7 @@ from packager import decoder_config, eclass, emulate
 from packager.decoder_config import WINDOW_AXIS
 from packager.errors import ExitCode
 from packager.exporter_envs import GENAI, is_ready
-from tiny_decoders import ECLASS, make_eclass
+from tiny_decoders import ECLASS, ECLASS_3N, make_eclass
 
 PLE_VOCAB = 262144   # the real Gemma 4 vocabulary: the table (25 MB here) outgrows any page or folio size
 
@@ -182,25 +182,32 @@ def io_of(out: Path) -> dict:
                                      "head_dim": past[0]["shape"][3], "dtype": "float32"}, "eos_token_ids": []}
 
 
-def test_generates_the_pytorch_models_tokens_and_maps_the_ple_file(exported: tuple) -> None:
+def parity(exported: tuple, spec: dict) -> dict:
+    """PARITY's run of an export against its PyTorch model, with what every E-class export guarantees checked."""
     source, out, made = exported
     targets = Path(__file__).resolve().parents[1] / "targets"
     proc = subprocess.run([str(GENAI.python), "-c", PARITY, str(source), str(out / "model.onnx"), str(targets),
                            json.dumps(io_of(out)), made["ple_file"]], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    run = json.loads(proc.stdout.splitlines()[-1])
+    run: dict = json.loads(proc.stdout.splitlines()[-1])
     assert run["tokens"] == run["ref"] and len(run["tokens"]) == 8
     # int8 rows: the logits move by a small part of their size, never the greedy choice
     assert run["first_diff"] < 0.05 * run["first_scale"]
-    assert run["scores"] == [5, ECLASS["vocab_size"]]   # teacher-forced, a position at a time
+    assert run["scores"] == [5, spec["vocab_size"]]   # teacher-forced, a position at a time
     # after the 20-token prompt, a sliding layer's cache holds its window (the next token's keys), a full one all
-    window = ECLASS["sliding_window"]
-    assert run["cache"] == {f"past_key_values.{n}.{kind}": 20 if ECLASS["layer_types"][n] == "full_attention"
+    window = spec["sliding_window"]
+    assert run["cache"] == {f"past_key_values.{n}.{kind}": 20 if spec["layer_types"][n] == "full_attention"
                             else window - 1 for n in made["owners"] for kind in ("key", "value")}
     # the device prefills a long prompt in chunks (PREFILL_CHUNK): the same logits and cache as one pass
     chunks = run["chunks"]
     assert chunks["same_shapes"] and chunks["logits"] < 1e-4 * chunks["scale"] and chunks["cache"] < 1e-3
     assert run["mapped"]                               # memory-mapped, not read into the heap
+    return run
+
+
+def test_generates_the_pytorch_models_tokens_and_maps_the_ple_file(exported: tuple) -> None:
+    source, out, made = exported
+    run = parity(exported, ECLASS)
     table = (out / made["ple_file"]).stat().st_size
     # the tokens (all below 512) read rows in the first pages only; the kernel may map them in 2 MB folios
     assert run["loaded"] <= table and run["after"] < table / 4
@@ -288,20 +295,44 @@ def test_the_bundle_passes_its_smoke_test_on_an_emulated_pi5(packaged: tuple) ->
     assert result["report"]["accuracy"]["prompts"] > 0   # it generated, and PASS: within the thresholds
 
 
-def test_a_gemma_3n_says_it_has_no_exporter_yet(exported: tuple, tmp_path: Path) -> None:
-    source, _, _ = exported
-    folder = tmp_path / "gemma3n"
-    folder.mkdir()
-    for f in source.iterdir():
-        (folder / f.name).write_bytes(f.read_bytes())
-    config = json.loads((source / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps(config | {"model_type": "gemma3n_text",
-                                                             "architectures": ["Gemma3nForCausalLM"]}))
-    proc = packager("package", str(folder), "--target", "rpi5", "--out", str(tmp_path / "dist"), "--no-cache")
-    assert proc.returncode == ExitCode.BAD_INPUT, proc.stderr[-2000:]
-    error = proc.stderr.strip().splitlines()[-1]
-    assert "gemma3n_text" in error and "no exporter" in error and "export it to .onnx yourself" in error
-    assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+@pytest.fixture(scope="module")
+def exported_3n(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    root = tmp_path_factory.mktemp("eclass-3n")
+    source = make_eclass(root / "tiny-gemma3n-e", GENAI.python, model_type="gemma3n_text")
+    return source, root / "onnx", eclass.export(source, root / "onnx", root / "work")
+
+
+def test_a_gemma_3n_generates_the_pytorch_models_tokens(exported_3n: tuple) -> None:
+    """Gemma 3n's AltUp streams, LAuReL and activation sparsity traced with the cache as tensors: the PyTorch
+    model's greedy tokens, prompt ids past the per-layer table reading its row 0 as transformers' do, and the
+    checkpoint's k/v projections of the KV-shared layers (read by nothing) left out of the graph."""
+    _, out, made = exported_3n
+    parity(exported_3n, ECLASS_3N)
+    assert made["owners"] == [0, 1, 2, 3]   # the last num_kv_shared_layers read an earlier layer's cache
+    graph = onnx.load(out / "model.onnx", load_external_data=False)
+    rows = next(t for t in graph.graph.initializer if t.name == "ple_rows")
+    assert list(rows.dims) == [ECLASS_3N["vocab_size_per_layer_input"],
+                               ECLASS_3N["num_hidden_layers"] * ECLASS_3N["hidden_size_per_layer_input"]]
+    assert "Erfinv" not in {n.op_type for n in graph.graph.node}
+
+
+def test_a_gemma_3n_packages_for_rpi5_verified_against_pytorch(exported_3n: tuple, tmp_path: Path) -> None:
+    """int4-mixed on rpi5, judged against the PyTorch model (int4 where the layer keeps the answers, 8 bits where
+    not); the bundle's smoke test passes."""
+    source, _, _ = exported_3n
+    proc = packager("package", str(source), "--target", "rpi5", "--recipe", "int4-mixed", "--out",
+                    str(tmp_path / "dist"), "--no-cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with tarfile.open(next((tmp_path / "dist").glob("*.tar.gz"))) as tar:
+        tar.extractall(tmp_path / "bundle", filter="data")
+    bundle = next((tmp_path / "bundle").iterdir())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["runtime"]["package"] == "onnxruntime" and manifest["runtime"]["io"]["logits"] == "last"
+    # the per-layer table, and int4's lookup copy of the tied embedding (recipes/nbits.untie_embedding)
+    assert sorted(manifest["runtime"]["mapped"]) == ["model.embedding.data", "model.ple.data"]
+    assert "PyTorch" in json.dumps(manifest["accuracy"])
+    smoke = subprocess.run([sys.executable, "smoke_test.py"], cwd=bundle, capture_output=True, text=True, timeout=600)
+    assert smoke.returncode == 0 and "PASS" in smoke.stdout, smoke.stdout + smoke.stderr
 
 
 def test_pickled_weights_are_refused_naming_safetensors(exported: tuple, tmp_path: Path) -> None:

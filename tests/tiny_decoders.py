@@ -118,13 +118,53 @@ Gemma4ForCausalLM(Gemma4TextConfig(**spec)).save_pretrained(sys.argv[1])
 """
 
 
+# Gemma 3n's E class: AltUp's four streams, LAuReL, activation sparsity on the first layers, and a per-layer table
+# shorter than the vocabulary (E2B's: 262,144 rows of 262,400), so that some tokens read its row 0.
+ECLASS_3N: dict[str, Any] = {
+    "architectures": ["Gemma3nForCausalLM"], "model_type": "gemma3n_text", "hidden_size": 64,
+    "vocab_size_per_layer_input": VOCAB // 2, "hidden_size_per_layer_input": 16, "intermediate_size": 128,
+    "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 16, "sliding_window": 8,
+    "num_kv_shared_layers": 2, "layer_types": ["sliding_attention", "sliding_attention", "full_attention"] * 2,
+    "laurel_rank": 8, "altup_num_inputs": 4, "activation_sparsity_pattern": [0.95, 0.95, 0.0, 0.0, 0.0, 0.0],
+    "max_position_embeddings": 256, "final_logit_softcapping": 30.0, "tie_word_embeddings": True,
+    "vocab_size": VOCAB, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 0, "initializer_range": 0.2,
+}
+
+# transformers starts AltUp's correct_output_scale at zero, which would cut the per-layer inputs off: those get
+# random values too. The KV-shared layers' k/v projections go into the checkpoint, as Google's checkpoints carry them
+# (transformers 5 makes none for those layers, and the exporter must load past them).
+MAKE_ECLASS_3N = """
+import json, sys, torch
+from safetensors.torch import load_file, save_file
+from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
+spec = json.loads(sys.argv[2])
+spec.pop("model_type")
+torch.manual_seed(int(sys.argv[3]))
+model = Gemma3nForCausalLM(Gemma3nTextConfig(**spec))
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        if name.endswith("correct_output_scale"):
+            p.normal_(0, 0.5)
+model.save_pretrained(sys.argv[1])
+path = sys.argv[1] + "/model.safetensors"
+state = load_file(path)
+h, kv = spec["hidden_size"], spec["num_key_value_heads"] * spec["head_dim"]
+for i in range(spec["num_hidden_layers"] - spec["num_kv_shared_layers"], spec["num_hidden_layers"]):
+    for proj in ("k_proj", "v_proj"):
+        state[f"model.layers.{i}.self_attn.{proj}.weight"] = torch.randn(kv, h)
+save_file(state, path, metadata={"format": "pt"})
+"""
+
+
 def make_eclass(folder: Path, python: Path, seed: int = 0, **overrides: Any) -> Path:
-    """A Hugging Face folder of a tiny E-class Gemma 4 (ECLASS | overrides), made by `python` (transformers 5.x)."""
+    """A Hugging Face folder of a tiny E-class Gemma 4 (ECLASS | overrides), or Gemma 3n where overrides name its
+    model_type (ECLASS_3N | overrides), made by `python` (transformers 5.x)."""
     import subprocess
 
     folder.mkdir(parents=True, exist_ok=True)
-    spec = ECLASS | overrides
-    subprocess.run([str(python), "-c", MAKE_ECLASS, str(folder), json.dumps(spec), str(seed)], check=True,
-                   capture_output=True, timeout=600)
+    gemma3n = overrides.get("model_type") == "gemma3n_text"
+    spec = (ECLASS_3N if gemma3n else ECLASS) | overrides
+    subprocess.run([str(python), "-c", MAKE_ECLASS_3N if gemma3n else MAKE_ECLASS, str(folder), json.dumps(spec),
+                    str(seed)], check=True, capture_output=True, timeout=600)
     make_tokenizer(folder, int(spec["max_position_embeddings"]))
     return folder

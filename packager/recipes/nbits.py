@@ -121,10 +121,16 @@ def _nbits(src: Path, settings: Int4, keep_8bit: tuple[str, ...], progress: Call
     quantized. What is held is the graph, one fp32 weight and the 4-bit output, not the fp32 model
     (a 1B model: 5 GB of fp32 weights, 0.8 GB of output). Inline models are quantized the same way,
     all in memory. With `keep`, the two quantizations come from (or go to) that folder."""
-    settings = dataclasses.replace(settings, block_size=fitting_block(src, settings.block_size))
+    settings = fitting_settings(src, settings)
     four, tied = quantized_nbits(src, settings, 4, progress, keep)
     eight = quantized_nbits(src, settings, 8, progress, keep)[0] if keep_8bit else None
     return mix_nbits(four, eight, keep_8bit, tied, settings)
+
+
+def fitting_settings(src: Path, settings: Int4) -> Int4:
+    """The profile's int4 settings as `src`'s weights take them (fitting_block): what every quantization of `src`
+    and every mix of them uses (the recipe's, and packager/mixed.py's sensitivity candidates)."""
+    return dataclasses.replace(settings, block_size=fitting_block(src, settings.block_size))
 
 
 def fitting_block(src: Path, block_size: int) -> int:
@@ -156,7 +162,11 @@ def quantized_nbits(src: Path, settings: Int4, bits: int, progress: Callable[[st
         save(quantize_nbits(model, settings, bits, tied is not None, progress), kept, needs_external_data(src))
         tied_file.write_text(json.dumps(tied), encoding="utf-8")
     pair = json.loads(tied_file.read_text(encoding="utf-8"))
-    return onnx.load(kept), (pair[0], pair[1]) if pair else None
+    # read back as made: what the quantizer left alone (a tied table, the E-class per-layer table) still in the
+    # source's files by absolute path, which onnx.load refuses to follow; mix_nbits reads it in
+    model = onnx.load(kept, load_external_data=False)
+    _locate_external_data(model, keep)
+    return model, (pair[0], pair[1]) if pair else None
 
 
 def mix_nbits(four: onnx.ModelProto, eight: onnx.ModelProto | None, keep_8bit: tuple[str, ...],

@@ -1,10 +1,12 @@
-"""The E-class exporter (issue 20): a Gemma 4 text decoder with per-layer embeddings (PLE) and KV sharing as an
-ONNX decoder with the io run.py's Decoder runs (input_ids, attention_mask, position_ids, past_key_values.N.key/value
--> logits, present.N.key/value). Run in the `genai` exporter environment (transformers 5.x has Gemma 4) as
-`python -m eclass_export SOURCE OUT`, a copy of this file beside it: packager is not installed there.
+"""The E-class exporter (issue 20): a Gemma 4 or Gemma 3n text decoder with per-layer embeddings (PLE) and KV
+sharing as an ONNX decoder with the io run.py's Decoder runs (input_ids, attention_mask, position_ids,
+past_key_values.N.key/value -> logits, present.N.key/value). Run in the `genai` exporter environment (transformers
+5.x has both) as `python -m eclass_export SOURCE OUT`, a copy of this file beside it: packager is not installed
+there.
 
-onnxruntime-genai's builder refuses PLE and KV sharing, and optimum cannot export gemma4_text, so the graph is
-traced from a forward of its own over the model's modules, with the cache as explicit tensors:
+onnxruntime-genai's builder refuses PLE and KV sharing, and optimum cannot export gemma4_text or gemma3n_text, so
+the graph is traced from a forward of its own over the model's modules, with the cache as explicit tensors (Gemma
+3n's: E3nDecoder, Gemma 4's with AltUp's streams, LAuReL and the MLP's activation sparsity):
 
 - Only the layers that own a cache have a past/present pair (`past_key_values.N` numbers the owners); a KV-shared
   layer reads the cache of the last owner of its layer type, as transformers' Gemma 4 does.
@@ -23,12 +25,14 @@ traced from a forward of its own over the model's modules, with the cache as exp
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import struct
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -53,9 +57,10 @@ WINDOW_AXIS = "window"            # a sliding layer's past length: packager/deco
 class EDecoder(torch.nn.Module):
     """Gemma4ForCausalLM's forward with its KV cache as tensors, its PLE table int8 per row."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, ple_vocab: int = 0) -> None:
         super().__init__()
         self.model, self.config = model, model.config
+        self.ple_vocab = ple_vocab   # the checkpoint's table's rows (the model loaded a stub of STUB)
         text = model.model
         if getattr(self.config, "enable_moe_block", False):
             raise SystemExit("a Gemma 4 MoE block (enable_moe_block) is not an E-class decoder; this exporter "
@@ -77,18 +82,20 @@ class EDecoder(torch.nn.Module):
         # Gather the int8 rows, then Cast: a Cast first would be folded into a float copy of the whole table. The
         # scales by GatherElements: a recipe's 8-bit quantizer quantizes every float Gather's table, with one
         # scale for all its rows, and leaves GatherElements alone.
-        scales = torch.gather(self.buffer("ple_scales"), 0, input_ids.reshape(-1, 1)).view(*input_ids.shape, 1)
-        rows = self.buffer("ple_rows")[input_ids].float() * scales
+        ids = self.ple_ids(input_ids)
+        scales = torch.gather(self.buffer("ple_scales"), 0, ids.reshape(-1, 1)).view(*input_ids.shape, 1)
+        rows = self.buffer("ple_rows")[ids].float() * scales
         ple = rows.view(*input_ids.shape, config.num_hidden_layers, config.hidden_size_per_layer_input)
         ple = text.project_per_layer_inputs(x, ple)
         queries = position_ids
         # sorted: a set's order changes with each process's string hashing, and the graph with it
         rope = {kind: text.rotary_emb(x, position_ids, kind) for kind in sorted(set(config.layer_types))}
+        x = self.streams_in(x)
         shared: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         presents: list[torch.Tensor] = []
         for i, layer in enumerate(text.layers):
             if i == self.first_shared:   # no cache to write from here on: the last position is all they need
-                x, ple, queries = x[:, -1:], ple[:, -1:], queries[:, -1:]
+                x, ple, queries = x[..., -1:, :], ple[:, -1:], queries[:, -1:]
                 rope = {k: (c[:, -1:], s[:, -1:]) for k, (c, s) in rope.items()}
             kind = config.layer_types[i]
             past_kv = None
@@ -96,11 +103,24 @@ class EDecoder(torch.nn.Module):
                 n = self.owners.index(i)
                 past_kv = (past[2 * n], past[2 * n + 1])
             x = self.layer(layer, x, ple[:, :, i], rope[kind], (queries, attention_mask), shared, past_kv, presents)
-        logits = self.model.lm_head(text.norm(x[:, -1:]))
+        logits = self.model.lm_head(self.last_hidden(x[..., -1:, :]))
         cap = config.final_logit_softcapping
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
         return (logits, *presents)
+
+    def ple_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The rows of the per-layer table the tokens read (Gemma 4's table covers its vocabulary)."""
+        return input_ids
+
+    def streams_in(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers' input from the embeddings (Gemma 4: the embeddings)."""
+        return x
+
+    def last_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's output at the last position, normed for the lm_head."""
+        normed: torch.Tensor = self.model.model.norm(x)
+        return normed
 
     def buffer(self, name: str) -> torch.Tensor:
         table = getattr(self, name)
@@ -153,6 +173,66 @@ class EDecoder(torch.nn.Module):
         projected: torch.Tensor = attn.o_proj(out.view(batch, heads, new, size).transpose(1, 2)
                                               .reshape(*h.shape[:-1], -1))
         return projected
+
+
+class E3nDecoder(EDecoder):
+    """Gemma3nForCausalLM's forward: EDecoder's, the layers on AltUp's streams ([streams, batch, sequence, hidden],
+    the first the embeddings), LAuReL beside the attention, the MLP's activation sparsity as a cutoff (mean + std x
+    the normal quantile, a constant here: transformers computes it with an erfinv that ONNX lacks)."""
+
+    def ple_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Gemma 3n's table is shorter than its vocabulary (E2B: 262,144 of 262,400): the others read row 0."""
+        return torch.where(input_ids < self.ple_vocab, input_ids, torch.zeros_like(input_ids))
+
+    def streams_in(self, x: torch.Tensor) -> torch.Tensor:
+        target = torch.mean(x**2, dim=-1, keepdim=True) ** 0.5
+        streams = [x] + [rescaled(proj(x), target) for proj in self.model.model.altup_projections]
+        return torch.stack(streams, dim=0)
+
+    def last_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        text = self.model.model
+        target = torch.mean(x[0] ** 2, dim=-1, keepdim=True) ** 0.5
+        streams = [x[0]] + [rescaled(proj(x[i]), target) for i, proj in enumerate(text.altup_unembed_projections, 1)]
+        normed: torch.Tensor = text.norm(torch.stack(streams).mean(dim=0))
+        return normed
+
+    def layer(self, layer: Any, x: torch.Tensor, per_layer: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+              mask: tuple[torch.Tensor, torch.Tensor], shared: dict[str, tuple[torch.Tensor, torch.Tensor]],
+              past_kv: tuple[torch.Tensor, torch.Tensor] | None, presents: list[torch.Tensor]) -> torch.Tensor:
+        """Gemma3nTextDecoderLayer.forward, its attention on explicit tensors."""
+        config = self.config
+        predictions = layer.altup.predict(x)
+        active = predictions[config.altup_active_idx]
+        normed = layer.input_layernorm(active)
+        laurel = layer.laurel(normed)
+        attn = self.attention(layer.self_attn, normed, rope, mask, shared, past_kv, presents)
+        gated = (active + layer.post_attention_layernorm(attn) + laurel) / math.sqrt(2)
+        ffw = layer.post_feedforward_layernorm(self.mlp(layer.mlp, layer.pre_feedforward_layernorm(gated)))
+        corrected = layer.altup.correct(predictions, gated + ffw)
+        first = corrected[config.altup_active_idx]
+        if config.altup_correct_scale:
+            first = layer.altup.scale_corrected_output(first)
+        first = layer.per_layer_projection(layer.act_fn(layer.per_layer_input_gate(first)) * per_layer)
+        return torch.cat([corrected[:1], corrected[1:] + layer.post_per_layer_input_norm(first)], dim=0)
+
+    @staticmethod
+    def mlp(mlp: Any, h: torch.Tensor) -> torch.Tensor:
+        gate = mlp.gate_proj(h)
+        if mlp.activation_sparsity > 0:
+            spread = NormalDist().inv_cdf(mlp.activation_sparsity)
+            cutoff = gate.mean(dim=-1, keepdim=True) + gate.std(dim=-1, keepdim=True, unbiased=False) * spread
+            gate = torch.relu(gate - cutoff)
+        out: torch.Tensor = mlp.down_proj(mlp.act_fn(gate) * mlp.up_proj(h))
+        return out
+
+
+def rescaled(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`x` at the root-mean-square `target` (Gemma 3n's AltUp projections in and out)."""
+    return x * target / torch.sqrt(torch.mean(x**2, dim=-1, keepdim=True).clamp(min=1e-5))
+
+
+def decoder_for(model: Any, ple_vocab: int) -> EDecoder:
+    return (E3nDecoder if model.config.model_type == "gemma3n_text" else EDecoder)(model, ple_vocab)
 
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -261,6 +341,10 @@ def load(source: Path) -> Any:
     missing, unexpected = model.load_state_dict(state, strict=False)   # copied into the fp32 parameters
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()   # the embedding's, which the state sets
     absent = [k for k in missing if not k.endswith(PLE_WEIGHT) and k not in tied]
+    # Gemma 3n's checkpoints keep k/v projections on the KV-shared layers, which read an earlier layer's cache and
+    # which transformers 5 no longer makes (it names them in _keys_to_ignore_on_load_unexpected)
+    unused = getattr(model.model, "_keys_to_ignore_on_load_unexpected", None) or []
+    unexpected = [k for k in unexpected if not any(f".{name}." in f".{k}" for name in unused)]
     if absent or unexpected:
         raise SystemExit(f"{source}: the checkpoint does not match {type(model).__name__} (missing "
                          f"{absent[:3]}, unexpected {unexpected[:3]}); save the text decoder with save_pretrained")
@@ -289,7 +373,7 @@ def export(source: Path, out: Path) -> dict[str, Any]:
     """model.onnx (+ its two data files) in `out`; returns what was made (names, seconds)."""
     started = time.monotonic()
     table = CheckpointTensor.find(source, PLE_WEIGHT)
-    module = EDecoder(load(source))
+    module = decoder_for(load(source), table.shape[0])
     config = module.config
     names = io_names(module)
     past = [torch.zeros(1, heads, 0, dim) for heads, dim in owner_shapes(module) for _ in (0, 1)]
