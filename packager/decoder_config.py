@@ -191,10 +191,15 @@ def known(config: dict[str, Any]) -> bool:
 
 def e_type(config: dict[str, Any]) -> str:
     """The E-class family of a config (a Gemma 3n or Gemma 4 text decoder with per-layer embeddings), else ""."""
-    text = config.get("text_config")
-    merged = {**config, **(text if isinstance(text, dict) else {})}
     model_type = _model_type(config)
-    return model_type if model_type in E_FAMILIES and merged.get("hidden_size_per_layer_input") else ""
+    return model_type if model_type in E_FAMILIES and text_keys(config).get("hidden_size_per_layer_input") else ""
+
+
+def text_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """The text decoder's keys: a multimodal config's text_config over the outer keys (tie_word_embeddings, where
+    the text one lacks them); a text-only config as it is."""
+    text = config.get("text_config")
+    return {**config, **(text if isinstance(text, dict) else {})}
 
 
 def _model_type(config: dict[str, Any]) -> str:
@@ -210,8 +215,7 @@ def read(config: dict[str, Any], where: str) -> DecoderConfig:
     text = config.get("text_config")
     if text is not None and not isinstance(text, dict):
         raise Keys(config, where).fail("text_config", "must be an object of the text decoder's keys")
-    merged = {**config, **(text or {})}   # the outer config's keys (tie_word_embeddings) where the text one lacks them
-    k = Keys(merged, where)
+    k = Keys(text_keys(config), where)
     model_type = _model_type(config)
     if model_type in E_FAMILIES:
         return _e_model(k, model_type)

@@ -11,7 +11,7 @@ from typing import Any
 
 from packager import decoder_config, exporter_envs
 from packager.model_files import TOKENIZER_FILES
-from packager.onnx_rewrite import name_tied_lm_head
+from packager.onnx_rewrite import bypass_identities, name_tied_lm_head
 
 MODULE = "eclass_export"   # packager/runtimes/eclass_export.py, never imported here (it imports torch)
 EXPORTER = Path(__file__).with_name("runtimes") / f"{MODULE}.py"   # stages/export.py's ECLASS_EXPORTER
@@ -56,4 +56,5 @@ def export(source: Path, out: Path, work: Path, progress: Callable[[str], None] 
     # onnxruntime prepacks a MatMul's constant weight into a copy of its own whatever the file holds (a Transpose
     # or a FusedMatMul transB reading the embedding measured the same peak), so storing it once saves disk only.
     name_tied_lm_head(out / "model.onnx")
+    bypass_identities(out / "model.onnx")
     return made

@@ -1,6 +1,7 @@
 """Rewrites of an exported ONNX file that keep its meaning and change its layout, done from the files, a slice at
 a time, so a model larger than memory can take them: the per-tensor files of torch.onnx merged into one data file,
-transposed weights folded into tables of their own, and a tied lm_head named as the one the recipes look for.
+transposed weights folded into tables of their own, a tied lm_head named as the one the recipes look for, and a
+shared weight's Identity read as the weight itself.
 """
 
 from __future__ import annotations
@@ -94,6 +95,29 @@ def name_tied_lm_head(path: Path) -> None:
             if value == head:
                 node.input[i] = name
     onnx.save(model, path)
+
+
+def bypass_identities(path: Path) -> int:
+    """Each Identity of an initializer read as the initializer itself, the Identity gone: torch's exporter writes
+    one for a weight that two calls share (Gemma 3n's AltUp router, in predict and in correct), and the quantizers
+    take only an initializer as a weight (recipes/prepare.py's hidden_weights). Only the graph file changes; the
+    weights stay where they are. Returns how many."""
+    model = onnx.load(path, load_external_data=False)
+    stored = {i.name for i in model.graph.initializer}
+    outputs = {o.name for g in all_graphs(model.graph) for o in g.output}
+    alias = {n.output[0]: n.input[0] for n in model.graph.node
+             if n.op_type == "Identity" and n.input[0] in stored and n.output[0] not in outputs}
+    if not alias:
+        return 0
+    for g in all_graphs(model.graph):
+        for node in g.node:
+            for i, name in enumerate(node.input):
+                node.input[i] = alias.get(name, name)
+    kept = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    onnx.save(model, path)
+    return len(alias)
 
 
 def fold_transposed_weights(path: Path, progress: Callable[[str], None] | None = None) -> None:

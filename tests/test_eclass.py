@@ -20,6 +20,7 @@ from packager import decoder_config, eclass, emulate
 from packager.decoder_config import WINDOW_AXIS
 from packager.errors import ExitCode
 from packager.exporter_envs import GENAI, is_ready
+from packager.recipes.prepare import hidden_weights
 from tiny_decoders import ECLASS, ECLASS_3N, make_eclass
 
 PLE_VOCAB = 262144   # the real Gemma 4 vocabulary: the table (25 MB here) outgrows any page or folio size
@@ -314,6 +315,9 @@ def test_a_gemma_3n_generates_the_pytorch_models_tokens(exported_3n: tuple) -> N
     assert list(rows.dims) == [ECLASS_3N["vocab_size_per_layer_input"],
                                ECLASS_3N["num_hidden_layers"] * ECLASS_3N["hidden_size_per_layer_input"]]
     assert "Erfinv" not in {n.op_type for n in graph.graph.node}
+    # AltUp's router weight, read in predict and in correct: the weight itself, not torch's Identity of it, which
+    # the quantizers refuse (onnx_rewrite.bypass_identities)
+    assert not hidden_weights(graph)
 
 
 def test_a_gemma_3n_packages_for_rpi5_verified_against_pytorch(exported_3n: tuple, tmp_path: Path) -> None:
@@ -333,6 +337,54 @@ def test_a_gemma_3n_packages_for_rpi5_verified_against_pytorch(exported_3n: tupl
     assert "PyTorch" in json.dumps(manifest["accuracy"])
     smoke = subprocess.run([sys.executable, "smoke_test.py"], cwd=bundle, capture_output=True, text=True, timeout=600)
     assert smoke.returncode == 0 and "PASS" in smoke.stdout, smoke.stdout + smoke.stderr
+
+
+def multimodal(source: Path, folder: Path) -> Path:
+    """`source`'s text decoder as a published multimodal checkpoint holds it (Gemma3nForConditionalGeneration: the
+    language model's tensors under model.language_model., beside the encoders'; its config under text_config)."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    folder.mkdir()
+    for f in source.iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            shutil.copyfile(f, folder / f.name)
+    text = json.loads((source / "config.json").read_text())
+    text.pop("architectures")
+    (folder / "config.json").write_text(json.dumps({"architectures": ["Gemma3nForConditionalGeneration"],
+                                                    "model_type": "gemma3n", "text_config": text,
+                                                    "tie_word_embeddings": True}))
+    state = {"model.language_model." + k.removeprefix("model."): v
+             for k, v in load_file(source / "model.safetensors").items()}
+    state |= {"model.vision_tower.timm_model.conv_stem.conv.weight": np.ones((4, 3, 3, 3), np.float32),
+              "model.audio_tower.subsample_conv_projection.conv_0.conv.weight": np.ones((4, 1, 3, 3), np.float32)}
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_a_multimodal_gemma_3n_folder_exports_its_text_decoder(exported_3n: tuple, tmp_path: Path) -> None:
+    """A Gemma3nForConditionalGeneration folder (the text decoder beside its vision and audio encoders) exports
+    its text decoder: the same files as the text decoder's own folder, the encoders' tensors not read."""
+    source, out, made = exported_3n
+    folder = multimodal(source, tmp_path / "gemma3n-mm")
+    assert eclass.export(folder, tmp_path / "onnx", tmp_path / "work")["owners"] == made["owners"]
+    for name in ("model.onnx", "model.onnx.data", made["ple_file"]):
+        assert (tmp_path / "onnx" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_a_multimodal_gemma_3n_folder_packages_with_its_text_decoders_positions(exported_3n: tuple,
+                                                                                 tmp_path: Path) -> None:
+    """The source stage takes it as a decoder (not an encoder-decoder of an unknown type), its positions from
+    text_config (not the 512 a config without max_position_embeddings gets), verified against PyTorch."""
+    folder = multimodal(exported_3n[0], tmp_path / "gemma3n-mm")
+    proc = packager("package", str(folder), "--target", "rpi5", "--recipe", "int8-dynamic", "--out",
+                    str(tmp_path / "dist"), "--no-cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with tarfile.open(next((tmp_path / "dist").glob("*.tar.gz"))) as tar:
+        manifest = json.loads(tar.extractfile(next(m for m in tar.getmembers()
+                                                   if m.name.endswith("/manifest.json"))).read())
+    assert manifest["memory"]["estimate"]["context"] == ECLASS_3N["max_position_embeddings"]
+    assert "PyTorch" in json.dumps(manifest["accuracy"])
 
 
 def test_pickled_weights_are_refused_naming_safetensors(exported: tuple, tmp_path: Path) -> None:

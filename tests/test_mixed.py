@@ -135,3 +135,27 @@ def test_int4_mixed_is_refused_for_models_that_do_not_generate(tiny_bert: Path) 
     assert e.value.code == ExitCode.USAGE
     assert e.value.message == ("recipe int4-mixed finds the layers of a decoder LLM that need 8 bits by what it "
                                "generates; this is a text model: use int4 or int8-dynamic instead.")
+
+
+def test_a_weight_two_layers_share_goes_to_8_bits_with_both_readers(tmp_path: Path) -> None:
+    """Gemma 3n's AltUp router: one weight read by MatMuls of two names (its predict and its correct). Keeping one
+    of them at 8 bits takes the other along (one weight has one quantization): before, the 4-bit copy was dropped
+    while the other still read it, and onnxruntime refused the model."""
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, 0.1, (HIDDEN, HIDDEN)).astype(np.float32)
+    table = rng.normal(0, 0.5, (VOCAB, HIDDEN)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["embed.weight", "input_ids"], ["x"], name="/embed_tokens/Gather"),
+             helper.make_node("MatMul", ["x", "router"], ["a"], name="/modality_router/MatMul"),
+             helper.make_node("MatMul", ["a", "router"], ["b"], name="/modality_router_1/MatMul"),
+             helper.make_node("MatMul", ["b", "head"], ["logits"], name="/lm_head/MatMul")]
+    graph = helper.make_graph(
+        nodes, "shared", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "n"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "n", VOCAB])],
+        [numpy_helper.from_array(table, "embed.weight"), numpy_helper.from_array(shared, "router"),
+         numpy_helper.from_array(rng.normal(0, 0.5, (HIDDEN, VOCAB)).astype(np.float32), "head")])
+    src = tmp_path / "fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), src)
+    quantized(src, tmp_path / "mixed.onnx", keep=("modality_router",))
+    assert bits(tmp_path / "mixed.onnx")["modality_router"] == bits(tmp_path / "mixed.onnx")["modality_router_1"] == 8
+    out = logits(tmp_path / "mixed.onnx")   # onnxruntime takes the model (it refused the dropped 4-bit weight)
+    assert out.shape == logits(src).shape and np.isfinite(out).all()

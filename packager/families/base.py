@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from packager.decoder_config import text_keys
 from packager.paths import targets_dir
 
 if TYPE_CHECKING:
@@ -69,8 +70,9 @@ def max_length(folder: Path) -> int:
     """The longest input the model takes, in tokens, from the source's configuration files (512 when none says)."""
     for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length"),
                       ("config.json", "max_position_embeddings")):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            value = int(json.loads((folder / name).read_text(encoding="utf-8"))[key])
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+            # a multimodal config's text decoder: its text_config's positions
+            value = int(text_keys(json.loads((folder / name).read_text(encoding="utf-8")))[key])
             if 0 < value < 1_000_000:
                 return value
     return 512

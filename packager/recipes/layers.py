@@ -25,6 +25,11 @@ def layer_of(node: onnx.NodeProto) -> str:
     return block or (segments[-1] if segments else node.output[0])
 
 
+def _weight(node: onnx.NodeProto) -> str:
+    """A quantized node's packed weight: MatMulNBits' B, GatherBlockQuantized's table."""
+    return str(node.input[1] if node.op_type == "MatMulNBits" else node.input[0])
+
+
 def layer_bytes(model: onnx.ModelProto) -> dict[str, int]:
     """Bytes of each layer's quantized weights (packed weights, scales, zero points)."""
     sizes = weight_bytes(model)[2]
@@ -48,8 +53,11 @@ def compose(four: onnx.ModelProto, eight: onnx.ModelProto, keep_8bit: tuple[str,
     names4 = {i.name for i in four.graph.initializer}
     dropped: set[str] = set()
     added: dict[str, None] = {}      # ordered: the file comes out the same for the same choice
+    # a weight that nodes of two layers share (Gemma 3n's AltUp router, read in predict and in correct) has one
+    # quantization: its readers go to 8 bits together
+    chosen = {_weight(n) for n in four.graph.node if n.op_type in _NBITS and layer_of(n) in keep_8bit}
     for index, node in enumerate(four.graph.node):
-        if node.op_type in _NBITS and layer_of(node) in keep_8bit and node.output[0] in by_output:
+        if node.op_type in _NBITS and _weight(node) in chosen and node.output[0] in by_output:
             replacement = by_output[node.output[0]]
             dropped.update(i for i in node.input if i in names4)
             added.update(dict.fromkeys(i for i in replacement.input if i in inits8))

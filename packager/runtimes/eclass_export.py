@@ -50,6 +50,7 @@ OPSET = 17
 STUB = 8                          # rows of the table the model loads and the trace sees (the ids it traces are 1-3)
 SLICE_BYTES = 256 * 2**20         # fp32 rows quantized at a time: the host holds this much of the table, not all
 PLE_WEIGHT = "embed_tokens_per_layer.weight"   # the table's name in the checkpoint (after any prefix)
+TEXT_PREFIX = "model.language_model."   # a multimodal checkpoint's text decoder (ForConditionalGeneration)
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 WINDOW_AXIS = "window"            # a sliding layer's past length: packager/decoder_config.py's WINDOW_AXIS
 
@@ -333,13 +334,20 @@ def load(source: Path) -> Any:
         raise SystemExit(f"{source}: config.json has no hidden_size_per_layer_input: not an E-class (per-layer "
                          "embedding) model; package it on the onnxruntime or genai path")
     text.vocab_size_per_layer_input = min(STUB, text.vocab_size_per_layer_input)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="eager")
+    multimodal = text is not config
+    if multimodal:   # the model ties as the outer config says
+        text.tie_word_embeddings = getattr(config, "tie_word_embeddings", text.tie_word_embeddings)
+    # the text decoder alone (Gemma4ForCausalLM, Gemma3nForCausalLM), from a multimodal checkpoint too
+    model = AutoModelForCausalLM.from_config(text, dtype=torch.float32, attn_implementation="eager")
     state: dict[str, torch.Tensor] = {}
     for name in checkpoint_files(source):
         with safe_open(source / name, framework="pt") as f:
-            state |= {key: f.get_tensor(key) for key in f.keys() if not key.endswith(PLE_WEIGHT)}
+            for key in f.keys():
+                local = text_key(key, multimodal)
+                if local is not None and not key.endswith(PLE_WEIGHT):
+                    state[local] = f.get_tensor(key)
     missing, unexpected = model.load_state_dict(state, strict=False)   # copied into the fp32 parameters
-    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()   # the embedding's, which the state sets
+    tied = {"lm_head.weight"} if text.tie_word_embeddings else set()   # the embedding's, which the state sets
     absent = [k for k in missing if not k.endswith(PLE_WEIGHT) and k not in tied]
     # Gemma 3n's checkpoints keep k/v projections on the KV-shared layers, which read an earlier layer's cache and
     # which transformers 5 no longer makes (it names them in _keys_to_ignore_on_load_unexpected)
@@ -349,6 +357,14 @@ def load(source: Path) -> Any:
         raise SystemExit(f"{source}: the checkpoint does not match {type(model).__name__} (missing "
                          f"{absent[:3]}, unexpected {unexpected[:3]}); save the text decoder with save_pretrained")
     return model.eval()
+
+
+def text_key(key: str, multimodal: bool) -> str | None:
+    """A checkpoint tensor's name in the text decoder's model: a multimodal checkpoint's language model
+    (TEXT_PREFIX) renamed as the text-only class names it, its vision and audio encoders' tensors None (not read)."""
+    if not multimodal or key == "lm_head.weight":
+        return key
+    return "model." + key.removeprefix(TEXT_PREFIX) if key.startswith(TEXT_PREFIX) else None
 
 
 def checkpoint_files(source: Path) -> list[str]:

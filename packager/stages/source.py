@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from packager import adapter as lora
+from packager import decoder_config
 from packager.context import Context, Source
 from packager.model_files import (
     PICKLE_SUFFIXES,
@@ -47,12 +48,15 @@ SEQ2SEQ_TASKS = {
 SEQ2SEQ_SUFFIXES = ("ForConditionalGeneration", "ForSpeechSeq2Seq", "ForVision2Seq", "VisionEncoderDecoderModel")
 
 
-def task_for(architectures: list[str], where: Path, model_type: str = "") -> tuple[str, str]:
-    """The export task for the first architecture in config.json (local folders cannot auto-infer it)."""
+def task_for(architectures: list[str], where: Path, model_type: str = "", e_class: bool = False) -> tuple[str, str]:
+    """The export task for the first architecture in config.json (local folders cannot auto-infer it); an E-class
+    model's (Gemma 3n, Gemma 4) is its text decoder's, whether the folder holds it alone or beside its encoders."""
     if not architectures:
         raise _bad(f"{where}: config.json has no `architectures` list, so the export task is unknown; "
                    "add the model class name (e.g. \"BertModel\") to config.json.")
     arch = architectures[0]
+    if e_class:
+        return DECODER_TASK, arch
     if arch.endswith(SEQ2SEQ_SUFFIXES):
         if model_type in SEQ2SEQ_TASKS:
             return SEQ2SEQ_TASKS[model_type], arch
@@ -71,7 +75,8 @@ def _hf_folder(path: Path, allow_pickle: bool) -> Source:
     config = read_json(config_path, "fix or replace the file")
     if not isinstance(config, dict):
         raise _bad(f"{config_path}: not a model configuration (expected a JSON object).")
-    task, arch = task_for(config.get("architectures") or [], path, str(config.get("model_type", "")))
+    task, arch = task_for(config.get("architectures") or [], path, str(config.get("model_type", "")),
+                          bool(decoder_config.e_type(config)))
     weights = sorted(path.glob("*.safetensors"))
     pickled = False
     if weights:
