@@ -2,11 +2,13 @@
 
 A Gemma 4 E-class model with random weights: E2B's layer plan (35 layers, 20 of them KV-shared, 4 sliding to 1
 full, window 512, its heads and head sizes), its vocabulary (262,144) and PLE width (35 x 256), so its table is
-E2B's, 2,240 MiB in int8, more than the 1.5 GB budget; the rest scaled down (hidden 256, MLP 512). The Hugging
-Face folder is stored in bf16, as Google's checkpoints are. It goes through `packager package` (export, quantize,
-verify against PyTorch, fit, bundle) for each target, each run's host peak taken by /usr/bin/time -v (the
-largest process: packager or one of its children). Then each bundle runs by its own device code (run.py's
-Runner: the manifest's session options, the decoder's chunked prefill), in three variants of its model folder:
+E2B's, 2,240 MiB in int8, more than the 1.5 GB budget; the rest scaled down (hidden 256, MLP 512). With
+--family gemma3n, Gemma 3n E2B's (30 layers, 10 KV-shared, AltUp's 4 streams, a 262,144-row table of 30 x 256:
+1,920 MiB). The Hugging Face folder is stored in bf16, as Google's checkpoints are. It goes through `packager
+package` (export, quantize, verify against PyTorch, fit, bundle) for each target, each run's host peak taken by
+/usr/bin/time -v (the largest process: packager or one of its children). Then each bundle runs by its own device
+code (run.py's Runner: the manifest's session options, the decoder's chunked prefill), in three variants of its
+model folder:
 
     mapped     the bundle as packaged: the table in model.ple.data, which onnxruntime memory-maps, and run.py
                advises the kernel to read at random (runtime.mapped: no readahead around a row's page)
@@ -38,11 +40,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-E2B = REPO / "packager" / "data" / "configs" / "Gemma-4-E2B.json"
-# E2B's layer plan, attention and tables; what the stack computes with, scaled down
+# E2B's published config by family (--family)
+E2B = {"gemma4": REPO / "packager" / "data" / "configs" / "Gemma-4-E2B.json",
+       "gemma3n": REPO / "packager" / "data" / "configs" / "Gemma-3n-E2B.json"}
+# E2B's layer plan, attention and tables (those of the family's keys its config has); what the stack computes with,
+# scaled down
 KEPT = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "global_head_dim",
         "sliding_window", "vocab_size", "vocab_size_per_layer_input", "hidden_size_per_layer_input",
-        "num_kv_shared_layers", "use_double_wide_mlp", "final_logit_softcapping", "layer_types", "hidden_activation")
+        "num_kv_shared_layers", "use_double_wide_mlp", "final_logit_softcapping", "layer_types", "hidden_activation",
+        "altup_num_inputs", "laurel_rank", "activation_sparsity_pattern")
 SCALED = {"hidden_size": 256, "intermediate_size": 512, "max_position_embeddings": 16384}
 TABLE = "model.ple.data"
 BUDGET_MIB = 1_500_000_000 / 2**20
@@ -121,21 +127,24 @@ print(json.dumps({"load_hwm": loaded, "hwm": status("VmHWM"), "table_rss": file_
 """
 
 
-def spec() -> dict:
-    from tiny_decoders import ECLASS
+def spec(family: str) -> dict:
+    from tiny_decoders import ECLASS, ECLASS_3N
 
-    config = json.loads(E2B.read_text())
+    config = json.loads(E2B[family].read_text())
     text = config.get("text_config", config)
-    return ECLASS | {k: text[k] for k in KEPT} | SCALED
+    return (ECLASS_3N if family == "gemma3n" else ECLASS) | {k: text[k] for k in KEPT if k in text} | SCALED
 
 
-def make_source(folder: Path) -> Path:
+def make_source(folder: Path, family: str) -> Path:
     from packager.exporter_envs import GENAI
-    from tiny_decoders import make_tokenizer
+    from tiny_decoders import MAKE_ECLASS_3N, make_tokenizer
 
     if not (folder / "model.safetensors").is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        subprocess.run([str(GENAI.python), "-c", MAKE, str(folder), json.dumps(spec())], check=True)
+        # Gemma 3n: the tests' maker (AltUp's output scale random, the shared layers' k/v in the checkpoint) in bf16
+        bf16 = "import torch\ntorch.set_default_dtype(torch.bfloat16)\n"
+        make = MAKE if family == "gemma4" else bf16 + MAKE_ECLASS_3N
+        subprocess.run([str(GENAI.python), "-c", make, str(folder), json.dumps(spec(family)), "0"], check=True)
     if not (folder / "tokenizer.json").is_file():
         make_tokenizer(folder, SCALED["max_position_embeddings"])
     return folder
@@ -190,18 +199,21 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=["rpi5", "phone"])
     parser.add_argument("--tokens", type=int, nargs="+", default=[1000, 8192])
     parser.add_argument("--root", type=Path, default=Path("/tmp/bench-eclass"))
+    parser.add_argument("--family", choices=sorted(E2B), default="gemma4",
+                        help="the E model whose E2B config sets the layer plan and tables (default gemma4)")
     parser.add_argument("--reuse", action="store_true", help="measure the bundle an earlier run left in ROOT/TARGET")
     parser.add_argument("--package-args", nargs=argparse.REMAINDER, default=[],
                         help="passed to packager package (e.g. --recipe int8-dynamic)")
     args = parser.parse_args()
-    source = make_source(args.root / "source")
-    config = spec()
+    source = make_source(args.root / "source", args.family)
+    config = spec(args.family)
     vocab = config["vocab_size_per_layer_input"]   # = vocab_size: the prompt ids are drawn over both
     width = config["num_hidden_layers"] * config["hidden_size_per_layer_input"]
     print(f"PLE table {vocab * width / 2**20:,.0f} MiB ({vocab:,} x {config['num_hidden_layers']} x "
           f"{config['hidden_size_per_layer_input']} int8, a scale per row); budget {BUDGET_MIB:,.0f} MiB")
     for target in args.targets:
-        bundle, took = package(source, target, args.root / target, args.package_args, args.reuse)
+        # a target by name, or a profile file (a copy of one with other thresholds: its stem names the folder)
+        bundle, took = package(source, target, args.root / Path(target).stem, args.package_args, args.reuse)
         recipe = json.loads((bundle / "manifest.json").read_text())["recipe"]["name"]
         size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
         print(f"\n{target}: packaged in {took}; recipe {recipe}; bundle "

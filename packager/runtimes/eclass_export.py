@@ -120,8 +120,7 @@ class EDecoder(torch.nn.Module):
 
     def last_hidden(self, x: torch.Tensor) -> torch.Tensor:
         """The last layer's output at the last position, normed for the lm_head."""
-        normed: torch.Tensor = self.model.model.norm(x)
-        return normed
+        return self.model.model.norm(x)  # type: ignore[no-any-return]
 
     def buffer(self, name: str) -> torch.Tensor:
         table = getattr(self, name)
@@ -194,8 +193,7 @@ class E3nDecoder(EDecoder):
         text = self.model.model
         target = torch.mean(x[0] ** 2, dim=-1, keepdim=True) ** 0.5
         streams = [x[0]] + [rescaled(proj(x[i]), target) for i, proj in enumerate(text.altup_unembed_projections, 1)]
-        normed: torch.Tensor = text.norm(torch.stack(streams).mean(dim=0))
-        return normed
+        return text.norm(torch.stack(streams).mean(dim=0))  # type: ignore[no-any-return]
 
     def layer(self, layer: Any, x: torch.Tensor, per_layer: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
               mask: tuple[torch.Tensor, torch.Tensor], shared: dict[str, tuple[torch.Tensor, torch.Tensor]],
@@ -214,7 +212,10 @@ class E3nDecoder(EDecoder):
         if config.altup_correct_scale:
             first = layer.altup.scale_corrected_output(first)
         first = layer.per_layer_projection(layer.act_fn(layer.per_layer_input_gate(first)) * per_layer)
-        return torch.cat([corrected[:1], corrected[1:] + layer.post_per_layer_input_norm(first)], dim=0)
+        # streams 1: take it, stream 0 adds 0: no Concat of slices, which the estimate doubled at every layer
+        others = torch.tensor([0.0] + [1.0] * (corrected.shape[0] - 1)).view(-1, 1, 1, 1)
+        out: torch.Tensor = corrected + others * layer.post_per_layer_input_norm(first)
+        return out
 
     @staticmethod
     def mlp(mlp: Any, h: torch.Tensor) -> torch.Tensor:
