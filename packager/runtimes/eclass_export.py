@@ -6,7 +6,7 @@ there.
 
 onnxruntime-genai's builder refuses PLE and KV sharing, and optimum cannot export gemma4_text or gemma3n_text, so
 the graph is traced from a forward of its own over the model's modules, with the cache as explicit tensors (Gemma
-3n's: E3nDecoder, Gemma 4's with AltUp's streams, LAuReL and the MLP's activation sparsity):
+4's: EDecoder; Gemma 3n's: E3nDecoder, the same with AltUp's streams, LAuReL and the MLP's activation sparsity):
 
 - Only the layers that own a cache have a past/present pair (`past_key_values.N` numbers the owners); a KV-shared
   layer reads the cache of the last owner of its layer type, as transformers' Gemma 4 does.
