@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from packager import interrupts
 from packager.cli_bench import bench
 from packager.cli_bundle import inspect_model, keygen, smoke
 from packager.cli_common import (
@@ -357,16 +357,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # packager never downloads models
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    # SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so every stage's cleanup runs; a second
-    # signal must not cut that cleanup short.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)
+    interrupts.install()
     try:
         app(prog_name="packager")
     except KeyboardInterrupt:  # outside any command's guard (while parsing, importing)

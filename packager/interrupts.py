@@ -1,0 +1,81 @@
+"""Ctrl-C and SIGTERM stop the CLI by unwinding its stages, so that each removes what it wrote (exit 130).
+
+Python raises a signal's KeyboardInterrupt at whatever bytecode runs next, and Python code that C or C++ called
+cannot take it: a C extension's module init that calls back into Python aborts the process (`terminate called after
+throwing an instance of 'pybind11::error_already_set'`, exit -6, the work folder left behind), torch's tensor
+constructor turns it into a ValueError (the export "failed", exit 10), a `__del__` prints "Exception ignored" and the
+run goes on to finish. Python cannot see whether C sits between two frames, so the interrupt is raised where no C
+caller can be: in packager's own code, the standard library that code calls, or the pure-Python packages the stages
+spend long loops in (SAFE_FILES), outside imports, finalizers and torch's tracing. Elsewhere it waits, re-checked
+every RECHECK_S seconds by a timer (SIGALRM), until a long call into a library returns; a second signal raises it at
+once, wherever the stack is."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import sysconfig
+from pathlib import Path
+from types import FrameType
+
+RECHECK_S = 0.05
+PACKAGER_DIR = str(Path(__file__).resolve().parent)
+SAFE_FILES = (PACKAGER_DIR, "/onnxruntime/quantization/")
+STDLIB = tuple({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
+# Frames a C caller may be running, whatever calls them.
+UNSAFE_FILES = ("<frozen importlib", "/weakref.py")
+UNSAFE_FUNCTIONS = ("__del__",)
+
+_pending: list[int] = []
+
+
+def install() -> None:
+    """The CLI's handlers for SIGINT and SIGTERM (a library caller keeps its own)."""
+    _pending.clear()
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+
+def safe(frame: FrameType | None) -> bool:
+    """Whether an exception may be raised in the stack from `frame` down (the module's docstring)."""
+    caller = ""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name in UNSAFE_FUNCTIONS or any(part in code.co_filename for part in UNSAFE_FILES):
+            return False
+        if not caller and not _stdlib(code.co_filename):
+            caller = code.co_filename
+        frame = frame.f_back
+    return (not caller or any(part in caller for part in SAFE_FILES)) and not _tracing()
+
+
+def _stdlib(filename: str) -> bool:
+    return filename.startswith(STDLIB) or filename.startswith("<frozen ")
+
+
+def _tracing() -> bool:
+    torch = sys.modules.get("torch")
+    state = getattr(getattr(torch, "_C", None), "_get_tracing_state", None)
+    return bool(state is not None and state() is not None)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if _pending:   # a second signal: at once
+        _raise(frame)
+    _pending.append(signum)
+    _raise_when_safe(frame)
+
+
+def _raise_when_safe(frame: FrameType | None) -> None:
+    if safe(frame):
+        _raise(frame)
+    signal.signal(signal.SIGALRM, lambda _signum, later: _raise_when_safe(later))
+    signal.setitimer(signal.ITIMER_REAL, RECHECK_S)
+
+
+def _raise(frame: FrameType | None) -> None:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    # a third signal must not cut short the cleanup that the KeyboardInterrupt starts
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt

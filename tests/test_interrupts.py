@@ -1,0 +1,105 @@
+"""packager/interrupts.py: a signal's KeyboardInterrupt waits until no C caller can sit under the frame it lands in
+(an import, a finalizer), then stops the run; a second signal stops it at once. Each case runs in a child
+interpreter that signals itself while a frame Python cannot safely interrupt is running."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from packager import interrupts
+
+CHILD = """
+import os, signal, sys, threading, time
+from packager import interrupts
+interrupts.install()
+interrupts.SAFE_FILES += (__file__,)   # this script stands for packager's own code
+def signal_me(after, times=1):
+    def send():
+        for _ in range(times):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+    threading.Timer(after, send).start()
+start = time.monotonic()
+try:
+{body}
+    print("finished", flush=True)
+except KeyboardInterrupt:
+    print(f"interrupted after {{time.monotonic() - start:.2f}}", flush=True)
+"""
+
+
+def run_child(tmp_path: Path, body: str, files: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    for name, text in (files or {}).items():
+        (tmp_path / name).write_text(textwrap.dedent(text))
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(body=textwrap.indent(textwrap.dedent(body), "    ")))
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+
+def interrupted_after(proc: subprocess.CompletedProcess[str]) -> float:
+    assert proc.returncode == 0 and "Exception ignored" not in proc.stderr, proc.stderr
+    lines = proc.stdout.split()
+    assert "interrupted" in lines, proc.stdout
+    return float(lines[-1])
+
+
+def test_an_import_finishes_before_the_interrupt(tmp_path: Path) -> None:
+    proc = run_child(tmp_path, """
+        sys.path.insert(0, os.getcwd())
+        signal_me(0.3)
+        import slow
+        print("imported whole:", slow.WHOLE, flush=True)
+        time.sleep(5)
+    """, {"slow.py": """
+        import time
+        time.sleep(1.0)
+        WHOLE = True
+    """})
+    assert "imported whole: True" in proc.stdout   # the default handler raises inside the import
+    assert 1.0 <= interrupted_after(proc) < 2.0
+
+
+def test_a_finalizer_does_not_swallow_the_interrupt(tmp_path: Path) -> None:
+    proc = run_child(tmp_path, """
+        class Slow:
+            def __del__(self):
+                time.sleep(1.0)
+        signal_me(0.3)
+        Slow()
+        time.sleep(5)
+    """)
+    # the default handler raises inside __del__: "Exception ignored", and the script finishes
+    assert 1.0 <= interrupted_after(proc) < 2.0
+
+
+def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
+    proc = run_child(tmp_path, """
+        sys.path.insert(0, os.getcwd())
+        signal_me(0.3, times=2)
+        import slow
+        time.sleep(5)
+    """, {"slow.py": """
+        import time
+        time.sleep(3.0)
+    """})
+    assert interrupted_after(proc) < 1.5   # inside the import: the user insisted
+
+
+def test_frames_outside_packager_wait() -> None:
+    assert interrupts.safe(None)
+    # this test's own frame is neither packager's code nor the standard library's
+    assert not interrupts.safe(sys._getframe())
+
+
+def test_finalizer_frames_are_unsafe() -> None:
+    seen: list[bool] = []
+
+    class Probe:
+        def __del__(self) -> None:
+            seen.append(interrupts.safe(sys._getframe()))
+
+    Probe()
+    assert seen == [False]
