@@ -233,6 +233,17 @@ def _offset(t: onnx.TensorProto) -> int:
     return int({e.key: e.value for e in t.external_data}.get("offset", "0"))
 
 
+# run.py's decoder loop releases the mapped tables' pages every RELEASED_TOKENS tokens (targets/runtime/session.py
+# MappedTables, RELEASE_TOKENS: the prefill's chunk); a phone's app, whose loop is the user's, holds what the
+# context's tokens read.
+RELEASED_TOKENS = LAST_ONLY_CHUNK
+
+
+def touched_tokens(profile: Profile, tokens: int) -> int:
+    """The tokens whose table rows a run holds resident at once (RELEASED_TOKENS)."""
+    return tokens if profile.mobile is not None else min(tokens, RELEASED_TOKENS)
+
+
 def mapped_touched(tables: dict[str, tuple[int, int]], tokens: int) -> int:
     """The pages of mapped tables `tokens` tokens read at most: a row each (two pages where it spans one), never
     more than the table."""
@@ -271,8 +282,8 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     tables = mapped_tables(model)
     mapped_total = sum(size for size, _ in tables.values())
     external -= mapped_total   # never resident whole: the pages the context's tokens read are (touched)
-    touched = mapped_touched(tables, context or max((math.prod(s) for n, s in sample_shapes.items()
-                                                     if n == "input_ids"), default=1)) if tables else 0
+    tokens = context or max((math.prod(s) for n, s in sample_shapes.items() if n == "input_ids"), default=1)
+    touched = mapped_touched(tables, touched_tokens(profile, tokens)) if tables else 0
     weights = inline + external + sum(folded.values())
     bands = prepack_bands(model, sizes, profile.session.graph_optimization == "all" and not converted_bytes)
     packed_low = int(sum(sizes[n] * low for n, (low, _) in bands.items()))

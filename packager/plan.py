@@ -23,7 +23,15 @@ from packager.bundles import is_bundle
 from packager.decoder_config import FULL, LayerAttention
 from packager.decoder_peak import DecoderShape, kv_by_type, measured_peak
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import LOAD_TRANSIENT_HIGH, OVERHEAD_HIGH, OVERHEAD_LOW, mapped_touched, nbits_extra
+from packager.estimate import (
+    LOAD_TRANSIENT_HIGH,
+    LOAD_TRANSIENT_LOW,
+    OVERHEAD_HIGH,
+    OVERHEAD_LOW,
+    mapped_touched,
+    nbits_extra,
+    touched_tokens,
+)
 from packager.mobile import loads_onnx
 from packager.profile_types import Int4
 from packager.profiles import Profile
@@ -328,7 +336,9 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
     # a phone's app loads such a model's .onnx, its tables mapped, rather than model.ort (packager/mobile.py loads_onnx)
     embedding = mapped_embedding(a, profile, mem, precision)
     mapped = int(a.mapped_parameters * per_mapped) + sum(size for size, _ in embedding.values())
-    touched = mapped_touched(embedding, context)   # the rows of the embedding the context's tokens read
+    # the pages of the mapped tables' rows a run holds: the per-layer table's and the embedding's
+    tables = {**embedding, **({"ple": (int(a.mapped_parameters * per_mapped), a.vocab)} if e_exported(a, mem) else {})}
+    touched = mapped_touched(tables, touched_tokens(profile, context))
     bits = kv_bits or mem.kv_bits
     by_type = kv_cache(a, context, bits, mem.windowed_kv) if a.decoder else {}
     kv = sum(by_type.values())
@@ -349,7 +359,8 @@ def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precisio
                          kv: int, activations: int, mapped: int) -> tuple[int, int]:
     """An exported graph on ONNX Runtime: the weights with allocator overhead, the MatMuls' prepacked copies (int4:
     MatMulNBits' by the profile's compute type, packager/estimate.py nbits_extra; the others up to a copy), the load
-    transient (the largest inline initializer, the embedding table: packager/estimate.py) and an ORT-format file's
+    transient (the largest inline initializer, the embedding table: packager/estimate.py; int4: the lm_head's
+    original beside its packed copy, estimate.py's `packing`) and an ORT-format file's
     buffer at load (phones: MemoryShare.converted_buffer; none for a model with `mapped` tables, whose app loads the
     .onnx: packager/mobile.py loads_onnx), against the KV cache (`kv`: with the mapped embedding's touched rows) and
     activations at run."""
@@ -357,15 +368,22 @@ def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precisio
     transient = 0 if weights > PROTO_LIMIT else int(a.embedding_parameters * per_param * LOAD_TRANSIENT_HIGH)
     packed = a.effective_parameters - a.embedding_parameters
     extra = (0.0, 1.0)
+    packing = 0
     if precision == "int4":
+        packing = a.embedding_parameters // 2   # the lm_head's 4-bit original beside its copy while it packs
         packed += a.embedding_parameters if a.tied_embeddings else 0   # the lm_head's MatMulNBits reads the table
         # each MatMulNBits its weight's only reader (a tied embedding reads its own copy): the original freed
         extra = nbits_extra(profile.int4.compute, profile.int4.block_size, original_kept=False)
     matmul_weights = packed * (0.5 if precision == "int4" else per_param)   # what packs: the 4-bit data, not scales
     ort_buffer = 0 if loads_onnx(mapped) else int(weights * share.converted_buffer[1])
-    low = base + int(weights * (1 + OVERHEAD_LOW) + matmul_weights * extra[0]) + kv + activations // 2
-    high = base + int(weights * (1 + OVERHEAD_HIGH) + matmul_weights * extra[1]) + max(transient + ort_buffer,
-                                                                                       kv + activations)
+    plain = max(0, weights - matmul_weights)   # what loads as stored: the allocator's overhead (estimate.py's rule)
+    # the low side is the larger of the run's and the load's (an int4 lm_head's original beside its copy is certain)
+    ort_low = 0 if loads_onnx(mapped) else int(weights * share.converted_buffer[0])
+    low = base + weights + int(plain * OVERHEAD_LOW + matmul_weights * extra[0]) + max(
+        kv + activations // 2, max(int(transient / LOAD_TRANSIENT_HIGH * LOAD_TRANSIENT_LOW), packing) + ort_low)
+    # the proto's copy of the largest inline weight goes before the packing starts (estimate.py's load: one or other)
+    high = base + weights + int(plain * OVERHEAD_HIGH + matmul_weights * extra[1]) + max(
+        max(transient, packing) + ort_buffer, kv + activations)
     return low, high
 
 

@@ -11,8 +11,10 @@ code (run.py's Runner: the manifest's session options, the decoder's chunked pre
 model folder:
 
     mapped     the bundle as packaged: the table in model.ple.data, which onnxruntime memory-maps, and run.py
-               advises the kernel to read at random (runtime.mapped: no readahead around a row's page)
-    readahead  the same without that advice: the kernel's default readahead, whose pages fault-around maps
+               advises the kernel to read at random (runtime.mapped: no readahead around a row's page) and
+               releases the pages the rows were on every 64 tokens (MappedTables, MADV_DONTNEED)
+    held       the same, the pages never released (the bundles before 2026-12-04's tenth session)
+    readahead  neither advised nor released: the kernel's default readahead, whose pages fault-around maps
     resident   the same bundle with the table read into the process's memory and handed to onnxruntime in place
                of the file's (SessionOptions.add_initializer, which uses the buffer without a copy): onnxruntime
                1.32 maps an external tensor at any offset, so moving it in the files would not make it resident
@@ -106,9 +108,11 @@ if variant.startswith("resident"):
             so.add_initializer(name, value)
         return so
     session.session_options = resident_options
-if variant == "readahead":   # the table mapped without runtime.mapped's advice: the kernel's default readahead
+if variant in ("readahead", "held"):   # the table's pages never released; readahead: not advised either
     session = importlib.import_module(run._package.__name__ + ".session")
-    session.advise_random = lambda files: 0
+    session.RELEASE_TOKENS = 1 << 62
+    if variant == "readahead":
+        session.MADV_RANDOM = 0   # MADV_NORMAL
 if variant.endswith("-noarena"):   # onnxruntime's CPU arena off: what the arena keeps of a chunk's transients
     session = importlib.import_module(run._package.__name__ + ".session")
     arena_options = session.session_options
@@ -194,6 +198,9 @@ def measure(bundle: Path, tokens: int, vocab: int, variant: str) -> dict:
     return result
 
 
+VARIANTS = ("mapped", "held", "readahead", "resident")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", nargs="+", default=["rpi5", "phone"])
@@ -201,6 +208,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("/tmp/bench-eclass"))
     parser.add_argument("--family", choices=sorted(E2B), default="gemma4",
                         help="the E model whose E2B config sets the layer plan and tables (default gemma4)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--reuse", action="store_true", help="measure the bundle an earlier run left in ROOT/TARGET")
     parser.add_argument("--package-args", nargs=argparse.REMAINDER, default=[],
                         help="passed to packager package (e.g. --recipe int8-dynamic)")
@@ -219,7 +227,7 @@ def main() -> None:
         print(f"\n{target}: packaged in {took}; recipe {recipe}; bundle "
               f"{size / 2**20:,.0f} MiB")
         print(f"{'variant':9} {'tokens':>6} {'load MiB':>9} {'peak MiB':>9} {'table resident MiB':>19}")
-        for variant in ("mapped", "readahead", "resident"):
+        for variant in args.variants:
             for tokens in args.tokens:
                 r = measure(bundle, tokens, vocab, variant)
                 resident = vocab * width if variant == "resident" else r["table_rss"]

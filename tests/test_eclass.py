@@ -277,7 +277,7 @@ for line in open("/proc/self/smaps"):
         current = line.split()[-1]
     elif line.startswith("VmFlags:") and current.endswith("model.ple.data"):
         flags.append(line.split()[1:])
-print(json.dumps({"bytes": runner.mapped_advised, "flags": flags}))
+print(json.dumps({"bytes": runner.mapped.advised, "flags": flags}))
 """
 
 

@@ -228,33 +228,60 @@ def test_a_sliding_layers_cache_counts_its_window_not_the_context() -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="the kernel's VmFlags are Linux's")
-def test_mapped_tables_are_advised_as_read_at_random(tmp_path: Path) -> None:
-    """run.py's advise_random marks the mappings of the files it is given, and only those, random-read (smaps'
-    VmFlags 'rr': the kernel reads no window around a faulted page)."""
+def test_mapped_tables_are_advised_random_and_released(tmp_path: Path) -> None:
+    """run.py's MappedTables marks the mappings of the files it is given, and only those, random-read (smaps'
+    VmFlags 'rr': the kernel reads no window around a faulted page), and once RELEASE_TOKENS tokens have read rows,
+    hands the pages they were on back (their Rss 0), the data still there to read."""
     import importlib
     import mmap
 
     session = importlib.import_module(runner()._package.__name__ + ".session")
     table, other = tmp_path / "model.ple.data", tmp_path / "other.data"
     for path in (table, other):
-        path.write_bytes(b"\0" * (1 << 20))
+        path.write_bytes(bytes(range(256)) * 4096)
 
-    def flags(path: Path) -> list[list[str]]:
-        found, current = [], ""
+    def smaps(path: Path) -> list[tuple[list[str], int]]:
+        found, current, rss = [], "", 0
         for line in Path("/proc/self/smaps").read_text().splitlines():
             head = line.split()
             if head and "-" in head[0] and all(c in "0123456789abcdef-" for c in head[0]):
                 current = head[-1]
+            elif line.startswith("Rss:"):
+                rss = int(head[1]) * 1024
             elif line.startswith("VmFlags:") and current == str(path.resolve()):
-                found.append(head[1:])
+                found.append((head[1:], rss))
         return found
 
     with open(table, "rb") as t, open(other, "rb") as o, \
-            mmap.mmap(t.fileno(), 0, access=mmap.ACCESS_READ), mmap.mmap(o.fileno(), 0, access=mmap.ACCESS_READ):
-        assert session.advise_random([table]) == 1 << 20
-        assert flags(table) and all("rr" in f for f in flags(table))
-        assert flags(other) and not any("rr" in f for f in flags(other))
-    assert session.advise_random([]) == 0
+            mmap.mmap(t.fileno(), 0, access=mmap.ACCESS_READ) as rows, \
+            mmap.mmap(o.fileno(), 0, access=mmap.ACCESS_READ) as others:
+        mapped = session.MappedTables([table])
+        assert mapped.advised == 1 << 20
+        assert smaps(table) and all("rr" in flags for flags, _ in smaps(table))
+        assert smaps(other) and not any("rr" in flags for flags, _ in smaps(other))
+        touched = sum(rows[i] + others[i] for i in range(0, 1 << 20, 4096))   # every page of both
+        assert sum(rss for _, rss in smaps(table)) == 1 << 20
+        mapped.read(session.RELEASE_TOKENS - 1)
+        assert sum(rss for _, rss in smaps(table)) == 1 << 20   # not yet
+        mapped.read(1)
+        assert sum(rss for _, rss in smaps(table)) == 0
+        assert sum(rss for _, rss in smaps(other)) == 1 << 20   # only the tables it was given
+        assert sum(rows[i] + others[i] for i in range(0, 1 << 20, 4096)) == touched   # read again, unchanged
+    # a private mapping written to holds the process's own copy of that page: advised, never released
+    with open(table, "rb") as t, mmap.mmap(t.fileno(), 0, access=mmap.ACCESS_COPY) as written:
+        written[0] = 7
+        mapped = session.MappedTables([table])
+        assert mapped.advised == 1 << 20 and mapped.regions == []
+        mapped.read(session.RELEASE_TOKENS)
+        assert written[0] == 7
+    assert session.MappedTables([]).advised == 0
+
+
+def test_the_device_releases_the_rows_the_estimate_counts() -> None:
+    from packager.device_code import runner
+    from packager.estimate import RELEASED_TOKENS
+
+    assert runner().Decoder.step.__globals__["RELEASE_TOKENS"] == RELEASED_TOKENS
 
 
 def test_the_device_prefills_in_the_chunks_the_estimate_counts() -> None:

@@ -17,38 +17,74 @@ from .peak import fix_mmap_threshold, rss_bytes
 
 # ---------------------------------------------------------------- session
 
-MADV_RANDOM = 1   # madvise(2)'s advice, 1 on Linux and Android on every architecture
+MADV_RANDOM, MADV_DONTNEED = 1, 4   # madvise(2)'s advice, the same on Linux and Android on every architecture
 
 
-def advise_random(files: list[Path]) -> int:
-    """Advise the kernel that the mapped lookup tables in `files` (runtime.mapped) are read at random: a page
-    fault then reads the page a token's row is on, not the readahead window around it, which the kernel's
-    fault-around then maps too (E2B's table at 8K random tokens: 505 MiB resident where the rows read are about
-    100; docs/llms.md). The bytes advised; 0 where the platform has no /proc/self/maps or madvise."""
-    wanted = {os.path.realpath(f) for f in files}
-    if not wanted:
-        return 0
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
-        import ctypes
+class MappedTables:
+    """The read-only mappings of the lookup tables in runtime.mapped (an E-class model's per-layer embeddings, a
+    tied embedding's copy), which onnxruntime maps as it creates the session and reads a row a token.
 
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    except (OSError, AttributeError, TypeError):   # no /proc (macOS, Windows), no libc madvise
-        return 0
-    advised = 0
-    for line in lines:
+    Advised random at load: a page fault then reads the page a token's row is on, not the readahead window around
+    it, which the kernel's fault-around then maps too (E2B's table at 8K random tokens: 505 MiB resident where the
+    rows read are about 100; docs/llms.md). Released every RELEASE_TOKENS tokens (MADV_DONTNEED): the pages the
+    rows were on leave this process (they stay in the page cache, which the kernel reclaims as it needs), so the
+    tables hold a chunk's rows, not the context's. A read-only file mapping loses nothing: a row read again faults
+    its page back in. Nothing to do where the platform has no /proc/self/maps or madvise."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.regions: list[tuple[int, int]] = []   # the mappings released
+        self.advised = 0                            # bytes advised random
+        self.since_release = 0
+        wanted = {os.path.realpath(f) for f in files}
+        if not wanted:
+            return
+        try:
+            with open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
+                lines = f.readlines()
+            import ctypes
+
+            self.madvise = ctypes.CDLL(None, use_errno=True).madvise
+            self.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        except (OSError, AttributeError, TypeError):   # no /proc (macOS, Windows), no libc madvise
+            return
+        for region, anonymous in _file_mappings(lines, wanted):
+            # onnxruntime maps them private and writable (rw-p) and never writes: a page written would be the
+            # process's own copy (Anonymous in smaps), which a release would drop, so such a mapping is kept
+            if self.madvise(*region, MADV_RANDOM) == 0:
+                self.advised += region[1]
+                if not anonymous:
+                    self.regions.append(region)
+
+    def read(self, tokens: int) -> None:
+        """`tokens` tokens' rows were read: release the pages once RELEASE_TOKENS have been."""
+        self.since_release += tokens
+        if self.since_release >= RELEASE_TOKENS:
+            for start, length in self.regions:
+                self.madvise(start, length, MADV_DONTNEED)
+            self.since_release = 0
+
+
+def _file_mappings(smaps: list[str], wanted: set[str]) -> list[tuple[tuple[int, int], int]]:
+    """((start, length), anonymous bytes) of each mapping of the files `wanted` in /proc/self/smaps's lines."""
+    found: list[tuple[tuple[int, int], int]] = []
+    current: tuple[int, int] | None = None
+    for line in smaps:
         fields = line.rstrip("\n").split(maxsplit=5)
-        if len(fields) == 6 and fields[5] in wanted:
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):   # a mapping's header line
             start, end = (int(x, 16) for x in fields[0].split("-"))
-            advised += end - start if madvise(start, end - start, MADV_RANDOM) == 0 else 0
-    return advised
+            current = (start, end - start) if len(fields) == 6 and fields[5] in wanted else None
+        elif current and fields[:1] == ["Anonymous:"]:
+            found.append((current, int(fields[1]) * 1024))
+            current = None
+    return found
 
 
 # Prompt tokens a pass for a graph that gives the last position's logits: plan and the estimate count a chunk's
 # activations with it (packager/decoder_config.py's LAST_ONLY_CHUNK, the same figure, and why it is 64)
 PREFILL_CHUNK = 64
+# Tokens whose mapped table rows a process holds before it releases them (MappedTables; packager/estimate.py counts
+# the touched pages of as many tokens, RELEASED_TOKENS)
+RELEASE_TOKENS = PREFILL_CHUNK
 
 _GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                  "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -137,12 +173,12 @@ class Runner:
             self.load_bytes[name] = max(0, rss_bytes() - before)
         # After the load: onnxruntime maps the tables as it creates the session, and nothing reads them whole
         folder = (bundle / runtime["model"]).parent
-        self.mapped_advised = advise_random([folder / f for f in runtime.get("mapped") or []])
+        self.mapped = MappedTables([folder / f for f in runtime.get("mapped") or []])
         self.session = self.sessions.get("decoder", next(iter(self.sessions.values())))
         self.encoder = self.sessions.get("encoder")
         self.family = family(self.io)
         self.tokenizer = load_tokenizer(bundle, self.io) if self.family.tokenizer else None
-        self.decoder = Decoder(self.session, self.io) if self.family.decodes else None
+        self.decoder = Decoder(self.session, self.io, self.mapped) if self.family.decodes else None
 
     @property
     def input_names(self) -> list[str]:
@@ -194,9 +230,10 @@ class Decoder:
     """Greedy generation with the KV cache (past_key_values.N.key/value in, present.N.key/value
     out), batch 1, for decoder LLMs exported with past (optimum's text-generation-with-past)."""
 
-    def __init__(self, session: Any, io: dict[str, Any]) -> None:
+    def __init__(self, session: Any, io: dict[str, Any], mapped: "MappedTables | None" = None) -> None:
         self.session = session
         self.io = io
+        self.mapped = mapped or MappedTables([])   # the session's mapped tables, released as tokens read them
         # An encoder-decoder's decoder (optimum's merged decoder: `use_cache_branch` picks the first step's
         # graph or the cached steps') also reads the encoder's output, and caches the cross-attention's keys
         # and values (past_key_values.N.encoder.*), computed once at the first step from that output.
@@ -260,6 +297,7 @@ class Decoder:
              past_length: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Logits [len(ids), vocab] for the new tokens, and the cache that now holds them."""
         outputs = self.session.run(["logits", *self.presents], self.feeds(ids, past, past_length))
+        self.mapped.read(len(ids))
         cache = dict(zip(self.past, outputs[1:]))
         if past_length:
             # The cross-attention's cache is the first step's, for good: the merged decoder's cached branch
