@@ -181,7 +181,8 @@ def _print_check(result: Any) -> None:
 
 
 def _print_plan(p: Any) -> None:
-    from packager.plan import BYTES_PER_PARAM, human_context, human_count
+    from packager.labels import human_context, human_count
+    from packager.plan import BYTES_PER_PARAM
 
     a = p.architecture
     shape = f"{a.layers} layers, {a.kv_heads} KV heads x {a.head_dim}" if a.decoder else f"{a.layers} layers"

@@ -61,6 +61,11 @@ NBITS_PACKED: dict[str, dict[int, tuple[float, float]]] = {
 }
 
 
+# The most bytes of quantized data one MatMulNBits of a last-position lm_head holds: the int4 recipes slice a wider one
+# (recipes/nbits.slice_wide_heads), so that the load holds one slice's original beside its copy; plan counts that.
+SLICE_BYTES = 32 * 2**20
+
+
 def nbits_extra(compute: str, block_size: int, original_kept: bool) -> tuple[float, float]:
     """A MatMulNBits weight's extra at load beyond its own bytes (NBITS_PACKED at its block size): the copy, less the
     original where onnxruntime frees it."""

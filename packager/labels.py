@@ -67,3 +67,16 @@ def recipe_label(recipe: str, coverage: dict[str, Any] | None) -> str:
     left = coverage.get("float_in") or {}
     kept = f"; {', '.join(sorted(left))} weights left float" if left else ""
     return f"{recipe} ({shares} of weight bytes{kept})"
+
+
+def human_count(count: int) -> str:
+    """1.2B, 22.7M, 124M: a parameter count as model cards write it (one decimal below 100 of the unit)."""
+    for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if count >= size * 0.9995:   # 999.9M would read "1000M": 1B, as model cards write it
+            x = count / size
+            return (f"{x:.0f}" if x >= 99.95 else f"{x:.1f}".removesuffix(".0")) + unit
+    return str(count)
+
+
+def human_context(tokens: int) -> str:
+    return f"{tokens // 1024}K" if tokens >= 1024 and tokens % 1024 == 0 else str(tokens)

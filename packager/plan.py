@@ -32,6 +32,8 @@ from packager.estimate import (
     nbits_extra,
     touched_tokens,
 )
+from packager.estimate_prepack import SLICE_BYTES
+from packager.labels import human_count
 from packager.mobile import loads_onnx
 from packager.profile_types import Int4
 from packager.profiles import Profile
@@ -365,15 +367,18 @@ def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precisio
     .onnx: packager/mobile.py loads_onnx), against the KV cache (`kv`: with the mapped embedding's touched rows) and
     activations at run."""
     per_param = bytes_per_param(profile, precision)
-    transient = 0 if weights > PROTO_LIMIT else int(a.embedding_parameters * per_param * LOAD_TRANSIENT_HIGH)
+    largest = int(a.embedding_parameters * per_param)   # the largest weight: the lm_head (or the table)
     packed = a.effective_parameters - a.embedding_parameters
     extra = (0.0, 1.0)
     packing = 0
     if precision == "int4":
-        packing = a.embedding_parameters // 2   # the lm_head's 4-bit original beside its copy while it packs
+        # the lm_head in slices of SLICE_BYTES (recipes/nbits.slice_wide_heads; its logits are the last position's):
+        # one slice's 4-bit original beside its copy while it packs
+        largest = packing = min(a.embedding_parameters // 2, SLICE_BYTES)
         packed += a.embedding_parameters if a.tied_embeddings else 0   # the lm_head's MatMulNBits reads the table
         # each MatMulNBits its weight's only reader (a tied embedding reads its own copy): the original freed
         extra = nbits_extra(profile.int4.compute, profile.int4.block_size, original_kept=False)
+    transient = 0 if weights > PROTO_LIMIT else int(largest * LOAD_TRANSIENT_HIGH)
     matmul_weights = packed * (0.5 if precision == "int4" else per_param)   # what packs: the 4-bit data, not scales
     ort_buffer = 0 if loads_onnx(mapped) else int(weights * share.converted_buffer[1])
     plain = max(0, weights - matmul_weights)   # what loads as stored: the allocator's overhead (estimate.py's rule)
@@ -443,8 +448,9 @@ def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None
         notes.append(f"activations assume a prompt of {mem.prefill_tokens} tokens processed in one pass")
     if a.mapped_parameters:
         notes.append(f"{human_count(a.mapped_parameters)} parameters of per-layer embeddings are memory-mapped from "
-                     "storage, not resident: the peak counts the resident weights (a run touches a few rows of the "
-                     "mapped table per token, which the kernel may keep cached)")
+                     "storage, not resident: the peak counts the pages of the rows "
+                     + (f"the last {held} tokens read (run.py hands the rest back)"
+                        if (held := touched_tokens(profile, 1 << 30)) < 1 << 30 else "the context's tokens read"))
     floor = _weights_alone_overflow(rows, profile)
     if floor:
         notes.append(floor)
@@ -492,16 +498,3 @@ def _weights_alone_overflow(rows: list[Row], profile: Profile) -> str:
             f"({profile.budget.memory_bytes / mib:.0f} MiB) by "
             f"{(smallest.weights_bytes + smallest.runtime_base_bytes - profile.budget.memory_bytes) / mib:.0f} MiB "
             "before any KV cache: no context fits")
-
-
-def human_count(count: int) -> str:
-    """1.2B, 22.7M, 124M: a parameter count as model cards write it (one decimal below 100 of the unit)."""
-    for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        if count >= size * 0.9995:   # 999.9M would read "1000M": 1B, as model cards write it
-            x = count / size
-            return (f"{x:.0f}" if x >= 99.95 else f"{x:.1f}".removesuffix(".0")) + unit
-    return str(count)
-
-
-def human_context(tokens: int) -> str:
-    return f"{tokens // 1024}K" if tokens >= 1024 and tokens % 1024 == 0 else str(tokens)

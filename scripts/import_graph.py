@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # graph walking, the version
     ("core", ("packager.version", "packager.errors", "packager.paths", "packager.names", "packager.labels",
               "packager.progress", "packager.archive", "packager.graphs", "packager.leftovers", "packager.cache",
+              "packager.interrupts",
               # the device-side code as the host imports it (targets/run.py, loaded on first use)
               "packager.device_code")),
     # what the target is and what runs on it: profiles and settings, the recipes' registry, the runtimes and the

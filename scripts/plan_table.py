@@ -21,11 +21,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from packager.decoder_config import FULL  # noqa: E402
+from packager.labels import human_context, human_count  # noqa: E402
 from packager.plan import (  # noqa: E402
     architecture,
     as_packaged,
-    human_context,
-    human_count,
     kv_cache,
     largest_context,
     read_config,

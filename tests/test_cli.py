@@ -14,8 +14,7 @@ from conftest import run_cli
 from packager.cli import app
 from packager.config import parse_context
 from packager.errors import ExitCode, PackagerError
-from packager.labels import memory_label, provider_name
-from packager.plan import human_count
+from packager.labels import human_count, memory_label, provider_name
 from packager.samples import SAMPLES
 
 LLAMA_1B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,

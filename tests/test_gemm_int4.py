@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from packager.recipes.nbits import gemm_as_matmul
@@ -73,3 +74,50 @@ def test_a_mapped_table_moved_out_leaves_no_stale_data_file(tmp_path: Path) -> N
     assert not (tmp_path / "model.onnx.data").exists() and (tmp_path / "model.ple.data").is_file()
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"ids": np.array([[1, 2, 3]])})
     np.testing.assert_array_equal(out[0][0], numpy_helper.to_array(table)[[1, 2, 3]])
+
+
+def head_model(rows: int, hidden: int, last_only: bool, bias: bool = False) -> onnx.ModelProto:
+    """x [1, s, hidden] -> logits [1, 1 or s, rows] through one 4-bit MatMulNBits (block 32, zero points given)."""
+    rng = np.random.default_rng(0)
+    blocks = hidden // 32
+    inits = [numpy_helper.from_array(rng.integers(0, 256, (rows, blocks, 16), dtype=np.uint8), "w_Q4"),
+             numpy_helper.from_array(rng.random(rows * blocks, dtype=np.float32) * 0.1, "w_scales"),
+             numpy_helper.from_array(rng.integers(0, 256, rows * blocks // 2, dtype=np.uint8), "w_zp")]
+    names = ["x", "w_Q4", "w_scales", "w_zp"]
+    if bias:
+        inits += [numpy_helper.from_array(np.zeros(rows, np.float32), "w_g"),
+                  numpy_helper.from_array(rng.random(rows, dtype=np.float32), "w_bias")]
+        names += ["w_g", "w_bias"]
+    node = helper.make_node("MatMulNBits", names, ["logits"], name="lm_head", domain="com.microsoft",
+                            K=hidden, N=rows, bits=4, block_size=32)
+    graph = helper.make_graph([node], "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, hidden])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                             [1, 1 if last_only else "s", rows])], inits)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def run_head(model: onnx.ModelProto, hidden: int) -> np.ndarray:
+    x = np.random.default_rng(1).standard_normal((1, 1, hidden), dtype=np.float32)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"x": x})[0])
+
+
+def test_a_wide_last_position_head_is_sliced_with_the_same_logits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """recipes/nbits.slice_wide_heads: a MatMulNBits over SLICE_BYTES becomes slices of its rows concatenated (the
+    load holds one slice's original beside its copy, not the head's); the same logits, within the rounding of a
+    summation order that differs at a slice's edge."""
+    from packager.recipes import nbits
+
+    monkeypatch.setattr(nbits, "SLICE_BYTES", 40 * 1024)   # the head below: 125 KiB of 4-bit data, 4 slices
+    model = head_model(1000, 256, last_only=True)
+    expected = run_head(model, 256)
+    assert nbits.slice_wide_heads(model) == {"lm_head": 4}
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["MatMulNBits"] * 4 + ["Concat"]
+    assert max(len(i.raw_data) for i in model.graph.initializer) <= 40 * 1024
+    assert {i.name for i in model.graph.initializer}.isdisjoint({"w_Q4", "w_scales", "w_zp"})
+    np.testing.assert_allclose(run_head(model, 256), expected, rtol=1e-5, atol=1e-5)
+    # all positions' logits: slicing would hold them twice while concatenated; a g_idx/bias head is left whole
+    for left in (head_model(1000, 256, last_only=False), head_model(1000, 256, last_only=True, bias=True)):
+        assert nbits.slice_wide_heads(left) == {} and len(left.graph.node) == 1

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import run_cli
 from packager.errors import PackagerError
-from packager.plan import architecture, human_context, plan, row
+from packager.labels import human_context
+from packager.plan import architecture, plan, row
 from packager.profiles import resolve_target
 
 # The public Llama 3.2 1B shape: 1,235,814,400 parameters with tied embeddings.

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from packager.estimate_prepack import SLICE_BYTES
 from packager.profile_types import Int4
 from packager.recipes.common import (
     _QUANTIZED_OPS,
@@ -32,6 +33,7 @@ from packager.recipes.layers import compose
 
 # The untied embedding's table and scales (untie_embedding), named after the lm_head's MatMulNBits weight
 UNTIED = ("_untied", "_untied_scales")
+
 
 
 def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
@@ -183,6 +185,8 @@ def mix_nbits(four: onnx.ModelProto, eight: onnx.ModelProto | None, keep_8bit: t
         embedding = untie_embedding(four, *tied, settings.block_size)
     elif count_ops(four, {"GatherBlockQuantized"}):
         embedding = "int4 (GatherBlockQuantized, its own table)"
+    if (sliced := slice_wide_heads(four)):
+        params["sliced"] = sliced
     # What stayed float (norms, biases, what no quantized op reads) comes in from the source now,
     # each tensor once: onnx.save writes the model file from memory.
     load_tensors(four, None)
@@ -322,3 +326,61 @@ def untie_embedding(model: onnx.ModelProto, gather_name: str, head_weight: str, 
     if not any(table in n.input for n in graph.node):
         graph.initializer.remove(inits[table])
     return f"int{bits}, tied: GatherBlockQuantized reads its own copy of the lm_head's MatMulNBits weight, mapped"
+
+
+def slice_wide_heads(model: onnx.ModelProto) -> dict[str, int]:
+    """Each MatMulNBits whose quantized weight passes SLICE_BYTES (a 262,144-token lm_head: 192 MiB at 4 bits) as
+    that many MatMulNBits over slices of its output rows, their outputs concatenated: the same logits. Why:
+    onnxruntime holds a weight's original beside the copy it packs until the copy is made (the load's peak: the
+    largest original; E2B's widths: 619 MiB at load where the run needs 523), and an inline weight's proto bytes
+    beside its tensor while it loads. Only where the logits are the last position's (the concatenation holds the
+    logits twice: one row of them); name -> slices."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    if not _last_position_only(model):
+        return {}
+    inits = {i.name: i for i in graph.initializer}
+    sliced: dict[str, int] = {}
+    for index in reversed(range(len(graph.node))):
+        node = graph.node[index]
+        weight = inits.get(node.input[1]) if node.op_type == "MatMulNBits" and len(node.input) > 2 else None
+        if weight is None or len(node.input) > 4 or len(weight.raw_data) <= SLICE_BYTES:
+            continue   # small, or a g_idx / bias input this rewrite does not carry
+        count = -(-len(weight.raw_data) // SLICE_BYTES)
+        rows = int(weight.dims[0])
+        step = -(-rows // count)
+        arrays = [numpy_helper.to_array(inits[name]) if name else None for name in node.input[1:4]]
+        nodes, outputs = [], []
+        for n, start in enumerate(range(0, rows, step)):
+            stop = min(rows, start + step)
+            names = []
+            for name, array in zip(node.input[1:4], arrays, strict=False):
+                if array is None:
+                    names.append("")
+                    continue
+                part = array.reshape(rows, -1)[start:stop].reshape((stop - start, *array.shape[1:])
+                                                                   if array.shape[0] == rows else -1)
+                names.append(f"{name}_slice{n}")
+                graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(part), names[-1]))
+            outputs.append(f"{node.output[0]}_slice{n}")
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute} | {"N": stop - start}
+            nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names[:len(node.input) - 1]], [outputs[-1]],
+                                          name=f"{node.name}_slice{n}", domain=node.domain, **attrs))
+        nodes.append(helper.make_node("Concat", outputs, list(node.output), name=f"{node.name}_slices", axis=-1))
+        del graph.node[index]
+        for offset, new in enumerate(nodes):
+            graph.node.insert(index + offset, new)
+        for name in node.input[1:4]:
+            if name and not any(name in other.input for other in graph.node):
+                graph.initializer.remove(inits[name])
+        sliced[node.name] = len(nodes) - 1
+    return sliced
+
+
+def _last_position_only(model: onnx.ModelProto) -> bool:
+    """The logits are one position's: the E-class exporter's fixed 1, or onnx_rewrite.last_position_logits' Slice."""
+    logits = next((o for o in model.graph.output if o.name == "logits"), None)
+    dims = logits.type.tensor_type.shape.dim if logits is not None else []
+    return (len(dims) > 1 and dims[1].dim_value == 1) or any(n.name.endswith("/last_position")
+                                                             for n in model.graph.node)
