@@ -363,6 +363,8 @@ def main() -> None:
         app(prog_name="packager")
     except KeyboardInterrupt:  # outside any command's guard (while parsing, importing)
         _interrupted(False)
+    finally:
+        interrupts.uninstall()
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ cannot take it: a C extension's module init that calls back into Python aborts t
 throwing an instance of 'pybind11::error_already_set'`, exit -6, the work folder left behind), torch's tensor
 constructor turns it into a ValueError (the export "failed", exit 10), a `__del__` prints "Exception ignored" and the
 run goes on to finish. Python cannot see whether C sits between two frames, so the interrupt is raised where no C
-caller can be: in packager's own code, the standard library that code calls, or the pure-Python packages the stages
-spend long loops in (SAFE_FILES), outside imports, finalizers and torch's tracing. Elsewhere it waits, re-checked
+caller can be: in packager's own code (the device code that verify and fit run included), the standard library that
+code calls, or the pure-Python packages the stages spend long loops in (SAFE_FILES), outside imports, finalizers and
+torch's tracing. Elsewhere it waits, re-checked
 every RECHECK_S seconds by a timer (SIGALRM), until a long call into a library returns; a second signal raises it at
 once, wherever the stack is."""
 
@@ -18,9 +19,11 @@ import sysconfig
 from pathlib import Path
 from types import FrameType
 
+from packager.paths import targets_dir
+
 RECHECK_S = 0.05
-PACKAGER_DIR = str(Path(__file__).resolve().parent)
-SAFE_FILES = (PACKAGER_DIR, "/onnxruntime/quantization/")
+# as the frames name their files: the paths the modules were imported by
+SAFE_FILES = (str(Path(__file__).parent), str(targets_dir()), "/onnxruntime/quantization/")
 STDLIB = tuple({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
 # Frames a C caller may be running, whatever calls them.
 UNSAFE_FILES = ("<frozen importlib", "/weakref.py")
@@ -34,6 +37,14 @@ def install() -> None:
     _pending.clear()
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+
+
+def uninstall() -> None:
+    """The command returned: a signal still waiting for a safe frame came after the work was done and written (while
+    the result printed), and is dropped rather than raised in the interpreter's shutdown (death by SIGINT, -2)."""
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def safe(frame: FrameType | None) -> bool:

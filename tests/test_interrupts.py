@@ -88,6 +88,21 @@ def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
     assert interrupted_after(proc) < 1.5   # inside the import: the user insisted
 
 
+def test_a_signal_still_waiting_when_the_command_returns_is_dropped(tmp_path: Path) -> None:
+    """cli.main's end (interrupts.uninstall): the work is done and written; the signal is not raised in the
+    interpreter's shutdown, where Python would die by SIGINT (-2) after a whole run."""
+    proc = run_child(tmp_path, """
+        class Slow:
+            def __del__(self):
+                time.sleep(1.0)
+                interrupts.uninstall()   # the command returned before any safe frame
+        signal_me(0.3)
+        Slow()
+        time.sleep(0.5)
+    """)
+    assert proc.returncode == 0 and "finished" in proc.stdout, proc.stderr
+
+
 def test_frames_outside_packager_wait() -> None:
     assert interrupts.safe(None)
     # this test's own frame is neither packager's code nor the standard library's
