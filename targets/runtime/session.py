@@ -39,20 +39,25 @@ class MappedTables:
         if not wanted:
             return
         try:
-            with open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
-                lines = f.readlines()
+            with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+                regions = [region for region, _ in _file_mappings(f.readlines(), wanted)]
             import ctypes
 
             self.madvise = ctypes.CDLL(None, use_errno=True).madvise
             self.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         except (OSError, AttributeError, TypeError):   # no /proc (macOS, Windows), no libc madvise
             return
-        for region, anonymous in _file_mappings(lines, wanted):
-            # onnxruntime maps them private and writable (rw-p) and never writes: a page written would be the
-            # process's own copy (Anonymous in smaps), which a release would drop, so such a mapping is kept
+        try:   # onnxruntime maps them private and writable (rw-p) and never writes them; a page written would be
+            # the process's own copy (Anonymous in smaps), which a release would drop: only mappings smaps shows
+            # at the same addresses with none are released (under qemu-user, /proc is the emulator's to render)
+            with open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
+                clean = {region for region, anonymous in _file_mappings(f.readlines(), wanted) if anonymous == 0}
+        except OSError:
+            clean = set()
+        for region in regions:
             if self.madvise(*region, MADV_RANDOM) == 0:
                 self.advised += region[1]
-                if not anonymous:
+                if region in clean:
                     self.regions.append(region)
 
     def read(self, tokens: int) -> None:
@@ -64,18 +69,20 @@ class MappedTables:
             self.since_release = 0
 
 
-def _file_mappings(smaps: list[str], wanted: set[str]) -> list[tuple[tuple[int, int], int]]:
-    """((start, length), anonymous bytes) of each mapping of the files `wanted` in /proc/self/smaps's lines."""
+def _file_mappings(lines: list[str], wanted: set[str]) -> list[tuple[tuple[int, int], int]]:
+    """((start, length), anonymous bytes: -1 where the lines give none) of each mapping of the files `wanted` in
+    the lines of /proc/self/maps or /proc/self/smaps."""
     found: list[tuple[tuple[int, int], int]] = []
-    current: tuple[int, int] | None = None
-    for line in smaps:
+    current = False   # the last mapping's line was one of `wanted`
+    for line in lines:
         fields = line.rstrip("\n").split(maxsplit=5)
-        if fields and "-" in fields[0] and not fields[0].endswith(":"):   # a mapping's header line
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):   # a mapping's line
             start, end = (int(x, 16) for x in fields[0].split("-"))
-            current = (start, end - start) if len(fields) == 6 and fields[5] in wanted else None
+            current = len(fields) == 6 and fields[5] in wanted
+            if current:
+                found.append(((start, end - start), -1))
         elif current and fields[:1] == ["Anonymous:"]:
-            found.append((current, int(fields[1]) * 1024))
-            current = None
+            found[-1] = (found[-1][0], int(fields[1]) * 1024)
     return found
 
 
