@@ -31,6 +31,8 @@ WINDOW_AXIS = "window"
 # 2,048 positions: 37 MiB beyond the cache at 64, 168 at 256); genai's rpi5 profile prefills in 64 too, measured
 # no slower (docs/llms.md).
 LAST_ONLY_CHUNK = 64
+# The suffix of the Slice onnx_rewrite.last_position_logits puts before an lm_head (recipes/nbits.py reads it there)
+LAST_POSITION = "/last_position"
 
 
 @dataclass(frozen=True)

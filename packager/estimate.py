@@ -239,9 +239,14 @@ def _offset(t: onnx.TensorProto) -> int:
 RELEASED_TOKENS = LAST_ONLY_CHUNK
 
 
+def releases_rows(profile: Profile) -> bool:
+    """Whether the device's loop is run.py's, which hands the tables' pages back (a phone's app's is not)."""
+    return profile.mobile is None
+
+
 def touched_tokens(profile: Profile, tokens: int) -> int:
     """The tokens whose table rows a run holds resident at once (RELEASED_TOKENS)."""
-    return tokens if profile.mobile is not None else min(tokens, RELEASED_TOKENS)
+    return min(tokens, RELEASED_TOKENS) if releases_rows(profile) else tokens
 
 
 def mapped_touched(tables: dict[str, tuple[int, int]], tokens: int) -> int:

@@ -7,9 +7,8 @@ constructor turns it into a ValueError (the export "failed", exit 10), a `__del_
 run goes on to finish. Python cannot see whether C sits between two frames, so the interrupt is raised where no C
 caller can be: in packager's own code (the device code that verify and fit run included), the standard library that
 code calls, or the pure-Python packages the stages spend long loops in (SAFE_FILES), outside imports, finalizers and
-torch's tracing. Elsewhere it waits, re-checked
-every RECHECK_S seconds by a timer (SIGALRM), until a long call into a library returns; a second signal raises it at
-once, wherever the stack is."""
+torch's tracing. Elsewhere it waits, re-checked every RECHECK_S seconds by a timer (SIGALRM), until a long call into a
+library returns; a second signal raises it at once, wherever the stack is."""
 
 from __future__ import annotations
 
@@ -72,19 +71,19 @@ def _tracing() -> bool:
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     if _pending:   # a second signal: at once
-        _raise(frame)
+        _raise()
     _pending.append(signum)
     _raise_when_safe(frame)
 
 
 def _raise_when_safe(frame: FrameType | None) -> None:
     if safe(frame):
-        _raise(frame)
+        _raise()
     signal.signal(signal.SIGALRM, lambda _signum, later: _raise_when_safe(later))
     signal.setitimer(signal.ITIMER_REAL, RECHECK_S)
 
 
-def _raise(frame: FrameType | None) -> None:
+def _raise() -> None:
     signal.setitimer(signal.ITIMER_REAL, 0)
     # a third signal must not cut short the cleanup that the KeyboardInterrupt starts
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from packager.decoder_config import LAST_POSITION
 from packager.graphs import all_graphs
 from packager.recipes.nbits import find_tied_embedding
 
@@ -241,14 +242,14 @@ def last_position_logits(path: Path) -> bool:
     if node is None:
         return False
     hidden = node.input[0]
-    last = f"{hidden}/last_position"
+    last = f"{hidden}{LAST_POSITION}"
     graph.initializer.extend([onnx.numpy_helper.from_array(np.array([-1], np.int64), f"{last}/starts"),
                               onnx.numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64),
                                                            f"{last}/ends"),
                               onnx.numpy_helper.from_array(np.array([1], np.int64), f"{last}/axes")])
     index = list(graph.node).index(node)
     graph.node.insert(index, onnx.helper.make_node("Slice", [hidden, f"{last}/starts", f"{last}/ends", f"{last}/axes"],
-                                                   [last], name=f"{node.name or 'lm_head'}/last_position"))
+                                                   [last], name=f"{node.name or 'lm_head'}{LAST_POSITION}"))
     node.input[0] = last
     # The shapes recorded between the MatMul and the output had the sequence axis: dropped, inferred again at load
     stale = {o for n in [node, *between] for o in n.output}

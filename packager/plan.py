@@ -28,8 +28,10 @@ from packager.estimate import (
     LOAD_TRANSIENT_LOW,
     OVERHEAD_HIGH,
     OVERHEAD_LOW,
+    RELEASED_TOKENS,
     mapped_touched,
     nbits_extra,
+    releases_rows,
     touched_tokens,
 )
 from packager.estimate_prepack import SLICE_BYTES
@@ -338,9 +340,8 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
     # a phone's app loads such a model's .onnx, its tables mapped, rather than model.ort (packager/mobile.py loads_onnx)
     embedding = mapped_embedding(a, profile, mem, precision)
     mapped = int(a.mapped_parameters * per_mapped) + sum(size for size, _ in embedding.values())
-    # the pages of the mapped tables' rows a run holds: the per-layer table's and the embedding's
     tables = {**embedding, **({"ple": (int(a.mapped_parameters * per_mapped), a.vocab)} if e_exported(a, mem) else {})}
-    touched = mapped_touched(tables, touched_tokens(profile, context))
+    touched = mapped_touched(tables, touched_tokens(profile, context))   # the pages of the rows a run holds
     bits = kv_bits or mem.kv_bits
     by_type = kv_cache(a, context, bits, mem.windowed_kv) if a.decoder else {}
     kv = sum(by_type.values())
@@ -367,10 +368,9 @@ def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precisio
     .onnx: packager/mobile.py loads_onnx), against the KV cache (`kv`: with the mapped embedding's touched rows) and
     activations at run."""
     per_param = bytes_per_param(profile, precision)
-    largest = int(a.embedding_parameters * per_param)   # the largest weight: the lm_head (or the table)
+    largest, packing = int(a.embedding_parameters * per_param), 0   # the largest weight: the lm_head (or the table)
     packed = a.effective_parameters - a.embedding_parameters
     extra = (0.0, 1.0)
-    packing = 0
     if precision == "int4":
         # the lm_head in slices of SLICE_BYTES (recipes/nbits.slice_wide_heads; its logits are the last position's):
         # one slice's 4-bit original beside its copy while it packs
@@ -378,17 +378,16 @@ def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precisio
         packed += a.embedding_parameters if a.tied_embeddings else 0   # the lm_head's MatMulNBits reads the table
         # each MatMulNBits its weight's only reader (a tied embedding reads its own copy): the original freed
         extra = nbits_extra(profile.int4.compute, profile.int4.block_size, original_kept=False)
-    transient = 0 if weights > PROTO_LIMIT else int(largest * LOAD_TRANSIENT_HIGH)
+    inline = 0 if weights > PROTO_LIMIT else largest   # the proto's copy of the largest inline weight at load
     matmul_weights = packed * (0.5 if precision == "int4" else per_param)   # what packs: the 4-bit data, not scales
     ort_buffer = 0 if loads_onnx(mapped) else int(weights * share.converted_buffer[1])
     plain = max(0, weights - matmul_weights)   # what loads as stored: the allocator's overhead (estimate.py's rule)
-    # the low side is the larger of the run's and the load's (an int4 lm_head's original beside its copy is certain)
+    # each side the larger of the run's and the load's (where the proto's copy goes before the packing starts)
     ort_low = 0 if loads_onnx(mapped) else int(weights * share.converted_buffer[0])
     low = base + weights + int(plain * OVERHEAD_LOW + matmul_weights * extra[0]) + max(
-        kv + activations // 2, max(int(transient / LOAD_TRANSIENT_HIGH * LOAD_TRANSIENT_LOW), packing) + ort_low)
-    # the proto's copy of the largest inline weight goes before the packing starts (estimate.py's load: one or other)
+        kv + activations // 2, max(int(inline * LOAD_TRANSIENT_LOW), packing) + ort_low)
     high = base + weights + int(plain * OVERHEAD_HIGH + matmul_weights * extra[1]) + max(
-        max(transient, packing) + ort_buffer, kv + activations)
+        max(int(inline * LOAD_TRANSIENT_HIGH), packing) + ort_buffer, kv + activations)
     return low, high
 
 
@@ -449,8 +448,8 @@ def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None
     if a.mapped_parameters:
         notes.append(f"{human_count(a.mapped_parameters)} parameters of per-layer embeddings are memory-mapped from "
                      "storage, not resident: the peak counts the pages of the rows "
-                     + (f"the last {held} tokens read (run.py hands the rest back)"
-                        if (held := touched_tokens(profile, 1 << 30)) < 1 << 30 else "the context's tokens read"))
+                     + (f"the last {RELEASED_TOKENS} tokens read (run.py hands the rest back)"
+                        if releases_rows(profile) else "the context's tokens read"))
     floor = _weights_alone_overflow(rows, profile)
     if floor:
         notes.append(floor)

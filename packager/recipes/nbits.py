@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from packager.decoder_config import LAST_POSITION
 from packager.estimate_prepack import SLICE_BYTES
 from packager.profile_types import Int4
 from packager.recipes.common import (
@@ -33,7 +34,6 @@ from packager.recipes.layers import compose
 
 # The untied embedding's table and scales (untie_embedding), named after the lm_head's MatMulNBits weight
 UNTIED = ("_untied", "_untied_scales")
-
 
 
 def int4(src: Path, dst: Path, options: RecipeOptions) -> RecipeResult:
@@ -335,7 +335,7 @@ def slice_wide_heads(model: onnx.ModelProto) -> dict[str, int]:
     largest original; E2B's widths: 619 MiB at load where the run needs 523), and an inline weight's proto bytes
     beside its tensor while it loads. Only where the logits are the last position's (the concatenation holds the
     logits twice: one row of them); name -> slices."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     graph = model.graph
     if not _last_position_only(model):
@@ -350,37 +350,41 @@ def slice_wide_heads(model: onnx.ModelProto) -> dict[str, int]:
         count = -(-len(weight.raw_data) // SLICE_BYTES)
         rows = int(weight.dims[0])
         step = -(-rows // count)
-        arrays = [numpy_helper.to_array(inits[name]) if name else None for name in node.input[1:4]]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         nodes, outputs = [], []
         for n, start in enumerate(range(0, rows, step)):
             stop = min(rows, start + step)
-            names = []
-            for name, array in zip(node.input[1:4], arrays, strict=False):
-                if array is None:
-                    names.append("")
-                    continue
-                part = array.reshape(rows, -1)[start:stop].reshape((stop - start, *array.shape[1:])
-                                                                   if array.shape[0] == rows else -1)
-                names.append(f"{name}_slice{n}")
-                graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(part), names[-1]))
+            names = [_rows(inits[name], rows, start, stop, f"{name}_slice{n}", graph) if name else ""
+                     for name in node.input[1:]]
             outputs.append(f"{node.output[0]}_slice{n}")
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute} | {"N": stop - start}
-            nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names[:len(node.input) - 1]], [outputs[-1]],
-                                          name=f"{node.name}_slice{n}", domain=node.domain, **attrs))
+            nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], [outputs[-1]],
+                                          name=f"{node.name}_slice{n}", domain=node.domain,
+                                          **attrs | {"N": stop - start}))
         nodes.append(helper.make_node("Concat", outputs, list(node.output), name=f"{node.name}_slices", axis=-1))
         del graph.node[index]
         for offset, new in enumerate(nodes):
             graph.node.insert(index + offset, new)
-        for name in node.input[1:4]:
+        for name in node.input[1:]:
             if name and not any(name in other.input for other in graph.node):
                 graph.initializer.remove(inits[name])
         sliced[node.name] = len(nodes) - 1
     return sliced
 
 
+def _rows(tensor: onnx.TensorProto, rows: int, start: int, stop: int, name: str, graph: onnx.GraphProto) -> str:
+    """Rows [start, stop) of a MatMulNBits input laid out by its N rows ([N, ...], or flat [N * k]) as a new
+    initializer `name` of the same layout; its name."""
+    from onnx import numpy_helper
+
+    array = numpy_helper.to_array(tensor)
+    part = array.reshape(rows, -1)[start:stop]
+    shape = (stop - start, *array.shape[1:]) if array.shape[0] == rows else (-1,)
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(part.reshape(shape)), name))
+    return name
+
+
 def _last_position_only(model: onnx.ModelProto) -> bool:
     """The logits are one position's: the E-class exporter's fixed 1, or onnx_rewrite.last_position_logits' Slice."""
     logits = next((o for o in model.graph.output if o.name == "logits"), None)
     dims = logits.type.tensor_type.shape.dim if logits is not None else []
-    return (len(dims) > 1 and dims[1].dim_value == 1) or any(n.name.endswith("/last_position")
-                                                             for n in model.graph.node)
+    return (len(dims) > 1 and dims[1].dim_value == 1) or any(n.name.endswith(LAST_POSITION) for n in model.graph.node)
