@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,7 @@ from packager.graphs import all_graphs
 from packager.profile_types import Profile
 from packager.records import Estimate as Estimate  # the estimate's record; its home was here
 from packager.runtimes import DecoderMemory, MemoryShare, runtime_for
+from packager.runtimes.onnxruntime import ECLASS_SCORE_COPIES
 
 # The activations' liveness figure against the measured run (decoder steps at 1K-16K of context,
 # fp32 and int4: 0.80-0.97 of it; the optimizer fuses what the stored graph holds apart).
@@ -275,6 +277,9 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     # The graph gives the KV element size; its MatMulNBits say int4 (how the runtime packs the weights).
     int4 = any(n.op_type == "MatMulNBits" for n in model.graph.node)
     mem = runtime_for(profile).decoder_memory(profile, "int4" if int4 else "") if context else None
+    if mem is not None and any(d.dim_param == WINDOW_AXIS for i in model.graph.input
+                               for d in i.type.tensor_type.shape.dim):   # the E-class exporter's graph, as plan's
+        mem = replace(mem, score_copies=ECLASS_SCORE_COPIES)
     if context and mem is not None and mem.measured_weights:
         decoder = measured_decoder(model, profile, kind, mem, sample_shapes, context, tokenizer)
         if decoder is not None:

@@ -40,6 +40,7 @@ from packager.mobile import loads_onnx
 from packager.profile_types import Int4
 from packager.profiles import Profile
 from packager.runtimes import DecoderMemory, profile_for_model, runtime_for
+from packager.runtimes.onnxruntime import ECLASS_SCORE_COPIES
 from packager.samples import resolve_sample
 
 # Bytes per parameter as each recipe stores it. int4: MatMulNBits with one scale per block, in the weights' dtype:
@@ -288,13 +289,13 @@ def activation_bytes(a: Architecture, mem: DecoderMemory, precision: str, contex
 
 
 def decoder_memory(a: Architecture, profile: Profile, precision: str) -> DecoderMemory:
-    """How the runtime holds this decoder; an E-class model on an exported graph is the E-class exporter's, whose
-    sliding layers keep their window; an encoder-decoder's decoder (optimum's, not rewritten: the export's
-    last-position lm_head is a decoder-only graph's) returns every position's logits."""
+    """How the runtime holds this decoder; an E-class model on an exported graph is the E-class exporter's (its
+    sliding layers keep their window, its attention fewer copies of the scores); an encoder-decoder's decoder
+    (optimum's, not rewritten: the last-position lm_head is a decoder-only graph's) returns every position's logits."""
     mem = runtime_for(profile).decoder_memory(profile, precision)
     if a.encoder_positions:
         return replace(mem, logits_positions=0, notes=())
-    return replace(mem, windowed_kv=True) if e_exported(a, mem) else mem
+    return replace(mem, windowed_kv=True, score_copies=ECLASS_SCORE_COPIES) if e_exported(a, mem) else mem
 
 
 def e_exported(a: Architecture, mem: DecoderMemory) -> bool:

@@ -109,14 +109,14 @@ def test_gemma4_e2b_on_the_onnxruntime_path_counts_a_chunk_and_maps_its_embeddin
     from packager.estimate import mapped_touched, nbits_extra
     from packager.estimate_prepack import SLICE_BYTES
     from packager.plan import as_packaged
-    from packager.runtimes.onnxruntime import SCORE_COPIES
+    from packager.runtimes.onnxruntime import ECLASS_SCORE_COPIES
 
     a = architecture(config("Gemma-4-E2B"))
     rpi5, _ = as_packaged(a, resolve_target("rpi5"))
     assert rpi5.runtime.package == "onnxruntime" and (rpi5.int4.compute, rpi5.int4.block_size) == ("int8", 128)
     r = row(a, rpi5, "int4", 8192, None)
     # a chunk's logits row, MLP and residual stream, and one layer's scores in the exported attention's buffers
-    chunk, copies = LAST_ONLY_CHUNK, SCORE_COPIES
+    chunk, copies = LAST_ONLY_CHUNK, ECLASS_SCORE_COPIES   # the E-class exporter's attention
     assert r.activations_bytes == 4 * (262144 + chunk * (2 * 6144 + 4 * 1536)) + int(4 * chunk * 8 * 8192 * copies)
     assert r.weights_bytes == int(a.effective_parameters * (0.5 + 4 / 128))
     embedding = {"data": (262144 * 1536 // 2, 262144), "scales": (262144 * 1536 * 4 // 128, 262144)}

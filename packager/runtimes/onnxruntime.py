@@ -61,6 +61,11 @@ CONV_NODE_BYTES = 32 * 2**10
 # measured on a 2-layer, 16-head Llama at 2,048 positions (run.py's step, fp32, arena on), a pass of 64, 128 and 256
 # tokens took 4.6, 4.5 and 5.3 times its scores' bytes beyond the cache's present.
 SCORE_COPIES = 5.5
+# The E-class exporter's attention (runtimes/eclass_export.py) holds fewer: a pass of n tokens at 8,192 positions on a
+# 4-layer bundle of Gemma 4 E2B's widths (8 heads; rpi5, int4; run.py's step, fp32, arena on; the peak above the
+# resident cache, 2026-12-04) took 39 MiB at n = 1 (the full layer's present), 49 at 16, 52 at 32, 67 at 64, 109 at
+# 128: 1.2-1.4 times the scores' bytes from 1 to 64 tokens, 1.7-1.9 from 64 to 128, beyond the MLP's activations.
+ECLASS_SCORE_COPIES = 2.5
 
 
 def calibration(profile: Profile) -> tuple[dict[str, Any], str]:
