@@ -32,15 +32,17 @@ _pending: list[int] = []
 
 
 def install() -> None:
-    """The CLI's handlers for SIGINT and SIGTERM (a library caller keeps its own)."""
+    """The CLI's handlers for SIGINT and SIGTERM (a library caller keeps its own), and the timer's re-check."""
     _pending.clear()
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGALRM, _recheck)
 
 
 def uninstall() -> None:
     """The command returned: a signal still waiting for a safe frame came after the work was done and written (while
-    the result printed), and is dropped rather than raised in the interpreter's shutdown (death by SIGINT, -2)."""
+    the result printed), and is dropped rather than raised in the interpreter's shutdown (death by SIGINT, -2).
+    Also where the interrupt is raised: a third signal must not cut short the cleanup it starts."""
     signal.setitimer(signal.ITIMER_REAL, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -76,16 +78,17 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     _raise_when_safe(frame)
 
 
+def _recheck(_signum: int, frame: FrameType | None) -> None:
+    if _pending:   # the timer runs only while a signal waits
+        _raise_when_safe(frame)
+
+
 def _raise_when_safe(frame: FrameType | None) -> None:
     if safe(frame):
         _raise()
-    signal.signal(signal.SIGALRM, lambda _signum, later: _raise_when_safe(later))
     signal.setitimer(signal.ITIMER_REAL, RECHECK_S)
 
 
 def _raise() -> None:
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    # a third signal must not cut short the cleanup that the KeyboardInterrupt starts
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    uninstall()
     raise KeyboardInterrupt

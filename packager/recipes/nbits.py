@@ -335,7 +335,7 @@ def slice_wide_heads(model: onnx.ModelProto) -> dict[str, int]:
     largest original; E2B's widths: 619 MiB at load where the run needs 523), and an inline weight's proto bytes
     beside its tensor while it loads. Only where the logits are the last position's (the concatenation holds the
     logits twice: one row of them); name -> slices."""
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
     graph = model.graph
     if not _last_position_only(model):
@@ -351,10 +351,12 @@ def slice_wide_heads(model: onnx.ModelProto) -> dict[str, int]:
         rows = int(weight.dims[0])
         step = -(-rows // count)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        # each input by its N rows ([N, ...], or flat [N * k]), read once
+        arrays = {name: numpy_helper.to_array(inits[name]) for name in node.input[1:] if name}
         nodes, outputs = [], []
         for n, start in enumerate(range(0, rows, step)):
             stop = min(rows, start + step)
-            names = [_rows(inits[name], rows, start, stop, f"{name}_slice{n}", graph) if name else ""
+            names = [_rows(arrays[name], rows, start, stop, f"{name}_slice{n}", graph) if name else ""
                      for name in node.input[1:]]
             outputs.append(f"{node.output[0]}_slice{n}")
             nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], [outputs[-1]],
@@ -364,19 +366,18 @@ def slice_wide_heads(model: onnx.ModelProto) -> dict[str, int]:
         del graph.node[index]
         for offset, new in enumerate(nodes):
             graph.node.insert(index + offset, new)
-        for name in node.input[1:]:
-            if name and not any(name in other.input for other in graph.node):
+        for name in arrays:
+            if not any(name in other.input for other in graph.node):
                 graph.initializer.remove(inits[name])
         sliced[node.name] = len(nodes) - 1
     return sliced
 
 
-def _rows(tensor: onnx.TensorProto, rows: int, start: int, stop: int, name: str, graph: onnx.GraphProto) -> str:
+def _rows(array: np.ndarray, rows: int, start: int, stop: int, name: str, graph: onnx.GraphProto) -> str:
     """Rows [start, stop) of a MatMulNBits input laid out by its N rows ([N, ...], or flat [N * k]) as a new
     initializer `name` of the same layout; its name."""
     from onnx import numpy_helper
 
-    array = numpy_helper.to_array(tensor)
     part = array.reshape(rows, -1)[start:stop]
     shape = (stop - start, *array.shape[1:]) if array.shape[0] == rows else (-1,)
     graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(part.reshape(shape)), name))
