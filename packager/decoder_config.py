@@ -24,6 +24,16 @@ FULL, SLIDING = "full_attention", "sliding_attention"
 # The E-class exporter's (runtimes/eclass_export.py) name for a sliding layer's past length axis: that past holds
 # the last window - 1 positions, whatever the context (the estimate sizes it as plan does)
 WINDOW_AXIS = "window"
+# ... and a full layer's. Its pasts are laid out positions first, [batch, positions, KV heads, size], and its presents
+# are the new tokens' keys and values alone, which the device's loop appends (io.kv.appends): a past whose axis 1 is
+# named CACHED_AXIS or WINDOW_AXIS is laid out so; any other is [batch, KV heads, positions, size] (optimum's, genai's).
+CACHED_AXIS = "cached"
+
+
+def past_axes(dims: list[Any] | tuple[Any, ...]) -> tuple[int, int]:
+    """The (positions, KV heads) axes of a past's shape `dims` (names or sizes): positions first where the E-class
+    exporter's length axis names it (CACHED_AXIS, WINDOW_AXIS), heads first otherwise."""
+    return (1, 2) if len(dims) > 2 and dims[1] in (CACHED_AXIS, WINDOW_AXIS) else (2, 1)
 # The device's decoder loop prefills a graph that gives the last position's logits (optimum's export with
 # onnx_rewrite.last_position_logits, the E-class exporter's) in chunks of this many tokens (targets/runtime/
 # session.py's PREFILL_CHUNK): plan and the estimate count a chunk's activations. 64, not 256: the exported attention

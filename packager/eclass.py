@@ -15,6 +15,8 @@ from packager.onnx_rewrite import bypass_identities, name_tied_lm_head
 
 MODULE = "eclass_export"   # packager/runtimes/eclass_export.py, never imported here (it imports torch)
 EXPORTER = Path(__file__).with_name("runtimes") / f"{MODULE}.py"   # stages/export.py's ECLASS_EXPORTER
+# the modules the exporter imports, copied beside it (the checkpoint's reader: runtimes/eclass_checkpoint.py)
+EXPORTER_FILES = (EXPORTER, EXPORTER.with_name("eclass_checkpoint.py"))
 
 
 def e_type(folder: Path) -> str:
@@ -41,7 +43,8 @@ def exporter_code(work: Path) -> Path:
     is verify's PyTorch reference for an E-class model)."""
     code = work / "eclass-exporter"
     code.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(EXPORTER, code / f"{MODULE}.py")
+    for path in EXPORTER_FILES:
+        shutil.copyfile(path, code / path.name)
     return code
 
 

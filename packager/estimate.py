@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from packager.decoder_config import LAST_ONLY_CHUNK, WINDOW_AXIS
+from packager.decoder_config import LAST_ONLY_CHUNK, WINDOW_AXIS, past_axes
 from packager.decoder_peak import activation_bytes, kv_by_type, measured_peak, score_bytes
 from packager.estimate_activations import (
     activation_peak,
@@ -83,7 +83,7 @@ from packager.estimate_prepack import NBITS_PACKED as NBITS_PACKED
 from packager.estimate_prepack import PREPACK_CONV_LAYOUT as PREPACK_CONV_LAYOUT
 from packager.estimate_prepack import PREPACK_EXTRA as PREPACK_EXTRA
 from packager.estimate_prepack import PREPACKED_INPUTS as PREPACKED_INPUTS
-from packager.estimate_prepack import external_names as external_names
+from packager.estimate_prepack import estimate_kernels, external_names
 from packager.estimate_prepack import freed_nbits as freed_nbits
 from packager.estimate_prepack import nbits_extra as nbits_extra
 from packager.estimate_prepack import prepack_bands as prepack_bands
@@ -103,9 +103,8 @@ ACTIVATIONS_LOW, ACTIVATIONS_HIGH = 0.75, 1.1
 # det at 736 (fp32, mem_pattern off, so no pattern block).
 CONV_OPS = {"Conv", "ConvInteger", "QLinearConv", "ConvTranspose"}
 ACTIVATIONS_HIGH_CONV = 2.0
-# The load transient as a fraction of the largest inline initializer: measured 0.96-1.0 in bare
-# sessions (MiniLM, 45 MiB embedding table; MatMul chains of 16, 64 and 256 MiB weights), 0.85 for
-# MiniLM under run.py --measure.
+# The load transient as a fraction of the largest inline initializer: measured 0.96-1.0 in bare sessions (MiniLM, 45
+# MiB embedding table; MatMul chains of 16, 64 and 256 MiB weights), 0.85 for MiniLM under run.py --measure.
 LOAD_TRANSIENT_LOW, LOAD_TRANSIENT_HIGH = 0.5, 1.1
 # Folding a constant at load holds the evaluated tensor and its proto copy beside the result: the
 # transient phase takes 1-3x the folded bytes more (measured 1.7x: a tied 7.5 MiB embedding table's
@@ -295,7 +294,8 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     tokens = context or max((math.prod(s) for n, s in sample_shapes.items() if n == "input_ids"), default=1)
     touched = mapped_touched(tables, touched_tokens(profile, tokens)) if tables else 0
     weights = inline + external + sum(folded.values())
-    bands = prepack_bands(model, sizes, profile.session.graph_optimization == "all" and not converted_bytes)
+    bands = prepack_bands(model, sizes, estimate_kernels(profile),
+                          profile.session.graph_optimization == "all" and not converted_bytes)
     packed_low = int(sum(sizes[n] * low for n, (low, _) in bands.items()))
     packed_high = int(sum(sizes[n] * high for n, (_, high) in bands.items()))
     # a MatMulNBits weight whose original is freed once packed holds both while it packs: the largest, at load
@@ -431,22 +431,23 @@ def largest_pass(io: dict[str, Any], context: int) -> int:
 
 
 def step_shapes(io: dict[str, Any], context: int, tokens: int = 1) -> dict[str, tuple[int, ...]]:
-    """A decoder's inputs at a pass of `tokens` new tokens on a KV cache of context - tokens (the largest:
-    largest_pass; a decode step: 1), a sliding layer's (its past's length axis "window", io.kv.window) on window - 1
-    of them."""
+    """A decoder's inputs at a pass of `tokens` new tokens on a KV cache of context - tokens (the largest: largest_pass;
+    a decode step: 1), a sliding layer's (its length axis "window", io.kv.window) on window - 1 of them."""
     kv = io["kv"]
     window = min(context, int(kv.get("window") or context))
     shapes: dict[str, tuple[int, ...]] = {"input_ids": (1, tokens), "position_ids": (1, tokens),
                                           "attention_mask": (1, context)}
     names = [i["name"] for i in io["inputs"]]
     # a layer of its own head count or size (Gemma 4's global layers) by its input's shape, the others by io.kv
-    own = {i["name"]: (int(i["shape"][1]), int(i["shape"][3])) for i in io["inputs"]
-           if is_past(i["name"]) and all(isinstance(d, int) for d in i["shape"][1::2])}
+    axes = {i["name"]: past_axes(i["shape"]) for i in io["inputs"] if is_past(i["name"])}
+    own = {n: (int(i["shape"][axes[n][1]]), int(i["shape"][3])) for i in io["inputs"] if (n := i["name"]) in axes
+           and isinstance(i["shape"][axes[n][1]], int) and isinstance(i["shape"][3], int)}
     past: dict[str, tuple[int, ...]] = {}
-    windowed = {i["name"] for i in io["inputs"] if is_past(i["name"]) and i["shape"][2] == WINDOW_AXIS}
+    windowed = {i["name"] for i in io["inputs"] if is_past(i["name"]) and WINDOW_AXIS in i["shape"][1:3]}
     for n in filter(is_past, names):
         heads, size = own.get(n, (int(kv["heads"]), int(kv["head_dim"])))
-        past[n] = (1, heads, window - 1 if n in windowed else context - tokens, size)
+        length = window - 1 if n in windowed else context - tokens
+        past[n] = (1, length, heads, size) if axes[n][0] == 1 else (1, heads, length, size)
     return {n: shapes[n] for n in names if n in shapes} | past
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import onnx
 
-from packager.decoder_config import FULL, SLIDING, WINDOW_AXIS, LayerAttention
+from packager.decoder_config import FULL, SLIDING, WINDOW_AXIS, LayerAttention, past_axes
 from packager.decoder_peak import DecoderShape
 from packager.graphs import all_graphs
 
@@ -219,9 +219,10 @@ def kv_cache_bytes(model: onnx.ModelProto, context: int | None,
         # [batch, kv_heads, past_sequence, head_dim]: the open sequence axis takes the context (a sliding layer's,
         # WINDOW_AXIS, its past at the step and the new token: step_shapes gives it its window); another
         # open axis (onnxruntime-genai's builder writes head_dim as the symbol kv_cache_dim) its size at a step.
-        windowed = given is not None and len(t.shape.dim) > 2 and t.shape.dim[2].dim_param == WINDOW_AXIS
-        sequence = min(context, given[2] + 1) if windowed and given is not None else context
-        fixed = [d if d is not None else 1 if i == 0 else sequence if i == 2 or given is None else given[i]
+        axis = past_axes([d.dim_param or d.dim_value for d in t.shape.dim])[0]   # the positions'
+        windowed = given is not None and len(t.shape.dim) > 2 and t.shape.dim[axis].dim_param == WINDOW_AXIS
+        sequence = min(context, given[axis] + 1) if windowed and given is not None else context
+        fixed = [d if d is not None else 1 if i == 0 else sequence if i == axis or given is None else given[i]
                  for i, d in enumerate(dims)]
         total += math.prod(fixed) * onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).itemsize
     return total
@@ -245,7 +246,8 @@ def decoder_shape(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) ->
         t = inputs[name].type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
         given = shapes.get(name, (1, 0, 0, 0))
-        kv_heads, head_dim = dims[1] or given[1], dims[3] or given[3]
+        axis = past_axes([d.dim_param or d.dim_value for d in t.shape.dim])[1]   # the KV heads'
+        kv_heads, head_dim = dims[axis] or given[axis], dims[3] or given[3]
         attrs = attributes(readers[name]) if name in readers else {}
         window = max(int(attrs.get("local_window_size", -1)), 0)
         heads = heads or int(attrs.get("num_heads", 0))

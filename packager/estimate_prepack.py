@@ -3,11 +3,15 @@ own at load, and what each costs beyond its own bytes, by op, as measured."""
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import onnx
 
 from packager.estimate_activations import attributes
+from packager.gpu import uses_gpu
 from packager.graphs import all_graphs
-from packager.profile_types import by_block, nbits_compute
+from packager.profile_types import Profile, by_block, kernel_family, nbits_compute
 
 # Ops whose constant weight input the CPU provider packs into its own layout at load.
 PREPACKED_INPUTS: dict[str, tuple[int, ...]] = {
@@ -31,34 +35,36 @@ PREPACK_EXTRA: dict[str, tuple[float, float]] = {
     "MatMulInteger": (0.2, 0.9), "DynamicQuantizeMatMul": (0.2, 0.9), "MatMulIntegerToFloat": (0.2, 0.9),
 }
 # MatMulNBits packs a copy of its 4-bit weight at load, by its compute type (its accuracy_level attribute,
-# profile_types.nbits_compute): the copy's size as a fraction of the 4-bit weight. onnxruntime frees the original once
-# packed where every node that reads it packs it, and keeps it beside the copy where another reads it as it is (a
-# GatherBlockQuantized on a tied table; the recipe unties it now, recipes/nbits.untie_embedding): the extra is the copy
-# less the original, or the whole copy (nbits_extra). Measured on E-class bundles of E2B's widths, 4 layers (294 MiB of
-# 4-bit weights, 192 of them the tied table's; the fit stage's run.py --measure, 2 threads, x86): tied, the load peak
-# less the base and the weights was 0.72-0.89x those weights at level 1 and 1.54x at level 4, that is a copy of 1.07-
-# 1.24x at level 1 and 1.89x at level 4; untied (block 128), the resident memory after load 204 MiB lower, the lm_head's
-# original (192 MiB) and the second scales (12) gone. A bare session (four 1536 x 6144 MatMulNBits and a 65,536-row
-# head, block 32, untied) gave 1.07x and 1.89x; chains of 16 square MatMulNBits of 1024 and 2048 at level 4 had
-# measured 1.22-1.30x all told, which the int8 band keeps. The devices are arm64, whose MLAS packs for its own kernels;
-# `python scripts/bench_nbits_packing.py --targets rpi5 rpi4` (E2B's widths, 264 MiB of 4-bit weights, distinct, in
-# external data; the anonymous memory after load above a one-weight graph's): level 1 1.00x on this x86 host, the
-# Cortex-A76 and the A72 (onnxruntime 1.32's aarch64 wheel under qemu-user with the core's model); level 4 1.51x on
-# x86, 1.14x on the A76 (dotprod), 1.01x on the A72 (no dotprod: level 4 packs as level 1). Each band spans the hosts
-# that measure (the fit stage's) and the devices that run: the int8 low is the A76's. By block size too
-# (profile_types.by_block): level 4's copy holds a scale and a sum a block beside the 4-bit data, so it shrinks with a
-# coarser block (`--block 128 --pairs 4`, 228 MiB of 4-bit weights, 2026-12-04: x86 1.18x, the A76 1.04x; level 1
-# 1.00x and 0.99x); the block-128 band's high keeps block 32's margin over its bare measurement (2.0 / 1.51 x 1.18).
-# Again with 8 pairs at block 128 (264 MiB, 2026-12-04): after load x86 1.00 (level 1) and 1.17 (level 4), the A76
-# 1.00 and 1.05; the load peak 1.73-1.96x, that is the copies and the lm_head's 192 MiB original beside its copy while
-# it packs, which the estimate and plan count apart (`packing`): the bands are the copy after load. A bundle of E2B's
-# widths (4 layers, untied, 294 MiB of 4-bit data) packaged for rpi5 at 8K (level 4, block 128): the fit stage's
-# load peak 619 MiB, base 69 + weights 313 + the lm_head's original 192 + copies 1.16x; so block 128's high is x86's
-# 1.17 and a tenth (1.3; 1.55 before, from block 32's margin): its estimate 574-667 MiB where 1.55 gave 574-742.
-NBITS_PACKED: dict[str, dict[int, tuple[float, float]]] = {
-    "int8": {32: (1.1, 2.0), 128: (1.0, 1.3)},
-    "fp32": {32: (1.0, 1.25)},
+# profile_types.nbits_compute) and by the CPU's kernels (profile_types.kernel_family): the copy's size as a fraction of
+# the 4-bit data. onnxruntime frees the original once packed where every node that reads it packs it, and keeps it
+# beside the copy where another reads it as it is (a GatherBlockQuantized on a tied table; the recipe unties it now,
+# recipes/nbits.untie_embedding): the extra is the copy less the original, or the whole copy (nbits_extra). The
+# scales stay as stored on every family (their pages resident after load, measured). By block size too
+# (profile_types.by_block): a finer block carries more scales and sums.
+# - "x86-64" (where the fit stage measures): level 4's copy holds the data, an fp32 scale and one or two fp32 sums a
+#   block (qnbitgemm AVX2/AVX512 kernels). Measured, E-class bundles of E2B's widths, 4 layers (the fit stage's run.py
+#   --measure, 2 threads): tied, block 32, a copy of 1.07-1.24x at level 1 and 1.89x at level 4; chains of 16 square
+#   MatMulNBits of 1024 and 2048 at level 4, block 32: 1.22-1.30x all told; `python scripts/bench_nbits_packing.py`
+#   (E2B's widths, 8 MLP pairs and a 262,144-row head, distinct weights in external data, the anonymous memory after
+#   load above a one-weight graph's): block 32 level 1 1.00x, level 4 1.51x; block 128 level 1 1.00x, level 4 1.17x
+#   (1.18x with 4 pairs). Block 128's high keeps a tenth over 1.17; block 32's high the bundles' 1.89 and a margin.
+# - "arm64-dotprod" (the Pi 5's Cortex-A76, the Orin's A78AE, the phone's X4): level 4 packs KleidiAI's qsi4c32p
+#   layout, the 4-bit data, a bf16 scale a block and 8 bytes a row (kai_rhs_pack_nxk_qsi4c32p_qsu4c32s1s0, whichever
+#   of its dotprod or i8mm kernels runs): 1 + 4 / block of the data, and 16 / K more for a row of K inputs (the band's
+#   high takes K = 512). Measured (the script above, onnxruntime 1.32's aarch64 wheel under qemu-user's cortex-a76):
+#   block 32 1.14x; block 128 1.04x (4 pairs) and 1.05x (8 pairs, 2026-12-04: 276 MiB for 264 of 4-bit data);
+#   level 1 1.00x at both blocks (the data repacked in place: NEON's SQ4BitGemmPackQuantBData).
+# - "arm64" (no dotprod: the Pi 4's Cortex-A72): no int8 kernel, so level 4 runs and packs as level 1: 1.01x both.
+# The estimate of a packaged model spans the family of the host that measures it and the device's (host_kernels);
+# plan, which predicts the device, takes the device's.
+NBITS_PACKED: dict[str, dict[str, dict[int, tuple[float, float]]]] = {
+    "x86-64": {"int8": {32: (1.2, 2.0), 128: (1.1, 1.3)}, "fp32": {32: (1.0, 1.25)}},
+    "arm64-dotprod": {"int8": {32: (1 + 4 / 32, 1 + 4 / 32 + 16 / 512), 128: (1 + 4 / 128, 1 + 4 / 128 + 16 / 512)},
+                      "fp32": {32: (1.0, 1.03)}},
+    "arm64": {"int8": {32: (1.0, 1.03)}, "fp32": {32: (1.0, 1.03)}},
 }
+# A GPU provider's MatMulNBits (the Jetsons' CUDA) was not measured: its rows take the widest band of these.
+UNMEASURED_KERNELS = tuple(NBITS_PACKED)
 
 
 # The most bytes of quantized data one MatMulNBits of a last-position lm_head holds: the int4 recipes slice a wider one
@@ -66,11 +72,44 @@ NBITS_PACKED: dict[str, dict[int, tuple[float, float]]] = {
 SLICE_BYTES = 32 * 2**20
 
 
-def nbits_extra(compute: str, block_size: int, original_kept: bool) -> tuple[float, float]:
-    """A MatMulNBits weight's extra at load beyond its own bytes (NBITS_PACKED at its block size): the copy, less the
+def nbits_band(compute: str, block_size: int, kernels: tuple[str, ...]) -> tuple[float, float]:
+    """The packed copy's size as a fraction of the 4-bit data (NBITS_PACKED at its block size), spanning the kernel
+    families given."""
+    bands = [by_block(NBITS_PACKED[family][compute], block_size) for family in kernels]
+    return min(low for low, _ in bands), max(high for _, high in bands)
+
+
+def nbits_extra(compute: str, block_size: int, original_kept: bool,
+                kernels: tuple[str, ...]) -> tuple[float, float]:
+    """A MatMulNBits weight's extra at load beyond its own bytes, on the kernel families given: the copy, less the
     original where onnxruntime frees it."""
-    low, high = by_block(NBITS_PACKED[compute], block_size)
+    low, high = nbits_band(compute, block_size, kernels)
     return (low, high) if original_kept else (max(0.0, low - 1), high - 1)
+
+
+def host_kernels() -> str:
+    """This host's kernel family (profile_types.kernel_family), where the fit stage measures."""
+    machine = platform.machine()
+    features: tuple[str, ...] = ()
+    if machine in ("aarch64", "arm64"):
+        try:
+            text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+        features = tuple(word for line in text.splitlines() if line.startswith("Features")
+                         for word in line.split(":", 1)[1].split())
+    return kernel_family(machine, features)
+
+
+def estimate_kernels(profile: Profile) -> tuple[str, ...]:
+    """The kernel families a packaged model's estimate spans: the measuring host's and the device's (every family
+    where the device runs a GPU provider, unmeasured)."""
+    return UNMEASURED_KERNELS if uses_gpu(profile) else tuple(dict.fromkeys((host_kernels(), profile.device.kernels)))
+
+
+def device_kernels(profile: Profile) -> tuple[str, ...]:
+    """The kernel families `packager plan` takes for the device: its CPU's (every family on a GPU provider)."""
+    return UNMEASURED_KERNELS if uses_gpu(profile) else (profile.device.kernels,)
 
 
 LARGE_WEIGHT = 4 * 2**20
@@ -95,11 +134,12 @@ def prepacked_bytes(model: onnx.ModelProto, sizes: dict[str, int]) -> int:
     return sum(sizes[n] for n in packed)
 
 
-def prepack_bands(model: onnx.ModelProto, sizes: dict[str, int],
+def prepack_bands(model: onnx.ModelProto, sizes: dict[str, int], kernels: tuple[str, ...],
                   conv_layout: bool = False) -> dict[str, tuple[float, float]]:
     """Each packed weight's extra at load as a (low, high) fraction of its bytes, by the packing op
-    (and, for fp32 MatMuls, by where the original lives: external data, a large or a small buffer).
-    `conv_layout`: the session's optimizer reorders fp32 Conv weights (PREPACK_CONV_LAYOUT)."""
+    (and, for fp32 MatMuls, by where the original lives: external data, a large or a small buffer; for MatMulNBits,
+    by the kernel families given: estimate_kernels). `conv_layout`: the session's optimizer reorders fp32 Conv
+    weights (PREPACK_CONV_LAYOUT)."""
     bands: dict[str, tuple[float, float]] = {}
     mapped = external_names(model)
     freed = freed_nbits(model)
@@ -115,7 +155,7 @@ def prepack_bands(model: onnx.ModelProto, sizes: dict[str, int],
                         nbits = attributes(node)
                         low, high = nbits_extra(nbits_compute(nbits.get("accuracy_level", 0)),
                                                 int(nbits.get("block_size", 32)),
-                                                name not in freed)
+                                                name not in freed, kernels)
                     if conv_layout and node.op_type == "Conv":
                         low, high = PREPACK_CONV_LAYOUT
                     was = bands.get(node.input[index], (low, high))

@@ -34,7 +34,7 @@ from packager.estimate import (
     releases_rows,
     touched_tokens,
 )
-from packager.estimate_prepack import SLICE_BYTES
+from packager.estimate_prepack import SLICE_BYTES, device_kernels
 from packager.labels import human_count
 from packager.mobile import loads_onnx
 from packager.profile_types import Int4
@@ -289,13 +289,14 @@ def activation_bytes(a: Architecture, mem: DecoderMemory, precision: str, contex
 
 
 def decoder_memory(a: Architecture, profile: Profile, precision: str) -> DecoderMemory:
-    """How the runtime holds this decoder; an E-class model on an exported graph is the E-class exporter's (its
-    sliding layers keep their window, its attention fewer copies of the scores); an encoder-decoder's decoder
-    (optimum's, not rewritten: the last-position lm_head is a decoder-only graph's) returns every position's logits."""
+    """How the runtime holds this decoder; an E-class model's exported graph is the E-class exporter's (sliding layers
+    keep their window, the cache is appended to in place: one copy; fewer copies of the scores); an encoder-decoder's
+    decoder (optimum's, not rewritten) returns every position's logits."""
     mem = runtime_for(profile).decoder_memory(profile, precision)
     if a.encoder_positions:
         return replace(mem, logits_positions=0, notes=())
-    return replace(mem, windowed_kv=True, score_copies=ECLASS_SCORE_COPIES) if e_exported(a, mem) else mem
+    eclass = replace(mem, windowed_kv=True, kv_copies=(1.0, 1.0), score_copies=ECLASS_SCORE_COPIES)
+    return eclass if e_exported(a, mem) else mem
 
 
 def e_exported(a: Architecture, mem: DecoderMemory) -> bool:
@@ -362,12 +363,11 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
 def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precision: str, weights: int, base: int,
                          kv: int, activations: int, mapped: int) -> tuple[int, int]:
     """An exported graph on ONNX Runtime: the weights with allocator overhead, the MatMuls' prepacked copies (int4:
-    MatMulNBits' by the profile's compute type, packager/estimate.py nbits_extra; the others up to a copy), the load
-    transient (the largest inline initializer, the embedding table: packager/estimate.py; int4: the lm_head's
-    original beside its packed copy, estimate.py's `packing`) and an ORT-format file's
-    buffer at load (phones: MemoryShare.converted_buffer; none for a model with `mapped` tables, whose app loads the
-    .onnx: packager/mobile.py loads_onnx), against the KV cache (`kv`: with the mapped embedding's touched rows) and
-    activations at run."""
+    MatMulNBits' by the profile's compute type on the device's kernels, estimate_prepack.nbits_extra; the others up to
+    a copy), the load transient (the largest inline initializer, the embedding table: packager/estimate.py; int4: the
+    lm_head's original beside its packed copy, estimate.py's `packing`) and an ORT-format file's buffer at load (phones:
+    MemoryShare.converted_buffer; none for a model with `mapped` tables, whose app loads the .onnx: packager/mobile.py
+    loads_onnx), against the KV cache (`kv`: with the mapped embedding's touched rows) and activations at run."""
     per_param = bytes_per_param(profile, precision)
     largest, packing = int(a.embedding_parameters * per_param), 0   # the largest weight: the lm_head (or the table)
     packed = a.effective_parameters - a.embedding_parameters
@@ -378,7 +378,7 @@ def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precisio
         largest = packing = min(a.embedding_parameters // 2, SLICE_BYTES)
         packed += a.embedding_parameters if a.tied_embeddings else 0   # the lm_head's MatMulNBits reads the table
         # each MatMulNBits its weight's only reader (a tied embedding reads its own copy): the original freed
-        extra = nbits_extra(profile.int4.compute, profile.int4.block_size, original_kept=False)
+        extra = nbits_extra(profile.int4.compute, profile.int4.block_size, False, device_kernels(profile))
     inline = 0 if weights > PROTO_LIMIT else largest   # the proto's copy of the largest inline weight at load
     matmul_weights = packed * (0.5 if precision == "int4" else per_param)   # what packs: the 4-bit data, not scales
     ort_buffer = 0 if loads_onnx(mapped) else int(weights * share.converted_buffer[1])

@@ -34,6 +34,20 @@ class Device:
     # bound of packager/bandwidth.py. Not recorded in bundles (Profile.to_dict): they reproduce byte for byte.
     memory_bandwidth_gbs: float = 0.0
 
+    @property
+    def kernels(self) -> str:
+        """Which of onnxruntime's MatMulNBits layouts this CPU packs a 4-bit weight into (kernel_family)."""
+        return kernel_family(self.arch, self.isa)
+
+
+def kernel_family(arch: str, isa: tuple[str, ...] | frozenset[str]) -> str:
+    """The MLAS kernels a 4-bit MatMul runs on, which decide the packed copy it holds (estimate_prepack.NBITS_PACKED):
+    "x86-64"; "arm64-dotprod", KleidiAI's where the CPU has dotprod (onnxruntime/core/mlas/lib/qnbitgemm_kernel_neon.cpp
+    UseKleidiAI: dotprod, a block a multiple of 32, no zero points, as the int4 recipe writes them); "arm64", NEON's."""
+    if arch in ("x86_64", "amd64", "AMD64"):
+        return "x86-64"
+    return "arm64-dotprod" if "asimddp" in isa else "arm64"
+
 
 @dataclass(frozen=True)
 class OS:

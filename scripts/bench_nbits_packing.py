@@ -4,14 +4,17 @@
     python scripts/bench_nbits_packing.py [--targets rpi5 rpi4] [--levels 1 4] [--block 32] [--pairs 8]
 
 The memory model's MatMulNBits factors (packager/estimate_prepack.py NBITS_PACKED: the packed copy as a fraction of
-the 4-bit weight, by accuracy_level) were measured on x86 hosts, where the fit stage runs; the devices are arm64,
-whose MLAS packs for its own kernels (NEON, KleidiAI with dotprod). This builds a graph of E2B's widths: `--pairs`
-MLP pairs (1536 x 6144 and back) and a 262,144 x 1536 lm_head, every weight distinct (onnxruntime shares the
-packed copy of identical weights, which would hide it), its data in an external file as packager's bundles store
-it; then loads it in a fresh process, natively and inside the target's Debian userland under qemu-user with the
-target's CPU model (`packager smoke --emulate`'s machinery, onnxruntime's aarch64 wheel), and reads
+the 4-bit weight, by accuracy_level and by the CPU's kernel family) are measured here: on this host, where the fit
+stage runs, and on the devices, arm64, whose MLAS packs for its own kernels (NEON; KleidiAI with dotprod). It builds
+a graph of E2B's widths: `--pairs` MLP pairs (1536 x 6144 and back) and a 262,144 x 1536 lm_head, every weight
+distinct (onnxruntime shares the packed copy of identical weights, which would hide it), its data in an external
+file as packager's bundles store it; then loads it in a fresh process, natively and inside the target's Debian
+userland under qemu-user with the target's CPU model (`packager smoke --emulate`'s machinery, onnxruntime's aarch64
+wheel), and reads
 /proc/self/status after the load and after two runs (1 and 64 tokens). Each figure is taken above a one-weight
-graph's in the same place, so the interpreter, onnxruntime and qemu's own memory cancel.
+graph's in the same place, so the interpreter, onnxruntime and qemu's own memory cancel. "Resident after load" adds
+the file pages (the mapped data and scales still held) to the anonymous memory (the packed copies), against the
+4-bit data and scales as stored; the band beside each row is that place's kernel family's.
 
 Memory is what the emulated process allocates for the guest (qemu-user maps the guest's memory as its own): the
 packing code is the device's, the figures its layout's. Times are qemu's, not the device's.
@@ -37,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from packager.emulate import prepare  # noqa: E402
 from packager.emulate_qemu import no_core_dumps  # noqa: E402
 from packager.emulate_userland import emulate_cache  # noqa: E402
-from packager.estimate_prepack import NBITS_PACKED  # noqa: E402
+from packager.estimate_prepack import NBITS_PACKED, host_kernels  # noqa: E402
 from packager.profile_types import by_block, nbits_compute  # noqa: E402
 from packager.profiles import resolve_target  # noqa: E402
 
@@ -74,8 +77,8 @@ def nbits_node(name: str, k: int, n: int, block: int, level: int, inp: str, out:
     return node, [numpy_helper.from_array(data, f"{name}_q"), numpy_helper.from_array(scales, f"{name}_s")]
 
 
-def build(path: Path, block: int, level: int, pairs: int, head: int) -> int:
-    """The graph at `path` (data in path.data); returns its 4-bit bytes."""
+def build(path: Path, block: int, level: int, pairs: int, head: int) -> tuple[int, int]:
+    """The graph at `path` (data in path.data); returns its 4-bit bytes and its scales' bytes."""
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     x = "x"
@@ -93,7 +96,8 @@ def build(path: Path, block: int, level: int, pairs: int, head: int) -> int:
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     model = helper.make_model(graph, opset_imports=opsets)
     onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data", size_threshold=1024)
-    return sum(len(t.raw_data) for t in inits if t.name.endswith("_q"))
+    return (sum(len(t.raw_data) for t in inits if t.name.endswith("_q")),
+            sum(len(t.raw_data) for t in inits if t.name.endswith("_s")))
 
 
 def probe(command: list[str], env: dict[str, str] | None, model: Path) -> dict[str, Any]:
@@ -114,8 +118,8 @@ def requirements(python: str, package: str, version: str) -> str:
     return f"{package}=={version}\nnumpy\n"
 
 
-def emulated(target: str, work: Path) -> tuple[list[str], dict[str, str], str]:
-    """The guest's python command for `target`'s CPU, as `packager smoke --emulate` prepares it."""
+def emulated(target: str, work: Path) -> tuple[list[str], dict[str, str], str, str]:
+    """The guest's python command for `target`'s CPU, as `packager smoke --emulate` prepares it, and its kernels."""
     profile = resolve_target(target)
     folder = work / f"fake-{target}"
     folder.mkdir()
@@ -124,7 +128,7 @@ def emulated(target: str, work: Path) -> tuple[list[str], dict[str, str], str]:
                                                           profile.runtime.version), encoding="utf-8")
     (work / f"emu-{target}").mkdir()
     emu = prepare(folder, work / f"emu-{target}")
-    return emu.command("-c", PROBE), emu.env(), f"{target} ({emu.cpu.model}, emulated)"
+    return emu.command("-c", PROBE), emu.env(), f"{target} ({emu.cpu.model}, emulated)", profile.device.kernels
 
 
 def main() -> None:
@@ -136,32 +140,34 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-nbits-") as tmp:
         work = Path(tmp)
-        places: list[tuple[list[str], dict[str, str] | None, str]] = [
-            ([sys.executable, "-c", PROBE], None, "this host (native)")]
+        places: list[tuple[list[str], dict[str, str] | None, str, str]] = [
+            ([sys.executable, "-c", PROBE], None, "this host (native)", host_kernels())]
         places += [emulated(t, work) for t in args.targets]
         base = work / "base.onnx"
         build(base, args.block, 1, 0, 32)
         models = {level: (work / f"l{level}.onnx") for level in args.levels}
         nbits = {level: build(path, args.block, level, args.pairs, VOCAB) for level, path in models.items()}
         rows = []
-        for command, env, where in places:
+        for command, env, where, kernels in places:
             ref = probe(command, env, base)
             for level, path in models.items():
                 got = probe(command, env, path)
                 anon = (got["load"]["RssAnon"] - ref["load"]["RssAnon"]) * 1024
+                resident = anon + (got["load"]["RssFile"] - ref["load"]["RssFile"]) * 1024
                 peak = (got["load"]["VmHWM"] - ref["load"]["VmHWM"]) * 1024
                 mapped = (got["run"]["RssFile"] - ref["run"]["RssFile"]) * 1024
-                rows.append((where, level, nbits[level], anon, peak, mapped))
+                rows.append((f"{where}, {kernels}", level, nbits[level], anon, resident, peak, mapped,
+                             by_block(NBITS_PACKED[kernels][nbits_compute(level)], args.block)))
                 print(f"  {where}, level {level}: done", file=sys.stderr, flush=True)
     print(f"\nMatMulNBits of E2B's widths ({args.pairs} MLP pairs and a {VOCAB:,}-row lm_head), block {args.block}, "
           "external data; figures above a one-weight graph's, in the same process kind\n")
-    print("| where | accuracy_level | 4-bit MiB | anonymous after load | x 4-bit | load peak | x 4-bit "
-          "| file pages after runs | NBITS_PACKED (the band) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for where, level, size, anon, peak, mapped in rows:
-        band = by_block(NBITS_PACKED[nbits_compute(level)], args.block)
-        print(f"| {where} | {level} | {size / MiB:.0f} | {anon / MiB:.0f} | {anon / size:.2f} | {peak / MiB:.0f} "
-              f"| {peak / size:.2f} | {mapped / MiB:.0f} | {band[0]:.2f}-{band[1]:.2f} |")
+    print("| where | accuracy_level | 4-bit MiB | scales MiB | anonymous after load | x 4-bit | resident after load "
+          "| x 4-bit and scales | load peak | x 4-bit | file pages after runs | NBITS_PACKED (the band) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for where, level, (size, scales), anon, resident, peak, mapped, band in rows:
+        print(f"| {where} | {level} | {size / MiB:.0f} | {scales / MiB:.0f} | {anon / MiB:.0f} | {anon / size:.2f} "
+              f"| {resident / MiB:.0f} | {resident / (size + scales):.2f} | {peak / MiB:.0f} | {peak / size:.2f} "
+              f"| {mapped / MiB:.0f} | {band[0]:.2f}-{band[1]:.2f} |")
 
 
 if __name__ == "__main__":

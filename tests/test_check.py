@@ -146,8 +146,8 @@ def test_conv_weights_cost_their_layout_copies_where_the_session_reorders_them(t
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     sizes = {"w": 64 * 32 * 9 * 4}
-    assert prepack_bands(model, sizes, conv_layout=True) == {"w": PREPACK_CONV_LAYOUT}
-    assert prepack_bands(model, sizes)["w"][1] < PREPACK_CONV_LAYOUT[1]
+    assert prepack_bands(model, sizes, ("x86-64",), conv_layout=True) == {"w": PREPACK_CONV_LAYOUT}
+    assert prepack_bands(model, sizes, ("x86-64",))["w"][1] < PREPACK_CONV_LAYOUT[1]
     path = tmp_path / "conv.onnx"
     onnx.save(model, path)
     rpi5 = estimate(path, resolve_target("rpi5"), "tensor", {"x": (1, 32, 16, 16)})
@@ -163,6 +163,7 @@ def test_a_matmulnbits_packed_copy_follows_its_compute_type_and_frees_an_origina
     embedding's GatherBlockQuantized): E-class bundles of E2B's widths measured 204 MiB less resident after load
     untied, the tied lm_head's 192 MiB original and its second scales."""
     from packager.estimate import NBITS_PACKED, freed_nbits
+    x86 = NBITS_PACKED["x86-64"]
 
     def model(level: int, gather: bool, block: int = 32) -> onnx.ModelProto:
         nodes = [helper.make_node("MatMulNBits", ["x", "w", "s"], ["y"], domain="com.microsoft", K=64, N=32, bits=4,
@@ -174,14 +175,44 @@ def test_a_matmulnbits_packed_copy_follows_its_compute_type_and_frees_an_origina
         return helper.make_model(graph)
 
     def band(level: int, gather: bool = False, block: int = 32) -> tuple[float, float]:
-        return prepack_bands(model(level, gather, block), {"w": 1024, "s": 256})["w"]
+        return prepack_bands(model(level, gather, block), {"w": 1024, "s": 256}, ("x86-64",))["w"]
 
-    fp32, int8 = NBITS_PACKED["fp32"][32], NBITS_PACKED["int8"][32]
+    fp32, int8 = x86["fp32"][32], x86["int8"][32]
     assert band(1) == band(0) == (fp32[0] - 1, fp32[1] - 1)
     assert band(1, gather=True) == fp32
     assert band(4, gather=True) == int8
     assert band(1)[1] < band(4)[1] and band(1, gather=True)[1] < band(4, gather=True)[1]
     # level 4's copy holds a scale and a sum a block: a coarser block packs smaller, by its own measured band
-    assert band(4, gather=True, block=128) == NBITS_PACKED["int8"][128] and band(4, block=128)[1] < band(4)[1]
+    assert band(4, gather=True, block=128) == x86["int8"][128] and band(4, block=128)[1] < band(4)[1]
     assert band(4, block=256) == band(4, block=128) and band(4, block=16) == band(4)   # the next finer one measured
     assert freed_nbits(model(1, False)) == {"w"} and freed_nbits(model(1, True)) == set()
+
+
+def test_the_int4_copies_band_is_the_kernels_and_the_estimate_spans_host_and_device() -> None:
+    """Each kernel family's band holds what was measured on it (`scripts/bench_nbits_packing.py`: the copy after
+    load as a fraction of the 4-bit data); plan takes the device's, the estimate of a packaged model the measuring
+    host's and the device's (the fit stage measures here); a GPU provider's, unmeasured, the widest."""
+    from packager.estimate_prepack import (
+        NBITS_PACKED,
+        UNMEASURED_KERNELS,
+        device_kernels,
+        estimate_kernels,
+        host_kernels,
+        nbits_band,
+    )
+    from packager.profile_types import by_block
+
+    measured = {("x86-64", "int8", 128): 1.17, ("x86-64", "int8", 32): 1.51, ("x86-64", "fp32", 128): 1.00,
+                ("arm64-dotprod", "int8", 128): 1.045, ("arm64-dotprod", "int8", 32): 1.14,
+                ("arm64-dotprod", "fp32", 128): 1.00, ("arm64", "int8", 128): 1.01, ("arm64", "fp32", 128): 1.01}
+    for (family, compute, block), copy in measured.items():
+        low, high = by_block(NBITS_PACKED[family][compute], block)
+        assert low <= copy <= high, (family, compute, block)
+    rpi5 = resolve_target("rpi5")
+    assert device_kernels(rpi5) == ("arm64-dotprod",)
+    assert set(estimate_kernels(rpi5)) == {host_kernels(), "arm64-dotprod"}
+    a76, x86 = NBITS_PACKED["arm64-dotprod"]["int8"][128], NBITS_PACKED["x86-64"]["int8"][128]
+    assert nbits_band("int8", 128, ("x86-64", "arm64-dotprod")) == (a76[0], x86[1])
+    assert a76[1] < x86[0]   # the A76's layout is smaller than any x86 measurement
+    orin = resolve_target("jetson-orin-nano")
+    assert device_kernels(orin) == estimate_kernels(orin) == UNMEASURED_KERNELS

@@ -17,7 +17,7 @@ import onnx
 import pytest
 
 from packager import decoder_config, eclass, emulate
-from packager.decoder_config import WINDOW_AXIS
+from packager.decoder_config import CACHED_AXIS, WINDOW_AXIS
 from packager.errors import ExitCode
 from packager.exporter_envs import GENAI, is_ready
 from packager.recipes.prepare import hidden_weights
@@ -72,7 +72,7 @@ chunks = {"logits": float(np.abs(one[-1] - chunked[-1]).max()), "scale": float(n
 print(json.dumps({"chunks": chunks, "tokens": tokens, "ref": ref, "first_diff": float(np.abs(first - first_ref).max()),
                   "first_scale": float(np.abs(first_ref).max()), "scores": list(scores.shape),
                   "loaded": loaded, "after": ple_rss(), "mapped": mapped,
-                  "cache": {n: v.shape[2] for n, v in cache.items()}}))
+                  "cache": {n: v.shape[1] for n, v in cache.items()}}))
 """
 
 
@@ -104,9 +104,12 @@ def test_only_the_layers_that_own_a_cache_have_a_past_and_present(exported: tupl
     # the sliding and full layers keep their own head sizes
     sizes = {ECLASS["layer_types"][n]: inputs[f"past_key_values.{n}.key"][3] for n in range(owners)}
     assert sizes == {"sliding_attention": ECLASS["head_dim"], "full_attention": ECLASS["global_head_dim"]}
-    # a sliding layer's past is its window's: the length axis says so (the estimate sizes it by the window)
-    axes = {ECLASS["layer_types"][n]: inputs[f"past_key_values.{n}.key"][2] for n in range(owners)}
-    assert axes == {"sliding_attention": WINDOW_AXIS, "full_attention": "past"}
+    # a sliding layer's past is its window's: the length axis says so (the estimate sizes it by the window); the
+    # pasts are laid out positions first, and the presents are the new tokens' alone (the loop appends them)
+    axes = {ECLASS["layer_types"][n]: inputs[f"past_key_values.{n}.key"][1] for n in range(owners)}
+    assert axes == {"sliding_attention": WINDOW_AXIS, "full_attention": CACHED_AXIS}
+    assert {tuple(outputs[f"present.{n}.{kind}"][:2]) for n in range(owners) for kind in ("key", "value")} == \
+        {("batch", "sequence")}
     assert outputs["logits"][2] == ECLASS["vocab_size"]
 
 
@@ -173,14 +176,16 @@ def test_the_phone_app_loads_the_onnx_with_its_ple_file(exported: tuple) -> None
     assert files[made["ple_file"]] >= PLE_VOCAB * ECLASS["num_hidden_layers"] * ECLASS["hidden_size_per_layer_input"]
 
 
-def io_of(out: Path) -> dict:
-    """runtime.io as the decoder family describes it for this graph."""
+def io_of(out: Path, window: int) -> dict:
+    """runtime.io as the decoder family describes it for this graph (its sliding layers' `window`: the config's)."""
     inputs, outputs = signature(onnx.load(out / "model.onnx", load_external_data=False))
     past = [{"name": n, "shape": s} for n, s in inputs.items() if n.startswith("past_key_values.")]
     return {"inputs": [{"name": n, "shape": s, "dtype": "int64" if "past" not in n else "float32"}
                        for n, s in inputs.items()], "outputs": [{"name": n, "shape": s} for n, s in outputs.items()],
-            "logits": "last", "kv": {"layers": len(past) // 2, "heads": past[0]["shape"][1],
-                                     "head_dim": past[0]["shape"][3], "dtype": "float32"}, "eos_token_ids": []}
+            "logits": "last", "kv": {"layers": len(past) // 2, "heads": past[0]["shape"][2],
+                                     "head_dim": past[0]["shape"][3], "dtype": "float32", "appends": True,
+                                     "window": window},
+            "eos_token_ids": [], "max_length": 512}
 
 
 def parity(exported: tuple, spec: dict) -> dict:
@@ -188,7 +193,8 @@ def parity(exported: tuple, spec: dict) -> dict:
     source, out, made = exported
     targets = Path(__file__).resolve().parents[1] / "targets"
     proc = subprocess.run([str(GENAI.python), "-c", PARITY, str(source), str(out / "model.onnx"), str(targets),
-                           json.dumps(io_of(out)), made["ple_file"]], capture_output=True, text=True, timeout=600)
+                           json.dumps(io_of(out, spec["sliding_window"])), made["ple_file"]],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     run: dict = json.loads(proc.stdout.splitlines()[-1])
     assert run["tokens"] == run["ref"] and len(run["tokens"]) == 8

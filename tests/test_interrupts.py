@@ -18,7 +18,11 @@ interrupts.install()
 interrupts.SAFE_FILES += (__file__,)   # this script stands for packager's own code
 def signal_me(after, times=1):
     def send():
-        for _ in range(times):
+        for n in range(times):
+            # each signal after the handler has taken the one before: two sent before the main thread runs its
+            # handler would reach it as one (a loaded machine starved it past the 0.2 s this once waited)
+            while n and not interrupts._pending:
+                time.sleep(0.01)
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.2)
     threading.Timer(after, send).start()

@@ -132,3 +132,14 @@ def test_targets_table() -> None:
     rows = {r["name"]: r for r in json.loads(run_cli("targets", "--json").stdout)}
     assert rows["rpi5"]["decoder_runtime"] == rows["phone"]["decoder_runtime"] == "onnxruntime-genai==0.18.0"
     assert rows["jetson-orin-nano"]["decoder_runtime"] is None
+
+
+def test_each_profile_names_the_kernels_its_cpu_packs_4bit_weights_for() -> None:
+    """MatMulNBits' packed copy is its CPU's layout (estimate_prepack.NBITS_PACKED): KleidiAI's where the core has
+    dotprod (the A76, the A78AE, the X4), NEON's where it has not (the A72), x86's on a build host."""
+    from packager.profile_types import kernel_family
+
+    kernels = {name: resolve_target(name).device.kernels for name in ("rpi4", "rpi5", "phone", "jetson-orin-nano")}
+    assert kernels == {"rpi4": "arm64", "rpi5": "arm64-dotprod", "phone": "arm64-dotprod",
+                       "jetson-orin-nano": "arm64-dotprod"}
+    assert kernel_family("x86_64", ()) == "x86-64" and kernel_family("aarch64", ("asimd",)) == "arm64"

@@ -44,7 +44,8 @@ class DecoderLLM(Family):
         """Its KV cache layout too, for the device's generation loop."""
         inputs, outputs = export.signature
         past = [i for i in inputs if i["name"].startswith("past_key_values.")]
-        _, heads, _, head_dim = past[0]["shape"]
+        positions, heads_axis = decoder_config.past_axes(past[0]["shape"])
+        heads, head_dim = past[0]["shape"][heads_axis], past[0]["shape"][3]
         if not isinstance(head_dim, int):   # onnxruntime-genai's builder leaves it open (kv_cache_dim): the config's
             head_dim = first_head_dim(export.source)
         logits = next(o for o in outputs if o["name"] == "logits")
@@ -53,14 +54,16 @@ class DecoderLLM(Family):
         last = {"logits": "last"} if logits["shape"][1:2] == [1] else {}
         # Pasts whose length axis is the exporter's "window" (E-class sliding layers) hold the last window - 1
         # positions only: the estimate sizes them by the config's window, as plan does.
-        windowed = any(i["shape"][2] == decoder_config.WINDOW_AXIS for i in past)
+        windowed = any(i["shape"][positions] == decoder_config.WINDOW_AXIS for i in past)
         window = {"window": sliding_window(export.source)} if windowed else {}
+        # positions first (the E-class exporter's): the presents are the new tokens', which the loop appends
+        appends = {"appends": True} if positions == 1 else {}
         return {
             **self.describe_source(export.source),
             "inputs": inputs,
             "outputs": outputs,
             "kv": {"layers": len(past) // 2, "heads": heads, "head_dim": head_dim, "dtype": past[0]["dtype"],
-                   **window},
+                   **window, **appends},
             **last,
         }
 

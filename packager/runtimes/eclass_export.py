@@ -10,6 +10,11 @@ the graph is traced from a forward of its own over the model's modules, with the
 
 - Only the layers that own a cache have a past/present pair (`past_key_values.N` numbers the owners); a KV-shared
   layer reads the cache of the last owner of its layer type, as transformers' Gemma 4 does.
+- The cache is appended to, never copied: a past is laid out positions first ([batch, positions, KV heads, size], its
+  length axis CACHED_AXIS, or WINDOW_AXIS on a sliding layer), the present is the new tokens' keys and values alone
+  in the same layout, which run.py's loop writes after the past in a buffer it holds (io.kv.appends), and the
+  attention scores the past and the new keys apart and joins the scores, not the keys: no step holds a second copy
+  of the cache (a graph that returned past and new tokens together held two, 108 MiB more for E2B at 8K).
 - The KV-shared layers write no cache, so they run on the last position only, and the logits are the last
   position's: [batch, 1, vocab] (io "logits": "last"), never [batch, sequence, vocab] of a 262,144 vocabulary.
 - The PLE table (vocabulary x layers x width, nearly half of E2B's parameters) is int8 with a scale per row,
@@ -26,11 +31,8 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
-import struct
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any, BinaryIO
@@ -38,6 +40,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import onnx
 import torch
+from eclass_checkpoint import PLE_WEIGHT, CheckpointTensor, load
+from eclass_checkpoint import reference as reference  # verify's (runtimes/genai_host.py imports it from here)
 from onnx import numpy_helper
 
 OWN_FILE = "model.ple.data"       # the PLE table and its scales
@@ -47,12 +51,9 @@ PACK = 64                         # the other weights: read whole at load, align
 PLE_NAMES = ("ple_rows", "ple_scales")
 NEG = -1e9                        # a masked position's score (finite: a row masked whole stays a number)
 OPSET = 17
-STUB = 8                          # rows of the table the model loads and the trace sees (the ids it traces are 1-3)
 SLICE_BYTES = 256 * 2**20         # fp32 rows quantized at a time: the host holds this much of the table, not all
-PLE_WEIGHT = "embed_tokens_per_layer.weight"   # the table's name in the checkpoint (after any prefix)
-TEXT_PREFIX = "model.language_model."   # a multimodal checkpoint's text decoder (ForConditionalGeneration)
-DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 WINDOW_AXIS = "window"            # a sliding layer's past length: packager/decoder_config.py's WINDOW_AXIS
+CACHED_AXIS = "cached"            # a full layer's past length: packager/decoder_config.py's CACHED_AXIS
 
 
 class EDecoder(torch.nn.Module):
@@ -92,7 +93,7 @@ class EDecoder(torch.nn.Module):
         # sorted: a set's order changes with each process's string hashing, and the graph with it
         rope = {kind: text.rotary_emb(x, position_ids, kind) for kind in sorted(set(config.layer_types))}
         x = self.streams_in(x)
-        shared: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        shared: dict[str, KV] = {}
         presents: list[torch.Tensor] = []
         for i, layer in enumerate(text.layers):
             if i == self.first_shared:   # no cache to write from here on: the last position is all they need
@@ -128,7 +129,7 @@ class EDecoder(torch.nn.Module):
         return table
 
     def layer(self, layer: Any, x: torch.Tensor, per_layer: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-              mask: tuple[torch.Tensor, torch.Tensor], shared: dict[str, tuple[torch.Tensor, torch.Tensor]],
+              mask: tuple[torch.Tensor, torch.Tensor], shared: dict[str, KV],
               past_kv: tuple[torch.Tensor, torch.Tensor] | None, presents: list[torch.Tensor]) -> torch.Tensor:
         """Gemma4TextDecoderLayer.forward, its attention on explicit tensors."""
         attn = layer.self_attn
@@ -142,34 +143,42 @@ class EDecoder(torch.nn.Module):
 
     def attention(self, attn: Any, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                   mask: tuple[torch.Tensor, torch.Tensor],
-                  shared: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                  shared: dict[str, KV],
                   past_kv: tuple[torch.Tensor, torch.Tensor] | None, presents: list[torch.Tensor]) -> torch.Tensor:
         cos, sin = rope
         shape = (*h.shape[:-1], -1, attn.head_dim)
         q = rotary(attn.q_norm(attn.q_proj(h).view(shape)), cos, sin).transpose(1, 2)
         if past_kv is None:
-            k, v = shared[attn.layer_type]
+            (k_past, k_new), (v_past, v_new) = shared[attn.layer_type]
         else:
+            # the new tokens' keys and values, positions first as the cache holds them: the present
             raw_k = attn.k_proj(h).view(shape)
             raw_v = attn.v_proj(h).view(shape) if attn.v_proj is not None else raw_k
-            k = rotary(attn.k_norm(raw_k), cos, sin).transpose(1, 2)
-            v = attn.v_norm(raw_v).transpose(1, 2)
-            k, v = torch.cat([past_kv[0], k], dim=2), torch.cat([past_kv[1], v], dim=2)
-            # a sliding layer keeps its window for the next step (the last window - 1 positions), not the context
-            keep = self.config.sliding_window - 1 if attn.is_sliding else 0
-            presents += [k[:, :, -keep:], v[:, :, -keep:]] if keep else [k, v]
+            k_new, v_new = rotary(attn.k_norm(raw_k), cos, sin), attn.v_norm(raw_v)
+            (k_past, v_past) = past_kv
+            presents += [k_new, v_new]
             if attn.store_full_length_kv:
-                shared[attn.layer_type] = (k, v)
+                shared[attn.layer_type] = ((k_past, k_new), (v_past, v_new))
         # Each KV head's query heads as one matrix of queries ([batch, KV heads, group x new, size]): their scores
         # against the cache as it is, never a copy of the cache per query head (repeat_interleave: at 8K, 8 query
-        # heads on a global layer's 512-wide cache made 2 x 128 MiB at every step)
+        # heads on a global layer's 512-wide cache made 2 x 128 MiB at every step). The past's keys and the new ones
+        # are scored apart and the softmax taken over both (one maximum, one sum): a Concat of the keys would copy
+        # the cache at every step, and one of the scores their largest buffer.
         batch, heads, new, size = q.shape
-        kv_heads = k.shape[1]
+        kv_heads, cached = k_past.shape[2], k_past.shape[1]
         grouped = q.reshape(batch, kv_heads, heads // kv_heads * new, size)
-        additive = key_mask(*mask, k.shape[2], self.config.sliding_window if attn.is_sliding else 0)
-        scores = torch.matmul(grouped, k.transpose(2, 3)) * attn.scaling
-        scores = scores.view(batch, heads, new, -1) + additive
-        out = torch.matmul(torch.softmax(scores, dim=-1).view(batch, kv_heads, -1, k.shape[2]), v)
+        additive = key_mask(*mask, cached + k_new.shape[1], self.config.sliding_window if attn.is_sliding else 0)
+        # every shape spelled out: a past of 0 positions (the first pass) leaves Reshape no -1 to infer
+        parts = [(torch.matmul(grouped, heads_first(k).transpose(2, 3)) * attn.scaling)
+                 .view(batch, heads, new, k.shape[1]) + m
+                 for k, m in ((k_past, additive[..., :cached]), (k_new, additive[..., cached:]))]
+        # an empty past (the first pass) reduces to -inf, below any score of the new keys (each sees itself)
+        top = torch.maximum(parts[0].amax(dim=-1, keepdim=True), parts[1].amax(dim=-1, keepdim=True))
+        exps = [torch.exp(p - top) for p in parts]
+        rows = heads // kv_heads * new
+        total = (exps[0].sum(dim=-1, keepdim=True) + exps[1].sum(dim=-1, keepdim=True)).view(batch, kv_heads, rows, 1)
+        out = (torch.matmul(exps[0].view(batch, kv_heads, rows, cached), heads_first(v_past))
+               + torch.matmul(exps[1].view(batch, kv_heads, rows, k_new.shape[1]), heads_first(v_new))) / total
         projected: torch.Tensor = attn.o_proj(out.view(batch, heads, new, size).transpose(1, 2)
                                               .reshape(*h.shape[:-1], -1))
         return projected
@@ -196,7 +205,7 @@ class E3nDecoder(EDecoder):
         return text.norm(torch.stack(streams).mean(dim=0))  # type: ignore[no-any-return]
 
     def layer(self, layer: Any, x: torch.Tensor, per_layer: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-              mask: tuple[torch.Tensor, torch.Tensor], shared: dict[str, tuple[torch.Tensor, torch.Tensor]],
+              mask: tuple[torch.Tensor, torch.Tensor], shared: dict[str, KV],
               past_kv: tuple[torch.Tensor, torch.Tensor] | None, presents: list[torch.Tensor]) -> torch.Tensor:
         """Gemma3nTextDecoderLayer.forward, its attention on explicit tensors."""
         config = self.config
@@ -237,6 +246,18 @@ def decoder_for(model: Any, ple_vocab: int) -> EDecoder:
     return (E3nDecoder if model.config.model_type == "gemma3n_text" else EDecoder)(model, ple_vocab)
 
 
+KV = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]   # (past, new) keys, then values
+
+
+def heads_first(x: torch.Tensor) -> torch.Tensor:
+    """[batch, positions, KV heads, size] as [batch, KV heads, positions, size]: with one KV head a Squeeze and an
+    Unsqueeze, which onnxruntime runs on the same buffer (E2B's every layer); with more, a Transpose, a copy of one
+    layer's keys or values while it computes."""
+    if x.shape[2] == 1:
+        return x.squeeze(2).unsqueeze(1)
+    return x.transpose(1, 2)
+
+
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """transformers' apply_rotary_pos_emb on [batch, sequence, heads, size] (its unsqueeze_dim=2)."""
     half = x.shape[-1] // 2
@@ -263,129 +284,6 @@ def key_mask(queries: torch.Tensor, attention_mask: torch.Tensor, keys: Any, win
     return torch.where(allowed, torch.tensor(0.0), torch.tensor(NEG))[:, None]
 
 
-@dataclass(frozen=True)
-class CheckpointTensor:
-    """Where one tensor lies in a safetensors file: read a slice of its rows at a time, or map it whole."""
-
-    path: Path
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    begin: int   # byte offset of its data in the file
-
-    @classmethod
-    def find(cls, source: Path, suffix: str) -> CheckpointTensor:
-        """The tensor whose name ends with `suffix`, in model.safetensors or the shards its index names."""
-        for name in checkpoint_files(source):
-            with open(source / name, "rb") as f:
-                size = struct.unpack("<Q", f.read(8))[0]
-                header = json.loads(f.read(size))
-            for key, entry in header.items():
-                if key.endswith(suffix) and isinstance(entry, dict):
-                    if entry["dtype"] not in DTYPES:
-                        raise SystemExit(f"{source / name}: {key} is {entry['dtype']}; the per-layer embedding "
-                                         f"table is read as one of {', '.join(DTYPES)}")
-                    return cls(source / name, DTYPES[entry["dtype"]], tuple(entry["shape"]),
-                               8 + size + entry["data_offsets"][0])
-        raise SystemExit(f"{source}: no {suffix} in its safetensors files: an E-class model's per-layer embedding "
-                         "table is read from there (save the model with save_pretrained)")
-
-    @property
-    def row_bytes(self) -> int:
-        return self.shape[1] * self.dtype.itemsize
-
-    def rows(self, start: int, stop: int) -> torch.Tensor:
-        """Rows [start, stop) as fp32, read from the file (not mapped: the pages read are not this process's)."""
-        data = bytearray((stop - start) * self.row_bytes)
-        with open(self.path, "rb") as f:
-            f.seek(self.begin + start * self.row_bytes)
-            f.readinto(data)
-        return torch.frombuffer(data, dtype=self.dtype).view(stop - start, self.shape[1]).float()
-
-    def mapped(self) -> torch.Tensor:
-        """The whole tensor in its stored dtype over a private mapping of the file: its pages load as rows are
-        read. ACCESS_COPY: writable (torch.frombuffer wants that), and nothing written reaches the file."""
-        with open(self.path, "rb") as f:
-            view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        count = self.shape[0] * self.shape[1]
-        return torch.frombuffer(view, dtype=self.dtype, count=count, offset=self.begin).view(self.shape)
-
-
-class MappedRows(torch.nn.Module):
-    """Gemma4TextScaledWordEmbedding's lookup over a table that stays in the checkpoint: the rows read upcast to
-    fp32 before the scale, as the fp32 model computes them."""
-
-    def __init__(self, table: torch.Tensor, scale: float) -> None:
-        super().__init__()
-        self.table, self.scale = table, scale
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.table[input_ids].float() * self.scale
-
-
-def load(source: Path) -> Any:
-    """The model in fp32 with a stub per-layer embedding table of STUB rows: the checkpoint's is never read here
-    (from_pretrained reads a tensor whatever its shape, with ignore_mismatched_sizes too: E2B's table measured
-    10.7 GiB of host memory in fp32)."""
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(source)
-    text = config.get_text_config()
-    if not getattr(text, "hidden_size_per_layer_input", 0):
-        raise SystemExit(f"{source}: config.json has no hidden_size_per_layer_input: not an E-class (per-layer "
-                         "embedding) model; package it on the onnxruntime or genai path")
-    text.vocab_size_per_layer_input = min(STUB, text.vocab_size_per_layer_input)
-    multimodal = text is not config
-    if multimodal:   # the model ties as the outer config says
-        text.tie_word_embeddings = getattr(config, "tie_word_embeddings", text.tie_word_embeddings)
-    # the text decoder alone (Gemma4ForCausalLM, Gemma3nForCausalLM), from a multimodal checkpoint too
-    model = AutoModelForCausalLM.from_config(text, dtype=torch.float32, attn_implementation="eager")
-    state: dict[str, torch.Tensor] = {}
-    for name in checkpoint_files(source):
-        with safe_open(source / name, framework="pt") as f:
-            for key in f.keys():
-                local = text_key(key, multimodal)
-                if local is not None and not key.endswith(PLE_WEIGHT):
-                    state[local] = f.get_tensor(key)
-    missing, unexpected = model.load_state_dict(state, strict=False)   # copied into the fp32 parameters
-    tied = {"lm_head.weight"} if text.tie_word_embeddings else set()   # the embedding's, which the state sets
-    absent = [k for k in missing if not k.endswith(PLE_WEIGHT) and k not in tied]
-    # Gemma 3n's checkpoints keep k/v projections on the KV-shared layers, which read an earlier layer's cache and
-    # which transformers 5 no longer makes (it names them in _keys_to_ignore_on_load_unexpected)
-    unused = getattr(model.model, "_keys_to_ignore_on_load_unexpected", None) or []
-    unexpected = [k for k in unexpected if not any(f".{name}." in f".{k}" for name in unused)]
-    if absent or unexpected:
-        raise SystemExit(f"{source}: the checkpoint does not match {type(model).__name__} (missing "
-                         f"{absent[:3]}, unexpected {unexpected[:3]}); save the text decoder with save_pretrained")
-    return model.eval()
-
-
-def text_key(key: str, multimodal: bool) -> str | None:
-    """A checkpoint tensor's name in the text decoder's model: a multimodal checkpoint's language model
-    (TEXT_PREFIX) renamed as the text-only class names it, its vision and audio encoders' tensors None (not read)."""
-    if not multimodal or key == "lm_head.weight":
-        return key
-    return "model." + key.removeprefix(TEXT_PREFIX) if key.startswith(TEXT_PREFIX) else None
-
-
-def checkpoint_files(source: Path) -> list[str]:
-    """model.safetensors, or the shards its index names."""
-    index = source / "model.safetensors.index.json"
-    return sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
-        else ["model.safetensors"]
-
-
-def reference(source: Path) -> Any:
-    """verify's PyTorch reference (packager/runtimes/genai_host.py's TORCH_SERVER): the model in fp32, its per-layer
-    embedding table mapped from the checkpoint in its stored dtype, a row upcast as it is read."""
-    model = load(source)
-    text = model.model
-    table = CheckpointTensor.find(source, PLE_WEIGHT)
-    text.embed_tokens_per_layer = MappedRows(table.mapped(), float(text.embed_tokens_per_layer.scalar_embed_scale))
-    text.config.vocab_size_per_layer_input = table.shape[0]
-    return model
-
-
 def export(source: Path, out: Path) -> dict[str, Any]:
     """model.onnx (+ its two data files) in `out`; returns what was made (names, seconds)."""
     started = time.monotonic()
@@ -393,17 +291,18 @@ def export(source: Path, out: Path) -> dict[str, Any]:
     module = decoder_for(load(source), table.shape[0])
     config = module.config
     names = io_names(module)
-    past = [torch.zeros(1, heads, 0, dim) for heads, dim in owner_shapes(module) for _ in (0, 1)]
-    args = (torch.tensor([[1, 2, 3]]), torch.ones(1, 3, dtype=torch.int64), torch.arange(3)[None], *past)
+    # a past of 2 positions: torch's amax refuses an empty axis, which onnxruntime's ReduceMax takes (-inf)
+    past = [torch.zeros(1, 2, heads, dim) for heads, dim in owner_shapes(module) for _ in (0, 1)]
+    args = (torch.tensor([[1, 2, 3]]), torch.ones(1, 5, dtype=torch.int64), torch.arange(2, 5)[None], *past)
     axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
                                        "attention_mask": {0: "batch", 1: "total"},
                                        "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
     sliding = [module.model.model.layers[i].self_attn.is_sliding for i in module.owners for _ in (0, 1)]
     for name, windowed in zip(names["past"], sliding, strict=True):
         # WINDOW_AXIS: a sliding layer's past is at most its window - 1 positions, whatever the context
-        axes[name] = {0: "batch", 2: WINDOW_AXIS if windowed else "past"}
+        axes[name] = {0: "batch", 1: WINDOW_AXIS if windowed else CACHED_AXIS}
     for name in names["present"]:
-        axes[name] = {0: "batch", 2: "total"}
+        axes[name] = {0: "batch", 1: "sequence"}   # the new tokens' alone: the loop appends them
     out.mkdir(parents=True, exist_ok=True)
     raw = out / "traced.onnx"
     with torch.inference_mode():

@@ -55,16 +55,19 @@ CONV_NODE_BYTES = 32 * 2**10
 # (onnx_rewrite.last_position_logits: io.logits = "last"), so the loop prefills the prompt in chunks of
 # decoder_config.LAST_ONLY_CHUNK tokens with one row of logits a pass; the KV cache in the activations' dtype (fp16
 # models in fp16; fp32 and weight-only int8/int4 on the CPU in fp32), a full-length cache on every layer (the export
-# keeps no window), past and present both held by a step. An encoder-decoder's decoder is not rewritten
+# keeps no window), past and present both held by a step: the caller's past and the present the run returns (past and
+# new tokens) are two whole caches at its end (kv_copies 2). An encoder-decoder's decoder is not rewritten
 # (packager/plan.py's decoder_memory gives it every position's logits).
 # The exported attention (MatMul, the mask's Add, Softmax, MatMul) holds a layer's scores in several buffers at once:
 # measured on a 2-layer, 16-head Llama at 2,048 positions (run.py's step, fp32, arena on), a pass of 64, 128 and 256
 # tokens took 4.6, 4.5 and 5.3 times its scores' bytes beyond the cache's present.
 SCORE_COPIES = 5.5
-# The E-class exporter's attention (runtimes/eclass_export.py) holds fewer: a pass of n tokens at 8,192 positions on a
-# 4-layer bundle of Gemma 4 E2B's widths (8 heads; rpi5, int4; run.py's step, fp32, arena on; the peak above the
-# resident cache, 2026-12-04) took 39 MiB at n = 1 (the full layer's present), 49 at 16, 52 at 32, 67 at 64, 109 at
-# 128: 1.2-1.4 times the scores' bytes from 1 to 64 tokens, 1.7-1.9 from 64 to 128, beyond the MLP's activations.
+# The E-class exporter's attention (runtimes/eclass_export.py) holds fewer, and no present: it returns the new
+# tokens' keys and values, which run.py appends to the cache it holds (kv_copies 1 in plan). A pass of n tokens at
+# 8,192 positions on a 4-layer bundle of Gemma 4 E2B's widths (8 heads; rpi5, int4; run.py's step, fp32, arena on; the
+# peak above the resident cache, 2026-12-04) took 6.5 MiB at n = 1, 14 at 16, 27 at 32, 47 at 64, 93 at 128: beyond
+# the MLP's double-wide activations (n x 120 KiB), 2.5 times the scores' bytes at 64 tokens (the prefill chunk) and
+# 2.4 at 128 (2.1-2.2 beyond the 6.5 MiB a single token holds). Its graph scores the past and the new keys apart.
 ECLASS_SCORE_COPIES = 2.5
 
 
@@ -147,7 +150,7 @@ class OnnxRuntime:
             and profile.session.cpu_mem_arena else (0.0, 0.0), notes=(note,) if note else ())
 
     def decoder_memory(self, profile: Profile, precision: str) -> DecoderMemory:
-        return DecoderMemory(kv_bits=16 if precision == "fp16" else 32, windowed_kv=False, kv_copies=(1.0, 1.0),
+        return DecoderMemory(kv_bits=16 if precision == "fp16" else 32, windowed_kv=False, kv_copies=(2.0, 2.0),
                              prefill_tokens=decoder_config.LAST_ONLY_CHUNK, logits_positions=1,
                              runnable_kv_bits=(16, 32), score_copies=SCORE_COPIES,
                              notes=(f"onnxruntime: the exported decoder's prompt in chunks of "

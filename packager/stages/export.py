@@ -240,6 +240,7 @@ EXPORT_TOOLS = ("optimum", "optimum-onnx", "torch", "transformers", "tokenizers"
 
 # The E-class exporter (packager/eclass.py runs it in the genai environment): part of the export's code.
 ECLASS_EXPORTER = Path(__file__).parents[1] / "runtimes" / "eclass_export.py"
+ECLASS_CHECKPOINT = ECLASS_EXPORTER.with_name("eclass_checkpoint.py")   # what it imports
 ECLASS_HOST = Path(__file__).parents[1] / "eclass.py"   # its rewrite of the export (the tied lm_head's name)
 
 
@@ -275,7 +276,8 @@ def export_code() -> str:
     """sha256 of the export's code: this stage's, the exporter's run, the rewrites of its files and the
     families' description of its io (a cached export's meta.json holds that description)."""
     digest = hashlib.sha256()
-    for module in (__file__, export_process.__file__, onnx_rewrite.__file__, ECLASS_EXPORTER, ECLASS_HOST,
+    for module in (__file__, export_process.__file__, onnx_rewrite.__file__, ECLASS_EXPORTER, ECLASS_CHECKPOINT,
+                   ECLASS_HOST,
                    *(m.__file__ for m in io_modules())):
         assert module is not None
         digest.update(Path(module).read_bytes())

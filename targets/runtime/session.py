@@ -251,18 +251,26 @@ class Decoder:
         kv = io["kv"]
         self.kv_shape = (1, int(kv["heads"]), 0, int(kv["head_dim"]))
         self.kv_dtype = np.dtype(kv["dtype"])
+        # The E-class exporter's graph (io.kv.appends) lays its pasts out positions first, [batch, positions, KV
+        # heads, size], and returns the new tokens' keys and values alone: step() writes them after the past in a
+        # buffer this loop holds (appended), so that no step holds the cache twice. Others: [batch, KV heads,
+        # positions, size], and the present they return is the whole cache again.
+        self.appends = bool(kv.get("appends"))
+        self.positions_axis, heads_axis = (1, 2) if self.appends else (2, 1)
+        self.capacity = int(io.get("max_length") or 0)   # the positions a full layer's buffer is made for
+        inputs = io.get("components", {}).get("decoder", io)["inputs"]
         # Layers of other head counts or sizes than io.kv's (Gemma 4's global layers): their inputs' own shapes
-        self.layer_shapes = {i["name"]: (int(i["shape"][1]), int(i["shape"][3]))
-                             for i in io.get("components", {}).get("decoder", io)["inputs"]
-                             if i["name"] in self.past and all(isinstance(d, int) for d in i["shape"][1::2])}
+        self.layer_shapes = {i["name"]: (int(i["shape"][heads_axis]), int(i["shape"][3])) for i in inputs
+                             if i["name"] in self.past and isinstance(i["shape"][heads_axis], int)
+                             and isinstance(i["shape"][3], int)}
         # A graph that returns the last position's logits only (the E-class exporter's): score a token at a time
         self.last_only = io.get("logits") == "last"
         self.prefill_chunk = PREFILL_CHUNK if self.last_only else 0   # 0: a prompt in one pass
         # Sliding layers whose past's length axis is the window (packager/decoder_config.py WINDOW_AXIS, the E-class
         # exporter's): the graph returns the last window - 1 positions of their cache, never more
         window = int(kv.get("window") or 0)
-        self.windows = {i["name"]: window - 1 for i in io.get("components", {}).get("decoder", io)["inputs"]
-                        if i["name"] in self.past and window and i["shape"][2] == "window"}
+        self.windows = {i["name"]: window - 1 for i in inputs
+                        if i["name"] in self.past and window and i["shape"][self.positions_axis] == "window"}
         self.eos = set(io.get("eos_token_ids", []))
         self.context_feeds: dict[str, np.ndarray] = {}   # encoder-decoders: the encoder's output, bound
         self.encoder_length = 0
@@ -286,8 +294,11 @@ class Decoder:
             positions = (self.encoder_length if length else 0) if name in self.cross else \
                 min(length, self.windows.get(name, length))
             heads, size = self.layer_shapes.get(name, (self.kv_shape[1], self.kv_shape[3]))
-            return (self.kv_shape[0], heads, positions, size)
+            return (1, positions, heads, size) if self.appends else (1, heads, positions, size)
 
+        if self.appends:   # a buffer with room for a chunk more, or the context: only the positions held are written
+            return {n: cache_buffer(shape(n), self.kv_dtype, self.windows[n] + PREFILL_CHUNK if n in self.windows
+                                    else max(length + PREFILL_CHUNK, self.capacity)) for n in self.past}
         return {n: np.full(shape(n), 0, dtype=self.kv_dtype) for n in self.past}
 
     def feeds(self, ids: list[int], past: dict[str, np.ndarray], past_length: int) -> dict[str, np.ndarray]:
@@ -305,6 +316,9 @@ class Decoder:
         """Logits [len(ids), vocab] for the new tokens, and the cache that now holds them."""
         outputs = self.session.run(["logits", *self.presents], self.feeds(ids, past, past_length))
         self.mapped.read(len(ids))
+        if self.appends:   # the new tokens' keys and values after the past; a sliding layer keeps its window
+            return outputs[0][0], {n: appended(past[n], new, self.windows.get(n, 0))
+                                   for n, new in zip(self.past, outputs[1:])}
         cache = dict(zip(self.past, outputs[1:]))
         if past_length:
             # The cross-attention's cache is the first step's, for good: the merged decoder's cached branch
@@ -348,6 +362,32 @@ class Decoder:
             logits, past = self.step([token], past, n)
             rows.append(logits[-1])
         return np.stack(rows)
+
+
+def cache_buffer(shape: tuple[int, ...], dtype: np.dtype, room: int) -> np.ndarray:
+    """A past of `shape` (positions on axis 1, zeros) at the front of a buffer of `room` positions or more: a view,
+    which step() appends to in place. Only the positions held are written: the rest of a large buffer stays
+    untouched memory, no resident page (and a measurement of a long context holds the pages of its cache)."""
+    buffer = np.empty((shape[0], max(room, shape[1]), *shape[2:]), dtype=dtype)
+    buffer[:, :shape[1]] = 0
+    return buffer[:, :shape[1]]
+
+
+def appended(past: np.ndarray, new: np.ndarray, keep: int = 0) -> np.ndarray:
+    """`past` (positions on axis 1) and then `new`, written in the buffer `past` is the front of (cache_buffer) where
+    it has room, in a larger one otherwise; with `keep`, the last `keep` positions only, moved to the front. The
+    older view then reads the new positions' buffer: a past is read once, by the step that extends it."""
+    length, total = past.shape[1], past.shape[1] + new.shape[1]
+    buffer = past.base
+    if not isinstance(buffer, np.ndarray) or buffer.ndim != past.ndim or buffer.shape[1] < total \
+            or buffer.shape[2:] != past.shape[2:] or buffer.ctypes.data != past.ctypes.data:
+        buffer = np.empty((1, max(total, 2 * length), *past.shape[2:]), dtype=past.dtype)
+        buffer[:, :length] = past
+    buffer[:, length:total] = new
+    if keep and total > keep:
+        buffer[:, :keep] = buffer[:, total - keep:total]   # numpy copies through a temporary where they overlap
+        total = keep
+    return buffer[:, :total]
 
 
 def encode(tokenizer: Any, text: str, input_names: list[str]) -> dict[str, np.ndarray]:
