@@ -66,21 +66,7 @@ def activation_bytes(shape: DecoderShape, mem: DecoderMemory, act_bytes: int, co
     logits_rows = (shape.logits_positions or mem.logits_positions or prefill) if shape.vocab else 0
     heads = min(shape.heads, mem.score_heads) if mem.score_heads else shape.heads
     return act_bytes * (logits_rows * shape.vocab + prefill * (2 * shape.intermediate + 4 * shape.hidden)) \
-        + score_bytes(heads, prefill, context, act_bytes, mem) + upcast_bytes(shape, mem, context)
-
-
-def upcast_bytes(shape: DecoderShape, mem: DecoderMemory, context: int) -> int:
-    """A 16-bit cache the attention reads in fp32 (mem.kv_upcast, the E-class exporter's): the trace makes one fp32
-    copy of a past that later layers share (KV sharing), held through them, keys and values together; the largest
-    layer of each type. Measured on a 4-layer bundle of E2B's widths at 8K (one 512-wide global layer, shared): a
-    one-token step rose 38 MiB above the cache, 32 more than with an fp32 cache."""
-    if not mem.kv_upcast:
-        return 0
-    largest: dict[str, int] = {}
-    for layer in shape.attention:
-        if layer.owns_cache:
-            largest[layer.kind] = max(largest.get(layer.kind, 0), layer.kv_bytes(context, mem.windowed_kv, 32))
-    return sum(largest.values())
+        + score_bytes(heads, prefill, context, act_bytes, mem)
 
 
 def score_bytes(heads: int, tokens: int, context: int, act_bytes: int, mem: DecoderMemory) -> int:

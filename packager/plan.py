@@ -295,8 +295,8 @@ def decoder_memory(a: Architecture, profile: Profile, precision: str) -> Decoder
     mem = runtime_for(profile).decoder_memory(profile, precision)
     if a.encoder_positions:
         return replace(mem, logits_positions=0, notes=())
-    return replace(mem, kv_bits=16, windowed_kv=True, kv_copies=(1.0, 1.0), score_copies=ECLASS_SCORE_COPIES,
-                   kv_upcast=True) if e_exported(a, mem) else mem
+    eclass = replace(mem, windowed_kv=True, kv_copies=(1.0, 1.0), score_copies=ECLASS_SCORE_COPIES)
+    return eclass if e_exported(a, mem) else mem
 
 
 def e_exported(a: Architecture, mem: DecoderMemory) -> bool:

@@ -55,7 +55,6 @@ class DecoderMemory:
     runnable_kv_bits: tuple[int, ...]   # the KV element sizes the runtime can run (others: planning only)
     score_heads: int = 0             # attention heads whose scores a pass holds at once (0: all the model's heads)
     score_copies: float = 1.0        # buffers of one layer's scores a pass holds at once (scores, masked, softmax)
-    kv_upcast: bool = False          # the attention reads fp32 copies of a 16-bit cache (decoder_peak.upcast_bytes)
     # The load peak as a fraction of the resident weights' bytes, beyond the runtime base (low, high); (0, 0): plan's
     # per-tensor model of an exported graph (the embedding's proto copy, prepacked MatMuls, an ORT-format buffer).
     load_weights: tuple[float, float] = (0.0, 0.0)

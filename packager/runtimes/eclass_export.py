@@ -14,9 +14,7 @@ the graph is traced from a forward of its own over the model's modules, with the
   length axis CACHED_AXIS, or WINDOW_AXIS on a sliding layer), the present is the new tokens' keys and values alone
   in the same layout, which run.py's loop writes after the past in a buffer it holds (io.kv.appends), and the
   attention scores the past and the new keys apart and joins the scores, not the keys: no step holds a second copy
-  of the cache (a graph that returned past and new tokens together held two, 108 MiB more for E2B at 8K). The cache
-  is 16-bit (KV_DTYPE); a layer's attention reads an fp32 copy of its past's keys, then of its values (one copy of a
-  past that later layers share, held through them: the trace's CSE merges their casts).
+  of the cache (a graph that returned past and new tokens together held two, 108 MiB more for E2B at 8K).
 - The KV-shared layers write no cache, so they run on the last position only, and the logits are the last
   position's: [batch, 1, vocab] (io "logits": "last"), never [batch, sequence, vocab] of a 262,144 vocabulary.
 - The PLE table (vocabulary x layers x width, nearly half of E2B's parameters) is int8 with a scale per row,
@@ -56,7 +54,6 @@ OPSET = 17
 SLICE_BYTES = 256 * 2**20         # fp32 rows quantized at a time: the host holds this much of the table, not all
 WINDOW_AXIS = "window"            # a sliding layer's past length: packager/decoder_config.py's WINDOW_AXIS
 CACHED_AXIS = "cached"            # a full layer's past length: packager/decoder_config.py's CACHED_AXIS
-KV_DTYPE = torch.float16          # the cache's: half of fp32's bytes; the attention computes on an fp32 copy
 
 
 class EDecoder(torch.nn.Module):
@@ -159,7 +156,7 @@ class EDecoder(torch.nn.Module):
             raw_v = attn.v_proj(h).view(shape) if attn.v_proj is not None else raw_k
             k_new, v_new = rotary(attn.k_norm(raw_k), cos, sin), attn.v_norm(raw_v)
             (k_past, v_past) = past_kv
-            presents += [k_new.to(KV_DTYPE), v_new.to(KV_DTYPE)]
+            presents += [k_new, v_new]
             if attn.store_full_length_kv:
                 shared[attn.layer_type] = ((k_past, k_new), (v_past, v_new))
         # Each KV head's query heads as one matrix of queries ([batch, KV heads, group x new, size]): their scores
@@ -174,14 +171,13 @@ class EDecoder(torch.nn.Module):
         # every shape spelled out: a past of 0 positions (the first pass) leaves Reshape no -1 to infer
         parts = [(torch.matmul(grouped, heads_first(k).transpose(2, 3)) * attn.scaling)
                  .view(batch, heads, new, k.shape[1]) + m
-                 for k, m in ((k_past.float(), additive[..., :cached]), (k_new, additive[..., cached:]))]
+                 for k, m in ((k_past, additive[..., :cached]), (k_new, additive[..., cached:]))]
         # an empty past (the first pass) reduces to -inf, below any score of the new keys (each sees itself)
         top = torch.maximum(parts[0].amax(dim=-1, keepdim=True), parts[1].amax(dim=-1, keepdim=True))
         exps = [torch.exp(p - top) for p in parts]
         rows = heads // kv_heads * new
         total = (exps[0].sum(dim=-1, keepdim=True) + exps[1].sum(dim=-1, keepdim=True)).view(batch, kv_heads, rows, 1)
-        # the values' fp32 copy only now: a layer no later one shares holds one of the two at a time
-        out = (torch.matmul(exps[0].view(batch, kv_heads, rows, cached), heads_first(v_past.float()))
+        out = (torch.matmul(exps[0].view(batch, kv_heads, rows, cached), heads_first(v_past))
                + torch.matmul(exps[1].view(batch, kv_heads, rows, k_new.shape[1]), heads_first(v_new))) / total
         projected: torch.Tensor = attn.o_proj(out.view(batch, heads, new, size).transpose(1, 2)
                                               .reshape(*h.shape[:-1], -1))
@@ -296,7 +292,7 @@ def export(source: Path, out: Path) -> dict[str, Any]:
     config = module.config
     names = io_names(module)
     # a past of 2 positions: torch's amax refuses an empty axis, which onnxruntime's ReduceMax takes (-inf)
-    past = [torch.zeros(1, 2, heads, dim, dtype=KV_DTYPE) for heads, dim in owner_shapes(module) for _ in (0, 1)]
+    past = [torch.zeros(1, 2, heads, dim) for heads, dim in owner_shapes(module) for _ in (0, 1)]
     args = (torch.tensor([[1, 2, 3]]), torch.ones(1, 5, dtype=torch.int64), torch.arange(2, 5)[None], *past)
     axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
                                        "attention_mask": {0: "batch", 1: "total"},
