@@ -14,8 +14,10 @@ from packager.model_files import TOKENIZER_FILES
 from packager.onnx_rewrite import bypass_identities, name_tied_lm_head
 
 MODULE = "eclass_export"   # packager/runtimes/eclass_export.py, never imported here (it imports torch)
-EXPORTER = Path(__file__).with_name("runtimes") / f"{MODULE}.py"   # stages/export.py's ECLASS_EXPORTER
-# the modules the exporter imports, copied beside it (the checkpoint's reader: runtimes/eclass_checkpoint.py)
+EXPORTER = Path(__file__).with_name("runtimes") / f"{MODULE}.py"
+# the exporter and the modules it imports, copied beside it (the checkpoint's reader: runtimes/eclass_checkpoint.py);
+# stages/export.py keys the export's cache by the same files (ECLASS_EXPORTER, ECLASS_CHECKPOINT: it sits below this
+# module, so it names them itself)
 EXPORTER_FILES = (EXPORTER, EXPORTER.with_name("eclass_checkpoint.py"))
 
 

@@ -276,8 +276,8 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     # The graph gives the KV element size; its MatMulNBits say int4 (how the runtime packs the weights).
     int4 = any(n.op_type == "MatMulNBits" for n in model.graph.node)
     mem = runtime_for(profile).decoder_memory(profile, "int4" if int4 else "") if context else None
-    if mem is not None and any(d.dim_param == WINDOW_AXIS for i in model.graph.input
-                               for d in i.type.tensor_type.shape.dim):   # the E-class exporter's graph, as plan's
+    if mem is not None and any(past_axes([d.dim_param for d in i.type.tensor_type.shape.dim])[0] == 1
+                               for i in model.graph.input):   # the E-class exporter's graph, as plan's
         mem = replace(mem, score_copies=ECLASS_SCORE_COPIES)
     if context and mem is not None and mem.measured_weights:
         decoder = measured_decoder(model, profile, kind, mem, sample_shapes, context, tokenizer)
@@ -443,7 +443,7 @@ def step_shapes(io: dict[str, Any], context: int, tokens: int = 1) -> dict[str, 
     own = {n: (int(i["shape"][axes[n][1]]), int(i["shape"][3])) for i in io["inputs"] if (n := i["name"]) in axes
            and isinstance(i["shape"][axes[n][1]], int) and isinstance(i["shape"][3], int)}
     past: dict[str, tuple[int, ...]] = {}
-    windowed = {i["name"] for i in io["inputs"] if is_past(i["name"]) and WINDOW_AXIS in i["shape"][1:3]}
+    windowed = {i["name"] for i in io["inputs"] if i["name"] in axes and i["shape"][axes[i["name"]][0]] == WINDOW_AXIS}
     for n in filter(is_past, names):
         heads, size = own.get(n, (int(kv["heads"]), int(kv["head_dim"])))
         length = window - 1 if n in windowed else context - tokens

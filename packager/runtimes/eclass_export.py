@@ -13,8 +13,8 @@ the graph is traced from a forward of its own over the model's modules, with the
 - The cache is appended to, never copied: a past is laid out positions first ([batch, positions, KV heads, size], its
   length axis CACHED_AXIS, or WINDOW_AXIS on a sliding layer), the present is the new tokens' keys and values alone
   in the same layout, which run.py's loop writes after the past in a buffer it holds (io.kv.appends), and the
-  attention scores the past and the new keys apart and joins the scores, not the keys: no step holds a second copy
-  of the cache (a graph that returned past and new tokens together held two, 108 MiB more for E2B at 8K).
+  attention scores the past and the new keys apart under one softmax, joining neither keys nor scores: no step holds
+  a second copy of the cache (a graph that returned past and new tokens together held two, 108 MiB more for E2B at 8K).
 - The KV-shared layers write no cache, so they run on the last position only, and the logits are the last
   position's: [batch, 1, vocab] (io "logits": "last"), never [batch, sequence, vocab] of a 262,144 vocabulary.
 - The PLE table (vocabulary x layers x width, nearly half of E2B's parameters) is int8 with a scale per row,

@@ -381,7 +381,7 @@ def appended(past: np.ndarray, new: np.ndarray, keep: int = 0) -> np.ndarray:
     buffer = past.base
     if not isinstance(buffer, np.ndarray) or buffer.ndim != past.ndim or buffer.shape[1] < total \
             or buffer.shape[2:] != past.shape[2:] or buffer.ctypes.data != past.ctypes.data:
-        buffer = np.empty((1, max(total, 2 * length), *past.shape[2:]), dtype=past.dtype)
+        buffer = np.empty((past.shape[0], max(total, 2 * length), *past.shape[2:]), dtype=past.dtype)
         buffer[:, :length] = past
     buffer[:, length:total] = new
     if keep and total > keep:
