@@ -276,8 +276,8 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     # The graph gives the KV element size; its MatMulNBits say int4 (how the runtime packs the weights).
     int4 = any(n.op_type == "MatMulNBits" for n in model.graph.node)
     mem = runtime_for(profile).decoder_memory(profile, "int4" if int4 else "") if context else None
-    if mem is not None and any(past_axes([d.dim_param for d in i.type.tensor_type.shape.dim])[0] == 1
-                               for i in model.graph.input):   # the E-class exporter's graph, as plan's
+    if mem is not None and any(d.dim_param == WINDOW_AXIS for i in model.graph.input
+                               for d in i.type.tensor_type.shape.dim):   # the E-class exporter's graph, as plan's
         mem = replace(mem, score_copies=ECLASS_SCORE_COPIES)
     if context and mem is not None and mem.measured_weights:
         decoder = measured_decoder(model, profile, kind, mem, sample_shapes, context, tokenizer)
