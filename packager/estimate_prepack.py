@@ -50,19 +50,26 @@ PREPACK_EXTRA: dict[str, tuple[float, float]] = {
 #   (1.18x with 4 pairs). Block 128's high keeps a tenth over 1.17; block 32's high the bundles' 1.89 and a margin.
 # - "arm64-dotprod" (the Pi 5's Cortex-A76, the Orin's A78AE, the phone's X4): level 4 packs KleidiAI's qsi4c32p
 #   layout, the 4-bit data, a bf16 scale a block and 8 bytes a row (kai_rhs_pack_nxk_qsi4c32p_qsu4c32s1s0, whichever
-#   of its dotprod or i8mm kernels runs): 1 + 4 / block of the data, and 16 / K more for a row of K inputs (the band's
-#   high takes K = 512). Measured (the script above, onnxruntime 1.32's aarch64 wheel under qemu-user's cortex-a76):
-#   block 32 1.14x; block 128 1.04x (4 pairs) and 1.05x (8 pairs, 2026-12-04: 276 MiB for 264 of 4-bit data);
-#   level 1 1.00x at both blocks (the data repacked in place: NEON's SQ4BitGemmPackQuantBData).
+#   of its dotprod or i8mm kernels runs): 1 + 4 / block of the data, and 16 / K more for a row of K inputs
+#   (NBITS_ROW_BYTES, added by nbits_band for the weight's K, or for plan the model's narrowest). Measured (the script
+#   above, onnxruntime 1.32's aarch64 wheel under qemu-user's cortex-a76): block 32 1.14x; block 128 1.04x (4 pairs)
+#   and 1.045x (8 pairs, 2026-12-04: 276 MiB for 264 of 4-bit data, whose rows make the formula 1.041x); level 1
+#   1.00x at both blocks (the data repacked in place: NEON's SQ4BitGemmPackQuantBData). The high side keeps a margin
+#   of NBITS_MARGIN over the formula (twice the 0.004 measured above it).
 # - "arm64" (no dotprod: the Pi 4's Cortex-A72): no int8 kernel, so level 4 runs and packs as level 1: 1.01x both.
 # The estimate of a packaged model spans the family of the host that measures it and the device's (host_kernels);
 # plan, which predicts the device, takes the device's.
+NBITS_MARGIN = 0.01
 NBITS_PACKED: dict[str, dict[str, dict[int, tuple[float, float]]]] = {
     "x86-64": {"int8": {32: (1.2, 2.0), 128: (1.1, 1.3)}, "fp32": {32: (1.0, 1.25)}},
-    "arm64-dotprod": {"int8": {32: (1 + 4 / 32, 1 + 4 / 32 + 16 / 512), 128: (1 + 4 / 128, 1 + 4 / 128 + 16 / 512)},
+    "arm64-dotprod": {"int8": {32: (1 + 4 / 32, 1 + 4 / 32 + NBITS_MARGIN),
+                               128: (1 + 4 / 128, 1 + 4 / 128 + NBITS_MARGIN)},
                       "fp32": {32: (1.0, 1.03)}},
     "arm64": {"int8": {32: (1.0, 1.03)}, "fp32": {32: (1.0, 1.03)}},
 }
+# The bytes a packed row carries beside its data, by kernel family and compute type (KleidiAI's: an fp32 sum and an fp32
+# bias a row); the x86 and level-1 bands above were measured whole.
+NBITS_ROW_BYTES: dict[tuple[str, str], int] = {("arm64-dotprod", "int8"): 8}
 # A GPU provider's MatMulNBits (the Jetsons' CUDA) was not measured: its rows take the widest band of these.
 UNMEASURED_KERNELS = tuple(NBITS_PACKED)
 
@@ -72,18 +79,23 @@ UNMEASURED_KERNELS = tuple(NBITS_PACKED)
 SLICE_BYTES = 32 * 2**20
 
 
-def nbits_band(compute: str, block_size: int, kernels: tuple[str, ...]) -> tuple[float, float]:
-    """The packed copy's size as a fraction of the 4-bit data (NBITS_PACKED at its block size), spanning the kernel
-    families given."""
-    bands = [by_block(NBITS_PACKED[family][compute], block_size) for family in kernels]
-    return min(low for low, _ in bands), max(high for _, high in bands)
+def nbits_band(compute: str, block_size: int, kernels: tuple[str, ...], k: int) -> tuple[float, float]:
+    """The packed copy's size as a fraction of the 4-bit data (NBITS_PACKED at its block size, and a packed row's
+    bytes for rows of `k` inputs: K/2 bytes of data a row), spanning the kernel families given."""
+    lows, highs = [], []
+    for family in kernels:
+        low, high = by_block(NBITS_PACKED[family][compute], block_size)
+        rows = 2 * NBITS_ROW_BYTES.get((family, compute), 0) / k
+        lows.append(low + rows)
+        highs.append(high + rows)
+    return min(lows), max(highs)
 
 
 def nbits_extra(compute: str, block_size: int, original_kept: bool,
-                kernels: tuple[str, ...]) -> tuple[float, float]:
-    """A MatMulNBits weight's extra at load beyond its own bytes, on the kernel families given: the copy, less the
-    original where onnxruntime frees it."""
-    low, high = nbits_band(compute, block_size, kernels)
+                kernels: tuple[str, ...], k: int) -> tuple[float, float]:
+    """A MatMulNBits weight's extra at load beyond its own bytes, on the kernel families given, for rows of `k`
+    inputs: the copy, less the original where onnxruntime frees it."""
+    low, high = nbits_band(compute, block_size, kernels, k)
     return (low, high) if original_kept else (max(0.0, low - 1), high - 1)
 
 
@@ -155,7 +167,7 @@ def prepack_bands(model: onnx.ModelProto, sizes: dict[str, int], kernels: tuple[
                         nbits = attributes(node)
                         low, high = nbits_extra(nbits_compute(nbits.get("accuracy_level", 0)),
                                                 int(nbits.get("block_size", 32)),
-                                                name not in freed, kernels)
+                                                name not in freed, kernels, int(nbits.get("K", 1)))
                     if conv_layout and node.op_type == "Conv":
                         low, high = PREPACK_CONV_LAYOUT
                     was = bands.get(node.input[index], (low, high))

@@ -17,10 +17,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from packager import decoder_config, decoder_peak
+from packager import decoder_config, decoder_peak, plan_notes
 from packager.bandwidth import decode_bound
 from packager.bundles import is_bundle
-from packager.decoder_config import FULL, LayerAttention
 from packager.decoder_peak import DecoderShape, kv_by_type, measured_peak
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import (
@@ -28,15 +27,14 @@ from packager.estimate import (
     LOAD_TRANSIENT_LOW,
     OVERHEAD_HIGH,
     OVERHEAD_LOW,
-    RELEASED_TOKENS,
     mapped_touched,
     nbits_extra,
-    releases_rows,
     touched_tokens,
 )
 from packager.estimate_prepack import SLICE_BYTES, device_kernels
-from packager.labels import human_count
 from packager.mobile import loads_onnx
+from packager.plan_types import Architecture as Architecture
+from packager.plan_types import Row as Row
 from packager.profile_types import Int4
 from packager.profiles import Profile
 from packager.runtimes import DecoderMemory, profile_for_model, runtime_for
@@ -54,60 +52,6 @@ PLE_BYTES_PER_PARAM = 1.0
 PRECISIONS = tuple(BYTES_PER_PARAM)
 DEFAULT_CONTEXTS = (2048, 8192, 32768, 131072)
 PROTO_LIMIT = 2**31  # models above it keep weights in (memory-mapped) external data: no load copy
-
-
-@dataclass(frozen=True)
-class Architecture:
-    name: str
-    parameters: int
-    embedding_parameters: int
-    layers: int
-    kv_heads: int
-    head_dim: int
-    heads: int
-    hidden: int
-    intermediate: int
-    vocab: int
-    max_context: int
-    decoder: bool
-    # Encoder-decoders: parameters per component (encoder, decoder), and the positions of the encoder's
-    # output the decoder's cross-attention cache holds (fixed: not the context).
-    components: dict[str, int] = field(default_factory=dict)
-    encoder_positions: int = 0
-    tied_embeddings: bool = False   # the lm_head is the embedding table (counted once in parameters)
-    # Decoders read from their config (packager/decoder_config.py): each layer's attention, and the parameters of
-    # `parameters` (all stored) that are memory-mapped rather than resident (per-layer embeddings).
-    attention: tuple[LayerAttention, ...] = ()
-    mapped_parameters: int = 0
-
-    @property
-    def effective_parameters(self) -> int:
-        return self.parameters - self.mapped_parameters
-
-    def layers_attention(self) -> tuple[LayerAttention, ...]:
-        """Each decoder layer's attention: the config's, or every layer full with the model's KV heads."""
-        return self.attention or tuple(LayerAttention(FULL, self.kv_heads, self.head_dim, 0, True)
-                                       for _ in range(self.layers))
-
-
-@dataclass(frozen=True)
-class Row:
-    precision: str
-    context: int
-    weights_bytes: int
-    kv_cache_bytes: int
-    activations_bytes: int
-    runtime_base_bytes: int
-    peak_low_bytes: int
-    peak_high_bytes: int
-    fits: bool
-    kv_bits: int
-    planning_only: bool
-    mapped_bytes: int = 0                      # weights read from storage a row at a time (not in the peak)
-    kv_by_type: dict[str, int] = field(default_factory=dict)   # KV cache bytes by layer type
-    # Decoders: the decode speed the device's memory bandwidth allows at this context (packager/bandwidth.py);
-    # 0 where the profile names no bandwidth, or for a model that does not generate.
-    decode_bound_tokens_per_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -378,7 +322,8 @@ def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precisio
         largest = packing = min(a.embedding_parameters // 2, SLICE_BYTES)
         packed += a.embedding_parameters if a.tied_embeddings else 0   # the lm_head's MatMulNBits reads the table
         # each MatMulNBits its weight's only reader (a tied embedding reads its own copy): the original freed
-        extra = nbits_extra(profile.int4.compute, profile.int4.block_size, False, device_kernels(profile))
+        extra = nbits_extra(profile.int4.compute, profile.int4.block_size, False, device_kernels(profile),
+                            a.narrowest_input())
     inline = 0 if weights > PROTO_LIMIT else largest   # the proto's copy of the largest inline weight at load
     matmul_weights = packed * (0.5 if precision == "int4" else per_param)   # what packs: the 4-bit data, not scales
     ort_buffer = 0 if loads_onnx(mapped) else int(weights * share.converted_buffer[1])
@@ -434,41 +379,7 @@ def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None
     profile, note = as_packaged(a, profile)
     notes: list[str] = [note] if note else []
     rows = [row(a, profile, p, c, kv_bits) for p in precisions for c in contexts]
-    mem = decoder_memory(a, profile, precisions[0])
-    notes += mem.notes
-    if kv_bits and kv_bits != mem.kv_bits and kv_bits in mem.runnable_kv_bits:
-        notes.append(f"KV cache planned at {kv_bits} bits (--kv-bits), which {profile.runtime.package} runs")
-    if rows and rows[0].planning_only:
-        runnable = " or ".join(map(str, mem.runnable_kv_bits))
-        notes.append(f"a {rows[0].kv_bits}-bit KV cache is planning-only: {profile.runtime.package} "
-                     f"{profile.runtime.version} runs this target's decoders with a KV cache of {runnable} bits")
-    if not a.decoder:
-        notes.append(f"{a.name} is not a decoder: no KV cache; context is the sequence length")
-    elif not mem.logits_positions:
-        notes.append(f"activations assume a prompt of {mem.prefill_tokens} tokens processed in one pass")
-    if a.mapped_parameters:
-        notes.append(f"{human_count(a.mapped_parameters)} parameters of per-layer embeddings are memory-mapped from "
-                     "storage, not resident: the peak counts the pages of the rows "
-                     + (f"the last {RELEASED_TOKENS} tokens read (run.py hands the rest back)"
-                        if releases_rows(profile) else "the context's tokens read"))
-    floor = _weights_alone_overflow(rows, profile)
-    if floor:
-        notes.append(floor)
-    if a.attention and a.name.endswith("ForConditionalGeneration"):
-        notes.append(f"{a.name}: the text decoder only; its vision and audio encoders, loaded on demand, are not "
-                     "counted")
-    if any(not layer.owns_cache for layer in a.attention):
-        notes.append("layers that share an earlier layer's keys and values own no cache")
-    if any(layer.window for layer in a.attention) and not mem.windowed_kv:
-        notes.append(f"{profile.runtime.package} keeps a full-length cache on sliding-window layers (the export "
-                     "holds no window)")
-    if a.components:
-        notes.append(f"{a.name} is an encoder-decoder: both components are resident together (weights summed); the "
-                     f"KV cache holds the context and the encoder's {a.encoder_positions} positions of cross-attention")
-    gpu_context = runtime_for(profile).memory(profile, "text").gpu_context_bytes
-    if gpu_context:
-        notes.append(f"the runtime base includes the GPU providers' CUDA context on unified memory "
-                     f"({gpu_context / 2**20:.0f} MiB, {profile.name}'s runtime.gpu_context_bytes)")
+    notes += plan_notes.notes(a, profile, decoder_memory(a, profile, precisions[0]), rows, kv_bits)
     largest = {p: largest_context(a, profile, p, kv_bits) for p in precisions}
     levered = {p: smaller_kv_context(a, profile, p, largest[p]) for p in precisions} if kv_bits is None else {}
     smaller = {p: c for p, (_, c) in levered.items() if c}
@@ -485,16 +396,3 @@ def smaller_kv_context(a: Architecture, profile: Profile, precision: str, than: 
     context = largest_context(a, lever[0], precision, None)
     return (lever[1], context) if context > than else ("", 0)
 
-
-def _weights_alone_overflow(rows: list[Row], profile: Profile) -> str:
-    """Where even the smallest precision's resident weights and the runtime base exceed the budget, no context and no
-    runtime setting fits it: say so, with the figures ("" otherwise)."""
-    smallest = min(rows, key=lambda r: r.weights_bytes, default=None)
-    if smallest is None or smallest.weights_bytes + smallest.runtime_base_bytes <= profile.budget.memory_bytes:
-        return ""
-    mib = 2**20
-    return (f"at {smallest.precision}, the resident weights alone ({smallest.weights_bytes / mib:.0f} MiB) and the "
-            f"runtime base ({smallest.runtime_base_bytes / mib:.0f} MiB) exceed the budget "
-            f"({profile.budget.memory_bytes / mib:.0f} MiB) by "
-            f"{(smallest.weights_bytes + smallest.runtime_base_bytes - profile.budget.memory_bytes) / mib:.0f} MiB "
-            "before any KV cache: no context fits")

@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))
 from packager.emulate import prepare  # noqa: E402
 from packager.emulate_qemu import no_core_dumps  # noqa: E402
 from packager.emulate_userland import emulate_cache  # noqa: E402
-from packager.estimate_prepack import NBITS_PACKED, host_kernels  # noqa: E402
-from packager.profile_types import by_block, nbits_compute  # noqa: E402
+from packager.estimate_prepack import host_kernels, nbits_band  # noqa: E402
+from packager.profile_types import nbits_compute  # noqa: E402
 from packager.profiles import resolve_target  # noqa: E402
 
 MiB = 2**20
@@ -157,7 +157,7 @@ def main() -> None:
                 peak = (got["load"]["VmHWM"] - ref["load"]["VmHWM"]) * 1024
                 mapped = (got["run"]["RssFile"] - ref["run"]["RssFile"]) * 1024
                 rows.append((f"{where}, {kernels}", level, nbits[level], anon, resident, peak, mapped,
-                             by_block(NBITS_PACKED[kernels][nbits_compute(level)], args.block)))
+                             nbits_band(nbits_compute(level), args.block, (kernels,), HIDDEN)))
                 print(f"  {where}, level {level}: done", file=sys.stderr, flush=True)
     print(f"\nMatMulNBits of E2B's widths ({args.pairs} MLP pairs and a {VOCAB:,}-row lm_head), block {args.block}, "
           "external data; figures above a one-weight graph's, in the same process kind\n")

@@ -66,7 +66,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # what runs the steps (the orchestrator, the searches, several models), and what reads, plans, runs or
     # reports on a bundle
     ("pipeline", ("packager.stage_runner", "packager.mixed_search", "packager.fit_auto", "packager.pipeline",
-                  "packager.suite", "packager.plan", "packager.bundles", "packager.bundle_check", "packager.emulate",
+                  "packager.suite", "packager.plan", "packager.plan_notes", "packager.plan_types", "packager.bundles",
+                  "packager.bundle_check", "packager.emulate",
                   "packager.emulate_qemu",
                   "packager.emulate_userland", "packager.smoke", "packager.report", "packager.report_view",
                   "packager.report_markdown", "packager.report_html", "packager.exporter_envs",

@@ -35,7 +35,7 @@ from packager.profiles import resolve_target  # noqa: E402
 from packager.runtimes import runtime_for  # noqa: E402
 
 CONFIGS = REPO / "packager" / "data" / "configs"
-TARGETS = ("rpi4", "rpi5", "phone", "jetson-orin-nano")
+TARGETS = ("rpi4", "rpi5", "phone", "jetson-orin-nano", "jetson-orin-nano-cpu")
 KV_TARGETS = ("rpi5", "jetson-orin-nano")   # the KV table: onnxruntime-genai, and an exported graph on onnxruntime
 MiB = 2**20
 # Where --write puts the tables (docs/llms.md: both; README.md: the short one)

@@ -124,7 +124,7 @@ def test_gemma4_e2b_on_the_onnxruntime_path_counts_a_chunk_and_maps_its_embeddin
     packed = a.effective_parameters * 0.5   # every MatMulNBits' 4-bit data, the tied lm_head's included
     # run.py hands the tables' pages back every 64 tokens: a chunk's rows of each, the per-layer table's too
     touched = mapped_touched({**embedding, "ple": (a.mapped_parameters, 262144)}, LAST_ONLY_CHUNK)
-    a76 = nbits_extra("int8", 128, False, ("arm64-dotprod",))   # the Pi 5's KleidiAI layout
+    a76 = nbits_extra("int8", 128, False, ("arm64-dotprod",), 1536)   # the Pi 5's KleidiAI layout, K >= 1536
     assert r.peak_low_bytes >= r.runtime_base_bytes + r.weights_bytes + packed * a76[0] \
         + r.kv_cache_bytes + touched
     # the load is the floor: the original of one slice of the lm_head (192 MiB of 4-bit data: recipes/nbits.py
@@ -161,6 +161,27 @@ def test_gemma4_e2b_on_the_onnxruntime_path_counts_a_chunk_and_maps_its_embeddin
     d = dataclasses.replace(rpi5, budget=dataclasses.replace(rpi5.budget, memory_bytes=r.weights_bytes))
     assert any("resident weights alone" in n and "no context fits" in n
                for n in plan(CONFIGS / "Gemma-4-E2B.json", d, ["int4"], [8192]).notes)
+
+
+def test_e4b_fits_the_orin_nano_on_its_cpu_cores_not_beside_the_cuda_context() -> None:
+    """The GPU providers' CUDA context (jetson-orin-nano's runtime.gpu_context_bytes) and E4B's 4-bit weights exceed
+    3 GB before any cache; the same device on its CPU cores (jetson-orin-nano-cpu: onnxruntime's CPU provider, which
+    loads no CUDA library) holds no context, and plan gives E4B a fitting int4 row there. The GPU profile's note
+    names the CPU one."""
+    from packager.plan_notes import cpu_only_hint
+
+    a = architecture(config("Gemma-4-E4B"))
+    gpu, cpu = resolve_target("jetson-orin-nano"), resolve_target("jetson-orin-nano-cpu")
+    assert cpu.device == gpu.device and cpu.budget == gpu.budget and cpu.runtime.gpu_context_bytes == 0
+    on_gpu = plan(CONFIGS / "Gemma-4-E4B.json", gpu, ["int4"], [4096])
+    assert on_gpu.max_context["int4"] == 0 and not on_gpu.rows[0].fits
+    assert any("no context fits" in n and "--target jetson-orin-nano-cpu" in n for n in on_gpu.notes)
+    on_cpu = plan(CONFIGS / "Gemma-4-E4B.json", cpu, ["int4"], [4096])
+    r = on_cpu.rows[0]
+    assert r.fits and r.peak_high_bytes <= cpu.budget.memory_bytes and on_cpu.max_context["int4"] >= 4096
+    assert r.runtime_base_bytes < on_gpu.rows[0].runtime_base_bytes - gpu.runtime.gpu_context_bytes // 2
+    assert r.mapped_bytes >= a.mapped_parameters   # the per-layer table mapped, not resident
+    assert cpu_only_hint(cpu) == "" and cpu_only_hint(resolve_target("rpi5")) == ""
 
 
 def test_a_window_no_shorter_than_the_positions_is_no_window() -> None:

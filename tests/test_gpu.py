@@ -67,6 +67,10 @@ def test_dockerfile_runs_the_smoke_test_on_the_l4t_image() -> None:
     assert 'CMD ["python3", "smoke_test.py"]' in text and "XDG_CACHE_HOME=/cache" in text
     assert "--runtime nvidia" in text and "{{" not in text
     assert not RPI5.os.container
+    # the same device on its CPU cores: the same image, no NVIDIA runtime, no engine cache
+    cpu = dockerfile("minilm-jetson-orin-nano-cpu", PROFILES["jetson-orin-nano-cpu"])
+    assert f"FROM {NANO.os.container}\n" in cpu and "{{" not in cpu
+    assert "--runtime nvidia" not in cpu and "TensorRT" not in cpu and "CPU provider" in cpu
 
 
 def test_runner_applies_session_config_entries_and_makes_the_engine_cache(tmp_path: Path) -> None:

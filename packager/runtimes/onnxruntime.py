@@ -68,6 +68,9 @@ SCORE_COPIES = 5.5
 # peak above the resident cache, 2026-12-04) took 6.5 MiB at n = 1, 14 at 16, 27 at 32, 47 at 64, 93 at 128: beyond
 # the MLP's double-wide activations (n x 120 KiB), 2.5 times the scores' bytes at 64 tokens (the prefill chunk) and
 # 2.4 at 128 (2.1-2.2 beyond the 6.5 MiB a single token holds). Its graph scores the past and the new keys apart.
+# Scoring a KV head's query heads in two groups, one after the other, held less (2026-12-05, the same bundle: 34 MiB
+# at n = 64, 68 at 128) but read the cache once a group: a step at 8K took 48-49 ms instead of 35-38, the prompt went
+# 12% slower (host, 2 threads). Not taken.
 ECLASS_SCORE_COPIES = 2.5
 
 
