@@ -12,13 +12,9 @@ from typing import Any
 from packager import decoder_config, exporter_envs
 from packager.model_files import TOKENIZER_FILES
 from packager.onnx_rewrite import bypass_identities, name_tied_lm_head
+from packager.runtimes import ECLASS_EXPORTER_FILES
 
 MODULE = "eclass_export"   # packager/runtimes/eclass_export.py, never imported here (it imports torch)
-EXPORTER = Path(__file__).with_name("runtimes") / f"{MODULE}.py"
-# the exporter and the modules it imports, copied beside it (the checkpoint's reader: runtimes/eclass_checkpoint.py);
-# stages/export.py keys the export's cache by the same files (ECLASS_EXPORTER, ECLASS_CHECKPOINT: it sits below this
-# module, so it names them itself)
-EXPORTER_FILES = (EXPORTER, EXPORTER.with_name("eclass_checkpoint.py"))
 
 
 def e_type(folder: Path) -> str:
@@ -45,7 +41,7 @@ def exporter_code(work: Path) -> Path:
     is verify's PyTorch reference for an E-class model)."""
     code = work / "eclass-exporter"
     code.mkdir(parents=True, exist_ok=True)
-    for path in EXPORTER_FILES:
+    for path in ECLASS_EXPORTER_FILES:
         shutil.copyfile(path, code / path.name)
     return code
 

@@ -68,16 +68,23 @@ def image_name(bundle: str) -> str:
     return re.sub(r"[^a-z0-9._-]", "-", bundle.lower()).strip("._-") or "bundle"
 
 
+# Dockerfile.template's words for where the smoke test runs: the GPU providers', or the CPU cores' alone (a profile
+# such as jetson-orin-nano-cpu)
+DOCKER_ON_GPU = {
+    "processor": "the device's GPU", "docker": "Docker with the NVIDIA runtime", "run_flags": "--runtime nvidia ",
+    "volume": "The volume keeps TensorRT's engine cache ($XDG_CACHE_HOME/packager-bundle/trt-engines): later runs "
+              "skip the build."}
+DOCKER_ON_CPU = {
+    "processor": "the device's CPU cores (onnxruntime's CPU provider: no CUDA library, no CUDA context)",
+    "docker": "Docker; the NVIDIA runtime is not needed", "run_flags": "",
+    "volume": "The volume keeps the bundle's cache ($XDG_CACHE_HOME/packager-bundle) between runs."}
+
+
 def dockerfile(bundle: str, profile: Profile) -> str:
     text = (targets_dir() / "jetson" / "Dockerfile.template").read_text(encoding="utf-8")
     values = {"base_image": profile.os.container, "bundle": bundle, "image": image_name(bundle),
-              "target": profile.name, "os": profile.os.name, "python": profile.os.python} | (
-        {"processor": "the device's GPU", "docker": "Docker with the NVIDIA runtime", "run_flags": "--runtime nvidia ",
-         "volume": "The volume keeps TensorRT's engine cache ($XDG_CACHE_HOME/packager-bundle/trt-engines): later "
-                   "runs skip the build."} if uses_gpu(profile) else
-        {"processor": "the device's CPU cores (onnxruntime's CPU provider: no CUDA library, no CUDA context)",
-         "docker": "Docker; the NVIDIA runtime is not needed", "run_flags": "",
-         "volume": "The volume keeps the bundle's cache ($XDG_CACHE_HOME/packager-bundle) between runs."})
+              "target": profile.name, "os": profile.os.name, "python": profile.os.python,
+              **(DOCKER_ON_GPU if uses_gpu(profile) else DOCKER_ON_CPU)}
     for key, value in values.items():
         text = text.replace("{{" + key + "}}", value)
     assert "{{" not in text, "Dockerfile.template has a placeholder without a value"

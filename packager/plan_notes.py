@@ -68,7 +68,7 @@ def _weights_alone_overflow(rows: list[Row], profile: Profile) -> str:
 def cpu_only_hint(profile: Profile) -> str:
     """Where the base counts a GPU's CUDA context, the built-in profiles of the same device on its CPU cores only,
     which hold none ("" where there are none)."""
-    if not runtime_for(profile).memory(profile, "text").gpu_context_bytes:
+    if not uses_gpu(profile):
         return ""
     names = [p.name for p in builtin_profiles().values() if p.device == profile.device and not uses_gpu(p)]
-    return (f"; on the CPU cores only there is no CUDA context: --target {' or '.join(names)}") if names else ""
+    return f"; on the CPU cores only there is no CUDA context: --target {' or '.join(names)}" if names else ""

@@ -15,6 +15,7 @@ a module here and an entry in RUNTIMES.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from packager.errors import ExitCode, PackagerError, did_you_mean
@@ -22,6 +23,10 @@ from packager.families import family_for
 from packager.runtimes.base import DecoderMemory, MemoryShare, Runtime
 from packager.runtimes.genai import GenaiRuntime
 from packager.runtimes.onnxruntime import OnnxRuntime
+
+# The E-class exporter and the module it imports (packager/eclass.py copies both into the genai environment's work
+# folder and runs the first there); stages/export.py keys the export's cache by them too
+ECLASS_EXPORTER_FILES = tuple(Path(__file__).with_name(name) for name in ("eclass_export.py", "eclass_checkpoint.py"))
 
 if TYPE_CHECKING:
     from packager.profile_types import Profile

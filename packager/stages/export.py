@@ -34,7 +34,7 @@ from packager.profiles import Profile
 from packager.recipes import parse_recipe, recipe_label
 from packager.recipes.common import PROTO_LIMIT
 from packager.records import Io
-from packager.runtimes import profile_for_model, runtime_for
+from packager.runtimes import ECLASS_EXPORTER_FILES, profile_for_model, runtime_for
 from packager.stages.source import DECODER_TASK
 from packager.version import __version__
 
@@ -238,9 +238,7 @@ RUNTIME_DOMAIN = "com.microsoft"
 EXPORT_TOOLS = ("optimum", "optimum-onnx", "torch", "transformers", "tokenizers", "onnx", "safetensors")
 
 
-# The E-class exporter (packager/eclass.py runs it in the genai environment): part of the export's code.
-ECLASS_EXPORTER = Path(__file__).parents[1] / "runtimes" / "eclass_export.py"
-ECLASS_CHECKPOINT = ECLASS_EXPORTER.with_name("eclass_checkpoint.py")   # what it imports
+# The E-class exporter's host side (packager/eclass.py runs runtimes.ECLASS_EXPORTER_FILES in the genai environment)
 ECLASS_HOST = Path(__file__).parents[1] / "eclass.py"   # its rewrite of the export (the tied lm_head's name)
 
 
@@ -276,8 +274,7 @@ def export_code() -> str:
     """sha256 of the export's code: this stage's, the exporter's run, the rewrites of its files and the
     families' description of its io (a cached export's meta.json holds that description)."""
     digest = hashlib.sha256()
-    for module in (__file__, export_process.__file__, onnx_rewrite.__file__, ECLASS_EXPORTER, ECLASS_CHECKPOINT,
-                   ECLASS_HOST,
+    for module in (__file__, export_process.__file__, onnx_rewrite.__file__, *ECLASS_EXPORTER_FILES, ECLASS_HOST,
                    *(m.__file__ for m in io_modules())):
         assert module is not None
         digest.update(Path(module).read_bytes())
