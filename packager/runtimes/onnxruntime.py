@@ -69,8 +69,9 @@ SCORE_COPIES = 5.5
 # the MLP's double-wide activations (n x 120 KiB), 2.5 times the scores' bytes at 64 tokens (the prefill chunk) and
 # 2.4 at 128 (2.1-2.2 beyond the 6.5 MiB a single token holds). Its graph scores the past and the new keys apart.
 # Scoring a KV head's query heads in two groups, one after the other, held less (2026-12-05, the same bundle: 34 MiB
-# at n = 64, 68 at 128) but read the cache once a group: a step at 8K took 48-49 ms instead of 35-38, the prompt went
-# 12% slower (host, 2 threads). Not taken.
+# at n = 64, 68 at 128) but reads the cache once a group: a decode step at 8K took 42.8-48.1 ms in six runs instead of
+# 34.7-41.3 (one outlier, 57.8), the prompt no measurably slower (`python scripts/bench_decoder_step.py BUNDLE --speed
+# --context 8K --chunks 64`; host, 2 threads). Not taken.
 ECLASS_SCORE_COPIES = 2.5
 
 
