@@ -81,7 +81,7 @@ def _print_memory(mem: dict[str, Any], what: str = "") -> None:
               f"of {mem['budget_bytes'] / MiB:.0f} MiB budget", soft_wrap=True)
     if est.get("mapped_bytes"):   # an E-class model's per-layer embeddings: on storage, out of the peak
         err.print(f"mapped    {est['mapped_bytes'] / MiB:.0f} MiB of lookup tables read from storage a row at a time "
-                  "(not in the peak but for the pages a run reads)", soft_wrap=True)
+                  "(not in the peak but for the rows of a pass)", soft_wrap=True)
 
 
 def _print_suite(r: Any) -> None:

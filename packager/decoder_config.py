@@ -41,6 +41,22 @@ def past_axes(dims: list[Any] | tuple[Any, ...]) -> tuple[int, int]:
 # 2,048 positions: 37 MiB beyond the cache at 64, 168 at 256); genai's rpi5 profile prefills in 64 too, measured
 # no slower (docs/llms.md).
 LAST_ONLY_CHUNK = 64
+# ... and, at a longer context, in smaller ones: a chunk's scores against the context held at most CHUNK_SCORES
+# (tokens x positions: 64 at 4,096, 32 at 8K, MIN_CHUNK from 16K), so that a context twice as long costs no more
+# scores. Gemma-4-E2B int4 on rpi5 at 8K: 45.5 MiB of activations at 64, 23.3 at 32, the peak 1,441 -> 1,419 MiB
+# against a 1,431 budget; prefill 29% slower at 32 than 64 (scripts/bench_decoder_step.py --speed: 314 against
+# 444 tok/s on the host), 16 half as fast as 64, on the longest contexts only.
+CHUNK_SCORES = LAST_ONLY_CHUNK * 4096
+MIN_CHUNK = 16
+
+
+def prefill_chunk(context: int) -> int:
+    """The prompt tokens a pass takes at `context` (targets/runtime/session.py's prefill_chunk, the same rule)."""
+    chunk = LAST_ONLY_CHUNK
+    while chunk > MIN_CHUNK and chunk * context > CHUNK_SCORES:
+        chunk //= 2
+    return chunk
+
 # The suffix of the Slice onnx_rewrite.last_position_logits puts before an lm_head (recipes/nbits.py reads it there)
 LAST_POSITION = "/last_position"
 

@@ -62,7 +62,7 @@ def activation_bytes(shape: DecoderShape, mem: DecoderMemory, act_bytes: int, co
     """The largest activations of a prefill pass: its logits, one layer's attention scores against the context
     (the runtimes size them by the cache's length; all heads at once, or the runtime's few), the MLP and the
     residual stream."""
-    prefill = min(context, mem.prefill_tokens)
+    prefill = mem.chunk(context)
     logits_rows = (shape.logits_positions or mem.logits_positions or prefill) if shape.vocab else 0
     heads = min(shape.heads, mem.score_heads) if mem.score_heads else shape.heads
     return act_bytes * (logits_rows * shape.vocab + prefill * (2 * shape.intermediate + 4 * shape.hidden)) \

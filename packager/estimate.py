@@ -42,10 +42,12 @@ Peak = max(load, run), each a sum of components:
                      MemoryShare.repeat_activations; none where the profile's session plans no pattern).
                      Decoders and text models change shape from run to run, and reuse no pattern
     kv_cache         past key/value inputs of a decoder at the requested context
-    mapped_touched   lookup tables read on demand (mapped_tables: an E-class model's per-layer embeddings, issue
-                     20): never resident whole, only the pages of the rows the context's tokens read (at most
-                     one row per token, over PAGE-sized pages); the tables' whole size is Estimate.mapped_bytes,
-                     shown beside the peak, not in it
+    table_rows       lookup tables read a row per token (mapped_tables: an E-class model's per-layer embeddings,
+                     a tied embedding's copy, issue 20): never resident whole; the loop feeds a pass its tokens'
+                     rows (row_tables, packager/row_feed.py), read from the tables' files; a table still
+                     memory-mapped (a bundle packaged before) holds the pages of the rows the context's tokens
+                     read (at most one row per token, over PAGE-sized pages). The tables' whole size is
+                     Estimate.mapped_bytes, shown beside the peak, not in it
     gpu_context      GPU profiles: the CUDA context of the GPU providers on unified memory (the
                      profile's runtime.gpu_context_bytes), resident from load on
 
@@ -65,7 +67,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from packager.decoder_config import LAST_ONLY_CHUNK, WINDOW_AXIS, past_axes
+from packager.decoder_config import WINDOW_AXIS, past_axes, prefill_chunk
 from packager.decoder_peak import activation_bytes, kv_by_type, measured_peak, score_bytes
 from packager.estimate_activations import (
     activation_peak,
@@ -89,8 +91,16 @@ from packager.estimate_prepack import nbits_extra as nbits_extra
 from packager.estimate_prepack import prepack_bands as prepack_bands
 from packager.estimate_prepack import prepacked_bytes as prepacked_bytes
 from packager.graphs import all_graphs
+from packager.graphs import tensor_bytes as tensor_bytes
 from packager.profile_types import Profile
 from packager.records import Estimate as Estimate  # the estimate's record; its home was here
+from packager.row_tables import PAGE as PAGE
+from packager.row_tables import ROW_READERS as ROW_READERS
+from packager.row_tables import mapped_tables as mapped_tables
+from packager.row_tables import mapped_touched as mapped_touched
+from packager.row_tables import row_tables, table_rows
+from packager.row_tables import table_file_bytes as table_file_bytes
+from packager.row_tables import table_files as table_files
 from packager.runtimes import DecoderMemory, MemoryShare, runtime_for
 from packager.runtimes.onnxruntime import ECLASS_SCORE_COPIES
 
@@ -156,19 +166,6 @@ def node_count(model: onnx.ModelProto) -> int:
 
 # ---------------------------------------------------------------- weights
 
-def tensor_bytes(t: onnx.TensorProto) -> int:
-    """A tensor's bytes as stored: external data by its recorded length, int4 two to a byte."""
-    if t.data_location == onnx.TensorProto.EXTERNAL:
-        info = {e.key: e.value for e in t.external_data}
-        if "length" in info:
-            return int(info["length"])
-    itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 4
-    elements: int = math.prod(t.dims)
-    if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
-        return math.ceil(elements / 2)
-    return elements * itemsize
-
-
 def weight_bytes(model: onnx.ModelProto) -> tuple[int, int, dict[str, int]]:
     """(inline, external, bytes by initializer name), subgraphs and Constant nodes included."""
     inline = external = 0
@@ -189,78 +186,6 @@ def weight_bytes(model: onnx.ModelProto) -> tuple[int, int, dict[str, int]]:
                         sizes[node.output[0]] = size
                         inline += size
     return inline, external, sizes
-
-
-# The page a mapped table's row read makes resident (4 KiB on the boards' kernels; a kernel that maps files in
-# larger folios touches more, which the measured peak shows).
-PAGE = 4096
-
-
-# (op, input): reads the rows its indices name; GatherBlockQuantized its 4-bit data's rows and their scales' and zero
-# points' (a tied decoder's embedding, its own copy of the lm_head's table: recipes/nbits.untie_embedding)
-ROW_READERS = {("Gather", 0), ("GatherElements", 0), ("GatherBlockQuantized", 0), ("GatherBlockQuantized", 2),
-               ("GatherBlockQuantized", 3)}
-
-
-def table_files(model: onnx.ModelProto) -> dict[str, list[onnx.TensorProto]]:
-    """External data files (by location) of lookup tables the runtime memory-maps and reads a row at a time:
-    every tensor in the file is read by Gathers only (ROW_READERS), at an offset onnxruntime maps (the E-class
-    exporter's PLE file). Such a file is never read whole: the device advises the kernel so (runtime.mapped)."""
-    readers: dict[str, set[tuple[str, int]]] = {}
-    for g in all_graphs(model.graph):
-        for node in g.node:
-            for index, name in enumerate(node.input):
-                readers.setdefault(name, set()).add((node.op_type, index))
-    files: dict[str, list[onnx.TensorProto]] = {}
-    for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            files.setdefault({e.key: e.value for e in t.external_data}.get("location", ""), []).append(t)
-    return {location: tensors for location, tensors in files.items()
-            if all(readers.get(t.name, {("", 0)}) <= ROW_READERS and _offset(t) % PAGE == 0 for t in tensors)}
-
-
-def table_file_bytes(model: onnx.ModelProto) -> dict[str, int]:
-    """table_files' files -> the bytes of the tables in each."""
-    return {location: sum(tensor_bytes(t) for t in tensors) for location, tensors in table_files(model).items()}
-
-
-def mapped_tables(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
-    """The tables of table_files by name: (bytes, rows)."""
-    return {t.name: (tensor_bytes(t), int(t.dims[0]) if t.dims else 1)
-            for tensors in table_files(model).values() for t in tensors}
-
-
-def _offset(t: onnx.TensorProto) -> int:
-    return int({e.key: e.value for e in t.external_data}.get("offset", "0"))
-
-
-# run.py's decoder loop releases the mapped tables' pages every RELEASED_TOKENS tokens (targets/runtime/session.py
-# MappedTables, RELEASE_TOKENS: the prefill's chunk); a phone's app, whose loop is the user's, holds what the
-# context's tokens read.
-RELEASED_TOKENS = LAST_ONLY_CHUNK
-
-
-def releases_rows(profile: Profile) -> bool:
-    """Whether the device's loop is run.py's, which hands the tables' pages back (a phone's app's is not)."""
-    return profile.mobile is None
-
-
-def touched_tokens(profile: Profile, tokens: int) -> int:
-    """The tokens whose table rows a run holds resident at once (RELEASED_TOKENS)."""
-    return min(tokens, RELEASED_TOKENS) if releases_rows(profile) else tokens
-
-
-def mapped_touched(tables: dict[str, tuple[int, int]], tokens: int) -> int:
-    """The pages of mapped tables `tokens` tokens read at most: a row each (two pages where it spans one), never
-    more than the table."""
-    touched = 0
-    for size, rows in tables.values():
-        row = size // max(rows, 1)
-        touched += min(size, tokens * (-(-row // PAGE) + 1) * PAGE)
-    return touched
-
-
-
 
 
 # ---------------------------------------------------------------- the estimate
@@ -290,9 +215,12 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     freed_bytes = sum(sizes[n] for n in freed)
     tables = mapped_tables(model)
     mapped_total = sum(size for size, _ in tables.values())
-    external -= mapped_total   # never resident whole: the pages the context's tokens read are (touched)
-    tokens = context or max((math.prod(s) for n, s in sample_shapes.items() if n == "input_ids"), default=1)
-    touched = mapped_touched(tables, touched_tokens(profile, tokens)) if tables else 0
+    # never resident whole: a mapped table's pages the context's tokens read are (table_rows); a fed one is no
+    # initializer
+    external -= mapped_total - sum(t.bytes for t in row_tables(model))
+    passed = max((math.prod(s) for n, s in sample_shapes.items() if n == "input_ids"), default=1)
+    tokens = context or passed
+    touched = table_rows(model, passed, tokens) if tables else 0
     weights = inline + external + sum(folded.values())
     bands = prepack_bands(model, sizes, estimate_kernels(profile),
                           profile.session.graph_optimization == "all" and not converted_bytes)
@@ -358,7 +286,7 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
         **({"memory_pattern": (pattern_low + pattern_high) // 2} if pattern_high else {}),
         "kv_cache": kv,
         **({"gpu_context": gpu} if gpu else {}),
-        **({"mapped_touched": touched} if tables else {}),
+        **({"table_rows": touched} if tables else {}),
     }
     notes = list(share.notes)
     return Estimate(max(load_low, run_low), max(load_high, run_high), breakdown, load_high, run_high, context, notes,
@@ -424,10 +352,11 @@ def unsized_scores(model: onnx.ModelProto, concrete: onnx.GraphProto, shapes: di
 
 def largest_pass(io: dict[str, Any], context: int) -> int:
     """The new tokens of a decoder's largest pass at `context`: a prompt that fills the context goes to the device in
-    chunks of LAST_ONLY_CHUNK where the graph gives the last position's logits (run.py's Decoder.prefill), in one
+    chunks (decoder_config.prefill_chunk at the context) where the graph gives the last position's logits (run.py's
+    Decoder.prefill), in one
     pass otherwise; its last pass, against the longest cache, holds the most (a chunk's attention scores against the
     context, its MLP, its logits), more than a decode step."""
-    return min(context, LAST_ONLY_CHUNK) if io.get("logits") == "last" else context
+    return min(context, prefill_chunk(context)) if io.get("logits") == "last" else context
 
 
 def step_shapes(io: dict[str, Any], context: int, tokens: int = 1) -> dict[str, tuple[int, ...]]:

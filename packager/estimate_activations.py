@@ -32,10 +32,15 @@ def concrete_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) 
             t.data_location = onnx.TensorProto.DEFAULT
     for g in all_graphs(copy.graph):
         _standard_stand_ins(g)
+    # a named axis takes its value wherever it appears (the rows fed beside input_ids, packager/row_feed.py: its
+    # batch and sequence)
+    named = {d.dim_param: int(value) for inp in copy.graph.input if inp.name in shapes
+             for d, value in zip(inp.type.tensor_type.shape.dim, shapes[inp.name]) if d.dim_param}
     for inp in copy.graph.input:
-        if inp.name in shapes:
-            dims = inp.type.tensor_type.shape.dim
-            for d, value in zip(dims, shapes[inp.name]):
+        dims = inp.type.tensor_type.shape.dim
+        values = shapes[inp.name] if inp.name in shapes else [named.get(d.dim_param) for d in dims]
+        for d, value in zip(dims, values):
+            if value is not None:
                 d.Clear()
                 d.dim_value = int(value)
     try:

@@ -30,7 +30,7 @@ MEMORY_LABELS = {
     "allocator_overhead": "memory allocator overhead",
     "activations": "runtime's working memory (activations)",
     "kv_cache": "KV cache",
-    "mapped_touched": "mapped table pages read (per-layer embeddings)",
+    "table_rows": "lookup-table rows a pass reads (per-layer embeddings)",
     "gpu_context": "CUDA context (GPU)",
 }
 

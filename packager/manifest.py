@@ -13,7 +13,7 @@ from packager.archive import source_date_epoch
 from packager.context import Context
 from packager.device_code import runner
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import table_files
+from packager.estimate import table_file_bytes
 from packager.families import family_for
 from packager.records import Memory
 from packager.runtimes import runtime_for
@@ -68,12 +68,11 @@ def runtime_spec(ctx: Context) -> dict[str, Any]:
 
 
 def mapped_files(ctx: Context) -> list[str]:
-    """The packaged model's lookup-table files (estimate.table_files), beside runtime.model: run.py advises the
-    kernel that they are read at random, a row per token, so that a fault reads the page it needs and not the
-    readahead window around it (measured: docs/llms.md, E-class models)."""
+    """The packaged model's lookup-table files beside runtime.model (estimate.table_file_bytes), which its loop
+    reads a row per token from (packager/row_feed.py) and which never load whole."""
     if ctx.packaged_model is None or ctx.components or not ctx.model_file.endswith(".onnx"):
         return []   # an .ort file holds its tables in its own buffer
-    return sorted(table_files(onnx.load(ctx.packaged_model, load_external_data=False)))
+    return sorted(table_file_bytes(onnx.load(ctx.packaged_model, load_external_data=False)))
 
 
 def smoke_spec(ctx: Context) -> dict[str, Any]:

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from packager.mobile import gated_out
 from packager.paths import targets_dir
 from packager.profile_types import Profile
+from packager.row_tables import RowTable, row_tables
 
 
 def class_name(name: str) -> str:
@@ -96,6 +98,45 @@ def swift_input(i: ExampleInput) -> str:
     data = (f"[{', '.join(_swift_literal(i.dtype, v) for v in i.values)}] as [{swift_type}]" if i.values is not None
             else f"[{swift_type}](repeating: 0, count: {n})")
     return f'            "{i.name}": try Self.tensor({data}, shape: {shape}, type: {element}),'
+
+
+# A table's dtype as each API names it (ai.onnxruntime.OnnxJavaType, ORTTensorElementDataType)
+_JAVA_TYPES = {"float32": "FLOAT", "float16": "FLOAT16", "int8": "INT8", "uint8": "UINT8", "int32": "INT32",
+               "int64": "INT64"}
+_SWIFT_TYPES = {"float32": ".float", "float16": ".float16", "int8": ".int8", "uint8": ".uint8", "int32": ".int32",
+                "int64": ".int64"}
+
+
+def _ids(inputs: list[ExampleInput]) -> ExampleInput:
+    return next(i for i in inputs if i.name == "input_ids")
+
+
+def kotlin_rows(tables: list[RowTable], inputs: list[ExampleInput]) -> tuple[str, str]:
+    """The ids the sample's tables are read for, and each table's input (packager/row_feed.py): Kotlin lines."""
+    if not tables:
+        return "", ""
+    ids = _ids(inputs)
+    n = int(np.prod(ids.shape))
+    data = f"longArrayOf({', '.join(str(int(v)) for v in ids.values)})" if ids.values is not None else f"LongArray({n})"
+    lines = [f'            "{t.input}" to OnnxTensor.createTensor(env, readRows("{t.file}", {t.offset}L, '
+             f'{t.row_bytes}, {t.rows}L, ids), longArrayOf({", ".join(str(d) for d in (*ids.shape, *t.row))}), '
+             f"OnnxJavaType.{_JAVA_TYPES[t.dtype]})," for t in tables]
+    return f"        val ids = {data}   // the sample's input_ids: the tables' rows are theirs\n", "\n".join(lines)
+
+
+def swift_rows(tables: list[RowTable], inputs: list[ExampleInput]) -> tuple[str, str]:
+    """kotlin_rows' lines in Swift."""
+    if not tables:
+        return "", ""
+    ids = _ids(inputs)
+    n = int(np.prod(ids.shape))
+    data = (f"[{', '.join(str(int(v)) for v in ids.values)}] as [Int64]" if ids.values is not None
+            else f"[Int64](repeating: 0, count: {n})")
+    lines = [f'            "{t.input}": try readRows("{t.file}", offset: {t.offset}, rowBytes: {t.row_bytes}, '
+             f'rows: {t.rows}, ids: ids, shape: [{", ".join(str(d) for d in (*ids.shape, *t.row))}], '
+             f"type: {_SWIFT_TYPES[t.dtype]})," for t in tables]
+    return f"        let ids: [Int64] = {data}   // the sample's input_ids: the tables' rows are theirs\n", \
+        "\n".join(lines)
 
 
 _KOTLIN_OPT = {"disable": "NO_OPT", "basic": "BASIC_OPT", "extended": "EXTENDED_OPT", "all": "ALL_OPT"}
@@ -180,9 +221,10 @@ def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def file_values(stage: Path, files: list[str], mapped: list[str]) -> dict[str, str]:
+def file_values(stage: Path, files: list[str], mapped: list[str], fed: bool = False) -> dict[str, str]:
     """The placeholders that name what the app loads: `files`, bundle paths, the model first and the data files it
-    reads beside it (an .onnx with external data: packager/mobile.py loads_onnx); `mapped`, those memory-mapped."""
+    reads beside it (an .onnx with external data: packager/mobile.py loads_onnx); `mapped`, those of its lookup
+    tables: memory-mapped, or read a row at a time by the example (`fed`: the model takes the rows as inputs)."""
     model = Path(files[0])
     names = [Path(f).name for f in files]
     values = {"model_name": model.name, "model_stem": model.stem, "model_ext": model.suffix.lstrip("."),
@@ -194,15 +236,20 @@ def file_values(stage: Path, files: list[str], mapped: list[str]) -> dict[str, s
     if len(files) == 1:
         return values
     maps = _and([Path(f).name for f in mapped]) if mapped else "none of them"
-    note = [f"{model.name} reads {_and(names[1:])} from its own folder; onnxruntime memory-maps {maps},",
-            "of which a run makes resident only the pages of the rows its tokens read."]
+    note = ([f"{model.name} reads {_and(names[1:])} from its own folder; onnxruntime memory-maps {maps},",
+             "of which a run makes resident only the pages of the rows its tokens read."] if not fed else
+            [f"{model.name} reads {_and(names[1:])} from its own folder, but for {maps}: the model takes the",
+             "rows of those lookup tables as inputs, which readRows reads for a pass's tokens (never whole)."])
     size = sum((stage / f).stat().st_size for f in mapped) / 2**20
     values |= {
         "files_note": "".join(f"        // {line}\n" for line in note), "reduced_build": "",
         "files_note_swift": "".join(f"        // {line}\n" for line in note),
         "format_note": "\n" + textwrap.fill(
             f"The app loads `{model.name}`, not an ORT-format `.ort` file: {maps} ({size:,.0f} MiB) stays on "
-            "storage, memory-mapped, where the ORT format would hold it inside its flatbuffer, resident. The "
+            + ("storage, read a row at a time (`readRows` in the examples: feed every pass of your generation "
+               "loop its tokens' rows that way)" if fed else
+               "storage, memory-mapped, where the ORT format would hold it inside its flatbuffer, resident")
+            + ". The "
             "packages above are ONNX Runtime's full builds, which read ONNX files (onnxruntime-android "
             "\"includes support for all types and operators, for ONNX format models\": its description on Maven "
             "Central; the pod and the Swift package wrap the same release's onnxruntime-c). A reduced-size build "
@@ -223,6 +270,9 @@ def write_examples(stage: Path, bundle_name: str, profile: Profile, io: dict[str
     m = profile.mobile
     name = class_name(bundle_name.removesuffix(f"-{profile.name}"))
     inputs = example_inputs(io, sample)
+    tables = row_tables(onnx.load(stage / files[0], load_external_data=False)) if files[0].endswith(".onnx") else []
+    kotlin_ids, kotlin_fed = kotlin_rows(tables, inputs)
+    swift_ids, swift_fed = swift_rows(tables, inputs)
     output, dtype = _output(io)
     floats = dtype == "float32"
     common = {
@@ -231,7 +281,7 @@ def write_examples(stage: Path, bundle_name: str, profile: Profile, io: dict[str
         "target": profile.name,
         "output": output,
         "sample_note": sample_note,
-        **file_values(stage, files, mapped),
+        **file_values(stage, files, mapped, bool(tables)),
         "maven": f"{m.android_package}:{m.android_version}",
         "android_version": m.android_version,
         "ios_pod": m.ios_pod,
@@ -242,7 +292,9 @@ def write_examples(stage: Path, bundle_name: str, profile: Profile, io: dict[str
     kotlin = render(_template("Model.kt.template"), {
         **common,
         "session_options": kotlin_session(profile, verdict),
-        "inputs": "\n".join(kotlin_input(i) for i in inputs),
+        "inputs": "\n".join([*(kotlin_input(i) for i in inputs), *filter(None, [kotlin_fed])]),
+        "row_ids": kotlin_ids,
+        "read_rows": _template("rows.kt.part") if tables else "",
         "return_type": "FloatArray" if floats else "LongArray",
         "read_output": (f"                val buffer = output.{'floatBuffer' if floats else 'longBuffer'}\n"
                         f"                return {'FloatArray' if floats else 'LongArray'}(buffer.remaining())"
@@ -251,7 +303,9 @@ def write_examples(stage: Path, bundle_name: str, profile: Profile, io: dict[str
     swift = render(_template("Model.swift.template"), {
         **common,
         "session_options": swift_session(profile, verdict),
-        "inputs": "\n".join(swift_input(i) for i in inputs),
+        "inputs": "\n".join([*(swift_input(i) for i in inputs), *filter(None, [swift_fed])]),
+        "row_ids": swift_ids,
+        "read_rows": render(_template("rows.swift.part"), {"class_name": name}) if tables else "",
         "element": "Float" if floats else "Int64",
     })
     written = []

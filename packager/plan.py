@@ -27,9 +27,7 @@ from packager.estimate import (
     LOAD_TRANSIENT_LOW,
     OVERHEAD_HIGH,
     OVERHEAD_LOW,
-    mapped_touched,
     nbits_extra,
-    touched_tokens,
 )
 from packager.estimate_prepack import SLICE_BYTES, device_kernels
 from packager.mobile import loads_onnx
@@ -37,6 +35,7 @@ from packager.plan_types import Architecture as Architecture
 from packager.plan_types import Row as Row
 from packager.profile_types import Int4
 from packager.profiles import Profile
+from packager.row_tables import fed_bytes
 from packager.runtimes import DecoderMemory, profile_for_model, runtime_for
 from packager.runtimes.onnxruntime import ECLASS_SCORE_COPIES
 from packager.samples import resolve_sample
@@ -287,7 +286,7 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
     embedding = mapped_embedding(a, profile, mem, precision)
     mapped = int(a.mapped_parameters * per_mapped) + sum(size for size, _ in embedding.values())
     tables = {**embedding, **({"ple": (int(a.mapped_parameters * per_mapped), a.vocab)} if e_exported(a, mem) else {})}
-    touched = mapped_touched(tables, touched_tokens(profile, context))   # the pages of the rows a run holds
+    touched = fed_bytes(tables, mem.chunk(context))   # the rows the loop feeds a pass (row_feed)
     bits = kv_bits or mem.kv_bits
     by_type = kv_cache(a, context, bits, mem.windowed_kv) if a.decoder else {}
     kv = sum(by_type.values())

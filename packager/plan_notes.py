@@ -3,7 +3,6 @@ nothing fits where the weights alone do not."""
 
 from __future__ import annotations
 
-from packager.estimate import RELEASED_TOKENS, releases_rows
 from packager.gpu import uses_gpu
 from packager.labels import human_count
 from packager.plan_types import Architecture, Row
@@ -26,10 +25,9 @@ def notes(a: Architecture, profile: Profile, mem: DecoderMemory, rows: list[Row]
     elif not mem.logits_positions:
         notes.append(f"activations assume a prompt of {mem.prefill_tokens} tokens processed in one pass")
     if a.mapped_parameters:
-        notes.append(f"{human_count(a.mapped_parameters)} parameters of per-layer embeddings are memory-mapped from "
-                     "storage, not resident: the peak counts the pages of the rows "
-                     + (f"the last {RELEASED_TOKENS} tokens read (run.py hands the rest back)"
-                        if releases_rows(profile) else "the context's tokens read"))
+        notes.append(f"{human_count(a.mapped_parameters)} parameters of per-layer embeddings stay in storage, not "
+                     f"resident: the loop reads the rows of a pass's tokens (at most {mem.prefill_tokens}) and feeds "
+                     "them to the model, on every device")
     floor = _weights_alone_overflow(rows, profile)
     if floor:
         notes.append(floor + cpu_only_hint(profile))

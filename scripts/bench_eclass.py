@@ -7,17 +7,16 @@ E2B's, 2,240 MiB in int8, more than the 1.5 GB budget; the rest scaled down (hid
 1,920 MiB). The Hugging Face folder is stored in bf16, as Google's checkpoints are. It goes through `packager
 package` (export, quantize, verify against PyTorch, fit, bundle) for each target, each run's host peak taken by
 /usr/bin/time -v (the largest process: packager or one of its children). Then each bundle runs by its own device
-code (run.py's Runner: the manifest's session options, the decoder's chunked prefill), in three variants of its
-model folder:
+code (run.py's Runner: the manifest's session options, the decoder's chunked prefill), in three variants of how
+its loop gets the table's rows:
 
-    mapped     the bundle as packaged: the table in model.ple.data, which onnxruntime memory-maps, and run.py
-               advises the kernel to read at random (runtime.mapped: no readahead around a row's page) and
-               releases the pages the rows were on every 64 tokens (MappedTables, MADV_DONTNEED)
-    held       the same, the pages never released (the bundles before 2026-12-04's tenth session)
-    readahead  neither advised nor released: the kernel's default readahead, whose pages fault-around maps
-    resident   the same bundle with the table read into the process's memory and handed to onnxruntime in place
-               of the file's (SessionOptions.add_initializer, which uses the buffer without a copy): onnxruntime
-               1.32 maps an external tensor at any offset, so moving it in the files would not make it resident
+    fed        the bundle as packaged: the model takes the rows of a pass's tokens as inputs (packager/row_feed.py),
+               which run.py reads from model.ple.data at their offsets (RowFeeds, advised random): in the page
+               cache, never in the process
+    mapped     the rows from a memory-mapping of the same file, its pages never handed back: what a graph that
+               gathered from a mapped initializer held in an app's loop, which cannot madvise (the phone's before
+               2026-12-05's fourteenth session; run.py released them every 64 tokens)
+    resident   the table read whole into the process's memory at load, the rows copied from it
 
 Each run is a fresh process (the genai environment's onnxruntime): load, a prompt of N token ids drawn over the
 whole vocabulary (the worst case: every token another row), 16 greedy steps; VmHWM and the table's resident
@@ -89,30 +88,26 @@ folder, tokens, vocab, table, variant = Path(sys.argv[1]), int(sys.argv[2]), int
 spec = importlib.util.spec_from_file_location("run", folder / "run.py")
 run = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(run)
-if variant.startswith("resident"):
-    # the table's tensors read whole into this process and given to onnxruntime in place of the file's
-    model = onnx.load(folder / "model" / "model.onnx", load_external_data=False)
-    dtypes = {onnx.TensorProto.INT8: np.int8, onnx.TensorProto.FLOAT: np.float32}
-    arrays = {}
-    for t in model.graph.initializer:
-        where = {e.key: e.value for e in t.external_data}
-        if where.get("location") == table:
-            arrays[t.name] = np.fromfile(folder / "model" / table, dtypes[t.data_type], int(np.prod(t.dims)),
-                                         offset=int(where["offset"])).reshape(tuple(t.dims))
-    values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in arrays.items()}
+if variant.split("-")[0] in ("mapped", "resident"):
+    # the rows from the table's files in this process's memory: memory-mapped (what a graph that gathered from a
+    # mapped initializer held, and an app that never handed the pages back: every row read stays), or read whole
     session = importlib.import_module(run._package.__name__ + ".session")
-    options = session.session_options
-    def resident_options(*args, **kwargs):
-        so = options(*args, **kwargs)
-        for name, value in values.items():   # add_initializer: onnxruntime uses the buffer, no copy of its own
-            so.add_initializer(name, value)
-        return so
-    session.session_options = resident_options
-if variant in ("readahead", "held"):   # the table's pages never released; readahead: not advised either
-    session = importlib.import_module(run._package.__name__ + ".session")
-    session.RELEASE_TOKENS = 1 << 62
-    if variant == "readahead":
-        session.MADV_RANDOM = 0   # MADV_NORMAL
+    def from_memory(self, ids):
+        out = {}
+        for t in self.tables:
+            if t["input"] not in tables:
+                where = folder / "model" / t["file"]
+                shape = (int(t["rows"]), int(t["row_bytes"]))
+                tables[t["input"]] = (np.memmap(where, np.uint8, "r", int(t["offset"]), shape)
+                                      if variant.startswith("mapped") else
+                                      np.fromfile(where, np.uint8, shape[0] * shape[1], offset=int(t["offset"]))
+                                      .reshape(shape))
+            flat = np.asarray(ids).reshape(-1)
+            rows = tables[t["input"]][np.where(flat < int(t["rows"]), flat, 0)]
+            out[t["input"]] = rows.view(np.dtype(t["dtype"])).reshape(*np.shape(ids), *t["row"])
+        return out
+    tables = {}
+    session.RowFeeds.feeds = from_memory
 if variant.endswith("-noarena"):   # onnxruntime's CPU arena off: what the arena keeps of a chunk's transients
     session = importlib.import_module(run._package.__name__ + ".session")
     arena_options = session.session_options
@@ -121,7 +116,10 @@ if variant.endswith("-noarena"):   # onnxruntime's CPU arena off: what the arena
         so.enable_cpu_mem_arena = False
         return so
     session.session_options = no_arena
-decoder = run.load(folder).decoder
+runner = run.load(folder)
+decoder = runner.decoder
+if variant.startswith("resident"):
+    decoder.rows.feeds(np.zeros((1, 1), np.int64))   # read whole at load, as an initializer would be
 loaded = status("VmHWM")
 ids = np.random.RandomState(0).randint(2, vocab, size=tokens).tolist()
 logits, past = decoder.prefill(ids)      # in chunks of PREFILL_CHUNK, as the device's loop runs a prompt
@@ -198,7 +196,7 @@ def measure(bundle: Path, tokens: int, vocab: int, variant: str) -> dict:
     return result
 
 
-VARIANTS = ("mapped", "held", "readahead", "resident")
+VARIANTS = ("fed", "mapped", "resident")
 
 
 def main() -> None:
@@ -230,7 +228,7 @@ def main() -> None:
         for variant in args.variants:
             for tokens in args.tokens:
                 r = measure(bundle, tokens, vocab, variant)
-                resident = vocab * width if variant == "resident" else r["table_rss"]
+                resident = vocab * width if variant == "resident" else r["table_rss"]   # fed: 0, no mapping
                 print(f"{variant:9} {tokens:>6} {r['load_hwm'] / 2**20:>9.0f} {r['hwm'] / 2**20:>9.0f} "
                       f"{resident / 2**20:>19.0f}", flush=True)
 

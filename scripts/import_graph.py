@@ -41,6 +41,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                 "packager.options",
                 "packager.recipes", "packager.runtimes", "packager.compat", "packager.estimate",
                 "packager.estimate_activations", "packager.estimate_prepack", "packager.bandwidth", "packager.mobile",
+                # the record of the lookup tables a model takes as inputs (the estimate reads it)
+                "packager.row_tables",
                 "packager.mobile_examples",
                 "packager.mobile_genai",
                 "packager.gpu",
@@ -52,7 +54,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the model at hand: its files, its export and rewrites, the recipes' code, samples, calibration and
     # measurements, the run's Context and the manifest made from it
     ("model", ("packager.context", "packager.model_files", "packager.adapter", "packager.export_process",
-               "packager.onnx_rewrite", "packager.recipes.common", "packager.recipes.dense", "packager.recipes.nbits",
+               "packager.onnx_rewrite", "packager.row_feed", "packager.recipes.common", "packager.recipes.dense",
+               "packager.recipes.nbits",
                "packager.recipes.layers", "packager.recipes.prepare", "packager.coverage", "packager.samples",
                "packager.sample_models",
                "packager.sample_inputs", "packager.sample_images", "packager.open_shapes",

@@ -17,10 +17,11 @@ import onnx
 import pytest
 
 from packager import decoder_config, eclass, emulate
-from packager.decoder_config import CACHED_AXIS, WINDOW_AXIS
+from packager.decoder_config import CACHED_AXIS, WINDOW_AXIS, prefill_chunk
 from packager.errors import ExitCode
 from packager.exporter_envs import GENAI, is_ready
 from packager.recipes.prepare import hidden_weights
+from packager.row_tables import fed_bytes, row_tables
 from tiny_decoders import ECLASS, ECLASS_3N, make_eclass
 
 PLE_VOCAB = 262144   # the real Gemma 4 vocabulary: the table (25 MB here) outgrows any page or folio size
@@ -239,9 +240,11 @@ def packaged(exported: tuple, tmp_path_factory: pytest.TempPathFactory) -> tuple
     return next(out.glob("*.tar.gz")), proc.stderr
 
 
-def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(packaged: tuple, tmp_path: Path) -> None:
+def test_packages_for_rpi5_with_the_ple_rows_fed_by_the_loop(packaged: tuple, tmp_path: Path) -> None:
     """The architecture routes to the E-class exporter; onnxruntime runs it (genai's builder refuses PLE); int8
-    weights keep the greedy tokens; the estimate counts the PLE table as mapped, not resident; the smoke passes."""
+    weights keep the greedy tokens; the model takes the PLE table's rows as inputs, which run.py reads from the
+    file (packager/row_feed.py); the estimate counts the table as read from storage, not resident, and a pass's
+    rows in the peak; the smoke passes."""
     archive, stderr = packaged
     assert "mapped " in stderr and "MiB of lookup tables" in stderr
     with tarfile.open(archive) as tar:
@@ -254,10 +257,13 @@ def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(packaged: tu
     assert "PyTorch" in json.dumps(manifest["accuracy"])
     table = (bundle / "model" / "model.ple.data").stat().st_size
     estimate = manifest["memory"]["estimate"]
-    # the table is mapped: counted beside the peak, with the pages the context's tokens read in it
+    # the table is read from storage: counted beside the peak, and in it the rows the loop feeds the largest pass
     assert estimate["mapped_bytes"] >= PLE_VOCAB * ECLASS["num_hidden_layers"] * ECLASS["hidden_size_per_layer_input"]
     assert estimate["mapped_bytes"] <= table
-    assert 0 < estimate["breakdown"]["mapped_touched"] < estimate["mapped_bytes"] / 4
+    model = onnx.load(bundle / "model" / "model.onnx", load_external_data=False)
+    fed = {t.input: (t.bytes, t.rows) for t in row_tables(model)}
+    assert {"ple_rows", "ple_scales"} <= set(fed)
+    assert estimate["breakdown"]["table_rows"] == fed_bytes(fed, prefill_chunk(estimate["context"]))
     assert estimate["breakdown"]["weights_external"] < table
     # the KV cache as plan counts it: the sliding layers at their window, the full ones at the context, fp32
     layers = decoder_config.read(ECLASS, "config.json").layers
@@ -265,26 +271,56 @@ def test_packages_for_rpi5_with_the_ple_file_mapped_in_the_estimate(packaged: tu
         sum(layer.kv_bytes(estimate["context"], True, 32) for layer in layers if layer.owns_cache)
     smoke = subprocess.run([sys.executable, "smoke_test.py"], cwd=bundle, capture_output=True, text=True, timeout=600)
     assert smoke.returncode == 0 and "PASS" in smoke.stdout, smoke.stdout + smoke.stderr
-    # the device advises the kernel that the table is read at random (no readahead around a row's page)
+    # the loop reads the table's rows and feeds them: no mapping of its file in the process, before or after a run
     assert manifest["runtime"]["mapped"] == ["model.ple.data"]
-    loaded = subprocess.run([sys.executable, "-c", ADVISED], cwd=bundle, capture_output=True, text=True, timeout=300)
+    loaded = subprocess.run([sys.executable, "-c", FED], cwd=bundle, capture_output=True, text=True, timeout=300)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
-    advised = json.loads(loaded.stdout)
-    assert advised["bytes"] >= estimate["mapped_bytes"]
-    assert advised["flags"] and all("rr" in flags for flags in advised["flags"])   # VM_RAND_READ on each mapping
+    fed_run = json.loads(loaded.stdout)
+    assert {"ple_rows", "ple_scales"} <= set(fed_run["inputs"]) and fed_run["tokens"]
+    assert not any(path.endswith("model.ple.data") for path in fed_run["maps"])
 
 
-# run.py's runner in the bundle, then the kernel's flags on the table's mappings (smaps' VmFlags: rr = random read)
-ADVISED = r"""
+# run.py's runner in the bundle: the inputs it feeds from the tables' files, and the files mapped after a run
+FED = r"""
 import json, run
-runner, flags, current = run.load(), [], ""
-for line in open("/proc/self/smaps"):
-    if line[:1] in "0123456789abcdef" and "-" in line.split()[0]:
-        current = line.split()[-1]
-    elif line.startswith("VmFlags:") and current.endswith("model.ple.data"):
-        flags.append(line.split()[1:])
-print(json.dumps({"bytes": runner.mapped.advised, "flags": flags}))
+runner = run.load()
+_, tokens = runner.generate_text("hello", 4)
+maps = [line.split()[-1] for line in open("/proc/self/maps") if len(line.split()) == 6]
+print(json.dumps({"inputs": [t["input"] for t in runner.rows.tables], "maps": maps, "tokens": tokens}))
 """
+
+
+def test_the_phone_bundle_feeds_the_rows_in_its_app_examples_as_run_py_does(exported: tuple,
+                                                                            tmp_path: Path) -> None:
+    """On the phone the loop is the app's: the Kotlin and Swift examples read each table's rows for the sample's
+    tokens at the offsets the model's record gives (readRows), with each table's type, and feed them as the
+    model's inputs; the estimate is the one run.py's loop gets (a pass's rows), and the smoke passes."""
+    source, _, _ = exported
+    proc = packager("package", str(source), "--target", "phone", "--recipe", "int8-dynamic", "--out",
+                    str(tmp_path / "dist"), "--no-cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with tarfile.open(next((tmp_path / "dist").glob("*.tar.gz"))) as tar:
+        tar.extractall(tmp_path / "bundle", filter="data")
+    bundle = next((tmp_path / "bundle").iterdir())
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["mobile"]["format"] == "onnx"
+    tables = row_tables(onnx.load(bundle / "model" / "model.onnx", load_external_data=False))
+    kotlin = next((bundle / "android").glob("*Model.kt")).read_text()
+    swift = next((bundle / "ios").glob("*Model.swift")).read_text()
+    types = {"int8": ("INT8", ".int8"), "float32": ("FLOAT", ".float")}
+    for t in tables:
+        java, element = types[t.dtype]
+        assert f'"{t.input}" to OnnxTensor.createTensor(env, readRows("{t.file}", {t.offset}L, {t.row_bytes}, ' \
+               f'{t.rows}L, ids)' in kotlin and f"OnnxJavaType.{java})," in kotlin
+        assert f'"{t.input}": try readRows("{t.file}", offset: {t.offset}, rowBytes: {t.row_bytes}, ' \
+               f'rows: {t.rows}, ids: ids' in swift and f"type: {element})," in swift
+    assert "private fun readRows(" in kotlin and "private func readRows(" in swift and "{{" not in kotlin + swift
+    assert "val ids = " in kotlin and "let ids: [Int64] = " in swift
+    estimate = manifest["memory"]["estimate"]
+    fed = {t.input: (t.bytes, t.rows) for t in tables}
+    assert estimate["breakdown"]["table_rows"] == fed_bytes(fed, prefill_chunk(estimate["context"]))
+    smoke = subprocess.run([sys.executable, "smoke_test.py"], cwd=bundle, capture_output=True, text=True, timeout=600)
+    assert smoke.returncode == 0 and "PASS" in smoke.stdout, smoke.stdout + smoke.stderr
 
 
 @pytest.mark.skipif(not any(shutil.which(name) for name in emulate.QEMU_BINARIES),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -227,61 +229,54 @@ def test_a_sliding_layers_cache_counts_its_window_not_the_context() -> None:
     assert chunk["input_ids"] == (1, 30) and chunk["past_key_values.1.key"] == (1, 2, 70, 16)
 
 
-@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="the kernel's VmFlags are Linux's")
-def test_mapped_tables_are_advised_random_and_released(tmp_path: Path) -> None:
-    """run.py's MappedTables marks the mappings of the files it is given, and only those, random-read (smaps'
-    VmFlags 'rr': the kernel reads no window around a faulted page), and once RELEASE_TOKENS tokens have read rows,
-    hands the pages they were on back (their Rss 0), the data still there to read."""
+def test_the_loop_feeds_each_tokens_row_read_from_the_tables_file(tmp_path: Path) -> None:
+    """run.py's RowFeeds reads, for token t, row t of each table the model's metadata names (row 0 past the
+    table's rows), at the table's offset in its file, shaped [batch, sequence, *row] in the table's dtype; a model
+    without the record feeds nothing, and a file cut short is one sentence, not numpy's error."""
     import importlib
-    import mmap
 
     session = importlib.import_module(runner()._package.__name__ + ".session")
-    table, other = tmp_path / "model.ple.data", tmp_path / "other.data"
-    for path in (table, other):
-        path.write_bytes(bytes(range(256)) * 4096)
+    table = np.arange(10 * 6, dtype=np.float32).reshape(10, 3, 2)
+    scales = np.arange(10, dtype=np.float16).reshape(10, 1)
+    (tmp_path / "t.data").write_bytes(b"\0" * 4096 + table.tobytes() + scales.tobytes())
 
-    def smaps(path: Path) -> list[tuple[list[str], int]]:
-        found, current, rss = [], "", 0
-        for line in Path("/proc/self/smaps").read_text().splitlines():
-            head = line.split()
-            if head and "-" in head[0] and all(c in "0123456789abcdef-" for c in head[0]):
-                current = head[-1]
-            elif line.startswith("Rss:"):
-                rss = int(head[1]) * 1024
-            elif line.startswith("VmFlags:") and current == str(path.resolve()):
-                found.append((head[1:], rss))
-        return found
+    class Meta:
+        custom_metadata_map = {session.ROWS_KEY: json.dumps([
+            {"input": "rows", "file": "t.data", "offset": 4096, "row_bytes": 24, "rows": 10, "dtype": "float32",
+             "row": [3, 2]},
+            {"input": "scales", "file": "t.data", "offset": 4096 + table.nbytes, "row_bytes": 2, "rows": 10,
+             "dtype": "float16", "row": [1]}])}
 
-    with open(table, "rb") as t, open(other, "rb") as o, \
-            mmap.mmap(t.fileno(), 0, access=mmap.ACCESS_READ) as rows, \
-            mmap.mmap(o.fileno(), 0, access=mmap.ACCESS_READ) as others:
-        mapped = session.MappedTables([table])
-        assert mapped.advised == 1 << 20
-        assert smaps(table) and all("rr" in flags for flags, _ in smaps(table))
-        assert smaps(other) and not any("rr" in flags for flags, _ in smaps(other))
-        touched = sum(rows[i] + others[i] for i in range(0, 1 << 20, 4096))   # every page of both
-        assert sum(rss for _, rss in smaps(table)) == 1 << 20
-        mapped.read(session.RELEASE_TOKENS - 1)
-        assert sum(rss for _, rss in smaps(table)) == 1 << 20   # not yet
-        mapped.read(1)
-        assert sum(rss for _, rss in smaps(table)) == 0
-        assert sum(rss for _, rss in smaps(other)) == 1 << 20   # only the tables it was given
-        assert sum(rows[i] + others[i] for i in range(0, 1 << 20, 4096)) == touched   # read again, unchanged
-    # a private mapping written to holds the process's own copy of that page: advised, never released
-    with open(table, "rb") as t, mmap.mmap(t.fileno(), 0, access=mmap.ACCESS_COPY) as written:
-        written[0] = 7
-        mapped = session.MappedTables([table])
-        assert mapped.advised == 1 << 20 and mapped.regions == []
-        mapped.read(session.RELEASE_TOKENS)
-        assert written[0] == 7
-    assert session.MappedTables([]).advised == 0
+    class Session:
+        def get_modelmeta(self) -> Meta:
+            return Meta()
+
+    feeds = session.RowFeeds(Session(), tmp_path)
+    ids = np.array([[3, 0, 9, 12]])
+    got = feeds.feeds(ids)
+    assert got["rows"].shape == (1, 4, 3, 2) and got["rows"].dtype == np.float32
+    np.testing.assert_array_equal(got["rows"][0], table[[3, 0, 9, 0]])   # 12 is past the table: row 0
+    np.testing.assert_array_equal(got["scales"][0], scales[[3, 0, 9, 0]])
+    assert set(feeds.complete({"input_ids": ids, "rows": got["rows"]})) == {"input_ids", "rows", "scales"}
+
+    class Plain:
+        def get_modelmeta(self) -> Any:
+            return type("M", (), {"custom_metadata_map": {}})()
+
+    assert session.RowFeeds(Plain(), None).feeds(ids) == {}
+    with pytest.raises(ValueError, match="folder"):
+        session.RowFeeds(Session(), None)
+    (tmp_path / "t.data").write_bytes(b"\0" * 4096 + table.tobytes()[:100])
+    with pytest.raises(ValueError, match="ends before row 9 of rows"):
+        session.RowFeeds(Session(), tmp_path).feeds(np.array([[9]]))
 
 
-def test_the_device_releases_the_rows_the_estimate_counts() -> None:
+def test_the_device_reads_the_record_the_packager_writes() -> None:
+    """The metadata key is one fact in two places (the device code imports no packager)."""
     from packager.device_code import runner
-    from packager.estimate import RELEASED_TOKENS
+    from packager.row_tables import ROWS_KEY
 
-    assert runner().Decoder.step.__globals__["RELEASE_TOKENS"] == RELEASED_TOKENS
+    assert runner().RowFeeds.feeds.__globals__["ROWS_KEY"] == ROWS_KEY
 
 
 def test_the_device_prefills_in_the_chunks_the_estimate_counts() -> None:
@@ -290,6 +285,12 @@ def test_the_device_prefills_in_the_chunks_the_estimate_counts() -> None:
     from packager.device_code import runner
 
     assert runner().Decoder.prefill.__globals__["PREFILL_CHUNK"] == LAST_ONLY_CHUNK
+    # and the same smaller chunks at a longer context (64 to 4,096 positions, 32 at 8K, 16 from 16K)
+    from packager.decoder_config import prefill_chunk
+
+    contexts = (1, 64, 4096, 4097, 8192, 8193, 16384, 131072)
+    assert [runner().prefill_chunk(c) for c in contexts] == [prefill_chunk(c) for c in contexts] == \
+        [64, 64, 64, 32, 32, 16, 16, 16]
 
 
 # Run in a fresh process: glibc's threshold is process-wide. A mapped 16 MiB block freed raises glibc's mmap threshold
@@ -298,6 +299,7 @@ def test_the_device_prefills_in_the_chunks_the_estimate_counts() -> None:
 HEAP_PROBE = """
 import ctypes, importlib.util, sys
 from pathlib import Path
+from typing import Any
 spec = importlib.util.spec_from_file_location("peak", Path(sys.argv[1]) / "runtime" / "peak.py")
 peak = importlib.util.module_from_spec(spec); spec.loader.exec_module(peak)
 held = peak.fix_mmap_threshold() if sys.argv[2] == "held" else False

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from packager.decoder_config import prefill_chunk
+
 if TYPE_CHECKING:
     from packager.compat import Compatibility, ModelFacts
     from packager.context_view import RuntimeContext
@@ -53,6 +55,8 @@ class DecoderMemory:
     prefill_tokens: int              # prompt tokens per pass (the runtime's chunk)
     logits_positions: int            # positions of a pass whose logits are allocated (0: every one of them)
     runnable_kv_bits: tuple[int, ...]   # the KV element sizes the runtime can run (others: planning only)
+    # the chunk shrinks at a longer context (decoder_config.prefill_chunk: run.py's loop on an exported graph)
+    chunk_by_context: bool = False
     score_heads: int = 0             # attention heads whose scores a pass holds at once (0: all the model's heads)
     score_copies: float = 1.0        # buffers of one layer's scores a pass holds at once (scores, masked, softmax)
     # The load peak as a fraction of the resident weights' bytes, beyond the runtime base (low, high); (0, 0): plan's
@@ -68,6 +72,10 @@ class DecoderMemory:
         """The runtime gives its load peak and resident weights as fractions of the weights (packager/decoder_peak.py);
         otherwise plan models an exported graph per tensor, as the graph estimate does."""
         return self.load_weights != (0.0, 0.0)
+
+    def chunk(self, context: int) -> int:
+        """The prompt tokens of the largest pass at `context`."""
+        return min(context, prefill_chunk(context) if self.chunk_by_context else self.prefill_tokens)
 
     def copies(self, kv_bits: int) -> tuple[float, float]:
         """The copies of a cache of `kv_bits` a step holds (low, high)."""

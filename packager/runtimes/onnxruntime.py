@@ -156,9 +156,12 @@ class OnnxRuntime:
     def decoder_memory(self, profile: Profile, precision: str) -> DecoderMemory:
         return DecoderMemory(kv_bits=16 if precision == "fp16" else 32, windowed_kv=False, kv_copies=(2.0, 2.0),
                              prefill_tokens=decoder_config.LAST_ONLY_CHUNK, logits_positions=1,
-                             runnable_kv_bits=(16, 32), score_copies=SCORE_COPIES,
+                             runnable_kv_bits=(16, 32), score_copies=SCORE_COPIES, chunk_by_context=True,
                              notes=(f"onnxruntime: the exported decoder's prompt in chunks of "
-                                    f"{decoder_config.LAST_ONLY_CHUNK}, logits of the last position only",))
+                                    f"{decoder_config.LAST_ONLY_CHUNK} (fewer past "
+                                    f"{decoder_config.CHUNK_SCORES // decoder_config.LAST_ONLY_CHUNK:,} positions: "
+                                    f"{decoder_config.prefill_chunk(8192)} at 8K), logits of the last position "
+                                    "only",))
 
     def converts(self, profile: Profile) -> bool:
         """Whether a bundle for this profile converts its model for the device (phones: model.ort)."""

@@ -12,6 +12,7 @@ from packager.calibration import calibration_inputs, unused_calibration
 from packager.context import Component, Context
 from packager.coverage import coverage_of, merge
 from packager.errors import ExitCode, PackagerError
+from packager.families import family_for
 from packager.mixed import quantizations
 from packager.recipes import RECIPES, calibrated, parse_recipe, searched
 from packager.recipes.common import (
@@ -23,6 +24,7 @@ from packager.recipes.common import (
     table_locations,
 )
 from packager.recipes.nbits import find_tied_embedding
+from packager.row_feed import feed_rows
 from packager.runtimes import runtime_for
 
 
@@ -64,6 +66,8 @@ def run(ctx: Context) -> None:
             if f.name != "model.onnx" and f.suffix not in (".json", ".txt") and f.is_file():
                 shutil.copyfile(f, model_dir / f.name)
     keep_tables_mapped(ctx.reference_model, dest)
+    if family_for(ctx.io.kind).generates:   # the rows as inputs, read by the decoder's loop a pass at a time
+        feed_rows(dest)
     ctx.packaged_model = dest
 
 

@@ -16,11 +16,13 @@ import numpy as np
 from .families import family
 from .manifest import HERE, read_runtime
 from .ort_session import (  # noqa: F401  (the package's names: runtime/__init__.py imports them from here)
+    RowFeeds,
     choose_providers,
     encode,
     encoded,
     encoder_feeds,
     load_tokenizer,
+    prefill_chunk,
     provider_options,
     session_options,
     start_ids,

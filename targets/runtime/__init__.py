@@ -67,6 +67,7 @@ from .media import audio_features, image_pixels, mel_filters, read_image, read_w
 from .peak import peak_bytes, reset_peak, rss_bytes
 from .session import (
     Decoder,
+    RowFeeds,
     Runner,
     choose_providers,
     encode,
@@ -74,6 +75,7 @@ from .session import (
     encoder_feeds,
     load,
     load_tokenizer,
+    prefill_chunk,
     provider_options,
     session_options,
     start_ids,
@@ -87,7 +89,8 @@ __all__ = [
     "manifest_files", "check_files", "SignatureError", "load_public_key", "key_fingerprint", "verify_signature",
     "check_signature", "reset_peak", "peak_bytes", "rss_bytes", "read_wav", "write_wav", "mel_filters",
     "audio_features", "read_image", "write_png", "image_pixels", "sample_media", "choose_providers",
-    "session_options", "provider_options", "Runner", "Decoder", "encode", "load_tokenizer", "load", "start_ids",
+    "session_options", "provider_options", "Runner", "Decoder", "RowFeeds", "prefill_chunk", "encode",
+    "load_tokenizer", "load", "start_ids",
     "encoded", "encoder_feeds", "load_samples", "NPZ_DATE_TIME", "save_samples", "compare_decoder", "score_from",
     "reference_generations", "compare", "EVAL_MATCHES", "EVAL_DEFAULT_TOKENS", "read_eval", "eval_passes",
     "evaluate", "measure", "exercise", "MEASURE_TOKENS", "read_inputs", "main", "FAMILIES", "Family", "family",

@@ -17,81 +17,63 @@ from .peak import fix_mmap_threshold, rss_bytes
 
 # ---------------------------------------------------------------- session
 
-MADV_RANDOM, MADV_DONTNEED = 1, 4   # madvise(2)'s advice, the same on Linux and Android on every architecture
+ROWS_KEY = "packager.rows"   # packager/row_tables.py's: the metadata naming the tables a model takes as inputs
 
 
-class MappedTables:
-    """The read-only mappings of the lookup tables in runtime.mapped (an E-class model's per-layer embeddings, a
-    tied embedding's copy), which onnxruntime maps as it creates the session and reads a row a token.
+class RowFeeds:
+    """The lookup tables the model takes as inputs (packager/row_feed.py: an E-class model's per-layer embeddings,
+    a tied embedding's copy), filled for each pass with its tokens' rows, read from the tables' files at their
+    offsets. A row read sits in the kernel's page cache, which reclaims it as it needs, never in this process: a
+    pass holds its tokens' rows and nothing more, where a memory-mapped table kept every page it had read (E2B at
+    8K: 202 MiB). The files are advised random: a read fetches its row's pages, not a readahead window around them."""
 
-    Advised random at load: a page fault then reads the page a token's row is on, not the readahead window around
-    it, which the kernel's fault-around then maps too (E2B's table at 8K random tokens: 505 MiB resident where the
-    rows read are about 100; docs/llms.md). Released every RELEASE_TOKENS tokens (MADV_DONTNEED): the pages the
-    rows were on leave this process (they stay in the page cache, which the kernel reclaims as it needs), so the
-    tables hold a chunk's rows, not the context's. A read-only file mapping loses nothing: a row read again faults
-    its page back in. Nothing to do where the platform has no /proc/self/maps or madvise."""
+    def __init__(self, session: Any, folder: "Path | None") -> None:
+        meta = session.get_modelmeta().custom_metadata_map if session is not None else {}
+        self.tables: list[dict[str, Any]] = json.loads(meta.get(ROWS_KEY) or "[]")
+        self.files: dict[str, Any] = {}
+        if self.tables and folder is None:
+            raise ValueError("this model takes its tables' rows as inputs: load it with the folder of its files")
+        for t in self.tables:
+            if t["file"] not in self.files:
+                f = self.files[t["file"]] = open(Path(folder or ".") / t["file"], "rb", buffering=0)
+                if hasattr(os, "posix_fadvise"):   # Linux, Android; macOS has none, and reads ahead less
+                    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
 
-    def __init__(self, files: list[Path]) -> None:
-        self.regions: list[tuple[int, int]] = []   # the mappings released
-        self.advised = 0                            # bytes advised random
-        self.since_release = 0
-        wanted = {os.path.realpath(f) for f in files}
-        if not wanted:
-            return
-        try:
-            with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-                regions = [region for region, _ in _file_mappings(f.readlines(), wanted)]
-            import ctypes
+    def feeds(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Each table's input for the tokens `ids` ([batch, sequence]): row t for token t, row 0 past the table."""
+        out = {}
+        flat = np.asarray(ids).reshape(-1)
+        for t in self.tables:
+            size, f = int(t["row_bytes"]), self.files[t["file"]]
+            rows = np.empty(size * len(flat), dtype=np.uint8)
+            for n, token in enumerate(flat.tolist()):
+                f.seek(int(t["offset"]) + (token if 0 <= token < int(t["rows"]) else 0) * size)
+                if f.readinto(memoryview(rows)[n * size:(n + 1) * size]) != size:
+                    raise ValueError(f"{t['file']} ends before row {token} of {t['input']}: the bundle's files "
+                                     "are incomplete; copy the bundle again")
+            out[t["input"]] = rows.view(np.dtype(t["dtype"])).reshape(*np.shape(ids), *t["row"])
+        return out
 
-            self.madvise = ctypes.CDLL(None, use_errno=True).madvise
-            self.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        except (OSError, AttributeError, TypeError):   # no /proc (macOS, Windows), no libc madvise
-            return
-        try:   # onnxruntime maps them private and writable (rw-p) and never writes them; a page written would be
-            # the process's own copy (Anonymous in smaps), which a release would drop: only mappings smaps shows
-            # at the same addresses with none are released (under qemu-user, /proc is the emulator's to render)
-            with open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
-                clean = {region for region, anonymous in _file_mappings(f.readlines(), wanted) if anonymous == 0}
-        except OSError:
-            clean = set()
-        for region in regions:
-            if self.madvise(*region, MADV_RANDOM) == 0:
-                self.advised += region[1]
-                if region in clean:
-                    self.regions.append(region)
-
-    def read(self, tokens: int) -> None:
-        """`tokens` tokens' rows were read: release the pages once RELEASE_TOKENS have been."""
-        self.since_release += tokens
-        if self.since_release >= RELEASE_TOKENS:
-            for start, length in self.regions:
-                self.madvise(start, length, MADV_DONTNEED)
-            self.since_release = 0
-
-
-def _file_mappings(lines: list[str], wanted: set[str]) -> list[tuple[tuple[int, int], int]]:
-    """((start, length), anonymous bytes: -1 where the lines give none) of each mapping of the files `wanted` in
-    the lines of /proc/self/maps or /proc/self/smaps."""
-    found: list[tuple[tuple[int, int], int]] = []
-    current = False   # the last mapping's line was one of `wanted`
-    for line in lines:
-        fields = line.rstrip("\n").split(maxsplit=5)
-        if fields and "-" in fields[0] and not fields[0].endswith(":"):   # a mapping's line
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            current = len(fields) == 6 and fields[5] in wanted
-            if current:
-                found.append(((start, end - start), -1))
-        elif current and fields[:1] == ["Anonymous:"]:
-            found[-1] = (found[-1][0], int(fields[1]) * 1024)
-    return found
+    def complete(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`feeds` with the tables' inputs it lacks, for its input_ids."""
+        if not self.tables or "input_ids" not in feeds:
+            return feeds
+        return {**self.feeds(feeds["input_ids"]), **feeds}
 
 
 # Prompt tokens a pass for a graph that gives the last position's logits: plan and the estimate count a chunk's
 # activations with it (packager/decoder_config.py's LAST_ONLY_CHUNK, the same figure, and why it is 64)
 PREFILL_CHUNK = 64
-# Tokens whose mapped table rows a process holds before it releases them (MappedTables; packager/estimate.py counts
-# the touched pages of as many tokens, RELEASED_TOKENS)
-RELEASE_TOKENS = PREFILL_CHUNK
+CHUNK_SCORES, MIN_CHUNK = PREFILL_CHUNK * 4096, 16   # decoder_config's: smaller chunks at a longer context
+
+
+def prefill_chunk(context: int) -> int:
+    """The prompt tokens a pass takes at `context`: PREFILL_CHUNK, halved while a chunk's scores against the
+    context pass CHUNK_SCORES (32 at 8K), never below MIN_CHUNK (packager/decoder_config.py prefill_chunk)."""
+    chunk = PREFILL_CHUNK
+    while chunk > MIN_CHUNK and chunk * context > CHUNK_SCORES:
+        chunk //= 2
+    return chunk
 
 _GRAPH_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                  "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -178,14 +160,13 @@ class Runner:
             before = rss_bytes()
             self.sessions[name] = session(file)
             self.load_bytes[name] = max(0, rss_bytes() - before)
-        # After the load: onnxruntime maps the tables as it creates the session, and nothing reads them whole
-        folder = (bundle / runtime["model"]).parent
-        self.mapped = MappedTables([folder / f for f in runtime.get("mapped") or []])
         self.session = self.sessions.get("decoder", next(iter(self.sessions.values())))
+        self.rows = RowFeeds(self.session, (bundle / runtime["model"]).parent)
         self.encoder = self.sessions.get("encoder")
         self.family = family(self.io)
         self.tokenizer = load_tokenizer(bundle, self.io) if self.family.tokenizer else None
-        self.decoder = Decoder(self.session, self.io, self.mapped) if self.family.decodes else None
+        context = int(runtime.get("context") or 0)
+        self.decoder = Decoder(self.session, self.io, self.rows, context) if self.family.decodes else None
 
     @property
     def input_names(self) -> list[str]:
@@ -193,7 +174,7 @@ class Runner:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feeds)))
+        return dict(zip(names, self.session.run(names, self.rows.complete(feeds))))
 
     def encode(self, text: str) -> dict[str, np.ndarray]:
         if self.tokenizer is None:
@@ -237,10 +218,11 @@ class Decoder:
     """Greedy generation with the KV cache (past_key_values.N.key/value in, present.N.key/value
     out), batch 1, for decoder LLMs exported with past (optimum's text-generation-with-past)."""
 
-    def __init__(self, session: Any, io: dict[str, Any], mapped: "MappedTables | None" = None) -> None:
+    def __init__(self, session: Any, io: dict[str, Any], rows: "RowFeeds | None" = None,
+                 context: int = 0) -> None:
         self.session = session
         self.io = io
-        self.mapped = mapped or MappedTables([])   # the session's mapped tables, released as tokens read them
+        self.rows = rows or RowFeeds(session, None)   # the tables whose rows the model takes as inputs
         # An encoder-decoder's decoder (optimum's merged decoder: `use_cache_branch` picks the first step's
         # graph or the cached steps') also reads the encoder's output, and caches the cross-attention's keys
         # and values (past_key_values.N.encoder.*), computed once at the first step from that output.
@@ -265,7 +247,8 @@ class Decoder:
                              and isinstance(i["shape"][3], int)}
         # A graph that returns the last position's logits only (the E-class exporter's): score a token at a time
         self.last_only = io.get("logits") == "last"
-        self.prefill_chunk = PREFILL_CHUNK if self.last_only else 0   # 0: a prompt in one pass
+        # 0: a prompt in one pass; the deployment's `context` (runtime.context) sets the chunk
+        self.prefill_chunk = (prefill_chunk(context) if context else PREFILL_CHUNK) if self.last_only else 0
         # Sliding layers whose past's length axis is the window (packager/decoder_config.py WINDOW_AXIS, the E-class
         # exporter's): the graph returns the last window - 1 positions of their cache, never more
         window = int(kv.get("window") or 0)
@@ -297,8 +280,9 @@ class Decoder:
             return (1, positions, heads, size) if self.appends else (1, heads, positions, size)
 
         if self.appends:   # a buffer with room for a chunk more, or the context: only the positions held are written
-            return {n: cache_buffer(shape(n), self.kv_dtype, self.windows[n] + PREFILL_CHUNK if n in self.windows
-                                    else max(length + PREFILL_CHUNK, self.capacity)) for n in self.past}
+            room = self.prefill_chunk or PREFILL_CHUNK
+            return {n: cache_buffer(shape(n), self.kv_dtype, self.windows[n] + room if n in self.windows
+                                    else max(length + room, self.capacity)) for n in self.past}
         return {n: np.full(shape(n), 0, dtype=self.kv_dtype) for n in self.past}
 
     def feeds(self, ids: list[int], past: dict[str, np.ndarray], past_length: int) -> dict[str, np.ndarray]:
@@ -309,13 +293,13 @@ class Decoder:
             "position_ids": np.arange(past_length, past_length + n, dtype=np.int64)[None, :],
             "use_cache_branch": np.asarray([past_length > 0]),
         }
-        return {**{k: v for k, v in columns.items() if k in self.inputs}, **self.context_feeds, **past}
+        return {**{k: v for k, v in columns.items() if k in self.inputs}, **self.rows.feeds(columns["input_ids"]),
+                **self.context_feeds, **past}
 
     def step(self, ids: list[int], past: dict[str, np.ndarray],
              past_length: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Logits [len(ids), vocab] for the new tokens, and the cache that now holds them."""
         outputs = self.session.run(["logits", *self.presents], self.feeds(ids, past, past_length))
-        self.mapped.read(len(ids))
         if self.appends:   # the new tokens' keys and values after the past; a sliding layer keeps its window
             return outputs[0][0], {n: appended(past[n], new, self.windows.get(n, 0))
                                    for n, new in zip(self.past, outputs[1:])}
@@ -343,14 +327,14 @@ class Decoder:
         return tokens, first
 
     def prefill(self, ids: list[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The prompt's pass: in chunks of PREFILL_CHUNK tokens where the graph gives the last position's logits
+        """The prompt's pass: in chunks (prefill_chunk at the context) where the graph gives the last position's logits
         (the E-class exporter's), so that a long prompt's attention scores are a chunk's against the cache, not
         the whole prompt's against itself (8K tokens: 256 MiB a head in one pass); in one pass otherwise."""
         if not self.last_only:
             return self.step(ids, self.empty_past(), 0)
         past = self.empty_past()
-        for start in range(0, len(ids), PREFILL_CHUNK):
-            logits, past = self.step(ids[start:start + PREFILL_CHUNK], past, start)
+        for start in range(0, len(ids), self.prefill_chunk):
+            logits, past = self.step(ids[start:start + self.prefill_chunk], past, start)
         return logits, past
 
     def score(self, ids: list[int]) -> np.ndarray:
