@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 import onnx
+from onnx import numpy_helper
 
 from packager.decoder_config import FULL, SLIDING, WINDOW_AXIS, LayerAttention, past_axes
 from packager.decoder_peak import DecoderShape
@@ -56,6 +57,7 @@ def _standard_stand_ins(graph: onnx.GraphProto) -> None:
     K/2] packed 4-bit) is a Gather from [rows, K]. Both output the scales' type."""
     types = {t.name: t.data_type for t in graph.initializer}
     dims = {t.name: list(t.dims) for t in graph.initializer}
+    _fed_tables(graph, types, dims)
     for node in graph.node:
         if node.domain != "com.microsoft" or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
             continue
@@ -75,6 +77,18 @@ def _standard_stand_ins(graph: onnx.GraphProto) -> None:
             replacement = onnx.helper.make_node("Gather", [weight, node.input[1]], [node.output[0]], name=node.name)
         graph.initializer.append(onnx.TensorProto(name=weight, data_type=dtype, dims=shape))
         node.CopyFrom(replacement)
+
+
+def _fed_tables(graph: onnx.GraphProto, types: dict[str, int], dims: dict[str, list[int]]) -> None:
+    """The tables a decoder takes as inputs (packager/row_feed.py: a graph input reshaped by a Constant to
+    [-1, *row]) as `types` and `dims` know an initializer, one row long: a stand-in needs the row, not the rows."""
+    inputs = {i.name: i.type.tensor_type.elem_type for i in graph.input}
+    constants = {n.output[0]: list(numpy_helper.to_array(n.attribute[0].t).ravel()) for n in graph.node
+                 if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    for node in graph.node:
+        if node.op_type == "Reshape" and node.input[0] in inputs and node.input[1] in constants:
+            types[node.output[0]] = inputs[node.input[0]]
+            dims[node.output[0]] = [max(1, int(d)) for d in constants[node.input[1]]]
 
 
 def value_sizes(graph: onnx.GraphProto) -> dict[str, int | None]:

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from packager.device_code import runner
 from packager.estimate import mapped_tables, table_file_bytes, table_files, table_rows
+from packager.estimate_activations import concrete_shapes, value_sizes
 from packager.row_feed import feed_rows
 from packager.row_tables import row_tables
 
@@ -83,6 +84,9 @@ def test_the_tables_become_inputs_the_loop_fills_and_the_answers_stay(tmp_path: 
     assert table_file_bytes(model) == {"t.data": sum(t.bytes for t in tables)}
     assert table_rows(model, 5, 8192) == 5 * sum(t.row_bytes for t in tables)
     assert table_rows(model, 64, 8192) == VOCAB * sum(t.row_bytes for t in tables)   # never past the tables
+    # the estimate's shape inference sees through the fed tables, the 4-bit one's stand-in too: [1, 5, 16] floats
+    inferred = value_sizes(concrete_shapes(model, {"input_ids": (1, 5)}).graph)
+    assert inferred["z"] == 1 * 5 * 16 * 4 and inferred["y"] == 1 * 5 * 3 * 2 * 4
     session = _session(original)
     feeds = runner().RowFeeds(session, tmp_path / "src")
     after = session.run(None, feeds.complete({"input_ids": ids}))
