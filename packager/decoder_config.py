@@ -41,17 +41,21 @@ def past_axes(dims: list[Any] | tuple[Any, ...]) -> tuple[int, int]:
 # 2,048 positions: 37 MiB beyond the cache at 64, 168 at 256); genai's rpi5 profile prefills in 64 too, measured
 # no slower (docs/llms.md).
 LAST_ONLY_CHUNK = 64
-# ... and, at a longer context, in smaller ones: a chunk's scores against the context held at most CHUNK_SCORES
-# (tokens x positions: 64 at 4,096, 32 at 8K, MIN_CHUNK from 16K), so that a context twice as long costs no more
-# scores. Gemma-4-E2B int4 on rpi5 at 8K: 45.5 MiB of activations at 64, 23.3 at 32, the peak 1,441 -> 1,419 MiB
-# against a 1,431 budget; prefill 29% slower at 32 than 64 (scripts/bench_decoder_step.py --speed: 314 against
-# 444 tok/s on the host), 16 half as fast as 64, on the longest contexts only.
+# ... and, as the cache grows, in smaller ones: a pass's scores (its tokens x the positions it attends to) held at
+# most CHUNK_SCORES (64 tokens up to 4,096 positions, 32 up to 8K, MIN_CHUNK beyond; run.py's Decoder.pass_tokens),
+# so that a context twice as long costs no more scores. The pass that fills the context is the largest (the
+# earlier, larger ones hold as many scores against a shorter cache): plan and the estimate count prefill_chunk
+# tokens at the context. Gemma-4-E2B int4 on rpi5 at 8K: 45.5 MiB of activations at 64, 23.3 at 32, the peak
+# 1,441 -> 1,419 MiB against a 1,431 budget. The cost, past 4,096 positions only: an 8,192-token prompt on a 4-layer
+# bundle of E2B's widths prefilled at 263 tok/s against 353 with 64 throughout (2 threads on the host;
+# scripts/bench_decoder_step.py BUNDLE --speed --prompt 8192 --chunks 0 64 32: 32 throughout 266).
 CHUNK_SCORES = LAST_ONLY_CHUNK * 4096
 MIN_CHUNK = 16
 
 
 def prefill_chunk(context: int) -> int:
-    """The prompt tokens a pass takes at `context` (targets/runtime/session.py's prefill_chunk, the same rule)."""
+    """The prompt tokens of the pass that fills `context` positions (targets/runtime/session.py's prefill_chunk, the
+    same rule)."""
     chunk = LAST_ONLY_CHUNK
     while chunk > MIN_CHUNK and chunk * context > CHUNK_SCORES:
         chunk //= 2

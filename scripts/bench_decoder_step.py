@@ -9,8 +9,9 @@ For each token count n, a fresh process loads the bundle's model with the bundle
 resident), resets the high-water mark and runs one pass of n tokens (`Decoder.step`). It prints the memory resident
 before the pass and the peak the pass added, beside the cache's own bytes: what the memory model's score copies
 (packager/runtimes/onnxruntime.py SCORE_COPIES, ECLASS_SCORE_COPIES) and KV copies (`kv_copies`) are read from.
-With --speed, what the same loop costs in time instead: for each prefill chunk (run.py's PREFILL_CHUNK, set in the
-probe's process), a prompt of --prompt random tokens prefilled (`Decoder.prefill`, the best of two after a warm-up),
+With --speed, what the same loop costs in time instead: for each prefill chunk (every pass of that many tokens,
+set in the probe's process; 0: run.py's own schedule, Decoder.pass_tokens), a prompt of --prompt random tokens
+prefilled (`Decoder.prefill`, the best of two after a warm-up),
 and one decode step on a cache of the context (`Decoder.step`, the best of 20): the figures the chunk's memory is
 weighed against.
 BUNDLE: a bundle folder or its .tar.gz.
@@ -59,10 +60,11 @@ from pathlib import Path
 import numpy as np
 import runtime.session as rt
 chunk, prompt, context = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-rt.PREFILL_CHUNK = chunk
+if chunk:   # every pass of `chunk` tokens; 0: run.py's own schedule (64, smaller as the cache grows)
+    rt.PREFILL_CHUNK, rt.CHUNK_SCORES = chunk, 1 << 62
 decoder = rt.load(Path(sys.argv[1])).decoder
 ids = [int(i) for i in np.random.default_rng(0).integers(100, 16000, prompt)]
-decoder.prefill(ids[:chunk])
+decoder.prefill(ids[:chunk or 64])
 
 def best(runs, work):
     times = []

@@ -207,8 +207,8 @@ def test_the_exports_lm_head_reads_the_last_position_and_a_chunked_prefill_keeps
     feeds = decoders["last"].feeds(prompt, decoders["last"].empty_past(), 0)
     assert sessions["last"].run(["logits"], feeds)[0].shape == (1, 1, 512)
     assert sessions["full"].run(["logits"], feeds)[0].shape == (1, 70, 512)
-    # chunks of 16 (a deployment of 16K: decoder_config.prefill_chunk): a 70-token prompt in 5 passes, the last short
-    decoders["last"] = rt.Decoder(sessions["last"], ios["last"], context=16384)
+    # chunks of 16: a 70-token prompt in 5 passes, the last one short
+    monkeypatch.setattr(decoders["last"], "prefill_chunk", 16)
     passes = []
     monkeypatch.setattr(decoders["last"], "step", lambda ids, *a: passes.append(len(ids)) or rt.Decoder.step(
         decoders["last"], ids, *a))

@@ -293,6 +293,33 @@ def test_the_device_prefills_in_the_chunks_the_estimate_counts() -> None:
         [64, 64, 64, 32, 32, 16, 16, 16]
 
 
+def test_a_long_prompt_goes_in_smaller_passes_as_the_cache_grows() -> None:
+    """run.py's prefill: 64 tokens a pass while a pass's scores (its tokens x the positions it attends to) stay
+    within 64 x 4,096, then 32, then 16; no pass holds more scores than the last one, which fills the context with
+    prefill_chunk(context) tokens (what the estimate and measure count), and every token goes in once, in order."""
+    from packager.decoder_config import CHUNK_SCORES, prefill_chunk
+
+    rt = runner()
+    decoder = rt.Decoder(None, {"inputs": [], "kv": {"heads": 1, "head_dim": 1, "dtype": "float32"},
+                                "logits": "last"})
+    passes: list[tuple[int, int]] = []
+
+    def step(ids: list[int], past: dict, start: int) -> tuple[np.ndarray, dict]:
+        passes.append((start, len(ids)))
+        return np.zeros((1, 1)), past
+
+    decoder.step = step   # type: ignore[method-assign]
+    decoder.prefill(list(range(8192)))
+    assert [n for _, n in passes][:64] == [64] * 64 and passes[64] == (4096, 32)
+    assert passes[-1] == (8160, 32) == (8192 - prefill_chunk(8192), decoder.chunk_at(8192))
+    assert all(n * (start + n) <= CHUNK_SCORES for start, n in passes)
+    assert [start for start, _ in passes] == [sum(n for _, n in passes[:i]) for i in range(len(passes))]
+    assert sum(n for _, n in passes) == 8192
+    passes.clear()
+    decoder.prefill(list(range(100)))   # a short prompt: the full chunk, whatever the deployment's context
+    assert passes == [(0, 64), (64, 36)]
+
+
 # Run in a fresh process: glibc's threshold is process-wide. A mapped 16 MiB block freed raises glibc's mmap threshold
 # to 16 MiB; 64 blocks of 1 MiB then come from the heap, and freeing all but the last leaves them there (the heap's
 # top cannot shrink past the last), unless the threshold is held.

@@ -160,7 +160,7 @@ class OnnxRuntime:
                              notes=(f"onnxruntime: the exported decoder's prompt in chunks of "
                                     f"{decoder_config.LAST_ONLY_CHUNK} (fewer past "
                                     f"{decoder_config.CHUNK_SCORES // decoder_config.LAST_ONLY_CHUNK:,} positions: "
-                                    f"{decoder_config.prefill_chunk(8192)} at 8K), logits of the last position "
+                                    f"{decoder_config.prefill_chunk(8192)} to 8K), logits of the last position "
                                     "only",))
 
     def converts(self, profile: Profile) -> bool:

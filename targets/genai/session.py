@@ -45,6 +45,10 @@ class Decoder:
         self.window = window   # sliding-window layers: genai refuses a cache shorter than their window
         self.eos = set(io.get("eos_token_ids", []))
 
+    def chunk_at(self, context: int) -> int:
+        """The tokens of the pass that fills a cache of `context` positions (runtime/measure.py measures it)."""
+        return min(context, self.chunk)
+
     def generator(self, length: int) -> Any:
         import onnxruntime_genai as og
 

@@ -61,8 +61,7 @@ def exercise(bundle: Path, runner: Runner, context: int | None) -> dict[str, Any
     if runner.decoder is not None and context:
         # The largest pass at this context: a prompt that fills it prefills in chunks where the graph gives the last
         # position's logits, and its last chunk meets the longest cache (the estimate's largest_pass, the same rule)
-        chunk = runner.decoder.prefill_chunk
-        tokens = min(int(context), chunk) if chunk else int(context)
+        tokens = runner.decoder.chunk_at(int(context))
         past = int(context) - tokens
         runner.decoder.step([0] * tokens, runner.decoder.empty_past(past), past)
     return {"context": context}

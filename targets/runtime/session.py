@@ -68,8 +68,8 @@ CHUNK_SCORES, MIN_CHUNK = PREFILL_CHUNK * 4096, 16   # decoder_config's: smaller
 
 
 def prefill_chunk(context: int) -> int:
-    """The prompt tokens a pass takes at `context`: PREFILL_CHUNK, halved while a chunk's scores against the
-    context pass CHUNK_SCORES (32 at 8K), never below MIN_CHUNK (packager/decoder_config.py prefill_chunk)."""
+    """The prompt tokens of the pass that fills `context` positions: PREFILL_CHUNK, halved while its scores against
+    the context pass CHUNK_SCORES (32 at 8K), never below MIN_CHUNK (packager/decoder_config.py prefill_chunk)."""
     chunk = PREFILL_CHUNK
     while chunk > MIN_CHUNK and chunk * context > CHUNK_SCORES:
         chunk //= 2
@@ -165,8 +165,7 @@ class Runner:
         self.encoder = self.sessions.get("encoder")
         self.family = family(self.io)
         self.tokenizer = load_tokenizer(bundle, self.io) if self.family.tokenizer else None
-        context = int(runtime.get("context") or 0)
-        self.decoder = Decoder(self.session, self.io, self.rows, context) if self.family.decodes else None
+        self.decoder = Decoder(self.session, self.io, self.rows) if self.family.decodes else None
 
     @property
     def input_names(self) -> list[str]:
@@ -218,8 +217,7 @@ class Decoder:
     """Greedy generation with the KV cache (past_key_values.N.key/value in, present.N.key/value
     out), batch 1, for decoder LLMs exported with past (optimum's text-generation-with-past)."""
 
-    def __init__(self, session: Any, io: dict[str, Any], rows: "RowFeeds | None" = None,
-                 context: int = 0) -> None:
+    def __init__(self, session: Any, io: dict[str, Any], rows: "RowFeeds | None" = None) -> None:
         self.session = session
         self.io = io
         self.rows = rows or RowFeeds(session, None)   # the tables whose rows the model takes as inputs
@@ -247,8 +245,7 @@ class Decoder:
                              and isinstance(i["shape"][3], int)}
         # A graph that returns the last position's logits only (the E-class exporter's): score a token at a time
         self.last_only = io.get("logits") == "last"
-        # 0: a prompt in one pass; the deployment's `context` (runtime.context) sets the chunk
-        self.prefill_chunk = (prefill_chunk(context) if context else PREFILL_CHUNK) if self.last_only else 0
+        self.prefill_chunk = PREFILL_CHUNK if self.last_only else 0   # 0: a prompt in one pass
         # Sliding layers whose past's length axis is the window (packager/decoder_config.py WINDOW_AXIS, the E-class
         # exporter's): the graph returns the last window - 1 positions of their cache, never more
         window = int(kv.get("window") or 0)
@@ -327,15 +324,33 @@ class Decoder:
         return tokens, first
 
     def prefill(self, ids: list[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The prompt's pass: in chunks (prefill_chunk at the context) where the graph gives the last position's logits
-        (the E-class exporter's), so that a long prompt's attention scores are a chunk's against the cache, not
-        the whole prompt's against itself (8K tokens: 256 MiB a head in one pass); in one pass otherwise."""
+        """The prompt's pass: in chunks (pass_tokens: smaller as the cache grows) where the graph gives the last
+        position's logits (the E-class exporter's), so that a long prompt's attention scores are a chunk's against
+        the cache, not the whole prompt's against itself (8K tokens: 256 MiB a head in one pass); in one pass
+        otherwise."""
         if not self.last_only:
             return self.step(ids, self.empty_past(), 0)
         past = self.empty_past()
-        for start in range(0, len(ids), self.prefill_chunk):
-            logits, past = self.step(ids[start:start + self.prefill_chunk], past, start)
+        start = 0
+        while start < len(ids):
+            n = self.pass_tokens(start)
+            logits, past = self.step(ids[start:start + n], past, start)
+            start += n
         return logits, past
+
+    def pass_tokens(self, start: int) -> int:
+        """The tokens of the prompt's pass after `start`: prefill_chunk, halved while the pass's scores (its tokens
+        x the positions it attends to) pass CHUNK_SCORES, never below MIN_CHUNK. The pass that ends at the context
+        takes prefill_chunk(context) tokens, as the estimate counts; an earlier, larger pass holds as many scores
+        against a shorter cache."""
+        n = self.prefill_chunk
+        while n > MIN_CHUNK and n * (start + n) > CHUNK_SCORES:
+            n //= 2
+        return n
+
+    def chunk_at(self, context: int) -> int:
+        """The tokens of the pass that fills a cache of `context` positions (runtime/measure.py measures it)."""
+        return min(context, prefill_chunk(context)) if self.last_only else context
 
     def score(self, ids: list[int]) -> np.ndarray:
         """Logits at every position of `ids` in one pass (no cache): the teacher-forced predictions."""
