@@ -114,6 +114,24 @@ def test_only_the_layers_that_own_a_cache_have_a_past_and_present(exported: tupl
     assert outputs["logits"][2] == ECLASS["vocab_size"]
 
 
+def test_shape_inference_sizes_the_attention_so_the_estimate_follows_the_pass(exported: tuple) -> None:
+    """The exporter takes the head size and head counts as numbers (ONNX shape inference carries a shape's values
+    through Gather and Mul, not Div), so the attention's scores get their sizes at a step's shapes and the estimate's
+    activations grow with the pass: from 1 token to 64 against 256 positions by at least two buffers of a layer's
+    scores (the scores and their exponentials, held together). Before, every size after the rotary half fell back
+    to its inputs': 197, 213 and 465 KiB at 1, 16 and 64 tokens here, where it is now 53, 247 and 833."""
+    from packager.estimate import estimate, step_shapes
+    from packager.profiles import resolve_target
+
+    _, out, _ = exported
+    io = io_of(out, ECLASS["sliding_window"])
+    rpi5 = resolve_target("rpi5")
+    activations = [estimate(out / "model.onnx", rpi5, "decoder", step_shapes(io, 256, n), context=256)
+                   .breakdown["activations"] for n in (1, 16, 64)]
+    scores = ECLASS["num_attention_heads"] * 64 * 256 * 4   # one layer's, fp32
+    assert activations[0] < activations[1] < activations[2] and activations[2] - activations[0] >= 2 * scores
+
+
 def test_the_ple_table_is_int8_per_row_in_its_own_page_aligned_file(exported: tuple) -> None:
     _, out, made = exported
     model = onnx.load(out / "model.onnx", load_external_data=False)

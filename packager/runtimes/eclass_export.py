@@ -164,8 +164,10 @@ class EDecoder(torch.nn.Module):
         # heads on a global layer's 512-wide cache made 2 x 128 MiB at every step). The past's keys and the new ones
         # are scored apart and the softmax taken over both (one maximum, one sum): a Concat of the keys would copy
         # the cache at every step, and one of the scores their largest buffer.
-        batch, heads, new, size = q.shape
-        kv_heads, cached = k_past.shape[2], k_past.shape[1]
+        # The model's sizes as numbers, not Shape ops: ONNX shape inference propagates a shape's values through
+        # Gather and Mul but not Div, and a size it cannot follow leaves the estimate's activations unsized
+        batch, new, cached = q.shape[0], q.shape[2], k_past.shape[1]
+        heads, size, kv_heads = int(q.shape[1]), int(q.shape[3]), int(k_past.shape[2])
         grouped = q.reshape(batch, kv_heads, heads // kv_heads * new, size)
         additive = key_mask(*mask, cached + k_new.shape[1], self.config.sliding_window if attn.is_sliding else 0)
         # every shape spelled out: a past of 0 positions (the first pass) leaves Reshape no -1 to infer
@@ -260,7 +262,7 @@ def heads_first(x: torch.Tensor) -> torch.Tensor:
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """transformers' apply_rotary_pos_emb on [batch, sequence, heads, size] (its unsqueeze_dim=2)."""
-    half = x.shape[-1] // 2
+    half = int(x.shape[-1]) // 2   # a number (the head size is the model's), not a Div that shape inference stops at
     turned = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos.unsqueeze(2) + turned * sin.unsqueeze(2)
 
