@@ -238,8 +238,8 @@ def file_values(stage: Path, files: list[str], mapped: list[str], fed: bool = Fa
     maps = _and([Path(f).name for f in mapped]) if mapped else "none of them"
     note = ([f"{model.name} reads {_and(names[1:])} from its own folder; onnxruntime memory-maps {maps},",
              "of which a run makes resident only the pages of the rows its tokens read."] if not fed else
-            [f"{model.name} reads {_and(names[1:])} from its own folder, but for {maps}: the model takes the",
-             "rows of those lookup tables as inputs, which readRows reads for a pass's tokens (never whole)."])
+            [f"The files beside {model.name} go in its folder: it takes the rows of the lookup tables in {maps}",
+             "as inputs, which readRows reads there for a pass's tokens (never the tables whole)."])
     size = sum((stage / f).stat().st_size for f in mapped) / 2**20
     values |= {
         "files_note": "".join(f"        // {line}\n" for line in note), "reduced_build": "",

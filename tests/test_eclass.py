@@ -322,6 +322,10 @@ def test_the_phone_bundle_feeds_the_rows_in_its_app_examples_as_run_py_does(expo
     bundle = next((tmp_path / "bundle").iterdir())
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["mobile"]["format"] == "onnx"
+    # the table's file is no initializer's now, and the app copies it beside the model all the same
+    assert "model/model.ple.data" in manifest["mobile"]["external_data"]
+    assert '"model.ple.data" to ' in next((bundle / "android").glob("*Model.kt")).read_text()
+    assert "model/model.ple.data" in (bundle / "android" / "README.md").read_text()
     tables = row_tables(onnx.load(bundle / "model" / "model.onnx", load_external_data=False))
     kotlin = next((bundle / "android").glob("*Model.kt")).read_text()
     swift = next((bundle / "ios").glob("*Model.swift")).read_text()

@@ -311,7 +311,9 @@ def _as_onnx(ctx: RuntimeContext, onnx_path: Path) -> dict[str, Any]:
     as an ONNX file, and rated for NNAPI and CoreML. No int4 repacking (that is the ORT format's) and no reduced-build
     configuration (a reduced build reads the ORT format only)."""
     model = load(onnx_path)
-    data = sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"})
+    # the files its initializers name, and those of the tables whose rows the loop reads (packager/row_feed.py)
+    data = sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+                  | set(ctx.mapped_files))
     facts = facts_of(model, f"the {ctx.recipe_name} {onnx_path.name}")
     return {
         "model": f"model/{onnx_path.name}",
@@ -319,8 +321,8 @@ def _as_onnx(ctx: RuntimeContext, onnx_path: Path) -> dict[str, Any]:
         "format": "onnx",
         "external_data": [f"model/{name}" for name in data],
         "mapped_files": [f"model/{name}" for name in sorted(ctx.mapped_files)],
-        "why_onnx": "the model's lookup tables are memory-mapped from their files; the ORT format would hold them "
-                    "in its flatbuffer, resident (packager/mobile.py loads_onnx)",
+        "why_onnx": "the model's lookup tables stay in their files, read a row at a time; the ORT format would hold "
+                    "them in its flatbuffer, resident (packager/mobile.py loads_onnx)",
         "app_runtimes": mobile.check_apps(facts, None, ctx.profile),
         "usability": mobile.usability(onnx_path, ctx.work_dir),
     }
@@ -374,13 +376,14 @@ def _phone_onnx_readme(ctx: RuntimeContext, examples: str, verdict: str) -> str:
     return f"""
 ## In a phone app
 
-The app loads `{mob['model']}` and the data files it names ({files}; all in one folder) with
+The app loads `{mob['model']}` and the data files it reads ({files}; all in one folder) with
 `{m.android_package}:{m.android_version}` on Android, or the `{m.ios_pod}` pod / Swift package {m.ios_version} on iOS:
 ONNX Runtime's full packages, which read ONNX files.
 {examples}
 
-- Not the ORT format: {mapped} holds lookup tables that onnxruntime memory-maps (a run makes resident only the rows
-  its tokens read), where an `.ort` file holds every weight inside its flatbuffer, read whole at load. So there is no
+- Not the ORT format: {mapped} holds lookup tables read a row at a time (a decoder's loop feeds the model each pass's
+  rows, as the examples' `readRows` does; a table left in the graph is memory-mapped), where an `.ort` file holds
+  every weight inside its flatbuffer, read whole at load. So there is no
   `model.ort` and no reduced-build configuration: a reduced-size build (`--minimal_build`) and the discontinued
   onnxruntime-mobile packages read the ORT format only.
 - NNAPI and CoreML, as the runtime's mobile usability check rates this model: {verdict}.
