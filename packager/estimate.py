@@ -98,9 +98,9 @@ from packager.row_tables import PAGE as PAGE
 from packager.row_tables import ROW_READERS as ROW_READERS
 from packager.row_tables import mapped_tables as mapped_tables
 from packager.row_tables import mapped_touched as mapped_touched
-from packager.row_tables import row_tables, table_rows
 from packager.row_tables import table_file_bytes as table_file_bytes
 from packager.row_tables import table_files as table_files
+from packager.row_tables import table_rows
 from packager.runtimes import DecoderMemory, MemoryShare, runtime_for
 from packager.runtimes.onnxruntime import ECLASS_SCORE_COPIES
 
@@ -215,9 +215,9 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     freed_bytes = sum(sizes[n] for n in freed)
     tables = mapped_tables(model)
     mapped_total = sum(size for size, _ in tables.values())
-    # never resident whole: a mapped table's pages the context's tokens read are (table_rows); a fed one is no
-    # initializer
-    external -= mapped_total - sum(t.bytes for t in row_tables(model))
+    # the initializers of tables still mapped are never resident whole: the pages the context's tokens read are
+    # (table_rows); a fed table is no initializer
+    external -= sum(tensor_bytes(t) for tensors in table_files(model).values() for t in tensors)
     passed = max((math.prod(s) for n, s in sample_shapes.items() if n == "input_ids"), default=1)
     tokens = context or passed
     touched = table_rows(model, passed, tokens) if tables else 0

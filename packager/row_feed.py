@@ -40,7 +40,7 @@ def feed_rows(path: Path) -> list[RowTable]:
     model = onnx.load(path, load_external_data=False)
     files = table_files(model)
     ids = next((i for i in model.graph.input if i.name == "input_ids"), None)
-    if not files or ids is None or _read_in_subgraphs(model):
+    if not files or ids is None or _read_in_subgraphs(model, {t.name for ts in files.values() for t in ts}):
         return []
     token_dims = [d.dim_param or d.dim_value for d in ids.type.tensor_type.shape.dim]
     tables = [_table(t, location) for location, tensors in files.items() for t in tensors]
@@ -58,12 +58,12 @@ def feed_rows(path: Path) -> list[RowTable]:
         node = onnx.NodeProto()
         node.CopyFrom(original)
         reads = [i for i, name in enumerate(node.input) if name in wanted and (node.op_type, i) in ROW_READERS]
-        for i in reads:
-            node.input[i] += SUFFIX
-        if reads and node.input[1] not in positions:
-            positions[node.input[1]] = f"{node.input[1]}/positions"
-            nodes += _position_nodes(node.input[1], positions[node.input[1]])
         if reads:
+            for i in reads:
+                node.input[i] += SUFFIX
+            if node.input[1] not in positions:
+                positions[node.input[1]] = f"{node.input[1]}/positions"
+                nodes += _position_nodes(node.input[1], positions[node.input[1]])
             node.input[1] = positions[node.input[1]]
         nodes.append(node)
     del model.graph.node[:]
@@ -73,9 +73,8 @@ def feed_rows(path: Path) -> list[RowTable]:
     return tables
 
 
-def _read_in_subgraphs(model: onnx.ModelProto) -> bool:
-    """Whether a branch's nodes read a table (optimum's merged decoders): such a model keeps them mapped."""
-    tables = {t.name for tensors in table_files(model).values() for t in tensors}
+def _read_in_subgraphs(model: onnx.ModelProto, tables: set[str]) -> bool:
+    """Whether a branch's nodes read one of `tables` (optimum's merged decoders): such a model keeps them mapped."""
     return any(name in tables for g in all_graphs(model.graph) if g is not model.graph for n in g.node
                for name in n.input)
 
