@@ -271,6 +271,32 @@ def test_the_loop_feeds_each_tokens_row_read_from_the_tables_file(tmp_path: Path
         session.RowFeeds(Session(), tmp_path).feeds(np.array([[9]]))
 
 
+def test_a_sliding_layers_window_slides_along_its_buffer() -> None:
+    """run.py's cache for a sliding layer: after each step its past is the last `window` positions of everything
+    written, a view of one buffer (no array of its own a step), moved back to the buffer's front once in its spare
+    positions, not at every step; a full layer's past grows into a larger buffer when its own is full."""
+    import importlib
+
+    session = importlib.import_module(runner()._package.__name__ + ".session")
+    window, room = 5, 4
+    past = session.cache_buffer((1, 0, 1, 2), np.dtype(np.float32), window + room)
+    buffer, written, moves = past.base, np.zeros((1, 0, 1, 2), np.float32), 0
+    for step in range(40):
+        new = np.full((1, 3 if step < 2 else 1, 1, 2), step, np.float32)
+        before = session.holder(past)[1]
+        past = session.appended(past, new, window)
+        written = np.concatenate([written, new], axis=1)
+        np.testing.assert_array_equal(past, written[:, -window:])
+        assert past.base is buffer   # the same buffer throughout: no copy of its own
+        start = session.holder(past)[1]
+        moves += start < before
+    assert 3 <= moves <= 40 // room   # the window went back to the front once in `room` steps at most
+    full = session.cache_buffer((1, 0, 1, 2), np.dtype(np.float32), 4)
+    for step in range(6):
+        full = session.appended(full, np.full((1, 1, 1, 2), step, np.float32))
+    assert full.shape[1] == 6 and list(full[0, :, 0, 0]) == list(range(6))
+
+
 def test_the_device_reads_the_record_the_packager_writes() -> None:
     """The metadata key is one fact in two places (the device code imports no packager)."""
     from packager.device_code import runner

@@ -373,20 +373,37 @@ def cache_buffer(shape: tuple[int, ...], dtype: np.dtype, room: int) -> np.ndarr
 
 
 def appended(past: np.ndarray, new: np.ndarray, keep: int = 0) -> np.ndarray:
-    """`past` (positions on axis 1) and then `new`, written in the buffer `past` is the front of (cache_buffer) where
-    it has room, in a larger one otherwise; with `keep`, the last `keep` positions only, moved to the front. The
-    older view then reads the new positions' buffer: a past is read once, by the step that extends it."""
-    length, total = past.shape[1], past.shape[1] + new.shape[1]
+    """`past` (positions on axis 1) and then `new`, written after it in the buffer `past` is a view of (cache_buffer)
+    where it has room, in a larger one otherwise; with `keep` (a sliding layer's window), the last `keep` positions
+    only: a view that slides along its buffer, the window moved back to the buffer's front only when no room is left
+    after it (once in a buffer's spare positions, 64 steps of decode, where a copy each step moved the whole window).
+    An older view may then read another step's positions: a past is read once, by the step that extends it."""
+    length, n = past.shape[1], new.shape[1]
+    buffer, start = holder(past)
+    if buffer is None or start + length + n > buffer.shape[1]:
+        if buffer is not None and length + n <= buffer.shape[1]:
+            buffer[:, :length] = buffer[:, start:start + length]   # through a temporary where they overlap
+        else:
+            buffer = np.empty((past.shape[0], max(length + n, 2 * length), *past.shape[2:]), dtype=past.dtype)
+            buffer[:, :length] = past
+        start = 0
+    end = start + length + n
+    buffer[:, start + length:end] = new
+    return buffer[:, max(start, end - keep) if keep else start:end]
+
+
+def holder(past: np.ndarray) -> "tuple[np.ndarray | None, int]":
+    """The buffer `past` is a run of positions of (appended, cache_buffer), and the position it starts at; (None,
+    0) for an array of its own."""
     buffer = past.base
-    if not isinstance(buffer, np.ndarray) or buffer.ndim != past.ndim or buffer.shape[1] < total \
-            or buffer.shape[2:] != past.shape[2:] or buffer.ctypes.data != past.ctypes.data:
-        buffer = np.empty((past.shape[0], max(total, 2 * length), *past.shape[2:]), dtype=past.dtype)
-        buffer[:, :length] = past
-    buffer[:, length:total] = new
-    if keep and total > keep:
-        buffer[:, :keep] = buffer[:, total - keep:total]   # numpy copies through a temporary where they overlap
-        total = keep
-    return buffer[:, :total]
+    if not isinstance(buffer, np.ndarray) or buffer.ndim != past.ndim or buffer.shape[2:] != past.shape[2:] \
+            or buffer.strides != past.strides or not buffer.flags.c_contiguous:
+        return None, 0
+    offset = past.ctypes.data - buffer.ctypes.data
+    start, rest = divmod(offset, buffer.strides[1])
+    if rest or start < 0 or start + past.shape[1] > buffer.shape[1]:
+        return None, 0
+    return buffer, start
 
 
 def encode(tokenizer: Any, text: str, input_names: list[str]) -> dict[str, np.ndarray]:
