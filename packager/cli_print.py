@@ -197,10 +197,15 @@ def _print_plan(p: Any) -> None:
     for name, count in a.components.items():
         err.print(f"  {name}: {count:,} parameters" + "".join(
             f", {precision} {count * bytes_per / MiB:.1f} MiB" for precision, bytes_per in BYTES_PER_PARAM.items()))
+    for e in a.on_demand:
+        err.print(escape(f"  {e.mode} encoder ({e.kind}): {human_count(e.parameters)} parameters, loaded on demand; "
+                         f"{e.tokens} soft tokens an input at the processor's largest size"), soft_wrap=True)
     bound = any(r.decode_bound_tokens_per_s for r in p.rows)   # the device's bandwidth bound (decoders)
     mapped = any(r.mapped_bytes for r in p.rows)
+    modes = [e.mode for e in a.on_demand]
     table = Table("precision", "context", "weights MiB", *(["mapped MiB"] if mapped else []), "KV cache MiB",
-                  "peak MiB (low-high)", "fits", *(["tok/s bound"] if bound else []), box=box.SIMPLE_HEAD)
+                  "peak MiB (low-high)" if not modes else "text peak MiB", *(f"{m} peak MiB" for m in modes),
+                  "fits", *(["tok/s bound"] if bound else []), box=box.SIMPLE_HEAD)
     for r in p.rows:
         kv = f"{r.kv_cache_bytes / MiB:.0f}" + (f" ({r.kv_bits}-bit, planning only)" if r.planning_only else "")
         if len(r.kv_by_type) > 1:
@@ -209,11 +214,16 @@ def _print_plan(p: Any) -> None:
         table.add_row(r.precision, human_context(r.context), f"{r.weights_bytes / MiB:.0f}",
                       *([f"{r.mapped_bytes / MiB:.0f}"] if mapped else []), kv,
                       f"{r.peak_low_bytes / MiB:.0f}-{r.peak_high_bytes / MiB:.0f}",
+                      *(f"{r.modes[m][0] / MiB:.0f}-{r.modes[m][1] / MiB:.0f}" for m in modes),
                       "[green]yes[/]" if r.fits else "[red]no[/]",
                       *([f"{r.decode_bound_tokens_per_s:.1f}"] if bound else []))
     Console().print(table)
     for precision, tokens in p.max_context.items():
-        if a.decoder:
+        if p.max_context_by_mode:
+            print(f"{precision}: " + "; ".join(
+                f"{mode} " + (f"fits up to {human_context(by[precision])} tokens" if by[precision] else "does not fit")
+                for mode, by in p.max_context_by_mode.items()))
+        elif a.decoder:
             smaller = p.max_context_smaller_kv.get(precision, 0)
             print(f"{precision}: "
                   + (f"fits up to {human_context(tokens)} tokens of context" if tokens else "does not fit")

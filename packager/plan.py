@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from packager import decoder_config, decoder_peak, plan_notes
+from packager import decoder_config, decoder_peak, plan_encoders, plan_notes
 from packager.bandwidth import decode_bound
 from packager.bundles import is_bundle
 from packager.decoder_peak import DecoderShape, kv_by_type, measured_peak
@@ -48,6 +48,10 @@ BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": Int4().bytes_p
 # recipe, a float32 scale per row (negligible beside a row of layers x 256)
 PLE_BYTES_PER_PARAM = 1.0
 
+# An encoder's bytes per parameter under the profile's (encoder) recipe: int8-dynamic quantizes every MatMul and
+# lookup table, a scale per channel.
+ENCODER_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8-dynamic": 1.0, "int8-static": 1.0}
+
 PRECISIONS = tuple(BYTES_PER_PARAM)
 DEFAULT_CONTEXTS = (2048, 8192, 32768, 131072)
 PROTO_LIMIT = 2**31  # models above it keep weights in (memory-mapped) external data: no load copy
@@ -65,6 +69,9 @@ class Plan:
     # its name ("int8") and, per precision, the largest context that fits with it, where that is longer.
     smaller_kv: str = ""
     max_context_smaller_kv: dict[str, int] = field(default_factory=dict)
+    # A multimodal decoder: per mode ("text", "image", "audio"), per precision, the largest context that fits it
+    # (max_context is every mode's).
+    max_context_by_mode: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -78,7 +85,8 @@ class Plan:
                 "target": self.target, "budget_bytes": self.budget_bytes, "rows": [asdict(r) for r in self.rows],
                 "max_context": self.max_context, "notes": self.notes,
                 **({"smaller_kv": self.smaller_kv, "max_context_smaller_kv": self.max_context_smaller_kv}
-                   if self.smaller_kv else {})}
+                   if self.smaller_kv else {}),
+                **({"max_context_by_mode": self.max_context_by_mode} if self.max_context_by_mode else {})}
 
 
 def find_config(spec: str | Path) -> Path:
@@ -118,7 +126,9 @@ def architecture(config: dict[str, Any], where: str = "config.json") -> Architec
     packager/decoder_config.py knows, on torch's meta device for the others."""
     arch = str(config["architectures"][0])
     if arch.endswith(DECODER_CLASSES) and decoder_config.known(config):
-        return _from_config(arch, decoder_config.read(config, where))
+        a = _from_config(arch, decoder_config.read(config, where))
+        encoders, unplanned = plan_encoders.on_demand(config, a.hidden, where)
+        return replace(a, on_demand=encoders, unplanned_encoders=tuple(unplanned))
     return _from_meta_device(arch, config, where)
 
 
@@ -292,15 +302,36 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
     kv = sum(by_type.values())
     activations = activation_bytes(a, mem, precision, context)
     base = share.base_bytes + share.gpu_context_bytes  # GPU: the CUDA context too
-    if mem.measured_weights:
-        peak = measured_peak(base, weights, kv, activations, mem, bits)
-        low, high = peak.low, peak.high
-    else:
-        low, high = _exported_graph_peak(a, profile, share, precision, weights, base,
-                                         int(kv * mem.copies(bits)[1]) + touched, activations, mapped)
-    return Row(precision, context, weights, kv, activations, base, low, high, high <= profile.budget.memory_bytes,
+
+    def peak(activations: int) -> tuple[int, int]:
+        if mem.measured_weights:
+            measured = measured_peak(base, weights, kv, activations, mem, bits)
+            return measured.low, measured.high
+        return _exported_graph_peak(a, profile, share, precision, weights, base,
+                                    int(kv * mem.copies(bits)[1]) + touched, activations, mapped)
+
+    low, high = peak(activations)
+    modes, encoders = mode_peaks(a, profile, peak(0))
+    worst = max([high, *(h for _, h in modes.values())])
+    return Row(precision, context, weights, kv, activations, base, low, high, worst <= profile.budget.memory_bytes,
                bits, bits not in mem.runnable_kv_bits, mapped, by_type,
-               decode_bound_tokens_per_s=_decode_bound(a, profile, precision, weights, kv))
+               decode_bound_tokens_per_s=_decode_bound(a, profile, precision, weights, kv), modes=modes,
+               encoder_bytes=encoders)
+
+
+def mode_peaks(a: Architecture, profile: Profile,
+               held: tuple[int, int]) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
+    """Each encoder's mode (image, audio): what the decoder holds at the context, its weights and KV cache but no
+    pass's activations (`held`: the peak without them, which counts its load where that is larger), and the encoder
+    loaded and run on one input at the profile's encoder recipe; and each encoder's weights."""
+    per_param = ENCODER_BYTES.get(profile.recipe, BYTES_PER_PARAM["fp32"])
+    modes: dict[str, tuple[int, int]] = {}
+    weights: dict[str, int] = {}
+    for encoder in a.on_demand:
+        low, high = plan_encoders.encoder_bytes(encoder, per_param)
+        modes[encoder.mode] = (held[0] + low, held[1] + high)
+        weights[encoder.mode] = int(encoder.parameters * per_param)
+    return modes, weights
 
 
 def _exported_graph_peak(a: Architecture, profile: Profile, share: Any, precision: str, weights: int, base: int,
@@ -344,17 +375,26 @@ def _decode_bound(a: Architecture, profile: Profile, precision: str, weights: in
     return decode_bound(profile.device.memory_bandwidth_gbs, weights - lookup, kv)
 
 
-def largest_context(a: Architecture, profile: Profile, precision: str, kv_bits: int | None) -> int:
-    """The largest context (a multiple of 256, up to the model's maximum) whose high estimate fits."""
+def largest_context(a: Architecture, profile: Profile, precision: str, kv_bits: int | None, mode: str = "") -> int:
+    """The largest context (a multiple of 256, up to the model's maximum) whose high estimate fits: in every mode, or
+    in `mode` ("text", or an encoder's: "image", "audio")."""
     if not a.decoder:
         return 0
+    budget = profile.budget.memory_bytes
+
+    def fits(context: int) -> bool:
+        r = row(a, profile, precision, context, kv_bits)
+        if not mode:
+            return r.fits
+        return (r.modes[mode][1] if mode in r.modes else r.peak_high_bytes) <= budget
+
     limit = a.max_context or 131072
-    if not row(a, profile, precision, min(256, limit), kv_bits).fits:
+    if not fits(min(256, limit)):
         return 0
     lo, hi = 1, limit // 256
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if row(a, profile, precision, mid * 256, kv_bits).fits else (lo, mid - 1)
+        lo, hi = (mid, hi) if fits(mid * 256) else (lo, mid - 1)
     return lo * 256
 
 
@@ -382,8 +422,10 @@ def plan(config_path: str | Path, profile: Profile, precisions: list[str] | None
     largest = {p: largest_context(a, profile, p, kv_bits) for p in precisions}
     levered = {p: smaller_kv_context(a, profile, p, largest[p]) for p in precisions} if kv_bits is None else {}
     smaller = {p: c for p, (_, c) in levered.items() if c}
+    by_mode = {mode: {p: largest_context(a, profile, p, kv_bits, mode) for p in precisions}
+               for mode in ("text", *(e.mode for e in a.on_demand))} if a.on_demand else {}
     return Plan(a, profile.name, profile.budget.memory_bytes, rows, largest, notes,
-                next((name for name, c in levered.values() if c), ""), smaller)
+                next((name for name, c in levered.values() if c), ""), smaller, by_mode)
 
 
 def smaller_kv_context(a: Architecture, profile: Profile, precision: str, than: int) -> tuple[str, int]:

@@ -31,9 +31,16 @@ def notes(a: Architecture, profile: Profile, mem: DecoderMemory, rows: list[Row]
     floor = _weights_alone_overflow(rows, profile)
     if floor:
         notes.append(floor + cpu_only_hint(profile))
-    if a.attention and a.name.endswith("ForConditionalGeneration"):
-        notes.append(f"{a.name}: the text decoder only; its vision and audio encoders, loaded on demand, are not "
-                     "counted")
+    if a.on_demand:
+        notes.append(f"{' and '.join(e.mode for e in a.on_demand)}: the encoder is loaded on demand, at the profile's "
+                     f"encoder recipe ({profile.recipe}), beside the decoder's weights and its KV cache at the "
+                     "context, on one input at the processor's largest size; `fits` is the worst mode's. `package` "
+                     "builds the text decoder alone today: its bundle is the text mode's")
+    if a.unplanned_encoders:
+        notes.append(f"{a.name}: no rule counts its {', '.join(a.unplanned_encoders)} encoder; the mode it serves is "
+                     "not planned")
+    elif a.attention and a.name.endswith("ForConditionalGeneration") and not a.on_demand:
+        notes.append(f"{a.name}: the text decoder only; its config names no encoder")
     if any(not layer.owns_cache for layer in a.attention):
         notes.append("layers that share an earlier layer's keys and values own no cache")
     if any(layer.window for layer in a.attention) and not mem.windowed_kv:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from packager.decoder_config import FULL, LayerAttention
+from packager.plan_encoders import OnDemand
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class Architecture:
     # `parameters` (all stored) that are memory-mapped rather than resident (per-layer embeddings).
     attention: tuple[LayerAttention, ...] = ()
     mapped_parameters: int = 0
+    # A multimodal decoder's encoders, loaded on demand (packager/plan_encoders.py), not among `parameters`; and the
+    # model_types of those plan has no rule for, whose mode it does not plan.
+    on_demand: tuple[OnDemand, ...] = ()
+    unplanned_encoders: tuple[str, ...] = ()
 
     @property
     def effective_parameters(self) -> int:
@@ -65,3 +70,12 @@ class Row:
     # Decoders: the decode speed the device's memory bandwidth allows at this context (packager/bandwidth.py);
     # 0 where the profile names no bandwidth, or for a model that does not generate.
     decode_bound_tokens_per_s: float = 0.0
+    # A multimodal decoder: the peak of each mode with an encoder ("image", "audio"), (low, high), the decoder's
+    # weights and the KV cache at the context held while the encoder loads and runs; `fits` is the worst mode's.
+    # The text mode is peak_low_bytes / peak_high_bytes.
+    modes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    encoder_bytes: dict[str, int] = field(default_factory=dict)   # each mode's encoder weights, on demand
+
+    @property
+    def worst_high_bytes(self) -> int:
+        return max([self.peak_high_bytes, *(high for _, high in self.modes.values())])
