@@ -63,7 +63,17 @@ from .manifest import (
     sha256_file,
 )
 from .measure import MEASURE_TOKENS, exercise, measure
-from .media import audio_features, image_pixels, mel_filters, read_image, read_wav, sample_media, write_png, write_wav
+from .media import (
+    audio_features,
+    gemma4_patches,
+    image_pixels,
+    mel_filters,
+    read_image,
+    read_wav,
+    sample_media,
+    write_png,
+    write_wav,
+)
 from .peak import peak_bytes, reset_peak, rss_bytes
 from .session import (
     Decoder,
@@ -88,7 +98,7 @@ __all__ = [
     "configured_public_key", "IntegrityError", "unlisted_entries", "refuse_unlisted", "read_sums",
     "manifest_files", "check_files", "SignatureError", "load_public_key", "key_fingerprint", "verify_signature",
     "check_signature", "reset_peak", "peak_bytes", "rss_bytes", "read_wav", "write_wav", "mel_filters",
-    "audio_features", "read_image", "write_png", "image_pixels", "sample_media", "choose_providers",
+    "audio_features", "read_image", "write_png", "image_pixels", "gemma4_patches", "sample_media", "choose_providers",
     "session_options", "provider_options", "Runner", "Decoder", "RowFeeds", "prefill_chunk", "encode",
     "load_tokenizer", "load", "start_ids",
     "encoded", "encoder_feeds", "load_samples", "NPZ_DATE_TIME", "save_samples", "compare_decoder", "score_from",
