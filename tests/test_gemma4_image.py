@@ -1,4 +1,4 @@
-"""Gemma 4's image pre-processing on the device (targets/runtime/media.py's gemma4_patches) against transformers'
+"""Gemma 4's image pre-processing on the device (targets/runtime/media_gemma4.py's gemma4_patches) against transformers'
 own, Gemma4ImageProcessorPil, run in the `genai` environment (transformers 5.x): the same pixel values, patch
 positions and soft-token counts for images it enlarges, shrinks, pads, leaves alone, and a strip too thin for one
 pooled patch across; and the device code runs with no packager, torch or transformers to import."""

@@ -3,7 +3,6 @@ log-mel spectrogram, resized pixels or (Gemma 4) padded patches its pre-processo
 """
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -186,57 +185,6 @@ def image_pixels(pixels: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
     image = image * float(pre["rescale_factor"])
     image = (image - np.asarray(pre["mean"])) / np.asarray(pre["std"])
     return image.transpose(2, 0, 1).astype(np.float32)
-
-
-def gemma4_size(height: int, width: int, pre: dict[str, Any]) -> tuple[int, int]:
-    """The largest (height, width) of about the image's aspect ratio, both multiples of a pooled patch, whose patches
-    fit in the budget: transformers' get_aspect_ratio_preserving_size, so the device sees what the model was fed."""
-    patch, kernel, tokens = int(pre["patch_size"]), int(pre["pooling_kernel_size"]), int(pre["max_soft_tokens"])
-    side = kernel * patch
-    factor = math.sqrt(tokens * kernel**2 * patch**2 / (height * width))
-    target_height, target_width = int(factor * height / side) * side, int(factor * width / side) * side
-    # a strip too thin for one pooled patch across gets one, and as many along as its ratio gives (within budget);
-    # transformers' two refusals (a 0 x 0 size, a size over budget) cannot follow from these figures
-    if target_height == 0:
-        return side, min(width // height * side, tokens * side)
-    if target_width == 0:
-        return min(height // width * side, tokens * side), side
-    return target_height, target_width
-
-
-def gemma4_patches(pixels: np.ndarray, pre: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, int]:
-    """[height, width, 3] uint8 pixels -> (pixel_values [max_patches, 3 * patch**2] float32, pixel_position_ids
-    [max_patches, 2] int64, soft tokens of this image): Gemma 4's vision pre-processing (transformers'
-    Gemma4ImageProcessorPil), the same figures to the bit. Resized keeping the aspect ratio (gemma4_size) with
-    Pillow's bicubic on the uint8 image, rescaled, not normalised; each patch's pixels row by row, channels last;
-    each patch's position (x, y); padded to max_soft_tokens * pooling_kernel_size**2 patches, zero pixels at (-1, -1).
-    """
-    image = np.asarray(pixels)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"Gemma 4 takes [height, width, 3] uint8 pixels (what read_image gives), got "
-                         f"{image.dtype} {list(image.shape)}")
-    patch, kernel = int(pre["patch_size"]), int(pre["pooling_kernel_size"])
-    height, width = gemma4_size(image.shape[0], image.shape[1], pre)
-    if (height, width) != image.shape[:2]:   # transformers leaves an image of the right size alone: so does this
-        try:
-            from PIL import Image
-        except ImportError:
-            raise ValueError("Gemma 4's pre-processing resizes with Pillow's bicubic, and Pillow is not installed; "
-                             "pip install pillow") from None
-        # uint8 in, uint8 out, as transformers' PIL backend resizes: Pillow rounds and clips each pixel
-        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
-    # float64 then float32, as transformers rescales: float32 arithmetic puts 126 of the 256 values a bit apart
-    scaled = (image.astype(np.float64) * float(pre["rescale_factor"])).astype(np.float32)
-    rows, cols = height // patch, width // patch
-    patches = scaled.reshape(rows, patch, cols, patch, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, -1)
-    max_patches = int(pre["max_soft_tokens"]) * kernel**2
-    values = np.zeros((max_patches, patches.shape[1]), dtype=np.float32)
-    values[:len(patches)] = patches
-    positions = np.full((max_patches, 2), -1, dtype=np.int64)
-    positions[:len(patches)] = np.stack(np.meshgrid(np.arange(cols), np.arange(rows)), axis=-1).reshape(-1, 2)
-    return values, positions, len(patches) // kernel**2
 
 
 def sample_media(bundle: Path = HERE) -> list[Any]:
