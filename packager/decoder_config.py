@@ -28,6 +28,10 @@ WINDOW_AXIS = "window"
 # are the new tokens' keys and values alone, which the device's loop appends (io.kv.appends): a past whose axis 1 is
 # named CACHED_AXIS or WINDOW_AXIS is laid out so; any other is [batch, KV heads, positions, size] (optimum's, genai's).
 CACHED_AXIS = "cached"
+# ... and the inputs after position_ids of its graph of a multimodal checkpoint: the vision and audio encoders' soft
+# tokens ([batch, sequence, hidden], float32) and where they go ([batch, sequence], bool), read in place of the
+# embeddings there (io.soft; targets/runtime/soft.py feeds them)
+SOFT_INPUTS = ("soft_tokens", "soft_mask")
 
 
 def past_axes(dims: list[Any] | tuple[Any, ...]) -> tuple[int, int]:

@@ -9,12 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from packager import decoder_config, exporter_envs
 from packager.model_files import TOKENIZER_FILES
 from packager.onnx_rewrite import bypass_identities, name_tied_lm_head
 from packager.runtimes import ECLASS_EXPORTER_FILES
 
 MODULE = "eclass_export"   # packager/runtimes/eclass_export.py, never imported here (it imports torch)
+# model.onnx's metadata entry where a multimodal checkpoint's graph takes soft tokens (decoder_config.SOFT_INPUTS):
+# their width and the pad token the loop puts at their positions of input_ids; the decoder family's io.soft
+SOFT_KEY = "packager.soft"
 
 
 def e_type(folder: Path) -> str:
@@ -30,6 +35,9 @@ def export_folder(folder: Path, out: Path, work: Path, progress: Callable[[str],
     """The E-class export of `folder` into `out` with the tokenizer files the device needs."""
     progress(f"exporting the {e_type(folder)} decoder (E class) in the genai environment")
     made = export(folder, out, work, progress)
+    if made.get("soft_tokens"):
+        progress("the decoder takes the vision and audio encoders' soft tokens (inputs "
+                 f"{' and '.join(decoder_config.SOFT_INPUTS)})")
     for name in TOKENIZER_FILES:
         if (folder / name).is_file():
             shutil.copyfile(folder / name, out / name)
@@ -58,4 +66,24 @@ def export(source: Path, out: Path, work: Path, progress: Callable[[str], None] 
     # or a FusedMatMul transB reading the embedding measured the same peak), so storing it once saves disk only.
     name_tied_lm_head(out / "model.onnx")
     bypass_identities(out / "model.onnx")
+    if made.get("soft_tokens"):
+        record_soft(out / "model.onnx", int(made["pad_token_id"]))
     return made
+
+
+def record_soft(path: Path, pad_token_id: int) -> None:
+    """The soft tokens' description (io.soft: the inputs, their width, the pad token) as the metadata of the model at
+    `path`, which takes them; its external data is neither read nor moved."""
+    model = onnx.load(path, load_external_data=False)
+    tokens = next(i for i in model.graph.input if i.name == decoder_config.SOFT_INPUTS[0])
+    soft = {"inputs": list(decoder_config.SOFT_INPUTS), "hidden": tokens.type.tensor_type.shape.dim[2].dim_value,
+            "pad_token_id": pad_token_id}
+    model.metadata_props.add(key=SOFT_KEY, value=json.dumps(soft))
+    onnx.save(model, path)
+
+
+def soft_description(path: Path) -> dict[str, Any] | None:
+    """io.soft of the model at `path` (record_soft's), None where it takes no soft tokens."""
+    model = onnx.load(path, load_external_data=False)
+    found = next((json.loads(p.value) for p in model.metadata_props if p.key == SOFT_KEY), None)
+    return found if isinstance(found, dict) else None

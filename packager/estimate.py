@@ -366,6 +366,9 @@ def step_shapes(io: dict[str, Any], context: int, tokens: int = 1) -> dict[str, 
     window = min(context, int(kv.get("window") or context))
     shapes: dict[str, tuple[int, ...]] = {"input_ids": (1, tokens), "position_ids": (1, tokens),
                                           "attention_mask": (1, context)}
+    if io.get("soft"):   # the encoders' soft tokens and where they go (a multimodal E-class graph's)
+        tokens_in, mask_in = io["soft"]["inputs"]
+        shapes |= {tokens_in: (1, tokens, int(io["soft"]["hidden"])), mask_in: (1, tokens)}
     names = [i["name"] for i in io["inputs"]]
     # a layer of its own head count or size (Gemma 4's global layers) by its input's shape, the others by io.kv
     axes = {i["name"]: past_axes(i["shape"]) for i in io["inputs"] if is_past(i["name"])}

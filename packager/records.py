@@ -117,6 +117,7 @@ class Io(JsonRecord):
     decoder_start_ids: list[int] | None = None
     preprocess: dict[str, Any] | None = None
     logits: str | None = None      # "last": the last position's only (decoders, the E-class exporter)
+    soft: dict[str, Any] | None = None   # decoders taking soft tokens: {"inputs", "hidden", "pad_token_id"}
 
 
 @dataclass(frozen=True)

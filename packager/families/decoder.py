@@ -9,6 +9,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from packager import decoder_config
+from packager.errors import ExitCode, PackagerError
 from packager.families.base import Export, Family, eos_token_ids, max_length, step
 
 if TYPE_CHECKING:
@@ -58,6 +59,9 @@ class DecoderLLM(Family):
         window = {"window": sliding_window(export.source)} if windowed else {}
         # positions first (the E-class exporter's): the presents are the new tokens', which the loop appends
         appends = {"appends": True} if positions == 1 else {}
+        # a multimodal checkpoint's E-class graph takes the encoders' soft tokens (decoder_config.SOFT_INPUTS): the
+        # loop needs their width and the pad token it puts at their positions, which the exporter recorded
+        soft = {"soft": soft_io(export)} if decoder_config.SOFT_INPUTS[0] in {i["name"] for i in inputs} else {}
         return {
             **self.describe_source(export.source),
             "inputs": inputs,
@@ -65,6 +69,7 @@ class DecoderLLM(Family):
             "kv": {"layers": len(past) // 2, "heads": heads, "head_dim": head_dim, "dtype": past[0]["dtype"],
                    **window, **appends},
             **last,
+            **soft,
         }
 
     def describe_source(self, source: Path) -> dict[str, Any]:
@@ -97,6 +102,15 @@ class DecoderLLM(Family):
 
     def sample_note(self, texts: list[str]) -> str:
         return f"the prompt {json.dumps(texts[0])} as token ids, with an empty KV cache"
+
+
+def soft_io(export: Export) -> dict[str, Any]:
+    """io.soft of an export whose graph takes soft tokens: the exporter's record of them (packager/eclass.py)."""
+    found: dict[str, Any] | None = step("packager.eclass:soft_description")(export.folder / "model.onnx")
+    if found is None:
+        raise PackagerError(f"{export.folder / 'model.onnx'} takes soft tokens and does not record their pad token "
+                            "(packager.soft): export the model with packager", ExitCode.BAD_INPUT)
+    return found
 
 
 def first_head_dim(source: Path) -> int:

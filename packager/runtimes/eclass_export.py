@@ -25,6 +25,12 @@ the graph is traced from a forward of its own over the model's modules, with the
   graph is traced over it, and the real rows are quantized into OWN_FILE a slice at a time, read from the
   safetensors file (CheckpointTensor). verify's PyTorch reference (`reference`) maps the same table in its stored
   dtype and upcasts the rows it looks up.
+- A multimodal checkpoint's (its config.json has a vision_config or an audio_config) takes two more inputs after
+  position_ids: soft_tokens ([batch, sequence, hidden], float) and soft_mask ([batch, sequence], bool), the vision
+  and audio encoders' outputs (already projected to the text width) and where they go: the layers' input is
+  where(soft_mask, soft_tokens, embedding), and the per-layer inputs are projected from it. The loop puts the pad
+  token at those positions of input_ids, so the embedding and per-layer rows read there are the pad's, as
+  transformers' Gemma4Model reads them (its llm_input_ids). A text-only checkpoint's graph has neither input.
 """
 
 from __future__ import annotations
@@ -54,15 +60,20 @@ OPSET = 17
 SLICE_BYTES = 256 * 2**20         # fp32 rows quantized at a time: the host holds this much of the table, not all
 WINDOW_AXIS = "window"            # a sliding layer's past length: packager/decoder_config.py's WINDOW_AXIS
 CACHED_AXIS = "cached"            # a full layer's past length: packager/decoder_config.py's CACHED_AXIS
+SOFT_INPUTS = ("soft_tokens", "soft_mask")   # a multimodal checkpoint's: packager/decoder_config.py's SOFT_INPUTS
 
 
 class EDecoder(torch.nn.Module):
     """Gemma4ForCausalLM's forward with its KV cache as tensors, its PLE table int8 per row."""
 
-    def __init__(self, model: Any, ple_vocab: int = 0) -> None:
+    def __init__(self, model: Any, ple_vocab: int = 0, soft: bool = False) -> None:
         super().__init__()
         self.model, self.config = model, model.config
         self.ple_vocab = ple_vocab   # the checkpoint's table's rows (the model loaded a stub of STUB)
+        self.soft = soft             # soft_tokens and soft_mask after position_ids (a multimodal checkpoint's)
+        if soft and self.config.pad_token_id is None:
+            raise SystemExit("a multimodal checkpoint's text_config has no pad_token_id: the loop puts it at the soft "
+                             "tokens' positions of input_ids, as transformers does; set it in config.json")
         text = model.model
         if getattr(self.config, "enable_moe_block", False):
             raise SystemExit("a Gemma 4 MoE block (enable_moe_block) is not an E-class decoder; this exporter "
@@ -81,6 +92,9 @@ class EDecoder(torch.nn.Module):
                 *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         text, config = self.model.model, self.config
         x = text.embed_tokens(input_ids)
+        if self.soft:   # the encoders' soft tokens in place of the placeholders' (pad) embeddings
+            (soft_tokens, soft_mask), past = past[:2], past[2:]
+            x = torch.where(soft_mask[..., None], soft_tokens, x)
         # Gather the int8 rows, then Cast: a Cast first would be folded into a float copy of the whole table. The
         # scales by GatherElements: a recipe's 8-bit quantizer quantizes every float Gather's table, with one
         # scale for all its rows, and leaves GatherElements alone.
@@ -244,8 +258,15 @@ def rescaled(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return x * target / torch.sqrt(torch.mean(x**2, dim=-1, keepdim=True).clamp(min=1e-5))
 
 
-def decoder_for(model: Any, ple_vocab: int) -> EDecoder:
-    return (E3nDecoder if model.config.model_type == "gemma3n_text" else EDecoder)(model, ple_vocab)
+def decoder_for(model: Any, ple_vocab: int, soft: bool = False) -> EDecoder:
+    return (E3nDecoder if model.config.model_type == "gemma3n_text" else EDecoder)(model, ple_vocab, soft)
+
+
+def takes_soft_tokens(source: Path) -> bool:
+    """Whether the checkpoint's config.json has a vision or an audio encoder (a multimodal checkpoint): its graph
+    takes their soft tokens. config.json as written, not transformers' config, which makes defaults of absent ones."""
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    return any(isinstance(config.get(key), dict) for key in ("vision_config", "audio_config"))
 
 
 KV = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]   # (past, new) keys, then values
@@ -290,15 +311,17 @@ def export(source: Path, out: Path) -> dict[str, Any]:
     """model.onnx (+ its two data files) in `out`; returns what was made (names, seconds)."""
     started = time.monotonic()
     table = CheckpointTensor.find(source, PLE_WEIGHT)
-    module = decoder_for(load(source), table.shape[0])
+    module = decoder_for(load(source), table.shape[0], takes_soft_tokens(source))
     config = module.config
     names = io_names(module)
     # a past of 2 positions: torch's amax refuses an empty axis, which onnxruntime's ReduceMax takes (-inf)
     past = [torch.zeros(1, 2, heads, dim) for heads, dim in owner_shapes(module) for _ in (0, 1)]
-    args = (torch.tensor([[1, 2, 3]]), torch.ones(1, 5, dtype=torch.int64), torch.arange(2, 5)[None], *past)
+    soft = (torch.zeros(1, 3, config.hidden_size), torch.zeros(1, 3, dtype=torch.bool)) if module.soft else ()
+    args = (torch.tensor([[1, 2, 3]]), torch.ones(1, 5, dtype=torch.int64), torch.arange(2, 5)[None], *soft, *past)
     axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
                                        "attention_mask": {0: "batch", 1: "total"},
                                        "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}}
+    axes |= {name: {0: "batch", 1: "sequence"} for name in SOFT_INPUTS if module.soft}
     sliding = [module.model.model.layers[i].self_attn.is_sliding for i in module.owners for _ in (0, 1)]
     for name, windowed in zip(names["past"], sliding, strict=True):
         # WINDOW_AXIS: a sliding layer's past is at most its window - 1 positions, whatever the context
@@ -316,8 +339,11 @@ def export(source: Path, out: Path) -> dict[str, Any]:
     raw.unlink()
     model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 1   # the last position's: a fixed 1
     split_weights(model, out, table, module.embed_scale)
+    # the loop puts the pad token at the soft tokens' positions of input_ids (transformers' llm_input_ids)
+    soft_tokens = {"soft_tokens": True, "pad_token_id": config.pad_token_id} if module.soft else \
+        {"soft_tokens": False}
     return {"owners": module.owners, "layers": config.num_hidden_layers, "ple_file": OWN_FILE,
-            "ple_tensors": list(PLE_NAMES), "traced_s": round(traced, 2),
+            "ple_tensors": list(PLE_NAMES), **soft_tokens, "traced_s": round(traced, 2),
             "seconds": round(time.monotonic() - started, 2)}
 
 
@@ -330,7 +356,8 @@ def owner_shapes(module: EDecoder) -> list[tuple[int, int]]:
 
 def io_names(module: EDecoder) -> dict[str, list[str]]:
     past = [f"past_key_values.{n}.{kind}" for n in range(len(module.owners)) for kind in ("key", "value")]
-    return {"inputs": ["input_ids", "attention_mask", "position_ids", *past], "past": past,
+    soft = list(SOFT_INPUTS) if module.soft else []
+    return {"inputs": ["input_ids", "attention_mask", "position_ids", *soft, *past], "past": past,
             "present": [p.replace("past_key_values.", "present.", 1) for p in past]}
 
 

@@ -5,9 +5,9 @@ cryptography for signed bundles). It never imports packager.
 Loaded by run.py (the bundle's entry point) from its source files, never from a __pycache__ .pyc and
 never with the bundle's folder on sys.path: see run.py's `load_package`. The modules, lowest first:
 families (what each model kind loads and runs), manifest (the layout and the manifest), files (the
-integrity check), signature, peak (resident memory), media (WAV, PNG, log-mel), session (the runner and
-the decoder loop), compare (samples and the comparison with the fp32 reference), evaluation (--eval
-cases), measure (--measure), cli.
+integrity check), signature, peak (resident memory), media (WAV, PNG, log-mel), soft (an encoder's soft
+tokens in a decoder's pass), session (the runner and the decoder loop), compare (samples and the comparison
+with the fp32 reference), evaluation (--eval cases), measure (--measure), cli.
 """
 
 from .cli import main, read_inputs
@@ -82,6 +82,7 @@ from .session import (
     start_ids,
 )
 from .signature import SignatureError, check_signature, key_fingerprint, load_public_key, verify_signature
+from .soft import Soft
 
 __all__ = [
     "HERE", "MANIFEST", "SAMPLE_INPUTS", "SAMPLE_EXPECTED", "SAMPLE_TEXTS", "SAMPLE_EVAL", "SIGNATURE",
@@ -91,7 +92,7 @@ __all__ = [
     "check_signature", "reset_peak", "peak_bytes", "rss_bytes", "read_wav", "write_wav", "mel_filters",
     "audio_features", "read_image", "write_png", "image_pixels", "gemma4_patches", "sample_media", "choose_providers",
     "session_options", "provider_options", "Runner", "Decoder", "RowFeeds", "prefill_chunk", "encode",
-    "load_tokenizer", "load", "start_ids",
+    "load_tokenizer", "load", "start_ids", "Soft",
     "gemma4_audio_features",
     "encoded", "encoder_feeds", "load_samples", "NPZ_DATE_TIME", "save_samples", "compare_decoder", "score_from",
     "reference_generations", "compare", "EVAL_MATCHES", "EVAL_DEFAULT_TOKENS", "read_eval", "eval_passes",

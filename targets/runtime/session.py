@@ -14,6 +14,7 @@ from .families import family
 from .manifest import HERE, read_runtime
 from .media import audio_features, image_pixels, read_image, read_wav
 from .peak import fix_mmap_threshold, rss_bytes
+from .soft import Soft, soft_feeds, soft_spec
 
 # ---------------------------------------------------------------- session
 
@@ -252,6 +253,7 @@ class Decoder:
         self.windows = {i["name"]: window - 1 for i in inputs
                         if i["name"] in self.past and window and i["shape"][self.positions_axis] == "window"}
         self.eos = set(io.get("eos_token_ids", []))
+        self.soft = soft_spec(io, self.inputs)   # (width, pad id) where the graph takes soft tokens (soft.py)
         self.context_feeds: dict[str, np.ndarray] = {}   # encoder-decoders: the encoder's output, bound
         self.encoder_length = 0
 
@@ -282,7 +284,15 @@ class Decoder:
                                     else max(length + room, self.capacity)) for n in self.past}
         return {n: np.full(shape(n), 0, dtype=self.kv_dtype) for n in self.past}
 
-    def feeds(self, ids: list[int], past: dict[str, np.ndarray], past_length: int) -> dict[str, np.ndarray]:
+    def feeds(self, ids: list[int], past: dict[str, np.ndarray], past_length: int,
+              soft: "Soft | None" = None) -> dict[str, np.ndarray]:
+        """The pass's inputs; a graph that takes soft tokens gets `soft`'s at this pass's positions (zeros without),
+        the pad token in input_ids where they go."""
+        extra: dict[str, np.ndarray] = {}
+        if self.soft is not None:
+            ids, extra = soft_feeds(ids, past_length, soft, self.soft)
+        elif soft is not None:
+            raise ValueError("this model's graph takes no soft tokens (a text decoder's, or its export predates them)")
         n = len(ids)
         columns = {
             "input_ids": np.asarray([ids], dtype=np.int64),
@@ -291,12 +301,13 @@ class Decoder:
             "use_cache_branch": np.asarray([past_length > 0]),
         }
         return {**{k: v for k, v in columns.items() if k in self.inputs}, **self.rows.feeds(columns["input_ids"]),
-                **self.context_feeds, **past}
+                **extra, **self.context_feeds, **past}
 
-    def step(self, ids: list[int], past: dict[str, np.ndarray],
-             past_length: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Logits [len(ids), vocab] for the new tokens, and the cache that now holds them."""
-        outputs = self.session.run(["logits", *self.presents], self.feeds(ids, past, past_length))
+    def step(self, ids: list[int], past: dict[str, np.ndarray], past_length: int,
+             soft: "Soft | None" = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits [len(ids), vocab] for the new tokens, and the cache that now holds them; `soft`: the prompt's soft
+        tokens (soft.py), of which the pass takes those at its positions."""
+        outputs = self.session.run(["logits", *self.presents], self.feeds(ids, past, past_length, soft))
         if self.appends:   # the new tokens' keys and values after the past; a sliding layer keeps its window
             return outputs[0][0], {n: appended(past[n], new, self.windows.get(n, 0))
                                    for n, new in zip(self.past, outputs[1:])}
@@ -307,10 +318,11 @@ class Decoder:
             cache |= {n: past[n] for n in self.cross}
         return outputs[0][0], cache
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], np.ndarray]:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int,
+                 soft: "Soft | None" = None) -> tuple[list[int], np.ndarray]:
         """Greedy tokens after the prompt (stopping after an end-of-sequence token), and the logits
-        of the prompt's last position (the first prediction)."""
-        logits, past = self.prefill(prompt_ids)
+        of the prompt's last position (the first prediction); `soft`: the prompt's soft tokens."""
+        logits, past = self.prefill(prompt_ids, soft)
         first = logits[-1]
         tokens: list[int] = []
         length = len(prompt_ids)
@@ -323,18 +335,19 @@ class Decoder:
             length += 1
         return tokens, first
 
-    def prefill(self, ids: list[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def prefill(self, ids: list[int], soft: "Soft | None" = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The prompt's pass: in chunks (pass_tokens: smaller as the cache grows) where the graph gives the last
         position's logits (the E-class exporter's), so that a long prompt's attention scores are a chunk's against
         the cache, not the whole prompt's against itself (8K tokens: 256 MiB a head in one pass); in one pass
-        otherwise."""
+        otherwise. `soft`: the prompt's soft tokens, each chunk taking those at its positions."""
+        extra = [] if soft is None else [soft]   # passed only when given: a step wrapped with three arguments serves
         if not self.last_only:
-            return self.step(ids, self.empty_past(), 0)
+            return self.step(ids, self.empty_past(), 0, *extra)
         past = self.empty_past()
         start = 0
         while start < len(ids):
             n = self.pass_tokens(start)
-            logits, past = self.step(ids[start:start + n], past, start)
+            logits, past = self.step(ids[start:start + n], past, start, *extra)
             start += n
         return logits, past
 
