@@ -38,7 +38,7 @@ def gemma4_vision(k: Keys, text_hidden: int) -> OnDemand:
     """Gemma4VisionModel (a ViT on patches of patch_size, 2-D position tables, gated MLPs) and embed_vision. One image
     is max_soft_tokens (280, the processor's default) x pooling_kernel_size^2 patches. Its pass holds a layer's MLP
     (gate, up, their product and a matmul's int32 accumulator beside its float output), the hidden states, queries,
-    keys and values, a block's scores twice (scores, softmax) and the padding mask over every pair of patches."""
+    keys and values, and a block's scores twice (scores, softmax)."""
     hidden, layers = k.count("hidden_size", 768), k.count("num_hidden_layers", 16)
     heads, head_dim = k.count("num_attention_heads", 12), k.count("head_dim", 64)
     kv_heads, inter = k.count("num_key_value_heads", heads), k.count("intermediate_size", 3072)
@@ -50,7 +50,7 @@ def gemma4_vision(k: Keys, text_hidden: int) -> OnDemand:
     tokens = 280
     patches = tokens * pooling * pooling
     activations = FP32 * (patches * (3 * inter + 4 * hidden) + 2 * patches * inter
-                          + 2 * heads * min(QUERY_BLOCK, patches) * patches + patches * patches)
+                          + 2 * heads * min(QUERY_BLOCK, patches) * patches)
     return OnDemand("image", "gemma4_vision", parameters, tokens, activations)
 
 
@@ -138,7 +138,9 @@ def on_demand(config: dict[str, Any], text_hidden: int, where: str) -> tuple[tup
 
 def encoder_bytes(encoder: OnDemand, bytes_per_param: float) -> tuple[int, int]:
     """What loading the encoder and running it on one input adds to the process, (low, high): its weights at the
-    recipe's bytes, and the pass's activations; high: onnxruntime's prepacked copy of the weights beside them (a
-    measured 1.3-1.9x the int8 weights at load) and a quarter more activations."""
+    recipe's bytes and the pass's activations. Measured beside this rule (scripts/bench_encoders.py, glibc's mmap
+    threshold held as run.py holds it), a session and its run added the weights and 1.4-1.5x these activations
+    (int8: onnxruntime's quantized copies of the activations, its arena), 0.9x for the fp32 audio encoder: low counts
+    0.8x, high a quarter more weights and 1.75x."""
     weights = int(encoder.parameters * bytes_per_param)
-    return weights + encoder.activations, 2 * weights + encoder.activations * 5 // 4
+    return weights + encoder.activations * 4 // 5, weights * 5 // 4 + encoder.activations * 7 // 4

@@ -51,13 +51,12 @@ text = Gemma4TextConfig(num_hidden_layers=1, hidden_size=int(sys.argv[3]), inter
 model = Gemma4ForConditionalGeneration(Gemma4Config(text_config=text, vision_config={}, audio_config={})).eval()
 out = Path(sys.argv[1])
 with torch.no_grad():
-    vi, ai = E.vision_inputs(model.config, 280), E.audio_inputs()
+    vi, ai = E.vision_inputs(model.config.vision_config, 280), E.audio_inputs()
     v = model.model.get_image_features(*vi).pooler_output
     a = model.model.get_audio_features(*ai, return_dict=True)
     v = v[0] if isinstance(v, (tuple, list)) else v
     ref = {"vision": (vi, v), "audio": (ai, a.pooler_output[a.attention_mask])}
-    E.export_vision(model, out)
-    E.export_audio(model, out)
+    E.export_encoders(E.encoders_of(model), out)
 for kind, (inputs, tokens) in ref.items():
     np.savez(out / f"{kind}.ref.npz", tokens=tokens.numpy(), **{f"input{i}": x.numpy() for i, x in enumerate(inputs)})
 print(json.dumps({k: sum(p.numel() for p in getattr(model.model, m).parameters()) + sum(
@@ -65,9 +64,12 @@ print(json.dumps({k: sum(p.numel() for p in getattr(model.model, m).parameters()
     ("vision", "vision_tower", "embed_vision"), ("audio", "audio_tower", "embed_audio"))}))
 """
 
-# A fresh process: the session on 2 threads, one run on the kept input; VmHWM before, after the load, after the run.
+# A fresh process as run.py makes it (glibc's mmap threshold held: without, the heap kept 0-300 MiB of what the
+# load freed, another amount each run): the session on 2 threads, one run on the kept input; VmHWM before, after the
+# load, after the run.
 MEASURE = r"""
-import json, sys, numpy as np, onnxruntime as ort
+import ctypes, json, sys, numpy as np, onnxruntime as ort
+ctypes.CDLL(None).mallopt(-3, 128 * 1024)   # glibc's mmap threshold held, as run.py holds it (runtime/peak.py)
 def hwm():
     return int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]) * 1024
 stored = np.load(sys.argv[2])

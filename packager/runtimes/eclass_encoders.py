@@ -16,6 +16,7 @@ bundle loads when an input of their kind arrives and releases after. Run in the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -36,46 +37,65 @@ def blocked_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
     outs = []
     for start in range(0, query.shape[2], QUERY_BLOCK):
         scores = torch.matmul(query[:, :, start:start + QUERY_BLOCK], key.transpose(2, 3)) * scale
-        if attention_mask is not None:
-            scores = scores + attention_mask[:, :, start:start + QUERY_BLOCK]
+        if attention_mask is not None:   # [batch, 1, queries or 1, keys]
+            rows = attention_mask.shape[2] > 1
+            scores = scores + (attention_mask[:, :, start:start + QUERY_BLOCK] if rows else attention_mask)
         outs.append(torch.matmul(torch.softmax(scores, dim=-1), value))
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
 class VisionEncoder(torch.nn.Module):
-    """Gemma4Model.get_image_features: patches and their positions in, the image's soft tokens out."""
+    """Gemma4Model.get_image_features: patches and their positions in, the image's soft tokens out (the vision tower
+    strips the padding patches' tokens)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, tower: Any, embedder: Any) -> None:
         super().__init__()
         from transformers import AttentionInterface
 
         AttentionInterface.register(ATTENTION, blocked_attention)
-        self.model = model.model
-        self.model.vision_tower.config._attn_implementation = ATTENTION
+        self.tower, self.embedder = tower, embedder
+        self.tower.config._attn_implementation = ATTENTION
 
     def forward(self, pixel_values: torch.Tensor, pixel_position_ids: torch.Tensor) -> torch.Tensor:
-        tokens = self.model.get_image_features(pixel_values, pixel_position_ids).pooler_output
-        out: torch.Tensor = tokens[0] if isinstance(tokens, (tuple, list)) else tokens
-        return out
+        from unittest import mock
+
+        from transformers.models.gemma4 import modeling_gemma4
+
+        # transformers drops the padding mask of an image with none (as the trace's is): the graph keeps it
+        with mock.patch.object(modeling_gemma4, "create_bidirectional_mask", local_mask):
+            hidden = self.tower(pixel_values=pixel_values, pixel_position_ids=pixel_position_ids).last_hidden_state
+        tokens: torch.Tensor = self.embedder(inputs_embeds=hidden)
+        return tokens
 
 
 class AudioEncoder(torch.nn.Module):
-    """Gemma4Model.get_audio_features: mel frames and their mask in, the clip's soft tokens out."""
+    """Gemma4Model.get_audio_features: mel frames and their mask in, the clip's soft tokens out (the real frames')."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, tower: Any, embedder: Any) -> None:
         super().__init__()
-        self.model = model.model
+        self.tower, self.embedder = tower, embedder
 
     def forward(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
         from unittest import mock
 
-        from transformers.models.gemma4 import modeling_gemma4  # type: ignore[import-not-found]
+        from transformers.models.gemma4 import modeling_gemma4
 
         with mock.patch.object(modeling_gemma4, "create_bidirectional_mask", local_mask), \
                 mock.patch.object(modeling_gemma4.Gemma4AudioAttention, "_extract_block_context", block_context):
-            out = self.model.get_audio_features(input_features, input_features_mask, return_dict=True)
-        tokens: torch.Tensor = out.pooler_output[out.attention_mask]   # the real frames', as Gemma4Model keeps
+            out = self.tower(input_features, input_features_mask, return_dict=True)
+        tokens: torch.Tensor = self.embedder(inputs_embeds=out.last_hidden_state)[out.attention_mask]
         return tokens
+
+
+ENCODERS = {"image": ("vision_config", "vision_tower", "embed_vision", VisionEncoder),
+            "audio": ("audio_config", "audio_tower", "embed_audio", AudioEncoder)}
+
+
+def encoders_of(model: Any) -> dict[str, torch.nn.Module]:
+    """A Gemma4ForConditionalGeneration's encoders by mode (those its config has)."""
+    inner = model.model
+    return {mode: cls(getattr(inner, tower), getattr(inner, embed)).eval()
+            for mode, (key, tower, embed, cls) in ENCODERS.items() if getattr(model.config, key, None) is not None}
 
 
 def block_context(attn: Any, hidden: torch.Tensor) -> torch.Tensor:
@@ -90,9 +110,11 @@ def block_context(attn: Any, hidden: torch.Tensor) -> torch.Tensor:
 
 def local_mask(config: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                and_mask_function: Any = None, **kwargs: Any) -> torch.Tensor:
-    """transformers' create_bidirectional_mask as the audio encoder calls it ([batch, 1, frames, frames], 0 where a
-    frame may attend, the dtype's minimum elsewhere) in tensor ops: transformers builds it with vmap, which torch's
-    ONNX tracer cannot follow."""
+    """transformers' create_bidirectional_mask as the encoders call it, 0 where a position may attend and the dtype's
+    minimum elsewhere, in tensor ops and always: transformers builds it with vmap, which torch's ONNX tracer cannot
+    follow, and leaves it out where nothing is masked, which a trace would keep. [batch, 1, 1, positions] where only
+    padding is masked (the vision encoder's: a row, not a square of 2,520^2), [batch, 1, positions, positions] with
+    `and_mask_function` (the audio encoder's window)."""
     frames = inputs_embeds.shape[1]
     queries, keys = torch.arange(frames)[:, None], torch.arange(frames)[None, :]
     allowed = attention_mask[:, None, None, :].bool()
@@ -101,10 +123,10 @@ def local_mask(config: Any, inputs_embeds: torch.Tensor, attention_mask: torch.T
     return torch.where(allowed, torch.tensor(0.0), torch.tensor(torch.finfo(inputs_embeds.dtype).min))
 
 
-def vision_inputs(config: Any, soft_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def vision_inputs(vision: Any, soft_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """An image's inputs at `soft_tokens` x pooling^2 patches, on the most nearly square grid of that many tokens
-    (280: 14 x 20 tokens, 42 x 60 patches), with no padding: the processor's largest image."""
-    vision = config.vision_config
+    (280: 14 x 20 tokens, 42 x 60 patches), with no padding: the processor's largest image. `vision`: the
+    vision_config."""
     rows = max(r for r in range(1, int(soft_tokens**0.5) + 1) if soft_tokens % r == 0)
     k = vision.pooling_kernel_size
     height, width = rows * k, soft_tokens // rows * k
@@ -117,23 +139,90 @@ def audio_inputs(frames: int = AUDIO_FRAMES) -> tuple[torch.Tensor, torch.Tensor
     return torch.randn(1, frames, 128), torch.ones(1, frames, dtype=torch.bool)
 
 
-def export_vision(model: Any, out: Path, soft_tokens: int = 280) -> Path:
-    """vision.onnx (its weights in vision.onnx.data) in `out`."""
-    path = out / "vision.onnx"
-    with torch.no_grad():
-        torch.onnx.export(VisionEncoder(model).eval(), vision_inputs(model.config, soft_tokens), str(path),
-                          input_names=["pixel_values", "pixel_position_ids"], output_names=["soft_tokens"],
-                          dynamic_axes={"soft_tokens": {0: "tokens"}}, opset_version=OPSET, dynamo=False,
-                          external_data=True)
-    return path
+def load_encoders(source: Path) -> dict[str, torch.nn.Module]:
+    """The encoders of the checkpoint in `source` by mode, each tower and its projection built from config.json and
+    loaded from the safetensors files (model.vision_tower.*, model.embed_vision.*, ...), nothing else read: the text
+    decoder's tables stay on disk."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+    from transformers.models.gemma4 import modeling_gemma4 as g4
+
+    config = AutoConfig.from_pretrained(source)
+    builders = {"image": (g4.Gemma4VisionModel, "vision_tower", "embed_vision", config.vision_config),
+                "audio": (g4.Gemma4AudioModel, "audio_tower", "embed_audio", config.audio_config)}
+    files = sorted(source.glob("*.safetensors"))
+    found: dict[str, torch.nn.Module] = {}
+    for mode, (tower_class, tower, embed, sub) in builders.items():
+        if sub is None:
+            continue
+        parts = {tower: tower_class(sub), embed: g4.Gemma4MultimodalEmbedder(sub, config.text_config)}
+        for name, module in parts.items():
+            prefix = f"model.{name}."
+            state: dict[str, torch.Tensor] = {}
+            for path in files:
+                with safe_open(str(path), framework="pt") as f:
+                    state |= {k.removeprefix(prefix): f.get_tensor(k).float() for k in f.keys()
+                              if k.startswith(prefix)}
+            missing, unexpected = module.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise SystemExit(f"{source}: the checkpoint's {prefix}* tensors do not make transformers' "
+                                 f"{type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        found[mode] = ENCODERS[mode][3](parts[tower].float(), parts[embed].float()).eval()
+    return found
 
 
-def export_audio(model: Any, out: Path, frames: int = AUDIO_FRAMES) -> Path:
-    """audio.onnx (its weights in audio.onnx.data) in `out`."""
-    path = out / "audio.onnx"
-    with torch.no_grad():
-        torch.onnx.export(AudioEncoder(model).eval(), audio_inputs(frames), str(path),
-                          input_names=["input_features", "input_features_mask"], output_names=["soft_tokens"],
-                          dynamic_axes={"soft_tokens": {0: "tokens"}}, opset_version=OPSET, dynamo=False,
-                          external_data=True)
-    return path
+def export_encoders(encoders: dict[str, Any], out: Path, soft_tokens: int = 280) -> dict[str, str]:
+    """Each encoder's graph in `out` (weights inline: the largest, E2B's audio encoder, is 1.2 GB in fp32), by mode;
+    an image at `soft_tokens` (the processor's max_soft_tokens)."""
+    out.mkdir(parents=True, exist_ok=True)
+    made = {}
+    for mode, encoder in encoders.items():
+        name = "vision.onnx" if mode == "image" else "audio.onnx"
+        vision = encoder.tower.config if mode == "image" else None
+        inputs = vision_inputs(vision, soft_tokens) if mode == "image" else audio_inputs()
+        names = ["pixel_values", "pixel_position_ids"] if mode == "image" else ["input_features",
+                                                                                "input_features_mask"]
+        with torch.no_grad():
+            torch.onnx.export(encoder, inputs, str(out / name), input_names=names, output_names=["soft_tokens"],
+                              dynamic_axes={"soft_tokens": {0: "tokens"}}, opset_version=OPSET, dynamo=False)
+        made[mode] = name
+    return made
+
+
+ENCODERS_DIR = "encoders"   # beside model.onnx in the export: each encoder's graph, its weights inline
+# Gemma4ImageProcessor's defaults; the patch and pooling sizes are the vision_config's where it has them
+IMAGE_PRE = {"patch_size": 16, "max_soft_tokens": 280, "pooling_kernel_size": 3, "rescale_factor": 1 / 255}
+
+
+def export_checkpoint(source: Path, out: Path) -> dict[str, dict[str, Any]]:
+    """A multimodal Gemma 4 checkpoint's encoders as graphs in out/ENCODERS_DIR, by mode, each with what its loop
+    needs (runtime.io.soft.encoders): its file, its placeholder token and the tokens around an input's run of them
+    (the config's, transformers' defaults where it leaves them out), and its processor's figures (the saved
+    processor's, the defaults otherwise). {} for another model (Gemma 3n's encoders are not exported yet)."""
+    from transformers import AutoConfig
+
+    if json.loads((source / "config.json").read_text(encoding="utf-8")).get("model_type") != "gemma4":
+        return {}
+    config = AutoConfig.from_pretrained(source)
+    image_pre, audio_pre = saved_processor(source)
+    vision = config.vision_config
+    defaults = IMAGE_PRE | ({"patch_size": vision.patch_size, "pooling_kernel_size": vision.pooling_kernel_size}
+                            if vision is not None else {})
+    image_pre = {k: image_pre.get(k, v) for k, v in defaults.items()}
+    files = export_encoders(load_encoders(source), out / ENCODERS_DIR, int(image_pre["max_soft_tokens"]))
+    tokens = {"image": ("image_token_id", "boi_token_id", "eoi_token_id", image_pre),
+              "audio": ("audio_token_id", "boa_token_id", "eoa_token_index", audio_pre)}
+    return {mode: {"file": f"{ENCODERS_DIR}/{name}", "token_id": int(getattr(config, tokens[mode][0])),
+                   "begin": int(getattr(config, tokens[mode][1])), "end": int(getattr(config, tokens[mode][2])),
+                   "pre": tokens[mode][3]} for mode, name in files.items()}
+
+
+def saved_processor(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The image processor's and the feature extractor's saved figures: processor_config.json's image_processor and
+    feature_extractor, or a flat preprocessor_config.json (the image processor's)."""
+    found: dict[str, Any] = {}
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        if (source / name).is_file():
+            found |= json.loads((source / name).read_text(encoding="utf-8"))
+    image, audio = found.get("image_processor"), found.get("feature_extractor")
+    return (image if isinstance(image, dict) else found), (audio if isinstance(audio, dict) else {})
