@@ -16,7 +16,7 @@ from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
 from packager.leftovers import bundle_partial
 from packager.records import Io
-from packager.runtime_files import family_requirements, signing_requirements
+from packager.runtime_files import encoder_requirements, family_requirements, signing_requirements
 from packager.runtimes import runtime_for
 from packager.signing import sign_manifest
 
@@ -29,7 +29,7 @@ SUMS = runner().SUMS
 def requirements(ctx: Context) -> str:
     p = ctx.profile
     lines = [f"# Pinned for {p.name}: {p.os.name}, Python {p.os.python}, {p.device.arch}.",
-             *runtime_for(p).requirements(p), *family_requirements(ctx.io.kind)]
+             *runtime_for(p).requirements(p), *family_requirements(ctx.io.kind), *encoder_requirements(ctx.io.soft)]
     if ctx.sign_key:  # the device checks the signature with `cryptography`
         lines += signing_requirements()
     return "\n".join(lines) + "\n"

@@ -82,6 +82,10 @@ def _print_memory(mem: dict[str, Any], what: str = "") -> None:
     if est.get("mapped_bytes"):   # an E-class model's per-layer embeddings: on storage, out of the peak
         err.print(f"mapped    {est['mapped_bytes'] / MiB:.0f} MiB of lookup tables read from storage a row at a time "
                   "(not in the peak but for the rows of a pass)", soft_wrap=True)
+    if mem.get("modes"):   # a multimodal decoder's encoders, each loaded on demand: its mode's measured peak
+        peaks = ", ".join(f"{mode} {m['peak_bytes'] / MiB:.0f} MiB" for mode, m in mem["modes"].items())
+        err.print(f"modes     {peaks} (an encoder loaded for one input beside the decoder and its cache; the peak "
+                  "is the worst mode's, the estimate the text mode's)", soft_wrap=True)
 
 
 def _print_suite(r: Any) -> None:

@@ -67,17 +67,18 @@ def export(source: Path, out: Path, work: Path, progress: Callable[[str], None] 
     name_tied_lm_head(out / "model.onnx")
     bypass_identities(out / "model.onnx")
     if made.get("soft_tokens"):
-        record_soft(out / "model.onnx", int(made["pad_token_id"]))
+        record_soft(out / "model.onnx", int(made["pad_token_id"]), made.get("encoders") or {})
     return made
 
 
-def record_soft(path: Path, pad_token_id: int) -> None:
-    """The soft tokens' description (io.soft: the inputs, their width, the pad token) as the metadata of the model at
-    `path`, which takes them; its external data is neither read nor moved."""
+def record_soft(path: Path, pad_token_id: int, encoders: dict[str, Any] | None = None) -> None:
+    """The soft tokens' description (io.soft: the inputs, their width, the pad token, and the encoders that make
+    them: runtimes/eclass_encoders.export_checkpoint's) as the metadata of the model at `path`, which takes them; its
+    external data is neither read nor moved."""
     model = onnx.load(path, load_external_data=False)
     tokens = next(i for i in model.graph.input if i.name == decoder_config.SOFT_INPUTS[0])
     soft = {"inputs": list(decoder_config.SOFT_INPUTS), "hidden": tokens.type.tensor_type.shape.dim[2].dim_value,
-            "pad_token_id": pad_token_id}
+            "pad_token_id": pad_token_id, **({"encoders": encoders} if encoders else {})}
     model.metadata_props.add(key=SOFT_KEY, value=json.dumps(soft))
     onnx.save(model, path)
 

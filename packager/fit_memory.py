@@ -45,7 +45,8 @@ def measured_figures(measured: dict[str, Any]) -> dict[str, Any]:
     """`run.py --measure`'s figures as the memory record names them (Memory, the suite's memory)."""
     return {"measured_peak_bytes": measured["peak_bytes"], "load_peak_bytes": measured["load_peak_bytes"],
             "run_peak_bytes": measured["run_peak_bytes"], "baseline_bytes": measured["baseline_bytes"],
-            "method": measured["method"], "measured_on": measured["host"]}
+            "method": measured["method"], "measured_on": measured["host"],
+            **({"modes": measured["modes"]} if measured.get("modes") else {})}
 
 
 

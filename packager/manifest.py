@@ -27,7 +27,7 @@ SCHEMA_VERSION = 1
 # tool versions must reproduce byte for byte: `packager package --json` (and the Python API) report
 # it. The manifest keeps what is stable: the budget, the estimate, the verdict and how it was reached.
 MEASURED_KEYS = ("measured_peak_bytes", "load_peak_bytes", "run_peak_bytes", "baseline_bytes", "measured_load_bytes",
-                 "alone_peak_bytes")
+                 "alone_peak_bytes", "modes")
 
 
 def memory_record(memory: dict[str, Any]) -> dict[str, Any]:

@@ -34,8 +34,9 @@ def notes(a: Architecture, profile: Profile, mem: DecoderMemory, rows: list[Row]
     if a.on_demand:
         notes.append(f"{' and '.join(e.mode for e in a.on_demand)}: the encoder is loaded on demand, at the profile's "
                      f"encoder recipe ({profile.recipe}), beside the decoder's weights and its KV cache at the "
-                     "context, on one input at the processor's largest size; `fits` is the worst mode's. `package` "
-                     "builds the text decoder alone today: its bundle is the text mode's")
+                     "context, on one input at the processor's largest size; `fits` is the worst mode's. A bundle "
+                     "ships Gemma 4's encoders and run.py loads each for its input (--image, --audio); `package` "
+                     "measures and judges the text mode only")
     if a.unplanned_encoders:
         notes.append(f"{a.name}: no rule counts its {', '.join(a.unplanned_encoders)} encoder; the mode it serves is "
                      "not planned")

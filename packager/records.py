@@ -89,6 +89,9 @@ class Memory(JsonRecord):
     gpu_context_bytes: int | None = None
     components: dict[str, dict[str, Any]] | None = None
     tensorrt_workspace: dict[str, Any] | None = None
+    # A multimodal decoder's encoders loaded on demand: each mode's measured peak ({"image": {"peak_bytes"}}), the
+    # decoder's cache at the context held; measured_peak_bytes is the worst of the text run and these
+    modes: dict[str, dict[str, Any]] | None = None
     measured: str | None = None    # a bundle's manifest: the measured figures are not in it (manifest.py)
     more: dict[str, Any] = field(default_factory=dict)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from packager.device_code import runner as runner  # its home was here: `from packager.runtime_files import runner`
 from packager.families import family_for
@@ -27,6 +28,13 @@ def copy_runtime(dest: Path, profile: Profile) -> None:
 def family_requirements(kind: str) -> list[str]:
     """Extra pinned requirements of a model family (targets/families/<family>/requirements.txt)."""
     return _requirements(family_for(kind).requirements_file())
+
+
+def encoder_requirements(soft: dict[str, Any] | None) -> list[str]:
+    """What a multimodal decoder's encoders need on the device (targets/encoders/requirements.txt: Pillow, for an
+    image encoder's resize); nothing for a model without an image encoder."""
+    return _requirements(targets_dir() / "encoders" / "requirements.txt") \
+        if "image" in ((soft or {}).get("encoders") or {}) else []
 
 
 def signing_requirements() -> list[str]:

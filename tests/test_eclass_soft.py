@@ -45,6 +45,7 @@ SOFT = (SIDE // VISION["pooling_kernel_size"]) ** 2
 PROMPT = [10, 11, 12, 13, 14, BOI] + [IMAGE] * SOFT + [EOI, 20, 21, 22, 23]
 TEXT_PROMPT = [10, 11, 12, 13, 14, 30, 31, 32, 33, 34, 35, 36]
 NEW_TOKENS = 6
+MAX_SOFT_TOKENS = 70
 
 MAKE = r"""
 import json, sys, torch
@@ -105,6 +106,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict
     subprocess.run([str(GENAI.python), "-c", MAKE, str(source), json.dumps(text), json.dumps(VISION),
                     json.dumps(PLACEHOLDERS)], check=True, capture_output=True, timeout=600)
     make_tokenizer(source, int(ECLASS["max_position_embeddings"]))
+    # the processor's smallest image budget: 70 soft tokens, so that an image's prompt fits the tiny model's context
+    (source / "preprocessor_config.json").write_text(json.dumps({"max_soft_tokens": MAX_SOFT_TOKENS}))
     made = eclass.export_folder(source, root / "onnx", root / "work", lambda line: None)
     io = described(Export(source, "text-generation-with-past", root / "onnx")).to_dict()
     return source, root / "onnx", made, io
@@ -150,8 +153,13 @@ def test_the_graph_takes_soft_tokens_and_the_io_describes_them(exported: tuple) 
         ["batch", "sequence", ECLASS["hidden_size"]]
     assert types["soft_mask"].elem_type == onnx.TensorProto.BOOL
     assert made["soft_tokens"] and made["pad_token_id"] == ECLASS["pad_token_id"]
+    # the vision encoder that makes them, exported beside the decoder: its graph, placeholders and processor figures
+    pre = {"patch_size": VISION["patch_size"], "max_soft_tokens": MAX_SOFT_TOKENS,
+           "pooling_kernel_size": VISION["pooling_kernel_size"], "rescale_factor": 1 / 255}
+    image = {"file": "encoders/vision.onnx", "token_id": IMAGE, "begin": BOI, "end": EOI, "pre": pre}
     assert io["soft"] == {"inputs": list(SOFT_INPUTS), "hidden": ECLASS["hidden_size"],
-                          "pad_token_id": ECLASS["pad_token_id"]}
+                          "pad_token_id": ECLASS["pad_token_id"], "encoders": {"image": image}}
+    assert (out / image["file"]).is_file() and made["encoders"] == {"image": image}
     assert {"soft_tokens": "float32", "soft_mask": "bool"} == \
         {i["name"]: i["dtype"] for i in io["inputs"] if i["name"] in SOFT_INPUTS}
 
@@ -255,22 +263,27 @@ print(json.dumps({"tokens": tokens, "inputs": [t["input"] for t in runner.rows.t
 """
 
 
+@pytest.fixture(scope="module")
+def bundle(exported: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`packager package` of the tiny multimodal folder (rpi5, fp32: every component, the encoders too), extracted."""
+    root = tmp_path_factory.mktemp("eclass-soft-bundle")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "packager", "package", str(exported[0]), "--target", "rpi5",
+                           "--recipe", "fp32", "--out", str(root / "dist"), "--no-cache"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with tarfile.open(next((root / "dist").glob("*.tar.gz"))) as tar:
+        tar.extractall(root / "bundle", filter="data")
+    return next((root / "bundle").iterdir())
+
+
 def test_the_bundle_lists_the_soft_inputs_and_its_run_py_takes_the_images_tokens(exported: tuple, reference: dict,
-                                                                                 tmp_path: Path) -> None:
+                                                                                 bundle: Path, tmp_path: Path) -> None:
     """`packager package` (rpi5, fp32): the manifest's runtime.io lists soft_tokens and soft_mask and describes them
     (io.soft, in the schema), verify and the smoke test run the text prompts through the same graph, and the
     bundle's own run.py, given the image's soft tokens, continues the prompt as PyTorch does."""
     import jsonschema
 
-    source = exported[0]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "packager", "package", str(source), "--target", "rpi5", "--recipe",
-                           "fp32", "--out", str(tmp_path / "dist"), "--no-cache"],
-                          capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with tarfile.open(next((tmp_path / "dist").glob("*.tar.gz"))) as tar:
-        tar.extractall(tmp_path / "bundle", filter="data")
-    bundle = next((tmp_path / "bundle").iterdir())
     manifest = json.loads((bundle / "manifest.json").read_text())
     schema = json.loads((Path(__file__).resolve().parents[1] / "schemas" / "manifest.schema.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(manifest)
@@ -287,3 +300,72 @@ def test_the_bundle_lists_the_soft_inputs_and_its_run_py_takes_the_images_tokens
     result = json.loads(ran.stdout.splitlines()[-1])
     assert {"ple_rows", "ple_scales"} <= set(result["inputs"])   # the rows fed, the pad's at the image
     assert result["tokens"] == reference["image_tokens"].tolist()
+
+
+# PyTorch's greedy tokens for run.py's prompt ids and the image's patches (the device's pre-processing, which
+# tests/test_gemma4_image.py checks against transformers' processor), the model's per-layer table as the graph's.
+IMAGE_REFERENCE = r"""
+import json, sys
+import numpy as np, torch
+from transformers import Gemma4ForConditionalGeneration
+sys.path.insert(0, sys.argv[2])
+from eclass_export import quantize_rows
+model = Gemma4ForConditionalGeneration.from_pretrained(sys.argv[1], dtype=torch.float32,
+                                                       attn_implementation="eager").eval()
+table = model.model.language_model.embed_tokens_per_layer
+rows, scales = quantize_rows(table.weight.detach().float())
+inputs = np.load(sys.argv[3])
+ids, tokens = [int(i) for i in inputs["ids"]], []
+image = {"pixel_values": torch.from_numpy(inputs["values"][None]),
+         "image_position_ids": torch.from_numpy(inputs["positions"][None])}
+with torch.inference_mode():
+    table.weight.copy_(rows.float() * scales)
+    for _ in range(int(sys.argv[4])):
+        tokens.append(int(torch.argmax(model(input_ids=torch.tensor([ids]), **image).logits[0, -1])))
+        ids.append(tokens[-1])
+print(json.dumps(tokens))
+"""
+
+
+def test_run_py_reads_an_image_with_its_encoder_loaded_on_demand(exported: tuple, bundle: Path,
+                                                                 tmp_path: Path) -> None:
+    """`python run.py --image photo.png --prompt TEXT`: the bundle ships the vision encoder (model/encoders/, the
+    manifest's io.soft.encoders), run.py reads the PNG as transformers' processor does, loads the encoder for it and
+    releases it, puts [begin] + the image's placeholders + [end] after the BOS, and continues with PyTorch's own
+    tokens for that image and those ids. A .wav for a model without an audio encoder is one sentence, exit 2."""
+    rt = runner()
+    encoders = json.loads((bundle / "manifest.json").read_text())["runtime"]["io"]["soft"]["encoders"]
+    assert set(encoders) == {"image"} and (bundle / "model" / encoders["image"]["file"]).is_file()
+    image = encoders["image"]
+    assert image["pre"]["max_soft_tokens"] == MAX_SOFT_TOKENS and image["pre"]["patch_size"] == VISION["patch_size"]
+    ys, xs = np.mgrid[0:48, 0:40]
+    pixels = np.stack([ys * 5, xs * 6, (ys + xs) * 2], axis=-1).astype(np.uint8)
+    rt.write_png(tmp_path / "photo.png", pixels)
+    ran = subprocess.run([sys.executable, "run.py", "--image", str(tmp_path / "photo.png"), "--prompt", "a b c",
+                          "--max-new-tokens", str(NEW_TOKENS), "--json"], cwd=bundle, capture_output=True,
+                         text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    result = json.loads(ran.stdout)
+    values, positions, n = rt.gemma4_patches(pixels, image["pre"])
+    ids = result["prompt_ids"]
+    start = ids.index(BOI)
+    assert ids[start:start + n + 2] == [BOI] + [IMAGE] * n + [EOI] and 0 < n <= MAX_SOFT_TOKENS
+    np.savez(tmp_path / "inputs.npz", ids=np.array(ids), values=values, positions=positions)
+    code = eclass.exporter_code(tmp_path)
+    proc = subprocess.run([str(GENAI.python), "-c", IMAGE_REFERENCE, str(exported[0]), str(code),
+                           str(tmp_path / "inputs.npz"), str(NEW_TOKENS)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert result["tokens"] == json.loads(proc.stdout.splitlines()[-1])
+    # --measure: the text run at the bundle's context, then the image mode with that cache held; the peak the worst
+    measured = subprocess.run([sys.executable, "run.py", "--measure"], cwd=bundle, capture_output=True, text=True,
+                              timeout=300)
+    assert measured.returncode == 0, measured.stderr[-2000:]
+    peaks = json.loads(measured.stdout.splitlines()[-1])
+    image_peak = peaks["modes"]["image"]["peak_bytes"]
+    assert image_peak > 0 and peaks["peak_bytes"] == max(peaks["load_peak_bytes"], peaks["run_peak_bytes"], image_peak)
+    assert "modes" not in json.loads((bundle / "manifest.json").read_text())["memory"]   # measured: not in it
+    rt.write_wav(tmp_path / "clip.wav", np.zeros(1600), 16000)
+    refused = subprocess.run([sys.executable, "run.py", "--audio", str(tmp_path / "clip.wav"), "--prompt", "a"],
+                             cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "no audio encoder" in refused.stderr, refused.stderr

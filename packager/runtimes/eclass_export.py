@@ -419,6 +419,10 @@ def _external(tensor: onnx.TensorProto, location: str, offset: int, length: int)
 def main(argv: list[str]) -> int:
     source, out = Path(argv[0]), Path(argv[1])
     made = export(source, out)
+    if made["soft_tokens"]:   # the encoders whose soft tokens the decoder takes, as graphs of their own
+        from eclass_encoders import export_checkpoint
+
+        made["encoders"] = export_checkpoint(source, out)
     print(json.dumps(made), flush=True)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -69,6 +70,35 @@ def run(ctx: Context) -> None:
     if family_for(ctx.io.kind).generates:   # the rows as inputs, read by the decoder's loop a pass at a time
         feed_rows(dest)
     ctx.packaged_model = dest
+    encoders = quantize_encoders(ctx, model_dir)
+    if encoders:
+        ctx.recipe = dataclasses.replace(ctx.recipe, params=ctx.recipe.params | {"encoders": encoders})
+
+
+# The recipes an encoder takes when --recipe names one (as --recipe R gives an encoder-decoder's every component R);
+# another (int4-mixed, int8-static: a decoder's search, the model's own calibration inputs) leaves it the profile's.
+ENCODER_RECIPES = ("fp32", "fp16", "int8-dynamic", "int4")
+
+
+def encoder_recipe(ctx: Context) -> str:
+    return ctx.recipe_name if ctx.recipe_explicit and ctx.recipe_name in ENCODER_RECIPES else ctx.profile.recipe
+
+
+def quantize_encoders(ctx: Context, model_dir: Path) -> dict[str, Any]:
+    """A multimodal decoder's encoders (io.soft.encoders: loaded on demand by the loop), each at the profile's
+    encoder recipe (`recipe`: int8-dynamic on the Pis, the phone and the Orin's CPU) or the one --recipe names, into
+    model/<its file>; what each recipe did, by mode."""
+    assert ctx.reference_model is not None
+    done: dict[str, Any] = {}
+    for mode, encoder in ((ctx.io.soft or {}).get("encoders") or {}).items():
+        dest = model_dir / encoder["file"]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        recipe = encoder_recipe(ctx)
+        ctx.progress(f"quantizing the {mode} encoder ({recipe})")
+        result = _apply(recipe, ctx.reference_model.parent / encoder["file"], dest,
+                        RecipeOptions(int4=ctx.profile.int4, progress=ctx.progress), f"the {mode} encoder")
+        done[mode] = {"recipe": result.name, "quantized_nodes": result.quantized_nodes, "file": encoder["file"]}
+    return done
 
 
 def keep_tables_mapped(reference: Path, packaged: Path) -> None:

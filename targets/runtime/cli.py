@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("texts", nargs="*", help="texts to run (text models); decoder LLMs: texts to continue; "
                         "encoder-decoders: .wav or .png files, or texts, to generate from")
     parser.add_argument("--prompt", help="decoder LLMs: the text to continue")
+    parser.add_argument("--image", type=Path, action="append", default=[], help="multimodal decoders: an image (PNG, "
+                        "or what Pillow reads) before the prompt's text, read by the vision encoder loaded for it")
+    parser.add_argument("--audio", type=Path, action="append", default=[], help="multimodal decoders: a .wav clip (up "
+                        "to 30 s) before the prompt's text, read by the audio encoder loaded for it")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="decoder LLMs and encoder-decoders: tokens to "
                         "generate (default 32)")
     parser.add_argument("--json", action="store_true", help="with --prompt (or an encoder-decoder's inputs): print the "
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, default=HERE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if not (args.measure or args.inputs or args.texts or args.prompt is not None):
+    if not (args.measure or args.inputs or args.texts or args.prompt is not None or args.image or args.audio):
         parser.error("give texts to run, --prompt TEXT (decoders), or --inputs FILE.npz")
     if args.max_new_tokens < 1 or (args.context is not None and args.context < 1):
         parser.error("--max-new-tokens and --context take a positive number of tokens")
@@ -85,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             for piece in stream(args.prompt, args.max_new_tokens):
                 print(piece, end="", flush=True)
             print()
+            return 0
+        media = [*args.image, *args.audio]
+        if media:
+            prompt = args.prompt if args.prompt is not None else " ".join(args.texts)
+            text, tokens, ids = runner.generate_with(prompt, media, args.max_new_tokens)
+            print(json.dumps({"prompt": prompt, "media": [str(m) for m in media], "prompt_ids": ids, "text": text,
+                              "tokens": tokens}) if args.json else prompt + text)
             return 0
         if args.prompt is not None:
             text, tokens = runner.generate_text(args.prompt, args.max_new_tokens)

@@ -8,6 +8,7 @@ from typing import Any
 from .compare import load_samples
 from .manifest import HERE, SAMPLE_TEXTS, members
 from .media import sample_media
+from .on_demand import mode_peaks
 from .peak import peak_bytes, reset_peak, rss_bytes
 from .session import Runner, load, start_ids
 
@@ -39,7 +40,8 @@ def measure(bundle: Path = HERE, context: int | None = None) -> dict[str, Any]:
     results = {name: exercise(folders[name], runner, context) for name, runner in runners.items()}
     first = next(iter(runners.values()))
     if "" in results:
-        return _measured(first, baseline, load_peak, peak_bytes(), resettable, **results[""])
+        run_peak = results[""].pop("text_peak_bytes", None) or peak_bytes()
+        return _measured(first, baseline, load_peak, run_peak, resettable, **results[""])
     return _measured(first, baseline, load_peak, peak_bytes(), resettable, resident="all models together, loaded up "
                      "front; a component they share is loaded once",
                      members={name: {"load_bytes": resident[name], **results[name]} for name in runners})
@@ -63,18 +65,26 @@ def exercise(bundle: Path, runner: Runner, context: int | None) -> dict[str, Any
         # position's logits, and its last chunk meets the longest cache (the estimate's largest_pass, the same rule)
         tokens = runner.decoder.chunk_at(int(context))
         past = int(context) - tokens
-        runner.decoder.step([0] * tokens, runner.decoder.empty_past(past), past)
+        _, cache = runner.decoder.step([0] * tokens, runner.decoder.empty_past(past), past)
+        if (runner.io.get("soft") or {}).get("encoders"):
+            # then each encoder's mode with that cache held (runtime/on_demand.py): the text run's peak first
+            text_peak = peak_bytes()
+            modes = mode_peaks(runner)
+            del cache
+            return {"context": context, "text_peak_bytes": text_peak,
+                    "modes": {mode: {"peak_bytes": b} for mode, b in modes.items()}}
     return {"context": context}
 
 
 def _measured(runner: Runner, baseline: int, load_peak: int, run_peak: int, resettable: bool,
               **extra: Any) -> dict[str, Any]:
     """measure()'s result: the phases' peaks, how they were taken, where."""
+    modes = [m["peak_bytes"] for m in extra.get("modes", {}).values()]   # an encoder loaded on demand: its mode's
     return {
         "baseline_bytes": baseline,
         "load_peak_bytes": load_peak,
         "run_peak_bytes": run_peak,
-        "peak_bytes": max(load_peak, run_peak),
+        "peak_bytes": max(load_peak, run_peak, *modes),
         **extra,
         "method": "VmHWM after clear_refs" if resettable else "ru_maxrss (process lifetime)",
         "providers": runner.providers,

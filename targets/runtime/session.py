@@ -139,16 +139,13 @@ class Runner:
         # together (`sessions`, by file, session options and providers) share its session too, as an app would.
         shared = {} if sessions is None else sessions
 
+        self.log_level, self.cache = log_level, cache
+
         def session(file: str) -> Any:
             key = json.dumps([str((bundle / file).resolve()), runtime["session"], self.providers,
                               runtime.get("provider_options", {})], sort_keys=True)
             if key not in shared:
-                shared[key] = ort.InferenceSession(
-                    str(bundle / file),
-                    sess_options=session_options(runtime["session"], log_level),
-                    providers=self.providers,
-                    provider_options=provider_options(self.providers, runtime.get("provider_options", {}), cache),
-                )
+                shared[key] = self.open_session(file)
             return shared[key]
 
         # Every component is loaded up front and stays resident together (none is loaded lazily): the
@@ -167,6 +164,16 @@ class Runner:
         self.family = family(self.io)
         self.tokenizer = load_tokenizer(bundle, self.io) if self.family.tokenizer else None
         self.decoder = Decoder(self.session, self.io, self.rows) if self.family.decodes else None
+
+    def open_session(self, file: str) -> Any:
+        """A session of the bundle's `file` with its session options and providers (not kept: an encoder loaded on
+        demand is released after its input, runtime/on_demand.py)."""
+        import onnxruntime as ort
+
+        return ort.InferenceSession(
+            str(self.bundle / file), sess_options=session_options(self.runtime["session"], self.log_level),
+            providers=self.providers,
+            provider_options=provider_options(self.providers, self.runtime.get("provider_options", {}), self.cache))
 
     @property
     def input_names(self) -> list[str]:
@@ -194,6 +201,16 @@ class Runner:
         assert self.decoder is not None and self.tokenizer is not None
         tokens, _ = self.decoder.generate(self.prompt_ids(prompt), max_new_tokens)
         return self.tokenizer.decode(tokens), tokens
+
+    def generate_with(self, prompt: str, paths: list[Path], max_new_tokens: int) -> tuple[str, list[int], list[int]]:
+        """The greedy continuation of `prompt` after the images and clips in `paths`, each read by its encoder,
+        loaded for it and released (runtime/on_demand.py): text, tokens, and the prompt's ids with the placeholders."""
+        from .on_demand import prompt_with
+
+        assert self.decoder is not None and self.tokenizer is not None
+        ids, soft = prompt_with(self, prompt, paths)
+        tokens, _ = self.decoder.generate(ids, max_new_tokens, soft=soft)
+        return self.tokenizer.decode(tokens), tokens, ids
 
     # Encoder-decoders: raw input (audio, image or text) -> the encoder -> the decoder's loop.
 
