@@ -52,6 +52,10 @@ def _print_package(r: Any) -> None:
                   f"{acc['threshold']['token_agreement']:.0%}, {acc['threshold']['logits_cosine']})")
     else:
         err.print(f"accuracy  min cosine {acc['min_cosine']:.5f} vs fp32 (threshold {acc['threshold']})")
+    if "media" in acc:   # a multimodal decoder's sample files through the packaged encoders (soft_verification.py)
+        err.print("media     " + ", ".join(f"{name} {m['token_agreement']:.1%} / {m['logits_cosine']:.4f}"
+                                           for name, m in acc["media"].items())
+                  + " of the fp32 export's tokens / cosine, the encoder and decoder packaged", soft_wrap=True)
     if "eval" in acc:
         ev = acc["eval"]
         err.print(f"eval      {ev['packaged_passed']}/{ev['cases']} of {escape(ev['file'])} pass "

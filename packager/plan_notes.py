@@ -36,7 +36,7 @@ def notes(a: Architecture, profile: Profile, mem: DecoderMemory, rows: list[Row]
                      f"encoder recipe ({profile.recipe}), beside the decoder's weights and its KV cache at the "
                      "context, on one input at the processor's largest size; `fits` is the worst mode's. A bundle "
                      "ships Gemma 4's encoders and run.py loads each for its input (--image, --audio); `package` "
-                     "measures and judges the text mode only")
+                     "measures each mode and judges the worst")
     if a.unplanned_encoders:
         notes.append(f"{a.name}: no rule counts its {', '.join(a.unplanned_encoders)} encoder; the mode it serves is "
                      "not planned")

@@ -334,7 +334,12 @@ def test_run_py_reads_an_image_with_its_encoder_loaded_on_demand(exported: tuple
     releases it, puts [begin] + the image's placeholders + [end] after the BOS, and continues with PyTorch's own
     tokens for that image and those ids. A .wav for a model without an audio encoder is one sentence, exit 2."""
     rt = runner()
-    encoders = json.loads((bundle / "manifest.json").read_text())["runtime"]["io"]["soft"]["encoders"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    encoders = manifest["runtime"]["io"]["soft"]["encoders"]
+    # verify judged the packaged encoder and decoder on a generated picture against the fp32 export's (fp32: equal)
+    media = manifest["accuracy"]["media"]["picture.png"]
+    assert media["token_agreement"] == 1.0 and media["logits_cosine"] > 0.9999
+    assert (bundle / "samples" / "media" / "picture.png").is_file()
     assert set(encoders) == {"image"} and (bundle / "model" / encoders["image"]["file"]).is_file()
     image = encoders["image"]
     assert image["pre"]["max_soft_tokens"] == MAX_SOFT_TOKENS and image["pre"]["patch_size"] == VISION["patch_size"]

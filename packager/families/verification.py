@@ -20,6 +20,7 @@ import numpy as np
 from packager import evaluation
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
+from packager.families.soft_verification import verify_media
 from packager.recipes import remedy
 from packager.records import Accuracy
 
@@ -210,8 +211,12 @@ def verify_outputs(ctx: Context, rt: ModuleType, reference: Any, packaged: Any) 
 
 
 def verify_decoder(ctx: Context, rt: ModuleType, reference: Any, packaged: Any) -> None:
-    """Decoder LLMs: the packaged model predicts the reference's greedy continuation of each prompt."""
+    """Decoder LLMs: the packaged model predicts the reference's greedy continuation of each prompt; a multimodal
+    one's images and audio too (soft_verification.py)."""
     _verify_decoder(ctx, rt, reference, packaged)
+    media = verify_media(ctx, rt, packaged)
+    if media and ctx.accuracy is not None:
+        ctx.accuracy = dataclasses.replace(ctx.accuracy, more={**ctx.accuracy.more, "media": media})
     rt.save_samples(ctx.stage_dir / "samples" / "expected.npz", ctx.expected_outputs)
     if ctx.eval_cases:
         _verify_eval(ctx, rt, reference, packaged)

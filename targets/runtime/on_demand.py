@@ -106,3 +106,14 @@ def mode_peaks(runner: Any) -> dict[str, int]:
         gc.collect()
         peaks[mode] = peak_bytes()
     return peaks
+
+
+def teacher_forced(decoder: Any, ids: list[int], tokens: list[int], soft: Soft) -> np.ndarray:
+    """The decoder's logits [len(tokens), vocab] for each of `tokens` after the prompt `ids` (its soft tokens
+    `soft`), each position given the ones before: the prompt's last position, then each token's."""
+    logits, past = decoder.prefill(ids, soft)
+    rows = [logits[-1]]
+    for n, token in enumerate(tokens[:-1]):
+        logits, past = decoder.step([token], past, len(ids) + n)
+        rows.append(logits[-1])
+    return np.stack(rows)
