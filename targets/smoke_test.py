@@ -76,7 +76,33 @@ def check_generation(bundle: Path, runner: run.Runner, manifest: run.Manifest) -
     for i, (prompt, sample) in enumerate(zip(prompts, expected)):
         if runner.prompt_ids(prompt) != [int(t) for t in sample["prompt_ids"]]:
             raise SmokeFailure(f"the tokenizer here encodes prompt {i} differently from the build host")
-    return _gate(run.compare_decoder(expected, runner.decoder), manifest)
+    result = _gate(run.compare_decoder(expected, runner.decoder), manifest)
+    media = bundle / MEDIA_EXPECTED
+    return result | ({"media": check_media(bundle, runner, manifest)} if media.is_file() else {})
+
+
+MEDIA_EXPECTED = "samples/media/expected.json"   # a multimodal decoder's sample files and the fp32 export's tokens
+
+
+def check_media(bundle: Path, runner: run.Runner, manifest: run.Manifest) -> dict[str, Any]:
+    """A multimodal decoder's sample files (a picture, a tone) read here, each through its encoder loaded for it and
+    the decoder: the same prompt ids as on the build host, and the fp32 export's greedy tokens predicted."""
+    import numpy as np
+
+    firsts = np.load(bundle / "samples" / "media" / "expected.npz")
+    figures = {}
+    for entry in json.loads((bundle / MEDIA_EXPECTED).read_text(encoding="utf-8")):
+        path = bundle / "samples" / entry["file"]
+        ids, soft = run.prompt_with(runner, entry["prompt"], [path])
+        if ids != entry["prompt_ids"]:
+            raise SmokeFailure(f"{entry['file']} reads here as other prompt ids than on the build host (the "
+                               "pre-processing or the encoder's output length differs)")
+        logits = run.teacher_forced(runner.decoder, ids, entry["tokens"], soft)
+        first = firsts[path.name]
+        agreement = float(np.mean(np.argmax(logits, axis=-1) == np.asarray(entry["tokens"])))
+        cosine = float(np.dot(first, logits[0]) / (np.linalg.norm(first) * np.linalg.norm(logits[0]) + 1e-12))
+        figures[path.name] = _gate({"token_agreement": agreement, "min_logits_cosine": cosine}, manifest)
+    return figures
 
 
 def check_seq2seq(bundle: Path, runner: run.Runner, manifest: run.Manifest) -> dict[str, Any]:
@@ -215,6 +241,9 @@ def _print_model(prefix: str, report: dict[str, Any]) -> None:
               "continuations identical")
     elif accuracy:
         print(f"{prefix}outputs: min cosine {accuracy['min_cosine']:.5f} vs the fp32 reference")
+    for name, m in accuracy.get("media", {}).items():   # a multimodal decoder's sample files, their encoder loaded
+        print(f"{prefix}{name}: {m['token_agreement']:.1%} of the fp32 export's greedy tokens, logits cosine "
+              f"{m['min_logits_cosine']:.5f}")
     if "eval" in report:
         ev = report["eval"]
         print(f"{prefix}eval: {ev['passed']}/{ev['cases']} of the shipped eval cases pass (build host: "

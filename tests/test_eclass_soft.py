@@ -292,6 +292,8 @@ def test_the_bundle_lists_the_soft_inputs_and_its_run_py_takes_the_images_tokens
     assert [i["name"] for i in io["inputs"]][3:5] == list(SOFT_INPUTS)
     smoke = subprocess.run([sys.executable, "smoke_test.py"], cwd=bundle, capture_output=True, text=True, timeout=600)
     assert smoke.returncode == 0 and "PASS" in smoke.stdout, smoke.stdout + smoke.stderr
+    # the device's own run of the sample picture, its encoder loaded for it, against the fp32 export's tokens
+    assert "picture.png: 100.0% of the fp32 export's greedy tokens" in smoke.stdout, smoke.stdout
     np.savez(tmp_path / "soft.npz", soft=reference["soft"])
     ran = subprocess.run([sys.executable, "-c", BUNDLE_RUN, str(tmp_path / "soft.npz"),
                           json.dumps([PROMPT, IMAGE, NEW_TOKENS])], cwd=bundle, capture_output=True, text=True,

@@ -6,6 +6,7 @@ tokens, teacher-forced, and its first logits point the same way."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -54,7 +55,7 @@ def verify_media(ctx: Context, rt: ModuleType, packaged: Any) -> dict[str, Any]:
         return {}
     reference = fp32_runner(ctx, rt, packaged.runtime)
     prompt = "Describe this."
-    limits, figures = ctx.profile.accuracy, {}
+    limits, figures, expected, firsts = ctx.profile.accuracy, {}, [], {}
     for path in sample_files(ctx, rt, list(encoders)):
         ctx.progress(f"fp32 reference: generating for {path.name}")
         ids, soft = rt.prompt_with(reference, prompt, [path])
@@ -68,10 +69,16 @@ def verify_media(ctx: Context, rt: ModuleType, packaged: Any) -> dict[str, Any]:
         agreement = float(np.mean(np.argmax(logits, axis=-1) == np.asarray(tokens)))
         cosine = float(np.dot(first, logits[0]) / (np.linalg.norm(first) * np.linalg.norm(logits[0]) + 1e-12))
         figures[path.name] = {"token_agreement": agreement, "logits_cosine": cosine, "prompt_tokens": len(ids)}
+        # what the device's smoke test holds its own run of the file to (targets/smoke_test.py check_media)
+        expected.append({"file": f"media/{path.name}", "prompt": prompt, "prompt_ids": ids, "tokens": list(tokens)})
+        firsts[path.name] = np.asarray(first, np.float32)
         if agreement < limits.min_token_agreement or cosine < limits.min_logits_cosine:
             raise PackagerError(
                 f"recipe {ctx.recipe_name} changes the answers about {path.name} too much: the packaged encoder and "
                 f"decoder predict {agreement:.1%} of the fp32 export's greedy tokens (threshold "
                 f"{limits.min_token_agreement:.0%}), logits cosine {cosine:.4f} (threshold {limits.min_logits_cosine}) "
                 f"on {ctx.profile.name}; try {remedy(ctx.recipe_name, False)}.", ExitCode.ACCURACY)
+    folder = ctx.stage_dir / MEDIA_DIR
+    (folder / "expected.json").write_text(json.dumps(expected, indent=1) + "\n", encoding="utf-8")
+    np.savez(str(folder / "expected.npz"), **firsts)  # type: ignore[arg-type]
     return figures
