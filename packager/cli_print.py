@@ -86,6 +86,10 @@ def _print_memory(mem: dict[str, Any], what: str = "") -> None:
     if est.get("mapped_bytes"):   # an E-class model's per-layer embeddings: on storage, out of the peak
         err.print(f"mapped    {est['mapped_bytes'] / MiB:.0f} MiB of lookup tables read from storage a row at a time "
                   "(not in the peak but for the rows of a pass)", soft_wrap=True)
+    if mem.get("on_demand"):   # a multimodal decoder's encoders: files loaded for an input of their mode
+        files = ", ".join(f"{mode} {e['size_bytes'] / MiB:.0f} MiB ({e['file']})"
+                          for mode, e in mem["on_demand"].items())
+        err.print(f"on demand {files}: loaded for an input of their mode, released after", soft_wrap=True)
     if mem.get("modes"):   # a multimodal decoder's encoders, each loaded on demand: its mode's measured peak
         peaks = ", ".join(f"{mode} {m['peak_bytes'] / MiB:.0f} MiB" for mode, m in mem["modes"].items())
         err.print(f"modes     {peaks} (an encoder loaded for one input beside the decoder and its cache; the peak "
@@ -171,6 +175,10 @@ def _print_check(result: Any) -> None:
         table.add_row("[b]measured peak[/] (load / run)",
                       f"[b]{m['peak_bytes'] / MiB:.0f}[/] "
                       f"({m['load_peak_bytes'] / MiB:.0f} / {m['run_peak_bytes'] / MiB:.0f})")
+        for mode, peak in (m.get("modes") or {}).items():   # an encoder loaded on demand beside the decoder
+            table.add_row(f"measured peak, {mode} mode", f"{peak['peak_bytes'] / MiB:.0f}")
+    for mode, e in (r.get("on_demand") or {}).items():
+        table.add_row(f"{mode} encoder, loaded on demand ({e['file']})", f"{e['size_bytes'] / MiB:.1f}")
     Console(stderr=True).print(table)
     if r.get("components"):
         _print_components(r["components"], models="shared" in r)

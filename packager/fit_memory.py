@@ -77,15 +77,26 @@ def over_budget(memory: dict[str, Any]) -> str:
     if "measured_peak_bytes" in memory:
         gpu = (f" plus the CUDA context's {memory['gpu_context_bytes'] / MiB:.0f} MiB (profile figure; the GPU path "
                "was not measured)" if memory.get("gpu_context_bytes") else "")
+        modes = "".join(f", {mode} {m['peak_bytes'] / MiB:.0f}" for mode, m in (memory.get("modes") or {}).items())
         return (f"measured peak {memory['measured_peak_bytes'] / MiB:.0f} MiB "
-                f"(load {memory['load_peak_bytes'] / MiB:.0f}, run {memory['run_peak_bytes'] / MiB:.0f}; "
+                f"(load {memory['load_peak_bytes'] / MiB:.0f}, run {memory['run_peak_bytes'] / MiB:.0f}{modes}; "
                 f"largest parts: {parts} MiB){gpu} is")
     return f"estimated peak up to {est['high_bytes'] / MiB:.0f} MiB (largest parts: {parts} MiB) is"
 
 
 
+def on_demand(stage_dir: Path, soft: dict[str, Any] | None) -> dict[str, dict[str, Any]] | None:
+    """A multimodal decoder's encoders, loaded on demand (io.soft.encoders): each mode's file in the bundle and its
+    size, the residency class the manifest names apart from the resident weights; None for other models."""
+    encoders = (soft or {}).get("encoders") or {}
+    found = {mode: {"file": f"model/{e['file']}", "size_bytes": (stage_dir / "model" / e["file"]).stat().st_size}
+             for mode, e in encoders.items() if (stage_dir / "model" / e["file"]).is_file()}
+    return found or None
+
+
 def verdict(profile: Profile, context: int | None, est: Estimate, measured: dict[str, Any] | None,
-            components: dict[str, dict[str, Any]] | None = None) -> Memory:
+            components: dict[str, dict[str, Any]] | None = None,
+            encoders: dict[str, dict[str, Any]] | None = None) -> Memory:
     """The memory record and its verdict: a measurement is trusted over an estimate, and the estimate's high side
     over its low. A measurement without the GPU providers misses their CUDA context, which the device still holds."""
     budget = profile.budget.memory_bytes
@@ -101,4 +112,5 @@ def verdict(profile: Profile, context: int | None, est: Estimate, measured: dict
         **(measured_figures(measured) if measured else {}),
         gpu_context_bytes=unseen or None,  # added to the measured peak: the GPU path was not exercised
         components=components,
+        on_demand=encoders,
     )

@@ -92,6 +92,8 @@ class Memory(JsonRecord):
     # A multimodal decoder's encoders loaded on demand: each mode's measured peak ({"image": {"peak_bytes"}}), the
     # decoder's cache at the context held; measured_peak_bytes is the worst of the text run and these
     modes: dict[str, dict[str, Any]] | None = None
+    # ... and their files, loaded on demand (not resident with the decoder): {"image": {"file", "size_bytes"}}
+    on_demand: dict[str, dict[str, Any]] | None = None
     measured: str | None = None    # a bundle's manifest: the measured figures are not in it (manifest.py)
     more: dict[str, Any] = field(default_factory=dict)
 

@@ -125,6 +125,8 @@ class CheckResult:
     components: dict[str, Any] | None = None
     shared: list[dict[str, Any]] | None = None   # several models: the components they share (used_by, bytes)
     coverage: dict[str, Any] | None = None       # the weight bytes at each precision (packager/coverage.py)
+    # A multimodal decoder's encoders, loaded on demand: each mode's file and size (Memory.on_demand)
+    on_demand: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -137,7 +139,8 @@ class CheckResult:
                 "measured": self.measured, "cache": self.cache, "timings_s": self.timings_s,
                 **({"components": self.components} if self.components else {}),
                 **({"shared": self.shared} if self.shared is not None else {}),
-                **({"coverage": self.coverage} if self.coverage else {})}
+                **({"coverage": self.coverage} if self.coverage else {}),
+                **({"on_demand": self.on_demand} if self.on_demand else {})}
 
     @classmethod
     def from_memory(cls, model: str, target: str, recipe: str, mem: dict[str, Any], cache: dict[str, str],
@@ -146,12 +149,13 @@ class CheckResult:
         est = mem["estimate"]
         measured = None if "measured_peak_bytes" not in mem else {
             "load_peak_bytes": mem["load_peak_bytes"], "run_peak_bytes": mem["run_peak_bytes"],
-            "peak_bytes": mem["measured_peak_bytes"]}
+            "peak_bytes": mem["measured_peak_bytes"], **({"modes": mem["modes"]} if mem.get("modes") else {})}
         return cls(model=model, target=target, recipe=recipe, fits=mem["fits"], budget_bytes=mem["budget_bytes"],
                    headroom_bytes=mem["headroom_bytes"], verdict_basis=mem["verdict_basis"],
                    context=mem.get("context"), estimate={k: est[k] for k in ("low_bytes", "high_bytes", "breakdown",
                                                                              "notes")},
-                   measured=measured, cache=cache, timings_s=timings, components=mem.get("components"), shared=shared)
+                   measured=measured, cache=cache, timings_s=timings, components=mem.get("components"), shared=shared,
+                   on_demand=mem.get("on_demand"))
 
     @classmethod
     def from_context(cls, model: str, ctx: Context) -> CheckResult:

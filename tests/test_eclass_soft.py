@@ -371,8 +371,26 @@ def test_run_py_reads_an_image_with_its_encoder_loaded_on_demand(exported: tuple
     peaks = json.loads(measured.stdout.splitlines()[-1])
     image_peak = peaks["modes"]["image"]["peak_bytes"]
     assert image_peak > 0 and peaks["peak_bytes"] == max(peaks["load_peak_bytes"], peaks["run_peak_bytes"], image_peak)
-    assert "modes" not in json.loads((bundle / "manifest.json").read_text())["memory"]   # measured: not in it
+    memory = json.loads((bundle / "manifest.json").read_text())["memory"]
+    assert "modes" not in memory   # measured: not in the manifest, which names the encoders' class and files
+    vision = bundle / "model" / "encoders" / "vision.onnx"
+    assert memory["on_demand"]["image"] == {"file": "model/encoders/vision.onnx", "size_bytes": vision.stat().st_size}
     rt.write_wav(tmp_path / "clip.wav", np.zeros(1600), 16000)
     refused = subprocess.run([sys.executable, "run.py", "--audio", str(tmp_path / "clip.wav"), "--prompt", "a"],
                              cwd=bundle, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "no audio encoder" in refused.stderr, refused.stderr
+
+
+def test_check_names_the_encoders_on_demand_and_each_modes_peak(exported: tuple) -> None:
+    """`packager check --json`: the vision encoder's file and size apart from the resident model (on_demand), the
+    image mode's measured peak, and the verdict on the worst of the text run and that mode."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "packager", "check", str(exported[0]), "--target", "rpi5",
+                           "--recipe", "fp32", "--json"], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert set(result["on_demand"]) == {"image"} and result["on_demand"]["image"]["size_bytes"] > 0
+    measured = result["measured"]
+    assert measured["peak_bytes"] == max(measured["load_peak_bytes"], measured["run_peak_bytes"],
+                                         measured["modes"]["image"]["peak_bytes"])
+    assert result["budget_bytes"] - result["headroom_bytes"] == measured["peak_bytes"]

@@ -16,7 +16,7 @@ from packager.context import Context
 from packager.errors import ExitCode, PackagerError
 from packager.estimate import Estimate, combine, estimate, largest_pass, sample_shapes, seq2seq_step_shapes, step_shapes
 from packager.families import family_for
-from packager.fit_memory import measure_folder, over_budget, shared_bytes, verdict, without_runtime
+from packager.fit_memory import measure_folder, on_demand, over_budget, shared_bytes, verdict, without_runtime
 from packager.manifest import runtime_spec
 from packager.runtime_files import copy_runtime
 from packager.runtimes import runtime_for
@@ -102,7 +102,8 @@ def run(ctx: Context) -> None:
     est = estimate_at(ctx, ctx.context, parts)
     measured = measure(ctx) if ctx.measure else None
     ctx.memory = verdict(ctx.profile, ctx.context, est, measured,
-                         _components_memory(ctx, parts, measured) if ctx.components else None)
+                         _components_memory(ctx, parts, measured) if ctx.components else None,
+                         on_demand(ctx.stage_dir, ctx.io.soft))
     if not ctx.memory.fits and ctx.enforce_budget:
         raise PackagerError(
             f"does not fit: {over_budget(ctx.memory.to_dict())} over {ctx.profile.name}'s budget of "
