@@ -61,7 +61,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                "packager.sample_inputs", "packager.sample_images", "packager.open_shapes",
                "packager.calibration", "packager.evaluation", "packager.smoothing", "packager.fusion",
                "packager.mixed", "packager.manifest", "packager.inspection", "packager.families.verification",
-               "packager.families.media",
+               "packager.families.media", "packager.families.soft_verification",
                # what one model's bundle and a bundle of several both write and measure
                "packager.bundle_files", "packager.fit_memory")),
     # the pipeline's steps, one module each with its `run(ctx)`: what they share lives below them
@@ -70,6 +70,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # reports on a bundle
     ("pipeline", ("packager.stage_runner", "packager.mixed_search", "packager.fit_auto", "packager.pipeline",
                   "packager.suite", "packager.plan", "packager.plan_notes", "packager.plan_types", "packager.bundles",
+                  # a multimodal config's encoders as plan counts them
+                  "packager.plan_encoders",
                   "packager.bundle_check", "packager.emulate",
                   "packager.emulate_qemu",
                   "packager.emulate_userland", "packager.smoke", "packager.report", "packager.report_view",
@@ -110,7 +112,9 @@ LAZY_EDGES = {
 # torch, transformers, optimum, peft, safetensors and tokenizers take seconds (export and samples need them); onnx and
 # onnxruntime about 0.3 s (only export, quantize, verify and the checks of a packaged model); typer is the CLI's own.
 LAZY_THIRD_PARTY = ("torch", "transformers", "optimum", "peft", "safetensors", "tokenizers", "onnx", "onnx_ir",
-                    "onnxruntime", "numpy", "typer")
+                    "onnxruntime", "numpy", "typer",
+                    # the E-class exporter's sibling, imported where the multimodal export needs it (genai environment)
+                    "eclass_encoders")
 
 
 @dataclass(frozen=True)
