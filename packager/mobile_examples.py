@@ -71,7 +71,8 @@ def _kotlin_literal(dtype: str, v: Any) -> str:
 def kotlin_input(i: ExampleInput) -> str:
     kinds = {"float32": ("FloatBuffer", "floatArrayOf", "FloatArray"),
              "int64": ("LongBuffer", "longArrayOf", "LongArray"),
-             "int32": ("IntBuffer", "intArrayOf", "IntArray")}
+             "int32": ("IntBuffer", "intArrayOf", "IntArray"),
+             "uint8": ("ByteBuffer", "byteArrayOf", "ByteArray")}
     shape = f"longArrayOf({', '.join(str(d) for d in i.shape)})"
     if i.dtype not in kinds:
         return (f"            // {i.name}: {i.dtype} {list(i.shape)}: "
@@ -80,6 +81,9 @@ def kotlin_input(i: ExampleInput) -> str:
     n = int(np.prod(i.shape)) if i.shape else 1
     data = (f"{array_of}({', '.join(_kotlin_literal(i.dtype, v) for v in i.values)})" if i.values is not None
             else f"{array}({n})")
+    if i.dtype == "uint8":   # bytes: the Java API takes them with their type (a multimodal decoder's soft_mask)
+        return (f'            "{i.name}" to OnnxTensor.createTensor(env, ByteBuffer.wrap({data}), {shape}, '
+                "OnnxJavaType.UINT8),")
     return f'            "{i.name}" to OnnxTensor.createTensor(env, {buffer}.wrap({data}), {shape}),'
 
 
@@ -88,7 +92,8 @@ def _swift_literal(dtype: str, v: Any) -> str:
 
 
 def swift_input(i: ExampleInput) -> str:
-    kinds = {"float32": ("Float", ".float"), "int64": ("Int64", ".int64"), "int32": ("Int32", ".int32")}
+    kinds = {"float32": ("Float", ".float"), "int64": ("Int64", ".int64"), "int32": ("Int32", ".int32"),
+             "uint8": ("UInt8", ".uInt8")}
     shape = f"[{', '.join(str(d) for d in i.shape)}]"
     if i.dtype not in kinds:
         return (f"            // {i.name}: {i.dtype} {list(i.shape)}: "
@@ -103,7 +108,7 @@ def swift_input(i: ExampleInput) -> str:
 # A table's dtype as each API names it (ai.onnxruntime.OnnxJavaType, ORTTensorElementDataType)
 _JAVA_TYPES = {"float32": "FLOAT", "float16": "FLOAT16", "int8": "INT8", "uint8": "UINT8", "int32": "INT32",
                "int64": "INT64"}
-_SWIFT_TYPES = {"float32": ".float", "float16": ".float16", "int8": ".int8", "uint8": ".uint8", "int32": ".int32",
+_SWIFT_TYPES = {"float32": ".float", "float16": ".float16", "int8": ".int8", "uint8": ".uInt8", "int32": ".int32",
                 "int64": ".int64"}
 
 

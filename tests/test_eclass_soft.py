@@ -151,7 +151,7 @@ def test_the_graph_takes_soft_tokens_and_the_io_describes_them(exported: tuple) 
     assert types["soft_tokens"].elem_type == onnx.TensorProto.FLOAT
     assert [d.dim_param or d.dim_value for d in types["soft_tokens"].shape.dim] == \
         ["batch", "sequence", ECLASS["hidden_size"]]
-    assert types["soft_mask"].elem_type == onnx.TensorProto.BOOL
+    assert types["soft_mask"].elem_type == onnx.TensorProto.UINT8   # an iOS app cannot make a bool tensor
     assert made["soft_tokens"] and made["pad_token_id"] == ECLASS["pad_token_id"]
     # the vision encoder that makes them, exported beside the decoder: its graph, placeholders and processor figures
     pre = {"patch_size": VISION["patch_size"], "max_soft_tokens": MAX_SOFT_TOKENS,
@@ -160,7 +160,7 @@ def test_the_graph_takes_soft_tokens_and_the_io_describes_them(exported: tuple) 
     assert io["soft"] == {"inputs": list(SOFT_INPUTS), "hidden": ECLASS["hidden_size"],
                           "pad_token_id": ECLASS["pad_token_id"], "encoders": {"image": image}}
     assert (out / image["file"]).is_file() and made["encoders"] == {"image": image}
-    assert {"soft_tokens": "float32", "soft_mask": "bool"} == \
+    assert {"soft_tokens": "float32", "soft_mask": "uint8"} == \
         {i["name"]: i["dtype"] for i in io["inputs"] if i["name"] in SOFT_INPUTS}
 
 
@@ -394,3 +394,23 @@ def test_check_names_the_encoders_on_demand_and_each_modes_peak(exported: tuple)
     assert measured["peak_bytes"] == max(measured["load_peak_bytes"], measured["run_peak_bytes"],
                                          measured["modes"]["image"]["peak_bytes"])
     assert result["budget_bytes"] - result["headroom_bytes"] == measured["peak_bytes"]
+
+
+def test_the_phone_examples_feed_a_text_pass_its_soft_inputs(exported: tuple, tmp_path: Path) -> None:
+    """A phone bundle of the multimodal folder: its Kotlin and Swift examples feed soft_tokens (zeros) and
+    soft_mask (uint8 zeros, a type both APIs make: onnxruntime's Swift API has no bool tensor), so that a text pass
+    runs; the Swift example names the element type as Swift imports it (.uInt8)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "packager", "package", str(exported[0]), "--target", "phone",
+                           "--recipe", "fp32", "--out", str(tmp_path / "dist")],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with tarfile.open(next((tmp_path / "dist").glob("*.tar.gz"))) as tar:
+        tar.extractall(tmp_path / "bundle", filter="data")
+    bundle = next((tmp_path / "bundle").iterdir())
+    kotlin = next((bundle / "android").glob("*Model.kt")).read_text()
+    swift = next((bundle / "ios").glob("*Model.swift")).read_text()
+    assert '"soft_mask" to OnnxTensor.createTensor(env, ByteBuffer.wrap(ByteArray(' in kotlin
+    assert "OnnxJavaType.UINT8)" in kotlin and '"soft_tokens" to OnnxTensor.createTensor(env, FloatBuffer' in kotlin
+    assert '"soft_mask": try Self.tensor([UInt8](repeating: 0' in swift and "type: .uInt8)" in swift
+    assert ".uint8" not in swift

@@ -26,7 +26,7 @@ the graph is traced from a forward of its own over the model's modules, with the
   safetensors file (CheckpointTensor). verify's PyTorch reference (`reference`) maps the same table in its stored
   dtype and upcasts the rows it looks up.
 - A multimodal checkpoint's (its config.json has a vision_config or an audio_config) takes two more inputs after
-  position_ids: soft_tokens ([batch, sequence, hidden], float) and soft_mask ([batch, sequence], bool), the vision
+  position_ids: soft_tokens ([batch, sequence, hidden], float) and soft_mask ([batch, sequence], uint8), the vision
   and audio encoders' outputs (already projected to the text width) and where they go: the layers' input is
   where(soft_mask, soft_tokens, embedding), and the per-layer inputs are projected from it. The loop puts the pad
   token at those positions of input_ids, so the embedding and per-layer rows read there are the pad's, as
@@ -94,7 +94,7 @@ class EDecoder(torch.nn.Module):
         x = text.embed_tokens(input_ids)
         if self.soft:   # the encoders' soft tokens in place of the placeholders' (pad) embeddings
             (soft_tokens, soft_mask), past = past[:2], past[2:]
-            x = torch.where(soft_mask[..., None], soft_tokens, x)
+            x = torch.where(soft_mask[..., None].bool(), soft_tokens, x)
         # Gather the int8 rows, then Cast: a Cast first would be folded into a float copy of the whole table. The
         # scales by GatherElements: a recipe's 8-bit quantizer quantizes every float Gather's table, with one
         # scale for all its rows, and leaves GatherElements alone.
@@ -316,7 +316,9 @@ def export(source: Path, out: Path) -> dict[str, Any]:
     names = io_names(module)
     # a past of 2 positions: torch's amax refuses an empty axis, which onnxruntime's ReduceMax takes (-inf)
     past = [torch.zeros(1, 2, heads, dim) for heads, dim in owner_shapes(module) for _ in (0, 1)]
-    soft = (torch.zeros(1, 3, config.hidden_size), torch.zeros(1, 3, dtype=torch.bool)) if module.soft else ()
+    # the mask as uint8, not bool: onnxruntime's Objective-C/Swift API makes no bool tensor, so an iOS app could
+    # not feed it
+    soft = (torch.zeros(1, 3, config.hidden_size), torch.zeros(1, 3, dtype=torch.uint8)) if module.soft else ()
     args = (torch.tensor([[1, 2, 3]]), torch.ones(1, 5, dtype=torch.int64), torch.arange(2, 5)[None], *soft, *past)
     axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
                                        "attention_mask": {0: "batch", 1: "total"},

@@ -3,7 +3,7 @@ graph that takes `soft_tokens` and `soft_mask` (the E-class exporter's, for a mu
 in place of the embeddings of the placeholder tokens at their positions. The loop puts the pad token (io.soft's
 pad_token_id) at those positions of input_ids, so the embedding and per-layer rows read there (the graph's, or the
 rows RowFeeds reads) are the pad's, as transformers reads them; a pass without soft tokens feeds zeros and a mask
-all False.
+of zeros (uint8: 1 at a soft token).
 """
 
 from dataclasses import dataclass
@@ -41,9 +41,9 @@ class Soft:
     def window(self, start: int, n: int, hidden: int) -> tuple[np.ndarray, np.ndarray]:
         """soft_tokens [1, n, hidden] and soft_mask [1, n] of the pass of n tokens at positions start, start + 1 ..."""
         inside = (self.positions >= start) & (self.positions < start + n)
-        tokens, mask = np.zeros((1, n, hidden), np.float32), np.zeros((1, n), bool)
+        tokens, mask = np.zeros((1, n, hidden), np.float32), np.zeros((1, n), np.uint8)
         tokens[0, self.positions[inside] - start] = self.rows[inside]
-        mask[0, self.positions[inside] - start] = True
+        mask[0, self.positions[inside] - start] = 1
         return tokens, mask
 
 
@@ -65,6 +65,6 @@ def soft_feeds(ids: list[int], start: int, soft: "Soft | None",
     hidden, pad = spec
     if soft is None:
         return ids, {SOFT_TOKENS: np.zeros((1, len(ids), hidden), np.float32),
-                     SOFT_MASK: np.zeros((1, len(ids)), bool)}
+                     SOFT_MASK: np.zeros((1, len(ids)), np.uint8)}
     tokens, mask = soft.window(start, len(ids), hidden)
     return [pad if m else t for t, m in zip(ids, mask[0].tolist())], {SOFT_TOKENS: tokens, SOFT_MASK: mask}
