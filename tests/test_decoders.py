@@ -57,6 +57,11 @@ def test_architecture_exports_and_generates(arch: str, tmp_path: Path) -> None:
         smoke = subprocess.run([sys.executable, str(bundle / "smoke_test.py")], capture_output=True, text=True,
                                timeout=120)
         assert smoke.returncode == 0 and smoke.stdout.splitlines()[-1] == "PASS", smoke.stdout
+        # an image for a text decoder: one sentence, exit 2, not a traceback
+        (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        refused = subprocess.run([sys.executable, str(bundle / "run.py"), "--image", str(tmp_path / "photo.png"),
+                                  "--prompt", "a"], capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and "reads no images or audio" in refused.stderr, refused.stderr
 
 
 def _tied_model(vocab: int = 64, hidden: int = 64) -> onnx.ModelProto:

@@ -207,7 +207,9 @@ class Runner:
         loaded for it and released (runtime/on_demand.py): text, tokens, and the prompt's ids with the placeholders."""
         from .on_demand import prompt_with
 
-        assert self.decoder is not None and self.tokenizer is not None
+        if self.decoder is None or self.tokenizer is None or not (self.io.get("soft") or {}).get("encoders"):
+            raise ValueError("this bundle's model reads no images or audio: --image and --audio are for a decoder "
+                             "packaged with its encoders (a multimodal Gemma 4); give it text")
         ids, soft = prompt_with(self, prompt, paths)
         tokens, _ = self.decoder.generate(ids, max_new_tokens, soft=soft)
         return self.tokenizer.decode(tokens), tokens, ids
