@@ -100,8 +100,12 @@ def read_image(path: Path) -> np.ndarray:
         except ImportError:
             raise ValueError(f"{path} is not a PNG file, and Pillow (which reads other formats) is not installed; "
                              "convert it to PNG or pip install pillow") from None
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+        try:
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGB"))
+        except (OSError, SyntaxError) as e:   # PIL.UnidentifiedImageError is an OSError; a damaged file may be either
+            raise ValueError(f"{path} is not a PNG file, nor an image Pillow reads ({e}); convert it to PNG or "
+                             "JPEG") from None
     import struct
     import zlib
 
