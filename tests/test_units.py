@@ -420,3 +420,14 @@ def test_the_int4_block_fits_the_shortest_quantized_axis(tmp_path: Path) -> None
     assert fitting_block(model(64, 2048), 128) == 64
     assert fitting_block(model(2048, 48), 128) == 32      # the embedding table's width too
     assert fitting_block(model(8, 2048), 32) == 16        # MatMulNBits' smallest block
+
+
+def test_a_drifting_recipe_is_told_the_more_precise_ones_only() -> None:
+    """verify's remedy names the recipes more precise than the one that drifted, never that one."""
+    from packager.recipes import remedy
+
+    assert remedy("int4").endswith("a more precise recipe (int8-dynamic, fp16 or fp32)")
+    assert remedy("int8-dynamic") == "a more precise recipe (fp16 or fp32)"
+    assert remedy("fp16") == "a more precise recipe (fp32)"
+    assert "most precise" in remedy("fp32")
+    assert remedy("int8-dynamic", True).endswith("fp32, for the component that drifts: --recipe NAME=R)")

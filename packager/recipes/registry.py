@@ -135,4 +135,12 @@ def remedy(name: str, components: bool = False) -> str:
     mixed = [r.name for r in RECIPES.values() if r.searches_layers]
     keep = f"--recipe {mixed[0]} (keeps the most sensitive layers at 8 bits), or " if name == "int4" and mixed else ""
     per_component = ", for the component that drifts: --recipe NAME=R" if components else ""
-    return f"{keep}a more precise recipe (int8-dynamic, fp16 or fp32{per_component})"
+    more = PRECISE[PRECISE.index(name) + 1:] if name in PRECISE else PRECISE   # never the recipe that drifted
+    if not more:
+        return "another target or runtime: fp32 is the most precise recipe"
+    listed = more[0] if len(more) == 1 else f"{', '.join(more[:-1])} or {more[-1]}"
+    return f"{keep}a more precise recipe ({listed}{per_component})"
+
+
+# The recipes a drift falls back to, least precise first
+PRECISE = ("int8-dynamic", "fp16", "fp32")
