@@ -97,10 +97,8 @@ def check_media(bundle: Path, runner: run.Runner, manifest: run.Manifest) -> dic
         if ids != entry["prompt_ids"]:
             raise SmokeFailure(f"{entry['file']} reads here as other prompt ids than on the build host (the "
                                "pre-processing or the encoder's output length differs)")
-        logits = run.teacher_forced(runner.decoder, ids, entry["tokens"], soft)
-        first = firsts[path.name]
-        agreement = float(np.mean(np.argmax(logits, axis=-1) == np.asarray(entry["tokens"])))
-        cosine = float(np.dot(first, logits[0]) / (np.linalg.norm(first) * np.linalg.norm(logits[0]) + 1e-12))
+        logits = run.score_from(runner.decoder, ids + entry["tokens"], len(ids), soft)
+        agreement, cosine = run.followed(logits, entry["tokens"], firsts[path.name])
         figures[path.name] = _gate({"token_agreement": agreement, "min_logits_cosine": cosine}, manifest)
     return figures
 

@@ -36,7 +36,7 @@ def rt(packaged_logits: np.ndarray) -> SimpleNamespace:
     device = runner()
     return SimpleNamespace(write_png=device.write_png, write_wav=device.write_wav,
                            prompt_with=lambda r, prompt, paths: ([0, 1, 9, 9, 2], "soft"),
-                           teacher_forced=lambda decoder, ids, tokens, soft: packaged_logits)
+                           score_from=lambda decoder, ids, start, soft: packaged_logits, followed=device.followed)
 
 
 def context(tmp_path: Path, modes: tuple[str, ...]) -> SimpleNamespace:

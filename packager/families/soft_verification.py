@@ -65,9 +65,8 @@ def verify_media(ctx: Context, rt: ModuleType, packaged: Any) -> dict[str, Any]:
         if packaged_ids != ids:
             raise PackagerError(f"the packaged bundle reads {path.name} as {len(packaged_ids)} tokens, the fp32 export "
                                 f"as {len(ids)}; rebuild with --no-cache.", ExitCode.TOOL_FAILED)
-        logits = rt.teacher_forced(packaged.decoder, ids, tokens, packaged_soft)
-        agreement = float(np.mean(np.argmax(logits, axis=-1) == np.asarray(tokens)))
-        cosine = float(np.dot(first, logits[0]) / (np.linalg.norm(first) * np.linalg.norm(logits[0]) + 1e-12))
+        logits = rt.score_from(packaged.decoder, ids + list(tokens), len(ids), packaged_soft)
+        agreement, cosine = rt.followed(logits, list(tokens), first)
         figures[path.name] = {"token_agreement": agreement, "logits_cosine": cosine, "prompt_tokens": len(ids)}
         # what the device's smoke test holds its own run of the file to (targets/smoke_test.py check_media)
         expected.append({"file": f"media/{path.name}", "prompt": prompt, "prompt_ids": ids, "tokens": list(tokens)})

@@ -55,10 +55,9 @@ def compare_decoder(expected: list[dict[str, np.ndarray]], decoder: Decoder | li
     for sample, decoder in zip(expected, decoders):
         prompt = [int(t) for t in sample["prompt_ids"]]
         reference = [int(t) for t in sample["tokens"]]
-        logits = score_from(decoder, prompt + reference, len(prompt))
-        predicted = np.argmax(logits[:len(reference)], axis=-1)
-        agreements.append(float(np.mean(predicted == np.asarray(reference))) if reference else 1.0)
-        cosines.append(_cosine(logits[0].astype(np.float64), sample["logits"].astype(np.float64)))
+        agreement, cosine = followed(score_from(decoder, prompt + reference, len(prompt)), reference, sample["logits"])
+        agreements.append(agreement)
+        cosines.append(cosine)
         generated, _ = decoder.generate(prompt, len(reference))
         identical += generated == reference
     return {
@@ -72,14 +71,22 @@ def compare_decoder(expected: list[dict[str, np.ndarray]], decoder: Decoder | li
     }
 
 
-def score_from(decoder: Decoder, ids: list[int], start: int) -> np.ndarray:
+def followed(logits: np.ndarray, reference: list[int], first: np.ndarray) -> tuple[float, float]:
+    """From score_from's logits: the share of the `reference` tokens predicted, and the cosine of the first
+    prediction's logits with the reference's (`first`)."""
+    predicted = np.argmax(logits[:len(reference)], axis=-1)
+    agreement = float(np.mean(predicted == np.asarray(reference))) if reference else 1.0
+    return agreement, _cosine(logits[0].astype(np.float64), np.asarray(first, np.float64))
+
+
+def score_from(decoder: Decoder, ids: list[int], start: int, soft: Any = None) -> np.ndarray:
     """The logits at positions start - 1 .. len(ids) - 1 of `ids` read teacher-forced (`decoder.score(ids)[start -
     1:]`: the predictions of ids[start:] and of the token after them). A graph that gives the last position's logits
     only (io.logits "last") has its prompt ids[:start] prefilled in chunks, then a pass a token: a token-at-a-time
-    score would run a pass for each prompt token too."""
+    score would run a pass for each prompt token too. `soft`: the prompt's soft tokens (runtime/soft.py)."""
     if not getattr(decoder, "last_only", False):
         return np.asarray(decoder.score(ids)[start - 1:])
-    logits, past = decoder.prefill(ids[:start])
+    logits, past = decoder.prefill(ids[:start], *([soft] if soft is not None else []))
     rows = [logits[-1]]
     for n in range(start, len(ids)):
         logits, past = decoder.step([ids[n]], past, n)

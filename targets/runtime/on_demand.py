@@ -42,6 +42,11 @@ def encoder_inputs(mode: str, path: Path, pre: dict[str, Any], session: Any) -> 
     return dict(zip(names, (padded, valid)))
 
 
+def open_encoder(runner: Any, encoder: dict[str, Any]) -> Any:
+    """A session of an encoder io.soft.encoders names (its file beside the decoder's), for one input only."""
+    return runner.open_session(str(Path(runner.runtime["model"]).parent / encoder["file"]))
+
+
 def soft_tokens(runner: Any, path: Path) -> tuple[str, np.ndarray]:
     """(mode, [tokens, hidden]) of one file: its encoder loaded, run and released."""
     mode = mode_of(path)
@@ -50,7 +55,7 @@ def soft_tokens(runner: Any, path: Path) -> tuple[str, np.ndarray]:
         have = " or ".join(f"{'a .wav file' if m == 'audio' else 'an image'}" for m in encoders) or "none"
         raise ValueError(f"{path}: this bundle's model has no {mode} encoder (it takes {have})")
     encoder = encoders[mode]
-    session = runner.open_session(str(Path(runner.runtime["model"]).parent / encoder["file"]))
+    session = open_encoder(runner, encoder)
     try:
         rows = session.run(None, encoder_inputs(mode, path, encoder["pre"], session))[0]
     finally:
@@ -100,20 +105,10 @@ def mode_peaks(runner: Any) -> dict[str, int]:
     peaks: dict[str, int] = {}
     for mode, encoder in ((runner.io.get("soft") or {}).get("encoders") or {}).items():
         reset_peak()
-        session = runner.open_session(str(Path(runner.runtime["model"]).parent / encoder["file"]))
+        session = open_encoder(runner, encoder)
         session.run(None, largest_inputs(mode, encoder["pre"], session))
         del session
         gc.collect()
         peaks[mode] = peak_bytes()
     return peaks
 
-
-def teacher_forced(decoder: Any, ids: list[int], tokens: list[int], soft: Soft) -> np.ndarray:
-    """The decoder's logits [len(tokens), vocab] for each of `tokens` after the prompt `ids` (its soft tokens
-    `soft`), each position given the ones before: the prompt's last position, then each token's."""
-    logits, past = decoder.prefill(ids, soft)
-    rows = [logits[-1]]
-    for n, token in enumerate(tokens[:-1]):
-        logits, past = decoder.step([token], past, len(ids) + n)
-        rows.append(logits[-1])
-    return np.stack(rows)
