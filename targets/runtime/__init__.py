@@ -5,7 +5,8 @@ cryptography for signed bundles). It never imports packager.
 Loaded by run.py (the bundle's entry point) from its source files, never from a __pycache__ .pyc and
 never with the bundle's folder on sys.path: see run.py's `load_package`. The modules, lowest first:
 families (what each model kind loads and runs), manifest (the layout and the manifest), files (the
-integrity check), signature, peak (resident memory), media (WAV, PNG, log-mel), soft (an encoder's soft
+integrity check), signature, peak (resident memory), media (WAV, PNG, log-mel), media_gemma4 and
+media_gemma3n (Gemma's encoder inputs as transformers' processors make them), soft (an encoder's soft
 tokens in a decoder's pass), session (the runner and the decoder loop), compare (samples and the comparison
 with the fp32 reference), evaluation (--eval cases), measure (--measure), cli.
 """
@@ -65,6 +66,7 @@ from .manifest import (
 )
 from .measure import MEASURE_TOKENS, exercise, measure
 from .media import audio_features, image_pixels, mel_filters, read_image, read_wav, sample_media, write_png, write_wav
+from .media_gemma3n import gemma3n_audio_features
 from .media_gemma4 import gemma4_audio_features, gemma4_patches
 from .on_demand import mode_peaks, prompt_with
 from .peak import peak_bytes, reset_peak, rss_bytes
@@ -95,7 +97,7 @@ __all__ = [
     "audio_features", "read_image", "write_png", "image_pixels", "gemma4_patches", "sample_media", "choose_providers",
     "session_options", "provider_options", "Runner", "Decoder", "RowFeeds", "prefill_chunk", "encode",
     "load_tokenizer", "load", "start_ids", "Soft",
-    "gemma4_audio_features", "prompt_with", "mode_peaks", "followed",
+    "gemma4_audio_features", "gemma3n_audio_features", "prompt_with", "mode_peaks", "followed",
     "encoded", "encoder_feeds", "load_samples", "NPZ_DATE_TIME", "save_samples", "compare_decoder", "score_from",
     "reference_generations", "compare", "EVAL_MATCHES", "EVAL_DEFAULT_TOKENS", "read_eval", "eval_passes",
     "evaluate", "measure", "exercise", "MEASURE_TOKENS", "read_inputs", "main", "FAMILIES", "Family", "family",

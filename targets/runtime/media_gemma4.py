@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 
 
-def _htk_mel(hz: np.ndarray) -> np.ndarray:
+def _htk_mel(hz: np.ndarray, scalar: bool = False) -> np.ndarray:
+    if scalar:  # the standard library's log10, one value at a time: numpy's differs in the last bit at times
+        return np.array([2595.0 * math.log10(1.0 + float(f) / 700.0) for f in hz], dtype=np.float64)
     return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
 
 
@@ -23,17 +25,24 @@ def _htk_hz(mel: np.ndarray) -> np.ndarray:
     return 700.0 * (np.power(10.0, mel / 2595.0) - 1.0)
 
 
-def htk_mel_filters(rate: int, n_fft: int, n_mels: int, low: float, high: float) -> np.ndarray:
+def htk_mel_filters(rate: int, n_fft: int, n_mels: int, low: float, high: float,
+                    fb_matrix: bool = False) -> np.ndarray:
     """[1 + n_fft // 2, n_mels] triangular filters on the HTK mel scale, `low` to `high` Hz, peaks of 1 (no area
     normalisation): transformers' mel_filter_bank(norm=None, mel_scale="htk") as Gemma 4 calls it. Its bin
     frequencies run to rate // 2 (integer division), as there. With 257 bins and 128 filters from 0 Hz the first
     filter (0 to 28 Hz) falls between the first two bins and is all zero: its feature is log(mel_floor) always,
-    in transformers too (which hides the warning, and its comment says the uppermost filter)."""
-    freqs = np.linspace(0, rate // 2, 1 + n_fft // 2)
-    low_mel, high_mel = _htk_mel(np.array([low, high], dtype=np.float64))
+    in transformers too (which hides the warning, and its comment says the uppermost filter).
+
+    fb_matrix: the same triangles as Gemma 3n's create_fb_matrix computes them (media_gemma3n.py): float32 bin
+    frequencies rate / n_fft apart (to rate / 2, not rate // 2) and the band's edges through math.log10."""
+    if fb_matrix:
+        freqs = np.arange(1 + n_fft // 2, dtype=np.float32) * (rate / n_fft)
+    else:
+        freqs = np.linspace(0, rate // 2, 1 + n_fft // 2)
+    low_mel, high_mel = _htk_mel(np.array([low, high], dtype=np.float64), scalar=fb_matrix)
     points = _htk_hz(np.linspace(low_mel, high_mel, n_mels + 2))
     widths = np.diff(points)
-    slopes = points[None, :] - freqs[:, None]
+    slopes: np.ndarray = points[None, :] - freqs[:, None]   # float64 either way
     down = -slopes[:, :-2] / widths[:-1]
     up = slopes[:, 2:] / widths[1:]
     return np.maximum(0.0, np.minimum(down, up))
@@ -69,11 +78,24 @@ def _padded(samples: np.ndarray, pre: dict[str, Any]) -> tuple[np.ndarray, int]:
     return wave, real
 
 
-def _frames(wave: np.ndarray, pre: dict[str, Any], frame: int, hop: int) -> np.ndarray:
+def _dithered(wave: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
+    """The padded wave with the extractor's dither and input_scale_factor (float32 still)."""
+    dither = float(pre.get("dither", 0.0) or 0.0)
+    if dither > 0.0:  # Gaussian noise as the extractor adds (its default is none): no two runs agree here
+        wave = wave + dither * np.random.default_rng().standard_normal(len(wave)).astype(np.float32)
+    scale = float(pre.get("input_scale_factor", 1.0))
+    if scale != 1.0:
+        wave = wave * np.float32(scale)
+    return wave
+
+
+def _frames(wave: np.ndarray, pre: dict[str, Any], frame: int, hop: int, semicausal: bool = True) -> np.ndarray:
     """[frames, frame] float32 analysis frames. The wave gets frame // 2 zeros in front (the first frame centred
-    on t = 0: "semicausal") and each frame is cut frame + 1 samples long, the extra one for the pre-emphasis:
-    the frame count (and the mask) follow from that length even where no pre-emphasis uses the extra sample."""
-    wave = np.concatenate([np.zeros(frame // 2, dtype=wave.dtype), wave])
+    on t = 0: "semicausal"; Gemma 3n's extractor has none) and each frame is cut frame + 1 samples long, the extra
+    one for the pre-emphasis: the frame count (and the mask) follow from that length even where no pre-emphasis
+    uses the extra sample."""
+    if semicausal:
+        wave = np.concatenate([np.zeros(frame // 2, dtype=wave.dtype), wave])
     count = max(0, (len(wave) - (frame + 1)) // hop + 1)
     cut = wave[np.arange(frame + 1)[None, :] + hop * np.arange(count)[:, None]]
     emphasis = float(pre.get("preemphasis", 0.0) or 0.0)
@@ -84,6 +106,15 @@ def _frames(wave: np.ndarray, pre: dict[str, Any], frame: int, hop: int) -> np.n
         return np.concatenate([cut[:, :1] * (1.0 - emphasis), cut[:, 1:-1] - emphasis * cut[:, :-2]], axis=-1)
     frames = cut[:, 1:] - emphasis * cut[:, :-1]
     return frames
+
+
+def _per_bin(log: np.ndarray, pre: dict[str, Any], mels: int) -> np.ndarray:
+    """[frames, mels] float64 log-mels less per_bin_mean, over per_bin_stddev, where the figures give them."""
+    if pre.get("per_bin_mean") is not None:
+        log = log - np.asarray(pre["per_bin_mean"], dtype=np.float64).reshape(1, mels)
+    if pre.get("per_bin_stddev") is not None:
+        log = log / np.asarray(pre["per_bin_stddev"], dtype=np.float64).reshape(1, mels)
+    return log
 
 
 def gemma4_audio_features(samples: np.ndarray, pre: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -101,23 +132,13 @@ def gemma4_audio_features(samples: np.ndarray, pre: dict[str, Any]) -> tuple[np.
     after the log (so padding_value never shows)."""
     frame, hop, fft = gemma4_sizes(pre)
     wave, real = _padded(samples, pre)
-    dither = float(pre.get("dither", 0.0) or 0.0)
-    if dither > 0.0:  # Gaussian noise as the extractor adds (its default is none): no two runs agree here
-        wave = wave + dither * np.random.default_rng().standard_normal(len(wave)).astype(np.float32)
-    scale = float(pre.get("input_scale_factor", 1.0))
-    if scale != 1.0:
-        wave = wave * np.float32(scale)
-    frames = _frames(wave, pre, frame, hop)
+    frames = _frames(_dithered(wave, pre), pre, frame, hop)
     window = np.hanning(frame + 1)[:-1].astype(np.float32)  # periodic Hann, computed as transformers does
     magnitude = np.abs(np.fft.rfft(frames * window, n=fft, axis=-1))
     mels = int(pre.get("feature_size", 128))
     filters = htk_mel_filters(int(pre.get("sampling_rate", 16000)), fft, mels,
                               float(pre.get("min_frequency", 0.0)), float(pre.get("max_frequency", 8000.0)))
-    log = np.log(magnitude @ filters + np.float64(pre.get("mel_floor", 1e-3)))
-    if pre.get("per_bin_mean") is not None:
-        log = log - np.asarray(pre["per_bin_mean"], dtype=np.float64).reshape(1, mels)
-    if pre.get("per_bin_stddev") is not None:
-        log = log / np.asarray(pre["per_bin_stddev"], dtype=np.float64).reshape(1, mels)
+    log = _per_bin(np.log(magnitude @ filters + np.float64(pre.get("mel_floor", 1e-3))), pre, mels)
     mask = hop * np.arange(len(frames)) + frame - frame // 2 < real
     return log.astype(np.float32) * mask[:, None], mask
 
