@@ -277,6 +277,14 @@ def mapped_embedding(a: Architecture, profile: Profile, mem: DecoderMemory,
             "scales": (int(a.embedding_parameters * 4 / profile.int4.block_size), a.vocab)}
 
 
+def int8_lookup_copy(a: Architecture, mem: DecoderMemory, precision: str) -> int:
+    """int8, tied embedding, on an exported graph: the dynamic quantizer quantizes the lookup's table and the
+    lm_head's weight apart, two 8-bit copies, both resident (the E2B-plan bundle of scripts/bench_multimodal.py: 201
+    MiB of inline weights, where one copy counted 135). Read a row at a time, the lookup's copy costs a token nothing."""
+    return a.embedding_parameters if precision == "int8" and a.tied_embeddings and a.decoder \
+        and not mem.measured_weights else 0
+
+
 def second_scales(a: Architecture, profile: Profile, precision: str) -> int:
     """int4, tied embedding, as onnxruntime-genai's builder stores it: the embedding reads the lm_head's 4-bit weight
     with its scales in another shape, 4 bytes a block of the table, again (the recipes on onnxruntime untie it:
@@ -288,7 +296,8 @@ def second_scales(a: Architecture, profile: Profile, precision: str) -> int:
 def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits: int | None) -> Row:
     mem = decoder_memory(a, profile, precision)
     share = runtime_for(profile).memory(profile, "text")
-    weights = int(a.effective_parameters * bytes_per_param(profile, precision))
+    copy = int8_lookup_copy(a, mem, precision)
+    weights = int(a.effective_parameters * bytes_per_param(profile, precision)) + copy
     if mem.measured_weights:
         weights += second_scales(a, profile, precision)
     per_mapped = PLE_BYTES_PER_PARAM if e_exported(a, mem) else bytes_per_param(profile, precision)
@@ -315,7 +324,7 @@ def row(a: Architecture, profile: Profile, precision: str, context: int, kv_bits
     worst = max([high, *(h for _, h in modes.values())])
     return Row(precision, context, weights, kv, activations, base, low, high, worst <= profile.budget.memory_bytes,
                bits, bits not in mem.runnable_kv_bits, mapped, by_type,
-               decode_bound_tokens_per_s=_decode_bound(a, profile, precision, weights, kv), modes=modes,
+               decode_bound_tokens_per_s=_decode_bound(a, profile, precision, weights - copy, kv), modes=modes,
                encoder_bytes=encoders)
 
 

@@ -42,6 +42,22 @@ def test_parameters_are_exact_and_kv_follows_the_formula(llama_1b: Path) -> None
     assert row(a, resolve_target("phone"), "int4", 8192, 4).planning_only
 
 
+def test_int8_counts_a_tied_tables_two_8_bit_copies_resident() -> None:
+    """On an exported graph (onnxruntime) the dynamic quantizer quantizes a tied embedding's lookup table and its
+    lm_head apart: both copies are resident weights (measured on scripts/bench_multimodal.py's E2B-plan bundle, 201
+    MiB inline where one copy counted 135), and only the lm_head's is read for a token; an untied model's two tables
+    are its parameters already."""
+    onnxruntime = dataclasses.replace(resolve_target("rpi5"), decoder_runtime=None)
+    tied = row(architecture(LLAMA_1B), onnxruntime, "int8", 4096, None)
+    table = 128256 * 2048
+    assert tied.weights_bytes == 1_235_814_400 + table and tied.mapped_bytes == 0
+    untied_arch = architecture({**LLAMA_1B, "tie_word_embeddings": False})
+    untied = row(untied_arch, onnxruntime, "int8", 4096, None)
+    assert untied.weights_bytes == 1_235_814_400 + table
+    # the bound reads the same bytes a token: every weight but the lookup's table
+    assert tied.decode_bound_tokens_per_s == pytest.approx(untied.decode_bound_tokens_per_s)
+
+
 def test_untied_embeddings_count_twice() -> None:
     untied = architecture({**LLAMA_1B, "tie_word_embeddings": False})
     assert untied.parameters == 1_235_814_400 + 128256 * 2048
