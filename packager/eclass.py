@@ -20,6 +20,10 @@ MODULE = "eclass_export"   # packager/runtimes/eclass_export.py, never imported 
 # model.onnx's metadata entry where a multimodal checkpoint's graph takes soft tokens (decoder_config.SOFT_INPUTS):
 # their width and the pad token the loop puts at their positions of input_ids; the decoder family's io.soft
 SOFT_KEY = "packager.soft"
+# why a multimodal Gemma 3n's bundle takes no images (runtimes/eclass_encoders.py exports its audio encoder only)
+VISION_3N = ("Gemma 3n's vision encoder (timm's MobileNet-V5) is not exported, so the bundle takes no images: "
+             "transformers builds it with timm, which needs torchvision, whose PyPI wheel is built for CUDA torch and "
+             "does not import beside the genai environment's CPU torch")
 
 
 def e_type(folder: Path) -> str:
@@ -38,6 +42,9 @@ def export_folder(folder: Path, out: Path, work: Path, progress: Callable[[str],
     if made.get("soft_tokens"):
         progress("the decoder takes the vision and audio encoders' soft tokens (inputs "
                  f"{' and '.join(decoder_config.SOFT_INPUTS)})")
+        config, encoders = json.loads((folder / "config.json").read_text(encoding="utf-8")), made.get("encoders") or {}
+        if e_type(folder) == "gemma3n_text" and config.get("vision_config") and "image" not in encoders:
+            progress(VISION_3N)
     for name in TOKENIZER_FILES:
         if (folder / name).is_file():
             shutil.copyfile(folder / name, out / name)

@@ -1,7 +1,8 @@
-"""The E-class exporter's encoders (issue 20, item 4): a Gemma 4 model's vision and audio encoders, each with its
-projection into the text decoder's embedding space, as ONNX graphs of their own (vision.onnx, audio.onnx) that a
-bundle loads when an input of their kind arrives and releases after. Run in the `genai` exporter environment
-(transformers 5.x), a copy of this file beside runtimes/eclass_export.py: packager is not installed there.
+"""The E-class exporter's encoders (issue 20, item 4): a Gemma 4 model's vision and audio encoders, and a Gemma 3n
+model's audio encoder, each with its projection into the text decoder's embedding space, as ONNX graphs of their own
+(vision.onnx, audio.onnx) that a bundle loads when an input of their kind arrives and releases after. Run in the
+`genai` exporter environment (transformers 5.x), a copy of this file beside runtimes/eclass_export.py: packager is
+not installed there.
 
 - One input per graph at the processor's largest size, padded: an image as max_soft_tokens x pooling^2 patches
   (280 x 9 = 2,520 by default), positions (-1, -1) for padding; audio as the feature extractor's longest clip (30 s:
@@ -12,6 +13,12 @@ bundle loads when an input of their kind arrives and releases after. Run in the 
   softmax), and a run of one image peaked at 2,502 MiB. Here the queries go in blocks of QUERY_BLOCK (the softmax is
   per query row, so the result is the same): 1,318 MiB in fp32, 548 MiB with int8 weights (E2B's encoder, 2,304
   patches, 2 threads; the audio encoder's attention is already local, chunks of 12 frames).
+- Gemma 3n's audio encoder (Audio3nEncoder) gives the rows transformers' Gemma3nModel puts in the prompt, not only
+  the real frames': its prompt always holds audio_soft_tokens_per_image (188) placeholders, the padding embedding at
+  those past the clip, and its end token's embedding is embed_audio's (a hard embedding), not the text table's: the
+  graph's last row, which the loop puts at that token (the spec's `end_row`).
+- Gemma 3n's vision encoder is not exported: transformers builds it with timm (MobileNet-V5), which needs torchvision,
+  and torchvision's PyPI wheel is built for CUDA torch and does not import beside this environment's CPU torch.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ QUERY_BLOCK = 256       # a block's scores: heads x QUERY_BLOCK x patches (12 x 
 ATTENTION = "packager_blocked"
 OPSET = 17
 AUDIO_FRAMES = 3000     # Gemma 4's feature extractor: at most 480,000 samples at 16 kHz, a frame each 10 ms
+AUDIO_SAMPLES = 480_000  # Gemma3nAudioFeatureExtractor's max_length (30 s at 16 kHz): its longest clip
 
 
 def blocked_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -87,6 +95,55 @@ class AudioEncoder(torch.nn.Module):
         return tokens
 
 
+class Audio3nEncoder(torch.nn.Module):
+    """Gemma3nModel.forward's rows of a clip in the prompt, [soft_tokens + 1, text hidden]: mel frames and their mask
+    in (True: a real frame, as Gemma3nAudioFeatureExtractor gives it; the inverse of the tower's mask); out the
+    `soft_tokens` rows it scatters into the placeholders (the tower's through embed_audio, the padding embedding,
+    embed_audio's row of `pad_id`, at the masked ones and after the last), then the end token's hard embedding
+    (embed_audio's row of `end_id`), which transformers puts at that token.
+
+    The clip is the frames up to its last real one (the feature extractor masks none before it). The subsampling's
+    second convolution reads 2 rows past each of its output's (transformers pads the time axis after): on the clip
+    alone, zeros past the first convolution's last row; on the padded input, that convolution's rows of the zero
+    frames, which its cumulative norm makes other than zero. Those rows are zeroed, as the clip's last soft token
+    reads them (at a clip of 993 frames, 0.009 off in a tiny model)."""
+
+    def __init__(self, tower: Any, embedder: Any, soft_tokens: int, pad_id: int, end_id: int) -> None:
+        super().__init__()
+        self.tower, self.embedder, self.soft_tokens = tower, embedder, soft_tokens
+        self.register_buffer("hard_ids", torch.tensor([[pad_id, end_id]]), persistent=False)
+
+    def forward(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
+        from unittest import mock
+
+        from transformers.models.gemma3n import modeling_gemma3n
+
+        frames = torch.arange(1, input_features.shape[1] + 1)
+        last = torch.where(input_features_mask[0], frames, 0).max()   # the clip's frames
+        convs = self.tower.subsample_conv_projection
+        stride = int(convs.conv_0.conv.stride[0])
+
+        def clip_only(module: Any, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            rows = args[0]   # [batch, channels, time, frequency]: the first convolution's, of the clip where < last
+            inside = torch.arange(rows.shape[2]) * stride < last
+            return (torch.where(inside[None, None, :, None], rows, 0.0),)
+
+        hook = convs.conv_1.register_forward_pre_hook(clip_only)
+        try:
+            with mock.patch.object(modeling_gemma3n.Gemma3nAudioAttention, "_extract_block_context", block_context):
+                out = self.tower(input_features, ~input_features_mask, return_dict=True)
+        finally:
+            hook.remove()
+        tokens = self.embedder(inputs_embeds=out.last_hidden_state)[0]
+        pad, end = self.embedder(input_ids=self.hard_ids)[0].split(1)
+        tokens = torch.where(out.audio_mel_mask[0, :, None], pad, tokens)
+        extra = self.soft_tokens - tokens.shape[0]   # a Python int in the trace: the input's frames are fixed
+        if extra < 0:
+            raise SystemExit(f"the audio encoder makes {tokens.shape[0]} soft tokens of the longest clip and the "
+                             f"prompt holds {self.soft_tokens} placeholders (audio_soft_tokens_per_image)")
+        return torch.cat([tokens, pad.expand(extra, -1), end])
+
+
 ENCODERS = {"image": ("vision_config", "vision_tower", "embed_vision", VisionEncoder),
             "audio": ("audio_config", "audio_tower", "embed_audio", AudioEncoder)}
 
@@ -99,10 +156,14 @@ def encoders_of(model: Any) -> dict[str, torch.nn.Module]:
 
 
 def block_context(attn: Any, hidden: torch.Tensor) -> torch.Tensor:
-    """Gemma4AudioAttention._extract_block_context ([batch, blocks, context, heads, size]: each block's window of
-    context_size frames, a block every chunk_size) by indices: its Tensor.unfold has no ONNX export here."""
-    padded = torch.nn.functional.pad(hidden, (0, 0, 0, 0, attn.max_past_horizon,
-                                              attn.max_future_horizon + attn.chunk_size - 1))
+    """Gemma4AudioAttention's and Gemma3nAudioAttention's _extract_block_context ([batch, blocks, context, ...]: each
+    block's window of context_size frames, a block every chunk_size, of [batch, frames, ...]: the keys, the values,
+    Gemma 3n's mask too) by indices: its Tensor.unfold has no ONNX export here. Zeros (False) pad the frames."""
+    def zeros(n: int) -> torch.Tensor:
+        return hidden.new_zeros((hidden.shape[0], n, *hidden.shape[2:]))
+
+    padded = torch.cat([zeros(attn.max_past_horizon), hidden,
+                        zeros(attn.max_future_horizon + attn.chunk_size - 1)], dim=1)
     blocks = (padded.shape[1] - attn.context_size) // attn.chunk_size + 1
     index = torch.arange(blocks)[:, None] * attn.chunk_size + torch.arange(attn.context_size)[None, :]
     return padded[:, index]
@@ -143,32 +204,117 @@ def load_encoders(source: Path) -> dict[str, torch.nn.Module]:
     """The encoders of the checkpoint in `source` by mode, each tower and its projection built from config.json and
     loaded from the safetensors files (model.vision_tower.*, model.embed_vision.*, ...), nothing else read: the text
     decoder's tables stay on disk."""
-    from safetensors import safe_open
     from transformers import AutoConfig
     from transformers.models.gemma4 import modeling_gemma4 as g4
 
     config = AutoConfig.from_pretrained(source)
     builders = {"image": (g4.Gemma4VisionModel, "vision_tower", "embed_vision", config.vision_config),
                 "audio": (g4.Gemma4AudioModel, "audio_tower", "embed_audio", config.audio_config)}
-    files = sorted(source.glob("*.safetensors"))
     found: dict[str, torch.nn.Module] = {}
     for mode, (tower_class, tower, embed, sub) in builders.items():
         if sub is None:
             continue
-        parts = {tower: tower_class(sub), embed: g4.Gemma4MultimodalEmbedder(sub, config.text_config)}
-        for name, module in parts.items():
-            prefix = f"model.{name}."
-            state: dict[str, torch.Tensor] = {}
-            for path in files:
-                with safe_open(str(path), framework="pt") as f:
-                    state |= {k.removeprefix(prefix): f.get_tensor(k).float() for k in f.keys()
-                              if k.startswith(prefix)}
-            missing, unexpected = module.load_state_dict(state, strict=False)
-            if missing or unexpected:
-                raise SystemExit(f"{source}: the checkpoint's {prefix}* tensors do not make transformers' "
-                                 f"{type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        found[mode] = ENCODERS[mode][3](parts[tower].float(), parts[embed].float()).eval()
+        parts = load_parts(source, {tower: tower_class(sub),
+                                    embed: g4.Gemma4MultimodalEmbedder(sub, config.text_config)})
+        found[mode] = ENCODERS[mode][3](parts[tower], parts[embed]).eval()
     return found
+
+
+def load_parts(source: Path, parts: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Module]:
+    """Each module of `parts` (by its name under model.: vision_tower, embed_audio, ...) loaded from the checkpoint's
+    safetensors files in fp32, only its own tensors read; the modules."""
+    from safetensors import safe_open
+
+    files = sorted(source.glob("*.safetensors"))
+    for name, module in parts.items():
+        prefix = f"model.{name}."
+        state: dict[str, torch.Tensor] = {}
+        for path in files:
+            with safe_open(str(path), framework="pt") as f:
+                state |= {k.removeprefix(prefix): f.get_tensor(k).float() for k in f.keys() if k.startswith(prefix)}
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise SystemExit(f"{source}: the checkpoint's {prefix}* tensors do not make transformers' "
+                             f"{type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return {name: module.float() for name, module in parts.items()}
+
+
+def load_audio_3n(source: Path) -> Audio3nEncoder:
+    """A Gemma 3n checkpoint's audio encoder (Gemma3nAudioEncoder and embed_audio, built from config.json and loaded
+    from their tensors alone), with the ids whose embed_audio rows its graph gives: the padding (the text vocabulary's
+    last id) and the end of audio."""
+    from transformers import AutoConfig
+    from transformers.models.gemma3n import modeling_gemma3n as g3n
+
+    config = AutoConfig.from_pretrained(source)
+    audio, text = config.audio_config, config.text_config
+    parts = load_parts(source, {"audio_tower": g3n.Gemma3nAudioEncoder(audio),
+                                "embed_audio": g3n.Gemma3nMultimodalEmbedder(audio, text)})
+    pad_id, hard = text.vocab_size - 1, range(audio.vocab_offset, audio.vocab_offset + audio.vocab_size)
+    # transformers embeds ids from the vision offset up with embed_vision or embed_audio, not the text table
+    if pad_id not in hard or config.eoa_token_id not in hard or \
+            config.boa_token_id >= min(config.vision_config.vocab_offset, audio.vocab_offset):
+        raise SystemExit(f"{source}: the audio tokens are not where Gemma 3n keeps them (begin {config.boa_token_id} "
+                         f"a text token, end {config.eoa_token_id} and the padding {pad_id} in embed_audio's ids "
+                         f"{hard.start}-{hard.stop - 1}); the exporter does not know this layout")
+    return Audio3nEncoder(parts["audio_tower"], parts["embed_audio"], int(config.audio_soft_tokens_per_image),
+                          pad_id, int(config.eoa_token_id)).eval()
+
+
+def audio_pre_3n(source: Path) -> dict[str, Any]:
+    """Gemma3nAudioFeatureExtractor's figures, the saved ones over its defaults (a published Gemma 3n saves them in
+    preprocessor_config.json beside the image processor's), and the processor's name for the device."""
+    from transformers import Gemma3nAudioFeatureExtractor
+
+    defaults = Gemma3nAudioFeatureExtractor().to_dict()
+    image, audio = saved_processor(source)
+    saved = audio or image
+    return {k: saved.get(k, v.tolist() if hasattr(v, "tolist") else v) for k, v in defaults.items()
+            if k != "feature_extractor_type"} | {"processor": "gemma3n"}
+
+
+def frames_3n(pre: dict[str, Any]) -> int:
+    """The frames of the feature extractor's longest clip: a frame of frame_length + 1 samples every hop_length
+    (2,997 at its defaults)."""
+    return (AUDIO_SAMPLES - int(pre["frame_length"]) - 1) // int(pre["hop_length"]) + 1
+
+
+def export_checkpoint_3n(source: Path, out: Path) -> dict[str, dict[str, Any]]:
+    """A Gemma 3n checkpoint's audio encoder (where config.json has an audio_config) as export_checkpoint gives
+    Gemma 4's, its spec's `end_row` saying that the graph's last row is the end token's."""
+    from transformers import AutoConfig
+
+    if not json.loads((source / "config.json").read_text(encoding="utf-8")).get("audio_config"):
+        return {}
+    config, pre = AutoConfig.from_pretrained(source), audio_pre_3n(source)
+    (out / ENCODERS_DIR).mkdir(parents=True, exist_ok=True)
+    export_graph(load_audio_3n(source), audio_inputs(frames_3n(pre)), out / ENCODERS_DIR / "audio.onnx",
+                 ["input_features", "input_features_mask"], {})
+    return {"audio": {"file": f"{ENCODERS_DIR}/audio.onnx", "token_id": int(config.audio_token_id),
+                      "begin": int(config.boa_token_id), "end": int(config.eoa_token_id), "end_row": True,
+                      "pre": pre}}
+
+
+def export_graph(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, names: list[str],
+                 dynamic: dict[str, dict[int, str]]) -> None:
+    """`module` traced into `path`, its output soft_tokens. Weights inline; past protobuf's 2 GiB (E2B's Gemma 3n
+    audio encoder: 681M parameters, 2.6 GiB in fp32), where torch writes each weight and constant in a file of its
+    own beside the graph, in one file, <name>.data, as packager's recipes write theirs."""
+    import tempfile
+
+    import onnx
+
+    path.with_name(f"{path.name}.data").unlink(missing_ok=True)   # onnx.save would append to it
+    with tempfile.TemporaryDirectory(dir=path.parent) as folder:
+        traced = Path(folder) / path.name
+        with torch.no_grad():
+            torch.onnx.export(module, inputs, str(traced), input_names=names, output_names=["soft_tokens"],
+                              dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+        if len(list(Path(folder).iterdir())) == 1:
+            traced.replace(path)
+        else:
+            onnx.save(onnx.load(str(traced)), str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=f"{path.name}.data")
 
 
 def export_encoders(encoders: dict[str, Any], out: Path, soft_tokens: int = 280) -> dict[str, str]:
@@ -182,9 +328,7 @@ def export_encoders(encoders: dict[str, Any], out: Path, soft_tokens: int = 280)
         inputs = vision_inputs(vision, soft_tokens) if mode == "image" else audio_inputs()
         names = ["pixel_values", "pixel_position_ids"] if mode == "image" else ["input_features",
                                                                                 "input_features_mask"]
-        with torch.no_grad():
-            torch.onnx.export(encoder, inputs, str(out / name), input_names=names, output_names=["soft_tokens"],
-                              dynamic_axes={"soft_tokens": {0: "tokens"}}, opset_version=OPSET, dynamo=False)
+        export_graph(encoder, inputs, out / name, names, {"soft_tokens": {0: "tokens"}})
         made[mode] = name
     return made
 
@@ -198,17 +342,22 @@ def export_checkpoint(source: Path, out: Path) -> dict[str, dict[str, Any]]:
     """A multimodal Gemma 4 checkpoint's encoders as graphs in out/ENCODERS_DIR, by mode, each with what its loop
     needs (runtime.io.soft.encoders): its file, its placeholder token and the tokens around an input's run of them
     (the config's, transformers' defaults where it leaves them out), and its processor's figures (the saved
-    processor's, the defaults otherwise). {} for another model (Gemma 3n's encoders are not exported yet)."""
+    processor's, the defaults otherwise; `processor` names the family's). A Gemma 3n checkpoint's audio encoder
+    (export_checkpoint_3n); its vision encoder is not exported (timm's, see above). {} for another model."""
     from transformers import AutoConfig
 
-    if json.loads((source / "config.json").read_text(encoding="utf-8")).get("model_type") != "gemma4":
+    model_type = json.loads((source / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if model_type == "gemma3n":
+        return export_checkpoint_3n(source, out)
+    if model_type != "gemma4":
         return {}
     config = AutoConfig.from_pretrained(source)
     image_pre, audio_pre = saved_processor(source)
     vision = config.vision_config
     defaults = IMAGE_PRE | ({"patch_size": vision.patch_size, "pooling_kernel_size": vision.pooling_kernel_size}
                             if vision is not None else {})
-    image_pre = {k: image_pre.get(k, v) for k, v in defaults.items()}
+    image_pre = {k: image_pre.get(k, v) for k, v in defaults.items()} | {"processor": "gemma4"}
+    audio_pre = audio_pre | {"processor": "gemma4"}
     files = export_encoders(load_encoders(source), out / ENCODERS_DIR, int(image_pre["max_soft_tokens"]))
     tokens = {"image": ("image_token_id", "boi_token_id", "eoi_token_id", image_pre),
               "audio": ("audio_token_id", "boa_token_id", "eoa_token_index", audio_pre)}
