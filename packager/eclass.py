@@ -42,13 +42,21 @@ def export_folder(folder: Path, out: Path, work: Path, progress: Callable[[str],
     if made.get("soft_tokens"):
         progress("the decoder takes the vision and audio encoders' soft tokens (inputs "
                  f"{' and '.join(decoder_config.SOFT_INPUTS)})")
-        config, encoders = json.loads((folder / "config.json").read_text(encoding="utf-8")), made.get("encoders") or {}
-        if e_type(folder) == "gemma3n_text" and config.get("vision_config") and "image" not in encoders:
-            progress(VISION_3N)
+        note = untaken_images(folder, made.get("encoders") or {})
+        if note:
+            progress(note)
     for name in TOKENIZER_FILES:
         if (folder / name).is_file():
             shutil.copyfile(folder / name, out / name)
     return made
+
+
+def untaken_images(folder: Path, encoders: dict[str, Any]) -> str:
+    """VISION_3N where `folder` is a multimodal Gemma 3n whose vision encoder the export left out (`encoders`: what
+    it exported, by mode), "" otherwise."""
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    return VISION_3N if e_type(folder) == "gemma3n_text" and config.get("vision_config") and "image" not in encoders \
+        else ""
 
 
 def exporter_code(work: Path) -> Path:

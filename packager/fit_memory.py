@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import onnx
+
 from packager.errors import ExitCode, PackagerError
+from packager.model_files import external_data_files
 from packager.profiles import Profile
 from packager.records import Estimate, Memory
 from packager.runtimes import runtime_for
@@ -89,9 +92,15 @@ def on_demand(stage_dir: Path, soft: dict[str, Any] | None) -> dict[str, dict[st
     """A multimodal decoder's encoders, loaded on demand (io.soft.encoders): each mode's file in the bundle and its
     size, the residency class the manifest names apart from the resident weights; None for other models."""
     encoders = (soft or {}).get("encoders") or {}
-    found = {mode: {"file": f"model/{e['file']}", "size_bytes": (stage_dir / "model" / e["file"]).stat().st_size}
+    found = {mode: {"file": f"model/{e['file']}", "size_bytes": file_bytes(stage_dir / "model" / e["file"])}
              for mode, e in encoders.items() if (stage_dir / "model" / e["file"]).is_file()}
     return found or None
+
+
+def file_bytes(graph: Path) -> int:
+    """An ONNX file's size with its external data's (an fp32 encoder past 2 GiB keeps its weights beside it)."""
+    files = external_data_files(graph, onnx.load(graph, load_external_data=False))
+    return graph.stat().st_size + sum(f.stat().st_size for f in files)
 
 
 def verdict(profile: Profile, context: int | None, est: Estimate, measured: dict[str, Any] | None,

@@ -155,7 +155,7 @@ def test_the_graph_takes_soft_tokens_and_the_io_describes_them(exported: tuple) 
     assert made["soft_tokens"] and made["pad_token_id"] == ECLASS["pad_token_id"]
     # the vision encoder that makes them, exported beside the decoder: its graph, placeholders and processor figures
     pre = {"patch_size": VISION["patch_size"], "max_soft_tokens": MAX_SOFT_TOKENS,
-           "pooling_kernel_size": VISION["pooling_kernel_size"], "rescale_factor": 1 / 255}
+           "pooling_kernel_size": VISION["pooling_kernel_size"], "rescale_factor": 1 / 255, "processor": "gemma4"}
     image = {"file": "encoders/vision.onnx", "token_id": IMAGE, "begin": BOI, "end": EOI, "pre": pre}
     assert io["soft"] == {"inputs": list(SOFT_INPUTS), "hidden": ECLASS["hidden_size"],
                           "pad_token_id": ECLASS["pad_token_id"], "encoders": {"image": image}}

@@ -18,7 +18,7 @@ from typing import Any
 
 import onnx
 
-from packager import adapter, export_process, onnx_rewrite
+from packager import adapter, eclass, export_process, onnx_rewrite
 from packager.adapter import base_shapes
 from packager.compat import load_table
 from packager.context import Component, Context
@@ -388,6 +388,9 @@ def run(ctx: Context) -> None:
         if ctx.member_dir is None:   # several models in one bundle share one process: [runtime]'s (suite.py)
             ctx.profile, note = profile_for_model(ctx.profile, ctx.io.kind, ctx.source.architecture)
             ctx.cache_notes.extend([note] if note else [])
+        if ctx.io.soft is not None and ctx.source.path.is_dir():   # said on a cached export too
+            images = eclass.untaken_images(ctx.source.path, ctx.io.soft.get("encoders") or {})
+            ctx.cache_notes.extend([images] if images else [])
     family = family_for(ctx.io.kind)
     ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] if family.needs_tokenizer else []
     if family.generates:

@@ -15,6 +15,7 @@ from packager.coverage import coverage_of, merge
 from packager.errors import ExitCode, PackagerError
 from packager.families import family_for
 from packager.mixed import quantizations
+from packager.model_files import external_data_files
 from packager.recipes import RECIPES, calibrated, parse_recipe, searched
 from packager.recipes.common import (
     RecipeOptions,
@@ -95,8 +96,12 @@ def quantize_encoders(ctx: Context, model_dir: Path) -> dict[str, Any]:
         dest.parent.mkdir(parents=True, exist_ok=True)
         recipe = encoder_recipe(ctx)
         ctx.progress(f"quantizing the {mode} encoder ({recipe})")
-        result = _apply(recipe, ctx.reference_model.parent / encoder["file"], dest,
-                        RecipeOptions(int4=ctx.profile.int4, progress=ctx.progress), f"the {mode} encoder")
+        source = ctx.reference_model.parent / encoder["file"]
+        result = _apply(recipe, source, dest, RecipeOptions(int4=ctx.profile.int4, progress=ctx.progress),
+                        f"the {mode} encoder")
+        if result.name == "fp32":   # the graph as exported: its external data (past 2 GiB: E2B's audio) beside it
+            for f in external_data_files(source, onnx.load(source, load_external_data=False)):
+                shutil.copyfile(f, dest.parent / f.relative_to(source.resolve().parent))
         done[mode] = {"recipe": result.name, "quantized_nodes": result.quantized_nodes, "file": encoder["file"]}
     return done
 

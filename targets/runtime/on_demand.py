@@ -2,7 +2,9 @@
 of its own in the bundle's model folder. One is loaded when an input of its mode arrives, run once on that input,
 and released before the decoder's pass, so the process never holds an encoder beside the decoder's activations and
 holds none at all between such inputs (packager plan counts each mode this way). Its output, the input's soft tokens,
-takes the place of a run of placeholder tokens in the prompt: [begin] + [placeholder] x tokens + [end].
+takes the place of a run of placeholder tokens in the prompt: [begin] + [placeholder] x tokens + [end]. Where the
+encoder's spec says `end_row` (Gemma 3n's audio), its graph's last row is the end token's embedding, which the model
+reads from the encoder's own small table rather than the text decoder's, fed at the end token's position.
 """
 
 import gc
@@ -13,11 +15,14 @@ from typing import Any
 import numpy as np
 
 from .media import read_image, read_wav
+from .media_gemma3n import gemma3n_audio_features
 from .media_gemma4 import gemma4_audio_features, gemma4_patches
 from .peak import peak_bytes, reset_peak
 from .soft import Soft
 
 MODES = {".wav": "audio"}   # by suffix; any other file is an image (PNG, or what Pillow reads)
+# an audio encoder's features by its family's processor (pre["processor"]; Gemma 4's where a spec names none)
+AUDIO_FEATURES = {"gemma4": gemma4_audio_features, "gemma3n": gemma3n_audio_features}
 
 
 def mode_of(path: Path) -> str:
@@ -31,7 +36,11 @@ def encoder_inputs(mode: str, path: Path, pre: dict[str, Any], session: Any) -> 
     if mode == "image":
         values, positions, _ = gemma4_patches(read_image(path), pre)
         return dict(zip(names, (values[None], positions[None])))
-    features, mask = gemma4_audio_features(read_wav(path, int(pre.get("sampling_rate", 16000))), pre)
+    processor = str(pre.get("processor", "gemma4"))
+    if processor not in AUDIO_FEATURES:
+        raise ValueError(f"this bundle's audio encoder takes {processor}'s features, which this run.py does not "
+                         "compute: package the model again with this packager")
+    features, mask = AUDIO_FEATURES[processor](read_wav(path, int(pre.get("sampling_rate", 16000))), pre)
     frames = int(session.get_inputs()[0].shape[1])
     if len(features) > frames:
         raise ValueError(f"{path} is longer than the audio encoder takes ({frames} frames, 30 s): cut it")
@@ -75,6 +84,9 @@ def prompt_with(runner: Any, prompt: str, paths: list[Path]) -> tuple[list[int],
     for path in paths:
         mode, tokens = soft_tokens(runner, path)
         e = encoders[mode]
+        if e.get("end_row"):   # the graph's last row is the end token's embedding (Gemma 3n's: its own table's)
+            tokens, end = tokens[:-1], tokens[-1:]
+            rows.setdefault(int(e["end"]), []).append(end)
         runs += [int(e["begin"]), *[int(e["token_id"])] * len(tokens), int(e["end"])]
         rows.setdefault(int(e["token_id"]), []).append(tokens)
     ids = ids[:lead] + runs + ids[lead:]

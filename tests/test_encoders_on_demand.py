@@ -1,0 +1,47 @@
+"""A multimodal decoder's encoders as the quantize and fit stages handle them, on small stand-in graphs: an encoder
+whose weights lie in an external data file (the exporter writes one past 2 GiB: Gemma 3n E2B's audio encoder is 2.6
+GB in fp32) keeps it at fp32, and the manifest's on-demand size counts it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from packager.fit_memory import on_demand
+from packager.profiles import resolve_target
+from packager.stages.quantize import quantize_encoders
+
+SOFT = {"encoders": {"audio": {"file": "encoders/audio.onnx"}}}
+
+
+def encoder(path: Path, rows: int = 256) -> Path:
+    """x [1, 8] @ W [8, rows]: W in audio.onnx.data beside the graph."""
+    weight = numpy_helper.from_array(np.arange(8 * rows, dtype=np.float32).reshape(8, rows), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["soft_tokens"])], "encoder",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("soft_tokens", TensorProto.FLOAT, [1, rows])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path, save_as_external_data=True, location=path.name + ".data", size_threshold=0)
+    return path
+
+
+def test_an_fp32_encoder_keeps_its_external_data_and_its_size_counts_it(tmp_path: Path) -> None:
+    reference = tmp_path / "reference" / "model.onnx"
+    encoder(reference.parent / "encoders" / "audio.onnx")
+    ctx = SimpleNamespace(reference_model=reference, io=SimpleNamespace(soft=SOFT), recipe_name="fp32",
+                          recipe_explicit=True, profile=resolve_target("rpi5"), progress=lambda line: None)
+    stage = tmp_path / "stage"
+    done = quantize_encoders(ctx, stage / "model")   # type: ignore[arg-type]
+    assert done["audio"]["recipe"] == "fp32"
+    packaged = stage / "model" / "encoders" / "audio.onnx"
+    data = packaged.parent / "audio.onnx.data"
+    assert data.read_bytes() == (reference.parent / "encoders" / "audio.onnx.data").read_bytes()
+    onnx.checker.check_model(str(packaged))   # loads with its weights
+    assert on_demand(stage, SOFT) == {"audio": {"file": "model/encoders/audio.onnx",
+                                                "size_bytes": packaged.stat().st_size + data.stat().st_size}}
+
