@@ -77,6 +77,14 @@ def _print_package(r: Any) -> None:
     print(r.archive)
 
 
+def mode_figures(mode: str, measured: dict[str, Any] | None, est: dict[str, Any] | None) -> str:
+    """'image 974 MiB (estimate 728-1074)': an encoder's mode, measured and estimated, or either."""
+    span = f"{est['low_bytes'] / MiB:.0f}-{est['high_bytes'] / MiB:.0f}" if est else ""
+    if measured is None:
+        return f"{mode} estimate {span} MiB"
+    return f"{mode} {measured['peak_bytes'] / MiB:.0f} MiB" + (f" (estimate {span})" if span else "")
+
+
 def _print_memory(mem: dict[str, Any], what: str = "") -> None:
     est = mem["estimate"]
     err.print(f"memory    {what}peak {mem['measured_peak_bytes'] / MiB:.0f} MiB "
@@ -90,10 +98,11 @@ def _print_memory(mem: dict[str, Any], what: str = "") -> None:
         files = ", ".join(f"{mode} {e['size_bytes'] / MiB:.0f} MiB ({e['file']})"
                           for mode, e in mem["on_demand"].items())
         err.print(f"on demand {files}: loaded for an input of their mode, released after", soft_wrap=True)
-    if mem.get("modes"):   # a multimodal decoder's encoders, each loaded on demand: its mode's measured peak
-        peaks = ", ".join(f"{mode} {m['peak_bytes'] / MiB:.0f} MiB" for mode, m in mem["modes"].items())
-        err.print(f"modes     {peaks} (an encoder loaded for one input beside the decoder and its cache; the peak "
-                  "is the worst mode's, the estimate the text mode's)", soft_wrap=True)
+    if mem.get("modes") or est.get("modes"):   # a multimodal decoder's encoders, each loaded on demand
+        peaks = ", ".join(mode_figures(mode, (mem.get("modes") or {}).get(mode), (est.get("modes") or {}).get(mode))
+                          for mode in {**(est.get("modes") or {}), **(mem.get("modes") or {})})
+        err.print(f"modes     {peaks}: an encoder loaded for one input beside the decoder and its cache; the peak "
+                  "is the worst mode's, the figures above the text mode's", soft_wrap=True)
 
 
 def _print_suite(r: Any) -> None:
@@ -169,7 +178,11 @@ def _print_check(result: Any) -> None:
     for name, size in r["estimate"]["breakdown"].items():
         table.add_row(memory_label(name), f"{size / MiB:.1f}")
     est = r["estimate"]
-    table.add_row("[b]peak (low - high)[/]", f"[b]{est['low_bytes'] / MiB:.0f} - {est['high_bytes'] / MiB:.0f}[/]")
+    table.add_row("[b]peak (low - high)[/]" + (", text mode" if est.get("modes") else ""),
+                  f"[b]{est['low_bytes'] / MiB:.0f} - {est['high_bytes'] / MiB:.0f}[/]")
+    for mode, e in (est.get("modes") or {}).items():   # each encoder loaded on demand beside the decoder
+        table.add_row(f"[b]peak (low - high)[/], {mode} mode",
+                      f"{e['low_bytes'] / MiB:.0f} - {e['high_bytes'] / MiB:.0f}")
     if r["measured"]:
         m = r["measured"]
         table.add_row("[b]measured peak[/] (load / run)",

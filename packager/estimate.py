@@ -191,10 +191,13 @@ def weight_bytes(model: onnx.ModelProto) -> tuple[int, int, dict[str, int]]:
 # ---------------------------------------------------------------- the estimate
 
 def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[str, tuple[int, ...]],
-             context: int | None = None, tokenizer: Path | None = None, converted_bytes: int = 0) -> Estimate:
+             context: int | None = None, tokenizer: Path | None = None, converted_bytes: int = 0,
+             once: bool = False) -> Estimate:
     """`converted_bytes`: the size of the file a runtime conversion made, which the device loads instead of
     `model_path` (phone profiles: model.ort), which the runtime reads whole and holds while it creates the
-    session (the runtime's MemoryShare.converted_buffer)."""
+    session (the runtime's MemoryShare.converted_buffer). `once`: the session runs once and is released (an
+    encoder loaded on demand), so the memory pattern ONNX Runtime plans on a first run for the next never
+    allocates."""
     model = onnx.load(model_path, load_external_data=False)
     inline, external, sizes = weight_bytes(model)
     # A decoder on a runtime that measured how it holds one (onnxruntime-genai): plan's rule on the graph's shape.
@@ -253,7 +256,7 @@ def estimate(model_path: Path, profile: Profile, kind: str, sample_shapes: dict[
     overhead_low, overhead_high = int(plain * OVERHEAD_LOW), int(plain * OVERHEAD_HIGH)
     act_low = int(activations * ACTIVATIONS_LOW)
     act_high = int(activations * (ACTIVATIONS_HIGH_CONV if convs and not past else ACTIVATIONS_HIGH))
-    repeat = share.repeat_activations if not past and tokenizer is None else (0.0, 0.0)
+    repeat = share.repeat_activations if not past and tokenizer is None and not once else (0.0, 0.0)
     pattern_low, pattern_high = int(activations * repeat[0]), int(activations * repeat[1])
     # The transient is gone before the packing ends, and before the runner loads the tokenizer.
     # Constants only folding reads are freed after it (the heap may keep them: the high side does).
@@ -420,6 +423,27 @@ def combine(estimates: dict[str, Estimate], shared: int) -> Estimate:
                     sum(e.run_high_bytes for e in estimates.values()) - spare, first.context,
                     sorted({note for e in estimates.values() for note in e.notes}),
                     sum(e.run_low_bytes for e in estimates.values()) - spare)
+
+
+def with_modes(decoder: Estimate, encoders: dict[str, Path], profile: Profile) -> Estimate:
+    """A multimodal decoder's estimate with each encoder's mode (runtime/on_demand.py's order: the decoder loaded
+    and its cache at the context held, the encoder loaded, run once on its graph's input, the processor's largest,
+    and released before the decoder's next pass): what the decoder holds, plus the encoder's own estimate, the
+    runtime counted once. The decoder holds its run without a pass's activations on the low side, with them on the
+    high side (an arena keeps an earlier pass's buffers: the tiny Gemma 3n of tests/test_eclass_audio_3n.py measured
+    0.3 MiB above a high side without them). plan's rule is the same from the config."""
+    act = decoder.breakdown.get("activations", 0)
+    held_low = decoder.run_low_bytes - int(act * ACTIVATIONS_LOW)
+    held_high = max(decoder.load_high_bytes, decoder.run_high_bytes)
+    shared = runtime_for(profile).memory(profile, "tensor").shared_bytes
+    modes = {}
+    for mode, path in encoders.items():
+        graph = onnx.load(path, load_external_data=False)
+        shapes = {i.name: tuple(max(d.dim_value, 1) for d in i.type.tensor_type.shape.dim) for i in graph.graph.input}
+        own = estimate(path, profile, "tensor", shapes, once=True)
+        modes[mode] = {"low_bytes": held_low + own.low_bytes - shared,
+                       "high_bytes": held_high + own.high_bytes - shared, "encoder_high_bytes": own.high_bytes - shared}
+    return replace(decoder, modes=modes)
 
 
 def sample_shapes(samples: list[dict[str, np.ndarray]]) -> dict[str, tuple[int, ...]]:

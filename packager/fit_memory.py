@@ -84,7 +84,10 @@ def over_budget(memory: dict[str, Any]) -> str:
         return (f"measured peak {memory['measured_peak_bytes'] / MiB:.0f} MiB "
                 f"(load {memory['load_peak_bytes'] / MiB:.0f}, run {memory['run_peak_bytes'] / MiB:.0f}{modes}; "
                 f"largest parts: {parts} MiB){gpu} is")
-    return f"estimated peak up to {est['high_bytes'] / MiB:.0f} MiB (largest parts: {parts} MiB) is"
+    modes = "".join(f", {mode} {m['high_bytes'] / MiB:.0f}" for mode, m in (est.get("modes") or {}).items())
+    worst = max([est["high_bytes"], *(m["high_bytes"] for m in (est.get("modes") or {}).values())])
+    text = f"; text {est['high_bytes'] / MiB:.0f}{modes}" if modes else ""
+    return f"estimated peak up to {worst / MiB:.0f} MiB (largest parts: {parts} MiB{text}) is"
 
 
 
@@ -110,7 +113,7 @@ def verdict(profile: Profile, context: int | None, est: Estimate, measured: dict
     over its low. A measurement without the GPU providers misses their CUDA context, which the device still holds."""
     budget = profile.budget.memory_bytes
     unseen = runtime_for(profile).unmeasured_bytes(profile, measured)
-    peak = measured["peak_bytes"] + unseen if measured else est.high_bytes
+    peak = measured["peak_bytes"] + unseen if measured else est.worst_high_bytes()
     return Memory(
         budget_bytes=budget,
         context=context,

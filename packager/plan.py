@@ -279,8 +279,8 @@ def mapped_embedding(a: Architecture, profile: Profile, mem: DecoderMemory,
 
 def int8_lookup_copy(a: Architecture, mem: DecoderMemory, precision: str) -> int:
     """int8, tied embedding, on an exported graph: the dynamic quantizer quantizes the lookup's table and the
-    lm_head's weight apart, two 8-bit copies, both resident (the E2B-plan bundle of scripts/bench_multimodal.py: 201
-    MiB of inline weights, where one copy counted 135). Read a row at a time, the lookup's copy costs a token nothing."""
+    lm_head's weight apart, two 8-bit copies, both resident (the E2B-plan bundle of scripts/bench_multimodal.py:
+    201 MiB of inline weights, where one copy counted 135). Read a row at a time, the lookup's costs a token nothing."""
     return a.embedding_parameters if precision == "int8" and a.tied_embeddings and a.decoder \
         and not mem.measured_weights else 0
 

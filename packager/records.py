@@ -59,12 +59,21 @@ class Estimate:
     notes: list[str] = field(default_factory=list)
     run_low_bytes: int = 0
     mapped_bytes: int = 0                  # mapped tables' whole size (an E-class model's PLE): not in the peak
+    # A multimodal decoder's encoders, each loaded on demand: its mode's estimate ({"image": {"low_bytes",
+    # "high_bytes", "encoder_high_bytes"}}: the decoder's weights and cache held, that encoder loaded and run once);
+    # the figures above are the text mode's
+    modes: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def worst_high_bytes(self) -> int:
+        """The high side of the worst mode: the text mode's, or an encoder's."""
+        return max([self.high_bytes, *(m["high_bytes"] for m in self.modes.values())])
 
     def to_dict(self) -> dict[str, Any]:
         return {"low_bytes": self.low_bytes, "high_bytes": self.high_bytes, "breakdown": self.breakdown,
                 "load_high_bytes": self.load_high_bytes, "run_high_bytes": self.run_high_bytes,
                 "run_low_bytes": self.run_low_bytes, "context": self.context, "notes": self.notes,
-                **({"mapped_bytes": self.mapped_bytes} if self.mapped_bytes else {})}
+                **({"mapped_bytes": self.mapped_bytes} if self.mapped_bytes else {}),
+                **({"modes": self.modes} if self.modes else {})}
 
 
 @dataclass(frozen=True)

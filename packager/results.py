@@ -153,7 +153,7 @@ class CheckResult:
         return cls(model=model, target=target, recipe=recipe, fits=mem["fits"], budget_bytes=mem["budget_bytes"],
                    headroom_bytes=mem["headroom_bytes"], verdict_basis=mem["verdict_basis"],
                    context=mem.get("context"), estimate={k: est[k] for k in ("low_bytes", "high_bytes", "breakdown",
-                                                                             "notes")},
+                                                                             "notes", "modes") if k in est},
                    measured=measured, cache=cache, timings_s=timings, components=mem.get("components"), shared=shared,
                    on_demand=mem.get("on_demand"))
 

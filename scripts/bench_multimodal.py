@@ -78,12 +78,16 @@ def main() -> None:
     print(f"{args.target}, int8-dynamic, {args.context} tokens; packaged in {took}; budget "
           f"{manifest['memory']['budget_bytes'] / mib:,.0f} MiB; encoders on demand: "
           + ", ".join(f"{m} {e['size_bytes'] / mib:,.0f} MiB" for m, e in manifest["memory"]["on_demand"].items()))
-    print(f"{'mode':6} {'measured MiB':>12} {'plan MiB':>13}")
+    est = manifest["memory"]["estimate"]   # the bundle's, from its graphs (estimate.with_modes for each mode)
+    print(f"{'mode':6} {'measured MiB':>12} {'plan MiB':>13} {'estimate MiB':>13}")
     print(f"{'text':6} {max(peaks['load_peak_bytes'], peaks['run_peak_bytes']) / mib:12,.0f} "
-          f"{row.peak_low_bytes / mib:6,.0f}-{row.peak_high_bytes / mib:<6,.0f}")
+          f"{row.peak_low_bytes / mib:6,.0f}-{row.peak_high_bytes / mib:<6,.0f} "
+          f"{est['low_bytes'] / mib:6,.0f}-{est['high_bytes'] / mib:<6,.0f}")
     for mode, m in peaks["modes"].items():
         low, high = row.modes[mode]
-        print(f"{mode:6} {m['peak_bytes'] / mib:12,.0f} {low / mib:6,.0f}-{high / mib:<6,.0f}")
+        graph = est.get("modes", {}).get(mode)
+        print(f"{mode:6} {m['peak_bytes'] / mib:12,.0f} {low / mib:6,.0f}-{high / mib:<6,.0f} "
+              + (f"{graph['low_bytes'] / mib:6,.0f}-{graph['high_bytes'] / mib:<6,.0f}" if graph else "-"))
     print("media gate: " + ", ".join(f"{name} {f['token_agreement']:.1%} / {f['logits_cosine']:.4f}"
                                      for name, f in manifest["accuracy"].get("media", {}).items()))
 

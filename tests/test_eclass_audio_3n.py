@@ -156,3 +156,10 @@ def test_the_smoke_test_and_the_memory_record_cover_the_audio_mode(bundle: Path)
     memory = json.loads((bundle / "manifest.json").read_text())["memory"]
     graph = bundle / "model" / "encoders" / "audio.onnx"
     assert memory["on_demand"]["audio"] == {"file": "model/encoders/audio.onnx", "size_bytes": graph.stat().st_size}
+    # the audio mode estimated from the graphs (the decoder held, the encoder run once on 30 s) and measured
+    mode = memory["estimate"]["modes"]["audio"]
+    assert 0 < mode["encoder_high_bytes"] and mode["low_bytes"] < mode["high_bytes"]
+    measured = subprocess.run([sys.executable, "run.py", "--measure"], cwd=bundle, capture_output=True, text=True,
+                              timeout=300)
+    assert measured.returncode == 0, measured.stderr[-2000:]
+    assert json.loads(measured.stdout.splitlines()[-1])["modes"]["audio"]["peak_bytes"] <= mode["high_bytes"]

@@ -394,6 +394,19 @@ def test_check_names_the_encoders_on_demand_and_each_modes_peak(exported: tuple)
     assert measured["peak_bytes"] == max(measured["load_peak_bytes"], measured["run_peak_bytes"],
                                          measured["modes"]["image"]["peak_bytes"])
     assert result["budget_bytes"] - result["headroom_bytes"] == measured["peak_bytes"]
+    # the estimate of each mode from the graphs (estimate.with_modes): the decoder held, the encoder's own estimate
+    # beside it; its high side is never below the mode's measured peak
+    image = result["estimate"]["modes"]["image"]
+    assert result["estimate"]["high_bytes"] < image["high_bytes"] and 0 < image["encoder_high_bytes"]
+    assert image["low_bytes"] < image["high_bytes"] and measured["modes"]["image"]["peak_bytes"] <= image["high_bytes"]
+    # without a measurement the verdict is the worst mode's estimate
+    proc = subprocess.run([sys.executable, "-m", "packager", "check", str(exported[0]), "--target", "rpi5",
+                           "--recipe", "fp32", "--no-measure", "--budget", str(image["high_bytes"] - 1), "--json"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    estimated = json.loads(proc.stdout)
+    assert estimated["verdict_basis"] == "estimate (high)" and not estimated["fits"], proc.stderr[-2000:]
+    worst = estimated["estimate"]["modes"]["image"]["high_bytes"]
+    assert estimated["budget_bytes"] - estimated["headroom_bytes"] == worst
 
 
 def test_the_phone_examples_feed_a_text_pass_its_soft_inputs(exported: tuple, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """A multimodal decoder's encoders as the quantize and fit stages handle them, on small stand-in graphs: an encoder
 whose weights lie in an external data file (the exporter writes one past 2 GiB: Gemma 3n E2B's audio encoder is 2.6
-GB in fp32) keeps it at fp32, and the manifest's on-demand size counts it."""
+GB in fp32) keeps it at fp32, the manifest's on-demand size counts it, and each mode's estimate is the decoder held
+plus the encoder's own."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from packager.fit_memory import on_demand
+from packager.estimate import Estimate, estimate, with_modes
+from packager.fit_memory import on_demand, shared_bytes
 from packager.profiles import resolve_target
 from packager.stages.quantize import quantize_encoders
 
@@ -44,4 +46,19 @@ def test_an_fp32_encoder_keeps_its_external_data_and_its_size_counts_it(tmp_path
     onnx.checker.check_model(str(packaged))   # loads with its weights
     assert on_demand(stage, SOFT) == {"audio": {"file": "model/encoders/audio.onnx",
                                                 "size_bytes": packaged.stat().st_size + data.stat().st_size}}
+
+
+def test_each_modes_estimate_is_the_decoder_held_plus_the_encoders_own(tmp_path: Path) -> None:
+    profile = resolve_target("rpi5")
+    path = encoder(tmp_path / "encoders" / "audio.onnx", rows=4096)
+    decoder = Estimate(100 * 2**20, 150 * 2**20, {"activations": 20 * 2**20}, 120 * 2**20, 150 * 2**20, 4096,
+                       run_low_bytes=100 * 2**20)
+    modes = with_modes(decoder, {"audio": path}, profile).modes
+    own = estimate(path, profile, "tensor", {"x": (1, 8)}, once=True)
+    shared = shared_bytes(profile)
+    audio = modes["audio"]
+    assert audio["encoder_high_bytes"] == own.high_bytes - shared
+    assert audio["high_bytes"] == 150 * 2**20 + own.high_bytes - shared    # the decoder's run, its arena kept
+    assert audio["low_bytes"] == 100 * 2**20 - int(20 * 2**20 * 0.75) + own.low_bytes - shared
+    assert with_modes(decoder, {"audio": path}, profile).worst_high_bytes() == max(150 * 2**20, audio["high_bytes"])
 

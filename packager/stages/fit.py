@@ -14,7 +14,16 @@ from typing import Any
 
 from packager.context import Context
 from packager.errors import ExitCode, PackagerError
-from packager.estimate import Estimate, combine, estimate, largest_pass, sample_shapes, seq2seq_step_shapes, step_shapes
+from packager.estimate import (
+    Estimate,
+    combine,
+    estimate,
+    largest_pass,
+    sample_shapes,
+    seq2seq_step_shapes,
+    step_shapes,
+    with_modes,
+)
 from packager.families import family_for
 from packager.fit_memory import measure_folder, on_demand, over_budget, shared_bytes, verdict, without_runtime
 from packager.manifest import runtime_spec
@@ -100,6 +109,10 @@ def run(ctx: Context) -> None:
     assert ctx.packaged_model is not None
     parts = component_estimates(ctx, ctx.context) if ctx.components else {}
     est = estimate_at(ctx, ctx.context, parts)
+    encoders = {mode: ctx.stage_dir / "model" / e["file"]
+                for mode, e in ((ctx.io.soft or {}).get("encoders") or {}).items()}
+    if encoders:   # a multimodal decoder's: each encoder's mode too (loaded on demand)
+        est = with_modes(est, encoders, ctx.profile)
     measured = measure(ctx) if ctx.measure else None
     ctx.memory = verdict(ctx.profile, ctx.context, est, measured,
                          _components_memory(ctx, parts, measured) if ctx.components else None,
