@@ -147,6 +147,12 @@ def test_run_py_reads_a_clip_with_gemma_3ns_audio_encoder_as_pytorch_does(source
                            str(NEW_TOKENS)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert result["tokens"] == json.loads(proc.stdout.splitlines()[-1])
+    # a clip past 30 s: the extractor's first 30 s, as transformers cuts it, and a note that says so
+    rt.write_wav(tmp_path / "long.wav", np.resize(wave, 16000 * 31), 16000)
+    long = subprocess.run([sys.executable, "run.py", "--audio", str(tmp_path / "long.wav"), "--prompt", "a b c",
+                           "--max-new-tokens", "1"], cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert long.returncode == 0, long.stderr[-2000:]
+    assert "long.wav is 31.0 s long; the audio encoder hears its first 30 s" in long.stderr, long.stderr
 
 
 def test_the_smoke_test_and_the_memory_record_cover_the_audio_mode(bundle: Path) -> None:

@@ -9,6 +9,7 @@ reads from the encoder's own small table rather than the text decoder's, fed at 
 
 import gc
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +34,20 @@ def encoder_inputs(mode: str, path: Path, pre: dict[str, Any], session: Any) -> 
     """The encoder's inputs for one file, as transformers' processor makes them (runtime/media_gemma4.py), padded to
     the graph's input: an image's patches to the largest image's, a clip's frames to 30 s's."""
     names = [i.name for i in session.get_inputs()]
+    processor = str(pre.get("processor", "gemma4"))
+    if processor not in (AUDIO_FEATURES if mode == "audio" else ("gemma4",)):
+        raise ValueError(f"this bundle's {mode} encoder takes {processor}'s inputs, which this run.py does not "
+                         "compute: package the model again with this packager")
     if mode == "image":
         values, positions, _ = gemma4_patches(read_image(path), pre)
         return dict(zip(names, (values[None], positions[None])))
-    processor = str(pre.get("processor", "gemma4"))
-    if processor not in AUDIO_FEATURES:
-        raise ValueError(f"this bundle's audio encoder takes {processor}'s features, which this run.py does not "
-                         "compute: package the model again with this packager")
-    features, mask = AUDIO_FEATURES[processor](read_wav(path, int(pre.get("sampling_rate", 16000))), pre)
+    rate = int(pre.get("sampling_rate", 16000))
+    samples = read_wav(path, rate)
+    limit = int(pre.get("max_length", 480000))
+    if pre.get("truncation", True) and len(samples) > limit:   # as the feature extractor cuts it
+        print(f"note: {path.name} is {len(samples) / rate:.1f} s long; the audio encoder hears its first "
+              f"{limit / rate:.0f} s", file=sys.stderr)
+    features, mask = AUDIO_FEATURES[processor](samples, pre)
     frames = int(session.get_inputs()[0].shape[1])
     if len(features) > frames:
         raise ValueError(f"{path} is longer than the audio encoder takes ({frames} frames, 30 s): cut it")
