@@ -70,12 +70,8 @@ class ExporterEnv:
 
 # onnxruntime-genai's model builder (issue 19): transformers 5.x; torch pinned to the CPU build packager's
 # `hf` extra pins; onnx-ir, which the builder imports without declaring it. transformers 5.24.0, not 5.25.0: 5.25
-# needs kernels>=0.19.1, which the package index this was made against lacks. timm and torchvision for Gemma 3n's
-# vision encoder (transformers builds it with timm, which imports torchvision): PyPI's torchvision is built for CUDA
-# torch, its operators do not load beside the CPU build, and the exporter declares the two it needs to import
-# (runtimes/eclass_encoders.py `importable_torchvision`).
-GENAI = ExporterEnv("genai", ("torch==2.13.0", "transformers==5.24.0", "onnxruntime-genai==0.18.0", "onnx-ir==1.1.0",
-                              "torchvision==0.28.0", "timm==1.0.31"),
+# needs kernels>=0.19.1, which the package index this was made against lacks.
+GENAI = ExporterEnv("genai", ("torch==2.13.0", "transformers==5.24.0", "onnxruntime-genai==0.18.0", "onnx-ir==1.1.0"),
                     "onnxruntime-genai's model builder (transformers 5.x)")
 ENVS: dict[str, ExporterEnv] = {GENAI.name: GENAI}
 
