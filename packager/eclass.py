@@ -20,10 +20,6 @@ MODULE = "eclass_export"   # packager/runtimes/eclass_export.py, never imported 
 # model.onnx's metadata entry where a multimodal checkpoint's graph takes soft tokens (decoder_config.SOFT_INPUTS):
 # their width and the pad token the loop puts at their positions of input_ids; the decoder family's io.soft
 SOFT_KEY = "packager.soft"
-# why a multimodal Gemma 3n's bundle takes no images (runtimes/eclass_encoders.py exports its audio encoder only)
-VISION_3N = ("Gemma 3n's vision encoder (timm's MobileNet-V5) is not exported, so the bundle takes no images: "
-             "transformers builds it with timm, which needs torchvision, whose PyPI wheel is built for CUDA torch and "
-             "does not import beside the genai environment's CPU torch")
 
 
 def e_type(folder: Path) -> str:
@@ -42,21 +38,14 @@ def export_folder(folder: Path, out: Path, work: Path, progress: Callable[[str],
     if made.get("soft_tokens"):
         progress("the decoder takes the vision and audio encoders' soft tokens (inputs "
                  f"{' and '.join(decoder_config.SOFT_INPUTS)})")
-        note = untaken_images(folder, made.get("encoders") or {})
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        note = decoder_config.untaken_images(config, made.get("encoders") or {})
         if note:
             progress(note)
     for name in TOKENIZER_FILES:
         if (folder / name).is_file():
             shutil.copyfile(folder / name, out / name)
     return made
-
-
-def untaken_images(folder: Path, encoders: dict[str, Any]) -> str:
-    """VISION_3N where `folder` is a multimodal Gemma 3n whose vision encoder the export left out (`encoders`: what
-    it exported, by mode), "" otherwise."""
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    return VISION_3N if e_type(folder) == "gemma3n_text" and config.get("vision_config") and "image" not in encoders \
-        else ""
 
 
 def exporter_code(work: Path) -> Path:

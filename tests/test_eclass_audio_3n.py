@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packager import eclass
+from packager import decoder_config, eclass
 from packager.device_code import runner
 from packager.exporter_envs import GENAI, is_ready
 from tiny_decoders import ECLASS_3N, VOCAB, make_tokenizer
@@ -112,7 +112,7 @@ def bundle(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
                            "--recipe", "fp32", "--out", str(root / "dist"), "--no-cache"],
                           capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert eclass.VISION_3N in proc.stderr   # the vision encoder is not exported, and the export says why
+    assert decoder_config.VISION_3N in proc.stderr   # the vision encoder is not exported, and the export says why
     with tarfile.open(next((root / "dist").glob("*.tar.gz"))) as tar:
         tar.extractall(root / "bundle", filter="data")
     return next((root / "bundle").iterdir())

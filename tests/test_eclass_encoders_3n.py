@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from packager import eclass
+from packager import decoder_config, eclass
 from packager.exporter_envs import GENAI, is_ready
 
 RUNTIMES = Path(__file__).resolve().parents[1] / "packager" / "runtimes"
@@ -146,7 +146,7 @@ def test_the_export_says_why_a_gemma_3n_bundle_takes_no_images(tmp_path: Path, m
             "audio_config": {"model_type": f"{model_type}_audio"}}))
         monkeypatch.setattr(eclass, "export", lambda *args, e=encoders, **kw: {"soft_tokens": True, "encoders": e})
         lines.append("\n".join(line for line in collect(folder, tmp_path) if "MobileNet" in line))
-    assert lines[0] == eclass.VISION_3N and "timm" in lines[0] and "torchvision" in lines[0]
+    assert lines[0] == decoder_config.VISION_3N and "timm" in lines[0] and "torchvision" in lines[0]
     assert lines[1] == ""
 
 
