@@ -5,10 +5,6 @@ packager nor the Hugging Face stack."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +13,10 @@ import pytest
 
 from packager.device_code import runner
 from packager.exporter_envs import GENAI, is_ready
+from sounds import assert_same, isolated, pre_of
+from sounds import reference as extractor_reference
+from sounds import sounds as waves
 
-RATE = 16000
 needs_genai = pytest.mark.skipif(not is_ready(GENAI), reason="needs `packager env create genai`")
 
 # Log-mels lie within [log(1e-3), ~10] for these sounds, where a float32 step is at most 1e-6. The device code
@@ -60,49 +58,22 @@ np.savez(sys.argv[3], **out)
 
 
 def sounds() -> dict[str, np.ndarray]:
-    """float64 waves at 16 kHz, as a WAV reader or a resampler hands them over."""
-    def t(seconds: float) -> np.ndarray:
-        return np.arange(int(seconds * RATE)) / RATE
-
-    rng = np.random.default_rng(0)
-    click = np.zeros(int(0.2 * RATE))
-    click[1600] = 1.0
-    sweep = t(2.3)
-    return {"sine": 0.5 * np.sin(2 * np.pi * 440 * t(1.0)),                 # 16000 samples: a multiple of 128
-            "chirp": 0.8 * np.sin(2 * np.pi * (100 * sweep + 1500 * sweep ** 2)),   # 100 Hz to 7 kHz, padded
-            "noise": 0.3 * rng.standard_normal(30 * RATE),                   # the longest clip kept whole
-            "click": click,                                                  # silence around one sample: the floor
-            "long": 0.2 * rng.standard_normal(int(31.7 * RATE)) + 0.3 * np.sin(2 * np.pi * 1000 * t(31.7)),
-            "short": 0.5 * np.sin(2 * np.pi * 300 * t(0.0123)),            # 196 samples: one frame
-            "shorter": 0.5 * np.sin(2 * np.pi * 300 * t(0.005))}           # 80 samples: no frame at all
-
-
-def pre_of(init: dict[str, Any], call: dict[str, Any]) -> dict[str, Any]:
-    """The `pre` figures of an extractor built with `init` and called with `call`."""
-    return {"sampling_rate": RATE, "feature_size": 128, **init, **call}
+    """tests/sounds.py's waves, the shortest 0.0123 s (196 samples: one frame) and 0.005 s (80 samples: no frame
+    at all)."""
+    return waves(0.0123, 0.005)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
-    folder = tmp_path_factory.mktemp("gemma4-audio")
-    np.savez(folder / "sounds.npz", allow_pickle=False, **sounds())
-    proc = subprocess.run([str(GENAI.python), "-c", REFERENCE, str(folder / "sounds.npz"), json.dumps(CONFIGS),
-                           str(folder / "reference.npz")], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    with np.load(folder / "reference.npz") as arrays:
-        return {name: arrays[name] for name in arrays.files}
+    return extractor_reference(tmp_path_factory.mktemp("gemma4-audio"), REFERENCE, sounds(), CONFIGS)
 
 
 @needs_genai
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("name", list(sounds()))
 def test_the_features_and_mask_are_the_extractors(reference: dict[str, np.ndarray], config: str, name: str) -> None:
-    features, mask = runner().gemma4_audio_features(sounds()[name], pre_of(*CONFIGS[config]))
-    expected, expected_mask = reference[f"{config}/{name}/features"], reference[f"{config}/{name}/mask"]
-    assert features.dtype == np.float32 and mask.dtype == np.bool_
-    assert features.shape == expected.shape and mask.shape == expected_mask.shape
-    assert np.array_equal(mask, expected_mask)
-    np.testing.assert_allclose(features, expected, rtol=0, atol=ATOL)
+    got = runner().gemma4_audio_features(sounds()[name], pre_of(*CONFIGS[config]))
+    assert_same(got, reference, f"{config}/{name}", ATOL)
 
 
 @needs_genai
@@ -119,27 +90,5 @@ def test_what_the_comparison_covers(reference: dict[str, np.ndarray]) -> None:
     np.testing.assert_allclose(cut, reference["default/long/features"], rtol=0, atol=ATOL)
 
 
-# The device code in a child that cannot import packager, torch, transformers or librosa: loaded from
-# targets/run.py as a bundle's run.py is, it computes the features and lists what it imported.
-ISOLATED = r"""
-import importlib.util, json, sys
-import numpy as np
-spec = importlib.util.spec_from_file_location("bundle_run", sys.argv[1])
-run = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run)
-features, mask = run.gemma4_audio_features(np.sin(np.arange(16000) / 10.0), {})
-loaded = sorted(n for n, m in sys.modules.items() if m is not None and n.split(".")[0] in json.loads(sys.argv[2]))
-print(json.dumps({"shape": list(features.shape), "valid": int(mask.sum()), "loaded": loaded}))
-"""
-BANNED = ["packager", "torch", "transformers", "librosa"]
-
-
 def test_the_device_code_imports_no_packager_torch_or_transformers(tmp_path: Path) -> None:
-    blocker = tmp_path / "block"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(f"import sys\nfor m in {BANNED!r}:\n    sys.modules[m] = None\n")
-    run_py = Path(__file__).resolve().parents[1] / "targets" / "run.py"
-    proc = subprocess.run([sys.executable, "-c", ISOLATED, str(run_py), json.dumps(BANNED)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(blocker)})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.splitlines()[-1]) == {"shape": [99, 128], "valid": 99, "loaded": []}
+    assert isolated("gemma4_audio_features", tmp_path) == {"shape": [99, 128], "valid": 99, "loaded": []}
