@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -45,11 +46,15 @@ class ExporterEnv:
     name: str
     requirements: tuple[str, ...]
     purpose: str = ""
+    # modules of packager/data/envs/ put in its site-packages, each imported at start-up by a .pth line of its own
+    startup: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
         python = f"{sys.version_info.major}.{sys.version_info.minor}"
-        inputs = {"name": self.name, "requirements": sorted(self.requirements), "python": python}
+        inputs = {"name": self.name, "requirements": sorted(self.requirements), "python": python,
+                  **({"startup": {m: hashlib.sha256(startup_file(m).read_bytes()).hexdigest() for m in self.startup}}
+                     if self.startup else {})}
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -71,8 +76,12 @@ class ExporterEnv:
 # onnxruntime-genai's model builder (issue 19): transformers 5.x; torch pinned to the CPU build packager's
 # `hf` extra pins; onnx-ir, which the builder imports without declaring it. transformers 5.24.0, not 5.25.0: 5.25
 # needs kernels>=0.19.1, which the package index this was made against lacks.
-GENAI = ExporterEnv("genai", ("torch==2.13.0", "transformers==5.24.0", "onnxruntime-genai==0.18.0", "onnx-ir==1.1.0"),
-                    "onnxruntime-genai's model builder (transformers 5.x)")
+# timm and torchvision for Gemma 3n's vision encoder (transformers builds it with timm, which imports torchvision).
+# PyPI's torchvision is built for CUDA torch: packager_torchvision (packager/data/envs/) lets it import beside the CPU
+# build, for every process of the environment (transformers imports torchvision wherever it is installed).
+GENAI = ExporterEnv("genai", ("torch==2.13.0", "transformers==5.24.0", "onnxruntime-genai==0.18.0", "onnx-ir==1.1.0",
+                              "torchvision==0.28.0", "timm==1.0.31"),
+                    "onnxruntime-genai's model builder (transformers 5.x)", ("packager_torchvision",))
 ENVS: dict[str, ExporterEnv] = {GENAI.name: GENAI}
 
 
@@ -132,9 +141,24 @@ def _build(env: ExporterEnv, tmp: Path, progress: Callable[[str], None]) -> None
                                 f"({what} failed: {said}); run `{env.create_command()}` where the "
                                 "package index is reachable, or install the same pins yourself: "
                                 f"{' '.join(env.requirements)}.", ExitCode.MISSING_DEPENDENCY)
+    install_startup(env, tmp)
     record = {"name": env.name, "key": env.key, "requirements": list(env.requirements),
               "python": f"{sys.version_info.major}.{sys.version_info.minor}"}
     (tmp / MARKER).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def startup_file(module: str) -> Path:
+    return Path(__file__).resolve().parent / "data" / "envs" / f"{module}.py"
+
+
+def install_startup(env: ExporterEnv, folder: Path) -> None:
+    """env.startup's modules into the venv at `folder`, each with the .pth line that imports it at start-up."""
+    if not env.startup:
+        return
+    site = next((folder / "lib").glob("python*/site-packages"))
+    for module in env.startup:
+        shutil.copyfile(startup_file(module), site / f"{module}.py")
+        (site / f"{module}.pth").write_text(f"import {module}\n", encoding="utf-8")
 
 
 def run(env: ExporterEnv, module: str, args: Sequence[str], progress: Callable[[str], None] = lambda line: None,
