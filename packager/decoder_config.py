@@ -225,19 +225,6 @@ def known(config: dict[str, Any]) -> bool:
     return _model_type(config) in FAMILIES or _model_type(config) in E_FAMILIES
 
 
-# why a multimodal Gemma 3n's bundle takes no images (runtimes/eclass_encoders.py exports its audio encoder only)
-VISION_3N = ("Gemma 3n's vision encoder (timm's MobileNet-V5) is not exported, so the bundle takes no images: "
-             "transformers builds it with timm, which needs torchvision, whose PyPI wheel is built for CUDA torch and "
-             "does not import beside the genai environment's CPU torch")
-
-
-def untaken_images(config: dict[str, Any], encoders: dict[str, Any]) -> str:
-    """VISION_3N where `config` is a multimodal Gemma 3n's whose vision encoder the export left out (`encoders`:
-    what it exported, by mode), "" otherwise."""
-    return VISION_3N if e_type(config) == "gemma3n_text" and config.get("vision_config") and "image" not in encoders \
-        else ""
-
-
 def e_type(config: dict[str, Any]) -> str:
     """The E-class family of a config (a Gemma 3n or Gemma 4 text decoder with per-layer embeddings), else ""."""
     model_type = _model_type(config)

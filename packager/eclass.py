@@ -38,10 +38,6 @@ def export_folder(folder: Path, out: Path, work: Path, progress: Callable[[str],
     if made.get("soft_tokens"):
         progress("the decoder takes the vision and audio encoders' soft tokens (inputs "
                  f"{' and '.join(decoder_config.SOFT_INPUTS)})")
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        note = decoder_config.untaken_images(config, made.get("encoders") or {})
-        if note:
-            progress(note)
     for name in TOKENIZER_FILES:
         if (folder / name).is_file():
             shutil.copyfile(folder / name, out / name)

@@ -117,7 +117,8 @@ RULES: dict[str, Callable[[Keys, int], OnDemand]] = {
 
 def on_demand(config: dict[str, Any], text_hidden: int, where: str) -> tuple[tuple[OnDemand, ...], list[str]]:
     """The encoders of a multimodal config that plan counts, and the model_types of those it has no rule for
-    (Gemma 3n's vision encoder, timm's MobileNet-V5; another family's)."""
+    (Gemma 3n's vision encoder, timm's MobileNet-V5, which packager exports but no rule counts yet; another
+    family's)."""
     found: list[OnDemand] = []
     unknown: list[str] = []
     for key in MODES:

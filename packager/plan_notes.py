@@ -35,11 +35,11 @@ def notes(a: Architecture, profile: Profile, mem: DecoderMemory, rows: list[Row]
         notes.append(f"{' and '.join(e.mode for e in a.on_demand)}: the encoder is loaded on demand, at the profile's "
                      f"encoder recipe ({profile.recipe}), beside the decoder's weights and its KV cache at the "
                      "context, on one input at the processor's largest size; `fits` is the worst mode's. A bundle "
-                     "ships Gemma 4's encoders and Gemma 3n's audio encoder, and run.py loads each for its input "
-                     "(--image, --audio); `package` measures each mode and judges the worst")
+                     "ships Gemma 4's and Gemma 3n's encoders, and run.py loads each for its input (--image, "
+                     "--audio); `package` measures each mode and judges the worst")
     if a.unplanned_encoders:
-        notes.append(f"{a.name}: no rule counts its {', '.join(a.unplanned_encoders)} encoder; the mode it serves is "
-                     "not planned, nor packaged")
+        notes.append(f"{a.name}: no rule counts its {', '.join(a.unplanned_encoders)} encoder yet; the mode it serves "
+                     "is not planned")
     elif a.attention and a.name.endswith("ForConditionalGeneration") and not a.on_demand:
         notes.append(f"{a.name}: the text decoder only; its config names no encoder")
     if any(not layer.owns_cache for layer in a.attention):

@@ -113,8 +113,9 @@ LAZY_EDGES = {
 # onnxruntime about 0.3 s (only export, quantize, verify and the checks of a packaged model); typer is the CLI's own.
 LAZY_THIRD_PARTY = ("torch", "transformers", "optimum", "peft", "safetensors", "tokenizers", "onnx", "onnx_ir",
                     "onnxruntime", "numpy", "typer",
-                    # the E-class exporter's sibling, imported where the multimodal export needs it (genai environment)
-                    "eclass_encoders")
+                    # the E-class exporter's siblings, imported where the multimodal export needs them (genai
+                    # environment): the encoders, and Gemma 3n's
+                    "eclass_encoders", "eclass_encoders_3n")
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,11 @@ from packager.runtimes.base import DecoderMemory, MemoryShare, Runtime
 from packager.runtimes.genai import GenaiRuntime
 from packager.runtimes.onnxruntime import OnnxRuntime
 
-# The E-class exporter and the module it imports (packager/eclass.py copies both into the genai environment's work
+# The E-class exporter and the modules it imports (packager/eclass.py copies them into the genai environment's work
 # folder and runs the first there); stages/export.py keys the export's cache by them too
 ECLASS_EXPORTER_FILES = tuple(Path(__file__).with_name(name)
-                              for name in ("eclass_export.py", "eclass_checkpoint.py", "eclass_encoders.py"))
+                              for name in ("eclass_export.py", "eclass_checkpoint.py", "eclass_encoders.py",
+                                           "eclass_encoders_3n.py"))
 
 if TYPE_CHECKING:
     from packager.profile_types import Profile

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from eclass_encoders import importable_torchvision
 
 STUB = 8                          # rows of the table the model loads and the trace sees (the ids it traces are 1-3)
 PLE_WEIGHT = "embed_tokens_per_layer.weight"   # the table's name in the checkpoint (after any prefix)
@@ -84,6 +85,8 @@ def load(source: Path) -> Any:
     (from_pretrained reads a tensor whatever its shape, with ignore_mismatched_sizes too: E2B's table measured
     10.7 GiB of host memory in fp32)."""
     from safetensors import safe_open
+
+    importable_torchvision()   # transformers' configs import torchvision (see there)
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(source)

@@ -1,28 +1,29 @@
-"""The E-class exporter's encoders (issue 20, item 4): a Gemma 4 model's vision and audio encoders, and a Gemma 3n
-model's audio encoder, each with its projection into the text decoder's embedding space, as ONNX graphs of their own
-(vision.onnx, audio.onnx) that a bundle loads when an input of their kind arrives and releases after. Run in the
-`genai` exporter environment (transformers 5.x), a copy of this file beside runtimes/eclass_export.py: packager is
-not installed there.
+"""The E-class exporter's encoders (issue 20, item 4): a Gemma 4 or Gemma 3n model's vision and audio encoders, each
+with its projection into the text decoder's embedding space, as ONNX graphs of their own (vision.onnx, audio.onnx)
+that a bundle loads when an input of their kind arrives and releases after. Run in the `genai` exporter environment
+(transformers 5.x), a copy of this file beside runtimes/eclass_export.py: packager is not installed there.
 
-- One input per graph at the processor's largest size, padded: an image as max_soft_tokens x pooling^2 patches
-  (280 x 9 = 2,520 by default), positions (-1, -1) for padding; audio as the feature extractor's longest clip (30 s:
-  3,000 frames of 128 mel bins) with its mask. Out: the soft tokens of the real input, [tokens, text hidden], each
-  the embedding of one placeholder token of the prompt.
-- The vision encoder's attention is bidirectional over every patch: as traced from transformers (eager), its scores
-  are [heads, patches, patches] in fp32 a layer, 12 x 2,520^2 x 4 B = 291 MiB, held twice (the scores, then their
+- Gemma 4's: one input per graph at the processor's largest size, padded: an image as max_soft_tokens x pooling^2
+  patches (280 x 9 = 2,520 by default), positions (-1, -1) for padding; audio as the feature extractor's longest
+  clip (30 s: 3,000 frames of 128 mel bins) with its mask. Out: the soft tokens of the real input, [tokens, text
+  hidden], each the embedding of one placeholder token of the prompt.
+- Gemma 4's vision encoder's attention is bidirectional over every patch: as traced from transformers (eager), its
+  scores are [heads, patches, patches] in fp32 a layer, 12 x 2,520^2 x 4 B = 291 MiB, held twice (the scores, then their
   softmax), and a run of one image peaked at 2,502 MiB. Here the queries go in blocks of QUERY_BLOCK (the softmax is
   per query row, so the result is the same): 1,318 MiB in fp32, 548 MiB with int8 weights (E2B's encoder, 2,304
   patches, 2 threads; the audio encoder's attention is already local, chunks of 12 frames).
-- Gemma 3n's audio encoder (Audio3nEncoder) gives the rows transformers' Gemma3nModel puts in the prompt, not only
-  the real frames': its prompt always holds audio_soft_tokens_per_image (188) placeholders, the padding embedding at
-  those past the clip, and its end token's embedding is embed_audio's (a hard embedding), not the text table's: the
-  graph's last row, which the loop puts at that token (the spec's `end_row`).
-- Gemma 3n's vision encoder is not exported: transformers builds it with timm (MobileNet-V5), which needs torchvision,
-  and torchvision's PyPI wheel is built for CUDA torch and does not import beside this environment's CPU torch.
+- A Gemma 3n model's encoders are runtimes/eclass_encoders_3n.py's (export_checkpoint_3n): graphs of the rows
+  transformers' Gemma3nModel puts in the prompt, the end token's (a hard embedding of the encoder's own table) the
+  last.
+- transformers imports torchvision wherever it is installed (its image utilities, every model's config), and timm,
+  which builds Gemma 3n's vision encoder, needs it: importable_torchvision makes this environment's torchvision
+  import (importing this module calls it).
 """
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,42 @@ QUERY_BLOCK = 256       # a block's scores: heads x QUERY_BLOCK x patches (12 x 
 ATTENTION = "packager_blocked"
 OPSET = 17
 AUDIO_FRAMES = 3000     # Gemma 4's feature extractor: at most 480,000 samples at 16 kHz, a frame each 10 ms
-AUDIO_SAMPLES = 480_000  # Gemma3nAudioFeatureExtractor's max_length (30 s at 16 kHz): its longest clip
+# torchvision's operators declared here where its own do not load (importable_torchvision): the Library holding them
+# (its schemas go when it is garbage collected)
+TORCHVISION_SCHEMAS: list[torch.library.Library] = []
+
+
+def importable_torchvision() -> None:
+    """Makes `import torchvision` work where its compiled operators do not load; nothing where they do. PyPI's
+    torchvision 0.28.0 is built for CUDA torch, and its _C library does not load beside the genai environment's torch
+    2.13.0+cpu: torchvision then imports without its operators, except that its _meta_registrations.py registers
+    fake implementations of torchvision::nms and torchvision::qnms without checking _has_ops() (the others it
+    checks), and registering one for an operator that does not exist fails the import ("operator torchvision::nms
+    does not exist"). transformers imports torchvision wherever it is installed (image_utils, which every model's
+    config imports) and timm, which builds Gemma 3n's vision encoder (MobileNet-V5), imports it too. Declaring the
+    two schemas first makes it import; nothing here calls them. Call it before anything imports transformers' models,
+    timm or torchvision; idempotent."""
+    if TORCHVISION_SCHEMAS or hasattr(torch.ops.torchvision, "nms"):
+        return   # declared here before, or torchvision's own operators loaded
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or not spec.submodule_search_locations:
+        return   # no torchvision: timm's import says so
+    library = importlib.machinery.PathFinder.find_spec("_C", list(spec.submodule_search_locations))
+    untyped: Any = torch   # torch.library's and torch.ops' functions are not annotated
+    if library is not None and library.origin:
+        try:   # as torchvision.extension loads it: where it loads, its operators are there and nothing is declared
+            untyped.ops.load_library(library.origin)
+        except OSError:
+            pass
+    if hasattr(torch.ops.torchvision, "nms"):
+        return
+    declared = untyped.library.Library("torchvision", "DEF")
+    declared.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    declared.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    TORCHVISION_SCHEMAS.append(declared)
+
+
+importable_torchvision()
 
 
 def blocked_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -93,55 +129,6 @@ class AudioEncoder(torch.nn.Module):
             out = self.tower(input_features, input_features_mask, return_dict=True)
         tokens: torch.Tensor = self.embedder(inputs_embeds=out.last_hidden_state)[out.attention_mask]
         return tokens
-
-
-class Audio3nEncoder(torch.nn.Module):
-    """Gemma3nModel.forward's rows of a clip in the prompt, [soft_tokens + 1, text hidden]: mel frames and their mask
-    in (True: a real frame, as Gemma3nAudioFeatureExtractor gives it; the inverse of the tower's mask); out the
-    `soft_tokens` rows it scatters into the placeholders (the tower's through embed_audio, the padding embedding,
-    embed_audio's row of `pad_id`, at the masked ones and after the last), then the end token's hard embedding
-    (embed_audio's row of `end_id`), which transformers puts at that token.
-
-    The clip is the frames up to its last real one (the feature extractor masks none before it). The subsampling's
-    second convolution reads 2 rows past each of its output's (transformers pads the time axis after): on the clip
-    alone, zeros past the first convolution's last row; on the padded input, that convolution's rows of the zero
-    frames, which its cumulative norm makes other than zero. Those rows are zeroed, as the clip's last soft token
-    reads them (at a clip of 993 frames, 0.009 off in a tiny model)."""
-
-    def __init__(self, tower: Any, embedder: Any, soft_tokens: int, pad_id: int, end_id: int) -> None:
-        super().__init__()
-        self.tower, self.embedder, self.soft_tokens = tower, embedder, soft_tokens
-        self.register_buffer("hard_ids", torch.tensor([[pad_id, end_id]]), persistent=False)
-
-    def forward(self, input_features: torch.Tensor, input_features_mask: torch.Tensor) -> torch.Tensor:
-        from unittest import mock
-
-        from transformers.models.gemma3n import modeling_gemma3n
-
-        frames = torch.arange(1, input_features.shape[1] + 1)
-        last = torch.where(input_features_mask[0], frames, 0).max()   # the clip's frames
-        convs = self.tower.subsample_conv_projection
-        stride = int(convs.conv_0.conv.stride[0])
-
-        def clip_only(module: Any, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            rows = args[0]   # [batch, channels, time, frequency]: the first convolution's, of the clip where < last
-            inside = torch.arange(rows.shape[2]) * stride < last
-            return (torch.where(inside[None, None, :, None], rows, 0.0),)
-
-        hook = convs.conv_1.register_forward_pre_hook(clip_only)
-        try:
-            with mock.patch.object(modeling_gemma3n.Gemma3nAudioAttention, "_extract_block_context", block_context):
-                out = self.tower(input_features, ~input_features_mask, return_dict=True)
-        finally:
-            hook.remove()
-        tokens = self.embedder(inputs_embeds=out.last_hidden_state)[0]
-        pad, end = self.embedder(input_ids=self.hard_ids)[0].split(1)
-        tokens = torch.where(out.audio_mel_mask[0, :, None], pad, tokens)
-        extra = self.soft_tokens - tokens.shape[0]   # a Python int in the trace: the input's frames are fixed
-        if extra < 0:
-            raise SystemExit(f"the audio encoder makes {tokens.shape[0]} soft tokens of the longest clip and the "
-                             f"prompt holds {self.soft_tokens} placeholders (audio_soft_tokens_per_image)")
-        return torch.cat([tokens, pad.expand(extra, -1), end])
 
 
 ENCODERS = {"image": ("vision_config", "vision_tower", "embed_vision", VisionEncoder),
@@ -239,62 +226,6 @@ def load_parts(source: Path, parts: dict[str, torch.nn.Module]) -> dict[str, tor
     return {name: module.float() for name, module in parts.items()}
 
 
-def load_audio_3n(source: Path) -> Audio3nEncoder:
-    """A Gemma 3n checkpoint's audio encoder (Gemma3nAudioEncoder and embed_audio, built from config.json and loaded
-    from their tensors alone), with the ids whose embed_audio rows its graph gives: the padding (the text vocabulary's
-    last id) and the end of audio."""
-    from transformers import AutoConfig
-    from transformers.models.gemma3n import modeling_gemma3n as g3n
-
-    config = AutoConfig.from_pretrained(source)
-    audio, text = config.audio_config, config.text_config
-    parts = load_parts(source, {"audio_tower": g3n.Gemma3nAudioEncoder(audio),
-                                "embed_audio": g3n.Gemma3nMultimodalEmbedder(audio, text)})
-    pad_id, hard = text.vocab_size - 1, range(audio.vocab_offset, audio.vocab_offset + audio.vocab_size)
-    # transformers embeds ids from the vision offset up with embed_vision or embed_audio, not the text table
-    if pad_id not in hard or config.eoa_token_id not in hard or \
-            config.boa_token_id >= min(config.vision_config.vocab_offset, audio.vocab_offset):
-        raise SystemExit(f"{source}: the audio tokens are not where Gemma 3n keeps them (begin {config.boa_token_id} "
-                         f"a text token, end {config.eoa_token_id} and the padding {pad_id} in embed_audio's ids "
-                         f"{hard.start}-{hard.stop - 1}); the exporter does not know this layout")
-    return Audio3nEncoder(parts["audio_tower"], parts["embed_audio"], int(config.audio_soft_tokens_per_image),
-                          pad_id, int(config.eoa_token_id)).eval()
-
-
-def audio_pre_3n(source: Path) -> dict[str, Any]:
-    """Gemma3nAudioFeatureExtractor's figures, the saved ones over its defaults (a published Gemma 3n saves them in
-    preprocessor_config.json beside the image processor's), and the processor's name for the device."""
-    from transformers import Gemma3nAudioFeatureExtractor
-
-    defaults = Gemma3nAudioFeatureExtractor().to_dict()
-    image, audio = saved_processor(source)
-    saved = audio or image
-    return {k: saved.get(k, v.tolist() if hasattr(v, "tolist") else v) for k, v in defaults.items()
-            if k != "feature_extractor_type"} | {"processor": "gemma3n"}
-
-
-def frames_3n(pre: dict[str, Any]) -> int:
-    """The frames of the feature extractor's longest clip: a frame of frame_length + 1 samples every hop_length
-    (2,997 at its defaults)."""
-    return (AUDIO_SAMPLES - int(pre["frame_length"]) - 1) // int(pre["hop_length"]) + 1
-
-
-def export_checkpoint_3n(source: Path, out: Path) -> dict[str, dict[str, Any]]:
-    """A Gemma 3n checkpoint's audio encoder (where config.json has an audio_config) as export_checkpoint gives
-    Gemma 4's, its spec's `end_row` saying that the graph's last row is the end token's."""
-    from transformers import AutoConfig
-
-    if not json.loads((source / "config.json").read_text(encoding="utf-8")).get("audio_config"):
-        return {}
-    config, pre = AutoConfig.from_pretrained(source), audio_pre_3n(source)
-    (out / ENCODERS_DIR).mkdir(parents=True, exist_ok=True)
-    export_graph(load_audio_3n(source), audio_inputs(frames_3n(pre)), out / ENCODERS_DIR / "audio.onnx",
-                 ["input_features", "input_features_mask"], {})
-    return {"audio": {"file": f"{ENCODERS_DIR}/audio.onnx", "token_id": int(config.audio_token_id),
-                      "begin": int(config.boa_token_id), "end": int(config.eoa_token_id), "end_row": True,
-                      "pre": pre}}
-
-
 def export_graph(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, names: list[str],
                  dynamic: dict[str, dict[int, str]]) -> None:
     """`module` traced into `path`, its output soft_tokens. Weights inline; past protobuf's 2 GiB (E2B's Gemma 3n
@@ -342,13 +273,16 @@ def export_checkpoint(source: Path, out: Path) -> dict[str, dict[str, Any]]:
     """A multimodal Gemma 4 checkpoint's encoders as graphs in out/ENCODERS_DIR, by mode, each with what its loop
     needs (runtime.io.soft.encoders): its file, its placeholder token and the tokens around an input's run of them
     (the config's, transformers' defaults where it leaves them out), and its processor's figures (the saved
-    processor's, the defaults otherwise; `processor` names the family's). A Gemma 3n checkpoint's audio encoder
-    (export_checkpoint_3n); its vision encoder is not exported (timm's, see above). {} for another model."""
+    processor's, the defaults otherwise; `processor` names the family's). A Gemma 3n checkpoint's vision and audio
+    encoders (eclass_encoders_3n.export_checkpoint_3n). {} for another model."""
     from transformers import AutoConfig
 
     model_type = json.loads((source / "config.json").read_text(encoding="utf-8")).get("model_type")
     if model_type == "gemma3n":
-        return export_checkpoint_3n(source, out)
+        from eclass_encoders_3n import export_checkpoint_3n
+
+        specs: dict[str, dict[str, Any]] = export_checkpoint_3n(source, out)
+        return specs
     if model_type != "gemma4":
         return {}
     config = AutoConfig.from_pretrained(source)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
-import json
 import math
 import platform
 import shutil
@@ -19,7 +18,7 @@ from typing import Any
 
 import onnx
 
-from packager import adapter, decoder_config, export_process, onnx_rewrite
+from packager import adapter, export_process, onnx_rewrite
 from packager.adapter import base_shapes
 from packager.compat import load_table
 from packager.context import Component, Context
@@ -389,10 +388,6 @@ def run(ctx: Context) -> None:
         if ctx.member_dir is None:   # several models in one bundle share one process: [runtime]'s (suite.py)
             ctx.profile, note = profile_for_model(ctx.profile, ctx.io.kind, ctx.source.architecture)
             ctx.cache_notes.extend([note] if note else [])
-        if ctx.io.soft is not None and (ctx.source.path / "config.json").is_file():   # said on a cached export too
-            config = json.loads((ctx.source.path / "config.json").read_text(encoding="utf-8"))
-            images = decoder_config.untaken_images(config, ctx.io.soft.get("encoders") or {})
-            ctx.cache_notes.extend([images] if images else [])
     family = family_for(ctx.io.kind)
     ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] if family.needs_tokenizer else []
     if family.generates:
