@@ -66,7 +66,7 @@ from .manifest import (
 )
 from .measure import MEASURE_TOKENS, exercise, measure
 from .media import audio_features, image_pixels, mel_filters, read_image, read_wav, sample_media, write_png, write_wav
-from .media_gemma3n import gemma3n_audio_features
+from .media_gemma3n import gemma3n_audio_features, gemma3n_pixels
 from .media_gemma4 import gemma4_audio_features, gemma4_patches
 from .on_demand import mode_peaks, prompt_with
 from .peak import peak_bytes, reset_peak, rss_bytes
@@ -97,7 +97,7 @@ __all__ = [
     "audio_features", "read_image", "write_png", "image_pixels", "gemma4_patches", "sample_media", "choose_providers",
     "session_options", "provider_options", "Runner", "Decoder", "RowFeeds", "prefill_chunk", "encode",
     "load_tokenizer", "load", "start_ids", "Soft",
-    "gemma4_audio_features", "gemma3n_audio_features", "prompt_with", "mode_peaks", "followed",
+    "gemma4_audio_features", "gemma3n_audio_features", "gemma3n_pixels", "prompt_with", "mode_peaks", "followed",
     "encoded", "encoder_feeds", "load_samples", "NPZ_DATE_TIME", "save_samples", "compare_decoder", "score_from",
     "reference_generations", "compare", "EVAL_MATCHES", "EVAL_DEFAULT_TOKENS", "read_eval", "eval_passes",
     "evaluate", "measure", "exercise", "MEASURE_TOKENS", "read_inputs", "main", "FAMILIES", "Family", "family",
