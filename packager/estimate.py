@@ -430,7 +430,7 @@ def with_modes(decoder: Estimate, encoders: dict[str, Path], profile: Profile) -
     and its cache at the context held, the encoder loaded, run once on its graph's input, the processor's largest,
     and released before the decoder's next pass): what the decoder holds, plus the encoder's own estimate, the
     runtime counted once. The decoder holds its run without a pass's activations on the low side, with them on the
-    high side (an arena keeps an earlier pass's buffers: the tiny Gemma 3n of tests/test_eclass_audio_3n.py measured
+    high side (an arena keeps an earlier pass's buffers: the tiny Gemma 3n of tests/test_eclass_media_3n.py measured
     0.3 MiB above a high side without them). plan's rule is the same from the config."""
     act = decoder.breakdown.get("activations", 0)
     held_low = decoder.run_low_bytes - int(act * ACTIVATIONS_LOW)

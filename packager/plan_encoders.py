@@ -32,6 +32,7 @@ class OnDemand:
     parameters: int
     tokens: int          # soft tokens one input of the processor's largest size puts in the context
     activations: int     # bytes its pass over that input holds at once (fp32 activations)
+    load_factor: float = 1.0   # what creating its session holds, in multiples of its weights (convolutions: 2.1)
 
 
 def gemma4_vision(k: Keys, text_hidden: int) -> OnDemand:
@@ -102,6 +103,31 @@ def gemma3n_audio(k: Keys, text_hidden: int) -> OnDemand:
                     _conformer_activations(hidden, channels, AUDIO_FRAMES, features))
 
 
+# timm 1.0.31's MobileNet-V5 by architecture name, as transformers builds Gemma 3n's vision tower with it (no
+# classifier: mobilenetv5_base's 1,000-class head is not built; counted on the meta device in
+# tests/test_plan_encoders.py). Its stages are timm's own, not config keys: another name, or model_args that change
+# them, has no rule.
+MOBILENET_V5 = {"mobilenetv5_300m_enc": 294_126_912, "mobilenetv5_base": 80_598_976}
+# One 768 x 768 image through E2B's tower as packager exports it (runtimes/eclass_encoders_3n.py; random weights, 2
+# threads): the run added 470 MiB at fp32 and 482 at int8 once loaded, its largest tensors [768, 192, 192] in fp32
+# (108 MiB) beside their inputs; and creating the fp32 session held 2,386 MiB, 2.1 times its 1,140 MiB of weights
+# (the convolutions' prepacked copies beside the originals)
+MOBILENET_V5_ACTIVATIONS = 400 * 2**20
+CONV_LOAD_FACTOR = 2.1
+
+
+def gemma3n_vision(k: Keys, text_hidden: int) -> OnDemand | None:
+    """timm's MobileNet-V5 (the vision_config's `architecture`) and embed_vision (its own table of vocab_size rows, two
+    norms, a projection from hidden_size); one image is the processor's 768 x 768, 256 soft tokens. None for a tower
+    this rule does not know."""
+    tower = MOBILENET_V5.get(str(k.config.get("architecture", "mobilenetv5_300m_enc")))
+    if tower is None or k.config.get("model_args"):
+        return None
+    hidden = k.count("hidden_size", 2048)
+    parameters = tower + k.count("vocab_size", 128) * hidden + 2 * hidden + text_hidden * hidden
+    return OnDemand("image", "gemma3n_vision", parameters, 256, MOBILENET_V5_ACTIVATIONS, CONV_LOAD_FACTOR)
+
+
 def _channels(k: Keys, key: str) -> list[int]:
     value = k.config.get(key, [128, 32])
     if not isinstance(value, list) or len(value) != 2 or any(isinstance(v, bool) or not isinstance(v, int)
@@ -110,15 +136,15 @@ def _channels(k: Keys, key: str) -> list[int]:
     return list(value)
 
 
-RULES: dict[str, Callable[[Keys, int], OnDemand]] = {
+RULES: dict[str, Callable[[Keys, int], OnDemand | None]] = {
     "gemma4_vision": gemma4_vision, "gemma4_audio": gemma4_audio, "gemma3n_audio": gemma3n_audio,
+    "gemma3n_vision": gemma3n_vision,
 }
 
 
 def on_demand(config: dict[str, Any], text_hidden: int, where: str) -> tuple[tuple[OnDemand, ...], list[str]]:
     """The encoders of a multimodal config that plan counts, and the model_types of those it has no rule for
-    (Gemma 3n's vision encoder, timm's MobileNet-V5, which packager exports but no rule counts yet; another
-    family's)."""
+    (another family's; a MobileNet-V5 other than timm's published ones)."""
     found: list[OnDemand] = []
     unknown: list[str] = []
     for key in MODES:
@@ -130,10 +156,11 @@ def on_demand(config: dict[str, Any], text_hidden: int, where: str) -> tuple[tup
         # transformers writes model_type into a saved sub-config; one written by hand may leave it to the outer
         kind = str(sub.get("model_type") or f"{config.get('model_type', '')}_{key.removesuffix('_config')}")
         rule = RULES.get(kind)
-        if rule is None:
+        encoder = rule(Keys(sub, f"{where} ({key})"), text_hidden) if rule else None
+        if encoder is None:
             unknown.append(kind)
             continue
-        found.append(rule(Keys(sub, f"{where} ({key})"), text_hidden))
+        found.append(encoder)
     return tuple(found), unknown
 
 
@@ -144,4 +171,5 @@ def encoder_bytes(encoder: OnDemand, bytes_per_param: float) -> tuple[int, int]:
     (int8: onnxruntime's quantized copies of the activations, its arena), 0.9x for the fp32 audio encoder: low counts
     0.8x, high a quarter more weights and 1.75x."""
     weights = int(encoder.parameters * bytes_per_param)
-    return weights + encoder.activations * 4 // 5, weights * 5 // 4 + encoder.activations * 7 // 4
+    high = max(weights * 5 // 4 + encoder.activations * 7 // 4, int(weights * encoder.load_factor))
+    return weights + encoder.activations * 4 // 5, high

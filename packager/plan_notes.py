@@ -38,8 +38,8 @@ def notes(a: Architecture, profile: Profile, mem: DecoderMemory, rows: list[Row]
                      "ships Gemma 4's and Gemma 3n's encoders, and run.py loads each for its input (--image, "
                      "--audio); `package` measures each mode and judges the worst")
     if a.unplanned_encoders:
-        notes.append(f"{a.name}: no rule counts its {', '.join(a.unplanned_encoders)} encoder yet; the mode it serves "
-                     "is not planned")
+        notes.append(f"{a.name}: no rule counts its {', '.join(a.unplanned_encoders)} encoder; the mode it serves is "
+                     "not planned")
     elif a.attention and a.name.endswith("ForConditionalGeneration") and not a.on_demand:
         notes.append(f"{a.name}: the text decoder only; its config names no encoder")
     if any(not layer.owns_cache for layer in a.attention):

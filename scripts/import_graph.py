@@ -34,7 +34,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
               "packager.progress", "packager.archive", "packager.graphs", "packager.leftovers", "packager.cache",
               "packager.interrupts",
               # the device-side code as the host imports it (targets/run.py, loaded on first use)
-              "packager.device_code")),
+              "packager.device_code",
+              # modules an exporter environment imports at start-up, copied there (packager/exporter_envs.py)
+              "packager.data")),
     # what the target is and what runs on it: profiles and settings, the recipes' registry, the runtimes and the
     # checks they answer with (compatibility, memory estimate, phones, GPUs), the device files and their signing
     ("target", ("packager.profile_types", "packager.context_view", "packager.profiles", "packager.config",

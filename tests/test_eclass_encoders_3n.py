@@ -43,7 +43,7 @@ import json, sys, time, numpy as np, onnxruntime as ort, torch
 from pathlib import Path
 from safetensors.torch import save_file
 sys.path.insert(0, sys.argv[2])
-import eclass_encoders as E   # first: it makes torchvision importable, which transformers and timm import
+import eclass_encoders as E
 from timm.models._efficientnet_builder import decode_arch_def
 from transformers import (Gemma3nAudioConfig, Gemma3nAudioFeatureExtractor, Gemma3nConfig, Gemma3nTextConfig,
                           Gemma3nVisionConfig, SiglipImageProcessor)

@@ -84,15 +84,11 @@ TORCHVISION = [i for i, (name, figures) in enumerate(CASES)
 # processor) and loaded with AutoImageProcessor's PIL backend, on the image as a user hands it over: an array as a
 # PIL image, a PNG by its path (transformers' load_image then converts it to RGB, dropping the alpha as read_image
 # does; an RGBA PIL image handed over as such is composited onto white instead, which read_image does not). The
-# torchvision backend on the cases named. PyPI's torchvision is built for CUDA torch and its operators do not load
-# there: the two it registers fakes for on import are declared first, so that transformers' image modules import.
+# torchvision backend on the cases named (the environment's torchvision imports without its operators: PyPI's is
+# built for CUDA torch; packager/data/envs/packager_torchvision.py).
 REFERENCE = r"""
 import json, sys
 from pathlib import Path
-import torch
-tv = torch.library.Library("torchvision", "FRAGMENT")
-for op in ("nms", "qnms"):
-    tv.define(op + "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
 import numpy as np
 import PIL
 from PIL import Image

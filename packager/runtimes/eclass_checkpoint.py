@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from eclass_encoders import importable_torchvision
 
 STUB = 8                          # rows of the table the model loads and the trace sees (the ids it traces are 1-3)
 PLE_WEIGHT = "embed_tokens_per_layer.weight"   # the table's name in the checkpoint (after any prefix)
@@ -85,8 +84,6 @@ def load(source: Path) -> Any:
     (from_pretrained reads a tensor whatever its shape, with ignore_mismatched_sizes too: E2B's table measured
     10.7 GiB of host memory in fp32)."""
     from safetensors import safe_open
-
-    importable_torchvision()   # transformers' configs import torchvision (see there)
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(source)
@@ -117,7 +114,53 @@ def load(source: Path) -> Any:
     if absent or unexpected:
         raise SystemExit(f"{source}: the checkpoint does not match {type(model).__name__} (missing "
                          f"{absent[:3]}, unexpected {unexpected[:3]}); save the text decoder with save_pretrained")
+    if multimodal and config.model_type == "gemma3n":
+        model.model.embed_tokens = hard_tokens(source, config, model.model.embed_tokens)
     return model.eval()
+
+
+class HardTokens(torch.nn.Module):
+    """Gemma 3n's token embedding as Gemma3nModel.forward makes it: the ids from `offset` up (the end of image, of
+    audio, and the other multimodal ids) read the encoders' own tables (a hard embedding through embed_vision's or
+    embed_audio's norms and projection: `rows`, computed once), the others the text table. The text decoder alone
+    (Gemma3nForCausalLM, which the export traces and verify's reference runs) would read the text table's rows for
+    them: a model that generates one of those ids then continues otherwise."""
+
+    def __init__(self, embed: torch.nn.Module, offset: int, rows: torch.Tensor) -> None:
+        super().__init__()
+        self.embed, self.offset = embed, offset
+        self.register_buffer("rows", rows)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        text: torch.Tensor = self.embed(input_ids)
+        inside = input_ids >= self.offset
+        rows: Any = self.rows
+        hard = rows[(input_ids - self.offset).clamp(0, rows.shape[0] - 1)]
+        return torch.where(inside[..., None], hard.to(text.dtype), text)
+
+
+def hard_tokens(source: Path, config: Any, embed: torch.nn.Module) -> torch.nn.Module:
+    """`embed` with the hard embeddings of the encoders the checkpoint holds (its config.json's vision_config,
+    audio_config, and their embedders' tensors), HardTokens; `embed` itself where it holds none."""
+    from eclass_encoders import load_parts
+    from transformers.models.gemma3n.modeling_gemma3n import Gemma3nMultimodalEmbedder
+
+    written = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    subs = {name: getattr(config, key) for key, name in (("vision_config", "embed_vision"),
+                                                        ("audio_config", "embed_audio")) if written.get(key)}
+    if not subs:
+        return embed
+    embedders = load_parts(source, {name: Gemma3nMultimodalEmbedder(sub, config.text_config)
+                                    for name, sub in subs.items()})
+    offset = min(sub.vocab_offset for sub in subs.values())
+    end = max(sub.vocab_offset + sub.vocab_size for sub in subs.values())
+    rows = torch.zeros(end - offset, config.text_config.hidden_size)
+    with torch.no_grad():
+        for name, sub in subs.items():
+            ids = torch.arange(sub.vocab_offset, sub.vocab_offset + sub.vocab_size)[None]
+            start = sub.vocab_offset - offset
+            rows[start:start + sub.vocab_size] = embedders[name](input_ids=ids)[0]
+    return HardTokens(embed, offset, rows)
 
 
 def text_key(key: str, multimodal: bool) -> str | None:

@@ -15,15 +15,10 @@ that a bundle loads when an input of their kind arrives and releases after. Run 
 - A Gemma 3n model's encoders are runtimes/eclass_encoders_3n.py's (export_checkpoint_3n): graphs of the rows
   transformers' Gemma3nModel puts in the prompt, the end token's (a hard embedding of the encoder's own table) the
   last.
-- transformers imports torchvision wherever it is installed (its image utilities, every model's config), and timm,
-  which builds Gemma 3n's vision encoder, needs it: importable_torchvision makes this environment's torchvision
-  import (importing this module calls it).
 """
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -34,42 +29,6 @@ QUERY_BLOCK = 256       # a block's scores: heads x QUERY_BLOCK x patches (12 x 
 ATTENTION = "packager_blocked"
 OPSET = 17
 AUDIO_FRAMES = 3000     # Gemma 4's feature extractor: at most 480,000 samples at 16 kHz, a frame each 10 ms
-# torchvision's operators declared here where its own do not load (importable_torchvision): the Library holding them
-# (its schemas go when it is garbage collected)
-TORCHVISION_SCHEMAS: list[torch.library.Library] = []
-
-
-def importable_torchvision() -> None:
-    """Makes `import torchvision` work where its compiled operators do not load; nothing where they do. PyPI's
-    torchvision 0.28.0 is built for CUDA torch, and its _C library does not load beside the genai environment's torch
-    2.13.0+cpu: torchvision then imports without its operators, except that its _meta_registrations.py registers
-    fake implementations of torchvision::nms and torchvision::qnms without checking _has_ops() (the others it
-    checks), and registering one for an operator that does not exist fails the import ("operator torchvision::nms
-    does not exist"). transformers imports torchvision wherever it is installed (image_utils, which every model's
-    config imports) and timm, which builds Gemma 3n's vision encoder (MobileNet-V5), imports it too. Declaring the
-    two schemas first makes it import; nothing here calls them. Call it before anything imports transformers' models,
-    timm or torchvision; idempotent."""
-    if TORCHVISION_SCHEMAS or hasattr(torch.ops.torchvision, "nms"):
-        return   # declared here before, or torchvision's own operators loaded
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or not spec.submodule_search_locations:
-        return   # no torchvision: timm's import says so
-    library = importlib.machinery.PathFinder.find_spec("_C", list(spec.submodule_search_locations))
-    untyped: Any = torch   # torch.library's and torch.ops' functions are not annotated
-    if library is not None and library.origin:
-        try:   # as torchvision.extension loads it: where it loads, its operators are there and nothing is declared
-            untyped.ops.load_library(library.origin)
-        except OSError:
-            pass
-    if hasattr(torch.ops.torchvision, "nms"):
-        return
-    declared = untyped.library.Library("torchvision", "DEF")
-    declared.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    declared.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    TORCHVISION_SCHEMAS.append(declared)
-
-
-importable_torchvision()
 
 
 def blocked_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -29,7 +29,6 @@ from eclass_encoders import (
     audio_inputs,
     block_context,
     export_graph,
-    importable_torchvision,
     load_parts,
     saved_processor,
 )
@@ -141,7 +140,6 @@ def load_vision_3n(source: Path, config: Any) -> Vision3nEncoder:
     from transformers import AutoModel
     from transformers.models.gemma3n import modeling_gemma3n as g3n
 
-    importable_torchvision()   # timm imports it
     vision, text = config.vision_config, config.text_config
     parts = load_parts(source, {"vision_tower": AutoModel.from_config(vision),
                                 "embed_vision": g3n.Gemma3nMultimodalEmbedder(vision, text)})
@@ -159,7 +157,6 @@ def image_pre_3n(source: Path) -> dict[str, Any]:
     size), and the processor's name for the device."""
     from transformers import SiglipImageProcessor
 
-    importable_torchvision()   # transformers' image processors import it
     defaults = SiglipImageProcessor().to_dict() | {"size": IMAGE_SIZE}
     image, _ = saved_processor(source)
     pre = {k: image.get(k, v) for k, v in defaults.items() if k != "image_processor_type"}
@@ -219,7 +216,6 @@ def export_checkpoint_3n(source: Path, out: Path) -> dict[str, dict[str, Any]]:
     saved = json.loads((source / "config.json").read_text(encoding="utf-8"))
     if not saved.get("vision_config") and not saved.get("audio_config"):
         return {}
-    importable_torchvision()   # the config's vision part imports timm
     config, folder, specs = AutoConfig.from_pretrained(source), out / ENCODERS_DIR, {}
     folder.mkdir(parents=True, exist_ok=True)
     if saved.get("vision_config"):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .media import read_image, read_wav
-from .media_gemma3n import gemma3n_audio_features
+from .media_gemma3n import gemma3n_audio_features, gemma3n_pixels
 from .media_gemma4 import gemma4_audio_features, gemma4_patches
 from .peak import peak_bytes, reset_peak
 from .soft import Soft
@@ -24,6 +24,7 @@ from .soft import Soft
 MODES = {".wav": "audio"}   # by suffix; any other file is an image (PNG, or what Pillow reads)
 # an audio encoder's features by its family's processor (pre["processor"]; Gemma 4's where a spec names none)
 AUDIO_FEATURES = {"gemma4": gemma4_audio_features, "gemma3n": gemma3n_audio_features}
+IMAGE_PROCESSORS = ("gemma4", "gemma3n")   # Gemma 4's patches and positions; Gemma 3n's pixels
 
 
 def mode_of(path: Path) -> str:
@@ -35,9 +36,11 @@ def encoder_inputs(mode: str, path: Path, pre: dict[str, Any], session: Any) -> 
     the graph's input: an image's patches to the largest image's, a clip's frames to 30 s's."""
     names = [i.name for i in session.get_inputs()]
     processor = str(pre.get("processor", "gemma4"))
-    if processor not in (AUDIO_FEATURES if mode == "audio" else ("gemma4",)):
+    if processor not in (AUDIO_FEATURES if mode == "audio" else IMAGE_PROCESSORS):
         raise ValueError(f"this bundle's {mode} encoder takes {processor}'s inputs, which this run.py does not "
                          "compute: package the model again with this packager")
+    if mode == "image" and processor == "gemma3n":   # the image resized to the processor's size: [1, 3, H, W]
+        return {names[0]: gemma3n_pixels(read_image(path), pre)[None]}
     if mode == "image":
         values, positions, _ = gemma4_patches(read_image(path), pre)
         return dict(zip(names, (values[None], positions[None])))
@@ -101,8 +104,8 @@ def prompt_with(runner: Any, prompt: str, paths: list[Path]) -> tuple[list[int],
 
 
 def largest_inputs(mode: str, pre: dict[str, Any], session: Any) -> dict[str, np.ndarray]:
-    """Inputs that fill the encoder's graph: an image of every patch (a grid of whole pooling blocks), a clip of
-    every frame; random values (the memory of a pass does not depend on them)."""
+    """Inputs that fill the encoder's graph: an image of every patch (a grid of whole pooling blocks) or of the
+    processor's size, a clip of every frame; random values (the memory of a pass does not depend on them)."""
     shapes = [i.shape for i in session.get_inputs()]
     names = [i.name for i in session.get_inputs()]
     noise = np.random.default_rng(0)
@@ -110,6 +113,8 @@ def largest_inputs(mode: str, pre: dict[str, Any], session: Any) -> dict[str, np
         _, frames, bins = shapes[0]
         return dict(zip(names, (noise.standard_normal((1, frames, bins), np.float32),
                                 np.ones((1, frames), bool))))
+    if len(shapes[0]) == 4:   # pixels (Gemma 3n's): the processor's one size
+        return {names[0]: noise.random(tuple(int(d) for d in shapes[0]), np.float32)}
     patches, size = int(shapes[0][1]), int(shapes[0][2])
     k = int(pre.get("pooling_kernel_size", 3))
     width = next(w for w in range(math.isqrt(patches), 0, -1)

@@ -40,6 +40,8 @@ def _declare() -> None:
             return   # its own operators load: nothing to declare
         except (OSError, RuntimeError):
             pass
+    if hasattr(torch.ops.torchvision, "nms"):
+        return   # declared already (by the process itself)
     library = torch.library.Library("torchvision", "DEF")  # type: ignore[no-untyped-call]
     library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")  # type: ignore[no-untyped-call]
     library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")  # type: ignore[no-untyped-call]
