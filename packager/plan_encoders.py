@@ -98,7 +98,7 @@ def gemma3n_audio(k: Keys, text_hidden: int) -> OnDemand:
     parameters = _conformer(hidden, k.count("conf_num_hidden_layers", 12), k.count("conf_num_attention_heads", 8),
                             k.count("conf_conv_kernel_size", 5), channels, features) \
         + k.count("vocab_size", 128) * hidden + 2 * hidden + text_hidden * hidden
-    tokens = AUDIO_FRAMES // 4 // max(1, k.count("conf_reduction_factor", 4))
+    tokens = -(-AUDIO_FRAMES // 4 // max(1, k.count("conf_reduction_factor", 4)))   # rounded up: 188, as exported
     return OnDemand("audio", "gemma3n_audio", parameters, tokens,
                     _conformer_activations(hidden, channels, AUDIO_FRAMES, features))
 

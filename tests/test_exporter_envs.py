@@ -68,6 +68,27 @@ def test_the_key_follows_the_pins() -> None:
     assert ExporterEnv("x", ("p==1", "q==3")).folder != a.folder != ExporterEnv("y", ("p==1", "q==2")).folder
 
 
+def test_start_up_modules_are_installed_and_key_the_environment(cache: Path, tmp_path: Path) -> None:
+    """ExporterEnv.startup: each module imported at the environment's start-up (a .pth line), its contents in the
+    key. packager_torchvision (genai's) costs a process that never imports torchvision nothing: not even torch."""
+    env = ExporterEnv("hooked", (), startup=("packager_torchvision",))
+    assert env.key != ExporterEnv("hooked", ()).key
+    ensure(env, lambda line: None)
+    work = probe(tmp_path / "work", "import sys\nprint(sorted(m for m in ('packager_torchvision', 'torch') "
+                                    "if m in sys.modules))\n")
+    assert run(env, "probe", [], cwd=work)[-1] == "['packager_torchvision']"
+
+
+@pytest.mark.skipif(not exporter_envs.is_ready(GENAI), reason="needs `packager env create genai`")
+def test_the_genai_environment_imports_torchvision_and_timm(tmp_path: Path) -> None:
+    """PyPI's torchvision (built for CUDA torch) imports beside the CPU build of torch, and with it transformers'
+    models and timm's MobileNet-V5 (Gemma 3n's vision encoder)."""
+    work = probe(tmp_path / "work", "import torch, torchvision, timm\nfrom transformers import LlamaConfig\n"
+                                    "print(torch.__version__.endswith('+cpu'), "
+                                    "torchvision.__version__.split('+')[0])\n")
+    assert run(GENAI, "probe", [], cwd=work)[-1] == "True 0.28.0"
+
+
 def wheel(folder: Path, name: str = "fakedep", version: str = "1.0") -> Path:
     """A pure-Python wheel made by hand: module `fakedep` that prints its version."""
     files = {f"{name}.py": f"print('{name} {version}')\n",
