@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .media_gemma4 import _dithered, _frames, _padded, _per_bin, gemma4_sizes, htk_mel_filters
+from .media_gemma4 import _dithered, _frames, _padded, _per_bin, gemma4_sizes, htk_mel_filters, rgb_pixels
 
 # Gemma3nAudioFeatureExtractor's figures (its __init__ and __call__ defaults) by preprocessor_config.json's names.
 # A config's "frame_length", "hop_length" and "fft_length" (samples) are ignored, as the extractor ignores them.
@@ -138,12 +138,7 @@ def gemma3n_pixels(pixels: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
     pixel); rescaled in float64 and rounded to float32; normalised in float32, (x - mean) / std. A grey image is
     the processor's RGB conversion of it (three equal channels). With neither rescale nor normalisation the
     processor's values stay uint8: here the same values, float32."""
-    image = np.asarray(pixels)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"Gemma 3n takes [height, width, 3] uint8 pixels (what read_image gives), got "
-                         f"{image.dtype} {list(image.shape)}")
+    image = rgb_pixels(pixels, "Gemma 3n")
     if pre.get("do_center_crop") or (pre.get("do_pad") and pre.get("pad_size") is not None):
         raise ValueError("Gemma 3n's image pre-processing here resizes, rescales and normalises; a centre crop or "
                          "a pad_size (do_center_crop, do_pad) is not among its figures, so take them out of pre")

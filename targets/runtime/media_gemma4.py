@@ -143,6 +143,18 @@ def gemma4_audio_features(samples: np.ndarray, pre: dict[str, Any]) -> tuple[np.
     return log.astype(np.float32) * mask[:, None], mask
 
 
+def rgb_pixels(pixels: np.ndarray, model: str) -> np.ndarray:
+    """[height, width, 3] uint8 pixels as the processors take them: a [height, width] grey image as three equal
+    channels (their RGB conversion); anything else one ValueError sentence naming `model`."""
+    image = np.asarray(pixels)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"{model} takes [height, width, 3] uint8 pixels (what read_image gives), got "
+                         f"{image.dtype} {list(image.shape)}")
+    return image
+
+
 def gemma4_size(height: int, width: int, pre: dict[str, Any]) -> tuple[int, int]:
     """The largest (height, width) of about the image's aspect ratio, both multiples of a pooled patch, whose patches
     fit in the budget: transformers' get_aspect_ratio_preserving_size, so the device sees what the model was fed."""
@@ -166,12 +178,7 @@ def gemma4_patches(pixels: np.ndarray, pre: dict[str, Any]) -> tuple[np.ndarray,
     Pillow's bicubic on the uint8 image, rescaled, not normalised; each patch's pixels row by row, channels last;
     each patch's position (x, y); padded to max_soft_tokens * pooling_kernel_size**2 patches, zero pixels at (-1, -1).
     """
-    image = np.asarray(pixels)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"Gemma 4 takes [height, width, 3] uint8 pixels (what read_image gives), got "
-                         f"{image.dtype} {list(image.shape)}")
+    image = rgb_pixels(pixels, "Gemma 4")
     patch, kernel = int(pre["patch_size"]), int(pre["pooling_kernel_size"])
     height, width = gemma4_size(image.shape[0], image.shape[1], pre)
     if (height, width) != image.shape[:2]:   # transformers leaves an image of the right size alone: so does this
