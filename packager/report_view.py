@@ -173,11 +173,27 @@ def mapped_text(v: View) -> str:
     return f"; {size(mapped)} of lookup tables mapped from storage, not resident" if mapped else ""
 
 
+def on_demand_text(v: View) -> str:
+    """'; loaded on demand, the image encoder 154 MiB (its mode's peak 974 MiB) and ...' for a multimodal decoder's
+    encoders (memory.on_demand; each mode's peak measured, else its estimate's high side), '' otherwise."""
+    files = _dict(v.memory.get("on_demand"))
+    measured, estimated = _dict(v.memory.get("modes")), _dict(v.estimate.get("modes"))
+    parts = []
+    for mode, f in files.items():
+        peak = _num(_dict(measured.get(mode)).get("peak_bytes"))
+        word = "peak"
+        if peak is None:
+            peak, word = _num(_dict(estimated.get(mode)).get("high_bytes")), "estimated peak"
+        parts.append(f"the {mode} encoder {size(_num(_dict(f).get('size_bytes')))}"
+                     + (f" (its mode's {word} {size(peak)})" if peak is not None else ""))
+    return f"; loaded on demand, {' and '.join(parts)}" if parts else ""
+
+
 def verdict(v: View) -> str:
     """'fits: measured peak 112 MiB is 8% of the 1431 MiB budget, 1319 MiB headroom'."""
     if v.error is not None or not v.has_memory:
         return verdict_head(v)
-    return f"{verdict_head(v)}: {peak_sentence(v)}, {margin_text(v)}{mapped_text(v)}"
+    return f"{verdict_head(v)}: {peak_sentence(v)}, {margin_text(v)}{mapped_text(v)}{on_demand_text(v)}"
 
 
 def size_range(low: float | None, high: float | None) -> str:

@@ -9,6 +9,7 @@ tests/data/manifest_decoder.json is that Llama bundle's manifest.json.
 from __future__ import annotations
 
 import copy
+import html
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -117,6 +118,21 @@ def test_mapped_tables_are_shown_beside_the_resident_peak(tmp_path: Path) -> Non
     assert "+ 2240 MiB mapped" in markdown and "mapped from storage" in page
     plain = write_reports(summaries()[:1], tmp_path / "plain")[1].read_text(encoding="utf-8")
     assert "mapped" not in plain
+
+
+def test_encoders_loaded_on_demand_are_shown_with_each_modes_peak(tmp_path: Path) -> None:
+    """A multimodal decoder's encoders (memory.on_demand) are named apart from the resident peak with their mode's
+    peak: measured where it was, the estimate's high side otherwise."""
+    result = copy.deepcopy(summaries()[0])
+    result["memory"]["on_demand"] = {"image": {"file": "model/encoders/vision.onnx", "size_bytes": 154 * MiB},
+                                     "audio": {"file": "model/encoders/audio.onnx", "size_bytes": 300 * MiB}}
+    result["memory"]["modes"] = {"image": {"peak_bytes": 974 * MiB}}
+    result["memory"]["estimate"]["modes"] = {"audio": {"low_bytes": 872 * MiB, "high_bytes": 1404 * MiB}}
+    markdown, page = (p.read_text(encoding="utf-8") for p in write_reports([result], tmp_path)[1:])
+    said = ("loaded on demand, the image encoder 154 MiB (its mode's peak 974 MiB) and the audio encoder 300 MiB "
+            "(its mode's estimated peak 1404 MiB)")
+    assert said in markdown and said in html.unescape(page)
+    assert "on demand" not in write_reports(summaries()[:1], tmp_path / "plain")[1].read_text(encoding="utf-8")
 
 
 def test_any_text_is_escaped(tmp_path: Path) -> None:
