@@ -231,6 +231,19 @@ def e_type(config: dict[str, Any]) -> str:
     return model_type if model_type in E_FAMILIES and text_keys(config).get("hidden_size_per_layer_input") else ""
 
 
+def soft_token_problem(config: dict[str, Any]) -> str:
+    """What keeps a multimodal E-class checkpoint's loop from placing its encoders' soft tokens ("" when nothing):
+    the loop puts the text decoder's pad_token_id at their positions of input_ids, as transformers does, so a
+    text_config whose pad_token_id is null has none to put (an absent one is transformers' default, 0)."""
+    if not e_type(config) or not any(isinstance(config.get(k), dict) for k in ("vision_config", "audio_config")):
+        return ""
+    text = config.get("text_config")
+    if isinstance(text, dict) and "pad_token_id" in text and text["pad_token_id"] is None:
+        return ("text_config.pad_token_id is null, and a multimodal model's decoder puts the pad token where its "
+                "encoders' soft tokens go; set it to the tokenizer's pad id (Gemma's is 0) in config.json.")
+    return ""
+
+
 def text_keys(config: dict[str, Any]) -> dict[str, Any]:
     """The text decoder's keys: a multimodal config's text_config over the outer keys (tie_word_embeddings, where
     the text one lacks them); a text-only config as it is."""

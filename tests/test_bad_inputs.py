@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import re
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 
 from packager.cli import app
 from packager.errors import ExitCode, PackagerError, disk_full
+from packager.exporter_envs import GENAI, is_ready
 
 # ---------------------------------------------------------------- the models
 
@@ -71,6 +73,20 @@ def deep_manifest(tmp: Path) -> Path:
 
 
 # ---------------------------------------------------------------- running the CLI
+
+
+def multimodal_without_pad(tmp: Path) -> Path:
+    """A Gemma 4 multimodal folder (an E-class text decoder, a vision encoder) whose text_config's pad_token_id is
+    null: the loop has nothing to put where the soft tokens go."""
+    from safetensors.numpy import save_file
+    folder = tmp / "m"
+    folder.mkdir()
+    text = {"model_type": "gemma4_text", "hidden_size": 64, "hidden_size_per_layer_input": 16, "pad_token_id": None}
+    config = {"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4", "text_config": text,
+              "vision_config": {"model_type": "gemma4_vision"}}
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    save_file({"w": np.zeros(4, np.float32)}, str(folder / "model.safetensors"))
+    return folder
 
 
 def cli(tmp: Path, *args: str) -> Any:
@@ -152,6 +168,10 @@ CATALOGUE: dict[str, Case] = {
                             ("'..'", "outside the model's folder")),
     # A 0-byte file parses as an empty model: no target runs it.
     "zero-bytes": Case(zero_bytes, SOURCE, 5, ("the ONNX graph is empty", "re-export")),
+    # A multimodal checkpoint whose decoder has no pad token to put at its encoders' soft tokens: the source
+    # stage says so (before, the exporter's child did: exit 10, a tool failure).
+    "soft-pad-null": Case(multimodal_without_pad, ("package", "check"), 5,
+                          ("text_config.pad_token_id is null", "set it")),
     "deep-manifest": Case(deep_manifest, ("inspect",), 5, ("manifest.json", "nested too deeply", "rebuild")),
 }
 DOCUMENTED = {int(c) for c in ExitCode} - {int(ExitCode.INTERNAL)}
@@ -271,3 +291,15 @@ def test_disk_full_outside_tmpdir_names_that_folder(tmp_path: Path) -> None:
     assert full.message == "/srv/cache/stages: no space left on the device (writing x.bin); free some space there."
     assert disk_full(OSError(errno.EACCES, "Permission denied", "/x")) is None
     assert disk_full(PackagerError("already said", ExitCode.OUTPUT)) is None
+
+
+@pytest.mark.skipif(not is_ready(GENAI), reason="needs `packager env create genai`")
+def test_a_checkpoint_the_exporters_child_refuses_is_exit_5_with_its_sentence(tmp_path: Path) -> None:
+    """The E-class exporter runs in the genai environment; what it finds wrong with the checkpoint (here: no per-layer
+    embedding table in the safetensors) is the user's input, exit 5 with the child's sentence, not a tool failure."""
+    folder = multimodal_without_pad(tmp_path)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["text_config"]["pad_token_id"] = 0
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    result = cli(tmp_path, *command(tmp_path, "package", folder))
+    assert_refused(result, tmp_path, 5, "no embed_tokens_per_layer.weight", "save_pretrained")

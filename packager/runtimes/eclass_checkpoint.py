@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import mmap
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,18 @@ STUB = 8                          # rows of the table the model loads and the tr
 PLE_WEIGHT = "embed_tokens_per_layer.weight"   # the table's name in the checkpoint (after any prefix)
 TEXT_PREFIX = "model.language_model."   # a multimodal checkpoint's text decoder (ForConditionalGeneration)
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+# The exit of a refusal of the user's checkpoint: packager's ExitCode.BAD_INPUT, which exporter_envs.run gives the
+# sentence the child printed last (any other failure of the child is the tool's: exit 10).
+REFUSED = 5
+
+
+class Refused(SystemExit):
+    """The checkpoint cannot be exported as it is: one sentence naming the problem and the fix on stderr, exit
+    REFUSED."""
+
+    def __init__(self, sentence: str) -> None:
+        print(sentence, file=sys.stderr, flush=True)
+        super().__init__(REFUSED)
 
 
 @dataclass(frozen=True)
@@ -39,12 +52,12 @@ class CheckpointTensor:
             for key, entry in header.items():
                 if key.endswith(suffix) and isinstance(entry, dict):
                     if entry["dtype"] not in DTYPES:
-                        raise SystemExit(f"{source / name}: {key} is {entry['dtype']}; the per-layer embedding "
-                                         f"table is read as one of {', '.join(DTYPES)}")
+                        raise Refused(f"{source / name}: {key} is {entry['dtype']}; the per-layer embedding "
+                                         f"table is read as one of {', '.join(DTYPES)}: save it as one of those")
                     return cls(source / name, DTYPES[entry["dtype"]], tuple(entry["shape"]),
                                8 + size + entry["data_offsets"][0])
-        raise SystemExit(f"{source}: no {suffix} in its safetensors files: an E-class model's per-layer embedding "
-                         "table is read from there (save the model with save_pretrained)")
+        raise Refused(f"{source}: no {suffix} in its safetensors files: an E-class model's per-layer embedding "
+                         "table is read from there; save the model with save_pretrained.")
 
     @property
     def row_bytes(self) -> int:
@@ -89,8 +102,8 @@ def load(source: Path) -> Any:
     config = AutoConfig.from_pretrained(source)
     text = config.get_text_config()
     if not getattr(text, "hidden_size_per_layer_input", 0):
-        raise SystemExit(f"{source}: config.json has no hidden_size_per_layer_input: not an E-class (per-layer "
-                         "embedding) model; package it on the onnxruntime or genai path")
+        raise Refused(f"{source}: config.json has no hidden_size_per_layer_input: not an E-class (per-layer "
+                         "embedding) model; package it on the onnxruntime or genai path.")
     text.vocab_size_per_layer_input = min(STUB, text.vocab_size_per_layer_input)
     multimodal = text is not config
     if multimodal:   # the model ties as the outer config says
@@ -112,8 +125,8 @@ def load(source: Path) -> Any:
     unused = getattr(model.model, "_keys_to_ignore_on_load_unexpected", None) or []
     unexpected = [k for k in unexpected if not any(f".{name}." in f".{k}" for name in unused)]
     if absent or unexpected:
-        raise SystemExit(f"{source}: the checkpoint does not match {type(model).__name__} (missing "
-                         f"{absent[:3]}, unexpected {unexpected[:3]}); save the text decoder with save_pretrained")
+        raise Refused(f"{source}: the checkpoint does not match {type(model).__name__} (missing "
+                         f"{absent[:3]}, unexpected {unexpected[:3]}); save the text decoder with save_pretrained.")
     if multimodal and config.model_type == "gemma3n":
         model.model.embed_tokens = hard_tokens(source, config, model.model.embed_tokens)
     return model.eval()

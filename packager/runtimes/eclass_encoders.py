@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from eclass_checkpoint import Refused
 
 QUERY_BLOCK = 256       # a block's scores: heads x QUERY_BLOCK x patches (12 x 256 x 2,520 x 4 B = 30 MiB)
 ATTENTION = "packager_blocked"
@@ -180,8 +181,9 @@ def load_parts(source: Path, parts: dict[str, torch.nn.Module]) -> dict[str, tor
                 state |= {k.removeprefix(prefix): f.get_tensor(k).float() for k in f.keys() if k.startswith(prefix)}
         missing, unexpected = module.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise SystemExit(f"{source}: the checkpoint's {prefix}* tensors do not make transformers' "
-                             f"{type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise Refused(f"{source}: the checkpoint's {prefix}* tensors do not make transformers' "
+                             f"{type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]}); save the "
+                             "model with save_pretrained.")
     return {name: module.float() for name, module in parts.items()}
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from eclass_checkpoint import Refused
 from eclass_encoders import (
     ENCODERS_DIR,
     audio_inputs,
@@ -60,10 +61,11 @@ class Vision3nEncoder(torch.nn.Module):
         size = self.embedder.multimodal_hidden_size
         grid = tuple(int(n) for n in hidden.shape[2:])   # Python ints in the trace: the input's size is fixed
         if int(hidden.shape[1]) != size or grid[0] * grid[1] != self.soft_tokens:
-            raise SystemExit(f"the vision tower makes a {hidden.shape[1]} x {grid[0]} x {grid[1]} grid of an image of "
+            raise Refused(f"the vision tower makes a {hidden.shape[1]} x {grid[0]} x {grid[1]} grid of an image of "
                              f"{pixel_values.shape[2]} x {pixel_values.shape[3]} and the prompt holds "
                              f"{self.soft_tokens} placeholders of {size} (vision_soft_tokens_per_image, "
-                             "vision_config.hidden_size): the image processor's size does not fit the tower")
+                             "vision_config.hidden_size): the image processor's size does not fit the tower; set "
+                             "preprocessor_config.json's size to the tower's input.")
         tokens = hidden.reshape(1, size, self.soft_tokens).permute(0, 2, 1) * size**0.5
         end = self.embedder(input_ids=self.end_ids)[0]
         return torch.cat([self.embedder(inputs_embeds=tokens)[0], end])
@@ -113,8 +115,9 @@ class Audio3nEncoder(torch.nn.Module):
         tokens = torch.where(out.audio_mel_mask[0, :, None], pad, tokens)
         extra = self.soft_tokens - tokens.shape[0]   # a Python int in the trace: the input's frames are fixed
         if extra < 0:
-            raise SystemExit(f"the audio encoder makes {tokens.shape[0]} soft tokens of the longest clip and the "
-                             f"prompt holds {self.soft_tokens} placeholders (audio_soft_tokens_per_image)")
+            raise Refused(f"the audio encoder makes {tokens.shape[0]} soft tokens of the longest clip and the "
+                             f"prompt holds {self.soft_tokens} placeholders; set audio_soft_tokens_per_image to the "
+                             "encoder's count in config.json.")
         return torch.cat([tokens, pad.expand(extra, -1), end])
 
 
@@ -145,9 +148,10 @@ def load_vision_3n(source: Path, config: Any) -> Vision3nEncoder:
                                 "embed_vision": g3n.Gemma3nMultimodalEmbedder(vision, text)})
     hard = range(vision.vocab_offset, min(vision.vocab_offset + vision.vocab_size, config.audio_config.vocab_offset))
     if config.eoi_token_id not in hard or config.boi_token_id >= vision.vocab_offset:
-        raise SystemExit(f"{source}: the image tokens are not where Gemma 3n keeps them (begin {config.boi_token_id} "
+        raise Refused(f"{source}: the image tokens are not where Gemma 3n keeps them (begin {config.boi_token_id} "
                          f"a text token, end {config.eoi_token_id} in embed_vision's ids "
-                         f"{hard.start}-{hard.stop - 1}); the exporter does not know this layout")
+                         f"{hard.start}-{hard.stop - 1}); the exporter takes the layout of Google's checkpoints, so "
+                      "keep those ids as published.")
     return Vision3nEncoder(parts["vision_tower"], parts["embed_vision"], int(config.vision_soft_tokens_per_image),
                            int(config.eoi_token_id)).eval()
 
@@ -162,7 +166,8 @@ def image_pre_3n(source: Path) -> dict[str, Any]:
     pre = {k: image.get(k, v) for k, v in defaults.items() if k != "image_processor_type"}
     size = pre["size"]
     if not isinstance(size, dict) or not {"height", "width"} <= set(size):
-        raise SystemExit(f"{source}: the image processor's size is {size}; Gemma 3n's is a height and a width")
+        raise Refused(f"{source}: the image processor's size is {size}; set it to a height and a width in "
+                      "preprocessor_config.json, as Gemma 3n's.")
     # JSON's own types (the resampling filter is PIL's enum, the mean and deviation tuples)
     plain: dict[str, Any] = json.loads(json.dumps({k: int(v) if k == "resample" and v is not None else v
                                                    for k, v in pre.items()}))
@@ -182,9 +187,10 @@ def load_audio_3n(source: Path, config: Any) -> Audio3nEncoder:
     # transformers embeds ids from the vision offset up with embed_vision or embed_audio, not the text table
     if pad_id not in hard or config.eoa_token_id not in hard or \
             config.boa_token_id >= min(config.vision_config.vocab_offset, audio.vocab_offset):
-        raise SystemExit(f"{source}: the audio tokens are not where Gemma 3n keeps them (begin {config.boa_token_id} "
+        raise Refused(f"{source}: the audio tokens are not where Gemma 3n keeps them (begin {config.boa_token_id} "
                          f"a text token, end {config.eoa_token_id} and the padding {pad_id} in embed_audio's ids "
-                         f"{hard.start}-{hard.stop - 1}); the exporter does not know this layout")
+                         f"{hard.start}-{hard.stop - 1}); the exporter takes the layout of Google's checkpoints, so "
+                      "keep those ids as published.")
     return Audio3nEncoder(parts["audio_tower"], parts["embed_audio"], int(config.audio_soft_tokens_per_image),
                           pad_id, int(config.eoa_token_id)).eval()
 

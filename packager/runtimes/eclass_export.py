@@ -46,7 +46,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import onnx
 import torch
-from eclass_checkpoint import PLE_WEIGHT, CheckpointTensor, load
+from eclass_checkpoint import PLE_WEIGHT, CheckpointTensor, Refused, load
 from eclass_checkpoint import reference as reference  # verify's (runtimes/genai_host.py imports it from here)
 from onnx import numpy_helper
 
@@ -72,12 +72,12 @@ class EDecoder(torch.nn.Module):
         self.ple_vocab = ple_vocab   # the checkpoint's table's rows (the model loaded a stub of STUB)
         self.soft = soft             # soft_tokens and soft_mask after position_ids (a multimodal checkpoint's)
         if soft and self.config.pad_token_id is None:
-            raise SystemExit("a multimodal checkpoint's text_config has no pad_token_id: the loop puts it at the soft "
-                             "tokens' positions of input_ids, as transformers does; set it in config.json")
+            raise Refused("a multimodal checkpoint's text_config has no pad_token_id: the loop puts it at the soft "
+                             "tokens' positions of input_ids, as transformers does; set it in config.json.")
         text = model.model
         if getattr(self.config, "enable_moe_block", False):
-            raise SystemExit("a Gemma 4 MoE block (enable_moe_block) is not an E-class decoder; this exporter "
-                             "takes the E models (per-layer embeddings, KV sharing)")
+            raise Refused("a Gemma 4 MoE block (enable_moe_block) is not an E-class decoder; this exporter "
+                             "takes the E models (per-layer embeddings, KV sharing): package an E2B or E4B checkpoint.")
         # the stub the model loaded (load): the graph is the same for any number of rows; write_table puts the real
         # ones in its place. The embedding's scale sqrt(width) is folded into the rows' scales: one Mul fewer a token
         self.embed_scale = float(text.embed_tokens_per_layer.scalar_embed_scale)

@@ -77,6 +77,8 @@ def _hf_folder(path: Path, allow_pickle: bool) -> Source:
         raise _bad(f"{config_path}: not a model configuration (expected a JSON object).")
     task, arch = task_for(config.get("architectures") or [], path, str(config.get("model_type", "")),
                           bool(decoder_config.e_type(config)))
+    if problem := decoder_config.soft_token_problem(config):
+        raise _bad(f"{config_path}: {problem}")
     weights = sorted(path.glob("*.safetensors"))
     pickled = False
     if weights:
