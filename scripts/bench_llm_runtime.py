@@ -34,6 +34,8 @@ $PACKAGER_BENCH_DIR/llm-runtime/<variant> (default ~/.cache/packager/bench) and 
              and 0.001 thresholds: random weights), timed by `packager bench` (its own run.py and session.py)
     rpi5-bundle  `packager package MODEL --target rpi5` (the same changes): what a decoder gets by default, genai with
              rpi5's [decoder_int4] (block 128, level 4) and its 16-bit cache in chunks of 64
+    rpi5-kv32  rpi5-bundle with the builder's fp32 cache in chunks of 256 ([decoder_runtime.session] config
+             "genai.kv_cache" = "float"): the cache whose attention onnxruntime runs on its flash path on x86
 
 The bundles ("bundle", "genai-bundle", "rpi5-bundle") are timed by `packager bench ARCHIVE --json`; the builder's
 folders by the child below. Every row gets the host's bandwidth bound (packager/bandwidth.py: a 512 MiB copy, best of
@@ -201,11 +203,16 @@ BUILDER = "onnxruntime_genai.models.builder"
 LEAN_OPTIONS = ("prune_lm_head=true", "shared_embeddings=true")
 REFERENCES = [("llama.cpp Q4_0 (issue 19)", 0.94, 116.0, 17.5), ("genai builder default (issue 19)", 4.1, 72.0, 14.9)]
 VARIANTS = ("bundle", "default", "lean", "lean-kv8", "lean-kv16", "lean-fp32", "lean-kv8-fp32", "lean-kv16-fp32",
-            "genai-bundle", "rpi5-bundle")
+            "genai-bundle", "rpi5-bundle", "rpi5-kv32")
 # The bundles, by the profile that packages them (bench_profile_of), and their rows' names.
 BUNDLES = {"bundle": ("phone", "packager ORT bundle (previous)"),
            "genai-bundle": ("rpi5-genai", "packager rpi5-genai bundle"),
-           "rpi5-bundle": ("rpi5", "packager rpi5 bundle (default)")}
+           "rpi5-bundle": ("rpi5", "packager rpi5 bundle (default)"),
+           "rpi5-kv32": ("rpi5", "packager rpi5 bundle, fp32 cache")}
+# Bundles packaged with their profile's genai settings changed ([decoder_runtime.session] config): rpi5-kv32 is rpi5's
+# bundle with the builder's fp32 cache in chunks of 256, the cache onnxruntime's CPU GroupQueryAttention runs on its
+# flash path wherever MLAS lacks fp16 GQA kernels (x86, the Pi 4's A72; below), so this host's own choice.
+BUNDLE_CONFIG = {"rpi5-kv32": {"genai.prefill_chunk": "256", "genai.kv_cache": "float"}}
 # Bytes of a KV cache element by variant (the others: the builder's fp32).
 KV_ELEMENT = {"lean-kv8": 1, "lean-kv16": 2, "lean-kv8-fp32": 1, "lean-kv16-fp32": 2}
 # Variants that are another's folder with its MatMulNBits at accuracy_level 0 (fp32 compute: packager's [int4]
@@ -353,15 +360,20 @@ def measure(python: str, child: str, folder: Path, prompt: int, new: int, thread
     return result
 
 
-def bench_profile_of(name: str, work: Path, threads: int) -> Path:
+def bench_profile_of(name: str, work: Path, threads: int, variant: str = "") -> Path:
     """profiles/<name>.toml with `threads` intra-op threads, an 8 GB budget and accuracy thresholds of 0.001 (the
-    model's weights are random: its answers are noise, as bench_scale.py's profile says)."""
+    model's weights are random: its answers are noise, as bench_scale.py's profile says), and the variant's genai
+    settings (BUNDLE_CONFIG) in place of the decoder runtime's."""
     text = (REPO / "profiles" / f"{name}.toml").read_text(encoding="utf-8")
+    if variant in BUNDLE_CONFIG:
+        settings = ", ".join(f'"{k}" = "{v}"' for k, v in BUNDLE_CONFIG[variant].items())
+        text, n = re.subn(r'(?m)^config = \{ "genai\..*\}$', f"config = {{ {settings} }}", text)
+        assert n == 1, f"{name}.toml: no one genai config line to replace"
     text = re.sub(r"(?m)^memory_bytes = \d+", "memory_bytes = 8000000000", text)
     text = re.sub(r"(?m)^intra_op_threads = \d+", f"intra_op_threads = {threads}", text)
     for key in ("min_token_agreement", "min_logits_cosine"):
         text = re.sub(rf"(?m)^{key} = [\d.]+", f"{key} = 0.001", text)
-    folder = work / f"profile-{name}-{threads}"
+    folder = work / f"profile-{variant or name}-{threads}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.toml").write_text(text, encoding="utf-8")
     return folder / f"{name}.toml"
@@ -538,7 +550,8 @@ def main() -> None:
     for v in only:
         if v in BUNDLES:
             target, name = BUNDLES[v]
-            archive = build_archive(model, bench_profile_of(target, work, args.threads), root / f"{v}-{args.threads}")
+            profile = bench_profile_of(target, work, args.threads, v)
+            archive = build_archive(model, profile, root / f"{v}-{args.threads}")
             rows.append((name, bench_archive(archive, args.prompt, args.new)))
         else:
             ensure(GENAI, log)
