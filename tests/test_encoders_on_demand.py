@@ -5,13 +5,16 @@ plus the encoder's own."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from packager.device_code import runner
 from packager.estimate import Estimate, estimate, with_modes
 from packager.fit_memory import on_demand, shared_bytes
 from packager.profiles import resolve_target
@@ -62,3 +65,15 @@ def test_each_modes_estimate_is_the_decoder_held_plus_the_encoders_own(tmp_path:
     assert audio["low_bytes"] == 100 * 2**20 - int(20 * 2**20 * 0.75) + own.low_bytes - shared
     assert with_modes(decoder, {"audio": path}, profile).worst_high_bytes() == max(150 * 2**20, audio["high_bytes"])
 
+
+
+def test_an_encoder_whose_processor_this_run_py_lacks_is_one_sentence_naming_the_fix(tmp_path: Path) -> None:
+    """A bundle from a newer packager may name a processor this run.py does not compute: one sentence, before the
+    file is read, and no encoder inputs made up from another family's processor."""
+    on_demand_code = sys.modules[runner().mode_peaks.__module__]
+    session = SimpleNamespace(get_inputs=lambda: [SimpleNamespace(name="pixel_values", shape=[1, 3, 8, 8])])
+    for mode, name in (("image", "cat.png"), ("audio", "clip.wav")):
+        with pytest.raises(ValueError) as e:
+            on_demand_code.encoder_inputs(mode, tmp_path / name, {"processor": "qwen2_vl"}, session)
+        assert str(e.value) == (f"this bundle's {mode} encoder takes qwen2_vl's inputs, which this run.py does not "
+                                "compute: package the model again with this packager")
