@@ -67,6 +67,22 @@ def test_wav_and_png_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+def test_a_jpeg_is_read_upright_as_its_exif_orientation_says_as_transformers_reads_it(tmp_path: Path) -> None:
+    """A phone's photo is stored sideways with an EXIF orientation; transformers' load_image turns it upright
+    before its processor sees it, and so does the bundle's read_image."""
+    from PIL import Image
+    from transformers.image_utils import load_image
+
+    y, x = np.mgrid[0:24, 0:40]
+    pixels = np.stack([x * 6, y * 10, (x + y) * 4], axis=-1).astype(np.uint8)   # 24 tall, 40 wide
+    exif = Image.Exif()
+    exif[0x0112] = 6   # Orientation: the stored image is to be turned 90 degrees clockwise
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", quality=95, exif=exif)
+    read = runner().read_image(tmp_path / "photo.jpg")
+    assert read.shape == (40, 24, 3)
+    assert np.array_equal(read, np.asarray(load_image(str(tmp_path / "photo.jpg"))))
+
+
 def test_whisper_packages_for_the_phone_and_smokes_end_to_end(tmp_path: Path) -> None:
     """Whisper-class speech model for the phone: an int8 encoder and an int4 decoder (the profile's recipe
     and decoder_recipe), each as .ort, verified end to end, and the bundle's smoke test from WAV files."""

@@ -96,13 +96,13 @@ def read_image(path: Path) -> np.ndarray:
     data = path.read_bytes()
     if data[:8] != b"\x89PNG\r\n\x1a\n":
         try:
-            from PIL import Image
+            from PIL import Image, ImageOps
         except ImportError:
             raise ValueError(f"{path} is not a PNG file, and Pillow (which reads other formats) is not installed; "
                              "convert it to PNG or pip install pillow") from None
         try:
-            with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"))
+            with Image.open(path) as image:   # a camera's EXIF orientation applied, as transformers' load_image does
+                return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
         except (OSError, SyntaxError) as e:   # PIL.UnidentifiedImageError is an OSError; a damaged file may be either
             raise ValueError(f"{path} is not a PNG file, nor an image Pillow reads ({e}); convert it to PNG or "
                              "JPEG") from None
