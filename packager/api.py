@@ -60,7 +60,7 @@ def package(model: PathLike | Sequence[PathLike], target: str | None = None, opt
             allow_pickle: bool = False, shapes: Mapping[str, Sequence[int]] | None = None,
             values: Mapping[str, float] | None = None, cache: bool | PathLike | StageCache = True,
             progress: bool | Reporter = False, verbose: bool = False, adapter: PathLike | None = None,
-            eval_file: PathLike | None = None) -> PackageResult | SuiteResult:
+            eval_file: PathLike | None = None, kv_bits: int | None = None) -> PackageResult | SuiteResult:
     """Export, quantize, verify, fit and bundle MODEL for TARGET into OUT/<name>-<target>.tar.gz.
     Several models (a list) make one bundle of them all (packager/suite.py): each packaged and verified
     on its own, a component they share stored once, the budget judged for all of them together.
@@ -73,7 +73,7 @@ def package(model: PathLike | Sequence[PathLike], target: str | None = None, opt
     False none, a path that folder. `progress` prints the stages on stderr. `adapter` (the CLI's
     --adapter) is a PEFT LoRA adapter folder, or sample:NAME, merged into MODEL's weights first;
     `eval_file` (--eval) a JSONL file of cases that verify gates on (sample:NAME: a built-in
-    adapter's)."""
+    adapter's); `kv_bits` (--kv-bits) a decoder's KV cache element size, where its runtime offers a choice."""
     from packager.archive import source_date_epoch
     from packager.config import resolve_package_settings
     from packager.options import PackageOptions
@@ -82,7 +82,7 @@ def package(model: PathLike | Sequence[PathLike], target: str | None = None, opt
     options = _one_of(options, PackageOptions.build(
         out=out, recipe=recipe, budget=budget, context=context, calibration=calibration, fit=fit, smoke=smoke,
         sign=sign, name=name, allow_pickle=allow_pickle, shapes=shapes, values=values, cache=cache, adapter=adapter,
-        eval_file=eval_file))
+        eval_file=eval_file, kv_bits=kv_bits))
     source_date_epoch()  # a malformed SOURCE_DATE_EPOCH fails now, not after the work
     reporter = _reporter(progress)
     settings = resolve_package_settings(options.settings_layer(target))
@@ -212,7 +212,7 @@ def check(model: PathLike | Sequence[PathLike], target: str | None = None, optio
           recipe: str | None = None, context: int | str | None = None, measure: bool = True, allow_pickle: bool = False,
           shapes: Mapping[str, Sequence[int]] | None = None, values: Mapping[str, float] | None = None,
           cache: bool | PathLike | StageCache = True, progress: bool | Reporter = False,
-          verbose: bool = False) -> CheckResult:
+          verbose: bool = False, kv_bits: int | None = None) -> CheckResult:
     """Will MODEL fit TARGET's memory budget? The estimate, and (with `measure`) the peak measured in
     a fresh process; `fits` is the verdict. Several models (a list): all of them loaded together, as
     `package` bundles them, a component they share once. A bundle (.tar.gz or unpacked): its model as
@@ -227,7 +227,7 @@ def check(model: PathLike | Sequence[PathLike], target: str | None = None, optio
 
     options = _one_of(options, PackageOptions.build(budget=budget, recipe=recipe, context=context, measure=measure,
                                                     allow_pickle=allow_pickle, shapes=shapes, values=values,
-                                                    cache=cache))
+                                                    cache=cache, kv_bits=kv_bits))
     models = _model_list(model)
     reporter = _reporter(progress)
     if len(models) == 1 and is_bundle(Path(models[0])):
@@ -270,10 +270,10 @@ def plan(config: PathLike, target: str | None = None, *, precisions: Sequence[st
     one, or sample:NAME) alone. `contexts` are token counts (8192) or the CLI's forms ("8K"). `verbose`
     prints where each setting and the config came from (with `progress`)."""
     from packager.config import parse_context, resolve_package_settings
+    from packager.options import check_kv_bits
     from packager.plan import plan as make_plan
 
-    if kv_bits is not None and kv_bits not in (4, 8, 16, 32):
-        raise PackagerError(f"--kv-bits {kv_bits} is not 4, 8, 16 or 32; choose one of those.", ExitCode.USAGE)
+    check_kv_bits(kv_bits)
     parsed = [parse_context(c) for c in contexts or []]
     settings = resolve_package_settings({"target": target, "budget": budget, "out": None, "recipe": None})
     spec = config if isinstance(config, str) and config.startswith("sample:") else Path(config)

@@ -125,6 +125,9 @@ def package(
     budget: str | None = BudgetOpt,
     context: str | None = typer.Option(None, "--context", metavar="TOKENS", help="Decoders: tokens of KV cache the "
                                        "deployment holds, e.g. 8K (K = 1024) or 4096 [default: the profile's]."),
+    kv_bits: int | None = typer.Option(None, "--kv-bits", metavar="BITS", help="Decoders on onnxruntime-genai: the "
+                                       "KV cache's element size, 32 (fp32), 16 (fp16) or 8 (int8) [default: the "
+                                       "profile's]."),
     calibration: Path | None = typer.Option(None, "--calibration", metavar="FILE", help="int8-static: text lines (text "
                                             "models) or an .npz of inputs to calibrate on [default: built-in]."),
     fit: str | None = typer.Option(None, "--fit", metavar="auto",
@@ -174,7 +177,8 @@ def package(
         options = PackageOptions.build(   # every option checked once, before any target's work
             out=out, recipe=recipe, budget=budget, context=context, calibration=calibration, fit=fit, smoke=smoke,
             sign=sign, name=name, allow_pickle=allow_pickle, shapes=_parse_pairs(shape, "--shape", _dims),
-            values=_parse_pairs(value, "--value", float), cache=not no_cache, adapter=adapter, eval_file=eval_file)
+            values=_parse_pairs(value, "--value", float), cache=not no_cache, adapter=adapter, eval_file=eval_file,
+            kv_bits=kv_bits)
         if report is not None:
             from packager.bundle_files import check_output_dir
 
@@ -253,6 +257,9 @@ def check(
                                        "for, e.g. 8K (K = 1024) or 4096 [default: the profile's]."),
     no_measure: bool = typer.Option(False, "--no-measure",
                                     help="Estimate only: do not load the model in a child process."),
+    kv_bits: int | None = typer.Option(None, "--kv-bits", metavar="BITS", help="Decoders on onnxruntime-genai: the "
+                                       "KV cache's element size, 32 (fp32), 16 (fp16) or 8 (int8) [default: the "
+                                       "profile's]."),
     allow_pickle: bool = PickleOpt,
     shape: list[str] = ShapeOpt,
     value: list[str] = ValueOpt,
@@ -273,7 +280,8 @@ def check(
 
         options = PackageOptions.build(budget=budget, recipe=recipe, context=context, measure=not no_measure,
                                        allow_pickle=allow_pickle, shapes=_parse_pairs(shape, "--shape", _dims),
-                                       values=_parse_pairs(value, "--value", float), cache=not no_cache)
+                                       values=_parse_pairs(value, "--value", float), cache=not no_cache,
+                                       kv_bits=kv_bits)
         return options, _several_targets(target, all_targets)
 
     options, targets = _guarded(prepare, debug=debug, as_json=as_json)

@@ -53,7 +53,9 @@ def choose_recipe(ctx: Context, reporter: Reporter, recipes: tuple[str, ...]) ->
                 predicted[recipe], measured_with[recipe] = fit.peaks_at(ctx, shorter), ctx.profile
     if len(refused) == len(recipes):
         raise refused[0]  # no recipe takes the graph: the input's fault, as one recipe would have said
-    lever = runtime_for(ctx.profile).smaller_kv_cache(ctx.profile) if sized and wanted and over else None
+    # --kv-bits chose the cache: the lever is the user's
+    chosen = ctx.options.kv_bits is not None
+    lever = runtime_for(ctx.profile).smaller_kv_cache(ctx.profile) if sized and wanted and over and not chosen else None
     if lever is not None:
         ctx.profile, kv = lever
         for recipe in over:

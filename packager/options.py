@@ -26,6 +26,7 @@ from packager.names import check_name
 
 PathLike = str | os.PathLike[str]
 FIT_MODES = ("auto",)
+KV_BIT_SIZES = (4, 8, 16, 32)   # KV cache element sizes plan reckons with; a runtime runs some of them (--kv-bits)
 SMOKE_MODES = ("host", "emulate")
 
 
@@ -58,11 +59,13 @@ class PackageOptions:
     adapter: str | None = None         # --adapter: a PEFT LoRA folder, or sample:NAME
     eval_file: str | None = None       # --eval: a JSONL file, or sample:NAME (a built-in adapter's)
     measure: bool = True               # check --no-measure: estimate only (package always measures)
+    kv_bits: int | None = None         # --kv-bits: a decoder's KV cache element size (its runtime's setting)
 
     def __post_init__(self) -> None:
         _check_modes(self.fit, self.recipe, self.smoke, self.name)
         if self.context is not None:
             parse_context(self.context)
+        check_kv_bits(self.kv_bits)
         if any(d < 0 for dims in self.input_spec.shapes.values() for d in dims):
             raise _bad_spec(self.input_spec.shapes, self.input_spec.values)
 
@@ -90,7 +93,7 @@ class PackageOptions:
               allow_pickle: bool = False, shapes: Mapping[str, Sequence[int]] | None = None,
               values: Mapping[str, float] | None = None, cache: bool | PathLike | StageCache = True,
               adapter: PathLike | None = None, eval_file: PathLike | None = None,
-              measure: bool = True) -> PackageOptions:
+              measure: bool = True, kv_bits: int | None = None) -> PackageOptions:
         """From the user's forms (the API's keywords, the CLI's parsed arguments): `context` as 8192 or
         "8K", paths as str or Path, `shapes` and `values` as mappings."""
         _check_modes(fit, recipe, smoke, name)   # before the conversions: the order the API has always had
@@ -100,7 +103,7 @@ class PackageOptions:
                    sign=None if sign is None else Path(sign), name=name, allow_pickle=allow_pickle,
                    input_spec=input_spec(shapes, values), cache=cache,
                    adapter=None if adapter is None else str(adapter),
-                   eval_file=None if eval_file is None else str(eval_file), measure=measure)
+                   eval_file=None if eval_file is None else str(eval_file), measure=measure, kv_bits=kv_bits)
 
 
 def _check_modes(fit: str | None, recipe: str | None, smoke: str | None, name: str | None) -> None:
@@ -112,6 +115,13 @@ def _check_modes(fit: str | None, recipe: str | None, smoke: str | None, name: s
         raise PackagerError(f"--smoke {smoke!r} is not a mode; use --smoke host or --smoke emulate.", ExitCode.USAGE)
     if name is not None:   # it names the archive and the staging folder (packager/names.py)
         check_name(name, "--name", ExitCode.USAGE, "choose a name of those characters")
+
+
+def check_kv_bits(kv_bits: int | None) -> None:
+    """--kv-bits, of package, check and plan: a size plan reckons with (which of them a runtime runs, it says)."""
+    if kv_bits is not None and kv_bits not in KV_BIT_SIZES:
+        raise PackagerError(f"--kv-bits {kv_bits} is not {', '.join(map(str, KV_BIT_SIZES[:-1]))} or "
+                            f"{KV_BIT_SIZES[-1]}; choose one of those.", ExitCode.USAGE)
 
 
 def input_spec(shapes: Mapping[str, Sequence[int]] | None, values: Mapping[str, float] | None) -> InputSpec:

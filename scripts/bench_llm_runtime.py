@@ -34,8 +34,8 @@ $PACKAGER_BENCH_DIR/llm-runtime/<variant> (default ~/.cache/packager/bench) and 
              and 0.001 thresholds: random weights), timed by `packager bench` (its own run.py and session.py)
     rpi5-bundle  `packager package MODEL --target rpi5` (the same changes): what a decoder gets by default, genai with
              rpi5's [decoder_int4] (block 128, level 4) and its 16-bit cache in chunks of 64
-    rpi5-kv32  rpi5-bundle with the builder's fp32 cache in chunks of 256 ([decoder_runtime.session] config
-             "genai.kv_cache" = "float"): the cache whose attention onnxruntime runs on its flash path on x86
+    rpi5-kv32  `packager package MODEL --target rpi5 --kv-bits 32` (the same changes): rpi5-bundle with the
+             builder's fp32 cache (in rpi5's chunks of 64), whose attention onnxruntime runs on its flash path
 
 The bundles ("bundle", "genai-bundle", "rpi5-bundle") are timed by `packager bench ARCHIVE --json`; the builder's
 folders by the child below. Every row gets the host's bandwidth bound (packager/bandwidth.py: a 512 MiB copy, best of
@@ -183,6 +183,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -209,10 +210,10 @@ BUNDLES = {"bundle": ("phone", "packager ORT bundle (previous)"),
            "genai-bundle": ("rpi5-genai", "packager rpi5-genai bundle"),
            "rpi5-bundle": ("rpi5", "packager rpi5 bundle (default)"),
            "rpi5-kv32": ("rpi5", "packager rpi5 bundle, fp32 cache")}
-# Bundles packaged with their profile's genai settings changed ([decoder_runtime.session] config): rpi5-kv32 is rpi5's
-# bundle with the builder's fp32 cache in chunks of 256, the cache onnxruntime's CPU GroupQueryAttention runs on its
-# flash path wherever MLAS lacks fp16 GQA kernels (x86, the Pi 4's A72; below), so this host's own choice.
-BUNDLE_CONFIG = {"rpi5-kv32": {"genai.prefill_chunk": "256", "genai.kv_cache": "float"}}
+# The options a bundle is packaged with: rpi5-kv32 is rpi5's bundle with the fp32 cache, which onnxruntime's CPU
+# GroupQueryAttention runs on its flash path (the 16-bit one takes its unfused path, in fp32 wherever MLAS lacks fp16
+# GQA kernels: x86, the Pi 4's A72; below).
+BUNDLE_OPTIONS = {"rpi5-kv32": ("--kv-bits", "32")}
 # Bytes of a KV cache element by variant (the others: the builder's fp32).
 KV_ELEMENT = {"lean-kv8": 1, "lean-kv16": 2, "lean-kv8-fp32": 1, "lean-kv16-fp32": 2}
 # Variants that are another's folder with its MatMulNBits at accuracy_level 0 (fp32 compute: packager's [int4]
@@ -360,32 +361,27 @@ def measure(python: str, child: str, folder: Path, prompt: int, new: int, thread
     return result
 
 
-def bench_profile_of(name: str, work: Path, threads: int, variant: str = "") -> Path:
+def bench_profile_of(name: str, work: Path, threads: int) -> Path:
     """profiles/<name>.toml with `threads` intra-op threads, an 8 GB budget and accuracy thresholds of 0.001 (the
-    model's weights are random: its answers are noise, as bench_scale.py's profile says), and the variant's genai
-    settings (BUNDLE_CONFIG) in place of the decoder runtime's."""
+    model's weights are random: its answers are noise, as bench_scale.py's profile says)."""
     text = (REPO / "profiles" / f"{name}.toml").read_text(encoding="utf-8")
-    if variant in BUNDLE_CONFIG:
-        settings = ", ".join(f'"{k}" = "{v}"' for k, v in BUNDLE_CONFIG[variant].items())
-        text, n = re.subn(r'(?m)^config = \{ "genai\..*\}$', f"config = {{ {settings} }}", text)
-        assert n == 1, f"{name}.toml: no one genai config line to replace"
     text = re.sub(r"(?m)^memory_bytes = \d+", "memory_bytes = 8000000000", text)
     text = re.sub(r"(?m)^intra_op_threads = \d+", f"intra_op_threads = {threads}", text)
     for key in ("min_token_agreement", "min_logits_cosine"):
         text = re.sub(rf"(?m)^{key} = [\d.]+", f"{key} = 0.001", text)
-    folder = work / f"profile-{variant or name}-{threads}"
+    folder = work / f"profile-{name}-{threads}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.toml").write_text(text, encoding="utf-8")
     return folder / f"{name}.toml"
 
 
-def build_archive(model: Path, profile: Path, dest: Path) -> Path:
-    """`packager package MODEL --target PROFILE` into `dest` (made once): the archive."""
+def build_archive(model: Path, profile: Path, dest: Path, options: tuple[str, ...] = ()) -> Path:
+    """`packager package MODEL --target PROFILE OPTIONS` into `dest` (made once): the archive."""
     done = sorted(dest.glob("*.tar.gz"))
     if done:
         return done[0]
     cmd = [sys.executable, "-m", "packager", "package", str(model), "--target", str(profile), "--out", str(dest),
-           "--no-cache"]
+           "--no-cache", *options]
     print("$ " + " ".join(cmd), flush=True)
     t = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -514,6 +510,8 @@ def main() -> None:
                         "(append_tokens per chunk; 0: the whole prompt at once) (default 256)")
     parser.add_argument("--only", default=",".join(GOAL), help="variants, comma-separated: " + ", ".join(VARIANTS))
     parser.add_argument("--rebuild", action="store_true", help="build the variants again")
+    parser.add_argument("--rounds", type=int, default=1, help="measure the variants this many times, interleaved, "
+                        "and print each one's median and range (default 1)")
     parser.add_argument("--block", type=int, default=32, help="the builder's variants: int4 block size (default 32, "
                         "the builder's; rpi4's, rpi5's and the phone's decoders take 128)")
     parser.add_argument("--contexts", default="", help="the memory model's check: the lean variants (genai.kv_cache "
@@ -546,26 +544,64 @@ def main() -> None:
     from packager.bandwidth import host_bandwidth_gbs
 
     bandwidth = host_bandwidth_gbs()
-    rows: list[tuple[str, dict]] = []
-    for v in only:
-        if v in BUNDLES:
-            target, name = BUNDLES[v]
-            profile = bench_profile_of(target, work, args.threads, v)
-            archive = build_archive(model, profile, root / f"{v}-{args.threads}")
-            rows.append((name, bench_archive(archive, args.prompt, args.new)))
-        else:
-            ensure(GENAI, log)
-            folder = genai_folder(model, root, v, work, args.block)
-            tune_genai(folder, args.threads, v != "default")
-            chunk = args.chunk if v != "default" else 0
-            r = measure(str(GENAI.python), GENAI_CHILD, folder, args.prompt, args.new, args.threads, chunk)
-            if "error" not in r:
-                genai_bound(folder, r, args.prompt, args.new, bandwidth, KV_ELEMENT.get(v, 4))
-            name = "genai builder default" if v == "default" else f"genai {v} (chunks of {chunk})"
-            rows.append((name, r))
-        print(f"{rows[-1][0]}: {json.dumps(rows[-1][1])}", flush=True)
-    print()
-    print(table(rows, args.prompt, args.new, args.threads))
+    rounds: list[list[tuple[str, dict]]] = []
+    for _ in range(args.rounds):   # the variants interleaved, round after round: a neighbour's load hits them alike
+        rows: list[tuple[str, dict]] = []
+        for v in only:
+            rows.append(measure_variant(v, model, root, work, args, bandwidth))
+            print(f"{rows[-1][0]}: {json.dumps(rows[-1][1])}", flush=True)
+        rounds.append(rows)
+        print()
+        print(table(rows, args.prompt, args.new, args.threads))
+    if args.rounds > 1:
+        print()
+        print(medians(rounds, "default" in only))
+
+
+def measure_variant(v: str, model: Path, root: Path, work: Path, args: argparse.Namespace,
+                    bandwidth: float) -> tuple[str, dict]:
+    """One variant's row: a bundle timed by `packager bench`, a builder folder by the child (each built once)."""
+    if v in BUNDLES:
+        target, name = BUNDLES[v]
+        profile = bench_profile_of(target, work, args.threads)
+        archive = build_archive(model, profile, root / f"{v}-{args.threads}", BUNDLE_OPTIONS.get(v, ()))
+        return name, bench_archive(archive, args.prompt, args.new)
+    ensure(GENAI, log)
+    folder = genai_folder(model, root, v, work, args.block)
+    tune_genai(folder, args.threads, v != "default")
+    chunk = args.chunk if v != "default" else 0
+    r = measure(str(GENAI.python), GENAI_CHILD, folder, args.prompt, args.new, args.threads, chunk)
+    if "error" not in r:
+        genai_bound(folder, r, args.prompt, args.new, bandwidth, KV_ELEMENT.get(v, 4))
+    return ("genai builder default" if v == "default" else f"genai {v} (chunks of {chunk})"), r
+
+
+def cell(runs: list[dict], key: str, scale: float = 1.0, digits: int = 1) -> str:
+    """The runs' median of `key` (over `scale`) and their range."""
+    values = sorted(r[key] / scale for r in runs)
+    return f"{statistics.median(values):.{digits}f} ({values[0]:.{digits}f}-{values[-1]:.{digits}f})"
+
+
+def medians(rounds: list[list[tuple[str, dict]]], with_default: bool) -> str:
+    """Each variant's median over the rounds, with its range; and its decode against the builder default's of the
+    same round (the rounds' ratios: a slow round slows both)."""
+    lines = [f"over {len(rounds)} rounds, interleaved: median (range)", "",
+             f"{'runtime':<40}{'peak GiB':>18}{'prefill t/s':>20}{'decode t/s':>20}{'ratio to bound':>18}"
+             f"{'decode / default':>26}", "-" * 142]
+    default = [dict(rows)["genai builder default"].get("decode_tps") for rows in rounds] if with_default else []
+    for i, (name, _) in enumerate(rounds[0]):
+        runs = [rows[i][1] for rows in rounds if "error" not in rows[i][1]]
+        if not runs:
+            lines.append(f"{name:<40}failed")
+            continue
+        against = ""
+        if default and name != "genai builder default":
+            ratios = sorted(rows[i][1]["decode_tps"] / d for rows, d in zip(rounds, default)
+                            if d and "error" not in rows[i][1])
+            against = f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})" if ratios else ""
+        lines.append(f"{name:<40}{cell(runs, 'peak', GiB, 2):>18}{cell(runs, 'prefill_tps'):>20}"
+                     f"{cell(runs, 'decode_tps', 1, 2):>20}{cell(runs, 'ratio', 1, 2):>18}{against:>26}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -303,3 +303,24 @@ def test_a_checkpoint_the_exporters_child_refuses_is_exit_5_with_its_sentence(tm
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     result = cli(tmp_path, *command(tmp_path, "package", folder))
     assert_refused(result, tmp_path, 5, "no embed_tokens_per_layer.weight", "save_pretrained")
+
+
+@pytest.mark.parametrize("args, phrases", [
+    (("package", "sample:tiny-llama", "--target", "rpi5", "--kv-bits", "12"), ("--kv-bits 12 is not 4, 8, 16 or 32",)),
+    (("check", "MODEL", "--target", "rpi5", "--no-measure", "--kv-bits", "8"),   # an .onnx tensor model
+     ("--kv-bits 8", "no KV cache", "drop --kv-bits")),
+    # rpi5's decoders run on onnxruntime-genai, which has no 4-bit cache (plan reckons with one)
+    (("check", "sample:tiny-llama", "--target", "rpi5", "--no-measure", "--kv-bits", "4"),
+     ("--kv-bits 4: onnxruntime-genai runs a KV cache of 32, 16, 8 bits",)),
+    # a Jetson's decoders stay on onnxruntime, whose cache is the activations' type
+    (("check", "sample:tiny-llama", "--target", "jetson-orin-nano-cpu", "--no-measure", "--kv-bits", "16"),
+     ("which no setting changes", "onnxruntime-genai (phone, rpi4, rpi5, rpi5-genai)")),
+])
+def test_a_kv_cache_size_the_model_or_its_runtime_cannot_take_is_exit_2(tmp_path: Path, args: tuple[str, ...],
+                                                                       phrases: tuple[str, ...],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch's own compile cache (the export imports torch here) is not packager's to clean up: kept out of tmp
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "torchinductor"))
+    out = ("--out", str(tmp_path / "dist")) if args[0] == "package" else ()
+    args = tuple(str(identity(tmp_path / "m" / "model.onnx")) if a == "MODEL" else a for a in args)
+    assert_refused(cli(tmp_path, *args, *out), tmp_path, ExitCode.USAGE, *phrases)

@@ -12,6 +12,7 @@ import pytest
 
 from packager import fit_auto
 from packager.errors import ExitCode, PackagerError
+from packager.options import PackageOptions
 from packager.profiles import Profile, resolve_target
 from packager.progress import Reporter
 from packager.records import Fit
@@ -72,9 +73,9 @@ class Search:
         return {c: self.peak(ctx.recipe_name, c, _kv(ctx.profile)) for c in contexts}
 
 
-def _ctx(profile: Profile, context: int) -> Any:
+def _ctx(profile: Profile, context: int, kv_bits: int | None = None) -> Any:
     return SimpleNamespace(profile=profile, context=context, io=SimpleNamespace(kind="decoder"), recipe_name="",
-                           fit=None)
+                           fit=None, options=PackageOptions(kv_bits=kv_bits))
 
 
 def _search(ctx: Any) -> Fit:
@@ -106,6 +107,17 @@ def test_a_runtime_without_the_lever_halves_the_context(monkeypatch: pytest.Monk
     assert [c[:3] for c in search.calls] == [("fp32", 4096, None), ("int4-mixed", 4096, None),
                                              ("int4-mixed", 2048, None)]
     assert (record.chosen, record.context, record.kv_cache) == ("int4-mixed", 2048, None)
+
+
+def test_a_cache_the_user_chose_with_kv_bits_is_kept_and_the_context_halves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--kv-bits 16 chose rpi5's 16-bit cache: --fit auto does not swap it for the int8 one, it shortens the context."""
+    search = Search(monkeypatch)
+    ctx = _ctx(_genai(), 4096, kv_bits=16)
+    record = _search(ctx)
+    assert [c[:3] for c in search.calls] == [("fp32", 4096, None), ("int4-mixed", 4096, None),
+                                             ("int4-mixed", 2048, None)]
+    assert (record.chosen, record.context, record.kv_cache) == ("int4-mixed", 2048, None)
+    assert _kv(ctx.profile) == "float16"
 
 
 def test_the_context_halves_with_the_int8_cache_where_it_still_does_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -214,10 +214,10 @@ def test_the_onnxruntime_inside_genai_is_in_the_runtime_table() -> None:
 
 @pytest.mark.parametrize("kv, level", [("int8", 4), ("float16", 0)])   # each: a KV cache type and a compute
 def test_the_kv_cache_type_and_the_matmul_compute_are_profile_settings(tmp_path: Path, kv: str, level: int) -> None:
-    """genai.kv_cache = "int8": the builder's quantized cache, with scales measured on the fp32 reference; "float16":
-    the attention in fp16 (runtimes/genai_kv16.py). [int4] accuracy_level 0: MatMulNBits computing in fp32 (packed
-    smaller than level 4's int8 compute), and the bundle's estimate counts the weights with that mode's factors.
-    Each passes verify and the smoke test."""
+    """genai.kv_cache = "int8" (here by --kv-bits 8, which sets it): the builder's quantized cache, with scales
+    measured on the fp32 reference; "float16" (here in the profile): the attention in fp16 (runtimes/genai_kv16.py).
+    [int4] accuracy_level 0: MatMulNBits computing in fp32 (packed smaller than level 4's int8 compute), and the
+    bundle's estimate counts the weights with that mode's factors. Each passes verify and the smoke test."""
     import onnx
 
     from packager.paths import profiles_dir
@@ -227,11 +227,12 @@ def test_the_kv_cache_type_and_the_matmul_compute_are_profile_settings(tmp_path:
     setting = '"genai.prefill_chunk" = "256"'
     assert setting in text and "accuracy_level = 1\n" in text
     profile = tmp_path / f"kv-{kv}-{level}.toml"
-    profile.write_text(text.replace(setting, setting + f', "genai.kv_cache" = "{kv}"').replace(
-        f'name = "{TARGET}"', f'name = "kv-{kv}-{level}"').replace("accuracy_level = 1\n",
-                                                                   f"accuracy_level = {level}\n"))
+    in_profile = setting + f', "genai.kv_cache" = "{kv}"' if kv != "int8" else setting
+    profile.write_text(text.replace(setting, in_profile).replace(f'name = "{TARGET}"', f'name = "kv-{kv}-{level}"')
+                       .replace("accuracy_level = 1\n", f"accuracy_level = {level}\n"))
+    option = ("--kv-bits", "8") if kv == "int8" else ()
     proc = packager("package", "sample:tiny-llama", "--target", str(profile), "--out", str(tmp_path / "dist"),
-                    "--no-cache")
+                    "--no-cache", *option)
     assert proc.returncode == 0, proc.stderr[-2000:]
     folder = unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "unpacked")
     graph = onnx.load(str(folder / "model" / "model.onnx"), load_external_data=False).graph
@@ -243,6 +244,7 @@ def test_the_kv_cache_type_and_the_matmul_compute_are_profile_settings(tmp_path:
     assert levels == {level}
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["recipe"]["params"]["kv_cache"] == kv
+    assert manifest["profile"]["session"]["config"]["genai.kv_cache"] == kv
     (load_low, load_high), (run_low, run_high) = WEIGHT_FACTORS["fp32" if level == 0 else "int8"][32]
     assert f"{load_low:g}-{load_high:g}x the stored bytes at load, {run_low:g}-{run_high:g}x once loaded" in "\n".join(
         manifest["memory"]["estimate"]["notes"])

@@ -207,6 +207,16 @@ class GenaiRuntime(OnnxRuntime):
         session = dataclasses.replace(profile.session, config={**profile.session.config, "genai.kv_cache": KV_SMALLEST})
         return dataclasses.replace(profile, session=session), KV_SMALLEST
 
+    def with_kv_bits(self, profile: Profile, bits: int) -> Profile:
+        """genai.kv_cache of that size ("float", "float16", "int8"), the prompt's chunks the profile's."""
+        names = {b: name for name, b in KV_BITS.items()}
+        if bits not in names:
+            raise PackagerError(f"--kv-bits {bits}: {profile.runtime.package} runs a KV cache of "
+                                f"{', '.join(map(str, sorted(names, reverse=True)))} bits; choose one of those.",
+                                ExitCode.USAGE)
+        session = dataclasses.replace(profile.session, config={**profile.session.config, "genai.kv_cache": names[bits]})
+        return dataclasses.replace(profile, session=session)
+
     def host_python(self, profile: Profile) -> str:
         return str(step("packager.runtime_steps:genai_python")())
 

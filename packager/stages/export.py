@@ -392,6 +392,8 @@ def run(ctx: Context) -> None:
     ctx.tokenizer_files = [out / n for n in TOKENIZER_FILES if (out / n).is_file()] if family.needs_tokenizer else []
     if family.generates:
         ctx.context = decoder_context(ctx)
+    if ctx.options.kv_bits is not None:
+        ctx.profile = kv_bits_profile(ctx, family.generates and not family.has_components)
     if family.has_components:
         if ctx.eval_cases:   # before any recipe runs
             raise PackagerError(f"--eval {ctx.eval_file}: eval cases judge decoder LLMs and text encoders, not an "
@@ -424,6 +426,17 @@ def assign_component_recipes(ctx: Context) -> None:
         default = ctx.profile.recipe_for(context_sized=c.name == "decoder")   # the decoder's KV cache grows
         c.recipe_name = chosen.get(c.name) or chosen.get("") or default
     ctx.recipe_name = recipe_label({c.name: c.recipe_name for c in ctx.components})
+
+
+def kv_bits_profile(ctx: Context, decoder: bool) -> Profile:
+    """The profile with --kv-bits's KV cache, which the decoder's runtime sets (a sentence where it cannot)."""
+    bits = ctx.options.kv_bits
+    assert bits is not None
+    if not decoder:
+        raise PackagerError(f"--kv-bits {bits}: {ctx.source.name if ctx.source else 'this model'} is a {ctx.io.kind} "
+                            "model, with no KV cache of its own to size (decoder LLMs have one); drop --kv-bits.",
+                            ExitCode.USAGE)
+    return runtime_for(ctx.profile).with_kv_bits(ctx.profile, bits)
 
 
 def decoder_context(ctx: Context) -> int:
