@@ -298,6 +298,9 @@ def _check_bundle(path: str, target: str | None, options: PackageOptions, *, rep
     if options.recipe is not None:
         raise PackagerError(f"{path} is a bundle, whose model is quantized already; drop --recipe, or check the "
                             "model it was built from with that recipe.", ExitCode.USAGE)
+    if options.kv_bits is not None:
+        raise PackagerError(f"{path} is a bundle, whose KV cache was built with it; drop --kv-bits, or check the "
+                            f"model it was built from with --kv-bits {options.kv_bits}.", ExitCode.USAGE)
     with temp_folder("bundle") as tmp:
         bundle = open_bundle(Path(path), Path(tmp))
         own = bundle.summary or {}

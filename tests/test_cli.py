@@ -167,6 +167,9 @@ def test_check_judges_a_bundle_as_packaged(tmp_path: Path) -> None:
     code, _, stderr = invoke("check", str(archive), "--recipe", "int4")
     one_sentence_usage_error(code, stderr)
     assert "quantized already; drop --recipe" in stderr
+    code, _, stderr = invoke("check", str(archive), "--kv-bits", "16")
+    one_sentence_usage_error(code, stderr)
+    assert "whose KV cache was built with it; drop --kv-bits" in stderr
 
 
 # 6. Help: no Python type labels, brackets kept, defaults shown.
