@@ -5,6 +5,10 @@ shape at int4 on the same host, for packager's current bundle and for onnxruntim
     python scripts/bench_llm_runtime.py [--prompt 4000] [--new 32] [--threads 2] [--chunk 256]
                                         [--only bundle,default,genai-bundle] [--rebuild] [--dir DIR]
     python scripts/bench_llm_runtime.py --only lean,lean-kv8 --contexts 1024,4096,16384 --new 16
+    python scripts/bench_llm_runtime.py --only default,rpi5-bundle,rpi5-kv32 --rounds 5
+
+--rounds N measures the variants N times, in turn, and prints each one's median and range, and its decode against the
+builder default's of the same round (docs/llms.md has the table of 2026-12-05: rpi5's bundle 1.22x, 1.19-1.28x).
 
 --contexts checks `packager plan` (issue 19, item 4): each lean variant filled to each context (a prompt of
 context - new tokens, max_length = context), its peak against plan's rpi5-genai int4 row at that context and these
