@@ -130,9 +130,9 @@ class Runtime(Protocol):
         this runtime runs, and that cache's name for the record ("int8"); None where it offers none smaller."""
         ...
 
-    def with_kv_bits(self, profile: Profile, bits: int) -> Profile:
-        """The profile with a decoder's KV cache of `bits`-bit elements (package and check --kv-bits); a USAGE error
-        naming what it runs where this runtime cannot."""
+    def with_kv_bits(self, profile: Profile, bits: int) -> Profile | None:
+        """The profile with a decoder's KV cache of `bits`-bit elements (package and check --kv-bits): a USAGE error
+        naming the sizes it runs where it runs others; None where this runtime's cache has no such setting."""
         ...
 
     def unmeasured_bytes(self, profile: Profile, measured: dict[str, Any] | None) -> int:

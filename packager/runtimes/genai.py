@@ -207,7 +207,7 @@ class GenaiRuntime(OnnxRuntime):
         session = dataclasses.replace(profile.session, config={**profile.session.config, "genai.kv_cache": KV_SMALLEST})
         return dataclasses.replace(profile, session=session), KV_SMALLEST
 
-    def with_kv_bits(self, profile: Profile, bits: int) -> Profile:
+    def with_kv_bits(self, profile: Profile, bits: int) -> Profile | None:
         """genai.kv_cache of that size ("float", "float16", "int8"), the prompt's chunks the profile's."""
         names = {b: name for name, b in KV_BITS.items()}
         if bits not in names:

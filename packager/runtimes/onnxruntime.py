@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from packager import decoder_config, gpu, mobile, mobile_examples
 from packager.compat import Compatibility, ModelFacts, check, facts_of, load, lower_ir_version, read_model
-from packager.errors import ExitCode, PackagerError, did_you_mean
+from packager.errors import did_you_mean
 from packager.families import family_for
 from packager.families.base import step
 from packager.paths import profiles_dir, targets_dir
@@ -88,14 +88,6 @@ def calibration(profile: Profile) -> tuple[dict[str, Any], str]:
 def _version_distance(a: str, b: str) -> float:
     pa, pb = ([int(x) for x in v.split(".")[:3]] for v in (a, b))
     return float(sum(abs(x - y) * 100 ** (2 - i) for i, (x, y) in enumerate(zip(pa, pb))))
-
-
-def genai_targets() -> list[str]:
-    """The built-in targets whose decoder LLMs run on onnxruntime-genai (its [runtime] or [decoder_runtime])."""
-    from packager.profiles import builtin_profiles
-
-    return sorted(name for name, p in builtin_profiles().items()
-                  if (p.decoder_runtime or p).runtime.name == "onnxruntime-genai")
 
 
 class OnnxRuntime:
@@ -178,11 +170,8 @@ class OnnxRuntime:
     def smaller_kv_cache(self, profile: Profile) -> tuple[Profile, str] | None:
         return None   # the exported graph's cache is the model's dtype: no setting makes it smaller
 
-    def with_kv_bits(self, profile: Profile, bits: int) -> Profile:
-        raise PackagerError(f"--kv-bits {bits}: {profile.runtime.package} runs this decoder with its KV cache in the "
-                            "activations' type (32-bit; 16-bit with the fp16 recipe), which no setting changes; drop "
-                            "--kv-bits, or package for a target whose decoders run on onnxruntime-genai "
-                            f"({', '.join(genai_targets())}).", ExitCode.USAGE)
+    def with_kv_bits(self, profile: Profile, bits: int) -> Profile | None:
+        return None   # the exported graph's cache is the activations' type (fp32; fp16 with the fp16 recipe)
 
     def unmeasured_bytes(self, profile: Profile, measured: dict[str, Any] | None) -> int:
         return gpu.unmeasured_gpu_bytes(profile, measured)

@@ -30,7 +30,7 @@ from packager.families.seq2seq import SEQ2SEQ_COMPONENTS, SEQ2SEQ_MERGED, SEQ2SE
 from packager.graphs import all_graphs
 from packager.model_files import PICKLE_SUFFIXES, TOKENIZER_FILES
 from packager.onnx_rewrite import fold_transposed_weights, last_position_logits, name_tied_lm_head
-from packager.profiles import Profile
+from packager.profiles import Profile, builtin_profiles
 from packager.recipes import parse_recipe, recipe_label
 from packager.recipes.common import PROTO_LIMIT
 from packager.records import Io
@@ -436,7 +436,15 @@ def kv_bits_profile(ctx: Context, decoder: bool) -> Profile:
         raise PackagerError(f"--kv-bits {bits}: {ctx.source.name if ctx.source else 'this model'} is a {ctx.io.kind} "
                             "model, with no KV cache of its own to size (decoder LLMs have one); drop --kv-bits.",
                             ExitCode.USAGE)
-    return runtime_for(ctx.profile).with_kv_bits(ctx.profile, bits)
+    made = runtime_for(ctx.profile).with_kv_bits(ctx.profile, bits)
+    if made is None:
+        genai = sorted(name for name, p in builtin_profiles().items()
+                       if (p.decoder_runtime or p).runtime.name == "onnxruntime-genai")
+        raise PackagerError(f"--kv-bits {bits}: {ctx.profile.runtime.package} runs this decoder with its KV cache in "
+                            "the activations' type (32-bit; 16-bit with the fp16 recipe), which no setting changes; "
+                            "drop --kv-bits, or package for a target whose decoders run on onnxruntime-genai "
+                            f"({', '.join(genai)}).", ExitCode.USAGE)
+    return made
 
 
 def decoder_context(ctx: Context) -> int:
