@@ -438,6 +438,10 @@ def test_a_multimodal_gemma_3n_folder_packages_its_text_decoder_for_rpi5(exporte
     # the per-layer table, and int4's lookup copy of the tied embedding (recipes/nbits.untie_embedding)
     assert sorted(manifest["runtime"]["mapped"]) == ["model.embedding.data", "model.ple.data"]
     assert "PyTorch" in json.dumps(manifest["accuracy"])
+    # the search's layers are the decoder's blocks (the exporter scopes each layer's matmuls by their module), not
+    # each matmul on its own (94 of them, before)
+    layers = {r["layer"] for r in manifest["recipe"]["extra"]["search"]["sensitivity"]}
+    assert {f"layers.{i}" for i in range(ECLASS_3N["num_hidden_layers"])} <= layers and len(layers) < 18, sorted(layers)
     smoke = subprocess.run([sys.executable, "smoke_test.py"], cwd=bundle, capture_output=True, text=True, timeout=600)
     assert smoke.returncode == 0 and "PASS" in smoke.stdout, smoke.stdout + smoke.stderr
 

@@ -35,6 +35,7 @@ the graph is traced from a forward of its own over the model's modules, with the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -340,6 +341,7 @@ def export(source: Path, out: Path) -> dict[str, Any]:
     model = onnx.load(raw)
     raw.unlink()
     model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 1   # the last position's: a fixed 1
+    scope_layer_matmuls(model, module)
     split_weights(model, out, table, module.embed_scale)
     # the loop puts the pad token at the soft tokens' positions of input_ids (transformers' llm_input_ids)
     soft_tokens = {"soft_tokens": True, "pad_token_id": config.pad_token_id} if module.soft else \
@@ -361,6 +363,43 @@ def io_names(module: EDecoder) -> dict[str, list[str]]:
     soft = list(SOFT_INPUTS) if module.soft else []
     return {"inputs": ["input_ids", "attention_mask", "position_ids", *soft, *past], "past": past,
             "present": [p.replace("past_key_values.", "present.", 1) for p in past]}
+
+
+def scope_layer_matmuls(model: onnx.ModelProto, module: torch.nn.Module) -> None:
+    """Each MatMul of a decoder layer's weight named by that weight's module ("/model/model/layers.3/self_attn/q_proj/
+    MatMul"): the decoder's forward calls the layers' modules itself, so the trace scoped them by their own names alone
+    ("/q_proj_5/MatMul"), and int4-mixed, which takes a layer as the block in a node's path (packager/recipes/
+    layers.py), measured and reported each of E2B's some 400 matmuls as a layer of its own. A weight is found by its
+    bytes (the trace folds a Linear's transpose into the initializer); the others keep their names."""
+    owners: dict[bytes, str] = {}
+    for name, param in module.named_parameters():
+        parts = name.split(".")
+        if param.dim() == 2 and any(p.isdigit() for p in parts):   # a block's ("layers.3"), not the lm_head's
+            owners.setdefault(hashlib.sha1(param.detach().t().contiguous().numpy().tobytes()).digest(), name)
+    weights = {t.name: t for t in model.graph.initializer}
+    # a weight read twice reaches its second reader through an Identity (packager/eclass.py bypasses them later)
+    weights |= {n.output[0]: weights[n.input[0]] for n in model.graph.node
+                if n.op_type == "Identity" and n.input[0] in weights}
+    taken = {n.name for n in model.graph.node}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in weights:
+            continue
+        owner = owners.get(hashlib.sha1(numpy_helper.to_array(weights[node.input[1]]).tobytes()).digest())
+        if owner is None:
+            continue
+        segments: list[str] = []
+        for part in owner.split(".")[:-1]:   # "layers", "3" -> "layers.3"; the parameter's own name dropped
+            if part.isdigit() and segments:
+                segments[-1] += "." + part
+            else:
+                segments.append(part)
+        name, n = "/" + "/".join(segments) + "/MatMul", 0
+        while name in taken:   # one weight read twice (Gemma 3n's AltUp router): each node its own name
+            n += 1
+            name = "/" + "/".join(segments) + f"/MatMul_{n}"
+        taken.discard(node.name)
+        node.name = name
+        taken.add(name)
 
 
 def split_weights(model: onnx.ModelProto, out: Path, table: CheckpointTensor, embed_scale: float) -> None:
