@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from packager import interrupts
 from packager.errors import ExitCode, PackagerError, disk_full
 
 err = Console(stderr=True, highlight=False)
@@ -129,6 +130,8 @@ def _guarded(fn: Callable[[], Any], *, debug: bool, as_json: bool) -> Any:
     except Exception as e:
         if debug:
             traceback.print_exc()
+        if interrupts.signalled():   # the interrupt, come out as another exception (interrupts.signalled)
+            _interrupted(as_json)
         message, code = _error(e)
         _fail(message, code, as_json)
 

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import typer
 from rich.markup import escape
 
+from packager import interrupts
 from packager.cli_common import _error, err
 from packager.errors import ExitCode, PackagerError
 from packager.leftovers import temp_folder
@@ -39,6 +40,8 @@ def _each_target(targets: list[str], run: Callable[[str], Any], show: Callable[[
         except Exception as e:
             if debug:
                 traceback.print_exc()
+            if interrupts.signalled():   # the interrupt, come out as another exception (interrupts.signalled)
+                raise KeyboardInterrupt from e
             message, code = _error(e)
             err.print(f"[red]error:[/] {escape(t)}: {escape(message)}", soft_wrap=True)
             rows.append({"target": t, "error": message, "exit_code": code})

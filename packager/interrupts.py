@@ -48,6 +48,13 @@ def uninstall() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def signalled() -> bool:
+    """Whether SIGINT or SIGTERM came since install(). A failure that follows is the interrupt's: where C code sat
+    unseen between two Python frames (torch's tensor constructor called into the standard library), the
+    KeyboardInterrupt raised there came out as another exception (a ValueError: the export "failed", exit 10)."""
+    return bool(_pending)
+
+
 def safe(frame: FrameType | None) -> bool:
     """Whether an exception may be raised in the stack from `frame` down (the module's docstring)."""
     caller = ""

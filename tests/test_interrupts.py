@@ -122,3 +122,28 @@ def test_finalizer_frames_are_unsafe() -> None:
 
     Probe()
     assert seen == [False]
+
+
+def test_an_interrupt_that_c_code_turned_into_another_error_is_still_exit_130(tmp_path: Path) -> None:
+    """torch's tensor constructor turns a KeyboardInterrupt raised in a Python frame it called into a ValueError (the
+    export "failed": exit 10, seen once in CI at the export's first second). A failure after a signal is the signal's:
+    exit 130, "interrupted", whatever exception came out."""
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent("""
+        import os, signal, time
+        from packager import interrupts
+        from packager.cli_common import _guarded
+        interrupts.install()
+        interrupts.SAFE_FILES += (__file__,)
+        def export():
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except KeyboardInterrupt:   # as torch's C++ does
+                raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'")
+            print("finished", flush=True)
+        _guarded(export, debug=False, as_json=False)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 130, proc.stdout + proc.stderr
+    assert "interrupted; nothing was written." in proc.stderr and "finished" not in proc.stdout
