@@ -21,6 +21,7 @@ from packager.cli_common import (
     BudgetOpt,
     DebugOpt,
     JsonOpt,
+    KvBitsOpt,
     PickleOpt,
     ShapeOpt,
     TargetsOpt,
@@ -125,9 +126,7 @@ def package(
     budget: str | None = BudgetOpt,
     context: str | None = typer.Option(None, "--context", metavar="TOKENS", help="Decoders: tokens of KV cache the "
                                        "deployment holds, e.g. 8K (K = 1024) or 4096 [default: the profile's]."),
-    kv_bits: int | None = typer.Option(None, "--kv-bits", metavar="BITS", help="Decoders on onnxruntime-genai: the "
-                                       "KV cache's element size, 32 (fp32), 16 (fp16) or 8 (int8) [default: the "
-                                       "profile's]."),
+    kv_bits: int | None = KvBitsOpt,
     calibration: Path | None = typer.Option(None, "--calibration", metavar="FILE", help="int8-static: text lines (text "
                                             "models) or an .npz of inputs to calibrate on [default: built-in]."),
     fit: str | None = typer.Option(None, "--fit", metavar="auto",
@@ -257,9 +256,7 @@ def check(
                                        "for, e.g. 8K (K = 1024) or 4096 [default: the profile's]."),
     no_measure: bool = typer.Option(False, "--no-measure",
                                     help="Estimate only: do not load the model in a child process."),
-    kv_bits: int | None = typer.Option(None, "--kv-bits", metavar="BITS", help="Decoders on onnxruntime-genai: the "
-                                       "KV cache's element size, 32 (fp32), 16 (fp16) or 8 (int8) [default: the "
-                                       "profile's]."),
+    kv_bits: int | None = KvBitsOpt,
     allow_pickle: bool = PickleOpt,
     shape: list[str] = ShapeOpt,
     value: list[str] = ValueOpt,

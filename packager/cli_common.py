@@ -44,6 +44,8 @@ AllTargetsOpt = typer.Option(False, "--all-targets", help="Every built-in target
 
 BudgetOpt = typer.Option(None, "--budget", metavar="SIZE", help="Memory budget instead of the profile's, e.g. 1.2GB "
                          "or 900MiB [default: the profile's].")
+KvBitsOpt = typer.Option(None, "--kv-bits", metavar="BITS", help="Decoders on onnxruntime-genai: the KV cache's "
+                         "element size, 32 (fp32), 16 (fp16) or 8 (int8) [default: the profile's].")
 
 
 ShapeOpt = typer.Option([], "--shape", metavar="NAME=D1,D2", help="Sample input shape for a tensor model "

@@ -169,8 +169,9 @@ def run(env: ExporterEnv, module: str, args: Sequence[str], progress: Callable[[
     code, tail = _stream([str(env.python), "-m", module, *args], progress, child_environ(), cwd)
     if code != 0:
         said = next((line.strip() for line in reversed(tail) if line.strip()), f"exit {code}")
-        if code == ExitCode.BAD_INPUT:   # packager's own children refuse the user's checkpoint so (eclass_checkpoint's
-            raise PackagerError(said, ExitCode.BAD_INPUT)   # Refused), the sentence their last line
+        # packager's own children refuse the user's checkpoint so (eclass_checkpoint.Refused), their sentence last
+        if code == ExitCode.BAD_INPUT:
+            raise PackagerError(said, ExitCode.BAD_INPUT)
         raise PackagerError(f"{module} failed in the exporter environment {env.name!r} (exit {code}): {said}",
                             ExitCode.TOOL_FAILED)
     return tail

@@ -53,11 +53,11 @@ class CheckpointTensor:
                 if key.endswith(suffix) and isinstance(entry, dict):
                     if entry["dtype"] not in DTYPES:
                         raise Refused(f"{source / name}: {key} is {entry['dtype']}; the per-layer embedding "
-                                         f"table is read as one of {', '.join(DTYPES)}: save it as one of those")
+                                      f"table is read as one of {', '.join(DTYPES)}: save it as one of those")
                     return cls(source / name, DTYPES[entry["dtype"]], tuple(entry["shape"]),
                                8 + size + entry["data_offsets"][0])
         raise Refused(f"{source}: no {suffix} in its safetensors files: an E-class model's per-layer embedding "
-                         "table is read from there; save the model with save_pretrained.")
+                      "table is read from there; save the model with save_pretrained.")
 
     @property
     def row_bytes(self) -> int:
@@ -103,7 +103,7 @@ def load(source: Path) -> Any:
     text = config.get_text_config()
     if not getattr(text, "hidden_size_per_layer_input", 0):
         raise Refused(f"{source}: config.json has no hidden_size_per_layer_input: not an E-class (per-layer "
-                         "embedding) model; package it on the onnxruntime or genai path.")
+                      "embedding) model; package it on the onnxruntime or genai path.")
     text.vocab_size_per_layer_input = min(STUB, text.vocab_size_per_layer_input)
     multimodal = text is not config
     if multimodal:   # the model ties as the outer config says
@@ -126,7 +126,7 @@ def load(source: Path) -> Any:
     unexpected = [k for k in unexpected if not any(f".{name}." in f".{k}" for name in unused)]
     if absent or unexpected:
         raise Refused(f"{source}: the checkpoint does not match {type(model).__name__} (missing "
-                         f"{absent[:3]}, unexpected {unexpected[:3]}); save the text decoder with save_pretrained.")
+                      f"{absent[:3]}, unexpected {unexpected[:3]}); save the text decoder with save_pretrained.")
     if multimodal and config.model_type == "gemma3n":
         model.model.embed_tokens = hard_tokens(source, config, model.model.embed_tokens)
     return model.eval()

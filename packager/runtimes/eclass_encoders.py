@@ -182,8 +182,8 @@ def load_parts(source: Path, parts: dict[str, torch.nn.Module]) -> dict[str, tor
         missing, unexpected = module.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise Refused(f"{source}: the checkpoint's {prefix}* tensors do not make transformers' "
-                             f"{type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]}); save the "
-                             "model with save_pretrained.")
+                          f"{type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]}); save the "
+                          "model with save_pretrained.")
     return {name: module.float() for name, module in parts.items()}
 
 

@@ -62,10 +62,10 @@ class Vision3nEncoder(torch.nn.Module):
         grid = tuple(int(n) for n in hidden.shape[2:])   # Python ints in the trace: the input's size is fixed
         if int(hidden.shape[1]) != size or grid[0] * grid[1] != self.soft_tokens:
             raise Refused(f"the vision tower makes a {hidden.shape[1]} x {grid[0]} x {grid[1]} grid of an image of "
-                             f"{pixel_values.shape[2]} x {pixel_values.shape[3]} and the prompt holds "
-                             f"{self.soft_tokens} placeholders of {size} (vision_soft_tokens_per_image, "
-                             "vision_config.hidden_size): the image processor's size does not fit the tower; set "
-                             "preprocessor_config.json's size to the tower's input.")
+                          f"{pixel_values.shape[2]} x {pixel_values.shape[3]} and the prompt holds "
+                          f"{self.soft_tokens} placeholders of {size} (vision_soft_tokens_per_image, "
+                          "vision_config.hidden_size): the image processor's size does not fit the tower; set "
+                          "preprocessor_config.json's size to the tower's input.")
         tokens = hidden.reshape(1, size, self.soft_tokens).permute(0, 2, 1) * size**0.5
         end = self.embedder(input_ids=self.end_ids)[0]
         return torch.cat([self.embedder(inputs_embeds=tokens)[0], end])
@@ -116,8 +116,8 @@ class Audio3nEncoder(torch.nn.Module):
         extra = self.soft_tokens - tokens.shape[0]   # a Python int in the trace: the input's frames are fixed
         if extra < 0:
             raise Refused(f"the audio encoder makes {tokens.shape[0]} soft tokens of the longest clip and the "
-                             f"prompt holds {self.soft_tokens} placeholders; set audio_soft_tokens_per_image to the "
-                             "encoder's count in config.json.")
+                          f"prompt holds {self.soft_tokens} placeholders; set audio_soft_tokens_per_image to the "
+                          "encoder's count in config.json.")
         return torch.cat([tokens, pad.expand(extra, -1), end])
 
 
@@ -149,8 +149,8 @@ def load_vision_3n(source: Path, config: Any) -> Vision3nEncoder:
     hard = range(vision.vocab_offset, min(vision.vocab_offset + vision.vocab_size, config.audio_config.vocab_offset))
     if config.eoi_token_id not in hard or config.boi_token_id >= vision.vocab_offset:
         raise Refused(f"{source}: the image tokens are not where Gemma 3n keeps them (begin {config.boi_token_id} "
-                         f"a text token, end {config.eoi_token_id} in embed_vision's ids "
-                         f"{hard.start}-{hard.stop - 1}); the exporter takes the layout of Google's checkpoints, so "
+                      f"a text token, end {config.eoi_token_id} in embed_vision's ids "
+                      f"{hard.start}-{hard.stop - 1}); the exporter takes the layout of Google's checkpoints, so "
                       "keep those ids as published.")
     return Vision3nEncoder(parts["vision_tower"], parts["embed_vision"], int(config.vision_soft_tokens_per_image),
                            int(config.eoi_token_id)).eval()
@@ -188,8 +188,8 @@ def load_audio_3n(source: Path, config: Any) -> Audio3nEncoder:
     if pad_id not in hard or config.eoa_token_id not in hard or \
             config.boa_token_id >= min(config.vision_config.vocab_offset, audio.vocab_offset):
         raise Refused(f"{source}: the audio tokens are not where Gemma 3n keeps them (begin {config.boa_token_id} "
-                         f"a text token, end {config.eoa_token_id} and the padding {pad_id} in embed_audio's ids "
-                         f"{hard.start}-{hard.stop - 1}); the exporter takes the layout of Google's checkpoints, so "
+                      f"a text token, end {config.eoa_token_id} and the padding {pad_id} in embed_audio's ids "
+                      f"{hard.start}-{hard.stop - 1}); the exporter takes the layout of Google's checkpoints, so "
                       "keep those ids as published.")
     return Audio3nEncoder(parts["audio_tower"], parts["embed_audio"], int(config.audio_soft_tokens_per_image),
                           pad_id, int(config.eoa_token_id)).eval()

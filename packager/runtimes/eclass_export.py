@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -74,11 +75,11 @@ class EDecoder(torch.nn.Module):
         self.soft = soft             # soft_tokens and soft_mask after position_ids (a multimodal checkpoint's)
         if soft and self.config.pad_token_id is None:
             raise Refused("a multimodal checkpoint's text_config has no pad_token_id: the loop puts it at the soft "
-                             "tokens' positions of input_ids, as transformers does; set it in config.json.")
+                          "tokens' positions of input_ids, as transformers does; set it in config.json.")
         text = model.model
         if getattr(self.config, "enable_moe_block", False):
             raise Refused("a Gemma 4 MoE block (enable_moe_block) is not an E-class decoder; this exporter "
-                             "takes the E models (per-layer embeddings, KV sharing): package an E2B or E4B checkpoint.")
+                          "takes the E models (per-layer embeddings, KV sharing): package an E2B or E4B checkpoint.")
         # the stub the model loaded (load): the graph is the same for any number of rows; write_table puts the real
         # ones in its place. The embedding's scale sqrt(width) is folded into the rows' scales: one Mul fewer a token
         self.embed_scale = float(text.embed_tokens_per_layer.scalar_embed_scale)
@@ -371,11 +372,11 @@ def scope_layer_matmuls(model: onnx.ModelProto, module: torch.nn.Module) -> None
     ("/q_proj_5/MatMul"), and int4-mixed, which takes a layer as the block in a node's path (packager/recipes/
     layers.py), measured and reported each of E2B's some 400 matmuls as a layer of its own. A weight is found by its
     bytes (the trace folds a Linear's transpose into the initializer); the others keep their names."""
-    owners: dict[bytes, str] = {}
+    owners: dict[bytes, str] = {}   # a weight's bytes -> its module's path, "model/model/layers.3/self_attn/q_proj"
     for name, param in module.named_parameters():
-        parts = name.split(".")
-        if param.dim() == 2 and any(p.isdigit() for p in parts):   # a block's ("layers.3"), not the lm_head's
-            owners.setdefault(hashlib.sha1(param.detach().t().contiguous().numpy().tobytes()).digest(), name)
+        if param.dim() == 2 and any(p.isdigit() for p in name.split(".")):   # a block's ("layers.3"), not lm_head's
+            path = re.sub(r"\.(?!\d)", "/", name.rsplit(".", 1)[0])   # "layers.3" stays one segment
+            owners.setdefault(hashlib.sha1(param.detach().t().contiguous().numpy().tobytes()).digest(), path)
     weights = {t.name: t for t in model.graph.initializer}
     # a weight read twice reaches its second reader through an Identity (packager/eclass.py bypasses them later)
     weights |= {n.output[0]: weights[n.input[0]] for n in model.graph.node
@@ -387,19 +388,13 @@ def scope_layer_matmuls(model: onnx.ModelProto, module: torch.nn.Module) -> None
         owner = owners.get(hashlib.sha1(numpy_helper.to_array(weights[node.input[1]]).tobytes()).digest())
         if owner is None:
             continue
-        segments: list[str] = []
-        for part in owner.split(".")[:-1]:   # "layers", "3" -> "layers.3"; the parameter's own name dropped
-            if part.isdigit() and segments:
-                segments[-1] += "." + part
-            else:
-                segments.append(part)
-        name, n = "/" + "/".join(segments) + "/MatMul", 0
-        while name in taken:   # one weight read twice (Gemma 3n's AltUp router): each node its own name
+        scoped, n = f"/{owner}/MatMul", 0
+        while scoped in taken:   # one weight read twice (Gemma 3n's AltUp router): each node its own name
             n += 1
-            name = "/" + "/".join(segments) + f"/MatMul_{n}"
+            scoped = f"/{owner}/MatMul_{n}"
         taken.discard(node.name)
-        node.name = name
-        taken.add(name)
+        node.name = scoped
+        taken.add(scoped)
 
 
 def split_weights(model: onnx.ModelProto, out: Path, table: CheckpointTensor, embed_scale: float) -> None:

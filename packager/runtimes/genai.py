@@ -126,6 +126,12 @@ KV_COPIES = {"float16": (1.0, 1.0), "float": (1.0, 1.0), "int8": (2.0, 3.0)}
 KV_SMALLEST = "int8"
 
 
+def _with_kv_cache(profile: Profile, kv: str) -> Profile:
+    """The profile with genai.kv_cache = `kv`."""
+    session = dataclasses.replace(profile.session, config={**profile.session.config, "genai.kv_cache": kv})
+    return dataclasses.replace(profile, session=session)
+
+
 class GenaiRuntime(OnnxRuntime):
     """The `Runtime` of profiles whose [runtime] name is "onnxruntime-genai". Its memory share is ONNX Runtime's
     calibrated one (genai loads the same library); the rest is its own."""
@@ -204,8 +210,7 @@ class GenaiRuntime(OnnxRuntime):
         KV_COPIES), where the profile's is another."""
         if profile.session.config.get("genai.kv_cache", SETTINGS["genai.kv_cache"]) == KV_SMALLEST:
             return None
-        session = dataclasses.replace(profile.session, config={**profile.session.config, "genai.kv_cache": KV_SMALLEST})
-        return dataclasses.replace(profile, session=session), KV_SMALLEST
+        return _with_kv_cache(profile, KV_SMALLEST), KV_SMALLEST
 
     def with_kv_bits(self, profile: Profile, bits: int) -> Profile | None:
         """genai.kv_cache of that size ("float", "float16", "int8"), the prompt's chunks the profile's."""
@@ -214,8 +219,7 @@ class GenaiRuntime(OnnxRuntime):
             raise PackagerError(f"--kv-bits {bits}: {profile.runtime.package} runs a KV cache of "
                                 f"{', '.join(map(str, sorted(names, reverse=True)))} bits; choose one of those.",
                                 ExitCode.USAGE)
-        session = dataclasses.replace(profile.session, config={**profile.session.config, "genai.kv_cache": names[bits]})
-        return dataclasses.replace(profile, session=session)
+        return _with_kv_cache(profile, names[bits])
 
     def host_python(self, profile: Profile) -> str:
         return str(step("packager.runtime_steps:genai_python")())

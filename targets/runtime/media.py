@@ -90,6 +90,18 @@ def audio_features(samples: np.ndarray, pre: dict[str, Any]) -> np.ndarray:
     return ((log + 4.0) / 4.0).astype(np.float32)
 
 
+def rgb_pixels(pixels: np.ndarray, model: str) -> np.ndarray:
+    """[height, width, 3] uint8 pixels as the processors take them: a [height, width] grey image as three equal
+    channels (their RGB conversion); anything else one ValueError sentence naming `model`."""
+    image = np.asarray(pixels)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"{model} takes [height, width, 3] uint8 pixels (what read_image gives), got "
+                         f"{image.dtype} {list(image.shape)}")
+    return image
+
+
 def read_image(path: Path) -> np.ndarray:
     """[height, width, channels] uint8 pixels of an 8-bit PNG (any colour type but palette, not
     interlaced), read with zlib; other formats (JPEG ...) through Pillow where it is installed."""

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .media_gemma4 import _dithered, _frames, _padded, _per_bin, gemma4_sizes, htk_mel_filters, rgb_pixels
+from .media import rgb_pixels
+from .media_gemma4 import _dithered, _frames, _padded, _per_bin, gemma4_sizes, htk_mel_filters
 
 # Gemma3nAudioFeatureExtractor's figures (its __init__ and __call__ defaults) by preprocessor_config.json's names.
 # A config's "frame_length", "hop_length" and "fft_length" (samples) are ignored, as the extractor ignores them.

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .media import rgb_pixels
+
 
 def _htk_mel(hz: np.ndarray, scalar: bool = False) -> np.ndarray:
     if scalar:  # the standard library's log10, one value at a time: numpy's differs in the last bit at times
@@ -141,18 +143,6 @@ def gemma4_audio_features(samples: np.ndarray, pre: dict[str, Any]) -> tuple[np.
     log = _per_bin(np.log(magnitude @ filters + np.float64(pre.get("mel_floor", 1e-3))), pre, mels)
     mask = hop * np.arange(len(frames)) + frame - frame // 2 < real
     return log.astype(np.float32) * mask[:, None], mask
-
-
-def rgb_pixels(pixels: np.ndarray, model: str) -> np.ndarray:
-    """[height, width, 3] uint8 pixels as the processors take them: a [height, width] grey image as three equal
-    channels (their RGB conversion); anything else one ValueError sentence naming `model`."""
-    image = np.asarray(pixels)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"{model} takes [height, width, 3] uint8 pixels (what read_image gives), got "
-                         f"{image.dtype} {list(image.shape)}")
-    return image
 
 
 def gemma4_size(height: int, width: int, pre: dict[str, Any]) -> tuple[int, int]:
