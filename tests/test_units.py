@@ -161,6 +161,16 @@ def test_source_hash_covers_content(tiny_bert: Path, tmp_path: Path) -> None:
     assert resolve(str(copy)).sha256 != first.sha256
 
 
+def test_a_model_given_by_a_relative_path_is_read_by_its_absolute_one(tiny_bert: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps that read the model run in other folders (the genai builder's child, the tokenizer loader): a relative
+    path there names another file, or a hub id. Named and hashed as before."""
+    monkeypatch.chdir(tiny_bert.parent)
+    source = resolve(tiny_bert.name)
+    assert source.path == tiny_bert.absolute() and source.name == resolve(str(tiny_bert)).name
+    assert source.sha256 == resolve(str(tiny_bert)).sha256
+
+
 def test_every_python_package_is_installed_by_the_wheel() -> None:
     """pyproject lists its packages by hand (profiles/ and targets/ install under other names): a new
     subpackage missing from the list imports in an editable install and not from a wheel."""

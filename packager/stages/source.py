@@ -108,8 +108,9 @@ def _onnx_file(path: Path) -> Source:
 
 
 def resolve(spec: str, name: str | None = None, allow_pickle: bool = False) -> Source:
-    """A Hugging Face folder or an .onnx file (a folder holding exactly one)."""
-    path = existing(spec)
+    """A Hugging Face folder or an .onnx file (a folder holding exactly one), by its absolute path: the steps that
+    read it run in other folders (the genai builder's child takes a relative folder for a hub id)."""
+    path = existing(spec).absolute()
     if path.is_dir():
         if (path / "config.json").is_file():
             source = _hf_folder(path, allow_pickle)
