@@ -79,7 +79,7 @@ def genai_build(ctx: Context, model_dir: Path, precision: str, options: tuple[st
         options = (*options, *KV8_OPTIONS, f"kv_cache_scale_file={scales}")
     nodes_8bit = _nodes_8bit(ctx, precision, options) if ctx.keep_8bit else []
     out = _run_builder(ctx, precision, options, nodes_8bit)
-    tune(out / "genai_config.json", ctx.profile)
+    tune(out / "genai_config.json", ctx.profile, kv)
     if kv == "float16":
         _kv_to_fp16(out / "model.onnx")
     for f in sorted(out.iterdir()):

@@ -40,6 +40,9 @@ $PACKAGER_BENCH_DIR/llm-runtime/<variant> (default ~/.cache/packager/bench) and 
              rpi5's [decoder_int4] (block 128, level 4) and its 16-bit cache in chunks of 64
     rpi5-kv32  `packager package MODEL --target rpi5 --kv-bits 32` (the same changes): rpi5-bundle with the
              builder's fp32 cache (in rpi5's chunks of 64), whose attention onnxruntime runs on its flash path
+    rpi5-kv8  `packager package MODEL --target rpi5 --kv-bits 8` (the same changes): rpi5-bundle with the builder's
+             int8 cache (static scales measured on the model), shared by past and present; onnxruntime streams its
+             attention tile by tile from the int8 cache
 
 The bundles ("bundle", "genai-bundle", "rpi5-bundle") are timed by `packager bench ARCHIVE --json`; the builder's
 folders by the child below. Every row gets the host's bandwidth bound (packager/bandwidth.py: a 512 MiB copy, best of
@@ -202,22 +205,24 @@ from bench_scale import CONFIG, bench_dir, make_model  # noqa: E402
 
 from packager.exporter_envs import GENAI, ensure  # noqa: E402
 from packager.exporter_envs import run as run_in_env  # noqa: E402
+from packager.runtimes.genai import share_quantized_cache  # noqa: E402
 
 GiB = 2**30
 BUILDER = "onnxruntime_genai.models.builder"
 LEAN_OPTIONS = ("prune_lm_head=true", "shared_embeddings=true")
 REFERENCES = [("llama.cpp Q4_0 (issue 19)", 0.94, 116.0, 17.5), ("genai builder default (issue 19)", 4.1, 72.0, 14.9)]
 VARIANTS = ("bundle", "default", "lean", "lean-kv8", "lean-kv16", "lean-fp32", "lean-kv8-fp32", "lean-kv16-fp32",
-            "genai-bundle", "rpi5-bundle", "rpi5-kv32")
+            "genai-bundle", "rpi5-bundle", "rpi5-kv32", "rpi5-kv8")
 # The bundles, by the profile that packages them (bench_profile_of), and their rows' names.
 BUNDLES = {"bundle": ("phone", "packager ORT bundle (previous)"),
            "genai-bundle": ("rpi5-genai", "packager rpi5-genai bundle"),
            "rpi5-bundle": ("rpi5", "packager rpi5 bundle (default)"),
-           "rpi5-kv32": ("rpi5", "packager rpi5 bundle, fp32 cache")}
+           "rpi5-kv32": ("rpi5", "packager rpi5 bundle, fp32 cache"),
+           "rpi5-kv8": ("rpi5", "packager rpi5 bundle, int8 cache")}
 # The options a bundle is packaged with: rpi5-kv32 is rpi5's bundle with the fp32 cache, which onnxruntime's CPU
 # GroupQueryAttention runs on its flash path (the 16-bit one takes its unfused path, in fp32 wherever MLAS lacks fp16
 # GQA kernels: x86, the Pi 4's A72; below).
-BUNDLE_OPTIONS = {"rpi5-kv32": ("--kv-bits", "32")}
+BUNDLE_OPTIONS = {"rpi5-kv32": ("--kv-bits", "32"), "rpi5-kv8": ("--kv-bits", "8")}
 # Bytes of a KV cache element by variant (the others: the builder's fp32).
 KV_ELEMENT = {"lean-kv8": 1, "lean-kv16": 2, "lean-kv8-fp32": 1, "lean-kv16-fp32": 2}
 # Variants that are another's folder with its MatMulNBits at accuracy_level 0 (fp32 compute: packager's [int4]
@@ -340,7 +345,8 @@ def options_of(variant: str, work: Path, block: int = 32) -> tuple[str, ...]:
 
 
 def tune_genai(folder: Path, threads: int, lean: bool) -> None:
-    """Threads (every variant), and for the lean ones the runtime without its CPU memory arena."""
+    """Threads (every variant), for the lean ones the runtime without its CPU memory arena, and an int8 cache shared
+    by past and present as packager's bundles have it."""
     path = folder / "genai_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     options = config["model"]["decoder"]["session_options"]
@@ -348,6 +354,8 @@ def tune_genai(folder: Path, threads: int, lean: bool) -> None:
     options["inter_op_num_threads"] = 1
     if lean:
         options["enable_cpu_mem_arena"] = False
+    if folder.name.startswith("lean-kv8"):
+        share_quantized_cache(config)
     path.write_text(json.dumps(config, indent=4), encoding="utf-8")
 
 

@@ -101,3 +101,26 @@ def test_a_builder_output_changed_on_purpose_fails_verify(tmp_path: Path, monkey
         api.package("sample:tiny-llama", TARGET, out=tmp_path / "dist", cache=False)
     assert e.value.code == ExitCode.ACCURACY
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
+
+
+@pytest.mark.integration
+@needs_genai
+def test_an_int8_cache_on_sliding_window_layers_verifies_and_runs(tmp_path: Path) -> None:
+    """--kv-bits 8 on a family with sliding-window layers (a window shorter than the prompts): the builder's int8
+    cache is one buffer shared by past and present, as its float caches are (genai 0.18 fails unshared windowed
+    caches on the CPU: "KV cache capacity (0) must be at least local_window_size"); verify judges it against
+    PyTorch and the bundle's smoke test passes. The folder is given relative to the working directory, as users type
+    it (the builder's child, in another folder, took it for a hub id; the int8 cache's scales read its tokenizer
+    relative to the work folder)."""
+    make_decoder(tmp_path / "gemma3", "gemma3", sliding_window=8)
+    proc = run_cli("package", "gemma3", "--target", TARGET, "--out", "dist", "--json", "--recipe", "fp32",
+                   "--kv-bits", "8", cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    accuracy = json.loads(proc.stdout)["accuracy"]
+    assert accuracy["token_agreement"] >= accuracy["threshold"]["token_agreement"]
+    bundle = unpack(next((tmp_path / "dist").glob("*.tar.gz")), tmp_path / "unpacked")
+    config = json.loads((bundle / "model" / "genai_config.json").read_text(encoding="utf-8"))
+    assert config["search"]["past_present_share_buffer"] is True
+    smoke = subprocess.run([str(GENAI.python), "smoke_test.py"], capture_output=True, text=True, cwd=bundle,
+                           timeout=600)
+    assert smoke.stdout.strip().splitlines()[-1] == "PASS", smoke.stdout + smoke.stderr
