@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import onnxruntime_profile, run_cli
 from packager.errors import PackagerError
 from packager.labels import human_context
 from packager.plan import architecture, plan, row
@@ -79,16 +79,15 @@ def test_plan_rows_and_largest_context(llama_1b: Path) -> None:
     assert not row(p.architecture, resolve_target("jetson-orin-nano"), "int4", largest + 256, None).fits
 
 
-def test_the_1b_class_fits_rpi5_at_4k_and_plan_names_the_int8_cache_where_it_goes_further(llama_1b: Path) -> None:
+def test_the_1b_class_fits_rpi5_at_4k_and_plan_names_the_int8_cache_where_it_goes_further(llama_1b: Path,
+                                                                                          tmp_path: Path) -> None:
     """Issue 19: the Llama-3.2-1B shape at int4 fits rpi5's 1.5 GB at 4K (onnxruntime-genai, MatMulNBits in int8 at
-    block 128: [decoder_int4]; its 16-bit KV cache). Where the runtime's int8 KV cache (--fit auto's lever) fits a
-    longer context, plan says how long, with the same rule as the row it plans with that cache: against rpi5-genai's
-    fp32 cache it does; against rpi5's 16-bit one its 2-3 copies gain nothing, and plan names no lever."""
-    import dataclasses
-
+    block 128: [decoder_int4]; its 16-bit KV cache). Where the runtime's int8 KV cache (--fit auto's lever: one
+    buffer, as the others) fits a longer context, plan says how long, with the same rule as the row it plans with
+    that cache: against rpi5's 16-bit cache and rpi5-genai's fp32 one alike."""
     p = plan(llama_1b, resolve_target("rpi5"), ["int4"])
     assert p.max_context["int4"] >= 4096 and p.rows[0].kv_bits == 16
-    assert p.smaller_kv == "" and not p.max_context_smaller_kv
+    assert p.smaller_kv == "int8" and p.max_context_smaller_kv["int4"] > p.max_context["int4"]
     genai = resolve_target("rpi5-genai")
     g = plan(llama_1b, genai, ["int4"])
     assert g.rows[0].kv_bits == 32 and g.max_context["int4"] < p.max_context["int4"]
@@ -98,8 +97,8 @@ def test_the_1b_class_fits_rpi5_at_4k_and_plan_names_the_int8_cache_where_it_goe
     longest = g.max_context_smaller_kv["int4"]
     assert row(g.architecture, int8, "int4", longest, None).fits
     assert not row(g.architecture, int8, "int4", longest + 256, None).fits
-    # the onnxruntime path (the phone) has no smaller cache to offer
-    assert plan(llama_1b, resolve_target("phone"), ["int4"]).smaller_kv == ""
+    # the onnxruntime path (run.py's loop) has no smaller cache to offer
+    assert plan(llama_1b, resolve_target(str(onnxruntime_profile(tmp_path))), ["int4"]).smaller_kv == ""
     proc = run_cli("plan", str(llama_1b / "config.json"), "--target", "rpi5-genai", "--precision", "int4")
     assert proc.returncode == 0, proc.stderr
     assert f"int4: fits up to {human_context(g.max_context['int4'])} tokens of context; with an int8 KV cache up to " \

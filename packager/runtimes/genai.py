@@ -64,9 +64,9 @@ PRECISIONS = {"int4": "int4", "int4-mixed": "int4", "fp32": "fp32"}
 # threads, chunks of 256 (scripts/bench_llm_runtime.py --contexts 1024,4096,16384): the load peak is 1.35 GiB, the
 # weights' bytes 1.7 times over beyond the runtime base (the mapped external data and MatMulNBits' packed copy side by
 # side), and 1.55 times of them stay resident once loaded (1.23 GiB after load). The builder's CPU graphs keep the KV
-# cache in fp32 ("float": the past_key_values inputs are float32), "int8" is the builder's quantized cache; a float or
-# float16 cache is one buffer shared by past and present (past_present_share_buffer), the int8 one is not (the builder
-# turns sharing off), so a step holds both. "float16" (runtimes/genai_kv16.py; rpi4's and rpi5's, in chunks of 64)
+# cache in fp32 ("float": the past_key_values inputs are float32), "int8" is the builder's quantized cache; each is one
+# buffer shared by past and present (past_present_share_buffer; the int8 one by share_quantized_cache, where the builder
+# shares it on CUDA only). "float16" (runtimes/genai_kv16.py; rpi4's and rpi5's, in chunks of 64)
 # halves the cache, but ONNX Runtime 1.32's GroupQueryAttention streams its scores (flash attention) for float only: an
 # fp16 node holds every head's scores of a chunk against the whole cache buffer at once (so planned: score_heads 0), in
 # fp32 on x86 and the A72, in fp16 where MLAS has fp16 kernels (the A76; counted at 4 bytes, the larger). On the 1B
@@ -114,15 +114,14 @@ KV_BITS = {"float16": 16, "float": 32, "int8": 8}
 # Counted once before, its 16K row measured 171 MiB against a high side of 153; the 1B shape's 16K row (1.62 GiB)
 # sits at +1.4% of the midpoint with it, -3.0% without (docs/llms.md).
 FP16_SCORE_COPIES = 1.75
-# Copies of the KV cache a step holds (low, high). A float cache is one buffer. The int8 one is not shared, so past
-# and present are two buffers, and each chunk allocates the next, larger present while they live; the heap grows in
-# steps. Measured (1B shape, lean-kv8, chunks of 256, resident memory after each chunk): 1.23 GiB after load, then
-# 40 KiB a token from 512 to 8,704 tokens (1.61 GiB there), 2.5 times the cache's 16 KiB a token with the scores
-# of a chunk (2 KiB a token) in it; 1.96 GiB peak at 16K (plan: 1.71-2.14).
-KV_COPIES = {"float16": (1.0, 1.0), "float": (1.0, 1.0), "int8": (2.0, 3.0)}
-# --fit auto's KV lever (packager/fit_auto.py): the smallest cache; even at 3 copies, 0.75 of the float cache's bytes.
-# Against the 16-bit cache its 2-3 copies weigh 1-1.5 times as much, yet at 4K on the 1B shape it measured smaller (1.10
-# GiB in chunks of 256 against 1.14 for float16 in chunks of 64): the fit stage measures which one fits.
+# Copies of the KV cache a step holds (low, high): one buffer, past and present, whatever its type. The int8 one was
+# two until packager shared it (share_quantized_cache): 2.5 times its bytes a token then (1B shape, chunks of 256, 1.96
+# GiB at 16K), and now the run stays under the load peak: lean-kv8 at block 128 in chunks of 64 peaked at the load's
+# 1.00 GiB at 1K and 4K (scripts/bench_llm_runtime.py --contexts; docs/llms.md). Its attention streams the int8 cache
+# tile by tile (onnxruntime's quantized flash path): no scores of a chunk against the whole cache.
+KV_COPIES = {"float16": (1.0, 1.0), "float": (1.0, 1.0), "int8": (1.0, 1.0)}
+# --fit auto's KV lever (packager/fit_auto.py): the smallest cache, a quarter of the float one's bytes and half the
+# 16-bit one's.
 KV_SMALLEST = "int8"
 
 
@@ -206,8 +205,8 @@ class GenaiRuntime(OnnxRuntime):
                                     f"{chunk}, logits of the last position only (prune_lm_head)",))
 
     def smaller_kv_cache(self, profile: Profile) -> tuple[Profile, str] | None:
-        """The builder's int8 cache (a quarter of the float one's bytes, but not shared by past and present:
-        KV_COPIES), where the profile's is another."""
+        """The builder's int8 cache (a quarter of the float one's bytes: KV_COPIES), where the profile's is
+        another."""
         if profile.session.config.get("genai.kv_cache", SETTINGS["genai.kv_cache"]) == KV_SMALLEST:
             return None
         return _with_kv_cache(profile, KV_SMALLEST), KV_SMALLEST
