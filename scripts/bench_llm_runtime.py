@@ -179,9 +179,9 @@ five runs of six (1.27 in one), under issue 19's 1.2 (plan with those settings: 
 0.84x the fp32 cache's prefill here and the same answers on sample:tiny-llama (rpi5, int4-mixed: 95.0% token agreement,
 min logits cosine 0.99927 with the fp16, fp32 and int8 caches alike; rpi4 the same; the emulated smoke test, `packager
 smoke ARCHIVE --emulate` on qemu's cortex-a76 and cortex-a72, so the aarch64 kernels: PASS, 95.0%, min cosine 0.99927
-with fp16 and fp32 alike). The int8 cache stays the option: smaller at 4K (1.10) but then not shared between past and present
-(each step copied it: 0.53x the prefill, 0.67x the decode here, at load averages of 6.3 against 4.1: rough) and rounded
-to 8 bits on static scales. Shared since 2026-12-05 (the rpi5-kv8 variant): docs/llms.md.
+with fp16 and fp32 alike). The int8 cache stays the option: smaller at 4K (1.10) but then not shared between past and
+present (each step copied it: 0.53x the prefill, 0.67x the decode here, at load averages of 6.3 against 4.1: rough)
+and rounded to 8 bits on static scales. Shared since 2026-12-05 (the rpi5-kv8 variant): docs/llms.md.
 """
 
 from __future__ import annotations
