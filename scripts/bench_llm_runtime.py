@@ -345,7 +345,7 @@ def options_of(variant: str, work: Path, block: int = 32) -> tuple[str, ...]:
     return LEAN_OPTIONS + KV8_OPTIONS + (f"kv_cache_scale_file={scales}",) + blocks
 
 
-def tune_genai(folder: Path, threads: int, lean: bool) -> None:
+def tune_genai(folder: Path, threads: int, variant: str) -> None:
     """Threads (every variant), for the lean ones the runtime without its CPU memory arena, and an int8 cache shared
     by past and present as packager's bundles have it."""
     path = folder / "genai_config.json"
@@ -353,9 +353,9 @@ def tune_genai(folder: Path, threads: int, lean: bool) -> None:
     options = config["model"]["decoder"]["session_options"]
     options["intra_op_num_threads"] = threads
     options["inter_op_num_threads"] = 1
-    if lean:
+    if variant != "default":
         options["enable_cpu_mem_arena"] = False
-    if folder.name.startswith("lean-kv8"):
+    if KV_ELEMENT.get(variant) == 1:
         share_quantized_cache(config)
     path.write_text(json.dumps(config, indent=4), encoding="utf-8")
 
@@ -548,7 +548,7 @@ def main() -> None:
         checks = []
         for v in [v for v in only if v.startswith("lean")]:
             folder = genai_folder(model, root, v, work, args.block)
-            tune_genai(folder, args.threads, True)
+            tune_genai(folder, args.threads, v)
             measured = measure_contexts(root, v, contexts, args.new, args.threads, args.chunk, args.rebuild, args.block)
             checks.append((v, measured))
         print()
@@ -581,7 +581,7 @@ def measure_variant(v: str, model: Path, root: Path, work: Path, args: argparse.
         return name, bench_archive(archive, args.prompt, args.new)
     ensure(GENAI, log)
     folder = genai_folder(model, root, v, work, args.block)
-    tune_genai(folder, args.threads, v != "default")
+    tune_genai(folder, args.threads, v)
     chunk = args.chunk if v != "default" else 0
     r = measure(str(GENAI.python), GENAI_CHILD, folder, args.prompt, args.new, args.threads, chunk)
     if "error" not in r:
