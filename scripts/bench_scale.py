@@ -82,9 +82,9 @@ def parameter_shapes(c: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def make_model(folder: Path) -> Path:
-    """The model folder, generated once: random normal weights (std 0.02, the config's
-    initializer_range; norms 1) from a fixed seed, tensor by tensor, as fp16 safetensors."""
+def make_model(folder: Path, config: dict = CONFIG) -> Path:
+    """The model folder of `config` (the 1B shape's by default), generated once: random normal weights (std 0.02, the
+    config's initializer_range; norms 1) from a fixed seed, tensor by tensor, as fp16 safetensors."""
     done = folder / "model.safetensors"
     if done.is_file() and (folder / "config.json").is_file():
         write_tokenizer(folder)
@@ -96,15 +96,15 @@ def make_model(folder: Path) -> Path:
     tmp.mkdir(parents=True)
     rng = np.random.default_rng(SEED)
     tensors = {}
-    for name, shape in parameter_shapes(CONFIG).items():
+    for name, shape in parameter_shapes(config).items():
         if len(shape) == 1:
             tensors[name] = np.ones(shape, np.float16)
         else:
-            weights = rng.standard_normal(shape, dtype=np.float32) * CONFIG["initializer_range"]
+            weights = rng.standard_normal(shape, dtype=np.float32) * config["initializer_range"]
             tensors[name] = weights.astype(np.float16)
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     del tensors
-    (tmp / "config.json").write_text(json.dumps(CONFIG, indent=2), encoding="utf-8")
+    (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     (tmp / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}),
                                                encoding="utf-8")
     write_tokenizer(tmp)

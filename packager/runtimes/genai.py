@@ -323,5 +323,6 @@ def share_quantized_cache(config: dict[str, Any]) -> None:
     """The builder's int8 cache as one buffer shared by past and present, as its float caches are. The builder shares
     a quantized cache on CUDA only, but onnxruntime 1.32's CPU GroupQueryAttention takes it shared as well: the same
     logits to the bit over a 1,000-token prompt in chunks of 64 and of 256 and 40 steps (2 layers of the 1B shape),
-    and no copy of the cache a step (2 layers at 4,000 + 32: 1.8-2.5 ms a step shared, 2.5-3.4 not)."""
+    and no copy of the cache a step (2 layers at 4,000 + 32: 1.8-2.5 ms a step shared, 2.5-3.4 not;
+    scripts/bench_kv_cache.py measures both)."""
     config["search"]["past_present_share_buffer"] = True
