@@ -15,8 +15,9 @@ Four folders, each measured once a round, in turn (a neighbour's load slows all 
 
 It prints each one's milliseconds a decode step after a --prompt-token prompt (in chunks of 64), per round and the
 median, then checks that int8 and int8-shared give the same logits to the bit over a 1,000-token prompt in chunks of
-64 and of 256 and 40 teacher-forced steps. Measured 2026-12-05 (2 cores, x86-64, --prompt 4000 --new 32, two rounds
-by hand): int8-shared 1.8-2.5 ms a step, int8 2.5-3.4, fp16 4.5-5.2, fp32 3.6-5.0; the logits the same to the bit.
+64 and of 256 and 40 teacher-forced steps. Measured 2026-12-05 (`python scripts/bench_kv_cache.py --rounds 3`, 2
+cores, x86-64, load average 1.4; median and rounds, ms a step): int8-shared 2.10 (2.10 2.42 1.72), int8 2.86 (2.86
+2.75 2.86), fp16 4.71 (4.35 4.71 5.45), fp32 3.87 (3.39 3.87 5.46); the logits the same to the bit in both chunkings.
 """
 
 from __future__ import annotations
